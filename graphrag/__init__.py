@@ -1,0 +1,66 @@
+"""GraphRAG on a local low-bit model: index documents into a knowledge graph with community reports, then query it.
+
+    from xpullm.graphrag import GraphRAG
+    rag = GraphRAG("my_project")             # packaged default LLM and embedder
+    rag.index(["notes/", "a.txt"])
+    print(rag.query("Who founded X?", method="local").text)
+
+Heavy dependencies (pyarrow, pandas, graspologic-native, networkx) are imported only by the stages that use them.
+"""
+
+from __future__ import annotations
+
+from xpullm.graphrag.cache import LLMCache
+from xpullm.graphrag.config import (
+    CacheConfig,
+    ChunkingConfig,
+    ClusterConfig,
+    EmbeddingConfig,
+    ExtractionConfig,
+    GraphRAGConfig,
+    LLMConfig,
+    QueryConfig,
+    ReportConfig,
+    SummarizeConfig,
+)
+from xpullm.graphrag.errors import (
+    CacheMiss,
+    ConfigError,
+    EmbeddingMismatch,
+    GraphRAGError,
+    IndexNotFound,
+    PromptTooLong,
+)
+from xpullm.graphrag.index import IndexResult
+from xpullm.graphrag.project import GraphRAG, init_project
+from xpullm.graphrag.query import Answer, AnswerStream, ContextRecord
+from xpullm.graphrag.tables import COLUMNS
+from xpullm.graphrag.transcript import TranscriptLLM
+
+__all__ = [
+    "COLUMNS",
+    "Answer",
+    "AnswerStream",
+    "CacheConfig",
+    "CacheMiss",
+    "ChunkingConfig",
+    "ClusterConfig",
+    "ConfigError",
+    "ContextRecord",
+    "EmbeddingConfig",
+    "EmbeddingMismatch",
+    "ExtractionConfig",
+    "GraphRAG",
+    "GraphRAGConfig",
+    "GraphRAGError",
+    "IndexNotFound",
+    "IndexResult",
+    "LLMCache",
+    "LLMConfig",
+    "PromptTooLong",
+    "QueryConfig",
+    "ReportConfig",
+    "SummarizeConfig",
+    "TranscriptLLM",
+    "init_project",
+]

@@ -1,0 +1,10 @@
+"""Low-bit matmul kernels, one registry keyed by (format, device kind).
+
+Importing this package registers the reference and CPU kernels; GPU (Triton) kernels register themselves on
+the first CUDA/XPU selection, so `import xpullm` never imports Triton or initialises a GPU.
+"""
+
+from xpullm.kernels import cpu, reference  # noqa: F401  (registers the kernels)
+from xpullm.kernels.registry import Kernel, describe, kernel_table, register_kernel, registered, select_kernel
+
+__all__ = ["Kernel", "describe", "kernel_table", "register_kernel", "registered", "select_kernel"]

@@ -1,0 +1,225 @@
+"""`AutoModelForCausalLM`: transformers' loading entry point, returning models with low-bit linear layers.
+
+Accepts a transformers folder, a `.gguf` file (or folder + `gguf_file=`), a folder written by `save_low_bit`,
+or a Hugging Face hub id (downloaded with `huggingface_hub`; a clear `ModelNotFound` when offline).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from xpullm.devices import resolve_device
+from xpullm.errors import ModelNotFound, UnsupportedArchitecture
+from xpullm.formats import get_format
+from xpullm.loading.build import BuildOptions, build_model
+from xpullm.loading.sources import LOWBIT_MANIFEST, LowBitSource, SafetensorsSource
+
+__all__ = ["AutoModelForCausalLM", "LowBitModelMixin", "ModelSource", "load_tokenizer", "resolve_source"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: `kind` is `hf`, `gguf` or `lowbit`; `gguf_file` names the file inside `folder`."""
+
+    kind: str
+    folder: Path
+    gguf_file: str | None = None
+
+    @property
+    def label(self) -> str:
+        """A short name for logs and `model_name` fields."""
+        return self.gguf_file.removesuffix(".gguf") if self.gguf_file else self.folder.name
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
+    except Exception as exc:  # offline, unknown repo, gated repo: all end the same way for the caller
+        raise ModelNotFound(
+            f"could not fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
+            "Check the id and the network, or pass a local folder or .gguf file instead."
+        ) from exc
+
+
+def resolve_source(path: str | os.PathLike, gguf_file: str | None = None) -> ModelSource:
+    """Classify a model path / file / hub id, or raise `ModelNotFound` saying what was expected."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ModelNotFound(f"model must be a path or hub id string, got {type(path).__name__}")
+    p = Path(path).expanduser()
+    if p.is_file():
+        if p.suffix.lower() != ".gguf":
+            raise ModelNotFound(f"{p} is a file but not a .gguf; pass a .gguf file or a model folder")
+        return ModelSource("gguf", p.parent, p.name)
+    if p.is_dir():
+        if gguf_file:
+            if not (p / gguf_file).is_file():
+                raise ModelNotFound(f"gguf_file {gguf_file!r} not found in {p}")
+            return ModelSource("gguf", p, gguf_file)
+        if (p / LOWBIT_MANIFEST).is_file():
+            return ModelSource("lowbit", p)
+        if (p / "config.json").is_file():
+            return ModelSource("hf", p)
+        ggufs = sorted(f.name for f in p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ModelSource("gguf", p, ggufs[0])
+        hint = f" It has several .gguf files ({ggufs}); pass gguf_file=." if ggufs else ""
+        raise ModelNotFound(f"{p} has no config.json, low-bit manifest or .gguf file.{hint}")
+    text = str(path)
+    if _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
+        return resolve_source(_download(text), gguf_file)
+    raise ModelNotFound(f"model path {text!r} does not exist (and is not a hub id like 'org/name')")
+
+
+def load_tokenizer(source: ModelSource | str | os.PathLike) -> Any:
+    """The tokenizer stored with a model (transformers folder, low-bit folder or GGUF)."""
+    import transformers
+
+    src = source if isinstance(source, ModelSource) else resolve_source(source)
+    if src.kind == "gguf":
+        return transformers.AutoTokenizer.from_pretrained(src.folder, gguf_file=src.gguf_file)
+    return transformers.AutoTokenizer.from_pretrained(src.folder)
+
+
+def _config(src: ModelSource):
+    import transformers
+
+    try:
+        if src.kind == "gguf":
+            return transformers.AutoConfig.from_pretrained(src.folder, gguf_file=src.gguf_file)
+        return transformers.AutoConfig.from_pretrained(src.folder)
+    except (ValueError, KeyError) as exc:
+        raise UnsupportedArchitecture(f"cannot read the model config in {src.folder}: {exc}") from exc
+
+
+class LowBitModelMixin:
+    """Methods added to every model xpullm loads (the class is a per-architecture subclass, not a patch)."""
+
+    xpullm_source: ModelSource | None = None
+
+    def save_low_bit(self, save_dir: str | os.PathLike, tokenizer: Any = None) -> Path:
+        """Write this model in xpullm's portable low-bit layout (safetensors + JSON) with its tokenizer."""
+        from xpullm.loading.lowbit_io import save_low_bit
+
+        return save_low_bit(self, save_dir, tokenizer)  # type: ignore[arg-type]
+
+    def memory_footprint(self) -> int:
+        """Bytes of weights held: parameters, buffers and low-bit kernel state."""
+        from xpullm.memory import model_nbytes
+
+        return model_nbytes(self)  # type: ignore[arg-type]
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _attach(model: nn.Module, src: ModelSource) -> nn.Module:
+    cls = type(model)
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type(f"LowBit{cls.__name__}", (LowBitModelMixin, cls), {})
+    model.__class__ = _CLASSES[cls]
+    model.xpullm_source = src  # type: ignore[attr-defined]
+    return model
+
+
+def _default_dtype(device: torch.device) -> torch.dtype:
+    # bf16 activations: the CPU int4 op is fast only with them and GPUs compute natively in bf16.
+    return torch.bfloat16
+
+
+class AutoModelForCausalLM:
+    """Drop-in for `transformers.AutoModelForCausalLM` that loads straight into low-bit linear layers."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *,
+                        load_in_low_bit: str | None = None, load_in_4bit: bool = False, load_in_8bit: bool = False,
+                        device: str | torch.device = "auto", group_size: int | None = None,
+                        modules_to_not_convert: list[str] | tuple[str, ...] = (), mixed_precision: bool = False,
+                        dtype: torch.dtype | None = None, torch_dtype: torch.dtype | None = None,
+                        gguf_file: str | None = None, progress: bool = True, **kwargs: Any) -> nn.Module:  # fmt: skip
+        """Load a causal LM with its linear layers in `load_in_low_bit` (default `sym_int4`).
+
+        `load_in_4bit=True` means `sym_int4` and `load_in_8bit=True` means `sym_int8` (as in IPEX-LLM).
+        Layers are quantized one at a time as they are read, so peak memory stays near the low-bit size.
+        """
+        low_bit = load_in_low_bit or ("sym_int8" if load_in_8bit else "sym_int4")
+        get_format(low_bit)  # fail fast on a bad name, before any I/O
+        if kwargs.get("trust_remote_code"):
+            raise UnsupportedArchitecture(
+                "trust_remote_code models are not supported: xpullm builds only transformers' own architectures"
+            )
+        src = resolve_source(pretrained_model_name_or_path, gguf_file)
+        target = resolve_device(device)
+        if group_size is not None:
+            get_format(low_bit).resolve_group_size(group_size, 1024)
+        opts = BuildOptions(low_bit=low_bit, group_size=group_size, modules_to_not_convert=tuple(modules_to_not_convert),
+                            mixed_precision=mixed_precision, device=target,
+                            dtype=dtype or torch_dtype or _default_dtype(target), progress=progress)  # fmt: skip
+        if src.kind == "lowbit":
+            source: Any = LowBitSource(src.folder)
+        elif src.kind == "hf":
+            source = SafetensorsSource(src.folder)
+        else:
+            from xpullm.loading.gguf_source import GGUFSource
+
+            source = GGUFSource(src.folder / str(src.gguf_file))
+            if not source.supported:
+                return _attach(_via_transformers_gguf(src, opts), src)
+        model = build_model(_config(src), source.tensors(), opts)
+        _load_generation_config(model, src)
+        return _attach(model, src)
+
+    @classmethod
+    def load_low_bit(cls, path: str | os.PathLike, *, device: str | torch.device = "auto",
+                     dtype: torch.dtype | None = None, progress: bool = False) -> nn.Module:  # fmt: skip
+        """Load a folder written by `save_low_bit`; weights keep their stored formats (repacked for the device)."""
+        src = resolve_source(path)
+        if src.kind != "lowbit":
+            raise ModelNotFound(
+                f"{path} is not a low-bit folder (no {LOWBIT_MANIFEST}); use from_pretrained() for it"
+            )
+        source = LowBitSource(src.folder)
+        target = resolve_device(device)
+        stored_dtype = getattr(torch, source.manifest.get("dtype", "bfloat16"), torch.bfloat16)
+        opts = BuildOptions(low_bit=source.manifest["formats"][0] if source.manifest["formats"] else "bf16",
+                            device=target, dtype=dtype or stored_dtype, progress=progress, stored_formats=True,
+                            only_modules=frozenset(source.manifest["modules"]))  # fmt: skip
+        model = build_model(_config(src), source.tensors(), opts)
+        _load_generation_config(model, src)
+        return _attach(model, src)
+
+
+def _load_generation_config(model: nn.Module, src: ModelSource) -> None:
+    if src.kind == "gguf" or not (src.folder / "generation_config.json").exists():
+        return
+    import transformers
+
+    model.generation_config = transformers.GenerationConfig.from_pretrained(src.folder)
+
+
+def _via_transformers_gguf(src: ModelSource, opts: BuildOptions) -> nn.Module:
+    """Architectures without a direct GGUF mapping: let transformers dequantize, then quantize in place."""
+    import transformers
+
+    from xpullm.optimize import optimize_model
+
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            src.folder, gguf_file=src.gguf_file, dtype=opts.dtype
+        )
+    except (ValueError, KeyError, NotImplementedError) as exc:
+        raise UnsupportedArchitecture(f"cannot load {src.gguf_file}: {exc}") from exc
+    return optimize_model(model.eval(), opts.low_bit, group_size=opts.group_size,
+                          modules_to_not_convert=opts.modules_to_not_convert,
+                          mixed_precision=opts.mixed_precision, device=opts.device)  # fmt: skip
