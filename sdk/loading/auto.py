@@ -166,17 +166,18 @@ class AutoModelForCausalLM:
         opts = BuildOptions(low_bit=low_bit, group_size=group_size, modules_to_not_convert=tuple(modules_to_not_convert),
                             mixed_precision=mixed_precision, device=target,
                             dtype=dtype or torch_dtype or _default_dtype(target), progress=progress)  # fmt: skip
-        if src.kind == "lowbit":
-            source: Any = LowBitSource(src.folder)
-        elif src.kind == "hf":
-            source = SafetensorsSource(src.folder)
-        else:
+        if src.kind == "gguf":
             from xpullm.loading.gguf_source import GGUFSource
 
-            source = GGUFSource(src.folder / str(src.gguf_file))
+            source: Any = GGUFSource(src.folder / str(src.gguf_file))
             if not source.supported:
                 return _attach(_via_transformers_gguf(src, opts), src)
-        model = build_model(_config(src), source.tensors(), opts)
+        config = _config(src)  # architecture problems surface before any weight is read
+        if src.kind == "lowbit":
+            source = LowBitSource(src.folder)
+        elif src.kind == "hf":
+            source = SafetensorsSource(src.folder)
+        model = build_model(config, source.tensors(), opts)
         _load_generation_config(model, src)
         return _attach(model, src)
 
