@@ -1,0 +1,144 @@
+"""`GraphRAG`: one project folder (settings, cache, output) with `index`, `update` and `query`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from xpullm.graphrag.cache import LLMCache
+from xpullm.graphrag.calls import LLMCaller
+from xpullm.graphrag.chunking import load_inputs
+from xpullm.graphrag.config import GraphRAGConfig
+from xpullm.graphrag.errors import ConfigError, IndexNotFound
+from xpullm.graphrag.index import IndexResult, run_index
+from xpullm.graphrag.query import Answer, AnswerStream, QueryEngine
+from xpullm.graphrag.stats import IndexStats
+from xpullm.graphrag.tables import TableStore
+
+__all__ = ["GraphRAG", "init_project"]
+
+SETTINGS = "settings.yaml"
+
+
+def init_project(root: str | Path, config: GraphRAGConfig | None = None, overwrite: bool = False) -> Path:
+    """Create ROOT with `settings.yaml` and an empty `input/` folder; returns the settings path."""
+    root = Path(root)
+    settings = root / SETTINGS
+    if settings.exists() and not overwrite:
+        raise ConfigError(
+            f"{str(settings)!r} already exists; pass overwrite=True (CLI: --force) to replace it"
+        )
+    (root / "input").mkdir(parents=True, exist_ok=True)
+    (config or GraphRAGConfig()).to_yaml(settings)
+    return settings
+
+
+class GraphRAG:
+    """A GraphRAG project rooted at `root`.
+
+    llm / embedder: objects following the engine contract (`xpullm.LLM`, `xpullm.Embedder` or your own); None loads
+    the packaged defaults on first use. config: None reads `ROOT/settings.yaml` when it exists, else defaults.
+    transcript: a JSONL transcript whose answers are put in front of the cache (replay a recorded job).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        llm: Any = None,
+        embedder: Any = None,
+        config: GraphRAGConfig | None = None,
+        transcript: str | Path | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if config is None:
+            settings = self.root / SETTINGS
+            config = GraphRAGConfig.from_yaml(settings) if settings.exists() else GraphRAGConfig()
+        self.config = config
+        self._llm = llm
+        self._embedder = embedder
+        self.store = TableStore(self.root / "output")
+        cache_path = None if config.cache.mode == "off" else self.root / config.cache.path
+        self.cache = LLMCache(cache_path, mode=config.cache.mode, transcript=transcript)
+        self.query_stats = IndexStats()  # query calls are counted here, not in the index's stats.json
+
+    @property
+    def llm(self) -> Any:
+        """The engine object (the packaged default `xpullm.LLM()` is loaded on first use)."""
+        if self._llm is None:
+            from xpullm.engine import LLM
+
+            self._llm = LLM()
+        return self._llm
+
+    @property
+    def embedder(self) -> Any:
+        """The embedder object (the packaged default `xpullm.Embedder()` is loaded on first use)."""
+        if self._embedder is None:
+            from xpullm.embeddings import Embedder
+
+            self._embedder = Embedder()
+        return self._embedder
+
+    def _caller(self, stats: IndexStats) -> LLMCaller:
+        return LLMCaller(self.llm, self.cache, stats, self.config.llm, progress=self.config.progress)
+
+    def _inputs(self, inputs: str | Path | Iterable[str | Path] | None) -> list[Any]:
+        if inputs is None:
+            folder = self.root / "input"
+            if not folder.is_dir():
+                raise ConfigError(
+                    f"no inputs given and {str(folder)!r} does not exist; pass files, folders or texts"
+                )
+            inputs = folder
+        return load_inputs(inputs)
+
+    def index(self, inputs: str | Path | Iterable[str | Path] | None = None) -> IndexResult:
+        """Index documents (paths, folders or raw texts; None: ROOT/input), replacing any earlier index."""
+        docs = self._inputs(inputs)
+        stats = IndexStats(path=self.store.dir / "stats.json")
+        return run_index(
+            docs, self._caller(stats), self.embedder, self.store, self.config, stats, update=False
+        )
+
+    def update(self, new_inputs: str | Path | Iterable[str | Path] | None = None) -> IndexResult:
+        """Add documents to an existing index: only new text units are extracted, unchanged reports are kept."""
+        if not self.store.exists():
+            raise IndexNotFound(
+                f"no index under {str(self.store.dir)!r}; run index() (CLI: `xpullm graphrag index`) first"
+            )
+        docs = self._inputs(new_inputs)
+        stats = IndexStats(path=self.store.dir / "stats.json")
+        return run_index(
+            docs, self._caller(stats), self.embedder, self.store, self.config, stats, update=True
+        )
+
+    def query(
+        self, question: str, method: str = "local", community_level: int | None = None, stream: bool = False
+    ) -> Answer | AnswerStream:
+        """Answer `question` with method "local" | "global" | "basic" | "drift" (see docs/graphrag.md)."""
+        if not self.store.exists():
+            raise IndexNotFound(
+                f"no index under {str(self.store.dir)!r}; run index() (CLI: `xpullm graphrag index`) first"
+            )
+        engine = QueryEngine(
+            self.store, self._caller(self.query_stats), lambda: self.embedder, self.config.query
+        )
+        return engine.query(question, method=method, community_level=community_level, stream=stream)
+
+    def table(self, name: str) -> Any:
+        """An output table as a pandas DataFrame (e.g. "entities", "community_reports")."""
+        return self.store.read_frame(name)
+
+    def stats(self) -> dict[str, Any]:
+        """The last index/update run's stats.json."""
+        import json
+
+        path = self.store.dir / "stats.json"
+        if not path.exists():
+            raise IndexNotFound(f"{str(path)!r} does not exist; run index() first")
+        return json.loads(path.read_text())
+
+    def close(self) -> None:
+        """Close the cache file."""
+        self.cache.close()
