@@ -11,7 +11,7 @@ from torch import nn
 from xpullm.formats import QuantizedWeight, get_format, pack_nibbles
 from xpullm.kernels import Kernel, select_kernel
 
-__all__ = ["LowBitEmbedding", "LowBitLinear", "state_nbytes"]
+__all__ = ["LowBitEmbedding", "LowBitLinear", "fuse_linears", "state_nbytes"]
 
 
 def state_nbytes(state: Any) -> int:
@@ -88,6 +88,34 @@ class LowBitLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"format={self.format_name}, group_size={self.group_size}, kernel={self.kernel.name}")  # fmt: skip
+
+
+def fuse_linears(layers: list[LowBitLinear]) -> LowBitLinear:
+    """One LowBitLinear computing `cat([layer(x) for layer in layers], -1)` (fused q/k/v or gate/up).
+
+    Rows are independent in every format, so the portable weights concatenate along N without re-rounding.
+    All layers must share format, group size, input width and device.
+    """
+    first = layers[0]
+    keys = {(m.format_name, m.group_size, m.in_features, m.device) for m in layers}
+    if len(keys) != 1:
+        raise ValueError(
+            f"cannot fuse layers with different (format, group, in_features, device): {sorted(map(str, keys))}"
+        )
+    parts = [m.export() for m in layers]
+    cat = lambda ts: None if ts[0] is None else torch.cat(ts, 0)  # noqa: E731
+    fused = QuantizedWeight(first.format_name, (sum(p.shape[0] for p in parts), first.in_features), first.group_size,
+                            cat([p.data for p in parts]), cat([p.scales for p in parts]), cat([p.zeros for p in parts]))  # fmt: skip
+    biases = [m.bias for m in layers]
+    if any(b is not None for b in biases):
+        biases = [
+            torch.zeros(m.out_features, device=m.device) if b is None else b.detach()
+            for m, b in zip(layers, biases, strict=True)
+        ]
+        bias = torch.cat([b.float() for b in biases]).to(next(b for b in biases if b is not None).dtype)
+    else:
+        bias = None
+    return LowBitLinear(fused, bias, first.device)
 
 
 class LowBitEmbedding(nn.Module):

@@ -169,3 +169,18 @@ def test_unsupported_architecture(tmp_path: Path) -> None:
     (folder / "config.json").write_text(json.dumps({"model_type": "not-a-real-arch", "architectures": ["X"]}))
     with pytest.raises(UnsupportedArchitecture, match="not-a-real-arch"):
         xpullm.AutoModelForCausalLM.from_pretrained(folder)
+
+
+def test_fuse_linears_equals_concatenated_outputs() -> None:
+    from xpullm.linear import fuse_linears
+
+    torch.manual_seed(1)
+    parts = [nn.Linear(128, n, bias=b) for n, b in ((128, True), (64, False), (64, True))]
+    low = [LowBitLinear.from_linear(p, "asym_int4") for p in parts]
+    fused = fuse_linears(low)
+    x = torch.randn(3, 128, dtype=torch.bfloat16)
+    expected = torch.cat([m(x) for m in low], -1)
+    assert fused.out_features == 256 and fused.kernel.name == "cpu_int4pack"
+    assert torch.allclose(fused(x).float(), expected.float(), atol=1e-2, rtol=1e-2)
+    with pytest.raises(ValueError, match="cannot fuse"):
+        fuse_linears([low[0], LowBitLinear.from_linear(parts[1], "sym_int8")])
