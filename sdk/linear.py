@@ -57,9 +57,11 @@ class LowBitLinear(nn.Module):
     def from_linear(cls, linear: nn.Linear, low_bit: str, group_size: int | None = None,
                     device: torch.device | str | None = None) -> LowBitLinear:  # fmt: skip
         """Quantize an `nn.Linear` (its weight is read once and can be freed afterwards)."""
-        device = linear.weight.device if device is None else device
-        qweight = get_format(low_bit).quantize(linear.weight.detach().cpu(), group_size)
-        return cls(qweight.to(device) if torch.device(device).type != "cpu" else qweight, linear.bias, device)
+        device = torch.device(linear.weight.device if device is None else device)
+        weight = linear.weight.detach()
+        # Quantize where the weight already is when that is the target (GPU quantization is fast), else on CPU.
+        qweight = get_format(low_bit).quantize(weight if weight.device == device else weight.cpu(), group_size)
+        return cls(qweight.to(device), linear.bias, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.kernel.matmul(x, self.state)
