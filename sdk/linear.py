@@ -60,7 +60,9 @@ class LowBitLinear(nn.Module):
         device = torch.device(linear.weight.device if device is None else device)
         weight = linear.weight.detach()
         # Quantize where the weight already is when that is the target (GPU quantization is fast), else on CPU.
-        qweight = get_format(low_bit).quantize(weight if weight.device == device else weight.cpu(), group_size)
+        qweight = get_format(low_bit).quantize(
+            weight if weight.device == device else weight.cpu(), group_size
+        )
         return cls(qweight.to(device), linear.bias, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Run the Triton kernel tests and the kernel benchmark on a GPU machine that has python3 with torch + triton
+# but no xpullm install and no network. Results go under $OUT (default: bench/out/gpu).
+#
+#   bash bench/gpu_run.sh            # tests, then benchmark
+#   bash bench/gpu_run.sh tests      # only the GPU tests        (~2-4 min, mostly Triton compiles)
+#   bash bench/gpu_run.sh bench      # only the benchmark        (~4-6 min on an H100)
+#   bash bench/gpu_run.sh prepare    # run HERE (dev machine): copy pure-python pytest into bench/out/pydeps,
+#                                    # to be carried to a GPU machine whose python3 lacks pytest
+# Extra benchmark arguments may follow the mode, e.g. `bash bench/gpu_run.sh bench --formats sym_int4:128`.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MODE="${1:-all}"
+[ $# -gt 0 ] && shift
+OUT="${OUT:-$ROOT/bench/out/gpu}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+
+if [ "$MODE" = prepare ]; then
+  SITE="$("$ROOT/.venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  DEST="$ROOT/bench/out/pydeps"
+  rm -rf "$DEST" && mkdir -p "$DEST"
+  for pkg in pytest _pytest pluggy iniconfig packaging pygments py.py; do
+    [ -e "$SITE/$pkg" ] && cp -r "$SITE/$pkg" "$DEST/"
+  done
+  echo "pytest copied to $DEST (pass it in the device run's carry list)"
+  exit 0
+fi
+
+# xpullm without installing it: a folder `xpullm` of symlinks mirroring setup.py's package-dir mapping.
+SHIM="$(mktemp -d)"
+trap 'rm -rf "$SHIM"' EXIT
+mkdir -p "$SHIM/xpullm"
+for entry in "$ROOT"/sdk/*; do ln -s "$entry" "$SHIM/xpullm/$(basename "$entry")"; done
+for sub in kernels integrations graphrag apps; do
+  [ -d "$ROOT/$sub" ] && ln -sfn "$ROOT/$sub" "$SHIM/xpullm/$sub"
+done
+export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+[ -d "$ROOT/bench/out/pydeps" ] && export PYTHONPATH="$PYTHONPATH:$ROOT/bench/out/pydeps"
+# Compiled kernels persist between runs on the same (warm) machine: .cache/ is git-ignored.
+export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$ROOT/.cache/triton}"
+unset TRITON_INTERPRET
+
+{
+  echo "# environment"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || true
+  "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, "cuda", torch.version.cuda)'
+  "$PY" -c 'import xpullm.kernels.triton as t; print("xpullm triton kernels import ok:", t.__file__)'
+} 2>&1 | tee "$OUT/env.txt"
+
+status=0
+if [ "$MODE" = all ] || [ "$MODE" = tests ]; then
+  if "$PY" -c 'import pytest' 2>/dev/null; then
+    # -c /dev/null: ignore the dev-machine pytest config/plugins; --noconftest: only this file's fixtures.
+    (cd "$ROOT" && "$PY" -m pytest -c /dev/null --rootdir "$ROOT" --import-mode=importlib -p no:cacheprovider \
+      --noconftest -q -rs --durations=15 tests/kernels/test_triton_kernels.py) 2>&1 | tee "$OUT/tests.txt" \
+      || status=1
+  else
+    echo "pytest is not importable by $PY: run 'bash bench/gpu_run.sh prepare' on the dev machine and carry" \
+      "bench/out/pydeps" | tee "$OUT/tests.txt"
+    status=1
+  fi
+fi
+if [ "$MODE" = all ] || [ "$MODE" = bench ]; then
+  (cd "$ROOT" && "$PY" bench/gpu_kernels.py --out "$OUT/gpu_kernels.md" "$@") 2>&1 | tee "$OUT/bench.log" \
+    || status=1
+fi
+exit $status

@@ -1,0 +1,496 @@
+"""Framework-free chat turn with tools and constrained JSON, shared by the LangChain and LlamaIndex adapters.
+
+Messages come in as plain dicts: `{"role", "content", "tool_calls": [ToolCall...], "tool_call_id", "name"}`.
+
+Tool-call format. A chat template that already speaks tools (it mentions `<tool_call>`, as Qwen2.5 / Hermes /
+SmolLM3 templates do) renders the tools and history itself, and the model answers with its own
+`<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks. A template without tool support (SmolLM2's) gets
+the same block format taught in a system message (`PROMPTED_INSTRUCTIONS`), earlier calls written back as those
+blocks and tool results as `<tool_response>` user turns, so one parser serves both.
+
+Constrained decoding. A forced call (`tool_choice` = a tool name or "required") appends the opening tag to the
+prompt and lets the engine decode only JSON that is valid for `{"name": <that tool>, "arguments": <its schema>}`
+(llguidance, via `json_schema=`), so the call always parses and validates. In "auto" mode the model writes freely;
+when it starts the opening tag we stop it and switch to the same constrained decoding for the call body.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from xpullm.errors import XPULLMError
+
+if TYPE_CHECKING:
+    from xpullm.engine import LLM
+
+__all__ = [
+    "CALL_CLOSE",
+    "CALL_OPEN",
+    "ChatTemplateError",
+    "InvalidToolChoice",
+    "InvalidToolSchema",
+    "StructuredOutputError",
+    "ToolCall",
+    "ToolSpec",
+    "TurnEvent",
+    "compact_schema",
+    "effective_choice",
+    "render_prompt",
+    "resolve_tool_choice",
+    "run_turn",
+    "validate_json_schema",
+]
+
+CALL_OPEN = "<tool_call>"
+CALL_CLOSE = "</tool_call>"
+
+PROMPTED_INSTRUCTIONS = (
+    "You can call tools. The tools are listed as JSON inside <tools></tools>:\n<tools>\n{tools}\n</tools>\n"
+    "To call a tool, reply with exactly one block of this form and nothing after it:\n"
+    '<tool_call>{{"name": "<tool name>", "arguments": {{<arguments as JSON>}}}}</tool_call>'
+)
+# How a tool result reads to a model without a native tool format. Measured on SmolLM2-135M: a plain sentence plus
+# a nudge makes it answer from the result; XML-ish wrappers made it echo the wrapper or repeat the call.
+PROMPTED_RESULT = "The {name} tool returned: {content}"
+PROMPTED_NUDGE = "\nAnswer my question using this result."
+
+# Compact, deterministic JSON separators: a small model wastes fewer tokens (and gets fewer chances to
+# ramble) when llguidance does not allow free whitespace between JSON tokens.
+_COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+class InvalidToolSchema(XPULLMError, ValueError):
+    """A tool whose name or parameter schema cannot be used for constrained tool calling."""
+
+
+class InvalidToolChoice(XPULLMError, ValueError):
+    """A `tool_choice` that names no bound tool or is not one of the accepted values."""
+
+
+class ChatTemplateError(XPULLMError, ValueError):
+    """Messages the model's chat template cannot render (wrong role order, non-text content, ...)."""
+
+
+class StructuredOutputError(XPULLMError, ValueError):
+    """Constrained JSON output that did not complete (it hit the token budget)."""
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One callable tool as the model sees it."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    """JSON schema of the arguments object."""
+
+    def as_json(self) -> dict[str, Any]:
+        """The OpenAI-style function description that templates and prompts show the model."""
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool call the model made."""
+
+    name: str
+    arguments: dict[str, Any]
+    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:12]}")
+
+
+@dataclass(frozen=True)
+class TurnEvent:
+    """One step of a streamed turn: a text delta, a finished tool call, or the final usage record."""
+
+    kind: Literal["text", "tool_call", "invalid_tool_call", "done"]
+    text: str = ""
+    call: ToolCall | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""
+
+
+def validate_json_schema(schema: object, what: str) -> dict[str, Any]:
+    """Check that `schema` is a JSON schema llguidance can compile (no tokenizer needed); return it."""
+    import llguidance
+
+    if not isinstance(schema, dict):
+        raise InvalidToolSchema(
+            f"{what} must be a JSON schema dict, got {type(schema).__name__}: {schema!r:.80}"
+        )
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema))
+    except (TypeError, ValueError) as exc:
+        raise InvalidToolSchema(f"{what} is not serialisable JSON: {exc}") from exc
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, None)
+    if is_error:
+        raise InvalidToolSchema(f"{what} is not a usable JSON schema: {'; '.join(messages)}")
+    return schema
+
+
+def make_tool_spec(name: object, description: object, parameters: object) -> ToolSpec:
+    """Build and validate a `ToolSpec` (name must be a non-empty identifier-like string)."""
+    if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+        raise InvalidToolSchema(f"tool name {name!r} is invalid: use a non-empty string without spaces")
+    if parameters is None:
+        parameters = {"type": "object", "properties": {}}
+    validate_json_schema(parameters, f"parameters of tool {name!r}")
+    if parameters.get("type", "object") != "object":
+        raise InvalidToolSchema(
+            f"parameters of tool {name!r} must describe a JSON object (type 'object'), got {parameters.get('type')!r}"
+        )
+    return ToolSpec(name, str(description or ""), parameters)
+
+
+def resolve_tool_choice(choice: object, tools: Sequence[ToolSpec]) -> str:
+    """Normalise a tool_choice to "auto", "none", "required" or a tool name; reject anything else."""
+    names = [t.name for t in tools]
+    if isinstance(choice, dict):  # OpenAI / LangChain style {"type": "function", "function": {"name": ...}}
+        choice = (choice.get("function") or {}).get("name") or choice.get("name")
+    if choice is None or choice == "auto":
+        return "auto"
+    if choice is True or choice in ("any", "required"):
+        if not tools:
+            raise InvalidToolChoice(f"tool_choice={choice!r} needs at least one bound tool")
+        return "required"
+    if choice is False or choice == "none":
+        return "none"
+    if isinstance(choice, str) and choice in names:
+        return choice
+    raise InvalidToolChoice(
+        f"tool_choice={choice!r} is not a bound tool; bound tools: {names}; "
+        "or use 'auto', 'none', 'any' / 'required'"
+    )
+
+
+def effective_choice(messages: Sequence[dict[str, Any]], choice: str, max_tool_rounds: int | None) -> str:
+    """Turn "auto" into "none" once `max_tool_rounds` tool rounds follow the last user message."""
+    if choice != "auto" or max_tool_rounds is None:
+        return choice
+    rounds = 0
+    for msg in reversed(messages):
+        if msg["role"] == "user":
+            break
+        if msg["role"] == "assistant" and msg.get("tool_calls"):
+            rounds += 1
+    return "none" if rounds >= max_tool_rounds else choice
+
+
+def compact_schema(schema: dict[str, Any], max_string_length: int | None = None) -> dict[str, Any]:
+    """A tightened copy of `schema` for decoding: compact separators, no undeclared object keys and, optionally,
+    a length cap on free strings. A small model otherwise invents extra keys or loops inside a string until the
+    token budget ends; output valid for the tightened schema is still valid for the original."""
+    out = copy.deepcopy(schema)
+    _tighten(out, max_string_length)
+    out["x-guidance"] = {**_COMPACT, **out.get("x-guidance", {})}
+    return out
+
+
+def _tighten(node: Any, cap: int | None) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _tighten(item, cap)
+        return
+    if not isinstance(node, dict):
+        return
+    kind = node.get("type")
+    is_string = kind == "string" or (isinstance(kind, list) and "string" in kind)
+    if (
+        cap is not None
+        and is_string
+        and not any(k in node for k in ("maxLength", "enum", "const", "pattern", "format"))
+    ):
+        node["maxLength"] = cap
+    if "properties" in node and "additionalProperties" not in node and "patternProperties" not in node:
+        node["additionalProperties"] = False
+    for key, value in node.items():
+        if key in ("properties", "$defs", "definitions", "patternProperties"):
+            for sub in value.values() if isinstance(value, dict) else ():
+                _tighten(sub, cap)
+        elif key in ("items", "anyOf", "oneOf", "allOf", "additionalProperties", "prefixItems", "not"):
+            _tighten(value, cap)
+
+
+def _strict(params: dict[str, Any]) -> dict[str, Any]:
+    # Unknown argument names would only confuse the tool; forbid them unless the schema says otherwise.
+    out = copy.deepcopy(params)
+    if out.get("type", "object") == "object" and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    out.setdefault("properties", {})
+    return out
+
+
+def call_schema(tools: Sequence[ToolSpec], max_string_length: int | None = None) -> dict[str, Any]:
+    """JSON schema of one call `{"name": ..., "arguments": {...}}` to any of `tools`."""
+    options = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": t.name}, "arguments": _strict(t.parameters)},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for t in tools
+    ]
+    return compact_schema(options[0] if len(options) == 1 else {"anyOf": options}, max_string_length)
+
+
+# -- rendering -------------------------------------------------------------------------------------------------
+
+
+def _supports_native_tools(llm: LLM) -> bool:
+    template = getattr(llm.tokenizer, "chat_template", None) or ""
+    return isinstance(template, str) and CALL_OPEN in template and "tools" in template
+
+
+def _call_block(call: ToolCall) -> str:
+    return f"{CALL_OPEN}{json.dumps({'name': call.name, 'arguments': call.arguments}, ensure_ascii=False)}{CALL_CLOSE}"
+
+
+def _call_prose(call: ToolCall) -> str:
+    return f"I called the {call.name} tool with {json.dumps(call.arguments, ensure_ascii=False)}."
+
+
+def _prompted_messages(messages: Sequence[dict[str, Any]], tools: Sequence[ToolSpec]) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    for msg in messages:
+        role, content = msg["role"], msg.get("content") or ""
+        if role == "assistant" and msg.get("tool_calls"):
+            # Without tools on offer, earlier calls read as prose: shown the call syntax, a small model copies it
+            # instead of answering.
+            show = _call_block if tools else _call_prose
+            blocks = "\n".join(show(c) for c in msg["tool_calls"])
+            content = f"{content}\n{blocks}" if content else blocks
+        elif role == "tool":
+            role = "user"
+            content = PROMPTED_RESULT.format(name=msg.get("name") or "tool", content=content)
+            if msg is messages[-1]:
+                content += PROMPTED_NUDGE
+        out.append({"role": role, "content": content})
+    if tools:
+        listing = "\n".join(json.dumps(t.as_json(), ensure_ascii=False) for t in tools)
+        instructions = PROMPTED_INSTRUCTIONS.format(tools=listing)
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{instructions}"}
+        else:
+            out.insert(0, {"role": "system", "content": instructions})
+    return out
+
+
+def _native_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for msg in messages:
+        item: dict[str, Any] = {"role": msg["role"], "content": msg.get("content") or ""}
+        if msg.get("tool_calls"):
+            item["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in msg["tool_calls"]
+            ]
+        if msg["role"] == "tool":
+            item["tool_call_id"] = msg.get("tool_call_id", "")
+            if msg.get("name"):
+                item["name"] = msg["name"]
+        out.append(item)
+    return out
+
+
+def render_prompt(llm: LLM, messages: Sequence[dict[str, Any]], tools: Sequence[ToolSpec] = ()) -> str:
+    """The prompt text for `messages` (+ tools) ending with the assistant generation prompt.
+
+    Raises `ChatTemplateError` naming the problem when the template cannot render the conversation.
+    """
+    if not messages:
+        raise ChatTemplateError("messages is empty; pass at least one message")
+    try:
+        if _supports_native_tools(llm):
+            tok = llm.tokenizer
+            kwargs = {"tools": [t.as_json() for t in tools]} if tools else {}
+            text = tok.apply_chat_template(
+                _native_messages(messages), add_generation_prompt=True, tokenize=False, **kwargs
+            )
+        else:
+            text = llm.render_chat(_prompted_messages(messages, tools))
+    except XPULLMError as exc:
+        raise ChatTemplateError(f"the chat template cannot render these messages: {exc}") from exc
+    except (
+        Exception
+    ) as exc:  # jinja2.TemplateError and friends: the template's own complaint is the useful part
+        raise ChatTemplateError(
+            f"the chat template of {llm.model_name!r} cannot render these messages "
+            f"({type(exc).__name__}: {exc}); merge or reorder the messages"
+        ) from exc
+    return _strip_leading_bos(llm, text)
+
+
+def _strip_leading_bos(llm: LLM, text: str) -> str:
+    # generate() tokenizes with special tokens, which prepends BOS for some tokenizers; the template already
+    # wrote one, so drop the template's copy instead of feeding the model two.
+    tok = llm.tokenizer
+    bos = getattr(tok, "bos_token", None)
+    if bos and text.startswith(bos):
+        ids = tok("x", add_special_tokens=True)["input_ids"]
+        if ids and ids[0] == tok.bos_token_id:
+            return text[len(bos) :]
+    return text
+
+
+# -- parsing ---------------------------------------------------------------------------------------------------
+
+
+def parse_call(body: str, tools: Sequence[ToolSpec]) -> ToolCall | None:
+    """Parse one call body; None when it is not a JSON object naming a known tool."""
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or data.get("name") not in {t.name for t in tools}:
+        return None
+    args = data.get("arguments", data.get("parameters", {}))
+    return ToolCall(data["name"], args) if isinstance(args, dict) else None
+
+
+def _held_back(text: str) -> int:
+    """How many trailing characters of `text` could be the start of CALL_OPEN (not safe to emit yet)."""
+    for n in range(min(len(CALL_OPEN) - 1, len(text)), 0, -1):
+        if CALL_OPEN.startswith(text[-n:]):
+            return n
+    return 0
+
+
+# -- one turn --------------------------------------------------------------------------------------------------
+
+
+def run_turn(
+    llm: LLM,
+    prompt: str,
+    params: dict[str, Any],
+    *,
+    tools: Sequence[ToolSpec] = (),
+    tool_choice: str = "auto",
+    json_schema: dict[str, Any] | None = None,
+    json_max_tokens: int = 256,
+    json_max_string_length: int | None = None,
+) -> Iterator[TurnEvent]:
+    """Generate one assistant turn, yielding text deltas and tool calls as they complete, then a `done` event.
+
+    `params` are engine generation parameters (max_new_tokens, temperature, stop, ...). Constrained parts
+    (a tool call body, or the whole answer when `json_schema` is given) get at least `json_max_tokens` tokens,
+    since a truncated JSON value is useless; `json_max_string_length` caps free strings inside them.
+    """
+    prompt_tokens = llm.count_tokens(prompt)
+    budget = max(params.get("max_new_tokens", 256), json_max_tokens)
+    if json_schema is not None:
+        out = yield from _constrained(
+            llm,
+            prompt,
+            {**params, "max_new_tokens": budget},
+            compact_schema(json_schema, json_max_string_length),
+        )
+        text, finish = out
+        if finish != "stop":
+            raise StructuredOutputError(
+                f"structured output stopped after {budget} tokens before the JSON was complete "
+                f"(finish_reason={finish!r}); raise max_tokens / json_max_tokens"
+            )
+        yield _done(llm, prompt_tokens, text, finish)
+        return
+    if tool_choice not in ("auto", "none"):
+        chosen = [t for t in tools if tool_choice in ("required", t.name)]
+        yield from _forced_call(
+            llm, prompt, params, chosen, budget, prompt_tokens, "", json_max_string_length
+        )
+        return
+    stop = list(params.get("stop") or ())
+    if tool_choice == "none" or not tools:
+        text, finish = "", "stop"
+        if tools:  # tools are listed but must not be called: end the turn where a call would begin
+            params = {**params, "stop": [*stop, CALL_OPEN]}
+        for delta in llm.stream(prompt, **params):
+            text += delta
+            yield TurnEvent("text", delta)
+        yield _done(llm, prompt_tokens, text, finish)
+        return
+    # auto: stream freely; if the model opens a tool call, stop it and decode the body under the constraint.
+    text, emitted, opened = "", 0, False
+    deltas = llm.stream(prompt, **{**params, "stop": stop or None})
+    try:
+        for delta in deltas:
+            text += delta
+            at = text.find(CALL_OPEN)
+            if at >= 0:
+                if at > emitted:
+                    yield TurnEvent("text", text[emitted:at])
+                text, opened = text[:at], True
+                break
+            safe = len(text) - _held_back(text)
+            if safe > emitted:
+                yield TurnEvent("text", text[emitted:safe])
+                emitted = safe
+    finally:
+        deltas.close()  # releases the model for the constrained call below (or for the caller's next call)
+    if not opened:
+        if len(text) > emitted:
+            yield TurnEvent("text", text[emitted:])
+        yield _done(llm, prompt_tokens, text, "stop")
+        return
+    yield from _forced_call(
+        llm, prompt + text, params, tools, budget, prompt_tokens, text, json_max_string_length
+    )
+
+
+def _forced_call(
+    llm: LLM,
+    prompt: str,
+    params: dict[str, Any],
+    tools: Sequence[ToolSpec],
+    budget: int,
+    prompt_tokens: int,
+    text_before: str,
+    max_string_length: int | None,
+) -> Iterator[TurnEvent]:
+    free = {k: v for k, v in params.items() if k not in ("stop", "max_new_tokens")}
+    body, finish = yield from _constrained(
+        llm,
+        prompt + CALL_OPEN,
+        {**free, "max_new_tokens": budget},
+        call_schema(tools, max_string_length),
+        emit=False,
+    )
+    call = parse_call(body, tools)
+    if call is None or finish != "stop":
+        yield TurnEvent("invalid_tool_call", body, finish_reason=finish)
+    else:
+        yield TurnEvent("tool_call", call=call)
+    yield _done(llm, prompt_tokens, text_before + CALL_OPEN + body + CALL_CLOSE, "tool_calls")
+
+
+def _constrained(
+    llm: LLM, prompt: str, params: dict[str, Any], schema: dict[str, Any], emit: bool = True
+) -> Iterator[TurnEvent]:
+    """Stream JSON valid for `schema`; returns (text, finish_reason) as the generator's value."""
+    params = {k: v for k, v in params.items() if k != "stop"}  # a stop string must not cut the JSON short
+    text = ""
+    for delta in llm.stream(prompt, json_schema=schema, **params):
+        text += delta
+        if emit:
+            yield TurnEvent("text", delta)
+    try:
+        json.loads(text)
+        finish = "stop"
+    except json.JSONDecodeError:
+        finish = "length"
+    return text, finish
+
+
+def _done(llm: LLM, prompt_tokens: int, text: str, finish: str) -> TurnEvent:
+    # The engine's stream() does not report usage; re-tokenizing the output matches the generated count for
+    # ordinary text (see docs/integrations.md, "engine proposals").
+    completion = len(llm.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+    return TurnEvent("done", prompt_tokens=prompt_tokens, completion_tokens=completion, finish_reason=finish)

@@ -1,0 +1,78 @@
+"""Triton kernels for weight-only low-bit matmul on GPUs (CUDA, and Intel GPUs through Triton's XPU backend).
+
+Imported by the kernel registry on the first CUDA / XPU selection, never by `import xpullm`. One kernel object
+serves every low-bit format: `prepare` repacks the portable layout once (`layout.py`), `matmul` picks a
+launch configuration per (shape, batch bucket) (`configs.py`, `launch.py`) and runs the programs in `jit.py`:
+a split-K CUDA-core GEMV for 1..8 decode rows, tensor-core tiles for up to 16 rows, and for prefill either
+tensor-core tiles or dequantize + vendor GEMM, whichever the tuner measured faster.
+The XPU path compiles through the same code but is not yet verified on Intel hardware.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from xpullm.kernels.registry import Kernel, register_kernel
+from xpullm.kernels.triton.configs import CONFIG_TABLES, LaunchConfig
+from xpullm.kernels.triton.launch import (
+    dequantize,
+    export_tuned,
+    load_tuned,
+    matmul,
+    run,
+    select_config,
+    time_cold,
+    tune,
+)
+from xpullm.kernels.triton.layout import FORMAT_CODES, TritonWeight, pack_weight
+from xpullm.kernels.triton.op import matmul_op
+
+__all__ = [
+    "CONFIG_TABLES",
+    "FORMATS",
+    "LaunchConfig",
+    "TritonLowBitKernel",
+    "TritonWeight",
+    "dequantize",
+    "export_tuned",
+    "load_tuned",
+    "matmul",
+    "matmul_op",
+    "pack_weight",
+    "run",
+    "select_config",
+    "time_cold",
+    "tune",
+]
+
+FORMATS = tuple(FORMAT_CODES)
+
+
+class TritonLowBitKernel(Kernel):
+    """Fused dequantize-matmul for every low-bit format, in Triton."""
+
+    name = "triton"
+
+    def supports(self, qw: Any) -> bool:
+        """Low-bit formats whose groups hold whole 4-word blocks (group sizes 32..256, or one per row)."""
+        if qw.format not in FORMAT_CODES or qw.scales is None:
+            return False
+        planes = 32 // FORMAT_CODES[qw.format][1]
+        return qw.scales.shape[1] == 1 or int(qw.group_size) % (4 * planes) == 0
+
+    def prepare(self, qw: Any, device: torch.device) -> TritonWeight:
+        """Repack into the device layout on `device` (once, at load)."""
+        return pack_weight(qw, device)
+
+    def matmul(self, x: torch.Tensor, state: TritonWeight) -> torch.Tensor:
+        """y [..., N] = x [..., K] @ W^T (through a custom op while `torch.compile` traces)."""
+        if torch.compiler.is_compiling():
+            return matmul_op(x, state)
+        return matmul(x, state)
+
+
+# Same object for both GPU kinds; priority above the reference (-100) and the dense kernel (0).
+register_kernel(formats=FORMATS, device="cuda", priority=100)(TritonLowBitKernel)
+register_kernel(formats=FORMATS, device="xpu", priority=100)(TritonLowBitKernel)

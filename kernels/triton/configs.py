@@ -1,0 +1,135 @@
+"""Launch configurations per device kind, and the small tuner that picks one per (weight shape, M bucket).
+
+Device-specific knowledge lives only in `CONFIG_TABLES`: candidate tile shapes, warps and split-K factors per
+device kind and per path (decode GEMV, small-M tensor-core tiles, prefill). The tuner times every valid
+candidate once per key (device, format, group, N, K, M bucket, activation dtype) and caches the winner; when it
+cannot time (Triton interpreter, CUDA graph capture, XPULLM_TRITON_AUTOTUNE=0) it uses `default_config`.
+The XPU table is a first guess from Intel's Triton tuning guides and is not yet verified on hardware.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+__all__ = ["CONFIG_TABLES", "LaunchConfig", "candidates", "default_config", "m_bucket", "valid"]
+
+Path = Literal["gemv", "dot", "dequant"]
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """One way to run the product. `dequant` = decode to a dense weight, then the vendor GEMM."""
+
+    path: Path
+    block_m: int = 1
+    block_n: int = 16
+    block_kb: int = 16  # 4-word blocks per K step (x 32 elements for 4-bit, x 16 for 8-bit)
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def _gemv(bm: int, bn: int, kb: int, sk: int, warps: int) -> LaunchConfig:
+    return LaunchConfig("gemv", bm, bn, kb, sk, warps, 1)
+
+
+def _dot(bm: int, bn: int, kb: int, sk: int, warps: int, stages: int) -> LaunchConfig:
+    return LaunchConfig("dot", bm, bn, kb, sk, warps, stages)
+
+
+_DEQUANT = LaunchConfig("dequant")
+
+# CUDA (tuned for H100-class parts: 132 SMs, ~3 TB/s). GEMV tiles carry 2-8 KiB of packed weight per K step;
+# split-K keeps >= 2 programs per SM on the tall-K shapes (e.g. 4096 x 14336). Split counts are runtime
+# values, so they add timing work but no compiles.
+_CUDA_GEMV = [
+    _gemv(1, bn, kb, sk, w)
+    # A thread holding several rows of the same words widens each activation once for all of them, so the
+    # taller tiles (32 x 16 blocks on 4 warps = 4 rows per thread) spend fewer ALU ops per weight.
+    for bn, kb, w in ((8, 16, 2), (16, 16, 4), (16, 32, 8), (32, 16, 4), (32, 8, 4), (64, 8, 4))
+    for sk in (1, 2, 4)
+]
+_CUDA_DOT_SMALL = [
+    _dot(16, bn, kb, sk, w, st)
+    for bn, kb, w, st in ((32, 4, 4, 3), (64, 4, 4, 3), (64, 8, 4, 2), (128, 4, 8, 2))
+    for sk in (1, 2)
+]
+# (128 x 128 tiles on 8 warps spill registers once eight bit planes are decoded per step: not listed.)
+_CUDA_PREFILL = [_DEQUANT, _dot(64, 128, 4, 1, 4, 3), _dot(128, 64, 4, 1, 4, 3), _dot(64, 64, 4, 1, 4, 4)]
+
+# Intel GPUs (Triton XPU backend): wider tiles and more warps suit the 8-wide EUs with large register files.
+# Unverified on hardware; the tuner times these like the CUDA ones.
+_XPU_GEMV = [
+    _gemv(1, bn, kb, sk, w) for bn, kb, w in ((16, 16, 4), (32, 16, 8), (64, 8, 16)) for sk in (1, 2, 4)
+]
+_XPU_DOT_SMALL = [_dot(16, bn, kb, sk, w, 2) for bn, kb, w in ((64, 4, 4), (128, 4, 8)) for sk in (1, 2)]
+_XPU_PREFILL = [_DEQUANT, _dot(128, 128, 4, 1, 16, 2), _dot(256, 128, 4, 1, 32, 2)]
+
+CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
+    "cuda": {"gemv": _CUDA_GEMV, "dot_small": _CUDA_DOT_SMALL, "prefill": _CUDA_PREFILL},
+    "xpu": {"gemv": _XPU_GEMV, "dot_small": _XPU_DOT_SMALL, "prefill": _XPU_PREFILL},
+}
+GEMV_MAX_M = 16  # above this, prefill configs
+
+
+def m_bucket(m: int) -> int:
+    """Rows rounded up to a power of two (capped at 512): the tuner's notion of "same M"."""
+    return min(1 << max(m - 1, 0).bit_length(), 512)
+
+
+def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
+    """Whether `cfg` can run weight `tw` with activations of `x_dtype`."""
+    if cfg.path == "dequant":
+        return True
+    if cfg.path == "dot" and (x_dtype not in (torch.bfloat16, torch.float16) or cfg.block_kb < 4):
+        return False  # tl.dot on fp32 would silently drop to tf32; one plane's dot needs K = 4 * BKB >= 16
+    # A split needs at least a couple of K steps to be worth its reduction pass.
+    return cfg.split_k == 1 or tw.kw >= 2 * cfg.split_k * cfg.block_kb * 4
+
+
+def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[LaunchConfig]:
+    """Every valid candidate from the device kind's table for `m` rows."""
+    table = CONFIG_TABLES.get(device_kind, CONFIG_TABLES["cuda"])
+    bucket = m_bucket(m)
+    if bucket <= GEMV_MAX_M:
+        # The CUDA-core GEMV runs one activation row per program (re-reading the weight tile from L2 for
+        # rows 2..8); the tensor-core tiles read it once for up to 16 rows. The tuner measures which wins.
+        pool = list(table["gemv"]) if bucket <= 8 else []
+        pool += table["dot_small"]
+    else:
+        pool = table["prefill"]
+    return [c for c in pool if valid(c, tw, x_dtype)]
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 64
+
+
+def default_config(tw, m: int, x_dtype: torch.dtype) -> LaunchConfig:
+    """A sensible untimed choice: GEMV for 1 row, small tensor-core tiles to 16, dequant + GEMM beyond."""
+    bucket = m_bucket(m)
+    if bucket > GEMV_MAX_M:
+        return _DEQUANT
+    if bucket > 1 and x_dtype in (torch.bfloat16, torch.float16):
+        return _dot(16, 64 if tw.n >= 4096 else 32, 4, 1, 4, 3)
+    bn = 16
+    tiles = -(-tw.n // bn)
+    # Split K until there are ~2 programs per SM, but keep >= 4 K steps per split.
+    sms = _num_sms(tw.device) if tw.device.type != "cpu" else 1
+    split = 1
+    while tiles * split < 2 * sms and tw.kw // (split * 2) >= 4 * 64 and split < 8:
+        split *= 2
+    return _gemv(1, bn, 16, split, 4)
+
+
+def autotune_enabled() -> bool:
+    """Timing candidates is on unless XPULLM_TRITON_AUTOTUNE=0 or under the Triton interpreter."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    return os.environ.get("XPULLM_TRITON_AUTOTUNE", "1") != "0"

@@ -1,0 +1,294 @@
+"""The Triton programs: a GEMV for decode, a tensor-core tile kernel, a split-K reduction and a dequantizer.
+
+All of them read the device layout built by `layout.py`. In short: a row of the weight is a run of int32 words;
+four consecutive words form a *block* of 4 * PLANES elements, and word `l` of block `b` carries, in its bit
+plane `i` (a nibble for 4-bit formats, a byte for 8-bit ones), element `b * 4 * PLANES + 4 * i + l`.
+So one 16-byte load fetches a whole block, and plane `i` of that block lines up with four *consecutive*
+activations - every activation load is a vector load as well, and no reshuffle of x is needed.
+
+Codes become floats without int->float conversions (slow on GPUs): masking a code into the mantissa of a
+float 2**e (e chosen so the code's lowest bit weighs 1) and subtracting 2**e (+ the code offset) gives the
+exact value in two ALU ops. fp8 codes are widened
+into fp16 bit patterns (e4m3 lands 2**8 too small, which `layout.py` folds into the scale).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# Format codes, passed as constexpr so each format compiles to its own straight-line decode. Globals read
+# inside a jitted function must be `tl.constexpr` instances; `.value` gives the plain int to the host side.
+SYM_INT4 = tl.constexpr(0)
+ASYM_INT4 = tl.constexpr(1)
+LUT4 = tl.constexpr(2)  # nf4 and fp4: 16-entry codebook
+SYM_INT8 = tl.constexpr(3)  # stored biased by +128
+FP8_E4M3 = tl.constexpr(4)
+FP8_E5M2 = tl.constexpr(5)
+
+
+@triton.jit
+def _magic_plane(w, PLANE: tl.constexpr, BITS: tl.constexpr, OFFSET: tl.constexpr):
+    """Bit plane PLANE of `w` as the exact float (code - OFFSET), for unsigned codes of BITS bits.
+
+    The code is masked in place into the mantissa of a float whose exponent gives the plane's lowest bit the
+    weight 1, so the float is 2**EXP + code: one LOP3 and one FADD, no int->float conversion. Planes above
+    bit 22 are shifted down first (one shift, shared by all of them after CSE).
+    """
+    PER_WORD: tl.constexpr = 32 // BITS
+    LOW: tl.constexpr = 23 // BITS  # planes that fit below the exponent field (bits 0..22)
+    HIGH: tl.constexpr = PLANE >= LOW
+    J: tl.constexpr = PLANE - HIGH * (PER_WORD - LOW)
+    EXP: tl.constexpr = 23 - BITS * J
+    src = w >> (HIGH * BITS * (PER_WORD - LOW))
+    bits = (src & (((1 << BITS) - 1) << (BITS * J))) | ((127 + EXP) << 23)
+    return bits.to(tl.float32, bitcast=True) - ((1 << EXP) + OFFSET)
+
+
+@triton.jit
+def _decode_plane(w, PLANE: tl.constexpr, lut_ptr, FMT: tl.constexpr):
+    """Codes of bit plane `PLANE` of the int32 words `w`, as float32 values before the group scale."""
+    if FMT == SYM_INT4:
+        v = _magic_plane(w, PLANE, 4, 8)
+    elif FMT == ASYM_INT4:
+        v = _magic_plane(w, PLANE, 4, 0)
+    elif FMT == LUT4:
+        v = tl.load(lut_ptr + ((w >> (4 * PLANE)) & 0xF))
+    elif FMT == SYM_INT8:
+        v = _magic_plane(w, PLANE, 8, 128)
+    elif FMT == FP8_E4M3:
+        q = (w >> (8 * PLANE)) & 0xFF
+        # sign to bit 15, exponent+mantissa to bits 7..13: an fp16 equal to the e4m3 value * 2**-8, exact
+        # for subnormals too.
+        h = ((q & 0x80) << 8) | ((q & 0x7F) << 7)
+        v = h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    else:
+        # e5m2 is the top byte of an fp16.
+        q = (w >> (8 * PLANE)) & 0xFF
+        v = (q << 8).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return v
+
+
+@triton.jit
+def gemv_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, y_ptr,
+    M, N, KW, NG, words_per_split,
+    stride_xm, stride_wn, stride_sn, stride_ym, stride_ys,
+    GROUP_WORDS: tl.constexpr, FMT: tl.constexpr, PLANES: tl.constexpr,
+    HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, USE_WS: tl.constexpr,
+    X_BF16: tl.constexpr,
+):  # fmt: skip
+    """y[m, n] = sum_k x[m, k] * W[n, k] on CUDA cores, one activation row per program (decode).
+
+    The accumulator keeps one lane per weight word, so the inner loop is pure FMAs and the only cross-thread
+    reduction happens once, after the K loop. Activations are loaded as a [1, BKB, 4] tile that broadcasts
+    over the rows in registers (same layout as the weight tile: no shared-memory conversion in the loop).
+    Grid: (N tiles, K splits, M). With USE_WS each split writes fp32 partials to its workspace slice.
+    BLOCK_M is accepted for signature parity with `dot_kernel` and must be 1.
+    """
+    tl.static_assert(BLOCK_M == 1)
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    row = tl.program_id(2)
+    CHUNK: tl.constexpr = 4 * PLANES  # elements per 4-word block
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n3 = offs_n[:, None, None]  # [BN, 1, 1]
+    b3 = tl.arange(0, BLOCK_KB)[None, :, None]  # [1, BKB, 1]
+    l3 = tl.arange(0, 4)[None, None, :]  # [1, 1, 4]
+    n_ok = n3 < N
+    x_row = x_ptr + row * stride_xm
+    if X_BF16:
+        p3 = tl.arange(0, 2)[None, None, :]
+        xp_row = x_ptr.to(tl.pointer_type(tl.int32)) + row * (stride_xm // 2)
+
+    acc = tl.zeros([BLOCK_N, BLOCK_KB, 4], dtype=tl.float32)
+    kw_begin = pid_k * words_per_split
+    kw_end = tl.minimum(kw_begin + words_per_split, KW)
+    for kw0 in range(kw_begin, kw_end, BLOCK_KB * 4):
+        kw3 = kw0 + b3 * 4 + l3  # word index [1, BKB, 4]
+        w_ok = n_ok & (kw3 < KW)
+        w = tl.load(w_ptr + n3 * stride_wn + kw3, mask=w_ok, other=0)
+        if SCALE_PER_TILE:
+            g = kw0 // GROUP_WORDS
+            s_ok = n_ok & ((n3 * 0 + g) < NG)  # tensor-shaped: the interpreter rejects scalar masks here
+            s = tl.load(s_ptr + n3 * stride_sn + g, mask=s_ok, other=0.0).to(tl.float32)  # [BN, 1, 1]
+        else:
+            g3 = (kw0 + b3 * 4) // GROUP_WORDS  # [1, BKB, 1]
+            s_ok = n_ok & (g3 < NG)
+            s = tl.load(s_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32)  # [BN, BKB, 1]
+        if HAS_ZERO:
+            if SCALE_PER_TILE:
+                z = tl.load(z_ptr + n3 * stride_sn + g, mask=s_ok, other=0.0).to(tl.float32)
+            else:
+                z = tl.load(z_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32)
+        # Activations as [1, BKB, 4]: broadcast over the rows in registers, so a thread holding several rows
+        # of the same words loads and widens each activation once.
+        x_tile = x_row + (kw0 // 4 + b3) * CHUNK + l3  # plane-0 activation of every word
+        if X_BF16:
+            x_pairs = xp_row + (kw0 // 4 + b3) * (CHUNK // 2) + p3  # [1, BKB, 2] int32 = bf16 pairs
+            p_ok = (kw0 + b3 * 4 + p3 * 0) < KW
+        for i in tl.static_range(PLANES):
+            v = _decode_plane(w, i, lut_ptr, FMT)
+            if X_BF16:
+                # Two bf16 activations per int32 load; each widens to fp32 with one shift or one mask.
+                xp = tl.load(x_pairs + 2 * i, mask=p_ok, other=0)
+                lo = (xp << 16).to(tl.float32, bitcast=True)
+                hi = (xp & -65536).to(tl.float32, bitcast=True)
+                xv = tl.reshape(tl.join(lo, hi), (1, BLOCK_KB, 4))
+            else:
+                xv = tl.load(x_tile + 4 * i, mask=kw3 < KW, other=0.0).to(tl.float32)
+            if i == 0:
+                part = v * xv
+                if HAS_ZERO:
+                    xsum = xv
+            else:
+                part += v * xv
+                if HAS_ZERO:
+                    xsum += xv
+        if HAS_ZERO:
+            # sum (q s + z) x = s sum q x + z sum x; the activation sums are per thread, not per row.
+            acc += part * s + xsum * z
+        else:
+            acc += part * s
+    y = tl.sum(tl.sum(acc, axis=2), axis=1)  # [BN]
+    n_store = offs_n < N
+    if not USE_WS:
+        tl.store(y_ptr + row * stride_ym + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_store)
+    else:
+        tl.store(y_ptr + pid_k * stride_ys + row * stride_ym + offs_n, y, mask=n_store)
+
+
+@triton.jit
+def dot_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, y_ptr,
+    M, N, KW, NG, words_per_split,
+    stride_xm, stride_wn, stride_sn, stride_ym, stride_ys,
+    GROUP_WORDS: tl.constexpr, FMT: tl.constexpr, PLANES: tl.constexpr,
+    HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, USE_WS: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):  # fmt: skip
+    """The same product on tensor cores (`tl.dot`): dequantize a weight tile in registers, one dot per plane.
+
+    Used for 5..16 rows (BLOCK_M = 16) and for prefill tiles. The K order inside a dot does not matter, so
+    plane `i` of every block is multiplied with the activations it lines up with, no reshuffle needed.
+    Grid: (M tiles * N tiles, K splits); M varies fastest so neighbouring programs share a weight tile in L2.
+    """
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_m = tl.cdiv(M, BLOCK_M)
+    pid_m = pid % num_m
+    pid_n = pid // num_m
+    CHUNK: tl.constexpr = 4 * PLANES
+    BKW: tl.constexpr = BLOCK_KB * 4
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_b = tl.arange(0, BLOCK_KB)
+    offs_l = tl.arange(0, 4)
+    n3 = offs_n[:, None, None]
+    b3 = offs_b[None, :, None]
+    l3 = offs_l[None, None, :]
+    m3 = offs_m[:, None, None]
+    n_ok = n3 < N
+    m_ok = m3 < M
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    kw_begin = pid_k * words_per_split
+    kw_end = tl.minimum(kw_begin + words_per_split, KW)
+    for kw0 in range(kw_begin, kw_end, BKW):
+        kw3 = kw0 + b3 * 4 + l3
+        w_ok = n_ok & (kw3 < KW)
+        w = tl.load(w_ptr + n3 * stride_wn + kw3, mask=w_ok, other=0)
+        if SCALE_PER_TILE:
+            g = kw0 // GROUP_WORDS
+            s_ok = n_ok & ((n3 * 0 + g) < NG)  # tensor-shaped: the interpreter rejects scalar masks here
+            s = tl.load(s_ptr + n3 * stride_sn + g, mask=s_ok, other=0.0).to(tl.float32)
+        else:
+            g3 = (kw0 + b3 * 4) // GROUP_WORDS
+            s_ok = n_ok & (g3 < NG)
+            s = tl.load(s_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32)
+        if HAS_ZERO:
+            if SCALE_PER_TILE:
+                z = tl.load(z_ptr + n3 * stride_sn + g, mask=s_ok, other=0.0).to(tl.float32)
+            else:
+                z = tl.load(z_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32)
+        e3 = (kw0 // 4 + b3) * CHUNK + l3  # [1, BKB, 4]
+        x_ok = m_ok & (kw3 < KW)
+        # With one scale per row for the whole step and no zero point, the codes go into the dot unscaled
+        # (exact in bf16/fp16) and the scale is applied to the step's fp32 sum; otherwise it is folded in first.
+        POST_SCALE: tl.constexpr = SCALE_PER_TILE and not HAS_ZERO
+        step = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for i in tl.static_range(PLANES):
+            v = _decode_plane(w, i, lut_ptr, FMT)
+            if HAS_ZERO:
+                v = v * s + z
+            elif not POST_SCALE:
+                v = v * s
+            xv = tl.load(x_ptr + m3 * stride_xm + e3 + 4 * i, mask=x_ok, other=0.0)
+            wt = tl.reshape(v.to(xv.dtype), (BLOCK_N, BKW))
+            xt = tl.reshape(xv, (BLOCK_M, BKW))
+            if DOT_F32:  # the Triton interpreter multiplies bf16 operands as raw integers
+                step += tl.dot(xt.to(tl.float32), tl.trans(wt).to(tl.float32))
+            else:
+                step = tl.dot(xt, tl.trans(wt), step)
+        if POST_SCALE:
+            acc += step * tl.reshape(s, (1, BLOCK_N))
+        else:
+            acc += step
+    m2 = offs_m[:, None]
+    n2 = offs_n[None, :]
+    out_ok = (m2 < M) & (n2 < N)
+    if not USE_WS:
+        tl.store(y_ptr + m2 * stride_ym + n2, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
+    else:
+        tl.store(y_ptr + pid_k * stride_ys + m2 * stride_ym + n2, acc, mask=out_ok)
+
+
+@triton.jit
+def splitk_reduce_kernel(ws_ptr, y_ptr, numel, stride_ys, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    """y = sum over the SPLIT_K fp32 partial products, cast to y's dtype (every element written)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    total = tl.load(ws_ptr + offs, mask=ok, other=0.0)
+    for s in tl.static_range(1, SPLIT_K):
+        total += tl.load(ws_ptr + s * stride_ys + offs, mask=ok, other=0.0)
+    tl.store(y_ptr + offs, total.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def dequant_kernel(
+    w_ptr, s_ptr, z_ptr, lut_ptr, out_ptr,
+    N, K, KW, NG, stride_wn, stride_sn, stride_on,
+    GROUP_WORDS: tl.constexpr, FMT: tl.constexpr, PLANES: tl.constexpr, HAS_ZERO: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
+):  # fmt: skip
+    """Decode the device layout back to a dense row-major [N, K] weight (for the dequantize + GEMM path)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    CHUNK: tl.constexpr = 4 * PLANES
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_b = tl.arange(0, BLOCK_KB)
+    offs_l = tl.arange(0, 4)
+    n3 = offs_n[:, None, None]
+    b3 = pid_k * BLOCK_KB + offs_b[None, :, None]  # global block index
+    l3 = offs_l[None, None, :]
+    kw3 = b3 * 4 + l3
+    n_ok = n3 < N
+    w = tl.load(w_ptr + n3 * stride_wn + kw3, mask=n_ok & (kw3 < KW), other=0)
+    g3 = (b3 * 4) // GROUP_WORDS
+    s_ok = n_ok & (g3 < NG)
+    s = tl.load(s_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32)
+    if HAS_ZERO:
+        z = tl.load(z_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32)
+    e3 = b3 * CHUNK + l3
+    for i in tl.static_range(PLANES):
+        v = _decode_plane(w, i, lut_ptr, FMT)
+        if HAS_ZERO:
+            v = v * s + z
+        else:
+            v = v * s
+        k3 = e3 + 4 * i
+        tl.store(out_ptr + n3 * stride_on + k3, v.to(out_ptr.dtype.element_ty), mask=n_ok & (k3 < K))

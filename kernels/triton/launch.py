@@ -1,0 +1,302 @@
+"""Host side: pick a launch configuration (timed once per shape) and run the Triton programs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.compiler.errors
+
+from xpullm.kernels.triton import jit
+from xpullm.kernels.triton.configs import (
+    LaunchConfig,
+    autotune_enabled,
+    candidates,
+    default_config,
+    m_bucket,
+)
+from xpullm.kernels.triton.layout import SINGLE_GROUP_WORDS, TritonWeight
+
+__all__ = ["dequantize", "export_tuned", "load_tuned", "matmul", "run", "select_config", "time_cold", "tune"]
+
+_DEQUANT_BLOCK_N, _DEQUANT_BLOCK_KB = 16, 16
+_DEQUANT_CHUNK_ELEMS = 1 << 26  # decode at most this many weights at once (128 MiB of bf16) on the GEMM path
+_REDUCE_BLOCK = 1024
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, like triton.jit does at decoration
+_tuned: dict[tuple, LaunchConfig] = {}
+_tune_lock = threading.Lock()
+
+
+def _scale_per_tile(tw: TritonWeight, cfg: LaunchConfig) -> bool:
+    """True when one K step never straddles two scale groups, so the step loads one scale per row."""
+    return tw.group_words == SINGLE_GROUP_WORDS or tw.group_words % (cfg.block_kb * 4) == 0
+
+
+def _words_per_split(tw: TritonWeight, cfg: LaunchConfig) -> int:
+    step = cfg.block_kb * 4
+    per_split = -(-tw.kw // cfg.split_k)
+    return -(-per_split // step) * step  # whole K steps, so split boundaries are step- (and group-) aligned
+
+
+def _prepare_x(x: torch.Tensor, tw: TritonWeight) -> torch.Tensor:
+    """x [..., K] -> contiguous [M, KX]; the pad columns are zero so the padded weight codes add nothing."""
+    if x.shape[-1] != tw.k:
+        raise ValueError(f"activation has {x.shape[-1]} features but the weight expects K={tw.k}")
+    x2 = x.reshape(-1, tw.k)
+    if tw.kx != tw.k:
+        x2 = F.pad(x2, (0, tw.kx - tw.k))
+    x2 = x2.contiguous()
+    if x2.data_ptr() % 16:
+        x2 = x2.clone()  # the GEMV reads bf16 pairs as int32 vectors: a view at an odd offset would fault
+    return x2
+
+
+def run(
+    x2: torch.Tensor,
+    tw: TritonWeight,
+    cfg: LaunchConfig,
+    out: torch.Tensor | None = None,
+    workspace: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y [M, N] = x2 [M, KX] @ W^T with one explicit configuration (tests and the tuner call this).
+
+    `out` and `workspace` (fp32 [split_k, M, N]) may be passed in; every element of `out` is written.
+    """
+    m = x2.shape[0]
+    if cfg.path == "gemv" and cfg.block_m != 1:
+        raise ValueError(f"the GEMV runs one activation row per program: block_m must be 1, got {cfg}")
+    if cfg.path == "dot" and cfg.block_kb < 4:
+        raise ValueError(f"tensor-core tiles need block_kb >= 4 (a dot of K >= 16 per bit plane), got {cfg}")
+    if out is None:
+        out = torch.empty((m, tw.n), dtype=x2.dtype, device=x2.device)
+    if m == 0:
+        return out
+    if cfg.path == "dequant":
+        return _dequant_matmul(x2, tw, out)
+    split = cfg.split_k
+    if split > 1:
+        if workspace is None:
+            workspace = torch.empty((split, m, tw.n), dtype=torch.float32, device=x2.device)
+        target, stride_ys = workspace, workspace.stride(0)
+    else:
+        target, stride_ys = out, 0
+    zeros = tw.zeros if tw.zeros is not None else tw.scales
+    args = (
+        x2, tw.words, tw.scales, zeros, tw.lut, target,
+        m, tw.n, tw.kw, tw.n_groups, _words_per_split(tw, cfg),
+        x2.stride(0), tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
+    )  # fmt: skip
+    meta = dict(
+        GROUP_WORDS=tw.group_words,
+        FMT=tw.fmt_code,
+        PLANES=tw.planes,
+        HAS_ZERO=tw.zeros is not None,
+        SCALE_PER_TILE=_scale_per_tile(tw, cfg),
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_KB=cfg.block_kb,
+        USE_WS=split > 1,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    if cfg.path == "gemv":
+        grid = (triton.cdiv(tw.n, cfg.block_n), split, m)
+        jit.gemv_kernel[grid](*args, **meta, X_BF16=x2.dtype == torch.bfloat16)
+    else:
+        grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(tw.n, cfg.block_n), split)
+        jit.dot_kernel[grid](*args, **meta, DOT_F32=_INTERPRET)
+    if split > 1:
+        numel = m * tw.n
+        jit.splitk_reduce_kernel[(triton.cdiv(numel, _REDUCE_BLOCK),)](
+            workspace, out, numel, workspace.stride(0), SPLIT_K=split, BLOCK=_REDUCE_BLOCK
+        )
+    return out
+
+
+def dequantize(
+    tw: TritonWeight,
+    dtype: torch.dtype = torch.bfloat16,
+    rows: tuple[int, int] | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Decode rows [r0, r1) (default: all) of the weight into a dense [rows, K] tensor of `dtype`."""
+    r0, r1 = rows if rows is not None else (0, tw.n)
+    if out is None:
+        out = torch.empty((r1 - r0, tw.k), dtype=dtype, device=tw.device)
+    zeros = tw.zeros if tw.zeros is not None else tw.scales
+    # Offsets inside the kernel are 32-bit: launch at most 2**30 outputs at a time.
+    step = max(1, (1 << 30) // max(tw.kw * tw.planes, 1))
+    for c0 in range(r0, r1, step):
+        c1 = min(c0 + step, r1)
+        dst = out[c0 - r0 : c1 - r0]
+        grid = (triton.cdiv(c1 - c0, _DEQUANT_BLOCK_N), triton.cdiv(tw.kw, _DEQUANT_BLOCK_KB * 4))
+        jit.dequant_kernel[grid](
+            tw.words[c0:], tw.scales[c0:], zeros[c0:], tw.lut, dst,
+            c1 - c0, tw.k, tw.kw, tw.n_groups, tw.words.stride(0), tw.scales.stride(0), dst.stride(0),
+            GROUP_WORDS=tw.group_words, FMT=tw.fmt_code, PLANES=tw.planes, HAS_ZERO=tw.zeros is not None,
+            BLOCK_N=_DEQUANT_BLOCK_N, BLOCK_KB=_DEQUANT_BLOCK_KB,
+        )  # fmt: skip
+    return out
+
+
+def _dequant_matmul(x2: torch.Tensor, tw: TritonWeight, out: torch.Tensor) -> torch.Tensor:
+    """Prefill path: decode to x's dtype in row chunks, then the vendor GEMM (cuBLAS / oneDNN)."""
+    x = x2[:, : tw.k]
+    rows_per_chunk = max(1, _DEQUANT_CHUNK_ELEMS // max(tw.k, 1))
+    if rows_per_chunk >= tw.n:
+        torch.matmul(x, dequantize(tw, x2.dtype).t(), out=out)
+        return out
+    for r0 in range(0, tw.n, rows_per_chunk):
+        r1 = min(r0 + rows_per_chunk, tw.n)
+        out[:, r0:r1] = F.linear(x, dequantize(tw, x2.dtype, rows=(r0, r1)))
+    return out
+
+
+def _device_kind(device: torch.device) -> str:
+    return "xpu" if device.type == "xpu" else "cuda"
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "xpu":
+        return torch.xpu.get_device_name(device)
+    return device.type
+
+
+def _key(tw: TritonWeight, m: int, dtype: torch.dtype) -> tuple:
+    return (_device_name(tw.device), tw.format, tw.group_words, tw.n, tw.kw, m_bucket(m), str(dtype))
+
+
+# -- tuned tables ---------------------------------------------------------------------------------------
+# Timing results can be exported (`export_tuned`, e.g. by bench/gpu_kernels.py) and shipped as
+# `tuned_<device name>.json` next to this file; they are loaded on the first call for that device, so a known GPU starts
+# with the measured winners and never times candidates for the shapes listed there.
+_TUNED_DIR = Path(__file__).parent
+_loaded_tables: set[str] = set()
+_FIELDS = ("device", "format", "group_words", "n", "kw", "m_bucket", "dtype")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def export_tuned() -> list[dict]:
+    """Every tuned (shape -> configuration) entry of this process, as JSON-able records."""
+    return [{**dict(zip(_FIELDS, key, strict=True)), "config": asdict(cfg)} for key, cfg in _tuned.items()]
+
+
+def load_tuned(source: str | Path | list[dict]) -> int:
+    """Add records from `export_tuned` (a list, or a JSON file holding one); returns how many were added."""
+    records = json.loads(Path(source).read_text()) if isinstance(source, str | Path) else source
+    for rec in records:
+        key = tuple(rec[f] for f in _FIELDS)
+        _tuned.setdefault(key, LaunchConfig(**rec["config"]))
+    return len(records)
+
+
+def _load_packaged_table(device: torch.device) -> None:
+    name = _device_name(device)
+    if name in _loaded_tables:
+        return
+    _loaded_tables.add(name)
+    path = _TUNED_DIR / f"tuned_{_slug(name)}.json"
+    if path.is_file():
+        load_tuned(path)
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+_flush_buffers: dict[torch.device, torch.Tensor] = {}
+
+
+_SLEEP_CYCLES = 400_000  # ~0.2 ms at H100 clocks
+
+
+def time_cold(fn, device: torch.device, reps: int = 30, warmup: int = 3) -> float:
+    """Median milliseconds of `fn()` with the L2 cache flushed before every call (weights come from DRAM).
+
+    Like `triton.testing.do_bench`, but with a fixed repetition count: its time-based count spends ~10k
+    flushes on a 10 us kernel, which would make tuning a model's worth of shapes take minutes.
+    """
+    mod = torch.xpu if device.type == "xpu" else torch.cuda
+    flush = _flush_buffers.get(device)
+    if flush is None:
+        flush = _flush_buffers[device] = torch.empty(256 << 20, dtype=torch.int8, device=device)
+    for _ in range(warmup):
+        fn()
+    events = [(mod.Event(enable_timing=True), mod.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in events:
+        flush.zero_()
+        if device.type == "cuda":
+            # Keep the GPU busy while the CPU launches `fn`, so the events time the kernel and not the
+            # Python launch path (tens of microseconds for a Triton launch, more than a 4k x 4k GEMV).
+            torch.cuda._sleep(_SLEEP_CYCLES)
+        start.record()
+        fn()
+        end.record()
+    mod.synchronize()
+    times = sorted(start.elapsed_time(end) for start, end in events)
+    return times[len(times) // 2]
+
+
+def tune(tw: TritonWeight, m: int, dtype: torch.dtype = torch.bfloat16) -> LaunchConfig:
+    """Time every candidate for `m` rows on random activations; cache and return the fastest."""
+    key = _key(tw, m, dtype)
+    with _tune_lock:
+        if key in _tuned:
+            return _tuned[key]
+        bucket = m_bucket(m)
+        x2 = torch.randn((bucket, tw.kx), dtype=dtype, device=tw.device)
+        best, best_ms = default_config(tw, m, dtype), float("inf")
+        for cfg in candidates(_device_kind(tw.device), tw, bucket, dtype):
+            try:
+                ms = time_cold(lambda cfg=cfg: run(x2, tw, cfg), tw.device)
+            except (
+                triton.runtime.errors.OutOfResources,
+                triton.compiler.errors.CompilationError,
+                RuntimeError,
+            ) as exc:
+                if isinstance(exc, RuntimeError) and "PassManager" not in str(exc):
+                    raise  # only a compiler pipeline failure (seen in Triton 3.6 for some dot tiles) is skipped
+                # A tile this device cannot hold (shared memory / registers) or this Triton cannot build:
+                # skip it, but say so - a table entry that never runs is worth fixing.
+                warnings.warn(
+                    f"xpullm triton: skipping {cfg} for {tw.format} {tw.n}x{tw.k}: {exc}", stacklevel=2
+                )
+                continue
+            if ms < best_ms:
+                best, best_ms = cfg, ms
+        _tuned[key] = best
+        return best
+
+
+def select_config(tw: TritonWeight, m: int, dtype: torch.dtype) -> LaunchConfig:
+    """The cached tuned configuration, tuning now when allowed, else `default_config`."""
+    _load_packaged_table(tw.device)
+    key = _key(tw, m, dtype)
+    cfg = _tuned.get(key)
+    if cfg is not None:
+        return cfg
+    if autotune_enabled() and not _capturing(tw.device):
+        return tune(tw, m, dtype)
+    return default_config(tw, m, dtype)
+
+
+def matmul(x: torch.Tensor, tw: TritonWeight, out: torch.Tensor | None = None) -> torch.Tensor:
+    """y [..., N] = x [..., K] @ W^T for a Triton-layout weight (x bf16 / fp16 / fp32)."""
+    x2 = _prepare_x(x, tw)
+    cfg = select_config(tw, x2.shape[0], x2.dtype)
+    y = run(x2, tw, cfg, out=out)
+    return y.reshape(*x.shape[:-1], tw.n)

@@ -1,0 +1,67 @@
+"""Options and helpers shared by the subcommands (model selection, generation parameters)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_generation_args", "add_model_args", "generation_kwargs", "get_llm"]
+
+_LLMS: dict[tuple[Any, ...], Any] = {}
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model / --low-bit / --device / --max-context."""
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="HF folder, .gguf file, low-bit folder or hub id (default: packaged SmolLM2-135M-Instruct)",
+    )
+    g.add_argument("--low-bit", default="sym_int4", help="low-bit format when loading (default: sym_int4)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or xpu (default: auto)")
+    g.add_argument("--max-context", type=int, default=None, help="cap on prompt + generated tokens")
+
+
+def add_generation_args(p: argparse.ArgumentParser) -> None:
+    """Sampling and stopping options (names match LLM.generate's keyword arguments)."""
+    g = p.add_argument_group("generation")
+    g.add_argument(
+        "--max-new-tokens", "-n", type=int, default=256, help="maximum tokens to generate (default: 256)"
+    )
+    g.add_argument("--temperature", "-t", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0 = off)")
+    g.add_argument("--top-k", type=int, default=0, help="sample among the k best tokens (default: 0 = off)")
+    g.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (default: 1.0)"
+    )
+    g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    g.add_argument(
+        "--stop", action="append", default=None, help="stop string (repeatable; not included in output)"
+    )
+
+
+def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The LLM.generate keyword arguments from parsed options."""
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "repetition_penalty": args.repetition_penalty,
+        "seed": args.seed,
+        "stop": args.stop,
+    }
+
+
+def get_llm(args: argparse.Namespace) -> Any:
+    """An `LLM` for the options; cached per process so repeated in-process calls (tests, REPL) load once."""
+    from xpullm.engine import LLM
+
+    key = (args.model, args.low_bit, args.device, args.max_context)
+    if key not in _LLMS:
+        _LLMS[key] = LLM(
+            model=args.model, low_bit=args.low_bit, device=args.device, max_context=args.max_context
+        )
+    return _LLMS[key]

@@ -1,0 +1,35 @@
+"""`xpullm info`: devices, low-bit formats and which kernel runs each format on each device."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `info` subcommand."""
+    p = subparsers.add_parser(
+        "info", help="devices, formats and kernel paths", description="Show what xpullm can run here."
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of `xpullm info`."""
+    import torch
+
+    from xpullm.devices import available_devices
+    from xpullm.formats import list_formats
+    from xpullm.kernels import kernel_table
+
+    devices = available_devices()
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+    )
+    print(f"devices: {', '.join(devices)}")
+    print(f"formats: {', '.join(list_formats())}")
+    for dev in devices:
+        print(f"kernels on {dev}:")
+        for fmt, kernel in kernel_table(dev).items():
+            print(f"  {fmt:<10} {kernel}")
+    return 0

@@ -1,0 +1,67 @@
+"""`xpullm` command line: a registry of subcommand modules, each imported only when the CLI runs.
+
+A module plugs in by defining `register(subparsers) -> None`, which adds its parser and sets
+`func=handler(args) -> int`. Plug-ins from other packages are listed here too and skipped only while the module
+does not exist yet; any other import error is shown, never hidden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["SUBCOMMAND_MODULES", "build_parser", "main"]
+
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "xpullm.cli.generate",
+    "xpullm.cli.chat",
+    "xpullm.cli.convert",
+    "xpullm.cli.bench",
+    "xpullm.cli.ppl",
+    "xpullm.cli.info",
+    "xpullm.rag.cli",
+    "xpullm.graphrag.cli",
+    "xpullm.apps.cli",
+)
+
+
+def _import_plugin(name: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        # Only "this module (or its package) does not exist" is skipped; a missing dependency inside it is a bug.
+        if exc.name is not None and (exc.name == name or name.startswith(exc.name + ".")):
+            return None
+        raise
+
+
+def build_parser(modules: Sequence[str] = SUBCOMMAND_MODULES) -> argparse.ArgumentParser:
+    """The top-level parser with every available subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="xpullm",
+        description="Run low-bit LLMs fast on CPU / NVIDIA / Intel GPU: generate, chat, convert, benchmark.",
+        epilog="Run 'xpullm <command> --help' for a command's options. Without --model, the packaged "
+        "SmolLM2-135M-Instruct is used (works offline).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name in modules:
+        module = _import_plugin(name)
+        if module is not None:
+            module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `xpullm` script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

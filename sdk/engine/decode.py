@@ -1,0 +1,478 @@
+"""Forward passes for generation: our own static-KV-cache decoder for llama-style families, and a fallback.
+
+Both decoders expose the same three calls, so the generation loop in `llm.py` does not care which one runs:
+`start(input_ids, pad, max_len) -> logits` (prefill, one pass over the left-padded prompt batch) and
+`step(token_ids) -> logits` (one new token per row), plus `capacity` (the longest sequence the cache holds).
+
+The static decoder treats every projection as an opaque module (after loading they are `LowBitLinear` running
+low-bit kernels); it only fuses plain `nn.Linear` siblings (q/k/v, gate/up) into one GEMM because at batch 1
+each extra op costs more in dispatch than it saves. Families register themselves in `FAMILIES`; a model whose
+`config.model_type` is not registered decodes through `HFDecoder` (transformers' own forward + DynamicCache).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "FAMILIES",
+    "Decoder",
+    "Family",
+    "HFDecoder",
+    "StaticCacheDecoder",
+    "build_decoder",
+    "register_family",
+    "register_fuser",
+]
+
+
+class Decoder(Protocol):
+    """What the generation loop needs from a forward-pass implementation."""
+
+    capacity: int
+
+    def start(self, input_ids: torch.Tensor, pad: torch.Tensor, max_len: int) -> torch.Tensor:
+        """Prefill left-padded `input_ids` [B, T] (`pad[b]` pad tokens on the left); return last logits [B, V]."""
+        ...
+
+    def step(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Append one token per row [B]; return next-token logits [B, V]."""
+        ...
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where a llama-style family keeps its pieces; everything else (RMSNorm, RoPE, SwiGLU, GQA) is shared."""
+
+    name: str
+    qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+    """Attention input projections, in q, k, v output order (one name when the checkpoint already fuses them)."""
+    gate_up: tuple[str, ...] = ("gate_proj", "up_proj")
+    """MLP input projections, gate first (one name when already fused, as in Phi-3)."""
+    qk_norm: bool = False
+    """Qwen3 normalises each head of q and k (RMSNorm over head_dim) before RoPE."""
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(*model_types: str) -> Callable[[Family], Family]:
+    """Register a `Family` for the given `config.model_type` values."""
+
+    def add(family: Family) -> Family:
+        for mt in model_types:
+            FAMILIES[mt] = family
+        return family
+
+    return add
+
+
+register_family("llama", "mistral", "qwen2")(Family("llama"))
+register_family("qwen3")(Family("qwen3", qk_norm=True))
+register_family("phi3")(Family("phi3", qkv=("qkv_proj",), gate_up=("gate_up_proj",)))
+
+# --- projection fusion --------------------------------------------------------------------------------------
+
+Fuser = Callable[[list[nn.Module]], "nn.Module | None"]
+_FUSERS: dict[type, Fuser] = {}
+
+
+def register_fuser(module_type: type) -> Callable[[Fuser], Fuser]:
+    """Register how sibling projections of `module_type` (same input) become one module with concatenated output.
+
+    A fuser returns None when it cannot fuse this particular set; the decoder then calls the modules one by one.
+    """
+
+    def add(fn: Fuser) -> Fuser:
+        _FUSERS[module_type] = fn
+        return fn
+
+    return add
+
+
+@register_fuser(nn.Linear)
+def _fuse_linear(mods: list[nn.Module]) -> nn.Module | None:
+    ws = [m.weight for m in mods]
+    if len({w.shape[1] for w in ws}) != 1 or len({(w.dtype, w.device) for w in ws}) != 1:
+        return None
+    weight = torch.cat([w.detach() for w in ws])
+    bias = None
+    if any(m.bias is not None for m in mods):
+        bias = torch.cat(
+            [m.bias.detach() if m.bias is not None else weight.new_zeros(m.out_features) for m in mods]
+        )
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        fused.bias = nn.Parameter(bias, requires_grad=False)
+    # Point the original modules at slices of the fused tensor, so the model keeps working and weights exist once.
+    row = 0
+    for m in mods:
+        n = m.out_features
+        m.weight = nn.Parameter(weight[row : row + n], requires_grad=False)
+        if m.bias is not None:
+            m.bias = nn.Parameter(bias[row : row + n], requires_grad=False)
+        row += n
+    return fused
+
+
+def _fuse_low_bit(mods: list[nn.Module]) -> nn.Module | None:
+    """Concatenate LowBitLinear siblings row-wise in the portable layout (rows are independent there).
+
+    The fused copy is extra memory next to the originals (the model keeps working unchanged); at batch 1 one
+    kernel call instead of two or three saves more time than the copy costs for models this engine targets.
+    """
+    from xpullm.formats import QuantizedWeight
+    from xpullm.linear import LowBitLinear
+
+    qws = [m.export() for m in mods]
+    first = qws[0]
+    same = all(
+        q.format == first.format and q.group_size == first.group_size and q.shape[1] == first.shape[1]
+        for q in qws
+    )
+    if not same or any(q.scales is None for q in qws) or (first.zeros is None) != (qws[-1].zeros is None):
+        return None
+    cat = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
+    qw = QuantizedWeight(
+        first.format,
+        (sum(q.shape[0] for q in qws), first.shape[1]),
+        first.group_size,
+        torch.cat([q.data for q in qws]),
+        cat([q.scales for q in qws]),
+        cat([q.zeros for q in qws]),
+    )
+    bias = None
+    if any(m.bias is not None for m in mods):
+        bias = torch.cat(
+            [m.bias if m.bias is not None else first.data.new_zeros(m.out_features) for m in mods]
+        )
+    fused = LowBitLinear(qw, bias, device=mods[0].device)
+    # Only worth it when the fused weight runs the same (fast) kernel the parts ran.
+    return fused if fused.kernel.name == mods[0].kernel.name else None
+
+
+class _Concat(nn.Module):
+    """Calls sibling projections one by one and concatenates (when no fuser applies)."""
+
+    def __init__(self, mods: list[nn.Module]) -> None:
+        super().__init__()
+        self.mods = nn.ModuleList(mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m(x) for m in self.mods], dim=-1)
+
+
+def _fused(mods: list[nn.Module]) -> nn.Module:
+    if len(mods) == 1:
+        return mods[0]
+    if len({type(m) for m in mods}) == 1:
+        fuser = _FUSERS.get(type(mods[0]))
+        if fuser is None and type(mods[0]).__name__ == "LowBitLinear":
+            fuser = _fuse_low_bit
+        if fuser is not None:
+            fused = fuser(mods)
+            if fused is not None:
+                return fused
+    return _Concat(mods)
+
+
+class _EmbedRows:
+    """Embedding lookup with a row cache for decode steps.
+
+    A low-bit (tied) embedding decodes rows from the packed head on every lookup, which costs more than a whole
+    layer at batch 1; generated text reuses few distinct tokens, so caching decoded rows removes that cost.
+    """
+
+    _MAX_ROWS = 8192
+
+    def __init__(self, embed: nn.Module, dtype: torch.dtype) -> None:
+        self.embed = embed
+        self.dtype = dtype
+        self.rows: dict[int, torch.Tensor] = {}
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.embed, nn.Embedding) or ids.numel() > 16:
+            return self.embed(ids).to(self.dtype)
+        flat = ids.reshape(-1).tolist()
+        missing = [i for i in dict.fromkeys(flat) if i not in self.rows]
+        if missing:
+            if len(self.rows) + len(missing) > self._MAX_ROWS:
+                self.rows.clear()
+            fresh = self.embed(torch.tensor(missing, device=ids.device)).to(self.dtype)
+            for i, row in zip(missing, fresh, strict=True):
+                self.rows[i] = row
+        return torch.stack([self.rows[i] for i in flat]).view(*ids.shape, -1)
+
+
+# --- the static-cache decoder -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Layer:
+    attn_norm: torch.Tensor
+    qkv: nn.Module
+    q_norm: torch.Tensor | None
+    k_norm: torch.Tensor | None
+    o_proj: nn.Module
+    mlp_norm: torch.Tensor
+    gate_up: nn.Module
+    down: nn.Module
+
+
+def _norm_weight(module: nn.Module) -> torch.Tensor:
+    return module.weight.detach()
+
+
+class StaticCacheDecoder:
+    """Llama-style decoder with a pre-allocated KV cache, written for low per-token overhead.
+
+    Layout: the cache is one tensor per K and V of shape [layers, batch, kv_heads, capacity, head_dim]; every row
+    of a batch shares the write position because prompts are left-padded, and pad columns are masked out.
+    """
+
+    def __init__(self, model: nn.Module, family: Family, dtype: torch.dtype, device: torch.device) -> None:
+        cfg = model.config
+        self.family = family
+        self.dtype = dtype
+        self.device = device
+        self.hidden = cfg.hidden_size
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or self.hidden // self.n_heads
+        self.eps = float(cfg.rms_norm_eps)
+        self.max_positions = int(cfg.max_position_embeddings)
+        self.scale = self.head_dim**-0.5
+        inner = model.model
+        self.embed = _EmbedRows(inner.embed_tokens, dtype)
+        self.final_norm = _norm_weight(inner.norm)
+        self.lm_head = model.lm_head
+        self._rotary = inner.rotary_emb
+        self.layers = [self._wrap(layer) for layer in inner.layers]
+        self._cos: torch.Tensor | None = None
+        self._sin: torch.Tensor | None = None
+        self._k: torch.Tensor | None = None
+        self._v: torch.Tensor | None = None
+        self.capacity = 0
+        self.pos = 0
+        self._pad: torch.Tensor | None = None
+        self._key_ok: torch.Tensor | None = None
+
+    def _wrap(self, layer: nn.Module) -> _Layer:
+        attn, mlp, fam = layer.self_attn, layer.mlp, self.family
+        return _Layer(
+            attn_norm=_norm_weight(layer.input_layernorm),
+            qkv=_fused([getattr(attn, n) for n in fam.qkv]),
+            q_norm=_norm_weight(attn.q_norm) if fam.qk_norm else None,
+            k_norm=_norm_weight(attn.k_norm) if fam.qk_norm else None,
+            o_proj=attn.o_proj,
+            mlp_norm=_norm_weight(layer.post_attention_layernorm),
+            gate_up=_fused([getattr(mlp, n) for n in fam.gate_up]),
+            down=mlp.down_proj,
+        )
+
+    # -- buffers
+
+    def _ensure(self, batch: int, max_len: int) -> None:
+        """(Re)allocate cache and RoPE tables only when the request outgrows them; otherwise reuse."""
+        need = min(self.max_positions, -(-max_len // 256) * 256)
+        need = max(need, max_len)
+        if self._cos is None or self._cos.shape[0] < need:
+            pos = torch.arange(need, device=self.device)[None]
+            probe = torch.zeros(1, dtype=torch.float32, device=self.device)
+            cos, sin = self._rotary(probe, pos)
+            half = self.head_dim // 2
+            sin = sin[0].clone()
+            # rotate_half(x) * sin == roll(x, half) * sin_signed: one op (roll) instead of neg + cat.
+            sin[:, :half] = -sin[:, :half]
+            self._cos, self._sin = cos[0].to(self.dtype), sin.to(self.dtype)
+        if self._k is None or self._k.shape[1] != batch or self._k.shape[3] < need:
+            shape = (len(self.layers), batch, self.n_kv, need, self.head_dim)
+            self._k = self._v = None  # free the old cache before allocating the new one
+            self._k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self._v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.capacity = self._k.shape[3]
+
+    # -- the two public passes
+
+    @torch.inference_mode()
+    def start(self, input_ids: torch.Tensor, pad: torch.Tensor, max_len: int) -> torch.Tensor:
+        batch, t = input_ids.shape
+        self._ensure(batch, max_len)
+        self.pos = 0
+        self._pad = pad.to(self.device)
+        cols = torch.arange(self.capacity, device=self.device)
+        self._key_ok = None
+        positions = (torch.arange(t, device=self.device)[None] - self._pad[:, None]).clamp(min=0)
+        mask = None
+        if bool((self._pad > 0).any()):
+            # [B, 1, 1, capacity] additive mask over cache columns; pads on the left never get attention.
+            ok = cols[None] >= self._pad[:, None]
+            self._key_ok = torch.zeros(ok.shape, dtype=self.dtype, device=self.device)
+            self._key_ok.masked_fill_(~ok, float("-inf"))
+            self._key_ok = self._key_ok[:, None, None]
+            causal = cols[:t, None] >= cols[None, :t]
+            allowed = causal[None] & ok[:, None, :t]
+            # A pad query would see no key at all (NaN); let it see itself. Its output is never used.
+            allowed |= torch.eye(t, dtype=torch.bool, device=self.device)[None]
+            mask = allowed[:, None]
+        x = self._forward(input_ids, positions, mask, causal=mask is None)
+        return self._logits(x[:, -1])
+
+    @torch.inference_mode()
+    def step(self, token_ids: torch.Tensor) -> torch.Tensor:
+        if self.pos >= self.capacity:
+            raise RuntimeError(f"KV cache full at {self.capacity} tokens")
+        pos = self.pos
+        if self._pad is not None and self._key_ok is not None:
+            positions = (pos - self._pad)[:, None]
+            mask = self._key_ok[..., : pos + 1]
+        else:
+            positions = None
+            mask = None
+        x = self._forward(token_ids[:, None], positions, mask, causal=False)
+        return self._logits(x[:, -1])
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.rms_norm(x, (self.hidden,), self.final_norm, self.eps)
+        return self.lm_head(x)
+
+    # -- the layer stack (hot path: keep ops few and avoid Python work per layer)
+
+    def _forward(
+        self, ids: torch.Tensor, positions: torch.Tensor | None, mask: torch.Tensor | None, causal: bool
+    ) -> torch.Tensor:
+        batch, t = ids.shape
+        start = self.pos
+        end = start + t
+        if positions is None:  # no padding: every row sits at the same position, a slice is enough
+            cos = self._cos[start:end][None, None]
+            sin = self._sin[start:end][None, None]
+        else:
+            cos = self._cos[positions][:, None]
+            sin = self._sin[positions][:, None]
+        h, kv, d = self.n_heads, self.n_kv, self.head_dim
+        half = d // 2
+        hidden, eps = self.hidden, self.eps
+        x = self.embed(ids)
+        k_cache, v_cache = self._k, self._v
+        for i, layer in enumerate(self.layers):
+            y = F.rms_norm(x, (hidden,), layer.attn_norm, eps)
+            qkv = layer.qkv(y).view(batch, t, h + 2 * kv, d).transpose(1, 2)
+            if layer.q_norm is not None:
+                q = F.rms_norm(qkv[:, :h], (d,), layer.q_norm, eps)
+                k = F.rms_norm(qkv[:, h : h + kv], (d,), layer.k_norm, eps)
+                qk = torch.cat((q, k), dim=1)
+            else:
+                qk = qkv[:, : h + kv]
+            qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)
+            k_cache[i, :, :, start:end] = qk[:, h:]
+            v_cache[i, :, :, start:end] = qkv[:, h + kv :]
+            attn = F.scaled_dot_product_attention(
+                qk[:, :h],
+                k_cache[i, :, :, :end],
+                v_cache[i, :, :, :end],
+                attn_mask=mask,
+                is_causal=causal and t > 1,
+                scale=self.scale,
+                enable_gqa=kv != h,
+            )
+            x = x + layer.o_proj(attn.transpose(1, 2).reshape(batch, t, h * d))
+            y = F.rms_norm(x, (hidden,), layer.mlp_norm, eps)
+            g, u = layer.gate_up(y).chunk(2, dim=-1)
+            x = x + layer.down(F.silu(g) * u)
+        self.pos = end
+        return x
+
+
+# --- the fallback decoder ------------------------------------------------------------------------------------
+
+
+class HFDecoder:
+    """Any transformers causal LM: its own forward with a DynamicCache, one token per step."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+        self.capacity = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None
+        self._next_pos: torch.Tensor | None = None
+        # transformers renamed `past_key_values` to `cache`; probe the signature instead of comparing versions.
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    @torch.inference_mode()
+    def start(self, input_ids: torch.Tensor, pad: torch.Tensor, max_len: int) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        t = input_ids.shape[1]
+        cols = torch.arange(t, device=self.device)
+        self._mask = (cols[None] >= pad.to(self.device)[:, None]).long()
+        positions = (self._mask.cumsum(-1) - 1).clamp(min=0)
+        self._cache = DynamicCache()
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=self._mask,
+            position_ids=positions,
+            use_cache=True,
+            **{self._cache_kw: self._cache},
+        )
+        self._cache = _returned_cache(out, self._cache)
+        self._next_pos = positions[:, -1:] + 1
+        return out.logits[:, -1]
+
+    @torch.inference_mode()
+    def step(self, token_ids: torch.Tensor) -> torch.Tensor:
+        self._mask = torch.cat([self._mask, self._mask.new_ones(self._mask.shape[0], 1)], dim=1)
+        out = self.model(
+            input_ids=token_ids[:, None],
+            attention_mask=self._mask,
+            position_ids=self._next_pos,
+            use_cache=True,
+            **{self._cache_kw: self._cache},
+        )
+        self._cache = _returned_cache(out, self._cache)
+        self._next_pos = self._next_pos + 1
+        return out.logits[:, -1]
+
+
+def _returned_cache(out: Any, fallback: Any) -> Any:
+    for name in ("cache", "past_key_values"):
+        value = getattr(out, name, None)
+        if value is not None:
+            return value
+    return fallback
+
+
+def _static_ok(model: nn.Module) -> Family | None:
+    cfg = getattr(model, "config", None)
+    family = FAMILIES.get(getattr(cfg, "model_type", ""))
+    if family is None or getattr(cfg, "hidden_act", "silu") != "silu":
+        return None
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+        return None
+    # Sliding-window attention and non-default attention tricks are left to transformers' own forward.
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+        window = cfg.sliding_window
+        if window < getattr(cfg, "max_position_embeddings", 0):
+            return None
+    return family
+
+
+def build_decoder(
+    model: nn.Module, dtype: torch.dtype, device: torch.device, prefer_static: bool = True
+) -> Decoder:
+    """The fastest decoder that supports `model`: `StaticCacheDecoder` for registered families, else `HFDecoder`."""
+    family = _static_ok(model) if prefer_static else None
+    if family is not None:
+        return StaticCacheDecoder(model, family, dtype, device)
+    return HFDecoder(model, device)

@@ -1,0 +1,58 @@
+"""Knowledge bases: a RAGFlow-style pipeline in one folder (SQLite + FTS5 + FAISS), no servers.
+
+```python
+from xpullm.rag import KnowledgeBase
+kb = KnowledgeBase.create("my_kb")
+kb.add(["docs/"])
+kb.search("how do I install it?")
+kb.ask("how do I install it?").text
+```
+"""
+
+from xpullm.rag.answer import Answer, AnswerStream, Citation
+from xpullm.rag.chunking import Chunk, ChunkingConfig, chunk_document, register_template, template_names
+from xpullm.rag.errors import (
+    EmbedderMismatch,
+    KnowledgeBaseError,
+    KnowledgeBaseExists,
+    KnowledgeBaseLocked,
+    KnowledgeBaseNotFound,
+    ParseError,
+    UnknownTemplate,
+    UnsupportedFileType,
+)
+from xpullm.rag.ingest import IngestReport
+from xpullm.rag.kb import DocumentNotFound, KBConfig, KnowledgeBase
+from xpullm.rag.parsers import Block, ParsedDocument, parse_file, register_parser, supported_extensions
+from xpullm.rag.retrieval import Hit, LLMReranker, Reranker
+
+__all__ = [
+    "Answer",
+    "AnswerStream",
+    "Block",
+    "Chunk",
+    "ChunkingConfig",
+    "Citation",
+    "DocumentNotFound",
+    "EmbedderMismatch",
+    "Hit",
+    "IngestReport",
+    "KBConfig",
+    "KnowledgeBase",
+    "KnowledgeBaseError",
+    "KnowledgeBaseExists",
+    "KnowledgeBaseLocked",
+    "KnowledgeBaseNotFound",
+    "LLMReranker",
+    "ParseError",
+    "ParsedDocument",
+    "Reranker",
+    "UnknownTemplate",
+    "UnsupportedFileType",
+    "chunk_document",
+    "parse_file",
+    "register_parser",
+    "register_template",
+    "supported_extensions",
+    "template_names",
+]

@@ -1,0 +1,133 @@
+"""Hybrid retrieval: fuse BM25 and vector candidates, then optionally rerank.
+
+Fusion methods register in `FUSIONS`:
+- `weighted`: score = w * cosine + (1 - w) * keyword, keyword = bm25 / max_bm25 * coverage, where coverage is the
+  IDF-weighted share of the query's words the chunk contains. Cosine is used raw (comparable across queries, so a
+  similarity threshold means the same everywhere). Scaling BM25 by the best candidate alone would give a chunk that
+  matched one common word the full keyword score; coverage keeps such weak matches weak.
+- `rrf`: reciprocal-rank fusion, sum of 1 / (60 + rank) over the lists a chunk appears in; ignores score scales.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["FUSIONS", "Hit", "LLMReranker", "Reranker", "fuse"]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result."""
+
+    text: str
+    score: float  # fused score (higher is better); its scale depends on the fusion method
+    document: str  # the document's title (source path for files without a title)
+    chunk_id: int
+    doc_id: str = ""
+    source: str = ""
+    section: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    vector_score: float = 0.0  # cosine similarity to the query
+    bm25_score: float = 0.0  # 0 when the chunk shares no content word with the query
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A chunk id with its two raw scores, before fusion."""
+
+    chunk_id: int
+    cosine: float
+    bm25: float
+    coverage: float  # IDF-weighted share of query words present, 0..1
+    vector_rank: int | None  # 1-based rank in the vector list, None when absent
+    bm25_rank: int | None
+
+
+def _weighted(cands: Sequence[Candidate], vector_weight: float) -> dict[int, float]:
+    top_bm25 = max((c.bm25 for c in cands), default=0.0) or 1.0
+    return {
+        c.chunk_id: vector_weight * c.cosine + (1 - vector_weight) * c.coverage * c.bm25 / top_bm25
+        for c in cands
+    }
+
+
+def _rrf(cands: Sequence[Candidate], vector_weight: float, k: int = 60) -> dict[int, float]:
+    out = {}
+    for c in cands:
+        s = 0.0
+        if c.vector_rank is not None:
+            s += 2 * vector_weight / (k + c.vector_rank)
+        if c.bm25_rank is not None:
+            s += 2 * (1 - vector_weight) / (k + c.bm25_rank)
+        out[c.chunk_id] = s
+    return out
+
+
+FUSIONS: dict[str, Callable[[Sequence[Candidate], float], dict[int, float]]] = {
+    "weighted": _weighted,
+    "rrf": _rrf,
+}
+
+
+def fuse(cands: Sequence[Candidate], method: str, vector_weight: float) -> list[tuple[int, float]]:
+    """Fused (chunk id, score), best first; ties broken by cosine."""
+    fn = FUSIONS.get(method)
+    if fn is None:
+        raise ValueError(f"unknown fusion {method!r}; choose one of: {', '.join(FUSIONS)}")
+    scores = fn(cands, vector_weight)
+    cos = {c.chunk_id: c.cosine for c in cands}
+    return sorted(scores.items(), key=lambda kv: (-kv[1], -cos[kv[0]]))
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """Reorders hits for a query; may drop some."""
+
+    def rerank(self, query: str, hits: Sequence[Hit]) -> list[Hit]: ...
+
+
+class LLMReranker:
+    """Pointwise LLM relevance judgment: hits the LLM calls relevant move ahead, keeping their order.
+
+    Uses only the engine contract (`llm.generate`), so it works with any `LLM`; with a tiny model it is a weak
+    signal, which is why relevance reorders but never drops hits.
+    """
+
+    PROMPT = (
+        "Does the passage help answer the question? Reply with yes or no.\n\n"
+        "Question: {question}\n\nPassage: {passage}\n\nAnswer (yes or no):"
+    )
+
+    def __init__(self, llm: Any, max_passage_chars: int = 1200) -> None:
+        self.llm = llm
+        self.max_passage_chars = max_passage_chars
+
+    def judge(self, query: str, hit: Hit) -> bool:
+        """True when the LLM says the passage is relevant."""
+        prompt = self.PROMPT.format(question=query, passage=hit.text[: self.max_passage_chars])
+        if hasattr(self.llm, "chat"):
+            out = self.llm.chat([{"role": "user", "content": prompt}], max_new_tokens=3, temperature=0.0)
+        else:
+            out = self.llm.generate(prompt, max_new_tokens=3, temperature=0.0)
+        return bool(re.match(r"\s*yes\b", out.text, re.IGNORECASE))
+
+    def rerank(self, query: str, hits: Sequence[Hit]) -> list[Hit]:
+        """Relevant hits first (stable), the rest after."""
+        verdicts = [self.judge(query, h) for h in hits]
+        yes = [h for h, v in zip(hits, verdicts, strict=False) if v]
+        no = [h for h, v in zip(hits, verdicts, strict=False) if not v]
+        return yes + no
+
+
+def apply_reranker(reranker: Any, query: str, hits: list[Hit]) -> list[Hit]:
+    """Accept a `Reranker` object or a plain `fn(query, hits) -> hits` callable."""
+    if isinstance(reranker, Reranker):
+        out = reranker.rerank(query, hits)
+    elif callable(reranker):
+        out = reranker(query, hits)
+    else:
+        raise TypeError(f"rerank must be None, a Reranker or a callable, got {type(reranker).__name__}")
+    return [replace(h) for h in out]

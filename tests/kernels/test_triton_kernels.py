@@ -1,0 +1,217 @@
+"""Triton low-bit kernels vs the reference twin (dequantize in fp32, then matmul in fp32).
+
+Runs on a CUDA GPU when one is present. On CPU-only machines the module is skipped, unless Triton's
+interpreter is switched on explicitly (`TRITON_INTERPRET=1 pytest tests/kernels/test_triton_kernels.py`): then a
+small subset of shapes runs on CPU tensors (about 30 s on 2 cores), which checks the kernels' indexing,
+masking and decoding but not GPU-only behaviour (tuning, tensor-core layouts).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA and not INTERPRET:
+    pytest.skip(
+        "no CUDA GPU; set TRITON_INTERPRET=1 to run these kernels in Triton's CPU interpreter",
+        allow_module_level=True,
+    )
+
+from xpullm.formats import get_format  # noqa: E402
+from xpullm.kernels.triton import LaunchConfig, TritonLowBitKernel, dequantize, pack_weight, run, tune  # noqa: E402
+from xpullm.kernels.triton.launch import _prepare_x  # noqa: E402
+
+DEVICE = torch.device("cuda" if HAS_CUDA and not INTERPRET else "cpu")
+pytestmark = pytest.mark.gpu
+
+# (format, group size); 0 = one group per row
+FORMATS = [
+    ("sym_int4", 32),
+    ("sym_int4", 128),
+    ("asym_int4", 32),
+    ("asym_int4", 256),
+    ("nf4", 64),
+    ("fp4", 32),
+    ("sym_int8", 0),
+    ("sym_int8", 32),
+    ("fp8_e4m3", 0),
+    ("fp8_e4m3", 128),
+    ("fp8_e5m2", 64),
+]
+if INTERPRET:  # the interpreter runs every program in Python: keep one group size per format
+    FORMATS = [
+        f
+        for f in FORMATS
+        if f not in {("sym_int4", 128), ("asym_int4", 256), ("sym_int8", 32), ("fp8_e4m3", 128)}
+    ]
+
+# (N, K): aligned, and not divisible by any block size (K padding, N masking, partial K steps)
+SHAPES = [(64, 256), (37, 200), (130, 96)] if INTERPRET else [
+    (64, 256), (37, 200), (130, 96), (1, 64), (300, 520), (1000, 1030), (4096, 4096), (2048, 11008),
+]  # fmt: skip
+ROWS = [1, 3, 16, 33] if INTERPRET else [1, 2, 3, 5, 8, 16, 17, 64, 300]
+
+# Every program path, with tiles small enough that the test shapes take several K steps and N tiles.
+PATHS = {
+    "gemv": LaunchConfig("gemv", 1, 16, 2, 1, 4, 1),
+    "gemv_split": LaunchConfig("gemv", 1, 16, 2, 2, 4, 1),
+    "gemv_wide": LaunchConfig("gemv", 1, 32, 8, 1, 4, 1),  # one scale per row per step at g>=256 (8-bit)
+    "dot": LaunchConfig("dot", 16, 32, 4, 1, 4, 2),
+    "dot_split": LaunchConfig("dot", 16, 16, 4, 2, 4, 2),
+    "dot_prefill": LaunchConfig("dot", 32, 64, 4, 1, 4, 2),
+    "dequant": LaunchConfig("dequant"),
+}
+if INTERPRET:  # fewer, larger programs: the interpreter's cost is per program and per K step
+    PATHS.pop("gemv_wide")
+    PATHS.pop("dot")  # dot_split and dot_prefill cover the same code
+    PATHS["gemv"] = LaunchConfig("gemv", 1, 32, 2, 1, 4, 1)
+    PATHS["gemv_split"] = LaunchConfig("gemv", 1, 32, 4, 2, 4, 1)
+
+
+@pytest.fixture(autouse=True)
+def _no_autotune(monkeypatch):
+    """Untimed default configurations, so a test run does not compile every candidate."""
+    monkeypatch.setenv("XPULLM_TRITON_AUTOTUNE", "0")
+
+
+def _seed() -> int:
+    return random.SystemRandom().randrange(2**31)  # fresh inputs every run; printed on failure
+
+
+def _weight(fmt: str, gs: int, n: int, k: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.05
+    w[:, : max(1, k // 50)] *= 20  # a few outlier columns, as real checkpoints have
+    return get_format(fmt).quantize(w, gs)
+
+
+def _reference(x: torch.Tensor, qw) -> torch.Tensor:
+    return x.float().cpu() @ qw.dequantize(torch.float32).T
+
+
+def _check(y: torch.Tensor, ref: torch.Tensor, tag: str) -> None:
+    y = y.float().cpu()
+    assert y.shape == ref.shape, tag
+    assert torch.isfinite(y).all(), f"{tag}: non-finite output"
+    err = ((y - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+    assert err < 1e-2, f"{tag}: relative error {err:.2e}"
+
+
+def _activations(m: int, k: int, seed: int, dtype=torch.bfloat16) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed + 1)
+    return torch.randn(m, k, generator=g).to(dtype).to(DEVICE)
+
+
+@pytest.mark.parametrize(("fmt", "gs"), FORMATS)
+@pytest.mark.parametrize(("n", "k"), SHAPES)
+def test_matmul_matches_reference(fmt, gs, n, k):
+    """The registered kernel object, default configuration per row count, vs the reference."""
+    seed = _seed()
+    qw = _weight(fmt, gs, n, k, seed)
+    kernel = TritonLowBitKernel()
+    assert kernel.supports(qw)
+    state = kernel.prepare(qw, DEVICE)
+    rows = ROWS if not INTERPRET or (n, k) == SHAPES[0] else ROWS[:2]
+    for m in rows:
+        x = _activations(m, k, seed + m)
+        _check(kernel.matmul(x, state), _reference(x, qw), f"{fmt} g{gs} {n}x{k} m={m} seed={seed}")
+
+
+@pytest.mark.parametrize(("fmt", "gs"), FORMATS)
+@pytest.mark.parametrize("path", list(PATHS))
+def test_every_path_overwrites_poisoned_output(fmt, gs, path):
+    """Each program path on a non-divisible shape, writing into NaN-filled output and split-K workspace."""
+    cfg = PATHS[path]
+    seed = _seed()
+    n, k, m = (37, 200, 2 if cfg.path == "gemv" else 3) if INTERPRET else (1000, 1030, 21)
+    qw = _weight(fmt, gs, n, k, seed)
+    tw = pack_weight(qw, DEVICE)
+    x = _activations(m, k, seed)
+    out = torch.full((m, n), float("nan"), dtype=x.dtype, device=DEVICE)
+    ws = torch.full((cfg.split_k, m, n), float("nan"), dtype=torch.float32, device=DEVICE)
+    y = run(_prepare_x(x, tw), tw, cfg, out=out, workspace=ws if cfg.split_k > 1 else None)
+    assert y.data_ptr() == out.data_ptr()
+    _check(y, _reference(x, qw), f"{fmt} g{gs} path={path} seed={seed}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("m", [1, 20])
+def test_other_activation_dtypes(dtype, m):
+    seed = _seed()
+    qw = _weight("sym_int4", 32, 48, 160, seed)
+    state = TritonLowBitKernel().prepare(qw, DEVICE)
+    x = _activations(m, 160, seed, dtype)
+    y = TritonLowBitKernel().matmul(x, state)
+    assert y.dtype == dtype
+    _check(y, _reference(x, qw), f"{dtype} m={m} seed={seed}")
+
+
+def test_leading_batch_dims_and_empty_input():
+    seed = _seed()
+    qw = _weight("asym_int4", 32, 40, 96, seed)
+    state = TritonLowBitKernel().prepare(qw, DEVICE)
+    x = _activations(6, 96, seed).reshape(2, 3, 96)
+    y = TritonLowBitKernel().matmul(x, state)
+    assert y.shape == (2, 3, 40)
+    _check(y.reshape(6, 40), _reference(x.reshape(6, 96), qw), f"batch dims seed={seed}")
+    assert TritonLowBitKernel().matmul(x[:0], state).shape == (0, 3, 40)
+
+
+@pytest.mark.parametrize(("fmt", "gs"), FORMATS)
+def test_dequantize_is_exact(fmt, gs):
+    """The device layout decodes back to exactly the portable layout's values."""
+    qw = _weight(fmt, gs, 37, 200, _seed())
+    tw = pack_weight(qw, DEVICE)
+    torch.testing.assert_close(
+        dequantize(tw, torch.float32).cpu(), qw.dequantize(torch.float32), rtol=0, atol=0
+    )
+
+
+def test_wrong_width_and_unsupported_weights_raise():
+    qw = _weight("sym_int4", 32, 16, 64, 0)
+    state = TritonLowBitKernel().prepare(qw, DEVICE)
+    with pytest.raises(ValueError, match="K=64"):
+        TritonLowBitKernel().matmul(torch.zeros(1, 65, device=DEVICE), state)
+    dense = get_format("bf16").quantize(torch.randn(4, 8))
+    assert not TritonLowBitKernel().supports(dense)
+    with pytest.raises(ValueError, match="bf16"):
+        pack_weight(dense, DEVICE)
+
+
+@pytest.mark.skipif(not HAS_CUDA or INTERPRET, reason="timing candidates needs a GPU")
+def test_tuner_picks_a_working_config(monkeypatch):
+    monkeypatch.setenv("XPULLM_TRITON_AUTOTUNE", "1")
+    seed = _seed()
+    qw = _weight("sym_int4", 128, 1024, 2048, seed)
+    tw = pack_weight(qw, DEVICE)
+    for m in (1, 4, 16, 100):
+        cfg = tune(tw, m)
+        x = _activations(m, 2048, seed)
+        _check(run(_prepare_x(x, tw), tw, cfg), _reference(x, qw), f"tuned {cfg} m={m} seed={seed}")
+
+
+@pytest.mark.skipif(not HAS_CUDA or INTERPRET, reason="the registry loads Triton kernels for CUDA devices")
+def test_registry_selects_triton_on_cuda():
+    from xpullm.kernels.registry import kernel_table, select_kernel
+
+    qw = _weight("nf4", 64, 32, 64, 0)
+    assert select_kernel(qw, "cuda").name == "triton"
+    assert kernel_table("cuda")["sym_int4"] == "triton"
+
+
+def test_torch_compile_sees_one_custom_op():
+    """Under `torch.compile` the kernel is an opaque op: the whole function compiles as one graph."""
+    seed = _seed()
+    qw = _weight("nf4", 64, 40, 128, seed)
+    kernel = TritonLowBitKernel()
+    state = kernel.prepare(qw, DEVICE)
+    x = _activations(3, 128, seed)
+    fn = torch.compile(lambda x: kernel.matmul(x, state) * 2, backend="aot_eager", fullgraph=True)
+    _check(fn(x) / 2, _reference(x, qw), f"compiled seed={seed}")
