@@ -47,7 +47,9 @@ class LowBitLinear(nn.Module):
         self.device = torch.device(device)
         self.kernel = select_kernel(qweight, self.device)
         self.state = self.kernel.prepare(qweight, self.device)
-        self._portable = None if _has_export(self.kernel) else qweight
+        # Kernels that cannot export their runtime layout keep the portable copy for save_low_bit, in host
+        # memory: accelerator memory holds one low-bit copy only.
+        self._portable = None if _has_export(self.kernel) else qweight.to("cpu")
         # Registered even when absent, so a checkpoint's bias can be assigned after the weight arrives.
         self.register_parameter(
             "bias", None if bias is None else nn.Parameter(bias.detach().to(self.device), requires_grad=False)
@@ -84,7 +86,7 @@ class LowBitLinear(nn.Module):
 
     @property
     def nbytes(self) -> int:
-        """Bytes this layer holds for its weight (runtime state, any portable copy) and bias."""
+        """Bytes this layer holds for its weight (runtime state, any host-side portable copy) and bias."""
         extra = self._portable.nbytes if self._portable is not None else 0
         bias = 0 if self.bias is None else self.bias.numel() * self.bias.element_size()
         return state_nbytes(self.state) + extra + bias

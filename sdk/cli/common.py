@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_generation_args", "add_model_args", "generation_kwargs", "get_llm"]
+__all__ = ["add_generation_args", "add_model_args", "cached_llm", "generation_kwargs", "get_llm"]
 
 _LLMS: dict[tuple[Any, ...], Any] = {}
 
@@ -55,13 +55,24 @@ def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def get_llm(args: argparse.Namespace) -> Any:
-    """An `LLM` for the options; cached per process so repeated in-process calls (tests, REPL) load once."""
+def cached_llm(
+    model: str | None = None,
+    low_bit: str | None = "sym_int4",
+    device: str = "auto",
+    max_context: int | None = None,
+) -> Any:
+    """One `LLM` per distinct (model, low_bit, device, max_context) in this process (loaded lazily, once).
+
+    Subcommands run in-process share it, and so can tests and REPL sessions that want the CLI's model.
+    """
     from xpullm.engine import LLM
 
-    key = (args.model, args.low_bit, args.device, args.max_context)
+    key = (model, low_bit, device, max_context)
     if key not in _LLMS:
-        _LLMS[key] = LLM(
-            model=args.model, low_bit=args.low_bit, device=args.device, max_context=args.max_context
-        )
+        _LLMS[key] = LLM(model=model, low_bit=low_bit, device=device, max_context=max_context)
     return _LLMS[key]
+
+
+def get_llm(args: argparse.Namespace) -> Any:
+    """The `LLM` for the parsed --model/--low-bit/--device/--max-context options (see `cached_llm`)."""
+    return cached_llm(args.model, args.low_bit, args.device, args.max_context)

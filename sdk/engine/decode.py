@@ -235,7 +235,10 @@ class StaticCacheDecoder:
     """Llama-style decoder with a pre-allocated KV cache, written for low per-token overhead.
 
     Layout: the cache is one tensor per K and V of shape [layers, batch, kv_heads, capacity, head_dim]; every row
-    of a batch shares the write position because prompts are left-padded, and pad columns are masked out.
+    of a batch shares the write position because prompts are left-padded. Projections, norms and the MLP run
+    batched (the low-bit kernels are row-independent: a row's output is bitwise the same for M=1 and M=B);
+    attention runs per padded row over that row's real keys only (see `_attend`), so a padded batch yields
+    exactly the tokens each prompt yields alone.
     """
 
     def __init__(self, model: nn.Module, family: Family, dtype: torch.dtype, device: torch.device) -> None:
@@ -262,8 +265,8 @@ class StaticCacheDecoder:
         self._v: torch.Tensor | None = None
         self.capacity = 0
         self.pos = 0
-        self._pad: torch.Tensor | None = None
-        self._key_ok: torch.Tensor | None = None
+        self._pad: list[int] | None = None
+        self._pad_t: torch.Tensor | None = None
 
     def _wrap(self, layer: nn.Module) -> _Layer:
         attn, mlp, fam = layer.self_attn, layer.mlp, self.family
@@ -307,37 +310,27 @@ class StaticCacheDecoder:
         batch, t = input_ids.shape
         self._ensure(batch, max_len)
         self.pos = 0
-        self._pad = pad.to(self.device)
-        cols = torch.arange(self.capacity, device=self.device)
-        self._key_ok = None
-        positions = (torch.arange(t, device=self.device)[None] - self._pad[:, None]).clamp(min=0)
-        mask = None
-        if bool((self._pad > 0).any()):
-            # [B, 1, 1, capacity] additive mask over cache columns; pads on the left never get attention.
-            ok = cols[None] >= self._pad[:, None]
-            self._key_ok = torch.zeros(ok.shape, dtype=self.dtype, device=self.device)
-            self._key_ok.masked_fill_(~ok, float("-inf"))
-            self._key_ok = self._key_ok[:, None, None]
-            causal = cols[:t, None] >= cols[None, :t]
-            allowed = causal[None] & ok[:, None, :t]
-            # A pad query would see no key at all (NaN); let it see itself. Its output is never used.
-            allowed |= torch.eye(t, dtype=torch.bool, device=self.device)[None]
-            mask = allowed[:, None]
-        x = self._forward(input_ids, positions, mask, causal=mask is None)
+        pads = [int(n) for n in pad.tolist()]
+        if any(n < 0 or n >= t for n in pads) or len(pads) != batch:
+            raise ValueError(f"pad must hold {batch} counts in [0, {t}) (one per row), got {pads}")
+        # Left padding: each row's real tokens start at its own column but at RoPE position 0, exactly as the
+        # same prompt alone. Rows without padding need no per-row work at all.
+        self._pad = pads if any(pads) else None
+        self._pad_t = None if self._pad is None else torch.tensor(pads, device=self.device)
+        positions = None
+        if self._pad_t is not None:
+            positions = (torch.arange(t, device=self.device)[None] - self._pad_t[:, None]).clamp(min=0)
+        x = self._forward(input_ids, positions)
         return self._logits(x[:, -1])
 
     @torch.inference_mode()
     def step(self, token_ids: torch.Tensor) -> torch.Tensor:
         if self.pos >= self.capacity:
             raise RuntimeError(f"KV cache full at {self.capacity} tokens")
-        pos = self.pos
-        if self._pad is not None and self._key_ok is not None:
-            positions = (pos - self._pad)[:, None]
-            mask = self._key_ok[..., : pos + 1]
-        else:
-            positions = None
-            mask = None
-        x = self._forward(token_ids[:, None], positions, mask, causal=False)
+        positions = None
+        if self._pad_t is not None:
+            positions = (self.pos - self._pad_t)[:, None]
+        x = self._forward(token_ids[:, None], positions)
         return self._logits(x[:, -1])
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -346,9 +339,33 @@ class StaticCacheDecoder:
 
     # -- the layer stack (hot path: keep ops few and avoid Python work per layer)
 
-    def _forward(
-        self, ids: torch.Tensor, positions: torch.Tensor | None, mask: torch.Tensor | None, causal: bool
-    ) -> torch.Tensor:
+    def _attend(self, i: int, q: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Attention of queries q [B, H, t, D] (cache columns start..end-1) over cache columns [0, end).
+
+        With left padding, a masked SDPA over the padded keys rounds differently from the same prompt alone
+        (bf16 softmax blocks cover other key spans), so near-ties flip greedy tokens. Instead each padded row
+        attends over exactly its real keys `pad_b:end` with the plain causal kernel: the arithmetic of a lone
+        prompt, bit for bit. Costs B small SDPA calls per layer instead of one (only for padded batches).
+        """
+        k_cache, v_cache = self._k[i], self._v[i]
+        h, kv, t = self.n_heads, self.n_kv, q.shape[2]
+        if self._pad is None:
+            return F.scaled_dot_product_attention(
+                q, k_cache[:, :, :end], v_cache[:, :, :end],
+                is_causal=t > 1, scale=self.scale, enable_gqa=kv != h,
+            )  # fmt: skip
+        rows = []
+        for b, pad in enumerate(self._pad):
+            # First real query of this row; pad queries get zeros (their outputs are never read).
+            first = max(pad - start, 0)
+            out = F.scaled_dot_product_attention(
+                q[b : b + 1, :, first:], k_cache[b : b + 1, :, pad:end], v_cache[b : b + 1, :, pad:end],
+                is_causal=t - first > 1, scale=self.scale, enable_gqa=kv != h,
+            )  # fmt: skip
+            rows.append(F.pad(out, (0, 0, first, 0)) if first else out)
+        return torch.cat(rows)
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         batch, t = ids.shape
         start = self.pos
         end = start + t
@@ -375,15 +392,7 @@ class StaticCacheDecoder:
             qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)
             k_cache[i, :, :, start:end] = qk[:, h:]
             v_cache[i, :, :, start:end] = qkv[:, h + kv :]
-            attn = F.scaled_dot_product_attention(
-                qk[:, :h],
-                k_cache[i, :, :, :end],
-                v_cache[i, :, :, :end],
-                attn_mask=mask,
-                is_causal=causal and t > 1,
-                scale=self.scale,
-                enable_gqa=kv != h,
-            )
+            attn = self._attend(i, qk[:, :h], start, end)
             x = x + layer.o_proj(attn.transpose(1, 2).reshape(batch, t, h * d))
             y = F.rms_norm(x, (hidden,), layer.mlp_norm, eps)
             g, u = layer.gate_up(y).chunk(2, dim=-1)

@@ -1,34 +1,24 @@
-"""One real default model for every engine test (loading it once keeps the suite fast)."""
+"""One real default model for every engine and CLI test: loaded once per test session.
+
+The model lives in the CLI's per-process cache (`xpullm.cli.common.cached_llm`), so tests/cli's fixture gets the
+very same `LLM` object and a run of both folders loads the weights once.
+"""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
+from xpullm.cli.common import cached_llm
 from xpullm.engine import LLM
 
 
-def load_test_llm() -> LLM:
-    """The packaged default model through xpullm's loader.
-
-    XPULLM_TEST_LLM_DIR (a HF folder) is a developer override for working before/without the loader.
-    """
-    folder = os.environ.get("XPULLM_TEST_LLM_DIR")
-    if folder:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from xpullm.optimize import optimize_model
-
-        model = AutoModelForCausalLM.from_pretrained(folder)
-        optimize_model(model, low_bit="sym_int4")
-        llm = LLM(model, tokenizer=AutoTokenizer.from_pretrained(folder))
-    else:
-        llm = LLM()
+def shared_default_llm() -> LLM:
+    """The packaged default model (sym_int4) through xpullm's loader, loaded now so failures show here."""
+    llm = cached_llm()
     llm.tokenizer  # noqa: B018  (load now, so a loader failure shows up in the fixture)
     return llm
 
 
 @pytest.fixture(scope="session")
 def llm() -> LLM:
-    return load_test_llm()
+    return shared_default_llm()

@@ -28,28 +28,50 @@ def test_static_decoder_matches_transformers_forward(llm: LLM) -> None:
     static = llm._decoder
     assert isinstance(static, StaticCacheDecoder)
     reference = HFDecoder(llm.model, torch.device("cpu"))
-    ids = [llm.tokenizer("The capital of France is")["input_ids"]]
+    ids = torch.tensor([llm.tokenizer("The capital of France is")["input_ids"]])
     pad = torch.zeros(1, dtype=torch.long)
-    a = static.start(torch.tensor(ids), pad, 64).float()
-    b = reference.start(torch.tensor(ids), pad, 64).float()
-    # bf16 activations both ways, different op order (fused projections, RMSNorm, RoPE): same top token,
-    # nearly parallel logit vectors.
+    a = static.start(ids, pad, 64).float()
+    b = reference.start(ids, pad, 64).float()
+    cos = torch.nn.functional.cosine_similarity
+    # Same greedy tokens, nearly parallel logits. Not bitwise: our decoder rounds differently on purpose (fused
+    # RMSNorm, addcmul RoPE, fused q/k/v), and the int4 kernel rounds its input to bf16, so any tiny difference
+    # becomes whole bf16 ulps that 30 layers carry on. Measured here (SmolLM2-135M, sym_int4): cosine 0.9987 at
+    # prefill and 0.9958 at the first step with bf16 activations; still 0.9992 / 0.9996 with fp32 activations
+    # (only the kernel inputs bf16), so 0.999 is out of reach for a correct decoder. A real bug (RoPE position,
+    # GQA head mapping, cache slot) drops it far below 0.99 and changes the argmax.
     assert a.argmax() == b.argmax()
-    assert torch.nn.functional.cosine_similarity(a, b).item() > 0.995
+    assert cos(a, b).item() > 0.995
     nxt = a.argmax(-1)
-    sa, sb = static.step(nxt).float(), reference.step(nxt).float()
-    assert sa.argmax() == sb.argmax()
-    assert torch.nn.functional.cosine_similarity(sa, sb).item() > 0.995
+    for _ in range(4):
+        sa, sb = static.step(nxt).float(), reference.step(nxt).float()
+        assert sa.argmax() == sb.argmax()
+        assert cos(sa, sb).item() > 0.995
+        nxt = sa.argmax(-1)
 
 
 def test_padded_batch_rows_equal_single_rows(llm: LLM) -> None:
     tok, dec = llm.tokenizer, llm._decoder
-    prompts = [tok(p)["input_ids"] for p in ("Hi", "Water boils at a temperature of", "1, 2, 3,")]
-    batch = _greedy(dec, prompts, 0, 8)
-    singles = [_greedy(dec, [p], 0, 8)[0] for p in prompts]
-    # bf16 rounding differs between a padded batch and a single row (masked vs causal attention kernels), so
-    # a near-tie can flip later tokens; the first tokens must agree exactly.
-    assert [b[:3] for b in batch] == [s[:3] for s in singles]
+    texts = (
+        "Hi",
+        "Water boils at a temperature of",
+        "1, 2, 3,",
+        # > 16 tokens: the prefill embeds through the table, not the decode row cache.
+        "Explain why the sky is blue during the day and turns red and orange at sunset, in simple words:",
+        "The cat sat on",
+    )
+    prompts = [tok(p)["input_ids"] for p in texts]
+    assert len({len(p) for p in prompts}) >= 4
+    batch = _greedy(dec, prompts, 0, 12)
+    singles = [_greedy(dec, [p], 0, 12)[0] for p in prompts]
+    # Exact: each padded row attends over its own real keys with a lone prompt's arithmetic.
+    assert batch == singles
+
+
+def test_unpadded_batch_rows_equal_single_rows(llm: LLM) -> None:
+    tok, dec = llm.tokenizer, llm._decoder
+    prompts = [tok(p)["input_ids"] for p in ("A dog ran to", "My name is Bob")]
+    assert len(prompts[0]) == len(prompts[1])
+    assert _greedy(dec, prompts, 0, 8) == [_greedy(dec, [p], 0, 8)[0] for p in prompts]
 
 
 def test_family_registry_covers_llama_style_models() -> None:

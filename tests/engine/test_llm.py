@@ -12,6 +12,7 @@ from xpullm.engine import LLM, Completion, ContextOverflow, InvalidParameter
 
 PROMPT = "The capital of France is"
 STORY = "Once upon a time, in a small village,"
+LONG = "Write a short note to a friend about a trip to the mountains last summer, with the food:"
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +70,21 @@ def test_stream_joins_to_generate(llm: LLM, greedy: Completion) -> None:
 
 
 def test_batch_equals_sequential(llm: LLM) -> None:
-    prompts = [PROMPT, STORY, "List three colors:", "def fibonacci(n):"]
+    # Different lengths, so most rows are left-padded; one of them longer than 16 tokens.
+    prompts = [PROMPT, STORY, "List three colors:", "def fibonacci(n):", "Hi", LONG]
     batch = llm.generate(prompts, max_new_tokens=16)
-    singles = [llm.generate(p, max_new_tokens=16).text for p in prompts]
-    # Exact for the first words; bf16 near-ties may later flip (see test_padded_batch_rows_equal_single_rows).
-    assert [c.text.split()[:2] for c in batch] == [s.split()[:2] for s in singles]
+    singles = [llm.generate(p, max_new_tokens=16) for p in prompts]
+    assert [c.text for c in batch] == [s.text for s in singles]
+    assert [c.finish_reason for c in batch] == [s.finish_reason for s in singles]
+    assert [c.completion_tokens for c in batch] == [s.completion_tokens for s in singles]
     assert [c.prompt_tokens for c in batch] == [llm.count_tokens(p) for p in prompts]
 
 
 def test_seed_reproducibility(llm: LLM) -> None:
-    kw = {"max_new_tokens": 24, "temperature": 1.0, "top_k": 50}
+    kw = {"max_new_tokens": 16, "temperature": 1.0, "top_k": 50}
     a = llm.generate(STORY, seed=123, **kw).text
     b = llm.generate(STORY, seed=123, **kw).text
-    others = {llm.generate(STORY, seed=s, **kw).text for s in (1, 2, 3)}
+    others = {llm.generate(STORY, seed=s, **kw).text for s in (1, 2)}
     assert a == b
     assert len(others | {a}) > 1
 
@@ -136,7 +139,7 @@ def test_cancellation_stops_within_a_few_tokens(llm: LLM) -> None:
 
 
 def test_two_threads_get_correct_results(llm: LLM, greedy: Completion) -> None:
-    other = llm.generate(PROMPT, max_new_tokens=24).text
+    other = llm.generate(PROMPT, max_new_tokens=16).text
     results: dict[str, str] = {}
     errors: list[BaseException] = []
 
@@ -148,7 +151,7 @@ def test_two_threads_get_correct_results(llm: LLM, greedy: Completion) -> None:
 
     threads = [
         threading.Thread(target=run, args=("a", STORY, 40)),
-        threading.Thread(target=run, args=("b", PROMPT, 24)),
+        threading.Thread(target=run, args=("b", PROMPT, 16)),
     ]
     for t in threads:
         t.start()

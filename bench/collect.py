@@ -1,0 +1,42 @@
+"""Assemble docs/benchmarks.md from the per-area fragments the benchmark scripts write.
+
+python bench/collect.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+PARTS = [
+    ("benchmarks-core.md", "Core: formats, memory, load time, kernels, perplexity (CPU)"),
+    ("benchmarks-engine.md", "Engine: CPU decode speed against llama.cpp and transformers"),
+    ("benchmarks-rag.md", "Embeddings and knowledge bases"),
+    ("benchmarks-graphrag.md", "GraphRAG indexing"),
+    ("benchmarks-gpu.md", "GPU kernels (H100)"),
+]
+
+HEADER = """# Benchmarks
+
+Every number here comes from a script under `bench/`; each section names its script, its machine and how to
+rerun it. Comparisons are side by side in one run (ratios), never across machines. CPU numbers: the 2-core
+AMD EPYC (Zen 3, AVX2, no AVX-512/AMX) VM this project is developed and tested on. GPU numbers: one NVIDIA H100
+80GB HBM3 (torch 2.11+cu130, Triton 3.6), lent for the measurement.
+"""
+
+
+def main() -> None:
+    out = [HEADER]
+    for name, title in PARTS:
+        path = DOCS / name
+        out.append(f"\n---\n\n<!-- from {name} -->\n")
+        if path.exists():
+            out.append(path.read_text().strip() + "\n")
+        else:
+            out.append(f"## {title}\n\nNot measured yet (`{name}` missing).\n")
+    (DOCS / "benchmarks.md").write_text("\n".join(out))
+    print(f"wrote {DOCS / 'benchmarks.md'}")
+
+
+if __name__ == "__main__":
+    main()
