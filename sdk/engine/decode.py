@@ -124,37 +124,17 @@ def _fuse_linear(mods: list[nn.Module]) -> nn.Module | None:
 
 
 def _fuse_low_bit(mods: list[nn.Module]) -> nn.Module | None:
-    """Concatenate LowBitLinear siblings row-wise in the portable layout (rows are independent there).
+    """Concatenate LowBitLinear siblings row-wise (`xpullm.linear.fuse_linears`), or None when they differ.
 
     The fused copy is extra memory next to the originals (the model keeps working unchanged); at batch 1 one
     kernel call instead of two or three saves more time than the copy costs for models this engine targets.
     """
-    from xpullm.formats import QuantizedWeight
-    from xpullm.linear import LowBitLinear
+    from xpullm.linear import fuse_linears
 
-    qws = [m.export() for m in mods]
-    first = qws[0]
-    same = all(
-        q.format == first.format and q.group_size == first.group_size and q.shape[1] == first.shape[1]
-        for q in qws
-    )
-    if not same or any(q.scales is None for q in qws) or (first.zeros is None) != (qws[-1].zeros is None):
+    try:
+        fused = fuse_linears(mods)  # type: ignore[arg-type]
+    except ValueError:  # different formats / group sizes / input widths: call them one by one
         return None
-    cat = lambda ts: None if ts[0] is None else torch.cat(ts)  # noqa: E731
-    qw = QuantizedWeight(
-        first.format,
-        (sum(q.shape[0] for q in qws), first.shape[1]),
-        first.group_size,
-        torch.cat([q.data for q in qws]),
-        cat([q.scales for q in qws]),
-        cat([q.zeros for q in qws]),
-    )
-    bias = None
-    if any(m.bias is not None for m in mods):
-        bias = torch.cat(
-            [m.bias if m.bias is not None else first.data.new_zeros(m.out_features) for m in mods]
-        )
-    fused = LowBitLinear(qw, bias, device=mods[0].device)
     # Only worth it when the fused weight runs the same (fast) kernel the parts ran.
     return fused if fused.kernel.name == mods[0].kernel.name else None
 
