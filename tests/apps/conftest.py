@@ -29,14 +29,15 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def app(tmp_path_factory):
     from xpullm.apps.demo import DemoConfig, launch
+    from xpullm.apps.demo.config import DEMO_LOW_BIT
     from xpullm.embeddings import Embedder
     from xpullm.engine import LLM
 
-    llm = LLM(low_bit="asym_int4", device="cpu")
+    llm = LLM(low_bit=DEMO_LOW_BIT, device="cpu")
     llm.tokenizer  # noqa: B018  (load now, not inside the first request)
     embedder = Embedder(device="cpu", dtype="float32")
     config = DemoConfig(
-        low_bit="asym_int4",
+        low_bit=DEMO_LOW_BIT,
         device="cpu",
         data_dir=tmp_path_factory.mktemp("demo"),
         max_upload_mb=1,

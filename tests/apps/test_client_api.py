@@ -9,6 +9,8 @@ import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
+from xpullm.apps.demo.config import DEMO_LOW_BIT
+
 GRAPHRAG_DATA = Path(__file__).parents[1] / "graphrag" / "data"
 
 
@@ -108,11 +110,11 @@ def test_graphrag_bad_input_is_readable(client, docs_dir):
 
 
 def test_measure_endpoint_reports_real_numbers(client):
-    table, status, _chart, info = client.predict(["asym_int4"], api_name="/measure")
-    assert status == "Measured asym_int4"
+    table, status, _chart, info = client.predict([DEMO_LOW_BIT], api_name="/measure")
+    assert status == f"Measured {DEMO_LOW_BIT}"
     fmt, memory, _load_s, first_token_s, tok_s, ppl = _rows(table)[0]
-    assert fmt == "asym_int4"
+    assert fmt == DEMO_LOW_BIT
     assert 60 < memory < 120  # SmolLM2-135M in 4 bits (+ fp embeddings): tens of MiB, not hundreds
     assert first_token_s > 0 and tok_s > 0
     assert 1.0 < ppl < 200.0  # a real language model on Wikipedia text, not noise (vocab 49k)
-    assert "| SmolLM2-135M-Instruct | asym_int4 | cpu |" in info
+    assert f"| SmolLM2-135M-Instruct | {DEMO_LOW_BIT} | cpu |" in info  # the loaded chat model
