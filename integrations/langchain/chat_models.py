@@ -27,7 +27,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from xpullm.integrations._aio import iterate_in_thread
+from xpullm.engine.aio import iterate_in_thread
 from xpullm.integrations._engines import shared_llm
 from xpullm.integrations._toolcall import (
     ChatTemplateError,

@@ -10,7 +10,7 @@ from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import GenerationChunk
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from xpullm.integrations._aio import iterate_in_thread
+from xpullm.engine.aio import iterate_in_thread
 from xpullm.integrations._engines import shared_llm
 
 __all__ = ["XPULLM"]

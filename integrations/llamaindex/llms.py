@@ -22,7 +22,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
-from xpullm.integrations._aio import iterate_in_thread
+from xpullm.engine.aio import iterate_in_thread
 from xpullm.integrations._engines import shared_llm
 from xpullm.integrations._toolcall import (
     ChatTemplateError,

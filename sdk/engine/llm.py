@@ -20,6 +20,7 @@ from typing import Any, overload
 import torch
 from torch import nn
 
+from xpullm.engine.aio import iterate_in_thread
 from xpullm.engine.chat import render_chat
 from xpullm.engine.decode import Decoder, build_decoder
 from xpullm.engine.params import Completion, ContextOverflow, GenerationParams, InvalidParameter
@@ -256,36 +257,13 @@ class LLM:
             yield delta
 
     async def _astream(self, fn: Any, arg: Any, params: dict[str, Any]) -> AsyncIterator[str]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         user_cancel = params.pop("cancel", None)
         cancel = threading.Event()
         params["cancel"] = _AnyEvent(cancel, user_cancel)
         # Validate and encode on the caller's side so bad input raises here, not inside the worker.
         iterator = fn(arg, **params)
-
-        def work() -> None:
-            try:
-                for delta in iterator:
-                    loop.call_soon_threadsafe(queue.put_nowait, ("delta", delta))
-                loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
-            except BaseException as exc:
-                loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
-
-        worker = threading.Thread(target=work, name="xpullm-astream", daemon=True)
-        worker.start()
-        try:
-            while True:
-                kind, value = await queue.get()
-                if kind == "delta":
-                    yield value
-                elif kind == "error":
-                    raise value
-                else:
-                    break
-        finally:
-            cancel.set()
-            await asyncio.to_thread(worker.join)
+        async for delta in iterate_in_thread(lambda _stop: iterator, cancel=cancel):
+            yield delta
 
     # -- encoding ----------------------------------------------------------------------------------------------
 

@@ -12,15 +12,18 @@ __all__ = ["iterate_in_thread"]
 T = TypeVar("T")
 
 
-async def iterate_in_thread(make: Callable[[threading.Event], Iterator[T]]) -> AsyncIterator[T]:
+async def iterate_in_thread(
+    make: Callable[[threading.Event], Iterator[T]], cancel: threading.Event | None = None
+) -> AsyncIterator[T]:
     """Yield the items of `make(cancel)` produced in a worker thread.
 
     `make` receives a `threading.Event` that is set when the consumer stops early (break, exception, task
-    cancellation); pass it to the engine as `cancel=` so generation stops after the current token.
+    cancellation); pass it to the engine as `cancel=` so generation stops after the current token. Pass
+    `cancel` to use an event the caller already wired into its iterator.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
-    cancel = threading.Event()
+    cancel = cancel or threading.Event()
 
     def work() -> None:
         try:
