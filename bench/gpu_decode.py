@@ -32,8 +32,36 @@ DT = torch.bfloat16
 DEV = "cuda"
 
 
+class TinyGemmLinear(torch.nn.Module):
+    """The peer's int4 path in this file's model: PyTorch's tinygemm (`_weight_int4pack_mm`), for A/B profiles.
+
+    Quantized the way tinygemm reads it: w ~ (q - 8) * scale + zero per group of `group` along K, with
+    scales_and_zeros [K / group, N, 2] in bf16.
+    """
+
+    def __init__(self, w: torch.Tensor, group: int) -> None:
+        super().__init__()
+        n, k = w.shape
+        g = w.float().reshape(n, k // group, group)
+        lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+        scale = (hi - lo).clamp(min=1e-6) / 15
+        q = ((g - lo) / scale).round().clamp(0, 15).to(torch.uint8).reshape(n, k)
+        sz = torch.stack([scale.squeeze(-1), (lo + 8 * scale).squeeze(-1)], -1).transpose(0, 1)
+        self.group, self.n = group, n
+        self.register_buffer(
+            "packed", torch.ops.aten._convert_weight_to_int4pack(q[:, ::2] << 4 | q[:, 1::2], 8)
+        )
+        self.register_buffer("sz", sz.contiguous().to(DT))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.aten._weight_int4pack_mm(x.reshape(-1, x.shape[-1]), self.packed, self.group, self.sz)
+        return y.reshape(*x.shape[:-1], self.n)
+
+
 def _linear(n: int, k: int, fmt: str, group: int | None) -> torch.nn.Module:
     w = torch.randn(n, k, device=DEV, dtype=DT) / math.sqrt(k)
+    if fmt == "tinygemm":
+        return TinyGemmLinear(w, group or 128)
     if fmt == "bf16":
         lin = torch.nn.Linear(k, n, bias=False, device="meta")
         lin.weight = torch.nn.Parameter(w, requires_grad=False)

@@ -5,6 +5,7 @@
 #   bash bench/gpu_run.sh            # tests, then benchmark
 #   bash bench/gpu_run.sh tests      # only the GPU tests        (~2-4 min, mostly Triton compiles)
 #   bash bench/gpu_run.sh bench      # only the benchmark        (~4-6 min on an H100)
+#   bash bench/gpu_run.sh py SCRIPT [ARGS]  # any python script with the shim on PYTHONPATH (e.g. gpu_profile.py)
 #   bash bench/gpu_run.sh prepare    # run HERE (dev machine): copy pure-python pytest into bench/out/pydeps,
 #                                    # to be carried to a GPU machine whose python3 lacks pytest
 # Extra benchmark arguments may follow the mode, e.g. `bash bench/gpu_run.sh bench --formats sym_int4:128`.
@@ -40,6 +41,10 @@ export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
 # Compiled kernels persist between runs on the same (warm) machine: .cache/ is git-ignored.
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$ROOT/.cache/triton}"
 unset TRITON_INTERPRET
+
+if [ "$MODE" = py ]; then
+  exec "$PY" "$@"
+fi
 
 {
   echo "# environment"

@@ -59,7 +59,10 @@ _CUDA_DOT_SMALL = [
     for sk in (1, 2)
 ]
 # (128 x 128 tiles on 8 warps spill registers once eight bit planes are decoded per step: not listed.)
-_CUDA_PREFILL = [_DEQUANT, _dot(64, 128, 4, 1, 4, 3), _dot(128, 64, 4, 1, 4, 3), _dot(64, 64, 4, 1, 4, 4)]
+# Triton 3.6 fails to compile 64- and 128-row dot tiles of this kernel on Hopper ("Illegal shared layout" in
+# TritonGPUOptimizeDotOperands, every format), and dequantize + cuBLAS won every prefill shape the tiles did
+# compile for on older Tritons; so prefill on CUDA is the dequantize path plus a 32-row tile that compiles.
+_CUDA_PREFILL = [_DEQUANT, _dot(32, 64, 4, 1, 4, 2)]
 
 # Intel GPUs (Triton XPU backend): wider tiles and more warps suit the 8-wide EUs with large register files.
 # Unverified on hardware; the tuner times these like the CUDA ones.

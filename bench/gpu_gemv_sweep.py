@@ -1,0 +1,167 @@
+"""Batch-1 GEMV launch sweep on a GPU: every configuration of a wide grid, timed the way a decode step runs it.
+
+The tuner (`kernels/triton/launch.py:tune`) times a short candidate list with L2 flushed before each call.
+This sweep tries a wider grid (rows per program, K step, split-K, warps, pipelining stages) and times each
+configuration as a decode step sees it: one CUDA graph of back-to-back calls that rotate over enough weight
+copies (> 2x the L2 size) that every call streams its weight from HBM, with no flush writes in between.
+Winners are written as tuned-table records (`--json`) to merge into `kernels/triton/tuned_<device>.json`.
+
+    python bench/gpu_gemv_sweep.py [--formats sym_int4:128] [--shapes 4096x4096,...] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (14336, 4096), (4096, 14336), (128256, 4096)]
+_L2_MULTIPLE = 2.5  # weight copies cover this many L2 sizes, so no call finds its weight cached
+
+
+def grid() -> list:
+    """The configurations to try (block_m is 1: one activation row per program)."""
+    from xpullm.kernels.triton import LaunchConfig
+
+    out = []
+    for bn, kb, warps, stages, split in itertools.product(
+        (4, 8, 16, 32), (8, 16, 32, 64), (1, 2, 4, 8), (1, 2), (1, 2, 4)
+    ):
+        per_thread = bn * kb * 4 // (32 * warps)  # int32 words each thread holds per K step
+        if not 4 <= per_thread <= 32:
+            continue
+        out.append(LaunchConfig("gemv", 1, bn, kb, split, warps, stages))
+    return out
+
+
+def graph_us(fn_list, reps: int = 5) -> float:
+    """Microseconds per call of back-to-back calls captured in one CUDA graph."""
+    for fn in fn_list:
+        fn()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for fn in fn_list:
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(reps):
+            for fn in fn_list:
+                fn()
+    g.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(5):
+        start.record()
+        g.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / (reps * len(fn_list)))
+    return sorted(times)[len(times) // 2]
+
+
+def sweep_shape(fmt: str, gs: int, n: int, k: int, top: int) -> tuple[list[dict], dict]:
+    """(rows sorted by graph time, the tuned-table record of the winner)."""
+    import triton
+
+    from xpullm.formats import get_format
+    from xpullm.kernels.triton import run, select_config, time_cold
+    from xpullm.kernels.triton.configs import valid
+    from xpullm.kernels.triton.launch import _device_name, _prepare_x
+
+    dev = torch.device("cuda")
+    w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
+    qw = get_format(fmt).quantize(w.float(), gs or None)
+    from xpullm.kernels.triton import pack_weight
+
+    tw = pack_weight(qw, dev)
+    copies = max(1, int(_L2_MULTIPLE * torch.cuda.get_device_properties(dev).L2_cache_size / tw.nbytes) + 1)
+    tws = [tw] + [pack_weight(qw, dev) for _ in range(copies - 1)]
+    x = _prepare_x(torch.randn(1, k, device=dev, dtype=torch.bfloat16), tw)
+    ref = (x[:, :k].float() @ qw.dequantize(torch.float32).to(dev).t()).squeeze(0)
+    tuned = select_config(tw, 1, x.dtype)
+    rows = []
+    for cfg in [tuned, *grid()]:
+        if not valid(cfg, tw, x.dtype):
+            continue
+        outs = [torch.empty(1, n, device=dev, dtype=x.dtype) for _ in tws]
+        ws = None
+        if cfg.split_k > 1:
+            ws = [torch.empty(cfg.split_k, 1, n, device=dev, dtype=torch.float32) for _ in tws]
+        fns = [
+            (lambda t=t, o=o, s=(ws[i] if ws else None), c=cfg: run(x, t, c, out=o, workspace=s))
+            for i, (t, o) in enumerate(zip(tws, outs, strict=True))
+        ]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fns[0]()
+                err = ((outs[0].float().squeeze(0) - ref).norm() / ref.norm()).item()
+                us = graph_us(fns)
+                cold = time_cold(fns[0], dev, reps=20) * 1e3
+        except (triton.runtime.errors.OutOfResources, RuntimeError) as exc:
+            rows.append({"cfg": cfg, "error": str(exc).splitlines()[0][:80]})
+            continue
+        rows.append({"cfg": cfg, "graph_us": us, "cold_us": cold, "err": err, "tuned": cfg == tuned})
+    ok = sorted((r for r in rows if "graph_us" in r and r["err"] < 1e-2), key=lambda r: r["graph_us"])
+    best = ok[0]
+    gb = tw.nbytes / 1e9
+    print(f"## {fmt} g{gs} {n}x{k}: {tw.nbytes / 1e6:.1f} MB, {copies} copies; tuned {tuned}")
+    for r in ok[:top] + [r for r in ok if r["tuned"]]:
+        c = r["cfg"]
+        print(
+            f"  {r['graph_us']:7.1f} us graph ({gb / r['graph_us'] * 1e3:.2f} TB/s)  {r['cold_us']:7.1f} us cold  "
+            f"bn{c.block_n} kb{c.block_kb} s{c.split_k} w{c.num_warps} st{c.num_stages}  err {r['err']:.1e}"
+            + ("  <- tuner's pick" if r["tuned"] else "")
+        )
+    record = {
+        "device": _device_name(dev), "format": fmt, "group_words": tw.group_words, "n": n, "kw": tw.kw,
+        "m_bucket": 1, "dtype": str(x.dtype), "config": asdict(best["cfg"]),
+    }  # fmt: skip
+    del tws, outs
+    torch.cuda.empty_cache()
+    return ok, record
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--formats", default="sym_int4:128")
+    ap.add_argument("--shapes", default=None)
+    ap.add_argument("--top", type=int, default=5)
+    ap.add_argument("--json", type=Path, default=None, help="write the winners as tuned-table records")
+    ap.add_argument(
+        "--merge-into", type=Path, default=None, help="replace/add the winners in this tuned table"
+    )
+    args = ap.parse_args()
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
+    records = []
+    for spec in args.formats.split(","):
+        fmt, _, gs = spec.partition(":")
+        for n, k in shapes:
+            _, rec = sweep_shape(fmt, int(gs) if gs else 0, n, k, args.top)
+            records.append(rec)
+            if args.json:
+                args.json.write_text(json.dumps(records, indent=1))
+    if args.merge_into:
+        merge(args.merge_into, records)
+
+
+def merge(table: Path, records: list[dict]) -> None:
+    """Replace the entries of `table` that have the same key as a record, append the others."""
+    fields = ("device", "format", "group_words", "n", "kw", "m_bucket", "dtype")
+    new = {tuple(r[f] for f in fields): r for r in records}
+    old = json.loads(table.read_text()) if table.is_file() else []
+    kept = [r for r in old if tuple(r[f] for f in fields) not in new]
+    table.write_text(json.dumps(kept + list(new.values()), indent=1) + "\n")
+    print(f"merged {len(new)} records into {table}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Where a compiled decode step spends its GPU time: xpullm formats vs tinygemm vs bf16, same model, same run.
+
+For each format, builds `gpu_decode.Model` (Llama-3-8B shape, random weights), compiles the decode step the
+way `gpu_decode.py` does (CUDA graphs), then reports:
+- `step ms`: wall time of one decode step (median over `--tokens` steps), and the host time to issue it
+  (Python, guards, CUDA-graph replay checks: hidden behind the GPU only while it is shorter);
+- `linears ms`: one CUDA graph that runs only the model's linear layers once each, back to back, on fixed
+  inputs - the low-bit kernels' share of a step, free of everything else;
+- the kernels a profiled step runs (torch.profiler), grouped by name, with their GPU time per step.
+`step ms - linears ms` is what the rest of the model (norms, RoPE, attention, cache writes, launch gaps) costs.
+
+    python bench/gpu_profile.py [--layers 32] [--formats bf16,tinygemm:128,sym_int4:128] [--out prof.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import gpu_decode as gd
+
+
+def _linears(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every leaf projection of the model, in call order."""
+    out = []
+    for blk in model.blocks:
+        out += [blk.wqkv, blk.wo, blk.w13, blk.w2]
+    return [*out, model.head]
+
+
+def _in_features(lin: torch.nn.Module) -> int:
+    for name in ("in_features",):
+        if hasattr(lin, name):
+            return int(getattr(lin, name))
+    return int(lin.sz.shape[0] * lin.group)  # TinyGemmLinear
+
+
+def linears_graph_ms(model: torch.nn.Module, batch: int, reps: int = 20) -> float:
+    """Milliseconds for one pass over every linear layer, replayed from one CUDA graph."""
+    lins = _linears(model)
+    xs = {k: torch.randn(batch, 1, k, device=gd.DEV, dtype=gd.DT) for k in {_in_features(m) for m in lins}}
+
+    def once() -> None:
+        for m in lins:
+            m(xs[_in_features(m)])
+
+    once()  # tunes / compiles outside the capture
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        once()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        once()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def _kernel_table(prof, steps: int, top: int) -> tuple[float, list[tuple[str, float, int]]]:
+    """(GPU ms per step over all kernels, [(kernel name, us per step, calls per step)] largest first)."""
+    per_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for evt in prof.events():
+        if evt.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        entry = per_name[evt.name[:90]]
+        entry[0] += evt.device_time
+        entry[1] += 1
+    rows = sorted(((n, us / steps, int(c / steps)) for n, (us, c) in per_name.items()), key=lambda r: -r[1])
+    total = sum(r[1] for r in rows) / 1e3
+    return total, rows[:top]
+
+
+@torch.no_grad()
+def profile(fmt: str, group: int | None, layers: int, tokens: int, batch: int, top: int) -> list[str]:
+    """Markdown lines for one format."""
+    torch.manual_seed(0)
+    model = gd.Model(layers, fmt, group, batch)
+    prompt = torch.randint(0, gd.V, (batch, 32), device=gd.DEV)
+    tok = model(prompt, torch.arange(32, device=gd.DEV)).argmax(-1).view(batch, 1)
+    for i in range(2):
+        tok = model(tok, torch.tensor([32 + i], device=gd.DEV)).argmax(-1).view(batch, 1)
+    step = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+    pos = 34
+    for _ in range(3):
+        tok = step(tok, torch.tensor([pos], device=gd.DEV)).argmax(-1).view(batch, 1).clone()
+        pos += 1
+    times, host = [], []
+    for _ in range(tokens):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        tok = step(tok, torch.tensor([pos], device=gd.DEV)).argmax(-1).view(batch, 1).clone()
+        host.append(time.perf_counter() - t0)  # CPU time to issue the step (the GPU runs on)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        pos += 1
+    step_ms = sorted(times)[len(times) // 2] * 1e3
+    host_ms = sorted(host)[len(host) // 2] * 1e3
+    lin_ms = linears_graph_ms(model, batch)
+    steps = 5
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(steps):
+            tok = step(tok, torch.tensor([pos], device=gd.DEV)).argmax(-1).view(batch, 1).clone()
+            pos += 1
+        torch.cuda.synchronize()
+    gpu_ms, rows = _kernel_table(prof, steps, top)
+    label = fmt if group is None else f"{fmt} g{group}"
+    out = [
+        f"### {label}, batch {batch}",
+        "",
+        f"step {step_ms:.3f} ms ({batch * 1e3 / step_ms:.1f} tok/s), host {host_ms:.3f} ms to issue it; linears only (one CUDA graph) {lin_ms:.3f} ms; "
+        f"profiled kernels {gpu_ms:.3f} ms/step; rest = step - linears = {step_ms - lin_ms:.3f} ms",
+        "",
+        "| kernel | us/step | calls/step |",
+        "|---|---|---|",
+        *(f"| `{n}` | {us:.1f} | {c} |" for n, us, c in rows),
+        "",
+    ]
+    print("\n".join(out), flush=True)
+    del model, step
+    torch.cuda.empty_cache()
+    torch._dynamo.reset()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--formats", default="bf16,tinygemm:128,sym_int4:128")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--top", type=int, default=14)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    lines = [f"# Decode-step profile ({torch.__version__}, {torch.cuda.get_device_name(0)})", ""]
+    for spec in args.formats.split(","):
+        fmt, _, group = spec.partition(":")
+        lines += profile(fmt, int(group) if group else None, args.layers, args.tokens, args.batch, args.top)
+        if args.out:
+            args.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
