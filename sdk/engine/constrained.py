@@ -1,7 +1,9 @@
-"""JSON-schema constrained decoding with llguidance: every sampled token keeps the output schema-valid.
+"""Constrained decoding with llguidance: every sampled token keeps the output inside a grammar.
 
-At each step the matcher computes the set of tokens that can still lead to valid JSON; all others get -inf
-logits before sampling. When the JSON value is complete the matcher only allows EOS, so generation stops there.
+The grammar comes from a JSON schema (`json_schema=`) or a Lark grammar in llguidance's syntax (`grammar=`); both
+compile to one llguidance grammar. At each step a matcher per batch row computes the tokens that can still lead to
+a complete match; all others get -inf logits before sampling. When the match is complete the matcher only allows
+EOS, so generation stops there.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ from typing import Any
 
 import torch
 
-from xpullm.errors import XPULLMError
+from xpullm.engine.params import GenerationParams, InvalidParameter
 
-__all__ = ["InvalidSchema", "JsonConstraint", "llg_tokenizer"]
+__all__ = ["GrammarConstraint", "InvalidGrammar", "llg_tokenizer"]
 
 
-class InvalidSchema(XPULLMError, ValueError):
-    """The json_schema argument is not a schema llguidance can compile."""
+class InvalidGrammar(InvalidParameter):
+    """The json_schema or grammar argument is not something llguidance can compile; `name` says which one."""
 
 
 _TOKENIZERS: dict[int, Any] = {}
@@ -39,27 +41,57 @@ def llg_tokenizer(tokenizer: Any, vocab_size: int, eos_ids: list[int]) -> Any:
         return _TOKENIZERS[key]
 
 
-class JsonConstraint:
-    """One llguidance matcher per batch row, applied to logits before sampling."""
+def _llg_grammar(field: str, value: Any) -> str:
+    """Translate a json_schema dict or a Lark string into llguidance's grammar text (not yet checked)."""
+    import llguidance
+
+    if field == "grammar":
+        return llguidance.LLMatcher.grammar_from_lark(value)
+    try:
+        return llguidance.LLMatcher.grammar_from_json_schema(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise InvalidGrammar(field, value, f"a JSON-serialisable schema ({exc})") from exc
+
+
+class GrammarConstraint:
+    """One llguidance matcher per batch row, applied to logits before sampling.
+
+    Args:
+        field: the generation parameter the constraint came from (`json_schema` or `grammar`), named in errors.
+        value: the schema dict or the Lark grammar text.
+    """
 
     def __init__(
-        self, schema: dict[str, Any], tokenizer: Any, batch: int, vocab_size: int, eos_ids: list[int]
-    ):
+        self, field: str, value: Any, tokenizer: Any, batch: int, vocab_size: int, eos_ids: list[int]
+    ) -> None:
         import llguidance
         import llguidance.torch as llt
 
         self._llt = llt
-        try:
-            grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema))
-        except (TypeError, ValueError) as exc:
-            raise InvalidSchema(f"json_schema could not be serialised: {exc}") from exc
+        grammar = _llg_grammar(field, value)
         lltok = llg_tokenizer(tokenizer, vocab_size, eos_ids)
         is_error, errors = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, lltok)
         if is_error:
-            raise InvalidSchema(f"json_schema is not supported: {errors}; simplify the schema")
+            what = (
+                "a JSON schema llguidance supports (simplify it)"
+                if field == "json_schema"
+                else "a Lark grammar"
+            )
+            raise InvalidGrammar(field, value, f"{what}; llguidance says: {' '.join(errors).strip()}")
         self.matchers = [llguidance.LLMatcher(lltok, grammar) for _ in range(batch)]
         self.vocab_size = vocab_size
         self._bitmask = llt.allocate_token_bitmask(batch, vocab_size)
+
+    @classmethod
+    def from_params(
+        cls, params: GenerationParams, tokenizer: Any, batch: int, vocab_size: int, eos_ids: list[int]
+    ) -> GrammarConstraint | None:
+        """The constraint `params` asks for (json_schema or grammar), or None for free generation."""
+        if params.json_schema is not None:
+            return cls("json_schema", params.json_schema, tokenizer, batch, vocab_size, eos_ids)
+        if params.grammar is not None:
+            return cls("grammar", params.grammar, tokenizer, batch, vocab_size, eos_ids)
+        return None
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """Return logits [B, V] with tokens the grammar forbids set to -inf (on a float32 copy)."""
@@ -78,5 +110,5 @@ class JsonConstraint:
             raise RuntimeError(f"constrained decoding rejected token {token}: {m.get_error()}")
 
     def finished(self, row: int) -> bool:
-        """True when the JSON value is complete and nothing but EOS may follow."""
+        """True when the match is complete and nothing but EOS may follow."""
         return self.matchers[row].is_stopped()

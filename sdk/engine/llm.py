@@ -318,10 +318,10 @@ class LLM:
                     input_ids, torch.arange(longest, device=device)[None] >= pad.to(device)[:, None]
                 )
             constraint = None
-            if p.json_schema is not None:
-                from xpullm.engine.constrained import JsonConstraint
+            if p.json_schema is not None or p.grammar is not None:
+                from xpullm.engine.constrained import GrammarConstraint
 
-                constraint = JsonConstraint(p.json_schema, tok, batch, vocab, self._eos or [pad_id])
+                constraint = GrammarConstraint.from_params(p, tok, batch, vocab, self._eos or [pad_id])
             eos = set(self._eos)
             length = longest
             while True:

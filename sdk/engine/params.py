@@ -70,6 +70,8 @@ class GenerationParams:
     """Set this event from any thread to stop generation after the current token."""
     json_schema: dict[str, Any] | None = field(default=None, compare=False)
     """Constrain output to JSON valid against this schema (llguidance); output then always parses."""
+    grammar: str | None = None
+    """Constrain output to this Lark grammar (llguidance syntax, rule `start`); exclusive with json_schema."""
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT)
@@ -85,6 +87,12 @@ class GenerationParams:
             )
         if self.json_schema is not None and not isinstance(self.json_schema, dict):
             raise InvalidParameter("json_schema", self.json_schema, "a JSON schema as a dict, or None")
+        if self.grammar is not None and (not isinstance(self.grammar, str) or not self.grammar.strip()):
+            raise InvalidParameter("grammar", self.grammar, "a non-empty Lark grammar string, or None")
+        if self.grammar is not None and self.json_schema is not None:
+            raise InvalidParameter(
+                "grammar", self.grammar, "None when json_schema is also given (one constraint per call)"
+            )
 
     @property
     def greedy(self) -> bool:
