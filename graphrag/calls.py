@@ -82,13 +82,20 @@ class LLMCaller:
         return max(0, self.context_length - max_new_tokens - reserve)
 
     def params(
-        self, max_new_tokens: int, stop: Sequence[str] | None, json_schema: dict | None
+        self,
+        max_new_tokens: int,
+        stop: Sequence[str] | None,
+        json_schema: dict | None,
+        grammar: str | None = None,
     ) -> dict[str, Any]:
+        """Engine keyword arguments of one call; they are part of its cache key (a constraint changes the answer)."""
         p: dict[str, Any] = {"max_new_tokens": int(max_new_tokens), "temperature": self.config.temperature}
         if stop:
             p["stop"] = list(stop)
         if json_schema is not None:
             p["json_schema"] = json_schema
+        if grammar is not None:
+            p["grammar"] = grammar
         if self.config.seed is not None and self.config.temperature > 0:
             p["seed"] = self.config.seed
         return p
@@ -101,10 +108,14 @@ class LLMCaller:
         max_new_tokens: int,
         stop: Sequence[str] | None = None,
         json_schema: dict | None = None,
+        grammar: str | None = None,
         on_batch: Callable[[], None] | None = None,
     ) -> list[CallResult]:
-        """Answers for `prompts`, in order. Raises `PromptTooLong` before any call if one prompt cannot fit."""
-        params = self.params(max_new_tokens, stop, json_schema)
+        """Answers for `prompts`, in order. Raises `PromptTooLong` before any call if one prompt cannot fit.
+
+        json_schema / grammar (a Lark grammar) constrain the answers; at most one of them may be given.
+        """
+        params = self.params(max_new_tokens, stop, json_schema, grammar)
         model = self.model_name
         texts = [self.format(p) for p in prompts]
         keys = [cache_key(model, t, params) for t in texts]

@@ -64,6 +64,9 @@ class ExtractionConfig:
     tuple_delimiter: str = "<|>"  # separates fields of one record
     record_delimiter: str = "##"  # separates records
     completion_delimiter: str = "<|COMPLETE|>"  # the model writes this when it is done (also a stop string)
+    constrained: bool = True  # decode under the tuple-format grammar: small models then write only records
+    max_name_chars: int = 60  # longest entity name the grammar admits (bounds a rambling answer)
+    max_description_chars: int = 200  # longest description the grammar admits (one sentence, ~40-50 tokens)
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,7 @@ class GraphRAGConfig:
             raise ConfigError(f"extract_graph.max_gleanings={self.extract_graph.max_gleanings} must be >= 0")
         if not self.extract_graph.entity_types:
             raise ConfigError("extract_graph.entity_types is empty; list at least one type, e.g. ['person']")
+        _check_extraction(self.extract_graph)
         if self.llm.batch_size < 1:
             raise ConfigError(f"llm.batch_size={self.llm.batch_size} must be >= 1")
 
@@ -226,6 +230,25 @@ class GraphRAGConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{str(path)!r} must hold a mapping of sections, got {type(data).__name__}")
         return cls.from_dict(data)
+
+
+def _check_extraction(cfg: ExtractionConfig) -> None:
+    for name in ("tuple_delimiter", "record_delimiter", "completion_delimiter"):
+        value = getattr(cfg, name)
+        if not value:
+            raise ConfigError(f"extract_graph.{name} is empty; the tuple format needs a non-empty delimiter")
+        if cfg.constrained and (value[0].isalnum() or value[0].isspace()):
+            # The grammar keeps a delimiter's first character out of names and descriptions (so a field ends
+            # exactly where a delimiter begins); a letter there would be banned from every name.
+            raise ConfigError(
+                f"extract_graph.{name}={value!r} starts with a letter, digit or blank, which constrained "
+                "extraction would ban from every name and description; start it with a symbol (like the default "
+                "'<|>', '##', '<|COMPLETE|>') or set extract_graph.constrained: false"
+            )
+    for name in ("max_name_chars", "max_description_chars"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"extract_graph.{name}={value!r} must be an int >= 1")
 
 
 def _update_section(name: str, current: Any, values: dict[str, Any]) -> Any:

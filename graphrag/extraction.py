@@ -1,7 +1,9 @@
 """Entity and relationship extraction: prompts per text unit, gleaning rounds, and the delimiter-tuple parser.
 
-Small local models break the tuple format in every way (missing fields, no record delimiter, prose around records);
-the parser keeps every record it can read and counts the rest instead of failing the unit.
+Small local models break the tuple format in every way (missing fields, no record delimiter, prose around records).
+With `ExtractionConfig.constrained` the engine decodes under the tuple grammar (`xpullm.graphrag.grammar`), so every
+answer is a list of well-formed records; without it (or with an engine that ignores the grammar) the parser keeps
+every record it can read and counts the rest instead of failing the unit.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from xpullm.graphrag.calls import LLMCaller
 from xpullm.graphrag.chunking import TextUnit
 from xpullm.graphrag.config import ExtractionConfig
+from xpullm.graphrag.grammar import YES_NO_GRAMMAR, tuple_grammar
 from xpullm.graphrag.prompts import EXTRACT_CONTINUE, EXTRACT_GRAPH, EXTRACT_LOOP_CHECK, fill
 
 __all__ = [
@@ -130,6 +133,9 @@ def extract_graph(
     """Extract records from every unit: one batched round, then up to `max_gleanings` batched gleaning rounds."""
     stage = "extract_graph"
     stop = [config.completion_delimiter]
+    first_grammar = tuple_grammar(config, require_record=True) if config.constrained else None
+    more_grammar = tuple_grammar(config) if config.constrained else None
+    yes_no = YES_NO_GRAMMAR if config.constrained else None
     convs: dict[str, list[dict[str, str]]] = {}
     answers: dict[str, list[str]] = {}
     first = caller.generate(
@@ -137,6 +143,7 @@ def extract_graph(
         stage=stage,
         max_new_tokens=config.max_new_tokens,
         stop=stop,
+        grammar=first_grammar,
     )
     for unit, res in zip(units, first, strict=True):
         convs[unit.id] = [
@@ -156,7 +163,11 @@ def extract_graph(
         if not ready:
             break
         more = caller.generate(
-            [c for _, c in ready], stage=stage, max_new_tokens=config.max_new_tokens, stop=stop
+            [c for _, c in ready],
+            stage=stage,
+            max_new_tokens=config.max_new_tokens,
+            stop=stop,
+            grammar=more_grammar,
         )
         for (uid, conv), res in zip(ready, more, strict=True):
             convs[uid] = [*conv, {"role": "assistant", "content": res.text}]
@@ -165,7 +176,7 @@ def extract_graph(
             break
         checks = [(uid, [*convs[uid], {"role": "user", "content": EXTRACT_LOOP_CHECK}]) for uid, _ in ready]
         checks = [(uid, c) for uid, c in checks if caller.fits(c, 1)]
-        verdicts = caller.generate([c for _, c in checks], stage=stage, max_new_tokens=1)
+        verdicts = caller.generate([c for _, c in checks], stage=stage, max_new_tokens=1, grammar=yes_no)
         active = [
             uid
             for (uid, _), v in zip(checks, verdicts, strict=True)
