@@ -4,7 +4,7 @@ Importing this package registers the reference and CPU kernels; GPU (Triton) ker
 the first CUDA/XPU selection, so `import xpullm` never imports Triton or initialises a GPU.
 """
 
-from xpullm.kernels import cpu, reference  # noqa: F401  (registers the kernels)
+from xpullm.kernels import cpu, cpu_native, reference  # noqa: F401  (registers the kernels)
 from xpullm.kernels.registry import Kernel, describe, kernel_table, register_kernel, registered, select_kernel
 
 __all__ = ["Kernel", "describe", "kernel_table", "register_kernel", "registered", "select_kernel"]

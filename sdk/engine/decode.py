@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xpullm.kernels.cpu_native import rms_norm as native_rms_norm
+
 __all__ = [
     "FAMILIES",
     "Decoder",
@@ -233,6 +235,8 @@ class StaticCacheDecoder:
         self.eps = float(cfg.rms_norm_eps)
         self.max_positions = int(cfg.max_position_embeddings)
         self.scale = self.head_dim**-0.5
+        # RMSNorm is ~8 small ATen ops; on CPU in fp32 one native call replaces them (it falls back by itself).
+        self._norm = native_rms_norm if device.type == "cpu" and dtype == torch.float32 else F.rms_norm
         inner = model.model
         self.embed = _EmbedRows(inner.embed_tokens, dtype)
         self.final_norm = _norm_weight(inner.norm)
@@ -314,7 +318,7 @@ class StaticCacheDecoder:
         return self._logits(x[:, -1])
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.rms_norm(x, (self.hidden,), self.final_norm, self.eps)
+        x = self._norm(x, (self.hidden,), self.final_norm, self.eps)
         return self.lm_head(x)
 
     # -- the layer stack (hot path: keep ops few and avoid Python work per layer)
@@ -357,11 +361,11 @@ class StaticCacheDecoder:
             sin = self._sin[positions][:, None]
         h, kv, d = self.n_heads, self.n_kv, self.head_dim
         half = d // 2
-        hidden, eps = self.hidden, self.eps
+        hidden, eps, norm = self.hidden, self.eps, self._norm
         x = self.embed(ids)
         k_cache, v_cache = self._k, self._v
         for i, layer in enumerate(self.layers):
-            y = F.rms_norm(x, (hidden,), layer.attn_norm, eps)
+            y = norm(x, (hidden,), layer.attn_norm, eps)
             qkv = layer.qkv(y).view(batch, t, h + 2 * kv, d).transpose(1, 2)
             if layer.q_norm is not None:
                 q = F.rms_norm(qkv[:, :h], (d,), layer.q_norm, eps)
@@ -374,7 +378,7 @@ class StaticCacheDecoder:
             v_cache[i, :, :, start:end] = qkv[:, h + kv :]
             attn = self._attend(i, qk[:, :h], start, end)
             x = x + layer.o_proj(attn.transpose(1, 2).reshape(batch, t, h * d))
-            y = F.rms_norm(x, (hidden,), layer.mlp_norm, eps)
+            y = norm(x, (hidden,), layer.mlp_norm, eps)
             g, u = layer.gate_up(y).chunk(2, dim=-1)
             x = x + layer.down(F.silu(g) * u)
         self.pos = end

@@ -26,6 +26,7 @@ from xpullm.engine.decode import Decoder, build_decoder
 from xpullm.engine.params import Completion, ContextOverflow, GenerationParams, InvalidParameter
 from xpullm.engine.sampling import Sampler
 from xpullm.engine.stopping import TextAssembler
+from xpullm.kernels.reference import native_bf16
 
 __all__ = ["LLM"]
 
@@ -89,7 +90,7 @@ class LLM:
         max_context: cap on prompt + generated tokens; defaults to the model's `max_position_embeddings`.
         tokenizer: a HF tokenizer; required with an injected model unless it can be loaded from the model's path.
         chat_template: Jinja template used by `chat` instead of the tokenizer's own.
-        dtype: activation dtype; default bf16 (the CPU low-bit kernels are fast only with bf16 activations).
+        dtype: activation dtype; default bf16, or fp32 on CPUs without native bf16 (AVX512-BF16/AMX).
     """
 
     def __init__(
@@ -437,6 +438,8 @@ def _model_device(model: nn.Module) -> torch.device:
 def _default_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16
+    if not native_bf16(device):
+        return torch.float32  # CPUs without AVX512-BF16/AMX emulate bf16: every norm and attention op pays
     return torch.bfloat16
 
 

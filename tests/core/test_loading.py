@@ -180,7 +180,7 @@ def test_fuse_linears_equals_concatenated_outputs() -> None:
     fused = fuse_linears(low)
     x = torch.randn(3, 128, dtype=torch.bfloat16)
     expected = torch.cat([m(x) for m in low], -1)
-    assert fused.out_features == 256 and fused.kernel.name == "cpu_int4pack"
+    assert fused.out_features == 256 and fused.kernel.name == low[0].kernel.name != "reference"
     assert torch.allclose(fused(x).float(), expected.float(), atol=1e-2, rtol=1e-2)
     with pytest.raises(ValueError, match="cannot fuse"):
         fuse_linears([low[0], LowBitLinear.from_linear(parts[1], "sym_int8")])

@@ -24,7 +24,7 @@ def _greedy(decoder, ids: list[list[int]], pad_id: int, steps: int) -> list[list
     return [list(col) for col in zip(*out, strict=True)]
 
 
-def test_static_decoder_matches_transformers_forward(llm: LLM) -> None:
+def _compare_with_transformers(llm: LLM, min_cosine: float) -> None:
     static = llm._decoder
     assert isinstance(static, StaticCacheDecoder)
     reference = HFDecoder(llm.model, torch.device("cpu"))
@@ -33,20 +33,36 @@ def test_static_decoder_matches_transformers_forward(llm: LLM) -> None:
     a = static.start(ids, pad, 64).float()
     b = reference.start(ids, pad, 64).float()
     cos = torch.nn.functional.cosine_similarity
-    # Same greedy tokens, nearly parallel logits. Not bitwise: our decoder rounds differently on purpose (fused
-    # RMSNorm, addcmul RoPE, fused q/k/v), and the int4 kernel rounds its input to bf16, so any tiny difference
-    # becomes whole bf16 ulps that 30 layers carry on. Measured here (SmolLM2-135M, sym_int4): cosine 0.9987 at
-    # prefill and 0.9958 at the first step with bf16 activations; still 0.9992 / 0.9996 with fp32 activations
-    # (only the kernel inputs bf16), so 0.999 is out of reach for a correct decoder. A real bug (RoPE position,
-    # GQA head mapping, cache slot) drops it far below 0.99 and changes the argmax.
     assert a.argmax() == b.argmax()
-    assert cos(a, b).item() > 0.995
+    assert cos(a, b).item() > min_cosine
     nxt = a.argmax(-1)
     for _ in range(4):
         sa, sb = static.step(nxt).float(), reference.step(nxt).float()
         assert sa.argmax() == sb.argmax()
-        assert cos(sa, sb).item() > 0.995
+        assert cos(sa, sb).item() > min_cosine
         nxt = sa.argmax(-1)
+
+
+def test_static_decoder_matches_transformers_forward() -> None:
+    """Dense fp32 weights: only the decoders' own arithmetic differs (fused RMSNorm, addcmul RoPE, fused q/k/v).
+
+    Measured: cosine >= 0.999999 at prefill and every step. A real bug (RoPE position, GQA head mapping, cache
+    slot) drops it far below 0.99 and changes the argmax.
+    """
+    llm = LLM(low_bit="fp32", dtype=torch.float32)
+    llm.generate("warm up", max_new_tokens=1)
+    _compare_with_transformers(llm, 0.99999)
+
+
+def test_static_decoder_matches_transformers_forward_on_low_bit_kernels(llm: LLM) -> None:
+    """The same check through the int4 kernels: same greedy tokens, nearly parallel logits, not bitwise.
+
+    The CPU int4 kernel rounds its input (to int8 per block of 32 with the native kernel, to bf16 with PyTorch's),
+    so any tiny difference between the two decoders becomes whole rounding steps that 30 layers carry on.
+    Measured (SmolLM2-135M, sym_int4, fp32 activations): cosine 0.9917 at worst over prefill and 4 steps with the
+    native kernel; 0.9958 with the bf16-input kernel. The decoder itself is checked tightly on dense weights above.
+    """
+    _compare_with_transformers(llm, 0.99)
 
 
 def test_padded_batch_rows_equal_single_rows(llm: LLM) -> None:

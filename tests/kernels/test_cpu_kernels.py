@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from xpullm.formats import get_format, list_formats
-from xpullm.kernels import kernel_table, select_kernel
+from xpullm.kernels import cpu_native, kernel_table, select_kernel
+from xpullm.kernels.cpu import CpuInt4Kernel, CpuInt8Kernel
+from xpullm.kernels.packing import unpack_nibbles
 from xpullm.kernels.reference import ReferenceKernel
 
 CPU = torch.device("cpu")
-SHAPES = [(64, 64), (128, 96), (192, 576), (576, 1536), (64, 100), (256, 33)]
+SHAPES = [(64, 64), (128, 96), (192, 576), (576, 1536), (64, 100), (256, 33), (50, 96)]
+NATIVE = cpu_native.library() is not None
+KERNELS = {
+    "sym_int4": [cpu_native.CpuNativeInt4Kernel(), CpuInt4Kernel()],
+    "asym_int4": [cpu_native.CpuNativeInt4Kernel(), CpuInt4Kernel()],
+    "sym_int8": [CpuInt8Kernel()],
+}
+CASES = [(fmt, kernel) for fmt, kernels in KERNELS.items() for kernel in kernels]
 
 
 def _pair(fmt: str, n: int, k: int, seed: int):
@@ -18,13 +30,16 @@ def _pair(fmt: str, n: int, k: int, seed: int):
     return get_format(fmt).quantize(w)
 
 
-@pytest.mark.parametrize("fmt", ["sym_int4", "asym_int4", "sym_int8"])
+@pytest.mark.parametrize(("fmt", "kernel"), CASES, ids=[f"{f}-{k.name}" for f, k in CASES])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("batch", [(1,), (3,), (2, 17)])
-def test_fast_cpu_kernel_matches_reference(fmt: str, shape: tuple[int, int], batch: tuple[int, ...]) -> None:
+def test_fast_cpu_kernel_matches_reference(
+    fmt: str, kernel, shape: tuple[int, int], batch: tuple[int, ...]
+) -> None:
     seed = int(torch.randint(0, 2**31 - 1, ()).item())  # fresh inputs every run; the seed is in the failure
     qw = _pair(fmt, *shape, seed)
-    kernel = select_kernel(qw, CPU)
+    if not kernel.supports(qw):
+        pytest.skip(f"{kernel.name} does not take {fmt} {shape} here (the registry falls back)")
     x = torch.randn(*batch, shape[1], dtype=torch.bfloat16)
     ref = ReferenceKernel().matmul(x.float(), qw)
     out = kernel.matmul(x, kernel.prepare(qw, CPU))
@@ -34,34 +49,95 @@ def test_fast_cpu_kernel_matches_reference(fmt: str, shape: tuple[int, int], bat
 
 
 def test_fast_paths_are_selected_where_they_exist() -> None:
-    assert select_kernel(_pair("sym_int4", 128, 64, 0), CPU).name == "cpu_int4pack"
-    assert select_kernel(_pair("asym_int4", 128, 64, 0), CPU).name == "cpu_int4pack"
+    int4 = "cpu_int4_native" if NATIVE else "cpu_int4pack"
+    assert select_kernel(_pair("sym_int4", 128, 64, 0), CPU).name == int4
+    assert select_kernel(_pair("asym_int4", 128, 64, 0), CPU).name == int4
     assert select_kernel(_pair("sym_int8", 128, 64, 0), CPU).name == "cpu_int8pack"
     # Shapes the ops cannot take fall back instead of crashing: rows not in blocks of 64, K not a multiple of 8.
-    assert select_kernel(_pair("sym_int4", 48, 64, 0), CPU).name == "reference"
+    assert CpuInt4Kernel().supports(_pair("sym_int4", 48, 64, 0)) is False
     assert select_kernel(_pair("sym_int8", 64, 100, 0), CPU).name == "reference"
     table = kernel_table("cpu")
     assert set(table) == set(list_formats())
     assert table["nf4"] == "reference" and table["bf16"] == "dense"
 
 
-@pytest.mark.parametrize("fmt", ["sym_int4", "asym_int4", "sym_int8"])
-def test_export_gives_back_the_portable_weight(fmt: str) -> None:
+@pytest.mark.parametrize(("fmt", "kernel"), CASES, ids=[f"{f}-{k.name}" for f, k in CASES])
+def test_export_gives_back_the_portable_weight(fmt: str, kernel) -> None:
     qw = _pair(fmt, 128, 96, 5)
-    kernel = select_kernel(qw, CPU)
+    if not kernel.supports(qw):
+        pytest.skip(f"{kernel.name} is not available here")
     out = kernel.export(kernel.prepare(qw, CPU))
-    from xpullm.kernels.packing import unpack_nibbles
-
     codes = out["codes"]
     expected = unpack_nibbles(qw.data) if get_format(fmt).bits == 4 else qw.data
     assert torch.equal(codes.to(expected.dtype), expected)
-    # Scales survive to the runtime precision (bf16) of the CPU ops.
-    assert torch.allclose(out["scales"].float(), qw.scales.float(), rtol=2**-8)
+    # Scales survive to the runtime precision of the CPU op (bf16 for int4pack; fp16, i.e. exact, for native).
+    rtol = 0 if kernel.name == "cpu_int4_native" else 2**-8
+    assert torch.allclose(out["scales"].float(), qw.scales.float(), rtol=rtol, atol=0)
+    if qw.zeros is not None and kernel.name == "cpu_int4_native":
+        assert torch.equal(out["zeros"].float(), qw.zeros.float())
 
 
-def test_int4_state_reads_rows_back() -> None:
+native_only = pytest.mark.skipif(
+    not NATIVE, reason="no C compiler / AVX2 here: the native kernel is not built"
+)
+
+
+@native_only
+@pytest.mark.parametrize("fmt", ["sym_int4", "asym_int4"])
+@pytest.mark.parametrize(("n", "k", "group"), [(1, 32, 32), (5, 64, 64), (130, 288, 32), (67, 512, 256)])
+@pytest.mark.parametrize("m", [1, 4, 19])
+def test_native_int4_equals_its_int8_activation_twin(fmt: str, n: int, k: int, group: int, m: int) -> None:
+    """Bit-level arithmetic check: x quantised per block of 32 to int8, exactly as the C kernel does."""
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    gen = torch.Generator().manual_seed(seed)
+    qw = get_format(fmt).quantize(torch.randn(n, k, generator=gen) * 0.05, group)
+    x = torch.randn(m, k, generator=gen) * 3
+    x[0, :32] = 0.0  # an all-zero block (scale 0) must not divide by zero
+    kernel = cpu_native.CpuNativeInt4Kernel()
+    out = kernel.matmul(x, kernel.prepare(qw, CPU))
+    twin = cpu_native.reference_int8_activations(x, qw)
+    assert out.shape == (m, n) and torch.isfinite(out).all()
+    assert torch.allclose(out, twin, rtol=1e-5, atol=1e-5 * twin.abs().max().item()), f"seed {seed}"
+
+
+@native_only
+def test_native_rms_norm_matches_pytorch() -> None:
+    x, w = torch.randn(3, 5, 576), torch.randn(576)
+    assert torch.allclose(cpu_native.rms_norm(x, (576,), w, 1e-5), F.rms_norm(x, (576,), w, 1e-5), atol=1e-5)
+    # Anything the native op does not take (bf16, strided) goes to PyTorch's own.
+    xb = x.bfloat16()
+    assert torch.equal(
+        cpu_native.rms_norm(xb, (576,), w.bfloat16(), 1e-5), F.rms_norm(xb, (576,), w.bfloat16(), 1e-5)
+    )
+
+
+@native_only
+def test_native_kernel_falls_back_when_it_cannot_be_built(monkeypatch, tmp_path, caplog) -> None:
+    qw = _pair("sym_int4", 128, 64, 0)
+    monkeypatch.setenv("XPULLM_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    cpu_native.library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="xpullm.kernels.cpu_native"):
+            assert cpu_native.library() is None
+            assert select_kernel(qw, CPU).name == "cpu_int4pack"
+        assert "building the int4 CPU kernel failed" in caplog.text
+        assert not list(tmp_path.rglob("*.so")) and not list(tmp_path.rglob("*.tmp"))  # nothing half-built
+        monkeypatch.setenv("XPULLM_NATIVE", "0")
+        monkeypatch.delenv("CC")
+        cpu_native.library.cache_clear()
+        assert cpu_native.library() is None
+    finally:
+        monkeypatch.undo()
+        cpu_native.library.cache_clear()
+    assert cpu_native.library() is not None
+
+
+@pytest.mark.parametrize("kernel", KERNELS["asym_int4"], ids=lambda k: k.name)
+def test_int4_state_reads_rows_back(kernel) -> None:
     qw = _pair("asym_int4", 256, 96, 11)
-    kernel = select_kernel(qw, CPU)
+    if not kernel.supports(qw):
+        pytest.skip(f"{kernel.name} is not available here")
     state = kernel.prepare(qw, CPU)
     rows = torch.tensor([0, 1, 63, 64, 200, 255])
     got = state.dequantize_rows(rows, torch.float32)

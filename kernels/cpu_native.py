@@ -1,0 +1,236 @@
+"""CPU int4 fast path compiled on the user's machine: int4 weights x int8 activations with AVX2 integer dots.
+
+PyTorch's `_weight_int4pack_mm_for_cpu` decodes every weight to float and multiplies in floating point; on CPUs
+without native bf16 it runs at a fraction of llama.cpp's speed. This kernel (source: `csrc/cpu_ops.c`) does
+what llama.cpp does instead: activations are quantised per block of 32 to int8 and each block's dot product
+is one unsigned x signed byte multiply-add, so a token costs a few integer instructions per 32 weights.
+
+The C file is compiled once per source version and CPU with the system C compiler (`$CC`, `cc` or `gcc`) into
+`$XPULLM_CACHE/native` and loaded with ctypes: no build step at install, no PyTorch headers. Where there is no
+compiler, no AVX2/FMA/F16C, or `XPULLM_NATIVE=0`, the kernel reports itself unsupported and the registry
+falls back to `cpu_int4pack`. Weights stay in the portable layout (nothing is repacked; export is free).
+
+Accuracy: the activation rounding (half a step of max|x|/127 per block of 32) is the same one llama.cpp's
+Q4 x Q8 path makes; `reference_int8_activations` is the exact PyTorch twin used by the tests.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from xpullm.kernels.packing import unpack_nibbles
+from xpullm.kernels.registry import Kernel, register_kernel
+
+__all__ = ["CpuNativeInt4Kernel", "NativeInt4State", "library", "reference_int8_activations", "rms_norm"]
+
+log = logging.getLogger(__name__)
+_SOURCE = Path(__file__).with_name("csrc") / "cpu_ops.c"
+_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared")
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+
+
+def _build_dir() -> Path:
+    # The kernel layer does not import the SDK above it; this mirrors xpullm.models.cache_dir.
+    root = os.environ.get("XPULLM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xpullm"
+    )
+    return Path(root) / "native"
+
+
+def _cpu_signature() -> str:
+    """What -march=native compiles for: the CPU model and flags (a shared cache may serve several machines)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(lines)))
+
+
+def _compile(cc: str, out: Path) -> None:
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    errors = []
+    # OpenMP splits rows across threads; a compiler without it still builds the single-threaded kernel.
+    for extra in (("-fopenmp",), ()):
+        cmd = [cc, *_FLAGS, *extra, str(_SOURCE), "-o", str(tmp), "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0:
+            os.replace(tmp, out)  # atomic: a concurrent build or a kill never leaves a half-written library
+            return
+        errors.append(proc.stderr.strip()[-500:])
+    tmp.unlink(missing_ok=True)
+    raise RuntimeError("; ".join(errors))
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel library, or None where it cannot run here (the reason is logged once)."""
+    if os.environ.get("XPULLM_NATIVE", "1") == "0":
+        return None
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        log.info("no C compiler found: the int4 CPU kernel falls back to PyTorch's (set CC to enable it)")
+        return None
+    tag = hashlib.sha256(
+        _SOURCE.read_bytes() + "\0".join((cc, *_FLAGS, _cpu_signature())).encode()
+    ).hexdigest()[:16]
+    path = _build_dir() / f"cpu_ops-{tag}.so"
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _compile(cc, path)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        log.warning("building the int4 CPU kernel failed (%s); using PyTorch's int4 kernel instead", exc)
+        return None
+    if not lib.xq_simd():
+        return None  # built, but this CPU lacks AVX2/FMA/F16C: the scalar build would be slower than PyTorch
+    lib.xq_int4_linear.argtypes = [_P, _I, _I, _P, _P, _P, _I, _I, _P, ctypes.c_int]
+    lib.xq_int4_linear.restype = ctypes.c_int
+    lib.xq_rms_norm.argtypes = [_P, _P, _P, _I, _I, ctypes.c_float]
+    lib.xq_rms_norm.restype = None
+    return lib
+
+
+def rms_norm(x: torch.Tensor, shape: tuple[int, ...], weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """`F.rms_norm` in one native call for contiguous fp32 CPU tensors (PyTorch runs ~8 ops); else `F.rms_norm`."""
+    lib = library()
+    if (
+        lib is None
+        or x.dtype != torch.float32
+        or weight.dtype != torch.float32
+        or not x.is_contiguous()
+        or not weight.is_contiguous()
+        or x.device.type != "cpu"
+        or len(shape) != 1
+    ):
+        return F.rms_norm(x, shape, weight, eps)
+    y = torch.empty_like(x)
+    lib.xq_rms_norm(x.data_ptr(), weight.data_ptr(), y.data_ptr(), x.numel() // shape[0], shape[0], eps)
+    return y
+
+
+def _fp16_exact(t: torch.Tensor | None) -> bool:
+    return t is None or t.dtype == torch.float16 or torch.equal(t.float(), t.half().float())
+
+
+def reference_int8_activations(x: torch.Tensor, qw: Any) -> torch.Tensor:
+    """The same arithmetic in PyTorch, x_q @ W^T (the kernel's exact twin up to float summation order)."""
+    m, k = x.shape[0], qw.padded_k
+    x = F.pad(x.float(), (0, k - x.shape[1]))
+    blocks = x.reshape(m, k // 32, 32)
+    d = blocks.abs().amax(-1, keepdim=True) / 127.0
+    xq = (torch.where(d > 0, blocks / d, torch.zeros_like(blocks)).round() * d).reshape(m, k)  # half to even
+    n, g = qw.shape[0], qw.group_size
+    codes = unpack_nibbles(qw.data).float().reshape(n, k // g, g)
+    scale = qw.scales.float()[..., None]
+    zero = -8.0 * scale if qw.zeros is None else qw.zeros.float()[..., None]
+    dots = torch.einsum("mgi,ngi->mn", xq.reshape(m, k // g, g), codes * scale)
+    return dots + xq.reshape(m, k // g, g).sum(-1) @ zero[..., 0].T
+
+
+_TILE = 4  # weight rows per tile in the runtime layout
+
+
+@dataclass
+class NativeInt4State:
+    """Runtime layout: codes of 4-row tiles interleaved by block of 32 columns, one scale (zero) per block."""
+
+    shape: tuple[int, int]
+    group_size: int
+    tiles: torch.Tensor  # uint8 [N/4, K/32, 4, 16] (N padded to a multiple of 4)
+    block_scales: torch.Tensor  # fp16 [N (padded), K/32]
+    block_zeros: torch.Tensor | None  # fp16 [N (padded), K/32]; None for sym_int4 (zero = -8 * scale)
+
+    @property
+    def padded_k(self) -> int:
+        return self.tiles.shape[1] * 32
+
+    def codes(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Packed portable codes (uint8 [R, K/2]) of `rows` (default: all rows)."""
+        if rows is None:
+            rows = torch.arange(self.shape[0])
+        return self.tiles[rows // _TILE, :, rows % _TILE].reshape(rows.numel(), -1)
+
+    def dequantize_rows(self, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Rows of the float weight (an embedding lookup on a tied low-bit head)."""
+        q = unpack_nibbles(self.codes(rows)).float().reshape(rows.numel(), -1, 32)
+        scale = self.block_scales[rows].float()[..., None]
+        zero = -8.0 * scale if self.block_zeros is None else self.block_zeros[rows].float()[..., None]
+        return (q * scale + zero).reshape(rows.numel(), -1)[:, : self.shape[1]].to(dtype)
+
+
+def _to_blocks(t: torch.Tensor | None, per_block: int, rows: int) -> torch.Tensor | None:
+    """Per-group fp16 values -> one per block of 32 columns, rows padded with zeros to `rows`."""
+    if t is None:
+        return None
+    t = t.to(torch.float16).repeat_interleave(per_block, dim=1)
+    return F.pad(t, (0, 0, 0, rows - t.shape[0])).contiguous()
+
+
+@register_kernel(formats=("sym_int4", "asym_int4"), device="cpu", priority=20)
+class CpuNativeInt4Kernel(Kernel):
+    """int4 x int8 integer dot products (AVX2), compiled here from `csrc/cpu_ops.c`."""
+
+    name = "cpu_int4_native"
+
+    def supports(self, qw: Any) -> bool:
+        return (
+            qw.group_size % 32 == 0
+            and qw.scales is not None
+            and _fp16_exact(qw.scales)
+            and _fp16_exact(qw.zeros)
+            and library() is not None
+        )
+
+    def prepare(self, qw: Any, device: torch.device) -> NativeInt4State:
+        n, k = qw.shape[0], qw.padded_k
+        rows = -(-n // _TILE) * _TILE
+        codes = F.pad(qw.data, (0, 0, 0, rows - n))  # [rows, k/2] bytes
+        tiles = codes.reshape(rows // _TILE, _TILE, k // 32, 16).transpose(1, 2).contiguous()
+        per_block = qw.group_size // 32
+        return NativeInt4State(
+            tuple(qw.shape), qw.group_size, tiles,
+            _to_blocks(qw.scales, per_block, rows), _to_blocks(qw.zeros, per_block, rows),
+        )  # fmt: skip
+
+    def export(self, state: NativeInt4State) -> dict[str, Any]:
+        """Portable codes (unpacked), scales and zeros, exactly as they came in (fp16 holds them exactly)."""
+        n, step = state.shape[0], state.group_size // 32
+        pick = lambda t: None if t is None else t[:n, ::step].contiguous()  # noqa: E731
+        return {"codes": unpack_nibbles(state.codes()), "scales": pick(state.block_scales),
+                "zeros": pick(state.block_zeros)}  # fmt: skip
+
+    def matmul(self, x: torch.Tensor, state: NativeInt4State) -> torch.Tensor:
+        n, k = state.shape[0], state.padded_k
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.dtype != torch.float32 or x2.shape[1] != k or not x2.is_contiguous():
+            x2 = F.pad(x2.float(), (0, k - x2.shape[1])).contiguous()
+        y = torch.empty((x2.shape[0], n))
+        zeros = None if state.block_zeros is None else state.block_zeros.data_ptr()
+        status = library().xq_int4_linear(
+            x2.data_ptr(), x2.shape[0], k, state.tiles.data_ptr(), state.block_scales.data_ptr(), zeros,
+            state.block_scales.shape[0], n, y.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        if status != 0:
+            raise MemoryError(
+                f"int4 CPU kernel could not allocate scratch for {x2.shape[0]} x {k} activations"
+            )
+        y = y.reshape(*lead, n)
+        return y if x.dtype == torch.float32 else y.to(x.dtype)
