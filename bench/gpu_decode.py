@@ -5,7 +5,11 @@ static KV cache and the decode step compiled with `torch.compile(mode="reduce-ov
 same model code as `gpu_peer_decode.py`, except that every linear layer is an `xpullm.LowBitLinear` running the
 registered Triton kernel for its format (q/k/v and gate/up fused with `xpullm.linear.fuse_linears`).
 
-    python bench/gpu_decode.py [--layers 32] [--tokens 128] [--formats bf16,sym_int4,...] [--batches 1,8,16]
+    python bench/gpu_decode.py [--layers 32] [--tokens 128] [--formats bf16,sym_int4,...] [--batches 8,16]
+                               [--engine bf16,sym_int4:128] [--peer gpu_peer_decode.py] [--out rows.jsonl]
+
+`--engine` also decodes a transformers Llama of the same shape through `xpullm.engine` (optimize_model +
+build_decoder), once with eager steps and once with the engine's CUDA graphs.
 
 The peer (`--peer path/to/gpu_peer_decode.py`) and transformers eager `generate` run in the same process
 invocation, so every ratio compares numbers from the same GPU and the same minute.
@@ -133,10 +137,17 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return model_nbytes(model) - caches - model.emb.numel() * 2 - model.causal.numel()
 
 
+def _set_batch(model: torch.nn.Module, batch: int) -> None:
+    """Fresh KV caches for `batch` rows (the weights stay: one quantized model serves every batch size)."""
+    for blk in model.blocks:
+        blk.k = torch.zeros(batch, KV, MAXLEN, HD, device=DEV, dtype=DT)
+        blk.v = torch.zeros(batch, KV, MAXLEN, HD, device=DEV, dtype=DT)
+
+
 @torch.no_grad()
-def run(fmt: str, group: int | None, layers: int, tokens: int, batch: int) -> dict:
-    torch.manual_seed(0)
-    model = Model(layers, fmt, group, batch)
+def _timed_decode(model: torch.nn.Module, batch: int, tokens: int) -> float:
+    """Seconds for `tokens` compiled decode steps of `batch` rows (after prefill, tuning and capture)."""
+    _set_batch(model, batch)
     prompt = torch.randint(0, V, (batch, 32), device=DEV)
     tok = model(prompt, torch.arange(32, device=DEV)).argmax(-1).view(batch, 1)
     for i in range(2):  # eager decode steps tune the Triton configs for these shapes before graph capture
@@ -150,14 +161,66 @@ def run(fmt: str, group: int | None, layers: int, tokens: int, batch: int) -> di
         tok = step(tok, torch.tensor([40 + i], device=DEV)).argmax(-1).view(batch, 1).clone()
     torch.cuda.synchronize()
     secs = time.perf_counter() - start
-    gb = weight_bytes(model) / 1e9
-    out = {"engine": "xpullm", "format": fmt if group is None else f"{fmt} g{group}", "batch": batch,
-           "tok_s": batch * tokens / secs, "step_ms": secs / tokens * 1e3, "weights_gb": gb,
-           "tb_s": gb * tokens / secs / 1e3}  # fmt: skip
-    del model, step
-    torch.cuda.empty_cache()
+    del step
     torch._dynamo.reset()
-    return out
+    return secs
+
+
+@torch.no_grad()
+def run(fmt: str, group: int | None, layers: int, tokens: int, batches: list[int]) -> list[dict]:
+    """One row per batch size for one format (the model is built and quantized once)."""
+    torch.manual_seed(0)
+    model = Model(layers, fmt, group, batches[0])
+    gb = weight_bytes(model) / 1e9
+    rows = []
+    for batch in batches:
+        secs = _timed_decode(model, batch, tokens)
+        rows.append({"engine": "xpullm", "format": fmt if group is None else f"{fmt} g{group}", "batch": batch,
+                     "tok_s": batch * tokens / secs, "step_ms": secs / tokens * 1e3, "weights_gb": gb,
+                     "tb_s": gb * tokens / secs / 1e3})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    del model
+    torch.cuda.empty_cache()
+    return rows
+
+
+@torch.no_grad()
+def engine(fmt: str, group: int | None, layers: int, tokens: int, graphs: bool) -> dict:
+    """`xpullm.engine` decoding a transformers Llama (same shape, random weights): eager or CUDA-graph steps.
+
+    The engine path users get from `xpullm.LLM`: `optimize_model` quantizes the transformers model, and
+    `build_decoder` returns the static-cache decoder (wrapped in `GraphedDecoder` on CUDA).
+    """
+    import transformers
+
+    from xpullm import optimize_model
+    from xpullm.engine.decode import build_decoder
+
+    cfg = transformers.LlamaConfig(hidden_size=D, intermediate_size=FF, num_attention_heads=H, num_key_value_heads=KV,
+                                   num_hidden_layers=layers, vocab_size=V, max_position_embeddings=MAXLEN)  # fmt: skip
+    torch.manual_seed(0)
+    with torch.device(DEV):
+        model = transformers.LlamaForCausalLM(cfg).to(DT).eval()
+    if fmt != "bf16":
+        optimize_model(model, fmt, group_size=group, device=DEV)
+    dec = build_decoder(model, DT, torch.device(DEV))
+    if not graphs:
+        dec = getattr(dec, "inner", dec)
+    prompt = torch.randint(0, V, (1, 32), device=DEV)
+    logits = dec.start(prompt, torch.zeros(1, dtype=torch.long), 32 + tokens + 8)
+    for _ in range(3):  # tunes kernels and records the graph
+        logits = dec.step(logits.argmax(-1))
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(tokens):
+        logits = dec.step(logits.argmax(-1))
+    torch.cuda.synchronize()
+    secs = time.perf_counter() - start
+    del model, dec
+    torch.cuda.empty_cache()
+    label = fmt if group is None else f"{fmt} g{group}"
+    mode = "CUDA graphs" if graphs else "eager"
+    return {"engine": f"xpullm engine ({mode})", "format": label, "batch": 1, "tok_s": tokens / secs}
 
 
 @torch.no_grad()
@@ -185,7 +248,13 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--formats", default="bf16,sym_int4:128,sym_int4,asym_int4,nf4,fp4,sym_int8,fp8_e4m3")
-    ap.add_argument("--batches", default="8,16", help="extra batch sizes for sym_int4:128 (aggregate tok/s)")
+    ap.add_argument(
+        "--batches", default="8,16", help="batch sizes besides 1, for every format (aggregate tok/s)"
+    )
+    ap.add_argument(
+        "--engine", default="bf16,sym_int4:128", help="formats to decode through xpullm.engine too"
+    )
+    ap.add_argument("--no-eager", action="store_true", help="skip transformers' eager generate")
     ap.add_argument("--peer", default=None, help="path to gpu_peer_decode.py, run in the same invocation")
     ap.add_argument("--out", default=None, help="write the results as JSON lines here")
     args = ap.parse_args()
@@ -200,18 +269,27 @@ def main() -> None:
                 mode, rest = line.split(":", 1)
                 rows.append({"engine": "peer (gpu_peer_decode.py)", "format": mode.strip(), "batch": 1,
                              "tok_s": float(rest.split("tok/s")[0])})  # fmt: skip
-    rows.append(transformers_eager(args.layers, min(args.tokens, 32)))
-    print(json.dumps(rows[-1]), flush=True)
-    for spec in args.formats.split(","):
+    if not args.no_eager:
+        rows.append(transformers_eager(args.layers, min(args.tokens, 32)))
+        print(json.dumps(rows[-1]), flush=True)
+
+    def save() -> None:  # after every measurement, so a run cut short keeps what it measured
+        if args.out:
+            with open(args.out, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    save()
+    batches = [1] + [int(b) for b in args.batches.split(",") if b]
+    for spec in (s for s in args.formats.split(",") if s):
         fmt, _, group = spec.partition(":")
-        rows.append(run(fmt, int(group) if group else None, args.layers, args.tokens, 1))
-        print(json.dumps(rows[-1]), flush=True)
-    for batch in (int(b) for b in args.batches.split(",") if b):
-        rows.append(run("sym_int4", 128, args.layers, args.tokens, batch))
-        print(json.dumps(rows[-1]), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+        rows += run(fmt, int(group) if group else None, args.layers, args.tokens, batches)
+        save()
+    for spec in (s for s in args.engine.split(",") if s):
+        fmt, _, group = spec.partition(":")
+        for graphs in (False, True):
+            rows.append(engine(fmt, int(group) if group else None, args.layers, args.tokens, graphs))
+            print(json.dumps(rows[-1]), flush=True)
+            save()
 
 
 if __name__ == "__main__":

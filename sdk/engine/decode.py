@@ -467,5 +467,8 @@ def build_decoder(
     """The fastest decoder that supports `model`: `StaticCacheDecoder` for registered families, else `HFDecoder`."""
     family = _static_ok(model) if prefer_static else None
     if family is not None:
-        return StaticCacheDecoder(model, family, dtype, device)
+        from xpullm.engine.graphs import GraphedDecoder, graphs_enabled
+
+        static = StaticCacheDecoder(model, family, dtype, device)
+        return GraphedDecoder(static) if graphs_enabled(device) else static  # CUDA: decode steps as graphs
     return HFDecoder(model, device)
