@@ -34,7 +34,15 @@ import torch.nn.functional as F
 from xpullm.kernels.packing import unpack_nibbles
 from xpullm.kernels.registry import Kernel, register_kernel
 
-__all__ = ["CpuNativeInt4Kernel", "NativeInt4State", "library", "reference_int8_activations", "rms_norm"]
+__all__ = [
+    "CpuNativeInt4Kernel",
+    "NativeInt4State",
+    "decode_attention",
+    "library",
+    "reference_decode_attention",
+    "reference_int8_activations",
+    "rms_norm",
+]
 
 log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("csrc") / "cpu_ops.c"
@@ -104,6 +112,9 @@ def library() -> ctypes.CDLL | None:
     lib.xq_int4_linear.restype = ctypes.c_int
     lib.xq_rms_norm.argtypes = [_P, _P, _P, _I, _I, ctypes.c_float]
     lib.xq_rms_norm.restype = None
+    lib.xq_decode_attention.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, ctypes.c_float, _P,
+                                        ctypes.c_int]  # fmt: skip
+    lib.xq_decode_attention.restype = ctypes.c_int
     return lib
 
 
@@ -123,6 +134,55 @@ def rms_norm(x: torch.Tensor, shape: tuple[int, ...], weight: torch.Tensor, eps:
     y = torch.empty_like(x)
     lib.xq_rms_norm(x.data_ptr(), weight.data_ptr(), y.data_ptr(), x.numel() // shape[0], shape[0], eps)
     return y
+
+
+def decode_attention(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    rope_pos: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    first: torch.Tensor,
+    slot: int,
+    n_heads: int,
+    scale: float,
+) -> torch.Tensor:
+    """One decode step of attention in one native call: RoPE on the new q/k, cache write, GQA softmax attention.
+
+    qkv [B, 1, (H + 2 KV) D] fp32; cos/sin [positions, D] (sin's first half negated, as the decoder keeps it);
+    rope_pos / first int64 [B]: each row's RoPE position and first real cache slot; k_cache/v_cache
+    [B, KV, cap, D] (slot `slot` is written). Returns [B, 1, H D]. The caller checks `library()` first.
+    """
+    batch, kv, cap, d = k_cache.shape
+    out = torch.empty((batch, 1, n_heads * d))
+    status = library().xq_decode_attention(
+        qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), rope_pos.data_ptr(), k_cache.data_ptr(),
+        v_cache.data_ptr(), first.data_ptr(), batch, n_heads, kv, d, cap, slot, scale, out.data_ptr(),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    if status != 0:
+        raise MemoryError("decode attention could not allocate its score buffer")
+    return out
+
+
+def reference_decode_attention(
+    qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rope_pos: torch.Tensor, k_cache: torch.Tensor,
+    v_cache: torch.Tensor, first: torch.Tensor, slot: int, n_heads: int, scale: float,
+) -> torch.Tensor:  # fmt: skip
+    """`decode_attention` in PyTorch (its twin in the tests); writes the cache the same way."""
+    batch, kv, _, d = k_cache.shape
+    heads = qkv.reshape(batch, n_heads + 2 * kv, d)
+    c, s = cos[rope_pos][:, None], sin[rope_pos][:, None]
+    qk = heads[:, : n_heads + kv] * c + heads[:, : n_heads + kv].roll(d // 2, -1) * s
+    k_cache[:, :, slot] = qk[:, n_heads:]
+    v_cache[:, :, slot] = heads[:, n_heads + kv :]
+    rows = []
+    for b in range(batch):
+        keys, values = k_cache[b, :, first[b] : slot + 1], v_cache[b, :, first[b] : slot + 1]
+        q = qk[b, :n_heads, None]  # [H, 1, D]
+        rows.append(F.scaled_dot_product_attention(q, keys, values, scale=scale, enable_gqa=kv != n_heads))
+    return torch.stack(rows).reshape(batch, 1, n_heads * d)
 
 
 def _fp16_exact(t: torch.Tensor | None) -> bool:

@@ -156,3 +156,69 @@ void xq_rms_norm(const float *x, const float *weight, float *y, int64_t rows, in
         for (int64_t i = 0; i < d; ++i) y[r * d + i] = v[i] * inv * weight[i];
     }
 }
+
+static inline float dot_f32(const float *a, const float *b, int64_t n) {
+#if XQ_SIMD
+    if (n % 8 == 0) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+        return hsum8(acc);
+    }
+#endif
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+    return s;
+}
+
+/* RoPE as the decoder applies it: out = x * cos + roll(x, d/2) * sin, with sin's first half negated. */
+static inline void rope(const float *x, const float *cos, const float *sin, int64_t d, float *out) {
+    const int64_t half = d / 2;
+    for (int64_t i = 0; i < d; ++i) out[i] = x[i] * cos[i] + x[(i + half) % d] * sin[i];
+}
+
+/* One decode step of attention for B rows (one new token each), as one call:
+     qkv [B, (H + 2 KV) D]      the new token's q, k, v projections;
+     cos, sin [positions, D]    RoPE tables; rope_pos[b] is row b's position;
+     k_cache, v_cache [B, KV, cap, D]  this layer's cache: slot `slot` receives the rotated k and v;
+     first[b]                   row b's first real cache slot (left padding);
+     out [B, H D]               softmax(q k^T * scale) v over slots first[b]..slot, GQA (H / KV heads per kv head).
+   Each row is computed on its own, so a row's result does not depend on the rest of the batch. */
+int xq_decode_attention(const float *qkv, const float *cos, const float *sin, const int64_t *rope_pos,
+                        float *k_cache, float *v_cache, const int64_t *first, int64_t B, int64_t H, int64_t KV,
+                        int64_t D, int64_t cap, int64_t slot, float scale, float *out, int threads) {
+    const int64_t width = (H + 2 * KV) * D, group = H / KV, span_max = slot + 1;
+    for (int64_t b = 0; b < B; ++b) { /* rotate and store the new keys and values */
+        const float *row = qkv + b * width, *c = cos + rope_pos[b] * D, *s = sin + rope_pos[b] * D;
+        for (int64_t j = 0; j < KV; ++j) {
+            float *kd = k_cache + ((b * KV + j) * cap + slot) * D, *vd = v_cache + ((b * KV + j) * cap + slot) * D;
+            rope(row + (H + j) * D, c, s, D, kd);
+            for (int64_t i = 0; i < D; ++i) vd[i] = row[(H + KV + j) * D + i];
+        }
+    }
+    float *scratch = malloc(sizeof(float) * (size_t)(B * H * (span_max + D)));
+    if (!scratch) return -1;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && B * H >= 4)
+    for (int64_t bh = 0; bh < B * H; ++bh) {
+        const int64_t b = bh / H, h = bh % H, j = h / group;
+        float *p = scratch + bh * (span_max + D), *q = p + span_max;
+        rope(qkv + b * width + h * D, cos + rope_pos[b] * D, sin + rope_pos[b] * D, D, q);
+        const float *keys = k_cache + (b * KV + j) * cap * D, *values = v_cache + (b * KV + j) * cap * D;
+        float mx = -INFINITY, total = 0.0f;
+        for (int64_t t = first[b]; t <= slot; ++t) {
+            p[t] = dot_f32(q, keys + t * D, D) * scale;
+            mx = p[t] > mx ? p[t] : mx;
+        }
+        for (int64_t t = first[b]; t <= slot; ++t) {
+            p[t] = expf(p[t] - mx);
+            total += p[t];
+        }
+        float *o = out + b * H * D + h * D;
+        for (int64_t i = 0; i < D; ++i) o[i] = 0.0f;
+        for (int64_t t = first[b]; t <= slot; ++t) {
+            const float w = p[t] / total, *v = values + t * D;
+            for (int64_t i = 0; i < D; ++i) o[i] += w * v[i];
+        }
+    }
+    free(scratch);
+    return 0;
+}

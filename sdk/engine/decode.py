@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xpullm.kernels.cpu_native import rms_norm as native_rms_norm
+from xpullm.kernels import cpu_native
 
 __all__ = [
     "FAMILIES",
@@ -235,8 +235,11 @@ class StaticCacheDecoder:
         self.eps = float(cfg.rms_norm_eps)
         self.max_positions = int(cfg.max_position_embeddings)
         self.scale = self.head_dim**-0.5
-        # RMSNorm is ~8 small ATen ops; on CPU in fp32 one native call replaces them (it falls back by itself).
-        self._norm = native_rms_norm if device.type == "cpu" and dtype == torch.float32 else F.rms_norm
+        # On CPU in fp32 the small per-token ops dominate once the matmuls are fast: RMSNorm (~8 ATen ops) and a
+        # decode step's RoPE + cache write + attention (~10 ops) each become one native call where it is built.
+        native = device.type == "cpu" and dtype == torch.float32 and cpu_native.library() is not None
+        self._norm = cpu_native.rms_norm if native else F.rms_norm
+        self._native_attention = native and not family.qk_norm
         inner = model.model
         self.embed = _EmbedRows(inner.embed_tokens, dtype)
         self.final_norm = _norm_weight(inner.norm)
@@ -364,6 +367,8 @@ class StaticCacheDecoder:
         hidden, eps, norm = self.hidden, self.eps, self._norm
         x = self.embed(ids)
         k_cache, v_cache = self._k, self._v
+        if t == 1 and self._native_attention:
+            return self._native_step(x, positions)
         for i, layer in enumerate(self.layers):
             y = norm(x, (hidden,), layer.attn_norm, eps)
             qkv = layer.qkv(y).view(batch, t, h + 2 * kv, d).transpose(1, 2)
@@ -382,6 +387,32 @@ class StaticCacheDecoder:
             g, u = layer.gate_up(y).chunk(2, dim=-1)
             x = x + layer.down(F.silu(g) * u)
         self.pos = end
+        return x
+
+    def _native_step(self, x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """One decode step (CPU, fp32) with attention as one native call per layer.
+
+        Every row is attended on its own over its real keys (`first` skips left padding), as `_attend` does, so
+        a row's tokens do not depend on the rest of the batch.
+        """
+        batch, slot = x.shape[0], self.pos
+        if positions is None:
+            rope_pos = torch.full((batch,), slot, dtype=torch.long)
+            first = torch.zeros(batch, dtype=torch.long)
+        else:
+            rope_pos, first = positions[:, 0].contiguous(), self._pad_t
+        hidden, eps, norm = self.hidden, self.eps, self._norm
+        for i, layer in enumerate(self.layers):
+            y = norm(x, (hidden,), layer.attn_norm, eps)
+            attn = cpu_native.decode_attention(
+                layer.qkv(y).contiguous(), self._cos, self._sin, rope_pos, self._k[i], self._v[i], first, slot,
+                self.n_heads, self.scale,
+            )  # fmt: skip
+            x = x + layer.o_proj(attn)
+            y = norm(x, (hidden,), layer.mlp_norm, eps)
+            g, u = layer.gate_up(y).chunk(2, dim=-1)
+            x = x + layer.down(F.silu(g) * u)
+        self.pos = slot + 1
         return x
 
 

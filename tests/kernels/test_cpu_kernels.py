@@ -142,3 +142,30 @@ def test_int4_state_reads_rows_back(kernel) -> None:
     rows = torch.tensor([0, 1, 63, 64, 200, 255])
     got = state.dequantize_rows(rows, torch.float32)
     assert torch.allclose(got, qw.dequantize()[rows], atol=2e-3)  # bf16 runtime scale/zero
+
+
+def _rope_tables(positions: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    angle = torch.arange(positions)[:, None] * (10000.0 ** (-torch.arange(0, d, 2) / d))[None]
+    sin = torch.cat((-angle.sin(), angle.sin()), -1)  # first half negated, as the decoder stores it
+    return torch.cat((angle.cos(), angle.cos()), -1), sin
+
+
+@native_only
+@pytest.mark.parametrize(("heads", "kv", "d"), [(9, 3, 64), (4, 4, 32), (8, 2, 12)])
+def test_native_decode_attention_matches_its_twin(heads: int, kv: int, d: int) -> None:
+    gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
+    batch, cap, slot = 3, 40, 21
+    qkv = torch.randn(batch, 1, (heads + 2 * kv) * d, generator=gen)
+    cos, sin = _rope_tables(cap, d)
+    k, v = torch.randn(batch, kv, cap, d, generator=gen), torch.randn(batch, kv, cap, d, generator=gen)
+    k2, v2 = k.clone(), v.clone()
+    first, rope_pos = torch.tensor([0, 4, 9]), torch.tensor([21, 17, 12])
+    out = cpu_native.decode_attention(qkv, cos, sin, rope_pos, k, v, first, slot, heads, d**-0.5)
+    twin = cpu_native.reference_decode_attention(qkv, cos, sin, rope_pos, k2, v2, first, slot, heads, d**-0.5)
+    assert out.shape == (batch, 1, heads * d)
+    assert torch.allclose(out, twin, atol=1e-5) and torch.allclose(k, k2, atol=1e-5) and torch.equal(v, v2)
+    # A row's result does not depend on the rest of the batch (batch == one by one, bit for bit).
+    alone = cpu_native.decode_attention(
+        qkv[1:2], cos, sin, rope_pos[1:2], k[1:2].clone(), v[1:2].clone(), first[1:2], slot, heads, d**-0.5
+    )
+    assert torch.equal(alone[0], out[1])
