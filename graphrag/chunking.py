@@ -6,6 +6,7 @@ never sees half a word, and each unit's size is measured with the model's own to
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import re
 from collections.abc import Callable, Iterable
@@ -78,7 +79,16 @@ def load_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Document]:
 
 
 def _looks_like_path(item: str) -> bool:
-    return "\n" not in item and len(item) < 4096 and Path(item).exists()
+    if "\n" in item or len(item) >= 4096:
+        return False
+    try:
+        return Path(item).exists()
+    except OSError as exc:
+        if (
+            exc.errno == errno.ENAMETOOLONG
+        ):  # a one-line text longer than a file name can be: text, not a path
+            return False
+        raise
 
 
 def _read_file(path: Path, title: str) -> Document:

@@ -88,6 +88,9 @@ def test_load_inputs_paths_folders_and_texts(tmp_path):
     assert [d.title for d in docs] == ["a.txt", "sub/b.md", "text_0"]
     with pytest.raises(ConfigError, match="empty"):
         load_inputs(["   "])
+    sentence = "Marie Curie was born in Warsaw and moved to Paris, where she studied physics. " * 5
+    assert len(sentence) > 255  # longer than a file name may be: it is text, not a missing path
+    assert [d.text for d in load_inputs([sentence])] == [sentence]
 
 
 def test_cache_persists_and_replay_miss_names_hash(tmp_path):
