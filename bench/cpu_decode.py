@@ -45,17 +45,9 @@ def run_xpullm(fmt: str, prompt_n: int, new_n: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     from xpullm.engine import LLM
-    from xpullm.loading import AutoModelForCausalLM, load_tokenizer
-    from xpullm.models import default_llm_gguf, default_llm_path
 
-    if fmt == "asym_int4":  # the lossless Q4_1 -> asym_int4 conversion the default LLM() uses
-        llm = LLM()
-    else:
-        gguf = default_llm_gguf()
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf), load_in_low_bit=fmt, device="cpu", progress=False
-        )
-        llm = LLM(model, tokenizer=load_tokenizer(str(default_llm_path())))
+    # The engine's own loader: the packaged Q4_1 GGUF converted once to `fmt` (cached), as a user gets it.
+    llm = LLM(low_bit=fmt)
     prompt = llm.tokenizer.decode(_prompt_ids(llm.tokenizer, prompt_n))
     llm.generate(prompt, max_new_tokens=8)
     # Never stop early: a stop set is not needed; EOS could end it, so report the count actually generated.
@@ -146,12 +138,26 @@ def run_one(engine: str, prompt_n: int, new_n: int, threads: int) -> dict:
 def profile_step(threads: int, steps: int = 64) -> str:
     """Where one decode step's time goes in xpullm (default model), as a markdown table of the top ops."""
     import torch
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile, record_function
 
     torch.set_num_threads(threads)
     from xpullm.engine import LLM
+    from xpullm.kernels import cpu_native
 
+    # Native calls are not ATen ops: name them for the profiler (before the decoder binds its norm function).
+    def named(name: str, fn):
+        def run(*args, **kwargs):
+            with record_function(name):
+                return fn(*args, **kwargs)
+
+        return run
+
+    cpu_native.rms_norm = named("xpullm::rms_norm (native)", cpu_native.rms_norm)
+    cpu_native.decode_attention = named("xpullm::decode_attention (native)", cpu_native.decode_attention)
+    kernel = cpu_native.CpuNativeInt4Kernel
+    kernel.matmul = named("xpullm::int4_linear (native)", kernel.matmul)
     llm = LLM()
+    llm.generate("warm up", max_new_tokens=2)
     dec, tok = llm._decoder, llm.tokenizer
     ids = torch.tensor([_prompt_ids(tok, 128)])
     dec.start(ids, torch.zeros(1, dtype=torch.long), 128 + steps + 8)

@@ -52,10 +52,9 @@ _P, _I = ctypes.c_void_p, ctypes.c_int64
 
 def _build_dir() -> Path:
     # The kernel layer does not import the SDK above it; this mirrors xpullm.models.cache_dir.
-    root = os.environ.get("XPULLM_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "xpullm"
-    )
-    return Path(root) / "native"
+    from platformdirs import user_cache_dir
+
+    return Path(os.environ.get("XPULLM_CACHE") or user_cache_dir("xpullm")) / "native"
 
 
 def _cpu_signature() -> str:
@@ -185,8 +184,10 @@ def reference_decode_attention(
     return torch.stack(rows).reshape(batch, 1, n_heads * d)
 
 
-def _fp16_exact(t: torch.Tensor | None) -> bool:
-    return t is None or t.dtype == torch.float16 or torch.equal(t.float(), t.half().float())
+def _fits_fp16(t: torch.Tensor | None) -> bool:
+    """Scales/zeros are held in fp16, the int4 formats' own scale precision (exact for spec-conforming weights;
+    fp32 values from elsewhere, e.g. a bf16 runtime's export, round once to the nearest fp16)."""
+    return t is None or bool(torch.isfinite(t).all() and t.abs().max() <= torch.finfo(torch.float16).max)
 
 
 def reference_int8_activations(x: torch.Tensor, qw: Any) -> torch.Tensor:
@@ -253,8 +254,8 @@ class CpuNativeInt4Kernel(Kernel):
         return (
             qw.group_size % 32 == 0
             and qw.scales is not None
-            and _fp16_exact(qw.scales)
-            and _fp16_exact(qw.zeros)
+            and _fits_fp16(qw.scales)
+            and _fits_fp16(qw.zeros)
             and library() is not None
         )
 
