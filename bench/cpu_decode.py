@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks-engine.md"
+PLOT = ROOT / "docs" / "img" / "bench-cpu-decode.png"
 ENGINES = (
     "llama.cpp",
     "xpullm:asym_int4",
@@ -216,6 +217,31 @@ def main() -> None:
     write_doc(best, args, profile_step(args.threads) if args.profile else "")
 
 
+def plot(best: dict[str, dict], threads: int) -> bool:
+    """Bar chart of decode tok/s (and first-token latency) per engine into PLOT; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = sorted(best.items(), key=lambda kv: kv[1]["decode_tok_s"])
+    names = [name for name, _ in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.45 * len(rows) + 1.4), sharey=True)
+    colours = ["#1f77b4" if n.startswith("xpullm") else "#7f7f7f" for n in names]
+    left.barh(names, [r["decode_tok_s"] for _, r in rows], color=colours)
+    left.set_xlabel("decode tokens/s (higher is better)")
+    right.barh(names, [r["first_token_s"] for _, r in rows], color=colours)
+    right.set_xlabel("first token, s (lower is better)")
+    fig.suptitle(f"SmolLM2-135M, batch 1, {threads} thread(s), same machine and run")
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def write_doc(best: dict[str, dict], args: argparse.Namespace, profile_md: str) -> None:
     import platform
 
@@ -238,6 +264,8 @@ def write_doc(best: dict[str, dict], args: argparse.Namespace, profile_md: str) 
         lines.append(
             f"| {engine} | {r['decode_tok_s']:.1f} | {ratio} | {r['first_token_s']:.3f} | {r['peak_rss_mib']:.0f} |"
         )
+    if plot(best, args.threads):
+        lines += ["", f"![CPU decode tok/s](img/{PLOT.name})"]
     if profile_md:
         lines += ["", profile_md]
     DOC.parent.mkdir(parents=True, exist_ok=True)
