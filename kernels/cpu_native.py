@@ -1,4 +1,4 @@
-"""CPU int4 fast path compiled on the user's machine: int4 weights x int8 activations with AVX2 integer dots.
+"""CPU fast paths compiled on the user's machine: int4/int8 weights x int8 activations with AVX2 integer dots.
 
 PyTorch's `_weight_int4pack_mm_for_cpu` decodes every weight to float and multiplies in floating point; on CPUs
 without native bf16 it runs at a fraction of llama.cpp's speed. This kernel (source: `csrc/cpu_ops.c`) does
@@ -36,7 +36,8 @@ from xpullm.kernels.registry import Kernel, register_kernel
 
 __all__ = [
     "CpuNativeInt4Kernel",
-    "NativeInt4State",
+    "CpuNativeInt8Kernel",
+    "NativeTiledState",
     "decode_attention",
     "library",
     "reference_decode_attention",
@@ -109,6 +110,8 @@ def library() -> ctypes.CDLL | None:
         return None  # built, but this CPU lacks AVX2/FMA/F16C: the scalar build would be slower than PyTorch
     lib.xq_int4_linear.argtypes = [_P, _I, _I, _P, _P, _P, _I, _I, _P, ctypes.c_int]
     lib.xq_int4_linear.restype = ctypes.c_int
+    lib.xq_int8_linear.argtypes = [_P, _I, _I, _P, _P, _I, _I, _P, ctypes.c_int]
+    lib.xq_int8_linear.restype = ctypes.c_int
     lib.xq_rms_norm.argtypes = [_P, _P, _P, _I, _I, ctypes.c_float]
     lib.xq_rms_norm.restype = None
     lib.xq_decode_attention.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, ctypes.c_float, _P,
@@ -191,48 +194,61 @@ def _fits_fp16(t: torch.Tensor | None) -> bool:
 
 
 def reference_int8_activations(x: torch.Tensor, qw: Any) -> torch.Tensor:
-    """The same arithmetic in PyTorch, x_q @ W^T (the kernel's exact twin up to float summation order)."""
+    """What the native kernels compute, in PyTorch: x quantised per block of 32 to int8 (scale max|x| / 127,
+    round half to even), times the exactly decoded weight. Their exact twin up to float summation order."""
     m, k = x.shape[0], qw.padded_k
-    x = F.pad(x.float(), (0, k - x.shape[1]))
-    blocks = x.reshape(m, k // 32, 32)
+    blocks = F.pad(x.float(), (0, k - x.shape[1])).reshape(m, k // 32, 32)
     d = blocks.abs().amax(-1, keepdim=True) / 127.0
-    xq = (torch.where(d > 0, blocks / d, torch.zeros_like(blocks)).round() * d).reshape(m, k)  # half to even
-    n, g = qw.shape[0], qw.group_size
-    codes = unpack_nibbles(qw.data).float().reshape(n, k // g, g)
-    scale = qw.scales.float()[..., None]
-    zero = -8.0 * scale if qw.zeros is None else qw.zeros.float()[..., None]
-    dots = torch.einsum("mgi,ngi->mn", xq.reshape(m, k // g, g), codes * scale)
-    return dots + xq.reshape(m, k // g, g).sum(-1) @ zero[..., 0].T
+    xq = torch.where(d > 0, blocks / d, torch.zeros_like(blocks)).round() * d
+    weight = qw.dequantize(torch.float32)
+    return xq.reshape(m, k)[:, : weight.shape[1]] @ weight.T
 
 
 _TILE = 4  # weight rows per tile in the runtime layout
 
 
+def _permute_blocks(codes: torch.Tensor) -> torch.Tensor:
+    """int8 codes [N, K] -> each block of 32 columns reordered even columns first, then odd (the activations'
+    order, which is how packed int4 bytes unpack)."""
+    n, k = codes.shape
+    return codes.reshape(n, k // 32, 16, 2).transpose(-1, -2).reshape(n, k)
+
+
+def _unpermute_blocks(codes: torch.Tensor) -> torch.Tensor:
+    n, k = codes.shape
+    return codes.reshape(n, k // 32, 2, 16).transpose(-1, -2).reshape(n, k)
+
+
 @dataclass
-class NativeInt4State:
+class NativeTiledState:
     """Runtime layout: codes of 4-row tiles interleaved by block of 32 columns, one scale (zero) per block."""
 
+    bits: int  # 4 (bytes hold column pairs, as in the portable layout) or 8 (block-permuted int8)
     shape: tuple[int, int]
     group_size: int
-    tiles: torch.Tensor  # uint8 [N/4, K/32, 4, 16] (N padded to a multiple of 4)
+    tiles: torch.Tensor  # uint8 [N/4, K/32, 4, 16 or 32] (N padded to a multiple of 4)
     block_scales: torch.Tensor  # fp16 [N (padded), K/32]
-    block_zeros: torch.Tensor | None  # fp16 [N (padded), K/32]; None for sym_int4 (zero = -8 * scale)
+    block_zeros: torch.Tensor | None  # fp16 [N (padded), K/32]; None: zero = -8 * scale (int4) or 0 (int8)
 
     @property
     def padded_k(self) -> int:
         return self.tiles.shape[1] * 32
 
     def codes(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Packed portable codes (uint8 [R, K/2]) of `rows` (default: all rows)."""
+        """Portable codes of `rows` (default: all): int4 unpacked to uint8 0..15, int8 as int8, [R, K]."""
         if rows is None:
             rows = torch.arange(self.shape[0])
-        return self.tiles[rows // _TILE, :, rows % _TILE].reshape(rows.numel(), -1)
+        raw = self.tiles[rows // _TILE, :, rows % _TILE].reshape(rows.numel(), -1)
+        return unpack_nibbles(raw) if self.bits == 4 else _unpermute_blocks(raw.view(torch.int8))
 
     def dequantize_rows(self, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Rows of the float weight (an embedding lookup on a tied low-bit head)."""
-        q = unpack_nibbles(self.codes(rows)).float().reshape(rows.numel(), -1, 32)
+        q = self.codes(rows).float().reshape(rows.numel(), -1, 32)
         scale = self.block_scales[rows].float()[..., None]
-        zero = -8.0 * scale if self.block_zeros is None else self.block_zeros[rows].float()[..., None]
+        if self.block_zeros is not None:
+            zero = self.block_zeros[rows].float()[..., None]
+        else:
+            zero = (-8.0 if self.bits == 4 else 0.0) * scale
         return (q * scale + zero).reshape(rows.numel(), -1)[:, : self.shape[1]].to(dtype)
 
 
@@ -244,54 +260,78 @@ def _to_blocks(t: torch.Tensor | None, per_block: int, rows: int) -> torch.Tenso
     return F.pad(t, (0, 0, 0, rows - t.shape[0])).contiguous()
 
 
-@register_kernel(formats=("sym_int4", "asym_int4"), device="cpu", priority=20)
-class CpuNativeInt4Kernel(Kernel):
-    """int4 x int8 integer dot products (AVX2), compiled here from `csrc/cpu_ops.c`."""
+class _NativeTiledKernel(Kernel):
+    """Shared by the int4 and int8 native kernels: tiling at load, export, and the ctypes call."""
 
-    name = "cpu_int4_native"
+    bits: int
 
     def supports(self, qw: Any) -> bool:
         return (
             qw.group_size % 32 == 0
+            and qw.padded_k % 32 == 0
             and qw.scales is not None
             and _fits_fp16(qw.scales)
             and _fits_fp16(qw.zeros)
             and library() is not None
         )
 
-    def prepare(self, qw: Any, device: torch.device) -> NativeInt4State:
+    def prepare(self, qw: Any, device: torch.device) -> NativeTiledState:
         n, k = qw.shape[0], qw.padded_k
         rows = -(-n // _TILE) * _TILE
-        codes = F.pad(qw.data, (0, 0, 0, rows - n))  # [rows, k/2] bytes
-        tiles = codes.reshape(rows // _TILE, _TILE, k // 32, 16).transpose(1, 2).contiguous()
+        # int4: bytes as stored (column pairs); int8: codes reordered per block like the activations.
+        codes = qw.data if self.bits == 4 else _permute_blocks(qw.data).view(torch.uint8)
+        codes = F.pad(codes, (0, 0, 0, rows - n))
+        tiles = codes.reshape(rows // _TILE, _TILE, k // 32, -1).transpose(1, 2).contiguous()
         per_block = qw.group_size // 32
-        return NativeInt4State(
-            tuple(qw.shape), qw.group_size, tiles,
+        return NativeTiledState(
+            self.bits, tuple(qw.shape), qw.group_size, tiles,
             _to_blocks(qw.scales, per_block, rows), _to_blocks(qw.zeros, per_block, rows),
         )  # fmt: skip
 
-    def export(self, state: NativeInt4State) -> dict[str, Any]:
+    def export(self, state: NativeTiledState) -> dict[str, Any]:
         """Portable codes (unpacked), scales and zeros, exactly as they came in (fp16 holds them exactly)."""
         n, step = state.shape[0], state.group_size // 32
         pick = lambda t: None if t is None else t[:n, ::step].contiguous()  # noqa: E731
-        return {"codes": unpack_nibbles(state.codes()), "scales": pick(state.block_scales),
-                "zeros": pick(state.block_zeros)}  # fmt: skip
+        return {"codes": state.codes(), "scales": pick(state.block_scales), "zeros": pick(state.block_zeros)}
 
-    def matmul(self, x: torch.Tensor, state: NativeInt4State) -> torch.Tensor:
+    def matmul(self, x: torch.Tensor, state: NativeTiledState) -> torch.Tensor:
         n, k = state.shape[0], state.padded_k
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         if x2.dtype != torch.float32 or x2.shape[1] != k or not x2.is_contiguous():
             x2 = F.pad(x2.float(), (0, k - x2.shape[1])).contiguous()
         y = torch.empty((x2.shape[0], n))
-        zeros = None if state.block_zeros is None else state.block_zeros.data_ptr()
-        status = library().xq_int4_linear(
-            x2.data_ptr(), x2.shape[0], k, state.tiles.data_ptr(), state.block_scales.data_ptr(), zeros,
-            state.block_scales.shape[0], n, y.data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
+        lib, rows = library(), state.block_scales.shape[0]
+        if self.bits == 4:
+            zeros = None if state.block_zeros is None else state.block_zeros.data_ptr()
+            status = lib.xq_int4_linear(
+                x2.data_ptr(), x2.shape[0], k, state.tiles.data_ptr(), state.block_scales.data_ptr(), zeros,
+                rows, n, y.data_ptr(), torch.get_num_threads(),
+            )  # fmt: skip
+        else:
+            status = lib.xq_int8_linear(
+                x2.data_ptr(), x2.shape[0], k, state.tiles.data_ptr(), state.block_scales.data_ptr(), rows, n,
+                y.data_ptr(), torch.get_num_threads(),
+            )  # fmt: skip
         if status != 0:
             raise MemoryError(
-                f"int4 CPU kernel could not allocate scratch for {x2.shape[0]} x {k} activations"
+                f"native CPU kernel could not allocate scratch for {x2.shape[0]} x {k} activations"
             )
         y = y.reshape(*lead, n)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+@register_kernel(formats=("sym_int4", "asym_int4"), device="cpu", priority=20)
+class CpuNativeInt4Kernel(_NativeTiledKernel):
+    """int4 x int8 integer dot products (AVX2), compiled here from `csrc/cpu_ops.c`."""
+
+    name = "cpu_int4_native"
+    bits = 4
+
+
+@register_kernel(formats=("sym_int8",), device="cpu", priority=20)
+class CpuNativeInt8Kernel(_NativeTiledKernel):
+    """int8 x int8 integer dot products (AVX2), per-row or per-group (Q8_0) scales."""
+
+    name = "cpu_int8_native"
+    bits = 8

@@ -71,13 +71,23 @@ static inline __m256 block_dot(const uint8_t *packed, __m256i x) {
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(codes, x), _mm256_set1_epi16(1)));
 }
 
+/* The same for a block of 32 int8 codes (stored in the activations' even-then-odd column order). |w|, |x| <= 127,
+   so the u8 x s8 pair sums (|w| times x with w's sign) stay below int16 saturation. */
+static inline __m256 block_dot_i8(const uint8_t *packed, __m256i x) {
+    const __m256i w = _mm256_loadu_si256((const __m256i *)packed);
+    const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+}
+
 /* Dot products of the 4 weight rows of one tile with one activation row, 8 blocks at a time. The tile's
    codes are interleaved by block (block b of rows 0..3 = one 64-byte cache line), so the weights stream
    strictly sequentially; scales and zeros are per row and block of 32 (expanded at load), so each chunk
    converts 8 of them with one instruction. Four accumulators keep the FMA pipes busy and each activation
    block is loaded once for the 4 rows. */
-static inline void tile_dot(const uint8_t *w, const uint16_t *scale, const uint16_t *zero, int64_t nb,
-                            const int8_t *xq, const float *d, const float *bsum, float out[4]) {
+static inline void tile_dot(const int int8, const uint8_t *w, const uint16_t *scale, const uint16_t *zero,
+                            float zmul, int64_t nb, const int8_t *xq, const float *d, const float *bsum,
+                            float out[4]) {
+    const int64_t bytes = int8 ? 32 : 16; /* per row and block */
     __m256 acc[4], zacc[4];
     for (int r = 0; r < 4; ++r) acc[r] = zacc[r] = _mm256_setzero_ps();
     int64_t b0 = 0;
@@ -87,15 +97,18 @@ static inline void tile_dot(const uint8_t *w, const uint16_t *scale, const uint1
         for (int r = 0; r < 4; ++r) {
             const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scale + r * nb + b0)));
             const __m256 z = zero ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(zero + r * nb + b0)))
-                                  : _mm256_mul_ps(s, _mm256_set1_ps(-8.0f));
+                                  : _mm256_mul_ps(s, _mm256_set1_ps(zmul));
             _mm256_store_ps(f[r], _mm256_mul_ps(s, dv));
             zacc[r] = _mm256_fmadd_ps(z, sv, zacc[r]);
         }
         for (int j = 0; j < 8; ++j) {
             const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + (b0 + j) * 32));
             for (int r = 0; r < 4; ++r)
-                acc[r] = _mm256_fmadd_ps(block_dot(w + (b0 + j) * 64 + r * 16, x), _mm256_broadcast_ss(&f[r][j]),
-                                         acc[r]);
+            {
+                const uint8_t *p = w + (b0 + j) * 4 * bytes + r * bytes;
+                const __m256 dot = int8 ? block_dot_i8(p, x) : block_dot(p, x);
+                acc[r] = _mm256_fmadd_ps(dot, _mm256_broadcast_ss(&f[r][j]), acc[r]);
+            }
         }
     }
     float tail[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -103,24 +116,26 @@ static inline void tile_dot(const uint8_t *w, const uint16_t *scale, const uint1
         const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * 32));
         for (int r = 0; r < 4; ++r) {
             const float s = _cvtsh_ss(scale[r * nb + b]);
-            acc[r] = _mm256_fmadd_ps(block_dot(w + b * 64 + r * 16, x), _mm256_set1_ps(s * d[b]), acc[r]);
-            tail[r] += (zero ? _cvtsh_ss(zero[r * nb + b]) : -8.0f * s) * bsum[b];
+            const uint8_t *p = w + b * 4 * bytes + r * bytes;
+            const __m256 dot = int8 ? block_dot_i8(p, x) : block_dot(p, x);
+            acc[r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(s * d[b]), acc[r]);
+            tail[r] += (zero ? _cvtsh_ss(zero[r * nb + b]) : zmul * s) * bsum[b];
         }
     }
     for (int r = 0; r < 4; ++r) out[r] = hsum8(_mm256_add_ps(acc[r], zacc[r])) + tail[r];
 }
 #endif
 
-/* y [m, n] = x [m, k] @ W^T for int4 W [n, k], repacked at load (see cpu_native.py): codes [n/4, k/32, 4, 16]
-   bytes (tiles of 4 rows interleaved by block of 32 columns; within a block, byte j holds columns 2j and 2j+1
-   in its low and high nibble) and one fp16 scale (and for asym_int4 one fp16 zero; NULL means
-   zero = -8 * scale) per row and block, [n, k/32]. n is a multiple of 4 (padded rows are computed, and only
+/* y [m, n] = x [m, k] @ W^T for a tiled low-bit W [n, k] (see cpu_native.py): tiles of 4 rows interleaved by
+   block of 32 columns ([n/4, k/32, 4, bytes]) and one fp16 scale (and optional fp16 zero; NULL means
+   zero = zmul * scale) per row and block, [n, k/32]. n is a multiple of 4 (padded rows are computed, and only
    the first n_out columns of y are written); k is a multiple of 32. Returns 0, or -1 when this build has no
    SIMD path or memory runs out. */
-int xq_int4_linear(const float *x, int64_t m, int64_t k, const uint8_t *w, const uint16_t *scale,
-                   const uint16_t *zero, int64_t n, int64_t n_out, float *y, int threads) {
+static int tiled_linear(const int int8, const float *x, int64_t m, int64_t k, const uint8_t *w,
+                        const uint16_t *scale, const uint16_t *zero, float zmul, int64_t n, int64_t n_out, float *y,
+                        int threads) {
 #if XQ_SIMD
-    const int64_t nb = k / 32;
+    const int64_t nb = k / 32, row_bytes = int8 ? k : k / 2;
     int8_t *xq = malloc((size_t)(m * k));
     float *d = malloc(sizeof(float) * (size_t)(m * nb)), *bsum = malloc(sizeof(float) * (size_t)(m * nb));
     if (!xq || !d || !bsum) {
@@ -133,17 +148,31 @@ int xq_int4_linear(const float *x, int64_t m, int64_t k, const uint8_t *w, const
         const int64_t row = t * 4;
         for (int64_t r = 0; r < m; ++r) {
             float out[4];
-            tile_dot(w + row * (k / 2), scale + row * nb, zero ? zero + row * nb : 0, nb, xq + r * k, d + r * nb,
-                     bsum + r * nb, out);
+            tile_dot(int8, w + row * row_bytes, scale + row * nb, zero ? zero + row * nb : 0, zmul, nb, xq + r * k,
+                     d + r * nb, bsum + r * nb, out);
             for (int i = 0; i < 4 && row + i < n_out; ++i) y[r * n_out + row + i] = out[i];
         }
     }
     free(xq), free(d), free(bsum);
     return 0;
 #else
-    (void)x, (void)m, (void)k, (void)w, (void)scale, (void)zero, (void)n, (void)n_out, (void)y, (void)threads;
+    (void)int8, (void)x, (void)m, (void)k, (void)w, (void)scale, (void)zero, (void)zmul, (void)n, (void)n_out;
+    (void)y, (void)threads;
     return -1;
 #endif
+}
+
+/* int4 codes (byte j of a row's block holds columns 2j and 2j+1 in its low and high nibble): w = q * s + z,
+   sym_int4 passes zero = NULL for z = -8 s. */
+int xq_int4_linear(const float *x, int64_t m, int64_t k, const uint8_t *w, const uint16_t *scale,
+                   const uint16_t *zero, int64_t n, int64_t n_out, float *y, int threads) {
+    return tiled_linear(0, x, m, k, w, scale, zero, -8.0f, n, n_out, y, threads);
+}
+
+/* int8 codes (-127..127, each block's columns stored even first, then odd): w = q * s. */
+int xq_int8_linear(const float *x, int64_t m, int64_t k, const uint8_t *w, const uint16_t *scale, int64_t n,
+                   int64_t n_out, float *y, int threads) {
+    return tiled_linear(1, x, m, k, w, scale, 0, 0.0f, n, n_out, y, threads);
 }
 
 /* y [rows, d] = x / sqrt(mean(x^2) + eps) * weight, all fp32 and contiguous. */

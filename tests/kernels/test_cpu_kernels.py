@@ -20,7 +20,7 @@ NATIVE = cpu_native.library() is not None
 KERNELS = {
     "sym_int4": [cpu_native.CpuNativeInt4Kernel(), CpuInt4Kernel()],
     "asym_int4": [cpu_native.CpuNativeInt4Kernel(), CpuInt4Kernel()],
-    "sym_int8": [CpuInt8Kernel()],
+    "sym_int8": [cpu_native.CpuNativeInt8Kernel(), CpuInt8Kernel()],
 }
 CASES = [(fmt, kernel) for fmt, kernels in KERNELS.items() for kernel in kernels]
 
@@ -52,7 +52,9 @@ def test_fast_paths_are_selected_where_they_exist() -> None:
     int4 = "cpu_int4_native" if NATIVE else "cpu_int4pack"
     assert select_kernel(_pair("sym_int4", 128, 64, 0), CPU).name == int4
     assert select_kernel(_pair("asym_int4", 128, 64, 0), CPU).name == int4
-    assert select_kernel(_pair("sym_int8", 128, 64, 0), CPU).name == "cpu_int8pack"
+    assert select_kernel(_pair("sym_int8", 128, 64, 0), CPU).name == (
+        "cpu_int8_native" if NATIVE else "cpu_int8pack"
+    )
     # Shapes the ops cannot take fall back instead of crashing: rows not in blocks of 64, K not a multiple of 8.
     assert CpuInt4Kernel().supports(_pair("sym_int4", 48, 64, 0)) is False
     assert select_kernel(_pair("sym_int8", 64, 100, 0), CPU).name == "reference"
@@ -71,9 +73,9 @@ def test_export_gives_back_the_portable_weight(fmt: str, kernel) -> None:
     expected = unpack_nibbles(qw.data) if get_format(fmt).bits == 4 else qw.data
     assert torch.equal(codes.to(expected.dtype), expected)
     # Scales survive to the runtime precision of the CPU op (bf16 for int4pack; fp16, i.e. exact, for native).
-    rtol = 0 if kernel.name == "cpu_int4_native" else 2**-8
+    rtol = 0 if kernel.name.endswith("_native") else 2**-8
     assert torch.allclose(out["scales"].float(), qw.scales.float(), rtol=rtol, atol=0)
-    if qw.zeros is not None and kernel.name == "cpu_int4_native":
+    if qw.zeros is not None and kernel.name.endswith("_native"):
         assert torch.equal(out["zeros"].float(), qw.zeros.float())
 
 
@@ -83,17 +85,17 @@ native_only = pytest.mark.skipif(
 
 
 @native_only
-@pytest.mark.parametrize("fmt", ["sym_int4", "asym_int4"])
+@pytest.mark.parametrize("fmt", ["sym_int4", "asym_int4", "sym_int8"])
 @pytest.mark.parametrize(("n", "k", "group"), [(1, 32, 32), (5, 64, 64), (130, 288, 32), (67, 512, 256)])
 @pytest.mark.parametrize("m", [1, 4, 19])
-def test_native_int4_equals_its_int8_activation_twin(fmt: str, n: int, k: int, group: int, m: int) -> None:
+def test_native_kernel_equals_its_int8_activation_twin(fmt: str, n: int, k: int, group: int, m: int) -> None:
     """Bit-level arithmetic check: x quantised per block of 32 to int8, exactly as the C kernel does."""
     seed = int(torch.randint(0, 2**31 - 1, ()).item())
     gen = torch.Generator().manual_seed(seed)
     qw = get_format(fmt).quantize(torch.randn(n, k, generator=gen) * 0.05, group)
     x = torch.randn(m, k, generator=gen) * 3
     x[0, :32] = 0.0  # an all-zero block (scale 0) must not divide by zero
-    kernel = cpu_native.CpuNativeInt4Kernel()
+    kernel = KERNELS[fmt][0]
     out = kernel.matmul(x, kernel.prepare(qw, CPU))
     twin = cpu_native.reference_int8_activations(x, qw)
     assert out.shape == (m, n) and torch.isfinite(out).all()
