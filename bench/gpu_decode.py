@@ -131,10 +131,18 @@ class Model(torch.nn.Module):
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
-    from xpullm.memory import model_nbytes
+    """Bytes of the projection weights a decode step streams from GPU memory (codes, scales, zero points)."""
+    from xpullm.linear import state_nbytes
 
-    caches = sum(b.k.numel() * 2 * b.k.element_size() for b in model.blocks)
-    return model_nbytes(model) - caches - model.emb.numel() * 2 - model.causal.numel()
+    total = 0
+    for mod in model.modules():
+        if isinstance(mod, LowBitLinear):
+            total += state_nbytes(mod.state)  # not the host-side portable copy a kernel may keep
+        elif isinstance(mod, torch.nn.Linear):
+            total += mod.weight.numel() * mod.weight.element_size()
+        elif isinstance(mod, TinyGemmLinear):
+            total += sum(t.numel() * t.element_size() for t in (mod.packed, mod.sz))
+    return total
 
 
 def _set_batch(model: torch.nn.Module, batch: int) -> None:

@@ -84,6 +84,19 @@ def _kernel_table(prof, steps: int, top: int) -> tuple[float, list[tuple[str, fl
     return total, rows[:top]
 
 
+def _host_table(prof, steps: int, top: int) -> list[tuple[str, float, int]]:
+    """[(host op / CUDA runtime call, self CPU us per step, calls per step)] largest first."""
+    per_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for evt in prof.events():
+        if evt.device_type != torch.autograd.DeviceType.CPU:
+            continue
+        entry = per_name[evt.name[:90]]
+        entry[0] += evt.self_cpu_time_total
+        entry[1] += 1
+    rows = sorted(((n, us / steps, int(c / steps)) for n, (us, c) in per_name.items()), key=lambda r: -r[1])
+    return rows[:top]
+
+
 @torch.no_grad()
 def profile(fmt: str, group: int | None, layers: int, tokens: int, batch: int, top: int) -> list[str]:
     """Markdown lines for one format."""
@@ -118,6 +131,7 @@ def profile(fmt: str, group: int | None, layers: int, tokens: int, batch: int, t
             pos += 1
         torch.cuda.synchronize()
     gpu_ms, rows = _kernel_table(prof, steps, top)
+    host_rows = _host_table(prof, steps, top)
     label = fmt if group is None else f"{fmt} g{group}"
     out = [
         f"### {label}, batch {batch}",
@@ -128,6 +142,10 @@ def profile(fmt: str, group: int | None, layers: int, tokens: int, batch: int, t
         "| kernel | us/step | calls/step |",
         "|---|---|---|",
         *(f"| `{n}` | {us:.1f} | {c} |" for n, us, c in rows),
+        "",
+        "| host op / runtime call | self CPU us/step | calls/step |",
+        "|---|---|---|",
+        *(f"| `{n}` | {us:.1f} | {c} |" for n, us, c in host_rows),
         "",
     ]
     print("\n".join(out), flush=True)
