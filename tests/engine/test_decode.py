@@ -24,7 +24,17 @@ def _greedy(decoder, ids: list[list[int]], pad_id: int, steps: int) -> list[list
     return [list(col) for col in zip(*out, strict=True)]
 
 
-def _compare_with_transformers(llm: LLM, min_cosine: float) -> None:
+def _same_choice(a: torch.Tensor, b: torch.Tensor, tie: float) -> None:
+    """Same greedy token, unless both decoders see the same two best tokens within `tie` logits of each other
+    (a near-tie that rounding may flip; a real bug moves the whole distribution, not one close pair)."""
+    if a.argmax() == b.argmax():
+        return
+    top_a, top_b = a[0].topk(2), b[0].topk(2)
+    assert set(top_a.indices.tolist()) == set(top_b.indices.tolist()), (top_a, top_b)
+    assert (top_a.values[0] - top_a.values[1]) < tie and (top_b.values[0] - top_b.values[1]) < tie
+
+
+def _compare_with_transformers(llm: LLM, min_cosine: float, tie: float = 0.0) -> None:
     static = llm._decoder
     assert isinstance(static, StaticCacheDecoder)
     reference = HFDecoder(llm.model, torch.device("cpu"))
@@ -33,12 +43,12 @@ def _compare_with_transformers(llm: LLM, min_cosine: float) -> None:
     a = static.start(ids, pad, 64).float()
     b = reference.start(ids, pad, 64).float()
     cos = torch.nn.functional.cosine_similarity
-    assert a.argmax() == b.argmax()
+    _same_choice(a, b, tie)
     assert cos(a, b).item() > min_cosine
     nxt = a.argmax(-1)
     for _ in range(4):
         sa, sb = static.step(nxt).float(), reference.step(nxt).float()
-        assert sa.argmax() == sb.argmax()
+        _same_choice(sa, sb, tie)
         assert cos(sa, sb).item() > min_cosine
         nxt = sa.argmax(-1)
 
@@ -60,9 +70,11 @@ def test_static_decoder_matches_transformers_forward_on_low_bit_kernels(llm: LLM
     The CPU int4 kernel rounds its input (to int8 per block of 32 with the native kernel, to bf16 with PyTorch's),
     so any tiny difference between the two decoders becomes whole rounding steps that 30 layers carry on.
     Measured (SmolLM2-135M, sym_int4, fp32 activations): cosine 0.9917 at worst over prefill and 4 steps with the
-    native kernel; 0.9958 with the bf16-input kernel. The decoder itself is checked tightly on dense weights above.
+    native kernel; 0.9958 with the bf16-input kernel. The prefill's two best tokens are 0.06-0.08 logits apart,
+    so the two decoders may pick either of that pair (and only that pair). The decoder itself is checked tightly,
+    argmax included, on dense weights above.
     """
-    _compare_with_transformers(llm, 0.99)
+    _compare_with_transformers(llm, 0.99, tie=0.25)
 
 
 def test_padded_batch_rows_equal_single_rows(llm: LLM) -> None:
