@@ -92,6 +92,8 @@ class GraphedDecoder:
         self.replays = 0  # steps served from a graph (tests and benchmarks read it)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (copy / unpickle): no recursion through this method
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     @property
