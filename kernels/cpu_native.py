@@ -265,6 +265,9 @@ class _NativeTiledKernel(Kernel):
 
     bits: int
 
+    def available(self) -> bool:
+        return library() is not None
+
     def supports(self, qw: Any) -> bool:
         return (
             qw.group_size % 32 == 0

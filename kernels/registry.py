@@ -22,6 +22,10 @@ class Kernel:
 
     name: ClassVar[str] = "kernel"
 
+    def available(self) -> bool:
+        """Whether this kernel can run on this machine at all (e.g. a native build succeeded)."""
+        return True
+
     def supports(self, qw: Any) -> bool:
         """Whether this kernel can run the weight `qw` (a `QuantizedWeight`)."""
         return True
@@ -104,7 +108,7 @@ def kernel_table(device: torch.device | str = "cpu") -> dict[str, str]:
     table = {}
     for fmt in sorted({f for e in _ENTRIES for f in e.formats}):
         for entry in _ENTRIES:
-            if entry.device in (device_type, "*") and fmt in entry.formats:
+            if entry.device in (device_type, "*") and fmt in entry.formats and entry.kernel.available():
                 table[fmt] = entry.kernel.name
                 break
     return table

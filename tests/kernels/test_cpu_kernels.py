@@ -123,6 +123,7 @@ def test_native_kernel_falls_back_when_it_cannot_be_built(monkeypatch, tmp_path,
         with caplog.at_level(logging.WARNING, logger="xpullm.kernels.cpu_native"):
             assert cpu_native.library() is None
             assert select_kernel(qw, CPU).name == "cpu_int4pack"
+            assert kernel_table("cpu")["sym_int4"] == "cpu_int4pack"  # `xpullm info` tells the truth
         assert "building the int4 CPU kernel failed" in caplog.text
         assert not list(tmp_path.rglob("*.so")) and not list(tmp_path.rglob("*.tmp"))  # nothing half-built
         monkeypatch.setenv("XPULLM_NATIVE", "0")
