@@ -209,6 +209,23 @@ class _Layer:
     down: nn.Module
 
 
+def rotate_qk(
+    layer: _Layer, qkv: torch.Tensor, h: int, kv: int, eps: float, cos: torch.Tensor, sin: torch.Tensor
+) -> torch.Tensor:
+    """The q and k heads of `qkv` [B, H + 2 KV, t, D] (per-head RMSNorm first for Qwen3), rotated by RoPE.
+
+    RoPE is `addcmul(x * cos, roll(x, D/2), sin)` with sin's first half negated: one op instead of neg + cat.
+    """
+    if layer.q_norm is not None:
+        d = qkv.shape[-1]
+        q = F.rms_norm(qkv[:, :h], (d,), layer.q_norm, eps)
+        k = F.rms_norm(qkv[:, h : h + kv], (d,), layer.k_norm, eps)
+        qk = torch.cat((q, k), dim=1)
+    else:
+        qk = qkv[:, : h + kv]
+    return torch.addcmul(qk * cos, qk.roll(qk.shape[-1] // 2, -1), sin)
+
+
 def _norm_weight(module: nn.Module) -> torch.Tensor:
     return module.weight.detach()
 
@@ -363,7 +380,6 @@ class StaticCacheDecoder:
             cos = self._cos[positions][:, None]
             sin = self._sin[positions][:, None]
         h, kv, d = self.n_heads, self.n_kv, self.head_dim
-        half = d // 2
         hidden, eps, norm = self.hidden, self.eps, self._norm
         x = self.embed(ids)
         k_cache, v_cache = self._k, self._v
@@ -372,13 +388,7 @@ class StaticCacheDecoder:
         for i, layer in enumerate(self.layers):
             y = norm(x, (hidden,), layer.attn_norm, eps)
             qkv = layer.qkv(y).view(batch, t, h + 2 * kv, d).transpose(1, 2)
-            if layer.q_norm is not None:
-                q = F.rms_norm(qkv[:, :h], (d,), layer.q_norm, eps)
-                k = F.rms_norm(qkv[:, h : h + kv], (d,), layer.k_norm, eps)
-                qk = torch.cat((q, k), dim=1)
-            else:
-                qk = qkv[:, : h + kv]
-            qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)
+            qk = rotate_qk(layer, qkv, h, kv, eps, cos, sin)
             k_cache[i, :, :, start:end] = qk[:, h:]
             v_cache[i, :, :, start:end] = qkv[:, h + kv :]
             attn = self._attend(i, qk[:, :h], start, end)

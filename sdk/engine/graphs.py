@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from xpullm.engine.decode import rotate_qk
+
 __all__ = ["GraphedDecoder", "graphs_enabled"]
 
 
@@ -48,7 +50,7 @@ def static_step(dec: Any, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """
     batch = x.shape[0]
     h, kv, d = dec.n_heads, dec.n_kv, dec.head_dim
-    half, hidden, eps = d // 2, dec.hidden, dec.eps
+    hidden, eps = dec.hidden, dec.eps
     norm = getattr(dec, "_norm", F.rms_norm)
     cos = dec._cos.index_select(0, pos)[None, None]  # [1, 1, 1, d]
     sin = dec._sin.index_select(0, pos)[None, None]
@@ -57,13 +59,7 @@ def static_step(dec: Any, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     for i, layer in enumerate(dec.layers):
         y = norm(x, (hidden,), layer.attn_norm, eps)
         qkv = layer.qkv(y).view(batch, 1, h + 2 * kv, d).transpose(1, 2)
-        if layer.q_norm is not None:
-            q = F.rms_norm(qkv[:, :h], (d,), layer.q_norm, eps)
-            k = F.rms_norm(qkv[:, h : h + kv], (d,), layer.k_norm, eps)
-            qk = torch.cat((q, k), dim=1)
-        else:
-            qk = qkv[:, : h + kv]
-        qk = torch.addcmul(qk * cos, qk.roll(half, -1), sin)
+        qk = rotate_qk(layer, qkv, h, kv, eps, cos, sin)
         k_cache, v_cache = dec._k[i], dec._v[i]
         k_cache.index_copy_(2, pos, qk[:, h:])
         v_cache.index_copy_(2, pos, qkv[:, h + kv :])
