@@ -1,14 +1,16 @@
 """CPU fast paths compiled on the user's machine: int4/int8 weights x int8 activations with AVX2 integer dots.
 
 PyTorch's `_weight_int4pack_mm_for_cpu` decodes every weight to float and multiplies in floating point; on CPUs
-without native bf16 it runs at a fraction of llama.cpp's speed. This kernel (source: `csrc/cpu_ops.c`) does
+without native bf16 it runs at a fraction of llama.cpp's speed. These kernels (source: `csrc/cpu_ops.c`) do
 what llama.cpp does instead: activations are quantised per block of 32 to int8 and each block's dot product
-is one unsigned x signed byte multiply-add, so a token costs a few integer instructions per 32 weights.
+is one unsigned x signed byte multiply-add, so a token costs a few integer instructions per 32 weights. The
+same library holds RMSNorm and a decode step's attention, which the decoder calls on CPU in fp32.
 
 The C file is compiled once per source version and CPU with the system C compiler (`$CC`, `cc` or `gcc`) into
 `$XPULLM_CACHE/native` and loaded with ctypes: no build step at install, no PyTorch headers. Where there is no
-compiler, no AVX2/FMA/F16C, or `XPULLM_NATIVE=0`, the kernel reports itself unsupported and the registry
-falls back to `cpu_int4pack`. Weights stay in the portable layout (nothing is repacked; export is free).
+compiler, no AVX2/FMA/F16C, or `XPULLM_NATIVE=0`, the kernels report themselves unavailable and the registry
+falls back to PyTorch's ops. At load, codes are regrouped into 4-row tiles (one cache line per block of 32
+columns); `export` gives the portable codes back exactly.
 
 Accuracy: the activation rounding (half a step of max|x|/127 per block of 32) is the same one llama.cpp's
 Q4 x Q8 path makes; `reference_int8_activations` is the exact PyTorch twin used by the tests.
@@ -85,14 +87,16 @@ def _compile(cc: str, out: Path) -> None:
 
 @functools.cache
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel library, or None where it cannot run here (the reason is logged once)."""
+    """The compiled native library, or None where it cannot run here (the reason is logged once)."""
     if os.environ.get("XPULLM_NATIVE", "1") == "0":
         return None
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        log.info("no C compiler found: the int4 CPU kernel falls back to PyTorch's (set CC to enable it)")
+        log.info(
+            "no C compiler found: the native CPU kernels fall back to PyTorch's ops (set CC to enable them)"
+        )
         return None
     tag = hashlib.sha256(
         _SOURCE.read_bytes() + "\0".join((cc, *_FLAGS, _cpu_signature())).encode()

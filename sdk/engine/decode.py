@@ -226,6 +226,14 @@ def rotate_qk(
     return torch.addcmul(qk * cos, qk.roll(qk.shape[-1] // 2, -1), sin)
 
 
+def mlp_residual(
+    layer: _Layer, x: torch.Tensor, norm: Callable[..., torch.Tensor], eps: float
+) -> torch.Tensor:
+    """x + SwiGLU MLP(RMSNorm(x)): the second half of every decoder layer."""
+    g, u = layer.gate_up(norm(x, (x.shape[-1],), layer.mlp_norm, eps)).chunk(2, dim=-1)
+    return x + layer.down(F.silu(g) * u)
+
+
 def _norm_weight(module: nn.Module) -> torch.Tensor:
     return module.weight.detach()
 
@@ -393,9 +401,7 @@ class StaticCacheDecoder:
             v_cache[i, :, :, start:end] = qkv[:, h + kv :]
             attn = self._attend(i, qk[:, :h], start, end)
             x = x + layer.o_proj(attn.transpose(1, 2).reshape(batch, t, h * d))
-            y = norm(x, (hidden,), layer.mlp_norm, eps)
-            g, u = layer.gate_up(y).chunk(2, dim=-1)
-            x = x + layer.down(F.silu(g) * u)
+            x = mlp_residual(layer, x, norm, eps)
         self.pos = end
         return x
 
@@ -419,9 +425,7 @@ class StaticCacheDecoder:
                 self.n_heads, self.scale,
             )  # fmt: skip
             x = x + layer.o_proj(attn)
-            y = norm(x, (hidden,), layer.mlp_norm, eps)
-            g, u = layer.gate_up(y).chunk(2, dim=-1)
-            x = x + layer.down(F.silu(g) * u)
+            x = mlp_residual(layer, x, norm, eps)
         self.pos = slot + 1
         return x
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from xpullm.engine.decode import rotate_qk
+from xpullm.engine.decode import mlp_residual, rotate_qk
 
 __all__ = ["GraphedDecoder", "graphs_enabled"]
 
@@ -67,9 +67,7 @@ def static_step(dec: Any, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
             qk[:, :h], k_cache, v_cache, attn_mask=mask, scale=dec.scale, enable_gqa=kv != h
         )
         x = x + layer.o_proj(attn.transpose(1, 2).reshape(batch, 1, h * d))
-        y = norm(x, (hidden,), layer.mlp_norm, eps)
-        g, u = layer.gate_up(y).chunk(2, dim=-1)
-        x = x + layer.down(F.silu(g) * u)
+        x = mlp_residual(layer, x, norm, eps)
     return dec._logits(x[:, -1])
 
 
