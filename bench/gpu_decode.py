@@ -193,11 +193,14 @@ def run(fmt: str, group: int | None, layers: int, tokens: int, batches: list[int
 
 
 @torch.no_grad()
-def engine(fmt: str, group: int | None, layers: int, tokens: int, graphs: bool) -> dict:
+def engine(
+    fmt: str, group: int | None, layers: int, tokens: int, graphs: bool, batches: list[int]
+) -> list[dict]:
     """`xpullm.engine` decoding a transformers Llama (same shape, random weights): eager or CUDA-graph steps.
 
     The engine path users get from `xpullm.LLM`: `optimize_model` quantizes the transformers model, and
-    `build_decoder` returns the static-cache decoder (wrapped in `GraphedDecoder` on CUDA).
+    `build_decoder` returns the static-cache decoder (wrapped in `GraphedDecoder` on CUDA). One row per batch
+    size (aggregate tok/s); eager steps are timed at batch 1 only.
     """
     import transformers
 
@@ -214,21 +217,26 @@ def engine(fmt: str, group: int | None, layers: int, tokens: int, graphs: bool) 
     dec = build_decoder(model, DT, torch.device(DEV))
     if not graphs:
         dec = getattr(dec, "inner", dec)
-    prompt = torch.randint(0, V, (1, 32), device=DEV)
-    logits = dec.start(prompt, torch.zeros(1, dtype=torch.long), 32 + tokens + 8)
-    for _ in range(3):  # tunes kernels and records the graph
-        logits = dec.step(logits.argmax(-1))
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(tokens):
-        logits = dec.step(logits.argmax(-1))
-    torch.cuda.synchronize()
-    secs = time.perf_counter() - start
-    del model, dec
-    torch.cuda.empty_cache()
     label = fmt if group is None else f"{fmt} g{group}"
     mode = "CUDA graphs" if graphs else "eager"
-    return {"engine": f"xpullm engine ({mode})", "format": label, "batch": 1, "tok_s": tokens / secs}
+    rows = []
+    for batch in batches if graphs else batches[:1]:
+        prompt = torch.randint(0, V, (batch, 32), device=DEV)
+        logits = dec.start(prompt, torch.zeros(batch, dtype=torch.long), 32 + tokens + 8)
+        for _ in range(3):  # tunes kernels and records the graph
+            logits = dec.step(logits.argmax(-1))
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(tokens):
+            logits = dec.step(logits.argmax(-1))
+        torch.cuda.synchronize()
+        secs = time.perf_counter() - start
+        rows.append({"engine": f"xpullm engine ({mode})", "format": label, "batch": batch,
+                     "tok_s": batch * tokens / secs, "step_ms": secs / tokens * 1e3})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    del model, dec
+    torch.cuda.empty_cache()
+    return rows
 
 
 @torch.no_grad()
@@ -263,6 +271,7 @@ def main() -> None:
         "--engine", default="bf16,sym_int4:128", help="formats to decode through xpullm.engine too"
     )
     ap.add_argument("--no-eager", action="store_true", help="skip transformers' eager generate")
+    ap.add_argument("--no-engine-eager", action="store_true", help="time the engine's CUDA-graph steps only")
     ap.add_argument("--peer", default=None, help="path to gpu_peer_decode.py, run in the same invocation")
     ap.add_argument("--out", default=None, help="write the results as JSON lines here")
     args = ap.parse_args()
@@ -294,9 +303,8 @@ def main() -> None:
         save()
     for spec in (s for s in args.engine.split(",") if s):
         fmt, _, group = spec.partition(":")
-        for graphs in (False, True):
-            rows.append(engine(fmt, int(group) if group else None, args.layers, args.tokens, graphs))
-            print(json.dumps(rows[-1]), flush=True)
+        for graphs in (False, True) if not args.no_engine_eager else (True,):
+            rows += engine(fmt, int(group) if group else None, args.layers, args.tokens, graphs, batches)
             save()
 
 

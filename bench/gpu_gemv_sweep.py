@@ -1,7 +1,7 @@
 """Batch-1 GEMV launch sweep on a GPU: every configuration of a wide grid, timed the way a decode step runs it.
 
 The tuner (`kernels/triton/launch.py:tune`) times a short candidate list with L2 flushed before each call.
-This sweep tries a wider grid (rows per program, K step, split-K, warps, pipelining stages) and times each
+This sweep tries a wider grid (rows per program, K step, split-K, warps, register prefetch) and times each
 configuration as a decode step sees it: one CUDA graph of back-to-back calls that rotate over enough weight
 copies (> 2x the L2 size) that every call streams its weight from HBM, with no flush writes in between.
 Winners are written as tuned-table records (`--json`) to merge into `kernels/triton/tuned_<device>.json`.
@@ -29,13 +29,14 @@ def grid() -> list:
     from xpullm.kernels.triton import LaunchConfig
 
     out = []
-    for bn, kb, warps, stages, split in itertools.product(
-        (4, 8, 16, 32), (8, 16, 32, 64), (1, 2, 4, 8), (1, 2), (1, 2, 4)
+    # Triton's own pipelining (num_stages 2) never won the previous sweep; register prefetch replaces it.
+    for bn, kb, warps, prefetch, split in itertools.product(
+        (4, 8, 16, 32), (8, 16, 32, 64), (1, 2, 4, 8), (False, True), (1, 2)
     ):
         per_thread = bn * kb * 4 // (32 * warps)  # int32 words each thread holds per K step
         if not 4 <= per_thread <= 32:
             continue
-        out.append(LaunchConfig("gemv", 1, bn, kb, split, warps, stages))
+        out.append(LaunchConfig("gemv", 1, bn, kb, split, warps, 1, prefetch))
     return out
 
 
@@ -118,9 +119,16 @@ def sweep_shape(fmt: str, gs: int, n: int, k: int, top: int) -> tuple[list[dict]
         c = r["cfg"]
         print(
             f"  {r['graph_us']:7.1f} us graph ({gb / r['graph_us'] * 1e3:.2f} TB/s)  {r['cold_us']:7.1f} us cold  "
-            f"bn{c.block_n} kb{c.block_kb} s{c.split_k} w{c.num_warps} st{c.num_stages}  err {r['err']:.1e}"
+            f"bn{c.block_n} kb{c.block_kb} s{c.split_k} w{c.num_warps} pf{int(c.prefetch)}  err {r['err']:.1e}"
             + ("  <- tuner's pick" if r["tuned"] else "")
         )
+    for flag in (False, True):
+        mine = [r for r in ok if r["cfg"].prefetch == flag]
+        if mine:
+            r = mine[0]
+            print(
+                f"  best with prefetch={flag}: {r['graph_us']:.1f} us graph, {r['cold_us']:.1f} us cold, {r['cfg']}"
+            )
     record = {
         "device": _device_name(dev), "format": fmt, "group_words": tw.group_words, "n": n, "kw": tw.kw,
         "m_bucket": 1, "dtype": str(x.dtype), "config": asdict(best["cfg"]),

@@ -31,10 +31,11 @@ class LaunchConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 2
+    prefetch: bool = False  # gemv: load the next K step's weights before computing this one (see jit.py)
 
 
-def _gemv(bm: int, bn: int, kb: int, sk: int, warps: int) -> LaunchConfig:
-    return LaunchConfig("gemv", bm, bn, kb, sk, warps, 1)
+def _gemv(bm: int, bn: int, kb: int, sk: int, warps: int, prefetch: bool = False) -> LaunchConfig:
+    return LaunchConfig("gemv", bm, bn, kb, sk, warps, 1, prefetch)
 
 
 def _dot(bm: int, bn: int, kb: int, sk: int, warps: int, stages: int) -> LaunchConfig:
@@ -52,6 +53,11 @@ _CUDA_GEMV = [
     # taller tiles (32 x 16 blocks on 4 warps = 4 rows per thread) spend fewer ALU ops per weight.
     for bn, kb, w in ((8, 16, 2), (16, 16, 4), (16, 32, 8), (32, 16, 4), (32, 8, 4), (64, 8, 4))
     for sk in (1, 2, 4)
+] + [
+    # Double-buffered: two K steps of weight in flight per program.
+    _gemv(1, bn, kb, sk, w, prefetch=True)
+    for bn, kb, w in ((4, 64, 4), (8, 32, 4), (8, 16, 2), (16, 16, 4), (4, 32, 2))
+    for sk in (1, 2)
 ]
 _CUDA_DOT_SMALL = [
     _dot(16, bn, kb, sk, w, st)

@@ -70,6 +70,76 @@ def _decode_plane(w, PLANE: tl.constexpr, lut_ptr, FMT: tl.constexpr):
 
 
 @triton.jit
+def _gemv_load(
+    w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0, kw_end, NG, stride_wn, stride_sn,
+    GROUP_WORDS: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr, BLOCK_KB: tl.constexpr,
+):  # fmt: skip
+    """The weight words [BN, BKB, 4], scales and zero points (or the scales again) of the K step at `kw0`.
+
+    Everything at or past `kw_end` (the split's end) reads as zero, so a prefetch past the last step is harmless.
+    """
+    kw3 = kw0 + b3 * 4 + l3  # word index [1, BKB, 4]
+    w = tl.load(w_ptr + n3 * stride_wn + kw3, mask=n_ok & (kw3 < kw_end), other=0)
+    if SCALE_PER_TILE:
+        g = kw0 // GROUP_WORDS
+        s_ok = n_ok & ((n3 * 0 + g) < NG) & ((n3 * 0 + kw0) < kw_end)  # tensor-shaped for the interpreter
+        s_off = n3 * stride_sn + g  # [BN, 1, 1]
+    else:
+        g3 = (kw0 + b3 * 4) // GROUP_WORDS  # [1, BKB, 1]
+        s_ok = n_ok & (g3 < NG)
+        s_off = n3 * stride_sn + g3  # [BN, BKB, 1]
+    s = tl.load(s_ptr + s_off, mask=s_ok, other=0.0).to(tl.float32)
+    if HAS_ZERO:
+        z = tl.load(z_ptr + s_off, mask=s_ok, other=0.0).to(tl.float32)
+    else:
+        z = s
+    return w, s, z
+
+
+@triton.jit
+def _gemv_step(
+    w, s, z, x_row, xp_row, kw0, KW, b3, l3, lut_ptr,
+    FMT: tl.constexpr, PLANES: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_KB: tl.constexpr,
+    X_BF16: tl.constexpr,
+):  # fmt: skip
+    """One K step's contribution [BN, BKB, 4] to the per-word accumulator: sum over planes of code * x, scaled.
+
+    Activations are loaded as a [1, BKB, 4] tile that broadcasts over the rows in registers, so a thread holding
+    several rows of the same words loads and widens each activation once.
+    """
+    CHUNK: tl.constexpr = 4 * PLANES  # elements per 4-word block
+    x_ok = (kw0 + b3 * 4 + l3) < KW
+    x_tile = x_row + (kw0 // 4 + b3) * CHUNK + l3  # plane-0 activation of every word
+    if X_BF16:
+        p3 = tl.arange(0, 2)[None, None, :]
+        x_pairs = xp_row + (kw0 // 4 + b3) * (CHUNK // 2) + p3  # [1, BKB, 2] int32 = bf16 pairs
+        p_ok = (kw0 + b3 * 4 + p3 * 0) < KW
+    for i in tl.static_range(PLANES):
+        v = _decode_plane(w, i, lut_ptr, FMT)
+        if X_BF16:
+            # Two bf16 activations per int32 load; each widens to fp32 with one shift or one mask.
+            xp = tl.load(x_pairs + 2 * i, mask=p_ok, other=0)
+            lo = (xp << 16).to(tl.float32, bitcast=True)
+            hi = (xp & -65536).to(tl.float32, bitcast=True)
+            xv = tl.reshape(tl.join(lo, hi), (1, BLOCK_KB, 4))
+        else:
+            xv = tl.load(x_tile + 4 * i, mask=x_ok, other=0.0).to(tl.float32)
+        if i == 0:
+            part = v * xv
+            if HAS_ZERO:
+                xsum = xv
+        else:
+            part += v * xv
+            if HAS_ZERO:
+                xsum += xv
+    if HAS_ZERO:
+        # sum (q s + z) x = s sum q x + z sum x; the activation sums are per thread, not per row.
+        return part * s + xsum * z
+    else:
+        return part * s
+
+
+@triton.jit
 def gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, y_ptr,
     M, N, KW, NG, words_per_split,
@@ -77,13 +147,14 @@ def gemv_kernel(
     GROUP_WORDS: tl.constexpr, FMT: tl.constexpr, PLANES: tl.constexpr,
     HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, USE_WS: tl.constexpr,
-    X_BF16: tl.constexpr,
+    X_BF16: tl.constexpr, PREFETCH: tl.constexpr,
 ):  # fmt: skip
     """y[m, n] = sum_k x[m, k] * W[n, k] on CUDA cores, one activation row per program (decode).
 
     The accumulator keeps one lane per weight word, so the inner loop is pure FMAs and the only cross-thread
-    reduction happens once, after the K loop. Activations are loaded as a [1, BKB, 4] tile that broadcasts
-    over the rows in registers (same layout as the weight tile: no shared-memory conversion in the loop).
+    reduction happens once, after the K loop. With PREFETCH the next step's weight words and scales are loaded
+    before the current step is computed (double-buffered in registers), so every program keeps two steps of
+    HBM reads in flight instead of one: a batch-1 GEMV is bound by the bytes in flight per SM, not by ALU work.
     Grid: (N tiles, K splits, M). With USE_WS each split writes fp32 partials to its workspace slice.
     BLOCK_M is accepted for signature parity with `dot_kernel` and must be 1.
     """
@@ -91,7 +162,7 @@ def gemv_kernel(
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     row = tl.program_id(2)
-    CHUNK: tl.constexpr = 4 * PLANES  # elements per 4-word block
+    STEP: tl.constexpr = BLOCK_KB * 4
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n3 = offs_n[:, None, None]  # [BN, 1, 1]
@@ -99,59 +170,34 @@ def gemv_kernel(
     l3 = tl.arange(0, 4)[None, None, :]  # [1, 1, 4]
     n_ok = n3 < N
     x_row = x_ptr + row * stride_xm
-    if X_BF16:
-        p3 = tl.arange(0, 2)[None, None, :]
-        xp_row = x_ptr.to(tl.pointer_type(tl.int32)) + row * (stride_xm // 2)
+    xp_row = x_ptr.to(tl.pointer_type(tl.int32)) + row * (stride_xm // 2)  # read only when X_BF16
 
     acc = tl.zeros([BLOCK_N, BLOCK_KB, 4], dtype=tl.float32)
     kw_begin = pid_k * words_per_split
     kw_end = tl.minimum(kw_begin + words_per_split, KW)
-    for kw0 in range(kw_begin, kw_end, BLOCK_KB * 4):
-        kw3 = kw0 + b3 * 4 + l3  # word index [1, BKB, 4]
-        w_ok = n_ok & (kw3 < KW)
-        w = tl.load(w_ptr + n3 * stride_wn + kw3, mask=w_ok, other=0)
-        if SCALE_PER_TILE:
-            g = kw0 // GROUP_WORDS
-            s_ok = n_ok & ((n3 * 0 + g) < NG)  # tensor-shaped: the interpreter rejects scalar masks here
-            s = tl.load(s_ptr + n3 * stride_sn + g, mask=s_ok, other=0.0).to(tl.float32)  # [BN, 1, 1]
-        else:
-            g3 = (kw0 + b3 * 4) // GROUP_WORDS  # [1, BKB, 1]
-            s_ok = n_ok & (g3 < NG)
-            s = tl.load(s_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32)  # [BN, BKB, 1]
-        if HAS_ZERO:
-            if SCALE_PER_TILE:
-                z = tl.load(z_ptr + n3 * stride_sn + g, mask=s_ok, other=0.0).to(tl.float32)
-            else:
-                z = tl.load(z_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32)
-        # Activations as [1, BKB, 4]: broadcast over the rows in registers, so a thread holding several rows
-        # of the same words loads and widens each activation once.
-        x_tile = x_row + (kw0 // 4 + b3) * CHUNK + l3  # plane-0 activation of every word
-        if X_BF16:
-            x_pairs = xp_row + (kw0 // 4 + b3) * (CHUNK // 2) + p3  # [1, BKB, 2] int32 = bf16 pairs
-            p_ok = (kw0 + b3 * 4 + p3 * 0) < KW
-        for i in tl.static_range(PLANES):
-            v = _decode_plane(w, i, lut_ptr, FMT)
-            if X_BF16:
-                # Two bf16 activations per int32 load; each widens to fp32 with one shift or one mask.
-                xp = tl.load(x_pairs + 2 * i, mask=p_ok, other=0)
-                lo = (xp << 16).to(tl.float32, bitcast=True)
-                hi = (xp & -65536).to(tl.float32, bitcast=True)
-                xv = tl.reshape(tl.join(lo, hi), (1, BLOCK_KB, 4))
-            else:
-                xv = tl.load(x_tile + 4 * i, mask=kw3 < KW, other=0.0).to(tl.float32)
-            if i == 0:
-                part = v * xv
-                if HAS_ZERO:
-                    xsum = xv
-            else:
-                part += v * xv
-                if HAS_ZERO:
-                    xsum += xv
-        if HAS_ZERO:
-            # sum (q s + z) x = s sum q x + z sum x; the activation sums are per thread, not per row.
-            acc += part * s + xsum * z
-        else:
-            acc += part * s
+    if PREFETCH:
+        w, s, z = _gemv_load(
+            w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw_begin, kw_end, NG, stride_wn, stride_sn,
+            GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
+        )  # fmt: skip
+        for kw0 in range(kw_begin, kw_end, STEP):
+            w_next, s_next, z_next = _gemv_load(
+                w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0 + STEP, kw_end, NG, stride_wn, stride_sn,
+                GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
+            )  # fmt: skip
+            acc += _gemv_step(
+                w, s, z, x_row, xp_row, kw0, KW, b3, l3, lut_ptr, FMT, PLANES, HAS_ZERO, BLOCK_KB, X_BF16
+            )
+            w, s, z = w_next, s_next, z_next
+    else:
+        for kw0 in range(kw_begin, kw_end, STEP):
+            w, s, z = _gemv_load(
+                w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0, kw_end, NG, stride_wn, stride_sn,
+                GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
+            )  # fmt: skip
+            acc += _gemv_step(
+                w, s, z, x_row, xp_row, kw0, KW, b3, l3, lut_ptr, FMT, PLANES, HAS_ZERO, BLOCK_KB, X_BF16
+            )
     y = tl.sum(tl.sum(acc, axis=2), axis=1)  # [BN]
     n_store = offs_n < N
     if not USE_WS:

@@ -110,7 +110,7 @@ def run(
     )
     if cfg.path == "gemv":
         grid = (triton.cdiv(tw.n, cfg.block_n), split, m)
-        jit.gemv_kernel[grid](*args, **meta, X_BF16=x2.dtype == torch.bfloat16)
+        jit.gemv_kernel[grid](*args, **meta, X_BF16=x2.dtype == torch.bfloat16, PREFETCH=cfg.prefetch)
     else:
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(tw.n, cfg.block_n), split)
         jit.dot_kernel[grid](*args, **meta, DOT_F32=_INTERPRET)
@@ -205,10 +205,19 @@ def load_tuned(source: str | Path | list[dict]) -> int:
 
 
 def _load_packaged_table(device: torch.device) -> None:
+    """Load, once per device name, `$XPULLM_TRITON_TUNED` (a table of your own, e.g. from the sweep; it wins)
+    and then the packaged `tuned_<device>.json`."""
     name = _device_name(device)
     if name in _loaded_tables:
         return
     _loaded_tables.add(name)
+    extra = os.environ.get("XPULLM_TRITON_TUNED")
+    if extra:
+        if not Path(extra).is_file():
+            raise FileNotFoundError(
+                f"XPULLM_TRITON_TUNED={extra} does not exist; unset it or point it at a table"
+            )
+        load_tuned(extra)
     path = _TUNED_DIR / f"tuned_{_slug(name)}.json"
     if path.is_file():
         load_tuned(path)

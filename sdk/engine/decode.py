@@ -13,6 +13,7 @@ each extra op costs more in dispatch than it saves. Families register themselves
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -226,12 +227,36 @@ def rotate_qk(
     return torch.addcmul(qk * cos, qk.roll(qk.shape[-1] // 2, -1), sin)
 
 
+def swiglu(gu: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for the fused gate/up projection's output [..., 2F]."""
+    g, u = gu.chunk(2, dim=-1)
+    return F.silu(g) * u
+
+
 def mlp_residual(
-    layer: _Layer, x: torch.Tensor, norm: Callable[..., torch.Tensor], eps: float
+    layer: _Layer,
+    x: torch.Tensor,
+    norm: Callable[..., torch.Tensor],
+    eps: float,
+    act: Callable[[torch.Tensor], torch.Tensor] = swiglu,
 ) -> torch.Tensor:
-    """x + SwiGLU MLP(RMSNorm(x)): the second half of every decoder layer."""
-    g, u = layer.gate_up(norm(x, (x.shape[-1],), layer.mlp_norm, eps)).chunk(2, dim=-1)
-    return x + layer.down(F.silu(g) * u)
+    """x + SwiGLU MLP(RMSNorm(x)): the second half of every decoder layer (`act`: a fused `swiglu` twin)."""
+    return x + layer.down(act(layer.gate_up(norm(x, (x.shape[-1],), layer.mlp_norm, eps))))
+
+
+def gpu_decode_ops(device: torch.device) -> Any:
+    """`xpullm.kernels.triton.decode_ops` on CUDA / XPU when Triton imports (and XPULLM_FUSED_OPS != 0), else None.
+
+    Each of its kernels replaces 3-8 small ATen kernels per layer (RMSNorm, SwiGLU, RoPE + KV write); at batch 1
+    a decode step is hundreds of such kernels, so this is most of the step's non-matmul time.
+    """
+    if device.type not in ("cuda", "xpu") or os.environ.get("XPULLM_FUSED_OPS", "1") == "0":
+        return None
+    try:
+        from xpullm.kernels.triton import decode_ops
+    except ImportError:
+        return None
+    return decode_ops
 
 
 def _norm_weight(module: nn.Module) -> torch.Tensor:
@@ -263,7 +288,13 @@ class StaticCacheDecoder:
         # On CPU in fp32 the small per-token ops dominate once the matmuls are fast: RMSNorm (~8 ATen ops) and a
         # decode step's RoPE + cache write + attention (~10 ops) each become one native call where it is built.
         native = device.type == "cpu" and dtype == torch.float32 and cpu_native.library() is not None
-        self._norm = cpu_native.rms_norm if native else F.rms_norm
+        # On GPUs the same ops are fused Triton kernels (norm, SwiGLU, and RoPE + cache write in graph steps).
+        gpu_ops = gpu_decode_ops(device)
+        self._norm = cpu_native.rms_norm if native else gpu_ops.rms_norm if gpu_ops else F.rms_norm
+        self._act = gpu_ops.silu_mul if gpu_ops else swiglu
+        d = self.head_dim
+        fusable_rope = gpu_ops is not None and not family.qk_norm and d & (d - 1) == 0 and d <= 256
+        self._rope_write = gpu_ops.rope_kv_write if fusable_rope else None
         self._native_attention = native and not family.qk_norm
         inner = model.model
         self.embed = _EmbedRows(inner.embed_tokens, dtype)
@@ -401,7 +432,7 @@ class StaticCacheDecoder:
             v_cache[i, :, :, start:end] = qkv[:, h + kv :]
             attn = self._attend(i, qk[:, :h], start, end)
             x = x + layer.o_proj(attn.transpose(1, 2).reshape(batch, t, h * d))
-            x = mlp_residual(layer, x, norm, eps)
+            x = mlp_residual(layer, x, norm, eps, self._act)
         self.pos = end
         return x
 

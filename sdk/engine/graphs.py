@@ -5,7 +5,8 @@ Python costs more than running them. A CUDA graph records the launches once and 
 A graph needs fixed shapes and addresses, so the captured step differs from the eager one in two places:
 - the new token's position is a device tensor (RoPE rows are gathered and the K/V column written by index),
 - attention runs over the whole cache with a mask of the filled columns, instead of over a slice.
-Everything else (norms, projections through the same low-bit kernels, MLP) is the eager code's arithmetic.
+Everything else (norms, projections through the same low-bit kernels, MLP) is the eager code's arithmetic;
+where Triton is available RoPE and the K/V write are one fused kernel (`kernels/triton/decode_ops.py`).
 
 Only unpadded batches replay graphs: padded rows attend per row over their own keys (exact batch ==
 sequential, see `decode.py`), which is left to the eager path. Prefill is always eager. A capture that fails
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from xpullm.engine.decode import mlp_residual, rotate_qk
+from xpullm.engine.decode import mlp_residual, rotate_qk, swiglu
 
 __all__ = ["GraphedDecoder", "graphs_enabled"]
 
@@ -52,22 +53,29 @@ def static_step(dec: Any, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     h, kv, d = dec.n_heads, dec.n_kv, dec.head_dim
     hidden, eps = dec.hidden, dec.eps
     norm = getattr(dec, "_norm", F.rms_norm)
-    cos = dec._cos.index_select(0, pos)[None, None]  # [1, 1, 1, d]
-    sin = dec._sin.index_select(0, pos)[None, None]
+    rope_write = getattr(dec, "_rope_write", None)
+    if rope_write is None:
+        cos = dec._cos.index_select(0, pos)[None, None]  # [1, 1, 1, d]
+        sin = dec._sin.index_select(0, pos)[None, None]
     cols = torch.arange(dec._k.shape[3], device=x.device)
     mask = (cols <= pos)[None, None, None]  # [1, 1, 1, capacity]: the filled columns, this step's included
+    act = getattr(dec, "_act", swiglu)
     for i, layer in enumerate(dec.layers):
         y = norm(x, (hidden,), layer.attn_norm, eps)
-        qkv = layer.qkv(y).view(batch, 1, h + 2 * kv, d).transpose(1, 2)
-        qk = rotate_qk(layer, qkv, h, kv, eps, cos, sin)
         k_cache, v_cache = dec._k[i], dec._v[i]
-        k_cache.index_copy_(2, pos, qk[:, h:])
-        v_cache.index_copy_(2, pos, qkv[:, h + kv :])
+        if rope_write is not None:  # one fused kernel: RoPE on q and k, k and v written at column pos
+            q = rope_write(layer.qkv(y).view(batch, -1), dec._cos, dec._sin, pos, k_cache, v_cache, h, kv)
+        else:
+            qkv = layer.qkv(y).view(batch, 1, h + 2 * kv, d).transpose(1, 2)
+            qk = rotate_qk(layer, qkv, h, kv, eps, cos, sin)
+            k_cache.index_copy_(2, pos, qk[:, h:])
+            v_cache.index_copy_(2, pos, qkv[:, h + kv :])
+            q = qk[:, :h]
         attn = F.scaled_dot_product_attention(
-            qk[:, :h], k_cache, v_cache, attn_mask=mask, scale=dec.scale, enable_gqa=kv != h
+            q, k_cache, v_cache, attn_mask=mask, scale=dec.scale, enable_gqa=kv != h
         )
         x = x + layer.o_proj(attn.transpose(1, 2).reshape(batch, 1, h * d))
-        x = mlp_residual(layer, x, norm, eps)
+        x = mlp_residual(layer, x, norm, eps, act)
     return dec._logits(x[:, -1])
 
 

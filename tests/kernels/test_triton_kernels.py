@@ -63,6 +63,8 @@ PATHS = {
     "gemv": LaunchConfig("gemv", 1, 16, 2, 1, 4, 1),
     "gemv_split": LaunchConfig("gemv", 1, 16, 2, 2, 4, 1),
     "gemv_wide": LaunchConfig("gemv", 1, 32, 8, 1, 4, 1),  # one scale per row per step at g>=256 (8-bit)
+    "gemv_prefetch": LaunchConfig("gemv", 1, 16, 2, 1, 4, 1, prefetch=True),
+    "gemv_prefetch_split": LaunchConfig("gemv", 1, 8, 4, 2, 2, 1, prefetch=True),
     "dot": LaunchConfig("dot", 16, 32, 4, 1, 4, 2),
     "dot_split": LaunchConfig("dot", 16, 16, 4, 2, 4, 2),
     "dot_prefill": LaunchConfig("dot", 32, 64, 4, 1, 4, 2),
@@ -73,6 +75,8 @@ if INTERPRET:  # fewer, larger programs: the interpreter's cost is per program a
     PATHS.pop("dot")  # dot_split and dot_prefill cover the same code
     PATHS["gemv"] = LaunchConfig("gemv", 1, 32, 2, 1, 4, 1)
     PATHS["gemv_split"] = LaunchConfig("gemv", 1, 32, 4, 2, 4, 1)
+    PATHS.pop("gemv_prefetch")  # the split variant covers the prefetch loop and its split boundaries
+    PATHS["gemv_prefetch_split"] = LaunchConfig("gemv", 1, 32, 2, 2, 4, 1, prefetch=True)
 
 
 @pytest.fixture(autouse=True)
