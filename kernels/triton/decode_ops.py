@@ -1,0 +1,262 @@
+"""Fused Triton kernels for the small per-token ops of a llama-style decode step, each with a PyTorch twin.
+
+At batch 1 a decode step is hundreds of tiny kernels, and their launch and memory round trips cost more
+than their arithmetic. Each kernel here replaces 3-8 ATen kernels per layer: the RMS norm (pow, mean, rsqrt,
+mul, mul), the SwiGLU gate (silu, mul and the copies of the two chunks), and RoPE with the KV-cache write
+(slice, mul, roll, addcmul and two index_copy). Every kernel computes in fp32 and rounds once to the output
+dtype; `reference_<op>` is the same math in plain PyTorch, which the tests compare against.
+
+The kernels use portable Triton only (CUDA, and Intel GPUs through Triton's XPU backend), make no host-device
+sync and allocate only their outputs, so a decode step that calls them can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = [
+    "reference_rms_norm",
+    "reference_rope_kv_write",
+    "reference_silu_mul",
+    "rms_norm",
+    "rope_kv_write",
+    "silu_mul",
+]
+
+_MAX_HIDDEN = 16384  # one program holds a whole row in registers; wider rows would spill
+_SILU_BLOCK = 1024
+_MAX_HEAD_DIM = 256
+
+
+def _row_warps(block: int) -> int:
+    """Warps for one program over `block` elements: about 8 elements per thread, 1..16 warps."""
+    return min(max(block // 256, 1), 16)
+
+
+@triton.jit
+def _rms_norm_kernel(x_ptr, w_ptr, y_ptr, N, stride_x, stride_y, eps, BLOCK: tl.constexpr):
+    """y[row] = x[row] * rsqrt(mean(x[row]^2) + eps) * w, in fp32; one program per row."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    ok = offs < N
+    x = tl.load(x_ptr + row * stride_x + offs, mask=ok, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    r = tl.rsqrt(tl.sum(x * x, axis=0) / N + eps)
+    tl.store(y_ptr + row * stride_y + offs, (x * r * w).to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _silu_mul_kernel(gu_ptr, y_ptr, F, stride_gu, stride_y, BLOCK: tl.constexpr):
+    """y[row, f] = silu(gu[row, f]) * gu[row, F + f], in fp32; grid (rows, column blocks)."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < F
+    g = tl.load(gu_ptr + row * stride_gu + offs, mask=ok, other=0.0).to(tl.float32)
+    u = tl.load(gu_ptr + row * stride_gu + F + offs, mask=ok, other=0.0).to(tl.float32)
+    y = g / (1.0 + tl.exp(-g)) * u
+    tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _rope_kv_write_kernel(
+    qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr,
+    stride_qkv, stride_cos, stride_sin,
+    stride_kb, stride_kh, stride_kc, stride_kd,
+    stride_vb, stride_vh, stride_vc, stride_vd,
+    H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr,
+):  # fmt: skip
+    """One head of one row: rotate a q head into q, a k head into k_cache[b, j, pos], copy a v head.
+
+    Grid (B, H + 2 KV). The position is read from device memory, so the launch does not depend on its value.
+    The rotation is x * cos + roll(x, D/2) * sin (the caller's sin already carries rotate_half's sign).
+    """
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    offs = tl.arange(0, D)
+    src = qkv_ptr + b * stride_qkv + h * D
+    if h < H + KV:
+        pos = tl.load(pos_ptr).to(tl.int64)
+        x = tl.load(src + offs).to(tl.float32)
+        xr = tl.load(src + (offs + D // 2) % D).to(tl.float32)
+        c = tl.load(cos_ptr + pos * stride_cos + offs).to(tl.float32)
+        s = tl.load(sin_ptr + pos * stride_sin + offs).to(tl.float32)
+        y = x * c + xr * s
+        if h < H:
+            tl.store(q_ptr + (b * H + h) * D + offs, y.to(q_ptr.dtype.element_ty))
+        else:
+            dst = k_ptr + b * stride_kb + (h - H) * stride_kh + pos * stride_kc + offs * stride_kd
+            tl.store(dst, y.to(k_ptr.dtype.element_ty))
+    else:
+        pos = tl.load(pos_ptr).to(tl.int64)
+        v = tl.load(src + offs)
+        dst = v_ptr + b * stride_vb + (h - H - KV) * stride_vh + pos * stride_vc + offs * stride_vd
+        tl.store(dst, v.to(v_ptr.dtype.element_ty))
+
+
+def _rows(x: torch.Tensor, width: int) -> torch.Tensor:
+    """x [..., width] as a 2-D [rows, width] tensor with a unit last stride (a view when possible)."""
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    x2 = x.reshape(-1, width)
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def rms_norm(
+    x: torch.Tensor, normalized_shape: tuple[int, ...], weight: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """`torch.nn.functional.rms_norm` over the last dimension, as one fused kernel.
+
+    y = x * rsqrt(mean(x^2) + eps) * weight, computed in fp32 and stored in x.dtype. `normalized_shape` must
+    be `(x.shape[-1],)` with `x.shape[-1] <= 16384`; x may have any leading shape.
+    """
+    hidden = x.shape[-1]
+    if tuple(normalized_shape) != (hidden,) or tuple(weight.shape) != (hidden,):
+        raise ValueError(
+            f"rms_norm normalizes the last dimension only: got normalized_shape={tuple(normalized_shape)}, "
+            f"weight {tuple(weight.shape)} for x {tuple(x.shape)}; pass ({hidden},) and a weight of that shape"
+        )
+    if hidden > _MAX_HIDDEN:
+        raise ValueError(
+            f"rms_norm keeps a row in registers, up to {_MAX_HIDDEN} features; got {hidden}: "
+            "use torch.nn.functional.rms_norm"
+        )
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if x.numel() == 0:
+        return y
+    x2 = _rows(x, hidden)
+    block = triton.next_power_of_2(hidden)
+    _rms_norm_kernel[(x2.shape[0],)](
+        x2, weight.contiguous(), y, hidden, x2.stride(0), hidden, float(eps),
+        BLOCK=block, num_warps=_row_warps(block),
+    )  # fmt: skip
+    return y
+
+
+def reference_rms_norm(
+    x: torch.Tensor, normalized_shape: tuple[int, ...], weight: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """The twin of `rms_norm`: the same fp32 math in PyTorch, cast once to x.dtype."""
+    xf = x.float()
+    r = torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (xf * r * weight.float()).to(x.dtype)
+
+
+def silu_mul(gu: torch.Tensor) -> torch.Tensor:
+    """SwiGLU's gate: gu [..., 2F] -> silu(gu[..., :F]) * gu[..., F:], in fp32, stored in gu.dtype."""
+    width = gu.shape[-1]
+    if width % 2:
+        raise ValueError(f"silu_mul expects [..., 2F] (gate, then up); got an odd last dimension {width}")
+    f = width // 2
+    y = torch.empty((*gu.shape[:-1], f), dtype=gu.dtype, device=gu.device)
+    if y.numel() == 0:
+        return y
+    gu2 = _rows(gu, width)
+    grid = (gu2.shape[0], triton.cdiv(f, _SILU_BLOCK))
+    _silu_mul_kernel[grid](gu2, y, f, gu2.stride(0), f, BLOCK=_SILU_BLOCK, num_warps=4)
+    return y
+
+
+def reference_silu_mul(gu: torch.Tensor) -> torch.Tensor:
+    """The twin of `silu_mul`, in PyTorch."""
+    g, u = gu.float().chunk(2, dim=-1)
+    return (torch.nn.functional.silu(g) * u).to(gu.dtype)
+
+
+def _check_rope_args(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    pos: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    n_heads: int,
+    n_kv: int,
+) -> tuple[int, int]:
+    """Shape checks shared by `rope_kv_write` and its twin; returns (batch, head_dim)."""
+    if k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
+        raise ValueError(
+            f"k_cache and v_cache must both be [B, KV, C, D]; got {tuple(k_cache.shape)} and "
+            f"{tuple(v_cache.shape)}"
+        )
+    b, kv, _, d = k_cache.shape
+    if d < 2 or d > _MAX_HEAD_DIM or d & (d - 1):
+        raise ValueError(f"head_dim must be a power of two from 2 to {_MAX_HEAD_DIM}; got head_dim={d}")
+    if kv != n_kv:
+        raise ValueError(f"k_cache has {kv} heads but n_kv={n_kv}")
+    width = (n_heads + 2 * n_kv) * d
+    if not (qkv.dim() == 2 or (qkv.dim() == 3 and qkv.shape[1] == 1)) or qkv.shape[0] != b:
+        raise ValueError(
+            f"qkv must be [{b}, {width}] or [{b}, 1, {width}] (one token per row); got {tuple(qkv.shape)}"
+        )
+    if qkv.shape[-1] != width:
+        raise ValueError(
+            f"qkv has {qkv.shape[-1]} features; (n_heads + 2 * n_kv) * head_dim = ({n_heads} + 2 * {n_kv}) * {d} "
+            f"= {width}"
+        )
+    if cos.dim() != 2 or cos.shape[-1] != d or sin.shape != cos.shape:
+        raise ValueError(
+            f"cos and sin must be [P, {d}] tables; got {tuple(cos.shape)} and {tuple(sin.shape)}"
+        )
+    if pos.numel() != 1 or pos.dtype not in (torch.int64, torch.int32):
+        raise ValueError(
+            f"pos must be a one-element int64 (or int32) tensor; got {pos.dtype} {tuple(pos.shape)}"
+        )
+    return b, d
+
+
+def rope_kv_write(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    pos: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    n_heads: int,
+    n_kv: int,
+) -> torch.Tensor:
+    """RoPE on one decode token per row, with the k/v heads written into the cache at `pos`; returns q.
+
+    qkv: [B, (H + 2 KV) * D] or [B, 1, ...], heads ordered q, k, v. cos, sin: [P, D] tables with the rotation
+    x * cos + roll(x, D // 2) * sin (sin's first half already negated). pos: a one-element integer tensor on
+    the device, read by the kernel (no sync, graph-capturable); 0 <= pos < min(P, C) is the caller's duty.
+    k_cache, v_cache: [B, KV, C, D], any strides (e.g. one layer's slice of a bigger cache); rotated k goes to
+    k_cache[b, j, pos], v to v_cache[b, j, pos]. The rotation is computed in fp32 and rounded once.
+    Returns the rotated q as a new contiguous [B, H, 1, D] tensor of qkv's dtype. D: a power of two <= 256.
+    """
+    b, d = _check_rope_args(qkv, cos, sin, pos, k_cache, v_cache, n_heads, n_kv)
+    q = torch.empty((b, n_heads, 1, d), dtype=qkv.dtype, device=qkv.device)
+    if b == 0:
+        return q
+    qkv2 = _rows(qkv, qkv.shape[-1])
+    cos, sin = _rows(cos, d), _rows(sin, d)
+    _rope_kv_write_kernel[(b, n_heads + 2 * n_kv)](
+        qkv2, cos, sin, pos, q, k_cache, v_cache,
+        qkv2.stride(0), cos.stride(0), sin.stride(0), *k_cache.stride(), *v_cache.stride(),
+        H=n_heads, KV=n_kv, D=d, num_warps=1 if d <= 128 else 2,
+    )  # fmt: skip
+    return q
+
+
+def reference_rope_kv_write(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    pos: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    n_heads: int,
+    n_kv: int,
+) -> torch.Tensor:
+    """The twin of `rope_kv_write`, in PyTorch (index_select / index_copy_ by the device-side pos)."""
+    b, d = _check_rope_args(qkv, cos, sin, pos, k_cache, v_cache, n_heads, n_kv)
+    idx = pos.reshape(1).long()
+    heads = qkv.reshape(b, n_heads + 2 * n_kv, d)
+    x = heads[:, : n_heads + n_kv].float()
+    c = cos.index_select(0, idx).float()  # [1, D], broadcasts over rows and heads
+    s = sin.index_select(0, idx).float()
+    rot = x * c + torch.roll(x, d // 2, dims=-1) * s
+    k_cache.index_copy_(2, idx, rot[:, n_heads:, None].to(k_cache.dtype))
+    v_cache.index_copy_(2, idx, heads[:, n_heads + n_kv :, None].to(v_cache.dtype))
+    return rot[:, :n_heads, None].to(qkv.dtype).contiguous()
