@@ -3,8 +3,10 @@
 At batch 1 a decode step is hundreds of tiny kernels, and their launch and memory round trips cost more
 than their arithmetic. Each kernel here replaces 3-8 ATen kernels per layer: the RMS norm (pow, mean, rsqrt,
 mul, mul), the SwiGLU gate (silu, mul and the copies of the two chunks), and RoPE with the KV-cache write
-(slice, mul, roll, addcmul and two index_copy). Every kernel computes in fp32 and rounds once to the output
-dtype; `reference_<op>` is the same math in plain PyTorch, which the tests compare against.
+(slice, mul, roll, addcmul and two index_copy). The kernels compute in fp32 and round to the output dtype
+once, except RoPE, which rounds `x * cos` first exactly as the eager `mul` + `addcmul` pair does: the graphed
+and the eager decode step then compute the same q and k, so turning CUDA graphs on does not change the tokens.
+`reference_<op>` is the same math in plain PyTorch, which the tests compare against.
 
 The kernels use portable Triton only (CUDA, and Intel GPUs through Triton's XPU backend), make no host-device
 sync and allocate only their outputs, so a decode step that calls them can be captured in a CUDA graph.
@@ -82,7 +84,8 @@ def _rope_kv_write_kernel(
         xr = tl.load(src + (offs + D // 2) % D).to(tl.float32)
         c = tl.load(cos_ptr + pos * stride_cos + offs).to(tl.float32)
         s = tl.load(sin_ptr + pos * stride_sin + offs).to(tl.float32)
-        y = x * c + xr * s
+        # x * cos is rounded to the activation dtype first, like the eager step's `mul` before its `addcmul`.
+        y = (x * c).to(q_ptr.dtype.element_ty).to(tl.float32) + xr * s
         if h < H:
             tl.store(q_ptr + (b * H + h) * D + offs, y.to(q_ptr.dtype.element_ty))
         else:
@@ -222,7 +225,8 @@ def rope_kv_write(
     x * cos + roll(x, D // 2) * sin (sin's first half already negated). pos: a one-element integer tensor on
     the device, read by the kernel (no sync, graph-capturable); 0 <= pos < min(P, C) is the caller's duty.
     k_cache, v_cache: [B, KV, C, D], any strides (e.g. one layer's slice of a bigger cache); rotated k goes to
-    k_cache[b, j, pos], v to v_cache[b, j, pos]. The rotation is computed in fp32 and rounded once.
+    k_cache[b, j, pos], v to v_cache[b, j, pos]. The rotation is computed in fp32 with `x * cos` rounded to
+qkv's dtype first (the eager `mul` + `addcmul` rounding, so graphed and eager steps agree bit for bit).
     Returns the rotated q as a new contiguous [B, H, 1, D] tensor of qkv's dtype. D: a power of two <= 256.
     """
     b, d = _check_rope_args(qkv, cos, sin, pos, k_cache, v_cache, n_heads, n_kv)
@@ -256,7 +260,7 @@ def reference_rope_kv_write(
     x = heads[:, : n_heads + n_kv].float()
     c = cos.index_select(0, idx).float()  # [1, D], broadcasts over rows and heads
     s = sin.index_select(0, idx).float()
-    rot = x * c + torch.roll(x, d // 2, dims=-1) * s
+    rot = (x * c).to(qkv.dtype).float() + torch.roll(x, d // 2, dims=-1) * s
     k_cache.index_copy_(2, idx, rot[:, n_heads:, None].to(k_cache.dtype))
     v_cache.index_copy_(2, idx, heads[:, n_heads + n_kv :, None].to(v_cache.dtype))
     return rot[:, :n_heads, None].to(qkv.dtype).contiguous()
