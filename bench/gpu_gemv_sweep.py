@@ -24,11 +24,17 @@ SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (14336, 4096), (4096, 14336
 _L2_MULTIPLE = 2.5  # weight copies cover this many L2 sizes, so no call finds its weight cached
 
 
-def grid() -> list:
+def grid(paths: tuple[str, ...] = ("gemv", "gemv_q8")) -> list:
     """The configurations to try (block_m is 1: one activation row per program)."""
     from xpullm.kernels.triton import LaunchConfig
 
     out = []
+    if "gemv_q8" in paths:  # int8 activations x int4 weights: few ALU ops per weight, so taller tiles fit
+        for bn, kb, warps, split in itertools.product((4, 8, 16, 32), (8, 16, 32), (2, 4, 8), (1, 2)):
+            if 2 <= bn * kb * 4 // (32 * warps) <= 32:
+                out.append(LaunchConfig("gemv_q8", 1, bn, kb, split, warps, 1))
+    if "gemv" not in paths:
+        return out
     # Triton's own pipelining (num_stages 2) never won the previous sweep; register prefetch replaces it.
     for bn, kb, warps, prefetch, split in itertools.product(
         (4, 8, 16, 32), (8, 16, 32, 64), (1, 2, 4, 8), (False, True), (1, 2)
@@ -68,7 +74,9 @@ def graph_us(fn_list, reps: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def sweep_shape(fmt: str, gs: int, n: int, k: int, top: int) -> tuple[list[dict], dict]:
+def sweep_shape(
+    fmt: str, gs: int, n: int, k: int, top: int, paths: tuple[str, ...]
+) -> tuple[list[dict], dict]:
     """(rows sorted by graph time, the tuned-table record of the winner)."""
     import triton
 
@@ -89,7 +97,7 @@ def sweep_shape(fmt: str, gs: int, n: int, k: int, top: int) -> tuple[list[dict]
     ref = (x[:, :k].float() @ qw.dequantize(torch.float32).to(dev).t()).squeeze(0)
     tuned = select_config(tw, 1, x.dtype)
     rows = []
-    for cfg in [tuned, *grid()]:
+    for cfg in [tuned, *grid(paths)]:
         if not valid(cfg, tw, x.dtype):
             continue
         outs = [torch.empty(1, n, device=dev, dtype=x.dtype) for _ in tws]
@@ -119,16 +127,16 @@ def sweep_shape(fmt: str, gs: int, n: int, k: int, top: int) -> tuple[list[dict]
         c = r["cfg"]
         print(
             f"  {r['graph_us']:7.1f} us graph ({gb / r['graph_us'] * 1e3:.2f} TB/s)  {r['cold_us']:7.1f} us cold  "
-            f"bn{c.block_n} kb{c.block_kb} s{c.split_k} w{c.num_warps} pf{int(c.prefetch)}  err {r['err']:.1e}"
+            f"{c.path} bn{c.block_n} kb{c.block_kb} s{c.split_k} w{c.num_warps} pf{int(c.prefetch)}  err {r['err']:.1e}"
             + ("  <- tuner's pick" if r["tuned"] else "")
         )
-    for flag in (False, True):
-        mine = [r for r in ok if r["cfg"].prefetch == flag]
+    for label, pick in (("gemv", lambda c: c.path == "gemv" and not c.prefetch),
+                        ("gemv + prefetch", lambda c: c.path == "gemv" and c.prefetch),
+                        ("gemv_q8", lambda c: c.path == "gemv_q8")):  # fmt: skip
+        mine = [r for r in ok if pick(r["cfg"])]
         if mine:
             r = mine[0]
-            print(
-                f"  best with prefetch={flag}: {r['graph_us']:.1f} us graph, {r['cold_us']:.1f} us cold, {r['cfg']}"
-            )
+            print(f"  best {label}: {r['graph_us']:.1f} us graph, {r['cold_us']:.1f} us cold, {r['cfg']}")
     record = {
         "device": _device_name(dev), "format": fmt, "group_words": tw.group_words, "n": n, "kw": tw.kw,
         "m_bucket": 1, "dtype": str(x.dtype), "config": asdict(best["cfg"]),
@@ -143,6 +151,7 @@ def main() -> None:
     ap.add_argument("--formats", default="sym_int4:128")
     ap.add_argument("--shapes", default=None)
     ap.add_argument("--top", type=int, default=5)
+    ap.add_argument("--paths", default="gemv,gemv_q8", help="kernel paths to sweep (gemv, gemv_q8)")
     ap.add_argument("--json", type=Path, default=None, help="write the winners as tuned-table records")
     ap.add_argument(
         "--merge-into", type=Path, default=None, help="replace/add the winners in this tuned table"
@@ -153,7 +162,7 @@ def main() -> None:
     for spec in args.formats.split(","):
         fmt, _, gs = spec.partition(":")
         for n, k in shapes:
-            _, rec = sweep_shape(fmt, int(gs) if gs else 0, n, k, args.top)
+            _, rec = sweep_shape(fmt, int(gs) if gs else 0, n, k, args.top, tuple(args.paths.split(",")))
             records.append(rec)
             if args.json:
                 args.json.write_text(json.dumps(records, indent=1))

@@ -17,12 +17,13 @@ import torch
 
 __all__ = ["CONFIG_TABLES", "LaunchConfig", "candidates", "default_config", "m_bucket", "valid"]
 
-Path = Literal["gemv", "dot", "dequant"]
+Path = Literal["gemv", "gemv_q8", "dot", "dequant"]
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """One way to run the product. `dequant` = decode to a dense weight, then the vendor GEMM."""
+    """One way to run the product. `gemv_q8` = int8 activations x int4 weights with dp4a (sym/asym_int4, decode);
+    `dequant` = decode to a dense weight, then the vendor GEMM."""
 
     path: Path
     block_m: int = 1
@@ -59,6 +60,12 @@ _CUDA_GEMV = [
     for bn, kb, w in ((4, 64, 4), (8, 32, 4), (8, 16, 2), (16, 16, 4), (4, 32, 2))
     for sk in (1, 2)
 ]
+# int4 x int8 (dp4a): ~0.7 instructions per weight instead of ~5.5, so the tiles can be taller.
+_CUDA_GEMV_Q8 = [
+    LaunchConfig("gemv_q8", 1, bn, kb, sk, w, 1)
+    for bn, kb, w in ((8, 16, 4), (16, 16, 4), (16, 32, 8), (32, 16, 8), (4, 32, 4), (8, 32, 8))
+    for sk in (1, 2)
+]
 _CUDA_DOT_SMALL = [
     _dot(16, bn, kb, sk, w, st)
     for bn, kb, w, st in ((32, 4, 4, 3), (64, 4, 4, 3), (64, 8, 4, 2), (128, 4, 8, 2))
@@ -79,10 +86,11 @@ _XPU_DOT_SMALL = [_dot(16, bn, kb, sk, w, 2) for bn, kb, w in ((64, 4, 4), (128,
 _XPU_PREFILL = [_DEQUANT, _dot(128, 128, 4, 1, 16, 2), _dot(256, 128, 4, 1, 32, 2)]
 
 CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
-    "cuda": {"gemv": _CUDA_GEMV, "dot_small": _CUDA_DOT_SMALL, "prefill": _CUDA_PREFILL},
+    "cuda": {"gemv": _CUDA_GEMV + _CUDA_GEMV_Q8, "dot_small": _CUDA_DOT_SMALL, "prefill": _CUDA_PREFILL},
     "xpu": {"gemv": _XPU_GEMV, "dot_small": _XPU_DOT_SMALL, "prefill": _XPU_PREFILL},
 }
 GEMV_MAX_M = 16  # above this, prefill configs
+_Q8_CODES = (0, 1)  # jit.SYM_INT4, jit.ASYM_INT4 (configs.py does not import Triton)
 
 
 def m_bucket(m: int) -> int:
@@ -96,6 +104,8 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return True
     if cfg.path == "dot" and (x_dtype not in (torch.bfloat16, torch.float16) or cfg.block_kb < 4):
         return False  # tl.dot on fp32 would silently drop to tf32; one plane's dot needs K = 4 * BKB >= 16
+    if cfg.path == "gemv_q8" and (tw.fmt_code not in _Q8_CODES or x_dtype == torch.float32):
+        return False  # integer weights only; fp32 activations keep the float GEMV (exact-as-asked numerics)
     # A split needs at least a couple of K steps to be worth its reduction pass.
     return cfg.split_k == 1 or tw.kw >= 2 * cfg.split_k * cfg.block_kb * 4
 

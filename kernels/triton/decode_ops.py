@@ -221,13 +221,13 @@ def rope_kv_write(
 ) -> torch.Tensor:
     """RoPE on one decode token per row, with the k/v heads written into the cache at `pos`; returns q.
 
-    qkv: [B, (H + 2 KV) * D] or [B, 1, ...], heads ordered q, k, v. cos, sin: [P, D] tables with the rotation
-    x * cos + roll(x, D // 2) * sin (sin's first half already negated). pos: a one-element integer tensor on
-    the device, read by the kernel (no sync, graph-capturable); 0 <= pos < min(P, C) is the caller's duty.
-    k_cache, v_cache: [B, KV, C, D], any strides (e.g. one layer's slice of a bigger cache); rotated k goes to
-    k_cache[b, j, pos], v to v_cache[b, j, pos]. The rotation is computed in fp32 with `x * cos` rounded to
-qkv's dtype first (the eager `mul` + `addcmul` rounding, so graphed and eager steps agree bit for bit).
-    Returns the rotated q as a new contiguous [B, H, 1, D] tensor of qkv's dtype. D: a power of two <= 256.
+        qkv: [B, (H + 2 KV) * D] or [B, 1, ...], heads ordered q, k, v. cos, sin: [P, D] tables with the rotation
+        x * cos + roll(x, D // 2) * sin (sin's first half already negated). pos: a one-element integer tensor on
+        the device, read by the kernel (no sync, graph-capturable); 0 <= pos < min(P, C) is the caller's duty.
+        k_cache, v_cache: [B, KV, C, D], any strides (e.g. one layer's slice of a bigger cache); rotated k goes to
+        k_cache[b, j, pos], v to v_cache[b, j, pos]. The rotation is computed in fp32 with `x * cos` rounded to
+    qkv's dtype first (the eager `mul` + `addcmul` rounding, so graphed and eager steps agree bit for bit).
+        Returns the rotated q as a new contiguous [B, H, 1, D] tensor of qkv's dtype. D: a power of two <= 256.
     """
     b, d = _check_rope_args(qkv, cos, sin, pos, k_cache, v_cache, n_heads, n_kv)
     q = torch.empty((b, n_heads, 1, d), dtype=qkv.dtype, device=qkv.device)

@@ -25,7 +25,17 @@ from xpullm.kernels.triton.configs import (
 )
 from xpullm.kernels.triton.layout import SINGLE_GROUP_WORDS, TritonWeight
 
-__all__ = ["dequantize", "export_tuned", "load_tuned", "matmul", "run", "select_config", "time_cold", "tune"]
+__all__ = [
+    "dequantize",
+    "export_tuned",
+    "load_tuned",
+    "matmul",
+    "quantize_activations",
+    "run",
+    "select_config",
+    "time_cold",
+    "tune",
+]
 
 _DEQUANT_BLOCK_N, _DEQUANT_BLOCK_KB = 16, 16
 _DEQUANT_CHUNK_ELEMS = 1 << 26  # decode at most this many weights at once (128 MiB of bf16) on the GEMM path
@@ -72,8 +82,12 @@ def run(
     `out` and `workspace` (fp32 [split_k, M, N]) may be passed in; every element of `out` is written.
     """
     m = x2.shape[0]
-    if cfg.path == "gemv" and cfg.block_m != 1:
+    if cfg.path in ("gemv", "gemv_q8") and cfg.block_m != 1:
         raise ValueError(f"the GEMV runs one activation row per program: block_m must be 1, got {cfg}")
+    if cfg.path == "gemv_q8" and tw.fmt_code not in Q8_FORMAT_CODES:
+        raise ValueError(
+            f"the int8-activation GEMV runs sym_int4 and asym_int4 weights only, not {tw.format}"
+        )
     if cfg.path == "dot" and cfg.block_kb < 4:
         raise ValueError(f"tensor-core tiles need block_kb >= 4 (a dot of K >= 16 per bit plane), got {cfg}")
     if out is None:
@@ -108,7 +122,9 @@ def run(
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
-    if cfg.path == "gemv":
+    if cfg.path == "gemv_q8":
+        _gemv_q8(x2, tw, cfg, target, stride_ys)
+    elif cfg.path == "gemv":
         grid = (triton.cdiv(tw.n, cfg.block_n), split, m)
         jit.gemv_kernel[grid](*args, **meta, X_BF16=x2.dtype == torch.bfloat16, PREFETCH=cfg.prefetch)
     else:
@@ -120,6 +136,41 @@ def run(
             workspace, out, numel, workspace.stride(0), SPLIT_K=split, BLOCK=_REDUCE_BLOCK
         )
     return out
+
+
+Q8_FORMAT_CODES = (jit.SYM_INT4.value, jit.ASYM_INT4.value)
+_Q8_BLOCKS = 16  # 32-element blocks per program of the activation quantizer
+
+
+def quantize_activations(x2: torch.Tensor, kw: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x2 [M, 8 * kw] -> (int32 [M, 2 * kw] packed int8 codes, fp32 [M, kw / 4] scales, fp32 [M, kw / 4]
+    scale * code sums), the activation side of `gemv_q8_kernel` (see `quantize_x_q8_kernel`)."""
+    m, kb = x2.shape[0], kw // 4
+    xq = torch.empty((m, kb * 8), dtype=torch.int32, device=x2.device)
+    xs = torch.empty((m, kb), dtype=torch.float32, device=x2.device)
+    xss = torch.empty((m, kb), dtype=torch.float32, device=x2.device)
+    grid = (m, triton.cdiv(kb, _Q8_BLOCKS))
+    jit.quantize_x_q8_kernel[grid](
+        x2, xq, xs, xss, kb, x2.stride(0), xq.stride(0), xs.stride(0), BLOCKS=_Q8_BLOCKS, num_warps=4
+    )
+    return xq, xs, xss
+
+
+def _gemv_q8(
+    x2: torch.Tensor, tw: TritonWeight, cfg: LaunchConfig, target: torch.Tensor, stride_ys: int
+) -> None:
+    xq, xs, xss = quantize_activations(x2, tw.kw)
+    zeros = tw.zeros if tw.zeros is not None else tw.scales
+    m = x2.shape[0]
+    grid = (triton.cdiv(tw.n, cfg.block_n), cfg.split_k, m)
+    jit.gemv_q8_kernel[grid](
+        xq, xs, xss, tw.words, tw.scales, zeros, target,
+        m, tw.n, tw.kw, tw.n_groups, _words_per_split(tw, cfg),
+        xq.stride(0), xs.stride(0), tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
+        GROUP_WORDS=tw.group_words, HAS_ZERO=tw.zeros is not None, SCALE_PER_TILE=_scale_per_tile(tw, cfg),
+        BLOCK_N=cfg.block_n, BLOCK_KB=cfg.block_kb, USE_WS=cfg.split_k > 1,
+        EMULATE=_INTERPRET or x2.device.type != "cuda", num_warps=cfg.num_warps,
+    )  # fmt: skip
 
 
 def dequantize(

@@ -65,6 +65,8 @@ PATHS = {
     "gemv_wide": LaunchConfig("gemv", 1, 32, 8, 1, 4, 1),  # one scale per row per step at g>=256 (8-bit)
     "gemv_prefetch": LaunchConfig("gemv", 1, 16, 2, 1, 4, 1, prefetch=True),
     "gemv_prefetch_split": LaunchConfig("gemv", 1, 8, 4, 2, 2, 1, prefetch=True),
+    "gemv_q8": LaunchConfig("gemv_q8", 1, 16, 2, 1, 4, 1),
+    "gemv_q8_split": LaunchConfig("gemv_q8", 1, 8, 4, 2, 4, 1),
     "dot": LaunchConfig("dot", 16, 32, 4, 1, 4, 2),
     "dot_split": LaunchConfig("dot", 16, 16, 4, 2, 4, 2),
     "dot_prefill": LaunchConfig("dot", 32, 64, 4, 1, 4, 2),
@@ -77,6 +79,7 @@ if INTERPRET:  # fewer, larger programs: the interpreter's cost is per program a
     PATHS["gemv_split"] = LaunchConfig("gemv", 1, 32, 4, 2, 4, 1)
     PATHS.pop("gemv_prefetch")  # the split variant covers the prefetch loop and its split boundaries
     PATHS["gemv_prefetch_split"] = LaunchConfig("gemv", 1, 32, 2, 2, 4, 1, prefetch=True)
+    PATHS.pop("gemv_q8")  # the split variant covers it
 
 
 @pytest.fixture(autouse=True)
@@ -134,15 +137,42 @@ def test_every_path_overwrites_poisoned_output(fmt, gs, path):
     """Each program path on a non-divisible shape, writing into NaN-filled output and split-K workspace."""
     cfg = PATHS[path]
     seed = _seed()
-    n, k, m = (37, 200, 2 if cfg.path == "gemv" else 3) if INTERPRET else (1000, 1030, 21)
+    n, k, m = (37, 200, 2 if cfg.path.startswith("gemv") else 3) if INTERPRET else (1000, 1030, 21)
     qw = _weight(fmt, gs, n, k, seed)
     tw = pack_weight(qw, DEVICE)
     x = _activations(m, k, seed)
     out = torch.full((m, n), float("nan"), dtype=x.dtype, device=DEVICE)
     ws = torch.full((cfg.split_k, m, n), float("nan"), dtype=torch.float32, device=DEVICE)
+    if cfg.path == "gemv_q8" and fmt not in Q8_FORMATS:
+        with pytest.raises(ValueError, match="sym_int4 and asym_int4 weights only"):
+            run(_prepare_x(x, tw), tw, cfg, out=out)
+        return
     y = run(_prepare_x(x, tw), tw, cfg, out=out, workspace=ws if cfg.split_k > 1 else None)
     assert y.data_ptr() == out.data_ptr()
     _check(y, _reference(x, qw), f"{fmt} g{gs} path={path} seed={seed}")
+
+
+Q8_FORMATS = ("sym_int4", "asym_int4")
+
+
+@pytest.mark.parametrize(("fmt", "gs"), [f for f in FORMATS if f[0] in Q8_FORMATS])
+@pytest.mark.parametrize("split", [1, 2])
+def test_int8_activation_gemv_matches_its_twin(fmt, gs, split):
+    """The dp4a GEMV computes exactly the CPU kernels' scheme: x quantized per block of 32 to int8 (round half to
+    even), times the decoded weight; only the fp32 summation order differs."""
+    from xpullm.kernels.cpu_native import reference_int8_activations
+
+    seed = _seed()
+    n, k, m = (37, 200, 2) if INTERPRET else (300, 1030, 3)
+    qw = _weight(fmt, gs, n, k, seed)
+    tw = pack_weight(qw, DEVICE)
+    x = _activations(m, k, seed)
+    out = torch.full((m, n), float("nan"), dtype=torch.float32, device=DEVICE)  # fp32 out: no bf16 rounding
+    run(_prepare_x(x, tw), tw, LaunchConfig("gemv_q8", 1, 16, 2, split, 4, 1), out=out)
+    twin = reference_int8_activations(x.float().cpu(), qw)
+    err = ((out.cpu() - twin).norm() / twin.norm()).item()
+    assert err < 1e-5, f"{fmt} g{gs} split={split} seed={seed}: relative error to the twin {err:.2e}"
+    _check(out, _reference(x, qw), f"{fmt} g{gs} vs fp32 reference seed={seed}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
