@@ -74,6 +74,27 @@ def graph_us(fn_list, reps: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def peers_graph_us(n: int, k: int, x: torch.Tensor) -> dict[str, float]:
+    """cuBLAS bf16 (`F.linear`) and tinygemm int4 g128 timed the same way as the sweep (graph, HBM-streaming)."""
+    import torch.nn.functional as F
+    from gpu_kernels import TINYGEMM_GROUP, _tinygemm
+
+    dev = x.device
+    l2 = torch.cuda.get_device_properties(dev).L2_cache_size
+    xb = x[:, :k].contiguous()
+    out = {}
+    copies = max(1, int(_L2_MULTIPLE * l2 / (n * k * 2)) + 1)
+    ws = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
+    out["cublas_us"] = graph_us([lambda w=w: F.linear(xb, w) for w in ws])
+    packs = [_tinygemm(w) for w in ws[: max(1, int(_L2_MULTIPLE * l2 / (n * k // 2)) + 1)]]
+    del ws
+    if all(isinstance(p, tuple) for p in packs):
+        fns = [lambda p=p: torch.ops.aten._weight_int4pack_mm(xb, p[0], TINYGEMM_GROUP, p[1]) for p in packs]
+        out["tinygemm_us"] = graph_us(fns)
+    torch.cuda.empty_cache()
+    return out
+
+
 def sweep_shape(
     fmt: str, gs: int, n: int, k: int, top: int, paths: tuple[str, ...]
 ) -> tuple[list[dict], dict]:
@@ -137,6 +158,17 @@ def sweep_shape(
         if mine:
             r = mine[0]
             print(f"  best {label}: {r['graph_us']:.1f} us graph, {r['cold_us']:.1f} us cold, {r['cfg']}")
+    peers = peers_graph_us(n, k, x)
+    ours = best["graph_us"]
+    print(
+        f"  in-graph: xpullm {ours:.1f} us ({gb / ours * 1e3:.2f} TB/s), cuBLAS bf16 {peers['cublas_us']:.1f} us "
+        f"-> {peers['cublas_us'] / ours:.2f}x"
+        + (
+            f", tinygemm {peers['tinygemm_us']:.1f} us -> {peers['tinygemm_us'] / ours:.2f}x"
+            if "tinygemm_us" in peers
+            else ""
+        )
+    )
     record = {
         "device": _device_name(dev), "format": fmt, "group_words": tw.group_words, "n": n, "kw": tw.kw,
         "m_bucket": 1, "dtype": str(x.dtype), "config": asdict(best["cfg"]),

@@ -390,7 +390,8 @@ def quantize_x_q8_kernel(
     amax = tl.max(tl.abs(x), axis=1)  # [BLOCKS]
     scale = amax / 127.0
     # x / scale rounded half to even: the CPU kernels' quantizer (`cpu_native.reference_int8_activations`).
-    v = x / tl.where(scale > 0, scale, 1.0)[:, None]  # all-zero blocks (padding) give zeros
+    # IEEE division (`/` may lower to an approximate one) so every rounding decision matches the twin's.
+    v = tl.div_rn(x, tl.where(scale > 0, scale, 1.0)[:, None])  # all-zero blocks (padding) give zeros
     r = tl.floor(v + 0.5)
     odd = (r.to(tl.int32) & 1) == 1
     q = tl.where(((r - v) == 0.5) & odd, r - 1.0, r).to(tl.int32)  # in [-127, 127]

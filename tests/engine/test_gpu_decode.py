@@ -172,6 +172,7 @@ def test_default_model_greedy_text_matches_cpu() -> None:
     except (FileNotFoundError, ModuleNotFoundError, ImportError, OSError) as exc:
         pytest.skip(f"default model not available here: {exc}")
     gpu = LLM(low_bit="sym_int4", device="cuda")
+    assert gpu.decoder_name == "GraphedDecoder"  # loads the model (the decoder is built on first use)
     tok = cpu.tokenizer
     for text in ("The capital of France is", "Write a haiku about the sea:", "def fibonacci(n):"):
         prompt = tok(text)["input_ids"]
