@@ -388,7 +388,7 @@ def quantize_x_q8_kernel(
     x = tl.load(x_ptr + row * stride_xm + blk[:, None] * 32 + e[None, :], mask=ok[:, None], other=0.0)
     x = x.to(tl.float32)
     amax = tl.max(tl.abs(x), axis=1)  # [BLOCKS]
-    scale = amax / 127.0
+    scale = tl.div_rn(amax, 127.0)
     # x / scale rounded half to even: the CPU kernels' quantizer (`cpu_native.reference_int8_activations`).
     # IEEE division (`/` may lower to an approximate one) so every rounding decision matches the twin's.
     v = tl.div_rn(x, tl.where(scale > 0, scale, 1.0)[:, None])  # all-zero blocks (padding) give zeros
