@@ -30,8 +30,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# The second run checks the GPU kernels' indexing, masking and decoding in Triton's CPU interpreter (~1 min).
 test: $(STAMP) browser lint
 	$(PY) -m pytest -q -x --timeout=900 tests
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -x --timeout=900 tests/kernels/test_triton_kernels.py \
+		tests/kernels/test_triton_decode_ops.py
 
 wheel-check: $(STAMP)
 	bash .ci/wheel_check.sh
