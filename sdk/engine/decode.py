@@ -16,6 +16,7 @@ import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Protocol
 
 import torch
@@ -244,7 +245,7 @@ def mlp_residual(
     return x + layer.down(act(layer.gate_up(norm(x, (x.shape[-1],), layer.mlp_norm, eps))))
 
 
-def gpu_decode_ops(device: torch.device) -> Any:
+def gpu_decode_ops(device: torch.device) -> ModuleType | None:
     """`xpullm.kernels.triton.decode_ops` on CUDA / XPU when Triton imports (and XPULLM_FUSED_OPS != 0), else None.
 
     Each of its kernels replaces 3-8 small ATen kernels per layer (RMSNorm, SwiGLU, RoPE + KV write); at batch 1
