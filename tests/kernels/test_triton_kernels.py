@@ -80,6 +80,14 @@ if INTERPRET:  # fewer, larger programs: the interpreter's cost is per program a
     PATHS.pop("gemv_prefetch")  # the split variant covers the prefetch loop and its split boundaries
     PATHS["gemv_prefetch_split"] = LaunchConfig("gemv", 1, 32, 2, 2, 4, 1, prefetch=True)
     PATHS.pop("gemv_q8")  # the split variant covers it
+    PATHS["gemv_q8_split"] = LaunchConfig("gemv_q8", 1, 32, 4, 2, 4, 1)
+
+
+Q8_FORMATS = ("sym_int4", "asym_int4")
+# int8 activations add ~5.4e-3 relative error to the fp32 reference (median over seeds), with a fat tail on these
+# test weights (2% outlier columns x 20): on the interpreter's small shapes 0.5-4.5% of seeds pass 1e-2, while on
+# the GPU shapes below the maximum stays under 7e-3. So the interpreter checks `gemv_q8` against its exact twin
+# (the int8-activation product), and the GPU runs check it against the fp32 reference as well.
 
 
 @pytest.fixture(autouse=True)
@@ -101,6 +109,13 @@ def _weight(fmt: str, gs: int, n: int, k: int, seed: int):
 
 def _reference(x: torch.Tensor, qw) -> torch.Tensor:
     return x.float().cpu() @ qw.dequantize(torch.float32).T
+
+
+def _int8_twin(x: torch.Tensor, qw) -> torch.Tensor:
+    """What `gemv_q8` computes: x quantized per block of 32 to int8, times the decoded weight (fp32)."""
+    from xpullm.kernels.cpu_native import reference_int8_activations
+
+    return reference_int8_activations(x.float().cpu(), qw)
 
 
 def _check(y: torch.Tensor, ref: torch.Tensor, tag: str) -> None:
@@ -149,10 +164,8 @@ def test_every_path_overwrites_poisoned_output(fmt, gs, path):
         return
     y = run(_prepare_x(x, tw), tw, cfg, out=out, workspace=ws if cfg.split_k > 1 else None)
     assert y.data_ptr() == out.data_ptr()
-    _check(y, _reference(x, qw), f"{fmt} g{gs} path={path} seed={seed}")
-
-
-Q8_FORMATS = ("sym_int4", "asym_int4")
+    ref = _int8_twin(x, qw) if INTERPRET and cfg.path == "gemv_q8" else _reference(x, qw)
+    _check(y, ref, f"{fmt} g{gs} path={path} seed={seed}")
 
 
 @pytest.mark.parametrize(("fmt", "gs"), [f for f in FORMATS if f[0] in Q8_FORMATS])
@@ -160,19 +173,19 @@ Q8_FORMATS = ("sym_int4", "asym_int4")
 def test_int8_activation_gemv_matches_its_twin(fmt, gs, split):
     """The dp4a GEMV computes exactly the CPU kernels' scheme: x quantized per block of 32 to int8 (round half to
     even), times the decoded weight; only the fp32 summation order differs."""
-    from xpullm.kernels.cpu_native import reference_int8_activations
-
     seed = _seed()
     n, k, m = (37, 200, 2) if INTERPRET else (300, 1030, 3)
     qw = _weight(fmt, gs, n, k, seed)
     tw = pack_weight(qw, DEVICE)
     x = _activations(m, k, seed)
     out = torch.full((m, n), float("nan"), dtype=torch.float32, device=DEVICE)  # fp32 out: no bf16 rounding
-    run(_prepare_x(x, tw), tw, LaunchConfig("gemv_q8", 1, 16, 2, split, 4, 1), out=out)
-    twin = reference_int8_activations(x.float().cpu(), qw)
+    bn, kb = (32, 4) if INTERPRET else (16, 2)  # the interpreter's cost is per program and K step
+    run(_prepare_x(x, tw), tw, LaunchConfig("gemv_q8", 1, bn, kb, split, 4, 1), out=out)
+    twin = _int8_twin(x, qw)
     err = ((out.cpu() - twin).norm() / twin.norm()).item()
     assert err < 1e-5, f"{fmt} g{gs} split={split} seed={seed}: relative error to the twin {err:.2e}"
-    _check(out, _reference(x, qw), f"{fmt} g{gs} vs fp32 reference seed={seed}")
+    if not INTERPRET:  # see Q8_FORMATS: the fp32-reference bound holds on shapes of this size
+        _check(out, _reference(x, qw), f"{fmt} g{gs} vs fp32 reference seed={seed}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
