@@ -70,31 +70,27 @@ def linears_graph_ms(model: torch.nn.Module, batch: int, reps: int = 20) -> floa
     return start.elapsed_time(end) / reps
 
 
-def _kernel_table(prof, steps: int, top: int) -> tuple[float, list[tuple[str, float, int]]]:
-    """(GPU ms per step over all kernels, [(kernel name, us per step, calls per step)] largest first)."""
+def _per_name(prof, steps: int, device_type, time_attr: str) -> list[tuple[str, float, int]]:
+    """[(event name, `time_attr` us per step, calls per step)] of `device_type` events, largest first."""
     per_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for evt in prof.events():
-        if evt.device_type != torch.autograd.DeviceType.CUDA:
+        if evt.device_type != device_type:
             continue
         entry = per_name[evt.name[:90]]
-        entry[0] += evt.device_time
+        entry[0] += getattr(evt, time_attr)
         entry[1] += 1
-    rows = sorted(((n, us / steps, int(c / steps)) for n, (us, c) in per_name.items()), key=lambda r: -r[1])
-    total = sum(r[1] for r in rows) / 1e3
-    return total, rows[:top]
+    return sorted(((n, us / steps, int(c / steps)) for n, (us, c) in per_name.items()), key=lambda r: -r[1])
+
+
+def _kernel_table(prof, steps: int, top: int) -> tuple[float, list[tuple[str, float, int]]]:
+    """(GPU ms per step over all kernels, [(kernel name, us per step, calls per step)] largest first)."""
+    rows = _per_name(prof, steps, torch.autograd.DeviceType.CUDA, "device_time")
+    return sum(r[1] for r in rows) / 1e3, rows[:top]
 
 
 def _host_table(prof, steps: int, top: int) -> list[tuple[str, float, int]]:
     """[(host op / CUDA runtime call, self CPU us per step, calls per step)] largest first."""
-    per_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-    for evt in prof.events():
-        if evt.device_type != torch.autograd.DeviceType.CPU:
-            continue
-        entry = per_name[evt.name[:90]]
-        entry[0] += evt.self_cpu_time_total
-        entry[1] += 1
-    rows = sorted(((n, us / steps, int(c / steps)) for n, (us, c) in per_name.items()), key=lambda r: -r[1])
-    return rows[:top]
+    return _per_name(prof, steps, torch.autograd.DeviceType.CPU, "self_cpu_time_total")[:top]
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["CONFIG_TABLES", "LaunchConfig", "candidates", "default_config", "m_bucket", "valid"]
+__all__ = ["CONFIG_TABLES", "Q8_FORMATS", "LaunchConfig", "candidates", "default_config", "m_bucket", "valid"]
 
 Path = Literal["gemv", "gemv_q8", "dot", "dequant"]
 
@@ -90,7 +90,7 @@ CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
     "xpu": {"gemv": _XPU_GEMV, "dot_small": _XPU_DOT_SMALL, "prefill": _XPU_PREFILL},
 }
 GEMV_MAX_M = 16  # above this, prefill configs
-_Q8_CODES = (0, 1)  # jit.SYM_INT4, jit.ASYM_INT4 (configs.py does not import Triton)
+Q8_FORMATS = ("sym_int4", "asym_int4")  # the formats the int8-activation GEMV (`gemv_q8`) runs
 
 
 def m_bucket(m: int) -> int:
@@ -104,7 +104,7 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return True
     if cfg.path == "dot" and (x_dtype not in (torch.bfloat16, torch.float16) or cfg.block_kb < 4):
         return False  # tl.dot on fp32 would silently drop to tf32; one plane's dot needs K = 4 * BKB >= 16
-    if cfg.path == "gemv_q8" and (tw.fmt_code not in _Q8_CODES or x_dtype == torch.float32):
+    if cfg.path == "gemv_q8" and (tw.format not in Q8_FORMATS or x_dtype == torch.float32):
         return False  # integer weights only; fp32 activations keep the float GEMV (exact-as-asked numerics)
     # A split needs at least a couple of K steps to be worth its reduction pass.
     return cfg.split_k == 1 or tw.kw >= 2 * cfg.split_k * cfg.block_kb * 4

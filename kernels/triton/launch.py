@@ -17,6 +17,7 @@ import triton.compiler.errors
 
 from xpullm.kernels.triton import jit
 from xpullm.kernels.triton.configs import (
+    Q8_FORMATS,
     LaunchConfig,
     autotune_enabled,
     candidates,
@@ -84,7 +85,7 @@ def run(
     m = x2.shape[0]
     if cfg.path in ("gemv", "gemv_q8") and cfg.block_m != 1:
         raise ValueError(f"the GEMV runs one activation row per program: block_m must be 1, got {cfg}")
-    if cfg.path == "gemv_q8" and tw.fmt_code not in Q8_FORMAT_CODES:
+    if cfg.path == "gemv_q8" and tw.format not in Q8_FORMATS:
         raise ValueError(
             f"the int8-activation GEMV runs sym_int4 and asym_int4 weights only, not {tw.format}"
         )
@@ -123,7 +124,7 @@ def run(
         num_stages=cfg.num_stages,
     )
     if cfg.path == "gemv_q8":
-        _gemv_q8(x2, tw, cfg, target, stride_ys)
+        _gemv_q8(x2, tw, zeros, cfg, target, stride_ys)
     elif cfg.path == "gemv":
         grid = (triton.cdiv(tw.n, cfg.block_n), split, m)
         jit.gemv_kernel[grid](*args, **meta, X_BF16=x2.dtype == torch.bfloat16, PREFETCH=cfg.prefetch)
@@ -138,7 +139,6 @@ def run(
     return out
 
 
-Q8_FORMAT_CODES = (jit.SYM_INT4.value, jit.ASYM_INT4.value)
 _Q8_BLOCKS = 16  # 32-element blocks per program of the activation quantizer
 
 
@@ -157,10 +157,15 @@ def quantize_activations(x2: torch.Tensor, kw: int) -> tuple[torch.Tensor, torch
 
 
 def _gemv_q8(
-    x2: torch.Tensor, tw: TritonWeight, cfg: LaunchConfig, target: torch.Tensor, stride_ys: int
+    x2: torch.Tensor,
+    tw: TritonWeight,
+    zeros: torch.Tensor,
+    cfg: LaunchConfig,
+    target: torch.Tensor,
+    stride_ys: int,
 ) -> None:
+    """The int8-activation GEMV: quantize x (`quantize_activations`), then `gemv_q8_kernel` into `target`."""
     xq, xs, xss = quantize_activations(x2, tw.kw)
-    zeros = tw.zeros if tw.zeros is not None else tw.scales
     m = x2.shape[0]
     grid = (triton.cdiv(tw.n, cfg.block_n), cfg.split_k, m)
     jit.gemv_q8_kernel[grid](

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from xpullm.engine.decode import mlp_residual, rotate_qk, swiglu
+from xpullm.engine.decode import mlp_residual, rotate_qk
 
 __all__ = ["GraphedDecoder", "graphs_enabled"]
 
@@ -52,14 +52,14 @@ def static_step(dec: Any, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     batch = x.shape[0]
     h, kv, d = dec.n_heads, dec.n_kv, dec.head_dim
     hidden, eps = dec.hidden, dec.eps
-    norm = getattr(dec, "_norm", F.rms_norm)
-    rope_write = getattr(dec, "_rope_write", None)
+    norm = dec._norm
+    rope_write = dec._rope_write
     if rope_write is None:
         cos = dec._cos.index_select(0, pos)[None, None]  # [1, 1, 1, d]
         sin = dec._sin.index_select(0, pos)[None, None]
     cols = torch.arange(dec._k.shape[3], device=x.device)
     mask = (cols <= pos)[None, None, None]  # [1, 1, 1, capacity]: the filled columns, this step's included
-    act = getattr(dec, "_act", swiglu)
+    act = dec._act
     for i, layer in enumerate(dec.layers):
         y = norm(x, (hidden,), layer.attn_norm, eps)
         k_cache, v_cache = dec._k[i], dec._v[i]

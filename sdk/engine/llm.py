@@ -22,6 +22,7 @@ from torch import nn
 
 from xpullm.engine.aio import iterate_in_thread
 from xpullm.engine.chat import render_chat
+from xpullm.engine.constrained import GrammarConstraint
 from xpullm.engine.decode import Decoder, build_decoder
 from xpullm.engine.params import Completion, ContextOverflow, GenerationParams, InvalidParameter
 from xpullm.engine.sampling import Sampler
@@ -318,11 +319,7 @@ class LLM:
                 sampler.observe(
                     input_ids, torch.arange(longest, device=device)[None] >= pad.to(device)[:, None]
                 )
-            constraint = None
-            if p.json_schema is not None or p.grammar is not None:
-                from xpullm.engine.constrained import GrammarConstraint
-
-                constraint = GrammarConstraint.from_params(p, tok, batch, vocab, self._eos or [pad_id])
+            constraint = GrammarConstraint.from_params(p, tok, batch, vocab, self._eos or [pad_id])
             eos = set(self._eos)
             length = longest
             while True:

@@ -26,6 +26,7 @@ if not HAS_CUDA and not INTERPRET:
 
 from xpullm.formats import get_format  # noqa: E402
 from xpullm.kernels.triton import LaunchConfig, TritonLowBitKernel, dequantize, pack_weight, run, tune  # noqa: E402
+from xpullm.kernels.triton.configs import Q8_FORMATS  # noqa: E402
 from xpullm.kernels.triton.launch import _prepare_x  # noqa: E402
 
 DEVICE = torch.device("cuda" if HAS_CUDA and not INTERPRET else "cpu")
@@ -83,13 +84,6 @@ if INTERPRET:  # fewer, larger programs: the interpreter's cost is per program a
     PATHS["gemv_q8_split"] = LaunchConfig("gemv_q8", 1, 32, 4, 2, 4, 1)
 
 
-Q8_FORMATS = ("sym_int4", "asym_int4")
-# int8 activations add ~5.4e-3 relative error to the fp32 reference (median over seeds), with a fat tail on these
-# test weights (2% outlier columns x 20): on the interpreter's small shapes 0.5-4.5% of seeds pass 1e-2, while on
-# the GPU shapes below the maximum stays under 7e-3. So the interpreter checks `gemv_q8` against its exact twin
-# (the int8-activation product), and the GPU runs check it against the fp32 reference as well.
-
-
 @pytest.fixture(autouse=True)
 def _no_autotune(monkeypatch):
     """Untimed default configurations, so a test run does not compile every candidate."""
@@ -112,7 +106,13 @@ def _reference(x: torch.Tensor, qw) -> torch.Tensor:
 
 
 def _int8_twin(x: torch.Tensor, qw) -> torch.Tensor:
-    """What `gemv_q8` computes: x quantized per block of 32 to int8, times the decoded weight (fp32)."""
+    """What `gemv_q8` computes: x quantized per block of 32 to int8, times the decoded weight (fp32).
+
+    int8 activations add ~5.4e-3 relative error to the fp32 reference (median over seeds), with a fat tail on
+    these test weights (2% outlier columns x 20): on the interpreter's small shapes 0.5-4.5% of seeds pass 1e-2,
+    while on the GPU shapes the maximum stays under 7e-3. So the interpreter checks `gemv_q8` against this exact
+    twin, and the GPU runs check it against the fp32 reference as well.
+    """
     from xpullm.kernels.cpu_native import reference_int8_activations
 
     return reference_int8_activations(x.float().cpu(), qw)
@@ -184,7 +184,7 @@ def test_int8_activation_gemv_matches_its_twin(fmt, gs, split):
     twin = _int8_twin(x, qw)
     err = ((out.cpu() - twin).norm() / twin.norm()).item()
     assert err < 1e-5, f"{fmt} g{gs} split={split} seed={seed}: relative error to the twin {err:.2e}"
-    if not INTERPRET:  # see Q8_FORMATS: the fp32-reference bound holds on shapes of this size
+    if not INTERPRET:  # see `_int8_twin`: the fp32-reference bound holds on shapes of this size
         _check(out, _reference(x, qw), f"{fmt} g{gs} vs fp32 reference seed={seed}")
 
 
