@@ -16,13 +16,17 @@ from typing import Any
 import torch
 
 from xpullm.kernels.registry import Kernel, register_kernel
-from xpullm.kernels.triton.configs import CONFIG_TABLES, LaunchConfig
+from xpullm.kernels.triton.configs import CONFIG_TABLES, Q8_FORMATS, LaunchConfig
 from xpullm.kernels.triton.launch import (
+    Q8Activations,
     dequantize,
     export_tuned,
     load_tuned,
     matmul,
+    matmul_q8,
+    quantize_activations,
     run,
+    run_q8,
     select_config,
     time_cold,
     tune,
@@ -34,6 +38,7 @@ __all__ = [
     "CONFIG_TABLES",
     "FORMATS",
     "LaunchConfig",
+    "Q8Activations",
     "TritonLowBitKernel",
     "TritonWeight",
     "dequantize",
@@ -41,8 +46,11 @@ __all__ = [
     "load_tuned",
     "matmul",
     "matmul_op",
+    "matmul_q8",
     "pack_weight",
+    "quantize_activations",
     "run",
+    "run_q8",
     "select_config",
     "time_cold",
     "tune",
@@ -72,6 +80,19 @@ class TritonLowBitKernel(Kernel):
         if torch.compiler.is_compiling():
             return matmul_op(x, state)
         return matmul(x, state)
+
+    def takes_q8(self, state: TritonWeight) -> bool:
+        """Whether `matmul_q8` runs this weight: integer 4-bit formats on CUDA (the `dp4a` GEMV)."""
+        return state.format in Q8_FORMATS and state.device.type == "cuda"
+
+    def quantize(self, x: torch.Tensor) -> Q8Activations:
+        """x [..., K] as the int8 activation rows `matmul_q8` takes (`quantize_activations`)."""
+        return quantize_activations(x)
+
+    def matmul_q8(self, act: Q8Activations, state: TritonWeight) -> torch.Tensor:
+        """y [M, N] for activation rows already quantized to int8 per block of 32 (a fused producer's output:
+        `decode_ops.add_rms_norm(..., quantize=True)`, `decode_ops.silu_mul(..., quantize=True)`)."""
+        return matmul_q8(act, state)
 
 
 # Same object for both GPU kinds; priority above the reference (-100) and the dense kernel (0).

@@ -15,7 +15,16 @@ from typing import Literal
 
 import torch
 
-__all__ = ["CONFIG_TABLES", "Q8_FORMATS", "LaunchConfig", "candidates", "default_config", "m_bucket", "valid"]
+__all__ = [
+    "CONFIG_TABLES",
+    "Q8_FORMATS",
+    "LaunchConfig",
+    "candidates",
+    "default_config",
+    "default_q8_config",
+    "m_bucket",
+    "valid",
+]
 
 Path = Literal["gemv", "gemv_q8", "dot", "dequant"]
 
@@ -145,6 +154,12 @@ def default_config(tw, m: int, x_dtype: torch.dtype) -> LaunchConfig:
     while tiles * split < 2 * sms and tw.kw // (split * 2) >= 4 * 64 and split < 8:
         split *= 2
     return _gemv(1, bn, 16, split, 4)
+
+
+def default_q8_config(tw) -> LaunchConfig:
+    """An untimed `gemv_q8` choice: 8 rows x 512 elements per step on 4 warps, no split (the H100 sweep's
+    winner on the 14336-row shapes)."""
+    return LaunchConfig("gemv_q8", 1, 8, 16, 1, 4, 1)
 
 
 def autotune_enabled() -> bool:

@@ -18,7 +18,11 @@ import torch
 import triton
 import triton.language as tl
 
+from xpullm.kernels.triton.jit import quantize_blocks_q8
+from xpullm.kernels.triton.launch import Q8Activations
+
 __all__ = [
+    "add_rms_norm",
     "reference_rms_norm",
     "reference_rope_kv_write",
     "reference_silu_mul",
@@ -38,27 +42,56 @@ def _row_warps(block: int) -> int:
 
 
 @triton.jit
-def _rms_norm_kernel(x_ptr, w_ptr, y_ptr, N, stride_x, stride_y, eps, BLOCK: tl.constexpr):
-    """y[row] = x[row] * rsqrt(mean(x[row]^2) + eps) * w, in fp32; one program per row."""
+def _rms_norm_kernel(
+    x_ptr, d_ptr, h_ptr, w_ptr, y_ptr, xq_ptr, xs_ptr, xss_ptr,
+    N, KB, stride_x, stride_d, stride_h, stride_y, stride_q, stride_s, eps,
+    BLOCK: tl.constexpr, HAS_DELTA: tl.constexpr, Q8: tl.constexpr,
+):  # fmt: skip
+    """One program per row: [h = x + d, stored in x's dtype;] y = h * rsqrt(mean(h^2) + eps) * w in fp32,
+    rounded to y's dtype, then stored - or, with Q8, quantized to int8 blocks for `gemv_q8_kernel`."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     ok = offs < N
-    x = tl.load(x_ptr + row * stride_x + offs, mask=ok, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + row * stride_x + offs, mask=ok, other=0.0)
+    if HAS_DELTA:
+        d = tl.load(d_ptr + row * stride_d + offs, mask=ok, other=0.0)
+        x = (x.to(tl.float32) + d.to(tl.float32)).to(x.dtype)  # the eager residual add's rounding
+        tl.store(h_ptr + row * stride_h + offs, x, mask=ok)
+    x = x.to(tl.float32)
     w = tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     r = tl.rsqrt(tl.sum(x * x, axis=0) / N + eps)
-    tl.store(y_ptr + row * stride_y + offs, (x * r * w).to(y_ptr.dtype.element_ty), mask=ok)
+    y = (x * r * w).to(y_ptr.dtype.element_ty)
+    if Q8:
+        blk = tl.arange(0, BLOCK // 32)
+        quantize_blocks_q8(
+            tl.reshape(y.to(tl.float32), (BLOCK // 32, 32)), blk, blk < KB,
+            xq_ptr + row * stride_q, xs_ptr + row * stride_s, xss_ptr + row * stride_s, BLOCK // 32,
+        )  # fmt: skip
+    else:
+        tl.store(y_ptr + row * stride_y + offs, y, mask=ok)
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, y_ptr, F, stride_gu, stride_y, BLOCK: tl.constexpr):
-    """y[row, f] = silu(gu[row, f]) * gu[row, F + f], in fp32; grid (rows, column blocks)."""
+def _silu_mul_kernel(
+    gu_ptr, y_ptr, xq_ptr, xs_ptr, xss_ptr, F, KB, stride_gu, stride_y, stride_q, stride_s,
+    BLOCK: tl.constexpr, Q8: tl.constexpr,
+):  # fmt: skip
+    """y[row, f] = silu(gu[row, f]) * gu[row, F + f] in fp32, rounded to y's dtype; stored, or with Q8
+    quantized to int8 blocks for `gemv_q8_kernel`. Grid (rows, column blocks)."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < F
     g = tl.load(gu_ptr + row * stride_gu + offs, mask=ok, other=0.0).to(tl.float32)
     u = tl.load(gu_ptr + row * stride_gu + F + offs, mask=ok, other=0.0).to(tl.float32)
-    y = g / (1.0 + tl.exp(-g)) * u
-    tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
+    y = (g / (1.0 + tl.exp(-g)) * u).to(y_ptr.dtype.element_ty)
+    if Q8:
+        blk = tl.program_id(1) * (BLOCK // 32) + tl.arange(0, BLOCK // 32)
+        quantize_blocks_q8(
+            tl.reshape(y.to(tl.float32), (BLOCK // 32, 32)), blk, blk < KB,
+            xq_ptr + row * stride_q, xs_ptr + row * stride_s, xss_ptr + row * stride_s, BLOCK // 32,
+        )  # fmt: skip
+    else:
+        tl.store(y_ptr + row * stride_y + offs, y, mask=ok)
 
 
 @triton.jit
@@ -106,14 +139,7 @@ def _rows(x: torch.Tensor, width: int) -> torch.Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
-def rms_norm(
-    x: torch.Tensor, normalized_shape: tuple[int, ...], weight: torch.Tensor, eps: float
-) -> torch.Tensor:
-    """`torch.nn.functional.rms_norm` over the last dimension, as one fused kernel.
-
-    y = x * rsqrt(mean(x^2) + eps) * weight, computed in fp32 and stored in x.dtype. `normalized_shape` must
-    be `(x.shape[-1],)` with `x.shape[-1] <= 16384`; x may have any leading shape.
-    """
+def _check_norm_args(x: torch.Tensor, normalized_shape: tuple[int, ...], weight: torch.Tensor) -> int:
     hidden = x.shape[-1]
     if tuple(normalized_shape) != (hidden,) or tuple(weight.shape) != (hidden,):
         raise ValueError(
@@ -125,16 +151,58 @@ def rms_norm(
             f"rms_norm keeps a row in registers, up to {_MAX_HIDDEN} features; got {hidden}: "
             "use torch.nn.functional.rms_norm"
         )
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    if x.numel() == 0:
-        return y
+    return hidden
+
+
+def rms_norm(
+    x: torch.Tensor, normalized_shape: tuple[int, ...], weight: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """`torch.nn.functional.rms_norm` over the last dimension, as one fused kernel.
+
+    y = x * rsqrt(mean(x^2) + eps) * weight, computed in fp32 and stored in x.dtype. `normalized_shape` must
+    be `(x.shape[-1],)` with `x.shape[-1] <= 16384`; x may have any leading shape.
+    """
+    return add_rms_norm(x, None, weight, eps, normalized_shape=normalized_shape)[1]
+
+
+def add_rms_norm(
+    x: torch.Tensor,
+    delta: torch.Tensor | None,
+    weight: torch.Tensor,
+    eps: float,
+    quantize: bool = False,
+    normalized_shape: tuple[int, ...] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | Q8Activations]:
+    """The residual add and the next RMSNorm of a decoder layer as one kernel: (h, rms_norm(h)), h = x + delta.
+
+    `h` is rounded to x.dtype exactly as the eager `x + delta` is (it is x itself when delta is None); the
+    norm is `rms_norm`'s. With `quantize=True` the normalized rows come back as `Q8Activations` (int8 per block
+    of 32, for `gemv_q8_kernel`) instead of a tensor: they are quantized in registers, never stored in x.dtype.
+    """
+    hidden = _check_norm_args(x, normalized_shape or (x.shape[-1],), weight)
+    if delta is not None and delta.shape != x.shape:
+        raise ValueError(f"delta {tuple(delta.shape)} must have x's shape {tuple(x.shape)}")
+    h = x if delta is None else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    rows = x.numel() // hidden if hidden else 0
     x2 = _rows(x, hidden)
-    block = triton.next_power_of_2(hidden)
-    _rms_norm_kernel[(x2.shape[0],)](
-        x2, weight.contiguous(), y, hidden, x2.stride(0), hidden, float(eps),
-        BLOCK=block, num_warps=_row_warps(block),
+    if quantize:
+        # y_ptr only gives the kernel its rounding dtype here: nothing is stored through it.
+        act = Q8Activations.empty(rows, hidden, x.dtype, x.device)
+        y, q = x2, act
+    else:
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        act, q = y, Q8Activations(y, y, y, x.dtype)  # placeholders: the kernel ignores them without Q8
+    if rows == 0:
+        return h, act
+    d2 = x2 if delta is None else _rows(delta, hidden)
+    block = max(triton.next_power_of_2(hidden), 32)
+    _rms_norm_kernel[(rows,)](
+        x2, d2, h, weight.contiguous(), y, q.codes, q.scales, q.sums,
+        hidden, -(-hidden // 32), x2.stride(0), d2.stride(0), hidden, hidden, q.codes.stride(0),
+        q.scales.stride(0), float(eps),
+        BLOCK=block, HAS_DELTA=delta is not None, Q8=quantize, num_warps=_row_warps(block),
     )  # fmt: skip
-    return y
+    return h, act
 
 
 def reference_rms_norm(
@@ -146,19 +214,32 @@ def reference_rms_norm(
     return (xf * r * weight.float()).to(x.dtype)
 
 
-def silu_mul(gu: torch.Tensor) -> torch.Tensor:
-    """SwiGLU's gate: gu [..., 2F] -> silu(gu[..., :F]) * gu[..., F:], in fp32, stored in gu.dtype."""
+def silu_mul(gu: torch.Tensor, quantize: bool = False) -> torch.Tensor | Q8Activations:
+    """SwiGLU's gate: gu [..., 2F] -> silu(gu[..., :F]) * gu[..., F:], in fp32, rounded to gu.dtype.
+
+    With `quantize=True` the rows come back as `Q8Activations` for `gemv_q8_kernel` (quantized in registers).
+    """
     width = gu.shape[-1]
     if width % 2:
         raise ValueError(f"silu_mul expects [..., 2F] (gate, then up); got an odd last dimension {width}")
     f = width // 2
-    y = torch.empty((*gu.shape[:-1], f), dtype=gu.dtype, device=gu.device)
-    if y.numel() == 0:
-        return y
+    rows = gu.numel() // width if width else 0
     gu2 = _rows(gu, width)
-    grid = (gu2.shape[0], triton.cdiv(f, _SILU_BLOCK))
-    _silu_mul_kernel[grid](gu2, y, f, gu2.stride(0), f, BLOCK=_SILU_BLOCK, num_warps=4)
-    return y
+    if quantize:
+        # y_ptr only gives the kernel its rounding dtype here: nothing is stored through it.
+        act = Q8Activations.empty(rows, f, gu.dtype, gu.device)
+        y, q = gu2, act
+    else:
+        y = torch.empty((*gu.shape[:-1], f), dtype=gu.dtype, device=gu.device)
+        act, q = y, Q8Activations(y, y, y, gu.dtype)  # placeholders: the kernel ignores them without Q8
+    if rows == 0 or f == 0:
+        return act
+    grid = (rows, triton.cdiv(f, _SILU_BLOCK))
+    _silu_mul_kernel[grid](
+        gu2, y, q.codes, q.scales, q.sums, f, -(-f // 32), gu2.stride(0), f, q.codes.stride(0),
+        q.scales.stride(0), BLOCK=_SILU_BLOCK, Q8=quantize, num_warps=4,
+    )  # fmt: skip
+    return act
 
 
 def reference_silu_mul(gu: torch.Tensor) -> torch.Tensor:

@@ -369,27 +369,18 @@ def _dp4a(a, b, c, EMULATE: tl.constexpr):
 
 
 @triton.jit
-def quantize_x_q8_kernel(
-    x_ptr, xq_ptr, xs_ptr, xss_ptr, KB, stride_xm, stride_qm, stride_sm, BLOCKS: tl.constexpr
-):  # fmt: skip
-    """Activations -> int8 per block of 32 (scale absmax / 127, round half to even), packed four per int32 in
-    the dp4a order.
+def quantize_blocks_q8(x, blk, ok, xq_row, xs_row, xss_row, BLOCKS: tl.constexpr):
+    """Quantize and store activation blocks x [BLOCKS, 32] (fp32) of one row, in `gemv_q8_kernel`'s order.
 
-    Block b of row m becomes 8 words at xq[m, 8b:8b+8]: words 0-3 hold elements (l, 8+l, 16+l, 24+l) for
-    l = 0..3 (one per byte, byte t = element 8t + l), words 4-7 elements (4+l, 12+l, 20+l, 28+l). xs[m, b] is
-    the block's scale, xss[m, b] = scale * sum of its int8 values (for zero points / the int4 offset).
-    Grid: (rows, block chunks of BLOCKS).
+    Scale absmax / 127 and round half to even - the CPU kernels' scheme, so
+    `cpu_native.reference_int8_activations` is the twin. Block `blk[j]` (stored where `ok[j]`) becomes 8 words
+    at xq_row[8 blk : 8 blk + 8]: words 0-3 hold elements (l, 8+l, 16+l, 24+l) for l = 0..3 (one per byte,
+    byte t = element 8t + l), words 4-7 elements (4+l, 12+l, 20+l, 28+l). xs_row[blk] is the block's scale,
+    xss_row[blk] = scale * the sum of its int8 values (for zero points / the int4 offset). Shared by the
+    stand-alone quantizer below and the fused producers in `decode_ops.py` (RMSNorm, SwiGLU).
     """
-    row = tl.program_id(0)
-    b0 = tl.program_id(1) * BLOCKS
-    blk = b0 + tl.arange(0, BLOCKS)  # [BLOCKS]
-    ok = blk < KB
-    e = tl.arange(0, 32)
-    x = tl.load(x_ptr + row * stride_xm + blk[:, None] * 32 + e[None, :], mask=ok[:, None], other=0.0)
-    x = x.to(tl.float32)
     amax = tl.max(tl.abs(x), axis=1)  # [BLOCKS]
     scale = tl.div_rn(amax, 127.0)
-    # x / scale rounded half to even: the CPU kernels' quantizer (`cpu_native.reference_int8_activations`).
     # IEEE division (`/` may lower to an approximate one) so every rounding decision matches the twin's.
     v = tl.div_rn(x, tl.where(scale > 0, scale, 1.0)[:, None])  # all-zero blocks (padding) give zeros
     r = tl.floor(v + 0.5)
@@ -401,15 +392,31 @@ def quantize_x_q8_kernel(
     shift = (tl.arange(0, 4) * 8)[None, :, None]
     words = tl.sum(q4 << shift, axis=1)  # [BLOCKS, 8]: disjoint bytes, so the sum is an OR
     w_idx = tl.arange(0, 8)
-    tl.store(xq_ptr + row * stride_qm + blk[:, None] * 8 + w_idx[None, :], words, mask=ok[:, None])
-    tl.store(xs_ptr + row * stride_sm + blk, scale, mask=ok)
-    tl.store(xss_ptr + row * stride_sm + blk, scale * qsum.to(tl.float32), mask=ok)
+    tl.store(xq_row + blk[:, None] * 8 + w_idx[None, :], words, mask=ok[:, None])
+    tl.store(xs_row + blk, scale, mask=ok)
+    tl.store(xss_row + blk, scale * qsum.to(tl.float32), mask=ok)
+
+
+@triton.jit
+def quantize_x_q8_kernel(
+    x_ptr, xq_ptr, xs_ptr, xss_ptr, K, KB, stride_xm, stride_qm, stride_sm, BLOCKS: tl.constexpr
+):  # fmt: skip
+    """Activations x [M, K] -> int8 per block of 32 (`quantize_blocks_q8`); KB = ceil(K / 32) blocks, the
+    tail of the last one read as zeros. Grid: (rows, block chunks of BLOCKS)."""
+    row = tl.program_id(0)
+    blk = tl.program_id(1) * BLOCKS + tl.arange(0, BLOCKS)  # [BLOCKS]
+    ok = blk < KB
+    k = blk[:, None] * 32 + tl.arange(0, 32)[None, :]
+    x = tl.load(x_ptr + row * stride_xm + k, mask=k < K, other=0.0).to(tl.float32)
+    quantize_blocks_q8(
+        x, blk, ok, xq_ptr + row * stride_qm, xs_ptr + row * stride_sm, xss_ptr + row * stride_sm, BLOCKS
+    )
 
 
 @triton.jit
 def gemv_q8_kernel(
     xq_ptr, xs_ptr, xss_ptr, w_ptr, s_ptr, z_ptr, y_ptr,
-    M, N, KW, NG, words_per_split,
+    M, N, KW, KBX, NG, words_per_split,
     stride_qm, stride_sm, stride_wn, stride_sn, stride_ym, stride_ys,
     GROUP_WORDS: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, USE_WS: tl.constexpr, EMULATE: tl.constexpr,
@@ -418,6 +425,7 @@ def gemv_q8_kernel(
 
     Per block of 32: one int32 dot from 8 dp4a, then in fp32 s_w * (s_x * dot - 8 * s_x * sum) (sym, codes
     stored as q + 8) or s_w * s_x * dot + z * s_x * sum (asym). Grid and split-K as in `gemv_kernel`.
+    KBX: activation blocks per row (ceil(K / 32)); weight words past them (row padding) meet zeros.
     """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -439,13 +447,13 @@ def gemv_q8_kernel(
             GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
         )  # fmt: skip
         kb0 = kw0 // 4
-        x_ok = (kw0 + b3 * 4 + l3) < kw_end
+        x_ok = ((kw0 + b3 * 4 + l3) < kw_end) & ((kb0 + b3) < KBX)
         x_lo = tl.load(xq_row + (kb0 + b3) * 8 + l3, mask=x_ok, other=0)  # [1, BKB, 4]
         x_hi = tl.load(xq_row + (kb0 + b3) * 8 + 4 + l3, mask=x_ok, other=0)
         d = _dp4a(w & QK_LO_MASK, tl.broadcast_to(x_lo, w.shape), tl.zeros_like(w), EMULATE)
         d = _dp4a((w >> 4) & QK_LO_MASK, tl.broadcast_to(x_hi, w.shape), d, EMULATE)
         dot = tl.sum(d, axis=2).to(tl.float32)  # [BN, BKB]
-        blk_ok = (kw0 + b2 * 4) < kw_end
+        blk_ok = ((kw0 + b2 * 4) < kw_end) & ((kb0 + b2) < KBX)
         xs = tl.load(xs_ptr + row * stride_sm + kb0 + b2, mask=blk_ok, other=0.0)  # [1, BKB]
         xss = tl.load(xss_ptr + row * stride_sm + kb0 + b2, mask=blk_ok, other=0.0)
         if SCALE_PER_TILE:

@@ -9,6 +9,7 @@ import threading
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,18 +23,23 @@ from xpullm.kernels.triton.configs import (
     autotune_enabled,
     candidates,
     default_config,
+    default_q8_config,
     m_bucket,
 )
 from xpullm.kernels.triton.layout import SINGLE_GROUP_WORDS, TritonWeight
 
 __all__ = [
+    "Q8Activations",
     "dequantize",
     "export_tuned",
     "load_tuned",
     "matmul",
+    "matmul_q8",
     "quantize_activations",
     "run",
+    "run_q8",
     "select_config",
+    "select_q8_config",
     "time_cold",
     "tune",
 ]
@@ -83,12 +89,10 @@ def run(
     `out` and `workspace` (fp32 [split_k, M, N]) may be passed in; every element of `out` is written.
     """
     m = x2.shape[0]
-    if cfg.path in ("gemv", "gemv_q8") and cfg.block_m != 1:
+    if cfg.path == "gemv_q8":
+        return run_q8(quantize_activations(x2[:, : tw.k]), tw, cfg, out=out, workspace=workspace)
+    if cfg.path == "gemv" and cfg.block_m != 1:
         raise ValueError(f"the GEMV runs one activation row per program: block_m must be 1, got {cfg}")
-    if cfg.path == "gemv_q8" and tw.format not in Q8_FORMATS:
-        raise ValueError(
-            f"the int8-activation GEMV runs sym_int4 and asym_int4 weights only, not {tw.format}"
-        )
     if cfg.path == "dot" and cfg.block_kb < 4:
         raise ValueError(f"tensor-core tiles need block_kb >= 4 (a dot of K >= 16 per bit plane), got {cfg}")
     if out is None:
@@ -123,59 +127,123 @@ def run(
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
-    if cfg.path == "gemv_q8":
-        _gemv_q8(x2, tw, zeros, cfg, target, stride_ys)
-    elif cfg.path == "gemv":
+    if cfg.path == "gemv":
         grid = (triton.cdiv(tw.n, cfg.block_n), split, m)
         jit.gemv_kernel[grid](*args, **meta, X_BF16=x2.dtype == torch.bfloat16, PREFETCH=cfg.prefetch)
     else:
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(tw.n, cfg.block_n), split)
         jit.dot_kernel[grid](*args, **meta, DOT_F32=_INTERPRET)
     if split > 1:
-        numel = m * tw.n
-        jit.splitk_reduce_kernel[(triton.cdiv(numel, _REDUCE_BLOCK),)](
-            workspace, out, numel, workspace.stride(0), SPLIT_K=split, BLOCK=_REDUCE_BLOCK
-        )
+        _reduce_splits(workspace, out)
     return out
 
 
 _Q8_BLOCKS = 16  # 32-element blocks per program of the activation quantizer
 
 
-def quantize_activations(x2: torch.Tensor, kw: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x2 [M, 8 * kw] -> (int32 [M, 2 * kw] packed int8 codes, fp32 [M, kw / 4] scales, fp32 [M, kw / 4]
-    scale * code sums), the activation side of `gemv_q8_kernel` (see `quantize_x_q8_kernel`)."""
-    m, kb = x2.shape[0], kw // 4
-    xq = torch.empty((m, kb * 8), dtype=torch.int32, device=x2.device)
-    xs = torch.empty((m, kb), dtype=torch.float32, device=x2.device)
-    xss = torch.empty((m, kb), dtype=torch.float32, device=x2.device)
-    grid = (m, triton.cdiv(kb, _Q8_BLOCKS))
+class Q8Activations(NamedTuple):
+    """Activation rows quantized to int8 per block of 32, as `gemv_q8_kernel` reads them.
+
+    Made by `quantize_activations`, or directly by a fused producer (`decode_ops.rms_norm_q8`, `silu_mul_q8`),
+    so a decode step quantizes each activation row once, inside the kernel that computes it.
+    """
+
+    codes: torch.Tensor
+    """int32 [M, 8 * KB]: four int8 codes per word, in the order the weight nibbles unpack."""
+    scales: torch.Tensor
+    """fp32 [M, KB]: absmax / 127 of each block."""
+    sums: torch.Tensor
+    """fp32 [M, KB]: scale * the sum of each block's codes (the zero-point / int4-offset term)."""
+    dtype: torch.dtype
+    """The dtype the unquantized activations had, which the product is returned in."""
+
+    @property
+    def rows(self) -> int:
+        return self.codes.shape[0]
+
+    @staticmethod
+    def empty(m: int, k: int, dtype: torch.dtype, device: torch.device) -> Q8Activations:
+        """Buffers for `m` rows of width `k` (ceil(k / 32) blocks)."""
+        kb = -(-k // 32)
+        return Q8Activations(
+            torch.empty((m, 8 * kb), dtype=torch.int32, device=device),
+            torch.empty((m, kb), dtype=torch.float32, device=device),
+            torch.empty((m, kb), dtype=torch.float32, device=device),
+            dtype,
+        )
+
+
+def quantize_activations(x: torch.Tensor) -> Q8Activations:
+    """x [..., K] -> `Q8Activations` of the flattened rows (the activation side of `gemv_q8_kernel`)."""
+    k = x.shape[-1]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    act = Q8Activations.empty(x2.shape[0], k, x.dtype, x.device)
+    kb = act.scales.shape[1]
+    if x2.shape[0] == 0:
+        return act
+    grid = (x2.shape[0], triton.cdiv(kb, _Q8_BLOCKS))
     jit.quantize_x_q8_kernel[grid](
-        x2, xq, xs, xss, kb, x2.stride(0), xq.stride(0), xs.stride(0), BLOCKS=_Q8_BLOCKS, num_warps=4
-    )
-    return xq, xs, xss
-
-
-def _gemv_q8(
-    x2: torch.Tensor,
-    tw: TritonWeight,
-    zeros: torch.Tensor,
-    cfg: LaunchConfig,
-    target: torch.Tensor,
-    stride_ys: int,
-) -> None:
-    """The int8-activation GEMV: quantize x (`quantize_activations`), then `gemv_q8_kernel` into `target`."""
-    xq, xs, xss = quantize_activations(x2, tw.kw)
-    m = x2.shape[0]
-    grid = (triton.cdiv(tw.n, cfg.block_n), cfg.split_k, m)
-    jit.gemv_q8_kernel[grid](
-        xq, xs, xss, tw.words, tw.scales, zeros, target,
-        m, tw.n, tw.kw, tw.n_groups, _words_per_split(tw, cfg),
-        xq.stride(0), xs.stride(0), tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
-        GROUP_WORDS=tw.group_words, HAS_ZERO=tw.zeros is not None, SCALE_PER_TILE=_scale_per_tile(tw, cfg),
-        BLOCK_N=cfg.block_n, BLOCK_KB=cfg.block_kb, USE_WS=cfg.split_k > 1,
-        EMULATE=_INTERPRET or x2.device.type != "cuda", num_warps=cfg.num_warps,
+        x2, act.codes, act.scales, act.sums, k, kb, x2.stride(0), act.codes.stride(0), act.scales.stride(0),
+        BLOCKS=_Q8_BLOCKS, num_warps=4,
     )  # fmt: skip
+    return act
+
+
+def run_q8(
+    act: Q8Activations,
+    tw: TritonWeight,
+    cfg: LaunchConfig,
+    out: torch.Tensor | None = None,
+    workspace: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y [M, N] = dequantized activations @ W^T through `gemv_q8_kernel` with one explicit configuration."""
+    if cfg.path != "gemv_q8" or cfg.block_m != 1:
+        raise ValueError(f"the GEMV runs one activation row per program: block_m must be 1, got {cfg}")
+    if tw.format not in Q8_FORMATS:
+        raise ValueError(
+            f"the int8-activation GEMV runs {' and '.join(Q8_FORMATS)} weights only, not {tw.format}"
+        )
+    kbx = act.scales.shape[1]
+    if kbx != -(-tw.k // 32):
+        raise ValueError(
+            f"activations hold {kbx} blocks of 32 but the weight has K={tw.k} ({-(-tw.k // 32)} blocks); "
+            "quantize rows of the weight's input width"
+        )
+    m = act.rows
+    if out is None:
+        out = torch.empty((m, tw.n), dtype=act.dtype, device=tw.device)
+    if m == 0:
+        return out
+    split = cfg.split_k
+    if split > 1:
+        if workspace is None:
+            workspace = torch.empty((split, m, tw.n), dtype=torch.float32, device=tw.device)
+        target, stride_ys = workspace, workspace.stride(0)
+    else:
+        target, stride_ys = out, 0
+    zeros = tw.zeros if tw.zeros is not None else tw.scales
+    grid = (triton.cdiv(tw.n, cfg.block_n), split, m)
+    jit.gemv_q8_kernel[grid](
+        act.codes, act.scales, act.sums, tw.words, tw.scales, zeros, target,
+        m, tw.n, tw.kw, kbx, tw.n_groups, _words_per_split(tw, cfg),
+        act.codes.stride(0), act.scales.stride(0), tw.words.stride(0), tw.scales.stride(0), target.stride(-2),
+        stride_ys,
+        GROUP_WORDS=tw.group_words, HAS_ZERO=tw.zeros is not None, SCALE_PER_TILE=_scale_per_tile(tw, cfg),
+        BLOCK_N=cfg.block_n, BLOCK_KB=cfg.block_kb, USE_WS=split > 1,
+        EMULATE=_INTERPRET or tw.device.type != "cuda", num_warps=cfg.num_warps,
+    )  # fmt: skip
+    if split > 1:
+        _reduce_splits(workspace, out)
+    return out
+
+
+def _reduce_splits(workspace: torch.Tensor, out: torch.Tensor) -> None:
+    numel = out.numel()
+    jit.splitk_reduce_kernel[(triton.cdiv(numel, _REDUCE_BLOCK),)](
+        workspace, out, numel, workspace.stride(0), SPLIT_K=workspace.shape[0], BLOCK=_REDUCE_BLOCK
+    )
 
 
 def dequantize(
@@ -357,6 +425,39 @@ def select_config(tw: TritonWeight, m: int, dtype: torch.dtype) -> LaunchConfig:
     if autotune_enabled() and not _capturing(tw.device):
         return tune(tw, m, dtype)
     return default_config(tw, m, dtype)
+
+
+_tuned_q8: dict[tuple, LaunchConfig] = {}
+
+
+def select_q8_config(tw: TritonWeight, m: int, dtype: torch.dtype) -> LaunchConfig:
+    """The `gemv_q8` configuration for activations that arrive already quantized (`matmul_q8`).
+
+    The shape's tuned winner when it is a `gemv_q8` one; otherwise the fastest `gemv_q8` candidate, timed once
+    per shape on the GEMV alone (the quantizer is the producer's cost now), or the untimed default.
+    """
+    _load_packaged_table(tw.device)
+    key = _key(tw, m, dtype)
+    cfg = _tuned.get(key)
+    if cfg is not None and cfg.path == "gemv_q8":
+        return cfg
+    cfg = _tuned_q8.get(key)
+    if cfg is not None:
+        return cfg
+    if not autotune_enabled() or _capturing(tw.device):
+        return default_q8_config(tw)
+    with _tune_lock:
+        act = quantize_activations(torch.randn((m_bucket(m), tw.k), dtype=dtype, device=tw.device))
+        pool = [c for c in candidates(_device_kind(tw.device), tw, m, dtype) if c.path == "gemv_q8"]
+        timed = [(time_cold(lambda c=c: run_q8(act, tw, c), tw.device), i) for i, c in enumerate(pool)]
+        best = pool[min(timed)[1]] if timed else default_q8_config(tw)
+        _tuned_q8[key] = best
+        return best
+
+
+def matmul_q8(act: Q8Activations, tw: TritonWeight, out: torch.Tensor | None = None) -> torch.Tensor:
+    """y [M, N] = activations @ W^T for rows already quantized to int8 (`Q8Activations`), in act.dtype."""
+    return run_q8(act, tw, select_q8_config(tw, act.rows, act.dtype), out=out)
 
 
 def matmul(x: torch.Tensor, tw: TritonWeight, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -24,7 +24,9 @@ if not HAS_CUDA and not INTERPRET:
         allow_module_level=True,
     )
 
+from xpullm.kernels.triton import Q8Activations, quantize_activations  # noqa: E402
 from xpullm.kernels.triton.decode_ops import (  # noqa: E402
+    add_rms_norm,
     reference_rms_norm,
     reference_rope_kv_write,
     reference_silu_mul,
@@ -114,6 +116,68 @@ def test_silu_mul_strided_empty_and_odd_width():
     assert silu_mul(gu[:0]).shape == (0, 1000)
     with pytest.raises(ValueError, match="odd"):
         silu_mul(gu[:, :999])
+
+
+def _assert_same_q8(a: Q8Activations, b: Q8Activations, tag: str) -> None:
+    """Bit-for-bit the same int8 activations (codes, scales, sums) and the same source dtype."""
+    assert a.dtype == b.dtype, tag
+    for name in ("codes", "scales", "sums"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.shape == y.shape and x.dtype == y.dtype, f"{name} {x.shape} vs {y.shape}: {tag}"
+        assert torch.equal(x, y), f"{name} differ ({(x != y).sum().item()} elements): {tag}"
+
+
+def _eager_add(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """x + delta as the kernel must round it: to nearest even on GPUs, like torch. Triton's interpreter
+    truncates every fp32 -> bf16 conversion, so there the expected value is the truncated fp32 sum."""
+    if not (INTERPRET and x.dtype == torch.bfloat16):
+        return x + delta
+    s = (x.float() + delta.float()).view(torch.int32) & -65536
+    return s.view(torch.float32).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden", HIDDEN)
+def test_add_rms_norm_is_the_add_then_the_norm(dtype, hidden):
+    """h is the eager residual add bit for bit; the norm is `rms_norm`'s, bit for bit (same reduction)."""
+    seed = _seed()
+    x = _randn(3, 1, hidden, seed=seed, dtype=dtype, scale=3.0)
+    delta = _randn(3, 1, hidden, seed=seed + 1, dtype=dtype)
+    w = (1 + _randn(hidden, seed=seed + 2, dtype=torch.float32, scale=0.2)).to(dtype)
+    h, y = add_rms_norm(x, delta, w, 1e-6)
+    assert torch.equal(h, _eager_add(x, delta)), (
+        f"residual add rounds differently: {dtype} {hidden} seed={seed}"
+    )
+    assert torch.equal(y, rms_norm(h, (hidden,), w, 1e-6)), f"{dtype} {hidden} seed={seed}"
+    _assert_close(y, reference_rms_norm(h, (hidden,), w, 1e-6), f"twin {dtype} {hidden} seed={seed}")
+    same, y0 = add_rms_norm(x, None, w, 1e-6)
+    assert same is x and torch.equal(y0, rms_norm(x, (hidden,), w, 1e-6))
+    with pytest.raises(ValueError, match="delta"):
+        add_rms_norm(x, delta[:, :, :-1], w, 1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16] if not INTERPRET else [torch.bfloat16])
+@pytest.mark.parametrize("hidden", [1000, 4096] + ([] if INTERPRET else [576, 14336]))
+@pytest.mark.parametrize("with_delta", [False, True])
+def test_norm_quantized_in_registers_equals_norm_then_quantizer(dtype, hidden, with_delta):
+    """The fused int8 output is exactly the stand-alone quantizer applied to the stored norm (1000: a tail)."""
+    seed = _seed()
+    x = _randn(2, 1, hidden, seed=seed, dtype=dtype, scale=3.0)
+    delta = _randn(2, 1, hidden, seed=seed + 1, dtype=dtype) if with_delta else None
+    w = (1 + _randn(hidden, seed=seed + 2, dtype=torch.float32, scale=0.2)).to(dtype)
+    h, act = add_rms_norm(x, delta, w, 1e-5, quantize=True)
+    h_ref, y_ref = add_rms_norm(x, delta, w, 1e-5)
+    assert torch.equal(h, h_ref)
+    _assert_same_q8(act, quantize_activations(y_ref), f"{dtype} {hidden} delta={with_delta} seed={seed}")
+
+
+@pytest.mark.parametrize("ffn", [1000, 2048] + ([] if INTERPRET else [14336]))
+def test_silu_mul_quantized_in_registers_equals_silu_mul_then_quantizer(ffn):
+    seed = _seed()
+    gu = _randn(3, 1, 2 * ffn, seed=seed, dtype=torch.bfloat16, scale=3.0)
+    act = silu_mul(gu, quantize=True)
+    assert act.codes.shape == (3, 8 * -(-ffn // 32))
+    _assert_same_q8(act, quantize_activations(silu_mul(gu)), f"ffn={ffn} seed={seed}")
 
 
 def _rope_tables(positions: int, d: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,15 @@ if not HAS_CUDA and not INTERPRET:
     )
 
 from xpullm.formats import get_format  # noqa: E402
-from xpullm.kernels.triton import LaunchConfig, TritonLowBitKernel, dequantize, pack_weight, run, tune  # noqa: E402
+from xpullm.kernels.triton import (  # noqa: E402
+    LaunchConfig,
+    TritonLowBitKernel,
+    dequantize,
+    pack_weight,
+    run,
+    run_q8,
+    tune,
+)
 from xpullm.kernels.triton.configs import Q8_FORMATS  # noqa: E402
 from xpullm.kernels.triton.launch import _prepare_x  # noqa: E402
 
@@ -186,6 +194,35 @@ def test_int8_activation_gemv_matches_its_twin(fmt, gs, split):
     assert err < 1e-5, f"{fmt} g{gs} split={split} seed={seed}: relative error to the twin {err:.2e}"
     if not INTERPRET:  # see `_int8_twin`: the fp32-reference bound holds on shapes of this size
         _check(out, _reference(x, qw), f"{fmt} g{gs} vs fp32 reference seed={seed}")
+
+
+@pytest.mark.parametrize(("fmt", "gs"), [f for f in FORMATS if f[0] in Q8_FORMATS])
+def test_prequantized_activations_give_the_same_product(fmt, gs):
+    """`matmul_q8` on `quantize(x)` (what a fused producer hands over) is `run`'s gemv_q8 path on x, exactly."""
+    seed = _seed()
+    n, k, m = (37, 200, 2) if INTERPRET else (300, 1030, 3)
+    qw = _weight(fmt, gs, n, k, seed)
+    kernel = TritonLowBitKernel()
+    tw = kernel.prepare(qw, DEVICE)
+    x = _activations(m, k, seed)
+    cfg = LaunchConfig("gemv_q8", 1, 32, 4, 1, 4, 1)
+    y = run_q8(kernel.quantize(x), tw, cfg)
+    assert y.dtype == x.dtype and y.shape == (m, n)
+    assert torch.equal(y, run(_prepare_x(x, tw), tw, cfg)), f"{fmt} g{gs} seed={seed}"
+    _check(y, _int8_twin(x, qw), f"{fmt} g{gs} vs the int8 twin seed={seed}")
+    if not INTERPRET:
+        assert kernel.takes_q8(tw)
+        _check(kernel.matmul_q8(kernel.quantize(x), tw), _int8_twin(x, qw), f"{fmt} tuned seed={seed}")
+    with pytest.raises(ValueError, match="K=200" if INTERPRET else "K=1030"):
+        run_q8(kernel.quantize(x[:, :64]), tw, cfg)
+
+
+def test_q8_path_refuses_other_formats():
+    tw = pack_weight(_weight("nf4", 64, 16, 128, 0), DEVICE)
+    assert not TritonLowBitKernel().takes_q8(tw)
+    act = TritonLowBitKernel().quantize(_activations(1, 128, 0))
+    with pytest.raises(ValueError, match="sym_int4 and asym_int4 weights only"):
+        run_q8(act, tw, LaunchConfig("gemv_q8", 1, 16, 2, 1, 4, 1))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])

@@ -1,0 +1,126 @@
+"""The ops of a fixed-shape decode step (`graphs.static_step`): plain PyTorch, or fused GPU kernels.
+
+A decode step is, per layer: residual add + RMSNorm, the q/k/v projection, RoPE + cache write, attention over
+the cache, the output projection, residual add + RMSNorm, gate/up, SwiGLU, down. `static_step` spells that
+sequence once and asks a `StepOps` for each piece, so the same code runs
+- `StepOps`: eager PyTorch arithmetic on any device (the CPU tests compare it with the eager decoder), and
+- `FusedStepOps` (CUDA / XPU with Triton): the residual add inside the next norm's kernel, one decode-attention
+  kernel over the filled cache columns, and - for projections whose kernel multiplies int8 activations (the
+  `dp4a` GEMV of `sym_int4` / `asym_int4`) - activations quantized by the kernel that produces them (the norm,
+  SwiGLU) instead of a separate quantizer launch per projection.
+At batch 1 an 8B model's step is ~15 small kernels per layer besides the projections, each costing more in
+launch and memory round trips than in arithmetic; the fused ops cut that to ~7.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["FusedStepOps", "StepOps"]
+
+_Q8_MAX_ROWS = 8  # the int8-activation GEMV runs one row per program; taller batches use tensor-core tiles
+
+
+class StepOps:
+    """Plain PyTorch: the eager decoder's own arithmetic, with attention masked over the whole static cache."""
+
+    def __init__(self, norm: Any, act: Any) -> None:
+        self._norm = norm
+        self._act = act
+
+    def prepare(self, pos: torch.Tensor, capacity: int) -> Any:
+        """Per-step state shared by every layer: here the mask of the filled cache columns (this one included)."""
+        cols = torch.arange(capacity, device=pos.device)
+        return (cols <= pos)[None, None, None]  # [1, 1, 1, capacity]
+
+    def add_norm(
+        self,
+        x: torch.Tensor,
+        delta: torch.Tensor | None,
+        weight: torch.Tensor,
+        eps: float,
+        consumer: nn.Module,
+    ) -> tuple[torch.Tensor, Any]:
+        """(h, RMSNorm(h)) with h = x + delta (x when delta is None); the norm is `consumer`'s input."""
+        h = x if delta is None else x + delta
+        return h, self._norm(h, (h.shape[-1],), weight, eps)
+
+    def project(self, mod: nn.Module, act: Any, batch: int) -> torch.Tensor:
+        """mod(act) as [batch, 1, out_features]."""
+        return mod(act).view(batch, 1, -1)
+
+    def gate(self, gu: torch.Tensor, consumer: nn.Module) -> Any:
+        """SwiGLU of the fused gate/up output, as `consumer`'s input."""
+        return self._act(gu)
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, state: Any, scale: float
+    ) -> torch.Tensor:
+        """Attention of q [B, H, 1, D] over cache columns 0..pos of k, v [B, KV, C, D] -> [B, 1, H * D]."""
+        b, h, _, d = q.shape
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=state, scale=scale, enable_gqa=k.shape[1] != h
+        )
+        return out.transpose(1, 2).reshape(b, 1, h * d)
+
+    def input_of(self, x: torch.Tensor, consumer: nn.Module) -> Any:
+        """`x` in the form `consumer` takes (the attention output before the output projection)."""
+        return x
+
+
+class FusedStepOps(StepOps):
+    """Fused Triton kernels (`xpullm.kernels.triton.decode_ops` and `.attention`)."""
+
+    def __init__(self, decode_ops: ModuleType, attention: ModuleType) -> None:
+        super().__init__(decode_ops.rms_norm, decode_ops.silu_mul)
+        self._ops = decode_ops
+        self._attention = attention
+        self._q8: dict[int, bool] = {}
+
+    def _takes_q8(self, mod: nn.Module, rows: int) -> bool:
+        """Whether `mod` is a bias-free low-bit projection whose kernel multiplies int8 activations."""
+        if rows > _Q8_MAX_ROWS:
+            return False
+        key = id(mod)
+        if key not in self._q8:
+            kernel = getattr(mod, "kernel", None)
+            takes = getattr(kernel, "takes_q8", None)
+            self._q8[key] = bool(takes and getattr(mod, "bias", 0) is None and takes(mod.state))
+        return self._q8[key]
+
+    def prepare(self, pos: torch.Tensor, capacity: int) -> Any:
+        return None  # the attention kernel reads pos itself
+
+    def add_norm(
+        self,
+        x: torch.Tensor,
+        delta: torch.Tensor | None,
+        weight: torch.Tensor,
+        eps: float,
+        consumer: nn.Module,
+    ) -> tuple[torch.Tensor, Any]:
+        q8 = self._takes_q8(consumer, x.shape[0] * x.shape[1])
+        return self._ops.add_rms_norm(x, delta, weight, eps, quantize=q8)
+
+    def project(self, mod: nn.Module, act: Any, batch: int) -> torch.Tensor:
+        if isinstance(act, torch.Tensor):
+            return super().project(mod, act, batch)
+        return mod.kernel.matmul_q8(act, mod.state).view(batch, 1, -1)
+
+    def gate(self, gu: torch.Tensor, consumer: nn.Module) -> Any:
+        return self._ops.silu_mul(gu, quantize=self._takes_q8(consumer, gu.shape[0] * gu.shape[1]))
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, state: Any, scale: float
+    ) -> torch.Tensor:
+        return self._attention.decode_attention(q, k, v, pos, scale)
+
+    def input_of(self, x: torch.Tensor, consumer: nn.Module) -> Any:
+        if self._takes_q8(consumer, x.shape[0] * x.shape[1]):
+            return consumer.kernel.quantize(x)
+        return x
