@@ -192,15 +192,11 @@ def run(fmt: str, group: int | None, layers: int, tokens: int, batches: list[int
     return rows
 
 
-@torch.no_grad()
-def engine(
-    fmt: str, group: int | None, layers: int, tokens: int, graphs: bool, batches: list[int]
-) -> list[dict]:
-    """`xpullm.engine` decoding a transformers Llama (same shape, random weights): eager or CUDA-graph steps.
+def build_engine(fmt: str, group: int | None, layers: int, graphs: bool = True):
+    """`xpullm.engine`'s decoder for a transformers Llama of this file's shape (random weights) in `fmt`.
 
     The engine path users get from `xpullm.LLM`: `optimize_model` quantizes the transformers model, and
-    `build_decoder` returns the static-cache decoder (wrapped in `GraphedDecoder` on CUDA). One row per batch
-    size (aggregate tok/s); eager steps are timed at batch 1 only.
+    `build_decoder` returns the static-cache decoder (wrapped in `GraphedDecoder` on CUDA unless not `graphs`).
     """
     import transformers
 
@@ -215,8 +211,16 @@ def engine(
     if fmt != "bf16":
         optimize_model(model, fmt, group_size=group, device=DEV)
     dec = build_decoder(model, DT, torch.device(DEV))
-    if not graphs:
-        dec = getattr(dec, "inner", dec)
+    return dec if graphs else getattr(dec, "inner", dec)
+
+
+@torch.no_grad()
+def engine(
+    fmt: str, group: int | None, layers: int, tokens: int, graphs: bool, batches: list[int]
+) -> list[dict]:
+    """`xpullm.engine` (`build_engine`) decoding with eager or CUDA-graph steps: one row per batch size
+    (aggregate tok/s); eager steps are timed at batch 1 only."""
+    dec = build_engine(fmt, group, layers, graphs)
     label = fmt if group is None else f"{fmt} g{group}"
     mode = "CUDA graphs" if graphs else "eager"
     rows = []
@@ -234,7 +238,7 @@ def engine(
         rows.append({"engine": f"xpullm engine ({mode})", "format": label, "batch": batch,
                      "tok_s": batch * tokens / secs, "step_ms": secs / tokens * 1e3})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
-    del model, dec
+    del dec
     torch.cuda.empty_cache()
     return rows
 

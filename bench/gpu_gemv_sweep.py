@@ -98,13 +98,13 @@ def peers_graph_us(n: int, k: int, x: torch.Tensor) -> dict[str, float]:
 def sweep_shape(
     fmt: str, gs: int, n: int, k: int, top: int, paths: tuple[str, ...]
 ) -> tuple[list[dict], dict]:
-    """(rows sorted by graph time, the tuned-table record of the winner)."""
+    """(rows sorted by graph time, tuned-table records: the winner for bf16 input and for int8 input)."""
     import triton
 
     from xpullm.formats import get_format
-    from xpullm.kernels.triton import run, select_config, time_cold
+    from xpullm.kernels.triton import quantize_activations, run, run_q8, select_config, time_cold
     from xpullm.kernels.triton.configs import valid
-    from xpullm.kernels.triton.launch import _device_name, _prepare_x
+    from xpullm.kernels.triton.launch import Q8_KEY_DTYPE, _device_name, _prepare_x
 
     dev = torch.device("cuda")
     w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
@@ -117,6 +117,10 @@ def sweep_shape(
     x = _prepare_x(torch.randn(1, k, device=dev, dtype=torch.bfloat16), tw)
     ref = (x[:, :k].float() @ qw.dequantize(torch.float32).to(dev).t()).squeeze(0)
     tuned = select_config(tw, 1, x.dtype)
+    # gemv_q8 rows time the GEMV on activations quantized beforehand, as the engine's fused producers hand
+    # them over; for `matmul` on bf16 input the quantizer's own in-graph time (`quant_us`) is added.
+    act = quantize_activations(x[:, :k])
+    quant_us = graph_us([lambda: quantize_activations(x[:, :k])] * 8)
     rows = []
     for cfg in [tuned, *grid(paths)]:
         if not valid(cfg, tw, x.dtype):
@@ -125,10 +129,16 @@ def sweep_shape(
         ws = None
         if cfg.split_k > 1:
             ws = [torch.empty(cfg.split_k, 1, n, device=dev, dtype=torch.float32) for _ in tws]
-        fns = [
-            (lambda t=t, o=o, s=(ws[i] if ws else None), c=cfg: run(x, t, c, out=o, workspace=s))
-            for i, (t, o) in enumerate(zip(tws, outs, strict=True))
-        ]
+        if cfg.path == "gemv_q8":
+            fns = [
+                (lambda t=t, o=o, s=(ws[i] if ws else None), c=cfg: run_q8(act, t, c, out=o, workspace=s))
+                for i, (t, o) in enumerate(zip(tws, outs, strict=True))
+            ]
+        else:
+            fns = [
+                (lambda t=t, o=o, s=(ws[i] if ws else None), c=cfg: run(x, t, c, out=o, workspace=s))
+                for i, (t, o) in enumerate(zip(tws, outs, strict=True))
+            ]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -139,11 +149,16 @@ def sweep_shape(
         except (triton.runtime.errors.OutOfResources, RuntimeError) as exc:
             rows.append({"cfg": cfg, "error": str(exc).splitlines()[0][:80]})
             continue
-        rows.append({"cfg": cfg, "graph_us": us, "cold_us": cold, "err": err, "tuned": cfg == tuned})
+        # What `matmul` on bf16 input costs: gemv_q8 quantizes first.
+        unfused = us + quant_us if cfg.path == "gemv_q8" else us
+        rows.append({"cfg": cfg, "graph_us": us, "unfused_us": unfused, "cold_us": cold, "err": err,
+                     "tuned": cfg == tuned})  # fmt: skip
     ok = sorted((r for r in rows if "graph_us" in r and r["err"] < 1e-2), key=lambda r: r["graph_us"])
     best = ok[0]
+    best_unfused = min(ok, key=lambda r: r["unfused_us"])
     gb = tw.nbytes / 1e9
-    print(f"## {fmt} g{gs} {n}x{k}: {tw.nbytes / 1e6:.1f} MB, {copies} copies; tuned {tuned}")
+    print(f"## {fmt} g{gs} {n}x{k}: {tw.nbytes / 1e6:.1f} MB, {copies} copies; tuned {tuned}; "
+          f"activation quantizer {quant_us:.1f} us in graph")  # fmt: skip
     for r in ok[:top] + [r for r in ok if r["tuned"]]:
         c = r["cfg"]
         print(
@@ -169,13 +184,18 @@ def sweep_shape(
             else ""
         )
     )
-    record = {
-        "device": _device_name(dev), "format": fmt, "group_words": tw.group_words, "n": n, "kw": tw.kw,
-        "m_bucket": 1, "dtype": str(x.dtype), "config": asdict(best["cfg"]),
-    }  # fmt: skip
+    print(
+        f"  unfused (bf16 in, quantizer included): {best_unfused['unfused_us']:.1f} us, {best_unfused['cfg']}"
+    )
+    key = {"device": _device_name(dev), "format": fmt, "group_words": tw.group_words, "n": n, "kw": tw.kw,
+           "m_bucket": 1}  # fmt: skip
+    records = [{**key, "dtype": str(x.dtype), "config": asdict(best_unfused["cfg"])}]
+    q8 = [r for r in ok if r["cfg"].path == "gemv_q8"]
+    if q8:
+        records.append({**key, "dtype": Q8_KEY_DTYPE, "config": asdict(q8[0]["cfg"])})
     del tws, outs
     torch.cuda.empty_cache()
-    return ok, record
+    return ok, records
 
 
 def main() -> None:
@@ -194,8 +214,8 @@ def main() -> None:
     for spec in args.formats.split(","):
         fmt, _, gs = spec.partition(":")
         for n, k in shapes:
-            _, rec = sweep_shape(fmt, int(gs) if gs else 0, n, k, args.top, tuple(args.paths.split(",")))
-            records.append(rec)
+            _, recs = sweep_shape(fmt, int(gs) if gs else 0, n, k, args.top, tuple(args.paths.split(",")))
+            records += recs
             if args.json:
                 args.json.write_text(json.dumps(records, indent=1))
     if args.merge_into:

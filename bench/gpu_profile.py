@@ -151,6 +151,46 @@ def profile(fmt: str, group: int | None, layers: int, tokens: int, batch: int, t
     return out
 
 
+@torch.no_grad()
+def profile_engine(fmt: str, group: int | None, layers: int, tokens: int, batch: int, top: int) -> list[str]:
+    """Markdown lines for one format decoded by `xpullm.engine` (CUDA-graph steps, `gd.build_engine`)."""
+    dec = gd.build_engine(fmt, group, layers)
+    prompt = torch.randint(0, gd.V, (batch, 32), device=gd.DEV)
+    logits = dec.start(prompt, torch.zeros(batch, dtype=torch.long), 32 + tokens + 16)
+    for _ in range(3):
+        logits = dec.step(logits.argmax(-1))
+    times = []
+    for _ in range(tokens):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        logits = dec.step(logits.argmax(-1))
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    step_ms = sorted(times)[len(times) // 2] * 1e3
+    steps = 5
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            logits = dec.step(logits.argmax(-1))
+        torch.cuda.synchronize()
+    gpu_ms, rows = _kernel_table(prof, steps, top)
+    label = fmt if group is None else f"{fmt} g{group}"
+    out = [
+        f"### xpullm engine, {label}, batch {batch}",
+        "",
+        f"step {step_ms:.3f} ms ({batch * 1e3 / step_ms:.1f} tok/s, synchronised); profiled kernels "
+        f"{gpu_ms:.3f} ms/step",
+        "",
+        "| kernel | us/step | calls/step |",
+        "|---|---|---|",
+        *(f"| `{n}` | {us:.1f} | {c} |" for n, us, c in rows),
+        "",
+    ]
+    print("\n".join(out), flush=True)
+    del dec
+    torch.cuda.empty_cache()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=32)
@@ -159,11 +199,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--engine", action="store_true", help="profile xpullm.engine's graphed steps instead")
     args = ap.parse_args()
     lines = [f"# Decode-step profile ({torch.__version__}, {torch.cuda.get_device_name(0)})", ""]
     for spec in args.formats.split(","):
         fmt, _, group = spec.partition(":")
-        lines += profile(fmt, int(group) if group else None, args.layers, args.tokens, args.batch, args.top)
+        fn = profile_engine if args.engine else profile
+        lines += fn(fmt, int(group) if group else None, args.layers, args.tokens, args.batch, args.top)
         if args.out:
             args.out.write_text("\n".join(lines) + "\n")
 

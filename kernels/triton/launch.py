@@ -29,6 +29,7 @@ from xpullm.kernels.triton.configs import (
 from xpullm.kernels.triton.layout import SINGLE_GROUP_WORDS, TritonWeight
 
 __all__ = [
+    "Q8_KEY_DTYPE",
     "Q8Activations",
     "dequantize",
     "export_tuned",
@@ -297,7 +298,7 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
-def _key(tw: TritonWeight, m: int, dtype: torch.dtype) -> tuple:
+def _key(tw: TritonWeight, m: int, dtype: torch.dtype | str) -> tuple:
     return (_device_name(tw.device), tw.format, tw.group_words, tw.n, tw.kw, m_bucket(m), str(dtype))
 
 
@@ -427,37 +428,34 @@ def select_config(tw: TritonWeight, m: int, dtype: torch.dtype) -> LaunchConfig:
     return default_config(tw, m, dtype)
 
 
-_tuned_q8: dict[tuple, LaunchConfig] = {}
+Q8_KEY_DTYPE = "int8x32"  # the activation "dtype" of `matmul_q8` in tuning keys and tables
 
 
-def select_q8_config(tw: TritonWeight, m: int, dtype: torch.dtype) -> LaunchConfig:
+def select_q8_config(tw: TritonWeight, m: int) -> LaunchConfig:
     """The `gemv_q8` configuration for activations that arrive already quantized (`matmul_q8`).
 
-    The shape's tuned winner when it is a `gemv_q8` one; otherwise the fastest `gemv_q8` candidate, timed once
-    per shape on the GEMV alone (the quantizer is the producer's cost now), or the untimed default.
+    Tuned separately from `select_config` (key dtype `Q8_KEY_DTYPE`): here the GEMV alone is timed, since the
+    quantizer is the producer's cost now. Falls back to the untimed default when timing is not allowed.
     """
     _load_packaged_table(tw.device)
-    key = _key(tw, m, dtype)
+    key = _key(tw, m, Q8_KEY_DTYPE)
     cfg = _tuned.get(key)
-    if cfg is not None and cfg.path == "gemv_q8":
-        return cfg
-    cfg = _tuned_q8.get(key)
     if cfg is not None:
         return cfg
     if not autotune_enabled() or _capturing(tw.device):
         return default_q8_config(tw)
     with _tune_lock:
-        act = quantize_activations(torch.randn((m_bucket(m), tw.k), dtype=dtype, device=tw.device))
-        pool = [c for c in candidates(_device_kind(tw.device), tw, m, dtype) if c.path == "gemv_q8"]
+        act = quantize_activations(torch.randn((m_bucket(m), tw.k), dtype=torch.bfloat16, device=tw.device))
+        pool = [c for c in candidates(_device_kind(tw.device), tw, m, torch.bfloat16) if c.path == "gemv_q8"]
         timed = [(time_cold(lambda c=c: run_q8(act, tw, c), tw.device), i) for i, c in enumerate(pool)]
         best = pool[min(timed)[1]] if timed else default_q8_config(tw)
-        _tuned_q8[key] = best
+        _tuned[key] = best
         return best
 
 
 def matmul_q8(act: Q8Activations, tw: TritonWeight, out: torch.Tensor | None = None) -> torch.Tensor:
     """y [M, N] = activations @ W^T for rows already quantized to int8 (`Q8Activations`), in act.dtype."""
-    return run_q8(act, tw, select_q8_config(tw, act.rows, act.dtype), out=out)
+    return run_q8(act, tw, select_q8_config(tw, act.rows), out=out)
 
 
 def matmul(x: torch.Tensor, tw: TritonWeight, out: torch.Tensor | None = None) -> torch.Tensor:
