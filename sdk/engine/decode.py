@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xpullm.engine.step_ops import FusedStepOps, StepOps
+from xpullm.engine.step_ops import FusedStepOps, StepOps, rotate_qk, static_step
 from xpullm.kernels import cpu_native
 
 __all__ = [
@@ -212,23 +212,6 @@ class _Layer:
     down: nn.Module
 
 
-def rotate_qk(
-    layer: _Layer, qkv: torch.Tensor, h: int, kv: int, eps: float, cos: torch.Tensor, sin: torch.Tensor
-) -> torch.Tensor:
-    """The q and k heads of `qkv` [B, H + 2 KV, t, D] (per-head RMSNorm first for Qwen3), rotated by RoPE.
-
-    RoPE is `addcmul(x * cos, roll(x, D/2), sin)` with sin's first half negated: one op instead of neg + cat.
-    """
-    if layer.q_norm is not None:
-        d = qkv.shape[-1]
-        q = F.rms_norm(qkv[:, :h], (d,), layer.q_norm, eps)
-        k = F.rms_norm(qkv[:, h : h + kv], (d,), layer.k_norm, eps)
-        qk = torch.cat((q, k), dim=1)
-    else:
-        qk = qkv[:, : h + kv]
-    return torch.addcmul(qk * cos, qk.roll(qk.shape[-1] // 2, -1), sin)
-
-
 def swiglu(gu: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for the fused gate/up projection's output [..., 2F]."""
     g, u = gu.chunk(2, dim=-1)
@@ -384,6 +367,12 @@ class StaticCacheDecoder:
     def step(self, token_ids: torch.Tensor) -> torch.Tensor:
         if self.pos >= self.capacity:
             raise RuntimeError(f"KV cache full at {self.capacity} tokens")
+        if self._pad_t is None and isinstance(self.step_ops, FusedStepOps):
+            # The fixed-shape step the CUDA graphs record, run directly: graphs on or off, the same tokens.
+            pos = torch.tensor([self.pos], device=self.device)
+            logits = static_step(self, self.embed(token_ids[:, None]), pos)
+            self.pos += 1
+            return logits
         positions = None
         if self._pad_t is not None:
             positions = (self.pos - self._pad_t)[:, None]

@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from xpullm.engine.decode import rotate_qk
+from xpullm.engine.step_ops import static_step
 
-__all__ = ["GraphedDecoder", "graphs_enabled"]
+__all__ = ["GraphedDecoder", "graphs_enabled", "static_step"]
 
 
 def graphs_enabled(device: torch.device) -> bool:
@@ -39,42 +39,6 @@ class _Captured:
     x: torch.Tensor  # [B, 1, hidden] input hidden states (the embedding lookup stays outside the graph)
     pos: torch.Tensor  # long [1]: the cache column this step writes
     logits: torch.Tensor  # [B, V] output
-
-
-@torch.inference_mode()
-def static_step(dec: Any, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """One decode step of `dec` (a StaticCacheDecoder) with fixed shapes: x [B, 1, hidden] at column `pos`.
-
-    The graph-capturable twin of `StaticCacheDecoder._forward` for unpadded batches (see the module docstring
-    for the two differences); the pieces come from `dec.step_ops` (`step_ops.py`). Returns logits [B, V].
-    """
-    batch = x.shape[0]
-    h, kv, d = dec.n_heads, dec.n_kv, dec.head_dim
-    eps, ops = dec.eps, dec.step_ops
-    rope_write = dec._rope_write
-    if rope_write is None:
-        cos = dec._cos.index_select(0, pos)[None, None]  # [1, 1, 1, d]
-        sin = dec._sin.index_select(0, pos)[None, None]
-    state = ops.prepare(pos, dec._k.shape[3])
-    delta = None  # the residual branch's output, added to x inside the next norm
-    for i, layer in enumerate(dec.layers):
-        x, y = ops.add_norm(x, delta, layer.attn_norm, eps, layer.qkv)
-        k_cache, v_cache = dec._k[i], dec._v[i]
-        qkv = ops.project(layer.qkv, y, batch)
-        if rope_write is not None:  # one fused kernel: RoPE on q and k, k and v written at column pos
-            q = rope_write(qkv.view(batch, -1), dec._cos, dec._sin, pos, k_cache, v_cache, h, kv)
-        else:
-            qkv = qkv.view(batch, 1, h + 2 * kv, d).transpose(1, 2)
-            qk = rotate_qk(layer, qkv, h, kv, eps, cos, sin)
-            k_cache.index_copy_(2, pos, qk[:, h:])
-            v_cache.index_copy_(2, pos, qkv[:, h + kv :])
-            q = qk[:, :h]
-        attn = ops.attend(q, k_cache, v_cache, pos, state, dec.scale)
-        delta = ops.project(layer.o_proj, ops.input_of(attn, layer.o_proj), batch)
-        x, y = ops.add_norm(x, delta, layer.mlp_norm, eps, layer.gate_up)
-        delta = ops.project(layer.down, ops.gate(ops.project(layer.gate_up, y, batch), layer.down), batch)
-    x, y = ops.add_norm(x, delta, dec.final_norm, eps, dec.lm_head)
-    return ops.project(dec.lm_head, y, batch)[:, -1]
 
 
 class GraphedDecoder:

@@ -1,4 +1,4 @@
-"""The ops of a fixed-shape decode step (`graphs.static_step`): plain PyTorch, or fused GPU kernels.
+"""The fixed-shape decode step (`static_step`, what CUDA graphs record) and its ops: plain PyTorch or fused GPU.
 
 A decode step is, per layer: residual add + RMSNorm, the q/k/v projection, RoPE + cache write, attention over
 the cache, the output projection, residual add + RMSNorm, gate/up, SwiGLU, down. `static_step` spells that
@@ -10,6 +10,8 @@ sequence once and asks a `StepOps` for each piece, so the same code runs
   SwiGLU) instead of a separate quantizer launch per projection.
 At batch 1 an 8B model's step is ~15 small kernels per layer besides the projections, each costing more in
 launch and memory round trips than in arithmetic; the fused ops cut that to ~7.
+Where the fused ops run, the decoder's eager (unreplayed) unpadded step is `static_step` too, so switching
+CUDA graphs off does not change a single token.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FusedStepOps", "StepOps"]
+__all__ = ["FusedStepOps", "StepOps", "rotate_qk", "static_step"]
 
 _Q8_MAX_ROWS = 8  # the int8-activation GEMV runs one row per program; taller batches use tensor-core tiles
 
@@ -124,3 +126,56 @@ class FusedStepOps(StepOps):
         if self._takes_q8(consumer, x.shape[0] * x.shape[1]):
             return consumer.kernel.quantize(x)
         return x
+
+
+def rotate_qk(
+    layer: Any, qkv: torch.Tensor, h: int, kv: int, eps: float, cos: torch.Tensor, sin: torch.Tensor
+) -> torch.Tensor:
+    """The q and k heads of `qkv` [B, H + 2 KV, t, D] (per-head RMSNorm first for Qwen3), rotated by RoPE.
+
+    RoPE is `addcmul(x * cos, roll(x, D/2), sin)` with sin's first half negated: one op instead of neg + cat.
+    """
+    if layer.q_norm is not None:
+        d = qkv.shape[-1]
+        q = F.rms_norm(qkv[:, :h], (d,), layer.q_norm, eps)
+        k = F.rms_norm(qkv[:, h : h + kv], (d,), layer.k_norm, eps)
+        qk = torch.cat((q, k), dim=1)
+    else:
+        qk = qkv[:, : h + kv]
+    return torch.addcmul(qk * cos, qk.roll(qk.shape[-1] // 2, -1), sin)
+
+
+@torch.inference_mode()
+def static_step(dec: Any, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """One decode step of `dec` (a StaticCacheDecoder) with fixed shapes: x [B, 1, hidden] at column `pos`.
+
+    The graph-capturable twin of `StaticCacheDecoder._forward` for unpadded batches (see the module docstring
+    for the two differences); the pieces come from `dec.step_ops` (`step_ops.py`). Returns logits [B, V].
+    """
+    batch = x.shape[0]
+    h, kv, d = dec.n_heads, dec.n_kv, dec.head_dim
+    eps, ops = dec.eps, dec.step_ops
+    rope_write = dec._rope_write
+    if rope_write is None:
+        cos = dec._cos.index_select(0, pos)[None, None]  # [1, 1, 1, d]
+        sin = dec._sin.index_select(0, pos)[None, None]
+    state = ops.prepare(pos, dec._k.shape[3])
+    delta = None  # the residual branch's output, added to x inside the next norm
+    for i, layer in enumerate(dec.layers):
+        x, y = ops.add_norm(x, delta, layer.attn_norm, eps, layer.qkv)
+        k_cache, v_cache = dec._k[i], dec._v[i]
+        qkv = ops.project(layer.qkv, y, batch)
+        if rope_write is not None:  # one fused kernel: RoPE on q and k, k and v written at column pos
+            q = rope_write(qkv.view(batch, -1), dec._cos, dec._sin, pos, k_cache, v_cache, h, kv)
+        else:
+            qkv = qkv.view(batch, 1, h + 2 * kv, d).transpose(1, 2)
+            qk = rotate_qk(layer, qkv, h, kv, eps, cos, sin)
+            k_cache.index_copy_(2, pos, qk[:, h:])
+            v_cache.index_copy_(2, pos, qkv[:, h + kv :])
+            q = qk[:, :h]
+        attn = ops.attend(q, k_cache, v_cache, pos, state, dec.scale)
+        delta = ops.project(layer.o_proj, ops.input_of(attn, layer.o_proj), batch)
+        x, y = ops.add_norm(x, delta, layer.mlp_norm, eps, layer.gate_up)
+        delta = ops.project(layer.down, ops.gate(ops.project(layer.gate_up, y, batch), layer.down), batch)
+    x, y = ops.add_norm(x, delta, dec.final_norm, eps, dec.lm_head)
+    return ops.project(dec.lm_head, y, batch)[:, -1]
