@@ -30,9 +30,11 @@ def grid(paths: tuple[str, ...] = ("gemv", "gemv_q8")) -> list:
 
     out = []
     if "gemv_q8" in paths:  # int8 activations x int4 weights: few ALU ops per weight, so taller tiles fit
-        for bn, kb, warps, split in itertools.product((4, 8, 16, 32), (8, 16, 32), (2, 4, 8), (1, 2)):
+        for bn, kb, warps, split, prefetch in itertools.product(
+            (4, 8, 16, 32), (8, 16, 32), (2, 4, 8), (1, 2), (False, True)
+        ):
             if 2 <= bn * kb * 4 // (32 * warps) <= 32:
-                out.append(LaunchConfig("gemv_q8", 1, bn, kb, split, warps, 1))
+                out.append(LaunchConfig("gemv_q8", 1, bn, kb, split, warps, 1, prefetch))
     if "gemv" not in paths:
         return out
     # Triton's own pipelining (num_stages 2) never won the previous sweep; register prefetch replaces it.

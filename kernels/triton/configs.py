@@ -41,7 +41,7 @@ class LaunchConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 2
-    prefetch: bool = False  # gemv: load the next K step's weights before computing this one (see jit.py)
+    prefetch: bool = False  # gemv, gemv_q8: load the next K step's weights before computing this one (jit.py)
 
 
 def _gemv(bm: int, bn: int, kb: int, sk: int, warps: int, prefetch: bool = False) -> LaunchConfig:
@@ -72,9 +72,9 @@ _CUDA_GEMV = [
 # int4 x int8 (dp4a): ~0.7 instructions per weight instead of ~5.5, so the tiles can be taller.
 _CUDA_GEMV_Q8 = [
     LaunchConfig("gemv_q8", 1, bn, kb, sk, w, 1)
-    for bn, kb, w in ((8, 16, 4), (16, 16, 4), (16, 32, 8), (32, 16, 8), (4, 32, 4), (8, 32, 8))
+    for bn, kb, w in ((8, 16, 4), (16, 16, 4), (16, 32, 8), (32, 16, 8), (4, 32, 4), (8, 32, 8), (8, 8, 2))
     for sk in (1, 2)
-]
+] + [LaunchConfig("gemv_q8", 1, bn, kb, 1, w, 1, True) for bn, kb, w in ((8, 8, 2), (8, 16, 4), (4, 8, 2))]
 _CUDA_DOT_SMALL = [
     _dot(16, bn, kb, sk, w, st)
     for bn, kb, w, st in ((32, 4, 4, 3), (64, 4, 4, 3), (64, 8, 4, 2), (128, 4, 8, 2))

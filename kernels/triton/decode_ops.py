@@ -33,6 +33,7 @@ __all__ = [
 
 _MAX_HIDDEN = 16384  # one program holds a whole row in registers; wider rows would spill
 _SILU_BLOCK = 1024
+_NORM_CHUNK = 512  # columns each RMSNorm program writes (it reduces the whole row)
 _MAX_HEAD_DIM = 256
 
 
@@ -45,10 +46,14 @@ def _row_warps(block: int) -> int:
 def _rms_norm_kernel(
     x_ptr, d_ptr, h_ptr, w_ptr, y_ptr, xq_ptr, xs_ptr, xss_ptr,
     N, KB, stride_x, stride_d, stride_h, stride_y, stride_q, stride_s, eps,
-    BLOCK: tl.constexpr, HAS_DELTA: tl.constexpr, Q8: tl.constexpr,
+    BLOCK: tl.constexpr, CHUNK: tl.constexpr, HAS_DELTA: tl.constexpr, Q8: tl.constexpr,
 ):  # fmt: skip
-    """One program per row: [h = x + d, stored in x's dtype;] y = h * rsqrt(mean(h^2) + eps) * w in fp32,
-    rounded to y's dtype, then stored - or, with Q8, quantized to int8 blocks for `gemv_q8_kernel`."""
+    """[h = x + d, stored in x's dtype;] y = h * rsqrt(mean(h^2) + eps) * w in fp32, rounded to y's dtype,
+    then stored - or, with Q8, quantized to int8 blocks for `gemv_q8_kernel`.
+
+    Grid (rows, CHUNK-wide column chunks): every program reduces the whole row (a few KB, from L2) and writes
+    its own chunk, so a row is normalized by several SMs at once instead of one long dependent chain.
+    """
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     ok = offs < N
@@ -56,19 +61,25 @@ def _rms_norm_kernel(
     if HAS_DELTA:
         d = tl.load(d_ptr + row * stride_d + offs, mask=ok, other=0.0)
         x = (x.to(tl.float32) + d.to(tl.float32)).to(x.dtype)  # the eager residual add's rounding
-        tl.store(h_ptr + row * stride_h + offs, x, mask=ok)
     x = x.to(tl.float32)
-    w = tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     r = tl.rsqrt(tl.sum(x * x, axis=0) / N + eps)
-    y = (x * r * w).to(y_ptr.dtype.element_ty)
+    offs_c = tl.program_id(1) * CHUNK + tl.arange(0, CHUNK)
+    ok_c = offs_c < N
+    xc = tl.load(x_ptr + row * stride_x + offs_c, mask=ok_c, other=0.0)
+    if HAS_DELTA:
+        dc = tl.load(d_ptr + row * stride_d + offs_c, mask=ok_c, other=0.0)
+        xc = (xc.to(tl.float32) + dc.to(tl.float32)).to(xc.dtype)
+        tl.store(h_ptr + row * stride_h + offs_c, xc, mask=ok_c)
+    w = tl.load(w_ptr + offs_c, mask=ok_c, other=0.0).to(tl.float32)
+    y = (xc.to(tl.float32) * r * w).to(y_ptr.dtype.element_ty)
     if Q8:
-        blk = tl.arange(0, BLOCK // 32)
+        blk = tl.program_id(1) * (CHUNK // 32) + tl.arange(0, CHUNK // 32)
         quantize_blocks_q8(
-            tl.reshape(y.to(tl.float32), (BLOCK // 32, 32)), blk, blk < KB,
-            xq_ptr + row * stride_q, xs_ptr + row * stride_s, xss_ptr + row * stride_s, BLOCK // 32,
+            tl.reshape(y.to(tl.float32), (CHUNK // 32, 32)), blk, blk < KB,
+            xq_ptr + row * stride_q, xs_ptr + row * stride_s, xss_ptr + row * stride_s, CHUNK // 32,
         )  # fmt: skip
     else:
-        tl.store(y_ptr + row * stride_y + offs, y, mask=ok)
+        tl.store(y_ptr + row * stride_y + offs_c, y, mask=ok_c)
 
 
 @triton.jit
@@ -196,11 +207,12 @@ def add_rms_norm(
         return h, act
     d2 = x2 if delta is None else _rows(delta, hidden)
     block = max(triton.next_power_of_2(hidden), 32)
-    _rms_norm_kernel[(rows,)](
+    chunk = min(block, _NORM_CHUNK)
+    _rms_norm_kernel[(rows, triton.cdiv(hidden, chunk))](
         x2, d2, h, weight.contiguous(), y, q.codes, q.scales, q.sums,
         hidden, -(-hidden // 32), x2.stride(0), d2.stride(0), hidden, hidden, q.codes.stride(0),
         q.scales.stride(0), float(eps),
-        BLOCK=block, HAS_DELTA=delta is not None, Q8=quantize, num_warps=_row_warps(block),
+        BLOCK=block, CHUNK=chunk, HAS_DELTA=delta is not None, Q8=quantize, num_warps=min(_row_warps(block), 8),
     )  # fmt: skip
     return h, act
 

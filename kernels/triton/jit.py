@@ -414,17 +414,51 @@ def quantize_x_q8_kernel(
 
 
 @triton.jit
+def _q8_step(
+    w, s, z, xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2,
+    HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
+    EMULATE: tl.constexpr,
+):  # fmt: skip
+    """One K step's [BN, BKB] contribution of `gemv_q8_kernel`: per block, 8 dp4a then the fp32 scaling."""
+    kb0 = kw0 // 4
+    x_ok = ((kw0 + b3 * 4 + l3) < kw_end) & ((kb0 + b3) < KBX)
+    x_lo = tl.load(xq_row + (kb0 + b3) * 8 + l3, mask=x_ok, other=0)  # [1, BKB, 4]
+    x_hi = tl.load(xq_row + (kb0 + b3) * 8 + 4 + l3, mask=x_ok, other=0)
+    d = _dp4a(w & QK_LO_MASK, tl.broadcast_to(x_lo, w.shape), tl.zeros_like(w), EMULATE)
+    d = _dp4a((w >> 4) & QK_LO_MASK, tl.broadcast_to(x_hi, w.shape), d, EMULATE)
+    dot = tl.sum(d, axis=2).to(tl.float32)  # [BN, BKB]
+    blk_ok = ((kw0 + b2 * 4) < kw_end) & ((kb0 + b2) < KBX)
+    xs = tl.load(xs_row + kb0 + b2, mask=blk_ok, other=0.0)  # [1, BKB]
+    xss = tl.load(xss_row + kb0 + b2, mask=blk_ok, other=0.0)
+    if SCALE_PER_TILE:
+        s2 = tl.reshape(s, (BLOCK_N, 1))
+    else:
+        s2 = tl.reshape(s, (BLOCK_N, BLOCK_KB))
+    if HAS_ZERO:
+        if SCALE_PER_TILE:
+            z2 = tl.reshape(z, (BLOCK_N, 1))
+        else:
+            z2 = tl.reshape(z, (BLOCK_N, BLOCK_KB))
+        return dot * xs * s2 + xss * z2
+    else:
+        return (dot * xs - 8.0 * xss) * s2
+
+
+@triton.jit
 def gemv_q8_kernel(
     xq_ptr, xs_ptr, xss_ptr, w_ptr, s_ptr, z_ptr, y_ptr,
     M, N, KW, KBX, NG, words_per_split,
     stride_qm, stride_sm, stride_wn, stride_sn, stride_ym, stride_ys,
     GROUP_WORDS: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, USE_WS: tl.constexpr, EMULATE: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):  # fmt: skip
     """y[m, n] = sum_k x[m, k] W[n, k] for 4-bit integer weights (sym_int4 / asym_int4) and int8 activations.
 
     Per block of 32: one int32 dot from 8 dp4a, then in fp32 s_w * (s_x * dot - 8 * s_x * sum) (sym, codes
-    stored as q + 8) or s_w * s_x * dot + z * s_x * sum (asym). Grid and split-K as in `gemv_kernel`.
+    stored as q + 8) or s_w * s_x * dot + z * s_x * sum (asym). Grid and split-K as in `gemv_kernel`, and
+    PREFETCH double-buffers the weight words as there: with ~0.7 instructions per weight this kernel waits on
+    memory rather than on issue, so two K steps in flight per program can pay off here.
     KBX: activation blocks per row (ceil(K / 32)); weight words past them (row padding) meet zeros.
     """
     pid_n = tl.program_id(0)
@@ -438,36 +472,36 @@ def gemv_q8_kernel(
     b2 = tl.arange(0, BLOCK_KB)[None, :]
     n_ok = n3 < N
     xq_row = xq_ptr + row * stride_qm
+    xs_row = xs_ptr + row * stride_sm
+    xss_row = xss_ptr + row * stride_sm
     acc = tl.zeros([BLOCK_N, BLOCK_KB], dtype=tl.float32)
     kw_begin = pid_k * words_per_split
     kw_end = tl.minimum(kw_begin + words_per_split, KW)
-    for kw0 in range(kw_begin, kw_end, STEP):
+    if PREFETCH:
         w, s, z = _gemv_load(
-            w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0, kw_end, NG, stride_wn, stride_sn,
+            w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw_begin, kw_end, NG, stride_wn, stride_sn,
             GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
         )  # fmt: skip
-        kb0 = kw0 // 4
-        x_ok = ((kw0 + b3 * 4 + l3) < kw_end) & ((kb0 + b3) < KBX)
-        x_lo = tl.load(xq_row + (kb0 + b3) * 8 + l3, mask=x_ok, other=0)  # [1, BKB, 4]
-        x_hi = tl.load(xq_row + (kb0 + b3) * 8 + 4 + l3, mask=x_ok, other=0)
-        d = _dp4a(w & QK_LO_MASK, tl.broadcast_to(x_lo, w.shape), tl.zeros_like(w), EMULATE)
-        d = _dp4a((w >> 4) & QK_LO_MASK, tl.broadcast_to(x_hi, w.shape), d, EMULATE)
-        dot = tl.sum(d, axis=2).to(tl.float32)  # [BN, BKB]
-        blk_ok = ((kw0 + b2 * 4) < kw_end) & ((kb0 + b2) < KBX)
-        xs = tl.load(xs_ptr + row * stride_sm + kb0 + b2, mask=blk_ok, other=0.0)  # [1, BKB]
-        xss = tl.load(xss_ptr + row * stride_sm + kb0 + b2, mask=blk_ok, other=0.0)
-        if SCALE_PER_TILE:
-            s2 = tl.reshape(s, (BLOCK_N, 1))
-        else:
-            s2 = tl.reshape(s, (BLOCK_N, BLOCK_KB))
-        if HAS_ZERO:
-            if SCALE_PER_TILE:
-                z2 = tl.reshape(z, (BLOCK_N, 1))
-            else:
-                z2 = tl.reshape(z, (BLOCK_N, BLOCK_KB))
-            acc += dot * xs * s2 + xss * z2
-        else:
-            acc += (dot * xs - 8.0 * xss) * s2
+        for kw0 in range(kw_begin, kw_end, STEP):
+            w_next, s_next, z_next = _gemv_load(
+                w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0 + STEP, kw_end, NG, stride_wn, stride_sn,
+                GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
+            )  # fmt: skip
+            acc += _q8_step(
+                w, s, z, xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2,
+                HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE,
+            )  # fmt: skip
+            w, s, z = w_next, s_next, z_next
+    else:
+        for kw0 in range(kw_begin, kw_end, STEP):
+            w, s, z = _gemv_load(
+                w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0, kw_end, NG, stride_wn, stride_sn,
+                GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
+            )  # fmt: skip
+            acc += _q8_step(
+                w, s, z, xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2,
+                HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE,
+            )  # fmt: skip
     y = tl.sum(acc, axis=1)
     n_store = offs_n < N
     if not USE_WS:

@@ -233,7 +233,7 @@ def run_q8(
         stride_ys,
         GROUP_WORDS=tw.group_words, HAS_ZERO=tw.zeros is not None, SCALE_PER_TILE=_scale_per_tile(tw, cfg),
         BLOCK_N=cfg.block_n, BLOCK_KB=cfg.block_kb, USE_WS=split > 1,
-        EMULATE=_INTERPRET or tw.device.type != "cuda", num_warps=cfg.num_warps,
+        EMULATE=_INTERPRET or tw.device.type != "cuda", PREFETCH=cfg.prefetch, num_warps=cfg.num_warps,
     )  # fmt: skip
     if split > 1:
         _reduce_splits(workspace, out)
