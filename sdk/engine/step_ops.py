@@ -25,7 +25,9 @@ from torch import nn
 
 __all__ = ["FusedStepOps", "StepOps", "rotate_qk", "static_step"]
 
-_Q8_MAX_ROWS = 1  # the GEMV runs one row per program: 8 rows re-read the weight 8 times (H200 sym_int4: 667 tok/s)
+_Q8_MAX_ROWS = (
+    1  # the GEMV runs one row per program: 8 rows re-read the weight 8 times (H200 sym_int4: 667 tok/s)
+)
 
 
 class StepOps:
