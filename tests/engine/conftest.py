@@ -7,6 +7,7 @@ very same `LLM` object and a run of both folders loads the weights once.
 from __future__ import annotations
 
 import pytest
+import torch
 
 from xpullm.cli.common import cached_llm
 from xpullm.engine import LLM
@@ -22,3 +23,11 @@ def shared_default_llm() -> LLM:
 @pytest.fixture(scope="session")
 def llm() -> LLM:
     return shared_default_llm()
+
+
+@pytest.fixture(scope="session")
+def dense_llm() -> LLM:
+    """The default model with dense fp32 weights and activations: decoder arithmetic without kernel rounding."""
+    llm = LLM(low_bit="fp32", dtype=torch.float32)
+    llm.generate("warm up", max_new_tokens=1)
+    return llm

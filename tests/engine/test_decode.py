@@ -25,13 +25,13 @@ def _greedy(decoder, ids: list[list[int]], pad_id: int, steps: int) -> list[list
 
 
 def _same_choice(a: torch.Tensor, b: torch.Tensor, tie: float) -> None:
-    """Same greedy token, unless both decoders see the same two best tokens within `tie` logits of each other
-    (a near-tie that rounding may flip; a real bug moves the whole distribution, not one close pair)."""
-    if a.argmax() == b.argmax():
+    """Same greedy token, unless each decoder's pick is within `tie` logits of the other's best token (a near-tie
+    that rounding may flip, also among three close tokens; a real bug moves the whole distribution)."""
+    ia, ib = int(a.argmax()), int(b.argmax())
+    if ia == ib:
         return
-    top_a, top_b = a[0].topk(2), b[0].topk(2)
-    assert set(top_a.indices.tolist()) == set(top_b.indices.tolist()), (top_a, top_b)
-    assert (top_a.values[0] - top_a.values[1]) < tie and (top_b.values[0] - top_b.values[1]) < tie
+    gap_b, gap_a = float(b[0, ib] - b[0, ia]), float(a[0, ia] - a[0, ib])
+    assert gap_b < tie and gap_a < tie, (a[0].topk(3), b[0].topk(3))
 
 
 def _compare_with_transformers(llm: LLM, min_cosine: float, tie: float = 0.0) -> None:
@@ -53,27 +53,28 @@ def _compare_with_transformers(llm: LLM, min_cosine: float, tie: float = 0.0) ->
         nxt = sa.argmax(-1)
 
 
-def test_static_decoder_matches_transformers_forward() -> None:
+def test_static_decoder_matches_transformers_forward(dense_llm: LLM) -> None:
     """Dense fp32 weights: only the decoders' own arithmetic differs (fused RMSNorm, addcmul RoPE, fused q/k/v).
 
     Measured: cosine >= 0.999999 at prefill and every step. A real bug (RoPE position, GQA head mapping, cache
     slot) drops it far below 0.99 and changes the argmax.
     """
-    llm = LLM(low_bit="fp32", dtype=torch.float32)
-    llm.generate("warm up", max_new_tokens=1)
-    _compare_with_transformers(llm, 0.99999)
+    _compare_with_transformers(dense_llm, 0.99999)
 
 
-def test_static_decoder_matches_transformers_forward_on_low_bit_kernels(llm: LLM) -> None:
+def test_static_decoder_matches_transformers_forward_on_low_bit_kernels() -> None:
     """The same check through the int4 kernels: same greedy tokens, nearly parallel logits, not bitwise.
 
     The CPU int4 kernel rounds its input (to int8 per block of 32 with the native kernel, to bf16 with PyTorch's),
-    so any tiny difference between the two decoders becomes whole rounding steps that 30 layers carry on.
-    Measured (SmolLM2-135M, sym_int4, fp32 activations): cosine 0.9917 at worst over prefill and 4 steps with the
-    native kernel; 0.9958 with the bf16-input kernel. The prefill's two best tokens are 0.06-0.08 logits apart,
-    so the two decoders may pick either of that pair (and only that pair). The decoder itself is checked tightly,
-    argmax included, on dense weights above.
+    so any tiny difference between the two decoders becomes whole rounding steps that 30 layers carry on; fp32
+    activations keep those differences smallest. Measured (SmolLM2-135M, sym_int4, native kernel, fp32
+    activations, prefill and 4 steps): cosine >= 0.9953 on an Intel Sapphire Rapids; the prefill's best three
+    tokens lie within 0.2 logits, and the decoders pick different ones of them (gaps 0.19 / 0.13). With bf16
+    activations the same comparison drops to 0.9895 there (0.9917 on AMD Zen4): too CPU-dependent to assert.
+    The decoder itself is checked tightly, argmax included, on dense weights above.
     """
+    llm = LLM(low_bit="sym_int4", dtype=torch.float32)
+    llm.generate("warm up", max_new_tokens=1)
     _compare_with_transformers(llm, 0.99, tie=0.25)
 
 
