@@ -148,7 +148,9 @@ class Embedder:
             `xpullm.optimize_model`, or None to keep the checkpoint's weights.
         device: `"auto"`, `"cpu"`, `"cuda"` or `"xpu"`.
         dtype: compute dtype: `"auto"` (bf16 on GPUs and on CPUs with native bf16, else fp32), `"float32"`, `"bfloat16"`,
-            `"float16"`.
+            `"float16"`. Under bf16 a text's vector depends slightly on what it is batched with (kernels are chosen
+            by batch shape and padded width; ~1e-3 per component, cosine > 0.9999); use `"float32"` when vectors
+            must be reproducible across batchings to ~1e-7.
         normalize: L2-normalize the vectors; None follows the model folder (a Normalize module -> True).
         show_progress: True/False forces the progress bar; None shows it for inputs of 256+ texts.
     """
