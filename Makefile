@@ -34,7 +34,7 @@ format: $(STAMP)
 test: $(STAMP) browser lint
 	$(PY) -m pytest -q -x --timeout=900 tests
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -x --timeout=900 tests/kernels/test_triton_kernels.py \
-		tests/kernels/test_triton_decode_ops.py
+		tests/kernels/test_triton_decode_ops.py tests/kernels/test_triton_attention.py
 
 wheel-check: $(STAMP)
 	bash .ci/wheel_check.sh

@@ -13,15 +13,15 @@ PARTS = [
     ("benchmarks-engine.md", "Engine: CPU decode speed against llama.cpp and transformers"),
     ("benchmarks-rag.md", "Embeddings and knowledge bases"),
     ("benchmarks-graphrag.md", "GraphRAG indexing"),
-    ("benchmarks-gpu.md", "GPU kernels (H100)"),
+    ("benchmarks-gpu.md", "GPU kernels and decode (H200, H100)"),
 ]
 
 HEADER = """# Benchmarks
 
 Every number here comes from a script under `bench/`; each section names its script, its machine and how to
 rerun it. Comparisons are side by side in one run (ratios), never across machines. CPU numbers: the 2-core
-AMD EPYC (Zen 3, AVX2, no AVX-512/AMX) VM this project is developed and tested on. GPU numbers: one NVIDIA H100
-80GB HBM3 (torch 2.11+cu130, Triton 3.6), lent for the measurement.
+AMD EPYC (Zen 3, AVX2, no AVX-512/AMX) VM this project is developed and tested on. GPU numbers: one NVIDIA H200
+(latest) or H100 80GB HBM3 (earlier), torch 2.11+cu130, Triton 3.6, lent for the measurement.
 """
 
 

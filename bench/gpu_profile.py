@@ -9,7 +9,10 @@ way `gpu_decode.py` does (CUDA graphs), then reports:
 - the kernels a profiled step runs (torch.profiler), grouped by name, with their GPU time per step.
 `step ms - linears ms` is what the rest of the model (norms, RoPE, attention, cache writes, launch gaps) costs.
 
-    python bench/gpu_profile.py [--layers 32] [--formats bf16,tinygemm:128,sym_int4:128] [--out prof.md]
+`--engine` profiles `xpullm.engine` instead (the decoder `xpullm.LLM` uses, CUDA-graph steps): step time and
+its kernels per step.
+
+    python bench/gpu_profile.py [--layers 32] [--formats bf16,tinygemm:128,sym_int4:128] [--engine] [--out prof.md]
 """
 
 from __future__ import annotations
