@@ -103,12 +103,7 @@ def run(
     if cfg.path == "dequant":
         return _dequant_matmul(x2, tw, out)
     split = cfg.split_k
-    if split > 1:
-        if workspace is None:
-            workspace = torch.empty((split, m, tw.n), dtype=torch.float32, device=x2.device)
-        target, stride_ys = workspace, workspace.stride(0)
-    else:
-        target, stride_ys = out, 0
+    workspace, target, stride_ys = _split_target(split, out, workspace)
     zeros = tw.zeros if tw.zeros is not None else tw.scales
     args = (
         x2, tw.words, tw.scales, zeros, tw.lut, target,
@@ -218,12 +213,7 @@ def run_q8(
     if m == 0:
         return out
     split = cfg.split_k
-    if split > 1:
-        if workspace is None:
-            workspace = torch.empty((split, m, tw.n), dtype=torch.float32, device=tw.device)
-        target, stride_ys = workspace, workspace.stride(0)
-    else:
-        target, stride_ys = out, 0
+    workspace, target, stride_ys = _split_target(split, out, workspace)
     zeros = tw.zeros if tw.zeros is not None else tw.scales
     grid = (triton.cdiv(tw.n, cfg.block_n), split, m)
     jit.gemv_q8_kernel[grid](
@@ -238,6 +228,17 @@ def run_q8(
     if split > 1:
         _reduce_splits(workspace, out)
     return out
+
+
+def _split_target(
+    split: int, out: torch.Tensor, workspace: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor, int]:
+    """(workspace, where the programs write, its split stride): `out` itself, or fp32 [split, M, N] partials."""
+    if split == 1:
+        return workspace, out, 0
+    if workspace is None:
+        workspace = torch.empty((split, *out.shape), dtype=torch.float32, device=out.device)
+    return workspace, workspace, workspace.stride(0)
 
 
 def _reduce_splits(workspace: torch.Tensor, out: torch.Tensor) -> None:
