@@ -128,10 +128,13 @@ def _sources_markdown(answer: Any) -> str:
 
 
 def _answer_markdown(answer: Any) -> str:
-    if not answer.citations:
+    """The answer with the sources it cites, or - when it cites none - the sources it was given, said so."""
+    refs = answer.references
+    if not refs:
         return answer.text
-    refs = "\n".join(f"- **[{n}]** {c.document}" for n, c in answer.citations.items())
-    return f"{answer.text}\n\n**Sources**\n{refs}"
+    lines = "\n".join(f"- **[{n}]** {c.document}" for n, c in refs.items())
+    heading = "**Sources**" if answer.citations else "**Sources given** (the answer cites none of them)"
+    return f"{answer.text}\n\n{heading}\n{lines}"
 
 
 def build_kb_tab(ctx: DemoContext) -> dict[str, Any]:

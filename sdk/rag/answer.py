@@ -9,7 +9,17 @@ from typing import Any
 
 from xpullm.rag.retrieval import Hit
 
-__all__ = ["NO_ANSWER", "Answer", "AnswerStream", "Citation", "build_prompt", "extract_citations"]
+__all__ = [
+    "NO_ANSWER",
+    "Answer",
+    "AnswerStream",
+    "Citation",
+    "attribute_citations",
+    "build_prompt",
+    "cut_repetition",
+    "extract_citations",
+    "until_repetition",
+]
 
 NO_ANSWER = "I could not find anything about this in the knowledge base."
 
@@ -40,7 +50,15 @@ class Answer:
     sources: tuple[Hit, ...] = ()  # what the prompt showed, numbered from 1
     question: str = ""
     grounded: bool = True  # False when nothing relevant was retrieved and the LLM was not called
-    citation_mode: str = "model"  # "model": the LLM wrote the [n]; "attributed": added by similarity; "none"
+    citation_mode: str = "model"  # "model": the LLM wrote the [n]; "attributed": added by overlap; "none"
+
+    @property
+    def references(self) -> dict[int, Citation]:
+        """The sources to list under the answer: the cited ones, or, when nothing is cited, every source the
+        answer was built from (a reader must always see what the model was given; `citation_mode` says which)."""
+        if self.citations or not self.grounded:
+            return self.citations
+        return {n: _citation(n, h) for n, h in enumerate(self.sources, start=1)}
 
 
 def format_source(n: int, hit: Hit, max_chars: int) -> str:
@@ -77,18 +95,53 @@ def extract_citations(text: str, sources: Sequence[Hit]) -> dict[int, Citation]:
         for part in m.group(1).split(","):
             n = int(part)
             if 1 <= n <= len(sources) and n not in out:
-                h = sources[n - 1]
-                out[n] = Citation(n, h.chunk_id, h.doc_id, h.document, h.text, h.source)
+                out[n] = _citation(n, sources[n - 1])
     return dict(sorted(out.items()))
 
 
-def attribute_citations(
-    text: str, sources: Sequence[Hit], embed: Callable[[list[str]], Any], min_similarity: float = 0.5
-) -> str:
-    """Append `[n]` to each answer sentence that closely matches source n (for models that do not cite).
+def _citation(n: int, h: Hit) -> Citation:
+    return Citation(n, h.chunk_id, h.doc_id, h.document, h.text, h.source)
 
-    Small models often copy facts from the sources without writing the markers; matching each sentence to its most
-    similar source recovers where it came from. Sentences that match no source well stay uncited.
+
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)?")
+# Words that carry no fact: a sentence sharing only these with a source has not taken anything from it.
+_STOPWORDS = frozenset(
+    _WORD.findall(
+        "a an and are as at be been by can could did do does for from had has have how in into is it its of on or "
+        "that the their then there these they this to was were what when where which who whom why will with would "
+        "you your not no yes also about after before than"
+    )
+)
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in (m.group().lower() for m in _WORD.finditer(text)) if w not in _STOPWORDS}
+
+
+def _copied_words(sentence: str, source: str, question: str) -> int:
+    """How many of the sentence's content words come from the source and not from the question.
+
+    Words echoed from the question prove nothing (the question and the source share them by retrieval); a name, a
+    number or a term found only in the source shows the sentence was taken from it.
+    """
+    return len((_content_words(sentence) - _content_words(question)) & _content_words(source))
+
+
+def attribute_citations(
+    text: str,
+    sources: Sequence[Hit],
+    embed: Callable[[list[str]], Any],
+    min_similarity: float = 0.5,
+    question: str = "",
+    min_copied_words: int = 2,
+) -> str:
+    """Append `[n]` to each answer sentence that overlaps source n (for models that do not cite).
+
+    Small models often copy facts from the sources without writing the markers; a sentence is taken to come from
+    a source when its embedding is at least `min_similarity` close to it, or when it contains `min_copied_words`
+    content words of that source that the question does not contain (a copied name, date or term can sit in an
+    otherwise loose sentence whose embedding is far from the chunk). Among the sources that qualify, the one with
+    the most copied words wins, then the most similar. Sentences that overlap no source stay uncited.
     """
     import numpy as np
 
@@ -101,9 +154,62 @@ def attribute_citations(
     sims = vecs[: len(sentences)] @ vecs[len(sentences) :].T
     out = []
     for sentence, row in zip(sentences, sims, strict=True):
-        best = int(row.argmax())
-        out.append(f"{sentence} [{best + 1}]" if row[best] >= min_similarity else sentence)
+        copied = [_copied_words(sentence, h.text, question) for h in sources]
+        qualify = [
+            j for j in range(len(sources)) if row[j] >= min_similarity or copied[j] >= min_copied_words
+        ]
+        if qualify:
+            best = max(qualify, key=lambda j: (copied[j], float(row[j]), -j))
+            out.append(f"{sentence} [{best + 1}]")
+        else:
+            out.append(sentence)
     return " ".join(out)
+
+
+def _repeat_start(text: str, final: bool) -> int | None:
+    """Offset where the first sentence that repeats an earlier one begins, or None.
+
+    The last piece only counts when `final`: while text streams in it may still grow into another sentence.
+    """
+    from xpullm.rag.chunking import sentence_spans
+
+    spans = sentence_spans(text)
+    seen: set[str] = set()
+    for start, end in spans if final else spans[:-1]:
+        sentence = " ".join(text[start:end].split())
+        if sentence in seen:
+            return start
+        if sentence:
+            seen.add(sentence)
+    return None
+
+
+def cut_repetition(text: str) -> str:
+    """`text` up to the first sentence that repeats an earlier one.
+
+    Small greedy models fall into loops ("The answer is: 1. 1. 1. ..."); an answer never needs a sentence twice.
+    """
+    cut = _repeat_start(text, final=True)
+    return text if cut is None else text[:cut].rstrip()
+
+
+def until_repetition(deltas: Iterator[str]) -> Iterator[str]:
+    """Pass `deltas` through until the text repeats a whole sentence, then stop the generation.
+
+    Stopping early saves the rest of `max_new_tokens`; `cut_repetition` of what was streamed equals
+    `cut_repetition` of the full generation, so streamed and non-streamed answers agree.
+    """
+    text = ""
+    try:
+        for delta in deltas:
+            yield delta
+            text += delta
+            if _repeat_start(text, final=False) is not None:
+                return
+    finally:
+        close = getattr(deltas, "close", None)
+        if callable(close):
+            close()  # releases the engine (its generator holds the model lock)
 
 
 class AnswerStream:

@@ -84,6 +84,17 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
 
 
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """`(start, end)` of each piece `split_sentences` would return, in order, blank pieces included; the last one
+    is not closed by a boundary yet (it may still grow while text streams in)."""
+    spans, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        spans.append((start, m.start()))
+        start = m.end()
+    spans.append((start, len(text)))
+    return spans
+
+
 def _split_long(sentence: str, cfg: ChunkingConfig) -> list[str]:
     """A sentence over budget is cut into word windows."""
     if cfg.count_tokens(sentence) <= cfg.chunk_tokens:

@@ -230,6 +230,7 @@ def _ask(args: argparse.Namespace) -> int:
                 {
                     "text": answer.text,
                     "citations": {n: c.__dict__ for n, c in answer.citations.items()},
+                    "references": {n: c.__dict__ for n, c in answer.references.items()},
                     "grounded": answer.grounded,
                     "citation_mode": answer.citation_mode,
                 }
@@ -238,7 +239,9 @@ def _ask(args: argparse.Namespace) -> int:
         return 0
     if args.no_stream:
         print(answer.text)
-    for n, c in answer.citations.items():
+    if answer.grounded and not answer.citations:
+        print("sources given (the answer cites none of them):")
+    for n, c in answer.references.items():
         print(f"  [{n}] {c.document} (chunk {c.chunk_id}): {c.text[:120].replace(chr(10), ' ')}")
     return 0
 

@@ -17,9 +17,11 @@ from xpullm.rag.answer import (
     AnswerStream,
     attribute_citations,
     build_prompt,
+    cut_repetition,
     extract_citations,
     fit_sources,
     llm_messages,
+    until_repetition,
 )
 from xpullm.rag.chunking import ChunkingConfig, template_names
 from xpullm.rag.errors import (
@@ -516,14 +518,15 @@ class KnowledgeBase:
         min_similarity: float = 0.25,
         max_new_tokens: int = 256,
         temperature: float = 0.0,
-        repetition_penalty: float = 1.1,
+        repetition_penalty: float = 1.0,
         **search_kwargs: Any,
     ) -> Answer | AnswerStream:
         """Answer `question` from retrieved chunks only, with `[n]` citations.
 
         When no chunk reaches `min_similarity` the LLM is not called and the answer says nothing was found.
-        If the LLM cites nothing, each answer sentence is matched to its closest source and cited as such
-        (`Answer.citation_mode == "attributed"`).
+        If the LLM cites nothing, each answer sentence that overlaps a source is cited as such
+        (`Answer.citation_mode == "attributed"`); `Answer.references` lists the sources either way. The answer
+        stops at the first sentence it repeats (small greedy models loop).
         `llm=None` loads the packaged default `xpullm.LLM`. With `stream=True` returns an `AnswerStream`: iterate
         for text deltas, then read `.answer` (or call `.result()`).
         """
@@ -541,7 +544,9 @@ class KnowledgeBase:
         if callable(count) and isinstance(ctx, int):
             budget = ctx - max_new_tokens - 64  # 64: chat-template markup around the two messages
         hits = fit_sources(question, hits, count if callable(count) else None, budget)
-        # A mild repetition penalty: small models otherwise tend to loop over the copied source sentence.
+        # No repetition penalty by default: the engine's penalty counts the prompt's tokens too, so it pushes the
+        # model away from every word of the sources and from the `[n]` markers, which are what a grounded answer
+        # must copy (at 1.1 SmolLM2-135M wrote off-topic text instead of the source's facts). Loops are cut instead.
         params = {
             "max_new_tokens": max_new_tokens,
             "temperature": temperature,
@@ -550,10 +555,10 @@ class KnowledgeBase:
         sources = tuple(hits)
 
         def finish(text: str) -> Answer:
-            text = text.strip()
+            text = cut_repetition(text.strip())
             citations, mode = extract_citations(text, sources), "model"
             if not citations and text and NO_ANSWER not in text:
-                text = attribute_citations(text, sources, self._embed_texts)
+                text = attribute_citations(text, sources, self._embed_texts, question=question)
                 citations = extract_citations(text, sources)
                 mode = "attributed" if citations else "none"
             return Answer(text, citations, sources, question, grounded=True, citation_mode=mode)
@@ -564,7 +569,7 @@ class KnowledgeBase:
                 deltas = llm.stream_chat(llm_messages(question, hits), **params)
             else:
                 deltas = llm.stream(SYSTEM + "\n\n" + build_prompt(question, hits) + "\n\nAnswer:", **params)
-            return AnswerStream(iter(deltas), finish)
+            return AnswerStream(until_repetition(iter(deltas)), finish)
         if use_chat:
             completion = llm.chat(llm_messages(question, hits), **params)
         else:

@@ -86,3 +86,76 @@ def test_stream_matches_generate(facts_kb: KnowledgeBase, llm) -> None:
     deltas = list(stream)
     assert len(deltas) > 1
     assert stream.result() == full
+
+
+ZORBLAT = (
+    "The Zorblat Lighthouse stands on Kerrow Point. It was built in 1873 by the engineer Alma Fenwick. Its lamp "
+    "is painted cobalt blue and can be seen from 19 nautical miles."
+)
+QUILLON = (
+    "The Quillon Bakery in Mardale sells rye bread every Tuesday. It was founded by Tomas Quill in 1990."
+)
+
+
+def test_attribution_cites_sentences_that_copy_a_source(embedder) -> None:
+    from xpullm.rag.answer import attribute_citations
+
+    src = hits(QUILLON, ZORBLAT)
+    question = "Who built the Zorblat Lighthouse?"
+    # A loose sentence whose embedding is far from the chunk (cosine 0.21), but whose name and year come from source 2.
+    loose = "Alma Fenwick did, back in 1873."
+    assert attribute_citations(loose, src, embedder.embed, question=question) == loose + " [2]"
+    # The same words are no evidence when the question already holds them.
+    assert (
+        attribute_citations(loose, src, embedder.embed, question="Did Alma Fenwick build it in 1873?")
+        == loose
+    )
+    # Recorded off-topic output (SmolLM2-135M, int4, AVX-512) takes nothing from either source: it stays uncited.
+    off_topic = "2024 Zerwin's Light & Skybridge Inc."
+    assert attribute_citations(off_topic, src, embedder.embed, question=question) == off_topic
+
+
+def test_references_fall_back_to_the_sources_given() -> None:
+    src = tuple(hits("alpha", "beta"))
+    uncited = Answer("Something else entirely.", {}, src, "q", citation_mode="none")
+    assert [(n, c.chunk_id) for n, c in uncited.references.items()] == [(1, 100), (2, 101)]
+    cited = Answer("Beta [2].", extract_citations("Beta [2].", src), src, "q")
+    assert list(cited.references) == [2]  # cited: only what the text cites
+    assert Answer(NO_ANSWER, {}, (), "q", grounded=False).references == {}
+
+
+def test_cut_repetition_stops_at_the_first_repeated_sentence() -> None:
+    from xpullm.rag.answer import cut_repetition, until_repetition
+
+    loop = "It costs 25 euro. See the price list.\n\nIt costs 25 euro. See the price list.\n\nIt costs"
+    assert cut_repetition(loop) == "It costs 25 euro. See the price list."
+    assert cut_repetition("1. 1. 1. 1. The answer is: 1.") == "1."
+    assert cut_repetition("A is 1. B is 2. 3. 3") == "A is 1. B is 2. 3. 3"  # "3" is not the sentence "3."
+
+    pulled = []
+
+    def deltas():
+        for piece in [*loop.split(" "), *(["never", "pulled"] * 20)]:
+            pulled.append(piece)
+            yield piece + " "
+
+    gen = deltas()
+    streamed = "".join(until_repetition(gen))
+    assert cut_repetition(streamed.strip()) == cut_repetition((loop + " never pulled").strip())
+    assert "never" not in pulled  # generation stopped once the repeat was complete
+    assert gen.gi_frame is None  # and the engine's generator was closed
+
+
+def test_ask_does_not_penalize_the_sources_tokens(facts_kb: KnowledgeBase) -> None:
+    # The engine's repetition penalty counts prompt tokens: it would push the model off the sources' words and
+    # the `[n]` markers, the very tokens a grounded answer copies.
+    seen = {}
+
+    class Recorder:
+        def chat(self, messages, **params):
+            seen.update(params)
+            return type("Completion", (), {"text": "Refill the paper tray. Refill the paper tray."})()
+
+    answer = facts_kb.ask("What does printer error E4417 mean?", llm=Recorder())
+    assert seen.get("repetition_penalty", 1.0) == 1.0
+    assert answer.text == "Refill the paper tray. [1]" and answer.citation_mode == "attributed"
