@@ -3,10 +3,11 @@
 # but no xpullm install and no network. Results go under $OUT (default: bench/out/gpu).
 #
 #   bash bench/gpu_run.sh            # tests, then benchmark
-#   bash bench/gpu_run.sh tests      # only the GPU tests        (~2-4 min, mostly Triton compiles)
+#   bash bench/gpu_run.sh tests      # only the GPU kernel tests (~3-5 min, mostly Triton compiles)
 #   bash bench/gpu_run.sh bench      # only the benchmark        (~4-6 min on an H100)
 #   bash bench/gpu_run.sh py SCRIPT [ARGS]  # any python script with the shim on PYTHONPATH (e.g. gpu_profile.py)
-#   bash bench/gpu_run.sh prepare    # run HERE (dev machine): copy pure-python pytest into bench/out/pydeps,
+#   bash bench/gpu_run.sh prepare    # run HERE (dev machine): copy pure-python pytest (and platformdirs, which
+#                                    # xpullm needs and the GPU image lacks) into bench/out/pydeps,
 #                                    # to be carried to a GPU machine whose python3 lacks pytest
 # Extra benchmark arguments may follow the mode, e.g. `bash bench/gpu_run.sh bench --formats sym_int4:128`.
 set -euo pipefail
@@ -21,7 +22,7 @@ if [ "$MODE" = prepare ]; then
   SITE="$("$ROOT/.venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   DEST="$ROOT/bench/out/pydeps"
   rm -rf "$DEST" && mkdir -p "$DEST"
-  for pkg in pytest _pytest pluggy iniconfig packaging pygments py.py; do
+  for pkg in pytest _pytest pluggy iniconfig packaging pygments py.py platformdirs; do
     [ -e "$SITE/$pkg" ] && cp -r "$SITE/$pkg" "$DEST/"
   done
   echo "pytest copied to $DEST (pass it in the device run's carry list)"
@@ -58,7 +59,8 @@ if [ "$MODE" = all ] || [ "$MODE" = tests ]; then
   if "$PY" -c 'import pytest' 2>/dev/null; then
     # -c /dev/null: ignore the dev-machine pytest config/plugins; --noconftest: only this file's fixtures.
     (cd "$ROOT" && "$PY" -m pytest -c /dev/null --rootdir "$ROOT" --import-mode=importlib -p no:cacheprovider \
-      --noconftest -q -rs --durations=15 tests/kernels/test_triton_kernels.py) 2>&1 | tee "$OUT/tests.txt" \
+      --noconftest -q -rs --durations=15 tests/kernels/test_triton_kernels.py \
+      tests/kernels/test_triton_decode_ops.py tests/kernels/test_triton_attention.py) 2>&1 | tee "$OUT/tests.txt" \
       || status=1
   else
     echo "pytest is not importable by $PY: run 'bash bench/gpu_run.sh prepare' on the dev machine and carry" \
