@@ -99,7 +99,7 @@ def peers_graph_us(n: int, k: int, x: torch.Tensor) -> dict[str, float]:
 
 def sweep_shape(
     fmt: str, gs: int, n: int, k: int, top: int, paths: tuple[str, ...]
-) -> tuple[list[dict], dict]:
+) -> tuple[list[dict], list[dict]]:
     """(rows sorted by graph time, tuned-table records: the winner for bf16 input and for int8 input)."""
     import triton
 
@@ -131,16 +131,11 @@ def sweep_shape(
         ws = None
         if cfg.split_k > 1:
             ws = [torch.empty(cfg.split_k, 1, n, device=dev, dtype=torch.float32) for _ in tws]
-        if cfg.path == "gemv_q8":
-            fns = [
-                (lambda t=t, o=o, s=(ws[i] if ws else None), c=cfg: run_q8(act, t, c, out=o, workspace=s))
-                for i, (t, o) in enumerate(zip(tws, outs, strict=True))
-            ]
-        else:
-            fns = [
-                (lambda t=t, o=o, s=(ws[i] if ws else None), c=cfg: run(x, t, c, out=o, workspace=s))
-                for i, (t, o) in enumerate(zip(tws, outs, strict=True))
-            ]
+        call, inp = (run_q8, act) if cfg.path == "gemv_q8" else (run, x)
+        fns = [
+            (lambda t=t, o=o, s=(ws[i] if ws else None), c=cfg, f=call, a=inp: f(a, t, c, out=o, workspace=s))
+            for i, (t, o) in enumerate(zip(tws, outs, strict=True))
+        ]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

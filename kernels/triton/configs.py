@@ -17,11 +17,11 @@ import torch
 
 __all__ = [
     "CONFIG_TABLES",
+    "DEFAULT_Q8_CONFIG",
     "Q8_FORMATS",
     "LaunchConfig",
     "candidates",
     "default_config",
-    "default_q8_config",
     "m_bucket",
     "valid",
 ]
@@ -99,6 +99,9 @@ CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
     "xpu": {"gemv": _XPU_GEMV, "dot_small": _XPU_DOT_SMALL, "prefill": _XPU_PREFILL},
 }
 GEMV_MAX_M = 16  # above this, prefill configs
+# The untimed `gemv_q8` choice: 8 rows x 512 elements per step on 4 warps, no split (the H100 and H200 sweeps'
+# winner on the 14336-row shapes).
+DEFAULT_Q8_CONFIG = LaunchConfig("gemv_q8", 1, 8, 16, 1, 4, 1)
 Q8_FORMATS = ("sym_int4", "asym_int4")  # the formats the int8-activation GEMV (`gemv_q8`) runs
 
 
@@ -154,12 +157,6 @@ def default_config(tw, m: int, x_dtype: torch.dtype) -> LaunchConfig:
     while tiles * split < 2 * sms and tw.kw // (split * 2) >= 4 * 64 and split < 8:
         split *= 2
     return _gemv(1, bn, 16, split, 4)
-
-
-def default_q8_config(tw) -> LaunchConfig:
-    """An untimed `gemv_q8` choice: 8 rows x 512 elements per step on 4 warps, no split (the H100 sweep's
-    winner on the 14336-row shapes)."""
-    return LaunchConfig("gemv_q8", 1, 8, 16, 1, 4, 1)
 
 
 def autotune_enabled() -> bool:

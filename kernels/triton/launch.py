@@ -18,12 +18,12 @@ import triton.compiler.errors
 
 from xpullm.kernels.triton import jit
 from xpullm.kernels.triton.configs import (
+    DEFAULT_Q8_CONFIG,
     Q8_FORMATS,
     LaunchConfig,
     autotune_enabled,
     candidates,
     default_config,
-    default_q8_config,
     m_bucket,
 )
 from xpullm.kernels.triton.layout import SINGLE_GROUP_WORDS, TritonWeight
@@ -140,7 +140,8 @@ _Q8_BLOCKS = 16  # 32-element blocks per program of the activation quantizer
 class Q8Activations(NamedTuple):
     """Activation rows quantized to int8 per block of 32, as `gemv_q8_kernel` reads them.
 
-    Made by `quantize_activations`, or directly by a fused producer (`decode_ops.rms_norm_q8`, `silu_mul_q8`),
+    Made by `quantize_activations`, or directly by a fused producer (`decode_ops.add_rms_norm` and
+    `decode_ops.silu_mul` with `quantize=True`),
     so a decode step quantizes each activation row once, inside the kernel that computes it.
     """
 
@@ -386,6 +387,31 @@ def time_cold(fn, device: torch.device, reps: int = 30, warmup: int = 3) -> floa
     return times[len(times) // 2]
 
 
+def _fastest(tw: TritonWeight, pool: list[LaunchConfig], call, fallback: LaunchConfig) -> LaunchConfig:
+    """The candidate of `pool` for which `call(cfg)` times fastest (`time_cold`), or `fallback`.
+
+    A tile this device cannot hold or this Triton cannot build is skipped with a warning.
+    """
+    best, best_ms = fallback, float("inf")
+    for cfg in pool:
+        try:
+            ms = time_cold(lambda cfg=cfg: call(cfg), tw.device)
+        except (
+            triton.runtime.errors.OutOfResources,
+            triton.compiler.errors.CompilationError,
+            RuntimeError,
+        ) as exc:
+            if isinstance(exc, RuntimeError) and "PassManager" not in str(exc):
+                raise  # only a compiler pipeline failure (seen in Triton 3.6 for some dot tiles) is skipped
+            # A tile this device cannot hold (shared memory / registers) or this Triton cannot build:
+            # skip it, but say so - a table entry that never runs is worth fixing.
+            warnings.warn(f"xpullm triton: skipping {cfg} for {tw.format} {tw.n}x{tw.k}: {exc}", stacklevel=3)
+            continue
+        if ms < best_ms:
+            best, best_ms = cfg, ms
+    return best
+
+
 def tune(tw: TritonWeight, m: int, dtype: torch.dtype = torch.bfloat16) -> LaunchConfig:
     """Time every candidate for `m` rows on random activations; cache and return the fastest."""
     key = _key(tw, m, dtype)
@@ -394,25 +420,8 @@ def tune(tw: TritonWeight, m: int, dtype: torch.dtype = torch.bfloat16) -> Launc
             return _tuned[key]
         bucket = m_bucket(m)
         x2 = torch.randn((bucket, tw.kx), dtype=dtype, device=tw.device)
-        best, best_ms = default_config(tw, m, dtype), float("inf")
-        for cfg in candidates(_device_kind(tw.device), tw, bucket, dtype):
-            try:
-                ms = time_cold(lambda cfg=cfg: run(x2, tw, cfg), tw.device)
-            except (
-                triton.runtime.errors.OutOfResources,
-                triton.compiler.errors.CompilationError,
-                RuntimeError,
-            ) as exc:
-                if isinstance(exc, RuntimeError) and "PassManager" not in str(exc):
-                    raise  # only a compiler pipeline failure (seen in Triton 3.6 for some dot tiles) is skipped
-                # A tile this device cannot hold (shared memory / registers) or this Triton cannot build:
-                # skip it, but say so - a table entry that never runs is worth fixing.
-                warnings.warn(
-                    f"xpullm triton: skipping {cfg} for {tw.format} {tw.n}x{tw.k}: {exc}", stacklevel=2
-                )
-                continue
-            if ms < best_ms:
-                best, best_ms = cfg, ms
+        pool = candidates(_device_kind(tw.device), tw, bucket, dtype)
+        best = _fastest(tw, pool, lambda cfg: run(x2, tw, cfg), default_config(tw, m, dtype))
         _tuned[key] = best
         return best
 
@@ -444,12 +453,13 @@ def select_q8_config(tw: TritonWeight, m: int) -> LaunchConfig:
     if cfg is not None:
         return cfg
     if not autotune_enabled() or _capturing(tw.device):
-        return default_q8_config(tw)
+        return DEFAULT_Q8_CONFIG
     with _tune_lock:
+        if key in _tuned:
+            return _tuned[key]
         act = quantize_activations(torch.randn((m_bucket(m), tw.k), dtype=torch.bfloat16, device=tw.device))
         pool = [c for c in candidates(_device_kind(tw.device), tw, m, torch.bfloat16) if c.path == "gemv_q8"]
-        timed = [(time_cold(lambda c=c: run_q8(act, tw, c), tw.device), i) for i, c in enumerate(pool)]
-        best = pool[min(timed)[1]] if timed else default_q8_config(tw)
+        best = _fastest(tw, pool, lambda cfg: run_q8(act, tw, cfg), DEFAULT_Q8_CONFIG)
         _tuned[key] = best
         return best
 

@@ -244,15 +244,6 @@ def gpu_decode_ops(device: torch.device) -> ModuleType | None:
     return decode_ops
 
 
-def gpu_attention(device: torch.device) -> ModuleType | None:
-    """`xpullm.kernels.triton.attention` (the decode-attention kernel) where `gpu_decode_ops` is available."""
-    if gpu_decode_ops(device) is None:
-        return None
-    from xpullm.kernels.triton import attention
-
-    return attention
-
-
 def _norm_weight(module: nn.Module) -> torch.Tensor:
     return module.weight.detach()
 
@@ -290,8 +281,11 @@ class StaticCacheDecoder:
         fusable_rope = gpu_ops is not None and not family.qk_norm and d & (d - 1) == 0 and d <= 256
         self._rope_write = gpu_ops.rope_kv_write if fusable_rope else None
         # The fixed-shape (CUDA-graph) step: fused norms, attention and int8 activations where the kernels exist.
-        attention = gpu_attention(device) if fusable_rope else None
-        self.step_ops = FusedStepOps(gpu_ops, attention) if attention else StepOps(self._norm, self._act)
+        self.step_ops: StepOps = StepOps(self._norm, self._act)
+        if fusable_rope:
+            from xpullm.kernels.triton import attention
+
+            self.step_ops = FusedStepOps(gpu_ops, attention)
         self._native_attention = native and not family.qk_norm
         inner = model.model
         self.embed = _EmbedRows(inner.embed_tokens, dtype)

@@ -9,7 +9,7 @@ sequence once and asks a `StepOps` for each piece, so the same code runs
   `dp4a` GEMV of `sym_int4` / `asym_int4`) - activations quantized by the kernel that produces them (the norm,
   SwiGLU) instead of a separate quantizer launch per projection.
 At batch 1 an 8B model's step is ~15 small kernels per layer besides the projections, each costing more in
-launch and memory round trips than in arithmetic; the fused ops cut that to ~7.
+launch and memory round trips than in arithmetic; the fused ops cut that to 6.
 Where the fused ops run, the decoder's eager (unreplayed) unpadded step is `static_step` too, so switching
 CUDA graphs off does not change a single token.
 """
@@ -151,8 +151,8 @@ def rotate_qk(
 def static_step(dec: Any, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """One decode step of `dec` (a StaticCacheDecoder) with fixed shapes: x [B, 1, hidden] at column `pos`.
 
-    The graph-capturable twin of `StaticCacheDecoder._forward` for unpadded batches (see the module docstring
-    for the two differences); the pieces come from `dec.step_ops` (`step_ops.py`). Returns logits [B, V].
+    The graph-capturable twin of `StaticCacheDecoder._forward` for unpadded batches (`graphs.py` says how a
+    fixed shape changes it); the pieces come from `dec.step_ops`. Returns logits [B, V].
     """
     batch = x.shape[0]
     h, kv, d = dec.n_heads, dec.n_kv, dec.head_dim
