@@ -18,8 +18,10 @@ invocation, so every ratio compares numbers from the same GPU and the same minut
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -28,12 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from xpullm.formats import get_format
+from xpullm.kernels.triton.pdl import pdl_enabled
 from xpullm.linear import LowBitLinear
 
 D, FF, H, KV, V, MAXLEN = 4096, 14336, 32, 8, 128256, 1024
 HD = D // H
 DT = torch.bfloat16
 DEV = "cuda"
+_PDL_MODES = {"on": ("1",), "off": ("0",), "both": ("1", "0")}  # XPULLM_PDL values
 
 
 class TinyGemmLinear(torch.nn.Module):
@@ -276,6 +280,10 @@ def main() -> None:
     )
     ap.add_argument("--no-eager", action="store_true", help="skip transformers' eager generate")
     ap.add_argument("--no-engine-eager", action="store_true", help="time the engine's CUDA-graph steps only")
+    ap.add_argument(
+        "--pdl", choices=("on", "off", "both"), default="on",
+        help="engine kernels with programmatic dependent launch (Hopper+), without (XPULLM_PDL=0), or both",
+    )  # fmt: skip
     ap.add_argument("--peer", default=None, help="path to gpu_peer_decode.py, run in the same invocation")
     ap.add_argument("--out", default=None, help="write the results as JSON lines here")
     args = ap.parse_args()
@@ -305,10 +313,15 @@ def main() -> None:
         fmt, _, group = spec.partition(":")
         rows += run(fmt, int(group) if group else None, args.layers, args.tokens, batches)
         save()
-    for spec in (s for s in args.engine.split(",") if s):
+    for spec, pdl in itertools.product((s for s in args.engine.split(",") if s), _PDL_MODES[args.pdl]):
         fmt, _, group = spec.partition(":")
+        os.environ["XPULLM_PDL"] = (
+            pdl  # read at every launch, so the decoder built next records its graphs so
+        )
+        print(f"# engine {spec}, XPULLM_PDL={pdl}", flush=True)
         for graphs in (False, True) if not args.no_engine_eager else (True,):
-            rows += engine(fmt, int(group) if group else None, args.layers, args.tokens, graphs, batches)
+            for row in engine(fmt, int(group) if group else None, args.layers, args.tokens, graphs, batches):
+                rows.append({**row, "pdl": pdl == "1" and pdl_enabled(torch.device(DEV))})
             save()
 
 

@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from xpullm.kernels.triton.pdl import launch_options, wait_for_inputs
+
 __all__ = ["decode_attention", "reference_decode_attention"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, like triton.jit does at decoration
@@ -63,7 +65,7 @@ def _decode_attention_kernel(
     stride_vb, stride_vh, stride_vc, stride_vd,
     KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr,
-    USE_WS: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
+    USE_WS: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Attention of the G query heads of one (row, kv head) over one split of columns 0..pos.
 
@@ -80,6 +82,7 @@ def _decode_attention_kernel(
     g_ok = offs_g < G
     heads = j * G + offs_g  # query heads j*G .. j*G+G-1 read kv head j, as SDPA's enable_gqa does
 
+    wait_for_inputs(PDL)
     q = tl.load(
         q_ptr + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :] * stride_qd,
         mask=g_ok[:, None],
@@ -127,7 +130,7 @@ def _decode_attention_kernel(
 
 @triton.jit
 def _merge_splits_kernel(
-    ws_acc_ptr, ws_ml_ptr, o_ptr, n_rows, S, D: tl.constexpr, BLOCK_S: tl.constexpr
+    ws_acc_ptr, ws_ml_ptr, o_ptr, n_rows, S, D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr
 ):  # fmt: skip
     """out[r] = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s with M = max_s m_s; one program per (row, head).
 
@@ -136,6 +139,7 @@ def _merge_splits_kernel(
     r = tl.program_id(0).to(tl.int64)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, D)
+    wait_for_inputs(PDL)
     m_all = tl.load(ws_ml_ptr + offs_s * n_rows + r, mask=offs_s < S, other=float("-inf"))
     m_max = tl.max(m_all, axis=0)
     l_tot = 0.0
@@ -272,11 +276,13 @@ def decode_attention(
         q.stride(0), q.stride(1), q.stride(-1), *k_cache.stride(), *v_cache.stride(),
         KV=kv, G=g, D=d, BLOCK_G=block_g, BLOCK_C=block_c,
         USE_WS=splits > 1, DOT_F32=_INTERPRET, IEEE=q.dtype == torch.float32, num_warps=_NUM_WARPS,
+        **launch_options(q.device),
     )  # fmt: skip
     if splits > 1:
         _merge_splits_kernel[(rows,)](
-            ws_acc, ws_ml, out, rows, splits, D=d, BLOCK_S=triton.next_power_of_2(splits), num_warps=1
-        )
+            ws_acc, ws_ml, out, rows, splits, D=d, BLOCK_S=triton.next_power_of_2(splits), num_warps=1,
+            **launch_options(q.device),
+        )  # fmt: skip
     return out
 
 

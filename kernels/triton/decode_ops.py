@@ -20,6 +20,7 @@ import triton.language as tl
 
 from xpullm.kernels.triton.jit import quantize_blocks_q8
 from xpullm.kernels.triton.launch import Q8Activations
+from xpullm.kernels.triton.pdl import launch_options, wait_for_inputs
 
 __all__ = [
     "add_rms_norm",
@@ -46,7 +47,7 @@ def _row_warps(block: int) -> int:
 def _rms_norm_kernel(
     x_ptr, d_ptr, h_ptr, w_ptr, y_ptr, xq_ptr, xs_ptr, xss_ptr,
     N, KB, stride_x, stride_d, stride_h, stride_y, stride_q, stride_s, eps,
-    BLOCK: tl.constexpr, CHUNK: tl.constexpr, HAS_DELTA: tl.constexpr, Q8: tl.constexpr,
+    BLOCK: tl.constexpr, CHUNK: tl.constexpr, HAS_DELTA: tl.constexpr, Q8: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """[h = x + d, stored in x's dtype;] y = h * rsqrt(mean(h^2) + eps) * w in fp32, rounded to y's dtype,
     then stored - or, with Q8, quantized to int8 blocks for `gemv_q8_kernel`.
@@ -57,6 +58,7 @@ def _rms_norm_kernel(
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     ok = offs < N
+    wait_for_inputs(PDL)
     x = tl.load(x_ptr + row * stride_x + offs, mask=ok, other=0.0)
     if HAS_DELTA:
         d = tl.load(d_ptr + row * stride_d + offs, mask=ok, other=0.0)
@@ -85,13 +87,14 @@ def _rms_norm_kernel(
 @triton.jit
 def _silu_mul_kernel(
     gu_ptr, y_ptr, xq_ptr, xs_ptr, xss_ptr, F, KB, stride_gu, stride_y, stride_q, stride_s,
-    BLOCK: tl.constexpr, Q8: tl.constexpr,
+    BLOCK: tl.constexpr, Q8: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """y[row, f] = silu(gu[row, f]) * gu[row, F + f] in fp32, rounded to y's dtype; stored, or with Q8
     quantized to int8 blocks for `gemv_q8_kernel`. Grid (rows, column blocks)."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < F
+    wait_for_inputs(PDL)
     g = tl.load(gu_ptr + row * stride_gu + offs, mask=ok, other=0.0).to(tl.float32)
     u = tl.load(gu_ptr + row * stride_gu + F + offs, mask=ok, other=0.0).to(tl.float32)
     y = (g / (1.0 + tl.exp(-g)) * u).to(y_ptr.dtype.element_ty)
@@ -111,7 +114,7 @@ def _rope_kv_write_kernel(
     stride_qkv, stride_cos, stride_sin,
     stride_kb, stride_kh, stride_kc, stride_kd,
     stride_vb, stride_vh, stride_vc, stride_vd,
-    H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr,
+    H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """One head of one row: rotate a q head into q, a k head into k_cache[b, j, pos], copy a v head.
 
@@ -122,6 +125,7 @@ def _rope_kv_write_kernel(
     h = tl.program_id(1)
     offs = tl.arange(0, D)
     src = qkv_ptr + b * stride_qkv + h * D
+    wait_for_inputs(PDL)
     if h < H + KV:
         pos = tl.load(pos_ptr).to(tl.int64)
         x = tl.load(src + offs).to(tl.float32)
@@ -213,6 +217,7 @@ def add_rms_norm(
         hidden, -(-hidden // 32), x2.stride(0), d2.stride(0), hidden, hidden, q.codes.stride(0),
         q.scales.stride(0), float(eps),
         BLOCK=block, CHUNK=chunk, HAS_DELTA=delta is not None, Q8=quantize, num_warps=min(_row_warps(block), 8),
+        **launch_options(x.device),
     )  # fmt: skip
     return h, act
 
@@ -249,7 +254,7 @@ def silu_mul(gu: torch.Tensor, quantize: bool = False) -> torch.Tensor | Q8Activ
     grid = (rows, triton.cdiv(f, _SILU_BLOCK))
     _silu_mul_kernel[grid](
         gu2, y, q.codes, q.scales, q.sums, f, -(-f // 32), gu2.stride(0), f, q.codes.stride(0),
-        q.scales.stride(0), BLOCK=_SILU_BLOCK, Q8=quantize, num_warps=4,
+        q.scales.stride(0), BLOCK=_SILU_BLOCK, Q8=quantize, num_warps=4, **launch_options(gu.device),
     )  # fmt: skip
     return act
 
@@ -331,7 +336,7 @@ def rope_kv_write(
     _rope_kv_write_kernel[(b, n_heads + 2 * n_kv)](
         qkv2, cos, sin, pos, q, k_cache, v_cache,
         qkv2.stride(0), cos.stride(0), sin.stride(0), *k_cache.stride(), *v_cache.stride(),
-        H=n_heads, KV=n_kv, D=d, num_warps=1 if d <= 128 else 2,
+        H=n_heads, KV=n_kv, D=d, num_warps=1 if d <= 128 else 2, **launch_options(qkv.device),
     )  # fmt: skip
     return q
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from xpullm.kernels.triton.pdl import wait_for_inputs
+
 # Format codes, passed as constexpr so each format compiles to its own straight-line decode. Globals read
 # inside a jitted function must be `tl.constexpr` instances; `.value` gives the plain int to the host side.
 SYM_INT4 = tl.constexpr(0)
@@ -147,7 +149,7 @@ def gemv_kernel(
     GROUP_WORDS: tl.constexpr, FMT: tl.constexpr, PLANES: tl.constexpr,
     HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, USE_WS: tl.constexpr,
-    X_BF16: tl.constexpr, PREFETCH: tl.constexpr,
+    X_BF16: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """y[m, n] = sum_k x[m, k] * W[n, k] on CUDA cores, one activation row per program (decode).
 
@@ -180,6 +182,7 @@ def gemv_kernel(
             w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw_begin, kw_end, NG, stride_wn, stride_sn,
             GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
         )  # fmt: skip
+        wait_for_inputs(PDL)  # the first weight tile is in flight while the previous kernel drains
         for kw0 in range(kw_begin, kw_end, STEP):
             w_next, s_next, z_next = _gemv_load(
                 w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0 + STEP, kw_end, NG, stride_wn, stride_sn,
@@ -190,6 +193,7 @@ def gemv_kernel(
             )
             w, s, z = w_next, s_next, z_next
     else:
+        wait_for_inputs(PDL)
         for kw0 in range(kw_begin, kw_end, STEP):
             w, s, z = _gemv_load(
                 w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0, kw_end, NG, stride_wn, stride_sn,
@@ -214,7 +218,7 @@ def dot_kernel(
     GROUP_WORDS: tl.constexpr, FMT: tl.constexpr, PLANES: tl.constexpr,
     HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, USE_WS: tl.constexpr,
-    DOT_F32: tl.constexpr,
+    DOT_F32: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """The same product on tensor cores (`tl.dot`): dequantize a weight tile in registers, one dot per plane.
 
@@ -242,6 +246,7 @@ def dot_kernel(
     m_ok = m3 < M
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    wait_for_inputs(PDL)
     kw_begin = pid_k * words_per_split
     kw_end = tl.minimum(kw_begin + words_per_split, KW)
     for kw0 in range(kw_begin, kw_end, BKW):
@@ -294,8 +299,11 @@ def dot_kernel(
 
 
 @triton.jit
-def splitk_reduce_kernel(ws_ptr, y_ptr, numel, stride_ys, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+def splitk_reduce_kernel(
+    ws_ptr, y_ptr, numel, stride_ys, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr
+):  # fmt: skip
     """y = sum over the SPLIT_K fp32 partial products, cast to y's dtype (every element written)."""
+    wait_for_inputs(PDL)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < numel
     total = tl.load(ws_ptr + offs, mask=ok, other=0.0)
@@ -399,10 +407,12 @@ def quantize_blocks_q8(x, blk, ok, xq_row, xs_row, xss_row, BLOCKS: tl.constexpr
 
 @triton.jit
 def quantize_x_q8_kernel(
-    x_ptr, xq_ptr, xs_ptr, xss_ptr, K, KB, stride_xm, stride_qm, stride_sm, BLOCKS: tl.constexpr
+    x_ptr, xq_ptr, xs_ptr, xss_ptr, K, KB, stride_xm, stride_qm, stride_sm, BLOCKS: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """Activations x [M, K] -> int8 per block of 32 (`quantize_blocks_q8`); KB = ceil(K / 32) blocks, the
     tail of the last one read as zeros. Grid: (rows, block chunks of BLOCKS)."""
+    wait_for_inputs(PDL)
     row = tl.program_id(0)
     blk = tl.program_id(1) * BLOCKS + tl.arange(0, BLOCKS)  # [BLOCKS]
     ok = blk < KB
@@ -451,7 +461,7 @@ def gemv_q8_kernel(
     stride_qm, stride_sm, stride_wn, stride_sn, stride_ym, stride_ys,
     GROUP_WORDS: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, USE_WS: tl.constexpr, EMULATE: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    PREFETCH: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """y[m, n] = sum_k x[m, k] W[n, k] for 4-bit integer weights (sym_int4 / asym_int4) and int8 activations.
 
@@ -482,6 +492,7 @@ def gemv_q8_kernel(
             w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw_begin, kw_end, NG, stride_wn, stride_sn,
             GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
         )  # fmt: skip
+        wait_for_inputs(PDL)  # the first weight tile is in flight while the previous kernel drains
         for kw0 in range(kw_begin, kw_end, STEP):
             w_next, s_next, z_next = _gemv_load(
                 w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0 + STEP, kw_end, NG, stride_wn, stride_sn,
@@ -493,6 +504,7 @@ def gemv_q8_kernel(
             )  # fmt: skip
             w, s, z = w_next, s_next, z_next
     else:
+        wait_for_inputs(PDL)
         for kw0 in range(kw_begin, kw_end, STEP):
             w, s, z = _gemv_load(
                 w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0, kw_end, NG, stride_wn, stride_sn,

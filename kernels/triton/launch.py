@@ -27,6 +27,7 @@ from xpullm.kernels.triton.configs import (
     m_bucket,
 )
 from xpullm.kernels.triton.layout import SINGLE_GROUP_WORDS, TritonWeight
+from xpullm.kernels.triton.pdl import launch_options
 
 __all__ = [
     "Q8_KEY_DTYPE",
@@ -122,6 +123,7 @@ def run(
         USE_WS=split > 1,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
+        **launch_options(x2.device),
     )
     if cfg.path == "gemv":
         grid = (triton.cdiv(tw.n, cfg.block_n), split, m)
@@ -183,7 +185,7 @@ def quantize_activations(x: torch.Tensor) -> Q8Activations:
     grid = (x2.shape[0], triton.cdiv(kb, _Q8_BLOCKS))
     jit.quantize_x_q8_kernel[grid](
         x2, act.codes, act.scales, act.sums, k, kb, x2.stride(0), act.codes.stride(0), act.scales.stride(0),
-        BLOCKS=_Q8_BLOCKS, num_warps=4,
+        BLOCKS=_Q8_BLOCKS, num_warps=4, **launch_options(x2.device),
     )  # fmt: skip
     return act
 
@@ -225,6 +227,7 @@ def run_q8(
         GROUP_WORDS=tw.group_words, HAS_ZERO=tw.zeros is not None, SCALE_PER_TILE=_scale_per_tile(tw, cfg),
         BLOCK_N=cfg.block_n, BLOCK_KB=cfg.block_kb, USE_WS=split > 1,
         EMULATE=_INTERPRET or tw.device.type != "cuda", PREFETCH=cfg.prefetch, num_warps=cfg.num_warps,
+        **launch_options(tw.device),
     )  # fmt: skip
     if split > 1:
         _reduce_splits(workspace, out)
@@ -245,8 +248,9 @@ def _split_target(
 def _reduce_splits(workspace: torch.Tensor, out: torch.Tensor) -> None:
     numel = out.numel()
     jit.splitk_reduce_kernel[(triton.cdiv(numel, _REDUCE_BLOCK),)](
-        workspace, out, numel, workspace.stride(0), SPLIT_K=workspace.shape[0], BLOCK=_REDUCE_BLOCK
-    )
+        workspace, out, numel, workspace.stride(0), SPLIT_K=workspace.shape[0], BLOCK=_REDUCE_BLOCK,
+        **launch_options(out.device),
+    )  # fmt: skip
 
 
 def dequantize(

@@ -120,6 +120,22 @@ def test_graph_decode_gives_the_eager_tokens(model, prompt: list[int]) -> None:
     assert all(0 <= t < VOCAB for t in g_tokens)
 
 
+def test_programmatic_dependent_launch_changes_no_bit(model, monkeypatch) -> None:
+    """With PDL (Hopper+) each kernel's programs start before the previous kernel ends and wait for it inside:
+    a missing wait would let a kernel read a half-written activation. The graphed decode with PDL on must give
+    bitwise the logits of the same decode launched plainly (XPULLM_PDL=0), over enough steps to expose a race."""
+    from xpullm.kernels.triton.pdl import pdl_enabled
+
+    if not pdl_enabled(torch.device("cuda")):
+        pytest.skip("programmatic dependent launch needs compute capability 9.0+ (Hopper)")
+    _, with_pdl = greedy(GraphedDecoder(static_decoder(model, "cuda")), PROMPTS[1], 40)
+    monkeypatch.setenv("XPULLM_PDL", "0")
+    assert not pdl_enabled(torch.device("cuda"))
+    _, plain = greedy(GraphedDecoder(static_decoder(model, "cuda")), PROMPTS[1], 40)
+    for i, (a, b) in enumerate(zip(with_pdl, plain, strict=True)):
+        assert torch.equal(a, b), f"step {i}: PDL changed the logits by up to {(a - b).abs().max():.3e}"
+
+
 def test_padded_batches_and_new_batch_sizes(model) -> None:
     """Padded batches stay eager (exact per-row attention); an unpadded batch of 2 records its own graph."""
     graphed = GraphedDecoder(static_decoder(model, "cuda"))
