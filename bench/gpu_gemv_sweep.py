@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -123,10 +124,9 @@ def sweep_shape(
     # them over; for `matmul` on bf16 input the quantizer's own in-graph time (`quant_us`) is added.
     act = quantize_activations(x[:, :k])
     quant_us = graph_us([lambda: quantize_activations(x[:, :k])] * 8)
-    rows = []
-    for cfg in [tuned, *grid(paths)]:
-        if not valid(cfg, tw, x.dtype):
-            continue
+
+    def calls(cfg) -> tuple[list, list[torch.Tensor]]:
+        """One call of `cfg` per weight copy, and the outputs they write."""
         outs = [torch.empty(1, n, device=dev, dtype=x.dtype) for _ in tws]
         ws = None
         if cfg.split_k > 1:
@@ -136,6 +136,13 @@ def sweep_shape(
             (lambda t=t, o=o, s=(ws[i] if ws else None), c=cfg, f=call, a=inp: f(a, t, c, out=o, workspace=s))
             for i, (t, o) in enumerate(zip(tws, outs, strict=True))
         ]
+        return fns, outs
+
+    rows = []
+    for cfg in [tuned, *grid(paths)]:
+        if not valid(cfg, tw, x.dtype):
+            continue
+        fns, outs = calls(cfg)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -172,9 +179,15 @@ def sweep_shape(
             print(f"  best {label}: {r['graph_us']:.1f} us graph, {r['cold_us']:.1f} us cold, {r['cfg']}")
     peers = peers_graph_us(n, k, x)
     ours = best["graph_us"]
+    # The same winner launched plainly: what programmatic dependent launch (Hopper+) adds between calls.
+    os.environ["XPULLM_PDL"] = "0"
+    try:
+        plain = graph_us(calls(best["cfg"])[0])
+    finally:
+        os.environ.pop("XPULLM_PDL")
     print(
-        f"  in-graph: xpullm {ours:.1f} us ({gb / ours * 1e3:.2f} TB/s), cuBLAS bf16 {peers['cublas_us']:.1f} us "
-        f"-> {peers['cublas_us'] / ours:.2f}x"
+        f"  in-graph: xpullm {ours:.1f} us ({gb / ours * 1e3:.2f} TB/s; {plain:.1f} us without PDL), "
+        f"cuBLAS bf16 {peers['cublas_us']:.1f} us -> {peers['cublas_us'] / ours:.2f}x"
         + (
             f", tinygemm {peers['tinygemm_us']:.1f} us -> {peers['tinygemm_us'] / ours:.2f}x"
             if "tinygemm_us" in peers
@@ -190,8 +203,6 @@ def sweep_shape(
     q8 = [r for r in ok if r["cfg"].path == "gemv_q8"]
     if q8:
         records.append({**key, "dtype": Q8_KEY_DTYPE, "config": asdict(q8[0]["cfg"])})
-    del tws, outs
-    torch.cuda.empty_cache()
     return ok, records
 
 
@@ -212,6 +223,7 @@ def main() -> None:
         fmt, _, gs = spec.partition(":")
         for n, k in shapes:
             _, recs = sweep_shape(fmt, int(gs) if gs else 0, n, k, args.top, tuple(args.paths.split(",")))
+            torch.cuda.empty_cache()  # the shape's weight copies are gone with its frame
             records += recs
             if args.json:
                 args.json.write_text(json.dumps(records, indent=1))

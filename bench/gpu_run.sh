@@ -6,9 +6,9 @@
 #   bash bench/gpu_run.sh tests      # only the GPU kernel tests (~3-5 min, mostly Triton compiles)
 #   bash bench/gpu_run.sh bench      # only the benchmark        (~4-6 min on an H100)
 #   bash bench/gpu_run.sh py SCRIPT [ARGS]  # any python script with the shim on PYTHONPATH (e.g. gpu_profile.py)
-#   bash bench/gpu_run.sh prepare    # run HERE (dev machine): copy pure-python pytest (and platformdirs, which
-#                                    # xpullm needs and the GPU image lacks) into bench/out/pydeps,
-#                                    # to be carried to a GPU machine whose python3 lacks pytest
+#   bash bench/gpu_run.sh prepare    # run HERE (dev machine): copy pure-python pytest, and platformdirs and gguf
+#                                    # (which xpullm needs and the GPU image lacks) into bench/out/pydeps,
+#                                    # to be carried to a GPU machine whose python3 lacks them
 # Extra benchmark arguments may follow the mode, e.g. `bash bench/gpu_run.sh bench --formats sym_int4:128`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,7 +22,7 @@ if [ "$MODE" = prepare ]; then
   SITE="$("$ROOT/.venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   DEST="$ROOT/bench/out/pydeps"
   rm -rf "$DEST" && mkdir -p "$DEST"
-  for pkg in pytest _pytest pluggy iniconfig packaging pygments py.py platformdirs; do
+  for pkg in pytest _pytest pluggy iniconfig packaging pygments py.py platformdirs gguf; do
     [ -e "$SITE/$pkg" ] && cp -r "$SITE/$pkg" "$DEST/"
   done
   echo "pytest copied to $DEST (pass it in the device run's carry list)"
