@@ -10,18 +10,19 @@ The XPU table is a first guess from Intel's Triton tuning guides and is not yet 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 
 __all__ = [
     "CONFIG_TABLES",
-    "DEFAULT_Q8_CONFIG",
     "Q8_FORMATS",
+    "Q8_ROW_TILES",
     "LaunchConfig",
     "candidates",
     "default_config",
+    "default_q8_config",
     "m_bucket",
     "valid",
 ]
@@ -75,6 +76,19 @@ _CUDA_GEMV_Q8 = [
     for bn, kb, w in ((8, 16, 4), (16, 16, 4), (16, 32, 8), (32, 16, 8), (4, 32, 4), (8, 32, 8), (8, 8, 2))
     for sk in (1, 2)
 ] + [LaunchConfig("gemv_q8", 1, bn, kb, 1, w, 1, True) for bn, kb, w in ((8, 8, 2), (8, 16, 4), (4, 8, 2))]
+# The same for 2..16 decode rows, all of them in one program (`candidates` sets block_m to the row bucket):
+# the weight tile is read once and meets every row.
+_CUDA_GEMV_Q8_ROWS = [
+    LaunchConfig("gemv_q8", 0, bn, kb, sk, w, 1, pf)
+    for bn, kb, w, pf in (
+        (8, 16, 4, False),
+        (16, 16, 4, False),
+        (4, 16, 2, False),
+        (8, 8, 2, True),
+        (16, 8, 4, False),
+    )
+    for sk in (1, 2)
+]
 _CUDA_DOT_SMALL = [
     _dot(16, bn, kb, sk, w, st)
     for bn, kb, w, st in ((32, 4, 4, 3), (64, 4, 4, 3), (64, 8, 4, 2), (128, 4, 8, 2))
@@ -95,14 +109,23 @@ _XPU_DOT_SMALL = [_dot(16, bn, kb, sk, w, 2) for bn, kb, w in ((64, 4, 4), (128,
 _XPU_PREFILL = [_DEQUANT, _dot(128, 128, 4, 1, 16, 2), _dot(256, 128, 4, 1, 32, 2)]
 
 CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
-    "cuda": {"gemv": _CUDA_GEMV + _CUDA_GEMV_Q8, "dot_small": _CUDA_DOT_SMALL, "prefill": _CUDA_PREFILL},
+    "cuda": {
+        "gemv": _CUDA_GEMV + _CUDA_GEMV_Q8,
+        "gemv_q8_rows": _CUDA_GEMV_Q8_ROWS,
+        "dot_small": _CUDA_DOT_SMALL,
+        "prefill": _CUDA_PREFILL,
+    },
     "xpu": {"gemv": _XPU_GEMV, "dot_small": _XPU_DOT_SMALL, "prefill": _XPU_PREFILL},
 }
 GEMV_MAX_M = 16  # above this, prefill configs
-# The untimed `gemv_q8` choice: 8 rows x 512 elements per step on 4 warps, no split (the H100 and H200 sweeps'
-# winner on the 14336-row shapes).
-DEFAULT_Q8_CONFIG = LaunchConfig("gemv_q8", 1, 8, 16, 1, 4, 1)
 Q8_FORMATS = ("sym_int4", "asym_int4")  # the formats the int8-activation GEMV (`gemv_q8`) runs
+Q8_ROW_TILES = (1, 2, 4, 8, 16)  # activation rows one `gemv_q8` program may take (block_m)
+
+
+def default_q8_config(m: int) -> LaunchConfig:
+    """The untimed `gemv_q8` choice for `m` rows: 8 weight rows x 512 elements per step on 4 warps, no split
+    (the H100 and H200 sweeps' batch-1 winner on the 14336-row shapes), all of the row bucket in one program."""
+    return LaunchConfig("gemv_q8", min(m_bucket(m), Q8_ROW_TILES[-1]), 8, 16, 1, 4, 1)
 
 
 def m_bucket(m: int) -> int:
@@ -116,7 +139,9 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return True
     if cfg.path == "dot" and (x_dtype not in (torch.bfloat16, torch.float16) or cfg.block_kb < 4):
         return False  # tl.dot on fp32 would silently drop to tf32; one plane's dot needs K = 4 * BKB >= 16
-    if cfg.path == "gemv_q8" and (tw.format not in Q8_FORMATS or x_dtype == torch.float32):
+    if cfg.path == "gemv_q8" and (
+        tw.format not in Q8_FORMATS or x_dtype == torch.float32 or cfg.block_m not in Q8_ROW_TILES
+    ):
         return False  # integer weights only; fp32 activations keep the float GEMV (exact-as-asked numerics)
     # A split needs at least a couple of K steps to be worth its reduction pass.
     return cfg.split_k == 1 or tw.kw >= 2 * cfg.split_k * cfg.block_kb * 4
@@ -130,6 +155,8 @@ def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[Launc
         # The CUDA-core GEMV runs one activation row per program (re-reading the weight tile from L2 for
         # rows 2..8); the tensor-core tiles read it once for up to 16 rows. The tuner measures which wins.
         pool = list(table["gemv"]) if bucket <= 8 else []
+        if bucket > 1:
+            pool += [replace(c, block_m=bucket) for c in table.get("gemv_q8_rows", ())]
         pool += table["dot_small"]
     else:
         pool = table["prefill"]

@@ -520,3 +520,108 @@ def gemv_q8_kernel(
         tl.store(y_ptr + row * stride_ym + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_store)
     else:
         tl.store(y_ptr + pid_k * stride_ys + row * stride_ym + offs_n, y, mask=n_store)
+
+
+@triton.jit
+def _q8_rows_step(
+    w, s, z, xq_ptr, xs_ptr, xss_ptr, rows4, rows3, r_ok4, r_ok3, stride_qm, stride_sm, kw0, kw_end, KBX,
+    b4, l4, b3,
+    HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
+    EMULATE: tl.constexpr,
+):  # fmt: skip
+    """`_q8_step` for ROWS activation rows at once: the weight words [BN, BKB, 4] are unpacked once and meet
+    every row's int8 codes; returns the [ROWS, BN, BKB] contribution."""
+    kb0 = kw0 // 4
+    x_ok = r_ok4 & ((kw0 + b4 * 4 + l4) < kw_end) & ((kb0 + b4) < KBX)
+    x_off = rows4 * stride_qm + (kb0 + b4) * 8 + l4  # [ROWS, 1, BKB, 4]
+    x_lo = tl.load(xq_ptr + x_off, mask=x_ok, other=0)
+    x_hi = tl.load(xq_ptr + x_off + 4, mask=x_ok, other=0)
+    lo = tl.expand_dims(w & QK_LO_MASK, 0)  # [1, BN, BKB, 4]
+    hi = tl.expand_dims((w >> 4) & QK_LO_MASK, 0)
+    shape: tl.constexpr = (x_lo.shape[0], BLOCK_N, BLOCK_KB, 4)
+    d = _dp4a(tl.broadcast_to(lo, shape), tl.broadcast_to(x_lo, shape), tl.zeros(shape, tl.int32), EMULATE)
+    d = _dp4a(tl.broadcast_to(hi, shape), tl.broadcast_to(x_hi, shape), d, EMULATE)
+    dot = tl.sum(d, axis=3).to(tl.float32)  # [ROWS, BN, BKB]
+    blk_ok = r_ok3 & ((kw0 + b3 * 4) < kw_end) & ((kb0 + b3) < KBX)
+    xs = tl.load(xs_ptr + rows3 * stride_sm + kb0 + b3, mask=blk_ok, other=0.0)  # [ROWS, 1, BKB]
+    xss = tl.load(xss_ptr + rows3 * stride_sm + kb0 + b3, mask=blk_ok, other=0.0)
+    if SCALE_PER_TILE:
+        s3 = tl.reshape(s, (1, BLOCK_N, 1))
+    else:
+        s3 = tl.reshape(s, (1, BLOCK_N, BLOCK_KB))
+    if HAS_ZERO:
+        if SCALE_PER_TILE:
+            z3 = tl.reshape(z, (1, BLOCK_N, 1))
+        else:
+            z3 = tl.reshape(z, (1, BLOCK_N, BLOCK_KB))
+        return dot * xs * s3 + xss * z3
+    else:
+        return (dot * xs - 8.0 * xss) * s3
+
+
+@triton.jit
+def gemv_q8_rows_kernel(
+    xq_ptr, xs_ptr, xss_ptr, w_ptr, s_ptr, z_ptr, y_ptr,
+    M, N, KW, KBX, NG, words_per_split,
+    stride_qm, stride_sm, stride_wn, stride_sn, stride_ym, stride_ys,
+    GROUP_WORDS: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, USE_WS: tl.constexpr,
+    EMULATE: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    """`gemv_q8_kernel` for 2..16 decode rows: each program multiplies its weight tile with ROWS activation
+    rows, so the weight is read from memory once for all of them (a one-row program per row would stream it
+    ROWS times, from L2 at best). Grid (N tiles, K splits, row tiles of ROWS)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    STEP: tl.constexpr = BLOCK_KB * 4
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n3 = offs_n[:, None, None]
+    b3 = tl.arange(0, BLOCK_KB)[None, :, None]
+    l3 = tl.arange(0, 4)[None, None, :]
+    n_ok = n3 < N
+    offs_r = tl.program_id(2) * ROWS + tl.arange(0, ROWS)
+    rows4 = offs_r[:, None, None, None]
+    rows3 = offs_r[:, None, None]
+    r_ok4 = rows4 < M
+    r_ok3 = rows3 < M
+    b4 = tl.arange(0, BLOCK_KB)[None, None, :, None]
+    l4 = tl.arange(0, 4)[None, None, None, :]
+    bb3 = tl.arange(0, BLOCK_KB)[None, None, :]
+    acc = tl.zeros([ROWS, BLOCK_N, BLOCK_KB], dtype=tl.float32)
+    kw_begin = pid_k * words_per_split
+    kw_end = tl.minimum(kw_begin + words_per_split, KW)
+    if PREFETCH:
+        w, s, z = _gemv_load(
+            w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw_begin, kw_end, NG, stride_wn, stride_sn,
+            GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
+        )  # fmt: skip
+        wait_for_inputs(PDL)
+        for kw0 in range(kw_begin, kw_end, STEP):
+            w_next, s_next, z_next = _gemv_load(
+                w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0 + STEP, kw_end, NG, stride_wn, stride_sn,
+                GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
+            )  # fmt: skip
+            acc += _q8_rows_step(
+                w, s, z, xq_ptr, xs_ptr, xss_ptr, rows4, rows3, r_ok4, r_ok3, stride_qm, stride_sm, kw0, kw_end,
+                KBX, b4, l4, bb3, HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE,
+            )  # fmt: skip
+            w, s, z = w_next, s_next, z_next
+    else:
+        wait_for_inputs(PDL)
+        for kw0 in range(kw_begin, kw_end, STEP):
+            w, s, z = _gemv_load(
+                w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0, kw_end, NG, stride_wn, stride_sn,
+                GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
+            )  # fmt: skip
+            acc += _q8_rows_step(
+                w, s, z, xq_ptr, xs_ptr, xss_ptr, rows4, rows3, r_ok4, r_ok3, stride_qm, stride_sm, kw0, kw_end,
+                KBX, b4, l4, bb3, HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE,
+            )  # fmt: skip
+    y = tl.sum(acc, axis=2)  # [ROWS, BN]
+    r2 = offs_r[:, None]
+    n2 = offs_n[None, :]
+    ok = (r2 < M) & (n2 < N)
+    if not USE_WS:
+        tl.store(y_ptr + r2 * stride_ym + n2, y.to(y_ptr.dtype.element_ty), mask=ok)
+    else:
+        tl.store(y_ptr + pid_k * stride_ys + r2 * stride_ym + n2, y, mask=ok)

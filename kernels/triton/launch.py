@@ -18,12 +18,13 @@ import triton.compiler.errors
 
 from xpullm.kernels.triton import jit
 from xpullm.kernels.triton.configs import (
-    DEFAULT_Q8_CONFIG,
     Q8_FORMATS,
+    Q8_ROW_TILES,
     LaunchConfig,
     autotune_enabled,
     candidates,
     default_config,
+    default_q8_config,
     m_bucket,
 )
 from xpullm.kernels.triton.layout import SINGLE_GROUP_WORDS, TritonWeight
@@ -197,9 +198,10 @@ def run_q8(
     out: torch.Tensor | None = None,
     workspace: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y [M, N] = dequantized activations @ W^T through `gemv_q8_kernel` with one explicit configuration."""
-    if cfg.path != "gemv_q8" or cfg.block_m != 1:
-        raise ValueError(f"the GEMV runs one activation row per program: block_m must be 1, got {cfg}")
+    """y [M, N] = dequantized activations @ W^T through `gemv_q8_kernel` (block_m 1: one row per program) or
+    `gemv_q8_rows_kernel` (block_m rows per program) with one explicit configuration."""
+    if cfg.path != "gemv_q8" or cfg.block_m not in Q8_ROW_TILES:
+        raise ValueError(f"gemv_q8 runs {Q8_ROW_TILES} activation rows per program (block_m), got {cfg}")
     if tw.format not in Q8_FORMATS:
         raise ValueError(
             f"the int8-activation GEMV runs {' and '.join(Q8_FORMATS)} weights only, not {tw.format}"
@@ -218,17 +220,23 @@ def run_q8(
     split = cfg.split_k
     workspace, target, stride_ys = _split_target(split, out, workspace)
     zeros = tw.zeros if tw.zeros is not None else tw.scales
-    grid = (triton.cdiv(tw.n, cfg.block_n), split, m)
-    jit.gemv_q8_kernel[grid](
+    grid = (triton.cdiv(tw.n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
+    args = (
         act.codes, act.scales, act.sums, tw.words, tw.scales, zeros, target,
         m, tw.n, tw.kw, kbx, tw.n_groups, _words_per_split(tw, cfg),
         act.codes.stride(0), act.scales.stride(0), tw.words.stride(0), tw.scales.stride(0), target.stride(-2),
         stride_ys,
+    )  # fmt: skip
+    meta = dict(
         GROUP_WORDS=tw.group_words, HAS_ZERO=tw.zeros is not None, SCALE_PER_TILE=_scale_per_tile(tw, cfg),
         BLOCK_N=cfg.block_n, BLOCK_KB=cfg.block_kb, USE_WS=split > 1,
         EMULATE=_INTERPRET or tw.device.type != "cuda", PREFETCH=cfg.prefetch, num_warps=cfg.num_warps,
         **launch_options(tw.device),
     )  # fmt: skip
+    if cfg.block_m == 1:
+        jit.gemv_q8_kernel[grid](*args, **meta)
+    else:
+        jit.gemv_q8_rows_kernel[grid](*args, **meta, ROWS=cfg.block_m)
     if split > 1:
         _reduce_splits(workspace, out)
     return out
@@ -457,13 +465,13 @@ def select_q8_config(tw: TritonWeight, m: int) -> LaunchConfig:
     if cfg is not None:
         return cfg
     if not autotune_enabled() or _capturing(tw.device):
-        return DEFAULT_Q8_CONFIG
+        return default_q8_config(m)
     with _tune_lock:
         if key in _tuned:
             return _tuned[key]
         act = quantize_activations(torch.randn((m_bucket(m), tw.k), dtype=torch.bfloat16, device=tw.device))
         pool = [c for c in candidates(_device_kind(tw.device), tw, m, torch.bfloat16) if c.path == "gemv_q8"]
-        best = _fastest(tw, pool, lambda cfg: run_q8(act, tw, cfg), DEFAULT_Q8_CONFIG)
+        best = _fastest(tw, pool, lambda cfg: run_q8(act, tw, cfg), default_q8_config(m))
         _tuned[key] = best
         return best
 

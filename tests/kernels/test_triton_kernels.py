@@ -78,6 +78,8 @@ PATHS = {
     "gemv_q8_split": LaunchConfig("gemv_q8", 1, 8, 4, 2, 4, 1),
     "gemv_q8_prefetch": LaunchConfig("gemv_q8", 1, 16, 2, 1, 4, 1, prefetch=True),
     "gemv_q8_prefetch_split": LaunchConfig("gemv_q8", 1, 8, 4, 2, 2, 1, prefetch=True),
+    "gemv_q8_rows": LaunchConfig("gemv_q8", 4, 16, 2, 1, 4, 1),  # 4 activation rows per program
+    "gemv_q8_rows_prefetch_split": LaunchConfig("gemv_q8", 16, 8, 4, 2, 4, 1, prefetch=True),
     "dot": LaunchConfig("dot", 16, 32, 4, 1, 4, 2),
     "dot_split": LaunchConfig("dot", 16, 16, 4, 2, 4, 2),
     "dot_prefill": LaunchConfig("dot", 32, 64, 4, 1, 4, 2),
@@ -94,6 +96,8 @@ if INTERPRET:  # fewer, larger programs: the interpreter's cost is per program a
     PATHS["gemv_q8_split"] = LaunchConfig("gemv_q8", 1, 32, 4, 2, 4, 1)
     PATHS.pop("gemv_q8_prefetch")
     PATHS["gemv_q8_prefetch_split"] = LaunchConfig("gemv_q8", 1, 32, 2, 2, 4, 1, prefetch=True)
+    PATHS["gemv_q8_rows"] = LaunchConfig("gemv_q8", 4, 32, 4, 1, 4, 1)
+    PATHS["gemv_q8_rows_prefetch_split"] = LaunchConfig("gemv_q8", 2, 32, 2, 2, 4, 1, prefetch=True)
 
 
 @pytest.fixture(autouse=True)
@@ -182,20 +186,24 @@ def test_every_path_overwrites_poisoned_output(fmt, gs, path):
 
 @pytest.mark.parametrize(("fmt", "gs"), [f for f in FORMATS if f[0] in Q8_FORMATS])
 @pytest.mark.parametrize(("split", "prefetch"), [(1, False), (2, False), (2, True)])
-def test_int8_activation_gemv_matches_its_twin(fmt, gs, split, prefetch):
+@pytest.mark.parametrize("rows", [1, 4])
+def test_int8_activation_gemv_matches_its_twin(fmt, gs, split, prefetch, rows):
     """The dp4a GEMV computes exactly the CPU kernels' scheme: x quantized per block of 32 to int8 (round half to
-    even), times the decoded weight; only the fp32 summation order differs."""
+    even), times the decoded weight; only the fp32 summation order differs. With `rows` activation rows per
+    program the weight tile meets several rows at once (5 rows: one full tile of 4 and one masked)."""
     seed = _seed()
-    n, k, m = (37, 200, 2) if INTERPRET else (300, 1030, 3)
+    n, k, m = (37, 200, 2 if rows == 1 else 5) if INTERPRET else (300, 1030, 3 if rows == 1 else 5)
     qw = _weight(fmt, gs, n, k, seed)
     tw = pack_weight(qw, DEVICE)
     x = _activations(m, k, seed)
     out = torch.full((m, n), float("nan"), dtype=torch.float32, device=DEVICE)  # fp32 out: no bf16 rounding
     bn, kb = (32, 4) if INTERPRET else (16, 2)  # the interpreter's cost is per program and K step
-    run(_prepare_x(x, tw), tw, LaunchConfig("gemv_q8", 1, bn, kb, split, 4, 1, prefetch), out=out)
+    run(_prepare_x(x, tw), tw, LaunchConfig("gemv_q8", rows, bn, kb, split, 4, 1, prefetch), out=out)
     twin = _int8_twin(x, qw)
     err = ((out.cpu() - twin).norm() / twin.norm()).item()
-    assert err < 1e-5, f"{fmt} g{gs} split={split} seed={seed}: relative error to the twin {err:.2e}"
+    assert err < 1e-5, (
+        f"{fmt} g{gs} split={split} rows={rows} seed={seed}: relative error to the twin {err:.2e}"
+    )
     if not INTERPRET:  # see `_int8_twin`: the fp32-reference bound holds on shapes of this size
         _check(out, _reference(x, qw), f"{fmt} g{gs} vs fp32 reference seed={seed}")
 
