@@ -25,6 +25,7 @@ if [ "$MODE" = prepare ]; then
   for pkg in pytest _pytest pluggy iniconfig packaging pygments py.py platformdirs gguf; do
     [ -e "$SITE/$pkg" ] && cp -r "$SITE/$pkg" "$DEST/"
   done
+  cp -r "$SITE"/gguf-*.dist-info "$DEST/"  # transformers checks gguf's installed version
   echo "pytest copied to $DEST (pass it in the device run's carry list)"
   exit 0
 fi
