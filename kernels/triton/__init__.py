@@ -3,9 +3,10 @@
 Imported by the kernel registry on the first CUDA / XPU selection, never by `import xpullm`. One kernel object
 serves every low-bit format: `prepare` repacks the portable layout once (`layout.py`), `matmul` picks a
 launch configuration per (shape, batch bucket) (`configs.py`, `launch.py`) and runs the programs in `jit.py`:
-for 1..8 decode rows a split-K CUDA-core GEMV (float, or int4 x int8 with `dp4a` on CUDA), tensor-core tiles for
-up to 16 rows, and for prefill either tensor-core tiles or dequantize + vendor GEMM, whichever the tuner
-measured faster. `decode_ops.py` holds the fused per-token ops of the engine's GPU decode step.
+for 1..8 decode rows a split-K CUDA-core GEMV (float, or int4 x int8 with `dp4a` on CUDA, which also takes up
+to 16 rows per program), tensor-core tiles for up to 16 rows, and for prefill either tensor-core tiles or
+dequantize + vendor GEMM, whichever the tuner measured faster. `decode_ops.py` and `attention.py` hold the fused
+per-token ops of the engine's GPU decode step; `pdl.py` overlaps consecutive kernels on Hopper and later.
 The XPU path compiles through the same code but is not yet verified on Intel hardware.
 """
 
