@@ -154,6 +154,22 @@ def _rows(x: torch.Tensor, width: int) -> torch.Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
+def _outputs(
+    src2: torch.Tensor, rows: int, width: int, shape: tuple[int, ...], quantize: bool
+) -> tuple[torch.Tensor | Q8Activations, torch.Tensor, Q8Activations]:
+    """(what a row op returns, its kernel's `y` and int8 outputs) for `rows` output rows of `width` values.
+
+    With `quantize` the op returns new `Q8Activations` and `y` is the input `src2`, which only gives the kernel
+    its rounding dtype (nothing is stored through it); otherwise it returns a new `y` of `shape`, and the int8
+    outputs are placeholders the kernel ignores without Q8.
+    """
+    if quantize:
+        act = Q8Activations.empty(rows, width, src2.dtype, src2.device)
+        return act, src2, act
+    y = torch.empty(shape, dtype=src2.dtype, device=src2.device)
+    return y, y, Q8Activations(y, y, y, src2.dtype)
+
+
 def _check_norm_args(x: torch.Tensor, normalized_shape: tuple[int, ...], weight: torch.Tensor) -> int:
     hidden = x.shape[-1]
     if tuple(normalized_shape) != (hidden,) or tuple(weight.shape) != (hidden,):
@@ -200,13 +216,7 @@ def add_rms_norm(
     h = x if delta is None else torch.empty(x.shape, dtype=x.dtype, device=x.device)
     rows = x.numel() // hidden if hidden else 0
     x2 = _rows(x, hidden)
-    if quantize:
-        # y_ptr only gives the kernel its rounding dtype here: nothing is stored through it.
-        act = Q8Activations.empty(rows, hidden, x.dtype, x.device)
-        y, q = x2, act
-    else:
-        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        act, q = y, Q8Activations(y, y, y, x.dtype)  # placeholders: the kernel ignores them without Q8
+    act, y, q = _outputs(x2, rows, hidden, x.shape, quantize)
     if rows == 0:
         return h, act
     d2 = x2 if delta is None else _rows(delta, hidden)
@@ -242,13 +252,7 @@ def silu_mul(gu: torch.Tensor, quantize: bool = False) -> torch.Tensor | Q8Activ
     f = width // 2
     rows = gu.numel() // width if width else 0
     gu2 = _rows(gu, width)
-    if quantize:
-        # y_ptr only gives the kernel its rounding dtype here: nothing is stored through it.
-        act = Q8Activations.empty(rows, f, gu.dtype, gu.device)
-        y, q = gu2, act
-    else:
-        y = torch.empty((*gu.shape[:-1], f), dtype=gu.dtype, device=gu.device)
-        act, q = y, Q8Activations(y, y, y, gu.dtype)  # placeholders: the kernel ignores them without Q8
+    act, y, q = _outputs(gu2, rows, f, (*gu.shape[:-1], f), quantize)
     if rows == 0 or f == 0:
         return act
     grid = (rows, triton.cdiv(f, _SILU_BLOCK))
