@@ -25,17 +25,27 @@ SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (14336, 4096), (4096, 14336
 _L2_MULTIPLE = 2.5  # weight copies cover this many L2 sizes, so no call finds its weight cached
 
 
-def grid(paths: tuple[str, ...] = ("gemv", "gemv_q8")) -> list:
-    """The configurations to try (block_m is 1: one activation row per program)."""
+def grid(paths: tuple[str, ...] = ("gemv", "gemv_q8"), wide: bool = False) -> list:
+    """The configurations to try (block_m is 1: one activation row per program).
+
+    `wide` is the gemv_q8 grid of narrow tiles (1-8 weight rows), long K steps (up to a whole 4096-wide row)
+    and 1-4 warps: small programs at 32 registers fill every SM to full occupancy (the 2026-12-01 sweep).
+    Triton's own software pipelining (num_stages 3) lost to the register double buffer on every shape there.
+    """
     from xpullm.kernels.triton import LaunchConfig
 
     out = []
     if "gemv_q8" in paths:  # int8 activations x int4 weights: few ALU ops per weight, so taller tiles fit
-        for bn, kb, warps, split, prefetch in itertools.product(
-            (4, 8, 16, 32), (8, 16, 32), (2, 4, 8), (1, 2), (False, True)
+        bns, kbs, warpss, splits, stages = (4, 8, 16, 32), (8, 16, 32), (2, 4, 8), (1, 2), (1,)
+        if wide:
+            bns, kbs, warpss, splits, stages = (1, 2, 4, 8), (16, 32, 64, 128), (1, 2, 4), (1, 2), (1,)
+        for bn, kb, warps, split, prefetch, st in itertools.product(
+            bns, kbs, warpss, splits, (False, True), stages
         ):
-            if 2 <= bn * kb * 4 // (32 * warps) <= 32:
-                out.append(LaunchConfig("gemv_q8", 1, bn, kb, split, warps, 1, prefetch))
+            if st > 1 and prefetch:
+                continue  # Triton's pipeliner and the register double buffer are two ways to the same end
+            if (4 if wide else 2) <= bn * kb * 4 // (32 * warps) <= (64 if wide else 32):
+                out.append(LaunchConfig("gemv_q8", 1, bn, kb, split, warps, st, prefetch))
     if "gemv" not in paths:
         return out
     # Triton's own pipelining (num_stages 2) never won the previous sweep; register prefetch replaces it.
@@ -98,8 +108,32 @@ def peers_graph_us(n: int, k: int, x: torch.Tensor) -> dict[str, float]:
     return out
 
 
+_REGS: dict = {}  # LaunchConfig -> (registers per thread, spilled bytes) of its compiled kernel
+
+
+def _newest_kernel_regs(fn) -> tuple[int, int] | None:
+    """(n_regs, n_spills) of the kernel `fn` compiles on first launch, when it compiles one (else None).
+
+    Reads Triton's per-device kernel cache (an internal structure: any surprise gives None, never an error).
+    """
+    from xpullm.kernels.triton import jit
+
+    try:
+        caches = [c[0] for k in (jit.gemv_q8_kernel, jit.gemv_kernel) for c in k.device_caches.values()]
+        before = [len(c) for c in caches]
+        fn()
+        for cache, n in zip(caches, before, strict=True):
+            if len(cache) > n:
+                kernel = list(cache.values())[-1]
+                kernel._init_handles()
+                return kernel.n_regs, kernel.n_spills
+    except Exception:  # diagnostics only: a Triton internal that moved gives no register count
+        return None
+    return None
+
+
 def sweep_shape(
-    fmt: str, gs: int, n: int, k: int, top: int, paths: tuple[str, ...]
+    fmt: str, gs: int, n: int, k: int, top: int, paths: tuple[str, ...], wide: bool = False
 ) -> tuple[list[dict], list[dict]]:
     """(rows sorted by graph time, tuned-table records: the winner for bf16 input and for int8 input)."""
     import triton
@@ -139,14 +173,16 @@ def sweep_shape(
         return fns, outs
 
     rows = []
-    for cfg in [tuned, *grid(paths)]:
+    for cfg in [tuned, *grid(paths, wide)]:
         if not valid(cfg, tw, x.dtype):
             continue
         fns, outs = calls(cfg)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                fns[0]()
+                regs = _newest_kernel_regs(fns[0])
+                if regs is not None:
+                    _REGS[cfg] = regs
                 err = ((outs[0].float().squeeze(0) - ref).norm() / ref.norm()).item()
                 us = graph_us(fns)
                 cold = time_cold(fns[0], dev, reps=20) * 1e3
@@ -167,7 +203,8 @@ def sweep_shape(
         c = r["cfg"]
         print(
             f"  {r['graph_us']:7.1f} us graph ({gb / r['graph_us'] * 1e3:.2f} TB/s)  {r['cold_us']:7.1f} us cold  "
-            f"{c.path} bn{c.block_n} kb{c.block_kb} s{c.split_k} w{c.num_warps} pf{int(c.prefetch)}  err {r['err']:.1e}"
+            f"{c.path} bn{c.block_n} kb{c.block_kb} s{c.split_k} w{c.num_warps} st{c.num_stages} pf{int(c.prefetch)}"
+            f"  err {r['err']:.1e}  regs/spills {_REGS.get(c, '?')}"
             + ("  <- tuner's pick" if r["tuned"] else "")
         )
     for label, pick in (("gemv", lambda c: c.path == "gemv" and not c.prefetch),
@@ -212,6 +249,7 @@ def main() -> None:
     ap.add_argument("--shapes", default=None)
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--paths", default="gemv,gemv_q8", help="kernel paths to sweep (gemv, gemv_q8)")
+    ap.add_argument("--wide", action="store_true", help="the wider gemv_q8 grid (long K steps, pipelining)")
     ap.add_argument("--json", type=Path, default=None, help="write the winners as tuned-table records")
     ap.add_argument(
         "--merge-into", type=Path, default=None, help="replace/add the winners in this tuned table"
@@ -222,7 +260,9 @@ def main() -> None:
     for spec in args.formats.split(","):
         fmt, _, gs = spec.partition(":")
         for n, k in shapes:
-            _, recs = sweep_shape(fmt, int(gs) if gs else 0, n, k, args.top, tuple(args.paths.split(",")))
+            _, recs = sweep_shape(
+                fmt, int(gs) if gs else 0, n, k, args.top, tuple(args.paths.split(",")), args.wide
+            )
             torch.cuda.empty_cache()  # the shape's weight copies are gone with its frame
             records += recs
             if args.json:

@@ -71,11 +71,34 @@ _CUDA_GEMV = [
     for sk in (1, 2)
 ]
 # int4 x int8 (dp4a): ~0.7 instructions per weight instead of ~5.5, so the tiles can be taller.
-_CUDA_GEMV_Q8 = [
-    LaunchConfig("gemv_q8", 1, bn, kb, sk, w, 1)
-    for bn, kb, w in ((8, 16, 4), (16, 16, 4), (16, 32, 8), (32, 16, 8), (4, 32, 4), (8, 32, 8), (8, 8, 2))
-    for sk in (1, 2)
-] + [LaunchConfig("gemv_q8", 1, bn, kb, 1, w, 1, True) for bn, kb, w in ((8, 8, 2), (8, 16, 4), (4, 8, 2))]
+_CUDA_GEMV_Q8 = (
+    [
+        LaunchConfig("gemv_q8", 1, bn, kb, sk, w, 1)
+        for bn, kb, w in (
+            (8, 16, 4),
+            (16, 16, 4),
+            (16, 32, 8),
+            (32, 16, 8),
+            (4, 32, 4),
+            (8, 32, 8),
+            (8, 8, 2),
+        )
+        for sk in (1, 2)
+    ]
+    + [LaunchConfig("gemv_q8", 1, bn, kb, 1, w, 1, True) for bn, kb, w in ((8, 8, 2), (8, 16, 4), (4, 8, 2))]
+    + [
+        # Narrow one-warp programs of 1-4 weight rows: at <= 64 registers 32 of them share an SM, and each one's
+        # reduction stays inside its warp (no shared-memory pass) - the 2026-12-01 H200 sweep's winners.
+        LaunchConfig("gemv_q8", 1, bn, kb, 1, w, 1, pf)
+        for bn, kb, w, pf in (
+            (2, 32, 1, True),
+            (2, 32, 1, False),
+            (1, 64, 2, False),
+            (1, 64, 1, True),
+            (4, 64, 1, True),
+        )
+    ]
+)
 # The same for 2..16 decode rows, all of them in one program (`candidates` sets block_m to the row bucket):
 # the weight tile is read once and meets every row.
 _CUDA_GEMV_Q8_ROWS = [
@@ -123,8 +146,11 @@ Q8_ROW_TILES = (1, 2, 4, 8, 16)  # activation rows one `gemv_q8` program may tak
 
 
 def default_q8_config(m: int) -> LaunchConfig:
-    """The untimed `gemv_q8` choice for `m` rows: 8 weight rows x 512 elements per step on 4 warps, no split
-    (the H100 and H200 sweeps' batch-1 winner on the 14336-row shapes), all of the row bucket in one program."""
+    """The untimed `gemv_q8` choice for `m` rows. One row: one warp per 2 weight rows x 1024 elements per step,
+    double-buffered (the H200 sweep's winner on most Llama shapes). More rows: 8 weight rows x 512 elements per
+    step on 4 warps, all of the row bucket in one program."""
+    if m <= 1:
+        return LaunchConfig("gemv_q8", 1, 2, 32, 1, 1, 1, True)
     return LaunchConfig("gemv_q8", min(m_bucket(m), Q8_ROW_TILES[-1]), 8, 16, 1, 4, 1)
 
 

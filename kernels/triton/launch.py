@@ -231,7 +231,7 @@ def run_q8(
         GROUP_WORDS=tw.group_words, HAS_ZERO=tw.zeros is not None, SCALE_PER_TILE=_scale_per_tile(tw, cfg),
         BLOCK_N=cfg.block_n, BLOCK_KB=cfg.block_kb, USE_WS=split > 1,
         EMULATE=_INTERPRET or tw.device.type != "cuda", PREFETCH=cfg.prefetch, num_warps=cfg.num_warps,
-        **launch_options(tw.device),
+        num_stages=cfg.num_stages, **launch_options(tw.device),
     )  # fmt: skip
     if cfg.block_m == 1:
         jit.gemv_q8_kernel[grid](*args, **meta)
