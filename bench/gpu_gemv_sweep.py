@@ -25,12 +25,15 @@ SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (14336, 4096), (4096, 14336
 _L2_MULTIPLE = 2.5  # weight copies cover this many L2 sizes, so no call finds its weight cached
 
 
-def grid(paths: tuple[str, ...] = ("gemv", "gemv_q8"), wide: bool = False) -> list:
+def grid(
+    paths: tuple[str, ...] = ("gemv", "gemv_q8"), wide: bool = False, tiles: tuple[int, ...] = (1,)
+) -> list:
     """The configurations to try (block_m is 1: one activation row per program).
 
     `wide` is the gemv_q8 grid of narrow tiles (1-8 weight rows), long K steps (up to a whole 4096-wide row)
     and 1-4 warps: small programs at 32 registers fill every SM to full occupancy (the 2026-12-01 sweep).
     Triton's own software pipelining (num_stages 3) lost to the register double buffer on every shape there.
+    `tiles` > 1 adds programs that walk that many weight-row tiles in turn (narrow tiles of <= 2 warps only).
     """
     from xpullm.kernels.triton import LaunchConfig
 
@@ -46,6 +49,12 @@ def grid(paths: tuple[str, ...] = ("gemv", "gemv_q8"), wide: bool = False) -> li
                 continue  # Triton's pipeliner and the register double buffer are two ways to the same end
             if (4 if wide else 2) <= bn * kb * 4 // (32 * warps) <= (64 if wide else 32):
                 out.append(LaunchConfig("gemv_q8", 1, bn, kb, split, warps, st, prefetch))
+                if bn <= 2 and warps <= 2:
+                    out += [
+                        LaunchConfig("gemv_q8", 1, bn, kb, split, warps, st, prefetch, t)
+                        for t in tiles
+                        if t > 1
+                    ]
     if "gemv" not in paths:
         return out
     # Triton's own pipelining (num_stages 2) never won the previous sweep; register prefetch replaces it.
@@ -133,7 +142,14 @@ def _newest_kernel_regs(fn) -> tuple[int, int] | None:
 
 
 def sweep_shape(
-    fmt: str, gs: int, n: int, k: int, top: int, paths: tuple[str, ...], wide: bool = False
+    fmt: str,
+    gs: int,
+    n: int,
+    k: int,
+    top: int,
+    paths: tuple[str, ...],
+    wide: bool = False,
+    tiles: tuple[int, ...] = (1,),
 ) -> tuple[list[dict], list[dict]]:
     """(rows sorted by graph time, tuned-table records: the winner for bf16 input and for int8 input)."""
     import triton
@@ -173,7 +189,7 @@ def sweep_shape(
         return fns, outs
 
     rows = []
-    for cfg in [tuned, *grid(paths, wide)]:
+    for cfg in [tuned, *grid(paths, wide, tiles)]:
         if not valid(cfg, tw, x.dtype):
             continue
         fns, outs = calls(cfg)
@@ -204,6 +220,7 @@ def sweep_shape(
         print(
             f"  {r['graph_us']:7.1f} us graph ({gb / r['graph_us'] * 1e3:.2f} TB/s)  {r['cold_us']:7.1f} us cold  "
             f"{c.path} bn{c.block_n} kb{c.block_kb} s{c.split_k} w{c.num_warps} st{c.num_stages} pf{int(c.prefetch)}"
+            f" t{c.tiles}"
             f"  err {r['err']:.1e}  regs/spills {_REGS.get(c, '?')}"
             + ("  <- tuner's pick" if r["tuned"] else "")
         )
@@ -249,7 +266,8 @@ def main() -> None:
     ap.add_argument("--shapes", default=None)
     ap.add_argument("--top", type=int, default=5)
     ap.add_argument("--paths", default="gemv,gemv_q8", help="kernel paths to sweep (gemv, gemv_q8)")
-    ap.add_argument("--wide", action="store_true", help="the wider gemv_q8 grid (long K steps, pipelining)")
+    ap.add_argument("--wide", action="store_true", help="the wider gemv_q8 grid (narrow tiles, long K steps)")
+    ap.add_argument("--tiles", default="1", help="weight-row tiles per gemv_q8 program to try, e.g. 1,2,4")
     ap.add_argument("--json", type=Path, default=None, help="write the winners as tuned-table records")
     ap.add_argument(
         "--merge-into", type=Path, default=None, help="replace/add the winners in this tuned table"
@@ -261,7 +279,14 @@ def main() -> None:
         fmt, _, gs = spec.partition(":")
         for n, k in shapes:
             _, recs = sweep_shape(
-                fmt, int(gs) if gs else 0, n, k, args.top, tuple(args.paths.split(",")), args.wide
+                fmt,
+                int(gs) if gs else 0,
+                n,
+                k,
+                args.top,
+                tuple(args.paths.split(",")),
+                args.wide,
+                tuple(int(t) for t in args.tiles.split(",")),
             )
             torch.cuda.empty_cache()  # the shape's weight copies are gone with its frame
             records += recs

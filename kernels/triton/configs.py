@@ -43,6 +43,7 @@ class LaunchConfig:
     num_warps: int = 4
     num_stages: int = 2
     prefetch: bool = False  # gemv, gemv_q8: load the next K step's weights before computing this one (jit.py)
+    tiles: int = 1  # gemv_q8, one activation row: tiles of block_n weight rows each program walks in turn
 
 
 def _gemv(bm: int, bn: int, kb: int, sk: int, warps: int, prefetch: bool = False) -> LaunchConfig:
@@ -89,13 +90,15 @@ _CUDA_GEMV_Q8 = (
     + [
         # Narrow one-warp programs of 1-4 weight rows: at <= 64 registers 32 of them share an SM, and each one's
         # reduction stays inside its warp (no shared-memory pass) - the 2026-12-01 H200 sweep's winners.
-        LaunchConfig("gemv_q8", 1, bn, kb, 1, w, 1, pf)
-        for bn, kb, w, pf in (
-            (2, 32, 1, True),
-            (2, 32, 1, False),
-            (1, 64, 2, False),
-            (1, 64, 1, True),
-            (4, 64, 1, True),
+        LaunchConfig("gemv_q8", 1, bn, kb, 1, w, 1, pf, tiles)
+        for bn, kb, w, pf, tiles in (
+            (2, 32, 1, True, 1),
+            (2, 32, 1, False, 1),
+            (1, 64, 2, False, 1),
+            (4, 64, 1, True, 1),
+            # Walking 2-4 row tiles per program: fewer, longer-lived programs on K = 4096 rows.
+            (1, 64, 1, True, 4),
+            (2, 32, 1, True, 2),
         )
     ]
 )
@@ -169,6 +172,8 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         tw.format not in Q8_FORMATS or x_dtype == torch.float32 or cfg.block_m not in Q8_ROW_TILES
     ):
         return False  # integer weights only; fp32 activations keep the float GEMV (exact-as-asked numerics)
+    if cfg.tiles != 1 and (cfg.path != "gemv_q8" or cfg.block_m != 1):
+        return False  # only the one-row int8 GEMV program walks several weight tiles
     # A split needs at least a couple of K steps to be worth its reduction pass.
     return cfg.split_k == 1 or tw.kw >= 2 * cfg.split_k * cfg.block_kb * 4
 

@@ -461,7 +461,7 @@ def gemv_q8_kernel(
     stride_qm, stride_sm, stride_wn, stride_sn, stride_ym, stride_ys,
     GROUP_WORDS: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, USE_WS: tl.constexpr, EMULATE: tl.constexpr,
-    PREFETCH: tl.constexpr, PDL: tl.constexpr,
+    PREFETCH: tl.constexpr, TILES: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """y[m, n] = sum_k x[m, k] W[n, k] for 4-bit integer weights (sym_int4 / asym_int4) and int8 activations.
 
@@ -469,57 +469,62 @@ def gemv_q8_kernel(
     stored as q + 8) or s_w * s_x * dot + z * s_x * sum (asym). Grid and split-K as in `gemv_kernel`, and
     PREFETCH double-buffers the weight words as there: with ~0.7 instructions per weight this kernel waits on
     memory rather than on issue, so two K steps in flight per program can pay off here.
+    Each program walks TILES consecutive tiles of BLOCK_N weight rows in turn: on short rows (K = 4096) that
+    makes fewer, longer-lived programs.
     KBX: activation blocks per row (ceil(K / 32)); weight words past them (row padding) meet zeros.
     """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     row = tl.program_id(2)
     STEP: tl.constexpr = BLOCK_KB * 4
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n3 = offs_n[:, None, None]
     b3 = tl.arange(0, BLOCK_KB)[None, :, None]
     l3 = tl.arange(0, 4)[None, None, :]
     b2 = tl.arange(0, BLOCK_KB)[None, :]
-    n_ok = n3 < N
     xq_row = xq_ptr + row * stride_qm
     xs_row = xs_ptr + row * stride_sm
     xss_row = xss_ptr + row * stride_sm
-    acc = tl.zeros([BLOCK_N, BLOCK_KB], dtype=tl.float32)
     kw_begin = pid_k * words_per_split
     kw_end = tl.minimum(kw_begin + words_per_split, KW)
-    if PREFETCH:
-        w, s, z = _gemv_load(
-            w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw_begin, kw_end, NG, stride_wn, stride_sn,
-            GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
-        )  # fmt: skip
-        wait_for_inputs(PDL)  # the first weight tile is in flight while the previous kernel drains
-        for kw0 in range(kw_begin, kw_end, STEP):
-            w_next, s_next, z_next = _gemv_load(
-                w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0 + STEP, kw_end, NG, stride_wn, stride_sn,
-                GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
-            )  # fmt: skip
-            acc += _q8_step(
-                w, s, z, xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2,
-                HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE,
-            )  # fmt: skip
-            w, s, z = w_next, s_next, z_next
-    else:
-        wait_for_inputs(PDL)
-        for kw0 in range(kw_begin, kw_end, STEP):
+    for t in tl.static_range(TILES):
+        offs_n = (pid_n * TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n3 = offs_n[:, None, None]
+        n_ok = n3 < N
+        acc = tl.zeros([BLOCK_N, BLOCK_KB], dtype=tl.float32)
+        if PREFETCH:
             w, s, z = _gemv_load(
-                w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0, kw_end, NG, stride_wn, stride_sn,
+                w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw_begin, kw_end, NG, stride_wn, stride_sn,
                 GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
             )  # fmt: skip
-            acc += _q8_step(
-                w, s, z, xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2,
-                HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE,
-            )  # fmt: skip
-    y = tl.sum(acc, axis=1)
-    n_store = offs_n < N
-    if not USE_WS:
-        tl.store(y_ptr + row * stride_ym + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_store)
-    else:
-        tl.store(y_ptr + pid_k * stride_ys + row * stride_ym + offs_n, y, mask=n_store)
+            if t == 0:
+                wait_for_inputs(PDL)  # the first weight tile is in flight while the previous kernel drains
+            for kw0 in range(kw_begin, kw_end, STEP):
+                w_next, s_next, z_next = _gemv_load(
+                    w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0 + STEP, kw_end, NG, stride_wn, stride_sn,
+                    GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
+                )  # fmt: skip
+                acc += _q8_step(
+                    w, s, z, xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2,
+                    HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE,
+                )  # fmt: skip
+                w, s, z = w_next, s_next, z_next
+        else:
+            if t == 0:
+                wait_for_inputs(PDL)
+            for kw0 in range(kw_begin, kw_end, STEP):
+                w, s, z = _gemv_load(
+                    w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0, kw_end, NG, stride_wn, stride_sn,
+                    GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
+                )  # fmt: skip
+                acc += _q8_step(
+                    w, s, z, xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2,
+                    HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE,
+                )  # fmt: skip
+        y = tl.sum(acc, axis=1)
+        n_store = offs_n < N
+        if not USE_WS:
+            tl.store(y_ptr + row * stride_ym + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_store)
+        else:
+            tl.store(y_ptr + pid_k * stride_ys + row * stride_ym + offs_n, y, mask=n_store)
 
 
 @triton.jit

@@ -202,6 +202,10 @@ def run_q8(
     `gemv_q8_rows_kernel` (block_m rows per program) with one explicit configuration."""
     if cfg.path != "gemv_q8" or cfg.block_m not in Q8_ROW_TILES:
         raise ValueError(f"gemv_q8 runs {Q8_ROW_TILES} activation rows per program (block_m), got {cfg}")
+    if cfg.tiles != 1 and cfg.block_m != 1:
+        raise ValueError(
+            f"only the one-row gemv_q8 program walks several weight tiles (tiles > 1), got {cfg}"
+        )
     if tw.format not in Q8_FORMATS:
         raise ValueError(
             f"the int8-activation GEMV runs {' and '.join(Q8_FORMATS)} weights only, not {tw.format}"
@@ -220,7 +224,6 @@ def run_q8(
     split = cfg.split_k
     workspace, target, stride_ys = _split_target(split, out, workspace)
     zeros = tw.zeros if tw.zeros is not None else tw.scales
-    grid = (triton.cdiv(tw.n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
     args = (
         act.codes, act.scales, act.sums, tw.words, tw.scales, zeros, target,
         m, tw.n, tw.kw, kbx, tw.n_groups, _words_per_split(tw, cfg),
@@ -233,9 +236,12 @@ def run_q8(
         EMULATE=_INTERPRET or tw.device.type != "cuda", PREFETCH=cfg.prefetch, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **launch_options(tw.device),
     )  # fmt: skip
+    tiles = triton.cdiv(tw.n, cfg.block_n)
     if cfg.block_m == 1:
-        jit.gemv_q8_kernel[grid](*args, **meta)
+        grid = (triton.cdiv(tiles, cfg.tiles), split, m)
+        jit.gemv_q8_kernel[grid](*args, **meta, TILES=cfg.tiles)
     else:
+        grid = (tiles, split, triton.cdiv(m, cfg.block_m))
         jit.gemv_q8_rows_kernel[grid](*args, **meta, ROWS=cfg.block_m)
     if split > 1:
         _reduce_splits(workspace, out)

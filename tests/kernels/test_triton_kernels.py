@@ -34,7 +34,7 @@ from xpullm.kernels.triton import (  # noqa: E402
     run_q8,
     tune,
 )
-from xpullm.kernels.triton.configs import Q8_FORMATS  # noqa: E402
+from xpullm.kernels.triton.configs import Q8_FORMATS, valid  # noqa: E402
 from xpullm.kernels.triton.launch import _prepare_x  # noqa: E402
 
 DEVICE = torch.device("cuda" if HAS_CUDA and not INTERPRET else "cpu")
@@ -206,6 +206,36 @@ def test_int8_activation_gemv_matches_its_twin(fmt, gs, split, prefetch, rows):
     )
     if not INTERPRET:  # see `_int8_twin`: the fp32-reference bound holds on shapes of this size
         _check(out, _reference(x, qw), f"{fmt} g{gs} vs fp32 reference seed={seed}")
+
+
+@pytest.mark.parametrize(("fmt", "gs"), [f for f in FORMATS if f[0] in Q8_FORMATS])
+@pytest.mark.parametrize(("split", "prefetch"), [(1, True), (2, False)])
+def test_int8_gemv_program_walking_several_tiles(fmt, gs, split, prefetch):
+    """With `tiles` = 3 each program covers three consecutive row tiles in turn; N is no multiple of the
+    3 x 2 rows a program takes, so the last program's tiles are partly or wholly past N (masked). Every output
+    is written (NaN-poisoned) and equals the twin."""
+    seed = _seed()
+    n, k, m = (37, 200, 2) if INTERPRET else (301, 1030, 3)
+    qw = _weight(fmt, gs, n, k, seed)
+    tw = pack_weight(qw, DEVICE)
+    x = _activations(m, k, seed)
+    out = torch.full((m, n), float("nan"), dtype=torch.float32, device=DEVICE)
+    run(_prepare_x(x, tw), tw, LaunchConfig("gemv_q8", 1, 2, 4, split, 1, 1, prefetch, tiles=3), out=out)
+    twin = _int8_twin(x, qw)
+    err = ((out.cpu() - twin).norm() / twin.norm()).item()
+    assert err < 1e-5, (
+        f"{fmt} g{gs} split={split} prefetch={prefetch} seed={seed}: error to the twin {err:.2e}"
+    )
+
+
+def test_several_tiles_only_for_one_row_int8_programs():
+    """`tiles` belongs to the one-row int8 GEMV; elsewhere the tuner never offers it and `run_q8` refuses it."""
+    tw = pack_weight(_weight("sym_int4", 32, 16, 64, 0), DEVICE)
+    assert not valid(LaunchConfig("gemv", 1, 16, 2, tiles=2), tw, torch.bfloat16)
+    assert not valid(LaunchConfig("gemv_q8", 4, 16, 2, tiles=2), tw, torch.bfloat16)
+    assert valid(LaunchConfig("gemv_q8", 1, 16, 2, tiles=2), tw, torch.bfloat16)
+    with pytest.raises(ValueError, match="tiles"):
+        run(_prepare_x(_activations(4, 64, 0), tw), tw, LaunchConfig("gemv_q8", 4, 16, 2, tiles=2))
 
 
 @pytest.mark.parametrize(("fmt", "gs"), [f for f in FORMATS if f[0] in Q8_FORMATS])

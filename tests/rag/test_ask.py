@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 
 from xpullm.rag import Answer, KnowledgeBase
@@ -66,17 +70,51 @@ def test_nothing_relevant_means_no_llm_call(facts_kb: KnowledgeBase) -> None:
     assert "".join(stream) == NO_ANSWER and stream.answer is not None and not stream.answer.grounded
 
 
-def test_ask_with_the_default_llm_cites_retrieved_chunks(facts_kb: KnowledgeBase, llm) -> None:
-    answer = facts_kb.ask("What does printer error E4417 mean?", llm=llm, max_new_tokens=32)
-    assert answer.grounded and answer.text
-    assert answer.sources[0].text == FACTS["e4417"]  # the right chunk was retrieved and shown first
-    assert "rain" not in {s.document for s in answer.sources}  # below the similarity threshold
-    assert answer.citations, answer.text
-    chunks = facts_kb.store.get_chunks([c.chunk_id for c in answer.citations.values()])
+def _assert_citations_match_chunks(kb: KnowledgeBase, answer: Answer) -> None:
+    """Every citation is marked in the text, names the source of its number and quotes that stored chunk."""
+    chunks = kb.store.get_chunks([c.chunk_id for c in answer.citations.values()])
     for n, cite in answer.citations.items():
         assert f"[{n}]" in answer.text or f"{n}," in answer.text or f", {n}]" in answer.text
         assert cite.chunk_id == answer.sources[n - 1].chunk_id
         assert chunks[cite.chunk_id].text == cite.text
+
+
+def test_ask_with_the_default_llm_answers_from_the_retrieved_chunks(facts_kb: KnowledgeBase, llm) -> None:
+    """The real packaged model end to end. Whether its 32 greedy tokens cite is not asserted: at sym_int4 its
+    second token is a near-tie (logit margin 0.03 between "\n" and " error"), so the answer depends on the
+    CPU's kernel rounding - "printer" repeated (AVX2 native kernels) or a cited sentence (PyTorch's kernel).
+    `test_ask_attributes_citations_to_a_recorded_answer` checks the citation path on a replayed answer."""
+    answer = facts_kb.ask("What does printer error E4417 mean?", llm=llm, max_new_tokens=32)
+    assert answer.grounded and answer.text
+    assert answer.sources[0].text == FACTS["e4417"]  # the right chunk was retrieved and shown first
+    assert "rain" not in {s.document for s in answer.sources}  # below the similarity threshold
+    _assert_citations_match_chunks(facts_kb, answer)
+
+
+class RecordedChat:
+    """Replays recorded chat answers exactly; a conversation or parameters not in the recording fail the test."""
+
+    def __init__(self, path: Path) -> None:
+        self.calls = json.loads(path.read_text())
+
+    def chat(self, messages: list[dict[str, str]], **params) -> SimpleNamespace:
+        for call in self.calls:
+            if call["messages"] == messages and call["params"] == params:
+                return SimpleNamespace(text=call["text"])
+        raise AssertionError(f"no recorded answer for {messages!r} with {params!r}")
+
+
+def test_ask_attributes_citations_to_a_recorded_answer(facts_kb: KnowledgeBase) -> None:
+    """The default model's own answer (fp32 weights of the packaged GGUF, greedy; recorded in
+    data/ask_transcript.json) copies the source's facts without writing [n]; `ask` attributes them to the
+    chunk they came from, and every citation maps to that stored chunk."""
+    recorded = RecordedChat(Path(__file__).parent / "data" / "ask_transcript.json")
+    answer = facts_kb.ask("What does printer error E4417 mean?", llm=recorded, max_new_tokens=32)
+    assert answer.grounded and answer.citation_mode == "attributed"
+    assert answer.text.startswith("The source of the printer error E4417 is the printer itself. [1]")
+    assert sorted(answer.citations) == [1]
+    assert answer.citations[1].text == FACTS["e4417"] and answer.citations[1].document == "e4417"
+    _assert_citations_match_chunks(facts_kb, answer)
 
 
 def test_stream_matches_generate(facts_kb: KnowledgeBase, llm) -> None:
