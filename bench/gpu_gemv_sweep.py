@@ -39,22 +39,14 @@ def grid(
 
     out = []
     if "gemv_q8" in paths:  # int8 activations x int4 weights: few ALU ops per weight, so taller tiles fit
-        bns, kbs, warpss, splits, stages = (4, 8, 16, 32), (8, 16, 32), (2, 4, 8), (1, 2), (1,)
-        if wide:
-            bns, kbs, warpss, splits, stages = (1, 2, 4, 8), (16, 32, 64, 128), (1, 2, 4), (1, 2), (1,)
-        for bn, kb, warps, split, prefetch, st in itertools.product(
-            bns, kbs, warpss, splits, (False, True), stages
-        ):
-            if st > 1 and prefetch:
-                continue  # Triton's pipeliner and the register double buffer are two ways to the same end
-            if (4 if wide else 2) <= bn * kb * 4 // (32 * warps) <= (64 if wide else 32):
-                out.append(LaunchConfig("gemv_q8", 1, bn, kb, split, warps, st, prefetch))
-                if bn <= 2 and warps <= 2:
-                    out += [
-                        LaunchConfig("gemv_q8", 1, bn, kb, split, warps, st, prefetch, t)
-                        for t in tiles
-                        if t > 1
-                    ]
+        bns, kbs, warpss = (
+            ((1, 2, 4, 8), (16, 32, 64, 128), (1, 2, 4)) if wide else ((4, 8, 16, 32), (8, 16, 32), (2, 4, 8))
+        )
+        lo, hi = (4, 64) if wide else (2, 32)  # int32 weight words per thread per K step
+        for bn, kb, warps, split, prefetch in itertools.product(bns, kbs, warpss, (1, 2), (False, True)):
+            if lo <= bn * kb * 4 // (32 * warps) <= hi:
+                walks = [t for t in tiles if t == 1 or (bn <= 2 and warps <= 2)]
+                out += [LaunchConfig("gemv_q8", 1, bn, kb, split, warps, 1, prefetch, t) for t in walks]
     if "gemv" not in paths:
         return out
     # Triton's own pipelining (num_stages 2) never won the previous sweep; register prefetch replaces it.

@@ -236,12 +236,12 @@ def run_q8(
         EMULATE=_INTERPRET or tw.device.type != "cuda", PREFETCH=cfg.prefetch, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **launch_options(tw.device),
     )  # fmt: skip
-    tiles = triton.cdiv(tw.n, cfg.block_n)
+    row_tiles = triton.cdiv(tw.n, cfg.block_n)
     if cfg.block_m == 1:
-        grid = (triton.cdiv(tiles, cfg.tiles), split, m)
+        grid = (triton.cdiv(row_tiles, cfg.tiles), split, m)
         jit.gemv_q8_kernel[grid](*args, **meta, TILES=cfg.tiles)
     else:
-        grid = (tiles, split, triton.cdiv(m, cfg.block_m))
+        grid = (row_tiles, split, triton.cdiv(m, cfg.block_m))
         jit.gemv_q8_rows_kernel[grid](*args, **meta, ROWS=cfg.block_m)
     if split > 1:
         _reduce_splits(workspace, out)
