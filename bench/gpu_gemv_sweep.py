@@ -60,6 +60,23 @@ def grid(
     return out
 
 
+def parse_configs(text: str) -> list:
+    """gemv_q8 configurations written `bn1.kb64.w1.pf1.t4[.s2]` (rows, K step, warps, prefetch, tiles, split-K),
+    comma-separated: a short list to time or profile instead of the grid."""
+    from xpullm.kernels.triton import LaunchConfig
+
+    out = []
+    for spec in text.split(","):
+        f = {"s": 1, "pf": 0, "t": 1, "w": 1}
+        for part in spec.strip().split("."):
+            key = part.rstrip("0123456789")
+            if key not in ("bn", "kb", "w", "pf", "t", "s") or key == part:
+                raise SystemExit(f"bad config part {part!r} in {spec!r}: write e.g. bn1.kb64.w1.pf1.t4")
+            f[key] = int(part[len(key) :])
+        out.append(LaunchConfig("gemv_q8", 1, f["bn"], f["kb"], f["s"], f["w"], 1, bool(f["pf"]), f["t"]))
+    return out
+
+
 def graph_us(fn_list, reps: int = 5) -> float:
     """Microseconds per call of back-to-back calls captured in one CUDA graph."""
     for fn in fn_list:
@@ -142,6 +159,7 @@ def sweep_shape(
     paths: tuple[str, ...],
     wide: bool = False,
     tiles: tuple[int, ...] = (1,),
+    configs: list | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """(rows sorted by graph time, tuned-table records: the winner for bf16 input and for int8 input)."""
     import triton
@@ -181,7 +199,7 @@ def sweep_shape(
         return fns, outs
 
     rows = []
-    for cfg in [tuned, *grid(paths, wide, tiles)]:
+    for cfg in [tuned, *(configs if configs is not None else grid(paths, wide, tiles))]:
         if not valid(cfg, tw, x.dtype):
             continue
         fns, outs = calls(cfg)
@@ -260,6 +278,7 @@ def main() -> None:
     ap.add_argument("--paths", default="gemv,gemv_q8", help="kernel paths to sweep (gemv, gemv_q8)")
     ap.add_argument("--wide", action="store_true", help="the wider gemv_q8 grid (narrow tiles, long K steps)")
     ap.add_argument("--tiles", default="1", help="weight-row tiles per gemv_q8 program to try, e.g. 1,2,4")
+    ap.add_argument("--configs", default=None, help="only these gemv_q8 configs, e.g. bn1.kb64.w1.pf1.t4,...")
     ap.add_argument("--json", type=Path, default=None, help="write the winners as tuned-table records")
     ap.add_argument(
         "--merge-into", type=Path, default=None, help="replace/add the winners in this tuned table"
@@ -279,6 +298,7 @@ def main() -> None:
                 tuple(args.paths.split(",")),
                 args.wide,
                 tuple(int(t) for t in args.tiles.split(",")),
+                parse_configs(args.configs) if args.configs else None,
             )
             torch.cuda.empty_cache()  # the shape's weight copies are gone with its frame
             records += recs

@@ -209,22 +209,23 @@ def test_int8_activation_gemv_matches_its_twin(fmt, gs, split, prefetch, rows):
 
 
 @pytest.mark.parametrize(("fmt", "gs"), [f for f in FORMATS if f[0] in Q8_FORMATS])
-@pytest.mark.parametrize(("split", "prefetch"), [(1, True), (2, False)])
-def test_int8_gemv_program_walking_several_tiles(fmt, gs, split, prefetch):
+@pytest.mark.parametrize(("split", "prefetch", "kb"), [(1, True, 4), (2, True, 4), (1, True, 8), (2, False, 4)])
+def test_int8_gemv_program_walking_several_tiles(fmt, gs, split, prefetch, kb):
     """With `tiles` = 3 each program covers three consecutive row tiles in turn; N is no multiple of the
     3 x 2 rows a program takes, so the last program's tiles are partly or wholly past N (masked). Every output
-    is written (NaN-poisoned) and equals the twin."""
+    is written (NaN-poisoned) and equals the twin. With prefetch, the load after a tile's last K step fetches
+    the next tile's first: with several steps per split, and with one step covering the whole row (kb 8)."""
     seed = _seed()
     n, k, m = (37, 200, 2) if INTERPRET else (301, 1030, 3)
     qw = _weight(fmt, gs, n, k, seed)
     tw = pack_weight(qw, DEVICE)
     x = _activations(m, k, seed)
     out = torch.full((m, n), float("nan"), dtype=torch.float32, device=DEVICE)
-    run(_prepare_x(x, tw), tw, LaunchConfig("gemv_q8", 1, 2, 4, split, 1, 1, prefetch, tiles=3), out=out)
+    run(_prepare_x(x, tw), tw, LaunchConfig("gemv_q8", 1, 2, kb, split, 1, 1, prefetch, tiles=3), out=out)
     twin = _int8_twin(x, qw)
     err = ((out.cpu() - twin).norm() / twin.norm()).item()
     assert err < 1e-5, (
-        f"{fmt} g{gs} split={split} prefetch={prefetch} seed={seed}: error to the twin {err:.2e}"
+        f"{fmt} g{gs} split={split} prefetch={prefetch} kb={kb} seed={seed}: error to the twin {err:.2e}"
     )
 
 
