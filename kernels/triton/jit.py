@@ -485,28 +485,21 @@ def gemv_q8_kernel(
     xss_row = xss_ptr + row * stride_sm
     kw_begin = pid_k * words_per_split
     kw_end = tl.minimum(kw_begin + words_per_split, KW)
-    n_first = pid_n * TILES * BLOCK_N + tl.arange(0, BLOCK_N)[:, None, None]
-    if PREFETCH:
-        w, s, z = _gemv_load(
-            w_ptr, s_ptr, z_ptr, n_first, n_first < N, b3, l3, kw_begin, kw_end, NG, stride_wn, stride_sn,
-            GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
-        )  # fmt: skip
-    wait_for_inputs(PDL)  # with PREFETCH the first weight tile is in flight while the previous kernel drains
     for t in tl.static_range(TILES):
-        n3 = n_first + t * BLOCK_N
+        offs_n = (pid_n * TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n3 = offs_n[:, None, None]
         n_ok = n3 < N
         acc = tl.zeros([BLOCK_N, BLOCK_KB], dtype=tl.float32)
         if PREFETCH:
+            w, s, z = _gemv_load(
+                w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw_begin, kw_end, NG, stride_wn, stride_sn,
+                GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
+            )  # fmt: skip
+            if t == 0:
+                wait_for_inputs(PDL)  # the first weight tile is in flight while the previous kernel drains
             for kw0 in range(kw_begin, kw_end, STEP):
-                kw_next = kw0 + STEP
-                if t < TILES - 1:  # past this tile's last step comes the next tile's first
-                    wrap = kw_next >= kw_end
-                    kw_next = tl.where(wrap, kw_begin, kw_next)
-                    n_next = tl.where(wrap, n3 + BLOCK_N, n3)
-                else:  # the program's last tile: the load past its end is masked off (no bytes move)
-                    n_next = n3
                 w_next, s_next, z_next = _gemv_load(
-                    w_ptr, s_ptr, z_ptr, n_next, n_next < N, b3, l3, kw_next, kw_end, NG, stride_wn, stride_sn,
+                    w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0 + STEP, kw_end, NG, stride_wn, stride_sn,
                     GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
                 )  # fmt: skip
                 acc += _q8_step(
@@ -515,6 +508,8 @@ def gemv_q8_kernel(
                 )  # fmt: skip
                 w, s, z = w_next, s_next, z_next
         else:
+            if t == 0:
+                wait_for_inputs(PDL)
             for kw0 in range(kw_begin, kw_end, STEP):
                 w, s, z = _gemv_load(
                     w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0, kw_end, NG, stride_wn, stride_sn,
@@ -524,7 +519,6 @@ def gemv_q8_kernel(
                     w, s, z, xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2,
                     HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE,
                 )  # fmt: skip
-        offs_n = (pid_n * TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
         y = tl.sum(acc, axis=1)
         n_store = offs_n < N
         if not USE_WS:
