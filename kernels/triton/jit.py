@@ -75,13 +75,20 @@ def _decode_plane(w, PLANE: tl.constexpr, lut_ptr, FMT: tl.constexpr):
 def _gemv_load(
     w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0, kw_end, NG, stride_wn, stride_sn,
     GROUP_WORDS: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr, BLOCK_KB: tl.constexpr,
+    EVEN: tl.constexpr = False,
 ):  # fmt: skip
     """The weight words [BN, BKB, 4], scales and zero points (or the scales again) of the K step at `kw0`.
 
     Everything at or past `kw_end` (the split's end) reads as zero, so a prefetch past the last step is harmless.
+    EVEN (the launcher checked that the tile's rows exist and every K step is whole): the only masked load is a
+    prefetch past the split's end, with one predicate for the whole step, and its values are never used.
     """
     kw3 = kw0 + b3 * 4 + l3  # word index [1, BKB, 4]
-    w = tl.load(w_ptr + n3 * stride_wn + kw3, mask=n_ok & (kw3 < kw_end), other=0)
+    if EVEN:
+        live = (n3 * 0 + kw0) < kw_end  # [BN, 1, 1], one value: tensor-shaped for the interpreter
+        w = tl.load(w_ptr + n3 * stride_wn + kw3, mask=live)
+    else:
+        w = tl.load(w_ptr + n3 * stride_wn + kw3, mask=n_ok & (kw3 < kw_end), other=0)
     if SCALE_PER_TILE:
         g = kw0 // GROUP_WORDS
         s_ok = n_ok & ((n3 * 0 + g) < NG) & ((n3 * 0 + kw0) < kw_end)  # tensor-shaped for the interpreter
@@ -90,11 +97,16 @@ def _gemv_load(
         g3 = (kw0 + b3 * 4) // GROUP_WORDS  # [1, BKB, 1]
         s_ok = n_ok & (g3 < NG)
         s_off = n3 * stride_sn + g3  # [BN, BKB, 1]
-    s = tl.load(s_ptr + s_off, mask=s_ok, other=0.0).to(tl.float32)
-    if HAS_ZERO:
-        z = tl.load(z_ptr + s_off, mask=s_ok, other=0.0).to(tl.float32)
+    if EVEN:
+        s = tl.load(s_ptr + s_off, mask=live).to(tl.float32)
     else:
+        s = tl.load(s_ptr + s_off, mask=s_ok, other=0.0).to(tl.float32)
+    if not HAS_ZERO:
         z = s
+    elif EVEN:
+        z = tl.load(z_ptr + s_off, mask=live).to(tl.float32)
+    else:
+        z = tl.load(z_ptr + s_off, mask=s_ok, other=0.0).to(tl.float32)
     return w, s, z
 
 
@@ -427,19 +439,33 @@ def quantize_x_q8_kernel(
 def _q8_step(
     w, s, z, xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2,
     HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
-    EMULATE: tl.constexpr,
+    EMULATE: tl.constexpr, EVEN: tl.constexpr,
 ):  # fmt: skip
-    """One K step's [BN, BKB] contribution of `gemv_q8_kernel`: per block, 8 dp4a then the fp32 scaling."""
+    """One K step's [BN, BKB] contribution of `gemv_q8_kernel`: per block, 8 dp4a then the fp32 scaling.
+
+    EVEN: the step is whole and inside the activation row, so its loads need no masks.
+    """
     kb0 = kw0 // 4
-    x_ok = ((kw0 + b3 * 4 + l3) < kw_end) & ((kb0 + b3) < KBX)
-    x_lo = tl.load(xq_row + (kb0 + b3) * 8 + l3, mask=x_ok, other=0)  # [1, BKB, 4]
-    x_hi = tl.load(xq_row + (kb0 + b3) * 8 + 4 + l3, mask=x_ok, other=0)
+    if EVEN:
+        x_lo = tl.load(xq_row + (kb0 + b3) * 8 + l3)  # [1, BKB, 4]
+        x_hi = tl.load(xq_row + (kb0 + b3) * 8 + 4 + l3)
+    else:
+        x_ok = ((kw0 + b3 * 4 + l3) < kw_end) & ((kb0 + b3) < KBX)
+        x_lo = tl.load(xq_row + (kb0 + b3) * 8 + l3, mask=x_ok, other=0)
+        x_hi = tl.load(xq_row + (kb0 + b3) * 8 + 4 + l3, mask=x_ok, other=0)
     d = _dp4a(w & QK_LO_MASK, tl.broadcast_to(x_lo, w.shape), tl.zeros_like(w), EMULATE)
     d = _dp4a((w >> 4) & QK_LO_MASK, tl.broadcast_to(x_hi, w.shape), d, EMULATE)
     dot = tl.sum(d, axis=2).to(tl.float32)  # [BN, BKB]
-    blk_ok = ((kw0 + b2 * 4) < kw_end) & ((kb0 + b2) < KBX)
-    xs = tl.load(xs_row + kb0 + b2, mask=blk_ok, other=0.0)  # [1, BKB]
-    xss = tl.load(xss_row + kb0 + b2, mask=blk_ok, other=0.0)
+    # Declared non-contiguous so each thread loads single blocks, in the layout `dot` already has: read as
+    # pairs, the block scales' layout differs from `dot`'s and every step pays register shuffles between them.
+    blk = tl.max_contiguous(kb0 + b2, [1, 1])  # [1, BKB]
+    if EVEN:
+        xs = tl.load(xs_row + blk)
+        xss = tl.load(xss_row + blk)
+    else:
+        blk_ok = ((kw0 + b2 * 4) < kw_end) & (blk < KBX)
+        xs = tl.load(xs_row + blk, mask=blk_ok, other=0.0)
+        xss = tl.load(xss_row + blk, mask=blk_ok, other=0.0)
     if SCALE_PER_TILE:
         s2 = tl.reshape(s, (BLOCK_N, 1))
     else:
@@ -461,7 +487,7 @@ def gemv_q8_kernel(
     stride_qm, stride_sm, stride_wn, stride_sn, stride_ym, stride_ys,
     GROUP_WORDS: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, USE_WS: tl.constexpr, EMULATE: tl.constexpr,
-    PREFETCH: tl.constexpr, TILES: tl.constexpr, PDL: tl.constexpr,
+    PREFETCH: tl.constexpr, TILES: tl.constexpr, EVEN: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """y[m, n] = sum_k x[m, k] W[n, k] for 4-bit integer weights (sym_int4 / asym_int4) and int8 activations.
 
@@ -472,6 +498,9 @@ def gemv_q8_kernel(
     Each program walks TILES consecutive tiles of BLOCK_N weight rows in turn: on short rows (K = 4096) that
     makes fewer, longer-lived programs.
     KBX: activation blocks per row (ceil(K / 32)); weight words past them (row padding) meet zeros.
+    EVEN (`launch.whole_tiles`): every tile lies inside N and every K step inside the row, so the loads and
+    stores go unmasked - a third fewer instructions per step on the Llama shapes, where issue, not only
+    memory, limits this kernel.
     """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -493,18 +522,18 @@ def gemv_q8_kernel(
         if PREFETCH:
             w, s, z = _gemv_load(
                 w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw_begin, kw_end, NG, stride_wn, stride_sn,
-                GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
+                GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB, EVEN,
             )  # fmt: skip
             if t == 0:
                 wait_for_inputs(PDL)  # the first weight tile is in flight while the previous kernel drains
             for kw0 in range(kw_begin, kw_end, STEP):
                 w_next, s_next, z_next = _gemv_load(
                     w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0 + STEP, kw_end, NG, stride_wn, stride_sn,
-                    GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
+                    GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB, EVEN,
                 )  # fmt: skip
                 acc += _q8_step(
                     w, s, z, xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2,
-                    HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE,
+                    HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE, EVEN,
                 )  # fmt: skip
                 w, s, z = w_next, s_next, z_next
         else:
@@ -513,14 +542,17 @@ def gemv_q8_kernel(
             for kw0 in range(kw_begin, kw_end, STEP):
                 w, s, z = _gemv_load(
                     w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0, kw_end, NG, stride_wn, stride_sn,
-                    GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
+                    GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB, EVEN,
                 )  # fmt: skip
                 acc += _q8_step(
                     w, s, z, xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2,
-                    HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE,
+                    HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE, EVEN,
                 )  # fmt: skip
         y = tl.sum(acc, axis=1)
-        n_store = offs_n < N
+        if EVEN:
+            n_store = None
+        else:
+            n_store = offs_n < N
         if not USE_WS:
             tl.store(y_ptr + row * stride_ym + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_store)
         else:

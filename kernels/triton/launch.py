@@ -67,6 +67,19 @@ def _words_per_split(tw: TritonWeight, cfg: LaunchConfig) -> int:
     return -(-per_split // step) * step  # whole K steps, so split boundaries are step- (and group-) aligned
 
 
+def whole_tiles(tw: TritonWeight, cfg: LaunchConfig, kbx: int) -> bool:
+    """Whether `gemv_q8_kernel` may run unmasked (its EVEN flag): every program's row tiles lie inside N, every
+    K step is whole, and each step's words have activation blocks and scale groups. True on the usual model
+    shapes (K and N multiples of 512 with the tuned tiles)."""
+    step = cfg.block_kb * 4
+    return (
+        tw.n % (cfg.block_n * cfg.tiles) == 0
+        and tw.kw % step == 0
+        and 4 * kbx >= tw.kw
+        and tw.n_groups * tw.group_words >= tw.kw
+    )
+
+
 def _prepare_x(x: torch.Tensor, tw: TritonWeight) -> torch.Tensor:
     """x [..., K] -> contiguous [M, KX]; the pad columns are zero so the padded weight codes add nothing."""
     if x.shape[-1] != tw.k:
@@ -239,7 +252,7 @@ def run_q8(
     row_tiles = triton.cdiv(tw.n, cfg.block_n)
     if cfg.block_m == 1:
         grid = (triton.cdiv(row_tiles, cfg.tiles), split, m)
-        jit.gemv_q8_kernel[grid](*args, **meta, TILES=cfg.tiles)
+        jit.gemv_q8_kernel[grid](*args, **meta, TILES=cfg.tiles, EVEN=whole_tiles(tw, cfg, kbx))
     else:
         grid = (row_tiles, split, triton.cdiv(m, cfg.block_m))
         jit.gemv_q8_rows_kernel[grid](*args, **meta, ROWS=cfg.block_m)

@@ -35,7 +35,7 @@ from xpullm.kernels.triton import (  # noqa: E402
     tune,
 )
 from xpullm.kernels.triton.configs import Q8_FORMATS, valid  # noqa: E402
-from xpullm.kernels.triton.launch import _prepare_x  # noqa: E402
+from xpullm.kernels.triton.launch import _prepare_x, whole_tiles  # noqa: E402
 
 DEVICE = torch.device("cuda" if HAS_CUDA and not INTERPRET else "cpu")
 pytestmark = pytest.mark.gpu
@@ -209,7 +209,9 @@ def test_int8_activation_gemv_matches_its_twin(fmt, gs, split, prefetch, rows):
 
 
 @pytest.mark.parametrize(("fmt", "gs"), [f for f in FORMATS if f[0] in Q8_FORMATS])
-@pytest.mark.parametrize(("split", "prefetch", "kb"), [(1, True, 4), (2, True, 4), (1, True, 8), (2, False, 4)])
+@pytest.mark.parametrize(
+    ("split", "prefetch", "kb"), [(1, True, 4), (2, True, 4), (1, True, 8), (2, False, 4)]
+)
 def test_int8_gemv_program_walking_several_tiles(fmt, gs, split, prefetch, kb):
     """With `tiles` = 3 each program covers three consecutive row tiles in turn; N is no multiple of the
     3 x 2 rows a program takes, so the last program's tiles are partly or wholly past N (masked). Every output
@@ -226,6 +228,41 @@ def test_int8_gemv_program_walking_several_tiles(fmt, gs, split, prefetch, kb):
     err = ((out.cpu() - twin).norm() / twin.norm()).item()
     assert err < 1e-5, (
         f"{fmt} g{gs} split={split} prefetch={prefetch} kb={kb} seed={seed}: error to the twin {err:.2e}"
+    )
+
+
+def test_whole_tiles_only_where_no_load_or_store_can_stray():
+    """The unmasked (EVEN) int8 GEMV is chosen only when every tile, K step, activation block and scale group
+    the kernel touches exists."""
+    cfg = LaunchConfig("gemv_q8", 1, 1, 64, 1, 1, 1, True, tiles=4)
+    llama = pack_weight(_weight("sym_int4", 128, 64, 4096, 0), DEVICE)  # 64 rows of K = 4096: 512 words
+    assert whole_tiles(llama, cfg, 4096 // 32)
+    assert not whole_tiles(llama, LaunchConfig("gemv_q8", 1, 1, 64, tiles=3), 128)  # 64 rows % 3 tiles
+    assert not whole_tiles(
+        llama, LaunchConfig("gemv_q8", 1, 1, 48, tiles=4), 128
+    )  # 512 words % 192-word steps
+    ragged = pack_weight(_weight("sym_int4", 32, 64, 200, 0), DEVICE)  # 25 words padded to 32, 7 groups of 4
+    assert not whole_tiles(ragged, LaunchConfig("gemv_q8", 1, 1, 8), 7)
+
+
+@pytest.mark.parametrize(("fmt", "gs"), [f for f in FORMATS if f[0] in Q8_FORMATS])
+@pytest.mark.parametrize(("split", "prefetch"), [(1, True), (2, True), (1, False)])
+def test_int8_gemv_on_whole_tiles_runs_unmasked_and_exact(fmt, gs, split, prefetch):
+    """On a shape where `whole_tiles` holds (as on every Llama projection) the kernel runs without masks; it
+    still writes every output (NaN-poisoned) and equals the twin, with and without the prefetch past the end."""
+    seed = _seed()
+    n, k, m = 48, 512, 2
+    qw = _weight(fmt, gs, n, k, seed)
+    tw = pack_weight(qw, DEVICE)
+    cfg = LaunchConfig("gemv_q8", 1, 2, 4, split, 1, 1, prefetch, tiles=3)
+    assert whole_tiles(tw, cfg, k // 32)
+    x = _activations(m, k, seed)
+    out = torch.full((m, n), float("nan"), dtype=torch.float32, device=DEVICE)
+    run(_prepare_x(x, tw), tw, cfg, out=out)
+    twin = _int8_twin(x, qw)
+    err = ((out.cpu() - twin).norm() / twin.norm()).item()
+    assert err < 1e-5, (
+        f"{fmt} g{gs} split={split} prefetch={prefetch} seed={seed}: error to the twin {err:.2e}"
     )
 
 
