@@ -23,6 +23,7 @@ import torch
 
 SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (14336, 4096), (4096, 14336), (128256, 4096)]
 _L2_MULTIPLE = 2.5  # weight copies cover this many L2 sizes, so no call finds its weight cached
+WARM_MS = 100.0  # busy time before each measurement
 
 
 def grid(
@@ -77,8 +78,8 @@ def parse_configs(text: str) -> list:
     return out
 
 
-def graph_us(fn_list, reps: int = 5) -> float:
-    """Microseconds per call of back-to-back calls captured in one CUDA graph."""
+def capture(fn_list, reps: int = 5) -> torch.cuda.CUDAGraph:
+    """One CUDA graph of `reps` rounds of back-to-back calls of `fn_list` (each called once beforehand)."""
     for fn in fn_list:
         fn()
     stream = torch.cuda.Stream()
@@ -94,15 +95,36 @@ def graph_us(fn_list, reps: int = 5) -> float:
                 fn()
     g.replay()
     torch.cuda.synchronize()
+    return g
+
+
+def replay_us(g: torch.cuda.CUDAGraph, calls: int, warm_ms: float | None = None) -> float:
+    """Microseconds per call of graph `g` holding `calls` calls: median of 5 timed replays.
+
+    Replays for >= `warm_ms` (default WARM_MS) first: an idle GPU's SM clock ramps up over milliseconds, and a
+    GEMV that is partly issue-bound would otherwise be timed at whatever clock the previous work left.
+    """
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    while True:
+        g.replay()
+        end.record()
+        end.synchronize()
+        if start.elapsed_time(end) >= (WARM_MS if warm_ms is None else warm_ms):
+            break
     times = []
     for _ in range(5):
         start.record()
         g.replay()
         end.record()
         torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / (reps * len(fn_list)))
+        times.append(start.elapsed_time(end) * 1e3 / calls)
     return sorted(times)[len(times) // 2]
+
+
+def graph_us(fn_list, reps: int = 5) -> float:
+    """Microseconds per call of back-to-back calls captured in one CUDA graph."""
+    return replay_us(capture(fn_list, reps), reps * len(fn_list))
 
 
 def peers_graph_us(n: int, k: int, x: torch.Tensor) -> dict[str, float]:
