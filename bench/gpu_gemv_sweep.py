@@ -7,6 +7,7 @@ copies (> 2x the L2 size) that every call streams its weight from HBM, with no f
 Winners are written as tuned-table records (`--json`) to merge into `kernels/triton/tuned_<device>.json`.
 
     python bench/gpu_gemv_sweep.py [--formats sym_int4:128] [--shapes 4096x4096,...] [--json out.json]
+    python bench/gpu_gemv_sweep.py --paths gemv_q8 --configs bn1.kb64.w1.t4,bn1.kb128.w1.t4 --shapes 14336x4096
 """
 
 from __future__ import annotations
