@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gpu_gemv_sweep import _L2_MULTIPLE, capture, graph_us, parse_configs, replay_us
+from gpu_gemv_sweep import _L2_MULTIPLE, alternate, capture, cublas_graph, graph_us, parse_configs
 
 # (rows per tile, words per K step, tiles per program, warps)
 READ_SHAPES = [(1, 256, 4, 1), (1, 256, 2, 2), (1, 512, 4, 1), (1, 128, 4, 1), (2, 256, 2, 2), (1, 256, 1, 2)]
@@ -70,7 +70,6 @@ def _setup(n: int, k: int):
 
 
 def probe(n: int, k: int, reps: int = 15) -> None:
-    import torch.nn.functional as F
 
     from xpullm.kernels.triton import run_q8
 
@@ -86,17 +85,8 @@ def probe(n: int, k: int, reps: int = 15) -> None:
         )
     outs = [torch.empty(1, n, device=x.device, dtype=x.dtype) for _ in tws]
     ours = capture([lambda t=t, o=o: run_q8(act, t, tuned, out=o) for t, o in zip(tws, outs, strict=True)])
-    ours_calls = 5 * len(tws)
-    copies = max(
-        1, int(_L2_MULTIPLE * torch.cuda.get_device_properties(x.device).L2_cache_size / (n * k * 2)) + 1
-    )
-    ws = [torch.randn(n, k, device=x.device, dtype=torch.bfloat16) for _ in range(copies)]
-    cublas = capture([lambda w=w: F.linear(x, w) for w in ws])
-    # Alternate the two graphs: drift in clocks or memory state over the run lands on both sides of each ratio.
-    pairs = [(replay_us(ours, ours_calls, 20.0), replay_us(cublas, 5 * copies, 20.0)) for _ in range(reps)]
-    ratios = sorted(b / a for a, b in pairs)
-    a_us = sorted(a for a, _ in pairs)[reps // 2]
-    b_us = sorted(b for _, b in pairs)[reps // 2]
+    cublas, _weights = cublas_graph(n, k, x)
+    a_us, b_us, ratios = alternate((ours, 5 * len(tws)), cublas, reps)
     print(f"  gemv_q8 {tuned}: {a_us:6.1f} us  {mb / a_us:.2f} TB/s (median of {reps})")
     print(f"  cuBLAS bf16: {b_us:6.1f} us  {n * k * 2 / 1e6 / b_us:.2f} TB/s")
     print(
