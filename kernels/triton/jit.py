@@ -499,7 +499,7 @@ def gemv_q8_kernel(
     makes fewer, longer-lived programs.
     KBX: activation blocks per row (ceil(K / 32)); weight words past them (row padding) meet zeros.
     EVEN (`launch.whole_tiles`): every tile lies inside N and every K step inside the row, so the loads and
-    stores go unmasked - a third fewer instructions per step on the Llama shapes, where issue, not only
+    stores go unmasked - a quarter fewer instructions per step on the Llama shapes, where issue, not only
     memory, limits this kernel.
     """
     pid_n = tl.program_id(0)
