@@ -506,6 +506,7 @@ def gemv_q8_kernel(
     pid_k = tl.program_id(1)
     row = tl.program_id(2)
     STEP: tl.constexpr = BLOCK_KB * 4
+    AHEAD: tl.constexpr = STEP if PREFETCH else 0  # how far past the step being computed the loads run
     b3 = tl.arange(0, BLOCK_KB)[None, :, None]
     l3 = tl.arange(0, 4)[None, None, :]
     b2 = tl.arange(0, BLOCK_KB)[None, :]
@@ -519,35 +520,27 @@ def gemv_q8_kernel(
         n3 = offs_n[:, None, None]
         n_ok = n3 < N
         acc = tl.zeros([BLOCK_N, BLOCK_KB], dtype=tl.float32)
-        if PREFETCH:
+        if PREFETCH:  # the first step's weights are in flight while the previous kernel drains
             w, s, z = _gemv_load(
                 w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw_begin, kw_end, NG, stride_wn, stride_sn,
                 GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB, EVEN,
             )  # fmt: skip
-            if t == 0:
-                wait_for_inputs(PDL)  # the first weight tile is in flight while the previous kernel drains
-            for kw0 in range(kw_begin, kw_end, STEP):
-                w_next, s_next, z_next = _gemv_load(
-                    w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0 + STEP, kw_end, NG, stride_wn, stride_sn,
-                    GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB, EVEN,
-                )  # fmt: skip
-                acc += _q8_step(
-                    w, s, z, xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2,
-                    HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE, EVEN,
-                )  # fmt: skip
-                w, s, z = w_next, s_next, z_next
-        else:
-            if t == 0:
-                wait_for_inputs(PDL)
-            for kw0 in range(kw_begin, kw_end, STEP):
-                w, s, z = _gemv_load(
-                    w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0, kw_end, NG, stride_wn, stride_sn,
-                    GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB, EVEN,
-                )  # fmt: skip
-                acc += _q8_step(
-                    w, s, z, xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2,
-                    HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE, EVEN,
-                )  # fmt: skip
+        if t == 0:
+            wait_for_inputs(PDL)
+        for kw0 in range(kw_begin, kw_end, STEP):
+            # With PREFETCH this loads the next step (used in the next iteration), else this one.
+            w_in, s_in, z_in = _gemv_load(
+                w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0 + AHEAD, kw_end, NG, stride_wn, stride_sn,
+                GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB, EVEN,
+            )  # fmt: skip
+            if not PREFETCH:
+                w, s, z = w_in, s_in, z_in
+            acc += _q8_step(
+                w, s, z, xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2,
+                HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE, EVEN,
+            )  # fmt: skip
+            if PREFETCH:
+                w, s, z = w_in, s_in, z_in
         y = tl.sum(acc, axis=1)
         if EVEN:
             n_store = None
