@@ -27,6 +27,11 @@ _L2_MULTIPLE = 2.5  # weight copies cover this many L2 sizes, so no call finds i
 WARM_MS = 100.0  # busy time before each measurement
 
 
+def copies_for(nbytes: int, device: torch.device) -> int:
+    """How many copies of an `nbytes` weight to rotate over so that every call streams it from HBM."""
+    return max(1, int(_L2_MULTIPLE * torch.cuda.get_device_properties(device).L2_cache_size / nbytes) + 1)
+
+
 def grid(
     paths: tuple[str, ...] = ("gemv", "gemv_q8"), wide: bool = False, tiles: tuple[int, ...] = (1,)
 ) -> list:
@@ -79,8 +84,9 @@ def parse_configs(text: str) -> list:
     return out
 
 
-def capture(fn_list, reps: int = 5) -> torch.cuda.CUDAGraph:
-    """One CUDA graph of `reps` rounds of back-to-back calls of `fn_list` (each called once beforehand)."""
+def capture(fn_list, reps: int = 5) -> tuple[torch.cuda.CUDAGraph, int]:
+    """One CUDA graph of `reps` rounds of back-to-back calls of `fn_list` (each called once beforehand), and the
+    number of calls it holds: the arguments of `replay_us`."""
     for fn in fn_list:
         fn()
     stream = torch.cuda.Stream()
@@ -96,7 +102,7 @@ def capture(fn_list, reps: int = 5) -> torch.cuda.CUDAGraph:
                 fn()
     g.replay()
     torch.cuda.synchronize()
-    return g
+    return g, reps * len(fn_list)
 
 
 def replay_us(g: torch.cuda.CUDAGraph, calls: int, warm_ms: float | None = None) -> float:
@@ -125,7 +131,7 @@ def replay_us(g: torch.cuda.CUDAGraph, calls: int, warm_ms: float | None = None)
 
 def graph_us(fn_list, reps: int = 5) -> float:
     """Microseconds per call of back-to-back calls captured in one CUDA graph."""
-    return replay_us(capture(fn_list, reps), reps * len(fn_list))
+    return replay_us(*capture(fn_list, reps))
 
 
 def alternate(first: tuple, second: tuple, reps: int = 15) -> tuple[float, float, list[float]]:
@@ -146,10 +152,11 @@ def cublas_graph(n: int, k: int, x: torch.Tensor) -> tuple[tuple, list[torch.Ten
     import torch.nn.functional as F
 
     xb = x[:, :k].contiguous()
-    l2 = torch.cuda.get_device_properties(x.device).L2_cache_size
-    copies = max(1, int(_L2_MULTIPLE * l2 / (n * k * 2)) + 1)
-    ws = [torch.randn(n, k, device=x.device, dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
-    return (capture([lambda w=w: F.linear(xb, w) for w in ws]), 5 * copies), [*ws, xb]
+    ws = [
+        torch.randn(n, k, device=x.device, dtype=torch.bfloat16) * 0.02
+        for _ in range(copies_for(n * k * 2, x.device))
+    ]
+    return capture([lambda w=w: F.linear(xb, w) for w in ws]), [*ws, xb]
 
 
 def tinygemm_us(n: int, k: int, x: torch.Tensor) -> float | None:
@@ -157,9 +164,8 @@ def tinygemm_us(n: int, k: int, x: torch.Tensor) -> float | None:
     from gpu_kernels import TINYGEMM_GROUP, _tinygemm
 
     xb = x[:, :k].contiguous()
-    l2 = torch.cuda.get_device_properties(x.device).L2_cache_size
     w = torch.randn(n, k, device=x.device, dtype=torch.bfloat16) * 0.02
-    packs = [_tinygemm(w) for _ in range(max(1, int(_L2_MULTIPLE * l2 / (n * k // 2)) + 1))]
+    packs = [_tinygemm(w) for _ in range(copies_for(n * k // 2, x.device))]
     del w
     if not all(isinstance(p, tuple) for p in packs):
         return None
@@ -217,7 +223,7 @@ def sweep_shape(
     from xpullm.kernels.triton import pack_weight
 
     tw = pack_weight(qw, dev)
-    copies = max(1, int(_L2_MULTIPLE * torch.cuda.get_device_properties(dev).L2_cache_size / tw.nbytes) + 1)
+    copies = copies_for(tw.nbytes, dev)
     tws = [tw] + [pack_weight(qw, dev) for _ in range(copies - 1)]
     x = _prepare_x(torch.randn(1, k, device=dev, dtype=torch.bfloat16), tw)
     ref = (x[:, :k].float() @ qw.dequantize(torch.float32).to(dev).t()).squeeze(0)
@@ -286,7 +292,7 @@ def sweep_shape(
     # The winner against cuBLAS, timed in turn (`alternate`), not the minimum over configurations above.
     fns, _outs = calls(best["cfg"])
     cublas, _weights = cublas_graph(n, k, x)
-    ours, cublas_us, ratios = alternate((capture(fns), 5 * len(fns)), cublas)
+    ours, cublas_us, ratios = alternate(capture(fns), cublas)
     del cublas, _weights
     tiny = tinygemm_us(n, k, x)
     # The same winner launched plainly: what programmatic dependent launch (Hopper+) adds between calls.
