@@ -5,7 +5,7 @@ cover > 2x the L2, so every call streams from HBM):
 - `read_rows_kernel`: a Triton kernel that only reads a packed int4 weight (int32 words [N, K / 8]) row tile by
   row tile, XOR-folds it and writes one word per row - the GEMV's access pattern with no arithmetic, no
   activations and no scales, under a few launch shapes;
-- the same weight shape's gemv_q8 product (the tuned configuration) and cuBLAS bf16 `F.linear`, timed in turn
+- the same weight shape's gemv_q8 product (the tuned configuration, or each of `--configs`) and cuBLAS bf16 `F.linear`, timed in turn
   `--reps` times, with the median, min and max of their ratio (single measurements drift by 3-4% over a run).
 The gap between the first two is what the product's own work costs; the read kernel's time over the bytes is the
 bandwidth a GEMV of this shape can reach with plain loads.
@@ -13,7 +13,8 @@ bandwidth a GEMV of this shape can reach with plain loads.
 `--profile CFG` instead runs that gemv_q8 configuration (sweep syntax, e.g. bn1.kb64.w1.pf1.t4), the read
 kernel and cuBLAS a few times each, for a profiler to wrap (`ncu --clock-control none ...`).
 
-    python bench/gpu_read_probe.py [--shapes 14336x4096,4096x14336] [--profile bn1.kb64.w1.pf1.t4]
+    python bench/gpu_read_probe.py [--shapes 14336x4096,4096x14336] [--configs bn1.kb128.w1.t4,...]
+    python bench/gpu_read_probe.py --profile bn1.kb64.w1.pf1.t4
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ def _setup(n: int, k: int):
     return tws, x, act, select_q8_config(tw, 1)
 
 
-def probe(n: int, k: int, reps: int = 15) -> None:
-
+def probe(n: int, k: int, reps: int = 15, configs: list | None = None, read: bool = True) -> None:
+    """Print the read ceiling of an N x K weight (unless not `read`) and gemv_q8 vs cuBLAS in alternation, for
+    the tuned configuration or each of `configs`."""
     from xpullm.kernels.triton import run_q8
 
     tws, x, act, tuned = _setup(n, k)
@@ -78,21 +80,23 @@ def probe(n: int, k: int, reps: int = 15) -> None:
     words_mb = tws[0].words.numel() * 4 / 1e6
     print(f"## {n}x{k}: {mb:.1f} MB per call ({words_mb:.1f} MB of codes), {len(tws)} copies")
     ys = [torch.empty(n, device=x.device, dtype=torch.int32) for _ in tws]
-    for rows, step, tiles, warps in READ_SHAPES:
+    for rows, step, tiles, warps in READ_SHAPES if read else ():
         us = graph_us([read_fn(t.words, y, rows, step, tiles, warps) for t, y in zip(tws, ys, strict=True)])
         print(
             f"  read codes   rows{rows} step{step} t{tiles} w{warps}: {us:6.1f} us  {words_mb / us:.2f} TB/s"
         )
     outs = [torch.empty(1, n, device=x.device, dtype=x.dtype) for _ in tws]
-    ours = capture([lambda t=t, o=o: run_q8(act, t, tuned, out=o) for t, o in zip(tws, outs, strict=True)])
     cublas, _weights = cublas_graph(n, k, x)
-    a_us, b_us, ratios = alternate(ours, cublas, reps)
-    print(f"  gemv_q8 {tuned}: {a_us:6.1f} us  {mb / a_us:.2f} TB/s (median of {reps})")
-    print(f"  cuBLAS bf16: {b_us:6.1f} us  {n * k * 2 / 1e6 / b_us:.2f} TB/s")
-    print(
-        f"  cuBLAS / gemv_q8 over {reps} alternations: median {ratios[reps // 2]:.2f}x, "
-        f"min {ratios[0]:.2f}x, max {ratios[-1]:.2f}x"
-    )
+    for cfg in configs or [tuned]:
+        ours = capture(
+            [lambda t=t, o=o, c=cfg: run_q8(act, t, c, out=o) for t, o in zip(tws, outs, strict=True)]
+        )
+        a_us, b_us, ratios = alternate(ours, cublas, reps)
+        print(
+            f"  gemv_q8 {cfg}: {a_us:6.1f} us  {mb / a_us:.2f} TB/s (median of {reps}); cuBLAS bf16 "
+            f"{b_us:6.1f} us  {n * k * 2 / 1e6 / b_us:.2f} TB/s; ratio median {ratios[reps // 2]:.2f}x, "
+            f"min {ratios[0]:.2f}x, max {ratios[-1]:.2f}x"
+        )
 
 
 def profile(n: int, k: int, spec: str) -> None:
@@ -119,13 +123,17 @@ def main() -> None:
     ap.add_argument("--shapes", default="14336x4096,4096x14336")
     ap.add_argument("--reps", type=int, default=15, help="alternations of gemv_q8 and cuBLAS timings")
     ap.add_argument("--profile", default=None, help="run this gemv_q8 config a few times (for a profiler)")
+    ap.add_argument(
+        "--configs", default=None, help="time these gemv_q8 configs (sweep syntax) instead of the tuned"
+    )
+    ap.add_argument("--no-read", action="store_true", help="skip the read-ceiling kernels")
     args = ap.parse_args()
     for spec in args.shapes.split(","):
         n, k = (int(v) for v in spec.split("x"))
         if args.profile:
             profile(n, k, args.profile)
         else:
-            probe(n, k, args.reps)
+            probe(n, k, args.reps, parse_configs(args.configs) if args.configs else None, not args.no_read)
 
 
 if __name__ == "__main__":

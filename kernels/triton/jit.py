@@ -436,14 +436,13 @@ def quantize_x_q8_kernel(
 
 
 @triton.jit
-def _q8_step(
-    w, s, z, xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2,
-    HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
-    EMULATE: tl.constexpr, EVEN: tl.constexpr,
+def _q8_x(
+    xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2, EVEN: tl.constexpr
 ):  # fmt: skip
-    """One K step's [BN, BKB] contribution of `gemv_q8_kernel`: per block, 8 dp4a then the fp32 scaling.
+    """The int8 activations of the K step at `kw0`, as `_q8_apply` takes them: words [1, BKB, 4] pairing with the
+    weights' low and high nibbles, block scales and scaled sums [1, BKB]. Past `kw_end` or KBX they read as zero.
 
-    EVEN: the step is whole and inside the activation row, so its loads need no masks.
+    EVEN: the step is whole and inside the activation row, so the loads need no masks.
     """
     kb0 = kw0 // 4
     if EVEN:
@@ -453,11 +452,8 @@ def _q8_step(
         x_ok = ((kw0 + b3 * 4 + l3) < kw_end) & ((kb0 + b3) < KBX)
         x_lo = tl.load(xq_row + (kb0 + b3) * 8 + l3, mask=x_ok, other=0)
         x_hi = tl.load(xq_row + (kb0 + b3) * 8 + 4 + l3, mask=x_ok, other=0)
-    d = _dp4a(w & QK_LO_MASK, tl.broadcast_to(x_lo, w.shape), tl.zeros_like(w), EMULATE)
-    d = _dp4a((w >> 4) & QK_LO_MASK, tl.broadcast_to(x_hi, w.shape), d, EMULATE)
-    dot = tl.sum(d, axis=2).to(tl.float32)  # [BN, BKB]
-    # Declared non-contiguous so each thread loads single blocks, in the layout `dot` already has: read as
-    # pairs, the block scales' layout differs from `dot`'s and every step pays register shuffles between them.
+    # Declared non-contiguous so each thread loads single blocks, in the layout the dot products have: read as
+    # pairs, the block scales' layout differs from theirs and every step pays register shuffles between them.
     blk = tl.max_contiguous(kb0 + b2, [1, 1])  # [1, BKB]
     if EVEN:
         xs = tl.load(xs_row + blk)
@@ -466,6 +462,19 @@ def _q8_step(
         blk_ok = ((kw0 + b2 * 4) < kw_end) & (blk < KBX)
         xs = tl.load(xs_row + blk, mask=blk_ok, other=0.0)
         xss = tl.load(xss_row + blk, mask=blk_ok, other=0.0)
+    return x_lo, x_hi, xs, xss
+
+
+@triton.jit
+def _q8_apply(
+    w, s, z, x_lo, x_hi, xs, xss,
+    HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
+    EMULATE: tl.constexpr,
+):  # fmt: skip
+    """One K step's [BN, BKB] contribution of `gemv_q8_kernel`: per block, 8 dp4a then the fp32 scaling."""
+    d = _dp4a(w & QK_LO_MASK, tl.broadcast_to(x_lo, w.shape), tl.zeros_like(w), EMULATE)
+    d = _dp4a((w >> 4) & QK_LO_MASK, tl.broadcast_to(x_hi, w.shape), d, EMULATE)
+    dot = tl.sum(d, axis=2).to(tl.float32)  # [BN, BKB]
     if SCALE_PER_TILE:
         s2 = tl.reshape(s, (BLOCK_N, 1))
     else:
@@ -481,13 +490,53 @@ def _q8_step(
 
 
 @triton.jit
+def _q8_tile(pid_n, t, N, TILES: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Rows [BN] of a program's t-th weight tile, as [BN, 1, 1] too, and which of them exist."""
+    offs_n = (pid_n * TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n3 = offs_n[:, None, None]
+    return offs_n, n3, n3 < N
+
+
+@triton.jit
+def _q8_tile_load(
+    w_ptr, s_ptr, z_ptr, pid_n, t, N, b3, l3, kw0, kw_end, NG, stride_wn, stride_sn,
+    GROUP_WORDS: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_KB: tl.constexpr, TILES: tl.constexpr, EVEN: tl.constexpr,
+):  # fmt: skip
+    """`_gemv_load` of the K step at `kw0` for a program's t-th tile, and the tile's rows."""
+    offs_n, n3, n_ok = _q8_tile(pid_n, t, N, TILES, BLOCK_N)
+    w, s, z = _gemv_load(
+        w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0, kw_end, NG, stride_wn, stride_sn,
+        GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB, EVEN,
+    )  # fmt: skip
+    return offs_n, w, s, z
+
+
+@triton.jit
+def _q8_store(
+    y_ptr, acc, offs_n, N, pid_k, row, stride_ym, stride_ys, USE_WS: tl.constexpr, EVEN: tl.constexpr
+):
+    """Reduce a tile's [BN, BKB] partial products over K and store them (fp32 per split with USE_WS)."""
+    y = tl.sum(acc, axis=1)
+    if EVEN:
+        n_store = None
+    else:
+        n_store = offs_n < N
+    if not USE_WS:
+        tl.store(y_ptr + row * stride_ym + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_store)
+    else:
+        tl.store(y_ptr + pid_k * stride_ys + row * stride_ym + offs_n, y, mask=n_store)
+
+
+@triton.jit
 def gemv_q8_kernel(
     xq_ptr, xs_ptr, xss_ptr, w_ptr, s_ptr, z_ptr, y_ptr,
     M, N, KW, KBX, NG, words_per_split,
     stride_qm, stride_sm, stride_wn, stride_sn, stride_ym, stride_ys,
     GROUP_WORDS: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, USE_WS: tl.constexpr, EMULATE: tl.constexpr,
-    PREFETCH: tl.constexpr, TILES: tl.constexpr, EVEN: tl.constexpr, PDL: tl.constexpr,
+    PREFETCH: tl.constexpr, TILES: tl.constexpr, EVEN: tl.constexpr, ONE_STEP: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """y[m, n] = sum_k x[m, k] W[n, k] for 4-bit integer weights (sym_int4 / asym_int4) and int8 activations.
 
@@ -501,6 +550,9 @@ def gemv_q8_kernel(
     EVEN (`launch.whole_tiles`): every tile lies inside N and every K step inside the row, so the loads and
     stores go unmasked - a quarter fewer instructions per step on the Llama shapes, where issue, not only
     memory, limits this kernel.
+    ONE_STEP (the launcher's `words_per_split == 4 * BLOCK_KB`): a split is one K step, so every tile meets the
+    same activations: they are loaded once per program, the first tile's weights before waiting for the
+    previous kernel, and PREFETCH then loads the next tile while this one is computed.
     """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -515,41 +567,56 @@ def gemv_q8_kernel(
     xss_row = xss_ptr + row * stride_sm
     kw_begin = pid_k * words_per_split
     kw_end = tl.minimum(kw_begin + words_per_split, KW)
-    for t in tl.static_range(TILES):
-        offs_n = (pid_n * TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
-        n3 = offs_n[:, None, None]
-        n_ok = n3 < N
-        acc = tl.zeros([BLOCK_N, BLOCK_KB], dtype=tl.float32)
-        if PREFETCH:  # the first step's weights are in flight while the previous kernel drains
-            w, s, z = _gemv_load(
-                w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw_begin, kw_end, NG, stride_wn, stride_sn,
-                GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB, EVEN,
-            )  # fmt: skip
-        if t == 0:
-            wait_for_inputs(PDL)
-        for kw0 in range(kw_begin, kw_end, STEP):
-            # With PREFETCH this loads the next step (used in the next iteration), else this one.
-            w_in, s_in, z_in = _gemv_load(
-                w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0 + AHEAD, kw_end, NG, stride_wn, stride_sn,
-                GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB, EVEN,
-            )  # fmt: skip
-            if not PREFETCH:
-                w, s, z = w_in, s_in, z_in
-            acc += _q8_step(
-                w, s, z, xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2,
-                HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE, EVEN,
-            )  # fmt: skip
-            if PREFETCH:
-                w, s, z = w_in, s_in, z_in
-        y = tl.sum(acc, axis=1)
-        if EVEN:
-            n_store = None
-        else:
-            n_store = offs_n < N
-        if not USE_WS:
-            tl.store(y_ptr + row * stride_ym + offs_n, y.to(y_ptr.dtype.element_ty), mask=n_store)
-        else:
-            tl.store(y_ptr + pid_k * stride_ys + row * stride_ym + offs_n, y, mask=n_store)
+    if ONE_STEP:
+        offs_n, w, s, z = _q8_tile_load(
+            w_ptr, s_ptr, z_ptr, pid_n, 0, N, b3, l3, kw_begin, kw_end, NG, stride_wn, stride_sn,
+            GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, TILES, EVEN,
+        )  # fmt: skip
+        wait_for_inputs(PDL)
+        x_lo, x_hi, xs, xss = _q8_x(xq_row, xs_row, xss_row, kw_begin, kw_end, KBX, b3, l3, b2, EVEN)
+        for t in tl.static_range(TILES):
+            if PREFETCH and t + 1 < TILES:  # the next tile's weights are in flight while this one is computed
+                offs_in, w_in, s_in, z_in = _q8_tile_load(
+                    w_ptr, s_ptr, z_ptr, pid_n, t + 1, N, b3, l3, kw_begin, kw_end, NG, stride_wn, stride_sn,
+                    GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, TILES, EVEN,
+                )  # fmt: skip
+            acc = _q8_apply(
+                w, s, z, x_lo, x_hi, xs, xss, HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE
+            )
+            _q8_store(y_ptr, acc, offs_n, N, pid_k, row, stride_ym, stride_ys, USE_WS, EVEN)
+            if t + 1 < TILES:
+                if not PREFETCH:
+                    offs_in, w_in, s_in, z_in = _q8_tile_load(
+                        w_ptr, s_ptr, z_ptr, pid_n, t + 1, N, b3, l3, kw_begin, kw_end, NG, stride_wn,
+                        stride_sn, GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, TILES, EVEN,
+                    )  # fmt: skip
+                offs_n, w, s, z = offs_in, w_in, s_in, z_in
+    else:
+        for t in tl.static_range(TILES):
+            offs_n, n3, n_ok = _q8_tile(pid_n, t, N, TILES, BLOCK_N)
+            acc = tl.zeros([BLOCK_N, BLOCK_KB], dtype=tl.float32)
+            if PREFETCH:  # the first step's weights are in flight while the previous kernel drains
+                w, s, z = _gemv_load(
+                    w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw_begin, kw_end, NG, stride_wn, stride_sn,
+                    GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB, EVEN,
+                )  # fmt: skip
+            if t == 0:
+                wait_for_inputs(PDL)
+            for kw0 in range(kw_begin, kw_end, STEP):
+                # With PREFETCH this loads the next step (used in the next iteration), else this one.
+                w_in, s_in, z_in = _gemv_load(
+                    w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw0 + AHEAD, kw_end, NG, stride_wn, stride_sn,
+                    GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB, EVEN,
+                )  # fmt: skip
+                if not PREFETCH:
+                    w, s, z = w_in, s_in, z_in
+                x_lo, x_hi, xs, xss = _q8_x(xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2, EVEN)
+                acc += _q8_apply(
+                    w, s, z, x_lo, x_hi, xs, xss, HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE
+                )
+                if PREFETCH:
+                    w, s, z = w_in, s_in, z_in
+            _q8_store(y_ptr, acc, offs_n, N, pid_k, row, stride_ym, stride_ys, USE_WS, EVEN)
 
 
 @triton.jit
@@ -559,7 +626,7 @@ def _q8_rows_step(
     HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
     EMULATE: tl.constexpr,
 ):  # fmt: skip
-    """`_q8_step` for ROWS activation rows at once: the weight words [BN, BKB, 4] are unpacked once and meet
+    """`_q8_x` + `_q8_apply` for ROWS activation rows at once: the weight words [BN, BKB, 4] are unpacked once and meet
     every row's int8 codes; returns the [ROWS, BN, BKB] contribution."""
     kb0 = kw0 // 4
     x_ok = r_ok4 & ((kw0 + b4 * 4 + l4) < kw_end) & ((kb0 + b4) < KBX)

@@ -80,6 +80,12 @@ def whole_tiles(tw: TritonWeight, cfg: LaunchConfig, kbx: int) -> bool:
     )
 
 
+def one_step(tw: TritonWeight, cfg: LaunchConfig) -> bool:
+    """Whether each K split of `gemv_q8_kernel` is a single K step (its ONE_STEP flag): then all of a program's
+    row tiles multiply the same activations, which it loads once."""
+    return _words_per_split(tw, cfg) == cfg.block_kb * 4
+
+
 def _prepare_x(x: torch.Tensor, tw: TritonWeight) -> torch.Tensor:
     """x [..., K] -> contiguous [M, KX]; the pad columns are zero so the padded weight codes add nothing."""
     if x.shape[-1] != tw.k:
@@ -252,7 +258,9 @@ def run_q8(
     row_tiles = triton.cdiv(tw.n, cfg.block_n)
     if cfg.block_m == 1:
         grid = (triton.cdiv(row_tiles, cfg.tiles), split, m)
-        jit.gemv_q8_kernel[grid](*args, **meta, TILES=cfg.tiles, EVEN=whole_tiles(tw, cfg, kbx))
+        jit.gemv_q8_kernel[grid](
+            *args, **meta, TILES=cfg.tiles, EVEN=whole_tiles(tw, cfg, kbx), ONE_STEP=one_step(tw, cfg)
+        )
     else:
         grid = (row_tiles, split, triton.cdiv(m, cfg.block_m))
         jit.gemv_q8_rows_kernel[grid](*args, **meta, ROWS=cfg.block_m)

@@ -35,7 +35,7 @@ from xpullm.kernels.triton import (  # noqa: E402
     tune,
 )
 from xpullm.kernels.triton.configs import Q8_FORMATS, valid  # noqa: E402
-from xpullm.kernels.triton.launch import _prepare_x, whole_tiles  # noqa: E402
+from xpullm.kernels.triton.launch import _prepare_x, one_step, whole_tiles  # noqa: E402
 
 DEVICE = torch.device("cuda" if HAS_CUDA and not INTERPRET else "cpu")
 pytestmark = pytest.mark.gpu
@@ -264,6 +264,31 @@ def test_int8_gemv_on_whole_tiles_runs_unmasked_and_exact(fmt, gs, split, prefet
     assert err < 1e-5, (
         f"{fmt} g{gs} split={split} prefetch={prefetch} seed={seed}: error to the twin {err:.2e}"
     )
+
+
+@pytest.mark.parametrize(("fmt", "gs"), [f for f in FORMATS if f[0] in Q8_FORMATS])
+@pytest.mark.parametrize(("n", "k"), [(48, 512), (37, 200)])
+@pytest.mark.parametrize(("split", "prefetch"), [(1, False), (1, True), (2, True), (2, False)])
+def test_int8_gemv_with_one_step_per_split_loads_activations_once(fmt, gs, n, k, split, prefetch):
+    """When a split is a single K step (a whole 4096-wide row with the tuned tiles) each program loads its
+    activations once for all its row tiles, its first tile's weights before the previous kernel is waited for,
+    and with prefetch the next tile's while this one is computed. On a whole-tile shape (unmasked) and a ragged
+    one (N no multiple of the 3 x 2 rows per program, K padded), with split-K: every output written, = the twin."""
+    seed = _seed()
+    qw = _weight(fmt, gs, n, k, seed)
+    tw = pack_weight(qw, DEVICE)
+    kb = tw.kw // (4 * split)  # 4 words per block: one step per split
+    cfg = LaunchConfig("gemv_q8", 1, 2, kb, split, 1, 1, prefetch, tiles=3)
+    assert one_step(tw, cfg)
+    assert whole_tiles(tw, cfg, -(-k // 32)) == ((n, k) == (48, 512))
+    x = _activations(2, k, seed)
+    out = torch.full((2, n), float("nan"), dtype=torch.float32, device=DEVICE)
+    run(_prepare_x(x, tw), tw, cfg, out=out)
+    twin = _int8_twin(x, qw)
+    err = ((out.cpu() - twin).norm() / twin.norm()).item()
+    assert err < 1e-5, f"{fmt} g{gs} {n}x{k} split={split} prefetch={prefetch} seed={seed}: error {err:.2e}"
+    several = LaunchConfig("gemv_q8", 1, 2, kb // 2, split, 1, 1, prefetch, tiles=3)
+    assert not one_step(tw, several)  # two steps per split: the K loop
 
 
 def test_several_tiles_only_for_one_row_int8_programs():
