@@ -268,12 +268,13 @@ def test_int8_gemv_on_whole_tiles_runs_unmasked_and_exact(fmt, gs, split, prefet
 
 @pytest.mark.parametrize(("fmt", "gs"), [f for f in FORMATS if f[0] in Q8_FORMATS])
 @pytest.mark.parametrize(("n", "k"), [(48, 512), (37, 200)])
-@pytest.mark.parametrize(("split", "prefetch"), [(1, False), (1, True), (2, True), (2, False)])
+@pytest.mark.parametrize(("split", "prefetch"), [(1, False), (1, True), (2, True), (2, False), (4, True)])
 def test_int8_gemv_with_one_step_per_split_loads_activations_once(fmt, gs, n, k, split, prefetch):
     """When a split is a single K step (a whole 4096-wide row with the tuned tiles) each program loads its
     activations once for all its row tiles, its first tile's weights before the previous kernel is waited for,
     and with prefetch the next tile's while this one is computed. On a whole-tile shape (unmasked) and a ragged
-    one (N no multiple of the 3 x 2 rows per program, K padded), with split-K: every output written, = the twin."""
+    one (N no multiple of the 3 x 2 rows per program, K padded), with split-K (4 splits: with 128-wide groups
+    each step lies in one group, one scale per row): every output written, equal to the twin."""
     seed = _seed()
     qw = _weight(fmt, gs, n, k, seed)
     tw = pack_weight(qw, DEVICE)
