@@ -158,15 +158,19 @@ PARITY_MARGIN = 0.25  # logit units: a CPU top-2 margin below this is a near-tie
 
 def _parity(cpu_dec, gpu_dec, prompt: list[int], steps: int) -> None:
     c_tokens, c_logits = greedy(cpu_dec, prompt, steps)
-    g_tokens, _ = greedy(gpu_dec, prompt, steps)
+    g_tokens, g_logits = greedy(gpu_dec, prompt, steps)
     i = first_divergence(c_tokens, g_tokens)
     if i is None:
         return
     top2 = c_logits[i].topk(2)
     margin = float(top2.values[0] - top2.values[1])
     gap = float(c_logits[i][c_tokens[i]] - c_logits[i][g_tokens[i]])
+    # How far the GPU's logits are from the CPU's while both saw the same tokens (steps 0..i): the noise a
+    # near-tie has to be compared with.
+    noise = max(float((g - c).abs().max()) for g, c in zip(g_logits[: i + 1], c_logits[: i + 1], strict=True))
     print(
-        f"GPU/CPU part at step {i}: cpu {c_tokens[i]} gpu {g_tokens[i]}; cpu margin {margin:.4f}, gap {gap:.4f}"
+        f"GPU/CPU part at step {i}: cpu {c_tokens[i]} gpu {g_tokens[i]}; cpu margin {margin:.4f}, gap {gap:.4f}; "
+        f"largest |gpu - cpu| logit so far {noise:.4f}"
     )
     assert gap <= PARITY_MARGIN, (
         f"GPU and CPU part at step {i} where the CPU logits are not a near-tie ({gap:.3f})"
