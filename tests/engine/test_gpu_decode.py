@@ -157,6 +157,8 @@ PARITY_MARGIN = 0.25  # logit units: a CPU top-2 margin below this is a near-tie
 
 
 def _parity(cpu_dec, gpu_dec, prompt: list[int], steps: int) -> None:
+    """Same greedy tokens on both, or the first parting at a near-tie: the CPU's margin between its token and
+    the GPU's at most PARITY_MARGIN."""
     c_tokens, c_logits = greedy(cpu_dec, prompt, steps)
     g_tokens, g_logits = greedy(gpu_dec, prompt, steps)
     i = first_divergence(c_tokens, g_tokens)
@@ -165,15 +167,15 @@ def _parity(cpu_dec, gpu_dec, prompt: list[int], steps: int) -> None:
     top2 = c_logits[i].topk(2)
     margin = float(top2.values[0] - top2.values[1])
     gap = float(c_logits[i][c_tokens[i]] - c_logits[i][g_tokens[i]])
-    # How far the GPU's logits are from the CPU's while both saw the same tokens (steps 0..i): the noise a
-    # near-tie has to be compared with.
-    noise = max(float((g - c).abs().max()) for g, c in zip(g_logits[: i + 1], c_logits[: i + 1], strict=True))
+    # How far the GPU's logits are from the CPU's while both saw the same tokens (steps 0..i).
+    seen = max(float((g - c).abs().max()) for g, c in zip(g_logits[: i + 1], c_logits[: i + 1], strict=True))
     print(
         f"GPU/CPU part at step {i}: cpu {c_tokens[i]} gpu {g_tokens[i]}; cpu margin {margin:.4f}, gap {gap:.4f}; "
-        f"largest |gpu - cpu| logit so far {noise:.4f}"
+        f"largest |gpu - cpu| logit so far {seen:.4f}"
     )
     assert gap <= PARITY_MARGIN, (
-        f"GPU and CPU part at step {i} where the CPU logits are not a near-tie ({gap:.3f})"
+        f"GPU and CPU part at step {i} where the CPU logits are not a near-tie ({gap:.3f}; "
+        f"GPU logits off by up to {seen:.3f} so far)"
     )
 
 
@@ -185,9 +187,17 @@ def test_tiny_model_greedy_text_matches_cpu(low_bit: str) -> None:
         _parity(cpu, gpu, prompt, STEPS)
 
 
-def test_default_model_greedy_text_matches_cpu() -> None:
-    """The packaged SmolLM2-135M in the engine's default format, CPU vs GPU, through `xpullm.LLM`."""
+def test_default_model_greedy_text_matches_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The packaged SmolLM2-135M in the engine's default format, CPU vs GPU, through `xpullm.LLM`.
+
+    With the untimed default launch configurations: the first token of "The capital of France is" is a three-way
+    near-tie (216 / 4723 / 3575 within ~0.45 logits on the CPU, ranked differently by the CPU kernels of two
+    machines), so which token the GPU picks there depends on the prefill kernels, and with timing-based tuning
+    on their choice would make this comparison differ from run to run.
+    """
     from xpullm.engine import LLM
+
+    monkeypatch.setenv("XPULLM_TRITON_AUTOTUNE", "0")
 
     try:
         cpu = LLM(low_bit="sym_int4", device="cpu")
