@@ -32,6 +32,14 @@ def copies_for(nbytes: int, device: torch.device) -> int:
     return max(1, int(_L2_MULTIPLE * torch.cuda.get_device_properties(device).L2_cache_size / nbytes) + 1)
 
 
+def weight_copies(qw, device: torch.device) -> list:
+    """`qw` packed for the Triton kernels `copies_for` times: rotated over, no call finds its weight in L2."""
+    from xpullm.kernels.triton import pack_weight
+
+    tw = pack_weight(qw, device)
+    return [tw] + [pack_weight(qw, device) for _ in range(copies_for(tw.nbytes, device) - 1)]
+
+
 def grid(
     paths: tuple[str, ...] = ("gemv", "gemv_q8"), wide: bool = False, tiles: tuple[int, ...] = (1,)
 ) -> list:
@@ -220,11 +228,8 @@ def sweep_shape(
     dev = torch.device("cuda")
     w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
     qw = get_format(fmt).quantize(w.float(), gs or None)
-    from xpullm.kernels.triton import pack_weight
-
-    tw = pack_weight(qw, dev)
-    copies = copies_for(tw.nbytes, dev)
-    tws = [tw] + [pack_weight(qw, dev) for _ in range(copies - 1)]
+    tws = weight_copies(qw, dev)
+    tw = tws[0]
     x = _prepare_x(torch.randn(1, k, device=dev, dtype=torch.bfloat16), tw)
     ref = (x[:, :k].float() @ qw.dequantize(torch.float32).to(dev).t()).squeeze(0)
     tuned = select_config(tw, 1, x.dtype)
@@ -271,7 +276,7 @@ def sweep_shape(
     best = ok[0]
     best_unfused = min(ok, key=lambda r: r["unfused_us"])
     gb = tw.nbytes / 1e9
-    print(f"## {fmt} g{gs} {n}x{k}: {tw.nbytes / 1e6:.1f} MB, {copies} copies; tuned {tuned}; "
+    print(f"## {fmt} g{gs} {n}x{k}: {tw.nbytes / 1e6:.1f} MB, {len(tws)} copies; tuned {tuned}; "
           f"activation quantizer {quant_us:.1f} us in graph")  # fmt: skip
     for r in ok[:top] + [r for r in ok if r["tuned"]]:
         c = r["cfg"]

@@ -5,8 +5,9 @@ cover > 2x the L2, so every call streams from HBM):
 - `read_rows_kernel`: a Triton kernel that only reads a packed int4 weight (int32 words [N, K / 8]) row tile by
   row tile, XOR-folds it and writes one word per row - the GEMV's access pattern with no arithmetic, no
   activations and no scales, under a few launch shapes;
-- the same weight shape's gemv_q8 product (the tuned configuration, or each of `--configs`) and cuBLAS bf16 `F.linear`, timed in turn
-  `--reps` times, with the median, min and max of their ratio (single measurements drift by 3-4% over a run).
+- the same weight shape's gemv_q8 product (the tuned configuration, or each of `--configs`) and cuBLAS bf16
+  `F.linear`, timed in turn `--reps` times, with the median, min and max of their ratio (single measurements
+  drift by 3-4% over a run).
 The gap between the first two is what the product's own work costs; the read kernel's time over the bytes is the
 bandwidth a GEMV of this shape can reach with plain loads.
 
@@ -28,7 +29,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gpu_gemv_sweep import alternate, capture, copies_for, cublas_graph, graph_us, parse_configs
+from gpu_gemv_sweep import alternate, capture, cublas_graph, graph_us, parse_configs, weight_copies
 
 # (rows per tile, words per K step, tiles per program, warps)
 READ_SHAPES = [(1, 256, 4, 1), (1, 256, 2, 2), (1, 512, 4, 1), (1, 128, 4, 1), (2, 256, 2, 2), (1, 256, 1, 2)]
@@ -57,17 +58,14 @@ def read_fn(w: torch.Tensor, y: torch.Tensor, rows: int, step: int, tiles: int, 
 
 def _setup(n: int, k: int):
     from xpullm.formats import get_format
-    from xpullm.kernels.triton import pack_weight, quantize_activations
+    from xpullm.kernels.triton import quantize_activations
     from xpullm.kernels.triton.launch import select_q8_config
 
     dev = torch.device("cuda")
-    qw = get_format("sym_int4").quantize(torch.randn(n, k) * 0.02, 128)
-    tw = pack_weight(qw, dev)
-    copies = copies_for(tw.nbytes, dev)
-    tws = [tw] + [pack_weight(qw, dev) for _ in range(copies - 1)]
+    tws = weight_copies(get_format("sym_int4").quantize(torch.randn(n, k) * 0.02, 128), dev)
     x = torch.randn(1, k, device=dev, dtype=torch.bfloat16)
     act = quantize_activations(x)
-    return tws, x, act, select_q8_config(tw, 1)
+    return tws, x, act, select_q8_config(tws[0], 1)
 
 
 def probe(n: int, k: int, reps: int = 15, configs: list | None = None, read: bool = True) -> None:
