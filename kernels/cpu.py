@@ -108,6 +108,9 @@ class CpuInt4Kernel(Kernel):
         n, k = qw.shape
         return Int4State(packed, sz, qw.group_size, k, codes.shape[1], n, qw.zeros is not None)
 
+    def twin_activations(self, x: torch.Tensor, qw: Any) -> torch.Tensor:
+        return x.to(torch.bfloat16).float()
+
     def export(self, state: Int4State) -> dict[str, Any]:
         """Portable codes, scales and zeros back out of the runtime state (for `save_low_bit`)."""
         # fp32 keeps the bf16 runtime scales exact, so export -> prepare reproduces this state bit for bit.
@@ -126,10 +129,18 @@ class CpuInt4Kernel(Kernel):
         return y.reshape(*lead, state.out_features).to(x.dtype)
 
 
+# `_weight_int8pack_mm` reads K in whole SIMD vectors without a tail loop: on AVX2 builds a width that is not a
+# multiple of 8, on AVX-512 builds one not a multiple of 16, reads past the row and returns garbage (or inf) with no
+# error. Rows are padded with zero columns to this multiple at load, so every K is safe on every ISA.
+_INT8_K_MULTIPLE = 64
+
+
 @dataclass
 class Int8State:
-    weight: torch.Tensor  # int8 [N, K]
+    weight: torch.Tensor  # int8 [N, stored K padded to _INT8_K_MULTIPLE with zero columns]
     scales: torch.Tensor  # bf16 [N]
+    in_features: int  # K of the layer
+    stored_k: int  # K of the portable codes (already padded to the group size)
 
 
 @register_kernel(formats=("sym_int8",), device="cpu", priority=10)
@@ -139,17 +150,24 @@ class CpuInt8Kernel(Kernel):
     name = "cpu_int8pack"
 
     def supports(self, qw: Any) -> bool:
-        # Per-channel only; the op reads K in vectors of 8 and crashes (SIGSEGV) on other widths.
-        return qw.scales is not None and qw.scales.shape[1] == 1 and qw.shape[1] % 8 == 0
+        return qw.scales is not None and qw.scales.shape[1] == 1
 
     def prepare(self, qw: Any, device: torch.device) -> Int8State:
-        return Int8State(qw.data.contiguous(), qw.scales[:, 0].to(torch.bfloat16).contiguous())
+        stored = qw.data.shape[1]
+        weight = F.pad(qw.data, (0, -stored % _INT8_K_MULTIPLE)).contiguous()
+        return Int8State(weight, qw.scales[:, 0].to(torch.bfloat16).contiguous(), qw.shape[1], stored)
+
+    def twin_activations(self, x: torch.Tensor, qw: Any) -> torch.Tensor:
+        return x.to(torch.bfloat16).float()
 
     def export(self, state: Int8State) -> dict[str, Any]:
-        return {"codes": state.weight, "scales": state.scales.float()[:, None], "zeros": None}
+        codes = state.weight[:, : state.stored_k].contiguous()
+        return {"codes": codes, "scales": state.scales.float()[:, None], "zeros": None}
 
     def matmul(self, x: torch.Tensor, state: Int8State) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        y = torch.ops.aten._weight_int8pack_mm(x2, state.weight, state.scales)
+        if state.weight.shape[1] != state.in_features:
+            x2 = F.pad(x2, (0, state.weight.shape[1] - state.in_features))
+        y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), state.weight, state.scales)
         return y.reshape(*lead, state.weight.shape[0]).to(x.dtype)

@@ -14,7 +14,15 @@ from typing import Any, ClassVar
 
 import torch
 
-__all__ = ["Kernel", "describe", "kernel_table", "register_kernel", "registered", "select_kernel"]
+__all__ = [
+    "Kernel",
+    "candidates",
+    "describe",
+    "kernel_table",
+    "register_kernel",
+    "registered",
+    "select_kernel",
+]
 
 
 class Kernel:
@@ -37,6 +45,11 @@ class Kernel:
     def matmul(self, x: torch.Tensor, state: Any) -> torch.Tensor:
         """y[..., N] = x[..., K] @ W^T for the weight held in `state`."""
         raise NotImplementedError
+
+    def twin_activations(self, x: torch.Tensor, qw: Any) -> torch.Tensor:
+        """x [M, K] as this kernel reads it, in fp32 (rounded to bf16, or to int8 blocks, ...). Times the format's
+        exact dequantisation of `qw`, this is the reference twin the property tests hold the kernel to."""
+        return x.float()
 
     def export(self, state: Any) -> Any:
         """The portable weight back out of `state`: a `QuantizedWeight`, or a dict with `codes` (unpacked),
@@ -89,6 +102,17 @@ def registered(device_type: str) -> list[tuple[str, frozenset[str], int]]:
     """(kernel name, formats, priority) for every kernel usable on `device_type`, best first."""
     _load_backends(device_type)
     return [(e.kernel.name, e.formats, e.priority) for e in _ENTRIES if e.device in (device_type, "*")]
+
+
+def candidates(fmt: str, device: torch.device | str) -> list[Kernel]:
+    """Every kernel registered for `fmt` that can run on `device` here, best first (each may still decline a shape)."""
+    device_type = torch.device(device).type
+    _load_backends(device_type)
+    return [
+        e.kernel
+        for e in _ENTRIES
+        if e.device in (device_type, "*") and fmt in e.formats and e.kernel.available()
+    ]
 
 
 def select_kernel(qw: Any, device: torch.device | str) -> Kernel:
