@@ -94,8 +94,9 @@ wheel-check: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/xpullm demo
 
+# Assembles docs/benchmarks.md from the sections the bench/ scripts wrote (each script's docstring says how to run it).
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) bench/collect.py
 
 clean:
 	rm -rf $(VENV) .venv-latest build dist *.egg-info
