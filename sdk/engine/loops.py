@@ -19,6 +19,7 @@ __all__ = ["LoopRule", "normalize_unit", "tandem_repeat", "tandem_repeat_at_end"
 _LIST_MARKER = re.compile(r"^\s*(?:[-*•·]+|\(?\d{1,3}[.)]|\(?[a-zA-Z][.)])\s+")
 _WORD = re.compile(r"\S+")
 _EDGE_PUNCT = re.compile(r"^\W+|\W+$")
+_TAIL_CHARS = 4000  # >> max_unit * 2 words of any language: the most a streamed loop needs before it counts
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,12 @@ def tandem_repeat(text: str, rule: LoopRule = LoopRule()) -> int | None:
 def tandem_repeat_at_end(text: str, final: bool, rule: LoopRule = LoopRule()) -> int | None:
     """`tandem_repeat` for text that grows: only a repeat that ends with the text is looked for (each call costs
     O(max_unit^2) at most). While streaming (`final` False) the last word may still grow, so it is left out."""
-    words, starts = _words(text)
+    # Called on every streamed delta, a repeat is seen as soon as it is long enough to count, so only the tail can
+    # hold it: reading a bounded tail keeps a whole stream linear in its length.
+    offset = max(0, len(text) - _TAIL_CHARS)
+    words, starts = _words(text[offset:])
+    if offset:
+        words, starts = words[1:], starts[1:]  # the first word may be cut in half
     end = len(words) if final else len(words) - 1
     if end < 2:
         return None
@@ -87,4 +93,4 @@ def tandem_repeat_at_end(text: str, final: bool, rule: LoopRule = LoopRule()) ->
     if found is None:
         return None
     unit, repeats = found
-    return starts[end - (repeats - 1) * unit]
+    return offset + starts[end - (repeats - 1) * unit]

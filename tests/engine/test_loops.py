@@ -93,3 +93,12 @@ def test_real_prose_has_no_loops() -> None:
     assert len(articles) == 120
     flagged = [a[:80] for a in articles if tandem_repeat(a) is not None]
     assert not flagged, flagged
+
+
+def test_the_streaming_check_reads_only_the_tail_of_a_long_text() -> None:
+    prose = " ".join(_wiki_articles(6))
+    assert len(prose) > 2 * 4000
+    looping = prose + " and then the town of Kerrow" * 5
+    at = tandem_repeat_at_end(looping, final=True)
+    assert at is not None and looping[:at].endswith("and then the town of Kerrow ")
+    assert tandem_repeat(looping) == at
