@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -65,22 +65,20 @@ def create_app(
     app = FastAPI(title="xpullm", summary="OpenAI-compatible server for xpullm models", lifespan=lifespan)
     app.state.xpullm = state
 
-    @app.middleware("http")
-    async def check_api_key(request: Request, call_next: Any) -> Any:
-        if api_key is not None and request.url.path.startswith("/v1/"):
-            header = request.headers.get("authorization", "")
-            scheme, _, given = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), api_key):
-                return JSONResponse(
-                    error_body(
-                        "missing or wrong API key: send 'Authorization: Bearer <key>' with the server's --api-key",
-                        "invalid_request_error",
-                        None,
-                        "invalid_api_key",
-                    ),
-                    status_code=401,
-                )
-        return await call_next(request)
+    # A dependency, not an HTTP middleware: Starlette's BaseHTTPMiddleware reports a disconnect to streaming
+    # responses as soon as the request body is read, which would cancel every stream at once.
+    async def check_api_key(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), api_key):
+            raise APIError(
+                401,
+                "missing or wrong API key: send 'Authorization: Bearer <key>' with the server's --api-key",
+                "invalid_request_error",
+                None,
+                "invalid_api_key",
+            )
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -111,7 +109,7 @@ def create_app(
         stats = text.stats() if text is not None and text.ready else None
         return PlainTextResponse(metrics.render(stats), media_type="text/plain; version=0.0.4")
 
-    app.include_router(router)
+    app.include_router(router, dependencies=[Depends(check_api_key)])
     return app
 
 
