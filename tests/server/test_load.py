@@ -58,7 +58,7 @@ async def _client(i: int, url: str, deadline: float, out: dict) -> None:
 
 
 def test_32_streaming_clients_with_disconnects(llm) -> None:
-    engine = LocalTextEngine(llm, model_id=MODEL, max_queue=24)
+    engine = LocalTextEngine(llm, model_id=MODEL, max_queue=12)
     rss = psutil.Process().memory_info().rss
     with running_server(engine) as s:
         out = {"429": 0, "done": 0, "left": 0, "tokens": 0, "ttft": []}
