@@ -33,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-queue", type=int, default=None, help="requests that may wait; more get 429 (default: 64)"
     )
     p.add_argument(
+        "--default-max-tokens",
+        type=int,
+        default=None,
+        help="cap when a request sends no max_tokens (default: the rest of the context)",
+    )
+    p.add_argument(
         "--graceful-timeout-s", type=float, default=None, help="drain time on SIGTERM/SIGINT (default: 30)"
     )
     p.add_argument("--log-level", default=None, help="uvicorn log level (default: info)")

@@ -30,6 +30,7 @@ def create_app(
     *,
     api_key: str | None = None,
     metrics: Metrics | None = None,
+    default_max_tokens: int | None = None,
 ) -> FastAPI:
     """The ASGI app serving `text` (chat/completions) and `embedder` (/v1/embeddings).
 
@@ -38,7 +39,7 @@ def create_app(
     """
     if text is None and embedder is None:
         raise ValueError("create_app needs a text engine, an embedding engine, or both")
-    state = ServerState(text=text, embedder=embedder)
+    state = ServerState(text=text, embedder=embedder, default_max_tokens=default_max_tokens)
     metrics = metrics or getattr(text, "metrics", None) or Metrics()
     engines = [e for e in (text, embedder) if e is not None]
 

@@ -37,6 +37,9 @@ class ServerConfig:
     """When set, /v1/* requests must send `Authorization: Bearer <key>` (else 401)."""
     max_queue: int = 64
     """Requests allowed to wait for the model; one more gets 429 (a bounded queue keeps latency bounded)."""
+    default_max_tokens: int | None = None
+    """Generation cap when a request sends no max_tokens (None: the rest of the context, as OpenAI does).
+    Tools such as GraphRAG send none; a small model can then ramble to the end of a long context."""
     graceful_timeout_s: float = 30.0
     """On SIGTERM/SIGINT, how long running requests may take to finish before the server stops anyway."""
     log_level: str = "info"

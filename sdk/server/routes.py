@@ -45,6 +45,7 @@ class ServerState:
     text: TextEngine | None
     embedder: EmbeddingEngine | None
     load_error: str | None = None
+    default_max_tokens: int | None = None
     created: int = field(default_factory=now)
 
     def text_engine(self, model: str) -> TextEngine:
@@ -119,6 +120,7 @@ def _unsupported_sampling(body: ChatCompletionRequest | CompletionRequest) -> No
 def _params(
     body: ChatCompletionRequest | CompletionRequest,
     engine: TextEngine,
+    default_max_tokens: int | None,
     prompt_len: int,
     max_tokens: int | None,
     json_schema: dict[str, Any] | None = None,
@@ -128,7 +130,7 @@ def _params(
     room = engine.context_length - prompt_len
     try:
         return GenerationParams(
-            max_new_tokens=min(max_tokens or room, MAX_NEW_TOKENS_LIMIT),
+            max_new_tokens=min(max_tokens or default_max_tokens or room, MAX_NEW_TOKENS_LIMIT),
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
             seed=body.seed,
@@ -267,7 +269,8 @@ async def _in_thread(fn: Any, *args: Any) -> Any:
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     """Chat completion, streamed (SSE) or not; tools and response_format through the grammar engine."""
-    engine = _state(request).text_engine(body.model)
+    state = _state(request)
+    engine = state.text_engine(body.model)
     _unsupported_sampling(body)
     if body.logprobs or body.top_logprobs:
         name = "logprobs" if body.logprobs else "top_logprobs"
@@ -297,7 +300,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         schema = call_schema(tools, choice)
     messages = plain_messages(body.messages, tools)
     prompt_ids = await _in_thread(engine.encode_chat, messages)
-    params = _params(body, engine, len(prompt_ids), body.max_completion_tokens or body.max_tokens, schema)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    params = _params(body, engine, state.default_max_tokens, len(prompt_ids), max_tokens, schema)
     await _in_thread(engine.check, params)
     streams = _submit(engine, [(prompt_ids, p) for p in _seeded(params, body.n)])
     id_, created = new_id("chatcmpl"), now()
@@ -402,7 +406,8 @@ async def _chat_stream(
 @router.post("/v1/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> Any:
     """Text completion of one prompt or a list of prompts (each with `n` choices)."""
-    engine = _state(request).text_engine(body.model)
+    state = _state(request)
+    engine = state.text_engine(body.model)
     _unsupported_sampling(body)
     if body.logprobs is not None:
         raise APIError.unsupported("logprobs", "this engine does not expose token log-probabilities yet")
@@ -418,7 +423,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     ids = [await _in_thread(engine.encode_prompt, p, f"prompt[{i}]" if len(prompts) > 1 else "prompt") for i, p in enumerate(prompts)]  # fmt: skip
     jobs = []
     for p_ids in ids:
-        params = _params(body, engine, len(p_ids), body.max_tokens or 16)
+        params = _params(body, engine, None, len(p_ids), body.max_tokens or state.default_max_tokens or 16)
         jobs += [(p_ids, p) for p in _seeded(params, body.n)]
     streams = _submit(engine, jobs)
     echoes = [p for p in prompts for _ in range(body.n)] if body.echo else [""] * len(jobs)

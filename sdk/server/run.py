@@ -38,7 +38,7 @@ def serve(config: ServerConfig) -> int:
     import uvicorn
 
     text, embedder = build_engines(config)
-    app = create_app(text, embedder, api_key=config.api_key)
+    app = create_app(text, embedder, api_key=config.api_key, default_max_tokens=config.default_max_tokens)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -16,7 +16,9 @@ from tests.server.conftest import _free_port
 def test_sigterm_drains_the_running_stream(tmp_path) -> None:
     port = _free_port()
     config = tmp_path / "serve.toml"
-    config.write_text(f'[serve]\nport = {port}\nmodel-name = "tiny"\nno_embedder = true\nmax_queue = 4\n')
+    config.write_text(
+        f'[serve]\nport = {port}\nmodel-name = "tiny"\nno_embedder = true\nmax_queue = 4\ndefault_max_tokens = 3\n'
+    )
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -46,6 +48,14 @@ def test_sigterm_drains_the_running_stream(tmp_path) -> None:
                 pass
             time.sleep(0.2)
         assert [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]] == ["tiny"]
+        # No max_tokens in the request: the config's default_max_tokens caps it.
+        plain = {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "Tell a story."}],
+            "temperature": 0,
+        }
+        answer = httpx.post(url + "/v1/chat/completions", json=plain, timeout=120).json()
+        assert answer["usage"]["completion_tokens"] == 3 and answer["choices"][0]["finish_reason"] == "length"
         body = {
             "model": "tiny",
             "messages": [{"role": "user", "content": "Count to twenty."}],
