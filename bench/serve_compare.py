@@ -107,7 +107,9 @@ async def one(http: httpx.AsyncClient, model: str, prompt: str, max_tokens: int)
 
 
 async def level(url: str, model: str, concurrency: int, requests: int, max_tokens: int) -> dict:
-    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+    # No keep-alive: llama.cpp's server drops idle connections after a few seconds, which a pool would reuse.
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
         await one(http, model, PROMPTS[0], 4)  # warm-up
         sem = asyncio.Semaphore(concurrency)
 
