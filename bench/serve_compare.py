@@ -157,12 +157,17 @@ def main() -> None:
         names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
     cpu = names[0] if names else cpu
     lines = [
+        "## Serving: xpullm serve vs llama.cpp's server (`bench/serve_compare.py`)",
+        "",
         "Script: `bench/serve_compare.py` "
         f"(`--levels {args.levels} --requests {args.requests} --max-tokens {args.max_tokens}`). Machine: {cpu}, "
-        f"{os.cpu_count()} vCPU, shared with other jobs (noisy: compare rows of one run, not runs). Packaged "
+        f"{os.cpu_count()} vCPU, {args.threads} thread(s) per server, shared with other jobs (noisy: compare rows "
+        "of one run, not runs). Packaged "
         "SmolLM2-135M-Instruct Q4_1 GGUF: xpullm loads it as sym_int4 and runs one request at a time (today's "
         "engine, FIFO queue); llama.cpp's server gets `n_parallel` = the highest level (continuous batching). "
-        "Streamed greedy chat completions; TTFT includes queueing; ITL is the mean gap between content chunks.",
+        "Streamed greedy chat completions; TTFT includes queueing; ITL is the mean gap between content chunks. "
+        "llama.cpp's server caches prompts across requests (`cache_prompt`), xpullm does not, so repeated prompts "
+        "at the higher level reach llama.cpp's first token sooner.",
         "",
         "| concurrency | server | tokens/s (aggregate) | TTFT p50 (s) | TTFT p99 (s) | ITL (ms) |",
         "| --- | --- | --- | --- | --- | --- |",
