@@ -12,5 +12,7 @@ def test_import_and_cli_parser_do_not_import_the_asgi_stack() -> None:
         "p = build_parser(); p.parse_args(['serve', '--port', '1']); "
         "print([m for m in ('fastapi', 'uvicorn', 'starlette', 'xpullm.server') if m in sys.modules])"
     )
-    out = subprocess.run([sys.executable, "-P", "-c", code], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-P", "-c", code], check=True, capture_output=True, text=True
+    ).stdout
     assert out.strip() == "[]"
