@@ -13,6 +13,7 @@ PARTS = [
     ("benchmarks-engine.md", "Engine: CPU decode speed against llama.cpp and transformers"),
     ("benchmarks-rag.md", "Embeddings and knowledge bases"),
     ("benchmarks-graphrag.md", "GraphRAG indexing"),
+    ("benchmarks-serve.md", "Serving: xpullm serve vs llama.cpp's server (OpenAI API, streamed)"),
     ("benchmarks-gpu.md", "GPU kernels and decode (H200, H100)"),
 ]
 

@@ -26,6 +26,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "xpullm.cli.bench",
     "xpullm.cli.ppl",
     "xpullm.cli.info",
+    "xpullm.cli.serve",
     "xpullm.rag.cli",
     "xpullm.graphrag.cli",
     "xpullm.apps.cli",

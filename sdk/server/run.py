@@ -1,0 +1,52 @@
+"""Build the engines a `ServerConfig` asks for and run the app under uvicorn (graceful on SIGTERM/SIGINT)."""
+
+from __future__ import annotations
+
+from xpullm.server.app import create_app
+from xpullm.server.config import ServerConfig
+from xpullm.server.local_engine import LocalEmbeddingEngine, LocalTextEngine
+
+__all__ = ["build_engines", "serve"]
+
+
+def build_engines(config: ServerConfig) -> tuple[LocalTextEngine, LocalEmbeddingEngine | None]:
+    """The text engine (and embedder, unless `no_embedder`) for `config`; nothing is loaded yet."""
+    from xpullm.engine import LLM
+
+    llm = LLM(
+        model=config.model, low_bit=config.low_bit, device=config.device, max_context=config.max_context
+    )
+    text = LocalTextEngine(llm, model_id=config.model_name, max_queue=config.max_queue)
+    embedder = None
+    if not config.no_embedder:
+        embedder = LocalEmbeddingEngine(
+            config.embedder,
+            device=config.device,
+            model_id=config.embedder_name or _default_embedder_id(config),
+        )
+    return text, embedder
+
+
+def _default_embedder_id(config: ServerConfig) -> str:
+    from pathlib import Path
+
+    return Path(config.embedder).name if config.embedder else "all-MiniLM-L6-v2"
+
+
+def serve(config: ServerConfig) -> int:
+    """Serve until SIGTERM/SIGINT; running requests get `graceful_timeout_s` to finish. Returns the exit code."""
+    import uvicorn
+
+    text, embedder = build_engines(config)
+    app = create_app(text, embedder, api_key=config.api_key, default_max_tokens=config.default_max_tokens)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=config.log_level,
+            timeout_graceful_shutdown=config.graceful_timeout_s,
+        )
+    )
+    server.run()
+    return 0

@@ -1,0 +1,79 @@
+"""`xpullm serve --config FILE` in a subprocess: SIGTERM lets a running stream finish, then the process exits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from tests.server.conftest import _free_port
+
+
+def test_sigterm_drains_the_running_stream(tmp_path) -> None:
+    port = _free_port()
+    config = tmp_path / "serve.toml"
+    config.write_text(
+        f'[serve]\nport = {port}\nmodel-name = "tiny"\nno_embedder = true\nmax_queue = 4\ndefault_max_tokens = 3\n'
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "xpullm.cli.main",
+            "serve",
+            "--config",
+            str(config),
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, "server did not become ready"
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        assert [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]] == ["tiny"]
+        # No max_tokens in the request: the config's default_max_tokens caps it.
+        plain = {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "Tell a story."}],
+            "temperature": 0,
+        }
+        answer = httpx.post(url + "/v1/chat/completions", json=plain, timeout=120).json()
+        assert answer["usage"]["completion_tokens"] == 3 and answer["choices"][0]["finish_reason"] == "length"
+        body = {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "Count to twenty."}],
+            "max_tokens": 40,
+            "temperature": 0,
+            "stream": True,
+        }
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as r:
+            lines = r.iter_lines()
+            assert '"role": "assistant"' in next(lines)
+            proc.send_signal(signal.SIGTERM)
+            rest = [x for x in lines if x]
+        assert rest[-1] == "data: [DONE]"
+        assert '"finish_reason": "length"' in rest[-2] or '"finish_reason": "stop"' in rest[-2]
+        # uvicorn re-raises the signal once it has drained, so the exit status says "ended by SIGTERM".
+        assert proc.wait(60) == -signal.SIGTERM
+        assert "Traceback" not in proc.stdout.read().decode(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
