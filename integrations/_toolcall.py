@@ -23,6 +23,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from xpullm.engine.schemas import (
+    DEFAULT_MAX_ITEMS,
+    InvalidJsonSchema,
+    check_json_schema,
+    nest_schema,
+    tighten_schema,
+)
 from xpullm.errors import XPULLMError
 
 if TYPE_CHECKING:
@@ -38,6 +45,8 @@ __all__ = [
     "ToolCall",
     "ToolSpec",
     "TurnEvent",
+    "call_schema",
+    "check_tools",
     "compact_schema",
     "effective_choice",
     "render_prompt",
@@ -58,10 +67,6 @@ PROMPTED_INSTRUCTIONS = (
 # a nudge makes it answer from the result; XML-ish wrappers made it echo the wrapper or repeat the call.
 PROMPTED_RESULT = "The {name} tool returned: {content}"
 PROMPTED_NUDGE = "\nAnswer my question using this result."
-
-# Compact, deterministic JSON separators: a small model wastes fewer tokens (and gets fewer chances to
-# ramble) when llguidance does not allow free whitespace between JSON tokens.
-_COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 class InvalidToolSchema(XPULLMError, ValueError):
@@ -120,20 +125,10 @@ class TurnEvent:
 
 def validate_json_schema(schema: object, what: str) -> dict[str, Any]:
     """Check that `schema` is a JSON schema llguidance can compile (no tokenizer needed); return it."""
-    import llguidance
-
-    if not isinstance(schema, dict):
-        raise InvalidToolSchema(
-            f"{what} must be a JSON schema dict, got {type(schema).__name__}: {schema!r:.80}"
-        )
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema))
-    except (TypeError, ValueError) as exc:
-        raise InvalidToolSchema(f"{what} is not serialisable JSON: {exc}") from exc
-    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, None)
-    if is_error:
-        raise InvalidToolSchema(f"{what} is not a usable JSON schema: {'; '.join(messages)}")
-    return schema
+        return check_json_schema(schema, what)
+    except InvalidJsonSchema as exc:
+        raise InvalidToolSchema(str(exc)) from exc
 
 
 def make_tool_spec(name: object, description: object, parameters: object) -> ToolSpec:
@@ -148,6 +143,12 @@ def make_tool_spec(name: object, description: object, parameters: object) -> Too
             f"parameters of tool {name!r} must describe a JSON object (type 'object'), got {parameters.get('type')!r}"
         )
     return ToolSpec(name, str(description or ""), parameters)
+
+
+def check_tools(tools: Sequence[ToolSpec]) -> None:
+    """Raise `InvalidToolSchema` unless the constrained call schema over `tools` compiles (checked at bind time)."""
+    if tools:
+        validate_json_schema(call_schema(tools), f"tool-call schema of {[t.name for t in tools]}")
 
 
 def resolve_tool_choice(choice: object, tools: Sequence[ToolSpec]) -> str:
@@ -184,39 +185,14 @@ def effective_choice(messages: Sequence[dict[str, Any]], choice: str, max_tool_r
     return "none" if rounds >= max_tool_rounds else choice
 
 
-def compact_schema(schema: dict[str, Any], max_string_length: int | None = None) -> dict[str, Any]:
-    """A tightened copy of `schema` for decoding: compact separators, no undeclared object keys and, optionally,
-    a length cap on free strings. A small model otherwise invents extra keys or loops inside a string until the
-    token budget ends; output valid for the tightened schema is still valid for the original."""
-    out = copy.deepcopy(schema)
-    _tighten(out, max_string_length)
-    out["x-guidance"] = {**_COMPACT, **out.get("x-guidance", {})}
-    return out
-
-
-def _tighten(node: Any, cap: int | None) -> None:
-    if isinstance(node, list):
-        for item in node:
-            _tighten(item, cap)
-        return
-    if not isinstance(node, dict):
-        return
-    kind = node.get("type")
-    is_string = kind == "string" or (isinstance(kind, list) and "string" in kind)
-    if (
-        cap is not None
-        and is_string
-        and not any(k in node for k in ("maxLength", "enum", "const", "pattern", "format"))
-    ):
-        node["maxLength"] = cap
-    if "properties" in node and "additionalProperties" not in node and "patternProperties" not in node:
-        node["additionalProperties"] = False
-    for key, value in node.items():
-        if key in ("properties", "$defs", "definitions", "patternProperties"):
-            for sub in value.values() if isinstance(value, dict) else ():
-                _tighten(sub, cap)
-        elif key in ("items", "anyOf", "oneOf", "allOf", "additionalProperties", "prefixItems", "not"):
-            _tighten(value, cap)
+def compact_schema(
+    schema: dict[str, Any], max_string_length: int | None = None, max_items: int | None = DEFAULT_MAX_ITEMS
+) -> dict[str, Any]:
+    """A tightened copy of `schema` for decoding (`xpullm.engine.schemas.tighten_schema`): compact separators,
+    no undeclared object keys, optionally a length cap on free strings, and a cap on unbounded arrays. A small
+    model otherwise invents extra keys or loops inside a string or an array until the token budget ends; output
+    valid for the tightened schema is still valid for the original."""
+    return tighten_schema(schema, max_string_length, max_items)
 
 
 def _strict(params: dict[str, Any]) -> dict[str, Any]:
@@ -228,18 +204,30 @@ def _strict(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def call_schema(tools: Sequence[ToolSpec], max_string_length: int | None = None) -> dict[str, Any]:
-    """JSON schema of one call `{"name": ..., "arguments": {...}}` to any of `tools`."""
-    options = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": t.name}, "arguments": _strict(t.parameters)},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for t in tools
-    ]
-    return compact_schema(options[0] if len(options) == 1 else {"anyOf": options}, max_string_length)
+def call_schema(
+    tools: Sequence[ToolSpec], max_string_length: int | None = None, max_items: int | None = DEFAULT_MAX_ITEMS
+) -> dict[str, Any]:
+    """JSON schema of one call `{"name": ..., "arguments": {...}}` to any of `tools`.
+
+    Each tool's parameters move under `arguments` with their `$defs` and their `$ref`s rebased, so nested
+    pydantic models keep resolving.
+    """
+    many = len(tools) > 1
+    options = []
+    for i, t in enumerate(tools):
+        where = f"/anyOf/{i}/properties/arguments" if many else "/properties/arguments"
+        options.append(
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": t.name},
+                    "arguments": nest_schema(_strict(t.parameters), where),
+                },
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    return compact_schema(options[0] if not many else {"anyOf": options}, max_string_length, max_items)
 
 
 # -- rendering -------------------------------------------------------------------------------------------------
