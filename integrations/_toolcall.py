@@ -59,10 +59,17 @@ CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
 
 PROMPTED_INSTRUCTIONS = (
-    "You can call tools. The tools are listed as JSON inside <tools></tools>:\n<tools>\n{tools}\n</tools>\n"
-    "To call a tool, reply with exactly one block of this form and nothing after it:\n"
-    '<tool_call>{{"name": "<tool name>", "arguments": {{<arguments as JSON>}}}}</tool_call>'
+    "You can call these tools:\n{tools}\n"
+    'To call one, reply with <tool_call>, then a JSON object with the tool\'s "name" and its "arguments" '
+    "copied from the user's request, then </tool_call>, and nothing else."
 )
+# The listing above: one line per tool, `name(param: type, ...): description`. Measured on SmolLM2-135M with
+# bench/tools_choice.py (docs/integrations.md): the OpenAI-JSON listing with "<tool name>"-style placeholders in
+# the instructions made the model copy angle-bracket placeholders into arguments and pick the wrong tool more often.
+# The first step of an "auto" turn: the opening tag of a call, or any text that does not start with "<" (one
+# token is decoded under this grammar; the rest of the turn follows the choice).
+DECISION_GRAMMAR = 'start: CALL | TEXT\nCALL: "' + CALL_OPEN + '"\nTEXT: /[^<][\\s\\S]*/\n'
+
 # How a tool result reads to a model without a native tool format. Measured on SmolLM2-135M: a plain sentence plus
 # a nudge makes it answer from the result; XML-ish wrappers made it echo the wrapper or repeat the call.
 PROMPTED_RESULT = "The {name} tool returned: {content}"
@@ -195,12 +202,35 @@ def compact_schema(
     return tighten_schema(schema, max_string_length, max_items)
 
 
+# Free argument strings may not start with "<": a small model otherwise copies a "<city name>"-style placeholder
+# (or the parameter description in angle brackets) instead of the value from the request. Anchored, because
+# llguidance searches an unanchored pattern anywhere in the string.
+NO_PLACEHOLDER_PATTERN = r"^(?:[^<][\s\S]*)?$"
+
+
+def _no_placeholders(node: Any) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _no_placeholders(item)
+        return
+    if not isinstance(node, dict):
+        return
+    kind = node.get("type")
+    kinds = kind if isinstance(kind, list) else [kind]
+    if "string" in kinds and not any(k in node for k in ("enum", "const", "pattern", "format")):
+        node["pattern"] = NO_PLACEHOLDER_PATTERN
+    for value in node.values():
+        if isinstance(value, (dict, list)):
+            _no_placeholders(value)
+
+
 def _strict(params: dict[str, Any]) -> dict[str, Any]:
     # Unknown argument names would only confuse the tool; forbid them unless the schema says otherwise.
     out = copy.deepcopy(params)
     if out.get("type", "object") == "object" and "additionalProperties" not in out:
         out["additionalProperties"] = False
     out.setdefault("properties", {})
+    _no_placeholders(out)
     return out
 
 
@@ -246,6 +276,36 @@ def _call_prose(call: ToolCall) -> str:
     return f"I called the {call.name} tool with {json.dumps(call.arguments, ensure_ascii=False)}."
 
 
+def _type_name(schema: Any, root: dict[str, Any]) -> str:
+    if not isinstance(schema, dict):
+        return "any"
+    ref = schema.get("$ref")
+    if isinstance(ref, str):
+        return ref.rsplit("/", 1)[-1]
+    if "enum" in schema:
+        return " | ".join(json.dumps(v, ensure_ascii=False) for v in schema["enum"])
+    if "const" in schema:
+        return json.dumps(schema["const"], ensure_ascii=False)
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list):
+            return " | ".join(_type_name(s, root) for s in schema[key])
+    kind = schema.get("type", "any")
+    if kind == "array":
+        return f"list of {_type_name(schema.get('items'), root)}"
+    return " | ".join(kind) if isinstance(kind, list) else str(kind)
+
+
+def tool_listing(tool: ToolSpec) -> str:
+    """One line a small model reads easily: `name(param: type, ...): description`."""
+    props = tool.parameters.get("properties") or {}
+    required = set(tool.parameters.get("required") or ())
+    params = ", ".join(
+        f"{name}: {_type_name(schema, tool.parameters)}" + ("" if name in required else " (optional)")
+        for name, schema in props.items()
+    )
+    return f"- {tool.name}({params}): {tool.description.strip()}".rstrip(": ")
+
+
 def _prompted_messages(messages: Sequence[dict[str, Any]], tools: Sequence[ToolSpec]) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     for msg in messages:
@@ -263,7 +323,7 @@ def _prompted_messages(messages: Sequence[dict[str, Any]], tools: Sequence[ToolS
                 content += PROMPTED_NUDGE
         out.append({"role": role, "content": content})
     if tools:
-        listing = "\n".join(json.dumps(t.as_json(), ensure_ascii=False) for t in tools)
+        listing = "\n".join(tool_listing(t) for t in tools)
         instructions = PROMPTED_INSTRUCTIONS.format(tools=listing)
         if out and out[0]["role"] == "system":
             out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{instructions}"}
@@ -405,9 +465,22 @@ def run_turn(
             yield TurnEvent("text", delta)
         yield _done(llm, prompt_tokens, text, finish)
         return
-    # auto: stream freely; if the model opens a tool call, stop it and decode the body under the constraint.
-    text, emitted, opened = "", 0, False
-    deltas = llm.stream(prompt, **{**params, "stop": stop or None})
+    # auto: a constrained first step decides between a call and an answer (only "<tool_call>" or text that does
+    # not start with "<" may begin the turn), then the call body is decoded under its schema, or the answer
+    # streams freely, still stopping where a call would begin.
+    free = {k: v for k, v in params.items() if k not in ("stop", "max_new_tokens")}
+    (first,) = llm.generate([prompt], **free, max_new_tokens=1, grammar=DECISION_GRAMMAR)
+    if first.text.startswith(CALL_OPEN[0]):
+        yield from _forced_call(llm, prompt, params, tools, budget, prompt_tokens, "", json_max_string_length)
+        return
+    if first.text:
+        yield TurnEvent("text", first.text)
+    text, emitted, opened = first.text, len(first.text), False
+    room = params.get("max_new_tokens", 256) - first.completion_tokens
+    if room < 1 or first.finish_reason == "cancelled":
+        yield _done(llm, prompt_tokens, text, "length" if room < 1 else "stop")
+        return
+    deltas = llm.stream(prompt + first.text, **{**params, "max_new_tokens": room, "stop": stop or None})
     try:
         for delta in deltas:
             text += delta
