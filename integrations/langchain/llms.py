@@ -104,14 +104,11 @@ class XPULLM(LLM):
             object.__setattr__(self, _MODEL_KWARG_FIELDS[key], value)
         if self.model is not None and self.model_id is not None:
             raise ValueError("pass either model= or model_id=, not both")
-        tokenizer = None
-        if self.tokenizer_id is not None:
-            from xpullm.integrations._engines import check_model_spec
-            from xpullm.loading import load_tokenizer
-
-            tokenizer = load_tokenizer(check_model_spec(self.tokenizer_id, "tokenizer"))
         self._engine = shared_llm(
-            self.model if self.model is not None else self.model_id, self.low_bit, self.device, tokenizer
+            self.model if self.model is not None else self.model_id,
+            self.low_bit,
+            self.device,
+            tokenizer_spec=self.tokenizer_id,
         )
         return self
 

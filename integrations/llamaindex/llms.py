@@ -23,7 +23,7 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
 from xpullm.engine.aio import iterate_in_thread
-from xpullm.integrations._engines import check_model_spec, shared_llm
+from xpullm.integrations._engines import shared_llm
 from xpullm.integrations._fields import reject_unknown
 from xpullm.integrations._sampling import apply_do_sample, ipex_low_bit
 from xpullm.integrations._toolcall import (
@@ -92,12 +92,7 @@ class XPULLM(FunctionCallingLLM):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        tokenizer = None
-        if self.tokenizer_name is not None:
-            from xpullm.loading import load_tokenizer
-
-            tokenizer = load_tokenizer(check_model_spec(self.tokenizer_name, "tokenizer"))
-        self._engine = shared_llm(self.model, self.low_bit, self.device, tokenizer)
+        self._engine = shared_llm(self.model, self.low_bit, self.device, tokenizer_spec=self.tokenizer_name)
 
     @classmethod
     def from_model_id(
