@@ -59,13 +59,15 @@ CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
 
 PROMPTED_INSTRUCTIONS = (
-    "You can call these tools:\n{tools}\n"
-    'To call one, reply with <tool_call>, then a JSON object with the tool\'s "name" and its "arguments" '
-    "copied from the user's request, then </tool_call>, and nothing else."
+    "You can call tools. The tools are listed as JSON inside <tools></tools>:\n<tools>\n{tools}\n</tools>\n"
+    "To call a tool, reply with exactly one block of this form and nothing after it:\n"
+    '<tool_call>{{"name": "<tool name>", "arguments": {{<arguments as JSON>}}}}</tool_call>'
 )
-# The listing above: one line per tool, `name(param: type, ...): description`. Measured on SmolLM2-135M with
-# bench/tools_choice.py (docs/integrations.md): the OpenAI-JSON listing with "<tool name>"-style placeholders in
-# the instructions made the model copy angle-bracket placeholders into arguments and pick the wrong tool more often.
+# Measured on SmolLM2-135M with bench/tools_choice.py (docs/integrations.md): a one-line-per-tool listing and
+# instructions without the "<tool name>" placeholders picked the right tool less often (0.19-0.25 vs 0.38 with
+# tool_choice="any"), so the JSON listing stays; copied "<...>" placeholders are stopped by the argument grammar
+# (`NO_PLACEHOLDER_PATTERN`) instead.
+
 # The first step of an "auto" turn: the opening tag of a call, or any text that does not start with "<" (one
 # token is decoded under this grammar; the rest of the turn follows the choice).
 DECISION_GRAMMAR = 'start: CALL | TEXT\nCALL: "' + CALL_OPEN + '"\nTEXT: /[^<][\\s\\S]*/\n'
@@ -230,7 +232,6 @@ def _strict(params: dict[str, Any]) -> dict[str, Any]:
     if out.get("type", "object") == "object" and "additionalProperties" not in out:
         out["additionalProperties"] = False
     out.setdefault("properties", {})
-    _no_placeholders(out)
     return out
 
 
@@ -257,7 +258,9 @@ def call_schema(
                 "additionalProperties": False,
             }
         )
-    return compact_schema(options[0] if not many else {"anyOf": options}, max_string_length, max_items)
+    out = compact_schema(options[0] if not many else {"anyOf": options}, max_string_length, max_items)
+    _no_placeholders(out)  # after tightening: the length cap is added to free strings without a pattern
+    return out
 
 
 # -- rendering -------------------------------------------------------------------------------------------------
@@ -274,36 +277,6 @@ def _call_block(call: ToolCall) -> str:
 
 def _call_prose(call: ToolCall) -> str:
     return f"I called the {call.name} tool with {json.dumps(call.arguments, ensure_ascii=False)}."
-
-
-def _type_name(schema: Any, root: dict[str, Any]) -> str:
-    if not isinstance(schema, dict):
-        return "any"
-    ref = schema.get("$ref")
-    if isinstance(ref, str):
-        return ref.rsplit("/", 1)[-1]
-    if "enum" in schema:
-        return " | ".join(json.dumps(v, ensure_ascii=False) for v in schema["enum"])
-    if "const" in schema:
-        return json.dumps(schema["const"], ensure_ascii=False)
-    for key in ("anyOf", "oneOf"):
-        if isinstance(schema.get(key), list):
-            return " | ".join(_type_name(s, root) for s in schema[key])
-    kind = schema.get("type", "any")
-    if kind == "array":
-        return f"list of {_type_name(schema.get('items'), root)}"
-    return " | ".join(kind) if isinstance(kind, list) else str(kind)
-
-
-def tool_listing(tool: ToolSpec) -> str:
-    """One line a small model reads easily: `name(param: type, ...): description`."""
-    props = tool.parameters.get("properties") or {}
-    required = set(tool.parameters.get("required") or ())
-    params = ", ".join(
-        f"{name}: {_type_name(schema, tool.parameters)}" + ("" if name in required else " (optional)")
-        for name, schema in props.items()
-    )
-    return f"- {tool.name}({params}): {tool.description.strip()}".rstrip(": ")
 
 
 def _prompted_messages(messages: Sequence[dict[str, Any]], tools: Sequence[ToolSpec]) -> list[dict[str, str]]:
@@ -323,7 +296,7 @@ def _prompted_messages(messages: Sequence[dict[str, Any]], tools: Sequence[ToolS
                 content += PROMPTED_NUDGE
         out.append({"role": role, "content": content})
     if tools:
-        listing = "\n".join(tool_listing(t) for t in tools)
+        listing = "\n".join(json.dumps(t.as_json(), ensure_ascii=False) for t in tools)
         instructions = PROMPTED_INSTRUCTIONS.format(tools=listing)
         if out and out[0]["role"] == "system":
             out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{instructions}"}
