@@ -23,16 +23,16 @@ XFAIL_AUTO_TOOL = pytest.mark.xfail(
     reason="SmolLM2-135M does not choose to call a tool unprompted (tool_choice='auto'); forced calls work",
     strict=True,
 )
-XFAIL_UNICODE = pytest.mark.xfail(
-    reason="SmolLM2-135M does not copy the non-Latin customer name into the (valid, constrained) arguments",
-    strict=True,
-)
 
 
 class _ChatConfig:
     @property
     def standard_chat_model_params(self) -> dict[str, Any]:
-        return {**super().standard_chat_model_params, "max_tokens": 12}  # type: ignore[misc]
+        params = {**super().standard_chat_model_params, "max_tokens": 12}  # type: ignore[misc]
+        # The unit suite adds api_key="test" for hosted providers; ChatXPU rejects unknown arguments (a local
+        # model has no key, and a silently dropped argument is a bug), so it is left out here.
+        params.pop("api_key", None)
+        return params
 
     @property
     def chat_model_class(self) -> type[ChatXPU]:
@@ -77,10 +77,6 @@ class TestChatXPUIntegration(_ChatConfig, ChatModelIntegrationTests):
     @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
     def test_agent_loop(self, model: Any) -> None:
         super().test_agent_loop(model)
-
-    @XFAIL_UNICODE
-    def test_unicode_tool_call_integration(self, model: Any, **kwargs: Any) -> None:
-        super().test_unicode_tool_call_integration(model, **kwargs)
 
 
 class TestXPUEmbeddingsUnit(EmbeddingsUnitTests):
