@@ -52,19 +52,32 @@ def check_model_spec(model: object, what: str = "model") -> str | None:
     )
 
 
-def shared_llm(model: Any, low_bit: str | None, device: str, tokenizer: Any = None) -> LLM:
-    """An `xpullm.LLM` for `model`: the object itself when it already is one, else a process-wide shared one."""
+def shared_llm(
+    model: Any, low_bit: str | None, device: str, tokenizer: Any = None, tokenizer_spec: Any = None
+) -> LLM:
+    """An `xpullm.LLM` for `model`: the object itself when it already is one, else a process-wide shared one.
+
+    `tokenizer_spec` (a folder / .gguf / hub id of the tokenizer) is part of the sharing key, so IpexLLM-style
+    `tokenizer_id=` objects built on the same files share one engine; a tokenizer *object* makes the engine
+    unique to the caller. `device` is resolved first, so "auto" and the device it picks share too.
+    """
+    from xpullm.devices import resolve_device
     from xpullm.engine import LLM
 
     if isinstance(model, LLM):
         return model
     spec = check_model_spec(model)
-    if tokenizer is not None:  # a custom tokenizer makes the engine unique to this caller
+    if tokenizer is not None:
         return LLM(spec, low_bit=low_bit, device=device, tokenizer=tokenizer)
-    key = (spec, low_bit, device)
+    tok_spec = check_model_spec(tokenizer_spec, "tokenizer")
+    key = (spec, low_bit, str(resolve_device(device)), tok_spec)
     with _GUARD:
         if key not in _LLMS:
-            _LLMS[key] = LLM(spec, low_bit=low_bit, device=device)
+            if tok_spec is not None:
+                from xpullm.loading import load_tokenizer
+
+                tokenizer = load_tokenizer(tok_spec)
+            _LLMS[key] = LLM(spec, low_bit=low_bit, device=device, tokenizer=tokenizer)
         return _LLMS[key]
 
 

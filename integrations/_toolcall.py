@@ -23,6 +23,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from xpullm.engine.schemas import (
+    DEFAULT_MAX_ITEMS,
+    InvalidJsonSchema,
+    check_json_schema,
+    nest_schema,
+    tighten_schema,
+)
 from xpullm.errors import XPULLMError
 
 if TYPE_CHECKING:
@@ -38,6 +45,8 @@ __all__ = [
     "ToolCall",
     "ToolSpec",
     "TurnEvent",
+    "call_schema",
+    "check_tools",
     "compact_schema",
     "effective_choice",
     "render_prompt",
@@ -54,14 +63,19 @@ PROMPTED_INSTRUCTIONS = (
     "To call a tool, reply with exactly one block of this form and nothing after it:\n"
     '<tool_call>{{"name": "<tool name>", "arguments": {{<arguments as JSON>}}}}</tool_call>'
 )
+# Measured on SmolLM2-135M with bench/tools_choice.py (docs/integrations.md): a one-line-per-tool listing and
+# instructions without the "<tool name>" placeholders picked the right tool less often (0.19-0.25 vs 0.38 with
+# tool_choice="any"), so the JSON listing stays; copied "<...>" placeholders are stopped by the argument grammar
+# (`NO_PLACEHOLDER_PATTERN`) instead.
+
+# The first step of an "auto" turn: the opening tag of a call, or any text that does not start with "<" (one
+# token is decoded under this grammar; the rest of the turn follows the choice).
+DECISION_GRAMMAR = 'start: CALL | TEXT\nCALL: "' + CALL_OPEN + '"\nTEXT: /[^<][\\s\\S]*/\n'
+
 # How a tool result reads to a model without a native tool format. Measured on SmolLM2-135M: a plain sentence plus
 # a nudge makes it answer from the result; XML-ish wrappers made it echo the wrapper or repeat the call.
 PROMPTED_RESULT = "The {name} tool returned: {content}"
 PROMPTED_NUDGE = "\nAnswer my question using this result."
-
-# Compact, deterministic JSON separators: a small model wastes fewer tokens (and gets fewer chances to
-# ramble) when llguidance does not allow free whitespace between JSON tokens.
-_COMPACT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 class InvalidToolSchema(XPULLMError, ValueError):
@@ -120,20 +134,10 @@ class TurnEvent:
 
 def validate_json_schema(schema: object, what: str) -> dict[str, Any]:
     """Check that `schema` is a JSON schema llguidance can compile (no tokenizer needed); return it."""
-    import llguidance
-
-    if not isinstance(schema, dict):
-        raise InvalidToolSchema(
-            f"{what} must be a JSON schema dict, got {type(schema).__name__}: {schema!r:.80}"
-        )
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema))
-    except (TypeError, ValueError) as exc:
-        raise InvalidToolSchema(f"{what} is not serialisable JSON: {exc}") from exc
-    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, None)
-    if is_error:
-        raise InvalidToolSchema(f"{what} is not a usable JSON schema: {'; '.join(messages)}")
-    return schema
+        return check_json_schema(schema, what)
+    except InvalidJsonSchema as exc:
+        raise InvalidToolSchema(str(exc)) from exc
 
 
 def make_tool_spec(name: object, description: object, parameters: object) -> ToolSpec:
@@ -148,6 +152,12 @@ def make_tool_spec(name: object, description: object, parameters: object) -> Too
             f"parameters of tool {name!r} must describe a JSON object (type 'object'), got {parameters.get('type')!r}"
         )
     return ToolSpec(name, str(description or ""), parameters)
+
+
+def check_tools(tools: Sequence[ToolSpec]) -> None:
+    """Raise `InvalidToolSchema` unless the constrained call schema over `tools` compiles (checked at bind time)."""
+    if tools:
+        validate_json_schema(call_schema(tools), f"tool-call schema of {[t.name for t in tools]}")
 
 
 def resolve_tool_choice(choice: object, tools: Sequence[ToolSpec]) -> str:
@@ -184,39 +194,36 @@ def effective_choice(messages: Sequence[dict[str, Any]], choice: str, max_tool_r
     return "none" if rounds >= max_tool_rounds else choice
 
 
-def compact_schema(schema: dict[str, Any], max_string_length: int | None = None) -> dict[str, Any]:
-    """A tightened copy of `schema` for decoding: compact separators, no undeclared object keys and, optionally,
-    a length cap on free strings. A small model otherwise invents extra keys or loops inside a string until the
-    token budget ends; output valid for the tightened schema is still valid for the original."""
-    out = copy.deepcopy(schema)
-    _tighten(out, max_string_length)
-    out["x-guidance"] = {**_COMPACT, **out.get("x-guidance", {})}
-    return out
+def compact_schema(
+    schema: dict[str, Any], max_string_length: int | None = None, max_items: int | None = DEFAULT_MAX_ITEMS
+) -> dict[str, Any]:
+    """A tightened copy of `schema` for decoding (`xpullm.engine.schemas.tighten_schema`): compact separators,
+    no undeclared object keys, optionally a length cap on free strings, and a cap on unbounded arrays. A small
+    model otherwise invents extra keys or loops inside a string or an array until the token budget ends; output
+    valid for the tightened schema is still valid for the original."""
+    return tighten_schema(schema, max_string_length, max_items)
 
 
-def _tighten(node: Any, cap: int | None) -> None:
+# Free argument strings may not start with "<": a small model otherwise copies a "<city name>"-style placeholder
+# (or the parameter description in angle brackets) instead of the value from the request. Anchored, because
+# llguidance searches an unanchored pattern anywhere in the string.
+NO_PLACEHOLDER_PATTERN = r"^(?:[^<][\s\S]*)?$"
+
+
+def _no_placeholders(node: Any) -> None:
     if isinstance(node, list):
         for item in node:
-            _tighten(item, cap)
+            _no_placeholders(item)
         return
     if not isinstance(node, dict):
         return
     kind = node.get("type")
-    is_string = kind == "string" or (isinstance(kind, list) and "string" in kind)
-    if (
-        cap is not None
-        and is_string
-        and not any(k in node for k in ("maxLength", "enum", "const", "pattern", "format"))
-    ):
-        node["maxLength"] = cap
-    if "properties" in node and "additionalProperties" not in node and "patternProperties" not in node:
-        node["additionalProperties"] = False
-    for key, value in node.items():
-        if key in ("properties", "$defs", "definitions", "patternProperties"):
-            for sub in value.values() if isinstance(value, dict) else ():
-                _tighten(sub, cap)
-        elif key in ("items", "anyOf", "oneOf", "allOf", "additionalProperties", "prefixItems", "not"):
-            _tighten(value, cap)
+    kinds = kind if isinstance(kind, list) else [kind]
+    if "string" in kinds and not any(k in node for k in ("enum", "const", "pattern", "format")):
+        node["pattern"] = NO_PLACEHOLDER_PATTERN
+    for value in node.values():
+        if isinstance(value, (dict, list)):
+            _no_placeholders(value)
 
 
 def _strict(params: dict[str, Any]) -> dict[str, Any]:
@@ -228,18 +235,32 @@ def _strict(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def call_schema(tools: Sequence[ToolSpec], max_string_length: int | None = None) -> dict[str, Any]:
-    """JSON schema of one call `{"name": ..., "arguments": {...}}` to any of `tools`."""
-    options = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": t.name}, "arguments": _strict(t.parameters)},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for t in tools
-    ]
-    return compact_schema(options[0] if len(options) == 1 else {"anyOf": options}, max_string_length)
+def call_schema(
+    tools: Sequence[ToolSpec], max_string_length: int | None = None, max_items: int | None = DEFAULT_MAX_ITEMS
+) -> dict[str, Any]:
+    """JSON schema of one call `{"name": ..., "arguments": {...}}` to any of `tools`.
+
+    Each tool's parameters move under `arguments` with their `$defs` and their `$ref`s rebased, so nested
+    pydantic models keep resolving.
+    """
+    many = len(tools) > 1
+    options = []
+    for i, t in enumerate(tools):
+        where = f"/anyOf/{i}/properties/arguments" if many else "/properties/arguments"
+        options.append(
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": t.name},
+                    "arguments": nest_schema(_strict(t.parameters), where),
+                },
+                "required": ["name", "arguments"],
+                "additionalProperties": False,
+            }
+        )
+    out = compact_schema(options[0] if not many else {"anyOf": options}, max_string_length, max_items)
+    _no_placeholders(out)  # after tightening: the length cap is added to free strings without a pattern
+    return out
 
 
 # -- rendering -------------------------------------------------------------------------------------------------
@@ -417,9 +438,22 @@ def run_turn(
             yield TurnEvent("text", delta)
         yield _done(llm, prompt_tokens, text, finish)
         return
-    # auto: stream freely; if the model opens a tool call, stop it and decode the body under the constraint.
-    text, emitted, opened = "", 0, False
-    deltas = llm.stream(prompt, **{**params, "stop": stop or None})
+    # auto: a constrained first step decides between a call and an answer (only "<tool_call>" or text that does
+    # not start with "<" may begin the turn), then the call body is decoded under its schema, or the answer
+    # streams freely, still stopping where a call would begin.
+    free = {k: v for k, v in params.items() if k not in ("stop", "max_new_tokens")}
+    (first,) = llm.generate([prompt], **free, max_new_tokens=1, grammar=DECISION_GRAMMAR)
+    if first.text.startswith(CALL_OPEN[0]):
+        yield from _forced_call(llm, prompt, params, tools, budget, prompt_tokens, "", json_max_string_length)
+        return
+    if first.text:
+        yield TurnEvent("text", first.text)
+    text, emitted, opened = first.text, len(first.text), False
+    room = params.get("max_new_tokens", 256) - first.completion_tokens
+    if room < 1 or first.finish_reason == "cancelled":
+        yield _done(llm, prompt_tokens, text, "length" if room < 1 else "stop")
+        return
+    deltas = llm.stream(prompt + first.text, **{**params, "max_new_tokens": room, "stop": stop or None})
     try:
         for delta in deltas:
             text += delta

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["XPULLM", "ChatXPU", "XPUEmbeddings", "XPUReranker", "XPURetriever"]
+__all__ = ["XPULLM", "ChatXPU", "XPUBgeEmbeddings", "XPUEmbeddings", "XPUReranker", "XPURetriever"]
 
 # public name -> module defining it
 _EXPORTS = {
@@ -13,6 +13,7 @@ _EXPORTS = {
     "ChatXPU": "xpullm.integrations.langchain.chat_models",
     "XPULLM": "xpullm.integrations.langchain.llms",
     "XPUEmbeddings": "xpullm.integrations.langchain.embeddings",
+    "XPUBgeEmbeddings": "xpullm.integrations.langchain.embeddings",
     "XPUReranker": "xpullm.integrations.langchain.rerankers",
 }
 

@@ -29,12 +29,14 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from xpullm.engine.aio import iterate_in_thread
 from xpullm.integrations._engines import shared_llm
+from xpullm.integrations._fields import reject_unknown
 from xpullm.integrations._toolcall import (
     ChatTemplateError,
     InvalidToolSchema,
     ToolCall,
     ToolSpec,
     TurnEvent,
+    check_tools,
     effective_choice,
     make_tool_spec,
     render_prompt,
@@ -92,8 +94,17 @@ class ChatXPU(BaseChatModel):
     max_tool_rounds: int | None = Field(default=None, ge=0)
     """In "auto" mode, stop offering tools after this many tool rounds since the last user message (None =
     unlimited). Small models without a native tool format tend to repeat a call; 1 gives one-step agents."""
+    timeout: float | None = None
+    """Accepted for API compatibility with hosted chat models; a local model has no request to time out."""
+    max_retries: int | None = None
+    """Accepted for API compatibility with hosted chat models; local generation is not retried."""
 
     _engine: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_arguments(cls, data: Any) -> Any:
+        return reject_unknown(cls, data, also=("callback_manager",))
 
     @model_validator(mode="after")
     def _resolve_engine(self) -> ChatXPU:
@@ -151,6 +162,7 @@ class ChatXPU(BaseChatModel):
             if all(s.name != spec.name for s in specs):  # a repeated name keeps its first definition
                 specs.append(spec)
         choice = resolve_tool_choice(tool_choice, specs)
+        check_tools(specs)  # the combined call schema must compile too (nested $defs, anyOf over tools)
         return super().bind(tools=[s.as_json() for s in specs], tool_choice=choice, **kwargs)
 
     def with_structured_output(
@@ -176,7 +188,7 @@ class ChatXPU(BaseChatModel):
             response_format=json_schema,
             ls_structured_output_format={
                 "kwargs": {"method": method, "strict": strict},
-                "schema": convert_to_json_schema(schema),
+                "schema": _trace_schema(schema, json_schema),
             },
         )
         from pydantic.v1 import BaseModel as BaseModelV1
@@ -192,6 +204,20 @@ class ChatXPU(BaseChatModel):
         )
         fallback = RunnablePassthrough.assign(parsed=lambda _: None)
         return RunnableMap(raw=llm) | parse.with_fallbacks([fallback], exception_key="parsing_error")
+
+    # -- token counting (the model's own tokenizer and chat template, never a GPT-2 download) ----------
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of `text` under the model's tokenizer (no special tokens added)."""
+        if self.custom_get_token_ids is not None:
+            return self.custom_get_token_ids(text)
+        return list(self._engine.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence | None = None) -> int:
+        """Prompt tokens of `messages` (and `tools`) as rendered by the chat template; equals the
+        `usage_metadata["input_tokens"]` an invoke on them reports."""
+        specs = [_tool_spec(t) for t in tools or ()]
+        return self._engine.count_tokens(render_prompt(self._engine, _to_dicts(messages), specs))
 
     # -- generation ------------------------------------------------------------------------------------
 
@@ -377,6 +403,12 @@ def _tool_spec(tool: Any) -> ToolSpec:
             "function with a docstring, a pydantic model or an OpenAI-style tool dict"
         ) from exc
     return make_tool_spec(fn.get("name"), fn.get("description", ""), fn.get("parameters"))
+
+
+def _trace_schema(schema: Any, json_schema: dict[str, Any]) -> dict[str, Any]:
+    # Tracing metadata only: LangChain's converter wants a top-level "title" in dicts, which a JSON schema
+    # need not have, so a dict is reported as given.
+    return json_schema if isinstance(schema, dict) else convert_to_json_schema(schema)
 
 
 def _schema_dict(schema: Any) -> dict[str, Any]:

@@ -7,11 +7,13 @@ from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.llms import LLM
-from langchain_core.outputs import GenerationChunk
+from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from xpullm.engine.aio import iterate_in_thread
 from xpullm.integrations._engines import shared_llm
+from xpullm.integrations._fields import reject_unknown
+from xpullm.integrations._sampling import apply_do_sample, ipex_low_bit
 
 __all__ = ["XPULLM"]
 
@@ -26,8 +28,8 @@ _MODEL_KWARG_FIELDS = {
     "device": "device",
 }
 # Accepted for source compatibility and deliberately unused: xpullm never runs checkpoint code, and the
-# engine always uses its KV cache.
-_IGNORED_MODEL_KWARGS = {"trust_remote_code", "use_cache", "low_cpu_mem_usage", "torch_dtype", "do_sample"}
+# engine always uses its KV cache. (`do_sample` is honoured: False = greedy, see `apply_do_sample`.)
+_IGNORED_MODEL_KWARGS = {"trust_remote_code", "use_cache", "low_cpu_mem_usage", "torch_dtype"}
 
 
 class XPULLM(LLM):
@@ -40,7 +42,8 @@ class XPULLM(LLM):
     llm.invoke("The capital of France is", max_new_tokens=8)
     ```
     Migrating from IPEX-LLM: `IpexLLM.from_model_id(model_id=..., model_kwargs={...})` becomes
-    `XPULLM.from_model_id(model_id=..., model_kwargs={...})` with the same arguments.
+    `XPULLM.from_model_id(model_id=..., model_kwargs={...})` with the same arguments; as with IpexLLM, such an
+    object's `model` and `tokenizer` are the loaded transformers model (with `save_low_bit`) and tokenizer.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid")
@@ -73,32 +76,39 @@ class XPULLM(LLM):
     """Sampler seed for reproducible sampled output."""
     stop: list[str] | None = None
     """Stop strings applied to every call (merged with per-call `stop`)."""
-    streaming: bool = False
-    """When True, `invoke` runs through `_stream` so callbacks get tokens as they are generated."""
+    streaming: bool = True
+    """When True (IpexLLM's default), `invoke` runs through `_stream` so callbacks get tokens as they are
+    generated; the result is the same text either way."""
 
     _engine: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_arguments(cls, data: Any) -> Any:
+        return reject_unknown(cls, data, also=("callback_manager",))
 
     @model_validator(mode="after")
     def _resolve_engine(self) -> XPULLM:
         for key, value in (self.model_kwargs or {}).items():
             if key in _IGNORED_MODEL_KWARGS:
                 continue
+            if key == "do_sample":
+                sampled = apply_do_sample({"temperature": self.temperature, "do_sample": value})
+                object.__setattr__(self, "temperature", sampled["temperature"])
+                continue
             if key not in _MODEL_KWARG_FIELDS:
                 raise ValueError(
-                    f"model_kwargs[{key!r}] is not supported; use any of {sorted(_MODEL_KWARG_FIELDS)} "
+                    f"model_kwargs[{key!r}] is not supported; use any of {sorted([*_MODEL_KWARG_FIELDS, 'do_sample'])} "
                     f"(ignored for compatibility: {sorted(_IGNORED_MODEL_KWARGS)})"
                 )
             object.__setattr__(self, _MODEL_KWARG_FIELDS[key], value)
         if self.model is not None and self.model_id is not None:
             raise ValueError("pass either model= or model_id=, not both")
-        tokenizer = None
-        if self.tokenizer_id is not None:
-            from xpullm.integrations._engines import check_model_spec
-            from xpullm.loading import load_tokenizer
-
-            tokenizer = load_tokenizer(check_model_spec(self.tokenizer_id, "tokenizer"))
         self._engine = shared_llm(
-            self.model if self.model is not None else self.model_id, self.low_bit, self.device, tokenizer
+            self.model if self.model is not None else self.model_id,
+            self.low_bit,
+            self.device,
+            tokenizer_spec=self.tokenizer_id,
         )
         return self
 
@@ -115,11 +125,13 @@ class XPULLM(LLM):
         load_in_low_bit: str | None = None,
         **kwargs: Any,
     ) -> XPULLM:
-        """Load `model_id` (folder, .gguf or hub id); `load_in_low_bit` wins over `load_in_4bit` (= sym_int4)."""
-        low_bit = load_in_low_bit or ("sym_int4" if load_in_4bit else None)
-        return cls(
+        """Load `model_id` (folder, .gguf or hub id) now, as IpexLLM does; `load_in_low_bit` wins over
+        `load_in_4bit` (= sym_int4) and takes IpexLLM's names too ("fp8" = "fp8_e5m2")."""
+        low_bit = ipex_low_bit(load_in_low_bit) or ("sym_int4" if load_in_4bit else None)
+        llm = cls(
             model_id=model_id, model_kwargs=model_kwargs, tokenizer_id=tokenizer_id, low_bit=low_bit, **kwargs
         )
+        return llm._loaded()
 
     @classmethod
     def from_model_id_low_bit(
@@ -130,10 +142,28 @@ class XPULLM(LLM):
         tokenizer_id: str | None = None,
         **kwargs: Any,
     ) -> XPULLM:
-        """Load a folder written by `save_low_bit` (its format is read from the folder)."""
-        return cls(
+        """Load a folder written by `save_low_bit` (its format is read from the folder) now, as IpexLLM does."""
+        llm = cls(
             model_id=model_id, model_kwargs=model_kwargs, tokenizer_id=tokenizer_id, low_bit=None, **kwargs
         )
+        return llm._loaded()
+
+    def _loaded(self) -> XPULLM:
+        # IpexLLM objects hold the loaded model and tokenizer in `model` / `tokenizer`; its documented save step
+        # is `llm.model.save_low_bit(folder)` + `llm.tokenizer.save_pretrained(folder)`.
+        object.__setattr__(self, "model", self._engine.model)
+        return self
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's HF tokenizer (loads the model on first access), as IpexLLM's `tokenizer` attribute."""
+        return self._engine.tokenizer
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of `text` as a prompt under the model's own tokenizer (never LangChain's GPT-2 fallback)."""
+        if self.custom_get_token_ids is not None:
+            return self.custom_get_token_ids(text)
+        return list(self._engine.tokenizer(text)["input_ids"])
 
     # -- LangChain hooks -------------------------------------------------------------------------------
 
@@ -166,6 +196,7 @@ class XPULLM(LLM):
         kwargs = dict(kwargs)
         max_length = kwargs.pop("max_length", self.max_length)
         params.update(kwargs)
+        params = apply_do_sample(params)
         params["stop"] = [*(self.stop or []), *(stop or [])] or None
         if max_length is not None and prompt is not None:
             room = max_length - self._engine.count_tokens(prompt)
@@ -181,9 +212,69 @@ class XPULLM(LLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> str:
+        return self._complete(prompt, stop, run_manager, kwargs).text
+
+    def _complete(
+        self,
+        prompt: str,
+        stop: list[str] | None,
+        run_manager: CallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+    ) -> Generation:
         if self.streaming:
-            return "".join(c.text for c in self._stream(prompt, stop, run_manager, **kwargs))
-        return self._engine.generate(prompt, **self._params(stop, kwargs, prompt)).text
+            text = "".join(c.text for c in self._stream(prompt, stop, run_manager, **kwargs))
+            return self._generation(prompt, text, None, None)
+        c = self._engine.generate(prompt, **self._params(stop, kwargs, prompt))
+        return self._generation(prompt, c.text, c.finish_reason, c.completion_tokens)
+
+    def _generation(self, prompt: str, text: str, finish: str | None, completion: int | None) -> Generation:
+        # Streaming yields text only, so its completion count re-tokenizes the text (equal for ordinary text).
+        if completion is None:
+            completion = (
+                len(self._engine.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+            )
+        info: dict[str, Any] = {
+            "prompt_tokens": self._engine.count_tokens(prompt),
+            "completion_tokens": completion,
+        }
+        if finish is not None:
+            info["finish_reason"] = finish
+        return Generation(text=text, generation_info=info)
+
+    def _result(self, generations: list[Generation]) -> LLMResult:
+        prompt = sum(g.generation_info["prompt_tokens"] for g in generations)  # type: ignore[index]
+        completion = sum(g.generation_info["completion_tokens"] for g in generations)  # type: ignore[index]
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        return LLMResult(
+            generations=[[g] for g in generations],
+            llm_output={"token_usage": usage, "model_name": self._engine.model_name},
+        )
+
+    def _generate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        return self._result([self._complete(p, stop, run_manager, kwargs) for p in prompts])
+
+    async def _agenerate(
+        self,
+        prompts: list[str],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> LLMResult:
+        generations = []
+        for prompt in prompts:
+            text = await self._acall(prompt, stop, run_manager, **kwargs)
+            generations.append(self._generation(prompt, text, None, None))
+        return self._result(generations)
 
     async def _acall(
         self,

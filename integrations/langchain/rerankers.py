@@ -10,6 +10,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from xpullm.integrations._engines import shared_llm
+from xpullm.integrations._fields import reject_unknown
 from xpullm.integrations._relevance import relevance_scores
 
 __all__ = ["XPUReranker"]
@@ -33,6 +34,11 @@ class XPUReranker(BaseDocumentCompressor):
     """How many documents to return."""
 
     _engine: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_arguments(cls, data: Any) -> Any:
+        return reject_unknown(cls, data)
 
     @model_validator(mode="after")
     def _resolve(self) -> XPUReranker:

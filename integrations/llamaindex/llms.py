@@ -17,18 +17,21 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
     MessageRole,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
 from xpullm.engine.aio import iterate_in_thread
 from xpullm.integrations._engines import shared_llm
+from xpullm.integrations._fields import reject_unknown
+from xpullm.integrations._sampling import apply_do_sample, ipex_low_bit
 from xpullm.integrations._toolcall import (
     ChatTemplateError,
     ToolCall,
     ToolSpec,
     TurnEvent,
+    check_tools,
     effective_choice,
     make_tool_spec,
     render_prompt,
@@ -48,6 +51,8 @@ class XPULLM(FunctionCallingLLM):
     llm = XPULLM()  # packaged default model, loaded on first use
     print(llm.complete("The capital of France is").text)
     ```
+    Migrating from the removed `llama_index.llms.ipex_llm.IpexLLM`: `XPULLM.from_model_id(...)` and
+    `XPULLM.from_model_id_low_bit(...)` take the same arguments.
     """
 
     model: Any = Field(
@@ -70,12 +75,70 @@ class XPULLM(FunctionCallingLLM):
         ge=0,
         description="In auto mode, stop offering tools after this many rounds (None = no cap).",
     )
+    generate_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Engine generation arguments for every call (top_p, top_k, seed, do_sample, ...).",
+    )
+    tokenizer_name: str | None = Field(
+        default=None, description="Folder or hub id of the tokenizer when it is not next to the weights."
+    )
 
     _engine: Any = PrivateAttr(default=None)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_arguments(cls, data: Any) -> Any:
+        return reject_unknown(cls, data)
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._engine = shared_llm(self.model, self.low_bit, self.device)
+        self._engine = shared_llm(self.model, self.low_bit, self.device, tokenizer_spec=self.tokenizer_name)
+
+    @classmethod
+    def from_model_id(
+        cls,
+        model_name: str,
+        tokenizer_name: str | None = None,
+        *,
+        load_in_low_bit: str | None = None,
+        load_in_4bit: bool = True,
+        device_map: str = "auto",
+        generate_kwargs: dict[str, Any] | None = None,
+        context_window: int | None = None,
+        **kwargs: Any,
+    ) -> XPULLM:
+        """The removed LlamaIndex `IpexLLM.from_model_id`: a folder / .gguf / hub id in a low-bit format
+        ("fp8" = "fp8_e5m2"; default sym_int4). `context_window` is accepted and the model's own window used."""
+        low_bit = ipex_low_bit(load_in_low_bit) or ("sym_int4" if load_in_4bit else None)
+        return cls(
+            model=model_name,
+            tokenizer_name=tokenizer_name,
+            low_bit=low_bit,
+            device=device_map,
+            generate_kwargs=dict(generate_kwargs or {}),
+            **kwargs,
+        )
+
+    @classmethod
+    def from_model_id_low_bit(
+        cls,
+        model_name: str,
+        tokenizer_name: str | None = None,
+        *,
+        device_map: str = "auto",
+        generate_kwargs: dict[str, Any] | None = None,
+        context_window: int | None = None,
+        **kwargs: Any,
+    ) -> XPULLM:
+        """The removed LlamaIndex `IpexLLM.from_model_id_low_bit`: a folder written by `save_low_bit`."""
+        return cls(
+            model=model_name,
+            tokenizer_name=tokenizer_name,
+            low_bit=None,
+            device=device_map,
+            generate_kwargs=dict(generate_kwargs or {}),
+            **kwargs,
+        )
 
     @classmethod
     def class_name(cls) -> str:
@@ -104,8 +167,10 @@ class XPULLM(FunctionCallingLLM):
             "temperature": self.temperature,
             "repetition_penalty": self.repetition_penalty,
             "stop": self.stop or None,
+            **self.generate_kwargs,
         }
         params.update({k: v for k, v in kwargs.items() if k not in ("formatted",)})
+        params = apply_do_sample(params)
         from xpullm.engine import GenerationParams
 
         GenerationParams.from_kwargs(**params)  # bad values fail at the call site
@@ -200,10 +265,18 @@ class XPULLM(FunctionCallingLLM):
 
     # -- completion ------------------------------------------------------------------------------------
 
+    def _completion_response(self, c: Any) -> CompletionResponse:
+        usage = {
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens,
+            "total_tokens": c.prompt_tokens + c.completion_tokens,
+        }
+        raw = {"usage": usage, "finish_reason": c.finish_reason, "model": self._engine.model_name}
+        return CompletionResponse(text=c.text, raw=raw, additional_kwargs=dict(usage))
+
     @llm_completion_callback()
     def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        c = self._engine.generate(prompt, **self._params(kwargs))
-        return CompletionResponse(text=c.text, raw={"finish_reason": c.finish_reason})
+        return self._completion_response(self._engine.generate(prompt, **self._params(kwargs)))
 
     @llm_completion_callback()
     def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
@@ -219,10 +292,13 @@ class XPULLM(FunctionCallingLLM):
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        text = ""
-        async for resp in await self._astream_complete(prompt, **kwargs):
-            text = resp.text
-        return CompletionResponse(text=text)
+        params = self._params(kwargs)
+        # One Completion from a worker thread: the event loop keeps running and cancelling the task stops it.
+        results = iterate_in_thread(
+            lambda cancel: iter([self._engine.generate(prompt, **params, cancel=cancel)])
+        )
+        completions = [c async for c in results]
+        return self._completion_response(completions[0])
 
     @llm_completion_callback()
     async def astream_complete(
@@ -259,6 +335,7 @@ class XPULLM(FunctionCallingLLM):
         if tool_choice is None and tool_required:
             tool_choice = "required"
         resolve_tool_choice(tool_choice, specs)  # an unknown tool name fails here
+        check_tools(specs)  # and so does a schema the constrained call cannot use
         messages = list(chat_history or [])
         if user_msg is not None:
             messages.append(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from xpullm.integrations._engines import shared_llm
+from xpullm.integrations._fields import reject_unknown
 from xpullm.integrations._relevance import relevance_scores
 
 __all__ = ["XPURerank"]
@@ -27,6 +28,11 @@ class XPURerank(BaseNodePostprocessor):
     top_n: int = Field(default=3, ge=1, description="How many nodes to keep.")
 
     _engine: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_arguments(cls, data: Any) -> Any:
+        return reject_unknown(cls, data, also=("callback_manager",))
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

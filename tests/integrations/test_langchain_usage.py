@@ -1,5 +1,5 @@
 """LangChain adapters end to end on the real default model: LCEL streaming, a tool-using agent, async
-concurrency, IpexLLM migration, reranking and bad input."""
+concurrency, reranking, schemas, token counts and bad input (the IpexLLM migration runs in test_migration.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import asyncio
 import pytest
 from langchain_core.messages import ChatMessage, HumanMessage, ToolMessage
 from langchain_core.output_parsers import StrOutputParser
-from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
+from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.tools import tool
+from pydantic import BaseModel
 
 from xpullm.errors import ModelNotFound
 from xpullm.integrations._toolcall import ChatTemplateError, InvalidToolChoice, InvalidToolSchema
@@ -106,23 +107,6 @@ async def test_xpullm_astream_and_callbacks(engine) -> None:
     assert llm.invoke("Count: 1, 2, 3,", stop=[","], max_new_tokens=10).count(",") == 0
 
 
-def test_ipexllm_migration(engine) -> None:
-    """Code written for langchain_community's IpexLLM, with only the import changed."""
-    from xpullm.integrations.langchain import XPULLM as IpexLLM
-    from xpullm.models import default_llm_path
-
-    model_path = str(default_llm_path())
-    llm = IpexLLM.from_model_id(
-        model_id=model_path,
-        model_kwargs={"temperature": 0, "max_length": 64, "trust_remote_code": True},
-    )
-    prompt = PromptTemplate(template="USER: {question}\nASSISTANT:", input_variables=["question"])
-    out = (prompt | llm).invoke({"question": "What is AI?"})
-    assert isinstance(out, str) and out.strip() and "USER:" not in out[:5]
-    low = IpexLLM.from_model_id_low_bit(model_path, {"max_new_tokens": 8}, tokenizer_id=model_path)
-    assert low.max_new_tokens == 8 and low.low_bit is None
-
-
 def test_reranker_orders_by_relevance(engine) -> None:
     from langchain_core.documents import Document
 
@@ -193,3 +177,96 @@ def test_import_is_lazy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# -- schemas, counting and arguments (issue 25) ----------------------------------------------------------------
+
+
+class Address(BaseModel):
+    city: str
+    country: str
+
+
+class Person(BaseModel):
+    """Save a person and where they live."""
+
+    name: str
+    home: Address
+
+
+def test_dict_tool_with_defs_is_called_with_valid_nested_arguments(engine) -> None:
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "save_person",
+            "description": "Save a person",
+            "parameters": Person.model_json_schema(),
+        },
+    }
+    chat = ChatXPU(model=engine, json_max_string_length=16)
+    ai = chat.bind_tools([tool], tool_choice="any").invoke("Ada lives in London, UK.")
+    (call,) = ai.tool_calls
+    person = Person.model_validate(call["args"])  # nested object through the rebased $ref
+    assert not any(v.startswith("<") for v in (person.name, person.home.city, person.home.country))
+
+
+def test_bind_tools_rejects_unresolvable_refs(engine) -> None:
+    params = {"type": "object", "properties": {"a": {"$ref": "#/$defs/Missing"}}}
+    with pytest.raises(InvalidToolSchema, match="Missing"):
+        ChatXPU(model=engine).bind_tools(
+            [{"type": "function", "function": {"name": "f", "parameters": params}}]
+        )
+
+
+def test_untitled_schema_with_enum_array_ends(engine) -> None:
+    schema = {  # no top-level "title"; the array has no maxItems
+        "type": "object",
+        "properties": {
+            "genres": {"type": "array", "items": {"type": "string", "enum": ["drama", "comedy", "horror"]}}
+        },
+        "required": ["genres"],
+    }
+    out = ChatXPU(model=engine).with_structured_output(schema).invoke("Which genres fit Hamlet?")
+    assert 1 <= len(out["genres"]) <= 3 and set(out["genres"]) <= {"drama", "comedy", "horror"}
+    capped = {**schema, "properties": {"genres": {**schema["properties"]["genres"], "maxItems": 1}}}
+    assert (
+        len(ChatXPU(model=engine).with_structured_output(capped).invoke("Genres of Hamlet?")["genres"]) == 1
+    )
+
+
+def test_token_counts_use_the_models_tokenizer(engine) -> None:
+    chat = ChatXPU(model=engine, max_tokens=4)
+    assert chat.get_num_tokens("hello world") == len(
+        engine.tokenizer("hello world", add_special_tokens=False)["input_ids"]
+    )
+    messages = [HumanMessage("Name a colour.")]
+    assert chat.get_num_tokens_from_messages(messages) == chat.invoke(messages).usage_metadata["input_tokens"]
+    with_tools = chat.get_num_tokens_from_messages(messages, tools=[get_weather])
+    assert with_tools > chat.get_num_tokens_from_messages(messages)  # the tool listing is part of the prompt
+    prompts = ["The capital of France is", "Hello"]
+    direct = [engine.generate(p, max_new_tokens=4) for p in prompts]
+    for streaming in (False, True):
+        llm = XPULLM(model=engine, max_new_tokens=4, streaming=streaming)
+        result = llm.generate(prompts)
+        assert [g[0].text for g in result.generations] == [c.text for c in direct]
+        usage = result.llm_output["token_usage"]
+        assert usage["prompt_tokens"] == sum(c.prompt_tokens for c in direct)
+        assert usage["completion_tokens"] == sum(c.completion_tokens for c in direct)
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert llm.get_num_tokens("Hello") == engine.count_tokens("Hello")
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "message"),
+    [
+        (ChatXPU, {"max_token": 5}, "'max_token' \\(did you mean 'max_tokens'\\?\\)"),
+        (ChatXPU, {"base_url": "http://x"}, "unknown argument\\(s\\) 'base_url'; accepted"),
+        (XPULLM, {"max_tokens": 5}, "did you mean 'max_new_tokens'"),
+        (XPUEmbeddings, {"batchsize": 8}, "did you mean 'batch_size'"),
+        (XPUReranker, {"topn": 2}, "did you mean 'top_n'"),
+    ],
+)
+def test_unknown_constructor_arguments_name_the_close_match(engine, cls, kwargs, message) -> None:
+    model = engine if cls is not XPUEmbeddings else None
+    with pytest.raises(ValueError, match=message):
+        cls(model=model, **kwargs)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from llama_index.core import Document, VectorStoreIndex
+from llama_index.core import Document, PromptTemplate, VectorStoreIndex
 from llama_index.core.base.llms.types import ChatMessage
 from llama_index.core.schema import NodeWithScore, TextNode
 from llama_index.core.tools import FunctionTool
+from pydantic import BaseModel
 
 from xpullm.errors import ModelNotFound
 from xpullm.integrations._toolcall import InvalidToolChoice
@@ -104,3 +105,48 @@ def test_missing_model_path() -> None:
         XPULLM(model="/no/such/model.gguf")
     with pytest.raises(ModelNotFound):
         XPUEmbedding(model="/no/such/folder")
+
+
+# -- nested structured output, usage, arguments, migration (issue 25) ---------------------------------------
+
+
+class Address(BaseModel):
+    city: str
+    country: str
+
+
+class Person(BaseModel):
+    """A person and where they live."""
+
+    name: str
+    home: Address
+
+
+def test_structured_predict_on_nested_model(engine) -> None:
+    llm = XPULLM(model=engine, json_max_string_length=16)
+    prompt = PromptTemplate("Extract the person: {text}")
+    person = llm.structured_predict(Person, prompt, text="Ada lives in London, UK.")
+    assert isinstance(person, Person) and isinstance(person.home, Address)
+    response = llm.as_structured_llm(Person).complete("Extract the person: Alan lives in Paris, France.")
+    assert isinstance(response.raw, Person) and isinstance(response.raw.home, Address)
+
+
+def test_complete_and_acomplete_report_usage(engine) -> None:
+    llm = XPULLM(model=engine, max_new_tokens=4)
+    direct = engine.generate("The sky is", max_new_tokens=4)
+    sync = llm.complete("The sky is")
+    async_ = asyncio.run(llm.acomplete("The sky is"))
+    for response in (sync, async_):
+        assert response.text == direct.text
+        assert response.raw["usage"] == {
+            "prompt_tokens": direct.prompt_tokens,
+            "completion_tokens": direct.completion_tokens,
+            "total_tokens": direct.prompt_tokens + direct.completion_tokens,
+        }
+
+
+def test_unknown_arguments_name_the_close_match(engine) -> None:
+    with pytest.raises(ValueError, match="did you mean 'max_new_tokens'"):
+        XPULLM(model=engine, max_tokens=5)
+    with pytest.raises(ValueError, match="did you mean 'embed_batch_size'"):
+        XPUEmbedding(embed_batchsize=4)
