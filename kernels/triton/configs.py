@@ -137,6 +137,9 @@ _CUDA_MMA = [
         (32, 8, 2, 4, 3),
         (64, 4, 1, 4, 4),
         (128, 8, 1, 8, 2),
+        (64, 4, 8, 4, 3),
+        (32, 4, 8, 4, 3),
+        (128, 4, 4, 8, 4),
     )
 ]
 MMA_MAX_M = 256  # row buckets the batched tensor-core tiles are timed for
