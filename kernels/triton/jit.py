@@ -781,7 +781,7 @@ def mma_kernel(
     stride_xm, stride_xsm, stride_wn, stride_sn, stride_ym, stride_ys,
     GROUP_WORDS: tl.constexpr, FMT: tl.constexpr, PLANES: tl.constexpr, HAS_ZERO: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, USE_WS: tl.constexpr,
-    X_Q8: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr,
+    X_Q8: tl.constexpr, POST_SCALE: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """y[m, n] = sum_k x[m, k] W[n, k] on tensor cores for a batch of activation rows (decode at batch 2..256).
 
@@ -789,7 +789,11 @@ def mma_kernel(
     magic-float subtraction or codebook lookup; one group scale per 4-word block, and the zero point), and
     multiplies it with the [BLOCK_M, BLOCK_KB * 4 * PLANES] activation tile in one `tl.dot` with fp32
     accumulation. Activations are x's dtype (bf16 / fp16), or with X_Q8 int8 codes + fp32 block scales
-    (`Q8Activations`: x_ptr the codes, xs_ptr the scales), widened in registers (4-bit formats only).
+    (`Q8Activations`: x_ptr the codes, xs_ptr the scales), widened in registers to fp16 (4-bit formats only;
+    fp16 operands keep the int8 x scale products and the 4-bit codes nearly exact).
+    POST_SCALE (one scale per row for the whole K step, no zero point): the codes go into the dot unscaled (exact
+    in bf16 for the integer and fp8 formats) and the step's fp32 product is scaled per column - one multiply per
+    output instead of one per weight.
     Grid: (M tiles * N tiles, K splits), M fastest so the programs sharing a weight tile run together.
     """
     pid = tl.program_id(0)
@@ -820,26 +824,35 @@ def mma_kernel(
     for kw0 in range(kw_begin, kw_end, BKW):
         kw3 = kw0 + b3 * 4 + l3
         w = tl.load(w_ptr + n3 * stride_wn + kw3, mask=n_ok & (kw3 < kw_end), other=0)
-        g3 = (kw0 + b3 * 4) // GROUP_WORDS  # [1, BKB, 1]
-        s_ok = n_ok & (g3 < NG)
-        s = tl.load(s_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32)
         v = _decode_tile(w, lut_ptr, FMT, PLANES)  # [BN, BKB, PLANES, 4]
-        if HAS_ZERO:
-            z = tl.load(z_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32)
-            v = v * tl.expand_dims(s, 3) + tl.expand_dims(z, 3)
+        if POST_SCALE:
+            s_row = tl.load(s_ptr + offs_n * stride_sn + kw0 // GROUP_WORDS, mask=offs_n < N, other=0.0)
         else:
-            v = v * tl.expand_dims(s, 3)
+            g3 = (kw0 + b3 * 4) // GROUP_WORDS  # [1, BKB, 1]
+            s_ok = n_ok & (g3 < NG)
+            s = tl.load(s_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32)
+            if HAS_ZERO:
+                z = tl.load(z_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32)
+                v = v * tl.expand_dims(s, 3) + tl.expand_dims(z, 3)
+            else:
+                v = v * tl.expand_dims(s, 3)
         if X_Q8:
             xv = _mma_x_q8(x_ptr, xs_ptr, m4, m_ok4, kw0 // 4, BLOCK_KB, KBX, stride_xm, stride_xsm)
-            xt = tl.reshape(xv, (BLOCK_M, BK)).to(tl.bfloat16)
+            xt = tl.reshape(xv, (BLOCK_M, BK)).to(tl.float16)  # 11-bit mantissa: int8 x scale nearly exact
         else:
             e2 = (kw0 // 4) * CHUNK + k2
             xt = tl.load(x_ptr + m2 * stride_xm + e2, mask=m_ok2 & (e2 < kw_end * PLANES), other=0.0)
         wt = tl.reshape(v, (BLOCK_N, BK)).to(xt.dtype)
         if DOT_F32:  # the Triton interpreter multiplies bf16 operands as raw integers
-            acc += tl.dot(xt.to(tl.float32), tl.trans(wt).to(tl.float32))
+            part = tl.dot(xt.to(tl.float32), tl.trans(wt).to(tl.float32))
+        elif POST_SCALE:
+            part = tl.dot(xt, tl.trans(wt))
         else:
             acc = tl.dot(xt, tl.trans(wt), acc)
+        if POST_SCALE:
+            acc += part * s_row.to(tl.float32)[None, :]
+        elif DOT_F32:
+            acc += part
     n2 = offs_n[None, :]
     out_ok = m_ok2 & (n2 < N)
     if not USE_WS:

@@ -297,6 +297,7 @@ def _run_mma(
         x.stride(0), scales_x.stride(0), tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
         GROUP_WORDS=tw.group_words, FMT=tw.fmt_code, PLANES=tw.planes, HAS_ZERO=tw.zeros is not None,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_KB=cfg.block_kb, USE_WS=split > 1, X_Q8=x_q8,
+        POST_SCALE=_scale_per_tile(tw, cfg) and tw.zeros is None,
         DOT_F32=_INTERPRET, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(tw.device),
     )  # fmt: skip
     if split > 1:
