@@ -26,6 +26,7 @@ __all__ = [
     "default_q8_config",
     "m_bucket",
     "mma_block_m",
+    "path_summary",
     "valid",
 ]
 
@@ -178,6 +179,18 @@ CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
 GEMV_MAX_M = 16  # above this, prefill configs
 Q8_FORMATS = ("sym_int4", "asym_int4")  # the formats the int8-activation GEMV (`gemv_q8`) runs
 Q8_ROW_TILES = (1, 2, 4, 8, 16)  # activation rows one `gemv_q8` program may take (block_m)
+
+
+def path_summary() -> list[str]:
+    """One line per kernel path: rows it is timed for, formats, what it does (for `xpullm info`)."""
+    return [
+        "gemv     1 row          every format        CUDA-core FMAs, split-K",
+        f"gemv_q8  1-{Q8_ROW_TILES[-1]} rows      {', '.join(Q8_FORMATS)}  int8 activations, dp4a (CUDA)",
+        f"dot      2-{GEMV_MAX_M} rows      every format        one tensor-core dot per bit plane",
+        f"mma      2-{MMA_MAX_M} rows     every format        batched tensor-core tiles, whole-tile decode "
+        "(bf16/fp16, or int8 activations)",
+        "dequant  prefill        every format        decode to the activation dtype, then cuBLAS",
+    ]
 
 
 def default_q8_config(m: int) -> LaunchConfig:
