@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
+LM_HEAD = (128256, 4096)  # tuned and recorded too (`--lm-head`), not part of the layer sums
 FORMATS = [("sym_int4", 128), ("asym_int4", 128), ("nf4", 64), ("fp4", 64), ("sym_int8", 0), ("fp8_e4m3", 0)]
 ROWS = [1, 8, 16, 32, 64, 256, 1024]
 
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tuned", type=Path, default=None, help="tuning records of the winners (JSON)")
     ap.add_argument("--formats", default=None)
     ap.add_argument("--rows", default=",".join(map(str, ROWS)))
+    ap.add_argument("--lm-head", action="store_true", help="also tune the 128256x4096 output projection")
     ap.add_argument("--warm-only", action="store_true", help="compile every candidate, time nothing")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}  # (fmt label, m) -> {"mma": us, "dequant": us, "bf16": us, ...}
     records: list[dict] = []
     bf16_us: dict = {}
-    for n, k in SHAPES:
+    for n, k in SHAPES + ([LM_HEAD] if args.lm_head else []):
+        in_layer = (n, k) in SHAPES
         w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
         for m in row_counts:
             x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
@@ -81,14 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             for m in row_counts:
                 x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
                 x2 = _prepare_x(x, tw)
-                row = results.setdefault(
-                    (label, m),
-                    {
-                        "mma": 0.0,
-                        "dequant": 0.0,
-                        "bf16": 0.0,
-                    },
-                )
+                fresh = {"mma": 0.0, "dequant": 0.0, "bf16": 0.0}
+                row = results.setdefault((label, m), fresh) if in_layer else fresh  # lm_head: not summed
                 row["bf16"] += bf16_us[(n, k, m)]
                 best, best_us = None, float("inf")
                 for cfg in CONFIG_TABLES["cuda"]["mma"]:
