@@ -24,6 +24,7 @@ timeout "${SWEEP_S:-200}" $P bench/gpu_batched.py --lm-head --out "$OUT/batched.
   > "$OUT/batched.log" 2>&1
 date >> "$OUT/env.txt"
 [ -s "$OUT/tuned_batched.json" ] && export XPULLM_TRITON_TUNED="$OUT/tuned_batched.json"
+export XPULLM_TRITON_MMA=1  # the tuner times the mma tiles (opt-in until verified on a GPU)
 timeout "${DECODE_S:-200}" $P bench/gpu_decode.py --peer gpu_peer_decode.py --formats "" --batches "$BATCHES" \
   --engine "$ENGINE" --no-engine-eager --no-eager --out "$OUT/decode.jsonl" > "$OUT/decode.log" 2>&1
 date >> "$OUT/env.txt"

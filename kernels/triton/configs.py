@@ -26,6 +26,7 @@ __all__ = [
     "default_q8_config",
     "m_bucket",
     "mma_block_m",
+    "mma_enabled",
     "path_summary",
     "valid",
 ]
@@ -147,6 +148,12 @@ MMA_MAX_M = 256  # row buckets the batched tensor-core tiles are timed for
 MMA_BLOCK_M = (16, 64)  # smallest and largest M tile of `mma` (tl.dot needs >= 16 rows)
 
 
+def mma_enabled() -> bool:
+    """Whether the tuner times the `mma` tiles: only with XPULLM_TRITON_MMA=1 until they have passed
+    tests/kernels/test_triton_mma.py on a GPU (so far checked in Triton's interpreter only)."""
+    return os.environ.get("XPULLM_TRITON_MMA", "0") == "1"
+
+
 def mma_block_m(bucket: int) -> int:
     """The `mma` M tile for a row bucket: the bucket itself within MMA_BLOCK_M."""
     return min(max(bucket, MMA_BLOCK_M[0]), MMA_BLOCK_M[1])
@@ -188,7 +195,7 @@ def path_summary() -> list[str]:
         f"gemv_q8  1-{Q8_ROW_TILES[-1]} rows      {', '.join(Q8_FORMATS)}  int8 activations, dp4a (CUDA)",
         f"dot      2-{GEMV_MAX_M} rows      every format        one tensor-core dot per bit plane",
         f"mma      2-{MMA_MAX_M} rows     every format        batched tensor-core tiles, whole-tile decode "
-        "(bf16/fp16, or int8 activations)",
+        f"(bf16/fp16, or int8 activations){'' if mma_enabled() else '; off: XPULLM_TRITON_MMA=1 enables'}",
         "dequant  prefill        every format        decode to the activation dtype, then cuBLAS",
     ]
 
@@ -238,7 +245,7 @@ def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[Launc
         pool += table["dot_small"]
     else:
         pool = list(table["prefill"])
-    if bucket <= MMA_MAX_M and (bucket > 1 or tw.format not in Q8_FORMATS):
+    if mma_enabled() and bucket <= MMA_MAX_M and (bucket > 1 or tw.format not in Q8_FORMATS):
         # At batch 1 the tiles waste 15 of 16 rows, but for the formats without the int8 GEMV (codebooks,
         # 8-bit) their cheaper per-weight decode can still beat the float GEMV: the tuner decides.
         pool += [replace(c, block_m=mma_block_m(bucket)) for c in table.get("mma", ())]
@@ -254,12 +261,10 @@ def _num_sms(device: torch.device) -> int:
 def default_config(tw, m: int, x_dtype: torch.dtype) -> LaunchConfig:
     """A sensible untimed choice: GEMV for 1 row, small tensor-core tiles to 16, dequant + GEMM beyond."""
     bucket = m_bucket(m)
-    if bucket > MMA_MAX_M:
-        return _DEQUANT
-    if bucket > 1 and x_dtype in (torch.bfloat16, torch.float16):
-        return LaunchConfig("mma", mma_block_m(bucket), 64, 4, 2, 4, 3)
     if bucket > GEMV_MAX_M:
         return _DEQUANT
+    if bucket > 1 and x_dtype in (torch.bfloat16, torch.float16):
+        return _dot(16, 64 if tw.n >= 4096 else 32, 4, 1, 4, 3)
     bn = 16
     tiles = -(-tw.n // bn)
     # Split K until there are ~2 programs per SM, but keep >= 4 K steps per split.
