@@ -284,11 +284,17 @@ def _run_mma(
     workspace: torch.Tensor | None,
 ) -> torch.Tensor:
     """`jit.mma_kernel`: x [M, KX] in bf16 / fp16 (xs None), or int8 codes [M, 8 KB] with their block scales xs."""
+    x_q8 = xs is not None
+    if not x_q8 and x.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(
+            f"mma tiles take bf16 / fp16 activations (fp32 dots would run as tf32), got {x.dtype}"
+        )
+    if cfg.block_m < 16:
+        raise ValueError(f"mma tiles need block_m >= 16 (tl.dot's smallest M), got {cfg}")
     m = x.shape[0]
     split = cfg.split_k
     workspace, target, stride_ys = _split_target(split, out, workspace)
     zeros = tw.zeros if tw.zeros is not None else tw.scales
-    x_q8 = xs is not None
     scales_x = xs if x_q8 else tw.scales  # a placeholder pointer when the activations are floats
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(tw.n, cfg.block_n), split)
     jit.mma_kernel[grid](

@@ -124,3 +124,12 @@ def test_registry_offers_mma_tiles_per_row_bucket(monkeypatch):
     assert not [c for c in candidates("cuda", tw, 16, torch.float32) if c.path == "mma"]  # no tf32 dots
     int4 = pack_weight(_weight("sym_int4", 128, 64, 256, 0), DEVICE)
     assert not [c for c in candidates("cuda", int4, 1, torch.bfloat16) if c.path == "mma"]  # dp4a GEMV there
+
+
+def test_mma_refuses_fp32_activations_and_short_tiles():
+    tw = pack_weight(_weight("sym_int4", 32, 37, 200, 0), DEVICE)
+    x = _prepare_x(torch.randn(3, 200, device=DEVICE), tw)
+    with pytest.raises(ValueError, match="bf16 / fp16"):
+        run(x, tw, LaunchConfig("mma", 16, 32, 2, 1, 4, 2))
+    with pytest.raises(ValueError, match="block_m >= 16"):
+        run(x.bfloat16(), tw, LaunchConfig("mma", 8, 32, 2, 1, 4, 2))
