@@ -63,7 +63,8 @@ if [ "$MODE" = all ] || [ "$MODE" = tests ]; then
     # -c /dev/null: ignore the dev-machine pytest config/plugins; --noconftest: only this file's fixtures.
     (cd "$ROOT" && "$PY" -m pytest -c /dev/null --rootdir "$ROOT" --import-mode=importlib -p no:cacheprovider \
       --noconftest -q -rs --durations=15 tests/kernels/test_triton_kernels.py \
-      tests/kernels/test_triton_decode_ops.py tests/kernels/test_triton_attention.py) 2>&1 | tee "$OUT/tests.txt" \
+      tests/kernels/test_triton_decode_ops.py tests/kernels/test_triton_attention.py \
+      tests/kernels/test_triton_mma.py) 2>&1 | tee "$OUT/tests.txt" \
       || status=1
   else
     echo "pytest is not importable by $PY: run 'bash bench/gpu_run.sh prepare' on the dev machine and carry" \

@@ -17,6 +17,7 @@ import torch
 
 __all__ = [
     "CONFIG_TABLES",
+    "MMA_MAX_M",
     "Q8_FORMATS",
     "Q8_ROW_TILES",
     "LaunchConfig",
@@ -24,15 +25,19 @@ __all__ = [
     "default_config",
     "default_q8_config",
     "m_bucket",
+    "mma_block_m",
+    "mma_enabled",
+    "path_summary",
     "valid",
 ]
 
-Path = Literal["gemv", "gemv_q8", "dot", "dequant"]
+Path = Literal["gemv", "gemv_q8", "dot", "mma", "dequant"]
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
     """One way to run the product. `gemv_q8` = int8 activations x int4 weights with dp4a (sym/asym_int4, decode);
+    `mma` = a batch of rows on tensor cores, one whole-tile dot per K step (`jit.mma_kernel`);
     `dequant` = decode to a dense weight, then the vendor GEMM."""
 
     path: Path
@@ -120,6 +125,40 @@ _CUDA_DOT_SMALL = [
     for bn, kb, w, st in ((32, 4, 4, 3), (64, 4, 4, 3), (64, 8, 4, 2), (128, 4, 8, 2))
     for sk in (1, 2)
 ]
+# Batched decode (2..256 rows, `jit.mma_kernel`): block_m is set per row bucket by `candidates` (16..64, the
+# rest in further M tiles). Memory-bound at these batches, so the table varies the bytes in flight per SM:
+# tile width, K step, split-K (a 4096-row weight in 64-row tiles is only 64 programs) and pipeline depth.
+_CUDA_MMA = [
+    LaunchConfig("mma", 0, bn, kb, sk, w, st)
+    for bn, kb, sk, w, st in (
+        (64, 4, 2, 4, 3),
+        (64, 4, 4, 4, 3),
+        (32, 4, 4, 4, 4),
+        (64, 8, 2, 4, 3),
+        (128, 4, 2, 8, 3),
+        (32, 8, 2, 4, 3),
+        (64, 4, 1, 4, 4),
+        (128, 8, 1, 8, 2),
+        (64, 4, 8, 4, 3),
+        (32, 4, 8, 4, 3),
+        (128, 4, 4, 8, 4),
+    )
+]
+MMA_MAX_M = 256  # row buckets the batched tensor-core tiles are timed for
+MMA_BLOCK_M = (16, 64)  # smallest and largest M tile of `mma` (tl.dot needs >= 16 rows)
+
+
+def mma_enabled() -> bool:
+    """Whether the tuner times the `mma` tiles: only with XPULLM_TRITON_MMA=1 until they have passed
+    tests/kernels/test_triton_mma.py on a GPU (so far checked in Triton's interpreter only)."""
+    return os.environ.get("XPULLM_TRITON_MMA", "0") == "1"
+
+
+def mma_block_m(bucket: int) -> int:
+    """The `mma` M tile for a row bucket: the bucket itself within MMA_BLOCK_M."""
+    return min(max(bucket, MMA_BLOCK_M[0]), MMA_BLOCK_M[1])
+
+
 # (128 x 128 tiles on 8 warps spill registers once eight bit planes are decoded per step: not listed.)
 # Triton 3.6 fails to compile 64- and 128-row dot tiles of this kernel on Hopper ("Illegal shared layout" in
 # TritonGPUOptimizeDotOperands, every format), and dequantize + cuBLAS won every prefill shape the tiles did
@@ -140,12 +179,25 @@ CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
         "gemv_q8_rows": _CUDA_GEMV_Q8_ROWS,
         "dot_small": _CUDA_DOT_SMALL,
         "prefill": _CUDA_PREFILL,
+        "mma": _CUDA_MMA,
     },
     "xpu": {"gemv": _XPU_GEMV, "dot_small": _XPU_DOT_SMALL, "prefill": _XPU_PREFILL},
 }
 GEMV_MAX_M = 16  # above this, prefill configs
 Q8_FORMATS = ("sym_int4", "asym_int4")  # the formats the int8-activation GEMV (`gemv_q8`) runs
 Q8_ROW_TILES = (1, 2, 4, 8, 16)  # activation rows one `gemv_q8` program may take (block_m)
+
+
+def path_summary() -> list[str]:
+    """One line per kernel path: rows it is timed for, formats, what it does (for `xpullm info`)."""
+    return [
+        "gemv     1 row          every format        CUDA-core FMAs, split-K",
+        f"gemv_q8  1-{Q8_ROW_TILES[-1]} rows      {', '.join(Q8_FORMATS)}  int8 activations, dp4a (CUDA)",
+        f"dot      2-{GEMV_MAX_M} rows      every format        one tensor-core dot per bit plane",
+        f"mma      2-{MMA_MAX_M} rows     every format        batched tensor-core tiles, whole-tile decode "
+        f"(bf16/fp16, or int8 activations){'' if mma_enabled() else '; off: XPULLM_TRITON_MMA=1 enables'}",
+        "dequant  prefill        every format        decode to the activation dtype, then cuBLAS",
+    ]
 
 
 def default_q8_config(m: int) -> LaunchConfig:
@@ -168,6 +220,8 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return True
     if cfg.path == "dot" and (x_dtype not in (torch.bfloat16, torch.float16) or cfg.block_kb < 4):
         return False  # tl.dot on fp32 would silently drop to tf32; one plane's dot needs K = 4 * BKB >= 16
+    if cfg.path == "mma" and (x_dtype not in (torch.bfloat16, torch.float16) or cfg.block_m < MMA_BLOCK_M[0]):
+        return False  # bf16 / fp16 tensor-core operands; tl.dot needs >= 16 rows
     if cfg.path == "gemv_q8" and (
         tw.format not in Q8_FORMATS or x_dtype == torch.float32 or cfg.block_m not in Q8_ROW_TILES
     ):
@@ -190,7 +244,11 @@ def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[Launc
             pool += [replace(c, block_m=bucket) for c in table.get("gemv_q8_rows", ())]
         pool += table["dot_small"]
     else:
-        pool = table["prefill"]
+        pool = list(table["prefill"])
+    if mma_enabled() and bucket <= MMA_MAX_M and (bucket > 1 or tw.format not in Q8_FORMATS):
+        # At batch 1 the tiles waste 15 of 16 rows, but for the formats without the int8 GEMV (codebooks,
+        # 8-bit) their cheaper per-weight decode can still beat the float GEMV: the tuner decides.
+        pool += [replace(c, block_m=mma_block_m(bucket)) for c in table.get("mma", ())]
     return [c for c in pool if valid(c, tw, x_dtype)]
 
 

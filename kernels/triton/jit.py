@@ -722,3 +722,140 @@ def gemv_q8_rows_kernel(
         tl.store(y_ptr + r2 * stride_ym + n2, y.to(y_ptr.dtype.element_ty), mask=ok)
     else:
         tl.store(y_ptr + pid_k * stride_ys + r2 * stride_ym + n2, y, mask=ok)
+
+
+# -- batched tensor-core GEMM (2..256 activation rows): dequantize a whole tile in registers, one dot per step -----
+#
+# `dot_kernel` issues one small dot per bit plane (K = 4 * BLOCK_KB each). Here the decoded planes are laid out
+# back into element order in registers - word l, plane p of block b is element 32 b + 4 p + l for 4-bit codes -
+# so a K step is ONE dot of K = BLOCK_KB * 4 * PLANES against a contiguous activation tile: fewer, larger
+# MMAs, contiguous activation loads, and the weight words loaded as 16-byte vectors that Triton's pipeliner
+# can keep `num_stages` steps ahead.
+
+
+@triton.jit
+def _decode_tile(w, lut_ptr, FMT: tl.constexpr, PLANES: tl.constexpr):
+    """Words w [BN, BKB, 4] -> code values [BN, BKB, PLANES, 4] in fp32 (before scales); element order inside
+    a block is (plane, word), i.e. the weight's own K order."""
+    BITS: tl.constexpr = 32 // PLANES
+    MASK: tl.constexpr = (1 << BITS) - 1
+    shift = (tl.arange(0, PLANES) * BITS)[None, None, :, None]  # [1, 1, PLANES, 1]
+    q = (tl.expand_dims(w, 2) >> shift) & MASK  # [BN, BKB, PLANES, 4]
+    if FMT == SYM_INT4:
+        v = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0  # 2**23 + code - 8
+    elif FMT == ASYM_INT4:
+        v = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+    elif FMT == LUT4:
+        v = tl.load(lut_ptr + q)
+    elif FMT == SYM_INT8:
+        v = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0  # 2**23 + code - 128
+    elif FMT == FP8_E4M3:
+        h = ((q & 0x80) << 8) | ((q & 0x7F) << 7)
+        v = h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    else:
+        v = (q << 8).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _mma_x_q8(
+    xq_ptr, xs_ptr, m4, m_ok4, kb0, BLOCK_KB: tl.constexpr, KBX, stride_qm, stride_sm
+):  # fmt: skip
+    """Int8 activations (`quantize_blocks_q8`'s layout) of blocks kb0.. as fp32 [BM, BKB, 8, 4] values in element
+    order: element 4 p + l of a block is byte p // 2 of word 4 (p % 2) + l."""
+    b4 = tl.arange(0, BLOCK_KB)[None, :, None, None]
+    p4 = tl.arange(0, 8)[None, None, :, None]
+    l4 = tl.arange(0, 4)[None, None, None, :]
+    blk = kb0 + b4
+    ok = m_ok4 & (blk < KBX)
+    word = tl.load(xq_ptr + m4 * stride_qm + blk * 8 + (p4 % 2) * 4 + l4, mask=ok, other=0)
+    code = (word << (24 - 8 * (p4 // 2))) >> 24  # sign-extended byte
+    xs = tl.load(xs_ptr + m4 * stride_sm + blk, mask=ok, other=0.0)  # [BM, BKB, 1, 1]
+    return code.to(tl.float32) * xs
+
+
+@triton.jit
+def mma_kernel(
+    x_ptr, xs_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, y_ptr,
+    M, N, KW, KBX, NG, words_per_split,
+    stride_xm, stride_xsm, stride_wn, stride_sn, stride_ym, stride_ys,
+    GROUP_WORDS: tl.constexpr, FMT: tl.constexpr, PLANES: tl.constexpr, HAS_ZERO: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, USE_WS: tl.constexpr,
+    X_Q8: tl.constexpr, POST_SCALE: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    """y[m, n] = sum_k x[m, k] W[n, k] on tensor cores for a batch of activation rows (decode at batch 2..256).
+
+    Per K step each program loads a [BLOCK_N, BLOCK_KB, 4] tile of words, decodes it in registers (shift, mask,
+    magic-float subtraction or codebook lookup; one group scale per 4-word block, and the zero point), and
+    multiplies it with the [BLOCK_M, BLOCK_KB * 4 * PLANES] activation tile in one `tl.dot` with fp32
+    accumulation. Activations are x's dtype (bf16 / fp16), or with X_Q8 int8 codes + fp32 block scales
+    (`Q8Activations`: x_ptr the codes, xs_ptr the scales), widened in registers to fp16 (4-bit formats only;
+    fp16 operands keep the int8 x scale products and the 4-bit codes nearly exact).
+    POST_SCALE (one scale per row for the whole K step, no zero point): the codes go into the dot unscaled (exact
+    in bf16 for the integer and fp8 formats) and the step's fp32 product is scaled per column - one multiply per
+    output instead of one per weight.
+    Grid: (M tiles * N tiles, K splits), M fastest so the programs sharing a weight tile run together.
+    """
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_m = tl.cdiv(M, BLOCK_M)
+    pid_m = pid % num_m
+    pid_n = pid // num_m
+    CHUNK: tl.constexpr = 4 * PLANES
+    BKW: tl.constexpr = BLOCK_KB * 4
+    BK: tl.constexpr = BLOCK_KB * CHUNK
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n3 = offs_n[:, None, None]
+    b3 = tl.arange(0, BLOCK_KB)[None, :, None]
+    l3 = tl.arange(0, 4)[None, None, :]
+    n_ok = n3 < N
+    m2 = offs_m[:, None]
+    m_ok2 = m2 < M
+    m4 = offs_m[:, None, None, None]
+    m_ok4 = m4 < M
+    k2 = tl.arange(0, BK)[None, :]
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    kw_begin = pid_k * words_per_split
+    kw_end = tl.minimum(kw_begin + words_per_split, KW)
+    wait_for_inputs(PDL)
+    for kw0 in range(kw_begin, kw_end, BKW):
+        kw3 = kw0 + b3 * 4 + l3
+        w = tl.load(w_ptr + n3 * stride_wn + kw3, mask=n_ok & (kw3 < kw_end), other=0)
+        v = _decode_tile(w, lut_ptr, FMT, PLANES)  # [BN, BKB, PLANES, 4]
+        if POST_SCALE:
+            s_row = tl.load(s_ptr + offs_n * stride_sn + kw0 // GROUP_WORDS, mask=offs_n < N, other=0.0)
+        else:
+            g3 = (kw0 + b3 * 4) // GROUP_WORDS  # [1, BKB, 1]
+            s_ok = n_ok & (g3 < NG)
+            s = tl.load(s_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32)
+            if HAS_ZERO:
+                z = tl.load(z_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32)
+                v = v * tl.expand_dims(s, 3) + tl.expand_dims(z, 3)
+            else:
+                v = v * tl.expand_dims(s, 3)
+        if X_Q8:
+            xv = _mma_x_q8(x_ptr, xs_ptr, m4, m_ok4, kw0 // 4, BLOCK_KB, KBX, stride_xm, stride_xsm)
+            xt = tl.reshape(xv, (BLOCK_M, BK)).to(tl.float16)  # 11-bit mantissa: int8 x scale nearly exact
+        else:
+            e2 = (kw0 // 4) * CHUNK + k2
+            xt = tl.load(x_ptr + m2 * stride_xm + e2, mask=m_ok2 & (e2 < kw_end * PLANES), other=0.0)
+        wt = tl.reshape(v, (BLOCK_N, BK)).to(xt.dtype)
+        if DOT_F32:  # the Triton interpreter multiplies bf16 operands as raw integers
+            part = tl.dot(xt.to(tl.float32), tl.trans(wt).to(tl.float32))
+        elif POST_SCALE:
+            part = tl.dot(xt, tl.trans(wt))
+        else:
+            acc = tl.dot(xt, tl.trans(wt), acc)
+        if POST_SCALE:
+            acc += part * s_row.to(tl.float32)[None, :]
+        elif DOT_F32:
+            acc += part
+    n2 = offs_n[None, :]
+    out_ok = m_ok2 & (n2 < N)
+    if not USE_WS:
+        tl.store(y_ptr + m2 * stride_ym + n2, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
+    else:
+        tl.store(y_ptr + pid_k * stride_ys + m2 * stride_ym + n2, acc, mask=out_ok)

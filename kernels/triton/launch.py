@@ -123,6 +123,8 @@ def run(
         return out
     if cfg.path == "dequant":
         return _dequant_matmul(x2, tw, out)
+    if cfg.path == "mma":
+        return _run_mma(x2, None, tw, cfg, out, workspace)
     split = cfg.split_k
     workspace, target, stride_ys = _split_target(split, out, workspace)
     zeros = tw.zeros if tw.zeros is not None else tw.scales
@@ -219,8 +221,10 @@ def run_q8(
 ) -> torch.Tensor:
     """y [M, N] = dequantized activations @ W^T through `gemv_q8_kernel` (block_m 1: one row per program) or
     `gemv_q8_rows_kernel` (block_m rows per program) with one explicit configuration."""
-    if cfg.path != "gemv_q8" or cfg.block_m not in Q8_ROW_TILES:
-        raise ValueError(f"gemv_q8 runs {Q8_ROW_TILES} activation rows per program (block_m), got {cfg}")
+    if cfg.path != "mma" and (cfg.path != "gemv_q8" or cfg.block_m not in Q8_ROW_TILES):
+        raise ValueError(
+            f"run_q8 runs gemv_q8 ({Q8_ROW_TILES} activation rows per program, block_m) or mma tiles, got {cfg}"
+        )
     if cfg.tiles != 1 and cfg.block_m != 1:
         raise ValueError(
             f"only the one-row gemv_q8 program walks several weight tiles (tiles > 1), got {cfg}"
@@ -240,6 +244,8 @@ def run_q8(
         out = torch.empty((m, tw.n), dtype=act.dtype, device=tw.device)
     if m == 0:
         return out
+    if cfg.path == "mma":
+        return _run_mma(act.codes, act.scales, tw, cfg, out, workspace)
     split = cfg.split_k
     workspace, target, stride_ys = _split_target(split, out, workspace)
     zeros = tw.zeros if tw.zeros is not None else tw.scales
@@ -264,6 +270,42 @@ def run_q8(
     else:
         grid = (row_tiles, split, triton.cdiv(m, cfg.block_m))
         jit.gemv_q8_rows_kernel[grid](*args, **meta, ROWS=cfg.block_m)
+    if split > 1:
+        _reduce_splits(workspace, out)
+    return out
+
+
+def _run_mma(
+    x: torch.Tensor,
+    xs: torch.Tensor | None,
+    tw: TritonWeight,
+    cfg: LaunchConfig,
+    out: torch.Tensor,
+    workspace: torch.Tensor | None,
+) -> torch.Tensor:
+    """`jit.mma_kernel`: x [M, KX] in bf16 / fp16 (xs None), or int8 codes [M, 8 KB] with their block scales xs."""
+    x_q8 = xs is not None
+    if not x_q8 and x.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(
+            f"mma tiles take bf16 / fp16 activations (fp32 dots would run as tf32), got {x.dtype}"
+        )
+    if cfg.block_m < 16:
+        raise ValueError(f"mma tiles need block_m >= 16 (tl.dot's smallest M), got {cfg}")
+    m = x.shape[0]
+    split = cfg.split_k
+    workspace, target, stride_ys = _split_target(split, out, workspace)
+    zeros = tw.zeros if tw.zeros is not None else tw.scales
+    scales_x = xs if x_q8 else tw.scales  # a placeholder pointer when the activations are floats
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(tw.n, cfg.block_n), split)
+    jit.mma_kernel[grid](
+        x, scales_x, tw.words, tw.scales, zeros, tw.lut, target,
+        m, tw.n, tw.kw, scales_x.shape[1] if x_q8 else 0, tw.n_groups, _words_per_split(tw, cfg),
+        x.stride(0), scales_x.stride(0), tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
+        GROUP_WORDS=tw.group_words, FMT=tw.fmt_code, PLANES=tw.planes, HAS_ZERO=tw.zeros is not None,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_KB=cfg.block_kb, USE_WS=split > 1, X_Q8=x_q8,
+        POST_SCALE=_scale_per_tile(tw, cfg) and tw.zeros is None,
+        DOT_F32=_INTERPRET, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(tw.device),
+    )  # fmt: skip
     if split > 1:
         _reduce_splits(workspace, out)
     return out
@@ -497,7 +539,11 @@ def select_q8_config(tw: TritonWeight, m: int) -> LaunchConfig:
         if key in _tuned:
             return _tuned[key]
         act = quantize_activations(torch.randn((m_bucket(m), tw.k), dtype=torch.bfloat16, device=tw.device))
-        pool = [c for c in candidates(_device_kind(tw.device), tw, m, torch.bfloat16) if c.path == "gemv_q8"]
+        pool = [
+            c
+            for c in candidates(_device_kind(tw.device), tw, m, torch.bfloat16)
+            if c.path in ("gemv_q8", "mma")
+        ]
         best = _fastest(tw, pool, lambda cfg: run_q8(act, tw, cfg), default_q8_config(m))
         _tuned[key] = best
         return best

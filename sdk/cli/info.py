@@ -32,4 +32,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"kernels on {dev}:")
         for fmt, kernel in kernel_table(dev).items():
             print(f"  {fmt:<10} {kernel}")
+    _print_triton_paths()
     return 0
+
+
+def _print_triton_paths() -> None:
+    """The Triton kernel's paths (GPU), which its tuner picks per weight shape and row bucket."""
+    try:
+        from xpullm.kernels.triton.configs import path_summary
+    except ImportError:  # no Triton in this environment
+        return
+    print("triton paths (cuda/xpu; timed per shape and row bucket):")
+    for line in path_summary():
+        print(f"  {line}")

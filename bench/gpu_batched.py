@@ -1,0 +1,158 @@
+"""Batched low-bit matmul on a GPU: the `mma` tiles per row bucket vs dequantize + cuBLAS vs cuBLAS bf16.
+
+For each format and the four Llama-3-8B layer shapes (qkv 6144x4096, o 4096x4096, gate_up 28672x4096, down
+4096x14336) and each row count M, times (median of 30 calls, L2 flushed before each) every `mma` candidate of
+the CUDA table (block_m from the row bucket), the dequantize + cuBLAS path, cuBLAS bf16 and, for sym_int4 g128
+at M = 1, the packaged table's decode GEMV (`gemv_q8`). Reported per M: the sum over the four shapes (one layer's projections), so
+"layer us" x 32 is the projection part of a Llama-3-8B step; and the prefill crossover (mma vs dequant).
+Writes the winners as tuning records (`--tuned`), to ship in `kernels/triton/tuned_<device>.json`.
+
+    python3 bench/gpu_batched.py --out $OUT/batched.md --tuned $OUT/tuned_batched.json
+        [--formats sym_int4:128,nf4:64] [--rows 1,8,16,32,64,256,1024] [--warm-only]
+
+`--warm-only` runs every candidate once (compiles into the Triton cache) without timing: start several such
+processes in parallel (one per format) before the timed run to spend the machine's cores on compiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
+LM_HEAD = (128256, 4096)  # tuned and recorded too (`--lm-head`), not part of the layer sums
+FORMATS = [("sym_int4", 128), ("asym_int4", 128), ("nf4", 64), ("fp4", 64), ("sym_int8", 0), ("fp8_e4m3", 0)]
+ROWS = [1, 8, 16, 32, 64, 256, 1024]
+
+
+def _parse_formats(text: str) -> list[tuple[str, int]]:
+    out = []
+    for item in text.split(","):
+        name, _, gs = item.partition(":")
+        out.append((name.strip(), int(gs) if gs else 0))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=None, help="markdown report to write")
+    ap.add_argument("--tuned", type=Path, default=None, help="tuning records of the winners (JSON)")
+    ap.add_argument("--formats", default=None)
+    ap.add_argument("--rows", default=",".join(map(str, ROWS)))
+    ap.add_argument("--lm-head", action="store_true", help="also tune the 128256x4096 output projection")
+    ap.add_argument("--warm-only", action="store_true", help="compile every candidate, time nothing")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gpu_batched.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+
+    from xpullm.formats import get_format
+    from xpullm.kernels.triton import LaunchConfig, pack_weight, run, run_q8, select_config, time_cold
+    from xpullm.kernels.triton.configs import CONFIG_TABLES, Q8_FORMATS, m_bucket, mma_block_m
+    from xpullm.kernels.triton.launch import Q8_KEY_DTYPE, _key, _prepare_x, quantize_activations
+
+    dev = torch.device("cuda")
+    formats = _parse_formats(args.formats) if args.formats else FORMATS
+    row_counts = [int(v) for v in args.rows.split(",")]
+
+    def timed(fn) -> float:
+        if args.warm_only:
+            fn()
+            return float("nan")
+        return time_cold(fn, dev) * 1e3  # us
+
+    torch.manual_seed(0)
+    results: dict = {}  # (fmt label, m) -> {"mma": us, "dequant": us, "bf16": us, ...}
+    records: list[dict] = []
+    bf16_us: dict = {}
+    for n, k in SHAPES + ([LM_HEAD] if args.lm_head else []):
+        in_layer = (n, k) in SHAPES
+        w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
+        for m in row_counts:
+            x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+            bf16_us[(n, k, m)] = timed(lambda x=x, w=w: F.linear(x, w))
+        for fmt, gs in formats:
+            label = f"{fmt} g{gs}" if gs else f"{fmt} per-row"
+            tw = pack_weight(get_format(fmt).quantize(w.float(), gs), dev)
+            for m in row_counts:
+                x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+                x2 = _prepare_x(x, tw)
+                fresh = {"mma": 0.0, "dequant": 0.0, "bf16": 0.0}
+                row = results.setdefault((label, m), fresh) if in_layer else fresh  # lm_head: not summed
+                row["bf16"] += bf16_us[(n, k, m)]
+                best, best_us = None, float("inf")
+                for cfg in CONFIG_TABLES["cuda"]["mma"]:
+                    cfg = replace(cfg, block_m=mma_block_m(m_bucket(m)))
+                    try:
+                        us = timed(lambda cfg=cfg, x2=x2, tw=tw: run(x2, tw, cfg))
+                    except Exception as exc:  # a tile this Triton cannot build: say so, time the rest
+                        print(f"# {label} {n}x{k} m={m} {cfg}: {type(exc).__name__}: {exc}"[:300], flush=True)
+                        continue
+                    if us < best_us or best is None:
+                        best, best_us = cfg, us
+                row["mma"] += best_us
+                row.setdefault("cfgs", []).append(
+                    f"{best.block_m}x{best.block_n}x{best.block_kb} s{best.split_k} w{best.num_warps} "
+                    f"st{best.num_stages}"
+                )
+                dq_us = timed(lambda x2=x2, tw=tw: run(x2, tw, LaunchConfig("dequant")))
+                row["dequant"] += dq_us
+                if m == 1 and (fmt, gs) == ("sym_int4", 128):  # the shipped batch-1 GEMV, for the step ratio
+                    cfg1 = select_config(tw, 1, x.dtype)
+                    row["gemv"] = row.get("gemv", 0.0) + timed(lambda c=cfg1, x2=x2, tw=tw: run(x2, tw, c))
+                if m > 1:  # batch 1 keeps the GEMVs' tuning
+                    winner = best if not dq_us < best_us else LaunchConfig("dequant")
+                    key = _key(tw, m, x.dtype)
+                    records.append({**dict(zip(_FIELDS, key, strict=True)), "config": asdict(winner)})
+                if fmt in Q8_FORMATS and 1 < m <= 8:  # the engine feeds these int8 rows (`matmul_q8`)
+                    act = quantize_activations(x)
+                    row["mma_q8"] = row.get("mma_q8", 0.0) + timed(
+                        lambda act=act, tw=tw, best=best: run_q8(act, tw, best)
+                    )
+                    key = _key(tw, m, Q8_KEY_DTYPE)
+                    records.append({**dict(zip(_FIELDS, key, strict=True)), "config": asdict(best)})
+                print(json.dumps({"fmt": label, "shape": f"{n}x{k}", "m": m, "mma_us": best_us,
+                                  "cfg": row["cfgs"][-1]}), flush=True)  # fmt: skip
+        del w
+        torch.cuda.empty_cache()
+    if args.warm_only:
+        return 0
+    lines = [
+        "# Batched low-bit matmul (one Llama-3-8B layer's projections)",
+        "",
+        f"Device: {torch.cuda.get_device_name(dev)}; torch {torch.__version__}; "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Sum over qkv 6144x4096, o 4096x4096, "
+        "gate_up 28672x4096, down 4096x14336 of the median of 30 L2-flushed calls (us). `mma` = best candidate "
+        "of the table; crossover = mma / dequant (< 1: mma faster).",
+        "",
+        "| format | M | mma us | mma (int8 act) us | batch-1 GEMV us | dequant+cuBLAS us | bf16 cuBLAS us | "
+        "mma vs bf16 | mma / dequant | tiles (per shape) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (label, m), r in results.items():
+        lines.append(
+            f"| {label} | {m} | {r['mma']:.1f} | {r.get('mma_q8', float('nan')):.1f} | "
+            f"{r.get('gemv', float('nan')):.1f} | {r['dequant']:.1f} | "
+            f"{r['bf16']:.1f} | {r['bf16'] / r['mma']:.2f}x | "
+            f"{r['mma'] / r['dequant']:.2f} | {'; '.join(r['cfgs'])} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    if args.tuned:
+        args.tuned.write_text(json.dumps(records, indent=1))
+    return 0
+
+
+_FIELDS = ("device", "format", "group_words", "n", "kw", "m_bucket", "dtype")
+
+if __name__ == "__main__":
+    raise SystemExit(main())

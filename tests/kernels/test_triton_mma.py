@@ -1,0 +1,135 @@
+"""The batched tensor-core kernel (`jit.mma_kernel`, path `mma`) vs its reference twin, for every format.
+
+Twin: dequantize the weight in fp32 and multiply in fp32 (bf16 activations), or, for int8 activations
+(`Q8Activations`), `cpu_native.reference_int8_activations`. Runs on a CUDA GPU; on CPU only under
+`TRITON_INTERPRET=1` (a ~20 s subset, which `make test` runs).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA and not INTERPRET:
+    pytest.skip(
+        "no CUDA GPU; set TRITON_INTERPRET=1 to run these kernels in Triton's CPU interpreter",
+        allow_module_level=True,
+    )
+
+from xpullm.formats import get_format  # noqa: E402
+from xpullm.kernels.triton import LaunchConfig, pack_weight, run, run_q8  # noqa: E402
+from xpullm.kernels.triton.configs import (  # noqa: E402
+    MMA_MAX_M,
+    Q8_FORMATS,
+    candidates,
+    default_config,
+    mma_block_m,
+)
+from xpullm.kernels.triton.launch import _prepare_x, quantize_activations  # noqa: E402
+
+DEVICE = torch.device("cuda" if HAS_CUDA and not INTERPRET else "cpu")
+pytestmark = pytest.mark.gpu
+
+FORMATS = [
+    ("sym_int4", 128),
+    ("sym_int4", 32),
+    ("asym_int4", 64),
+    ("nf4", 64),
+    ("fp4", 32),
+    ("sym_int8", 0),
+    ("sym_int8", 32),
+    ("fp8_e4m3", 0),
+    ("fp8_e5m2", 64),
+]
+# (N, K, M, config): aligned and ragged shapes (K padding, N and M masking, partial K steps), split-K.
+CASES = [
+    (37, 200, 3, LaunchConfig("mma", 16, 32, 2, 1, 4, 2)),
+    (64, 256, 20, LaunchConfig("mma", 16, 16, 2, 2, 4, 2)),
+]
+if not INTERPRET:
+    CASES += [
+        (300, 1030, 9, LaunchConfig("mma", 16, 64, 4, 2, 4, 3)),
+        (1000, 1030, 64, LaunchConfig("mma", 64, 64, 8, 2, 4, 3)),
+        (4096, 4096, 16, LaunchConfig("mma", 16, 64, 4, 4, 4, 3)),
+        (2048, 4096, 100, LaunchConfig("mma", 32, 128, 4, 1, 8, 3)),
+    ]
+
+
+def _seed() -> int:
+    return random.SystemRandom().randrange(2**31)  # fresh inputs every run; printed on failure
+
+
+def _weight(fmt: str, gs: int, n: int, k: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.05
+    w[:, : max(1, k // 50)] *= 20  # a few outlier columns, as real checkpoints have
+    return get_format(fmt).quantize(w, gs)
+
+
+def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    y = y.float().cpu()
+    assert y.shape == ref.shape
+    assert torch.isfinite(y).all(), "non-finite output (an element was not written)"
+    return ((y - ref).norm() / ref.norm().clamp_min(1e-12)).item()
+
+
+@pytest.mark.parametrize(("fmt", "gs"), FORMATS)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_mma_matches_reference(fmt, gs, case):
+    n, k, m, cfg = CASES[case]
+    seed = _seed()
+    qw = _weight(fmt, gs, n, k, seed)
+    tw = pack_weight(qw, DEVICE)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)).bfloat16()
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+    y = run(_prepare_x(x.to(DEVICE), tw), tw, cfg, out=out)
+    err = _rel_err(y, x.float() @ qw.dequantize(torch.float32).T)
+    # bf16 weights and activations in the dot, fp32 accumulation: ~6e-3 on these weights
+    assert err < 1e-2, f"{fmt} g{gs} {n}x{k} m={m} {cfg} seed={seed}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize(("fmt", "gs"), [f for f in FORMATS if f[0] in Q8_FORMATS])
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_mma_on_int8_activations_matches_its_twin(fmt, gs, case):
+    from xpullm.kernels.cpu_native import reference_int8_activations
+
+    n, k, m, cfg = CASES[case]
+    seed = _seed()
+    qw = _weight(fmt, gs, n, k, seed)
+    tw = pack_weight(qw, DEVICE)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)).bfloat16()
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+    y = run_q8(quantize_activations(x.to(DEVICE)), tw, cfg, out=out)
+    err = _rel_err(y, reference_int8_activations(x.float(), qw))
+    assert err < 1e-2, f"{fmt} g{gs} {n}x{k} m={m} {cfg} seed={seed}: relative error {err:.2e}"
+
+
+def test_registry_offers_mma_tiles_per_row_bucket(monkeypatch):
+    tw = pack_weight(_weight("nf4", 64, 64, 256, 0), DEVICE)
+    monkeypatch.delenv("XPULLM_TRITON_MMA", raising=False)
+    assert not [c for c in candidates("cuda", tw, 16, torch.bfloat16) if c.path == "mma"]  # opt-in for now
+    assert default_config(tw, 16, torch.bfloat16).path != "mma"  # untimed choices stay on verified paths
+    monkeypatch.setenv("XPULLM_TRITON_MMA", "1")
+    for m, bm in ((2, 16), (16, 16), (32, 32), (200, 64)):
+        mma = [c for c in candidates("cuda", tw, m, torch.bfloat16) if c.path == "mma"]
+        assert mma and all(c.block_m == bm == mma_block_m(m) for c in mma)
+    assert not [c for c in candidates("cuda", tw, 2 * MMA_MAX_M, torch.bfloat16) if c.path == "mma"]
+    assert not [c for c in candidates("cuda", tw, 16, torch.float32) if c.path == "mma"]  # no tf32 dots
+    int4 = pack_weight(_weight("sym_int4", 128, 64, 256, 0), DEVICE)
+    assert not [c for c in candidates("cuda", int4, 1, torch.bfloat16) if c.path == "mma"]  # dp4a GEMV there
+
+
+def test_mma_refuses_fp32_activations_and_short_tiles():
+    tw = pack_weight(_weight("sym_int4", 32, 37, 200, 0), DEVICE)
+    x = _prepare_x(torch.randn(3, 200, device=DEVICE), tw)
+    with pytest.raises(ValueError, match="bf16 / fp16"):
+        run(x, tw, LaunchConfig("mma", 16, 32, 2, 1, 4, 2))
+    with pytest.raises(ValueError, match="block_m >= 16"):
+        run(x.bfloat16(), tw, LaunchConfig("mma", 8, 32, 2, 1, 4, 2))
