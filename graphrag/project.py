@@ -15,6 +15,7 @@ from xpullm.graphrag.index import IndexResult, run_index
 from xpullm.graphrag.query import Answer, AnswerStream, QueryEngine
 from xpullm.graphrag.stats import IndexStats
 from xpullm.graphrag.tables import TableStore
+from xpullm.protocols import EmbeddingModel, TextEngine
 
 __all__ = ["GraphRAG", "init_project"]
 
@@ -45,8 +46,8 @@ class GraphRAG:
     def __init__(
         self,
         root: str | Path,
-        llm: Any = None,
-        embedder: Any = None,
+        llm: TextEngine | None = None,
+        embedder: EmbeddingModel | None = None,
         config: GraphRAGConfig | None = None,
         transcript: str | Path | None = None,
     ) -> None:
@@ -63,7 +64,7 @@ class GraphRAG:
         self.query_stats = IndexStats()  # query calls are counted here, not in the index's stats.json
 
     @property
-    def llm(self) -> Any:
+    def llm(self) -> TextEngine:
         """The engine object (the packaged default `xpullm.LLM()` is loaded on first use)."""
         if self._llm is None:
             from xpullm.engine import LLM
@@ -72,7 +73,7 @@ class GraphRAG:
         return self._llm
 
     @property
-    def embedder(self) -> Any:
+    def embedder(self) -> EmbeddingModel:
         """The embedder object (the packaged default `xpullm.Embedder()` is loaded on first use)."""
         if self._embedder is None:
             from xpullm.embeddings import Embedder

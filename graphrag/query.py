@@ -13,7 +13,6 @@ from typing import Any
 
 from xpullm.graphrag.calls import LLMCaller
 from xpullm.graphrag.config import QueryConfig
-from xpullm.graphrag.embedding import embed_texts, embedder_name
 from xpullm.graphrag.errors import ConfigError
 from xpullm.graphrag.jsonfix import parse_json_object
 from xpullm.graphrag.prompts import (
@@ -28,6 +27,7 @@ from xpullm.graphrag.prompts import (
     fill,
 )
 from xpullm.graphrag.tables import TableStore
+from xpullm.protocols import EmbeddingModel
 
 __all__ = ["METHODS", "Answer", "AnswerStream", "ContextRecord", "QueryEngine"]
 
@@ -96,7 +96,13 @@ METHODS = ("local", "global", "basic", "drift")
 class QueryEngine:
     """Runs the four query methods over the tables in a `TableStore`."""
 
-    def __init__(self, store: TableStore, caller: LLMCaller, embedder: Any, config: QueryConfig) -> None:
+    def __init__(
+        self,
+        store: TableStore,
+        caller: LLMCaller,
+        embedder: EmbeddingModel | Callable[[], EmbeddingModel],
+        config: QueryConfig,
+    ) -> None:
         """embedder: an embedder object, or a zero-argument callable returning one (loaded only when needed)."""
         self.store = store
         self.caller = caller
@@ -106,9 +112,9 @@ class QueryEngine:
         self._vectors: dict[str, tuple[list[str], Any]] = {}
 
     @property
-    def embedder(self) -> Any:
+    def embedder(self) -> EmbeddingModel:
         """The embedder; a zero-argument callable is called on first use (global search never needs one)."""
-        if callable(self._embedder) and not hasattr(self._embedder, "embed"):
+        if not isinstance(self._embedder, EmbeddingModel):
             self._embedder = self._embedder()
         return self._embedder
 
@@ -120,7 +126,7 @@ class QueryEngine:
     def vectors(self, target: str) -> tuple[list[str], Any]:
         if target not in self._vectors:
             self._vectors[target] = self.store.read_vectors(
-                target, embedder_name(self.embedder), int(self.embedder.dim)
+                target, self.embedder.model_name, int(self.embedder.dim)
             )
         return self._vectors[target]
 
@@ -158,7 +164,7 @@ class QueryEngine:
         ids, mat = self.vectors(target)
         if not ids:
             return []
-        q = embed_texts(self.embedder, [question], 1)[0]
+        q = self.embedder.embed_matrix([question], batch_size=1)[0]
         sims = mat @ q / ((mat**2).sum(axis=1) ** 0.5 * float((q**2).sum()) ** 0.5 + 1e-9)
         order = sorted(range(len(ids)), key=lambda i: (-float(sims[i]), ids[i]))[:k]
         return [(ids[i], float(sims[i])) for i in order]

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from xpullm.errors import ModelNotFound, XPULLMError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 __all__ = ["POOLING_MODES", "Embedder", "EmbedderConfig", "default_embedder_path"]
@@ -205,7 +206,7 @@ class Embedder:
         self, texts: Sequence[str], batch_size: int = 32, show_progress: bool | None = None
     ) -> list[list[float]]:
         """Embed `texts` and return one list of Python floats per text, in the input order."""
-        return self.embed_array(texts, batch_size=batch_size, show_progress=show_progress).tolist()
+        return self.embed_matrix(texts, batch_size=batch_size, show_progress=show_progress).tolist()
 
     def embed_query(self, text: str) -> list[float]:
         """Embed one query string."""
@@ -213,9 +214,13 @@ class Embedder:
             raise TypeError(f"embed_query expects a str, got {type(text).__name__}: {text!r:.80}")
         return self.embed([text])[0]
 
-    def embed_array(
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` under the model's tokenizer, without special tokens (chunks are sized with it)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def embed_matrix(
         self, texts: Sequence[str], batch_size: int = 32, show_progress: bool | None = None
-    ) -> Any:
+    ) -> np.ndarray:
         """Like `embed` but returns a float32 numpy array of shape [len(texts), dim] (what vector indexes want)."""
         import numpy as np
         import torch

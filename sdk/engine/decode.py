@@ -25,6 +25,7 @@ from torch import nn
 
 from xpullm.engine.step_ops import FusedStepOps, StepOps, rotate_qk, static_step
 from xpullm.kernels import cpu_native
+from xpullm.linear import LowBitLinear, fuse_linears
 
 __all__ = [
     "FAMILIES",
@@ -128,14 +129,13 @@ def _fuse_linear(mods: list[nn.Module]) -> nn.Module | None:
     return fused
 
 
+@register_fuser(LowBitLinear)
 def _fuse_low_bit(mods: list[nn.Module]) -> nn.Module | None:
     """Concatenate LowBitLinear siblings row-wise (`xpullm.linear.fuse_linears`), or None when they differ.
 
     The fused copy is extra memory next to the originals (the model keeps working unchanged); at batch 1 one
     kernel call instead of two or three saves more time than the copy costs for models this engine targets.
     """
-    from xpullm.linear import fuse_linears
-
     try:
         fused = fuse_linears(mods)  # type: ignore[arg-type]
     except ValueError:  # different formats / group sizes / input widths: call them one by one
@@ -160,8 +160,6 @@ def _fused(mods: list[nn.Module]) -> nn.Module:
         return mods[0]
     if len({type(m) for m in mods}) == 1:
         fuser = _FUSERS.get(type(mods[0]))
-        if fuser is None and type(mods[0]).__name__ == "LowBitLinear":
-            fuser = _fuse_low_bit
         if fuser is not None:
             fused = fuser(mods)
             if fused is not None:

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xpullm.linear import LowBitLinear
+
 __all__ = ["FusedStepOps", "StepOps", "rotate_qk", "static_step"]
 
 # Batches of up to 8 rows get their activations quantized by the producing kernel, for the int8-activation GEMV
@@ -93,9 +95,9 @@ class FusedStepOps(StepOps):
             return False
         key = id(mod)
         if key not in self._q8:
-            kernel = getattr(mod, "kernel", None)
-            takes = getattr(kernel, "takes_q8", None)
-            self._q8[key] = bool(takes and getattr(mod, "bias", 0) is None and takes(mod.state))
+            self._q8[key] = (
+                isinstance(mod, LowBitLinear) and mod.bias is None and mod.kernel.takes_q8(mod.state)
+            )
         return self._q8[key]
 
     def prepare(self, pos: torch.Tensor, capacity: int) -> Any:

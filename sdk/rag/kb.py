@@ -10,13 +10,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from xpullm.protocols import ChatEngine, EmbeddingModel, TokenCounter
 from xpullm.rag.answer import (
     NO_ANSWER,
-    SYSTEM,
     Answer,
     AnswerStream,
     attribute_citations,
-    build_prompt,
     cut_repetition,
     extract_citations,
     fit_sources,
@@ -33,7 +32,7 @@ from xpullm.rag.errors import (
     UnknownTemplate,
 )
 from xpullm.rag.ingest import IngestReport, doc_id_for, expand_sources, run_job, safe_name
-from xpullm.rag.retrieval import Candidate, Hit, apply_reranker, fuse
+from xpullm.rag.retrieval import Candidate, Hit, Reranker, RerankFn, apply_reranker, fuse
 from xpullm.rag.storage.base import DocumentRecord, JobItem
 
 __all__ = ["DocumentNotFound", "KBConfig", "KnowledgeBase"]
@@ -68,7 +67,7 @@ class KBConfig:
 class KnowledgeBase:
     """A local, embedded knowledge base. Use `KnowledgeBase.create(path)` or `KnowledgeBase.open(path)`."""
 
-    def __init__(self, path: Path, embedder: Any, config: KBConfig, read_only: bool) -> None:
+    def __init__(self, path: Path, embedder: EmbeddingModel, config: KBConfig, read_only: bool) -> None:
         from xpullm.rag.storage.faiss_index import FaissVectorIndex
         from xpullm.rag.storage.sqlite_store import SQLiteStore
 
@@ -93,7 +92,7 @@ class KnowledgeBase:
     def create(
         cls,
         path: str | os.PathLike[str],
-        embedder: Any = None,
+        embedder: EmbeddingModel | str | os.PathLike[str] | None = None,
         config: KBConfig | None = None,
         exist_ok: bool = False,
     ) -> KnowledgeBase:
@@ -126,7 +125,10 @@ class KnowledgeBase:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], embedder: Any = None, read_only: bool = False
+        cls,
+        path: str | os.PathLike[str],
+        embedder: EmbeddingModel | str | os.PathLike[str] | None = None,
+        read_only: bool = False,
     ) -> KnowledgeBase:
         """Open an existing base. `embedder=None` loads the model the base was built with.
 
@@ -152,15 +154,17 @@ class KnowledgeBase:
                 f"{db} has no embedder record; was its creation interrupted? Re-create it"
             )
         if embedder is None:
-            embedder = None if stored_name == DEFAULT_EMBEDDER_NAME else stored_name
-            emb = _make_embedder(embedder)
+            emb = _make_embedder(None if stored_name == DEFAULT_EMBEDDER_NAME else stored_name)
         else:
-            emb = _make_embedder(embedder)
-            if _embedder_name(emb) != stored_name or int(emb.dim) != stored_dim:
+            emb = _load_embedder(embedder)
+            # Compare before checking the interface: a different model is the more useful error.
+            name, dim = str(getattr(emb, "model_name", type(emb).__name__)), int(getattr(emb, "dim", 0))
+            if name != stored_name or dim != stored_dim:
                 raise EmbedderMismatch(
-                    f"{path} was built with embedder {stored_name!r} ({stored_dim}-d) but {_embedder_name(emb)!r} "
-                    f"({emb.dim}-d) was given; open it with embedder=None (or that model), or create a new base"
+                    f"{path} was built with embedder {stored_name!r} ({stored_dim}-d) but {name!r} "
+                    f"({dim}-d) was given; open it with embedder=None (or that model), or create a new base"
                 )
+            emb = _make_embedder(emb)
         return cls(path, emb, config, read_only=read_only)
 
     @staticmethod
@@ -265,14 +269,9 @@ class KnowledgeBase:
     # -- ingestion ----------------------------------------------------------------------------------------
     def chunking_config(self) -> ChunkingConfig:
         """Chunk budget measured in the embedder's own tokens."""
-        tok = getattr(self.embedder, "tokenizer", None)
-        if tok is not None:
-
-            def count(text: str) -> int:
-                return len(tok(text, add_special_tokens=False)["input_ids"])
-
-            return ChunkingConfig(self.config.chunk_tokens, self.config.overlap_tokens, count)
-        return ChunkingConfig(self.config.chunk_tokens, self.config.overlap_tokens)
+        return ChunkingConfig(
+            self.config.chunk_tokens, self.config.overlap_tokens, self.embedder.count_tokens
+        )
 
     def text_path(self, source: str) -> Path:
         """Where the base keeps the text of an in-memory document (always inside the base's folder)."""
@@ -402,22 +401,10 @@ class KnowledgeBase:
         return len(removed)
 
     def _embed_texts(self, texts: list[str]) -> Any:
-        import numpy as np
-
-        if hasattr(self.embedder, "embed_array"):
-            return self.embedder.embed_array(
-                texts, batch_size=self.config.embed_batch_size, show_progress=False
-            )
-        return np.asarray(self.embedder.embed(texts), dtype=np.float32).reshape(
-            len(texts), int(self.embedder.dim)
-        )
+        return self.embedder.embed_matrix(texts, batch_size=self.config.embed_batch_size, show_progress=False)
 
     def _embed_query(self, text: str) -> Any:
-        import numpy as np
-
-        if hasattr(self.embedder, "embed_array"):
-            return self.embedder.embed_array([text], show_progress=False)[0]
-        return np.asarray(self.embedder.embed_query(text), dtype=np.float32)
+        return self.embedder.embed_matrix([text], show_progress=False)[0]
 
     # -- retrieval ----------------------------------------------------------------------------------------
     def search(
@@ -427,7 +414,7 @@ class KnowledgeBase:
         vector_weight: float = 0.5,
         fusion: str = "weighted",
         filters: Mapping[str, Any] | None = None,
-        rerank: Any = None,
+        rerank: Reranker | RerankFn | None = None,
         min_similarity: float | None = None,
         candidates: int | None = None,
     ) -> list[Hit]:
@@ -512,7 +499,7 @@ class KnowledgeBase:
     def ask(
         self,
         question: str,
-        llm: Any = None,
+        llm: ChatEngine | None = None,
         stream: bool = False,
         top_k: int = 4,
         min_similarity: float = 0.25,
@@ -538,12 +525,13 @@ class KnowledgeBase:
             from xpullm.engine import LLM
 
             llm = LLM()
-        budget = None
-        count = getattr(llm, "count_tokens", None)
-        ctx = getattr(llm, "context_length", None)
-        if callable(count) and isinstance(ctx, int):
-            budget = ctx - max_new_tokens - 64  # 64: chat-template markup around the two messages
-        hits = fit_sources(question, hits, count if callable(count) else None, budget)
+        count, budget = None, None
+        if isinstance(llm, TokenCounter):
+            count = llm.count_tokens
+            budget = (
+                llm.context_length - max_new_tokens - 64
+            )  # 64: chat-template markup around the two messages
+        hits = fit_sources(question, hits, count, budget)
         # No repetition penalty by default: the engine's penalty counts the prompt's tokens too, so it pushes the
         # model away from every word of the sources and from the `[n]` markers, which are what a grounded answer
         # must copy (at 1.1 SmolLM2-135M wrote off-topic text instead of the source's facts). Loops are cut instead.
@@ -563,41 +551,35 @@ class KnowledgeBase:
                 mode = "attributed" if citations else "none"
             return Answer(text, citations, sources, question, grounded=True, citation_mode=mode)
 
-        use_chat = hasattr(llm, "chat")
         if stream:
-            if use_chat and hasattr(llm, "stream_chat"):
-                deltas = llm.stream_chat(llm_messages(question, hits), **params)
-            else:
-                deltas = llm.stream(SYSTEM + "\n\n" + build_prompt(question, hits) + "\n\nAnswer:", **params)
+            deltas = llm.stream_chat(llm_messages(question, hits), **params)
             return AnswerStream(until_repetition(iter(deltas)), finish)
-        if use_chat:
-            completion = llm.chat(llm_messages(question, hits), **params)
-        else:
-            completion = llm.generate(
-                SYSTEM + "\n\n" + build_prompt(question, hits) + "\n\nAnswer:", **params
-            )
-        return finish(completion.text)
+        return finish(llm.chat(llm_messages(question, hits), **params).text)
 
 
 DEFAULT_EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def _make_embedder(embedder: Any) -> Any:
+def _load_embedder(embedder: EmbeddingModel | str | os.PathLike[str] | None) -> EmbeddingModel:
     if embedder is None or isinstance(embedder, (str, os.PathLike)):
         from xpullm.embeddings import Embedder
 
         return Embedder(embedder)
-    for attr in ("dim", "embed"):
-        if not hasattr(embedder, attr):
-            raise TypeError(
-                f"embedder must be an xpullm.Embedder, a model path/hub id or None; {type(embedder).__name__} "
-                f"has no {attr!r}"
-            )
     return embedder
 
 
-def _embedder_name(embedder: Any) -> str:
-    return str(getattr(embedder, "model_name", type(embedder).__name__))
+def _make_embedder(embedder: EmbeddingModel | str | os.PathLike[str] | None) -> EmbeddingModel:
+    emb = _load_embedder(embedder)
+    if not isinstance(emb, EmbeddingModel):
+        raise TypeError(
+            f"embedder must be an xpullm.Embedder, a model path/hub id or None; {type(emb).__name__} does not "
+            "follow xpullm.protocols.EmbeddingModel (model_name, dim, embed_matrix, count_tokens)"
+        )
+    return emb
+
+
+def _embedder_name(embedder: EmbeddingModel) -> str:
+    return embedder.model_name
 
 
 def _attach_metadata(
