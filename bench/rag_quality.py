@@ -25,8 +25,8 @@ from pathlib import Path
 
 from rag_fragment import machine, wiki_articles, write_section
 
+from xpullm.documents import split_sentences
 from xpullm.rag import KBConfig, KnowledgeBase, LLMReranker
-from xpullm.rag.chunking import split_sentences
 
 
 def build_qa(

@@ -26,6 +26,7 @@ from xpullm.graphrag.config import (
 from xpullm.graphrag.errors import (
     CacheMiss,
     ConfigError,
+    EmbedderMismatch,
     EmbeddingMismatch,
     GraphRAGError,
     IndexNotFound,
@@ -47,6 +48,7 @@ __all__ = [
     "ClusterConfig",
     "ConfigError",
     "ContextRecord",
+    "EmbedderMismatch",
     "EmbeddingConfig",
     "EmbeddingMismatch",
     "ExtractionConfig",

@@ -9,8 +9,19 @@ kb.ask("how do I install it?").text
 ```
 """
 
+from xpullm.documents import (
+    Block,
+    Chunk,
+    ChunkingConfig,
+    ParsedDocument,
+    chunk_document,
+    parse_file,
+    register_parser,
+    register_template,
+    supported_extensions,
+    template_names,
+)
 from xpullm.rag.answer import Answer, AnswerStream, Citation
-from xpullm.rag.chunking import Chunk, ChunkingConfig, chunk_document, register_template, template_names
 from xpullm.rag.errors import (
     EmbedderMismatch,
     KnowledgeBaseError,
@@ -23,7 +34,6 @@ from xpullm.rag.errors import (
 )
 from xpullm.rag.ingest import IngestReport
 from xpullm.rag.kb import DocumentNotFound, KBConfig, KnowledgeBase
-from xpullm.rag.parsers import Block, ParsedDocument, parse_file, register_parser, supported_extensions
 from xpullm.rag.retrieval import Hit, LLMReranker, Reranker
 
 __all__ = [

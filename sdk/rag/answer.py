@@ -145,7 +145,7 @@ def attribute_citations(
     """
     import numpy as np
 
-    from xpullm.rag.chunking import split_sentences
+    from xpullm.documents.templates import split_sentences
 
     sentences = split_sentences(text)
     if not sentences or not sources:
@@ -171,7 +171,7 @@ def _repeat_start(text: str, final: bool) -> int | None:
 
     The last piece only counts when `final`: while text streams in it may still grow into another sentence.
     """
-    from xpullm.rag.chunking import sentence_spans
+    from xpullm.documents.templates import sentence_spans
 
     spans = sentence_spans(text)
     seen: set[str] = set()

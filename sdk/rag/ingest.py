@@ -19,9 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xpullm.rag.chunking import Chunk, ChunkingConfig, chunk_document
-from xpullm.rag.errors import KnowledgeBaseError, UnknownTemplate, UnsupportedFileType
-from xpullm.rag.parsers import parse_bytes, supported_extensions
+from xpullm.documents import Chunk, ChunkingConfig, DocumentError, chunk_document, list_files, parse_bytes
+from xpullm.rag.errors import KnowledgeBaseError
 from xpullm.rag.storage.base import ChunkRecord, DocumentRecord, JobItem
 
 if TYPE_CHECKING:
@@ -75,14 +74,12 @@ def doc_id_for(source: str) -> str:
 def expand_sources(paths: Sequence[str | os.PathLike[str]], recursive: bool = True) -> list[tuple[str, str]]:
     """Files to ingest as (source key, kind): folders are walked for files with a registered parser."""
     out: list[tuple[str, str]] = []
-    exts = set(supported_extensions())
     for p in paths:
         if not isinstance(p, (str, os.PathLike)):
             raise TypeError(f"paths must be file or folder paths, got {type(p).__name__}: {p!r:.80}")
         path = Path(p).expanduser().absolute()
         if path.is_dir():
-            walker = path.rglob("*") if recursive else path.glob("*")
-            out += [(str(f), "file") for f in sorted(walker) if f.is_file() and f.suffix.lower() in exts]
+            out += [(str(f), "file") for f in list_files(path, recursive=recursive)]
         else:
             # Missing or unsupported files still become job items, so the report names them as failed.
             out.append((str(path), "file"))
@@ -137,7 +134,7 @@ def _prepare(kb: KnowledgeBase, item: JobItem, cfg: ChunkingConfig) -> _Prepared
             added_at=time.time(),
         )
         return _Prepared(item, doc, chunks, replaces=existing is not None)
-    except (KnowledgeBaseError, UnsupportedFileType, UnknownTemplate) as exc:
+    except (KnowledgeBaseError, DocumentError) as exc:
         return replace(item, status="failed", reason=str(exc))
     except Exception as exc:  # a parser library choking on a malformed file must not stop the other files
         return replace(item, status="failed", reason=f"{type(exc).__name__}: {exc}")

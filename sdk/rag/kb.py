@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from xpullm.documents import ChunkingConfig, template_names
 from xpullm.protocols import ChatEngine, EmbeddingModel, TokenCounter
 from xpullm.rag.answer import (
     NO_ANSWER,
@@ -22,7 +23,6 @@ from xpullm.rag.answer import (
     llm_messages,
     until_repetition,
 )
-from xpullm.rag.chunking import ChunkingConfig, template_names
 from xpullm.rag.errors import (
     EmbedderMismatch,
     KnowledgeBaseError,
