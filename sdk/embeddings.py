@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xpullm.errors import ModelNotFound, XPULLMError
+from xpullm.hub import download, is_hub_id
 from xpullm.models import DEFAULT_EMBEDDER_NAME, default_embedder_path
 
 if TYPE_CHECKING:
@@ -116,18 +117,6 @@ POOLING_MODES: dict[str, Callable[[Any, Any], Any]] = {
 # on an AVX2-only CPU bf16 is emulated and ran 5x *slower*, so `_resolve_dtype` falls back to fp32 there. Every
 # choice stays within cosine 0.9999 of fp32, so rankings do not change.
 _AUTO_DTYPE = {"cpu": "bfloat16", "cuda": "bfloat16", "xpu": "bfloat16"}
-
-
-def _cpu_has_native_bf16() -> bool:
-    return _cpu_flag("avx512_bf16") or _cpu_flag("amx_bf16")
-
-
-def _cpu_flag(flag: str) -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(flag in line.split() for line in f if line.startswith("flags"))
-    except OSError:
-        return False
 
 
 class Embedder:
@@ -286,10 +275,12 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
 def _resolve_dtype(dtype: str, device_kind: str) -> torch.dtype:
     import torch
 
+    from xpullm.devices import native_bf16
+
     choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype == "auto":
         name = _AUTO_DTYPE.get(device_kind, "float32")
-        if device_kind == "cpu" and not _cpu_has_native_bf16():
+        if device_kind == "cpu" and not native_bf16(torch.device("cpu")):
             name = "float32"  # emulated bf16 is slower than fp32 on CPUs without AVX512-BF16/AMX
         return choices[name]
     if dtype not in choices:
@@ -321,29 +312,11 @@ def _resolve_model_folder(model: str | os.PathLike[str] | None) -> Path:
             )
         return path
     text = str(model)
-    looks_like_hub_id = text.count("/") <= 1 and not text.startswith((".", "/", "~")) and not path.suffix
-    if not looks_like_hub_id:
+    if not is_hub_id(text):
         raise ModelNotFound(
             f"embedding model folder {text!r} does not exist; pass an existing folder or a hub id"
         )
-    return _download_from_hub(text)
-
-
-def _download_from_hub(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as exc:
-        raise ModelNotFound(
-            f"{repo_id!r} is not a local folder and huggingface_hub is not installed to fetch it; "
-            "`pip install huggingface_hub` or pass a local folder"
-        ) from exc
-    try:
-        return Path(snapshot_download(repo_id=repo_id))
-    except Exception as exc:  # network, auth, missing repo: all mean "cannot get this model" to the caller
-        raise ModelNotFound(
-            f"could not fetch embedding model {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
-            "Offline? Download it elsewhere and pass the local folder, or use Embedder() for the packaged default."
-        ) from exc
+    return download(text, what="embedding model")
 
 
 def _display_name(model: str | os.PathLike[str] | None, folder: Path) -> str:

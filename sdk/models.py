@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 from xpullm.errors import ModelNotFound
+from xpullm.settings import runtime_settings
 
 __all__ = [
     "DEFAULT_EMBEDDER_NAME",
@@ -32,12 +32,7 @@ _CACHE_LAYOUT = 2  # bump when the converted folder's layout or exactness change
 
 def cache_dir() -> Path:
     """`$XPULLM_CACHE`, else the user cache dir (e.g. ~/.cache/xpullm)."""
-    env = os.environ.get("XPULLM_CACHE")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("xpullm"))
+    return runtime_settings().cache_dir()
 
 
 def _package_folder(package: str, install: str) -> Path:

@@ -13,7 +13,6 @@ each extra op costs more in dispatch than it saves. Families register themselves
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -26,6 +25,7 @@ from torch import nn
 from xpullm.engine.step_ops import FusedStepOps, StepOps, rotate_qk, static_step
 from xpullm.kernels import cpu_native
 from xpullm.linear import LowBitLinear, fuse_linears
+from xpullm.settings import runtime_settings
 
 __all__ = [
     "FAMILIES",
@@ -233,7 +233,7 @@ def gpu_decode_ops(device: torch.device) -> ModuleType | None:
     Each of its kernels replaces 3-8 small ATen kernels per layer (RMSNorm, SwiGLU, RoPE + KV write); at batch 1
     a decode step is hundreds of such kernels, so this is most of the step's non-matmul time.
     """
-    if device.type not in ("cuda", "xpu") or os.environ.get("XPULLM_FUSED_OPS", "1") == "0":
+    if device.type not in ("cuda", "xpu") or not runtime_settings().fused_ops:
         return None
     try:
         from xpullm.kernels.triton import decode_ops

@@ -16,7 +16,6 @@ sequential, see `decode.py`), which is left to the eager path. Prefill is always
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -24,13 +23,14 @@ from typing import Any
 import torch
 
 from xpullm.engine.step_ops import static_step
+from xpullm.settings import runtime_settings
 
 __all__ = ["GraphedDecoder", "graphs_enabled", "static_step"]
 
 
 def graphs_enabled(device: torch.device) -> bool:
     """CUDA graphs are used on CUDA devices unless XPULLM_CUDA_GRAPHS=0."""
-    return device.type == "cuda" and os.environ.get("XPULLM_CUDA_GRAPHS", "1") != "0"
+    return device.type == "cuda" and runtime_settings().cuda_graphs
 
 
 @dataclass

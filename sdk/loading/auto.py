@@ -7,7 +7,6 @@ or a Hugging Face hub id (downloaded with `huggingface_hub`; a clear `ModelNotFo
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,15 +14,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from xpullm.devices import resolve_device
+from xpullm.devices import default_dtype, resolve_device
 from xpullm.errors import ModelNotFound, UnsupportedArchitecture
 from xpullm.formats import get_format
+from xpullm.hub import download, is_hub_id
 from xpullm.loading.build import BuildOptions, build_model
 from xpullm.loading.sources import LOWBIT_MANIFEST, LowBitSource, SafetensorsSource
 
 __all__ = ["AutoModelForCausalLM", "LowBitModelMixin", "ModelSource", "load_tokenizer", "resolve_source"]
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
 
 
@@ -39,18 +38,6 @@ class ModelSource:
     def label(self) -> str:
         """A short name for logs and `model_name` fields."""
         return self.gguf_file.removesuffix(".gguf") if self.gguf_file else self.folder.name
-
-
-def _download(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
-    except Exception as exc:  # offline, unknown repo, gated repo: all end the same way for the caller
-        raise ModelNotFound(
-            f"could not fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
-            "Check the id and the network, or pass a local folder or .gguf file instead."
-        ) from exc
 
 
 def resolve_source(path: str | os.PathLike, gguf_file: str | None = None) -> ModelSource:
@@ -77,8 +64,8 @@ def resolve_source(path: str | os.PathLike, gguf_file: str | None = None) -> Mod
         hint = f" It has several .gguf files ({ggufs}); pass gguf_file=." if ggufs else ""
         raise ModelNotFound(f"{p} has no config.json, low-bit manifest or .gguf file.{hint}")
     text = str(path)
-    if _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
-        return resolve_source(_download(text), gguf_file)
+    if is_hub_id(text):
+        return resolve_source(download(text, _HUB_FILES), gguf_file)
     raise ModelNotFound(f"model path {text!r} does not exist (and is not a hub id like 'org/name')")
 
 
@@ -133,11 +120,6 @@ def _attach(model: nn.Module, src: ModelSource) -> nn.Module:
     return model
 
 
-def _default_dtype(device: torch.device) -> torch.dtype:
-    # bf16 activations: the CPU int4 op is fast only with them and GPUs compute natively in bf16.
-    return torch.bfloat16
-
-
 class AutoModelForCausalLM:
     """Drop-in for `transformers.AutoModelForCausalLM` that loads straight into low-bit linear layers."""
 
@@ -165,7 +147,7 @@ class AutoModelForCausalLM:
             get_format(low_bit).resolve_group_size(group_size, 1024)
         opts = BuildOptions(low_bit=low_bit, group_size=group_size, modules_to_not_convert=tuple(modules_to_not_convert),
                             mixed_precision=mixed_precision, device=target,
-                            dtype=dtype or torch_dtype or _default_dtype(target), progress=progress)  # fmt: skip
+                            dtype=dtype or torch_dtype or default_dtype(target), progress=progress)  # fmt: skip
         if src.kind == "gguf":
             from xpullm.loading.gguf_source import GGUFSource
 
