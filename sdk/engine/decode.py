@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xpullm.engine.step_ops import FusedStepOps, StepOps, rotate_qk, static_step
+from xpullm.engine.step_ops import FusedStepOps, StepOps, decoder_layers, rotate_qk, static_step
 from xpullm.kernels import cpu_native
 from xpullm.linear import LowBitLinear, fuse_linears
 from xpullm.settings import runtime_settings
@@ -216,17 +216,6 @@ def swiglu(gu: torch.Tensor) -> torch.Tensor:
     return F.silu(g) * u
 
 
-def mlp_residual(
-    layer: _Layer,
-    x: torch.Tensor,
-    norm: Callable[..., torch.Tensor],
-    eps: float,
-    act: Callable[[torch.Tensor], torch.Tensor] = swiglu,
-) -> torch.Tensor:
-    """x + SwiGLU MLP(RMSNorm(x)): the second half of every decoder layer (`act`: a fused `swiglu` twin)."""
-    return x + layer.down(act(layer.gate_up(norm(x, (x.shape[-1],), layer.mlp_norm, eps))))
-
-
 def gpu_decode_ops(device: torch.device) -> ModuleType | None:
     """`xpullm.kernels.triton.decode_ops` on CUDA / XPU when Triton imports (and XPULLM_FUSED_OPS != 0), else None.
 
@@ -278,8 +267,10 @@ class StaticCacheDecoder:
         d = self.head_dim
         fusable_rope = gpu_ops is not None and not family.qk_norm and d & (d - 1) == 0 and d <= 256
         self._rope_write = gpu_ops.rope_kv_write if fusable_rope else None
-        # The fixed-shape (CUDA-graph) step: fused norms, attention and int8 activations where the kernels exist.
-        self.step_ops: StepOps = StepOps(self._norm, self._act)
+        # Eager passes (prefill, padded rows) run the plain ops; the fixed-shape (CUDA-graph) step runs fused
+        # norms, attention and int8 activations where the kernels exist.
+        self._eager_ops = StepOps(self._norm, self._act)
+        self.step_ops: StepOps = self._eager_ops
         if fusable_rope:
             from xpullm.kernels.triton import attention
 
@@ -312,6 +303,31 @@ class StaticCacheDecoder:
             gate_up=_fused([getattr(mlp, n) for n in fam.gate_up]),
             down=mlp.down_proj,
         )
+
+    # -- what the fixed-shape step (`step_ops.static_step`) reads
+
+    @property
+    def kv_cache(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The K and V caches, each [layers, batch, kv_heads, capacity, head_dim] (after the first `start`)."""
+        assert self._k is not None and self._v is not None, "no cache before the first start()"
+        return self._k, self._v
+
+    @property
+    def cos(self) -> torch.Tensor:
+        """RoPE cosines per position [capacity, head_dim]."""
+        assert self._cos is not None, "no RoPE table before the first start()"
+        return self._cos
+
+    @property
+    def sin(self) -> torch.Tensor:
+        """RoPE sines per position [capacity, head_dim], first half negated (`rotate_qk`)."""
+        assert self._sin is not None, "no RoPE table before the first start()"
+        return self._sin
+
+    @property
+    def rope_write(self) -> Callable[..., torch.Tensor] | None:
+        """The fused RoPE + cache-write kernel of the fixed-shape step, or None (then RoPE is `rotate_qk`)."""
+        return self._rope_write
 
     # -- buffers
 
@@ -407,32 +423,31 @@ class StaticCacheDecoder:
         batch, t = ids.shape
         start = self.pos
         end = start + t
+        x = self.embed(ids)
+        if t == 1 and self._native_attention:
+            return self._native_step(x, positions)
         if positions is None:  # no padding: every row sits at the same position, a slice is enough
             cos = self._cos[start:end][None, None]
             sin = self._sin[start:end][None, None]
         else:
             cos = self._cos[positions][:, None]
             sin = self._sin[positions][:, None]
-        h, kv, d = self.n_heads, self.n_kv, self.head_dim
-        hidden, eps, norm = self.hidden, self.eps, self._norm
-        x = self.embed(ids)
+        h, kv, d, eps = self.n_heads, self.n_kv, self.head_dim, self.eps
         k_cache, v_cache = self._k, self._v
-        if t == 1 and self._native_attention:
-            return self._native_step(x, positions)
-        for i, layer in enumerate(self.layers):
-            y = norm(x, (hidden,), layer.attn_norm, eps)
-            qkv = layer.qkv(y).view(batch, t, h + 2 * kv, d).transpose(1, 2)
+
+        def attention(i: int, layer: _Layer, qkv: torch.Tensor) -> torch.Tensor:
+            qkv = qkv.view(batch, t, h + 2 * kv, d).transpose(1, 2)
             qk = rotate_qk(layer, qkv, h, kv, eps, cos, sin)
             k_cache[i, :, :, start:end] = qk[:, h:]
             v_cache[i, :, :, start:end] = qkv[:, h + kv :]
-            attn = self._attend(i, qk[:, :h], start, end)
-            x = x + layer.o_proj(attn.transpose(1, 2).reshape(batch, t, h * d))
-            x = mlp_residual(layer, x, norm, eps, self._act)
+            return self._attend(i, qk[:, :h], start, end).transpose(1, 2).reshape(batch, t, h * d)
+
+        x, delta = decoder_layers(self, x, self._eager_ops, attention)
         self.pos = end
-        return x
+        return x + delta
 
     def _native_step(self, x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-        """One decode step (CPU, fp32) with attention as one native call per layer.
+        """One decode step (CPU, fp32) with RoPE, cache write and attention as one native call per layer.
 
         Every row is attended on its own over its real keys (`first` skips left padding), as `_attend` does, so
         a row's tokens do not depend on the rest of the batch.
@@ -443,17 +458,16 @@ class StaticCacheDecoder:
             first = torch.zeros(batch, dtype=torch.long)
         else:
             rope_pos, first = positions[:, 0].contiguous(), self._pad_t
-        hidden, eps, norm = self.hidden, self.eps, self._norm
-        for i, layer in enumerate(self.layers):
-            y = norm(x, (hidden,), layer.attn_norm, eps)
-            attn = cpu_native.decode_attention(
-                layer.qkv(y).contiguous(), self._cos, self._sin, rope_pos, self._k[i], self._v[i], first, slot,
+
+        def attention(i: int, layer: _Layer, qkv: torch.Tensor) -> torch.Tensor:
+            return cpu_native.decode_attention(
+                qkv.contiguous(), self._cos, self._sin, rope_pos, self._k[i], self._v[i], first, slot,
                 self.n_heads, self.scale,
             )  # fmt: skip
-            x = x + layer.o_proj(attn)
-            x = mlp_residual(layer, x, norm, eps)
+
+        x, delta = decoder_layers(self, x, self._eager_ops, attention)
         self.pos = slot + 1
-        return x
+        return x + delta
 
 
 # --- the fallback decoder ------------------------------------------------------------------------------------

@@ -67,7 +67,8 @@ class GraphedDecoder:
     def start(self, input_ids: torch.Tensor, pad: torch.Tensor, max_len: int) -> torch.Tensor:
         """Prefill (eager)."""
         logits = self.inner.start(input_ids, pad, max_len)
-        key = (self.inner._k.data_ptr(), self.inner._k.shape[3], self.inner._cos.data_ptr())
+        k_cache = self.inner.kv_cache[0]
+        key = (k_cache.data_ptr(), k_cache.shape[3], self.inner.cos.data_ptr())
         if key != self._buffers_key:
             self._graphs.clear()  # recorded on buffers that no longer exist
             self._buffers_key = key
