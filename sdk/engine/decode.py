@@ -12,19 +12,20 @@ each extra op costs more in dispatch than it saves. Families register themselves
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xpullm.engine.fusion import fused as _fused
+from xpullm.engine.fusion import register_fuser
+from xpullm.engine.hf_decoder import HFDecoder
 from xpullm.engine.step_ops import FusedStepOps, StepOps, decoder_layers, rotate_qk, static_step
 from xpullm.kernels import cpu_native
-from xpullm.linear import LowBitLinear, fuse_linears
 from xpullm.settings import runtime_settings
 
 __all__ = [
@@ -83,88 +84,6 @@ def register_family(*model_types: str) -> Callable[[Family], Family]:
 register_family("llama", "mistral", "qwen2")(Family("llama"))
 register_family("qwen3")(Family("qwen3", qk_norm=True))
 register_family("phi3")(Family("phi3", qkv=("qkv_proj",), gate_up=("gate_up_proj",)))
-
-# --- projection fusion --------------------------------------------------------------------------------------
-
-Fuser = Callable[[list[nn.Module]], "nn.Module | None"]
-_FUSERS: dict[type, Fuser] = {}
-
-
-def register_fuser(module_type: type) -> Callable[[Fuser], Fuser]:
-    """Register how sibling projections of `module_type` (same input) become one module with concatenated output.
-
-    A fuser returns None when it cannot fuse this particular set; the decoder then calls the modules one by one.
-    """
-
-    def add(fn: Fuser) -> Fuser:
-        _FUSERS[module_type] = fn
-        return fn
-
-    return add
-
-
-@register_fuser(nn.Linear)
-def _fuse_linear(mods: list[nn.Module]) -> nn.Module | None:
-    ws = [m.weight for m in mods]
-    if len({w.shape[1] for w in ws}) != 1 or len({(w.dtype, w.device) for w in ws}) != 1:
-        return None
-    weight = torch.cat([w.detach() for w in ws])
-    bias = None
-    if any(m.bias is not None for m in mods):
-        bias = torch.cat(
-            [m.bias.detach() if m.bias is not None else weight.new_zeros(m.out_features) for m in mods]
-        )
-    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-    fused.weight = nn.Parameter(weight, requires_grad=False)
-    if bias is not None:
-        fused.bias = nn.Parameter(bias, requires_grad=False)
-    # Point the original modules at slices of the fused tensor, so the model keeps working and weights exist once.
-    row = 0
-    for m in mods:
-        n = m.out_features
-        m.weight = nn.Parameter(weight[row : row + n], requires_grad=False)
-        if m.bias is not None:
-            m.bias = nn.Parameter(bias[row : row + n], requires_grad=False)
-        row += n
-    return fused
-
-
-@register_fuser(LowBitLinear)
-def _fuse_low_bit(mods: list[nn.Module]) -> nn.Module | None:
-    """Concatenate LowBitLinear siblings row-wise (`xpullm.linear.fuse_linears`), or None when they differ.
-
-    The fused copy is extra memory next to the originals (the model keeps working unchanged); at batch 1 one
-    kernel call instead of two or three saves more time than the copy costs for models this engine targets.
-    """
-    try:
-        fused = fuse_linears(mods)  # type: ignore[arg-type]
-    except ValueError:  # different formats / group sizes / input widths: call them one by one
-        return None
-    # Only worth it when the fused weight runs the same (fast) kernel the parts ran.
-    return fused if fused.kernel.name == mods[0].kernel.name else None
-
-
-class _Concat(nn.Module):
-    """Calls sibling projections one by one and concatenates (when no fuser applies)."""
-
-    def __init__(self, mods: list[nn.Module]) -> None:
-        super().__init__()
-        self.mods = nn.ModuleList(mods)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m(x) for m in self.mods], dim=-1)
-
-
-def _fused(mods: list[nn.Module]) -> nn.Module:
-    if len(mods) == 1:
-        return mods[0]
-    if len({type(m) for m in mods}) == 1:
-        fuser = _FUSERS.get(type(mods[0]))
-        if fuser is not None:
-            fused = fuser(mods)
-            if fused is not None:
-                return fused
-    return _Concat(mods)
 
 
 class _EmbedRows:
@@ -468,66 +387,6 @@ class StaticCacheDecoder:
         x, delta = decoder_layers(self, x, self._eager_ops, attention)
         self.pos = slot + 1
         return x + delta
-
-
-# --- the fallback decoder ------------------------------------------------------------------------------------
-
-
-class HFDecoder:
-    """Any transformers causal LM: its own forward with a DynamicCache, one token per step."""
-
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
-        self.model = model
-        self.device = device
-        self.capacity = int(getattr(model.config, "max_position_embeddings", 1 << 30))
-        self._cache: Any = None
-        self._mask: torch.Tensor | None = None
-        self._next_pos: torch.Tensor | None = None
-        # transformers renamed `past_key_values` to `cache`; probe the signature instead of comparing versions.
-        params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-
-    @torch.inference_mode()
-    def start(self, input_ids: torch.Tensor, pad: torch.Tensor, max_len: int) -> torch.Tensor:
-        from transformers import DynamicCache
-
-        t = input_ids.shape[1]
-        cols = torch.arange(t, device=self.device)
-        self._mask = (cols[None] >= pad.to(self.device)[:, None]).long()
-        positions = (self._mask.cumsum(-1) - 1).clamp(min=0)
-        self._cache = DynamicCache()
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=self._mask,
-            position_ids=positions,
-            use_cache=True,
-            **{self._cache_kw: self._cache},
-        )
-        self._cache = _returned_cache(out, self._cache)
-        self._next_pos = positions[:, -1:] + 1
-        return out.logits[:, -1]
-
-    @torch.inference_mode()
-    def step(self, token_ids: torch.Tensor) -> torch.Tensor:
-        self._mask = torch.cat([self._mask, self._mask.new_ones(self._mask.shape[0], 1)], dim=1)
-        out = self.model(
-            input_ids=token_ids[:, None],
-            attention_mask=self._mask,
-            position_ids=self._next_pos,
-            use_cache=True,
-            **{self._cache_kw: self._cache},
-        )
-        self._cache = _returned_cache(out, self._cache)
-        self._next_pos = self._next_pos + 1
-        return out.logits[:, -1]
-
-
-def _returned_cache(out: Any, fallback: Any) -> Any:
-    for name in ("cache", "past_key_values"):
-        value = getattr(out, name, None)
-        if value is not None:
-            return value
-    return fallback
 
 
 def _static_ok(model: nn.Module) -> Family | None:
