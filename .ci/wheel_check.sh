@@ -4,11 +4,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-.venv/bin/python -m pip wheel -q --no-deps --no-build-isolation -w "$work/dist" . >/dev/null
+export PYTHONSAFEPATH=1  # the checkout's kernels/ must not shadow the PyPI package `kernels`
+.venv/bin/python -P -m pip wheel -q --no-deps --no-build-isolation -w "$work/dist" . >/dev/null
 python3 -m venv "$work/venv"
-pip="$work/venv/bin/python -m pip install -q --disable-pip-version-check"
-$pip torch==2.13.0
-$pip "$(ls "$work"/dist/xpullm-*.whl)[rag,langchain,llamaindex,graphrag,demo]"
+# The wheel's declared dependencies resolve here, held to the lock's versions (the ones the suite ran with).
+uv=".venv/bin/uv pip install -q --python $work/venv/bin/python"
+if [ -f /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl ]; then
+  $uv --find-links /opt/wheels "torch==2.13.0+cpu"
+else
+  $uv torch==2.13.0
+fi
+$uv --constraint requirements/lock.txt "$(ls "$work"/dist/xpullm-*.whl)[rag,langchain,llamaindex,graphrag,demo]"
 cd "$work"  # away from the source tree, so only the installed wheel can be imported
 "$work/venv/bin/python" - <<'PY'
 import importlib, importlib.util, pkgutil, sys

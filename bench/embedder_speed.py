@@ -11,11 +11,15 @@ docs/benchmarks-rag.md.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # run with -P, the script's folder is not on sys.path
 from rag_fragment import machine, wiki_articles, write_section
 
 

@@ -11,6 +11,8 @@
 #                                    # to be carried to a GPU machine whose python3 lacks them
 # Extra benchmark arguments may follow the mode, e.g. `bash bench/gpu_run.sh bench --formats sym_int4:128`.
 set -euo pipefail
+# Keep the working directory off sys.path: our top-level kernels/ would shadow the PyPI package `kernels`.
+export PYTHONSAFEPATH=1
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODE="${1:-all}"
 [ $# -gt 0 ] && shift

@@ -19,10 +19,12 @@ import random
 import re
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))  # run with -P, the script's folder is not on sys.path
 from rag_fragment import machine, wiki_articles, write_section
 
 from xpullm.documents import split_sentences

@@ -195,22 +195,27 @@ def _fits_fp16(t: torch.Tensor | None) -> bool:
     return t is None or bool(torch.isfinite(t).all() and t.abs().max() <= torch.finfo(torch.float16).max)
 
 
-def int8_block_activations(x: torch.Tensor, k: int) -> torch.Tensor:
-    """x [M, <= k] as the native kernels read it: padded to k columns, quantised per block of 32 to int8 (scale
-    max|x| / 127, round half to even) and decoded back to fp32, cut to x's own width."""
+def int8_block_activations(x: torch.Tensor, k: int, divide: bool = False) -> torch.Tensor:
+    """x [M, <= k] as the int8-activation kernels read it: padded to k columns, quantised per block of 32 to int8
+    (scale max|x| / 127, round half to even) and decoded back to fp32, cut to x's own width.
+
+    The C kernels multiply by the fp32 reciprocal of the scale; the Triton kernels divide (IEEE). The two round
+    some exact ties (common with bf16 inputs, e.g. 63.5) differently, so `divide` picks the twin of each.
+    """
     m = x.shape[0]
     blocks = F.pad(x.float(), (0, k - x.shape[1])).reshape(m, k // 32, 32)
     d = blocks.abs().amax(-1, keepdim=True) / 127.0
-    # Times the fp32 reciprocal, as the C code does: dividing by d rounds some exact ties (common with bf16
-    # inputs, e.g. 63.5) the other way.
-    inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
-    return ((blocks * inv).round() * d).reshape(m, k)[:, : x.shape[1]]
+    if divide:
+        v = torch.where(d > 0, blocks / d, torch.zeros_like(blocks))
+    else:
+        v = blocks * torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+    return (v.round() * d).reshape(m, k)[:, : x.shape[1]]
 
 
-def reference_int8_activations(x: torch.Tensor, qw: Any) -> torch.Tensor:
-    """What the native kernels compute, in PyTorch: int8 block activations times the exactly decoded weight.
-    Their exact twin up to float summation order."""
-    return int8_block_activations(x, qw.padded_k) @ qw.dequantize(torch.float32).T
+def reference_int8_activations(x: torch.Tensor, qw: Any, divide: bool = False) -> torch.Tensor:
+    """What the int8-activation kernels compute, in PyTorch: int8 block activations times the exactly decoded
+    weight. Their exact twin up to float summation order (`divide`: the Triton kernels' rounding)."""
+    return int8_block_activations(x, qw.padded_k, divide) @ qw.dequantize(torch.float32).T
 
 
 _TILE = 4  # weight rows per tile in the runtime layout

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Every Python the suite starts (subprocess tests, `python -c`) keeps the working directory off sys.path: the
+# checkout's top-level `kernels/` would otherwise shadow the PyPI package `kernels` that transformers imports.
+os.environ["PYTHONSAFEPATH"] = "1"
 # Tests never reach the network: hub look-ups fail at once instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -3,12 +3,17 @@
 A module plugs in by defining `register(subparsers) -> None`, which adds its parser and sets
 `func=handler(args) -> int`. Plug-ins from other packages are listed here too and skipped only while the module
 does not exist yet; any other import error is shown, never hidden.
+
+A user's mistake (an `XPULLMError`: a missing path, an unknown format, an empty prompt, a missing index, ...)
+prints one `error:` line and a hint and exits with status 1; `--debug` (anywhere on the line) or
+`XPULLM_DEBUG=1` shows the traceback instead. Ctrl-C exits with 130 without a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -53,14 +58,34 @@ def build_parser(modules: Sequence[str] = SUBCOMMAND_MODULES) -> argparse.Argume
     return parser
 
 
+def _split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """`--debug` may stand anywhere on the line (before or after the subcommand); it is taken out before parsing."""
+    rest = [a for a in argv if a != "--debug"]
+    return rest, len(rest) != len(argv) or os.environ.get("XPULLM_DEBUG", "") not in ("", "0")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `xpullm` script; returns the process exit code."""
+    from xpullm.errors import XPULLMError
+
+    argv, debug = _split_debug(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except XPULLMError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        print(f"hint: see 'xpullm {args.command} --help'; add --debug for the traceback", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -103,7 +103,7 @@ class AutoModelForCausalLM:
             source = LowBitSource(src.folder)
         elif src.kind == "hf":
             source = SafetensorsSource(src.folder)
-        model = build_model(config, source.tensors(), opts)
+        model = build_model(config, source.tensors(), opts, total=source.count())
         _load_generation_config(model, src)
         return _attach(model, src)
 
@@ -122,7 +122,7 @@ class AutoModelForCausalLM:
         opts = BuildOptions(low_bit=source.manifest["formats"][0] if source.manifest["formats"] else "bf16",
                             device=target, dtype=dtype or stored_dtype, progress=progress, stored_formats=True,
                             only_modules=frozenset(source.manifest["modules"]))  # fmt: skip
-        model = build_model(_config(src), source.tensors(), opts)
+        model = build_model(_config(src), source.tensors(), opts, total=source.count())
         _load_generation_config(model, src)
         return _attach(model, src)
 

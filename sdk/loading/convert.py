@@ -19,5 +19,5 @@ def convert_gguf_lossless(gguf_path: Path, dest: Path) -> Path:
     src = ModelSource("gguf", gguf_path.parent, gguf_path.name)
     source = GGUFSource(gguf_path)
     opts = BuildOptions(low_bit="bf16", stored_formats=True, dtype=torch.bfloat16, progress=False)
-    model = _attach(build_model(_config(src), source.tensors(), opts), src)
+    model = _attach(build_model(_config(src), source.tensors(), opts, total=source.count()), src)
     return save_low_bit(model, dest, load_tokenizer(src))

@@ -129,6 +129,10 @@ class GGUFSource:
         idx = torch.arange(rows).reshape(heads, rows // heads // 2, 2)
         return idx.transpose(1, 2).reshape(rows)
 
+    def count(self) -> int:
+        """How many items `tensors()` yields (for progress bars)."""
+        return len(self.reader.tensors)
+
     def tensors(self) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
         """Every tensor, as a float tensor (F32/F16/other types) or an exact `QuantizedWeight`."""
         from gguf import GGMLQuantizationType as T

@@ -55,6 +55,10 @@ class SafetensorsSource:
     def __init__(self, folder: Path) -> None:
         self.files = safetensors_files(folder)
 
+    def count(self) -> int:
+        """How many items `tensors()` yields (read from the files' headers; for progress bars)."""
+        return sum(len(_open(path).keys()) for path in self.files)
+
     def tensors(self) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
         for path in self.files:
             handle = _open(path)
@@ -76,6 +80,13 @@ class LowBitSource:
                 f"{folder / LOWBIT_MANIFEST} is not valid JSON: {exc}; save the model again"
             ) from exc
         self.files = safetensors_files(folder)
+
+    def count(self) -> int:
+        """How many items `tensors()` yields: one per quantized module, one per other tensor (for progress bars)."""
+        modules: dict = self.manifest["modules"]
+        keys = [k for path in self.files for k in _open(path).keys()]  # noqa: SIM118
+        other = [k for k in keys if not (k.rpartition(".")[0] in modules and k.rpartition(".")[2] in _ROLES)]
+        return len(modules) + len(other)
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
         modules: dict = self.manifest["modules"]

@@ -6,6 +6,7 @@ knowledge base and speed tabs run the real SmolLM2-135M and all-MiniLM-L6-v2.
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ import torch
 torch.set_num_threads(1)
 
 GRAPHRAG_DATA = Path(__file__).parents[1] / "graphrag" / "data"
-IMG_DIR = Path(__file__).parents[2] / "docs" / "img"
+ROOT = Path(__file__).parents[2]
 
 
 def _free_port() -> int:
@@ -52,6 +53,18 @@ def app(tmp_path_factory):
     demo, url = launch(config, port=_free_port(), block=False, quiet=True, llm=llm, embedder=embedder)
     yield SimpleNamespace(demo=demo, url=url, config=config, llm=llm, ctx=demo.xpullm_context)
     demo.close()
+
+
+@pytest.fixture(scope="session")
+def screenshot_dir(tmp_path_factory) -> Path:
+    """Where the browser tests save their screenshots: a temporary folder, so a test run leaves the checkout
+    unchanged; `make screenshots` sets XPULLM_SCREENSHOTS=docs/img to re-take the README's pictures."""
+    target = os.environ.get("XPULLM_SCREENSHOTS")
+    if not target:
+        return tmp_path_factory.mktemp("screenshots")
+    path = Path(target) if Path(target).is_absolute() else ROOT / target
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import pytest
 from xpullm.apps.demo.config import DEMO_LOW_BIT
 
 CHROMIUM = Path("/usr/bin/chromium")
-IMG = Path(__file__).parents[2] / "docs" / "img"
 GRAPHRAG_CORPUS = Path(__file__).parents[1] / "graphrag" / "data" / "corpus"
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -59,7 +58,7 @@ def _wait_text(page, selector: str, needle: str) -> str:
     return _text(page, selector)
 
 
-def test_chat_streams_an_answer(page):
+def test_chat_streams_an_answer(page, screenshot_dir):
     page.locator("#chat-input textarea").fill("What is the capital of France?")
     page.locator("#chat-input textarea").press("Enter")
     seen: list[str] = []
@@ -74,7 +73,7 @@ def test_chat_streams_an_answer(page):
     assert "first token" in final and "tok/s" in final  # the timings sit under the answer
     answers = {s for s in seen if "capital of France?" in s and s != final}
     assert len(answers) >= 1  # text was shown before the answer was complete: it streamed
-    page.screenshot(path=str(IMG / "chat.png"), full_page=True)
+    page.screenshot(path=str(screenshot_dir / "chat.png"), full_page=True)
 
 
 def test_stop_button_ends_a_long_answer(page):
@@ -103,7 +102,7 @@ def test_chat_bad_input_shows_a_readable_message(page):
     assert "Traceback" not in page.content()
 
 
-def test_knowledge_base_tab(page, docs_dir, tmp_path):
+def test_knowledge_base_tab(page, docs_dir, tmp_path, screenshot_dir):
     orchard = tmp_path / "orchard.txt"
     orchard.write_text(
         "The Pellow Orchard in Dunmore grows forty kinds of apple. Ida Pellow planted it in 1921.\n"
@@ -122,10 +121,10 @@ def test_knowledge_base_tab(page, docs_dir, tmp_path):
     sources = _wait_text(page, "#kb-sources", "[1]")
     assert "Ida Pellow" in sources
     page.locator("#kb-answer", has_text="Sources").wait_for()
-    page.screenshot(path=str(IMG / "knowledge-base.png"), full_page=True)
+    page.screenshot(path=str(screenshot_dir / "knowledge-base.png"), full_page=True)
 
 
-def test_graphrag_tab(page):
+def test_graphrag_tab(page, screenshot_dir):
     page.get_by_role("tab", name="GraphRAG").click()
     page.locator("#gr-project textarea, #gr-project input").first.fill("velmora-ui")
     page.locator("#gr-source").get_by_text("uploaded files").click()
@@ -143,17 +142,17 @@ def test_graphrag_tab(page):
     page.locator("#gr-method").get_by_text("basic").click()
     page.locator("#gr-ask").click()
     assert "2022" in _wait_text(page, "#gr-answer", "2022")
-    page.screenshot(path=str(IMG / "graphrag.png"), full_page=True)
+    page.screenshot(path=str(screenshot_dir / "graphrag.png"), full_page=True)
 
 
-def test_models_tab(page):
+def test_models_tab(page, screenshot_dir):
     page.get_by_role("tab", name="Models & speed").click()
     page.locator("#models-measure").click()
     _wait_text(page, "#models-status", "measured")
     table = _text(page, "#models-table")
     assert DEMO_LOW_BIT in table  # the loaded format is measured by default
     page.frame_locator("#models-chart iframe").locator(".plotly .barlayer").first.wait_for()
-    page.screenshot(path=str(IMG / "models-and-speed.png"), full_page=True)
+    page.screenshot(path=str(screenshot_dir / "models-and-speed.png"), full_page=True)
 
 
 def test_page_made_no_request_outside_localhost(page):

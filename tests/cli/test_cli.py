@@ -107,3 +107,30 @@ def test_console_script_runs() -> None:
         [sys.executable, "-m", "xpullm.cli.main", "--help"], capture_output=True, text=True, check=True
     )
     assert "generate" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["generate", "--model", "/no/such/model", "hi"], "/no/such/model"),
+        (["generate", "--low-bit", "nf5", "hi"], "unsupported low-bit format 'nf5'"),
+        (["generate", ""], "prompt='' is invalid"),
+        (["graphrag", "query", "--root", "/no/such/project", "what?"], "no index under"),
+    ],
+    ids=["missing-model", "unknown-format", "empty-prompt", "missing-index"],
+)
+def test_a_user_mistake_is_one_error_line_and_a_hint(capsys, argv, needle) -> None:
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2, err
+    assert err[0].startswith("error: ") and needle in err[0]
+    assert err[1].startswith("hint: ") and "--debug" in err[1]
+
+
+def test_debug_anywhere_on_the_line_shows_the_traceback() -> None:
+    from xpullm.errors import ModelNotFound
+
+    with pytest.raises(ModelNotFound):
+        main(["generate", "--model", "/no/such/model", "hi", "--debug"])
+    with pytest.raises(ModelNotFound):
+        main(["--debug", "generate", "--model", "/no/such/model", "hi"])

@@ -96,6 +96,19 @@ def test_save_and_load_low_bit_round_trip(default_path, tmp_path: Path, wiki_ids
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_every_source_counts_what_it_yields(default_path, tmp_path: Path) -> None:
+    """The load progress bar has a total: each source knows, from headers alone, how many items it yields."""
+    from xpullm.loading.gguf_source import GGUFSource
+    from xpullm.loading.sources import LowBitSource, SafetensorsSource
+
+    model = xpullm.AutoModelForCausalLM.from_pretrained(default_path, load_in_low_bit="nf4", progress=False)
+    lowbit = model.save_low_bit(tmp_path / "smol-nf4")
+    sources = [GGUFSource(default_llm_gguf()), SafetensorsSource(default_path), LowBitSource(lowbit)]
+    for source in sources:
+        names = [name for name, _ in source.tensors()]
+        assert source.count() == len(names) > 100, type(source).__name__
+
+
 def test_optimize_model_on_any_module() -> None:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
