@@ -9,9 +9,10 @@
 | `XPULLM_TRITON_AUTOTUNE` | `triton_autotune` | `1` | `0`: Triton matmuls take the tuned table / heuristic config without timing candidates |
 | `XPULLM_TRITON_TUNED` | `triton_tuned` | unset | path of an extra tuned-config table, read before the packaged one |
 | `XPULLM_PDL` | `pdl` | `1` | `0`: launch Triton kernels without programmatic dependent launch (Hopper+) |
+| `XPULLM_DEBUG` | `debug` | unset | set (not `0`): the CLI prints tracebacks, as `--debug` does |
 
 `runtime_settings()` reads the environment when called (tests and benchmarks flip switches at run time; reading
-seven variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
+eight variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
 included, may read it.
 """
 
@@ -33,6 +34,7 @@ ENVIRONMENT = {
     "triton_autotune": "XPULLM_TRITON_AUTOTUNE",
     "triton_tuned": "XPULLM_TRITON_TUNED",
     "pdl": "XPULLM_PDL",
+    "debug": "XPULLM_DEBUG",
 }
 
 
@@ -47,6 +49,7 @@ class RuntimeSettings:
     triton_autotune: bool = True
     triton_tuned: str | None = None
     pdl: bool = True
+    debug: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> RuntimeSettings:
@@ -60,6 +63,7 @@ class RuntimeSettings:
             triton_autotune=get(ENVIRONMENT["triton_autotune"], "1") != "0",
             triton_tuned=get(ENVIRONMENT["triton_tuned"]) or None,
             pdl=get(ENVIRONMENT["pdl"], "1") != "0",
+            debug=get(ENVIRONMENT["debug"], "") not in ("", "0"),
         )
 
     def cache_dir(self) -> Path:

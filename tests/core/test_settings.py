@@ -14,7 +14,8 @@ def test_defaults_and_overrides_from_an_environment() -> None:
     env = {var: "0" for var in ENVIRONMENT.values()}
     env |= {"XPULLM_CACHE": "~/somewhere", "XPULLM_TRITON_TUNED": "/t.json"}
     s = RuntimeSettings.from_env(env)
-    assert (s.native, s.fused_ops, s.cuda_graphs, s.triton_autotune, s.pdl) == (False,) * 5
+    assert (s.native, s.fused_ops, s.cuda_graphs, s.triton_autotune, s.pdl, s.debug) == (False,) * 6
+    assert RuntimeSettings.from_env({"XPULLM_DEBUG": "1"}).debug
     assert s.triton_tuned == "/t.json" and s.cache_dir() == Path("~/somewhere").expanduser()
 
 
