@@ -27,8 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))  # run with -P, the script's folder is not on sys.path
 from rag_fragment import machine, wiki_articles, write_section
 
+from xpullm.documents import split_sentences
 from xpullm.rag import KBConfig, KnowledgeBase, LLMReranker
-from xpullm.rag.chunking import split_sentences
 
 
 def build_qa(

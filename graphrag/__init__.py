@@ -10,6 +10,7 @@ Heavy dependencies (pyarrow, pandas, graspologic-native, networkx) are imported 
 
 from __future__ import annotations
 
+from xpullm.answers import AnswerStream
 from xpullm.graphrag.cache import LLMCache
 from xpullm.graphrag.config import (
     CacheConfig,
@@ -26,6 +27,7 @@ from xpullm.graphrag.config import (
 from xpullm.graphrag.errors import (
     CacheMiss,
     ConfigError,
+    EmbedderMismatch,
     EmbeddingMismatch,
     GraphRAGError,
     IndexNotFound,
@@ -33,12 +35,17 @@ from xpullm.graphrag.errors import (
 )
 from xpullm.graphrag.index import IndexResult
 from xpullm.graphrag.project import GraphRAG, init_project
-from xpullm.graphrag.query import Answer, AnswerStream, ContextRecord
+from xpullm.graphrag.query import METHODS, ContextRecord, GraphAnswer
+from xpullm.graphrag.stats import STAGES
 from xpullm.graphrag.tables import COLUMNS
 from xpullm.graphrag.transcript import TranscriptLLM
 
+Answer = GraphAnswer  # GraphRAG's answer (an `xpullm.answers.Answer` with context records)
+
 __all__ = [
     "COLUMNS",
+    "METHODS",
+    "STAGES",
     "Answer",
     "AnswerStream",
     "CacheConfig",
@@ -47,9 +54,11 @@ __all__ = [
     "ClusterConfig",
     "ConfigError",
     "ContextRecord",
+    "EmbedderMismatch",
     "EmbeddingConfig",
     "EmbeddingMismatch",
     "ExtractionConfig",
+    "GraphAnswer",
     "GraphRAG",
     "GraphRAGConfig",
     "GraphRAGError",

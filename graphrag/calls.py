@@ -14,6 +14,7 @@ from xpullm.graphrag.cache import CacheEntry, LLMCache, cache_key
 from xpullm.graphrag.config import LLMConfig
 from xpullm.graphrag.errors import PromptTooLong
 from xpullm.graphrag.stats import IndexStats
+from xpullm.protocols import StreamingEngine, TextEngine
 
 __all__ = ["CallResult", "LLMCaller", "Prompt"]
 
@@ -37,7 +38,7 @@ class LLMCaller:
 
     def __init__(
         self,
-        llm: Any,
+        llm: TextEngine,
         cache: LLMCache,
         stats: IndexStats,
         config: LLMConfig | None = None,
@@ -51,11 +52,11 @@ class LLMCaller:
 
     @property
     def model_name(self) -> str:
-        return str(getattr(self.llm, "model_name", type(self.llm).__name__))
+        return str(self.llm.model_name)
 
     @property
     def context_length(self) -> int:
-        return int(getattr(self.llm, "context_length", 2048))
+        return int(self.llm.context_length)
 
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` under the model's tokenizer."""
@@ -192,13 +193,12 @@ class LLMCaller:
         n_tok = self.count_tokens(text)
         if n_tok + max_new_tokens > self.context_length:
             raise PromptTooLong(stage, n_tok, max_new_tokens, self.context_length)
-        stream = getattr(self.llm, "stream", None)
-        if stream is None:  # an engine without streaming: one piece
+        if not isinstance(self.llm, StreamingEngine):  # an engine without streaming: one piece
             piece = self.generate_one(prompt, stage=stage, max_new_tokens=max_new_tokens).text
             yield piece
             return
         pieces = []
-        for piece in stream(text, **params):
+        for piece in self.llm.stream(text, **params):
             pieces.append(piece)
             yield piece
         full = "".join(pieces)

@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from xpullm.graphrag.query import METHODS
+
 __all__ = ["register"]
 
 
@@ -51,7 +53,7 @@ def register(subparsers: Any) -> None:
     common(p)
     model_args(p)
     p.add_argument("question")
-    p.add_argument("--method", default="local", choices=("local", "global", "basic", "drift"))
+    p.add_argument("--method", default="local", choices=METHODS)
     p.add_argument("--community-level", type=int, default=None)
     p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     p.add_argument("--json", action="store_true", help="print the answer and its context records as JSON")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-from xpullm.graphrag.chunking import stable_id
+from xpullm.documents import stable_id
 from xpullm.graphrag.config import ClusterConfig
 
 __all__ = ["cluster_graph"]

@@ -7,22 +7,9 @@ from typing import Any
 
 from xpullm.graphrag.config import EmbeddingConfig
 from xpullm.graphrag.tables import TableStore
+from xpullm.protocols import EmbeddingModel
 
-__all__ = ["embed_texts", "embedder_name", "embedding_inputs", "run_embeddings"]
-
-
-def embedder_name(embedder: Any) -> str:
-    return str(getattr(embedder, "model_name", type(embedder).__name__))
-
-
-def embed_texts(embedder: Any, texts: list[str], batch_size: int) -> Any:
-    """float32 matrix [len(texts), dim]."""
-    import numpy as np
-
-    if not texts:
-        return np.zeros((0, int(embedder.dim)), dtype=np.float32)
-    vecs = embedder.embed(texts, batch_size=batch_size)
-    return np.asarray(vecs, dtype=np.float32).reshape(len(texts), -1)
+__all__ = ["embedding_inputs", "run_embeddings"]
 
 
 def embedding_inputs(
@@ -45,7 +32,7 @@ def embedding_inputs(
 
 def run_embeddings(
     store: TableStore,
-    embedder: Any,
+    embedder: EmbeddingModel,
     config: EmbeddingConfig,
     entities: list[dict[str, Any]],
     text_units: list[dict[str, Any]],
@@ -55,7 +42,7 @@ def run_embeddings(
     """Embed every target; a vector whose (id, text) is unchanged since the last run is reused. Returns counts."""
     import numpy as np
 
-    name = embedder_name(embedder)
+    name = embedder.model_name
     dim = int(embedder.dim)
     counts = {"embedded": 0, "reused": 0}
     targets = config.targets
@@ -72,7 +59,7 @@ def run_embeddings(
             if row.get("model") == name and len(row["vector"]) == dim
         }
         todo = [i for i, key in enumerate(zip(ids, hashes, strict=True)) if key not in old]
-        fresh = embed_texts(embedder, [texts[i] for i in todo], config.batch_size)
+        fresh = embedder.embed_matrix([texts[i] for i in todo], batch_size=config.batch_size)
         mat = np.zeros((len(ids), dim), dtype=np.float32)
         for row, i in enumerate(todo):
             mat[i] = fresh[row]

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from xpullm.errors import XPULLMError
+from xpullm.errors import EmbedderMismatch, XPULLMError
 
-__all__ = ["CacheMiss", "ConfigError", "EmbeddingMismatch", "GraphRAGError", "IndexNotFound", "PromptTooLong"]
+__all__ = [
+    "CacheMiss",
+    "ConfigError",
+    "EmbedderMismatch",
+    "EmbeddingMismatch",
+    "GraphRAGError",
+    "IndexNotFound",
+    "PromptTooLong",
+]
 
 
 class GraphRAGError(XPULLMError):
@@ -48,5 +56,6 @@ class IndexNotFound(GraphRAGError, FileNotFoundError):
     """A query or update on a project that has not been indexed."""
 
 
-class EmbeddingMismatch(GraphRAGError, ValueError):
-    """Stored vectors were made by another embedder (different dimension or model)."""
+EmbeddingMismatch = (
+    EmbedderMismatch  # the one embedder-mismatch error (`xpullm.errors`), under its older name
+)

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from xpullm.documents import stable_id
 from xpullm.graphrag.calls import LLMCaller
-from xpullm.graphrag.chunking import stable_id
 from xpullm.graphrag.config import SummarizeConfig
 from xpullm.graphrag.extraction import ParseResult
 from xpullm.graphrag.prompts import SUMMARIZE, fill

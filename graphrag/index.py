@@ -29,6 +29,7 @@ from xpullm.graphrag.graph import build_graph, to_graphml
 from xpullm.graphrag.reports import normalize_report, summarize_communities
 from xpullm.graphrag.stats import IndexStats
 from xpullm.graphrag.tables import TableStore
+from xpullm.protocols import EmbeddingModel
 
 __all__ = ["IndexResult", "run_index"]
 
@@ -50,7 +51,7 @@ class IndexResult:
 def run_index(
     docs: list[Document],
     caller: LLMCaller,
-    embedder: Any,
+    embedder: EmbeddingModel,
     store: TableStore,
     config: GraphRAGConfig,
     stats: IndexStats,

@@ -6,15 +6,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from xpullm.answers import AnswerStream
 from xpullm.graphrag.cache import LLMCache
 from xpullm.graphrag.calls import LLMCaller
 from xpullm.graphrag.chunking import load_inputs
 from xpullm.graphrag.config import GraphRAGConfig
 from xpullm.graphrag.errors import ConfigError, IndexNotFound
 from xpullm.graphrag.index import IndexResult, run_index
-from xpullm.graphrag.query import Answer, AnswerStream, QueryEngine
+from xpullm.graphrag.query import GraphAnswer, QueryEngine
 from xpullm.graphrag.stats import IndexStats
 from xpullm.graphrag.tables import TableStore
+from xpullm.protocols import EmbeddingModel, TextEngine
 
 __all__ = ["GraphRAG", "init_project"]
 
@@ -45,8 +47,8 @@ class GraphRAG:
     def __init__(
         self,
         root: str | Path,
-        llm: Any = None,
-        embedder: Any = None,
+        llm: TextEngine | None = None,
+        embedder: EmbeddingModel | None = None,
         config: GraphRAGConfig | None = None,
         transcript: str | Path | None = None,
     ) -> None:
@@ -63,7 +65,7 @@ class GraphRAG:
         self.query_stats = IndexStats()  # query calls are counted here, not in the index's stats.json
 
     @property
-    def llm(self) -> Any:
+    def llm(self) -> TextEngine:
         """The engine object (the packaged default `xpullm.LLM()` is loaded on first use)."""
         if self._llm is None:
             from xpullm.engine import LLM
@@ -72,7 +74,7 @@ class GraphRAG:
         return self._llm
 
     @property
-    def embedder(self) -> Any:
+    def embedder(self) -> EmbeddingModel:
         """The embedder object (the packaged default `xpullm.Embedder()` is loaded on first use)."""
         if self._embedder is None:
             from xpullm.embeddings import Embedder
@@ -115,7 +117,7 @@ class GraphRAG:
 
     def query(
         self, question: str, method: str = "local", community_level: int | None = None, stream: bool = False
-    ) -> Answer | AnswerStream:
+    ) -> GraphAnswer | AnswerStream[GraphAnswer]:
         """Answer `question` with method "local" | "global" | "basic" | "drift" (see docs/graphrag.md)."""
         if not self.store.exists():
             raise IndexNotFound(

@@ -1,7 +1,7 @@
 """Queries over an index: local, global, basic and drift search, each returning the context records it used.
 
 Every context is built within a token budget measured with the model's tokenizer; whatever does not fit is left
-out whole (never cut mid-record) and counted in `Answer.details["left_out"]`.
+out whole (never cut mid-record) and counted in `GraphAnswer.details["left_out"]`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from xpullm.answers import Answer, AnswerStream
 from xpullm.graphrag.calls import LLMCaller
 from xpullm.graphrag.config import QueryConfig
-from xpullm.graphrag.embedding import embed_texts, embedder_name
 from xpullm.graphrag.errors import ConfigError
 from xpullm.graphrag.jsonfix import parse_json_object
 from xpullm.graphrag.prompts import (
@@ -28,8 +28,9 @@ from xpullm.graphrag.prompts import (
     fill,
 )
 from xpullm.graphrag.tables import TableStore
+from xpullm.protocols import EmbeddingModel
 
-__all__ = ["METHODS", "Answer", "AnswerStream", "ContextRecord", "QueryEngine"]
+__all__ = ["METHODS", "ContextRecord", "GraphAnswer", "QueryEngine"]
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,9 @@ class ContextRecord:
 
 
 @dataclass
-class Answer:
-    """A query answer with the records it was built from and the usage of its LLM calls."""
+class GraphAnswer(Answer):
+    """GraphRAG's answer: its text with the records it was built from and the usage of its LLM calls."""
 
-    text: str
     method: str
     context: list[ContextRecord]
     context_text: str = ""
@@ -67,27 +67,14 @@ class Answer:
         return out
 
 
-class AnswerStream:
-    """A streamed answer: `context` is known at once, iterating yields text pieces, `text` is full at the end."""
+def _stream(answer: GraphAnswer, pieces: Iterator[str]) -> AnswerStream[GraphAnswer]:
+    """`answer` (context known, text empty) streamed: its text is set when the pieces are all read."""
 
-    def __init__(self, answer: Answer, pieces: Iterator[str]) -> None:
-        self.answer = answer
-        self._pieces = pieces
+    def finish(text: str) -> GraphAnswer:
+        answer.text = text
+        return answer
 
-    @property
-    def context(self) -> list[ContextRecord]:
-        return self.answer.context
-
-    @property
-    def text(self) -> str:
-        return self.answer.text
-
-    def __iter__(self) -> Iterator[str]:
-        parts = []
-        for piece in self._pieces:
-            parts.append(piece)
-            yield piece
-        self.answer.text = "".join(parts)
+    return AnswerStream(pieces, finish, context=answer.context, answer=answer)
 
 
 METHODS = ("local", "global", "basic", "drift")
@@ -96,7 +83,13 @@ METHODS = ("local", "global", "basic", "drift")
 class QueryEngine:
     """Runs the four query methods over the tables in a `TableStore`."""
 
-    def __init__(self, store: TableStore, caller: LLMCaller, embedder: Any, config: QueryConfig) -> None:
+    def __init__(
+        self,
+        store: TableStore,
+        caller: LLMCaller,
+        embedder: EmbeddingModel | Callable[[], EmbeddingModel],
+        config: QueryConfig,
+    ) -> None:
         """embedder: an embedder object, or a zero-argument callable returning one (loaded only when needed)."""
         self.store = store
         self.caller = caller
@@ -106,9 +99,9 @@ class QueryEngine:
         self._vectors: dict[str, tuple[list[str], Any]] = {}
 
     @property
-    def embedder(self) -> Any:
+    def embedder(self) -> EmbeddingModel:
         """The embedder; a zero-argument callable is called on first use (global search never needs one)."""
-        if callable(self._embedder) and not hasattr(self._embedder, "embed"):
+        if not isinstance(self._embedder, EmbeddingModel):
             self._embedder = self._embedder()
         return self._embedder
 
@@ -120,26 +113,26 @@ class QueryEngine:
     def vectors(self, target: str) -> tuple[list[str], Any]:
         if target not in self._vectors:
             self._vectors[target] = self.store.read_vectors(
-                target, embedder_name(self.embedder), int(self.embedder.dim)
+                target, self.embedder.model_name, int(self.embedder.dim)
             )
         return self._vectors[target]
 
     def query(
         self, question: str, method: str = "local", community_level: int | None = None, stream: bool = False
-    ) -> Answer | AnswerStream:
+    ) -> GraphAnswer | AnswerStream[GraphAnswer]:
         """Answer `question` with one of METHODS."""
         if method not in METHODS:
             raise ConfigError(f"unknown query method {method!r}; choose one of {', '.join(METHODS)}")
         if not question.strip():
             raise ConfigError("the question is empty; pass the text to answer")
         level = self.config.community_level if community_level is None else community_level
-        handler: Callable[..., tuple[Answer, str, str]] = getattr(self, f"_{method}")
+        handler: Callable[..., tuple[GraphAnswer, str, str]] = getattr(self, f"_{method}")
         before = self.caller.stats.totals()
         answer, prompt, stage = handler(question, level)
         if stream and not prompt:
-            return AnswerStream(answer, iter([answer.text]))
+            return _stream(answer, iter([answer.text]))
         if stream:
-            return AnswerStream(
+            return _stream(
                 answer, self.caller.stream(prompt, stage=stage, max_new_tokens=self.config.max_new_tokens)
             )
         if prompt:
@@ -158,7 +151,7 @@ class QueryEngine:
         ids, mat = self.vectors(target)
         if not ids:
             return []
-        q = embed_texts(self.embedder, [question], 1)[0]
+        q = self.embedder.embed_matrix([question], batch_size=1)[0]
         sims = mat @ q / ((mat**2).sum(axis=1) ** 0.5 * float((q**2).sum()) ** 0.5 + 1e-9)
         order = sorted(range(len(ids)), key=lambda i: (-float(sims[i]), ids[i]))[:k]
         return [(ids[i], float(sims[i])) for i in order]
@@ -275,14 +268,14 @@ class QueryEngine:
         records += kept
         return "\n\n".join(s for s in sections if s), records, left
 
-    def _local(self, question: str, level: int) -> tuple[Answer, str, str]:
+    def _local(self, question: str, level: int) -> tuple[GraphAnswer, str, str]:
         context, records, left = self._local_context(question, level)
         prompt = fill(LOCAL_ANSWER, context=context, question=question)
-        return Answer("", "local", records, context, {"left_out": left}), prompt, "query.local"
+        return GraphAnswer("", "local", records, context, {"left_out": left}), prompt, "query.local"
 
     # ----- basic -----
 
-    def _basic(self, question: str, level: int) -> tuple[Answer, str, str]:
+    def _basic(self, question: str, level: int) -> tuple[GraphAnswer, str, str]:
         units = {u["id"]: u for u in self.table("text_units")}
         hits = self._similar("text_unit.text", question, self.config.top_k_text_units)
         rows = [
@@ -296,11 +289,15 @@ class QueryEngine:
             "-----Sources-----\nid|text", rows, self.config.max_context_tokens
         )
         prompt = fill(BASIC_ANSWER, context=context, question=question)
-        return Answer("", "basic", records, context, {"left_out": {"sources": left}}), prompt, "query.basic"
+        return (
+            GraphAnswer("", "basic", records, context, {"left_out": {"sources": left}}),
+            prompt,
+            "query.basic",
+        )
 
     # ----- global -----
 
-    def _global(self, question: str, level: int) -> tuple[Answer, str, str]:
+    def _global(self, question: str, level: int) -> tuple[GraphAnswer, str, str]:
         cfg = self.config
         reports = sorted(self._reports_at(level), key=lambda r: (-r["rank"], r["community"]))
         batches: list[list[tuple[ContextRecord, str]]] = [[]]
@@ -345,7 +342,7 @@ class QueryEngine:
                     points.append((score, b_index, str(p["description"]).strip()))
         records = [rec for b in batches for rec, _ in b]
         details: dict[str, Any] = {"map_calls": len(prompts), "map_invalid": invalid, "points": len(points)}
-        answer = Answer("", "global", records, "", details)
+        answer = GraphAnswer("", "global", records, "", details)
         if not points:
             # Say so instead of asking the model to answer from nothing (the "all map responses have score 0" case).
             answer.text = (
@@ -369,7 +366,7 @@ class QueryEngine:
 
     # ----- drift -----
 
-    def _drift(self, question: str, level: int) -> tuple[Answer, str, str]:
+    def _drift(self, question: str, level: int) -> tuple[GraphAnswer, str, str]:
         cfg = self.config
         reports = {r["id"]: r for r in self.table("community_reports")}
         hits = self._similar("community.full_content", question, cfg.drift_primer_reports)
@@ -409,7 +406,7 @@ class QueryEngine:
             "primer": intermediate,
             "follow_ups": [{"query": q, "answer": a.text} for q, a in sub_answers],
         }
-        answer = Answer("", "drift", records, context, details)
+        answer = GraphAnswer("", "drift", records, context, details)
         prompt = fill(DRIFT_REDUCE, primer=intermediate, follow_ups=follow_text, question=question)
         return answer, prompt, "query.drift_reduce"
 

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["IndexStats", "StageStats"]
+__all__ = ["STAGES", "IndexStats", "StageStats"]
+
+# The indexing stages in the order they run (`stats.json` lists them so; the demo's progress bar follows them).
+STAGES = (
+    "chunk", "extract_graph", "summarize_descriptions", "cluster_graph", "community_reports", "finalize",
+    "embeddings", "write",
+)  # fmt: skip
 
 
 @dataclass

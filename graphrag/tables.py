@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from xpullm.graphrag.errors import EmbeddingMismatch, IndexNotFound
+from xpullm.errors import EmbedderMismatch
+from xpullm.graphrag.errors import IndexNotFound
 
 __all__ = ["COLUMNS", "TableStore"]
 
@@ -192,7 +193,7 @@ class TableStore:
         self._write_arrow(self.dir / f"embeddings.{target}.parquet", table.replace_schema_metadata(meta))
 
     def read_vectors(self, target: str, model: str, dim: int) -> tuple[list[str], Any]:
-        """(ids, float32 matrix) of one target; raises `EmbeddingMismatch` if another embedder made them."""
+        """(ids, float32 matrix) of one target; raises `EmbedderMismatch` if another embedder made them."""
         import numpy as np
         import pyarrow.parquet as pq
 
@@ -207,7 +208,7 @@ class TableStore:
         stored_dim = int(meta.get(b"xpullm.dim", b"0"))
         ids = table.column("id").to_pylist()
         if ids and (stored_dim != dim or stored_model != model):
-            raise EmbeddingMismatch(
+            raise EmbedderMismatch(
                 f"{path.name} holds {stored_dim}-d vectors from {stored_model!r}, but the query embedder is "
                 f"{model!r} ({dim}-d); query with the same embedder, or re-index to rebuild the vectors"
             )

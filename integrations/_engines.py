@@ -9,12 +9,13 @@ an `Embedder` is built on the first `embed` call.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xpullm.errors import ModelNotFound
+from xpullm.hub import is_hub_id
+from xpullm.models import DEFAULT_EMBEDDER_NAME
 
 if TYPE_CHECKING:
     from xpullm.embeddings import Embedder
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LazyEmbedder", "check_model_spec", "shared_embedder", "shared_llm"]
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _LLMS: dict[tuple[Any, ...], LLM] = {}
 _EMBEDDERS: dict[tuple[Any, ...], LazyEmbedder] = {}
 _GUARD = threading.Lock()
@@ -44,7 +44,7 @@ def check_model_spec(model: object, what: str = "model") -> str | None:
     text = os.fspath(model)
     if Path(text).expanduser().exists():
         return text
-    if _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
+    if is_hub_id(text):
         return text
     raise ModelNotFound(
         f"{what} path {text!r} does not exist; pass an existing folder or .gguf file, a hub id ('org/name'), "
@@ -53,7 +53,7 @@ def check_model_spec(model: object, what: str = "model") -> str | None:
 
 
 def shared_llm(
-    model: Any, low_bit: str | None, device: str, tokenizer: Any = None, tokenizer_spec: Any = None
+    model: LLM | str | os.PathLike[str] | None, low_bit: str | None, device: str, tokenizer: Any = None, tokenizer_spec: Any = None
 ) -> LLM:
     """An `xpullm.LLM` for `model`: the object itself when it already is one, else a process-wide shared one.
 
@@ -106,7 +106,7 @@ class LazyEmbedder:
         """Name for metadata without forcing a load."""
         if self._embedder is not None:
             return self._embedder.model_name
-        return self.spec or "sentence-transformers/all-MiniLM-L6-v2"
+        return self.spec or DEFAULT_EMBEDDER_NAME
 
 
 class _Ready(LazyEmbedder):
@@ -117,7 +117,9 @@ class _Ready(LazyEmbedder):
         self._embedder = embedder
 
 
-def shared_embedder(model: Any, low_bit: str | None, device: str) -> LazyEmbedder:
+def shared_embedder(
+    model: Embedder | LazyEmbedder | str | os.PathLike[str] | None, low_bit: str | None, device: str
+) -> LazyEmbedder:
     """A lazy handle on an `xpullm.Embedder` (the given one, or a process-wide shared one per spec)."""
     from xpullm.embeddings import Embedder
 

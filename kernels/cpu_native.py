@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from xpullm.kernels.packing import unpack_nibbles
 from xpullm.kernels.registry import Kernel, register_kernel
+from xpullm.settings import runtime_settings  # layer 0: imports nothing from xpullm
 
 __all__ = [
     "CpuNativeInt4Kernel",
@@ -54,10 +55,7 @@ _P, _I = ctypes.c_void_p, ctypes.c_int64
 
 
 def _build_dir() -> Path:
-    # The kernel layer does not import the SDK above it; this mirrors xpullm.models.cache_dir.
-    from platformdirs import user_cache_dir
-
-    return Path(os.environ.get("XPULLM_CACHE") or user_cache_dir("xpullm")) / "native"
+    return runtime_settings().cache_dir() / "native"
 
 
 def _cpu_signature() -> str:
@@ -88,7 +86,7 @@ def _compile(cc: str, out: Path) -> None:
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled native library, or None where it cannot run here (the reason is logged once)."""
-    if os.environ.get("XPULLM_NATIVE", "1") == "0":
+    if not runtime_settings().native:
         return None
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return None

@@ -46,6 +46,15 @@ class Kernel:
         """y[..., N] = x[..., K] @ W^T for the weight held in `state`."""
         raise NotImplementedError
 
+    def takes_q8(self, state: Any) -> bool:
+        """Whether `matmul_q8` runs this weight: int8 activations quantized by the kernel that produced them (the
+        decode step's fused norm / SwiGLU), which saves a quantizer launch per projection. Default: no."""
+        return False
+
+    def matmul_q8(self, act: Any, state: Any) -> torch.Tensor:
+        """y [M, N] for activation rows already quantized to int8 (only called when `takes_q8(state)`)."""
+        raise NotImplementedError(f"kernel {self.name!r} takes no int8 activations; check takes_q8() first")
+
     def twin_activations(self, x: torch.Tensor, qw: Any) -> torch.Tensor:
         """x [M, K] as this kernel reads it, in fp32 (rounded to bf16, or to int8 blocks, ...). Times the format's
         exact dequantisation of `qw`, this is the reference twin the property tests hold the kernel to."""

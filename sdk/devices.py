@@ -6,7 +6,7 @@ import torch
 
 from xpullm.errors import DeviceUnavailable
 
-__all__ = ["DEVICE_CHOICES", "available_devices", "resolve_device"]
+__all__ = ["DEVICE_CHOICES", "available_devices", "default_dtype", "native_bf16", "resolve_device"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "xpu")
 
@@ -45,3 +45,21 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             "use device='auto' or 'cpu'"
         )
     return torch.device(device)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 arithmetic runs natively on `device` (GPUs; CPUs with AVX512-BF16 or AMX)."""
+    from xpullm.kernels.reference import native_bf16 as kernel_native_bf16
+
+    return kernel_native_bf16(device)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """The compute dtype used when none is given: bf16 where it runs natively (the CPU int4 kernels are fast only
+    with bf16 activations), fp16 on CUDA GPUs without bf16, fp32 on CPUs that would emulate bf16 (every norm and
+    attention op would pay)."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    if not native_bf16(device):
+        return torch.float32
+    return torch.bfloat16

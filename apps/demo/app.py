@@ -9,10 +9,14 @@ The page is served at once; the chat model loads in a background thread and the 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xpullm.apps.demo.config import DemoConfig
 from xpullm.apps.demo.context import DemoContext
+
+if TYPE_CHECKING:
+    from xpullm.engine import LLM
+    from xpullm.protocols import EmbeddingModel
 
 __all__ = ["CSS", "build_demo", "launch"]
 
@@ -26,7 +30,9 @@ CSS = """
 _OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
-def build_demo(config: DemoConfig | None = None, *, llm: Any = None, embedder: Any = None) -> Any:
+def build_demo(
+    config: DemoConfig | None = None, *, llm: LLM | None = None, embedder: EmbeddingModel | None = None
+) -> Any:
     """Build the app (not launched). `llm` / `embedder`: already loaded engines to use instead of loading."""
     for key, value in _OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
@@ -76,8 +82,8 @@ def launch(
     open_browser: bool = False,
     block: bool = True,
     quiet: bool = False,
-    llm: Any = None,
-    embedder: Any = None,
+    llm: LLM | None = None,
+    embedder: EmbeddingModel | None = None,
 ) -> tuple[Any, str]:
     """Build and serve the app; returns (demo, local URL). `block=False` returns while the server keeps running."""
     config = config or DemoConfig()

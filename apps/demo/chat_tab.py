@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
@@ -16,6 +16,9 @@ from xpullm.apps.demo.context import LLM_QUEUE, DemoContext
 from xpullm.apps.demo.errors import UserFacingError, friendly
 from xpullm.apps.demo.models import check_spec
 from xpullm.apps.demo.streaming import Progress, stream_in_thread
+
+if TYPE_CHECKING:
+    from xpullm.engine import LLM
 
 __all__ = ["build_chat_tab", "chat_api", "conversation"]
 
@@ -46,7 +49,7 @@ def conversation(system: str | None, history: list[dict[str, Any]], message: str
     return out
 
 
-def _fit(llm: Any, messages: list[dict[str, str]], max_new_tokens: int) -> list[dict[str, str]]:
+def _fit(llm: LLM, messages: list[dict[str, str]], max_new_tokens: int) -> list[dict[str, str]]:
     """Drop the oldest turns until the prompt leaves room for the answer (the system prompt and question stay)."""
     budget = llm.context_length - max_new_tokens
     msgs = list(messages)

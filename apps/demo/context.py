@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from xpullm.apps.demo.config import DemoConfig
 from xpullm.apps.demo.models import ModelManager, ModelSpec
+from xpullm.protocols import EmbeddingModel
+
+if TYPE_CHECKING:
+    from xpullm.engine import LLM
 
 __all__ = ["LLM_QUEUE", "DemoContext"]
 
@@ -21,20 +25,22 @@ class DemoContext:
 
     config: DemoConfig
     models: ModelManager
-    embedder_override: Any = None
-    _embedder: Any = None
+    embedder_override: EmbeddingModel | None = None
+    _embedder: EmbeddingModel | None = None
     _embedder_lock: threading.Lock = field(default_factory=threading.Lock)
     _stops: dict[str, threading.Event] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, config: DemoConfig, llm: Any = None, embedder: Any = None) -> DemoContext:
+    def create(
+        cls, config: DemoConfig, llm: LLM | None = None, embedder: EmbeddingModel | None = None
+    ) -> DemoContext:
         """A context for `config`; `llm` / `embedder` inject already loaded engines (tests)."""
         spec = ModelSpec(config.model, config.low_bit, config.device)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         return cls(config, ModelManager(spec, llm=llm), embedder_override=embedder)
 
     @property
-    def embedder(self) -> Any:
+    def embedder(self) -> EmbeddingModel:
         """The embedding model (packaged all-MiniLM-L6-v2 unless injected), loaded on first use."""
         if self.embedder_override is not None:
             return self.embedder_override

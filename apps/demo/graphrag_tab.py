@@ -12,7 +12,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
@@ -20,14 +20,14 @@ from xpullm.apps.demo.context import LLM_QUEUE, DemoContext
 from xpullm.apps.demo.errors import UserFacingError, friendly
 from xpullm.apps.demo.samples import sample_articles, write_articles
 from xpullm.apps.demo.streaming import stream_in_thread
+from xpullm.graphrag.query import METHODS
+from xpullm.graphrag.stats import STAGES
+
+if TYPE_CHECKING:
+    from xpullm.graphrag import GraphRAG
 
 __all__ = ["STAGES", "GraphProjects", "build_graphrag_tab"]
 
-STAGES = (
-    "chunk", "extract_graph", "summarize_descriptions", "cluster_graph", "community_reports", "finalize",
-    "embeddings", "write",
-)  # fmt: skip
-METHODS = ("local", "global", "basic", "drift")
 SOURCES = ("sample corpus", "uploaded files")
 REPORT_HEADERS = ["community", "level", "title", "rating", "summary"]
 CONTEXT_HEADERS = ["kind", "id", "text"]
@@ -113,12 +113,12 @@ def _read_stats(path: Path, since: float) -> dict[str, Any] | None:
     return data if data.get("started", 0) >= since else None  # an older run's file is not this run's progress
 
 
-def _reports_rows(rag: Any) -> list[list[Any]]:
+def _reports_rows(rag: GraphRAG) -> list[list[Any]]:
     rows = sorted(rag.store.read("community_reports"), key=lambda r: (r["level"], r["community"]))
     return [[r["community"], r["level"], r["title"], r["rank"], r["summary"]] for r in rows]
 
 
-def graph_html(rag: Any) -> str:
+def graph_html(rag: GraphRAG) -> str:
     """The interactive entity graph of an indexed project (self-contained HTML)."""
     from xpullm.apps.demo.plots import graph_figure, plot_iframe
 

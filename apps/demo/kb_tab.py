@@ -11,7 +11,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
@@ -19,6 +19,9 @@ from xpullm.apps.demo.context import LLM_QUEUE, DemoContext
 from xpullm.apps.demo.errors import UserFacingError, friendly
 from xpullm.apps.demo.samples import sample_articles, write_articles
 from xpullm.apps.demo.streaming import stream_in_thread
+
+if TYPE_CHECKING:
+    from xpullm.rag import KnowledgeBase
 
 __all__ = ["KnowledgeBases", "build_kb_tab"]
 
@@ -71,12 +74,12 @@ def _check_upload(path: Path, limit_mb: int) -> str | None:
     return None
 
 
-def _doc_rows(kb: Any) -> list[list[Any]]:
+def _doc_rows(kb: KnowledgeBase) -> list[list[Any]]:
     return [[d.title, d.n_chunks, d.doc_id, Path(d.source).name] for d in kb.documents()]
 
 
 def _ingest(
-    kb: Any, paths: list[Path], ctx: DemoContext, progress: Any
+    kb: KnowledgeBase, paths: list[Path], ctx: DemoContext, progress: Any
 ) -> Iterator[tuple[list[list[Any]], str]]:
     """Add files one by one, yielding the per-file results table and a summary line after each."""
     rows: list[list[Any]] = []

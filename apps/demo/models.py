@@ -10,9 +10,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from xpullm.apps.demo.errors import UserFacingError, friendly
+
+if TYPE_CHECKING:
+    from xpullm.engine import LLM
 
 __all__ = ["LoadedModel", "ModelManager", "ModelSpec"]
 
@@ -40,7 +43,7 @@ class LoadedModel:
     """A ready engine with the facts the Models tab shows."""
 
     spec: ModelSpec
-    llm: Any
+    llm: LLM
     load_s: float | None  # wall time of the load, seconds (None: loaded before the app got it)
     nbytes: int  # weight bytes, low-bit kernel state included
     device: str
@@ -87,7 +90,7 @@ def load(spec: ModelSpec) -> LoadedModel:
 class ModelManager:
     """Holds the current chat model; loading happens in a background thread or under a UI progress bar."""
 
-    def __init__(self, spec: ModelSpec, llm: Any = None) -> None:
+    def __init__(self, spec: ModelSpec, llm: LLM | None = None) -> None:
         """`llm`: an already loaded engine to use for `spec` (tests share one across app instances)."""
         self._lock = threading.Lock()
         self._ready = threading.Event()

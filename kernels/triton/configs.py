@@ -15,6 +15,8 @@ from typing import Literal
 
 import torch
 
+from xpullm.settings import runtime_settings
+
 __all__ = [
     "CONFIG_TABLES",
     "MMA_MAX_M",
@@ -279,4 +281,4 @@ def autotune_enabled() -> bool:
     """Timing candidates is on unless XPULLM_TRITON_AUTOTUNE=0 or under the Triton interpreter."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         return False
-    return os.environ.get("XPULLM_TRITON_AUTOTUNE", "1") != "0"
+    return runtime_settings().triton_autotune

@@ -29,6 +29,7 @@ from xpullm.kernels.triton.configs import (
 )
 from xpullm.kernels.triton.layout import SINGLE_GROUP_WORDS, TritonWeight
 from xpullm.kernels.triton.pdl import launch_options
+from xpullm.settings import runtime_settings
 
 __all__ = [
     "Q8_KEY_DTYPE",
@@ -419,7 +420,7 @@ def _load_packaged_table(device: torch.device) -> None:
     if name in _loaded_tables:
         return
     _loaded_tables.add(name)
-    extra = os.environ.get("XPULLM_TRITON_TUNED")
+    extra = runtime_settings().triton_tuned
     if extra:
         if not Path(extra).is_file():
             raise FileNotFoundError(

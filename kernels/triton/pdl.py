@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from xpullm.settings import runtime_settings
+
 __all__ = ["launch_options", "pdl_enabled", "wait_for_inputs"]
 
 
@@ -50,7 +52,7 @@ def _supported(device: torch.device) -> bool:
 
 def pdl_enabled(device: torch.device) -> bool:
     """Whether kernels launched on `device` use PDL (CUDA, compute capability >= 9.0, XPULLM_PDL not 0)."""
-    return os.environ.get("XPULLM_PDL", "1") != "0" and _supported(device)
+    return runtime_settings().pdl and _supported(device)
 
 
 def launch_options(device: torch.device) -> dict[str, bool]:

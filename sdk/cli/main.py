@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from collections.abc import Sequence
+
+from xpullm.settings import runtime_settings
 
 __all__ = ["SUBCOMMAND_MODULES", "build_parser", "main"]
 
@@ -62,7 +63,7 @@ def build_parser(modules: Sequence[str] = SUBCOMMAND_MODULES) -> argparse.Argume
 def _split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
     """`--debug` may stand anywhere on the line (before or after the subcommand); it is taken out before parsing."""
     rest = [a for a in argv if a != "--debug"]
-    return rest, len(rest) != len(argv) or os.environ.get("XPULLM_DEBUG", "") not in ("", "0")
+    return rest, len(rest) != len(argv) or runtime_settings().debug
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,19 +12,21 @@ each extra op costs more in dispatch than it saves. Families register themselves
 
 from __future__ import annotations
 
-import inspect
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xpullm.engine.step_ops import FusedStepOps, StepOps, rotate_qk, static_step
+from xpullm.engine.fusion import fused as _fused
+from xpullm.engine.fusion import register_fuser
+from xpullm.engine.hf_decoder import HFDecoder
+from xpullm.engine.step_ops import FusedStepOps, StepOps, decoder_layers, rotate_qk, static_step
 from xpullm.kernels import cpu_native
+from xpullm.settings import runtime_settings
 
 __all__ = [
     "FAMILIES",
@@ -83,91 +85,6 @@ register_family("llama", "mistral", "qwen2")(Family("llama"))
 register_family("qwen3")(Family("qwen3", qk_norm=True))
 register_family("phi3")(Family("phi3", qkv=("qkv_proj",), gate_up=("gate_up_proj",)))
 
-# --- projection fusion --------------------------------------------------------------------------------------
-
-Fuser = Callable[[list[nn.Module]], "nn.Module | None"]
-_FUSERS: dict[type, Fuser] = {}
-
-
-def register_fuser(module_type: type) -> Callable[[Fuser], Fuser]:
-    """Register how sibling projections of `module_type` (same input) become one module with concatenated output.
-
-    A fuser returns None when it cannot fuse this particular set; the decoder then calls the modules one by one.
-    """
-
-    def add(fn: Fuser) -> Fuser:
-        _FUSERS[module_type] = fn
-        return fn
-
-    return add
-
-
-@register_fuser(nn.Linear)
-def _fuse_linear(mods: list[nn.Module]) -> nn.Module | None:
-    ws = [m.weight for m in mods]
-    if len({w.shape[1] for w in ws}) != 1 or len({(w.dtype, w.device) for w in ws}) != 1:
-        return None
-    weight = torch.cat([w.detach() for w in ws])
-    bias = None
-    if any(m.bias is not None for m in mods):
-        bias = torch.cat(
-            [m.bias.detach() if m.bias is not None else weight.new_zeros(m.out_features) for m in mods]
-        )
-    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-    fused.weight = nn.Parameter(weight, requires_grad=False)
-    if bias is not None:
-        fused.bias = nn.Parameter(bias, requires_grad=False)
-    # Point the original modules at slices of the fused tensor, so the model keeps working and weights exist once.
-    row = 0
-    for m in mods:
-        n = m.out_features
-        m.weight = nn.Parameter(weight[row : row + n], requires_grad=False)
-        if m.bias is not None:
-            m.bias = nn.Parameter(bias[row : row + n], requires_grad=False)
-        row += n
-    return fused
-
-
-def _fuse_low_bit(mods: list[nn.Module]) -> nn.Module | None:
-    """Concatenate LowBitLinear siblings row-wise (`xpullm.linear.fuse_linears`), or None when they differ.
-
-    The fused copy is extra memory next to the originals (the model keeps working unchanged); at batch 1 one
-    kernel call instead of two or three saves more time than the copy costs for models this engine targets.
-    """
-    from xpullm.linear import fuse_linears
-
-    try:
-        fused = fuse_linears(mods)  # type: ignore[arg-type]
-    except ValueError:  # different formats / group sizes / input widths: call them one by one
-        return None
-    # Only worth it when the fused weight runs the same (fast) kernel the parts ran.
-    return fused if fused.kernel.name == mods[0].kernel.name else None
-
-
-class _Concat(nn.Module):
-    """Calls sibling projections one by one and concatenates (when no fuser applies)."""
-
-    def __init__(self, mods: list[nn.Module]) -> None:
-        super().__init__()
-        self.mods = nn.ModuleList(mods)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m(x) for m in self.mods], dim=-1)
-
-
-def _fused(mods: list[nn.Module]) -> nn.Module:
-    if len(mods) == 1:
-        return mods[0]
-    if len({type(m) for m in mods}) == 1:
-        fuser = _FUSERS.get(type(mods[0]))
-        if fuser is None and type(mods[0]).__name__ == "LowBitLinear":
-            fuser = _fuse_low_bit
-        if fuser is not None:
-            fused = fuser(mods)
-            if fused is not None:
-                return fused
-    return _Concat(mods)
-
 
 class _EmbedRows:
     """Embedding lookup with a row cache for decode steps.
@@ -218,24 +135,13 @@ def swiglu(gu: torch.Tensor) -> torch.Tensor:
     return F.silu(g) * u
 
 
-def mlp_residual(
-    layer: _Layer,
-    x: torch.Tensor,
-    norm: Callable[..., torch.Tensor],
-    eps: float,
-    act: Callable[[torch.Tensor], torch.Tensor] = swiglu,
-) -> torch.Tensor:
-    """x + SwiGLU MLP(RMSNorm(x)): the second half of every decoder layer (`act`: a fused `swiglu` twin)."""
-    return x + layer.down(act(layer.gate_up(norm(x, (x.shape[-1],), layer.mlp_norm, eps))))
-
-
 def gpu_decode_ops(device: torch.device) -> ModuleType | None:
     """`xpullm.kernels.triton.decode_ops` on CUDA / XPU when Triton imports (and XPULLM_FUSED_OPS != 0), else None.
 
     Each of its kernels replaces 3-8 small ATen kernels per layer (RMSNorm, SwiGLU, RoPE + KV write); at batch 1
     a decode step is hundreds of such kernels, so this is most of the step's non-matmul time.
     """
-    if device.type not in ("cuda", "xpu") or os.environ.get("XPULLM_FUSED_OPS", "1") == "0":
+    if device.type not in ("cuda", "xpu") or not runtime_settings().fused_ops:
         return None
     try:
         from xpullm.kernels.triton import decode_ops
@@ -280,8 +186,10 @@ class StaticCacheDecoder:
         d = self.head_dim
         fusable_rope = gpu_ops is not None and not family.qk_norm and d & (d - 1) == 0 and d <= 256
         self._rope_write = gpu_ops.rope_kv_write if fusable_rope else None
-        # The fixed-shape (CUDA-graph) step: fused norms, attention and int8 activations where the kernels exist.
-        self.step_ops: StepOps = StepOps(self._norm, self._act)
+        # Eager passes (prefill, padded rows) run the plain ops; the fixed-shape (CUDA-graph) step runs fused
+        # norms, attention and int8 activations where the kernels exist.
+        self._eager_ops = StepOps(self._norm, self._act)
+        self.step_ops: StepOps = self._eager_ops
         if fusable_rope:
             from xpullm.kernels.triton import attention
 
@@ -314,6 +222,31 @@ class StaticCacheDecoder:
             gate_up=_fused([getattr(mlp, n) for n in fam.gate_up]),
             down=mlp.down_proj,
         )
+
+    # -- what the fixed-shape step (`step_ops.static_step`) reads
+
+    @property
+    def kv_cache(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The K and V caches, each [layers, batch, kv_heads, capacity, head_dim] (after the first `start`)."""
+        assert self._k is not None and self._v is not None, "no cache before the first start()"
+        return self._k, self._v
+
+    @property
+    def cos(self) -> torch.Tensor:
+        """RoPE cosines per position [capacity, head_dim]."""
+        assert self._cos is not None, "no RoPE table before the first start()"
+        return self._cos
+
+    @property
+    def sin(self) -> torch.Tensor:
+        """RoPE sines per position [capacity, head_dim], first half negated (`rotate_qk`)."""
+        assert self._sin is not None, "no RoPE table before the first start()"
+        return self._sin
+
+    @property
+    def rope_write(self) -> Callable[..., torch.Tensor] | None:
+        """The fused RoPE + cache-write kernel of the fixed-shape step, or None (then RoPE is `rotate_qk`)."""
+        return self._rope_write
 
     # -- buffers
 
@@ -409,32 +342,31 @@ class StaticCacheDecoder:
         batch, t = ids.shape
         start = self.pos
         end = start + t
+        x = self.embed(ids)
+        if t == 1 and self._native_attention:
+            return self._native_step(x, positions)
         if positions is None:  # no padding: every row sits at the same position, a slice is enough
             cos = self._cos[start:end][None, None]
             sin = self._sin[start:end][None, None]
         else:
             cos = self._cos[positions][:, None]
             sin = self._sin[positions][:, None]
-        h, kv, d = self.n_heads, self.n_kv, self.head_dim
-        hidden, eps, norm = self.hidden, self.eps, self._norm
-        x = self.embed(ids)
+        h, kv, d, eps = self.n_heads, self.n_kv, self.head_dim, self.eps
         k_cache, v_cache = self._k, self._v
-        if t == 1 and self._native_attention:
-            return self._native_step(x, positions)
-        for i, layer in enumerate(self.layers):
-            y = norm(x, (hidden,), layer.attn_norm, eps)
-            qkv = layer.qkv(y).view(batch, t, h + 2 * kv, d).transpose(1, 2)
+
+        def attention(i: int, layer: _Layer, qkv: torch.Tensor) -> torch.Tensor:
+            qkv = qkv.view(batch, t, h + 2 * kv, d).transpose(1, 2)
             qk = rotate_qk(layer, qkv, h, kv, eps, cos, sin)
             k_cache[i, :, :, start:end] = qk[:, h:]
             v_cache[i, :, :, start:end] = qkv[:, h + kv :]
-            attn = self._attend(i, qk[:, :h], start, end)
-            x = x + layer.o_proj(attn.transpose(1, 2).reshape(batch, t, h * d))
-            x = mlp_residual(layer, x, norm, eps, self._act)
+            return self._attend(i, qk[:, :h], start, end).transpose(1, 2).reshape(batch, t, h * d)
+
+        x, delta = decoder_layers(self, x, self._eager_ops, attention)
         self.pos = end
-        return x
+        return x + delta
 
     def _native_step(self, x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-        """One decode step (CPU, fp32) with attention as one native call per layer.
+        """One decode step (CPU, fp32) with RoPE, cache write and attention as one native call per layer.
 
         Every row is attended on its own over its real keys (`first` skips left padding), as `_attend` does, so
         a row's tokens do not depend on the rest of the batch.
@@ -445,77 +377,16 @@ class StaticCacheDecoder:
             first = torch.zeros(batch, dtype=torch.long)
         else:
             rope_pos, first = positions[:, 0].contiguous(), self._pad_t
-        hidden, eps, norm = self.hidden, self.eps, self._norm
-        for i, layer in enumerate(self.layers):
-            y = norm(x, (hidden,), layer.attn_norm, eps)
-            attn = cpu_native.decode_attention(
-                layer.qkv(y).contiguous(), self._cos, self._sin, rope_pos, self._k[i], self._v[i], first, slot,
+
+        def attention(i: int, layer: _Layer, qkv: torch.Tensor) -> torch.Tensor:
+            return cpu_native.decode_attention(
+                qkv.contiguous(), self._cos, self._sin, rope_pos, self._k[i], self._v[i], first, slot,
                 self.n_heads, self.scale,
             )  # fmt: skip
-            x = x + layer.o_proj(attn)
-            x = mlp_residual(layer, x, norm, eps)
+
+        x, delta = decoder_layers(self, x, self._eager_ops, attention)
         self.pos = slot + 1
-        return x
-
-
-# --- the fallback decoder ------------------------------------------------------------------------------------
-
-
-class HFDecoder:
-    """Any transformers causal LM: its own forward with a DynamicCache, one token per step."""
-
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
-        self.model = model
-        self.device = device
-        self.capacity = int(getattr(model.config, "max_position_embeddings", 1 << 30))
-        self._cache: Any = None
-        self._mask: torch.Tensor | None = None
-        self._next_pos: torch.Tensor | None = None
-        # transformers renamed `past_key_values` to `cache`; probe the signature instead of comparing versions.
-        params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-
-    @torch.inference_mode()
-    def start(self, input_ids: torch.Tensor, pad: torch.Tensor, max_len: int) -> torch.Tensor:
-        from transformers import DynamicCache
-
-        t = input_ids.shape[1]
-        cols = torch.arange(t, device=self.device)
-        self._mask = (cols[None] >= pad.to(self.device)[:, None]).long()
-        positions = (self._mask.cumsum(-1) - 1).clamp(min=0)
-        self._cache = DynamicCache()
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=self._mask,
-            position_ids=positions,
-            use_cache=True,
-            **{self._cache_kw: self._cache},
-        )
-        self._cache = _returned_cache(out, self._cache)
-        self._next_pos = positions[:, -1:] + 1
-        return out.logits[:, -1]
-
-    @torch.inference_mode()
-    def step(self, token_ids: torch.Tensor) -> torch.Tensor:
-        self._mask = torch.cat([self._mask, self._mask.new_ones(self._mask.shape[0], 1)], dim=1)
-        out = self.model(
-            input_ids=token_ids[:, None],
-            attention_mask=self._mask,
-            position_ids=self._next_pos,
-            use_cache=True,
-            **{self._cache_kw: self._cache},
-        )
-        self._cache = _returned_cache(out, self._cache)
-        self._next_pos = self._next_pos + 1
-        return out.logits[:, -1]
-
-
-def _returned_cache(out: Any, fallback: Any) -> Any:
-    for name in ("cache", "past_key_values"):
-        value = getattr(out, name, None)
-        if value is not None:
-            return value
-    return fallback
+        return x + delta
 
 
 def _static_ok(model: nn.Module) -> Family | None:

@@ -16,7 +16,6 @@ sequential, see `decode.py`), which is left to the eager path. Prefill is always
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -24,13 +23,14 @@ from typing import Any
 import torch
 
 from xpullm.engine.step_ops import static_step
+from xpullm.settings import runtime_settings
 
 __all__ = ["GraphedDecoder", "graphs_enabled", "static_step"]
 
 
 def graphs_enabled(device: torch.device) -> bool:
     """CUDA graphs are used on CUDA devices unless XPULLM_CUDA_GRAPHS=0."""
-    return device.type == "cuda" and os.environ.get("XPULLM_CUDA_GRAPHS", "1") != "0"
+    return device.type == "cuda" and runtime_settings().cuda_graphs
 
 
 @dataclass
@@ -67,7 +67,8 @@ class GraphedDecoder:
     def start(self, input_ids: torch.Tensor, pad: torch.Tensor, max_len: int) -> torch.Tensor:
         """Prefill (eager)."""
         logits = self.inner.start(input_ids, pad, max_len)
-        key = (self.inner._k.data_ptr(), self.inner._k.shape[3], self.inner._cos.data_ptr())
+        k_cache = self.inner.kv_cache[0]
+        key = (k_cache.data_ptr(), k_cache.shape[3], self.inner.cos.data_ptr())
         if key != self._buffers_key:
             self._graphs.clear()  # recorded on buffers that no longer exist
             self._buffers_key = key

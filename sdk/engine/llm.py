@@ -20,6 +20,7 @@ from typing import Any, overload
 import torch
 from torch import nn
 
+from xpullm.devices import default_dtype
 from xpullm.engine.aio import iterate_in_thread
 from xpullm.engine.chat import render_chat
 from xpullm.engine.constrained import GrammarConstraint
@@ -27,7 +28,6 @@ from xpullm.engine.decode import Decoder, build_decoder
 from xpullm.engine.params import Completion, ContextOverflow, GenerationParams, InvalidParameter
 from xpullm.engine.sampling import Sampler
 from xpullm.engine.stopping import TextAssembler
-from xpullm.kernels.reference import native_bf16
 
 __all__ = ["LLM"]
 
@@ -147,7 +147,7 @@ class LLM:
                 self._tokenizer = _load_tokenizer(name)
             model.eval()
             device = _model_device(model)
-            dtype = self._dtype_arg or _default_dtype(device)
+            dtype = self._dtype_arg or default_dtype(device)
             _cast_float_params(model, dtype)
             self._eos = _eos_ids(model, self._tokenizer)
             max_pos = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
@@ -430,14 +430,6 @@ def _model_device(model: nn.Module) -> torch.device:
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
-
-
-def _default_dtype(device: torch.device) -> torch.dtype:
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    if not native_bf16(device):
-        return torch.float32  # CPUs without AVX512-BF16/AMX emulate bf16: every norm and attention op pays
-    return torch.bfloat16
 
 
 def _cast_float_params(model: nn.Module, dtype: torch.dtype) -> None:

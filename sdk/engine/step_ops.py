@@ -16,14 +16,20 @@ CUDA graphs off does not change a single token.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FusedStepOps", "StepOps", "rotate_qk", "static_step"]
+from xpullm.linear import LowBitLinear
+
+if TYPE_CHECKING:
+    from xpullm.engine.decode import StaticCacheDecoder
+
+__all__ = ["FusedStepOps", "StepOps", "decoder_layers", "rotate_qk", "static_step"]
 
 # Batches of up to 8 rows get their activations quantized by the producing kernel, for the int8-activation GEMV
 # (which takes up to 16 rows per program); at 16 rows the tensor-core tiles, fed bf16, were faster on an H200
@@ -55,9 +61,9 @@ class StepOps:
         h = x if delta is None else x + delta
         return h, self._norm(h, (h.shape[-1],), weight, eps)
 
-    def project(self, mod: nn.Module, act: Any, batch: int) -> torch.Tensor:
-        """mod(act) as [batch, 1, out_features]."""
-        return mod(act).view(batch, 1, -1)
+    def project(self, mod: nn.Module, act: Any, batch: int, t: int = 1) -> torch.Tensor:
+        """mod(act) as [batch, t, out_features]."""
+        return mod(act).view(batch, t, -1)
 
     def gate(self, gu: torch.Tensor, consumer: nn.Module) -> Any:
         """SwiGLU of the fused gate/up output, as `consumer`'s input."""
@@ -93,9 +99,9 @@ class FusedStepOps(StepOps):
             return False
         key = id(mod)
         if key not in self._q8:
-            kernel = getattr(mod, "kernel", None)
-            takes = getattr(kernel, "takes_q8", None)
-            self._q8[key] = bool(takes and getattr(mod, "bias", 0) is None and takes(mod.state))
+            self._q8[key] = (
+                isinstance(mod, LowBitLinear) and mod.bias is None and mod.kernel.takes_q8(mod.state)
+            )
         return self._q8[key]
 
     def prepare(self, pos: torch.Tensor, capacity: int) -> Any:
@@ -112,10 +118,10 @@ class FusedStepOps(StepOps):
         q8 = self._takes_q8(consumer, x.shape[0] * x.shape[1])
         return self._ops.add_rms_norm(x, delta, weight, eps, quantize=q8)
 
-    def project(self, mod: nn.Module, act: Any, batch: int) -> torch.Tensor:
+    def project(self, mod: nn.Module, act: Any, batch: int, t: int = 1) -> torch.Tensor:
         if isinstance(act, torch.Tensor):
-            return super().project(mod, act, batch)
-        return mod.kernel.matmul_q8(act, mod.state).view(batch, 1, -1)
+            return super().project(mod, act, batch, t)
+        return mod.kernel.matmul_q8(act, mod.state).view(batch, t, -1)
 
     def gate(self, gu: torch.Tensor, consumer: nn.Module) -> Any:
         return self._ops.silu_mul(gu, quantize=self._takes_q8(consumer, gu.shape[0] * gu.shape[1]))
@@ -148,8 +154,37 @@ def rotate_qk(
     return torch.addcmul(qk * cos, qk.roll(qk.shape[-1] // 2, -1), sin)
 
 
+Attention = Callable[[int, Any, torch.Tensor], torch.Tensor]
+"""`fn(layer index, layer, qkv [B, t, (H + 2 KV) D]) -> attention output [B, t, H D]` (or `input_of`'s form):
+RoPE on q and k, k and v written to the layer's cache, attention over the cache. Each decode path brings its own
+(eager slices, one native CPU call, fixed-shape GPU kernels); the rest of the layer is `decoder_layers`."""
+
+
+def decoder_layers(
+    dec: StaticCacheDecoder, x: torch.Tensor, ops: StepOps, attention: Attention
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The llama decoder layer stack, written once for every decode path: x [B, t, hidden] -> (x, delta).
+
+    Per layer: residual add + RMSNorm, q/k/v projection, `attention`, output projection, residual add + RMSNorm,
+    gate/up, SwiGLU, down. The last layer's MLP output comes back as `delta`, not yet added, so the caller can fuse
+    that add into the final norm (`x + delta` is the hidden state).
+    """
+    batch, t = x.shape[0], x.shape[1]
+    eps = dec.eps
+    delta = None  # the residual branch's output, added to x inside the next norm
+    for i, layer in enumerate(dec.layers):
+        x, y = ops.add_norm(x, delta, layer.attn_norm, eps, layer.qkv)
+        attn = attention(i, layer, ops.project(layer.qkv, y, batch, t))
+        delta = ops.project(layer.o_proj, ops.input_of(attn, layer.o_proj), batch, t)
+        x, y = ops.add_norm(x, delta, layer.mlp_norm, eps, layer.gate_up)
+        delta = ops.project(
+            layer.down, ops.gate(ops.project(layer.gate_up, y, batch, t), layer.down), batch, t
+        )
+    return x, delta
+
+
 @torch.inference_mode()
-def static_step(dec: Any, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+def static_step(dec: StaticCacheDecoder, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """One decode step of `dec` (a StaticCacheDecoder) with fixed shapes: x [B, 1, hidden] at column `pos`.
 
     The graph-capturable twin of `StaticCacheDecoder._forward` for unpadded batches (`graphs.py` says how a
@@ -158,27 +193,25 @@ def static_step(dec: Any, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     batch = x.shape[0]
     h, kv, d = dec.n_heads, dec.n_kv, dec.head_dim
     eps, ops = dec.eps, dec.step_ops
-    rope_write = dec._rope_write
+    rope_write = dec.rope_write
     if rope_write is None:
-        cos = dec._cos.index_select(0, pos)[None, None]  # [1, 1, 1, d]
-        sin = dec._sin.index_select(0, pos)[None, None]
-    state = ops.prepare(pos, dec._k.shape[3])
-    delta = None  # the residual branch's output, added to x inside the next norm
-    for i, layer in enumerate(dec.layers):
-        x, y = ops.add_norm(x, delta, layer.attn_norm, eps, layer.qkv)
-        k_cache, v_cache = dec._k[i], dec._v[i]
-        qkv = ops.project(layer.qkv, y, batch)
+        cos = dec.cos.index_select(0, pos)[None, None]  # [1, 1, 1, d]
+        sin = dec.sin.index_select(0, pos)[None, None]
+    k_all, v_all = dec.kv_cache
+    state = ops.prepare(pos, k_all.shape[3])
+
+    def attention(i: int, layer: Any, qkv: torch.Tensor) -> torch.Tensor:
+        k_cache, v_cache = k_all[i], v_all[i]
         if rope_write is not None:  # one fused kernel: RoPE on q and k, k and v written at column pos
-            q = rope_write(qkv.view(batch, -1), dec._cos, dec._sin, pos, k_cache, v_cache, h, kv)
+            q = rope_write(qkv.view(batch, -1), dec.cos, dec.sin, pos, k_cache, v_cache, h, kv)
         else:
             qkv = qkv.view(batch, 1, h + 2 * kv, d).transpose(1, 2)
             qk = rotate_qk(layer, qkv, h, kv, eps, cos, sin)
             k_cache.index_copy_(2, pos, qk[:, h:])
             v_cache.index_copy_(2, pos, qkv[:, h + kv :])
             q = qk[:, :h]
-        attn = ops.attend(q, k_cache, v_cache, pos, state, dec.scale)
-        delta = ops.project(layer.o_proj, ops.input_of(attn, layer.o_proj), batch)
-        x, y = ops.add_norm(x, delta, layer.mlp_norm, eps, layer.gate_up)
-        delta = ops.project(layer.down, ops.gate(ops.project(layer.gate_up, y, batch), layer.down), batch)
+        return ops.attend(q, k_cache, v_cache, pos, state, dec.scale)
+
+    x, delta = decoder_layers(dec, x, ops, attention)
     x, y = ops.add_norm(x, delta, dec.final_norm, eps, dec.lm_head)
     return ops.project(dec.lm_head, y, batch)[:, -1]

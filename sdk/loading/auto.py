@@ -7,89 +7,20 @@ or a Hugging Face hub id (downloaded with `huggingface_hub`; a clear `ModelNotFo
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from xpullm.devices import resolve_device
+from xpullm.devices import default_dtype, resolve_device
 from xpullm.errors import ModelNotFound, UnsupportedArchitecture
 from xpullm.formats import get_format
 from xpullm.loading.build import BuildOptions, build_model
+from xpullm.loading.resolve import ModelSource, load_tokenizer, resolve_source
 from xpullm.loading.sources import LOWBIT_MANIFEST, LowBitSource, SafetensorsSource
 
 __all__ = ["AutoModelForCausalLM", "LowBitModelMixin", "ModelSource", "load_tokenizer", "resolve_source"]
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model comes from: `kind` is `hf`, `gguf` or `lowbit`; `gguf_file` names the file inside `folder`."""
-
-    kind: str
-    folder: Path
-    gguf_file: str | None = None
-
-    @property
-    def label(self) -> str:
-        """A short name for logs and `model_name` fields."""
-        return self.gguf_file.removesuffix(".gguf") if self.gguf_file else self.folder.name
-
-
-def _download(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
-    except Exception as exc:  # offline, unknown repo, gated repo: all end the same way for the caller
-        raise ModelNotFound(
-            f"could not fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
-            "Check the id and the network, or pass a local folder or .gguf file instead."
-        ) from exc
-
-
-def resolve_source(path: str | os.PathLike, gguf_file: str | None = None) -> ModelSource:
-    """Classify a model path / file / hub id, or raise `ModelNotFound` saying what was expected."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise ModelNotFound(f"model must be a path or hub id string, got {type(path).__name__}")
-    p = Path(path).expanduser()
-    if p.is_file():
-        if p.suffix.lower() != ".gguf":
-            raise ModelNotFound(f"{p} is a file but not a .gguf; pass a .gguf file or a model folder")
-        return ModelSource("gguf", p.parent, p.name)
-    if p.is_dir():
-        if gguf_file:
-            if not (p / gguf_file).is_file():
-                raise ModelNotFound(f"gguf_file {gguf_file!r} not found in {p}")
-            return ModelSource("gguf", p, gguf_file)
-        if (p / LOWBIT_MANIFEST).is_file():
-            return ModelSource("lowbit", p)
-        if (p / "config.json").is_file():
-            return ModelSource("hf", p)
-        ggufs = sorted(f.name for f in p.glob("*.gguf"))
-        if len(ggufs) == 1:
-            return ModelSource("gguf", p, ggufs[0])
-        hint = f" It has several .gguf files ({ggufs}); pass gguf_file=." if ggufs else ""
-        raise ModelNotFound(f"{p} has no config.json, low-bit manifest or .gguf file.{hint}")
-    text = str(path)
-    if _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
-        return resolve_source(_download(text), gguf_file)
-    raise ModelNotFound(f"model path {text!r} does not exist (and is not a hub id like 'org/name')")
-
-
-def load_tokenizer(source: ModelSource | str | os.PathLike) -> Any:
-    """The tokenizer stored with a model (transformers folder, low-bit folder or GGUF)."""
-    import transformers
-
-    src = source if isinstance(source, ModelSource) else resolve_source(source)
-    if src.kind == "gguf":
-        return transformers.AutoTokenizer.from_pretrained(src.folder, gguf_file=src.gguf_file)
-    return transformers.AutoTokenizer.from_pretrained(src.folder)
 
 
 def _config(src: ModelSource):
@@ -133,11 +64,6 @@ def _attach(model: nn.Module, src: ModelSource) -> nn.Module:
     return model
 
 
-def _default_dtype(device: torch.device) -> torch.dtype:
-    # bf16 activations: the CPU int4 op is fast only with them and GPUs compute natively in bf16.
-    return torch.bfloat16
-
-
 class AutoModelForCausalLM:
     """Drop-in for `transformers.AutoModelForCausalLM` that loads straight into low-bit linear layers."""
 
@@ -165,7 +91,7 @@ class AutoModelForCausalLM:
             get_format(low_bit).resolve_group_size(group_size, 1024)
         opts = BuildOptions(low_bit=low_bit, group_size=group_size, modules_to_not_convert=tuple(modules_to_not_convert),
                             mixed_precision=mixed_precision, device=target,
-                            dtype=dtype or torch_dtype or _default_dtype(target), progress=progress)  # fmt: skip
+                            dtype=dtype or torch_dtype or default_dtype(target), progress=progress)  # fmt: skip
         if src.kind == "gguf":
             from xpullm.loading.gguf_source import GGUFSource
 

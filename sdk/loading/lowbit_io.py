@@ -77,7 +77,7 @@ def save_low_bit(model: nn.Module, save_dir: str | os.PathLike, tokenizer: Any =
     """
     from safetensors.torch import save_file
 
-    from xpullm.loading.auto import load_tokenizer
+    from xpullm.loading.resolve import load_tokenizer
 
     tensors, modules = _lowbit_tensors(model)
     formats = sorted({m["format"] for m in modules.values()})

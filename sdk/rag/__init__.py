@@ -9,8 +9,20 @@ kb.ask("how do I install it?").text
 ```
 """
 
-from xpullm.rag.answer import Answer, AnswerStream, Citation
-from xpullm.rag.chunking import Chunk, ChunkingConfig, chunk_document, register_template, template_names
+from xpullm.answers import AnswerStream
+from xpullm.documents import (
+    Block,
+    Chunk,
+    ChunkingConfig,
+    ParsedDocument,
+    chunk_document,
+    parse_file,
+    register_parser,
+    register_template,
+    supported_extensions,
+    template_names,
+)
+from xpullm.rag.answer import Citation, CitedAnswer
 from xpullm.rag.errors import (
     EmbedderMismatch,
     KnowledgeBaseError,
@@ -23,8 +35,9 @@ from xpullm.rag.errors import (
 )
 from xpullm.rag.ingest import IngestReport
 from xpullm.rag.kb import DocumentNotFound, KBConfig, KnowledgeBase
-from xpullm.rag.parsers import Block, ParsedDocument, parse_file, register_parser, supported_extensions
 from xpullm.rag.retrieval import Hit, LLMReranker, Reranker
+
+Answer = CitedAnswer  # the knowledge base's answer (an `xpullm.answers.Answer` with citations)
 
 __all__ = [
     "Answer",
@@ -33,6 +46,7 @@ __all__ = [
     "Chunk",
     "ChunkingConfig",
     "Citation",
+    "CitedAnswer",
     "DocumentNotFound",
     "EmbedderMismatch",
     "Hit",

@@ -7,13 +7,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from xpullm.answers import Answer, AnswerStream
+from xpullm.protocols import ChatEngine, TokenCounter
 from xpullm.rag.retrieval import Hit
 
 __all__ = [
     "NO_ANSWER",
-    "Answer",
-    "AnswerStream",
     "Citation",
+    "CitedAnswer",
+    "answer_from_hits",
     "attribute_citations",
     "build_prompt",
     "cut_repetition",
@@ -41,11 +43,10 @@ class Citation:
     source: str = ""
 
 
-@dataclass(frozen=True)
-class Answer:
-    """An answer with its citations and the chunks it was built from."""
+@dataclass
+class CitedAnswer(Answer):
+    """The knowledge base's answer: its text with `[n]` citations and the chunks it was built from."""
 
-    text: str
     citations: dict[int, Citation] = field(default_factory=dict)
     sources: tuple[Hit, ...] = ()  # what the prompt showed, numbered from 1
     question: str = ""
@@ -145,7 +146,7 @@ def attribute_citations(
     """
     import numpy as np
 
-    from xpullm.rag.chunking import split_sentences
+    from xpullm.documents.templates import split_sentences
 
     sentences = split_sentences(text)
     if not sentences or not sources:
@@ -171,7 +172,7 @@ def _repeat_start(text: str, final: bool) -> int | None:
 
     The last piece only counts when `final`: while text streams in it may still grow into another sentence.
     """
-    from xpullm.rag.chunking import sentence_spans
+    from xpullm.documents.templates import sentence_spans
 
     spans = sentence_spans(text)
     seen: set[str] = set()
@@ -212,30 +213,43 @@ def until_repetition(deltas: Iterator[str]) -> Iterator[str]:
             close()  # releases the engine (its generator holds the model lock)
 
 
-class AnswerStream:
-    """Iterate to get text deltas as the LLM produces them; `.answer` holds the final `Answer` afterwards."""
-
-    def __init__(self, deltas: Iterator[str], finish: Callable[[str], Answer]) -> None:
-        self._deltas = deltas
-        self._finish = finish
-        self._parts: list[str] = []
-        self.answer: Answer | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        for delta in self._deltas:
-            self._parts.append(delta)
-            yield delta
-        self.answer = self._finish("".join(self._parts))
-
-    def result(self) -> Answer:
-        """Consume what is left and return the final answer."""
-        if self.answer is None:
-            for _ in self:
-                pass
-        assert self.answer is not None
-        return self.answer
-
-
 def llm_messages(question: str, hits: Sequence[Hit]) -> list[dict[str, Any]]:
     """Chat messages for engines with a chat template."""
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": build_prompt(question, hits)}]
+
+
+def answer_from_hits(
+    question: str,
+    hits: Sequence[Hit],
+    llm: ChatEngine,
+    embed: Callable[[list[str]], Any],
+    stream: bool,
+    params: dict[str, Any],
+) -> CitedAnswer | AnswerStream[CitedAnswer]:
+    """Ask `llm` to answer `question` from `hits` (best first, at least one) and cite them.
+
+    The sources that fit the context window are shown (when `llm` is a `TokenCounter`); an answer that cites
+    nothing gets its sentences attributed by overlap (`embed` compares them with the sources); the text stops at
+    the first sentence it repeats.
+    """
+    count, budget = None, None
+    if isinstance(llm, TokenCounter):
+        count = llm.count_tokens
+        budget = llm.context_length - int(params["max_new_tokens"]) - 64  # 64: chat-template markup
+    sources = tuple(fit_sources(question, hits, count, budget))
+
+    def finish(text: str) -> CitedAnswer:
+        text = cut_repetition(text.strip())
+        citations, mode = extract_citations(text, sources), "model"
+        if not citations and text and NO_ANSWER not in text:
+            text = attribute_citations(text, sources, embed, question=question)
+            citations = extract_citations(text, sources)
+            mode = "attributed" if citations else "none"
+        return CitedAnswer(text, citations, sources, question, grounded=True, citation_mode=mode)
+
+    messages = llm_messages(question, sources)
+    if stream:
+        return AnswerStream(
+            until_repetition(iter(llm.stream_chat(messages, **params))), finish, context=sources
+        )
+    return finish(llm.chat(messages, **params).text)

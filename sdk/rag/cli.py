@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from xpullm.protocols import EmbeddingModel
+    from xpullm.rag.kb import KnowledgeBase
 
 __all__ = ["register"]
 
@@ -101,10 +105,10 @@ def _search_args(p: argparse.ArgumentParser, top_k: int) -> None:
     )
 
 
-_EMBEDDERS: dict[str, Any] = {}
+_EMBEDDERS: dict[str, EmbeddingModel] = {}
 
 
-def _open(path: str, read_only: bool = False) -> Any:
+def _open(path: str, read_only: bool = False) -> KnowledgeBase:
     """Open a base, reusing an already loaded embedder of the same model within this process."""
     from xpullm.rag import KnowledgeBase
 
@@ -135,7 +139,7 @@ def _create(args: argparse.Namespace) -> int:
     from xpullm.rag import KBConfig, KnowledgeBase
 
     config = KBConfig(chunk_tokens=args.chunk_tokens, overlap_tokens=args.overlap_tokens)
-    from xpullm.rag.kb import DEFAULT_EMBEDDER_NAME
+    from xpullm.models import DEFAULT_EMBEDDER_NAME
 
     embedder = _EMBEDDERS.get(args.embedder or DEFAULT_EMBEDDER_NAME, args.embedder)
     with KnowledgeBase.create(args.path, embedder=embedder, config=config) as kb:

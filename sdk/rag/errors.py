@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from xpullm.errors import XPULLMError
+from xpullm.documents.errors import ParseError, UnknownTemplate, UnsupportedFileType
+from xpullm.errors import EmbedderMismatch, XPULLMError
 
 __all__ = [
     "EmbedderMismatch",
@@ -30,19 +31,3 @@ class KnowledgeBaseExists(KnowledgeBaseError, FileExistsError):
 
 class KnowledgeBaseLocked(KnowledgeBaseError, RuntimeError):
     """Another process is writing to the same knowledge base."""
-
-
-class EmbedderMismatch(KnowledgeBaseError, ValueError):
-    """The base was built with a different embedding model or dimension than the one passed."""
-
-
-class UnsupportedFileType(KnowledgeBaseError, ValueError):
-    """No parser is registered for a file's extension."""
-
-
-class ParseError(KnowledgeBaseError, ValueError):
-    """A file could not be read (corrupt, encrypted, not text)."""
-
-
-class UnknownTemplate(KnowledgeBaseError, ValueError):
-    """A chunking template name that is not registered."""

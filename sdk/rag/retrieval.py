@@ -13,7 +13,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from xpullm.protocols import ChatEngine
 
 __all__ = ["FUSIONS", "Hit", "LLMReranker", "Reranker", "fuse"]
 
@@ -92,7 +95,7 @@ class Reranker(Protocol):
 class LLMReranker:
     """Pointwise LLM relevance judgment: hits the LLM calls relevant move ahead, keeping their order.
 
-    Uses only the engine contract (`llm.generate`), so it works with any `LLM`; with a tiny model it is a weak
+    Uses only the `ChatEngine` contract (`llm.chat`), so it works with any `LLM`; with a tiny model it is a weak
     signal, which is why relevance reorders but never drops hits.
     """
 
@@ -101,17 +104,14 @@ class LLMReranker:
         "Question: {question}\n\nPassage: {passage}\n\nAnswer (yes or no):"
     )
 
-    def __init__(self, llm: Any, max_passage_chars: int = 1200) -> None:
+    def __init__(self, llm: ChatEngine, max_passage_chars: int = 1200) -> None:
         self.llm = llm
         self.max_passage_chars = max_passage_chars
 
     def judge(self, query: str, hit: Hit) -> bool:
         """True when the LLM says the passage is relevant."""
         prompt = self.PROMPT.format(question=query, passage=hit.text[: self.max_passage_chars])
-        if hasattr(self.llm, "chat"):
-            out = self.llm.chat([{"role": "user", "content": prompt}], max_new_tokens=3, temperature=0.0)
-        else:
-            out = self.llm.generate(prompt, max_new_tokens=3, temperature=0.0)
+        out = self.llm.chat([{"role": "user", "content": prompt}], max_new_tokens=3, temperature=0.0)
         return bool(re.match(r"\s*yes\b", out.text, re.IGNORECASE))
 
     def rerank(self, query: str, hits: Sequence[Hit]) -> list[Hit]:
@@ -122,7 +122,11 @@ class LLMReranker:
         return yes + no
 
 
-def apply_reranker(reranker: Any, query: str, hits: list[Hit]) -> list[Hit]:
+RerankFn = Callable[[str, list[Hit]], list[Hit]]
+"""A plain reranking function: `fn(query, hits) -> hits`."""
+
+
+def apply_reranker(reranker: Reranker | RerankFn, query: str, hits: list[Hit]) -> list[Hit]:
     """Accept a `Reranker` object or a plain `fn(query, hits) -> hits` callable."""
     if isinstance(reranker, Reranker):
         out = reranker.rerank(query, hits)

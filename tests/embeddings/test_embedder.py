@@ -71,8 +71,8 @@ def test_matches_sentence_transformers_reference(embedder: Embedder) -> None:
 
 def test_length_aware_batching_equals_one_by_one(each_dtype_embedder: Embedder) -> None:
     texts = [("word " * n).strip() for n in (3, 300, 17, 1, 45, 8)]  # 300 words is truncated to 256 tokens
-    batched = each_dtype_embedder.embed_array(texts, batch_size=3)
-    single = np.stack([each_dtype_embedder.embed_array([t], batch_size=1)[0] for t in texts])
+    batched = each_dtype_embedder.embed_matrix(texts, batch_size=3)
+    single = np.stack([each_dtype_embedder.embed_matrix([t], batch_size=1)[0] for t in texts])
     assert np.abs(batched - single).max() < _batch_atol(each_dtype_embedder)
     assert (batched * single).sum(1).min() > 0.9999
 

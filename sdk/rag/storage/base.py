@@ -97,8 +97,10 @@ class VectorIndex(Protocol):
 
 
 @runtime_checkable
-class DocumentStore(Protocol):
-    """Documents, chunks with their vectors, metadata and ingestion jobs; transactional."""
+class DocumentStore(FullTextIndex, Protocol):
+    """Documents, chunks with their vectors, metadata and ingestion jobs; transactional. Keyword search too."""
+
+    def close(self) -> None: ...
 
     def get_meta(self, key: str) -> str | None: ...
 
@@ -137,4 +139,28 @@ class DocumentStore(Protocol):
 
     def generation(self) -> int:
         """A counter bumped by every write; readers use it to notice new data."""
+        ...
+
+    def fts_ids(self) -> set[int]:
+        """Chunk ids that the keyword index holds (a consistency check: equals `chunk_ids()`)."""
+        ...
+
+    def term_coverage(self, query: str, chunk_ids: Sequence[int]) -> dict[int, float]:
+        """Per chunk, the IDF-weighted share of the query's words it contains (0..1)."""
+        ...
+
+    def create_job(self, items: Sequence[JobItem]) -> int:
+        """Record a new ingestion job with its items (all pending); returns its id."""
+        ...
+
+    def record_items(self, items: Sequence[JobItem]) -> None:
+        """Record the outcome of job items that wrote nothing (skipped, failed)."""
+        ...
+
+    def job_items(self, job_id: int) -> list[JobItem]: ...
+
+    def set_job_status(self, job_id: int, status: str) -> None: ...
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every job with its status and item counts, newest last."""
         ...

@@ -13,9 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xpullm.rag.errors import ParseError, UnsupportedFileType
+from xpullm.documents.errors import ParseError, UnsupportedFileType
 
-__all__ = ["Block", "ParsedDocument", "parse_bytes", "parse_file", "register_parser", "supported_extensions"]
+__all__ = [
+    "Block",
+    "ParsedDocument",
+    "decode_text",
+    "parse_bytes",
+    "parse_file",
+    "register_parser",
+    "supported_extensions",
+]
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,8 @@ def parse_file(path: str | Path) -> ParsedDocument:
     return parse_bytes(path.read_bytes(), path.name)
 
 
-def _decode(data: bytes, name: str) -> str:
+def decode_text(data: bytes, name: str) -> str:
+    """The text of a plain-text file: UTF-8 (BOM allowed), else cp1252, else latin-1; NUL bytes mean binary."""
     if b"\x00" in data[:4096]:
         raise ParseError(
             f"{name} looks binary (NUL bytes), not text; give it a matching extension or convert it"
@@ -103,10 +112,10 @@ def _stem_title(name: str) -> str:
     return Path(name).stem.replace("_", " ").replace("-", " ").strip() or name
 
 
-@register_parser(".txt", ".text")
+@register_parser(".txt", ".text", ".rst")
 def parse_text(data: bytes, name: str) -> ParsedDocument:
     """Plain text: blank lines separate paragraphs."""
-    return ParsedDocument(_stem_title(name), tuple(_paragraphs(_decode(data, name))))
+    return ParsedDocument(_stem_title(name), tuple(_paragraphs(decode_text(data, name))))
 
 
 _MD_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -120,7 +129,7 @@ def _md_row(line: str) -> tuple[str, ...]:
 @register_parser(".md", ".markdown")
 def parse_markdown(data: bytes, name: str) -> ParsedDocument:
     """Markdown: ATX headings, pipe tables and paragraphs (fenced code stays one paragraph)."""
-    lines = _decode(data, name).splitlines()
+    lines = decode_text(data, name).splitlines()
     blocks: list[Block] = []
     para: list[str] = []
     title = ""
@@ -265,7 +274,7 @@ def parse_docx(data: bytes, name: str) -> ParsedDocument:
 @register_parser(".csv", ".tsv")
 def parse_csv(data: bytes, name: str) -> ParsedDocument:
     """CSV/TSV: one table block; the first row is the header."""
-    text = _decode(data, name)
+    text = decode_text(data, name)
     try:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t|")
     except csv.Error:

@@ -1,6 +1,7 @@
 """Chunking templates: a `ParsedDocument` -> chunks sized for the embedder.
 
-Each template registers itself with `@register_template("name")` and is chosen per document at `kb.add` time:
+Each template registers itself with `@register_template("name")`; the knowledge base chooses one per document at
+`kb.add` time, GraphRAG cuts its text units with `sentences`:
 
 - `naive`  : token budget with overlap; never crosses a heading, splits at sentence ends.
 - `qa`     : one chunk per question/answer pair (Q:/A: lines, question headings, or question/answer CSV columns).
@@ -9,6 +10,7 @@ Each template registers itself with `@register_template("name")` and is chosen p
 - `manual` : like `book` but never merges sections, so every chunk belongs to exactly one (sub)section.
 - `table`  : one chunk per table row written as "header: value" pairs; prose around tables goes through `naive`.
 - `one`    : the whole document as one chunk.
+- `sentences`: whole sentences packed across the whole text, headings ignored (GraphRAG's text units).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from xpullm.rag.errors import UnknownTemplate
-from xpullm.rag.parsers import Block, ParsedDocument
+from xpullm.documents.errors import UnknownTemplate
+from xpullm.documents.parsers import Block, ParsedDocument
 
 __all__ = ["Chunk", "ChunkingConfig", "chunk_document", "register_template", "template_names"]
 
@@ -320,3 +322,56 @@ def table(doc: ParsedDocument, cfg: ChunkingConfig) -> list[Chunk]:
 def one(doc: ParsedDocument, cfg: ChunkingConfig) -> list[Chunk]:
     """The whole document as one chunk (the embedder sees its first window; keyword search sees all of it)."""
     return [Chunk(doc.text, doc.title)]
+
+
+# Sentence ends for `sentences`: any ".!?" followed by space, or a blank line (GraphRAG's text units).
+_UNIT_BREAK = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
+
+
+@register_template("sentences")
+def sentences(doc: ParsedDocument, cfg: ChunkingConfig) -> list[Chunk]:
+    """Whole sentences packed up to the budget across the whole text (headings ignored), neighbours sharing up to
+    `overlap_tokens` of whole sentences; a sentence longer than the budget is cut between words. GraphRAG's text
+    units: an extraction prompt never sees half a word."""
+    size, overlap, count = cfg.chunk_tokens, cfg.overlap_tokens, cfg.count_tokens
+    pieces: list[tuple[str, int]] = []
+    for sentence in _UNIT_BREAK.split(doc.text):
+        sentence = sentence.strip()
+        if not sentence:
+            continue
+        n = count(sentence)
+        pieces.extend([(sentence, n)] if n <= size else _split_words(sentence, size, count))
+    chunks: list[Chunk] = []
+    start = 0
+    while start < len(pieces):
+        end, total = start, 0
+        while end < len(pieces) and (end == start or total + pieces[end][1] <= size):
+            total += pieces[end][1]
+            end += 1
+        chunks.append(Chunk(" ".join(p for p, _ in pieces[start:end])))
+        if end >= len(pieces):
+            break
+        # Step back over whole sentences worth at most `overlap` tokens, but always move forward.
+        back, carried = end, 0
+        while back - 1 > start and carried + pieces[back - 1][1] <= overlap:
+            back -= 1
+            carried += pieces[back][1]
+        start = back
+    return chunks
+
+
+def _split_words(sentence: str, size: int, count: Callable[[str], int]) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    current: list[str] = []
+    for word in sentence.split():
+        candidate = " ".join([*current, word])
+        if current and count(candidate) > size:
+            text = " ".join(current)
+            out.append((text, count(text)))
+            current = [word]
+        else:
+            current.append(word)
+    if current:
+        text = " ".join(current)
+        out.append((text, count(text)))
+    return out

@@ -1,0 +1,80 @@
+"""Runtime settings: every `XPULLM_*` environment switch, read in this one place into one frozen dataclass.
+
+| variable | field | default | effect |
+|---|---|---|---|
+| `XPULLM_CACHE` | `cache` | user cache dir (`~/.cache/xpullm`) | where converted default models and the native CPU kernel build live |
+| `XPULLM_NATIVE` | `native` | `1` | `0`: never build/use the native AVX2 CPU kernels (PyTorch's int4 op instead) |
+| `XPULLM_FUSED_OPS` | `fused_ops` | `1` | `0`: the GPU decode step uses ATen ops instead of the fused Triton norm/RoPE/attention kernels |
+| `XPULLM_CUDA_GRAPHS` | `cuda_graphs` | `1` | `0`: no CUDA-graph capture of the decode step |
+| `XPULLM_TRITON_AUTOTUNE` | `triton_autotune` | `1` | `0`: Triton matmuls take the tuned table / heuristic config without timing candidates |
+| `XPULLM_TRITON_TUNED` | `triton_tuned` | unset | path of an extra tuned-config table, read before the packaged one |
+| `XPULLM_PDL` | `pdl` | `1` | `0`: launch Triton kernels without programmatic dependent launch (Hopper+) |
+| `XPULLM_DEBUG` | `debug` | unset | set (not `0`): the CLI prints tracebacks, as `--debug` does |
+
+`runtime_settings()` reads the environment when called (tests and benchmarks flip switches at run time; reading
+eight variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
+included, may read it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ENVIRONMENT", "RuntimeSettings", "runtime_settings"]
+
+# field -> environment variable
+ENVIRONMENT = {
+    "cache": "XPULLM_CACHE",
+    "native": "XPULLM_NATIVE",
+    "fused_ops": "XPULLM_FUSED_OPS",
+    "cuda_graphs": "XPULLM_CUDA_GRAPHS",
+    "triton_autotune": "XPULLM_TRITON_AUTOTUNE",
+    "triton_tuned": "XPULLM_TRITON_TUNED",
+    "pdl": "XPULLM_PDL",
+    "debug": "XPULLM_DEBUG",
+}
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """The `XPULLM_*` switches (table in the module docstring); switches are on unless set to `0`."""
+
+    cache: str | None = None  # None: the platform's user cache dir
+    native: bool = True
+    fused_ops: bool = True
+    cuda_graphs: bool = True
+    triton_autotune: bool = True
+    triton_tuned: str | None = None
+    pdl: bool = True
+    debug: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> RuntimeSettings:
+        """The settings the environment `environ` asks for."""
+        get = environ.get
+        return cls(
+            cache=get(ENVIRONMENT["cache"]) or None,
+            native=get(ENVIRONMENT["native"], "1") != "0",
+            fused_ops=get(ENVIRONMENT["fused_ops"], "1") != "0",
+            cuda_graphs=get(ENVIRONMENT["cuda_graphs"], "1") != "0",
+            triton_autotune=get(ENVIRONMENT["triton_autotune"], "1") != "0",
+            triton_tuned=get(ENVIRONMENT["triton_tuned"]) or None,
+            pdl=get(ENVIRONMENT["pdl"], "1") != "0",
+            debug=get(ENVIRONMENT["debug"], "") not in ("", "0"),
+        )
+
+    def cache_dir(self) -> Path:
+        """`cache` expanded, else the user cache dir (e.g. ~/.cache/xpullm)."""
+        if self.cache:
+            return Path(self.cache).expanduser()
+        from platformdirs import user_cache_dir
+
+        return Path(user_cache_dir("xpullm"))
+
+
+def runtime_settings() -> RuntimeSettings:
+    """The current `XPULLM_*` settings."""
+    return RuntimeSettings.from_env()
