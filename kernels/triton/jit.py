@@ -393,7 +393,7 @@ def quantize_blocks_q8(x, blk, ok, xq_row, xs_row, xss_row, BLOCKS: tl.constexpr
     """Quantize and store activation blocks x [BLOCKS, 32] (fp32) of one row, in `gemv_q8_kernel`'s order.
 
     Scale absmax / 127 and round half to even - the CPU kernels' scheme, so
-    `cpu_native.reference_int8_activations` is the twin. Block `blk[j]` (stored where `ok[j]`) becomes 8 words
+    `cpu_native.reference_int8_activations(..., divide=True)` is the twin. Block `blk[j]` (stored where `ok[j]`) becomes 8 words
     at xq_row[8 blk : 8 blk + 8]: words 0-3 hold elements (l, 8+l, 16+l, 24+l) for l = 0..3 (one per byte,
     byte t = element 8t + l), words 4-7 elements (4+l, 12+l, 20+l, 28+l). xs_row[blk] is the block's scale,
     xss_row[blk] = scale * the sum of its int8 values (for zero points / the int4 offset). Shared by the

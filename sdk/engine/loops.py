@@ -2,7 +2,7 @@
 
 Small greedy models fall into loops that a whole-sentence comparison misses:
 - a numbered or bulleted list whose items repeat under new numbers ("1. Rye bread. 2. Rye bread. 3. ..."):
-  `normalize_unit` drops list markers, case and outer punctuation before units are compared;
+  `normalize_unit` drops list markers, case and spacing before units are compared;
 - a phrase that repeats inside one endless sentence ("the town of Kerrow in the town of Kerrow in the town ...",
   "1831, 1831, 1831, ..."): `tandem_repeat` finds a run of words repeated back to back.
 
@@ -14,9 +14,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["LoopRule", "normalize_unit", "tandem_repeat", "tandem_repeat_at_end"]
+__all__ = ["LoopRule", "drop_trailing_marker", "normalize_unit", "tandem_repeat", "tandem_repeat_at_end"]
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*•·]+|\(?\d{1,3}[.)]|\(?[a-zA-Z][.)])\s+")
+# Only a marker alone on the last line: "B is 2." ends in a number that is no marker.
+_TRAILING_MARKER = re.compile(r"\n[ \t]*(?:[-*•·]+|\(?\d{1,3}[.)]|\(?[a-zA-Z][.)])\s*$")
 _WORD = re.compile(r"\S+")
 _EDGE_PUNCT = re.compile(r"^\W+|\W+$")
 _TAIL_CHARS = 4000  # >> max_unit * 2 words of any language: the most a streamed loop needs before it counts
@@ -38,9 +40,14 @@ class LoopRule:
 
 def normalize_unit(text: str) -> str:
     """A sentence or list item reduced to what makes it the same as another: no list marker (`1.`, `-`, `a)`),
-    lower case, single spaces, no punctuation at either end."""
-    text = _LIST_MARKER.sub("", text)
-    return _EDGE_PUNCT.sub("", " ".join(text.lower().split()))
+    lower case, single spaces. End punctuation stays: "3" (a sentence still being written) is not "3."."""
+    return " ".join(_LIST_MARKER.sub("", text).lower().split())
+
+
+def drop_trailing_marker(text: str) -> str:
+    """`text` without a list marker left dangling alone on its last line ("... Croissants.\n4." -> "...
+    Croissants."): what a cut in front of a repeated list item leaves behind."""
+    return _TRAILING_MARKER.sub("", text).rstrip()
 
 
 def _words(text: str) -> tuple[list[str], list[int]]:

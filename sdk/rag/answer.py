@@ -168,30 +168,39 @@ def attribute_citations(
 
 
 def _repeat_start(text: str, final: bool) -> int | None:
-    """Offset where the first sentence that repeats an earlier one begins, or None.
+    """Offset where the text starts to loop, or None: the first sentence or list item that repeats an earlier one
+    (list numbers, case and outer punctuation ignored), or a phrase repeated back to back inside a sentence
+    (`xpullm.engine.loops`), whichever comes first.
 
     The last piece only counts when `final`: while text streams in it may still grow into another sentence.
     """
     from xpullm.documents.templates import sentence_spans
+    from xpullm.engine.loops import normalize_unit, tandem_repeat, tandem_repeat_at_end
 
     spans = sentence_spans(text)
     seen: set[str] = set()
+    repeat = None
     for start, end in spans if final else spans[:-1]:
-        sentence = " ".join(text[start:end].split())
-        if sentence in seen:
-            return start
-        if sentence:
-            seen.add(sentence)
-    return None
+        unit = normalize_unit(text[start:end])
+        if unit in seen:
+            repeat = start
+            break
+        if unit:
+            seen.add(unit)
+    loop = tandem_repeat(text) if final else tandem_repeat_at_end(text, final=False)
+    found = [at for at in (repeat, loop) if at is not None]
+    return min(found) if found else None
 
 
 def cut_repetition(text: str) -> str:
-    """`text` up to the first sentence that repeats an earlier one.
+    """`text` up to where it starts to loop (see `_repeat_start`).
 
     Small greedy models fall into loops ("The answer is: 1. 1. 1. ..."); an answer never needs a sentence twice.
     """
+    from xpullm.engine.loops import drop_trailing_marker
+
     cut = _repeat_start(text, final=True)
-    return text if cut is None else text[:cut].rstrip()
+    return text if cut is None else drop_trailing_marker(text[:cut])
 
 
 def until_repetition(deltas: Iterator[str]) -> Iterator[str]:

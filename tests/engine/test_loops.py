@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from xpullm.engine.loops import normalize_unit, tandem_repeat, tandem_repeat_at_end
+from xpullm.engine.loops import drop_trailing_marker, normalize_unit, tandem_repeat, tandem_repeat_at_end
 
 
 def _cut(text: str) -> str:
@@ -65,10 +65,20 @@ def test_a_streamed_loop_is_found_when_it_reaches_the_threshold() -> None:
 
 
 def test_list_items_under_new_numbers_are_the_same_item() -> None:
-    assert normalize_unit("1. Rye bread.") == normalize_unit("14) rye   bread") == "rye bread"
-    assert normalize_unit("- The Zorblat Lighthouse!") == normalize_unit("* the zorblat lighthouse") != ""
+    assert normalize_unit("1. Rye bread.") == normalize_unit("14) rye   bread.") == "rye bread."
+    assert normalize_unit("- The Zorblat Lighthouse!") == normalize_unit("* the zorblat lighthouse!") != ""
     assert normalize_unit("a) Kerrow Point") == "kerrow point"
-    assert normalize_unit("1873 was the year.") == "1873 was the year"  # a number that is not a marker stays
+    assert normalize_unit("1873 was the year.") == "1873 was the year."  # a number that is not a marker stays
+    assert normalize_unit("3") != normalize_unit("3.")  # an unfinished sentence is not the finished one
+
+
+def test_a_numbered_list_that_repeats_its_items_is_cut_after_the_first_round() -> None:
+    from xpullm.rag.answer import cut_repetition
+
+    items = ["Rye bread.", "Sourdough.", "Croissants."]
+    looping = "\n".join(f"{i + 1}. {items[i % 3]}" for i in range(16))
+    assert cut_repetition(looping) == "1. Rye bread.\n2. Sourdough.\n3. Croissants."
+    assert drop_trailing_marker("A is 1. B is 2.") == "A is 1. B is 2."  # a number ending a sentence stays
 
 
 @pytest.mark.parametrize("text", ["No, no, no. That is not it.", "It was very, very, very cold that year."])
