@@ -46,7 +46,7 @@ def _check(fmt: str, kernel, problem) -> None:
     x = (torch.randn(m, k, generator=gen) * 2).to(torch.bfloat16)
     out = kernel.matmul(x, kernel.prepare(qw, CPU))
     assert out.shape == (m, n) and out.dtype == x.dtype
-    weight = qw.dequantize(torch.float32)
+    weight = kernel.twin_weight(qw)
     x_read = kernel.twin_activations(x, qw)
     twin = F.linear(x_read, weight)
     bound = REL_BOUND * F.linear(x_read.abs(), weight.abs()) + 1e-6
