@@ -27,6 +27,7 @@ from xpullm.engine.decode import Decoder, build_decoder
 from xpullm.engine.params import Completion, ContextOverflow, GenerationParams, InvalidParameter
 from xpullm.engine.sampling import Sampler
 from xpullm.engine.stopping import TextAssembler
+from xpullm.kernels import cpu_native
 from xpullm.kernels.reference import native_bf16
 
 __all__ = ["LLM"]
@@ -435,6 +436,8 @@ def _model_device(model: nn.Module) -> torch.device:
 def _default_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16
+    if device.type == "cpu" and cpu_native.library() is not None:
+        return torch.float32  # the native CPU kernels, norm and attention run fp32 (bf16 converts per op)
     if not native_bf16(device):
         return torch.float32  # CPUs without AVX512-BF16/AMX emulate bf16: every norm and attention op pays
     return torch.bfloat16
