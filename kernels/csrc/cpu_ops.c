@@ -222,17 +222,19 @@ XQ_AVX2_FN static void tile_fp8_avx2(const struct job *j, int64_t t) {
         const float *x = j->xf + r * j->k;
         __m256 acc[4];
         for (int i = 0; i < 4; ++i) acc[i] = _mm256_setzero_ps();
+        const int per_row = j->groups == 1; /* as in the AVX-512 path */
         for (int64_t b = 0; b < nb; ++b) {
             const float *s = fs + (b / j->group_blocks) * 4;
             for (int i = 0; i < 4; ++i) {
-                const __m256 sv = _mm256_set1_ps(s[i] * j->wmul);
+                const __m256 sv = _mm256_set1_ps(per_row ? 1.0f : s[i] * j->wmul);
                 for (int q = 0; q < 4; ++q) {
                     const __m256 wf = _mm256_mul_ps(fp8x8_avx2(w + b * 128 + i * 32 + q * 8, j->e4m3), sv);
                     acc[i] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x + b * 32 + q * 8), acc[i]);
                 }
             }
         }
-        for (int i = 0; i < 4 && t * 4 + i < j->n_out; ++i) j->y[r * j->n_out + t * 4 + i] = hsum8(acc[i]);
+        for (int i = 0; i < 4 && t * 4 + i < j->n_out; ++i)
+            j->y[r * j->n_out + t * 4 + i] = hsum8(acc[i]) * (per_row ? fs[i] * j->wmul : 1.0f);
     }
 }
 
@@ -241,7 +243,8 @@ XQ_AVX2_FN static void tile_fp8_avx2(const struct job *j, int64_t t) {
 /* One tile against the activation rows, 4 rows at a time: each tile block (4 weight rows x 32 columns) is decoded
    once into two 64-byte vectors (even / odd columns of the 4 rows, one row per 128-bit lane) and meets each
    activation row's broadcast block in two vpdpbusd; lane group i then holds row i's 4 partial sums. */
-XQ_AVX512_FN static void tile_int_avx512(const struct job *j, int64_t t) {
+XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(const struct job *j, int64_t t,
+                                                                            int64_t r0, const int R) {
     const int kind = j->kind;
     const int64_t nb = j->nb, bb = kind == K_INT8 ? 128 : 64;
     const uint8_t *w = j->w + t * nb * bb;
@@ -253,51 +256,62 @@ XQ_AVX512_FN static void tile_int_avx512(const struct job *j, int64_t t) {
         lut = _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)j->lut)), flip);
     /* Codes enter vpdpbusd unsigned: +128 for signed ones, +8 removed for sym_int4 (zero = -8 s). */
     const int bias = kind == K_INT4 ? (zc ? 0 : 8) : 128;
-    for (int64_t r0 = 0; r0 < j->m; r0 += 4) {
-        const int8_t *xr[4];
-        const float *dr[4], *br[4];
-        const int32_t *ir[4];
-        for (int i = 0; i < 4; ++i) {
-            const int64_t r = r0 + i < j->m ? r0 + i : r0; /* a short last group repeats its first row */
-            xr[i] = j->xq + r * j->k, dr[i] = j->d + r * nb, br[i] = j->bsum + r * nb, ir[i] = j->isum + r * nb;
+    const int8_t *xr[4];
+    const float *dr[4], *br[4];
+    const int32_t *ir[4];
+    for (int i = 0; i < R; ++i) {
+        const int64_t r = r0 + i;
+        xr[i] = j->xq + r * j->k, dr[i] = j->d + r * nb, br[i] = j->bsum + r * nb, ir[i] = j->isum + r * nb;
+    }
+    __m512 acc[4];
+    __m128 zacc[4];
+    for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps(), zacc[i] = _mm_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        __m512i we, wo;
+        if (kind == K_INT8) {
+            we = _mm512_xor_si512(_mm512_loadu_si512(w + b * 128), flip);
+            wo = _mm512_xor_si512(_mm512_loadu_si512(w + b * 128 + 64), flip);
+        } else {
+            const __m512i raw = _mm512_loadu_si512(w + b * 64);
+            we = _mm512_and_si512(raw, mask);
+            wo = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
+            if (kind == K_LUT4) we = _mm512_shuffle_epi8(lut, we), wo = _mm512_shuffle_epi8(lut, wo);
         }
-        __m512 acc[4];
-        __m128 zacc[4];
-        for (int i = 0; i < 4; ++i) acc[i] = _mm512_setzero_ps(), zacc[i] = _mm_setzero_ps();
-        for (int64_t b = 0; b < nb; ++b) {
-            __m512i we, wo;
-            if (kind == K_INT8) {
-                we = _mm512_xor_si512(_mm512_loadu_si512(w + b * 128), flip);
-                wo = _mm512_xor_si512(_mm512_loadu_si512(w + b * 128 + 64), flip);
-            } else {
-                const __m512i raw = _mm512_loadu_si512(w + b * 64);
-                we = _mm512_and_si512(raw, mask);
-                wo = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
-                if (kind == K_LUT4) we = _mm512_shuffle_epi8(lut, we), wo = _mm512_shuffle_epi8(lut, wo);
-            }
-            const __m128 s4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(sc + b * 4)));
-            const __m512 s16 = _mm512_permutexvar_ps(sel, _mm512_castps128_ps512(s4));
-            const __m128 z4 = zc ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(zc + b * 4))) : _mm_setzero_ps();
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; ++i) {
-                const __m512i xe = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32)));
-                const __m512i xo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32 + 16)));
-                __m512i ai = _mm512_dpbusd_epi32(_mm512_setzero_si512(), we, xe);
-                ai = _mm512_dpbusd_epi32(ai, wo, xo);
-                if (bias) ai = _mm512_sub_epi32(ai, _mm512_maskz_set1_epi32(0x1111, bias * ir[i][b]));
-                const __m512 f = _mm512_mul_ps(s16, _mm512_set1_ps(dr[i][b] * j->wmul));
-                acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), f, acc[i]);
-                if (zc) zacc[i] = _mm_fmadd_ps(z4, _mm_set1_ps(br[i][b]), zacc[i]);
-            }
+        const __m128 s4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(sc + b * 4)));
+        const __m512 s16 = _mm512_permutexvar_ps(sel, _mm512_castps128_ps512(s4));
+        const __m128 z4 = zc ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(zc + b * 4))) : _mm_setzero_ps();
+        for (int i = 0; i < R; ++i) {
+            const __m512i xe = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32)));
+            const __m512i xo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32 + 16)));
+            __m512i ai = _mm512_dpbusd_epi32(_mm512_setzero_si512(), we, xe);
+            ai = _mm512_dpbusd_epi32(ai, wo, xo);
+            if (bias) ai = _mm512_sub_epi32(ai, _mm512_maskz_set1_epi32(0x1111, bias * ir[i][b]));
+            const __m512 f = _mm512_mul_ps(s16, _mm512_set1_ps(dr[i][b] * j->wmul));
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), f, acc[i]);
+            if (zc) zacc[i] = _mm_fmadd_ps(z4, _mm_set1_ps(br[i][b]), zacc[i]);
         }
-        for (int i = 0; i < 4 && r0 + i < j->m; ++i) {
-            float lanes[16], z[4];
-            _mm512_storeu_ps(lanes, acc[i]);
-            _mm_storeu_ps(z, zacc[i]);
-            for (int q = 0; q < 4 && t * 4 + q < j->n_out; ++q)
-                j->y[(r0 + i) * j->n_out + t * 4 + q] =
-                    (lanes[4 * q] + lanes[4 * q + 1]) + (lanes[4 * q + 2] + lanes[4 * q + 3]) + z[q];
-        }
+    }
+    for (int i = 0; i < R; ++i) {
+        float lanes[16], z[4];
+        _mm512_storeu_ps(lanes, acc[i]);
+        _mm_storeu_ps(z, zacc[i]);
+        for (int q = 0; q < 4 && t * 4 + q < j->n_out; ++q)
+            j->y[(r0 + i) * j->n_out + t * 4 + q] =
+                (lanes[4 * q] + lanes[4 * q + 1]) + (lanes[4 * q + 2] + lanes[4 * q + 3]) + z[q];
+    }
+}
+
+/* One tile against the activation rows, up to 4 rows at a time: each tile block (4 weight rows x 32 columns) is
+   decoded once into two 64-byte vectors (even / odd columns of the 4 rows, one row per 128-bit lane) and meets
+   each activation row's broadcast block in two vpdpbusd; lane group i then holds row i's 4 partial sums. */
+XQ_AVX512_FN static void tile_int_avx512(const struct job *j, int64_t t) {
+    int64_t r0 = 0;
+    for (; r0 + 4 <= j->m; r0 += 4) rows_int_avx512(j, t, r0, 4);
+    switch (j->m - r0) { /* each count compiled on its own: registers, no wasted rows */
+    case 3: rows_int_avx512(j, t, r0, 3); break;
+    case 2: rows_int_avx512(j, t, r0, 2); break;
+    case 1: rows_int_avx512(j, t, r0, 1); break;
+    default: break;
     }
 }
 
@@ -309,34 +323,47 @@ XQ_AVX512_FN static inline __m512i fp8x32_avx512(const uint8_t *p, int e4m3) {
                            _mm512_slli_epi16(_mm512_and_si512(c, _mm512_set1_epi16(0x80)), 8));
 }
 
-XQ_AVX512_FN static void tile_fp8_avx512(const struct job *j, int64_t t) {
+XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_fp8_avx512(const struct job *j, int64_t t,
+                                                                            int64_t r0, const int R) {
     const int64_t nb = j->nb;
     const uint8_t *w = j->w + t * nb * 128;
     const float *fs = j->fscale + t * j->groups * 4;
-    for (int64_t r0 = 0; r0 < j->m; r0 += 4) {
-        const float *xr[4];
-        for (int i = 0; i < 4; ++i) xr[i] = j->xf + (r0 + i < j->m ? r0 + i : r0) * j->k;
-        __m512 acc[4][4];
-        for (int i = 0; i < 4; ++i)
-            for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_setzero_ps();
-        for (int64_t b = 0; b < nb; ++b) {
-            const float *s = fs + (b / j->group_blocks) * 4;
-#pragma GCC unroll 4
-            for (int q = 0; q < 4; ++q) {
-                const __m512i h = fp8x32_avx512(w + b * 128 + q * 32, j->e4m3);
+    const float *xr[4];
+    for (int i = 0; i < R; ++i) xr[i] = j->xf + (r0 + i) * j->k;
+    __m512 acc[4][4];
+    for (int i = 0; i < R; ++i)
+        for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_setzero_ps();
+    /* One scale per row (per-channel): it multiplies the finished sums; per group: each block's weights. */
+    const int per_row = j->groups == 1;
+    for (int64_t b = 0; b < nb; ++b) {
+        const float *s = fs + (b / j->group_blocks) * 4;
+        for (int q = 0; q < 4; ++q) {
+            const __m512i h = fp8x32_avx512(w + b * 128 + q * 32, j->e4m3);
+            __m512 lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h)), hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+            if (!per_row) {
                 const __m512 sv = _mm512_set1_ps(s[q] * j->wmul);
-                const __m512 lo = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(h)), sv);
-                const __m512 hi = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)), sv);
-#pragma GCC unroll 4
-                for (int i = 0; i < 4; ++i) {
-                    acc[i][q] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xr[i] + b * 32), acc[i][q]);
-                    acc[i][q] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xr[i] + b * 32 + 16), acc[i][q]);
-                }
+                lo = _mm512_mul_ps(lo, sv), hi = _mm512_mul_ps(hi, sv);
+            }
+            for (int i = 0; i < R; ++i) {
+                acc[i][q] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xr[i] + b * 32), acc[i][q]);
+                acc[i][q] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xr[i] + b * 32 + 16), acc[i][q]);
             }
         }
-        for (int i = 0; i < 4 && r0 + i < j->m; ++i)
-            for (int q = 0; q < 4 && t * 4 + q < j->n_out; ++q)
-                j->y[(r0 + i) * j->n_out + t * 4 + q] = _mm512_reduce_add_ps(acc[i][q]);
+    }
+    for (int i = 0; i < R; ++i)
+        for (int q = 0; q < 4 && t * 4 + q < j->n_out; ++q)
+            j->y[(r0 + i) * j->n_out + t * 4 + q] =
+                _mm512_reduce_add_ps(acc[i][q]) * (per_row ? fs[q] * j->wmul : 1.0f);
+}
+
+XQ_AVX512_FN static void tile_fp8_avx512(const struct job *j, int64_t t) {
+    int64_t r0 = 0;
+    for (; r0 + 4 <= j->m; r0 += 4) rows_fp8_avx512(j, t, r0, 4);
+    switch (j->m - r0) {
+    case 3: rows_fp8_avx512(j, t, r0, 3); break;
+    case 2: rows_fp8_avx512(j, t, r0, 2); break;
+    case 1: rows_fp8_avx512(j, t, r0, 1); break;
+    default: break;
     }
 }
 
