@@ -1,8 +1,10 @@
 """CPU engines side by side, medians of interleaved rounds with their ranges: decode tok/s, first token, peak RSS.
 
 Each engine runs in its own subprocess through `cpu_decode.py --one` (the same code paths as that script), rounds
-interleaved (A B C, A B C, ...) so a shared machine's load hits every engine alike. Prints a markdown table
-(ratios against llama.cpp within the run); nothing is written to docs.
+interleaved (A B C, A B C, ...) so a shared machine's load hits every engine alike; peak RSS is the child's own
+(wait4). `ipex-llm:FMT` runs IPEX-LLM 2.2.0 in its own virtualenv through `../shared/bench/ipex_llm_cpu_peer.py`
+(set up as that file says, with `prepare ... $PEER/model<prompt tokens>` for each prompt length). Prints a markdown
+table (ratios against llama.cpp within the run); nothing is written to docs.
 
     .venv/bin/python -P bench/cpu_xeon.py --threads 1 --prompt-tokens 128 --rounds 3 \\
         --engines llama.cpp,xpullm:sym_int4,xpullm:nf4
@@ -17,9 +19,11 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 DECODE = Path(__file__).with_name("cpu_decode.py")
+PEER_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "bench" / "ipex_llm_cpu_peer.py"
 ENGINES = (
     "llama.cpp,xpullm:sym_int4,xpullm:asym_int4,xpullm:nf4,xpullm:fp4,xpullm:sym_int8,xpullm:fp8_e4m3,"
     "xpullm:fp8_e5m2,transformers:bf16"
@@ -38,6 +42,34 @@ def _cell(values: list[float], fmt: str) -> str:
     return f"{mid:{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})" if len(values) > 1 else f"{mid:{fmt}}"
 
 
+def _command(engine: str, args: argparse.Namespace) -> list[str]:
+    kind, _, fmt = engine.partition(":")
+    if kind == "ipex-llm":
+        peer = Path(args.peer).expanduser()
+        return [str(peer / "venv" / "bin" / "python"), str(Path(args.peer_script).resolve()), "run",
+                str(peer / f"model{args.prompt_tokens}"), "--low-bit", fmt, "--threads", str(args.threads),
+                "--new-tokens", str(args.new_tokens), "--rounds", "1"]  # fmt: skip
+    cmd = [sys.executable, "-P", str(DECODE), "--one", engine, "--threads", str(args.threads)]
+    return [*cmd, "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens)]
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> tuple[int, str, str, float]:
+    """(exit status, stdout, stderr tail, the child's peak RSS in MiB)."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, cwd=tempfile.gettempdir())
+        out = proc.stdout.read().decode()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        return proc.returncode, out, err.read().decode()[-1500:], usage.ru_maxrss / 1024
+
+
+def _result(engine: str, out: str) -> dict:
+    if engine.startswith("ipex-llm:"):
+        return json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[7:])
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
@@ -45,6 +77,8 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--engines", default=ENGINES)
+    ap.add_argument("--peer", default="~/.cache/ipex-llm-peer", help="IPEX-LLM peer folder (venv, model<N>)")
+    ap.add_argument("--peer-script", default=str(PEER_SCRIPT))
     args = ap.parse_args()
     env = {
         **os.environ,
@@ -56,13 +90,11 @@ def main() -> None:
     engines = args.engines.split(",")
     for r in range(args.rounds):
         for engine in engines:
-            cmd = [sys.executable, "-P", str(DECODE), "--one", engine, "--threads", str(args.threads)]
-            cmd += ["--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                print(f"{engine} failed:\n{proc.stderr[-1500:]}", file=sys.stderr)
+            code, out, err, rss = _run(_command(engine, args), env)
+            if code != 0:
+                print(f"{engine} failed:\n{err}", file=sys.stderr)
                 continue
-            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            res = {**_result(engine, out), "peak_rss_mib": rss}
             print(f"round {r} {engine}: {res}", file=sys.stderr, flush=True)
             runs.setdefault(engine, []).append(res)
     ref = statistics.median(
