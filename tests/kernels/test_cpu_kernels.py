@@ -238,3 +238,15 @@ def test_native_int4_takes_fp32_scales_by_rounding_them_to_fp16() -> None:
     ref = ReferenceKernel().matmul(x, qw)
     rel = ((kernel.matmul(x, kernel.prepare(qw, CPU)) - ref).norm() / ref.norm()).item()
     assert rel < 1e-2
+
+
+@native_only
+def test_info_shows_a_native_kernel_for_every_low_bit_format_and_the_path(capsys) -> None:
+    from xpullm.cli.main import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"native CPU kernels: {cpu_native.active_isa()} path" in out
+    kernels = dict(line.split() for line in out.split("kernels on cpu:\n")[1].strip().splitlines())
+    for fmt in ("sym_int4", "asym_int4", "nf4", "fp4", "sym_int8", "fp8_e4m3", "fp8_e5m2"):
+        assert kernels[fmt].endswith("_native"), f"{fmt} runs {kernels[fmt]}"
