@@ -1,7 +1,8 @@
 """Native CPU kernels per format and SIMD path: time per call, and weight GB/s against the machine's read bandwidth.
 
 Every format's native kernel (`xpullm.kernels.cpu_native`) on every path this CPU runs (`isa_paths()`, each
-forced in turn), decode (M=1) and a prompt chunk (M=128), on the default model's layer shapes and a 4096 square.
+forced in turn), decode (M=1: weight bytes read per second) and a prompt chunk (M=128: multiply-adds per second),
+on the default model's layer shapes and a 4096 square.
 Medians of interleaved repeats (a shared machine: ratios within one run are what counts). The read bandwidth is a
 PyTorch sum over a 512 MiB tensor on the same threads. Prints markdown; writes nothing.
 
@@ -54,7 +55,7 @@ def main() -> None:
     bw = read_bandwidth(args.repeat)
     print(f"{_cpu_name()}, {args.threads} thread(s), SIMD paths {paths}, AMX {cpu_native.has_amx()}; "
           f"read bandwidth {bw:.1f} GB/s (sum over 512 MiB); median of {args.repeat} interleaved repeats\n")  # fmt: skip
-    head = " | ".join(f"{p} ms (GB/s)" for p in paths)
+    head = " | ".join(f"{p} ms (M=1: weight GB/s; M=128: GMAC/s)" for p in paths)
     print(f"| format | N x K | M | kernel | {head} |")
     print("|---|---|---:|---|" + "---:|" * len(paths))
     gen = torch.Generator().manual_seed(0)
@@ -75,7 +76,8 @@ def main() -> None:
                 cells = []
                 for p in paths:
                     sec = statistics.median(samples[p])
-                    cells.append(f"{sec * 1e3:.3f} ({qw.nbytes / sec / 1e9:.1f})")
+                    rate = qw.nbytes / sec / 1e9 if m == 1 else n * k * m / sec / 1e9
+                    cells.append(f"{sec * 1e3:.3f} ({rate:.1f})")
                 print(f"| {fmt} | {n}x{k} | {m} | {kernel.name} | " + " | ".join(cells) + " |", flush=True)
 
 

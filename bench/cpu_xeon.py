@@ -23,7 +23,12 @@ import tempfile
 from pathlib import Path
 
 DECODE = Path(__file__).with_name("cpu_decode.py")
-PEER_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "bench" / "ipex_llm_cpu_peer.py"
+# The shared peer script sits beside the checkout (../shared) or beside the worktrees' parent (../../shared).
+PEER_SCRIPT = next(
+    (p / "shared" / "bench" / "ipex_llm_cpu_peer.py" for p in Path(__file__).resolve().parents[1:4]
+     if (p / "shared" / "bench" / "ipex_llm_cpu_peer.py").exists()),
+    Path(__file__).resolve().parents[2] / "shared" / "bench" / "ipex_llm_cpu_peer.py",
+)  # fmt: skip
 ENGINES = (
     "llama.cpp,xpullm:sym_int4,xpullm:asym_int4,xpullm:nf4,xpullm:fp4,xpullm:sym_int8,xpullm:fp8_e4m3,"
     "xpullm:fp8_e5m2,transformers:bf16"
