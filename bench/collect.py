@@ -11,6 +11,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 PARTS = [
     ("benchmarks-core.md", "Core: formats, memory, load time, kernels, perplexity (CPU)"),
     ("benchmarks-engine.md", "Engine: CPU decode speed against llama.cpp and transformers"),
+    ("benchmarks-cpu-avx512.md", "CPU with AVX-512 VNNI: every format native, llama.cpp, IPEX-LLM"),
     ("benchmarks-rag.md", "Embeddings and knowledge bases"),
     ("benchmarks-graphrag.md", "GraphRAG indexing"),
     ("benchmarks-serve.md", "Serving: xpullm serve vs llama.cpp's server (OpenAI API, streamed)"),
@@ -21,7 +22,8 @@ HEADER = """# Benchmarks
 
 Every number here comes from a script under `bench/`; each section names its script, its machine and how to
 rerun it. Comparisons are side by side in one run (ratios), never across machines. CPU numbers: the 2-core
-AMD EPYC (Zen 3, AVX2, no AVX-512/AMX) VM this project is developed and tested on. GPU numbers: one NVIDIA H200
+AMD EPYC (Zen 3, AVX2, no AVX-512/AMX) VM this project was first developed on; the AVX-512 section names its own
+2-vCPU machine (AVX-512 VNNI/BF16, no AMX). GPU numbers: one NVIDIA H200
 (latest) or H100 80GB HBM3 (earlier), torch 2.11+cu130, Triton 3.6, lent for the measurement.
 """
 

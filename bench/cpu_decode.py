@@ -103,7 +103,7 @@ def run_llamacpp(prompt_n: int, new_n: int, threads: int) -> dict:
     tok = load_tokenizer(gguf)
     params = xlc.CommonParams()
     params.model.path = gguf
-    params.n_ctx = 1024
+    params.n_ctx = prompt_n + new_n + 16
     params.n_parallel = 1
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads

@@ -1,23 +1,29 @@
-"""CPU fast paths compiled on the user's machine: int4/int8 weights x int8 activations with AVX2 integer dots.
+"""CPU fast paths compiled on the user's machine, one native kernel for every low-bit format.
 
-PyTorch's `_weight_int4pack_mm_for_cpu` decodes every weight to float and multiplies in floating point; on CPUs
-without native bf16 it runs at a fraction of llama.cpp's speed. These kernels (source: `csrc/cpu_ops.c`) do
-what llama.cpp does instead: activations are quantised per block of 32 to int8 and each block's dot product
-is one unsigned x signed byte multiply-add, so a token costs a few integer instructions per 32 weights. The
-same library holds RMSNorm and a decode step's attention, which the decoder calls on CPU in fp32.
+PyTorch's `_weight_int4pack_mm_for_cpu` decodes every weight to float and multiplies in floating point, and it has
+no op at all for nf4, fp4 or fp8. These kernels (source: `csrc/cpu_ops.c`) do what llama.cpp does instead for the
+integer and codebook formats: activations are quantised per block of 32 to int8 and each block's dot product is
+integer multiply-adds (AVX2 `vpmaddubsw`, AVX-512 VNNI `vpdpbusd`); nf4/fp4 nibbles go through a 16-entry int8
+table (`vpshufb`); fp8 codes are turned into fp16 bit patterns in registers and multiplied in fp32. The same
+library holds RMSNorm and a decode step's attention, which the decoder calls on CPU in fp32.
 
-The C file is compiled once per source version and CPU with the system C compiler (`$CC`, `cc` or `gcc`) into
-`$XPULLM_CACHE/native` and loaded with ctypes: no build step at install, no PyTorch headers. Where there is no
-compiler, no AVX2/FMA/F16C, or `XPULLM_NATIVE=0`, the kernels report themselves unavailable and the registry
-falls back to PyTorch's ops. At load, codes are regrouped into 4-row tiles (one cache line per block of 32
-columns); `export` gives the portable codes back exactly.
+The C file is compiled once per source version with the system C compiler (`$CC`, `cc` or `gcc`) into
+`$XPULLM_CACHE/native` and loaded with ctypes: no build step at install, no PyTorch headers, no -march flag. The
+library picks its SIMD path at run time from CPUID (`isa_paths()`: `avx2`, then `avx512_vnni` where the CPU and
+OS have it); `XPULLM_CPU_ISA=avx2` (or `forced_isa`) forces a path. Where there is no compiler, no AVX2/FMA/F16C,
+or `XPULLM_NATIVE=0`, the kernels report themselves unavailable and the registry falls back to PyTorch's ops.
+At load, codes are regrouped into 4-row tiles (one cache line per block of 32 columns); `export` gives the
+portable codes back exactly.
 
 Accuracy: the activation rounding (half a step of max|x|/127 per block of 32) is the same one llama.cpp's
-Q4 x Q8 path makes; `reference_int8_activations` is the exact PyTorch twin used by the tests.
+Q4 x Q8 path makes; nf4's levels are held as round(127 * level) (at most 0.0037 * scale off per weight; fp4's
+levels times 2 are integers, exact); fp8 is exact in fp32. `twin_activations` / `twin_weight` give each kernel's
+exact PyTorch twin, the one the tests hold it to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -26,6 +32,7 @@ import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +45,17 @@ from xpullm.kernels.registry import Kernel, register_kernel
 from xpullm.settings import runtime_settings  # layer 0: imports nothing from xpullm
 
 __all__ = [
+    "ISA_PATHS",
+    "CpuNativeCodebookKernel",
+    "CpuNativeFp8Kernel",
     "CpuNativeInt4Kernel",
     "CpuNativeInt8Kernel",
+    "NativeFp8State",
     "NativeTiledState",
+    "active_isa",
     "decode_attention",
+    "forced_isa",
+    "isa_paths",
     "library",
     "reference_decode_attention",
     "reference_int8_activations",
@@ -50,7 +64,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("csrc") / "cpu_ops.c"
-_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared")
+# No -march: every SIMD function in the C file names its own target and the library dispatches at run time.
+_FLAGS = ("-O3", "-fno-math-errno", "-fPIC", "-shared")
+# The C library's path numbers (xq_isa / xq_set_isa), by name, portable floor first.
+ISA_PATHS = {"avx2": 1, "avx512_vnni": 2}
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
 
@@ -59,7 +76,7 @@ def _build_dir() -> Path:
 
 
 def _cpu_signature() -> str:
-    """What -march=native compiles for: the CPU model and flags (a shared cache may serve several machines)."""
+    """The CPU model and flags (the build is portable; this only keeps one machine's test builds apart)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -81,6 +98,11 @@ def _compile(cc: str, out: Path) -> None:
         errors.append(proc.stderr.strip()[-500:])
     tmp.unlink(missing_ok=True)
     raise RuntimeError("; ".join(errors))
+
+
+def _runnable(lib: ctypes.CDLL) -> list[str]:
+    best = lib.xq_best_isa()
+    return [name for name, code in ISA_PATHS.items() if code <= best]
 
 
 @functools.cache
@@ -110,16 +132,69 @@ def library() -> ctypes.CDLL | None:
         return None
     if not lib.xq_simd():
         return None  # built, but this CPU lacks AVX2/FMA/F16C: the scalar build would be slower than PyTorch
+    for name in ("xq_simd", "xq_best_isa", "xq_isa", "xq_has_amx"):
+        getattr(lib, name).restype = ctypes.c_int
+        getattr(lib, name).argtypes = []
+    lib.xq_set_isa.argtypes = [ctypes.c_int]
+    lib.xq_set_isa.restype = ctypes.c_int
     lib.xq_int4_linear.argtypes = [_P, _I, _I, _P, _P, _P, _I, _I, _P, ctypes.c_int]
-    lib.xq_int4_linear.restype = ctypes.c_int
+    lib.xq_lut4_linear.argtypes = [_P, _I, _I, _P, _P, _P, ctypes.c_float, _I, _I, _P, ctypes.c_int]
     lib.xq_int8_linear.argtypes = [_P, _I, _I, _P, _P, _I, _I, _P, ctypes.c_int]
-    lib.xq_int8_linear.restype = ctypes.c_int
+    lib.xq_fp8_linear.argtypes = [_P, _I, _I, _P, _P, _I, _I, ctypes.c_int, _I, _I, _P, ctypes.c_int]
+    for name in ("xq_int4_linear", "xq_lut4_linear", "xq_int8_linear", "xq_fp8_linear"):
+        getattr(lib, name).restype = ctypes.c_int
     lib.xq_rms_norm.argtypes = [_P, _P, _P, _I, _I, ctypes.c_float]
     lib.xq_rms_norm.restype = None
     lib.xq_decode_attention.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, ctypes.c_float, _P,
                                         ctypes.c_int]  # fmt: skip
     lib.xq_decode_attention.restype = ctypes.c_int
+    wanted = os.environ.get("XPULLM_CPU_ISA", "").strip().lower()
+    if wanted and wanted != "auto":
+        if wanted not in ISA_PATHS:
+            raise ValueError(
+                f"XPULLM_CPU_ISA={wanted!r} is not a CPU path: use auto or one of {sorted(ISA_PATHS)}"
+            )
+        if lib.xq_set_isa(ISA_PATHS[wanted]) < 0:
+            raise ValueError(
+                f"XPULLM_CPU_ISA={wanted!r}: this CPU cannot run that path; it runs {_runnable(lib)} (unset it)"
+            )
     return lib
+
+
+def isa_paths() -> list[str]:
+    """The SIMD paths the native kernels can run on this CPU, portable first (empty without the library)."""
+    lib = library()
+    return [] if lib is None else _runnable(lib)
+
+
+def active_isa() -> str | None:
+    """The path the native kernels run now (the best one, unless forced), or None without the library."""
+    lib = library()
+    if lib is None:
+        return None
+    code = lib.xq_isa()
+    return next(name for name, c in ISA_PATHS.items() if c == code)
+
+
+def has_amx() -> bool:
+    """Whether CPUID and the OS report AMX int8 tiles (informational: there is no AMX path yet)."""
+    lib = library()
+    return lib is not None and bool(lib.xq_has_amx())
+
+
+@contextlib.contextmanager
+def forced_isa(name: str) -> Iterator[None]:
+    """Run the native kernels on path `name` (see `isa_paths`) inside the block, then go back to the one before."""
+    lib = library()
+    if lib is None or name not in ISA_PATHS:
+        raise ValueError(f"unknown or unavailable CPU path {name!r}: this machine runs {isa_paths()}")
+    before = lib.xq_isa()
+    if lib.xq_set_isa(ISA_PATHS[name]) < 0:
+        raise ValueError(f"this CPU cannot run the {name} path; it runs {isa_paths()}")
+    try:
+        yield
+    finally:
+        lib.xq_set_isa(before)
 
 
 def rms_norm(x: torch.Tensor, shape: tuple[int, ...], weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -233,49 +308,112 @@ def _unpermute_blocks(codes: torch.Tensor) -> torch.Tensor:
     return codes.reshape(n, k // 32, 2, 16).transpose(-1, -2).reshape(n, k)
 
 
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    return F.pad(t, (0, 0, 0, rows - t.shape[0]))
+
+
+def _tile_major(t: torch.Tensor) -> torch.Tensor:
+    """Per-row values [N (multiple of 4), C] -> [N/4, C, 4], the order the tiles read them."""
+    return t.reshape(-1, _TILE, t.shape[1]).transpose(1, 2).contiguous()
+
+
+def _row_major(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`_tile_major`'s inverse for `rows`: [len(rows), C]."""
+    return t[rows // _TILE, :, rows % _TILE]
+
+
+@functools.cache
+def codebook_table(levels: tuple[float, ...]) -> tuple[torch.Tensor, float]:
+    """(int8 table [16], multiplier) holding a 16-level codebook: levels ~ table * multiplier.
+
+    Levels that become integers when doubled a few times (fp4 e2m1: x2) are held exactly; others (nf4) as
+    round(127 * level / max|level|), at most half a step of max|level| / 127 off.
+    """
+    top = max(abs(v) for v in levels)
+    for mul in (1, 2, 4, 8, 16):
+        ints = [v * mul for v in levels]
+        if all(float(i).is_integer() and abs(i) <= 127 for i in ints):
+            return torch.tensor([int(i) for i in ints], dtype=torch.int8), 1.0 / mul
+    table = torch.tensor([round(127 * v / top) for v in levels], dtype=torch.int8)
+    return table, top / 127.0
+
+
+def _levels(fmt: str) -> tuple[float, ...]:
+    """A codebook format's 16 levels (imported at call time: the kernel layer sits below the formats)."""
+    from xpullm.formats import get_format
+
+    return get_format(fmt).levels
+
+
 @dataclass
 class NativeTiledState:
-    """Runtime layout: codes of 4-row tiles interleaved by block of 32 columns, one scale (zero) per block."""
+    """Runtime layout of the integer and codebook formats: 4-row tiles interleaved by block of 32 columns."""
 
     bits: int  # 4 (bytes hold column pairs, as in the portable layout) or 8 (block-permuted int8)
     shape: tuple[int, int]
     group_size: int
-    tiles: torch.Tensor  # uint8 [N/4, K/32, 4, 16 or 32] (N padded to a multiple of 4)
-    block_scales: torch.Tensor  # fp16 [N (padded), K/32]
-    block_zeros: torch.Tensor | None  # fp16 [N (padded), K/32]; None: zero = -8 * scale (int4) or 0 (int8)
+    tiles: torch.Tensor  # uint8 [N/4, K/32, 4, 16] (int4) or [N/4, K/32, 2, 4, 16] (int8: even, odd columns)
+    scales: torch.Tensor  # fp16 [N/4, K/32, 4], one per row and block (N padded to a multiple of 4)
+    zeros: torch.Tensor | None  # fp16 like scales; None: zero = -8 * scale (int4) or 0 (int8, codebooks)
+    lut: torch.Tensor | None = None  # codebooks: int8 [16] table (see `codebook_table`)
+    wmul: float = 1.0  # codebooks: the table's multiplier
+    levels: torch.Tensor | None = None  # codebooks: the format's exact fp32 levels (for row lookups)
 
     @property
     def padded_k(self) -> int:
         return self.tiles.shape[1] * 32
 
+    @property
+    def rows(self) -> int:
+        return self.tiles.shape[0] * _TILE
+
     def codes(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Portable codes of `rows` (default: all): int4 unpacked to uint8 0..15, int8 as int8, [R, K]."""
         if rows is None:
             rows = torch.arange(self.shape[0])
-        raw = self.tiles[rows // _TILE, :, rows % _TILE].reshape(rows.numel(), -1)
-        return unpack_nibbles(raw) if self.bits == 4 else _unpermute_blocks(raw.view(torch.int8))
+        if self.bits == 4:
+            return unpack_nibbles(self.tiles[rows // _TILE, :, rows % _TILE].reshape(rows.numel(), -1))
+        raw = self.tiles[rows // _TILE, :, :, rows % _TILE].reshape(rows.numel(), -1)
+        return _unpermute_blocks(raw.view(torch.int8))
+
+    def block_values(self, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Per-block scales or zeros of `rows` as fp32 [R, K/32, 1]."""
+        return _row_major(t, rows).float()[..., None]
 
     def dequantize_rows(self, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Rows of the float weight (an embedding lookup on a tied low-bit head)."""
-        q = self.codes(rows).float().reshape(rows.numel(), -1, 32)
-        scale = self.block_scales[rows].float()[..., None]
-        if self.block_zeros is not None:
-            zero = self.block_zeros[rows].float()[..., None]
+        """Rows of the float weight (an embedding lookup on a tied low-bit head), the format's exact values."""
+        codes = self.codes(rows)
+        q = (self.levels[codes.long()] if self.levels is not None else codes.float()).reshape(
+            rows.numel(), -1, 32
+        )
+        scale = self.block_values(self.scales, rows)
+        if self.zeros is not None:
+            zero = self.block_values(self.zeros, rows)
         else:
-            zero = (-8.0 if self.bits == 4 else 0.0) * scale
+            zero = (-8.0 if self.bits == 4 and self.levels is None else 0.0) * scale
         return (q * scale + zero).reshape(rows.numel(), -1)[:, : self.shape[1]].to(dtype)
 
 
 def _to_blocks(t: torch.Tensor | None, per_block: int, rows: int) -> torch.Tensor | None:
-    """Per-group fp16 values -> one per block of 32 columns, rows padded with zeros to `rows`."""
+    """Per-group fp16 values -> one per block of 32 columns, rows padded with zeros, tile-major [N/4, K/32, 4]."""
     if t is None:
         return None
-    t = t.to(torch.float16).repeat_interleave(per_block, dim=1)
-    return F.pad(t, (0, 0, 0, rows - t.shape[0])).contiguous()
+    return _tile_major(_pad_rows(t.to(torch.float16).repeat_interleave(per_block, dim=1), rows))
+
+
+def _as_fp32_input(x2: torch.Tensor, k: int) -> torch.Tensor:
+    if x2.dtype != torch.float32 or x2.shape[1] != k or not x2.is_contiguous():
+        x2 = F.pad(x2.float(), (0, k - x2.shape[1])).contiguous()
+    return x2
+
+
+def _check(status: int, m: int, k: int) -> None:
+    if status != 0:
+        raise MemoryError(f"native CPU kernel could not allocate scratch for {m} x {k} activations")
 
 
 class _NativeTiledKernel(Kernel):
-    """Shared by the int4 and int8 native kernels: tiling at load, export, and the ctypes call."""
+    """Shared by the int4, codebook and int8 native kernels: tiling at load, export, and the ctypes call."""
 
     bits: int
 
@@ -298,60 +436,173 @@ class _NativeTiledKernel(Kernel):
     def prepare(self, qw: Any, device: torch.device) -> NativeTiledState:
         n, k = qw.shape[0], qw.padded_k
         rows = -(-n // _TILE) * _TILE
-        # int4: bytes as stored (column pairs); int8: codes reordered per block like the activations.
-        codes = qw.data if self.bits == 4 else _permute_blocks(qw.data).view(torch.uint8)
-        codes = F.pad(codes, (0, 0, 0, rows - n))
-        tiles = codes.reshape(rows // _TILE, _TILE, k // 32, -1).transpose(1, 2).contiguous()
+        codes = _pad_rows(qw.data, rows)
+        if self.bits == 4:  # bytes as stored (column pairs) -> [N/4, K/32, 4, 16]
+            tiles = codes.reshape(rows // _TILE, _TILE, k // 32, 16).transpose(1, 2)
+        else:  # codes reordered per block like the activations, then [N/4, K/32, even/odd, 4, 16]
+            codes = _permute_blocks(codes).view(torch.uint8)
+            tiles = codes.reshape(rows // _TILE, _TILE, k // 32, 2, 16).permute(0, 2, 3, 1, 4)
         per_block = qw.group_size // 32
         return NativeTiledState(
-            self.bits, tuple(qw.shape), qw.group_size, tiles,
+            self.bits, tuple(qw.shape), qw.group_size, tiles.contiguous(),
             _to_blocks(qw.scales, per_block, rows), _to_blocks(qw.zeros, per_block, rows),
         )  # fmt: skip
 
     def export(self, state: NativeTiledState) -> dict[str, Any]:
         """Portable codes (unpacked), scales and zeros, exactly as they came in (fp16 holds them exactly)."""
-        n, step = state.shape[0], state.group_size // 32
-        pick = lambda t: None if t is None else t[:n, ::step].contiguous()  # noqa: E731
-        return {"codes": state.codes(), "scales": pick(state.block_scales), "zeros": pick(state.block_zeros)}
+        rows, step = torch.arange(state.shape[0]), state.group_size // 32
+        pick = lambda t: None if t is None else _row_major(t, rows)[:, ::step].contiguous()  # noqa: E731
+        return {"codes": state.codes(), "scales": pick(state.scales), "zeros": pick(state.zeros)}
 
     def matmul(self, x: torch.Tensor, state: NativeTiledState) -> torch.Tensor:
         n, k = state.shape[0], state.padded_k
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1])
-        if x2.dtype != torch.float32 or x2.shape[1] != k or not x2.is_contiguous():
-            x2 = F.pad(x2.float(), (0, k - x2.shape[1])).contiguous()
-        y = torch.empty((x2.shape[0], n))
-        lib, rows = library(), state.block_scales.shape[0]
-        if self.bits == 4:
-            zeros = None if state.block_zeros is None else state.block_zeros.data_ptr()
+        x2 = _as_fp32_input(x.reshape(-1, x.shape[-1]), k)
+        m = x2.shape[0]
+        y = torch.empty((m, n))
+        lib, threads = library(), torch.get_num_threads()
+        if state.lut is not None:
+            status = lib.xq_lut4_linear(
+                x2.data_ptr(), m, k, state.tiles.data_ptr(), state.scales.data_ptr(), state.lut.data_ptr(),
+                state.wmul, state.rows, n, y.data_ptr(), threads,
+            )  # fmt: skip
+        elif self.bits == 4:
+            zeros = None if state.zeros is None else state.zeros.data_ptr()
             status = lib.xq_int4_linear(
-                x2.data_ptr(), x2.shape[0], k, state.tiles.data_ptr(), state.block_scales.data_ptr(), zeros,
-                rows, n, y.data_ptr(), torch.get_num_threads(),
+                x2.data_ptr(), m, k, state.tiles.data_ptr(), state.scales.data_ptr(), zeros, state.rows, n,
+                y.data_ptr(), threads,
             )  # fmt: skip
         else:
             status = lib.xq_int8_linear(
-                x2.data_ptr(), x2.shape[0], k, state.tiles.data_ptr(), state.block_scales.data_ptr(), rows, n,
-                y.data_ptr(), torch.get_num_threads(),
+                x2.data_ptr(), m, k, state.tiles.data_ptr(), state.scales.data_ptr(), state.rows, n, y.data_ptr(),
+                threads,
             )  # fmt: skip
-        if status != 0:
-            raise MemoryError(
-                f"native CPU kernel could not allocate scratch for {x2.shape[0]} x {k} activations"
-            )
+        _check(status, m, k)
         y = y.reshape(*lead, n)
         return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
 @register_kernel(formats=("sym_int4", "asym_int4"), device="cpu", priority=20)
 class CpuNativeInt4Kernel(_NativeTiledKernel):
-    """int4 x int8 integer dot products (AVX2), compiled here from `csrc/cpu_ops.c`."""
+    """int4 x int8 integer dot products (AVX2 or AVX-512 VNNI), compiled here from `csrc/cpu_ops.c`."""
 
     name = "cpu_int4_native"
     bits = 4
 
 
+@register_kernel(formats=("nf4", "fp4"), device="cpu", priority=20)
+class CpuNativeCodebookKernel(_NativeTiledKernel):
+    """nf4 / fp4: nibbles through a 16-entry int8 table (`vpshufb`), then int4-style int8 dot products."""
+
+    name = "cpu_codebook_native"
+    bits = 4
+
+    def supports(self, qw: Any) -> bool:
+        return qw.zeros is None and super().supports(qw)
+
+    def prepare(self, qw: Any, device: torch.device) -> NativeTiledState:
+        state = super().prepare(qw, device)
+        levels = _levels(qw.format)
+        state.lut, state.wmul = codebook_table(levels)
+        state.levels = torch.tensor(levels, dtype=torch.float32)
+        return state
+
+    def twin_weight(self, qw: Any) -> torch.Tensor:
+        """The weight this kernel multiplies by: the format's codes through `codebook_table`, times the scales."""
+        table, mul = codebook_table(_levels(qw.format))
+        n, k = qw.shape
+        codes = unpack_nibbles(qw.data).long().reshape(n, -1, qw.group_size)
+        w = (table.float() * mul)[codes] * qw.scales.float()[..., None]
+        return w.reshape(n, -1)[:, :k]
+
+
 @register_kernel(formats=("sym_int8",), device="cpu", priority=20)
 class CpuNativeInt8Kernel(_NativeTiledKernel):
-    """int8 x int8 integer dot products (AVX2), per-row or per-group (Q8_0) scales."""
+    """int8 x int8 integer dot products (AVX2 or AVX-512 VNNI), per-row or per-group (Q8_0) scales."""
 
     name = "cpu_int8_native"
     bits = 8
+
+
+@dataclass
+class NativeFp8State:
+    """fp8 codes in 4-row tiles by block of 32 columns (K padded with zero codes), fp32 scales per group."""
+
+    shape: tuple[int, int]
+    group_size: int
+    stored_k: int  # K of the portable codes
+    e4m3: bool
+    tiles: torch.Tensor  # uint8 [N/4, K/32, 4, 32]
+    scales: torch.Tensor  # fp32 [N/4, groups, 4]
+    group_blocks: int  # blocks of 32 per scale group (per-channel: all of them)
+
+    @property
+    def padded_k(self) -> int:
+        return self.tiles.shape[1] * 32
+
+    @property
+    def rows(self) -> int:
+        return self.tiles.shape[0] * _TILE
+
+    def codes(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        if rows is None:
+            rows = torch.arange(self.shape[0])
+        return self.tiles[rows // _TILE, :, rows % _TILE].reshape(rows.numel(), -1)[:, : self.stored_k]
+
+    def dequantize_rows(self, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        fp8 = torch.float8_e4m3fn if self.e4m3 else torch.float8_e5m2
+        values = self.codes(rows).contiguous().view(fp8).float()
+        scale = _row_major(self.scales, rows).repeat_interleave(self.group_size, dim=1)[:, : self.stored_k]
+        return (values * scale)[:, : self.shape[1]].to(dtype)
+
+
+@register_kernel(formats=("fp8_e4m3", "fp8_e5m2"), device="cpu", priority=20)
+class CpuNativeFp8Kernel(Kernel):
+    """fp8 x fp32: codes become fp16 bit patterns in registers (F16C converts them exactly), fp32 FMAs."""
+
+    name = "cpu_fp8_native"
+
+    def available(self) -> bool:
+        return library() is not None
+
+    def supports(self, qw: Any) -> bool:
+        groups = 1 if qw.scales is None else qw.scales.shape[1]
+        return (
+            qw.scales is not None
+            and (groups == 1 or qw.group_size % 32 == 0)
+            and bool(torch.isfinite(qw.scales).all())
+            and library() is not None
+        )
+
+    def prepare(self, qw: Any, device: torch.device) -> NativeFp8State:
+        n, stored = qw.shape[0], qw.data.shape[1]
+        rows, k = -(-n // _TILE) * _TILE, -(-stored // 32) * 32
+        codes = _pad_rows(F.pad(qw.data.view(torch.uint8), (0, k - stored)), rows)
+        tiles = codes.reshape(rows // _TILE, _TILE, k // 32, 32).transpose(1, 2).contiguous()
+        groups = qw.scales.shape[1]
+        blocks = k // 32 if groups == 1 else qw.group_size // 32
+        scales = _tile_major(_pad_rows(qw.scales.float(), rows))
+        return NativeFp8State(
+            tuple(qw.shape), qw.group_size, stored, qw.format == "fp8_e4m3", tiles, scales, blocks
+        )
+
+    def export(self, state: NativeFp8State) -> dict[str, Any]:
+        rows = torch.arange(state.shape[0])
+        return {
+            "codes": state.codes().contiguous(),
+            "scales": _row_major(state.scales, rows).contiguous(),
+            "zeros": None,
+        }
+
+    def matmul(self, x: torch.Tensor, state: NativeFp8State) -> torch.Tensor:
+        n, k = state.shape[0], state.padded_k
+        lead = x.shape[:-1]
+        x2 = _as_fp32_input(x.reshape(-1, x.shape[-1]), k)
+        y = torch.empty((x2.shape[0], n))
+        status = library().xq_fp8_linear(
+            x2.data_ptr(), x2.shape[0], k, state.tiles.data_ptr(), state.scales.data_ptr(), state.scales.shape[1],
+            state.group_blocks, int(state.e4m3), state.rows, n, y.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        _check(status, x2.shape[0], k)
+        y = y.reshape(*lead, n)
+        return y if x.dtype == torch.float32 else y.to(x.dtype)

@@ -60,6 +60,11 @@ class Kernel:
         exact dequantisation of `qw`, this is the reference twin the property tests hold the kernel to."""
         return x.float()
 
+    def twin_weight(self, qw: Any) -> torch.Tensor:
+        """The weight [N, K] this kernel multiplies by, in fp32: the format's exact dequantisation, unless the kernel
+        holds the codes another way (e.g. nf4 levels in an int8 table); the twin's other half."""
+        return qw.dequantize(torch.float32)
+
     def export(self, state: Any) -> Any:
         """The portable weight back out of `state`: a `QuantizedWeight`, or a dict with `codes` (unpacked),
         `scales` and `zeros` tensors that the caller packs into one. Used by `save_low_bit`."""

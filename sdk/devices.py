@@ -55,11 +55,16 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
-    """The compute dtype used when none is given: bf16 where it runs natively (the CPU int4 kernels are fast only
-    with bf16 activations), fp16 on CUDA GPUs without bf16, fp32 on CPUs that would emulate bf16 (every norm and
-    attention op would pay)."""
+    """The compute dtype used when none is given: fp32 on CPUs where xpullm's native kernels run (they, and the
+    native norm and attention, work in fp32: bf16 would convert per op and skip the native decode step), bf16
+    where it runs natively otherwise (PyTorch's CPU int4 op is fast only with bf16 activations), fp16 on CUDA GPUs
+    without bf16, fp32 on CPUs that would emulate bf16 (every norm and attention op would pay)."""
+    from xpullm.kernels import cpu_native
+
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16
+    if device.type == "cpu" and cpu_native.library() is not None:
+        return torch.float32
     if not native_bf16(device):
         return torch.float32
     return torch.bfloat16

@@ -1,35 +1,118 @@
-/* Native CPU ops for x86 with AVX2 + FMA + F16C, compiled at first use by cpu_native.py: the int4 weight x int8
- * activation matmul, and RMSNorm (one call instead of PyTorch's eight small ops per norm).
+/* Native CPU ops for x86-64, compiled at first use by cpu_native.py without -march flags: every SIMD function
+ * carries its own target attribute and the exported entry points pick a path at run time from CPUID and XGETBV
+ * (`xq_best_isa`), so one build runs on any x86-64 CPU with AVX2 and uses AVX-512 VNNI where the CPU and the OS
+ * have it. `xq_set_isa` forces a path (the tests run every path the CPU has; XPULLM_CPU_ISA sets it at load).
  *
- * Weights stay in xpullm's portable layout: per row, K/2 bytes where byte j holds column 2j in its low nibble
- * and column 2j+1 in its high nibble; one fp16 scale (and for asym_int4 one fp16 zero) per group of columns,
- * so w = q * scale + zero (sym_int4: zero = -8 * scale).
+ *   path       weights x activations                             used for
+ *   avx2       u8/s8 x s8 vpmaddubsw, fp8 -> fp16 -> fp32 FMA    any AVX2 + FMA + F16C CPU (the portable floor)
+ *   avx512     u8 x s8 vpdpbusd (VNNI) on 4 rows per zmm,         AVX-512 F/BW/VL + VNNI (Ice Lake, Sapphire
+ *              fp8 -> fp16 -> fp32 FMA on 16 lanes               Rapids, Zen 4+)
  *
- * Activations are quantised per block of 32 columns to int8 with scale max|x| / 127, stored with each block's
- * even columns first and odd columns second: exactly the order in which 16 packed weight bytes unpack into
- * 32 codes (low nibbles, then high nibbles). A block's dot product is then one u8 x s8 multiply-add
- * (codes are 0..15, so pair sums stay far from int16 saturation), and
- *     y = sum_b scale_b * d_b * (q . xq_b)  +  zero_b * d_b * sum(xq_b)
- * where the zero term sums the same quantised activations, so the result is exactly x_q @ W^T: the only error
- * is x's rounding, weighted by w itself (taking exact sums of x there would weight it by q * scale, which is
- * biased towards +7.5 * scale, and double the error).
+ * Integer formats (sym_int4, asym_int4, the 4-bit codebooks nf4/fp4, sym_int8): activations are quantised per
+ * block of 32 columns to int8 with scale d = max|x| / 127, stored with each block's even columns first and odd
+ * columns second: exactly the order in which 16 packed weight bytes unpack into 32 codes (low nibbles, then high
+ * nibbles). Per block, y += s * d * (q . xq) + z * d * sum(xq): the zero term sums the same quantised
+ * activations, so the result is exactly x_q @ W^T (the only error is x's rounding, weighted by w itself).
+ * Codebook formats map each nibble through a 16-entry int8 table (vpshufb) and multiply by the format's table
+ * scale `wmul`: fp4 (e2m1 levels times 2 are the integers 0..12) is exact; nf4's levels are held as
+ * round(127 * level), off by at most 0.0037 * scale per weight (cpu_native.CODEBOOK_TABLES; the twin uses the
+ * same table). vpdpbusd multiplies unsigned by signed bytes, so signed codes get +128 and the block's 128 *
+ * sum(xq) comes off in integers: exact.
+ *
+ * fp8 (e4m3fn, e5m2): fp32 activations; each code becomes an fp16 bit pattern in registers (e5m2: the byte is
+ * the high byte of the fp16; e4m3: sign | exponent+mantissa << 7, which is the value / 256 for normals and
+ * subnormals alike, the 256 is folded into the scale) and F16C converts it exactly to fp32.
+ *
+ * Weights are regrouped at load into tiles of 4 rows interleaved by block of 32 columns (one tile block is a
+ * 64-byte cache line for 4-bit codes), so the stream is read strictly in order; scales (and zeros) are in the
+ * same order, [n/4, blocks or groups, 4].
  */
+#include <cpuid.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
-#define XQ_SIMD 1
-#else
-#define XQ_SIMD 0
-#endif
 
-int xq_simd(void) { return XQ_SIMD; }
+#define XQ_AVX2_FN __attribute__((target("avx2,fma,f16c")))
+#define XQ_AVX512_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 
-/* x [m, k] float -> q [m, k] int8 (block-permuted), d [m, k/32] block scales, bsum [m, k/32] block sums of the
-   quantised values (d * sum of codes). */
-static void xq_quantize(const float *x, int64_t m, int64_t k, int8_t *q, float *d, float *bsum) {
+enum { XQ_NONE = 0, XQ_AVX2 = 1, XQ_AVX512 = 2 };
+enum { K_INT4 = 0, K_LUT4 = 1, K_INT8 = 2, K_FP8 = 3 };
+
+static uint64_t xgetbv0(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+/* The best path this CPU and OS run: CPUID feature bits, and XCR0 for the OS saving ymm (and zmm) state. */
+int xq_best_isa(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return XQ_NONE;
+    const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
+    if (!osxsave || !avx || !fma || !f16c) return XQ_NONE;
+    const uint64_t xcr0 = xgetbv0();
+    if ((xcr0 & 0x6) != 0x6) return XQ_NONE;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return XQ_NONE;
+    if (!((b >> 5) & 1)) return XQ_NONE; /* AVX2 */
+    const int f = (b >> 16) & 1, dq = (b >> 17) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1, vnni = (c >> 11) & 1;
+    if (f && dq && bw && vl && vnni && (xcr0 & 0xE6) == 0xE6) return XQ_AVX512;
+    return XQ_AVX2;
+}
+
+/* AMX tiles (int8) reported by CPUID and enabled by the OS (XCR0 bits 17-18): informational; no AMX path yet. */
+int xq_has_amx(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    const int tile = (d >> 24) & 1, int8 = (d >> 25) & 1;
+    return tile && int8 && ((xgetbv0() >> 17) & 3) == 3;
+}
+
+static int active_isa = -1;
+
+/* The path the kernels run now. */
+int xq_isa(void) {
+    if (active_isa < 0) active_isa = xq_best_isa();
+    return active_isa;
+}
+
+/* Force a path (-1: back to the best); returns the active path, or -1 when this CPU cannot run `isa`. */
+int xq_set_isa(int isa) {
+    const int best = xq_best_isa();
+    if (isa < 0) isa = best;
+    if (isa > best || isa < XQ_AVX2) return -1;
+    active_isa = isa;
+    return active_isa;
+}
+
+int xq_simd(void) { return xq_best_isa() >= XQ_AVX2; }
+
+struct job {
+    int kind;
+    int64_t m, k, nb;          /* activation rows, padded width (multiple of 32), blocks of 32 */
+    const int8_t *xq;          /* int kinds: [m, k] quantised, block-permuted */
+    const float *d, *bsum;     /* [m, nb]: block scale, d * sum of the block's codes */
+    const int32_t *isum;       /* [m, nb]: sum of the block's codes */
+    const float *xf;           /* fp8: fp32 activations [m, k] */
+    const uint8_t *w;          /* tiles */
+    const uint16_t *scale;     /* int kinds: fp16 [n/4, nb, 4] */
+    const uint16_t *zero;      /* asym_int4: fp16 [n/4, nb, 4]; NULL: z = zmul * s */
+    const float *fscale;       /* fp8: fp32 [n/4, groups, 4] */
+    int64_t groups, group_blocks;
+    float zmul, wmul;          /* sym_int4: zmul = -8; codebooks: wmul = the table's scale */
+    const int8_t *lut;         /* codebooks: 16 signed table entries */
+    int e4m3;
+    int64_t n_out;
+    float *y;
+};
+
+/* ---- activations ----------------------------------------------------------------------------------- */
+
+/* x [m, k] float -> q [m, k] int8 (block-permuted), d [m, k/32] block scales, isum / bsum: each block's sum
+   of codes, as an integer and times d. */
+XQ_AVX2_FN static void xq_quantize(const float *x, int64_t m, int64_t k, int8_t *q, float *d, float *bsum,
+                                   int32_t *isum) {
     const int64_t nb = k / 32;
     for (int64_t r = 0; r < m; ++r) {
         for (int64_t b = 0; b < nb; ++b) {
@@ -41,142 +124,319 @@ static void xq_quantize(const float *x, int64_t m, int64_t k, int8_t *q, float *
             }
             const float scale = amax / 127.0f, inv = scale > 0.0f ? 1.0f / scale : 0.0f;
             int8_t *out = q + r * k + b * 32;
-            int isum = 0;
+            int s = 0;
             for (int i = 0; i < 16; ++i) {
                 out[i] = (int8_t)lrintf(v[2 * i] * inv);
                 out[16 + i] = (int8_t)lrintf(v[2 * i + 1] * inv);
-                isum += out[i] + out[16 + i];
+                s += out[i] + out[16 + i];
             }
             d[r * nb + b] = scale;
-            bsum[r * nb + b] = scale * (float)isum;
+            isum[r * nb + b] = s;
+            bsum[r * nb + b] = scale * (float)s;
         }
     }
 }
 
-#if XQ_SIMD
-static inline float hsum8(__m256 v) {
+/* ---- AVX2 ------------------------------------------------------------------------------------------ */
+
+XQ_AVX2_FN static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
 
-/* One block's 32-term integer dot product of codes (16 packed bytes) and quantised activations, as 8 float
-   partial sums. The bytes go to both lanes and the high lane is shifted by 4: low nibbles (even columns), then
-   high nibbles (odd columns). Codes are 0..15, so the u8 x s8 pair sums stay far from int16 saturation. */
-static inline __m256 block_dot(const uint8_t *packed, __m256i x) {
+/* 16 packed bytes -> 32 codes 0..15 (low nibbles = even columns, then high nibbles = odd columns). */
+XQ_AVX2_FN static inline __m256i nibbles_avx2(const uint8_t *packed) {
     const __m256i shifts = _mm256_set_epi32(4, 4, 4, 4, 0, 0, 0, 0), mask = _mm256_set1_epi8(0x0F);
     const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)packed));
-    const __m256i codes = _mm256_and_si256(_mm256_srlv_epi32(raw, shifts), mask);
+    return _mm256_and_si256(_mm256_srlv_epi32(raw, shifts), mask);
+}
+
+/* 32 products summed in 8 float lanes: unsigned codes (0..15: pair sums far from int16 saturation)... */
+XQ_AVX2_FN static inline __m256 dot_u(__m256i codes, __m256i x) {
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(codes, x), _mm256_set1_epi16(1)));
 }
 
-/* The same for a block of 32 int8 codes (stored in the activations' even-then-odd column order). |w|, |x| <= 127,
-   so the u8 x s8 pair sums (|w| times x with w's sign) stay below int16 saturation. */
-static inline __m256 block_dot_i8(const uint8_t *packed, __m256i x) {
-    const __m256i w = _mm256_loadu_si256((const __m256i *)packed);
+/* ...and signed codes (|w|, |x| <= 127: |w| times x with w's sign stays below int16 saturation). */
+XQ_AVX2_FN static inline __m256 dot_s(__m256i w, __m256i x) {
     const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 }
 
-/* Dot products of the 4 weight rows of one tile with one activation row, 8 blocks at a time. The tile's
-   codes are interleaved by block (block b of rows 0..3 = one 64-byte cache line), so the weights stream
-   strictly sequentially; scales and zeros are per row and block of 32 (expanded at load), so each chunk
-   converts 8 of them with one instruction. Four accumulators keep the FMA pipes busy and each activation
-   block is loaded once for the 4 rows. */
-static inline void tile_dot(const int int8, const uint8_t *w, const uint16_t *scale, const uint16_t *zero,
-                            float zmul, int64_t nb, const int8_t *xq, const float *d, const float *bsum,
-                            float out[4]) {
-    const int64_t bytes = int8 ? 32 : 16; /* per row and block */
-    __m256 acc[4], zacc[4];
-    for (int r = 0; r < 4; ++r) acc[r] = zacc[r] = _mm256_setzero_ps();
-    int64_t b0 = 0;
-    for (; b0 + 8 <= nb; b0 += 8) {
-        float f[4][8] __attribute__((aligned(32)));
-        const __m256 dv = _mm256_loadu_ps(d + b0), sv = _mm256_loadu_ps(bsum + b0);
-        for (int r = 0; r < 4; ++r) {
-            const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scale + r * nb + b0)));
-            const __m256 z = zero ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(zero + r * nb + b0)))
-                                  : _mm256_mul_ps(s, _mm256_set1_ps(zmul));
-            _mm256_store_ps(f[r], _mm256_mul_ps(s, dv));
-            zacc[r] = _mm256_fmadd_ps(z, sv, zacc[r]);
+/* One tile (4 weight rows) against every activation row, integer kinds. */
+XQ_AVX2_FN static void tile_int_avx2(const struct job *j, int64_t t) {
+    const int kind = j->kind;
+    const int64_t nb = j->nb, bb = kind == K_INT8 ? 128 : 64;
+    const uint8_t *w = j->w + t * nb * bb;
+    const uint16_t *sc = j->scale + t * nb * 4, *zc = j->zero ? j->zero + t * nb * 4 : 0;
+    const __m256i lut = kind == K_LUT4 ? _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)j->lut))
+                                       : _mm256_setzero_si256();
+    const __m128 zmul = _mm_set1_ps(j->zmul);
+    for (int64_t r = 0; r < j->m; ++r) {
+        const int8_t *xq = j->xq + r * j->k;
+        const float *d = j->d + r * nb, *bs = j->bsum + r * nb;
+        __m256 acc[4];
+        for (int i = 0; i < 4; ++i) acc[i] = _mm256_setzero_ps();
+        __m128 zacc = _mm_setzero_ps();
+        for (int64_t b = 0; b < nb; ++b) {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * 32));
+            const __m128 s4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(sc + b * 4)));
+            const __m128 z4 = zc ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(zc + b * 4))) : _mm_mul_ps(s4, zmul);
+            zacc = _mm_fmadd_ps(z4, _mm_set1_ps(bs[b]), zacc);
+            float f[4];
+            _mm_storeu_ps(f, _mm_mul_ps(s4, _mm_set1_ps(d[b] * j->wmul)));
+            for (int i = 0; i < 4; ++i) {
+                __m256 dot;
+                if (kind == K_INT4) {
+                    dot = dot_u(nibbles_avx2(w + b * 64 + i * 16), x);
+                } else if (kind == K_LUT4) {
+                    dot = dot_s(_mm256_shuffle_epi8(lut, nibbles_avx2(w + b * 64 + i * 16)), x);
+                } else {
+                    const uint8_t *p = w + b * 128 + i * 16;
+                    dot = dot_s(_mm256_loadu2_m128i((const __m128i *)(p + 64), (const __m128i *)p), x);
+                }
+                acc[i] = _mm256_fmadd_ps(dot, _mm256_set1_ps(f[i]), acc[i]);
+            }
         }
-        for (int j = 0; j < 8; ++j) {
-            const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + (b0 + j) * 32));
-            for (int r = 0; r < 4; ++r)
-            {
-                const uint8_t *p = w + (b0 + j) * 4 * bytes + r * bytes;
-                const __m256 dot = int8 ? block_dot_i8(p, x) : block_dot(p, x);
-                acc[r] = _mm256_fmadd_ps(dot, _mm256_broadcast_ss(&f[r][j]), acc[r]);
+        float z[4];
+        _mm_storeu_ps(z, zacc);
+        for (int i = 0; i < 4 && t * 4 + i < j->n_out; ++i) j->y[r * j->n_out + t * 4 + i] = hsum8(acc[i]) + z[i];
+    }
+}
+
+/* 8 fp8 codes -> 8 floats (exact; e4m3 values / 256). */
+XQ_AVX2_FN static inline __m256 fp8x8_avx2(const uint8_t *p, int e4m3) {
+    const __m128i c = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)p));
+    const __m128i h = e4m3 ? _mm_or_si128(_mm_slli_epi16(_mm_and_si128(c, _mm_set1_epi16(0x7F)), 7),
+                                          _mm_slli_epi16(_mm_and_si128(c, _mm_set1_epi16(0x80)), 8))
+                           : _mm_slli_epi16(c, 8);
+    return _mm256_cvtph_ps(h);
+}
+
+XQ_AVX2_FN static void tile_fp8_avx2(const struct job *j, int64_t t) {
+    const int64_t nb = j->nb;
+    const uint8_t *w = j->w + t * nb * 128;
+    const float *fs = j->fscale + t * j->groups * 4;
+    for (int64_t r = 0; r < j->m; ++r) {
+        const float *x = j->xf + r * j->k;
+        __m256 acc[4];
+        for (int i = 0; i < 4; ++i) acc[i] = _mm256_setzero_ps();
+        const int per_row = j->groups == 1; /* as in the AVX-512 path */
+        for (int64_t b = 0; b < nb; ++b) {
+            const float *s = fs + (b / j->group_blocks) * 4;
+            for (int i = 0; i < 4; ++i) {
+                const __m256 sv = _mm256_set1_ps(per_row ? 1.0f : s[i] * j->wmul);
+                for (int q = 0; q < 4; ++q) {
+                    const __m256 wf = _mm256_mul_ps(fp8x8_avx2(w + b * 128 + i * 32 + q * 8, j->e4m3), sv);
+                    acc[i] = _mm256_fmadd_ps(wf, _mm256_loadu_ps(x + b * 32 + q * 8), acc[i]);
+                }
+            }
+        }
+        for (int i = 0; i < 4 && t * 4 + i < j->n_out; ++i)
+            j->y[r * j->n_out + t * 4 + i] = hsum8(acc[i]) * (per_row ? fs[i] * j->wmul : 1.0f);
+    }
+}
+
+/* ---- AVX-512 VNNI ---------------------------------------------------------------------------------- */
+
+/* One tile against the activation rows, 4 rows at a time: each tile block (4 weight rows x 32 columns) is decoded
+   once into two 64-byte vectors (even / odd columns of the 4 rows, one row per 128-bit lane) and meets each
+   activation row's broadcast block in two vpdpbusd; lane group i then holds row i's 4 partial sums. */
+XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(const struct job *j, int64_t t,
+                                                                            int64_t r0, const int R) {
+    const int kind = j->kind;
+    const int64_t nb = j->nb, bb = kind == K_INT8 ? 128 : 64;
+    const uint8_t *w = j->w + t * nb * bb;
+    const uint16_t *sc = j->scale + t * nb * 4, *zc = j->zero ? j->zero + t * nb * 4 : 0;
+    const __m512i mask = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8((char)0x80);
+    const __m512i sel = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    __m512i lut = _mm512_setzero_si512();
+    if (kind == K_LUT4)
+        lut = _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)j->lut)), flip);
+    /* Codes enter vpdpbusd unsigned: +128 for signed ones, +8 removed for sym_int4 (zero = -8 s). */
+    const int bias = kind == K_INT4 ? (zc ? 0 : 8) : 128;
+    const int8_t *xr[4];
+    const float *dr[4], *br[4];
+    const int32_t *ir[4];
+    for (int i = 0; i < R; ++i) {
+        const int64_t r = r0 + i;
+        xr[i] = j->xq + r * j->k, dr[i] = j->d + r * nb, br[i] = j->bsum + r * nb, ir[i] = j->isum + r * nb;
+    }
+    __m512 acc[4];
+    __m128 zacc[4];
+    for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps(), zacc[i] = _mm_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        __m512i we, wo;
+        if (kind == K_INT8) {
+            we = _mm512_xor_si512(_mm512_loadu_si512(w + b * 128), flip);
+            wo = _mm512_xor_si512(_mm512_loadu_si512(w + b * 128 + 64), flip);
+        } else {
+            const __m512i raw = _mm512_loadu_si512(w + b * 64);
+            we = _mm512_and_si512(raw, mask);
+            wo = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
+            if (kind == K_LUT4) we = _mm512_shuffle_epi8(lut, we), wo = _mm512_shuffle_epi8(lut, wo);
+        }
+        const __m128 s4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(sc + b * 4)));
+        const __m512 s16 = _mm512_permutexvar_ps(sel, _mm512_castps128_ps512(s4));
+        const __m128 z4 = zc ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(zc + b * 4))) : _mm_setzero_ps();
+        for (int i = 0; i < R; ++i) {
+            const __m512i xe = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32)));
+            const __m512i xo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32 + 16)));
+            __m512i ai = _mm512_dpbusd_epi32(_mm512_setzero_si512(), we, xe);
+            ai = _mm512_dpbusd_epi32(ai, wo, xo);
+            if (bias) ai = _mm512_sub_epi32(ai, _mm512_maskz_set1_epi32(0x1111, bias * ir[i][b]));
+            const __m512 f = _mm512_mul_ps(s16, _mm512_set1_ps(dr[i][b] * j->wmul));
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), f, acc[i]);
+            if (zc) zacc[i] = _mm_fmadd_ps(z4, _mm_set1_ps(br[i][b]), zacc[i]);
+        }
+    }
+    for (int i = 0; i < R; ++i) {
+        float lanes[16], z[4];
+        _mm512_storeu_ps(lanes, acc[i]);
+        _mm_storeu_ps(z, zacc[i]);
+        for (int q = 0; q < 4 && t * 4 + q < j->n_out; ++q)
+            j->y[(r0 + i) * j->n_out + t * 4 + q] =
+                (lanes[4 * q] + lanes[4 * q + 1]) + (lanes[4 * q + 2] + lanes[4 * q + 3]) + z[q];
+    }
+}
+
+/* One tile against the activation rows, up to 4 rows at a time: each tile block (4 weight rows x 32 columns) is
+   decoded once into two 64-byte vectors (even / odd columns of the 4 rows, one row per 128-bit lane) and meets
+   each activation row's broadcast block in two vpdpbusd; lane group i then holds row i's 4 partial sums. */
+XQ_AVX512_FN static void tile_int_avx512(const struct job *j, int64_t t) {
+    int64_t r0 = 0;
+    for (; r0 + 4 <= j->m; r0 += 4) rows_int_avx512(j, t, r0, 4);
+    switch (j->m - r0) { /* each count compiled on its own: registers, no wasted rows */
+    case 3: rows_int_avx512(j, t, r0, 3); break;
+    case 2: rows_int_avx512(j, t, r0, 2); break;
+    case 1: rows_int_avx512(j, t, r0, 1); break;
+    default: break;
+    }
+}
+
+/* 32 fp8 codes -> fp16 bit patterns in one zmm (exact; e4m3 values / 256). */
+XQ_AVX512_FN static inline __m512i fp8x32_avx512(const uint8_t *p, int e4m3) {
+    const __m512i c = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
+    if (!e4m3) return _mm512_slli_epi16(c, 8);
+    return _mm512_or_si512(_mm512_slli_epi16(_mm512_and_si512(c, _mm512_set1_epi16(0x7F)), 7),
+                           _mm512_slli_epi16(_mm512_and_si512(c, _mm512_set1_epi16(0x80)), 8));
+}
+
+XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_fp8_avx512(const struct job *j, int64_t t,
+                                                                            int64_t r0, const int R) {
+    const int64_t nb = j->nb;
+    const uint8_t *w = j->w + t * nb * 128;
+    const float *fs = j->fscale + t * j->groups * 4;
+    const float *xr[4];
+    for (int i = 0; i < R; ++i) xr[i] = j->xf + (r0 + i) * j->k;
+    __m512 acc[4][4];
+    for (int i = 0; i < R; ++i)
+        for (int q = 0; q < 4; ++q) acc[i][q] = _mm512_setzero_ps();
+    /* One scale per row (per-channel): it multiplies the finished sums; per group: each block's weights. */
+    const int per_row = j->groups == 1;
+    for (int64_t b = 0; b < nb; ++b) {
+        const float *s = fs + (b / j->group_blocks) * 4;
+        for (int q = 0; q < 4; ++q) {
+            const __m512i h = fp8x32_avx512(w + b * 128 + q * 32, j->e4m3);
+            __m512 lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h)), hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+            if (!per_row) {
+                const __m512 sv = _mm512_set1_ps(s[q] * j->wmul);
+                lo = _mm512_mul_ps(lo, sv), hi = _mm512_mul_ps(hi, sv);
+            }
+            for (int i = 0; i < R; ++i) {
+                acc[i][q] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xr[i] + b * 32), acc[i][q]);
+                acc[i][q] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xr[i] + b * 32 + 16), acc[i][q]);
             }
         }
     }
-    float tail[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int64_t b = b0; b < nb; ++b) {
-        const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * 32));
-        for (int r = 0; r < 4; ++r) {
-            const float s = _cvtsh_ss(scale[r * nb + b]);
-            const uint8_t *p = w + b * 4 * bytes + r * bytes;
-            const __m256 dot = int8 ? block_dot_i8(p, x) : block_dot(p, x);
-            acc[r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(s * d[b]), acc[r]);
-            tail[r] += (zero ? _cvtsh_ss(zero[r * nb + b]) : zmul * s) * bsum[b];
-        }
-    }
-    for (int r = 0; r < 4; ++r) out[r] = hsum8(_mm256_add_ps(acc[r], zacc[r])) + tail[r];
+    for (int i = 0; i < R; ++i)
+        for (int q = 0; q < 4 && t * 4 + q < j->n_out; ++q)
+            j->y[(r0 + i) * j->n_out + t * 4 + q] =
+                _mm512_reduce_add_ps(acc[i][q]) * (per_row ? fs[q] * j->wmul : 1.0f);
 }
-#endif
 
-/* y [m, n] = x [m, k] @ W^T for a tiled low-bit W [n, k] (see cpu_native.py): tiles of 4 rows interleaved by
-   block of 32 columns ([n/4, k/32, 4, bytes]) and one fp16 scale (and optional fp16 zero; NULL means
-   zero = zmul * scale) per row and block, [n, k/32]. n is a multiple of 4 (padded rows are computed, and only
-   the first n_out columns of y are written); k is a multiple of 32. Returns 0, or -1 when this build has no
-   SIMD path or memory runs out. */
-static int tiled_linear(const int int8, const float *x, int64_t m, int64_t k, const uint8_t *w,
-                        const uint16_t *scale, const uint16_t *zero, float zmul, int64_t n, int64_t n_out, float *y,
-                        int threads) {
-#if XQ_SIMD
-    const int64_t nb = k / 32, row_bytes = int8 ? k : k / 2;
-    int8_t *xq = malloc((size_t)(m * k));
-    float *d = malloc(sizeof(float) * (size_t)(m * nb)), *bsum = malloc(sizeof(float) * (size_t)(m * nb));
-    if (!xq || !d || !bsum) {
-        free(xq), free(d), free(bsum);
-        return -1;
+XQ_AVX512_FN static void tile_fp8_avx512(const struct job *j, int64_t t) {
+    int64_t r0 = 0;
+    for (; r0 + 4 <= j->m; r0 += 4) rows_fp8_avx512(j, t, r0, 4);
+    switch (j->m - r0) {
+    case 3: rows_fp8_avx512(j, t, r0, 3); break;
+    case 2: rows_fp8_avx512(j, t, r0, 2); break;
+    case 1: rows_fp8_avx512(j, t, r0, 1); break;
+    default: break;
     }
-    xq_quantize(x, m, k, xq, d, bsum);
+}
+
+/* ---- entry points ---------------------------------------------------------------------------------- */
+
+typedef void (*tile_fn)(const struct job *, int64_t);
+
+/* Every tile of an n-row weight (n a multiple of 4; rows past n_out are computed, not written). */
+static int run_tiles(struct job *j, const float *x, int64_t n, int threads) {
+    const int isa = xq_isa();
+    if (isa < XQ_AVX2) return -1;
+    int8_t *xq = 0;
+    float *d = 0, *bsum = 0;
+    int32_t *isum = 0;
+    if (j->kind != K_FP8) {
+        xq = malloc((size_t)(j->m * j->k));
+        d = malloc(sizeof(float) * (size_t)(j->m * j->nb));
+        bsum = malloc(sizeof(float) * (size_t)(j->m * j->nb));
+        isum = malloc(sizeof(int32_t) * (size_t)(j->m * j->nb));
+        if (!xq || !d || !bsum || !isum) {
+            free(xq), free(d), free(bsum), free(isum);
+            return -1;
+        }
+        xq_quantize(x, j->m, j->k, xq, d, bsum, isum);
+        j->xq = xq, j->d = d, j->bsum = bsum, j->isum = isum;
+    } else {
+        j->xf = x;
+    }
+    tile_fn fn = j->kind == K_FP8 ? (isa == XQ_AVX512 ? tile_fp8_avx512 : tile_fp8_avx2)
+                                  : (isa == XQ_AVX512 ? tile_int_avx512 : tile_int_avx2);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && n >= 256)
-    for (int64_t t = 0; t < n / 4; ++t) {
-        const int64_t row = t * 4;
-        for (int64_t r = 0; r < m; ++r) {
-            float out[4];
-            tile_dot(int8, w + row * row_bytes, scale + row * nb, zero ? zero + row * nb : 0, zmul, nb, xq + r * k,
-                     d + r * nb, bsum + r * nb, out);
-            for (int i = 0; i < 4 && row + i < n_out; ++i) y[r * n_out + row + i] = out[i];
-        }
-    }
-    free(xq), free(d), free(bsum);
+    for (int64_t t = 0; t < n / 4; ++t) fn(j, t);
+    free(xq), free(d), free(bsum), free(isum);
     return 0;
-#else
-    (void)int8, (void)x, (void)m, (void)k, (void)w, (void)scale, (void)zero, (void)zmul, (void)n, (void)n_out;
-    (void)y, (void)threads;
-    return -1;
-#endif
 }
 
-/* int4 codes (byte j of a row's block holds columns 2j and 2j+1 in its low and high nibble): w = q * s + z,
-   sym_int4 passes zero = NULL for z = -8 s. */
+/* y [m, n_out] = x [m, k] @ W^T, int4 codes (tile bytes hold columns 2j, 2j+1 in the low / high nibble):
+   w = q * s + z; zero = NULL means sym_int4's z = -8 s. Returns 0, or -1 (no SIMD path, out of memory). */
 int xq_int4_linear(const float *x, int64_t m, int64_t k, const uint8_t *w, const uint16_t *scale,
                    const uint16_t *zero, int64_t n, int64_t n_out, float *y, int threads) {
-    return tiled_linear(0, x, m, k, w, scale, zero, -8.0f, n, n_out, y, threads);
+    struct job j = {.kind = K_INT4, .m = m, .k = k, .nb = k / 32, .w = w, .scale = scale, .zero = zero,
+                    .zmul = -8.0f, .wmul = 1.0f, .n_out = n_out, .y = y};
+    return run_tiles(&j, x, n, threads);
 }
 
-/* int8 codes (-127..127, each block's columns stored even first, then odd): w = q * s. */
+/* The same with a 16-entry codebook: w = lut[q] * wmul * s. */
+int xq_lut4_linear(const float *x, int64_t m, int64_t k, const uint8_t *w, const uint16_t *scale,
+                   const int8_t *lut, float wmul, int64_t n, int64_t n_out, float *y, int threads) {
+    struct job j = {.kind = K_LUT4, .m = m, .k = k, .nb = k / 32, .w = w, .scale = scale, .lut = lut,
+                    .zmul = 0.0f, .wmul = wmul, .n_out = n_out, .y = y};
+    return run_tiles(&j, x, n, threads);
+}
+
+/* int8 codes (-127..127; a tile block holds the 4 rows' even columns, then their odd columns): w = q * s. */
 int xq_int8_linear(const float *x, int64_t m, int64_t k, const uint8_t *w, const uint16_t *scale, int64_t n,
                    int64_t n_out, float *y, int threads) {
-    return tiled_linear(1, x, m, k, w, scale, 0, 0.0f, n, n_out, y, threads);
+    struct job j = {.kind = K_INT8, .m = m, .k = k, .nb = k / 32, .w = w, .scale = scale, .zmul = 0.0f,
+                    .wmul = 1.0f, .n_out = n_out, .y = y};
+    return run_tiles(&j, x, n, threads);
+}
+
+/* fp8 codes (tile blocks of 4 rows x 32 columns in natural order), fp32 scales [n/4, groups, 4] of
+   group_blocks blocks each: w = fp8(q) * s. */
+int xq_fp8_linear(const float *x, int64_t m, int64_t k, const uint8_t *w, const float *scale, int64_t groups,
+                  int64_t group_blocks, int e4m3, int64_t n, int64_t n_out, float *y, int threads) {
+    struct job j = {.kind = K_FP8, .m = m, .k = k, .nb = k / 32, .w = w, .fscale = scale, .groups = groups,
+                    .group_blocks = group_blocks, .e4m3 = e4m3, .wmul = e4m3 ? 256.0f : 1.0f, .n_out = n_out,
+                    .y = y};
+    return run_tiles(&j, x, n, threads);
 }
 
 /* y [rows, d] = x / sqrt(mean(x^2) + eps) * weight, all fp32 and contiguous. */
-void xq_rms_norm(const float *x, const float *weight, float *y, int64_t rows, int64_t d, float eps) {
+XQ_AVX2_FN void xq_rms_norm(const float *x, const float *weight, float *y, int64_t rows, int64_t d, float eps) {
     for (int64_t r = 0; r < rows; ++r) {
         const float *v = x + r * d;
         float ss = 0.0f;
@@ -186,21 +446,19 @@ void xq_rms_norm(const float *x, const float *weight, float *y, int64_t rows, in
     }
 }
 
-static inline float dot_f32(const float *a, const float *b, int64_t n) {
-#if XQ_SIMD
+XQ_AVX2_FN static inline float dot_f32(const float *a, const float *b, int64_t n) {
     if (n % 8 == 0) {
         __m256 acc = _mm256_setzero_ps();
         for (int64_t i = 0; i < n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
         return hsum8(acc);
     }
-#endif
     float s = 0.0f;
     for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
     return s;
 }
 
 /* RoPE as the decoder applies it: out = x * cos + roll(x, d/2) * sin, with sin's first half negated. */
-static inline void rope(const float *x, const float *cos, const float *sin, int64_t d, float *out) {
+XQ_AVX2_FN static inline void rope(const float *x, const float *cos, const float *sin, int64_t d, float *out) {
     const int64_t half = d / 2;
     for (int64_t i = 0; i < d; ++i) out[i] = x[i] * cos[i] + x[(i + half) % d] * sin[i];
 }
@@ -212,7 +470,7 @@ static inline void rope(const float *x, const float *cos, const float *sin, int6
      first[b]                   row b's first real cache slot (left padding);
      out [B, H D]               softmax(q k^T * scale) v over slots first[b]..slot, GQA (H / KV heads per kv head).
    Each row is computed on its own, so a row's result does not depend on the rest of the batch. */
-int xq_decode_attention(const float *qkv, const float *cos, const float *sin, const int64_t *rope_pos,
+XQ_AVX2_FN int xq_decode_attention(const float *qkv, const float *cos, const float *sin, const int64_t *rope_pos,
                         float *k_cache, float *v_cache, const int64_t *first, int64_t B, int64_t H, int64_t KV,
                         int64_t D, int64_t cap, int64_t slot, float scale, float *out, int threads) {
     const int64_t width = (H + 2 * KV) * D, group = H / KV, span_max = slot + 1;

@@ -28,6 +28,16 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"devices: {', '.join(devices)}")
     print(f"formats: {', '.join(list_formats())}")
+    from xpullm.kernels import cpu_native
+
+    paths = cpu_native.isa_paths()
+    if paths:
+        amx = "reported (no AMX path yet)" if cpu_native.has_amx() else "not reported by CPUID/OS"
+        print(
+            f"native CPU kernels: {cpu_native.active_isa()} path (this CPU runs {', '.join(paths)}; AMX {amx})"
+        )
+    else:
+        print("native CPU kernels: not built (no C compiler, no AVX2, or XPULLM_NATIVE=0): PyTorch's ops run")
     for dev in devices:
         print(f"kernels on {dev}:")
         for fmt, kernel in kernel_table(dev).items():

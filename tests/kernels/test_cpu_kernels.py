@@ -21,8 +21,15 @@ KERNELS = {
     "sym_int4": [cpu_native.CpuNativeInt4Kernel(), CpuInt4Kernel()],
     "asym_int4": [cpu_native.CpuNativeInt4Kernel(), CpuInt4Kernel()],
     "sym_int8": [cpu_native.CpuNativeInt8Kernel(), CpuInt8Kernel()],
+    "nf4": [cpu_native.CpuNativeCodebookKernel()],
+    "fp4": [cpu_native.CpuNativeCodebookKernel()],
+    "fp8_e4m3": [cpu_native.CpuNativeFp8Kernel()],
+    "fp8_e5m2": [cpu_native.CpuNativeFp8Kernel()],
 }
 CASES = [(fmt, kernel) for fmt, kernels in KERNELS.items() for kernel in kernels]
+native_only = pytest.mark.skipif(
+    not NATIVE, reason="no C compiler / AVX2 here: the native kernel is not built"
+)
 
 
 def _pair(fmt: str, n: int, k: int, seed: int):
@@ -61,7 +68,46 @@ def test_fast_paths_are_selected_where_they_exist() -> None:
     assert select_kernel(_pair("sym_int8", 64, 100, 0), CPU).name == "cpu_int8pack"
     table = kernel_table("cpu")
     assert set(table) == set(list_formats())
-    assert table["nf4"] == "reference" and table["bf16"] == "dense"
+    assert table["bf16"] == "dense"
+    # Every low-bit format has a native kernel where the library builds (`xpullm info` shows it).
+    native = {"nf4": "cpu_codebook_native", "fp4": "cpu_codebook_native", "fp8_e4m3": "cpu_fp8_native"}
+    for fmt, name in native.items():
+        assert table[fmt] == (name if NATIVE else "reference")
+        assert select_kernel(_pair(fmt, 128, 64, 0), CPU).name == table[fmt]
+
+
+@native_only
+def test_isa_paths_are_detected_and_each_can_be_forced(monkeypatch) -> None:
+    paths = cpu_native.isa_paths()
+    assert paths[0] == "avx2" and cpu_native.active_isa() == paths[-1]
+    qw = _pair("nf4", 64, 96, 2)
+    kernel = cpu_native.CpuNativeCodebookKernel()
+    state, x = kernel.prepare(qw, CPU), torch.randn(3, 96)
+    outs = []
+    for isa in paths:
+        with cpu_native.forced_isa(isa):
+            assert cpu_native.active_isa() == isa
+            outs.append(kernel.matmul(x, state))
+        assert cpu_native.active_isa() == paths[-1]  # back to the best path after the block
+    for out in outs[1:]:  # same integer sums, same twin: the paths agree to float rounding
+        assert torch.allclose(out, outs[0], rtol=1e-5, atol=1e-5 * outs[0].abs().max().item())
+    with pytest.raises(ValueError, match="not a CPU path"):
+        monkeypatch.setenv("XPULLM_CPU_ISA", "sse9")
+        cpu_native.library.cache_clear()
+        cpu_native.library()
+    monkeypatch.delenv("XPULLM_CPU_ISA")
+    cpu_native.library.cache_clear()
+    assert cpu_native.library() is not None
+
+
+def test_codebook_tables() -> None:
+    from xpullm.formats.codebook import E2M1_LEVELS, NF4_LEVELS
+
+    table, mul = cpu_native.codebook_table(E2M1_LEVELS)  # fp4: exact (levels x 2 are integers)
+    assert mul == 0.5 and torch.equal(table.float() * mul, torch.tensor(E2M1_LEVELS))
+    table, mul = cpu_native.codebook_table(NF4_LEVELS)  # nf4: round(127 level), <= half a step off
+    err = (table.float() * mul - torch.tensor(NF4_LEVELS)).abs().max().item()
+    assert mul == 1 / 127 and err <= 0.5 / 127 and table[7] == 0 and table.abs().max() == 127
 
 
 @pytest.mark.parametrize(("fmt", "kernel"), CASES, ids=[f"{f}-{k.name}" for f, k in CASES])
@@ -78,11 +124,6 @@ def test_export_gives_back_the_portable_weight(fmt: str, kernel) -> None:
     assert torch.allclose(out["scales"].float(), qw.scales.float(), rtol=rtol, atol=0)
     if qw.zeros is not None and kernel.name.endswith("_native"):
         assert torch.equal(out["zeros"].float(), qw.zeros.float())
-
-
-native_only = pytest.mark.skipif(
-    not NATIVE, reason="no C compiler / AVX2 here: the native kernel is not built"
-)
 
 
 @native_only
@@ -148,6 +189,17 @@ def test_int4_state_reads_rows_back(kernel) -> None:
     assert torch.allclose(got, qw.dequantize()[rows], atol=2e-3)  # bf16 runtime scale/zero
 
 
+@native_only
+@pytest.mark.parametrize("fmt", ["nf4", "fp4", "fp8_e4m3", "fp8_e5m2", "sym_int8"])
+def test_native_state_reads_rows_back_exactly(fmt: str) -> None:
+    """Tied-head lookups read the format's exact values (nf4's too, not the kernel's int8 table)."""
+    qw = _pair(fmt, 70, 96, 4)
+    kernel = select_kernel(qw, CPU)
+    rows = torch.tensor([0, 1, 3, 4, 42, 69])
+    got = kernel.prepare(qw, CPU).dequantize_rows(rows, torch.float32)
+    assert torch.equal(got, qw.dequantize()[rows])
+
+
 def _rope_tables(positions: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
     angle = torch.arange(positions)[:, None] * (10000.0 ** (-torch.arange(0, d, 2) / d))[None]
     sin = torch.cat((-angle.sin(), angle.sin()), -1)  # first half negated, as the decoder stores it
@@ -186,3 +238,15 @@ def test_native_int4_takes_fp32_scales_by_rounding_them_to_fp16() -> None:
     ref = ReferenceKernel().matmul(x, qw)
     rel = ((kernel.matmul(x, kernel.prepare(qw, CPU)) - ref).norm() / ref.norm()).item()
     assert rel < 1e-2
+
+
+@native_only
+def test_info_shows_a_native_kernel_for_every_low_bit_format_and_the_path(capsys) -> None:
+    from xpullm.cli.main import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"native CPU kernels: {cpu_native.active_isa()} path" in out
+    kernels = dict(line.split() for line in out.split("kernels on cpu:\n")[1].strip().splitlines())
+    for fmt in ("sym_int4", "asym_int4", "nf4", "fp4", "sym_int8", "fp8_e4m3", "fp8_e5m2"):
+        assert kernels[fmt].endswith("_native"), f"{fmt} runs {kernels[fmt]}"

@@ -3,11 +3,14 @@
 For each draw (N and K from 1 up, K off every multiple of 8/16/32/64, N below 16 too, any group size the format
 accepts) a kernel either declines the weight (`supports` is False, and the registry then picks another) or
 returns what its reference twin returns: the activations as the kernel reads them (`twin_activations`) times the
-format's exact dequantisation, up to float rounding. A kernel that reads past a row or mixes up scales is off by
+format's exact dequantisation (`twin_weight`), up to float rounding. Native CPU kernels run once per SIMD path this
+CPU has (avx2, avx512_vnni, ...), each forced in turn. A kernel that reads past a row or mixes up scales is off by
 O(1) here, never by the rounding bound.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -16,10 +19,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xpullm.formats import get_format, list_formats
-from xpullm.kernels import candidates, select_kernel
+from xpullm.kernels import candidates, cpu_native, select_kernel
 
 CPU = torch.device("cpu")
-CASES = [(fmt, kernel) for fmt in list_formats() for kernel in candidates(fmt, CPU)]
+
+
+def _isa_paths(kernel) -> list[str | None]:
+    """Every SIMD path this CPU runs for a native kernel (each one forced in turn); None for the others."""
+    return cpu_native.isa_paths() if type(kernel).__module__ == cpu_native.__name__ else [None]
+
+
+CASES = [
+    (fmt, kernel, isa)
+    for fmt in list_formats()
+    for kernel in candidates(fmt, CPU)
+    for isa in _isa_paths(kernel)
+]
 # Rounding the kernels may do beyond their twin: bf16 weights/scales/outputs (2^-9 each) and fp32 sums.
 REL_BOUND = 2.0**-7
 
@@ -46,7 +61,7 @@ def _check(fmt: str, kernel, problem) -> None:
     x = (torch.randn(m, k, generator=gen) * 2).to(torch.bfloat16)
     out = kernel.matmul(x, kernel.prepare(qw, CPU))
     assert out.shape == (m, n) and out.dtype == x.dtype
-    weight = qw.dequantize(torch.float32)
+    weight = kernel.twin_weight(qw)
     x_read = kernel.twin_activations(x, qw)
     twin = F.linear(x_read, weight)
     bound = REL_BOUND * F.linear(x_read.abs(), weight.abs()) + 1e-6
@@ -58,14 +73,22 @@ def _check(fmt: str, kernel, problem) -> None:
     )
 
 
-@pytest.mark.parametrize(("fmt", "kernel"), CASES, ids=[f"{f}-{k.name}" for f, k in CASES])
-def test_kernel_matches_its_twin_or_declines(fmt: str, kernel) -> None:
-    @settings(max_examples=60, deadline=None, derandomize=False, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize(
+    ("fmt", "kernel", "isa"), CASES, ids=[f"{f}-{k.name}" + (f"-{i}" if i else "") for f, k, i in CASES]
+)
+def test_kernel_matches_its_twin_or_declines(fmt: str, kernel, isa: str | None) -> None:
+    # The best path (the one that runs by default) gets the full budget; forced slower paths a smaller one.
+    examples = 60 if isa in (None, cpu_native.active_isa()) else 25
+
+    @settings(
+        max_examples=examples, deadline=None, derandomize=False, suppress_health_check=[HealthCheck.too_slow]
+    )
     @given(problem=problems(fmt))
     def run(problem) -> None:
         _check(fmt, kernel, problem)
 
-    run()
+    with cpu_native.forced_isa(isa) if isa else contextlib.nullcontext():
+        run()
 
 
 @pytest.mark.parametrize(

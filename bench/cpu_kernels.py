@@ -1,0 +1,85 @@
+"""Native CPU kernels per format and SIMD path: time per call, and weight GB/s against the machine's read bandwidth.
+
+Every format's native kernel (`xpullm.kernels.cpu_native`) on every path this CPU runs (`isa_paths()`, each
+forced in turn), decode (M=1: weight bytes read per second) and a prompt chunk (M=128: multiply-adds per second),
+on the default model's layer shapes and a 4096 square.
+Medians of interleaved repeats (a shared machine: ratios within one run are what counts). The read bandwidth is a
+PyTorch sum over a 512 MiB tensor on the same threads. Prints markdown; writes nothing.
+
+    .venv/bin/python -P bench/cpu_kernels.py --threads 1 [--repeat 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from xpullm.formats import get_format
+from xpullm.kernels import cpu_native, select_kernel
+
+FORMATS = ["sym_int4", "asym_int4", "nf4", "fp4", "sym_int8", "fp8_e4m3", "fp8_e5m2"]
+SHAPES = [(576, 576), (1536, 576), (49152, 576), (4096, 4096)]  # (N, K)
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def read_bandwidth(repeat: int) -> float:
+    """GB/s of a sum over 512 MiB of fp32 (median)."""
+    big = torch.ones(128 * 1024 * 1024)
+    samples = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        big.sum()
+        samples.append(time.perf_counter() - t)
+    return big.numel() * 4 / statistics.median(samples) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--formats", default=",".join(FORMATS))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    paths = cpu_native.isa_paths()
+    bw = read_bandwidth(args.repeat)
+    print(f"{_cpu_name()}, {args.threads} thread(s), SIMD paths {paths}, AMX {cpu_native.has_amx()}; "
+          f"read bandwidth {bw:.1f} GB/s (sum over 512 MiB); median of {args.repeat} interleaved repeats\n")  # fmt: skip
+    head = " | ".join(f"{p} ms (M=1: weight GB/s; M=128: GMAC/s)" for p in paths)
+    print(f"| format | N x K | M | kernel | {head} |")
+    print("|---|---|---:|---|" + "---:|" * len(paths))
+    gen = torch.Generator().manual_seed(0)
+    for fmt in args.formats.split(","):
+        for n, k in SHAPES:
+            qw = get_format(fmt).quantize(torch.randn(n, k, generator=gen) * 0.05)
+            kernel = select_kernel(qw, "cpu")
+            state = kernel.prepare(qw, torch.device("cpu"))
+            for m in (1, 128):
+                x = torch.randn(m, k)
+                samples: dict[str, list[float]] = {p: [] for p in paths}
+                for _ in range(args.repeat):
+                    for p in paths:
+                        with cpu_native.forced_isa(p):
+                            t = time.perf_counter()
+                            kernel.matmul(x, state)
+                            samples[p].append(time.perf_counter() - t)
+                cells = []
+                for p in paths:
+                    sec = statistics.median(samples[p])
+                    rate = qw.nbytes / sec / 1e9 if m == 1 else n * k * m / sec / 1e9
+                    cells.append(f"{sec * 1e3:.3f} ({rate:.1f})")
+                print(f"| {fmt} | {n}x{k} | {m} | {kernel.name} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
