@@ -53,7 +53,11 @@ def check_model_spec(model: object, what: str = "model") -> str | None:
 
 
 def shared_llm(
-    model: LLM | str | os.PathLike[str] | None, low_bit: str | None, device: str, tokenizer: Any = None, tokenizer_spec: Any = None
+    model: LLM | str | os.PathLike[str] | None,
+    low_bit: str | None,
+    device: str,
+    tokenizer: Any = None,
+    tokenizer_spec: Any = None,
 ) -> LLM:
     """An `xpullm.LLM` for `model`: the object itself when it already is one, else a process-wide shared one.
 
