@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "xpullm.cli.bench",
     "xpullm.cli.ppl",
     "xpullm.cli.info",
+    "xpullm.cli.finetune",
     "xpullm.rag.cli",
     "xpullm.graphrag.cli",
     "xpullm.apps.cli",

@@ -43,12 +43,16 @@ class FinetuneResult:
 def load_base(model: str | os.PathLike | None, config: FinetuneConfig) -> tuple[nn.Module, Any]:
     """The base model in `config.low_bit` and its tokenizer (None = the packaged SmolLM2-135M)."""
     from xpullm.loading import AutoModelForCausalLM, load_tokenizer
+    from xpullm.loading.sources import LOWBIT_MANIFEST
     from xpullm.models import default_llm_path
 
-    path = default_llm_path() if model is None else model
-    base = AutoModelForCausalLM.from_pretrained(path, load_in_low_bit=config.low_bit, device=config.device,
-                                                dtype=torch.float32, progress=False)  # fmt: skip
-    return base, load_tokenizer(path)
+    path = Path(default_llm_path() if model is None else model)
+    if config.low_bit is None and (path / LOWBIT_MANIFEST).is_file():
+        base = AutoModelForCausalLM.load_low_bit(path, device=config.device, dtype=torch.float32)
+    else:
+        base = AutoModelForCausalLM.from_pretrained(str(path), load_in_low_bit=config.low_bit or "sym_int4",
+                                                    device=config.device, dtype=torch.float32, progress=False)  # fmt: skip
+    return base, load_tokenizer(str(path))
 
 
 def collate(rows: list[TrainingRow], pad_id: int) -> dict[str, torch.Tensor]:
