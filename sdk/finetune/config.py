@@ -16,9 +16,9 @@ class FinetuneConfig:
     """What to train, how, and where to write it."""
 
     # -- base model
-    low_bit: str = (
-        "sym_int4"  # the frozen base weights' format (nf4 = the QLoRA paper's choice; slower on CPU)
-    )
+    # The frozen base's format. None: a low-bit folder's own formats (lossless), anything else sym_int4;
+    # nf4 is the QLoRA paper's choice (reference kernel on CPU: slower).
+    low_bit: str | None = None
     device: str = "cpu"
     # -- adapter
     r: int = 16  # LoRA rank: 8-64 is typical; memory and time grow linearly with it

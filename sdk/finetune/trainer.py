@@ -99,6 +99,7 @@ def finetune(model: nn.Module | str | os.PathLike | None, data: str | os.PathLik
     records = load_records(data) if isinstance(data, (str, os.PathLike)) else data
     rows = tokenize_records(records, tokenizer, config.seq_len)
     prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    torch.manual_seed(config.seed)  # the adapter's initial A matrices: a run is reproducible from its config
     peft_model = get_peft_model(model, lora_config(config.r, config.alpha, config.targets, config.dropout))
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
