@@ -14,6 +14,7 @@ PARTS = [
     ("benchmarks-rag.md", "Embeddings and knowledge bases"),
     ("benchmarks-graphrag.md", "GraphRAG indexing"),
     ("benchmarks-gpu.md", "GPU kernels and decode (H200, H100)"),
+    ("benchmarks-finetune.md", "Fine-tuning (QLoRA) on CPU"),
 ]
 
 HEADER = """# Benchmarks
