@@ -129,7 +129,13 @@ def test_trl_sft_trainer_trains_a_lowbit_peft_model(
 
     from xpullm.finetune import prepare_model_for_kbit_training
 
-    model = prepare_model_for_kbit_training(load_base(base_path))
+    model = load_base(base_path)
+    # TRL >= 1 computes the loss from `lm_head.weight` itself (a chunked, fused cross-entropy): the head must be a
+    # float nn.Linear for SFTTrainer; the 30 decoder layers stay low-bit (docs/finetune.md)
+    head = model.lm_head
+    model.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=False)
+    model.lm_head.weight = torch.nn.Parameter(head.dequantize(), requires_grad=False)
+    model = prepare_model_for_kbit_training(model)
     peft_model = get_peft_model(model, lora_config(r=4, alpha=8, targets=DEFAULT_TARGETS[:4]))
     before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
     args = SFTConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, max_length=32,
