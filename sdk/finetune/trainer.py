@@ -125,7 +125,7 @@ def finetune(model: nn.Module | str | os.PathLike | None, data: str | os.PathLik
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step, batch_index = step + 1, batch_index + 1
-            losses.append(loss.item())
+            losses.append(float(loss.detach()))
             tokens += int((batch["labels"] != IGNORE_INDEX).sum())
             rate = tokens / max(time.perf_counter() - began, 1e-9)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{rate:.0f}")
