@@ -16,6 +16,7 @@ PARTS = [
     ("benchmarks-graphrag.md", "GraphRAG indexing"),
     ("benchmarks-serve.md", "Serving: xpullm serve vs llama.cpp's server (OpenAI API, streamed)"),
     ("benchmarks-gpu.md", "GPU kernels and decode (H200, H100)"),
+    ("benchmarks-finetune.md", "Fine-tuning (QLoRA) on CPU"),
 ]
 
 HEADER = """# Benchmarks

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from xpullm.formats import QuantizedWeight, get_format, pack_nibbles
@@ -31,11 +32,94 @@ def _has_export(kernel: Kernel) -> bool:
     return type(kernel).export is not Kernel.export
 
 
+# Buffer-name prefixes. `q_` buffers hold the kernel's runtime layout (persistent: `state_dict()` carries them);
+# `portable_` buffers hold the host-side portable copy a kernel without `export` needs (not persistent: the
+# runtime layout already says everything a same-machine `load_state_dict` needs).
+_STATE_PREFIX, _PORTABLE_PREFIX = "q_", "portable_"
+
+
+def _state_tensors(state: Any) -> dict[str, torch.Tensor | None]:
+    """The tensor fields of a kernel state (a tensor, or a dataclass such as `QuantizedWeight`), by field name."""
+    if isinstance(state, torch.Tensor):
+        return {"weight": state}
+    if dataclasses.is_dataclass(state):
+        return {
+            f.name: getattr(state, f.name)
+            for f in dataclasses.fields(state)
+            if f.init and (isinstance(getattr(state, f.name), torch.Tensor) or getattr(state, f.name) is None)
+        }
+    raise TypeError(
+        f"kernel state of type {type(state).__name__} is neither a tensor nor a dataclass of tensors"
+    )
+
+
+def _fields(buffers: dict[str, torch.Tensor | None], prefix: str) -> dict[str, torch.Tensor | None]:
+    return {n[len(prefix) :]: t for n, t in buffers.items() if n.startswith(prefix)}
+
+
+def _rebuild(layout: Any, tensors: dict[str, torch.Tensor | None]) -> Any:
+    """`layout` with its tensor fields replaced (dataclasses recompute derived fields in `__post_init__`)."""
+    if isinstance(layout, torch.Tensor):
+        return tensors["weight"]
+    return dataclasses.replace(layout, **tensors)
+
+
+# Rows of W decoded at a time in the training path: ~8 MB of fp32, so the dense copy of a big layer (a 50k-row
+# vocabulary head) never exists at once and training memory stays near the low-bit size.
+_CHUNK_ELEMENTS = 1 << 21
+
+
+def _row_chunks(layer: LowBitLinear) -> list[tuple[int, int]]:
+    step = max(1, _CHUNK_ELEMENTS // max(1, layer.in_features))
+    return [(i, min(i + step, layer.out_features)) for i in range(0, layer.out_features, step)]
+
+
+class _LowBitMatmul(torch.autograd.Function):
+    """y = x @ W^T and dx = dy @ W with W dequantized on the fly, a block of rows at a time. W is frozen.
+
+    On CPU the forward also multiplies dequantized blocks (a float GEMM beats the GEMV-shaped low-bit kernels
+    at training batch sizes and matches the dense twin exactly); elsewhere it runs the layer's kernel.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, layer: LowBitLinear) -> torch.Tensor:
+        ctx.layer = layer
+        ctx.x_dtype = x.dtype
+        if x.device.type != "cpu":
+            return layer.kernel.matmul(x, layer.state)
+        dtype = _compute_dtype(x.dtype)
+        xc = x.to(dtype)
+        parts = [F.linear(xc, layer.dequantize_rows(a, b, dtype, x.device)) for a, b in _row_chunks(layer)]
+        return torch.cat(parts, dim=-1).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        layer = ctx.layer
+        dtype = _compute_dtype(grad.dtype)
+        g = grad.to(dtype)
+        dx = None
+        for a, b in _row_chunks(layer):
+            part = g[..., a:b] @ layer.dequantize_rows(a, b, dtype, grad.device)
+            dx = part if dx is None else dx.add_(part)
+        return dx.to(ctx.x_dtype), None
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half-precision activations multiply in their own dtype; everything else in fp32."""
+    return dtype if dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16) else torch.float32
+
+
 class LowBitLinear(nn.Module):
     """y = x @ W^T + b with W stored as a `QuantizedWeight` and multiplied by the best kernel for the device.
 
     The kernel repacks the portable weight into its runtime layout once, here; the portable copy is dropped
     when the kernel can export it back (so memory stays at one low-bit copy) and kept otherwise.
+
+    The runtime layout's tensors are registered buffers (`q_<field>`), so `state_dict()`, `.to(device)`,
+    `named_buffers()` and memory accounting see the weight; `self.state` is the kernel's view of the same
+    tensors. Moving to another device kind re-selects the kernel; dtype casts (`model.half()`) leave the codes
+    and scales in the dtypes their kernel reads. The layer is differentiable with respect to its input
+    (`_LowBitMatmul`); the weight itself never takes a gradient.
     """
 
     def __init__(self, qweight: QuantizedWeight, bias: torch.Tensor | None = None,
@@ -44,16 +128,60 @@ class LowBitLinear(nn.Module):
         self.out_features, self.in_features = qweight.shape
         self.format_name = qweight.format
         self.group_size = qweight.group_size
-        self.device = torch.device(device)
-        self.kernel = select_kernel(qweight, self.device)
-        self.state = self.kernel.prepare(qweight, self.device)
-        # Kernels that cannot export their runtime layout keep the portable copy for save_low_bit, in host
-        # memory: accelerator memory holds one low-bit copy only.
-        self._portable = None if _has_export(self.kernel) else qweight.to("cpu")
         # Registered even when absent, so a checkpoint's bias can be assigned after the weight arrives.
         self.register_parameter(
-            "bias", None if bias is None else nn.Parameter(bias.detach().to(self.device), requires_grad=False)
+            "bias", None if bias is None else nn.Parameter(bias.detach().to(device), requires_grad=False)
         )
+        self._place(qweight, torch.device(device))
+
+    def _place(self, qweight: QuantizedWeight, device: torch.device) -> None:
+        """Select the kernel for `device`, repack `qweight` for it and register the result as buffers."""
+        self.device = device
+        self.kernel = select_kernel(qweight, device)
+        state = self.kernel.prepare(qweight.to(device), device)
+        # Kernels that cannot export their runtime layout keep the portable copy for save_low_bit, in host
+        # memory: accelerator memory holds one low-bit copy only.
+        portable = None if _has_export(self.kernel) else qweight.to("cpu")
+        for name in [n for n in self._buffers if n.startswith((_STATE_PREFIX, _PORTABLE_PREFIX))]:
+            del self._buffers[name]
+        for name, tensor in _state_tensors(state).items():
+            self.register_buffer(_STATE_PREFIX + name, tensor)
+        self._portable_layout = portable
+        if portable is not None:
+            for name, tensor in _state_tensors(portable).items():
+                self.register_buffer(_PORTABLE_PREFIX + name, tensor, persistent=False)
+        self._layout = state
+        self._sync_state()
+
+    def _sync_state(self) -> None:
+        """Point `self.state` (what kernels read) at the current buffers."""
+        self.state = _rebuild(self._layout, _fields(self._buffers, _STATE_PREFIX))
+        self._portable = (
+            None
+            if self._portable_layout is None
+            else _rebuild(self._portable_layout, _fields(self._buffers, _PORTABLE_PREFIX))
+        )
+
+    def _apply(self, fn: Any, recurse: bool = True) -> LowBitLinear:
+        # Only the bias follows `fn` as usual. The low-bit buffers follow device moves (re-selecting the kernel
+        # when the device changes) and ignore dtype casts, which would corrupt codes and scales.
+        target = fn(torch.empty(0, device=self.device)).device
+        held = {
+            n: self._buffers.pop(n)
+            for n in list(self._buffers)
+            if n.startswith((_STATE_PREFIX, _PORTABLE_PREFIX))
+        }
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            self._buffers.update(held)
+        if target != self.device:
+            self._place(self.export(), target)
+        return self
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._sync_state()  # `assign=True` replaces the buffer tensors
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, low_bit: str, group_size: int | None = None,
@@ -68,8 +196,31 @@ class LowBitLinear(nn.Module):
         return cls(qweight.to(device), linear.bias, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.kernel.matmul(x, self.state)
+        if torch.is_grad_enabled() and x.requires_grad:
+            y = _LowBitMatmul.apply(x, self)
+        else:
+            y = self.kernel.matmul(x, self.state)
         return y if self.bias is None else y + self.bias.to(y.dtype)
+
+    def dequantize_rows(self, start: int, stop: int, dtype: torch.dtype = torch.float32,
+                        device: torch.device | str | None = None) -> torch.Tensor:  # fmt: skip
+        """Rows `start:stop` of the float weight, decoded from the runtime layout where the kernel can read rows
+        back, else from the portable layout."""
+        state = self.state
+        if isinstance(state, torch.Tensor):
+            w = state[start:stop].to(dtype)
+        elif hasattr(state, "dequantize_rows"):
+            w = state.dequantize_rows(torch.arange(start, stop, device=_index_device(state)), dtype)
+        else:
+            qw = state if isinstance(state, QuantizedWeight) else self.export()
+            w = _decode_rows(qw, torch.arange(start, stop, device=qw.data.device), dtype)
+        return w if device is None else w.to(device)
+
+    def dequantize(
+        self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """The whole float weight [N, K] (what merging an adapter starts from)."""
+        return self.dequantize_rows(0, self.out_features, dtype, device)
 
     def export(self) -> QuantizedWeight:
         """The weight in the portable layout, as `save_low_bit` writes it."""
@@ -85,11 +236,18 @@ class LowBitLinear(nn.Module):
                                data.contiguous(), out["scales"], out["zeros"])  # fmt: skip
 
     @property
+    def qweight(self) -> torch.Tensor:
+        """The largest tensor of the runtime layout (the codes). Quantized-layer tooling reads a layer's
+        `qweight` to learn where it lives (PEFT places adapters on its device); it is not a float weight."""
+        tensors = [t for n, t in self._buffers.items() if n.startswith(_STATE_PREFIX) and t is not None]
+        return max(tensors, key=lambda t: t.numel() * t.element_size())
+
+    @property
     def nbytes(self) -> int:
         """Bytes this layer holds for its weight (runtime state, any host-side portable copy) and bias."""
-        extra = self._portable.nbytes if self._portable is not None else 0
-        bias = 0 if self.bias is None else self.bias.numel() * self.bias.element_size()
-        return state_nbytes(self.state) + extra + bias
+        return sum(
+            t.numel() * t.element_size() for t in (*self._buffers.values(), self.bias) if t is not None
+        )
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -151,6 +309,11 @@ class LowBitEmbedding(nn.Module):
     def weight(self) -> torch.Tensor:
         """The full decoded table (what code that reads `embedding.weight` expects); costs a full decode."""
         return self.head[0].export().dequantize(self.dtype)
+
+
+def _index_device(state: Any) -> torch.device:
+    tensors = [t for t in _state_tensors(state).values() if t is not None]
+    return tensors[0].device if tensors else torch.device("cpu")
 
 
 def _decode_rows(qw: QuantizedWeight, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -28,6 +28,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "xpullm.cli.ppl",
     "xpullm.cli.info",
     "xpullm.cli.serve",
+    "xpullm.cli.finetune",
     "xpullm.rag.cli",
     "xpullm.graphrag.cli",
     "xpullm.apps.cli",

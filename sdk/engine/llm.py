@@ -92,6 +92,8 @@ class LLM:
         tokenizer: a HF tokenizer; required with an injected model unless it can be loaded from the model's path.
         chat_template: Jinja template used by `chat` instead of the tokenizer's own.
         dtype: activation dtype; default bf16, or fp32 on CPUs without native bf16 (AVX512-BF16/AMX).
+        adapter: a LoRA adapter folder (PEFT format, e.g. from `xpullm finetune`) applied unmerged over the
+            low-bit weights; needs the `finetune` extra. Merge it for speed with `xpullm convert --merge-adapter`.
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class LLM:
         tokenizer: Any = None,
         chat_template: str | None = None,
         dtype: torch.dtype | None = None,
+        adapter: str | Path | None = None,
     ) -> None:
         if max_context is not None and (
             isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 2
@@ -118,6 +121,7 @@ class LLM:
         self._tokenizer = tokenizer
         self._chat_template = chat_template
         self._dtype_arg = dtype
+        self._adapter = adapter  # a PEFT LoRA folder (`xpullm finetune`), run unmerged over the low-bit base
         self._model: nn.Module | None = model if isinstance(model, nn.Module) else None
         self._decoder: Decoder | None = None
         self._load_lock = threading.Lock()
@@ -135,6 +139,11 @@ class LLM:
                 self._model, path = _load_model(self._spec, self._low_bit, self._device_arg)
                 if self._tokenizer is None:
                     self._tokenizer = _load_tokenizer(path)
+            if self._adapter is not None:
+                from xpullm.finetune import attach_adapter
+
+                attach_adapter(self._model, self._adapter)  # injects LoRA layers into the model in place
+                self._adapter = None
             model = self._model
             if self._tokenizer is None:
                 name = getattr(getattr(model, "config", None), "_name_or_path", "")

@@ -48,14 +48,17 @@ class atomic_folder:
 def _lowbit_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors: dict[str, torch.Tensor] = {}
     modules: dict[str, Any] = {}
+    # LowBitLinear buffers hold a kernel's machine-specific layout: the portable export is written instead.
+    runtime: set[str] = set()
     for name, module in model.named_modules():
         if isinstance(module, LowBitLinear):
+            runtime.update(f"{name}.{b}" for b in module._buffers)
             qw = module.export()
             parts = {k: v.detach().cpu().contiguous() for k, v in qw.tensors().items()}
             modules[name] = {**qw.meta(), "tensors": sorted(parts)}
             tensors.update({f"{name}.{k}": v for k, v in parts.items()})
     for key, value in model.state_dict().items():
-        if key not in tensors:
+        if key not in tensors and key not in runtime:
             tensors[key] = value.detach().cpu()
     # safetensors refuses aliased storage (tied weights): keep the first name of each storage.
     seen: set[tuple[int, int]] = set()
