@@ -248,9 +248,8 @@ def test_info_shows_a_native_kernel_for_every_low_bit_format_and_the_path(capsys
     out = capsys.readouterr().out
     assert f"native CPU kernels: {cpu_native.active_isa()} path" in out
     table = out.split("kernels on cpu:\n")[1].splitlines()
-    rows = [
-        line.split() for line in table[: next(i for i, ln in enumerate(table) if not ln.startswith("  "))]
-    ]
+    end = next((i for i, ln in enumerate(table) if not ln.startswith("  ")), len(table))
+    rows = [line.split() for line in table[:end]]
     kernels = dict(rows)
     for fmt in ("sym_int4", "asym_int4", "nf4", "fp4", "sym_int8", "fp8_e4m3", "fp8_e5m2"):
         assert kernels[fmt].endswith("_native"), f"{fmt} runs {kernels[fmt]}"
