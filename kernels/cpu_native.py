@@ -345,8 +345,22 @@ def _levels(fmt: str) -> tuple[float, ...]:
     return get_format(fmt).levels
 
 
+class _Tiles:
+    """Shape facts shared by the tiled runtime states: `tiles` is [N/4, K/32, ...]."""
+
+    tiles: torch.Tensor
+
+    @property
+    def padded_k(self) -> int:
+        return self.tiles.shape[1] * 32
+
+    @property
+    def rows(self) -> int:
+        return self.tiles.shape[0] * _TILE
+
+
 @dataclass
-class NativeTiledState:
+class NativeTiledState(_Tiles):
     """Runtime layout of the integer and codebook formats: 4-row tiles interleaved by block of 32 columns."""
 
     bits: int  # 4 (bytes hold column pairs, as in the portable layout) or 8 (block-permuted int8)
@@ -358,14 +372,6 @@ class NativeTiledState:
     lut: torch.Tensor | None = None  # codebooks: int8 [16] table (see `codebook_table`)
     wmul: float = 1.0  # codebooks: the table's multiplier
     levels: torch.Tensor | None = None  # codebooks: the format's exact fp32 levels (for row lookups)
-
-    @property
-    def padded_k(self) -> int:
-        return self.tiles.shape[1] * 32
-
-    @property
-    def rows(self) -> int:
-        return self.tiles.shape[0] * _TILE
 
     def codes(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Portable codes of `rows` (default: all): int4 unpacked to uint8 0..15, int8 as int8, [R, K]."""
@@ -525,7 +531,7 @@ class CpuNativeInt8Kernel(_NativeTiledKernel):
 
 
 @dataclass
-class NativeFp8State:
+class NativeFp8State(_Tiles):
     """fp8 codes in 4-row tiles by block of 32 columns (K padded with zero codes), fp32 scales per group."""
 
     shape: tuple[int, int]
@@ -535,14 +541,6 @@ class NativeFp8State:
     tiles: torch.Tensor  # uint8 [N/4, K/32, 4, 32]
     scales: torch.Tensor  # fp32 [N/4, groups, 4]
     group_blocks: int  # blocks of 32 per scale group (per-channel: all of them)
-
-    @property
-    def padded_k(self) -> int:
-        return self.tiles.shape[1] * 32
-
-    @property
-    def rows(self) -> int:
-        return self.tiles.shape[0] * _TILE
 
     def codes(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         if rows is None:
