@@ -71,11 +71,11 @@ def main() -> None:
         )
     for dtype in dtypes:
         e = Embedder(folder, device=args.device, dtype=dtype)
-        variants[f"xpullm {dtype}"] = lambda t, e=e: e.embed_array(t, batch_size=bs, show_progress=False)
+        variants[f"xpullm {dtype}"] = lambda t, e=e: e.embed_matrix(t, batch_size=bs, show_progress=False)
     if not on_gpu:
         for fmt in ("sym_int8", "sym_int4"):
             e = Embedder(folder, device=args.device, low_bit=fmt)
-            variants[f"xpullm {fmt}"] = lambda t, e=e: e.embed_array(t, batch_size=bs, show_progress=False)
+            variants[f"xpullm {fmt}"] = lambda t, e=e: e.embed_matrix(t, batch_size=bs, show_progress=False)
 
     reference = variants["sentence-transformers fp32"](texts)
     best = dict.fromkeys(variants, float("inf"))
@@ -99,9 +99,9 @@ def main() -> None:
         e32, e16 = Embedder(folder, dtype="float32"), Embedder(folder, dtype="bfloat16")
         times = {}
         for name, e in (("fp32", e32), ("bf16 (emulated)", e16)):
-            e.embed_array(few[:8])
+            e.embed_matrix(few[:8])
             t0 = time.perf_counter()
-            e.embed_array(few, batch_size=bs)
+            e.embed_matrix(few, batch_size=bs)
             times[name] = time.perf_counter() - t0
         probe = (
             f"\nProbe on 64 texts: fp32 {64 / times['fp32']:.1f} texts/s, emulated bf16 "

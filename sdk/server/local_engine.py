@@ -16,11 +16,19 @@ import dataclasses
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xpullm.engine.params import GenerationParams
+from xpullm.models import DEFAULT_EMBEDDER_NAME
 from xpullm.server.engine import EngineStats, Finished, QueueFull, StreamEvent, TextDelta
 from xpullm.server.metrics import Metrics
+
+# The id clients send for the packaged embedder (`model="all-MiniLM-L6-v2"`): its hub name without the org.
+DEFAULT_EMBEDDER_ID = DEFAULT_EMBEDDER_NAME.rsplit("/", 1)[-1]
+
+if TYPE_CHECKING:
+    from xpullm.embeddings import Embedder
+    from xpullm.engine import LLM
 
 __all__ = ["LocalEmbeddingEngine", "LocalTextEngine"]
 
@@ -79,7 +87,7 @@ class LocalTextEngine:
     """
 
     def __init__(
-        self, llm: Any, model_id: str | None = None, max_queue: int = 64, metrics: Metrics | None = None
+        self, llm: LLM, model_id: str | None = None, max_queue: int = 64, metrics: Metrics | None = None
     ) -> None:
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"max_queue={max_queue!r} is invalid: expected an int >= 1")
@@ -235,12 +243,12 @@ class LocalEmbeddingEngine:
     ) -> None:
         self._spec = (model, low_bit, device)
         self._model_id = model_id
-        self.model_id = model_id or (model or "all-MiniLM-L6-v2")
-        self._embedder: Any = None
+        self.model_id = model_id or (model or DEFAULT_EMBEDDER_ID)
+        self._embedder: Embedder | None = None
         self._lock = threading.Lock()
 
     @classmethod
-    def from_embedder(cls, embedder: Any, model_id: str | None = None) -> LocalEmbeddingEngine:
+    def from_embedder(cls, embedder: Embedder, model_id: str | None = None) -> LocalEmbeddingEngine:
         """Wrap an already built `Embedder`."""
         engine = cls(model_id=model_id or embedder.model_name)
         engine._embedder = embedder

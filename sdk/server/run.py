@@ -30,7 +30,9 @@ def build_engines(config: ServerConfig) -> tuple[LocalTextEngine, LocalEmbedding
 def _default_embedder_id(config: ServerConfig) -> str:
     from pathlib import Path
 
-    return Path(config.embedder).name if config.embedder else "all-MiniLM-L6-v2"
+    from xpullm.server.local_engine import DEFAULT_EMBEDDER_ID
+
+    return Path(config.embedder).name if config.embedder else DEFAULT_EMBEDDER_ID
 
 
 def serve(config: ServerConfig) -> int:
