@@ -54,7 +54,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _read_documents(paths: Iterable[Path]) -> list[dict[str, Any]]:
-    from xpullm.rag.parsers import parse_file, supported_extensions
+    from xpullm.documents.parsers import parse_file, supported_extensions
 
     known = set(supported_extensions())
     return [{"text": parse_file(p).text} for p in sorted(paths) if p.suffix.lower() in known]
