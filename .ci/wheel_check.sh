@@ -14,7 +14,7 @@ if [ -f /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl ]; th
 else
   $uv torch==2.13.0
 fi
-$uv --constraint requirements/lock.txt "$(ls "$work"/dist/xpullm-*.whl)[rag,langchain,llamaindex,graphrag,demo]"
+$uv --constraint requirements/lock.txt "$(ls "$work"/dist/xpullm-*.whl)[rag,langchain,llamaindex,graphrag,demo,server,finetune]"
 cd "$work"  # away from the source tree, so only the installed wheel can be imported
 "$work/venv/bin/python" - <<'PY'
 import importlib, importlib.util, pkgutil, sys
