@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -351,6 +352,27 @@ def _finish(fin: Finished, calls: list[dict[str, Any]] | None) -> str:
     return "length" if fin.finish_reason == "length" else "stop"
 
 
+async def _stream_frames(
+    streams: list[GenerationStream], frames: AsyncIterator[str], usage_frame: Callable[[], str] | None
+) -> AsyncIterator[str]:
+    """The SSE frames of a streamed response, then its usage frame (when asked for) and `[DONE]`. An error ends
+    the stream with an error frame; the generations are cancelled however it ends (a client that left included)."""
+    try:
+        async for frame in frames:
+            yield frame
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        yield _sse_error(exc)
+        return
+    finally:
+        for s in streams:
+            s.cancel()
+    if usage_frame is not None:
+        yield usage_frame()
+    yield _sse("[DONE]")
+
+
 async def _chat_stream(
     streams: list[GenerationStream],
     id_: str,
@@ -368,7 +390,8 @@ async def _chat_stream(
     # With tools the answer may turn out to be a call: it is held back and sent whole at the end.
     held = [""] * len(streams)
     finals: list[Finished | None] = [None] * len(streams)
-    try:
+
+    async def frames() -> AsyncIterator[str]:
         for i in range(len(streams)):
             yield chunk([choice(i, {"role": "assistant", "content": "", "refusal": None})])
         async for i, ev in _merge(streams):
@@ -386,18 +409,17 @@ async def _chat_stream(
             elif held[i]:
                 yield chunk([choice(i, {"content": held[i]})])
             yield chunk([choice(i, {}, _finish(ev, calls))])
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        yield _sse_error(exc)
-        return
-    finally:
-        for s in streams:
-            s.cancel()
-    if include_usage:
+
+    def usage_frame() -> str:
         done = [f for f in finals if f is not None]
-        yield chunk([], usage(done[0].prompt_tokens, sum(f.completion_tokens for f in done)))
-    yield _sse("[DONE]")
+        return chunk([], usage(done[0].prompt_tokens, sum(f.completion_tokens for f in done)))
+
+    # aclosing: a client that leaves closes this generator, and with it the inner one (which cancels at once).
+    async with contextlib.aclosing(
+        _stream_frames(streams, frames(), usage_frame if include_usage else None)
+    ) as out:
+        async for frame in out:
+            yield frame
 
 
 # -- /v1/completions ----------------------------------------------------------------------------------------------
@@ -477,7 +499,8 @@ async def _completion_stream(
         return _sse(body)
 
     finals: list[Finished | None] = [None] * len(streams)
-    try:
+
+    async def frames() -> AsyncIterator[str]:
         for i, echo in enumerate(echoes):
             if echo:
                 yield chunk([{"index": i, "text": echo, "logprobs": None, "finish_reason": None}])
@@ -488,17 +511,16 @@ async def _completion_stream(
             else:
                 finals[i] = ev
                 yield chunk([{"index": i, "text": "", "logprobs": None, "finish_reason": _finish(ev, None)}])
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        yield _sse_error(exc)
-        return
-    finally:
-        for s in streams:
-            s.cancel()
-    if include_usage:
-        yield chunk([], _usage_per_prompt([f for f in finals if f is not None], n))
-    yield _sse("[DONE]")
+
+    def usage_frame() -> str:
+        return chunk([], _usage_per_prompt([f for f in finals if f is not None], n))
+
+    # aclosing: a client that leaves closes this generator, and with it the inner one (which cancels at once).
+    async with contextlib.aclosing(
+        _stream_frames(streams, frames(), usage_frame if include_usage else None)
+    ) as out:
+        async for frame in out:
+            yield frame
 
 
 # -- /v1/embeddings -----------------------------------------------------------------------------------------------
