@@ -6,10 +6,10 @@ import asyncio
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from xpullm.integrations._engines import shared_embedder
-from xpullm.integrations._fields import reject_unknown
+from xpullm.integrations._fields import StrictArguments
 
 __all__ = ["XPUBgeEmbeddings", "XPUEmbeddings"]
 
@@ -21,7 +21,7 @@ _BGE_IGNORED_MODEL_KWARGS = {"trust_remote_code"}
 _BGE_ENCODE_KWARGS = {"normalize_embeddings", "batch_size"}
 
 
-class XPUEmbeddings(BaseModel, Embeddings):
+class XPUEmbeddings(StrictArguments, Embeddings):
     """Sentence embeddings; the model loads on the first `embed_*` call.
 
     ```python
@@ -44,11 +44,6 @@ class XPUEmbeddings(BaseModel, Embeddings):
     """Texts per forward pass (the embedder sorts by length, so batches pad little)."""
 
     _handle: Any = PrivateAttr(default=None)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown_arguments(cls, data: Any) -> Any:
-        return reject_unknown(cls, data)
 
     @model_validator(mode="after")
     def _resolve(self) -> XPUEmbeddings:
@@ -77,7 +72,7 @@ class XPUEmbeddings(BaseModel, Embeddings):
         return await asyncio.to_thread(self.embed_query, text)
 
 
-class XPUBgeEmbeddings(BaseModel, Embeddings):
+class XPUBgeEmbeddings(StrictArguments, Embeddings):
     """Drop-in for langchain_community's `IpexLLMBgeEmbeddings`: same arguments, xpullm's embedder underneath.
 
     ```python
@@ -109,11 +104,6 @@ class XPUBgeEmbeddings(BaseModel, Embeddings):
     """Accepted for source compatibility; xpullm reads hub models from the Hugging Face cache."""
 
     _handle: Any = PrivateAttr(default=None)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown_arguments(cls, data: Any) -> Any:
-        return reject_unknown(cls, data)
 
     @model_validator(mode="after")
     def _resolve(self) -> XPUBgeEmbeddings:

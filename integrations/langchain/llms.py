@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.llms import LLM
@@ -12,7 +12,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from xpullm.engine.aio import iterate_in_thread
 from xpullm.integrations._engines import shared_llm
-from xpullm.integrations._fields import reject_unknown
+from xpullm.integrations._fields import StrictArguments
 from xpullm.integrations._sampling import apply_do_sample, ipex_low_bit
 
 __all__ = ["XPULLM"]
@@ -32,7 +32,7 @@ _MODEL_KWARG_FIELDS = {
 _IGNORED_MODEL_KWARGS = {"trust_remote_code", "use_cache", "low_cpu_mem_usage", "torch_dtype"}
 
 
-class XPULLM(LLM):
+class XPULLM(StrictArguments, LLM):
     """Text completion with a low-bit model; streams real tokens and returns only the completion.
 
     ```python
@@ -82,10 +82,7 @@ class XPULLM(LLM):
 
     _engine: Any = PrivateAttr(default=None)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown_arguments(cls, data: Any) -> Any:
-        return reject_unknown(cls, data, also=("callback_manager",))
+    also_accepted: ClassVar[tuple[str, ...]] = ("callback_manager",)
 
     @model_validator(mode="after")
     def _resolve_engine(self) -> XPULLM:

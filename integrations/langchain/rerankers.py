@@ -10,13 +10,13 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from xpullm.integrations._engines import shared_llm
-from xpullm.integrations._fields import reject_unknown
+from xpullm.integrations._fields import StrictArguments
 from xpullm.integrations._relevance import relevance_scores
 
 __all__ = ["XPUReranker"]
 
 
-class XPUReranker(BaseDocumentCompressor):
+class XPUReranker(StrictArguments, BaseDocumentCompressor):
     """Keep the `top_n` documents the LLM rates most relevant (P("yes") to "does this passage help?").
 
     Each document gets `metadata["relevance_score"]` in [0, 1].
@@ -34,11 +34,6 @@ class XPUReranker(BaseDocumentCompressor):
     """How many documents to return."""
 
     _engine: Any = PrivateAttr(default=None)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown_arguments(cls, data: Any) -> Any:
-        return reject_unknown(cls, data)
 
     @model_validator(mode="after")
     def _resolve(self) -> XPUReranker:

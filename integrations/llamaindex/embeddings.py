@@ -6,15 +6,15 @@ import asyncio
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from xpullm.integrations._engines import shared_embedder
-from xpullm.integrations._fields import reject_unknown
+from xpullm.integrations._fields import StrictArguments
 
 __all__ = ["XPUEmbedding"]
 
 
-class XPUEmbedding(BaseEmbedding):
+class XPUEmbedding(StrictArguments, BaseEmbedding):
     """Sentence embeddings for LlamaIndex; the model loads on first use.
 
     ```python
@@ -39,11 +39,6 @@ class XPUEmbedding(BaseEmbedding):
     )
 
     _handle: Any = PrivateAttr(default=None)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown_arguments(cls, data: Any) -> Any:
-        return reject_unknown(cls, data)
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("embed_batch_size", 32)

@@ -17,14 +17,14 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
     MessageRole,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
 from xpullm.engine.aio import iterate_in_thread
 from xpullm.integrations._engines import shared_llm
-from xpullm.integrations._fields import reject_unknown
+from xpullm.integrations._fields import StrictArguments
 from xpullm.integrations._sampling import apply_do_sample, ipex_low_bit
 from xpullm.integrations._toolcall import (
     ChatTemplateError,
@@ -42,7 +42,7 @@ from xpullm.integrations._toolcall import (
 __all__ = ["XPULLM"]
 
 
-class XPULLM(FunctionCallingLLM):
+class XPULLM(StrictArguments, FunctionCallingLLM):
     """A low-bit model as a LlamaIndex function-calling LLM.
 
     ```python
@@ -84,11 +84,6 @@ class XPULLM(FunctionCallingLLM):
     )
 
     _engine: Any = PrivateAttr(default=None)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown_arguments(cls, data: Any) -> Any:
-        return reject_unknown(cls, data)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
