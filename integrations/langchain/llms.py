@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -16,6 +18,10 @@ from xpullm.integrations._fields import StrictArguments
 from xpullm.integrations._sampling import apply_do_sample, ipex_low_bit
 
 __all__ = ["XPULLM"]
+
+# Prompts of one `batch` / `generate` call in flight at once (each is one engine request; the engine queues what
+# its KV budget cannot hold).
+_MAX_PARALLEL = 16
 
 # IpexLLM's model_kwargs were passed to transformers; these are the ones that mean something here.
 _MODEL_KWARG_FIELDS = {
@@ -258,7 +264,12 @@ class XPULLM(StrictArguments, LLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        return self._result([self._complete(p, stop, run_manager, kwargs) for p in prompts])
+        if len(prompts) == 1:
+            return self._result([self._complete(prompts[0], stop, run_manager, kwargs)])
+        # One request per prompt, all submitted at once: the engine runs them in shared decode steps.
+        with ThreadPoolExecutor(max_workers=min(len(prompts), _MAX_PARALLEL)) as pool:
+            done = pool.map(lambda p: self._complete(p, stop, run_manager, kwargs), prompts)
+            return self._result(list(done))
 
     async def _agenerate(
         self,
@@ -267,11 +278,10 @@ class XPULLM(StrictArguments, LLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        generations = []
-        for prompt in prompts:
-            text = await self._acall(prompt, stop, run_manager, **kwargs)
-            generations.append(self._generation(prompt, text, None, None))
-        return self._result(generations)
+        texts = await asyncio.gather(*(self._acall(p, stop, run_manager, **kwargs) for p in prompts))
+        return self._result(
+            [self._generation(p, text, None, None) for p, text in zip(prompts, texts, strict=True)]
+        )
 
     async def _acall(
         self,
