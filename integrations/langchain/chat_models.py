@@ -22,7 +22,9 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from xpullm.engine import LLM
 from xpullm.engine.aio import iterate_in_thread
+from xpullm.integrations._args import LLMArg
 from xpullm.integrations._engines import shared_llm
 from xpullm.integrations._fields import StrictArguments
 from xpullm.integrations._toolcall import (
@@ -55,7 +57,7 @@ class ChatXPU(StrictArguments, BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
 
-    model: Any = None
+    model: LLMArg = None
     """None (packaged default), a folder / .gguf path / hub id, or an `xpullm.LLM` to share a loaded model."""
     low_bit: str | None = "sym_int4"
     """Low-bit format used when this object loads the weights (ignored for a given `xpullm.LLM`)."""
@@ -90,7 +92,7 @@ class ChatXPU(StrictArguments, BaseChatModel):
     max_retries: int | None = None
     """Accepted for API compatibility with hosted chat models; local generation is not retried."""
 
-    _engine: Any = PrivateAttr(default=None)
+    _engine: LLM = PrivateAttr(default=None)
 
     also_accepted: ClassVar[tuple[str, ...]] = ("callback_manager",)
 

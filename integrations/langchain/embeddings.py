@@ -8,7 +8,8 @@ from typing import Any
 from langchain_core.embeddings import Embeddings
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from xpullm.integrations._engines import shared_embedder
+from xpullm.integrations._args import EmbedderArg
+from xpullm.integrations._engines import LazyEmbedder, shared_embedder
 from xpullm.integrations._fields import StrictArguments
 
 __all__ = ["XPUBgeEmbeddings", "XPUEmbeddings"]
@@ -34,7 +35,7 @@ class XPUEmbeddings(StrictArguments, Embeddings):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid")
 
-    model: Any = None
+    model: EmbedderArg = None
     """None (packaged default), a sentence-transformers folder / hub id, or an `xpullm.Embedder` to share."""
     low_bit: str | None = None
     """Optional low-bit format for the linear layers (e.g. "sym_int8")."""
@@ -43,7 +44,7 @@ class XPUEmbeddings(StrictArguments, Embeddings):
     batch_size: int = Field(default=32, ge=1)
     """Texts per forward pass (the embedder sorts by length, so batches pad little)."""
 
-    _handle: Any = PrivateAttr(default=None)
+    _handle: LazyEmbedder = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _resolve(self) -> XPUEmbeddings:
@@ -103,7 +104,7 @@ class XPUBgeEmbeddings(StrictArguments, Embeddings):
     cache_folder: str | None = None
     """Accepted for source compatibility; xpullm reads hub models from the Hugging Face cache."""
 
-    _handle: Any = PrivateAttr(default=None)
+    _handle: LazyEmbedder = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _resolve(self) -> XPUBgeEmbeddings:

@@ -12,7 +12,9 @@ from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
+from xpullm.engine import LLM as TextLLM
 from xpullm.engine.aio import iterate_in_thread
+from xpullm.integrations._args import LLMArg
 from xpullm.integrations._engines import shared_llm
 from xpullm.integrations._fields import StrictArguments
 from xpullm.integrations._sampling import apply_do_sample, ipex_low_bit
@@ -54,7 +56,7 @@ class XPULLM(StrictArguments, LLM):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid")
 
-    model: Any = None
+    model: LLMArg = None
     """None (packaged default), a folder / .gguf path / hub id, or an `xpullm.LLM` to share a loaded model."""
     model_id: str | None = None
     """IpexLLM-compatible alias of `model` (a path or hub id)."""
@@ -86,7 +88,7 @@ class XPULLM(StrictArguments, LLM):
     """When True (IpexLLM's default), `invoke` runs through `_stream` so callbacks get tokens as they are
     generated; the result is the same text either way."""
 
-    _engine: Any = PrivateAttr(default=None)
+    _engine: TextLLM = PrivateAttr(default=None)
 
     also_accepted: ClassVar[tuple[str, ...]] = ("callback_manager",)
 

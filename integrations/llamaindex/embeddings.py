@@ -8,7 +8,8 @@ from typing import Any
 from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
-from xpullm.integrations._engines import shared_embedder
+from xpullm.integrations._args import EmbedderArg
+from xpullm.integrations._engines import LazyEmbedder, shared_embedder
 from xpullm.integrations._fields import StrictArguments
 
 __all__ = ["XPUEmbedding"]
@@ -27,7 +28,7 @@ class XPUEmbedding(StrictArguments, BaseEmbedding):
     (`model_name`, `device`, `trust_remote_code`, `query_instruction`, `text_instruction`, `embed_batch_size`).
     """
 
-    model: Any = Field(
+    model: EmbedderArg = Field(
         default=None, description="None (packaged default), a folder / hub id, or an xpullm.Embedder."
     )
     low_bit: str | None = Field(default=None, description="Optional low-bit format for the linear layers.")
@@ -38,7 +39,7 @@ class XPUEmbedding(StrictArguments, BaseEmbedding):
         default=False, description="Accepted for IpexLLMEmbedding compatibility; no checkpoint code runs."
     )
 
-    _handle: Any = PrivateAttr(default=None)
+    _handle: LazyEmbedder = PrivateAttr(default=None)
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("embed_batch_size", 32)
