@@ -40,6 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from xpullm.kernels.codebook import CODEBOOKS
 from xpullm.kernels.packing import unpack_nibbles
 from xpullm.kernels.registry import Kernel, register_kernel
 from xpullm.settings import runtime_settings  # layer 0: imports nothing from xpullm
@@ -339,10 +340,8 @@ def codebook_table(levels: tuple[float, ...]) -> tuple[torch.Tensor, float]:
 
 
 def _levels(fmt: str) -> tuple[float, ...]:
-    """A codebook format's 16 levels (imported at call time: the kernel layer sits below the formats)."""
-    from xpullm.formats import get_format
-
-    return get_format(fmt).levels
+    """A codebook format's 16 levels."""
+    return CODEBOOKS[fmt]
 
 
 class _Tiles:
