@@ -509,3 +509,196 @@ XQ_AVX2_FN int xq_decode_attention(const float *qkv, const float *cos, const flo
     free(scratch);
     return 0;
 }
+
+/* ---- paged attention (the continuous-batching engine) ---------------------------------------------- */
+
+/* Pools [num_blocks, KV, bs, D]: fp32 values, or int8 codes with one fp32 scale per (block, kv head, slot)
+   (scale = max|x| / 127; code = round-half-even(x / scale), as kernels/paged.py's `quantize_kv`). */
+struct paged {
+    const float *qkv, *cos, *sin, *q_norm, *k_norm;
+    const int64_t *positions, *seq_index;
+    const int32_t *tables;
+    float *k_pool, *v_pool;   /* fp32 pools, or NULL */
+    int8_t *k_q, *v_q;        /* int8 pools, or NULL */
+    float *k_s, *v_s;         /* their scales [num_blocks, KV, bs] */
+    int64_t n, h, kv, d, bs, max_pos, s, max_blocks, num_blocks;
+    float scale, eps;
+    float *out;
+};
+
+/* Index checks before anything is written: 0 ok, -2 position outside the RoPE table, -3 seq_index outside the
+   tables, -4 a position past the table's width, -5 a block id outside the pools. */
+static int paged_check(const struct paged *p, int64_t *max_pos) {
+    int64_t top = 0;
+    for (int64_t n = 0; n < p->n; ++n) {
+        const int64_t pos = p->positions[n], s = p->seq_index[n];
+        if (pos < 0 || pos >= p->max_pos) return -2;
+        if (s < 0 || s >= p->s) return -3;
+        if (pos / p->bs >= p->max_blocks) return -4;
+        for (int64_t b = 0; b <= pos / p->bs; ++b) {
+            const int32_t blk = p->tables[s * p->max_blocks + b];
+            if (blk < 0 || blk >= p->num_blocks) return -5;
+        }
+        top = pos > top ? pos : top;
+    }
+    *max_pos = top;
+    return 0;
+}
+
+/* A head vector as the pools hold it: normalized (optional), rotated. `tmp` holds D floats. */
+XQ_AVX2_FN static void paged_rotate(const float *x, const float *norm, float eps, const float *c, const float *s,
+                                    int64_t d, float *tmp, float *out) {
+    if (norm) {
+        xq_rms_norm(x, norm, tmp, 1, d, eps);
+        x = tmp;
+    }
+    rope(x, c, s, d, out);
+}
+
+/* int8 codes of one head vector (round half to even: lrintf in the default rounding mode); returns the scale. */
+XQ_AVX2_FN static float paged_quantize(const float *x, int64_t d, int8_t *codes) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < d; ++i) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    const float scale = amax / 127.0f, inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    for (int64_t i = 0; i < d; ++i) {
+        const long c = lrintf(x[i] * inv);
+        codes[i] = (int8_t)(c > 127 ? 127 : c < -127 ? -127 : c);
+    }
+    return scale;
+}
+
+/* q . codes, int8 codes widened to fp32 (the scale multiplies the sum). Same order as dot_f32. */
+XQ_AVX2_FN static inline float dot_f32_s8(const float *a, const int8_t *b, int64_t n) {
+    if (n % 8 == 0) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t i = 0; i < n; i += 8) {
+            const __m256 bf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + i))));
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), bf, acc);
+        }
+        return hsum8(acc);
+    }
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; ++i) s += a[i] * (float)b[i];
+    return s;
+}
+
+/* Phase 1: every token's k (normalized, rotated) and v into its slot. Serial: tiny work, and a slot written
+   twice in one call (a caller error) still ends with the last token's values, deterministically. */
+XQ_AVX2_FN static void paged_write(const struct paged *p, float *tmp) {
+    const int64_t width = (p->h + 2 * p->kv) * p->d, d = p->d;
+    float *rot = tmp + d;
+    for (int64_t n = 0; n < p->n; ++n) {
+        const int64_t pos = p->positions[n];
+        const int64_t blk = p->tables[p->seq_index[n] * p->max_blocks + pos / p->bs], off = pos % p->bs;
+        const float *row = p->qkv + n * width, *c = p->cos + pos * d, *s = p->sin + pos * d;
+        for (int64_t j = 0; j < p->kv; ++j) {
+            const int64_t slot = (blk * p->kv + j) * p->bs + off;
+            const float *k = row + (p->h + j) * d, *v = row + (p->h + p->kv + j) * d;
+            if (p->k_pool) {
+                paged_rotate(k, p->k_norm, p->eps, c, s, d, tmp, p->k_pool + slot * d);
+                for (int64_t i = 0; i < d; ++i) p->v_pool[slot * d + i] = v[i];
+            } else {
+                paged_rotate(k, p->k_norm, p->eps, c, s, d, tmp, rot);
+                p->k_s[slot] = paged_quantize(rot, d, p->k_q + slot * d);
+                p->v_s[slot] = paged_quantize(v, d, p->v_q + slot * d);
+            }
+        }
+    }
+}
+
+/* Phase 2 for one (token, head): scores over keys 0..pos in order, max, exp, sum, then sum_t e_t v_t / total.
+   A fixed loop that reads nothing of other tokens: the result is bitwise the same in any batch. `buf` holds
+   3 D + pos + 1 floats. */
+XQ_AVX2_FN static void paged_one(const struct paged *p, int64_t n, int64_t hd, float *buf) {
+    const int64_t d = p->d, bs = p->bs, j = hd / (p->h / p->kv), pos = p->positions[n];
+    const int64_t width = (p->h + 2 * p->kv) * d;
+    const int32_t *table = p->tables + p->seq_index[n] * p->max_blocks;
+    float *q = buf, *o = buf + d, *tmp = buf + 2 * d, *sc = buf + 3 * d;
+    paged_rotate(p->qkv + n * width + hd * d, p->q_norm, p->eps, p->cos + pos * d, p->sin + pos * d, d, tmp, q);
+    float mx = -INFINITY;
+    for (int64_t t0 = 0; t0 <= pos; t0 += bs) {
+        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = pos + 1 - t0 < bs ? pos + 1 - t0 : bs;
+        for (int64_t i = 0; i < cnt; ++i) {
+            const float x = p->k_pool ? dot_f32(q, p->k_pool + (base + i) * d, d)
+                                      : dot_f32_s8(q, p->k_q + (base + i) * d, d) * p->k_s[base + i];
+            sc[t0 + i] = x * p->scale;
+            mx = sc[t0 + i] > mx ? sc[t0 + i] : mx;
+        }
+    }
+    float total = 0.0f;
+    for (int64_t t = 0; t <= pos; ++t) {
+        sc[t] = expf(sc[t] - mx);
+        total += sc[t];
+    }
+    for (int64_t i = 0; i < d; ++i) o[i] = 0.0f;
+    for (int64_t t0 = 0; t0 <= pos; t0 += bs) {
+        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = pos + 1 - t0 < bs ? pos + 1 - t0 : bs;
+        for (int64_t i = 0; i < cnt; ++i) {
+            if (p->v_pool) {
+                const float w = sc[t0 + i], *v = p->v_pool + (base + i) * d;
+                for (int64_t e = 0; e < d; ++e) o[e] += w * v[e];
+            } else {
+                const float w = sc[t0 + i] * p->v_s[base + i];
+                const int8_t *v = p->v_q + (base + i) * d;
+                for (int64_t e = 0; e < d; ++e) o[e] += w * (float)v[e];
+            }
+        }
+    }
+    const float inv = 1.0f / total;
+    float *dst = p->out + (n * p->h + hd) * d;
+    for (int64_t i = 0; i < d; ++i) dst[i] = o[i] * inv;
+}
+
+#ifdef _OPENMP
+#include <omp.h>
+#define XQ_THREAD omp_get_thread_num()
+#else
+#define XQ_THREAD 0
+#endif
+
+static int paged_run(struct paged *p, int threads) {
+    int64_t top;
+    const int bad = paged_check(p, &top);
+    if (bad) return bad;
+    if (threads < 1) threads = 1;
+    const int64_t per = 3 * p->d + top + 1 + 16; /* +16: each thread's buffer starts on its own cache line */
+    float *scratch = malloc(sizeof(float) * (size_t)(threads * per));
+    if (!scratch) return -1;
+    paged_write(p, scratch);
+    const int64_t jobs = p->n * p->h;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1 && jobs >= 2)
+    for (int64_t job = 0; job < jobs; ++job) paged_one(p, job / p->h, job % p->h, scratch + XQ_THREAD * per);
+    free(scratch);
+    return 0;
+}
+
+/* One layer's paged attention for N flattened tokens (kernels/paged.py says the semantics):
+     qkv [N, (H + 2 KV) D]; cos, sin [max_pos, D] (sin's first half negated); positions, seq_index int64 [N];
+     tables int32 [S, max_blocks]; k_pool, v_pool fp32 [num_blocks, KV, bs, D] (written); q_norm, k_norm [D] or
+     NULL (Qwen3, eps); out [N, H D].
+   Returns 0, -1 (out of memory) or an index error (-2..-5, see paged_check; nothing written then). */
+int xq_paged_attention(const float *qkv, const float *cos, const float *sin, int64_t max_pos, const int64_t *positions,
+                       const int64_t *seq_index, const int32_t *tables, int64_t s, int64_t max_blocks, float *k_pool,
+                       float *v_pool, int64_t num_blocks, int64_t bs, const float *q_norm, const float *k_norm,
+                       float eps, int64_t n, int64_t h, int64_t kv, int64_t d, float scale, float *out, int threads) {
+    struct paged p = {.qkv = qkv, .cos = cos, .sin = sin, .q_norm = q_norm, .k_norm = k_norm,
+                      .positions = positions, .seq_index = seq_index, .tables = tables, .k_pool = k_pool,
+                      .v_pool = v_pool, .n = n, .h = h, .kv = kv, .d = d, .bs = bs, .max_pos = max_pos, .s = s,
+                      .max_blocks = max_blocks, .num_blocks = num_blocks, .scale = scale, .eps = eps, .out = out};
+    return paged_run(&p, threads);
+}
+
+/* The same over int8 pools: k_q, v_q int8 [num_blocks, KV, bs, D] with fp32 scales k_s, v_s [num_blocks, KV, bs]
+   (all written for the step's tokens). Keys and values are read as codes (no dequantized copy). */
+int xq_paged_attention_int8(const float *qkv, const float *cos, const float *sin, int64_t max_pos,
+                            const int64_t *positions, const int64_t *seq_index, const int32_t *tables, int64_t s,
+                            int64_t max_blocks, int8_t *k_q, int8_t *v_q, float *k_s, float *v_s, int64_t num_blocks,
+                            int64_t bs, const float *q_norm, const float *k_norm, float eps, int64_t n, int64_t h,
+                            int64_t kv, int64_t d, float scale, float *out, int threads) {
+    struct paged p = {.qkv = qkv, .cos = cos, .sin = sin, .q_norm = q_norm, .k_norm = k_norm,
+                      .positions = positions, .seq_index = seq_index, .tables = tables, .k_q = k_q, .v_q = v_q,
+                      .k_s = k_s, .v_s = v_s, .n = n, .h = h, .kv = kv, .d = d, .bs = bs, .max_pos = max_pos,
+                      .s = s, .max_blocks = max_blocks, .num_blocks = num_blocks, .scale = scale, .eps = eps,
+                      .out = out};
+    return paged_run(&p, threads);
+}
