@@ -8,6 +8,7 @@ call, as the engine's forward does, and returns each token's output row and the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Callable
@@ -35,9 +36,14 @@ class World:
     k_norm: torch.Tensor | None
     scale: float
 
-    def owned(self, seq: int) -> list[int]:
-        """Physical blocks of `seq` (the ones its final length reaches)."""
-        return self.tables[seq, : -(-self.lengths[seq] // self.block_size)].tolist()
+    def to(self, device: torch.device) -> World:
+        """The same world with its tensors on `device`."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return dataclasses.replace(
+            self, rows=[move(r) for r in self.rows], cos=move(self.cos), sin=move(self.sin),
+            tables=move(self.tables), k_pool=move(self.k_pool), v_pool=move(self.v_pool),
+            q_norm=move(self.q_norm), k_norm=move(self.k_norm),
+        )  # fmt: skip
 
 
 def rope_tables(positions: int, d: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,8 +130,8 @@ def run(
     outputs = {}
     for step in schedule:
         qkv = torch.cat([world.rows[s][p : p + t] for s, p, t in step])
-        positions = torch.cat([torch.arange(p, p + t) for s, p, t in step])
-        seq_index = torch.cat([torch.full((t,), s) for s, p, t in step])
+        positions = torch.cat([torch.arange(p, p + t) for s, p, t in step]).to(qkv.device)
+        seq_index = torch.cat([torch.full((t,), s) for s, p, t in step]).to(qkv.device)
         out = kernel(
             qkv, world.cos, world.sin, positions, seq_index, world.tables, k_pool, v_pool, world.h, world.scale,
             world.q_norm, world.k_norm, 1e-6, **extra,
@@ -141,4 +147,5 @@ def run(
 def seq_slots(world: World, pool: torch.Tensor, seq: int) -> torch.Tensor:
     """The written slots of `seq` in a pool, in position order: [length, KV, D]."""
     bs = world.block_size
-    return torch.stack([pool[world.tables[seq, p // bs], :, p % bs] for p in range(world.lengths[seq])])
+    tables = world.tables.cpu()
+    return torch.stack([pool[tables[seq, p // bs], :, p % bs] for p in range(world.lengths[seq])])
