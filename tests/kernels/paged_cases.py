@@ -30,18 +30,18 @@ class World:
     cos: torch.Tensor
     sin: torch.Tensor
     tables: torch.Tensor  # int32 [S, max_blocks]
-    k_pool: torch.Tensor  # initial contents (runs work on clones)
-    v_pool: torch.Tensor
+    pools: dict[str, torch.Tensor]  # k_pool, v_pool (+ k_scale, v_scale for int8): initial contents
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
     scale: float
+    kv_cache_dtype: str = "auto"
 
     def to(self, device: torch.device) -> World:
         """The same world with its tensors on `device`."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return dataclasses.replace(
             self, rows=[move(r) for r in self.rows], cos=move(self.cos), sin=move(self.sin),
-            tables=move(self.tables), k_pool=move(self.k_pool), v_pool=move(self.v_pool),
+            tables=move(self.tables), pools={k: move(t) for k, t in self.pools.items()},
             q_norm=move(self.q_norm), k_norm=move(self.k_norm),
         )  # fmt: skip
 
@@ -67,8 +67,10 @@ def make_world(
     spare_blocks: int = 3,
     dtype: torch.dtype = torch.float32,
     fill: float | None = None,
+    kv_cache_dtype: str = "auto",
 ) -> World:
-    """A world with random rows; pools hold random values (or `fill`, e.g. NaN) where nothing was written."""
+    """A world with random rows; pools hold random values (or `fill`, e.g. NaN) where nothing was written.
+    `kv_cache_dtype="int8"`: int8 code pools with fp32 scales (random, or `fill` in the scales)."""
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     need = [-(-n // block_size) for n in lengths]
@@ -83,16 +85,25 @@ def make_world(
         at += nb
     rows = [torch.randn(n, (h + 2 * kv) * d, generator=gen).to(dtype) for n in lengths]
     shape = (num_blocks, kv, block_size, d)
-    if fill is None:
-        k_pool, v_pool = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    if kv_cache_dtype == "int8":
+        pools = {
+            name: torch.randint(-127, 128, shape, generator=gen, dtype=torch.int8)
+            for name in ("k_pool", "v_pool")
+        }
+        for name in ("k_scale", "v_scale"):
+            pools[name] = (
+                torch.rand(shape[:3], generator=gen) * 0.05 if fill is None else torch.full(shape[:3], fill)
+            )
+    elif fill is None:
+        pools = {name: torch.randn(shape, generator=gen).to(dtype) for name in ("k_pool", "v_pool")}
     else:
-        k_pool, v_pool = torch.full(shape, fill), torch.full(shape, fill)
+        pools = {name: torch.full(shape, fill).to(dtype) for name in ("k_pool", "v_pool")}
     cos, sin = rope_tables(max(lengths) + 4, d)
     q_norm = (torch.rand(d, generator=gen) + 0.5) if norms else None
     k_norm = (torch.rand(d, generator=gen) + 0.5) if norms else None
     return World(
-        h, kv, d, block_size, list(lengths), rows, cos, sin, tables, k_pool.to(dtype), v_pool.to(dtype),
-        q_norm, k_norm, 1.0 / math.sqrt(d),
+        h, kv, d, block_size, list(lengths), rows, cos, sin, tables, pools, q_norm, k_norm, 1.0 / math.sqrt(d),
+        kv_cache_dtype,
     )  # fmt: skip
 
 
@@ -123,17 +134,25 @@ Kernel = Callable[..., torch.Tensor]
 
 
 def run(
-    world: World, schedule: list[list[Chunk]], kernel: Kernel, **extra
-) -> tuple[dict[tuple[int, int], torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Run `schedule` through `kernel` on clones of the world's pools: ({(seq, pos): output row}, k, v pools)."""
-    k_pool, v_pool = world.k_pool.clone(), world.v_pool.clone()
+    world: World, schedule: list[list[Chunk]], kernel: Kernel
+) -> tuple[dict[tuple[int, int], torch.Tensor], dict[str, torch.Tensor]]:
+    """Run `schedule` through `kernel` on clones of the world's pools: ({(seq, pos): output row}, final pools)."""
+    pools = {name: t.clone() for name, t in world.pools.items()}
+    extra = {}
+    if world.kv_cache_dtype != "auto":
+        extra = {
+            "kv_cache_dtype": world.kv_cache_dtype,
+            "k_scale": pools["k_scale"],
+            "v_scale": pools["v_scale"],
+        }
     outputs = {}
     for step in schedule:
         qkv = torch.cat([world.rows[s][p : p + t] for s, p, t in step])
         positions = torch.cat([torch.arange(p, p + t) for s, p, t in step]).to(qkv.device)
         seq_index = torch.cat([torch.full((t,), s) for s, p, t in step]).to(qkv.device)
         out = kernel(
-            qkv, world.cos, world.sin, positions, seq_index, world.tables, k_pool, v_pool, world.h, world.scale,
+            qkv, world.cos, world.sin, positions, seq_index, world.tables, pools["k_pool"], pools["v_pool"], world.h,
+            world.scale,
             world.q_norm, world.k_norm, 1e-6, **extra,
         )  # fmt: skip
         i = 0
@@ -141,11 +160,11 @@ def run(
             for pos in range(p, p + t):
                 outputs[(s, pos)] = out[i]
                 i += 1
-    return outputs, k_pool, v_pool
+    return outputs, pools
 
 
 def seq_slots(world: World, pool: torch.Tensor, seq: int) -> torch.Tensor:
-    """The written slots of `seq` in a pool, in position order: [length, KV, D]."""
+    """The written slots of `seq` in a pool (or scale tensor), in position order: [length, KV, D] ([length, KV])."""
     bs = world.block_size
     tables = world.tables.cpu()
     return torch.stack([pool[tables[seq, p // bs], :, p % bs] for p in range(world.lengths[seq])])

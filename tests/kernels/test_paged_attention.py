@@ -53,76 +53,116 @@ def _alone(world, seq: int) -> list[list[tuple[int, int, int]]]:
     return steps
 
 
-def _assert_pools_close(world, ref_k, ref_v, k, v) -> None:
-    for s in range(len(world.lengths)):
-        for want, got in ((ref_k, k), (ref_v, v)):
-            torch.testing.assert_close(
-                seq_slots(world, got, s), seq_slots(world, want, s), atol=ATOL, rtol=1e-5
-            )
+def _assert_pools_close(world, want: dict, got: dict) -> None:
+    """Every sequence's written slots: fp32 values to rounding; int8 codes at most one step apart (a value on a
+    rounding boundary may land either side), rarely, with their scales to rounding."""
+    for name in want:
+        for s in range(len(world.lengths)):
+            a, b = seq_slots(world, want[name], s), seq_slots(world, got[name], s)
+            if a.dtype == torch.int8:
+                diff = (a.int() - b.int()).abs()
+                assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01, f"{name} seq {s}: codes differ"
+            else:
+                torch.testing.assert_close(b, a, atol=ATOL, rtol=1e-5)
+
+
+def _untouched_outside(world, pools: dict, seq: int) -> bool:
+    """Whether `pools` differ from the world's initial pools only in the slots `seq` writes."""
+    bs = world.block_size
+    for name, pool in pools.items():
+        changed = pool != world.pools[name]
+        changed = changed.any(-1) if changed.dim() == 4 else changed  # [blocks, KV, bs]
+        for p in range(world.lengths[seq]):
+            changed[world.tables[seq, p // bs], :, p % bs] = False
+        if changed.any():
+            return False
+    return True
+
+
+# Outputs' tolerance against the twin: fp32 pools differ by summation order only; int8 pools may also hold a
+# code one step off (a k value on a rounding boundary), which moves a score by ~ |q_i| * scale_k.
+OUT_ATOL = {"auto": ATOL, "int8": 3e-3}
 
 
 @needs_native
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(worlds())
-def test_native_matches_reference_and_is_batch_invariant(case) -> None:
+@pytest.mark.parametrize(("kv_cache_dtype", "examples"), [("auto", 20), ("int8", 10)])
+def test_native_matches_reference_and_is_batch_invariant(kv_cache_dtype: str, examples: int) -> None:
+    @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(worlds())
+    def check(case) -> None:
+        _check_world(case, kv_cache_dtype)
+
+    check()
+
+
+def _check_world(case, kv_cache_dtype: str) -> None:
     seed, h, kv, d, bs, lengths, norms = case
-    world = make_world(seed, h, kv, d, bs, lengths, norms)
+    world = make_world(seed, h, kv, d, bs, lengths, norms, kv_cache_dtype=kv_cache_dtype)
     rng = random.Random(seed)
     mixed = random_schedule(rng, lengths)
-    assert paged_backend(
-        world.rows[0][:1], world.cos, world.sin, torch.zeros(1, dtype=torch.long),
-        torch.zeros(1, dtype=torch.long), world.tables, world.k_pool, world.v_pool, h, world.scale,
-        world.q_norm, world.k_norm, 1e-6,
-    ) == "native"  # fmt: skip
-    out, k, v = run(world, mixed, paged_attention)
-    ref, ref_k, ref_v = run(world, mixed, reference_paged_attention)
+    out, pools = run(world, mixed, paged_attention)
+    ref, ref_pools = run(world, mixed, reference_paged_attention)
     got, want = torch.stack(list(out.values())), torch.stack([ref[key] for key in out])
-    torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-5)
-    _assert_pools_close(world, ref_k, ref_v, k, v)
+    torch.testing.assert_close(got, want, atol=OUT_ATOL[kv_cache_dtype], rtol=1e-5)
+    _assert_pools_close(world, ref_pools, pools)
 
-    out2, k2, v2 = run(world, random_schedule(rng, lengths), paged_attention)  # other chunks, other mixes
+    out2, pools2 = run(world, random_schedule(rng, lengths), paged_attention)  # other chunks, other mixes
     for s in range(len(lengths)):
-        alone, k_alone, v_alone = run(world, _alone(world, s), paged_attention)
+        alone, alone_pools = run(world, _alone(world, s), paged_attention)
         for p in range(lengths[s]):
             assert torch.equal(alone[(s, p)], out[(s, p)]), f"seq {s} pos {p}: alone != mixed ({case})"
             assert torch.equal(out2[(s, p)], out[(s, p)]), f"seq {s} pos {p}: chunking changed it ({case})"
-        for pool, alone_pool in ((k, k_alone), (v, v_alone), (k2, k_alone), (v2, v_alone)):
-            assert torch.equal(seq_slots(world, pool, s), seq_slots(world, alone_pool, s))
-        # Alone, the sequence touched only its own written slots: every other slot keeps its initial value.
-        for pool, init in ((k_alone, world.k_pool), (v_alone, world.v_pool)):
-            changed = (pool != init).any(-1)  # [blocks, KV, bs]
-            owned = torch.zeros_like(changed)
-            for p in range(lengths[s]):
-                owned[world.tables[s, p // bs], :, p % bs] = True
-            assert not (changed & ~owned).any(), f"seq {s} wrote outside its slots ({case})"
+        for name, pool in alone_pools.items():
+            for other in (pools, pools2):
+                assert torch.equal(seq_slots(world, other[name], s), seq_slots(world, pool, s)), name
+        assert _untouched_outside(world, alone_pools, s), f"seq {s} wrote outside its slots ({case})"
 
 
 @needs_native
-def test_thread_count_does_not_change_a_bit() -> None:
-    world = make_world(7, 8, 2, 64, 16, [50, 3, 37], norms=True)
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
+def test_thread_count_does_not_change_a_bit(kv_cache_dtype: str) -> None:
+    world = make_world(7, 8, 2, 64, 16, [50, 3, 37], norms=True, kv_cache_dtype=kv_cache_dtype)
     schedule = random_schedule(random.Random(7), world.lengths)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one, k1, v1 = run(world, schedule, paged_attention)
+        one, pools1 = run(world, schedule, paged_attention)
         torch.set_num_threads(2)
-        two, k2, v2 = run(world, schedule, paged_attention)
+        two, pools2 = run(world, schedule, paged_attention)
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(one[key], two[key]) for key in one)
-    assert torch.equal(k1, k2) and torch.equal(v1, v2)
+    assert all(torch.equal(pools1[name], pools2[name]) for name in pools1)
 
 
 @needs_native
-def test_slots_past_a_position_are_never_read() -> None:
-    """Pools full of NaN: only slots written by this call or earlier ones may be read, so outputs stay finite."""
-    world = make_world(3, 6, 3, 32, 8, [19, 40, 1], norms=False, fill=float("nan"))
-    out, k, _ = run(world, random_schedule(random.Random(3), world.lengths), paged_attention)
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
+def test_slots_past_a_position_are_never_read(kv_cache_dtype: str) -> None:
+    """Pools (scales) full of NaN: only slots written by this call or earlier ones may be read."""
+    world = make_world(
+        3, 6, 3, 32, 8, [19, 40, 1], norms=False, fill=float("nan"), kv_cache_dtype=kv_cache_dtype
+    )
+    out, pools = run(world, random_schedule(random.Random(3), world.lengths), paged_attention)
     assert torch.isfinite(torch.stack(list(out.values()))).all()
-    assert torch.isfinite(seq_slots(world, k, 1)).all()
+    written = "k_scale" if kv_cache_dtype == "int8" else "k_pool"
+    assert torch.isfinite(seq_slots(world, pools[written], 1)).all()
+
+
+def _args(world, n: int) -> dict:
+    """Keyword arguments of one call: the first sequence's first n tokens, on clones of the pools."""
+    pools = {name: t.clone() for name, t in world.pools.items()}
+    args = dict(
+        qkv=world.rows[0][:n], cos=world.cos, sin=world.sin, positions=torch.arange(n),
+        seq_index=torch.zeros(n, dtype=torch.long), block_tables=world.tables.clone(), k_pool=pools["k_pool"],
+        v_pool=pools["v_pool"], n_heads=world.h, scale=world.scale,
+    )  # fmt: skip
+    if world.kv_cache_dtype == "int8":
+        args.update(kv_cache_dtype="int8", k_scale=pools["k_scale"], v_scale=pools["v_scale"])
+    return args
 
 
 @needs_native
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -132,26 +172,20 @@ def test_slots_past_a_position_are_never_read() -> None:
         (lambda a: a.update(block_tables=a["block_tables"][:, :1].contiguous()), "width"),
     ],
 )
-def test_bad_indices_raise_and_write_nothing(edit, message: str) -> None:
-    world = make_world(5, 4, 2, 32, 8, [20], norms=False)
-    args = dict(
-        qkv=world.rows[0], cos=world.cos, sin=world.sin, positions=torch.arange(20), seq_index=torch.zeros(20,
-        dtype=torch.long), block_tables=world.tables.clone(), k_pool=world.k_pool.clone(),
-        v_pool=world.v_pool.clone(), n_heads=4, scale=world.scale,
-    )  # fmt: skip
+def test_bad_indices_raise_and_write_nothing(edit, message: str, kv_cache_dtype: str) -> None:
+    world = make_world(5, 4, 2, 32, 8, [20], norms=False, kv_cache_dtype=kv_cache_dtype)
+    args = _args(world, 20)
     edit(args)
     with pytest.raises(ValueError, match=message):
         paged_attention(**args)
-    assert torch.equal(args["k_pool"], world.k_pool) and torch.equal(args["v_pool"], world.v_pool)
+    assert torch.equal(args["k_pool"], world.pools["k_pool"]) and torch.equal(
+        args["v_pool"], world.pools["v_pool"]
+    )
 
 
 def test_shape_errors_name_the_problem() -> None:
     world = make_world(1, 4, 2, 32, 8, [5], norms=False)
-    base = dict(
-        qkv=world.rows[0], cos=world.cos, sin=world.sin, positions=torch.arange(5), seq_index=torch.zeros(5,
-        dtype=torch.long), block_tables=world.tables, k_pool=world.k_pool, v_pool=world.v_pool, n_heads=4,
-        scale=world.scale,
-    )  # fmt: skip
+    base = _args(world, 5)
     for change, message in (
         ({"n_heads": 3}, "multiple"),
         ({"qkv": world.rows[0][:, :-1]}, r"\(H \+ 2 KV\)"),
@@ -160,48 +194,63 @@ def test_shape_errors_name_the_problem() -> None:
         ({"q_norm": torch.ones(32)}, "both or neither"),
         ({"kv_cache_dtype": "fp4"}, "not known"),
         ({"kv_cache_dtype": "int8"}, "int8 pools"),
+        ({"k_scale": torch.ones(3, 2, 8)}, "kv_cache_dtype='int8'"),
     ):
         with pytest.raises(ValueError, match=message):
             paged_attention(**{**base, **change})
+    int8 = _args(make_world(1, 4, 2, 32, 8, [5], norms=False, kv_cache_dtype="int8"), 5)
+    with pytest.raises(ValueError, match="k_scale float32"):
+        paged_attention(**{**int8, "k_scale": int8["k_scale"][:, :, :4]})
 
 
 def test_dispatch_falls_back_where_the_native_kernel_declines() -> None:
-    world = make_world(2, 4, 2, 32, 8, [6], norms=False, dtype=torch.bfloat16)
-    args = dict(
-        qkv=world.rows[0], cos=world.cos, sin=world.sin, positions=torch.arange(6), seq_index=torch.zeros(6,
-        dtype=torch.long), block_tables=world.tables, k_pool=world.k_pool, v_pool=world.v_pool, n_heads=4,
-        scale=world.scale,
-    )  # fmt: skip
+    args = _args(make_world(2, 4, 2, 32, 8, [6], norms=False, dtype=torch.bfloat16), 6)
     assert paged_backend(**args) == "reference"  # bf16 pools: no native path, the twin runs
     out = paged_attention(**args)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
-    f32 = make_world(2, 4, 2, 32, 8, [6], norms=False)
-    strided = f32.k_pool.transpose(1, 2).contiguous().transpose(1, 2)  # same values, not contiguous
-    args.update(qkv=f32.rows[0], k_pool=strided, v_pool=f32.v_pool.clone())
-    assert paged_backend(**args) == "reference"
-    assert paged_backend(**{**args, "k_pool": f32.k_pool.clone()}) == ("native" if cpu_native.library() else
-                                                                         "reference")  # fmt: skip
+    args = _args(make_world(2, 4, 2, 32, 8, [6], norms=False), 6)
+    native = "native" if cpu_native.library() is not None else "reference"
+    assert paged_backend(**args) == native
+    # Pools are written in place: a non-contiguous one (same values) goes to the twin, never to a copy.
+    strided = args["k_pool"].transpose(1, 2).contiguous().transpose(1, 2)
+    assert paged_backend(**{**args, "k_pool": strided}) == "reference"
+    int8 = _args(make_world(2, 4, 2, 32, 8, [6], norms=False, kv_cache_dtype="int8"), 6)
+    assert paged_backend(**int8) == native
 
 
-def test_reference_matches_a_token_by_token_loop() -> None:
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
+def test_reference_matches_a_token_by_token_loop(kv_cache_dtype: str) -> None:
     """The twin itself against the definition, one token and head at a time (with the norms)."""
-    world = make_world(11, 6, 2, 32, 8, [13, 29], norms=True)
+    world = make_world(11, 6, 2, 32, 8, [13, 29], norms=True, kv_cache_dtype=kv_cache_dtype)
     schedule = random_schedule(random.Random(11), world.lengths)
-    out, k_pool, v_pool = run(world, schedule, reference_paged_attention)
+    out, pools = run(world, schedule, reference_paged_attention)
     bs, d, h, kv = world.block_size, world.d, world.h, world.kv
+    k_pool, v_pool = pools["k_pool"].float(), pools["v_pool"].float()
+    if kv_cache_dtype == "int8":
+        k_pool, v_pool = k_pool * pools["k_scale"][..., None], v_pool * pools["v_scale"][..., None]
     for (s, p), row in out.items():
         x = world.rows[s][p].reshape(h + 2 * kv, d)[:h]
         x = torch.nn.functional.rms_norm(x, (d,), world.q_norm, 1e-6)
         q = x * world.cos[p] + x.roll(d // 2, -1) * world.sin[p]
+        slots = [(world.tables[s, t // bs], t % bs) for t in range(p + 1)]
         for hd in range(h):
-            keys = torch.stack(
-                [k_pool[world.tables[s, t // bs], hd // (h // kv), t % bs] for t in range(p + 1)]
-            )
-            vals = torch.stack(
-                [v_pool[world.tables[s, t // bs], hd // (h // kv), t % bs] for t in range(p + 1)]
-            )
+            j = hd // (h // kv)
+            keys = torch.stack([k_pool[b, j, o] for b, o in slots])
+            vals = torch.stack([v_pool[b, j, o] for b, o in slots])
             want = torch.softmax(keys @ q[hd] * world.scale, 0) @ vals
             torch.testing.assert_close(row[hd * d : (hd + 1) * d], want, atol=1e-5, rtol=1e-5)
+
+
+@needs_native
+def test_int8_pools_stay_close_to_fp32_attention() -> None:
+    """The same tokens through int8 and fp32 pools: the attention outputs agree to about 1%."""
+    runs = []
+    for kv_cache_dtype in ("auto", "int8"):
+        world = make_world(13, 9, 3, 64, 16, [120, 40], norms=False, kv_cache_dtype=kv_cache_dtype)
+        runs.append(run(world, random_schedule(random.Random(13), world.lengths), paged_attention)[0])
+    fp32, int8 = (torch.stack([r[key] for key in runs[0]]) for r in runs)
+    err = ((int8 - fp32).norm() / fp32.norm()).item()
+    assert err < 0.02, f"int8 KV relative error {err:.2e}"
 
 
 def test_quantize_kv_roundtrip_and_bytes() -> None:
