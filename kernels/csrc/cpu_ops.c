@@ -606,47 +606,106 @@ XQ_AVX2_FN static void paged_write(const struct paged *p, float *tmp) {
     }
 }
 
-/* Phase 2 for one (token, head): scores over keys 0..pos in order, max, exp, sum, then sum_t e_t v_t / total.
-   A fixed loop that reads nothing of other tokens: the result is bitwise the same in any batch. `buf` holds
-   3 D + pos + 1 floats. */
-XQ_AVX2_FN static void paged_one(const struct paged *p, int64_t n, int64_t hd, float *buf) {
-    const int64_t d = p->d, bs = p->bs, j = hd / (p->h / p->kv), pos = p->positions[n];
-    const int64_t width = (p->h + 2 * p->kv) * d;
-    const int32_t *table = p->tables + p->seq_index[n] * p->max_blocks;
-    float *q = buf, *o = buf + d, *tmp = buf + 2 * d, *sc = buf + 3 * d;
-    paged_rotate(p->qkv + n * width + hd * d, p->q_norm, p->eps, p->cos + pos * d, p->sin + pos * d, d, tmp, q);
-    float mx = -INFINITY;
-    for (int64_t t0 = 0; t0 <= pos; t0 += bs) {
-        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = pos + 1 - t0 < bs ? pos + 1 - t0 : bs;
-        for (int64_t i = 0; i < cnt; ++i) {
-            const float x = p->k_pool ? dot_f32(q, p->k_pool + (base + i) * d, d)
-                                      : dot_f32_s8(q, p->k_q + (base + i) * d, d) * p->k_s[base + i];
-            sc[t0 + i] = x * p->scale;
-            mx = sc[t0 + i] > mx ? sc[t0 + i] : mx;
+/* o[0..d) += w * v, v fp32 or int8 codes (widened exactly). */
+XQ_AVX2_FN static inline void axpy_f32(float *o, float w, const float *v, int64_t d) {
+    if (d % 8 == 0) {
+        const __m256 wv = _mm256_set1_ps(w);
+        for (int64_t i = 0; i < d; i += 8)
+            _mm256_storeu_ps(o + i, _mm256_fmadd_ps(wv, _mm256_loadu_ps(v + i), _mm256_loadu_ps(o + i)));
+        return;
+    }
+    for (int64_t i = 0; i < d; ++i) o[i] += w * v[i];
+}
+
+XQ_AVX2_FN static inline void axpy_s8(float *o, float w, const int8_t *v, int64_t d) {
+    if (d % 8 == 0) {
+        const __m256 wv = _mm256_set1_ps(w);
+        for (int64_t i = 0; i < d; i += 8) {
+            const __m256 vf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(v + i))));
+            _mm256_storeu_ps(o + i, _mm256_fmadd_ps(wv, vf, _mm256_loadu_ps(o + i)));
         }
+        return;
+    }
+    for (int64_t i = 0; i < d; ++i) o[i] += w * (float)v[i];
+}
+
+/* e^x on 8 lanes (Cephes' expf polynomial, ~1 ulp on the range softmax uses; x <= -88.4 gives 0). glibc's
+   scalar expf took most of a decode step's attention time. */
+XQ_AVX2_FN static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f)), _mm256_set1_ps(88.3762626647949f));
+    const __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(x, x), x), _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+/* e[t] = exp(e[t] - mx) for t < len; each value through exp8 (the last partial group padded), so e[t] depends on
+   e[t] and mx alone. Returns the sum, added in order. */
+XQ_AVX2_FN static float softmax_exp(float *e, int64_t len, float mx) {
+    const __m256 m = _mm256_set1_ps(mx);
+    int64_t t = 0;
+    for (; t + 8 <= len; t += 8) _mm256_storeu_ps(e + t, exp8(_mm256_sub_ps(_mm256_loadu_ps(e + t), m)));
+    if (t < len) {
+        float pad[8] = {0};
+        for (int64_t i = t; i < len; ++i) pad[i - t] = e[i];
+        _mm256_storeu_ps(pad, exp8(_mm256_sub_ps(_mm256_loadu_ps(pad), m)));
+        for (int64_t i = t; i < len; ++i) e[i] = pad[i - t];
     }
     float total = 0.0f;
-    for (int64_t t = 0; t <= pos; ++t) {
-        sc[t] = expf(sc[t] - mx);
-        total += sc[t];
-    }
-    for (int64_t i = 0; i < d; ++i) o[i] = 0.0f;
-    for (int64_t t0 = 0; t0 <= pos; t0 += bs) {
-        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = pos + 1 - t0 < bs ? pos + 1 - t0 : bs;
+    for (int64_t i = 0; i < len; ++i) total += e[i];
+    return total;
+}
+
+/* Phase 2 for one token and one kv head j, i.e. its G = H / KV query heads (each key and value is read once for
+   all G). For each head the arithmetic is a fixed loop that reads nothing of other tokens: scores over keys
+   0..pos in order, their max, exp and sum, then sum_t e_t v_t (in order) times 1 / sum. So a head's result is
+   bitwise the same in any batch and any chunking. `buf` holds 2 G D + D + G (pos + 1) floats. */
+XQ_AVX2_FN static void paged_group(const struct paged *p, int64_t n, int64_t j, float *buf) {
+    const int64_t d = p->d, bs = p->bs, g_n = p->h / p->kv, pos = p->positions[n], len = pos + 1;
+    const int64_t width = (p->h + 2 * p->kv) * d;
+    const int32_t *table = p->tables + p->seq_index[n] * p->max_blocks;
+    float *q = buf, *o = buf + g_n * d, *tmp = o + g_n * d, *sc = tmp + d;
+    for (int64_t g = 0; g < g_n; ++g)
+        paged_rotate(p->qkv + n * width + (j * g_n + g) * d, p->q_norm, p->eps, p->cos + pos * d, p->sin + pos * d,
+                     d, tmp, q + g * d);
+    for (int64_t t0 = 0; t0 < len; t0 += bs) {
+        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
         for (int64_t i = 0; i < cnt; ++i) {
-            if (p->v_pool) {
-                const float w = sc[t0 + i], *v = p->v_pool + (base + i) * d;
-                for (int64_t e = 0; e < d; ++e) o[e] += w * v[e];
-            } else {
-                const float w = sc[t0 + i] * p->v_s[base + i];
-                const int8_t *v = p->v_q + (base + i) * d;
-                for (int64_t e = 0; e < d; ++e) o[e] += w * (float)v[e];
+            for (int64_t g = 0; g < g_n; ++g) {
+                const float x = p->k_pool ? dot_f32(q + g * d, p->k_pool + (base + i) * d, d)
+                                          : dot_f32_s8(q + g * d, p->k_q + (base + i) * d, d) * p->k_s[base + i];
+                sc[g * len + t0 + i] = x * p->scale;
             }
         }
     }
-    const float inv = 1.0f / total;
-    float *dst = p->out + (n * p->h + hd) * d;
-    for (int64_t i = 0; i < d; ++i) dst[i] = o[i] * inv;
+    float inv[g_n];
+    for (int64_t g = 0; g < g_n; ++g) {
+        float *e = sc + g * len, mx = -INFINITY;
+        for (int64_t t = 0; t < len; ++t) mx = e[t] > mx ? e[t] : mx;
+        inv[g] = 1.0f / softmax_exp(e, len, mx);
+    }
+    for (int64_t i = 0; i < g_n * d; ++i) o[i] = 0.0f;
+    for (int64_t t0 = 0; t0 < len; t0 += bs) {
+        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
+        for (int64_t i = 0; i < cnt; ++i) {
+            for (int64_t g = 0; g < g_n; ++g) {
+                if (p->v_pool) axpy_f32(o + g * d, sc[g * len + t0 + i], p->v_pool + (base + i) * d, d);
+                else axpy_s8(o + g * d, sc[g * len + t0 + i] * p->v_s[base + i], p->v_q + (base + i) * d, d);
+            }
+        }
+    }
+    for (int64_t g = 0; g < g_n; ++g) {
+        float *dst = p->out + (n * p->h + j * g_n + g) * d;
+        for (int64_t i = 0; i < d; ++i) dst[i] = o[g * d + i] * inv[g];
+    }
 }
 
 #ifdef _OPENMP
@@ -661,13 +720,13 @@ static int paged_run(struct paged *p, int threads) {
     const int bad = paged_check(p, &top);
     if (bad) return bad;
     if (threads < 1) threads = 1;
-    const int64_t per = 3 * p->d + top + 1 + 16; /* +16: each thread's buffer starts on its own cache line */
+    const int64_t g_n = p->h / p->kv, per = (2 * g_n + 1) * p->d + g_n * (top + 1) + 16; /* +16: own cache line */
     float *scratch = malloc(sizeof(float) * (size_t)(threads * per));
     if (!scratch) return -1;
     paged_write(p, scratch);
-    const int64_t jobs = p->n * p->h;
+    const int64_t jobs = p->n * p->kv;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1 && jobs >= 2)
-    for (int64_t job = 0; job < jobs; ++job) paged_one(p, job / p->h, job % p->h, scratch + XQ_THREAD * per);
+    for (int64_t job = 0; job < jobs; ++job) paged_group(p, job / p->kv, job % p->kv, scratch + XQ_THREAD * per);
     free(scratch);
     return 0;
 }
