@@ -606,27 +606,107 @@ XQ_AVX2_FN static void paged_write(const struct paged *p, float *tmp) {
     }
 }
 
-/* o[0..d) += w * v, v fp32 or int8 codes (widened exactly). */
-XQ_AVX2_FN static inline void axpy_f32(float *o, float w, const float *v, int64_t d) {
-    if (d % 8 == 0) {
-        const __m256 wv = _mm256_set1_ps(w);
-        for (int64_t i = 0; i < d; i += 8)
-            _mm256_storeu_ps(o + i, _mm256_fmadd_ps(wv, _mm256_loadu_ps(v + i), _mm256_loadu_ps(o + i)));
-        return;
-    }
-    for (int64_t i = 0; i < d; ++i) o[i] += w * v[i];
+/* Four dot products q . k_i (fp32 keys, or int8 codes widened exactly), for d % 8 == 0. Each key's sum goes
+   through the same tree whichever lane it takes (8 lanes, then hadd pairs, then the two halves), so a score does
+   not depend on the other keys of its group. */
+XQ_AVX2_FN static inline __m256 load_key(const void *k, int s8, int64_t i) {
+    if (s8) return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)k + i))));
+    return _mm256_loadu_ps((const float *)k + i);
 }
 
-XQ_AVX2_FN static inline void axpy_s8(float *o, float w, const int8_t *v, int64_t d) {
+XQ_AVX2_FN static inline __m128 dot4(const float *q, const void *const *k, int s8, int64_t d) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t i = 0; i < d; i += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + i);
+        a0 = _mm256_fmadd_ps(qv, load_key(k[0], s8, i), a0);
+        a1 = _mm256_fmadd_ps(qv, load_key(k[1], s8, i), a1);
+        a2 = _mm256_fmadd_ps(qv, load_key(k[2], s8, i), a2);
+        a3 = _mm256_fmadd_ps(qv, load_key(k[3], s8, i), a3);
+    }
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* Scores of the G heads against the keys of one block run (cnt keys from slot `first` of the block at `base`):
+   sc[g * len + t] = q_g . k_t (* k scale) * scale. */
+XQ_AVX2_FN static void paged_scores(const struct paged *p, const float *q, int64_t g_n, int64_t base, int64_t cnt,
+                                    int64_t t0, int64_t len, float *sc) {
+    const int64_t d = p->d;
+    const int s8 = p->k_pool == 0;
+    const void *keys[4];
+    for (int64_t i = 0; i < cnt; i += 4) {
+        for (int r = 0; r < 4; ++r) { /* past the run: repeat its last key (computed, not stored) */
+            const int64_t slot = base + (i + r < cnt ? i + r : cnt - 1);
+            keys[r] = s8 ? (const void *)(p->k_q + slot * d) : (const void *)(p->k_pool + slot * d);
+        }
+        for (int64_t g = 0; g < g_n; ++g) {
+            float dots[4];
+            if (d % 8 == 0) {
+                _mm_storeu_ps(dots, dot4(q + g * d, keys, s8, d));
+            } else {
+                for (int r = 0; r < 4; ++r)
+                    dots[r] = s8 ? dot_f32_s8(q + g * d, keys[r], d) : dot_f32(q + g * d, keys[r], d);
+            }
+            for (int r = 0; r < 4 && i + r < cnt; ++r)
+                sc[g * len + t0 + i + r] = (s8 ? dots[r] * p->k_s[base + i + r] : dots[r]) * p->scale;
+        }
+    }
+}
+
+/* out[0..8R) = sum_t w_t v_t[c..c+8R) in order of t, times inv, with the R accumulators in registers. */
+XQ_AVX2_FN static inline __attribute__((always_inline)) void paged_values_r(const struct paged *p, const int32_t *table,
+        int64_t j, const float *w, int64_t len, int64_t c, float inv, float *out, const int R) {
+    const int64_t d = p->d, bs = p->bs;
+    __m256 acc[8];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+    for (int64_t t0 = 0; t0 < len; t0 += bs) {
+        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
+        for (int64_t i = 0; i < cnt; ++i) {
+            if (p->v_pool) {
+                const __m256 wt = _mm256_set1_ps(w[t0 + i]);
+                const float *v = p->v_pool + (base + i) * d + c;
+                for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(wt, _mm256_loadu_ps(v + 8 * r), acc[r]);
+            } else {
+                const __m256 wt = _mm256_set1_ps(w[t0 + i] * p->v_s[base + i]);
+                const int8_t *v = p->v_q + (base + i) * d + c;
+                for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(wt, load_key(v, 1, 8 * r), acc[r]);
+            }
+        }
+    }
+    const __m256 s = _mm256_set1_ps(inv);
+    for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + 8 * r, _mm256_mul_ps(acc[r], s));
+}
+
+/* One head's output sum_t w_t v_t / total over keys 0..len-1 (d % 8 == 0: 64 columns at a time in registers). */
+XQ_AVX2_FN static void paged_values(const struct paged *p, const int32_t *table, int64_t j, const float *w,
+                                    int64_t len, float inv, float *out) {
+    const int64_t d = p->d;
     if (d % 8 == 0) {
-        const __m256 wv = _mm256_set1_ps(w);
-        for (int64_t i = 0; i < d; i += 8) {
-            const __m256 vf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(v + i))));
-            _mm256_storeu_ps(o + i, _mm256_fmadd_ps(wv, vf, _mm256_loadu_ps(o + i)));
+        for (int64_t c = 0; c < d; c += 64) {
+            switch ((d - c) >= 64 ? 8 : (d - c) / 8) { /* each width compiled on its own: registers */
+            case 8: paged_values_r(p, table, j, w, len, c, inv, out + c, 8); break;
+            case 4: paged_values_r(p, table, j, w, len, c, inv, out + c, 4); break;
+            case 7: paged_values_r(p, table, j, w, len, c, inv, out + c, 7); break;
+            case 6: paged_values_r(p, table, j, w, len, c, inv, out + c, 6); break;
+            case 5: paged_values_r(p, table, j, w, len, c, inv, out + c, 5); break;
+            case 3: paged_values_r(p, table, j, w, len, c, inv, out + c, 3); break;
+            case 2: paged_values_r(p, table, j, w, len, c, inv, out + c, 2); break;
+            default: paged_values_r(p, table, j, w, len, c, inv, out + c, 1); break;
+            }
         }
         return;
     }
-    for (int64_t i = 0; i < d; ++i) o[i] += w * (float)v[i];
+    const int64_t bs = p->bs;
+    for (int64_t i = 0; i < d; ++i) out[i] = 0.0f;
+    for (int64_t t0 = 0; t0 < len; t0 += bs) {
+        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
+        for (int64_t i = 0; i < cnt; ++i) {
+            const float wt = p->v_pool ? w[t0 + i] : w[t0 + i] * p->v_s[base + i];
+            for (int64_t e = 0; e < d; ++e)
+                out[e] += wt * (p->v_pool ? p->v_pool[(base + i) * d + e] : (float)p->v_q[(base + i) * d + e]);
+        }
+    }
+    for (int64_t e = 0; e < d; ++e) out[e] *= inv;
 }
 
 /* e^x on 8 lanes (Cephes' expf polynomial, ~1 ulp on the range softmax uses; x <= -88.4 gives 0). glibc's
@@ -664,47 +744,28 @@ XQ_AVX2_FN static float softmax_exp(float *e, int64_t len, float mx) {
     return total;
 }
 
-/* Phase 2 for one token and one kv head j, i.e. its G = H / KV query heads (each key and value is read once for
-   all G). For each head the arithmetic is a fixed loop that reads nothing of other tokens: scores over keys
-   0..pos in order, their max, exp and sum, then sum_t e_t v_t (in order) times 1 / sum. So a head's result is
-   bitwise the same in any batch and any chunking. `buf` holds 2 G D + D + G (pos + 1) floats. */
+/* Phase 2 for one token and one kv head j, i.e. its G = H / KV query heads (each key is loaded once for all G,
+   four keys per step; values per head with the output row in registers). For each head the arithmetic is a
+   fixed loop that reads nothing of other tokens: scores over keys 0..pos, their max, exp and sum, then
+   sum_t e_t v_t (in order of t) times 1 / sum. So a head's result is bitwise the same in any batch, any
+   chunking and on any thread. `buf` holds G D + D + G (pos + 1) floats. */
 XQ_AVX2_FN static void paged_group(const struct paged *p, int64_t n, int64_t j, float *buf) {
     const int64_t d = p->d, bs = p->bs, g_n = p->h / p->kv, pos = p->positions[n], len = pos + 1;
     const int64_t width = (p->h + 2 * p->kv) * d;
     const int32_t *table = p->tables + p->seq_index[n] * p->max_blocks;
-    float *q = buf, *o = buf + g_n * d, *tmp = o + g_n * d, *sc = tmp + d;
+    float *q = buf, *tmp = buf + g_n * d, *sc = tmp + d;
     for (int64_t g = 0; g < g_n; ++g)
         paged_rotate(p->qkv + n * width + (j * g_n + g) * d, p->q_norm, p->eps, p->cos + pos * d, p->sin + pos * d,
                      d, tmp, q + g * d);
     for (int64_t t0 = 0; t0 < len; t0 += bs) {
         const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
-        for (int64_t i = 0; i < cnt; ++i) {
-            for (int64_t g = 0; g < g_n; ++g) {
-                const float x = p->k_pool ? dot_f32(q + g * d, p->k_pool + (base + i) * d, d)
-                                          : dot_f32_s8(q + g * d, p->k_q + (base + i) * d, d) * p->k_s[base + i];
-                sc[g * len + t0 + i] = x * p->scale;
-            }
-        }
+        paged_scores(p, q, g_n, base, cnt, t0, len, sc);
     }
-    float inv[g_n];
     for (int64_t g = 0; g < g_n; ++g) {
         float *e = sc + g * len, mx = -INFINITY;
         for (int64_t t = 0; t < len; ++t) mx = e[t] > mx ? e[t] : mx;
-        inv[g] = 1.0f / softmax_exp(e, len, mx);
-    }
-    for (int64_t i = 0; i < g_n * d; ++i) o[i] = 0.0f;
-    for (int64_t t0 = 0; t0 < len; t0 += bs) {
-        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
-        for (int64_t i = 0; i < cnt; ++i) {
-            for (int64_t g = 0; g < g_n; ++g) {
-                if (p->v_pool) axpy_f32(o + g * d, sc[g * len + t0 + i], p->v_pool + (base + i) * d, d);
-                else axpy_s8(o + g * d, sc[g * len + t0 + i] * p->v_s[base + i], p->v_q + (base + i) * d, d);
-            }
-        }
-    }
-    for (int64_t g = 0; g < g_n; ++g) {
-        float *dst = p->out + (n * p->h + j * g_n + g) * d;
-        for (int64_t i = 0; i < d; ++i) dst[i] = o[g * d + i] * inv[g];
+        const float inv = 1.0f / softmax_exp(e, len, mx);
+        paged_values(p, table, j, e, len, inv, p->out + (n * p->h + j * g_n + g) * d);
     }
 }
 
@@ -720,7 +781,7 @@ static int paged_run(struct paged *p, int threads) {
     const int bad = paged_check(p, &top);
     if (bad) return bad;
     if (threads < 1) threads = 1;
-    const int64_t g_n = p->h / p->kv, per = (2 * g_n + 1) * p->d + g_n * (top + 1) + 16; /* +16: own cache line */
+    const int64_t g_n = p->h / p->kv, per = (g_n + 1) * p->d + g_n * (top + 1) + 16; /* +16: own cache line */
     float *scratch = malloc(sizeof(float) * (size_t)(threads * per));
     if (!scratch) return -1;
     paged_write(p, scratch);

@@ -37,7 +37,8 @@ ATOL = 3e-5  # fp32: outputs are convex mixes of N(0, 1) values; the two sides d
 def worlds(draw):
     kv = draw(st.sampled_from([1, 2, 3]))
     group = draw(st.sampled_from([1, 2, 3, 4]))
-    d = draw(st.sampled_from([32, 64, 128]))
+    # 80: the native value loop's 64 + 16 column split; 36: its scalar path (not a multiple of 8)
+    d = draw(st.sampled_from([32, 64, 128, 80, 36]))
     bs = draw(st.sampled_from([8, 16, 32]))
     lengths = draw(st.lists(st.integers(1, 70), min_size=1, max_size=4))
     norms = draw(st.booleans())
@@ -85,7 +86,7 @@ OUT_ATOL = {"auto": ATOL, "int8": 3e-3}
 
 
 @needs_native
-@pytest.mark.parametrize(("kv_cache_dtype", "examples"), [("auto", 20), ("int8", 10)])
+@pytest.mark.parametrize(("kv_cache_dtype", "examples"), [("auto", 16), ("int8", 8)])
 def test_native_matches_reference_and_is_batch_invariant(kv_cache_dtype: str, examples: int) -> None:
     @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(worlds())
