@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from xpullm.kernels import cpu_native
+
 __all__ = [
     "KV_CACHE_DTYPES",
     "PagedBackend",
@@ -272,8 +274,6 @@ class PagedBackend:
 
 
 def _native_takes(shp: _Shape, a: dict) -> bool:
-    from xpullm.kernels import cpu_native
-
     if a["qkv"].device.type != "cpu" or cpu_native.library() is None:
         return False
     floats = [a["qkv"], a["cos"], a["sin"]] + [a[k] for k in ("q_norm", "k_norm") if a[k] is not None]
@@ -287,8 +287,6 @@ def _native_takes(shp: _Shape, a: dict) -> bool:
 
 
 def _native_run(**a) -> torch.Tensor:
-    from xpullm.kernels import cpu_native
-
     return cpu_native.paged_attention(**a)
 
 
