@@ -21,8 +21,8 @@ A backend that cannot take a shape declines; it never computes something else.
 
 The pools may also be int8 (`kv_cache_dtype="int8"`): codes in the pools, one fp32 scale per (block, kv head,
 slot) in `k_scale` / `v_scale` [num_blocks, KV, block_size] (absmax / 127 of that token's head vector). The
-native kernel reads the codes directly (no dequantized copy); 8-bit KV is D + 4 bytes per token and head instead
-of 4 D (fp32) or 2 D (bf16).
+native and Triton kernels read the codes directly (scaled in registers, no dequantized copy of the cache); 8-bit
+KV is D + 4 bytes per token and head instead of 4 D (fp32) or 2 D (bf16): `kv_bytes_per_token`.
 """
 
 from __future__ import annotations
@@ -301,14 +301,15 @@ def _triton_module():
 
 
 def _triton_takes(shp: _Shape, a: dict) -> bool:
-    if a["qkv"].device.type not in ("cuda", "xpu") or shp.int8:
+    if a["qkv"].device.type not in ("cuda", "xpu"):
+        return False
+    if shp.int8 and not (a["k_scale"].is_contiguous() and a["v_scale"].is_contiguous()):
         return False
     module = _triton_module()
     return module is not None and module.supports(shp.d, shp.h, shp.kv, a["k_pool"].dtype)
 
 
 def _triton_run(**a) -> torch.Tensor:
-    a.pop("kv_cache_dtype"), a.pop("k_scale"), a.pop("v_scale")
     return _triton_module().paged_attention(**a)
 
 

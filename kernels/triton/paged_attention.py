@@ -16,6 +16,10 @@ The second launch starts after the first has written every token's keys, so a pr
 chunk's earlier keys. Each program's loop depends only on its own token (the tile sizes depend on D and the
 dtype, never on N), so a token's result does not change with the rest of the batch. Positions and block tables
 are read on the device: no host sync. `reference_paged_attention` in `xpullm.kernels.paged` is the twin.
+
+int8 pools (`kv_cache_dtype="int8"`): the write kernel stores each k / v head vector as int8 codes with one fp32
+scale (max|x| / 127, round half to even, as `kernels.paged.quantize_kv`); the attention kernel loads the codes and
+scales them into q's dtype in registers, tile by tile.
 """
 
 from __future__ import annotations
@@ -40,22 +44,39 @@ _LOG2E = 1.4426950408889634
 
 
 def supports(d: int, h: int, kv: int, dtype: torch.dtype) -> bool:
-    """Whether these kernels take the shape: head_dim a power of two in 16..256, a float pool dtype."""
-    return _MIN_HEAD_DIM <= d <= _MAX_HEAD_DIM and d & (d - 1) == 0 and dtype in _DTYPES and h % kv == 0
+    """Whether these kernels take the shape: head_dim a power of two in 16..256, float or int8 pools."""
+    return _MIN_HEAD_DIM <= d <= _MAX_HEAD_DIM and d & (d - 1) == 0 and dtype in (*_DTYPES, torch.int8)
+
+
+@triton.jit
+def _store_codes(dst, scale_dst, x):
+    """x [D] fp32 as int8 codes round-half-even(x / s) with s = max|x| / 127 (0 codes and s = 0 for x = 0), as
+    `kernels.paged.quantize_kv` does."""
+    s = tl.max(tl.abs(x), axis=0) / 127.0
+    inv = tl.where(s > 0, 1.0 / s, 0.0)
+    y = x * inv
+    r = tl.floor(y + 0.5)
+    half = (r - y) == 0.5  # a tie, rounded up: back down to the even neighbour where r is odd
+    odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
+    r = tl.where(half & odd, r - 1.0, r)
+    r = tl.minimum(tl.maximum(r, -127.0), 127.0)
+    tl.store(dst, r.to(tl.int8))
+    tl.store(scale_dst, s)
 
 
 @triton.jit
 def _paged_write_kernel(
-    qkv_ptr, cos_ptr, sin_ptr, pos_ptr, seq_ptr, table_ptr, qn_ptr, kn_ptr, q_ptr, k_ptr, v_ptr,
+    qkv_ptr, cos_ptr, sin_ptr, pos_ptr, seq_ptr, table_ptr, qn_ptr, kn_ptr, q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr,
     stride_qkv, stride_cos, stride_sin, stride_t,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
     eps,
     H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, HAS_NORM: tl.constexpr,
-    PDL: tl.constexpr,
+    INT8: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """One head vector of one token: q -> q buffer [N, H, D], k -> its pool slot (both normalized and rotated),
-    v -> its pool slot. Rotation: x * cos + roll(x, D/2) * sin (the caller's sin carries rotate_half's sign)."""
+    v -> its pool slot. Rotation: x * cos + roll(x, D/2) * sin (the caller's sin carries rotate_half's sign).
+    INT8: k and v are stored as codes with their scale (contiguous [num_blocks, KV, BS] scale tensors)."""
     n = tl.program_id(0).to(tl.int64)
     hh = tl.program_id(1)
     offs = tl.arange(0, D)
@@ -82,24 +103,31 @@ def _paged_write_kernel(
             tl.store(q_ptr + (n * H + hh) * D + offs, y.to(q_ptr.dtype.element_ty))
         else:
             dst = k_ptr + blk * stride_kb + (hh - H) * stride_kh + slot * stride_ks + offs * stride_kd
-            tl.store(dst, y.to(k_ptr.dtype.element_ty))
+            if INT8:
+                _store_codes(dst, ks_ptr + (blk * KV + hh - H) * BS + slot, y)
+            else:
+                tl.store(dst, y.to(k_ptr.dtype.element_ty))
     else:
         v = tl.load(src + offs)
         dst = v_ptr + blk * stride_vb + (hh - H - KV) * stride_vh + slot * stride_vs + offs * stride_vd
-        tl.store(dst, v.to(v_ptr.dtype.element_ty))
+        if INT8:
+            _store_codes(dst, vs_ptr + (blk * KV + hh - H - KV) * BS + slot, v.to(tl.float32))
+        else:
+            tl.store(dst, v.to(v_ptr.dtype.element_ty))
 
 
 @triton.jit
 def _paged_attention_kernel(
-    q_ptr, k_ptr, v_ptr, pos_ptr, seq_ptr, table_ptr, o_ptr,
+    q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, seq_ptr, table_ptr, o_ptr,
     qk_scale, stride_t,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
     KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
-    PDL: tl.constexpr,
+    INT8: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    """Attention of the G query heads of one (token, kv head) over columns 0..pos of the token's sequence."""
+    """Attention of the G query heads of one (token, kv head) over columns 0..pos of the token's sequence.
+    INT8: k and v tiles are int8 codes, turned into q's dtype times their per-slot scales in registers."""
     n = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
     offs_g = tl.arange(0, BLOCK_G)
@@ -131,6 +159,12 @@ def _paged_attention_kernel(
             mask=c_ok[:, None],
             other=0.0,
         )
+        if INT8:
+            scale_at = (blk * KV + j) * BS + slot
+            k_s = tl.load(ks_ptr + scale_at, mask=c_ok, other=0.0)
+            v_s = tl.load(vs_ptr + scale_at, mask=c_ok, other=0.0)
+            k = (k.to(tl.float32) * k_s[:, None]).to(q.dtype)
+            v = (v.to(tl.float32) * v_s[:, None]).to(q.dtype)
         s = _dot(q, tl.trans(k), tl.zeros([BLOCK_G, BLOCK_C], dtype=tl.float32), DOT_F32, IEEE)
         s = tl.where(c_ok[None, :], s * qk_scale, float("-inf"))  # log2-domain scores
         # Every step has at least one valid column, so m_new is finite and the first alpha is exp2(-inf) = 0.
@@ -164,10 +198,15 @@ def paged_attention(
     q_norm: torch.Tensor | None = None,
     k_norm: torch.Tensor | None = None,
     eps: float = 0.0,
+    *,
+    kv_cache_dtype: str = "auto",
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`xpullm.kernels.paged.paged_attention` in two Triton launches (module docstring). Arguments as there;
     `kernels.paged` has checked shapes, dtypes and devices and that `supports` holds. The pools may have any
-    strides; index values are the caller's duty (read on the device, unchecked). Returns [N, H * D], qkv's dtype."""
+    strides (int8 pools' scales: contiguous); index values are the caller's duty (read on the device, unchecked).
+    Returns [N, H * D], qkv's dtype."""
     n = qkv.shape[0]
     _, kv, bs, d = k_pool.shape
     h = n_heads
@@ -179,23 +218,28 @@ def paged_attention(
     sin = sin if sin.stride(1) == 1 else sin.contiguous()
     positions, seq_index = positions.contiguous(), seq_index.contiguous()
     block_tables = block_tables if block_tables.stride(1) == 1 else block_tables.contiguous()
-    q_buf = torch.empty((n, h, d), dtype=k_pool.dtype, device=qkv.device)
+    int8 = kv_cache_dtype == "int8"
+    # q as the dot reads it: the pools' dtype, or for int8 pools the activations' (keys are scaled into it).
+    q_buf = torch.empty((n, h, d), dtype=qkv.dtype if int8 else k_pool.dtype, device=qkv.device)
+    if int8 and not (k_scale.is_contiguous() and v_scale.is_contiguous()):
+        raise ValueError("int8 pools' k_scale and v_scale must be contiguous [num_blocks, KV, block_size]")
+    ks, vs = (k_scale, v_scale) if int8 else (q_buf, q_buf)  # not read without int8 pools
     has_norm = q_norm is not None
     qn = q_norm.contiguous() if has_norm else q_buf  # not read without norms
     kn = k_norm.contiguous() if has_norm else q_buf
     opts = launch_options(qkv.device)
     _paged_write_kernel[(n, h + 2 * kv)](
-        qkv, cos, sin, positions, seq_index, block_tables, qn, kn, q_buf, k_pool, v_pool,
+        qkv, cos, sin, positions, seq_index, block_tables, qn, kn, q_buf, k_pool, v_pool, ks, vs,
         qkv.stride(0), cos.stride(0), sin.stride(0), block_tables.stride(0),
         *k_pool.stride(), *v_pool.stride(), float(eps),
-        H=h, KV=kv, D=d, BS=bs, HAS_NORM=has_norm, num_warps=1, **opts,
+        H=h, KV=kv, D=d, BS=bs, HAS_NORM=has_norm, INT8=int8, num_warps=1, **opts,
     )  # fmt: skip
     g = h // kv
     _paged_attention_kernel[(n, kv)](
-        q_buf, k_pool, v_pool, positions, seq_index, block_tables, out,
+        q_buf, k_pool, v_pool, ks, vs, positions, seq_index, block_tables, out,
         float(scale) * _LOG2E, block_tables.stride(0), *k_pool.stride(), *v_pool.stride(),
         KV=kv, G=g, D=d, BS=bs, BLOCK_G=max(_MIN_GROUP_ROWS, triton.next_power_of_2(g)),
-        BLOCK_C=_block_cols(d, k_pool.element_size()), DOT_F32=_INTERPRET, IEEE=k_pool.dtype == torch.float32,
-        num_warps=_NUM_WARPS, **opts,
+        BLOCK_C=_block_cols(d, q_buf.element_size()), DOT_F32=_INTERPRET, IEEE=q_buf.dtype == torch.float32,
+        INT8=int8, num_warps=_NUM_WARPS, **opts,
     )  # fmt: skip
     return out

@@ -45,7 +45,10 @@ CASES = (
         for lengths, norms in (([37, 1, 130, 64], False), ([300, 9], True))
     ]
 )
-DTYPES = [torch.float32, torch.bfloat16] if INTERPRET else [torch.float32, torch.bfloat16, torch.float16]
+# (activation dtype, kv_cache_dtype): float pools hold the activation dtype; int8 pools codes + fp32 scales.
+POOLS = [(torch.float32, "auto"), (torch.bfloat16, "auto"), (torch.float32, "int8")]
+if not INTERPRET:
+    POOLS += [(torch.float16, "auto"), (torch.bfloat16, "int8")]
 
 
 def _two_step(lengths: list[int], seed: int) -> list[list[tuple[int, int, int]]]:
@@ -64,26 +67,34 @@ def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("dtype", "kv_cache_dtype"), POOLS, ids=lambda v: str(v).replace("torch.", ""))
 @pytest.mark.parametrize(("h", "kv", "d", "bs", "lengths", "norms"), CASES)
-def test_triton_paged_attention_matches_its_twin(h, kv, d, bs, lengths, norms, dtype) -> None:
+def test_triton_paged_attention_matches_its_twin(h, kv, d, bs, lengths, norms, dtype, kv_cache_dtype) -> None:
     seed = random.SystemRandom().randrange(2**31)
-    world = make_world(seed, h, kv, d, bs, lengths, norms, dtype=dtype, fill=float("nan")).to(DEVICE)
+    world = make_world(
+        seed, h, kv, d, bs, lengths, norms, dtype=dtype, fill=float("nan"), kv_cache_dtype=kv_cache_dtype
+    ).to(DEVICE)
     schedule = _two_step(lengths, seed) if INTERPRET else random_schedule(random.Random(seed), lengths)
-    out, k, v = run(world, schedule, paged_attention)
-    ref, ref_k, ref_v = run(world, schedule, reference_paged_attention)
+    out, pools = run(world, schedule, paged_attention)
+    ref, ref_pools = run(world, schedule, reference_paged_attention)
     keys = list(ref)
     tol = 1e-4 if dtype == torch.float32 else 1e-2
     err = _rel_err(torch.stack([out[key] for key in keys]), torch.stack([ref[key] for key in keys]))
     assert err < tol, f"seed={seed}: output relative error {err:.2e}"
     # Pools: both sides round fp32 values once to the pools' dtype, so at most one step apart (the interpreter
     # truncates to bf16 where a GPU rounds to nearest: up to a whole step there).
-    step = {torch.float32: 2.0**-20, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[dtype]
+    # int8 pools: codes at most one step apart (a value on a rounding boundary), their scales to fp32 rounding.
     for s in range(len(lengths)):
-        for got, want in ((k, ref_k), (v, ref_v)):
-            a, b = seq_slots(world, got, s).float().cpu(), seq_slots(world, want, s).float().cpu()
+        for name in ref_pools:
+            a, b = seq_slots(world, pools[name], s).cpu(), seq_slots(world, ref_pools[name], s).cpu()
+            if a.dtype == torch.int8:
+                diff = (a.int() - b.int()).abs()
+                assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01, f"seed={seed}: seq {s} {name}"
+                continue
+            step = {torch.float32: 2.0**-20, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[a.dtype]
+            a, b = a.float(), b.float()
             worst = ((a - b).abs() / (step * b.abs() + 1e-6)).max().item()
-            assert worst <= 1.0, f"seed={seed}: seq {s} pool slot {worst:.1f}x one rounding step off"
+            assert worst <= 1.0, f"seed={seed}: seq {s} {name} {worst:.1f}x one rounding step off"
 
 
 @pytest.mark.parametrize(("h", "kv", "d", "bs", "lengths", "norms"), CASES[:2])
@@ -91,9 +102,9 @@ def test_triton_paged_attention_is_batch_invariant(h, kv, d, bs, lengths, norms)
     """A sequence alone (one chunk) and mixed with the others in other chunks: bitwise the same rows."""
     seed = random.SystemRandom().randrange(2**31)
     world = make_world(seed, h, kv, d, bs, lengths, norms, dtype=torch.bfloat16).to(DEVICE)
-    mixed, _, _ = run(world, _two_step(lengths, seed), paged_attention)
+    mixed, _ = run(world, _two_step(lengths, seed), paged_attention)
     for s, n in enumerate(lengths):
-        alone, _, _ = run(world, [[(s, 0, n)]], paged_attention)
+        alone, _ = run(world, [[(s, 0, n)]], paged_attention)
         for p in range(n):
             assert torch.equal(alone[(s, p)], mixed[(s, p)]), f"seed={seed}: seq {s} pos {p}"
 
