@@ -527,9 +527,10 @@ struct paged {
 };
 
 /* Index checks before anything is written: 0 ok, -2 position outside the RoPE table, -3 seq_index outside the
-   tables, -4 a position past the table's width, -5 a block id outside the pools. */
-static int paged_check(const struct paged *p, int64_t *max_pos) {
-    int64_t top = 0;
+   tables, -4 a position past the table's width, -5 a block id outside the pools. Also gives the largest position
+   and the number of (token, key) pairs. */
+static int paged_check(const struct paged *p, int64_t *max_pos, int64_t *keys) {
+    int64_t top = 0, total = 0;
     for (int64_t n = 0; n < p->n; ++n) {
         const int64_t pos = p->positions[n], s = p->seq_index[n];
         if (pos < 0 || pos >= p->max_pos) return -2;
@@ -540,8 +541,9 @@ static int paged_check(const struct paged *p, int64_t *max_pos) {
             if (blk < 0 || blk >= p->num_blocks) return -5;
         }
         top = pos > top ? pos : top;
+        total += pos + 1;
     }
-    *max_pos = top;
+    *max_pos = top, *keys = total;
     return 0;
 }
 
@@ -777,16 +779,17 @@ XQ_AVX2_FN static void paged_group(const struct paged *p, int64_t n, int64_t j, 
 #endif
 
 static int paged_run(struct paged *p, int threads) {
-    int64_t top;
-    const int bad = paged_check(p, &top);
+    int64_t top, keys;
+    const int bad = paged_check(p, &top, &keys);
     if (bad) return bad;
     if (threads < 1) threads = 1;
     const int64_t g_n = p->h / p->kv, per = (g_n + 1) * p->d + g_n * (top + 1) + 16; /* +16: own cache line */
     float *scratch = malloc(sizeof(float) * (size_t)(threads * per));
     if (!scratch) return -1;
     paged_write(p, scratch);
-    const int64_t jobs = p->n * p->kv;
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1 && jobs >= 2)
+    /* Threads only where there is work to split (a fork costs several microseconds): >= ~64k multiply-adds. */
+    const int64_t jobs = p->n * p->kv, parallel = threads > 1 && jobs >= 2 && keys * p->h * p->d >= 65536;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (parallel)
     for (int64_t job = 0; job < jobs; ++job) paged_group(p, job / p->kv, job % p->kv, scratch + XQ_THREAD * per);
     free(scratch);
     return 0;
