@@ -524,6 +524,9 @@ struct paged {
     int64_t n, h, kv, d, bs, max_pos, s, max_blocks, num_blocks;
     float scale, eps;
     float *out;
+    /* the SIMD path's phase-2 pieces (AVX2, or AVX-512 where the CPU runs it and 16 divides D) */
+    void (*scores)(const struct paged *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t, float *);
+    void (*values)(const struct paged *, const int32_t *, int64_t, const float *, int64_t, const float *, float *);
 };
 
 /* Index checks before anything is written: 0 ok, -2 position outside the RoPE table, -3 seq_index outside the
@@ -711,6 +714,175 @@ XQ_AVX2_FN static void paged_values(const struct paged *p, const int32_t *table,
     for (int64_t e = 0; e < d; ++e) out[e] *= inv;
 }
 
+/* The G heads' outputs (w: G rows of len weights, inv: G factors, out: G rows of D), one head at a time. */
+XQ_AVX2_FN static void paged_values_heads(const struct paged *p, const int32_t *table, int64_t j, const float *w,
+                                          int64_t len, const float *inv, float *out) {
+    for (int64_t g = 0; g < p->h / p->kv; ++g) paged_values(p, table, j, w + g * len, len, inv[g], out + g * p->d);
+}
+
+/* ---- the same two pieces on 16 lanes (AVX-512; D a multiple of 16) ---- */
+
+XQ_AVX512_FN static inline __m512 load_key16(const void *k, int s8, int64_t i) {
+    if (s8) return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)k + i))));
+    return _mm512_loadu_ps((const float *)k + i);
+}
+
+/* Four dots for each of GB heads: each key chunk is loaded once for the GB heads; every dot goes through one fixed
+   tree (16 lanes, halves added, then dot4's hadd tree), whichever lane or head it takes. */
+XQ_AVX512_FN static inline __attribute__((always_inline)) void dot4_512_heads(const float *q, const void *const *k,
+        int s8, int64_t d, float *dots, const int GB) {
+    __m512 a[4][4];
+    for (int g = 0; g < GB; ++g)
+        for (int r = 0; r < 4; ++r) a[g][r] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < d; i += 16) {
+        __m512 kv[4];
+        for (int r = 0; r < 4; ++r) kv[r] = load_key16(k[r], s8, i);
+        for (int g = 0; g < GB; ++g) {
+            const __m512 qv = _mm512_loadu_ps(q + g * d + i);
+            for (int r = 0; r < 4; ++r) a[g][r] = _mm512_fmadd_ps(qv, kv[r], a[g][r]);
+        }
+    }
+#define XQ_HALVES(x) _mm256_add_ps(_mm512_castps512_ps256(x), _mm512_extractf32x8_ps(x, 1))
+    for (int g = 0; g < GB; ++g) {
+        const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(XQ_HALVES(a[g][0]), XQ_HALVES(a[g][1])),
+                                        _mm256_hadd_ps(XQ_HALVES(a[g][2]), XQ_HALVES(a[g][3])));
+        _mm_storeu_ps(dots + 4 * g, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+    }
+#undef XQ_HALVES
+}
+
+XQ_AVX512_FN static void paged_scores512(const struct paged *p, const float *q, int64_t g_n, int64_t base,
+                                         int64_t cnt, int64_t t0, int64_t len, float *sc) {
+    const int64_t d = p->d;
+    const int s8 = p->k_pool == 0;
+    const void *keys[4];
+    for (int64_t i = 0; i < cnt; i += 4) {
+        for (int r = 0; r < 4; ++r) { /* past the run: repeat its last key (computed, not stored) */
+            const int64_t slot = base + (i + r < cnt ? i + r : cnt - 1);
+            keys[r] = s8 ? (const void *)(p->k_q + slot * d) : (const void *)(p->k_pool + slot * d);
+        }
+        for (int64_t g0 = 0; g0 < g_n; g0 += 4) {
+            float dots[16];
+            switch (g_n - g0 < 4 ? g_n - g0 : 4) { /* each head count compiled on its own: registers */
+            case 4: dot4_512_heads(q + g0 * d, keys, s8, d, dots, 4); break;
+            case 3: dot4_512_heads(q + g0 * d, keys, s8, d, dots, 3); break;
+            case 2: dot4_512_heads(q + g0 * d, keys, s8, d, dots, 2); break;
+            default: dot4_512_heads(q + g0 * d, keys, s8, d, dots, 1); break;
+            }
+            const __m128 sv = _mm_set1_ps(p->scale);
+            for (int64_t g = g0; g < g_n && g < g0 + 4; ++g) {
+                if (i + 4 <= cnt) { /* the same products as the scalar tail, four at a time */
+                    __m128 x = _mm_loadu_ps(dots + 4 * (g - g0));
+                    if (s8) x = _mm_mul_ps(x, _mm_loadu_ps(p->k_s + base + i));
+                    _mm_storeu_ps(sc + g * len + t0 + i, _mm_mul_ps(x, sv));
+                    continue;
+                }
+                for (int r = 0; r < 4 && i + r < cnt; ++r) {
+                    const float x = dots[4 * (g - g0) + r];
+                    sc[g * len + t0 + i + r] = (s8 ? x * p->k_s[base + i + r] : x) * p->scale;
+                }
+            }
+        }
+    }
+}
+
+XQ_AVX512_FN static inline __attribute__((always_inline)) void paged_values512_r(const struct paged *p,
+        const int32_t *table, int64_t j, const float *w, int64_t len, int64_t c, float inv, float *out, const int R) {
+    const int64_t d = p->d, bs = p->bs;
+    __m512 acc[8];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t t0 = 0; t0 < len; t0 += bs) {
+        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
+        for (int64_t i = 0; i < cnt; ++i) {
+            if (p->v_pool) {
+                const __m512 wt = _mm512_set1_ps(w[t0 + i]);
+                const float *v = p->v_pool + (base + i) * d + c;
+                for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(wt, _mm512_loadu_ps(v + 16 * r), acc[r]);
+            } else {
+                const __m512 wt = _mm512_set1_ps(w[t0 + i] * p->v_s[base + i]);
+                const int8_t *v = p->v_q + (base + i) * d + c;
+                for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(wt, load_key16(v, 1, 16 * r), acc[r]);
+            }
+        }
+    }
+    const __m512 s = _mm512_set1_ps(inv);
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + 16 * r, _mm512_mul_ps(acc[r], s));
+}
+
+/* GB heads at once, R accumulators each: every value vector is loaded once for the GB heads, and the GB * R
+   independent FMA chains hide the FMA latency. Per head the arithmetic is paged_values512_r's exactly. */
+XQ_AVX512_FN static inline __attribute__((always_inline)) void paged_values512_gr(const struct paged *p,
+        const int32_t *table, int64_t j, const float *w, int64_t len, int64_t c, const float *inv, float *out,
+        const int GB, const int R) {
+    const int64_t d = p->d, bs = p->bs;
+    __m512 acc[4][8], vr[8];
+    for (int g = 0; g < GB; ++g)
+        for (int r = 0; r < R; ++r) acc[g][r] = _mm512_setzero_ps();
+    for (int64_t t0 = 0; t0 < len; t0 += bs) {
+        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
+        for (int64_t i = 0; i < cnt; ++i) {
+            const int64_t t = t0 + i;
+            if (p->v_pool) {
+                const float *v = p->v_pool + (base + i) * d + c;
+                for (int r = 0; r < R; ++r) vr[r] = _mm512_loadu_ps(v + 16 * r);
+                for (int g = 0; g < GB; ++g) {
+                    const __m512 wt = _mm512_set1_ps(w[g * len + t]);
+                    for (int r = 0; r < R; ++r) acc[g][r] = _mm512_fmadd_ps(wt, vr[r], acc[g][r]);
+                }
+            } else {
+                const int8_t *v = p->v_q + (base + i) * d + c;
+                const float vs = p->v_s[base + i];
+                for (int r = 0; r < R; ++r) vr[r] = load_key16(v, 1, 16 * r);
+                for (int g = 0; g < GB; ++g) {
+                    const __m512 wt = _mm512_set1_ps(w[g * len + t] * vs);
+                    for (int r = 0; r < R; ++r) acc[g][r] = _mm512_fmadd_ps(wt, vr[r], acc[g][r]);
+                }
+            }
+        }
+    }
+    for (int g = 0; g < GB; ++g) {
+        const __m512 sv = _mm512_set1_ps(inv[g]);
+        for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + g * d + c + 16 * r, _mm512_mul_ps(acc[g][r], sv));
+    }
+}
+
+XQ_AVX512_FN static void paged_values512(const struct paged *p, const int32_t *table, int64_t j, const float *w,
+                                         int64_t len, const float *inv, float *out) {
+    const int64_t d = p->d, g_n = p->h / p->kv;
+    for (int64_t c = 0; c < d; c += 128) {
+        const int R = (d - c) >= 128 ? 8 : (int)((d - c) / 16);
+        const int64_t most = R == 8 ? 2 : 4; /* heads per pass: GB * R accumulators stay within the 32 zmm */
+        for (int64_t g0 = 0; g0 < g_n; g0 += most) {
+            const int gb = (int)(g_n - g0 < most ? g_n - g0 : most);
+            const float *wg = w + g0 * len, *ig = inv + g0;
+            float *og = out + g0 * d;
+#define XQ_VALUES(GB, RR) paged_values512_gr(p, table, j, wg, len, c, ig, og, GB, RR)
+            switch (R * 8 + gb) { /* each (R, heads) pair compiled on its own: registers */
+            case 8 * 8 + 2: XQ_VALUES(2, 8); break;
+            case 8 * 8 + 1: XQ_VALUES(1, 8); break;
+            case 4 * 8 + 4: XQ_VALUES(4, 4); break;
+            case 4 * 8 + 3: XQ_VALUES(3, 4); break;
+            case 4 * 8 + 2: XQ_VALUES(2, 4); break;
+            case 4 * 8 + 1: XQ_VALUES(1, 4); break;
+            case 2 * 8 + 4: XQ_VALUES(4, 2); break;
+            case 2 * 8 + 3: XQ_VALUES(3, 2); break;
+            case 2 * 8 + 2: XQ_VALUES(2, 2); break;
+            case 2 * 8 + 1: XQ_VALUES(1, 2); break;
+            default: /* other widths: one head at a time */
+                for (int g = 0; g < gb; ++g)
+                    switch (R) {
+                    case 7: paged_values512_r(p, table, j, wg + g * len, len, c, ig[g], og + g * d + c, 7); break;
+                    case 6: paged_values512_r(p, table, j, wg + g * len, len, c, ig[g], og + g * d + c, 6); break;
+                    case 5: paged_values512_r(p, table, j, wg + g * len, len, c, ig[g], og + g * d + c, 5); break;
+                    case 3: paged_values512_r(p, table, j, wg + g * len, len, c, ig[g], og + g * d + c, 3); break;
+                    default: paged_values512_r(p, table, j, wg + g * len, len, c, ig[g], og + g * d + c, 1); break;
+                    }
+            }
+#undef XQ_VALUES
+        }
+    }
+}
+
 /* e^x on 8 lanes (Cephes' expf polynomial, ~1 ulp on the range softmax uses; x <= -88.4 gives 0). glibc's
    scalar expf took most of a decode step's attention time. */
 XQ_AVX2_FN static inline __m256 exp8(__m256 x) {
@@ -761,14 +933,15 @@ XQ_AVX2_FN static void paged_group(const struct paged *p, int64_t n, int64_t j, 
                      d, tmp, q + g * d);
     for (int64_t t0 = 0; t0 < len; t0 += bs) {
         const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
-        paged_scores(p, q, g_n, base, cnt, t0, len, sc);
+        p->scores(p, q, g_n, base, cnt, t0, len, sc);
     }
+    float inv[g_n];
     for (int64_t g = 0; g < g_n; ++g) {
         float *e = sc + g * len, mx = -INFINITY;
         for (int64_t t = 0; t < len; ++t) mx = e[t] > mx ? e[t] : mx;
-        const float inv = 1.0f / softmax_exp(e, len, mx);
-        paged_values(p, table, j, e, len, inv, p->out + (n * p->h + j * g_n + g) * d);
+        inv[g] = 1.0f / softmax_exp(e, len, mx);
     }
+    p->values(p, table, j, sc, len, inv, p->out + (n * p->h + j * g_n) * d);
 }
 
 #ifdef _OPENMP
@@ -783,6 +956,9 @@ static int paged_run(struct paged *p, int threads) {
     const int bad = paged_check(p, &top, &keys);
     if (bad) return bad;
     if (threads < 1) threads = 1;
+    const int wide = xq_isa() == XQ_AVX512 && p->d % 16 == 0;
+    p->scores = wide ? paged_scores512 : paged_scores;
+    p->values = wide ? paged_values512 : paged_values_heads;
     const int64_t g_n = p->h / p->kv, per = (g_n + 1) * p->d + g_n * (top + 1) + 16; /* +16: own cache line */
     float *scratch = malloc(sizeof(float) * (size_t)(threads * per));
     if (!scratch) return -1;

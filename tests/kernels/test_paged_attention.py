@@ -1,6 +1,6 @@
 """Paged attention on CPU: the native kernel against its PyTorch twin, and its batch invariance, on random worlds.
 
-Each hypothesis draw builds sequences with random lengths, shuffled physical blocks, heads / kv heads / head_dim /
+Each hypothesis draw (on every SIMD path the CPU runs) builds sequences with random lengths, shuffled physical blocks, heads / kv heads / head_dim /
 block size, with or without Qwen3's per-head norms, and runs them three ways: every sequence alone (its prompt in
 one chunk, then one token at a time), and twice mixed (all sequences in shared steps, random prefill chunks and
 decode tokens, shuffled within a step). The native outputs and pool contents of a sequence must be bitwise the
@@ -85,13 +85,25 @@ def _untouched_outside(world, pools: dict, seq: int) -> bool:
 OUT_ATOL = {"auto": ATOL, "int8": 3e-3}
 
 
+_PATHS = cpu_native.isa_paths()  # the SIMD paths this CPU runs (avx2, avx512_vnni), best last
+# The best path (the default) gets the full budget, each forced slower one a smaller one.
+CASES = [
+    (dtype, isa, full if isa == _PATHS[-1] else full // 2)
+    for dtype, full in (("auto", 14), ("int8", 8))
+    for isa in _PATHS
+]
+
+
 @needs_native
-@pytest.mark.parametrize(("kv_cache_dtype", "examples"), [("auto", 16), ("int8", 8)])
-def test_native_matches_reference_and_is_batch_invariant(kv_cache_dtype: str, examples: int) -> None:
+@pytest.mark.parametrize(("kv_cache_dtype", "isa", "examples"), CASES)
+def test_native_matches_reference_and_is_batch_invariant(
+    kv_cache_dtype: str, isa: str, examples: int
+) -> None:
     @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(worlds())
     def check(case) -> None:
-        _check_world(case, kv_cache_dtype)
+        with cpu_native.forced_isa(isa):
+            _check_world(case, kv_cache_dtype)
 
     check()
 
@@ -122,6 +134,7 @@ def _check_world(case, kv_cache_dtype: str) -> None:
 @needs_native
 @pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
 def test_thread_count_does_not_change_a_bit(kv_cache_dtype: str) -> None:
+    """OpenMP splits (token, kv head) jobs over threads: each is computed whole by one thread, the same way."""
     world = make_world(7, 8, 2, 64, 16, [50, 3, 37], norms=True, kv_cache_dtype=kv_cache_dtype)
     schedule = random_schedule(random.Random(7), world.lengths)
     before = torch.get_num_threads()
