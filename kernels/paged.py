@@ -11,9 +11,12 @@ and the token at position p of sequence s sits in block `block_tables[s, p // bl
    j = 0..position of its own sequence (GQA: head h reads kv head h // (H / KV)).
 
 Per (token, head) the arithmetic is one fixed loop over its keys, so on the native CPU path a token's output is
-bitwise the same whatever else is in the batch and however its prompt was split into chunks: that is what makes a
-request's greedy tokens independent of the other requests (ENGINE_DESIGN.md). `reference_paged_attention` is the
-PyTorch twin every fast path is tested against.
+bitwise the same whatever else is in the batch, however its prompt was split into chunks and on whichever thread
+it runs: that is what makes a request's greedy tokens independent of the other requests (ENGINE_DESIGN.md). The
+native kernel (`csrc/cpu_ops.c`, `xq_paged_attention`) runs one job per (token, kv head) over OpenMP threads -
+the kv head's G query heads together, so each key and value is loaded once for all G - on AVX2 or AVX-512 (the
+CPU's best path; results are bitwise stable per path). `reference_paged_attention` is the PyTorch twin every fast
+path is tested against.
 
 Backends, first one that takes the call wins (`paged_backend` names it): the native C kernel (CPU, fp32, the
 library from `cpu_native`), Triton (CUDA and XPU, `triton/paged_attention.py`), the reference (anything else).
