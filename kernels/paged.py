@@ -89,6 +89,11 @@ def _check_args(
             f"{tuple(v_pool.shape)}"
         )
     _, kv, block_size, d = k_pool.shape
+    if d % 2 or block_size == 0:
+        raise ValueError(
+            f"the pools' head_dim must be even (RoPE rotates its two halves) and block_size positive; got "
+            f"head_dim={d}, block_size={block_size}"
+        )
     if isinstance(n_heads, bool) or not isinstance(n_heads, int) or kv == 0 or n_heads % kv or n_heads < kv:
         raise ValueError(
             f"n_heads must be a positive multiple of the pools' {kv} kv heads; got n_heads={n_heads!r}"

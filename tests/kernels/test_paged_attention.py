@@ -212,6 +212,9 @@ def test_shape_errors_name_the_problem() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             paged_attention(**{**base, **change})
+    odd = make_world(1, 4, 2, 33, 8, [5], norms=False)
+    with pytest.raises(ValueError, match="even"):
+        paged_attention(**_args(odd, 5))
     int8 = _args(make_world(1, 4, 2, 32, 8, [5], norms=False, kv_cache_dtype="int8"), 5)
     with pytest.raises(ValueError, match="k_scale float32"):
         paged_attention(**{**int8, "k_scale": int8["k_scale"][:, :, :4]})
