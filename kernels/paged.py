@@ -284,14 +284,18 @@ class PagedBackend:
 def _native_takes(shp: _Shape, a: dict) -> bool:
     if a["qkv"].device.type != "cpu" or cpu_native.library() is None:
         return False
-    floats = [a["qkv"], a["cos"], a["sin"]] + [a[k] for k in ("q_norm", "k_norm") if a[k] is not None]
-    if shp.int8:
-        floats += [a["k_scale"], a["v_scale"]]
-    else:
-        floats += [a["k_pool"], a["v_pool"]]
+    f32 = torch.float32
+    if a["qkv"].dtype != f32 or a["cos"].dtype != f32 or a["sin"].dtype != f32:
+        return False
+    if a["q_norm"] is not None and (a["q_norm"].dtype != f32 or a["k_norm"].dtype != f32):
+        return False
     # The pools (and scales) are written in place: they must be contiguous; the inputs are made so if needed.
-    written = [a["k_pool"], a["v_pool"]] + ([a["k_scale"], a["v_scale"]] if shp.int8 else [])
-    return all(t.dtype == torch.float32 for t in floats) and all(t.is_contiguous() for t in written)
+    if not (a["k_pool"].is_contiguous() and a["v_pool"].is_contiguous()):
+        return False
+    if shp.int8:
+        ks, vs = a["k_scale"], a["v_scale"]
+        return ks.dtype == f32 and vs.dtype == f32 and ks.is_contiguous() and vs.is_contiguous()
+    return a["k_pool"].dtype == f32
 
 
 def _native_run(**a) -> torch.Tensor:
@@ -339,7 +343,10 @@ def _pick(args: dict) -> tuple[PagedBackend, _Shape]:
         args["k_pool"], args["v_pool"], args["n_heads"], args["q_norm"], args["k_norm"], args["kv_cache_dtype"],
         args["k_scale"], args["v_scale"],
     )  # fmt: skip
-    return next(b for b in _BACKENDS if b.takes(shp, args)), shp
+    for backend in _BACKENDS:
+        if backend.takes(shp, args):
+            return backend, shp
+    raise AssertionError("unreachable: the reference backend takes every call")
 
 
 def paged_backend(
