@@ -31,6 +31,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <immintrin.h>
 
@@ -576,23 +577,23 @@ XQ_AVX2_FN static float paged_quantize(const float *x, int64_t d, int8_t *codes)
     return scale;
 }
 
-/* fp32 -> e4m3fn byte, round to nearest even, |a| >= 448 saturating (torch's conversion of the same values). */
+/* fp32 -> e4m3fn byte, round to nearest even, |a| >= 448 saturating (torch's conversion of the same values): the
+   fp32 mantissa rounded to 3 bits in the integer bits (the carry moves into the exponent), steps of 2^-9 below
+   the smallest normal 2^-6. */
 static uint8_t e4m3_code(float y) {
-    const uint8_t sign = signbit(y) ? 0x80 : 0;
-    const float a = fabsf(y);
-    if (!(a < 448.0f)) return sign | 0x7E;
-    if (a == 0.0f) return sign;
-    int e;
-    frexpf(a, &e); /* a in [2^(e-1), 2^e) */
-    int E = e - 1;
-    if (E < -6) { /* subnormals: steps of 2^-9 */
-        const int q = (int)nearbyintf(ldexpf(a, 9));
-        return sign | (uint8_t)(q >= 8 ? 0x08 : q);
+    uint32_t b;
+    memcpy(&b, &y, sizeof b);
+    const uint8_t sign = (uint8_t)((b >> 24) & 0x80);
+    b &= 0x7FFFFFFFu;
+    if (b >= 0x43E00000u) return sign | 0x7E; /* >= 448 */
+    if (b < 0x3C800000u) {                    /* < 2^-6: subnormal codes 0..7, and 8 = 2^-6 itself */
+        float a;
+        memcpy(&a, &b, sizeof a);
+        return sign | (uint8_t)(int)nearbyintf(a * 512.0f);
     }
-    int q = (int)nearbyintf(ldexpf(a, 3 - E)); /* 8..16: 1.mmm in eighths */
-    if (q == 16) q = 8, E += 1;
-    if (E > 8 || (E == 8 && q > 14)) return sign | 0x7E;
-    return sign | (uint8_t)(((E + 7) << 3) | (q - 8));
+    b += 0x7FFFFu + ((b >> 20) & 1u);
+    const uint32_t code = (b >> 20) - ((127u - 7u) << 3);
+    return sign | (uint8_t)(code > 0x7Eu ? 0x7Eu : code);
 }
 
 /* An e4m3fn byte's value / 256 (the F16C path's scale; exact). */

@@ -294,3 +294,39 @@ def test_quantize_kv_roundtrip_and_bytes() -> None:
     assert kv_bytes_per_token(30, 3, 64, "auto", torch.float32) == 46080
     assert kv_bytes_per_token(30, 3, 64, "auto", torch.bfloat16) == 23040
     assert kv_bytes_per_token(30, 3, 64, "int8", torch.float32) == 12240
+
+
+@needs_native
+def test_native_fp8_codes_match_torch_at_every_rounding_boundary() -> None:
+    """The native e4m3 encoder against torch's conversion: every e4m3 value, every midpoint between neighbours
+    (ties go to even) and the floats just either side of each midpoint, subnormals included."""
+    values = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    values = values[torch.isfinite(values)].unique()
+    mids = (values[1:] + values[:-1]) / 2
+    near = [torch.nextafter(mids, torch.full_like(mids, sign * 1e9)) for sign in (1, -1)]
+    cand = torch.cat([values, mids, *near])
+    cand = cand[cand.abs() < 448]
+    d = 64  # each row: 63 candidates and 448, so the scale is exactly 1 and the codes are the values themselves
+    rows = -(-cand.numel() // (d - 1))
+    body = torch.zeros(rows * (d - 1))
+    body[: cand.numel()] = cand
+    v = torch.cat([body.reshape(rows, d - 1), torch.full((rows, 1), 448.0)], 1)
+    h, kv, bs = 2, 1, 16
+    blocks = -(-rows // bs)
+    qkv = torch.zeros(rows, (h + 2 * kv) * d)
+    qkv[:, (h + kv) * d :] = v
+    k_pool = torch.zeros(blocks, kv, bs, d, dtype=torch.float8_e4m3fn)
+    v_pool, k_scale, v_scale = (
+        torch.zeros_like(k_pool),
+        torch.zeros(blocks, kv, bs),
+        torch.zeros(blocks, kv, bs),
+    )
+    paged_attention(
+        qkv, torch.ones(rows, d), torch.zeros(rows, d), torch.arange(rows), torch.zeros(rows, dtype=torch.long),
+        torch.arange(blocks, dtype=torch.int32)[None], k_pool, v_pool, h, 0.1,
+        kv_cache_dtype="fp8_e4m3", k_scale=k_scale, v_scale=v_scale,
+    )  # fmt: skip
+    got = v_pool.permute(0, 2, 1, 3).reshape(-1, d)[:rows]
+    assert torch.equal(bits(got), bits(quantize_kv(v, "fp8_e4m3")[0]))
+    assert torch.equal(v_scale.permute(0, 2, 1).reshape(-1)[:rows], torch.ones(rows))
+    assert (got.float()[:, :-1] != 0).sum() > 1000  # the candidates really went through the encoder
