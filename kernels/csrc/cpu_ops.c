@@ -669,7 +669,7 @@ XQ_AVX2_FN static void paged_write(const struct paged *p, float *tmp) {
     }
 }
 
-/* Four dot products q . k_i (fp32 keys, or int8 codes widened exactly), for d % 8 == 0. Each key's sum goes
+/* Four dot products q . k_i (fp32 keys, or 8-bit codes widened exactly), for d % 8 == 0. Each key's sum goes
    through the same tree whichever lane it takes (8 lanes, then hadd pairs, then the two halves), so a score does
    not depend on the other keys of its group. */
 XQ_AVX2_FN static inline __m256 load_key(const void *k, int s8, int64_t i) {
