@@ -24,9 +24,8 @@ A backend that cannot take a shape declines; it never computes something else.
 
 The pools may also hold 8-bit codes (`kv_cache_dtype="int8"` or `"fp8_e4m3"`), with one fp32 scale per (block,
 kv head, slot) in `k_scale` / `v_scale` [num_blocks, KV, block_size]: int8 codes round(x / s) with s = max|x| / 127
-of that token's head vector, or fp8 e4m3 codes x / s with s = max|x| / 448 (`quantize_kv`). The native kernel
-reads both kinds directly and the Triton kernel int8 (scaled in registers, no dequantized copy of the cache; fp8
-pools on a GPU run the reference for now). 8-bit KV is D + 4 bytes per token and head instead of 4 D (fp32) or
+of that token's head vector, or fp8 e4m3 codes x / s with s = max|x| / 448 (`quantize_kv`). The native and
+Triton kernels read both kinds directly (scaled in registers, no dequantized copy of the cache). 8-bit KV is D + 4 bytes per token and head instead of 4 D (fp32) or
 2 D (bf16): `kv_bytes_per_token`.
 """
 
@@ -330,8 +329,6 @@ def _triton_module():
 def _triton_takes(shp: _Shape, a: dict) -> bool:
     if a["qkv"].device.type not in ("cuda", "xpu"):
         return False
-    if shp.codes == "fp8_e4m3":
-        return False  # not in the Triton kernel yet: the reference runs
     if shp.codes and not (a["k_scale"].is_contiguous() and a["v_scale"].is_contiguous()):
         return False
     module = _triton_module()
