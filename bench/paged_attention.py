@@ -1,7 +1,7 @@
 """Paged attention on CPU: the native kernel against its PyTorch twin and the static-cache decode kernel.
 
 SmolLM2-135M's attention shape (9 heads, 3 kv heads, head_dim 64), fp32, block size 16, one layer:
-- decode, batch 1 at several context lengths: native `paged_attention` (fp32 and int8 pools), the twin
+- decode, batch 1 at several context lengths: native `paged_attention` (fp32, int8 and fp8 e4m3 pools), the twin
   `reference_paged_attention`, and the engine's static-cache `xq_decode_attention` (`cpu_native.decode_attention`);
 - decode, 8 sequences in one call (the continuous-batching step);
 - prefill, one prompt chunk from position 0: native, the twin, and SDPA with a causal mask (what the eager prefill
@@ -26,7 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from xpullm.kernels import cpu_native
-from xpullm.kernels.paged import kv_bytes_per_token, paged_attention, reference_paged_attention
+from xpullm.kernels.paged import (
+    KV_CACHE_DTYPES,
+    kv_bytes_per_token,
+    paged_attention,
+    reference_paged_attention,
+)
 
 H, KV, D, BS = 9, 3, 64, 16
 SCALE = D**-0.5
@@ -52,16 +57,16 @@ class Paged:
     """S sequences of `ctx` tokens already in the pools (shuffled blocks); a call runs `tokens` per sequence,
     at the last positions (decode: 1 token at ctx - 1; prefill: ctx tokens from 0)."""
 
-    def __init__(self, seqs: int, ctx: int, tokens: int, int8: bool = False) -> None:
+    def __init__(self, seqs: int, ctx: int, tokens: int, codes: str = "auto") -> None:
         per = -(-ctx // BS)
         self.tables = torch.randperm(seqs * per).int().reshape(seqs, per)
         shape = (seqs * per, KV, BS, D)
-        if int8:
+        if codes != "auto":
             self.pools = dict(
-                k_pool=torch.randint(-127, 128, shape, dtype=torch.int8),
-                v_pool=torch.randint(-127, 128, shape, dtype=torch.int8),
+                k_pool=(torch.randn(shape) * 40).to(KV_CACHE_DTYPES[codes]),
+                v_pool=(torch.randn(shape) * 40).to(KV_CACHE_DTYPES[codes]),
                 k_scale=torch.rand(shape[:3]) * 0.02, v_scale=torch.rand(shape[:3]) * 0.02,
-                kv_cache_dtype="int8",
+                kv_cache_dtype=codes,
             )  # fmt: skip
         else:
             self.pools = dict(k_pool=torch.randn(shape), v_pool=torch.randn(shape))
@@ -136,8 +141,10 @@ def main() -> None:
         f"{_cpu_name()}, {args.threads} thread(s), torch {torch.__version__}; H={H} KV={KV} D={D}, block {BS}; "
         f"best of {args.rounds} rounds, {clock_name}"
     )
-    print("\n| case | native fp32 | native int8 KV | reference (twin) | other | other / native |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "\n| case | native fp32 | native int8 KV | native fp8 KV | reference (twin) | other | other / native |"
+    )
+    print("|---|---|---|---|---|---|---|")
     cases = []
     for ctx in (128, 512, 2048):
         cases.append((f"decode, 1 seq, ctx {ctx}", 1, ctx, 1, ("xq_decode_attention", _static_decode(ctx))))
@@ -145,10 +152,11 @@ def main() -> None:
     for ctx in (128, 512):
         cases.append((f"prefill {ctx} tokens", 1, ctx, ctx, ("SDPA causal", _sdpa_prefill(ctx))))
     for label, seqs, ctx, tokens, other in cases:
-        fp32, int8 = Paged(seqs, ctx, tokens), Paged(seqs, ctx, tokens, int8=True)
+        fp32, int8, fp8 = (Paged(seqs, ctx, tokens, codes) for codes in ("auto", "int8", "fp8_e4m3"))
         fns = {
             "native": fp32.call(paged_attention),
             "int8": int8.call(paged_attention),
+            "fp8": fp8.call(paged_attention),
             "reference": fp32.call(reference_paged_attention),
         }
         if other is not None:
@@ -156,12 +164,12 @@ def main() -> None:
         us = _time(fns, args.rounds, clock)
         tail = f"{us['other']:.0f} us ({other[0]}) | {us['other'] / us['native']:.2f}x" if other else "- | -"
         print(
-            f"| {label} | {us['native']:.0f} us | {us['int8']:.0f} us | {us['reference']:.0f} us | {tail} |"
+            f"| {label} | {us['native']:.0f} us | {us['int8']:.0f} us | {us['fp8']:.0f} us | {us['reference']:.0f} us | {tail} |"
         )
     print("\nKV bytes per token, SmolLM2-135M (30 layers, 3 kv heads, head_dim 64): "
           f"fp32 {kv_bytes_per_token(30, KV, D, 'auto', torch.float32)}, "
           f"bf16 {kv_bytes_per_token(30, KV, D, 'auto', torch.bfloat16)}, "
-          f"int8 {kv_bytes_per_token(30, KV, D, 'int8', torch.float32)}")  # fmt: skip
+          f"int8 / fp8 {kv_bytes_per_token(30, KV, D, 'int8', torch.float32)}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -154,9 +154,10 @@ def library() -> ctypes.CDLL | None:
     lib.xq_paged_attention.argtypes = [_P, _P, _P, _I, _P, _P, _P, _I, _I, _P, _P, _I, _I, _P, _P, ctypes.c_float,
                                        _I, _I, _I, _I, ctypes.c_float, _P, ctypes.c_int]  # fmt: skip
     lib.xq_paged_attention.restype = ctypes.c_int
-    lib.xq_paged_attention_int8.argtypes = [_P, _P, _P, _I, _P, _P, _P, _I, _I, _P, _P, _P, _P, _I, _I, _P, _P,
-                                            ctypes.c_float, _I, _I, _I, _I, ctypes.c_float, _P, ctypes.c_int]  # fmt: skip
-    lib.xq_paged_attention_int8.restype = ctypes.c_int
+    lib.xq_paged_attention_codes.argtypes = [_P, _P, _P, _I, _P, _P, _P, _I, _I, _P, _P, _P, _P, ctypes.c_int, _I,
+                                             _I, _P, _P, ctypes.c_float, _I, _I, _I, _I, ctypes.c_float, _P,
+                                             ctypes.c_int]  # fmt: skip
+    lib.xq_paged_attention_codes.restype = ctypes.c_int
     wanted = os.environ.get("XPULLM_CPU_ISA", "").strip().lower()
     if wanted and wanted != "auto":
         if wanted not in ISA_PATHS:
@@ -279,7 +280,9 @@ _PAGED_ERRORS = {
     -3: "a seq_index is outside block_tables' rows",
     -4: "a position lies past block_tables' width (max_blocks * block_size tokens per sequence)",
     -5: "a block id in block_tables (at or below a token's position) is outside the pools' num_blocks",
+    -6: "the code pools' kind is unknown",
 }
+_PAGED_CODES = {"int8": 1, "fp8_e4m3": 2}  # kv_cache_dtype -> the C kernel's code kind
 
 
 def paged_attention(
@@ -302,9 +305,9 @@ def paged_attention(
     v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`xpullm.kernels.paged.paged_attention` as one native call (fp32 CPU tensors; contiguous pools, written in
-    place; int8 pools with their fp32 scales for kv_cache_dtype "int8"). `kernels.paged` checks shapes and
-    dtypes and calls this only when the library loads; index values are checked here (ValueError, nothing
-    written). Returns [N, H * D] fp32."""
+    place; 8-bit code pools with their fp32 scales for kv_cache_dtype "int8" / "fp8_e4m3"). `kernels.paged`
+    checks shapes and dtypes and calls this only when the library loads; index values are checked here
+    (ValueError, nothing written). Returns [N, H * D] fp32."""
     n = qkv.shape[0]
     num_blocks, kv, bs, d = k_pool.shape
     out = torch.empty((n, n_heads * d))
@@ -322,9 +325,9 @@ def paged_attention(
             seq_index.data_ptr(), block_tables.data_ptr(), block_tables.shape[0], block_tables.shape[1])  # fmt: skip
     tail = (num_blocks, bs, *ptrs, eps, n, n_heads, kv, d, scale, out.data_ptr(), torch.get_num_threads())
     lib = library()
-    if kv_cache_dtype == "int8":
+    if kv_cache_dtype in _PAGED_CODES:
         pools = (k_pool.data_ptr(), v_pool.data_ptr(), k_scale.data_ptr(), v_scale.data_ptr())
-        status = lib.xq_paged_attention_int8(*lead, *pools, *tail)
+        status = lib.xq_paged_attention_codes(*lead, *pools, _PAGED_CODES[kv_cache_dtype], *tail)
     else:
         status = lib.xq_paged_attention(*lead, k_pool.data_ptr(), v_pool.data_ptr(), *tail)
     if status == -1:

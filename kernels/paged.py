@@ -22,10 +22,11 @@ Backends, first one that takes the call wins (`paged_backend` names it): the nat
 library from `cpu_native`), Triton (CUDA and XPU, `triton/paged_attention.py`), the reference (anything else).
 A backend that cannot take a shape declines; it never computes something else.
 
-The pools may also be int8 (`kv_cache_dtype="int8"`): codes in the pools, one fp32 scale per (block, kv head,
-slot) in `k_scale` / `v_scale` [num_blocks, KV, block_size] (absmax / 127 of that token's head vector). The
-native and Triton kernels read the codes directly (scaled in registers, no dequantized copy of the cache); 8-bit
-KV is D + 4 bytes per token and head instead of 4 D (fp32) or 2 D (bf16): `kv_bytes_per_token`.
+The pools may also hold 8-bit codes (`kv_cache_dtype="int8"` or `"fp8_e4m3"`), with one fp32 scale per (block,
+kv head, slot) in `k_scale` / `v_scale` [num_blocks, KV, block_size]: int8 codes round(x / s) with s = max|x| / 127
+of that token's head vector, or fp8 e4m3 codes x / s with s = max|x| / 448 (`quantize_kv`). The native and
+Triton kernels read both kinds directly (scaled in registers, no dequantized copy of the cache). 8-bit KV is D + 4 bytes per token and head instead of 4 D (fp32) or
+2 D (bf16): `kv_bytes_per_token`.
 """
 
 from __future__ import annotations
@@ -50,7 +51,12 @@ __all__ = [
 ]
 
 # kv_cache_dtype -> the pools' element dtype (None: the activation dtype, whatever the caller allocated).
-KV_CACHE_DTYPES: dict[str, torch.dtype | None] = {"auto": None, "int8": torch.int8}
+KV_CACHE_DTYPES: dict[str, torch.dtype | None] = {
+    "auto": None,
+    "int8": torch.int8,
+    "fp8_e4m3": torch.float8_e4m3fn,
+}
+_CODE_MAX = {"int8": 127.0, "fp8_e4m3": 448.0}  # the code range the scale maps max|x| to
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -63,7 +69,7 @@ class _Shape:
     kv: int
     d: int
     block_size: int
-    int8: bool
+    codes: str | None  # None: float pools; else the 8-bit code kind ("int8", "fp8_e4m3")
 
 
 def _check_args(
@@ -127,37 +133,38 @@ def _check_args(
         raise ValueError(
             f"kv_cache_dtype={kv_cache_dtype!r} is not known: choose one of {sorted(KV_CACHE_DTYPES)}"
         )
-    int8 = kv_cache_dtype == "int8"
-    if int8:
-        if k_pool.dtype != torch.int8 or v_pool.dtype != torch.int8:
+    codes = None if kv_cache_dtype == "auto" else kv_cache_dtype
+    if codes is not None:
+        want = KV_CACHE_DTYPES[codes]
+        if k_pool.dtype != want or v_pool.dtype != want:
             raise ValueError(
-                f"kv_cache_dtype='int8' needs int8 pools; got {k_pool.dtype} and {v_pool.dtype} "
-                "(allocate them with dtype=torch.int8)"
+                f"kv_cache_dtype={codes!r} needs {want} pools; got {k_pool.dtype} and {v_pool.dtype} "
+                f"(allocate them with dtype={want})"
             )
         scale_shape = tuple(k_pool.shape[:3])
         for name, t in (("k_scale", k_scale), ("v_scale", v_scale)):
             if t is None or t.dtype != torch.float32 or tuple(t.shape) != scale_shape:
                 got = None if t is None else f"{t.dtype} {tuple(t.shape)}"
                 raise ValueError(
-                    f"kv_cache_dtype='int8' needs {name} float32 {list(scale_shape)} (one scale per block, kv "
-                    f"head and slot); got {got}"
+                    f"kv_cache_dtype={codes!r} needs {name} float32 {list(scale_shape)} (one scale per block, "
+                    f"kv head and slot); got {got}"
                 )
     else:
         if k_pool.dtype not in _FLOATS or v_pool.dtype != k_pool.dtype:
             raise ValueError(
                 f"the pools must share one float dtype (float32, bfloat16, float16); got {k_pool.dtype} and "
-                f"{v_pool.dtype} (int8 pools need kv_cache_dtype='int8')"
+                f"{v_pool.dtype} (8-bit pools need kv_cache_dtype 'int8' or 'fp8_e4m3')"
             )
         if k_scale is not None or v_scale is not None:
             raise ValueError(
-                "k_scale / v_scale belong to int8 pools: pass kv_cache_dtype='int8' or drop them"
+                "k_scale / v_scale belong to 8-bit pools: pass kv_cache_dtype 'int8' or 'fp8_e4m3', or drop them"
             )
     tensors = [qkv, cos, sin, positions, seq_index, block_tables, k_pool, v_pool]
     tensors += [t for t in (q_norm, k_norm, k_scale, v_scale) if t is not None]
     devices = {t.device for t in tensors}
     if len(devices) != 1:
         raise ValueError(f"all tensors must be on one device; got {sorted(str(dv) for dv in devices)}")
-    return _Shape(n, n_heads, kv, d, block_size, int8)
+    return _Shape(n, n_heads, kv, d, block_size, codes)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -165,13 +172,20 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
 
 
-def quantize_kv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [..., D] -> (int8 codes [..., D], fp32 scales [...]): scale = max|x| / 127, codes round(x / scale)
-    (half to even), 0 where the vector is all zeros. The int8 pools' format; the native kernel does the same."""
+def quantize_kv(x: torch.Tensor, kv_cache_dtype: str = "int8") -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., D] -> (8-bit codes [..., D], fp32 scales [...]), the code pools' format (the kernels do the same).
+
+    "int8": scale = max|x| / 127, codes round(x / scale) (half to even); "fp8_e4m3": scale = max|x| / 448, codes
+    x / scale rounded to the nearest e4m3 value (ties to even). An all-zero vector gets scale 0 and zero codes.
+    """
+    if kv_cache_dtype not in _CODE_MAX:
+        raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r} has no codes: choose one of {sorted(_CODE_MAX)}")
+    top = _CODE_MAX[kv_cache_dtype]
     x = x.float()
-    scale = x.abs().amax(-1) / 127.0
+    scale = x.abs().amax(-1) / top
     inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
-    codes = (x * inv[..., None]).round().clamp(-127, 127).to(torch.int8)
+    y = (x * inv[..., None]).clamp(-top, top)
+    codes = y.round().to(torch.int8) if kv_cache_dtype == "int8" else y.to(torch.float8_e4m3fn)
     return codes, scale
 
 
@@ -196,7 +210,7 @@ def reference_paged_attention(
 ) -> torch.Tensor:
     """`paged_attention` in PyTorch, fp32 math (the twin the fast paths are tested against); same arguments.
 
-    Writes the pools the same way (rounded once to the pools' dtype, or quantized with `quantize_kv` for int8
+    Writes the pools the same way (rounded once to the pools' dtype, or quantized with `quantize_kv` for 8-bit
     pools) and returns [N, H * D] in qkv's dtype. Runs anywhere; a host sync per step (it groups tokens by
     sequence), so it is a fallback, not a fast path.
     """
@@ -220,9 +234,9 @@ def reference_paged_attention(
     tables = block_tables.long()
     blocks = tables[seq_index, positions // bs]
     slots = positions % bs
-    if shp.int8:
-        k_codes, k_s = quantize_kv(k)
-        v_codes, v_s = quantize_kv(v)
+    if shp.codes:
+        k_codes, k_s = quantize_kv(k, shp.codes)
+        v_codes, v_s = quantize_kv(v, shp.codes)
         k_pool[blocks, :, slots], k_scale[blocks, :, slots] = k_codes, k_s
         v_pool[blocks, :, slots], v_scale[blocks, :, slots] = v_codes, v_s
     else:
@@ -248,7 +262,7 @@ def reference_paged_attention(
 
 
 def _gather(pool: torch.Tensor, scales: torch.Tensor | None, phys: torch.Tensor, length: int) -> torch.Tensor:
-    """A sequence's first `length` slots of a pool as fp32 [KV, length, D] (int8 codes times their scales)."""
+    """A sequence's first `length` slots of a pool as fp32 [KV, length, D] (8-bit codes times their scales)."""
     x = pool[phys].float()  # [blocks, KV, bs, D]
     if scales is not None:
         x = x * scales[phys][..., None]
@@ -260,12 +274,12 @@ def kv_bytes_per_token(
     n_layers: int, n_kv: int, head_dim: int, kv_cache_dtype: str, dtype: torch.dtype
 ) -> int:
     """KV memory one token takes over all layers: 2 (k, v) x KV heads x (D x element size, + a 4-byte scale
-    for int8 pools)."""
+    for 8-bit pools)."""
     if kv_cache_dtype not in KV_CACHE_DTYPES:
         raise ValueError(
             f"kv_cache_dtype={kv_cache_dtype!r} is not known: choose one of {sorted(KV_CACHE_DTYPES)}"
         )
-    per_head = head_dim + 4 if kv_cache_dtype == "int8" else head_dim * dtype.itemsize
+    per_head = head_dim + 4 if kv_cache_dtype in _CODE_MAX else head_dim * dtype.itemsize
     return 2 * n_layers * n_kv * per_head
 
 
@@ -292,7 +306,7 @@ def _native_takes(shp: _Shape, a: dict) -> bool:
     # The pools (and scales) are written in place: they must be contiguous; the inputs are made so if needed.
     if not (a["k_pool"].is_contiguous() and a["v_pool"].is_contiguous()):
         return False
-    if shp.int8:
+    if shp.codes:
         ks, vs = a["k_scale"], a["v_scale"]
         return ks.dtype == f32 and vs.dtype == f32 and ks.is_contiguous() and vs.is_contiguous()
     return a["k_pool"].dtype == f32
@@ -315,7 +329,7 @@ def _triton_module():
 def _triton_takes(shp: _Shape, a: dict) -> bool:
     if a["qkv"].device.type not in ("cuda", "xpu"):
         return False
-    if shp.int8 and not (a["k_scale"].is_contiguous() and a["v_scale"].is_contiguous()):
+    if shp.codes and not (a["k_scale"].is_contiguous() and a["v_scale"].is_contiguous()):
         return False
     module = _triton_module()
     return module is not None and module.supports(shp.d, shp.h, shp.kv, a["k_pool"].dtype)
@@ -397,8 +411,8 @@ def paged_attention(
     negated); positions int64 [N]: each token's absolute position (its RoPE position; it attends keys
     0..position); seq_index int64 [N]: its row in block_tables int32 [S, max_blocks]; k_pool, v_pool
     [num_blocks, KV, block_size, D]: written in place; n_heads: H; scale: the softmax scale; q_norm, k_norm [D],
-    eps: Qwen3's per-head RMSNorm before RoPE (optional). kv_cache_dtype "int8": int8 pools with fp32 scales
-    k_scale, v_scale [num_blocks, KV, block_size], also written in place.
+    eps: Qwen3's per-head RMSNorm before RoPE (optional). kv_cache_dtype "int8" / "fp8_e4m3": 8-bit code pools
+    (int8 / float8_e4m3fn) with fp32 scales k_scale, v_scale [num_blocks, KV, block_size], also written in place.
 
     Returns [N, H * D] in qkv's dtype. Index values (positions inside the RoPE table, blocks inside the table and
     the pools) are checked by the native kernel (ValueError, nothing written); on a GPU they are the caller's duty.

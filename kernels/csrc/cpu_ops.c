@@ -31,6 +31,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <immintrin.h>
 
@@ -512,15 +513,19 @@ XQ_AVX2_FN int xq_decode_attention(const float *qkv, const float *cos, const flo
 
 /* ---- paged attention (the continuous-batching engine) ---------------------------------------------- */
 
-/* Pools [num_blocks, KV, bs, D]: fp32 values, or int8 codes with one fp32 scale per (block, kv head, slot)
-   (scale = max|x| / 127; code = round-half-even(x / scale), as kernels/paged.py's `quantize_kv`). */
+/* Pools [num_blocks, KV, bs, D]: fp32 values, or 8-bit codes with one fp32 scale per (block, kv head, slot), as
+   kernels/paged.py's `quantize_kv`: int8 (scale = max|x| / 127, code = round-half-even(x / scale)) or fp8 e4m3
+   (scale = max|x| / 448, code = x / scale rounded to nearest-even e4m3). */
+enum { CODES_NONE = 0, CODES_INT8 = 1, CODES_E4M3 = 2 };
 struct paged {
     const float *qkv, *cos, *sin, *q_norm, *k_norm;
     const int64_t *positions, *seq_index;
     const int32_t *tables;
     float *k_pool, *v_pool;   /* fp32 pools, or NULL */
-    int8_t *k_q, *v_q;        /* int8 pools, or NULL */
+    int8_t *k_q, *v_q;        /* 8-bit code pools (int8, or e4m3 bytes), or NULL */
     float *k_s, *v_s;         /* their scales [num_blocks, KV, bs] */
+    int codes;                /* CODES_*: what k_q / v_q hold */
+    float code_mul;           /* read codes are value / code_mul (e4m3 decodes to value / 256), so scales get it */
     int64_t n, h, kv, d, bs, max_pos, s, max_blocks, num_blocks;
     float scale, eps;
     float *out;
@@ -572,6 +577,46 @@ XQ_AVX2_FN static float paged_quantize(const float *x, int64_t d, int8_t *codes)
     return scale;
 }
 
+/* fp32 -> e4m3fn byte, round to nearest even, |a| >= 448 saturating (torch's conversion of the same values): the
+   fp32 mantissa rounded to 3 bits in the integer bits (the carry moves into the exponent), steps of 2^-9 below
+   the smallest normal 2^-6. */
+static uint8_t e4m3_code(float y) {
+    uint32_t b;
+    memcpy(&b, &y, sizeof b);
+    const uint8_t sign = (uint8_t)((b >> 24) & 0x80);
+    b &= 0x7FFFFFFFu;
+    if (b >= 0x43E00000u) return sign | 0x7E; /* >= 448 */
+    if (b < 0x3C800000u) {                    /* < 2^-6: subnormal codes 0..7, and 8 = 2^-6 itself */
+        float a;
+        memcpy(&a, &b, sizeof a);
+        return sign | (uint8_t)(int)nearbyintf(a * 512.0f);
+    }
+    b += 0x7FFFFu + ((b >> 20) & 1u);
+    const uint32_t code = (b >> 20) - ((127u - 7u) << 3);
+    return sign | (uint8_t)(code > 0x7Eu ? 0x7Eu : code);
+}
+
+/* An e4m3fn byte's value / 256 (the F16C path's scale; exact). */
+static float e4m3_value256(uint8_t c) {
+    const int e = (c >> 3) & 0xF, m = c & 7;
+    const float v = e ? ldexpf((float)(8 + m), e - 18) : ldexpf((float)m, -17);
+    return c & 0x80 ? -v : v;
+}
+
+/* e4m3 codes of one head vector; returns the scale (max|x| / 448). */
+XQ_AVX2_FN static float paged_quantize_e4m3(const float *x, int64_t d, uint8_t *codes) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < d; ++i) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    const float scale = amax / 448.0f, inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    for (int64_t i = 0; i < d; ++i) codes[i] = e4m3_code(x[i] * inv);
+    return scale;
+}
+
+/* A code's value / code_mul. */
+static inline float code_value(const int8_t *c, int kind, int64_t i) {
+    return kind == CODES_E4M3 ? e4m3_value256((uint8_t)c[i]) : (float)c[i];
+}
+
 /* q . codes, int8 codes widened to fp32 (the scale multiplies the sum). Same order as dot_f32. */
 XQ_AVX2_FN static inline float dot_f32_s8(const float *a, const int8_t *b, int64_t n) {
     if (n % 8 == 0) {
@@ -584,6 +629,14 @@ XQ_AVX2_FN static inline float dot_f32_s8(const float *a, const int8_t *b, int64
     }
     float s = 0.0f;
     for (int64_t i = 0; i < n; ++i) s += a[i] * (float)b[i];
+    return s;
+}
+
+/* q . codes of any kind, one lane (head dims that are not a multiple of 8). */
+XQ_AVX2_FN static inline float dot_codes(const float *a, const int8_t *b, int kind, int64_t n) {
+    if (kind == CODES_INT8) return dot_f32_s8(a, b, n);
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; ++i) s += a[i] * code_value(b, kind, i);
     return s;
 }
 
@@ -604,17 +657,23 @@ XQ_AVX2_FN static void paged_write(const struct paged *p, float *tmp) {
                 for (int64_t i = 0; i < d; ++i) p->v_pool[slot * d + i] = v[i];
             } else {
                 paged_rotate(k, p->k_norm, p->eps, c, s, d, tmp, rot);
-                p->k_s[slot] = paged_quantize(rot, d, p->k_q + slot * d);
-                p->v_s[slot] = paged_quantize(v, d, p->v_q + slot * d);
+                if (p->codes == CODES_E4M3) {
+                    p->k_s[slot] = paged_quantize_e4m3(rot, d, (uint8_t *)p->k_q + slot * d);
+                    p->v_s[slot] = paged_quantize_e4m3(v, d, (uint8_t *)p->v_q + slot * d);
+                } else {
+                    p->k_s[slot] = paged_quantize(rot, d, p->k_q + slot * d);
+                    p->v_s[slot] = paged_quantize(v, d, p->v_q + slot * d);
+                }
             }
         }
     }
 }
 
-/* Four dot products q . k_i (fp32 keys, or int8 codes widened exactly), for d % 8 == 0. Each key's sum goes
+/* Four dot products q . k_i (fp32 keys, or 8-bit codes widened exactly), for d % 8 == 0. Each key's sum goes
    through the same tree whichever lane it takes (8 lanes, then hadd pairs, then the two halves), so a score does
    not depend on the other keys of its group. */
 XQ_AVX2_FN static inline __m256 load_key(const void *k, int s8, int64_t i) {
+    if (s8 == CODES_E4M3) return fp8x8_avx2((const uint8_t *)k + i, 1); /* value / 256 */
     if (s8) return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)k + i))));
     return _mm256_loadu_ps((const float *)k + i);
 }
@@ -637,7 +696,7 @@ XQ_AVX2_FN static inline __m128 dot4(const float *q, const void *const *k, int s
 XQ_AVX2_FN static void paged_scores(const struct paged *p, const float *q, int64_t g_n, int64_t base, int64_t cnt,
                                     int64_t t0, int64_t len, float *sc) {
     const int64_t d = p->d;
-    const int s8 = p->k_pool == 0;
+    const int s8 = p->codes;
     const void *keys[4];
     for (int64_t i = 0; i < cnt; i += 4) {
         for (int r = 0; r < 4; ++r) { /* past the run: repeat its last key (computed, not stored) */
@@ -650,10 +709,10 @@ XQ_AVX2_FN static void paged_scores(const struct paged *p, const float *q, int64
                 _mm_storeu_ps(dots, dot4(q + g * d, keys, s8, d));
             } else {
                 for (int r = 0; r < 4; ++r)
-                    dots[r] = s8 ? dot_f32_s8(q + g * d, keys[r], d) : dot_f32(q + g * d, keys[r], d);
+                    dots[r] = s8 ? dot_codes(q + g * d, keys[r], s8, d) : dot_f32(q + g * d, keys[r], d);
             }
             for (int r = 0; r < 4 && i + r < cnt; ++r)
-                sc[g * len + t0 + i + r] = (s8 ? dots[r] * p->k_s[base + i + r] : dots[r]) * p->scale;
+                sc[g * len + t0 + i + r] = (s8 ? dots[r] * (p->k_s[base + i + r] * p->code_mul) : dots[r]) * p->scale;
         }
     }
 }
@@ -672,9 +731,9 @@ XQ_AVX2_FN static inline __attribute__((always_inline)) void paged_values_r(cons
                 const float *v = p->v_pool + (base + i) * d + c;
                 for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(wt, _mm256_loadu_ps(v + 8 * r), acc[r]);
             } else {
-                const __m256 wt = _mm256_set1_ps(w[t0 + i] * p->v_s[base + i]);
+                const __m256 wt = _mm256_set1_ps(w[t0 + i] * (p->v_s[base + i] * p->code_mul));
                 const int8_t *v = p->v_q + (base + i) * d + c;
-                for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(wt, load_key(v, 1, 8 * r), acc[r]);
+                for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(wt, load_key(v, p->codes, 8 * r), acc[r]);
             }
         }
     }
@@ -706,9 +765,10 @@ XQ_AVX2_FN static void paged_values(const struct paged *p, const int32_t *table,
     for (int64_t t0 = 0; t0 < len; t0 += bs) {
         const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
         for (int64_t i = 0; i < cnt; ++i) {
-            const float wt = p->v_pool ? w[t0 + i] : w[t0 + i] * p->v_s[base + i];
+            const float wt = p->v_pool ? w[t0 + i] : w[t0 + i] * (p->v_s[base + i] * p->code_mul);
             for (int64_t e = 0; e < d; ++e)
-                out[e] += wt * (p->v_pool ? p->v_pool[(base + i) * d + e] : (float)p->v_q[(base + i) * d + e]);
+                out[e] += wt * (p->v_pool ? p->v_pool[(base + i) * d + e]
+                                          : code_value(p->v_q + (base + i) * d, p->codes, e));
         }
     }
     for (int64_t e = 0; e < d; ++e) out[e] *= inv;
@@ -723,6 +783,12 @@ XQ_AVX2_FN static void paged_values_heads(const struct paged *p, const int32_t *
 /* ---- the same two pieces on 16 lanes (AVX-512; D a multiple of 16) ---- */
 
 XQ_AVX512_FN static inline __m512 load_key16(const void *k, int s8, int64_t i) {
+    if (s8 == CODES_E4M3) { /* 16 e4m3 bytes -> fp16 bit patterns (value / 256) -> fp32, exact */
+        const __m256i c = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)((const uint8_t *)k + i)));
+        const __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(c, _mm256_set1_epi16(0x7F)), 7),
+                                          _mm256_slli_epi16(_mm256_and_si256(c, _mm256_set1_epi16(0x80)), 8));
+        return _mm512_cvtph_ps(h);
+    }
     if (s8) return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)k + i))));
     return _mm512_loadu_ps((const float *)k + i);
 }
@@ -754,7 +820,7 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void dot4_512_heads(co
 XQ_AVX512_FN static void paged_scores512(const struct paged *p, const float *q, int64_t g_n, int64_t base,
                                          int64_t cnt, int64_t t0, int64_t len, float *sc) {
     const int64_t d = p->d;
-    const int s8 = p->k_pool == 0;
+    const int s8 = p->codes;
     const void *keys[4];
     for (int64_t i = 0; i < cnt; i += 4) {
         for (int r = 0; r < 4; ++r) { /* past the run: repeat its last key (computed, not stored) */
@@ -773,13 +839,13 @@ XQ_AVX512_FN static void paged_scores512(const struct paged *p, const float *q, 
             for (int64_t g = g0; g < g_n && g < g0 + 4; ++g) {
                 if (i + 4 <= cnt) { /* the same products as the scalar tail, four at a time */
                     __m128 x = _mm_loadu_ps(dots + 4 * (g - g0));
-                    if (s8) x = _mm_mul_ps(x, _mm_loadu_ps(p->k_s + base + i));
+                    if (s8) x = _mm_mul_ps(x, _mm_mul_ps(_mm_loadu_ps(p->k_s + base + i), _mm_set1_ps(p->code_mul)));
                     _mm_storeu_ps(sc + g * len + t0 + i, _mm_mul_ps(x, sv));
                     continue;
                 }
                 for (int r = 0; r < 4 && i + r < cnt; ++r) {
                     const float x = dots[4 * (g - g0) + r];
-                    sc[g * len + t0 + i + r] = (s8 ? x * p->k_s[base + i + r] : x) * p->scale;
+                    sc[g * len + t0 + i + r] = (s8 ? x * (p->k_s[base + i + r] * p->code_mul) : x) * p->scale;
                 }
             }
         }
@@ -799,9 +865,9 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void paged_values512_r
                 const float *v = p->v_pool + (base + i) * d + c;
                 for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(wt, _mm512_loadu_ps(v + 16 * r), acc[r]);
             } else {
-                const __m512 wt = _mm512_set1_ps(w[t0 + i] * p->v_s[base + i]);
+                const __m512 wt = _mm512_set1_ps(w[t0 + i] * (p->v_s[base + i] * p->code_mul));
                 const int8_t *v = p->v_q + (base + i) * d + c;
-                for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(wt, load_key16(v, 1, 16 * r), acc[r]);
+                for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(wt, load_key16(v, p->codes, 16 * r), acc[r]);
             }
         }
     }
@@ -831,8 +897,8 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void paged_values512_g
                 }
             } else {
                 const int8_t *v = p->v_q + (base + i) * d + c;
-                const float vs = p->v_s[base + i];
-                for (int r = 0; r < R; ++r) vr[r] = load_key16(v, 1, 16 * r);
+                const float vs = p->v_s[base + i] * p->code_mul;
+                for (int r = 0; r < R; ++r) vr[r] = load_key16(v, p->codes, 16 * r);
                 for (int g = 0; g < GB; ++g) {
                     const __m512 wt = _mm512_set1_ps(w[g * len + t] * vs);
                     for (int r = 0; r < R; ++r) acc[g][r] = _mm512_fmadd_ps(wt, vr[r], acc[g][r]);
@@ -987,17 +1053,19 @@ int xq_paged_attention(const float *qkv, const float *cos, const float *sin, int
     return paged_run(&p, threads);
 }
 
-/* The same over int8 pools: k_q, v_q int8 [num_blocks, KV, bs, D] with fp32 scales k_s, v_s [num_blocks, KV, bs]
-   (all written for the step's tokens). Keys and values are read as codes (no dequantized copy). */
-int xq_paged_attention_int8(const float *qkv, const float *cos, const float *sin, int64_t max_pos,
-                            const int64_t *positions, const int64_t *seq_index, const int32_t *tables, int64_t s,
-                            int64_t max_blocks, int8_t *k_q, int8_t *v_q, float *k_s, float *v_s, int64_t num_blocks,
-                            int64_t bs, const float *q_norm, const float *k_norm, float eps, int64_t n, int64_t h,
-                            int64_t kv, int64_t d, float scale, float *out, int threads) {
+/* The same over 8-bit code pools: k_q, v_q [num_blocks, KV, bs, D] of int8 codes (kind 1) or e4m3fn bytes
+   (kind 2), with fp32 scales k_s, v_s [num_blocks, KV, bs] (all written for the step's tokens). Keys and values
+   are read as codes and scaled in registers (no dequantized copy of the cache). */
+int xq_paged_attention_codes(const float *qkv, const float *cos, const float *sin, int64_t max_pos,
+                             const int64_t *positions, const int64_t *seq_index, const int32_t *tables, int64_t s,
+                             int64_t max_blocks, int8_t *k_q, int8_t *v_q, float *k_s, float *v_s, int kind,
+                             int64_t num_blocks, int64_t bs, const float *q_norm, const float *k_norm, float eps,
+                             int64_t n, int64_t h, int64_t kv, int64_t d, float scale, float *out, int threads) {
+    if (kind != CODES_INT8 && kind != CODES_E4M3) return -6;
     struct paged p = {.qkv = qkv, .cos = cos, .sin = sin, .q_norm = q_norm, .k_norm = k_norm,
                       .positions = positions, .seq_index = seq_index, .tables = tables, .k_q = k_q, .v_q = v_q,
-                      .k_s = k_s, .v_s = v_s, .n = n, .h = h, .kv = kv, .d = d, .bs = bs, .max_pos = max_pos,
-                      .s = s, .max_blocks = max_blocks, .num_blocks = num_blocks, .scale = scale, .eps = eps,
-                      .out = out};
+                      .k_s = k_s, .v_s = v_s, .codes = kind, .code_mul = kind == CODES_E4M3 ? 256.0f : 1.0f,
+                      .n = n, .h = h, .kv = kv, .d = d, .bs = bs, .max_pos = max_pos, .s = s,
+                      .max_blocks = max_blocks, .num_blocks = num_blocks, .scale = scale, .eps = eps, .out = out};
     return paged_run(&p, threads);
 }

@@ -17,9 +17,10 @@ chunk's earlier keys. Each program's loop depends only on its own token (the til
 dtype, never on N), so a token's result does not change with the rest of the batch. Positions and block tables
 are read on the device: no host sync. `reference_paged_attention` in `xpullm.kernels.paged` is the twin.
 
-int8 pools (`kv_cache_dtype="int8"`): the write kernel stores each k / v head vector as int8 codes with one fp32
-scale (max|x| / 127, round half to even, as `kernels.paged.quantize_kv`); the attention kernel loads the codes and
-scales them into q's dtype in registers, tile by tile.
+8-bit pools (`kv_cache_dtype` "int8" or "fp8_e4m3"): the write kernel stores each k / v head vector as codes with
+one fp32 scale (int8: max|x| / 127, round half to even; e4m3: max|x| / 448, rounded to nearest even by the
+conversion; as `kernels.paged.quantize_kv`); the attention kernel loads the codes and scales them into q's dtype in
+registers, tile by tile.
 """
 
 from __future__ import annotations
@@ -41,27 +42,47 @@ _MIN_HEAD_DIM, _MAX_HEAD_DIM = 16, 256  # tl.dot needs tile sides >= 16; wider h
 _MIN_GROUP_ROWS = 16  # the query-head tile is padded to a tl.dot-sized row count
 _NUM_WARPS = 4
 _LOG2E = 1.4426950408889634
+_CODES = {"auto": 0, "int8": 1, "fp8_e4m3": 2}  # kv_cache_dtype -> the kernels' CODES
 
 
 def supports(d: int, h: int, kv: int, dtype: torch.dtype) -> bool:
-    """Whether these kernels take the shape: head_dim a power of two in 16..256, float or int8 pools."""
-    return _MIN_HEAD_DIM <= d <= _MAX_HEAD_DIM and d & (d - 1) == 0 and dtype in (*_DTYPES, torch.int8)
+    """Whether these kernels take the shape: head_dim a power of two in 16..256, float or 8-bit code pools."""
+    codes = (torch.int8, torch.float8_e4m3fn)
+    return _MIN_HEAD_DIM <= d <= _MAX_HEAD_DIM and d & (d - 1) == 0 and dtype in (*_DTYPES, *codes)
 
 
 @triton.jit
-def _store_codes(dst, scale_dst, x):
-    """x [D] fp32 as int8 codes round-half-even(x / s) with s = max|x| / 127 (0 codes and s = 0 for x = 0), as
-    `kernels.paged.quantize_kv` does."""
-    s = tl.max(tl.abs(x), axis=0) / 127.0
+def _store_codes(dst, scale_dst, x, CODES: tl.constexpr):
+    """x [D] fp32 as codes with one scale, as `kernels.paged.quantize_kv` does (0 codes and s = 0 for x = 0).
+    CODES 1: int8 round-half-even(x / s), s = max|x| / 127; 2: e4m3 x / s, s = max|x| / 448."""
+    top: tl.constexpr = 127.0 if CODES == 1 else 448.0
+    s = tl.max(tl.abs(x), axis=0) / top
     inv = tl.where(s > 0, 1.0 / s, 0.0)
-    y = x * inv
-    r = tl.floor(y + 0.5)
-    half = (r - y) == 0.5  # a tie, rounded up: back down to the even neighbour where r is odd
-    odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
-    r = tl.where(half & odd, r - 1.0, r)
-    r = tl.minimum(tl.maximum(r, -127.0), 127.0)
-    tl.store(dst, r.to(tl.int8))
+    y = tl.minimum(tl.maximum(x * inv, -top), top)
+    if CODES == 1:
+        r = tl.floor(y + 0.5)
+        half = (r - y) == 0.5  # a tie, rounded up: back down to the even neighbour where r is odd
+        odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
+        r = tl.where(half & odd, r - 1.0, r)
+        tl.store(dst, r.to(tl.int8))
+    else:
+        tl.store(dst, _e4m3_round(y).to(tl.float8e4nv))
     tl.store(scale_dst, s)
+
+
+@triton.jit
+def _e4m3_round(y):
+    """y (|y| <= 448) rounded to the nearest e4m3 value, ties to even, in fp32 arithmetic: the result converts to
+    e4m3 exactly, so no backend's own rounding is involved (Triton's interpreter mis-rounds when the mantissa
+    carries into the exponent). The step is 2^(exponent - 3), and 2^-9 below the smallest normal 2^-6."""
+    a = tl.abs(y)
+    e = tl.maximum(((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)
+    step = ((e - 3 + 127) << 23).to(tl.float32, bitcast=True)
+    t = a / step  # exact: a power of two
+    r = tl.floor(t + 0.5)
+    odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
+    r = tl.where(((r - t) == 0.5) & odd, r - 1.0, r)
+    return tl.where(y < 0, -r * step, r * step)
 
 
 @triton.jit
@@ -72,11 +93,11 @@ def _paged_write_kernel(
     stride_vb, stride_vh, stride_vs, stride_vd,
     eps,
     H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, HAS_NORM: tl.constexpr,
-    INT8: tl.constexpr, PDL: tl.constexpr,
+    CODES: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """One head vector of one token: q -> q buffer [N, H, D], k -> its pool slot (both normalized and rotated),
     v -> its pool slot. Rotation: x * cos + roll(x, D/2) * sin (the caller's sin carries rotate_half's sign).
-    INT8: k and v are stored as codes with their scale (contiguous [num_blocks, KV, BS] scale tensors)."""
+    CODES (1 int8, 2 e4m3): k and v are stored as codes with their scale (contiguous [num_blocks, KV, BS] scales)."""
     n = tl.program_id(0).to(tl.int64)
     hh = tl.program_id(1)
     offs = tl.arange(0, D)
@@ -103,15 +124,15 @@ def _paged_write_kernel(
             tl.store(q_ptr + (n * H + hh) * D + offs, y.to(q_ptr.dtype.element_ty))
         else:
             dst = k_ptr + blk * stride_kb + (hh - H) * stride_kh + slot * stride_ks + offs * stride_kd
-            if INT8:
-                _store_codes(dst, ks_ptr + (blk * KV + hh - H) * BS + slot, y)
+            if CODES != 0:
+                _store_codes(dst, ks_ptr + (blk * KV + hh - H) * BS + slot, y, CODES)
             else:
                 tl.store(dst, y.to(k_ptr.dtype.element_ty))
     else:
         v = tl.load(src + offs)
         dst = v_ptr + blk * stride_vb + (hh - H - KV) * stride_vh + slot * stride_vs + offs * stride_vd
-        if INT8:
-            _store_codes(dst, vs_ptr + (blk * KV + hh - H - KV) * BS + slot, v.to(tl.float32))
+        if CODES != 0:
+            _store_codes(dst, vs_ptr + (blk * KV + hh - H - KV) * BS + slot, v.to(tl.float32), CODES)
         else:
             tl.store(dst, v.to(v_ptr.dtype.element_ty))
 
@@ -124,10 +145,10 @@ def _paged_attention_kernel(
     stride_vb, stride_vh, stride_vs, stride_vd,
     KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
-    INT8: tl.constexpr, PDL: tl.constexpr,
+    CODES: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Attention of the G query heads of one (token, kv head) over columns 0..pos of the token's sequence.
-    INT8: k and v tiles are int8 codes, turned into q's dtype times their per-slot scales in registers."""
+    CODES != 0: k and v tiles are 8-bit codes, turned into q's dtype times their per-slot scales in registers."""
     n = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
     offs_g = tl.arange(0, BLOCK_G)
@@ -159,7 +180,7 @@ def _paged_attention_kernel(
             mask=c_ok[:, None],
             other=0.0,
         )
-        if INT8:
+        if CODES != 0:
             scale_at = (blk * KV + j) * BS + slot
             k_s = tl.load(ks_ptr + scale_at, mask=c_ok, other=0.0)
             v_s = tl.load(vs_ptr + scale_at, mask=c_ok, other=0.0)
@@ -205,7 +226,7 @@ def paged_attention(
 ) -> torch.Tensor:
     """`xpullm.kernels.paged.paged_attention` in two Triton launches (module docstring). Arguments as there;
     `kernels.paged` has checked shapes, dtypes and devices and that `supports` holds. The pools may have any
-    strides (int8 pools' scales: contiguous); index values are the caller's duty (read on the device, unchecked).
+    strides (8-bit pools' scales: contiguous); index values are the caller's duty (read on the device, unchecked).
     Returns [N, H * D], qkv's dtype."""
     n = qkv.shape[0]
     _, kv, bs, d = k_pool.shape
@@ -218,12 +239,12 @@ def paged_attention(
     sin = sin if sin.stride(1) == 1 else sin.contiguous()
     positions, seq_index = positions.contiguous(), seq_index.contiguous()
     block_tables = block_tables if block_tables.stride(1) == 1 else block_tables.contiguous()
-    int8 = kv_cache_dtype == "int8"
-    # q as the dot reads it: the pools' dtype, or for int8 pools the activations' (keys are scaled into it).
-    q_buf = torch.empty((n, h, d), dtype=qkv.dtype if int8 else k_pool.dtype, device=qkv.device)
-    if int8 and not (k_scale.is_contiguous() and v_scale.is_contiguous()):
-        raise ValueError("int8 pools' k_scale and v_scale must be contiguous [num_blocks, KV, block_size]")
-    ks, vs = (k_scale, v_scale) if int8 else (q_buf, q_buf)  # not read without int8 pools
+    codes = _CODES[kv_cache_dtype]
+    # q as the dot reads it: the pools' dtype, or for code pools the activations' (keys are scaled into it).
+    q_buf = torch.empty((n, h, d), dtype=qkv.dtype if codes else k_pool.dtype, device=qkv.device)
+    if codes and not (k_scale.is_contiguous() and v_scale.is_contiguous()):
+        raise ValueError("8-bit pools' k_scale and v_scale must be contiguous [num_blocks, KV, block_size]")
+    ks, vs = (k_scale, v_scale) if codes else (q_buf, q_buf)  # not read without code pools
     has_norm = q_norm is not None
     qn = q_norm.contiguous() if has_norm else q_buf  # not read without norms
     kn = k_norm.contiguous() if has_norm else q_buf
@@ -232,7 +253,7 @@ def paged_attention(
         qkv, cos, sin, positions, seq_index, block_tables, qn, kn, q_buf, k_pool, v_pool, ks, vs,
         qkv.stride(0), cos.stride(0), sin.stride(0), block_tables.stride(0),
         *k_pool.stride(), *v_pool.stride(), float(eps),
-        H=h, KV=kv, D=d, BS=bs, HAS_NORM=has_norm, INT8=int8, num_warps=1, **opts,
+        H=h, KV=kv, D=d, BS=bs, HAS_NORM=has_norm, CODES=codes, num_warps=1, **opts,
     )  # fmt: skip
     g = h // kv
     _paged_attention_kernel[(n, kv)](
@@ -240,6 +261,6 @@ def paged_attention(
         float(scale) * _LOG2E, block_tables.stride(0), *k_pool.stride(), *v_pool.stride(),
         KV=kv, G=g, D=d, BS=bs, BLOCK_G=max(_MIN_GROUP_ROWS, triton.next_power_of_2(g)),
         BLOCK_C=_block_cols(d, q_buf.element_size()), DOT_F32=_INTERPRET, IEEE=q_buf.dtype == torch.float32,
-        INT8=int8, num_warps=_NUM_WARPS, **opts,
+        CODES=codes, num_warps=_NUM_WARPS, **opts,
     )  # fmt: skip
     return out

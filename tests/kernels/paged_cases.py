@@ -70,7 +70,7 @@ def make_world(
     kv_cache_dtype: str = "auto",
 ) -> World:
     """A world with random rows; pools hold random values (or `fill`, e.g. NaN) where nothing was written.
-    `kv_cache_dtype="int8"`: int8 code pools with fp32 scales (random, or `fill` in the scales)."""
+    `kv_cache_dtype` "int8" / "fp8_e4m3": 8-bit code pools with fp32 scales (random, or `fill` in the scales)."""
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     need = [-(-n // block_size) for n in lengths]
@@ -85,11 +85,12 @@ def make_world(
         at += nb
     rows = [torch.randn(n, (h + 2 * kv) * d, generator=gen).to(dtype) for n in lengths]
     shape = (num_blocks, kv, block_size, d)
-    if kv_cache_dtype == "int8":
-        pools = {
-            name: torch.randint(-127, 128, shape, generator=gen, dtype=torch.int8)
-            for name in ("k_pool", "v_pool")
-        }
+    if kv_cache_dtype != "auto":
+        if kv_cache_dtype == "int8":
+            codes = [torch.randint(-127, 128, shape, generator=gen, dtype=torch.int8) for _ in range(2)]
+        else:
+            codes = [(torch.randn(shape, generator=gen) * 100).to(torch.float8_e4m3fn) for _ in range(2)]
+        pools = dict(zip(("k_pool", "v_pool"), codes, strict=True))
         for name in ("k_scale", "v_scale"):
             pools[name] = (
                 torch.rand(shape[:3], generator=gen) * 0.05 if fill is None else torch.full(shape[:3], fill)
@@ -161,6 +162,11 @@ def run(
                 outputs[(s, pos)] = out[i]
                 i += 1
     return outputs, pools
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """t with fp8 codes seen as bytes (torch.equal has no fp8 kernel; equal bytes are equal codes)."""
+    return t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t
 
 
 def seq_slots(world: World, pool: torch.Tensor, seq: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.kernels.paged_cases import make_world, random_schedule, run, seq_slots
+from tests.kernels.paged_cases import bits, make_world, random_schedule, run, seq_slots
 from xpullm.kernels import cpu_native
 from xpullm.kernels.paged import (
     kv_bytes_per_token,
@@ -55,7 +55,7 @@ def _alone(world, seq: int) -> list[list[tuple[int, int, int]]]:
 
 
 def _assert_pools_close(world, want: dict, got: dict) -> None:
-    """Every sequence's written slots: fp32 values to rounding; int8 codes at most one step apart (a value on a
+    """Every sequence's written slots: fp32 values to rounding; 8-bit codes at most one step apart (a value on a
     rounding boundary may land either side), rarely, with their scales to rounding."""
     for name in want:
         for s in range(len(world.lengths)):
@@ -63,6 +63,10 @@ def _assert_pools_close(world, want: dict, got: dict) -> None:
             if a.dtype == torch.int8:
                 diff = (a.int() - b.int()).abs()
                 assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01, f"{name} seq {s}: codes differ"
+            elif a.dtype == torch.float8_e4m3fn:  # one e4m3 step: 1/8 of a normal value, 2^-9 below 2^-6
+                a, b = a.float(), b.float()
+                off = (a - b).abs() > 0
+                assert ((a - b).abs() <= a.abs() / 8 + 2.0**-9).all() and off.float().mean() < 0.01, name
             else:
                 torch.testing.assert_close(b, a, atol=ATOL, rtol=1e-5)
 
@@ -71,7 +75,7 @@ def _untouched_outside(world, pools: dict, seq: int) -> bool:
     """Whether `pools` differ from the world's initial pools only in the slots `seq` writes."""
     bs = world.block_size
     for name, pool in pools.items():
-        changed = pool != world.pools[name]
+        changed = bits(pool) != bits(world.pools[name])
         changed = changed.any(-1) if changed.dim() == 4 else changed  # [blocks, KV, bs]
         for p in range(world.lengths[seq]):
             changed[world.tables[seq, p // bs], :, p % bs] = False
@@ -80,16 +84,19 @@ def _untouched_outside(world, pools: dict, seq: int) -> bool:
     return True
 
 
-# Outputs' tolerance against the twin: fp32 pools differ by summation order only; int8 pools may also hold a
-# code one step off (a k value on a rounding boundary), which moves a score by ~ |q_i| * scale_k.
-OUT_ATOL = {"auto": ATOL, "int8": 3e-3}
+# Outputs' tolerance against the twin: fp32 pools differ by summation order only; 8-bit pools may also hold a
+# code one step off (a k value on a rounding boundary: rare), which moves a score by up to |q_i| times a step (an
+# int8 step is max|k| / 127; an e4m3 step 1/8 of the value). So: a tight norm-wise bound for every output, and a
+# looser one for single elements.
+OUT_ATOL = {"auto": ATOL, "int8": 3e-3, "fp8_e4m3": 2e-2}
+OUT_REL = {"auto": 1e-5, "int8": 1e-4, "fp8_e4m3": 1e-4}
 
 
 _PATHS = cpu_native.isa_paths()  # the SIMD paths this CPU runs (avx2, avx512_vnni), best last
 # The best path (the default) gets the full budget, each forced slower one a smaller one.
 CASES = [
     (dtype, isa, full if isa == _PATHS[-1] else full // 2)
-    for dtype, full in (("auto", 14), ("int8", 8))
+    for dtype, full in (("auto", 14), ("int8", 8), ("fp8_e4m3", 8))
     for isa in _PATHS
 ]
 
@@ -117,6 +124,8 @@ def _check_world(case, kv_cache_dtype: str) -> None:
     ref, ref_pools = run(world, mixed, reference_paged_attention)
     got, want = torch.stack(list(out.values())), torch.stack([ref[key] for key in out])
     torch.testing.assert_close(got, want, atol=OUT_ATOL[kv_cache_dtype], rtol=1e-5)
+    err = ((got - want).norm() / want.norm()).item()
+    assert err < OUT_REL[kv_cache_dtype], f"relative error {err:.1e} against the twin ({case})"
     _assert_pools_close(world, ref_pools, pools)
 
     out2, pools2 = run(world, random_schedule(rng, lengths), paged_attention)  # other chunks, other mixes
@@ -127,12 +136,14 @@ def _check_world(case, kv_cache_dtype: str) -> None:
             assert torch.equal(out2[(s, p)], out[(s, p)]), f"seq {s} pos {p}: chunking changed it ({case})"
         for name, pool in alone_pools.items():
             for other in (pools, pools2):
-                assert torch.equal(seq_slots(world, other[name], s), seq_slots(world, pool, s)), name
+                assert torch.equal(bits(seq_slots(world, other[name], s)), bits(seq_slots(world, pool, s))), (
+                    name
+                )
         assert _untouched_outside(world, alone_pools, s), f"seq {s} wrote outside its slots ({case})"
 
 
 @needs_native
-@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8", "fp8_e4m3"])
 def test_thread_count_does_not_change_a_bit(kv_cache_dtype: str) -> None:
     """OpenMP splits (token, kv head) jobs over threads: each is computed whole by one thread, the same way."""
     world = make_world(7, 8, 2, 64, 16, [50, 3, 37], norms=True, kv_cache_dtype=kv_cache_dtype)
@@ -146,11 +157,11 @@ def test_thread_count_does_not_change_a_bit(kv_cache_dtype: str) -> None:
     finally:
         torch.set_num_threads(before)
     assert all(torch.equal(one[key], two[key]) for key in one)
-    assert all(torch.equal(pools1[name], pools2[name]) for name in pools1)
+    assert all(torch.equal(bits(pools1[name]), bits(pools2[name])) for name in pools1)
 
 
 @needs_native
-@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8", "fp8_e4m3"])
 def test_slots_past_a_position_are_never_read(kv_cache_dtype: str) -> None:
     """Pools (scales) full of NaN: only slots written by this call or earlier ones may be read."""
     world = make_world(
@@ -158,7 +169,7 @@ def test_slots_past_a_position_are_never_read(kv_cache_dtype: str) -> None:
     )
     out, pools = run(world, random_schedule(random.Random(3), world.lengths), paged_attention)
     assert torch.isfinite(torch.stack(list(out.values()))).all()
-    written = "k_scale" if kv_cache_dtype == "int8" else "k_pool"
+    written = "k_pool" if kv_cache_dtype == "auto" else "k_scale"
     assert torch.isfinite(seq_slots(world, pools[written], 1)).all()
 
 
@@ -170,13 +181,13 @@ def _args(world, n: int) -> dict:
         seq_index=torch.zeros(n, dtype=torch.long), block_tables=world.tables.clone(), k_pool=pools["k_pool"],
         v_pool=pools["v_pool"], n_heads=world.h, scale=world.scale,
     )  # fmt: skip
-    if world.kv_cache_dtype == "int8":
-        args.update(kv_cache_dtype="int8", k_scale=pools["k_scale"], v_scale=pools["v_scale"])
+    if world.kv_cache_dtype != "auto":
+        args.update(kv_cache_dtype=world.kv_cache_dtype, k_scale=pools["k_scale"], v_scale=pools["v_scale"])
     return args
 
 
 @needs_native
-@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8", "fp8_e4m3"])
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
@@ -192,9 +203,8 @@ def test_bad_indices_raise_and_write_nothing(edit, message: str, kv_cache_dtype:
     edit(args)
     with pytest.raises(ValueError, match=message):
         paged_attention(**args)
-    assert torch.equal(args["k_pool"], world.pools["k_pool"]) and torch.equal(
-        args["v_pool"], world.pools["v_pool"]
-    )
+    for name in ("k_pool", "v_pool"):
+        assert torch.equal(bits(args[name]), bits(world.pools[name]))
 
 
 def test_shape_errors_name_the_problem() -> None:
@@ -208,7 +218,7 @@ def test_shape_errors_name_the_problem() -> None:
         ({"q_norm": torch.ones(32)}, "both or neither"),
         ({"kv_cache_dtype": "fp4"}, "not known"),
         ({"kv_cache_dtype": "int8"}, "int8 pools"),
-        ({"k_scale": torch.ones(3, 2, 8)}, "kv_cache_dtype='int8'"),
+        ({"k_scale": torch.ones(3, 2, 8)}, "belong to 8-bit pools"),
     ):
         with pytest.raises(ValueError, match=message):
             paged_attention(**{**base, **change})
@@ -235,7 +245,7 @@ def test_dispatch_falls_back_where_the_native_kernel_declines() -> None:
     assert paged_backend(**int8) == native
 
 
-@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8"])
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8", "fp8_e4m3"])
 def test_reference_matches_a_token_by_token_loop(kv_cache_dtype: str) -> None:
     """The twin itself against the definition, one token and head at a time (with the norms)."""
     world = make_world(11, 6, 2, 32, 8, [13, 29], norms=True, kv_cache_dtype=kv_cache_dtype)
@@ -243,7 +253,7 @@ def test_reference_matches_a_token_by_token_loop(kv_cache_dtype: str) -> None:
     out, pools = run(world, schedule, reference_paged_attention)
     bs, d, h, kv = world.block_size, world.d, world.h, world.kv
     k_pool, v_pool = pools["k_pool"].float(), pools["v_pool"].float()
-    if kv_cache_dtype == "int8":
+    if kv_cache_dtype != "auto":
         k_pool, v_pool = k_pool * pools["k_scale"][..., None], v_pool * pools["v_scale"][..., None]
     for (s, p), row in out.items():
         x = world.rows[s][p].reshape(h + 2 * kv, d)[:h]
@@ -259,15 +269,17 @@ def test_reference_matches_a_token_by_token_loop(kv_cache_dtype: str) -> None:
 
 
 @needs_native
-def test_int8_pools_stay_close_to_fp32_attention() -> None:
-    """The same tokens through int8 and fp32 pools: the attention outputs agree to about 1%."""
+@pytest.mark.parametrize(("kv_cache_dtype", "bound"), [("int8", 0.015), ("fp8_e4m3", 0.05)])
+def test_8bit_pools_stay_close_to_fp32_attention(kv_cache_dtype: str, bound: float) -> None:
+    """The same tokens through 8-bit and fp32 pools: the attention outputs agree to about 1% (int8, 7 bits per
+    value) or 3% (e4m3, a 3-bit mantissa) on these random rows."""
     runs = []
-    for kv_cache_dtype in ("auto", "int8"):
-        world = make_world(13, 9, 3, 64, 16, [120, 40], norms=False, kv_cache_dtype=kv_cache_dtype)
+    for dtype in ("auto", kv_cache_dtype):
+        world = make_world(13, 9, 3, 64, 16, [120, 40], norms=False, kv_cache_dtype=dtype)
         runs.append(run(world, random_schedule(random.Random(13), world.lengths), paged_attention)[0])
-    fp32, int8 = (torch.stack([r[key] for key in runs[0]]) for r in runs)
-    err = ((int8 - fp32).norm() / fp32.norm()).item()
-    assert err < 0.02, f"int8 KV relative error {err:.2e}"
+    fp32, codes = (torch.stack([r[key] for key in runs[0]]) for r in runs)
+    err = ((codes - fp32).norm() / fp32.norm()).item()
+    assert err < bound, f"{kv_cache_dtype} KV relative error {err:.2e}"
 
 
 def test_quantize_kv_roundtrip_and_bytes() -> None:
@@ -282,3 +294,39 @@ def test_quantize_kv_roundtrip_and_bytes() -> None:
     assert kv_bytes_per_token(30, 3, 64, "auto", torch.float32) == 46080
     assert kv_bytes_per_token(30, 3, 64, "auto", torch.bfloat16) == 23040
     assert kv_bytes_per_token(30, 3, 64, "int8", torch.float32) == 12240
+
+
+@needs_native
+def test_native_fp8_codes_match_torch_at_every_rounding_boundary() -> None:
+    """The native e4m3 encoder against torch's conversion: every e4m3 value, every midpoint between neighbours
+    (ties go to even) and the floats just either side of each midpoint, subnormals included."""
+    values = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    values = values[torch.isfinite(values)].unique()
+    mids = (values[1:] + values[:-1]) / 2
+    near = [torch.nextafter(mids, torch.full_like(mids, sign * 1e9)) for sign in (1, -1)]
+    cand = torch.cat([values, mids, *near])
+    cand = cand[cand.abs() < 448]
+    d = 64  # each row: 63 candidates and 448, so the scale is exactly 1 and the codes are the values themselves
+    rows = -(-cand.numel() // (d - 1))
+    body = torch.zeros(rows * (d - 1))
+    body[: cand.numel()] = cand
+    v = torch.cat([body.reshape(rows, d - 1), torch.full((rows, 1), 448.0)], 1)
+    h, kv, bs = 2, 1, 16
+    blocks = -(-rows // bs)
+    qkv = torch.zeros(rows, (h + 2 * kv) * d)
+    qkv[:, (h + kv) * d :] = v
+    k_pool = torch.zeros(blocks, kv, bs, d, dtype=torch.float8_e4m3fn)
+    v_pool, k_scale, v_scale = (
+        torch.zeros_like(k_pool),
+        torch.zeros(blocks, kv, bs),
+        torch.zeros(blocks, kv, bs),
+    )
+    paged_attention(
+        qkv, torch.ones(rows, d), torch.zeros(rows, d), torch.arange(rows), torch.zeros(rows, dtype=torch.long),
+        torch.arange(blocks, dtype=torch.int32)[None], k_pool, v_pool, h, 0.1,
+        kv_cache_dtype="fp8_e4m3", k_scale=k_scale, v_scale=v_scale,
+    )  # fmt: skip
+    got = v_pool.permute(0, 2, 1, 3).reshape(-1, d)[:rows]
+    assert torch.equal(bits(got), bits(quantize_kv(v, "fp8_e4m3")[0]))
+    assert torch.equal(v_scale.permute(0, 2, 1).reshape(-1)[:rows], torch.ones(rows))
+    assert (got.float()[:, :-1] != 0).sum() > 1000  # the candidates really went through the encoder
