@@ -16,7 +16,7 @@ PROMPTS = [
     "List three colors:",
     "def fibonacci(n):",
     "Water boils at a temperature of",
-    # ~70 tokens: three prefill chunks with the 32-token steps below, interleaved with the others' decodes.
+    # 51 tokens: four prefill chunks with the 16-token steps below, interleaved with the others' decodes.
     "Explain why the sky is blue during the day and turns red and orange at sunset. Use simple words, as if you "
     "were talking to a child who has just asked you this question on a long summer evening walk by the sea, "
     "and keep it short:",
@@ -53,11 +53,11 @@ def _in_threads(fn, args: list) -> list:
 
 @pytest.fixture(scope="module")
 def chunked(llm: LLM) -> LLM:
-    return _engine(llm, max_batched_tokens=32, max_seqs=8)
+    return _engine(llm, max_batched_tokens=16, max_seqs=8)
 
 
 def test_concurrent_greedy_equals_each_alone(chunked: LLM) -> None:
-    assert len(chunked.tokenizer(PROMPTS[-1])["input_ids"]) > 2 * 32
+    assert len(chunked.tokenizer(PROMPTS[-1])["input_ids"]) > 3 * 16
     alone = [chunked.generate(p, max_new_tokens=12) for p in PROMPTS]
     together = _in_threads(lambda p: chunked.generate(p, max_new_tokens=12), PROMPTS)
     assert [c.text for c in together] == [c.text for c in alone]
@@ -116,10 +116,15 @@ def test_prefix_cache_hit_gives_the_output_of_a_miss(llm: LLM) -> None:
 
 def test_eviction_under_a_tiny_budget_keeps_outputs_correct(llm: LLM) -> None:
     tiny = _engine(llm, kv_budget_tokens=96, block_size=16)  # 6 blocks
-    prompt = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
+    prompt = PROMPTS[-1]  # 51 tokens: 3 full blocks published to the prefix cache
     first = tiny.generate(prompt, max_new_tokens=8).text
-    for p in PROMPTS[:4]:  # each takes free blocks first, then evicts the cached prompt blocks
-        tiny.generate(p + " " + p, max_new_tokens=40)
+    assert tiny.engine.stats().kv_cached_blocks == 3
+    # A request reserving all 6 blocks: 3 never-used ones, then the 3 cached ones are evicted (LRU).
+    other = PROMPTS[0]
+    tiny.generate(other, max_new_tokens=96 - tiny.count_tokens(other), stop=" ")
     stats = tiny.engine.stats()
-    assert stats.evicted_blocks > 0
-    assert tiny.generate(prompt, max_new_tokens=8).text == first
+    assert stats.evicted_blocks == 3 and stats.kv_used_blocks == 0
+    assert tiny.generate(prompt, max_new_tokens=8).text == first  # a miss again, recomputed
+    assert tiny.engine.stats().prefix_hit_blocks == 0
+    assert tiny.generate(prompt, max_new_tokens=8).text == first  # and now a hit
+    assert tiny.engine.stats().prefix_hit_blocks == 3
