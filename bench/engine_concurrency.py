@@ -62,10 +62,15 @@ def _threads(n: int, fn) -> list:
     return [time.perf_counter() - t0, out]
 
 
+def prompt_ids(llm: LLM, i: int) -> list[int]:
+    """The i-th prompt as a chat turn (token ids, template applied): both engines get exactly these tokens."""
+    return llm._encode_chat([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}])
+
+
 def xpullm_level(llm: LLM, n: int, max_tokens: int) -> dict:
     def one(i: int) -> tuple[int, list[float]]:
         stamps: list[float] = []
-        gen = llm._run([llm._encode(PROMPTS[i % len(PROMPTS)])], GenerationParams(max_new_tokens=max_tokens))
+        gen = llm._run([prompt_ids(llm, i)], GenerationParams(max_new_tokens=max_tokens))
         while True:
             try:
                 next(gen)
@@ -80,7 +85,7 @@ def xpullm_level(llm: LLM, n: int, max_tokens: int) -> dict:
 
 def old_decoder_level(llm: LLM, max_tokens: int) -> dict:
     """One stream through the pre-engine path (StaticCacheDecoder + native decode attention, serialized)."""
-    ids = [llm._encode(PROMPTS[0])]
+    ids = [prompt_ids(llm, 0)]
     stamps: list[float] = []
     gen = run_serial(llm._decoder, llm._lock, llm.tokenizer, llm._eos, llm.context_length, torch.device("cpu"),
                      ids, GenerationParams(max_new_tokens=max_tokens))  # fmt: skip
@@ -107,13 +112,14 @@ def llamacpp_server(threads: int, parallel: int):
     params.n_parallel = parallel
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
+    params.verbosity = -1
     server = xlc.Server(params)
     return server, server.listening_address
 
 
-def llamacpp_level(url: str, n: int, max_tokens: int) -> dict:
+def llamacpp_level(llm: LLM, url: str, n: int, max_tokens: int) -> dict:
     def one(i: int) -> tuple[int, list[float]]:
-        body = {"prompt": PROMPTS[i % len(PROMPTS)], "n_predict": max_tokens, "temperature": 0,
+        body = {"prompt": prompt_ids(llm, i), "n_predict": max_tokens, "temperature": 0,
                 "ignore_eos": True, "stream": True, "cache_prompt": False}  # fmt: skip
         stamps: list[float] = []
         tokens = 0
@@ -173,10 +179,10 @@ def main() -> None:
     old = [old_decoder_level(llm, args.max_tokens) for _ in range(args.rounds)]
     for n in levels:
         server, url = llamacpp_server(args.threads, n)
-        llamacpp_level(url, 1, 4)  # warm-up
+        llamacpp_level(llm, url, 1, 4)  # warm-up
         for _ in range(args.rounds):
             rows.setdefault((n, "xpullm engine"), []).append(xpullm_level(llm, n, args.max_tokens))
-            rows.setdefault((n, "llama.cpp server"), []).append(llamacpp_level(url, n, args.max_tokens))
+            rows.setdefault((n, "llama.cpp server"), []).append(llamacpp_level(llm, url, n, args.max_tokens))
         del server
         for name in ("xpullm engine", "llama.cpp server"):
             print(n, name, rows[(n, name)], flush=True)
