@@ -30,6 +30,18 @@ def kv_bytes_per_token(dec: StaticCacheDecoder) -> int:
     return 2 * len(dec.layers) * dec.n_kv * dec.head_dim * elem
 
 
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zeroed pool. On CPU through calloc (numpy), whose pages the OS maps only when first written: the budget
+    costs RAM as blocks come into use, not at start (`torch.zeros` writes every page at once)."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    import numpy as np
+
+    item = torch.empty((), dtype=dtype).element_size()
+    raw = np.zeros((*shape[:-1], shape[-1] * item), dtype=np.uint8)
+    return torch.from_numpy(raw).view(dtype)
+
+
 class ModelRunner:
     """Runs flattened steps of a llama-style model over paged KV pools.
 
@@ -51,9 +63,8 @@ class ModelRunner:
         self._paged = impl.load(ctx)
         self._ops = dec._eager_ops
         shape = (len(dec.layers), num_blocks, dec.n_kv, block_size, dec.head_dim)
-        # zeros (not empty): allocated lazily by the OS page by page, so an unused budget costs no RAM on CPU.
-        self.k_pool = torch.zeros(shape, dtype=dec.dtype, device=self.device)
-        self.v_pool = torch.zeros(shape, dtype=dec.dtype, device=self.device)
+        self.k_pool = _zeros(shape, dec.dtype, self.device)
+        self.v_pool = _zeros(shape, dec.dtype, self.device)
         max_blocks = -(-max_positions // block_size)
         self.block_tables = torch.zeros((max_seqs, max_blocks), dtype=torch.int32, device=self.device)
         self.cos, self.sin = self._rope_tables(max_positions)
