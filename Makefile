@@ -36,9 +36,11 @@ define make_venv
 	$(1)/bin/python -P -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 	$(1)/bin/uv pip install -q --python $(1)/bin/python $(TORCH_FIND) "$(TORCH_REQ)"
 	$(if $(filter lock,$(2)),$(1)/bin/uv pip install -q --python $(1)/bin/python -r $(LOCK) \
+		--override requirements/overrides.txt \
 		&& $(1)/bin/uv pip install -q --python $(1)/bin/python --no-deps -e .,\
 		echo "$(TORCH_REQ)" > $(1)/torch-pin.txt && $(1)/bin/uv pip install -q --python $(1)/bin/python \
-		--upgrade --constraint $(1)/torch-pin.txt $(TORCH_FIND) -e '.[dev]' -r requirements/data.in)
+		--upgrade --constraint $(1)/torch-pin.txt --override requirements/overrides.txt $(TORCH_FIND) \
+		-e '.[dev]' -r requirements/data.in)
 	$(1)/bin/uv pip install -q --python $(1)/bin/python --no-deps $(DATA_NODEPS)
 	echo 'export PYTHONSAFEPATH=1  # xpullm: keep the checkout off sys.path (kernels/ shadows PyPI kernels)' \
 		>> $(1)/bin/activate
@@ -53,6 +55,7 @@ lock:
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install -q uv==$(UV_VERSION)
 	uv pip compile -q pyproject.toml requirements/data.in --extra dev --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 $(TORCH_FIND) --override requirements/torch.txt \
+		--override requirements/overrides.txt \
 		--no-emit-package torch -o $(LOCK)
 
 browser:
