@@ -138,6 +138,14 @@ class LocalTextEngine:
     def check(self, params: GenerationParams) -> None:
         llm_seam.check_constraint(self._llm, params)
 
+    def decode(self, ids: list[int]) -> str:
+        """The text of token ids (special tokens kept): what a prompt looked like to the model."""
+        return self._llm.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes as generated output (no special tokens added)."""
+        return len(self._llm.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def submit(self, prompt_ids: list[int], params: GenerationParams) -> _Job:
         job = _Job(self, prompt_ids, params)
         with self._lock:
