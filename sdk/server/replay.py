@@ -11,7 +11,7 @@ the key: a transcript holds one answer per prompt.
 Modes: `replay` answers only from the transcript (a miss is an error naming the request's hash and prompt start);
 `record` answers misses with `author(prompt, params)` when that returns text (hand-written answers for calls the
 model cannot do, e.g. a structured extraction format), else with the inner engine's real generation, and appends
-each new answer to the transcript (JSONL: key, source, prompt head, answer, completion_tokens).
+each new answer to the transcript (JSONL: key, source, prompt head, answer, completion_tokens, finish_reason).
 """
 
 from __future__ import annotations
@@ -52,8 +52,11 @@ def request_key(prompt: str, params: GenerationParams) -> str:
 class _Answer:
     """A replayed answer as a `GenerationStream`: the text in a few deltas, then `Finished` with exact counts."""
 
-    def __init__(self, text: str, prompt_tokens: int, completion_tokens: int) -> None:
+    def __init__(
+        self, text: str, prompt_tokens: int, completion_tokens: int, finish_reason: str = "stop"
+    ) -> None:
         self._text = text
+        self._finish = finish_reason
         self._usage = (prompt_tokens, completion_tokens)
         self._cancelled = False
 
@@ -69,7 +72,7 @@ class _Answer:
                 return
             yield TextDelta(piece if i == len(pieces) - 1 else piece + " ")
             await asyncio.sleep(0)
-        yield Finished("stop", *self._usage)
+        yield Finished(self._finish, *self._usage)
 
 
 class ReplayTextEngine:
@@ -146,7 +149,12 @@ class ReplayTextEngine:
             entry = self._answers.get(key)
         if entry is not None:
             self.replayed.append(key)
-            return _Answer(entry["answer"], len(prompt_ids), entry["completion_tokens"])
+            return _Answer(
+                entry["answer"],
+                len(prompt_ids),
+                entry["completion_tokens"],
+                entry.get("finish_reason", "stop"),
+            )
         if self.mode == "replay":
             raise ReplayMiss(
                 f"no recorded answer for request {key[:16]} (prompt starts {prompt[:160]!r}); the client's "
@@ -164,13 +172,22 @@ class ReplayTextEngine:
     def close(self) -> None:
         self._inner.close()
 
-    def _store(self, key: str, source: str, prompt: str, answer: str, completion_tokens: int) -> None:
+    def _store(
+        self,
+        key: str,
+        source: str,
+        prompt: str,
+        answer: str,
+        completion_tokens: int,
+        finish_reason: str = "stop",
+    ) -> None:
         entry = {
             "key": key,
             "source": source,
             "prompt_head": prompt[:300],
             "answer": answer,
             "completion_tokens": completion_tokens,
+            "finish_reason": finish_reason,
         }
         with self._lock:
             self._answers[key] = entry
@@ -193,5 +210,7 @@ class _Recording:
             if isinstance(ev, TextDelta):
                 text += ev.text
             elif ev.finish_reason in ("stop", "length"):
-                self._engine._store(self._key, "model", self._prompt, text, ev.completion_tokens)
+                self._engine._store(
+                    self._key, "model", self._prompt, text, ev.completion_tokens, ev.finish_reason
+                )
             yield ev
