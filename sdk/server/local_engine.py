@@ -285,6 +285,10 @@ class LocalEmbeddingEngine:
     def max_tokens(self) -> int:
         return self._embedder.max_seq_length
 
+    @property
+    def dim(self) -> int:
+        return int(self._embedder.dim)
+
     def load(self) -> None:
         if self._embedder is None:
             from xpullm.embeddings import Embedder

@@ -32,8 +32,11 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]
             raise APIError.bad_request(
                 f"input[{i}]", f"input[{i}] is empty; every input must be a non-empty string"
             )
-    if body.dimensions is not None:
-        raise APIError.unsupported("dimensions", "this embedder has a fixed size; leave dimensions unset")
+    if body.dimensions is not None and body.dimensions != engine.dim:
+        # Clients such as LightRAG always send the size they were configured with; the native size is a no-op.
+        raise APIError.unsupported(
+            "dimensions", f"this embedder has a fixed size of {engine.dim}; leave dimensions unset or {engine.dim}"
+        )
     counts = await in_thread(engine.count_tokens, texts)
     for i, c in enumerate(counts):
         if c > engine.max_tokens:
