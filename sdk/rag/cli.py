@@ -80,7 +80,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--model", "-m", default=None, help="LLM folder / .gguf / hub id (default: packaged SmolLM2)"
     )
-    p.add_argument("--low-bit", default="sym_int4", help="low-bit format of the LLM (default: sym_int4)")
+    p.add_argument(
+        "--low-bit", default=None, help="low-bit format of the LLM (default: the checkpoint's own)"
+    )
     p.add_argument("--max-new-tokens", "-n", type=int, default=256, help="answer length limit (default: 256)")
     p.add_argument(
         "--no-stream", action="store_true", help="print the answer at the end instead of streaming"

@@ -334,7 +334,7 @@ class KnowledgeBase:
         if llm is None:
             from xpullm.engine import LLM
 
-            llm = LLM()
+            llm = LLM(low_bit=None)  # None: the checkpoint's own format (Q4_1 -> asym_int4, lossless)
         # No repetition penalty by default: the engine's penalty counts the prompt's tokens too, so it pushes the
         # model away from every word of the sources and from the `[n]` markers, which are what a grounded answer
         # must copy (at 1.1 SmolLM2-135M wrote off-topic text instead of the source's facts). Loops are cut instead.
