@@ -35,7 +35,8 @@ from xpullm.rag.errors import (
 )
 from xpullm.rag.ingest import IngestReport
 from xpullm.rag.kb import DocumentNotFound, KBConfig, KnowledgeBase
-from xpullm.rag.retrieval import Hit, LLMReranker, Reranker
+from xpullm.rag.rerank import EmbeddingReranker, LLMReranker, Reranker
+from xpullm.rag.retrieval import Hit
 
 Answer = CitedAnswer  # the knowledge base's answer (an `xpullm.answers.Answer` with citations)
 
@@ -49,6 +50,7 @@ __all__ = [
     "CitedAnswer",
     "DocumentNotFound",
     "EmbedderMismatch",
+    "EmbeddingReranker",
     "Hit",
     "IngestReport",
     "KBConfig",

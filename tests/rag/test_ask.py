@@ -11,6 +11,7 @@ import pytest
 from xpullm.rag import Answer, KnowledgeBase
 from xpullm.rag.answer import NO_ANSWER, SYSTEM, build_prompt, extract_citations
 from xpullm.rag.retrieval import Hit
+from xpullm.rag.support import SupportConfig
 
 FACTS = {
     "e4417": "Printer error E4417 means the paper tray is empty and must be refilled.",
@@ -106,10 +107,17 @@ class RecordedChat:
 
 def test_ask_attributes_citations_to_a_recorded_answer(facts_kb: KnowledgeBase) -> None:
     """The default model's own answer (fp32 weights of the packaged GGUF, greedy; recorded in
-    data/ask_transcript.json) copies the source's facts without writing [n]; `ask` attributes them to the
-    chunk they came from, and every citation maps to that stored chunk."""
+    data/ask_transcript.json) copies the source's words without writing [n]; `ask` attributes them to the
+    chunk they came from, and every citation maps to that stored chunk. The answer itself is wrong (the source says
+    the paper tray is empty; the model blames "a malfunctioning printer"), so with the support check on (the
+    default) it is refused; attribution is checked with the support check off."""
     recorded = RecordedChat(Path(__file__).parent / "data" / "ask_transcript.json")
-    answer = facts_kb.ask("What does printer error E4417 mean?", llm=recorded, max_new_tokens=32)
+    checked = facts_kb.ask("What does printer error E4417 mean?", llm=recorded, max_new_tokens=32)
+    assert checked.refused and checked.text == NO_ANSWER and checked.references == {}
+    assert checked.draft.startswith("The source of the printer error E4417 is the printer itself. [1]")
+    assert [s.supported for s in checked.support] == [False, False]
+    off = SupportConfig(enabled=False)
+    answer = facts_kb.ask("What does printer error E4417 mean?", llm=recorded, max_new_tokens=32, support=off)
     assert answer.grounded and answer.citation_mode == "attributed"
     assert answer.text.startswith("The source of the printer error E4417 is the printer itself. [1]")
     assert sorted(answer.citations) == [1]
