@@ -247,7 +247,7 @@ class KnowledgeBase:
             store=self.store,
             vectors=self.vectors,
             sync=self._sync,
-            embed=self._embed_texts,
+            embed=self.embed_texts,
             chunking=self.chunking_config(),
             text_path=self.text_path,
             batch_chunks=self.config.ingest_batch_chunks,
@@ -287,7 +287,8 @@ class KnowledgeBase:
             self.text_path(doc.source).unlink(missing_ok=True)
         return len(removed)
 
-    def _embed_texts(self, texts: list[str]) -> Any:
+    def embed_texts(self, texts: list[str]) -> Any:
+        """float32 unit vectors [len(texts), dim] from the base's embedder (what `EmbeddingReranker` takes)."""
         return self.embedder.embed_matrix(texts, batch_size=self.config.embed_batch_size, show_progress=False)
 
     # -- retrieval ----------------------------------------------------------------------------------------
@@ -366,5 +367,5 @@ class KnowledgeBase:
             "repetition_penalty": repetition_penalty,
         }
         return answer_from_hits(
-            question, hits, llm, self._embed_texts, stream, params, support or SupportConfig()
+            question, hits, llm, self.embed_texts, stream, params, support or SupportConfig()
         )

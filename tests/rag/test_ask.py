@@ -205,3 +205,16 @@ def test_ask_does_not_penalize_the_sources_tokens(facts_kb: KnowledgeBase) -> No
     answer = facts_kb.ask("What does printer error E4417 mean?", llm=Recorder())
     assert seen.get("repetition_penalty", 1.0) == 1.0
     assert answer.text == "Refill the paper tray. [1]" and answer.citation_mode == "attributed"
+
+
+def test_llm_reranker_orders_by_the_calibrated_margin(llm) -> None:
+    """The packaged model answers "no" to nearly every passage, so its generated verdict cannot reorder; the
+    logit(yes) - logit(no) margin still ranks the passage that answers above one that does not."""
+    from xpullm.rag import LLMReranker
+
+    reranker = LLMReranker(llm)
+    question = "What does printer error E4417 mean?"
+    off_topic, answer = hits(FACTS["rain"], FACTS["e4417"])
+    margins = [reranker.score(question, h) for h in (off_topic, answer)]
+    assert margins[1] > margins[0], margins
+    assert [h.text for h in reranker.rerank(question, [off_topic, answer])] == [FACTS["e4417"], FACTS["rain"]]
