@@ -19,6 +19,7 @@ Reranking: gold-article hit@1 / MRR over the top 8 of hybrid search, without and
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import sys
@@ -137,22 +138,25 @@ def _verdicts(answers: dict[str, object]) -> dict[str, float]:
     }
 
 
-def run_answers(kb, fmt: str, max_new_tokens: int) -> tuple[dict, dict, float]:
-    """Ask every question once with `fmt`; returns (answers with the check off, answers with it on, s/question)."""
+def run_answers(kb, fmt: str, max_new_tokens: int, drafts: dict[str, str]) -> tuple[dict, dict, float]:
+    """Ask every question once with `fmt`; returns (answers with the check off, answers with it on, s/question).
+
+    `drafts` maps prompts to the model's text: filled as the model answers, replayed when already there
+    (`--drafts FILE` keeps them, so the support check can be re-scored without generating again).
+    """
     from xpullm.engine import LLM
     from xpullm.rag.support import SupportConfig
 
     llm = LLM(low_bit=fmt, device="cpu")
-    recorded: dict[str, str] = {}
 
     class Replay:
         """The same generation judged twice (check off / on): the model runs once per question."""
 
         def chat(self, messages, **params):
-            key = messages[-1]["content"]
-            if key not in recorded:
-                recorded[key] = llm.chat(messages, **params).text
-            return type("Completion", (), {"text": recorded[key]})()
+            key = f"{fmt}\n{messages[-1]['content']}"
+            if key not in drafts:
+                drafts[key] = llm.chat(messages, **params).text
+            return type("Completion", (), {"text": drafts[key]})()
 
     questions = [q for q, _, _ in ANSWERABLE] + UNANSWERABLE
     off, on = {}, {}
@@ -227,15 +231,31 @@ def main() -> None:
     ap.add_argument("--distractors", type=int, default=150, help="Wikipedia articles added as distractors")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--rerank-questions", type=int, default=8, help="questions for the LLM rerankers (slow)")
+    ap.add_argument(
+        "--questions", type=int, default=0, help="use only the first N of each question set (0: all)"
+    )
+    ap.add_argument(
+        "--drafts", type=Path, default=None, help="JSON file of the model's drafts (read, then updated)"
+    )
+    ap.add_argument(
+        "--no-rerank", action="store_true", help="skip the reranking table (re-scoring saved drafts)"
+    )
     ap.add_argument("--calibrate", action="store_true", help="print the support-score threshold sweep")
     ap.add_argument("--no-write", action="store_true", help="print the table instead of writing docs/rag.md")
     args = ap.parse_args()
+    if args.questions:  # every 2nd question first, so a short run still covers every article
+        global ANSWERABLE, UNANSWERABLE
+        ANSWERABLE = (ANSWERABLE[::2] + ANSWERABLE[1::2])[: args.questions]
+        UNANSWERABLE = (UNANSWERABLE[::2] + UNANSWERABLE[1::2])[: args.questions]
     root = Path(tempfile.mkdtemp(prefix="kb_quality_"))
     try:
         kb = build_kb(root, args.distractors)
         rows, scores = [], []
+        drafts = json.loads(args.drafts.read_text()) if args.drafts and args.drafts.exists() else {}
         for fmt in FORMATS:
-            off, on, per_q = run_answers(kb, fmt, args.max_new_tokens)
+            off, on, per_q = run_answers(kb, fmt, args.max_new_tokens, drafts)
+            if args.drafts:
+                args.drafts.write_text(json.dumps(drafts, indent=1))
             for label, answers in (("before: no support check", off), ("after: support check", on)):
                 r = _verdicts(answers)
                 rows.append(
@@ -249,7 +269,7 @@ def main() -> None:
             for t in [x / 20 for x in range(4, 16)]:
                 acc = sum((s >= t) == lab for s, lab in scores) / max(len(scores), 1)
                 print(f"threshold {t:.2f}: sentence accuracy {acc:.3f} over {len(scores)} sentences")
-        rerank_rows = rerank_table(kb, "asym_int4", args.rerank_questions)
+        rerank_rows = [] if args.no_rerank else rerank_table(kb, "asym_int4", args.rerank_questions)
         n_chunks = kb.check()["chunks"]
         kb.close()
     finally:
