@@ -155,7 +155,7 @@ def build_chat_tab(ctx: DemoContext) -> dict[str, Any]:
 
     with gr.Row(equal_height=False, elem_id="chat-row"):
         with gr.Column(scale=1, min_width=220, elem_id="chat-sidebar", elem_classes=["xp-card"]):
-            new_chat = gr.Button("＋ New chat", variant="secondary", elem_id="chat-new")
+            new_chat = gr.Button("+ New chat", variant="secondary", elem_id="chat-new")
             conversations = gr.Radio(
                 [], value=None, label="Conversations", elem_id="chat-list", elem_classes=["xp-list"]
             )

@@ -233,7 +233,7 @@ def build_graphrag_tab(ctx: DemoContext) -> dict[str, Any]:
         except Exception as exc:
             return _stage_table({}, None), f"Error: {friendly(exc)}"
         if stats is None:
-            return _stage_table({}, None), f"project **{name}** has not been indexed yet"
+            return _stage_table({}, None), f"project **{name}**: no index yet"
         done = {k: v["seconds"] for k, v in stats.get("stages", {}).items()}
         finished = stats.get("status") == "done"
         line = "indexed" if finished else f"last run stopped after {len(done)} of {len(STAGES)} stages"

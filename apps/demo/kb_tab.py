@@ -153,7 +153,15 @@ def build_kb_tab(ctx: DemoContext) -> dict[str, Any]:
     bases = KnowledgeBases(ctx)
     names = bases.names()
     with gr.Row(equal_height=False, elem_classes=["xp-card"]):
-        base = gr.Dropdown(names, value=names[0], label="Knowledge base", scale=2, elem_id="kb-select")
+        # Custom values: an API client may name a base that does not exist yet (it is created on first use).
+        base = gr.Dropdown(
+            names,
+            value=names[0],
+            label="Knowledge base",
+            scale=2,
+            elem_id="kb-select",
+            allow_custom_value=True,
+        )
         new_name = gr.Textbox(
             label="New base name", placeholder="e.g. manuals", scale=2, elem_id="kb-new-name"
         )

@@ -78,14 +78,13 @@ def build_models_tab(ctx: DemoContext) -> dict[str, Any]:
         f"{ctx.config.bench_new_tokens} tokens (greedy) and scores {ctx.config.ppl_tokens} tokens of Wikipedia "
         "text. The packaged checkpoint is already Q4_1 (asym_int4): other formats are re-quantized from it."
     )
-    with gr.Row():
-        formats = gr.CheckboxGroup(
-            xpullm.list_formats(),
-            value=[ctx.config.low_bit],
-            label="Formats to measure",
-            elem_id="models-formats",
-        )
-        run = gr.Button("Measure", variant="primary", elem_id="models-measure")
+    formats = gr.CheckboxGroup(
+        xpullm.list_formats(),
+        value=[ctx.config.low_bit],
+        label="Formats to measure",
+        elem_id="models-formats",
+    )
+    run = gr.Button("Measure", variant="primary", elem_id="models-measure")
     status = gr.Markdown("", elem_id="models-status")
     table = gr.Dataframe(
         headers=HEADERS, label="Results", interactive=False, elem_id="models-table", elem_classes=["xp-table"]

@@ -80,6 +80,10 @@ CSS = """
 /* Buttons beside inputs keep a button's height instead of stretching to the row. */
 .xp-inline-button { align-self: end; max-height: 48px; }
 .xp-stages table { width: 100%; }
+/* A wide table scrolls inside its box; the page itself never scrolls sideways. */
+.prose table { display: block; max-width: 100%; overflow-x: auto; }
+.tabitem, .tabitem .column, .tabitem .block { min-width: 0 !important; max-width: 100%; }
+.xp-table { contain: inline-size; overflow-x: auto; }  /* its columns never widen the page */
 .xp-plot, .xpullm-plot { background: white; border-radius: 8px; }
 #chat-buttons button { flex: 1 1 auto; }
 #chat-stop:disabled, #chat-stop[disabled] { background: #e5e7eb !important; color: #9ca3af !important;
