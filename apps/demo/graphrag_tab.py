@@ -374,9 +374,10 @@ def build_graphrag_tab(ctx: DemoContext) -> dict[str, Any]:
         show_progress="minimal",
         show_progress_on=[progress_md],
     )
-    index_event.then(project_list, project, project, queue=False, api_visibility="private")
-    index_event.success(on_show, project, [graph, reports], api_visibility="private")
-    show.click(on_show, project, [graph, reports], api_visibility="private")
+    hidden = {"api_visibility": "private", "show_progress": "hidden"}
+    index_event.then(project_list, project, project, queue=False, **hidden)
+    index_event.success(on_show, project, [graph, reports], **hidden)
+    show.click(on_show, project, [graph, reports], api_visibility="private", show_progress_on=[graph])
 
     def on_project(name: str | None):
         table, line = project_state(name)

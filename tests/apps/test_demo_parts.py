@@ -142,3 +142,11 @@ def test_model_picker_finds_gguf_files_folders_and_the_hf_cache(tmp_path):
     assert model_name(str(snap)) == "org/chat-1b"  # the UI names a cached snapshot by its hub id
     assert model_name(str(models / "a" / "b" / "tiny.gguf")) == "tiny.gguf"
     assert model_name(None) == "SmolLM2-135M-Instruct" and model_name("org/name") == "org/name"
+
+
+def test_demo_command_rejects_a_bad_option_in_one_line(capsys, tmp_path):
+    from xpullm.cli.main import main
+
+    assert main(["demo", "--concurrent-answers", "0", "--data-dir", str(tmp_path), "--no-browser"]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: concurrent_answers=0 must be at least 1\nhint: see 'xpullm demo --help'\n"
