@@ -225,9 +225,9 @@ def build_chat_tab(ctx: DemoContext) -> dict[str, Any]:
     # -- conversations --------------------------------------------------------------------------------------
     def on_page_load(cid: str | None):
         if not store.exists(cid):
-            cid = None
-        history = store.messages(cid) if cid else []
-        return history, listing(cid), cid, store.title(cid) if cid else ""
+            # Nothing to restore: leave the chat alone (a question sent while the page was loading stays).
+            return gr.update(), listing(None), gr.update(), gr.update()
+        return store.messages(cid), listing(cid), cid, store.title(cid)
 
     def on_new():
         return [], listing(None), None, "", ""
@@ -320,8 +320,12 @@ def build_chat_tab(ctx: DemoContext) -> dict[str, Any]:
         """Stream the answer to the last question: in line first (with its position), then token by token."""
         session = _session(request)
         history = _plain(history)
-        if not go or not history or history[-1]["role"] != "user":
+        if not go:
             yield gr.update(), gr.update()
+            return
+        if not history or history[-1]["role"] != "user":
+            ctx.current_stop(session).set()
+            yield gr.update(), "nothing to answer: the question was not found; send it again"
             return
         cancel = ctx.current_stop(session)
         question = history[-1]["content"]
@@ -421,6 +425,8 @@ def build_chat_tab(ctx: DemoContext) -> dict[str, Any]:
     edit.click(on_edit, [chatbot, open_id], [chatbot, message, stats], queue=False, **private)
     stop.click(on_stop, None, None, queue=False, **private)
     new_chat.click(on_new, None, [chatbot, conversations, open_id, title, stats], queue=False, **private)
+    # The chat window's own clear (trash) button starts a new chat too; the cleared one stays in the list.
+    chatbot.clear(on_new, None, [chatbot, conversations, open_id, title, stats], queue=False, **private)
     conversations.input(
         on_pick, conversations, [chatbot, conversations, open_id, title, stats], queue=False, **private
     )

@@ -82,6 +82,7 @@ def _ask(page, text: str) -> str:
         "() => { const t = document.querySelector('#chat-stats').innerText;"
         " return t.includes('tok/s') && !t.includes('generating'); }"
     )
+    page.wait_for_function("() => document.querySelector('#chat-stop').disabled")  # idle again
     return _text(page, "#chatbot")
 
 
@@ -122,6 +123,7 @@ def test_chat_streams_an_answer(page, screenshot_dir):
     assert "first token" in final and "tok/s" in final  # the timings sit under the answer
     answers = {s for s in seen if "capital of France?" in s and s != final}
     assert len(answers) >= 1  # text was shown before the answer was complete: it streamed
+    page.wait_for_function("() => document.querySelector('#chat-stop').disabled")  # Stop greys out when done
     page.screenshot(path=str(screenshot_dir / "chat.png"), full_page=True)
 
 
