@@ -115,11 +115,53 @@ def _search_args(p: argparse.ArgumentParser, top_k: int) -> None:
 _EMBEDDERS: dict[str, EmbeddingModel] = {}
 
 
-def _open(path: str, read_only: bool = False) -> KnowledgeBase:
-    """Open a base, reusing an already loaded embedder of the same model within this process."""
+class _StoredEmbedder:
+    """The base's embedder as its stored name and dimension; the model loads only if a text is embedded.
+
+    `kb ls` and `kb rm` read or delete stored rows and never embed: loading the model (seconds) is skipped.
+    """
+
+    def __init__(self, name: str, dim: int) -> None:
+        self._name, self._dim = name, dim
+
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def _model(self) -> EmbeddingModel:
+        from xpullm.embeddings import as_embedding_model
+        from xpullm.models import DEFAULT_EMBEDDER_NAME
+
+        if self._name not in _EMBEDDERS:
+            _EMBEDDERS[self._name] = as_embedding_model(
+                None if self._name == DEFAULT_EMBEDDER_NAME else self._name
+            )
+        return _EMBEDDERS[self._name]
+
+    def embed_matrix(self, texts: Any, batch_size: int = 32, show_progress: bool | None = None) -> Any:
+        return self._model().embed_matrix(texts, batch_size=batch_size, show_progress=show_progress)
+
+    def count_tokens(self, text: str) -> int:
+        return self._model().count_tokens(text)
+
+
+def _open(path: str, read_only: bool = False, embeds: bool = True) -> KnowledgeBase:
+    """Open a base, reusing an already loaded embedder of the same model within this process; `embeds=False`
+    (a command that embeds nothing) opens it without loading the embedder."""
+    from pathlib import Path
+
     from xpullm.rag import KnowledgeBase
+    from xpullm.rag.storage.registry import read_base_meta
 
     name = KnowledgeBase.stored_embedder(path)
+    if name not in _EMBEDDERS and not embeds:
+        folder = Path(path).expanduser().absolute()
+        _, dim, _ = read_base_meta(folder, f"`xpullm kb create {folder}`")
+        return KnowledgeBase.open(path, embedder=_StoredEmbedder(name, dim), read_only=read_only)
     if name not in _EMBEDDERS:
         kb = KnowledgeBase.open(path, read_only=read_only)
         _EMBEDDERS[name] = kb.embedder
@@ -176,7 +218,7 @@ def _add(args: argparse.Namespace) -> int:
 
 def _ls(args: argparse.Namespace) -> int:
 
-    with _open(args.path, read_only=True) as kb:
+    with _open(args.path, read_only=True, embeds=False) as kb:
         if args.check:
             print(json.dumps(kb.check()))
             return 0
@@ -291,7 +333,7 @@ def _load_llm(args: argparse.Namespace) -> Any:
 
 def _rm(args: argparse.Namespace) -> int:
 
-    with _open(args.path) as kb:
+    with _open(args.path, embeds=False) as kb:
         for doc in args.documents:
             n = kb.delete(doc)
             print(f"removed {doc} ({n} chunks)")
