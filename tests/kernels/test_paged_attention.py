@@ -112,7 +112,7 @@ _PATHS = cpu_native.isa_paths()  # the SIMD paths this CPU runs (avx2, avx512_vn
 # The best path (the default) gets the full budget, each forced slower one a smaller one.
 CASES = [
     (dtype, isa, full if isa == _PATHS[-1] else full // 2)
-    for dtype, full in (("auto", 14), ("int8", 8), ("fp8_e4m3", 8))
+    for dtype, full in (("auto", 10), ("int8", 6), ("fp8_e4m3", 6))
     for isa in _PATHS
 ]
 
