@@ -47,7 +47,9 @@ __all__ = [
     "paged_attention",
     "paged_backend",
     "quantize_kv",
+    "reference_attend",
     "reference_paged_attention",
+    "reference_rotate",
 ]
 
 # kv_cache_dtype -> the pools' element dtype (None: the activation dtype, whatever the caller allocated).
@@ -222,13 +224,7 @@ def reference_paged_attention(
     out = torch.empty((n, h * d), dtype=qkv.dtype, device=qkv.device)
     if n == 0:
         return out
-    heads = qkv.float().reshape(n, h + 2 * kv, d)
-    q, k, v = heads[:, :h], heads[:, h : h + kv], heads[:, h + kv :]
-    if q_norm is not None:
-        q = F.rms_norm(q, (d,), q_norm.float(), eps)
-        k = F.rms_norm(k, (d,), k_norm.float(), eps)
-    c, s = cos.float()[positions][:, None], sin.float()[positions][:, None]
-    q, k = _rotate(q, c, s), _rotate(k, c, s)
+    q, k, v = reference_rotate(qkv, cos, sin, positions, h, kv, q_norm, k_norm, eps)
 
     # Phase 1: every token's k and v into its slot (advanced indices around a slice: the result is [N, KV, D]).
     tables = block_tables.long()
@@ -243,9 +239,31 @@ def reference_paged_attention(
         k_pool[blocks, :, slots] = k.to(k_pool.dtype)
         v_pool[blocks, :, slots] = v.to(v_pool.dtype)
 
-    # Phase 2: per sequence, its tokens against its keys 0..max position, each token masked to keys <= its own.
-    group = h // kv
-    result = torch.empty((n, h, d), dtype=torch.float32, device=qkv.device)
+    out.copy_(
+        reference_attend(q, positions, seq_index, block_tables, k_pool, v_pool, scale, k_scale, v_scale)
+    )
+    return out
+
+
+def reference_attend(
+    q: torch.Tensor,
+    positions: torch.Tensor,
+    seq_index: torch.Tensor,
+    block_tables: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    scale: float,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Phase 2 of the twin on the pools as they are: rotated q [N, H, D] (fp32) attends each token's keys 0..pos
+    (8-bit pools: codes times their scales). Returns fp32 [N, H * D]. The tests hold a fast kernel's outputs to
+    this on the kernel's own pools, so a code that the two sides rounded differently cannot blur the check."""
+    n, h, d = q.shape
+    kv, bs = k_pool.shape[1], k_pool.shape[2]
+    tables, group = block_tables.long(), h // kv
+    result = torch.empty((n, h, d), dtype=torch.float32, device=q.device)
+    # Per sequence, its tokens against its keys 0..max position, each token masked to keys <= its own.
     for seq in torch.unique(seq_index).tolist():
         rows = (seq_index == seq).nonzero()[:, 0]
         pos = positions[rows]
@@ -253,12 +271,33 @@ def reference_paged_attention(
         phys = tables[seq, : -(-length // bs)]
         keys, values = _gather(k_pool, k_scale, phys, length), _gather(v_pool, v_scale, phys, length)
         keys, values = keys.repeat_interleave(group, 0), values.repeat_interleave(group, 0)  # [H, L, D]
-        scores = torch.einsum("thd,hld->htl", q[rows], keys) * scale
-        visible = torch.arange(length, device=qkv.device)[None] <= pos[:, None]  # [T, L]
+        scores = torch.einsum("thd,hld->htl", q[rows].float(), keys) * scale
+        visible = torch.arange(length, device=q.device)[None] <= pos[:, None]  # [T, L]
         probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
         result[rows] = torch.einsum("htl,hld->thd", probs, values)
-    out.copy_(result.reshape(n, h * d))
-    return out
+    return result.reshape(n, h * d)
+
+
+def reference_rotate(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    n_heads: int,
+    n_kv: int,
+    q_norm: torch.Tensor | None = None,
+    k_norm: torch.Tensor | None = None,
+    eps: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The twin's q, k, v in fp32: [N, H, D], [N, KV, D] (both normalized if asked, then rotated), [N, KV, D]."""
+    n, d = qkv.shape[0], cos.shape[1]
+    heads = qkv.float().reshape(n, n_heads + 2 * n_kv, d)
+    q, k, v = heads[:, :n_heads], heads[:, n_heads : n_heads + n_kv], heads[:, n_heads + n_kv :]
+    if q_norm is not None:
+        q = F.rms_norm(q, (d,), q_norm.float(), eps)
+        k = F.rms_norm(k, (d,), k_norm.float(), eps)
+    c, s = cos.float()[positions][:, None], sin.float()[positions][:, None]
+    return _rotate(q, c, s), _rotate(k, c, s), v
 
 
 def _gather(pool: torch.Tensor, scales: torch.Tensor | None, phys: torch.Tensor, length: int) -> torch.Tensor:
