@@ -132,7 +132,8 @@ def _graphrag(root: Path, *args: str, timeout: float = 600) -> str:
     env = {**os.environ, "GRAPHRAG_API_KEY": "unused", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     cmd = [str(Path(sys.executable).parent / "graphrag"), *args, "--root", str(root)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    # Run beside the project, never in the checkout (relative paths in settings.yaml resolve against the root).
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=root.parent)
     print(f"graphrag {args[0]}: {time.perf_counter() - t0:.1f}s")
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout

@@ -35,7 +35,8 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any]
     if body.dimensions is not None and body.dimensions != engine.dim:
         # Clients such as LightRAG always send the size they were configured with; the native size is a no-op.
         raise APIError.unsupported(
-            "dimensions", f"this embedder has a fixed size of {engine.dim}; leave dimensions unset or {engine.dim}"
+            "dimensions",
+            f"this embedder has a fixed size of {engine.dim}; leave dimensions unset or {engine.dim}",
         )
     counts = await in_thread(engine.count_tokens, texts)
     for i, c in enumerate(counts):
