@@ -101,7 +101,7 @@ _FACTS = {
 
 
 def _run_index(args: argparse.Namespace, update: bool) -> int:
-    from xpullm.cli.common import human_duration
+    from xpullm.units import human_duration
 
     rag = _project(args)
     inputs = args.inputs or None

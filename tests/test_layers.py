@@ -21,7 +21,7 @@ FOLDERS = {
 
 # Top-level package -> layer (architecture.md's diagram). A package may import its own layer or lower ones.
 LAYERS = {
-    0: ("xpullm.settings", "xpullm.errors", "xpullm.protocols"),
+    0: ("xpullm.settings", "xpullm.errors", "xpullm.protocols", "xpullm.units"),
     1: ("xpullm.kernels",),
     2: (
         "xpullm.formats", "xpullm.linear", "xpullm.devices", "xpullm.hub", "xpullm.memory", "xpullm.optimize",

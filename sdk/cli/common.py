@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from xpullm.units import human_duration
+
 __all__ = [
     "add_generation_args",
     "add_model_args",
@@ -87,17 +89,3 @@ def cached_llm(
 def get_llm(args: argparse.Namespace) -> Any:
     """The `LLM` for the parsed --model/--low-bit/--device/--max-context options (see `cached_llm`)."""
     return cached_llm(args.model, args.low_bit, args.device, args.max_context)
-
-
-def human_duration(seconds: float) -> str:
-    """A duration as people read it: `0.42 s`, `12.3 s`, `3 min 22 s`, `1 h 05 min`."""
-    if seconds < 0:
-        raise ValueError(f"seconds={seconds} must not be negative")
-    if seconds < 1:
-        return f"{seconds:.2f} s"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    total = round(seconds)
-    if total < 3600:
-        return f"{total // 60} min {total % 60:02d} s"
-    return f"{total // 3600} h {total % 3600 // 60:02d} min"
