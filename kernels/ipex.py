@@ -13,12 +13,13 @@ built against torch 2.8, so it lives in its own environment (`pip install xpullm
 Priority, per format, from a measured table (`bench/cpu_kernels.py --kernels ipex_woq,...` in that environment;
 docs/benchmarks-cpu-avx512.md, "IPEX as a kernel backend"): IPEX 2.8 builds its fast WOQ kernels (libxsmm/TPP,
 AMX) only for CPUs with AVX512-FP16 (Sapphire Rapids and later). On every other CPU, this project's AMD EPYC
-Zen 5 included, the op dequantizes the whole weight with ATen ops and runs a dense GEMM on every call: 3-1700x
-slower than the native kernels (priority 20) and slower than PyTorch's int4/int8 ops (10). Against the
-reference kernel (-100), which does the same dequantize-and-multiply: sym_int4 1.2-1.5x faster (priority 5, so
-it runs where neither the native library nor PyTorch's op takes the weight); asym_int4, sym_int8 and fp8_e4m3
-within the noise of it, nf4 4x slower (-110: below the reference, which needs no extra package, so never picked
-by default). An AVX512-FP16 CPU, where IPEX's fast path runs, has not been measured (none was available).
+Zen 5 included, the op dequantizes the whole weight with ATen ops and runs a dense GEMM on every call: 8-1700x
+slower than the native kernels (priority 20) for one row (M=1), and slower than PyTorch's int4/int8 ops (10).
+Against the reference kernel (-100), which does the same dequantize-and-multiply: sym_int4 1.2-1.7x faster
+(priority 5, so it runs where neither the native library nor PyTorch's op takes the weight); asym_int4, sym_int8
+and fp8_e4m3 within the noise of it, nf4 3-5x slower (-110: below the reference, which needs no extra package,
+so never picked by default). An AVX512-FP16 CPU, where IPEX's fast path runs, has not been measured (none was
+available).
 
 The WOQ op runs with `lowp_mode=NONE` (fp32 compute on fp32 activations): its twin is the activations in fp32
 times the format's exact dequantisation (nf4's fp32 levels), up to float summation order.
