@@ -17,7 +17,7 @@ Zen 5 included, the op dequantizes the whole weight with ATen ops and runs a den
 slower than the native kernels (priority 20) for one row (M=1), and slower than PyTorch's int4/int8 ops (10).
 Against the reference kernel (-100), which does the same dequantize-and-multiply: sym_int4 1.2-1.7x faster
 (priority 5, so it runs where neither the native library nor PyTorch's op takes the weight); asym_int4, sym_int8
-and fp8_e4m3 within the noise of it, nf4 3-5x slower (-110: below the reference, which needs no extra package,
+and fp8_e4m3 within the noise of it, nf4 3-100x slower (-110: below the reference, which needs no extra package,
 so never picked by default). An AVX512-FP16 CPU, where IPEX's fast path runs, has not been measured (none was
 available).
 
