@@ -23,7 +23,7 @@ INTERPRETER_TESTS := tests/kernels/test_triton_kernels.py tests/kernels/test_tri
 	tests/kernels/test_triton_attention.py tests/kernels/test_triton_mma.py \
 	tests/kernels/test_triton_paged_attention.py
 
-.PHONY: demo test test-graphrag test-latest lint format venv browser wheel-check bench clean lock screenshots shadow-check
+.PHONY: demo test test-graphrag test-latest test-ipex lint format venv browser wheel-check bench clean lock screenshots shadow-check
 
 venv: $(STAMP)
 
@@ -93,6 +93,33 @@ test-latest: browser
 	.venv-latest/bin/python -P -m pytest $(TEST_FLAGS) tests
 	TRITON_INTERPRET=1 .venv-latest/bin/python -P -m pytest $(TEST_FLAGS) $(INTERPRETER_TESTS)
 
+# The optional IPEX kernel backend (kernels/ipex.py), tested in its own venv (not part of `make test`): IPEX 2.8 is
+# built against torch 2.8, this project's venv runs a newer torch. `pip install xpullm[ipex]` pins both. PyPI's
+# torch 2.8 for Linux is the CUDA build (~3.5 GB with NVIDIA libraries it will not use); where PyTorch's own CPU
+# index is reachable, `make test-ipex IPEX_TORCH_INDEX=<that index URL>` installs its CPU wheel instead.
+IPEX_VENV := .venv-ipex
+IPEX_TORCH := 2.8.0
+IPEX_TORCH_INDEX ?=
+IPEX_UV := $(IPEX_VENV)/bin/uv pip install -q --python $(IPEX_VENV)/bin/python
+
+$(IPEX_VENV)/.installed: pyproject.toml setup.py
+	rm -rf $(IPEX_VENV)
+	python3 -m venv $(IPEX_VENV)
+	$(IPEX_VENV)/bin/python -P -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	echo "torch==$(IPEX_TORCH)$(if $(IPEX_TORCH_INDEX),+cpu)" > $(IPEX_VENV)/torch-pin.txt
+	$(IPEX_UV) $(if $(IPEX_TORCH_INDEX),--extra-index-url $(IPEX_TORCH_INDEX) --index-strategy unsafe-best-match) \
+		-r $(IPEX_VENV)/torch-pin.txt
+	grep -v '^triton==' $(LOCK) > $(IPEX_VENV)/lock-constraints.txt  # the lock's versions, less torch 2.13's triton
+	$(IPEX_UV) --constraint $(IPEX_VENV)/torch-pin.txt --constraint $(IPEX_VENV)/lock-constraints.txt \
+		-e '.[ipex]' pytest pytest-timeout hypothesis
+	touch $@
+
+# The backend's own tests (twins against the reference for each format IPEX takes), then the registry's
+# property test for the IPEX kernel over random shapes.
+test-ipex: $(IPEX_VENV)/.installed
+	$(IPEX_VENV)/bin/python -P -m pytest -q --timeout=900 tests/kernels/test_ipex_backend.py
+	$(IPEX_VENV)/bin/python -P -m pytest -q --timeout=900 tests/kernels/test_kernel_properties.py -k ipex_woq
+
 # Prints where `kernels` resolves for a Python started the way this Makefile starts one (the test suite checks it).
 shadow-check:
 	@$(PY) -c "import transformers.integrations.hub_kernels, kernels; print(kernels.__file__)"
@@ -112,4 +139,4 @@ bench: $(STAMP)
 	$(PY) bench/collect.py
 
 clean:
-	rm -rf $(VENV) .venv-latest build dist *.egg-info
+	rm -rf $(VENV) .venv-latest $(IPEX_VENV) build dist *.egg-info

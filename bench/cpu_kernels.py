@@ -2,16 +2,20 @@
 
 Every format's native kernel (`xpullm.kernels.cpu_native`) on every path this CPU runs (`isa_paths()`, each
 forced in turn), decode (M=1: weight bytes read per second) and a prompt chunk (M=128: multiply-adds per second),
-on the default model's layer shapes and a 4096 square.
+on the default model's layer shapes and a 4096 square. `--kernels ipex_woq,cpu_int4pack,reference` adds the other
+kernels the registry holds for a format (IPEX's where `intel_extension_for_pytorch` imports, PyTorch's int4/int8
+ops, the reference) as columns, timed in the same interleaved loop: the table their priorities come from.
 Medians of interleaved repeats (a shared machine: ratios within one run are what counts). The read bandwidth is a
 PyTorch sum over a 512 MiB tensor on the same threads. Prints markdown; writes nothing.
 
     .venv/bin/python -P bench/cpu_kernels.py --threads 1 [--repeat 15]
+    .venv-ipex/bin/python -P bench/cpu_kernels.py --threads 1 --kernels ipex_woq,cpu_int4pack,cpu_int8pack,reference
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -20,7 +24,7 @@ from pathlib import Path
 import torch
 
 from xpullm.formats import get_format
-from xpullm.kernels import cpu_native, select_kernel
+from xpullm.kernels import candidates, cpu_native, select_kernel
 
 FORMATS = ["sym_int4", "asym_int4", "nf4", "fp4", "sym_int8", "fp8_e4m3", "fp8_e5m2"]
 SHAPES = [(576, 576), (1536, 576), (49152, 576), (4096, 4096)]  # (N, K)
@@ -33,15 +37,17 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
-def read_bandwidth(repeat: int) -> float:
-    """GB/s of a sum over 512 MiB of fp32 (median)."""
+def read_bandwidth(repeat: int) -> tuple[float, float]:
+    """(median, best) GB/s of a streaming read: a sum over 512 MiB of fp32 (far past the L3), on the set threads.
+    On a shared machine the best sample is the closest to the uncontended rate."""
     big = torch.ones(128 * 1024 * 1024)
     samples = []
     for _ in range(repeat):
         t = time.perf_counter()
         big.sum()
         samples.append(time.perf_counter() - t)
-    return big.numel() * 4 / statistics.median(samples) / 1e9
+    gbs = big.numel() * 4 / 1e9
+    return gbs / statistics.median(samples), gbs / min(samples)
 
 
 def main() -> None:
@@ -49,32 +55,49 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--formats", default=",".join(FORMATS))
+    ap.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES), help="NxK,NxK,...")
+    ap.add_argument(
+        "--kernels", default="", help="other kernels by registry name, each a column where it runs"
+    )
     args = ap.parse_args()
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    others = [k for k in args.kernels.split(",") if k]
     torch.set_num_threads(args.threads)
     paths = cpu_native.isa_paths()
-    bw = read_bandwidth(args.repeat)
+    bw, bw_best = read_bandwidth(max(args.repeat, 9))
     print(f"{_cpu_name()}, {args.threads} thread(s), SIMD paths {paths}, AMX {cpu_native.has_amx()}; "
-          f"read bandwidth {bw:.1f} GB/s (sum over 512 MiB); median of {args.repeat} interleaved repeats\n")  # fmt: skip
-    head = " | ".join(f"{p} ms (M=1: weight GB/s; M=128: GMAC/s)" for p in paths)
+          f"read bandwidth {bw:.1f} GB/s median, {bw_best:.1f} GB/s best (sum over 512 MiB); "
+          f"median of {args.repeat} interleaved repeats; load average {os.getloadavg()[0]:.1f}\n")  # fmt: skip
+    cols = paths + others
+    head = " | ".join(f"{c} ms (M=1: weight GB/s; M=128: GMAC/s)" for c in cols)
     print(f"| format | N x K | M | kernel | {head} |")
-    print("|---|---|---:|---|" + "---:|" * len(paths))
+    print("|---|---|---:|---|" + "---:|" * len(cols))
     gen = torch.Generator().manual_seed(0)
     for fmt in args.formats.split(","):
-        for n, k in SHAPES:
+        for n, k in shapes:
             qw = get_format(fmt).quantize(torch.randn(n, k, generator=gen) * 0.05)
             kernel = select_kernel(qw, "cpu")
             state = kernel.prepare(qw, torch.device("cpu"))
+            extra = {c.name: (c, c.prepare(qw, torch.device("cpu")))
+                     for c in candidates(fmt, "cpu") if c.name in others and c.supports(qw)}  # fmt: skip
             for m in (1, 128):
                 x = torch.randn(m, k)
-                samples: dict[str, list[float]] = {p: [] for p in paths}
+                samples: dict[str, list[float]] = {c: [] for c in [*paths, *extra]}
                 for _ in range(args.repeat):
                     for p in paths:
                         with cpu_native.forced_isa(p):
                             t = time.perf_counter()
                             kernel.matmul(x, state)
                             samples[p].append(time.perf_counter() - t)
+                    for name, (other, other_state) in extra.items():
+                        t = time.perf_counter()
+                        other.matmul(x, other_state)
+                        samples[name].append(time.perf_counter() - t)
                 cells = []
-                for p in paths:
+                for p in cols:
+                    if not samples.get(p):
+                        cells.append("-")
+                        continue
                     sec = statistics.median(samples[p])
                     rate = qw.nbytes / sec / 1e9 if m == 1 else n * k * m / sec / 1e9
                     cells.append(f"{sec * 1e3:.3f} ({rate:.1f})")

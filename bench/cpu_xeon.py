@@ -109,7 +109,8 @@ def main() -> None:
         x["first_token_s"] for x in runs.get("llama.cpp", [{"first_token_s": float("nan")}])
     )
     print(f"\n{_cpu_name()}, {os.cpu_count()} vCPU, {args.threads} thread(s); prompt {args.prompt_tokens} tokens, "
-          f"{args.new_tokens} new; median (min-max) of {args.rounds} interleaved rounds\n")  # fmt: skip
+          f"{args.new_tokens} new; median (min-max) of {args.rounds} interleaved rounds; "
+          f"load average at the end {os.getloadavg()[0]:.1f}\n")  # fmt: skip
     print("| engine | decode tok/s | vs llama.cpp | first token (s) | llama.cpp / it | peak RSS (MiB) |")
     print("|---|---:|---:|---:|---:|---:|")
     for engine, res in sorted(

@@ -10,9 +10,10 @@
 | `XPULLM_TRITON_TUNED` | `triton_tuned` | unset | path of an extra tuned-config table, read before the packaged one |
 | `XPULLM_PDL` | `pdl` | `1` | `0`: launch Triton kernels without programmatic dependent launch (Hopper+) |
 | `XPULLM_DEBUG` | `debug` | unset | set (not `0`): the CLI prints tracebacks, as `--debug` does |
+| `XPULLM_IPEX` | `ipex` | `1` | `0`: never use intel_extension_for_pytorch's WOQ linear, where it is installed |
 
 `runtime_settings()` reads the environment when called (tests and benchmarks flip switches at run time; reading
-eight variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
+nine variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
 included, may read it.
 """
 
@@ -35,6 +36,7 @@ ENVIRONMENT = {
     "triton_tuned": "XPULLM_TRITON_TUNED",
     "pdl": "XPULLM_PDL",
     "debug": "XPULLM_DEBUG",
+    "ipex": "XPULLM_IPEX",
 }
 
 
@@ -50,6 +52,7 @@ class RuntimeSettings:
     triton_tuned: str | None = None
     pdl: bool = True
     debug: bool = False
+    ipex: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> RuntimeSettings:
@@ -64,6 +67,7 @@ class RuntimeSettings:
             triton_tuned=get(ENVIRONMENT["triton_tuned"]) or None,
             pdl=get(ENVIRONMENT["pdl"], "1") != "0",
             debug=get(ENVIRONMENT["debug"], "") not in ("", "0"),
+            ipex=get(ENVIRONMENT["ipex"], "1") != "0",
         )
 
     def cache_dir(self) -> Path:
