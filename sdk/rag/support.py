@@ -7,7 +7,8 @@ Small models answer in-topic questions the sources do not answer with invented f
    content words, question words aside, found in the chunks) and the embedder's cosine between sentence and chunk
    (a bi-encoder stand-in for entailment). The threshold is calibrated by `bench/kb_quality.py` on labelled
    sentences (see docs/rag.md).
-Unsupported sentences are dropped with their citations; an answer left with no supported cited sentence becomes
+An unsupported sentence is cut back to its longest supported clause ("... in 1968, after the IDA was founded in
+1963" keeps "... in 1968.") or dropped with its citations; an answer left with no supported cited sentence becomes
 the refusal (`NO_ANSWER`).
 """
 
@@ -47,7 +48,8 @@ class SentenceSupport:
     cited: tuple[int, ...]  # source numbers it cites ([n]); empty when it cites none
     score: float  # support score against its cited sources (all sources when it cites none)
     missing: tuple[str, ...]  # fact-like tokens it adds that no cited source contains
-    supported: bool
+    supported: bool  # whether (part of) it is kept
+    kept: str = ""  # what the answer keeps: the sentence, its longest supported clause prefix, or nothing
 
 
 _CITE = re.compile(r"\s*\[(\d+(?:\s*,\s*\d+)*)\]")
@@ -132,6 +134,17 @@ def cited_numbers(sentence: str) -> tuple[int, ...]:
     return tuple(nums)
 
 
+_CLAUSE = re.compile(r"[,;:]\s+|\s+(?:and|but|or|when|after|while|because|so|which|although)\s+")
+_MIN_CLAUSE_WORDS = 4  # a kept prefix must still say something
+
+
+def _prefixes(plain: str) -> list[str]:
+    """The sentence cut at each clause boundary, longest first (prefixes of 4+ words)."""
+    cuts = sorted({m.start() for m in _CLAUSE.finditer(plain)}, reverse=True)
+    out = [plain[:c].rstrip(" ,;:") for c in cuts]
+    return [p for p in out if len(p.split()) >= _MIN_CLAUSE_WORDS]
+
+
 def check_support(
     sentences: Sequence[str],
     sources: Sequence[Hit],
@@ -139,32 +152,53 @@ def check_support(
     embed: Callable[[list[str]], Any],
     config: SupportConfig = SupportConfig(),
 ) -> list[SentenceSupport]:
-    """Judge each answer sentence against the sources it cites (or all sources when it cites none)."""
+    """Judge each answer sentence against the sources it cites (or all sources when it cites none).
+
+    An unsupported sentence is trimmed to its longest supported clause prefix when it has one ("It closed in 1961,
+    when the company ..." keeps "It closed in 1961."); otherwise it is dropped.
+    """
     import numpy as np
 
     if not sentences or not sources:
         return []
     plain = [_CITE.sub("", s).strip() or s for s in sentences]
-    vecs = np.asarray(embed(plain + [h.text for h in sources]), dtype=np.float32)
-    cos = vecs[: len(plain)] @ vecs[len(plain) :].T
+    source_vecs = np.asarray(embed([h.text for h in sources]), dtype=np.float32)
     asked = _content(question)
     source_words = [_content(f"{h.document} {h.section} {h.text}") for h in sources]
+    cited = [tuple(n for n in cited_numbers(s) if 1 <= n <= len(sources)) for s in sentences]
+    pools = [[n - 1 for n in c] or list(range(len(sources))) for c in cited]
+
+    def judge(texts: list[str], owners: list[int]) -> list[tuple[float, tuple[str, ...]]]:
+        vecs = np.asarray(embed(texts), dtype=np.float32) if texts else np.zeros((0, source_vecs.shape[1]))
+        cos = vecs @ source_vecs.T
+        out = []
+        for row, (text, i) in enumerate(zip(texts, owners, strict=True)):
+            known = set().union(*(source_words[j] for j in pools[i]))
+            novel = _content(text) - asked
+            missing = tuple(sorted(_facts(text) - asked - known))
+            lexical = len(novel & known) / len(novel) if novel else 0.0
+            w = config.lexical_weight if novel else 0.0  # a text that only echoes the question: cosine alone
+            out.append((w * lexical + (1 - w) * max(float(cos[row, j]) for j in pools[i]), missing))
+        return out
+
+    verdicts = judge(plain, list(range(len(plain))))
+    ok = [not missing and score >= config.min_score for score, missing in verdicts]
+    trims = [(i, p) for i in range(len(plain)) if not ok[i] for p in _prefixes(plain[i])]
+    trimmed: dict[int, str] = {}
+    for (i, prefix), (score, missing) in zip(
+        trims, judge([p for _, p in trims], [i for i, _ in trims]), strict=True
+    ):
+        if i not in trimmed and not missing and score >= config.min_score:  # longest supported prefix first
+            marks = "".join(f" [{n}]" for n in cited[i])
+            trimmed[i] = f"{prefix}.{marks}"
     out = []
     for i, sentence in enumerate(sentences):
-        cited = tuple(n for n in cited_numbers(sentence) if 1 <= n <= len(sources))
-        pool = [n - 1 for n in cited] or list(range(len(sources)))
-        known = set().union(*(source_words[j] for j in pool))
-        novel = _content(sentence) - asked
-        missing = tuple(sorted(_facts(sentence) - asked - known))
-        lexical = len(novel & known) / len(novel) if novel else 0.0
-        similarity = max(float(cos[i, j]) for j in pool)
-        w = config.lexical_weight if novel else 0.0  # a sentence that only echoes the question: cosine alone
-        score = w * lexical + (1 - w) * similarity
-        supported = not missing and score >= config.min_score
-        out.append(SentenceSupport(sentence, cited, round(score, 4), missing, supported))
+        score, missing = verdicts[i]
+        kept = sentence if ok[i] else trimmed.get(i, "")
+        out.append(SentenceSupport(sentence, cited[i], round(score, 4), missing, bool(kept), kept))
     return out
 
 
 def kept_text(checks: Sequence[SentenceSupport]) -> str:
     """The answer rebuilt from its supported sentences."""
-    return " ".join(c.sentence for c in checks if c.supported)
+    return " ".join(c.kept for c in checks if c.kept)
