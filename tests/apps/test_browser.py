@@ -192,9 +192,7 @@ def test_conversation_is_stored_and_survives_a_reload(app, new_page):
     pg.locator("#chat-list label", has_text="Planets").wait_for()
     assert app.ctx.conversations.title(mine.id) == "Planets"
     pg.locator("#chat-delete").click()
-    assert "delete **Planets**" in _wait_text(pg, "#chat-stats", "delete") or "Planets" in _text(
-        pg, "#chat-stats"
-    )
+    assert _wait_text(pg, "#chat-stats", "delete") == "delete Planets and its messages?"
     pg.locator("#chat-confirm").click()  # deleting asks first
     _wait_text(pg, "#chat-stats", "deleted")
     assert not app.ctx.conversations.exists(mine.id)
@@ -287,8 +285,8 @@ def test_model_picker_lists_local_models_and_loads_one(app, page):
     assert "acme/tiny-chat (HF cache)" in labels  # found in the Hugging Face cache
     page.locator("[role=option]", has_text="acme/tiny-chat").first.click()
     page.locator("#load-model").click()
-    msg = _wait_text(page, "#load-status", "Error")
-    assert "could not load acme" not in msg or "tiny-chat" in msg
+    msg = _wait_text(page, "#load-status", "tiny-chat")
+    assert "Error: could not load acme/tiny-chat (sym_int4): " in msg  # named as the picker names it
     assert "Traceback" not in page.content() and "/tmp/" not in msg  # readable, no server path
     page.locator("#model-path input").click()
     page.locator("[role=option]", has_text="(packaged)").first.click()
@@ -346,9 +344,7 @@ def test_knowledge_base_list_is_live_and_deleting_asks_first(app, page, tmp_path
     page.locator("#kb-delete-panel").get_by_text("Delete documents").click()
     page.locator("#kb-delete-pick label", has_text="osprey").click()
     page.locator("#kb-delete").click()
-    assert "delete 1 document(s) from **made-elsewhere**: osprey?" in _wait_text(
-        page, "#kb-status", "osprey?"
-    ) or ("osprey?" in _text(page, "#kb-status"))
+    assert _wait_text(page, "#kb-status", "osprey?") == "delete 1 document(s) from made-elsewhere: osprey?"
     page.locator("#kb-keep").click()  # changed our mind: nothing is deleted
     page.locator("#kb-confirm-row").wait_for(state="hidden")
     with KnowledgeBase.open(folder, embedder=app.ctx.embedder, read_only=True) as kb:
@@ -399,9 +395,7 @@ def test_graphrag_projects_keep_their_state_after_a_reload(new_page):
         "() => document.querySelector('#gr-stages').innerText.split('done, ').length - 1 === 8"
     )
     assert "not run" not in _text(pg, "#gr-stages")
-    assert "project **velmora-ui**: indexed" in _text(pg, "#gr-progress") or "indexed" in _text(
-        pg, "#gr-progress"
-    )
+    assert _text(pg, "#gr-progress") == "project velmora-ui: indexed"
     pg.locator("#gr-reports", has_text="Sable River").wait_for()  # its reports come back too
     pg.context.close()
 
