@@ -26,7 +26,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="HF folder, .gguf file, low-bit folder or hub id (default: packaged SmolLM2-135M-Instruct)",
     )
-    g.add_argument("--low-bit", default="sym_int4", help="low-bit format when loading (default: sym_int4)")
+    g.add_argument(
+        "--low-bit",
+        default=None,
+        help="low-bit format when loading (default: the checkpoint's own, see 'xpullm info')",
+    )
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or xpu (default: auto)")
     g.add_argument("--max-context", type=int, default=None, help="cap on prompt + generated tokens")
 
@@ -64,7 +68,7 @@ def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def cached_llm(
     model: str | None = None,
-    low_bit: str | None = "sym_int4",
+    low_bit: str | None = None,
     device: str = "auto",
     max_context: int | None = None,
 ) -> Any:

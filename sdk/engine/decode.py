@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Protocol
 
 import torch
@@ -24,9 +23,8 @@ from torch import nn
 from xpullm.engine.fusion import fused as _fused
 from xpullm.engine.fusion import register_fuser
 from xpullm.engine.hf_decoder import HFDecoder
+from xpullm.engine.step_kernels import OpContext, gpu_decode_ops, select_op, swiglu
 from xpullm.engine.step_ops import FusedStepOps, StepOps, decoder_layers, rotate_qk, static_step
-from xpullm.kernels import cpu_native
-from xpullm.settings import runtime_settings
 
 __all__ = [
     "FAMILIES",
@@ -37,6 +35,7 @@ __all__ = [
     "build_decoder",
     "register_family",
     "register_fuser",
+    "swiglu",
 ]
 
 
@@ -129,27 +128,6 @@ class _Layer:
     down: nn.Module
 
 
-def swiglu(gu: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up for the fused gate/up projection's output [..., 2F]."""
-    g, u = gu.chunk(2, dim=-1)
-    return F.silu(g) * u
-
-
-def gpu_decode_ops(device: torch.device) -> ModuleType | None:
-    """`xpullm.kernels.triton.decode_ops` on CUDA / XPU when Triton imports (and XPULLM_FUSED_OPS != 0), else None.
-
-    Each of its kernels replaces 3-8 small ATen kernels per layer (RMSNorm, SwiGLU, RoPE + KV write); at batch 1
-    a decode step is hundreds of such kernels, so this is most of the step's non-matmul time.
-    """
-    if device.type not in ("cuda", "xpu") or not runtime_settings().fused_ops:
-        return None
-    try:
-        from xpullm.kernels.triton import decode_ops
-    except ImportError:
-        return None
-    return decode_ops
-
-
 def _norm_weight(module: nn.Module) -> torch.Tensor:
     return module.weight.detach()
 
@@ -176,25 +154,22 @@ class StaticCacheDecoder:
         self.eps = float(cfg.rms_norm_eps)
         self.max_positions = int(cfg.max_position_embeddings)
         self.scale = self.head_dim**-0.5
-        # On CPU in fp32 the small per-token ops dominate once the matmuls are fast: RMSNorm (~8 ATen ops) and a
-        # decode step's RoPE + cache write + attention (~10 ops) each become one native call where it is built.
-        native = device.type == "cpu" and dtype == torch.float32 and cpu_native.library() is not None
-        # On GPUs the same ops are fused Triton kernels (norm, SwiGLU, and RoPE + cache write in graph steps).
-        gpu_ops = gpu_decode_ops(device)
-        self._norm = cpu_native.rms_norm if native else gpu_ops.rms_norm if gpu_ops else F.rms_norm
-        self._act = gpu_ops.silu_mul if gpu_ops else swiglu
-        d = self.head_dim
-        fusable_rope = gpu_ops is not None and not family.qk_norm and d & (d - 1) == 0 and d <= 256
-        self._rope_write = gpu_ops.rope_kv_write if fusable_rope else None
+        # The small ops between the projections come from the op registry (`step_kernels.py`): on CPU in fp32 the
+        # native library turns RMSNorm (~8 ATen ops) and a decode step's RoPE + cache write + attention (~10 ops)
+        # into one call each; on GPUs fused Triton kernels do the norm, SwiGLU, and RoPE + cache write.
+        ctx = OpContext(device.type, dtype, self.head_dim, family.qk_norm)
+        self._norm = select_op("rms_norm", ctx).load(ctx)
+        self._act = select_op("silu_mul", ctx).load(ctx)
+        self._rope_write = select_op("rope_kv_write", ctx).load(ctx)
+        self._decode_attention = select_op("decode_attention", ctx).load(ctx)
         # Eager passes (prefill, padded rows) run the plain ops; the fixed-shape (CUDA-graph) step runs fused
         # norms, attention and int8 activations where the kernels exist.
         self._eager_ops = StepOps(self._norm, self._act)
         self.step_ops: StepOps = self._eager_ops
-        if fusable_rope:
+        if self._rope_write is not None:
             from xpullm.kernels.triton import attention
 
-            self.step_ops = FusedStepOps(gpu_ops, attention)
-        self._native_attention = native and not family.qk_norm
+            self.step_ops = FusedStepOps(gpu_decode_ops(device), attention)
         inner = model.model
         self.embed = _EmbedRows(inner.embed_tokens, dtype)
         self.final_norm = _norm_weight(inner.norm)
@@ -343,7 +318,7 @@ class StaticCacheDecoder:
         start = self.pos
         end = start + t
         x = self.embed(ids)
-        if t == 1 and self._native_attention:
+        if t == 1 and self._decode_attention is not None:
             return self._native_step(x, positions)
         if positions is None:  # no padding: every row sits at the same position, a slice is enough
             cos = self._cos[start:end][None, None]
@@ -379,7 +354,7 @@ class StaticCacheDecoder:
             rope_pos, first = positions[:, 0].contiguous(), self._pad_t
 
         def attention(i: int, layer: _Layer, qkv: torch.Tensor) -> torch.Tensor:
-            return cpu_native.decode_attention(
+            return self._decode_attention(
                 qkv.contiguous(), self._cos, self._sin, rope_pos, self._k[i], self._v[i], first, slot,
                 self.n_heads, self.scale,
             )  # fmt: skip

@@ -1,19 +1,20 @@
 """`LLM`: the framework-free text generation engine (generate / stream / chat, sync and async).
 
-One generation loop serves every entry point: it prefills the (left-padded) prompt batch in one pass, then samples
-one token per row per step, feeding each row's tokens through a `TextAssembler` that owns detokenization and stop
-strings. `generate` returns the assembled text; `stream` yields the assembler's deltas, so both agree exactly.
-Calls on the same model are serialized by a per-model lock: the KV cache is shared state.
+Every call becomes requests on the model's continuous-batching `EngineCore` (`core.py`): concurrent callers,
+the prompts of one `generate([...])` and async tasks all share the engine's forward steps, each request with its
+own sampling, stop strings, grammar, limits and cancellation; a request's greedy output does not depend on what
+else runs. Text comes from one `TextAssembler` per request, so `generate` and `stream` agree exactly.
+Models the engine does not run (transformers-only families, GPUs without a paged attention kernel) generate
+through the serialized loop in `serial.py`, one call at a time per model.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import queue
 import threading
-import time
-import weakref
 from collections.abc import AsyncIterator, Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
@@ -23,61 +24,13 @@ from torch import nn
 from xpullm.devices import default_dtype
 from xpullm.engine.aio import iterate_in_thread
 from xpullm.engine.chat import render_chat
-from xpullm.engine.constrained import GrammarConstraint
-from xpullm.engine.decode import Decoder, build_decoder
+from xpullm.engine.core import EngineConfig, EngineCore, build_core
+from xpullm.engine.decode import Decoder, StaticCacheDecoder, build_decoder
 from xpullm.engine.params import Completion, ContextOverflow, GenerationParams, InvalidParameter
-from xpullm.engine.sampling import Sampler
-from xpullm.engine.stopping import TextAssembler
+from xpullm.engine.serial import model_lock, run_serial
+from xpullm.engine.step_kernels import OpContext, select_op
 
 __all__ = ["LLM"]
-
-
-class _ModelLock:
-    """Serializes generations on one model; a nested call from the thread that holds it fails loudly.
-
-    (An RLock would let the nested call reuse and corrupt the KV cache; a plain Lock would deadlock.)
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._owner: int | None = None
-
-    def __enter__(self) -> _ModelLock:
-        if self._owner == threading.get_ident():
-            raise RuntimeError(
-                "a generation on this model is already running in this thread (an unfinished stream?); "
-                "exhaust or close() that stream before starting another call"
-            )
-        self._lock.acquire()
-        self._owner = threading.get_ident()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._owner = None
-        self._lock.release()
-
-
-_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, _ModelLock] = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
-
-
-def _model_lock(model: nn.Module) -> _ModelLock:
-    with _LOCKS_GUARD:
-        lock = _MODEL_LOCKS.get(model)
-        if lock is None:
-            lock = _MODEL_LOCKS[model] = _ModelLock()
-        return lock
-
-
-@dataclass
-class _Row:
-    """Per-prompt state inside one batched generation."""
-
-    assembler: TextAssembler
-    prompt_tokens: int
-    finish: str | None = None
-    first_t: float | None = None
-    last_t: float | None = None
 
 
 class LLM:
@@ -94,6 +47,7 @@ class LLM:
         dtype: activation dtype; default bf16, or fp32 on CPUs without native bf16 (AVX512-BF16/AMX).
         adapter: a LoRA adapter folder (PEFT format, e.g. from `xpullm finetune`) applied unmerged over the
             low-bit weights; needs the `finetune` extra. Merge it for speed with `xpullm convert --merge-adapter`.
+        engine: knobs of the continuous-batching engine (KV budget, block size, tokens per step, prefix cache).
     """
 
     def __init__(
@@ -107,6 +61,7 @@ class LLM:
         chat_template: str | None = None,
         dtype: torch.dtype | None = None,
         adapter: str | Path | None = None,
+        engine: EngineConfig | None = None,
     ) -> None:
         if max_context is not None and (
             isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 2
@@ -124,6 +79,8 @@ class LLM:
         self._adapter = adapter  # a PEFT LoRA folder (`xpullm finetune`), run unmerged over the low-bit base
         self._model: nn.Module | None = model if isinstance(model, nn.Module) else None
         self._decoder: Decoder | None = None
+        self._engine_config = engine or EngineConfig()
+        self._core: EngineCore | None = None  # None: the serialized path (`serial.py`)
         self._load_lock = threading.Lock()
         self._eos: list[int] = []
 
@@ -167,8 +124,14 @@ class LLM:
                     f"at most the model's max_position_embeddings ({max_pos})",
                 )
             self._context_length = self._max_context_arg or max_pos
-            self._lock = _model_lock(model)
-            self._decoder = build_decoder(model, dtype, device)
+            self._lock = model_lock(model)
+            decoder = build_decoder(model, dtype, device)
+            static = getattr(decoder, "inner", decoder)  # a CUDA-graph wrapper holds the static decoder
+            if isinstance(static, StaticCacheDecoder) and _engine_runs(static):
+                self._core = build_core(
+                    static, self._tokenizer, self._eos, self._context_length, self._engine_config
+                )
+            self._decoder = decoder
 
     @property
     def model(self) -> nn.Module:
@@ -197,6 +160,12 @@ class LLM:
             return "SmolLM2-135M-Instruct"
         cfg = getattr(self._spec, "config", None)
         return str(getattr(cfg, "_name_or_path", "") or type(self._spec).__name__)
+
+    @property
+    def engine(self) -> EngineCore | None:
+        """The continuous-batching engine core (None when this model generates through the serialized loop)."""
+        self._ensure_loaded()
+        return self._core
 
     @property
     def decoder_name(self) -> str:
@@ -247,34 +216,82 @@ class LLM:
         """The exact prompt text `chat` feeds the model (template applied, generation prompt appended)."""
         return render_chat(self.tokenizer, messages, self._chat_template)
 
-    # -- public async API (a worker thread runs the loop; the event loop only awaits) -------------------------
+    # -- public async API (requests on the engine; the event loop only awaits) ------------------------------
 
     async def agenerate(self, prompt: str | list[str], **params: Any) -> Completion | list[Completion]:
         """`generate` without blocking the event loop."""
-        return await asyncio.to_thread(self.generate, prompt, **params)
+        p = GenerationParams.from_kwargs(**params)
+        if isinstance(prompt, list):
+            if not prompt:
+                raise InvalidParameter("prompt", prompt, "a non-empty string or a non-empty list of strings")
+            ids = [self._encode_prompt(x, f"prompt[{i}]") for i, x in enumerate(prompt)]
+            return await self._acollect(ids, p)
+        return (await self._acollect([self._encode_prompt(prompt, "prompt")], p))[0]
 
     async def achat(self, messages: list[dict[str, str]], **params: Any) -> Completion:
         """`chat` without blocking the event loop."""
-        return await asyncio.to_thread(self.chat, messages, **params)
+        p = GenerationParams.from_kwargs(**params)
+        return (await self._acollect([self._encode_chat(messages)], p))[0]
 
     async def astream(self, prompt: str, **params: Any) -> AsyncIterator[str]:
         """Async `stream`; closing the iterator early cancels the generation."""
-        async for delta in self._astream(self.stream, prompt, params):
-            yield delta
+        p = GenerationParams.from_kwargs(**params)
+        async for kind, _, value in self._aevents([self._encode_prompt(prompt, "prompt")], p):
+            if kind == "delta":
+                yield value
 
     async def astream_chat(self, messages: list[dict[str, str]], **params: Any) -> AsyncIterator[str]:
         """Async `stream_chat`; closing the iterator early cancels the generation."""
-        async for delta in self._astream(self.stream_chat, messages, params):
-            yield delta
+        p = GenerationParams.from_kwargs(**params)
+        async for kind, _, value in self._aevents([self._encode_chat(messages)], p):
+            if kind == "delta":
+                yield value
 
-    async def _astream(self, fn: Any, arg: Any, params: dict[str, Any]) -> AsyncIterator[str]:
-        user_cancel = params.pop("cancel", None)
-        cancel = threading.Event()
-        params["cancel"] = _AnyEvent(cancel, user_cancel)
-        # Validate and encode on the caller's side so bad input raises here, not inside the worker.
-        iterator = fn(arg, **params)
-        async for delta in iterate_in_thread(lambda _stop: iterator, cancel=cancel):
-            yield delta
+    async def _acollect(self, prompts: list[list[int]], p: GenerationParams) -> list[Completion]:
+        done: list[Any] = [None] * len(prompts)
+        async for kind, row, value in self._aevents(prompts, p):
+            if kind == "done":
+                done[row] = value
+        return done
+
+    async def _aevents(
+        self, prompts: list[list[int]], p: GenerationParams
+    ) -> AsyncIterator[tuple[str, int, Any]]:
+        """(kind, row, value) events: `delta` text while running, then one `done` Completion per prompt."""
+        self._ensure_loaded()
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue()
+        if self._core is None:  # serialized path: the blocking loop in a worker thread
+            stop = threading.Event()  # set when the consumer leaves early: the loop stops after its token
+            gen = self._run(prompts, dataclasses.replace(p, cancel=_AnyEvent(stop, p.cancel)))
+            holder: list[Any] = []
+
+            def work(_stop: threading.Event) -> Iterator[tuple[int, str]]:
+                holder.append((yield from gen))
+
+            async for row, delta in iterate_in_thread(work, cancel=stop):
+                yield "delta", row, delta
+            for row, completion in enumerate(holder[0] if holder else []):
+                yield "done", row, completion
+            return
+
+        def push(kind: str, value: Any, row: int) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, (kind, row, value))
+
+        requests = []
+        try:
+            for i, ids in enumerate(prompts):
+                requests.append(self._core.submit(ids, p, lambda k, v, i=i: push(k, v, i)))
+            left = len(prompts)
+            while left:
+                kind, row, value = await events.get()
+                if kind == "error":
+                    raise value
+                left -= kind == "done"
+                yield kind, row, value
+        finally:
+            for r in requests:  # the caller left early or one request failed: stop the others
+                r.cancel()
 
     # -- encoding ----------------------------------------------------------------------------------------------
 
@@ -307,72 +324,31 @@ class LLM:
     ) -> Generator[tuple[int, str], None, list[Completion]]:
         """Generate for every prompt; yields (row, text delta) while running and returns the Completions."""
         self._ensure_loaded()
-        t0 = time.perf_counter()
-        with self._lock:
-            decoder = self._decoder
-            tok = self._tokenizer
-            batch = len(prompts)
-            longest = max(len(x) for x in prompts)
-            # Context policy: generation stops with finish_reason="length" when the window is full; prompts that
-            # do not fit were rejected in _check_fits (never truncated silently).
-            max_len = min(self._context_length, longest + p.max_new_tokens)
+        if self._core is None:
             device = _model_device(self._model)
-            pad_id = self._eos[0] if self._eos else 0
-            pad = torch.tensor([longest - len(x) for x in prompts], dtype=torch.long)
-            input_ids = torch.tensor([[pad_id] * (longest - len(x)) + x for x in prompts], device=device)
-            rows = [_Row(TextAssembler(tok, p.stop), len(x)) for x in prompts]
-            logits = decoder.start(input_ids, pad, max_len)
-            vocab = logits.shape[-1]
-            sampler = Sampler(p, batch, vocab, logits.device)
-            if p.repetition_penalty != 1.0:
-                sampler.observe(
-                    input_ids, torch.arange(longest, device=device)[None] >= pad.to(device)[:, None]
-                )
-            constraint = GrammarConstraint.from_params(p, tok, batch, vocab, self._eos or [pad_id])
-            eos = set(self._eos)
-            length = longest
-            while True:
-                if constraint is not None:
-                    logits = constraint.mask(logits)
-                nxt = sampler(logits)
-                now = time.perf_counter()
-                length += 1
-                ids = nxt.tolist()
-                for r, (row, tid) in enumerate(zip(rows, ids, strict=True)):
-                    if row.finish is not None:
-                        continue
-                    if row.first_t is None:
-                        row.first_t = now
-                    row.last_t = now
-                    if tid in eos:
-                        row.finish = "stop"
-                        continue
-                    if constraint is not None:
-                        constraint.consume(r, tid)
-                    row.assembler.push(tid)
-                    if row.assembler.stopped or (constraint is not None and constraint.finished(r)):
-                        row.finish = "stop"
-                    elif len(row.assembler.ids) >= p.max_new_tokens or length >= max_len:
-                        row.finish = "length"
-                    if row.finish is not None:
-                        row.assembler.finish()
-                    delta = row.assembler.take_delta(final=row.finish is not None)
-                    if delta:
-                        yield r, delta
-                if all(row.finish is not None for row in rows):
-                    break
-                if p.cancel is not None and p.cancel.is_set():
-                    for r, row in enumerate(rows):
-                        if row.finish is None:
-                            row.finish = "cancelled"
-                            row.assembler.finish()
-                            delta = row.assembler.take_delta(final=True)
-                            if delta:
-                                yield r, delta
-                    break
-                sampler.observe(nxt)
-                logits = decoder.step(nxt)
-        return [_completion(row, t0) for row in rows]
+            tok, eos, ctx = self._tokenizer, self._eos, self._context_length
+            return (yield from run_serial(self._decoder, self._lock, tok, eos, ctx, device, prompts, p))
+        events: queue.SimpleQueue[tuple[str, int, Any]] = queue.SimpleQueue()
+        requests = []
+        try:
+            # Every prompt is submitted before any result is read: they all share the engine's steps.
+            for i, ids in enumerate(prompts):
+                requests.append(self._core.submit(ids, p, lambda k, v, i=i: events.put((k, i, v))))
+            done: list[Any] = [None] * len(prompts)
+            left = len(prompts)
+            while left:
+                kind, row, value = events.get()
+                if kind == "delta":
+                    yield row, value
+                elif kind == "done":
+                    done[row] = value
+                    left -= 1
+                else:
+                    raise value
+            return done
+        finally:
+            for r in requests:  # the caller closed the stream early or a request failed: stop the others
+                r.cancel()
 
 
 class _AnyEvent:
@@ -385,19 +361,13 @@ class _AnyEvent:
         return self._a.is_set() or (self._b is not None and self._b.is_set())
 
 
-def _completion(row: _Row, t0: float) -> Completion:
-    n = len(row.assembler.ids)
-    first = (row.first_t - t0) if row.first_t is not None else 0.0
-    span = (row.last_t - row.first_t) if row.first_t is not None and row.last_t is not None else 0.0
-    rate = (n - 1) / span if n > 1 and span > 0 else 0.0
-    return Completion(
-        text=row.assembler.text,
-        finish_reason=row.finish or "length",
-        prompt_tokens=row.prompt_tokens,
-        completion_tokens=n,
-        first_token_s=first,
-        decode_tok_s=rate,
-    )
+def _engine_runs(static: StaticCacheDecoder) -> bool:
+    """The engine serves CPU models, and accelerators once a paged attention kernel (not the reference) is there:
+    until then the static decoder's CUDA-graph steps are faster than an eager engine step."""
+    if static.device.type == "cpu":
+        return True
+    ctx = OpContext(static.device.type, static.dtype, static.head_dim, static.family.qk_norm)
+    return select_op("paged_attention", ctx).name != "reference"
 
 
 def _drain(gen: Generator[tuple[int, str], None, list[Completion]]) -> list[Completion]:

@@ -1,4 +1,4 @@
-"""`xpullm kb create|add|ls|search|ask|rm`: knowledge bases from the command line."""
+"""`xpullm kb create|add|ls|search|ask|resume|rm`: knowledge bases from the command line."""
 
 from __future__ import annotations
 
@@ -80,13 +80,20 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--model", "-m", default=None, help="LLM folder / .gguf / hub id (default: packaged SmolLM2)"
     )
-    p.add_argument("--low-bit", default="sym_int4", help="low-bit format of the LLM (default: sym_int4)")
+    p.add_argument(
+        "--low-bit", default=None, help="low-bit format of the LLM (default: the checkpoint's own)"
+    )
     p.add_argument("--max-new-tokens", "-n", type=int, default=256, help="answer length limit (default: 256)")
     p.add_argument(
         "--no-stream", action="store_true", help="print the answer at the end instead of streaming"
     )
     p.add_argument("--json", action="store_true", help="machine-readable output (implies --no-stream)")
     p.set_defaults(func=_guard(_ask))
+
+    p = sub.add_parser("resume", help="finish interrupted ingestion jobs (or --cancel them)")
+    p.add_argument("path", help="knowledge base folder")
+    p.add_argument("--cancel", action="store_true", help="close interrupted jobs without finishing them")
+    p.set_defaults(func=_guard(_resume))
 
     p = sub.add_parser("rm", help="remove documents (by id or source path)")
     p.add_argument("path", help="knowledge base folder")
@@ -200,7 +207,12 @@ def _add(args: argparse.Namespace) -> int:
         meta[key] = value
     with _open(args.path) as kb:
         report = kb.add(args.files, template=args.template, metadata=meta or None, show_progress=True)
+        left = [j["job_id"] for j in kb.jobs() if j["status"] == "interrupted"]
     print(report)
+    if left:
+        print(
+            f"interrupted jobs {left} still have unfinished files: `xpullm kb resume {args.path}` (or --cancel)"
+        )
     return 1 if report.failed and not (report.added or report.replaced or report.skipped) else 0
 
 
@@ -270,6 +282,11 @@ def _ask(args: argparse.Namespace) -> int:
                 print(delta, end="", flush=True)
             print()
             answer = stream.result()
+            dropped = sum(not s.supported for s in answer.support)
+            if dropped:  # the stream showed the model's draft; say what the support check kept
+                print(
+                    f"answer-support check: {dropped} unsupported sentence(s) dropped; answer: {answer.text}"
+                )
     if args.json:
         print(
             json.dumps(
@@ -278,17 +295,33 @@ def _ask(args: argparse.Namespace) -> int:
                     "citations": {n: c.__dict__ for n, c in answer.citations.items()},
                     "references": {n: c.__dict__ for n, c in answer.references.items()},
                     "grounded": answer.grounded,
+                    "refused": answer.refused,
                     "citation_mode": answer.citation_mode,
+                    "support": [s.__dict__ for s in answer.support],
                 }
             )
         )
         return 0
     if args.no_stream:
         print(answer.text)
-    if answer.grounded and not answer.citations:
+    if answer.grounded and not answer.citations and not answer.refused:
         print("sources given (the answer cites none of them):")
     for n, c in answer.references.items():
         print(f"  [{n}] {c.document} (chunk {c.chunk_id}): {c.text[:120].replace(chr(10), ' ')}")
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    with _open(args.path) as kb:
+        if args.cancel:
+            closed = kb.cancel_jobs()
+            print(f"cancelled jobs {closed}" if closed else "no interrupted jobs")
+            return 0
+        reports = kb.resume()
+        for report in reports:
+            print(report)
+        if not reports:
+            print("no interrupted jobs")
     return 0
 
 

@@ -34,7 +34,10 @@ def test_grammar_holds_for_every_batch_row(llm: LLM) -> None:
     prompts = ["Is Paris in France? Answer:", "Is the sun cold? Answer:", "Is water wet?"]
     outs = llm.generate(prompts, max_new_tokens=5, grammar=yes_no)
     assert [o.text in ("Yes", "No") for o in outs] == [True, True, True], [o.text for o in outs]
-    assert all(o.finish_reason == "stop" and o.completion_tokens == 1 for o in outs)
+    # "Yes" and "No" are one token each, or two when the model takes the "N"/"Y" prefix token: on the first prompt
+    # "N", "Yes" and "No" lie within 0.35 logits (11.52 / 11.26 / 11.18 with the engine's arithmetic), a near-tie
+    # that rounding decides. A third token would mean generation went on past the completed match.
+    assert all(o.finish_reason == "stop" and 1 <= o.completion_tokens <= 2 for o in outs)
 
 
 def test_grammar_streams_the_same_text(llm: LLM) -> None:

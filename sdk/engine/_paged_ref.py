@@ -1,0 +1,126 @@
+"""TEMPORARY PyTorch reference of `xpullm.kernels.paged.paged_attention` (the `paged` branch owns the real one).
+
+Same signature and semantics as the agreed kernel seam (docs/engine.md): phase 1 rotates every token's k (RoPE at
+its position) and writes k and v into its slot of the paged pools; phase 2 computes, for every token, softmax(q . k_j
+* scale) v_j over j = 0..positions[n] of its own sequence. Each token is attended on its own, over tensors whose
+shapes depend only on its position (keys padded to a bucket of blocks, the tail masked), so its result is bitwise the
+same whatever the other tokens of the step or the chunking of its prompt. Only `step_kernels.py` imports this module:
+when `xpullm.kernels.paged` exists it is registered above this fallback.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["reference_paged_attention"]
+
+_BUCKET = 8  # keys are padded to a multiple of this many blocks: fewer distinct shapes, so fewer, larger ops
+_MAX_GATHER = 1 << 22  # gathered key elements per batched matmul (16 MiB of fp32): long prompts go in slices
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x * cos + rotate_half(x) * sin, with rotate_half as a roll against sin's negated first half. Separate mul and
+    # add (no fused multiply-add) round the same way in vector and scalar loops, so no element depends on the shape.
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
+
+
+class _Slice(NamedTuple):
+    idx: torch.Tensor | None  # token rows (None: all tokens, in order)
+    ids: torch.Tensor  # int64 [T, nb] block ids of each token's sequence
+    masked: torch.Tensor  # bool [T, 1, 1, nb * block]: key columns past the token's position
+
+
+class _Plan(NamedTuple):
+    cos: torch.Tensor
+    sin: torch.Tensor
+    blocks: torch.Tensor
+    offsets: torch.Tensor
+    slices: list[_Slice]
+
+
+# The step's index work is the same for every layer: computed once per step (the runner passes the same position,
+# sequence and table tensors to every layer) and kept here, keyed by those tensor objects.
+_LAST: tuple[tuple[Any, ...], _Plan] | None = None
+
+
+def _plan(cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor, seq_index: torch.Tensor,
+          block_tables: torch.Tensor, block: int, kv: int, d: int) -> _Plan:  # fmt: skip
+    global _LAST
+    key = (cos, sin, positions, seq_index, block_tables, block)
+    last = _LAST
+    if last is not None and all(a is b for a, b in zip(last[0], key, strict=True)):
+        return last[1]
+    n, width, dev = positions.shape[0], block_tables.shape[1], positions.device
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(positions.tolist()):
+        groups.setdefault(min(width, (p // block // _BUCKET + 1) * _BUCKET), []).append(i)
+    slices = []
+    for nb, members in groups.items():
+        step = max(1, _MAX_GATHER // (kv * nb * block * d))
+        for start in range(0, len(members), step):
+            part = members[start : start + step]
+            idx = None if len(part) == n else torch.tensor(part, device=dev)
+            pos = positions if idx is None else positions[idx]
+            seq = seq_index if idx is None else seq_index[idx]
+            cols = torch.arange(nb * block, device=dev)
+            masked = (cols[None] > pos[:, None])[:, None, None]
+            slices.append(_Slice(idx, block_tables[seq, :nb].long(), masked))
+    plan = _Plan(
+        cos[positions][:, None], sin[positions][:, None],
+        block_tables[seq_index, positions // block].long(), positions % block, slices,
+    )  # fmt: skip
+    _LAST = (key, plan)
+    return plan
+
+
+@torch.inference_mode()
+def reference_paged_attention(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    seq_index: torch.Tensor,
+    block_tables: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    n_heads: int,
+    scale: float,
+    q_norm: torch.Tensor | None = None,
+    k_norm: torch.Tensor | None = None,
+    eps: float = 0.0,
+) -> torch.Tensor:
+    """qkv [N, (H + 2 KV) D] -> attention output [N, H D]; writes each token's k and v into the pools."""
+    n = qkv.shape[0]
+    _, kv, block, d = k_pool.shape
+    h = n_heads
+    group = h // kv
+    heads = qkv.view(n, h + 2 * kv, d)
+    q, k, v = heads[:, :h], heads[:, h : h + kv], heads[:, h + kv :]
+    if q_norm is not None and k_norm is not None:
+        q = F.rms_norm(q, (d,), q_norm, eps)
+        k = F.rms_norm(k, (d,), k_norm, eps)
+    plan = _plan(cos, sin, positions, seq_index, block_tables, block, kv, d)
+    q, k = _rope(q, plan.cos, plan.sin), _rope(k, plan.cos, plan.sin)
+    # Phase 1: every token's k and v into its slot (block table row of its sequence, block pos // B, offset pos % B).
+    k_pool[plan.blocks, :, plan.offsets] = k.to(k_pool.dtype)
+    v_pool[plan.blocks, :, plan.offsets] = v.to(v_pool.dtype)
+    # Phase 2: tokens grouped by key-length bucket; each token's keys are padded to its bucket (a function of its
+    # own position only, the tail masked), so a token sees the same shapes in any batch: its row of each batched
+    # matmul and softmax is computed the same way whatever else is in the group.
+    qg = q.reshape(n, kv, group, d)
+    out = torch.empty((n, kv, group, d), dtype=qkv.dtype, device=qkv.device)
+    for sl in plan.slices:
+        t, nb = sl.ids.shape
+        keys = k_pool[sl.ids].transpose(1, 2).reshape(t, kv, nb * block, d)
+        values = v_pool[sl.ids].transpose(1, 2).reshape(t, kv, nb * block, d)
+        qs = qg if sl.idx is None else qg[sl.idx]
+        scores = torch.matmul(qs, keys.transpose(2, 3)) * scale  # [T, KV, G, L]
+        result = torch.matmul(scores.masked_fill(sl.masked, float("-inf")).softmax(-1), values)
+        if sl.idx is None:
+            out = result
+        else:
+            out[sl.idx] = result
+    return out.reshape(n, h * d)
