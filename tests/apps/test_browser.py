@@ -192,9 +192,7 @@ def test_conversation_is_stored_and_survives_a_reload(app, new_page):
     pg.locator("#chat-list label", has_text="Planets").wait_for()
     assert app.ctx.conversations.title(mine.id) == "Planets"
     pg.locator("#chat-delete").click()
-    assert "delete **Planets**" in _wait_text(pg, "#chat-stats", "delete") or "Planets" in _text(
-        pg, "#chat-stats"
-    )
+    assert _wait_text(pg, "#chat-stats", "delete") == "delete Planets and its messages?"
     pg.locator("#chat-confirm").click()  # deleting asks first
     _wait_text(pg, "#chat-stats", "deleted")
     assert not app.ctx.conversations.exists(mine.id)
@@ -254,27 +252,34 @@ def test_a_waiting_message_shows_its_place_in_line(app, new_page):
 
 def test_two_browser_sessions_are_answered_at_the_same_time(app, new_page):
     a, b = new_page(), new_page()
-    questions = {a: "Name a fruit.", b: "Name an animal."}
+    questions = {a: "Write two sentences about fruit.", b: "Write two sentences about animals."}
     for pg, q in questions.items():
+        tokens = pg.locator("#max-tokens input[type=number]")
+        tokens.fill("48")
+        tokens.press("Enter")
         pg.locator("#chat-input textarea").fill(q)
     for pg in questions:
         pg.locator("#chat-send").click()
-    # Both handlers hold a generation slot at once (no place in line): the app serves two sessions concurrently.
-    # (With the batching engine their tokens come from shared decode steps; a serialized engine takes turns.)
-    for pg in questions:
-        pg.wait_for_function(
-            "() => { const t = document.querySelector('#chat-stats').innerText; return t.includes('tok/s')"
-            " && !t.includes('generating'); }"
-        )
-        assert "waiting in line" not in _text(pg, "#chat-stats")
+    stats = "() => document.querySelector('#chat-stats').innerText"
+    both_streaming = False
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        lines = [pg.evaluate(stats) for pg in questions]
+        assert not any("waiting in line" in line for line in lines)  # both hold a generation slot at once
+        both_streaming |= all("generating" in line for line in lines)
+        if all("tok/s" in line and "generating" not in line for line in lines):
+            break
+        time.sleep(0.05)
+    if app.llm.engine is not None:  # the batching engine: the two answers came from shared decode steps
+        assert both_streaming
     for pg, q in questions.items():
         expected = app.llm.chat(
             [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": q}],
-            max_new_tokens=16,
+            max_new_tokens=48,
         ).text
         stored = next(c for c in app.ctx.conversations.list() if c.title == q)
         answer = app.ctx.conversations.messages(stored.id)[1]["content"]
-        assert answer.startswith(expected)  # greedy: each session got exactly its own answer
+        assert answer.startswith(expected)  # greedy: each session got exactly its own answer, as if alone
         pg.context.close()
 
 
@@ -287,8 +292,8 @@ def test_model_picker_lists_local_models_and_loads_one(app, page):
     assert "acme/tiny-chat (HF cache)" in labels  # found in the Hugging Face cache
     page.locator("[role=option]", has_text="acme/tiny-chat").first.click()
     page.locator("#load-model").click()
-    msg = _wait_text(page, "#load-status", "Error")
-    assert "could not load acme" not in msg or "tiny-chat" in msg
+    msg = _wait_text(page, "#load-status", "tiny-chat")
+    assert "Error: could not load acme/tiny-chat (sym_int4): " in msg  # named as the picker names it
     assert "Traceback" not in page.content() and "/tmp/" not in msg  # readable, no server path
     page.locator("#model-path input").click()
     page.locator("[role=option]", has_text="(packaged)").first.click()
@@ -346,9 +351,7 @@ def test_knowledge_base_list_is_live_and_deleting_asks_first(app, page, tmp_path
     page.locator("#kb-delete-panel").get_by_text("Delete documents").click()
     page.locator("#kb-delete-pick label", has_text="osprey").click()
     page.locator("#kb-delete").click()
-    assert "delete 1 document(s) from **made-elsewhere**: osprey?" in _wait_text(
-        page, "#kb-status", "osprey?"
-    ) or ("osprey?" in _text(page, "#kb-status"))
+    assert _wait_text(page, "#kb-status", "osprey?") == "delete 1 document(s) from made-elsewhere: osprey?"
     page.locator("#kb-keep").click()  # changed our mind: nothing is deleted
     page.locator("#kb-confirm-row").wait_for(state="hidden")
     with KnowledgeBase.open(folder, embedder=app.ctx.embedder, read_only=True) as kb:
@@ -399,9 +402,7 @@ def test_graphrag_projects_keep_their_state_after_a_reload(new_page):
         "() => document.querySelector('#gr-stages').innerText.split('done, ').length - 1 === 8"
     )
     assert "not run" not in _text(pg, "#gr-stages")
-    assert "project **velmora-ui**: indexed" in _text(pg, "#gr-progress") or "indexed" in _text(
-        pg, "#gr-progress"
-    )
+    assert _text(pg, "#gr-progress") == "project velmora-ui: indexed"
     pg.locator("#gr-reports", has_text="Sable River").wait_for()  # its reports come back too
     pg.context.close()
 
