@@ -85,12 +85,7 @@ class _LowBitMatmul(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, layer: LowBitLinear) -> torch.Tensor:
         ctx.layer = layer
         ctx.x_dtype = x.dtype
-        if x.device.type != "cpu":
-            return layer.kernel.matmul(x, layer.state)
-        dtype = _compute_dtype(x.dtype)
-        xc = x.to(dtype)
-        parts = [F.linear(xc, layer.dequantize_rows(a, b, dtype, x.device)) for a, b in _row_chunks(layer)]
-        return torch.cat(parts, dim=-1).to(x.dtype)
+        return _training_matmul(x, layer)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -102,6 +97,16 @@ class _LowBitMatmul(torch.autograd.Function):
             part = g[..., a:b] @ layer.dequantize_rows(a, b, dtype, grad.device)
             dx = part if dx is None else dx.add_(part)
         return dx.to(ctx.x_dtype), None
+
+
+def _training_matmul(x: torch.Tensor, layer: LowBitLinear) -> torch.Tensor:
+    """x @ W^T as training computes it: on CPU from dequantized blocks (exact), elsewhere the layer's kernel."""
+    if x.device.type != "cpu":
+        return layer.kernel.matmul(x, layer.state)
+    dtype = _compute_dtype(x.dtype)
+    xc = x.to(dtype)
+    parts = [F.linear(xc, layer.dequantize_rows(a, b, dtype, x.device)) for a, b in _row_chunks(layer)]
+    return torch.cat(parts, dim=-1).to(x.dtype)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -120,6 +125,12 @@ class LowBitLinear(nn.Module):
     tensors. Moving to another device kind re-selects the kernel; dtype casts (`model.half()`) leave the codes
     and scales in the dtypes their kernel reads. The layer is differentiable with respect to its input
     (`_LowBitMatmul`); the weight itself never takes a gradient.
+
+    Train/eval mode picks the function, as it does for dropout: a new layer starts in eval mode (the fast
+    inference kernels, which may round activations, e.g. to int8 blocks on CPU); in training mode
+    (`model.train()`) every call computes the training path's result, with or without autograd, so a reentrant
+    activation checkpoint's no-grad first pass and its recomputation agree. An eval-mode call whose input needs
+    a gradient also takes the training path (the kernels have no backward).
     """
 
     def __init__(self, qweight: QuantizedWeight, bias: torch.Tensor | None = None,
@@ -133,6 +144,7 @@ class LowBitLinear(nn.Module):
             "bias", None if bias is None else nn.Parameter(bias.detach().to(device), requires_grad=False)
         )
         self._place(qweight, torch.device(device))
+        self.train(False)  # an inference layer until a model's .train() asks for the training path
 
     def _place(self, qweight: QuantizedWeight, device: torch.device) -> None:
         """Select the kernel for `device`, repack `qweight` for it and register the result as buffers."""
@@ -198,6 +210,8 @@ class LowBitLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             y = _LowBitMatmul.apply(x, self)
+        elif self.training:
+            y = _training_matmul(x, self)
         else:
             y = self.kernel.matmul(x, self.state)
         return y if self.bias is None else y + self.bias.to(y.dtype)
