@@ -20,15 +20,19 @@ from xpullm.linear import LowBitLinear
 
 __all__ = ["causal_lm_loss", "head_cross_entropy"]
 
-# Elements of one logits block (and of one decoded weight block): ~8 MB of fp32 each.
+# Elements of one logits block (and of one decoded weight block): ~8 MB of fp32 each on CPU; GPUs take blocks
+# 16x larger (fewer launches; still a small fraction of a 128k-vocabulary logits tensor).
 _BLOCK_ELEMENTS = 1 << 21
+_ACCELERATOR_BLOCK_ELEMENTS = 1 << 25
 
 
-def _head_rows(head: nn.Module, start: int, stop: int) -> torch.Tensor:
-    """Rows start:stop of the head's float weight, fp32."""
+def _head_rows(
+    head: nn.Module, start: int, stop: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """Rows start:stop of the head's float weight, in `dtype` on `device`."""
     if isinstance(head, LowBitLinear):
-        return head.dequantize_rows(start, stop, torch.float32)
-    return head.weight[start:stop].detach().float()
+        return head.dequantize_rows(start, stop, dtype, device)
+    return head.weight[start:stop].detach().to(device=device, dtype=dtype)
 
 
 def _head_bias(head: nn.Module) -> torch.Tensor | None:
@@ -45,7 +49,10 @@ class _HeadCrossEntropy(torch.autograd.Function):
     ) -> torch.Tensor:
         n, width = h.shape
         vocab = head.out_features
-        hf = h.detach().float()
+        # Half-precision hidden states multiply in their dtype (as the model's own head would); the softmax
+        # statistics and the gradient accumulate in fp32.
+        dtype = h.dtype if h.dtype in (torch.bfloat16, torch.float16) else torch.float32
+        hc = h.detach().to(dtype)
         bias = _head_bias(head)
         want_grad = ctx.needs_input_grad[0]
         running_max = torch.full((n,), -torch.inf, device=h.device)
@@ -53,11 +60,12 @@ class _HeadCrossEntropy(torch.autograd.Function):
         target_logit = torch.zeros(n, device=h.device)
         acc = torch.zeros(n, width, device=h.device) if want_grad else None  # sum_v exp(l_v - max) W_v
         w_target = torch.zeros(n, width, device=h.device) if want_grad else None
-        step = max(1, _BLOCK_ELEMENTS // max(n, width))
+        budget = _BLOCK_ELEMENTS if h.device.type == "cpu" else _ACCELERATOR_BLOCK_ELEMENTS
+        step = max(1, budget // max(n, width))
         for a in range(0, vocab, step):
             b = min(a + step, vocab)
-            w = _head_rows(head, a, b).to(h.device)
-            logits = hf @ w.T
+            w = _head_rows(head, a, b, dtype, h.device)
+            logits = (hc @ w.T).float()
             if bias is not None:
                 logits += bias[a:b]
             hit = ((targets >= a) & (targets < b)).nonzero().squeeze(-1)
@@ -68,8 +76,9 @@ class _HeadCrossEntropy(torch.autograd.Function):
             p = logits.sub_(new_max[:, None]).exp_()  # in place: the block's logits are not needed again
             running_sum.mul_(rescale).add_(p.sum(-1))
             if want_grad:
-                acc.mul_(rescale[:, None]).addmm_(p, w)
-                w_target[hit] = w[local]
+                acc.mul_(rescale[:, None])
+                acc.addmm_(p, w) if dtype == torch.float32 else acc.add_((p.to(dtype) @ w).float())
+                w_target[hit] = w[local].float()
             running_max = new_max
         lse = running_max + running_sum.log()
         loss = (lse - target_logit).sum() / denominator

@@ -49,7 +49,7 @@ def _serve(argv: list[str], cwd: Path, env: dict[str, str]) -> None:
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
-        (served,) = [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]]
+        served = httpx.get(url + "/v1/models").json()["data"][0]["id"]  # the text model comes first
         body = {"model": served, "messages": [{"role": "user", "content": "Who keeps the Velmora lighthouse?"}],
                 "max_tokens": 4, "temperature": 0}  # fmt: skip
         answer = httpx.post(url + "/v1/chat/completions", json=body, timeout=120).json()
