@@ -50,6 +50,13 @@ class FinetuneConfig:
                 raise ValueError(f"FinetuneConfig.{name}={value!r}: expected a positive int")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"FinetuneConfig.max_steps={self.max_steps!r}: expected None or a positive int")
+        threshold = self.malloc_mmap_threshold
+        if threshold is not None and (
+            isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0
+        ):
+            raise ValueError(
+                f"FinetuneConfig.malloc_mmap_threshold={threshold!r}: expected None or a byte count >= 0"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"FinetuneConfig.dropout={self.dropout!r}: expected 0 <= dropout < 1")
         if self.lr <= 0:
