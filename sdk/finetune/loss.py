@@ -77,7 +77,10 @@ class _HeadCrossEntropy(torch.autograd.Function):
             running_sum.mul_(rescale).add_(p.sum(-1))
             if want_grad:
                 acc.mul_(rescale[:, None])
-                acc.addmm_(p, w) if dtype == torch.float32 else acc.add_((p.to(dtype) @ w).float())
+                if dtype == torch.float32:
+                    acc.addmm_(p, w)
+                else:
+                    acc.add_((p.to(dtype) @ w).float())
                 w_target[hit] = w[local].float()
             running_max = new_max
         lse = running_max + running_sum.log()
@@ -85,7 +88,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
         if want_grad:
             ctx.save_for_backward((acc / running_sum[:, None] - w_target) / denominator)
         ctx.h_dtype = h.dtype
-        return loss.to(h.dtype if h.dtype.is_floating_point else torch.float32)
+        return loss  # fp32, whatever the hidden states' dtype (as transformers' loss)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:

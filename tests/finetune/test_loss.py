@@ -54,3 +54,18 @@ def test_float_head_and_no_grad_evaluation() -> None:
     )
     with pytest.raises(ValueError, match="no target tokens"):
         head_cross_entropy(hidden, head, torch.full((2, 9), -100))
+
+
+def test_bf16_hidden_states_multiply_in_bf16_and_accumulate_in_fp32() -> None:
+    torch.manual_seed(2)
+    head = LowBitLinear(get_format("sym_int8").quantize(torch.randn(500, 64) * 0.3, 32))
+    hidden = torch.randn(2, 11, 64).bfloat16().requires_grad_(True)
+    labels = torch.randint(0, 500, (2, 11))
+    loss = head_cross_entropy(hidden, head, labels)
+    loss.backward()
+    ref_hidden = hidden.detach().double().requires_grad_(True)
+    ref = _dense_loss(ref_hidden, head.dequantize(), None, labels)
+    ref.backward()
+    assert loss.dtype == torch.float32 and hidden.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-2, atol=1e-2)  # bf16 logits: ~3 significant digits
+    torch.testing.assert_close(hidden.grad.double(), ref_hidden.grad, rtol=5e-2, atol=2e-3)
