@@ -3,9 +3,9 @@
 glibc serves allocations below its mmap threshold from one heap and raises that threshold (up to 32 MB) each time
 a larger block is freed. A training step's activations (1-8 MB each, some kept for backward, others freed at once)
 then interleave in that heap, and the freed holes stay in the process: measured on the packaged 135M model, peak
-RSS was 2.4x the live tensors (`docs/finetune.md`). A fixed threshold gives every block from 1 MB up its own
+RSS was 2.4x the live tensors (`docs/finetune.md`). A fixed threshold gives every block from 256 KB up its own
 mapping, returned to the system when freed, at the cost of page faults on reuse. This is the process-wide switch
-that `MALLOC_MMAP_THRESHOLD_=1048576` would set; on other C libraries it does nothing.
+that `MALLOC_MMAP_THRESHOLD_=262144` would set; on other C libraries it does nothing.
 """
 
 from __future__ import annotations

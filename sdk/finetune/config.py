@@ -36,10 +36,10 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     gradient_checkpointing: bool = True  # recompute activations in backward: less memory, ~30% more time
     seed: int = 0  # shuffling and dropout; a resumed run replays the same batches and masks
-    # glibc only: blocks of this many bytes and more get their own mapping, freed back to the system, instead of
+    # glibc only: blocks of this many bytes (256 KB) and more get their own mapping, freed back to the system, instead of
     # glibc's adaptive heap that keeps freed activations (peak RSS ~2x the live tensors, finetune.md). Process-
     # wide, costs page faults (~10-30% step time). None: leave the allocator alone.
-    malloc_mmap_threshold: int | None = 1 << 20
+    malloc_mmap_threshold: int | None = 1 << 18
     # -- output
     save_every: int = 50  # optimizer steps between checkpoints (a killed run resumes from the last one)
 
