@@ -64,13 +64,16 @@ def _rebuild(layout: Any, tensors: dict[str, torch.Tensor | None]) -> Any:
     return dataclasses.replace(layout, **tensors)
 
 
-# Rows of W decoded at a time in the training path: ~8 MB of fp32, so the dense copy of a big layer (a 50k-row
-# vocabulary head) never exists at once and training memory stays near the low-bit size.
+# Elements of W decoded at a time in the training path: ~8 MB of fp32 on CPU, so the dense copy of a big layer
+# (a 50k-row vocabulary head) never exists at once and training memory stays near the low-bit size. GPUs take
+# blocks 16x larger (64 MB of bf16): fewer, larger launches; still a fraction of an 8B layer's dense copy.
 _CHUNK_ELEMENTS = 1 << 21
+_ACCELERATOR_CHUNK_ELEMENTS = 1 << 25
 
 
 def _row_chunks(layer: LowBitLinear) -> list[tuple[int, int]]:
-    step = max(1, _CHUNK_ELEMENTS // max(1, layer.in_features))
+    budget = _CHUNK_ELEMENTS if layer.device.type == "cpu" else _ACCELERATOR_CHUNK_ELEMENTS
+    step = max(1, budget // max(1, layer.in_features))
     return [(i, min(i + step, layer.out_features)) for i in range(0, layer.out_features, step)]
 
 
@@ -85,12 +88,7 @@ class _LowBitMatmul(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, layer: LowBitLinear) -> torch.Tensor:
         ctx.layer = layer
         ctx.x_dtype = x.dtype
-        if x.device.type != "cpu":
-            return layer.kernel.matmul(x, layer.state)
-        dtype = _compute_dtype(x.dtype)
-        xc = x.to(dtype)
-        parts = [F.linear(xc, layer.dequantize_rows(a, b, dtype, x.device)) for a, b in _row_chunks(layer)]
-        return torch.cat(parts, dim=-1).to(x.dtype)
+        return _training_matmul(x, layer)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -102,6 +100,16 @@ class _LowBitMatmul(torch.autograd.Function):
             part = g[..., a:b] @ layer.dequantize_rows(a, b, dtype, grad.device)
             dx = part if dx is None else dx.add_(part)
         return dx.to(ctx.x_dtype), None
+
+
+def _training_matmul(x: torch.Tensor, layer: LowBitLinear) -> torch.Tensor:
+    """x @ W^T as training computes it: on CPU from dequantized blocks (exact), elsewhere the layer's kernel."""
+    if x.device.type != "cpu":
+        return layer.kernel.matmul(x, layer.state)
+    dtype = _compute_dtype(x.dtype)
+    xc = x.to(dtype)
+    parts = [F.linear(xc, layer.dequantize_rows(a, b, dtype, x.device)) for a, b in _row_chunks(layer)]
+    return torch.cat(parts, dim=-1).to(x.dtype)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -120,6 +128,12 @@ class LowBitLinear(nn.Module):
     tensors. Moving to another device kind re-selects the kernel; dtype casts (`model.half()`) leave the codes
     and scales in the dtypes their kernel reads. The layer is differentiable with respect to its input
     (`_LowBitMatmul`); the weight itself never takes a gradient.
+
+    Train/eval mode picks the function, as it does for dropout: a new layer starts in eval mode (the fast
+    inference kernels, which may round activations, e.g. to int8 blocks on CPU); in training mode
+    (`model.train()`) every call computes the training path's result, with or without autograd, so a reentrant
+    activation checkpoint's no-grad first pass and its recomputation agree. An eval-mode call whose input needs
+    a gradient also takes the training path (the kernels have no backward).
     """
 
     def __init__(self, qweight: QuantizedWeight, bias: torch.Tensor | None = None,
@@ -133,6 +147,7 @@ class LowBitLinear(nn.Module):
             "bias", None if bias is None else nn.Parameter(bias.detach().to(device), requires_grad=False)
         )
         self._place(qweight, torch.device(device))
+        self.train(False)  # an inference layer until a model's .train() asks for the training path
 
     def _place(self, qweight: QuantizedWeight, device: torch.device) -> None:
         """Select the kernel for `device`, repack `qweight` for it and register the result as buffers."""
@@ -198,6 +213,8 @@ class LowBitLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             y = _LowBitMatmul.apply(x, self)
+        elif self.training:
+            y = _training_matmul(x, self)
         else:
             y = self.kernel.matmul(x, self.state)
         return y if self.bias is None else y + self.bias.to(y.dtype)
@@ -212,8 +229,11 @@ class LowBitLinear(nn.Module):
         elif hasattr(state, "dequantize_rows"):
             w = state.dequantize_rows(torch.arange(start, stop, device=_index_device(state)), dtype)
         else:
+            # The stored rows' low-bit bytes go to `device` and decode there: a GPU layer whose kernel keeps its
+            # portable copy in host memory decodes on the GPU, and moves 0.5-1 byte per weight, not 2-4.
             qw = state if isinstance(state, QuantizedWeight) else self.export()
-            w = _decode_rows(qw, torch.arange(start, stop, device=qw.data.device), dtype)
+            rows = _row_range(qw, start, stop)
+            return rows.to(qw.data.device if device is None else device).dequantize(dtype)
         return w if device is None else w.to(device)
 
     def dequantize(
@@ -314,6 +334,13 @@ class LowBitEmbedding(nn.Module):
 def _index_device(state: Any) -> torch.device:
     tensors = [t for t in _state_tensors(state).values() if t is not None]
     return tensors[0].device if tensors else torch.device("cpu")
+
+
+def _row_range(qw: QuantizedWeight, start: int, stop: int) -> QuantizedWeight:
+    """Rows start:stop of a portable weight (views: rows are independent in every format)."""
+    pick = lambda t: None if t is None else t[start:stop]  # noqa: E731
+    return QuantizedWeight(qw.format, (stop - start, qw.shape[1]), qw.group_size, qw.data[start:stop],
+                           pick(qw.scales), pick(qw.zeros))  # fmt: skip
 
 
 def _decode_rows(qw: QuantizedWeight, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

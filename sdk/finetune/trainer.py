@@ -17,9 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from xpullm.finetune.allocator import set_mmap_threshold
 from xpullm.finetune.checkpoint import Progress, load_checkpoint, save_checkpoint
 from xpullm.finetune.config import FinetuneConfig
 from xpullm.finetune.data import IGNORE_INDEX, TrainingRow, load_records, tokenize_records
+from xpullm.finetune.loss import causal_lm_loss
 from xpullm.finetune.peft_lora import lora_config
 from xpullm.finetune.prepare import prepare_model_for_kbit_training
 
@@ -99,6 +101,8 @@ def finetune(model: nn.Module | str | os.PathLike | None, data: str | os.PathLik
     records = load_records(data) if isinstance(data, (str, os.PathLike)) else data
     rows = tokenize_records(records, tokenizer, config.seq_len)
     prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    if config.malloc_mmap_threshold is not None:
+        set_mmap_threshold(config.malloc_mmap_threshold)
     torch.manual_seed(config.seed)  # the adapter's initial A matrices: a run is reproducible from its config
     peft_model = get_peft_model(model, lora_config(config.r, config.alpha, config.targets, config.dropout))
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
@@ -120,7 +124,7 @@ def finetune(model: nn.Module | str | os.PathLike | None, data: str | os.PathLik
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
             torch.manual_seed(config.seed + step)  # dropout masks replay exactly after a resume
-            loss = peft_model(**batch).loss
+            loss = causal_lm_loss(peft_model, batch)  # the head decoded in blocks: no [tokens, vocab] logits
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from xpullm.formats import list_formats
-from xpullm.kernels import cpu_native
 from xpullm.linear import LowBitLinear
 from xpullm.memory import model_nbytes
 from xpullm.optimize import optimize_model
@@ -86,34 +85,33 @@ def test_gradient_flows_through_a_chunked_wide_layer() -> None:
     torch.testing.assert_close(x.grad, grad @ dense, rtol=1e-4, atol=1e-4)
 
 
-_REENTRANT_REASON = (
-    "reentrant checkpointing returns its first, no-grad pass's output, which the inference kernel computes (the "
-    "native nf4 kernel rounds activations to int8); the gradient pass multiplies exactly, so the two differ by that "
-    "rounding. Use use_reentrant=False (PyTorch's recommendation; what xpullm.finetune uses)"
-)
-
-
-@pytest.mark.parametrize(
-    "reentrant",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(cpu_native.library() is not None, reason=_REENTRANT_REASON, strict=True),
-        ),
-    ],
-)
+@pytest.mark.parametrize("reentrant", [False, True])
 def test_activation_checkpointing_gives_the_same_gradients(reentrant: bool) -> None:
     from torch.utils.checkpoint import checkpoint
 
     torch.manual_seed(0)
     net = optimize_model(nn.Sequential(nn.Linear(96, 128), nn.GELU(), nn.Linear(128, 96)), "nf4")
+    # Training mode, as every trainer sets it: a reentrant checkpoint's first pass runs without autograd, and in
+    # training mode it computes what the recomputation does (in eval mode it would run the int8-rounding kernel).
+    net.train()
     x = torch.randn(5, 96, requires_grad=True)
     net(x).square().sum().backward()
     plain = x.grad.clone()
     x.grad = None
     checkpoint(net, x, use_reentrant=reentrant).square().sum().backward()
     torch.testing.assert_close(x.grad, plain)
+
+
+@pytest.mark.parametrize("fmt", ["nf4", "sym_int8"])
+def test_mode_picks_the_kernel_or_the_training_path(fmt: str) -> None:
+    layer = _layer(fmt)
+    assert not layer.training  # a new layer is an inference layer
+    x = torch.randn(3, 160)
+    dense = torch.nn.functional.linear(x, layer.dequantize(), layer.bias)
+    with torch.no_grad():
+        assert torch.equal(layer(x), layer.kernel.matmul(x, layer.state) + layer.bias)
+        layer.train()
+        torch.testing.assert_close(layer(x), dense, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

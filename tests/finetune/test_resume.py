@@ -57,9 +57,9 @@ def test_killed_run_resumes_from_its_checkpoint(
     assert f"trained {STEPS} steps (resumed at step {killed_at})" in done.stdout
 
     # the same run without a kill, in this process: identical adapter weights
-    config = FinetuneConfig(
-        r=4, seq_len=32, batch_size=2, max_steps=STEPS, save_every=EVERY, gradient_checkpointing=False
-    )
+    # malloc_mmap_threshold=None: leave this (pytest) process's allocator as it was; it changes no numbers
+    config = FinetuneConfig(r=4, seq_len=32, batch_size=2, max_steps=STEPS, save_every=EVERY,
+                            gradient_checkpointing=False, malloc_mmap_threshold=None)  # fmt: skip
     ref = finetune(load_base(base_path), data, tmp_path / "ref", config, tokenizer=tokenizer, progress=False)
     assert ref.steps == STEPS and ref.resumed_from == 0
     resumed = load_file(str(out / "adapter" / "adapter_model.safetensors"))
