@@ -138,7 +138,7 @@ def summarize_communities(
         old = reuse.get(hashes[c["community"]])
         if old is not None:
             reports[c["community"]] = old
-            caller.stats.count(f"{stage}.reused")
+            caller.stats.note(f"{stage}.reused")
         else:
             todo.append(c["community"])
     for attempt in range(config.max_retries + 1):
