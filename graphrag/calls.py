@@ -123,7 +123,7 @@ class LLMCaller:
         keys = [cache_key(model, t, params) for t in texts]
         results: dict[str, CallResult] = {}
         counters = self.stats.stage(stage)
-        missing: list[tuple[str, str]] = []
+        missing: list[tuple[int, str, str]] = []
         pending: set[str] = set()
         for key, text in zip(keys, texts, strict=True):
             if key in results or key in pending:
@@ -141,10 +141,14 @@ class LLMCaller:
             n_tok = self.count_tokens(text)
             if n_tok + max_new_tokens > self.context_length:
                 raise PromptTooLong(stage, n_tok, max_new_tokens, self.context_length)
-            missing.append((key, text))
+            missing.append((n_tok, key, text))
             pending.add(key)
+        # Prompts of similar length share a batch: the engine pads a batch to its longest prompt, so mixing a
+        # 3,000-token report context with 300-token ones would prefill mostly padding. (Keys do not depend on order.)
+        missing.sort(key=lambda m: m[0])
         batches = [
-            missing[i : i + self.config.batch_size] for i in range(0, len(missing), self.config.batch_size)
+            [(key, text) for _, key, text in missing[i : i + self.config.batch_size]]
+            for i in range(0, len(missing), self.config.batch_size)
         ]
         for batch, outs in _progress(
             self._submit_all(batches, params), self.progress and len(missing) > 0, stage, len(batches)

@@ -110,9 +110,9 @@ class ReportConfig:
     """Community reports (structured JSON via constrained decoding)."""
 
     max_new_tokens: int = 800  # answer budget of one report
-    max_input_tokens: int = (
-        3000  # community context beyond this is cut by rank (counted in stats, never silent)
-    )
+    # Community context beyond this is cut by rank (counted in stats, never silent). 1500: prefill of the contexts
+    # dominates report time on CPU, and small local models do not use longer ones well.
+    max_input_tokens: int = 1500
     max_retries: int = 2  # extra attempts when the JSON stays invalid after repair
     constrained: bool = True  # pass a JSON schema to the engine so the answer is valid JSON by construction
 

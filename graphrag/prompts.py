@@ -113,7 +113,7 @@ REPORT_SCHEMA: dict[str, Any] = {
     "properties": {
         "title": {"type": "string", "minLength": 3, "maxLength": 80},
         "summary": {"type": "string", "minLength": 10, "maxLength": 400},
-        "rating": {"type": "number", "minimum": 0, "maximum": 10},
+        "rating": {"type": "integer", "minimum": 0, "maximum": 10},  # a "number" may grow digits without end
         "rating_explanation": {"type": "string", "maxLength": 160},
         "findings": {
             "type": "array",
@@ -211,7 +211,7 @@ DRIFT_PRIMER_SCHEMA: dict[str, Any] = {
             "maxItems": 3,
             "items": {"type": "string", "pattern": "^[^<>{}]{10,160}$"},
         },
-        "score": {"type": "number", "minimum": 0, "maximum": 100},
+        "score": {"type": "integer", "minimum": 0, "maximum": 100},
     },
     "required": ["intermediate_answer", "follow_up_queries", "score"],
 }
