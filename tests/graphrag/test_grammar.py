@@ -203,3 +203,21 @@ def test_merged_descriptions_never_echo_the_label():
     assert strip_echo(echoed, "Merged description:") == "The pier opened in 2019."
     assert cut_loops("1831, 1831, 1831, 1831, 1831, 1831, 1831, 1831, 1831, 1831") == "1831,"
     assert cut_loops("It opened. It opened. It opened.") == "It opened."
+
+
+def test_glued_loops_are_cut_and_unreadable_reports_fall_back():
+    from xpullm.graphrag.loopfree import cut_loops
+    from xpullm.graphrag.reports import _readable, normalize_report
+
+    assert cut_loops("Brannock VAL.WIL.TR.REPL.REPL.REPL.REPL.REPL.REPL.R") == "Brannock VAL.WIL.TR.REPL"
+    looped = {
+        "title": "Alder",
+        "summary": "Alder, Alder, Al, Alder, Alder, Al, Alder, Alder, Al,",
+        "rating": 3,
+    }
+    report = normalize_report({**looped, "rating_explanation": "", "findings": []})
+    assert report["summary"] == "Alder, Alder, Al," and not _readable(report)
+    fine = normalize_report(
+        {**looped, "summary": "The mill buys timber from the cooperative.", "findings": []}
+    )
+    assert _readable(fine)
