@@ -22,7 +22,10 @@ CHILD = textwrap.dedent(
     from xpullm.graphrag import GraphRAG, GraphRAGConfig, TranscriptLLM
     data, root, log = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     llm = TranscriptLLM(data / "transcript.jsonl", delay_s=0.2, log_path=log)
-    rag = GraphRAG(root, llm=llm, config=GraphRAGConfig.from_yaml(data / "settings.yaml"))
+    # One batch at a time: the kill below lands between two batches (with llm.concurrency > 1, answered batches
+    # waiting behind an unfinished one are not yet written and would be asked again).
+    config = GraphRAGConfig.from_yaml(data / "settings.yaml").replace(llm={"concurrency": 1})
+    rag = GraphRAG(root, llm=llm, config=config)
     rag.index(data / "corpus")
     """
 )
