@@ -1,7 +1,8 @@
 """`LLMCaller`: the only way the pipeline talks to the model.
 
 Every call is (1) wrapped in the chat template, (2) checked against the context window, (3) looked up in the cache,
-(4) sent to the engine in batches only when missing, (5) stored and counted. Stages never call `llm.generate` directly.
+(4) sent to the engine only when missing (all of a stage's missing calls at once, in batches, through a bounded
+thread pool), (5) stored in order and counted. Stages never call `llm.generate` directly.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class LLMCaller:
         keys = [cache_key(model, t, params) for t in texts]
         results: dict[str, CallResult] = {}
         counters = self.stats.stage(stage)
-        missing: list[tuple[str, str]] = []
+        missing: list[tuple[int, str, str]] = []
         pending: set[str] = set()
         for key, text in zip(keys, texts, strict=True):
             if key in results or key in pending:
@@ -140,13 +141,18 @@ class LLMCaller:
             n_tok = self.count_tokens(text)
             if n_tok + max_new_tokens > self.context_length:
                 raise PromptTooLong(stage, n_tok, max_new_tokens, self.context_length)
-            missing.append((key, text))
+            missing.append((n_tok, key, text))
             pending.add(key)
+        # Prompts of similar length share a batch: the engine pads a batch to its longest prompt, so mixing a
+        # 3,000-token report context with 300-token ones would prefill mostly padding. (Keys do not depend on order.)
+        missing.sort(key=lambda m: m[0])
         batches = [
-            missing[i : i + self.config.batch_size] for i in range(0, len(missing), self.config.batch_size)
+            [(key, text) for _, key, text in missing[i : i + self.config.batch_size]]
+            for i in range(0, len(missing), self.config.batch_size)
         ]
-        for batch in _progress(batches, self.progress and len(missing) > 0, stage, len(missing)):
-            outs = self._engine_generate([t for _, t in batch], params)
+        for batch, outs in _progress(
+            self._submit_all(batches, params), self.progress and len(missing) > 0, stage, len(batches)
+        ):
             entries = []
             for (key, text), out in zip(batch, outs, strict=True):
                 entry = CacheEntry(
@@ -210,6 +216,32 @@ class LLMCaller:
             [CacheEntry(key, stage, self.model_name, params, text, full, "stop", n_tok, n_out)]
         )
 
+    def _submit_all(
+        self, batches: list[list[tuple[str, str]]], params: dict[str, Any]
+    ) -> Iterator[tuple[list[tuple[str, str]], list[Any]]]:
+        """(batch, answers) in submission order, while up to `config.concurrency` batches are in the engine at once.
+
+        Every missing call of a stage is submitted at once (bounded by the pool), so an engine that batches
+        concurrent requests (continuous batching) sees them together; an engine with one lock simply runs them in
+        turn. The caller, the only writer, stores each batch when it is next in order, so the cache holds the same
+        rows in the same order as a sequential run.
+        """
+        if self.config.concurrency <= 1 or len(batches) <= 1:
+            for batch in batches:
+                yield batch, self._engine_generate([t for _, t in batch], params)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="graphrag-llm")
+        try:
+            futures = [pool.submit(self._engine_generate, [t for _, t in b], params) for b in batches]
+            for batch, future in zip(batches, futures, strict=True):
+                yield batch, future.result()
+        finally:
+            pool.shutdown(
+                wait=True, cancel_futures=True
+            )  # an error or interrupt stops the calls not yet started
+
     def _engine_generate(self, texts: list[str], params: dict[str, Any]) -> list[Any]:
         outs = self.llm.generate(texts if len(texts) > 1 else texts[0], **params)
         return list(outs) if isinstance(outs, list | tuple) else [outs]
@@ -221,9 +253,11 @@ def _from_entry(entry: CacheEntry) -> CallResult:
     )
 
 
-def _progress(items: list[Any], enabled: bool, stage: str, total_calls: int) -> Any:
+def _progress(items: Iterator[Any], enabled: bool, stage: str, total_batches: int) -> Any:
     if not enabled:
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=f"{stage} ({total_calls} LLM calls)", unit="batch", leave=False)
+    return tqdm(
+        items, desc=f"{stage} ({total_batches} batches)", unit="batch", total=total_batches, leave=False
+    )

@@ -64,8 +64,11 @@ def load_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Document]:
             docs.extend(read_document(p, title=str(p.relative_to(path))) for p in files)
         elif path is not None and path.is_file():
             docs.append(read_document(path))
-        elif isinstance(item, Path):
-            raise ConfigError(f"input path {str(item)!r} does not exist")
+        elif isinstance(item, Path) or _path_like(str(item)):
+            # A mistyped path must not be indexed as a one-line document holding the path itself.
+            raise ConfigError(
+                f"input path {str(item)!r} does not exist; check the path (raw text must not look like a file name)"
+            )
         else:
             text = str(item)
             if not text.strip():
@@ -74,6 +77,16 @@ def load_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Document]:
             docs.append(Document(id=stable_id(title, text), title=title, text=text))
             raw_index += 1
     return docs
+
+
+def _path_like(item: str) -> bool:
+    """Whether a string that names no existing file reads as a path rather than text: one line of at most three
+    words that ends in a file extension the documents layer reads, or holds a path separator."""
+    text = item.strip()
+    if not text or "\n" in text or len(text.split()) > 3:
+        return False
+    suffix = Path(text).suffix.lower()
+    return suffix in supported_extensions() or "/" in text or "\\" in text
 
 
 def _looks_like_path(item: str) -> bool:

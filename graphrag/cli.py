@@ -13,7 +13,7 @@ __all__ = ["register"]
 
 
 def register(subparsers: Any) -> None:
-    """Add the `graphrag` command and its four subcommands to the xpullm CLI."""
+    """Add the `graphrag` command and its subcommands (init, index, update, delete, query) to the xpullm CLI."""
     parser = subparsers.add_parser("graphrag", help="GraphRAG indexing and queries on a local model")
     sub = parser.add_subparsers(dest="graphrag_command", required=True)
 
@@ -48,6 +48,13 @@ def register(subparsers: Any) -> None:
         p.add_argument("inputs", nargs="*", help="files, folders or raw texts (default: ROOT/input)")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
         p.set_defaults(func=_index if name == "index" else _update)
+
+    p = sub.add_parser("delete", help="remove indexed documents (by path, title or id)")
+    common(p)
+    model_args(p)
+    p.add_argument("documents", nargs="+", help="source paths, titles or ids of indexed documents")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=_delete)
 
     p = sub.add_parser("query", help="answer a question from the index")
     common(p)
@@ -93,22 +100,38 @@ def _init(args: argparse.Namespace) -> int:
 
 
 # Counters that report what a run did, not a problem it handled: printed as facts, not under "handled problems".
-_FACTS = {
+_FACTS = {  # counters of stats.json as a sentence reads them (others print under their own key)
     "embeddings.vectors_embedded": "vectors embedded",
     "embeddings.vectors_reused": "vectors reused",
     "update.documents_already_indexed": "documents already indexed",
+    "update.documents_replaced": "documents replaced",
+    "update.documents_deleted": "documents deleted",
+    "community_reports.reused": "community reports reused",
 }
 
 
 def _run_index(args: argparse.Namespace, update: bool) -> int:
-    from xpullm.units import human_duration
-
     rag = _project(args)
     inputs = args.inputs or None
     result = rag.update(inputs) if update else rag.index(inputs)
+    _report(result, "updated" if update else "indexed")
+    rag.close()
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    rag = _project(args)
+    _report(rag.delete(args.documents), "kept")
+    rag.close()
+    return 0
+
+
+def _report(result: Any, verb: str) -> None:
+    from xpullm.units import human_duration
+
     totals = result.stats["totals"]
     print(
-        f"{'updated' if update else 'indexed'} {result.documents} documents: {result.text_units} text units "
+        f"{verb} {result.documents} documents: {result.text_units} text units "
         f"({result.new_text_units} new), {result.entities} entities, {result.relationships} relationships, "
         f"{result.communities} communities, {result.community_reports} reports in {human_duration(totals['seconds'])}"
     )
@@ -116,17 +139,15 @@ def _run_index(args: argparse.Namespace, update: bool) -> int:
         f"LLM calls: {totals['llm_calls']:,} ({totals['cache_hits']:,} answered from the cache), "
         f"{totals['prompt_tokens']:,} prompt + {totals['completion_tokens']:,} completion tokens"
     )
-    issues = dict(result.stats["issues"])
-    facts = [f"{issues.pop(key):,} {label}" for key, label in _FACTS.items() if key in issues]
-    if facts:
-        print("also: " + ", ".join(facts))
-    if issues:
+    print(f"extraction method: {result.stats['info'].get('extraction_method_reason', '?')}")
+    counters = result.stats.get("counters", {})
+    if counters:
+        print("also: " + ", ".join(f"{v:,} {_FACTS.get(k, k)}" for k, v in counters.items()))
+    if result.stats["issues"]:
         print(
             "handled problems (details in stats.json): "
-            + ", ".join(f"{k}={v}" for k, v in sorted(issues.items()))
+            + ", ".join(f"{k}={v}" for k, v in sorted(result.stats["issues"].items()))
         )
-    rag.close()
-    return 0
 
 
 def _index(args: argparse.Namespace) -> int:

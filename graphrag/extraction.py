@@ -8,6 +8,7 @@ every record it can read and counts the rest instead of failing the unit.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,8 +17,10 @@ from xpullm.graphrag.calls import LLMCaller
 from xpullm.graphrag.chunking import TextUnit
 from xpullm.graphrag.config import ExtractionConfig
 from xpullm.graphrag.grammar import YES_NO_GRAMMAR, tuple_grammar
+from xpullm.graphrag.loopfree import cut_loops
 from xpullm.graphrag.methods import register_method
-from xpullm.graphrag.prompts import EXTRACT_CONTINUE, EXTRACT_GRAPH, EXTRACT_LOOP_CHECK, fill
+from xpullm.graphrag.prompts import EXAMPLE_NAMES, EXTRACT_CONTINUE, EXTRACT_GRAPH, EXTRACT_LOOP_CHECK, fill
+from xpullm.graphrag.stats import IndexStats
 
 __all__ = [
     "EntityRecord",
@@ -25,6 +28,7 @@ __all__ = [
     "RelationshipRecord",
     "extract_graph",
     "extraction_prompt",
+    "ground_records",
     "parse_tuples",
 ]
 
@@ -108,6 +112,41 @@ def parse_tuples(answer: str, config: ExtractionConfig, text_unit_id: str) -> Pa
             )
         else:
             out.malformed += 1
+    return out
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def ground_records(
+    result: ParseResult, text: str, config: ExtractionConfig, stats: IndexStats
+) -> ParseResult:
+    """`result` without records a small model did not read from `text`.
+
+    Dropped: entities copied from the prompt's example (`EXAMPLE_NAMES`) that the text does not name, and (with
+    `config.grounded_names`) entities whose name has a word the text lacks ("MARIT SOLGELLITERALCONCUMBER"), with
+    every relationship that touches one. Descriptions are cut where they start to loop.
+    """
+    words = _words(text)
+
+    def ok(name: str) -> bool:
+        in_text = _words(name) <= words
+        if name in EXAMPLE_NAMES and not in_text:
+            stats.count("extract_graph.example_copies_dropped")
+            return False
+        if config.grounded_names and not in_text:
+            stats.count("extract_graph.ungrounded_names_dropped")
+            return False
+        return True
+
+    out = ParseResult(malformed=result.malformed)
+    for e in result.entities:
+        if ok(e.name):
+            out.entities.append(dataclasses.replace(e, description=cut_loops(e.description)))
+    for r in result.relationships:
+        if ok(r.source) and ok(r.target):
+            out.relationships.append(dataclasses.replace(r, description=cut_loops(r.description)))
     return out
 
 
@@ -199,6 +238,7 @@ def extract_graph(
             merged.entities.extend(part.entities)
             merged.relationships.extend(part.relationships)
             merged.malformed += part.malformed
+        merged = ground_records(merged, unit.text, config, caller.stats)
         results[unit.id] = merged
         caller.stats.count("extract_graph.malformed_records", merged.malformed)
         if not merged.entities:

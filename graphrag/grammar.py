@@ -62,12 +62,18 @@ def tuple_grammar(config: ExtractionConfig, *, require_record: bool = False) -> 
     completion delimiter on its own line.
 
     require_record: the answer must hold at least one record. The first round sets it (a small model otherwise
-    often answers with the completion delimiter alone); a gleaning round may rightly find nothing new.
+    often answers with the completion delimiter alone); a gleaning round may rightly find nothing new. With
+    `config.require_relationships` the first round must list at least one entity, then at least one relationship.
     """
     td = _literal(config.tuple_delimiter)
     newline, next_record = _literal("\n"), _literal(config.record_delimiter + "\n")
     records = f"record ({next_record} record)* {newline}"
-    body = records if require_record else f"({records})?"
+    if require_record and config.require_relationships:
+        # Entities, then at least one relationship: a small model otherwise lists entities only (0 edges, so no
+        # communities and no reports).
+        body = f"entity ({next_record} entity)* {next_record} relationship ({next_record} relationship)* {newline}"
+    else:
+        body = records if require_record else f"({records})?"
     entity, relationship = _literal('("entity"'), _literal('("relationship"')
     return "\n".join(
         [

@@ -8,8 +8,10 @@ whose community context did not change.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,7 @@ from xpullm.graphrag.chunking import Document, TextUnit, chunk_document
 from xpullm.graphrag.communities import cluster_graph
 from xpullm.graphrag.config import GraphRAGConfig
 from xpullm.graphrag.embedding import run_embeddings
+from xpullm.graphrag.errors import ConfigError
 from xpullm.graphrag.extraction import (
     EntityRecord,
     ParseResult,
@@ -56,8 +59,29 @@ def run_index(
     config: GraphRAGConfig,
     stats: IndexStats,
     update: bool = False,
+    remove: Sequence[str] = (),
 ) -> IndexResult:
-    """Index `docs` (update=False: replace the project; update=True: add them to the existing index)."""
+    """Index `docs` (update=False: replace the project; update=True: add them to the existing index).
+
+    On update, a document whose source (its path, else its title) is already indexed with other text replaces the
+    old version: the old text units, and every entity or relationship only they held, are dropped. `remove` names
+    indexed documents (source path, title or id) to delete.
+    """
+    with stats.run():  # stats.json says "interrupted" / "failed" when the run does not finish
+        result = _run(docs, caller, embedder, store, config, stats, update, remove)
+    return dataclasses.replace(result, stats=stats.to_dict())  # with the final status
+
+
+def _run(
+    docs: list[Document],
+    caller: LLMCaller,
+    embedder: EmbeddingModel,
+    store: TableStore,
+    config: GraphRAGConfig,
+    stats: IndexStats,
+    update: bool,
+    remove: Sequence[str],
+) -> IndexResult:
     old_docs: list[dict[str, Any]] = []
     old_units: list[dict[str, Any]] = []
     old_extractions: dict[str, ParseResult] = {}
@@ -83,8 +107,24 @@ def run_index(
         reuse = _load_report_reuse(store)
         known = {d["id"] for d in old_docs}
         skipped = [d for d in docs if d.id in known]
-        stats.count("update.documents_already_indexed", len(skipped))
+        stats.note("update.documents_already_indexed", len(skipped))
         docs = [d for d in docs if d.id not in known]
+        incoming = {_source(d.title, d.metadata) for d in docs}
+        replaced = {d["id"] for d in old_docs if _row_source(d) in incoming}
+        deleted = _documents_named(old_docs, remove)
+        stats.note("update.documents_replaced", len(replaced))
+        stats.note("update.documents_deleted", len(deleted - replaced))
+        gone = replaced | deleted
+        old_docs = [d for d in old_docs if d["id"] not in gone]
+        old_units = [
+            {**u, "document_ids": [x for x in u["document_ids"] if x not in gone]}
+            for u in old_units
+            if any(x not in gone for x in u["document_ids"])
+        ]
+        kept_units = {u["id"] for u in old_units}
+        old_extractions = {k: v for k, v in old_extractions.items() if k in kept_units}
+    elif remove:
+        raise ConfigError("remove= deletes documents from an existing index; call it with update=True")
 
     with stats.timed("chunk"):
         size = _chunk_size_that_fits(caller, config, stats) if method.unit_in_prompt else config.chunks.size
@@ -126,8 +166,8 @@ def run_index(
         counts = run_embeddings(
             store, embedder, config.embeddings, entities, unit_rows, reports, progress=config.progress
         )
-        stats.count("embeddings.vectors_embedded", counts["embedded"])
-        stats.count("embeddings.vectors_reused", counts["reused"])
+        stats.note("embeddings.vectors_embedded", counts["embedded"])
+        stats.note("embeddings.vectors_reused", counts["reused"])
 
     with stats.timed("write"):
         store.write("documents", doc_rows)
@@ -145,8 +185,6 @@ def run_index(
             relationships,
             store.dir / "graph.graphml",
         )
-    stats.status = "done"
-    stats.save()
     return IndexResult(
         documents=len(doc_rows),
         text_units=len(unit_rows),
@@ -159,13 +197,33 @@ def run_index(
     )
 
 
+def _source(title: str, metadata: dict[str, Any]) -> str:
+    """What identifies a document across versions: its file path, else its title."""
+    return str(metadata.get("path") or title)
+
+
+def _row_source(row: dict[str, Any]) -> str:
+    meta = row.get("metadata") or "{}"
+    return _source(row["title"], json.loads(meta) if isinstance(meta, str) else dict(meta))
+
+
+def _documents_named(rows: list[dict[str, Any]], names: Sequence[str]) -> set[str]:
+    """Ids of the indexed documents named by source path, title or id; an unknown name is an error."""
+    out: set[str] = set()
+    for name in names:
+        hits = {r["id"] for r in rows if name in (r["id"], r["title"], _row_source(r))}
+        if not hits:
+            shown = ", ".join(repr(r["title"]) for r in rows[:5]) + (" ..." if len(rows) > 5 else "")
+            raise ConfigError(f"no indexed document is named {name!r}; indexed: {shown or 'none'}")
+        out |= hits
+    return out
+
+
 def _chunk_size_that_fits(caller: LLMCaller, config: GraphRAGConfig, stats: IndexStats) -> int:
     """chunks.size, lowered when an extraction prompt of that size could not fit the context window."""
     overhead = caller.count_tokens(caller.format(extraction_prompt("", config.extract_graph))) + 16
     room = caller.context_length - config.extract_graph.max_new_tokens - overhead
     if room < 32:
-        from xpullm.graphrag.errors import ConfigError
-
         raise ConfigError(
             f"extract_graph.max_new_tokens={config.extract_graph.max_new_tokens} leaves only {room} tokens of the "
             f"{caller.context_length}-token context for text; lower max_new_tokens or use a longer-context model"

@@ -31,7 +31,14 @@ def _repeat_start(text: str, final: bool) -> int | None:
     loop = tandem_repeat(text) if final else tandem_repeat_at_end(text, final=False)
     if loop is not None:
         found.append(loop)
+    # Repeats inside one "word" ("REPL.REPL.REPL.", "Al,Al,Al,") have no spaces for the word-based check.
+    glued = _GLUED_REPEAT.search(text)
+    if glued is not None:
+        found.append(glued.start() + len(glued.group(1)))
     return min(found) if found else None
+
+
+_GLUED_REPEAT = re.compile(r"(\S{2,24}?)\1{3,}")
 
 
 def cut_loops(text: str) -> str:

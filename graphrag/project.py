@@ -14,7 +14,7 @@ from xpullm.graphrag.config import GraphRAGConfig
 from xpullm.graphrag.errors import ConfigError, IndexNotFound
 from xpullm.graphrag.index import IndexResult, run_index
 from xpullm.graphrag.query import GraphAnswer, QueryEngine
-from xpullm.graphrag.stats import IndexStats
+from xpullm.graphrag.stats import IndexStats, read_stats
 from xpullm.graphrag.tables import TableStore
 from xpullm.protocols import EmbeddingModel, TextEngine
 
@@ -104,7 +104,9 @@ class GraphRAG:
         )
 
     def update(self, new_inputs: str | Path | Iterable[str | Path] | None = None) -> IndexResult:
-        """Add documents to an existing index: only new text units are extracted, unchanged reports are kept."""
+        """Add documents to an existing index: only new text units are extracted, unchanged reports are kept.
+
+        A document already indexed from the same path (or under the same title) with other text is replaced."""
         if not self.store.exists():
             raise IndexNotFound(
                 f"no index under {str(self.store.dir)!r}; run index() (CLI: `xpullm graphrag index`) first"
@@ -113,6 +115,19 @@ class GraphRAG:
         stats = IndexStats(path=self.store.dir / "stats.json")
         return run_index(
             docs, self._caller(stats), self.embedder, self.store, self.config, stats, update=True
+        )
+
+    def delete(self, documents: str | Iterable[str]) -> IndexResult:
+        """Remove indexed documents (named by source path, title or id) with their text units, and every entity,
+        relationship and report that only they supported; the rest of the index is kept (cache hits)."""
+        if not self.store.exists():
+            raise IndexNotFound(
+                f"no index under {str(self.store.dir)!r}; run index() (CLI: `xpullm graphrag index`) first"
+            )
+        names = [documents] if isinstance(documents, str) else [str(d) for d in documents]
+        stats = IndexStats(path=self.store.dir / "stats.json")
+        return run_index(
+            [], self._caller(stats), self.embedder, self.store, self.config, stats, update=True, remove=names
         )
 
     def query(
@@ -134,12 +149,10 @@ class GraphRAG:
 
     def stats(self) -> dict[str, Any]:
         """The last index/update run's stats.json."""
-        import json
-
         path = self.store.dir / "stats.json"
         if not path.exists():
             raise IndexNotFound(f"{str(path)!r} does not exist; run index() first")
-        return json.loads(path.read_text())
+        return read_stats(path)
 
     def close(self) -> None:
         """Close the cache file."""

@@ -13,6 +13,7 @@ __all__ = [
     "DRIFT_PRIMER",
     "DRIFT_PRIMER_SCHEMA",
     "DRIFT_REDUCE",
+    "EXAMPLE_NAMES",
     "EXTRACT_CONTINUE",
     "EXTRACT_GRAPH",
     "EXTRACT_LOOP_CHECK",
@@ -33,6 +34,11 @@ __all__ = [
 SUMMARY_LABEL = "Merged description:"  # the summary prompt's last line; a small model may echo it back
 
 
+# The example's domain (cave lichens, invented names) is fixed and unlike any user's corpus, so a record copied from
+# it is easy to tell and `extraction.EXAMPLE_NAMES` drops it.
+EXAMPLE_NAMES = frozenset({"QUILL VARGA", "OSTRA CAVES", "FENNICK SPORE SOCIETY", "GLOWMOSS"})
+
+
 def fill(template: str, **values: Any) -> str:
     """Replace each `{name}` slot by its value."""
     out = template
@@ -50,13 +56,13 @@ Read the text below and list every entity of these types: [{entity_types}], and 
 3. Separate records with {record_delimiter}. Write {completion_delimiter} when you are done.
 
 -Example-
-Text: Ada Lovelace worked with Charles Babbage in London on the Analytical Engine.
+Text: The lichenologist Quill Varga mapped the glowmoss of the Ostra Caves for the Fennick Spore Society.
 Output:
-("entity"{tuple_delimiter}ADA LOVELACE{tuple_delimiter}person{tuple_delimiter}Ada Lovelace worked on the Analytical Engine with Charles Babbage){record_delimiter}
-("entity"{tuple_delimiter}CHARLES BABBAGE{tuple_delimiter}person{tuple_delimiter}Charles Babbage designed the Analytical Engine){record_delimiter}
-("entity"{tuple_delimiter}LONDON{tuple_delimiter}geo{tuple_delimiter}London is where the work took place){record_delimiter}
-("relationship"{tuple_delimiter}ADA LOVELACE{tuple_delimiter}CHARLES BABBAGE{tuple_delimiter}Ada Lovelace collaborated with Charles Babbage{tuple_delimiter}8){record_delimiter}
-("relationship"{tuple_delimiter}CHARLES BABBAGE{tuple_delimiter}LONDON{tuple_delimiter}Charles Babbage worked in London{tuple_delimiter}4)
+("entity"{tuple_delimiter}QUILL VARGA{tuple_delimiter}person{tuple_delimiter}Quill Varga is a lichenologist who mapped the glowmoss of the Ostra Caves){record_delimiter}
+("entity"{tuple_delimiter}OSTRA CAVES{tuple_delimiter}geo{tuple_delimiter}The Ostra Caves hold glowmoss){record_delimiter}
+("entity"{tuple_delimiter}FENNICK SPORE SOCIETY{tuple_delimiter}organization{tuple_delimiter}The Fennick Spore Society had the glowmoss mapped){record_delimiter}
+("relationship"{tuple_delimiter}QUILL VARGA{tuple_delimiter}OSTRA CAVES{tuple_delimiter}Quill Varga mapped the glowmoss of the Ostra Caves{tuple_delimiter}8){record_delimiter}
+("relationship"{tuple_delimiter}QUILL VARGA{tuple_delimiter}FENNICK SPORE SOCIETY{tuple_delimiter}Quill Varga worked for the Fennick Spore Society{tuple_delimiter}7)
 {completion_delimiter}
 
 -Real data-
@@ -107,7 +113,7 @@ REPORT_SCHEMA: dict[str, Any] = {
     "properties": {
         "title": {"type": "string", "minLength": 3, "maxLength": 80},
         "summary": {"type": "string", "minLength": 10, "maxLength": 400},
-        "rating": {"type": "number", "minimum": 0, "maximum": 10},
+        "rating": {"type": "integer", "minimum": 0, "maximum": 10},  # a "number" may grow digits without end
         "rating_explanation": {"type": "string", "maxLength": 160},
         "findings": {
             "type": "array",
@@ -205,7 +211,7 @@ DRIFT_PRIMER_SCHEMA: dict[str, Any] = {
             "maxItems": 3,
             "items": {"type": "string", "pattern": "^[^<>{}]{10,160}$"},
         },
-        "score": {"type": "number", "minimum": 0, "maximum": 100},
+        "score": {"type": "integer", "minimum": 0, "maximum": 100},
     },
     "required": ["intermediate_answer", "follow_up_queries", "score"],
 }

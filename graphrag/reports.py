@@ -88,6 +88,12 @@ def normalize_report(data: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _readable(report: dict[str, Any]) -> bool:
+    """Whether a report says something after its loops were cut: a title and a summary of a few real words."""
+    words = report["summary"].split()
+    return len(report["title"]) >= 3 and len(words) >= 5 and len(set(w.lower() for w in words)) >= 4
+
+
 def full_content(report: dict[str, Any]) -> str:
     """The report as markdown (what queries read)."""
     parts = [f"# {report['title']}", "", report["summary"]]
@@ -138,9 +144,10 @@ def summarize_communities(
         old = reuse.get(hashes[c["community"]])
         if old is not None:
             reports[c["community"]] = old
-            caller.stats.count(f"{stage}.reused")
+            caller.stats.note(f"{stage}.reused")
         else:
             todo.append(c["community"])
+    by_cid = {c["community"]: c for c in communities}
     for attempt in range(config.max_retries + 1):
         if not todo:
             break
@@ -153,6 +160,11 @@ def summarize_communities(
         for cid, ans in zip(todo, answers, strict=True):
             data, repaired = parse_json_object(ans.text)
             report = normalize_report(data) if data is not None else None
+            if report is not None and not _readable(report):
+                # Loops cut down to nothing: a retry of the same model writes the same, the graph data says more.
+                caller.stats.count(f"{stage}.unreadable_fallback")
+                reports[cid] = _fallback(by_cid[cid], ent_by_id)
+                continue
             if report is None:
                 caller.stats.count(f"{stage}.invalid_json")
                 still.append(cid)
@@ -161,7 +173,6 @@ def summarize_communities(
             caller.stats.count(f"{stage}.retried_ok", int(attempt > 0))
             reports[cid], raw[cid] = report, data
         todo = still
-    by_cid = {c["community"]: c for c in communities}
     for cid in todo:
         caller.stats.count(f"{stage}.fallback")
         reports[cid] = _fallback(by_cid[cid], ent_by_id)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STAGES", "IndexStats", "StageStats"]
+__all__ = ["STAGES", "IndexStats", "StageStats", "read_stats"]
 
 # The indexing stages in the order they run (`stats.json` lists them so; the demo's progress bar follows them).
 STAGES = (
@@ -52,9 +52,12 @@ class IndexStats:
     issues: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     status: str = "running"
-    info: dict[str, Any] = field(
-        default_factory=dict
-    )  # facts about the run (e.g. the extraction method chosen)
+    # Facts about the run (e.g. the extraction method chosen and why).
+    info: dict[str, Any] = field(default_factory=dict)
+    # What the run did that is not a problem (vectors embedded, reports reused); `issues` holds only problems.
+    counters: dict[str, int] = field(default_factory=dict)
+    # The indexing process: a "running" stats.json whose process is gone was interrupted (SIGKILL, power cut).
+    pid: int = field(default_factory=os.getpid)
 
     def stage(self, name: str) -> StageStats:
         """The counters of `name`, created on first use."""
@@ -78,6 +81,11 @@ class IndexStats:
         if n:
             self.issues[issue] = self.issues.get(issue, 0) + n
 
+    def note(self, counter: str, n: int = 1) -> None:
+        """Count something the run did that is not a problem (e.g. 'embeddings.vectors_reused')."""
+        if n:
+            self.counters[counter] = self.counters.get(counter, 0) + n
+
     def totals(self) -> dict[str, Any]:
         keys = ("llm_calls", "cache_hits", "prompt_tokens", "completion_tokens")
         out: dict[str, Any] = {k: sum(getattr(s, k) for s in self.stages.values()) for k in keys}
@@ -87,12 +95,33 @@ class IndexStats:
     def to_dict(self) -> dict[str, Any]:
         return {
             "status": self.status,
+            "pid": self.pid,
             "started": self.started,
             "stages": {k: v.to_dict() for k, v in self.stages.items()},
             "totals": self.totals(),
             "info": dict(self.info),
+            "counters": dict(sorted(self.counters.items())),
             "issues": dict(sorted(self.issues.items())),
         }
+
+    @contextmanager
+    def run(self) -> Iterator[IndexStats]:
+        """Mark the run "done" when the block ends, "interrupted" on KeyboardInterrupt / SystemExit, "failed" on an
+        error (saved before it propagates). A SIGKILL leaves "running": `read_stats` reports it as interrupted."""
+        self.status = "running"
+        self.save()
+        try:
+            yield self
+        except (KeyboardInterrupt, SystemExit):
+            self.status = "interrupted"
+            self.save()
+            raise
+        except BaseException:
+            self.status = "failed"
+            self.save()
+            raise
+        self.status = "done"
+        self.save()
 
     def save(self) -> None:
         """Atomically rewrite stats.json (rename, so a kill never leaves half a file)."""
@@ -102,3 +131,23 @@ class IndexStats:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.to_dict(), indent=2))
         os.replace(tmp, self.path)
+
+
+def read_stats(path: Path) -> dict[str, Any]:
+    """A stats.json as a dict; a "running" run whose process no longer exists is reported as "interrupted"."""
+    data = json.loads(Path(path).read_text())
+    if data.get("status") == "running" and not _alive(data.get("pid")):
+        data["status"] = "interrupted"
+    return data
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

@@ -136,7 +136,8 @@ class _RecordingEngine:
         if prompt.rstrip().endswith(EXTRACT_LOOP_CHECK.strip()):
             return Completion("Y")
         round_no = sum(1 for p, _ in self.calls if not p.rstrip().endswith(EXTRACT_LOOP_CHECK.strip()))
-        return Completion(_answer([f'("entity"<|>NAME {round_no}<|>person<|>Found in round {round_no})']))
+        name = ("ADA", "LOVELACE", "LONDON")[round_no - 1]  # names the text holds (others are dropped)
+        return Completion(_answer([f'("entity"<|>{name}<|>person<|>Found in round {round_no})']))
 
 
 @pytest.mark.parametrize("constrained", [True, False])
@@ -146,10 +147,77 @@ def test_extraction_passes_grammars_to_the_engine(constrained):
     caller = LLMCaller(engine, LLMCache(None, mode="off"), IndexStats(), LLMConfig(chat_template=False))
     unit = TextUnit("u1", "Ada Lovelace lived in London.", 7, "d1", 0)
     result = extract_graph([unit], caller, cfg)["u1"]
-    assert [e.name for e in result.entities] == ["NAME 1", "NAME 2", "NAME 3"]  # first round + two gleanings
+    assert [e.name for e in result.entities] == ["ADA", "LOVELACE", "LONDON"]  # first round + two gleanings
     grammars = [params.get("grammar") for _, params in engine.calls]
     if constrained:
         first, more = tuple_grammar(cfg, require_record=True), tuple_grammar(cfg)
         assert grammars == [first, more, YES_NO_GRAMMAR, more]
     else:
         assert grammars == [None, None, None, None]
+
+
+def test_first_round_requires_a_relationship(admits):
+    first = tuple_grammar(CFG, require_record=True)
+    assert admits(first, _answer(GOOD))  # entities, then relationships
+    assert not admits(first, _answer(GOOD[:2]))  # entities only: the graph would have no edges
+    assert not admits(first, _answer(GOOD[2:]))  # a relationship needs an entity first
+    relaxed = ExtractionConfig(require_relationships=False)
+    assert admits(tuple_grammar(relaxed, require_record=True), _answer(GOOD[:2]))
+
+
+def test_records_copied_from_the_example_or_mangled_are_dropped():
+    from xpullm.graphrag.extraction import ground_records
+
+    text = "Marit Solberg leads the Kerrow Choir in the town of Kerrow."
+    answer = _answer(
+        [
+            '("entity"<|>QUILL VARGA<|>person<|>Quill Varga is a lichenologist)',  # the prompt's example
+            '("entity"<|>MARIT SOLGELLITERALCONCUMBER<|>person<|>A mangled name)',
+            '("entity"<|>MARIT SOLBERG<|>person<|>Marit Solberg leads the choir in the town of Kerrow in the town '
+            "of Kerrow in the town of Kerrow in the town of Kerrow)",
+            '("entity"<|>KERROW CHOIR<|>organization<|>A choir)',
+            '("relationship"<|>MARIT SOLBERG<|>KERROW CHOIR<|>Marit Solberg leads the Kerrow Choir<|>9)',
+            '("relationship"<|>QUILL VARGA<|>KERROW CHOIR<|>copied<|>5)',
+        ]
+    )
+    stats = IndexStats()
+    res = ground_records(parse_tuples(answer, CFG, "u1"), text, CFG, stats)
+    assert [e.name for e in res.entities] == ["MARIT SOLBERG", "KERROW CHOIR"]
+    assert res.entities[0].description == "Marit Solberg leads the choir in the town of Kerrow"
+    assert [(r.source, r.target) for r in res.relationships] == [("MARIT SOLBERG", "KERROW CHOIR")]
+    assert stats.issues == {
+        "extract_graph.example_copies_dropped": 2,
+        "extract_graph.ungrounded_names_dropped": 1,
+    }
+    # A text that does name an example entity keeps it.
+    kept = ground_records(
+        parse_tuples(answer, CFG, "u1"), "Quill Varga met Marit Solberg.", CFG, IndexStats()
+    )
+    assert "QUILL VARGA" in [e.name for e in kept.entities]
+
+
+def test_merged_descriptions_never_echo_the_label():
+    from xpullm.graphrag.loopfree import cut_loops, strip_echo
+
+    echoed = "Merged description: Merged description: merged description:  The pier opened in 2019."
+    assert strip_echo(echoed, "Merged description:") == "The pier opened in 2019."
+    assert cut_loops("1831, 1831, 1831, 1831, 1831, 1831, 1831, 1831, 1831, 1831") == "1831,"
+    assert cut_loops("It opened. It opened. It opened.") == "It opened."
+
+
+def test_glued_loops_are_cut_and_unreadable_reports_fall_back():
+    from xpullm.graphrag.loopfree import cut_loops
+    from xpullm.graphrag.reports import _readable, normalize_report
+
+    assert cut_loops("Brannock VAL.WIL.TR.REPL.REPL.REPL.REPL.REPL.REPL.R") == "Brannock VAL.WIL.TR.REPL"
+    looped = {
+        "title": "Alder",
+        "summary": "Alder, Alder, Al, Alder, Alder, Al, Alder, Alder, Al,",
+        "rating": 3,
+    }
+    report = normalize_report({**looped, "rating_explanation": "", "findings": []})
+    assert report["summary"] == "Alder, Alder, Al," and not _readable(report)
+    fine = normalize_report(
+        {**looped, "summary": "The mill buys timber from the cooperative.", "findings": []}
+    )
+    assert _readable(fine)

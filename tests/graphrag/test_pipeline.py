@@ -173,7 +173,7 @@ def test_update_extracts_only_new_units(tmp_path, replay_project, data_dir, ques
     assert (
         stats["stages"]["extract_graph"]["cache_hits"] == 2 + 2 + 2
     )  # 2 new units: first round, loop check, glean
-    assert stats["issues"]["community_reports.reused"] >= 1  # untouched communities keep their reports
+    assert stats["counters"]["community_reports.reused"] >= 1  # untouched communities keep their reports
     after = rag.table("entities").set_index("title")["human_readable_id"].to_dict()
     assert all(after[t] == i for t, i in before.items())  # old short ids stay, so old citations stay right
     assert {"LEA VOSS", "COASTLINE RAILWAY", "DUNMERE"} <= set(after)

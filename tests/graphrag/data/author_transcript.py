@@ -52,6 +52,15 @@ SENTENCES: list[tuple[str, list[str]]] = [
         R("INES CALDERA", "NORTH PIER", "Ines Caldera opened the North Pier in 2019", 8),
         R("NORTH PIER", "PORT OF VELMORA", "The North Pier is part of the Port of Velmora", 8),
     ]),
+    ("handles timber shipped by", [
+        E("BRASK TIMBER GUILD", "organization", "The Brask Timber Guild ships timber through the North Pier"),
+        R("BRASK TIMBER GUILD", "NORTH PIER", "The North Pier handles timber shipped by the Brask Timber Guild", 7),
+    ]),
+    ("led by Hanne Brask", [
+        E("HANNE BRASK", "person", "Hanne Brask leads the guild and moved to Velmora in 2020"),
+        E("VELMORA", "geo", "Velmora is where Hanne Brask moved in 2020"),
+        R("HANNE BRASK", "VELMORA", "Hanne Brask moved to Velmora in 2020", 5),
+    ]),
     ("handles grain shipped by", [
         E("TALLIS GRAIN COMPANY", "organization", "The Tallis Grain Company ships grain through the North Pier"),
         R("TALLIS GRAIN COMPANY", "NORTH PIER", "The North Pier handles grain shipped by the Tallis Grain Company", 7),
@@ -289,6 +298,26 @@ class AuthorLLM:
         raise ValueError(f"no authored answer for prompt starting {prompt[:80]!r}")
 
 
+# The lifecycle test (test_lifecycle.py) replaces harbor.txt by this text, then deletes river.txt.
+CHANGED_HARBOR = (
+    "The Port of Velmora is run by the Velmora Harbor Authority. Its director, Ines Caldera, opened the new North "
+    "Pier in 2019 after six years of planning.\n\nThe North Pier now handles timber shipped by the Brask Timber "
+    "Guild. The guild is led by Hanne Brask, who moved to Velmora in 2020."
+)
+
+
+def lifecycle(root: Path, cache: Any, embedder: Any, config: GraphRAGConfig) -> None:
+    """Index the corpus, replace harbor.txt by CHANGED_HARBOR, delete river.txt (calls go into `cache`)."""
+    folder = root / "input"
+    shutil.copytree(HERE / "corpus", folder)
+    rag = GraphRAG(root, llm=AuthorLLM(), embedder=embedder, config=config)
+    rag.cache = cache
+    rag.index(folder)
+    (folder / "harbor.txt").write_text(CHANGED_HARBOR)
+    rag.update(folder / "harbor.txt")
+    rag.delete("river.txt")
+
+
 def record(out: Path = HERE / "transcript.jsonl") -> int:
     """Run the pipeline against AuthorLLM in a scratch project and write every call to `out`."""
     from xpullm.embeddings import Embedder
@@ -304,6 +333,7 @@ def record(out: Path = HERE / "transcript.jsonl") -> int:
         rag.update(HERE / "update")
         for method, q in QUESTIONS["after_update"].items():
             rag.query(q, method=method)
+        lifecycle(root / "lifecycle", rag.cache, embedder, config)
         n = rag.cache.export_transcript(out)
         rag.close()
     finally:

@@ -1,0 +1,119 @@
+"""Document lifecycle: replace a changed document, delete one, reject unknown paths, record interrupted runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from xpullm.graphrag import ConfigError
+from xpullm.graphrag.chunking import load_inputs
+
+sys.path.insert(0, str(Path(__file__).parent / "data"))
+from author_transcript import CHANGED_HARBOR
+
+sys.path.pop(0)
+
+
+def test_replace_then_delete(tmp_path, replay_project, data_dir):
+    folder = tmp_path / "input"
+    shutil.copytree(data_dir / "corpus", folder)
+    rag = replay_project(tmp_path / "project")
+    first = rag.index(folder)
+    old_doc = rag.table("documents").set_index("title").loc["harbor.txt", "id"]
+    units = rag.table("text_units")
+    old_harbor_units = {u for u, d in zip(units["id"], units["document_ids"], strict=True) if old_doc in d}
+    assert old_harbor_units
+    assert "OMAR TALLIS" in set(rag.table("entities")["title"])
+
+    (folder / "harbor.txt").write_text(CHANGED_HARBOR)
+    result = rag.update(folder / "harbor.txt")
+    assert result.stats["counters"]["update.documents_replaced"] == 1
+    assert result.documents == first.documents == 3  # replaced, not added next to the old version
+    docs = rag.table("documents")
+    assert list(docs["title"]).count("harbor.txt") == 1
+    assert "Brask Timber Guild" in docs.set_index("title").loc["harbor.txt", "text"]
+    titles = set(rag.table("entities")["title"])
+    assert {"HANNE BRASK", "BRASK TIMBER GUILD"} <= titles
+    assert not {"OMAR TALLIS", "TALLIS GRAIN COMPANY"} & titles  # only the old text named them
+    assert "INES CALDERA" in titles  # still in the new text
+    units = rag.table("text_units")
+    assert not old_harbor_units & set(units["id"])  # the old version's text units are gone
+    assert not any(old_doc in d for d in units["document_ids"])
+
+    result = rag.delete("river.txt")
+    assert result.stats["counters"]["update.documents_deleted"] == 1
+    assert sorted(rag.table("documents")["title"]) == ["festival.txt", "harbor.txt"]
+    titles = set(rag.table("entities")["title"])
+    assert not {"SABLE RIVER", "TEODOR BRANDT", "SABLE RIVER TRUST"} & titles
+    assert result.stats["totals"]["llm_calls"] == 0  # everything came from the recorded transcript
+    with pytest.raises(ConfigError, match=r"no indexed document is named 'river.txt'; indexed: "):
+        rag.delete("river.txt")
+    rag.close()
+
+
+def test_unknown_path_is_an_error_not_text(tmp_path):
+    for typo in ("notes/harbour.txt", "harbour.docx", str(tmp_path / "missing.pdf"), tmp_path / "nope.txt"):
+        with pytest.raises(ConfigError, match=r"input path .* does not exist; check the path"):
+            load_inputs([typo])
+    assert load_inputs(["The North Pier opened in 2019."])[0].title == "text_0"  # text is still text
+
+
+def test_explicit_docx_is_parsed(tmp_path):
+    import docx
+
+    d = docx.Document()
+    d.add_heading("Harbor news", 1)
+    d.add_paragraph("Ines Caldera opened the North Pier.")
+    path = tmp_path / "news.docx"
+    d.save(str(path))
+    (doc,) = load_inputs(path)
+    assert doc.text == "Harbor news\n\nInes Caldera opened the North Pier."
+    (doc,) = load_inputs(str(path))
+    assert doc.text.startswith("Harbor news")
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from xpullm.graphrag import GraphRAG, GraphRAGConfig, TranscriptLLM
+    data, root, log = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    llm = TranscriptLLM(data / "transcript.jsonl", delay_s=0.2, log_path=log)
+    rag = GraphRAG(root, llm=llm, config=GraphRAGConfig.from_yaml(data / "settings.yaml"))
+    rag.index(data / "corpus")
+    """
+)
+
+
+def test_interrupted_run_is_recorded(tmp_path, data_dir):
+    """Ctrl-C (SIGINT) mid-extraction leaves stats.json "interrupted", with its counters kept apart from issues."""
+    from xpullm.graphrag.stats import read_stats
+
+    root, log = tmp_path / "project", tmp_path / "engine.log"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(data_dir), str(root), str(log)],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 240
+    while not log.exists() or len(log.read_text().split()) < 2:
+        assert child.poll() is None, child.stdout.read().decode()
+        assert time.monotonic() < deadline, "the child never reached the extraction stage"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    child.wait(timeout=60)
+    assert child.returncode != 0
+    stats = json.loads((root / "output" / "stats.json").read_text())
+    assert stats["status"] == "interrupted"
+    assert read_stats(root / "output" / "stats.json")["status"] == "interrupted"
+    assert not any(k.startswith("embeddings.") for k in stats["issues"])
