@@ -190,11 +190,13 @@ def main() -> None:
     llm.generate("warm up", max_new_tokens=4)
     print("attention:", llm.engine.runner.attention_name, flush=True)
     rows: dict[tuple[int, str], list[dict]] = {}
-    old = [old_decoder_level(llm, args.max_tokens) for _ in range(args.rounds)]
+    old = []
     for n in levels:
         server, url = llamacpp_server(args.threads, n)
         llamacpp_level(llm, url, 1, 4)  # warm-up
         for _ in range(args.rounds):
+            if n == 1:  # the pre-engine path, in the same rounds as the engine's single stream
+                old.append(old_decoder_level(llm, args.max_tokens))
             rows.setdefault((n, "xpullm engine"), []).append(xpullm_level(llm, n, args.max_tokens))
             rows.setdefault((n, "llama.cpp server"), []).append(llamacpp_level(llm, url, n, args.max_tokens))
         del server
