@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 __all__ = ["has_display", "register"]
 
@@ -40,6 +41,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--data-dir", type=Path, default=None, help="where bases and projects live (default: cache)"
     )
     p.add_argument("--max-upload-mb", type=int, default=20, help="per-file upload limit in MB (default: 20)")
+    p.add_argument(
+        "--models-dir",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="where the model picker looks for .gguf files and model folders (repeatable; DATA_DIR/models and "
+        "the Hugging Face cache are always searched)",
+    )
+    p.add_argument(
+        "--concurrent-answers",
+        type=int,
+        default=4,
+        metavar="N",
+        help="answers generated at once; more requests wait in line and see their position (default: 4)",
+    )
     p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     p.add_argument("--no-preload", action="store_true", help="load the model on the first request instead")
     p.add_argument(
@@ -56,23 +73,33 @@ def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def run(args: argparse.Namespace) -> int:
-    """Handler of `xpullm demo`: serve until Ctrl-C."""
-    from xpullm.apps.demo import DemoConfig, launch
+def _config(args: argparse.Namespace) -> Any:
+    from xpullm.apps.demo import DemoConfig
 
-    kwargs = {}
-    if args.data_dir is not None:
-        kwargs["data_dir"] = args.data_dir
-    config = DemoConfig(
+    kwargs = {} if args.data_dir is None else {"data_dir": args.data_dir}
+    return DemoConfig(
         model=args.model,
         low_bit=args.low_bit,
         device=args.device,
         max_upload_mb=args.max_upload_mb,
+        model_dirs=tuple(args.models_dir),
+        concurrent_answers=args.concurrent_answers,
         preload=not args.no_preload,
         graphrag_transcript=args.graphrag_transcript,
         graphrag_settings=args.graphrag_settings,
         **kwargs,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of `xpullm demo`: serve until Ctrl-C."""
+    from xpullm.apps.demo import launch
+
+    try:
+        config = _config(args)
+    except ValueError as exc:  # a bad option value: one line, like every other CLI mistake
+        print(f"error: {exc}\nhint: see 'xpullm demo --help'", file=sys.stderr)
+        return 1
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {args.host}: anyone who can reach this machine can use the demo", flush=True)
     print("starting the xpullm demo (the model loads in the background)…", flush=True)

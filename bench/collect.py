@@ -15,6 +15,7 @@ PARTS = [
     ("benchmarks-rag.md", "Embeddings and knowledge bases"),
     ("benchmarks-graphrag.md", "GraphRAG indexing"),
     ("benchmarks-serve.md", "Serving: xpullm serve vs llama.cpp's server (OpenAI API, streamed)"),
+    ("benchmarks-serve-load.md", "Serving under load: 32 streaming clients, 10% disconnecting"),
     ("benchmarks-gpu.md", "GPU kernels and decode (H200, H100)"),
     ("benchmarks-finetune.md", "Fine-tuning (QLoRA) on CPU"),
 ]

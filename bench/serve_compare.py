@@ -5,13 +5,14 @@ client; per request it records time to first content token (TTFT) and the gaps b
 (inter-token latency, ITL); per level, aggregate completion tokens/s over the level's wall time (usage counts).
 Levels run interleaved (xpullm, llama.cpp, xpullm, ...) so machine noise hits both.
 
-python -P bench/serve_compare.py [--levels 1,4,8] [--requests 8] [--max-tokens 32]   # writes docs/benchmarks-serve.md
+python -P bench/serve_compare.py [--levels 1,2,4,8] [--requests 8] [--max-tokens 32]   # writes docs/benchmarks-serve.md
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import itertools
 import json
 import os
@@ -44,13 +45,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_xpullm(threads: int) -> tuple[subprocess.Popen, str, str]:
+def start_xpullm(threads: int, max_running: int) -> tuple[subprocess.Popen, str, str]:
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONSAFEPATH": "1"}
     cmd = [sys.executable, "-P", "-m", "xpullm.cli.main", "serve", "--port", str(port), "--no-embedder"]
-    proc = subprocess.Popen(
-        [*cmd, "--max-queue", "256", "--log-level", "warning", "--model-name", "smollm2"], env=env
-    )
+    cmd += ["--max-queue", "256", "--max-running", str(max_running), "--log-level", "warning"]
+    proc = subprocess.Popen([*cmd, "--model-name", "smollm2"], env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -132,14 +132,14 @@ async def level(url: str, model: str, concurrency: int, requests: int, max_token
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--levels", default="1,4,8")
+    ap.add_argument("--levels", default="1,2,4,8")
     ap.add_argument("--requests", type=int, default=8, help="requests per level")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--out", default=str(DOCS / "benchmarks-serve.md"))
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    proc, x_url, x_model = start_xpullm(args.threads)
+    proc, x_url, x_model = start_xpullm(args.threads, max(levels))
     server, l_url, l_model = start_llamacpp(args.threads, max(levels))
     rows = []
     try:
@@ -152,6 +152,11 @@ def main() -> None:
         proc.terminate()
         proc.wait(60)
         del server
+    engine = (
+        "continuous-batching engine: running requests share steps"
+        if importlib.util.find_spec("xpullm.engine.core")
+        else "serialized engine: running requests take turns on the model"
+    )
     cpu = platform.processor() or platform.machine()
     with open("/proc/cpuinfo") as f:
         names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
@@ -163,11 +168,11 @@ def main() -> None:
         f"(`--levels {args.levels} --requests {args.requests} --max-tokens {args.max_tokens}`). Machine: {cpu}, "
         f"{os.cpu_count()} vCPU, {args.threads} thread(s) per server, shared with other jobs (noisy: compare rows "
         "of one run, not runs). Packaged "
-        "SmolLM2-135M-Instruct Q4_1 GGUF: xpullm loads it as sym_int4 and runs one request at a time (today's "
-        "engine, FIFO queue); llama.cpp's server gets `n_parallel` = the highest level (continuous batching). "
+        f"SmolLM2-135M-Instruct Q4_1 GGUF: xpullm loads it as sym_int4 with `--max-running` = the highest level "
+        f"({engine}); llama.cpp's server gets `n_parallel` = the highest level (continuous batching). "
         "Streamed greedy chat completions; TTFT includes queueing; ITL is the mean gap between content chunks. "
-        "llama.cpp's server caches prompts across requests (`cache_prompt`), xpullm does not, so repeated prompts "
-        "at the higher level reach llama.cpp's first token sooner.",
+        "The 8 prompts repeat across requests: llama.cpp's server reuses cached prompts (`cache_prompt`), and so does "
+        "the continuous-batching engine (prefix blocks), so repeated prompts reach their first token sooner.",
         "",
         "| concurrency | server | tokens/s (aggregate) | TTFT p50 (s) | TTFT p99 (s) | ITL (ms) |",
         "| --- | --- | --- | --- | --- | --- |",

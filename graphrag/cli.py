@@ -92,7 +92,17 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+# Counters that report what a run did, not a problem it handled: printed as facts, not under "handled problems".
+_FACTS = {
+    "embeddings.vectors_embedded": "vectors embedded",
+    "embeddings.vectors_reused": "vectors reused",
+    "update.documents_already_indexed": "documents already indexed",
+}
+
+
 def _run_index(args: argparse.Namespace, update: bool) -> int:
+    from xpullm.cli.common import human_duration
+
     rag = _project(args)
     inputs = args.inputs or None
     result = rag.update(inputs) if update else rag.index(inputs)
@@ -100,12 +110,21 @@ def _run_index(args: argparse.Namespace, update: bool) -> int:
     print(
         f"{'updated' if update else 'indexed'} {result.documents} documents: {result.text_units} text units "
         f"({result.new_text_units} new), {result.entities} entities, {result.relationships} relationships, "
-        f"{result.communities} communities, {result.community_reports} reports; "
-        f"{totals['llm_calls']} LLM calls ({totals['cache_hits']} cached), "
-        f"{totals['prompt_tokens']} prompt + {totals['completion_tokens']} completion tokens, {totals['seconds']} s"
+        f"{result.communities} communities, {result.community_reports} reports in {human_duration(totals['seconds'])}"
     )
-    if result.stats["issues"]:
-        print("handled issues: " + ", ".join(f"{k}={v}" for k, v in result.stats["issues"].items()))
+    print(
+        f"LLM calls: {totals['llm_calls']:,} ({totals['cache_hits']:,} answered from the cache), "
+        f"{totals['prompt_tokens']:,} prompt + {totals['completion_tokens']:,} completion tokens"
+    )
+    issues = dict(result.stats["issues"])
+    facts = [f"{issues.pop(key):,} {label}" for key, label in _FACTS.items() if key in issues]
+    if facts:
+        print("also: " + ", ".join(facts))
+    if issues:
+        print(
+            "handled problems (details in stats.json): "
+            + ", ".join(f"{k}={v}" for k, v in sorted(issues.items()))
+        )
     rag.close()
     return 0
 

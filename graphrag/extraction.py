@@ -16,6 +16,7 @@ from xpullm.graphrag.calls import LLMCaller
 from xpullm.graphrag.chunking import TextUnit
 from xpullm.graphrag.config import ExtractionConfig
 from xpullm.graphrag.grammar import YES_NO_GRAMMAR, tuple_grammar
+from xpullm.graphrag.methods import register_method
 from xpullm.graphrag.prompts import EXTRACT_CONTINUE, EXTRACT_GRAPH, EXTRACT_LOOP_CHECK, fill
 
 __all__ = [
@@ -127,6 +128,12 @@ def extraction_prompt(text: str, config: ExtractionConfig) -> str:
     )
 
 
+@register_method(
+    "llm",
+    llm_descriptions=True,
+    unit_in_prompt=True,
+    doc="the LLM writes entity and relationship tuples (gleaning rounds, grammar-constrained)",
+)
 def extract_graph(
     units: Sequence[TextUnit], caller: LLMCaller, config: ExtractionConfig
 ) -> dict[str, ParseResult]:

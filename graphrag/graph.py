@@ -14,7 +14,8 @@ from xpullm.documents import stable_id
 from xpullm.graphrag.calls import LLMCaller
 from xpullm.graphrag.config import SummarizeConfig
 from xpullm.graphrag.extraction import ParseResult
-from xpullm.graphrag.prompts import SUMMARIZE, fill
+from xpullm.graphrag.loopfree import cut_loops, strip_echo
+from xpullm.graphrag.prompts import SUMMARIZE, SUMMARY_LABEL, fill
 
 __all__ = ["build_graph", "to_graphml"]
 
@@ -28,8 +29,12 @@ def build_graph(
     caller: LLMCaller,
     config: SummarizeConfig,
     previous_ids: dict[str, int] | None = None,
+    llm_descriptions: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Entities and relationships rows: duplicates merged by name / endpoint pair, descriptions summarized.
+
+    llm_descriptions: the LLM merges several descriptions into one (the "llm" method); False joins them as they
+    are, up to `config.max_new_tokens` tokens (the "nlp" method, whose descriptions are sentences of the text).
 
     previous_ids maps "entity:NAME" / "relationship:SRC|TGT" to the human_readable_id of an earlier run: an update
     keeps those ids (so reports citing them stay right) and numbers new records after them.
@@ -67,8 +72,9 @@ def build_graph(
 
     names = sorted(ent_desc)
     rel_keys = sorted(rel_desc)
-    ent_summaries = _summarize(caller, config, "entity", [(n, _unique(ent_desc[n])) for n in names])
-    rel_summaries = _summarize(
+    merge = _summarize if llm_descriptions else _join
+    ent_summaries = merge(caller, config, "entity", [(n, _unique(ent_desc[n])) for n in names])
+    rel_summaries = merge(
         caller, config, "relationship", [(f"{s} -> {t}", _unique(rel_desc[(s, t)])) for s, t in rel_keys]
     )
     degree: Counter[str] = Counter()
@@ -126,6 +132,24 @@ def _short_ids(keys: list[str], previous: dict[str, int]) -> list[int]:
     return out
 
 
+def _join(
+    caller: LLMCaller, config: SummarizeConfig, kind: str, items: list[tuple[str, list[str]]]
+) -> list[str]:
+    """One description per item: its distinct descriptions joined (sorted), up to `max_new_tokens` tokens."""
+    out = []
+    for _, descs in items:
+        kept, used = [], 0
+        for d in sorted(descs):
+            n = caller.count_tokens(d)
+            if kept and used + n > config.max_new_tokens:
+                caller.stats.count("summarize_descriptions.descriptions_left_out")
+                continue
+            kept.append(d)
+            used += n
+        out.append(" ".join(kept))
+    return out
+
+
 def _summarize(
     caller: LLMCaller, config: SummarizeConfig, kind: str, items: list[tuple[str, list[str]]]
 ) -> list[str]:
@@ -150,7 +174,8 @@ def _summarize(
         return out
     answers = caller.generate([p for _, p, _ in todo], stage=stage, max_new_tokens=config.max_new_tokens)
     for (i, _, kept), ans in zip(todo, answers, strict=True):
-        text = " ".join(ans.text.split())
+        # A small model echoes the prompt's label and loops; neither may reach the table (or the next merge).
+        text = cut_loops(strip_echo(" ".join(ans.text.split()), SUMMARY_LABEL))
         if text:
             out[i] = text
         else:

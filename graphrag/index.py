@@ -22,10 +22,10 @@ from xpullm.graphrag.extraction import (
     EntityRecord,
     ParseResult,
     RelationshipRecord,
-    extract_graph,
     extraction_prompt,
 )
 from xpullm.graphrag.graph import build_graph, to_graphml
+from xpullm.graphrag.methods import choose_method, get_method
 from xpullm.graphrag.reports import normalize_report, summarize_communities
 from xpullm.graphrag.stats import IndexStats
 from xpullm.graphrag.tables import TableStore
@@ -63,6 +63,12 @@ def run_index(
     old_extractions: dict[str, ParseResult] = {}
     reuse: dict[str, dict[str, Any]] = {}
     previous_ids: dict[str, int] = {}
+    name, why = choose_method(
+        config.extract_graph.method, caller.llm, config.extract_graph.small_model_params
+    )
+    method = get_method(name)
+    stats.info["extraction_method"] = name
+    stats.info["extraction_method_reason"] = why
     if update:
         previous_ids = {f"entity:{e['title']}": e["human_readable_id"] for e in store.read("entities")}
         previous_ids.update(
@@ -73,7 +79,7 @@ def run_index(
         )
         old_docs = store.read("documents")
         old_units = store.read("text_units")
-        old_extractions = _load_extractions(store)
+        old_extractions = _load_extractions(store, method.name)
         reuse = _load_report_reuse(store)
         known = {d["id"] for d in old_docs}
         skipped = [d for d in docs if d.id in known]
@@ -81,7 +87,7 @@ def run_index(
         docs = [d for d in docs if d.id not in known]
 
     with stats.timed("chunk"):
-        size = _chunk_size_that_fits(caller, config, stats)
+        size = _chunk_size_that_fits(caller, config, stats) if method.unit_in_prompt else config.chunks.size
         new_units: list[TextUnit] = []
         unit_docs: dict[str, str] = {}
         for doc in docs:
@@ -92,12 +98,12 @@ def run_index(
 
     with stats.timed("extract_graph"):
         extractions = dict(old_extractions)
-        extractions.update(extract_graph(new_units, caller, config.extract_graph))
-        store.write_internal("extractions", _dump_extractions(extractions))
+        extractions.update(method.extract(new_units, caller, config.extract_graph))
+        store.write_internal("extractions", _dump_extractions(extractions, method.name))
 
     with stats.timed("summarize_descriptions"):
         entities, relationships = build_graph(
-            extractions, caller, config.summarize_descriptions, previous_ids
+            extractions, caller, config.summarize_descriptions, previous_ids, method.llm_descriptions
         )
 
     with stats.timed("cluster_graph"):
@@ -227,7 +233,7 @@ def _document_rows(
     return rows
 
 
-def _dump_extractions(extractions: dict[str, ParseResult]) -> list[dict[str, Any]]:
+def _dump_extractions(extractions: dict[str, ParseResult], method: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for unit_id in sorted(extractions):
         res = extractions[unit_id]
@@ -235,7 +241,7 @@ def _dump_extractions(extractions: dict[str, ParseResult]) -> list[dict[str, Any
             {
                 "text_unit_id": unit_id,
                 "kind": "unit",
-                "a": "",
+                "a": method,  # which method read this unit: an update with another method reads it again
                 "b": "",
                 "description": "",
                 "weight": float(res.malformed),
@@ -266,9 +272,14 @@ def _dump_extractions(extractions: dict[str, ParseResult]) -> list[dict[str, Any
     return rows
 
 
-def _load_extractions(store: TableStore) -> dict[str, ParseResult]:
+def _load_extractions(store: TableStore, method: str) -> dict[str, ParseResult]:
+    """Earlier extractions made by `method` (units read by another method are extracted again)."""
+    rows = store.read_internal("extractions")
+    made_by = {r["text_unit_id"]: r["a"] or "llm" for r in rows if r["kind"] == "unit"}
     out: dict[str, ParseResult] = {}
-    for row in store.read_internal("extractions"):
+    for row in rows:
+        if made_by.get(row["text_unit_id"], "llm") != method:
+            continue
         res = out.setdefault(row["text_unit_id"], ParseResult())
         if row["kind"] == "entity":
             res.entities.append(EntityRecord(row["a"], row["b"], row["description"], row["text_unit_id"]))

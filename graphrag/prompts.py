@@ -20,12 +20,17 @@ __all__ = [
     "GLOBAL_MAP_SCHEMA",
     "GLOBAL_REDUCE",
     "LOCAL_ANSWER",
+    "REFUSAL",
     "REPORT",
     "REPORT_RETRY_NOTE",
     "REPORT_SCHEMA",
     "SUMMARIZE",
+    "SUMMARY_LABEL",
     "fill",
 ]
+
+
+SUMMARY_LABEL = "Merged description:"  # the summary prompt's last line; a small model may echo it back
 
 
 def fill(template: str, **values: Any) -> str:
@@ -96,24 +101,32 @@ REPORT_RETRY_NOTE = (
     "\n(Your previous answer was not valid JSON. Answer with one JSON object only, no other text.)\nJSON:"
 )
 
+# Length bounds make every report end: a small model otherwise fills its whole budget repeating one sentence.
 REPORT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "title": {"type": "string"},
-        "summary": {"type": "string"},
-        "rating": {"type": "number"},
-        "rating_explanation": {"type": "string"},
+        "title": {"type": "string", "minLength": 3, "maxLength": 80},
+        "summary": {"type": "string", "minLength": 10, "maxLength": 400},
+        "rating": {"type": "number", "minimum": 0, "maximum": 10},
+        "rating_explanation": {"type": "string", "maxLength": 160},
         "findings": {
             "type": "array",
+            "minItems": 1,
+            "maxItems": 3,
             "items": {
                 "type": "object",
-                "properties": {"summary": {"type": "string"}, "explanation": {"type": "string"}},
+                "properties": {
+                    "summary": {"type": "string", "minLength": 3, "maxLength": 100},
+                    "explanation": {"type": "string", "maxLength": 300},
+                },
                 "required": ["summary", "explanation"],
             },
         },
     },
     "required": ["title", "summary", "rating", "rating_explanation", "findings"],
 }
+
+REFUSAL = "The indexed documents hold no information about this question."
 
 LOCAL_ANSWER = """Answer the question using the data tables below about entities, relationships, sources and community reports.
 If the data does not contain the answer, say so. Do not invent facts.
@@ -133,7 +146,7 @@ Question: {question}
 Answer:"""
 
 GLOBAL_MAP = """You read part of a set of community reports and list the key points that help answer the question.
-Return JSON: {"points": [{"description": "<point with references like [Data: Reports (1, 2)]>", "score": <0-100, how much it helps answer>}]}
+Return JSON: {"points": [{"description": "<one key point>", "score": <0-100, how much it helps answer>, "reports": [<ids of the reports it comes from>]}]}
 If the reports contain nothing relevant, return {"points": []}.
 
 -Reports-
@@ -142,15 +155,21 @@ If the reports contain nothing relevant, return {"points": []}.
 Question: {question}
 JSON:"""
 
+# Each point must name the reports it comes from (the answer's citations); lengths are bounded so it ends.
 GLOBAL_MAP_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "points": {
             "type": "array",
+            "maxItems": 5,
             "items": {
                 "type": "object",
-                "properties": {"description": {"type": "string"}, "score": {"type": "number"}},
-                "required": ["description", "score"],
+                "properties": {
+                    "description": {"type": "string", "minLength": 3, "maxLength": 300},
+                    "score": {"type": "integer", "minimum": 0, "maximum": 100},
+                    "reports": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 5},
+                },
+                "required": ["description", "score", "reports"],
             },
         }
     },
@@ -169,7 +188,7 @@ Answer:"""
 
 DRIFT_PRIMER = """You plan an answer from high-level community reports.
 Give a first answer to the question, then up to {n} follow-up questions that would find missing details in the data.
-Return JSON: {"intermediate_answer": "<answer with [Data: Reports (ids)]>", "follow_up_queries": ["<question>"], "score": <0-100 confidence>}
+Return JSON: {"intermediate_answer": "<answer with [Data: Reports (ids)]>", "follow_up_queries": ["<a question about one entity of the reports>"], "score": <0-100 confidence>}
 
 -Reports-
 {context}
@@ -180,9 +199,13 @@ JSON:"""
 DRIFT_PRIMER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "intermediate_answer": {"type": "string"},
-        "follow_up_queries": {"type": "array", "items": {"type": "string"}},
-        "score": {"type": "number"},
+        "intermediate_answer": {"type": "string", "maxLength": 600},
+        "follow_up_queries": {
+            "type": "array",
+            "maxItems": 3,
+            "items": {"type": "string", "pattern": "^[^<>{}]{10,160}$"},
+        },
+        "score": {"type": "number", "minimum": 0, "maximum": 100},
     },
     "required": ["intermediate_answer", "follow_up_queries", "score"],
 }

@@ -16,6 +16,7 @@ from xpullm.graphrag.calls import LLMCaller
 from xpullm.graphrag.config import QueryConfig
 from xpullm.graphrag.errors import ConfigError
 from xpullm.graphrag.jsonfix import parse_json_object
+from xpullm.graphrag.loopfree import cut_loops, stop_at_loop
 from xpullm.graphrag.prompts import (
     BASIC_ANSWER,
     DRIFT_PRIMER,
@@ -25,6 +26,7 @@ from xpullm.graphrag.prompts import (
     GLOBAL_MAP_SCHEMA,
     GLOBAL_REDUCE,
     LOCAL_ANSWER,
+    REFUSAL,
     fill,
 )
 from xpullm.graphrag.tables import TableStore
@@ -57,6 +59,11 @@ class GraphAnswer(Answer):
         """The context records of one kind."""
         return [r for r in self.context if r.kind == kind]
 
+    @staticmethod
+    def citations_in(text: str) -> bool:
+        """Whether `text` holds a `[Data: Kind (ids)]` reference."""
+        return bool(re.search(r"\[Data:[^\]]*\(\s*\d", text))
+
     def citations(self) -> dict[str, list[int]]:
         """Ids cited in the answer text as [Data: Entities (1, 2); Reports (3)], by kind (lower-case plural)."""
         out: dict[str, list[int]] = {}
@@ -67,11 +74,15 @@ class GraphAnswer(Answer):
         return out
 
 
-def _stream(answer: GraphAnswer, pieces: Iterator[str]) -> AnswerStream[GraphAnswer]:
+def _stream(
+    answer: GraphAnswer,
+    pieces: Iterator[str],
+    finish_text: Callable[[GraphAnswer, str], str] | None = None,
+) -> AnswerStream[GraphAnswer]:
     """`answer` (context known, text empty) streamed: its text is set when the pieces are all read."""
 
     def finish(text: str) -> GraphAnswer:
-        answer.text = text
+        answer.text = finish_text(answer, text) if finish_text is not None else text
         return answer
 
     return AnswerStream(pieces, finish, context=answer.context, answer=answer)
@@ -128,17 +139,26 @@ class QueryEngine:
         level = self.config.community_level if community_level is None else community_level
         handler: Callable[..., tuple[GraphAnswer, str, str]] = getattr(self, f"_{method}")
         before = self.caller.stats.totals()
-        answer, prompt, stage = handler(question, level)
+        relevance = self._relevance(question)
+        if relevance < self.config.min_relevance:
+            # Nothing in the index is about the question: say so instead of letting the model invent an answer.
+            answer = GraphAnswer(REFUSAL, method, [], "", {"refused": True, "relevance": relevance})
+            prompt, stage = "", ""
+        else:
+            answer, prompt, stage = handler(question, level)
+            answer.details["relevance"] = relevance
         if stream and not prompt:
             return _stream(answer, iter([answer.text]))
         if stream:
-            return _stream(
-                answer, self.caller.stream(prompt, stage=stage, max_new_tokens=self.config.max_new_tokens)
+            deltas = stop_at_loop(
+                self.caller.stream(prompt, stage=stage, max_new_tokens=self.config.max_new_tokens)
             )
+            return _stream(answer, self._with_citation(answer, deltas), self._finish)
         if prompt:
-            answer.text = self.caller.generate_one(
+            raw = self.caller.generate_one(
                 prompt, stage=stage, max_new_tokens=self.config.max_new_tokens
-            ).text.strip()
+            ).text
+            answer.text = self._finish(answer, raw)
         after = self.caller.stats.totals()
         answer.details["usage"] = {
             k: after[k] - before[k] for k in ("llm_calls", "cache_hits", "prompt_tokens", "completion_tokens")
@@ -146,6 +166,69 @@ class QueryEngine:
         return answer
 
     # ----- shared pieces -----
+
+    def _relevance(self, question: str) -> float:
+        """How much the index holds about `question`: 1.0 when it names an entity, else the best cosine between
+        the question and a text unit."""
+        upper = question.upper()
+        if any(
+            len(e["title"]) > 3 and re.search(rf"\b{re.escape(e['title'])}\b", upper) for e in self._named()
+        ):
+            return 1.0
+        hits = self._similar("text_unit.text", question, 1)
+        return hits[0][1] if hits else 0.0
+
+    def _named(self) -> list[dict[str, Any]]:
+        """Entities that are names (noun-phrase "concept" entities such as TOWN would match any question)."""
+        return [e for e in self.table("entities") if e["type"] != "concept"]
+
+    def _finish(self, answer: GraphAnswer, raw: str) -> str:
+        """The final text of a generated answer: cut where it starts to loop, and cited."""
+        text = cut_loops(raw)
+        if not text:
+            answer.details["refused"] = True
+            return REFUSAL
+        if _REFUSES.search(text):
+            answer.details["refused"] = True
+            return text
+        if not answer.citations_in(text):
+            cite = self._citation(answer, text)
+            if cite:
+                text = f"{text} {cite}"
+                answer.details["citation_added"] = True
+        return text
+
+    def _with_citation(self, answer: GraphAnswer, deltas: Iterator[str]) -> Iterator[str]:
+        """Stream `deltas`, then the citation `_finish` would add (so the streamed text is the final text)."""
+        text = ""
+        for delta in deltas:
+            text += delta
+            yield delta
+        final = self._finish(answer, text)
+        answer.details.pop("citation_added", None)
+        cut = cut_loops(text)
+        if final.startswith(cut) and len(final) > len(cut) and final[len(cut) :].strip().startswith("[Data:"):
+            yield final[len(cut) :]
+
+    def _citation(self, answer: GraphAnswer, text: str) -> str:
+        """`[Data: ...]` naming the context records that share the most words with `text` (reports for global)."""
+        words = _content_words(text)
+        kinds = [("report", "Reports", 5)] if answer.method == "global" else [
+            ("source", "Sources", 2), ("entity", "Entities", 3), ("report", "Reports", 1),
+        ]  # fmt: skip
+        parts = []
+        for kind, label, k in kinds:
+            recs = answer.records(kind)
+            if answer.method == "global":
+                recs = [r for r in recs if r.id in answer.details.get("cited_reports", [r.id for r in recs])]
+            scored = sorted(
+                ((len(words & _content_words(r.text)), i, r) for i, r in enumerate(recs)),
+                key=lambda t: (-t[0], t[1]),
+            )
+            ids = [r.human_readable_id for n, _, r in scored if n > 0][:k]
+            if ids:
+                parts.append(f"{label} ({', '.join(str(i) for i in ids)})")
+        return f"[Data: {'; '.join(parts)}]" if parts else ""
 
     def _similar(self, target: str, question: str, k: int) -> list[tuple[str, float]]:
         ids, mat = self.vectors(target)
@@ -324,6 +407,7 @@ class QueryEngine:
         )
         points: list[tuple[float, int, str]] = []
         invalid = 0
+        cited: list[str] = []
         for b_index, ans in enumerate(answers):
             data, _ = parse_json_object(ans.text)
             raw = data.get("points") if data is not None else None
@@ -331,25 +415,42 @@ class QueryEngine:
                 invalid += 1
                 self.caller.stats.count("query.global_map_invalid_json")
                 continue
+            shown = {rec.human_readable_id: rec.id for rec, _ in batches[b_index]}
             for p in raw:
-                if not isinstance(p, dict) or not str(p.get("description", "")).strip():
+                desc = cut_loops(str(p.get("description", ""))) if isinstance(p, dict) else ""
+                if not desc:
                     continue
                 try:
                     score = float(p.get("score", 0))
                 except (TypeError, ValueError):
                     score = 0.0
-                if score > 0:
-                    points.append((score, b_index, str(p["description"]).strip()))
+                # A point cites the reports it came from; ids the batch did not show are dropped.
+                ids = [int(i) for i in p.get("reports", []) if isinstance(i, int) and i in shown]
+                if score > 0 and ids:
+                    cited += [shown[i] for i in ids]
+                    if not GraphAnswer.citations_in(desc):
+                        desc += f" [Data: Reports ({', '.join(str(i) for i in ids)})]"
+                    points.append((score, b_index, desc))
         records = [rec for b in batches for rec, _ in b]
         details: dict[str, Any] = {"map_calls": len(prompts), "map_invalid": invalid, "points": len(points)}
         answer = GraphAnswer("", "global", records, "", details)
         if not points:
-            # Say so instead of asking the model to answer from nothing (the "all map responses have score 0" case).
-            answer.text = (
-                f"No community report held information relevant to the question ({len(prompts)} map calls, "
-                f"{invalid} with unreadable JSON)."
-            )
+            # A small model often finds no point at all: the reports closest to the question stand in for its
+            # points (their summaries, cited), instead of answering "nothing found" about data that is there.
+            best = self._similar("community.full_content", question, cfg.drift_primer_reports)
+            by_id = {rec.id: rec for rec in records}
+            for rid, sim in best:
+                if rid in by_id and sim >= self.config.min_relevance:
+                    rec = by_id[rid]
+                    summary = _one_line(rec.text.split("\n\n", 2)[1] if "\n\n" in rec.text else rec.text)
+                    points.append((sim * 100, 0, f"{summary} [Data: Reports ({rec.human_readable_id})]"))
+                    cited.append(rid)
+            details["points_from_reports"] = len(points)
+        if not points:
+            answer.text = REFUSAL
+            answer.details["refused"] = True
             return answer, "", "query.global_reduce"
+        answer.details["cited_reports"] = list(dict.fromkeys(cited))
         points.sort(key=lambda p: (-p[0], p[1]))
         rows = [
             (
@@ -388,17 +489,20 @@ class QueryEngine:
         data, _ = parse_json_object(primer.text)
         if data is None or not isinstance(data.get("follow_up_queries", []), list):
             self.caller.stats.count("query.drift_primer_invalid_json")
-            intermediate, follow = primer.text.strip(), [question]
+            intermediate, asked = cut_loops(primer.text), []
         else:
-            intermediate = str(data.get("intermediate_answer", "")).strip()
-            follow = [str(q) for q in data.get("follow_up_queries", []) if str(q).strip()] or [question]
-        follow = follow[: cfg.drift_follow_ups]
+            intermediate = cut_loops(str(data.get("intermediate_answer", "")))
+            asked = [str(q) for q in data.get("follow_up_queries", [])]
+        follow = _follow_ups(asked, question)
+        self.caller.stats.count("query.drift_follow_ups_rejected", len(asked) - len(follow))
+        follow = (follow or [question])[: cfg.drift_follow_ups]
         sub_answers = []
         for q in follow:
             sub, sub_prompt, _ = self._local(q, level)
-            sub.text = self.caller.generate_one(
+            raw = self.caller.generate_one(
                 sub_prompt, stage="query.drift_local", max_new_tokens=cfg.max_new_tokens
-            ).text.strip()
+            )
+            sub.text = self._finish(sub, raw.text)
             sub_answers.append((q, sub))
             records += [r for r in sub.context if r not in records]
         follow_text = "\n\n".join(f"Q: {q}\nA: {a.text}" for q, a in sub_answers)
@@ -409,6 +513,77 @@ class QueryEngine:
         answer = GraphAnswer("", "drift", records, context, details)
         prompt = fill(DRIFT_REDUCE, primer=intermediate, follow_ups=follow_text, question=question)
         return answer, prompt, "query.drift_reduce"
+
+
+_PLACEHOLDER = re.compile(r"<[^>]*>|\{[^}]*\}|\bfollow[- ]up (?:question|query)\b", re.IGNORECASE)
+
+
+def _follow_ups(asked: list[str], question: str) -> list[str]:
+    """The primer's follow-up queries that are real questions: template text ("<question>"), fragments of under
+    three words, the question itself and repeats are dropped."""
+    out: list[str] = []
+    seen = {" ".join(question.lower().split())}
+    for q in asked:
+        q = " ".join(q.split())
+        key = q.lower()
+        if _PLACEHOLDER.search(q) or len(re.findall(r"\w+", q)) < 3 or key in seen:
+            continue
+        seen.add(key)
+        out.append(q)
+    return out
+
+
+# An answer that says the data does not hold what was asked (then no citation is added to it).
+_REFUSES = re.compile(
+    r"\b(no information|not (?:contain|mention|provide|include|say)|does not (?:say|state|mention)|"
+    r"(?:do not|don't|cannot|can't) (?:know|answer|find|tell))",
+    re.IGNORECASE,
+)
+_STOP = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "for",
+        "from",
+        "has",
+        "have",
+        "in",
+        "is",
+        "it",
+        "its",
+        "of",
+        "on",
+        "or",
+        "that",
+        "the",
+        "their",
+        "this",
+        "to",
+        "was",
+        "were",
+        "which",
+        "who",
+        "with",
+        "what",
+        "when",
+        "where",
+        "why",
+        "how",
+        "did",
+        "does",
+        "do",
+    ]
+)
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOP and len(w) > 2}
 
 
 def _one_line(text: str) -> str:

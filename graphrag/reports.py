@@ -13,6 +13,7 @@ from typing import Any
 from xpullm.graphrag.calls import LLMCaller
 from xpullm.graphrag.config import ReportConfig
 from xpullm.graphrag.jsonfix import parse_json_object
+from xpullm.graphrag.loopfree import cut_loops
 from xpullm.graphrag.prompts import REPORT, REPORT_RETRY_NOTE, REPORT_SCHEMA, fill
 
 __all__ = ["community_context", "normalize_report", "summarize_communities"]
@@ -29,11 +30,16 @@ def community_context(
     ents = sorted((ent_by_id[i] for i in community["entity_ids"]), key=lambda e: (-e["degree"], e["title"]))
     rels = sorted(
         (rel_by_id[i] for i in community["relationship_ids"]),
-        key=lambda r: (-r["combined_degree"], r["source"], r["target"]),
+        key=lambda r: (-r["weight"], -r["combined_degree"], r["source"], r["target"]),
     )
     lines = ["-----Entities-----", "id|entity|description"]
     ent_lines = [f"{e['human_readable_id']}|{e['title']}|{e['description']}" for e in ents]
-    rel_lines = [f"{r['human_readable_id']}|{r['source']}|{r['target']}|{r['description']}" for r in rels]
+    rel_lines, shown = [], set()
+    for r in rels:
+        # Co-occurrence edges of one sentence share its text: show it once, so the context holds more edges.
+        desc = "" if r["description"] in shown else r["description"]
+        shown.add(r["description"])
+        rel_lines.append(f"{r['human_readable_id']}|{r['source']}|{r['target']}|{desc}")
     used = caller.count_tokens("\n".join(lines)) + 20
     truncated = False
     out_ents, out_rels = [], []
@@ -66,15 +72,18 @@ def normalize_report(data: dict[str, Any]) -> dict[str, Any] | None:
     for f in data.get("findings") or []:
         if isinstance(f, dict):
             findings.append(
-                {"summary": str(f.get("summary", "")), "explanation": str(f.get("explanation", ""))}
+                {
+                    "summary": cut_loops(str(f.get("summary", ""))),
+                    "explanation": cut_loops(str(f.get("explanation", ""))),
+                }
             )
         elif isinstance(f, str):
-            findings.append({"summary": f, "explanation": ""})
+            findings.append({"summary": cut_loops(f), "explanation": ""})
     return {
-        "title": title.strip(),
-        "summary": summary.strip(),
+        "title": cut_loops(title),
+        "summary": cut_loops(summary),
         "rating": max(0.0, min(10.0, rating)),
-        "rating_explanation": str(data.get("rating_explanation", "")),
+        "rating_explanation": cut_loops(str(data.get("rating_explanation", ""))),
         "findings": findings,
     }
 

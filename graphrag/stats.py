@@ -52,6 +52,9 @@ class IndexStats:
     issues: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     status: str = "running"
+    info: dict[str, Any] = field(
+        default_factory=dict
+    )  # facts about the run (e.g. the extraction method chosen)
 
     def stage(self, name: str) -> StageStats:
         """The counters of `name`, created on first use."""
@@ -87,6 +90,7 @@ class IndexStats:
             "started": self.started,
             "stages": {k: v.to_dict() for k, v in self.stages.items()},
             "totals": self.totals(),
+            "info": dict(self.info),
             "issues": dict(sorted(self.issues.items())),
         }
 

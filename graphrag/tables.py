@@ -2,13 +2,21 @@
 
 Layout of `ROOT/output/`: `documents.parquet`, `text_units.parquet`, `entities.parquet`, `relationships.parquet`,
 `communities.parquet`, `community_reports.parquet`, `graph.graphml`, `stats.json`, `embeddings.<target>.parquet`,
-and `internal/` (raw extractions and report context hashes, which incremental `update` needs).
+`lancedb/` (only with `vector_store="lancedb"`: the embeddings where Microsoft GraphRAG's query engines look), and
+`internal/` (raw extractions and report context hashes, which incremental `update` needs).
+
+The columns are Microsoft GraphRAG 3.x's final columns (`graphrag.data_model.schemas`, checked against 3.3), so its
+readers (`read_indexer_text_units`, `read_indexer_entities`, ...) load the tables. Rows inside this package keep two
+older (2.x) names: a text unit's `document_ids` (a list; 3.x stores one `document_id`) and a document's `metadata`
+(3.x calls it `raw_data`; here a JSON string). `TableStore` renames them on write and back on read, and reads
+tables written with the 2.x names as they are.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +26,13 @@ from xpullm.graphrag.errors import IndexNotFound
 __all__ = ["COLUMNS", "TableStore"]
 
 COLUMNS: dict[str, list[str]] = {
-    "documents": ["id", "human_readable_id", "title", "text", "text_unit_ids", "creation_date", "metadata"],
+    "documents": ["id", "human_readable_id", "title", "text", "text_unit_ids", "creation_date", "raw_data"],
     "text_units": [
         "id",
         "human_readable_id",
         "text",
         "n_tokens",
-        "document_ids",
+        "document_id",
         "entity_ids",
         "relationship_ids",
         "covariate_ids",
@@ -82,8 +90,50 @@ COLUMNS: dict[str, list[str]] = {
     ],
 }
 
+
+def _text_unit_to_disk(row: dict[str, Any]) -> dict[str, Any]:
+    if "document_id" in row:
+        return row
+    docs = row["document_ids"]
+    if len(docs) != 1:
+        raise ValueError(
+            f"text unit {row['id']!r} belongs to {len(docs)} documents {docs}; Microsoft GraphRAG's table holds "
+            "exactly one document_id per text unit (chunk each document separately)"
+        )
+    return {**row, "document_id": docs[0]}
+
+
+def _text_unit_from_disk(row: dict[str, Any]) -> dict[str, Any]:
+    if "document_ids" in row:  # written with the 2.x columns
+        return row
+    row = dict(row)
+    doc = row.pop("document_id")
+    row["document_ids"] = [] if doc is None else [doc]
+    return row
+
+
+def _document_to_disk(row: dict[str, Any]) -> dict[str, Any]:
+    return row if "raw_data" in row else {**row, "raw_data": row["metadata"]}
+
+
+def _document_from_disk(row: dict[str, Any]) -> dict[str, Any]:
+    if "metadata" in row:  # written with the 2.x columns
+        return row
+    row = dict(row)
+    row["metadata"] = row.pop("raw_data") or "{}"
+    return row
+
+
+# Per table: (internal row -> on-disk row, on-disk row -> internal row); tables not listed are stored as they are.
+_RENAMES: dict[
+    str, tuple[Callable[[dict[str, Any]], dict[str, Any]], Callable[[dict[str, Any]], dict[str, Any]]]
+] = {
+    "text_units": (_text_unit_to_disk, _text_unit_from_disk),
+    "documents": (_document_to_disk, _document_from_disk),
+}
+
 # Explicit arrow types so empty tables and empty lists still get the right column types.
-_LIST_STR = ("text_unit_ids", "document_ids", "entity_ids", "relationship_ids", "covariate_ids")
+_LIST_STR = ("text_unit_ids", "entity_ids", "relationship_ids", "covariate_ids")
 
 
 def _schema(name: str) -> Any:
@@ -95,7 +145,8 @@ def _schema(name: str) -> Any:
         "title": pa.string(),
         "text": pa.string(),
         "creation_date": pa.string(),
-        "metadata": pa.string(),
+        "raw_data": pa.string(),
+        "document_id": pa.string(),
         "n_tokens": pa.int64(),
         "type": pa.string(),
         "description": pa.string(),
@@ -124,10 +175,23 @@ def _schema(name: str) -> Any:
 
 
 class TableStore:
-    """Reads and writes the output folder of one project."""
+    """Reads and writes the output folder of one project.
 
-    def __init__(self, output_dir: str | Path) -> None:
+    Args:
+        output_dir: the project's `output/` folder.
+        vector_store: also write every embedding target into this kind of Microsoft GraphRAG vector store
+            (`"lancedb"`, its default, under `output/lancedb`), where `graphrag query` looks; None: parquet only.
+    """
+
+    def __init__(self, output_dir: str | Path, vector_store: str | None = None) -> None:
+        from xpullm.graphrag.ms_vector_store import VECTOR_STORES
+
+        if vector_store is not None and vector_store not in VECTOR_STORES:
+            raise ValueError(
+                f"vector_store={vector_store!r} is invalid: expected None or one of {sorted(VECTOR_STORES)}"
+            )
         self.dir = Path(output_dir)
+        self.vector_store = vector_store
 
     def path(self, name: str) -> Path:
         return self.dir / f"{name}.parquet"
@@ -137,6 +201,8 @@ class TableStore:
         import pyarrow as pa
 
         schema = _schema(name)
+        if name in _RENAMES:
+            rows = [_RENAMES[name][0](r) for r in rows]
         table = pa.Table.from_pylist([{c: r[c] for c in COLUMNS[name]} for r in rows], schema=schema)
         self._write_arrow(self.path(name), table)
 
@@ -149,7 +215,7 @@ class TableStore:
         os.replace(tmp, path)
 
     def read(self, name: str) -> list[dict[str, Any]]:
-        """Rows of `<name>.parquet` as dicts (lists stay lists)."""
+        """Rows of `<name>.parquet` as dicts (lists stay lists), with this package's row names (module doc)."""
         import pyarrow.parquet as pq
 
         path = self.path(name)
@@ -157,13 +223,14 @@ class TableStore:
             raise IndexNotFound(
                 f"{str(path)!r} does not exist: the project has not been indexed; run `xpullm graphrag index`"
             )
-        return pq.read_table(path).to_pylist()
+        rows = pq.read_table(path).to_pylist()
+        return [_RENAMES[name][1](r) for r in rows] if name in _RENAMES else rows
 
     def exists(self) -> bool:
         return all(self.path(n).exists() for n in COLUMNS)
 
     def read_frame(self, name: str) -> Any:
-        """`<name>.parquet` as a pandas DataFrame."""
+        """`<name>.parquet` as a pandas DataFrame, as stored (Microsoft GraphRAG's columns)."""
         import pandas as pd
 
         return pd.read_parquet(self.path(name))
@@ -191,6 +258,10 @@ class TableStore:
         table = pa.table({"id": ids, "vector": [row.tolist() for row in arr]})
         meta = {b"xpullm.model": model.encode(), b"xpullm.dim": str(arr.shape[1]).encode()}
         self._write_arrow(self.dir / f"embeddings.{target}.parquet", table.replace_schema_metadata(meta))
+        if self.vector_store is not None:
+            from xpullm.graphrag.ms_vector_store import VECTOR_STORES
+
+            VECTOR_STORES[self.vector_store](self.dir / self.vector_store, target, ids, arr)
 
     def read_vectors(self, target: str, model: str, dim: int) -> tuple[list[str], Any]:
         """(ids, float32 matrix) of one target; raises `EmbedderMismatch` if another embedder made them."""

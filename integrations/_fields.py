@@ -7,9 +7,11 @@ to hear "did you mean max_tokens?". Every adapter class runs `reject_unknown` as
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Any, ClassVar
 
-__all__ = ["reject_unknown"]
+from pydantic import BaseModel, model_validator
+
+__all__ = ["StrictArguments", "reject_unknown"]
 
 
 def _accepted(cls: type) -> set[str]:
@@ -42,3 +44,17 @@ def reject_unknown(cls: type, data: Any, also: tuple[str, ...] = ()) -> Any:
     raise ValueError(
         f"{cls.__name__} got unknown argument(s) {', '.join(hints)}; accepted arguments: {', '.join(public)}"
     )
+
+
+class StrictArguments(BaseModel):
+    """Mixin for every adapter class: unknown constructor arguments fail with `reject_unknown`'s message.
+
+    List it first among the bases; `also_accepted` names keys a framework base consumes in its own validator.
+    """
+
+    also_accepted: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_arguments(cls, data: Any) -> Any:
+        return reject_unknown(cls, data, also=cls.also_accepted)

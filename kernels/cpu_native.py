@@ -5,7 +5,8 @@ no op at all for nf4, fp4 or fp8. These kernels (source: `csrc/cpu_ops.c`) do wh
 integer and codebook formats: activations are quantised per block of 32 to int8 and each block's dot product is
 integer multiply-adds (AVX2 `vpmaddubsw`, AVX-512 VNNI `vpdpbusd`); nf4/fp4 nibbles go through a 16-entry int8
 table (`vpshufb`); fp8 codes are turned into fp16 bit patterns in registers and multiplied in fp32. The same
-library holds RMSNorm and a decode step's attention, which the decoder calls on CPU in fp32.
+library holds RMSNorm, a decode step's attention, which the decoder calls on CPU in fp32, and the
+continuous-batching engine's paged attention (`paged_attention`, dispatched by `xpullm.kernels.paged`).
 
 The C file is compiled once per source version with the system C compiler (`$CC`, `cc` or `gcc`) into
 `$XPULLM_CACHE/native` and loaded with ctypes: no build step at install, no PyTorch headers, no -march flag. The
@@ -40,6 +41,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from xpullm.kernels.codebook import CODEBOOKS
 from xpullm.kernels.packing import unpack_nibbles
 from xpullm.kernels.registry import Kernel, register_kernel
 from xpullm.settings import runtime_settings  # layer 0: imports nothing from xpullm
@@ -57,6 +59,7 @@ __all__ = [
     "forced_isa",
     "isa_paths",
     "library",
+    "paged_attention",
     "reference_decode_attention",
     "reference_int8_activations",
     "rms_norm",
@@ -148,6 +151,13 @@ def library() -> ctypes.CDLL | None:
     lib.xq_decode_attention.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, ctypes.c_float, _P,
                                         ctypes.c_int]  # fmt: skip
     lib.xq_decode_attention.restype = ctypes.c_int
+    lib.xq_paged_attention.argtypes = [_P, _P, _P, _I, _P, _P, _P, _I, _I, _P, _P, _I, _I, _P, _P, ctypes.c_float,
+                                       _I, _I, _I, _I, ctypes.c_float, _P, ctypes.c_int]  # fmt: skip
+    lib.xq_paged_attention.restype = ctypes.c_int
+    lib.xq_paged_attention_codes.argtypes = [_P, _P, _P, _I, _P, _P, _P, _I, _I, _P, _P, _P, _P, ctypes.c_int, _I,
+                                             _I, _P, _P, ctypes.c_float, _I, _I, _I, _I, ctypes.c_float, _P,
+                                             ctypes.c_int]  # fmt: skip
+    lib.xq_paged_attention_codes.restype = ctypes.c_int
     wanted = os.environ.get("XPULLM_CPU_ISA", "").strip().lower()
     if wanted and wanted != "auto":
         if wanted not in ISA_PATHS:
@@ -264,6 +274,69 @@ def reference_decode_attention(
     return torch.stack(rows).reshape(batch, 1, n_heads * d)
 
 
+# xq_paged_attention's index errors (nothing is written when one is found).
+_PAGED_ERRORS = {
+    -2: "a position is outside the RoPE tables (cos/sin have too few rows: grow them to the context length)",
+    -3: "a seq_index is outside block_tables' rows",
+    -4: "a position lies past block_tables' width (max_blocks * block_size tokens per sequence)",
+    -5: "a block id in block_tables (at or below a token's position) is outside the pools' num_blocks",
+    -6: "the code pools' kind is unknown",
+}
+_PAGED_CODES = {"int8": 1, "fp8_e4m3": 2}  # kv_cache_dtype -> the C kernel's code kind
+
+
+def paged_attention(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    seq_index: torch.Tensor,
+    block_tables: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    n_heads: int,
+    scale: float,
+    q_norm: torch.Tensor | None = None,
+    k_norm: torch.Tensor | None = None,
+    eps: float = 0.0,
+    *,
+    kv_cache_dtype: str = "auto",
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`xpullm.kernels.paged.paged_attention` as one native call (fp32 CPU tensors; contiguous pools, written in
+    place; 8-bit code pools with their fp32 scales for kv_cache_dtype "int8" / "fp8_e4m3"). `kernels.paged`
+    checks shapes and dtypes and calls this only when the library loads; index values are checked here
+    (ValueError, nothing written). Returns [N, H * D] fp32."""
+    n = qkv.shape[0]
+    num_blocks, kv, bs, d = k_pool.shape
+    out = torch.empty((n, n_heads * d))
+    if n == 0:
+        return out
+    qkv, cos, sin = qkv.contiguous(), cos.contiguous(), sin.contiguous()
+    positions, seq_index, block_tables = (
+        positions.contiguous(),
+        seq_index.contiguous(),
+        block_tables.contiguous(),
+    )
+    norms = [None if t is None else t.contiguous() for t in (q_norm, k_norm)]
+    ptrs = [None if t is None else t.data_ptr() for t in norms]
+    lead = (qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), cos.shape[0], positions.data_ptr(),
+            seq_index.data_ptr(), block_tables.data_ptr(), block_tables.shape[0], block_tables.shape[1])  # fmt: skip
+    tail = (num_blocks, bs, *ptrs, eps, n, n_heads, kv, d, scale, out.data_ptr(), torch.get_num_threads())
+    lib = library()
+    if kv_cache_dtype in _PAGED_CODES:
+        pools = (k_pool.data_ptr(), v_pool.data_ptr(), k_scale.data_ptr(), v_scale.data_ptr())
+        status = lib.xq_paged_attention_codes(*lead, *pools, _PAGED_CODES[kv_cache_dtype], *tail)
+    else:
+        status = lib.xq_paged_attention(*lead, k_pool.data_ptr(), v_pool.data_ptr(), *tail)
+    if status == -1:
+        raise MemoryError(f"paged attention could not allocate its score buffers ({n} tokens)")
+    if status != 0:
+        raise ValueError(f"paged attention: {_PAGED_ERRORS[status]}; nothing was written")
+    return out
+
+
 def _fits_fp16(t: torch.Tensor | None) -> bool:
     """Scales/zeros are held in fp16, the int4 formats' own scale precision (exact for spec-conforming weights;
     fp32 values from elsewhere, e.g. a bf16 runtime's export, round once to the nearest fp16)."""
@@ -339,10 +412,8 @@ def codebook_table(levels: tuple[float, ...]) -> tuple[torch.Tensor, float]:
 
 
 def _levels(fmt: str) -> tuple[float, ...]:
-    """A codebook format's 16 levels (imported at call time: the kernel layer sits below the formats)."""
-    from xpullm.formats import get_format
-
-    return get_format(fmt).levels
+    """A codebook format's 16 levels."""
+    return CODEBOOKS[fmt]
 
 
 class _Tiles:

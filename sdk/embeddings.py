@@ -290,7 +290,7 @@ def _resolve_dtype(dtype: str, device_kind: str) -> torch.dtype:
 
 def _apply_low_bit(model: Any, low_bit: str) -> Any:
     try:
-        from xpullm import optimize_model
+        from xpullm.optimize import optimize_model
     except ImportError as exc:  # the core loader is a separate layer; say which piece is missing
         raise XPULLMError(
             f"low_bit={low_bit!r} needs xpullm.optimize_model, which this build does not provide; "

@@ -13,18 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from xpullm.apps.demo.config import DemoConfig
 from xpullm.apps.demo.context import DemoContext
+from xpullm.apps.demo.theme import CSS, theme
 
 if TYPE_CHECKING:
     from xpullm.engine import LLM
     from xpullm.protocols import EmbeddingModel
 
-__all__ = ["CSS", "build_demo", "launch"]
-
-CSS = """
-#model-status p { margin: 0; }
-#chat-stats, #kb-progress, #gr-progress { font-size: 0.9em; color: var(--body-text-color-subdued); }
-.xpullm-plot { background: white; }
-"""
+__all__ = ["build_demo", "launch"]
 
 # Gradio phones home for analytics and version checks; the demo is meant to run offline and must not stall on it.
 _OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -47,25 +42,31 @@ def build_demo(
     ctx = DemoContext.create(config, llm=llm, embedder=embedder)
     with gr.Blocks(title="xpullm demo", analytics_enabled=False) as demo:
         gr.Markdown(
-            "## xpullm — low-bit LLMs on your own machine\n"
-            "Chat, ask your documents with citations, explore a GraphRAG knowledge graph and compare formats, "
-            "all running locally."
+            "# xpullm\nlow-bit LLMs on your own machine: chat, ask your documents, explore a knowledge graph, "
+            "compare formats",
+            elem_id="app-header",
         )
         status = gr.Markdown(ctx.models.status(), elem_id="model-status")
+        tabs = {}
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
-                build_chat_tab(ctx)
+                tabs["chat"] = build_chat_tab(ctx)
             with gr.Tab("Knowledge base", id="kb", elem_id="tab-kb"):
-                build_kb_tab(ctx)
+                tabs["kb"] = build_kb_tab(ctx)
             with gr.Tab("GraphRAG", id="graphrag", elem_id="tab-graphrag"):
-                build_graphrag_tab(ctx)
+                tabs["graphrag"] = build_graphrag_tab(ctx)
             with gr.Tab("Models & speed", id="models", elem_id="tab-models"):
-                build_models_tab(ctx)
+                tabs["models"] = build_models_tab(ctx)
         timer = gr.Timer(2.0)
         timer.tick(
             ctx.models.status, None, status, queue=False, api_visibility="private", show_progress="hidden"
         )
         demo.load(ctx.models.status, None, status, queue=False, api_visibility="private")
+        # Each tab refreshes what may have changed since the page was built (stored chats, new bases, projects).
+        for built in tabs.values():
+            if "page_load" in built:
+                fn, inputs, outputs = built["page_load"]
+                demo.load(fn, inputs, outputs, queue=False, api_visibility="private", show_progress="hidden")
     demo.queue(default_concurrency_limit=1, max_size=64)
     demo.xpullm_context = ctx  # tests and embedding apps reach the shared state through this
     if config.preload:
@@ -100,6 +101,7 @@ def launch(
         allowed_paths=[str(config.data_dir)],
         footer_links=["api"],
         css=CSS,
+        theme=theme(),
     )
     if not quiet:
         print(f"xpullm demo running at {url}" + (f" (public: {share_url})" if share_url else ""), flush=True)

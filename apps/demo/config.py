@@ -31,7 +31,13 @@ class DemoConfig:
         20  # per-file upload limit, enforced by the server (a typo'd 2 GB upload fails at once)
     )
     max_new_tokens: int = 256  # default answer budget shown in the chat tab
-    max_new_tokens_limit: int = 2048  # slider ceiling: larger budgets tie up the single generation slot
+    max_new_tokens_limit: int = 2048  # slider ceiling: larger budgets tie up a generation slot for minutes
+    concurrent_answers: int = 4  # answers generated at once (the batching engine shares decode steps between
+    # them); more requests wait in line and see their position
+    model_dirs: tuple[Path, ...] = ()  # searched for .gguf files and model folders (plus DATA_DIR/models)
+    hf_cache: Path | None = (
+        None  # Hugging Face cache the model picker lists (None: this process's HF_HUB_CACHE)
+    )
     preload: bool = True  # load the chat model in a background thread at start (the page is up before it)
     sample_articles: int = 12  # Wikipedia articles the "load the sample corpus" button ingests
     graphrag_sample_articles: int = 3  # articles the GraphRAG sample indexes (extraction is the slow part)
@@ -51,4 +57,12 @@ class DemoConfig:
                 f"max_new_tokens={self.max_new_tokens} must be between 1 and max_new_tokens_limit="
                 f"{self.max_new_tokens_limit}"
             )
+        if self.concurrent_answers < 1:
+            raise ValueError(f"concurrent_answers={self.concurrent_answers} must be at least 1")
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
+        object.__setattr__(self, "model_dirs", tuple(Path(d).expanduser() for d in self.model_dirs))
+
+    @property
+    def model_search_dirs(self) -> tuple[Path, ...]:
+        """Where the model picker looks: DATA_DIR/models, then the configured directories."""
+        return (self.data_dir / "models", *self.model_dirs)

@@ -1,4 +1,5 @@
-"""`DemoContext`: what every tab shares — the config, the chat model, the embedder and per-session stop events."""
+"""`DemoContext`: what every tab shares — the config, the chat model, the embedder, the generation slots, the stored
+conversations and per-session stop events."""
 
 from __future__ import annotations
 
@@ -7,16 +8,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from xpullm.apps.demo.config import DemoConfig
+from xpullm.apps.demo.conversations import ConversationStore
 from xpullm.apps.demo.models import ModelManager, ModelSpec
+from xpullm.apps.demo.slots import GenerationSlots
 from xpullm.protocols import EmbeddingModel
 
 if TYPE_CHECKING:
     from xpullm.engine import LLM
 
-__all__ = ["LLM_QUEUE", "DemoContext"]
+__all__ = ["EXCLUSIVE_QUEUE", "DemoContext"]
 
-# Gradio concurrency group of every event that runs the chat model: one generation at a time, the rest queue.
-LLM_QUEUE = "llm"
+# Gradio concurrency group of the jobs that run one at a time (GraphRAG indexing, format measurements): each also
+# holds a generation slot while it runs. Chat, knowledge-base and GraphRAG answers start at once and wait for a
+# slot in `DemoContext.slots`, where the page can show their place in line.
+EXCLUSIVE_QUEUE = "exclusive"
 
 
 @dataclass
@@ -25,6 +30,8 @@ class DemoContext:
 
     config: DemoConfig
     models: ModelManager
+    slots: GenerationSlots
+    conversations: ConversationStore
     embedder_override: EmbeddingModel | None = None
     _embedder: EmbeddingModel | None = None
     _embedder_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -37,7 +44,13 @@ class DemoContext:
         """A context for `config`; `llm` / `embedder` inject already loaded engines (tests)."""
         spec = ModelSpec(config.model, config.low_bit, config.device)
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(config, ModelManager(spec, llm=llm), embedder_override=embedder)
+        return cls(
+            config,
+            ModelManager(spec, llm=llm),
+            GenerationSlots(config.concurrent_answers),
+            ConversationStore(config.data_dir / "chats.sqlite"),
+            embedder_override=embedder,
+        )
 
     @property
     def embedder(self) -> EmbeddingModel:
@@ -52,10 +65,20 @@ class DemoContext:
             return self._embedder
 
     def stop_event(self, session: str) -> threading.Event:
-        """A fresh stop event for this browser session's next generation."""
+        """A fresh stop event for this browser session's next generation (it counts as generating until set)."""
         event = threading.Event()
         self._stops[session] = event
         return event
+
+    def current_stop(self, session: str) -> threading.Event:
+        """The session's unset stop event (the one its waiting or running generation watches), or a fresh one."""
+        event = self._stops.get(session)
+        return event if event is not None and not event.is_set() else self.stop_event(session)
+
+    def generating(self, session: str) -> bool:
+        """Whether the session has a generation waiting or running."""
+        event = self._stops.get(session)
+        return event is not None and not event.is_set()
 
     def stop(self, session: str) -> bool:
         """Ask the session's running generation to stop; False when nothing was running."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from xpullm.apps.demo.context import LLM_QUEUE, DemoContext
+from xpullm.apps.demo.context import EXCLUSIVE_QUEUE, DemoContext
 from xpullm.apps.demo.errors import UserFacingError, friendly
 from xpullm.apps.demo.samples import sample_articles, write_articles
 from xpullm.apps.demo.streaming import stream_in_thread
@@ -56,6 +56,45 @@ class GraphProjects:
         self.ctx = ctx
         self.root = ctx.config.data_dir / "graphrag"
 
+    def names(self) -> list[str]:
+        """Existing projects (folders under DATA_DIR/graphrag), sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
+
+    def last_run(self, name: str) -> dict[str, Any] | None:
+        """The stats of the project's last index run, or None when it was never indexed (no model is loaded)."""
+        from xpullm.graphrag.errors import IndexNotFound
+
+        rag = self.reader(name)
+        try:
+            return rag.stats()
+        except IndexNotFound:
+            return None
+        finally:
+            rag.close()
+
+    def reader(self, name: str | None) -> Any:
+        """A `GraphRAG` for reading the project's tables and stats: no model is loaded (the LLM and embedder load
+        lazily and are never asked) and the cache is off, so nothing is written."""
+        from xpullm.graphrag import GraphRAG
+
+        config = demo_graphrag_config().replace(cache={"mode": "off"})
+        return GraphRAG(self.folder(name), llm=None, embedder=None, config=config)
+
+    def choices(self) -> list[tuple[str, str]]:
+        """Dropdown entries: each project with the state of its last run."""
+        out = []
+        for name in self.names():
+            stats = self.last_run(name)
+            if stats is None:
+                state = "not indexed"
+            else:
+                done = sum(1 for s in STAGES if s in stats.get("stages", {}))
+                state = "indexed" if stats.get("status") == "done" else f"{done}/{len(STAGES)} stages"
+            out.append((f"{name} · {state}", name))
+        return out
+
     def folder(self, name: str | None) -> Path:
         name = (name or "").strip()
         if not _NAME.match(name):
@@ -93,14 +132,14 @@ class GraphProjects:
 
 
 def _stage_table(done: dict[str, float], running: str | None) -> str:
-    lines = ["| stage | state |", "|---|---|"]
+    lines = ["| stage | state |", "|:---|:---|"]
     for s in STAGES:
         if s in done:
             state = f"done, {done[s]:.1f} s"
         elif s == running:
             state = "running…"
         else:
-            state = "·"
+            state = "not run"
         lines.append(f"| {s} | {state} |")
     return "\n".join(lines)
 
@@ -132,31 +171,80 @@ def graph_html(rag: GraphRAG) -> str:
 def build_graphrag_tab(ctx: DemoContext) -> dict[str, Any]:
     """Lay out the GraphRAG tab and wire its events."""
     projects = GraphProjects(ctx)
-    with gr.Row():
-        project = gr.Textbox(value="sample", label="Project", scale=1, elem_id="gr-project")
-        source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Index", scale=2, elem_id="gr-source")
+    names = projects.choices()
+    with gr.Row(equal_height=False, elem_classes=["xp-card"]):
+        project = gr.Dropdown(
+            names or [("sample · not indexed", "sample")],
+            value=names[0][1] if names else "sample",
+            label="Project (pick one, or type a new name)",
+            allow_custom_value=True,
+            scale=1,
+            elem_id="gr-project",
+        )
+        source = gr.Radio(list(SOURCES), value=SOURCES[0], label="Index", scale=1, elem_id="gr-source")
         files = gr.File(
             label="Documents to index (.txt / .md)", file_count="multiple", scale=2, elem_id="gr-upload"
         )
     index_btn = gr.Button("Build the graph index", variant="primary", elem_id="gr-index")
-    with gr.Row():
-        stages = gr.Markdown(_stage_table({}, None), elem_id="gr-stages")
-        progress_md = gr.Markdown("", elem_id="gr-progress")
-    with gr.Row():
+    with gr.Row(equal_height=False):
+        stages = gr.Markdown(
+            _stage_table({}, None), elem_id="gr-stages", elem_classes=["xp-card", "xp-stages"]
+        )
+        progress_md = gr.Markdown("", elem_id="gr-progress", elem_classes=["xp-card"])
+    with gr.Row(equal_height=False, elem_classes=["xp-card"]):
         question = gr.Textbox(label="Question", scale=4, elem_id="gr-question")
         method = gr.Radio(list(METHODS), value="local", label="Search method", scale=2, elem_id="gr-method")
-        ask = gr.Button("Ask", variant="primary", scale=1, elem_id="gr-ask")
-    with gr.Row():
-        answer_md = gr.Markdown("", elem_id="gr-answer")
+        ask = gr.Button(
+            "Ask",
+            variant="primary",
+            scale=1,
+            elem_id="gr-ask",
+            min_width=80,
+            elem_classes=["xp-inline-button"],
+        )
+    with gr.Row(equal_height=False):
+        answer_md = gr.Markdown("", elem_id="gr-answer", elem_classes=["xp-card"])
         context = gr.Dataframe(
-            headers=CONTEXT_HEADERS, label="Context the model saw", interactive=False, elem_id="gr-context"
+            headers=CONTEXT_HEADERS,
+            label="Context the model saw",
+            interactive=False,
+            wrap=True,
+            column_widths=["15%", "10%", "75%"],
+            elem_id="gr-context",
+            elem_classes=["xp-table"],
         )
     with gr.Row():
-        show = gr.Button("Show the graph", size="sm")
+        show = gr.Button("Show the graph", size="sm", elem_id="gr-show")
     graph = gr.HTML("", elem_id="gr-graph")
     reports = gr.Dataframe(
-        headers=REPORT_HEADERS, label="Community reports", interactive=False, wrap=True, elem_id="gr-reports"
+        headers=REPORT_HEADERS,
+        label="Community reports",
+        interactive=False,
+        wrap=True,
+        column_widths=["10%", "8%", "24%", "8%", "50%"],
+        elem_id="gr-reports",
+        elem_classes=["xp-table"],
     )
+
+    def project_state(name: str | None) -> tuple[str, str]:
+        """The stage table and a line for the project's last run (what a reload must show again)."""
+        try:
+            stats = projects.last_run(name or "")
+        except Exception as exc:
+            return _stage_table({}, None), f"Error: {friendly(exc)}"
+        if stats is None:
+            return _stage_table({}, None), f"project **{name}**: no index yet"
+        done = {k: v["seconds"] for k, v in stats.get("stages", {}).items()}
+        finished = stats.get("status") == "done"
+        line = "indexed" if finished else f"last run stopped after {len(done)} of {len(STAGES)} stages"
+        return _stage_table(done, None), f"project **{name}**: {line}"
+
+    def project_list(selected: str | None) -> Any:
+        found = projects.choices()
+        return gr.update(choices=found or [("sample · not indexed", "sample")], value=selected)
+
+    def on_page_load(name: str | None):
+        return (project_list(name), *project_state(name))
 
     def inputs_for(name: str, kind: str, uploaded: list[str] | None) -> tuple[Path, str]:
         folder = projects.folder(name) / "input"
@@ -182,7 +270,7 @@ def build_graphrag_tab(ctx: DemoContext) -> dict[str, Any]:
         write_articles(articles, folder)
         return folder, f"{len(articles)} sample articles ({name_})"
 
-    def on_index(name: str, kind: str, uploaded: list[str] | None, progress=gr.Progress()):
+    def on_index(name: str, kind: str, uploaded: list[str] | None):
         try:
             folder, what = inputs_for(name, kind, uploaded)
             rag = projects.open(name)
@@ -191,6 +279,7 @@ def build_graphrag_tab(ctx: DemoContext) -> dict[str, Any]:
             return
         box: dict[str, Any] = {}
         since = time.time() - 1.0
+        turn = ctx.slots.enter()  # indexing calls the model: it takes a generation slot like an answer
 
         def work() -> None:
             try:
@@ -199,20 +288,20 @@ def build_graphrag_tab(ctx: DemoContext) -> dict[str, Any]:
                 box["error"] = exc
 
         thread = threading.Thread(target=work, name="xpullm-demo-graphrag", daemon=True)
-        thread.start()
         stats_path = rag.store.dir / "stats.json"
-        t0 = time.monotonic()
         try:
+            for line in turn.waiting():
+                yield _stage_table({}, None), f"⏳ {line}", gr.update()
+            t0 = time.monotonic()
+            thread.start()
             while thread.is_alive():
                 thread.join(0.5)
                 stats = _read_stats(stats_path, since) or {}
                 done = {k: v["seconds"] for k, v in stats.get("stages", {}).items()}
                 running = next((s for s in STAGES if s not in done), None)
-                frac = len(done) / len(STAGES)
-                progress(frac, desc=f"GraphRAG: {running or 'finishing'}")
                 yield (
                     _stage_table(done, running),
-                    f"Indexing {what} · {time.monotonic() - t0:.0f} s",
+                    f"Indexing {what} · stage {len(done) + 1} of {len(STAGES)} · {time.monotonic() - t0:.0f} s",
                     gr.update(),
                 )
             if "error" in box:
@@ -229,11 +318,14 @@ def build_graphrag_tab(ctx: DemoContext) -> dict[str, Any]:
             )
             yield _stage_table(done, None), summary, _reports_rows(rag)
         finally:
+            if thread.is_alive():  # the page went away: the index run finishes (its stats stay accurate)
+                thread.join()
+            turn.release()
             rag.close()
 
     def on_show(name: str):
         try:
-            rag = projects.open(name)
+            rag = projects.reader(name)
             try:
                 if not rag.store.exists():
                     raise UserFacingError(f"project {name!r} has no index yet; build the graph index first")
@@ -244,44 +336,75 @@ def build_graphrag_tab(ctx: DemoContext) -> dict[str, Any]:
             return f"<p>Error: {friendly(exc)}</p>", gr.update()
 
     def on_query(name: str, text: str, how: str):
+        rag = None
         try:
             if not isinstance(text, str) or not text.strip():
                 raise UserFacingError("the question is empty; type a question first")
             if how not in METHODS:
                 raise UserFacingError(f"search method {how!r} must be one of: {', '.join(METHODS)}")
-            rag = projects.open(name)
-        except Exception as exc:
-            yield f"Error: {friendly(exc)}", []
-            return
-        try:
-            if not rag.store.exists():
-                raise UserFacingError(f"project {name!r} has no index yet; build the graph index first")
-            yield f"Running a {how} search…", []
-            stream = rag.query(text.strip(), method=how, stream=True)
-            rows = [[r.kind, r.human_readable_id, r.text[:300]] for r in stream.context]
-            for p in stream_in_thread(lambda _ev: iter(stream), lambda t: len(t.split())):
-                yield p.text, rows
+            reader = projects.reader(name)
+            try:
+                if not reader.store.exists():
+                    raise UserFacingError(f"project {name!r} has no index yet; build the graph index first")
+            finally:
+                reader.close()
+            with ctx.slots.enter() as turn:
+                for line in turn.waiting():
+                    yield f"⏳ _{line}_", []
+                rag = projects.open(name)
+                yield f"Running a {how} search…", []
+                stream = rag.query(text.strip(), method=how, stream=True)
+                rows = [[r.kind, r.human_readable_id, r.text[:300]] for r in stream.context]
+                for p in stream_in_thread(lambda _ev: iter(stream), lambda t: len(t.split())):
+                    yield p.text, rows
             yield stream.answer.text.strip() or "_(empty answer)_", rows
         except Exception as exc:
             yield f"Error: {friendly(exc)}", []
         finally:
-            rag.close()
+            if rag is not None:
+                rag.close()
 
     index_event = index_btn.click(
         on_index,
         [project, source, files],
         [stages, progress_md, reports],
         api_name="graphrag_index",
-        concurrency_id=LLM_QUEUE,
+        concurrency_id=EXCLUSIVE_QUEUE,
         concurrency_limit=1,
+        show_progress="minimal",
+        show_progress_on=[progress_md],
     )
-    index_event.success(on_show, project, [graph, reports], api_visibility="private")
-    show.click(on_show, project, [graph, reports], api_visibility="private")
-    query_args = {"concurrency_id": LLM_QUEUE, "concurrency_limit": 1}
+    hidden = {"api_visibility": "private", "show_progress": "hidden"}
+    index_event.then(project_list, project, project, queue=False, **hidden)
+    index_event.success(on_show, project, [graph, reports], **hidden)
+    show.click(on_show, project, [graph, reports], api_visibility="private", show_progress_on=[graph])
+
+    def on_project(name: str | None):
+        table, line = project_state(name)
+        reader = projects.reader(name)
+        try:
+            indexed = reader.store.exists()
+        finally:
+            reader.close()
+        return (table, line, *on_show(name)) if indexed else (table, line, "", [])
+
+    project.change(
+        on_project,
+        project,
+        [stages, progress_md, graph, reports],
+        api_visibility="private",
+        show_progress="hidden",
+    )
+    query_args = {
+        "concurrency_id": "answers",
+        "concurrency_limit": None,
+        "show_progress": "minimal",
+        "show_progress_on": [answer_md],
+    }
     ask.click(
         on_query, [project, question, method], [answer_md, context], api_name="graphrag_query", **query_args
     )
     question.submit(
         on_query, [project, question, method], [answer_md, context], api_visibility="private", **query_args
     )
-    return {"project": project}
+    return {"project": project, "page_load": (on_page_load, [project], [project, stages, progress_md])}

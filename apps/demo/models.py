@@ -17,7 +17,7 @@ from xpullm.apps.demo.errors import UserFacingError, friendly
 if TYPE_CHECKING:
     from xpullm.engine import LLM
 
-__all__ = ["LoadedModel", "ModelManager", "ModelSpec"]
+__all__ = ["LoadedModel", "ModelManager", "ModelSpec", "model_name"]
 
 log = logging.getLogger("xpullm.apps.demo")
 
@@ -33,9 +33,25 @@ class ModelSpec:
     @property
     def label(self) -> str:
         """How the UI names this model."""
-        from xpullm.models import DEFAULT_LLM_NAME
+        return f"{model_name(self.model)} ({self.low_bit})"
 
-        return f"{self.model or DEFAULT_LLM_NAME} ({self.low_bit})"
+
+def model_name(model: str | None) -> str:
+    """How the UI names a model: the packaged model's name, a hub id (also for a snapshot in the HF cache), or a
+    file / folder name (never the whole server path)."""
+    from pathlib import PurePath
+
+    from xpullm.models import DEFAULT_LLM_NAME
+
+    if model is None:
+        return DEFAULT_LLM_NAME
+    if not _looks_like_path(model):
+        return model
+    parts = PurePath(model).parts
+    repo = next((p for p in parts if p.startswith("models--")), None)
+    if repo is not None and "snapshots" in parts:
+        return repo.removeprefix("models--").replace("--", "/")
+    return parts[-1] if parts else model
 
 
 @dataclass(frozen=True)
@@ -146,6 +162,7 @@ class ModelManager:
         """Load `spec` (blocking) and make it current; on failure the previous model stays in use."""
         with self._lock:  # two switches at once would load twice and keep only one
             if self._current is not None and self._current.spec == spec:
+                self._error = None  # a failed attempt at another model no longer matters
                 return self._current
             self._loading, self._error = spec, None
             try:

@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from xpullm.apps.demo.context import LLM_QUEUE, DemoContext
+from xpullm.apps.demo.context import EXCLUSIVE_QUEUE, DemoContext
 from xpullm.apps.demo.errors import UserFacingError, friendly
 from xpullm.apps.demo.models import ModelSpec, load
 
@@ -59,7 +59,7 @@ def current_model_markdown(ctx: DemoContext) -> str:
     """Facts about the loaded chat model."""
     c = ctx.models.current
     if c is None:
-        return ctx.models.status()
+        return "The chat model is still loading; its facts appear here when it is ready."
     return (
         f"| model | format | device | decoder | weights | load time |\n|---|---|---|---|---|---|\n"
         f"| {c.spec.label.rsplit(' (', 1)[0]} | {c.spec.low_bit} | {c.device} | {c.decoder} | "
@@ -78,16 +78,17 @@ def build_models_tab(ctx: DemoContext) -> dict[str, Any]:
         f"{ctx.config.bench_new_tokens} tokens (greedy) and scores {ctx.config.ppl_tokens} tokens of Wikipedia "
         "text. The packaged checkpoint is already Q4_1 (asym_int4): other formats are re-quantized from it."
     )
-    with gr.Row():
-        formats = gr.CheckboxGroup(
-            xpullm.list_formats(),
-            value=[ctx.config.low_bit],
-            label="Formats to measure",
-            elem_id="models-formats",
-        )
-        run = gr.Button("Measure", variant="primary", elem_id="models-measure")
+    formats = gr.CheckboxGroup(
+        xpullm.list_formats(),
+        value=[ctx.config.low_bit],
+        label="Formats to measure",
+        elem_id="models-formats",
+    )
+    run = gr.Button("Measure", variant="primary", elem_id="models-measure")
     status = gr.Markdown("", elem_id="models-status")
-    table = gr.Dataframe(headers=HEADERS, label="Results", interactive=False, elem_id="models-table")
+    table = gr.Dataframe(
+        headers=HEADERS, label="Results", interactive=False, elem_id="models-table", elem_classes=["xp-table"]
+    )
     chart = gr.HTML("", elem_id="models-chart")
 
     def on_measure(chosen: list[str] | None, progress=gr.Progress()):
@@ -95,9 +96,12 @@ def build_models_tab(ctx: DemoContext) -> dict[str, Any]:
             if not chosen:
                 raise UserFacingError("pick at least one format to measure")
             text = _wiki_text()
-            for i, fmt in enumerate(chosen):
-                progress(i / len(chosen), desc=f"measuring {fmt} ({i + 1}/{len(chosen)})")
-                results[fmt] = measure_format(ctx, fmt, text)
+            with ctx.slots.enter() as turn:  # measuring generates: it takes a slot like an answer
+                for _line in turn.waiting():
+                    progress(0.0, desc="waiting for a free generation slot")
+                for i, fmt in enumerate(chosen):
+                    progress(i / len(chosen), desc=f"measuring {fmt} ({i + 1}/{len(chosen)})")
+                    results[fmt] = measure_format(ctx, fmt, text)
             rows = [[r[h] for h in HEADERS] for r in results.values()]
             from xpullm.apps.demo.plots import plot_iframe, speed_figure
 
@@ -111,9 +115,10 @@ def build_models_tab(ctx: DemoContext) -> dict[str, Any]:
         formats,
         [table, status, chart, info],
         api_name="measure",
-        concurrency_id=LLM_QUEUE,
+        concurrency_id=EXCLUSIVE_QUEUE,
         concurrency_limit=1,
+        show_progress_on=[status],  # one progress bar, under the button (not one per output)
     )
     refresh = gr.Button("Refresh model info", size="sm")
     refresh.click(lambda: current_model_markdown(ctx), None, info, queue=False, api_visibility="private")
-    return {"info": info}
+    return {"info": info, "page_load": (lambda: current_model_markdown(ctx), None, [info])}

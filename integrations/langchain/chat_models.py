@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
@@ -14,44 +14,37 @@ from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
     BaseMessage,
-    ChatMessage,
-    HumanMessage,
-    SystemMessage,
-    ToolMessage,
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.output_parsers import JsonOutputParser, PydanticOutputParser
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
-from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from xpullm.engine import LLM
 from xpullm.engine.aio import iterate_in_thread
+from xpullm.integrations._args import LLMArg
 from xpullm.integrations._engines import shared_llm
-from xpullm.integrations._fields import reject_unknown
+from xpullm.integrations._fields import StrictArguments
 from xpullm.integrations._toolcall import (
-    ChatTemplateError,
-    InvalidToolSchema,
-    ToolCall,
     ToolSpec,
     TurnEvent,
     check_tools,
     effective_choice,
-    make_tool_spec,
     render_prompt,
     resolve_tool_choice,
     run_turn,
     validate_json_schema,
 )
+from xpullm.integrations.langchain._messages import schema_dict, to_dicts, tool_spec, trace_schema
 
 __all__ = ["ChatXPU"]
 
-_ROLES = {"human": "user", "user": "user", "ai": "assistant", "assistant": "assistant", "system": "system"}
 _STRUCTURED_METHODS = ("json_schema", "function_calling", "json_mode")
 
 
-class ChatXPU(BaseChatModel):
+class ChatXPU(StrictArguments, BaseChatModel):
     """Chat with a low-bit model through xpullm's engine.
 
     ```python
@@ -64,7 +57,7 @@ class ChatXPU(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
 
-    model: Any = None
+    model: LLMArg = None
     """None (packaged default), a folder / .gguf path / hub id, or an `xpullm.LLM` to share a loaded model."""
     low_bit: str | None = "sym_int4"
     """Low-bit format used when this object loads the weights (ignored for a given `xpullm.LLM`)."""
@@ -99,12 +92,9 @@ class ChatXPU(BaseChatModel):
     max_retries: int | None = None
     """Accepted for API compatibility with hosted chat models; local generation is not retried."""
 
-    _engine: Any = PrivateAttr(default=None)
+    _engine: LLM = PrivateAttr(default=None)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown_arguments(cls, data: Any) -> Any:
-        return reject_unknown(cls, data, also=("callback_manager",))
+    also_accepted: ClassVar[tuple[str, ...]] = ("callback_manager",)
 
     @model_validator(mode="after")
     def _resolve_engine(self) -> ChatXPU:
@@ -158,7 +148,7 @@ class ChatXPU(BaseChatModel):
         Raises `InvalidToolSchema` / `InvalidToolChoice` here, at bind time, for unusable tools or choices.
         """
         specs: list[ToolSpec] = []
-        for spec in map(_tool_spec, tools):
+        for spec in map(tool_spec, tools):
             if all(s.name != spec.name for s in specs):  # a repeated name keeps its first definition
                 specs.append(spec)
         choice = resolve_tool_choice(tool_choice, specs)
@@ -183,12 +173,12 @@ class ChatXPU(BaseChatModel):
             raise ValueError(f"unexpected arguments for with_structured_output: {sorted(kwargs)}")
         if method not in _STRUCTURED_METHODS:
             raise ValueError(f"method={method!r} is not supported; use one of {_STRUCTURED_METHODS}")
-        json_schema = validate_json_schema(_schema_dict(schema), "structured output schema")
+        json_schema = validate_json_schema(schema_dict(schema), "structured output schema")
         llm = self.bind(
             response_format=json_schema,
             ls_structured_output_format={
                 "kwargs": {"method": method, "strict": strict},
-                "schema": _trace_schema(schema, json_schema),
+                "schema": trace_schema(schema, json_schema),
             },
         )
         from pydantic.v1 import BaseModel as BaseModelV1
@@ -216,8 +206,8 @@ class ChatXPU(BaseChatModel):
     def get_num_tokens_from_messages(self, messages: list[BaseMessage], tools: Sequence | None = None) -> int:
         """Prompt tokens of `messages` (and `tools`) as rendered by the chat template; equals the
         `usage_metadata["input_tokens"]` an invoke on them reports."""
-        specs = [_tool_spec(t) for t in tools or ()]
-        return self._engine.count_tokens(render_prompt(self._engine, _to_dicts(messages), specs))
+        specs = [tool_spec(t) for t in tools or ()]
+        return self._engine.count_tokens(render_prompt(self._engine, to_dicts(messages), specs))
 
     # -- generation ------------------------------------------------------------------------------------
 
@@ -237,7 +227,7 @@ class ChatXPU(BaseChatModel):
         """Validate everything on the caller's side; return a function that runs the turn (maybe in a thread)."""
         kwargs = dict(kwargs)
         kwargs.pop("model", None)  # one loaded model per instance: a per-call name only labels traces
-        tools = [_tool_spec(t) for t in kwargs.pop("tools", None) or []]
+        tools = [tool_spec(t) for t in kwargs.pop("tools", None) or []]
         choice = resolve_tool_choice(kwargs.pop("tool_choice", None), tools)
         response_format = kwargs.pop("response_format", None)
         params = self._gen_defaults()
@@ -248,7 +238,7 @@ class ChatXPU(BaseChatModel):
         from xpullm.engine import GenerationParams
 
         GenerationParams.from_kwargs(**params)  # bad values fail here, before any work
-        dicts = _to_dicts(messages)
+        dicts = to_dicts(messages)
         choice = effective_choice(dicts, choice, self.max_tool_rounds)
         # "none" hides the tools from the prompt too: a model shown tools keeps trying to call them.
         prompt = render_prompt(self._engine, dicts, tools if choice != "none" else ())
@@ -387,87 +377,3 @@ def _result(chunks: Iterator[ChatGenerationChunk]) -> ChatResult:
         id=msg.id,
     )
     return ChatResult(generations=[ChatGeneration(message=message, generation_info=total.generation_info)])
-
-
-# -- conversions ---------------------------------------------------------------------------------------------
-
-
-def _tool_spec(tool: Any) -> ToolSpec:
-    if isinstance(tool, ToolSpec):
-        return tool
-    try:
-        fn = convert_to_openai_tool(tool)["function"]
-    except Exception as exc:  # LangChain raises several types for unusable tool objects
-        raise InvalidToolSchema(
-            f"cannot use {tool!r:.80} as a tool ({type(exc).__name__}: {exc}); pass a BaseTool, a typed "
-            "function with a docstring, a pydantic model or an OpenAI-style tool dict"
-        ) from exc
-    return make_tool_spec(fn.get("name"), fn.get("description", ""), fn.get("parameters"))
-
-
-def _trace_schema(schema: Any, json_schema: dict[str, Any]) -> dict[str, Any]:
-    # Tracing metadata only: LangChain's converter wants a top-level "title" in dicts, which a JSON schema
-    # need not have, so a dict is reported as given.
-    return json_schema if isinstance(schema, dict) else convert_to_json_schema(schema)
-
-
-def _schema_dict(schema: Any) -> dict[str, Any]:
-    if isinstance(schema, dict):
-        if schema.get("type") == "function" and "function" in schema:  # an OpenAI tool dict
-            return schema["function"].get("parameters", {})
-        return schema
-    if isinstance(schema, type) and issubclass(schema, BaseModel):
-        return schema.model_json_schema()
-    if (
-        isinstance(schema, type) and hasattr(schema, "schema") and hasattr(schema, "__fields__")
-    ):  # pydantic.v1
-        return schema.schema()
-    return convert_to_json_schema(schema)
-
-
-def _text(content: Any, index: int) -> str:
-    if isinstance(content, str):
-        return content
-    parts: list[str] = []
-    for block in content:
-        if isinstance(block, str):
-            parts.append(block)
-        elif block.get("type") == "text":
-            parts.append(block.get("text", ""))
-        elif block.get("type") in ("tool_use", "tool_call", "reasoning", "thinking"):
-            continue  # the call itself travels in AIMessage.tool_calls
-        else:
-            raise ChatTemplateError(
-                f"messages[{index}] has a {block.get('type')!r} content block; this model reads text only"
-            )
-    return "".join(parts)
-
-
-def _to_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for i, msg in enumerate(messages):
-        if isinstance(msg, ToolMessage):
-            content = _text(msg.content, i)
-            if msg.status == "error":
-                content = f"Error: {content}" if not content.lower().startswith("error") else content
-            out.append(
-                {"role": "tool", "content": content, "tool_call_id": msg.tool_call_id, "name": msg.name}
-            )
-            continue
-        if isinstance(msg, (AIMessage, AIMessageChunk)):
-            calls = [
-                ToolCall(c["name"], c["args"], c.get("id") or ToolCall("", {}).id) for c in msg.tool_calls
-            ]
-            out.append({"role": "assistant", "content": _text(msg.content, i), "tool_calls": calls})
-            continue
-        if isinstance(msg, (HumanMessage, SystemMessage)):
-            role = _ROLES[msg.type]
-        elif isinstance(msg, ChatMessage) and msg.role in (*_ROLES, "tool"):
-            role = _ROLES.get(msg.role, msg.role)
-        else:
-            role_name = getattr(msg, "role", msg.type)
-            raise ChatTemplateError(
-                f"messages[{i}] has role {role_name!r}; use system, user/human, assistant/ai or tool messages"
-            )
-        out.append({"role": role, "content": _text(msg.content, i)})
-    return out

@@ -6,10 +6,11 @@ import asyncio
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
-from xpullm.integrations._engines import shared_embedder
-from xpullm.integrations._fields import reject_unknown
+from xpullm.integrations._args import EmbedderArg
+from xpullm.integrations._engines import LazyEmbedder, shared_embedder
+from xpullm.integrations._fields import StrictArguments
 
 __all__ = ["XPUBgeEmbeddings", "XPUEmbeddings"]
 
@@ -21,7 +22,7 @@ _BGE_IGNORED_MODEL_KWARGS = {"trust_remote_code"}
 _BGE_ENCODE_KWARGS = {"normalize_embeddings", "batch_size"}
 
 
-class XPUEmbeddings(BaseModel, Embeddings):
+class XPUEmbeddings(StrictArguments, Embeddings):
     """Sentence embeddings; the model loads on the first `embed_*` call.
 
     ```python
@@ -34,7 +35,7 @@ class XPUEmbeddings(BaseModel, Embeddings):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid")
 
-    model: Any = None
+    model: EmbedderArg = None
     """None (packaged default), a sentence-transformers folder / hub id, or an `xpullm.Embedder` to share."""
     low_bit: str | None = None
     """Optional low-bit format for the linear layers (e.g. "sym_int8")."""
@@ -43,12 +44,7 @@ class XPUEmbeddings(BaseModel, Embeddings):
     batch_size: int = Field(default=32, ge=1)
     """Texts per forward pass (the embedder sorts by length, so batches pad little)."""
 
-    _handle: Any = PrivateAttr(default=None)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown_arguments(cls, data: Any) -> Any:
-        return reject_unknown(cls, data)
+    _handle: LazyEmbedder = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _resolve(self) -> XPUEmbeddings:
@@ -77,7 +73,7 @@ class XPUEmbeddings(BaseModel, Embeddings):
         return await asyncio.to_thread(self.embed_query, text)
 
 
-class XPUBgeEmbeddings(BaseModel, Embeddings):
+class XPUBgeEmbeddings(StrictArguments, Embeddings):
     """Drop-in for langchain_community's `IpexLLMBgeEmbeddings`: same arguments, xpullm's embedder underneath.
 
     ```python
@@ -108,12 +104,7 @@ class XPUBgeEmbeddings(BaseModel, Embeddings):
     cache_folder: str | None = None
     """Accepted for source compatibility; xpullm reads hub models from the Hugging Face cache."""
 
-    _handle: Any = PrivateAttr(default=None)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown_arguments(cls, data: Any) -> Any:
-        return reject_unknown(cls, data)
+    _handle: LazyEmbedder = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _resolve(self) -> XPUBgeEmbeddings:

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.llms import LLM
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
+from xpullm.engine import LLM as TextLLM
 from xpullm.engine.aio import iterate_in_thread
+from xpullm.integrations._args import LLMArg
 from xpullm.integrations._engines import shared_llm
-from xpullm.integrations._fields import reject_unknown
+from xpullm.integrations._fields import StrictArguments
 from xpullm.integrations._sampling import apply_do_sample, ipex_low_bit
 
 __all__ = ["XPULLM"]
+
+# Prompts of one `batch` / `generate` call in flight at once (each is one engine request; the engine queues what
+# its KV budget cannot hold).
+_MAX_PARALLEL = 16
 
 # IpexLLM's model_kwargs were passed to transformers; these are the ones that mean something here.
 _MODEL_KWARG_FIELDS = {
@@ -32,7 +40,7 @@ _MODEL_KWARG_FIELDS = {
 _IGNORED_MODEL_KWARGS = {"trust_remote_code", "use_cache", "low_cpu_mem_usage", "torch_dtype"}
 
 
-class XPULLM(LLM):
+class XPULLM(StrictArguments, LLM):
     """Text completion with a low-bit model; streams real tokens and returns only the completion.
 
     ```python
@@ -48,7 +56,7 @@ class XPULLM(LLM):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid")
 
-    model: Any = None
+    model: LLMArg = None
     """None (packaged default), a folder / .gguf path / hub id, or an `xpullm.LLM` to share a loaded model."""
     model_id: str | None = None
     """IpexLLM-compatible alias of `model` (a path or hub id)."""
@@ -80,12 +88,9 @@ class XPULLM(LLM):
     """When True (IpexLLM's default), `invoke` runs through `_stream` so callbacks get tokens as they are
     generated; the result is the same text either way."""
 
-    _engine: Any = PrivateAttr(default=None)
+    _engine: TextLLM = PrivateAttr(default=None)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown_arguments(cls, data: Any) -> Any:
-        return reject_unknown(cls, data, also=("callback_manager",))
+    also_accepted: ClassVar[tuple[str, ...]] = ("callback_manager",)
 
     @model_validator(mode="after")
     def _resolve_engine(self) -> XPULLM:
@@ -261,7 +266,12 @@ class XPULLM(LLM):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        return self._result([self._complete(p, stop, run_manager, kwargs) for p in prompts])
+        if len(prompts) == 1:
+            return self._result([self._complete(prompts[0], stop, run_manager, kwargs)])
+        # One request per prompt, all submitted at once: the engine runs them in shared decode steps.
+        with ThreadPoolExecutor(max_workers=min(len(prompts), _MAX_PARALLEL)) as pool:
+            done = pool.map(lambda p: self._complete(p, stop, run_manager, kwargs), prompts)
+            return self._result(list(done))
 
     async def _agenerate(
         self,
@@ -270,11 +280,10 @@ class XPULLM(LLM):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> LLMResult:
-        generations = []
-        for prompt in prompts:
-            text = await self._acall(prompt, stop, run_manager, **kwargs)
-            generations.append(self._generation(prompt, text, None, None))
-        return self._result(generations)
+        texts = await asyncio.gather(*(self._acall(p, stop, run_manager, **kwargs) for p in prompts))
+        return self._result(
+            [self._generation(p, text, None, None) for p, text in zip(prompts, texts, strict=True)]
+        )
 
     async def _acall(
         self,

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
+from xpullm.engine import LLM
+from xpullm.integrations._args import LLMArg
 from xpullm.integrations._engines import shared_llm
-from xpullm.integrations._fields import reject_unknown
+from xpullm.integrations._fields import StrictArguments
 from xpullm.integrations._relevance import relevance_scores
 
 __all__ = ["XPUReranker"]
 
 
-class XPUReranker(BaseDocumentCompressor):
+class XPUReranker(StrictArguments, BaseDocumentCompressor):
     """Keep the `top_n` documents the LLM rates most relevant (P("yes") to "does this passage help?").
 
     Each document gets `metadata["relevance_score"]` in [0, 1].
@@ -24,7 +25,7 @@ class XPUReranker(BaseDocumentCompressor):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid")
 
-    model: Any = None
+    model: LLMArg = None
     """None (packaged default LLM), a path / hub id, or an `xpullm.LLM` to share a loaded model."""
     low_bit: str | None = "sym_int4"
     """Low-bit format used when this object loads the weights."""
@@ -33,12 +34,7 @@ class XPUReranker(BaseDocumentCompressor):
     top_n: int = Field(default=3, ge=1)
     """How many documents to return."""
 
-    _engine: Any = PrivateAttr(default=None)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown_arguments(cls, data: Any) -> Any:
-        return reject_unknown(cls, data)
+    _engine: LLM = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _resolve(self) -> XPUReranker:

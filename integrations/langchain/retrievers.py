@@ -9,12 +9,12 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, model_validator
 
-from xpullm.integrations._fields import reject_unknown
+from xpullm.integrations._fields import StrictArguments
 
 __all__ = ["XPURetriever"]
 
 
-class XPURetriever(BaseRetriever):
+class XPURetriever(StrictArguments, BaseRetriever):
     """Retrieve LangChain `Document`s from an xpullm `KnowledgeBase`.
 
     ```python
@@ -39,11 +39,6 @@ class XPURetriever(BaseRetriever):
     """Document or metadata filters, e.g. {"team": "sales"}."""
     min_similarity: float | None = None
     """Drop hits whose cosine similarity to the query is below this."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown_arguments(cls, data: Any) -> Any:
-        return reject_unknown(cls, data)
 
     @model_validator(mode="after")
     def _open(self) -> XPURetriever:

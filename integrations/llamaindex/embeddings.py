@@ -6,15 +6,16 @@ import asyncio
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
-from xpullm.integrations._engines import shared_embedder
-from xpullm.integrations._fields import reject_unknown
+from xpullm.integrations._args import EmbedderArg
+from xpullm.integrations._engines import LazyEmbedder, shared_embedder
+from xpullm.integrations._fields import StrictArguments
 
 __all__ = ["XPUEmbedding"]
 
 
-class XPUEmbedding(BaseEmbedding):
+class XPUEmbedding(StrictArguments, BaseEmbedding):
     """Sentence embeddings for LlamaIndex; the model loads on first use.
 
     ```python
@@ -27,7 +28,7 @@ class XPUEmbedding(BaseEmbedding):
     (`model_name`, `device`, `trust_remote_code`, `query_instruction`, `text_instruction`, `embed_batch_size`).
     """
 
-    model: Any = Field(
+    model: EmbedderArg = Field(
         default=None, description="None (packaged default), a folder / hub id, or an xpullm.Embedder."
     )
     low_bit: str | None = Field(default=None, description="Optional low-bit format for the linear layers.")
@@ -38,12 +39,7 @@ class XPUEmbedding(BaseEmbedding):
         default=False, description="Accepted for IpexLLMEmbedding compatibility; no checkpoint code runs."
     )
 
-    _handle: Any = PrivateAttr(default=None)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown_arguments(cls, data: Any) -> Any:
-        return reject_unknown(cls, data)
+    _handle: LazyEmbedder = PrivateAttr(default=None)
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("embed_batch_size", 32)

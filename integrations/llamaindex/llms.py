@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import (
@@ -17,14 +17,17 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
     MessageRole,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
+from xpullm.engine import LLM
 from xpullm.engine.aio import iterate_in_thread
+from xpullm.engine.params import Completion
+from xpullm.integrations._args import LLMArg
 from xpullm.integrations._engines import shared_llm
-from xpullm.integrations._fields import reject_unknown
+from xpullm.integrations._fields import StrictArguments
 from xpullm.integrations._sampling import apply_do_sample, ipex_low_bit
 from xpullm.integrations._toolcall import (
     ChatTemplateError,
@@ -42,7 +45,7 @@ from xpullm.integrations._toolcall import (
 __all__ = ["XPULLM"]
 
 
-class XPULLM(FunctionCallingLLM):
+class XPULLM(StrictArguments, FunctionCallingLLM):
     """A low-bit model as a LlamaIndex function-calling LLM.
 
     ```python
@@ -55,7 +58,7 @@ class XPULLM(FunctionCallingLLM):
     `XPULLM.from_model_id_low_bit(...)` take the same arguments.
     """
 
-    model: Any = Field(
+    model: LLMArg = Field(
         default=None, description="None (packaged default), a path / hub id, or an xpullm.LLM."
     )
     low_bit: str | None = Field(
@@ -83,12 +86,7 @@ class XPULLM(FunctionCallingLLM):
         default=None, description="Folder or hub id of the tokenizer when it is not next to the weights."
     )
 
-    _engine: Any = PrivateAttr(default=None)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown_arguments(cls, data: Any) -> Any:
-        return reject_unknown(cls, data)
+    _engine: LLM = PrivateAttr(default=None)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -198,7 +196,7 @@ class XPULLM(FunctionCallingLLM):
 
         return run
 
-    def _responses(self, events: Any) -> ChatResponseGen:
+    def _responses(self, events: Iterable[TurnEvent]) -> ChatResponseGen:
         text, calls = "", []
         for ev in events:
             if ev.kind == "text":
@@ -265,7 +263,7 @@ class XPULLM(FunctionCallingLLM):
 
     # -- completion ------------------------------------------------------------------------------------
 
-    def _completion_response(self, c: Any) -> CompletionResponse:
+    def _completion_response(self, c: Completion) -> CompletionResponse:
         usage = {
             "prompt_tokens": c.prompt_tokens,
             "completion_tokens": c.completion_tokens,

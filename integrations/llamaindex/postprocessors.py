@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, model_validator
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
+from xpullm.engine import LLM
+from xpullm.integrations._args import LLMArg
 from xpullm.integrations._engines import shared_llm
-from xpullm.integrations._fields import reject_unknown
+from xpullm.integrations._fields import StrictArguments
 from xpullm.integrations._relevance import relevance_scores
 
 __all__ = ["XPURerank"]
 
 
-class XPURerank(BaseNodePostprocessor):
+class XPURerank(StrictArguments, BaseNodePostprocessor):
     """Keep the `top_n` nodes the LLM rates most relevant; each node's score becomes P("yes") in [0, 1]."""
 
-    model: Any = Field(
+    model: LLMArg = Field(
         default=None, description="None (packaged default LLM), a path / hub id, or an xpullm.LLM."
     )
     low_bit: str | None = Field(
@@ -27,12 +29,9 @@ class XPURerank(BaseNodePostprocessor):
     device: str = Field(default="auto", description="auto, cpu, cuda or xpu.")
     top_n: int = Field(default=3, ge=1, description="How many nodes to keep.")
 
-    _engine: Any = PrivateAttr(default=None)
+    _engine: LLM = PrivateAttr(default=None)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_unknown_arguments(cls, data: Any) -> Any:
-        return reject_unknown(cls, data, also=("callback_manager",))
+    also_accepted: ClassVar[tuple[str, ...]] = ("callback_manager",)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

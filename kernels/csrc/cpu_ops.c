@@ -31,6 +31,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <immintrin.h>
 
@@ -508,4 +509,563 @@ XQ_AVX2_FN int xq_decode_attention(const float *qkv, const float *cos, const flo
     }
     free(scratch);
     return 0;
+}
+
+/* ---- paged attention (the continuous-batching engine) ---------------------------------------------- */
+
+/* Pools [num_blocks, KV, bs, D]: fp32 values, or 8-bit codes with one fp32 scale per (block, kv head, slot), as
+   kernels/paged.py's `quantize_kv`: int8 (scale = max|x| / 127, code = round-half-even(x / scale)) or fp8 e4m3
+   (scale = max|x| / 448, code = x / scale rounded to nearest-even e4m3). */
+enum { CODES_NONE = 0, CODES_INT8 = 1, CODES_E4M3 = 2 };
+struct paged {
+    const float *qkv, *cos, *sin, *q_norm, *k_norm;
+    const int64_t *positions, *seq_index;
+    const int32_t *tables;
+    float *k_pool, *v_pool;   /* fp32 pools, or NULL */
+    int8_t *k_q, *v_q;        /* 8-bit code pools (int8, or e4m3 bytes), or NULL */
+    float *k_s, *v_s;         /* their scales [num_blocks, KV, bs] */
+    int codes;                /* CODES_*: what k_q / v_q hold */
+    float code_mul;           /* read codes are value / code_mul (e4m3 decodes to value / 256), so scales get it */
+    int64_t n, h, kv, d, bs, max_pos, s, max_blocks, num_blocks;
+    float scale, eps;
+    float *out;
+    /* the SIMD path's phase-2 pieces (AVX2, or AVX-512 where the CPU runs it and 16 divides D) */
+    void (*scores)(const struct paged *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t, float *);
+    void (*values)(const struct paged *, const int32_t *, int64_t, const float *, int64_t, const float *, float *);
+};
+
+/* Index checks before anything is written: 0 ok, -2 position outside the RoPE table, -3 seq_index outside the
+   tables, -4 a position past the table's width, -5 a block id outside the pools. Also gives the largest position
+   and the number of (token, key) pairs. */
+static int paged_check(const struct paged *p, int64_t *max_pos, int64_t *keys) {
+    int64_t top = 0, total = 0;
+    for (int64_t n = 0; n < p->n; ++n) {
+        const int64_t pos = p->positions[n], s = p->seq_index[n];
+        if (pos < 0 || pos >= p->max_pos) return -2;
+        if (s < 0 || s >= p->s) return -3;
+        if (pos / p->bs >= p->max_blocks) return -4;
+        for (int64_t b = 0; b <= pos / p->bs; ++b) {
+            const int32_t blk = p->tables[s * p->max_blocks + b];
+            if (blk < 0 || blk >= p->num_blocks) return -5;
+        }
+        top = pos > top ? pos : top;
+        total += pos + 1;
+    }
+    *max_pos = top, *keys = total;
+    return 0;
+}
+
+/* A head vector as the pools hold it: normalized (optional), rotated. `tmp` holds D floats. */
+XQ_AVX2_FN static void paged_rotate(const float *x, const float *norm, float eps, const float *c, const float *s,
+                                    int64_t d, float *tmp, float *out) {
+    if (norm) {
+        xq_rms_norm(x, norm, tmp, 1, d, eps);
+        x = tmp;
+    }
+    rope(x, c, s, d, out);
+}
+
+/* int8 codes of one head vector (round half to even: lrintf in the default rounding mode); returns the scale. */
+XQ_AVX2_FN static float paged_quantize(const float *x, int64_t d, int8_t *codes) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < d; ++i) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    const float scale = amax / 127.0f, inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    for (int64_t i = 0; i < d; ++i) {
+        const long c = lrintf(x[i] * inv);
+        codes[i] = (int8_t)(c > 127 ? 127 : c < -127 ? -127 : c);
+    }
+    return scale;
+}
+
+/* fp32 -> e4m3fn byte, round to nearest even, |a| >= 448 saturating (torch's conversion of the same values): the
+   fp32 mantissa rounded to 3 bits in the integer bits (the carry moves into the exponent), steps of 2^-9 below
+   the smallest normal 2^-6. */
+static uint8_t e4m3_code(float y) {
+    uint32_t b;
+    memcpy(&b, &y, sizeof b);
+    const uint8_t sign = (uint8_t)((b >> 24) & 0x80);
+    b &= 0x7FFFFFFFu;
+    if (b >= 0x43E00000u) return sign | 0x7E; /* >= 448 */
+    if (b < 0x3C800000u) {                    /* < 2^-6: subnormal codes 0..7, and 8 = 2^-6 itself */
+        float a;
+        memcpy(&a, &b, sizeof a);
+        return sign | (uint8_t)(int)nearbyintf(a * 512.0f);
+    }
+    b += 0x7FFFFu + ((b >> 20) & 1u);
+    const uint32_t code = (b >> 20) - ((127u - 7u) << 3);
+    return sign | (uint8_t)(code > 0x7Eu ? 0x7Eu : code);
+}
+
+/* An e4m3fn byte's value / 256 (the F16C path's scale; exact). */
+static float e4m3_value256(uint8_t c) {
+    const int e = (c >> 3) & 0xF, m = c & 7;
+    const float v = e ? ldexpf((float)(8 + m), e - 18) : ldexpf((float)m, -17);
+    return c & 0x80 ? -v : v;
+}
+
+/* e4m3 codes of one head vector; returns the scale (max|x| / 448). */
+XQ_AVX2_FN static float paged_quantize_e4m3(const float *x, int64_t d, uint8_t *codes) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < d; ++i) amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    const float scale = amax / 448.0f, inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    for (int64_t i = 0; i < d; ++i) codes[i] = e4m3_code(x[i] * inv);
+    return scale;
+}
+
+/* A code's value / code_mul. */
+static inline float code_value(const int8_t *c, int kind, int64_t i) {
+    return kind == CODES_E4M3 ? e4m3_value256((uint8_t)c[i]) : (float)c[i];
+}
+
+/* q . codes, int8 codes widened to fp32 (the scale multiplies the sum). Same order as dot_f32. */
+XQ_AVX2_FN static inline float dot_f32_s8(const float *a, const int8_t *b, int64_t n) {
+    if (n % 8 == 0) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t i = 0; i < n; i += 8) {
+            const __m256 bf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + i))));
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), bf, acc);
+        }
+        return hsum8(acc);
+    }
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; ++i) s += a[i] * (float)b[i];
+    return s;
+}
+
+/* q . codes of any kind, one lane (head dims that are not a multiple of 8). */
+XQ_AVX2_FN static inline float dot_codes(const float *a, const int8_t *b, int kind, int64_t n) {
+    if (kind == CODES_INT8) return dot_f32_s8(a, b, n);
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; ++i) s += a[i] * code_value(b, kind, i);
+    return s;
+}
+
+/* Phase 1: every token's k (normalized, rotated) and v into its slot. Serial: tiny work, and a slot written
+   twice in one call (a caller error) still ends with the last token's values, deterministically. */
+XQ_AVX2_FN static void paged_write(const struct paged *p, float *tmp) {
+    const int64_t width = (p->h + 2 * p->kv) * p->d, d = p->d;
+    float *rot = tmp + d;
+    for (int64_t n = 0; n < p->n; ++n) {
+        const int64_t pos = p->positions[n];
+        const int64_t blk = p->tables[p->seq_index[n] * p->max_blocks + pos / p->bs], off = pos % p->bs;
+        const float *row = p->qkv + n * width, *c = p->cos + pos * d, *s = p->sin + pos * d;
+        for (int64_t j = 0; j < p->kv; ++j) {
+            const int64_t slot = (blk * p->kv + j) * p->bs + off;
+            const float *k = row + (p->h + j) * d, *v = row + (p->h + p->kv + j) * d;
+            if (p->k_pool) {
+                paged_rotate(k, p->k_norm, p->eps, c, s, d, tmp, p->k_pool + slot * d);
+                for (int64_t i = 0; i < d; ++i) p->v_pool[slot * d + i] = v[i];
+            } else {
+                paged_rotate(k, p->k_norm, p->eps, c, s, d, tmp, rot);
+                if (p->codes == CODES_E4M3) {
+                    p->k_s[slot] = paged_quantize_e4m3(rot, d, (uint8_t *)p->k_q + slot * d);
+                    p->v_s[slot] = paged_quantize_e4m3(v, d, (uint8_t *)p->v_q + slot * d);
+                } else {
+                    p->k_s[slot] = paged_quantize(rot, d, p->k_q + slot * d);
+                    p->v_s[slot] = paged_quantize(v, d, p->v_q + slot * d);
+                }
+            }
+        }
+    }
+}
+
+/* Four dot products q . k_i (fp32 keys, or 8-bit codes widened exactly), for d % 8 == 0. Each key's sum goes
+   through the same tree whichever lane it takes (8 lanes, then hadd pairs, then the two halves), so a score does
+   not depend on the other keys of its group. */
+XQ_AVX2_FN static inline __m256 load_key(const void *k, int s8, int64_t i) {
+    if (s8 == CODES_E4M3) return fp8x8_avx2((const uint8_t *)k + i, 1); /* value / 256 */
+    if (s8) return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)k + i))));
+    return _mm256_loadu_ps((const float *)k + i);
+}
+
+XQ_AVX2_FN static inline __m128 dot4(const float *q, const void *const *k, int s8, int64_t d) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t i = 0; i < d; i += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + i);
+        a0 = _mm256_fmadd_ps(qv, load_key(k[0], s8, i), a0);
+        a1 = _mm256_fmadd_ps(qv, load_key(k[1], s8, i), a1);
+        a2 = _mm256_fmadd_ps(qv, load_key(k[2], s8, i), a2);
+        a3 = _mm256_fmadd_ps(qv, load_key(k[3], s8, i), a3);
+    }
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* Scores of the G heads against the keys of one block run (cnt keys from slot `first` of the block at `base`):
+   sc[g * len + t] = q_g . k_t (* k scale) * scale. */
+XQ_AVX2_FN static void paged_scores(const struct paged *p, const float *q, int64_t g_n, int64_t base, int64_t cnt,
+                                    int64_t t0, int64_t len, float *sc) {
+    const int64_t d = p->d;
+    const int s8 = p->codes;
+    const void *keys[4];
+    for (int64_t i = 0; i < cnt; i += 4) {
+        for (int r = 0; r < 4; ++r) { /* past the run: repeat its last key (computed, not stored) */
+            const int64_t slot = base + (i + r < cnt ? i + r : cnt - 1);
+            keys[r] = s8 ? (const void *)(p->k_q + slot * d) : (const void *)(p->k_pool + slot * d);
+        }
+        for (int64_t g = 0; g < g_n; ++g) {
+            float dots[4];
+            if (d % 8 == 0) {
+                _mm_storeu_ps(dots, dot4(q + g * d, keys, s8, d));
+            } else {
+                for (int r = 0; r < 4; ++r)
+                    dots[r] = s8 ? dot_codes(q + g * d, keys[r], s8, d) : dot_f32(q + g * d, keys[r], d);
+            }
+            for (int r = 0; r < 4 && i + r < cnt; ++r)
+                sc[g * len + t0 + i + r] = (s8 ? dots[r] * (p->k_s[base + i + r] * p->code_mul) : dots[r]) * p->scale;
+        }
+    }
+}
+
+/* out[0..8R) = sum_t w_t v_t[c..c+8R) in order of t, times inv, with the R accumulators in registers. */
+XQ_AVX2_FN static inline __attribute__((always_inline)) void paged_values_r(const struct paged *p, const int32_t *table,
+        int64_t j, const float *w, int64_t len, int64_t c, float inv, float *out, const int R) {
+    const int64_t d = p->d, bs = p->bs;
+    __m256 acc[8];
+    for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+    for (int64_t t0 = 0; t0 < len; t0 += bs) {
+        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
+        for (int64_t i = 0; i < cnt; ++i) {
+            if (p->v_pool) {
+                const __m256 wt = _mm256_set1_ps(w[t0 + i]);
+                const float *v = p->v_pool + (base + i) * d + c;
+                for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(wt, _mm256_loadu_ps(v + 8 * r), acc[r]);
+            } else {
+                const __m256 wt = _mm256_set1_ps(w[t0 + i] * (p->v_s[base + i] * p->code_mul));
+                const int8_t *v = p->v_q + (base + i) * d + c;
+                for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(wt, load_key(v, p->codes, 8 * r), acc[r]);
+            }
+        }
+    }
+    const __m256 s = _mm256_set1_ps(inv);
+    for (int r = 0; r < R; ++r) _mm256_storeu_ps(out + 8 * r, _mm256_mul_ps(acc[r], s));
+}
+
+/* One head's output sum_t w_t v_t / total over keys 0..len-1 (d % 8 == 0: 64 columns at a time in registers). */
+XQ_AVX2_FN static void paged_values(const struct paged *p, const int32_t *table, int64_t j, const float *w,
+                                    int64_t len, float inv, float *out) {
+    const int64_t d = p->d;
+    if (d % 8 == 0) {
+        for (int64_t c = 0; c < d; c += 64) {
+            switch ((d - c) >= 64 ? 8 : (d - c) / 8) { /* each width compiled on its own: registers */
+            case 8: paged_values_r(p, table, j, w, len, c, inv, out + c, 8); break;
+            case 4: paged_values_r(p, table, j, w, len, c, inv, out + c, 4); break;
+            case 7: paged_values_r(p, table, j, w, len, c, inv, out + c, 7); break;
+            case 6: paged_values_r(p, table, j, w, len, c, inv, out + c, 6); break;
+            case 5: paged_values_r(p, table, j, w, len, c, inv, out + c, 5); break;
+            case 3: paged_values_r(p, table, j, w, len, c, inv, out + c, 3); break;
+            case 2: paged_values_r(p, table, j, w, len, c, inv, out + c, 2); break;
+            default: paged_values_r(p, table, j, w, len, c, inv, out + c, 1); break;
+            }
+        }
+        return;
+    }
+    const int64_t bs = p->bs;
+    for (int64_t i = 0; i < d; ++i) out[i] = 0.0f;
+    for (int64_t t0 = 0; t0 < len; t0 += bs) {
+        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
+        for (int64_t i = 0; i < cnt; ++i) {
+            const float wt = p->v_pool ? w[t0 + i] : w[t0 + i] * (p->v_s[base + i] * p->code_mul);
+            for (int64_t e = 0; e < d; ++e)
+                out[e] += wt * (p->v_pool ? p->v_pool[(base + i) * d + e]
+                                          : code_value(p->v_q + (base + i) * d, p->codes, e));
+        }
+    }
+    for (int64_t e = 0; e < d; ++e) out[e] *= inv;
+}
+
+/* The G heads' outputs (w: G rows of len weights, inv: G factors, out: G rows of D), one head at a time. */
+XQ_AVX2_FN static void paged_values_heads(const struct paged *p, const int32_t *table, int64_t j, const float *w,
+                                          int64_t len, const float *inv, float *out) {
+    for (int64_t g = 0; g < p->h / p->kv; ++g) paged_values(p, table, j, w + g * len, len, inv[g], out + g * p->d);
+}
+
+/* ---- the same two pieces on 16 lanes (AVX-512; D a multiple of 16) ---- */
+
+XQ_AVX512_FN static inline __m512 load_key16(const void *k, int s8, int64_t i) {
+    if (s8 == CODES_E4M3) { /* 16 e4m3 bytes -> fp16 bit patterns (value / 256) -> fp32, exact */
+        const __m256i c = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)((const uint8_t *)k + i)));
+        const __m256i h = _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(c, _mm256_set1_epi16(0x7F)), 7),
+                                          _mm256_slli_epi16(_mm256_and_si256(c, _mm256_set1_epi16(0x80)), 8));
+        return _mm512_cvtph_ps(h);
+    }
+    if (s8) return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((const int8_t *)k + i))));
+    return _mm512_loadu_ps((const float *)k + i);
+}
+
+/* Four dots for each of GB heads: each key chunk is loaded once for the GB heads; every dot goes through one fixed
+   tree (16 lanes, halves added, then dot4's hadd tree), whichever lane or head it takes. */
+XQ_AVX512_FN static inline __attribute__((always_inline)) void dot4_512_heads(const float *q, const void *const *k,
+        int s8, int64_t d, float *dots, const int GB) {
+    __m512 a[4][4];
+    for (int g = 0; g < GB; ++g)
+        for (int r = 0; r < 4; ++r) a[g][r] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < d; i += 16) {
+        __m512 kv[4];
+        for (int r = 0; r < 4; ++r) kv[r] = load_key16(k[r], s8, i);
+        for (int g = 0; g < GB; ++g) {
+            const __m512 qv = _mm512_loadu_ps(q + g * d + i);
+            for (int r = 0; r < 4; ++r) a[g][r] = _mm512_fmadd_ps(qv, kv[r], a[g][r]);
+        }
+    }
+#define XQ_HALVES(x) _mm256_add_ps(_mm512_castps512_ps256(x), _mm512_extractf32x8_ps(x, 1))
+    for (int g = 0; g < GB; ++g) {
+        const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(XQ_HALVES(a[g][0]), XQ_HALVES(a[g][1])),
+                                        _mm256_hadd_ps(XQ_HALVES(a[g][2]), XQ_HALVES(a[g][3])));
+        _mm_storeu_ps(dots + 4 * g, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+    }
+#undef XQ_HALVES
+}
+
+XQ_AVX512_FN static void paged_scores512(const struct paged *p, const float *q, int64_t g_n, int64_t base,
+                                         int64_t cnt, int64_t t0, int64_t len, float *sc) {
+    const int64_t d = p->d;
+    const int s8 = p->codes;
+    const void *keys[4];
+    for (int64_t i = 0; i < cnt; i += 4) {
+        for (int r = 0; r < 4; ++r) { /* past the run: repeat its last key (computed, not stored) */
+            const int64_t slot = base + (i + r < cnt ? i + r : cnt - 1);
+            keys[r] = s8 ? (const void *)(p->k_q + slot * d) : (const void *)(p->k_pool + slot * d);
+        }
+        for (int64_t g0 = 0; g0 < g_n; g0 += 4) {
+            float dots[16];
+            switch (g_n - g0 < 4 ? g_n - g0 : 4) { /* each head count compiled on its own: registers */
+            case 4: dot4_512_heads(q + g0 * d, keys, s8, d, dots, 4); break;
+            case 3: dot4_512_heads(q + g0 * d, keys, s8, d, dots, 3); break;
+            case 2: dot4_512_heads(q + g0 * d, keys, s8, d, dots, 2); break;
+            default: dot4_512_heads(q + g0 * d, keys, s8, d, dots, 1); break;
+            }
+            const __m128 sv = _mm_set1_ps(p->scale);
+            for (int64_t g = g0; g < g_n && g < g0 + 4; ++g) {
+                if (i + 4 <= cnt) { /* the same products as the scalar tail, four at a time */
+                    __m128 x = _mm_loadu_ps(dots + 4 * (g - g0));
+                    if (s8) x = _mm_mul_ps(x, _mm_mul_ps(_mm_loadu_ps(p->k_s + base + i), _mm_set1_ps(p->code_mul)));
+                    _mm_storeu_ps(sc + g * len + t0 + i, _mm_mul_ps(x, sv));
+                    continue;
+                }
+                for (int r = 0; r < 4 && i + r < cnt; ++r) {
+                    const float x = dots[4 * (g - g0) + r];
+                    sc[g * len + t0 + i + r] = (s8 ? x * (p->k_s[base + i + r] * p->code_mul) : x) * p->scale;
+                }
+            }
+        }
+    }
+}
+
+XQ_AVX512_FN static inline __attribute__((always_inline)) void paged_values512_r(const struct paged *p,
+        const int32_t *table, int64_t j, const float *w, int64_t len, int64_t c, float inv, float *out, const int R) {
+    const int64_t d = p->d, bs = p->bs;
+    __m512 acc[8];
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t t0 = 0; t0 < len; t0 += bs) {
+        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
+        for (int64_t i = 0; i < cnt; ++i) {
+            if (p->v_pool) {
+                const __m512 wt = _mm512_set1_ps(w[t0 + i]);
+                const float *v = p->v_pool + (base + i) * d + c;
+                for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(wt, _mm512_loadu_ps(v + 16 * r), acc[r]);
+            } else {
+                const __m512 wt = _mm512_set1_ps(w[t0 + i] * (p->v_s[base + i] * p->code_mul));
+                const int8_t *v = p->v_q + (base + i) * d + c;
+                for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(wt, load_key16(v, p->codes, 16 * r), acc[r]);
+            }
+        }
+    }
+    const __m512 s = _mm512_set1_ps(inv);
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + 16 * r, _mm512_mul_ps(acc[r], s));
+}
+
+/* GB heads at once, R accumulators each: every value vector is loaded once for the GB heads, and the GB * R
+   independent FMA chains hide the FMA latency. Per head the arithmetic is paged_values512_r's exactly. */
+XQ_AVX512_FN static inline __attribute__((always_inline)) void paged_values512_gr(const struct paged *p,
+        const int32_t *table, int64_t j, const float *w, int64_t len, int64_t c, const float *inv, float *out,
+        const int GB, const int R) {
+    const int64_t d = p->d, bs = p->bs;
+    __m512 acc[4][8], vr[8];
+    for (int g = 0; g < GB; ++g)
+        for (int r = 0; r < R; ++r) acc[g][r] = _mm512_setzero_ps();
+    for (int64_t t0 = 0; t0 < len; t0 += bs) {
+        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
+        for (int64_t i = 0; i < cnt; ++i) {
+            const int64_t t = t0 + i;
+            if (p->v_pool) {
+                const float *v = p->v_pool + (base + i) * d + c;
+                for (int r = 0; r < R; ++r) vr[r] = _mm512_loadu_ps(v + 16 * r);
+                for (int g = 0; g < GB; ++g) {
+                    const __m512 wt = _mm512_set1_ps(w[g * len + t]);
+                    for (int r = 0; r < R; ++r) acc[g][r] = _mm512_fmadd_ps(wt, vr[r], acc[g][r]);
+                }
+            } else {
+                const int8_t *v = p->v_q + (base + i) * d + c;
+                const float vs = p->v_s[base + i] * p->code_mul;
+                for (int r = 0; r < R; ++r) vr[r] = load_key16(v, p->codes, 16 * r);
+                for (int g = 0; g < GB; ++g) {
+                    const __m512 wt = _mm512_set1_ps(w[g * len + t] * vs);
+                    for (int r = 0; r < R; ++r) acc[g][r] = _mm512_fmadd_ps(wt, vr[r], acc[g][r]);
+                }
+            }
+        }
+    }
+    for (int g = 0; g < GB; ++g) {
+        const __m512 sv = _mm512_set1_ps(inv[g]);
+        for (int r = 0; r < R; ++r) _mm512_storeu_ps(out + g * d + c + 16 * r, _mm512_mul_ps(acc[g][r], sv));
+    }
+}
+
+XQ_AVX512_FN static void paged_values512(const struct paged *p, const int32_t *table, int64_t j, const float *w,
+                                         int64_t len, const float *inv, float *out) {
+    const int64_t d = p->d, g_n = p->h / p->kv;
+    for (int64_t c = 0; c < d; c += 128) {
+        const int R = (d - c) >= 128 ? 8 : (int)((d - c) / 16);
+        const int64_t most = R == 8 ? 2 : 4; /* heads per pass: GB * R accumulators stay within the 32 zmm */
+        for (int64_t g0 = 0; g0 < g_n; g0 += most) {
+            const int gb = (int)(g_n - g0 < most ? g_n - g0 : most);
+            const float *wg = w + g0 * len, *ig = inv + g0;
+            float *og = out + g0 * d;
+#define XQ_VALUES(GB, RR) paged_values512_gr(p, table, j, wg, len, c, ig, og, GB, RR)
+            switch (R * 8 + gb) { /* each (R, heads) pair compiled on its own: registers */
+            case 8 * 8 + 2: XQ_VALUES(2, 8); break;
+            case 8 * 8 + 1: XQ_VALUES(1, 8); break;
+            case 4 * 8 + 4: XQ_VALUES(4, 4); break;
+            case 4 * 8 + 3: XQ_VALUES(3, 4); break;
+            case 4 * 8 + 2: XQ_VALUES(2, 4); break;
+            case 4 * 8 + 1: XQ_VALUES(1, 4); break;
+            case 2 * 8 + 4: XQ_VALUES(4, 2); break;
+            case 2 * 8 + 3: XQ_VALUES(3, 2); break;
+            case 2 * 8 + 2: XQ_VALUES(2, 2); break;
+            case 2 * 8 + 1: XQ_VALUES(1, 2); break;
+            default: /* other widths: one head at a time */
+                for (int g = 0; g < gb; ++g)
+                    switch (R) {
+                    case 7: paged_values512_r(p, table, j, wg + g * len, len, c, ig[g], og + g * d + c, 7); break;
+                    case 6: paged_values512_r(p, table, j, wg + g * len, len, c, ig[g], og + g * d + c, 6); break;
+                    case 5: paged_values512_r(p, table, j, wg + g * len, len, c, ig[g], og + g * d + c, 5); break;
+                    case 3: paged_values512_r(p, table, j, wg + g * len, len, c, ig[g], og + g * d + c, 3); break;
+                    default: paged_values512_r(p, table, j, wg + g * len, len, c, ig[g], og + g * d + c, 1); break;
+                    }
+            }
+#undef XQ_VALUES
+        }
+    }
+}
+
+/* e^x on 8 lanes (Cephes' expf polynomial, ~1 ulp on the range softmax uses; x <= -88.4 gives 0). glibc's
+   scalar expf took most of a decode step's attention time. */
+XQ_AVX2_FN static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f)), _mm256_set1_ps(88.3762626647949f));
+    const __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(x, x), x), _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+/* e[t] = exp(e[t] - mx) for t < len; each value through exp8 (the last partial group padded), so e[t] depends on
+   e[t] and mx alone. Returns the sum, added in order. */
+XQ_AVX2_FN static float softmax_exp(float *e, int64_t len, float mx) {
+    const __m256 m = _mm256_set1_ps(mx);
+    int64_t t = 0;
+    for (; t + 8 <= len; t += 8) _mm256_storeu_ps(e + t, exp8(_mm256_sub_ps(_mm256_loadu_ps(e + t), m)));
+    if (t < len) {
+        float pad[8] = {0};
+        for (int64_t i = t; i < len; ++i) pad[i - t] = e[i];
+        _mm256_storeu_ps(pad, exp8(_mm256_sub_ps(_mm256_loadu_ps(pad), m)));
+        for (int64_t i = t; i < len; ++i) e[i] = pad[i - t];
+    }
+    float total = 0.0f;
+    for (int64_t i = 0; i < len; ++i) total += e[i];
+    return total;
+}
+
+/* Phase 2 for one token and one kv head j, i.e. its G = H / KV query heads (each key is loaded once for all G,
+   four keys per step; values per head with the output row in registers). For each head the arithmetic is a
+   fixed loop that reads nothing of other tokens: scores over keys 0..pos, their max, exp and sum, then
+   sum_t e_t v_t (in order of t) times 1 / sum. So a head's result is bitwise the same in any batch, any
+   chunking and on any thread. `buf` holds G D + D + G (pos + 1) floats. */
+XQ_AVX2_FN static void paged_group(const struct paged *p, int64_t n, int64_t j, float *buf) {
+    const int64_t d = p->d, bs = p->bs, g_n = p->h / p->kv, pos = p->positions[n], len = pos + 1;
+    const int64_t width = (p->h + 2 * p->kv) * d;
+    const int32_t *table = p->tables + p->seq_index[n] * p->max_blocks;
+    float *q = buf, *tmp = buf + g_n * d, *sc = tmp + d;
+    for (int64_t g = 0; g < g_n; ++g)
+        paged_rotate(p->qkv + n * width + (j * g_n + g) * d, p->q_norm, p->eps, p->cos + pos * d, p->sin + pos * d,
+                     d, tmp, q + g * d);
+    for (int64_t t0 = 0; t0 < len; t0 += bs) {
+        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
+        p->scores(p, q, g_n, base, cnt, t0, len, sc);
+    }
+    float inv[g_n];
+    for (int64_t g = 0; g < g_n; ++g) {
+        float *e = sc + g * len, mx = -INFINITY;
+        for (int64_t t = 0; t < len; ++t) mx = e[t] > mx ? e[t] : mx;
+        inv[g] = 1.0f / softmax_exp(e, len, mx);
+    }
+    p->values(p, table, j, sc, len, inv, p->out + (n * p->h + j * g_n) * d);
+}
+
+#ifdef _OPENMP
+#include <omp.h>
+#define XQ_THREAD omp_get_thread_num()
+#else
+#define XQ_THREAD 0
+#endif
+
+static int paged_run(struct paged *p, int threads) {
+    int64_t top, keys;
+    const int bad = paged_check(p, &top, &keys);
+    if (bad) return bad;
+    if (threads < 1) threads = 1;
+    const int wide = xq_isa() == XQ_AVX512 && p->d % 16 == 0;
+    p->scores = wide ? paged_scores512 : paged_scores;
+    p->values = wide ? paged_values512 : paged_values_heads;
+    const int64_t g_n = p->h / p->kv, per = (g_n + 1) * p->d + g_n * (top + 1) + 16; /* +16: own cache line */
+    float *scratch = malloc(sizeof(float) * (size_t)(threads * per));
+    if (!scratch) return -1;
+    paged_write(p, scratch);
+    /* Threads only where there is work to split (a fork costs several microseconds): >= ~64k multiply-adds. */
+    const int64_t jobs = p->n * p->kv, parallel = threads > 1 && jobs >= 2 && keys * p->h * p->d >= 65536;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (parallel)
+    for (int64_t job = 0; job < jobs; ++job) paged_group(p, job / p->kv, job % p->kv, scratch + XQ_THREAD * per);
+    free(scratch);
+    return 0;
+}
+
+/* One layer's paged attention for N flattened tokens (kernels/paged.py says the semantics):
+     qkv [N, (H + 2 KV) D]; cos, sin [max_pos, D] (sin's first half negated); positions, seq_index int64 [N];
+     tables int32 [S, max_blocks]; k_pool, v_pool fp32 [num_blocks, KV, bs, D] (written); q_norm, k_norm [D] or
+     NULL (Qwen3, eps); out [N, H D].
+   Returns 0, -1 (out of memory) or an index error (-2..-5, see paged_check; nothing written then). */
+int xq_paged_attention(const float *qkv, const float *cos, const float *sin, int64_t max_pos, const int64_t *positions,
+                       const int64_t *seq_index, const int32_t *tables, int64_t s, int64_t max_blocks, float *k_pool,
+                       float *v_pool, int64_t num_blocks, int64_t bs, const float *q_norm, const float *k_norm,
+                       float eps, int64_t n, int64_t h, int64_t kv, int64_t d, float scale, float *out, int threads) {
+    struct paged p = {.qkv = qkv, .cos = cos, .sin = sin, .q_norm = q_norm, .k_norm = k_norm,
+                      .positions = positions, .seq_index = seq_index, .tables = tables, .k_pool = k_pool,
+                      .v_pool = v_pool, .n = n, .h = h, .kv = kv, .d = d, .bs = bs, .max_pos = max_pos, .s = s,
+                      .max_blocks = max_blocks, .num_blocks = num_blocks, .scale = scale, .eps = eps, .out = out};
+    return paged_run(&p, threads);
+}
+
+/* The same over 8-bit code pools: k_q, v_q [num_blocks, KV, bs, D] of int8 codes (kind 1) or e4m3fn bytes
+   (kind 2), with fp32 scales k_s, v_s [num_blocks, KV, bs] (all written for the step's tokens). Keys and values
+   are read as codes and scaled in registers (no dequantized copy of the cache). */
+int xq_paged_attention_codes(const float *qkv, const float *cos, const float *sin, int64_t max_pos,
+                             const int64_t *positions, const int64_t *seq_index, const int32_t *tables, int64_t s,
+                             int64_t max_blocks, int8_t *k_q, int8_t *v_q, float *k_s, float *v_s, int kind,
+                             int64_t num_blocks, int64_t bs, const float *q_norm, const float *k_norm, float eps,
+                             int64_t n, int64_t h, int64_t kv, int64_t d, float scale, float *out, int threads) {
+    if (kind != CODES_INT8 && kind != CODES_E4M3) return -6;
+    struct paged p = {.qkv = qkv, .cos = cos, .sin = sin, .q_norm = q_norm, .k_norm = k_norm,
+                      .positions = positions, .seq_index = seq_index, .tables = tables, .k_q = k_q, .v_q = v_q,
+                      .k_s = k_s, .v_s = v_s, .codes = kind, .code_mul = kind == CODES_E4M3 ? 256.0f : 1.0f,
+                      .n = n, .h = h, .kv = kv, .d = d, .bs = bs, .max_pos = max_pos, .s = s,
+                      .max_blocks = max_blocks, .num_blocks = num_blocks, .scale = scale, .eps = eps, .out = out};
+    return paged_run(&p, threads);
 }

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from xpullm.kernels.codebook import CODEBOOKS
 from xpullm.kernels.triton import jit
 
 __all__ = ["FORMAT_CODES", "LAUNCH_FIELDS", "TritonWeight", "pack_weight"]
@@ -84,9 +85,7 @@ class TritonWeight:
 
 
 def _codebook(fmt: str) -> tuple[float, ...] | None:
-    from xpullm.formats import codebook
-
-    return {"nf4": codebook.NF4_LEVELS, "fp4": codebook.E2M1_LEVELS}.get(fmt)
+    return CODEBOOKS.get(fmt)
 
 
 _LUTS: dict[tuple[tuple[float, ...], torch.device], torch.Tensor] = {}

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-__all__ = ["add_generation_args", "add_model_args", "cached_llm", "generation_kwargs", "get_llm"]
+__all__ = [
+    "add_generation_args",
+    "add_model_args",
+    "cached_llm",
+    "generation_kwargs",
+    "get_llm",
+    "human_duration",
+]
 
 _LLMS: dict[tuple[Any, ...], Any] = {}
 
@@ -19,7 +26,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="HF folder, .gguf file, low-bit folder or hub id (default: packaged SmolLM2-135M-Instruct)",
     )
-    g.add_argument("--low-bit", default="sym_int4", help="low-bit format when loading (default: sym_int4)")
+    g.add_argument(
+        "--low-bit",
+        default=None,
+        help="low-bit format when loading (default: the checkpoint's own, see 'xpullm info')",
+    )
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or xpu (default: auto)")
     g.add_argument("--max-context", type=int, default=None, help="cap on prompt + generated tokens")
 
@@ -57,7 +68,7 @@ def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def cached_llm(
     model: str | None = None,
-    low_bit: str | None = "sym_int4",
+    low_bit: str | None = None,
     device: str = "auto",
     max_context: int | None = None,
 ) -> Any:
@@ -76,3 +87,17 @@ def cached_llm(
 def get_llm(args: argparse.Namespace) -> Any:
     """The `LLM` for the parsed --model/--low-bit/--device/--max-context options (see `cached_llm`)."""
     return cached_llm(args.model, args.low_bit, args.device, args.max_context)
+
+
+def human_duration(seconds: float) -> str:
+    """A duration as people read it: `0.42 s`, `12.3 s`, `3 min 22 s`, `1 h 05 min`."""
+    if seconds < 0:
+        raise ValueError(f"seconds={seconds} must not be negative")
+    if seconds < 1:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    total = round(seconds)
+    if total < 3600:
+        return f"{total // 60} min {total % 60:02d} s"
+    return f"{total // 3600} h {total % 3600 // 60:02d} min"

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"devices: {', '.join(devices)}")
     print(f"formats: {', '.join(list_formats())}")
+    print(f"default format: {_default_model_format()}")
     from xpullm.kernels import cpu_native
 
     paths = cpu_native.isa_paths()
@@ -44,6 +45,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {fmt:<10} {kernel}")
     _print_triton_paths()
     return 0
+
+
+def _default_model_format() -> str:
+    """What the packaged model loads as when no format is named, and why (reads the GGUF header only)."""
+    from xpullm.errors import ModelNotFound
+    from xpullm.loading import ModelSource
+    from xpullm.loading.format_choice import choose_format
+    from xpullm.models import default_llm_gguf
+
+    try:
+        path = default_llm_gguf()
+    except ModelNotFound as exc:
+        return f"the checkpoint's own (packaged model unavailable: {exc})"
+    return f"packaged {choose_format(ModelSource('gguf', path.parent, path.name)).describe(path.name)}"
 
 
 def _print_triton_paths() -> None:

@@ -68,5 +68,7 @@ def run(args: argparse.Namespace) -> int:
     text = path.read_text(encoding="utf-8")
     llm = get_llm(args)
     ppl, n = perplexity(llm.model, llm.tokenizer, text, args.window, args.max_tokens)
-    print(f"perplexity {ppl:.3f} over {n} tokens of {path.name} ({llm.model_name}, {args.low_bit})")
+    print(
+        f"perplexity {ppl:.3f} over {n} tokens of {path.name} ({llm.model_name}, {llm.model.xpullm_format.low_bit})"
+    )
     return 0

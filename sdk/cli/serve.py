@@ -29,6 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default=None, help="interface to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=None, help="port (default: 8000)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* (else 401)")
+    p.add_argument("--max-running", type=int, default=None, help="requests generating at once (default: 8)")
     p.add_argument(
         "--max-queue", type=int, default=None, help="requests that may wait; more get 429 (default: 64)"
     )

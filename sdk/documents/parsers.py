@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xpullm.documents.errors import ParseError, UnsupportedFileType
+from xpullm.documents.sniff import binary_reason
 
 __all__ = [
     "Block",
@@ -91,12 +92,18 @@ def parse_file(path: str | Path) -> ParsedDocument:
 
 
 def decode_text(data: bytes, name: str) -> str:
-    """The text of a plain-text file: UTF-8 (BOM allowed), else cp1252, else latin-1; NUL bytes mean binary."""
-    if b"\x00" in data[:4096]:
+    """The text of a plain-text file: UTF-8 (BOM allowed), UTF-16 with a BOM, else cp1252, else latin-1.
+
+    Binary data (NUL bytes, or more control bytes than text has: `xpullm.documents.sniff`) is a `ParseError`.
+    """
+    reason = binary_reason(data)
+    if reason:
         raise ParseError(
-            f"{name} looks binary (NUL bytes), not text; give it a matching extension or convert it"
+            f"{name} looks binary, not text: {reason}; give it a matching extension or convert it to UTF-8 text"
         )
-    for encoding in ("utf-8-sig", "cp1252"):
+    for encoding in ("utf-8-sig", "utf-16", "cp1252"):
+        if encoding == "utf-16" and not data.startswith((b"\xff\xfe", b"\xfe\xff")):
+            continue
         try:
             return data.decode(encoding)
         except UnicodeDecodeError:

@@ -12,14 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from xpullm.formats.base import QuantFormat, register_format
+from xpullm.kernels.codebook import E2M1_LEVELS, NF4_LEVELS
 
-NF4_LEVELS = (
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
-    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
-    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
-    0.7229568362236023, 1.0,
-)  # fmt: skip
-E2M1_LEVELS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+__all__ = ["E2M1_LEVELS", "NF4_LEVELS", "CodebookInt4"]
 
 
 @dataclass(frozen=True)

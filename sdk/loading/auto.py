@@ -17,6 +17,7 @@ from xpullm.devices import default_dtype, resolve_device
 from xpullm.errors import ModelNotFound, UnsupportedArchitecture
 from xpullm.formats import get_format
 from xpullm.loading.build import BuildOptions, build_model
+from xpullm.loading.format_choice import FOLLOW_CHECKPOINT, FormatChoice, announce, choose_format
 from xpullm.loading.resolve import ModelSource, load_tokenizer, resolve_source
 from xpullm.loading.sources import LOWBIT_MANIFEST, LowBitSource, SafetensorsSource
 
@@ -38,6 +39,7 @@ class LowBitModelMixin:
     """Methods added to every model xpullm loads (the class is a per-architecture subclass, not a patch)."""
 
     xpullm_source: ModelSource | None = None
+    xpullm_format: FormatChoice | None = None  # the format the load chose and why
 
     def save_low_bit(self, save_dir: str | os.PathLike, tokenizer: Any = None) -> Path:
         """Write this model in xpullm's portable low-bit layout (safetensors + JSON) with its tokenizer."""
@@ -55,12 +57,13 @@ class LowBitModelMixin:
 _CLASSES: dict[type, type] = {}
 
 
-def _attach(model: nn.Module, src: ModelSource) -> nn.Module:
+def _attach(model: nn.Module, src: ModelSource, choice: FormatChoice | None = None) -> nn.Module:
     cls = type(model)
     if cls not in _CLASSES:
         _CLASSES[cls] = type(f"LowBit{cls.__name__}", (LowBitModelMixin, cls), {})
     model.__class__ = _CLASSES[cls]
     model.xpullm_source = src  # type: ignore[attr-defined]
+    model.xpullm_format = choice  # type: ignore[attr-defined]
     return model
 
 
@@ -74,30 +77,37 @@ class AutoModelForCausalLM:
                         modules_to_not_convert: list[str] | tuple[str, ...] = (), mixed_precision: bool = False,
                         dtype: torch.dtype | None = None, torch_dtype: torch.dtype | None = None,
                         gguf_file: str | None = None, progress: bool = True, **kwargs: Any) -> nn.Module:  # fmt: skip
-        """Load a causal LM with its linear layers in `load_in_low_bit` (default `sym_int4`).
+        """Load a causal LM with its linear layers in `load_in_low_bit`.
 
+        With no format named (None or `"auto"`), the checkpoint's own format is kept where xpullm has it exactly
+        (GGUF Q4_0 / Q4_1 / Q8_0 -> sym_int4 / asym_int4 / sym_int8, a low-bit folder as saved); float
+        checkpoints become `sym_int4`. `model.xpullm_format` says what was chosen and why.
         `load_in_4bit=True` means `sym_int4` and `load_in_8bit=True` means `sym_int8` (as in IPEX-LLM).
         Layers are quantized one at a time as they are read, so peak memory stays near the low-bit size.
         """
-        low_bit = load_in_low_bit or ("sym_int8" if load_in_8bit else "sym_int4")
-        get_format(low_bit)  # fail fast on a bad name, before any I/O
+        if load_in_low_bit and load_in_low_bit != FOLLOW_CHECKPOINT:
+            get_format(load_in_low_bit)  # fail fast on a bad name, before any I/O
         if kwargs.get("trust_remote_code"):
             raise UnsupportedArchitecture(
                 "trust_remote_code models are not supported: xpullm builds only transformers' own architectures"
             )
         src = resolve_source(pretrained_model_name_or_path, gguf_file)
+        choice = choose_format(src, load_in_low_bit, load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
+                               group_size=group_size)  # fmt: skip
+        low_bit = choice.low_bit
         target = resolve_device(device)
         if group_size is not None:
             get_format(low_bit).resolve_group_size(group_size, 1024)
+        announce(choice, src.label, progress)
         opts = BuildOptions(low_bit=low_bit, group_size=group_size, modules_to_not_convert=tuple(modules_to_not_convert),
-                            mixed_precision=mixed_precision, device=target,
+                            mixed_precision=mixed_precision, device=target, stored_formats=choice.stored_formats,
                             dtype=dtype or torch_dtype or default_dtype(target), progress=progress)  # fmt: skip
         if src.kind == "gguf":
             from xpullm.loading.gguf_source import GGUFSource
 
             source: Any = GGUFSource(src.folder / str(src.gguf_file))
             if not source.supported:
-                return _attach(_via_transformers_gguf(src, opts), src)
+                return _attach(_via_transformers_gguf(src, opts), src, choice)
         config = _config(src)  # architecture problems surface before any weight is read
         if src.kind == "lowbit":
             source = LowBitSource(src.folder)
@@ -105,7 +115,7 @@ class AutoModelForCausalLM:
             source = SafetensorsSource(src.folder)
         model = build_model(config, source.tensors(), opts, total=source.count())
         _load_generation_config(model, src)
-        return _attach(model, src)
+        return _attach(model, src, choice)
 
     @classmethod
     def load_low_bit(cls, path: str | os.PathLike, *, device: str | torch.device = "auto",
@@ -124,7 +134,7 @@ class AutoModelForCausalLM:
                             only_modules=frozenset(source.manifest["modules"]))  # fmt: skip
         model = build_model(_config(src), source.tensors(), opts, total=source.count())
         _load_generation_config(model, src)
-        return _attach(model, src)
+        return _attach(model, src, FormatChoice(opts.low_bit, "load_low_bit keeps the stored formats", True))
 
 
 def _load_generation_config(model: nn.Module, src: ModelSource) -> None:

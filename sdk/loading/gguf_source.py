@@ -18,7 +18,7 @@ import torch
 from xpullm.errors import CorruptCheckpoint, UnsupportedArchitecture
 from xpullm.formats import QuantizedWeight, pack_nibbles
 
-__all__ = ["GGUF_FAMILIES", "GGUFFamily", "GGUFSource"]
+__all__ = ["EXACT_FORMATS", "GGUF_FAMILIES", "GGUFFamily", "GGUFSource"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ GGUF_FAMILIES: dict[str, GGUFFamily] = {
 }
 
 _BLOCK = 32
+# GGUF block types with an exact xpullm twin (group 32, same scale/min layout): read without re-rounding.
+EXACT_FORMATS: dict[str, str] = {"Q4_0": "sym_int4", "Q4_1": "asym_int4", "Q8_0": "sym_int8"}
 _LAYER = re.compile(r"^blk\.(\d+)\.(.+)\.(weight|bias)$")
 _GLOBAL = re.compile(r"^(.+)\.(weight|bias)$")
 
@@ -142,7 +144,7 @@ class GGUFSource:
             name = self.hf_name(t.name)
             shape = tuple(int(s) for s in reversed(t.shape.tolist()))  # GGUF lists ne0 (= K) first
             try:
-                if t.tensor_type in (T.Q4_0, T.Q4_1, T.Q8_0) and len(shape) == 2:
+                if t.tensor_type.name in EXACT_FORMATS and len(shape) == 2:
                     value: torch.Tensor | QuantizedWeight = self._exact(t, shape)
                 else:
                     arr = (

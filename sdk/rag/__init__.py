@@ -33,9 +33,11 @@ from xpullm.rag.errors import (
     UnknownTemplate,
     UnsupportedFileType,
 )
-from xpullm.rag.ingest import IngestReport
+from xpullm.rag.ingest import IngestProgress, IngestReport
 from xpullm.rag.kb import DocumentNotFound, KBConfig, KnowledgeBase
-from xpullm.rag.retrieval import Hit, LLMReranker, Reranker
+from xpullm.rag.rerank import EmbeddingReranker, LLMReranker, Reranker
+from xpullm.rag.retrieval import Hit
+from xpullm.rag.support import SupportConfig
 
 Answer = CitedAnswer  # the knowledge base's answer (an `xpullm.answers.Answer` with citations)
 
@@ -49,7 +51,9 @@ __all__ = [
     "CitedAnswer",
     "DocumentNotFound",
     "EmbedderMismatch",
+    "EmbeddingReranker",
     "Hit",
+    "IngestProgress",
     "IngestReport",
     "KBConfig",
     "KnowledgeBase",
@@ -61,6 +65,7 @@ __all__ = [
     "ParseError",
     "ParsedDocument",
     "Reranker",
+    "SupportConfig",
     "UnknownTemplate",
     "UnsupportedFileType",
     "chunk_document",

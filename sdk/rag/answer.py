@@ -10,6 +10,7 @@ from typing import Any
 from xpullm.answers import Answer, AnswerStream
 from xpullm.protocols import ChatEngine, TokenCounter
 from xpullm.rag.retrieval import Hit
+from xpullm.rag.support import SentenceSupport, SupportConfig, answer_sentences, check_support, kept_text
 
 __all__ = [
     "NO_ANSWER",
@@ -52,12 +53,17 @@ class CitedAnswer(Answer):
     question: str = ""
     grounded: bool = True  # False when nothing relevant was retrieved and the LLM was not called
     citation_mode: str = "model"  # "model": the LLM wrote the [n]; "attributed": added by overlap; "none"
+    refused: bool = (
+        False  # the answer is NO_ANSWER: nothing retrieved, the model said so, or nothing was supported
+    )
+    support: tuple[SentenceSupport, ...] = ()  # the verdict on each sentence the model wrote (see `support`)
+    draft: str = ""  # the model's text before unsupported sentences were dropped
 
     @property
     def references(self) -> dict[int, Citation]:
         """The sources to list under the answer: the cited ones, or, when nothing is cited, every source the
         answer was built from (a reader must always see what the model was given; `citation_mode` says which)."""
-        if self.citations or not self.grounded:
+        if self.citations or not self.grounded or self.refused:
             return self.citations
         return {n: _citation(n, h) for n, h in enumerate(self.sources, start=1)}
 
@@ -234,12 +240,15 @@ def answer_from_hits(
     embed: Callable[[list[str]], Any],
     stream: bool,
     params: dict[str, Any],
+    support: SupportConfig = SupportConfig(),
 ) -> CitedAnswer | AnswerStream[CitedAnswer]:
     """Ask `llm` to answer `question` from `hits` (best first, at least one) and cite them.
 
     The sources that fit the context window are shown (when `llm` is a `TokenCounter`); an answer that cites
     nothing gets its sentences attributed by overlap (`embed` compares them with the sources); the text stops at
-    the first sentence it repeats.
+    the first sentence it repeats; sentences their cited chunks do not support are dropped, and an answer left
+    with none becomes the refusal (`xpullm.rag.support`). A stream yields the model's raw text; its final
+    `.answer` is the checked one.
     """
     count, budget = None, None
     if isinstance(llm, TokenCounter):
@@ -249,12 +258,24 @@ def answer_from_hits(
 
     def finish(text: str) -> CitedAnswer:
         text = cut_repetition(text.strip())
+        if not text or NO_ANSWER in text:
+            return CitedAnswer(
+                NO_ANSWER, {}, sources, question, citation_mode="none", refused=True, draft=text
+            )
         citations, mode = extract_citations(text, sources), "model"
-        if not citations and text and NO_ANSWER not in text:
+        if not citations:
             text = attribute_citations(text, sources, embed, question=question)
             citations = extract_citations(text, sources)
             mode = "attributed" if citations else "none"
-        return CitedAnswer(text, citations, sources, question, grounded=True, citation_mode=mode)
+        if not support.enabled:
+            return CitedAnswer(text, citations, sources, question, citation_mode=mode)
+        checks = tuple(check_support(answer_sentences(text), sources, question, embed, support))
+        if not any(c.supported and c.cited for c in checks):
+            return CitedAnswer(NO_ANSWER, {}, sources, question, citation_mode=mode, refused=True,
+                               support=checks, draft=text)  # fmt: skip
+        kept = kept_text(checks)
+        return CitedAnswer(kept, extract_citations(kept, sources), sources, question, citation_mode=mode,
+                           support=checks, draft=text)  # fmt: skip
 
     messages = llm_messages(question, sources)
     if stream:

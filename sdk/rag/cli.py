@@ -1,4 +1,4 @@
-"""`xpullm kb create|add|ls|search|ask|rm`: knowledge bases from the command line."""
+"""`xpullm kb create|add|ls|search|ask|resume|rm`: knowledge bases from the command line."""
 
 from __future__ import annotations
 
@@ -80,13 +80,20 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--model", "-m", default=None, help="LLM folder / .gguf / hub id (default: packaged SmolLM2)"
     )
-    p.add_argument("--low-bit", default="sym_int4", help="low-bit format of the LLM (default: sym_int4)")
+    p.add_argument(
+        "--low-bit", default=None, help="low-bit format of the LLM (default: the checkpoint's own)"
+    )
     p.add_argument("--max-new-tokens", "-n", type=int, default=256, help="answer length limit (default: 256)")
     p.add_argument(
         "--no-stream", action="store_true", help="print the answer at the end instead of streaming"
     )
     p.add_argument("--json", action="store_true", help="machine-readable output (implies --no-stream)")
     p.set_defaults(func=_guard(_ask))
+
+    p = sub.add_parser("resume", help="finish interrupted ingestion jobs (or --cancel them)")
+    p.add_argument("path", help="knowledge base folder")
+    p.add_argument("--cancel", action="store_true", help="close interrupted jobs without finishing them")
+    p.set_defaults(func=_guard(_resume))
 
     p = sub.add_parser("rm", help="remove documents (by id or source path)")
     p.add_argument("path", help="knowledge base folder")
@@ -108,11 +115,53 @@ def _search_args(p: argparse.ArgumentParser, top_k: int) -> None:
 _EMBEDDERS: dict[str, EmbeddingModel] = {}
 
 
-def _open(path: str, read_only: bool = False) -> KnowledgeBase:
-    """Open a base, reusing an already loaded embedder of the same model within this process."""
+class _StoredEmbedder:
+    """The base's embedder as its stored name and dimension; the model loads only if a text is embedded.
+
+    `kb ls` and `kb rm` read or delete stored rows and never embed: loading the model (seconds) is skipped.
+    """
+
+    def __init__(self, name: str, dim: int) -> None:
+        self._name, self._dim = name, dim
+
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def _model(self) -> EmbeddingModel:
+        from xpullm.embeddings import as_embedding_model
+        from xpullm.models import DEFAULT_EMBEDDER_NAME
+
+        if self._name not in _EMBEDDERS:
+            _EMBEDDERS[self._name] = as_embedding_model(
+                None if self._name == DEFAULT_EMBEDDER_NAME else self._name
+            )
+        return _EMBEDDERS[self._name]
+
+    def embed_matrix(self, texts: Any, batch_size: int = 32, show_progress: bool | None = None) -> Any:
+        return self._model().embed_matrix(texts, batch_size=batch_size, show_progress=show_progress)
+
+    def count_tokens(self, text: str) -> int:
+        return self._model().count_tokens(text)
+
+
+def _open(path: str, read_only: bool = False, embeds: bool = True) -> KnowledgeBase:
+    """Open a base, reusing an already loaded embedder of the same model within this process; `embeds=False`
+    (a command that embeds nothing) opens it without loading the embedder."""
+    from pathlib import Path
+
     from xpullm.rag import KnowledgeBase
+    from xpullm.rag.storage.registry import read_base_meta
 
     name = KnowledgeBase.stored_embedder(path)
+    if name not in _EMBEDDERS and not embeds:
+        folder = Path(path).expanduser().absolute()
+        _, dim, _ = read_base_meta(folder, f"`xpullm kb create {folder}`")
+        return KnowledgeBase.open(path, embedder=_StoredEmbedder(name, dim), read_only=read_only)
     if name not in _EMBEDDERS:
         kb = KnowledgeBase.open(path, read_only=read_only)
         _EMBEDDERS[name] = kb.embedder
@@ -158,13 +207,18 @@ def _add(args: argparse.Namespace) -> int:
         meta[key] = value
     with _open(args.path) as kb:
         report = kb.add(args.files, template=args.template, metadata=meta or None, show_progress=True)
+        left = [j["job_id"] for j in kb.jobs() if j["status"] == "interrupted"]
     print(report)
+    if left:
+        print(
+            f"interrupted jobs {left} still have unfinished files: `xpullm kb resume {args.path}` (or --cancel)"
+        )
     return 1 if report.failed and not (report.added or report.replaced or report.skipped) else 0
 
 
 def _ls(args: argparse.Namespace) -> int:
 
-    with _open(args.path, read_only=True) as kb:
+    with _open(args.path, read_only=True, embeds=False) as kb:
         if args.check:
             print(json.dumps(kb.check()))
             return 0
@@ -228,6 +282,11 @@ def _ask(args: argparse.Namespace) -> int:
                 print(delta, end="", flush=True)
             print()
             answer = stream.result()
+            dropped = sum(not s.supported for s in answer.support)
+            if dropped:  # the stream showed the model's draft; say what the support check kept
+                print(
+                    f"answer-support check: {dropped} unsupported sentence(s) dropped; answer: {answer.text}"
+                )
     if args.json:
         print(
             json.dumps(
@@ -236,17 +295,33 @@ def _ask(args: argparse.Namespace) -> int:
                     "citations": {n: c.__dict__ for n, c in answer.citations.items()},
                     "references": {n: c.__dict__ for n, c in answer.references.items()},
                     "grounded": answer.grounded,
+                    "refused": answer.refused,
                     "citation_mode": answer.citation_mode,
+                    "support": [s.__dict__ for s in answer.support],
                 }
             )
         )
         return 0
     if args.no_stream:
         print(answer.text)
-    if answer.grounded and not answer.citations:
+    if answer.grounded and not answer.citations and not answer.refused:
         print("sources given (the answer cites none of them):")
     for n, c in answer.references.items():
         print(f"  [{n}] {c.document} (chunk {c.chunk_id}): {c.text[:120].replace(chr(10), ' ')}")
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    with _open(args.path) as kb:
+        if args.cancel:
+            closed = kb.cancel_jobs()
+            print(f"cancelled jobs {closed}" if closed else "no interrupted jobs")
+            return 0
+        reports = kb.resume()
+        for report in reports:
+            print(report)
+        if not reports:
+            print("no interrupted jobs")
     return 0
 
 
@@ -258,7 +333,7 @@ def _load_llm(args: argparse.Namespace) -> Any:
 
 def _rm(args: argparse.Namespace) -> int:
 
-    with _open(args.path) as kb:
+    with _open(args.path, embeds=False) as kb:
         for doc in args.documents:
             n = kb.delete(doc)
             print(f"removed {doc} ({n} chunks)")

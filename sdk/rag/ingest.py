@@ -1,4 +1,4 @@
-"""Resumable ingestion: a job lists its sources up front, then each batch of documents commits atomically.
+"""Resumable ingestion: a job lists its sources up front, then each batch of chunks commits atomically.
 
 Order of writes per batch (why a SIGKILL anywhere leaves the base consistent):
 1. parse + chunk + embed in memory (nothing written);
@@ -6,30 +6,31 @@ Order of writes per batch (why a SIGKILL anywhere leaves the base consistent):
 3. the FAISS copy is updated in memory and saved atomically every few seconds and at the end of the job.
 A kill before 2 loses the batch (re-running `add` or `resume` redoes it); a kill after 2 leaves the FAISS file
 behind SQLite, and `KnowledgeBase.open` re-syncs it from the stored vectors.
+
+Small documents share a batch. A file with more chunks than one batch is committed batch by batch (its document
+row records the full chunk count first), so its progress shows and a kill costs one batch: the next `add` or
+`resume` sees a document with fewer chunks than it should have and continues after the last committed chunk.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xpullm.documents import (
-    Chunk,
-    ChunkingConfig,
-    DocumentError,
-    UnknownTemplate,
-    chunk_document,
-    list_files,
-    parse_bytes,
-    template_names,
-)
+from xpullm.documents import Chunk, ChunkingConfig, DocumentError, chunk_document, parse_bytes
 from xpullm.rag.errors import KnowledgeBaseError
+from xpullm.rag.planning import (
+    AUTO_TEMPLATES,
+    choose_template,
+    doc_id_for,
+    expand_sources,
+    plan_items,
+    safe_name,
+)
 from xpullm.rag.storage.base import ChunkRecord, DocumentRecord, DocumentStore, JobItem, VectorIndex
 from xpullm.rag.sync import IndexSync
 
@@ -38,8 +39,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AUTO_TEMPLATES",
+    "IngestProgress",
     "IngestReport",
     "Ingestor",
+    "ProgressFn",
     "choose_template",
     "doc_id_for",
     "expand_sources",
@@ -49,6 +52,8 @@ __all__ = [
 
 # Jobs with at least this many documents show a progress bar by default (RAGFlow users' complaint: "stuck?").
 _PROGRESS_MIN_DOCS = 10
+# A file of at least this many batches shows its own chunk bar by default: it is minutes of embedding on a CPU.
+_PROGRESS_MIN_BATCHES = 4
 
 
 @dataclass
@@ -78,31 +83,18 @@ class IngestReport:
         return "\n".join(lines)
 
 
-def safe_name(name: str) -> str:
-    """A file name that cannot leave its folder: no separators, no `..`, no control characters."""
-    base = re.split(r"[\\/]", str(name))[-1]
-    base = re.sub(r"[\x00-\x1f<>:\"|?*]", "_", base).strip(" .")
-    return base[:120] or "document"
+@dataclass(frozen=True)
+class IngestProgress:
+    """Where a job stands after a committed batch (everything counted here is in the store)."""
+
+    source: str  # the file (or `text:` name) the batch ended in
+    chunks_done: int  # of that file, committed
+    chunks_total: int  # of that file
+    docs_done: int  # items of the job finished (added, replaced, skipped or failed)
+    docs_total: int
 
 
-def doc_id_for(source: str) -> str:
-    """Stable id of a source key."""
-    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
-
-
-def expand_sources(paths: Sequence[str | os.PathLike[str]], recursive: bool = True) -> list[tuple[str, str]]:
-    """Files to ingest as (source key, kind): folders are walked for files with a registered parser."""
-    out: list[tuple[str, str]] = []
-    for p in paths:
-        if not isinstance(p, (str, os.PathLike)):
-            raise TypeError(f"paths must be file or folder paths, got {type(p).__name__}: {p!r:.80}")
-        path = Path(p).expanduser().absolute()
-        if path.is_dir():
-            out += [(str(f), "file") for f in list_files(path, recursive=recursive)]
-        else:
-            # Missing or unsupported files still become job items, so the report names them as failed.
-            out.append((str(path), "file"))
-    return out
+ProgressFn = Callable[[IngestProgress], None]
 
 
 @dataclass
@@ -111,6 +103,7 @@ class _Prepared:
     doc: DocumentRecord
     chunks: list[Chunk]
     replaces: bool
+    start: int = 0  # chunks[:start] are already in the store (a large file that an earlier run began)
 
 
 @dataclass
@@ -125,6 +118,7 @@ class Ingestor:
     text_path: Callable[[str], Path]  # where the base keeps an in-memory document (`text:` source)
     batch_chunks: int  # chunks per committed batch
     save_interval_s: float  # how often the vector index file is rewritten during a long job
+    on_progress: ProgressFn | None = None  # called after every committed batch
 
     def run(self, job_id: int, show_progress: bool | None = None) -> IngestReport:
         """Process the pending items of `job_id`; safe to call again after a crash."""
@@ -136,36 +130,51 @@ class Ingestor:
         for it in items:  # outcomes recorded by an earlier, interrupted run of this job
             _report_item(report, it, doc_id_for(it.source))
         pending = [it for it in items if it.status == "pending"]
+        self._show = show_progress
+        self._docs = [len(items) - len(pending), len(items)]
+        self._last_save = time.monotonic()
         show = len(pending) >= _PROGRESS_MIN_DOCS if show_progress is None else show_progress
-        bar = tqdm(total=len(pending), desc="ingesting", unit="doc", disable=not show)
+        self._bar = tqdm(total=len(pending), desc="ingesting", unit="doc", disable=not show)
         batch: list[_Prepared] = []
-        last_save = time.monotonic()
         try:
             for item in pending:
                 prepared = self._prepare(item)
                 if isinstance(prepared, JobItem):
                     self.store.record_items([prepared])
                     _report_item(report, prepared, doc_id_for(item.source))
-                    bar.update(1)
+                    self._finished(1)
+                    continue
+                if prepared.start or len(prepared.chunks) > self.batch_chunks:
+                    if batch:
+                        report.chunks += self._commit(batch, report)
+                        batch = []
+                    report.chunks += self._commit_large(prepared, report)
                     continue
                 batch.append(prepared)
                 if sum(len(p.chunks) for p in batch) >= self.batch_chunks:
                     report.chunks += self._commit(batch, report)
-                    bar.update(len(batch))
-                    bar.set_postfix(chunks=report.chunks)
                     batch = []
-                    if time.monotonic() - last_save > self.save_interval_s:
-                        self.vectors.save()
-                        last_save = time.monotonic()
             if batch:
                 report.chunks += self._commit(batch, report)
-                bar.update(len(batch))
             self.vectors.save()
             self.store.set_job_status(job_id, "done")
         finally:
-            bar.close()
+            self._bar.close()
         report.seconds = time.perf_counter() - start
         return report
+
+    def _finished(self, docs: int, last: _Prepared | None = None) -> None:
+        """Count finished items on the bar and tell `on_progress`."""
+        self._docs[0] += docs
+        self._bar.update(docs)
+        if last is not None and self.on_progress is not None:
+            n = len(last.chunks)
+            self.on_progress(IngestProgress(last.item.source, n, n, *self._docs))
+
+    def _maybe_save(self) -> None:
+        if time.monotonic() - self._last_save > self.save_interval_s:
+            self.vectors.save()
+            self._last_save = time.monotonic()
 
     def _prepare(self, item: JobItem) -> _Prepared | JobItem:
         """Read, dedup, parse and chunk one item; returns a finished JobItem when there is nothing to embed."""
@@ -181,11 +190,13 @@ class Ingestor:
                 )
             content_hash = hashlib.sha256(data).hexdigest()
             existing = self.store.find_document(item.source)
-            if (
+            same = (
                 existing is not None
                 and existing.content_hash == content_hash
                 and existing.template == item.template
-            ):
+            )
+            stored = self.store.count_doc_chunks(existing.doc_id) if same and existing else 0
+            if same and existing and stored >= existing.n_chunks:
                 return replace(item, status="skipped", reason=f"unchanged (document {existing.doc_id})")
             twin = self.store.find_by_hash(content_hash)
             if existing is None and twin is not None:
@@ -197,6 +208,8 @@ class Ingestor:
             chunks = chunk_document(parsed, item.template, self.chunking)
             if not chunks:
                 return replace(item, status="failed", reason="no text found")
+            if same and existing and existing.n_chunks == len(chunks):  # a large file an earlier run began
+                return _Prepared(item, existing, chunks, replaces=False, start=stored)
             doc = DocumentRecord(
                 doc_id=doc_id_for(item.source),
                 source=item.source,
@@ -222,10 +235,7 @@ class Ingestor:
         offset = 0
         for p in batch:
             n = len(p.chunks)
-            records = [
-                ChunkRecord(0, p.doc.doc_id, i, c.text, c.section, c.metadata) for i, c in enumerate(p.chunks)
-            ]
-            rows.append((p.doc, records, vectors[offset : offset + n]))
+            rows.append((p.doc, _records(p, 0, n), vectors[offset : offset + n]))
             offset += n
             updates.append(replace(p.item, status="replaced" if p.replaces else "added"))
         with self.sync.lock:  # readers must not re-sync the index between the commit and the index update
@@ -233,14 +243,56 @@ class Ingestor:
             # The store has committed: the index follows. A crash from here on is repaired by KnowledgeBase.open.
             self.vectors.remove(removed)
             offset = 0
-            for doc, _records, _ in rows:
+            for doc, _chunks, _ in rows:
                 ids = new_ids[doc.doc_id]
                 self.vectors.add(ids, vectors[offset : offset + len(ids)])
                 offset += len(ids)
             self.sync.committed()
         for u in updates:
             _report_item(report, u, doc_id_for(u.source))
+        self._finished(len(batch), batch[-1])
+        self._maybe_save()
         return offset
+
+    def _commit_large(self, p: _Prepared, report: IngestReport) -> int:
+        """Commit one file's chunks batch by batch: the first batch replaces the document row, the rest append."""
+        from tqdm.auto import tqdm
+
+        total, done = len(p.chunks), 0
+        batches = -(-(total - p.start) // self.batch_chunks)
+        show = batches >= _PROGRESS_MIN_BATCHES if self._show is None else self._show
+        name = Path(p.doc.source.removeprefix("text:")).name
+        bar = tqdm(total=total, initial=p.start, desc=name[:40], unit="chunk", leave=False, disable=not show)
+        with bar:
+            for lo in range(p.start, total, self.batch_chunks):
+                hi = min(lo + self.batch_chunks, total)
+                vectors = self.embed([_embed_text(p.doc.title, c) for c in p.chunks[lo:hi]])
+                last = [replace(p.item, status="replaced" if p.replaces else "added")] if hi == total else []
+                with self.sync.lock:
+                    if lo == 0:
+                        rows = [(p.doc, _records(p, 0, hi), vectors)]
+                        new_ids, removed = self.store.write_documents(rows, last)
+                        ids = new_ids[p.doc.doc_id]
+                        self.vectors.remove(removed)
+                    else:
+                        ids = self.store.append_chunks(p.doc.doc_id, _records(p, lo, hi), vectors, last)
+                    self.vectors.add(ids, vectors)
+                    self.sync.committed()
+                done += hi - lo
+                bar.update(hi - lo)
+                if self.on_progress is not None and hi < total:
+                    self.on_progress(IngestProgress(p.item.source, hi, total, *self._docs))
+                self._maybe_save()
+        _report_item(report, last[0], p.doc.doc_id)
+        self._finished(1, p)
+        return done
+
+
+def _records(p: _Prepared, lo: int, hi: int) -> list[ChunkRecord]:
+    return [
+        ChunkRecord(0, p.doc.doc_id, i, c.text, c.section, c.metadata)
+        for i, c in enumerate(p.chunks[lo:hi], start=lo)
+    ]
 
 
 def _report_item(report: IngestReport, item: JobItem, doc_id: str) -> None:
@@ -258,67 +310,3 @@ def _embed_text(title: str, chunk: Chunk) -> str:
     """What the embedder sees: the chunk led by its document title/section, so "it" and "this" keep their subject."""
     lead = chunk.section or title
     return f"{lead}\n{chunk.text}" if lead and not chunk.text.startswith(lead) else chunk.text
-
-
-# Extension -> template when `template="auto"`: spreadsheets read best row by row.
-AUTO_TEMPLATES = {".csv": "table", ".tsv": "table"}
-
-
-def choose_template(name: str, template: str | Mapping[str, str], default: str) -> str:
-    """The template for document `name`: a name, `"auto"` (by extension, else `default`), or a mapping from
-    extension (`".csv"`) or name to template."""
-    ext = Path(name).suffix.lower()
-    chosen = (
-        (template.get(ext) or template.get(name) or "auto") if isinstance(template, Mapping) else template
-    )
-    if chosen == "auto":
-        chosen = AUTO_TEMPLATES.get(ext, default)
-    if chosen not in template_names():
-        raise UnknownTemplate(
-            f"unknown chunking template {chosen!r}; choose one of: auto, {', '.join(template_names())}"
-        )
-    return chosen
-
-
-def plan_items(
-    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
-    texts: Sequence[str] | None,
-    names: Sequence[str] | None,
-    template: str | Mapping[str, str],
-    default_template: str,
-    metadata: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
-    recursive: bool,
-    text_path: Callable[[str], Path],
-) -> list[JobItem]:
-    """The pending items of a new job: files first, then texts (each text written to `text_path(source)`)."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    items = [
-        JobItem(0, 0, source, kind, "pending", template=choose_template(source, template, default_template))
-        for source, kind in expand_sources(paths or [], recursive=recursive)
-    ]
-    if texts is not None:
-        if isinstance(texts, str):
-            raise TypeError("texts must be a list of strings; wrap a single text as [text]")
-        if names is not None and len(names) != len(texts):
-            raise ValueError(f"names has {len(names)} entries but texts has {len(texts)}")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
-            name = names[i] if names is not None else hashlib.sha256(text.encode()).hexdigest()[:16] + ".txt"
-            source = f"text:{name}"
-            path = text_path(source)
-            path.parent.mkdir(exist_ok=True)
-            path.write_text(text, encoding="utf-8")
-            chosen = choose_template(name, template, default_template)
-            items.append(JobItem(0, 0, source, "text", "pending", template=chosen, title=name))
-    if metadata is None:
-        return items
-    if isinstance(metadata, Mapping):
-        return [replace(it, metadata=dict(metadata)) for it in items]
-    metadata = list(metadata)
-    if len(metadata) != len(items):
-        raise ValueError(
-            f"metadata has {len(metadata)} entries for {len(items)} documents; pass one dict or one per document"
-        )
-    return [replace(it, metadata=dict(m)) for it, m in zip(items, metadata, strict=False)]

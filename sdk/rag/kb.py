@@ -26,11 +26,14 @@ from xpullm.rag.errors import (
     KnowledgeBaseExists,
     UnknownTemplate,
 )
-from xpullm.rag.ingest import Ingestor, IngestReport, doc_id_for, plan_items, safe_name
-from xpullm.rag.retrieval import Hit, Reranker, RerankFn, apply_reranker
+from xpullm.rag.ingest import Ingestor, IngestReport, ProgressFn, doc_id_for, plan_items, safe_name
+from xpullm.rag.jobs import OPEN_STATUSES, cancel_jobs, supersede_items
+from xpullm.rag.rerank import Reranker, RerankFn, apply_reranker
+from xpullm.rag.retrieval import Hit
 from xpullm.rag.search import check_query, hybrid_search
 from xpullm.rag.storage.base import DocumentRecord
 from xpullm.rag.storage.registry import find_store, read_base_meta, store_kind, vector_index_kind
+from xpullm.rag.support import SupportConfig
 from xpullm.rag.sync import IndexSync
 from xpullm.rag.writer import WriterLock
 
@@ -71,9 +74,11 @@ class KnowledgeBase:
         self.vectors = vector_index_kind(config.vector_index)(path, dim)
         self._sync = IndexSync(self.store, self.vectors)
         self._writer = WriterLock(path, self.store, read_only)
-        # Re-sync in memory only: writing the index file is the writer's job (it holds the lock); the next
-        # write or close() of a writer persists the repaired index.
+        # Re-sync in memory: writing the index file is the writer's job (it holds the lock); the next write or
+        # close() of a writer persists the repaired index. A damaged file is rewritten now when no one writes.
         self._sync.refresh()
+        if self.vectors.recovered and not read_only:
+            self._writer.persist_repair(self.vectors)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     @classmethod
@@ -197,6 +202,7 @@ class KnowledgeBase:
         metadata: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
         recursive: bool = True,
         show_progress: bool | None = None,
+        on_progress: ProgressFn | None = None,
     ) -> IngestReport:
         """Ingest files/folders (`paths`) and/or in-memory `texts` as one resumable job.
 
@@ -208,33 +214,45 @@ class KnowledgeBase:
             template: a template name for every document, `"auto"` (by extension), or a mapping from extension
                 (`".csv"`) or name to template.
             metadata: one dict for every document, or one per document (files first, then texts).
+            show_progress: progress bars (default: for 10+ documents, and for any file of many chunk batches).
+            on_progress: called after every committed batch with an `IngestProgress` (chunks of the current
+                file and documents of the job done so far).
         """
         self._writer.acquire()
         items = plan_items(
             paths, texts, names, template, self.config.default_template, metadata, recursive, self.text_path
         )
         job_id = self.store.create_job(items)
-        return self._ingestor().run(job_id, show_progress=show_progress)
+        supersede_items(self.store, job_id, (it.source for it in items))
+        return self._ingestor(on_progress).run(job_id, show_progress=show_progress)
 
-    def resume(self, show_progress: bool | None = None) -> list[IngestReport]:
+    def resume(
+        self, show_progress: bool | None = None, on_progress: ProgressFn | None = None
+    ) -> list[IngestReport]:
         """Finish every interrupted job (their unfinished items only)."""
         self._writer.acquire()
         return [
-            self._ingestor().run(job["job_id"], show_progress=show_progress)
+            self._ingestor(on_progress).run(job["job_id"], show_progress=show_progress)
             for job in self.store.jobs()
-            if job["status"] in ("running", "interrupted")
+            if job["status"] in OPEN_STATUSES
         ]
 
-    def _ingestor(self) -> Ingestor:
+    def cancel_jobs(self, job_ids: Sequence[int] | None = None) -> list[int]:
+        """Close interrupted jobs (all, or `job_ids`) without finishing them; returns the ids closed."""
+        self._writer.acquire()
+        return cancel_jobs(self.store, job_ids)
+
+    def _ingestor(self, on_progress: ProgressFn | None = None) -> Ingestor:
         return Ingestor(
             store=self.store,
             vectors=self.vectors,
             sync=self._sync,
-            embed=self._embed_texts,
+            embed=self.embed_texts,
             chunking=self.chunking_config(),
             text_path=self.text_path,
             batch_chunks=self.config.ingest_batch_chunks,
             save_interval_s=self.config.index_save_interval_s,
+            on_progress=on_progress,
         )
 
     def jobs(self) -> list[dict[str, Any]]:
@@ -269,7 +287,8 @@ class KnowledgeBase:
             self.text_path(doc.source).unlink(missing_ok=True)
         return len(removed)
 
-    def _embed_texts(self, texts: list[str]) -> Any:
+    def embed_texts(self, texts: list[str]) -> Any:
+        """float32 unit vectors [len(texts), dim] from the base's embedder (what `EmbeddingReranker` takes)."""
         return self.embedder.embed_matrix(texts, batch_size=self.config.embed_batch_size, show_progress=False)
 
     # -- retrieval ----------------------------------------------------------------------------------------
@@ -290,7 +309,8 @@ class KnowledgeBase:
             vector_weight: 1.0 = vector only (cosine order), 0.0 = keyword only (BM25 order), in between = hybrid.
             fusion: `"weighted"` (score blend) or `"rrf"` (reciprocal-rank fusion).
             filters: document fields or metadata values, e.g. `{"doc_id": "..."}`, `{"lang": ["en", "de"]}`.
-            rerank: None, a `Reranker` (e.g. `LLMReranker(llm)`) or `fn(query, hits) -> hits`.
+            rerank: None, a `Reranker` (`EmbeddingReranker(kb.embed_texts)`, `LLMReranker(llm)`) or
+                `fn(query, hits) -> hits`.
             min_similarity: drop hits whose cosine to the query is below this.
             candidates: how many each retriever proposes before fusion (default max(4 * top_k, 20)).
         """
@@ -316,6 +336,7 @@ class KnowledgeBase:
         max_new_tokens: int = 256,
         temperature: float = 0.0,
         repetition_penalty: float = 1.0,
+        support: SupportConfig | None = None,
         **search_kwargs: Any,
     ) -> CitedAnswer | AnswerStream[CitedAnswer]:
         """Answer `question` from retrieved chunks only, with `[n]` citations.
@@ -323,18 +344,20 @@ class KnowledgeBase:
         When no chunk reaches `min_similarity` the LLM is not called and the answer says nothing was found.
         If the LLM cites nothing, each answer sentence that overlaps a source is cited as such
         (`Answer.citation_mode == "attributed"`); `Answer.references` lists the sources either way. The answer
-        stops at the first sentence it repeats (small greedy models loop).
+        stops at the first sentence it repeats (small greedy models loop). Each sentence must be supported by the
+        chunk it cites (`support`, default `SupportConfig()`): unsupported ones are dropped, and an answer left
+        with none is refused (`Answer.refused`; `Answer.support` holds the verdicts, `Answer.draft` the raw text).
         `llm=None` loads the packaged default `xpullm.LLM`. With `stream=True` returns an `AnswerStream`: iterate
         for text deltas, then read `.answer` (or call `.result()`).
         """
         hits = self.search(question, top_k=top_k, min_similarity=min_similarity, **search_kwargs)
         if not hits:
-            answer = CitedAnswer(NO_ANSWER, {}, (), question, grounded=False)
+            answer = CitedAnswer(NO_ANSWER, {}, (), question, grounded=False, refused=True)
             return AnswerStream(iter([answer.text]), lambda _t: answer) if stream else answer
         if llm is None:
             from xpullm.engine import LLM
 
-            llm = LLM()
+            llm = LLM(low_bit=None)  # None: the checkpoint's own format (Q4_1 -> asym_int4, lossless)
         # No repetition penalty by default: the engine's penalty counts the prompt's tokens too, so it pushes the
         # model away from every word of the sources and from the `[n]` markers, which are what a grounded answer
         # must copy (at 1.1 SmolLM2-135M wrote off-topic text instead of the source's facts). Loops are cut instead.
@@ -343,4 +366,6 @@ class KnowledgeBase:
             "temperature": temperature,
             "repetition_penalty": repetition_penalty,
         }
-        return answer_from_hits(question, hits, llm, self._embed_texts, stream, params)
+        return answer_from_hits(
+            question, hits, llm, self.embed_texts, stream, params, support or SupportConfig()
+        )

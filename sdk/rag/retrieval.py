@@ -1,4 +1,4 @@
-"""Hybrid retrieval: fuse BM25 and vector candidates, then optionally rerank.
+"""Hybrid retrieval: fuse BM25 and vector candidates (rerankers live in `xpullm.rag.rerank`).
 
 Fusion methods register in `FUSIONS`:
 - `weighted`: score = w * cosine + (1 - w) * keyword, keyword = bm25 / max_bm25 * coverage, where coverage is the
@@ -10,15 +10,11 @@ Fusion methods register in `FUSIONS`:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any
 
-if TYPE_CHECKING:
-    from xpullm.protocols import ChatEngine
-
-__all__ = ["FUSIONS", "Hit", "LLMReranker", "Reranker", "fuse"]
+__all__ = ["FUSIONS", "Candidate", "Hit", "fuse"]
 
 
 @dataclass(frozen=True)
@@ -83,55 +79,3 @@ def fuse(cands: Sequence[Candidate], method: str, vector_weight: float) -> list[
     scores = fn(cands, vector_weight)
     cos = {c.chunk_id: c.cosine for c in cands}
     return sorted(scores.items(), key=lambda kv: (-kv[1], -cos[kv[0]]))
-
-
-@runtime_checkable
-class Reranker(Protocol):
-    """Reorders hits for a query; may drop some."""
-
-    def rerank(self, query: str, hits: Sequence[Hit]) -> list[Hit]: ...
-
-
-class LLMReranker:
-    """Pointwise LLM relevance judgment: hits the LLM calls relevant move ahead, keeping their order.
-
-    Uses only the `ChatEngine` contract (`llm.chat`), so it works with any `LLM`; with a tiny model it is a weak
-    signal, which is why relevance reorders but never drops hits.
-    """
-
-    PROMPT = (
-        "Does the passage help answer the question? Reply with yes or no.\n\n"
-        "Question: {question}\n\nPassage: {passage}\n\nAnswer (yes or no):"
-    )
-
-    def __init__(self, llm: ChatEngine, max_passage_chars: int = 1200) -> None:
-        self.llm = llm
-        self.max_passage_chars = max_passage_chars
-
-    def judge(self, query: str, hit: Hit) -> bool:
-        """True when the LLM says the passage is relevant."""
-        prompt = self.PROMPT.format(question=query, passage=hit.text[: self.max_passage_chars])
-        out = self.llm.chat([{"role": "user", "content": prompt}], max_new_tokens=3, temperature=0.0)
-        return bool(re.match(r"\s*yes\b", out.text, re.IGNORECASE))
-
-    def rerank(self, query: str, hits: Sequence[Hit]) -> list[Hit]:
-        """Relevant hits first (stable), the rest after."""
-        verdicts = [self.judge(query, h) for h in hits]
-        yes = [h for h, v in zip(hits, verdicts, strict=False) if v]
-        no = [h for h, v in zip(hits, verdicts, strict=False) if not v]
-        return yes + no
-
-
-RerankFn = Callable[[str, list[Hit]], list[Hit]]
-"""A plain reranking function: `fn(query, hits) -> hits`."""
-
-
-def apply_reranker(reranker: Reranker | RerankFn, query: str, hits: list[Hit]) -> list[Hit]:
-    """Accept a `Reranker` object or a plain `fn(query, hits) -> hits` callable."""
-    if isinstance(reranker, Reranker):
-        out = reranker.rerank(query, hits)
-    elif callable(reranker):
-        out = reranker(query, hits)
-    else:
-        raise TypeError(f"rerank must be None, a Reranker or a callable, got {type(reranker).__name__}")
-    return [replace(h) for h in out]

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import IO
 
 from xpullm.rag.errors import KnowledgeBaseError, KnowledgeBaseLocked
-from xpullm.rag.storage.base import DocumentStore
+from xpullm.rag.jobs import settle_jobs
+from xpullm.rag.storage.base import DocumentStore, VectorIndex
 
 __all__ = ["LOCK_FILE", "WriterLock"]
 
@@ -49,9 +50,18 @@ class WriterLock:
             ) from exc
         self._handle = handle
         # Holding the lock proves no other writer is alive, so any job still "running" was interrupted.
-        for job in self.store.jobs():
-            if job["status"] == "running":
-                self.store.set_job_status(job["job_id"], "interrupted")
+        settle_jobs(self.store)
+
+    def persist_repair(self, vectors: VectorIndex) -> None:
+        """Save an index rebuilt from the store, if no other process is writing (that writer saves its own)."""
+        held = self.held
+        try:
+            self.acquire()
+        except KnowledgeBaseLocked:
+            return
+        vectors.save()
+        if not held:
+            self.release()
 
     def release(self) -> None:
         """Stop being the writer (closing the descriptor drops the flock)."""

@@ -1,7 +1,8 @@
 """`xpullm serve`: an OpenAI-compatible HTTP server (FastAPI + uvicorn, the `server` extra).
 
-`app` (routes and middleware), `protocol` (wire schemas), `errors` (error objects), `metrics` (Prometheus text),
-`config` (`ServerConfig`), `engine` (the seam the routes call) and `local_engine` (today's backend on `xpullm.LLM`).
+`app` (lifespan, API key, error handlers, /health, /metrics), `routes` (one module per /v1 endpoint), `state`
+(the served engines), `protocol` (wire schemas), `errors` (error objects), `metrics` (Prometheus text), `config`
+(`ServerConfig`), `engine` (the seam the routes call) and `local_engine` (the backend on `xpullm.LLM`).
 """
 
 from __future__ import annotations

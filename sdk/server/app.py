@@ -17,7 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from xpullm.server.engine import EmbeddingEngine, TextEngine
 from xpullm.server.errors import APIError, error_body
 from xpullm.server.metrics import Metrics
-from xpullm.server.routes import ServerState, router
+from xpullm.server.routes import router
+from xpullm.server.state import ServerState
 
 __all__ = ["create_app"]
 

@@ -35,8 +35,10 @@ class ServerConfig:
     port: int = 8000
     api_key: str | None = None
     """When set, /v1/* requests must send `Authorization: Bearer <key>` (else 401)."""
+    max_running: int = 8
+    """Requests generating at once (each from its own thread; a batching engine shares its steps between them)."""
     max_queue: int = 64
-    """Requests allowed to wait for the model; one more gets 429 (a bounded queue keeps latency bounded)."""
+    """Requests allowed to wait for a running slot; one more gets 429 (a bounded queue keeps latency bounded)."""
     default_max_tokens: int | None = None
     """Generation cap when a request sends no max_tokens (None: the rest of the context, as OpenAI does).
     Tools such as GraphRAG send none; a small model can then ramble to the end of a long context."""

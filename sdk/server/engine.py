@@ -142,6 +142,11 @@ class EmbeddingEngine(Protocol):
         """Tokens per input the model sees; longer inputs are rejected (never truncated)."""
         ...
 
+    @property
+    def dim(self) -> int:
+        """Size of every vector."""
+        ...
+
     def load(self) -> None: ...
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:

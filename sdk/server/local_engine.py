@@ -1,10 +1,11 @@
-"""Today's backend of the engine seam: `xpullm.LLM` and `xpullm.Embedder` behind a bounded FIFO queue.
+"""The backend of the engine seam on `xpullm.LLM` and `xpullm.Embedder`: up to `max_running` requests generate at
+once, each on its own thread, and up to `max_queue` more wait in a FIFO queue (one more gets 429).
 
-`LLM` serializes generations on one model (its KV cache is shared state), so one worker thread runs the queue one
-request at a time. Waiting requests sit in a deque bounded by `max_queue`; a cancelled waiting request leaves the
-deque at once, a cancelled running one stops after its current token through the engine's `cancel` event. This
-module is the only place the server touches engine internals (`LLM._run` for exact per-request token counts); the
-continuous-batching engine replaces it as a whole.
+Each running request is one call of the LLM's streaming path from its own thread, so an engine that batches
+concurrent calls (continuous batching) shares its steps between them, and one that serializes calls on a model
+takes them in turn. A cancelled waiting request leaves the queue at once; a cancelled running one gives its slot
+back at once (the next waiting request starts) while its thread stops the generation after the current token.
+Everything below the public API of `LLM` goes through `llm_seam`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from xpullm.engine.params import GenerationParams
 from xpullm.models import DEFAULT_EMBEDDER_NAME
+from xpullm.server import llm_seam
 from xpullm.server.engine import EngineStats, Finished, QueueFull, StreamEvent, TextDelta
 from xpullm.server.metrics import Metrics
 
@@ -36,13 +38,15 @@ _END = object()
 
 
 class _Job:
-    """One queued sequence; the worker thread pushes its events into the submitting event loop."""
+    """One submitted sequence; its thread pushes events into the submitting event loop."""
 
     def __init__(self, engine: LocalTextEngine, prompt_ids: list[int], params: GenerationParams) -> None:
         self._engine = engine
         self.prompt_ids = prompt_ids
         self.cancel_event = threading.Event()
         self.params = dataclasses.replace(params, cancel=self.cancel_event)
+        # KV positions this sequence may use: its prompt plus what it may generate, within the window.
+        self.kv_tokens = min(engine.context_length, len(prompt_ids) + params.max_new_tokens)
         self.submitted = time.perf_counter()
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[Any] = asyncio.Queue()
@@ -55,11 +59,11 @@ class _Job:
             self._loop.call_soon_threadsafe(self._events.put_nowait, item)
 
     def cancel(self) -> None:
-        """Stop this request: out of the queue at once if waiting, after the current token if running."""
+        """Stop this request and free its slot at once (waiting or running)."""
         if self.cancel_event.is_set():
             return
         self.cancel_event.set()
-        self._engine._dequeue(self)
+        self._engine._cancelled(self)
 
     async def __aiter__(self) -> AsyncIterator[StreamEvent]:
         try:
@@ -77,31 +81,39 @@ class _Job:
 
 
 class LocalTextEngine:
-    """`TextEngine` over one `xpullm.LLM`: a bounded queue and one worker thread.
+    """`TextEngine` over one `xpullm.LLM`: `max_running` generating requests, a bounded FIFO queue behind them.
 
     Args:
         llm: the model (loaded lazily by `load`).
         model_id: the name clients pass as `model` (default: the LLM's model name).
-        max_queue: requests allowed to wait while one runs; one more gets `QueueFull` (HTTP 429).
+        max_queue: requests allowed to wait while `max_running` run; one more gets `QueueFull` (HTTP 429).
+        max_running: requests generating at once, each from its own thread (a batching engine shares its steps
+            between them; a serializing one takes them in turn).
         metrics: where time-to-first-token, token counts and outcomes are recorded.
     """
 
     def __init__(
-        self, llm: LLM, model_id: str | None = None, max_queue: int = 64, metrics: Metrics | None = None
+        self,
+        llm: LLM,
+        model_id: str | None = None,
+        max_queue: int = 64,
+        metrics: Metrics | None = None,
+        max_running: int = 1,
     ) -> None:
-        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
-            raise ValueError(f"max_queue={max_queue!r} is invalid: expected an int >= 1")
+        for name, value in (("max_queue", max_queue), ("max_running", max_running)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} is invalid: expected an int >= 1")
         self._llm = llm
         self.model_id = model_id or llm.model_name
         self.max_queue = max_queue
+        self.max_running = max_running
         self.metrics = metrics or Metrics()
         self._waiting: collections.deque[_Job] = collections.deque()
-        self._cv = threading.Condition()
-        self._running: _Job | None = None
-        self._running_kv = 0
+        self._running: set[_Job] = set()
+        self._threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()
         self._closing = False
         self._ready = False
-        self._worker = threading.Thread(target=self._work, name="xpullm-serve-engine", daemon=True)
 
     # -- TextEngine -------------------------------------------------------------------------------------------
 
@@ -115,100 +127,113 @@ class LocalTextEngine:
 
     def load(self) -> None:
         self._llm.context_length  # noqa: B018 - loads the model and tokenizer
-        self._vocab = int(self._llm.model.config.vocab_size)
-        if not self._worker.is_alive():
-            self._worker.start()
         self._ready = True
 
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
-        return self._llm._encode_chat(messages)
+        return llm_seam.encode_chat(self._llm, messages)
 
     def encode_prompt(self, prompt: str, field: str) -> list[int]:
-        return self._llm._encode_prompt(prompt, field)
+        return llm_seam.encode_prompt(self._llm, prompt, field)
 
     def check(self, params: GenerationParams) -> None:
-        if params.json_schema is None and params.grammar is None:
-            return
-        from xpullm.engine.constrained import GrammarConstraint
+        llm_seam.check_constraint(self._llm, params)
 
-        # Compiling once here turns a bad schema into a 400 before a stream's headers are sent.
-        GrammarConstraint.from_params(params, self._llm.tokenizer, 1, self._vocab, self._llm._eos or [0])
+    def decode(self, ids: list[int]) -> str:
+        """The text of token ids (special tokens kept): what a prompt looked like to the model."""
+        return self._llm.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes as generated output (no special tokens added)."""
+        return len(self._llm.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def submit(self, prompt_ids: list[int], params: GenerationParams) -> _Job:
         job = _Job(self, prompt_ids, params)
-        with self._cv:
+        with self._lock:
             if self._closing:
                 raise RuntimeError("the server is shutting down; no new requests are accepted")
             if len(self._waiting) >= self.max_queue:
-                self.metrics.rejected += 1
+                self.metrics.count("rejected")
                 raise QueueFull(self.max_queue)
             self._waiting.append(job)
-            self._cv.notify()
+            self._admit()
         return job
 
     def stats(self) -> EngineStats:
-        with self._cv:
-            running = 1 if self._running is not None else 0
+        with self._lock:
             return EngineStats(
                 queued=len(self._waiting),
-                running=running,
-                kv_tokens=self._running_kv if running else 0,
-                kv_capacity=self._llm.context_length if self._ready else 0,
+                running=len(self._running),
+                kv_tokens=sum(j.kv_tokens for j in self._running),
+                kv_capacity=self._llm.context_length * self.max_running if self._ready else 0,
             )
 
+    @property
+    def threads(self) -> int:
+        """Generation threads alive (running requests, plus cancelled ones finishing their current token)."""
+        with self._lock:
+            return len(self._threads)
+
     def close(self) -> None:
-        with self._cv:
+        with self._lock:
             self._closing = True
             waiting = list(self._waiting)
             self._waiting.clear()
-            self._cv.notify_all()
+            threads = list(self._threads)
         for job in waiting:
             job.done = True
             job.push(RuntimeError("the server shut down before this request started"))
-        if self._worker.is_alive():
-            self._worker.join()
+        for thread in threads:
+            thread.join()
 
     # -- internals -------------------------------------------------------------------------------------------
 
-    def _dequeue(self, job: _Job) -> None:
-        with self._cv:
+    def _admit(self) -> None:
+        """Start waiting requests while slots are free (call with the lock held)."""
+        while self._waiting and len(self._running) < self.max_running and not self._closing:
+            job = self._waiting.popleft()
+            self._running.add(job)
+            thread = threading.Thread(target=self._run, args=(job,), name="xpullm-serve-request", daemon=True)
+            self._threads.add(thread)
+            thread.start()
+
+    def _cancelled(self, job: _Job) -> None:
+        with self._lock:
+            if job.done:
+                return  # finished already: its consumer is closing the stream
+            if job in self._running:
+                # The slot is free now; the job's thread ends after its current token.
+                self._running.discard(job)
+                self._admit()
+                self.metrics.count("cancelled")
+                return
             try:
                 self._waiting.remove(job)
             except ValueError:
-                return  # running or finished: the cancel event stops it
+                return  # finished already
         job.done = True
-        self.metrics.cancelled += 1
+        self.metrics.count("cancelled")
         job.push(Finished("cancelled", len(job.prompt_ids), 0))
         job.push(_END)
 
-    def _work(self) -> None:
-        while True:
-            with self._cv:
-                while not self._waiting and not self._closing:
-                    self._cv.wait()
-                if not self._waiting:
-                    return
-                job = self._waiting.popleft()
-                self._running = job
-                self._running_kv = min(
-                    self._llm.context_length, len(job.prompt_ids) + job.params.max_new_tokens
-                )
-            try:
-                self._run(job)
-            finally:
-                with self._cv:
-                    self._running = None
-
     def _run(self, job: _Job) -> None:
+        try:
+            self._generate(job)
+        finally:
+            with self._lock:
+                self._running.discard(job)
+                self._threads.discard(threading.current_thread())
+                self._admit()
+
+    def _generate(self, job: _Job) -> None:
         started = time.perf_counter()
-        gen = self._llm._run([job.prompt_ids], job.params)
+        gen = llm_seam.stream_ids(self._llm, job.prompt_ids, job.params)
         first = True
         try:
             while True:
                 try:
-                    _, delta = next(gen)
+                    delta = next(gen)
                 except StopIteration as stop:
-                    completion = stop.value[0]
+                    completion = stop.value
                     break
                 if first:
                     first = False
@@ -216,7 +241,7 @@ class LocalTextEngine:
                 job.push(TextDelta(delta))
         except Exception as exc:  # reported to the client as a 500 error object
             job.done = True
-            self.metrics.failed += 1
+            self.metrics.count("failed")
             job.push(exc)
             return
         if first and completion.completion_tokens:
@@ -224,8 +249,6 @@ class LocalTextEngine:
         self.metrics.observe_completion(
             completion.prompt_tokens, completion.completion_tokens, completion.decode_tok_s
         )
-        if completion.finish_reason == "cancelled":
-            self.metrics.cancelled += 1
         job.done = True
         job.push(Finished(completion.finish_reason, completion.prompt_tokens, completion.completion_tokens))
         job.push(_END)
@@ -261,6 +284,10 @@ class LocalEmbeddingEngine:
     @property
     def max_tokens(self) -> int:
         return self._embedder.max_seq_length
+
+    @property
+    def dim(self) -> int:
+        return int(self._embedder.dim)
 
     def load(self) -> None:
         if self._embedder is None:

@@ -31,6 +31,13 @@ class Metrics:
     started: float = field(default_factory=time.time)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def count(self, outcome: str) -> None:
+        """Add one sequence to an outcome counter: `cancelled`, `rejected` or `failed` (from any thread)."""
+        if outcome not in ("cancelled", "rejected", "failed"):
+            raise ValueError(f"outcome={outcome!r} is invalid: expected cancelled, rejected or failed")
+        with self._lock:
+            setattr(self, outcome, getattr(self, outcome) + 1)
+
     def observe_ttft(self, seconds: float) -> None:
         """Record one time to first token (from submission, so queueing time counts, as clients see it)."""
         with self._lock:

@@ -16,7 +16,9 @@ def build_engines(config: ServerConfig) -> tuple[LocalTextEngine, LocalEmbedding
     llm = LLM(
         model=config.model, low_bit=config.low_bit, device=config.device, max_context=config.max_context
     )
-    text = LocalTextEngine(llm, model_id=config.model_name, max_queue=config.max_queue)
+    text = LocalTextEngine(
+        llm, model_id=config.model_name, max_queue=config.max_queue, max_running=config.max_running
+    )
     embedder = None
     if not config.no_embedder:
         embedder = LocalEmbeddingEngine(

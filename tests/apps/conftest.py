@@ -33,10 +33,18 @@ def app(tmp_path_factory):
     from xpullm.apps.demo.config import DEMO_LOW_BIT
     from xpullm.embeddings import Embedder
     from xpullm.engine import LLM
+    from xpullm.models import default_llm_gguf
 
     llm = LLM(low_bit=DEMO_LOW_BIT, device="cpu")
     llm.tokenizer  # noqa: B018  (load now, not inside the first request)
     embedder = Embedder(device="cpu", dtype="float32")
+    models = tmp_path_factory.mktemp("models")
+    (models / "team").mkdir()
+    (models / "team" / "smol-copy.gguf").symlink_to(default_llm_gguf())  # a GGUF file the picker must list
+    hf_cache = tmp_path_factory.mktemp("hf-cache")
+    snapshot = hf_cache / "models--acme--tiny-chat" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text('{"model_type": "llama"}')  # cached, but its weights are missing
     config = DemoConfig(
         low_bit=DEMO_LOW_BIT,
         device="cpu",
@@ -49,6 +57,9 @@ def app(tmp_path_factory):
         graphrag_settings=GRAPHRAG_DATA / "settings.yaml",
         ppl_tokens=64,
         bench_new_tokens=8,
+        concurrent_answers=2,
+        model_dirs=(models,),
+        hf_cache=hf_cache,
     )
     demo, url = launch(config, port=_free_port(), block=False, quiet=True, llm=llm, embedder=embedder)
     yield SimpleNamespace(demo=demo, url=url, config=config, llm=llm, ctx=demo.xpullm_context)

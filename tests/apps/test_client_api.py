@@ -53,7 +53,7 @@ def test_chat_endpoint_bad_input_is_a_readable_error(client, args, message):
 
 def test_kb_upload_then_ask_with_citations(client, docs_dir):
     files = [handle_file(str(docs_dir / n)) for n in ("zorblat.txt", "quillon.md", "malware.exe")]
-    results, status, docs = client.predict("default", files, api_name="/kb_add")
+    results, status, docs, _picker = client.predict("default", files, api_name="/kb_add")
     by_file = {r[0]: r for r in _rows(results)}
     assert by_file["zorblat.txt"][1] == "added" and by_file["zorblat.txt"][2] >= 1
     assert by_file["quillon.md"][1] == "added"
@@ -74,7 +74,7 @@ def test_kb_bad_input_is_readable(client):
     assert answer == "Error: the question is empty; type a question first" and sources == ""
     answer, _ = client.predict("no such base!", "why?", api_name="/kb_ask")
     assert "knowledge base name 'no such base!' is not valid" in answer
-    _, status, _ = client.predict("default", [], api_name="/kb_add")
+    _, status, _, _ = client.predict("default", [], api_name="/kb_add")
     assert "no files selected" in status
 
 

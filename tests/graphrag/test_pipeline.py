@@ -150,7 +150,17 @@ def test_streamed_answer_equals_plain_answer(indexed, questions):
 def test_replay_miss_is_an_error_naming_the_hash(indexed):
     rag, _ = indexed
     with pytest.raises(CacheMiss, match=r"replay cache miss for prompt hash [0-9a-f]{64}"):
-        rag.query("A question nobody recorded?", method="basic")
+        rag.query("What did Ines Caldera eat for breakfast?", method="basic")  # names an entity: relevant
+
+
+def test_irrelevant_question_is_refused_without_a_call(indexed):
+    rag, _ = indexed
+    before = rag.query_stats.totals()["llm_calls"] + rag.query_stats.totals()["cache_hits"]
+    for method in ("local", "global", "basic", "drift"):
+        answer = rag.query("How do I bake sourdough bread?", method=method)
+        assert answer.text == "The indexed documents hold no information about this question."
+        assert answer.details["refused"] and answer.details["relevance"] < 0.3
+    assert rag.query_stats.totals()["llm_calls"] + rag.query_stats.totals()["cache_hits"] == before
 
 
 def test_update_extracts_only_new_units(tmp_path, replay_project, data_dir, questions):

@@ -107,6 +107,20 @@ async def test_xpullm_astream_and_callbacks(engine) -> None:
     assert llm.invoke("Count: 1, 2, 3,", stop=[","], max_new_tokens=10).count(",") == 0
 
 
+@pytest.mark.asyncio
+async def test_batch_and_abatch_run_every_prompt_and_match_one_by_one(engine) -> None:
+    # batch / abatch submit every prompt at once (one engine request each); greedy results equal single calls.
+    prompts = ["The capital of France is", "Two plus two equals", "My favourite colour is"]
+    llm = XPULLM(model=engine, max_new_tokens=6)
+    alone = [llm.invoke(p) for p in prompts]
+    assert llm.batch(prompts) == alone
+    assert await llm.abatch(prompts) == alone
+    chat = ChatXPU(model=engine, max_tokens=6)
+    chat_alone = [chat.invoke(p).content for p in prompts[:2]]
+    assert [m.content for m in chat.batch(prompts[:2])] == chat_alone
+    assert [m.content for m in await chat.abatch(prompts[:2])] == chat_alone
+
+
 def test_reranker_orders_by_relevance(engine) -> None:
     from langchain_core.documents import Document
 

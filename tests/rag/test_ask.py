@@ -11,6 +11,7 @@ import pytest
 from xpullm.rag import Answer, KnowledgeBase
 from xpullm.rag.answer import NO_ANSWER, SYSTEM, build_prompt, extract_citations
 from xpullm.rag.retrieval import Hit
+from xpullm.rag.support import SupportConfig
 
 FACTS = {
     "e4417": "Printer error E4417 means the paper tray is empty and must be refilled.",
@@ -106,10 +107,17 @@ class RecordedChat:
 
 def test_ask_attributes_citations_to_a_recorded_answer(facts_kb: KnowledgeBase) -> None:
     """The default model's own answer (fp32 weights of the packaged GGUF, greedy; recorded in
-    data/ask_transcript.json) copies the source's facts without writing [n]; `ask` attributes them to the
-    chunk they came from, and every citation maps to that stored chunk."""
+    data/ask_transcript.json) copies the source's words without writing [n]; `ask` attributes them to the
+    chunk they came from, and every citation maps to that stored chunk. The answer itself is wrong (the source says
+    the paper tray is empty; the model blames "a malfunctioning printer"), so with the support check on (the
+    default) it is refused; attribution is checked with the support check off."""
     recorded = RecordedChat(Path(__file__).parent / "data" / "ask_transcript.json")
-    answer = facts_kb.ask("What does printer error E4417 mean?", llm=recorded, max_new_tokens=32)
+    checked = facts_kb.ask("What does printer error E4417 mean?", llm=recorded, max_new_tokens=32)
+    assert checked.refused and checked.text == NO_ANSWER and checked.references == {}
+    assert checked.draft.startswith("The source of the printer error E4417 is the printer itself. [1]")
+    assert [s.supported for s in checked.support] == [False, False]
+    off = SupportConfig(enabled=False)
+    answer = facts_kb.ask("What does printer error E4417 mean?", llm=recorded, max_new_tokens=32, support=off)
     assert answer.grounded and answer.citation_mode == "attributed"
     assert answer.text.startswith("The source of the printer error E4417 is the printer itself. [1]")
     assert sorted(answer.citations) == [1]
@@ -197,3 +205,16 @@ def test_ask_does_not_penalize_the_sources_tokens(facts_kb: KnowledgeBase) -> No
     answer = facts_kb.ask("What does printer error E4417 mean?", llm=Recorder())
     assert seen.get("repetition_penalty", 1.0) == 1.0
     assert answer.text == "Refill the paper tray. [1]" and answer.citation_mode == "attributed"
+
+
+def test_llm_reranker_orders_by_the_calibrated_margin(llm) -> None:
+    """The packaged model answers "no" to nearly every passage, so its generated verdict cannot reorder; the
+    logit(yes) - logit(no) margin still ranks the passage that answers above one that does not."""
+    from xpullm.rag import LLMReranker
+
+    reranker = LLMReranker(llm)
+    question = "What does printer error E4417 mean?"
+    off_topic, answer = hits(FACTS["rain"], FACTS["e4417"])
+    margins = [reranker.score(question, h) for h in (off_topic, answer)]
+    assert margins[1] > margins[0], margins
+    assert [h.text for h in reranker.rerank(question, [off_topic, answer])] == [FACTS["e4417"], FACTS["rain"]]

@@ -57,7 +57,7 @@ async def _client(i: int, url: str, deadline: float, out: dict) -> None:
 
 
 def test_32_streaming_clients_with_disconnects(llm) -> None:
-    engine = LocalTextEngine(llm, model_id=MODEL, max_queue=12)
+    engine = LocalTextEngine(llm, model_id=MODEL, max_queue=12, max_running=4)
     rss = psutil.Process().memory_info().rss
     with running_server(engine) as s:
         out = {"429": 0, "admitted": 0, "done": 0, "left": 0, "tokens": 0, "ttft": []}
@@ -70,7 +70,7 @@ def test_32_streaming_clients_with_disconnects(llm) -> None:
         asyncio.run(run())
         wall = time.perf_counter() - t0
         for _ in range(500):
-            if engine.stats().queued == 0 and engine.stats().running == 0:
+            if engine.stats().queued == 0 and engine.stats().running == 0 and engine.threads == 0:
                 break
             time.sleep(0.01)
         stats = engine.stats()
@@ -82,7 +82,7 @@ def test_32_streaming_clients_with_disconnects(llm) -> None:
         f"\nload: {CLIENTS} clients {wall:.1f}s: {out['done']} done, {out['left']} left mid-stream, "
         f"{out['429']} x 429; TTFT p50 {p50:.3f}s p99 {p99:.3f}s; {out['tokens'] / wall:.1f} tok/s; RSS +{grown:.0f} MiB"
     )
-    assert stats.queued == 0 and stats.running == 0
+    assert stats.queued == 0 and stats.running == 0 and engine.threads == 0
     assert "xpullm_queue_length 0" in metrics and "xpullm_running_requests 0" in metrics
     assert out["done"] > 0 and out["left"] > 0
     assert grown < 200, f"RSS grew {grown:.0f} MiB under load"

@@ -219,6 +219,11 @@ def test_embeddings_equal_the_embedder(client, embedder, llm) -> None:
     for w, g, f in zip(want, got.data, floats.data, strict=True):
         assert g.embedding == pytest.approx(w, abs=1e-6) and f.embedding == pytest.approx(w, abs=1e-6)
     assert got.usage.prompt_tokens == sum(len(embedder.tokenizer(t)["input_ids"]) for t in texts)
+    # `dimensions` equal to the native size is accepted (LightRAG always sends it); another size is a 400.
+    same = client.embeddings.create(model=EMBED_MODEL, input=texts, dimensions=embedder.dim)
+    assert same.data[0].embedding == pytest.approx(want[0], abs=1e-6)
+    with pytest.raises(openai.BadRequestError, match="fixed size of 384"):
+        client.embeddings.create(model=EMBED_MODEL, input=texts, dimensions=128)
 
 
 def test_async_client_chat_and_stream(server, llm) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import time
 
 import httpx
@@ -84,3 +86,48 @@ def test_a_plain_request_that_times_out_leaves_the_queue(small) -> None:
         assert _wait_for(lambda: engine.stats().queued == 0, 2.0)
         running.close()
     assert _wait_for(lambda: engine.stats().running == 0, 5.0)
+
+
+def test_running_slots_fill_first_and_a_cancelled_running_request_frees_its_slot_at_once(llm) -> None:
+    engine = LocalTextEngine(llm, model_id=MODEL, max_queue=1, max_running=2)
+    with running_server(engine) as s, contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(httpx.Client(base_url=s.url, timeout=30)) for _ in range(3)]
+        a, b = _Stream(clients[0], LONG), _Stream(clients[1], LONG)
+        assert _wait_for(lambda: engine.stats().running == 2)
+        c = _Stream(clients[2], LONG)
+        assert engine.stats().queued == 1
+        assert httpx.post(s.url + "/v1/chat/completions", json=LONG).status_code == 429
+        a.close()
+        # The slot is given back when the client leaves, not when its generation thread ends.
+        assert _wait_for(lambda: engine.stats().queued == 0 and engine.stats().running == 2, 2.0)
+        metrics = httpx.get(s.url + "/metrics").text
+        assert "xpullm_running_requests 2" in metrics and "xpullm_queue_length 0" in metrics
+        b.close()
+        c.close()
+        assert _wait_for(lambda: engine.stats().running == 0 and engine.threads == 0, 10.0)
+
+
+def test_concurrent_requests_keep_exact_usage_and_greedy_text(llm) -> None:
+    questions = ["Name a colour.", "What is 2 + 2?", "Say hello."]
+    alone = [llm.chat([{"role": "user", "content": q}], max_new_tokens=8) for q in questions]
+    engine = LocalTextEngine(llm, model_id=MODEL, max_queue=4, max_running=3)
+    with running_server(engine) as s:
+
+        def ask(q: str) -> dict:
+            body = {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": q}],
+                "max_tokens": 8,
+                "temperature": 0,
+            }
+            return httpx.post(s.url + "/v1/chat/completions", json=body, timeout=60).json()
+
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(ask, questions))
+    for got, want in zip(answers, alone, strict=True):
+        assert got["choices"][0]["message"]["content"] == want.text
+        assert got["usage"] == {
+            "prompt_tokens": want.prompt_tokens,
+            "completion_tokens": want.completion_tokens,
+            "total_tokens": want.prompt_tokens + want.completion_tokens,
+        }

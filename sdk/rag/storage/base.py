@@ -51,7 +51,7 @@ class JobItem:
     ordinal: int
     source: str
     kind: str  # "file" or "text"
-    status: str  # pending | added | replaced | skipped | failed
+    status: str  # pending | added | replaced | skipped | failed | superseded | cancelled
     reason: str = ""
     template: str = "naive"
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -72,6 +72,7 @@ class VectorIndex(Protocol):
     """Nearest-neighbour search over unit vectors (inner product == cosine)."""
 
     dim: int
+    recovered: bool  # its stored file was unreadable, so it started empty: the owner re-syncs and saves it
 
     def add(self, ids: Sequence[int], vectors: Any) -> None:
         """Add `vectors` [n, dim] float32 under `ids`."""
@@ -121,8 +122,20 @@ class DocumentStore(FullTextIndex, Protocol):
     ) -> tuple[dict[str, list[int]], list[int]]:
         """In one transaction: replace each document and its chunks+vectors, and record job item outcomes.
 
+        A document's `n_chunks` is stored as given when set (a large file commits its chunks over several calls).
+
         Returns (new chunk ids per doc_id, chunk ids removed from replaced documents).
         """
+        ...
+
+    def append_chunks(
+        self, doc_id: str, chunks: Sequence[ChunkRecord], vectors: Any, job_updates: Sequence[JobItem]
+    ) -> list[int]:
+        """In one transaction: add a later batch of a large document's chunks+vectors and job outcomes."""
+        ...
+
+    def count_doc_chunks(self, doc_id: str) -> int:
+        """Chunks stored for `doc_id` (below its `n_chunks` while a large file is half ingested)."""
         ...
 
     def delete_document(self, doc_id: str) -> list[int]:

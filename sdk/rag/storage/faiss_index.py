@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FaissVectorIndex"]
+__all__ = ["FaissVectorIndex", "IndexRebuilt"]
+
+
+class IndexRebuilt(UserWarning):
+    """The vector index file was unreadable and is rebuilt from the document store (which holds every vector)."""
 
 
 def _faiss() -> Any:
@@ -31,13 +36,31 @@ class FaissVectorIndex:
         self.path = Path(path)
         self.dim = dim
         self._lock = threading.RLock()
+        self.recovered = False  # the file was unreadable: this index starts empty and is rebuilt by its owner
+        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         if self.path.exists():
+            problem = self._load(faiss)
+            if problem:
+                # The document store holds every vector, so a bad file costs a rebuild, never data.
+                warnings.warn(
+                    f"{self.path} {problem}; rebuilding it from the document store's vectors", IndexRebuilt, 2
+                )
+                self.recovered = True
+
+    def _load(self, faiss: Any) -> str:
+        """Read the file into `_index`; return why it cannot be used ('' when it was read)."""
+        if self.path.stat().st_size == 0:
+            return "is empty"
+        try:
             index = faiss.read_index(str(self.path))
-            if index.d != dim:
-                raise ValueError(f"vector index {self.path} has dimension {index.d}, expected {dim}")
-            self._index = index
-        else:
-            self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        except RuntimeError:  # faiss raises RuntimeError (a long C++ trace) for truncated or foreign bytes
+            return "is damaged or truncated (faiss cannot read it)"
+        if not isinstance(index, faiss.IndexIDMap2):
+            return f"holds a {type(index).__name__}, not the IndexIDMap2 a knowledge base writes"
+        if index.d != self.dim:
+            return f"has dimension {index.d}, not the base's {self.dim}"
+        self._index = index
+        return ""
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
@@ -92,4 +115,5 @@ class FaissVectorIndex:
         tmp = self.path.with_name(self.path.name + ".tmp")
         with self._lock:
             faiss.write_index(self._index, str(tmp))
-        os.replace(tmp, self.path)
+            os.replace(tmp, self.path)
+            self.recovered = False

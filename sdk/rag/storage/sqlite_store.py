@@ -12,11 +12,14 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from xpullm.rag.storage.base import ChunkRecord, DocumentRecord, JobItem
+from xpullm.rag.storage.fts import fts_query, query_terms, quote_term
+from xpullm.rag.storage.sqlite_jobs import JOB_SCHEMA, JobTables
 
 __all__ = ["SQLiteStore"]
 
@@ -41,42 +44,10 @@ END;
 CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
     INSERT INTO chunks_fts(chunks_fts, rowid, section, text) VALUES ('delete', old.chunk_id, old.section, old.text);
 END;
-CREATE TABLE IF NOT EXISTS jobs (
-    job_id INTEGER PRIMARY KEY AUTOINCREMENT, status TEXT NOT NULL, created REAL NOT NULL, finished REAL);
-CREATE TABLE IF NOT EXISTS job_items (
-    job_id INTEGER NOT NULL, ordinal INTEGER NOT NULL, source TEXT NOT NULL, kind TEXT NOT NULL,
-    status TEXT NOT NULL, reason TEXT NOT NULL, template TEXT NOT NULL, metadata TEXT NOT NULL,
-    title TEXT NOT NULL, PRIMARY KEY (job_id, ordinal));
 """
 
-# Words that match almost every chunk: dropping them from the keyword query keeps BM25 about the content words.
-_STOPWORDS_TEXT = (
-    "a an and are as at be but by can did do does for from had has have how i if in into is it its me my no not "
-    "of on or our so such than that the their them then there these they this to was we were what when where "
-    "which who whom why will with would you your about after all also any been before being between both could "
-    "each few he her here him his more most must other over own same she should some through under until up very"
-)
-_STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
-_WORD = re.compile(r"\w+", re.UNICODE)
 
-
-def query_terms(text: str) -> list[str]:
-    """Content words of a query, lower-cased, in order, without repeats (all words if every one is a stopword)."""
-    words = [w.lower() for w in _WORD.findall(text)]
-    content = [w for w in words if w not in _STOPWORDS] or words
-    return list(dict.fromkeys(content))
-
-
-def _quote(term: str) -> str:
-    return '"' + term.replace('"', '""') + '"'
-
-
-def fts_query(text: str) -> str:
-    """Turn free text into a safe FTS5 query: quoted content words joined by OR (BM25 ranks the overlap)."""
-    return " OR ".join(_quote(w) for w in query_terms(text))
-
-
-class SQLiteStore:
+class SQLiteStore(JobTables):
     """`DocumentStore` and `FullTextIndex` over one SQLite file (thread safe through one lock per store)."""
 
     def __init__(self, path: str | Path, dim: int) -> None:
@@ -94,7 +65,7 @@ class SQLiteStore:
             # loses nothing that was committed.
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.executescript(_SCHEMA)
+            self._conn.executescript(_SCHEMA + JOB_SCHEMA)
             if self.get_meta("schema_version") is None:
                 self.set_meta("schema_version", SCHEMA_VERSION)
             if self.get_meta("generation") is None:
@@ -172,59 +143,76 @@ class SQLiteStore:
         batch: Sequence[tuple[DocumentRecord, Sequence[ChunkRecord], Any]],
         job_updates: Sequence[JobItem],
     ) -> tuple[dict[str, list[int]], list[int]]:
-        """Replace each (document, chunks, vectors) and record job outcomes, all in one transaction."""
-        import numpy as np
+        """Replace each (document, chunks, vectors) and record job outcomes, all in one transaction.
 
+        The document row keeps `doc.n_chunks` when it is set (a large file whose first batch this is), else the
+        number of chunks given.
+        """
         new_ids: dict[str, list[int]] = {}
         removed: list[int] = []
+        with self._transaction() as cur:
+            for doc, chunks, vectors in batch:
+                old = cur.execute(
+                    "SELECT doc_id FROM documents WHERE source=? OR doc_id=?", (doc.source, doc.doc_id)
+                ).fetchall()
+                for (old_id,) in old:
+                    removed += self._delete_doc(cur, old_id)
+                row = (doc.doc_id, doc.source, doc.title, doc.content_hash, doc.template, json.dumps(doc.metadata),
+                       doc.n_chunks or len(chunks), doc.added_at or time.time())  # fmt: skip
+                cur.execute(f"INSERT INTO documents({self._DOC_COLS}) VALUES (?,?,?,?,?,?,?,?)", row)
+                new_ids[doc.doc_id] = self._insert_chunks(cur, doc.doc_id, chunks, vectors)
+            self._record_items(cur, job_updates)
+            self._bump_generation()
+        return new_ids, removed
+
+    def append_chunks(
+        self, doc_id: str, chunks: Sequence[ChunkRecord], vectors: Any, job_updates: Sequence[JobItem]
+    ) -> list[int]:
+        """Add a later batch of a large document's chunks (and job outcomes) in one transaction; returns new ids."""
+        with self._transaction() as cur:
+            if cur.execute("SELECT 1 FROM documents WHERE doc_id=?", (doc_id,)).fetchone() is None:
+                raise KeyError(f"no document {doc_id!r} to append chunks to")
+            ids = self._insert_chunks(cur, doc_id, chunks, vectors)
+            self._record_items(cur, job_updates)
+            self._bump_generation()
+        return ids
+
+    def count_doc_chunks(self, doc_id: str) -> int:
+        """Chunks stored for `doc_id` (fewer than its `n_chunks` while a large file is still being ingested)."""
+        with self._lock:
+            return int(
+                self._conn.execute("SELECT COUNT(*) FROM chunks WHERE doc_id=?", (doc_id,)).fetchone()[0]
+            )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        """One write transaction under the store's lock: committed on success, rolled back on any error."""
         with self._lock:
             cur = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                for doc, chunks, vectors in batch:
-                    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-                    if vectors.shape != (len(chunks), self.dim):
-                        raise ValueError(f"vectors shape {vectors.shape} != ({len(chunks)}, {self.dim})")
-                    old = cur.execute(
-                        "SELECT doc_id FROM documents WHERE source=? OR doc_id=?", (doc.source, doc.doc_id)
-                    ).fetchall()
-                    for (old_id,) in old:
-                        removed += self._delete_doc(cur, old_id)
-                    cur.execute(
-                        f"INSERT INTO documents({self._DOC_COLS}) VALUES (?,?,?,?,?,?,?,?)",
-                        (
-                            doc.doc_id,
-                            doc.source,
-                            doc.title,
-                            doc.content_hash,
-                            doc.template,
-                            json.dumps(doc.metadata),
-                            len(chunks),
-                            doc.added_at or time.time(),
-                        ),
-                    )
-                    ids = []
-                    for chunk, vec in zip(chunks, vectors, strict=False):
-                        cur.execute(
-                            "INSERT INTO chunks(doc_id, ordinal, text, section, metadata, vector) VALUES (?,?,?,?,?,?)",
-                            (
-                                doc.doc_id,
-                                chunk.ordinal,
-                                chunk.text,
-                                chunk.section,
-                                json.dumps(chunk.metadata),
-                                vec.tobytes(),
-                            ),
-                        )
-                        ids.append(int(cur.lastrowid))
-                    new_ids[doc.doc_id] = ids
-                self._record_items(cur, job_updates)
-                self._bump_generation()
+                yield cur
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
-        return new_ids, removed
+
+    def _insert_chunks(
+        self, cur: sqlite3.Cursor, doc_id: str, chunks: Sequence[ChunkRecord], vectors: Any
+    ) -> list[int]:
+        import numpy as np
+
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(chunks), self.dim):
+            raise ValueError(f"vectors shape {vectors.shape} != ({len(chunks)}, {self.dim})")
+        ids = []
+        for chunk, vec in zip(chunks, vectors, strict=True):
+            cur.execute(
+                "INSERT INTO chunks(doc_id, ordinal, text, section, metadata, vector) VALUES (?,?,?,?,?,?)",
+                (doc_id, chunk.ordinal, chunk.text, chunk.section, json.dumps(chunk.metadata), vec.tobytes()),
+            )
+            ids.append(int(cur.lastrowid))
+        return ids
 
     def _delete_doc(self, cur: sqlite3.Cursor, doc_id: str) -> list[int]:
         ids = [r[0] for r in cur.execute("SELECT chunk_id FROM chunks WHERE doc_id=?", (doc_id,))]
@@ -234,16 +222,9 @@ class SQLiteStore:
 
     def delete_document(self, doc_id: str) -> list[int]:
         """Delete `doc_id` and its chunks; return the removed chunk ids."""
-        with self._lock:
-            cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                ids = self._delete_doc(cur, doc_id)
-                self._bump_generation()
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
+        with self._transaction() as cur:
+            ids = self._delete_doc(cur, doc_id)
+            self._bump_generation()
         return ids
 
     # -- chunks -------------------------------------------------------------------------------------------
@@ -358,99 +339,15 @@ class SQLiteStore:
             total = self.count_chunks()
             for t in terms:
                 df = self._conn.execute(
-                    "SELECT COUNT(*) FROM chunks_fts WHERE chunks_fts MATCH ?", (_quote(t),)
+                    "SELECT COUNT(*) FROM chunks_fts WHERE chunks_fts MATCH ?", (quote_term(t),)
                 ).fetchone()[0]
                 weights[t] = math.log((total - df + 0.5) / (df + 0.5) + 1.0)  # BM25's own IDF
                 contains[t] = {
                     r[0]
                     for r in self._conn.execute(
                         f"SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? AND rowid IN ({marks})",
-                        (_quote(t), *ids),
+                        (quote_term(t), *ids),
                     )
                 }
         norm = sum(weights.values()) or 1.0
         return {c: sum(w for t, w in weights.items() if c in contains[t]) / norm for c in ids}
-
-    # -- jobs ---------------------------------------------------------------------------------------------
-    def create_job(self, items: Sequence[JobItem]) -> int:
-        """Record a new job with its pending items; returns the job id."""
-        with self._lock:
-            cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                cur.execute("INSERT INTO jobs(status, created) VALUES ('running', ?)", (time.time(),))
-                job_id = int(cur.lastrowid)
-                for i, item in enumerate(items):
-                    cur.execute(
-                        "INSERT INTO job_items VALUES (?,?,?,?,?,?,?,?,?)",
-                        (
-                            job_id,
-                            i,
-                            item.source,
-                            item.kind,
-                            "pending",
-                            "",
-                            item.template,
-                            json.dumps(item.metadata),
-                            item.title,
-                        ),
-                    )
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-        return job_id
-
-    def _record_items(self, cur: sqlite3.Cursor, items: Sequence[JobItem]) -> None:
-        for item in items:
-            cur.execute(
-                "UPDATE job_items SET status=?, reason=? WHERE job_id=? AND ordinal=?",
-                (item.status, item.reason, item.job_id, item.ordinal),
-            )
-
-    def record_items(self, items: Sequence[JobItem]) -> None:
-        """Store outcomes of job items that wrote no chunks (skipped, failed)."""
-        with self._lock:
-            cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                self._record_items(cur, items)
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-
-    def job_items(self, job_id: int) -> list[JobItem]:
-        """Items of `job_id` in order."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT job_id, ordinal, source, kind, status, reason, template, metadata, title FROM job_items "
-                "WHERE job_id=? ORDER BY ordinal",
-                (job_id,),
-            ).fetchall()
-        return [JobItem(j, o, s, k, st, r, t, json.loads(m), ti) for j, o, s, k, st, r, t, m, ti in rows]
-
-    def set_job_status(self, job_id: int, status: str) -> None:
-        """Mark a job running / done / interrupted."""
-        with self._lock:
-            finished = time.time() if status != "running" else None
-            self._conn.execute(
-                "UPDATE jobs SET status=?, finished=? WHERE job_id=?", (status, finished, job_id)
-            )
-
-    def jobs(self) -> list[dict[str, Any]]:
-        """Every job with counts per item status."""
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT job_id, status, created, finished FROM jobs ORDER BY job_id"
-            ).fetchall()
-            counts = self._conn.execute(
-                "SELECT job_id, status, COUNT(*) FROM job_items GROUP BY job_id, status"
-            ).fetchall()
-        per: dict[int, dict[str, int]] = {}
-        for job_id, status, n in counts:
-            per.setdefault(job_id, {})[status] = n
-        return [
-            {"job_id": j, "status": s, "created": c, "finished": f, "items": per.get(j, {})}
-            for j, s, c, f in rows
-        ]

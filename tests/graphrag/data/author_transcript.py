@@ -200,7 +200,12 @@ def _global_map(prompt: str) -> str:
     if any("Sable" in r[1] for r in rows):
         return "The reports mention a river."  # not JSON
     points = [
-        {"description": f"{r[1]} [Data: Reports ({r[0]})]", "score": int(float(r[2]) * 10)} for r in rows
+        {
+            "description": f"{r[1]} [Data: Reports ({r[0]})]",
+            "score": int(float(r[2]) * 10),
+            "reports": [int(r[0])],
+        }
+        for r in rows
     ]
     return json.dumps({"points": points})
 

@@ -1,0 +1,70 @@
+"""Loop-free generated text: cut an answer or description where a small model starts repeating itself.
+
+Greedy small models loop ("1831, 1831, 1831, ...", a sentence written twice, "Merged description: Merged
+description: ..."). `cut_loops` keeps the text up to the first repeat (a whole sentence seen before, or a phrase
+repeated back to back, found by `xpullm.engine.loops`); `stop_at_loop` does the same to a stream and closes the
+engine's generator at the repeat, so the rest of the token budget is never spent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+__all__ = ["cut_loops", "stop_at_loop", "strip_echo"]
+
+
+def _repeat_start(text: str, final: bool) -> int | None:
+    from xpullm.documents.templates import sentence_spans
+    from xpullm.engine.loops import normalize_unit, tandem_repeat, tandem_repeat_at_end
+
+    spans = sentence_spans(text)
+    seen: set[str] = set()
+    found: list[int] = []
+    for start, end in spans if final else spans[:-1]:  # a streamed last sentence may still grow
+        unit = normalize_unit(text[start:end])
+        if unit in seen:
+            found.append(start)
+            break
+        if unit:
+            seen.add(unit)
+    loop = tandem_repeat(text) if final else tandem_repeat_at_end(text, final=False)
+    if loop is not None:
+        found.append(loop)
+    return min(found) if found else None
+
+
+def cut_loops(text: str) -> str:
+    """`text` up to where it starts to loop, stripped (unchanged when it never does)."""
+    from xpullm.engine.loops import drop_trailing_marker
+
+    cut = _repeat_start(text, final=True)
+    return text.strip() if cut is None else drop_trailing_marker(text[:cut]).strip()
+
+
+def stop_at_loop(deltas: Iterator[str]) -> Iterator[str]:
+    """Pass `deltas` through until the text starts to loop, then stop (and close the engine's stream).
+
+    `cut_loops` of the streamed text equals `cut_loops` of the whole generation, so both paths agree.
+    """
+    text = ""
+    try:
+        for delta in deltas:
+            yield delta
+            text += delta
+            if _repeat_start(text, final=False) is not None:
+                return
+    finally:
+        close = getattr(deltas, "close", None)
+        if callable(close):
+            close()
+
+
+def strip_echo(text: str, label: str) -> str:
+    """`text` without leading copies of the prompt's own answer label ("Merged description: Merged ...")."""
+    pattern = re.compile(r"^\s*" + re.escape(label.rstrip(":")) + r"\s*:\s*", re.IGNORECASE)
+    while True:
+        stripped = pattern.sub("", text, count=1)
+        if stripped == text:
+            return text
+        text = stripped

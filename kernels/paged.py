@@ -1,0 +1,461 @@
+"""Paged attention for the continuous-batching engine: RoPE, KV write into block pools, varlen GQA attention.
+
+One engine step is one flattened forward over N tokens of many sequences (prefill chunks and decode tokens mixed).
+Each layer's K and V live in pools `[num_blocks, KV, block_size, D]`; a sequence owns a row of `block_tables`,
+and the token at position p of sequence s sits in block `block_tables[s, p // block_size]`, slot
+`p % block_size`. `paged_attention` does, for the layer:
+
+1. for every token: per-head RMSNorm of k (Qwen3's `k_norm`, optional), RoPE at its position, then k and v
+   written into its slot of the pools;
+2. for every (token, head): q normalized (optional `q_norm`) and rotated, then softmax(q . k_j * scale) v_j over
+   j = 0..position of its own sequence (GQA: head h reads kv head h // (H / KV)).
+
+Per (token, head) the arithmetic is one fixed loop over its keys, so on the native CPU path a token's output is
+bitwise the same whatever else is in the batch, however its prompt was split into chunks and on whichever thread
+it runs: that is what makes a request's greedy tokens independent of the other requests (ENGINE_DESIGN.md). The
+native kernel (`csrc/cpu_ops.c`, `xq_paged_attention`) runs one job per (token, kv head) over OpenMP threads -
+the kv head's G query heads together, so each key and value is loaded once for all G - on AVX2 or AVX-512 (the
+CPU's best path; results are bitwise stable per path). `reference_paged_attention` is the PyTorch twin every fast
+path is tested against.
+
+Backends, first one that takes the call wins (`paged_backend` names it): the native C kernel (CPU, fp32, the
+library from `cpu_native`), Triton (CUDA and XPU, `triton/paged_attention.py`), the reference (anything else).
+A backend that cannot take a shape declines; it never computes something else.
+
+The pools may also hold 8-bit codes (`kv_cache_dtype="int8"` or `"fp8_e4m3"`), with one fp32 scale per (block,
+kv head, slot) in `k_scale` / `v_scale` [num_blocks, KV, block_size]: int8 codes round(x / s) with s = max|x| / 127
+of that token's head vector, or fp8 e4m3 codes x / s with s = max|x| / 448 (`quantize_kv`). The native and
+Triton kernels read both kinds directly (scaled in registers, no dequantized copy of the cache). 8-bit KV is D + 4 bytes per token and head instead of 4 D (fp32) or
+2 D (bf16): `kv_bytes_per_token`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from xpullm.kernels import cpu_native
+
+__all__ = [
+    "KV_CACHE_DTYPES",
+    "PagedBackend",
+    "kv_bytes_per_token",
+    "paged_attention",
+    "paged_backend",
+    "quantize_kv",
+    "reference_attend",
+    "reference_paged_attention",
+    "reference_rotate",
+]
+
+# kv_cache_dtype -> the pools' element dtype (None: the activation dtype, whatever the caller allocated).
+KV_CACHE_DTYPES: dict[str, torch.dtype | None] = {
+    "auto": None,
+    "int8": torch.int8,
+    "fp8_e4m3": torch.float8_e4m3fn,
+}
+_CODE_MAX = {"int8": 127.0, "fp8_e4m3": 448.0}  # the code range the scale maps max|x| to
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """The facts every backend needs, checked once: tokens, heads, kv heads, head dim, block size."""
+
+    n: int
+    h: int
+    kv: int
+    d: int
+    block_size: int
+    codes: str | None  # None: float pools; else the 8-bit code kind ("int8", "fp8_e4m3")
+
+
+def _check_args(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    seq_index: torch.Tensor,
+    block_tables: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    n_heads: int,
+    q_norm: torch.Tensor | None,
+    k_norm: torch.Tensor | None,
+    kv_cache_dtype: str,
+    k_scale: torch.Tensor | None,
+    v_scale: torch.Tensor | None,
+) -> _Shape:
+    """Shape, dtype and device checks shared by every backend (values are not read: no device sync)."""
+    if k_pool.dim() != 4 or v_pool.shape != k_pool.shape:
+        raise ValueError(
+            f"k_pool and v_pool must both be [num_blocks, KV, block_size, D]; got {tuple(k_pool.shape)} and "
+            f"{tuple(v_pool.shape)}"
+        )
+    _, kv, block_size, d = k_pool.shape
+    if d % 2 or block_size == 0:
+        raise ValueError(
+            f"the pools' head_dim must be even (RoPE rotates its two halves) and block_size positive; got "
+            f"head_dim={d}, block_size={block_size}"
+        )
+    if isinstance(n_heads, bool) or not isinstance(n_heads, int) or kv == 0 or n_heads % kv or n_heads < kv:
+        raise ValueError(
+            f"n_heads must be a positive multiple of the pools' {kv} kv heads; got n_heads={n_heads!r}"
+        )
+    width = (n_heads + 2 * kv) * d
+    if qkv.dim() != 2 or qkv.shape[1] != width:
+        raise ValueError(
+            f"qkv must be [N, (H + 2 KV) * D] = [N, {width}] for H={n_heads}, KV={kv}, D={d}; got "
+            f"{tuple(qkv.shape)}"
+        )
+    n = qkv.shape[0]
+    if qkv.dtype not in _FLOATS:
+        raise ValueError(f"qkv must be float32, bfloat16 or float16; got {qkv.dtype}")
+    if cos.dim() != 2 or cos.shape[1] != d or sin.shape != cos.shape:
+        raise ValueError(
+            f"cos and sin must both be [max_positions, {d}]; got {tuple(cos.shape)} and {tuple(sin.shape)}"
+        )
+    for name, t in (("positions", positions), ("seq_index", seq_index)):
+        if t.dtype != torch.int64 or t.shape != (n,):
+            raise ValueError(f"{name} must be int64 [{n}] (one per token); got {t.dtype} {tuple(t.shape)}")
+    if block_tables.dtype != torch.int32 or block_tables.dim() != 2:
+        raise ValueError(
+            f"block_tables must be int32 [S, max_blocks]; got {block_tables.dtype} {tuple(block_tables.shape)}"
+        )
+    if (q_norm is None) != (k_norm is None):
+        raise ValueError("q_norm and k_norm come together (Qwen3's per-head norms): pass both or neither")
+    for name, t in (("q_norm", q_norm), ("k_norm", k_norm)):
+        if t is not None and t.shape != (d,):
+            raise ValueError(f"{name} must be [{d}] (one weight per head dim); got {tuple(t.shape)}")
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise ValueError(
+            f"kv_cache_dtype={kv_cache_dtype!r} is not known: choose one of {sorted(KV_CACHE_DTYPES)}"
+        )
+    codes = None if kv_cache_dtype == "auto" else kv_cache_dtype
+    if codes is not None:
+        want = KV_CACHE_DTYPES[codes]
+        if k_pool.dtype != want or v_pool.dtype != want:
+            raise ValueError(
+                f"kv_cache_dtype={codes!r} needs {want} pools; got {k_pool.dtype} and {v_pool.dtype} "
+                f"(allocate them with dtype={want})"
+            )
+        scale_shape = tuple(k_pool.shape[:3])
+        for name, t in (("k_scale", k_scale), ("v_scale", v_scale)):
+            if t is None or t.dtype != torch.float32 or tuple(t.shape) != scale_shape:
+                got = None if t is None else f"{t.dtype} {tuple(t.shape)}"
+                raise ValueError(
+                    f"kv_cache_dtype={codes!r} needs {name} float32 {list(scale_shape)} (one scale per block, "
+                    f"kv head and slot); got {got}"
+                )
+    else:
+        if k_pool.dtype not in _FLOATS or v_pool.dtype != k_pool.dtype:
+            raise ValueError(
+                f"the pools must share one float dtype (float32, bfloat16, float16); got {k_pool.dtype} and "
+                f"{v_pool.dtype} (8-bit pools need kv_cache_dtype 'int8' or 'fp8_e4m3')"
+            )
+        if k_scale is not None or v_scale is not None:
+            raise ValueError(
+                "k_scale / v_scale belong to 8-bit pools: pass kv_cache_dtype 'int8' or 'fp8_e4m3', or drop them"
+            )
+    tensors = [qkv, cos, sin, positions, seq_index, block_tables, k_pool, v_pool]
+    tensors += [t for t in (q_norm, k_norm, k_scale, v_scale) if t is not None]
+    devices = {t.device for t in tensors}
+    if len(devices) != 1:
+        raise ValueError(f"all tensors must be on one device; got {sorted(str(dv) for dv in devices)}")
+    return _Shape(n, n_heads, kv, d, block_size, codes)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE as the decoder applies it: x * cos + roll(x, D/2) * sin, sin's first half negated."""
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
+
+
+def quantize_kv(x: torch.Tensor, kv_cache_dtype: str = "int8") -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., D] -> (8-bit codes [..., D], fp32 scales [...]), the code pools' format (the kernels do the same).
+
+    "int8": scale = max|x| / 127, codes round(x / scale) (half to even); "fp8_e4m3": scale = max|x| / 448, codes
+    x / scale rounded to the nearest e4m3 value (ties to even). An all-zero vector gets scale 0 and zero codes.
+    """
+    if kv_cache_dtype not in _CODE_MAX:
+        raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r} has no codes: choose one of {sorted(_CODE_MAX)}")
+    top = _CODE_MAX[kv_cache_dtype]
+    x = x.float()
+    scale = x.abs().amax(-1) / top
+    inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))
+    y = (x * inv[..., None]).clamp(-top, top)
+    codes = y.round().to(torch.int8) if kv_cache_dtype == "int8" else y.to(torch.float8_e4m3fn)
+    return codes, scale
+
+
+def reference_paged_attention(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    seq_index: torch.Tensor,
+    block_tables: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    n_heads: int,
+    scale: float,
+    q_norm: torch.Tensor | None = None,
+    k_norm: torch.Tensor | None = None,
+    eps: float = 0.0,
+    *,
+    kv_cache_dtype: str = "auto",
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`paged_attention` in PyTorch, fp32 math (the twin the fast paths are tested against); same arguments.
+
+    Writes the pools the same way (rounded once to the pools' dtype, or quantized with `quantize_kv` for 8-bit
+    pools) and returns [N, H * D] in qkv's dtype. Runs anywhere; a host sync per step (it groups tokens by
+    sequence), so it is a fallback, not a fast path.
+    """
+    shp = _check_args(
+        qkv, cos, sin, positions, seq_index, block_tables, k_pool, v_pool, n_heads, q_norm, k_norm,
+        kv_cache_dtype, k_scale, v_scale,
+    )  # fmt: skip
+    n, h, kv, d, bs = shp.n, shp.h, shp.kv, shp.d, shp.block_size
+    out = torch.empty((n, h * d), dtype=qkv.dtype, device=qkv.device)
+    if n == 0:
+        return out
+    q, k, v = reference_rotate(qkv, cos, sin, positions, h, kv, q_norm, k_norm, eps)
+
+    # Phase 1: every token's k and v into its slot (advanced indices around a slice: the result is [N, KV, D]).
+    tables = block_tables.long()
+    blocks = tables[seq_index, positions // bs]
+    slots = positions % bs
+    if shp.codes:
+        k_codes, k_s = quantize_kv(k, shp.codes)
+        v_codes, v_s = quantize_kv(v, shp.codes)
+        k_pool[blocks, :, slots], k_scale[blocks, :, slots] = k_codes, k_s
+        v_pool[blocks, :, slots], v_scale[blocks, :, slots] = v_codes, v_s
+    else:
+        k_pool[blocks, :, slots] = k.to(k_pool.dtype)
+        v_pool[blocks, :, slots] = v.to(v_pool.dtype)
+
+    out.copy_(
+        reference_attend(q, positions, seq_index, block_tables, k_pool, v_pool, scale, k_scale, v_scale)
+    )
+    return out
+
+
+def reference_attend(
+    q: torch.Tensor,
+    positions: torch.Tensor,
+    seq_index: torch.Tensor,
+    block_tables: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    scale: float,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Phase 2 of the twin on the pools as they are: rotated q [N, H, D] (fp32) attends each token's keys 0..pos
+    (8-bit pools: codes times their scales). Returns fp32 [N, H * D]. The tests hold a fast kernel's outputs to
+    this on the kernel's own pools, so a code that the two sides rounded differently cannot blur the check."""
+    n, h, d = q.shape
+    kv, bs = k_pool.shape[1], k_pool.shape[2]
+    tables, group = block_tables.long(), h // kv
+    result = torch.empty((n, h, d), dtype=torch.float32, device=q.device)
+    # Per sequence, its tokens against its keys 0..max position, each token masked to keys <= its own.
+    for seq in torch.unique(seq_index).tolist():
+        rows = (seq_index == seq).nonzero()[:, 0]
+        pos = positions[rows]
+        length = int(pos.max()) + 1
+        phys = tables[seq, : -(-length // bs)]
+        keys, values = _gather(k_pool, k_scale, phys, length), _gather(v_pool, v_scale, phys, length)
+        keys, values = keys.repeat_interleave(group, 0), values.repeat_interleave(group, 0)  # [H, L, D]
+        scores = torch.einsum("thd,hld->htl", q[rows].float(), keys) * scale
+        visible = torch.arange(length, device=q.device)[None] <= pos[:, None]  # [T, L]
+        probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
+        result[rows] = torch.einsum("htl,hld->thd", probs, values)
+    return result.reshape(n, h * d)
+
+
+def reference_rotate(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    n_heads: int,
+    n_kv: int,
+    q_norm: torch.Tensor | None = None,
+    k_norm: torch.Tensor | None = None,
+    eps: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The twin's q, k, v in fp32: [N, H, D], [N, KV, D] (both normalized if asked, then rotated), [N, KV, D]."""
+    n, d = qkv.shape[0], cos.shape[1]
+    heads = qkv.float().reshape(n, n_heads + 2 * n_kv, d)
+    q, k, v = heads[:, :n_heads], heads[:, n_heads : n_heads + n_kv], heads[:, n_heads + n_kv :]
+    if q_norm is not None:
+        q = F.rms_norm(q, (d,), q_norm.float(), eps)
+        k = F.rms_norm(k, (d,), k_norm.float(), eps)
+    c, s = cos.float()[positions][:, None], sin.float()[positions][:, None]
+    return _rotate(q, c, s), _rotate(k, c, s), v
+
+
+def _gather(pool: torch.Tensor, scales: torch.Tensor | None, phys: torch.Tensor, length: int) -> torch.Tensor:
+    """A sequence's first `length` slots of a pool as fp32 [KV, length, D] (8-bit codes times their scales)."""
+    x = pool[phys].float()  # [blocks, KV, bs, D]
+    if scales is not None:
+        x = x * scales[phys][..., None]
+    kv, d = x.shape[1], x.shape[3]
+    return x.transpose(0, 1).reshape(kv, -1, d)[:, :length]
+
+
+def kv_bytes_per_token(
+    n_layers: int, n_kv: int, head_dim: int, kv_cache_dtype: str, dtype: torch.dtype
+) -> int:
+    """KV memory one token takes over all layers: 2 (k, v) x KV heads x (D x element size, + a 4-byte scale
+    for 8-bit pools)."""
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise ValueError(
+            f"kv_cache_dtype={kv_cache_dtype!r} is not known: choose one of {sorted(KV_CACHE_DTYPES)}"
+        )
+    per_head = head_dim + 4 if kv_cache_dtype in _CODE_MAX else head_dim * dtype.itemsize
+    return 2 * n_layers * n_kv * per_head
+
+
+# ---- dispatch ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PagedBackend:
+    """One implementation: `takes(shape, args)` says whether it runs this call (never a partial yes)."""
+
+    name: str
+    takes: Callable[[_Shape, dict], bool]
+    run: Callable[..., torch.Tensor]
+
+
+def _native_takes(shp: _Shape, a: dict) -> bool:
+    if a["qkv"].device.type != "cpu" or cpu_native.library() is None:
+        return False
+    f32 = torch.float32
+    if a["qkv"].dtype != f32 or a["cos"].dtype != f32 or a["sin"].dtype != f32:
+        return False
+    if a["q_norm"] is not None and (a["q_norm"].dtype != f32 or a["k_norm"].dtype != f32):
+        return False
+    # The pools (and scales) are written in place: they must be contiguous; the inputs are made so if needed.
+    if not (a["k_pool"].is_contiguous() and a["v_pool"].is_contiguous()):
+        return False
+    if shp.codes:
+        ks, vs = a["k_scale"], a["v_scale"]
+        return ks.dtype == f32 and vs.dtype == f32 and ks.is_contiguous() and vs.is_contiguous()
+    return a["k_pool"].dtype == f32
+
+
+def _native_run(**a) -> torch.Tensor:
+    return cpu_native.paged_attention(**a)
+
+
+@functools.cache
+def _triton_module():
+    """`triton/paged_attention.py`, or None where Triton does not import (imported on the first GPU call)."""
+    try:
+        from xpullm.kernels.triton import paged_attention as module
+    except ImportError:
+        return None
+    return module
+
+
+def _triton_takes(shp: _Shape, a: dict) -> bool:
+    if a["qkv"].device.type not in ("cuda", "xpu"):
+        return False
+    if shp.codes and not (a["k_scale"].is_contiguous() and a["v_scale"].is_contiguous()):
+        return False
+    module = _triton_module()
+    return module is not None and module.supports(shp.d, shp.h, shp.kv, a["k_pool"].dtype)
+
+
+def _triton_run(**a) -> torch.Tensor:
+    return _triton_module().paged_attention(**a)
+
+
+def _reference_takes(shp: _Shape, a: dict) -> bool:
+    return True
+
+
+# In order of preference; the reference takes everything, so every call has a path.
+_BACKENDS: tuple[PagedBackend, ...] = (
+    PagedBackend("native", _native_takes, _native_run),
+    PagedBackend("triton", _triton_takes, _triton_run),
+    PagedBackend("reference", _reference_takes, reference_paged_attention),
+)
+
+
+def _pick(args: dict) -> tuple[PagedBackend, _Shape]:
+    shp = _check_args(
+        args["qkv"], args["cos"], args["sin"], args["positions"], args["seq_index"], args["block_tables"],
+        args["k_pool"], args["v_pool"], args["n_heads"], args["q_norm"], args["k_norm"], args["kv_cache_dtype"],
+        args["k_scale"], args["v_scale"],
+    )  # fmt: skip
+    for backend in _BACKENDS:
+        if backend.takes(shp, args):
+            return backend, shp
+    raise AssertionError("unreachable: the reference backend takes every call")
+
+
+def paged_backend(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    seq_index: torch.Tensor,
+    block_tables: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    n_heads: int,
+    scale: float,
+    q_norm: torch.Tensor | None = None,
+    k_norm: torch.Tensor | None = None,
+    eps: float = 0.0,
+    *,
+    kv_cache_dtype: str = "auto",
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> str:
+    """The name of the backend `paged_attention` runs for these arguments: "native", "triton" or "reference"."""
+    return _pick(dict(locals()))[0].name
+
+
+def paged_attention(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    seq_index: torch.Tensor,
+    block_tables: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    n_heads: int,
+    scale: float,
+    q_norm: torch.Tensor | None = None,
+    k_norm: torch.Tensor | None = None,
+    eps: float = 0.0,
+    *,
+    kv_cache_dtype: str = "auto",
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One layer's attention for the step's N flattened tokens over paged KV pools (module docstring).
+
+    qkv [N, (H + 2 KV) D]: the q/k/v projections; cos, sin [max_positions, D]: RoPE tables (sin's first half
+    negated); positions int64 [N]: each token's absolute position (its RoPE position; it attends keys
+    0..position); seq_index int64 [N]: its row in block_tables int32 [S, max_blocks]; k_pool, v_pool
+    [num_blocks, KV, block_size, D]: written in place; n_heads: H; scale: the softmax scale; q_norm, k_norm [D],
+    eps: Qwen3's per-head RMSNorm before RoPE (optional). kv_cache_dtype "int8" / "fp8_e4m3": 8-bit code pools
+    (int8 / float8_e4m3fn) with fp32 scales k_scale, v_scale [num_blocks, KV, block_size], also written in place.
+
+    Returns [N, H * D] in qkv's dtype. Index values (positions inside the RoPE table, blocks inside the table and
+    the pools) are checked by the native kernel (ValueError, nothing written); on a GPU they are the caller's duty.
+    """
+    args = dict(locals())
+    backend, _ = _pick(args)
+    return backend.run(**args)

@@ -1,0 +1,266 @@
+"""Paged attention on GPUs (CUDA, XPU): the Triton path of `xpullm.kernels.paged.paged_attention`.
+
+Two kernels per layer and step, over the step's N flattened tokens (prefill chunks and decode tokens of many
+sequences mixed, vLLM-style varlen):
+
+1. `_paged_write_kernel`, grid (N, H + 2 KV): one head vector each - q heads normalized (Qwen3's q_norm, optional)
+   and rotated into a small q buffer, k heads normalized and rotated into their pool slot, v heads copied into
+   theirs. Math in fp32, rounded once to the pools' dtype.
+2. `_paged_attention_kernel`, grid (N, KV): one token and one kv head, with the G query heads that share it as one
+   [G, D] tile (GQA), so the keys are read once per kv head. It walks columns 0..pos of the token's own sequence
+   BLOCK_C at a time; each column's physical slot comes from the block table (`table[col // block_size]`, any
+   block size: a tile may span several blocks), scores and p @ v run through `tl.dot` with fp32 accumulation,
+   and the softmax is online in fp32 (exp2). Columns past pos are never loaded.
+
+The second launch starts after the first has written every token's keys, so a prefill chunk's tokens see the
+chunk's earlier keys. Each program's loop depends only on its own token (the tile sizes depend on D and the
+dtype, never on N), so a token's result does not change with the rest of the batch. Positions and block tables
+are read on the device: no host sync. `reference_paged_attention` in `xpullm.kernels.paged` is the twin.
+
+8-bit pools (`kv_cache_dtype` "int8" or "fp8_e4m3"): the write kernel stores each k / v head vector as codes with
+one fp32 scale (int8: max|x| / 127, round half to even; e4m3: max|x| / 448, rounded to nearest even by the
+conversion; as `kernels.paged.quantize_kv`); the attention kernel loads the codes and scales them into q's dtype in
+registers, tile by tile.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from xpullm.kernels.triton.attention import _dot
+from xpullm.kernels.triton.pdl import launch_options, wait_for_inputs
+
+__all__ = ["paged_attention", "supports"]
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_MIN_HEAD_DIM, _MAX_HEAD_DIM = 16, 256  # tl.dot needs tile sides >= 16; wider heads would spill
+_MIN_GROUP_ROWS = 16  # the query-head tile is padded to a tl.dot-sized row count
+_NUM_WARPS = 4
+_LOG2E = 1.4426950408889634
+_CODES = {"auto": 0, "int8": 1, "fp8_e4m3": 2}  # kv_cache_dtype -> the kernels' CODES
+
+
+def supports(d: int, h: int, kv: int, dtype: torch.dtype) -> bool:
+    """Whether these kernels take the shape: head_dim a power of two in 16..256, float or 8-bit code pools."""
+    codes = (torch.int8, torch.float8_e4m3fn)
+    return _MIN_HEAD_DIM <= d <= _MAX_HEAD_DIM and d & (d - 1) == 0 and dtype in (*_DTYPES, *codes)
+
+
+@triton.jit
+def _store_codes(dst, scale_dst, x, CODES: tl.constexpr):
+    """x [D] fp32 as codes with one scale, as `kernels.paged.quantize_kv` does (0 codes and s = 0 for x = 0).
+    CODES 1: int8 round-half-even(x / s), s = max|x| / 127; 2: e4m3 x / s, s = max|x| / 448."""
+    top: tl.constexpr = 127.0 if CODES == 1 else 448.0
+    s = tl.max(tl.abs(x), axis=0) / top
+    inv = tl.where(s > 0, 1.0 / s, 0.0)
+    y = tl.minimum(tl.maximum(x * inv, -top), top)
+    if CODES == 1:
+        r = tl.floor(y + 0.5)
+        half = (r - y) == 0.5  # a tie, rounded up: back down to the even neighbour where r is odd
+        odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
+        r = tl.where(half & odd, r - 1.0, r)
+        tl.store(dst, r.to(tl.int8))
+    else:
+        tl.store(dst, _e4m3_round(y).to(tl.float8e4nv))
+    tl.store(scale_dst, s)
+
+
+@triton.jit
+def _e4m3_round(y):
+    """y (|y| <= 448) rounded to the nearest e4m3 value, ties to even, in fp32 arithmetic: the result converts to
+    e4m3 exactly, so no backend's own rounding is involved (Triton's interpreter mis-rounds when the mantissa
+    carries into the exponent). The step is 2^(exponent - 3), and 2^-9 below the smallest normal 2^-6."""
+    a = tl.abs(y)
+    e = tl.maximum(((a.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)
+    step = ((e - 3 + 127) << 23).to(tl.float32, bitcast=True)
+    t = a / step  # exact: a power of two
+    r = tl.floor(t + 0.5)
+    odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
+    r = tl.where(((r - t) == 0.5) & odd, r - 1.0, r)
+    return tl.where(y < 0, -r * step, r * step)
+
+
+@triton.jit
+def _paged_write_kernel(
+    qkv_ptr, cos_ptr, sin_ptr, pos_ptr, seq_ptr, table_ptr, qn_ptr, kn_ptr, q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr,
+    stride_qkv, stride_cos, stride_sin, stride_t,
+    stride_kb, stride_kh, stride_ks, stride_kd,
+    stride_vb, stride_vh, stride_vs, stride_vd,
+    eps,
+    H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, HAS_NORM: tl.constexpr,
+    CODES: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    """One head vector of one token: q -> q buffer [N, H, D], k -> its pool slot (both normalized and rotated),
+    v -> its pool slot. Rotation: x * cos + roll(x, D/2) * sin (the caller's sin carries rotate_half's sign).
+    CODES (1 int8, 2 e4m3): k and v are stored as codes with their scale (contiguous [num_blocks, KV, BS] scales)."""
+    n = tl.program_id(0).to(tl.int64)
+    hh = tl.program_id(1)
+    offs = tl.arange(0, D)
+    rolled = (offs + D // 2) % D
+    src = qkv_ptr + n * stride_qkv + hh * D
+    wait_for_inputs(PDL)
+    pos = tl.load(pos_ptr + n)
+    seq = tl.load(seq_ptr + n)
+    blk = tl.load(table_ptr + seq * stride_t + pos // BS).to(tl.int64)
+    slot = pos % BS
+    if hh < H + KV:
+        x = tl.load(src + offs).to(tl.float32)
+        xr = tl.load(src + rolled).to(tl.float32)
+        if HAS_NORM:
+            # norm(x)[rolled] = x[rolled] * r * w[rolled]: the same scalar r, so the rolled copy needs no shuffle.
+            w_ptr = qn_ptr if hh < H else kn_ptr
+            r = tl.rsqrt(tl.sum(x * x, axis=0) / D + eps)
+            x = x * r * tl.load(w_ptr + offs).to(tl.float32)
+            xr = xr * r * tl.load(w_ptr + rolled).to(tl.float32)
+        c = tl.load(cos_ptr + pos * stride_cos + offs).to(tl.float32)
+        s = tl.load(sin_ptr + pos * stride_sin + offs).to(tl.float32)
+        y = x * c + xr * s
+        if hh < H:
+            tl.store(q_ptr + (n * H + hh) * D + offs, y.to(q_ptr.dtype.element_ty))
+        else:
+            dst = k_ptr + blk * stride_kb + (hh - H) * stride_kh + slot * stride_ks + offs * stride_kd
+            if CODES != 0:
+                _store_codes(dst, ks_ptr + (blk * KV + hh - H) * BS + slot, y, CODES)
+            else:
+                tl.store(dst, y.to(k_ptr.dtype.element_ty))
+    else:
+        v = tl.load(src + offs)
+        dst = v_ptr + blk * stride_vb + (hh - H - KV) * stride_vh + slot * stride_vs + offs * stride_vd
+        if CODES != 0:
+            _store_codes(dst, vs_ptr + (blk * KV + hh - H - KV) * BS + slot, v.to(tl.float32), CODES)
+        else:
+            tl.store(dst, v.to(v_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _paged_attention_kernel(
+    q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, seq_ptr, table_ptr, o_ptr,
+    qk_scale, stride_t,
+    stride_kb, stride_kh, stride_ks, stride_kd,
+    stride_vb, stride_vh, stride_vs, stride_vd,
+    KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
+    CODES: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    """Attention of the G query heads of one (token, kv head) over columns 0..pos of the token's sequence.
+    CODES != 0: k and v tiles are 8-bit codes, turned into q's dtype times their per-slot scales in registers."""
+    n = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1)
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, D)
+    g_ok = offs_g < G
+    heads = j * G + offs_g  # query heads j*G .. j*G+G-1 read kv head j
+    wait_for_inputs(PDL)
+    pos = tl.load(pos_ptr + n)
+    seq = tl.load(seq_ptr + n)
+    q = tl.load(q_ptr + (n * (KV * G) + heads[:, None]) * D + offs_d[None, :], mask=g_ok[:, None], other=0.0)
+    table = table_ptr + seq * stride_t
+    k_base = k_ptr + j * stride_kh
+    v_base = v_ptr + j * stride_vh
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, D], dtype=tl.float32)
+    for c0 in range(0, pos + 1, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        c_ok = cols <= pos  # columns past pos are never loaded: their contents (even NaN) cannot leak
+        blk = tl.load(table + cols // BS, mask=c_ok, other=0).to(tl.int64)
+        slot = cols % BS
+        k = tl.load(
+            k_base + blk[:, None] * stride_kb + slot[:, None] * stride_ks + offs_d[None, :] * stride_kd,
+            mask=c_ok[:, None],
+            other=0.0,
+        )
+        v = tl.load(
+            v_base + blk[:, None] * stride_vb + slot[:, None] * stride_vs + offs_d[None, :] * stride_vd,
+            mask=c_ok[:, None],
+            other=0.0,
+        )
+        if CODES != 0:
+            scale_at = (blk * KV + j) * BS + slot
+            k_s = tl.load(ks_ptr + scale_at, mask=c_ok, other=0.0)
+            v_s = tl.load(vs_ptr + scale_at, mask=c_ok, other=0.0)
+            k = (k.to(tl.float32) * k_s[:, None]).to(q.dtype)
+            v = (v.to(tl.float32) * v_s[:, None]).to(q.dtype)
+        s = _dot(q, tl.trans(k), tl.zeros([BLOCK_G, BLOCK_C], dtype=tl.float32), DOT_F32, IEEE)
+        s = tl.where(c_ok[None, :], s * qk_scale, float("-inf"))  # log2-domain scores
+        # Every step has at least one valid column, so m_new is finite and the first alpha is exp2(-inf) = 0.
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_F32, IEEE)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    tl.store(o_ptr + (n * (KV * G) + heads[:, None]) * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
+             mask=g_ok[:, None])  # fmt: skip
+
+
+def _block_cols(d: int, itemsize: int) -> int:
+    """Columns per loop step: 16 KiB k and v tiles, 16..64 columns (never depends on N or the positions)."""
+    return min(max(16384 // (d * itemsize), 16), 64)
+
+
+def paged_attention(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    seq_index: torch.Tensor,
+    block_tables: torch.Tensor,
+    k_pool: torch.Tensor,
+    v_pool: torch.Tensor,
+    n_heads: int,
+    scale: float,
+    q_norm: torch.Tensor | None = None,
+    k_norm: torch.Tensor | None = None,
+    eps: float = 0.0,
+    *,
+    kv_cache_dtype: str = "auto",
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`xpullm.kernels.paged.paged_attention` in two Triton launches (module docstring). Arguments as there;
+    `kernels.paged` has checked shapes, dtypes and devices and that `supports` holds. The pools may have any
+    strides (8-bit pools' scales: contiguous); index values are the caller's duty (read on the device, unchecked).
+    Returns [N, H * D], qkv's dtype."""
+    n = qkv.shape[0]
+    _, kv, bs, d = k_pool.shape
+    h = n_heads
+    out = torch.empty((n, h * d), dtype=qkv.dtype, device=qkv.device)
+    if n == 0:
+        return out
+    qkv = qkv if qkv.stride(1) == 1 else qkv.contiguous()
+    cos = cos if cos.stride(1) == 1 else cos.contiguous()
+    sin = sin if sin.stride(1) == 1 else sin.contiguous()
+    positions, seq_index = positions.contiguous(), seq_index.contiguous()
+    block_tables = block_tables if block_tables.stride(1) == 1 else block_tables.contiguous()
+    codes = _CODES[kv_cache_dtype]
+    # q as the dot reads it: the pools' dtype, or for code pools the activations' (keys are scaled into it).
+    q_buf = torch.empty((n, h, d), dtype=qkv.dtype if codes else k_pool.dtype, device=qkv.device)
+    if codes and not (k_scale.is_contiguous() and v_scale.is_contiguous()):
+        raise ValueError("8-bit pools' k_scale and v_scale must be contiguous [num_blocks, KV, block_size]")
+    ks, vs = (k_scale, v_scale) if codes else (q_buf, q_buf)  # not read without code pools
+    has_norm = q_norm is not None
+    qn = q_norm.contiguous() if has_norm else q_buf  # not read without norms
+    kn = k_norm.contiguous() if has_norm else q_buf
+    opts = launch_options(qkv.device)
+    _paged_write_kernel[(n, h + 2 * kv)](
+        qkv, cos, sin, positions, seq_index, block_tables, qn, kn, q_buf, k_pool, v_pool, ks, vs,
+        qkv.stride(0), cos.stride(0), sin.stride(0), block_tables.stride(0),
+        *k_pool.stride(), *v_pool.stride(), float(eps),
+        H=h, KV=kv, D=d, BS=bs, HAS_NORM=has_norm, CODES=codes, num_warps=1, **opts,
+    )  # fmt: skip
+    g = h // kv
+    _paged_attention_kernel[(n, kv)](
+        q_buf, k_pool, v_pool, ks, vs, positions, seq_index, block_tables, out,
+        float(scale) * _LOG2E, block_tables.stride(0), *k_pool.stride(), *v_pool.stride(),
+        KV=kv, G=g, D=d, BS=bs, BLOCK_G=max(_MIN_GROUP_ROWS, triton.next_power_of_2(g)),
+        BLOCK_C=_block_cols(d, q_buf.element_size()), DOT_F32=_INTERPRET, IEEE=q_buf.dtype == torch.float32,
+        CODES=codes, num_warps=_NUM_WARPS, **opts,
+    )  # fmt: skip
+    return out

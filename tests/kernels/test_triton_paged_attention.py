@@ -1,0 +1,160 @@
+"""Triton paged attention vs its PyTorch twin, and its batch invariance.
+
+Runs on a CUDA GPU when one is present. On CPU-only machines the module is skipped unless Triton's interpreter is
+switched on (`TRITON_INTERPRET=1 pytest tests/kernels/test_triton_paged_attention.py`, as `make test` does): then
+a few small worlds run on CPU tensors in the interpreter, which checks the block-table indexing, the masking of
+columns past a position, the online softmax, GQA and the norms, but not GPU-only rounding.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA and not INTERPRET:
+    pytest.skip(
+        "no CUDA GPU; set TRITON_INTERPRET=1 to run these kernels in Triton's CPU interpreter",
+        allow_module_level=True,
+    )
+
+from tests.kernels.paged_cases import make_world, random_schedule, run, seq_slots  # noqa: E402
+from xpullm.kernels import paged  # noqa: E402
+from xpullm.kernels.paged import (  # noqa: E402
+    reference_attend,
+    reference_paged_attention,
+    reference_rotate,
+)
+from xpullm.kernels.triton.paged_attention import paged_attention  # noqa: E402
+
+DEVICE = torch.device("cuda" if HAS_CUDA and not INTERPRET else "cpu")
+pytestmark = pytest.mark.gpu
+
+# (H, KV, D, block size, sequence lengths, norms): GQA groups 2, 3, 1 and 8; block sizes below, at and above
+# the kernel's 16..64-column tiles; a tile that spans several blocks; one-token sequences.
+CASES = (
+    [(4, 2, 32, 8, [9, 20, 1], False), (3, 1, 64, 16, [21, 6], True), (2, 2, 128, 32, [34], False)]
+    if INTERPRET
+    else [
+        (h, kv, d, bs, lengths, norms)
+        for (h, kv) in ((4, 2), (9, 3), (8, 8), (32, 4))
+        for d in (32, 64, 128)
+        for bs in (8, 16, 32)
+        for lengths, norms in (([37, 1, 130, 64], False), ([300, 9], True))
+    ]
+)
+# (activation dtype, kv_cache_dtype): float pools hold the activation dtype; int8 pools codes + fp32 scales.
+POOLS = [
+    (torch.float32, "auto"),
+    (torch.bfloat16, "auto"),
+    (torch.float32, "int8"),
+    (torch.float32, "fp8_e4m3"),
+]
+if not INTERPRET:
+    POOLS += [(torch.float16, "auto"), (torch.bfloat16, "int8"), (torch.bfloat16, "fp8_e4m3")]
+
+
+def _two_step(lengths: list[int], seed: int) -> list[list[tuple[int, int, int]]]:
+    """A short schedule for the interpreter: a random prompt chunk of every sequence, then the rest mixed."""
+    rng = random.Random(seed)
+    cut = [rng.randint(1, n) for n in lengths]
+    first = [(s, 0, c) for s, c in enumerate(cut)]
+    rest = [(s, c, n - c) for s, (c, n) in enumerate(zip(cut, lengths, strict=True)) if n > c]
+    rng.shuffle(rest)
+    return [first, rest] if rest else [first]
+
+
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    got, want = got.float().cpu(), want.float().cpu()
+    assert torch.isfinite(got).all()
+    return ((got - want).norm() / want.norm().clamp_min(1e-12)).item()
+
+
+@pytest.mark.parametrize(("dtype", "kv_cache_dtype"), POOLS, ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize(("h", "kv", "d", "bs", "lengths", "norms"), CASES)
+def test_triton_paged_attention_matches_its_twin(h, kv, d, bs, lengths, norms, dtype, kv_cache_dtype) -> None:
+    seed = random.SystemRandom().randrange(2**31)
+    world = make_world(
+        seed, h, kv, d, bs, lengths, norms, dtype=dtype, fill=float("nan"), kv_cache_dtype=kv_cache_dtype
+    ).to(DEVICE)
+    schedule = _two_step(lengths, seed) if INTERPRET else random_schedule(random.Random(seed), lengths)
+    pairs: list = []
+
+    def checked(
+        qkv, cos, sin, positions, seq_index, tables, k_pool, v_pool, h, scale, q_norm, k_norm, eps, **kw
+    ):
+        """The kernel, and the twin's phase 2 on the pools the kernel wrote: an 8-bit code that the two sides
+        rounded to different sides of a boundary (rare, from fp32 rounding of the rotation) cannot blur the check."""
+        out = paged_attention(
+            qkv, cos, sin, positions, seq_index, tables, k_pool, v_pool, h, scale, q_norm, k_norm, eps, **kw
+        )
+        q, _, _ = reference_rotate(qkv, cos, sin, positions, h, k_pool.shape[1], q_norm, k_norm, eps)
+        want = reference_attend(
+            q, positions, seq_index, tables, k_pool, v_pool, scale, kw.get("k_scale"), kw.get("v_scale")
+        )
+        pairs.append((out, want))
+        return out
+
+    _, pools = run(world, schedule, checked)
+    _, ref_pools = run(world, schedule, reference_paged_attention)
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    for got, want in pairs:
+        err = _rel_err(got, want)
+        assert err < tol, f"seed={seed}: output relative error {err:.2e}"
+    # Pools: both sides round fp32 values once to the pools' dtype, so at most one step apart (the interpreter
+    # truncates to bf16 where a GPU rounds to nearest: up to a whole step there).
+    # int8 pools: codes at most one step apart (a value on a rounding boundary), their scales to fp32 rounding.
+    for s in range(len(lengths)):
+        for name in ref_pools:
+            a, b = seq_slots(world, pools[name], s).cpu(), seq_slots(world, ref_pools[name], s).cpu()
+            if a.dtype == torch.int8:
+                diff = (a.int() - b.int()).abs()
+                assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01, f"seed={seed}: seq {s} {name}"
+                continue
+            if a.dtype == torch.float8_e4m3fn:  # one e4m3 step: 1/8 of a normal value, 2^-9 below 2^-6
+                a, b = a.float(), b.float()
+                off = (a - b).abs()
+                assert (off <= b.abs() / 8 + 2.0**-9).all(), f"seed={seed}: seq {s} {name}"
+                assert (off > 0).float().mean() < 0.01, f"seed={seed}: seq {s} {name}"
+                continue
+            step = {torch.float32: 2.0**-20, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}[a.dtype]
+            a, b = a.float(), b.float()
+            worst = ((a - b).abs() / (step * b.abs() + 1e-6)).max().item()
+            assert worst <= 1.0, f"seed={seed}: seq {s} {name} {worst:.1f}x one rounding step off"
+
+
+@pytest.mark.parametrize(("h", "kv", "d", "bs", "lengths", "norms"), CASES[:2])
+def test_triton_paged_attention_is_batch_invariant(h, kv, d, bs, lengths, norms) -> None:
+    """A sequence alone (one chunk) and mixed with the others in other chunks: bitwise the same rows."""
+    seed = random.SystemRandom().randrange(2**31)
+    world = make_world(seed, h, kv, d, bs, lengths, norms, dtype=torch.bfloat16).to(DEVICE)
+    mixed, _ = run(world, _two_step(lengths, seed), paged_attention)
+    for s, n in enumerate(lengths):
+        alone, _ = run(world, [[(s, 0, n)]], paged_attention)
+        for p in range(n):
+            assert torch.equal(alone[(s, p)], mixed[(s, p)]), f"seed={seed}: seq {s} pos {p}"
+
+
+@pytest.mark.skipif(not HAS_CUDA or INTERPRET, reason="dispatch to Triton needs a CUDA tensor")
+def test_dispatch_picks_triton_on_cuda() -> None:
+    world = make_world(0, 4, 2, 64, 16, [5], False, dtype=torch.bfloat16).to(DEVICE)
+    positions, seq = torch.arange(5, device=DEVICE), torch.zeros(5, dtype=torch.long, device=DEVICE)
+    args = (
+        world.rows[0],
+        world.cos,
+        world.sin,
+        positions,
+        seq,
+        world.tables,
+        world.k_pool,
+        world.v_pool,
+        4,
+        0.125,
+    )
+    assert paged.paged_backend(*args) == "triton"

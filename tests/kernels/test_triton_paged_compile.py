@@ -1,0 +1,72 @@
+"""The Triton paged-attention kernels compile for a Hopper GPU (sm_90) on a machine without one.
+
+The interpreter tests (`test_triton_paged_attention.py`) check the kernels' numbers but not that Triton's compiler
+accepts them; this compiles both kernels ahead of time for CUDA sm_90 through ptxas (shipped in Triton's wheel),
+for bf16 pools with Qwen3's norms and for int8 and fp8 e4m3 pools, and checks that the attention runs on tensor cores (`mma`).
+Skipped under TRITON_INTERPRET=1 (the kernels are interpreted functions then) or without Triton's CUDA backend.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+triton = pytest.importorskip("triton")
+if os.environ.get("TRITON_INTERPRET") == "1":
+    pytest.skip(
+        "kernels are interpreted under TRITON_INTERPRET=1: nothing to compile", allow_module_level=True
+    )
+nvidia = pytest.importorskip("triton.backends.nvidia")
+
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from xpullm.kernels.triton import paged_attention as paged  # noqa: E402
+
+STRIDES = (
+    "stride_qkv",
+    "stride_cos",
+    "stride_sin",
+    "stride_t",
+    "stride_kb",
+    "stride_kh",
+    "stride_ks",
+    "stride_kd",
+)
+STRIDES += ("stride_vb", "stride_vh", "stride_vs", "stride_vd")
+
+
+def _compile(fn, types: dict[str, str], constexprs: dict, warps: int):
+    signature = {
+        name: "constexpr" if name in constexprs else types.get(name, "i64" if name in STRIDES else "fp32")
+        for name in fn.arg_names
+    }
+    src = ASTSource(fn, signature, constexprs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+
+
+@pytest.mark.parametrize(("act", "pool"), [("bf16", "bf16"), ("bf16", "i8"), ("bf16", "fp8e4nv")])
+def test_paged_kernels_compile_for_sm90(act: str, pool: str) -> None:
+    codes = {"i8": 1, "fp8e4nv": 2}.get(pool, 0)
+    common = {"pos_ptr": "*i64", "seq_ptr": "*i64", "table_ptr": "*i32", "ks_ptr": "*fp32", "vs_ptr": "*fp32"}
+    write = _compile(
+        paged._paged_write_kernel,
+        {
+            **common, "qkv_ptr": f"*{act}", "cos_ptr": f"*{act}", "sin_ptr": f"*{act}", "qn_ptr": f"*{act}",
+            "kn_ptr": f"*{act}", "q_ptr": f"*{act}", "k_ptr": f"*{pool}", "v_ptr": f"*{pool}",
+        },
+        {"H": 9, "KV": 3, "D": 64, "BS": 16, "HAS_NORM": True, "CODES": codes, "PDL": True},
+        warps=1,
+    )  # fmt: skip
+    attend = _compile(
+        paged._paged_attention_kernel,
+        {**common, "q_ptr": f"*{act}", "k_ptr": f"*{pool}", "v_ptr": f"*{pool}", "o_ptr": f"*{act}"},
+        {
+            "KV": 3, "G": 3, "D": 64, "BS": 16, "BLOCK_G": 16, "BLOCK_C": paged._block_cols(64, 2),
+            "DOT_F32": False, "IEEE": False, "CODES": codes, "PDL": True,
+        },
+        warps=4,
+    )  # fmt: skip
+    assert write.asm["cubin"] and attend.asm["cubin"]
+    assert "mma" in attend.asm["ptx"], "the scores and p @ v should run on tensor cores"

@@ -1,0 +1,84 @@
+"""Grounded answers: each cited sentence must be supported by its cited chunk; rerankers that really reorder."""
+
+from __future__ import annotations
+
+import pytest
+
+from xpullm.rag import EmbeddingReranker, KnowledgeBase
+from xpullm.rag.answer import NO_ANSWER
+from xpullm.rag.retrieval import Hit
+from xpullm.rag.support import answer_sentences, check_support
+
+VARN = (
+    "The Varn Lighthouse stands on Kerrow Point. It was first lit in 1873 and was designed by the engineer Alma "
+    "Fenwick. Its lamp is painted cobalt blue and can be seen from 19 nautical miles."
+)
+BAKERY = "The Kerrow Rye Bakery was founded in 1921 by Marit Solgell. It is known for its caraway rye loaves."
+FERRY = "The Hestholm ferry connects Kerrow with the island of Hestholm. In summer it crosses twice a day."
+
+
+def _hits(*texts: str) -> list[Hit]:
+    return [
+        Hit(t, 1.0 - i / 10, f"doc{i}", 100 + i, f"id{i}", vector_score=0.5 - i / 20)
+        for i, t in enumerate(texts)
+    ]
+
+
+def test_sentences_are_judged_against_the_chunk_they_cite(embedder) -> None:
+    src = _hits(VARN, BAKERY)
+    question = "When was the Varn Lighthouse first lit?"
+    answer = (
+        "The Varn Lighthouse was first lit in 1873. [1] It was designed by Alma Fenwick [2]. "
+        "About 212,000 people visit it every year [1]."
+    )
+    sentences = answer_sentences(answer)
+    assert (
+        sentences[0] == "The Varn Lighthouse was first lit in 1873. [1]"
+    )  # the marker after the stop is kept
+    checks = check_support(sentences, src, question, embedder.embed)
+    assert [c.supported for c in checks] == [True, False, False]
+    assert checks[1].missing == ("alma", "fenwick")  # true, but not in the chunk it cites (source 2)
+    assert checks[2].missing == ("212000",)  # an invented number
+
+
+def test_ask_drops_unsupported_sentences_and_refuses_when_none_is_left(make_kb) -> None:
+    kb: KnowledgeBase = make_kb()
+    kb.add(texts=[VARN, BAKERY, FERRY], names=["varn.txt", "bakery.txt", "ferry.txt"])
+
+    class Recorded:
+        """Replays one answer (the packaged model's kind of invention, with a plausible citation)."""
+
+        def __init__(self, text: str) -> None:
+            self.text = text
+
+        def chat(self, messages, **params):
+            return type("Completion", (), {"text": self.text})()
+
+    # In topic (the base knows Kerrow and its ferry) but unanswered by it: the invented figure is refused.
+    invented = Recorded(
+        "The population of Kerrow is approximately 212,000 [3]. The town is on the coast [3]."
+    )
+    refused = kb.ask("What is the population of Kerrow?", llm=invented)
+    assert (
+        refused.refused and refused.text == NO_ANSWER and refused.citations == {} and refused.references == {}
+    )
+    assert refused.draft.startswith("The population of Kerrow is approximately 212,000")
+    # A half-right answer keeps its supported sentence and citation only.
+    mixed = Recorded("The lighthouse was first lit in 1873 [1]. It was rebuilt in 1990 after a storm [1].")
+    kept = kb.ask("When was the Varn Lighthouse first lit?", llm=mixed)
+    assert kept.text == "The lighthouse was first lit in 1873 [1]." and not kept.refused
+    assert list(kept.citations) == [1] and kept.citations[1].text == VARN
+    assert [s.supported for s in kept.support] == [True, False] and kept.support[1].missing == ("1990",)
+
+
+def test_embedding_reranker_finds_the_answer_sentence_in_a_long_chunk(embedder) -> None:
+    diluted = (
+        "Kerrow has a harbour, a library in the old station and a rowing club. The town hall was renovated in "
+        "2001. The Kerrow Rye Bakery opened its doors in 1921, founded by Marit Solgell. Tourists come for the "
+        "salt marsh birds and the summer ferry to Hestholm."
+    )
+    first_stage = _hits(FERRY, diluted)  # the whole-chunk cosine put the ferry first
+    reranked = EmbeddingReranker(embedder.embed).rerank("Who founded the Kerrow Rye Bakery?", first_stage)
+    assert [h.chunk_id for h in reranked] == [101, 100]
+    with pytest.raises(ValueError, match="sentence_weight"):
+        EmbeddingReranker(embedder.embed, sentence_weight=1.5)
