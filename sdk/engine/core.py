@@ -56,6 +56,10 @@ class EngineConfig:
     """KV memory in tokens; None: min(context * 8, ~10% of RAM on CPU / 50% of free GPU memory)."""
     prefix_cache: bool = True
     """Share the KV blocks of identical prompt prefixes (LRU-evicted under the budget)."""
+    on_accelerators: bool = False
+    """Run the engine on CUDA / XPU too (needs a non-reference paged kernel). Off by default until measured there:
+    engine steps are eager (no CUDA graphs per batch bucket yet), so one stream is slower than the static
+    decoder's graph-captured steps, which GPUs keep (serialized) meanwhile."""
 
 
 @dataclass(frozen=True)
