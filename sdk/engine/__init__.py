@@ -1,6 +1,15 @@
-"""The generation engine: `LLM` (generate / stream / chat) over a static-KV-cache decoder."""
+"""The generation engine: `LLM` (generate / stream / chat) as requests on a continuous-batching `EngineCore`."""
 
+from xpullm.engine.core import EngineConfig, KVBudgetTooSmall
 from xpullm.engine.llm import LLM
 from xpullm.engine.params import Completion, ContextOverflow, GenerationParams, InvalidParameter
 
-__all__ = ["LLM", "Completion", "ContextOverflow", "GenerationParams", "InvalidParameter"]
+__all__ = [
+    "LLM",
+    "Completion",
+    "ContextOverflow",
+    "EngineConfig",
+    "GenerationParams",
+    "InvalidParameter",
+    "KVBudgetTooSmall",
+]

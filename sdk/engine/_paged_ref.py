@@ -18,6 +18,7 @@ import torch.nn.functional as F
 __all__ = ["reference_paged_attention"]
 
 _BUCKET = 8  # keys are padded to a multiple of this many blocks: fewer distinct shapes, so fewer, larger ops
+_SHARED_MIN = 4  # a sequence with this many tokens in one bucket (a prompt chunk) gathers its keys once
 _MAX_GATHER = 1 << 22  # gathered key elements per batched matmul (16 MiB of fp32): long prompts go in slices
 
 
@@ -29,7 +30,9 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 
 class _Slice(NamedTuple):
     idx: torch.Tensor | None  # token rows (None: all tokens, in order)
-    ids: torch.Tensor  # int64 [T, nb] block ids of each token's sequence
+    ids: (
+        torch.Tensor
+    )  # int64 [T, nb] block ids of each token's sequence, or [nb] when all T share one sequence
     masked: torch.Tensor  # bool [T, 1, 1, nb * block]: key columns past the token's position
 
 
@@ -57,15 +60,29 @@ def _plan(cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor, seq_ind
     groups: dict[int, list[int]] = {}
     for i, p in enumerate(positions.tolist()):
         groups.setdefault(min(width, (p // block // _BUCKET + 1) * _BUCKET), []).append(i)
+    seqs = seq_index.tolist()
     slices = []
     for nb, members in groups.items():
+        cols = torch.arange(nb * block, device=dev)
+        rows = lambda part: torch.tensor(part, device=dev)  # noqa: E731
+        # A prompt chunk's tokens share their sequence's keys (gathered once); the rest gather their own.
+        by_seq: dict[int, list[int]] = {}
+        for i in members:
+            by_seq.setdefault(seqs[i], []).append(i)
+        singles = []
+        for s, part in by_seq.items():
+            if len(part) < _SHARED_MIN:
+                singles.extend(part)
+                continue
+            pos = positions[rows(part)]
+            masked = (cols[None] > pos[:, None])[:, None, None]
+            slices.append(_Slice(rows(part), block_tables[s, :nb].long(), masked))
         step = max(1, _MAX_GATHER // (kv * nb * block * d))
-        for start in range(0, len(members), step):
-            part = members[start : start + step]
-            idx = None if len(part) == n else torch.tensor(part, device=dev)
+        for start in range(0, len(singles), step):
+            part = singles[start : start + step]
+            idx = None if len(part) == n else rows(part)
             pos = positions if idx is None else positions[idx]
             seq = seq_index if idx is None else seq_index[idx]
-            cols = torch.arange(nb * block, device=dev)
             masked = (cols[None] > pos[:, None])[:, None, None]
             slices.append(_Slice(idx, block_tables[seq, :nb].long(), masked))
     plan = _Plan(
@@ -74,6 +91,24 @@ def _plan(cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor, seq_ind
     )  # fmt: skip
     _LAST = (key, plan)
     return plan
+
+
+def _shared_keys(
+    q: torch.Tensor, k_blocks: torch.Tensor, v_blocks: torch.Tensor, masked: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Attention of T tokens of one sequence over its keys, gathered once: per kv head one batched matmul whose
+    batch is the tokens and whose keys are one tensor seen T times (stride 0), so nothing is copied per token.
+    Each token's matrices have the shapes and values they have in the per-token path above: same result."""
+    t, kv, _, d = q.shape
+    nb, _, block, _ = k_blocks.shape
+    keys = k_blocks.transpose(0, 1).reshape(kv, nb * block, d)
+    values = v_blocks.transpose(0, 1).reshape(kv, nb * block, d)
+    out = torch.empty_like(q)
+    for h in range(kv):
+        scores = torch.bmm(q[:, h], keys[h].t().expand(t, d, nb * block)) * scale  # [T, G, L]
+        probs = scores.masked_fill(masked[:, 0], float("-inf")).softmax(-1)
+        out[:, h] = torch.bmm(probs, values[h].expand(t, nb * block, d))
+    return out
 
 
 @torch.inference_mode()
@@ -113,12 +148,16 @@ def reference_paged_attention(
     qg = q.reshape(n, kv, group, d)
     out = torch.empty((n, kv, group, d), dtype=qkv.dtype, device=qkv.device)
     for sl in plan.slices:
-        t, nb = sl.ids.shape
-        keys = k_pool[sl.ids].transpose(1, 2).reshape(t, kv, nb * block, d)
-        values = v_pool[sl.ids].transpose(1, 2).reshape(t, kv, nb * block, d)
-        qs = qg if sl.idx is None else qg[sl.idx]
-        scores = torch.matmul(qs, keys.transpose(2, 3)) * scale  # [T, KV, G, L]
-        result = torch.matmul(scores.masked_fill(sl.masked, float("-inf")).softmax(-1), values)
+        nb = sl.ids.shape[-1]
+        if sl.ids.dim() == 1:
+            result = _shared_keys(qg[sl.idx], k_pool[sl.ids], v_pool[sl.ids], sl.masked, scale)
+        else:
+            t = sl.ids.shape[0]
+            keys = k_pool[sl.ids].transpose(1, 2).reshape(t, kv, nb * block, d)
+            values = v_pool[sl.ids].transpose(1, 2).reshape(t, kv, nb * block, d)
+            qs = qg if sl.idx is None else qg[sl.idx]
+            scores = torch.matmul(qs, keys.transpose(2, 3)) * scale  # [T, KV, G, L]
+            result = torch.matmul(scores.masked_fill(sl.masked, float("-inf")).softmax(-1), values)
         if sl.idx is None:
             out = result
         else:

@@ -56,6 +56,10 @@ class EngineConfig:
     """KV memory in tokens; None: min(context * 8, ~10% of RAM on CPU / 50% of free GPU memory)."""
     prefix_cache: bool = True
     """Share the KV blocks of identical prompt prefixes (LRU-evicted under the budget)."""
+    on_accelerators: bool = False
+    """Run the engine on CUDA / XPU too (needs a non-reference paged kernel). Off by default until measured there:
+    engine steps are eager (no CUDA graphs per batch bucket yet), so one stream is slower than the static
+    decoder's graph-captured steps, which GPUs keep (serialized) meanwhile."""
 
 
 @dataclass(frozen=True)
@@ -189,18 +193,26 @@ class EngineCore:
                         self._thread = None
                         return
                 incoming, self._incoming = self._incoming, []
-            for req in incoming:
-                self.scheduler.add(req.seq)
-                self._requests[id(req.seq)] = req
-            for req in [r for r in self._requests.values() if r.cancelled]:
-                req.finish = "cancelled"
-                self._flush(req)
-            plan = self.scheduler.schedule()
-            if plan.chunks:
-                self._step(plan)
-            else:  # nothing fits yet (cannot happen with a validated queue, but never spin)
-                with self._cv:
-                    self._cv.wait(0.01)
+            try:
+                self._iterate(incoming)
+            except Exception as exc:  # a bug, not a request's fault: fail everything in flight, keep serving
+                for req in list(self._requests.values()):
+                    self._drop(req)
+                    self._emit(req, "error", exc)
+
+    def _iterate(self, incoming: list[Request]) -> None:
+        for req in incoming:
+            self.scheduler.add(req.seq)
+            self._requests[id(req.seq)] = req
+        for req in [r for r in self._requests.values() if r.cancelled]:
+            req.finish = "cancelled"
+            self._flush(req)
+        plan = self.scheduler.schedule()
+        if plan.chunks:
+            self._step(plan)
+        else:  # nothing fits yet (cannot happen with a validated queue, but never spin)
+            with self._cv:
+                self._cv.wait(0.01)
 
     def _step(self, plan: StepPlan) -> None:
         ids: list[int] = []
@@ -231,8 +243,13 @@ class EngineCore:
         greedy = logits.argmax(-1).tolist() if any(r.fast_greedy for r in owners) else None
         now = time.perf_counter()
         for row, req in enumerate(owners):
-            tid = greedy[row] if req.fast_greedy else self._sample(req, logits[row : row + 1])
-            self._accept(req, tid, now)
+            try:
+                tid = greedy[row] if req.fast_greedy else self._sample(req, logits[row : row + 1])
+                self._accept(req, tid, now)
+            except Exception as exc:  # e.g. a grammar matcher rejecting a token: only this request fails
+                if id(req.seq) in self._requests:
+                    self._drop(req)
+                self._emit(req, "error", exc)
 
     def _sample(self, req: Request, logits: torch.Tensor) -> int:
         if req.constraint is not None:

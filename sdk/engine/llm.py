@@ -127,7 +127,7 @@ class LLM:
             self._lock = model_lock(model)
             decoder = build_decoder(model, dtype, device)
             static = getattr(decoder, "inner", decoder)  # a CUDA-graph wrapper holds the static decoder
-            if isinstance(static, StaticCacheDecoder) and _engine_runs(static):
+            if isinstance(static, StaticCacheDecoder) and _engine_runs(static, self._engine_config):
                 self._core = build_core(
                     static, self._tokenizer, self._eos, self._context_length, self._engine_config
                 )
@@ -361,11 +361,14 @@ class _AnyEvent:
         return self._a.is_set() or (self._b is not None and self._b.is_set())
 
 
-def _engine_runs(static: StaticCacheDecoder) -> bool:
-    """The engine serves CPU models, and accelerators once a paged attention kernel (not the reference) is there:
-    until then the static decoder's CUDA-graph steps are faster than an eager engine step."""
+def _engine_runs(static: StaticCacheDecoder, config: EngineConfig) -> bool:
+    """The engine serves CPU models; on accelerators only when asked (`EngineConfig.on_accelerators`) and a paged
+    attention kernel (not the reference) is registered: the static decoder's CUDA-graph steps are faster for one
+    stream than an eager engine step."""
     if static.device.type == "cpu":
         return True
+    if not config.on_accelerators:
+        return False
     ctx = OpContext(static.device.type, static.dtype, static.head_dim, static.family.qk_norm)
     return select_op("paged_attention", ctx).name != "reference"
 

@@ -18,11 +18,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from xpullm.engine.kv_blocks import BlockPool, block_keys
+from xpullm.errors import XPULLMError
 
 __all__ = ["KVBudgetTooSmall", "Scheduler", "Sequence", "StepPlan"]
 
 
-class KVBudgetTooSmall(ValueError):
+class KVBudgetTooSmall(XPULLMError, ValueError):
     """A request needs more KV blocks than the whole pool holds; it could never be admitted."""
 
 
