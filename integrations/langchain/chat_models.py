@@ -59,8 +59,9 @@ class ChatXPU(StrictArguments, BaseChatModel):
 
     model: LLMArg = None
     """None (packaged default), a folder / .gguf path / hub id, or an `xpullm.LLM` to share a loaded model."""
-    low_bit: str | None = "sym_int4"
-    """Low-bit format used when this object loads the weights (ignored for a given `xpullm.LLM`)."""
+    low_bit: str | None = None
+    """Low-bit format used when this object loads the weights; None follows the checkpoint (ignored for a given
+    `xpullm.LLM`)."""
     device: str = "auto"
     """`auto`, `cpu`, `cuda` or `xpu` (ignored for a given `xpullm.LLM`)."""
     max_tokens: int = Field(default=256, ge=1)

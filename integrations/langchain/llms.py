@@ -64,8 +64,8 @@ class XPULLM(StrictArguments, LLM):
     """IpexLLM-compatible options: temperature, top_p, top_k, repetition_penalty, max_new_tokens, max_length, device."""
     tokenizer_id: str | None = None
     """Folder or hub id of the tokenizer when it does not live next to the weights."""
-    low_bit: str | None = "sym_int4"
-    """Low-bit format used when this object loads the weights."""
+    low_bit: str | None = None
+    """Low-bit format used when this object loads the weights; None follows the checkpoint."""
     device: str = "auto"
     """`auto`, `cpu`, `cuda` or `xpu`."""
     max_new_tokens: int = Field(default=256, ge=1)

@@ -27,8 +27,8 @@ class XPUReranker(StrictArguments, BaseDocumentCompressor):
 
     model: LLMArg = None
     """None (packaged default LLM), a path / hub id, or an `xpullm.LLM` to share a loaded model."""
-    low_bit: str | None = "sym_int4"
-    """Low-bit format used when this object loads the weights."""
+    low_bit: str | None = None
+    """Low-bit format used when this object loads the weights; None follows the checkpoint."""
     device: str = "auto"
     """`auto`, `cpu`, `cuda` or `xpu`."""
     top_n: int = Field(default=3, ge=1)

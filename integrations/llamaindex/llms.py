@@ -62,7 +62,8 @@ class XPULLM(StrictArguments, FunctionCallingLLM):
         default=None, description="None (packaged default), a path / hub id, or an xpullm.LLM."
     )
     low_bit: str | None = Field(
-        default="sym_int4", description="Low-bit format when this object loads weights."
+        default=None,
+        description="Low-bit format when this object loads weights; None follows the checkpoint.",
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or xpu.")
     max_new_tokens: int = Field(default=256, ge=1, description="Upper bound on generated tokens.")

@@ -39,7 +39,8 @@ class LLM:
     Args:
         model: None for the packaged default (SmolLM2-135M-Instruct), a local folder / `.gguf` file / hub id, or an
             already loaded transformers-style causal LM (then pass `tokenizer` too). Paths load lazily on first use.
-        low_bit: low-bit format used when this object loads the weights (ignored for an injected model).
+        low_bit: low-bit format used when this object loads the weights; None follows the checkpoint (a GGUF
+            Q4_0 / Q4_1 / Q8_0 loads losslessly as sym_int4 / asym_int4 / sym_int8, a float checkpoint as sym_int4).
         device: `auto`, `cpu`, `cuda`, `xpu` (an injected model stays where it is).
         max_context: cap on prompt + generated tokens; defaults to the model's `max_position_embeddings`.
         tokenizer: a HF tokenizer; required with an injected model unless it can be loaded from the model's path.
@@ -53,7 +54,7 @@ class LLM:
     def __init__(
         self,
         model: str | Path | nn.Module | None = None,
-        low_bit: str | None = "sym_int4",
+        low_bit: str | None = None,
         device: str = "auto",
         max_context: int | None = None,
         *,

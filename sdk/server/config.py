@@ -16,7 +16,7 @@ class ServerConfig:
 
     model: str | None = None
     """LLM: HF folder, .gguf, low-bit folder or hub id; None = packaged SmolLM2-135M-Instruct (offline)."""
-    low_bit: str | None = "sym_int4"
+    low_bit: str | None = None
     """Low-bit format the LLM is loaded in."""
     device: str = "auto"
     """auto, cpu, cuda or xpu."""

@@ -233,10 +233,14 @@ def test_bind_tools_rejects_unresolvable_refs(engine) -> None:
 
 
 def test_untitled_schema_with_enum_array_ends(engine) -> None:
-    schema = {  # no top-level "title"; the array has no maxItems
+    schema = {  # no top-level "title"; the array has no maxItems (minItems: the model may not answer with none)
         "type": "object",
         "properties": {
-            "genres": {"type": "array", "items": {"type": "string", "enum": ["drama", "comedy", "horror"]}}
+            "genres": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "string", "enum": ["drama", "comedy", "horror"]},
+            }
         },
         "required": ["genres"],
     }
