@@ -14,6 +14,8 @@ PARTS = [
     ("benchmarks-cpu-avx512.md", "CPU with AVX-512 VNNI: every format native, llama.cpp, IPEX-LLM"),
     ("benchmarks-rag.md", "Embeddings and knowledge bases"),
     ("benchmarks-graphrag.md", "GraphRAG indexing"),
+    ("benchmarks-batching.md", "Continuous batching: concurrent streams and prefix caching (CPU)"),
+    ("benchmarks-quality.md", "Answer quality with the packaged model: GraphRAG and knowledge-base grounding"),
     ("benchmarks-serve.md", "Serving: xpullm serve vs llama.cpp's server (OpenAI API, streamed)"),
     ("benchmarks-serve-load.md", "Serving under load: 32 streaming clients, 10% disconnecting"),
     ("benchmarks-gpu.md", "GPU kernels and decode (H200, H100)"),
@@ -25,7 +27,8 @@ HEADER = """# Benchmarks
 Every number here comes from a script under `bench/`; each section names its script, its machine and how to
 rerun it. Comparisons are side by side in one run (ratios), never across machines. CPU numbers: the 2-core
 AMD EPYC (Zen 3, AVX2, no AVX-512/AMX) VM this project was first developed on; the AVX-512 section names its own
-2-vCPU machine (AVX-512 VNNI/BF16, no AMX). GPU numbers: one NVIDIA H200
+2-vCPU machine (AMD EPYC Zen 5: AVX-512 VNNI/BF16, no AMX), as do the batching, quality, serving and fine-tuning
+sections (measured on that machine while it was shared: read their ratios, not absolute speeds). GPU numbers: one NVIDIA H200
 (latest) or H100 80GB HBM3 (earlier), torch 2.11+cu130, Triton 3.6, lent for the measurement.
 """
 
