@@ -15,7 +15,10 @@ PARTS = [
     ("benchmarks-rag.md", "Embeddings and knowledge bases"),
     ("benchmarks-graphrag.md", "GraphRAG indexing"),
     ("benchmarks-batching.md", "Continuous batching: concurrent streams and prefix caching (CPU)"),
-    ("benchmarks-quality.md", "Answer quality with the packaged model: GraphRAG and knowledge-base grounding"),
+    (
+        "benchmarks-quality.md",
+        "Answer quality with the packaged model: GraphRAG and knowledge-base grounding",
+    ),
     ("benchmarks-serve.md", "Serving: xpullm serve vs llama.cpp's server (OpenAI API, streamed)"),
     ("benchmarks-serve-load.md", "Serving under load: 32 streaming clients, 10% disconnecting"),
     ("benchmarks-gpu.md", "GPU kernels and decode (H200, H100)"),
