@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from xpullm.graphrag.errors import ConfigError
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from xpullm.graphrag.chunking import TextUnit
     from xpullm.graphrag.config import ExtractionConfig
     from xpullm.graphrag.extraction import ParseResult
+    from xpullm.protocols import TextEngine
 
 __all__ = [
     "EXTRACTION_METHODS",
@@ -83,7 +84,7 @@ def get_method(name: str) -> ExtractionMethod:
     return EXTRACTION_METHODS[name]
 
 
-def parameter_count(llm: Any) -> int | None:
+def parameter_count(llm: TextEngine) -> int | None:
     """Parameters of the engine's model (low-bit linears counted as in x out), or None when it cannot be read.
 
     An engine may say so itself (`parameter_count` attribute); an `xpullm.LLM` is asked for its module. Engines
@@ -113,7 +114,7 @@ def parameter_count(llm: Any) -> int | None:
     return total
 
 
-def choose_method(requested: str, llm: Any, small_model_params: int) -> tuple[str, str]:
+def choose_method(requested: str, llm: TextEngine, small_model_params: int) -> tuple[str, str]:
     """(method name, why): `requested` unless it is "auto", which applies the rule in this module's docstring."""
     if requested != "auto":
         get_method(requested)  # unknown names fail here, before any work

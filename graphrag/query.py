@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-from xpullm.answers import Answer, AnswerStream
+from xpullm.answers import AnswerStream
 from xpullm.graphrag.calls import LLMCaller
 from xpullm.graphrag.config import QueryConfig
 from xpullm.graphrag.errors import ConfigError
+from xpullm.graphrag.graph_answer import ContextRecord, GraphAnswer, stream_answer
 from xpullm.graphrag.jsonfix import parse_json_object
 from xpullm.graphrag.loopfree import cut_loops, stop_at_loop
 from xpullm.graphrag.prompts import (
@@ -29,63 +29,11 @@ from xpullm.graphrag.prompts import (
     REFUSAL,
     fill,
 )
+from xpullm.graphrag.query_text import REFUSES, content_words, follow_ups, one_line
 from xpullm.graphrag.tables import TableStore
 from xpullm.protocols import EmbeddingModel
 
 __all__ = ["METHODS", "ContextRecord", "GraphAnswer", "QueryEngine"]
-
-
-@dataclass(frozen=True)
-class ContextRecord:
-    """One record shown to the model: an entity, relationship, source text unit, report or map point."""
-
-    kind: str  # "entity" | "relationship" | "source" | "report" | "point"
-    id: str
-    human_readable_id: int
-    text: str
-    score: float | None = None
-
-
-@dataclass
-class GraphAnswer(Answer):
-    """GraphRAG's answer: its text with the records it was built from and the usage of its LLM calls."""
-
-    method: str
-    context: list[ContextRecord]
-    context_text: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def records(self, kind: str) -> list[ContextRecord]:
-        """The context records of one kind."""
-        return [r for r in self.context if r.kind == kind]
-
-    @staticmethod
-    def citations_in(text: str) -> bool:
-        """Whether `text` holds a `[Data: Kind (ids)]` reference."""
-        return bool(re.search(r"\[Data:[^\]]*\(\s*\d", text))
-
-    def citations(self) -> dict[str, list[int]]:
-        """Ids cited in the answer text as [Data: Entities (1, 2); Reports (3)], by kind (lower-case plural)."""
-        out: dict[str, list[int]] = {}
-        for block in re.findall(r"\[Data:([^\]]*)\]", self.text):
-            for kind, ids in re.findall(r"(\w+)\s*\(([^)]*)\)", block):
-                nums = [int(x) for x in re.findall(r"\d+", ids)]
-                out.setdefault(kind.lower(), []).extend(n for n in nums if n not in out.get(kind.lower(), []))
-        return out
-
-
-def _stream(
-    answer: GraphAnswer,
-    pieces: Iterator[str],
-    finish_text: Callable[[GraphAnswer, str], str] | None = None,
-) -> AnswerStream[GraphAnswer]:
-    """`answer` (context known, text empty) streamed: its text is set when the pieces are all read."""
-
-    def finish(text: str) -> GraphAnswer:
-        answer.text = finish_text(answer, text) if finish_text is not None else text
-        return answer
-
-    return AnswerStream(pieces, finish, context=answer.context, answer=answer)
 
 
 METHODS = ("local", "global", "basic", "drift")
@@ -148,12 +96,12 @@ class QueryEngine:
             answer, prompt, stage = handler(question, level)
             answer.details["relevance"] = relevance
         if stream and not prompt:
-            return _stream(answer, iter([answer.text]))
+            return stream_answer(answer, iter([answer.text]))
         if stream:
             deltas = stop_at_loop(
                 self.caller.stream(prompt, stage=stage, max_new_tokens=self.config.max_new_tokens)
             )
-            return _stream(answer, self._with_citation(answer, deltas), self._finish)
+            return stream_answer(answer, self._with_citation(answer, deltas), self._finish)
         if prompt:
             raw = self.caller.generate_one(
                 prompt, stage=stage, max_new_tokens=self.config.max_new_tokens
@@ -188,7 +136,7 @@ class QueryEngine:
         if not text:
             answer.details["refused"] = True
             return REFUSAL
-        if _REFUSES.search(text):
+        if REFUSES.search(text):
             answer.details["refused"] = True
             return text
         if not answer.citations_in(text):
@@ -212,7 +160,7 @@ class QueryEngine:
 
     def _citation(self, answer: GraphAnswer, text: str) -> str:
         """`[Data: ...]` naming the context records that share the most words with `text` (reports for global)."""
-        words = _content_words(text)
+        words = content_words(text)
         kinds = [("report", "Reports", 5)] if answer.method == "global" else [
             ("source", "Sources", 2), ("entity", "Entities", 3), ("report", "Reports", 1),
         ]  # fmt: skip
@@ -222,7 +170,7 @@ class QueryEngine:
             if answer.method == "global":
                 recs = [r for r in recs if r.id in answer.details.get("cited_reports", [r.id for r in recs])]
             scored = sorted(
-                ((len(words & _content_words(r.text)), i, r) for i, r in enumerate(recs)),
+                ((len(words & content_words(r.text)), i, r) for i, r in enumerate(recs)),
                 key=lambda t: (-t[0], t[1]),
             )
             ids = [r.human_readable_id for n, _, r in scored if n > 0][:k]
@@ -288,7 +236,7 @@ class QueryEngine:
         rep_rows = [
             (
                 ContextRecord("report", r["id"], r["community"], r["full_content"]),
-                f"{r['community']}|{r['title']}|{_one_line(r['full_content'])}",
+                f"{r['community']}|{r['title']}|{one_line(r['full_content'])}",
             )
             for *_, r in sorted(scored, key=lambda t: t[:3])
         ]
@@ -301,7 +249,7 @@ class QueryEngine:
         ent_rows = [
             (
                 ContextRecord("entity", e["id"], e["human_readable_id"], e["description"]),
-                f"{e['human_readable_id']}|{e['title']}|{_one_line(e['description'])}|{e['degree']}",
+                f"{e['human_readable_id']}|{e['title']}|{one_line(e['description'])}|{e['degree']}",
             )
             for e in (entities[i] for i in chosen)
         ]
@@ -314,7 +262,7 @@ class QueryEngine:
         rel_rows = [
             (
                 ContextRecord("relationship", r["id"], r["human_readable_id"], r["description"]),
-                f"{r['human_readable_id']}|{r['source']}|{r['target']}|{_one_line(r['description'])}|{r['weight']:g}",
+                f"{r['human_readable_id']}|{r['source']}|{r['target']}|{one_line(r['description'])}|{r['weight']:g}",
             )
             for r in [*inside, *outside]
         ]
@@ -340,7 +288,7 @@ class QueryEngine:
         src_rows = [
             (
                 ContextRecord("source", u, units[u]["human_readable_id"], units[u]["text"]),
-                f"{units[u]['human_readable_id']}|{_one_line(units[u]['text'])}",
+                f"{units[u]['human_readable_id']}|{one_line(units[u]['text'])}",
             )
             for u in unit_ids
         ]
@@ -364,7 +312,7 @@ class QueryEngine:
         rows = [
             (
                 ContextRecord("source", uid, units[uid]["human_readable_id"], units[uid]["text"], score),
-                f"{units[uid]['human_readable_id']}|{_one_line(units[uid]['text'])}",
+                f"{units[uid]['human_readable_id']}|{one_line(units[uid]['text'])}",
             )
             for uid, score in hits
         ]
@@ -386,7 +334,7 @@ class QueryEngine:
         batches: list[list[tuple[ContextRecord, str]]] = [[]]
         used = 0
         for r in reports:
-            line = f"{r['community']}|{r['title']}|{r['rank']:g}|{_one_line(r['full_content'])}"
+            line = f"{r['community']}|{r['title']}|{r['rank']:g}|{one_line(r['full_content'])}"
             n = self.caller.count_tokens(line)
             if batches[-1] and used + n > cfg.global_map_max_tokens:
                 batches.append([])
@@ -442,7 +390,7 @@ class QueryEngine:
             for rid, sim in best:
                 if rid in by_id and sim >= self.config.min_relevance:
                     rec = by_id[rid]
-                    summary = _one_line(rec.text.split("\n\n", 2)[1] if "\n\n" in rec.text else rec.text)
+                    summary = one_line(rec.text.split("\n\n", 2)[1] if "\n\n" in rec.text else rec.text)
                     points.append((sim * 100, 0, f"{summary} [Data: Reports ({rec.human_readable_id})]"))
                     cited.append(rid)
             details["points_from_reports"] = len(points)
@@ -474,7 +422,7 @@ class QueryEngine:
         rows = [
             (
                 ContextRecord("report", rid, reports[rid]["community"], reports[rid]["full_content"], score),
-                f"{reports[rid]['community']}|{reports[rid]['title']}|{_one_line(reports[rid]['full_content'])}",
+                f"{reports[rid]['community']}|{reports[rid]['title']}|{one_line(reports[rid]['full_content'])}",
             )
             for rid, score in hits
         ]
@@ -493,7 +441,7 @@ class QueryEngine:
         else:
             intermediate = cut_loops(str(data.get("intermediate_answer", "")))
             asked = [str(q) for q in data.get("follow_up_queries", [])]
-        follow = _follow_ups(asked, question)
+        follow = follow_ups(asked, question)
         self.caller.stats.count("query.drift_follow_ups_rejected", len(asked) - len(follow))
         follow = (follow or [question])[: cfg.drift_follow_ups]
         sub_answers = []
@@ -513,78 +461,3 @@ class QueryEngine:
         answer = GraphAnswer("", "drift", records, context, details)
         prompt = fill(DRIFT_REDUCE, primer=intermediate, follow_ups=follow_text, question=question)
         return answer, prompt, "query.drift_reduce"
-
-
-_PLACEHOLDER = re.compile(r"<[^>]*>|\{[^}]*\}|\bfollow[- ]up (?:question|query)\b", re.IGNORECASE)
-
-
-def _follow_ups(asked: list[str], question: str) -> list[str]:
-    """The primer's follow-up queries that are real questions: template text ("<question>"), fragments of under
-    three words, the question itself and repeats are dropped."""
-    out: list[str] = []
-    seen = {" ".join(question.lower().split())}
-    for q in asked:
-        q = " ".join(q.split())
-        key = q.lower()
-        if _PLACEHOLDER.search(q) or len(re.findall(r"\w+", q)) < 3 or key in seen:
-            continue
-        seen.add(key)
-        out.append(q)
-    return out
-
-
-# An answer that says the data does not hold what was asked (then no citation is added to it).
-_REFUSES = re.compile(
-    r"\b(no information|not (?:contain|mention|provide|include|say)|does not (?:say|state|mention)|"
-    r"(?:do not|don't|cannot|can't) (?:know|answer|find|tell))",
-    re.IGNORECASE,
-)
-_STOP = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "by",
-        "for",
-        "from",
-        "has",
-        "have",
-        "in",
-        "is",
-        "it",
-        "its",
-        "of",
-        "on",
-        "or",
-        "that",
-        "the",
-        "their",
-        "this",
-        "to",
-        "was",
-        "were",
-        "which",
-        "who",
-        "with",
-        "what",
-        "when",
-        "where",
-        "why",
-        "how",
-        "did",
-        "does",
-        "do",
-    ]
-)
-
-
-def _content_words(text: str) -> set[str]:
-    return {w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in _STOP and len(w) > 2}
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "/")

@@ -114,7 +114,11 @@ class LLMReranker:
 
         from xpullm.engine.chat import render_chat
 
-        engine: Any = self.llm
+        engine = self.llm
+        if not isinstance(engine, _ScoresTokens):
+            raise TypeError(
+                f"LLMReranker.score needs an engine that exposes its model and tokenizer, got {engine!r:.60}"
+            )
         tok = engine.tokenizer
         text = render_chat(tok, self._messages(query, hit))
         ids = torch.tensor([tok.encode(text, add_special_tokens=False)])
