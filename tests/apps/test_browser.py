@@ -187,9 +187,17 @@ def test_conversation_is_stored_and_survives_a_reload(app, new_page):
     pg.locator("#chat-list label", has_text="Name one planet").click()  # pick it again from the sidebar
     pg.locator("#chatbot", has_text="Name one planet").wait_for()
     pg.locator("#chat-manage").get_by_text("Rename or delete").click()
-    pg.locator("#chat-title textarea, #chat-title input").first.fill("Planets")
+    title_box = pg.locator("#chat-title textarea, #chat-title input").first
+    # Picking the conversation above fills this box with its title when the server answers; typing before that
+    # answer arrives would be overwritten, so type until the box keeps the new title.
+    for _ in range(20):
+        title_box.fill("Planets")
+        pg.wait_for_timeout(250)
+        if title_box.input_value() == "Planets":
+            break
     pg.locator("#chat-rename").click()
-    pg.locator("#chat-list label", has_text="Planets").wait_for()
+    assert _wait_text(pg, "#chat-stats", "renamed") == "renamed to Planets"
+    pg.wait_for_function("() => document.querySelector('#chat-list').innerText.includes('Planets')")
     assert app.ctx.conversations.title(mine.id) == "Planets"
     pg.locator("#chat-delete").click()
     assert _wait_text(pg, "#chat-stats", "delete") == "delete Planets and its messages?"
