@@ -28,6 +28,7 @@ from xpullm.engine.core import EngineConfig, EngineCore, build_core
 from xpullm.engine.decode import Decoder, StaticCacheDecoder, build_decoder
 from xpullm.engine.params import Completion, ContextOverflow, GenerationParams, InvalidParameter
 from xpullm.engine.serial import model_lock, run_serial
+from xpullm.engine.speculative import SpeculativeConfig, resolve_speculative
 from xpullm.engine.step_kernels import OpContext, select_op
 
 __all__ = ["LLM"]
@@ -49,6 +50,9 @@ class LLM:
         adapter: a LoRA adapter folder (PEFT format, e.g. from `xpullm finetune`) applied unmerged over the
             low-bit weights; needs the `finetune` extra. Merge it for speed with `xpullm convert --merge-adapter`.
         engine: knobs of the continuous-batching engine (KV budget, block size, tokens per step, prefix cache).
+        speculative: speculative decoding in the engine: `prompt_lookup`, `self_speculative`, a
+            `SpeculativeConfig`, or None / `off` for one token per step; default: what `engine` says (prompt
+            lookup). The output is the same either way; per call, `speculative=False` opts out.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class LLM:
         dtype: torch.dtype | None = None,
         adapter: str | Path | None = None,
         engine: EngineConfig | None = None,
+        speculative: SpeculativeConfig | str | None = "default",
     ) -> None:
         if max_context is not None and (
             isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 2
@@ -81,6 +86,9 @@ class LLM:
         self._model: nn.Module | None = model if isinstance(model, nn.Module) else None
         self._decoder: Decoder | None = None
         self._engine_config = engine or EngineConfig()
+        if speculative != "default":
+            spec = resolve_speculative(speculative)
+            self._engine_config = dataclasses.replace(self._engine_config, speculative=spec)
         self._core: EngineCore | None = None  # None: the serialized path (`serial.py`)
         self._load_lock = threading.Lock()
         self._eos: list[int] = []

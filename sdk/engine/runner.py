@@ -14,6 +14,7 @@ is copied); the pools and the block-table tensor are allocated once, here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import torch
 
@@ -91,8 +92,12 @@ class ModelRunner:
         positions: Sequence[int],
         seq_index: Sequence[int],
         logit_rows: Sequence[int],
+        layers: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """Next-token logits [len(logit_rows), V] for one flattened step (K/V of every token written to the pools)."""
+        """Next-token logits [len(logit_rows), V] for one flattened step (K/V of every token written to the pools).
+
+        `layers` runs only those layers (a self-speculative draft); their K/V slots are rewritten by the full step.
+        """
         dec, dev = self.dec, self.device
         n = len(input_ids)
         ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
@@ -103,7 +108,13 @@ class ModelRunner:
             self.k_pool, self.v_pool, self.block_tables, self.cos, self.sin, self._paged,
         )  # fmt: skip
 
-        def attention(i: int, layer: object, qkv: torch.Tensor) -> torch.Tensor:
+        stack: object = dec
+        index = range(len(dec.layers)) if layers is None else layers
+        if layers is not None:
+            stack = SimpleNamespace(layers=[dec.layers[i] for i in layers], eps=eps)
+
+        def attention(j: int, layer: object, qkv: torch.Tensor) -> torch.Tensor:
+            i = index[j]
             out = paged(
                 qkv.view(n, -1), cos, sin, pos, rows, tables, k_pool[i], v_pool[i], h, scale,
                 layer.q_norm, layer.k_norm, eps,
@@ -111,7 +122,7 @@ class ModelRunner:
             return out.view(1, n, -1)
 
         x = dec.embed(ids[None])
-        x, delta = decoder_layers(dec, x, self._ops, attention)
+        x, delta = decoder_layers(stack, x, self._ops, attention)  # type: ignore[arg-type]
         last = torch.tensor(logit_rows, dtype=torch.long, device=dev)
         x = (x + delta)[0].index_select(0, last)
         return dec.lm_head(dec._norm(x, (dec.hidden,), dec.final_norm, eps))

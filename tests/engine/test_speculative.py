@@ -1,0 +1,178 @@
+"""Speculative decoding on the real default model: prompt lookup and self-speculative drafts give plain decoding's
+output bit for bit (greedy, seeded sampling, concurrent requests, stop strings, streaming, cancellation), the
+accept rule for full draft distributions keeps the target distribution (chi-square), and the per-request
+adaptation pauses drafting that does not pay."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from xpullm.engine import LLM
+from xpullm.engine.core import EngineConfig
+from xpullm.engine.speculative import (
+    SpecState,
+    SpeculativeConfig,
+    UnknownDrafter,
+    default_draft_layers,
+    rejection_sample,
+    resolve_speculative,
+)
+
+DOC = (
+    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after the "
+    "engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889."
+)
+GROUNDED = [{"role": "user", "content": f"Context:\n{DOC}\n\nRepeat the context word for word."}]
+PROMPTS = [
+    f"{DOC}\n\nSummary: The Eiffel Tower",
+    "The capital of France is",
+    "def fibonacci(n):",
+    "List three colors:",
+]
+
+
+def _engine(llm: LLM, speculative: SpeculativeConfig | str | None) -> LLM:
+    """Another LLM over the same loaded model with its own engine (weights shared, not copied)."""
+    return LLM(llm.model, tokenizer=llm.tokenizer, speculative=speculative, engine=EngineConfig(max_seqs=8))
+
+
+@pytest.fixture(scope="module")
+def plain(llm: LLM) -> LLM:
+    return _engine(llm, None)
+
+
+@pytest.fixture(scope="module")
+def lookup(llm: LLM) -> LLM:
+    return _engine(llm, "prompt_lookup")
+
+
+@pytest.fixture(scope="module")
+def layerskip(llm: LLM) -> LLM:
+    # A low confidence floor so the skipped-layer draft proposes often (its rejections are exercised too).
+    return _engine(llm, SpeculativeConfig(method="self_speculative", draft_min_prob=0.05, min_acceptance=0.0))
+
+
+def test_grounded_greedy_is_plain_decoding_with_fewer_steps(plain: LLM, lookup: LLM, layerskip: LLM) -> None:
+    ref = plain.chat(GROUNDED, max_new_tokens=48)
+    assert ref.timings.draft_tokens == 0 and ref.timings.tokens_per_step == 1.0
+    for spec in (lookup, layerskip):
+        out = spec.chat(GROUNDED, max_new_tokens=48)
+        assert (out.text, out.completion_tokens, out.finish_reason) == (
+            ref.text,
+            ref.completion_tokens,
+            ref.finish_reason,
+        )
+        assert out.timings.draft_tokens > 0 and out.timings.tokens == ref.timings.tokens
+    fast = lookup.chat(GROUNDED, max_new_tokens=48).timings
+    # The answer copies the context: most drafts hold, so far fewer steps than tokens.
+    assert fast.acceptance_rate > 0.5 and fast.tokens_per_step > 1.8, fast
+
+
+def test_concurrent_requests_equal_plain_outputs(plain: LLM, lookup: LLM, layerskip: LLM) -> None:
+    ref = [c.text for c in plain.generate(PROMPTS, max_new_tokens=24)]
+    assert [c.text for c in lookup.generate(PROMPTS, max_new_tokens=24)] == ref
+    assert [c.text for c in layerskip.generate(PROMPTS, max_new_tokens=24)] == ref
+    stats = lookup.engine.stats()
+    assert stats.draft_tokens > 0 and 0 < stats.accepted_draft_tokens <= stats.draft_tokens
+    assert stats.kv_used_blocks == 0 and layerskip.engine.stats().kv_used_blocks == 0
+
+
+def test_seeded_sampling_and_penalties_equal_plain(plain: LLM, lookup: LLM) -> None:
+    # Each row's token comes from the request's own generator in plain decoding's order: seeded draws are equal.
+    for seed in range(3):
+        kw = {"temperature": 0.7, "top_p": 0.9, "seed": seed, "max_new_tokens": 32}
+        assert lookup.chat(GROUNDED, **kw).text == plain.chat(GROUNDED, **kw).text
+    kw = {"repetition_penalty": 1.3, "max_new_tokens": 32}
+    assert lookup.chat(GROUNDED, **kw).text == plain.chat(GROUNDED, **kw).text
+
+
+def test_stop_strings_limits_and_streaming_behave_as_before(plain: LLM, lookup: LLM) -> None:
+    for kw in ({"stop": ["Paris"]}, {"stop": ["1887"]}, {"max_new_tokens": 7}, {"max_new_tokens": 13}):
+        kw = {"max_new_tokens": 48, **kw}
+        ref, out = plain.chat(GROUNDED, **kw), lookup.chat(GROUNDED, **kw)
+        assert (out.text, out.finish_reason, out.completion_tokens) == (
+            ref.text,
+            ref.finish_reason,
+            ref.completion_tokens,
+        )
+        assert "".join(lookup.stream_chat(GROUNDED, **kw)) == ref.text
+    assert plain.chat(GROUNDED, max_new_tokens=13).completion_tokens == 13
+
+
+def test_constrained_and_opted_out_requests_do_not_draft(plain: LLM, lookup: LLM) -> None:
+    grammar = 'start: "The Eiffel Tower is " ("tall" | "old") "."'
+    out = lookup.chat(GROUNDED, max_new_tokens=12, grammar=grammar)
+    assert out.text == plain.chat(GROUNDED, max_new_tokens=12, grammar=grammar).text
+    assert out.timings.draft_tokens == 0
+    off = lookup.chat(GROUNDED, max_new_tokens=24, speculative=False)
+    assert off.timings.draft_tokens == 0 and off.timings.steps == off.timings.tokens
+
+
+def test_cancel_mid_stream_with_drafts_frees_blocks(lookup: LLM) -> None:
+    cancel = threading.Event()
+    seen = []
+    for delta in lookup.stream_chat(GROUNDED, max_new_tokens=200, cancel=cancel):
+        seen.append(delta)
+        if len(seen) == 3:
+            cancel.set()
+    assert 3 <= len(seen) <= 3 + SpeculativeConfig().num_draft + 1
+    stats = lookup.engine.stats()
+    assert stats.running == 0 and stats.kv_used_blocks == 0
+
+
+def test_prompt_lookup_drafts_the_latest_continuation(llm: LLM) -> None:
+    from xpullm.engine.speculative import _NgramIndex
+
+    index = _NgramIndex(2, 3)
+    tokens = [1, 2, 3, 4, 5, 9, 2, 3, 7, 8, 2, 3]
+    assert index.lookup(tokens, 3) == [7, 8, 2]  # (2, 3) last seen before 7
+    tokens += [7, 8]
+    assert index.lookup(tokens, 4) == [2, 3, 7, 8]  # the 3-gram (3, 7, 8) wins
+    assert _NgramIndex(2, 3).lookup([1, 2, 3], 2) == []
+
+
+def test_adaptation_pauses_unrewarded_drafting_and_resumes() -> None:
+    state = SpecState(SpeculativeConfig(start_draft=4, num_draft=8, min_acceptance=0.25))
+    assert state.want() == 4
+    state.update(4, 4)
+    assert state.want() == 6  # fully accepted: longer drafts
+    state.update(6, 2)
+    assert state.want() == 3  # a rejection: accepted + 1
+    for _ in range(3):
+        state.update(state.k, 0)
+    assert state.pause > 0
+    paused = state.pause
+    assert [state.want() for _ in range(paused)] == [0] * paused
+    assert state.want() >= 1  # a probe after the pause
+
+
+def test_config_resolution_and_errors() -> None:
+    assert resolve_speculative(None) is None and resolve_speculative("off") is None
+    assert resolve_speculative("self_speculative").method == "self_speculative"
+    with pytest.raises(UnknownDrafter, match="prompt_lookup"):
+        resolve_speculative("medusa")
+    with pytest.raises(ValueError, match="start_draft"):
+        SpeculativeConfig(start_draft=9, num_draft=8)
+    assert default_draft_layers(8) == (0, 1, 2, 4, 6, 7)
+
+
+def test_rejection_sampling_keeps_the_target_distribution() -> None:
+    """Chi-square over a 6-token vocabulary: tokens from (draft ~ q, accept rule) are distributed as p."""
+    gen = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.30, 0.25, 0.20, 0.15, 0.07, 0.03])
+    q = torch.tensor([0.05, 0.10, 0.40, 0.05, 0.30, 0.10])
+    n = 6000
+    drafts = torch.multinomial(q, n, replacement=True, generator=gen).tolist()
+    counts = torch.zeros(6)
+    accepted = 0
+    for d in drafts:
+        ok, tok = rejection_sample(p, q, d, gen)
+        counts[tok] += 1
+        accepted += ok
+    expected = p * n
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 20.5  # 5 degrees of freedom: p = 0.001
+    assert abs(accepted / n - float(torch.minimum(p, q).sum())) < 0.03  # acceptance = sum(min(p, q))
