@@ -187,8 +187,9 @@ class EngineCore:
             sampler.observe(torch.tensor([prompt], device=self.runner.device))
         req = Request(seq, params, TextAssembler(self._tok, params.stop), sampler, constraint, on_event,
                       self.context_length)  # fmt: skip
-        if self._drafter is not None and params.speculative and constraint is None:
-            # Grammar-constrained requests decode plainly: their matcher cannot roll back rejected drafts.
+        if self._drafter is not None and params.speculative:
+            # Grammar-constrained requests speculate too: `_verify` masks and consumes row by row, only the tokens
+            # it emits, so the matcher never needs a rollback.
             req.spec = SpecState(self.config.speculative, self._drafter.start(req.seq.prompt))  # type: ignore[arg-type]
         with self._cv:
             self._incoming.append(req)
