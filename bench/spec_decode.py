@@ -59,7 +59,8 @@ def wiki_articles(n: int, min_chars: int = 1200) -> list[tuple[str, str]]:
             continue
         title = doc.split('title="', 1)[1].split('"', 1)[0]
         body = doc.split(">", 1)[1].strip()
-        body = body.split("\n", 1)[1].strip() if body.startswith(title) else body
+        if body.startswith(title):
+            body = body[len(title) :].strip()
         if len(body) >= min_chars:
             out.append((title, body))
         if len(out) == n:

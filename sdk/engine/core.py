@@ -190,7 +190,9 @@ class EngineCore:
         if self._drafter is not None and params.speculative:
             # Grammar-constrained requests speculate too: `_verify` masks and consumes row by row, only the tokens
             # it emits, so the matcher never needs a rollback.
-            req.spec = SpecState(self.config.speculative, self._drafter.start(req.seq.prompt))  # type: ignore[arg-type]
+            cfg = self.config.speculative
+            cost = cfg.verify_cost + (self._drafter.cost if cfg.draft_cost is None else cfg.draft_cost)
+            req.spec = SpecState(cfg, self._drafter.start(req.seq.prompt), cost)
         with self._cv:
             self._incoming.append(req)
             if self._thread is None:

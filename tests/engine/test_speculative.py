@@ -15,6 +15,7 @@ from xpullm.engine.speculative import (
     SpeculativeConfig,
     UnknownDrafter,
     default_draft_layers,
+    expected_gain,
     rejection_sample,
     resolve_speculative,
 )
@@ -50,7 +51,9 @@ def lookup(llm: LLM) -> LLM:
 @pytest.fixture(scope="module")
 def layerskip(llm: LLM) -> LLM:
     # A low confidence floor so the skipped-layer draft proposes often (its rejections are exercised too).
-    return _engine(llm, SpeculativeConfig(method="self_speculative", draft_min_prob=0.05, min_acceptance=0.0))
+    # Drafting declared free and a low confidence floor: the skipped-layer draft proposes often (its rejections
+    # are exercised too) instead of being switched off by its cost on this CPU.
+    return _engine(llm, SpeculativeConfig(method="self_speculative", draft_min_prob=0.05, draft_cost=0.0))
 
 
 def test_grounded_greedy_is_plain_decoding_with_fewer_steps(plain: LLM, lookup: LLM, layerskip: LLM) -> None:
@@ -144,19 +147,21 @@ def test_prompt_lookup_drafts_the_latest_continuation(llm: LLM) -> None:
     assert _NgramIndex(2, 3).lookup([1, 2, 3], 2) == []
 
 
-def test_adaptation_pauses_unrewarded_drafting_and_resumes() -> None:
-    state = SpecState(SpeculativeConfig(start_draft=4, num_draft=8, min_acceptance=0.25))
-    assert state.want() == 4
+def test_adaptation_follows_acceptance_and_cost() -> None:
+    state = SpecState(SpeculativeConfig(num_draft=8), cost=0.15)
+    assert state.want() == 4  # prior acceptance 3/4: (1 - 0.75^5) / 0.25 / 1.6 = 1.91 is the best gain
+    assert expected_gain(0.75, 4, 0.15) == pytest.approx(1.9067, abs=1e-4)
     state.update(4, 4)
-    assert state.want() == 6  # fully accepted: longer drafts
-    state.update(6, 2)
-    assert state.want() == 3  # a rejection: accepted + 1
-    for _ in range(3):
-        state.update(state.k, 0)
-    assert state.pause > 0
+    assert state.want() > 4  # fully accepted: longer drafts
+    while state.want() > 0:  # rejected every time: shorter drafts, then none
+        state.update(1, 0)
     paused = state.pause
-    assert [state.want() for _ in range(paused)] == [0] * paused
-    assert state.want() >= 1  # a probe after the pause
+    assert paused == 4 and [state.want() for _ in range(paused - 1)] == [0] * (paused - 1)
+    assert state.want() == 1  # a one-token probe after the pause
+    state.update(1, 1)
+    assert state.want() >= 1 and state.backoff == 4  # the probe paid: drafting resumes
+    # Drafting that costs most of a step (a skipped-layer draft on CPU) does not pay at 3/4 acceptance.
+    assert SpecState(SpeculativeConfig(), cost=0.9).want() == 0
 
 
 def test_config_resolution_and_errors() -> None:
