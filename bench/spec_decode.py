@@ -7,11 +7,12 @@ Workloads (chat turns, greedy), built from installed text (exllamav2's Wikipedia
 - `graphrag`: GraphRAG's entity/relationship extraction prompt on one article, decoded under its tuple grammar as
   `xpullm graphrag index` does (`graphrag/extraction.py`);
 - `open_chat`: open questions with nothing to copy.
-Each method is its own engine over the same loaded weights. Rounds interleave the methods (order rotated) prompt
-by prompt, so machine noise hits all of them; per round a method's decode speed is its completion tokens after the
-first over the summed decode time (first token to last, prefill excluded), and the speed-up is the ratio within the
-round. Reported: medians over rounds with [min, max], acceptance (accepted / drafted) and tokens per step. Greedy
-outputs are checked equal across methods.
+Each speculative method is its own engine over the same loaded weights; plain decoding is the prompt-lookup engine
+with `speculative=False` per request. Rounds run every request once per method back to back (order rotated per
+round), so machine noise hits all of them; a run's speed is `Completion.decode_tok_s` (tokens after the first over
+the time from the first token to the last: prefill excluded) and its speed-up is the ratio to the plain run of the
+same request in the same round. Reported: medians over all runs with [min-max], acceptance (accepted / drafted)
+and decode tokens per step. Greedy outputs are checked equal across methods.
 
 python -P bench/spec_decode.py [--rounds 3] [--max-tokens 96] [--write docs/benchmarks-speculative.md]
 """
@@ -37,6 +38,9 @@ METHODS: dict[str, SpeculativeConfig | None] = {
     "plain": None,
     "prompt_lookup": SpeculativeConfig(method="prompt_lookup"),
     "self_speculative": SpeculativeConfig(method="self_speculative"),
+    # The same drafter with its cost declared 0: it drafts whenever its confidence allows, which shows the raw
+    # acceptance of skipped-layer drafts (what a GPU, where a partial step is cheap, would see).
+    "self_speculative_always": SpeculativeConfig(method="self_speculative", draft_cost=0.0),
 }
 CHAT = [
     "Tell me a short story about a dragon who learns to bake bread.",
@@ -125,7 +129,11 @@ def run(rounds: int, max_tokens: int, per_kind: int) -> tuple[list[dict], dict]:
     engines = {
         name: LLM(base.model, tokenizer=base.tokenizer, speculative=spec, engine=EngineConfig())
         for name, spec in METHODS.items()
+        if spec is not None
     }
+    # Plain decoding runs on the prompt-lookup engine with the request's `speculative=False`: the same engine thread,
+    # pools and thread pool as the speculative runs beside it (another engine's idle threads skew a 2-core machine).
+    engines["plain"] = engines["prompt_lookup"]
     kinds = workloads(base, per_kind)
     names = list(METHODS)
     for llm in engines.values():  # warm-up (kernels, grammar tokenizer)
@@ -134,7 +142,7 @@ def run(rounds: int, max_tokens: int, per_kind: int) -> tuple[list[dict], dict]:
     mismatches = 0
     prompt_tokens: dict[str, list[int]] = {}
     for kind, reqs in kinds.items():
-        per_round: dict[str, list[float]] = {n: [] for n in names}
+        speeds: dict[str, list[float]] = {n: [] for n in names}
         ratios: dict[str, list[float]] = {n: [] for n in names}
         drafted = dict.fromkeys(names, 0)
         accepted = dict.fromkeys(names, 0)
@@ -142,15 +150,17 @@ def run(rounds: int, max_tokens: int, per_kind: int) -> tuple[list[dict], dict]:
         produced = dict.fromkeys(names, 0)
         for r in range(rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
-            toks = dict.fromkeys(names, 0)
-            secs = dict.fromkeys(names, 0.0)
             for req in reqs:
                 outs = {}
                 for name in order:
-                    c = engines[name].chat(req["messages"], max_new_tokens=max_tokens, grammar=req["grammar"])
+                    c = engines[name].chat(
+                        req["messages"],
+                        max_new_tokens=max_tokens,
+                        grammar=req["grammar"],
+                        speculative=name != "plain",
+                    )
                     outs[name] = c
-                    toks[name] += c.completion_tokens - 1
-                    secs[name] += decode_seconds(c)
+                    speeds[name].append(c.decode_tok_s)
                     drafted[name] += c.timings.draft_tokens
                     accepted[name] += c.timings.accepted_tokens
                     # The prefill step's token is not a decode step: count decode steps and tokens only.
@@ -158,17 +168,15 @@ def run(rounds: int, max_tokens: int, per_kind: int) -> tuple[list[dict], dict]:
                     produced[name] += c.timings.tokens - 1
                     prompt_tokens.setdefault(kind, []).append(c.prompt_tokens)
                 mismatches += sum(outs[n].text != outs["plain"].text for n in names)
-            for n in names:
-                per_round[n].append(toks[n] / secs[n] if secs[n] else 0.0)
-            for n in names:
-                ratios[n].append(per_round[n][-1] / per_round["plain"][-1] if per_round["plain"][-1] else 0.0)
-            print(kind, r, {n: round(per_round[n][-1], 1) for n in names}, flush=True)
+                for n in names:
+                    ratios[n].append(speeds[n][-1] / speeds["plain"][-1] if speeds["plain"][-1] else 0.0)
+            print(kind, r, {n: round(statistics.median(speeds[n]), 1) for n in names}, flush=True)
         for n in names:
             rows.append(
                 {
                     "kind": kind,
                     "method": n,
-                    "tok_s": per_round[n],
+                    "tok_s": speeds[n],
                     "speedup": ratios[n],
                     "acceptance": accepted[n] / drafted[n] if drafted[n] else None,
                     "tokens_per_step": produced[n] / steps[n] if steps[n] else 0.0,
@@ -222,6 +230,7 @@ def main() -> None:
                 rounds=args.rounds,
                 max_tokens=args.max_tokens,
                 per_kind=args.per_kind,
+                runs=args.rounds * args.per_kind,
                 mismatches=info["mismatches"],
                 prompts=", ".join(f"{k} {a}-{b}" for k, (a, b) in info["prompt_tokens"].items()),
                 threads=info["threads"],
@@ -236,8 +245,9 @@ FRAGMENT = """## Speculative decoding (CPU, packaged model)
 `bench/spec_decode.py --rounds {rounds} --max-tokens {max_tokens} --per-kind {per_kind}`: the packaged SmolLM2-135M-Instruct (Q4_1 GGUF
 as asym_int4, fp32 activations), continuous-batching engine, one request at a time, greedy, {per_kind} requests per workload
 and round, up to {max_tokens} new tokens each; methods interleaved prompt by prompt (order rotated per round).
-Decode tok/s = tokens after the first / time from the first token to the last (prefill excluded); medians over
-{rounds} rounds with [min-max]; the speed-up is the ratio within each round. Acceptance = accepted / drafted tokens;
+Decode tok/s = tokens after the first / time from the first token to the last (prefill excluded); medians over the
+{runs} runs per cell with [min-max]; the speed-up is each run's ratio to the plain run of the same request in the same
+round (plain = the same engine with `speculative=False`). Acceptance = accepted / drafted tokens;
 tokens / step = decode tokens per decode step (1.00 for plain decoding). Prompt tokens: {prompts}.
 Greedy outputs of the three methods differed in {mismatches} of the runs (the engine verifies drafts with the model's own
 logits, which are bitwise those of plain decoding on CPU).

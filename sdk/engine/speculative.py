@@ -243,7 +243,7 @@ class LayerSkipDrafter:
         drafts: list[list[int]] = [[] for _ in batch]
         live = [i for i, s in enumerate(batch) if s.k > 0]
         while live:
-            ids = [(batch[i].tokens + drafts[i])[-1] for i in live]
+            ids = [drafts[i][-1] if drafts[i] else batch[i].tokens[-1] for i in live]
             pos = [len(batch[i].tokens) - 1 + len(drafts[i]) for i in live]
             rows = [batch[i].slot for i in live]
             logits = self.runner.forward(ids, pos, rows, list(range(len(live))), layers=self.layers)

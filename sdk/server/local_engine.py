@@ -247,7 +247,11 @@ class LocalTextEngine:
         if first and completion.completion_tokens:
             self.metrics.observe_ttft(started - job.submitted + completion.first_token_s)
         self.metrics.observe_completion(
-            completion.prompt_tokens, completion.completion_tokens, completion.decode_tok_s
+            completion.prompt_tokens,
+            completion.completion_tokens,
+            completion.decode_tok_s,
+            completion.timings.draft_tokens,
+            completion.timings.accepted_tokens,
         )
         job.done = True
         job.push(Finished(completion.finish_reason, completion.prompt_tokens, completion.completion_tokens))

@@ -191,3 +191,15 @@ def test_rejection_sampling_keeps_the_target_distribution() -> None:
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     assert chi2 < 20.5  # 5 degrees of freedom: p = 0.001
     assert abs(accepted / n - float(torch.minimum(p, q).sum())) < 0.03  # acceptance = sum(min(p, q))
+
+
+def test_server_metrics_count_draft_tokens(lookup: LLM) -> None:
+    from xpullm.server.metrics import Metrics
+
+    t = lookup.chat(GROUNDED, max_new_tokens=24).timings
+    metrics = Metrics()
+    metrics.observe_completion(10, 24, 50.0, t.draft_tokens, t.accepted_tokens)
+    body = metrics.render(None)
+    assert f"xpullm_spec_draft_tokens_total {t.draft_tokens}\n" in body
+    assert f"xpullm_spec_accepted_tokens_total {t.accepted_tokens}\n" in body
+    assert t.accepted_tokens > 0
