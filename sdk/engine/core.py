@@ -191,8 +191,8 @@ class EngineCore:
             # Grammar-constrained requests speculate too: `_verify` masks and consumes row by row, only the tokens
             # it emits, so the matcher never needs a rollback.
             cfg = self.config.speculative
-            cost = cfg.verify_cost + (self._drafter.cost if cfg.draft_cost is None else cfg.draft_cost)
-            req.spec = SpecState(cfg, self._drafter.start(req.seq.prompt), cost)
+            drafting = self._drafter.cost if cfg.draft_cost is None else cfg.draft_cost
+            req.spec = SpecState(cfg, self._drafter.start(req.seq.prompt), cfg.verify_cost, drafting)
         with self._cv:
             self._incoming.append(req)
             if self._thread is None:
@@ -260,7 +260,7 @@ class EngineCore:
                 continue
             left = len(seq.prompt) + self._requests[id(seq)].params.max_new_tokens - len(seq.tokens)
             # Verified positions stay inside the reserved blocks; the last token a step can add is a free one.
-            k = min(spec.want(), seq.max_len - len(seq.tokens), left - 1, spare)
+            k = min(spec.want(len(decoding)), seq.max_len - len(seq.tokens), left - 1, spare)
             if k > 0:
                 batch.append(DraftSlot(seq.tokens, k, seq.slot, spec.drafter_state))
                 owners.append(seq)

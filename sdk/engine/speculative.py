@@ -26,9 +26,11 @@ Drafters (registry `DRAFTERS`, picked by `SpeculativeConfig.method`):
 Whether drafting pays depends on acceptance and cost: `SpecState` keeps each request's per-token acceptance
 estimate a (decayed counts of accepted and rejected draft tokens) and drafts the k that maximizes expected tokens
 per step over step cost, (1 - a^(k+1)) / (1 - a) / (1 + k * c), with c the cost of one draft token relative to a
-plain step (`verify_cost` for the extra row in the step, plus the drafter's own `cost`). When no k beats plain
-decoding the request stops drafting for a while (exponential back-off), then probes with one token; so chat with
-nothing to copy runs at plain-decoding speed.
+plain step: the drafter's own `cost` plus the extra verified row. A row costs `verify_cost` of a one-token step;
+with B sequences decoding in the step it costs B r / (1 + B r), r = verify_cost / (1 - verify_cost), of what each
+of their tokens costs (a draft slows every request of the step, so it must beat the batch's own tokens). When no
+k beats plain decoding the request stops drafting for a while (exponential back-off), then probes with one token;
+so chat with nothing to copy runs at plain-decoding speed.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class SpeculativeConfig:
     """Most draft tokens verified per sequence and step (k)."""
     start_draft: int = 4
     """Draft length a request starts with; it grows after fully accepted drafts and shrinks after rejections."""
-    ngram_max: int = 3
+    ngram_max: int = 5
     """prompt_lookup: longest suffix n-gram searched for."""
     ngram_min: int = 2
     """prompt_lookup: shortest suffix n-gram searched for (1 matches too often to pay)."""
@@ -281,8 +283,10 @@ class SpecState:
 
     config: SpeculativeConfig
     drafter_state: Any = None
-    cost: float = 0.15
-    """Cost of one draft token relative to a plain step (verification plus drafting)."""
+    verify_cost: float = 0.15
+    """Cost of verifying one more token in a one-token step, relative to that step."""
+    draft_cost: float = 0.0
+    """Cost of drafting one token relative to a plain step (the drafter's)."""
     hits: float = 3.0
     """Decayed count of accepted draft tokens (the prior: optimistic, 3 of 4)."""
     misses: float = 1.0
@@ -300,15 +304,20 @@ class SpecState:
         """Estimated chance that the next draft token is accepted."""
         return self.hits / (self.hits + self.misses)
 
-    def best_k(self) -> tuple[int, float]:
+    def cost(self, decoding: int = 1) -> float:
+        """Cost of one draft token relative to a token of a step where `decoding` sequences decode."""
+        r = self.verify_cost / max(1e-6, 1.0 - self.verify_cost)
+        return decoding * r / (1.0 + decoding * r) + self.draft_cost
+
+    def best_k(self, decoding: int = 1) -> tuple[int, float]:
         """The draft length with the best expected gain, and that gain (1.0 = plain decoding's)."""
-        a, c = self.alpha, self.cost
+        a, c = self.alpha, self.cost(decoding)
         return max(
             ((k, expected_gain(a, k, c)) for k in range(1, self.config.num_draft + 1)), key=lambda x: x[1]
         )
 
-    def want(self) -> int:
-        """Draft tokens to ask for this step (0 while drafting does not pay)."""
+    def want(self, decoding: int = 1) -> int:
+        """Draft tokens to ask for this step, with `decoding` sequences in it (0 while drafting does not pay)."""
         if self.pause > 0:
             self.pause -= 1
             if self.pause == 0:
@@ -316,7 +325,7 @@ class SpecState:
             return 1 if self.probing else 0
         if self.probing:
             return 1
-        k, gain = self.best_k()
+        k, gain = self.best_k(decoding)
         if gain <= 1.0:
             self.pause = self.backoff
             self.backoff = min(2 * self.backoff, 256)

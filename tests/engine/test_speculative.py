@@ -148,7 +148,7 @@ def test_prompt_lookup_drafts_the_latest_continuation(llm: LLM) -> None:
 
 
 def test_adaptation_follows_acceptance_and_cost() -> None:
-    state = SpecState(SpeculativeConfig(num_draft=8), cost=0.15)
+    state = SpecState(SpeculativeConfig(num_draft=8), verify_cost=0.15)
     assert state.want() == 4  # prior acceptance 3/4: (1 - 0.75^5) / 0.25 / 1.6 = 1.91 is the best gain
     assert expected_gain(0.75, 4, 0.15) == pytest.approx(1.9067, abs=1e-4)
     state.update(4, 4)
@@ -161,7 +161,11 @@ def test_adaptation_follows_acceptance_and_cost() -> None:
     state.update(1, 1)
     assert state.want() >= 1 and state.backoff == 4  # the probe paid: drafting resumes
     # Drafting that costs most of a step (a skipped-layer draft on CPU) does not pay at 3/4 acceptance.
-    assert SpecState(SpeculativeConfig(), cost=0.9).want() == 0
+    assert SpecState(SpeculativeConfig(), verify_cost=0.15, draft_cost=0.75).want() == 0
+    # A draft row slows every request of the step: the more sequences decode, the shorter the drafts.
+    busy = SpecState(SpeculativeConfig(), verify_cost=0.15)
+    assert busy.cost(16) == pytest.approx(0.738, abs=1e-3)
+    assert [busy.want(b) for b in (1, 2, 4, 8, 16)] == [4, 3, 2, 1, 1]
 
 
 def test_config_resolution_and_errors() -> None:
