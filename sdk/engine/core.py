@@ -269,6 +269,8 @@ class EngineCore:
             return
         for seq, slot, draft in zip(owners, batch, self._drafter.propose(batch), strict=True):  # type: ignore[union-attr]
             seq.draft = list(draft[: slot.k])
+            if not draft and self._drafter.cost > 0:  # type: ignore[union-attr]
+                self._requests[id(seq)].spec.missed()  # type: ignore[union-attr]
 
     def _step(self, plan: StepPlan) -> None:
         ids: list[int] = []

@@ -332,6 +332,12 @@ class SpecState:
             return 0
         return k
 
+    def missed(self) -> None:
+        """A costly drafter (self-speculative) spent a draft step and proposed nothing: count it as a rejection."""
+        self.hits = 0.7 * self.hits
+        self.misses = 0.7 * self.misses + 1.0
+        self.probing = False
+
     def update(self, drafted: int, accepted: int) -> None:
         """Record a verified draft: `accepted` of its `drafted` tokens matched."""
         if drafted <= 0:

@@ -160,6 +160,10 @@ def test_adaptation_follows_acceptance_and_cost() -> None:
     assert state.want() == 1  # a one-token probe after the pause
     state.update(1, 1)
     assert state.want() >= 1 and state.backoff == 4  # the probe paid: drafting resumes
+    costly = SpecState(SpeculativeConfig(), verify_cost=0.15, draft_cost=0.5)
+    assert costly.want() == 1  # 1.75 tokens for 1.65 steps
+    costly.missed()  # a costly draft step that proposed nothing counts as a rejection
+    assert costly.want() == 0 and costly.pause == 4
     # Drafting that costs most of a step (a skipped-layer draft on CPU) does not pay at 3/4 acceptance.
     assert SpecState(SpeculativeConfig(), verify_cost=0.15, draft_cost=0.75).want() == 0
     # A draft row slows every request of the step: the more sequences decode, the shorter the drafts.
