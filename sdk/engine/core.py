@@ -20,7 +20,7 @@ import torch
 
 from xpullm.engine.constrained import GrammarConstraint
 from xpullm.engine.kv_blocks import BlockPool
-from xpullm.engine.params import Completion, GenerationParams
+from xpullm.engine.params import Completion, GenerationParams, TokenLogprob
 from xpullm.engine.runner import ModelRunner
 from xpullm.engine.sampling import Sampler
 from xpullm.engine.scheduler import KVBudgetTooSmall, Scheduler, Sequence, StepPlan
@@ -37,7 +37,8 @@ __all__ = [
 ]
 
 Event = Callable[[str, Any], None]
-"""`fn(kind, value)`: kind `delta` (str), `done` (Completion) or `error` (an exception); called from the engine."""
+"""`fn(kind, value)`: kind `delta` (str), `done` (Completion) or `error` (an exception); called from the engine.
+With `GenerationParams.logprobs` set, also `token` (TokenLogprob) for each generated token, before its text's delta."""
 
 _IDLE_EXIT_S = 30.0  # the engine thread ends after this long without work (restarted by the next submit)
 
@@ -95,6 +96,7 @@ class Request:
         self.first_t: float | None = None
         self.last_t: float | None = None
         self.finish: str | None = None
+        self.logprobs: list[TokenLogprob] = []
         self.fast_greedy = params.greedy and params.repetition_penalty == 1.0 and constraint is None
         self._cancel = threading.Event()
 
@@ -118,6 +120,7 @@ class Request:
             completion_tokens=n,
             first_token_s=first,
             decode_tok_s=(n - 1) / span if n > 1 and span > 0 else 0.0,
+            logprobs=tuple(self.logprobs) if self.params.logprobs is not None else None,
         )
 
 
@@ -244,8 +247,11 @@ class EngineCore:
         now = time.perf_counter()
         for row, req in enumerate(owners):
             try:
+                k = req.params.logprobs
+                # Before sampling: a grammar mask may write into an fp32 logits row in place.
+                logp = torch.log_softmax(logits[row].float(), dim=-1) if k is not None else None
                 tid = greedy[row] if req.fast_greedy else self._sample(req, logits[row : row + 1])
-                self._accept(req, tid, now)
+                self._accept(req, tid, now, None if logp is None else _token_logprob(logp, tid, k))
             except Exception as exc:  # e.g. a grammar matcher rejecting a token: only this request fails
                 if id(req.seq) in self._requests:
                     self._drop(req)
@@ -256,7 +262,7 @@ class EngineCore:
             logits = req.constraint.mask(logits)
         return int(req.sampler(logits)[0])
 
-    def _accept(self, req: Request, tid: int, now: float) -> None:
+    def _accept(self, req: Request, tid: int, now: float, lp: TokenLogprob | None = None) -> None:
         if req.first_t is None:
             req.first_t = now
             self._last_ttft = now - req.submitted
@@ -266,6 +272,9 @@ class EngineCore:
             req.finish = "stop"
         else:
             self._tokens_generated += 1
+            if lp is not None:
+                req.logprobs.append(lp)
+                self._emit(req, "token", lp)
             if req.constraint is not None:
                 req.constraint.consume(0, tid)
             asm.push(tid)
@@ -306,6 +315,13 @@ class EngineCore:
     def _drop(self, req: Request) -> None:
         self.scheduler.finish(req.seq)
         self._requests.pop(id(req.seq), None)
+
+
+def _token_logprob(logp: torch.Tensor, tid: int, k: int) -> TokenLogprob:
+    """The chosen token's log-probability and the `k` most likely tokens, from one log-softmaxed row [V]."""
+    top = torch.topk(logp, k) if k else None
+    pairs = tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else ()
+    return TokenLogprob(tid, float(logp[tid]), pairs)
 
 
 def default_kv_tokens(context_length: int, bytes_per_token: int, device: torch.device) -> int:

@@ -326,6 +326,13 @@ class LLM:
         """Generate for every prompt; yields (row, text delta) while running and returns the Completions."""
         self._ensure_loaded()
         if self._core is None:
+            if p.logprobs is not None:
+                raise InvalidParameter(
+                    "logprobs",
+                    p.logprobs,
+                    "None: this model generates through the serialized loop, which does "
+                    "not report log-probabilities (the continuous-batching engine does)",
+                )
             device = _model_device(self._model)
             tok, eos, ctx = self._tokenizer, self._eos, self._context_length
             return (yield from run_serial(self._decoder, self._lock, tok, eos, ctx, device, prompts, p))
@@ -344,7 +351,7 @@ class LLM:
                 elif kind == "done":
                     done[row] = value
                     left -= 1
-                else:
+                elif kind == "error":
                     raise value
             return done
         finally:

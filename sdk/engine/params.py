@@ -15,7 +15,11 @@ __all__ = [
     "FinishReason",
     "GenerationParams",
     "InvalidParameter",
+    "TokenLogprob",
 ]
+
+# OpenAI's cap on `top_logprobs`; more alternatives per token would only cost time.
+MAX_TOP_LOGPROBS = 20
 
 # A hard ceiling so a typo such as max_new_tokens=10**9 fails at once instead of allocating a huge cache.
 MAX_NEW_TOKENS_LIMIT = 1 << 20
@@ -72,6 +76,9 @@ class GenerationParams:
     """Constrain output to JSON valid against this schema (llguidance); output then always parses."""
     grammar: str | None = None
     """Constrain output to this Lark grammar (llguidance syntax, rule `start`); exclusive with json_schema."""
+    logprobs: int | None = None
+    """Report each generated token's log-probability and the `logprobs` most likely alternatives (0: the chosen
+    token only; None: off), from the model's distribution before temperature, top-k/top-p and grammar masks."""
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT)
@@ -89,6 +96,8 @@ class GenerationParams:
             raise InvalidParameter("json_schema", self.json_schema, "a JSON schema as a dict, or None")
         if self.grammar is not None and (not isinstance(self.grammar, str) or not self.grammar.strip()):
             raise InvalidParameter("grammar", self.grammar, "a non-empty Lark grammar string, or None")
+        if self.logprobs is not None:
+            _check_int("logprobs", self.logprobs, 0, MAX_TOP_LOGPROBS)
         if self.grammar is not None and self.json_schema is not None:
             raise InvalidParameter(
                 "grammar", self.grammar, "None when json_schema is also given (one constraint per call)"
@@ -144,6 +153,17 @@ def _check_float(name: str, value: object, low: float, high: float | None, low_o
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log-probability and the most likely tokens at its position."""
+
+    token_id: int
+    logprob: float
+    """Natural log of the token's probability under the model (<= 0)."""
+    top: tuple[tuple[int, float], ...] = ()
+    """(token id, logprob) of the `GenerationParams.logprobs` most likely tokens, most likely first."""
+
+
+@dataclass(frozen=True)
 class Completion:
     """The result of one generation: the text plus usage counts and timings."""
 
@@ -159,6 +179,8 @@ class Completion:
     """Seconds from the call until the first new token was sampled (prefill latency)."""
     decode_tok_s: float
     """Decode speed after the first token, tokens per second (0 when fewer than two tokens)."""
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    """One entry per generated token (as `completion_tokens` counts them) when `logprobs` was asked for."""
 
     def __str__(self) -> str:
         return self.text

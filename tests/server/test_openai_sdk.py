@@ -245,7 +245,7 @@ def test_async_client_chat_and_stream(server, llm) -> None:
     ("kwargs", "param"),
     [
         ({"temperature": 5}, "temperature"),
-        ({"logprobs": True}, "logprobs"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"frequency_penalty": 0.5}, "frequency_penalty"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
         (
