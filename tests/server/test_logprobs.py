@@ -136,3 +136,13 @@ def test_engine_completion_carries_the_logprobs(llm) -> None:
     assert c.logprobs is not None and len(c.logprobs) == c.completion_tokens == 3
     assert all(lp.top[0][1] == pytest.approx(lp.logprob, abs=1e-6) for lp in c.logprobs)
     assert llm.generate("One, two, three,", max_new_tokens=3).logprobs is None
+
+
+def test_token_bytes_rebuild_text_split_inside_characters(llm) -> None:
+    from xpullm.server.token_text import TokenTexts
+
+    text = " héllo 日本, naïve"
+    ids = llm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = [TokenTexts(llm.tokenizer)(i) for i in ids]
+    assert b"".join(bytes(p.bytes) for p in pieces) == text.encode()
+    assert any("\\x" in p.token for p in pieces)  # a token holding part of a character shows its bytes
