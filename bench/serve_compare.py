@@ -31,7 +31,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -139,46 +138,46 @@ async def level(url: str, concurrency: int, requests: int, max_tokens: int, offs
         "ttft": statistics.median(r["ttft"] for r in results),
         "itl_ms": 1000 * statistics.median(itls) if itls else float("nan"),
         "out_tokens": statistics.median(r["tokens"] for r in results),
+        "done": len(results),
         "errors": 0,  # a failed request raises
     }
 
 
-def own_sweep(url: str, levels: list[int], args: argparse.Namespace, rnd: int) -> dict[int, dict]:
+def own_sweep(url: str, levels: list[int], args: argparse.Namespace, rnd: int, label: str) -> dict[int, dict]:
     """This script's client: every level in turn."""
     return {c: asyncio.run(level(url, c, max(args.requests, 2 * c), args.output_tokens, rnd)) for c in levels}
 
 
-def guidellm_sweep(url: str, levels: list[int], args: argparse.Namespace, rnd: int) -> dict[int, dict]:
+def guidellm_sweep(
+    url: str, levels: list[int], args: argparse.Namespace, rnd: int, label: str
+) -> dict[int, dict]:
     """One `guidellm run` over every level (offline: synthetic data, local tokenizer)."""
     from xpullm.models import default_llm_path
 
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "guidellm.json"
-        cmd = [args.guidellm, "run", "--backend", f"kind=openai_http,target={url},model=smollm2"]
-        cmd += ["--tokenizer", f"kind=huggingface_auto,model={default_llm_path()}"]
-        cmd += [
-            "--data",
-            f"kind=synthetic_text,prompt_tokens={args.prompt_tokens},output_tokens={args.output_tokens}",
-        ]
-        cmd += ["--profile", "kind=concurrent", "--override", "profile.streams", ",".join(map(str, levels))]
-        cmd += ["--constraint", f"kind=max_duration,seconds={args.seconds}"]
-        cmd += ["--output", f"kind=json,path={out}", "--disable-console"]
-        env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-        }
-        subprocess.run(cmd, check=True, env=env)
-        report = json.loads(out.read_text())
+    raw = ROOT / "bench" / "out" / "serve_compare"  # guidellm's full reports, for a closer look (git-ignored)
+    raw.mkdir(parents=True, exist_ok=True)
+    out = raw / f"round{rnd + 1}-{label}.json"
+    data = f"kind=synthetic_text,prompt_tokens={args.prompt_tokens},output_tokens={args.output_tokens}"
+    cmd = [args.guidellm, "run", "--backend", f"kind=openai_http,target={url},model=smollm2"]
+    cmd += ["--tokenizer", f"kind=huggingface_auto,model={default_llm_path()}", "--data", data]
+    cmd += ["--profile", "kind=concurrent", "--override", "profile.streams", ",".join(map(str, levels))]
+    cmd += ["--constraint", f"kind=max_duration,seconds={args.seconds}"]
+    cmd += ["--output", f"kind=json,path={out}", "--disable-console"]
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    subprocess.run(cmd, check=True, env={**os.environ, **offline})
+    report = json.loads(out.read_text())
     results = {}
     for bench in report["benchmarks"]:
         m = bench["metrics"]
+        done = m["request_totals"]["successful"]
+        nan = float("nan")
         results[int(bench["config"]["strategy"]["streams"])] = {
+            # output tokens of every request (finished or cut off at the end) over the level's duration
             "tok_s": m["output_tokens_per_second"]["total"]["mean"],
-            "ttft": m["time_to_first_token_ms"]["successful"]["median"] / 1000,
-            "itl_ms": m["inter_token_latency_ms"]["successful"]["median"],
-            "out_tokens": m["output_token_count"]["successful"]["median"],
+            "ttft": m["time_to_first_token_ms"]["successful"]["median"] / 1000 if done else nan,
+            "itl_ms": m["inter_token_latency_ms"]["successful"]["median"] if done else nan,
+            "out_tokens": m["output_token_count"]["successful"]["median"] if done else nan,
+            "done": done,
             "errors": m["request_totals"]["errored"],
         }
     return results
@@ -196,6 +195,9 @@ def _cpu() -> str:
 
 
 def _cell(values: list[float], fmt: str) -> str:
+    values = [v for v in values if v == v]  # a round where no request finished has no latency
+    if not values:
+        return "-"
     if len(values) == 1:
         return format(values[0], fmt)
     return f"{format(statistics.median(values), fmt)} [{format(min(values), fmt)}-{format(max(values), fmt)}]"
@@ -213,7 +215,12 @@ def main() -> None:
         "--requests", type=int, default=8, help="own client: requests per level (>= 2 x concurrency)"
     )
     ap.add_argument("--output-tokens", type=int, default=64, help="max_tokens of every request")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) - 1),
+        help="threads per server (default: all cores but one, which the load generator needs)",
+    )
     ap.add_argument("--note", default="", help="a sentence about the machine's state, e.g. 'quiet machine'")
     ap.add_argument("--out", default=str(DOCS / "benchmarks-serve.md"))
     args = ap.parse_args()
@@ -235,7 +242,8 @@ def main() -> None:
         for rnd in range(args.rounds):
             order = [XPULLM, LLAMACPP] if rnd % 2 == 0 else [LLAMACPP, XPULLM]
             for name in order:
-                for c, r in sweep(urls[name], levels, args, rnd).items():
+                label = "xpullm" if name == XPULLM else "llamacpp"
+                for c, r in sweep(urls[name], levels, args, rnd, label).items():
                     runs.setdefault((c, name), []).append(r)
                     print(f"round {rnd + 1} c={c} {name}: " + ", ".join(f"{k}={v:.3f}" for k, v in r.items()),
                           flush=True)  # fmt: skip
@@ -273,17 +281,18 @@ def main() -> None:
         "server that goes first alternates between rounds.",
         "",
         "| concurrency | server | output tokens/s (aggregate) | TTFT p50 (s) | ITL p50 (ms) | output tokens per "
-        "request (p50) | errors | xpullm / llama.cpp tokens/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "request (p50) | requests finished (all rounds) | errors | xpullm / llama.cpp tokens/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in levels:
         x, ll = runs[(c, XPULLM)], runs[(c, LLAMACPP)]
-        ratio = statistics.median(a["tok_s"] / b["tok_s"] for a, b in zip(x, ll, strict=True))
+        ratios = [a["tok_s"] / b["tok_s"] for a, b in zip(x, ll, strict=True) if b["tok_s"] > 0]
+        ratio = f"{statistics.median(ratios):.2f}x" if ratios else "-"
         for name, rs in ((XPULLM, x), (LLAMACPP, ll)):
             lines.append(
                 f"| {c} | {name} | {_cell([r['tok_s'] for r in rs], '.1f')} | {_cell([r['ttft'] for r in rs], '.3f')} "
                 f"| {_cell([r['itl_ms'] for r in rs], '.1f')} | {_cell([r['out_tokens'] for r in rs], '.0f')} "
-                f"| {sum(r['errors'] for r in rs)} | {f'{ratio:.2f}x' if name == XPULLM else ''} |"
+                f"| {sum(r['done'] for r in rs)} | {sum(r['errors'] for r in rs)} | {ratio if name == XPULLM else ''} |"
             )
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out} after {minutes:.1f} min")

@@ -50,6 +50,7 @@ class ContextOverflow(XPULLMError, ValueError):
         )
         self.prompt_tokens = prompt_tokens
         self.context_length = context_length
+        self.field_name = field_name
 
 
 @dataclass(frozen=True)

@@ -272,6 +272,11 @@ def test_unknown_model_is_404_and_long_prompt_400(client, llm) -> None:
         client.chat.completions.create(model=MODEL, messages=long, max_tokens=1, stream=True)
     assert err.value.code == "context_length_exceeded" and err.value.param == "messages"
     with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(
+            model=MODEL, prompt=["Hi", "word " * (llm.context_length + 10)], max_tokens=1
+        )
+    assert err.value.code == "context_length_exceeded" and err.value.param == "prompt[1]"
+    with pytest.raises(openai.BadRequestError) as err:
         client.embeddings.create(model=EMBED_MODEL, input=["ok", "word " * 600])
     assert err.value.code == "context_length_exceeded" and err.value.param == "input[1]"
 
