@@ -63,7 +63,7 @@ def create_app(
             yield
         finally:
             if not loader.done():
-                log.info(
+                log.warning(
                     "shutting down while loading: waiting up to %.0f s for it to finish", graceful_timeout_s
                 )
                 with contextlib.suppress(asyncio.TimeoutError):

@@ -85,15 +85,19 @@ def test_sigterm_drains_the_running_stream(tmp_path) -> None:
 
 def test_sigterm_while_loading_leaves_a_whole_model_cache_or_none(tmp_path) -> None:
     """The server answers (503) while it converts the packaged GGUF into an empty cache; SIGTERM then exits cleanly
-    and the cache holds the finished conversion or nothing: never a partial folder or a leftover temporary one."""
+    (after waiting up to --graceful-timeout-s for the load) and the cache holds the finished conversion or nothing:
+    never a partial folder or a leftover temporary one."""
     cache = tmp_path / "cache"
     cache.mkdir()
     native = Path(os.environ["XPULLM_CACHE"]) / "native"
     if native.is_dir():  # reuse the built CPU kernels: only the model cache starts empty
         (cache / "native").symlink_to(native)
     port = _free_port()
+    cmd = [sys.executable, "-P", "-m", "xpullm.cli.main", "serve", "--port", str(port), "--no-embedder"]
+    # A short drain: the test is about what a stop in the middle of loading leaves behind, not about waiting.
+    cmd += ["--graceful-timeout-s", "3"]
     proc = subprocess.Popen(
-        [sys.executable, "-P", "-m", "xpullm.cli.main", "serve", "--port", str(port), "--no-embedder"],
+        cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**os.environ, "OMP_NUM_THREADS": "1", "XPULLM_CACHE": str(cache)},
