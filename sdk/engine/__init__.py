@@ -2,7 +2,13 @@
 
 from xpullm.engine.core import EngineConfig, KVBudgetTooSmall
 from xpullm.engine.llm import LLM
-from xpullm.engine.params import Completion, ContextOverflow, GenerationParams, InvalidParameter
+from xpullm.engine.params import (
+    Completion,
+    ContextOverflow,
+    GenerationParams,
+    InvalidParameter,
+    TokenLogprob,
+)
 
 __all__ = [
     "LLM",
@@ -12,4 +18,5 @@ __all__ = [
     "GenerationParams",
     "InvalidParameter",
     "KVBudgetTooSmall",
+    "TokenLogprob",
 ]
