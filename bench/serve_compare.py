@@ -164,7 +164,15 @@ def guidellm_sweep(
     cmd += ["--constraint", f"kind=max_duration,seconds={args.seconds}"]
     cmd += ["--output", f"kind=json,path={out}", "--disable-console"]
     offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    subprocess.run(cmd, check=True, env={**os.environ, **offline})
+    # Its own session: guidellm runs worker processes, which a stopped sweep must take down with it.
+    proc = subprocess.Popen(cmd, env={**os.environ, **offline}, start_new_session=True)
+    try:
+        if proc.wait() != 0:
+            raise RuntimeError(f"guidellm exited with {proc.returncode}: {' '.join(cmd)}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
     report = json.loads(out.read_text())
     results = {}
     for bench in report["benchmarks"]:
