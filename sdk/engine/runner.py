@@ -134,6 +134,8 @@ class ModelRunner:
 
         x, delta = decoder_layers(dec, x, self._ops, attention)
         if last is not None:
+            if last.numel() == 0:  # a step of prompt chunks none of which ends its prompt
+                return x.new_empty((0, self.vocab_size))
             x, delta = x[0].index_select(0, last)[None], delta[0].index_select(0, last)[None]
         _, y = self._ops.add_norm(x, delta, dec.final_norm, eps, dec.lm_head)
         return self._ops.project(dec.lm_head, y, 1, x.shape[1])[0]
