@@ -10,9 +10,11 @@ them with one call. A graph needs fixed shapes and addresses, so:
   hands out): their K/V writes land there, their attention reads only there, and their logits are dropped.
   Projections, norms and the MLP are row-independent and paged attention reads only a token's own sequence, so
   pad rows do not touch the real rows' values;
-- the inputs live in static buffers: the embedded tokens x [1, B_max, hidden] (the embedding runs outside the
-  graph: `_EmbedRows` caches rows on the host), positions and block-table rows int64 [B_max]. The pools, the
-  block-table tensor (written in place at admission) and the RoPE tables are the runner's own fixed tensors;
+- the inputs live in one static int64 buffer: for bucket B its first 3 B entries are the token ids, positions and
+  block-table rows (one host-to-device copy per step). A plain `nn.Embedding` runs inside the graph; any other
+  embedding (a low-bit one whose rows `_EmbedRows` caches on the host) runs before it, into a static buffer of
+  hidden states. The pools, the block-table tensor (written in place at admission) and the RoPE tables are the
+  runner's own fixed tensors;
 - steps of more tokens than the largest bucket (long prompt chunks) run eagerly, as does a bucket whose capture
   failed (reported once).
 
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from xpullm.settings import runtime_settings
 
@@ -137,6 +140,7 @@ class StepGraphs:
         backend: how to record and replay (`graph_backend(device)` or `EAGER_REPLAY`).
         scratch_block: a pool block no sequence owns; pad rows write their K/V there.
         scratch_row: a block-table row no sequence owns; filled here with `scratch_block`.
+        embed_in_graph: look the tokens up inside the graph; None: when the embedding is a plain `nn.Embedding`.
     """
 
     def __init__(
@@ -146,6 +150,7 @@ class StepGraphs:
         backend: GraphBackend,
         scratch_block: int,
         scratch_row: int,
+        embed_in_graph: bool | None = None,
     ) -> None:
         if not buckets or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in buckets):
             raise ValueError(
@@ -164,8 +169,11 @@ class StepGraphs:
         self.scratch_row = scratch_row
         runner.block_tables[scratch_row].fill_(scratch_block)
         dec, dev, top = runner.dec, runner.device, self.buckets[-1]
-        self._x = torch.zeros((1, top, dec.hidden), dtype=dec.dtype, device=dev)
-        self._index = torch.zeros((2, top), dtype=torch.long, device=dev)  # positions; block-table rows
+        inside = isinstance(dec.embed.embed, nn.Embedding) if embed_in_graph is None else embed_in_graph
+        self._x = None if inside else torch.zeros((1, top, dec.hidden), dtype=dec.dtype, device=dev)
+        self._index = torch.zeros(
+            3 * top, dtype=torch.long, device=dev
+        )  # bucket B: [3, B] ids, positions, rows
         self._graphs: dict[int, _Captured | None] = {}  # None: the capture failed, that bucket runs eagerly
         self._pool: Any = None
         self.captures = 0  # graphs recorded (tests and benchmarks read these)
@@ -197,14 +205,13 @@ class StepGraphs:
         bucket = self.bucket_for(n)
         if bucket is None or (bucket in self._graphs and self._graphs[bucket] is None):
             return None
-        dev, pad = self.runner.device, bucket - n
-        index = torch.tensor(
-            [[*positions, *[0] * pad], [*seq_index, *[self.scratch_row] * pad]], dtype=torch.long
-        )
-        self._index[:, :bucket].copy_(index)
-        ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
-        # Pad rows keep whatever embedding the buffer last held: finite values whose results are dropped.
-        self._x[0, :n].copy_(self.runner.dec.embed(ids[None])[0])
+        pad = bucket - n
+        index = self._index[: 3 * bucket]
+        index.copy_(torch.tensor([*input_ids, *[0] * pad, *positions, *[0] * pad, *seq_index,
+                                  *[self.scratch_row] * pad], dtype=torch.long))  # fmt: skip
+        if self._x is not None:
+            # Pad rows keep whatever embedding the buffer last held: finite values whose results are dropped.
+            self._x[0, :n].copy_(self.runner.dec.embed(index[None, :n])[0])
         cap = self._graphs.get(bucket)
         if cap is None:
             cap = self._graphs[bucket] = self._capture(bucket)
@@ -212,14 +219,19 @@ class StepGraphs:
                 return None
         cap.replay()
         self.replays += 1
-        return cap.logits.index_select(0, torch.tensor(logit_rows, dtype=torch.long, device=dev))
+        if len(logit_rows) == n and all(r == i for i, r in enumerate(logit_rows)):  # a decode step: no index
+            return cap.logits[:n].clone()
+        rows = torch.tensor(logit_rows, dtype=torch.long, device=self.runner.device)
+        return cap.logits.index_select(0, rows)
 
     def _capture(self, bucket: int) -> _Captured | None:
         runner = self.runner
-        x, pos, rows = self._x[:, :bucket], self._index[0, :bucket], self._index[1, :bucket]
+        ids, pos, rows = self._index[: 3 * bucket].view(3, bucket)
+        embed = runner.dec.embed
 
         def step() -> torch.Tensor:
             with torch.inference_mode():
+                x = embed.embed(ids[None]).to(embed.dtype) if self._x is None else self._x[:, :bucket]
                 return runner.forward_hidden(x, pos, rows, None)
 
         if self._pool is None:
