@@ -97,7 +97,7 @@ def build_model(shape: Shape, fmt: str, group: int | None, device: torch.device)
     cfg = transformers.LlamaConfig(
         hidden_size=shape.d, intermediate_size=shape.ff, num_attention_heads=shape.heads,
         num_key_value_heads=shape.kv, num_hidden_layers=shape.layers, vocab_size=shape.vocab,
-        max_position_embeddings=shape.max_len, rope_theta=500000.0, tie_word_embeddings=False,
+        max_position_embeddings=shape.max_len, tie_word_embeddings=False,
     )  # fmt: skip
     torch.manual_seed(0)
     with _default_dtype(_dtype(device)), torch.device(device):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call for the continuous-batching engine on a GPU (issue 20), everything into $OUT:
-#   1. tests/engine/test_engine_gpu.py (untuned kernels: correctness only)      -> tests.txt
+#   1. tests/engine/test_engine_gpu.py, sym_int4 and bf16 (untuned kernels: correctness only; TESTS_K="" for
+#      sym_int8 too)                                                            -> tests.txt
 #   2. bench/engine_gpu.py: sym_int4 g128 engine at 1/8/32/64 streams, then the
 #      static decoder at batch 1 on the same model                             -> engine_int4.log
 #   3. the peer (gpu_peer_decode.py) int4 tinygemm at the same batches          -> peer_int4.log
@@ -50,7 +51,8 @@ stage() {  # stage NAME SECONDS command...
   >> "$OUT/env.txt"
 
 XPULLM_TRITON_AUTOTUNE=0 stage tests "${TESTS_S:-150}" $P -m pytest -c /dev/null --rootdir . \
-  --import-mode=importlib -p no:cacheprovider --noconftest -q -rs --durations=10 tests/engine/test_engine_gpu.py
+  --import-mode=importlib -p no:cacheprovider --noconftest -q -rs --durations=10 -k "${TESTS_K-not sym_int8}" \
+  tests/engine/test_engine_gpu.py
 cp "$OUT/tests.log" "$OUT/tests.txt"
 
 stage engine_int4 "${INT4_S:-170}" $B --formats sym_int4:128 --streams "$STREAMS" \
