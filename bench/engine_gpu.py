@@ -13,6 +13,8 @@ Beside it:
 - on the same model, after the engine's levels: the serialized static decoder (`GraphedDecoder`, what `LLM` runs on
   CUDA while the engine is off by default) at batch 1 (`--static-batches`) - the number the engine's single stream
   must match to flip `ENGINE_ON_ACCELERATOR["cuda"]`;
+- on the same model, one stream through the public `LLM.generate` both ways (serialized static decoder vs the
+  engine): the like-for-like comparison for the flip, detokenization and per-token host work included;
 - `--stage peer` (its own invocation): `gpu_peer_decode.py` (its model code, loaded from `--peer PATH`: torch.compile "reduce-overhead", static
   KV cache) with its KV caches resized to S rows, int4 = tinygemm g128, bf16 = cuBLAS.
 
@@ -30,6 +32,7 @@ import argparse
 import ast
 import contextlib
 import json
+import os
 import queue
 import sys
 import time
@@ -195,6 +198,8 @@ def engine_stage(args: argparse.Namespace, shape: Shape, device: torch.device) -
             })  # fmt: skip
         del core, dec
         static_rows(args, shape, device, model, fmt, group)
+        if not args.no_llm:
+            llm_rows(args, shape, device, model, fmt, group)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -241,6 +246,35 @@ def static_rows(
             "step_ms": secs / args.tokens * 1e3, "tokens": args.tokens, "device": _device_name(device),
         })  # fmt: skip
     del dec
+
+
+def llm_rows(
+    args: argparse.Namespace,
+    shape: Shape,
+    device: torch.device,
+    model: torch.nn.Module,
+    fmt: str,
+    group: int | None,
+) -> None:
+    """One stream through the public `LLM` API both ways - the serialized static decoder (the GPU default while
+    `ENGINE_ON_ACCELERATOR["cuda"]` is False) and the engine (`on_accelerators=True`) - with detokenization,
+    stop checks and the per-token host sync each path really has: the numbers that decide the flip."""
+    from xpullm.engine import LLM
+    from xpullm.engine.core import EngineConfig
+
+    tok = word_tokenizer(shape.vocab)
+    prompt = " ".join(f"t{i}" for i in torch.randint(0, shape.vocab, (PROMPT,)).tolist())
+    for on in (False, True):
+        llm = LLM(model, tokenizer=tok, engine=EngineConfig(on_accelerators=on, kv_budget_tokens=4096))
+        path = "engine" if llm.engine is not None else "serialized static decoder"
+        llm.generate(prompt, max_new_tokens=8)  # tunes kernels, records graphs
+        best = max(llm.generate(prompt, max_new_tokens=args.tokens).decode_tok_s for _ in range(2))
+        _append(args.out, {
+            "stage": "llm", "engine": f"LLM.generate, one stream ({path})", "format": _label(fmt, group),
+            "streams": 1, "tok_s": best, "step_ms": 1e3 / best if best else 0.0, "tokens": args.tokens,
+            "on_accelerators": on, "device": _device_name(device),
+        })  # fmt: skip
+        del llm
 
 
 def load_peer(path: str, layers: int, group: int) -> dict:
@@ -349,6 +383,15 @@ def summarize(rows_path: str, md_path: str | None) -> str:
     for (fmt, s), st in sorted(static.items()):
         if (fmt, s) not in engine:
             lines.append(f"| {fmt} | {s} | - | - | - | - | - | {st['tok_s']:.1f} | - |")
+    llm = {(r["format"], r["on_accelerators"]): r for r in rows if r["stage"] == "llm"}
+    for fmt in sorted({f for f, _ in llm}):
+        serial, eng = llm.get((fmt, False)), llm.get((fmt, True))
+        if serial and eng:
+            lines.append(
+                f"\nOne stream through `LLM.generate`, {fmt}: {serial['engine']} {serial['tok_s']:.1f} tok/s, "
+                f"{eng['engine']} {eng['tok_s']:.1f} tok/s ({eng['tok_s'] / serial['tok_s']:.2f}x; flip "
+                '`ENGINE_ON_ACCELERATOR["cuda"]` when >= 1).'
+            )
     text = "\n".join(lines) + "\n"
     if md_path:
         Path(md_path).write_text(text)
@@ -362,6 +405,9 @@ def main() -> None:
     ap.add_argument("--streams", default="1,8,32,64", help="concurrent streams (engine, peer)")
     ap.add_argument(
         "--static-batches", default="1", help="engine stage: static decoder batch sizes ('': none)"
+    )
+    ap.add_argument(
+        "--no-llm", action="store_true", help="engine stage: skip the one-stream LLM.generate rows"
     )
     ap.add_argument("--tuned-out", default=None, help="engine stage: write the tuned Triton configs here")
     ap.add_argument("--tokens", type=int, default=128, help="new tokens per stream")
@@ -387,6 +433,10 @@ def main() -> None:
         flush=True,
     )
     {"engine": engine_stage, "peer": peer_stage}[args.stage](args, shape, device)
+    # Idle engine threads (daemons, waiting for work) must not meet interpreter teardown: the rows are written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
