@@ -171,9 +171,8 @@ class StepGraphs:
         dec, dev, top = runner.dec, runner.device, self.buckets[-1]
         inside = isinstance(dec.embed.embed, nn.Embedding) if embed_in_graph is None else embed_in_graph
         self._x = None if inside else torch.zeros((1, top, dec.hidden), dtype=dec.dtype, device=dev)
-        self._index = torch.zeros(
-            3 * top, dtype=torch.long, device=dev
-        )  # bucket B: [3, B] ids, positions, rows
+        # Bucket B reads its first 3 B entries as [3, B]: token ids, positions, block-table rows.
+        self._index = torch.zeros(3 * top, dtype=torch.long, device=dev)
         self._graphs: dict[int, _Captured | None] = {}  # None: the capture failed, that bucket runs eagerly
         self._pool: Any = None
         self.captures = 0  # graphs recorded (tests and benchmarks read these)
