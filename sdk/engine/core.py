@@ -24,9 +24,11 @@ from xpullm.engine.params import Completion, GenerationParams, TokenLogprob
 from xpullm.engine.runner import ModelRunner
 from xpullm.engine.sampling import Sampler
 from xpullm.engine.scheduler import KVBudgetTooSmall, Scheduler, Sequence, StepPlan
+from xpullm.engine.step_graphs import DEFAULT_BUCKETS, attach_step_graphs
 from xpullm.engine.stopping import TextAssembler
 
 __all__ = [
+    "ENGINE_ON_ACCELERATOR",
     "CoreStats",
     "EngineConfig",
     "EngineCore",
@@ -57,10 +59,18 @@ class EngineConfig:
     """KV memory in tokens; None: min(context * 8, ~10% of RAM on CPU / 50% of free GPU memory)."""
     prefix_cache: bool = True
     """Share the KV blocks of identical prompt prefixes (LRU-evicted under the budget)."""
-    on_accelerators: bool = False
-    """Run the engine on CUDA / XPU too (needs a non-reference paged kernel). Off by default until measured there:
-    engine steps are eager (no CUDA graphs per batch bucket yet), so one stream is slower than the static
-    decoder's graph-captured steps, which GPUs keep (serialized) meanwhile."""
+    on_accelerators: bool | None = None
+    """Run the engine on CUDA / XPU too (needs a non-reference paged kernel); None: the device's entry in
+    `ENGINE_ON_ACCELERATOR`. Otherwise GPUs decode through the serialized static decoder (one call at a time)."""
+    graph_buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    """Token counts whose steps replay a captured graph on CUDA / XPU (a step pads up to the next bucket; larger
+    steps run eagerly); (): no graphs."""
+
+
+# Whether `LLM` runs the engine on an accelerator when `EngineConfig.on_accelerators` is None. THE switch to flip
+# once measured: True where one stream through the engine (graph-replayed steps) is no slower than the static
+# decoder's graph-captured steps (bench/engine_gpu.py prints both). False keeps that device on the serialized path.
+ENGINE_ON_ACCELERATOR: dict[str, bool] = {"cuda": False, "xpu": False}
 
 
 @dataclass(frozen=True)
@@ -345,7 +355,10 @@ def build_core(
 
     tokens = config.kv_budget_tokens or default_kv_tokens(context_length, kv_bytes_per_token(dec), dec.device)
     num_blocks = max(1, tokens // config.block_size)
-    runner = ModelRunner(dec, num_blocks, config.block_size, config.max_seqs, context_length)
+    # One block and one block-table row beyond the scheduler's: the step graphs' scratch, where pad rows write.
+    runner = ModelRunner(dec, num_blocks + 1, config.block_size, config.max_seqs + 1, context_length)
+    buckets = [b for b in config.graph_buckets if b <= config.max_batched_tokens]
+    attach_step_graphs(runner, buckets, scratch_block=num_blocks, scratch_row=config.max_seqs)
     return EngineCore(
         runner, BlockPool(num_blocks, config.block_size), config, tokenizer, eos, context_length
     )
