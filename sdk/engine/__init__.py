@@ -2,7 +2,14 @@
 
 from xpullm.engine.core import EngineConfig, KVBudgetTooSmall
 from xpullm.engine.llm import LLM
-from xpullm.engine.params import Completion, ContextOverflow, GenerationParams, InvalidParameter, Timings
+from xpullm.engine.params import (
+    Completion,
+    ContextOverflow,
+    GenerationParams,
+    InvalidParameter,
+    Timings,
+    TokenLogprob,
+)
 from xpullm.engine.speculative import SpeculativeConfig
 
 __all__ = [
@@ -15,4 +22,5 @@ __all__ = [
     "KVBudgetTooSmall",
     "SpeculativeConfig",
     "Timings",
+    "TokenLogprob",
 ]

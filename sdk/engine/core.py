@@ -24,14 +24,16 @@ import torch
 
 from xpullm.engine.constrained import GrammarConstraint
 from xpullm.engine.kv_blocks import BlockPool
-from xpullm.engine.params import Completion, GenerationParams, Timings
+from xpullm.engine.params import Completion, GenerationParams, Timings, TokenLogprob
 from xpullm.engine.runner import ModelRunner
 from xpullm.engine.sampling import Sampler
 from xpullm.engine.scheduler import KVBudgetTooSmall, Scheduler, Sequence, StepPlan
 from xpullm.engine.speculative import DraftSlot, SpecState, SpeculativeConfig, make_drafter
+from xpullm.engine.step_graphs import DEFAULT_BUCKETS, attach_step_graphs
 from xpullm.engine.stopping import TextAssembler
 
 __all__ = [
+    "ENGINE_ON_ACCELERATOR",
     "CoreStats",
     "EngineConfig",
     "EngineCore",
@@ -42,7 +44,8 @@ __all__ = [
 ]
 
 Event = Callable[[str, Any], None]
-"""`fn(kind, value)`: kind `delta` (str), `done` (Completion) or `error` (an exception); called from the engine."""
+"""`fn(kind, value)`: kind `delta` (str), `done` (Completion) or `error` (an exception); called from the engine.
+With `GenerationParams.logprobs` set, also `token` (TokenLogprob) for each generated token, before its text's delta."""
 
 _IDLE_EXIT_S = 30.0  # the engine thread ends after this long without work (restarted by the next submit)
 
@@ -61,13 +64,21 @@ class EngineConfig:
     """KV memory in tokens; None: min(context * 8, ~10% of RAM on CPU / 50% of free GPU memory)."""
     prefix_cache: bool = True
     """Share the KV blocks of identical prompt prefixes (LRU-evicted under the budget)."""
-    on_accelerators: bool = False
-    """Run the engine on CUDA / XPU too (needs a non-reference paged kernel). Off by default until measured there:
-    engine steps are eager (no CUDA graphs per batch bucket yet), so one stream is slower than the static
-    decoder's graph-captured steps, which GPUs keep (serialized) meanwhile."""
+    on_accelerators: bool | None = None
+    """Run the engine on CUDA / XPU too (needs a non-reference paged kernel); None: the device's entry in
+    `ENGINE_ON_ACCELERATOR`. Otherwise GPUs decode through the serialized static decoder (one call at a time)."""
+    graph_buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    """Token counts whose steps replay a captured graph on CUDA / XPU (a step pads up to the next bucket; larger
+    steps run eagerly); (): no graphs."""
     speculative: SpeculativeConfig | None = field(default_factory=SpeculativeConfig)
     """Speculative decoding (drafter, draft length, adaptation); None decodes one token per step. Outputs are the
     same either way; prompt lookup (the default) measured faster on grounded prompts and no slower on open chat."""
+
+
+# Whether `LLM` runs the engine on an accelerator when `EngineConfig.on_accelerators` is None. THE switch to flip
+# once measured: True where one stream through the engine (graph-replayed steps) is no slower than the static
+# decoder's graph-captured steps (bench/engine_gpu.py prints both). False keeps that device on the serialized path.
+ENGINE_ON_ACCELERATOR: dict[str, bool] = {"cuda": False, "xpu": False}
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,7 @@ class Request:
         self.first_t: float | None = None
         self.last_t: float | None = None
         self.finish: str | None = None
+        self.logprobs: list[TokenLogprob] = []
         self.fast_greedy = params.greedy and params.repetition_penalty == 1.0 and constraint is None
         self.spec: SpecState | None = None  # set by the core when this request may speculate
         self.steps = 0  # engine steps that produced tokens for this request
@@ -139,6 +151,7 @@ class Request:
                 draft_tokens=self.spec.drafted if self.spec else 0,
                 accepted_tokens=self.spec.accepted if self.spec else 0,
             ),
+            logprobs=tuple(self.logprobs) if self.params.logprobs is not None else None,
         )
 
 
@@ -322,9 +335,12 @@ class EngineCore:
         accepted = 0
         for i in range(len(draft) + 1):
             row = first + i
+            k = req.params.logprobs
+            # Before sampling: a grammar mask may write into an fp32 logits row in place.
+            logp = torch.log_softmax(logits[row].float(), dim=-1) if k is not None else None
             tid = greedy[row] if req.fast_greedy else self._sample(req, logits[row : row + 1])  # type: ignore[index]
             req.produced += 1
-            self._accept(req, tid, now)
+            self._accept(req, tid, now, None if logp is None else _token_logprob(logp, tid, k))  # type: ignore[arg-type]
             if req.finish is not None or i == len(draft) or tid != draft[i]:
                 break
             accepted += 1
@@ -340,7 +356,7 @@ class EngineCore:
             logits = req.constraint.mask(logits)
         return int(req.sampler(logits)[0])
 
-    def _accept(self, req: Request, tid: int, now: float) -> None:
+    def _accept(self, req: Request, tid: int, now: float, lp: TokenLogprob | None = None) -> None:
         if req.first_t is None:
             req.first_t = now
             self._last_ttft = now - req.submitted
@@ -350,6 +366,9 @@ class EngineCore:
             req.finish = "stop"
         else:
             self._tokens_generated += 1
+            if lp is not None:
+                req.logprobs.append(lp)
+                self._emit(req, "token", lp)
             if req.constraint is not None:
                 req.constraint.consume(0, tid)
             asm.push(tid)
@@ -392,6 +411,13 @@ class EngineCore:
         self._requests.pop(id(req.seq), None)
 
 
+def _token_logprob(logp: torch.Tensor, tid: int, k: int) -> TokenLogprob:
+    """The chosen token's log-probability and the `k` most likely tokens, from one log-softmaxed row [V]."""
+    top = torch.topk(logp, k) if k else None
+    pairs = tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else ()
+    return TokenLogprob(tid, float(logp[tid]), pairs)
+
+
 def default_kv_tokens(context_length: int, bytes_per_token: int, device: torch.device) -> int:
     """min(context * 8 sequences, what fits in ~10% of RAM (CPU) or 50% of free accelerator memory)."""
     if device.type == "cuda":
@@ -413,7 +439,10 @@ def build_core(
 
     tokens = config.kv_budget_tokens or default_kv_tokens(context_length, kv_bytes_per_token(dec), dec.device)
     num_blocks = max(1, tokens // config.block_size)
-    runner = ModelRunner(dec, num_blocks, config.block_size, config.max_seqs, context_length)
+    # One block and one block-table row beyond the scheduler's: the step graphs' scratch, where pad rows write.
+    runner = ModelRunner(dec, num_blocks + 1, config.block_size, config.max_seqs + 1, context_length)
+    buckets = [b for b in config.graph_buckets if b <= config.max_batched_tokens]
+    attach_step_graphs(runner, buckets, scratch_block=num_blocks, scratch_row=config.max_seqs)
     return EngineCore(
         runner, BlockPool(num_blocks, config.block_size), config, tokenizer, eos, context_length
     )

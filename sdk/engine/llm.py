@@ -24,7 +24,7 @@ from torch import nn
 from xpullm.devices import default_dtype
 from xpullm.engine.aio import iterate_in_thread
 from xpullm.engine.chat import render_chat
-from xpullm.engine.core import EngineConfig, EngineCore, build_core
+from xpullm.engine.core import ENGINE_ON_ACCELERATOR, EngineConfig, EngineCore, build_core
 from xpullm.engine.decode import Decoder, StaticCacheDecoder, build_decoder
 from xpullm.engine.params import Completion, ContextOverflow, GenerationParams, InvalidParameter
 from xpullm.engine.serial import model_lock, run_serial
@@ -334,6 +334,13 @@ class LLM:
         """Generate for every prompt; yields (row, text delta) while running and returns the Completions."""
         self._ensure_loaded()
         if self._core is None:
+            if p.logprobs is not None:
+                raise InvalidParameter(
+                    "logprobs",
+                    p.logprobs,
+                    "None: this model generates through the serialized loop, which does "
+                    "not report log-probabilities (the continuous-batching engine does)",
+                )
             device = _model_device(self._model)
             tok, eos, ctx = self._tokenizer, self._eos, self._context_length
             return (yield from run_serial(self._decoder, self._lock, tok, eos, ctx, device, prompts, p))
@@ -352,7 +359,7 @@ class LLM:
                 elif kind == "done":
                     done[row] = value
                     left -= 1
-                else:
+                elif kind == "error":
                     raise value
             return done
         finally:
@@ -371,12 +378,14 @@ class _AnyEvent:
 
 
 def _engine_runs(static: StaticCacheDecoder, config: EngineConfig) -> bool:
-    """The engine serves CPU models; on accelerators only when asked (`EngineConfig.on_accelerators`) and a paged
-    attention kernel (not the reference) is registered: the static decoder's CUDA-graph steps are faster for one
-    stream than an eager engine step."""
+    """The engine serves CPU models; on accelerators when asked (`EngineConfig.on_accelerators`, else the device's
+    `ENGINE_ON_ACCELERATOR` default) and a paged attention kernel (not the reference) is registered."""
     if static.device.type == "cpu":
         return True
-    if not config.on_accelerators:
+    wanted = config.on_accelerators
+    if wanted is None:
+        wanted = ENGINE_ON_ACCELERATOR.get(static.device.type, False)
+    if not wanted:
         return False
     ctx = OpContext(static.device.type, static.dtype, static.head_dim, static.family.qk_norm)
     return select_op("paged_attention", ctx).name != "reference"

@@ -42,7 +42,13 @@ def serve(config: ServerConfig) -> int:
     import uvicorn
 
     text, embedder = build_engines(config)
-    app = create_app(text, embedder, api_key=config.api_key, default_max_tokens=config.default_max_tokens)
+    app = create_app(
+        text,
+        embedder,
+        api_key=config.api_key,
+        default_max_tokens=config.default_max_tokens,
+        graceful_timeout_s=config.graceful_timeout_s,
+    )
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -88,6 +88,12 @@ def test_seeded_sampling_and_penalties_equal_plain(plain: LLM, lookup: LLM) -> N
         assert lookup.chat(GROUNDED, **kw).text == plain.chat(GROUNDED, **kw).text
     kw = {"repetition_penalty": 1.3, "max_new_tokens": 32}
     assert lookup.chat(GROUNDED, **kw).text == plain.chat(GROUNDED, **kw).text
+    kw = {
+        "logprobs": 2,
+        "max_new_tokens": 16,
+    }  # a drafted row's distribution is plain decoding's, bit for bit
+    spec = lookup.chat(GROUNDED, **kw)
+    assert spec.logprobs == plain.chat(GROUNDED, **kw).logprobs and spec.timings.accepted_tokens > 0
 
 
 def test_stop_strings_limits_and_streaming_behave_as_before(plain: LLM, lookup: LLM) -> None:
