@@ -262,9 +262,9 @@ Decode tok/s = tokens after the first / time from the first token to the last (p
 {runs} runs per cell with [min-max]; the speed-up is each run's ratio to the plain run of the same request in the same
 round (plain = the same engine with `speculative=False`). Acceptance = accepted / drafted tokens;
 tokens / step = decode tokens per decode step (1.00 for plain decoding). Prompt tokens: {prompts}.
-Greedy outputs of the three methods differed in {mismatches} of the runs (the engine verifies drafts with the model's own
+Greedy outputs of the methods differed from plain decoding in {mismatches} of the runs (the engine verifies drafts with the model's own
 logits, which are bitwise those of plain decoding on CPU).
-Machine: AMD EPYC Zen 5 (family 26), 2 vCPU, AVX-512, {threads} torch threads, torch {torch}; shared with other
+Machine (2026-12-05): AMD EPYC Zen 5 (family 26), 2 vCPU, AVX-512, {threads} torch threads, torch {torch}; shared with other
 jobs while measured (noisy: read the ratios, not the absolute speeds).
 
 {table}
