@@ -72,13 +72,17 @@ def test_grounded_greedy_is_plain_decoding_with_fewer_steps(plain: LLM, lookup: 
     assert fast.acceptance_rate > 0.5 and fast.tokens_per_step > 1.8, fast
 
 
-def test_concurrent_requests_equal_plain_outputs(plain: LLM, lookup: LLM, layerskip: LLM) -> None:
+def test_concurrent_requests_equal_plain_outputs(llm: LLM, plain: LLM, lookup: LLM, layerskip: LLM) -> None:
     ref = [c.text for c in plain.generate(PROMPTS, max_new_tokens=24)]
     assert [c.text for c in lookup.generate(PROMPTS, max_new_tokens=24)] == ref
     assert [c.text for c in layerskip.generate(PROMPTS, max_new_tokens=24)] == ref
     stats = lookup.engine.stats()
     assert stats.draft_tokens > 0 and 0 < stats.accepted_draft_tokens <= stats.draft_tokens
     assert stats.kv_used_blocks == 0 and layerskip.engine.stats().kv_used_blocks == 0
+    # 16-token steps: drafts share the budget with every decode and with the long prompt's prefill chunks.
+    tight = LLM(llm.model, tokenizer=llm.tokenizer, engine=EngineConfig(max_batched_tokens=16, max_seqs=8))
+    assert [c.text for c in tight.generate(PROMPTS, max_new_tokens=24)] == ref
+    assert tight.engine.stats().accepted_draft_tokens > 0
 
 
 def test_seeded_sampling_and_penalties_equal_plain(plain: LLM, lookup: LLM) -> None:
