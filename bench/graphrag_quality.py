@@ -117,7 +117,7 @@ def index_corpus(
     c["bytes"] = sum(len(t.encode()) for t in texts)
     root = Path(tempfile.mkdtemp(prefix=f"graphrag-quality-{profile}-"))
     rag = GraphRAG(root, llm=llms[fmt], embedder=embedder, config=_config(method, max_new))
-    c["rows"][profile] = index(rag, inputs, c["input_tokens"])
+    c["rows"][profile] = index(rag, inputs, c["input_tokens"]) | {"root": str(root)}
     print(f"[{corpus}/{profile}] {json.dumps(c['rows'][profile])}", flush=True)
     return rag
 
@@ -152,7 +152,14 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def run(
-    profiles: list[str], queries: list[str], wiki: int, wiki_chars: int, max_new: int, workers: int
+    profiles: list[str],
+    queries: list[str],
+    wiki: int,
+    wiki_chars: int,
+    max_new: int,
+    workers: int,
+    reuse: dict[str, Path] | None = None,
+    reuse_json: Path | None = None,
 ) -> dict:
     from xpullm.embeddings import Embedder
     from xpullm.engine import LLM
@@ -170,10 +177,21 @@ def run(
     tok = next(iter(llms.values()))
     out: dict = {"corpora": {}, "answers": {}, "scores": {}}
     articles = [p.read_text() for p in sorted(ARTICLES.glob("*.txt"))]
-    rags = {
-        p: index_corpus(out, "articles", articles, ARTICLES, p, llms, embedder, tok, max_new)
-        for p in profiles
-    }
+    if reuse:  # query an earlier run's indexes (their rows come from that run's --json)
+        from xpullm.graphrag import GraphRAG
+
+        out["corpora"] = json.loads(reuse_json.read_text())["corpora"] if reuse_json else {}
+        rags = {
+            p: GraphRAG(
+                reuse[p], llm=llms[PROFILES[p][0]], embedder=embedder, config=_config(PROFILES[p][1], max_new)
+            )
+            for p in profiles
+        }
+    else:
+        rags = {
+            p: index_corpus(out, "articles", articles, ARTICLES, p, llms, embedder, tok, max_new)
+            for p in profiles
+        }
     for qm in queries:  # interleaved: every profile answers with one method before the next method starts
         for p in profiles:
             rows, wall = ask_all(rags[p], qm, items, workers)
@@ -234,7 +252,10 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=200, help="answer budget of every query")
     ap.add_argument("--workers", type=int, default=6, help="questions in flight at once")
     ap.add_argument("--json", type=Path, default=None, help="also write the raw result (every answer) here")
+    ap.add_argument("--reuse", default="", help="profile=DIR,...: query these projects instead of indexing")
+    ap.add_argument("--reuse-json", type=Path, default=None, help="the --json of the run that indexed them")
     args = ap.parse_args()
+    reuse = dict(item.split("=", 1) for item in args.reuse.split(",") if item) or None
     result = run(
         args.profiles.split(","),
         [q for q in args.queries.split(",") if q],
@@ -242,6 +263,8 @@ def main() -> None:
         args.wiki_chars,
         args.max_new_tokens,
         args.workers,
+        {k: Path(v) for k, v in reuse.items()} if reuse else None,
+        args.reuse_json,
     )
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))
