@@ -238,7 +238,10 @@ def test_counting_loops_are_cut():
 def test_answers_with_invented_numbers_or_no_content_are_refused():
     from xpullm.graphrag.query_text import grounded_sentences, says_nothing
 
-    context = ["The Brannock Dam was completed in 1931.", "The regatta is held every June on the Ellis River."]
+    context = [
+        "The Brannock Dam was completed in 1931.",
+        "The regatta is held every June on the Ellis River.",
+    ]
     # The packaged model's answers to questions the articles do not answer (bench/graphrag_quality.py).
     assert grounded_sentences("The population of Marlow is 2. [Data: Sources (7)]", context) == ("", 1)
     text, dropped = grounded_sentences(
@@ -247,5 +250,7 @@ def test_answers_with_invented_numbers_or_no_content_are_refused():
     assert (text, dropped) == ("The dam was completed in 1931.", 1)
     kept = "The Brannock Dam was completed in 1931. [Data: Sources (1)]"
     assert grounded_sentences(kept, context) == (kept, 0)  # citation ids are not facts
-    assert says_nothing("The answer is:") and says_nothing("The answer to this question is: [Data: Sources (1)]")
+    assert says_nothing("The answer is:") and says_nothing(
+        "The answer to this question is: [Data: Sources (1)]"
+    )
     assert not says_nothing("The answer is: Hana Morrow.")
