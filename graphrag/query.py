@@ -138,7 +138,9 @@ class QueryEngine:
         return [e for e in self.table("entities") if e["type"] != "concept"]
 
     def _finish(self, answer: GraphAnswer, raw: str) -> str:
-        """The final text of a generated answer: cut where it starts to loop, and cited."""
+        """The final text of a generated answer: cut where it starts to loop, without sentences stating numbers
+        no context record holds, refused when nothing is left, and cited. (A stream shows the draft as it comes;
+        its answer's text is this final text.)"""
         text = cut_loops(raw)
         if REFUSES.search(text):
             answer.details["refused"] = True
