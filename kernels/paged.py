@@ -52,13 +52,13 @@ __all__ = [
     "KV_CACHE_DTYPES",
     "PagedBackend",
     "kv_bytes_per_token",
-    "ring_width",
     "paged_attention",
     "paged_backend",
     "quantize_kv",
     "reference_attend",
     "reference_paged_attention",
     "reference_rotate",
+    "ring_width",
     "table_column",
 ]
 
@@ -179,11 +179,8 @@ def _check_args(
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an int >= 0 (0: off); got {value!r}")
     if sinks and not window:
-        raise ValueError(f"sinks={sinks} needs a sliding window (window > 0): without one every key is attended")
-    if window and -(-sinks // block_size) >= block_tables.shape[1]:
         raise ValueError(
-            f"sinks={sinks} take {-(-sinks // block_size)} table columns of {block_tables.shape[1]}: the ring of "
-            "window blocks needs the rest; widen block_tables or use fewer sinks"
+            f"sinks={sinks} needs a sliding window (window > 0): without one every key is attended"
         )
     tensors = [qkv, cos, sin, positions, seq_index, block_tables, k_pool, v_pool]
     tensors += [t for t in (q_norm, k_norm, k_scale, v_scale) if t is not None]
@@ -202,7 +199,7 @@ def table_column(block: int, window: int, sinks: int, block_size: int, width: in
     """The block-table column of absolute block `block` (module docstring): itself without a window or inside the
     sink columns, else a ring over the remaining `width - ceil(sinks / block_size)` columns."""
     sink_cols = -(-sinks // block_size)
-    if not window or block < sink_cols:
+    if not window or block < sink_cols or width <= sink_cols:  # no ring columns left: the plain table
         return block
     return sink_cols + (block - sink_cols) % (width - sink_cols)
 
@@ -218,6 +215,8 @@ def _columns(blocks: torch.Tensor, shp: _Shape, width: int) -> torch.Tensor:
     if not shp.window:
         return blocks
     sink_cols = -(-shp.sinks // shp.block_size)
+    if width <= sink_cols:  # no ring columns left: the plain table
+        return blocks
     return torch.where(blocks < sink_cols, blocks, sink_cols + (blocks - sink_cols) % (width - sink_cols))
 
 

@@ -545,7 +545,7 @@ struct paged {
 static inline int64_t paged_column(const struct paged *p, int64_t b) {
     if (!p->window) return b;
     const int64_t sc = (p->sinks + p->bs - 1) / p->bs;
-    return b < sc ? b : sc + (b - sc) % (p->max_blocks - sc);
+    return b < sc || p->max_blocks <= sc ? b : sc + (b - sc) % (p->max_blocks - sc);
 }
 
 /* The keys token position `pos` attends: [0, *sink_end) then [*lo, pos]. */
@@ -563,7 +563,8 @@ static int paged_check(const struct paged *p, int64_t *max_len, int64_t *keys) {
         const int64_t pos = p->positions[n], s = p->seq_index[n];
         if (pos < 0 || pos >= p->max_pos) return -2;
         if (s < 0 || s >= p->s) return -3;
-        if (!p->window && pos / p->bs >= p->max_blocks) return -4;
+        if (pos / p->bs >= p->max_blocks && (!p->window || (p->sinks + p->bs - 1) / p->bs >= p->max_blocks))
+            return -4; /* past the table, and no ring columns to wrap into */
         int64_t sink_end, lo;
         paged_range(p, pos, &sink_end, &lo);
         for (int part = 0; part < 2; ++part) { /* the blocks this token reads */
