@@ -9,25 +9,45 @@ norm and the LM head run only on the rows whose next-token logits are needed.
 
 The weights, fused projections and small ops are borrowed from a `StaticCacheDecoder` of the same model (nothing
 is copied); the pools and the block-table tensor are allocated once, here.
+
+KV pools hold the activation dtype, or 8-bit codes (`kv_cache_dtype` "int8" / "fp8_e4m3") with one fp32 scale per
+(block, kv head, slot): the paged kernel quantizes each k / v head vector as it writes it and reads the codes
+directly. Per layer a sliding window (the model's own, `layer_windows`, or streaming's) and sink tokens are
+passed to the kernel; in streaming mode positions grow past the context, and the RoPE tables grow with them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from xpullm.engine.decode import StaticCacheDecoder
 from xpullm.engine.step_kernels import OpContext, select_op
 from xpullm.engine.step_ops import decoder_layers
+from xpullm.kernels import paged
 
-__all__ = ["ModelRunner", "kv_bytes_per_token"]
+__all__ = ["ModelRunner", "kv_bytes_per_token", "layer_windows"]
 
 
-def kv_bytes_per_token(dec: StaticCacheDecoder) -> int:
-    """Bytes of K plus V one token takes over all layers."""
-    elem = torch.empty((), dtype=dec.dtype).element_size()
-    return 2 * len(dec.layers) * dec.n_kv * dec.head_dim * elem
+def kv_bytes_per_token(dec: StaticCacheDecoder, kv_cache_dtype: str = "auto") -> int:
+    """Bytes of K plus V one token takes over all layers (8-bit pools: D codes + a 4-byte scale per head)."""
+    return paged.kv_bytes_per_token(len(dec.layers), dec.n_kv, dec.head_dim, kv_cache_dtype, dec.dtype)
+
+
+def layer_windows(config: Any, n_layers: int) -> list[int]:
+    """Per layer, the sliding window the model's config declares (0: full attention).
+
+    `layer_types` (transformers' per-layer list: "sliding_attention" / "full_attention", Gemma-3 / Qwen-style
+    alternation) wins; else Mistral-style `sliding_window` on every layer unless `use_sliding_window` is False."""
+    window = int(getattr(config, "sliding_window", None) or 0)
+    types = getattr(config, "layer_types", None)
+    if types is not None and window:
+        return [window if t == "sliding_attention" else 0 for t in types][:n_layers]
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return [0] * n_layers
+    return [window] * n_layers
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -49,11 +69,27 @@ class ModelRunner:
         dec: the model's `StaticCacheDecoder` (weights, fused projections, norm/act ops, RoPE module).
         num_blocks: blocks per layer pool; block_size: token slots per block.
         max_seqs: rows of the block-table tensor; max_positions: longest sequence (RoPE table length).
+        kv_cache_dtype: "auto" (the activation dtype), "int8" or "fp8_e4m3" pools.
+        windows: per layer sliding window (0: full); sinks: tokens every windowed layer keeps attending.
+        table_width: block-table columns per sequence (default: max_positions' blocks; streaming: its ring).
     """
 
     def __init__(
-        self, dec: StaticCacheDecoder, num_blocks: int, block_size: int, max_seqs: int, max_positions: int
+        self,
+        dec: StaticCacheDecoder,
+        num_blocks: int,
+        block_size: int,
+        max_seqs: int,
+        max_positions: int,
+        kv_cache_dtype: str = "auto",
+        windows: Sequence[int] | None = None,
+        sinks: int = 0,
+        table_width: int | None = None,
     ) -> None:
+        if kv_cache_dtype not in paged.KV_CACHE_DTYPES:
+            raise ValueError(
+                f"kv_cache_dtype={kv_cache_dtype!r} is not known: choose one of {sorted(paged.KV_CACHE_DTYPES)}"
+            )
         self.dec = dec
         self.block_size = block_size
         self.device = dec.device
@@ -62,13 +98,32 @@ class ModelRunner:
         self.attention_name = impl.name
         self._paged = impl.load(ctx)
         self._ops = dec._eager_ops
+        self.kv_cache_dtype = kv_cache_dtype
+        self.windows = list(windows) if windows is not None else [0] * len(dec.layers)
+        self.sinks = sinks
         shape = (len(dec.layers), num_blocks, dec.n_kv, block_size, dec.head_dim)
-        self.k_pool = _zeros(shape, dec.dtype, self.device)
-        self.v_pool = _zeros(shape, dec.dtype, self.device)
-        max_blocks = -(-max_positions // block_size)
+        pool_dtype = paged.KV_CACHE_DTYPES[kv_cache_dtype] or dec.dtype
+        self.k_pool = _zeros(shape, pool_dtype, self.device)
+        self.v_pool = _zeros(shape, pool_dtype, self.device)
+        self.k_scale = self.v_scale = None  # 8-bit pools: one fp32 scale per (block, kv head, slot)
+        if kv_cache_dtype != "auto":
+            self.k_scale = _zeros(shape[:-1], torch.float32, self.device)
+            self.v_scale = _zeros(shape[:-1], torch.float32, self.device)
+        self.kv_bytes_per_token = kv_bytes_per_token(dec, kv_cache_dtype)
+        max_blocks = table_width or -(-max_positions // block_size)
         self.block_tables = torch.zeros((max_seqs, max_blocks), dtype=torch.int32, device=self.device)
         self.cos, self.sin = self._rope_tables(max_positions)
         self.vocab_size = int(dec.lm_head.out_features)
+
+    def _layer_kwargs(self, i: int) -> dict[str, Any]:
+        """Layer i's 8-bit pool, window and sink arguments of the paged kernel (none when all are defaults, so the
+        engine's own reference twin takes the call too)."""
+        kw: dict[str, Any] = {}
+        if self.kv_cache_dtype != "auto":
+            kw.update(kv_cache_dtype=self.kv_cache_dtype, k_scale=self.k_scale[i], v_scale=self.v_scale[i])
+        if self.windows[i]:
+            kw.update(window=self.windows[i], sinks=self.sinks)
+        return kw
 
     def _rope_tables(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin [n, head_dim] from the model's own rotary module; sin's first half negated (`rotate_qk`)."""
@@ -84,6 +139,13 @@ class ModelRunner:
         """Write a sequence's block ids into its row of the block-table tensor (once, at admission)."""
         self.block_tables[slot, : len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
 
+    def _grow_rope(self, top: int) -> None:
+        """Streaming runs past the context: RoPE tables to at least top + 1 positions (doubling, so rarely)."""
+        n = self.cos.shape[0]
+        while n <= top:
+            n *= 2
+        self.cos, self.sin = self._rope_tables(n)
+
     @torch.inference_mode()
     def forward(
         self,
@@ -95,6 +157,8 @@ class ModelRunner:
         """Next-token logits [len(logit_rows), V] for one flattened step (K/V of every token written to the pools)."""
         dec, dev = self.dec, self.device
         n = len(input_ids)
+        if max(positions) >= self.cos.shape[0]:
+            self._grow_rope(max(positions))
         ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
         pos = torch.tensor(positions, dtype=torch.long, device=dev)
         rows = torch.tensor(seq_index, dtype=torch.long, device=dev)
@@ -103,10 +167,12 @@ class ModelRunner:
             self.k_pool, self.v_pool, self.block_tables, self.cos, self.sin, self._paged,
         )  # fmt: skip
 
+        extra = [self._layer_kwargs(i) for i in range(len(dec.layers))]
+
         def attention(i: int, layer: object, qkv: torch.Tensor) -> torch.Tensor:
             out = paged(
                 qkv.view(n, -1), cos, sin, pos, rows, tables, k_pool[i], v_pool[i], h, scale,
-                layer.q_norm, layer.k_norm, eps,
+                layer.q_norm, layer.k_norm, eps, **extra[i],
             )  # fmt: skip
             return out.view(1, n, -1)
 
