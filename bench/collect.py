@@ -15,6 +15,7 @@ PARTS = [
     ("benchmarks-rag.md", "Embeddings and knowledge bases"),
     ("benchmarks-graphrag.md", "GraphRAG indexing"),
     ("benchmarks-batching.md", "Continuous batching: concurrent streams and prefix caching (CPU)"),
+    ("benchmarks-kvcache.md", "KV cache: 8-bit KV pools and streaming (CPU)"),
     (
         "benchmarks-quality.md",
         "Answer quality with the packaged model: GraphRAG and knowledge-base grounding",
