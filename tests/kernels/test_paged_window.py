@@ -79,7 +79,7 @@ def _cases(draw):
 
 
 @needs_native
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_cases())
 def test_native_window_matches_twin_and_is_batch_invariant(case) -> None:
     seed, h, kv, d, bs, lengths, window, sinks, dtype = case
