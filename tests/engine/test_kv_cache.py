@@ -177,10 +177,10 @@ def test_streaming_runs_past_the_context_with_bounded_blocks(llm: LLM) -> None:
 def test_streaming_with_8bit_kv_and_concurrent_requests(llm: LLM) -> None:
     stream = _engine(
         llm, streaming=True, streaming_window=40, kv_cache_dtype="int8", max_batched_tokens=32, max_seqs=4,
-        kv_budget_tokens=16 * 16,
+        kv_budget_tokens=(3 * 7 + 2) * 16,
     )  # fmt: skip
     width = stream.engine.streaming.width
-    assert 3 * width <= stream.engine.pool.num_blocks < 4 * width + 4  # three streams at once, not four
+    assert 3 * width <= stream.engine.pool.num_blocks < 4 * width  # three streams at once, not four
     results: list[str] = [""] * 3
 
     def run(i: int) -> None:
