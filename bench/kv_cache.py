@@ -236,7 +236,8 @@ def render(r: dict, contexts: list[int]) -> str:
         "## KV cache: 8-bit KV pools and streaming (CPU)",
         "",
         f"Machine: {r['machine']} - a 2-vCPU AMD EPYC Zen 5 VM shared with several other jobs while this ran "
-        "(load average ~20 on 2 cores): absolute times are inflated and noisy, read the ratios. Written by "
+        "(load average 5-22 on 2 cores during the runs): absolute times are inflated and noisy, read the ratios. "
+        "Written by "
         "`bench/kv_cache.py` (results kept per part in `bench/results/kv_cache.json`). Model: the packaged "
         "SmolLM2-135M-Instruct (checkpoint asym_int4 weights, fp32 activations on CPU; 30 layers, 3 kv heads of 64).",
     ]
@@ -302,7 +303,7 @@ def render(r: dict, contexts: list[int]) -> str:
             f"### A {on['prompt'] + on['new']}-token chat: streaming on (4 sinks + {chat['window']}-token window) "
             "vs off",
             "",
-            f"Context length {chat['context']}. Off, the whole chat is refused ({chat['refused']}); the off row "
+            f"Context length {chat['context']}. Off, the whole chat is refused ({chat['refused'].split(' (')[0]}); the off row "
             "runs the longest tail of it that fits the context.",
             "",
             "| streaming | prompt tokens | new tokens | first token s | decode tok/s | wall s | peak KV blocks | "
@@ -320,6 +321,9 @@ def render(r: dict, contexts: list[int]) -> str:
 
 
 NOTES = [
+    "- Runs (2026-12-05): perplexity with the default flags (~45 min under load; the 8k windows ~10-15 min per KV "
+    "dtype), then `--parts memory`, then `--parts decode,chat --rounds 2`; each part is stored in the JSON as it "
+    "finishes and this page is rendered from all of them.",
     "- Targets from the issue: fp8 <= 0.5% perplexity increase is met at 512 but missed at 2k and 8k (about "
     "+0.6-0.7%); int8 <= 1% is met at every length (within +-0.12%, i.e. noise). e4m3 keeps 3 mantissa bits, so "
     "every element carries up to 1/16 relative error, while int8 with one scale per head vector errs by at most "
