@@ -16,6 +16,7 @@ PARTS = [
     ("benchmarks-graphrag.md", "GraphRAG indexing"),
     ("benchmarks-batching.md", "Continuous batching: concurrent streams and prefix caching (CPU)"),
     ("benchmarks-speculative.md", "Speculative decoding: prompt lookup and self-speculative (CPU)"),
+    ("benchmarks-kvcache.md", "KV cache: 8-bit KV pools and streaming (CPU)"),
     (
         "benchmarks-quality.md",
         "Answer quality with the packaged model: GraphRAG and knowledge-base grounding",

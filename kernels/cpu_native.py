@@ -152,11 +152,11 @@ def library() -> ctypes.CDLL | None:
                                         ctypes.c_int]  # fmt: skip
     lib.xq_decode_attention.restype = ctypes.c_int
     lib.xq_paged_attention.argtypes = [_P, _P, _P, _I, _P, _P, _P, _I, _I, _P, _P, _I, _I, _P, _P, ctypes.c_float,
-                                       _I, _I, _I, _I, ctypes.c_float, _P, ctypes.c_int]  # fmt: skip
+                                       _I, _I, _I, _I, ctypes.c_float, _P, ctypes.c_int, _I, _I]  # fmt: skip
     lib.xq_paged_attention.restype = ctypes.c_int
     lib.xq_paged_attention_codes.argtypes = [_P, _P, _P, _I, _P, _P, _P, _I, _I, _P, _P, _P, _P, ctypes.c_int, _I,
                                              _I, _P, _P, ctypes.c_float, _I, _I, _I, _I, ctypes.c_float, _P,
-                                             ctypes.c_int]  # fmt: skip
+                                             ctypes.c_int, _I, _I]  # fmt: skip
     lib.xq_paged_attention_codes.restype = ctypes.c_int
     wanted = os.environ.get("XPULLM_CPU_ISA", "").strip().lower()
     if wanted and wanted != "auto":
@@ -279,7 +279,7 @@ _PAGED_ERRORS = {
     -2: "a position is outside the RoPE tables (cos/sin have too few rows: grow them to the context length)",
     -3: "a seq_index is outside block_tables' rows",
     -4: "a position lies past block_tables' width (max_blocks * block_size tokens per sequence)",
-    -5: "a block id in block_tables (at or below a token's position) is outside the pools' num_blocks",
+    -5: "a block id in block_tables (of a key a token attends) is outside the pools' num_blocks",
     -6: "the code pools' kind is unknown",
 }
 _PAGED_CODES = {"int8": 1, "fp8_e4m3": 2}  # kv_cache_dtype -> the C kernel's code kind
@@ -303,6 +303,8 @@ def paged_attention(
     kv_cache_dtype: str = "auto",
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    window: int = 0,
+    sinks: int = 0,
 ) -> torch.Tensor:
     """`xpullm.kernels.paged.paged_attention` as one native call (fp32 CPU tensors; contiguous pools, written in
     place; 8-bit code pools with their fp32 scales for kv_cache_dtype "int8" / "fp8_e4m3"). `kernels.paged`
@@ -323,7 +325,8 @@ def paged_attention(
     ptrs = [None if t is None else t.data_ptr() for t in norms]
     lead = (qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), cos.shape[0], positions.data_ptr(),
             seq_index.data_ptr(), block_tables.data_ptr(), block_tables.shape[0], block_tables.shape[1])  # fmt: skip
-    tail = (num_blocks, bs, *ptrs, eps, n, n_heads, kv, d, scale, out.data_ptr(), torch.get_num_threads())
+    tail = (num_blocks, bs, *ptrs, eps, n, n_heads, kv, d, scale, out.data_ptr(), torch.get_num_threads(), window,
+            sinks)  # fmt: skip
     lib = library()
     if kv_cache_dtype in _PAGED_CODES:
         pools = (k_pool.data_ptr(), v_pool.data_ptr(), k_scale.data_ptr(), v_scale.data_ptr())

@@ -27,6 +27,14 @@ kv head, slot) in `k_scale` / `v_scale` [num_blocks, KV, block_size]: int8 codes
 of that token's head vector, or fp8 e4m3 codes x / s with s = max|x| / 448 (`quantize_kv`). The native and
 Triton kernels read both kinds directly (scaled in registers, no dequantized copy of the cache). 8-bit KV is D + 4 bytes per token and head instead of 4 D (fp32) or
 2 D (bf16): `kv_bytes_per_token`.
+
+Sliding window and attention sinks (`window` W > 0, `sinks` S >= 0): the token at position p attends only keys
+j <= p with j > p - W (its recent window) or j < S (the first S tokens, StreamingLLM's "sinks"). With a window
+the block table may also be narrower than the positions: it is then a ring, absolute block b (= j // block_size)
+living in column `table_column(b, ...)`: b itself for the C = ceil(S / block_size) sink columns, else
+C + (b - C) % (max_blocks - C). While positions stay below max_blocks * block_size that is the plain table; past
+it, the engine's streaming mode reuses the columns of blocks that fell out of the window (it must leave at least
+ceil((W + the sequence's tokens in the call) / block_size) + 1 ring columns).
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ __all__ = [
     "reference_attend",
     "reference_paged_attention",
     "reference_rotate",
+    "ring_width",
+    "table_column",
 ]
 
 # kv_cache_dtype -> the pools' element dtype (None: the activation dtype, whatever the caller allocated).
@@ -72,6 +82,8 @@ class _Shape:
     d: int
     block_size: int
     codes: str | None  # None: float pools; else the 8-bit code kind ("int8", "fp8_e4m3")
+    window: int = 0  # attend keys j > p - window only (0: every key), plus ...
+    sinks: int = 0  # ... the first `sinks` keys
 
 
 def _check_args(
@@ -89,6 +101,8 @@ def _check_args(
     kv_cache_dtype: str,
     k_scale: torch.Tensor | None,
     v_scale: torch.Tensor | None,
+    window: int = 0,
+    sinks: int = 0,
 ) -> _Shape:
     """Shape, dtype and device checks shared by every backend (values are not read: no device sync)."""
     if k_pool.dim() != 4 or v_pool.shape != k_pool.shape:
@@ -161,17 +175,49 @@ def _check_args(
             raise ValueError(
                 "k_scale / v_scale belong to 8-bit pools: pass kv_cache_dtype 'int8' or 'fp8_e4m3', or drop them"
             )
+    for name, value in (("window", window), ("sinks", sinks)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0 (0: off); got {value!r}")
+    if sinks and not window:
+        raise ValueError(
+            f"sinks={sinks} needs a sliding window (window > 0): without one every key is attended"
+        )
     tensors = [qkv, cos, sin, positions, seq_index, block_tables, k_pool, v_pool]
     tensors += [t for t in (q_norm, k_norm, k_scale, v_scale) if t is not None]
     devices = {t.device for t in tensors}
     if len(devices) != 1:
         raise ValueError(f"all tensors must be on one device; got {sorted(str(dv) for dv in devices)}")
-    return _Shape(n, n_heads, kv, d, block_size, codes)
+    return _Shape(n, n_heads, kv, d, block_size, codes, window, sinks)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """RoPE as the decoder applies it: x * cos + roll(x, D/2) * sin, sin's first half negated."""
     return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
+
+
+def table_column(block: int, window: int, sinks: int, block_size: int, width: int) -> int:
+    """The block-table column of absolute block `block` (module docstring): itself without a window or inside the
+    sink columns, else a ring over the remaining `width - ceil(sinks / block_size)` columns."""
+    sink_cols = -(-sinks // block_size)
+    if not window or block < sink_cols or width <= sink_cols:  # no ring columns left: the plain table
+        return block
+    return sink_cols + (block - sink_cols) % (width - sink_cols)
+
+
+def ring_width(window: int, sinks: int, block_size: int, step_tokens: int) -> int:
+    """Table columns a sequence needs with a window: its sink columns plus a ring that holds the blocks of the
+    window and of `step_tokens` new tokens at once (the most one call writes for one sequence)."""
+    return -(-sinks // block_size) + -(-(window + step_tokens) // block_size) + 1
+
+
+def _columns(blocks: torch.Tensor, shp: _Shape, width: int) -> torch.Tensor:
+    """`table_column` on a tensor of absolute block indices."""
+    if not shp.window:
+        return blocks
+    sink_cols = -(-shp.sinks // shp.block_size)
+    if width <= sink_cols:  # no ring columns left: the plain table
+        return blocks
+    return torch.where(blocks < sink_cols, blocks, sink_cols + (blocks - sink_cols) % (width - sink_cols))
 
 
 def quantize_kv(x: torch.Tensor, kv_cache_dtype: str = "int8") -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,6 +255,8 @@ def reference_paged_attention(
     kv_cache_dtype: str = "auto",
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    window: int = 0,
+    sinks: int = 0,
 ) -> torch.Tensor:
     """`paged_attention` in PyTorch, fp32 math (the twin the fast paths are tested against); same arguments.
 
@@ -218,7 +266,7 @@ def reference_paged_attention(
     """
     shp = _check_args(
         qkv, cos, sin, positions, seq_index, block_tables, k_pool, v_pool, n_heads, q_norm, k_norm,
-        kv_cache_dtype, k_scale, v_scale,
+        kv_cache_dtype, k_scale, v_scale, window, sinks,
     )  # fmt: skip
     n, h, kv, d, bs = shp.n, shp.h, shp.kv, shp.d, shp.block_size
     out = torch.empty((n, h * d), dtype=qkv.dtype, device=qkv.device)
@@ -228,7 +276,7 @@ def reference_paged_attention(
 
     # Phase 1: every token's k and v into its slot (advanced indices around a slice: the result is [N, KV, D]).
     tables = block_tables.long()
-    blocks = tables[seq_index, positions // bs]
+    blocks = tables[seq_index, _columns(positions // bs, shp, tables.shape[1])]
     slots = positions % bs
     if shp.codes:
         k_codes, k_s = quantize_kv(k, shp.codes)
@@ -240,7 +288,9 @@ def reference_paged_attention(
         v_pool[blocks, :, slots] = v.to(v_pool.dtype)
 
     out.copy_(
-        reference_attend(q, positions, seq_index, block_tables, k_pool, v_pool, scale, k_scale, v_scale)
+        reference_attend(
+            q, positions, seq_index, block_tables, k_pool, v_pool, scale, k_scale, v_scale, window, sinks
+        )
     )
     return out
 
@@ -255,24 +305,32 @@ def reference_attend(
     scale: float,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    window: int = 0,
+    sinks: int = 0,
 ) -> torch.Tensor:
     """Phase 2 of the twin on the pools as they are: rotated q [N, H, D] (fp32) attends each token's keys 0..pos
-    (8-bit pools: codes times their scales). Returns fp32 [N, H * D]. The tests hold a fast kernel's outputs to
-    this on the kernel's own pools, so a code that the two sides rounded differently cannot blur the check."""
+    (with a window: only j > pos - window or j < sinks; 8-bit pools: codes times their scales). Returns fp32
+    [N, H * D]. The tests hold a fast kernel's outputs to this on the kernel's own pools, so a code that the two
+    sides rounded differently cannot blur the check."""
     n, h, d = q.shape
     kv, bs = k_pool.shape[1], k_pool.shape[2]
     tables, group = block_tables.long(), h // kv
+    shp = _Shape(n, h, kv, d, bs, None, window, sinks)
     result = torch.empty((n, h, d), dtype=torch.float32, device=q.device)
-    # Per sequence, its tokens against its keys 0..max position, each token masked to keys <= its own.
+    # Per sequence, its tokens against the keys any of them attends, each token masked to its own keys.
     for seq in torch.unique(seq_index).tolist():
         rows = (seq_index == seq).nonzero()[:, 0]
         pos = positions[rows]
-        length = int(pos.max()) + 1
-        phys = tables[seq, : -(-length // bs)]
-        keys, values = _gather(k_pool, k_scale, phys, length), _gather(v_pool, v_scale, phys, length)
-        keys, values = keys.repeat_interleave(group, 0), values.repeat_interleave(group, 0)  # [H, L, D]
+        top = int(pos.max())
+        low = max(0, int(pos.min()) - window + 1) if window else 0
+        cols = torch.cat((torch.arange(min(sinks, low)), torch.arange(low, top + 1))).to(q.device)
+        phys = tables[seq, _columns(cols // bs, shp, tables.shape[1])]
+        keys = _gather(k_pool, k_scale, phys, cols % bs).repeat_interleave(group, 0)  # [H, L, D]
+        values = _gather(v_pool, v_scale, phys, cols % bs).repeat_interleave(group, 0)
         scores = torch.einsum("thd,hld->htl", q[rows].float(), keys) * scale
-        visible = torch.arange(length, device=q.device)[None] <= pos[:, None]  # [T, L]
+        visible = cols[None] <= pos[:, None]  # [T, L]
+        if window:
+            visible &= (cols[None] > pos[:, None] - window) | (cols[None] < sinks)
         probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
         result[rows] = torch.einsum("htl,hld->thd", probs, values)
     return result.reshape(n, h * d)
@@ -300,13 +358,15 @@ def reference_rotate(
     return _rotate(q, c, s), _rotate(k, c, s), v
 
 
-def _gather(pool: torch.Tensor, scales: torch.Tensor | None, phys: torch.Tensor, length: int) -> torch.Tensor:
-    """A sequence's first `length` slots of a pool as fp32 [KV, length, D] (8-bit codes times their scales)."""
-    x = pool[phys].float()  # [blocks, KV, bs, D]
+def _gather(
+    pool: torch.Tensor, scales: torch.Tensor | None, phys: torch.Tensor, slots: torch.Tensor
+) -> torch.Tensor:
+    """Keys (or values) at (block phys[i], slot slots[i]) of a pool as fp32 [KV, L, D] (8-bit codes times their
+    scales)."""
+    x = pool[phys, :, slots].float()  # [L, KV, D]
     if scales is not None:
-        x = x * scales[phys][..., None]
-    kv, d = x.shape[1], x.shape[3]
-    return x.transpose(0, 1).reshape(kv, -1, d)[:, :length]
+        x = x * scales[phys, :, slots][..., None]
+    return x.transpose(0, 1)
 
 
 def kv_bytes_per_token(
@@ -394,7 +454,7 @@ def _pick(args: dict) -> tuple[PagedBackend, _Shape]:
     shp = _check_args(
         args["qkv"], args["cos"], args["sin"], args["positions"], args["seq_index"], args["block_tables"],
         args["k_pool"], args["v_pool"], args["n_heads"], args["q_norm"], args["k_norm"], args["kv_cache_dtype"],
-        args["k_scale"], args["v_scale"],
+        args["k_scale"], args["v_scale"], args["window"], args["sinks"],
     )  # fmt: skip
     for backend in _BACKENDS:
         if backend.takes(shp, args):
@@ -420,6 +480,8 @@ def paged_backend(
     kv_cache_dtype: str = "auto",
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    window: int = 0,
+    sinks: int = 0,
 ) -> str:
     """The name of the backend `paged_attention` runs for these arguments: "native", "triton" or "reference"."""
     return _pick(dict(locals()))[0].name
@@ -443,6 +505,8 @@ def paged_attention(
     kv_cache_dtype: str = "auto",
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    window: int = 0,
+    sinks: int = 0,
 ) -> torch.Tensor:
     """One layer's attention for the step's N flattened tokens over paged KV pools (module docstring).
 
@@ -452,6 +516,8 @@ def paged_attention(
     [num_blocks, KV, block_size, D]: written in place; n_heads: H; scale: the softmax scale; q_norm, k_norm [D],
     eps: Qwen3's per-head RMSNorm before RoPE (optional). kv_cache_dtype "int8" / "fp8_e4m3": 8-bit code pools
     (int8 / float8_e4m3fn) with fp32 scales k_scale, v_scale [num_blocks, KV, block_size], also written in place.
+    window > 0: attend only keys j > position - window, plus the first `sinks` keys; the table may then be a
+    ring narrower than the positions (module docstring, `table_column`).
 
     Returns [N, H * D] in qkv's dtype. Index values (positions inside the RoPE table, blocks inside the table and
     the pools) are checked by the native kernel (ValueError, nothing written); on a GPU they are the caller's duty.

@@ -517,6 +517,10 @@ XQ_AVX2_FN int xq_decode_attention(const float *qkv, const float *cos, const flo
    kernels/paged.py's `quantize_kv`: int8 (scale = max|x| / 127, code = round-half-even(x / scale)) or fp8 e4m3
    (scale = max|x| / 448, code = x / scale rounded to nearest-even e4m3). */
 enum { CODES_NONE = 0, CODES_INT8 = 1, CODES_E4M3 = 2 };
+/* A run of keys in one block: physical block `blk`, slots off..off+cnt-1 (keys in order of position). */
+struct krun {
+    int64_t blk, off, cnt;
+};
 struct paged {
     const float *qkv, *cos, *sin, *q_norm, *k_norm;
     const int64_t *positions, *seq_index;
@@ -527,31 +531,54 @@ struct paged {
     int codes;                /* CODES_*: what k_q / v_q hold */
     float code_mul;           /* read codes are value / code_mul (e4m3 decodes to value / 256), so scales get it */
     int64_t n, h, kv, d, bs, max_pos, s, max_blocks, num_blocks;
+    int64_t window, sinks;    /* window > 0: keys j > pos - window, plus j < sinks; the table is then a ring */
     float scale, eps;
     float *out;
     /* the SIMD path's phase-2 pieces (AVX2, or AVX-512 where the CPU runs it and 16 divides D) */
     void (*scores)(const struct paged *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t, float *);
-    void (*values)(const struct paged *, const int32_t *, int64_t, const float *, int64_t, const float *, float *);
+    void (*values)(const struct paged *, const struct krun *, int64_t, int64_t, const float *, int64_t, const float *,
+                   float *);
 };
+
+/* The table column of absolute block b (kernels/paged.py's `table_column`): b, or with a window a ring over the
+   columns after the sink blocks'. */
+static inline int64_t paged_column(const struct paged *p, int64_t b) {
+    if (!p->window) return b;
+    const int64_t sc = (p->sinks + p->bs - 1) / p->bs;
+    return b < sc || p->max_blocks <= sc ? b : sc + (b - sc) % (p->max_blocks - sc);
+}
+
+/* The keys token position `pos` attends: [0, *sink_end) then [*lo, pos]. */
+static inline void paged_range(const struct paged *p, int64_t pos, int64_t *sink_end, int64_t *lo) {
+    *lo = p->window && pos - p->window + 1 > 0 ? pos - p->window + 1 : 0;
+    *sink_end = p->sinks < *lo ? p->sinks : *lo;
+}
 
 /* Index checks before anything is written: 0 ok, -2 position outside the RoPE table, -3 seq_index outside the
    tables, -4 a position past the table's width, -5 a block id outside the pools. Also gives the largest position
    and the number of (token, key) pairs. */
-static int paged_check(const struct paged *p, int64_t *max_pos, int64_t *keys) {
+static int paged_check(const struct paged *p, int64_t *max_len, int64_t *keys) {
     int64_t top = 0, total = 0;
     for (int64_t n = 0; n < p->n; ++n) {
         const int64_t pos = p->positions[n], s = p->seq_index[n];
         if (pos < 0 || pos >= p->max_pos) return -2;
         if (s < 0 || s >= p->s) return -3;
-        if (pos / p->bs >= p->max_blocks) return -4;
-        for (int64_t b = 0; b <= pos / p->bs; ++b) {
-            const int32_t blk = p->tables[s * p->max_blocks + b];
-            if (blk < 0 || blk >= p->num_blocks) return -5;
+        if (pos / p->bs >= p->max_blocks && (!p->window || (p->sinks + p->bs - 1) / p->bs >= p->max_blocks))
+            return -4; /* past the table, and no ring columns to wrap into */
+        int64_t sink_end, lo;
+        paged_range(p, pos, &sink_end, &lo);
+        for (int part = 0; part < 2; ++part) { /* the blocks this token reads */
+            const int64_t a = part ? lo : 0, b = part ? pos : sink_end - 1;
+            for (int64_t blk = a / p->bs; a <= b && blk <= b / p->bs; ++blk) {
+                const int32_t id = p->tables[s * p->max_blocks + paged_column(p, blk)];
+                if (id < 0 || id >= p->num_blocks) return -5;
+            }
         }
-        top = pos > top ? pos : top;
-        total += pos + 1;
+        const int64_t len = sink_end + pos - lo + 1;
+        top = len > top ? len : top;
+        total += len;
     }
-    *max_pos = top, *keys = total;
+    *max_len = top, *keys = total;
     return 0;
 }
 
@@ -647,7 +674,8 @@ XQ_AVX2_FN static void paged_write(const struct paged *p, float *tmp) {
     float *rot = tmp + d;
     for (int64_t n = 0; n < p->n; ++n) {
         const int64_t pos = p->positions[n];
-        const int64_t blk = p->tables[p->seq_index[n] * p->max_blocks + pos / p->bs], off = pos % p->bs;
+        const int64_t blk = p->tables[p->seq_index[n] * p->max_blocks + paged_column(p, pos / p->bs)];
+        const int64_t off = pos % p->bs;
         const float *row = p->qkv + n * width, *c = p->cos + pos * d, *s = p->sin + pos * d;
         for (int64_t j = 0; j < p->kv; ++j) {
             const int64_t slot = (blk * p->kv + j) * p->bs + off;
@@ -718,13 +746,13 @@ XQ_AVX2_FN static void paged_scores(const struct paged *p, const float *q, int64
 }
 
 /* out[0..8R) = sum_t w_t v_t[c..c+8R) in order of t, times inv, with the R accumulators in registers. */
-XQ_AVX2_FN static inline __attribute__((always_inline)) void paged_values_r(const struct paged *p, const int32_t *table,
+XQ_AVX2_FN static inline __attribute__((always_inline)) void paged_values_r(const struct paged *p, const struct krun *runs, int64_t nruns,
         int64_t j, const float *w, int64_t len, int64_t c, float inv, float *out, const int R) {
     const int64_t d = p->d, bs = p->bs;
     __m256 acc[8];
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-    for (int64_t t0 = 0; t0 < len; t0 += bs) {
-        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
+    for (int64_t ri = 0, t0 = 0; ri < nruns; t0 += runs[ri].cnt, ++ri) {
+        const int64_t base = (runs[ri].blk * p->kv + j) * bs + runs[ri].off, cnt = runs[ri].cnt;
         for (int64_t i = 0; i < cnt; ++i) {
             if (p->v_pool) {
                 const __m256 wt = _mm256_set1_ps(w[t0 + i]);
@@ -742,28 +770,28 @@ XQ_AVX2_FN static inline __attribute__((always_inline)) void paged_values_r(cons
 }
 
 /* One head's output sum_t w_t v_t / total over keys 0..len-1 (d % 8 == 0: 64 columns at a time in registers). */
-XQ_AVX2_FN static void paged_values(const struct paged *p, const int32_t *table, int64_t j, const float *w,
+XQ_AVX2_FN static void paged_values(const struct paged *p, const struct krun *runs, int64_t nruns, int64_t j, const float *w,
                                     int64_t len, float inv, float *out) {
     const int64_t d = p->d;
     if (d % 8 == 0) {
         for (int64_t c = 0; c < d; c += 64) {
             switch ((d - c) >= 64 ? 8 : (d - c) / 8) { /* each width compiled on its own: registers */
-            case 8: paged_values_r(p, table, j, w, len, c, inv, out + c, 8); break;
-            case 4: paged_values_r(p, table, j, w, len, c, inv, out + c, 4); break;
-            case 7: paged_values_r(p, table, j, w, len, c, inv, out + c, 7); break;
-            case 6: paged_values_r(p, table, j, w, len, c, inv, out + c, 6); break;
-            case 5: paged_values_r(p, table, j, w, len, c, inv, out + c, 5); break;
-            case 3: paged_values_r(p, table, j, w, len, c, inv, out + c, 3); break;
-            case 2: paged_values_r(p, table, j, w, len, c, inv, out + c, 2); break;
-            default: paged_values_r(p, table, j, w, len, c, inv, out + c, 1); break;
+            case 8: paged_values_r(p, runs, nruns, j, w, len, c, inv, out + c, 8); break;
+            case 4: paged_values_r(p, runs, nruns, j, w, len, c, inv, out + c, 4); break;
+            case 7: paged_values_r(p, runs, nruns, j, w, len, c, inv, out + c, 7); break;
+            case 6: paged_values_r(p, runs, nruns, j, w, len, c, inv, out + c, 6); break;
+            case 5: paged_values_r(p, runs, nruns, j, w, len, c, inv, out + c, 5); break;
+            case 3: paged_values_r(p, runs, nruns, j, w, len, c, inv, out + c, 3); break;
+            case 2: paged_values_r(p, runs, nruns, j, w, len, c, inv, out + c, 2); break;
+            default: paged_values_r(p, runs, nruns, j, w, len, c, inv, out + c, 1); break;
             }
         }
         return;
     }
     const int64_t bs = p->bs;
     for (int64_t i = 0; i < d; ++i) out[i] = 0.0f;
-    for (int64_t t0 = 0; t0 < len; t0 += bs) {
-        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
+    for (int64_t ri = 0, t0 = 0; ri < nruns; t0 += runs[ri].cnt, ++ri) {
+        const int64_t base = (runs[ri].blk * p->kv + j) * bs + runs[ri].off, cnt = runs[ri].cnt;
         for (int64_t i = 0; i < cnt; ++i) {
             const float wt = p->v_pool ? w[t0 + i] : w[t0 + i] * (p->v_s[base + i] * p->code_mul);
             for (int64_t e = 0; e < d; ++e)
@@ -775,9 +803,9 @@ XQ_AVX2_FN static void paged_values(const struct paged *p, const int32_t *table,
 }
 
 /* The G heads' outputs (w: G rows of len weights, inv: G factors, out: G rows of D), one head at a time. */
-XQ_AVX2_FN static void paged_values_heads(const struct paged *p, const int32_t *table, int64_t j, const float *w,
+XQ_AVX2_FN static void paged_values_heads(const struct paged *p, const struct krun *runs, int64_t nruns, int64_t j, const float *w,
                                           int64_t len, const float *inv, float *out) {
-    for (int64_t g = 0; g < p->h / p->kv; ++g) paged_values(p, table, j, w + g * len, len, inv[g], out + g * p->d);
+    for (int64_t g = 0; g < p->h / p->kv; ++g) paged_values(p, runs, nruns, j, w + g * len, len, inv[g], out + g * p->d);
 }
 
 /* ---- the same two pieces on 16 lanes (AVX-512; D a multiple of 16) ---- */
@@ -853,12 +881,12 @@ XQ_AVX512_FN static void paged_scores512(const struct paged *p, const float *q, 
 }
 
 XQ_AVX512_FN static inline __attribute__((always_inline)) void paged_values512_r(const struct paged *p,
-        const int32_t *table, int64_t j, const float *w, int64_t len, int64_t c, float inv, float *out, const int R) {
+        const struct krun *runs, int64_t nruns, int64_t j, const float *w, int64_t len, int64_t c, float inv, float *out, const int R) {
     const int64_t d = p->d, bs = p->bs;
     __m512 acc[8];
     for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-    for (int64_t t0 = 0; t0 < len; t0 += bs) {
-        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
+    for (int64_t ri = 0, t0 = 0; ri < nruns; t0 += runs[ri].cnt, ++ri) {
+        const int64_t base = (runs[ri].blk * p->kv + j) * bs + runs[ri].off, cnt = runs[ri].cnt;
         for (int64_t i = 0; i < cnt; ++i) {
             if (p->v_pool) {
                 const __m512 wt = _mm512_set1_ps(w[t0 + i]);
@@ -878,14 +906,14 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void paged_values512_r
 /* GB heads at once, R accumulators each: every value vector is loaded once for the GB heads, and the GB * R
    independent FMA chains hide the FMA latency. Per head the arithmetic is paged_values512_r's exactly. */
 XQ_AVX512_FN static inline __attribute__((always_inline)) void paged_values512_gr(const struct paged *p,
-        const int32_t *table, int64_t j, const float *w, int64_t len, int64_t c, const float *inv, float *out,
+        const struct krun *runs, int64_t nruns, int64_t j, const float *w, int64_t len, int64_t c, const float *inv, float *out,
         const int GB, const int R) {
     const int64_t d = p->d, bs = p->bs;
     __m512 acc[4][8], vr[8];
     for (int g = 0; g < GB; ++g)
         for (int r = 0; r < R; ++r) acc[g][r] = _mm512_setzero_ps();
-    for (int64_t t0 = 0; t0 < len; t0 += bs) {
-        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
+    for (int64_t ri = 0, t0 = 0; ri < nruns; t0 += runs[ri].cnt, ++ri) {
+        const int64_t base = (runs[ri].blk * p->kv + j) * bs + runs[ri].off, cnt = runs[ri].cnt;
         for (int64_t i = 0; i < cnt; ++i) {
             const int64_t t = t0 + i;
             if (p->v_pool) {
@@ -912,7 +940,7 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void paged_values512_g
     }
 }
 
-XQ_AVX512_FN static void paged_values512(const struct paged *p, const int32_t *table, int64_t j, const float *w,
+XQ_AVX512_FN static void paged_values512(const struct paged *p, const struct krun *runs, int64_t nruns, int64_t j, const float *w,
                                          int64_t len, const float *inv, float *out) {
     const int64_t d = p->d, g_n = p->h / p->kv;
     for (int64_t c = 0; c < d; c += 128) {
@@ -922,7 +950,7 @@ XQ_AVX512_FN static void paged_values512(const struct paged *p, const int32_t *t
             const int gb = (int)(g_n - g0 < most ? g_n - g0 : most);
             const float *wg = w + g0 * len, *ig = inv + g0;
             float *og = out + g0 * d;
-#define XQ_VALUES(GB, RR) paged_values512_gr(p, table, j, wg, len, c, ig, og, GB, RR)
+#define XQ_VALUES(GB, RR) paged_values512_gr(p, runs, nruns, j, wg, len, c, ig, og, GB, RR)
             switch (R * 8 + gb) { /* each (R, heads) pair compiled on its own: registers */
             case 8 * 8 + 2: XQ_VALUES(2, 8); break;
             case 8 * 8 + 1: XQ_VALUES(1, 8); break;
@@ -937,11 +965,11 @@ XQ_AVX512_FN static void paged_values512(const struct paged *p, const int32_t *t
             default: /* other widths: one head at a time */
                 for (int g = 0; g < gb; ++g)
                     switch (R) {
-                    case 7: paged_values512_r(p, table, j, wg + g * len, len, c, ig[g], og + g * d + c, 7); break;
-                    case 6: paged_values512_r(p, table, j, wg + g * len, len, c, ig[g], og + g * d + c, 6); break;
-                    case 5: paged_values512_r(p, table, j, wg + g * len, len, c, ig[g], og + g * d + c, 5); break;
-                    case 3: paged_values512_r(p, table, j, wg + g * len, len, c, ig[g], og + g * d + c, 3); break;
-                    default: paged_values512_r(p, table, j, wg + g * len, len, c, ig[g], og + g * d + c, 1); break;
+                    case 7: paged_values512_r(p, runs, nruns, j, wg + g * len, len, c, ig[g], og + g * d + c, 7); break;
+                    case 6: paged_values512_r(p, runs, nruns, j, wg + g * len, len, c, ig[g], og + g * d + c, 6); break;
+                    case 5: paged_values512_r(p, runs, nruns, j, wg + g * len, len, c, ig[g], og + g * d + c, 5); break;
+                    case 3: paged_values512_r(p, runs, nruns, j, wg + g * len, len, c, ig[g], og + g * d + c, 3); break;
+                    default: paged_values512_r(p, runs, nruns, j, wg + g * len, len, c, ig[g], og + g * d + c, 1); break;
                     }
             }
 #undef XQ_VALUES
@@ -989,16 +1017,27 @@ XQ_AVX2_FN static float softmax_exp(float *e, int64_t len, float mx) {
    fixed loop that reads nothing of other tokens: scores over keys 0..pos, their max, exp and sum, then
    sum_t e_t v_t (in order of t) times 1 / sum. So a head's result is bitwise the same in any batch, any
    chunking and on any thread. `buf` holds G D + D + G (pos + 1) floats. */
-XQ_AVX2_FN static void paged_group(const struct paged *p, int64_t n, int64_t j, float *buf) {
-    const int64_t d = p->d, bs = p->bs, g_n = p->h / p->kv, pos = p->positions[n], len = pos + 1;
+XQ_AVX2_FN static void paged_group(const struct paged *p, int64_t n, int64_t j, float *buf, struct krun *runs) {
+    const int64_t d = p->d, bs = p->bs, g_n = p->h / p->kv, pos = p->positions[n];
     const int64_t width = (p->h + 2 * p->kv) * d;
     const int32_t *table = p->tables + p->seq_index[n] * p->max_blocks;
+    int64_t sink_end, lo, nruns = 0;
+    paged_range(p, pos, &sink_end, &lo);
+    const int64_t len = sink_end + pos - lo + 1;
+    for (int part = 0; part < 2; ++part) { /* the attended keys as runs within blocks, in order of position */
+        const int64_t end = part ? pos + 1 : sink_end;
+        for (int64_t t = part ? lo : 0; t < end;) {
+            const int64_t off = t % bs, cnt = end - t < bs - off ? end - t : bs - off;
+            runs[nruns++] = (struct krun){table[paged_column(p, t / bs)], off, cnt};
+            t += cnt;
+        }
+    }
     float *q = buf, *tmp = buf + g_n * d, *sc = tmp + d;
     for (int64_t g = 0; g < g_n; ++g)
         paged_rotate(p->qkv + n * width + (j * g_n + g) * d, p->q_norm, p->eps, p->cos + pos * d, p->sin + pos * d,
                      d, tmp, q + g * d);
-    for (int64_t t0 = 0; t0 < len; t0 += bs) {
-        const int64_t base = ((int64_t)table[t0 / bs] * p->kv + j) * bs, cnt = len - t0 < bs ? len - t0 : bs;
+    for (int64_t ri = 0, t0 = 0; ri < nruns; t0 += runs[ri].cnt, ++ri) {
+        const int64_t base = (runs[ri].blk * p->kv + j) * bs + runs[ri].off, cnt = runs[ri].cnt;
         p->scores(p, q, g_n, base, cnt, t0, len, sc);
     }
     float inv[g_n];
@@ -1007,7 +1046,7 @@ XQ_AVX2_FN static void paged_group(const struct paged *p, int64_t n, int64_t j, 
         for (int64_t t = 0; t < len; ++t) mx = e[t] > mx ? e[t] : mx;
         inv[g] = 1.0f / softmax_exp(e, len, mx);
     }
-    p->values(p, table, j, sc, len, inv, p->out + (n * p->h + j * g_n) * d);
+    p->values(p, runs, nruns, j, sc, len, inv, p->out + (n * p->h + j * g_n) * d);
 }
 
 #ifdef _OPENMP
@@ -1025,29 +1064,36 @@ static int paged_run(struct paged *p, int threads) {
     const int wide = xq_isa() == XQ_AVX512 && p->d % 16 == 0;
     p->scores = wide ? paged_scores512 : paged_scores;
     p->values = wide ? paged_values512 : paged_values_heads;
-    const int64_t g_n = p->h / p->kv, per = (g_n + 1) * p->d + g_n * (top + 1) + 16; /* +16: own cache line */
+    const int64_t g_n = p->h / p->kv, per = (g_n + 1) * p->d + g_n * top + 16; /* +16: own cache line */
+    const int64_t per_runs = top / p->bs + 4; /* a token's key runs: its blocks, plus split ends */
     float *scratch = malloc(sizeof(float) * (size_t)(threads * per));
-    if (!scratch) return -1;
+    struct krun *runs = malloc(sizeof(struct krun) * (size_t)(threads * per_runs));
+    if (!scratch || !runs) {
+        free(scratch), free(runs);
+        return -1;
+    }
     paged_write(p, scratch);
     /* Threads only where there is work to split (a fork costs several microseconds): >= ~64k multiply-adds. */
     const int64_t jobs = p->n * p->kv, parallel = threads > 1 && jobs >= 2 && keys * p->h * p->d >= 65536;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (parallel)
-    for (int64_t job = 0; job < jobs; ++job) paged_group(p, job / p->kv, job % p->kv, scratch + XQ_THREAD * per);
-    free(scratch);
+    for (int64_t job = 0; job < jobs; ++job)
+        paged_group(p, job / p->kv, job % p->kv, scratch + XQ_THREAD * per, runs + XQ_THREAD * per_runs);
+    free(scratch), free(runs);
     return 0;
 }
 
 /* One layer's paged attention for N flattened tokens (kernels/paged.py says the semantics):
      qkv [N, (H + 2 KV) D]; cos, sin [max_pos, D] (sin's first half negated); positions, seq_index int64 [N];
      tables int32 [S, max_blocks]; k_pool, v_pool fp32 [num_blocks, KV, bs, D] (written); q_norm, k_norm [D] or
-     NULL (Qwen3, eps); out [N, H D].
+     NULL (Qwen3, eps); out [N, H D]; window > 0: keys j > pos - window plus j < sinks, the table a ring.
    Returns 0, -1 (out of memory) or an index error (-2..-5, see paged_check; nothing written then). */
 int xq_paged_attention(const float *qkv, const float *cos, const float *sin, int64_t max_pos, const int64_t *positions,
                        const int64_t *seq_index, const int32_t *tables, int64_t s, int64_t max_blocks, float *k_pool,
                        float *v_pool, int64_t num_blocks, int64_t bs, const float *q_norm, const float *k_norm,
-                       float eps, int64_t n, int64_t h, int64_t kv, int64_t d, float scale, float *out, int threads) {
-    struct paged p = {.qkv = qkv, .cos = cos, .sin = sin, .q_norm = q_norm, .k_norm = k_norm,
-                      .positions = positions, .seq_index = seq_index, .tables = tables, .k_pool = k_pool,
+                       float eps, int64_t n, int64_t h, int64_t kv, int64_t d, float scale, float *out, int threads,
+                       int64_t window, int64_t sinks) {
+    struct paged p = {.window = window, .sinks = sinks, .qkv = qkv, .cos = cos, .sin = sin, .q_norm = q_norm,
+                      .k_norm = k_norm, .positions = positions, .seq_index = seq_index, .tables = tables, .k_pool = k_pool,
                       .v_pool = v_pool, .n = n, .h = h, .kv = kv, .d = d, .bs = bs, .max_pos = max_pos, .s = s,
                       .max_blocks = max_blocks, .num_blocks = num_blocks, .scale = scale, .eps = eps, .out = out};
     return paged_run(&p, threads);
@@ -1060,10 +1106,11 @@ int xq_paged_attention_codes(const float *qkv, const float *cos, const float *si
                              const int64_t *positions, const int64_t *seq_index, const int32_t *tables, int64_t s,
                              int64_t max_blocks, int8_t *k_q, int8_t *v_q, float *k_s, float *v_s, int kind,
                              int64_t num_blocks, int64_t bs, const float *q_norm, const float *k_norm, float eps,
-                             int64_t n, int64_t h, int64_t kv, int64_t d, float scale, float *out, int threads) {
+                             int64_t n, int64_t h, int64_t kv, int64_t d, float scale, float *out, int threads,
+                             int64_t window, int64_t sinks) {
     if (kind != CODES_INT8 && kind != CODES_E4M3) return -6;
-    struct paged p = {.qkv = qkv, .cos = cos, .sin = sin, .q_norm = q_norm, .k_norm = k_norm,
-                      .positions = positions, .seq_index = seq_index, .tables = tables, .k_q = k_q, .v_q = v_q,
+    struct paged p = {.window = window, .sinks = sinks, .qkv = qkv, .cos = cos, .sin = sin, .q_norm = q_norm,
+                      .k_norm = k_norm, .positions = positions, .seq_index = seq_index, .tables = tables, .k_q = k_q, .v_q = v_q,
                       .k_s = k_s, .v_s = v_s, .codes = kind, .code_mul = kind == CODES_E4M3 ? 256.0f : 1.0f,
                       .n = n, .h = h, .kv = kv, .d = d, .bs = bs, .max_pos = max_pos, .s = s,
                       .max_blocks = max_blocks, .num_blocks = num_blocks, .scale = scale, .eps = eps, .out = out};

@@ -21,6 +21,11 @@ are read on the device: no host sync. `reference_paged_attention` in `xpullm.ker
 one fp32 scale (int8: max|x| / 127, round half to even; e4m3: max|x| / 448, rounded to nearest even by the
 conversion; as `kernels.paged.quantize_kv`); the attention kernel loads the codes and scales them into q's dtype in
 registers, tile by tile.
+
+Sliding window and sinks (`window` W > 0): the attention kernel walks two column ranges, the sinks [0, min(S, lo))
+and the window [lo, pos] with lo = max(0, pos - W + 1), one online softmax over both; block columns go through
+the ring mapping of `kernels.paged.table_column` (both kernels). With W = 0 the first range is empty and the
+second is 0..pos, as before.
 """
 
 from __future__ import annotations
@@ -86,14 +91,22 @@ def _e4m3_round(y):
 
 
 @triton.jit
+def _column(b, WINDOW: tl.constexpr, SINK_COLS, RING):
+    """`kernels.paged.table_column`: the table column of absolute block b (a ring past the sink columns)."""
+    if WINDOW:
+        b = tl.where((b < SINK_COLS) | (RING < 1), b, SINK_COLS + (b - SINK_COLS) % tl.maximum(RING, 1))
+    return b
+
+
+@triton.jit
 def _paged_write_kernel(
     qkv_ptr, cos_ptr, sin_ptr, pos_ptr, seq_ptr, table_ptr, qn_ptr, kn_ptr, q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr,
     stride_qkv, stride_cos, stride_sin, stride_t,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
-    eps,
+    eps, sink_cols, ring,
     H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, HAS_NORM: tl.constexpr,
-    CODES: tl.constexpr, PDL: tl.constexpr,
+    CODES: tl.constexpr, WINDOW: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """One head vector of one token: q -> q buffer [N, H, D], k -> its pool slot (both normalized and rotated),
     v -> its pool slot. Rotation: x * cos + roll(x, D/2) * sin (the caller's sin carries rotate_half's sign).
@@ -106,7 +119,7 @@ def _paged_write_kernel(
     wait_for_inputs(PDL)
     pos = tl.load(pos_ptr + n)
     seq = tl.load(seq_ptr + n)
-    blk = tl.load(table_ptr + seq * stride_t + pos // BS).to(tl.int64)
+    blk = tl.load(table_ptr + seq * stride_t + _column(pos // BS, WINDOW, sink_cols, ring)).to(tl.int64)
     slot = pos % BS
     if hh < H + KV:
         x = tl.load(src + offs).to(tl.float32)
@@ -140,12 +153,12 @@ def _paged_write_kernel(
 @triton.jit
 def _paged_attention_kernel(
     q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, seq_ptr, table_ptr, o_ptr,
-    qk_scale, stride_t,
+    qk_scale, stride_t, window, sinks, sink_cols, ring,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
     KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
-    CODES: tl.constexpr, PDL: tl.constexpr,
+    CODES: tl.constexpr, WINDOW: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Attention of the G query heads of one (token, kv head) over columns 0..pos of the token's sequence.
     CODES != 0: k and v tiles are 8-bit codes, turned into q's dtype times their per-slot scales in registers."""
@@ -165,39 +178,65 @@ def _paged_attention_kernel(
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, D], dtype=tl.float32)
-    for c0 in range(0, pos + 1, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
-        c_ok = cols <= pos  # columns past pos are never loaded: their contents (even NaN) cannot leak
-        blk = tl.load(table + cols // BS, mask=c_ok, other=0).to(tl.int64)
-        slot = cols % BS
-        k = tl.load(
-            k_base + blk[:, None] * stride_kb + slot[:, None] * stride_ks + offs_d[None, :] * stride_kd,
-            mask=c_ok[:, None],
-            other=0.0,
-        )
-        v = tl.load(
-            v_base + blk[:, None] * stride_vb + slot[:, None] * stride_vs + offs_d[None, :] * stride_vd,
-            mask=c_ok[:, None],
-            other=0.0,
-        )
-        if CODES != 0:
-            scale_at = (blk * KV + j) * BS + slot
-            k_s = tl.load(ks_ptr + scale_at, mask=c_ok, other=0.0)
-            v_s = tl.load(vs_ptr + scale_at, mask=c_ok, other=0.0)
-            k = (k.to(tl.float32) * k_s[:, None]).to(q.dtype)
-            v = (v.to(tl.float32) * v_s[:, None]).to(q.dtype)
-        s = _dot(q, tl.trans(k), tl.zeros([BLOCK_G, BLOCK_C], dtype=tl.float32), DOT_F32, IEEE)
-        s = tl.where(c_ok[None, :], s * qk_scale, float("-inf"))  # log2-domain scores
-        # Every step has at least one valid column, so m_new is finite and the first alpha is exp2(-inf) = 0.
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_F32, IEEE)
-        m_i = m_new
+    lo = 0
+    sink_end = 0
+    if WINDOW:
+        lo = tl.maximum(pos - window + 1, 0)
+        sink_end = tl.minimum(sinks, lo)
+    for c0 in range(0, sink_end, BLOCK_C):  # the sinks (empty without a window)
+        m_i, l_i, acc = _attend_tile(
+            q, k_base, v_base, ks_ptr, vs_ptr, table, c0 + tl.arange(0, BLOCK_C), sink_end - 1, m_i, l_i, acc, j,
+            qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+            KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW,
+        )  # fmt: skip
+    for c0 in range(lo, pos + 1, BLOCK_C):
+        m_i, l_i, acc = _attend_tile(
+            q, k_base, v_base, ks_ptr, vs_ptr, table, c0 + tl.arange(0, BLOCK_C), pos, m_i, l_i, acc, j,
+            qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+            KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW,
+        )  # fmt: skip
     out = acc / l_i[:, None]
     tl.store(o_ptr + (n * (KV * G) + heads[:, None]) * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
              mask=g_ok[:, None])  # fmt: skip
+
+
+@triton.jit
+def _attend_tile(
+    q, k_base, v_base, ks_ptr, vs_ptr, table, cols, last, m_i, l_i, acc, j,
+    qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+    KV: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr,
+    DOT_F32: tl.constexpr, IEEE: tl.constexpr, CODES: tl.constexpr, WINDOW: tl.constexpr,
+):  # fmt: skip
+    """One tile of columns (those <= last are valid; the rest never loaded) folded into the online softmax."""
+    offs_d = tl.arange(0, D)
+    c_ok = cols <= last  # columns past `last` are never loaded: their contents (even NaN) cannot leak
+    blk = tl.load(table + _column(cols // BS, WINDOW, sink_cols, ring), mask=c_ok, other=0).to(tl.int64)
+    slot = cols % BS
+    k = tl.load(
+        k_base + blk[:, None] * stride_kb + slot[:, None] * stride_ks + offs_d[None, :] * stride_kd,
+        mask=c_ok[:, None],
+        other=0.0,
+    )
+    v = tl.load(
+        v_base + blk[:, None] * stride_vb + slot[:, None] * stride_vs + offs_d[None, :] * stride_vd,
+        mask=c_ok[:, None],
+        other=0.0,
+    )
+    if CODES != 0:
+        scale_at = (blk * KV + j) * BS + slot
+        k_s = tl.load(ks_ptr + scale_at, mask=c_ok, other=0.0)
+        v_s = tl.load(vs_ptr + scale_at, mask=c_ok, other=0.0)
+        k = (k.to(tl.float32) * k_s[:, None]).to(q.dtype)
+        v = (v.to(tl.float32) * v_s[:, None]).to(q.dtype)
+    s = _dot(q, tl.trans(k), tl.zeros([BLOCK_G, BLOCK_C], dtype=tl.float32), DOT_F32, IEEE)
+    s = tl.where(c_ok[None, :], s * qk_scale, float("-inf"))  # log2-domain scores
+    # Every tile has at least one valid column, so m_new is finite and the first alpha is exp2(-inf) = 0.
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_F32, IEEE)
+    return m_new, l_i, acc
 
 
 def _block_cols(d: int, itemsize: int) -> int:
@@ -223,6 +262,8 @@ def paged_attention(
     kv_cache_dtype: str = "auto",
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    window: int = 0,
+    sinks: int = 0,
 ) -> torch.Tensor:
     """`xpullm.kernels.paged.paged_attention` in two Triton launches (module docstring). Arguments as there;
     `kernels.paged` has checked shapes, dtypes and devices and that `supports` holds. The pools may have any
@@ -249,18 +290,21 @@ def paged_attention(
     qn = q_norm.contiguous() if has_norm else q_buf  # not read without norms
     kn = k_norm.contiguous() if has_norm else q_buf
     opts = launch_options(qkv.device)
+    sink_cols = -(-sinks // bs) if window else 0
+    ring = block_tables.shape[1] - sink_cols  # < 1: no ring columns, the plain table
     _paged_write_kernel[(n, h + 2 * kv)](
         qkv, cos, sin, positions, seq_index, block_tables, qn, kn, q_buf, k_pool, v_pool, ks, vs,
         qkv.stride(0), cos.stride(0), sin.stride(0), block_tables.stride(0),
-        *k_pool.stride(), *v_pool.stride(), float(eps),
-        H=h, KV=kv, D=d, BS=bs, HAS_NORM=has_norm, CODES=codes, num_warps=1, **opts,
+        *k_pool.stride(), *v_pool.stride(), float(eps), sink_cols, ring,
+        H=h, KV=kv, D=d, BS=bs, HAS_NORM=has_norm, CODES=codes, WINDOW=window > 0, num_warps=1, **opts,
     )  # fmt: skip
     g = h // kv
     _paged_attention_kernel[(n, kv)](
         q_buf, k_pool, v_pool, ks, vs, positions, seq_index, block_tables, out,
-        float(scale) * _LOG2E, block_tables.stride(0), *k_pool.stride(), *v_pool.stride(),
+        float(scale) * _LOG2E, block_tables.stride(0), window, sinks, sink_cols, ring,
+        *k_pool.stride(), *v_pool.stride(),
         KV=kv, G=g, D=d, BS=bs, BLOCK_G=max(_MIN_GROUP_ROWS, triton.next_power_of_2(g)),
         BLOCK_C=_block_cols(d, q_buf.element_size()), DOT_F32=_INTERPRET, IEEE=q_buf.dtype == torch.float32,
-        CODES=codes, num_warps=_NUM_WARPS, **opts,
+        CODES=codes, WINDOW=window > 0, num_warps=_NUM_WARPS, **opts,
     )  # fmt: skip
     return out

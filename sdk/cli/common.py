@@ -35,6 +35,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or xpu (default: auto)")
     g.add_argument("--max-context", type=int, default=None, help="cap on prompt + generated tokens")
+    g.add_argument(
+        "--kv-cache-dtype",
+        default=None,
+        choices=["auto", "int8", "fp8_e4m3"],
+        help="KV cache element: auto (activation dtype), int8 or fp8_e4m3 (about half of bf16's KV memory)",
+    )
+    g.add_argument(
+        "--streaming",
+        action="store_true",
+        default=None,
+        help="keep attention-sink tokens + a recent window: run past the context length (docs/engine.md)",
+    )
 
 
 def add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -73,19 +85,27 @@ def cached_llm(
     low_bit: str | None = None,
     device: str = "auto",
     max_context: int | None = None,
+    kv_cache_dtype: str | None = None,
+    streaming: bool | None = None,
 ) -> Any:
-    """One `LLM` per distinct (model, low_bit, device, max_context) in this process (loaded lazily, once).
+    """One `LLM` per distinct (model, low_bit, device, max_context, KV options) in this process (loaded lazily).
 
     Subcommands run in-process share it, and so can tests and REPL sessions that want the CLI's model.
     """
     from xpullm.engine import LLM
 
-    key = (model, low_bit, device, max_context)
+    key = (model, low_bit, device, max_context, kv_cache_dtype, streaming)
     if key not in _LLMS:
-        _LLMS[key] = LLM(model=model, low_bit=low_bit, device=device, max_context=max_context)
+        _LLMS[key] = LLM(
+            model=model, low_bit=low_bit, device=device, max_context=max_context, kv_cache_dtype=kv_cache_dtype,
+            streaming=streaming,
+        )  # fmt: skip
     return _LLMS[key]
 
 
 def get_llm(args: argparse.Namespace) -> Any:
     """The `LLM` for the parsed --model/--low-bit/--device/--max-context options (see `cached_llm`)."""
-    return cached_llm(args.model, args.low_bit, args.device, args.max_context)
+    kv = getattr(args, "kv_cache_dtype", None)
+    return cached_llm(
+        args.model, args.low_bit, args.device, args.max_context, kv, getattr(args, "streaming", None)
+    )

@@ -14,6 +14,7 @@ the model's token equals the draft, then rolls the sequence back to its last acc
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,8 +24,8 @@ from typing import Any
 import torch
 
 from xpullm.engine.constrained import GrammarConstraint
-from xpullm.engine.kv_blocks import BlockPool
-from xpullm.engine.params import Completion, GenerationParams, Timings, TokenLogprob
+from xpullm.engine.kv_blocks import BlockPool, StreamingWindow
+from xpullm.engine.params import Completion, GenerationParams, InvalidParameter, Timings, TokenLogprob
 from xpullm.engine.runner import ModelRunner
 from xpullm.engine.sampling import Sampler
 from xpullm.engine.scheduler import KVBudgetTooSmall, Scheduler, Sequence, StepPlan
@@ -73,6 +74,28 @@ class EngineConfig:
     speculative: SpeculativeConfig | None = field(default_factory=SpeculativeConfig)
     """Speculative decoding (drafter, draft length, adaptation); None decodes one token per step. Outputs are the
     same either way; prompt lookup (the default) measured faster on grounded prompts and no slower on open chat."""
+    kv_cache_dtype: str = "auto"
+    """KV pool element: "auto" (the activation dtype), "int8" or "fp8_e4m3" (8-bit codes + one fp32 scale per
+    token and kv head: ~2x the tokens of bf16 / ~4x of fp32 in the same bytes, read directly by the kernels)."""
+    kv_budget_bytes: int | None = None
+    """KV memory in bytes (turned into tokens by the KV dtype's bytes per token); kv_budget_tokens wins."""
+    streaming: bool = False
+    """Keep each sequence's first `streaming_sinks` tokens + its last `streaming_window` tokens only: generation
+    and prompts run past the context length, KV memory per sequence stays bounded (docs/engine.md: trade-off)."""
+    streaming_sinks: int = 4
+    """Attention-sink tokens streaming keeps (StreamingLLM: the first few tokens soak up attention mass)."""
+    streaming_window: int | None = None
+    """Recent tokens streaming attends; None: the context length minus the sinks."""
+
+    def __post_init__(self) -> None:
+        from xpullm.kernels.paged import KV_CACHE_DTYPES
+
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise InvalidParameter("kv_cache_dtype", self.kv_cache_dtype, f"one of {sorted(KV_CACHE_DTYPES)}")
+        if self.streaming_sinks < 0:
+            raise InvalidParameter("streaming_sinks", self.streaming_sinks, "an int >= 0")
+        if self.streaming_window is not None and self.streaming_window < 1:
+            raise InvalidParameter("streaming_window", self.streaming_window, "an int >= 1 or None")
 
 
 # Whether `LLM` runs the engine on an accelerator when `EngineConfig.on_accelerators` is None. THE switch to flip
@@ -163,7 +186,10 @@ class EngineCore:
         self.runner = runner
         self.pool = pool
         self.config = config
-        self.scheduler = Scheduler(pool, config.max_seqs, config.max_batched_tokens, config.prefix_cache)
+        self.streaming = _streaming(config, context_length)
+        self.scheduler = Scheduler(
+            pool, config.max_seqs, config.max_batched_tokens, config.prefix_cache, self.streaming
+        )
         self._tok = tokenizer
         self._eos = eos
         self._eos_set = frozenset(eos)
@@ -185,9 +211,11 @@ class EngineCore:
 
     def submit(self, prompt: list[int], params: GenerationParams, on_event: Event) -> Request:
         """Queue a request (validated here, so bad input raises in the caller's thread)."""
-        max_len = min(self.context_length, len(prompt) + params.max_new_tokens)
+        max_len = len(prompt) + params.max_new_tokens
+        if self.streaming is None:
+            max_len = min(self.context_length, max_len)
         seq = Sequence(list(prompt), max_len)
-        need = -(-max_len // self.pool.block_size)
+        need = self.scheduler.blocks_for(max_len)
         if need > self.pool.num_blocks:
             raise KVBudgetTooSmall(
                 f"a request of up to {max_len} tokens needs {need} KV blocks of {self.pool.block_size} tokens but "
@@ -198,9 +226,10 @@ class EngineCore:
         sampler = Sampler(params, 1, vocab, self.runner.device)
         if params.repetition_penalty != 1.0:
             sampler.observe(torch.tensor([prompt], device=self.runner.device))
+        context = sys.maxsize if self.streaming else self.context_length  # streaming: no context end
         req = Request(seq, params, TextAssembler(self._tok, params.stop), sampler, constraint, on_event,
-                      self.context_length)  # fmt: skip
-        if self._drafter is not None and params.speculative:
+                      context)  # fmt: skip
+        if self._drafter is not None and params.speculative and not self.streaming:
             # Grammar-constrained requests speculate too: `_verify` masks and consumes row by row, only the tokens
             # it emits, so the matcher never needs a rollback.
             cfg = self.config.speculative
@@ -293,9 +322,10 @@ class EngineCore:
         owners: list[tuple[Request, list[int]]] = []  # requests that get tokens, with their drafts
         by_seq = self._requests
         for seq, start, n in plan.chunks:
-            if self._slot_owner.get(seq.slot) is not seq:  # first chunk of a newly admitted sequence
+            if self._slot_owner.get(seq.slot) is not seq or seq.table_changed:  # new, or its ring moved on
                 self.runner.set_table(seq.slot, seq.blocks)
                 self._slot_owner[seq.slot] = seq
+                seq.table_changed = False
             draft, seq.draft = seq.draft, []
             ids.extend([seq.tokens[start], *draft] if draft else seq.tokens[start : start + n])
             positions.extend(range(start, start + n))
@@ -431,16 +461,38 @@ def default_kv_tokens(context_length: int, bytes_per_token: int, device: torch.d
     return max(1, min(context_length * 8, room // bytes_per_token))
 
 
+def _streaming(config: EngineConfig, context_length: int) -> StreamingWindow | None:
+    """Streaming's ring for `config` (None when streaming is off)."""
+    if not config.streaming:
+        return None
+    window = config.streaming_window or max(1, context_length - config.streaming_sinks)
+    return StreamingWindow(config.streaming_sinks, window, config.block_size, config.max_batched_tokens)
+
+
 def build_core(
     dec: Any, tokenizer: Any, eos: list[int], context_length: int, config: EngineConfig
 ) -> EngineCore:
-    """An `EngineCore` over a `StaticCacheDecoder`'s weights, with pools sized by `config` (or the default budget)."""
-    from xpullm.engine.runner import kv_bytes_per_token
+    """An `EngineCore` over a `StaticCacheDecoder`'s weights, with pools sized by `config` (or the default budget)
+    in the KV dtype it names; the model's sliding windows (and streaming's) go to every layer's attention."""
+    from xpullm.engine.runner import kv_bytes_per_token, layer_windows
 
-    tokens = config.kv_budget_tokens or default_kv_tokens(context_length, kv_bytes_per_token(dec), dec.device)
+    per_token = kv_bytes_per_token(dec, config.kv_cache_dtype)
+    tokens = config.kv_budget_tokens
+    if tokens is None and config.kv_budget_bytes is not None:
+        tokens = max(1, config.kv_budget_bytes // per_token)
+    tokens = tokens or default_kv_tokens(context_length, per_token, dec.device)
     num_blocks = max(1, tokens // config.block_size)
+    windows = layer_windows(dec.config, len(dec.layers))
+    streaming = _streaming(config, context_length)
+    sinks, width = 0, None
+    if streaming is not None:  # every layer windowed (the ring holds no more), the model's own where narrower
+        windows = [min(w, streaming.window) if w else streaming.window for w in windows]
+        sinks, width = streaming.sinks, streaming.width
     # One block and one block-table row beyond the scheduler's: the step graphs' scratch, where pad rows write.
-    runner = ModelRunner(dec, num_blocks + 1, config.block_size, config.max_seqs + 1, context_length)
+    runner = ModelRunner(
+        dec, num_blocks + 1, config.block_size, config.max_seqs + 1, context_length, config.kv_cache_dtype,
+        windows, sinks, width,
+    )  # fmt: skip
     buckets = [b for b in config.graph_buckets if b <= config.max_batched_tokens]
     attach_step_graphs(runner, buckets, scratch_block=num_blocks, scratch_row=config.max_seqs)
     return EngineCore(

@@ -144,6 +144,7 @@ class StaticCacheDecoder:
 
     def __init__(self, model: nn.Module, family: Family, dtype: torch.dtype, device: torch.device) -> None:
         cfg = model.config
+        self.config = cfg  # the engine reads its sliding windows
         self.family = family
         self.dtype = dtype
         self.device = device
@@ -364,7 +365,7 @@ class StaticCacheDecoder:
         return x + delta
 
 
-def _static_ok(model: nn.Module) -> Family | None:
+def _static_ok(model: nn.Module, windows_ok: bool = False) -> Family | None:
     cfg = getattr(model, "config", None)
     family = FAMILIES.get(getattr(cfg, "model_type", ""))
     if family is None or getattr(cfg, "hidden_act", "silu") != "silu":
@@ -372,8 +373,9 @@ def _static_ok(model: nn.Module) -> Family | None:
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
         return None
-    # Sliding-window attention and non-default attention tricks are left to transformers' own forward.
-    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+    # Sliding-window attention is left to transformers' own forward unless the paged engine runs the model (its
+    # kernels attend through the window; `windows_ok`).
+    if not windows_ok and getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
         window = cfg.sliding_window
         if window < getattr(cfg, "max_position_embeddings", 0):
             return None
@@ -381,10 +383,15 @@ def _static_ok(model: nn.Module) -> Family | None:
 
 
 def build_decoder(
-    model: nn.Module, dtype: torch.dtype, device: torch.device, prefer_static: bool = True
+    model: nn.Module,
+    dtype: torch.dtype,
+    device: torch.device,
+    prefer_static: bool = True,
+    windows_ok: bool = False,
 ) -> Decoder:
-    """The fastest decoder that supports `model`: `StaticCacheDecoder` for registered families, else `HFDecoder`."""
-    family = _static_ok(model) if prefer_static else None
+    """The fastest decoder that supports `model`: `StaticCacheDecoder` for registered families, else `HFDecoder`.
+    `windows_ok`: sliding-window models too (only the paged engine, which attends through the window, runs it)."""
+    family = _static_ok(model, windows_ok) if prefer_static else None
     if family is not None:
         from xpullm.engine.graphs import GraphedDecoder, graphs_enabled
 

@@ -6,6 +6,12 @@ every FULL prompt block is keyed by a chained hash (parent block's key + the blo
 the whole prefix up to and including that block. A block whose count drops to 0 keeps its key and joins an LRU
 list: it can be found again by a later request until allocation needs the room; allocation takes never-used free
 blocks first, then evicts the least recently used cached block (dropping its key).
+
+Streaming (`StreamingWindow`): a sequence keeps only its first `sinks` tokens and its last `window` tokens. Its
+block-table row is a ring (`xpullm.kernels.paged.table_column`): the sink blocks stay in the first columns, the
+others cycle through the rest. When a new block's column still holds an older block, that block has left the
+window: it is freed back to the pool and a fresh block takes the column (`slide`). So a sequence never owns more
+than `width` blocks however long it runs.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["BlockPool", "BlockStats", "OutOfBlocks", "block_keys"]
+from xpullm.kernels.paged import ring_width, table_column
+
+__all__ = ["BlockPool", "BlockStats", "OutOfBlocks", "StreamingWindow", "block_keys"]
 
 
 class OutOfBlocks(RuntimeError):
@@ -163,3 +171,46 @@ class BlockPool:
         self._lru.clear()
         for b in range(self.num_blocks):
             self._forget(b)
+
+
+@dataclass(frozen=True)
+class StreamingWindow:
+    """Every sequence's KV in streaming mode: `sinks` first tokens + the last `window` tokens, in a ring of block
+    table columns wide enough for one step's tokens on top of the window."""
+
+    sinks: int
+    window: int
+    block_size: int
+    step_tokens: int
+    """The most tokens one step computes for one sequence (the scheduler's `max_batched_tokens`)."""
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.sinks < 0:
+            raise ValueError(
+                f"streaming needs window >= 1 and sinks >= 0 tokens; got window={self.window}, sinks={self.sinks}"
+            )
+
+    @property
+    def width(self) -> int:
+        """Block-table columns (and most blocks) one sequence holds."""
+        return ring_width(self.window, self.sinks, self.block_size, self.step_tokens)
+
+    @property
+    def sink_blocks(self) -> int:
+        """Leading blocks that never leave (they hold the sink tokens)."""
+        return -(-self.sinks // self.block_size)
+
+    def slide(self, pool: BlockPool, blocks: list[int], held: list[int], first: int, last: int) -> bool:
+        """Make the columns of absolute blocks first..last hold them: a column still holding an older block
+        (one that left the window) frees it and takes a fresh one. `blocks` / `held`: per column, the physical
+        block and the absolute block it holds (updated in place). Returns whether any column changed."""
+        changed = False
+        for b in range(first, last + 1):
+            c = table_column(b, self.window, self.sinks, self.block_size, self.width)
+            if held[c] == b:
+                continue
+            pool.free([blocks[c]])  # first: the freed block is room for the fresh one
+            blocks[c] = pool.allocate(1)[0]
+            held[c] = b
+            changed = True
+        return changed

@@ -53,6 +53,10 @@ class LLM:
         speculative: speculative decoding in the engine: `prompt_lookup`, `self_speculative`, a
             `SpeculativeConfig`, or None / `off` for one token per step; default: what `engine` says (prompt
             lookup). The output is the same either way; per call, `speculative=False` opts out.
+        kv_cache_dtype: KV cache element, overriding `engine.kv_cache_dtype`: "auto" (activation dtype), "int8"
+            or "fp8_e4m3" (8-bit: about half the KV memory of bf16, a quarter of fp32).
+        streaming: overriding `engine.streaming`: keep sink tokens + a recent window per sequence, so prompts and
+            generations run past the context length with bounded KV memory (docs/engine.md).
     """
 
     def __init__(
@@ -68,6 +72,8 @@ class LLM:
         adapter: str | Path | None = None,
         engine: EngineConfig | None = None,
         speculative: SpeculativeConfig | str | None = "default",
+        kv_cache_dtype: str | None = None,
+        streaming: bool | None = None,
     ) -> None:
         if max_context is not None and (
             isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 2
@@ -89,6 +95,10 @@ class LLM:
         if speculative != "default":
             spec = resolve_speculative(speculative)
             self._engine_config = dataclasses.replace(self._engine_config, speculative=spec)
+        overrides = {"kv_cache_dtype": kv_cache_dtype, "streaming": streaming}
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if overrides:
+            self._engine_config = dataclasses.replace(self._engine_config, **overrides)
         self._core: EngineCore | None = None  # None: the serialized path (`serial.py`)
         self._load_lock = threading.Lock()
         self._eos: list[int] = []
@@ -134,7 +144,8 @@ class LLM:
                 )
             self._context_length = self._max_context_arg or max_pos
             self._lock = model_lock(model)
-            decoder = build_decoder(model, dtype, device)
+            windows_ok = device.type == "cpu" or self._engine_config.on_accelerators
+            decoder = build_decoder(model, dtype, device, windows_ok=windows_ok)
             static = getattr(decoder, "inner", decoder)  # a CUDA-graph wrapper holds the static decoder
             if isinstance(static, StaticCacheDecoder) and _engine_runs(static, self._engine_config):
                 self._core = build_core(
@@ -322,7 +333,9 @@ class LLM:
     def _check_fits(self, ids: list[int], field: str) -> list[int]:
         if not ids:
             raise InvalidParameter(field, "", "text that encodes to at least one token")
-        if len(ids) >= self.context_length:
+        if len(ids) >= self.context_length and not (
+            self.engine is not None and self._engine_config.streaming
+        ):
             raise ContextOverflow(len(ids), self.context_length, field)
         return ids
 

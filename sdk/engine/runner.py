@@ -10,30 +10,49 @@ norm and the LM head run only on the rows whose next-token logits are needed.
 The weights, fused projections and small ops are borrowed from a `StaticCacheDecoder` of the same model (nothing
 is copied); the pools and the block-table tensor are allocated once, here. On GPUs, steps of few tokens replay a
 captured graph of `forward_hidden` (`step_graphs.py`, attached as `graphs`); the rest run eagerly.
+
+KV pools hold the activation dtype, or 8-bit codes (`kv_cache_dtype` "int8" / "fp8_e4m3") with one fp32 scale per
+(block, kv head, slot): the paged kernel quantizes each k / v head vector as it writes it and reads the codes
+directly. Per layer a sliding window (the model's own, `layer_windows`, or streaming's) and sink tokens are
+passed to the kernel; in streaming mode positions grow past the context, and the RoPE tables grow with them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from xpullm.engine.decode import StaticCacheDecoder
 from xpullm.engine.step_kernels import OpContext, select_op
 from xpullm.engine.step_ops import decoder_layers
+from xpullm.kernels import paged
 
 if TYPE_CHECKING:
     from xpullm.engine.step_graphs import StepGraphs
 
-__all__ = ["ModelRunner", "kv_bytes_per_token"]
+__all__ = ["ModelRunner", "kv_bytes_per_token", "layer_windows"]
 
 
-def kv_bytes_per_token(dec: StaticCacheDecoder) -> int:
-    """Bytes of K plus V one token takes over all layers."""
-    elem = torch.empty((), dtype=dec.dtype).element_size()
-    return 2 * len(dec.layers) * dec.n_kv * dec.head_dim * elem
+def kv_bytes_per_token(dec: StaticCacheDecoder, kv_cache_dtype: str = "auto") -> int:
+    """Bytes of K plus V one token takes over all layers (8-bit pools: D codes + a 4-byte scale per head)."""
+    return paged.kv_bytes_per_token(len(dec.layers), dec.n_kv, dec.head_dim, kv_cache_dtype, dec.dtype)
+
+
+def layer_windows(config: Any, n_layers: int) -> list[int]:
+    """Per layer, the sliding window the model's config declares (0: full attention).
+
+    `layer_types` (transformers' per-layer list: "sliding_attention" / "full_attention", Gemma-3 / Qwen-style
+    alternation) wins; else Mistral-style `sliding_window` on every layer unless `use_sliding_window` is False."""
+    window = int(getattr(config, "sliding_window", None) or 0)
+    types = getattr(config, "layer_types", None)
+    if types is not None and window:
+        return [window if t == "sliding_attention" else 0 for t in types][:n_layers]
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return [0] * n_layers
+    return [window] * n_layers
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -55,11 +74,27 @@ class ModelRunner:
         dec: the model's `StaticCacheDecoder` (weights, fused projections, norm/act ops, RoPE module).
         num_blocks: blocks per layer pool; block_size: token slots per block.
         max_seqs: rows of the block-table tensor; max_positions: longest sequence (RoPE table length).
+        kv_cache_dtype: "auto" (the activation dtype), "int8" or "fp8_e4m3" pools.
+        windows: per layer sliding window (0: full); sinks: tokens every windowed layer keeps attending.
+        table_width: block-table columns per sequence (default: max_positions' blocks; streaming: its ring).
     """
 
     def __init__(
-        self, dec: StaticCacheDecoder, num_blocks: int, block_size: int, max_seqs: int, max_positions: int
+        self,
+        dec: StaticCacheDecoder,
+        num_blocks: int,
+        block_size: int,
+        max_seqs: int,
+        max_positions: int,
+        kv_cache_dtype: str = "auto",
+        windows: Sequence[int] | None = None,
+        sinks: int = 0,
+        table_width: int | None = None,
     ) -> None:
+        if kv_cache_dtype not in paged.KV_CACHE_DTYPES:
+            raise ValueError(
+                f"kv_cache_dtype={kv_cache_dtype!r} is not known: choose one of {sorted(paged.KV_CACHE_DTYPES)}"
+            )
         self.dec = dec
         self.block_size = block_size
         self.device = dec.device
@@ -70,14 +105,33 @@ class ModelRunner:
         # The decoder's fixed-shape step ops: on GPUs the fused Triton norms (and int8 activations for <= 8 rows),
         # as in its graph-captured step; on CPU its eager ops.
         self._ops = dec.step_ops
+        self.kv_cache_dtype = kv_cache_dtype
+        self.windows = list(windows) if windows is not None else [0] * len(dec.layers)
+        self.sinks = sinks
         shape = (len(dec.layers), num_blocks, dec.n_kv, block_size, dec.head_dim)
-        self.k_pool = _zeros(shape, dec.dtype, self.device)
-        self.v_pool = _zeros(shape, dec.dtype, self.device)
-        max_blocks = -(-max_positions // block_size)
+        pool_dtype = paged.KV_CACHE_DTYPES[kv_cache_dtype] or dec.dtype
+        self.k_pool = _zeros(shape, pool_dtype, self.device)
+        self.v_pool = _zeros(shape, pool_dtype, self.device)
+        self.k_scale = self.v_scale = None  # 8-bit pools: one fp32 scale per (block, kv head, slot)
+        if kv_cache_dtype != "auto":
+            self.k_scale = _zeros(shape[:-1], torch.float32, self.device)
+            self.v_scale = _zeros(shape[:-1], torch.float32, self.device)
+        self.kv_bytes_per_token = kv_bytes_per_token(dec, kv_cache_dtype)
+        max_blocks = table_width or -(-max_positions // block_size)
         self.block_tables = torch.zeros((max_seqs, max_blocks), dtype=torch.int32, device=self.device)
         self.cos, self.sin = self._rope_tables(max_positions)
         self.vocab_size = int(dec.lm_head.out_features)
         self.graphs: StepGraphs | None = None  # graph-replayed small steps (GPUs); None: every step eager
+
+    def _layer_kwargs(self, i: int) -> dict[str, Any]:
+        """Layer i's 8-bit pool, window and sink arguments of the paged kernel (none when all are defaults, so the
+        engine's own reference twin takes the call too)."""
+        kw: dict[str, Any] = {}
+        if self.kv_cache_dtype != "auto":
+            kw.update(kv_cache_dtype=self.kv_cache_dtype, k_scale=self.k_scale[i], v_scale=self.v_scale[i])
+        if self.windows[i]:
+            kw.update(window=self.windows[i], sinks=self.sinks)
+        return kw
 
     def _rope_tables(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin [n, head_dim] from the model's own rotary module; sin's first half negated (`rotate_qk`)."""
@@ -93,6 +147,13 @@ class ModelRunner:
         """Write a sequence's block ids into its row of the block-table tensor (once, at admission)."""
         self.block_tables[slot, : len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
 
+    def _grow_rope(self, top: int) -> None:
+        """Streaming runs past the context: RoPE tables to at least top + 1 positions (doubling, so rarely)."""
+        n = self.cos.shape[0]
+        while n <= top:
+            n *= 2
+        self.cos, self.sin = self._rope_tables(n)
+
     @torch.inference_mode()
     def forward(
         self,
@@ -107,6 +168,9 @@ class ModelRunner:
         `layers` runs only those layers (a self-speculative draft, eager); their K/V slots are rewritten by the
         full step that verifies the draft.
         """
+        if max(positions) >= self.cos.shape[0]:  # streaming past the context: longer RoPE tables
+            self._grow_rope(max(positions))
+            self.graphs = None  # captured steps read the old tables: run eagerly from here on
         if self.graphs is not None and layers is None:
             logits = self.graphs.run(input_ids, positions, seq_index, logit_rows)
             if logits is not None:
@@ -136,6 +200,7 @@ class ModelRunner:
             self.k_pool, self.v_pool, self.block_tables, self.cos, self.sin, self._paged,
         )  # fmt: skip
 
+        extra = [self._layer_kwargs(i) for i in range(len(dec.layers))]
         stack: object = dec
         index = range(len(dec.layers)) if layers is None else layers
         if layers is not None:
@@ -145,7 +210,7 @@ class ModelRunner:
             i = index[j]
             out = paged(
                 qkv.view(n, -1), cos, sin, pos, rows, tables, k_pool[i], v_pool[i], h, scale,
-                layer.q_norm, layer.k_norm, eps,
+                layer.q_norm, layer.k_norm, eps, **extra[i],
             )  # fmt: skip
             return out.view(1, n, -1)
 

@@ -10,6 +10,10 @@ Admission reserves every block a sequence can ever need (prompt + max new tokens
 it starts, reusing the cached blocks of its longest known prompt prefix; a sequence that does not fit waits, in
 FIFO order. Nothing is preempted or swapped: a running stream never stalls or recomputes, at the cost of
 reserving worst-case memory.
+
+Streaming (`StreamingWindow`): a sequence reserves at most the ring's blocks, however long it may grow; before
+each step the blocks its new tokens need replace the ones that left the window (`StreamingWindow.slide`), and
+only the sink blocks (never replaced) are shared through the prefix cache.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 
-from xpullm.engine.kv_blocks import BlockPool, block_keys
+from xpullm.engine.kv_blocks import BlockPool, StreamingWindow, block_keys
 from xpullm.errors import XPULLMError
 
 __all__ = ["KVBudgetTooSmall", "Scheduler", "Sequence", "StepPlan"]
@@ -50,6 +54,10 @@ class Sequence:
     finished: bool = False
     draft: list[int] = field(default_factory=list)
     """Speculative tokens after the last one, verified with it in the next step (set by the core, then cleared)."""
+    held: list[int] = field(default_factory=list)
+    """Streaming: the absolute block index each column of `blocks` holds (the table row is a ring)."""
+    table_changed: bool = False
+    """Streaming: `blocks` changed since the runner's table row was written."""
 
     def __post_init__(self) -> None:
         if not self.tokens:
@@ -84,10 +92,16 @@ class Scheduler:
         max_seqs: rows of the block-table tensor (sequences running at once).
         max_batched_tokens: tokens per step (decode tokens + prefill chunks).
         prefix_cache: reuse and publish full prompt blocks.
+        streaming: keep each sequence's sink tokens + recent window only, in a ring of blocks (None: off).
     """
 
     def __init__(
-        self, pool: BlockPool, max_seqs: int, max_batched_tokens: int, prefix_cache: bool = True
+        self,
+        pool: BlockPool,
+        max_seqs: int,
+        max_batched_tokens: int,
+        prefix_cache: bool = True,
+        streaming: StreamingWindow | None = None,
     ) -> None:
         if max_batched_tokens < max_seqs:
             raise ValueError(
@@ -97,16 +111,19 @@ class Scheduler:
         self.max_seqs = max_seqs
         self.max_batched_tokens = max_batched_tokens
         self.prefix_cache = prefix_cache
+        self.streaming = streaming
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self._free_slots = list(range(max_seqs - 1, -1, -1))
 
-    def _blocks_for(self, tokens: int) -> int:
-        return -(-tokens // self.pool.block_size)
+    def blocks_for(self, tokens: int) -> int:
+        """Blocks a sequence of up to `tokens` tokens reserves (streaming: at most its ring)."""
+        need = -(-tokens // self.pool.block_size)
+        return min(need, self.streaming.width) if self.streaming else need
 
     def add(self, seq: Sequence) -> None:
         """Queue `seq`; raises `KVBudgetTooSmall` when it could never fit the pool."""
-        need = self._blocks_for(seq.max_len)
+        need = self.blocks_for(seq.max_len)
         if need > self.pool.num_blocks:
             raise KVBudgetTooSmall(
                 f"a request of up to {seq.max_len} tokens needs {need} KV blocks but the budget holds "
@@ -121,7 +138,7 @@ class Scheduler:
 
     def _admit(self, seq: Sequence) -> bool:
         bs = self.pool.block_size
-        need = self._blocks_for(seq.max_len)
+        need = self.blocks_for(seq.max_len)
         shared: list[int] = []
         queried = 0
         if self.prefix_cache:
@@ -129,6 +146,8 @@ class Scheduler:
             # The last prompt token is always computed (it yields the first logits): at most len - 1 cached tokens.
             usable = (len(seq.prompt) - 1) // bs
             queried = min(usable, len(seq.keys))
+            if self.streaming:  # only the sink blocks stay: others would be freed while still shared
+                usable = min(usable, self.streaming.sink_blocks)
             shared = self.pool.match_prefix(seq.keys[:usable])
         if not self._free_slots or not self.pool.can_allocate(need - len(shared), shared):
             return False
@@ -136,6 +155,7 @@ class Scheduler:
         seq.slot = self._free_slots.pop()
         seq.cached = seq.computed = len(shared) * bs
         seq.registered = len(shared)
+        seq.held = list(range(len(seq.blocks)))
         self.running.append(seq)
         return True
 
@@ -160,6 +180,11 @@ class Scheduler:
             n = min(seq.pending, budget)
             chunks.append((seq, seq.computed, n))
             budget -= n
+        if self.streaming:
+            bs = self.pool.block_size
+            for seq, start, n in chunks:
+                if self.streaming.slide(self.pool, seq.blocks, seq.held, start // bs, (start + n - 1) // bs):
+                    seq.table_changed = True
         return StepPlan(chunks)
 
     def advance(self, plan: StepPlan) -> None:
@@ -169,6 +194,8 @@ class Scheduler:
             if not self.prefix_cache:
                 continue
             full = min(seq.computed, len(seq.prompt)) // self.pool.block_size
+            if self.streaming:
+                full = min(full, self.streaming.sink_blocks)
             for i in range(seq.registered, min(full, len(seq.keys))):
                 self.pool.register(seq.blocks[i], seq.keys[i])
             seq.registered = max(seq.registered, full)

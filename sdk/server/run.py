@@ -14,8 +14,9 @@ def build_engines(config: ServerConfig) -> tuple[LocalTextEngine, LocalEmbedding
     from xpullm.engine import LLM
 
     llm = LLM(
-        model=config.model, low_bit=config.low_bit, device=config.device, max_context=config.max_context
-    )
+        model=config.model, low_bit=config.low_bit, device=config.device, max_context=config.max_context,
+        kv_cache_dtype=config.kv_cache_dtype, streaming=config.streaming,
+    )  # fmt: skip
     text = LocalTextEngine(
         llm, model_id=config.model_name, max_queue=config.max_queue, max_running=config.max_running
     )

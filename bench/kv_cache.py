@@ -1,0 +1,346 @@
+"""KV cache on CPU: fp32 vs fp8 (e4m3) vs int8 KV pools in the engine, and streaming (sinks + window) on vs off.
+
+    python -P bench/kv_cache.py [--ppl-tokens 8192] [--contexts 512,2048,8192] [--out docs/benchmarks-kvcache.md]
+
+1. Perplexity of the packaged model (its checkpoint's asym_int4 weights, fp32 activations) on the first
+   max(context, `--ppl-tokens`) tokens of exllamav2's `wiki.utf8`, cut into windows of each context length; every window is
+   prefilled through the engine's `ModelRunner` in chunks of `--chunk` tokens (as the engine prefills a long prompt),
+   so each chunk attends the earlier chunks' keys and values from the 8-bit pools. Same tokens for every KV dtype.
+2. KV bytes per token, and the 4k-token streams a fixed byte budget holds (the engine's own pool arithmetic: the
+   blocks `kv_budget_bytes` buys, over the blocks a 4096-token sequence reserves).
+3. Decode tok/s after a long prompt (`--decode-context` tokens), greedy, per KV dtype, interleaved rounds.
+4. A chat of `--chat-tokens` tokens (a long conversation as the prompt + `--chat-new` generated tokens) with
+   streaming on (4 sinks + `--window` recent tokens) vs off: off, a prompt past the context is refused, so off runs
+   the longest chat that fits; peak KV blocks held (polled) and speed for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from xpullm.engine import LLM
+from xpullm.engine.core import EngineConfig
+
+DTYPES = ["auto", "fp8_e4m3", "int8"]
+NAMES = {"auto": "fp32 (activation dtype)", "fp8_e4m3": "fp8 e4m3", "int8": "int8"}
+
+
+def wiki_text() -> str:
+    spec = importlib.util.find_spec("exllamav2")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return (root / "conversion" / "standard_cal_data" / "wiki.utf8").read_text(encoding="utf-8")
+
+
+def engine_llm(base: LLM, kv: str, **config: object) -> LLM:
+    """Another LLM over the same loaded weights with its own engine (built now, outside inference mode)."""
+    llm = LLM(base.model, tokenizer=base.tokenizer, engine=EngineConfig(kv_cache_dtype=kv, **config))
+    llm.engine  # noqa: B018
+    return llm
+
+
+@torch.no_grad()
+def perplexity(llm: LLM, ids: list[int], context: int, chunk: int) -> float:
+    """exp(mean NLL) over windows of `context` tokens, each prefilled in chunks through the runner."""
+    runner = llm.engine.runner
+    bs = runner.block_size
+    runner.set_table(0, list(range(-(-context // bs))))
+    nll, count = 0.0, 0
+    for start in range(0, len(ids) - 1, context):
+        window = ids[start : start + context + 1]
+        if len(window) < 2:
+            break
+        inputs, targets = window[:-1], torch.tensor(window[1:])
+        for c0 in range(0, len(inputs), chunk):
+            part = inputs[c0 : c0 + chunk]
+            pos = list(range(c0, c0 + len(part)))
+            logits = runner.forward(part, pos, [0] * len(part), list(range(len(part))))
+            nll += F.cross_entropy(logits.float(), targets[c0 : c0 + len(part)], reduction="sum").item()
+            count += len(part)
+    return math.exp(nll / count)
+
+
+def decode_speed(llm: LLM, prompt: str, new: int) -> float:
+    c = llm.generate(prompt, max_new_tokens=new)
+    return c.decode_tok_s
+
+
+class PeakBlocks:
+    """Polls the engine's used KV blocks while a generation runs."""
+
+    def __init__(self, llm: LLM) -> None:
+        self.llm, self.peak, self._stop = llm, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.llm.engine.stats().kv_used_blocks)
+            time.sleep(0.005)
+
+    def __enter__(self) -> PeakBlocks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def chat_run(llm: LLM, prompt: str, new: int) -> dict:
+    t0 = time.perf_counter()
+    with PeakBlocks(llm) as peak:
+        c = llm.generate(prompt, max_new_tokens=new)
+    wall = time.perf_counter() - t0
+    runner = llm.engine.runner
+    kv_mb = peak.peak * runner.block_size * runner.kv_bytes_per_token / 2**20
+    return {
+        "prompt": c.prompt_tokens,
+        "new": c.completion_tokens,
+        "ttft": c.first_token_s,
+        "decode": c.decode_tok_s,
+        "wall": wall,
+        "blocks": peak.peak,
+        "kv_mb": kv_mb,
+    }
+
+
+def _save(path: Path, results: dict) -> None:
+    path.write_text(json.dumps(results, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--parts", default="ppl,memory,decode,chat", help="which measurements to run (comma list)"
+    )
+    ap.add_argument("--ppl-tokens", type=int, default=2048)
+    ap.add_argument("--contexts", default="512,2048,8192")
+    ap.add_argument("--dtypes", default=",".join(DTYPES), help="KV dtypes for the perplexity part")
+    ap.add_argument("--chunk", type=int, default=512)
+    ap.add_argument("--decode-context", type=int, default=4096)
+    ap.add_argument("--decode-new", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--budget-mib", type=int, default=1024)
+    ap.add_argument("--chat-tokens", type=int, default=10240)
+    ap.add_argument("--chat-new", type=int, default=64)
+    ap.add_argument("--window", type=int, default=2048)
+    ap.add_argument(
+        "--chat-context", type=int, default=None, help="max_context of the chat runs (default: model's)"
+    )
+    ap.add_argument(
+        "--json", default="bench/results/kv_cache.json", help="results, kept across runs per part"
+    )
+    ap.add_argument("--out", default="docs/benchmarks-kvcache.md")
+    args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    contexts = [int(x) for x in args.contexts.split(",")]
+    store = Path(args.json)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(store.read_text()) if store.exists() else {}
+    results.setdefault("ppl", {})
+    cpu = Path("/proc/cpuinfo").read_text().split("model name")[1].split("\n")[0].strip(": \t")
+    results["machine"] = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+    base = LLM()
+    tok = base.tokenizer
+    text = wiki_text()
+    top = max(max(contexts), args.decode_context + args.decode_new + 16)
+    llms = {
+        kv: engine_llm(base, kv, kv_budget_tokens=top + 64, max_batched_tokens=args.chunk) for kv in DTYPES
+    }
+
+    if "ppl" in parts:
+        ids = tok(text[: max(max(contexts), args.ppl_tokens) * 8])["input_ids"]
+        results["ppl_setup"] = {"tokens": args.ppl_tokens, "chunk": args.chunk}
+        for context in contexts:
+            for kv in args.dtypes.split(","):
+                t = time.perf_counter()
+                value = perplexity(llms[kv], ids[: max(context, args.ppl_tokens)], context, args.chunk)
+                results["ppl"][f"{kv}@{context}"] = value
+                _save(store, results)
+                print(f"ppl {kv} ctx {context}: {value:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
+
+    if "memory" in parts:  # bytes per token, streams per budget (the engine's own pool arithmetic)
+        fits = {}
+        for kv in DTYPES:
+            core = engine_llm(base, kv, kv_budget_bytes=args.budget_mib * 2**20).engine
+            blocks = core.pool.num_blocks
+            fits[kv] = [core.runner.kv_bytes_per_token, blocks, blocks // core.scheduler.blocks_for(4096)]
+        results["memory"] = {"budget_mib": args.budget_mib, "fits": fits}
+        _save(store, results)
+        print("memory", fits, flush=True)
+
+    if "decode" in parts:  # decode speed after a long prompt (interleaved rounds)
+        long_prompt = tok.decode(tok(text[200000:])["input_ids"][: args.decode_context])
+        speed: dict[str, list[float]] = {kv: [] for kv in DTYPES}
+        for _ in range(args.rounds):
+            for kv in DTYPES:
+                speed[kv].append(decode_speed(llms[kv], long_prompt, args.decode_new))
+                print(f"decode {kv}: {speed[kv][-1]:.1f} tok/s", flush=True)
+        results["decode"] = {"context": args.decode_context, "new": args.decode_new, "rounds": args.rounds,
+                             "tok_s": speed}  # fmt: skip
+        _save(store, results)
+
+    if "chat" in parts:  # a long chat, streaming on vs off
+        context = args.chat_context or base.context_length
+        messages: list[dict] = []
+        chat_ids = tok(text[400000:])["input_ids"]
+        at = 0
+        while (
+            True
+        ):  # alternate user / assistant turns of ~400 tokens of wiki text until the chat is long enough
+            role = "user" if len(messages) % 2 == 0 else "assistant"
+            messages.append({"role": role, "content": tok.decode(chat_ids[at : at + 400])})
+            at += 400
+            ask = [*messages, {"role": "user", "content": "Summarize."}]
+            rendered = tok.apply_chat_template(ask, tokenize=False, add_generation_prompt=True)
+            if len(tok(rendered)["input_ids"]) >= args.chat_tokens - args.chat_new:
+                break
+
+        def chat_llm(**config: object) -> LLM:
+            cfg = EngineConfig(max_batched_tokens=args.chunk, kv_budget_tokens=top + 64, **config)
+            llm = LLM(base.model, tokenizer=tok, max_context=context, engine=cfg)
+            llm.engine  # noqa: B018
+            return llm
+
+        on = chat_llm(streaming=True, streaming_window=args.window)
+        off = chat_llm()
+        chat = {"on": chat_run(on, rendered, args.chat_new)}
+        print("streaming on", chat["on"], flush=True)
+        try:
+            off.generate(rendered, max_new_tokens=args.chat_new)
+            refused = "ran"
+        except Exception as exc:  # the point: without streaming a chat past the context is refused
+            refused = f"{type(exc).__name__}: {str(exc)[:100]}"
+        fitting = tok.decode(tok(rendered)["input_ids"][-(context - args.chat_new - 8) :])
+        chat["off"] = chat_run(off, fitting, args.chat_new)
+        print("streaming off (longest that fits)", chat["off"], refused, flush=True)
+        results["chat"] = {"window": args.window, "context": context, "refused": refused, **chat}
+        _save(store, results)
+
+    Path(args.out).write_text(render(results, contexts))
+    print(render(results, contexts))
+
+
+def render(r: dict, contexts: list[int]) -> str:
+    """The markdown section from whatever parts the results hold."""
+    lines = [
+        "## KV cache: 8-bit KV pools and streaming (CPU)",
+        "",
+        f"Machine: {r['machine']} - a 2-vCPU AMD EPYC Zen 5 VM shared with several other jobs while this ran "
+        "(load average 5-22 on 2 cores during the runs): absolute times are inflated and noisy, read the ratios. "
+        "Written by "
+        "`bench/kv_cache.py` (results kept per part in `bench/results/kv_cache.json`). Model: the packaged "
+        "SmolLM2-135M-Instruct (checkpoint asym_int4 weights, fp32 activations on CPU; 30 layers, 3 kv heads of 64).",
+    ]
+    ppl, setup = r.get("ppl", {}), r.get("ppl_setup", {})
+    if ppl:
+        lines += [
+            "",
+            f"### Perplexity (exllamav2 `wiki.utf8`: the first max(context, {setup.get('tokens')}) tokens in "
+            f"windows of the context length, prefilled in {setup.get('chunk')}-token chunks through the engine's "
+            "runner, so later chunks attend the cached 8-bit keys and values)",
+            "",
+            "| KV cache | " + " | ".join(f"ctx {c}" for c in contexts) + " |",
+            "|---" * (len(contexts) + 1) + "|",
+        ]
+        for kv in DTYPES:
+            cells = []
+            for c in contexts:
+                value, ref = ppl.get(f"{kv}@{c}"), ppl.get(f"auto@{c}")
+                if value is None:
+                    cells.append("not measured (time)")
+                    continue
+                rel = "" if kv == "auto" or ref is None else f" ({(value / ref - 1) * 100:+.2f}%)"
+                cells.append(f"{value:.4f}{rel}")
+            lines.append(f"| {NAMES[kv]} | " + " | ".join(cells) + " |")
+    mem = r.get("memory")
+    if mem:
+        fits = mem["fits"]
+        per32 = fits["auto"][0]
+        bf16_streams = mem["budget_mib"] * 2**20 // (4096 * per32 // 2)
+        lines += [
+            "",
+            f"### Memory: KV bytes per token and 4096-token streams in a {mem['budget_mib']} MiB KV budget",
+            "",
+            "| KV cache | bytes/token | x fp32 | blocks of 16 in budget | 4096-token streams | x fp32 | x bf16 |",
+            "|---|---|---|---|---|---|---|",
+            f"| bf16 (computed: bf16 activations) | {per32 // 2} | 0.50 | - | {bf16_streams} | "
+            f"{bf16_streams / max(1, fits['auto'][2]):.1f} | 1.0 |",
+        ]
+        for kv in DTYPES:
+            per, blocks, streams = fits[kv]
+            lines.append(
+                f"| {NAMES[kv]} | {per} | {per / per32:.2f} | {blocks} | {streams} | "
+                f"{streams / max(1, fits['auto'][2]):.1f} | {streams / max(1, bf16_streams):.1f} |"
+            )
+    dec = r.get("decode")
+    if dec:
+        best = {kv: max(v) for kv, v in dec["tok_s"].items()}
+        lines += [
+            "",
+            f"### Decode speed after a {dec['context']}-token prompt ({dec['new']} new tokens, greedy, best of "
+            f"{dec['rounds']} interleaved round(s))",
+            "",
+            "| KV cache | decode tok/s | x fp32 |",
+            "|---|---|---|",
+        ]
+        for kv in DTYPES:
+            lines.append(f"| {NAMES[kv]} | {best[kv]:.1f} | {best[kv] / best['auto']:.2f} |")
+    chat = r.get("chat")
+    if chat:
+        on = chat["on"]
+        lines += [
+            "",
+            f"### A {on['prompt'] + on['new']}-token chat: streaming on (4 sinks + {chat['window']}-token window) "
+            "vs off",
+            "",
+            f"Context length {chat['context']}. Off, the whole chat is refused ({chat['refused'].split(' (')[0]}); the off row "
+            "runs the longest tail of it that fits the context.",
+            "",
+            "| streaming | prompt tokens | new tokens | first token s | decode tok/s | wall s | peak KV blocks | "
+            "peak KV MiB |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name in ("on", "off"):
+            x = chat[name]
+            lines.append(
+                f"| {name} | {x['prompt']} | {x['new']} | {x['ttft']:.1f} | {x['decode']:.1f} | {x['wall']:.1f} | "
+                f"{x['blocks']} | {x['kv_mb']:.0f} |"
+            )
+    lines += ["", "### Reading these numbers", "", *NOTES]
+    return "\n".join(lines) + "\n"
+
+
+NOTES = [
+    "- Runs (2026-12-05): perplexity with the default flags (~45 min under load; the 8k windows ~10-15 min per KV "
+    "dtype), then `--parts memory`, then `--parts decode,chat --rounds 2`; each part is stored in the JSON as it "
+    "finishes and this page is rendered from all of them.",
+    "- Targets from the issue: fp8 <= 0.5% perplexity increase is met at 512 but missed at 2k and 8k (about "
+    "+0.6-0.7%); int8 <= 1% is met at every length (within +-0.12%, i.e. noise). e4m3 keeps 3 mantissa bits, so "
+    "every element carries up to 1/16 relative error, while int8 with one scale per head vector errs by at most "
+    "max|x| / 254 absolute: finer on the large components that dominate q . k. Per-channel key scales (KIVI-style) "
+    "would be the next step for fp8; not done.",
+    "- Perplexity at 8k is about that at 2k: SmolLM2 is trained to 8192 tokens, and wiki articles rarely need more.",
+    "- Memory: 8-bit pools take D + 4 bytes per head vector (the fp32 scale costs 6% at D = 64): 3.76x the tokens "
+    "of fp32 pools (the CPU default, fp32 activations) and 1.88x those of bf16 pools in one byte budget; in whole "
+    "4096-token streams that is 4.2x fp32 and ~1.9x bf16 (the issue's 2x target, less the scale).",
+    "- Decode speed: at 135M parameters the weights (~80 MB) dominate a decode step, not the KV reads, so 8-bit KV "
+    "decodes at about fp32's speed here (int8 slightly ahead: a quarter of the KV bytes); on a bigger model or at "
+    "long contexts with many streams the KV share of the step grows.",
+    "- Streaming: the on row's KV stays at its ring (sink block + window + one step's tokens, in blocks of 16) "
+    "however long the chat grows, and its decode attends only window + sinks, so it is also faster per token "
+    "than full attention at the end of a long context; the text it conditions on is only that window.",
+]
+
+
+if __name__ == "__main__":
+    main()
