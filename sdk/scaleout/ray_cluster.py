@@ -11,6 +11,7 @@ unfinished pieces are retried there (`max_retries`); pieces are pure, so a retry
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -106,7 +107,8 @@ class RayExecutor:
         if self._owns_connection:
             address = None if self.address == "local" else self.address
             try:
-                ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+                with _neutral_cwd():
+                    ray.init(address=address, logging_level="WARNING", log_to_driver=False)
             except ConnectionError as exc:
                 raise ExecutorError(
                     f"no Ray cluster at {self.address!r} ({exc}); start one with `ray start --head`, pass its "
@@ -222,6 +224,21 @@ class RayExecutor:
             f"RayExecutor(address={self.address!r}, workers={len(self._actors) or self._requested_workers}, "
             f"num_cpus={self.num_cpus}, num_gpus={self.num_gpus})"
         )
+
+
+@contextlib.contextmanager
+def _neutral_cwd() -> Iterator[None]:
+    """Ray puts the driver's working directory at the front of every worker's sys.path; a checkout's folders
+    (this repository's top-level `kernels/` shadows the PyPI `kernels` that transformers imports) must not reach
+    the workers, which import only installed packages."""
+    import tempfile
+
+    here = os.getcwd()
+    os.chdir(tempfile.gettempdir())
+    try:
+        yield
+    finally:
+        os.chdir(here)
 
 
 @register_executor("ray")
