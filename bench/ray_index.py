@@ -115,7 +115,14 @@ def main() -> None:
     from xpullm.graphrag.chunking import load_inputs
 
     # A private Ray of this machine's 2 CPUs (a real raylet and worker processes, not local mode).
-    ray.init(num_cpus=2, object_store_memory=150_000_000, include_dashboard=False, log_to_driver=False)
+    temp = tempfile.mkdtemp(prefix="xprb-")  # its own session folder: never the machine's default /tmp/ray
+    ray.init(
+        num_cpus=2,
+        object_store_memory=150_000_000,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=temp,
+    )
     workers = [int(w) for w in args.workers.split(",")]
     embedder = Embedder(device="cpu", dtype="float32")
     replay = run_workload(

@@ -58,4 +58,6 @@ class ExecutorEmbedder:
         return out
 
     def __getattr__(self, name: str) -> Any:  # anything else (tokenizer, device) is the local model's
+        if name == "local":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
         return getattr(self.local, name)
