@@ -36,10 +36,8 @@ MACHINE = "AMD EPYC Zen 5 (family 26), 2 vCPU, 23 GiB, shared with ~7 other engi
 
 def _warm(model, item):
     """Build the worker's copy of a model and run it once (load time is not indexing time)."""
-    if hasattr(model, "embed_matrix"):
-        model.embed_matrix(["warm up"], batch_size=1, show_progress=False)
-    else:
-        model.generate("Hi", max_new_tokens=1)
+    model.count_tokens("warm up")  # tokenizer loaded
+    getattr(model, "model", None)  # an xpullm.LLM loads its weights on first access; others have them
     return os.getpid()
 
 
@@ -112,7 +110,6 @@ def main() -> None:
 
     from xpullm.embeddings import Embedder
     from xpullm.engine import LLM
-    from xpullm.graphrag.chunking import load_inputs
 
     # A private Ray of this machine's 2 CPUs (a real raylet and worker processes, not local mode).
     temp = tempfile.mkdtemp(prefix="xprb-")  # its own session folder: never the machine's default /tmp/ray
@@ -127,15 +124,13 @@ def main() -> None:
     embedder = Embedder(device="cpu", dtype="float32")
     replay = run_workload(
         "replay",
-        load_inputs(DATA / "corpus"),
+        DATA / "corpus",
         TranscriptLLM(DATA / "transcript.jsonl"),
         embedder,
         replay_config(),
         workers,
     )
-    model = run_workload(
-        "model", load_inputs(DATA / "articles"), LLM(device="cpu"), embedder, model_config(), workers
-    )
+    model = run_workload("model", DATA / "articles", LLM(device="cpu"), embedder, model_config(), workers)
     ray.shutdown()
 
     ray_replay = [r for name, r in replay if name.startswith("Ray")]
