@@ -58,8 +58,12 @@ def _node_args() -> list[str]:
     ]
 
 
+# Token authentication off: a token file another Ray left in ~/.ray must not split the nodes and the driver.
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
 def _start(args: list[str], log: Path, folder: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONSAFEPATH": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **RAY_ENV, "PYTHONSAFEPATH": "1"}
     ray_cli = Path(sys.executable).parent / "ray"
     return subprocess.Popen(
         [str(ray_cli), "start", *args],
@@ -94,6 +98,8 @@ def cluster():
     """(address, executor): a head and a second node, and a driver connection with one worker per node."""
     # Ray's unix sockets live under --temp-dir and must stay under 107 bytes: a short folder, removed afterwards.
     folder = Path(tempfile.mkdtemp(prefix="xpr-"))
+    saved = {k: os.environ.get(k) for k in RAY_ENV}
+    os.environ.update(RAY_ENV)  # the driver (this process) and the drivers it starts
     port = _free_port()
     head_log, node_log = folder / "head.log", folder / "node.log"
     head = _start(
@@ -127,6 +133,11 @@ def cluster():
         for proc in reversed(procs):
             _stop(proc)
         shutil.rmtree(folder, ignore_errors=True)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
