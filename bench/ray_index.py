@@ -134,6 +134,10 @@ def main() -> None:
     )
     workers = [int(w) for w in args.workers.split(",")]
     embedder = Embedder(device="cpu", dtype="float32")
+    # An untimed first index: imports and first-use costs (parquet, clustering) are not indexing time.
+    index_once(
+        DATA / "corpus", TranscriptLLM(DATA / "transcript.jsonl"), embedder, replay_config(), LocalExecutor()
+    )
     replay = run_workload(
         "replay",
         DATA / "corpus",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -32,17 +33,19 @@ class ModelWorker:
 
     def __init__(self) -> None:
         self._models: dict[str, Any] = {}
+        self._lock = threading.Lock()  # pieces run on threads: a model is built once
 
     def run(self, fn: Callable[[Any, Any], Any], key: str | None, recipe: list[Any], item: Any) -> Any:
         """`fn(model, item)`; `recipe` is `[ObjectRef]` (not resolved unless this worker lacks the model)."""
         model = None
         if key is not None:
-            if key not in self._models:
-                import ray
+            with self._lock:
+                if key not in self._models:
+                    import ray
 
-                built: ModelRecipe = ray.get(recipe[0])
-                self._models[key] = built.build()
-            model = self._models[key]
+                    built: ModelRecipe = ray.get(recipe[0])
+                    self._models[key] = built.build()
+                model = self._models[key]
         return fn(model, item)
 
     def pid(self) -> int:
@@ -59,7 +62,8 @@ class RayExecutor:
     num_cpus / num_gpus: resources each worker reserves; Ray places a worker only where they are free, and a GPU
         worker sees only its GPU(s).
     device: where workers build models ("cuda", "cpu", "auto"; default: the driver's model's own setting).
-    inflight_per_worker: pieces queued on one worker at once (2: the next piece is there when one finishes).
+    inflight_per_worker: pieces on one worker at once, run on its threads (2: the next piece is there when one
+        finishes, and a batching engine sees two requests together).
     max_retries: restarts of a dead worker, and retries of each piece it was running.
     """
 
@@ -131,6 +135,9 @@ class RayExecutor:
             num_gpus=self.num_gpus,
             max_restarts=self.max_retries,
             max_task_retries=self.max_retries,
+            # The worker's pieces run on threads, so an engine that batches concurrent requests (xpullm.LLM's
+            # continuous batching) sees them together, as it does in one process with llm.concurrency.
+            max_concurrency=self.inflight_per_worker,
             scheduling_strategy="SPREAD",  # one machine's failure takes as few workers as possible
         )
         self._actors = [actor.remote() for _ in range(n)]

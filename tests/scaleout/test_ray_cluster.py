@@ -353,9 +353,10 @@ def test_cli_ray_options_build_a_ray_executor(cluster):
     )
     executor = executor_from_args(args)
     assert isinstance(executor, RayExecutor) and executor.address == address
-    assert list(executor.map(_double, [1, 2, 3])) and executor.workers == 1
+    from xpullm.graphrag.chunking import parse_task  # workers import pieces by name: an installed module's
+
+    pieces = [(b"Ada met Bo.", "a.txt", "a.txt"), (b"Bo left.", "b.txt", "b.txt")]
+    docs = sorted(executor.map(parse_task, pieces))
+    assert [(i, d.title, d.text) for i, d in docs] == [(0, "a.txt", "Ada met Bo."), (1, "b.txt", "Bo left.")]
+    assert executor.workers == 1
     executor.close()
-
-
-def _double(_model, item):
-    return 2 * item
