@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -60,6 +61,7 @@ def index_once(docs, llm, embedder, config, executor) -> dict:
     result = rag.index(docs, executor=executor)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     rag.close()
+    shutil.rmtree(root, ignore_errors=True)
     stages = result.stats["stages"]
     return {
         "wall": wall,
@@ -147,6 +149,8 @@ def main() -> None:
     )
     model = run_workload("model", DATA / "articles", LLM(device="cpu"), embedder, model_config(), workers)
     ray.shutdown()
+    os.chdir(REPO)
+    shutil.rmtree(temp, ignore_errors=True)  # Ray's session logs
 
     ray_replay = [r for name, r in replay if name.startswith("Ray")]
     driver_s = min(
