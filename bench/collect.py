@@ -14,6 +14,7 @@ PARTS = [
     ("benchmarks-cpu-avx512.md", "CPU with AVX-512 VNNI: every format native, llama.cpp, IPEX-LLM"),
     ("benchmarks-rag.md", "Embeddings and knowledge bases"),
     ("benchmarks-graphrag.md", "GraphRAG indexing"),
+    ("benchmarks-scaleout.md", "Scale-out: GraphRAG indexing on Ray workers, and a model of N machines"),
     ("benchmarks-batching.md", "Continuous batching: concurrent streams and prefix caching (CPU)"),
     ("benchmarks-speculative.md", "Speculative decoding: prompt lookup and self-speculative (CPU)"),
     ("benchmarks-kvcache.md", "KV cache: 8-bit KV pools and streaming (CPU)"),

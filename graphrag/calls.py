@@ -1,23 +1,25 @@
 """`LLMCaller`: the only way the pipeline talks to the model.
 
 Every call is (1) wrapped in the chat template, (2) checked against the context window, (3) looked up in the cache,
-(4) sent to the engine only when missing (all of a stage's missing calls at once, in batches, through a bounded
-thread pool), (5) stored in order and counted. Stages never call `llm.generate` directly.
+(4) sent to the engine only when missing (all of a stage's missing calls at once, in batches, through an executor:
+this process's bounded thread pool, or a Ray cluster's model-holding workers), (5) stored and counted by this
+process, the cache's only writer, as each batch comes back. Stages never call `llm.generate` directly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from xpullm.graphrag.cache import CacheEntry, LLMCache, cache_key
 from xpullm.graphrag.config import LLMConfig
 from xpullm.graphrag.errors import PromptTooLong
 from xpullm.graphrag.stats import IndexStats
 from xpullm.protocols import StreamingEngine, TextEngine
+from xpullm.scaleout import Executor, LocalExecutor
 
-__all__ = ["CallResult", "LLMCaller", "Prompt"]
+__all__ = ["CallResult", "EngineAnswer", "LLMCaller", "Prompt", "generate_batch"]
 
 Prompt = str | list[dict[str, str]]
 
@@ -34,8 +36,37 @@ class CallResult:
     key: str
 
 
+class EngineAnswer(NamedTuple):
+    """What a worker sends back for one prompt (plain values: it crosses process boundaries)."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def generate_batch(llm: TextEngine, item: tuple[list[str], dict[str, Any]]) -> list[EngineAnswer]:
+    """One batch of formatted prompts through `llm.generate` (runs wherever the executor runs it)."""
+    texts, params = item
+    outs = llm.generate(texts if len(texts) > 1 else texts[0], **params)
+    outs = list(outs) if isinstance(outs, list | tuple) else [outs]
+    return [
+        EngineAnswer(
+            str(getattr(o, "text", o)),
+            str(getattr(o, "finish_reason", "stop")),
+            int(getattr(o, "prompt_tokens", 0) or 0),
+            int(getattr(o, "completion_tokens", 0) or 0),
+        )
+        for o in outs
+    ]
+
+
 class LLMCaller:
-    """Cached, counted, context-checked access to an engine object (`generate`, `count_tokens`, ...)."""
+    """Cached, counted, context-checked access to an engine object (`generate`, `count_tokens`, ...).
+
+    executor: where missing calls run (default: this process, `llm.concurrency` batches at once); the caller
+    formats prompts, counts tokens and writes the cache here either way.
+    """
 
     def __init__(
         self,
@@ -44,12 +75,14 @@ class LLMCaller:
         stats: IndexStats,
         config: LLMConfig | None = None,
         progress: bool = False,
+        executor: Executor | None = None,
     ) -> None:
         self.llm = llm
         self.cache = cache
         self.stats = stats
         self.config = config or LLMConfig()
         self.progress = progress
+        self.executor = executor or LocalExecutor()
 
     @property
     def model_name(self) -> str:
@@ -155,17 +188,7 @@ class LLMCaller:
         ):
             entries = []
             for (key, text), out in zip(batch, outs, strict=True):
-                entry = CacheEntry(
-                    key=key,
-                    stage=stage,
-                    model=model,
-                    params=params,
-                    prompt=text,
-                    text=str(getattr(out, "text", out)),
-                    finish_reason=str(getattr(out, "finish_reason", "stop")),
-                    prompt_tokens=int(getattr(out, "prompt_tokens", 0) or 0),
-                    completion_tokens=int(getattr(out, "completion_tokens", 0) or 0),
-                )
+                entry = CacheEntry(key, stage, model, params, text, *out)
                 entries.append(entry)
                 results[key] = CallResult(
                     entry.text, entry.finish_reason, entry.prompt_tokens, entry.completion_tokens, False, key
@@ -218,33 +241,18 @@ class LLMCaller:
 
     def _submit_all(
         self, batches: list[list[tuple[str, str]]], params: dict[str, Any]
-    ) -> Iterator[tuple[list[tuple[str, str]], list[Any]]]:
-        """(batch, answers) in submission order, while up to `config.concurrency` batches are in the engine at once.
+    ) -> Iterator[tuple[list[tuple[str, str]], list[EngineAnswer]]]:
+        """(batch, answers) as batches come back from the executor (the local one: in submission order).
 
-        Every missing call of a stage is submitted at once (bounded by the pool), so an engine that batches
-        concurrent requests (continuous batching) sees them together; an engine with one lock simply runs them in
-        turn. The caller, the only writer, stores each batch when it is next in order, so the cache holds the same
-        rows in the same order as a sequential run.
+        Every missing call of a stage is submitted at once (bounded by `config.concurrency` locally, by the workers
+        on Ray), so an engine that batches concurrent requests sees them together. Each batch is stored as soon as
+        it is back, so a killed job loses only the batches still out; on one process the cache then holds the
+        rows in the order of a sequential run.
         """
-        if self.config.concurrency <= 1 or len(batches) <= 1:
-            for batch in batches:
-                yield batch, self._engine_generate([t for _, t in batch], params)
-            return
-        from concurrent.futures import ThreadPoolExecutor
-
-        pool = ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="graphrag-llm")
-        try:
-            futures = [pool.submit(self._engine_generate, [t for _, t in b], params) for b in batches]
-            for batch, future in zip(batches, futures, strict=True):
-                yield batch, future.result()
-        finally:
-            pool.shutdown(
-                wait=True, cancel_futures=True
-            )  # an error or interrupt stops the calls not yet started
-
-    def _engine_generate(self, texts: list[str], params: dict[str, Any]) -> list[Any]:
-        outs = self.llm.generate(texts if len(texts) > 1 else texts[0], **params)
-        return list(outs) if isinstance(outs, list | tuple) else [outs]
+        items = [([t for _, t in b], params) for b in batches]
+        pairs = self.executor.map(generate_batch, items, model=self.llm, concurrency=self.config.concurrency)
+        for index, answers in pairs:
+            yield batches[index], answers
 
 
 def _from_entry(entry: CacheEntry) -> CallResult:

@@ -11,13 +11,14 @@ import errno
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xpullm.documents import (
     ChunkingConfig,
     Document,
     ParsedDocument,
+    document_from_bytes,
     list_files,
-    read_document,
     stable_id,
     supported_extensions,
 )
@@ -26,8 +27,12 @@ from xpullm.documents import (
 )
 from xpullm.documents.parsers import Block
 from xpullm.graphrag.errors import ConfigError
+from xpullm.scaleout import Executor, LocalExecutor, in_order
 
-__all__ = ["Document", "TextUnit", "chunk_document", "load_inputs", "stable_id"]
+if TYPE_CHECKING:
+    from xpullm.protocols import TokenCounter
+
+__all__ = ["Document", "TextUnit", "chunk_document", "chunk_task", "load_inputs", "parse_task", "stable_id"]
 
 UNIT_TEMPLATE = "sentences"  # the shared chunking template that cuts text units
 
@@ -43,14 +48,22 @@ class TextUnit:
     chunk_index: int
 
 
-def load_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Document]:
+def parse_task(_model: None, item: tuple[bytes, str, str]) -> Document:
+    """One file's bytes parsed into a `Document` (runs where the executor runs it: the driver read the bytes)."""
+    data, path, title = item
+    return document_from_bytes(data, path, title)
+
+
+def load_inputs(
+    inputs: str | Path | Iterable[str | Path], executor: Executor | None = None
+) -> list[Document]:
     """Documents from file paths, folders (every file with a registered parser, sorted) or raw texts.
 
     A string is a path when it names an existing file or folder, otherwise raw text. Raw texts get titles
-    `text_0`, `text_1`, ... in order.
+    `text_0`, `text_1`, ... in order. Files are read here and parsed by `executor` (default: here too).
     """
     items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
-    docs: list[Document] = []
+    docs: list[Document | tuple[bytes, str, str]] = []  # files wait as (bytes, path, title) until parsed
     raw_index = 0
     for item in items:
         path = Path(item) if isinstance(item, Path) or _looks_like_path(item) else None
@@ -61,9 +74,9 @@ def load_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Document]:
                     f"folder {str(path)!r} holds no files to index; readable types: "
                     f"{', '.join(supported_extensions())}"
                 )
-            docs.extend(read_document(p, title=str(p.relative_to(path))) for p in files)
+            docs.extend((p.read_bytes(), str(p), str(p.relative_to(path))) for p in files)
         elif path is not None and path.is_file():
-            docs.append(read_document(path))
+            docs.append((path.read_bytes(), str(path), path.name))
         elif isinstance(item, Path) or _path_like(str(item)):
             # A mistyped path must not be indexed as a one-line document holding the path itself.
             raise ConfigError(
@@ -76,7 +89,9 @@ def load_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Document]:
             title = f"text_{raw_index}"
             docs.append(Document(id=stable_id(title, text), title=title, text=text))
             raw_index += 1
-    return docs
+    files = [d for d in docs if not isinstance(d, Document)]
+    parsed = iter(in_order((executor or LocalExecutor()).map(parse_task, files)))
+    return [d if isinstance(d, Document) else next(parsed) for d in docs]
 
 
 def _path_like(item: str) -> bool:
@@ -100,6 +115,12 @@ def _looks_like_path(item: str) -> bool:
         ):  # a one-line text longer than a file name can be: text, not a path
             return False
         raise
+
+
+def chunk_task(model: TokenCounter, item: tuple[Document, int, int]) -> list[TextUnit]:
+    """`chunk_document` measured with `model`'s tokenizer (runs where the executor runs it)."""
+    doc, size, overlap = item
+    return chunk_document(doc, size, overlap, model.count_tokens)
 
 
 def chunk_document(

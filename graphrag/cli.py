@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from xpullm.graphrag.query import METHODS
+from xpullm.scaleout.cli import add_executor_arguments, executor_from_args
 
 __all__ = ["register"]
 
@@ -47,6 +48,7 @@ def register(subparsers: Any) -> None:
         model_args(p)
         p.add_argument("inputs", nargs="*", help="files, folders or raw texts (default: ROOT/input)")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        add_executor_arguments(p)
         p.set_defaults(func=_index if name == "index" else _update)
 
     p = sub.add_parser("delete", help="remove indexed documents (by path, title or id)")
@@ -113,7 +115,12 @@ _FACTS = {  # counters of stats.json as a sentence reads them (others print unde
 def _run_index(args: argparse.Namespace, update: bool) -> int:
     rag = _project(args)
     inputs = args.inputs or None
-    result = rag.update(inputs) if update else rag.index(inputs)
+    executor = executor_from_args(args)
+    try:
+        result = rag.update(inputs, executor) if update else rag.index(inputs, executor)
+    finally:
+        if executor is not None:
+            executor.close()
     _report(result, "updated" if update else "indexed")
     rag.close()
     return 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xpullm.graphrag.calls import LLMCaller
-from xpullm.graphrag.chunking import Document, TextUnit, chunk_document
+from xpullm.graphrag.chunking import Document, TextUnit, chunk_task
 from xpullm.graphrag.communities import cluster_graph
 from xpullm.graphrag.config import GraphRAGConfig
 from xpullm.graphrag.embedding import run_embeddings
@@ -33,6 +33,7 @@ from xpullm.graphrag.reports import normalize_report, summarize_communities
 from xpullm.graphrag.stats import IndexStats
 from xpullm.graphrag.tables import TableStore
 from xpullm.protocols import EmbeddingModel
+from xpullm.scaleout import in_order
 
 __all__ = ["IndexResult", "run_index"]
 
@@ -130,8 +131,11 @@ def _run(
         size = _chunk_size_that_fits(caller, config, stats) if method.unit_in_prompt else config.chunks.size
         new_units: list[TextUnit] = []
         unit_docs: dict[str, str] = {}
-        for doc in docs:
-            for unit in chunk_document(doc, size, min(config.chunks.overlap, size // 2), caller.count_tokens):
+        overlap = min(config.chunks.overlap, size // 2)
+        # Chunks are cut with the model's tokenizer where the executor runs (workers hold their own copy).
+        pieces = caller.executor.map(chunk_task, [(d, size, overlap) for d in docs], model=caller.llm)
+        for doc, units in zip(docs, in_order(pieces), strict=True):
+            for unit in units:
                 if unit.id not in unit_docs and unit.id not in old_extractions:
                     new_units.append(unit)
                     unit_docs[unit.id] = doc.id
@@ -164,7 +168,13 @@ def _run(
 
     with stats.timed("embeddings"):
         counts = run_embeddings(
-            store, embedder, config.embeddings, entities, unit_rows, reports, progress=config.progress
+            store,
+            caller.executor.embedder(embedder),
+            config.embeddings,
+            entities,
+            unit_rows,
+            reports,
+            progress=config.progress,
         )
         stats.note("embeddings.vectors_embedded", counts["embedded"])
         stats.note("embeddings.vectors_reused", counts["reused"])

@@ -17,6 +17,7 @@ from xpullm.graphrag.query import GraphAnswer, QueryEngine
 from xpullm.graphrag.stats import IndexStats, read_stats
 from xpullm.graphrag.tables import TableStore
 from xpullm.protocols import EmbeddingModel, TextEngine
+from xpullm.scaleout import Executor, make_executor
 
 __all__ = ["GraphRAG", "init_project"]
 
@@ -82,10 +83,29 @@ class GraphRAG:
             self._embedder = Embedder()
         return self._embedder
 
-    def _caller(self, stats: IndexStats) -> LLMCaller:
-        return LLMCaller(self.llm, self.cache, stats, self.config.llm, progress=self.config.progress)
+    def _caller(self, stats: IndexStats, executor: Executor | None = None) -> LLMCaller:
+        return LLMCaller(
+            self.llm, self.cache, stats, self.config.llm, progress=self.config.progress, executor=executor
+        )
 
-    def _inputs(self, inputs: str | Path | Iterable[str | Path] | None) -> list[Any]:
+    def _run(
+        self,
+        inputs: str | Path | Iterable[str | Path] | None,
+        executor: Executor | str | None,
+        update: bool,
+    ) -> IndexResult:
+        runner = make_executor(executor)
+        try:
+            docs = self._inputs(inputs, runner)
+            stats = IndexStats(path=self.store.dir / "stats.json")
+            stats.info["executor"] = repr(runner)
+            caller = self._caller(stats, runner)
+            return run_index(docs, caller, self.embedder, self.store, self.config, stats, update=update)
+        finally:
+            if runner is not executor:  # made here from a name: ours to close
+                runner.close()
+
+    def _inputs(self, inputs: str | Path | Iterable[str | Path] | None, executor: Executor) -> list[Any]:
         if inputs is None:
             folder = self.root / "input"
             if not folder.is_dir():
@@ -93,29 +113,35 @@ class GraphRAG:
                     f"no inputs given and {str(folder)!r} does not exist; pass files, folders or texts"
                 )
             inputs = folder
-        return load_inputs(inputs)
+        return load_inputs(inputs, executor)
 
-    def index(self, inputs: str | Path | Iterable[str | Path] | None = None) -> IndexResult:
-        """Index documents (paths, folders or raw texts; None: ROOT/input), replacing any earlier index."""
-        docs = self._inputs(inputs)
-        stats = IndexStats(path=self.store.dir / "stats.json")
-        return run_index(
-            docs, self._caller(stats), self.embedder, self.store, self.config, stats, update=False
-        )
+    def index(
+        self,
+        inputs: str | Path | Iterable[str | Path] | None = None,
+        executor: Executor | str | None = None,
+    ) -> IndexResult:
+        """Index documents (paths, folders or raw texts; None: ROOT/input), replacing any earlier index.
 
-    def update(self, new_inputs: str | Path | Iterable[str | Path] | None = None) -> IndexResult:
+        executor: where parsing, chunking, LLM calls and embeddings run: None (this process), "ray" (the Ray
+        cluster Ray finds; CLI `--ray`), "ray:HOST:PORT", or an `xpullm.scaleout.Executor`. This process stays the
+        only writer of the tables, the LLM cache and stats.json (docs/scale-out.md).
+        """
+        return self._run(inputs, executor, update=False)
+
+    def update(
+        self,
+        new_inputs: str | Path | Iterable[str | Path] | None = None,
+        executor: Executor | str | None = None,
+    ) -> IndexResult:
         """Add documents to an existing index: only new text units are extracted, unchanged reports are kept.
 
-        A document already indexed from the same path (or under the same title) with other text is replaced."""
+        A document already indexed from the same path (or under the same title) with other text is replaced.
+        executor: as for `index`."""
         if not self.store.exists():
             raise IndexNotFound(
                 f"no index under {str(self.store.dir)!r}; run index() (CLI: `xpullm graphrag index`) first"
             )
-        docs = self._inputs(new_inputs)
-        stats = IndexStats(path=self.store.dir / "stats.json")
-        return run_index(
-            docs, self._caller(stats), self.embedder, self.store, self.config, stats, update=True
-        )
+        return self._run(new_inputs, executor, update=True)
 
     def delete(self, documents: str | Iterable[str]) -> IndexResult:
         """Remove indexed documents (named by source path, title or id) with their text units, and every entity,

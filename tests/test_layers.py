@@ -28,7 +28,7 @@ LAYERS = {
         "xpullm.loading", "xpullm.models", "xpullm.documents",
     ),
     3: ("xpullm.engine", "xpullm.embeddings", "xpullm.finetune"),
-    4: ("xpullm.answers", "xpullm.rag", "xpullm.graphrag", "xpullm.server"),
+    4: ("xpullm.answers", "xpullm.scaleout", "xpullm.rag", "xpullm.graphrag", "xpullm.server"),
     5: ("xpullm.apps", "xpullm.integrations", "xpullm.cli", "xpullm"),
 }  # fmt: skip
 LAYER_OF = {pkg: layer for layer, pkgs in LAYERS.items() for pkg in pkgs}

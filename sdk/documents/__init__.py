@@ -15,7 +15,7 @@ from xpullm.documents.parsers import (
     register_parser,
     supported_extensions,
 )
-from xpullm.documents.records import Document, list_files, read_document, stable_id
+from xpullm.documents.records import Document, document_from_bytes, list_files, read_document, stable_id
 from xpullm.documents.templates import (
     Chunk,
     ChunkingConfig,
@@ -37,6 +37,7 @@ __all__ = [
     "UnsupportedFileType",
     "chunk_document",
     "decode_text",
+    "document_from_bytes",
     "list_files",
     "parse_bytes",
     "parse_file",

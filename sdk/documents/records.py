@@ -14,7 +14,14 @@ from pathlib import Path
 
 from xpullm.documents.parsers import decode_text, parse_bytes, supported_extensions
 
-__all__ = ["PLAIN_TEXT_SUFFIXES", "Document", "list_files", "read_document", "stable_id"]
+__all__ = [
+    "PLAIN_TEXT_SUFFIXES",
+    "Document",
+    "document_from_bytes",
+    "list_files",
+    "read_document",
+    "stable_id",
+]
 
 # Formats whose file text is the document text as written: whole-text readers take it unchanged (blank lines and
 # markup included), while the KB's parser still splits it into blocks for its templates.
@@ -49,8 +56,12 @@ def read_document(path: str | os.PathLike[str], title: str | None = None) -> Doc
     """A file as one `Document`: plain-text formats as written, others (PDF, DOCX, HTML, CSV) through their parser
     with blocks separated by blank lines. A file of a type no parser reads is taken as plain text (it was named
     explicitly); `ParseError` says when it is binary."""
+    return document_from_bytes(Path(path).read_bytes(), path, title)
+
+
+def document_from_bytes(data: bytes, path: str | os.PathLike[str], title: str | None = None) -> Document:
+    """`read_document` of bytes already read from `path` (a worker that parses what another machine read)."""
     path = Path(path)
-    data = path.read_bytes()
     suffix = path.suffix.lower()
     if suffix in PLAIN_TEXT_SUFFIXES or suffix not in supported_extensions():
         text = decode_text(data, path.name)

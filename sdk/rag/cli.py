@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+
+from xpullm.scaleout.cli import add_executor_arguments, executor_from_args
 
 if TYPE_CHECKING:
     from xpullm.protocols import EmbeddingModel
     from xpullm.rag.kb import KnowledgeBase
+    from xpullm.scaleout import Executor
 
 __all__ = ["register"]
 
@@ -55,6 +60,7 @@ def register(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="metadata for every document (repeatable)",
     )
+    add_executor_arguments(p)
     p.set_defaults(func=_guard(_add))
 
     p = sub.add_parser("ls", help="list documents (or ingestion jobs)")
@@ -93,6 +99,7 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("resume", help="finish interrupted ingestion jobs (or --cancel them)")
     p.add_argument("path", help="knowledge base folder")
     p.add_argument("--cancel", action="store_true", help="close interrupted jobs without finishing them")
+    add_executor_arguments(p)
     p.set_defaults(func=_guard(_resume))
 
     p = sub.add_parser("rm", help="remove documents (by id or source path)")
@@ -205,8 +212,10 @@ def _add(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise ValueError(f"--meta {item!r} must look like KEY=VALUE")
         meta[key] = value
-    with _open(args.path) as kb:
-        report = kb.add(args.files, template=args.template, metadata=meta or None, show_progress=True)
+    with _open(args.path) as kb, _executor(args) as executor:
+        report = kb.add(
+            args.files, template=args.template, metadata=meta or None, show_progress=True, executor=executor
+        )
         left = [j["job_id"] for j in kb.jobs() if j["status"] == "interrupted"]
     print(report)
     if left:
@@ -214,6 +223,17 @@ def _add(args: argparse.Namespace) -> int:
             f"interrupted jobs {left} still have unfinished files: `xpullm kb resume {args.path}` (or --cancel)"
         )
     return 1 if report.failed and not (report.added or report.replaced or report.skipped) else 0
+
+
+@contextlib.contextmanager
+def _executor(args: argparse.Namespace) -> Iterator[Executor | None]:
+    """The executor --ray asks for (None: this process), closed afterwards."""
+    executor = executor_from_args(args)
+    try:
+        yield executor
+    finally:
+        if executor is not None:
+            executor.close()
 
 
 def _ls(args: argparse.Namespace) -> int:
@@ -317,7 +337,8 @@ def _resume(args: argparse.Namespace) -> int:
             closed = kb.cancel_jobs()
             print(f"cancelled jobs {closed}" if closed else "no interrupted jobs")
             return 0
-        reports = kb.resume()
+        with _executor(args) as executor:
+            reports = kb.resume(executor=executor)
         for report in reports:
             print(report)
         if not reports:

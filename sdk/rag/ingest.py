@@ -7,6 +7,9 @@ Order of writes per batch (why a SIGKILL anywhere leaves the base consistent):
 A kill before 2 loses the batch (re-running `add` or `resume` redoes it); a kill after 2 leaves the FAISS file
 behind SQLite, and `KnowledgeBase.open` re-syncs it from the stored vectors.
 
+Parsing, chunking and embedding run on an executor (this process, or a Ray cluster's workers: a few files are
+parsed ahead while earlier batches commit); this process alone decides what is new and writes the store and index.
+
 Small documents share a batch. A file with more chunks than one batch is committed batch by batch (its document
 row records the full chunk count first), so its progress shows and a kill costs one batch: the next `add` or
 `resume` sees a document with fewer chunks than it should have and continues after the last committed chunk.
@@ -16,12 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xpullm.documents import Chunk, ChunkingConfig, DocumentError, chunk_document, parse_bytes
+from xpullm.protocols import TokenCounter
 from xpullm.rag.errors import KnowledgeBaseError
 from xpullm.rag.planning import (
     AUTO_TEMPLATES,
@@ -33,6 +37,7 @@ from xpullm.rag.planning import (
 )
 from xpullm.rag.storage.base import ChunkRecord, DocumentRecord, DocumentStore, JobItem, VectorIndex
 from xpullm.rag.sync import IndexSync
+from xpullm.scaleout import Executor, LocalExecutor, in_order
 
 if TYPE_CHECKING:
     import numpy as np
@@ -46,6 +51,7 @@ __all__ = [
     "choose_template",
     "doc_id_for",
     "expand_sources",
+    "parse_task",
     "plan_items",
     "safe_name",
 ]
@@ -107,6 +113,36 @@ class _Prepared:
 
 
 @dataclass
+class _Read:
+    """A file read and checked against the store, waiting for its parse (which may run on another machine)."""
+
+    item: JobItem
+    data: bytes
+    content_hash: str
+    existing: DocumentRecord | None
+    same: bool  # same content and template as the stored document
+    stored: int  # its chunks already in the store (when same)
+    name: str  # what the parser is told the file is called
+
+
+def parse_task(tokens: TokenCounter, item: tuple[bytes, str, str, int, int]) -> tuple[list[Chunk], str] | str:
+    """One file's bytes parsed and chunked (budget in `tokens`' tokenizer): (chunks, title), or why it failed.
+
+    Runs where the executor runs it; a parser library choking on one malformed file must not stop the others.
+    """
+    data, name, template, size, overlap = item
+    try:
+        parsed = parse_bytes(data, name if Path(name).suffix else name + ".txt")
+        return chunk_document(
+            parsed, template, ChunkingConfig(size, overlap, tokens.count_tokens)
+        ), parsed.title
+    except (KnowledgeBaseError, DocumentError) as exc:
+        return str(exc)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
 class Ingestor:
     """Runs a knowledge base's ingestion jobs; it sees only the collaborators it is given."""
 
@@ -119,6 +155,8 @@ class Ingestor:
     batch_chunks: int  # chunks per committed batch
     save_interval_s: float  # how often the vector index file is rewritten during a long job
     on_progress: ProgressFn | None = None  # called after every committed batch
+    tokens: TokenCounter | None = None  # the embedder's tokenizer: what workers chunk with (their own copy)
+    executor: Executor = field(default_factory=LocalExecutor)  # where files are parsed and chunked
 
     def run(self, job_id: int, show_progress: bool | None = None) -> IngestReport:
         """Process the pending items of `job_id`; safe to call again after a crash."""
@@ -137,8 +175,7 @@ class Ingestor:
         self._bar = tqdm(total=len(pending), desc="ingesting", unit="doc", disable=not show)
         batch: list[_Prepared] = []
         try:
-            for item in pending:
-                prepared = self._prepare(item)
+            for item, prepared in self._prepare_all(pending):
                 if isinstance(prepared, JobItem):
                     self.store.record_items([prepared])
                     _report_item(report, prepared, doc_id_for(item.source))
@@ -176,55 +213,72 @@ class Ingestor:
             self.vectors.save()
             self._last_save = time.monotonic()
 
-    def _prepare(self, item: JobItem) -> _Prepared | JobItem:
-        """Read, dedup, parse and chunk one item; returns a finished JobItem when there is nothing to embed."""
+    def _prepare_all(self, items: list[JobItem]) -> Iterator[tuple[JobItem, _Prepared | JobItem]]:
+        """`(item, _prepared)` in order; files are parsed a window ahead on the executor while earlier ones commit.
+
+        Whether a file is new is decided here, at its turn (an earlier file of the same job may hold its content).
+        """
+        window = max(4, 2 * self.executor.workers)
+        for lo in range(0, len(items), window):
+            reads = [self._read(it) for it in items[lo : lo + window]]
+            todo = [r for r in reads if isinstance(r, _Read)]
+            size, overlap = self.chunking.chunk_tokens, self.chunking.overlap_tokens
+            work = [(r.data, r.name, r.item.template, size, overlap) for r in todo]
+            tokens = self.tokens or _Counter(self.chunking.count_tokens)
+            parsed = iter(in_order(self.executor.map(parse_task, work, model=tokens)))
+            for it, read in zip(items[lo : lo + window], reads, strict=True):
+                yield it, read if isinstance(read, JobItem) else self._decide(read, next(parsed))
+
+    def _read(self, item: JobItem) -> _Read | JobItem:
+        """Read one item and check it against the store; a finished JobItem when there is nothing to parse."""
         try:
             path = self.text_path(item.source) if item.kind == "text" else Path(item.source)
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                return replace(item, status="failed", reason=f"file not found: {item.source}")
-            except (PermissionError, IsADirectoryError, OSError) as exc:
-                return replace(
-                    item, status="failed", reason=f"cannot read {item.source}: {exc.strerror or exc}"
-                )
-            content_hash = hashlib.sha256(data).hexdigest()
-            existing = self.store.find_document(item.source)
-            same = (
-                existing is not None
-                and existing.content_hash == content_hash
-                and existing.template == item.template
-            )
-            stored = self.store.count_doc_chunks(existing.doc_id) if same and existing else 0
-            if same and existing and stored >= existing.n_chunks:
-                return replace(item, status="skipped", reason=f"unchanged (document {existing.doc_id})")
-            twin = self.store.find_by_hash(content_hash)
-            if existing is None and twin is not None:
-                return replace(
-                    item, status="skipped", reason=f"same content as document {twin.doc_id} ({twin.source})"
-                )
-            name = item.title if item.kind == "text" else path.name
-            parsed = parse_bytes(data, name if Path(name).suffix else name + ".txt")
-            chunks = chunk_document(parsed, item.template, self.chunking)
-            if not chunks:
-                return replace(item, status="failed", reason="no text found")
-            if same and existing and existing.n_chunks == len(chunks):  # a large file an earlier run began
-                return _Prepared(item, existing, chunks, replaces=False, start=stored)
-            doc = DocumentRecord(
-                doc_id=doc_id_for(item.source),
-                source=item.source,
-                title=item.title or parsed.title,
-                content_hash=content_hash,
-                template=item.template,
-                metadata=dict(item.metadata),
-                n_chunks=len(chunks),
-                added_at=time.time(),
-            )
-            return _Prepared(item, doc, chunks, replaces=existing is not None)
-        except (KnowledgeBaseError, DocumentError) as exc:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return replace(item, status="failed", reason=f"file not found: {item.source}")
+        except (PermissionError, IsADirectoryError, OSError) as exc:
+            return replace(item, status="failed", reason=f"cannot read {item.source}: {exc.strerror or exc}")
+        except KnowledgeBaseError as exc:
             return replace(item, status="failed", reason=str(exc))
-        except Exception as exc:  # a parser library choking on a malformed file must not stop the other files
-            return replace(item, status="failed", reason=f"{type(exc).__name__}: {exc}")
+        content_hash = hashlib.sha256(data).hexdigest()
+        existing = self.store.find_document(item.source)
+        same = (
+            existing is not None
+            and existing.content_hash == content_hash
+            and existing.template == item.template
+        )
+        stored = self.store.count_doc_chunks(existing.doc_id) if same and existing else 0
+        if same and existing and stored >= existing.n_chunks:
+            return replace(item, status="skipped", reason=f"unchanged (document {existing.doc_id})")
+        name = item.title if item.kind == "text" else path.name
+        return _Read(item, data, content_hash, existing, same, stored, name)
+
+    def _decide(self, read: _Read, parsed: tuple[list[Chunk], str] | str) -> _Prepared | JobItem:
+        """What to do with a parsed file, given the store as it is now."""
+        item, existing = read.item, read.existing
+        twin = self.store.find_by_hash(read.content_hash)
+        if existing is None and twin is not None:
+            return replace(
+                item, status="skipped", reason=f"same content as document {twin.doc_id} ({twin.source})"
+            )
+        if isinstance(parsed, str):
+            return replace(item, status="failed", reason=parsed)
+        chunks, parsed_title = parsed
+        if not chunks:
+            return replace(item, status="failed", reason="no text found")
+        if read.same and existing and existing.n_chunks == len(chunks):  # a large file an earlier run began
+            return _Prepared(item, existing, chunks, replaces=False, start=read.stored)
+        doc = DocumentRecord(
+            doc_id=doc_id_for(item.source),
+            source=item.source,
+            title=item.title or parsed_title,
+            content_hash=read.content_hash,
+            template=item.template,
+            metadata=dict(item.metadata),
+            n_chunks=len(chunks),
+            added_at=time.time(),
+        )
+        return _Prepared(item, doc, chunks, replaces=existing is not None)
 
     def _commit(self, batch: list[_Prepared], report: IngestReport) -> int:
         """Embed the batch's chunks, write everything in one transaction, then update the vector index."""
@@ -286,6 +340,13 @@ class Ingestor:
         _report_item(report, last[0], p.doc.doc_id)
         self._finished(1, p)
         return done
+
+
+@dataclass(frozen=True)
+class _Counter:
+    """A `TokenCounter` over a plain function (an ingestor given no tokenizer object; local runs only)."""
+
+    count_tokens: Callable[[str], int]
 
 
 def _records(p: _Prepared, lo: int, hi: int) -> list[ChunkRecord]:

@@ -7,9 +7,10 @@ hybrid search (`search`) and cited answers (`answer`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from xpullm.rag.storage.registry import find_store, read_base_meta, store_kind, 
 from xpullm.rag.support import SupportConfig
 from xpullm.rag.sync import IndexSync
 from xpullm.rag.writer import WriterLock
+from xpullm.scaleout import Executor, make_executor
 
 __all__ = ["DocumentNotFound", "KBConfig", "KnowledgeBase"]
 
@@ -59,6 +61,17 @@ class KBConfig:
     index_save_interval_s: float = 5.0  # how often the FAISS file is rewritten during a long job
     store: str = "sqlite"  # document store, by name (`xpullm.rag.storage.register_store`)
     vector_index: str = "faiss"  # vector index, by name (`xpullm.rag.storage.register_vector_index`)
+
+
+@contextlib.contextmanager
+def _executor(spec: Executor | str | None) -> Iterator[Executor]:
+    """The executor `spec` names; one made here from a name is closed afterwards."""
+    runner = make_executor(spec)
+    try:
+        yield runner
+    finally:
+        if runner is not spec:
+            runner.close()
 
 
 class KnowledgeBase:
@@ -203,6 +216,7 @@ class KnowledgeBase:
         recursive: bool = True,
         show_progress: bool | None = None,
         on_progress: ProgressFn | None = None,
+        executor: Executor | str | None = None,
     ) -> IngestReport:
         """Ingest files/folders (`paths`) and/or in-memory `texts` as one resumable job.
 
@@ -217,6 +231,9 @@ class KnowledgeBase:
             show_progress: progress bars (default: for 10+ documents, and for any file of many chunk batches).
             on_progress: called after every committed batch with an `IngestProgress` (chunks of the current
                 file and documents of the job done so far).
+            executor: where parsing, chunking and embedding run: None (this process), "ray" (the Ray cluster
+                Ray finds; CLI `--ray`), "ray:HOST:PORT" or an `xpullm.scaleout.Executor`. This process stays the
+                only writer of the base (docs/scale-out.md).
         """
         self._writer.acquire()
         items = plan_items(
@@ -224,35 +241,44 @@ class KnowledgeBase:
         )
         job_id = self.store.create_job(items)
         supersede_items(self.store, job_id, (it.source for it in items))
-        return self._ingestor(on_progress).run(job_id, show_progress=show_progress)
+        with _executor(executor) as runner:
+            return self._ingestor(on_progress, runner).run(job_id, show_progress=show_progress)
 
     def resume(
-        self, show_progress: bool | None = None, on_progress: ProgressFn | None = None
+        self,
+        show_progress: bool | None = None,
+        on_progress: ProgressFn | None = None,
+        executor: Executor | str | None = None,
     ) -> list[IngestReport]:
-        """Finish every interrupted job (their unfinished items only)."""
+        """Finish every interrupted job (their unfinished items only); `executor` as for `add`."""
         self._writer.acquire()
-        return [
-            self._ingestor(on_progress).run(job["job_id"], show_progress=show_progress)
-            for job in self.store.jobs()
-            if job["status"] in OPEN_STATUSES
-        ]
+        with _executor(executor) as runner:
+            return [
+                self._ingestor(on_progress, runner).run(job["job_id"], show_progress=show_progress)
+                for job in self.store.jobs()
+                if job["status"] in OPEN_STATUSES
+            ]
 
     def cancel_jobs(self, job_ids: Sequence[int] | None = None) -> list[int]:
         """Close interrupted jobs (all, or `job_ids`) without finishing them; returns the ids closed."""
         self._writer.acquire()
         return cancel_jobs(self.store, job_ids)
 
-    def _ingestor(self, on_progress: ProgressFn | None = None) -> Ingestor:
+    def _ingestor(self, on_progress: ProgressFn | None, executor: Executor) -> Ingestor:
+        embedder = executor.embedder(self.embedder)
+        batch = self.config.embed_batch_size
         return Ingestor(
             store=self.store,
             vectors=self.vectors,
             sync=self._sync,
-            embed=self.embed_texts,
+            embed=lambda texts: embedder.embed_matrix(texts, batch_size=batch, show_progress=False),
             chunking=self.chunking_config(),
             text_path=self.text_path,
             batch_chunks=self.config.ingest_batch_chunks,
             save_interval_s=self.config.index_save_interval_s,
             on_progress=on_progress,
+            tokens=self.embedder,
+            executor=executor,
         )
 
     def jobs(self) -> list[dict[str, Any]]:
