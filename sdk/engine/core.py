@@ -322,14 +322,24 @@ def default_kv_tokens(context_length: int, bytes_per_token: int, device: torch.d
 
 
 def build_core(
-    dec: Any, tokenizer: Any, eos: list[int], context_length: int, config: EngineConfig
+    dec: Any,
+    tokenizer: Any,
+    eos: list[int],
+    context_length: int,
+    config: EngineConfig,
+    wrap_runner: Any = None,
 ) -> EngineCore:
-    """An `EngineCore` over a `StaticCacheDecoder`'s weights, with pools sized by `config` (or the default budget)."""
+    """An `EngineCore` over a `StaticCacheDecoder`'s weights, with pools sized by `config` (or the default budget).
+
+    `wrap_runner(runner)` (tensor parallelism) returns the object the core calls instead of the runner itself.
+    """
     from xpullm.engine.runner import kv_bytes_per_token
 
     tokens = config.kv_budget_tokens or default_kv_tokens(context_length, kv_bytes_per_token(dec), dec.device)
     num_blocks = max(1, tokens // config.block_size)
     runner = ModelRunner(dec, num_blocks, config.block_size, config.max_seqs, context_length)
+    if wrap_runner is not None:
+        runner = wrap_runner(runner)
     return EngineCore(
         runner, BlockPool(num_blocks, config.block_size), config, tokenizer, eos, context_length
     )

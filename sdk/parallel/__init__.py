@@ -13,7 +13,7 @@ The engine builds on these (`LLM(..., tensor_parallel=N)`); this package knows n
 from xpullm.parallel.backends import BACKENDS, CollectiveBackend, backend_for, register_backend
 from xpullm.parallel.errors import RankFailed, TensorParallelError
 from xpullm.parallel.group import RankGroup
-from xpullm.parallel.launch import RankContext, RankSet, rank_device
+from xpullm.parallel.launch import RankContext, RankSet, load_builder, rank_device
 from xpullm.parallel.layers import RowParallelLinear, VocabParallelEmbedding, VocabParallelHead, parallelize
 from xpullm.parallel.load import load_shard, plan_for_source, read_config
 from xpullm.parallel.mirror import Mirrored
@@ -36,6 +36,7 @@ __all__ = [
     "VocabParallelEmbedding",
     "VocabParallelHead",
     "backend_for",
+    "load_builder",
     "load_shard",
     "parallelize",
     "plan_for_source",

@@ -48,7 +48,9 @@ def _xpu_count() -> int:
     return int(xpu.device_count()) if xpu is not None and xpu.is_available() else 0
 
 
-register_backend(CollectiveBackend("cpu", "gloo", lambda: _dist().is_gloo_available(), False, lambda: 1 << 16))
+register_backend(
+    CollectiveBackend("cpu", "gloo", lambda: _dist().is_gloo_available(), False, lambda: 1 << 16)
+)
 register_backend(
     CollectiveBackend("cuda", "nccl", lambda: _dist().is_nccl_available(), True, torch.cuda.device_count)
 )

@@ -57,7 +57,12 @@ def open_store(world: int, timeout_s: float):
     import torch.distributed as dist
 
     return dist.TCPStore(
-        "127.0.0.1", 0, world, is_master=True, timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False
+        "127.0.0.1",
+        0,
+        world,
+        is_master=True,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        wait_for_workers=False,
     )
 
 

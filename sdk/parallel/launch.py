@@ -1,26 +1,34 @@
 """Start and stop a tensor-parallel world: the driver process is rank 0, workers 1..N-1 are spawned processes.
 
-Like `torchrun`, every rank runs the same program on its own shard; unlike it, the caller's own process is rank 0
-and the only one the caller talks to. Rank 0 mirrors each forward call to the workers over a pipe per worker
-(`RankSet.call`: the method name and its small arguments - token ids, positions, block ids), then every rank runs
-it and the sharded layers meet in the collectives. Pipes carry the commands, not torch.distributed, so an idle
-model has no collective waiting on a timeout, and a worker sees its driver vanish as end-of-file and exits.
+Like `torchrun`, every rank runs the same program on its own shard, and workers are fresh interpreters
+(`python -P -m xpullm.parallel.worker`: nothing of the caller's script is re-imported, so no `__main__` guard is
+needed); unlike it, the caller's own process is rank 0 and the only one the caller talks to. Rank 0 mirrors each
+forward call to the workers over one authenticated local socket per worker (`RankSet.call`: the method name and its
+small arguments - token ids, positions, block ids), then every rank runs it and the sharded layers meet in the
+collectives. Commands travel on these sockets, not through torch.distributed, so an idle model has no collective
+waiting on a timeout, and a worker sees its driver vanish as end-of-file and exits (Linux also kills it with its
+parent).
 
 A monitor thread watches the workers: when one exits (a crash, an out-of-memory kill, `kill -9`) the next call
-raises `RankFailed` with one line naming the rank, its exit code and its last error; the driver then tears the
-world down (the collectives of a dead peer fail on gloo; NCCL's own watchdog ends a stuck one after the timeout).
+raises `RankFailed` with one line naming the rank, its exit code and its last error (gloo collectives of a dead
+peer fail at once; NCCL's watchdog ends a stuck one after the timeout).
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import contextlib
+import importlib
+import importlib.util
 import os
+import secrets
+import subprocess
+import sys
 import threading
 import traceback
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,9 +36,10 @@ import torch
 from xpullm.parallel.errors import RankFailed, TensorParallelError
 from xpullm.parallel.group import RankGroup, destroy_group, init_group, open_store
 
-__all__ = ["RankContext", "RankSet", "rank_device"]
+__all__ = ["RankContext", "RankSet", "load_builder", "rank_device", "run_worker"]
 
 _READY_TIMEOUT_S = 1800.0  # loading a 70B shard from a slow disk takes minutes
+_AUTH_ENV = "XPULLM_TP_AUTHKEY"
 
 
 @dataclass(frozen=True)
@@ -42,10 +51,6 @@ class RankContext:
     device: torch.device
     group: RankGroup
     payload: Any = None
-
-
-Builder = Callable[[RankContext], Any]
-"""`build(ctx) -> program`: load this rank's shard and return the object whose methods rank 0 mirrors."""
 
 
 def rank_device(device: torch.device, rank: int, world: int) -> torch.device:
@@ -63,14 +68,44 @@ def rank_device(device: torch.device, rank: int, world: int) -> torch.device:
     return torch.device(device.type, rank)
 
 
-def _worker(rank: int, world: int, device: torch.device, port: int, timeout_s: float, threads: int,
-            conn: Connection, build: Builder, payload: Any) -> None:  # fmt: skip
-    """A worker process: join the world, build the program, then run the driver's calls until told to stop."""
-    if threads:
-        torch.set_num_threads(threads)
+def load_builder(ref: str) -> Any:
+    """The builder named by `module:function` or `/path/to/file.py:function` (`build(ctx) -> program`)."""
+    where, _, name = ref.rpartition(":")
+    if where.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(f"_xpullm_tp_{Path(where).stem}", where)
+        if spec is None or spec.loader is None:
+            raise TensorParallelError(f"cannot load the rank builder file {where}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    return getattr(module, name)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this worker when its driver dies (even by SIGKILL)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the driver died before prctl took effect
+        os._exit(1)
+
+
+def run_worker(address: tuple[str, int], authkey: bytes, rank: int) -> None:
+    """Worker `rank`: join the world, build the program, then run the driver's calls until told to stop."""
+    conn = Client(address, authkey=authkey)
+    conn.send(rank)
     try:
+        world, device, port, timeout_s, threads, builder, payload, parent = conn.recv()
+        _die_with_parent(parent)
+        if threads:
+            torch.set_num_threads(threads)
         group = init_group(rank, world, device, port, timeout_s)
-        program = build(RankContext(rank, world, device, group, payload))
+        program = load_builder(builder)(RankContext(rank, world, device, group, payload))
         conn.send(("ready", None))
         while True:
             try:
@@ -81,13 +116,13 @@ def _worker(rank: int, world: int, device: torch.device, port: int, timeout_s: f
                 return
             method, args, kwargs = msg
             _resolve(program, method)(*args, **kwargs)
-    except BaseException as exc:  # noqa: BLE001 - reported to the driver, then the process exits non-zero
-        line = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        try:
+    except BaseException as exc:
+        text = str(exc).strip()
+        line = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+        with contextlib.suppress(OSError):
             conn.send(("error", line))
-        except OSError:
-            pass
         traceback.print_exc()
+        sys.stderr.flush()
         os._exit(1)
     finally:
         destroy_group()
@@ -102,92 +137,104 @@ def _resolve(obj: Any, dotted: str) -> Any:
 @dataclass
 class _Worker:
     rank: int
-    process: Any
-    conn: Connection
-    error: str | None = None
+    process: subprocess.Popen
+    conn: Connection | None = None
 
 
 @dataclass
 class RankSet:
     """The driver side of a world of `world` ranks on `device` (rank 0 runs here, in the caller's process).
 
-    `start()` spawns the workers and joins the world as rank 0, `build` makes rank 0's own program (the same
-    builder the workers run), `call()` mirrors one method call to every worker, `close()` stops them.
+    `start()` spawns the workers, joins the world as rank 0 and builds every rank's program with the builder named
+    by `builder` (`module:function`, so a fresh worker interpreter can import it); `call()` mirrors one method call
+    to every worker; `close()` stops them.
     """
 
     world: int
     device: torch.device
-    build: Builder
+    builder: str
     payload: Any = None
-    timeout_s: float = 600.0  # a collective waiting this long for a peer fails (first CUDA-graph captures are slow)
+    timeout_s: float = (
+        600.0  # a collective waiting this long for a peer fails (first CUDA-graph captures are slow)
+    )
     threads_per_rank: int | None = None  # CPU threads of each worker; None: the host's cores / world
     group: RankGroup | None = None
     program: Any = None
     _workers: list[_Worker] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
     _failed: str | None = None
     _closed: bool = False
 
     def start(self) -> Any:
         """Spawn the workers, join as rank 0, build every rank's program; rank 0's program is returned."""
-        ctx = mp.get_context("spawn")  # fork would copy this process's threads and CUDA state
+        build = load_builder(self.builder)  # fail here, not in N workers, on a bad name
+        authkey = secrets.token_bytes(16)
+        listener = Listener(("127.0.0.1", 0), authkey=authkey)
         store = open_store(self.world, self.timeout_s)
         threads = self.threads_per_rank or max(1, (os.cpu_count() or 1) // self.world)
+        env = {**os.environ, _AUTH_ENV: authkey.hex(), "PYTHONSAFEPATH": "1"}
         try:
             for r in range(1, self.world):
-                parent, child = ctx.Pipe()
-                dev = rank_device(self.device, r, self.world)
-                proc = ctx.Process(
-                    target=_worker, name=f"xpullm-tp-rank{r}", daemon=True,
-                    args=(r, self.world, dev, store.port, self.timeout_s, threads, child, self.build, self.payload),
-                )  # fmt: skip
-                proc.start()
-                child.close()
-                self._workers.append(_Worker(r, proc, parent))
+                host, port = listener.address
+                cmd = [sys.executable, "-P", "-m", "xpullm.parallel.worker", f"{host}:{port}", str(r)]
+                self._workers.append(_Worker(r, subprocess.Popen(cmd, env=env)))
+            for _ in range(1, self.world):
+                conn = _accept(listener, self._workers)
+                worker = self._workers[
+                    int(conn.recv()) - 1
+                ]  # workers connect in any order and say their rank
+                worker.conn = conn
+                dev = rank_device(self.device, worker.rank, self.world)
+                conn.send((self.world, dev, store.port, self.timeout_s, threads, self.builder,
+                           self.payload, os.getpid()))  # fmt: skip
             dev0 = rank_device(self.device, 0, self.world)
             self.group = init_group(0, self.world, dev0, store.port, self.timeout_s, store=store)
-            self.program = self.build(RankContext(0, self.world, dev0, self.group, self.payload))
+            self.program = build(RankContext(0, self.world, dev0, self.group, self.payload))
             self._wait_ready()
         except BaseException:
             self.close()
             raise
+        finally:
+            listener.close()
         threading.Thread(target=self._monitor, name="xpullm-tp-monitor", daemon=True).start()
         weakref.finalize(self.program, _close_quietly, weakref.ref(self))
         return self.program
 
     def _wait_ready(self) -> None:
+        from multiprocessing.connection import wait
+
         pending = {w.conn: w for w in self._workers}
         while pending:
-            ready = wait([*pending, *(w.process.sentinel for w in pending.values())], _READY_TIMEOUT_S)
+            ready = wait(list(pending), _READY_TIMEOUT_S)
             if not ready:
                 raise RankFailed(f"tensor-parallel workers {sorted(w.rank for w in pending.values())} did not "
                                  f"start within {_READY_TIMEOUT_S:.0f} s")  # fmt: skip
-            for obj in ready:
-                worker = pending.get(obj) or next((w for w in pending.values() if w.process.sentinel == obj), None)
-                if worker is None:
-                    continue
-                msg = _poll(worker.conn)
-                if msg is not None and msg[0] == "ready":
-                    del pending[worker.conn]
-                    continue
-                worker.process.join(5)
-                detail = msg[1] if msg else None
-                raise RankFailed(self._describe(worker, detail, "while loading its shard"))
+            for conn in ready:
+                worker = pending.pop(conn)
+                msg = _recv(conn)
+                if msg is None or msg[0] != "ready":
+                    worker.process.wait(10)
+                    raise RankFailed(
+                        self._describe(worker, msg[1] if msg else None, "while loading its shard")
+                    )
 
     def _describe(self, worker: _Worker, detail: str | None, when: str) -> str:
-        code = worker.process.exitcode
+        code = worker.process.poll()
         return (f"tensor-parallel rank {worker.rank} (pid {worker.process.pid}) failed {when}: "
                 f"{detail or f'exit code {code}'}; the model is unusable, create it again")  # fmt: skip
 
     def _monitor(self) -> None:
-        sentinels = {w.process.sentinel: w for w in self._workers}
-        while sentinels and not self._closed:
-            for s in wait(list(sentinels), timeout=1.0):
-                worker = sentinels.pop(s)
+        from multiprocessing.connection import wait
+
+        live = {w.conn: w for w in self._workers if w.conn is not None}
+        while live and not self._closed:
+            for conn in wait(list(live), timeout=1.0):
+                # A worker writes only when it fails; end-of-file means it exited.
+                worker = live.pop(conn)
+                msg = _recv(conn)
                 if self._closed:
                     return
-                msg = _poll(worker.conn)
-                self._failed = self._describe(worker, msg[1] if msg else None, "and exited")
+                worker.process.wait(10)
+                self._failed = self._failed or self._describe(worker, msg[1] if msg else None, "and exited")
 
     def check(self) -> None:
         """Raise `RankFailed` if a worker has died (or the set was closed)."""
@@ -204,36 +251,33 @@ class RankSet:
             try:
                 w.conn.send(msg)
             except OSError as exc:
-                raise RankFailed(self._describe(w, f"its pipe broke ({exc})", "and exited")) from exc
+                raise RankFailed(self._describe(w, f"its connection broke ({exc})", "and exited")) from exc
 
     def failure(self, exc: BaseException) -> BaseException:
         """The exception to raise for `exc` from rank 0's own part of a call: `RankFailed` when a worker died."""
-        for _ in range(20):  # a peer's death reaches rank 0's collective before the monitor's next look
-            if self._failed or all(w.process.is_alive() for w in self._workers):
+        for _ in range(40):  # a peer's death reaches rank 0's collective before the monitor sees it
+            if self._failed:
                 break
             threading.Event().wait(0.05)
-        if not self._failed:
-            dead = next((w for w in self._workers if not w.process.is_alive()), None)
-            if dead is not None:
-                self._failed = self._describe(dead, (_poll(dead.conn) or (None, None))[1], "and exited")
         return RankFailed(self._failed) if self._failed else exc
 
     def close(self) -> None:
-        """Stop the workers (a polite message, then terminate stragglers) and leave the world. Idempotent."""
+        """Stop the workers (a polite message, then kill stragglers) and leave the world. Idempotent."""
         if self._closed:
             return
         self._closed = True
         for w in self._workers:
-            try:
-                w.conn.send(None)
-            except OSError:
-                pass
+            if w.conn is not None:
+                with contextlib.suppress(OSError):
+                    w.conn.send(None)
         for w in self._workers:
-            w.process.join(10)
-            if w.process.is_alive():
-                w.process.terminate()
-                w.process.join(5)
-            w.conn.close()
+            try:
+                w.process.wait(15)
+            except subprocess.TimeoutExpired:
+                w.process.kill()
+                w.process.wait(5)
+            if w.conn is not None:
+                w.conn.close()
         destroy_group()
 
     @property
@@ -242,9 +286,32 @@ class RankSet:
         return [w.process.pid for w in self._workers]
 
 
-def _poll(conn: Connection) -> tuple[str, Any] | None:
+def _accept(listener: Listener, workers: list[_Worker]) -> Connection:
+    """The next worker's connection, or `RankFailed` if a worker exits before connecting."""
+    box: list[Any] = []
+    thread = threading.Thread(target=lambda: box.append(_try(listener.accept)), daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+        dead = next((w for w in workers if w.conn is None and w.process.poll() is not None), None)
+        if dead is not None and thread.is_alive():
+            raise RankFailed(f"tensor-parallel rank {dead.rank} exited with code {dead.process.returncode} "
+                             "before it connected; see its error above")  # fmt: skip
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
+
+
+def _try(fn: Any) -> Any:
     try:
-        return conn.recv() if conn.poll() else None
+        return fn()
+    except BaseException as exc:
+        return exc
+
+
+def _recv(conn: Connection) -> tuple[str, Any] | None:
+    try:
+        return conn.recv()
     except (EOFError, OSError):
         return None
 

@@ -90,7 +90,9 @@ def _cuts(units: int, parts: int) -> list[int]:
 def _max_world(shape: ModelShape, k_align: int) -> int:
     head_unit = math.lcm(shape.head_dim, k_align) // shape.head_dim
     return min(
-        max(shape.n_kv, math.ceil(shape.n_heads / head_unit)), math.ceil(shape.intermediate / k_align), shape.vocab
+        max(shape.n_kv, math.ceil(shape.n_heads / head_unit)),
+        math.ceil(shape.intermediate / k_align),
+        shape.vocab,
     )
 
 
@@ -113,7 +115,9 @@ def plan_split(shape: ModelShape, world: int, k_align: int = 1) -> TPPlan:
     else:
         unit = math.lcm(d, k_align) // d
         q_cuts = [min(c * unit, h) for c in _cuts(math.ceil(h / unit), world)]
-    ffn_cuts = [min(c * k_align, shape.intermediate) for c in _cuts(math.ceil(shape.intermediate / k_align), world)]
+    ffn_cuts = [
+        min(c * k_align, shape.intermediate) for c in _cuts(math.ceil(shape.intermediate / k_align), world)
+    ]
     vocab_cuts = _cuts(shape.vocab, world)
     shards = []
     for r in range(world):

@@ -108,7 +108,9 @@ def _shard_one(name: str, value: Value, shard: RankShard, plan: TPPlan) -> Value
     return value
 
 
-def shard_tensors(tensors: Iterable[tuple[str, Value]], plan: TPPlan, rank: int) -> Iterator[tuple[str, Value]]:
+def shard_tensors(
+    tensors: Iterable[tuple[str, Value]], plan: TPPlan, rank: int
+) -> Iterator[tuple[str, Value]]:
     """Rank `rank`'s shard of a checkpoint stream: each tensor is cut as it arrives, and the full one dropped."""
     shard = plan.shards[rank]
     for name, value in tensors:
