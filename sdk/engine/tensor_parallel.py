@@ -91,7 +91,18 @@ class TensorParallelModel:
 
 def start_tensor_parallel(spec: TensorParallelSpec, world: int, device: torch.device,
                           timeout_s: float = 600.0) -> TensorParallelModel:  # fmt: skip
-    """Spawn ranks 1..world-1, load every shard (rank 0 here) and return rank 0's handle."""
+    """Spawn ranks 1..world-1, load every shard (rank 0 here) and return rank 0's handle.
+
+    The split is planned here first (config and format only, no weights), so an impossible one fails before any
+    worker starts.
+    """
+    from xpullm.loading.format_choice import choose_format
+    from xpullm.loading.resolve import resolve_source
+    from xpullm.parallel import plan_for_source, read_config
+
+    src = resolve_source(spec.model)
+    choice = choose_format(src, spec.low_bit, group_size=spec.group_size)
+    plan_for_source(src, read_config(src), world, choice, spec.group_size)
     ranks = RankSet(world, device, "xpullm.engine.tensor_parallel:build_rank", spec, timeout_s=timeout_s)
     program = ranks.start()
     return TensorParallelModel(ranks, program)

@@ -20,6 +20,7 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import pickle
 import secrets
 import subprocess
 import sys
@@ -98,34 +99,72 @@ def _die_with_parent(parent: int) -> None:
 def run_worker(address: tuple[str, int], authkey: bytes, rank: int) -> None:
     """Worker `rank`: join the world, build the program, then run the driver's calls until told to stop."""
     conn = Client(address, authkey=authkey)
-    conn.send(rank)
+    _send(conn, rank)
     try:
-        world, device, port, timeout_s, threads, builder, payload, parent = conn.recv()
+        world, device, port, timeout_s, threads, builder, payload, parent = _read(conn)
         _die_with_parent(parent)
         if threads:
             torch.set_num_threads(threads)
         group = init_group(rank, world, device, port, timeout_s)
         program = load_builder(builder)(RankContext(rank, world, device, group, payload))
-        conn.send(("ready", None))
+        _send(conn, ("ready", None))
         while True:
             try:
-                msg = conn.recv()
+                msg = _read(conn)
             except EOFError:  # the driver is gone
                 return
             if msg is None:
                 return
             method, args, kwargs = msg
-            _resolve(program, method)(*args, **kwargs)
+            _resolve(program, method)(*_unpack(args, device), **_unpack(kwargs, device))
     except BaseException as exc:
         text = str(exc).strip()
         line = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
         with contextlib.suppress(OSError):
-            conn.send(("error", line))
+            _send(conn, ("error", line))
         traceback.print_exc()
         sys.stderr.flush()
         os._exit(1)
     finally:
         destroy_group()
+
+
+@dataclass(frozen=True)
+class _TensorArg:
+    """A tensor argument in transit: its values (host memory) and the kind of device it came from."""
+
+    value: torch.Tensor
+    device_type: str
+
+
+def _pack(obj: Any) -> Any:
+    """Call arguments with tensors copied to host memory: commands are plain pickles (no shared-memory handles,
+    which would tie a worker to the driver's allocations), and a rank's tensors belong on its own device."""
+    if isinstance(obj, torch.Tensor):
+        return _TensorArg(obj.detach().cpu(), obj.device.type)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_pack(x) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _pack(v) for k, v in obj.items()}
+    return obj
+
+
+def _unpack(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, _TensorArg):
+        return obj.value if obj.device_type == "cpu" else obj.value.to(device)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_unpack(x, device) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _unpack(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _send(conn: Connection, msg: Any) -> None:
+    conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _read(conn: Connection) -> Any:
+    return pickle.loads(conn.recv_bytes())
 
 
 def _resolve(obj: Any, dotted: str) -> Any:
@@ -171,6 +210,10 @@ class RankSet:
         listener = Listener(("127.0.0.1", 0), authkey=authkey)
         store = open_store(self.world, self.timeout_s)
         threads = self.threads_per_rank or max(1, (os.cpu_count() or 1) // self.world)
+        if self.device.type == "cpu":
+            # Rank 0 computes on the same cores as the workers: with more threads than its share, OpenMP teams
+            # spin on cores another rank needs and a step slows down many times over.
+            torch.set_num_threads(threads)
         env = {**os.environ, _AUTH_ENV: authkey.hex(), "PYTHONSAFEPATH": "1"}
         try:
             for r in range(1, self.world):
@@ -179,12 +222,11 @@ class RankSet:
                 self._workers.append(_Worker(r, subprocess.Popen(cmd, env=env)))
             for _ in range(1, self.world):
                 conn = _accept(listener, self._workers)
-                worker = self._workers[
-                    int(conn.recv()) - 1
-                ]  # workers connect in any order and say their rank
+                # Workers connect in any order and say their rank.
+                worker = self._workers[int(_read(conn)) - 1]
                 worker.conn = conn
                 dev = rank_device(self.device, worker.rank, self.world)
-                conn.send((self.world, dev, store.port, self.timeout_s, threads, self.builder,
+                _send(conn, (self.world, dev, store.port, self.timeout_s, threads, self.builder,
                            self.payload, os.getpid()))  # fmt: skip
             dev0 = rank_device(self.device, 0, self.world)
             self.group = init_group(0, self.world, dev0, store.port, self.timeout_s, store=store)
@@ -246,10 +288,10 @@ class RankSet:
     def call(self, method: str, *args: Any, **kwargs: Any) -> None:
         """Send one call (a dotted method path on each worker's program) to every worker; they run it at once."""
         self.check()
-        msg = (method, args, kwargs)
+        msg = pickle.dumps((method, _pack(args), _pack(kwargs)), protocol=pickle.HIGHEST_PROTOCOL)
         for w in self._workers:
             try:
-                w.conn.send(msg)
+                w.conn.send_bytes(msg)
             except OSError as exc:
                 raise RankFailed(self._describe(w, f"its connection broke ({exc})", "and exited")) from exc
 
@@ -269,7 +311,7 @@ class RankSet:
         for w in self._workers:
             if w.conn is not None:
                 with contextlib.suppress(OSError):
-                    w.conn.send(None)
+                    _send(w.conn, None)
         for w in self._workers:
             try:
                 w.process.wait(15)
@@ -311,8 +353,8 @@ def _try(fn: Any) -> Any:
 
 def _recv(conn: Connection) -> tuple[str, Any] | None:
     try:
-        return conn.recv()
-    except (EOFError, OSError):
+        return _read(conn)
+    except (EOFError, OSError, pickle.UnpicklingError):
         return None
 
 
