@@ -22,6 +22,8 @@ class ServerConfig:
     """auto, cpu, cuda or xpu."""
     max_context: int | None = None
     """Cap on prompt + generated tokens; prompts that do not fit get 400 (never truncated)."""
+    tensor_parallel: int = 1
+    """Split the LLM over this many ranks (one device each; gloo ranks on CPU), docs/parallel.md."""
     model_name: str | None = None
     """The `model` id clients send for chat/completions (default: the model's folder/file name)."""
     embedder: str | None = None

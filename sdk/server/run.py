@@ -14,8 +14,9 @@ def build_engines(config: ServerConfig) -> tuple[LocalTextEngine, LocalEmbedding
     from xpullm.engine import LLM
 
     llm = LLM(
-        model=config.model, low_bit=config.low_bit, device=config.device, max_context=config.max_context
-    )
+        model=config.model, low_bit=config.low_bit, device=config.device, max_context=config.max_context,
+        tensor_parallel=config.tensor_parallel,
+    )  # fmt: skip
     text = LocalTextEngine(
         llm, model_id=config.model_name, max_queue=config.max_queue, max_running=config.max_running
     )
@@ -42,6 +43,7 @@ def serve(config: ServerConfig) -> int:
     import uvicorn
 
     text, embedder = build_engines(config)
+    llm = text.llm
     app = create_app(text, embedder, api_key=config.api_key, default_max_tokens=config.default_max_tokens)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -52,5 +54,8 @@ def serve(config: ServerConfig) -> int:
             timeout_graceful_shutdown=config.graceful_timeout_s,
         )
     )
-    server.run()
+    try:
+        server.run()
+    finally:
+        llm.close()  # tensor-parallel workers stop with the server
     return 0
