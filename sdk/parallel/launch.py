@@ -200,8 +200,9 @@ class RankSet:
     group: RankGroup | None = None
     program: Any = None
     _workers: list[_Worker] = field(default_factory=list)
-    _failed: str | None = None
+    _failures: dict[int, tuple[str | None, str]] = field(default_factory=dict)  # rank -> (its error, message)
     _closed: bool = False
+    _threads_before: int | None = None
 
     def start(self) -> Any:
         """Spawn the workers, join as rank 0, build every rank's program; rank 0's program is returned."""
@@ -212,7 +213,8 @@ class RankSet:
         threads = self.threads_per_rank or max(1, (os.cpu_count() or 1) // self.world)
         if self.device.type == "cpu":
             # Rank 0 computes on the same cores as the workers: with more threads than its share, OpenMP teams
-            # spin on cores another rank needs and a step slows down many times over.
+            # spin on cores another rank needs and a step slows down many times over. Restored by close().
+            self._threads_before = torch.get_num_threads()
             torch.set_num_threads(threads)
         env = {**os.environ, _AUTH_ENV: authkey.hex(), "PYTHONSAFEPATH": "1"}
         try:
@@ -276,7 +278,17 @@ class RankSet:
                 if self._closed:
                     return
                 worker.process.wait(10)
-                self._failed = self._failed or self._describe(worker, msg[1] if msg else None, "and exited")
+                detail = msg[1] if msg else None
+                self._failures[worker.rank] = (detail, self._describe(worker, detail, "and exited"))
+
+    @property
+    def _failed(self) -> str | None:
+        """The message of the root failure: a rank that died without a word (killed) before one that raised -
+        when one rank dies, its peers' collectives fail too and they exit with a connection error."""
+        if not self._failures:
+            return None
+        rank = min(self._failures, key=lambda r: (self._failures[r][0] is not None, r))
+        return self._failures[rank][1]
 
     def check(self) -> None:
         """Raise `RankFailed` if a worker has died (or the set was closed)."""
@@ -299,6 +311,7 @@ class RankSet:
         """The exception to raise for `exc` from rank 0's own part of a call: `RankFailed` when a worker died."""
         for _ in range(40):  # a peer's death reaches rank 0's collective before the monitor sees it
             if self._failed:
+                threading.Event().wait(0.5)  # the other ranks' exits follow: let the monitor see the root one
                 break
             threading.Event().wait(0.05)
         return RankFailed(self._failed) if self._failed else exc
@@ -321,6 +334,8 @@ class RankSet:
             if w.conn is not None:
                 w.conn.close()
         destroy_group()
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
 
     @property
     def pids(self) -> list[int]:
