@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -105,17 +106,18 @@ def _fits(shape: str, layers: int | None, spec: str, world: int, device: torch.d
 
 
 def measure(shape: str, layers: int | None, spec: str, world: int, batch: int, tokens: int,
-            device: torch.device) -> dict:  # fmt: skip
+            device: torch.device, threads: int | None = None) -> dict:  # fmt: skip
     """Decode tok/s of one configuration on a fresh world of `world` ranks."""
     from xpullm.devices import default_dtype
     from xpullm.parallel import Mirrored, RankSet
 
     row = {"shape": shape, "layers": layers or SHAPES[shape][5], "format": spec, "tp": world, "batch": batch,
-           "device": device.type}  # fmt: skip
+           "device": device.type, "threads_per_rank": threads or max(1, (os.cpu_count() or 1) // world)}  # fmt: skip
     if not _fits(shape, layers, spec, world, device):
         return {**row, "skipped": "weights do not fit one device at this TP"}
     dtype = default_dtype(device)
-    ranks = RankSet(world, device, f"{Path(__file__).resolve()}:build_random", (shape, layers, spec, dtype))
+    ranks = RankSet(world, device, f"{Path(__file__).resolve()}:build_random", (shape, layers, spec, dtype),
+                    threads_per_rank=threads)  # fmt: skip
     t0 = time.perf_counter()
     program = ranks.start()
     row["start_s"] = round(time.perf_counter() - t0, 1)
@@ -172,6 +174,7 @@ def main() -> None:
     ap.add_argument("--tp", default="1,2,4,8")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--layers", type=int, default=None, help="override the layer count (quick runs)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads per rank (default: cores / TP)")
     ap.add_argument("--out", default=None, help="append one JSON row per configuration")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -180,7 +183,7 @@ def main() -> None:
         for spec in args.formats.split(","):
             for batch in map(int, args.batches.split(",")):
                 for world in map(int, args.tp.split(",")):
-                    row = measure(shape, args.layers, spec, world, batch, args.tokens, device)
+                    row = measure(shape, args.layers, spec, world, batch, args.tokens, device, args.threads)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                     if args.out:
