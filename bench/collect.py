@@ -15,6 +15,7 @@ PARTS = [
     ("benchmarks-rag.md", "Embeddings and knowledge bases"),
     ("benchmarks-graphrag.md", "GraphRAG indexing"),
     ("benchmarks-batching.md", "Continuous batching: concurrent streams and prefix caching (CPU)"),
+    ("benchmarks-speculative.md", "Speculative decoding: prompt lookup and self-speculative (CPU)"),
     (
         "benchmarks-quality.md",
         "Answer quality with the packaged model: GraphRAG and knowledge-base grounding",

@@ -219,7 +219,11 @@ def main() -> None:
     ]
     for q, m, text, n in answers:
         lines.append(f"| {q} | {m} | {text.replace('|', '/')} | {n} |")
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    out = Path(args.out)
+    keep = ""  # sections other scripts append (graphrag_batching.py's) survive a re-run
+    if out.exists() and "\n## Continuous batching" in out.read_text():
+        keep = "\n## Continuous batching" + out.read_text().split("\n## Continuous batching", 1)[1]
+    out.write_text("\n".join(lines) + "\n" + keep)
     print("\n".join(lines))
 
 

@@ -9,8 +9,11 @@ Per configuration (model format x answer-support check):
 - refused: an unanswerable question refused;
 - hallucinated citation: an answer that cites a source yet is wrong (unanswerable: any cited answer; answerable: a
   cited answer without a gold keyword).
-"before" is the answer path of main at aba0b28 (sym_int4 default, no support check): the support check only
-post-processes the model's draft, so before/after of one format come from the same generations.
+Configurations, interleaved question by question in one run: "before" reproduces main at aba0b28 by options (the
+packaged model re-quantized to sym_int4, no reranker, no support check); "after" is today's default (the
+checkpoint's own asym_int4, the EmbeddingReranker over the hybrid hits, the support check); the rows between change
+one thing at a time. The support check only post-processes the model's draft, so the rows with and without it judge
+the same generations.
 Reranking: gold-article hit@1 / MRR over the top 8 of hybrid search, without and with each reranker.
 
     python -P bench/kb_quality.py [--distractors 150] [--calibrate] [--no-write]
@@ -100,8 +103,6 @@ UNANSWERABLE = [
     "Who was the last keeper of the Varn Lighthouse?",
 ]
 
-FORMATS = ("sym_int4", "asym_int4")
-
 
 def _has_gold(text: str, gold: list[str]) -> bool:
     return any(g.lower() in text.lower() for g in gold)
@@ -138,34 +139,68 @@ def _verdicts(answers: dict[str, object]) -> dict[str, float]:
     }
 
 
-def run_answers(kb, fmt: str, max_new_tokens: int, drafts: dict[str, str]) -> tuple[dict, dict, float]:
-    """Ask every question once with `fmt`; returns (answers with the check off, answers with it on, s/question).
+GENERATIONS = {  # name: (LLM format, reranker on): each is one model draft per question
+    "sym": ("sym_int4", False),
+    "asym": ("asym_int4", False),
+    "asym+rerank": ("asym_int4", True),
+}
+CONFIGS = [  # (row label, generation, support check on); "before" and "after" are the two ends
+    ("before: sym_int4, no reranker, no support check", "sym", False),
+    ("sym_int4 + support check", "sym", True),
+    ("asym_int4 (checkpoint format), no reranker, no support check", "asym", False),
+    ("asym_int4 + support check", "asym", True),
+    ("asym_int4 + EmbeddingReranker, no support check", "asym+rerank", False),
+    ("after: asym_int4 + EmbeddingReranker + support check", "asym+rerank", True),
+]
 
+
+def run_answers(kb, max_new_tokens: int, drafts: dict[str, str]) -> tuple[dict, dict]:
+    """Every question under every generation, interleaved (question by question, the generations in turn, the
+    order alternating), each draft judged with the support check off and on.
+
+    Returns ({(generation, support on): {question: CitedAnswer}}, {generation: seconds per question}).
     `drafts` maps prompts to the model's text: filled as the model answers, replayed when already there
     (`--drafts FILE` keeps them, so the support check can be re-scored without generating again).
     """
     from xpullm.engine import LLM
+    from xpullm.rag import EmbeddingReranker
     from xpullm.rag.support import SupportConfig
 
-    llm = LLM(low_bit=fmt, device="cpu")
+    llms = {fmt: LLM(low_bit=fmt, device="cpu") for fmt, _ in GENERATIONS.values()}
+    reranker = EmbeddingReranker(kb.embed_texts)
 
     class Replay:
         """The same generation judged twice (check off / on): the model runs once per question."""
 
+        def __init__(self, fmt: str) -> None:
+            self.fmt = fmt
+
         def chat(self, messages, **params):
-            key = f"{fmt}\n{messages[-1]['content']}"
+            key = f"{self.fmt}\n{messages[-1]['content']}"
             if key not in drafts:
-                drafts[key] = llm.chat(messages, **params).text
+                drafts[key] = llms[self.fmt].chat(messages, **params).text
             return type("Completion", (), {"text": drafts[key]})()
 
     questions = [q for q, _, _ in ANSWERABLE] + UNANSWERABLE
-    off, on = {}, {}
-    t0 = time.perf_counter()
-    for q in questions:
-        off[q] = kb.ask(q, llm=Replay(), max_new_tokens=max_new_tokens, support=SupportConfig(enabled=False))
-        on[q] = kb.ask(q, llm=Replay(), max_new_tokens=max_new_tokens)
-        print(f"[{fmt}] {q}\n   draft: {off[q].text[:160]!r}\n   checked: {on[q].text[:160]!r}", flush=True)
-    return off, on, (time.perf_counter() - t0) / len(questions)
+    answers: dict = {(g, on): {} for g in GENERATIONS for on in (False, True)}
+    seconds = dict.fromkeys(GENERATIONS, 0.0)
+    for i, q in enumerate(questions):
+        order = list(GENERATIONS) if i % 2 == 0 else list(GENERATIONS)[::-1]
+        for g in order:
+            fmt, rerank = GENERATIONS[g]
+            kw = {"llm": Replay(fmt), "max_new_tokens": max_new_tokens}
+            if rerank:
+                kw["rerank"] = reranker
+            t0 = time.perf_counter()
+            answers[(g, False)][q] = kb.ask(q, support=SupportConfig(enabled=False), **kw)
+            seconds[g] += time.perf_counter() - t0
+            answers[(g, True)][q] = kb.ask(q, **kw)
+            print(
+                f"[{g}] {q}\n   draft: {answers[(g, False)][q].text[:160]!r}\n"
+                f"   checked: {answers[(g, True)][q].text[:160]!r}",
+                flush=True,
+            )
+    return answers, {g: s / len(questions) for g, s in seconds.items()}
 
 
 def calibrate(answers: dict) -> list[tuple[float, bool]]:
@@ -252,19 +287,19 @@ def main() -> None:
         kb = build_kb(root, args.distractors)
         rows, scores = [], []
         drafts = json.loads(args.drafts.read_text()) if args.drafts and args.drafts.exists() else {}
-        for fmt in FORMATS:
-            off, on, per_q = run_answers(kb, fmt, args.max_new_tokens, drafts)
-            if args.drafts:
-                args.drafts.write_text(json.dumps(drafts, indent=1))
-            for label, answers in (("before: no support check", off), ("after: support check", on)):
-                r = _verdicts(answers)
-                rows.append(
-                    f"| {fmt} | {label} | {r['correct']:.0%} | {r['answerable refused']:.0%} | "
-                    f"{r['hallucinated citations (answerable)']:.0%} | {r['refused (unanswerable)']:.0%} | "
-                    f"**{r['hallucinated citations (unanswerable)']:.0%}** | {per_q:.1f} s |"
-                )
-                print(rows[-1], flush=True)
-            scores += calibrate(on)
+        answers, per_q = run_answers(kb, args.max_new_tokens, drafts)
+        if args.drafts:
+            args.drafts.write_text(json.dumps(drafts, indent=1))
+        for label, g, on in CONFIGS:
+            r = _verdicts(answers[(g, on)])
+            rows.append(
+                f"| {label} | {r['correct']:.0%} | {r['answerable refused']:.0%} | "
+                f"{r['hallucinated citations (answerable)']:.0%} | {r['refused (unanswerable)']:.0%} | "
+                f"**{r['hallucinated citations (unanswerable)']:.0%}** | {per_q[g]:.1f} s |"
+            )
+            print(rows[-1], flush=True)
+        for g in GENERATIONS:
+            scores += calibrate(answers[(g, True)])
         if args.calibrate:
             for t in [x / 20 for x in range(4, 16)]:
                 acc = sum((s >= t) == lab for s, lab in scores) / max(len(scores), 1)
@@ -282,9 +317,9 @@ def main() -> None:
             f"{args.distractors} Wikipedia distractors ({n_chunks} chunks). {len(ANSWERABLE)} answerable and "
             f"{len(UNANSWERABLE)} unanswerable in-topic questions (`bench/kb_quality.py`).",
             "",
-            "| LLM format | answer path | correct | answerable refused | hallucinated citations (answerable) | "
+            "| configuration | correct | answerable refused | hallucinated citations (answerable) | "
             "refused (unanswerable) | hallucinated citations (unanswerable) | s / question |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            "|---|---:|---:|---:|---:|---:|---:|",
             *rows,
             "",
             "Reranking the top 8 hybrid hits (gold article of the answerable questions):",

@@ -1,22 +1,32 @@
 """Serving benchmark: `xpullm serve` vs llama.cpp's server (xllamacpp), same GGUF, prompts and concurrency sweep.
 
-Both servers get the same streamed /v1/chat/completions requests (greedy, fixed max_tokens) from one asyncio
-client; per request it records time to first content token (TTFT) and the gaps between content chunks
-(inter-token latency, ITL); per level, aggregate completion tokens/s over the level's wall time (usage counts).
-Levels run interleaved (xpullm, llama.cpp, xpullm, ...) so machine noise hits both.
+Two load generators, same table:
+- `--client guidellm` (default): the standard serving benchmark `guidellm` (vLLM project), run offline: synthetic
+  prompts (`synthetic_text`, Faker text, `--prompt-tokens` / `--output-tokens`, the same seeded sequence for both
+  servers), the tokenizer read from the converted packaged model's folder, `concurrent` profile over the levels,
+  `--seconds` per level. guidellm lives in its own venv (its pins differ from ours); pass its executable with
+  `--guidellm` (default `.venv-guidellm/bin/guidellm`, made by
+  `uv venv .venv-guidellm && uv pip install --python .venv-guidellm/bin/python guidellm==0.8.1`).
+- `--client own`: this script's asyncio client (no extra dependency): the 8 chat prompts below, greedy, up to
+  `--output-tokens` tokens, max(--requests, 2 x concurrency) requests per level.
 
-python -P bench/serve_compare.py [--levels 1,2,4,8] [--requests 8] [--max-tokens 32]   # writes docs/benchmarks-serve.md
+Per level: aggregate output tokens/s, TTFT p50 (from sending, so queueing counts) and ITL p50 ((last token - first
+token) / (tokens - 1) per request, independent of how tokens are grouped into chunks). The sweep runs `--rounds`
+times; within a round both servers run the whole sweep back to back, the one that goes first alternating between
+rounds, so machine noise hits both. Cells: median over rounds [min-max], plus the median per-round throughput ratio.
+
+python -P bench/serve_compare.py [--client guidellm|own] [--levels 1,2,4,8,16] [--rounds 3]
+    # writes docs/benchmarks-serve.md
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
-import itertools
+import datetime
 import json
 import os
-import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -26,7 +36,8 @@ from pathlib import Path
 
 import httpx
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
 PROMPTS = [
     "Explain what a knowledge graph is in two sentences.",
     "List three fruits and their colors.",
@@ -37,6 +48,7 @@ PROMPTS = [
     "Why is the sky blue?",
     "Summarize the plot of a heist movie in one paragraph.",
 ]
+XPULLM, LLAMACPP = "xpullm serve", "llama.cpp server"
 
 
 def _free_port() -> int:
@@ -45,7 +57,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_xpullm(threads: int, max_running: int) -> tuple[subprocess.Popen, str, str]:
+def start_xpullm(threads: int, max_running: int) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONSAFEPATH": "1"}
     cmd = [sys.executable, "-P", "-m", "xpullm.cli.main", "serve", "--port", str(port), "--no-embedder"]
@@ -54,42 +66,42 @@ def start_xpullm(threads: int, max_running: int) -> tuple[subprocess.Popen, str,
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
+        assert proc.poll() is None, "xpullm serve exited while loading"
         try:
             if httpx.get(url + "/health").status_code == 200:
-                return proc, url, "smollm2"
+                return proc, url
         except httpx.TransportError:
             pass
         time.sleep(0.5)
     raise RuntimeError("xpullm serve did not become ready")
 
 
-def start_llamacpp(threads: int, parallel: int) -> tuple[object, str, str]:
+def start_llamacpp(threads: int, parallel: int) -> tuple[object, str]:
     import xllamacpp as xlc
 
     from xpullm.models import default_llm_gguf
 
     params = xlc.CommonParams()
     params.model.path = str(default_llm_gguf())
-    params.n_ctx = 2048 * parallel
+    params.n_ctx = 2048 * parallel  # 2048 per slot: prompts + max_tokens fit with room
     params.n_parallel = parallel
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
     server = xlc.Server(params)
-    return server, server.listening_address, "smollm2"
+    return server, server.listening_address
 
 
-async def one(http: httpx.AsyncClient, model: str, prompt: str, max_tokens: int) -> dict:
+async def one(http: httpx.AsyncClient, prompt: str, max_tokens: int) -> dict:
     body = {
-        "model": model,
+        "model": "smollm2",
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-
     t0 = time.perf_counter()
-    stamps: list[float] = []
+    first = last = None
     tokens = 0
     async with http.stream("POST", "/v1/chat/completions", json=body) as r:
         r.raise_for_status()
@@ -99,90 +111,199 @@ async def one(http: httpx.AsyncClient, model: str, prompt: str, max_tokens: int)
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
-            for c in chunk.get("choices") or []:
-                if (c.get("delta") or {}).get("content"):
-                    stamps.append(time.perf_counter())
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    return {"ttft": stamps[0] - t0 if stamps else float("nan"), "gaps": gaps, "tokens": tokens}
+            if any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or []):
+                last = time.perf_counter()
+                first = first or last
+    itl = (last - first) / (tokens - 1) if first is not None and tokens > 1 else None
+    return {"ttft": (first or time.perf_counter()) - t0, "itl": itl, "tokens": tokens}
 
 
-async def level(url: str, model: str, concurrency: int, requests: int, max_tokens: int) -> dict:
+async def level(url: str, concurrency: int, requests: int, max_tokens: int, offset: int) -> dict:
     # No keep-alive: llama.cpp's server drops idle connections after a few seconds, which a pool would reuse.
     limits = httpx.Limits(max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
-        await one(http, model, PROMPTS[0], 4)  # warm-up
+        await one(http, PROMPTS[0], 4)  # warm-up
         sem = asyncio.Semaphore(concurrency)
 
         async def task(i: int) -> dict:
             async with sem:
-                return await one(http, model, PROMPTS[i % len(PROMPTS)], max_tokens)
+                return await one(http, PROMPTS[(i + offset) % len(PROMPTS)], max_tokens)
 
         t0 = time.perf_counter()
         results = await asyncio.gather(*(task(i) for i in range(requests)))
         wall = time.perf_counter() - t0
-    ttft = sorted(r["ttft"] for r in results)
-    gaps = [g for r in results for g in r["gaps"]]
+    itls = [r["itl"] for r in results if r["itl"] is not None]
     return {
         "tok_s": sum(r["tokens"] for r in results) / wall,
-        "ttft_p50": statistics.median(ttft),
-        "ttft_p99": ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))],
-        "itl_ms": 1000 * statistics.mean(gaps) if gaps else float("nan"),
+        "ttft": statistics.median(r["ttft"] for r in results),
+        "itl_ms": 1000 * statistics.median(itls) if itls else float("nan"),
+        "out_tokens": statistics.median(r["tokens"] for r in results),
+        "done": len(results),
+        "errors": 0,  # a failed request raises
     }
+
+
+def own_sweep(url: str, levels: list[int], args: argparse.Namespace, rnd: int, label: str) -> dict[int, dict]:
+    """This script's client: every level in turn."""
+    return {c: asyncio.run(level(url, c, max(args.requests, 2 * c), args.output_tokens, rnd)) for c in levels}
+
+
+def guidellm_sweep(
+    url: str, levels: list[int], args: argparse.Namespace, rnd: int, label: str
+) -> dict[int, dict]:
+    """One `guidellm run` over every level (offline: synthetic data, local tokenizer)."""
+    from xpullm.models import default_llm_path
+
+    raw = ROOT / "bench" / "out" / "serve_compare"  # guidellm's full reports, for a closer look (git-ignored)
+    raw.mkdir(parents=True, exist_ok=True)
+    out = raw / f"round{rnd + 1}-{label}.json"
+    data = f"kind=synthetic_text,prompt_tokens={args.prompt_tokens},output_tokens={args.output_tokens}"
+    cmd = [args.guidellm, "run", "--backend", f"kind=openai_http,target={url},model=smollm2"]
+    cmd += ["--tokenizer", f"kind=huggingface_auto,model={default_llm_path()}", "--data", data]
+    cmd += ["--profile", "kind=concurrent", "--override", "profile.streams", ",".join(map(str, levels))]
+    cmd += ["--constraint", f"kind=max_duration,seconds={args.seconds}"]
+    cmd += ["--output", f"kind=json,path={out}", "--disable-console"]
+    offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # Its own session: guidellm runs worker processes, which a stopped sweep must take down with it.
+    proc = subprocess.Popen(cmd, env={**os.environ, **offline}, start_new_session=True)
+    try:
+        if proc.wait() != 0:
+            raise RuntimeError(f"guidellm exited with {proc.returncode}: {' '.join(cmd)}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+    report = json.loads(out.read_text())
+    results = {}
+    for bench in report["benchmarks"]:
+        m = bench["metrics"]
+        done = m["request_totals"]["successful"]
+        nan = float("nan")
+        results[int(bench["config"]["strategy"]["streams"])] = {
+            # output tokens of every request (finished or cut off at the end) over the level's duration
+            "tok_s": m["output_tokens_per_second"]["total"]["mean"],
+            "ttft": m["time_to_first_token_ms"]["successful"]["median"] / 1000 if done else nan,
+            "itl_ms": m["inter_token_latency_ms"]["successful"]["median"] if done else nan,
+            "out_tokens": m["output_token_count"]["successful"]["median"] if done else nan,
+            "done": done,
+            "errors": m["request_totals"]["errored"],
+        }
+    return results
+
+
+def _cpu() -> str:
+    fields: dict[str, str] = {}
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    flags = fields.get("flags", "").split()
+    isa = "AVX-512 VNNI" if "avx512_vnni" in flags else "AVX-512" if "avx512f" in flags else "AVX2"
+    return f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')}, {isa})"
+
+
+def _cell(values: list[float], fmt: str) -> str:
+    values = [v for v in values if v == v]  # a round where no request finished has no latency
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.median(values), fmt)} [{format(min(values), fmt)}-{format(max(values), fmt)}]"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--levels", default="1,2,4,8")
-    ap.add_argument("--requests", type=int, default=8, help="requests per level")
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--client", choices=("guidellm", "own"), default="guidellm")
+    ap.add_argument("--guidellm", default=str(ROOT / ".venv-guidellm" / "bin" / "guidellm"))
+    ap.add_argument("--levels", default="1,2,4,8,16")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=15, help="guidellm: seconds per level")
+    ap.add_argument("--prompt-tokens", type=int, default=128, help="guidellm: synthetic prompt length")
+    ap.add_argument(
+        "--requests", type=int, default=8, help="own client: requests per level (>= 2 x concurrency)"
+    )
+    ap.add_argument("--output-tokens", type=int, default=64, help="max_tokens of every request")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 2) - 1),
+        help="threads per server (default: all cores but one, which the load generator needs)",
+    )
+    ap.add_argument("--note", default="", help="a sentence about the machine's state, e.g. 'quiet machine'")
     ap.add_argument("--out", default=str(DOCS / "benchmarks-serve.md"))
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    proc, x_url, x_model = start_xpullm(args.threads, max(levels))
-    server, l_url, l_model = start_llamacpp(args.threads, max(levels))
-    rows = []
+    if args.client == "guidellm" and not Path(args.guidellm).is_file():
+        sys.exit(
+            f"guidellm not found at {args.guidellm}: create its venv with `uv venv .venv-guidellm && uv pip install "
+            "--python .venv-guidellm/bin/python guidellm==0.8.1`, pass --guidellm PATH, or use --client own"
+        )
+    sweep = guidellm_sweep if args.client == "guidellm" else own_sweep
+    # A SIGTERM (timeout, kill) unwinds through the finally below, so the xpullm server never outlives the script.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.perf_counter()
+    proc, x_url = start_xpullm(args.threads, max(levels))
+    server, l_url = start_llamacpp(args.threads, max(levels))
+    urls = {XPULLM: x_url, LLAMACPP: l_url}
+    runs: dict[tuple[int, str], list[dict]] = {}
     try:
-        for c in levels:
-            for name, url, model in (("xpullm serve", x_url, x_model), ("llama.cpp server", l_url, l_model)):
-                r = asyncio.run(level(url, model, c, max(args.requests, c), args.max_tokens))
-                rows.append((c, name, r))
-                print(c, name, {k: round(v, 3) for k, v in r.items()}, flush=True)
+        for rnd in range(args.rounds):
+            order = [XPULLM, LLAMACPP] if rnd % 2 == 0 else [LLAMACPP, XPULLM]
+            for name in order:
+                label = "xpullm" if name == XPULLM else "llamacpp"
+                for c, r in sweep(urls[name], levels, args, rnd, label).items():
+                    runs.setdefault((c, name), []).append(r)
+                    print(f"round {rnd + 1} c={c} {name}: " + ", ".join(f"{k}={v:.3f}" for k, v in r.items()),
+                          flush=True)  # fmt: skip
     finally:
         proc.terminate()
         proc.wait(60)
         del server
-    engine = (
-        "continuous-batching engine: running requests share steps"
-        if importlib.util.find_spec("xpullm.engine.core")
-        else "serialized engine: running requests take turns on the model"
-    )
-    cpu = platform.processor() or platform.machine()
-    with open("/proc/cpuinfo") as f:
-        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    cpu = names[0] if names else cpu
+    minutes = (time.perf_counter() - started) / 60
+    command = f"bench/serve_compare.py --client {args.client} --levels {args.levels} --rounds {args.rounds} "
+    if args.client == "guidellm":
+        command += f"--seconds {args.seconds} --prompt-tokens {args.prompt_tokens} "
+        load = (
+            f"Load: guidellm 0.8.1 (`guidellm run`, `concurrent` profile, {args.seconds} s per level), synthetic "
+            f"prompts of {args.prompt_tokens} tokens (Faker text; the same seeded sequence for both servers), "
+            f"streamed chat completions with `max_tokens` {args.output_tokens} and guidellm's `ignore_eos: true`: "
+            "llama.cpp honours it, xpullm does not (it stops at EOS; the output-tokens column shows the effect)."
+        )
+    else:
+        command += f"--requests {args.requests} "
+        load = (
+            "Load: this script's asyncio client, 8 short chat prompts (repeated: both servers reuse cached prefixes), "
+            f"greedy, `max_tokens` {args.output_tokens}, max({args.requests}, 2 x concurrency) requests per level."
+        )
+    command += f"--output-tokens {args.output_tokens} --threads {args.threads}"
     lines = [
         "## Serving: xpullm serve vs llama.cpp's server (`bench/serve_compare.py`)",
         "",
-        "Script: `bench/serve_compare.py` "
-        f"(`--levels {args.levels} --requests {args.requests} --max-tokens {args.max_tokens}`). Machine: {cpu}, "
-        f"{os.cpu_count()} vCPU, {args.threads} thread(s) per server, shared with other jobs (noisy: compare rows "
-        "of one run, not runs). Packaged "
-        f"SmolLM2-135M-Instruct Q4_1 GGUF: xpullm loads it as sym_int4 with `--max-running` = the highest level "
-        f"({engine}); llama.cpp's server gets `n_parallel` = the highest level (continuous batching). "
-        "Streamed greedy chat completions; TTFT includes queueing; ITL is the mean gap between content chunks. "
-        "The 8 prompts repeat across requests: llama.cpp's server reuses cached prompts (`cache_prompt`), and so does "
-        "the continuous-batching engine (prefix blocks), so repeated prompts reach their first token sooner.",
+        f"Script: `{command}` ({minutes:.0f} min), {datetime.date.today().isoformat()}. Machine: {_cpu()}, "
+        f"{os.cpu_count()} vCPU, {args.threads} thread(s) per server{'; ' + args.note if args.note else ''}. "
+        "Packaged SmolLM2-135M-Instruct Q4_1 GGUF on both: xpullm loads it in the checkpoint's own format "
+        "(asym_int4) on its continuous-batching engine with `--max-running` = the highest level; llama.cpp's "
+        "server (xllamacpp) gets `n_parallel` = the highest level (its continuous batching), 2048 tokens of context "
+        f"per slot. {load} TTFT: median over a level's requests, from sending (queueing counts). ITL: median over "
+        "requests of (last token - first token) / (tokens - 1). Each cell: median over the rounds [min-max]; the "
+        "server that goes first alternates between rounds.",
         "",
-        "| concurrency | server | tokens/s (aggregate) | TTFT p50 (s) | TTFT p99 (s) | ITL (ms) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| concurrency | server | output tokens/s (aggregate) | TTFT p50 (s) | ITL p50 (ms) | output tokens per "
+        "request (p50) | requests finished (all rounds) | errors | xpullm / llama.cpp tokens/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for c, name, r in rows:
-        lines.append(
-            f"| {c} | {name} | {r['tok_s']:.1f} | {r['ttft_p50']:.3f} | {r['ttft_p99']:.3f} | {r['itl_ms']:.1f} |"
-        )
+    for c in levels:
+        x, ll = runs[(c, XPULLM)], runs[(c, LLAMACPP)]
+        ratios = [a["tok_s"] / b["tok_s"] for a, b in zip(x, ll, strict=True) if b["tok_s"] > 0]
+        ratio = f"{statistics.median(ratios):.2f}x" if ratios else "-"
+        for name, rs in ((XPULLM, x), (LLAMACPP, ll)):
+            lines.append(
+                f"| {c} | {name} | {_cell([r['tok_s'] for r in rs], '.1f')} | {_cell([r['ttft'] for r in rs], '.3f')} "
+                f"| {_cell([r['itl_ms'] for r in rs], '.1f')} | {_cell([r['out_tokens'] for r in rs], '.0f')} "
+                f"| {sum(r['done'] for r in rs)} | {sum(r['errors'] for r in rs)} | {ratio if name == XPULLM else ''} |"
+            )
     Path(args.out).write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} after {minutes:.1f} min")
 
 
 if __name__ == "__main__":

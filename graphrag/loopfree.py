@@ -1,7 +1,7 @@
 """Loop-free generated text: cut an answer or description where a small model starts repeating itself.
 
 Greedy small models loop ("1831, 1831, 1831, ...", a sentence written twice, "Merged description: Merged
-description: ..."). `cut_loops` keeps the text up to the first repeat (a whole sentence seen before, or a phrase
+description: ...", a bare count "1. 2. 3. 4. ..."). `cut_loops` keeps the text up to the first repeat (a whole sentence seen before, or a phrase
 repeated back to back, found by `xpullm.engine.loops`); `stop_at_loop` does the same to a stream and closes the
 engine's generator at the repeat, so the rest of the token budget is never spent.
 """
@@ -35,9 +35,14 @@ def _repeat_start(text: str, final: bool) -> int | None:
     glued = _GLUED_REPEAT.search(text)
     if glued is not None:
         found.append(glued.start() + len(glued.group(1)))
+    # A bare count ("1. 2. 3. 4. 5. ..." / "1: 2: 3: ...") repeats a shape, not a text: no check above sees it.
+    counting = _COUNTING.search(text)
+    if counting is not None:
+        found.append(counting.start())
     return min(found) if found else None
 
 
+_COUNTING = re.compile(r"(?<!\S)(?:\d{1,4}[.:)](?:\s+|$)){4,}")
 _GLUED_REPEAT = re.compile(r"(\S{2,24}?)\1{3,}")
 
 

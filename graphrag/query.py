@@ -29,7 +29,14 @@ from xpullm.graphrag.prompts import (
     REFUSAL,
     fill,
 )
-from xpullm.graphrag.query_text import REFUSES, content_words, follow_ups, one_line
+from xpullm.graphrag.query_text import (
+    REFUSES,
+    content_words,
+    follow_ups,
+    grounded_sentences,
+    one_line,
+    says_nothing,
+)
 from xpullm.graphrag.tables import TableStore
 from xpullm.protocols import EmbeddingModel
 
@@ -131,14 +138,19 @@ class QueryEngine:
         return [e for e in self.table("entities") if e["type"] != "concept"]
 
     def _finish(self, answer: GraphAnswer, raw: str) -> str:
-        """The final text of a generated answer: cut where it starts to loop, and cited."""
+        """The final text of a generated answer: cut where it starts to loop, without sentences stating numbers
+        no context record holds, refused when nothing is left, and cited. (A stream shows the draft as it comes;
+        its answer's text is this final text.)"""
         text = cut_loops(raw)
-        if not text:
-            answer.details["refused"] = True
-            return REFUSAL
         if REFUSES.search(text):
             answer.details["refused"] = True
             return text
+        text, dropped = grounded_sentences(text, [r.text for r in answer.context])
+        if dropped:
+            answer.details["ungrounded_sentences"] = dropped
+        if says_nothing(text):  # nothing left, or only "The answer is:"
+            answer.details["refused"] = True
+            return REFUSAL
         if not answer.citations_in(text):
             cite = self._citation(answer, text)
             if cite:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["REFUSES", "content_words", "follow_ups", "one_line"]
+__all__ = ["REFUSES", "content_words", "follow_ups", "grounded_sentences", "one_line", "says_nothing"]
 
 _PLACEHOLDER = re.compile(r"<[^>]*>|\{[^}]*\}|\bfollow[- ]up (?:question|query)\b", re.IGNORECASE)
 
@@ -80,3 +80,46 @@ def content_words(text: str) -> set[str]:
 
 def one_line(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "/")
+
+
+# "The answer is:" / "The answer to this question is:" and nothing after it: an empty answer, not a fact.
+_LEAD = re.compile(r"^\W*(?:the\s+)?answer(?:\s+to\s+(?:this|the|your)\s+question)?\s+is\s*:?", re.IGNORECASE)
+_CITATION = re.compile(r"\[Data:[^\]]*\]")
+_NUMBER = re.compile(r"(?<![\w.])\d[\d,.]*(?<![.,])")
+
+
+def says_nothing(text: str) -> bool:
+    """Whether an answer holds no words besides a lead-in ("The answer is:") and citations."""
+    return not re.search(r"\w", _LEAD.sub("", _CITATION.sub("", text)))
+
+
+def _numbers(text: str) -> set[str]:
+    return {n.replace(",", "") for n in _NUMBER.findall(_CITATION.sub(" ", text))}
+
+
+def grounded_sentences(text: str, context: list[str]) -> tuple[str, int]:
+    """`text` without the sentences that state a number no context record holds; returns (kept text, dropped).
+
+    A small model answers "What is the population of Marlow?" with "The population of Marlow is 2." and "Who won
+    the regatta in 2023?" with "The mill won it in 2023." when the records hold no such figure: an invented number
+    is the surest sign of an invented answer (the question's own numbers count too: the records must hold them).
+    A trailing `[Data: ...]` reference stays with the sentence before it.
+    """
+    from xpullm.documents.templates import sentence_spans
+
+    known = set().union(*(_numbers(c) for c in context)) if context else set()
+    kept, dropped, last_dropped = [], 0, False
+    for start, end in sentence_spans(text):
+        sentence = text[start:end]
+        if not _CITATION.sub("", sentence).strip():  # a reference on its own follows its sentence's fate
+            if not last_dropped:
+                kept.append(sentence.strip())
+            continue
+        last_dropped = bool(_numbers(sentence) - known)
+        if last_dropped:
+            dropped += 1
+            continue
+        kept.append(sentence.strip())
+    if not dropped:
+        return text, 0
+    return " ".join(kept), dropped

@@ -2,7 +2,15 @@
 
 from xpullm.engine.core import EngineConfig, KVBudgetTooSmall
 from xpullm.engine.llm import LLM
-from xpullm.engine.params import Completion, ContextOverflow, GenerationParams, InvalidParameter
+from xpullm.engine.params import (
+    Completion,
+    ContextOverflow,
+    GenerationParams,
+    InvalidParameter,
+    Timings,
+    TokenLogprob,
+)
+from xpullm.engine.speculative import SpeculativeConfig
 
 __all__ = [
     "LLM",
@@ -12,4 +20,7 @@ __all__ = [
     "GenerationParams",
     "InvalidParameter",
     "KVBudgetTooSmall",
+    "SpeculativeConfig",
+    "Timings",
+    "TokenLogprob",
 ]

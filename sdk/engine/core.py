@@ -6,6 +6,10 @@ handle at once. The step loop owns the model: each iteration it drops cancelled 
 for the step's tokens (decodes, then prefill chunks, then newly admitted prompts), runs one flattened forward
 (`ModelRunner`), and turns each returned logits row into its request's next token. Text deltas, the final
 `Completion` or an error reach the caller through the request's callback, from the engine thread.
+
+With speculative decoding on (`EngineConfig.speculative`), a drafter first proposes tokens for the decoding
+requests; each such request's step chunk is its last token plus the drafts, and the core accepts row by row while
+the model's token equals the draft, then rolls the sequence back to its last accepted position (`speculative.py`).
 """
 
 from __future__ import annotations
@@ -13,20 +17,23 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from xpullm.engine.constrained import GrammarConstraint
 from xpullm.engine.kv_blocks import BlockPool
-from xpullm.engine.params import Completion, GenerationParams
+from xpullm.engine.params import Completion, GenerationParams, Timings, TokenLogprob
 from xpullm.engine.runner import ModelRunner
 from xpullm.engine.sampling import Sampler
 from xpullm.engine.scheduler import KVBudgetTooSmall, Scheduler, Sequence, StepPlan
+from xpullm.engine.speculative import DraftSlot, SpecState, SpeculativeConfig, make_drafter
+from xpullm.engine.step_graphs import DEFAULT_BUCKETS, attach_step_graphs
 from xpullm.engine.stopping import TextAssembler
 
 __all__ = [
+    "ENGINE_ON_ACCELERATOR",
     "CoreStats",
     "EngineConfig",
     "EngineCore",
@@ -37,7 +44,8 @@ __all__ = [
 ]
 
 Event = Callable[[str, Any], None]
-"""`fn(kind, value)`: kind `delta` (str), `done` (Completion) or `error` (an exception); called from the engine."""
+"""`fn(kind, value)`: kind `delta` (str), `done` (Completion) or `error` (an exception); called from the engine.
+With `GenerationParams.logprobs` set, also `token` (TokenLogprob) for each generated token, before its text's delta."""
 
 _IDLE_EXIT_S = 30.0  # the engine thread ends after this long without work (restarted by the next submit)
 
@@ -56,10 +64,21 @@ class EngineConfig:
     """KV memory in tokens; None: min(context * 8, ~10% of RAM on CPU / 50% of free GPU memory)."""
     prefix_cache: bool = True
     """Share the KV blocks of identical prompt prefixes (LRU-evicted under the budget)."""
-    on_accelerators: bool = False
-    """Run the engine on CUDA / XPU too (needs a non-reference paged kernel). Off by default until measured there:
-    engine steps are eager (no CUDA graphs per batch bucket yet), so one stream is slower than the static
-    decoder's graph-captured steps, which GPUs keep (serialized) meanwhile."""
+    on_accelerators: bool | None = None
+    """Run the engine on CUDA / XPU too (needs a non-reference paged kernel); None: the device's entry in
+    `ENGINE_ON_ACCELERATOR`. Otherwise GPUs decode through the serialized static decoder (one call at a time)."""
+    graph_buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    """Token counts whose steps replay a captured graph on CUDA / XPU (a step pads up to the next bucket; larger
+    steps run eagerly); (): no graphs."""
+    speculative: SpeculativeConfig | None = field(default_factory=SpeculativeConfig)
+    """Speculative decoding (drafter, draft length, adaptation); None decodes one token per step. Outputs are the
+    same either way; prompt lookup (the default) measured faster on grounded prompts and no slower on open chat."""
+
+
+# Whether `LLM` runs the engine on an accelerator when `EngineConfig.on_accelerators` is None. THE switch to flip
+# once measured: True where one stream through the engine (graph-replayed steps) is no slower than the static
+# decoder's graph-captured steps (bench/engine_gpu.py prints both). False keeps that device on the serialized path.
+ENGINE_ON_ACCELERATOR: dict[str, bool] = {"cuda": False, "xpu": False}
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,10 @@ class CoreStats:
     tokens_generated: int
     steps: int
     last_ttft_s: float
+    draft_tokens: int = 0
+    """Speculative draft tokens verified (all requests since start)."""
+    accepted_draft_tokens: int = 0
+    """Draft tokens accepted: tokens gained over plain decoding."""
 
 
 class Request:
@@ -95,7 +118,11 @@ class Request:
         self.first_t: float | None = None
         self.last_t: float | None = None
         self.finish: str | None = None
+        self.logprobs: list[TokenLogprob] = []
         self.fast_greedy = params.greedy and params.repetition_penalty == 1.0 and constraint is None
+        self.spec: SpecState | None = None  # set by the core when this request may speculate
+        self.steps = 0  # engine steps that produced tokens for this request
+        self.produced = 0  # tokens those steps produced (EOS included)
         self._cancel = threading.Event()
 
     def cancel(self) -> None:
@@ -118,6 +145,13 @@ class Request:
             completion_tokens=n,
             first_token_s=first,
             decode_tok_s=(n - 1) / span if n > 1 and span > 0 else 0.0,
+            timings=Timings(
+                steps=self.steps,
+                tokens=self.produced,
+                draft_tokens=self.spec.drafted if self.spec else 0,
+                accepted_tokens=self.spec.accepted if self.spec else 0,
+            ),
+            logprobs=tuple(self.logprobs) if self.params.logprobs is not None else None,
         )
 
 
@@ -142,6 +176,10 @@ class EngineCore:
         self._tokens_generated = 0
         self._steps = 0
         self._last_ttft = 0.0
+        spec = config.speculative
+        self._drafter = make_drafter(runner, spec) if spec is not None else None
+        self._draft_tokens = 0
+        self._accepted_tokens = 0
 
     # -- caller side
 
@@ -162,6 +200,12 @@ class EngineCore:
             sampler.observe(torch.tensor([prompt], device=self.runner.device))
         req = Request(seq, params, TextAssembler(self._tok, params.stop), sampler, constraint, on_event,
                       self.context_length)  # fmt: skip
+        if self._drafter is not None and params.speculative:
+            # Grammar-constrained requests speculate too: `_verify` masks and consumes row by row, only the tokens
+            # it emits, so the matcher never needs a rollback.
+            cfg = self.config.speculative
+            drafting = self._drafter.cost if cfg.draft_cost is None else cfg.draft_cost
+            req.spec = SpecState(cfg, self._drafter.start(req.seq.prompt), cfg.verify_cost, drafting)
         with self._cv:
             self._incoming.append(req)
             if self._thread is None:
@@ -180,6 +224,7 @@ class EngineCore:
             kv_used_blocks=s.used, kv_total_blocks=s.total, kv_cached_blocks=s.cached,
             prefix_hit_blocks=s.prefix_hits, prefix_query_blocks=s.prefix_queries, evicted_blocks=s.evictions,
             tokens_generated=self._tokens_generated, steps=self._steps, last_ttft_s=self._last_ttft,
+            draft_tokens=self._draft_tokens, accepted_draft_tokens=self._accepted_tokens,
         )  # fmt: skip
 
     # -- engine thread
@@ -207,6 +252,8 @@ class EngineCore:
         for req in [r for r in self._requests.values() if r.cancelled]:
             req.finish = "cancelled"
             self._flush(req)
+        if self._drafter is not None:
+            self._draft()
         plan = self.scheduler.schedule()
         if plan.chunks:
             self._step(plan)
@@ -214,22 +261,48 @@ class EngineCore:
             with self._cv:
                 self._cv.wait(0.01)
 
+    def _draft(self) -> None:
+        """Set `seq.draft` for the decoding requests that speculate, within the step's token budget."""
+        decoding = [s for s in self.scheduler.running if not s.in_prefill and s.pending == 1]
+        spare = self.scheduler.max_batched_tokens - len(decoding)
+        batch: list[DraftSlot] = []
+        owners: list[Sequence] = []
+        for seq in decoding:
+            spec = self._requests[id(seq)].spec
+            if spec is None or spare <= 0:
+                continue
+            left = len(seq.prompt) + self._requests[id(seq)].params.max_new_tokens - len(seq.tokens)
+            # Verified positions stay inside the reserved blocks; the last token a step can add is a free one.
+            k = min(spec.want(len(decoding)), seq.max_len - len(seq.tokens), left - 1, spare)
+            if k > 0:
+                batch.append(DraftSlot(seq.tokens, k, seq.slot, spec.drafter_state))
+                owners.append(seq)
+                spare -= k
+        if not batch:
+            return
+        for seq, slot, draft in zip(owners, batch, self._drafter.propose(batch), strict=True):  # type: ignore[union-attr]
+            seq.draft = list(draft[: slot.k])
+            if not draft and self._drafter.cost > 0:  # type: ignore[union-attr]
+                self._requests[id(seq)].spec.missed()  # type: ignore[union-attr]
+
     def _step(self, plan: StepPlan) -> None:
         ids: list[int] = []
         positions: list[int] = []
         seq_index: list[int] = []
         logit_rows: list[int] = []
+        owners: list[tuple[Request, list[int]]] = []  # requests that get tokens, with their drafts
+        by_seq = self._requests
         for seq, start, n in plan.chunks:
             if self._slot_owner.get(seq.slot) is not seq:  # first chunk of a newly admitted sequence
                 self.runner.set_table(seq.slot, seq.blocks)
                 self._slot_owner[seq.slot] = seq
-            ids.extend(seq.tokens[start : start + n])
+            draft, seq.draft = seq.draft, []
+            ids.extend([seq.tokens[start], *draft] if draft else seq.tokens[start : start + n])
             positions.extend(range(start, start + n))
             seq_index.extend([seq.slot] * n)
-            if start + n == len(seq.tokens):
-                logit_rows.append(len(ids) - 1)
-        by_seq = self._requests
-        owners = [by_seq[id(seq)] for seq, start, n in plan.chunks if start + n == len(seq.tokens)]
+            if start + n == len(seq.tokens) + len(draft):
+                logit_rows.extend(range(len(ids) - 1 - len(draft), len(ids)))  # a row per draft, plus one
+                owners.append((by_seq[id(seq)], draft))
         try:
             logits = self.runner.forward(ids, positions, seq_index, logit_rows)
         except Exception as exc:  # the step's requests fail; the engine keeps serving the others
@@ -240,23 +313,50 @@ class EngineCore:
             return
         self.scheduler.advance(plan)
         self._steps += 1
-        greedy = logits.argmax(-1).tolist() if any(r.fast_greedy for r in owners) else None
+        greedy = logits.argmax(-1).tolist() if any(r.fast_greedy for r, _ in owners) else None
         now = time.perf_counter()
-        for row, req in enumerate(owners):
+        row = 0
+        for req, draft in owners:
+            first, row = row, row + 1 + len(draft)
             try:
-                tid = greedy[row] if req.fast_greedy else self._sample(req, logits[row : row + 1])
-                self._accept(req, tid, now)
+                self._verify(req, draft, first, logits, greedy, now)
             except Exception as exc:  # e.g. a grammar matcher rejecting a token: only this request fails
                 if id(req.seq) in self._requests:
                     self._drop(req)
                 self._emit(req, "error", exc)
+
+    def _verify(
+        self, req: Request, draft: list[int], first: int, logits: torch.Tensor, greedy: list[int] | None,
+        now: float,
+    ) -> None:  # fmt: skip
+        """Take the request's tokens from its logits rows (one, or one per draft plus one), exactly as plain
+        decoding would: row i is conditioned on drafts 0..i-1, so it is used only while they all matched."""
+        req.steps += 1
+        accepted = 0
+        for i in range(len(draft) + 1):
+            row = first + i
+            k = req.params.logprobs
+            # Before sampling: a grammar mask may write into an fp32 logits row in place.
+            logp = torch.log_softmax(logits[row].float(), dim=-1) if k is not None else None
+            tid = greedy[row] if req.fast_greedy else self._sample(req, logits[row : row + 1])  # type: ignore[index]
+            req.produced += 1
+            self._accept(req, tid, now, None if logp is None else _token_logprob(logp, tid, k))  # type: ignore[arg-type]
+            if req.finish is not None or i == len(draft) or tid != draft[i]:
+                break
+            accepted += 1
+        if draft:
+            req.spec.update(len(draft), accepted)  # type: ignore[union-attr]
+            self._draft_tokens += len(draft)
+            self._accepted_tokens += accepted
+            if req.finish is None:  # roll back: K/V is valid up to the last accepted draft
+                req.seq.computed = len(req.seq.tokens) - 1
 
     def _sample(self, req: Request, logits: torch.Tensor) -> int:
         if req.constraint is not None:
             logits = req.constraint.mask(logits)
         return int(req.sampler(logits)[0])
 
-    def _accept(self, req: Request, tid: int, now: float) -> None:
+    def _accept(self, req: Request, tid: int, now: float, lp: TokenLogprob | None = None) -> None:
         if req.first_t is None:
             req.first_t = now
             self._last_ttft = now - req.submitted
@@ -266,6 +366,9 @@ class EngineCore:
             req.finish = "stop"
         else:
             self._tokens_generated += 1
+            if lp is not None:
+                req.logprobs.append(lp)
+                self._emit(req, "token", lp)
             if req.constraint is not None:
                 req.constraint.consume(0, tid)
             asm.push(tid)
@@ -308,6 +411,13 @@ class EngineCore:
         self._requests.pop(id(req.seq), None)
 
 
+def _token_logprob(logp: torch.Tensor, tid: int, k: int) -> TokenLogprob:
+    """The chosen token's log-probability and the `k` most likely tokens, from one log-softmaxed row [V]."""
+    top = torch.topk(logp, k) if k else None
+    pairs = tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else ()
+    return TokenLogprob(tid, float(logp[tid]), pairs)
+
+
 def default_kv_tokens(context_length: int, bytes_per_token: int, device: torch.device) -> int:
     """min(context * 8 sequences, what fits in ~10% of RAM (CPU) or 50% of free accelerator memory)."""
     if device.type == "cuda":
@@ -331,15 +441,19 @@ def build_core(
 ) -> EngineCore:
     """An `EngineCore` over a `StaticCacheDecoder`'s weights, with pools sized by `config` (or the default budget).
 
-    `wrap_runner(runner)` (tensor parallelism) returns the object the core calls instead of the runner itself.
+    `wrap_runner(runner, buckets, scratch_block, scratch_row)` (tensor parallelism) returns the object the core
+    calls instead of the runner itself.
     """
     from xpullm.engine.runner import kv_bytes_per_token
 
     tokens = config.kv_budget_tokens or default_kv_tokens(context_length, kv_bytes_per_token(dec), dec.device)
     num_blocks = max(1, tokens // config.block_size)
-    runner = ModelRunner(dec, num_blocks, config.block_size, config.max_seqs, context_length)
-    if wrap_runner is not None:
-        runner = wrap_runner(runner)
+    # One block and one block-table row beyond the scheduler's: the step graphs' scratch, where pad rows write.
+    runner = ModelRunner(dec, num_blocks + 1, config.block_size, config.max_seqs + 1, context_length)
+    buckets = [b for b in config.graph_buckets if b <= config.max_batched_tokens]
+    attach_step_graphs(runner, buckets, scratch_block=num_blocks, scratch_row=config.max_seqs)
+    if wrap_runner is not None:  # every rank builds the same runner, step graphs included
+        runner = wrap_runner(runner, buckets, num_blocks, config.max_seqs)
     return EngineCore(
         runner, BlockPool(num_blocks, config.block_size), config, tokenizer, eos, context_length
     )

@@ -24,10 +24,11 @@ from torch import nn
 from xpullm.devices import default_dtype
 from xpullm.engine.aio import iterate_in_thread
 from xpullm.engine.chat import render_chat
-from xpullm.engine.core import EngineConfig, EngineCore, build_core
+from xpullm.engine.core import ENGINE_ON_ACCELERATOR, EngineConfig, EngineCore, build_core
 from xpullm.engine.decode import Decoder, StaticCacheDecoder, build_decoder
 from xpullm.engine.params import Completion, ContextOverflow, GenerationParams, InvalidParameter
 from xpullm.engine.serial import model_lock, run_serial
+from xpullm.engine.speculative import SpeculativeConfig, resolve_speculative
 from xpullm.engine.step_kernels import OpContext, select_op
 
 __all__ = ["LLM"]
@@ -49,6 +50,9 @@ class LLM:
         adapter: a LoRA adapter folder (PEFT format, e.g. from `xpullm finetune`) applied unmerged over the
             low-bit weights; needs the `finetune` extra. Merge it for speed with `xpullm convert --merge-adapter`.
         engine: knobs of the continuous-batching engine (KV budget, block size, tokens per step, prefix cache).
+        speculative: speculative decoding in the engine: `prompt_lookup`, `self_speculative`, a
+            `SpeculativeConfig`, or None / `off` for one token per step; default: what `engine` says (prompt
+            lookup). The output is the same either way; per call, `speculative=False` opts out.
         tensor_parallel: split the model over this many ranks (worker processes spawned here, one device each;
             on CPU, gloo ranks sharing the cores). Needs a model path (each rank loads only its shard) of a
             llama-style family; `close()` stops the workers. See docs/parallel.md.
@@ -66,6 +70,7 @@ class LLM:
         dtype: torch.dtype | None = None,
         adapter: str | Path | None = None,
         engine: EngineConfig | None = None,
+        speculative: SpeculativeConfig | str | None = "default",
         tensor_parallel: int = 1,
     ) -> None:
         if max_context is not None and (
@@ -99,6 +104,9 @@ class LLM:
         self._model: nn.Module | None = model if isinstance(model, nn.Module) else None
         self._decoder: Decoder | None = None
         self._engine_config = engine or EngineConfig()
+        if speculative != "default":
+            spec = resolve_speculative(speculative)
+            self._engine_config = dataclasses.replace(self._engine_config, speculative=spec)
         self._core: EngineCore | None = None  # None: the serialized path (`serial.py`)
         self._load_lock = threading.Lock()
         self._eos: list[int] = []
@@ -381,6 +389,13 @@ class LLM:
         """Generate for every prompt; yields (row, text delta) while running and returns the Completions."""
         self._ensure_loaded()
         if self._core is None:
+            if p.logprobs is not None:
+                raise InvalidParameter(
+                    "logprobs",
+                    p.logprobs,
+                    "None: this model generates through the serialized loop, which does "
+                    "not report log-probabilities (the continuous-batching engine does)",
+                )
             device = _model_device(self._model)
             tok, eos, ctx = self._tokenizer, self._eos, self._context_length
             return (yield from run_serial(self._decoder, self._lock, tok, eos, ctx, device, prompts, p))
@@ -399,7 +414,7 @@ class LLM:
                 elif kind == "done":
                     done[row] = value
                     left -= 1
-                else:
+                elif kind == "error":
                     raise value
             return done
         finally:
@@ -418,12 +433,14 @@ class _AnyEvent:
 
 
 def _engine_runs(static: StaticCacheDecoder, config: EngineConfig) -> bool:
-    """The engine serves CPU models; on accelerators only when asked (`EngineConfig.on_accelerators`) and a paged
-    attention kernel (not the reference) is registered: the static decoder's CUDA-graph steps are faster for one
-    stream than an eager engine step."""
+    """The engine serves CPU models; on accelerators when asked (`EngineConfig.on_accelerators`, else the device's
+    `ENGINE_ON_ACCELERATOR` default) and a paged attention kernel (not the reference) is registered."""
     if static.device.type == "cpu":
         return True
-    if not config.on_accelerators:
+    wanted = config.on_accelerators
+    if wanted is None:
+        wanted = ENGINE_ON_ACCELERATOR.get(static.device.type, False)
+    if not wanted:
         return False
     ctx = OpContext(static.device.type, static.dtype, static.head_dim, static.family.qk_norm)
     return select_op("paged_attention", ctx).name != "reference"

@@ -15,7 +15,12 @@ __all__ = [
     "FinishReason",
     "GenerationParams",
     "InvalidParameter",
+    "Timings",
+    "TokenLogprob",
 ]
+
+# OpenAI's cap on `top_logprobs`; more alternatives per token would only cost time.
+MAX_TOP_LOGPROBS = 20
 
 # A hard ceiling so a typo such as max_new_tokens=10**9 fails at once instead of allocating a huge cache.
 MAX_NEW_TOKENS_LIMIT = 1 << 20
@@ -46,6 +51,7 @@ class ContextOverflow(XPULLMError, ValueError):
         )
         self.prompt_tokens = prompt_tokens
         self.context_length = context_length
+        self.field_name = field_name
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,11 @@ class GenerationParams:
     """Constrain output to JSON valid against this schema (llguidance); output then always parses."""
     grammar: str | None = None
     """Constrain output to this Lark grammar (llguidance syntax, rule `start`); exclusive with json_schema."""
+    speculative: bool = True
+    """Let the engine draft and verify several tokens per step when it speculates (same output either way)."""
+    logprobs: int | None = None
+    """Report each generated token's log-probability and the `logprobs` most likely alternatives (0: the chosen
+    token only; None: off), from the model's distribution before temperature, top-k/top-p and grammar masks."""
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT)
@@ -89,6 +100,10 @@ class GenerationParams:
             raise InvalidParameter("json_schema", self.json_schema, "a JSON schema as a dict, or None")
         if self.grammar is not None and (not isinstance(self.grammar, str) or not self.grammar.strip()):
             raise InvalidParameter("grammar", self.grammar, "a non-empty Lark grammar string, or None")
+        if not isinstance(self.speculative, bool):
+            raise InvalidParameter("speculative", self.speculative, "True or False")
+        if self.logprobs is not None:
+            _check_int("logprobs", self.logprobs, 0, MAX_TOP_LOGPROBS)
         if self.grammar is not None and self.json_schema is not None:
             raise InvalidParameter(
                 "grammar", self.grammar, "None when json_schema is also given (one constraint per call)"
@@ -144,6 +159,41 @@ def _check_float(name: str, value: object, low: float, high: float | None, low_o
 
 
 @dataclass(frozen=True)
+class Timings:
+    """How a request's tokens came out of the engine's steps (all zero on the serialized path)."""
+
+    steps: int = 0
+    """Engine steps that produced at least one of this request's tokens (the prefill-finishing one included)."""
+    tokens: int = 0
+    """Tokens those steps produced (completion tokens plus a final EOS)."""
+    draft_tokens: int = 0
+    """Speculative draft tokens verified."""
+    accepted_tokens: int = 0
+    """Draft tokens the model agreed with (each one a token gained over plain decoding)."""
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / drafted (0 when nothing was drafted)."""
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Tokens per step that produced any (1.0 for plain decoding)."""
+        return self.tokens / self.steps if self.steps else 0.0
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log-probability and the most likely tokens at its position."""
+
+    token_id: int
+    logprob: float
+    """Natural log of the token's probability under the model (<= 0)."""
+    top: tuple[tuple[int, float], ...] = ()
+    """(token id, logprob) of the `GenerationParams.logprobs` most likely tokens, most likely first."""
+
+
+@dataclass(frozen=True)
 class Completion:
     """The result of one generation: the text plus usage counts and timings."""
 
@@ -159,6 +209,10 @@ class Completion:
     """Seconds from the call until the first new token was sampled (prefill latency)."""
     decode_tok_s: float
     """Decode speed after the first token, tokens per second (0 when fewer than two tokens)."""
+    timings: Timings = field(default_factory=Timings)
+    """Steps, tokens per step and speculative acceptance of this request."""
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    """One entry per generated token (as `completion_tokens` counts them) when `logprobs` was asked for."""
 
     def __str__(self) -> str:
         return self.text

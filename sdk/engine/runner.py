@@ -8,18 +8,24 @@ the rest of the batch. So every sequence's tokens are bitwise the same whatever 
 norm and the LM head run only on the rows whose next-token logits are needed.
 
 The weights, fused projections and small ops are borrowed from a `StaticCacheDecoder` of the same model (nothing
-is copied); the pools and the block-table tensor are allocated once, here.
+is copied); the pools and the block-table tensor are allocated once, here. On GPUs, steps of few tokens replay a
+captured graph of `forward_hidden` (`step_graphs.py`, attached as `graphs`); the rest run eagerly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import torch
 
 from xpullm.engine.decode import StaticCacheDecoder
 from xpullm.engine.step_kernels import OpContext, select_op
 from xpullm.engine.step_ops import decoder_layers
+
+if TYPE_CHECKING:
+    from xpullm.engine.step_graphs import StepGraphs
 
 __all__ = ["ModelRunner", "kv_bytes_per_token"]
 
@@ -61,7 +67,9 @@ class ModelRunner:
         impl = select_op("paged_attention", ctx)
         self.attention_name = impl.name
         self._paged = impl.load(ctx)
-        self._ops = dec._eager_ops
+        # The decoder's fixed-shape step ops: on GPUs the fused Triton norms (and int8 activations for <= 8 rows),
+        # as in its graph-captured step; on CPU its eager ops.
+        self._ops = dec.step_ops
         shape = (len(dec.layers), num_blocks, dec.n_kv, block_size, dec.head_dim)
         self.k_pool = _zeros(shape, dec.dtype, self.device)
         self.v_pool = _zeros(shape, dec.dtype, self.device)
@@ -69,6 +77,7 @@ class ModelRunner:
         self.block_tables = torch.zeros((max_seqs, max_blocks), dtype=torch.int32, device=self.device)
         self.cos, self.sin = self._rope_tables(max_positions)
         self.vocab_size = int(dec.lm_head.out_features)
+        self.graphs: StepGraphs | None = None  # graph-replayed small steps (GPUs); None: every step eager
 
     def _rope_tables(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin [n, head_dim] from the model's own rotary module; sin's first half negated (`rotate_qk`)."""
@@ -91,27 +100,59 @@ class ModelRunner:
         positions: Sequence[int],
         seq_index: Sequence[int],
         logit_rows: Sequence[int],
+        layers: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """Next-token logits [len(logit_rows), V] for one flattened step (K/V of every token written to the pools)."""
-        dec, dev = self.dec, self.device
-        n = len(input_ids)
+        """Next-token logits [len(logit_rows), V] for one flattened step (K/V of every token written to the pools).
+
+        `layers` runs only those layers (a self-speculative draft, eager); their K/V slots are rewritten by the
+        full step that verifies the draft.
+        """
+        if self.graphs is not None and layers is None:
+            logits = self.graphs.run(input_ids, positions, seq_index, logit_rows)
+            if logits is not None:
+                return logits
+        dev = self.device
         ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
         pos = torch.tensor(positions, dtype=torch.long, device=dev)
         rows = torch.tensor(seq_index, dtype=torch.long, device=dev)
+        last = torch.tensor(logit_rows, dtype=torch.long, device=dev)
+        return self.forward_hidden(self.dec.embed(ids[None]), pos, rows, last, layers)
+
+    def forward_hidden(
+        self,
+        x: torch.Tensor,
+        pos: torch.Tensor,
+        rows: torch.Tensor,
+        last: torch.Tensor | None,
+        layers: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """Logits for embedded tokens x [1, N, hidden] at `pos` (int64 [N]) of the sequences in block-table rows
+        `rows` (int64 [N]): the layer stack over the pools, then the final norm and LM head on the rows `last`
+        (all N when None). Device tensors in, no host sync: this is what a step graph records."""
+        dec = self.dec
+        n = x.shape[1]
         h, eps, scale = dec.n_heads, dec.eps, dec.scale
         k_pool, v_pool, tables, cos, sin, paged = (
             self.k_pool, self.v_pool, self.block_tables, self.cos, self.sin, self._paged,
         )  # fmt: skip
 
-        def attention(i: int, layer: object, qkv: torch.Tensor) -> torch.Tensor:
+        stack: object = dec
+        index = range(len(dec.layers)) if layers is None else layers
+        if layers is not None:
+            stack = SimpleNamespace(layers=[dec.layers[i] for i in layers], eps=eps)
+
+        def attention(j: int, layer: object, qkv: torch.Tensor) -> torch.Tensor:
+            i = index[j]
             out = paged(
                 qkv.view(n, -1), cos, sin, pos, rows, tables, k_pool[i], v_pool[i], h, scale,
                 layer.q_norm, layer.k_norm, eps,
             )  # fmt: skip
             return out.view(1, n, -1)
 
-        x = dec.embed(ids[None])
-        x, delta = decoder_layers(dec, x, self._ops, attention)
-        last = torch.tensor(logit_rows, dtype=torch.long, device=dev)
-        x = (x + delta)[0].index_select(0, last)
-        return dec.lm_head(dec._norm(x, (dec.hidden,), dec.final_norm, eps))
+        x, delta = decoder_layers(stack, x, self._ops, attention)  # type: ignore[arg-type]
+        if last is not None:
+            if last.numel() == 0:  # a step of prompt chunks none of which ends its prompt
+                return x.new_empty((0, self.vocab_size))
+            x, delta = x[0].index_select(0, last)[None], delta[0].index_select(0, last)[None]
+        _, y = self._ops.add_norm(x, delta, dec.final_norm, eps, dec.lm_head)
+        return self._ops.project(dec.lm_head, y, 1, x.shape[1])[0]

@@ -1,6 +1,7 @@
 """`Scheduler`: which tokens of which sequences go into the next engine step (iteration-level scheduling).
 
-Each step, in order: (1) every running sequence in decode gets its one pending token, (2) what is left of the token
+Each step, in order: (1) every running sequence in decode gets its one pending token (plus its speculative draft
+tokens, if the core set any: `speculative.py`), (2) what is left of the token
 budget (`max_batched_tokens`) goes to prefill chunks of running sequences still reading their prompt, oldest
 first, (3) then to sequences admitted from the waiting FIFO. A long prompt is thus prefilled over several steps
 while decodes keep flowing (chunked prefill).
@@ -47,6 +48,8 @@ class Sequence:
     registered: int = 0
     """Leading full prompt blocks already published to the prefix cache."""
     finished: bool = False
+    draft: list[int] = field(default_factory=list)
+    """Speculative tokens after the last one, verified with it in the next step (set by the core, then cleared)."""
 
     def __post_init__(self) -> None:
         if not self.tokens:
@@ -142,8 +145,9 @@ class Scheduler:
         budget = self.max_batched_tokens
         for seq in self.running:
             if not seq.in_prefill and seq.pending == 1:
-                chunks.append((seq, seq.computed, 1))
-                budget -= 1
+                n = 1 + len(seq.draft)  # the core sizes drafts to fit the budget after every decode's token
+                chunks.append((seq, seq.computed, n))
+                budget -= n
         for seq in self.running:
             if budget <= 0:
                 break

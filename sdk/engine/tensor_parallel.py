@@ -51,9 +51,14 @@ class RankProgram:
             )
         self.runner: ModelRunner | None = None
 
-    def build_runner(self, num_blocks: int, block_size: int, max_seqs: int, max_positions: int) -> None:
-        """The paged runner with rank 0's pool sizes (block ids are rank 0's scheduler's, so pools must match)."""
+    def build_runner(self, num_blocks: int, block_size: int, max_seqs: int, max_positions: int,
+                     buckets: list[int], scratch_block: int, scratch_row: int) -> None:  # fmt: skip
+        """The paged runner with rank 0's pool sizes and step graphs (block ids are rank 0's scheduler's, and a
+        graph-replayed step must meet rank 0's in the same collectives, so every rank builds the same runner)."""
+        from xpullm.engine.step_graphs import attach_step_graphs
+
         self.runner = ModelRunner(self.static, num_blocks, block_size, max_seqs, max_positions)
+        attach_step_graphs(self.runner, buckets, scratch_block=scratch_block, scratch_row=scratch_row)
 
 
 def build_rank(ctx: RankContext) -> RankProgram:
@@ -76,11 +81,13 @@ class TensorParallelModel:
         self._lock = threading.Lock()  # one call at a time across decoder and runner: the ranks meet in order
         self.decoder = Mirrored(program.decoder, "decoder", ("start", "step"), ranks, self._lock)
 
-    def wrap_runner(self, runner: ModelRunner) -> Mirrored:
+    def wrap_runner(
+        self, runner: ModelRunner, buckets: list[int], scratch_block: int, scratch_row: int
+    ) -> Mirrored:
         """Build the same runner on every worker and return rank 0's, mirrored (`build_core`'s hook)."""
         sizes = (runner.k_pool.shape[1], runner.block_size, runner.block_tables.shape[0], runner.cos.shape[0])
         with self._lock:
-            self.ranks.call("build_runner", *sizes)
+            self.ranks.call("build_runner", *sizes, list(buckets), scratch_block, scratch_row)
         self.program.runner = runner
         return Mirrored(runner, "runner", ("set_table", "forward"), self.ranks, self._lock)
 

@@ -2,11 +2,15 @@
 
 Small models answer in-topic questions the sources do not answer with invented facts and plausible citations
 ("approximately 212,000 [2]"). A sentence is supported by its cited chunks when
-1. every fact-like token it adds to the question (numbers, capitalized names) occurs in them, and
+1. every fact-like token it holds (numbers, capitalized names) occurs in them, also those it repeats from the
+   question: "The mayor of Kerrow is ... [2]" citing a chunk that never names Kerrow, or "The 2019 race took
+   place in 2019 [1]" citing a chunk without 2019, answer from a source that is about something else, and
 2. its support score reaches `SupportConfig.min_score`: a blend of lexical precision (the share of the sentence's
    content words, question words aside, found in the chunks) and the embedder's cosine between sentence and chunk
    (a bi-encoder stand-in for entailment). The threshold is calibrated by `bench/kb_quality.py` on labelled
    sentences (see docs/rag.md).
+A sentence that only restates itself or the question ("The mayor of Kerrow Harbour is the mayor of Kerrow Harbour")
+says nothing a source could support: its score is 0.
 An unsupported sentence is cut back to its longest supported clause ("... in 1968, after the IDA was founded in
 1963" keeps "... in 1968.") or dropped with its citations; an answer left with no supported cited sentence becomes
 the refusal (`NO_ANSWER`).
@@ -47,7 +51,7 @@ class SentenceSupport:
     sentence: str
     cited: tuple[int, ...]  # source numbers it cites ([n]); empty when it cites none
     score: float  # support score against its cited sources (all sources when it cites none)
-    missing: tuple[str, ...]  # fact-like tokens it adds that no cited source contains
+    missing: tuple[str, ...]  # fact-like tokens (its own or the question's) that no cited source contains
     supported: bool  # whether (part of) it is kept
     kept: str = ""  # what the answer keeps: the sentence, its longest supported clause prefix, or nothing
 
@@ -105,6 +109,19 @@ def _facts(sentence: str) -> set[str]:
         elif i > 0 and t[0].isupper() and t.lower() not in _STOPWORDS:
             facts.add(_stem(t))
     return facts
+
+
+_COPULA = re.compile(r"\s(?:is|was|are|were)\s", re.IGNORECASE)
+
+
+def _says_nothing(text: str, asked: set[str]) -> bool:
+    """Whether the part after the sentence's first "is/was/are/were" only repeats the part before it and the
+    question ("X is X", "The winner was the winner of the race"): a tautology a small model writes instead of a fact."""
+    m = _COPULA.search(text)
+    if m is None:
+        return False
+    said = _content(text[m.end() :])
+    return bool(said) and said <= _content(text[: m.start()]) | asked
 
 
 _LEADING_CITES = re.compile(r"^((?:\[\d+(?:\s*,\s*\d+)*\]\s*)+)")
@@ -175,10 +192,13 @@ def check_support(
         for row, (text, i) in enumerate(zip(texts, owners, strict=True)):
             known = set().union(*(source_words[j] for j in pools[i]))
             novel = _content(text) - asked
-            missing = tuple(sorted(_facts(text) - asked - known))
+            missing = tuple(
+                sorted(_facts(text) - known)
+            )  # the question's names count: the source must hold them
             lexical = len(novel & known) / len(novel) if novel else 0.0
             w = config.lexical_weight if novel else 0.0  # a text that only echoes the question: cosine alone
-            out.append((w * lexical + (1 - w) * max(float(cos[row, j]) for j in pools[i]), missing))
+            score = w * lexical + (1 - w) * max(float(cos[row, j]) for j in pools[i])
+            out.append((0.0 if _says_nothing(text, asked) else score, missing))
         return out
 
     verdicts = judge(plain, list(range(len(plain))))

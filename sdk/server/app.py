@@ -32,11 +32,13 @@ def create_app(
     api_key: str | None = None,
     metrics: Metrics | None = None,
     default_max_tokens: int | None = None,
+    graceful_timeout_s: float = 30.0,
 ) -> FastAPI:
     """The ASGI app serving `text` (chat/completions) and `embedder` (/v1/embeddings).
 
     Models load in a background thread when the app starts; until then /health and the /v1 endpoints answer 503.
-    On shutdown (after the server has drained open requests) the engines are closed.
+    On shutdown (after the server has drained open requests) a load still running gets `graceful_timeout_s` to
+    finish (so a model cache being written is completed rather than cut off), then the engines are closed.
     """
     if text is None and embedder is None:
         raise ValueError("create_app needs a text engine, an embedding engine, or both")
@@ -60,6 +62,12 @@ def create_app(
         try:
             yield
         finally:
+            if not loader.done():
+                log.warning(
+                    "shutting down while loading: waiting up to %.0f s for it to finish", graceful_timeout_s
+                )
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(loader), graceful_timeout_s)
             loader.cancel()
             for engine in engines:
                 await asyncio.to_thread(engine.close)

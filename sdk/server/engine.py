@@ -25,6 +25,7 @@ __all__ = [
     "StreamEvent",
     "TextDelta",
     "TextEngine",
+    "TokenLogprobs",
 ]
 
 
@@ -40,10 +41,24 @@ class QueueFull(XPULLMError, RuntimeError):
 
 
 @dataclass(frozen=True)
+class TokenLogprobs:
+    """One generated token for the wire's `logprobs`: its text, bytes and log-probability, and the alternatives."""
+
+    token: str
+    bytes: tuple[int, ...]
+    logprob: float
+    top: tuple[tuple[str, tuple[int, ...], float], ...] = ()
+    """(token, bytes, logprob) of the most likely tokens at this position, most likely first."""
+
+
+@dataclass(frozen=True)
 class TextDelta:
     """A piece of generated text (detokenized; stop strings already removed)."""
 
     text: str
+    logprobs: tuple[TokenLogprobs, ...] = ()
+    """When the request asked for them: the tokens generated since the previous delta (a token held back, e.g.
+    as part of a possible stop string, comes with a later delta; the last ones may come with empty text)."""
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ def from_exception(exc: BaseException) -> APIError:
     if isinstance(exc, QueueFull):
         return APIError(429, str(exc), "rate_limit_error", None, "queue_full")
     if isinstance(exc, ContextOverflow):
-        return APIError(400, str(exc), "invalid_request_error", "messages", "context_length_exceeded")
+        return APIError(400, str(exc), "invalid_request_error", exc.field_name, "context_length_exceeded")
     if isinstance(exc, InvalidParameter):
         name = exc.name.split("[", 1)[0]
         param = _PARAM_NAMES.get(name, exc.name)

@@ -19,11 +19,12 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from xpullm.engine.params import GenerationParams
+from xpullm.engine.params import GenerationParams, TokenLogprob
 from xpullm.models import DEFAULT_EMBEDDER_NAME
 from xpullm.server import llm_seam
-from xpullm.server.engine import EngineStats, Finished, QueueFull, StreamEvent, TextDelta
+from xpullm.server.engine import EngineStats, Finished, QueueFull, StreamEvent, TextDelta, TokenLogprobs
 from xpullm.server.metrics import Metrics
+from xpullm.server.token_text import TokenTexts
 
 # The id clients send for the packaged embedder (`model="all-MiniLM-L6-v2"`): its hub name without the org.
 DEFAULT_EMBEDDER_ID = DEFAULT_EMBEDDER_NAME.rsplit("/", 1)[-1]
@@ -114,6 +115,7 @@ class LocalTextEngine:
         self._lock = threading.Lock()
         self._closing = False
         self._ready = False
+        self._token_texts: TokenTexts | None = None
 
     # -- TextEngine -------------------------------------------------------------------------------------------
 
@@ -132,6 +134,7 @@ class LocalTextEngine:
 
     def load(self) -> None:
         self._llm.context_length  # noqa: B018 - loads the model and tokenizer
+        self._token_texts = TokenTexts(self._llm.tokenizer)
         self._ready = True
 
     def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
@@ -141,6 +144,7 @@ class LocalTextEngine:
         return llm_seam.encode_prompt(self._llm, prompt, field)
 
     def check(self, params: GenerationParams) -> None:
+        llm_seam.check_logprobs(self._llm, params)
         llm_seam.check_constraint(self._llm, params)
 
     def decode(self, ids: list[int]) -> str:
@@ -233,17 +237,24 @@ class LocalTextEngine:
         started = time.perf_counter()
         gen = llm_seam.stream_ids(self._llm, job.prompt_ids, job.params)
         first = True
+        tokens: list[TokenLogprobs] = []  # generated since the last text delta
         try:
             while True:
                 try:
-                    delta = next(gen)
+                    item = next(gen)
                 except StopIteration as stop:
                     completion = stop.value
                     break
+                if isinstance(item, TokenLogprob):
+                    tokens.append(self._wire_logprobs(item))
+                    continue
                 if first:
                     first = False
                     self.metrics.observe_ttft(time.perf_counter() - job.submitted)
-                job.push(TextDelta(delta))
+                job.push(TextDelta(item, tuple(tokens)))
+                tokens.clear()
+            if tokens:  # tokens whose text never showed (a stripped stop string) still count
+                job.push(TextDelta("", tuple(tokens)))
         except Exception as exc:  # reported to the client as a 500 error object
             job.done = True
             self.metrics.count("failed")
@@ -252,11 +263,21 @@ class LocalTextEngine:
         if first and completion.completion_tokens:
             self.metrics.observe_ttft(started - job.submitted + completion.first_token_s)
         self.metrics.observe_completion(
-            completion.prompt_tokens, completion.completion_tokens, completion.decode_tok_s
+            completion.prompt_tokens,
+            completion.completion_tokens,
+            completion.decode_tok_s,
+            completion.timings.draft_tokens,
+            completion.timings.accepted_tokens,
         )
         job.done = True
         job.push(Finished(completion.finish_reason, completion.prompt_tokens, completion.completion_tokens))
         job.push(_END)
+
+    def _wire_logprobs(self, lp: TokenLogprob) -> TokenLogprobs:
+        text = self._token_texts
+        chosen = text(lp.token_id)
+        top = tuple((t.token, t.bytes, v) for t, v in ((text(i), v) for i, v in lp.top))
+        return TokenLogprobs(chosen.token, chosen.bytes, lp.logprob, top)
 
 
 class LocalEmbeddingEngine:

@@ -25,6 +25,8 @@ class Metrics:
     rejected: int = 0
     failed: int = 0
     last_decode_tok_s: float = 0.0
+    draft_tokens: int = 0
+    accepted_draft_tokens: int = 0
     ttft_counts: list[int] = field(default_factory=lambda: [0] * len(TTFT_BUCKETS))
     ttft_sum: float = 0.0
     ttft_n: int = 0
@@ -47,9 +49,18 @@ class Metrics:
                 if seconds <= bound:
                     self.ttft_counts[i] += 1
 
-    def observe_completion(self, prompt_tokens: int, completion_tokens: int, decode_tok_s: float) -> None:
-        """Record one finished sequence."""
+    def observe_completion(
+        self,
+        prompt_tokens: int,
+        completion_tokens: int,
+        decode_tok_s: float,
+        draft_tokens: int = 0,
+        accepted_draft_tokens: int = 0,
+    ) -> None:
+        """Record one finished sequence (with its speculative draft tokens verified and accepted)."""
         with self._lock:
+            self.draft_tokens += draft_tokens
+            self.accepted_draft_tokens += accepted_draft_tokens
             self.prompt_tokens += prompt_tokens
             self.generation_tokens += completion_tokens
             self.completed += 1
@@ -86,6 +97,18 @@ class Metrics:
                     "counter",
                     "Tokens generated (rate() of it is the aggregate tokens/s).",
                     self.generation_tokens,
+                ),
+                *_metric(
+                    "xpullm_spec_draft_tokens_total",
+                    "counter",
+                    "Speculative draft tokens verified.",
+                    self.draft_tokens,
+                ),
+                *_metric(
+                    "xpullm_spec_accepted_tokens_total",
+                    "counter",
+                    "Draft tokens accepted (tokens gained over one per step; / drafted = acceptance rate).",
+                    self.accepted_draft_tokens,
                 ),
                 "# HELP xpullm_requests_total Sequences by outcome.",
                 "# TYPE xpullm_requests_total counter",

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from xpullm.server.engine import TokenLogprobs
+
 __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
@@ -20,6 +22,8 @@ __all__ = [
     "ResponseFormat",
     "Tool",
     "chat_chunk",
+    "chat_logprobs",
+    "completion_logprobs",
     "new_id",
     "usage",
 ]
@@ -159,3 +163,36 @@ def chat_chunk(
     if with_usage:
         chunk["usage"] = usage_
     return chunk
+
+
+def chat_logprobs(tokens: list[TokenLogprobs] | tuple[TokenLogprobs, ...]) -> dict[str, Any]:
+    """A chat choice's `logprobs`: `content` lists each token with its bytes, logprob and `top_logprobs`."""
+    return {
+        "content": [
+            {
+                "token": t.token,
+                "logprob": t.logprob,
+                "bytes": list(t.bytes),
+                "top_logprobs": [{"token": a, "logprob": v, "bytes": list(b)} for a, b, v in t.top],
+            }
+            for t in tokens
+        ],
+        "refusal": None,
+    }
+
+
+def completion_logprobs(
+    tokens: list[TokenLogprobs] | tuple[TokenLogprobs, ...], offset: int
+) -> dict[str, Any]:
+    """A text completion choice's legacy `logprobs` (parallel lists); `offset` is the first token's character
+    offset in the choice's text. As in OpenAI's API each `top_logprobs` entry also holds the chosen token."""
+    out: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for t in tokens:
+        top = {a: v for a, _, v in t.top}
+        top.setdefault(t.token, t.logprob)
+        out["tokens"].append(t.token)
+        out["token_logprobs"].append(t.logprob)
+        out["top_logprobs"].append(top)
+        out["text_offset"].append(offset)
+        offset += len(t.token)
+    return out

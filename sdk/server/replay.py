@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from xpullm.engine.params import GenerationParams
+from xpullm.engine.params import GenerationParams, InvalidParameter
 from xpullm.errors import XPULLMError
 from xpullm.server.engine import EngineStats, Finished, GenerationStream, StreamEvent, TextDelta
 from xpullm.server.local_engine import LocalTextEngine
@@ -140,6 +140,12 @@ class ReplayTextEngine:
         return self._inner.encode_prompt(prompt, field)
 
     def check(self, params: GenerationParams) -> None:
+        if params.logprobs is not None:
+            raise InvalidParameter(
+                "logprobs",
+                params.logprobs,
+                "unset: answers replayed from a transcript carry no log-probabilities",
+            )
         self._inner.check(params)
 
     def submit(self, prompt_ids: list[int], params: GenerationParams) -> GenerationStream:

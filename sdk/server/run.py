@@ -44,7 +44,13 @@ def serve(config: ServerConfig) -> int:
 
     text, embedder = build_engines(config)
     llm = text.llm
-    app = create_app(text, embedder, api_key=config.api_key, default_max_tokens=config.default_max_tokens)
+    app = create_app(
+        text,
+        embedder,
+        api_key=config.api_key,
+        default_max_tokens=config.default_max_tokens,
+        graceful_timeout_s=config.graceful_timeout_s,
+    )
     server = uvicorn.Server(
         uvicorn.Config(
             app,

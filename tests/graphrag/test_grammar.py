@@ -221,3 +221,36 @@ def test_glued_loops_are_cut_and_unreadable_reports_fall_back():
         {**looped, "summary": "The mill buys timber from the cooperative.", "findings": []}
     )
     assert _readable(fine)
+
+
+def test_counting_loops_are_cut():
+    from xpullm.graphrag.loopfree import cut_loops, stop_at_loop
+
+    # The packaged model's drift answers (bench/graphrag_quality.py, sym_int4): a bare count to the token limit.
+    assert cut_loops("1. 2. 3. 4. 5. 6. 7. 8. 9. 10. 11. 12. 13. 14.") == ""
+    assert cut_loops("The flood came. 1: 2: 3: 4: 5: 6: 7: 8:") == "The flood came."
+    listed = "1. The science club plants trees. 2. The trust counts otters. 3. The mill buys timber."
+    assert cut_loops(listed) == listed  # a numbered list with content is not a loop
+    streamed = "".join(stop_at_loop(iter(["Otters. ", "1. ", "2. ", "3. ", "4. ", "5. ", "6. ", "7. "])))
+    assert cut_loops(streamed) == "Otters."
+
+
+def test_answers_with_invented_numbers_or_no_content_are_refused():
+    from xpullm.graphrag.query_text import grounded_sentences, says_nothing
+
+    context = [
+        "The Brannock Dam was completed in 1931.",
+        "The regatta is held every June on the Ellis River.",
+    ]
+    # The packaged model's answers to questions the articles do not answer (bench/graphrag_quality.py).
+    assert grounded_sentences("The population of Marlow is 2. [Data: Sources (7)]", context) == ("", 1)
+    text, dropped = grounded_sentences(
+        "The dam was completed in 1931. The mill won the regatta in 2023. [Data: Sources (8, 0)]", context
+    )
+    assert (text, dropped) == ("The dam was completed in 1931.", 1)
+    kept = "The Brannock Dam was completed in 1931. [Data: Sources (1)]"
+    assert grounded_sentences(kept, context) == (kept, 0)  # citation ids are not facts
+    assert says_nothing("The answer is:") and says_nothing(
+        "The answer to this question is: [Data: Sources (1)]"
+    )
+    assert not says_nothing("The answer is: Hana Morrow.")

@@ -41,6 +41,50 @@ def test_sentences_are_judged_against_the_chunk_they_cite(embedder) -> None:
     assert checks[2].missing == ("212000",)  # an invented number
 
 
+FESTIVAL = (
+    "The Kerrow Sea Festival takes place every July on the harbour front. It began in 1977 as a rowing race between "
+    "the fishing crews of Kerrow and Hestholm. The winning crew receives the Brass Oar."
+)
+ROCKY_MOUNT = (
+    "Rocky Mount is a city in North Carolina. Its mayor is elected every four years by the city council."
+)
+
+
+def test_names_and_numbers_taken_from_the_question_must_be_in_the_cited_chunk(embedder) -> None:
+    # The packaged model's answers to unanswerable questions (bench/kb_quality.py): each repeats the question's
+    # names or year and cites a chunk that does not hold them.
+    src = _hits(FESTIVAL, ROCKY_MOUNT)
+    mayor = check_support(
+        ["The mayor of Kerrow is the former mayor of Rocky Mount, North Carolina. [2]"],
+        src,
+        "Who is the mayor of Kerrow?",
+        embedder.embed,
+    )
+    assert mayor[0].missing == ("kerrow",) and not mayor[0].supported
+    winner = check_support(
+        ["The 2019 Kerrow Sea Festival rowing race took place in 2019. [1]"],
+        src,
+        "Who won the Kerrow Sea Festival rowing race in 2019?",
+        embedder.embed,
+    )
+    assert winner[0].missing == ("2019",) and not winner[0].supported
+    tautology = check_support(
+        ["The mayor of Kerrow Harbour is the mayor of Kerrow Harbour. [1]"],
+        _hits(FESTIVAL),
+        "Who is the mayor of Kerrow?",
+        embedder.embed,
+    )
+    assert tautology[0].score == 0.0 and not tautology[0].supported  # says nothing, whatever it cites
+    # The same names held by the cited chunk: supported.
+    right = check_support(
+        ["The Kerrow Sea Festival began in 1977 as a rowing race. [1]"],
+        src,
+        "When did the Kerrow Sea Festival begin?",
+        embedder.embed,
+    )
+    assert right[0].missing == () and right[0].supported
+
+
 def test_ask_drops_unsupported_sentences_and_refuses_when_none_is_left(make_kb) -> None:
     kb: KnowledgeBase = make_kb()
     kb.add(texts=[VARN, BAKERY, FERRY], names=["varn.txt", "bakery.txt", "ferry.txt"])

@@ -23,6 +23,26 @@ def test_langchain_chat_openai_invoke_and_stream(server, llm) -> None:
     assert "".join(chunk.content for chunk in chat.stream(QUESTION)) == want.text
 
 
+def test_langchain_chat_openai_logprobs(server) -> None:
+    from langchain_openai import ChatOpenAI
+
+    chat = ChatOpenAI(
+        model=MODEL,
+        base_url=server.v1,
+        api_key="unused",
+        temperature=0,
+        max_tokens=5,
+        max_retries=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    msg = chat.invoke(QUESTION)
+    tokens = msg.response_metadata["logprobs"]["content"]
+    assert len(tokens) == msg.usage_metadata["output_tokens"] == 5
+    assert "".join(t["token"] for t in tokens) == msg.content
+    assert all(t["logprob"] <= 0 and len(t["top_logprobs"]) == 2 for t in tokens)
+
+
 def test_langchain_structured_output_through_json_schema(server) -> None:
     from langchain_openai import ChatOpenAI
 

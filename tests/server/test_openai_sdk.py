@@ -245,7 +245,7 @@ def test_async_client_chat_and_stream(server, llm) -> None:
     ("kwargs", "param"),
     [
         ({"temperature": 5}, "temperature"),
-        ({"logprobs": True}, "logprobs"),
+        ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"frequency_penalty": 0.5}, "frequency_penalty"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
         (
@@ -271,6 +271,11 @@ def test_unknown_model_is_404_and_long_prompt_400(client, llm) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=MODEL, messages=long, max_tokens=1, stream=True)
     assert err.value.code == "context_length_exceeded" and err.value.param == "messages"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(
+            model=MODEL, prompt=["Hi", "word " * (llm.context_length + 10)], max_tokens=1
+        )
+    assert err.value.code == "context_length_exceeded" and err.value.param == "prompt[1]"
     with pytest.raises(openai.BadRequestError) as err:
         client.embeddings.create(model=EMBED_MODEL, input=["ok", "word " * 600])
     assert err.value.code == "context_length_exceeded" and err.value.param == "input[1]"

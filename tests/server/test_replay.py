@@ -40,6 +40,8 @@ def test_record_then_replay_exactly(llm, tmp_path) -> None:
         assert streamed.count("data: ") > 3 and streamed.endswith("data: [DONE]\n\n")
         # Another output constraint is another request: not in the transcript.
         miss = _ask(s.url, "Say hi.", response_format={"type": "json_object"})
+        no_logprobs = _ask(s.url, "Say hi.", logprobs=True)
+    assert no_logprobs.status_code == 400 and no_logprobs.json()["error"]["param"] == "logprobs"
     assert miss.status_code == 500
     assert "no recorded answer for request" in miss.json()["error"]["message"]
     assert len(replayer.replayed) == 3

@@ -4,14 +4,22 @@ grammar engine."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
 
-from xpullm.server.engine import Finished, GenerationStream, TextDelta
+from xpullm.server.engine import Finished, GenerationStream, TextDelta, TokenLogprobs
 from xpullm.server.errors import APIError
-from xpullm.server.protocol import ChatCompletionRequest, NamedToolChoice, chat_chunk, new_id, now, usage
+from xpullm.server.protocol import (
+    ChatCompletionRequest,
+    NamedToolChoice,
+    chat_chunk,
+    chat_logprobs,
+    new_id,
+    now,
+    usage,
+)
 from xpullm.server.routes.params import (
     finish_reason,
     generation_params,
@@ -35,11 +43,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     state = state_of(request)
     engine = state.text_engine(body.model)
     reject_unsupported_sampling(body)
-    if body.logprobs or body.top_logprobs:
-        name = "logprobs" if body.logprobs else "top_logprobs"
-        raise APIError.unsupported(
-            name, "this engine does not expose token log-probabilities yet; leave it unset"
-        )
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError.bad_request("top_logprobs", "top_logprobs needs logprobs: true")
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
     for i, m in enumerate(body.messages):
         if isinstance(m.content, list) and any(p.get("type") != "text" for p in m.content):
             raise APIError.unsupported(f"messages[{i}].content", "only text content parts are supported")
@@ -64,24 +70,32 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     messages = plain_messages(body.messages, tools)
     prompt_ids = await in_thread(engine.encode_chat, messages)
     max_tokens = body.max_completion_tokens or body.max_tokens
-    params = generation_params(body, engine, state.default_max_tokens, len(prompt_ids), max_tokens, schema)
+    params = generation_params(
+        body, engine, state.default_max_tokens, len(prompt_ids), max_tokens, schema, logprobs
+    )
     await in_thread(engine.check, params)
     streams = submit(engine, [(prompt_ids, p) for p in seeded(params, body.n)])
     id_, created = new_id("chatcmpl"), now()
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return EngineStreamResponse(
-            _chat_stream(streams, id_, created, body.model, tools, include_usage), streams
+            _chat_stream(streams, id_, created, body.model, tools, include_usage, logprobs is not None),
+            streams,
         )
     results = await collect(streams, request)
     choices = []
-    for i, (text, fin) in enumerate(results):
-        calls = parse_tool_calls(text, tools) if tools else None
-        message: dict[str, Any] = {"role": "assistant", "content": None if calls else text, "refusal": None}
+    for i, r in enumerate(results):
+        calls = parse_tool_calls(r.text, tools) if tools else None
+        message: dict[str, Any] = {"role": "assistant", "content": None if calls else r.text, "refusal": None}
         if calls:
             message["tool_calls"] = calls
         choices.append(
-            {"index": i, "message": message, "logprobs": None, "finish_reason": finish_reason(fin, calls)}
+            {
+                "index": i,
+                "message": message,
+                "logprobs": chat_logprobs(r.tokens) if logprobs is not None else None,
+                "finish_reason": finish_reason(r.finished, calls),
+            }
         )
     return {
         "id": id_,
@@ -90,7 +104,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         "model": body.model,
         "system_fingerprint": None,
         "choices": choices,
-        "usage": usage(results[0][1].prompt_tokens, sum(f.completion_tokens for _, f in results)),
+        "usage": usage(results[0].finished.prompt_tokens, sum(r.finished.completion_tokens for r in results)),
     }
 
 
@@ -114,15 +128,20 @@ async def _chat_stream(
     model: str,
     tools: list[Any] | None,
     include_usage: bool,
+    with_logprobs: bool,
 ) -> AsyncIterator[str]:
     def chunk(choices: list[dict[str, Any]], usage_: dict[str, int] | None = None) -> str:
         return sse(chat_chunk(id_, created, model, choices, usage_, include_usage))
 
-    def choice(i: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def choice(
+        i: int, delta: dict[str, Any], finish: str | None = None, tokens: Sequence[TokenLogprobs] = ()
+    ) -> dict[str, Any]:
+        lp = chat_logprobs(tokens) if with_logprobs and tokens else None
+        return {"index": i, "delta": delta, "logprobs": lp, "finish_reason": finish}
 
     # With tools the answer may turn out to be a call: it is held back and sent whole at the end.
     held = [""] * len(streams)
+    held_tokens: list[list[TokenLogprobs]] = [[] for _ in streams]
     finals: list[Finished | None] = [None] * len(streams)
 
     async def frames() -> AsyncIterator[str]:
@@ -132,16 +151,17 @@ async def _chat_stream(
             if isinstance(ev, TextDelta):
                 if tools:
                     held[i] += ev.text
-                elif ev.text:
-                    yield chunk([choice(i, {"content": ev.text})])
+                    held_tokens[i] += ev.logprobs
+                elif ev.text or ev.logprobs:
+                    yield chunk([choice(i, {"content": ev.text}, tokens=ev.logprobs)])
                 continue
             finals[i] = ev
             calls = parse_tool_calls(held[i], tools) if tools else None
             if calls:
                 delta = {"tool_calls": [dict(c, index=k) for k, c in enumerate(calls)]}
-                yield chunk([choice(i, delta)])
-            elif held[i]:
-                yield chunk([choice(i, {"content": held[i]})])
+                yield chunk([choice(i, delta, tokens=held_tokens[i])])
+            elif held[i] or held_tokens[i]:
+                yield chunk([choice(i, {"content": held[i]}, tokens=held_tokens[i])])
             yield chunk([choice(i, {}, finish_reason(ev, calls))])
 
     def usage_frame() -> str:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 
 from xpullm.server.engine import Finished, GenerationStream, TextDelta
 from xpullm.server.errors import APIError
-from xpullm.server.protocol import CompletionRequest, new_id, now, usage
+from xpullm.server.protocol import CompletionRequest, completion_logprobs, new_id, now, usage
 from xpullm.server.routes.params import (
     finish_reason,
     generation_params,
@@ -33,8 +33,10 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     state = state_of(request)
     engine = state.text_engine(body.model)
     reject_unsupported_sampling(body)
-    if body.logprobs is not None:
-        raise APIError.unsupported("logprobs", "this engine does not expose token log-probabilities yet")
+    if body.logprobs is not None and body.echo:
+        raise APIError.unsupported(
+            "logprobs", "log-probabilities of echoed prompt tokens are not computed; use echo or logprobs"
+        )
     if body.suffix:
         raise APIError.unsupported("suffix", "insertion (suffix) is not supported; leave it unset")
     if body.best_of is not None and body.best_of != body.n:
@@ -48,7 +50,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     jobs = []
     for p_ids in ids:
         max_tokens = body.max_tokens or state.default_max_tokens or 16
-        params = generation_params(body, engine, None, len(p_ids), max_tokens)
+        params = generation_params(body, engine, None, len(p_ids), max_tokens, None, body.logprobs)
         jobs += [(p_ids, p) for p in seeded(params, body.n)]
     streams = submit(engine, jobs)
     echoes = [p for p in prompts for _ in range(body.n)] if body.echo else [""] * len(jobs)
@@ -56,12 +58,20 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return EngineStreamResponse(
-            _completion_stream(streams, id_, created, body.model, echoes, include_usage, body.n), streams
+            _completion_stream(
+                streams, id_, created, body.model, echoes, include_usage, body.n, body.logprobs is not None
+            ),
+            streams,
         )
     results = await collect(streams, request)
     choices = [
-        {"index": i, "text": echoes[i] + text, "logprobs": None, "finish_reason": finish_reason(fin, None)}
-        for i, (text, fin) in enumerate(results)
+        {
+            "index": i,
+            "text": echoes[i] + r.text,
+            "logprobs": completion_logprobs(r.tokens, 0) if body.logprobs is not None else None,
+            "finish_reason": finish_reason(r.finished, None),
+        }
+        for i, r in enumerate(results)
     ]
     return {
         "id": id_,
@@ -70,7 +80,7 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         "model": body.model,
         "system_fingerprint": None,
         "choices": choices,
-        "usage": _usage_per_prompt([f for _, f in results], body.n),
+        "usage": _usage_per_prompt([r.finished for r in results], body.n),
     }
 
 
@@ -88,6 +98,7 @@ async def _completion_stream(
     echoes: list[str],
     include_usage: bool,
     n: int,
+    with_logprobs: bool,
 ) -> AsyncIterator[str]:
     def chunk(choices: list[dict[str, Any]], usage_: dict[str, int] | None = None) -> str:
         body = {
@@ -102,6 +113,7 @@ async def _completion_stream(
         return sse(body)
 
     finals: list[Finished | None] = [None] * len(streams)
+    offsets = [0] * len(streams)  # characters of each choice's token texts sent so far (text_offset)
 
     async def frames() -> AsyncIterator[str]:
         for i, echo in enumerate(echoes):
@@ -109,8 +121,10 @@ async def _completion_stream(
                 yield chunk([{"index": i, "text": echo, "logprobs": None, "finish_reason": None}])
         async for i, ev in merge(streams):
             if isinstance(ev, TextDelta):
-                if ev.text:
-                    yield chunk([{"index": i, "text": ev.text, "logprobs": None, "finish_reason": None}])
+                if ev.text or ev.logprobs:
+                    lp = completion_logprobs(ev.logprobs, offsets[i]) if with_logprobs else None
+                    offsets[i] += sum(len(t.token) for t in ev.logprobs)
+                    yield chunk([{"index": i, "text": ev.text, "logprobs": lp, "finish_reason": None}])
             else:
                 finals[i] = ev
                 end = finish_reason(ev, None)

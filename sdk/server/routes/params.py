@@ -38,6 +38,7 @@ def generation_params(
     prompt_len: int,
     max_tokens: int | None,
     json_schema: dict[str, Any] | None = None,
+    logprobs: int | None = None,
 ) -> GenerationParams:
     """The engine's parameters for one request (a bad value is a 400 naming the wire field)."""
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
@@ -51,6 +52,7 @@ def generation_params(
             seed=body.seed,
             stop=tuple(stop),
             json_schema=json_schema,
+            logprobs=logprobs,
         )
     except Exception as exc:
         raise from_exception(exc) from exc

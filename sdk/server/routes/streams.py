@@ -7,15 +7,26 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from xpullm.server.engine import Finished, GenerationStream, TextDelta
+from xpullm.server.engine import Finished, GenerationStream, TextDelta, TokenLogprobs
 from xpullm.server.errors import APIError, from_exception
 
-__all__ = ["EngineStreamResponse", "collect", "merge", "sse", "stream_frames"]
+__all__ = ["Collected", "EngineStreamResponse", "collect", "merge", "sse", "stream_frames"]
+
+
+@dataclass
+class Collected:
+    """One finished sequence of a plain (non-streamed) response."""
+
+    text: str
+    finished: Finished
+    tokens: list[TokenLogprobs] = field(default_factory=list)
+    """Per-token log-probabilities, when the request asked for them."""
 
 
 async def merge(streams: list[GenerationStream]) -> AsyncIterator[tuple[int, TextDelta | Finished]]:
@@ -52,15 +63,17 @@ async def merge(streams: list[GenerationStream]) -> AsyncIterator[tuple[int, Tex
             s.cancel()
 
 
-async def collect(streams: list[GenerationStream], request: Request) -> list[tuple[str, Finished]]:
+async def collect(streams: list[GenerationStream], request: Request) -> list[Collected]:
     """Run every stream to its end; a client that disconnects first cancels them all."""
     texts = [""] * len(streams)
+    tokens: list[list[TokenLogprobs]] = [[] for _ in streams]
     finals: list[Finished | None] = [None] * len(streams)
 
     async def consume() -> None:
         async for i, ev in merge(streams):
             if isinstance(ev, TextDelta):
                 texts[i] += ev.text
+                tokens[i] += ev.logprobs
             else:
                 finals[i] = ev
 
@@ -79,7 +92,7 @@ async def collect(streams: list[GenerationStream], request: Request) -> list[tup
     exc = work.exception()
     if exc is not None:
         raise from_exception(exc) from exc
-    return [(t, f) for t, f in zip(texts, finals, strict=True) if f is not None]
+    return [Collected(t, f, lp) for t, f, lp in zip(texts, finals, tokens, strict=True) if f is not None]
 
 
 async def _until_disconnect(request: Request) -> None:

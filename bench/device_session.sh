@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One device call for the GPU work of issues 20, 24 and 29, within ~9.5 minutes, everything packed into
+# $OUT/all.tgz (the device returns at most 8 files) plus the short summaries beside it:
+#   1. the host CPU's name and vector flags (AMX?)                                   -> cpu.txt
+#   2. tests/kernels/test_triton_mma.py on the GPU while the sym_int4/nf4 `mma` tiles compile; the engine stage
+#      uses the batched tiles only if those tests pass                              -> mma/tests_mma.txt
+#   3. bench/engine_gpu_session.sh (engine tests, engine vs peer at 1/8/32/64 streams) -> engine/
+#   4. bench/gpu_batched.py for sym_int4 and nf4 at 1..64 rows                       -> mma/batched.md
+#   5. bench/finetune_gpu.py (nf4 QLoRA vs bf16 LoRA vs bitsandbytes nf4)             -> finetune_gpu.md
+#
+#   OUT=... bash bench/device_session.sh
+# Carry: bench/out/pydeps (`bash bench/gpu_run.sh prepare`), bench/out/gpu_peer_decode.py (a copy of
+# ../shared/bench/gpu_peer_decode.py) and bench/out/bnb (bitsandbytes unpacked, its cuda130 library only).
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT="${OUT:-bench/out/device}"
+W="$(mktemp -d)"
+mkdir -p "$OUT" "$W/mma" "$W/engine"
+P="bash bench/gpu_run.sh py"
+START=$(date +%s)
+mark() { echo "$(date -u +%T) +$(($(date +%s) - START))s $*" >> "$W/steps.txt"; }
+
+{ lscpu | grep 'Model name'; lscpu | grep Flags | tr ' ' '\n' | grep -E 'amx|avx512_vnni|avx512_bf16|avx512_fp16' \
+  | tr '\n' ' '; echo; nproc; } > "$W/cpu.txt" 2>&1
+mark start
+
+timeout "${MMA_TESTS_S:-120}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
+  --noconftest -q -rs tests/kernels/test_triton_mma.py > "$W/mma/tests_mma.txt" 2>&1 &
+for f in sym_int4:128 nf4:64; do
+  timeout "${WARM_S:-110}" $P bench/gpu_batched.py --warm-only --formats "$f" --rows 1,8,16,32,64 \
+    > "$W/mma/warm_${f%%:*}.log" 2>&1 &
+done
+wait
+mark mma tests done
+if grep -qE '[0-9]+ passed' "$W/mma/tests_mma.txt" && ! grep -qE 'failed|error' "$W/mma/tests_mma.txt"; then
+  export XPULLM_TRITON_MMA=1
+  mark "mma tests passed: XPULLM_TRITON_MMA=1"
+fi
+
+OUT="$W/engine" BUDGET_S="${ENGINE_S:-270}" bash bench/engine_gpu_session.sh
+mark engine done
+
+timeout "${SWEEP_S:-90}" $P bench/gpu_batched.py --formats sym_int4:128,nf4:64 --rows 1,8,16,32,64 \
+  --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
+mark sweep done
+
+[ -d bench/out/bnb ] && export PYTHONPATH="$PWD/bench/out/bnb${PYTHONPATH:+:$PYTHONPATH}"
+timeout "${FT_S:-75}" $P bench/finetune_gpu.py --steps 3 --warmup 1 --out "$W/finetune_gpu.md" \
+  > "$W/finetune.log" 2>&1
+mark finetune done
+
+tar czf "$OUT/all.tgz" -C "$W" .
+cp "$W/cpu.txt" "$W/steps.txt" "$OUT/"
+for f in engine/engine_gpu.md mma/batched.md finetune_gpu.md; do
+  [ -f "$W/$f" ] && cp "$W/$f" "$OUT/$(basename "$f")"
+done
+cat "$W/cpu.txt" "$W/steps.txt"
+tail -3 "$W/mma/tests_mma.txt" "$W/engine/tests.txt" 2>/dev/null
+cat "$W/engine/engine_gpu.md" "$W/finetune_gpu.md" 2>/dev/null
+tail -25 "$W/mma/batched.md" 2>/dev/null

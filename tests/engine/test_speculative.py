@@ -1,0 +1,223 @@
+"""Speculative decoding on the real default model: prompt lookup and self-speculative drafts give plain decoding's
+output bit for bit (greedy, seeded sampling, grammars, concurrent requests, stop strings, streaming, cancellation), the
+accept rule for full draft distributions keeps the target distribution (chi-square), and the per-request
+adaptation pauses drafting that does not pay."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xpullm.engine import LLM
+from xpullm.engine.core import EngineConfig
+from xpullm.engine.speculative import (
+    SpecState,
+    SpeculativeConfig,
+    UnknownDrafter,
+    default_draft_layers,
+    expected_gain,
+    rejection_sample,
+    resolve_speculative,
+)
+
+DOC = (
+    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after the "
+    "engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889."
+)
+GROUNDED = [{"role": "user", "content": f"Context:\n{DOC}\n\nRepeat the context word for word."}]
+PROMPTS = [
+    f"{DOC}\n\nSummary: The Eiffel Tower",
+    "The capital of France is",
+    "def fibonacci(n):",
+    "List three colors:",
+]
+
+
+def _engine(llm: LLM, speculative: SpeculativeConfig | str | None) -> LLM:
+    """Another LLM over the same loaded model with its own engine (weights shared, not copied)."""
+    return LLM(llm.model, tokenizer=llm.tokenizer, speculative=speculative, engine=EngineConfig(max_seqs=8))
+
+
+@pytest.fixture(scope="module")
+def plain(llm: LLM) -> LLM:
+    return _engine(llm, None)
+
+
+@pytest.fixture(scope="module")
+def lookup(llm: LLM) -> LLM:
+    return _engine(llm, "prompt_lookup")
+
+
+@pytest.fixture(scope="module")
+def layerskip(llm: LLM) -> LLM:
+    # A low confidence floor so the skipped-layer draft proposes often (its rejections are exercised too).
+    # Drafting declared free and a low confidence floor: the skipped-layer draft proposes often (its rejections
+    # are exercised too) instead of being switched off by its cost on this CPU.
+    return _engine(llm, SpeculativeConfig(method="self_speculative", draft_min_prob=0.05, draft_cost=0.0))
+
+
+def test_grounded_greedy_is_plain_decoding_with_fewer_steps(plain: LLM, lookup: LLM, layerskip: LLM) -> None:
+    ref = plain.chat(GROUNDED, max_new_tokens=48)
+    assert ref.timings.draft_tokens == 0 and ref.timings.tokens_per_step == 1.0
+    for spec in (lookup, layerskip):
+        out = spec.chat(GROUNDED, max_new_tokens=48)
+        assert (out.text, out.completion_tokens, out.finish_reason) == (
+            ref.text,
+            ref.completion_tokens,
+            ref.finish_reason,
+        )
+        assert out.timings.draft_tokens > 0 and out.timings.tokens == ref.timings.tokens
+    fast = lookup.chat(GROUNDED, max_new_tokens=48).timings
+    # The answer copies the context: most drafts hold, so far fewer steps than tokens.
+    assert fast.acceptance_rate > 0.5 and fast.tokens_per_step > 1.8, fast
+
+
+def test_concurrent_requests_equal_plain_outputs(llm: LLM, plain: LLM, lookup: LLM, layerskip: LLM) -> None:
+    ref = [c.text for c in plain.generate(PROMPTS, max_new_tokens=24)]
+    assert [c.text for c in lookup.generate(PROMPTS, max_new_tokens=24)] == ref
+    assert [c.text for c in layerskip.generate(PROMPTS, max_new_tokens=24)] == ref
+    stats = lookup.engine.stats()
+    assert stats.draft_tokens > 0 and 0 < stats.accepted_draft_tokens <= stats.draft_tokens
+    assert stats.kv_used_blocks == 0 and layerskip.engine.stats().kv_used_blocks == 0
+    # 16-token steps: drafts share the budget with every decode and with the long prompt's prefill chunks.
+    tight = LLM(llm.model, tokenizer=llm.tokenizer, engine=EngineConfig(max_batched_tokens=16, max_seqs=8))
+    assert [c.text for c in tight.generate(PROMPTS, max_new_tokens=24)] == ref
+    assert tight.engine.stats().accepted_draft_tokens > 0
+
+
+def test_seeded_sampling_and_penalties_equal_plain(plain: LLM, lookup: LLM) -> None:
+    # Each row's token comes from the request's own generator in plain decoding's order: seeded draws are equal.
+    for seed in range(3):
+        kw = {"temperature": 0.7, "top_p": 0.9, "seed": seed, "max_new_tokens": 32}
+        assert lookup.chat(GROUNDED, **kw).text == plain.chat(GROUNDED, **kw).text
+    kw = {"repetition_penalty": 1.3, "max_new_tokens": 32}
+    assert lookup.chat(GROUNDED, **kw).text == plain.chat(GROUNDED, **kw).text
+    kw = {
+        "logprobs": 2,
+        "max_new_tokens": 16,
+    }  # a drafted row's distribution is plain decoding's, bit for bit
+    spec = lookup.chat(GROUNDED, **kw)
+    assert spec.logprobs == plain.chat(GROUNDED, **kw).logprobs and spec.timings.accepted_tokens > 0
+
+
+def test_stop_strings_limits_and_streaming_behave_as_before(plain: LLM, lookup: LLM) -> None:
+    for kw in ({"stop": ["Paris"]}, {"stop": ["1887"]}, {"max_new_tokens": 7}, {"max_new_tokens": 13}):
+        kw = {"max_new_tokens": 48, **kw}
+        ref, out = plain.chat(GROUNDED, **kw), lookup.chat(GROUNDED, **kw)
+        assert (out.text, out.finish_reason, out.completion_tokens) == (
+            ref.text,
+            ref.finish_reason,
+            ref.completion_tokens,
+        )
+        assert "".join(lookup.stream_chat(GROUNDED, **kw)) == ref.text
+    assert plain.chat(GROUNDED, max_new_tokens=13).completion_tokens == 13
+
+
+def test_constrained_requests_speculate_and_opted_out_ones_do_not(plain: LLM, lookup: LLM) -> None:
+    # Rows are masked and consumed one by one, only the emitted tokens: the matcher never rolls back.
+    grammar = 'start: "The Eiffel Tower is " /[a-z -]{1,60}/ "."'
+    out = lookup.chat(GROUNDED, max_new_tokens=24, grammar=grammar)
+    ref = plain.chat(GROUNDED, max_new_tokens=24, grammar=grammar)
+    assert (out.text, out.finish_reason) == (ref.text, ref.finish_reason)
+    assert out.timings.accepted_tokens > 0
+    off = lookup.chat(GROUNDED, max_new_tokens=24, speculative=False)
+    assert off.timings.draft_tokens == 0 and off.timings.steps == off.timings.tokens
+
+
+class _SetAfter:
+    """A cancel flag (anything with `is_set`) that turns on at its n-th check: cancellation mid-draft, no timing."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def is_set(self) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+
+def test_cancel_mid_draft_stops_at_once_and_frees_blocks(plain: LLM, lookup: LLM) -> None:
+    full = plain.chat(GROUNDED, max_new_tokens=40).text
+    out = lookup.chat(GROUNDED, max_new_tokens=40, cancel=_SetAfter(12))
+    assert out.finish_reason == "cancelled" and 1 <= out.completion_tokens < 12
+    assert full.startswith(out.text) and len(out.text) < len(full)
+    streamed = "".join(lookup.stream_chat(GROUNDED, max_new_tokens=40, cancel=_SetAfter(12)))
+    assert full.startswith(streamed) and len(streamed) < len(full)
+    stats = lookup.engine.stats()
+    assert stats.running == 0 and stats.kv_used_blocks == 0
+
+
+def test_prompt_lookup_drafts_the_latest_continuation(llm: LLM) -> None:
+    from xpullm.engine.speculative import _NgramIndex
+
+    index = _NgramIndex(2, 3)
+    tokens = [1, 2, 3, 4, 5, 9, 2, 3, 7, 8, 2, 3]
+    assert index.lookup(tokens, 3) == [7, 8, 2]  # (2, 3) last seen before 7
+    tokens += [7, 8]
+    assert index.lookup(tokens, 4) == [2, 3, 7, 8]  # the 3-gram (3, 7, 8) wins
+    assert _NgramIndex(2, 3).lookup([1, 2, 3], 2) == []
+
+
+def test_adaptation_follows_acceptance_and_cost() -> None:
+    state = SpecState(SpeculativeConfig(num_draft=8), verify_cost=0.15)
+    assert state.want() == 4  # prior acceptance 3/4: (1 - 0.75^5) / 0.25 / 1.6 = 1.91 is the best gain
+    assert expected_gain(0.75, 4, 0.15) == pytest.approx(1.9067, abs=1e-4)
+    state.update(4, 4)
+    assert state.want() > 4  # fully accepted: longer drafts
+    while state.want() > 0:  # rejected every time: shorter drafts, then none
+        state.update(1, 0)
+    paused = state.pause
+    assert paused == 4 and [state.want() for _ in range(paused - 1)] == [0] * (paused - 1)
+    assert state.want() == 1  # a one-token probe after the pause
+    state.update(1, 1)
+    assert state.want() >= 1 and state.backoff == 4  # the probe paid: drafting resumes
+    costly = SpecState(SpeculativeConfig(), verify_cost=0.15, draft_cost=0.5)
+    assert costly.want() == 1  # 1.75 tokens for 1.65 steps
+    costly.missed()  # a costly draft step that proposed nothing counts as a rejection
+    assert costly.want() == 0 and costly.pause == 4
+    # Drafting that costs most of a step (a skipped-layer draft on CPU) does not pay at 3/4 acceptance.
+    assert SpecState(SpeculativeConfig(), verify_cost=0.15, draft_cost=0.75).want() == 0
+    # A draft row slows every request of the step: the more sequences decode, the shorter the drafts.
+    busy = SpecState(SpeculativeConfig(), verify_cost=0.15)
+    assert busy.cost(16) == pytest.approx(0.738, abs=1e-3)
+    assert [busy.want(b) for b in (1, 2, 4, 8, 16)] == [4, 3, 2, 1, 1]
+
+
+def test_config_resolution_and_errors() -> None:
+    assert resolve_speculative(None) is None and resolve_speculative("off") is None
+    assert resolve_speculative("self_speculative").method == "self_speculative"
+    with pytest.raises(UnknownDrafter, match="prompt_lookup"):
+        resolve_speculative("medusa")
+    with pytest.raises(ValueError, match="start_draft"):
+        SpeculativeConfig(start_draft=9, num_draft=8)
+    assert default_draft_layers(8) == (0, 1, 2, 4, 6, 7)
+
+
+def test_rejection_sampling_keeps_the_target_distribution() -> None:
+    """Chi-square over a 6-token vocabulary: tokens from (draft ~ q, accept rule) are distributed as p."""
+    gen = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.30, 0.25, 0.20, 0.15, 0.07, 0.03])
+    q = torch.tensor([0.05, 0.10, 0.40, 0.05, 0.30, 0.10])
+    n = 6000
+    drafts = torch.multinomial(q, n, replacement=True, generator=gen).tolist()
+    counts = torch.zeros(6)
+    accepted = 0
+    for d in drafts:
+        ok, tok = rejection_sample(p, q, d, gen)
+        counts[tok] += 1
+        accepted += ok
+    expected = p * n
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 20.5  # 5 degrees of freedom: p = 0.001
+    assert abs(accepted / n - float(torch.minimum(p, q).sum())) < 0.03  # acceptance = sum(min(p, q))
+
+
+def test_server_metrics_count_draft_tokens(lookup: LLM) -> None:
+    from xpullm.server.metrics import Metrics
+
+    t = lookup.chat(GROUNDED, max_new_tokens=24).timings
+    metrics = Metrics()
+    metrics.observe_completion(10, 24, 50.0, t.draft_tokens, t.accepted_tokens)
+    body = metrics.render(None)
+    assert f"xpullm_spec_draft_tokens_total {t.draft_tokens}\n" in body
+    assert f"xpullm_spec_accepted_tokens_total {t.accepted_tokens}\n" in body
+    assert t.accepted_tokens > 0
