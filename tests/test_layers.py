@@ -25,7 +25,7 @@ LAYERS = {
     1: ("xpullm.kernels",),
     2: (
         "xpullm.formats", "xpullm.linear", "xpullm.devices", "xpullm.hub", "xpullm.memory", "xpullm.optimize",
-        "xpullm.loading", "xpullm.models", "xpullm.documents",
+        "xpullm.loading", "xpullm.models", "xpullm.documents", "xpullm.parallel",
     ),
     3: ("xpullm.engine", "xpullm.embeddings", "xpullm.finetune"),
     4: ("xpullm.answers", "xpullm.scaleout", "xpullm.rag", "xpullm.graphrag", "xpullm.server"),

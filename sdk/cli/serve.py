@@ -43,6 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--graceful-timeout-s", type=float, default=None, help="drain time on SIGTERM/SIGINT (default: 30)"
     )
     p.add_argument("--log-level", default=None, help="uvicorn log level (default: info)")
+    p.add_argument(
+        "--tensor-parallel", type=int, default=None, metavar="N",
+        help="split the LLM over N ranks: N GPUs, or N gloo ranks on CPU (default: 1; docs/parallel.md)",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 

@@ -470,10 +470,19 @@ def _streaming(config: EngineConfig, context_length: int) -> StreamingWindow | N
 
 
 def build_core(
-    dec: Any, tokenizer: Any, eos: list[int], context_length: int, config: EngineConfig
+    dec: Any,
+    tokenizer: Any,
+    eos: list[int],
+    context_length: int,
+    config: EngineConfig,
+    wrap_runner: Any = None,
 ) -> EngineCore:
     """An `EngineCore` over a `StaticCacheDecoder`'s weights, with pools sized by `config` (or the default budget)
-    in the KV dtype it names; the model's sliding windows (and streaming's) go to every layer's attention."""
+    in the KV dtype it names; the model's sliding windows (and streaming's) go to every layer's attention.
+
+    `wrap_runner(runner, buckets, scratch_block, scratch_row)` (tensor parallelism) returns the object the core
+    calls instead of the runner itself.
+    """
     from xpullm.engine.runner import kv_bytes_per_token, layer_windows
 
     per_token = kv_bytes_per_token(dec, config.kv_cache_dtype)
@@ -495,6 +504,8 @@ def build_core(
     )  # fmt: skip
     buckets = [b for b in config.graph_buckets if b <= config.max_batched_tokens]
     attach_step_graphs(runner, buckets, scratch_block=num_blocks, scratch_row=config.max_seqs)
+    if wrap_runner is not None:  # every rank builds the same runner, step graphs included
+        runner = wrap_runner(runner, buckets, num_blocks, config.max_seqs)
     return EngineCore(
         runner, BlockPool(num_blocks, config.block_size), config, tokenizer, eos, context_length
     )

@@ -57,6 +57,9 @@ class LLM:
             or "fp8_e4m3" (8-bit: about half the KV memory of bf16, a quarter of fp32).
         streaming: overriding `engine.streaming`: keep sink tokens + a recent window per sequence, so prompts and
             generations run past the context length with bounded KV memory (docs/engine.md).
+        tensor_parallel: split the model over this many ranks (worker processes spawned here, one device each;
+            on CPU, gloo ranks sharing the cores). Needs a model path (each rank loads only its shard) of a
+            llama-style family; `close()` stops the workers. See docs/parallel.md.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class LLM:
         speculative: SpeculativeConfig | str | None = "default",
         kv_cache_dtype: str | None = None,
         streaming: bool | None = None,
+        tensor_parallel: int = 1,
     ) -> None:
         if max_context is not None and (
             isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 2
@@ -81,6 +85,20 @@ class LLM:
             raise InvalidParameter("max_context", max_context, "an int >= 2 or None")
         if model is not None and not isinstance(model, (str, Path, nn.Module)):
             raise InvalidParameter("model", model, "None, a path / hub id string, or a loaded nn.Module")
+        if isinstance(tensor_parallel, bool) or not isinstance(tensor_parallel, int) or tensor_parallel < 1:
+            raise InvalidParameter("tensor_parallel", tensor_parallel, "an int >= 1")
+        if tensor_parallel > 1 and isinstance(model, nn.Module):
+            raise InvalidParameter(
+                "model",
+                type(model).__name__,
+                "a path with tensor_parallel > 1 (each rank loads its own shard)",
+            )
+        if tensor_parallel > 1 and adapter is not None:
+            raise InvalidParameter(
+                "adapter", adapter, "None with tensor_parallel > 1 (merge the adapter first)"
+            )
+        self._tensor_parallel = tensor_parallel
+        self._tp: Any = None  # rank 0's handle on the tensor-parallel world (`engine/tensor_parallel.py`)
         self._spec = model
         self._low_bit = low_bit
         self._device_arg = device
@@ -111,7 +129,11 @@ class LLM:
         with self._load_lock:
             if self._decoder is not None:
                 return
-            if self._model is None:
+            if self._model is None and self._tensor_parallel > 1:
+                self._model, path = self._start_ranks()
+                if self._tokenizer is None:
+                    self._tokenizer = _load_tokenizer(path)
+            elif self._model is None:
                 self._model, path = _load_model(self._spec, self._low_bit, self._device_arg)
                 if self._tokenizer is None:
                     self._tokenizer = _load_tokenizer(path)
@@ -144,14 +166,47 @@ class LLM:
                 )
             self._context_length = self._max_context_arg or max_pos
             self._lock = model_lock(model)
-            windows_ok = device.type == "cpu" or self._engine_config.on_accelerators
-            decoder = build_decoder(model, dtype, device, windows_ok=windows_ok)
-            static = getattr(decoder, "inner", decoder)  # a CUDA-graph wrapper holds the static decoder
+            tp = self._tp
+            windows_ok = device.type == "cpu" or bool(self._engine_config.on_accelerators)
+            decoder = tp.decoder if tp is not None else build_decoder(model, dtype, device, windows_ok=windows_ok)
+            # A CUDA-graph wrapper holds the static decoder.
+            static = tp.static if tp is not None else getattr(decoder, "inner", decoder)
             if isinstance(static, StaticCacheDecoder) and _engine_runs(static, self._engine_config):
                 self._core = build_core(
-                    static, self._tokenizer, self._eos, self._context_length, self._engine_config
-                )
+                    static, self._tokenizer, self._eos, self._context_length, self._engine_config,
+                    wrap_runner=None if tp is None else tp.wrap_runner,
+                )  # fmt: skip
             self._decoder = decoder
+
+    def _start_ranks(self) -> tuple[nn.Module, str]:
+        """Spawn the tensor-parallel workers and load rank 0's shard here; (rank 0's shard, model path)."""
+        from xpullm.devices import resolve_device
+        from xpullm.engine.tensor_parallel import TensorParallelSpec, start_tensor_parallel
+
+        spec = self._spec
+        if spec is None:
+            from xpullm.models import default_llm_path
+
+            spec = default_llm_path()
+        device = resolve_device(self._device_arg)
+        dtype = self._dtype_arg or default_dtype(device)
+        self._tp = start_tensor_parallel(
+            TensorParallelSpec(str(spec), self._low_bit, dtype), self._tensor_parallel, device
+        )
+        return self._tp.model, str(spec)
+
+    @property
+    def tensor_parallel(self) -> int:
+        """Ranks the model is split over (1: not split)."""
+        return self._tensor_parallel
+
+    def close(self) -> None:
+        """Release what this object started: the tensor-parallel workers (a no-op for a one-rank model).
+
+        A closed tensor-parallel LLM raises `RankFailed` on its next call.
+        """
+        if self._tp is not None:
+            self._tp.close()
 
     @property
     def model(self) -> nn.Module:

@@ -26,6 +26,8 @@ class ServerConfig:
     """KV cache element: "auto" (activation dtype), "int8" or "fp8_e4m3"; None: the engine default (auto)."""
     streaming: bool | None = None
     """Keep attention sinks + a recent window per request: chats run past the context length (docs/engine.md)."""
+    tensor_parallel: int = 1
+    """Split the LLM over this many ranks (one device each; gloo ranks on CPU), docs/parallel.md."""
     model_name: str | None = None
     """The `model` id clients send for chat/completions (default: the model's folder/file name)."""
     embedder: str | None = None

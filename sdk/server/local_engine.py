@@ -120,6 +120,11 @@ class LocalTextEngine:
     # -- TextEngine -------------------------------------------------------------------------------------------
 
     @property
+    def llm(self) -> Any:
+        """The `LLM` this engine serves (the server closes it on shutdown: tensor-parallel workers stop)."""
+        return self._llm
+
+    @property
     def ready(self) -> bool:
         return self._ready
 

@@ -16,6 +16,7 @@ def build_engines(config: ServerConfig) -> tuple[LocalTextEngine, LocalEmbedding
     llm = LLM(
         model=config.model, low_bit=config.low_bit, device=config.device, max_context=config.max_context,
         kv_cache_dtype=config.kv_cache_dtype, streaming=config.streaming,
+        tensor_parallel=config.tensor_parallel,
     )  # fmt: skip
     text = LocalTextEngine(
         llm, model_id=config.model_name, max_queue=config.max_queue, max_running=config.max_running
@@ -43,6 +44,7 @@ def serve(config: ServerConfig) -> int:
     import uvicorn
 
     text, embedder = build_engines(config)
+    llm = text.llm
     app = create_app(
         text,
         embedder,
@@ -59,5 +61,8 @@ def serve(config: ServerConfig) -> int:
             timeout_graceful_shutdown=config.graceful_timeout_s,
         )
     )
-    server.run()
+    try:
+        server.run()
+    finally:
+        llm.close()  # tensor-parallel workers stop with the server
     return 0
