@@ -168,7 +168,9 @@ class LLM:
             self._lock = model_lock(model)
             tp = self._tp
             windows_ok = device.type == "cpu" or bool(self._engine_config.on_accelerators)
-            decoder = tp.decoder if tp is not None else build_decoder(model, dtype, device, windows_ok=windows_ok)
+            decoder = (
+                tp.decoder if tp is not None else build_decoder(model, dtype, device, windows_ok=windows_ok)
+            )
             # A CUDA-graph wrapper holds the static decoder.
             static = tp.static if tp is not None else getattr(decoder, "inner", decoder)
             if isinstance(static, StaticCacheDecoder) and _engine_runs(static, self._engine_config):
