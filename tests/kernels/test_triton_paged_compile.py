@@ -46,17 +46,23 @@ def _compile(fn, types: dict[str, str], constexprs: dict, warps: int):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
 
-@pytest.mark.parametrize(("act", "pool"), [("bf16", "bf16"), ("bf16", "i8"), ("bf16", "fp8e4nv")])
-def test_paged_kernels_compile_for_sm90(act: str, pool: str) -> None:
+@pytest.mark.parametrize(
+    ("act", "pool", "window"),
+    [("bf16", "bf16", False), ("bf16", "i8", False), ("bf16", "fp8e4nv", False), ("bf16", "bf16", True)],
+)
+def test_paged_kernels_compile_for_sm90(act: str, pool: str, window: bool) -> None:
     codes = {"i8": 1, "fp8e4nv": 2}.get(pool, 0)
-    common = {"pos_ptr": "*i64", "seq_ptr": "*i64", "table_ptr": "*i32", "ks_ptr": "*fp32", "vs_ptr": "*fp32"}
+    common = {
+        "pos_ptr": "*i64", "seq_ptr": "*i64", "table_ptr": "*i32", "ks_ptr": "*fp32", "vs_ptr": "*fp32",
+        "window": "i32", "sinks": "i32", "sink_cols": "i32", "ring": "i32",
+    }  # fmt: skip
     write = _compile(
         paged._paged_write_kernel,
         {
             **common, "qkv_ptr": f"*{act}", "cos_ptr": f"*{act}", "sin_ptr": f"*{act}", "qn_ptr": f"*{act}",
             "kn_ptr": f"*{act}", "q_ptr": f"*{act}", "k_ptr": f"*{pool}", "v_ptr": f"*{pool}",
         },
-        {"H": 9, "KV": 3, "D": 64, "BS": 16, "HAS_NORM": True, "CODES": codes, "PDL": True},
+        {"H": 9, "KV": 3, "D": 64, "BS": 16, "HAS_NORM": True, "CODES": codes, "WINDOW": window, "PDL": True},
         warps=1,
     )  # fmt: skip
     attend = _compile(
@@ -64,7 +70,7 @@ def test_paged_kernels_compile_for_sm90(act: str, pool: str) -> None:
         {**common, "q_ptr": f"*{act}", "k_ptr": f"*{pool}", "v_ptr": f"*{pool}", "o_ptr": f"*{act}"},
         {
             "KV": 3, "G": 3, "D": 64, "BS": 16, "BLOCK_G": 16, "BLOCK_C": paged._block_cols(64, 2),
-            "DOT_F32": False, "IEEE": False, "CODES": codes, "PDL": True,
+            "DOT_F32": False, "IEEE": False, "CODES": codes, "WINDOW": window, "PDL": True,
         },
         warps=4,
     )  # fmt: skip
