@@ -317,3 +317,13 @@ def test_503_while_loading(llm) -> None:
                 break
             threading.Event().wait(0.05)
         assert httpx.get(s.url + "/health").status_code == 200
+
+
+def test_sse_events_stay_one_line_for_any_text() -> None:
+    from xpullm.server.routes.streams import sse
+
+    text = "a\u2028b\u2029c\x85d\x0be\x0cf\x1cg\u00e9\n"
+    event = sse({"choices": [{"delta": {"content": text}}]})
+    assert event.endswith("\n\n")
+    assert len(event[:-2].splitlines()) == 1  # no character a client could take for a line end
+    assert json.loads(event[len("data: ") : -2])["choices"][0]["delta"]["content"] == text

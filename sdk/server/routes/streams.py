@@ -118,8 +118,11 @@ class EngineStreamResponse(StreamingResponse):
 
 
 def sse(obj: dict[str, Any] | str) -> str:
-    """One server-sent event carrying `obj` as JSON (or a bare string such as `[DONE]`)."""
-    return f"data: {obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)}\n\n"
+    """One server-sent event carrying `obj` as JSON (or a bare string such as `[DONE]`).
+
+    ASCII-escaped: generated text may hold characters that clients splitting lines with `str.splitlines` take for
+    line ends (U+2028, U+2029, U+0085, vertical tab, ...), which would cut the JSON of an event in two."""
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj)}\n\n"
 
 
 async def stream_frames(
