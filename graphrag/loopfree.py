@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from xpullm.answers import stream_until
+
 __all__ = ["cut_loops", "stop_at_loop", "strip_echo"]
 
 
@@ -59,17 +61,7 @@ def stop_at_loop(deltas: Iterator[str]) -> Iterator[str]:
 
     `cut_loops` of the streamed text equals `cut_loops` of the whole generation, so both paths agree.
     """
-    text = ""
-    try:
-        for delta in deltas:
-            yield delta
-            text += delta
-            if _repeat_start(text, final=False) is not None:
-                return
-    finally:
-        close = getattr(deltas, "close", None)
-        if callable(close):
-            close()
+    return stream_until(deltas, lambda text: _repeat_start(text, final=False) is not None)
 
 
 def strip_echo(text: str, label: str) -> str:

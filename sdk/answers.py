@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Answer", "AnswerStream"]
+__all__ = ["Answer", "AnswerStream", "stream_until"]
 
 
 @dataclass
@@ -64,3 +64,19 @@ class AnswerStream(Generic[A]):
                 pass
         assert self.answer is not None
         return self.answer
+
+
+def stream_until(deltas: Iterator[str], done: Callable[[str], bool]) -> Iterator[str]:
+    """Pass `deltas` through until `done(text so far)` holds, then stop and close `deltas` (which releases the
+    engine's generation, so the rest of `max_new_tokens` is never computed)."""
+    text = ""
+    try:
+        for delta in deltas:
+            yield delta
+            text += delta
+            if done(text):
+                return
+    finally:
+        close = getattr(deltas, "close", None)
+        if callable(close):
+            close()

@@ -122,6 +122,7 @@ class ModelRunner:
         self.cos, self.sin = self._rope_tables(max_positions)
         self.vocab_size = int(dec.lm_head.out_features)
         self.graphs: StepGraphs | None = None  # graph-replayed small steps (GPUs); None: every step eager
+        self._kernel_kwargs = [self._layer_kwargs(i) for i in range(len(dec.layers))]  # fixed: built once
 
     def _layer_kwargs(self, i: int) -> dict[str, Any]:
         """Layer i's 8-bit pool, window and sink arguments of the paged kernel (none when all are defaults, so the
@@ -200,7 +201,7 @@ class ModelRunner:
             self.k_pool, self.v_pool, self.block_tables, self.cos, self.sin, self._paged,
         )  # fmt: skip
 
-        extra = [self._layer_kwargs(i) for i in range(len(dec.layers))]
+        extra = self._kernel_kwargs
         stack: object = dec
         index = range(len(dec.layers)) if layers is None else layers
         if layers is not None:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from xpullm.answers import Answer, AnswerStream
+from xpullm.answers import Answer, AnswerStream, stream_until
 from xpullm.protocols import ChatEngine, TokenCounter
 from xpullm.rag.retrieval import Hit
 from xpullm.rag.support import SentenceSupport, SupportConfig, answer_sentences, check_support, kept_text
@@ -215,17 +215,7 @@ def until_repetition(deltas: Iterator[str]) -> Iterator[str]:
     Stopping early saves the rest of `max_new_tokens`; `cut_repetition` of what was streamed equals
     `cut_repetition` of the full generation, so streamed and non-streamed answers agree.
     """
-    text = ""
-    try:
-        for delta in deltas:
-            yield delta
-            text += delta
-            if _repeat_start(text, final=False) is not None:
-                return
-    finally:
-        close = getattr(deltas, "close", None)
-        if callable(close):
-            close()  # releases the engine (its generator holds the model lock)
+    return stream_until(deltas, lambda text: _repeat_start(text, final=False) is not None)
 
 
 def llm_messages(question: str, hits: Sequence[Hit]) -> list[dict[str, Any]]:
