@@ -267,7 +267,7 @@ def main() -> None:
             f"Load: guidellm 0.8.1 (`guidellm run`, `concurrent` profile, {args.seconds} s per level), synthetic "
             f"prompts of {args.prompt_tokens} tokens (Faker text; the same seeded sequence for both servers), "
             f"streamed chat completions with `max_tokens` {args.output_tokens} and guidellm's `ignore_eos: true`: "
-            "llama.cpp honours it, xpullm does not (it stops at EOS; the output-tokens column shows the effect)."
+            "both servers honour it (the output-tokens column shows what each produced)."
         )
     else:
         command += f"--requests {args.requests} "

@@ -368,7 +368,7 @@ class EngineCore:
             k = req.params.logprobs
             # Before sampling: a grammar mask may write into an fp32 logits row in place.
             logp = torch.log_softmax(logits[row].float(), dim=-1) if k is not None else None
-            tid = greedy[row] if req.fast_greedy else self._sample(req, logits[row : row + 1])  # type: ignore[index]
+            tid = self._pick(req, logits, row, greedy)
             req.produced += 1
             self._accept(req, tid, now, None if logp is None else _token_logprob(logp, tid, k))  # type: ignore[arg-type]
             if req.finish is not None or i == len(draft) or tid != draft[i]:
@@ -380,6 +380,18 @@ class EngineCore:
             self._accepted_tokens += accepted
             if req.finish is None:  # roll back: K/V is valid up to the last accepted draft
                 req.seq.computed = len(req.seq.tokens) - 1
+
+    def _pick(self, req: Request, logits: torch.Tensor, row: int, greedy: list[int] | None) -> int:
+        """The request's token from logits row `row`, with EOS masked while its params ban it."""
+        if req.fast_greedy and greedy is not None:
+            tid = greedy[row]
+            if not (tid in self._eos_set and req.params.bans_eos(req.produced)):
+                return tid
+        one = logits[row : row + 1]
+        if self._eos and req.params.bans_eos(req.produced):
+            one = one.clone()
+            one[:, self._eos] = float("-inf")
+        return int(one.argmax(-1)) if req.fast_greedy else self._sample(req, one)
 
     def _sample(self, req: Request, logits: torch.Tensor) -> int:
         if req.constraint is not None:

@@ -83,6 +83,12 @@ class GenerationParams:
     logprobs: int | None = None
     """Report each generated token's log-probability and the `logprobs` most likely alternatives (0: the chosen
     token only; None: off), from the model's distribution before temperature, top-k/top-p and grammar masks."""
+    min_tokens: int = 0
+    """EOS cannot end generation before this many tokens (the EOS token is masked until then; stop strings and
+    max_new_tokens still apply)."""
+    ignore_eos: bool = False
+    """Never end at EOS (it is masked at every step): generation runs to max_new_tokens, a stop string or the
+    context's end. For benchmarks that need fixed output lengths."""
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS_LIMIT)
@@ -104,10 +110,23 @@ class GenerationParams:
             raise InvalidParameter("speculative", self.speculative, "True or False")
         if self.logprobs is not None:
             _check_int("logprobs", self.logprobs, 0, MAX_TOP_LOGPROBS)
+        _check_int("min_tokens", self.min_tokens, 0, MAX_NEW_TOKENS_LIMIT)
+        if not isinstance(self.ignore_eos, bool):
+            raise InvalidParameter("ignore_eos", self.ignore_eos, "True or False")
+        if (self.ignore_eos or self.min_tokens) and (self.grammar is not None or self.json_schema is not None):
+            raise InvalidParameter(
+                "ignore_eos" if self.ignore_eos else "min_tokens",
+                self.ignore_eos if self.ignore_eos else self.min_tokens,
+                "unset when a grammar or json_schema is given (the grammar decides where output ends)",
+            )
         if self.grammar is not None and self.json_schema is not None:
             raise InvalidParameter(
                 "grammar", self.grammar, "None when json_schema is also given (one constraint per call)"
             )
+
+    def bans_eos(self, produced: int) -> bool:
+        """True while EOS must not be sampled, `produced` tokens into the generation."""
+        return self.ignore_eos or produced < self.min_tokens
 
     @property
     def greedy(self) -> bool:

@@ -113,6 +113,9 @@ def run_serial(
         while True:
             if constraint is not None:
                 logits = constraint.mask(logits)
+            if eos and p.bans_eos(length - longest):
+                logits = logits.clone()
+                logits[:, eos] = float("-inf")
             nxt = sampler(logits)
             now = time.perf_counter()
             length += 1

@@ -95,6 +95,9 @@ class _Sampling(_Lenient):
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    # vLLM's extra sampling fields, which load generators (guidellm, vLLM's benchmarks) send.
+    ignore_eos: bool = False
+    min_tokens: int = Field(default=0, ge=0)
 
 
 class ChatCompletionRequest(_Sampling):

@@ -53,6 +53,8 @@ def generation_params(
             stop=tuple(stop),
             json_schema=json_schema,
             logprobs=logprobs,
+            min_tokens=body.min_tokens,
+            ignore_eos=body.ignore_eos,
         )
     except Exception as exc:
         raise from_exception(exc) from exc
