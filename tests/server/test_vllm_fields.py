@@ -31,12 +31,11 @@ def test_ignore_eos_and_min_tokens(client) -> None:
 
 
 def test_streamed_completion_with_ignore_eos_counts_every_token(client) -> None:
-    chunks = list(
-        client.completions.create(
-            model=MODEL, prompt="Yes.", max_tokens=12, temperature=0, stream=True,
-            stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
-        )  # fmt: skip
-    )
+    stream = client.completions.create(
+        model=MODEL, prompt="Yes.", max_tokens=12, temperature=0, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    chunks = list(stream)
     assert chunks[-1].usage.completion_tokens == 12
 
 
