@@ -113,7 +113,8 @@ class GenerationParams:
         _check_int("min_tokens", self.min_tokens, 0, MAX_NEW_TOKENS_LIMIT)
         if not isinstance(self.ignore_eos, bool):
             raise InvalidParameter("ignore_eos", self.ignore_eos, "True or False")
-        if (self.ignore_eos or self.min_tokens) and (self.grammar is not None or self.json_schema is not None):
+        constrained = self.grammar is not None or self.json_schema is not None
+        if constrained and (self.ignore_eos or self.min_tokens):
             raise InvalidParameter(
                 "ignore_eos" if self.ignore_eos else "min_tokens",
                 self.ignore_eos if self.ignore_eos else self.min_tokens,
