@@ -202,6 +202,30 @@ class LLM:
         """Ranks the model is split over (1: not split)."""
         return self._tensor_parallel
 
+    def rebuild_args(self, device: str | None = None) -> dict[str, Any]:
+        """The constructor's keyword arguments that rebuild this LLM elsewhere (another process or machine):
+        `LLM(**llm.rebuild_args())` loads lazily, like this one did. `device` overrides the device argument.
+
+        Raises `InvalidParameter` when this LLM wraps an in-memory model, which only a path or hub id can rebuild.
+        """
+        if self._spec is not None and not isinstance(self._spec, (str, Path)):
+            raise InvalidParameter(
+                "model",
+                type(self._spec).__name__,
+                "a path or hub id every worker can load to rebuild this LLM elsewhere (LLM(model='path/or/hub-id'))",
+            )
+        return {
+            "model": None if self._spec is None else str(self._spec),
+            "low_bit": self._low_bit,
+            "device": device or self._device_arg,
+            "max_context": self._max_context_arg,
+            "chat_template": self._chat_template,
+            "dtype": self._dtype_arg,
+            "adapter": None if self._adapter is None else str(self._adapter),
+            "engine": self._engine_config,
+            "tensor_parallel": self._tensor_parallel,
+        }
+
     def close(self) -> None:
         """Release what this object started: the tensor-parallel workers (a no-op for a one-rank model).
 

@@ -13,7 +13,6 @@ import importlib
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from xpullm.scaleout.base import ExecutorError
@@ -81,23 +80,12 @@ def _unpickle(blob: bytes) -> Any:
 
 @register_recipe("xpullm.engine.llm.LLM")
 def _llm_recipe(llm: Any, device: str | None) -> ModelRecipe:
-    # The constructor's arguments as the engine keeps them (it loads lazily from them).
-    spec = llm._spec
-    if spec is not None and not isinstance(spec, str | Path):
-        raise ExecutorError(
-            "an xpullm.LLM built from an in-memory model cannot be rebuilt on the workers; build it from a path "
-            "or hub id every worker can load (LLM(model='path/or/hub-id'))"
-        )
-    kwargs = {
-        "model": None if spec is None else str(spec),
-        "low_bit": llm._low_bit,
-        "device": device or llm._device_arg,
-        "max_context": llm._max_context_arg,
-        "chat_template": llm._chat_template,
-        "dtype": llm._dtype_arg,
-        "adapter": None if llm._adapter is None else str(llm._adapter),
-        "engine": llm._engine_config,
-    }
+    from xpullm.engine.params import InvalidParameter
+
+    try:
+        kwargs = llm.rebuild_args(device)
+    except InvalidParameter as exc:
+        raise ExecutorError(f"cannot send this xpullm.LLM to the workers: {exc}") from exc
     return ModelRecipe("xpullm.engine:LLM", kwargs)
 
 

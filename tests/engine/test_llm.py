@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from xpullm.engine import LLM, Completion, ContextOverflow, InvalidParameter
+from xpullm.scaleout import ExecutorError
 
 PROMPT = "The capital of France is"
 STORY = "Once upon a time, in a small village,"
@@ -253,3 +254,18 @@ def test_bad_input_names_the_field(llm: LLM, call, field: str) -> None:
 def test_prompt_longer_than_context_is_a_value_error(llm: LLM) -> None:
     with pytest.raises(ValueError, match="context window"):
         llm.generate("hello " * (llm.context_length + 10))
+
+
+def test_rebuild_args_rebuild_an_equal_lazy_llm(llm: LLM) -> None:
+    from xpullm.scaleout.recipes import recipe_for
+
+    args = llm.rebuild_args()
+    again = LLM(**args)
+    assert again.rebuild_args() == args and again._decoder is None  # nothing loaded
+    assert llm.rebuild_args(device="cpu")["device"] == "cpu"
+    assert recipe_for(llm).kwargs == args
+    in_memory = LLM(llm.model, tokenizer=llm.tokenizer)
+    with pytest.raises(InvalidParameter, match="path or hub id"):
+        in_memory.rebuild_args()
+    with pytest.raises(ExecutorError, match="cannot send this xpullm.LLM"):
+        recipe_for(in_memory)
