@@ -267,5 +267,5 @@ def test_rebuild_args_rebuild_an_equal_lazy_llm(llm: LLM) -> None:
     in_memory = LLM(llm.model, tokenizer=llm.tokenizer)
     with pytest.raises(InvalidParameter, match="path or hub id"):
         in_memory.rebuild_args()
-    with pytest.raises(ExecutorError, match="cannot send this xpullm.LLM"):
+    with pytest.raises(ExecutorError, match=r"cannot send this xpullm\.LLM"):
         recipe_for(in_memory)
