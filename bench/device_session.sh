@@ -7,6 +7,7 @@
 #   3. bench/engine_gpu_session.sh (engine tests, engine vs peer at 1/8/32/64 streams) -> engine/
 #   4. bench/gpu_batched.py for sym_int4 and nf4 at 1..64 rows                       -> mma/batched.md
 #   5. bench/finetune_gpu.py (nf4 QLoRA vs bf16 LoRA vs bitsandbytes nf4)             -> finetune_gpu.md
+#   6. on an Intel host CPU: native CPU kernel tests + bench/cpu_kernels.py at 1 / 2 threads -> cpu/
 #
 #   OUT=... bash bench/device_session.sh
 # Carry: bench/out/pydeps (`bash bench/gpu_run.sh prepare`), bench/out/gpu_peer_decode.py (a copy of
@@ -18,7 +19,8 @@ W="$(mktemp -d)"
 mkdir -p "$OUT" "$W/mma" "$W/engine"
 P="bash bench/gpu_run.sh py"
 START=$(date +%s)
-mark() { echo "$(date -u +%T) +$(($(date +%s) - START))s $*" >> "$W/steps.txt"; }
+# Everything so far is packed after every step, so a call cut at its time limit still returns what it measured.
+mark() { echo "$(date -u +%T) +$(($(date +%s) - START))s $*" >> "$W/steps.txt"; tar czf "$OUT/all.tgz" -C "$W" .; }
 
 { lscpu | grep 'Model name'; lscpu | grep Flags | tr ' ' '\n' | grep -E 'amx|avx512_vnni|avx512_bf16|avx512_fp16' \
   | tr '\n' ' '; echo; nproc; } > "$W/cpu.txt" 2>&1
@@ -49,12 +51,26 @@ timeout "${FT_S:-75}" $P bench/finetune_gpu.py --steps 3 --warmup 1 --out "$W/fi
   > "$W/finetune.log" 2>&1
 mark finetune done
 
+# 6. The host's CPU (issue 23 wants Xeon figures; this machine's CPU may be one): the native kernels' twin tests and
+#    the kernel table at 1 and 2 threads, with PyTorch's int4/int8 ops (oneDNN: AMX where the CPU has it) beside.
+mkdir -p "$W/cpu"
+if grep -q GenuineIntel /proc/cpuinfo; then
+  timeout "${CPU_TESTS_S:-60}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
+    --noconftest -q tests/kernels/test_cpu_kernels.py > "$W/cpu/tests_cpu.txt" 2>&1
+  for t in 1 2; do
+    timeout "${CPU_BENCH_S:-45}" $P bench/cpu_kernels.py --threads $t --repeat 7 \
+      --kernels cpu_int4pack,cpu_int8pack > "$W/cpu/kernels_t$t.md" 2>&1
+  done
+  mark cpu done
+fi
+
 tar czf "$OUT/all.tgz" -C "$W" .
 cp "$W/cpu.txt" "$W/steps.txt" "$OUT/"
 for f in engine/engine_gpu.md mma/batched.md finetune_gpu.md; do
   [ -f "$W/$f" ] && cp "$W/$f" "$OUT/$(basename "$f")"
 done
 cat "$W/cpu.txt" "$W/steps.txt"
+tail -2 "$W/cpu/tests_cpu.txt" 2>/dev/null; head -3 "$W/cpu/kernels_t1.md" 2>/dev/null
 tail -3 "$W/mma/tests_mma.txt" "$W/engine/tests.txt" 2>/dev/null
 cat "$W/engine/engine_gpu.md" "$W/finetune_gpu.md" 2>/dev/null
 tail -25 "$W/mma/batched.md" 2>/dev/null
