@@ -1,60 +1,81 @@
 #!/usr/bin/env bash
-# One device call for the GPU work of issues 20, 24 and 29, within ~9.5 minutes, everything packed into
+# The device calls for the GPU work of issues 20, 22, 23, 24 and 29 (~12 minutes in all: split with STAGES), everything packed into
 # $OUT/all.tgz (the device returns at most 8 files) plus the short summaries beside it:
 #   1. the host CPU's name and vector flags (AMX?)                                   -> cpu.txt
 #   2. tests/kernels/test_triton_mma.py on the GPU while the sym_int4/nf4 `mma` tiles compile; the engine stage
 #      uses the batched tiles only if those tests pass                              -> mma/tests_mma.txt
 #   3. bench/engine_gpu_session.sh (engine tests, engine vs peer at 1/8/32/64 streams) -> engine/
 #   4. bench/gpu_batched.py for sym_int4 and nf4 at 1..64 rows                       -> mma/batched.md
-#   5. bench/finetune_gpu.py (nf4 QLoRA vs bf16 LoRA vs bitsandbytes nf4)             -> finetune_gpu.md
-#   6. on an Intel host CPU: native CPU kernel tests + bench/cpu_kernels.py at 1 / 2 threads -> cpu/
+#   5. bench/spec_gpu.py: speculative decoding's verify / draft costs, modelled speed-up -> spec_gpu.md
+#   6. bench/finetune_gpu.py (nf4 QLoRA vs bf16 LoRA vs bitsandbytes nf4)             -> finetune_gpu.md
+#   7. on an Intel host CPU: native CPU kernel tests + bench/cpu_kernels.py at 1 / 2 threads -> cpu/
 #
 #   OUT=... bash bench/device_session.sh
+#   STAGES="mma engine spec" OUT=... bash bench/device_session.sh   # a subset (the default runs all, in order:
+#                                   mma engine spec finetune sweep cpu); knobs: *_S time limits, SPEC_FORMATS
 # Carry: bench/out/pydeps (`bash bench/gpu_run.sh prepare`), bench/out/gpu_peer_decode.py (a copy of
 # ../shared/bench/gpu_peer_decode.py) and bench/out/bnb (bitsandbytes unpacked, its cuda130 library only).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-bench/out/device}"
+STAGES="${STAGES:-mma engine spec finetune sweep cpu}"
 W="$(mktemp -d)"
-mkdir -p "$OUT" "$W/mma" "$W/engine"
+mkdir -p "$OUT" "$W/mma" "$W/engine" "$W/cpu"
 P="bash bench/gpu_run.sh py"
 START=$(date +%s)
 # Everything so far is packed after every step, so a call cut at its time limit still returns what it measured.
 mark() { echo "$(date -u +%T) +$(($(date +%s) - START))s $*" >> "$W/steps.txt"; tar czf "$OUT/all.tgz" -C "$W" .; }
+want() { [[ " $STAGES " == *" $1 "* ]]; }
 
 { lscpu | grep 'Model name'; lscpu | grep Flags | tr ' ' '\n' | grep -E 'amx|avx512_vnni|avx512_bf16|avx512_fp16' \
   | tr '\n' ' '; echo; nproc; } > "$W/cpu.txt" 2>&1
-mark start
+mark "start: $STAGES"
 
-timeout "${MMA_TESTS_S:-120}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
-  --noconftest -q -rs tests/kernels/test_triton_mma.py > "$W/mma/tests_mma.txt" 2>&1 &
-for f in sym_int4:128 nf4:64; do
-  timeout "${WARM_S:-110}" $P bench/gpu_batched.py --warm-only --formats "$f" --rows 1,8,16,32,64 \
-    > "$W/mma/warm_${f%%:*}.log" 2>&1 &
-done
-wait
-mark mma tests done
-if grep -qE '[0-9]+ passed' "$W/mma/tests_mma.txt" && ! grep -qE 'failed|error' "$W/mma/tests_mma.txt"; then
-  export XPULLM_TRITON_MMA=1
-  mark "mma tests passed: XPULLM_TRITON_MMA=1"
+if want mma; then
+  timeout "${MMA_TESTS_S:-120}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
+    --noconftest -q -rs tests/kernels/test_triton_mma.py > "$W/mma/tests_mma.txt" 2>&1 &
+  for f in sym_int4:128 nf4:64; do
+    timeout "${WARM_S:-110}" $P bench/gpu_batched.py --warm-only --formats "$f" --rows 1,8,16,32,64 \
+      > "$W/mma/warm_${f%%:*}.log" 2>&1 &
+  done
+  wait
+  mark mma tests done
+  if grep -qE '[0-9]+ passed' "$W/mma/tests_mma.txt" && ! grep -qE 'failed|error' "$W/mma/tests_mma.txt"; then
+    export XPULLM_TRITON_MMA=1
+    mark "mma tests passed: XPULLM_TRITON_MMA=1"
+  fi
 fi
 
-OUT="$W/engine" BUDGET_S="${ENGINE_S:-270}" bash bench/engine_gpu_session.sh
-mark engine done
+if want engine; then
+  OUT="$W/engine" BUDGET_S="${ENGINE_S:-270}" bash bench/engine_gpu_session.sh
+  mark engine done
+fi
 
-timeout "${SWEEP_S:-90}" $P bench/gpu_batched.py --formats sym_int4:128,nf4:64 --rows 1,8,16,32,64 \
-  --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
-mark sweep done
+# 3. speculative decoding's costs on the GPU (issue 22): verified rows and layer-skipped drafts, modelled speed-up.
+if want spec; then
+  timeout "${SPEC_S:-90}" $P bench/spec_gpu.py --formats "${SPEC_FORMATS:-bf16,sym_int4:128,fp8_e4m3}" \
+    --out "$W/spec_gpu.jsonl" --md "$W/spec_gpu.md" > "$W/spec_gpu.log" 2>&1
+  [ -f "$W/spec_gpu.md" ] || $P bench/spec_gpu.py --summarize "$W/spec_gpu.jsonl" --md "$W/spec_gpu.md" \
+    >> "$W/spec_gpu.log" 2>&1
+  mark spec done
+fi
 
-[ -d bench/out/bnb ] && export PYTHONPATH="$PWD/bench/out/bnb${PYTHONPATH:+:$PYTHONPATH}"
-timeout "${FT_S:-75}" $P bench/finetune_gpu.py --steps 3 --warmup 1 --out "$W/finetune_gpu.md" \
-  > "$W/finetune.log" 2>&1
-mark finetune done
+if want finetune; then
+  [ -d bench/out/bnb ] && export PYTHONPATH="$PWD/bench/out/bnb${PYTHONPATH:+:$PYTHONPATH}"
+  timeout "${FT_S:-75}" $P bench/finetune_gpu.py --steps 3 --warmup 1 --out "$W/finetune_gpu.md" \
+    > "$W/finetune.log" 2>&1
+  mark finetune done
+fi
+
+if want sweep; then
+  timeout "${SWEEP_S:-90}" $P bench/gpu_batched.py --formats sym_int4:128,nf4:64 --rows 1,8,16,32,64 \
+    --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
+  mark sweep done
+fi
 
 # 6. The host's CPU (issue 23 wants Xeon figures; this machine's CPU may be one): the native kernels' twin tests and
 #    the kernel table at 1 and 2 threads, with PyTorch's int4/int8 ops (oneDNN: AMX where the CPU has it) beside.
-mkdir -p "$W/cpu"
-if grep -q GenuineIntel /proc/cpuinfo; then
+if want cpu && grep -q GenuineIntel /proc/cpuinfo; then
   timeout "${CPU_TESTS_S:-60}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
     --noconftest -q tests/kernels/test_cpu_kernels.py > "$W/cpu/tests_cpu.txt" 2>&1
   for t in 1 2; do
@@ -64,13 +85,13 @@ if grep -q GenuineIntel /proc/cpuinfo; then
   mark cpu done
 fi
 
-tar czf "$OUT/all.tgz" -C "$W" .
+mark end
 cp "$W/cpu.txt" "$W/steps.txt" "$OUT/"
-for f in engine/engine_gpu.md mma/batched.md finetune_gpu.md; do
+for f in engine/engine_gpu.md mma/batched.md finetune_gpu.md spec_gpu.md; do
   [ -f "$W/$f" ] && cp "$W/$f" "$OUT/$(basename "$f")"
 done
 cat "$W/cpu.txt" "$W/steps.txt"
 tail -2 "$W/cpu/tests_cpu.txt" 2>/dev/null; head -3 "$W/cpu/kernels_t1.md" 2>/dev/null
 tail -3 "$W/mma/tests_mma.txt" "$W/engine/tests.txt" 2>/dev/null
-cat "$W/engine/engine_gpu.md" "$W/finetune_gpu.md" 2>/dev/null
+cat "$W/engine/engine_gpu.md" "$W/spec_gpu.md" "$W/finetune_gpu.md" 2>/dev/null
 tail -25 "$W/mma/batched.md" 2>/dev/null

@@ -1,0 +1,175 @@
+"""Speculative decoding on a GPU: what a verified row and a layer-skipped draft cost, and the speed-up they give.
+
+Acceptance needs real text, so it comes from the packaged model (`bench/spec_decode.py`, CPU: accepted / drafted per
+workload and method); the costs need the big model on the GPU, so they come from here: a Llama-3-8B-shaped model
+with random weights (`engine_gpu.build_model`), in each format, through the engine's `ModelRunner` the way the
+engine drives it (paged KV pools, steps replayed from CUDA graphs per token-count bucket):
+
+- `step_ms[n]`: one sequence's step carrying n tokens (the token after the prompt + n - 1 drafts), logits for every
+  row - what verifying n - 1 draft tokens costs; n = 1 is a plain decode step;
+- `draft_ms`: one self-speculative draft step (the default draft layers: first and last quarter + every other middle
+  layer, eager as the drafter runs it, LM head included).
+
+The speed-up of k drafts accepted each with probability a: E[tokens] = (1 - a^(k+1)) / (1 - a) per step that costs
+step_ms[k+1] + k x draft_ms (prompt lookup: draft_ms = 0), over one plain step; reported for the best k <= 8.
+
+    python bench/spec_gpu.py --formats bf16,sym_int4:128,fp8_e4m3 --out rows.jsonl --md spec_gpu.md
+    python bench/spec_gpu.py --shape tiny --device cpu --repeat 3   # a dry run of the code paths on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # run with -P: the script's folder is not on sys.path
+
+from engine_gpu import SHAPES, _append, _device_name, _dtype, _label, _sync, build_model, word_tokenizer
+
+# Acceptance of the packaged model (docs/benchmarks-speculative.md, CPU, greedy): accepted / drafted tokens.
+ACCEPTANCE = {
+    ("prompt_lookup", "kb_answer"): 0.54,
+    ("prompt_lookup", "summary"): 0.40,
+    ("prompt_lookup", "graphrag"): 0.57,
+    ("prompt_lookup", "open_chat"): 0.23,
+    ("self_speculative", "kb_answer"): 0.80,
+    ("self_speculative", "summary"): 0.25,
+    ("self_speculative", "graphrag"): 0.75,
+    ("self_speculative", "open_chat"): 0.50,
+}
+MAX_DRAFT = 8
+PROMPT = 512  # context tokens before the timed steps
+
+
+def _timed(fn, repeat: int, device: torch.device) -> float:
+    """Median ms of `fn()` over `repeat` runs (after two warm-ups: capture, tuning)."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeat):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def measure(args: argparse.Namespace, spec: str, device: torch.device) -> dict:
+    """step_ms[n] for n = 1..MAX_DRAFT + 1 and draft_ms of one format."""
+    from xpullm.engine.core import EngineConfig, build_core
+    from xpullm.engine.decode import FAMILIES, StaticCacheDecoder
+    from xpullm.engine.speculative import default_draft_layers
+
+    shape = SHAPES[args.shape]
+    fmt, _, g = spec.partition(":")
+    group = int(g) if g else None
+    model = build_model(shape, fmt, group, device)
+    dec = StaticCacheDecoder(model, FAMILIES["llama"], _dtype(device), device)
+    buckets = tuple(range(1, MAX_DRAFT + 2))
+    config = EngineConfig(
+        max_seqs=1, max_batched_tokens=PROMPT, kv_budget_tokens=PROMPT + 64, prefix_cache=False,
+        graph_buckets=buckets, speculative=None,
+    )  # fmt: skip
+    core = build_core(dec, word_tokenizer(shape.vocab), [], shape.max_len, config)
+    runner = core.runner
+    blocks = core.pool.allocate(-(-(PROMPT + 32) // config.block_size))
+    runner.set_table(0, blocks)
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, shape.vocab, (PROMPT,), generator=gen).tolist()
+    runner.forward(prompt, list(range(PROMPT)), [0] * PROMPT, [PROMPT - 1])  # the context the steps attend
+
+    def step(n: int):
+        ids = torch.randint(0, shape.vocab, (n,), generator=gen).tolist()
+        pos = list(range(PROMPT, PROMPT + n))
+        return lambda: runner.forward(ids, pos, [0] * n, list(range(n)))
+
+    step_ms = {n: _timed(step(n), args.repeat, device) for n in buckets}
+    layers = default_draft_layers(len(dec.layers))
+    tok = [prompt[-1]]
+    draft_ms = _timed(lambda: runner.forward(tok, [PROMPT], [0], [0], layers=layers), args.repeat, device)
+    row = {
+        "format": _label(fmt, group), "shape": args.shape, "device": _device_name(device),
+        "step_ms": step_ms, "draft_ms": draft_ms, "draft_layers": len(layers), "layers": len(dec.layers),
+        "graphs": runner.graphs is not None,
+    }  # fmt: skip
+    _append(args.out, row)
+    del core, dec, model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def best_gain(a: float, step_ms: dict, draft_ms: float) -> tuple[int, float]:
+    """(k, speed-up) maximizing expected tokens per unit time over plain decoding."""
+    base = step_ms[1]
+    best = (0, 1.0)
+    for k in range(1, MAX_DRAFT + 1):
+        tokens = (1.0 - a ** (k + 1)) / (1.0 - a) if a < 1 else k + 1.0
+        gain = tokens * base / (step_ms[k + 1] + k * draft_ms)
+        if gain > best[1]:
+            best = (k, gain)
+    return best
+
+
+def render(rows: list[dict]) -> str:
+    if not rows:
+        return "no rows\n"
+    out = [f"Device: {rows[0]['device']}; shape {rows[0]['shape']}, random weights; one sequence after a "
+           f"{PROMPT}-token prompt; medians of the timed repeats.\n"]  # fmt: skip
+    out.append(
+        "| format | plain step ms | step ms with 2 / 4 / 8 tokens (x plain) | draft step ms (x plain) |"
+    )
+    out.append("|---|---:|---|---:|")
+    for r in rows:
+        s = {int(k): v for k, v in r["step_ms"].items()}
+        many = " / ".join(f"{s[n]:.2f} ({s[n] / s[1]:.2f}x)" for n in (2, 4, 8))
+        out.append(f"| {r['format']} | {s[1]:.2f} | {many} | {r['draft_ms']:.2f} ({r['draft_ms'] / s[1]:.2f}x, "
+                   f"{r['draft_layers']}/{r['layers']} layers) |")  # fmt: skip
+    out.append(
+        "\nModelled speed-up over plain decoding (acceptance from the packaged model on CPU; best k):\n"
+    )
+    workloads = sorted({w for _, w in ACCEPTANCE})
+    out.append("| format | method | " + " | ".join(workloads) + " |")
+    out.append("|---|---|" + "---:|" * len(workloads))
+    for r in rows:
+        s = {int(k): v for k, v in r["step_ms"].items()}
+        for method in ("prompt_lookup", "self_speculative"):
+            draft = 0.0 if method == "prompt_lookup" else r["draft_ms"]
+            cells = []
+            for w in workloads:
+                k, gain = best_gain(ACCEPTANCE[(method, w)], s, draft)
+                cells.append(f"{gain:.2f}x (k={k})" if k else "1.00x (off)")
+            out.append(f"| {r['format']} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--formats", default="bf16,sym_int4:128,fp8_e4m3", help="fmt[:group], comma-separated")
+    ap.add_argument("--shape", choices=tuple(SHAPES), default="llama3-8b")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--repeat", type=int, default=30)
+    ap.add_argument("--out", default=None, help="append result rows (JSON lines) here")
+    ap.add_argument("--md", default=None, help="write the tables here")
+    ap.add_argument("--summarize", default=None, metavar="ROWS", help="render a rows file and exit")
+    args = ap.parse_args()
+    if args.summarize:
+        rows = [json.loads(line) for line in Path(args.summarize).read_text().splitlines() if line.strip()]
+    else:
+        device = torch.device(args.device)
+        rows = [measure(args, spec, device) for spec in args.formats.split(",") if spec]
+    text = render(rows)
+    print(text)
+    if args.md:
+        Path(args.md).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
