@@ -79,7 +79,7 @@ def workloads(llm: LLM, per_kind: int) -> dict[str, list[dict]]:
     from xpullm.graphrag.grammar import tuple_grammar
     from xpullm.rag.answer import SYSTEM
 
-    arts = wiki_articles(3 * per_kind + 6)
+    arts = wiki_articles(5 * per_kind)
     cut = 900  # characters per chunk / article: prompts of ~250-700 tokens
     kinds: dict[str, list[dict]] = {"kb_answer": [], "summary": [], "graphrag": [], "open_chat": []}
     config = ExtractionConfig()

@@ -234,7 +234,8 @@ class EngineCore:
             # it emits, so the matcher never needs a rollback.
             cfg = self.config.speculative
             drafting = self._drafter.cost if cfg.draft_cost is None else cfg.draft_cost
-            req.spec = SpecState(cfg, self._drafter.start(req.seq.prompt), cfg.verify_cost, drafting)
+            state = self._drafter.start(req.seq.prompt)
+            req.spec = SpecState(cfg, state, cfg.verify_cost, drafting, self._drafter.sizes_drafts)
         with self._cv:
             self._incoming.append(req)
             if self._thread is None:
@@ -304,7 +305,7 @@ class EngineCore:
             # Verified positions stay inside the reserved blocks; the last token a step can add is a free one.
             k = min(spec.want(len(decoding)), seq.max_len - len(seq.tokens), left - 1, spare)
             if k > 0:
-                batch.append(DraftSlot(seq.tokens, k, seq.slot, spec.drafter_state))
+                batch.append(DraftSlot(seq.tokens, k, seq.slot, spec.drafter_state, spec.cost(len(decoding))))
                 owners.append(seq)
                 spare -= k
         if not batch:

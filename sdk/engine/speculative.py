@@ -16,14 +16,23 @@ decoding's order makes it the very same draw. `rejection_sample` below is the ge
 full distribution q (tested against plain sampling); the core does not need it for point-mass drafts.
 
 Drafters (registry `DRAFTERS`, picked by `SpeculativeConfig.method`):
-- `prompt_lookup`: the continuation of the latest earlier occurrence of the sequence's last n tokens (n from
-  `ngram_max` down to `ngram_min`) in prompt + generated text. Free to compute; pays off on grounded answers,
-  summaries and extraction, which copy spans of their input.
+- `prompt_lookup`: the continuation of the longest suffix match in prompt + generated text (the sequence's last
+  m tokens occur earlier; ties go to the latest occurrence), cut where it stops paying: the chance that a copy
+  continues grows with the length of the match so far (measured with the packaged model: ~0.3 after a one-token
+  match, ~0.45 after two, 0.85-0.9 after five or more), so draft token j is kept while the estimated chance that
+  drafts 1..j are all accepted, times `expected_speedup`, exceeds the cost of its verified row. Each request
+  corrects the prior rates with its own accepted and rejected continuations (`_MatchRates`). Free to compute;
+  pays off on grounded answers, summaries and extraction, which copy spans of their input.
+- `prompt_lookup_latest`: the simpler rule it replaced, kept as the baseline: the continuation of the latest
+  earlier occurrence of the last n tokens (n from 5 down to 2), as many tokens as the request's single acceptance
+  estimate says (below).
 - `self_speculative` (IPEX-LLM's idea, the layer-skipping variant of Draft & Verify): the same model with only
   some layers drafts k tokens greedily, through the same runner and KV pools (the draft writes K/V of its layers
   at positions the verification step then rewrites), stopping early when its top probability is low.
 
-Whether drafting pays depends on acceptance and cost: `SpecState` keeps each request's per-token acceptance
+Whether drafting pays depends on acceptance and cost. A drafter that sizes its own drafts (`sizes_drafts`, prompt
+lookup) gets the most tokens the step allows and each draft row's cost (`DraftSlot.row_cost`, below) and proposes
+nothing when no token pays. For the others `SpecState` keeps each request's per-token acceptance
 estimate a (decayed counts of accepted and rejected draft tokens) and drafts the k that maximizes expected tokens
 per step over step cost, (1 - a^(k+1)) / (1 - a) / (1 + k * c), with c the cost of one draft token relative to a
 plain step: the drafter's own `cost` plus the extra verified row. A row costs `verify_cost` of a one-token step;
@@ -50,6 +59,7 @@ __all__ = [
     "DRAFTERS",
     "DraftSlot",
     "Drafter",
+    "LatestLookupDrafter",
     "LayerSkipDrafter",
     "PromptLookupDrafter",
     "SpecState",
@@ -73,14 +83,27 @@ class SpeculativeConfig:
 
     method: str = "prompt_lookup"
     """A drafter in `DRAFTERS`: `prompt_lookup` or `self_speculative`."""
-    num_draft: int = 8
-    """Most draft tokens verified per sequence and step (k)."""
+    num_draft: int = 6
+    """Most draft tokens verified per sequence and step (k): with the packaged model on CPU longer caps verified
+    more rejected rows than they saved steps (replayed greedy traces, `docs/benchmarks-speculative.md`)."""
     start_draft: int = 4
     """Draft length a request starts with; it grows after fully accepted drafts and shrinks after rejections."""
-    ngram_max: int = 5
-    """prompt_lookup: longest suffix n-gram searched for."""
-    ngram_min: int = 2
-    """prompt_lookup: shortest suffix n-gram searched for (1 matches too often to pay)."""
+    ngram_max: int = 32
+    """prompt_lookup: longest suffix match measured (longer ones count as this long)."""
+    ngram_min: int = 1
+    """prompt_lookup: shortest suffix match drafted from (a one-token match still pays now and then: its drafts
+    are cut by its low continuation rate)."""
+    match_rates: tuple[float, ...] = (0.3, 0.45, 0.7, 0.8, 0.85, 0.85, 0.85, 0.9)
+    """prompt_lookup: prior chance that the next token continues a suffix match of 1, 2, ... tokens (the last
+    entry for all longer ones), measured on the packaged model's grounded answers, summaries and extraction."""
+    rate_prior_weight: float = 10.0
+    """prompt_lookup: pseudo-counts behind `match_rates`; a request's own continuations move them (a weak prior
+    chased one request's noise in replayed traces)."""
+    rate_decay: float = 0.8
+    """prompt_lookup: weight of a request's older continuation outcomes per new one (recent ones count most)."""
+    expected_speedup: float = 1.7
+    """prompt_lookup: an accepted draft token saves a step's cost over this (the speed-up drafting brings), so a
+    drafted token pays while its acceptance chance exceeds its row's cost times this."""
     draft_layers: tuple[int, ...] | None = None
     """self_speculative: layers the draft runs (None: the first and last quarter plus every other middle layer)."""
     draft_min_prob: float = 0.3
@@ -102,6 +125,10 @@ class SpeculativeConfig:
             )
         if not 1 <= self.ngram_min <= self.ngram_max:
             raise ValueError(f"ngram_min={self.ngram_min} must be between 1 and ngram_max={self.ngram_max}")
+        if not self.match_rates or not all(0.0 < r < 1.0 for r in self.match_rates):
+            raise ValueError(
+                f"match_rates={self.match_rates} must be non-empty chances strictly between 0 and 1"
+            )
 
 
 def resolve_speculative(value: SpeculativeConfig | str | None) -> SpeculativeConfig | None:
@@ -130,6 +157,8 @@ class DraftSlot:
     """The sequence's row in the runner's block tables."""
     state: Any
     """What the drafter's `start` returned for this request."""
+    row_cost: float = 0.15
+    """Cost of one verified draft row relative to a token of this step (`SpecState.cost`)."""
 
 
 class Drafter(Protocol):
@@ -137,6 +166,9 @@ class Drafter(Protocol):
 
     cost: float
     """Cost of drafting one token, relative to one plain decode step."""
+    sizes_drafts: bool
+    """True when the drafter picks each draft's length itself (from `DraftSlot.row_cost`): `SpecState` then only
+    caps it; False when `SpecState`'s acceptance estimate sets `DraftSlot.k`."""
 
     def start(self, prompt: list[int]) -> Any:
         """Per-request state, created at submission (None when the drafter keeps none)."""
@@ -168,6 +200,138 @@ def make_drafter(runner: ModelRunner, config: SpeculativeConfig) -> Drafter:
 # -- prompt lookup ---------------------------------------------------------------------------------------------
 
 
+class _MatchRates:
+    """One request's chance that the next token continues a suffix match of length m: decayed counts of its own
+    outcomes on top of the prior `match_rates` (weighted `rate_prior_weight`)."""
+
+    def __init__(self, config: SpeculativeConfig) -> None:
+        self.prior = config.match_rates
+        self.weight = config.rate_prior_weight
+        self.decay = config.rate_decay
+        self.hits = [0.0] * len(self.prior)
+        self.trials = [0.0] * len(self.prior)
+
+    def _bucket(self, m: int) -> int:
+        return min(m, len(self.prior)) - 1
+
+    def rate(self, m: int) -> float:
+        """Estimated chance that a match of `m` tokens continues with its source's next token."""
+        b = self._bucket(m)
+        return (self.hits[b] + self.weight * self.prior[b]) / (self.trials[b] + self.weight)
+
+    def record(self, m: int, continued: bool) -> None:
+        """One outcome: the token after a match of `m` tokens was (not) the source's next token."""
+        self.hits = [h * self.decay for h in self.hits]
+        self.trials = [t * self.decay for t in self.trials]
+        b = self._bucket(m)
+        self.trials[b] += 1.0
+        self.hits[b] += continued
+
+
+class _Lookup:
+    """One request's prompt-lookup state: where each token occurs, the continuation rates, the pending draft."""
+
+    def __init__(self, config: SpeculativeConfig) -> None:
+        self.config = config
+        self.rates = _MatchRates(config)
+        self.after: dict[int, list[int]] = {}  # token -> positions right after its occurrences, oldest first
+        self.done = 0  # tokens before this index are in `after`
+        self.pending: tuple[int, list[int], int] | None = None  # (position of draft[0], draft, match length)
+
+    def _index(self, tokens: list[int]) -> None:
+        # A token is indexed once its continuation exists; the last token is the one being matched.
+        for i in range(self.done, len(tokens) - 1):
+            self.after.setdefault(tokens[i], []).append(i + 1)
+        self.done = max(self.done, len(tokens) - 1)
+
+    def _learn(self, tokens: list[int]) -> None:
+        """Score the previous draft against the tokens that followed it (verification keeps the accepted drafts
+        and then the model's own token, which differs from the draft at the first rejection)."""
+        if self.pending is None or len(tokens) <= self.pending[0]:
+            return  # no draft out, or it has not been verified yet
+        at, draft, m = self.pending
+        self.pending = None
+        for j, tok in enumerate(draft):
+            if at + j >= len(tokens):
+                break
+            continued = tokens[at + j] == tok
+            self.rates.record(m + j, continued)
+            if not continued:
+                break
+
+    def match(self, tokens: list[int]) -> tuple[int, list[int]]:
+        """(m, ats): the longest m such that the last m tokens also end earlier, and the positions right after
+        each such earlier occurrence, latest first; (0, []) when the last token occurs nowhere before."""
+        self._index(tokens)
+        n = len(tokens)
+        best, ats = 0, []
+        cap = self.config.ngram_max
+        for at in reversed(self.after.get(tokens[-1], ())[-_MAX_OCCURRENCES:]):
+            m = 1
+            while m < cap and at - 1 - m >= 0 and tokens[at - 1 - m] == tokens[n - 1 - m]:
+                m += 1
+            if m > best:
+                best, ats = m, [at]
+            elif m == best:
+                ats.append(at)
+        return best, ats
+
+    def draft(self, tokens: list[int], k: int, min_chance: float) -> list[int]:
+        """Up to k tokens continuing the longest suffix match, while the chance that all of them are accepted
+        stays above `min_chance`. Where equally long matches continue differently, the draft takes the most
+        common continuation (the latest on ties) and its chance shrinks by the share that agrees."""
+        self._learn(tokens)
+        m, ats = self.match(tokens)
+        if m < self.config.ngram_min:
+            return []
+        n = len(tokens)
+        out: list[int] = []
+        chance = 1.0
+        while len(out) < k and ats:
+            j = len(out)
+            counts: dict[int, int] = {}
+            for at in ats:
+                counts[tokens[at + j]] = counts.get(tokens[at + j], 0) + 1
+            top = max(counts.values())
+            tok = next(
+                tokens[at + j] for at in ats if counts[tokens[at + j]] == top
+            )  # latest of the most common
+            chance *= self.rates.rate(m + j) * top / len(ats)
+            if chance <= min_chance:
+                break
+            out.append(tok)
+            ats = [at for at in ats if tokens[at + j] == tok and at + j + 1 < n]
+        if out:
+            self.pending = (n, out, m)
+        return out
+
+
+# Occurrences of the last token compared per draft (the latest ones): bounds a step's work on long prompts.
+_MAX_OCCURRENCES = 256
+
+
+class PromptLookupDrafter:
+    """Drafts the continuation of the longest suffix match in prompt + generated text, as far as it pays."""
+
+    cost = 0.0
+    sizes_drafts = True
+
+    def __init__(self, config: SpeculativeConfig) -> None:
+        self.config = config
+
+    def start(self, prompt: list[int]) -> _Lookup:
+        return _Lookup(self.config)
+
+    def propose(self, batch: list[DraftSlot]) -> list[list[int]]:
+        speedup = self.config.expected_speedup
+        return [s.state.draft(s.tokens, s.k, s.row_cost * speedup) for s in batch]
+
+
+@register_drafter("prompt_lookup")
+def _prompt_lookup(runner: ModelRunner, config: SpeculativeConfig) -> Drafter:
+    return PromptLookupDrafter(config)
+
+
 class _NgramIndex:
     """For each n: n-gram -> position right after its latest occurrence that has a continuation."""
 
@@ -195,24 +359,26 @@ class _NgramIndex:
         return []
 
 
-class PromptLookupDrafter:
-    """Drafts the continuation of the last n-gram's latest earlier occurrence in prompt + generated text."""
+class LatestLookupDrafter:
+    """The baseline: k tokens after the latest earlier occurrence of the last n-gram, n from `ngram_max` down to
+    `ngram_min` (k set by `SpecState`)."""
 
     cost = 0.0
+    sizes_drafts = False
 
-    def __init__(self, config: SpeculativeConfig) -> None:
-        self.config = config
+    def __init__(self, ngram_min: int = 2, ngram_max: int = 5) -> None:
+        self.ngram_min, self.ngram_max = ngram_min, ngram_max
 
     def start(self, prompt: list[int]) -> _NgramIndex:
-        return _NgramIndex(self.config.ngram_min, self.config.ngram_max)
+        return _NgramIndex(self.ngram_min, self.ngram_max)
 
     def propose(self, batch: list[DraftSlot]) -> list[list[int]]:
         return [s.state.lookup(s.tokens, s.k) for s in batch]
 
 
-@register_drafter("prompt_lookup")
-def _prompt_lookup(runner: ModelRunner, config: SpeculativeConfig) -> Drafter:
-    return PromptLookupDrafter(config)
+@register_drafter("prompt_lookup_latest")
+def _prompt_lookup_latest(runner: ModelRunner, config: SpeculativeConfig) -> Drafter:
+    return LatestLookupDrafter()
 
 
 # -- self-speculative (layer skipping) -----------------------------------------------------------------------
@@ -237,6 +403,7 @@ class LayerSkipDrafter:
         self.layers = tuple(sorted(set(layers)))
         self.min_prob = min_prob
         self.cost = len(self.layers) / n  # the LM head and step overhead come on top: a lower bound
+        self.sizes_drafts = False
 
     def start(self, prompt: list[int]) -> None:
         return None
@@ -287,6 +454,8 @@ class SpecState:
     """Cost of verifying one more token in a one-token step, relative to that step."""
     draft_cost: float = 0.0
     """Cost of drafting one token relative to a plain step (the drafter's)."""
+    sizes_drafts: bool = False
+    """The drafter sizes its drafts itself (`Drafter.sizes_drafts`): `want` only caps them at `num_draft`."""
     hits: float = 3.0
     """Decayed count of accepted draft tokens (the prior: optimistic, 3 of 4)."""
     misses: float = 1.0
@@ -318,6 +487,8 @@ class SpecState:
 
     def want(self, decoding: int = 1) -> int:
         """Draft tokens to ask for this step, with `decoding` sequences in it (0 while drafting does not pay)."""
+        if self.sizes_drafts:  # it weighs each token against `cost(decoding)` and declines what does not pay
+            return self.config.num_draft
         if self.pause > 0:
             self.pause -= 1
             if self.pause == 0:
