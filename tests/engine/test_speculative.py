@@ -221,3 +221,75 @@ def test_server_metrics_count_draft_tokens(lookup: LLM) -> None:
     assert f"xpullm_spec_draft_tokens_total {t.draft_tokens}\n" in body
     assert f"xpullm_spec_accepted_tokens_total {t.accepted_tokens}\n" in body
     assert t.accepted_tokens > 0
+
+
+# -- the prompt-lookup drafter's choices (real token lists, the default config's rates) -------------------------
+
+# Last token 3: its earlier occurrences end matches of 3 tokens (1 2 3, before 4) and of 2 tokens (9 2 3, 6 2 3).
+LONGEST = [5, 1, 2, 3, 4, 9, 9, 2, 3, 7, 8, 6, 2, 3, 7, 1, 1, 2, 3]
+# Three 2-token matches of (2, 3) continue with 7, 8, 7; both 7s go on with 0, then split into 7 / 9.
+TIED = [1, 2, 3, 7, 0, 2, 3, 8, 0, 2, 3, 7, 0, 9, 2, 3]
+
+
+def test_prompt_lookup_drafts_the_longest_match_and_the_common_continuation() -> None:
+    from xpullm.engine.speculative import _Lookup
+
+    config = SpeculativeConfig()
+    assert _Lookup(config).match(LONGEST) == (3, [4])
+    assert _Lookup(config).draft(LONGEST, 3, 0.0) == [4, 9, 9]  # not 7, the 2-token matches' continuation
+    assert _Lookup(config).match(TIED) == (2, [11, 7, 3])  # latest first
+    # 7 (2 of 3 matches), then 0 (both 7s agree), then 9 vs 7 split 1:1: the latest occurrence's 9, then its 2.
+    assert _Lookup(config).draft(TIED, 4, 0.0) == [7, 0, 9, 2]
+    assert _Lookup(config).draft([4, 5, 6], 4, 0.0) == []  # the last token occurs nowhere before
+
+
+def test_prompt_lookup_cuts_drafts_where_they_stop_paying() -> None:
+    from xpullm.engine.speculative import DraftSlot, PromptLookupDrafter, _Lookup
+
+    config = SpeculativeConfig()
+    # TIED: chance 0.45 x 2/3 = 0.30 for the 7, then x 0.7 = 0.21 for the 0: below 0.15 x 1.7 = 0.255.
+    assert _Lookup(config).draft(TIED, 4, 0.15 * 1.7) == [7]
+    # LONGEST (a 3-token match): 0.7, 0.56, 0.48, 0.40, 0.34, 0.29 all above 0.255: the cap of 6 tokens.
+    drafter = PromptLookupDrafter(config)
+
+    def propose(row_cost: float) -> list[int]:
+        return drafter.propose([DraftSlot(LONGEST, 6, 0, drafter.start(LONGEST), row_cost)])[0]
+
+    assert propose(0.15) == [4, 9, 9, 2, 3, 7]
+    assert propose(0.3) == [4, 9]  # a costlier row (a busier step): 0.51 needed, 0.48 misses
+    assert propose(0.74) == []  # 16 sequences decoding: no draft token is worth its row
+    # The engine asks a drafter that sizes its drafts for the cap; the cost reaches it in `DraftSlot.row_cost`.
+    state = SpecState(config, verify_cost=0.15, sizes_drafts=True)
+    assert [state.want(b) for b in (1, 16)] == [6, 6] and state.cost(16) == pytest.approx(0.738, abs=1e-3)
+
+
+def test_prompt_lookup_learns_continuation_rates_from_the_request() -> None:
+    from xpullm.engine.speculative import _Lookup, _MatchRates
+
+    rates = _MatchRates(SpeculativeConfig())
+    assert (rates.rate(1), rates.rate(2), rates.rate(8), rates.rate(40)) == (0.3, 0.45, 0.9, 0.9)
+    rates.record(2, False)
+    assert rates.rate(2) == pytest.approx(4.5 / 11)  # prior 0.45 x 10 pseudo-counts, one miss
+    rates.record(2, True)  # the miss decays to 0.8
+    assert rates.rate(2) == pytest.approx(5.5 / 11.8) and rates.rate(3) == pytest.approx(0.7)
+    # The next draft scores the previous one against the tokens verification kept: 7 accepted, then the model's 5.
+    lookup = _Lookup(SpeculativeConfig())
+    assert lookup.draft(TIED, 4, 0.255) == [7]
+    lookup.draft([*TIED, 7, 5], 4, 0.255)
+    assert lookup.rates.rate(2) == pytest.approx(5.5 / 11)
+    lookup = _Lookup(SpeculativeConfig())
+    lookup.draft(TIED, 4, 0.255)
+    lookup.draft([*TIED, 8], 4, 0.255)  # rejected at once
+    assert lookup.rates.rate(2) == pytest.approx(4.5 / 11)
+
+
+def test_longest_match_drafts_waste_fewer_rows_than_the_latest_occurrence(
+    llm: LLM, plain: LLM, lookup: LLM
+) -> None:
+    latest = _engine(llm, "prompt_lookup_latest")
+    ref = plain.chat(GROUNDED, max_new_tokens=48)
+    new, old = lookup.chat(GROUNDED, max_new_tokens=48), latest.chat(GROUNDED, max_new_tokens=48)
+    assert new.text == old.text == ref.text
+    # Measured: 19 steps and 41 drafted rows (26 accepted) against 20 steps and 46 rows (25 accepted).
+    n, o = new.timings, old.timings
+    assert n.steps < o.steps and n.draft_tokens < o.draft_tokens and n.accepted_tokens >= o.accepted_tokens
