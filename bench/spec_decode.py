@@ -37,6 +37,9 @@ from xpullm.engine.speculative import SpeculativeConfig
 METHODS: dict[str, SpeculativeConfig | None] = {
     "plain": None,
     "prompt_lookup": SpeculativeConfig(method="prompt_lookup"),
+    # The rule it replaced (latest occurrence of the longest 5..2-gram, draft length from one acceptance estimate),
+    # with its old cap of 8: the before / after of the drafting, interleaved in the same run.
+    "prompt_lookup_latest": SpeculativeConfig(method="prompt_lookup_latest", num_draft=8),
     "self_speculative": SpeculativeConfig(method="self_speculative"),
     # The same drafter with its cost declared 0: it drafts whenever its confidence allows, which shows the raw
     # acceptance of skipped-layer drafts (what a GPU, where a partial step is cheap, would see).
