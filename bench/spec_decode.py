@@ -126,19 +126,19 @@ def decode_seconds(c: Completion) -> float:
     return (c.completion_tokens - 1) / c.decode_tok_s if c.decode_tok_s > 0 else 0.0
 
 
-def run(rounds: int, max_tokens: int, per_kind: int) -> tuple[list[dict], dict]:
+def run(rounds: int, max_tokens: int, per_kind: int, methods: list[str]) -> tuple[list[dict], dict]:
     torch.set_num_threads(os.cpu_count() or 1)
     base = LLM()
     engines = {
         name: LLM(base.model, tokenizer=base.tokenizer, speculative=spec, engine=EngineConfig())
         for name, spec in METHODS.items()
-        if spec is not None
+        if spec is not None and (name in methods or name == "prompt_lookup")
     }
     # Plain decoding runs on the prompt-lookup engine with the request's `speculative=False`: the same engine thread,
     # pools and thread pool as the speculative runs beside it (another engine's idle threads skew a 2-core machine).
     engines["plain"] = engines["prompt_lookup"]
     kinds = workloads(base, per_kind)
-    names = list(METHODS)
+    names = [n for n in METHODS if n in methods]
     for llm in engines.values():  # warm-up (kernels, grammar tokenizer)
         llm.chat(kinds["graphrag"][0]["messages"], max_new_tokens=4, grammar=kinds["graphrag"][0]["grammar"])
     rows = []
@@ -233,9 +233,18 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--per-kind", type=int, default=2, help="requests per workload and round")
     ap.add_argument("--write", type=Path, default=None, help="also write this markdown fragment")
+    ap.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma-separated subset of {list(METHODS)} (plain is always run)",
+    )
     args = ap.parse_args()
+    methods = ["plain", *(m for m in args.methods.split(",") if m != "plain")]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
     t0 = time.perf_counter()
-    rows, info = run(args.rounds, args.max_tokens, args.per_kind)
+    rows, info = run(args.rounds, args.max_tokens, args.per_kind, methods)
     out = table(rows)
     print(out)
     print(info, f"{time.perf_counter() - t0:.0f} s")
