@@ -126,7 +126,9 @@ def decode_seconds(c: Completion) -> float:
     return (c.completion_tokens - 1) / c.decode_tok_s if c.decode_tok_s > 0 else 0.0
 
 
-def run(rounds: int, max_tokens: int, per_kind: int, methods: list[str]) -> tuple[list[dict], dict]:
+def run(
+    rounds: int, max_tokens: int, per_kind: int, methods: list[str], only: list[str] | None = None
+) -> tuple[list[dict], dict]:
     torch.set_num_threads(os.cpu_count() or 1)
     base = LLM()
     engines = {
@@ -137,10 +139,11 @@ def run(rounds: int, max_tokens: int, per_kind: int, methods: list[str]) -> tupl
     # Plain decoding runs on the prompt-lookup engine with the request's `speculative=False`: the same engine thread,
     # pools and thread pool as the speculative runs beside it (another engine's idle threads skew a 2-core machine).
     engines["plain"] = engines["prompt_lookup"]
-    kinds = workloads(base, per_kind)
+    kinds = {k: v for k, v in workloads(base, per_kind).items() if only is None or k in only}
     names = [n for n in METHODS if n in methods]
+    warm = next(iter(kinds.values()))[0]
     for llm in engines.values():  # warm-up (kernels, grammar tokenizer)
-        llm.chat(kinds["graphrag"][0]["messages"], max_new_tokens=4, grammar=kinds["graphrag"][0]["grammar"])
+        llm.chat(warm["messages"], max_new_tokens=4, grammar=warm["grammar"])
     rows = []
     mismatches = 0
     prompt_tokens: dict[str, list[int]] = {}
@@ -238,13 +241,15 @@ def main() -> None:
         default=",".join(METHODS),
         help=f"comma-separated subset of {list(METHODS)} (plain is always run)",
     )
+    ap.add_argument("--kinds", default=None, help="comma-separated workloads to run (default: all four)")
     args = ap.parse_args()
     methods = ["plain", *(m for m in args.methods.split(",") if m != "plain")]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
     t0 = time.perf_counter()
-    rows, info = run(args.rounds, args.max_tokens, args.per_kind, methods)
+    only = args.kinds.split(",") if args.kinds else None
+    rows, info = run(args.rounds, args.max_tokens, args.per_kind, methods, only)
     out = table(rows)
     print(out)
     print(info, f"{time.perf_counter() - t0:.0f} s")
