@@ -14,7 +14,8 @@ the time from the first token to the last: prefill excluded) and its speed-up is
 same request in the same round. Reported: medians over all runs with [min-max], acceptance (accepted / drafted)
 and decode tokens per step. Greedy outputs are checked equal across methods.
 
-python -P bench/spec_decode.py [--rounds 3] [--max-tokens 96] [--write docs/benchmarks-speculative.md]
+python -P bench/spec_decode.py [--rounds 3] [--max-tokens 96] [--per-kind 2] [--methods a,b] [--kinds a,b]
+    [--write docs/benchmarks-speculative.md]  (--write replaces the file: keep its hand-written reading below)
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ full distribution q (tested against plain sampling); the core does not need it f
 
 Drafters (registry `DRAFTERS`, picked by `SpeculativeConfig.method`):
 - `prompt_lookup`: the continuation of the longest suffix match in prompt + generated text (the sequence's last
-  m tokens occur earlier; ties go to the latest occurrence), cut where it stops paying: the chance that a copy
+  m tokens occur earlier; where equally long matches continue differently, the continuation most of them share,
+  the latest on ties, its chance scaled by that share), cut where it stops paying: the chance that a copy
   continues grows with the length of the match so far (measured with the packaged model: ~0.3 after a one-token
   match, ~0.45 after two, 0.85-0.9 after five or more), so draft token j is kept while the estimated chance that
   drafts 1..j are all accepted, times `expected_speedup`, exceeds the cost of its verified row. Each request
