@@ -32,16 +32,17 @@ sys.path.insert(0, str(Path(__file__).parent))  # run with -P: the script's fold
 
 from engine_gpu import SHAPES, _append, _device_name, _dtype, _label, _sync, build_model, word_tokenizer
 
-# Acceptance of the packaged model (docs/benchmarks-speculative.md, CPU, greedy): accepted / drafted tokens.
+# Acceptance of the packaged model (docs/benchmarks-speculative.md, CPU, greedy): accepted / drafted tokens; for
+# self-speculative the unthrottled run (`self_speculative_always`: drafting at every step, as a cheap GPU draft would).
 ACCEPTANCE = {
-    ("prompt_lookup", "kb_answer"): 0.54,
-    ("prompt_lookup", "summary"): 0.40,
-    ("prompt_lookup", "graphrag"): 0.57,
-    ("prompt_lookup", "open_chat"): 0.23,
-    ("self_speculative", "kb_answer"): 0.80,
-    ("self_speculative", "summary"): 0.25,
-    ("self_speculative", "graphrag"): 0.75,
-    ("self_speculative", "open_chat"): 0.50,
+    ("prompt_lookup", "kb_answer"): 0.58,
+    ("prompt_lookup", "summary"): 0.43,
+    ("prompt_lookup", "graphrag"): 0.79,
+    ("prompt_lookup", "open_chat"): 0.28,
+    ("self_speculative", "kb_answer"): 0.64,
+    ("self_speculative", "summary"): 0.52,
+    ("self_speculative", "graphrag"): 0.27,
+    ("self_speculative", "open_chat"): 0.41,
 }
 MAX_DRAFT = 8
 PROMPT = 512  # context tokens before the timed steps
