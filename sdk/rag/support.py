@@ -9,7 +9,9 @@ Small models answer in-topic questions the sources do not answer with invented f
    content words, question words aside, found in the chunks) and the embedder's cosine between sentence and chunk
    (a bi-encoder stand-in for entailment). The threshold is calibrated by `bench/kb_quality.py` on labelled
    sentences (see docs/rag.md), and
-3. the chunks state the property the question asks about, not only the entity it names (`focus_terms`: the
+3. the chunks name the question's entities (also when the sentence does not repeat them: "The building is the Komae
+   Station [4]" for "What building does Kerrow station house now?" cites a chunk without Kerrow), and
+4. the chunks state the property the question asks about, not only the entity it names (`focus_terms`: the
    question's words that are neither names nor question words, "last keeper" in "Who was the last keeper of the
    Varn Lighthouse?"): at least half of them occur in the cited chunks, and every fact the answer adds (a number
    or name the question does not hold) sits in a chunk sentence holding one of them. "The last keeper of the Varn
@@ -246,11 +248,15 @@ def check_support(
     every = list(range(len(sources)))
 
     def states_asked(text: str, pool: list[int]) -> bool:
-        """The pool's chunks state the asked property: half the focus terms occur in them, and each fact the text
-        adds sits in a chunk sentence with a focus term."""
+        """The pool's chunks state the asked property of the asked entity: they hold the question's names, half the
+        focus terms occur in them, and each fact the text adds sits in a chunk sentence with a focus term."""
+        known = set().union(*(source_words[j] for j in pool))
+        if (
+            asked_names - known
+        ):  # about another entity ("The building is the Komae Station" for Kerrow station)
+            return False
         if not focus:
             return True
-        known = set().union(*(source_words[j] for j in pool))
         if 2 * len(focus & known) < len(focus):
             return False
         near = [w for j in pool for w in sentence_words[j] if w & focus]

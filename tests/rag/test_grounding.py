@@ -160,6 +160,14 @@ def test_a_chunk_that_names_the_entity_but_not_the_asked_property_does_not_suppo
         embedder.embed,
     )
     assert deep[0].missing == () and not deep[0].states_asked and not deep[0].supported
+    # A chunk about another entity: the question's names must be in it even when the sentence drops them.
+    other = check_support(
+        ["The building is the Komae Station. [1]"],
+        _hits("Komae Station is a railway station in Komae, Tokyo. The station building opened in 1927."),
+        "What building does Kerrow station house now?",
+        embedder.embed,
+    )
+    assert other[0].missing == () and not other[0].states_asked and not other[0].supported
     # The same numbers stated about the asked property: supported.
     tall = check_support(
         ["The Varn Lighthouse is 31 metres tall. [1]"], _hits(LIGHTHOUSE), "How tall is the Varn Lighthouse?",
