@@ -253,7 +253,7 @@ def check_support(
         known = set().union(*(source_words[j] for j in pool))
         if (
             asked_names - known
-        ):  # about another entity ("The building is the Komae Station" for Kerrow station)
+        ):  # about another entity: "The building is the Komae Station" for Kerrow station
             return False
         if not focus:
             return True
@@ -283,16 +283,18 @@ def check_support(
         return not missing and score >= config.min_score and on_topic
 
     # An uncited sentence is judged against each source alone: the best one that supports it is its citation.
-    whole = judge(plain, [list(c) if c else every for c in [[n - 1 for n in ci] for ci in cited]])
+    pools = [[n - 1 for n in c] or every for c in cited]
+    verdicts = judge(plain, pools)
     uncited = [i for i in range(len(plain)) if not cited[i]]
     alone = judge([plain[i] for i in uncited for _ in every], [[j] for _ in uncited for j in every])
-    verdicts, pools = list(whole), [[n - 1 for n in c] or every for c in cited]
+    attributed = set()
     for k, i in enumerate(uncited):
         tried = alone[k * len(every) : (k + 1) * len(every)]
         good = [j for j in every if passes(tried[j])]
         if good:
             best = max(good, key=lambda j: (tried[j][0], -j))
             verdicts[i], pools[i], cited[i] = tried[best], [best], (best + 1,)
+            attributed.add(i)
     ok = [passes(v) for v in verdicts]
 
     def marks(i: int) -> str:
@@ -327,7 +329,7 @@ def check_support(
     for i, sentence in enumerate(sentences):
         score, missing, on_topic = verdicts[i]
         if ok[i]:
-            keep = sentence if cited_numbers(sentence) else f"{plain[i]}{marks(i)}"
+            keep = f"{plain[i]}{marks(i)}" if i in attributed else sentence
         else:
             keep = kept.get(i, "")
         out.append(SentenceSupport(sentence, cited[i], round(score, 4), missing, bool(keep), keep, on_topic))
