@@ -11,9 +11,9 @@ Per configuration (model format x answer-support check):
   cited answer without a gold keyword).
 Configurations, interleaved question by question in one run: "before" reproduces main at aba0b28 by options (the
 packaged model re-quantized to sym_int4, no reranker, no support check); "after" is today's default (the
-checkpoint's own asym_int4, the EmbeddingReranker over the hybrid hits, the support check); the rows between change
-one thing at a time. The support check only post-processes the model's draft, so the rows with and without it judge
-the same generations.
+checkpoint's own asym_int4 and the support check; the EmbeddingReranker is opt-in and has its own rows); the rows
+between change one thing at a time. The support check only post-processes the model's draft, so the rows with and
+without it judge the same generations.
 Reranking: gold-article hit@1 / MRR over the top 8 of hybrid search, without and with each reranker.
 
     python -P bench/kb_quality.py [--distractors 150] [--calibrate] [--no-write]
@@ -148,9 +148,9 @@ CONFIGS = [  # (row label, generation, support check on); "before" and "after" a
     ("before: sym_int4, no reranker, no support check", "sym", False),
     ("sym_int4 + support check", "sym", True),
     ("asym_int4 (checkpoint format), no reranker, no support check", "asym", False),
-    ("asym_int4 + support check", "asym", True),
+    ("after (default): asym_int4 + support check", "asym", True),
     ("asym_int4 + EmbeddingReranker, no support check", "asym+rerank", False),
-    ("after: asym_int4 + EmbeddingReranker + support check", "asym+rerank", True),
+    ("asym_int4 + EmbeddingReranker (opt-in) + support check", "asym+rerank", True),
 ]
 
 

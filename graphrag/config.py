@@ -139,6 +139,9 @@ class QueryConfig:
     global_map_max_tokens: int = 2000  # reports per map call are packed up to this many tokens
     global_map_new_tokens: int = 400  # answer budget of one map call
     drift_primer_reports: int = 3  # reports shown to the drift primer
+    global_evidence_sentences: int = (
+        3  # source sentences standing in when the map finds no point (few: small models)
+    )
     drift_follow_ups: int = 2  # local follow-up searches a drift query runs
     min_relevance: float = (
         0.3  # best question/text-unit cosine below which a question is refused without an LLM call

@@ -14,6 +14,7 @@ from xpullm.answers import AnswerStream
 from xpullm.graphrag.calls import LLMCaller
 from xpullm.graphrag.config import QueryConfig
 from xpullm.graphrag.errors import ConfigError
+from xpullm.graphrag.evidence import community_evidence
 from xpullm.graphrag.graph_answer import ContextRecord, GraphAnswer, stream_answer
 from xpullm.graphrag.jsonfix import parse_json_object
 from xpullm.graphrag.loopfree import cut_loops, stop_at_loop
@@ -395,17 +396,27 @@ class QueryEngine:
         details: dict[str, Any] = {"map_calls": len(prompts), "map_invalid": invalid, "points": len(points)}
         answer = GraphAnswer("", "global", records, "", details)
         if not points:
-            # A small model often finds no point at all: the reports closest to the question stand in for its
-            # points (their summaries, cited), instead of answering "nothing found" about data that is there.
-            best = self._similar("community.full_content", question, cfg.drift_primer_reports)
-            by_id = {rec.id: rec for rec in records}
-            for rid, sim in best:
-                if rid in by_id and sim >= self.config.min_relevance:
-                    rec = by_id[rid]
-                    summary = one_line(rec.text.split("\n\n", 2)[1] if "\n\n" in rec.text else rec.text)
-                    points.append((sim * 100, 0, f"{summary} [Data: Reports ({rec.human_readable_id})]"))
-                    cited.append(rid)
-            details["points_from_reports"] = len(points)
+            # A small model often finds no point at all (and writes reports that say little): the sentences of the
+            # communities' source text closest to the question stand in for its points, cited with their reports.
+            shown = {rec.human_readable_id: rec.id for rec in records}
+            found = community_evidence(
+                question,
+                reports,
+                self.table("communities"),
+                self.table("entities"),
+                self.table("text_units"),
+                self.embedder,
+                cfg.global_evidence_sentences,
+                cfg.min_relevance,
+            )
+            for ev in found:
+                ids = [i for i in ev.reports if i in shown]
+                if ids:
+                    points.append(
+                        (ev.score * 100, 0, f"{ev.sentence} [Data: Reports ({', '.join(map(str, ids))})]")
+                    )
+                    cited += [shown[i] for i in ids]
+            details["points_from_sources"] = len(points)
         if not points:
             answer.text = REFUSAL
             answer.details["refused"] = True
@@ -420,6 +431,12 @@ class QueryEngine:
             for i, (score, _, desc) in enumerate(points)
         ]
         context, kept, left = self._pack("", rows, cfg.max_context_tokens)
+        if "points_from_sources" in details:
+            # Source sentences stand in for a small model's points: the best one goes last, next to the question
+            # (the packaged 135M model restates the last point it read, whatever its importance).
+            order = {rec.id: k for k, rec in enumerate(kept)}
+            context = "\n".join(line for rec, line in sorted(rows, key=lambda r: -order.get(r[0].id, -1))
+                                 if rec.id in order)  # fmt: skip
         answer.context = records + kept
         answer.context_text = context
         answer.details["left_out"] = {"points": left}

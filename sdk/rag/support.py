@@ -8,12 +8,24 @@ Small models answer in-topic questions the sources do not answer with invented f
 2. its support score reaches `SupportConfig.min_score`: a blend of lexical precision (the share of the sentence's
    content words, question words aside, found in the chunks) and the embedder's cosine between sentence and chunk
    (a bi-encoder stand-in for entailment). The threshold is calibrated by `bench/kb_quality.py` on labelled
-   sentences (see docs/rag.md).
+   sentences (see docs/rag.md), and
+3. the chunks name the question's entities (also when the sentence does not repeat them: "The building is the Komae
+   Station [4]" for "What building does Kerrow station house now?" cites a chunk without Kerrow), and
+4. the chunks state the property the question asks about, not only the entity it names (`focus_terms`: the
+   question's words that are neither names nor question words, "last keeper" in "Who was the last keeper of the
+   Varn Lighthouse?"): at least half of them occur in the cited chunks, and every fact the answer adds (a number
+   or name the question does not hold) sits in a chunk sentence holding one of them. "The last keeper of the Varn
+   Lighthouse is the 31-meter-tall Varn Lighthouse [1]" fails: the chunk's 31 is about the tower's height, in a
+   sentence without "keeper"; so does "The water in Kerrow Harbour is 410 metres deep [1]" (the breakwater's
+   length).
 A sentence that only restates itself or the question ("The mayor of Kerrow Harbour is the mayor of Kerrow Harbour")
 says nothing a source could support: its score is 0.
 An unsupported sentence is cut back to its longest supported clause ("... in 1968, after the IDA was founded in
-1963" keeps "... in 1968.") or dropped with its citations; an answer left with no supported cited sentence becomes
-the refusal (`NO_ANSWER`).
+1963" keeps "... in 1968."), or rewritten to the cited chunk's own sentence that states the asked property with a
+fact the draft took from it ("... a nature reserve on November 19, 1968, when ... by the IDA [1]" becomes "The
+marsh became a nature reserve in 1968 after a campaign led by the teacher Per Vangsmo. [1]"), or dropped with its
+citations. A supported sentence that cites nothing is cited with the source that supports it best ("The answer is:
+140." from the ferry chunk). An answer left with no supported cited sentence becomes the refusal (`NO_ANSWER`).
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ __all__ = [
     "answer_sentences",
     "check_support",
     "cited_numbers",
+    "focus_terms",
     "kept_text",
 ]
 
@@ -53,7 +66,8 @@ class SentenceSupport:
     score: float  # support score against its cited sources (all sources when it cites none)
     missing: tuple[str, ...]  # fact-like tokens (its own or the question's) that no cited source contains
     supported: bool  # whether (part of) it is kept
-    kept: str = ""  # what the answer keeps: the sentence, its longest supported clause prefix, or nothing
+    kept: str = ""  # what the answer keeps: the sentence, a clause prefix, the source's sentence, or nothing
+    states_asked: bool = True  # its sources state the asked property (`focus_terms`), not only the entity
 
 
 _CITE = re.compile(r"\s*\[(\d+(?:\s*,\s*\d+)*)\]")
@@ -69,9 +83,28 @@ _STOPWORDS_TEXT = (
 _STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
 
 
+# "How many / how much": the form of the question, not the property it asks about.
+_ASKING = frozenset({"many", "much"})
+
+
+# Irregular past forms, so the question's "begin" meets the source's "began" (forms with a second common meaning,
+# such as "found" or "left", are not listed).
+_IRREGULAR_TEXT = (
+    "began:begin begun:begin became:become won:win ran:run built:build held:hold took:take taken:take made:make "
+    "kept:keep led:lead sold:sell bought:buy grew:grow grown:grow wrote:write written:write rose:rise fell:fall "
+    "gave:give given:give came:come went:go gone:go saw:see seen:see brought:bring taught:teach drew:draw "
+    "drawn:draw flew:fly stood:stand told:tell paid:pay met:meet lost:lose chose:choose chosen:choose sent:send "
+    "spent:spend sank:sink sunk:sink struck:strike sang:sing sung:sing wore:wear worn:wear ate:eat eaten:eat "
+    "drove:drive driven:drive rode:ride ridden:ride broke:break broken:break spoke:speak spoken:speak "
+    "froze:freeze frozen:freeze hid:hide hidden:hide bore:bear born:bear thought:think caught:catch fought:fight"
+)
+_IRREGULAR = dict(pair.split(":") for pair in _IRREGULAR_TEXT.split())
+
+
 def _stem(word: str) -> str:
-    """A crude stem so 'founded' / 'founder' / 'founding' and 'bakery' / 'bakeries' meet."""
+    """A crude stem so 'founded' / 'founder' / 'founding', 'bakery' / 'bakeries' and 'began' / 'begin' meet."""
     w = word.lower().replace("’", "'").removesuffix("'s")
+    w = _IRREGULAR.get(w, w)
     for suffix in ("ies", "ing", "ed", "es", "s", "y"):
         if len(w) > len(suffix) + 3 and w.endswith(suffix):
             w = w[: -len(suffix)]
@@ -162,6 +195,29 @@ def _prefixes(plain: str) -> list[str]:
     return [p for p in out if len(p.split()) >= _MIN_CLAUSE_WORDS]
 
 
+def focus_terms(question: str) -> set[str]:
+    """The (stemmed) words of `question` that name the property asked about: its content words that are neither
+    names (capitalized after the first word) nor numbers nor question words ("How many passengers can the MV
+    Tarnel carry?" -> passengers, carry)."""
+    out = set()
+    for i, t in enumerate(_words(question)):
+        low = t.lower()
+        if (
+            _number(t) is None
+            and low not in _STOPWORDS
+            and low not in _ASKING
+            and not (i > 0 and t[0].isupper())
+        ):
+            out.add(_stem(t))
+    return out
+
+
+def _chunk_sentences(hit: Hit) -> list[str]:
+    from xpullm.documents.templates import split_sentences
+
+    return split_sentences(hit.text)
+
+
 def check_support(
     sentences: Sequence[str],
     sources: Sequence[Hit],
@@ -172,7 +228,9 @@ def check_support(
     """Judge each answer sentence against the sources it cites (or all sources when it cites none).
 
     An unsupported sentence is trimmed to its longest supported clause prefix when it has one ("It closed in 1961,
-    when the company ..." keeps "It closed in 1961."); otherwise it is dropped.
+    when the company ..." keeps "It closed in 1961."), else rewritten to a sentence of its cited chunks that states
+    the asked property with a fact the draft took from it, else dropped. A supported sentence that cites nothing
+    gets the source that supports it best.
     """
     import numpy as np
 
@@ -181,41 +239,100 @@ def check_support(
     plain = [_CITE.sub("", s).strip() or s for s in sentences]
     source_vecs = np.asarray(embed([h.text for h in sources]), dtype=np.float32)
     asked = _content(question)
+    focus = focus_terms(question)
+    asked_names = _facts(question)  # the question's names and numbers: a source that lacks them is about else
     source_words = [_content(f"{h.document} {h.section} {h.text}") for h in sources]
+    source_sentences = [_chunk_sentences(h) for h in sources]
+    sentence_words = [[_content(x) for x in ss] for ss in source_sentences]
     cited = [tuple(n for n in cited_numbers(s) if 1 <= n <= len(sources)) for s in sentences]
-    pools = [[n - 1 for n in c] or list(range(len(sources))) for c in cited]
+    every = list(range(len(sources)))
 
-    def judge(texts: list[str], owners: list[int]) -> list[tuple[float, tuple[str, ...]]]:
+    def states_asked(text: str, pool: list[int]) -> bool:
+        """The pool's chunks state the asked property of the asked entity: they hold the question's names, half the
+        focus terms occur in them, and each fact the text adds sits in a chunk sentence with a focus term."""
+        known = set().union(*(source_words[j] for j in pool))
+        if (
+            asked_names - known
+        ):  # about another entity: "The building is the Komae Station" for Kerrow station
+            return False
+        if not focus:
+            return True
+        if 2 * len(focus & known) < len(focus):
+            return False
+        near = [w for j in pool for w in sentence_words[j] if w & focus]
+        return all(any(f in w for w in near) for f in _facts(text) - asked)
+
+    def judge(texts: list[str], pools: list[list[int]]) -> list[tuple[float, tuple[str, ...], bool]]:
         vecs = np.asarray(embed(texts), dtype=np.float32) if texts else np.zeros((0, source_vecs.shape[1]))
         cos = vecs @ source_vecs.T
         out = []
-        for row, (text, i) in enumerate(zip(texts, owners, strict=True)):
-            known = set().union(*(source_words[j] for j in pools[i]))
+        for row, (text, pool) in enumerate(zip(texts, pools, strict=True)):
+            known = set().union(*(source_words[j] for j in pool))
             novel = _content(text) - asked
             missing = tuple(
                 sorted(_facts(text) - known)
             )  # the question's names count: the source must hold them
             lexical = len(novel & known) / len(novel) if novel else 0.0
             w = config.lexical_weight if novel else 0.0  # a text that only echoes the question: cosine alone
-            score = w * lexical + (1 - w) * max(float(cos[row, j]) for j in pools[i])
-            out.append((0.0 if _says_nothing(text, asked) else score, missing))
+            score = w * lexical + (1 - w) * max(float(cos[row, j]) for j in pool)
+            out.append((0.0 if _says_nothing(text, asked) else score, missing, states_asked(text, pool)))
         return out
 
-    verdicts = judge(plain, list(range(len(plain))))
-    ok = [not missing and score >= config.min_score for score, missing in verdicts]
+    def passes(verdict: tuple[float, tuple[str, ...], bool]) -> bool:
+        score, missing, on_topic = verdict
+        return not missing and score >= config.min_score and on_topic
+
+    # An uncited sentence is judged against each source alone: the best one that supports it is its citation.
+    pools = [[n - 1 for n in c] or every for c in cited]
+    verdicts = judge(plain, pools)
+    uncited = [i for i in range(len(plain)) if not cited[i]]
+    alone = judge([plain[i] for i in uncited for _ in every], [[j] for _ in uncited for j in every])
+    attributed = set()
+    for k, i in enumerate(uncited):
+        tried = alone[k * len(every) : (k + 1) * len(every)]
+        good = [j for j in every if passes(tried[j])]
+        if good:
+            best = max(good, key=lambda j: (tried[j][0], -j))
+            verdicts[i], pools[i], cited[i] = tried[best], [best], (best + 1,)
+            attributed.add(i)
+    ok = [passes(v) for v in verdicts]
+
+    def marks(i: int) -> str:
+        return "".join(f" [{n}]" for n in cited[i])
+
     trims = [(i, p) for i in range(len(plain)) if not ok[i] for p in _prefixes(plain[i])]
-    trimmed: dict[int, str] = {}
-    for (i, prefix), (score, missing) in zip(
-        trims, judge([p for _, p in trims], [i for i, _ in trims]), strict=True
+    kept: dict[int, str] = {}
+    for (i, prefix), verdict in zip(
+        trims, judge([p for _, p in trims], [pools[i] for i, _ in trims]), strict=True
     ):
-        if i not in trimmed and not missing and score >= config.min_score:  # longest supported prefix first
-            marks = "".join(f" [{n}]" for n in cited[i])
-            trimmed[i] = f"{prefix}.{marks}"
+        if i not in kept and passes(verdict):  # longest supported prefix first
+            kept[i] = f"{prefix}.{marks(i)}"
+    # Rewrite: a sentence of the cited chunk that holds a fact the draft took from it, with the asked property.
+    rewrites: list[tuple[int, int, str, int]] = []  # (draft, source, chunk sentence, facts shared)
+    for i in range(len(plain)):
+        if ok[i] or i in kept or not focus or not cited[i]:
+            continue
+        taken = _facts(plain[i]) - asked
+        for j in pools[i]:
+            if asked_names - source_words[j]:
+                continue
+            for text, words in zip(source_sentences[j], sentence_words[j], strict=True):
+                shared = len(taken & words)
+                if shared and words & focus:
+                    rewrites.append((i, j, text, shared))
+    judged = judge([t for _, _, t, _ in rewrites], [[j] for _, j, _, _ in rewrites])
+    ranked = sorted(zip(rewrites, judged, strict=True), key=lambda r: (-r[0][3], -r[1][0]))
+    for (i, j, text, _), verdict in ranked:
+        if i not in kept and passes(verdict):
+            kept[i] = f"{text.rstrip()} [{j + 1}]"
     out = []
     for i, sentence in enumerate(sentences):
-        score, missing = verdicts[i]
-        kept = sentence if ok[i] else trimmed.get(i, "")
-        out.append(SentenceSupport(sentence, cited[i], round(score, 4), missing, bool(kept), kept))
+        score, missing, on_topic = verdicts[i]
+        if ok[i]:
+            keep = f"{plain[i]}{marks(i)}" if i in attributed else sentence
+        else:
+            keep = kept.get(i, "")
+        out.append(SentenceSupport(sentence, cited[i], round(score, 4), missing, bool(keep), keep, on_topic))
     return out
 
 
