@@ -98,10 +98,12 @@ class EngineConfig:
             raise InvalidParameter("streaming_window", self.streaming_window, "an int >= 1 or None")
 
 
-# Whether `LLM` runs the engine on an accelerator when `EngineConfig.on_accelerators` is None. THE switch to flip
-# once measured: True where one stream through the engine (graph-replayed steps) is no slower than the static
-# decoder's graph-captured steps (bench/engine_gpu.py prints both). False keeps that device on the serialized path.
-ENGINE_ON_ACCELERATOR: dict[str, bool] = {"cuda": False, "xpu": False}
+# Whether `LLM` runs the engine on an accelerator when `EngineConfig.on_accelerators` is None. CUDA: on since the
+# H100 measurement of 2026-12-05 (bench/engine_gpu.py, docs/benchmarks-batching.md): one stream through `LLM` at
+# 0.96x the serialized static decoder (int4 and bf16), 8 streams 2.6x (int4) / 7.7x (bf16) one stream's aggregate,
+# plus what only the engine has (concurrent callers, logprobs, speculative decoding, 8-bit KV, streaming).
+# XPU: unmeasured, so the serialized path stays.
+ENGINE_ON_ACCELERATOR: dict[str, bool] = {"cuda": True, "xpu": False}
 
 
 @dataclass(frozen=True)

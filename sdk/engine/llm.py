@@ -167,7 +167,7 @@ class LLM:
             self._context_length = self._max_context_arg or max_pos
             self._lock = model_lock(model)
             tp = self._tp
-            windows_ok = device.type == "cpu" or bool(self._engine_config.on_accelerators)
+            windows_ok = _engine_wanted(device, self._engine_config)
             decoder = (
                 tp.decoder if tp is not None else build_decoder(model, dtype, device, windows_ok=windows_ok)
             )
@@ -471,16 +471,22 @@ class _AnyEvent:
         return self._a.is_set() or (self._b is not None and self._b.is_set())
 
 
+def _engine_wanted(device: torch.device, config: EngineConfig) -> bool:
+    """The engine serves CPU models; on accelerators as `EngineConfig.on_accelerators` says, else as the device's
+    `ENGINE_ON_ACCELERATOR` default."""
+    if device.type == "cpu":
+        return True
+    wanted = config.on_accelerators
+    return ENGINE_ON_ACCELERATOR.get(device.type, False) if wanted is None else wanted
+
+
 def _engine_runs(static: StaticCacheDecoder, config: EngineConfig) -> bool:
     """The engine serves CPU models; on accelerators when asked (`EngineConfig.on_accelerators`, else the device's
     `ENGINE_ON_ACCELERATOR` default) and a paged attention kernel (not the reference) is registered."""
+    if not _engine_wanted(static.device, config):
+        return False
     if static.device.type == "cpu":
         return True
-    wanted = config.on_accelerators
-    if wanted is None:
-        wanted = ENGINE_ON_ACCELERATOR.get(static.device.type, False)
-    if not wanted:
-        return False
     ctx = OpContext(static.device.type, static.dtype, static.head_dim, static.family.qk_norm)
     return select_op("paged_attention", ctx).name != "reference"
 

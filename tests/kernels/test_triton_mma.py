@@ -113,10 +113,10 @@ def test_mma_on_int8_activations_matches_its_twin(fmt, gs, case):
 
 def test_registry_offers_mma_tiles_per_row_bucket(monkeypatch):
     tw = pack_weight(_weight("nf4", 64, 64, 256, 0), DEVICE)
-    monkeypatch.delenv("XPULLM_TRITON_MMA", raising=False)
-    assert not [c for c in candidates("cuda", tw, 16, torch.bfloat16) if c.path == "mma"]  # opt-in for now
-    assert default_config(tw, 16, torch.bfloat16).path != "mma"  # untimed choices stay on verified paths
-    monkeypatch.setenv("XPULLM_TRITON_MMA", "1")
+    monkeypatch.setenv("XPULLM_TRITON_MMA", "0")
+    assert not [c for c in candidates("cuda", tw, 16, torch.bfloat16) if c.path == "mma"]  # switched off
+    assert default_config(tw, 16, torch.bfloat16).path != "mma"  # untimed choices stay on the older paths
+    monkeypatch.delenv("XPULLM_TRITON_MMA", raising=False)  # the default: timed beside the others
     for m, bm in ((2, 16), (16, 16), (32, 32), (200, 64)):
         mma = [c for c in candidates("cuda", tw, m, torch.bfloat16) if c.path == "mma"]
         assert mma and all(c.block_m == bm == mma_block_m(m) for c in mma)
