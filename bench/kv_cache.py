@@ -1,4 +1,4 @@
-"""KV cache on CPU: fp32 vs fp8 (e4m3) vs int8 KV pools in the engine, and streaming (sinks + window) on vs off.
+"""KV cache on CPU: fp32 vs bf16 vs fp8 (e4m3) vs int8 KV pools in the engine, and streaming (sinks + window) on vs off.
 
     python -P bench/kv_cache.py [--ppl-tokens 8192] [--contexts 512,2048,8192] [--out docs/benchmarks-kvcache.md]
 
@@ -30,8 +30,13 @@ import torch.nn.functional as F
 from xpullm.engine import LLM
 from xpullm.engine.core import EngineConfig
 
-DTYPES = ["auto", "fp8_e4m3", "int8"]
-NAMES = {"auto": "fp32 (activation dtype)", "fp8_e4m3": "fp8 e4m3", "int8": "int8"}
+DTYPES = ["auto", "bf16", "fp8_e4m3", "int8"]
+NAMES = {
+    "auto": "fp32 (activation dtype)",
+    "bf16": "bf16",
+    "fp8_e4m3": "fp8 e4m3 (Hadamard basis)",
+    "int8": "int8",
+}
 
 
 def wiki_text() -> str:
@@ -153,9 +158,12 @@ def main() -> None:
     tok = base.tokenizer
     text = wiki_text()
     top = max(max(contexts), args.decode_context + args.decode_new + 16)
-    llms = {
-        kv: engine_llm(base, kv, kv_budget_tokens=top + 64, max_batched_tokens=args.chunk) for kv in DTYPES
-    }
+    built: dict[str, LLM] = {}
+
+    def llms(kv: str) -> LLM:  # engines built on first use: a run of one part or dtype builds only its own
+        if kv not in built:
+            built[kv] = engine_llm(base, kv, kv_budget_tokens=top + 64, max_batched_tokens=args.chunk)
+        return built[kv]
 
     if "ppl" in parts:
         ids = tok(text[: max(max(contexts), args.ppl_tokens) * 8])["input_ids"]
@@ -163,7 +171,7 @@ def main() -> None:
         for context in contexts:
             for kv in args.dtypes.split(","):
                 t = time.perf_counter()
-                value = perplexity(llms[kv], ids[: max(context, args.ppl_tokens)], context, args.chunk)
+                value = perplexity(llms(kv), ids[: max(context, args.ppl_tokens)], context, args.chunk)
                 results["ppl"][f"{kv}@{context}"] = value
                 _save(store, results)
                 print(f"ppl {kv} ctx {context}: {value:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
@@ -183,7 +191,7 @@ def main() -> None:
         speed: dict[str, list[float]] = {kv: [] for kv in DTYPES}
         for _ in range(args.rounds):
             for kv in DTYPES:
-                speed[kv].append(decode_speed(llms[kv], long_prompt, args.decode_new))
+                speed[kv].append(decode_speed(llms(kv), long_prompt, args.decode_new))
                 print(f"decode {kv}: {speed[kv][-1]:.1f} tok/s", flush=True)
         results["decode"] = {"context": args.decode_context, "new": args.decode_new, "rounds": args.rounds,
                              "tok_s": speed}  # fmt: skip
