@@ -263,28 +263,44 @@ def render(r: dict, contexts: list[int]) -> str:
         for kv in DTYPES:
             cells = []
             for c in contexts:
-                value, ref = ppl.get(f"{kv}@{c}"), ppl.get(f"auto@{c}")
+                value = ppl.get(f"{kv}@{c}")
                 if value is None:
                     cells.append("not measured (time)")
                     continue
-                rel = "" if kv == "auto" or ref is None else f" ({(value / ref - 1) * 100:+.2f}%)"
-                cells.append(f"{value:.4f}{rel}")
+                rel = [
+                    f"{(value / ppl[f'{base}@{c}'] - 1) * 100:+.2f}% vs {NAMES[base].split()[0]}"
+                    for base in ("auto", "bf16")
+                    if base != kv and f"{base}@{c}" in ppl
+                ]
+                cells.append(f"{value:.4f}" + (f" ({', '.join(rel)})" if rel else ""))
             lines.append(f"| {NAMES[kv]} | " + " | ".join(cells) + " |")
+        before = {k.split("@")[1]: v for k, v in ppl.items() if k.startswith("fp8_e4m3_plain@")}
+        if before:
+            cells = []
+            for c in contexts:
+                value, ref = before.get(str(c)), ppl.get(f"auto@{c}")
+                cells.append(
+                    "-" if value is None else f"{value:.4f} ({(value / ref - 1) * 100:+.2f}% vs fp32)"
+                )
+            lines.append("| fp8 e4m3, plain basis (before; earlier run) | " + " | ".join(cells) + " |")
     mem = r.get("memory")
     if mem:
         fits = mem["fits"]
         per32 = fits["auto"][0]
-        bf16_streams = mem["budget_mib"] * 2**20 // (4096 * per32 // 2)
         lines += [
             "",
             f"### Memory: KV bytes per token and 4096-token streams in a {mem['budget_mib']} MiB KV budget",
             "",
             "| KV cache | bytes/token | x fp32 | blocks of 16 in budget | 4096-token streams | x fp32 | x bf16 |",
             "|---|---|---|---|---|---|---|",
-            f"| bf16 (computed: bf16 activations) | {per32 // 2} | 0.50 | - | {bf16_streams} | "
-            f"{bf16_streams / max(1, fits['auto'][2]):.1f} | 1.0 |",
         ]
-        for kv in DTYPES:
+        bf16_streams = fits["bf16"][2] if "bf16" in fits else mem["budget_mib"] * 2**20 // (4096 * per32 // 2)
+        if "bf16" not in fits:
+            lines.append(
+                f"| bf16 (computed: half of fp32) | {per32 // 2} | 0.50 | - | {bf16_streams} | "
+                f"{bf16_streams / max(1, fits['auto'][2]):.1f} | 1.0 |"
+            )
+        for kv in (kv for kv in DTYPES if kv in fits):
             per, blocks, streams = fits[kv]
             lines.append(
                 f"| {NAMES[kv]} | {per} | {per / per32:.2f} | {blocks} | {streams} | "
@@ -301,7 +317,7 @@ def render(r: dict, contexts: list[int]) -> str:
             "| KV cache | decode tok/s | x fp32 |",
             "|---|---|---|",
         ]
-        for kv in DTYPES:
+        for kv in (kv for kv in DTYPES if kv in best):
             lines.append(f"| {NAMES[kv]} | {best[kv]:.1f} | {best[kv] / best['auto']:.2f} |")
     chat = r.get("chat")
     if chat:

@@ -184,7 +184,8 @@ def test_bf16_kv_pools_under_fp32_activations(llm: LLM, engines: dict[str, LLM])
     ids = llm.tokenizer(PROMPTS[3])["input_ids"]
     got, want = _logits(runner, ids), _logits(engines["auto"].engine.runner, ids)
     assert torch.equal(got.argmax(-1), want.argmax(-1))  # bf16 keys / values move no greedy choice here
-    assert 0 < (got - want).abs().max() < 1.0  # rounded (not fp32 pools in disguise), but only slightly
+    rel = ((got - want).norm() / want.norm()).item()
+    assert 0 < rel < 0.05  # rounded (not fp32 pools in disguise), but slightly: measured ~1.6%, as int8's
     assert (
         bf16.generate(PROMPTS[0], max_new_tokens=6).text
         == engines["auto"].generate(PROMPTS[0], max_new_tokens=6).text
