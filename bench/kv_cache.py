@@ -173,6 +173,7 @@ def main() -> None:
                 t = time.perf_counter()
                 value = perplexity(llms(kv), ids[: max(context, args.ppl_tokens)], context, args.chunk)
                 results["ppl"][f"{kv}@{context}"] = value
+                results.setdefault("ppl_tokens", {})[str(context)] = max(context, args.ppl_tokens)
                 _save(store, results)
                 print(f"ppl {kv} ctx {context}: {value:.4f} ({time.perf_counter() - t:.0f} s)", flush=True)
 
@@ -249,15 +250,19 @@ def render(r: dict, contexts: list[int]) -> str:
         "`bench/kv_cache.py` (results kept per part in `bench/results/kv_cache.json`). Model: the packaged "
         "SmolLM2-135M-Instruct (checkpoint asym_int4 weights, fp32 activations on CPU; 30 layers, 3 kv heads of 64).",
     ]
-    ppl, setup = r.get("ppl", {}), r.get("ppl_setup", {})
+    ppl, setup, tokens = r.get("ppl", {}), r.get("ppl_setup", {}), r.get("ppl_tokens", {})
     if ppl:
         lines += [
             "",
-            f"### Perplexity (exllamav2 `wiki.utf8`: the first max(context, {setup.get('tokens')}) tokens in "
-            f"windows of the context length, prefilled in {setup.get('chunk')}-token chunks through the engine's "
-            "runner, so later chunks attend the cached 8-bit keys and values)",
+            "### Perplexity (exllamav2 `wiki.utf8`: its first N tokens (N per column) in windows of the context "
+            f"length, prefilled in {setup.get('chunk')}-token chunks through the engine's runner, so later chunks "
+            "attend the cached 8-bit keys and values)",
             "",
-            "| KV cache | " + " | ".join(f"ctx {c}" for c in contexts) + " |",
+            "| KV cache | "
+            + " | ".join(
+                f"ctx {c}, N = {tokens.get(str(c), max(c, setup.get('tokens', 0)))}" for c in contexts
+            )
+            + " |",
             "|---" * (len(contexts) + 1) + "|",
         ]
         for kv in DTYPES:
