@@ -368,8 +368,8 @@ NOTES = [
     "that for fp8 pools with a power-of-two head dim; int8 keeps the plain basis.",
     "- Perplexity noise: this model turns last-bit differences into visible perplexity changes (the twin and the "
     "native kernel, both fp32, differ by 0.16% at 512 on 2048 tokens; bf16 pools land below fp32), and one "
-    "2048-token sample at 512 put the same fp8 scheme at +0.4% (twin) and +0.8% (native kernel). Hence 8192 tokens per context here; "
-    "the fp8 margin to the 0.5% target (about 0.2-0.3 points) is real but not large.",
+    "2048-token sample at 512 put the same fp8 scheme at +0.4% (twin) and +0.8% (native kernel). Hence 8192 "
+    "tokens per context here; the fp8 margin to the 0.5% target (about 0.2-0.3 points) is real but not large.",
     "- Perplexity at 8k is about that at 2k: SmolLM2 is trained to 8192 tokens, and wiki articles rarely need more.",
     "- Memory: 8-bit pools take D + 4 bytes per head vector (the fp32 scale costs 6% at D = 64): 3.76x the tokens "
     "of fp32 pools (the CPU default, fp32 activations) and 1.88x those of bf16 pools in one byte budget; in whole "
