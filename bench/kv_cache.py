@@ -128,7 +128,9 @@ def main() -> None:
     )
     ap.add_argument("--ppl-tokens", type=int, default=2048)
     ap.add_argument("--contexts", default="512,2048,8192")
-    ap.add_argument("--dtypes", default=",".join(DTYPES), help="KV dtypes for the perplexity part")
+    ap.add_argument(
+        "--dtypes", default=",".join(DTYPES), help="KV dtypes for the perplexity and decode parts"
+    )
     ap.add_argument("--chunk", type=int, default=512)
     ap.add_argument("--decode-context", type=int, default=4096)
     ap.add_argument("--decode-new", type=int, default=32)
@@ -189,9 +191,9 @@ def main() -> None:
 
     if "decode" in parts:  # decode speed after a long prompt (interleaved rounds)
         long_prompt = tok.decode(tok(text[200000:])["input_ids"][: args.decode_context])
-        speed: dict[str, list[float]] = {kv: [] for kv in DTYPES}
+        speed: dict[str, list[float]] = {kv: [] for kv in args.dtypes.split(",")}
         for _ in range(args.rounds):
-            for kv in DTYPES:
+            for kv in speed:
                 speed[kv].append(decode_speed(llms(kv), long_prompt, args.decode_new))
                 print(f"decode {kv}: {speed[kv][-1]:.1f} tok/s", flush=True)
         results["decode"] = {"context": args.decode_context, "new": args.decode_new, "rounds": args.rounds,
@@ -341,12 +343,11 @@ def render(r: dict, contexts: list[int]) -> str:
 
 
 NOTES = [
-    "- Runs (2026-12-05): the 8k column and the int8 / fp32 8k cells earlier the same day (default flags); the 512 "
-    "and 2k columns and every bf16 / fp8 cell again after the fp8 change, each context on 8192 tokens "
-    "(`--contexts 512 --ppl-tokens 8192`, `--contexts 2048 --ppl-tokens 8192`, one process per dtype group, two "
-    "at a time, load average 7-10 on the 2 cores); then `--parts memory`. Decode and chat are the earlier run's: "
-    "the decode row for fp8 predates the Hadamard basis (it adds 2 + 2 G transforms of D log D adds per token and "
-    "kv head: small next to the D x context multiply-adds of the scores and values, not re-measured for time).",
+    "- Runs (2026-12-05): the fp32 / int8 8k cells and the chat part earlier the same day (default flags); after "
+    "the fp8 change every bf16 / fp8 cell and the 512 and 2k columns again, each context on 8192 tokens "
+    "(`--parts ppl --contexts C --ppl-tokens 8192 --dtypes ...`, one process per dtype group, two at a time, load "
+    "average 7-10 on the 2 cores), then `--parts memory`, then `--parts decode --dtypes auto,fp8_e4m3,int8 "
+    "--rounds 1` (bf16 pools run the PyTorch twin on CPU: no decode row). Results are merged per cell in the JSON.",
     "- Targets from the issue (perplexity increase vs bf16 KV, the issue's baseline, and vs fp32): fp8 <= 0.5% "
     "and int8 <= 1% are met at 512, 2k and 8k (table). bf16 pools run the PyTorch twin on CPU (the native kernel "
     "reads fp32 and 8-bit pools), so their times are not comparable; their perplexity is fp32's within noise.",
