@@ -347,7 +347,7 @@ NOTES = [
     "the fp8 change every bf16 / fp8 cell and the 512 and 2k columns again, each context on 8192 tokens "
     "(`--parts ppl --contexts C --ppl-tokens 8192 --dtypes ...`, one process per dtype group, two at a time, load "
     "average 7-10 on the 2 cores), then `--parts memory`, then `--parts decode --dtypes auto,fp8_e4m3,int8 "
-    "--rounds 1` (bf16 pools run the PyTorch twin on CPU: no decode row). Results are merged per cell in the JSON.",
+    "--rounds 2` (bf16 pools run the PyTorch twin on CPU: no decode row). Results are merged per cell in the JSON.",
     "- Targets from the issue (perplexity increase vs bf16 KV, the issue's baseline, and vs fp32): fp8 <= 0.5% "
     "and int8 <= 1% are met at 512, 2k and 8k (table). bf16 pools run the PyTorch twin on CPU (the native kernel "
     "reads fp32 and 8-bit pools), so their times are not comparable; their perplexity is fp32's within noise.",
@@ -368,16 +368,20 @@ NOTES = [
     "concurrent and prefix-cached outputs stay bitwise those of a request alone), cheap (butterflies). Shipped "
     "that for fp8 pools with a power-of-two head dim; int8 keeps the plain basis.",
     "- Perplexity noise: this model turns last-bit differences into visible perplexity changes (the twin and the "
-    "native kernel, both fp32, differ by 0.16% at 512 on 2048 tokens; bf16 pools land below fp32), and one "
+    "native kernel, both fp32, differ by 0.16% at 512 on 2048 tokens; bf16 pools land within +-0.05% of fp32, "
+    "either side), and one "
     "2048-token sample at 512 put the same fp8 scheme at +0.4% (twin) and +0.8% (native kernel). Hence 8192 "
     "tokens per context here; the fp8 margin to the 0.5% target (about 0.2-0.3 points) is real but not large.",
-    "- Perplexity at 8k is about that at 2k: SmolLM2 is trained to 8192 tokens, and wiki articles rarely need more.",
+    "- Perplexity falls with the context (each window sees more of its article before predicting); SmolLM2 is "
+    "trained to 8192 tokens.",
     "- Memory: 8-bit pools take D + 4 bytes per head vector (the fp32 scale costs 6% at D = 64): 3.76x the tokens "
     "of fp32 pools (the CPU default, fp32 activations) and 1.88x those of bf16 pools in one byte budget; in whole "
     "4096-token streams that is 4.2x fp32 and ~1.9x bf16 (the issue's 2x target, less the scale).",
-    "- Decode speed: at 135M parameters the weights (~80 MB) dominate a decode step, not the KV reads, so 8-bit KV "
-    "decodes at about fp32's speed here (int8 slightly ahead: a quarter of the KV bytes); on a bigger model or at "
-    "long contexts with many streams the KV share of the step grows.",
+    "- Decode speed (re-measured after the fp8 change, on a quieter machine: load average ~1.7; the "
+    "tok/s counts decode steps only): at 4096 tokens of context the KV reads are a visible "
+    "share of a step even at 135M parameters, so int8 (a quarter of fp32's KV bytes) decodes 1.24x and fp8 1.14x "
+    "fp32; fp8 trails int8 by its code conversion and the Hadamard transforms. (The earlier run under load 5-22 "
+    "had all three within 4%.)",
     "- Streaming: the on row's KV stays at its ring (sink block + window + one step's tokens, in blocks of 16) "
     "however long the chat grows, and its decode attends only window + sinks, so it is also faster per token "
     "than full attention at the end of a long context; the text it conditions on is only that window.",
