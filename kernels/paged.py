@@ -28,6 +28,17 @@ of that token's head vector, or fp8 e4m3 codes x / s with s = max|x| / 448 (`qua
 Triton kernels read both kinds directly (scaled in registers, no dequantized copy of the cache). 8-bit KV is D + 4 bytes per token and head instead of 4 D (fp32) or
 2 D (bf16): `kv_bytes_per_token`.
 
+fp8 pools with a power-of-two D hold every head vector in a rotated basis (`kv_rotation`): k (after RoPE) and v
+are multiplied by the orthonormal Walsh-Hadamard matrix R before they are coded, q by R before the scores, and
+the attention output by R on the way out. q . k = (q R) . (k R) and sum_j p_j v_j = (sum_j p_j v_j R) R^T (R is
+symmetric, R R = I), so the result is the same attention; only what the 3-bit mantissa loses changes: a channel
+that q and k both carry large (what dominates q . k) is spread over all D coded elements, and the scores' fp8
+error drops (docs/benchmarks-kvcache.md measures why this and not mean-offset smoothing). int8 pools keep the
+plain basis (their error is already at the fp32 noise floor there). No state: R depends on D alone.
+
+`kv_cache_dtype="bf16"`: bfloat16 float pools whatever the activation dtype (half the bytes of fp32 pools; the
+comparison row for 8-bit KV that GPUs run natively).
+
 Sliding window and attention sinks (`window` W > 0, `sinks` S >= 0): the token at position p attends only keys
 j <= p with j > p - W (its recent window) or j < S (the first S tokens, StreamingLLM's "sinks"). With a window
 the block table may also be narrower than the positions: it is then a ring, absolute block b (= j // block_size)
@@ -50,8 +61,10 @@ from xpullm.kernels import cpu_native
 
 __all__ = [
     "KV_CACHE_DTYPES",
+    "KV_CODE_DTYPES",
     "PagedBackend",
     "kv_bytes_per_token",
+    "kv_rotation",
     "paged_attention",
     "paged_backend",
     "quantize_kv",
@@ -65,11 +78,37 @@ __all__ = [
 # kv_cache_dtype -> the pools' element dtype (None: the activation dtype, whatever the caller allocated).
 KV_CACHE_DTYPES: dict[str, torch.dtype | None] = {
     "auto": None,
+    "bf16": torch.bfloat16,
     "int8": torch.int8,
     "fp8_e4m3": torch.float8_e4m3fn,
 }
 _CODE_MAX = {"int8": 127.0, "fp8_e4m3": 448.0}  # the code range the scale maps max|x| to
+KV_CODE_DTYPES = frozenset(_CODE_MAX)  # the kv_cache_dtype values whose pools hold 8-bit codes + fp32 scales
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+_ROTATED = frozenset({"fp8_e4m3"})  # code kinds whose pools hold head vectors in the Walsh-Hadamard basis
+
+
+def _hadamard(d: int) -> torch.Tensor:
+    """The Sylvester-ordered Walsh-Hadamard matrix of order d (a power of two), scaled to be orthonormal."""
+    h = torch.ones(1, 1)
+    while h.shape[0] < d:
+        h = torch.cat((torch.cat((h, h), 1), torch.cat((h, -h), 1)), 0)
+    return h / d**0.5
+
+
+@functools.cache
+def _hadamard_on(d: int, device: torch.device) -> torch.Tensor:
+    return _hadamard(d).to(device)
+
+
+def kv_rotation(d: int, kv_cache_dtype: str, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """The orthonormal R [D, D] (fp32) that pools of this kind hold head vectors rotated by (x R), or None.
+
+    fp8 e4m3 pools with D a power of two: the Walsh-Hadamard matrix (symmetric, R R = I; entries +-1 / sqrt(D)),
+    which the native kernel applies as butterflies; every other kind, or other D: None (the plain basis)."""
+    if kv_cache_dtype not in _ROTATED or d < 2 or d & (d - 1):
+        return None
+    return _hadamard_on(d, torch.device(device))
 
 
 @dataclass(frozen=True)
@@ -149,7 +188,14 @@ def _check_args(
         raise ValueError(
             f"kv_cache_dtype={kv_cache_dtype!r} is not known: choose one of {sorted(KV_CACHE_DTYPES)}"
         )
-    codes = None if kv_cache_dtype == "auto" else kv_cache_dtype
+    codes = kv_cache_dtype if kv_cache_dtype in _CODE_MAX else None
+    if codes is None and kv_cache_dtype != "auto":
+        want = KV_CACHE_DTYPES[kv_cache_dtype]
+        if k_pool.dtype != want or v_pool.dtype != want:
+            raise ValueError(
+                f"kv_cache_dtype={kv_cache_dtype!r} needs {want} pools; got {k_pool.dtype} and {v_pool.dtype} "
+                f"(allocate them with dtype={want})"
+            )
     if codes is not None:
         want = KV_CACHE_DTYPES[codes]
         if k_pool.dtype != want or v_pool.dtype != want:
@@ -278,6 +324,9 @@ def reference_paged_attention(
     tables = block_tables.long()
     blocks = tables[seq_index, _columns(positions // bs, shp, tables.shape[1])]
     slots = positions % bs
+    rot = kv_rotation(d, shp.codes or "", k.device)
+    if rot is not None:  # the pools' basis (module docstring); reference_attend turns q and the output by it
+        k, v = k @ rot, v @ rot
     if shp.codes:
         k_codes, k_s = quantize_kv(k, shp.codes)
         v_codes, v_s = quantize_kv(v, shp.codes)
@@ -309,13 +358,16 @@ def reference_attend(
     sinks: int = 0,
 ) -> torch.Tensor:
     """Phase 2 of the twin on the pools as they are: rotated q [N, H, D] (fp32) attends each token's keys 0..pos
-    (with a window: only j > pos - window or j < sinks; 8-bit pools: codes times their scales). Returns fp32
-    [N, H * D]. The tests hold a fast kernel's outputs to this on the kernel's own pools, so a code that the two
+    (with a window: only j > pos - window or j < sinks; 8-bit pools: codes times their scales; fp8 pools in the
+    rotated basis, `kv_rotation`: q R attends them and the output is turned back by R). Returns fp32 [N, H * D]. The tests hold a fast kernel's outputs to this on the kernel's own pools, so a code that the two
     sides rounded differently cannot blur the check."""
     n, h, d = q.shape
     kv, bs = k_pool.shape[1], k_pool.shape[2]
     tables, group = block_tables.long(), h // kv
     shp = _Shape(n, h, kv, d, bs, None, window, sinks)
+    rot = kv_rotation(d, "fp8_e4m3", q.device) if k_pool.dtype == torch.float8_e4m3fn else None
+    if rot is not None:
+        q = q.float() @ rot
     result = torch.empty((n, h, d), dtype=torch.float32, device=q.device)
     # Per sequence, its tokens against the keys any of them attends, each token masked to its own keys.
     for seq in torch.unique(seq_index).tolist():
@@ -333,6 +385,8 @@ def reference_attend(
             visible &= (cols[None] > pos[:, None] - window) | (cols[None] < sinks)
         probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
         result[rows] = torch.einsum("htl,hld->thd", probs, values)
+    if rot is not None:
+        result = result @ rot
     return result.reshape(n, h * d)
 
 
@@ -378,7 +432,8 @@ def kv_bytes_per_token(
         raise ValueError(
             f"kv_cache_dtype={kv_cache_dtype!r} is not known: choose one of {sorted(KV_CACHE_DTYPES)}"
         )
-    per_head = head_dim + 4 if kv_cache_dtype in _CODE_MAX else head_dim * dtype.itemsize
+    pool = KV_CACHE_DTYPES[kv_cache_dtype] or dtype
+    per_head = head_dim + 4 if kv_cache_dtype in _CODE_MAX else head_dim * pool.itemsize
     return 2 * n_layers * n_kv * per_head
 
 
@@ -515,7 +570,8 @@ def paged_attention(
     0..position); seq_index int64 [N]: its row in block_tables int32 [S, max_blocks]; k_pool, v_pool
     [num_blocks, KV, block_size, D]: written in place; n_heads: H; scale: the softmax scale; q_norm, k_norm [D],
     eps: Qwen3's per-head RMSNorm before RoPE (optional). kv_cache_dtype "int8" / "fp8_e4m3": 8-bit code pools
-    (int8 / float8_e4m3fn) with fp32 scales k_scale, v_scale [num_blocks, KV, block_size], also written in place.
+    (int8 / float8_e4m3fn) with fp32 scales k_scale, v_scale [num_blocks, KV, block_size], also written in place
+    (fp8: in the rotated basis of `kv_rotation`); "bf16": bfloat16 pools (any activation dtype).
     window > 0: attend only keys j > position - window, plus the first `sinks` keys; the table may then be a
     ring narrower than the positions (module docstring, `table_column`).
 

@@ -515,7 +515,10 @@ XQ_AVX2_FN int xq_decode_attention(const float *qkv, const float *cos, const flo
 
 /* Pools [num_blocks, KV, bs, D]: fp32 values, or 8-bit codes with one fp32 scale per (block, kv head, slot), as
    kernels/paged.py's `quantize_kv`: int8 (scale = max|x| / 127, code = round-half-even(x / scale)) or fp8 e4m3
-   (scale = max|x| / 448, code = x / scale rounded to nearest-even e4m3). */
+   (scale = max|x| / 448, code = x / scale rounded to nearest-even e4m3). e4m3 pools with a power-of-two D hold
+   head vectors in the Walsh-Hadamard basis (kernels/paged.py's `kv_rotation`): k after RoPE and v are turned by
+   the normalized Hadamard transform before coding, q before its scores, and the output back after the values
+   (the transform is its own inverse). */
 enum { CODES_NONE = 0, CODES_INT8 = 1, CODES_E4M3 = 2 };
 /* A run of keys in one block: physical block `blk`, slots off..off+cnt-1 (keys in order of position). */
 struct krun {
@@ -529,6 +532,7 @@ struct paged {
     int8_t *k_q, *v_q;        /* 8-bit code pools (int8, or e4m3 bytes), or NULL */
     float *k_s, *v_s;         /* their scales [num_blocks, KV, bs] */
     int codes;                /* CODES_*: what k_q / v_q hold */
+    int rotate;               /* e4m3 codes with a power-of-two D: vectors in the Hadamard basis */
     float code_mul;           /* read codes are value / code_mul (e4m3 decodes to value / 256), so scales get it */
     int64_t n, h, kv, d, bs, max_pos, s, max_blocks, num_blocks;
     int64_t window, sinks;    /* window > 0: keys j > pos - window, plus j < sinks; the table is then a ring */
@@ -590,6 +594,20 @@ XQ_AVX2_FN static void paged_rotate(const float *x, const float *norm, float eps
         x = tmp;
     }
     rope(x, c, s, d, out);
+}
+
+/* x <- x H / sqrt(d), H the Sylvester-ordered Walsh-Hadamard matrix (d a power of two): butterflies in one fixed
+   order, so a vector's result depends on that vector alone. */
+static void paged_hadamard(float *x, int64_t d) {
+    for (int64_t len = 1; len < d; len <<= 1)
+        for (int64_t i = 0; i < d; i += len << 1)
+            for (int64_t j = i; j < i + len; ++j) {
+                const float a = x[j], b = x[j + len];
+                x[j] = a + b;
+                x[j + len] = a - b;
+            }
+    const float s = 1.0f / sqrtf((float)d);
+    for (int64_t i = 0; i < d; ++i) x[i] *= s;
 }
 
 /* int8 codes of one head vector (round half to even: lrintf in the default rounding mode); returns the scale. */
@@ -686,8 +704,11 @@ XQ_AVX2_FN static void paged_write(const struct paged *p, float *tmp) {
             } else {
                 paged_rotate(k, p->k_norm, p->eps, c, s, d, tmp, rot);
                 if (p->codes == CODES_E4M3) {
+                    float vr[d];
+                    for (int64_t i = 0; i < d; ++i) vr[i] = v[i];
+                    if (p->rotate) paged_hadamard(rot, d), paged_hadamard(vr, d);
                     p->k_s[slot] = paged_quantize_e4m3(rot, d, (uint8_t *)p->k_q + slot * d);
-                    p->v_s[slot] = paged_quantize_e4m3(v, d, (uint8_t *)p->v_q + slot * d);
+                    p->v_s[slot] = paged_quantize_e4m3(vr, d, (uint8_t *)p->v_q + slot * d);
                 } else {
                     p->k_s[slot] = paged_quantize(rot, d, p->k_q + slot * d);
                     p->v_s[slot] = paged_quantize(v, d, p->v_q + slot * d);
@@ -1036,6 +1057,8 @@ XQ_AVX2_FN static void paged_group(const struct paged *p, int64_t n, int64_t j, 
     for (int64_t g = 0; g < g_n; ++g)
         paged_rotate(p->qkv + n * width + (j * g_n + g) * d, p->q_norm, p->eps, p->cos + pos * d, p->sin + pos * d,
                      d, tmp, q + g * d);
+    if (p->rotate)
+        for (int64_t g = 0; g < g_n; ++g) paged_hadamard(q + g * d, d);
     for (int64_t ri = 0, t0 = 0; ri < nruns; t0 += runs[ri].cnt, ++ri) {
         const int64_t base = (runs[ri].blk * p->kv + j) * bs + runs[ri].off, cnt = runs[ri].cnt;
         p->scores(p, q, g_n, base, cnt, t0, len, sc);
@@ -1046,7 +1069,10 @@ XQ_AVX2_FN static void paged_group(const struct paged *p, int64_t n, int64_t j, 
         for (int64_t t = 0; t < len; ++t) mx = e[t] > mx ? e[t] : mx;
         inv[g] = 1.0f / softmax_exp(e, len, mx);
     }
-    p->values(p, runs, nruns, j, sc, len, inv, p->out + (n * p->h + j * g_n) * d);
+    float *out = p->out + (n * p->h + j * g_n) * d;
+    p->values(p, runs, nruns, j, sc, len, inv, out);
+    if (p->rotate)
+        for (int64_t g = 0; g < g_n; ++g) paged_hadamard(out + g * d, d);
 }
 
 #ifdef _OPENMP
@@ -1111,7 +1137,8 @@ int xq_paged_attention_codes(const float *qkv, const float *cos, const float *si
     if (kind != CODES_INT8 && kind != CODES_E4M3) return -6;
     struct paged p = {.window = window, .sinks = sinks, .qkv = qkv, .cos = cos, .sin = sin, .q_norm = q_norm,
                       .k_norm = k_norm, .positions = positions, .seq_index = seq_index, .tables = tables, .k_q = k_q, .v_q = v_q,
-                      .k_s = k_s, .v_s = v_s, .codes = kind, .code_mul = kind == CODES_E4M3 ? 256.0f : 1.0f,
+                      .k_s = k_s, .v_s = v_s, .codes = kind, .rotate = kind == CODES_E4M3 && d >= 2 && !(d & (d - 1)),
+                      .code_mul = kind == CODES_E4M3 ? 256.0f : 1.0f,
                       .n = n, .h = h, .kv = kv, .d = d, .bs = bs, .max_pos = max_pos, .s = s,
                       .max_blocks = max_blocks, .num_blocks = num_blocks, .scale = scale, .eps = eps, .out = out};
     return paged_run(&p, threads);

@@ -20,7 +20,9 @@ are read on the device: no host sync. `reference_paged_attention` in `xpullm.ker
 8-bit pools (`kv_cache_dtype` "int8" or "fp8_e4m3"): the write kernel stores each k / v head vector as codes with
 one fp32 scale (int8: max|x| / 127, round half to even; e4m3: max|x| / 448, rounded to nearest even by the
 conversion; as `kernels.paged.quantize_kv`); the attention kernel loads the codes and scales them into q's dtype in
-registers, tile by tile.
+registers, tile by tile. e4m3 pools hold head vectors in the Walsh-Hadamard basis (`kernels.paged.kv_rotation`, R
+[D, D]): the write kernel turns q, k (after RoPE) and v by R, and the attention kernel turns its output back by R
+(one [BLOCK_G, D] x [D, D] dot per program).
 
 Sliding window and sinks (`window` W > 0): the attention kernel walks two column ranges, the sinks [0, min(S, lo))
 and the window [lo, pos] with lo = max(0, pos - W + 1), one online softmax over both; block columns go through
@@ -36,6 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
+from xpullm.kernels.paged import kv_rotation
 from xpullm.kernels.triton.attention import _dot
 from xpullm.kernels.triton.pdl import launch_options, wait_for_inputs
 
@@ -47,7 +50,7 @@ _MIN_HEAD_DIM, _MAX_HEAD_DIM = 16, 256  # tl.dot needs tile sides >= 16; wider h
 _MIN_GROUP_ROWS = 16  # the query-head tile is padded to a tl.dot-sized row count
 _NUM_WARPS = 4
 _LOG2E = 1.4426950408889634
-_CODES = {"auto": 0, "int8": 1, "fp8_e4m3": 2}  # kv_cache_dtype -> the kernels' CODES
+_CODES = {"auto": 0, "bf16": 0, "int8": 1, "fp8_e4m3": 2}  # kv_cache_dtype -> the kernels' CODES
 
 
 def supports(d: int, h: int, kv: int, dtype: torch.dtype) -> bool:
@@ -76,6 +79,14 @@ def _store_codes(dst, scale_dst, x, CODES: tl.constexpr):
 
 
 @triton.jit
+def _turn(x, rot_ptr, D: tl.constexpr):
+    """x [D] (fp32) times the orthonormal R [D, D] at rot_ptr: the fp8 pools' basis (`kernels.paged.kv_rotation`)."""
+    offs = tl.arange(0, D)
+    r = tl.load(rot_ptr + offs[:, None] * D + offs[None, :])
+    return tl.sum(x[:, None] * r, axis=0)
+
+
+@triton.jit
 def _e4m3_round(y):
     """y (|y| <= 448) rounded to the nearest e4m3 value, ties to even, in fp32 arithmetic: the result converts to
     e4m3 exactly, so no backend's own rounding is involved (Triton's interpreter mis-rounds when the mantissa
@@ -101,16 +112,17 @@ def _column(b, WINDOW: tl.constexpr, SINK_COLS, RING):
 @triton.jit
 def _paged_write_kernel(
     qkv_ptr, cos_ptr, sin_ptr, pos_ptr, seq_ptr, table_ptr, qn_ptr, kn_ptr, q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr,
-    stride_qkv, stride_cos, stride_sin, stride_t,
+    rot_ptr, stride_qkv, stride_cos, stride_sin, stride_t,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
     eps, sink_cols, ring,
     H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, HAS_NORM: tl.constexpr,
-    CODES: tl.constexpr, WINDOW: tl.constexpr, PDL: tl.constexpr,
+    CODES: tl.constexpr, WINDOW: tl.constexpr, PDL: tl.constexpr, ROT: tl.constexpr,
 ):  # fmt: skip
     """One head vector of one token: q -> q buffer [N, H, D], k -> its pool slot (both normalized and rotated),
     v -> its pool slot. Rotation: x * cos + roll(x, D/2) * sin (the caller's sin carries rotate_half's sign).
-    CODES (1 int8, 2 e4m3): k and v are stored as codes with their scale (contiguous [num_blocks, KV, BS] scales)."""
+    CODES (1 int8, 2 e4m3): k and v are stored as codes with their scale (contiguous [num_blocks, KV, BS] scales).
+    ROT: q, k and v are turned into the pools' basis (x R, R at rot_ptr) first."""
     n = tl.program_id(0).to(tl.int64)
     hh = tl.program_id(1)
     offs = tl.arange(0, D)
@@ -133,6 +145,8 @@ def _paged_write_kernel(
         c = tl.load(cos_ptr + pos * stride_cos + offs).to(tl.float32)
         s = tl.load(sin_ptr + pos * stride_sin + offs).to(tl.float32)
         y = x * c + xr * s
+        if ROT:
+            y = _turn(y, rot_ptr, D)
         if hh < H:
             tl.store(q_ptr + (n * H + hh) * D + offs, y.to(q_ptr.dtype.element_ty))
         else:
@@ -143,6 +157,8 @@ def _paged_write_kernel(
                 tl.store(dst, y.to(k_ptr.dtype.element_ty))
     else:
         v = tl.load(src + offs)
+        if ROT:
+            v = _turn(v.to(tl.float32), rot_ptr, D)
         dst = v_ptr + blk * stride_vb + (hh - H - KV) * stride_vh + slot * stride_vs + offs * stride_vd
         if CODES != 0:
             _store_codes(dst, vs_ptr + (blk * KV + hh - H - KV) * BS + slot, v.to(tl.float32), CODES)
@@ -152,16 +168,17 @@ def _paged_write_kernel(
 
 @triton.jit
 def _paged_attention_kernel(
-    q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, seq_ptr, table_ptr, o_ptr,
+    q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, seq_ptr, table_ptr, o_ptr, rot_ptr,
     qk_scale, stride_t, window, sinks, sink_cols, ring,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
     KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
-    CODES: tl.constexpr, WINDOW: tl.constexpr, PDL: tl.constexpr,
+    CODES: tl.constexpr, WINDOW: tl.constexpr, PDL: tl.constexpr, ROT: tl.constexpr,
 ):  # fmt: skip
     """Attention of the G query heads of one (token, kv head) over columns 0..pos of the token's sequence.
-    CODES != 0: k and v tiles are 8-bit codes, turned into q's dtype times their per-slot scales in registers."""
+    CODES != 0: k and v tiles are 8-bit codes, turned into q's dtype times their per-slot scales in registers.
+    ROT: q, k and v are in the pools' rotated basis; the output is turned back by R (at rot_ptr, R R = I)."""
     n = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
     offs_g = tl.arange(0, BLOCK_G)
@@ -196,6 +213,9 @@ def _paged_attention_kernel(
             KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW,
         )  # fmt: skip
     out = acc / l_i[:, None]
+    if ROT:
+        r = tl.load(rot_ptr + offs_d[:, None] * D + offs_d[None, :])
+        out = _dot(out, r, tl.zeros([BLOCK_G, D], dtype=tl.float32), DOT_F32, True)
     tl.store(o_ptr + (n * (KV * G) + heads[:, None]) * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
              mask=g_ok[:, None])  # fmt: skip
 
@@ -286,6 +306,8 @@ def paged_attention(
     if codes and not (k_scale.is_contiguous() and v_scale.is_contiguous()):
         raise ValueError("8-bit pools' k_scale and v_scale must be contiguous [num_blocks, KV, block_size]")
     ks, vs = (k_scale, v_scale) if codes else (q_buf, q_buf)  # not read without code pools
+    rot = kv_rotation(d, kv_cache_dtype, qkv.device)
+    rot_arg = q_buf if rot is None else rot  # not read without a rotation
     has_norm = q_norm is not None
     qn = q_norm.contiguous() if has_norm else q_buf  # not read without norms
     kn = k_norm.contiguous() if has_norm else q_buf
@@ -293,18 +315,19 @@ def paged_attention(
     sink_cols = -(-sinks // bs) if window else 0
     ring = block_tables.shape[1] - sink_cols  # < 1: no ring columns, the plain table
     _paged_write_kernel[(n, h + 2 * kv)](
-        qkv, cos, sin, positions, seq_index, block_tables, qn, kn, q_buf, k_pool, v_pool, ks, vs,
+        qkv, cos, sin, positions, seq_index, block_tables, qn, kn, q_buf, k_pool, v_pool, ks, vs, rot_arg,
         qkv.stride(0), cos.stride(0), sin.stride(0), block_tables.stride(0),
         *k_pool.stride(), *v_pool.stride(), float(eps), sink_cols, ring,
-        H=h, KV=kv, D=d, BS=bs, HAS_NORM=has_norm, CODES=codes, WINDOW=window > 0, num_warps=1, **opts,
+        H=h, KV=kv, D=d, BS=bs, HAS_NORM=has_norm, CODES=codes, WINDOW=window > 0, ROT=rot is not None,
+        num_warps=1, **opts,
     )  # fmt: skip
     g = h // kv
     _paged_attention_kernel[(n, kv)](
-        q_buf, k_pool, v_pool, ks, vs, positions, seq_index, block_tables, out,
+        q_buf, k_pool, v_pool, ks, vs, positions, seq_index, block_tables, out, rot_arg,
         float(scale) * _LOG2E, block_tables.stride(0), window, sinks, sink_cols, ring,
         *k_pool.stride(), *v_pool.stride(),
         KV=kv, G=g, D=d, BS=bs, BLOCK_G=max(_MIN_GROUP_ROWS, triton.next_power_of_2(g)),
         BLOCK_C=_block_cols(d, q_buf.element_size()), DOT_F32=_INTERPRET, IEEE=q_buf.dtype == torch.float32,
-        CODES=codes, WINDOW=window > 0, num_warps=_NUM_WARPS, **opts,
+        CODES=codes, WINDOW=window > 0, ROT=rot is not None, num_warps=_NUM_WARPS, **opts,
     )  # fmt: skip
     return out

@@ -38,8 +38,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--kv-cache-dtype",
         default=None,
-        choices=["auto", "int8", "fp8_e4m3"],
-        help="KV cache element: auto (activation dtype), int8 or fp8_e4m3 (about half of bf16's KV memory)",
+        choices=["auto", "bf16", "int8", "fp8_e4m3"],
+        help="KV cache element: auto (activation dtype), bf16, int8 or fp8_e4m3 (8-bit: about half of bf16's KV memory)",
     )
     g.add_argument(
         "--streaming",

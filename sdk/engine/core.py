@@ -75,8 +75,8 @@ class EngineConfig:
     """Speculative decoding (drafter, draft length, adaptation); None decodes one token per step. Outputs are the
     same either way; prompt lookup (the default) measured faster on grounded prompts and no slower on open chat."""
     kv_cache_dtype: str = "auto"
-    """KV pool element: "auto" (the activation dtype), "int8" or "fp8_e4m3" (8-bit codes + one fp32 scale per
-    token and kv head: ~2x the tokens of bf16 / ~4x of fp32 in the same bytes, read directly by the kernels)."""
+    """KV pool element: "auto" (the activation dtype), "bf16", "int8" or "fp8_e4m3" (8-bit codes + one fp32 scale
+    per token and kv head: ~2x the tokens of bf16 / ~4x of fp32 in the same bytes, read directly by the kernels)."""
     kv_budget_bytes: int | None = None
     """KV memory in bytes (turned into tokens by the KV dtype's bytes per token); kv_budget_tokens wins."""
     streaming: bool = False

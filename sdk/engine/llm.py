@@ -53,8 +53,8 @@ class LLM:
         speculative: speculative decoding in the engine: `prompt_lookup`, `self_speculative`, a
             `SpeculativeConfig`, or None / `off` for one token per step; default: what `engine` says (prompt
             lookup). The output is the same either way; per call, `speculative=False` opts out.
-        kv_cache_dtype: KV cache element, overriding `engine.kv_cache_dtype`: "auto" (activation dtype), "int8"
-            or "fp8_e4m3" (8-bit: about half the KV memory of bf16, a quarter of fp32).
+        kv_cache_dtype: KV cache element, overriding `engine.kv_cache_dtype`: "auto" (activation dtype), "bf16",
+            "int8" or "fp8_e4m3" (8-bit: about half the KV memory of bf16, a quarter of fp32).
         streaming: overriding `engine.streaming`: keep sink tokens + a recent window per sequence, so prompts and
             generations run past the context length with bounded KV memory (docs/engine.md).
         tensor_parallel: split the model over this many ranks (worker processes spawned here, one device each;

@@ -11,9 +11,9 @@ The weights, fused projections and small ops are borrowed from a `StaticCacheDec
 is copied); the pools and the block-table tensor are allocated once, here. On GPUs, steps of few tokens replay a
 captured graph of `forward_hidden` (`step_graphs.py`, attached as `graphs`); the rest run eagerly.
 
-KV pools hold the activation dtype, or 8-bit codes (`kv_cache_dtype` "int8" / "fp8_e4m3") with one fp32 scale per
-(block, kv head, slot): the paged kernel quantizes each k / v head vector as it writes it and reads the codes
-directly. Per layer a sliding window (the model's own, `layer_windows`, or streaming's) and sink tokens are
+KV pools hold the activation dtype, bfloat16 (`kv_cache_dtype` "bf16"), or 8-bit codes ("int8" / "fp8_e4m3") with
+one fp32 scale per (block, kv head, slot): the paged kernel quantizes each k / v head vector as it writes it and
+reads the codes directly (fp8 in a fixed rotated basis, `paged.kv_rotation`: nothing per model to calibrate). Per layer a sliding window (the model's own, `layer_windows`, or streaming's) and sink tokens are
 passed to the kernel; in streaming mode positions grow past the context, and the RoPE tables grow with them.
 """
 
@@ -74,7 +74,7 @@ class ModelRunner:
         dec: the model's `StaticCacheDecoder` (weights, fused projections, norm/act ops, RoPE module).
         num_blocks: blocks per layer pool; block_size: token slots per block.
         max_seqs: rows of the block-table tensor; max_positions: longest sequence (RoPE table length).
-        kv_cache_dtype: "auto" (the activation dtype), "int8" or "fp8_e4m3" pools.
+        kv_cache_dtype: "auto" (the activation dtype), "bf16", "int8" or "fp8_e4m3" pools.
         windows: per layer sliding window (0: full); sinks: tokens every windowed layer keeps attending.
         table_width: block-table columns per sequence (default: max_positions' blocks; streaming: its ring).
     """
@@ -113,7 +113,7 @@ class ModelRunner:
         self.k_pool = _zeros(shape, pool_dtype, self.device)
         self.v_pool = _zeros(shape, pool_dtype, self.device)
         self.k_scale = self.v_scale = None  # 8-bit pools: one fp32 scale per (block, kv head, slot)
-        if kv_cache_dtype != "auto":
+        if kv_cache_dtype in paged.KV_CODE_DTYPES:
             self.k_scale = _zeros(shape[:-1], torch.float32, self.device)
             self.v_scale = _zeros(shape[:-1], torch.float32, self.device)
         self.kv_bytes_per_token = kv_bytes_per_token(dec, kv_cache_dtype)
@@ -128,8 +128,10 @@ class ModelRunner:
         """Layer i's 8-bit pool, window and sink arguments of the paged kernel (none when all are defaults, so the
         engine's own reference twin takes the call too)."""
         kw: dict[str, Any] = {}
-        if self.kv_cache_dtype != "auto":
+        if self.kv_cache_dtype in paged.KV_CODE_DTYPES:
             kw.update(kv_cache_dtype=self.kv_cache_dtype, k_scale=self.k_scale[i], v_scale=self.v_scale[i])
+        elif self.kv_cache_dtype != "auto":
+            kw.update(kv_cache_dtype=self.kv_cache_dtype)
         if self.windows[i]:
             kw.update(window=self.windows[i], sinks=self.sinks)
         return kw

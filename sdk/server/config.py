@@ -23,7 +23,7 @@ class ServerConfig:
     max_context: int | None = None
     """Cap on prompt + generated tokens; prompts that do not fit get 400 (never truncated)."""
     kv_cache_dtype: str | None = None
-    """KV cache element: "auto" (activation dtype), "int8" or "fp8_e4m3"; None: the engine default (auto)."""
+    """KV cache element: "auto" (activation dtype), "bf16", "int8" or "fp8_e4m3"; None: the engine default (auto)."""
     streaming: bool | None = None
     """Keep attention sinks + a recent window per request: chats run past the context length (docs/engine.md)."""
     tensor_parallel: int = 1
