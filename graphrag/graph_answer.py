@@ -31,6 +31,8 @@ class GraphAnswer(Answer):
     context: list[ContextRecord]
     context_text: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    question: str = ""
+    """The question this answers (drift's sub-answers: their follow-up query)."""
 
     def records(self, kind: str) -> list[ContextRecord]:
         """The context records of one kind."""

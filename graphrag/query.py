@@ -103,6 +103,7 @@ class QueryEngine:
         else:
             answer, prompt, stage = handler(question, level)
             answer.details["relevance"] = relevance
+        answer.question = question
         if stream and not prompt:
             return stream_answer(answer, iter([answer.text]))
         if stream:
@@ -146,7 +147,7 @@ class QueryEngine:
         if REFUSES.search(text):
             answer.details["refused"] = True
             return text
-        text, dropped = grounded_sentences(text, [r.text for r in answer.context])
+        text, dropped = grounded_sentences(text, [r.text for r in answer.context], answer.question)
         if dropped:
             answer.details["ungrounded_sentences"] = dropped
         if says_nothing(text):  # nothing left, or only "The answer is:"
@@ -476,6 +477,7 @@ class QueryEngine:
         sub_answers = []
         for q in follow:
             sub, sub_prompt, _ = self._local(q, level)
+            sub.question = q
             raw = self.caller.generate_one(
                 sub_prompt, stage="query.drift_local", max_new_tokens=cfg.max_new_tokens
             )

@@ -97,17 +97,26 @@ def _numbers(text: str) -> set[str]:
     return {n.replace(",", "") for n in _NUMBER.findall(_CITATION.sub(" ", text))}
 
 
-def grounded_sentences(text: str, context: list[str]) -> tuple[str, int]:
+def grounded_sentences(text: str, context: list[str], question: str = "") -> tuple[str, int]:
     """`text` without the sentences that state a number no context record holds; returns (kept text, dropped).
 
     A small model answers "What is the population of Marlow?" with "The population of Marlow is 2." and "Who won
     the regatta in 2023?" with "The mill won it in 2023." when the records hold no such figure: an invented number
     is the surest sign of an invented answer (the question's own numbers count too: the records must hold them).
-    A trailing `[Data: ...]` reference stays with the sentence before it.
+    Given the `question`, a number must also stand in a record sentence that names what the question asks about
+    (its focus terms, e.g. "population"): "The population of Marlow is 43." is dropped when the records' 43 counts
+    otters. A trailing `[Data: ...]` reference stays with the sentence before it.
     """
-    from xpullm.documents.templates import sentence_spans
+    from xpullm.documents.templates import sentence_spans, split_sentences
+    from xpullm.rag.support import focus_terms, states_focus
 
     known = set().union(*(_numbers(c) for c in context)) if context else set()
+    focus = focus_terms(question) if question else set()
+    if focus:  # numbers that stand in a sentence about the asked property
+        about = set().union(
+            set(), *(_numbers(s) for c in context for s in split_sentences(c) if states_focus(s, focus))
+        )
+        known = about
     kept, dropped, last_dropped = [], 0, False
     for start, end in sentence_spans(text):
         sentence = text[start:end]

@@ -45,6 +45,7 @@ __all__ = [
     "cited_numbers",
     "focus_terms",
     "kept_text",
+    "states_focus",
 ]
 
 
@@ -210,6 +211,11 @@ def focus_terms(question: str) -> set[str]:
         ):
             out.add(_stem(t))
     return out
+
+
+def states_focus(sentence: str, focus: set[str]) -> bool:
+    """Whether `sentence` names one of the `focus_terms` of a question (compared as the same crude stems)."""
+    return bool(focus & {_stem(t) for t in _words(sentence)})
 
 
 def _chunk_sentences(hit: Hit) -> list[str]:

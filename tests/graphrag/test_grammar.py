@@ -250,6 +250,14 @@ def test_answers_with_invented_numbers_or_no_content_are_refused():
     assert (text, dropped) == ("The dam was completed in 1931.", 1)
     kept = "The Brannock Dam was completed in 1931. [Data: Sources (1)]"
     assert grounded_sentences(kept, context) == (kept, 0)  # citation ids are not facts
+    # With the question: the number must stand in a record sentence about what is asked (drift's answer to an
+    # unanswerable question, bench/graphrag_quality.py).
+    otters = ["Marlow is a village on the Ellis River. The Marlow otter count found 43 animals."]
+    invented = "The population of Marlow is 43 animals. [Data: Sources (7)]"
+    assert grounded_sentences(invented, otters) == (invented, 0)  # 43 is in the records...
+    assert grounded_sentences(invented, otters, "What is the population of Marlow?") == ("", 1)  # ...not as one
+    counted = "The otter count found 43 animals. [Data: Sources (7)]"
+    assert grounded_sentences(counted, otters, "How many otters did the Marlow count find?") == (counted, 0)
     assert says_nothing("The answer is:") and says_nothing(
         "The answer to this question is: [Data: Sources (1)]"
     )
