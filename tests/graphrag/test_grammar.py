@@ -254,8 +254,8 @@ def test_answers_with_invented_numbers_or_no_content_are_refused():
     # unanswerable question, bench/graphrag_quality.py).
     otters = ["Marlow is a village on the Ellis River. The Marlow otter count found 43 animals."]
     invented = "The population of Marlow is 43 animals. [Data: Sources (7)]"
-    assert grounded_sentences(invented, otters) == (invented, 0)  # 43 is in the records...
-    assert grounded_sentences(invented, otters, "What is the population of Marlow?") == ("", 1)  # ...not as one
+    assert grounded_sentences(invented, otters) == (invented, 0)  # 43 is in the records, not as a population
+    assert grounded_sentences(invented, otters, "What is the population of Marlow?") == ("", 1)
     counted = "The otter count found 43 animals. [Data: Sources (7)]"
     assert grounded_sentences(counted, otters, "How many otters did the Marlow count find?") == (counted, 0)
     assert says_nothing("The answer is:") and says_nothing(
