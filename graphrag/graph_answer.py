@@ -32,7 +32,7 @@ class GraphAnswer(Answer):
     context_text: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     question: str = ""
-    """The question this answers (drift's sub-answers: their follow-up query)."""
+    """The question this answers (empty for drift's follow-up answers, which only feed its final answer)."""
 
     def records(self, kind: str) -> list[ContextRecord]:
         """The context records of one kind."""

@@ -476,8 +476,8 @@ class QueryEngine:
         follow = (follow or [question])[: cfg.drift_follow_ups]
         sub_answers = []
         for q in follow:
+            # A follow-up's answer only feeds the reduce step: the final answer is checked against the question.
             sub, sub_prompt, _ = self._local(q, level)
-            sub.question = q
             raw = self.caller.generate_one(
                 sub_prompt, stage="query.drift_local", max_new_tokens=cfg.max_new_tokens
             )

@@ -103,13 +103,16 @@ _IRREGULAR = dict(pair.split(":") for pair in _IRREGULAR_TEXT.split())
 
 
 def _stem(word: str) -> str:
-    """A crude stem so 'founded' / 'founder' / 'founding', 'bakery' / 'bakeries' and 'began' / 'begin' meet."""
+    """A crude stem so 'founded' / 'founder' / 'founding', 'bakery' / 'bakeries', 'move' / 'moved' and
+    'began' / 'begin' meet."""
     w = word.lower().replace("’", "'").removesuffix("'s")
     w = _IRREGULAR.get(w, w)
     for suffix in ("ies", "ing", "ed", "es", "s", "y"):
-        if len(w) > len(suffix) + 3 and w.endswith(suffix):
+        if len(w) > len(suffix) + 2 and w.endswith(suffix):
             w = w[: -len(suffix)]
             break
+    if len(w) >= 4 and w.endswith("e"):  # 'move' meets 'moved' / 'moving' (whose 'e' went with the suffix)
+        w = w[:-1]
     return w[:7]
 
 
