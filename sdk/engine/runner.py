@@ -105,6 +105,9 @@ class ModelRunner:
         # The decoder's fixed-shape step ops: on GPUs the fused Triton norms (and int8 activations for <= 8 rows),
         # as in its graph-captured step; on CPU its eager ops.
         self._ops = dec.step_ops
+        # On CPU (fp32, native tiled weights) the layer stack runs as two native calls per layer around attention.
+        build = select_op("layer_stack", ctx).load(ctx)
+        self._stack = build(dec) if build is not None else None
         self.kv_cache_dtype = kv_cache_dtype
         self.windows = list(windows) if windows is not None else [0] * len(dec.layers)
         self.sinks = sinks
@@ -215,7 +218,10 @@ class ModelRunner:
             )  # fmt: skip
             return out.view(1, n, -1)
 
-        x, delta = decoder_layers(stack, x, self._ops, attention)  # type: ignore[arg-type]
+        if self._stack is not None and self._stack.valid():
+            x, delta = self._stack.run(x, attention, index)
+        else:
+            x, delta = decoder_layers(stack, x, self._ops, attention)  # type: ignore[arg-type]
         if last is not None:
             if last.numel() == 0:  # a step of prompt chunks none of which ends its prompt
                 return x.new_empty((0, self.vocab_size))
