@@ -78,6 +78,7 @@ class NativeLayerStack:
         self._k_max = max(d.k for d in descs)
         self._qkv_rows = max(p.qkv.n_out for p in plans)
         self._gu_rows = max(p.gate_up.n_out for p in plans)
+        self._held = tuple(pair for p in plans for pair in p.held)
 
     @classmethod
     def build(cls, dec: StaticCacheDecoder) -> NativeLayerStack | None:
@@ -115,7 +116,10 @@ class NativeLayerStack:
     def valid(self) -> bool:
         """Whether every projection still holds the state the descriptors point into (a reload or device move
         replaces it)."""
-        return all(m.state is s for p in self._plans for m, s in p.held)
+        for mod, state in self._held:
+            if mod.state is not state:
+                return False
+        return True
 
     def run(
         self,
