@@ -5,8 +5,10 @@ no op at all for nf4, fp4 or fp8. These kernels (source: `csrc/cpu_ops.c`) do wh
 integer and codebook formats: activations are quantised per block of 32 to int8 and each block's dot product is
 integer multiply-adds (AVX2 `vpmaddubsw`, AVX-512 VNNI `vpdpbusd`); nf4/fp4 nibbles go through a 16-entry int8
 table (`vpshufb`); fp8 codes are turned into fp16 bit patterns in registers and multiplied in fp32. The same
-library holds RMSNorm, a decode step's attention, which the decoder calls on CPU in fp32, and the
-continuous-batching engine's paged attention (`paged_attention`, dispatched by `xpullm.kernels.paged`).
+library holds RMSNorm, SwiGLU, a decode step's attention, which the decoder calls on CPU in fp32, the
+continuous-batching engine's paged attention (`paged_attention`, dispatched by `xpullm.kernels.paged`), and the
+engine's fused layer halves (`norm_linear`: residual add + RMSNorm + projection; `out_mlp`: output projection +
+residual add + RMSNorm + gate/up + SwiGLU + down), which quantise each activation once and allocate nothing.
 
 The C file is compiled once per source version with the system C compiler (`$CC`, `cc` or `gcc`) into
 `$XPULLM_CACHE/native` and loaded with ctypes: no build step at install, no PyTorch headers, no -march flag. The

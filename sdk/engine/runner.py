@@ -5,7 +5,9 @@ token). The layer stack is `step_ops.decoder_layers` (the one llama-style layer 
 shares) over x [1, N, hidden]: projections, norms and the MLP are row-independent, and attention goes through
 `paged_attention` (selected in the op registry, `step_kernels.py`), whose per-token arithmetic does not depend on
 the rest of the batch. So every sequence's tokens are bitwise the same whatever else runs in the step. The final
-norm and the LM head run only on the rows whose next-token logits are needed.
+norm and the LM head run only on the rows whose next-token logits are needed. On CPU, where every projection runs
+a native tiled kernel, the same stack runs as two native calls per layer around attention (`cpu_layers.py`,
+chosen in the op registry as `layer_stack`; bit for bit the same result).
 
 The weights, fused projections and small ops are borrowed from a `StaticCacheDecoder` of the same model (nothing
 is copied); the pools and the block-table tensor are allocated once, here. On GPUs, steps of few tokens replay a
