@@ -535,6 +535,11 @@ def _as_fp32_input(x2: torch.Tensor, k: int) -> torch.Tensor:
     return x2
 
 
+def _check_simd(status: int) -> None:
+    if status != 0:
+        raise RuntimeError("the native CPU layer calls found no SIMD path on this CPU (they need AVX2 + FMA + F16C)")
+
+
 def _check(status: int, m: int, k: int) -> None:
     if status != 0:
         raise MemoryError(f"native CPU kernel could not allocate scratch for {m} x {k} activations")
@@ -721,7 +726,7 @@ def norm_linear(
         h.data_ptr(), None if delta is None else delta.data_ptr(), norm_weight.data_ptr(), eps, m, hidden,
         ctypes.byref(lin), out.data_ptr(), scratch.y.data_ptr(), scratch.acts.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
-    _check(status, m, hidden)
+    _check_simd(status)
     return out
 
 
@@ -745,7 +750,7 @@ def out_mlp(
         ctypes.byref(gate_up), ctypes.byref(down), m, hidden, out.data_ptr(), scratch.y.data_ptr(),
         scratch.gu.data_ptr(), scratch.acts.data_ptr(), torch.get_num_threads(),
     )  # fmt: skip
-    _check(status, m, hidden)
+    _check_simd(status)
     return out
 
 
