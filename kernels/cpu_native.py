@@ -537,7 +537,9 @@ def _as_fp32_input(x2: torch.Tensor, k: int) -> torch.Tensor:
 
 def _check_simd(status: int) -> None:
     if status != 0:
-        raise RuntimeError("the native CPU layer calls found no SIMD path on this CPU (they need AVX2 + FMA + F16C)")
+        raise RuntimeError(
+            "the native CPU layer calls found no SIMD path on this CPU (they need AVX2 + FMA + F16C)"
+        )
 
 
 def _check(status: int, m: int, k: int) -> None:
