@@ -3,8 +3,12 @@
 Each engine runs in its own subprocess through `cpu_decode.py --one` (the same code paths as that script), rounds
 interleaved (A B C, A B C, ...) so a shared machine's load hits every engine alike; peak RSS is the child's own
 (wait4). `ipex-llm:FMT` runs IPEX-LLM 2.2.0 in its own virtualenv through `../shared/bench/ipex_llm_cpu_peer.py`
-(set up as that file says, with `prepare ... $PEER/model<prompt tokens>` for each prompt length). Prints a markdown
-table (ratios against llama.cpp within the run); nothing is written to docs.
+(set up as that file says, with `prepare ... $PEER/model<prompt tokens>` for each prompt length). `before:ENGINE`
+runs ENGINE under `--before-python` (another checkout's venv, e.g. main's), so a change is measured against the
+code before it in the same interleaved rounds. `xpullm-plain:FMT` decodes one token per step (speculation off, as
+llama.cpp runs); `xpullm:FMT` is the engine's default (prompt-lookup drafts, which this benchmark's repetitive
+prompt makes hit often). Prints a markdown table (ratios against llama.cpp within the run); nothing is written to
+docs.
 
     .venv/bin/python -P bench/cpu_xeon.py --threads 1 --prompt-tokens 128 --rounds 3 \\
         --engines llama.cpp,xpullm:sym_int4,xpullm:nf4
@@ -54,7 +58,10 @@ def _command(engine: str, args: argparse.Namespace) -> list[str]:
         return [str(peer / "venv" / "bin" / "python"), str(Path(args.peer_script).resolve()), "run",
                 str(peer / f"model{args.prompt_tokens}"), "--low-bit", fmt, "--threads", str(args.threads),
                 "--new-tokens", str(args.new_tokens), "--rounds", "1"]  # fmt: skip
-    cmd = [sys.executable, "-P", str(DECODE), "--one", engine, "--threads", str(args.threads)]
+    python = sys.executable
+    if kind == "before":  # `before:ENGINE`: ENGINE under another checkout's interpreter (its own xpullm)
+        python, engine = args.before_python, fmt
+    cmd = [python, "-P", str(DECODE), "--one", engine, "--threads", str(args.threads)]
     return [*cmd, "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens)]
 
 
@@ -84,6 +91,12 @@ def main() -> None:
     ap.add_argument("--engines", default=ENGINES)
     ap.add_argument("--peer", default="~/.cache/ipex-llm-peer", help="IPEX-LLM peer folder (venv, model<N>)")
     ap.add_argument("--peer-script", default=str(PEER_SCRIPT))
+    ap.add_argument(
+        "--before-python",
+        default=None,
+        help="interpreter of another checkout's venv: engines named before:ENGINE run this script's ENGINE with "
+        "it (that checkout's xpullm), for before/after rows in one interleaved run",
+    )
     args = ap.parse_args()
     env = {
         **os.environ,

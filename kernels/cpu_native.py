@@ -5,8 +5,10 @@ no op at all for nf4, fp4 or fp8. These kernels (source: `csrc/cpu_ops.c`) do wh
 integer and codebook formats: activations are quantised per block of 32 to int8 and each block's dot product is
 integer multiply-adds (AVX2 `vpmaddubsw`, AVX-512 VNNI `vpdpbusd`); nf4/fp4 nibbles go through a 16-entry int8
 table (`vpshufb`); fp8 codes are turned into fp16 bit patterns in registers and multiplied in fp32. The same
-library holds RMSNorm, a decode step's attention, which the decoder calls on CPU in fp32, and the
-continuous-batching engine's paged attention (`paged_attention`, dispatched by `xpullm.kernels.paged`).
+library holds RMSNorm, SwiGLU, a decode step's attention, which the decoder calls on CPU in fp32, the
+continuous-batching engine's paged attention (`paged_attention`, dispatched by `xpullm.kernels.paged`), and the
+engine's fused layer halves (`norm_linear`: residual add + RMSNorm + projection; `out_mlp`: output projection +
+residual add + RMSNorm + gate/up + SwiGLU + down), which quantise each activation once and allocate nothing.
 
 The C file is compiled once per source version with the system C compiler (`$CC`, `cc` or `gcc`) into
 `$XPULLM_CACHE/native` and loaded with ctypes: no build step at install, no PyTorch headers, no -march flag. The
@@ -52,6 +54,8 @@ __all__ = [
     "CpuNativeFp8Kernel",
     "CpuNativeInt4Kernel",
     "CpuNativeInt8Kernel",
+    "LayerScratch",
+    "LinearDesc",
     "NativeFp8State",
     "NativeTiledState",
     "active_isa",
@@ -59,10 +63,15 @@ __all__ = [
     "forced_isa",
     "isa_paths",
     "library",
+    "linear_desc",
+    "norm_linear",
+    "out_mlp",
     "paged_attention",
+    "quantize_rows",
     "reference_decode_attention",
     "reference_int8_activations",
     "rms_norm",
+    "silu_mul",
 ]
 
 log = logging.getLogger(__name__)
@@ -148,6 +157,32 @@ def library() -> ctypes.CDLL | None:
         getattr(lib, name).restype = ctypes.c_int
     lib.xq_rms_norm.argtypes = [_P, _P, _P, _I, _I, ctypes.c_float]
     lib.xq_rms_norm.restype = None
+    lib.xq_acts_bytes.argtypes = [_I, _I]
+    lib.xq_acts_bytes.restype = _I
+    lib.xq_norm_linear.argtypes = [_P, _P, _P, ctypes.c_float, _I, _I, _P, _P, _P, _P, ctypes.c_int]
+    lib.xq_norm_linear.restype = ctypes.c_int
+    lib.xq_out_mlp.argtypes = [
+        _P,
+        _I,
+        _P,
+        _P,
+        _P,
+        ctypes.c_float,
+        _P,
+        _P,
+        _I,
+        _I,
+        _P,
+        _P,
+        _P,
+        _P,
+        ctypes.c_int,
+    ]
+    lib.xq_out_mlp.restype = ctypes.c_int
+    lib.xq_silu_mul.argtypes = [_P, _I, _I, _P]
+    lib.xq_silu_mul.restype = None
+    lib.xq_quantize_rows.argtypes = [_P, _I, _I, _P, _P, _P]
+    lib.xq_quantize_rows.restype = None
     lib.xq_decode_attention.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, ctypes.c_float, _P,
                                         ctypes.c_int]  # fmt: skip
     lib.xq_decode_attention.restype = ctypes.c_int
@@ -223,6 +258,19 @@ def rms_norm(x: torch.Tensor, shape: tuple[int, ...], weight: torch.Tensor, eps:
     y = torch.empty_like(x)
     lib.xq_rms_norm(x.data_ptr(), weight.data_ptr(), y.data_ptr(), x.numel() // shape[0], shape[0], eps)
     return y
+
+
+def silu_mul(gu: torch.Tensor) -> torch.Tensor:
+    """SwiGLU of a fused gate/up output [..., 2F]: silu(gate) * up in one native call for contiguous fp32 CPU
+    tensors (PyTorch runs three ops); else PyTorch. SiLU is g / (1 + e^-g) with a vectorised e^x (~1 ulp)."""
+    lib = library()
+    if lib is None or gu.dtype != torch.float32 or not gu.is_contiguous() or gu.device.type != "cpu":
+        g, u = gu.chunk(2, dim=-1)
+        return F.silu(g) * u
+    f = gu.shape[-1] // 2
+    out = torch.empty((*gu.shape[:-1], f))
+    lib.xq_silu_mul(gu.data_ptr(), gu.numel() // (2 * f), f, out.data_ptr())
+    return out
 
 
 def decode_attention(
@@ -487,6 +535,13 @@ def _as_fp32_input(x2: torch.Tensor, k: int) -> torch.Tensor:
     return x2
 
 
+def _check_simd(status: int) -> None:
+    if status != 0:
+        raise RuntimeError(
+            "the native CPU layer calls found no SIMD path on this CPU (they need AVX2 + FMA + F16C)"
+        )
+
+
 def _check(status: int, m: int, k: int) -> None:
     if status != 0:
         raise MemoryError(f"native CPU kernel could not allocate scratch for {m} x {k} activations")
@@ -602,6 +657,114 @@ class CpuNativeInt8Kernel(_NativeTiledKernel):
 
     name = "cpu_int8_native"
     bits = 8
+
+
+# The C kernels' weight kinds (cpu_ops.c's K_INT4, K_LUT4, K_INT8).
+_KIND_INT4, _KIND_LUT4, _KIND_INT8 = 0, 1, 2
+
+
+class LinearDesc(ctypes.Structure):
+    """A tiled weight as the fused layer calls read it (cpu_ops.c's `struct xq_linear`); holds raw pointers, so
+    keep the `NativeTiledState` alive while it is used."""
+
+    _fields_ = [
+        ("kind", ctypes.c_int64),
+        ("n", ctypes.c_int64),
+        ("n_out", ctypes.c_int64),
+        ("k", ctypes.c_int64),
+        ("w", ctypes.c_void_p),
+        ("scale", ctypes.c_void_p),
+        ("zero", ctypes.c_void_p),
+        ("lut", ctypes.c_void_p),
+        ("zmul", ctypes.c_float),
+        ("wmul", ctypes.c_float),
+    ]
+
+
+def linear_desc(state: NativeTiledState) -> LinearDesc:
+    """`state`'s descriptor for `norm_linear` / `out_mlp` (the same tiles, scales and zeros its matmul reads)."""
+    if state.lut is not None:
+        kind, zmul = _KIND_LUT4, 0.0
+    elif state.bits == 4:
+        kind, zmul = _KIND_INT4, -8.0
+    else:
+        kind, zmul = _KIND_INT8, 0.0
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    return LinearDesc(
+        kind, state.rows, state.shape[0], state.padded_k, state.tiles.data_ptr(), state.scales.data_ptr(),
+        ptr(state.zeros), ptr(state.lut), zmul, state.wmul,
+    )  # fmt: skip
+
+
+@dataclass
+class LayerScratch:
+    """Buffers the fused layer calls share for m rows: normed/padded activations, the gate/up output, and the
+    quantised activations (allocated once per forward, reused by every layer)."""
+
+    y: torch.Tensor  # fp32 [m, k_max]
+    gu: torch.Tensor  # fp32 [m, gate_up rows]
+    acts: torch.Tensor  # uint8, xq_acts_bytes(m, k_max)
+
+    @classmethod
+    def new(cls, m: int, k_max: int, gu_rows: int) -> LayerScratch:
+        size = library().xq_acts_bytes(m, k_max)
+        return cls(torch.empty(m, k_max), torch.empty(m, gu_rows), torch.empty(size, dtype=torch.uint8))
+
+
+def norm_linear(
+    h: torch.Tensor,
+    delta: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    lin: LinearDesc,
+    scratch: LayerScratch,
+) -> torch.Tensor:
+    """First half of a decoder layer in one call: h += delta in place (the residual add; skipped for None), then
+    rms_norm(h) @ W^T with the norm's output quantised once. h, delta: contiguous fp32 [m, hidden]. Bit for bit
+    what `h + delta`, `rms_norm` and the weight's `matmul` give one after the other. Returns [m, lin.n_out]."""
+    m, hidden = h.shape
+    out = torch.empty(m, lin.n_out)
+    status = library().xq_norm_linear(
+        h.data_ptr(), None if delta is None else delta.data_ptr(), norm_weight.data_ptr(), eps, m, hidden,
+        ctypes.byref(lin), out.data_ptr(), scratch.y.data_ptr(), scratch.acts.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    _check_simd(status)
+    return out
+
+
+def out_mlp(
+    attn: torch.Tensor,
+    h: torch.Tensor,
+    o: LinearDesc,
+    norm_weight: torch.Tensor,
+    eps: float,
+    gate_up: LinearDesc,
+    down: LinearDesc,
+    scratch: LayerScratch,
+) -> torch.Tensor:
+    """Second half of a decoder layer in one call: h += attn @ O^T in place (the residual add), then returns
+    down(silu(g) * u) [m, hidden] with [g | u] = rms_norm(h) @ GU^T. Contiguous fp32 attn [m, width], h [m, hidden].
+    Bit for bit the unfused ops' result (with `silu_mul`, the CPU's SwiGLU op)."""
+    m, hidden = h.shape
+    out = torch.empty(m, hidden)
+    status = library().xq_out_mlp(
+        attn.data_ptr(), attn.shape[1], h.data_ptr(), ctypes.byref(o), norm_weight.data_ptr(), eps,
+        ctypes.byref(gate_up), ctypes.byref(down), m, hidden, out.data_ptr(), scratch.y.data_ptr(),
+        scratch.gu.data_ptr(), scratch.acts.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    _check_simd(status)
+    return out
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The int8-activation kernels' quantisation of contiguous fp32 x [m, k] (k a multiple of 32), on the active
+    path: codes [m, k] in natural column order, scales [m, k/32], per-block code sums [m, k/32] (int32)."""
+    m, k = x.shape
+    q = torch.empty(m, k, dtype=torch.int8)
+    d = torch.empty(m, k // 32)
+    isum = torch.empty(m, k // 32, dtype=torch.int32)
+    library().xq_quantize_rows(x.data_ptr(), m, k, q.data_ptr(), d.data_ptr(), isum.data_ptr())
+    return _unpermute_blocks(q), d, isum
 
 
 @dataclass

@@ -4,7 +4,7 @@
 |---|---|---|---|
 | `XPULLM_CACHE` | `cache` | user cache dir (`~/.cache/xpullm`) | where converted default models and the native CPU kernel build live |
 | `XPULLM_NATIVE` | `native` | `1` | `0`: never build/use the native AVX2 CPU kernels (PyTorch's int4 op instead) |
-| `XPULLM_FUSED_OPS` | `fused_ops` | `1` | `0`: the GPU decode step uses ATen ops instead of the fused Triton norm/RoPE/attention kernels |
+| `XPULLM_FUSED_OPS` | `fused_ops` | `1` | `0`: the GPU decode step uses ATen ops instead of the fused Triton norm/RoPE/attention kernels, and the CPU engine runs its layers op by op instead of two native calls per layer |
 | `XPULLM_CUDA_GRAPHS` | `cuda_graphs` | `1` | `0`: no CUDA-graph capture of the decode step |
 | `XPULLM_TRITON_AUTOTUNE` | `triton_autotune` | `1` | `0`: Triton matmuls take the tuned table / heuristic config without timing candidates |
 | `XPULLM_TRITON_TUNED` | `triton_tuned` | unset | path of an extra tuned-config table, read before the packaged one |

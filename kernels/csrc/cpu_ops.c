@@ -138,6 +138,39 @@ XQ_AVX2_FN static void xq_quantize(const float *x, int64_t m, int64_t k, int8_t 
     }
 }
 
+/* xq_quantize on 16 lanes, bit for bit the same: the max ignores NaNs as the scalar compare does, the codes are
+   one multiply and vcvtps2dq (round half to even, as lrintf in the default mode), kept as their low byte (the
+   scalar int8 cast), and the sums add the same codes. */
+XQ_AVX512_FN static void xq_quantize512(const float *x, int64_t m, int64_t k, int8_t *q, float *d, float *bsum,
+                                        int32_t *isum) {
+    const int64_t nb = k / 32;
+    const __m512 zero = _mm512_setzero_ps(), sign = _mm512_set1_ps(-0.0f);
+    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    for (int64_t r = 0; r < m; ++r) {
+        for (int64_t b = 0; b < nb; ++b) {
+            const float *v = x + r * k + b * 32;
+            const __m512 lo = _mm512_loadu_ps(v), hi = _mm512_loadu_ps(v + 16);
+            /* max(|v|, 0): a NaN lane gives the second operand, 0 */
+            const __m512 top = _mm512_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, lo), zero),
+                                             _mm512_max_ps(_mm512_andnot_ps(sign, hi), zero));
+            const float amax = _mm512_reduce_max_ps(top);
+            const float scale = amax / 127.0f, inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+            const __m512 iv = _mm512_set1_ps(inv);
+            const __m512i cl = _mm512_cvtps_epi32(_mm512_mul_ps(lo, iv)), ch = _mm512_cvtps_epi32(_mm512_mul_ps(hi, iv));
+            const __m128i qe = _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(cl, even, ch));
+            const __m128i qo = _mm512_cvtepi32_epi8(_mm512_permutex2var_epi32(cl, odd, ch));
+            int8_t *out = q + r * k + b * 32;
+            _mm_storeu_si128((__m128i *)out, qe);
+            _mm_storeu_si128((__m128i *)(out + 16), qo);
+            const int s = _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_cvtepi8_epi32(qe), _mm512_cvtepi8_epi32(qo)));
+            d[r * nb + b] = scale;
+            isum[r * nb + b] = s;
+            bsum[r * nb + b] = scale * (float)s;
+        }
+    }
+}
+
 /* ---- AVX2 ------------------------------------------------------------------------------------------ */
 
 XQ_AVX2_FN static inline float hsum8(__m256 v) {
@@ -372,32 +405,70 @@ XQ_AVX512_FN static void tile_fp8_avx512(const struct job *j, int64_t t) {
 
 typedef void (*tile_fn)(const struct job *, int64_t);
 
-/* Every tile of an n-row weight (n a multiple of 4; rows past n_out are computed, not written). */
-static int run_tiles(struct job *j, const float *x, int64_t n, int threads) {
+/* Quantised activations of m rows of width k, carved from one buffer of `acts_bytes(m, k)` bytes. */
+struct acts {
+    int8_t *xq;
+    float *d, *bsum;
+    int32_t *isum;
+};
+
+static size_t acts_bytes(int64_t m, int64_t k) {
+    const size_t blocks = (size_t)(m * (k / 32));
+    return ((size_t)(m * k) + 63) / 64 * 64 + 3 * 4 * blocks;
+}
+
+static struct acts acts_at(void *buf, int64_t m, int64_t k) {
+    const size_t blocks = (size_t)(m * (k / 32));
+    char *p = buf;
+    struct acts a = {.xq = (int8_t *)p};
+    p += ((size_t)(m * k) + 63) / 64 * 64;
+    a.d = (float *)p, a.bsum = a.d + blocks, a.isum = (int32_t *)(a.bsum + blocks);
+    return a;
+}
+
+static void quantize_acts(const float *x, int64_t m, int64_t k, const struct acts *a) {
+    if (xq_isa() == XQ_AVX512)
+        xq_quantize512(x, m, k, a->xq, a->d, a->bsum, a->isum);
+    else
+        xq_quantize(x, m, k, a->xq, a->d, a->bsum, a->isum);
+}
+
+/* Every tile of an n-row weight (n a multiple of 4; rows past n_out are computed, not written), activations
+   already in j (quantised, or fp32 for fp8). Threads take chunks of tiles as they come (about 8 per thread): on
+   a shared machine a thread the OS parks finds little or nothing left when it wakes, where an even static split
+   left its whole half waiting. A tile's result does not depend on the thread that computes it. Calls under ~1M
+   multiply-adds (a 576 x 576 or 960 x 576 GEMV) stay on one thread: their ~10 us do not pay for waking a
+   second one (at 2 threads, load ~6 on 2 vCPUs, this cut the packaged model's step by 13%). */
+static void tiles(const struct job *j, int64_t n, int threads) {
     const int isa = xq_isa();
-    if (isa < XQ_AVX2) return -1;
-    int8_t *xq = 0;
-    float *d = 0, *bsum = 0;
-    int32_t *isum = 0;
-    if (j->kind != K_FP8) {
-        xq = malloc((size_t)(j->m * j->k));
-        d = malloc(sizeof(float) * (size_t)(j->m * j->nb));
-        bsum = malloc(sizeof(float) * (size_t)(j->m * j->nb));
-        isum = malloc(sizeof(int32_t) * (size_t)(j->m * j->nb));
-        if (!xq || !d || !bsum || !isum) {
-            free(xq), free(d), free(bsum), free(isum);
-            return -1;
-        }
-        xq_quantize(x, j->m, j->k, xq, d, bsum, isum);
-        j->xq = xq, j->d = d, j->bsum = bsum, j->isum = isum;
-    } else {
-        j->xf = x;
-    }
     tile_fn fn = j->kind == K_FP8 ? (isa == XQ_AVX512 ? tile_fp8_avx512 : tile_fp8_avx2)
                                   : (isa == XQ_AVX512 ? tile_int_avx512 : tile_int_avx2);
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && n >= 256)
-    for (int64_t t = 0; t < n / 4; ++t) fn(j, t);
-    free(xq), free(d), free(bsum), free(isum);
+    const int64_t count = n / 4, chunk = threads > 1 && count / (8 * threads) > 1 ? count / (8 * threads) : 1;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, chunk) if (threads > 1 && j->m * n * j->k >= (1 << 20))
+    for (int64_t t = 0; t < count; ++t) fn(j, t);
+}
+
+/* Calls whose quantised activations fit here (a decode step's projections: m * k up to ~24k) use the stack:
+   a decode step makes ~120 such calls, and four mallocs and frees each cost about what a small GEMV's quantising
+   does. Bigger calls (prefill chunks) allocate. */
+enum { XQ_STACK_ACTS = 32768 };
+
+static int run_tiles(struct job *j, const float *x, int64_t n, int threads) {
+    if (xq_isa() < XQ_AVX2) return -1;
+    if (j->kind == K_FP8) {
+        j->xf = x;
+        tiles(j, n, threads);
+        return 0;
+    }
+    _Alignas(64) char stack[XQ_STACK_ACTS];
+    const size_t need = acts_bytes(j->m, j->k);
+    void *buf = need <= sizeof stack ? stack : malloc(need);
+    if (!buf) return -1;
+    const struct acts a = acts_at(buf, j->m, j->k);
+    quantize_acts(x, j->m, j->k, &a);
+    j->xq = a.xq, j->d = a.d, j->bsum = a.bsum, j->isum = a.isum;
+    tiles(j, n, threads);
+    if (buf != stack) free(buf);
     return 0;
 }
 
@@ -445,6 +516,120 @@ XQ_AVX2_FN void xq_rms_norm(const float *x, const float *weight, float *y, int64
         const float inv = 1.0f / sqrtf(ss / (float)d + eps);
         for (int64_t i = 0; i < d; ++i) y[r * d + i] = v[i] * inv * weight[i];
     }
+}
+
+/* ---- the engine's CPU layer stack: two calls per decoder layer ------------------------------------------ */
+
+/* A projection as the fused calls read it (cpu_native.LinearDesc, filled once per weight). */
+struct xq_linear {
+    int64_t kind, n, n_out, k; /* K_INT4 / K_LUT4 / K_INT8; tile rows (a multiple of 4), real rows, padded width */
+    const uint8_t *w;
+    const uint16_t *scale, *zero;
+    const int8_t *lut;
+    float zmul, wmul;
+};
+
+/* The bytes of quantised activations for m rows of width k (the fused calls' `acts` scratch). */
+int64_t xq_acts_bytes(int64_t m, int64_t k) { return (int64_t)acts_bytes(m, k); }
+
+static void linear_q8(const struct xq_linear *L, int64_t m, const struct acts *a, float *y, int threads) {
+    const struct job j = {.kind = (int)L->kind, .m = m, .k = L->k, .nb = L->k / 32, .xq = a->xq, .d = a->d,
+                          .bsum = a->bsum, .isum = a->isum, .w = L->w, .scale = L->scale, .zero = L->zero,
+                          .lut = L->lut, .zmul = L->zmul, .wmul = L->wmul, .n_out = L->n_out, .y = y};
+    tiles(&j, L->n, threads);
+}
+
+/* y [m, k] = rms_norm(h [m, hidden]) with zero columns past hidden (what the projections read). */
+static void norm_rows(const float *h, const float *weight, float eps, int64_t m, int64_t hidden, int64_t k,
+                      float *y) {
+    if (k == hidden) {
+        xq_rms_norm(h, weight, y, m, hidden, eps);
+        return;
+    }
+    for (int64_t r = 0; r < m; ++r) {
+        xq_rms_norm(h + r * hidden, weight, y + r * k, 1, hidden, eps);
+        memset(y + r * k + hidden, 0, sizeof(float) * (size_t)(k - hidden));
+    }
+}
+
+XQ_AVX2_FN static inline __m256 exp8(__m256 x);
+
+/* a [m, k] = silu(g) * u of gu [m, 2f] = [g | u], zero columns past f. silu(g) = g / (1 + e^-g), e^x by exp8. */
+XQ_AVX2_FN static void silu_mul(const float *gu, int64_t m, int64_t f, int64_t k, float *a) {
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    for (int64_t r = 0; r < m; ++r) {
+        const float *g = gu + r * 2 * f, *u = g + f;
+        float *o = a + r * k;
+        for (int64_t i = 0; i < f; i += 8) {
+            float gp[8] = {0}, up[8] = {0}, op[8];
+            const int full = i + 8 <= f;
+            if (!full)
+                for (int64_t t = i; t < f; ++t) gp[t - i] = g[t], up[t - i] = u[t];
+            const __m256 x = _mm256_loadu_ps(full ? g + i : gp), y = _mm256_loadu_ps(full ? u + i : up);
+            const __m256 v = _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, exp8(_mm256_xor_ps(x, sign)))), y);
+            _mm256_storeu_ps(full ? o + i : op, v);
+            if (!full)
+                for (int64_t t = i; t < f; ++t) o[t] = op[t - i];
+        }
+        memset(o + f, 0, sizeof(float) * (size_t)(k - f));
+    }
+}
+
+/* SwiGLU of the fused gate/up output on its own: a [m, f] = silu(g) * u of gu [m, 2f] (the fused calls' SiLU). */
+void xq_silu_mul(const float *gu, int64_t m, int64_t f, float *a) { silu_mul(gu, m, f, f, a); }
+
+/* First half of a decoder layer for m rows: h += delta (the residual add; none when delta is NULL), then
+   out [m, lin->n_out] = rms_norm(h) @ W^T, the norm's output quantised once. Scratch: y [m, k] floats, acts
+   xq_acts_bytes(m, k) bytes (k the largest padded width of the layer's projections). The arithmetic is the
+   unfused calls' (x + delta, xq_rms_norm, the projection's kernel), so the result is theirs bit for bit. */
+int xq_norm_linear(float *h, const float *delta, const float *norm_w, float eps, int64_t m, int64_t hidden,
+                   const struct xq_linear *lin, float *out, float *y, void *acts, int threads) {
+    if (xq_isa() < XQ_AVX2) return -1;
+    if (delta)
+        for (int64_t i = 0; i < m * hidden; ++i) h[i] += delta[i];
+    norm_rows(h, norm_w, eps, m, hidden, lin->k, y);
+    const struct acts a = acts_at(acts, m, lin->k);
+    quantize_acts(y, m, lin->k, &a);
+    linear_q8(lin, m, &a, out, threads);
+    return 0;
+}
+
+/* Second half: h += attn [m, width] @ O^T (the residual add), then out [m, hidden] = down(silu(g) * u) with
+   [g | u] = rms_norm(h) @ GU^T. Scratch as xq_norm_linear's, plus gu [m, gate_up->n_out] floats. Every step is
+   the unfused calls' arithmetic (xq_silu_mul is the CPU's SwiGLU op too), so the result is theirs bit for bit. */
+int xq_out_mlp(const float *attn, int64_t width, float *h, const struct xq_linear *o, const float *norm_w, float eps,
+               const struct xq_linear *gate_up, const struct xq_linear *down, int64_t m, int64_t hidden, float *out,
+               float *y, float *gu, void *acts, int threads) {
+    if (xq_isa() < XQ_AVX2) return -1;
+    struct acts a = acts_at(acts, m, o->k);
+    const float *x = attn;
+    if (width != o->k) { /* zero columns up to the padded width, as the unfused call pads */
+        for (int64_t r = 0; r < m; ++r) {
+            memcpy(y + r * o->k, attn + r * width, sizeof(float) * (size_t)width);
+            memset(y + r * o->k + width, 0, sizeof(float) * (size_t)(o->k - width));
+        }
+        x = y;
+    }
+    quantize_acts(x, m, o->k, &a);
+    linear_q8(o, m, &a, out, threads);
+    for (int64_t i = 0; i < m * hidden; ++i) h[i] += out[i];
+    norm_rows(h, norm_w, eps, m, hidden, gate_up->k, y);
+    a = acts_at(acts, m, gate_up->k);
+    quantize_acts(y, m, gate_up->k, &a);
+    linear_q8(gate_up, m, &a, gu, threads);
+    silu_mul(gu, m, gate_up->n_out / 2, down->k, y);
+    a = acts_at(acts, m, down->k);
+    quantize_acts(y, m, down->k, &a);
+    linear_q8(down, m, &a, out, threads);
+    return 0;
+}
+
+/* Test hook: x [m, k] -> the kernels' int8 block codes (block-permuted), scales and code sums. */
+void xq_quantize_rows(const float *x, int64_t m, int64_t k, int8_t *q, float *d, int32_t *isum) {
+    float *bsum = malloc(sizeof(float) * (size_t)(m * (k / 32)));
+    if (!bsum) return;
+    quantize_acts(x, m, k, &(struct acts){.xq = q, .d = d, .bsum = bsum, .isum = isum});
+    free(bsum);
 }
 
 XQ_AVX2_FN static inline float dot_f32(const float *a, const float *b, int64_t n) {

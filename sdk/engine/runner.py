@@ -5,7 +5,9 @@ token). The layer stack is `step_ops.decoder_layers` (the one llama-style layer 
 shares) over x [1, N, hidden]: projections, norms and the MLP are row-independent, and attention goes through
 `paged_attention` (selected in the op registry, `step_kernels.py`), whose per-token arithmetic does not depend on
 the rest of the batch. So every sequence's tokens are bitwise the same whatever else runs in the step. The final
-norm and the LM head run only on the rows whose next-token logits are needed.
+norm and the LM head run only on the rows whose next-token logits are needed. On CPU, where every projection runs
+a native tiled kernel, the same stack runs as two native calls per layer around attention (`cpu_layers.py`,
+chosen in the op registry as `layer_stack`; bit for bit the same result).
 
 The weights, fused projections and small ops are borrowed from a `StaticCacheDecoder` of the same model (nothing
 is copied); the pools and the block-table tensor are allocated once, here. On GPUs, steps of few tokens replay a
@@ -105,6 +107,9 @@ class ModelRunner:
         # The decoder's fixed-shape step ops: on GPUs the fused Triton norms (and int8 activations for <= 8 rows),
         # as in its graph-captured step; on CPU its eager ops.
         self._ops = dec.step_ops
+        # On CPU (fp32, native tiled weights) the layer stack runs as two native calls per layer around attention.
+        build = select_op("layer_stack", ctx).load(ctx)
+        self._stack = build(dec) if build is not None else None
         self.kv_cache_dtype = kv_cache_dtype
         self.windows = list(windows) if windows is not None else [0] * len(dec.layers)
         self.sinks = sinks
@@ -217,7 +222,10 @@ class ModelRunner:
             )  # fmt: skip
             return out.view(1, n, -1)
 
-        x, delta = decoder_layers(stack, x, self._ops, attention)  # type: ignore[arg-type]
+        if self._stack is not None and self._stack.valid():
+            x, delta = self._stack.run(x, attention, index)
+        else:
+            x, delta = decoder_layers(stack, x, self._ops, attention)  # type: ignore[arg-type]
         if last is not None:
             if last.numel() == 0:  # a step of prompt chunks none of which ends its prompt
                 return x.new_empty((0, self.vocab_size))

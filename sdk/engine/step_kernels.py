@@ -1,8 +1,8 @@
 """Which implementation runs each small decoder op on a device: a registry, like the matmul kernels'.
 
 The projections pick their kernel through `xpullm.kernels.registry`; the ops between them (RMSNorm, SwiGLU, the
-fused RoPE + KV write of the GPU graph step, the one-call CPU decode attention, and paged attention) are chosen
-here, by (op, device type) and a predicate on the `OpContext` (activation dtype, native library, head size,
+fused RoPE + KV write of the GPU graph step, the one-call CPU decode attention, paged attention, and the engine's
+whole layer stack where it runs as fused native calls) are chosen here, by (op, device type) and a predicate on the `OpContext` (activation dtype, native library, head size,
 Qwen3's q/k norms). `StaticCacheDecoder` and the engine's runner both ask `select_op`; the highest priority entry
 whose predicate holds wins, and a `"*"` entry at priority 0 is every op's portable fallback.
 """
@@ -121,6 +121,7 @@ for _dev in ("cuda", "xpu"):
 
 # -- SwiGLU on the fused gate/up output: fn(gu)
 register_op("silu_mul", "*", "torch")(lambda ctx: swiglu)
+register_op("silu_mul", "cpu", "cpu_native", 10, _native)(lambda ctx: cpu_native.silu_mul)
 for _dev in ("cuda", "xpu"):
     register_op("silu_mul", _dev, "triton", 10, _gpu)(lambda ctx: gpu_decode_ops(ctx.device).silu_mul)
 
@@ -136,6 +137,22 @@ register_op("decode_attention", "*", "eager")(lambda ctx: None)
 register_op("decode_attention", "cpu", "cpu_native", 10, lambda c: _native(c) and not c.qk_norm)(
     lambda ctx: cpu_native.decode_attention
 )
+
+
+# -- the engine's whole layer stack: load(ctx) gives `build(dec) -> stack or None` (None: `decoder_layers` over the
+#    step ops). On CPU in fp32, two native calls per layer around attention (`cpu_layers.py`).
+def _native_stack(ctx: OpContext) -> bool:
+    return _native(ctx) and runtime_settings().fused_ops
+
+
+def _load_native_stack(ctx: OpContext) -> Any:
+    from xpullm.engine.cpu_layers import NativeLayerStack
+
+    return NativeLayerStack.build
+
+
+register_op("layer_stack", "*", "step_ops")(lambda ctx: None)
+register_op("layer_stack", "cpu", "cpu_native", 10, _native_stack)(_load_native_stack)
 
 
 # -- paged attention over the engine's block pools (signature in docs/engine.md)
