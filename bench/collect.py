@@ -15,8 +15,8 @@ PARTS = [
     ("benchmarks-rag.md", "Embeddings and knowledge bases"),
     ("benchmarks-graphrag.md", "GraphRAG indexing"),
     ("benchmarks-scaleout.md", "Scale-out: GraphRAG indexing on Ray workers, and a model of N machines"),
-    ("benchmarks-batching.md", "Continuous batching: concurrent streams and prefix caching (CPU)"),
-    ("benchmarks-speculative.md", "Speculative decoding: prompt lookup and self-speculative (CPU)"),
+    ("benchmarks-batching.md", "Continuous batching: concurrent streams and prefix caching (CPU, GPU)"),
+    ("benchmarks-speculative.md", "Speculative decoding: prompt lookup and self-speculative (CPU, GPU costs)"),
     ("benchmarks-kvcache.md", "KV cache: 8-bit KV pools and streaming (CPU)"),
     (
         "benchmarks-quality.md",
@@ -35,7 +35,8 @@ rerun it. Comparisons are side by side in one run (ratios), never across machine
 AMD EPYC (Zen 3, AVX2, no AVX-512/AMX) VM this project was first developed on; the AVX-512 section names its own
 2-vCPU machine (AMD EPYC Zen 5: AVX-512 VNNI/BF16, no AMX), as do the batching, quality, serving and fine-tuning
 sections (measured on that machine while it was shared: read their ratios, not absolute speeds). GPU numbers: one NVIDIA H200
-(latest) or H100 80GB HBM3 (earlier), torch 2.11+cu130, Triton 3.6, lent for the measurement.
+or H100 80GB HBM3 (each section names its card), torch 2.11+cu130, Triton 3.6, lent for the measurement; the AVX-512
+section's Xeon figures come from that GPU machine's host CPU (an Intel Xeon with AMX).
 """
 
 
