@@ -16,7 +16,10 @@ PARTS = [
     ("benchmarks-graphrag.md", "GraphRAG indexing"),
     ("benchmarks-scaleout.md", "Scale-out: GraphRAG indexing on Ray workers, and a model of N machines"),
     ("benchmarks-batching.md", "Continuous batching: concurrent streams and prefix caching (CPU, GPU)"),
-    ("benchmarks-speculative.md", "Speculative decoding: prompt lookup and self-speculative (CPU, GPU costs)"),
+    (
+        "benchmarks-speculative.md",
+        "Speculative decoding: prompt lookup and self-speculative (CPU, GPU costs)",
+    ),
     ("benchmarks-kvcache.md", "KV cache: 8-bit KV pools and streaming (CPU)"),
     (
         "benchmarks-quality.md",
