@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from tests.engine.threads import in_threads
 from xpullm.engine import LLM
 from xpullm.engine.core import EngineConfig, KVBudgetTooSmall
 
@@ -32,25 +33,6 @@ def _engine(llm: LLM, **config: object) -> LLM:
     return LLM(llm.model, tokenizer=llm.tokenizer, engine=EngineConfig(**config))
 
 
-def _in_threads(fn, args: list) -> list:
-    results: list = [None] * len(args)
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            results[i] = fn(args[i])
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(args))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    return results
-
-
 @pytest.fixture(scope="module")
 def chunked(llm: LLM) -> LLM:
     return _engine(llm, max_batched_tokens=16, max_seqs=8)
@@ -59,7 +41,7 @@ def chunked(llm: LLM) -> LLM:
 def test_concurrent_greedy_equals_each_alone(chunked: LLM) -> None:
     assert len(chunked.tokenizer(PROMPTS[-1])["input_ids"]) > 3 * 16
     alone = [chunked.generate(p, max_new_tokens=12) for p in PROMPTS]
-    together = _in_threads(lambda p: chunked.generate(p, max_new_tokens=12), PROMPTS)
+    together = in_threads(lambda p: chunked.generate(p, max_new_tokens=12), PROMPTS)
     assert [c.text for c in together] == [c.text for c in alone]
     assert [c.completion_tokens for c in together] == [c.completion_tokens for c in alone]
     batch = chunked.generate(PROMPTS, max_new_tokens=12)  # one call, all prompts submitted at once
@@ -82,7 +64,7 @@ def test_cancel_mid_stream_frees_blocks_and_others_continue(chunked: LLM) -> Non
     def other(_: object) -> str:
         return "".join(chunked.stream(PROMPTS[0], max_new_tokens=16))
 
-    text, kept = _in_threads(lambda f: f(None), [cancelled, other])
+    text, kept = in_threads(lambda f: f(None), [cancelled, other])
     assert len(seen) <= 4 and text
     assert kept == alone
     stats = chunked.engine.stats()
@@ -93,7 +75,7 @@ def test_full_kv_budget_queues_requests_and_all_finish_correctly(llm: LLM) -> No
     tight = _engine(llm, kv_budget_tokens=64, block_size=16, max_batched_tokens=64)  # 4 blocks
     prompts = PROMPTS[:5]
     alone = [tight.generate(p, max_new_tokens=12).text for p in prompts]  # each needs 2 of the 4 blocks
-    together = _in_threads(lambda p: tight.generate(p, max_new_tokens=12).text, prompts)
+    together = in_threads(lambda p: tight.generate(p, max_new_tokens=12).text, prompts)
     assert together == alone
     assert tight.engine.stats().kv_used_blocks == 0
     with pytest.raises(KVBudgetTooSmall, match="kv_budget_tokens"):

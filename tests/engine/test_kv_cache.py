@@ -18,6 +18,7 @@ import types
 import pytest
 import torch
 
+from tests.engine.threads import in_threads
 from xpullm.engine import LLM
 from xpullm.engine.core import EngineConfig
 from xpullm.engine.params import ContextOverflow, InvalidParameter
@@ -128,25 +129,6 @@ def test_8bit_greedy_tokens_agree_with_fp32_kv(
     assert first == engines["auto"].generate(PROMPTS[0], max_new_tokens=4).text
 
 
-def _in_threads(fn, args: list) -> list:
-    results: list = [None] * len(args)
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            results[i] = fn(args[i])
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(args))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    return results
-
-
 SYSTEM = (
     "You are a careful assistant for a public library. Answer in one short sentence, name the shelf when you "
     "know it, never invent a book title, and say so when you are not sure. The library opens at nine."
@@ -162,7 +144,7 @@ def test_8bit_kv_concurrent_equals_alone_and_prefix_hits_equal_misses(llm: LLM, 
     # The last prompt: 40+ tokens, several 16-token prefill chunks among the others' decodes.
     prompts = [*PROMPTS, SYSTEM]
     alone = [chunked.generate(p, max_new_tokens=8).text for p in prompts]
-    together = _in_threads(lambda p: chunked.generate(p, max_new_tokens=8).text, prompts)
+    together = in_threads(lambda p: chunked.generate(p, max_new_tokens=8).text, prompts)
     assert together == alone
     assert chunked.engine.stats().kv_used_blocks == 0
 
