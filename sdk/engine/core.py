@@ -14,9 +14,11 @@ the model's token equals the draft, then rolls the sequence back to its last acc
 
 from __future__ import annotations
 
+import atexit
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +51,20 @@ Event = Callable[[str, Any], None]
 With `GenerationParams.logprobs` set, also `token` (TokenLogprob) for each generated token, before its text's delta."""
 
 _IDLE_EXIT_S = 30.0  # the engine thread ends after this long without work (restarted by the next submit)
+_EXIT_JOIN_S = 5.0  # at interpreter exit, how long to wait for an engine thread to leave its step
+
+# Engine threads are daemons (a forgotten LLM must not keep a program alive), but a daemon thread still inside a
+# torch op when the interpreter finalizes aborts the process ("terminate called without an active exception").
+# So at exit every live engine cancels what it runs and its thread is joined before finalization starts.
+_LIVE_CORES: weakref.WeakSet[EngineCore] = weakref.WeakSet()
+
+
+def _stop_engines_at_exit() -> None:
+    for core in list(_LIVE_CORES):
+        core.stop(_EXIT_JOIN_S)
+
+
+atexit.register(_stop_engines_at_exit)
 
 
 @dataclass(frozen=True)
@@ -208,8 +224,23 @@ class EngineCore:
         self._drafter = make_drafter(runner, spec) if spec is not None else None
         self._draft_tokens = 0
         self._accepted_tokens = 0
+        self._stopping = False
+        _LIVE_CORES.add(self)
 
     # -- caller side
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Cancel every queued and running request and end the engine thread (waiting up to `timeout` seconds
+        for its current step). Called for every engine at interpreter exit; a later `submit` starts afresh."""
+        with self._cv:
+            self._stopping = True
+            thread = self._thread
+            self._cv.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        with self._cv:
+            if thread is None or not thread.is_alive():  # else it stops after its step
+                self._stopping = False
 
     def submit(self, prompt: list[int], params: GenerationParams, on_event: Event) -> Request:
         """Queue a request (validated here, so bad input raises in the caller's thread)."""
@@ -264,6 +295,10 @@ class EngineCore:
     def _loop(self) -> None:
         while True:
             with self._cv:
+                if self._stopping:
+                    incoming, self._incoming = self._incoming, []
+                    self._thread = None
+                    break
                 if not self._incoming and not self.scheduler.has_work:
                     self._cv.wait(_IDLE_EXIT_S)
                     if not self._incoming and not self.scheduler.has_work:
@@ -276,6 +311,13 @@ class EngineCore:
                 for req in list(self._requests.values()):
                     self._drop(req)
                     self._emit(req, "error", exc)
+        # Stopped: what was queued or running ends as cancelled (its blocks freed, its caller told).
+        for req in incoming:
+            self.scheduler.add(req.seq)
+            self._requests[id(req.seq)] = req
+        for req in list(self._requests.values()):
+            req.finish = "cancelled"
+            self._flush(req)
 
     def _iterate(self, incoming: list[Request]) -> None:
         for req in incoming:

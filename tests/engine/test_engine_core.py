@@ -110,3 +110,54 @@ def test_eviction_under_a_tiny_budget_keeps_outputs_correct(llm: LLM) -> None:
     assert tiny.engine.stats().prefix_hit_blocks == 0
     assert tiny.generate(prompt, max_new_tokens=8).text == first  # and now a hit
     assert tiny.engine.stats().prefix_hit_blocks == 3
+
+
+def test_stop_cancels_running_requests_and_a_later_call_restarts(llm: LLM) -> None:
+    engine = _engine(llm)
+    first = threading.Event()
+    done: list = []
+
+    def long_run() -> None:
+        text = ""
+        for delta in engine.stream(
+            "Tell me a long story about the sea.", max_new_tokens=400, ignore_eos=True
+        ):
+            text += delta
+            first.set()
+        done.append(text)
+
+    runner = threading.Thread(target=long_run)
+    runner.start()
+    assert first.wait(120)
+    core = engine._core
+    core.stop(30)
+    runner.join(30)
+    assert not runner.is_alive() and done and len(done[0]) > 0
+    assert core._thread is None and core.stats().running == 0 and core.stats().kv_used_blocks == 0
+    again = engine.generate("The capital of France is", max_new_tokens=6)
+    assert (
+        again.finish_reason == "length"
+        and again.text == llm.generate("The capital of France is", max_new_tokens=6).text
+    )
+
+
+def test_interpreter_exit_during_a_generation_does_not_abort(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "exit_mid_generation.py"
+    script.write_text(
+        "import threading, time\n"
+        "from xpullm import LLM\n"
+        "llm = LLM()\n"
+        "first = threading.Event()\n"
+        "def run():\n"
+        "    for _ in llm.stream('Tell me a long story.', max_new_tokens=400, ignore_eos=True):\n"
+        "        first.set()\n"
+        "threading.Thread(target=run, daemon=True).start()\n"
+        "assert first.wait(120)\n"
+        "time.sleep(0.2)\n"
+    )
+    done = subprocess.run([sys.executable, "-P", str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "terminate called" not in done.stderr
