@@ -168,10 +168,16 @@ def test_bf16_kv_pools_under_fp32_activations(llm: LLM, engines: dict[str, LLM])
     assert torch.equal(got.argmax(-1), want.argmax(-1))  # bf16 keys / values move no greedy choice here
     rel = ((got - want).norm() / want.norm()).item()
     assert 0 < rel < 0.05  # rounded (not fp32 pools in disguise), but slightly: measured ~1.6%, as int8's
-    assert (
-        bf16.generate(PROMPTS[0], max_new_tokens=6).text
-        == engines["auto"].generate(PROMPTS[0], max_new_tokens=6).text
-    )
+    # Free-running, the two part only at a near-tie of the fp32 logits (a 0.17-logit margin on this prompt, where
+    # bf16's rounding tips the choice): the rule the GPU and tensor-parallel tests use.
+    prompt = llm.tokenizer(PROMPTS[0])["input_ids"]
+    texts = [e.generate(PROMPTS[0], max_new_tokens=6).text for e in (bf16, engines["auto"])]
+    toks = [llm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    same = next((j for j, (a, b) in enumerate(zip(*toks, strict=False)) if a != b), None)
+    if same is not None:
+        fp32 = _logits(engines["auto"].engine.runner, prompt + toks[1])[len(prompt) - 1 + same]
+        top2 = fp32.topk(2).values
+        assert same >= 2 and float(top2[0] - top2[1]) < 0.25, (texts, same)
 
 
 def test_a_byte_budget_holds_more_tokens_with_8bit_kv(llm: LLM) -> None:
