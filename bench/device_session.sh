@@ -62,8 +62,10 @@ fi
 
 if want finetune; then
   [ -d bench/out/bnb ] && export PYTHONPATH="$PWD/bench/out/bnb${PYTHONPATH:+:$PYTHONPATH}"
-  timeout "${FT_S:-75}" $P bench/finetune_gpu.py --steps 3 --warmup 1 --out "$W/finetune_gpu.md" \
-    > "$W/finetune.log" 2>&1
+  # Untuned kernels (the tuner's timing of every training shape took the whole stage on 2026-12-05); each variant
+  # under its own limit, its table row written as soon as it finishes.
+  XPULLM_TRITON_AUTOTUNE=0 PYTHONUNBUFFERED=1 timeout "${FT_S:-300}" $P bench/finetune_gpu.py --steps 3 --warmup 1 \
+    --variant-timeout "${FT_VARIANT_S:-100}" --out "$W/finetune_gpu.md" > "$W/finetune.log" 2>&1
   mark finetune done
 fi
 

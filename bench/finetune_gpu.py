@@ -236,6 +236,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps (Triton compiles, allocator warm-up)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--out", default=None, help="also write the markdown table here")
+    p.add_argument("--variant-timeout", type=int, default=240, help="seconds each variant's process may run")
     args = p.parse_args()
     if args.variant:
         print(json.dumps(run_variant(args)))
@@ -251,9 +252,17 @@ def main() -> None:
             if probe.returncode != 0:
                 notes.append("bnb-nf4 skipped: bitsandbytes does not import here")
                 continue
-        proc = subprocess.run(
-            [sys.executable, __file__, "--variant", variant, *flags], capture_output=True, text=True
-        )
+        print(f"# {variant}: started", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--variant", variant, *flags], capture_output=True, text=True,
+                timeout=args.variant_timeout,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            notes.append(f"{variant} stopped after its {args.variant_timeout} s limit")
+            print(f"# {variant}: timed out", file=sys.stderr, flush=True)
+            continue
         if proc.returncode != 0:
             notes.append(
                 f"{variant} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else '?'}"
@@ -261,6 +270,13 @@ def main() -> None:
             print(proc.stderr[-4000:], file=sys.stderr)
             continue
         results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"# {variant}: done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        _write(args, results, notes)  # a run cut short keeps every finished variant
+    print(_write(args, results, notes))
+
+
+def _write(args: argparse.Namespace, results: dict, notes: list[str]) -> str:
+    """The markdown table of the variants measured so far (also written to `--out` and its .json)."""
     lines = [f"Shape {args.shape} {asdict(SHAPES[args.shape])}, batch {args.batch_size} x {args.seq_len} tokens, "
              f"LoRA r={args.rank} on all 7 projections, bf16 activations, per-layer activation checkpointing, "
              f"{args.steps} timed steps after {args.warmup}; torch {torch.__version__}, device "
@@ -277,11 +293,11 @@ def main() -> None:
                      f"{q['tokens_per_s'] / b['tokens_per_s']:.2f}x.")  # fmt: skip
     lines += [f"\n{n}" for n in notes]
     text = "\n".join(lines)
-    print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
         Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1))
+    return text
 
 
 if __name__ == "__main__":
