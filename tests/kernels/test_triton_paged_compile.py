@@ -2,7 +2,7 @@
 
 The interpreter tests (`test_triton_paged_attention.py`) check the kernels' numbers but not that Triton's compiler
 accepts them; this compiles both kernels ahead of time for CUDA sm_90 through ptxas (shipped in Triton's wheel),
-for bf16 pools with Qwen3's norms and for int8 and fp8 e4m3 pools, and checks that the attention runs on tensor cores (`mma`).
+for bf16 pools with Qwen3's norms and for int8 and fp8 e4m3 pools (the latter in the rotated basis), and checks that the attention runs on tensor cores (`mma`).
 Skipped under TRITON_INTERPRET=1 (the kernels are interpreted functions then) or without Triton's CUDA backend.
 """
 
@@ -54,15 +54,17 @@ def test_paged_kernels_compile_for_sm90(act: str, pool: str, window: bool) -> No
     codes = {"i8": 1, "fp8e4nv": 2}.get(pool, 0)
     common = {
         "pos_ptr": "*i64", "seq_ptr": "*i64", "table_ptr": "*i32", "ks_ptr": "*fp32", "vs_ptr": "*fp32",
-        "window": "i32", "sinks": "i32", "sink_cols": "i32", "ring": "i32",
+        "window": "i32", "sinks": "i32", "sink_cols": "i32", "ring": "i32", "rot_ptr": "*fp32",
     }  # fmt: skip
+    rot = codes == 2  # fp8 pools of a power-of-two head size store the rotated basis (`paged.kv_rotation`)
     write = _compile(
         paged._paged_write_kernel,
         {
             **common, "qkv_ptr": f"*{act}", "cos_ptr": f"*{act}", "sin_ptr": f"*{act}", "qn_ptr": f"*{act}",
             "kn_ptr": f"*{act}", "q_ptr": f"*{act}", "k_ptr": f"*{pool}", "v_ptr": f"*{pool}",
         },
-        {"H": 9, "KV": 3, "D": 64, "BS": 16, "HAS_NORM": True, "CODES": codes, "WINDOW": window, "PDL": True},
+        {"H": 9, "KV": 3, "D": 64, "BS": 16, "HAS_NORM": True, "CODES": codes, "WINDOW": window, "PDL": True,
+         "ROT": rot},
         warps=1,
     )  # fmt: skip
     attend = _compile(
@@ -70,7 +72,7 @@ def test_paged_kernels_compile_for_sm90(act: str, pool: str, window: bool) -> No
         {**common, "q_ptr": f"*{act}", "k_ptr": f"*{pool}", "v_ptr": f"*{pool}", "o_ptr": f"*{act}"},
         {
             "KV": 3, "G": 3, "D": 64, "BS": 16, "BLOCK_G": 16, "BLOCK_C": paged._block_cols(64, 2),
-            "DOT_F32": False, "IEEE": False, "CODES": codes, "WINDOW": window, "PDL": True,
+            "DOT_F32": False, "IEEE": False, "CODES": codes, "WINDOW": window, "PDL": True, "ROT": rot,
         },
         warps=4,
     )  # fmt: skip
