@@ -47,10 +47,16 @@ def _compile(fn, types: dict[str, str], constexprs: dict, warps: int):
 
 
 @pytest.mark.parametrize(
-    ("act", "pool", "window"),
-    [("bf16", "bf16", False), ("bf16", "i8", False), ("bf16", "fp8e4nv", False), ("bf16", "bf16", True)],
+    ("act", "pool", "window", "d"),
+    [
+        ("bf16", "bf16", False, 64),
+        ("bf16", "i8", False, 64),
+        ("bf16", "fp8e4nv", False, 64),
+        ("bf16", "fp8e4nv", False, 128),  # the rotation's D x D tile at Llama's head size
+        ("bf16", "bf16", True, 64),
+    ],
 )
-def test_paged_kernels_compile_for_sm90(act: str, pool: str, window: bool) -> None:
+def test_paged_kernels_compile_for_sm90(act: str, pool: str, window: bool, d: int) -> None:
     codes = {"i8": 1, "fp8e4nv": 2}.get(pool, 0)
     common = {
         "pos_ptr": "*i64", "seq_ptr": "*i64", "table_ptr": "*i32", "ks_ptr": "*fp32", "vs_ptr": "*fp32",
@@ -63,7 +69,7 @@ def test_paged_kernels_compile_for_sm90(act: str, pool: str, window: bool) -> No
             **common, "qkv_ptr": f"*{act}", "cos_ptr": f"*{act}", "sin_ptr": f"*{act}", "qn_ptr": f"*{act}",
             "kn_ptr": f"*{act}", "q_ptr": f"*{act}", "k_ptr": f"*{pool}", "v_ptr": f"*{pool}",
         },
-        {"H": 9, "KV": 3, "D": 64, "BS": 16, "HAS_NORM": True, "CODES": codes, "WINDOW": window, "PDL": True,
+        {"H": 9, "KV": 3, "D": d, "BS": 16, "HAS_NORM": True, "CODES": codes, "WINDOW": window, "PDL": True,
          "ROT": rot},
         warps=1,
     )  # fmt: skip
@@ -71,7 +77,7 @@ def test_paged_kernels_compile_for_sm90(act: str, pool: str, window: bool) -> No
         paged._paged_attention_kernel,
         {**common, "q_ptr": f"*{act}", "k_ptr": f"*{pool}", "v_ptr": f"*{pool}", "o_ptr": f"*{act}"},
         {
-            "KV": 3, "G": 3, "D": 64, "BS": 16, "BLOCK_G": 16, "BLOCK_C": paged._block_cols(64, 2),
+            "KV": 3, "G": 3, "D": d, "BS": 16, "BLOCK_G": 16, "BLOCK_C": paged._block_cols(d, 2),
             "DOT_F32": False, "IEEE": False, "CODES": codes, "WINDOW": window, "PDL": True, "ROT": rot,
         },
         warps=4,
