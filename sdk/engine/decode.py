@@ -36,6 +36,7 @@ __all__ = [
     "register_family",
     "register_fuser",
     "swiglu",
+    "windowed",
 ]
 
 
@@ -365,6 +366,13 @@ class StaticCacheDecoder:
         return x + delta
 
 
+def windowed(model: nn.Module) -> bool:
+    """Whether `model` attends through a sliding window narrower than its context (transformers' config)."""
+    cfg = getattr(model, "config", None)
+    window = getattr(cfg, "sliding_window", None) if getattr(cfg, "use_sliding_window", True) else None
+    return bool(window) and window < getattr(cfg, "max_position_embeddings", 0)
+
+
 def _static_ok(model: nn.Module, windows_ok: bool = False) -> Family | None:
     cfg = getattr(model, "config", None)
     family = FAMILIES.get(getattr(cfg, "model_type", ""))
@@ -375,10 +383,8 @@ def _static_ok(model: nn.Module, windows_ok: bool = False) -> Family | None:
         return None
     # Sliding-window attention is left to transformers' own forward unless the paged engine runs the model (its
     # kernels attend through the window; `windows_ok`).
-    if not windows_ok and getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
-        window = cfg.sliding_window
-        if window < getattr(cfg, "max_position_embeddings", 0):
-            return None
+    if not windows_ok and windowed(model):
+        return None
     return family
 
 

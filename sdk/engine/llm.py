@@ -25,7 +25,7 @@ from xpullm.devices import default_dtype
 from xpullm.engine.aio import iterate_in_thread
 from xpullm.engine.chat import render_chat
 from xpullm.engine.core import ENGINE_ON_ACCELERATOR, EngineConfig, EngineCore, build_core
-from xpullm.engine.decode import Decoder, StaticCacheDecoder, build_decoder
+from xpullm.engine.decode import Decoder, StaticCacheDecoder, build_decoder, windowed
 from xpullm.engine.params import Completion, ContextOverflow, GenerationParams, InvalidParameter
 from xpullm.engine.serial import model_lock, run_serial
 from xpullm.engine.speculative import SpeculativeConfig, resolve_speculative
@@ -178,6 +178,10 @@ class LLM:
                     static, self._tokenizer, self._eos, self._context_length, self._engine_config,
                     wrap_runner=None if tp is None else tp.wrap_runner,
                 )  # fmt: skip
+            elif windows_ok and tp is None and device.type != "cpu" and windowed(model):
+                # No engine after all (no paged kernel for this model here): only the engine attends through a
+                # sliding window, so the serialized path gets the decoder that keeps windowed models on HF code.
+                decoder = build_decoder(model, dtype, device)
             self._decoder = decoder
 
     def _start_ranks(self) -> tuple[nn.Module, str]:

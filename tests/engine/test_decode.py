@@ -159,3 +159,20 @@ def test_sampler_repetition_penalty_demotes_seen_tokens() -> None:
     assert sampler(logits).item() == 0
     sampler.observe(torch.tensor([0]))
     assert sampler(logits).item() == 1
+
+
+def test_windowed_models_are_told_apart_by_their_config() -> None:
+    from types import SimpleNamespace
+
+    import transformers
+
+    from xpullm.engine.decode import windowed
+
+    def model(cfg):
+        return SimpleNamespace(config=cfg)
+
+    assert windowed(model(transformers.MistralConfig(sliding_window=16, max_position_embeddings=64)))
+    assert not windowed(model(transformers.MistralConfig(sliding_window=None, max_position_embeddings=64)))
+    assert not windowed(model(transformers.MistralConfig(sliding_window=64, max_position_embeddings=64)))
+    assert not windowed(model(transformers.Qwen2Config(sliding_window=16, use_sliding_window=False)))
+    assert not windowed(model(transformers.LlamaConfig()))
