@@ -152,7 +152,7 @@ MMA_BLOCK_M = (16, 64)  # smallest and largest M tile of `mma` (tl.dot needs >= 
 
 def mma_enabled() -> bool:
     """Whether the tuner times the `mma` tiles (default yes: tests/kernels/test_triton_mma.py passed on an H100,
-    2026-12-05, and at 32-64 rows they beat dequantize + cuBLAS 6-8x); XPULLM_TRITON_MMA=0 leaves them out."""
+    2026-12-05, and at 32-64 rows they beat dequantize + cuBLAS ~6x); XPULLM_TRITON_MMA=0 leaves them out."""
     return os.environ.get("XPULLM_TRITON_MMA", "1") != "0"
 
 
