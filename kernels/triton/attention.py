@@ -57,6 +57,22 @@ def _dot(a, b, acc, DOT_F32: tl.constexpr, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _softmax_step(q, k, v, c_ok, m_i, l_i, acc, qk_scale, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr,
+                  DOT_F32: tl.constexpr, IEEE: tl.constexpr):  # fmt: skip
+    """One tile of key columns (valid where c_ok) folded into the online softmax (m_i, l_i, acc): the step both
+    the decode and the paged kernels take. Every tile has at least one valid column, so m_new is finite and the
+    first alpha is exp2(-inf) = 0."""
+    s = _dot(q, tl.trans(k), tl.zeros([BLOCK_G, BLOCK_C], dtype=tl.float32), DOT_F32, IEEE)
+    s = tl.where(c_ok[None, :], s * qk_scale, float("-inf"))  # log2-domain scores
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_F32, IEEE)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _decode_attention_kernel(
     q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, ws_acc_ptr, ws_ml_ptr,
     qk_scale, C, cols_per_split, n_rows,
@@ -107,15 +123,7 @@ def _decode_attention_kernel(
         v = tl.load(
             v_base + cols[:, None] * stride_vc + offs_d[None, :] * stride_vd, mask=c_ok[:, None], other=0.0
         )
-        s = _dot(q, tl.trans(k), tl.zeros([BLOCK_G, BLOCK_C], dtype=tl.float32), DOT_F32, IEEE)
-        s = tl.where(c_ok[None, :], s * qk_scale, float("-inf"))  # log2-domain scores
-        # Every step has at least one valid column, so m_new is finite and the first alpha is exp2(-inf) = 0.
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_F32, IEEE)
-        m_i = m_new
+        m_i, l_i, acc = _softmax_step(q, k, v, c_ok, m_i, l_i, acc, qk_scale, BLOCK_G, BLOCK_C, DOT_F32, IEEE)
 
     if not USE_WS:
         out = acc / l_i[:, None]

@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from xpullm.kernels.paged import kv_rotation
-from xpullm.kernels.triton.attention import _dot
+from xpullm.kernels.triton.attention import _dot, _softmax_step
 from xpullm.kernels.triton.pdl import launch_options, wait_for_inputs
 
 __all__ = ["paged_attention", "supports"]
@@ -248,15 +248,7 @@ def _attend_tile(
         v_s = tl.load(vs_ptr + scale_at, mask=c_ok, other=0.0)
         k = (k.to(tl.float32) * k_s[:, None]).to(q.dtype)
         v = (v.to(tl.float32) * v_s[:, None]).to(q.dtype)
-    s = _dot(q, tl.trans(k), tl.zeros([BLOCK_G, BLOCK_C], dtype=tl.float32), DOT_F32, IEEE)
-    s = tl.where(c_ok[None, :], s * qk_scale, float("-inf"))  # log2-domain scores
-    # Every tile has at least one valid column, so m_new is finite and the first alpha is exp2(-inf) = 0.
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_F32, IEEE)
-    return m_new, l_i, acc
+    return _softmax_step(q, k, v, c_ok, m_i, l_i, acc, qk_scale, BLOCK_G, BLOCK_C, DOT_F32, IEEE)
 
 
 def _block_cols(d: int, itemsize: int) -> int:
