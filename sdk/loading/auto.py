@@ -18,21 +18,10 @@ from xpullm.errors import ModelNotFound, UnsupportedArchitecture
 from xpullm.formats import get_format
 from xpullm.loading.build import BuildOptions, build_model
 from xpullm.loading.format_choice import FOLLOW_CHECKPOINT, FormatChoice, announce, choose_format
-from xpullm.loading.resolve import ModelSource, load_tokenizer, resolve_source
+from xpullm.loading.resolve import ModelSource, load_tokenizer, read_config, resolve_source
 from xpullm.loading.sources import LOWBIT_MANIFEST, LowBitSource, SafetensorsSource
 
 __all__ = ["AutoModelForCausalLM", "LowBitModelMixin", "ModelSource", "load_tokenizer", "resolve_source"]
-
-
-def _config(src: ModelSource):
-    import transformers
-
-    try:
-        if src.kind == "gguf":
-            return transformers.AutoConfig.from_pretrained(src.folder, gguf_file=src.gguf_file)
-        return transformers.AutoConfig.from_pretrained(src.folder)
-    except (ValueError, KeyError) as exc:
-        raise UnsupportedArchitecture(f"cannot read the model config in {src.folder}: {exc}") from exc
 
 
 class LowBitModelMixin:
@@ -108,7 +97,7 @@ class AutoModelForCausalLM:
             source: Any = GGUFSource(src.folder / str(src.gguf_file))
             if not source.supported:
                 return _attach(_via_transformers_gguf(src, opts), src, choice)
-        config = _config(src)  # architecture problems surface before any weight is read
+        config = read_config(src)  # architecture problems surface before any weight is read
         if src.kind == "lowbit":
             source = LowBitSource(src.folder)
         elif src.kind == "hf":
@@ -132,7 +121,7 @@ class AutoModelForCausalLM:
         opts = BuildOptions(low_bit=source.manifest["formats"][0] if source.manifest["formats"] else "bf16",
                             device=target, dtype=dtype or stored_dtype, progress=progress, stored_formats=True,
                             only_modules=frozenset(source.manifest["modules"]))  # fmt: skip
-        model = build_model(_config(src), source.tensors(), opts, total=source.count())
+        model = build_model(read_config(src), source.tensors(), opts, total=source.count())
         _load_generation_config(model, src)
         return _attach(model, src, FormatChoice(opts.low_bit, "load_low_bit keeps the stored formats", True))
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 
-from xpullm.loading.auto import ModelSource, _attach, _config, load_tokenizer
+from xpullm.loading.auto import ModelSource, _attach, load_tokenizer
 from xpullm.loading.build import BuildOptions, build_model
 from xpullm.loading.gguf_source import GGUFSource
 from xpullm.loading.lowbit_io import save_low_bit
+from xpullm.loading.resolve import read_config
 
 __all__ = ["convert_gguf_lossless"]
 
@@ -19,5 +20,5 @@ def convert_gguf_lossless(gguf_path: Path, dest: Path) -> Path:
     src = ModelSource("gguf", gguf_path.parent, gguf_path.name)
     source = GGUFSource(gguf_path)
     opts = BuildOptions(low_bit="bf16", stored_formats=True, dtype=torch.bfloat16, progress=False)
-    model = _attach(build_model(_config(src), source.tensors(), opts, total=source.count()), src)
+    model = _attach(build_model(read_config(src), source.tensors(), opts, total=source.count()), src)
     return save_low_bit(model, dest, load_tokenizer(src))

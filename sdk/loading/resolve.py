@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xpullm.errors import ModelNotFound
+from xpullm.errors import ModelNotFound, UnsupportedArchitecture
 from xpullm.hub import download, is_hub_id
 from xpullm.loading.sources import LOWBIT_MANIFEST
 
-__all__ = ["ModelSource", "load_tokenizer", "resolve_source"]
+__all__ = ["ModelSource", "load_tokenizer", "read_config", "resolve_source"]
 
 _HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.jinja"]
 
@@ -67,3 +67,15 @@ def load_tokenizer(source: ModelSource | str | os.PathLike) -> Any:
     if src.kind == "gguf":
         return transformers.AutoTokenizer.from_pretrained(src.folder, gguf_file=src.gguf_file)
     return transformers.AutoTokenizer.from_pretrained(src.folder)
+
+
+def read_config(src: ModelSource) -> Any:
+    """The transformers config of `src` (a clear error when the architecture is unknown)."""
+    import transformers
+
+    try:
+        if src.kind == "gguf":
+            return transformers.AutoConfig.from_pretrained(src.folder, gguf_file=src.gguf_file)
+        return transformers.AutoConfig.from_pretrained(src.folder)
+    except (ValueError, KeyError) as exc:
+        raise UnsupportedArchitecture(f"cannot read the model config in {src.folder}: {exc}") from exc

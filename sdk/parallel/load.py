@@ -17,11 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from xpullm.errors import UnsupportedArchitecture
 from xpullm.formats import get_format
 from xpullm.loading.build import BuildOptions, build_model
 from xpullm.loading.format_choice import FOLLOW_CHECKPOINT, FormatChoice, choose_format
-from xpullm.loading.resolve import ModelSource, resolve_source
+from xpullm.loading.resolve import ModelSource, read_config, resolve_source
 from xpullm.loading.sources import LOWBIT_MANIFEST, LowBitSource, SafetensorsSource
 from xpullm.parallel.errors import TensorParallelError
 from xpullm.parallel.plan import ModelShape, TPPlan, plan_split
@@ -31,18 +30,6 @@ __all__ = ["load_shard", "plan_for_source", "read_config"]
 
 _GGUF_BLOCK = 32
 _ROW_SPLIT = (".o_proj", ".down_proj")
-
-
-def read_config(src: ModelSource) -> Any:
-    """The transformers config of `src` (a clear error when the architecture is unknown)."""
-    import transformers
-
-    try:
-        if src.kind == "gguf":
-            return transformers.AutoConfig.from_pretrained(src.folder, gguf_file=src.gguf_file)
-        return transformers.AutoConfig.from_pretrained(src.folder)
-    except (ValueError, KeyError) as exc:
-        raise UnsupportedArchitecture(f"cannot read the model config in {src.folder}: {exc}") from exc
 
 
 def _target_align(low_bit: str, group_size: int | None) -> int:
