@@ -11,8 +11,8 @@ graph and tunes the kernels first.
 
 Beside it:
 - on the same model, after the engine's levels: the serialized static decoder (`GraphedDecoder`, what `LLM` runs on
-  CUDA while the engine is off by default) at batch 1 (`--static-batches`) - the number the engine's single stream
-  must match to flip `ENGINE_ON_ACCELERATOR["cuda"]`;
+  CUDA with `EngineConfig(on_accelerators=False)`) at batch 1 (`--static-batches`) - what the engine's single stream
+  is compared with (`ENGINE_ON_ACCELERATOR["cuda"]` is on since the H100 run of 2026-12-05: 0.96x);
 - on the same model, one stream through the public `LLM.generate` both ways (serialized static decoder vs the
   engine): the like-for-like comparison for the flip, detokenization and per-token host work included;
 - `--stage peer` (its own invocation): `gpu_peer_decode.py` (its model code, loaded from `--peer PATH`: torch.compile "reduce-overhead", static
@@ -256,9 +256,9 @@ def llm_rows(
     fmt: str,
     group: int | None,
 ) -> None:
-    """One stream through the public `LLM` API both ways - the serialized static decoder (the GPU default while
-    `ENGINE_ON_ACCELERATOR["cuda"]` is False) and the engine (`on_accelerators=True`) - with detokenization,
-    stop checks and the per-token host sync each path really has: the numbers that decide the flip."""
+    """One stream through the public `LLM` API both ways - the serialized static decoder (`on_accelerators=False`)
+    and the engine (`on_accelerators=True`, the CUDA default) - with detokenization, stop checks and the
+    per-token host sync each path really has."""
     from xpullm.engine import LLM
     from xpullm.engine.core import EngineConfig
 
@@ -389,8 +389,7 @@ def summarize(rows_path: str, md_path: str | None) -> str:
         if serial and eng:
             lines.append(
                 f"\nOne stream through `LLM.generate`, {fmt}: {serial['engine']} {serial['tok_s']:.1f} tok/s, "
-                f"{eng['engine']} {eng['tok_s']:.1f} tok/s ({eng['tok_s'] / serial['tok_s']:.2f}x; flip "
-                '`ENGINE_ON_ACCELERATOR["cuda"]` when >= 1).'
+                f"{eng['engine']} {eng['tok_s']:.1f} tok/s ({eng['tok_s'] / serial['tok_s']:.2f}x)."
             )
     text = "\n".join(lines) + "\n"
     if md_path:

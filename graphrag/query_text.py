@@ -113,9 +113,9 @@ def grounded_sentences(text: str, context: list[str], question: str = "") -> tup
     known = set().union(*(_numbers(c) for c in context)) if context else set()
     focus = focus_terms(question) if question else set()
     if focus:  # numbers that stand in a sentence about the asked property
-        about = set().union(
-            set(), *(_numbers(s) for c in context for s in split_sentences(c) if states_focus(s, focus))
-        )
+        about = {
+            n for c in context for s in split_sentences(c) if states_focus(s, focus) for n in _numbers(s)
+        }
         known = about
     kept, dropped, last_dropped = [], 0, False
     for start, end in sentence_spans(text):
