@@ -428,12 +428,11 @@ class EngineCore:
 
     def _pick(self, req: Request, logits: torch.Tensor, row: int, greedy: list[int] | None) -> int:
         """The request's token from logits row `row`, with EOS masked while its params ban it."""
-        if req.fast_greedy and greedy is not None:
-            tid = greedy[row]
-            if not (tid in self._eos_set and req.params.bans_eos(req.produced)):
-                return tid
+        ban = bool(self._eos) and req.params.bans_eos(req.produced)
+        if req.fast_greedy and greedy is not None and not (ban and greedy[row] in self._eos_set):
+            return greedy[row]
         one = logits[row : row + 1]
-        if self._eos and req.params.bans_eos(req.produced):
+        if ban:
             one = one.clone()
             one[:, self._eos] = float("-inf")
         return int(one.argmax(-1)) if req.fast_greedy else self._sample(req, one)
