@@ -12,7 +12,8 @@
 #
 #   OUT=... bash bench/device_session.sh
 #   STAGES="mma engine spec" OUT=... bash bench/device_session.sh   # a subset (the default runs all, in order:
-#                                   mma engine spec finetune sweep cpu); knobs: *_S time limits, SPEC_FORMATS
+#                                   mma engine spec finetune sweep cpu); knobs: *_S time limits, SPEC_FORMATS,
+#                                   WARM_FORMATS (space-separated), SWEEP_FORMATS, SWEEP_ROWS
 # Carry: bench/out/pydeps (`bash bench/gpu_run.sh prepare`), bench/out/gpu_peer_decode.py (a copy of
 # ../shared/bench/gpu_peer_decode.py) and bench/out/bnb (bitsandbytes unpacked, its cuda130 library only).
 set -uo pipefail
@@ -34,7 +35,7 @@ mark "start: $STAGES"
 if want mma; then
   timeout "${MMA_TESTS_S:-120}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
     --noconftest -q -rs tests/kernels/test_triton_mma.py > "$W/mma/tests_mma.txt" 2>&1 &
-  for f in sym_int4:128 nf4:64; do
+  for f in ${WARM_FORMATS:-sym_int4:128 nf4:64}; do
     timeout "${WARM_S:-110}" $P bench/gpu_batched.py --warm-only --formats "$f" --rows 1,8,16,32,64 \
       > "$W/mma/warm_${f%%:*}.log" 2>&1 &
   done
@@ -70,8 +71,8 @@ if want finetune; then
 fi
 
 if want sweep; then
-  timeout "${SWEEP_S:-90}" $P bench/gpu_batched.py --formats sym_int4:128,nf4:64 --rows 1,8,16,32,64 \
-    --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
+  timeout "${SWEEP_S:-90}" $P bench/gpu_batched.py --formats "${SWEEP_FORMATS:-sym_int4:128,nf4:64}" \
+    --rows "${SWEEP_ROWS:-1,8,16,32,64}" --all --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
   mark sweep done
 fi
 
