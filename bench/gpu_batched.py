@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             for m in row_counts:
                 x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
                 x2 = _prepare_x(x, tw)
-                fresh = {"mma": 0.0, "dequant": 0.0, "bf16": 0.0, **{p: 0.0 for p in paths}}
+                fresh = {"best": 0.0, "dequant": 0.0, "bf16": 0.0, **{p: 0.0 for p in paths}}
                 row = results.setdefault((label, m), fresh) if in_layer else fresh  # lm_head: not summed
                 row["bf16"] += bf16_us[(n, k, m)]
                 best, best_us = None, float("inf")
@@ -118,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
                         if us < best_us or best is None:
                             best, best_us = cfg, us
                     row[path] += path_best
-                row["mma"] += best_us
+                row["best"] += best_us
                 row.setdefault("cfgs", []).append(
                     f"{best.path} {best.block_m}x{best.block_n}x{best.block_kb} s{best.split_k} w{best.num_warps} "
-                    f"st{best.num_stages}{' planes' if best.plane_dots else ''}"
+                    f"st{best.num_stages}{' planes' if best.plane_dots else ''}{' pairs' if best.pairs else ''}"
                 )
                 dq_us = timed(lambda x2=x2, tw=tw: run(x2, tw, LaunchConfig("dequant")))
                 row["dequant"] += dq_us
@@ -164,12 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for (label, m), r in results.items():
         lines.append(
-            f"| {label} | {m} | {r['mma']:.1f} | "
+            f"| {label} | {m} | {r['best']:.1f} | "
             + "".join(f"{r[p]:.1f} | " for p in paths)
             + f"{r.get('mma_q8', float('nan')):.1f} | "
             f"{r.get('gemv', float('nan')):.1f} | {r['dequant']:.1f} | "
-            f"{r['bf16']:.1f} | {r['bf16'] / r['mma']:.2f}x | "
-            f"{r['mma'] / r['dequant']:.2f} | {'; '.join(r['cfgs'])} |"
+            f"{r['bf16']:.1f} | {r['bf16'] / r['best']:.2f}x | "
+            f"{r['best'] / r['dequant']:.2f} | {'; '.join(r['cfgs'])} |"
         )
     text = "\n".join(lines) + "\n"
     print(text)

@@ -53,6 +53,7 @@ class LaunchConfig:
     prefetch: bool = False  # gemv, gemv_q8: load the next K step's weights before computing this one (jit.py)
     tiles: int = 1  # gemv_q8, one activation row: tiles of block_n weight rows each program walks in turn
     plane_dots: bool = False  # mma_t: one dot per bit plane (else one dot over the whole step's codes)
+    pairs: bool = False  # mma_t, plane_dots, sym_int4 x bf16: two planes per bf16x2 decode (inline PTX)
 
 
 def _gemv(bm: int, bn: int, kb: int, sk: int, warps: int, prefetch: bool = False) -> LaunchConfig:
@@ -165,6 +166,20 @@ _CUDA_MMA_T = [
         (64, 8, 2, 4, 3, True),
         (128, 4, 1, 8, 3, True),
         (64, 8, 4, 4, 2, True),
+        (256, 4, 2, 8, 3, True),
+        (128, 4, 4, 4, 3, True),
+        (64, 4, 8, 4, 3, True),
+        (128, 4, 2, 8, 4, True),
+    )
+] + [
+    LaunchConfig("mma_t", 0, bn, 4, sk, w, st, plane_dots=True, pairs=True)
+    for bn, sk, w, st in (
+        (64, 2, 4, 3),
+        (64, 4, 4, 3),
+        (128, 2, 4, 3),
+        (128, 4, 4, 3),
+        (128, 2, 8, 3),
+        (256, 2, 8, 3),
     )
 ]
 MMA_MAX_M = 256  # row buckets the batched tensor-core tiles are timed for
@@ -250,6 +265,14 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return False  # bf16 / fp16 tensor-core operands; tl.dot needs >= 16 rows
     if cfg.path == "mma_t" and cfg.plane_dots and cfg.block_kb < 4:
         return False  # one plane's dot has K = 4 * block_kb words' codes: tl.dot needs K >= 16
+    if cfg.pairs and not (
+        cfg.path == "mma_t"
+        and cfg.plane_dots
+        and tw.format == "sym_int4"
+        and x_dtype == torch.bfloat16
+        and one_scale_per_step(tw, cfg)
+    ):
+        return False  # the bf16x2 decode yields unscaled sym_int4 codes, scaled after the step's dot
     if cfg.path == "gemv_q8" and (
         tw.format not in Q8_FORMATS or x_dtype == torch.float32 or cfg.block_m not in Q8_ROW_TILES
     ):
@@ -258,6 +281,13 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return False  # only the one-row int8 GEMV program walks several weight tiles
     # A split needs at least a couple of K steps to be worth its reduction pass.
     return cfg.split_k == 1 or tw.kw >= 2 * cfg.split_k * cfg.block_kb * 4
+
+
+def one_scale_per_step(tw, cfg: LaunchConfig) -> bool:
+    """True when one K step of `cfg` never straddles two scale groups of `tw` (one scale per row per step)."""
+    from xpullm.kernels.triton.layout import SINGLE_GROUP_WORDS
+
+    return tw.group_words == SINGLE_GROUP_WORDS or tw.group_words % (cfg.block_kb * 4) == 0
 
 
 def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[LaunchConfig]:

@@ -125,6 +125,27 @@ def test_mma_t_matches_reference(fmt, gs, case):
     assert err < 1e-2, f"{fmt} g{gs} {n}x{k} m={m} {cfg} seed={seed}: relative error {err:.2e}"
 
 
+@pytest.mark.parametrize(
+    ("n", "k", "m", "cfg"),
+    [
+        (37, 300, 5, LaunchConfig("mma_t", 16, 64, 4, 1, 4, 2, plane_dots=True, pairs=True)),
+        (128, 512, 16, LaunchConfig("mma_t", 16, 64, 4, 2, 4, 2, plane_dots=True, pairs=True)),
+    ],
+)
+def test_mma_t_bf16x2_pair_decode_matches_reference(n, k, m, cfg):
+    seed = _seed()
+    qw = _weight("sym_int4", 128, n, k, seed)
+    tw = pack_weight(qw, DEVICE)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)).bfloat16()
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+    y = run(_prepare_x(x.to(DEVICE), tw), tw, cfg, out=out)
+    err = _rel_err(y, x.float() @ qw.dequantize(torch.float32).T)
+    assert err < 1e-2, f"{n}x{k} m={m} {cfg} seed={seed}: relative error {err:.2e}"
+    other = pack_weight(_weight("sym_int4", 32, n, k, seed), DEVICE)  # 4-word groups: two scales per step
+    with pytest.raises(ValueError, match="pairs=False"):
+        run(_prepare_x(x.to(DEVICE), other), other, cfg)
+
+
 def test_codebook_decodes_in_registers_equal_the_tables():
     """mma_t decodes nf4 by a select tree and fp4 by its bit pattern: every code gives the table's level."""
     from xpullm.kernels.codebook import CODEBOOKS
