@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "| format | M | best tile us | "
         + " | ".join(f"{p} us" for p in paths)
         + " | mma (int8 act) us | batch-1 GEMV us | dequant+cuBLAS us | bf16 cuBLAS us | "
-        "mma vs bf16 | mma / dequant | tiles (per shape) |",
+        "best vs bf16 | best / dequant | tiles (per shape) |",
         "|---|---|---|" + "---|" * len(paths) + "---|---|---|---|---|---|---|",
     ]
     for (label, m), r in results.items():
