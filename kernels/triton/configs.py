@@ -54,6 +54,7 @@ class LaunchConfig:
     tiles: int = 1  # gemv_q8, one activation row: tiles of block_n weight rows each program walks in turn
     plane_dots: bool = False  # mma_t: one dot per bit plane (else one dot over the whole step's codes)
     pairs: bool = False  # mma_t, plane_dots, sym_int4 x bf16: two planes per bf16x2 decode (inline PTX)
+    natural: bool = False  # mma_t, one dot per step: decoded in the weight's K order, activations contiguous
 
 
 def _gemv(bm: int, bn: int, kb: int, sk: int, warps: int, prefetch: bool = False) -> LaunchConfig:
@@ -151,37 +152,50 @@ _CUDA_MMA = [
 ]
 # `mma_t` (the weight tile as the dot's left operand, `jit.mma_t_kernel`): weight rows per tile 64 / 128 (the
 # tensor cores' tall side), words per step, split-K, pipeline depth, and one dot per step vs one per bit plane.
-_CUDA_MMA_T = [
-    LaunchConfig("mma_t", 0, bn, kb, sk, w, st, plane_dots=pd)
-    for bn, kb, sk, w, st, pd in (
-        (64, 4, 2, 4, 3, False),
-        (64, 4, 4, 4, 3, False),
-        (128, 4, 2, 4, 3, False),
-        (64, 8, 2, 4, 3, False),
-        (64, 2, 4, 4, 4, False),
-        (128, 2, 2, 8, 3, False),
-        (64, 4, 2, 4, 3, True),
-        (64, 4, 4, 4, 3, True),
-        (128, 4, 2, 4, 3, True),
-        (64, 8, 2, 4, 3, True),
-        (128, 4, 1, 8, 3, True),
-        (64, 8, 4, 4, 2, True),
-        (256, 4, 2, 8, 3, True),
-        (128, 4, 4, 4, 3, True),
-        (64, 4, 8, 4, 3, True),
-        (128, 4, 2, 8, 4, True),
-    )
-] + [
-    LaunchConfig("mma_t", 0, bn, 4, sk, w, st, plane_dots=True, pairs=True)
-    for bn, sk, w, st in (
-        (64, 2, 4, 3),
-        (64, 4, 4, 3),
-        (128, 2, 4, 3),
-        (128, 4, 4, 3),
-        (128, 2, 8, 3),
-        (256, 2, 8, 3),
-    )
-]
+_CUDA_MMA_T = (
+    [
+        LaunchConfig("mma_t", 0, bn, kb, sk, w, st, plane_dots=pd)
+        for bn, kb, sk, w, st, pd in (
+            (64, 4, 2, 4, 3, False),
+            (64, 4, 4, 4, 3, False),
+            (128, 4, 2, 4, 3, False),
+            (64, 8, 2, 4, 3, False),
+            (64, 2, 4, 4, 4, False),
+            (128, 2, 2, 8, 3, False),
+            (64, 4, 2, 4, 3, True),
+            (64, 4, 4, 4, 3, True),
+            (128, 4, 2, 4, 3, True),
+            (64, 8, 2, 4, 3, True),
+            (128, 4, 1, 8, 3, True),
+            (64, 8, 4, 4, 2, True),
+            (256, 4, 2, 8, 3, True),
+            (128, 4, 4, 4, 3, True),
+            (64, 4, 8, 4, 3, True),
+            (128, 4, 2, 8, 4, True),
+        )
+    ]
+    + [
+        LaunchConfig("mma_t", 0, bn, 4, sk, w, st, plane_dots=True, pairs=True)
+        for bn, sk, w, st in (
+            (64, 2, 4, 3),
+            (64, 4, 4, 3),
+            (128, 2, 4, 3),
+            (128, 4, 4, 3),
+            (128, 2, 8, 3),
+            (256, 2, 8, 3),
+        )
+    ]
+    + [
+        LaunchConfig("mma_t", 0, bn, kb, sk, w, st, natural=True)
+        for bn, kb, sk, w, st in (
+            (64, 4, 2, 4, 3),
+            (64, 4, 4, 4, 3),
+            (128, 4, 2, 8, 3),
+            (64, 2, 4, 4, 4),
+            (128, 2, 4, 4, 3),
+        )
+    ]
+)
 MMA_MAX_M = 256  # row buckets the batched tensor-core tiles are timed for
 MMA_BLOCK_M = (16, 64)  # smallest and largest M tile of `mma` (tl.dot needs >= 16 rows)
 
@@ -265,6 +279,8 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return False  # bf16 / fp16 tensor-core operands; tl.dot needs >= 16 rows
     if cfg.path == "mma_t" and cfg.plane_dots and cfg.block_kb < 4:
         return False  # one plane's dot has K = 4 * block_kb words' codes: tl.dot needs K >= 16
+    if cfg.natural and (cfg.path != "mma_t" or cfg.plane_dots or cfg.pairs):
+        return False  # the natural K order is one of mma_t's single-dot layouts
     if cfg.pairs and not (
         cfg.path == "mma_t"
         and cfg.plane_dots

@@ -936,8 +936,11 @@ def _int4_pair_bf16(t, EMULATE: tl.constexpr):
     return tl.inline_asm_elementwise(
         """{
         .reg .b32 q;
+        .reg .b32 one, bias;
+        mov.b32 one, 0x3F803F80;
+        mov.b32 bias, 0xC308C308;
         lop3.b32 q, $2, 0x000F000F, 0x43004300, 0xEA;
-        fma.rn.bf16x2 q, q, 0x3F803F80, 0xC308C308;
+        fma.rn.bf16x2 q, q, one, bias;
         mov.b32 {$0, $1}, q;
         }""",
         "=h,=h,r",
@@ -989,7 +992,8 @@ def mma_t_kernel(
     stride_xm, stride_wn, stride_sn, stride_ym, stride_ys,
     GROUP_WORDS: tl.constexpr, FMT: tl.constexpr, PLANES: tl.constexpr, HAS_ZERO: tl.constexpr,
     CODEBOOK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BKW: tl.constexpr,
-    PLANE_DOTS: tl.constexpr, PAIRS: tl.constexpr, USE_WS: tl.constexpr, POST_SCALE: tl.constexpr,
+    PLANE_DOTS: tl.constexpr, PAIRS: tl.constexpr, NATURAL: tl.constexpr, USE_WS: tl.constexpr,
+    POST_SCALE: tl.constexpr,
     EVEN: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """y[m, n] = sum_k x[m, k] W[n, k] for a batch of activation rows, as y^T = W @ x^T on tensor cores.
@@ -997,8 +1001,10 @@ def mma_t_kernel(
     Per K step a program loads a [BLOCK_N, BKW] tile of weight words (BKW a multiple of 4: whole blocks),
     decodes it in registers (shift, mask, magic-float subtraction / codebook / fp8 bit pattern; group scale and
     zero point), and multiplies it with the matching activations [K, BLOCK_M] (see the K-order note above).
-    POST_SCALE (one scale per weight row for the whole step, no zero point): codes go into the dot unscaled
-    and the fp32 step product is scaled per row. EVEN: every weight row tile lies inside N and every step is
+    POST_SCALE (one scale and zero point per weight row for the whole step): codes go into the dot unscaled,
+    the fp32 step product is scaled per row and the zero point enters as zero x the step's activation sums.
+    NATURAL (one dot per step): the tile is decoded in the weight's own K order and the activations are read
+    as one contiguous run. EVEN: every weight row tile lies inside N and every step is
     whole (no masks on the weight stream). PAIRS (sym_int4, PLANE_DOTS, POST_SCALE, bf16 x): planes p and p + 4
     decode together in bf16x2 (`_int4_pair_bf16`).
     Grid: (N tiles, K splits, M tiles); x [M, KX] bf16 / fp16; output y [M, N] (or fp32 split partials).
@@ -1030,62 +1036,73 @@ def mma_t_kernel(
             w = tl.load(w_ptr + n2 * stride_wn + kw2)
         else:
             w = tl.load(w_ptr + n2 * stride_wn + kw2, mask=n_ok & (kw2 < kw_end), other=0)
-        if POST_SCALE:
+        if POST_SCALE:  # one scale (and zero point) per row for the step: applied to the step's product
             s_row = tl.load(s_ptr + offs_n * stride_sn + kw0 // GROUP_WORDS, mask=offs_n < N, other=0.0)
+            s = s_row.to(tl.float32)[:, None]
+            z = s  # placeholder: the operands go into the dot unscaled
+            part = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
         else:
             g2 = kw2 // GROUP_WORDS
             s_ok = n_ok & (g2 < NG)
             s = tl.load(s_ptr + n2 * stride_sn + g2, mask=s_ok, other=0.0).to(tl.float32)
+            z = s
             if HAS_ZERO:
                 z = tl.load(z_ptr + n2 * stride_sn + g2, mask=s_ok, other=0.0).to(tl.float32)
-            else:
-                z = s
-        if POST_SCALE:
-            s = s_row[:, None]  # placeholders: the operands go into the dot unscaled
-            z = s
+            part = acc
+        xsum = tl.zeros([BLOCK_M], dtype=tl.float32)  # the step's activation sums (zero-point term)
         x0 = kw0 * PLANES  # the step's first element
         if PAIRS:
-            part = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
             for p in tl.static_range(PLANES // 2):
                 lo, hi = _int4_pair_bf16(w >> (p * BITS), DOT_F32)
                 for half in tl.static_range(2):
                     e = x0 + e0 + 4 * (p + half * (PLANES // 2))
                     xt = _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, kw_end * PLANES, EVEN)
                     part = _mma_t_dot(hi if half else lo, xt, part, DOT_F32)
-            acc += part * s_row.to(tl.float32)[:, None]
         elif PLANE_DOTS:
+            for p in tl.static_range(PLANES):
+                wt, xt = _mma_t_operands(
+                    w >> (p * BITS), s, z, lut_ptr, x_ptr, m_row, m_ok, stride_xm, x0 + e0 + 4 * p,
+                    kw_end * PLANES, FMT, CODEBOOK, MASK, HAS_ZERO, not POST_SCALE, EVEN,
+                )  # fmt: skip
+                part = _mma_t_dot(wt, xt, part, DOT_F32)
+                if POST_SCALE and HAS_ZERO:
+                    xsum += tl.sum(xt.to(tl.float32), axis=0)
+        elif NATURAL:
+            # [BN, BKW/4 blocks, PLANES, 4 words]: element 4 p + l of each block - the weight's own K order,
+            # so the activations are one contiguous run
+            w4 = tl.expand_dims(tl.reshape(w, (BLOCK_N, BKW // 4, 4)), 2)
+            sh = (tl.arange(0, PLANES) * BITS)[None, None, :, None]
             if POST_SCALE:
-                part = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-                for p in tl.static_range(PLANES):
-                    wt, xt = _mma_t_operands(
-                        w >> (p * BITS), s, z, lut_ptr, x_ptr, m_row, m_ok, stride_xm, x0 + e0 + 4 * p,
-                        kw_end * PLANES, FMT, CODEBOOK, MASK, HAS_ZERO, False, EVEN,
-                    )  # fmt: skip
-                    part = _mma_t_dot(wt, xt, part, DOT_F32)
-                acc += part * s_row.to(tl.float32)[:, None]
+                s4 = s[:, :, None, None]
+                z4 = s4
             else:
-                for p in tl.static_range(PLANES):
-                    wt, xt = _mma_t_operands(
-                        w >> (p * BITS), s, z, lut_ptr, x_ptr, m_row, m_ok, stride_xm, x0 + e0 + 4 * p,
-                        kw_end * PLANES, FMT, CODEBOOK, MASK, HAS_ZERO, True, EVEN,
-                    )  # fmt: skip
-                    acc = _mma_t_dot(wt, xt, acc, DOT_F32)
+                s4 = tl.expand_dims(tl.reshape(s, (BLOCK_N, BKW // 4, 4)), 2)
+                z4 = tl.expand_dims(tl.reshape(z, (BLOCK_N, BKW // 4, 4)), 2)
+            wt, xt = _mma_t_operands(
+                w4 >> sh, s4, z4, lut_ptr, x_ptr, m_row, m_ok, stride_xm, x0 + tl.arange(0, BKW * PLANES),
+                kw_end * PLANES, FMT, CODEBOOK, MASK, HAS_ZERO, not POST_SCALE, EVEN,
+            )  # fmt: skip
+            part = _mma_t_dot(tl.reshape(wt, (BLOCK_N, BKW * PLANES)), xt, part, DOT_F32)
+            if POST_SCALE and HAS_ZERO:
+                xsum += tl.sum(xt.to(tl.float32), axis=0)
         else:
             sh = (tl.arange(0, PLANES) * BITS)[None, None, :]
             e = x0 + (e0[:, None] + 4 * tl.arange(0, PLANES)[None, :])  # [BKW, PLANES]
-            s3 = tl.expand_dims(s, 2)
-            z3 = tl.expand_dims(z, 2)
             wt, xt = _mma_t_operands(
-                tl.expand_dims(w, 2) >> sh, s3, z3, lut_ptr, x_ptr, m_row, m_ok, stride_xm,
-                tl.reshape(e, (BKW * PLANES,)), kw_end * PLANES, FMT, CODEBOOK, MASK, HAS_ZERO, not POST_SCALE,
-                EVEN,
+                tl.expand_dims(w, 2) >> sh, tl.expand_dims(s, 2), tl.expand_dims(z, 2), lut_ptr, x_ptr, m_row,
+                m_ok, stride_xm, tl.reshape(e, (BKW * PLANES,)), kw_end * PLANES, FMT, CODEBOOK, MASK, HAS_ZERO,
+                not POST_SCALE, EVEN,
             )  # fmt: skip
-            wt = tl.reshape(wt, (BLOCK_N, BKW * PLANES))
-            if POST_SCALE:
-                part = _mma_t_dot(wt, xt, tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), DOT_F32)
-                acc += part * s_row.to(tl.float32)[:, None]
-            else:
-                acc = _mma_t_dot(wt, xt, acc, DOT_F32)
+            part = _mma_t_dot(tl.reshape(wt, (BLOCK_N, BKW * PLANES)), xt, part, DOT_F32)
+            if POST_SCALE and HAS_ZERO:
+                xsum += tl.sum(xt.to(tl.float32), axis=0)
+        if POST_SCALE:
+            acc += part * s
+            if HAS_ZERO:
+                z_row = tl.load(z_ptr + offs_n * stride_sn + kw0 // GROUP_WORDS, mask=offs_n < N, other=0.0)
+                acc += z_row.to(tl.float32)[:, None] * xsum[None, :]
+        else:
+            acc = part
     out_ok = n_ok & m_ok
     if not USE_WS:
         tl.store(y_ptr + m_row * stride_ym + n2, acc.to(y_ptr.dtype.element_ty), mask=out_ok)

@@ -344,7 +344,8 @@ def _run_mma_t(
         x.stride(0), tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
         GROUP_WORDS=tw.group_words, FMT=tw.fmt_code, PLANES=tw.planes, HAS_ZERO=tw.zeros is not None,
         CODEBOOK=_CODEBOOK_DECODE.get(tw.format, 0), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BKW=bkw,
-        PLANE_DOTS=cfg.plane_dots, PAIRS=cfg.pairs, USE_WS=split > 1, POST_SCALE=one_scale_per_step(tw, cfg) and tw.zeros is None,
+        PLANE_DOTS=cfg.plane_dots, PAIRS=cfg.pairs, NATURAL=cfg.natural, USE_WS=split > 1,
+        POST_SCALE=one_scale_per_step(tw, cfg),
         EVEN=tw.n % cfg.block_n == 0 and tw.kw % bkw == 0, DOT_F32=_INTERPRET,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(tw.device),
     )  # fmt: skip

@@ -67,6 +67,7 @@ T_CASES = [
     (37, 200, 3, LaunchConfig("mma_t", 16, 64, 4, 1, 4, 2)),
     (128, 512, 20, LaunchConfig("mma_t", 16, 64, 4, 2, 4, 2, plane_dots=True)),
     (64, 256, 16, LaunchConfig("mma_t", 16, 64, 2, 1, 4, 2)),  # EVEN: whole tiles and steps, no masks
+    (37, 300, 17, LaunchConfig("mma_t", 16, 64, 4, 2, 4, 2, natural=True)),
 ]
 if not INTERPRET:
     T_CASES += [
@@ -75,6 +76,7 @@ if not INTERPRET:
         (4096, 4096, 16, LaunchConfig("mma_t", 16, 64, 4, 4, 4, 3)),
         (4096, 4096, 32, LaunchConfig("mma_t", 32, 64, 8, 2, 4, 3, plane_dots=True)),
         (2048, 4096, 100, LaunchConfig("mma_t", 32, 128, 2, 1, 8, 3)),
+        (4096, 4096, 16, LaunchConfig("mma_t", 16, 64, 4, 4, 4, 3, natural=True)),
     ]
 
 
