@@ -12,14 +12,14 @@
 #
 #   OUT=... bash bench/device_session.sh
 #   STAGES="mma engine spec" OUT=... bash bench/device_session.sh   # a subset (the default runs all, in order:
-#                                   mma engine spec finetune sweep cpu); knobs: *_S time limits, SPEC_FORMATS,
+#                                   mma sweep engine spec finetune cpu); knobs: *_S time limits, SPEC_FORMATS,
 #                                   WARM_FORMATS (space-separated), SWEEP_FORMATS, SWEEP_ROWS
 # Carry: bench/out/pydeps (`bash bench/gpu_run.sh prepare`), bench/out/gpu_peer_decode.py (a copy of
 # ../shared/bench/gpu_peer_decode.py) and bench/out/bnb (bitsandbytes unpacked, its cuda130 library only).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-bench/out/device}"
-STAGES="${STAGES:-mma engine spec finetune sweep cpu}"
+STAGES="${STAGES:-mma sweep engine spec finetune cpu}"
 W="$(mktemp -d)"
 mkdir -p "$OUT" "$W/mma" "$W/engine" "$W/cpu"
 P="bash bench/gpu_run.sh py"
@@ -47,6 +47,15 @@ if want mma; then
   fi
 fi
 
+# The batched tiles per format and row count (before the engine, which then uses the winners).
+if want sweep; then
+  timeout "${SWEEP_S:-90}" $P bench/gpu_batched.py --formats "${SWEEP_FORMATS:-sym_int4:128,nf4:64}" \
+    --rows "${SWEEP_ROWS:-1,8,16,32,64}" --all --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
+  mark sweep done
+  # the engine stage below starts from these measured tiles (the tuner would time them all at warm-up)
+  [ -s "$W/mma/tuned_batched.json" ] && export XPULLM_TRITON_TUNED="$W/mma/tuned_batched.json"
+fi
+
 if want engine; then
   OUT="$W/engine" BUDGET_S="${ENGINE_S:-270}" bash bench/engine_gpu_session.sh
   mark engine done
@@ -70,11 +79,6 @@ if want finetune; then
   mark finetune done
 fi
 
-if want sweep; then
-  timeout "${SWEEP_S:-90}" $P bench/gpu_batched.py --formats "${SWEEP_FORMATS:-sym_int4:128,nf4:64}" \
-    --rows "${SWEEP_ROWS:-1,8,16,32,64}" --all --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
-  mark sweep done
-fi
 
 # 6. The host's CPU (issue 23 wants Xeon figures; this machine's CPU may be one): the native kernels' twin tests and
 #    the kernel table at 1 and 2 threads, with PyTorch's int4/int8 ops (oneDNN: AMX where the CPU has it) beside.
