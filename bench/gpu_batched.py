@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from xpullm.formats import get_format
     from xpullm.kernels.triton import LaunchConfig, pack_weight, run, run_q8, select_config, time_cold
     from xpullm.kernels.triton.configs import CONFIG_TABLES, Q8_FORMATS, m_bucket, mma_block_m
-    from xpullm.kernels.triton.launch import Q8_KEY_DTYPE, _key, _prepare_x, quantize_activations
+    from xpullm.kernels.triton.launch import _key, _prepare_x, quantize_activations
 
     dev = torch.device("cuda")
     formats = _parse_formats(args.formats) if args.formats else FORMATS
@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                     row["mma_q8"] = row.get("mma_q8", 0.0) + timed(
                         lambda act=act, tw=tw, best=best_mma: run_q8(act, tw, best)
                     )
-                    key = _key(tw, m, Q8_KEY_DTYPE)
-                    records.append({**dict(zip(_FIELDS, key, strict=True)), "config": asdict(best_mma)})
+                    # no tuning record: the engine's int8 rows also have the gemv_q8 paths, which this script does
+                    # not time (a record of the best `mma` tile forced it over them: 12 ms steps at 8 streams)
                 print(json.dumps({"fmt": label, "shape": f"{n}x{k}", "m": m, "mma_us": best_us,
                                   "cfg": row["cfgs"][-1]}), flush=True)  # fmt: skip
         del w
