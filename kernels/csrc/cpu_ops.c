@@ -7,6 +7,10 @@
  *   avx2       u8/s8 x s8 vpmaddubsw, fp8 -> fp16 -> fp32 FMA    any AVX2 + FMA + F16C CPU (the portable floor)
  *   avx512     u8 x s8 vpdpbusd (VNNI) on 4 rows per zmm,         AVX-512 F/BW/VL + VNNI (Ice Lake, Sapphire
  *              fp8 -> fp16 -> fp32 FMA on 16 lanes               Rapids, Zen 4+)
+ *   amx        s8 x s8 tdpbssd on 16 x 16 tiles per block of 32  AMX-TILE + AMX-INT8 (Sapphire Rapids+), Linux
+ *              (integer kinds, >= amx_min_rows rows; else avx512) permission granted; prefill and batched rows
+ *   amx_emulated  the amx path with each tile instruction run by   any AVX-512 CPU: the test twin of the amx path
+ *              its scalar C model (amx_emu_*), not the hardware
  *
  * Integer formats (sym_int4, asym_int4, the 4-bit codebooks nf4/fp4, sym_int8): activations are quantised per
  * block of 32 columns to int8 with scale d = max|x| / 127, stored with each block's even columns first and odd
@@ -32,13 +36,35 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include <immintrin.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#define XQ_THREAD omp_get_thread_num()
+#else
+#define XQ_THREAD 0
+#endif
 
 #define XQ_AVX2_FN __attribute__((target("avx2,fma,f16c")))
 #define XQ_AVX512_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 
-enum { XQ_NONE = 0, XQ_AVX2 = 1, XQ_AVX512 = 2 };
+/* The AMX path's functions: AVX-512 for the weight decode and the float epilogue, AMX for the tile instructions
+   (written as inline asm below, so only the assembler must know them). A compiler that rejects the target
+   builds with -DXQ_NO_AMX (cpu_native.py retries so): the amx path is then never offered; the emulated one is. */
+#ifndef XQ_NO_AMX
+#define XQ_AMX_FN                                                                                                  \
+    __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8")))
+#else
+#define XQ_AMX_FN XQ_AVX512_FN
+#endif
+
+/* Path numbers (cpu_native.ISA_PATHS): the real ones ordered by speed; amx_emulated is a test twin, not a rank. */
+enum { XQ_NONE = 0, XQ_AVX2 = 1, XQ_AVX512 = 2, XQ_AMX = 3, XQ_AMX_EMU = 4 };
 enum { K_INT4 = 0, K_LUT4 = 1, K_INT8 = 2, K_FP8 = 3 };
 
 static uint64_t xgetbv0(void) {
@@ -47,8 +73,8 @@ static uint64_t xgetbv0(void) {
     return ((uint64_t)hi << 32) | lo;
 }
 
-/* The best path this CPU and OS run: CPUID feature bits, and XCR0 for the OS saving ymm (and zmm) state. */
-int xq_best_isa(void) {
+/* The best vector path this CPU and OS run: CPUID feature bits, and XCR0 for the OS saving ymm (and zmm) state. */
+static int vec_best(void) {
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return XQ_NONE;
     const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
@@ -62,12 +88,50 @@ int xq_best_isa(void) {
     return XQ_AVX2;
 }
 
-/* AMX tiles (int8) reported by CPUID and enabled by the OS (XCR0 bits 17-18): informational; no AMX path yet. */
+/* AMX tiles (int8) reported by CPUID and enabled by the OS (XCR0 bits 17-18). */
 int xq_has_amx(void) {
     unsigned a, b, c, d;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
     const int tile = (d >> 24) & 1, int8 = (d >> 25) & 1;
     return tile && int8 && ((xgetbv0() >> 17) & 3) == 3;
+}
+
+static int amx_state = -1; /* -1 not probed yet, 0 no, 1 yes */
+
+/* Whether the amx path runs here: AMX-INT8 and AVX-512 in CPUID and XCR0, palette 1 with the 16 x 64-byte tiles
+   the kernel configures (CPUID leaf 0x1D), and Linux's permission to use tile data (asked once, for the whole
+   process: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), then read back). Any miss: not offered. */
+static int amx_usable(void) {
+    if (amx_state >= 0) return amx_state;
+    int ok = 0;
+#if !defined(XQ_NO_AMX) && defined(__linux__) && defined(SYS_arch_prctl)
+    unsigned a, b, c, d;
+    if (xq_has_amx() && vec_best() == XQ_AVX512 && __get_cpuid_count(0, 0, &a, &b, &c, &d) && a >= 0x1D &&
+        __get_cpuid_count(0x1D, 0, &a, &b, &c, &d) && a >= 1 && __get_cpuid_count(0x1D, 1, &a, &b, &c, &d)) {
+        const unsigned bytes_per_row = b & 0xFFFF, names = b >> 16, max_rows = c & 0xFFFF;
+        if (bytes_per_row >= 64 && names >= 8 && max_rows >= 16) {
+            enum { ARCH_GET_XCOMP_PERM = 0x1022, ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+            unsigned long granted = 0;
+            if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 &&
+                syscall(SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &granted) == 0)
+                ok = (granted >> XFEATURE_XTILEDATA) & 1;
+        }
+    }
+#endif
+    amx_state = ok;
+    return ok;
+}
+
+/* The best path this CPU and OS run. */
+int xq_best_isa(void) {
+    const int vec = vec_best();
+    return vec == XQ_AVX512 && amx_usable() ? XQ_AMX : vec;
+}
+
+/* Whether path `isa` runs here: a real path up to the best one; amx_emulated wherever AVX-512 runs. */
+int xq_path_runnable(int isa) {
+    if (isa == XQ_AMX_EMU) return vec_best() == XQ_AVX512;
+    return isa >= XQ_AVX2 && isa <= xq_best_isa();
 }
 
 static int active_isa = -1;
@@ -78,13 +142,30 @@ int xq_isa(void) {
     return active_isa;
 }
 
+/* The vector path under the active one (the amx paths run AVX-512 around their tiles, and for short calls). */
+static int vec_isa(void) {
+    const int isa = xq_isa();
+    return isa >= XQ_AVX512 ? XQ_AVX512 : isa;
+}
+
 /* Force a path (-1: back to the best); returns the active path, or -1 when this CPU cannot run `isa`. */
 int xq_set_isa(int isa) {
-    const int best = xq_best_isa();
-    if (isa < 0) isa = best;
-    if (isa > best || isa < XQ_AVX2) return -1;
+    if (isa < 0) isa = xq_best_isa();
+    if (!xq_path_runnable(isa)) return -1;
     active_isa = isa;
     return active_isa;
+}
+
+/* The amx paths take calls of at least this many activation rows; shorter ones run the avx512 path. One tile
+   holds 16 rows: a call of fewer pays a whole tile's tdpbssd and epilogue for part of it, while the VNNI path's
+   cost per row is flat (bench/cpu_kernels.py --rows measures the crossover). */
+static int amx_min_rows = 16;
+
+/* Set the amx paths' row threshold (>= 1); returns the previous one. */
+int xq_set_amx_min_rows(int rows) {
+    const int before = amx_min_rows;
+    amx_min_rows = rows < 1 ? 1 : rows;
+    return before;
 }
 
 int xq_simd(void) { return xq_best_isa() >= XQ_AVX2; }
@@ -105,6 +186,7 @@ struct job {
     const int8_t *lut;         /* codebooks: 16 signed table entries */
     int e4m3;
     int64_t n_out;
+    int64_t n_tiles;           /* amx: 4-row weight tiles (n / 4) */
     float *y;
 };
 
@@ -401,6 +483,370 @@ XQ_AVX512_FN static void tile_fp8_avx512(const struct job *j, int64_t t) {
     }
 }
 
+/* ---- AMX ------------------------------------------------------------------------------------------- */
+
+/* The kernel speaks to the tiles through five operations (config, load, zero, tdpbssd, store, and release), each
+   with two implementations chosen at compile time of the calling function: the hardware instruction (inline asm,
+   with a memory clobber: GCC's own tile macros do not tell the compiler that tileloadd reads memory), or
+   amx_emu_*, a scalar C model of the same instruction as Intel's SDM specifies it (rows and bytes per row from
+   the tile config, unused rows and bytes zeroed, int32 wrap-around adds, no saturation). The amx_emulated path
+   runs the very same kernel over the model, so the tests check the kernel's tiling, decode and epilogue on any
+   AVX-512 CPU, and on an AMX CPU check the model against the hardware (`xq_amx_probe`). */
+
+/* ldtilecfg's 64-byte operand (palette 1: 8 tiles of up to 16 rows x 64 bytes). */
+struct amx_cfg {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+struct amx_emu {
+    struct amx_cfg cfg;
+    uint8_t t[8][16][64];
+};
+
+/* Tile uses the hardware would fault on (#UD / #GP) in the emulated path: the tests require none. */
+static int amx_emu_faults;
+
+/* Faults the emulator counted since the library loaded. */
+int xq_amx_emu_faults(void) { return __atomic_load_n(&amx_emu_faults, __ATOMIC_RELAXED); }
+
+static void amx_emu_fault(void) { __atomic_fetch_add(&amx_emu_faults, 1, __ATOMIC_RELAXED); }
+
+static int amx_emu_valid(const struct amx_emu *e, int t) {
+    return e->cfg.palette == 1 && t >= 0 && t < 8 && e->cfg.rows[t] && e->cfg.colsb[t];
+}
+
+/* ldtilecfg: palette 1 with rows <= 16 and colsb <= 64 (tiles 8..15 unused), or palette 0 (= tilerelease);
+   every tile is zeroed. */
+static void amx_emu_cfg(struct amx_emu *e, const struct amx_cfg *c) {
+    int bad = c->palette > 1;
+    for (int t = 0; t < 16 && !bad; ++t)
+        bad = c->palette == 1 && (t < 8 ? c->rows[t] > 16 || c->colsb[t] > 64 || !c->rows[t] != !c->colsb[t]
+                                        : c->rows[t] || c->colsb[t]);
+    if (bad) {
+        amx_emu_fault();
+        return;
+    }
+    e->cfg = *c;
+    if (!c->palette) memset(&e->cfg, 0, sizeof e->cfg);
+    memset(e->t, 0, sizeof e->t);
+}
+
+static void amx_emu_release(struct amx_emu *e) {
+    memset(&e->cfg, 0, sizeof e->cfg);
+    memset(e->t, 0, sizeof e->t);
+}
+
+/* tileloadd: rows x colsb bytes from base + row * stride; the rest of the tile zeroed. */
+static void amx_emu_load(struct amx_emu *e, int t, const void *base, int64_t stride) {
+    if (!amx_emu_valid(e, t)) {
+        amx_emu_fault();
+        return;
+    }
+    memset(e->t[t], 0, sizeof e->t[t]);
+    for (int r = 0; r < e->cfg.rows[t]; ++r) memcpy(e->t[t][r], (const uint8_t *)base + r * stride, e->cfg.colsb[t]);
+}
+
+/* tilestored: rows x colsb bytes to base + row * stride. */
+static void amx_emu_store(struct amx_emu *e, int t, void *base, int64_t stride) {
+    if (!amx_emu_valid(e, t)) {
+        amx_emu_fault();
+        return;
+    }
+    for (int r = 0; r < e->cfg.rows[t]; ++r) memcpy((uint8_t *)base + r * stride, e->t[t][r], e->cfg.colsb[t]);
+}
+
+static void amx_emu_zero(struct amx_emu *e, int t) {
+    if (!amx_emu_valid(e, t)) {
+        amx_emu_fault();
+        return;
+    }
+    memset(e->t[t], 0, sizeof e->t[t]);
+}
+
+/* tdpbssd c, a, b: c (M x N int32) += a (M x K dwords of 4 s8) . b (K rows of N dwords of 4 s8); per dword the
+   four byte products are added to c in 32 bits with wrap-around. Shapes must agree (a.colsb = 4 b.rows,
+   c.colsb = b.colsb, c.rows = a.rows) and the three tiles differ. */
+static void amx_emu_dpbssd(struct amx_emu *e, int c, int a, int b) {
+    const struct amx_cfg *g = &e->cfg;
+    if (!amx_emu_valid(e, c) || !amx_emu_valid(e, a) || !amx_emu_valid(e, b) || c == a || c == b || a == b ||
+        g->colsb[a] % 4 || g->colsb[c] % 4 || g->colsb[a] != 4 * g->rows[b] || g->colsb[c] != g->colsb[b] ||
+        g->rows[c] != g->rows[a]) {
+        amx_emu_fault();
+        return;
+    }
+    const int M = g->rows[c], N = g->colsb[c] / 4, K = g->colsb[a] / 4;
+    for (int m = 0; m < M; ++m) {
+        uint32_t acc[16];
+        memcpy(acc, e->t[c][m], sizeof acc);
+        for (int k = 0; k < K; ++k)
+            for (int n = 0; n < N; ++n) {
+                const int8_t *x = (const int8_t *)&e->t[a][m][4 * k], *y = (const int8_t *)&e->t[b][k][4 * n];
+                const int32_t p = x[0] * y[0] + x[1] * y[1] + x[2] * y[2] + x[3] * y[3]; /* |p| <= 4 * 2^14 */
+                acc[n] += (uint32_t)p;
+            }
+        memset(e->t[c][m], 0, 64);
+        memcpy(e->t[c][m], acc, 4 * (size_t)N);
+    }
+    for (int m = M; m < 16; ++m) memset(e->t[c][m], 0, 64);
+}
+
+#ifndef XQ_NO_AMX
+#define AMX_HW(...) __asm__ volatile(__VA_ARGS__)
+#else
+#define AMX_HW(...) __builtin_trap() /* never reached: the path is not offered */
+#endif
+/* E: 1 runs the model (state em), 0 the instruction. Tile numbers must be literals (they name tmm registers). */
+#define T_CFG(E, em, cfg)                                                                                          \
+    do {                                                                                                           \
+        if (E) amx_emu_cfg(em, cfg);                                                                               \
+        else AMX_HW("ldtilecfg %0" ::"m"(*(const struct amx_cfg *)(cfg)));                                         \
+    } while (0)
+#define T_RELEASE(E, em)                                                                                           \
+    do {                                                                                                           \
+        if (E) amx_emu_release(em);                                                                                \
+        else AMX_HW("tilerelease" ::: "memory");                                                                   \
+    } while (0)
+#define T_LOAD(E, em, t, base, stride)                                                                             \
+    do {                                                                                                           \
+        if (E) amx_emu_load(em, t, base, stride);                                                                  \
+        else AMX_HW("tileloadd (%0,%1,1), %%tmm" #t ::"r"((const void *)(base)), "r"((int64_t)(stride)) : "memory"); \
+    } while (0)
+#define T_STORE(E, em, t, base, stride)                                                                            \
+    do {                                                                                                           \
+        if (E) amx_emu_store(em, t, base, stride);                                                                 \
+        else AMX_HW("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"((void *)(base)), "r"((int64_t)(stride)) : "memory"); \
+    } while (0)
+#define T_ZERO(E, em, t)                                                                                           \
+    do {                                                                                                           \
+        if (E) amx_emu_zero(em, t);                                                                                \
+        else AMX_HW("tilezero %%tmm" #t ::: "memory");                                                             \
+    } while (0)
+#define T_DPBSSD(E, em, c, a, b)                                                                                   \
+    do {                                                                                                           \
+        if (E) amx_emu_dpbssd(em, c, a, b);                                                                        \
+        else AMX_HW("tdpbssd %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::: "memory");                                    \
+    } while (0)
+
+/* Test hook, one tdpbssd as the kernel issues it: c [rows, n] int32 (stride 4n) += a [rows, kb] s8 (stride
+   a_stride) . b [kb/4, 4n] s8 (VNNI layout: b[k][4j + i] multiplies a[r][4k + i] into c[r][j]), on the hardware
+   (emulated = 0) or the model. Returns 0, or -1 when the hardware path does not run here or a shape is out of
+   range (rows 1..16, kb 4..64 a multiple of 4, n 1..16). */
+XQ_AMX_FN static void amx_probe_run(const int E, const int8_t *a, int64_t a_stride, const int8_t *b, int32_t *c,
+                                    int rows, int kb, int n) {
+    struct amx_emu em_state, *em = &em_state;
+    _Alignas(64) struct amx_cfg cfg = {.palette = 1};
+    cfg.rows[0] = (uint8_t)rows, cfg.colsb[0] = (uint16_t)kb;
+    cfg.rows[1] = (uint8_t)(kb / 4), cfg.colsb[1] = (uint16_t)(4 * n);
+    cfg.rows[2] = (uint8_t)rows, cfg.colsb[2] = (uint16_t)(4 * n);
+    T_CFG(E, em, &cfg);
+    T_LOAD(E, em, 2, c, 4 * n);
+    T_LOAD(E, em, 0, a, a_stride);
+    T_LOAD(E, em, 1, b, 4 * n);
+    T_DPBSSD(E, em, 2, 0, 1);
+    T_STORE(E, em, 2, c, 4 * n);
+    T_RELEASE(E, em);
+}
+
+int xq_amx_probe(int emulated, const int8_t *a, int64_t a_stride, const int8_t *b, int32_t *c, int rows, int kb,
+                 int n) {
+    if (rows < 1 || rows > 16 || kb < 4 || kb > 64 || kb % 4 || n < 1 || n > 16) return -1;
+    if (emulated) {
+        if (vec_best() != XQ_AVX512) return -1;
+        amx_probe_run(1, a, a_stride, b, c, rows, kb, n);
+    } else {
+        if (!amx_usable()) return -1;
+        amx_probe_run(0, a, a_stride, b, c, rows, kb, n);
+    }
+    return 0;
+}
+
+/* The decoded weights of one N tile (16 weight rows = four 4-row tiles) for every block of 32 columns, as
+   tdpbssd's B operand wants them: per block 8 rows of 64 bytes, row kk holding for each weight row n the signed
+   codes of block positions 4kk..4kk+3 (the activations' order: even columns, then odd). Scales and zeros per
+   block and weight row in fp32. Decoded once per call and N tile, read by every 16-row M tile. */
+struct amx_panel {
+    int8_t *b;       /* [nb][8][64] */
+    float *s, *z;    /* [nb][16] */
+    float *zero_row; /* [nb] zeros: the d / bsum of an M tile's missing rows */
+};
+
+/* 16 dwords per weight tile (row q's 4 dwords at 4q..4q+3) -> v[c] holding dword c of each of the 16 rows. */
+XQ_AMX_FN static inline void amx_transpose4(const __m512i z[4], __m512i v[4]) {
+    const __m512i lo = _mm512_set_epi32(29, 25, 21, 17, 13, 9, 5, 1, 28, 24, 20, 16, 12, 8, 4, 0);
+    const __m512i hi = _mm512_set_epi32(31, 27, 23, 19, 15, 11, 7, 3, 30, 26, 22, 18, 14, 10, 6, 2);
+    const __m512i a0 = _mm512_permutex2var_epi32(z[0], lo, z[1]), a1 = _mm512_permutex2var_epi32(z[0], hi, z[1]);
+    const __m512i b0 = _mm512_permutex2var_epi32(z[2], lo, z[3]), b1 = _mm512_permutex2var_epi32(z[2], hi, z[3]);
+    v[0] = _mm512_shuffle_i64x2(a0, b0, 0x44), v[1] = _mm512_shuffle_i64x2(a0, b0, 0xEE);
+    v[2] = _mm512_shuffle_i64x2(a1, b1, 0x44), v[3] = _mm512_shuffle_i64x2(a1, b1, 0xEE);
+}
+
+/* Decode weight tiles t0..t0+count-1 (count <= 4; missing rows zero) into the panel. Codes as signed bytes:
+   sym_int4 q - 8 (its zero, -8 s, becomes part of the integer dot), asym_int4 q (its zero term is added in
+   floats from the block's code sum, as on the other paths), codebooks lut[q], int8 as stored. */
+XQ_AMX_FN static void amx_decode(const struct job *j, int64_t t0, int64_t count, const struct amx_panel *p) {
+    const int kind = j->kind;
+    const int64_t nb = j->nb, bb = kind == K_INT8 ? 128 : 64;
+    const __m512i mask = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
+    const __m512i lut = kind == K_LUT4 ? _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)j->lut))
+                                       : _mm512_setzero_si512();
+    const int minus8 = kind == K_INT4 && !j->zero;
+    for (int64_t b = 0; b < nb; ++b) {
+        __m512i z[4], o[4], v[4], u[4];
+        for (int t = 0; t < 4; ++t) {
+            const uint8_t *w = j->w + (t0 + t) * nb * bb + b * bb;
+            z[t] = t < count ? _mm512_loadu_si512(w) : _mm512_setzero_si512();
+            o[t] = kind == K_INT8 && t < count ? _mm512_loadu_si512(w + 64) : _mm512_setzero_si512();
+        }
+        amx_transpose4(z, v);
+        int8_t *out = p->b + b * 512;
+        if (kind == K_INT8) {
+            amx_transpose4(o, u);
+        } else {
+            for (int c = 0; c < 4; ++c) {
+                u[c] = _mm512_and_si512(_mm512_srli_epi16(v[c], 4), mask);
+                v[c] = _mm512_and_si512(v[c], mask);
+                if (kind == K_LUT4) {
+                    v[c] = _mm512_shuffle_epi8(lut, v[c]), u[c] = _mm512_shuffle_epi8(lut, u[c]);
+                } else if (minus8) {
+                    v[c] = _mm512_sub_epi8(v[c], eight), u[c] = _mm512_sub_epi8(u[c], eight);
+                }
+            }
+        }
+        /* missing weight rows decode to zeros (for minus8: 0 - 8; harmless, their outputs are not written) */
+        for (int c = 0; c < 4; ++c) {
+            _mm512_storeu_si512(out + c * 64, v[c]);
+            _mm512_storeu_si512(out + (c + 4) * 64, u[c]);
+        }
+        for (int t = 0; t < 4; ++t) {
+            const int64_t at = (t0 + t) * nb * 4 + b * 4;
+            const __m128 s4 = t < count ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(j->scale + at)))
+                                        : _mm_setzero_ps();
+            _mm_storeu_ps(p->s + b * 16 + 4 * t, s4);
+            if (j->zero) {
+                const __m128 z4 = t < count ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(j->zero + at)))
+                                            : _mm_setzero_ps();
+                _mm_storeu_ps(p->z + b * 16 + 4 * t, z4);
+            }
+        }
+    }
+}
+
+/* One block's 16 x 16 int32 dots (c) into the 16 rows' accumulators: acc[r] += dot * s * (d_r * wmul), plus the
+   zero term z * bsum_r for asym_int4. */
+XQ_AMX_FN static inline __attribute__((always_inline)) void amx_epilogue(__m512 acc[16], const int32_t *c,
+                                                                       const struct amx_panel *p, int64_t b,
+                                                                       const float *const dr[16],
+                                                                       const float *const br[16], float wmul,
+                                                                       int zero) {
+    const __m512 s16 = _mm512_loadu_ps(p->s + b * 16);
+    const __m512 z16 = zero ? _mm512_loadu_ps(p->z + b * 16) : _mm512_setzero_ps();
+    for (int r = 0; r < 16; ++r) {
+        const __m512 f = _mm512_mul_ps(s16, _mm512_set1_ps(dr[r][b] * wmul));
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(c + 16 * r)), f, acc[r]);
+        if (zero) acc[r] = _mm512_fmadd_ps(z16, _mm512_set1_ps(br[r][b]), acc[r]);
+    }
+}
+
+/* One N tile (weight tiles 4 nt .. 4 nt + 3) against every activation row, 16 rows per M tile. Tiles: 0, 1 the
+   activations of blocks b, b + 1 (16 rows x 32 bytes, read in place with the row stride k; a partial last M tile
+   from `tail`, a zero-padded copy), 2, 3 their decoded weights (8 x 64 bytes), 4, 5 their int32 dots (16 x 64
+   bytes). Each block's dots leave the tiles at once: every block has its own activation and weight scales. */
+XQ_AMX_FN static inline __attribute__((always_inline)) void amx_ntile(const struct job *j, int64_t nt,
+                                                                    const struct amx_panel *p, const int8_t *tail,
+                                                                    const int E) {
+    struct amx_emu em_state, *em = &em_state;
+    const int64_t nb = j->nb, k = j->k, t0 = nt * 4, n0 = t0 * 4;
+    const int64_t count = j->n_tiles - t0 < 4 ? j->n_tiles - t0 : 4;
+    const int zero = j->zero != NULL;
+    amx_decode(j, t0, count, p);
+    _Alignas(64) struct amx_cfg cfg = {.palette = 1};
+    for (int t = 0; t < 6; ++t) {
+        cfg.rows[t] = t == 2 || t == 3 ? 8 : 16;
+        cfg.colsb[t] = t < 2 ? 32 : 64;
+    }
+    _Alignas(64) int32_t c[2][256];
+    T_CFG(E, em, &cfg);
+    for (int64_t m0 = 0; m0 < j->m; m0 += 16) {
+        const int64_t rows = j->m - m0 < 16 ? j->m - m0 : 16;
+        const int8_t *xa = rows == 16 ? j->xq + m0 * k : tail;
+        const float *dr[16], *br[16];
+        for (int r = 0; r < 16; ++r) {
+            dr[r] = r < rows ? j->d + (m0 + r) * nb : p->zero_row;
+            br[r] = r < rows ? j->bsum + (m0 + r) * nb : p->zero_row;
+        }
+        __m512 acc[16];
+        for (int r = 0; r < 16; ++r) acc[r] = _mm512_setzero_ps();
+        int64_t b = 0;
+        for (; b + 2 <= nb; b += 2) {
+            T_LOAD(E, em, 0, xa + b * 32, k);
+            T_LOAD(E, em, 2, p->b + b * 512, 64);
+            T_ZERO(E, em, 4);
+            T_DPBSSD(E, em, 4, 0, 2);
+            T_LOAD(E, em, 1, xa + b * 32 + 32, k);
+            T_LOAD(E, em, 3, p->b + b * 512 + 512, 64);
+            T_ZERO(E, em, 5);
+            T_DPBSSD(E, em, 5, 1, 3);
+            T_STORE(E, em, 4, c[0], 64);
+            T_STORE(E, em, 5, c[1], 64);
+            amx_epilogue(acc, c[0], p, b, dr, br, j->wmul, zero);
+            amx_epilogue(acc, c[1], p, b + 1, dr, br, j->wmul, zero);
+        }
+        if (b < nb) {
+            T_LOAD(E, em, 0, xa + b * 32, k);
+            T_LOAD(E, em, 2, p->b + b * 512, 64);
+            T_ZERO(E, em, 4);
+            T_DPBSSD(E, em, 4, 0, 2);
+            T_STORE(E, em, 4, c[0], 64);
+            amx_epilogue(acc, c[0], p, b, dr, br, j->wmul, zero);
+        }
+        const int64_t cols = j->n_out - n0 < 16 ? j->n_out - n0 : 16;
+        const __mmask16 keep = (__mmask16)((1u << cols) - 1);
+        for (int64_t r = 0; r < rows; ++r) _mm512_mask_storeu_ps(j->y + (m0 + r) * j->n_out + n0, keep, acc[r]);
+    }
+    T_RELEASE(E, em);
+}
+
+XQ_AMX_FN static void amx_ntile_hw(const struct job *j, int64_t nt, const struct amx_panel *p, const int8_t *tail) {
+    amx_ntile(j, nt, p, tail, 0);
+}
+
+XQ_AMX_FN static void amx_ntile_emu(const struct job *j, int64_t nt, const struct amx_panel *p,
+                                    const int8_t *tail) {
+    amx_ntile(j, nt, p, tail, 1);
+}
+
+/* Every N tile of an integer-kind weight (n rows, a multiple of 4) on the amx path (`emulated`: over the model),
+   threads taking N tiles as they come; each thread decodes into its own panel. Returns 0, or -1 out of memory
+   (the caller then runs the vector path). */
+static int amx_tiles(struct job *j, int64_t n, int threads, int emulated) {
+    const int64_t nb = j->nb, k = j->k, full = j->m / 16 * 16, count = (n / 4 + 3) / 4;
+    j->n_tiles = n / 4;
+    const size_t per = ((size_t)nb * (512 + 3 * 64) + 63) / 64 * 64 + 64; /* b, s, z, zero_row; own line */
+    char *buf = aligned_alloc(64, per * (size_t)threads + (full < j->m ? ((size_t)(16 * k) + 63) / 64 * 64 : 0));
+    if (!buf) return -1;
+    int8_t *tail = NULL;
+    if (full < j->m) { /* the last partial M tile, zero-padded to 16 rows (tileloadd reads all 16) */
+        tail = (int8_t *)(buf + per * (size_t)threads);
+        memset(tail, 0, (size_t)(16 * k));
+        memcpy(tail, j->xq + full * k, (size_t)((j->m - full) * k));
+    }
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1 && count > 1 && j->m * n * k >= (1 << 20))
+    for (int64_t nt = 0; nt < count; ++nt) {
+        char *mine = buf + per * (size_t)XQ_THREAD;
+        const struct amx_panel p = {.b = (int8_t *)mine, .s = (float *)(mine + nb * 512),
+                                    .z = (float *)(mine + nb * 576), .zero_row = (float *)(mine + nb * 640)};
+        memset(p.zero_row, 0, sizeof(float) * (size_t)nb);
+        if (emulated)
+            amx_ntile_emu(j, nt, &p, tail);
+        else
+            amx_ntile_hw(j, nt, &p, tail);
+    }
+    free(buf);
+    return 0;
+}
+
 /* ---- entry points ---------------------------------------------------------------------------------- */
 
 typedef void (*tile_fn)(const struct job *, int64_t);
@@ -427,7 +873,7 @@ static struct acts acts_at(void *buf, int64_t m, int64_t k) {
 }
 
 static void quantize_acts(const float *x, int64_t m, int64_t k, const struct acts *a) {
-    if (xq_isa() == XQ_AVX512)
+    if (vec_isa() == XQ_AVX512)
         xq_quantize512(x, m, k, a->xq, a->d, a->bsum, a->isum);
     else
         xq_quantize(x, m, k, a->xq, a->d, a->bsum, a->isum);
@@ -440,7 +886,11 @@ static void quantize_acts(const float *x, int64_t m, int64_t k, const struct act
    multiply-adds (a 576 x 576 or 960 x 576 GEMV) stay on one thread: their ~10 us do not pay for waking a
    second one (at 2 threads, load ~6 on 2 vCPUs, this cut the packaged model's step by 13%). */
 static void tiles(const struct job *j, int64_t n, int threads) {
-    const int isa = xq_isa();
+    const int path = xq_isa(), isa = vec_isa();
+    if ((path == XQ_AMX || path == XQ_AMX_EMU) && j->kind != K_FP8 && j->m >= amx_min_rows) {
+        struct job a = *j;
+        if (amx_tiles(&a, n, threads, path == XQ_AMX_EMU) == 0) return;
+    }
     tile_fn fn = j->kind == K_FP8 ? (isa == XQ_AVX512 ? tile_fp8_avx512 : tile_fp8_avx2)
                                   : (isa == XQ_AVX512 ? tile_int_avx512 : tile_int_avx2);
     const int64_t count = n / 4, chunk = threads > 1 && count / (8 * threads) > 1 ? count / (8 * threads) : 1;
@@ -1260,19 +1710,12 @@ XQ_AVX2_FN static void paged_group(const struct paged *p, int64_t n, int64_t j, 
         for (int64_t g = 0; g < g_n; ++g) paged_hadamard(out + g * d, d);
 }
 
-#ifdef _OPENMP
-#include <omp.h>
-#define XQ_THREAD omp_get_thread_num()
-#else
-#define XQ_THREAD 0
-#endif
-
 static int paged_run(struct paged *p, int threads) {
     int64_t top, keys;
     const int bad = paged_check(p, &top, &keys);
     if (bad) return bad;
     if (threads < 1) threads = 1;
-    const int wide = xq_isa() == XQ_AVX512 && p->d % 16 == 0;
+    const int wide = vec_isa() == XQ_AVX512 && p->d % 16 == 0;
     p->scores = wide ? paged_scores512 : paged_scores;
     p->values = wide ? paged_values512 : paged_values_heads;
     const int64_t g_n = p->h / p->kv, per = (g_n + 1) * p->d + g_n * top + 16; /* +16: own cache line */

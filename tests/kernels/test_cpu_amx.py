@@ -1,0 +1,169 @@
+"""The amx path (AMX-INT8 tiles for calls of many rows) against its twins, on fresh random shapes.
+
+Everywhere AVX-512 runs, `amx_emulated` runs the amx kernel with each tile instruction done by cpu_ops.c's C
+model of it: the kernel's tiling, weight decode and float epilogue are checked on this AMD CPU too. Where the
+CPU has AMX (`"amx" in isa_paths()`, e.g. the lead's Xeon run), the hardware path is checked the same way, and
+the model is held to the hardware: one instruction (`amx_probe`) and whole calls, bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from xpullm.formats import get_format
+from xpullm.kernels import cpu_native
+
+CPU = torch.device("cpu")
+CHECKED = cpu_native.checked_paths()
+pytestmark = pytest.mark.skipif(
+    "amx_emulated" not in CHECKED, reason="the amx paths need the native kernels and an AVX-512 CPU"
+)
+AMX = [p for p in ("amx", "amx_emulated") if p in CHECKED]
+HARDWARE = "amx" in CHECKED
+KERNELS = {
+    "sym_int4": cpu_native.CpuNativeInt4Kernel(),
+    "asym_int4": cpu_native.CpuNativeInt4Kernel(),
+    "nf4": cpu_native.CpuNativeCodebookKernel(),
+    "fp4": cpu_native.CpuNativeCodebookKernel(),
+    "sym_int8": cpu_native.CpuNativeInt8Kernel(),
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_tile_faults() -> Iterator[None]:
+    """The emulated tiles count every use the hardware would fault on (shape mismatch, unconfigured tile)."""
+    before = cpu_native.amx_emu_faults()
+    yield
+    assert cpu_native.amx_emu_faults() == before, "the amx kernel misused a tile (see cpu_ops.c amx_emu_*)"
+
+
+def _gen() -> tuple[torch.Generator, int]:
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())  # fresh inputs every run; the seed is in the failure
+    return torch.Generator().manual_seed(seed), seed
+
+
+def _wrap32(v: torch.Tensor) -> torch.Tensor:
+    return ((v + 2**31) % 2**32 - 2**31).to(torch.int32)
+
+
+@pytest.mark.parametrize("emulated", [True, False], ids=["model", "hardware"])
+def test_one_tdpbssd_is_the_integer_matmul_with_int32_wraparound(emulated: bool) -> None:
+    if not emulated and not HARDWARE:
+        pytest.skip("no AMX on this CPU (or no tile-data permission): the hardware instruction cannot run")
+    g, seed = _gen()
+    for _ in range(20):
+        rows, n = (int(torch.randint(1, 17, (), generator=g)) for _ in range(2))
+        kb = 4 * int(torch.randint(1, 17, (), generator=g))
+        a = torch.randint(-128, 128, (rows, kb), generator=g, dtype=torch.int8)
+        b = torch.randint(-128, 128, (kb // 4, 4 * n), generator=g, dtype=torch.int8)
+        a[0] = -128  # the extremes: -128 * -128 per byte, and sums that wrap
+        b[:, :4] = -128
+        c = torch.randint(-(2**31), 2**31 - 1, (rows, n), generator=g, dtype=torch.int64).to(torch.int32)
+        c[0, 0] = 2**31 - 1
+        got = cpu_native.amx_probe(a, b, c, emulated)
+        w = b.view(kb // 4, n, 4).permute(0, 2, 1).reshape(kb, n)  # VNNI layout -> [kb, n]
+        want = _wrap32(c.long() + a.long() @ w.long())
+        assert torch.equal(got, want), f"seed {seed}: {rows}x{kb} . {kb}x{n}"
+
+
+@pytest.mark.skipif(not HARDWARE, reason="no AMX on this CPU: the model cannot be compared with the hardware")
+def test_the_model_is_the_hardware_bit_for_bit() -> None:
+    g, seed = _gen()
+    for _ in range(50):
+        rows, n = (int(torch.randint(1, 17, (), generator=g)) for _ in range(2))
+        kb = 4 * int(torch.randint(1, 17, (), generator=g))
+        a = torch.randint(-128, 128, (rows, kb), generator=g, dtype=torch.int8)
+        b = torch.randint(-128, 128, (kb // 4, 4 * n), generator=g, dtype=torch.int8)
+        c = torch.randint(-(2**31), 2**31 - 1, (rows, n), generator=g, dtype=torch.int64).to(torch.int32)
+        assert torch.equal(cpu_native.amx_probe(a, b, c, True), cpu_native.amx_probe(a, b, c, False)), (
+            f"seed {seed}"
+        )
+
+
+def _twin(fmt: str, x: torch.Tensor, qw) -> torch.Tensor:
+    """The kernel's exact arithmetic in PyTorch: int8 block activations times the weight it multiplies by."""
+    kernel = KERNELS[fmt]
+    if hasattr(kernel, "twin_weight"):
+        return cpu_native.int8_block_activations(x, qw.padded_k) @ kernel.twin_weight(qw).T
+    return cpu_native.reference_int8_activations(x, qw)
+
+
+@pytest.mark.parametrize("path", AMX)
+@pytest.mark.parametrize("fmt", list(KERNELS))
+def test_amx_kernel_equals_its_twins_on_random_shapes(fmt: str, path: str) -> None:
+    """M, N, K not multiples of the 16 x 16 x 32 tiles (M and N tails), group sizes of 1-4 blocks; every call
+    through the tiles (amx_min_rows 1). Against the PyTorch twin and the avx512 path (same integer dot per
+    block, other float order), and on an AMX CPU the hardware against the model bit for bit."""
+    g, seed = _gen()
+    kernel = KERNELS[fmt]
+    for _ in range(4):
+        m = int(torch.randint(1, 41, (), generator=g))
+        n = int(torch.randint(1, 150, (), generator=g))
+        blocks = int(torch.randint(1, 13, (), generator=g))
+        per = [d for d in (1, 2, 4) if blocks % d == 0]
+        group = 32 * per[int(torch.randint(0, len(per), (), generator=g))]
+        qw = get_format(fmt).quantize(torch.randn(n, 32 * blocks, generator=g) * 0.05, group)
+        if not kernel.supports(qw):
+            pytest.skip(f"{kernel.name} does not take {fmt} {n}x{32 * blocks} group {group}")
+        state = kernel.prepare(qw, CPU)
+        x = torch.randn(m, 32 * blocks, generator=g) * 3
+        x[0, :32] = 0.0  # an all-zero block (scale 0)
+        with cpu_native.forced_isa(path), cpu_native.amx_min_rows(1):
+            out = kernel.matmul(x, state)
+        with cpu_native.forced_isa("avx512_vnni"):
+            vnni = kernel.matmul(x, state)
+        twin = _twin(fmt, x, qw)
+        tol = dict(rtol=1e-5, atol=1e-5 * twin.abs().max().item())
+        shape = f"seed {seed}: {fmt} M={m} N={n} K={32 * blocks} group {group}"
+        assert out.shape == (m, n) and torch.isfinite(out).all(), shape
+        assert torch.allclose(out, twin, **tol), f"{shape}: {(out - twin).abs().max()} off the twin"
+        assert torch.allclose(out, vnni, **tol), f"{shape}: {(out - vnni).abs().max()} off avx512_vnni"
+        if path == "amx" and "amx_emulated" in CHECKED:
+            with cpu_native.forced_isa("amx_emulated"), cpu_native.amx_min_rows(1):
+                assert torch.equal(out, kernel.matmul(x, state)), f"{shape}: hardware != model"
+
+
+def test_short_calls_take_the_vector_path_and_long_ones_the_tiles() -> None:
+    g, seed = _gen()
+    qw = get_format("asym_int4").quantize(torch.randn(40, 96, generator=g) * 0.05)
+    kernel = KERNELS["asym_int4"]
+    state = kernel.prepare(qw, CPU)
+    short, long = torch.randn(cpu_native.AMX_MIN_ROWS - 1, 96, generator=g), torch.randn(33, 96, generator=g)
+    with cpu_native.forced_isa("avx512_vnni"):
+        vnni = kernel.matmul(short, state)
+    with cpu_native.forced_isa(AMX[0]):
+        assert torch.equal(kernel.matmul(short, state), vnni), f"seed {seed}"  # below the threshold
+        default = kernel.matmul(long, state)
+        with cpu_native.amx_min_rows(1):
+            assert torch.equal(kernel.matmul(long, state), default), f"seed {seed}"  # both through the tiles
+        assert cpu_native.active_isa() == AMX[0]
+
+
+@pytest.mark.parametrize("fmt", ["sym_int4", "sym_int8"])
+def test_amx_result_does_not_depend_on_the_thread_count(fmt: str) -> None:
+    g, seed = _gen()
+    kernel = KERNELS[fmt]
+    state = kernel.prepare(get_format(fmt).quantize(torch.randn(200, 288, generator=g) * 0.05), CPU)
+    x = torch.randn(37, 288, generator=g)  # 37 * 200 * 288 > 2^20 multiply-adds: threads split the N tiles
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        with cpu_native.forced_isa(AMX[0]):
+            for threads in (1, 3):
+                torch.set_num_threads(threads)
+                outs.append(kernel.matmul(x, state))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1]), f"seed {seed}"
+
+
+def test_paths_are_named_and_forced() -> None:
+    assert "amx_emulated" not in cpu_native.isa_paths()  # a twin for tests, never picked by itself
+    assert cpu_native.isa_paths() == [p for p in CHECKED if p != "amx_emulated"]
+    assert ("amx" in cpu_native.isa_paths()) == (cpu_native.active_isa() == "amx")
+    with pytest.raises(ValueError, match="outside one tile"):
+        cpu_native.amx_probe(torch.zeros(17, 4, dtype=torch.int8), torch.zeros(1, 4, dtype=torch.int8),
+                             torch.zeros(17, 1, dtype=torch.int32), True)  # fmt: skip
