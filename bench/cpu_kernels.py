@@ -77,7 +77,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     paths = cpu_native.isa_paths()
     bw, bw_best = read_bandwidth(max(args.repeat, 9))
-    print(f"{_cpu_name()}, {args.threads} thread(s), SIMD paths {paths}, AMX {cpu_native.has_amx()}; "
+    print(f"{_cpu_name()}, {args.threads} thread(s), SIMD paths {paths} ({cpu_native.amx_status()}); "
           f"read bandwidth {bw:.1f} GB/s median, {bw_best:.1f} GB/s best (sum over 512 MiB); "
           f"amx min rows {args.amx_min_rows}; median of {args.repeat} interleaved repeats; "
           f"load average {os.getloadavg()[0]:.1f}\n")  # fmt: skip

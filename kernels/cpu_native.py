@@ -68,6 +68,7 @@ __all__ = [
     "amx_emu_faults",
     "amx_min_rows",
     "amx_probe",
+    "amx_status",
     "checked_paths",
     "decode_attention",
     "forced_isa",
@@ -157,7 +158,7 @@ def library() -> ctypes.CDLL | None:
         return None
     if not lib.xq_simd():
         return None  # built, but this CPU lacks AVX2/FMA/F16C: the scalar build would be slower than PyTorch
-    for name in ("xq_simd", "xq_best_isa", "xq_isa", "xq_has_amx", "xq_amx_emu_faults"):
+    for name in ("xq_simd", "xq_best_isa", "xq_isa", "xq_has_amx", "xq_amx_emu_faults", "xq_amx_reason"):
         getattr(lib, name).restype = ctypes.c_int
         getattr(lib, name).argtypes = []
     for name in ("xq_set_isa", "xq_path_runnable", "xq_set_amx_min_rows"):
@@ -253,6 +254,23 @@ def has_amx() -> bool:
     `"amx" in isa_paths()` says whether it runs)."""
     lib = library()
     return lib is not None and bool(lib.xq_has_amx())
+
+
+_AMX_REASONS = {
+    0: "amx path on",
+    1: "no amx path: not Linux on x86-64",
+    2: "no amx path: CPUID/XCR0 report no AMX-TILE + AMX-INT8",
+    3: "no amx path: AMX without AVX-512 VNNI",
+    4: "no amx path: the CPU's tile palette is smaller than 8 tiles of 16 x 64 bytes",
+    5: "no amx path: Linux refused the tile-data permission (kernel < 5.16, or a signal stack too small)",
+    6: "no amx path: the C compiler or assembler here does not know AMX (built with XQ_NO_AMX)",
+}
+
+
+def amx_status() -> str:
+    """Whether the amx path runs here, or why not, in words (`xpullm info`, the benchmarks and test skips say it)."""
+    lib = library()
+    return "native kernels not built" if lib is None else _AMX_REASONS[lib.xq_amx_reason()]
 
 
 @contextlib.contextmanager

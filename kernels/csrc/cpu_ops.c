@@ -97,29 +97,46 @@ int xq_has_amx(void) {
 }
 
 static int amx_state = -1; /* -1 not probed yet, 0 no, 1 yes */
+static int amx_why = -1;   /* why not (xq_amx_reason) */
 
 /* Whether the amx path runs here: AMX-INT8 and AVX-512 in CPUID and XCR0, palette 1 with the 16 x 64-byte tiles
    the kernel configures (CPUID leaf 0x1D), and Linux's permission to use tile data (asked once, for the whole
    process: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), then read back). Any miss: not offered. */
 static int amx_usable(void) {
     if (amx_state >= 0) return amx_state;
-    int ok = 0;
+    int ok = 0, why = 1;
 #if !defined(XQ_NO_AMX) && defined(__linux__) && defined(SYS_arch_prctl)
     unsigned a, b, c, d;
-    if (xq_has_amx() && vec_best() == XQ_AVX512 && __get_cpuid_count(0, 0, &a, &b, &c, &d) && a >= 0x1D &&
-        __get_cpuid_count(0x1D, 0, &a, &b, &c, &d) && a >= 1 && __get_cpuid_count(0x1D, 1, &a, &b, &c, &d)) {
-        const unsigned bytes_per_row = b & 0xFFFF, names = b >> 16, max_rows = c & 0xFFFF;
-        if (bytes_per_row >= 64 && names >= 8 && max_rows >= 16) {
-            enum { ARCH_GET_XCOMP_PERM = 0x1022, ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
-            unsigned long granted = 0;
-            if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 &&
-                syscall(SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &granted) == 0)
-                ok = (granted >> XFEATURE_XTILEDATA) & 1;
-        }
+    if (!xq_has_amx()) {
+        why = 2;
+    } else if (vec_best() != XQ_AVX512) {
+        why = 3;
+    } else if (!(__get_cpuid_count(0, 0, &a, &b, &c, &d) && a >= 0x1D && __get_cpuid_count(0x1D, 0, &a, &b, &c, &d) &&
+                 a >= 1 && __get_cpuid_count(0x1D, 1, &a, &b, &c, &d) && (b & 0xFFFF) >= 64 && (b >> 16) >= 8 &&
+                 (c & 0xFFFF) >= 16)) {
+        why = 4;
+    } else {
+        enum { ARCH_GET_XCOMP_PERM = 0x1022, ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+        unsigned long granted = 0;
+        if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 &&
+            syscall(SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &granted) == 0)
+            ok = (granted >> XFEATURE_XTILEDATA) & 1;
+        why = ok ? 0 : 5;
     }
+#elif defined(XQ_NO_AMX)
+    why = 6;
 #endif
+    amx_why = why;
     amx_state = ok;
     return ok;
+}
+
+/* Why the amx path is (not) offered: 0 it is; 1 not Linux x86-64; 2 no AMX-TILE/INT8 in CPUID or XCR0; 3 no
+   AVX-512 VNNI; 4 tile palette too small; 5 Linux refused the tile-data permission (e.g. a signal stack too small
+   for the tile state, or a kernel before 5.16); 6 built without AMX (the compiler rejected the target). */
+int xq_amx_reason(void) {
+    amx_usable();
+    return amx_why;
 }
 
 /* The best path this CPU and OS run. */

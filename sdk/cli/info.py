@@ -35,10 +35,8 @@ def run(args: argparse.Namespace) -> int:
     if paths:
         if "amx" in paths:
             amx = f"AMX tiles for calls of >= {cpu_native.AMX_MIN_ROWS} rows, avx512_vnni below and for fp8"
-        elif cpu_native.has_amx():
-            amx = "AMX reported by CPUID but not usable (no tile-data permission or no AMX build)"
         else:
-            amx = "no AMX"
+            amx = cpu_native.amx_status()
         print(f"native CPU kernels: {cpu_native.active_isa()} path (this CPU runs {', '.join(paths)}; {amx})")
     else:
         print("native CPU kernels: not built (no C compiler, no AVX2, or XPULLM_NATIVE=0): PyTorch's ops run")

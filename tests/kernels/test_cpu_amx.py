@@ -8,6 +8,7 @@ the model is held to the hardware: one instruction (`amx_probe`) and whole calls
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -52,7 +53,7 @@ def _wrap32(v: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("emulated", [True, False], ids=["model", "hardware"])
 def test_one_tdpbssd_is_the_integer_matmul_with_int32_wraparound(emulated: bool) -> None:
     if not emulated and not HARDWARE:
-        pytest.skip("no AMX on this CPU (or no tile-data permission): the hardware instruction cannot run")
+        pytest.skip(f"{cpu_native.amx_status()}: the hardware instruction cannot run")
     g, seed = _gen()
     for _ in range(20):
         rows, n = (int(torch.randint(1, 17, (), generator=g)) for _ in range(2))
@@ -69,7 +70,7 @@ def test_one_tdpbssd_is_the_integer_matmul_with_int32_wraparound(emulated: bool)
         assert torch.equal(got, want), f"seed {seed}: {rows}x{kb} . {kb}x{n}"
 
 
-@pytest.mark.skipif(not HARDWARE, reason="no AMX on this CPU: the model cannot be compared with the hardware")
+@pytest.mark.skipif(not HARDWARE, reason=f"{cpu_native.amx_status()}: no hardware to hold the model to")
 def test_the_model_is_the_hardware_bit_for_bit() -> None:
     g, seed = _gen()
     for _ in range(50):
@@ -164,6 +165,33 @@ def test_paths_are_named_and_forced() -> None:
     assert "amx_emulated" not in cpu_native.isa_paths()  # a twin for tests, never picked by itself
     assert cpu_native.isa_paths() == [p for p in CHECKED if p != "amx_emulated"]
     assert ("amx" in cpu_native.isa_paths()) == (cpu_native.active_isa() == "amx")
+    assert ("amx" in cpu_native.isa_paths()) == (cpu_native.amx_status() == "amx path on")
     with pytest.raises(ValueError, match="outside one tile"):
         cpu_native.amx_probe(torch.zeros(17, 4, dtype=torch.int8), torch.zeros(1, 4, dtype=torch.int8),
                              torch.zeros(17, 1, dtype=torch.int32), True)  # fmt: skip
+
+
+def test_a_compiler_without_amx_still_builds_every_other_path(monkeypatch, tmp_path) -> None:
+    """gcc < 11 or an old assembler rejects the AMX target: the library is rebuilt with XQ_NO_AMX, the amx path
+    is not offered (and says why), the emulated one still runs."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    wrapper = tmp_path / "cc-without-amx"
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *XQ_NO_AMX*) exec {cc} "$@";; *) exit 1;; esac\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("XPULLM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(wrapper))
+    cpu_native.library.cache_clear()
+    try:
+        assert cpu_native.library() is not None
+        assert "amx" not in cpu_native.isa_paths() and "amx_emulated" in cpu_native.checked_paths()
+        assert "XQ_NO_AMX" in cpu_native.amx_status()
+        qw = get_format("nf4").quantize(torch.randn(24, 64) * 0.05)
+        kernel = KERNELS["nf4"]
+        state, x = kernel.prepare(qw, CPU), torch.randn(18, 64)
+        with cpu_native.forced_isa("amx_emulated"):
+            out = kernel.matmul(x, state)
+        assert torch.allclose(out, _twin("nf4", x, qw), rtol=1e-5, atol=1e-5 * out.abs().max().item())
+    finally:
+        monkeypatch.undo()
+        cpu_native.library.cache_clear()
+    assert cpu_native.library() is not None
