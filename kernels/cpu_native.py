@@ -15,8 +15,9 @@ The C file is compiled once per source version with the system C compiler (`$CC`
 `$XPULLM_CACHE/native` and loaded with ctypes: no build step at install, no PyTorch headers, no -march flag. The
 library picks its SIMD path at run time from CPUID (`isa_paths()`: `avx2`, then `avx512_vnni` where the CPU and
 OS have it, then `amx` where CPUID, XCR0 and Linux's tile-data permission allow it); `XPULLM_CPU_ISA=avx2` (or
-`forced_isa`) forces a path. The amx path takes the integer and codebook formats' calls of at least
-`amx_min_rows` rows (default 16: prefill and batched decode) and runs the avx512 path below that and for fp8.
+`forced_isa`) forces a path. The amx path takes calls of at least `amx_min_rows` rows (default 16: prefill and
+batched decode; the avx512 path below that): AMX-INT8 `tdpbssd` for the integer and codebook formats, AMX-BF16
+`tdpbf16ps` for fp8 (activations split into two bf16 halves; where the CPU lacks AMX-BF16, fp8 stays on avx512).
 `amx_emulated` (any AVX-512 CPU; `checked_paths()`) is the amx kernel with every tile instruction run by a
 scalar C model of it: the tests hold the amx kernel to its twins on CPUs without AMX, and hold the model to the
 hardware (`amx_probe`) on CPUs with it. Where there is no compiler, no AVX2/FMA/F16C,
@@ -65,6 +66,7 @@ __all__ = [
     "NativeFp8State",
     "NativeTiledState",
     "active_isa",
+    "amx_bf16_on",
     "amx_emu_faults",
     "amx_min_rows",
     "amx_probe",
@@ -158,13 +160,31 @@ def library() -> ctypes.CDLL | None:
         return None
     if not lib.xq_simd():
         return None  # built, but this CPU lacks AVX2/FMA/F16C: the scalar build would be slower than PyTorch
-    for name in ("xq_simd", "xq_best_isa", "xq_isa", "xq_has_amx", "xq_amx_emu_faults", "xq_amx_reason"):
+    for name in (
+        "xq_simd",
+        "xq_best_isa",
+        "xq_isa",
+        "xq_has_amx",
+        "xq_amx_emu_faults",
+        "xq_amx_reason",
+        "xq_amx_bf16",
+    ):
         getattr(lib, name).restype = ctypes.c_int
         getattr(lib, name).argtypes = []
     for name in ("xq_set_isa", "xq_path_runnable", "xq_set_amx_min_rows"):
         getattr(lib, name).argtypes = [ctypes.c_int]
         getattr(lib, name).restype = ctypes.c_int
-    lib.xq_amx_probe.argtypes = [ctypes.c_int, _P, _I, _P, _P, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.xq_amx_probe.argtypes = [
+        ctypes.c_int,
+        ctypes.c_int,
+        _P,
+        _I,
+        _P,
+        _P,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
     lib.xq_amx_probe.restype = ctypes.c_int
     lib.xq_int4_linear.argtypes = [_P, _I, _I, _P, _P, _P, _I, _I, _P, ctypes.c_int]
     lib.xq_lut4_linear.argtypes = [_P, _I, _I, _P, _P, _P, ctypes.c_float, _I, _I, _P, ctypes.c_int]
@@ -270,7 +290,18 @@ _AMX_REASONS = {
 def amx_status() -> str:
     """Whether the amx path runs here, or why not, in words (`xpullm info`, the benchmarks and test skips say it)."""
     lib = library()
-    return "native kernels not built" if lib is None else _AMX_REASONS[lib.xq_amx_reason()]
+    if lib is None:
+        return "native kernels not built"
+    code = lib.xq_amx_reason()
+    if code == 0 and not lib.xq_amx_bf16():
+        return "amx path on (int8 tiles; fp8 stays on avx512_vnni: no AMX-BF16)"
+    return _AMX_REASONS[code]
+
+
+def amx_bf16_on() -> bool:
+    """Whether the amx path runs the fp8 formats on AMX-BF16 tiles here (amx_emulated always does)."""
+    lib = library()
+    return lib is not None and bool(lib.xq_amx_bf16())
 
 
 @contextlib.contextmanager
@@ -288,22 +319,30 @@ def amx_min_rows(rows: int) -> Iterator[None]:
 
 
 def amx_probe(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, emulated: bool) -> torch.Tensor:
-    """One `tdpbssd` as the amx kernel issues it, on the hardware or on the C model (`emulated`): returns
-    c + a . b with a int8 [rows <= 16, kb <= 64], b int8 [kb / 4, 4 n] in VNNI layout (b[k, 4 j + i] multiplies
-    a[r, 4 k + i] into c[r, j]), c int32 [rows, n <= 16]; int32 wrap-around. ValueError where that path does
-    not run or a shape is out of range."""
-    rows, kb = a.shape
-    n = c.shape[1]
+    """One tile instruction as the amx kernels issue it, on the hardware or on the C model (`emulated`); returns
+    c + a . b. int8 a [rows <= 16, kb <= 64], b [kb / 4, 4 n], int32 c [rows, n <= 16]: `tdpbssd` (int32
+    wrap-around). bf16 a [rows, kb / 2], b [kb / 4, 2 n], fp32 c: `tdpbf16ps`. b in VNNI layout: dword j of b's
+    row k (4 int8 or 2 bf16) multiplies dword k of a's row r into c[r, j]. ValueError where that path does not
+    run or a shape is out of range."""
+    op = {torch.int8: 0, torch.bfloat16: 1}.get(a.dtype)
+    if op is None or b.dtype != a.dtype or c.dtype != (torch.int32, torch.float32)[op]:
+        raise ValueError(
+            f"amx_probe: a, b int8 with c int32, or a, b bf16 with c fp32; got {a.dtype}, {c.dtype}"
+        )
+    rows, kb, n = a.shape[0], a.shape[1] * a.element_size(), c.shape[1]
+    if b.shape != (kb // 4, n * 4 // b.element_size()) or c.shape[0] != rows:
+        raise ValueError(
+            f"amx_probe: b must be [{kb // 4}, 4n bytes] and c [{rows}, n]; got {tuple(b.shape)}"
+        )
     a, b, out = a.contiguous(), b.contiguous(), c.clone().contiguous()
-    if b.shape != (kb // 4, 4 * n) or c.shape[0] != rows:
-        raise ValueError(f"amx_probe: b must be [{kb // 4}, {4 * n}] and c [{rows}, n]; got {tuple(b.shape)}")
     lib = library()
     status = -1 if lib is None else lib.xq_amx_probe(
-        int(emulated), a.data_ptr(), kb, b.data_ptr(), out.data_ptr(), rows, kb, n
+        op, int(emulated), a.data_ptr(), kb, b.data_ptr(), out.data_ptr(), rows, kb, n
     )  # fmt: skip
     if status != 0:
         raise ValueError(f"amx_probe: the {'emulated' if emulated else 'hardware'} tiles do not run here, "
-                         f"or {rows}x{kb} . {kb // 4}x{4 * n} is outside one tile (rows, n <= 16; kb <= 64)")  # fmt: skip
+                         f"or {rows} x {kb} bytes . {kb // 4} x {4 * n} bytes is outside one tile "
+                         "(rows, n <= 16; kb <= 64)")  # fmt: skip
     return out
 
 

@@ -58,7 +58,7 @@
    builds with -DXQ_NO_AMX (cpu_native.py retries so): the amx path is then never offered; the emulated one is. */
 #ifndef XQ_NO_AMX
 #define XQ_AMX_FN                                                                                                  \
-    __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8")))
+    __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8,amx-bf16")))
 #else
 #define XQ_AMX_FN XQ_AVX512_FN
 #endif
@@ -130,6 +130,15 @@ static int amx_usable(void) {
     amx_state = ok;
     return ok;
 }
+
+/* AMX-BF16 (CPUID.7.0:EDX[22]) beside AMX-INT8: the amx path then runs the fp8 formats' long calls too. */
+static int amx_bf16_usable(void) {
+    unsigned a, b, c, d;
+    return amx_usable() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((d >> 22) & 1);
+}
+
+/* Whether the amx path runs the fp8 formats on AMX-BF16 tiles here (else they stay on avx512). */
+int xq_amx_bf16(void) { return amx_bf16_usable(); }
 
 /* Why the amx path is (not) offered: 0 it is; 1 not Linux x86-64; 2 no AMX-TILE/INT8 in CPUID or XCR0; 3 no
    AVX-512 VNNI; 4 tile palette too small; 5 Linux refused the tile-data permission (e.g. a signal stack too small
@@ -609,6 +618,46 @@ static void amx_emu_dpbssd(struct amx_emu *e, int c, int a, int b) {
     for (int m = M; m < 16; ++m) memset(e->t[c][m], 0, 64);
 }
 
+/* A bf16 operand as tdpbf16ps reads it: denormals are zero (DAZ). */
+static float amx_emu_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    if (!(u & 0x7F800000u)) u &= 0x80000000u;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* tdpbf16ps c, a, b: c (M x N fp32) += a (M x K dwords of 2 bf16) . b (K rows of N dwords of 2 bf16), as the SDM
+   writes it: per dword, c += a0 * b0, then c += a1 * b1, each product exact (bf16 x bf16 fits fp32), each add
+   rounded to nearest even (one fmaf), denormal inputs as zero and denormal results flushed to zero. */
+__attribute__((target("fma"))) static void amx_emu_dpbf16ps(struct amx_emu *e, int c, int a, int b) {
+    const struct amx_cfg *g = &e->cfg;
+    if (!amx_emu_valid(e, c) || !amx_emu_valid(e, a) || !amx_emu_valid(e, b) || c == a || c == b || a == b ||
+        g->colsb[a] % 4 || g->colsb[c] % 4 || g->colsb[a] != 4 * g->rows[b] || g->colsb[c] != g->colsb[b] ||
+        g->rows[c] != g->rows[a]) {
+        amx_emu_fault();
+        return;
+    }
+    const int M = g->rows[c], N = g->colsb[c] / 4, K = g->colsb[a] / 4;
+    for (int m = 0; m < M; ++m) {
+        float acc[16];
+        memcpy(acc, e->t[c][m], sizeof acc);
+        for (int k = 0; k < K; ++k)
+            for (int n = 0; n < N; ++n)
+                for (int i = 0; i < 2; ++i) {
+                    uint16_t x, y;
+                    memcpy(&x, &e->t[a][m][4 * k + 2 * i], 2);
+                    memcpy(&y, &e->t[b][k][4 * n + 2 * i], 2);
+                    float r = fmaf(amx_emu_bf16(x), amx_emu_bf16(y), acc[n]);
+                    if (fabsf(r) < 0x1p-126f) r = copysignf(0.0f, r); /* FTZ */
+                    acc[n] = r;
+                }
+        memset(e->t[c][m], 0, 64);
+        memcpy(e->t[c][m], acc, 4 * (size_t)N);
+    }
+    for (int m = M; m < 16; ++m) memset(e->t[c][m], 0, 64);
+}
+
 #ifndef XQ_NO_AMX
 #define AMX_HW(...) __asm__ volatile(__VA_ARGS__)
 #else
@@ -646,11 +695,18 @@ static void amx_emu_dpbssd(struct amx_emu *e, int c, int a, int b) {
         else AMX_HW("tdpbssd %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::: "memory");                                    \
     } while (0)
 
-/* Test hook, one tdpbssd as the kernel issues it: c [rows, n] int32 (stride 4n) += a [rows, kb] s8 (stride
-   a_stride) . b [kb/4, 4n] s8 (VNNI layout: b[k][4j + i] multiplies a[r][4k + i] into c[r][j]), on the hardware
-   (emulated = 0) or the model. Returns 0, or -1 when the hardware path does not run here or a shape is out of
-   range (rows 1..16, kb 4..64 a multiple of 4, n 1..16). */
-XQ_AMX_FN static void amx_probe_run(const int E, const int8_t *a, int64_t a_stride, const int8_t *b, int32_t *c,
+#define T_DPBF16PS(E, em, c, a, b)                                                                                 \
+    do {                                                                                                           \
+        if (E) amx_emu_dpbf16ps(em, c, a, b);                                                                      \
+        else AMX_HW("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::: "memory");                                  \
+    } while (0)
+
+/* Test hook, one tile instruction as the kernels issue it: op 0 tdpbssd, c [rows, n] int32 += a [rows, kb] s8
+   . b [kb/4, 4n] s8; op 1 tdpbf16ps, c [rows, n] fp32 += a [rows, kb/2] bf16 . b [kb/4, 2n] bf16 (VNNI layout: the
+   dword j of b's row k multiplies the dword k of a's row r into c[r][j]); a's rows a_stride bytes apart, b's and
+   c's 4n. On the hardware (emulated = 0) or the model. Returns 0, or -1 when that path does not run here or a
+   shape is out of range (rows 1..16, kb 4..64 a multiple of 4, n 1..16). */
+XQ_AMX_FN static void amx_probe_run(const int E, int op, const void *a, int64_t a_stride, const void *b, void *c,
                                     int rows, int kb, int n) {
     struct amx_emu em_state, *em = &em_state;
     _Alignas(64) struct amx_cfg cfg = {.palette = 1};
@@ -661,20 +717,23 @@ XQ_AMX_FN static void amx_probe_run(const int E, const int8_t *a, int64_t a_stri
     T_LOAD(E, em, 2, c, 4 * n);
     T_LOAD(E, em, 0, a, a_stride);
     T_LOAD(E, em, 1, b, 4 * n);
-    T_DPBSSD(E, em, 2, 0, 1);
+    if (op)
+        T_DPBF16PS(E, em, 2, 0, 1);
+    else
+        T_DPBSSD(E, em, 2, 0, 1);
     T_STORE(E, em, 2, c, 4 * n);
     T_RELEASE(E, em);
 }
 
-int xq_amx_probe(int emulated, const int8_t *a, int64_t a_stride, const int8_t *b, int32_t *c, int rows, int kb,
+int xq_amx_probe(int op, int emulated, const void *a, int64_t a_stride, const void *b, void *c, int rows, int kb,
                  int n) {
-    if (rows < 1 || rows > 16 || kb < 4 || kb > 64 || kb % 4 || n < 1 || n > 16) return -1;
+    if (rows < 1 || rows > 16 || kb < 4 || kb > 64 || kb % 4 || n < 1 || n > 16 || op < 0 || op > 1) return -1;
     if (emulated) {
         if (vec_best() != XQ_AVX512) return -1;
-        amx_probe_run(1, a, a_stride, b, c, rows, kb, n);
+        amx_probe_run(1, op, a, a_stride, b, c, rows, kb, n);
     } else {
-        if (!amx_usable()) return -1;
-        amx_probe_run(0, a, a_stride, b, c, rows, kb, n);
+        if (!(op ? amx_bf16_usable() : amx_usable())) return -1;
+        amx_probe_run(0, op, a, a_stride, b, c, rows, kb, n);
     }
     return 0;
 }
@@ -864,6 +923,175 @@ static int amx_tiles(struct job *j, int64_t n, int threads, int emulated) {
     return 0;
 }
 
+/* ---- AMX-BF16: the fp8 formats -------------------------------------------------------------------- */
+
+/* fp8 has no integer form, so its long calls go through tdpbf16ps (bf16 pairs -> fp32). Every fp8 code is exact in
+   bf16 (e4m3 as value / 256, as on the other paths); the fp32 activations are split into two bf16, x = hi + lo
+   (each rounded to nearest even: |x - hi - lo| <= 2^-17 |x|), and both halves are multiplied, so the result is
+   the fp32 product to about the fp32 path's own rounding. The weights are the A operand (16 weight rows x 32
+   bf16 of one block, their natural layout: decoded once per call and N tile), the activations the B operand
+   (pairs of columns interleaved across 16 rows: built once per call), so C holds 16 weight rows x 16 activation
+   rows; it accumulates a whole scale group in the tile (per-row scales: all of K) before the fp32 epilogue. */
+
+/* 16 rows of 16 dwords -> 16 columns (r[i] dword j -> r[j] dword i). */
+XQ_AMX_FN static void amx_transpose16(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; ++i)
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]), t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    for (int i = 0; i < 4; ++i) {
+        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    /* lane L of u[4 i + c] holds rows 4i..4i+3 of column 4 L + c */
+    for (int c = 0; c < 4; ++c) {
+        const __m512i v0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), v1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xDD);
+        const __m512i w0 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
+        const __m512i w1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xDD);
+        r[c] = _mm512_shuffle_i32x4(v0, w0, 0x88), r[8 + c] = _mm512_shuffle_i32x4(v0, w0, 0xDD);
+        r[4 + c] = _mm512_shuffle_i32x4(v1, w1, 0x88), r[12 + c] = _mm512_shuffle_i32x4(v1, w1, 0xDD);
+    }
+}
+
+/* fp32 -> bf16 bits, round to nearest even (finite inputs), in the low half of each dword. */
+XQ_AMX_FN static inline __m512i amx_bf16_rne(__m512i u) {
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    return _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+}
+
+/* Two zmm of bf16 bits in dword lanes (columns 0..15, 16..31) -> one of 32 bf16 in column order. */
+XQ_AMX_FN static inline __m512i amx_pack_bf16(__m512i lo, __m512i hi) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(lo)), _mm512_cvtepi32_epi16(hi), 1);
+}
+
+/* The activations as B operands: per 16-row M tile and block, the hi and the lo halves, each 16 rows (column
+   pairs) x 16 activation rows x 2 bf16: panel[(mt * nb + b) * 2 + half][pair][2 row + i] = half(x[16 mt + row]
+   [32 b + 2 pair + i]); rows past m are zero. */
+XQ_AMX_FN static void amx_fp8_acts(const float *x, int64_t m, int64_t k, uint16_t *panel) {
+    const int64_t nb = k / 32, mt_n = (m + 15) / 16;
+    for (int64_t mt = 0; mt < mt_n; ++mt)
+        for (int64_t b = 0; b < nb; ++b) {
+            __m512i hi[16], lo[16];
+            for (int r = 0; r < 16; ++r) {
+                const int64_t row = mt * 16 + r;
+                __m512i h2[2], l2[2];
+                for (int q = 0; q < 2; ++q) {
+                    const __m512 v = row < m ? _mm512_loadu_ps(x + row * k + b * 32 + 16 * q) : _mm512_setzero_ps();
+                    h2[q] = amx_bf16_rne(_mm512_castps_si512(v));
+                    const __m512 rest = _mm512_sub_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(h2[q], 16)));
+                    l2[q] = amx_bf16_rne(_mm512_castps_si512(rest));
+                }
+                hi[r] = amx_pack_bf16(h2[0], h2[1]), lo[r] = amx_pack_bf16(l2[0], l2[1]);
+            }
+            amx_transpose16(hi);
+            amx_transpose16(lo);
+            uint16_t *out = panel + (mt * nb + b) * 2 * 512;
+            for (int p = 0; p < 16; ++p) {
+                _mm512_storeu_si512(out + 32 * p, hi[p]);
+                _mm512_storeu_si512(out + 512 + 32 * p, lo[p]);
+            }
+        }
+}
+
+/* Weight tiles t0..t0+count-1 (count <= 4; missing rows zero) as bf16 rows, [nb][16][32], and their scales times
+   the format's multiplier, [groups][16]. */
+XQ_AMX_FN static void amx_fp8_weights(const struct job *j, int64_t t0, int64_t count, uint16_t *wp, float *sp) {
+    const int64_t nb = j->nb;
+    for (int64_t b = 0; b < nb; ++b)
+        for (int r = 0; r < 16; ++r) {
+            const int64_t t = r / 4;
+            __m512i row = _mm512_setzero_si512();
+            if (t < count) {
+                const __m512i h = fp8x32_avx512(j->w + (t0 + t) * nb * 128 + b * 128 + (r % 4) * 32, j->e4m3);
+                const __m512 f0 = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+                const __m512 f1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+                /* exact in bf16: the low 16 bits of these fp32 values are zero */
+                row = amx_pack_bf16(_mm512_srli_epi32(_mm512_castps_si512(f0), 16),
+                                    _mm512_srli_epi32(_mm512_castps_si512(f1), 16));
+            }
+            _mm512_storeu_si512(wp + (b * 16 + r) * 32, row);
+        }
+    for (int64_t g = 0; g < j->groups; ++g)
+        for (int r = 0; r < 16; ++r) {
+            const int64_t t = r / 4;
+            sp[g * 16 + r] = t < count ? j->fscale[(t0 + t) * j->groups * 4 + g * 4 + r % 4] * j->wmul : 0.0f;
+        }
+}
+
+/* One N tile of an fp8 weight against every activation row. Tiles: 0 the weights of a block (16 x 64 bytes),
+   1, 2 the activations' hi and lo halves (16 x 64 bytes), 3 the fp32 sums (16 weight rows x 16 activation rows). */
+XQ_AMX_FN static inline __attribute__((always_inline)) void amx_fp8_ntile(const struct job *j, int64_t nt,
+                                                                        uint16_t *wp, float *sp,
+                                                                        const uint16_t *acts, const int E) {
+    struct amx_emu em_state, *em = &em_state;
+    const int64_t nb = j->nb, t0 = nt * 4, n0 = t0 * 4, gb = j->group_blocks;
+    const int64_t count = j->n_tiles - t0 < 4 ? j->n_tiles - t0 : 4;
+    amx_fp8_weights(j, t0, count, wp, sp);
+    _Alignas(64) struct amx_cfg cfg = {.palette = 1};
+    for (int t = 0; t < 4; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+    _Alignas(64) float c[256], o[256];
+    T_CFG(E, em, &cfg);
+    for (int64_t m0 = 0; m0 < j->m; m0 += 16) {
+        const uint16_t *xa = acts + (m0 / 16) * nb * 1024;
+        __m512 acc[16];
+        for (int r = 0; r < 16; ++r) acc[r] = _mm512_setzero_ps();
+        for (int64_t b0 = 0; b0 < nb; b0 += gb) {
+            const int64_t end = b0 + gb < nb ? b0 + gb : nb;
+            T_ZERO(E, em, 3);
+            for (int64_t b = b0; b < end; ++b) {
+                T_LOAD(E, em, 0, wp + b * 512, 64);
+                T_LOAD(E, em, 1, xa + b * 1024, 64);
+                T_LOAD(E, em, 2, xa + b * 1024 + 512, 64);
+                T_DPBF16PS(E, em, 3, 0, 1);
+                T_DPBF16PS(E, em, 3, 0, 2);
+            }
+            T_STORE(E, em, 3, c, 64);
+            const float *s = sp + (b0 / gb) * 16;
+            for (int r = 0; r < 16; ++r)
+                acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(c + 16 * r), _mm512_set1_ps(s[r]), acc[r]);
+        }
+        for (int r = 0; r < 16; ++r) _mm512_storeu_ps(o + 16 * r, acc[r]); /* o[weight row][activation row] */
+        const int64_t rows = j->m - m0 < 16 ? j->m - m0 : 16, cols = j->n_out - n0 < 16 ? j->n_out - n0 : 16;
+        for (int64_t i = 0; i < rows; ++i)
+            for (int64_t q = 0; q < cols; ++q) j->y[(m0 + i) * j->n_out + n0 + q] = o[16 * q + i];
+    }
+    T_RELEASE(E, em);
+}
+
+XQ_AMX_FN static void amx_fp8_ntile_hw(const struct job *j, int64_t nt, uint16_t *wp, float *sp,
+                                       const uint16_t *acts) {
+    amx_fp8_ntile(j, nt, wp, sp, acts, 0);
+}
+
+XQ_AMX_FN static void amx_fp8_ntile_emu(const struct job *j, int64_t nt, uint16_t *wp, float *sp,
+                                        const uint16_t *acts) {
+    amx_fp8_ntile(j, nt, wp, sp, acts, 1);
+}
+
+/* Every N tile of an fp8 weight on the amx path (`emulated`: over the model). Returns 0, or -1 out of memory. */
+static int amx_fp8_tiles(struct job *j, int64_t n, int threads, int emulated) {
+    const int64_t nb = j->nb, count = (n / 4 + 3) / 4, mt_n = (j->m + 15) / 16;
+    j->n_tiles = n / 4;
+    const size_t acts = (size_t)(mt_n * nb) * 2048;                               /* bytes */
+    const size_t per = ((size_t)nb * 1024 + (size_t)j->groups * 64 + 63) / 64 * 64; /* weights, scales */
+    char *buf = aligned_alloc(64, acts + per * (size_t)threads);
+    if (!buf) return -1;
+    amx_fp8_acts(j->xf, j->m, j->k, (uint16_t *)buf);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1 && count > 1 && j->m * n * j->k >= (1 << 20))
+    for (int64_t nt = 0; nt < count; ++nt) {
+        char *mine = buf + acts + per * (size_t)XQ_THREAD;
+        uint16_t *wp = (uint16_t *)mine;
+        float *sp = (float *)(mine + nb * 1024);
+        if (emulated)
+            amx_fp8_ntile_emu(j, nt, wp, sp, (const uint16_t *)buf);
+        else
+            amx_fp8_ntile_hw(j, nt, wp, sp, (const uint16_t *)buf);
+    }
+    free(buf);
+    return 0;
+}
+
 /* ---- entry points ---------------------------------------------------------------------------------- */
 
 typedef void (*tile_fn)(const struct job *, int64_t);
@@ -904,9 +1132,11 @@ static void quantize_acts(const float *x, int64_t m, int64_t k, const struct act
    second one (at 2 threads, load ~6 on 2 vCPUs, this cut the packaged model's step by 13%). */
 static void tiles(const struct job *j, int64_t n, int threads) {
     const int path = xq_isa(), isa = vec_isa();
-    if ((path == XQ_AMX || path == XQ_AMX_EMU) && j->kind != K_FP8 && j->m >= amx_min_rows) {
+    if ((path == XQ_AMX || path == XQ_AMX_EMU) && j->m >= amx_min_rows) {
         struct job a = *j;
-        if (amx_tiles(&a, n, threads, path == XQ_AMX_EMU) == 0) return;
+        const int emu = path == XQ_AMX_EMU;
+        if (j->kind != K_FP8 && amx_tiles(&a, n, threads, emu) == 0) return;
+        if (j->kind == K_FP8 && (emu || amx_bf16_usable()) && amx_fp8_tiles(&a, n, threads, emu) == 0) return;
     }
     tile_fn fn = j->kind == K_FP8 ? (isa == XQ_AVX512 ? tile_fp8_avx512 : tile_fp8_avx2)
                                   : (isa == XQ_AVX512 ? tile_int_avx512 : tile_int_avx2);
