@@ -12,7 +12,7 @@ PyTorch sum over a 512 MiB tensor on the same threads. Prints markdown; writes n
 
     .venv/bin/python -P bench/cpu_kernels.py --threads 1 [--repeat 15]
     .venv/bin/python -P bench/cpu_kernels.py --threads 1 --rows 8,16,64,256 --amx-min-rows 1 \
-        --formats sym_int4,asym_int4,nf4,sym_int8 --shapes 4096x4096,3072x576,576x1536   # AMX prefill table
+        --formats sym_int4,asym_int4,nf4,sym_int8,fp8_e4m3 --shapes 4096x4096,3072x576,576x1536   # AMX prefill table
     .venv-ipex/bin/python -P bench/cpu_kernels.py --threads 1 --kernels ipex_woq,cpu_int4pack,cpu_int8pack,reference
 """
 
