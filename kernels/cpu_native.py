@@ -15,9 +15,11 @@ The C file is compiled once per source version with the system C compiler (`$CC`
 `$XPULLM_CACHE/native` and loaded with ctypes: no build step at install, no PyTorch headers, no -march flag. The
 library picks its SIMD path at run time from CPUID (`isa_paths()`: `avx2`, then `avx512_vnni` where the CPU and
 OS have it, then `amx` where CPUID, XCR0 and Linux's tile-data permission allow it); `XPULLM_CPU_ISA=avx2` (or
-`forced_isa`) forces a path. The amx path takes calls of at least `amx_min_rows` rows (default 16: prefill and
-batched decode; the avx512 path below that): AMX-INT8 `tdpbssd` for the integer and codebook formats, AMX-BF16
-`tdpbf16ps` for fp8 (activations split into two bf16 halves; where the CPU lacks AMX-BF16, fp8 stays on avx512).
+`forced_isa`) forces a path. The amx path runs the integer and codebook formats' calls of at least `amx_min_rows`
+rows (default 16: prefill and batched decode) on AMX-INT8 `tdpbssd` tiles, and shorter calls on VNNI with the
+tiles' arithmetic, so a row's result is the same bit for bit whatever its call's row count (batch invariance).
+fp8 can run its long calls on AMX-BF16 `tdpbf16ps` tiles (activations split into two bf16 halves, 2^-17 close to
+fp32): opt-in (`amx_fp8`, `XPULLM_AMX_FP8=1`), since those rows are not bit for bit the short calls' fp32 path.
 `amx_emulated` (any AVX-512 CPU; `checked_paths()`) is the amx kernel with every tile instruction run by a
 scalar C model of it: the tests hold the amx kernel to its twins on CPUs without AMX, and hold the model to the
 hardware (`amx_probe`) on CPUs with it. Where there is no compiler, no AVX2/FMA/F16C,
@@ -68,6 +70,7 @@ __all__ = [
     "active_isa",
     "amx_bf16_on",
     "amx_emu_faults",
+    "amx_fp8",
     "amx_min_rows",
     "amx_probe",
     "amx_status",
@@ -171,7 +174,7 @@ def library() -> ctypes.CDLL | None:
     ):
         getattr(lib, name).restype = ctypes.c_int
         getattr(lib, name).argtypes = []
-    for name in ("xq_set_isa", "xq_path_runnable", "xq_set_amx_min_rows"):
+    for name in ("xq_set_isa", "xq_path_runnable", "xq_set_amx_min_rows", "xq_set_amx_fp8"):
         getattr(lib, name).argtypes = [ctypes.c_int]
         getattr(lib, name).restype = ctypes.c_int
     lib.xq_amx_probe.argtypes = [
@@ -230,6 +233,7 @@ def library() -> ctypes.CDLL | None:
                                              _I, _P, _P, ctypes.c_float, _I, _I, _I, _I, ctypes.c_float, _P,
                                              ctypes.c_int, _I, _I]  # fmt: skip
     lib.xq_paged_attention_codes.restype = ctypes.c_int
+    lib.xq_set_amx_fp8(int(os.environ.get("XPULLM_AMX_FP8", "0").strip() == "1"))
     wanted = os.environ.get("XPULLM_CPU_ISA", "").strip().lower()
     if wanted and wanted != "auto":
         if wanted not in ISA_PATHS:
@@ -296,6 +300,20 @@ def amx_status() -> str:
     if code == 0 and not lib.xq_amx_bf16():
         return "amx path on (int8 tiles; fp8 stays on avx512_vnni: no AMX-BF16)"
     return _AMX_REASONS[code]
+
+
+@contextlib.contextmanager
+def amx_fp8(on: bool) -> Iterator[None]:
+    """Inside the block the amx paths run (`on`) or do not run the fp8 formats' long calls on AMX-BF16 tiles
+    (default off, or `XPULLM_AMX_FP8=1`: close to the fp32 path, not bit for bit, so batch invariance is lost)."""
+    lib = library()
+    if lib is None:
+        raise ValueError("the native CPU kernels are not built here: no amx path to tune")
+    before = lib.xq_set_amx_fp8(int(on))
+    try:
+        yield
+    finally:
+        lib.xq_set_amx_fp8(before)
 
 
 def amx_bf16_on() -> bool:

@@ -187,6 +187,18 @@ int xq_set_isa(int isa) {
    cost per row is flat (bench/cpu_kernels.py --rows measures the crossover). */
 static int amx_min_rows = 16;
 
+/* Whether the amx paths run the fp8 formats' long calls on bf16 tiles (off unless asked for): those are the fp32
+   product to 2^-17 per activation, not bit for bit the avx512 path that takes the short calls, so with them a
+   row's result depends on whether its call had amx_min_rows rows (the integer formats' does not). */
+static int amx_fp8 = 0;
+
+/* Turn the fp8 bf16 tiles on (1) or off (0); returns the previous setting. */
+int xq_set_amx_fp8(int on) {
+    const int before = amx_fp8;
+    amx_fp8 = on != 0;
+    return before;
+}
+
 /* Set the amx paths' row threshold (>= 1); returns the previous one. */
 int xq_set_amx_min_rows(int rows) {
     const int before = amx_min_rows;
@@ -386,7 +398,7 @@ XQ_AVX2_FN static void tile_fp8_avx2(const struct job *j, int64_t t) {
    once into two 64-byte vectors (even / odd columns of the 4 rows, one row per 128-bit lane) and meets each
    activation row's broadcast block in two vpdpbusd; lane group i then holds row i's 4 partial sums. */
 XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(const struct job *j, int64_t t,
-                                                                            int64_t r0, const int R) {
+                                                                            int64_t r0, const int R, const int BD) {
     const int kind = j->kind;
     const int64_t nb = j->nb, bb = kind == K_INT8 ? 128 : 64;
     const uint8_t *w = j->w + t * nb * bb;
@@ -422,6 +434,37 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(c
         const __m128 s4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(sc + b * 4)));
         const __m512 s16 = _mm512_permutexvar_ps(sel, _mm512_castps128_ps512(s4));
         const __m128 z4 = zc ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(zc + b * 4))) : _mm_setzero_ps();
+        if (BD) { /* the amx path's arithmetic: one exact int32 dot per block, then its tiles' float steps */
+            __m512i ai[4];
+            for (int i = 0; i < R; ++i) {
+                const __m512i xe = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32)));
+                const __m512i xo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32 + 16)));
+                ai[i] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), we, xe), wo, xo);
+                if (bias) ai[i] = _mm512_sub_epi32(ai[i], _mm512_maskz_set1_epi32(0x1111, bias * ir[i][b]));
+            }
+            /* per 128-bit lane q: lane i = the exact dot of weight row q and activation row i (int32 adds) */
+            __m512i dot;
+            if (R == 1) {
+                dot = _mm512_add_epi32(ai[0], _mm512_shuffle_epi32(ai[0], _MM_PERM_BADC));
+                dot = _mm512_add_epi32(dot, _mm512_shuffle_epi32(dot, _MM_PERM_CDAB));
+            } else {
+                for (int i = R; i < 4; ++i) ai[i] = _mm512_setzero_si512();
+                const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(ai[0], ai[1]), _mm512_unpackhi_epi32(ai[0], ai[1]));
+                const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(ai[2], ai[3]), _mm512_unpackhi_epi32(ai[2], ai[3]));
+                dot = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+            }
+            const float w = j->wmul;
+            const __m128 d4 = _mm_set_ps(R > 3 ? dr[3][b] * w : 0.0f, R > 2 ? dr[2][b] * w : 0.0f,
+                                         R > 1 ? dr[1][b] * w : 0.0f, dr[0][b] * w);
+            acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s16, _mm512_broadcast_f32x4(d4)), acc[0]);
+            if (zc) {
+                const __m128 b4 = _mm_set_ps(R > 3 ? br[3][b] : 0.0f, R > 2 ? br[2][b] : 0.0f, R > 1 ? br[1][b] : 0.0f,
+                                             br[0][b]);
+                acc[0] = _mm512_fmadd_ps(_mm512_permutexvar_ps(sel, _mm512_castps128_ps512(z4)),
+                                         _mm512_broadcast_f32x4(b4), acc[0]);
+            }
+            continue;
+        }
         for (int i = 0; i < R; ++i) {
             const __m512i xe = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32)));
             const __m512i xo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32 + 16)));
@@ -432,6 +475,13 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(c
             acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), f, acc[i]);
             if (zc) zacc[i] = _mm_fmadd_ps(z4, _mm_set1_ps(br[i][b]), zacc[i]);
         }
+    }
+    if (BD) { /* acc[0] lane 4 q + i: activation row i, weight row q */
+        float lanes[16];
+        _mm512_storeu_ps(lanes, acc[0]);
+        for (int i = 0; i < R; ++i)
+            for (int q = 0; q < 4 && t * 4 + q < j->n_out; ++q) j->y[(r0 + i) * j->n_out + t * 4 + q] = lanes[4 * q + i];
+        return;
     }
     for (int i = 0; i < R; ++i) {
         float lanes[16], z[4];
@@ -448,11 +498,26 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(c
    each activation row's broadcast block in two vpdpbusd; lane group i then holds row i's 4 partial sums. */
 XQ_AVX512_FN static void tile_int_avx512(const struct job *j, int64_t t) {
     int64_t r0 = 0;
-    for (; r0 + 4 <= j->m; r0 += 4) rows_int_avx512(j, t, r0, 4);
+    for (; r0 + 4 <= j->m; r0 += 4) rows_int_avx512(j, t, r0, 4, 0);
     switch (j->m - r0) { /* each count compiled on its own: registers, no wasted rows */
-    case 3: rows_int_avx512(j, t, r0, 3); break;
-    case 2: rows_int_avx512(j, t, r0, 2); break;
-    case 1: rows_int_avx512(j, t, r0, 1); break;
+    case 3: rows_int_avx512(j, t, r0, 3, 0); break;
+    case 2: rows_int_avx512(j, t, r0, 2, 0); break;
+    case 1: rows_int_avx512(j, t, r0, 1, 0); break;
+    default: break;
+    }
+}
+
+/* The amx path's calls below its row threshold: VNNI with the tiles' arithmetic per (row, weight row): each
+   block's four partial sums added in int32 to the block's exact dot, then dot * (s * (d * wmul)) and z * bsum
+   added as amx_epilogue adds them. So a row's result is the tiles' bit for bit, whatever the call's row count:
+   batch invariance holds across the threshold. */
+XQ_AVX512_FN static void tile_int_avx512_bd(const struct job *j, int64_t t) {
+    int64_t r0 = 0;
+    for (; r0 + 4 <= j->m; r0 += 4) rows_int_avx512(j, t, r0, 4, 1);
+    switch (j->m - r0) {
+    case 3: rows_int_avx512(j, t, r0, 3, 1); break;
+    case 2: rows_int_avx512(j, t, r0, 2, 1); break;
+    case 1: rows_int_avx512(j, t, r0, 1, 1); break;
     default: break;
     }
 }
@@ -1136,10 +1201,12 @@ static void tiles(const struct job *j, int64_t n, int threads) {
         struct job a = *j;
         const int emu = path == XQ_AMX_EMU;
         if (j->kind != K_FP8 && amx_tiles(&a, n, threads, emu) == 0) return;
-        if (j->kind == K_FP8 && (emu || amx_bf16_usable()) && amx_fp8_tiles(&a, n, threads, emu) == 0) return;
+        if (j->kind == K_FP8 && amx_fp8 && (emu || amx_bf16_usable()) && amx_fp8_tiles(&a, n, threads, emu) == 0)
+            return;
     }
     tile_fn fn = j->kind == K_FP8 ? (isa == XQ_AVX512 ? tile_fp8_avx512 : tile_fp8_avx2)
                                   : (isa == XQ_AVX512 ? tile_int_avx512 : tile_int_avx2);
+    if (fn == tile_int_avx512 && (path == XQ_AMX || path == XQ_AMX_EMU)) fn = tile_int_avx512_bd;
     const int64_t count = n / 4, chunk = threads > 1 && count / (8 * threads) > 1 ? count / (8 * threads) : 1;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, chunk) if (threads > 1 && j->m * n * j->k >= (1 << 20))
     for (int64_t t = 0; t < count; ++t) fn(j, t);

@@ -164,7 +164,7 @@ def test_amx_kernel_equals_its_twins_on_random_shapes(fmt: str, path: str) -> No
         state = kernel.prepare(qw, CPU)
         x = torch.randn(m, 32 * blocks, generator=g) * 3
         x[0, :32] = 0.0  # an all-zero block (scale 0)
-        with cpu_native.forced_isa(path), cpu_native.amx_min_rows(1):
+        with cpu_native.forced_isa(path), cpu_native.amx_min_rows(1), cpu_native.amx_fp8(True):
             out = kernel.matmul(x, state)
         with cpu_native.forced_isa("avx512_vnni"):
             vnni = kernel.matmul(x, state)
@@ -176,7 +176,7 @@ def test_amx_kernel_equals_its_twins_on_random_shapes(fmt: str, path: str) -> No
         assert torch.allclose(out, twin, **tol), f"{shape}: {(out - twin).abs().max()} off the twin"
         assert torch.allclose(out, vnni, **near), f"{shape}: {(out - vnni).abs().max()} off avx512_vnni"
         if path == "amx" and "amx_emulated" in CHECKED:
-            with cpu_native.forced_isa("amx_emulated"), cpu_native.amx_min_rows(1):
+            with cpu_native.forced_isa("amx_emulated"), cpu_native.amx_min_rows(1), cpu_native.amx_fp8(True):
                 model = kernel.matmul(x, state)
             if fmt not in FP8:
                 assert torch.equal(out, model), f"{shape}: hardware != model"
@@ -184,20 +184,43 @@ def test_amx_kernel_equals_its_twins_on_random_shapes(fmt: str, path: str) -> No
                 assert torch.allclose(out, model, rtol=0, atol=1e-6 * twin.abs().max().item()), shape
 
 
-def test_short_calls_take_the_vector_path_and_long_ones_the_tiles() -> None:
+@pytest.mark.parametrize("path", AMX)
+@pytest.mark.parametrize("fmt", ["sym_int4", "asym_int4", "nf4", "sym_int8"])
+def test_a_rows_result_does_not_depend_on_its_calls_row_count(fmt: str, path: str) -> None:
+    """Batch invariance across the threshold: calls of >= amx_min_rows rows run the tiles, shorter ones VNNI with
+    the tiles' arithmetic (one exact int32 dot per block, the same float steps): every row of a long call equals
+    that row alone bit for bit, and a short call equals the tiles forced on it."""
     g, seed = _gen()
-    qw = get_format("asym_int4").quantize(torch.randn(40, 96, generator=g) * 0.05)
-    kernel = KERNELS["asym_int4"]
-    state = kernel.prepare(qw, CPU)
-    short, long = torch.randn(cpu_native.AMX_MIN_ROWS - 1, 96, generator=g), torch.randn(33, 96, generator=g)
-    with cpu_native.forced_isa("avx512_vnni"):
-        vnni = kernel.matmul(short, state)
-    with cpu_native.forced_isa(AMX[0]):
-        assert torch.equal(kernel.matmul(short, state), vnni), f"seed {seed}"  # below the threshold
-        default = kernel.matmul(long, state)
+    kernel = KERNELS[fmt]
+    n, k = int(torch.randint(1, 90, (), generator=g)), 32 * int(torch.randint(1, 9, (), generator=g))
+    state = kernel.prepare(get_format(fmt).quantize(torch.randn(n, k, generator=g) * 0.05), CPU)
+    x = torch.randn(int(torch.randint(cpu_native.AMX_MIN_ROWS, 40, (), generator=g)), k, generator=g)
+    short = x[: cpu_native.AMX_MIN_ROWS - 1]
+    with cpu_native.forced_isa(path):
+        assert cpu_native.active_isa() == path
+        out = kernel.matmul(x, state)  # through the tiles
+        for i in range(x.shape[0]):
+            assert torch.equal(kernel.matmul(x[i : i + 1], state)[0], out[i]), f"seed {seed}: row {i}"
+        below = kernel.matmul(short, state)  # the VNNI kernel
         with cpu_native.amx_min_rows(1):
-            assert torch.equal(kernel.matmul(long, state), default), f"seed {seed}"  # both through the tiles
-        assert cpu_native.active_isa() == AMX[0]
+            assert torch.equal(kernel.matmul(short, state), below), f"seed {seed}"
+    with cpu_native.forced_isa("avx512_vnni"):  # the plain VNNI path: same integer dots, its own float order
+        vnni = kernel.matmul(x, state)
+    assert torch.allclose(out, vnni, rtol=1e-5, atol=1e-5 * vnni.abs().max().item()), f"seed {seed}"
+
+
+def test_fp8_stays_on_the_fp32_path_unless_its_tiles_are_asked_for() -> None:
+    g, seed = _gen()
+    kernel = KERNELS["fp8_e4m3"]
+    state = kernel.prepare(get_format("fp8_e4m3").quantize(torch.randn(40, 96, generator=g) * 0.05), CPU)
+    x = torch.randn(33, 96, generator=g)
+    with cpu_native.forced_isa("avx512_vnni"):
+        fp32 = kernel.matmul(x, state)
+    with cpu_native.forced_isa(AMX[0]):
+        assert torch.equal(kernel.matmul(x, state), fp32), f"seed {seed}"  # default: off (batch invariance)
+        with cpu_native.amx_fp8(True):
+            tiles = kernel.matmul(x, state)
+    assert torch.allclose(tiles, fp32, rtol=1e-4, atol=1e-4 * fp32.abs().max().item()), f"seed {seed}"
 
 
 @pytest.mark.parametrize("fmt", ["sym_int4", "sym_int8"])
