@@ -659,7 +659,8 @@ static void amx_emu_zero(struct amx_emu *e, int t) {
 /* tdpbssd c, a, b: c (M x N int32) += a (M x K dwords of 4 s8) . b (K rows of N dwords of 4 s8); per dword the
    four byte products are added to c in 32 bits with wrap-around. Shapes must agree (a.colsb = 4 b.rows,
    c.colsb = b.colsb, c.rows = a.rows) and the three tiles differ. */
-static void amx_emu_dpbssd(struct amx_emu *e, int c, int a, int b) {
+/* (AVX-512 only lets the compiler vectorise this scalar model: the emulated path runs on AVX-512 CPUs.) */
+XQ_AVX512_FN static void amx_emu_dpbssd(struct amx_emu *e, int c, int a, int b) {
     const struct amx_cfg *g = &e->cfg;
     if (!amx_emu_valid(e, c) || !amx_emu_valid(e, a) || !amx_emu_valid(e, b) || c == a || c == b || a == b ||
         g->colsb[a] % 4 || g->colsb[c] % 4 || g->colsb[a] != 4 * g->rows[b] || g->colsb[c] != g->colsb[b] ||
@@ -695,7 +696,7 @@ static float amx_emu_bf16(uint16_t h) {
 /* tdpbf16ps c, a, b: c (M x N fp32) += a (M x K dwords of 2 bf16) . b (K rows of N dwords of 2 bf16), as the SDM
    writes it: per dword, c += a0 * b0, then c += a1 * b1, each product exact (bf16 x bf16 fits fp32), each add
    rounded to nearest even (one fmaf), denormal inputs as zero and denormal results flushed to zero. */
-__attribute__((target("fma"))) static void amx_emu_dpbf16ps(struct amx_emu *e, int c, int a, int b) {
+XQ_AVX512_FN static void amx_emu_dpbf16ps(struct amx_emu *e, int c, int a, int b) {
     const struct amx_cfg *g = &e->cfg;
     if (!amx_emu_valid(e, c) || !amx_emu_valid(e, a) || !amx_emu_valid(e, b) || c == a || c == b || a == b ||
         g->colsb[a] % 4 || g->colsb[c] % 4 || g->colsb[a] != 4 * g->rows[b] || g->colsb[c] != g->colsb[b] ||

