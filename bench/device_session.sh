@@ -79,8 +79,8 @@ fi
 # 6. The host's CPU (issue 23 wants Xeon figures; this machine's CPU may be one): the native kernels' twin tests on
 #    every path it runs (avx2, avx512_vnni, amx, and the amx kernel over its C model: tests/kernels/test_cpu_amx.py
 #    holds the model to the hardware), then the AMX prefill table: the integer formats and fp8_e4m3 on a Llama
-#    square and the packaged model's MLP shapes at M = 8..256 on each path, the tiles timed at every M
-#    (--amx-min-rows 1: M=8 shows whether the threshold of 16 could go lower). CPU_FULL=1 adds the decode / M=128
+#    square and the packaged model's MLP shapes at M = 1..256 on each path (amx as it dispatches, and its tiles
+#    forced at M < 16: whether the threshold of 16 should move; fp8 on its opt-in bf16 tiles). CPU_FULL=1 adds the decode / M=128
 #    table with PyTorch's int4/int8 ops (oneDNN: AMX where the CPU has it) beside. Outputs under cpu/.
 if want cpu && grep -q GenuineIntel /proc/cpuinfo; then
   timeout "${CPU_TESTS_S:-100}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
@@ -89,7 +89,7 @@ if want cpu && grep -q GenuineIntel /proc/cpuinfo; then
   $P -c 'from xpullm.cli.main import main; main(["info"])' > "$W/cpu/info.txt" 2>&1
   mark cpu tests done
   for t in 1 2; do
-    timeout "${CPU_AMX_S:-50}" $P bench/cpu_kernels.py --threads $t --repeat 5 --rows 8,16,64,256 --amx-min-rows 1 \
+    timeout "${CPU_AMX_S:-60}" $P bench/cpu_kernels.py --threads $t --repeat 5 --rows 1,8,16,64,256 --amx-fp8 \
       --formats sym_int4,asym_int4,nf4,sym_int8,fp8_e4m3 --shapes 4096x4096,3072x576,576x1536 > "$W/cpu/amx_t$t.md" 2>&1
     mark cpu amx bench t$t done
   done
