@@ -8,7 +8,9 @@
  *   avx512     u8 x s8 vpdpbusd (VNNI) on 4 rows per zmm,         AVX-512 F/BW/VL + VNNI (Ice Lake, Sapphire
  *              fp8 -> fp16 -> fp32 FMA on 16 lanes               Rapids, Zen 4+)
  *   amx        s8 x s8 tdpbssd on 16 x 16 tiles per block of 32  AMX-TILE + AMX-INT8 (Sapphire Rapids+), Linux
- *              (integer kinds, >= amx_min_rows rows; else avx512) permission granted; prefill and batched rows
+ *              for calls of >= amx_min_rows rows, VNNI with the  permission granted; prefill and batched rows
+ *              tiles' arithmetic below (bit for bit the tiles);
+ *              fp8: tdpbf16ps on a bf16 split (opt-in, amx_fp8)  + AMX-BF16
  *   amx_emulated  the amx path with each tile instruction run by   any AVX-512 CPU: the test twin of the amx path
  *              its scalar C model (amx_emu_*), not the hardware
  *
@@ -182,9 +184,10 @@ int xq_set_isa(int isa) {
     return active_isa;
 }
 
-/* The amx paths take calls of at least this many activation rows; shorter ones run the avx512 path. One tile
-   holds 16 rows: a call of fewer pays a whole tile's tdpbssd and epilogue for part of it, while the VNNI path's
-   cost per row is flat (bench/cpu_kernels.py --rows measures the crossover). */
+/* The amx paths take calls of at least this many activation rows on their tiles; shorter ones run VNNI with the
+   tiles' arithmetic (tile_int_avx512_bd). One tile holds 16 rows: a call of fewer pays a whole tile's tdpbssd and
+   epilogue for part of it, while VNNI's cost per row is flat (bench/cpu_kernels.py's amx_tiles column, the tiles
+   forced at M < 16, measures the crossover). */
 static int amx_min_rows = 16;
 
 /* Whether the amx paths run the fp8 formats' long calls on bf16 tiles (off unless asked for): those are the fp32
@@ -576,11 +579,12 @@ XQ_AVX512_FN static void tile_fp8_avx512(const struct job *j, int64_t t) {
 
 /* ---- AMX ------------------------------------------------------------------------------------------- */
 
-/* The kernel speaks to the tiles through five operations (config, load, zero, tdpbssd, store, and release), each
-   with two implementations chosen at compile time of the calling function: the hardware instruction (inline asm,
+/* The kernels speak to the tiles through seven operations (ldtilecfg, tileloadd, tilezero, tdpbssd, tdpbf16ps,
+   tilestored, tilerelease), each with two implementations chosen at compile time of the calling function: the hardware instruction (inline asm,
    with a memory clobber: GCC's own tile macros do not tell the compiler that tileloadd reads memory), or
    amx_emu_*, a scalar C model of the same instruction as Intel's SDM specifies it (rows and bytes per row from
-   the tile config, unused rows and bytes zeroed, int32 wrap-around adds, no saturation). The amx_emulated path
+   the tile config, unused rows and bytes zeroed, int32 wrap-around adds, no saturation; bf16 pairs added in fp32
+   one product at a time). The amx_emulated path
    runs the very same kernel over the model, so the tests check the kernel's tiling, decode and epilogue on any
    AVX-512 CPU, and on an AMX CPU check the model against the hardware (`xq_amx_probe`). */
 
@@ -658,8 +662,8 @@ static void amx_emu_zero(struct amx_emu *e, int t) {
 
 /* tdpbssd c, a, b: c (M x N int32) += a (M x K dwords of 4 s8) . b (K rows of N dwords of 4 s8); per dword the
    four byte products are added to c in 32 bits with wrap-around. Shapes must agree (a.colsb = 4 b.rows,
-   c.colsb = b.colsb, c.rows = a.rows) and the three tiles differ. */
-/* (AVX-512 only lets the compiler vectorise this scalar model: the emulated path runs on AVX-512 CPUs.) */
+   c.colsb = b.colsb, c.rows = a.rows) and the three tiles differ. (The AVX-512 target only lets the compiler
+   vectorise this scalar model: the emulated path runs on AVX-512 CPUs.) */
 XQ_AVX512_FN static void amx_emu_dpbssd(struct amx_emu *e, int c, int a, int b) {
     const struct amx_cfg *g = &e->cfg;
     if (!amx_emu_valid(e, c) || !amx_emu_valid(e, a) || !amx_emu_valid(e, b) || c == a || c == b || a == b ||
@@ -959,31 +963,45 @@ XQ_AMX_FN static void amx_ntile_emu(const struct job *j, int64_t nt, const struc
     amx_ntile(j, nt, p, tail, 1);
 }
 
+/* Activation rows per pass over the weights: a pass's activations (bytes_per_row each) stay within ~1 MiB, which
+   a Sapphire Rapids core's 2 MiB L2 holds beside the weight panel, instead of streaming from L3 once per N tile.
+   Each pass decodes the weights again (cheap beside 2+ M tiles' work). A guess from the cache sizes: untuned. */
+static int64_t amx_pass_rows(int64_t bytes_per_row) {
+    const int64_t rows = ((int64_t)1 << 20) / bytes_per_row / 16 * 16;
+    return rows < 32 ? 32 : rows > 1024 ? 1024 : rows;
+}
+
 /* Every N tile of an integer-kind weight (n rows, a multiple of 4) on the amx path (`emulated`: over the model),
-   threads taking N tiles as they come; each thread decodes into its own panel. Returns 0, or -1 out of memory
-   (the caller then runs the vector path). */
+   in passes of amx_pass_rows rows, threads taking N tiles as they come; each thread decodes into its own panel.
+   Returns 0, or -1 out of memory (the caller then runs the vector path). */
 static int amx_tiles(struct job *j, int64_t n, int threads, int emulated) {
-    const int64_t nb = j->nb, k = j->k, full = j->m / 16 * 16, count = (n / 4 + 3) / 4;
-    j->n_tiles = n / 4;
+    const int64_t nb = j->nb, k = j->k, m = j->m, count = (n / 4 + 3) / 4, pass = amx_pass_rows(k);
+    const int partial = m % 16 != 0;
     const size_t per = ((size_t)nb * (512 + 3 * 64) + 63) / 64 * 64 + 64; /* b, s, z, zero_row; own line */
-    char *buf = aligned_alloc(64, per * (size_t)threads + (full < j->m ? ((size_t)(16 * k) + 63) / 64 * 64 : 0));
+    char *buf = aligned_alloc(64, per * (size_t)threads + (partial ? ((size_t)(16 * k) + 63) / 64 * 64 : 0));
     if (!buf) return -1;
     int8_t *tail = NULL;
-    if (full < j->m) { /* the last partial M tile, zero-padded to 16 rows (tileloadd reads all 16) */
+    if (partial) { /* the last partial M tile, zero-padded to 16 rows (tileloadd reads all 16) */
+        const int64_t full = m / 16 * 16;
         tail = (int8_t *)(buf + per * (size_t)threads);
         memset(tail, 0, (size_t)(16 * k));
-        memcpy(tail, j->xq + full * k, (size_t)((j->m - full) * k));
+        memcpy(tail, j->xq + full * k, (size_t)((m - full) * k));
     }
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1 && count > 1 && j->m * n * k >= (1 << 20))
-    for (int64_t nt = 0; nt < count; ++nt) {
-        char *mine = buf + per * (size_t)XQ_THREAD;
-        const struct amx_panel p = {.b = (int8_t *)mine, .s = (float *)(mine + nb * 512),
-                                    .z = (float *)(mine + nb * 576), .zero_row = (float *)(mine + nb * 640)};
-        memset(p.zero_row, 0, sizeof(float) * (size_t)nb);
-        if (emulated)
-            amx_ntile_emu(j, nt, &p, tail);
-        else
-            amx_ntile_hw(j, nt, &p, tail);
+    for (int64_t r0 = 0; r0 < m; r0 += pass) {
+        struct job c = *j; /* rows r0 .. r0 + pass - 1 (pass is a multiple of 16: only the last can be partial) */
+        c.m = m - r0 < pass ? m - r0 : pass, c.n_tiles = n / 4;
+        c.xq = j->xq + r0 * k, c.d = j->d + r0 * nb, c.bsum = j->bsum + r0 * nb, c.y = j->y + r0 * j->n_out;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1 && count > 1 && c.m * n * k >= (1 << 20))
+        for (int64_t nt = 0; nt < count; ++nt) {
+            char *mine = buf + per * (size_t)XQ_THREAD;
+            const struct amx_panel p = {.b = (int8_t *)mine, .s = (float *)(mine + nb * 512),
+                                        .z = (float *)(mine + nb * 576), .zero_row = (float *)(mine + nb * 640)};
+            memset(p.zero_row, 0, sizeof(float) * (size_t)nb);
+            if (emulated)
+                amx_ntile_emu(&c, nt, &p, tail);
+            else
+                amx_ntile_hw(&c, nt, &p, tail);
+        }
     }
     free(buf);
     return 0;
@@ -1135,24 +1153,29 @@ XQ_AMX_FN static void amx_fp8_ntile_emu(const struct job *j, int64_t nt, uint16_
     amx_fp8_ntile(j, nt, wp, sp, acts, 1);
 }
 
-/* Every N tile of an fp8 weight on the amx path (`emulated`: over the model). Returns 0, or -1 out of memory. */
+/* Every N tile of an fp8 weight on the amx path (`emulated`: over the model), in passes of amx_pass_rows rows (their
+   bf16 halves: 4 bytes per activation). Returns 0, or -1 out of memory. */
 static int amx_fp8_tiles(struct job *j, int64_t n, int threads, int emulated) {
-    const int64_t nb = j->nb, count = (n / 4 + 3) / 4, mt_n = (j->m + 15) / 16;
-    j->n_tiles = n / 4;
-    const size_t acts = (size_t)(mt_n * nb) * 2048;                               /* bytes */
+    const int64_t nb = j->nb, k = j->k, m = j->m, count = (n / 4 + 3) / 4, pass = amx_pass_rows(4 * k);
+    const size_t acts = (size_t)((pass + 15) / 16 * nb) * 2048;                     /* bytes */
     const size_t per = ((size_t)nb * 1024 + (size_t)j->groups * 64 + 63) / 64 * 64; /* weights, scales */
     char *buf = aligned_alloc(64, acts + per * (size_t)threads);
     if (!buf) return -1;
-    amx_fp8_acts(j->xf, j->m, j->k, (uint16_t *)buf);
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1 && count > 1 && j->m * n * j->k >= (1 << 20))
-    for (int64_t nt = 0; nt < count; ++nt) {
-        char *mine = buf + acts + per * (size_t)XQ_THREAD;
-        uint16_t *wp = (uint16_t *)mine;
-        float *sp = (float *)(mine + nb * 1024);
-        if (emulated)
-            amx_fp8_ntile_emu(j, nt, wp, sp, (const uint16_t *)buf);
-        else
-            amx_fp8_ntile_hw(j, nt, wp, sp, (const uint16_t *)buf);
+    for (int64_t r0 = 0; r0 < m; r0 += pass) {
+        struct job c = *j;
+        c.m = m - r0 < pass ? m - r0 : pass, c.n_tiles = n / 4;
+        c.xf = j->xf + r0 * k, c.y = j->y + r0 * j->n_out;
+        amx_fp8_acts(c.xf, c.m, k, (uint16_t *)buf);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1 && count > 1 && c.m * n * k >= (1 << 20))
+        for (int64_t nt = 0; nt < count; ++nt) {
+            char *mine = buf + acts + per * (size_t)XQ_THREAD;
+            uint16_t *wp = (uint16_t *)mine;
+            float *sp = (float *)(mine + nb * 1024);
+            if (emulated)
+                amx_fp8_ntile_emu(&c, nt, wp, sp, (const uint16_t *)buf);
+            else
+                amx_fp8_ntile_hw(&c, nt, wp, sp, (const uint16_t *)buf);
+        }
     }
     free(buf);
     return 0;

@@ -210,6 +210,24 @@ def test_a_rows_result_does_not_depend_on_its_calls_row_count(fmt: str, path: st
     assert torch.allclose(out, vnni, rtol=1e-5, atol=1e-5 * vnni.abs().max().item()), f"seed {seed}"
 
 
+@pytest.mark.parametrize(("fmt", "k"), [("sym_int4", 32768), ("fp8_e5m2", 8192)])
+def test_wide_calls_run_in_passes_of_rows(fmt: str, k: int) -> None:
+    """Passes keep a pass's activations within ~1 MiB (32 rows at these widths): 40 rows take a full pass and a
+    partial one, each decoding the weights again; the result is the twin's, and each row its own."""
+    g, seed = _gen()
+    kernel = KERNELS[fmt]
+    qw = get_format(fmt).quantize(torch.randn(20, k, generator=g) * 0.05)
+    state = kernel.prepare(qw, CPU)
+    x = torch.randn(40, k, generator=g)
+    with cpu_native.forced_isa("amx_emulated"), cpu_native.amx_fp8(True):
+        out = kernel.matmul(x, state)
+        with cpu_native.amx_min_rows(1):
+            last = kernel.matmul(x[-1:], state)
+    twin = _twin(fmt, x, qw)
+    assert torch.allclose(out, twin, rtol=1e-5, atol=1e-5 * twin.abs().max().item()), f"seed {seed}"
+    assert torch.equal(last[0], out[-1]), f"seed {seed}"
+
+
 def test_fp8_stays_on_the_fp32_path_unless_its_tiles_are_asked_for() -> None:
     g, seed = _gen()
     kernel = KERNELS["fp8_e4m3"]
