@@ -420,7 +420,7 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(c
         const int64_t r = r0 + i;
         xr[i] = j->xq + r * j->k, dr[i] = j->d + r * nb, br[i] = j->bsum + r * nb, ir[i] = j->isum + r * nb;
     }
-    __m512 acc[4];
+    __m512 acc[4], zsum = _mm512_setzero_ps(); /* BD: the zero terms' own sum (a second dependency chain) */
     __m128 zacc[4];
     for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps(), zacc[i] = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
@@ -456,15 +456,18 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(c
                 const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(ai[2], ai[3]), _mm512_unpackhi_epi32(ai[2], ai[3]));
                 dot = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
             }
+            /* lane i's d * wmul and bsum (one row: every lane of a group holds its dot, so any d will do) */
             const float w = j->wmul;
-            const __m128 d4 = _mm_set_ps(R > 3 ? dr[3][b] * w : 0.0f, R > 2 ? dr[2][b] * w : 0.0f,
-                                         R > 1 ? dr[1][b] * w : 0.0f, dr[0][b] * w);
-            acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s16, _mm512_broadcast_f32x4(d4)), acc[0]);
+            const __m512 d16 = R == 1 ? _mm512_set1_ps(dr[0][b] * w)
+                                      : _mm512_broadcast_f32x4(_mm_set_ps(R > 3 ? dr[3][b] * w : 0.0f,
+                                                                          R > 2 ? dr[2][b] * w : 0.0f,
+                                                                          dr[1][b] * w, dr[0][b] * w));
+            acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s16, d16), acc[0]);
             if (zc) {
-                const __m128 b4 = _mm_set_ps(R > 3 ? br[3][b] : 0.0f, R > 2 ? br[2][b] : 0.0f, R > 1 ? br[1][b] : 0.0f,
-                                             br[0][b]);
-                acc[0] = _mm512_fmadd_ps(_mm512_permutexvar_ps(sel, _mm512_castps128_ps512(z4)),
-                                         _mm512_broadcast_f32x4(b4), acc[0]);
+                const __m512 b16 = R == 1 ? _mm512_set1_ps(br[0][b])
+                                          : _mm512_broadcast_f32x4(_mm_set_ps(R > 3 ? br[3][b] : 0.0f,
+                                                                              R > 2 ? br[2][b] : 0.0f, br[1][b], br[0][b]));
+                zsum = _mm512_fmadd_ps(_mm512_permutexvar_ps(sel, _mm512_castps128_ps512(z4)), b16, zsum);
             }
             continue;
         }
@@ -481,7 +484,7 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(c
     }
     if (BD) { /* acc[0] lane 4 q + i: activation row i, weight row q */
         float lanes[16];
-        _mm512_storeu_ps(lanes, acc[0]);
+        _mm512_storeu_ps(lanes, zc ? _mm512_add_ps(acc[0], zsum) : acc[0]);
         for (int i = 0; i < R; ++i)
             for (int q = 0; q < 4 && t * 4 + q < j->n_out; ++q) j->y[(r0 + i) * j->n_out + t * 4 + q] = lanes[4 * q + i];
         return;
@@ -511,9 +514,10 @@ XQ_AVX512_FN static void tile_int_avx512(const struct job *j, int64_t t) {
 }
 
 /* The amx path's calls below its row threshold: VNNI with the tiles' arithmetic per (row, weight row): each
-   block's four partial sums added in int32 to the block's exact dot, then dot * (s * (d * wmul)) and z * bsum
-   added as amx_epilogue adds them. So a row's result is the tiles' bit for bit, whatever the call's row count:
-   batch invariance holds across the threshold. */
+   block's four partial sums added in int32 to the block's exact dot, dot * (s * (d * wmul)) accumulated as
+   amx_epilogue does, asym_int4's z * bsum in a sum of their own added at the end as amx_zero_terms does. So a
+   row's result is the tiles' bit for bit, whatever the call's row count: batch invariance holds across the
+   threshold. */
 XQ_AVX512_FN static void tile_int_avx512_bd(const struct job *j, int64_t t) {
     int64_t r0 = 0;
     for (; r0 + 4 <= j->m; r0 += 4) rows_int_avx512(j, t, r0, 4, 1);
@@ -879,19 +883,31 @@ XQ_AMX_FN static void amx_decode(const struct job *j, int64_t t0, int64_t count,
     }
 }
 
-/* One block's 16 x 16 int32 dots (c) into the 16 rows' accumulators: acc[r] += dot * s * (d_r * wmul), plus the
-   zero term z * bsum_r for asym_int4. */
+/* One block's 16 x 16 int32 dots (c) into the 16 rows' accumulators: acc[r] += dot * s * (d_r * wmul). (asym_int4's
+   zero terms are summed on their own, amx_zero_terms.) */
 XQ_AMX_FN static inline __attribute__((always_inline)) void amx_epilogue(__m512 acc[16], const int32_t *c,
                                                                        const struct amx_panel *p, int64_t b,
                                                                        const float *const dr[16],
-                                                                       const float *const br[16], float wmul,
-                                                                       int zero) {
+                                                                       float wmul) {
     const __m512 s16 = _mm512_loadu_ps(p->s + b * 16);
-    const __m512 z16 = zero ? _mm512_loadu_ps(p->z + b * 16) : _mm512_setzero_ps();
     for (int r = 0; r < 16; ++r) {
         const __m512 f = _mm512_mul_ps(s16, _mm512_set1_ps(dr[r][b] * wmul));
         acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(c + 16 * r)), f, acc[r]);
-        if (zero) acc[r] = _mm512_fmadd_ps(z16, _mm512_set1_ps(br[r][b]), acc[r]);
+    }
+}
+
+/* asym_int4's zero terms: acc[r] += sum over blocks (in order) of z * bsum_r, summed apart from the dots as the
+   VNNI kernels sum them (8 rows at a time: 8 independent chains). */
+XQ_AMX_FN static inline __attribute__((always_inline)) void amx_zero_terms(__m512 acc[16], const struct amx_panel *p,
+                                                                         int64_t nb, const float *const br[16]) {
+    for (int h = 0; h < 16; h += 8) {
+        __m512 z[8];
+        for (int i = 0; i < 8; ++i) z[i] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; ++b) {
+            const __m512 z16 = _mm512_loadu_ps(p->z + b * 16);
+            for (int i = 0; i < 8; ++i) z[i] = _mm512_fmadd_ps(z16, _mm512_set1_ps(br[h + i][b]), z[i]);
+        }
+        for (int i = 0; i < 8; ++i) acc[h + i] = _mm512_add_ps(acc[h + i], z[i]);
     }
 }
 
@@ -936,8 +952,8 @@ XQ_AMX_FN static inline __attribute__((always_inline)) void amx_ntile(const stru
             T_DPBSSD(E, em, 5, 1, 3);
             T_STORE(E, em, 4, c[0], 64);
             T_STORE(E, em, 5, c[1], 64);
-            amx_epilogue(acc, c[0], p, b, dr, br, j->wmul, zero);
-            amx_epilogue(acc, c[1], p, b + 1, dr, br, j->wmul, zero);
+            amx_epilogue(acc, c[0], p, b, dr, j->wmul);
+            amx_epilogue(acc, c[1], p, b + 1, dr, j->wmul);
         }
         if (b < nb) {
             T_LOAD(E, em, 0, xa + b * 32, k);
@@ -945,8 +961,9 @@ XQ_AMX_FN static inline __attribute__((always_inline)) void amx_ntile(const stru
             T_ZERO(E, em, 4);
             T_DPBSSD(E, em, 4, 0, 2);
             T_STORE(E, em, 4, c[0], 64);
-            amx_epilogue(acc, c[0], p, b, dr, br, j->wmul, zero);
+            amx_epilogue(acc, c[0], p, b, dr, j->wmul);
         }
+        if (zero) amx_zero_terms(acc, p, nb, br);
         const int64_t cols = j->n_out - n0 < 16 ? j->n_out - n0 : 16;
         const __mmask16 keep = (__mmask16)((1u << cols) - 1);
         for (int64_t r = 0; r < rows; ++r) _mm512_mask_storeu_ps(j->y + (m0 + r) * j->n_out + n0, keep, acc[r]);
