@@ -13,13 +13,14 @@
 #
 #   OUT=... bash bench/device_session.sh
 #   STAGES="mma engine spec" OUT=... bash bench/device_session.sh   # a subset (the default runs all, in order:
-#                                   mma engine spec finetune sweep cpu); knobs: *_S time limits, SPEC_FORMATS
+#                                   mma sweep engine spec finetune cpu); knobs: *_S time limits, SPEC_FORMATS,
+#                                   WARM_FORMATS (space-separated), SWEEP_FORMATS, SWEEP_ROWS
 # Carry: bench/out/pydeps (`bash bench/gpu_run.sh prepare`), bench/out/gpu_peer_decode.py (a copy of
 # ../shared/bench/gpu_peer_decode.py) and bench/out/bnb (bitsandbytes unpacked, its cuda130 library only).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-bench/out/device}"
-STAGES="${STAGES:-mma engine spec finetune sweep cpu}"
+STAGES="${STAGES:-mma sweep engine spec finetune cpu}"
 W="$(mktemp -d)"
 mkdir -p "$OUT" "$W/mma" "$W/engine" "$W/cpu"
 P="bash bench/gpu_run.sh py"
@@ -35,7 +36,7 @@ mark "start: $STAGES"
 if want mma; then
   timeout "${MMA_TESTS_S:-120}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
     --noconftest -q -rs tests/kernels/test_triton_mma.py > "$W/mma/tests_mma.txt" 2>&1 &
-  for f in sym_int4:128 nf4:64; do
+  for f in ${WARM_FORMATS:-sym_int4:128 nf4:64}; do
     timeout "${WARM_S:-110}" $P bench/gpu_batched.py --warm-only --formats "$f" --rows 1,8,16,32,64 \
       > "$W/mma/warm_${f%%:*}.log" 2>&1 &
   done
@@ -45,6 +46,15 @@ if want mma; then
     export XPULLM_TRITON_MMA=1
     mark "mma tests passed: XPULLM_TRITON_MMA=1"
   fi
+fi
+
+# The batched tiles per format and row count (before the engine, which then uses the winners).
+if want sweep; then
+  timeout "${SWEEP_S:-90}" $P bench/gpu_batched.py --formats "${SWEEP_FORMATS:-sym_int4:128,nf4:64}" \
+    --rows "${SWEEP_ROWS:-1,8,16,32,64}" --all --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
+  mark sweep done
+  # the engine stage below starts from these measured tiles (the tuner would time them all at warm-up)
+  [ -s "$W/mma/tuned_batched.json" ] && export XPULLM_TRITON_TUNED="$W/mma/tuned_batched.json"
 fi
 
 if want engine; then
@@ -70,11 +80,6 @@ if want finetune; then
   mark finetune done
 fi
 
-if want sweep; then
-  timeout "${SWEEP_S:-90}" $P bench/gpu_batched.py --formats sym_int4:128,nf4:64 --rows 1,8,16,32,64 \
-    --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
-  mark sweep done
-fi
 
 # 6. The host's CPU (issue 23 wants Xeon figures; this machine's CPU may be one): the native kernels' twin tests on
 #    every path it runs (avx2, avx512_vnni, amx, and the amx kernel over its C model: tests/kernels/test_cpu_amx.py

@@ -33,13 +33,14 @@ __all__ = [
     "valid",
 ]
 
-Path = Literal["gemv", "gemv_q8", "dot", "mma", "dequant"]
+Path = Literal["gemv", "gemv_q8", "dot", "mma", "mma_t", "dequant"]
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
     """One way to run the product. `gemv_q8` = int8 activations x int4 weights with dp4a (sym/asym_int4, decode);
     `mma` = a batch of rows on tensor cores, one whole-tile dot per K step (`jit.mma_kernel`);
+    `mma_t` = the same product transposed, the decoded weight as the dot's left operand (`jit.mma_t_kernel`);
     `dequant` = decode to a dense weight, then the vendor GEMM."""
 
     path: Path
@@ -51,6 +52,9 @@ class LaunchConfig:
     num_stages: int = 2
     prefetch: bool = False  # gemv, gemv_q8: load the next K step's weights before computing this one (jit.py)
     tiles: int = 1  # gemv_q8, one activation row: tiles of block_n weight rows each program walks in turn
+    plane_dots: bool = False  # mma_t: one dot per bit plane (else one dot over the whole step's codes)
+    pairs: bool = False  # mma_t, plane_dots, sym_int4 x bf16: two planes per bf16x2 decode (inline PTX)
+    natural: bool = False  # mma_t, one dot per step: decoded in the weight's K order, activations contiguous
 
 
 def _gemv(bm: int, bn: int, kb: int, sk: int, warps: int, prefetch: bool = False) -> LaunchConfig:
@@ -146,6 +150,52 @@ _CUDA_MMA = [
         (128, 4, 4, 8, 4),
     )
 ]
+# `mma_t` (the weight tile as the dot's left operand, `jit.mma_t_kernel`): weight rows per tile 64 / 128 (the
+# tensor cores' tall side), words per step, split-K, pipeline depth, and one dot per step vs one per bit plane.
+_CUDA_MMA_T = (
+    [
+        LaunchConfig("mma_t", 0, bn, kb, sk, w, st, plane_dots=pd)
+        for bn, kb, sk, w, st, pd in (
+            (64, 4, 2, 4, 3, False),
+            (64, 4, 4, 4, 3, False),
+            (128, 4, 2, 4, 3, False),
+            (64, 8, 2, 4, 3, False),
+            (64, 2, 4, 4, 4, False),
+            (128, 2, 2, 8, 3, False),
+            (64, 4, 2, 4, 3, True),
+            (64, 4, 4, 4, 3, True),
+            (128, 4, 2, 4, 3, True),
+            (64, 8, 2, 4, 3, True),
+            (128, 4, 1, 8, 3, True),
+            (64, 8, 4, 4, 2, True),
+            (256, 4, 2, 8, 3, True),
+            (128, 4, 4, 4, 3, True),
+            (64, 4, 8, 4, 3, True),
+            (128, 4, 2, 8, 4, True),
+        )
+    ]
+    + [
+        LaunchConfig("mma_t", 0, bn, 4, sk, w, st, plane_dots=True, pairs=True)
+        for bn, sk, w, st in (
+            (64, 2, 4, 3),
+            (64, 4, 4, 3),
+            (128, 2, 4, 3),
+            (128, 4, 4, 3),
+            (128, 2, 8, 3),
+            (256, 2, 8, 3),
+        )
+    ]
+    + [
+        LaunchConfig("mma_t", 0, bn, kb, sk, w, st, natural=True)
+        for bn, kb, sk, w, st in (
+            (64, 4, 2, 4, 3),
+            (64, 4, 4, 4, 3),
+            (128, 4, 2, 8, 3),
+            (64, 2, 4, 4, 4),
+            (128, 2, 4, 4, 3),
+        )
+    ]
+)
 MMA_MAX_M = 256  # row buckets the batched tensor-core tiles are timed for
 MMA_BLOCK_M = (16, 64)  # smallest and largest M tile of `mma` (tl.dot needs >= 16 rows)
 
@@ -182,6 +232,7 @@ CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
         "dot_small": _CUDA_DOT_SMALL,
         "prefill": _CUDA_PREFILL,
         "mma": _CUDA_MMA,
+        "mma_t": _CUDA_MMA_T,
     },
     "xpu": {"gemv": _XPU_GEMV, "dot_small": _XPU_DOT_SMALL, "prefill": _XPU_PREFILL},
 }
@@ -222,8 +273,22 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return True
     if cfg.path == "dot" and (x_dtype not in (torch.bfloat16, torch.float16) or cfg.block_kb < 4):
         return False  # tl.dot on fp32 would silently drop to tf32; one plane's dot needs K = 4 * BKB >= 16
-    if cfg.path == "mma" and (x_dtype not in (torch.bfloat16, torch.float16) or cfg.block_m < MMA_BLOCK_M[0]):
+    if cfg.path in ("mma", "mma_t") and (
+        x_dtype not in (torch.bfloat16, torch.float16) or cfg.block_m < MMA_BLOCK_M[0]
+    ):
         return False  # bf16 / fp16 tensor-core operands; tl.dot needs >= 16 rows
+    if cfg.path == "mma_t" and cfg.plane_dots and cfg.block_kb < 4:
+        return False  # one plane's dot has K = 4 * block_kb words' codes: tl.dot needs K >= 16
+    if cfg.natural and (cfg.path != "mma_t" or cfg.plane_dots or cfg.pairs):
+        return False  # the natural K order is one of mma_t's single-dot layouts
+    if cfg.pairs and not (
+        cfg.path == "mma_t"
+        and cfg.plane_dots
+        and tw.format == "sym_int4"
+        and x_dtype == torch.bfloat16
+        and one_scale_per_step(tw, cfg)
+    ):
+        return False  # the bf16x2 decode yields unscaled sym_int4 codes, scaled after the step's dot
     if cfg.path == "gemv_q8" and (
         tw.format not in Q8_FORMATS or x_dtype == torch.float32 or cfg.block_m not in Q8_ROW_TILES
     ):
@@ -232,6 +297,13 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return False  # only the one-row int8 GEMV program walks several weight tiles
     # A split needs at least a couple of K steps to be worth its reduction pass.
     return cfg.split_k == 1 or tw.kw >= 2 * cfg.split_k * cfg.block_kb * 4
+
+
+def one_scale_per_step(tw, cfg: LaunchConfig) -> bool:
+    """True when one K step of `cfg` never straddles two scale groups of `tw` (one scale per row per step)."""
+    from xpullm.kernels.triton.layout import SINGLE_GROUP_WORDS
+
+    return tw.group_words == SINGLE_GROUP_WORDS or tw.group_words % (cfg.block_kb * 4) == 0
 
 
 def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[LaunchConfig]:
@@ -250,7 +322,9 @@ def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[Launc
     if mma_enabled() and bucket <= MMA_MAX_M and (bucket > 1 or tw.format not in Q8_FORMATS):
         # At batch 1 the tiles waste 15 of 16 rows, but for the formats without the int8 GEMV (codebooks,
         # 8-bit) their cheaper per-weight decode can still beat the float GEMV: the tuner decides.
-        pool += [replace(c, block_m=mma_block_m(bucket)) for c in table.get("mma", ())]
+        pool += [
+            replace(c, block_m=mma_block_m(bucket)) for c in (*table.get("mma", ()), *table.get("mma_t", ()))
+        ]
     return [c for c in pool if valid(c, tw, x_dtype)]
 
 

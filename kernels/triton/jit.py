@@ -859,3 +859,252 @@ def mma_kernel(
         tl.store(y_ptr + m2 * stride_ym + n2, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
     else:
         tl.store(y_ptr + pid_k * stride_ys + m2 * stride_ym + n2, acc, mask=out_ok)
+
+
+# -- batched decode with the weight as the dot's LEFT operand (`mma_t`) -----------------------------------------
+# `mma_kernel` multiplies x [BM, K] by the decoded weight tile [K, BN]: on Hopper the right operand of a wgmma
+# must sit in shared memory, so every decoded weight makes a register -> shared -> tensor-core round trip, and
+# the 4-D decode tile needs a reshape (another shuffle). Here the product is computed transposed,
+# y^T [BN, BM] = W [BN, K] @ x^T [K, BM]: the decoded weight is the left operand, which the tensor cores take
+# from registers, and the small activation tile is the one staged in shared memory. Rows of the batch become
+# the dot's narrow side (16..64 columns), so the weight tile (64..128 rows) fills the MMA's tall side.
+#
+# K order: the dot sums over K, so any order works if weights and activations agree. A step covers BKW words
+# (BKW / 4 blocks). `PLANE_DOTS`: one dot per bit plane p, over the BKW words' plane-p codes, whose elements
+# are 32 b + 4 p + l for word 4 b + l (4-bit); the activation rows are gathered in that order. Otherwise one
+# dot over all BKW * PLANES codes, flattened (word, plane) - again with the activations gathered to match.
+# Codebook decode (`CODEBOOK`): 0 = the 16-entry table in memory, 1 = NF4 by a select tree in registers,
+# 2 = e2m1 (fp4) by its bit pattern (an fp16 with the sign, exponent and mantissa moved into place, x 2**14).
+
+
+@triton.jit
+def _nf4_levels(q):
+    """NF4 codes (0..15, int32) -> their levels in fp32, by a 4-level select tree on the code bits (no memory)."""
+    b0 = (q & 1) != 0
+    b1 = (q & 2) != 0
+    b2 = (q & 4) != 0
+    b3 = (q & 8) != 0
+    t0 = tl.where(b0, -0.6961928009986877, -1.0)
+    t1 = tl.where(b0, -0.39491748809814453, -0.5250730514526367)
+    t2 = tl.where(b0, -0.18477343022823334, -0.28444138169288635)
+    t3 = tl.where(b0, 0.0, -0.09105003625154495)
+    t4 = tl.where(b0, 0.16093020141124725, 0.07958029955625534)
+    t5 = tl.where(b0, 0.33791524171829224, 0.24611230194568634)
+    t6 = tl.where(b0, 0.5626170039176941, 0.44070982933044434)
+    t7 = tl.where(b0, 1.0, 0.7229568362236023)
+    u0 = tl.where(b1, t1, t0)
+    u1 = tl.where(b1, t3, t2)
+    u2 = tl.where(b1, t5, t4)
+    u3 = tl.where(b1, t7, t6)
+    return tl.where(b3, tl.where(b2, u3, u2), tl.where(b2, u1, u0))
+
+
+@triton.jit
+def _decode_codes(q, lut_ptr, FMT: tl.constexpr, CODEBOOK: tl.constexpr):
+    """Unsigned codes q (already shifted and masked, int32) -> fp32 values before the group scale."""
+    if FMT == SYM_INT4:
+        v = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0  # 2**23 + code - 8
+    elif FMT == ASYM_INT4:
+        v = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+    elif FMT == LUT4:
+        if CODEBOOK == 1:
+            v = _nf4_levels(q)
+        elif CODEBOOK == 2:
+            h = ((q & 8) << 12) | ((q & 7) << 9)  # e2m1 -> fp16 bits; the value is that fp16 x 2**14
+            v = h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32) * 16384.0
+        else:
+            v = tl.load(lut_ptr + q)
+    elif FMT == SYM_INT8:
+        v = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0  # 2**23 + code - 128
+    elif FMT == FP8_E4M3:
+        h = ((q & 0x80) << 8) | ((q & 0x7F) << 7)
+        v = h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    else:
+        v = (q << 8).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _int4_pair_bf16(t, EMULATE: tl.constexpr):
+    """sym_int4 codes in bits 0-3 and 16-19 of int32 `t` -> (code - 8) of each as bf16 (exact), the two in one
+    bf16x2 register: the codes are masked into the mantissas of 2**7 (bf16 0x4300 = 128, ulp 1) and one packed
+    `fma.rn.bf16x2` subtracts 136 - about 1.5 instructions per weight instead of ~4.5 through fp32."""
+    if EMULATE:  # the interpreter runs no PTX: the same values through fp32
+        lo = ((t & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
+        hi = (((t >> 16) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0
+        return lo.to(tl.bfloat16), hi.to(tl.bfloat16)
+    return tl.inline_asm_elementwise(
+        """{
+        .reg .b32 q;
+        .reg .b32 one, bias;
+        mov.b32 one, 0x3F803F80;
+        mov.b32 bias, 0xC308C308;
+        lop3.b32 q, $2, 0x000F000F, 0x43004300, 0xEA;
+        fma.rn.bf16x2 q, q, one, bias;
+        mov.b32 {$0, $1}, q;
+        }""",
+        "=h,=h,r",
+        [t],
+        dtype=(tl.bfloat16, tl.bfloat16),
+        is_pure=True,
+        pack=1,
+    )
+
+
+@triton.jit
+def _mma_t_operands(
+    w, s, z, lut_ptr, x_ptr, m_row, m_ok, stride_xm, e, e_end,
+    FMT: tl.constexpr, CODEBOOK: tl.constexpr, MASK: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE: tl.constexpr,
+    EVEN: tl.constexpr,
+):  # fmt: skip
+    """(weight operand, activation operand) of one dot: the codes in the low bits of `w` decoded (and scaled
+    with s / z when SCALE), and the activations at elements `e` (1-D, the dot's K order) as [K, BLOCK_M]."""
+    v = _decode_codes(w & MASK, lut_ptr, FMT, CODEBOOK)
+    if SCALE:
+        if HAS_ZERO:
+            v = v * s + z
+        else:
+            v = v * s
+    xt = _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, e_end, EVEN)
+    return v.to(xt.dtype), xt
+
+
+@triton.jit
+def _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, e_end, EVEN: tl.constexpr):
+    """Activations at elements `e` (1-D, the dot's K order) of rows m_row, as [K, BLOCK_M]."""
+    e2 = e[:, None]
+    if EVEN:
+        return tl.load(x_ptr + m_row * stride_xm + e2, mask=m_ok, other=0.0)
+    return tl.load(x_ptr + m_row * stride_xm + e2, mask=m_ok & (e2 < e_end), other=0.0)
+
+
+@triton.jit
+def _mma_t_dot(wt, xt, acc, DOT_F32: tl.constexpr):
+    if DOT_F32:  # the Triton interpreter multiplies bf16 operands as raw integers
+        return acc + tl.dot(wt.to(tl.float32), xt.to(tl.float32))
+    return tl.dot(wt, xt, acc)
+
+
+@triton.jit
+def mma_t_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, y_ptr,
+    M, N, KW, NG, words_per_split,
+    stride_xm, stride_wn, stride_sn, stride_ym, stride_ys,
+    GROUP_WORDS: tl.constexpr, FMT: tl.constexpr, PLANES: tl.constexpr, HAS_ZERO: tl.constexpr,
+    CODEBOOK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BKW: tl.constexpr,
+    PLANE_DOTS: tl.constexpr, PAIRS: tl.constexpr, NATURAL: tl.constexpr, USE_WS: tl.constexpr,
+    POST_SCALE: tl.constexpr,
+    EVEN: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    """y[m, n] = sum_k x[m, k] W[n, k] for a batch of activation rows, as y^T = W @ x^T on tensor cores.
+
+    Per K step a program loads a [BLOCK_N, BKW] tile of weight words (BKW a multiple of 4: whole blocks),
+    decodes it in registers (shift, mask, magic-float subtraction / codebook / fp8 bit pattern; group scale and
+    zero point), and multiplies it with the matching activations [K, BLOCK_M] (see the K-order note above).
+    POST_SCALE (one scale and zero point per weight row for the whole step): codes go into the dot unscaled,
+    the fp32 step product is scaled per row and the zero point enters as zero x the step's activation sums.
+    NATURAL (one dot per step): the tile is decoded in the weight's own K order and the activations are read
+    as one contiguous run. EVEN: every weight row tile lies inside N and every step is
+    whole (no masks on the weight stream). PAIRS (sym_int4, PLANE_DOTS, POST_SCALE, bf16 x): planes p and p + 4
+    decode together in bf16x2 (`_int4_pair_bf16`).
+    Grid: (N tiles, K splits, M tiles); x [M, KX] bf16 / fp16; output y [M, N] (or fp32 split partials).
+    """
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_m = tl.program_id(2)
+    BITS: tl.constexpr = 32 // PLANES
+    MASK: tl.constexpr = (1 << BITS) - 1
+    CHUNK: tl.constexpr = 4 * PLANES  # elements per 4-word block
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n2 = offs_n[:, None]
+    n_ok = n2 < N
+    m_row = offs_m[None, :]  # activation rows run along the dot's narrow side
+    m_ok = m_row < M
+    j = tl.arange(0, BKW)  # word of the step
+    # element (relative to the step's first element) of plane 0 of word j: 4-word blocks of CHUNK elements
+    e0 = (j // 4) * CHUNK + j % 4
+
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    kw_begin = pid_k * words_per_split
+    kw_end = tl.minimum(kw_begin + words_per_split, KW)
+    wait_for_inputs(PDL)
+    for kw0 in range(kw_begin, kw_end, BKW):
+        kw2 = kw0 + j[None, :]
+        if EVEN:
+            w = tl.load(w_ptr + n2 * stride_wn + kw2)
+        else:
+            w = tl.load(w_ptr + n2 * stride_wn + kw2, mask=n_ok & (kw2 < kw_end), other=0)
+        if POST_SCALE:  # one scale (and zero point) per row for the step: applied to the step's product
+            s_row = tl.load(s_ptr + offs_n * stride_sn + kw0 // GROUP_WORDS, mask=offs_n < N, other=0.0)
+            s = s_row.to(tl.float32)[:, None]
+            z = s  # placeholder: the operands go into the dot unscaled
+            part = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        else:
+            g2 = kw2 // GROUP_WORDS
+            s_ok = n_ok & (g2 < NG)
+            s = tl.load(s_ptr + n2 * stride_sn + g2, mask=s_ok, other=0.0).to(tl.float32)
+            z = s
+            if HAS_ZERO:
+                z = tl.load(z_ptr + n2 * stride_sn + g2, mask=s_ok, other=0.0).to(tl.float32)
+            part = acc
+        xsum = tl.zeros([BLOCK_M], dtype=tl.float32)  # the step's activation sums (zero-point term)
+        x0 = kw0 * PLANES  # the step's first element
+        if PAIRS:
+            for p in tl.static_range(PLANES // 2):
+                lo, hi = _int4_pair_bf16(w >> (p * BITS), DOT_F32)
+                for half in tl.static_range(2):
+                    e = x0 + e0 + 4 * (p + half * (PLANES // 2))
+                    xt = _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, kw_end * PLANES, EVEN)
+                    part = _mma_t_dot(hi if half else lo, xt, part, DOT_F32)
+        elif PLANE_DOTS:
+            for p in tl.static_range(PLANES):
+                wt, xt = _mma_t_operands(
+                    w >> (p * BITS), s, z, lut_ptr, x_ptr, m_row, m_ok, stride_xm, x0 + e0 + 4 * p,
+                    kw_end * PLANES, FMT, CODEBOOK, MASK, HAS_ZERO, not POST_SCALE, EVEN,
+                )  # fmt: skip
+                part = _mma_t_dot(wt, xt, part, DOT_F32)
+                if POST_SCALE and HAS_ZERO:
+                    xsum += tl.sum(xt.to(tl.float32), axis=0)
+        elif NATURAL:
+            # [BN, BKW/4 blocks, PLANES, 4 words]: element 4 p + l of each block - the weight's own K order,
+            # so the activations are one contiguous run
+            w4 = tl.expand_dims(tl.reshape(w, (BLOCK_N, BKW // 4, 4)), 2)
+            sh = (tl.arange(0, PLANES) * BITS)[None, None, :, None]
+            if POST_SCALE:
+                s4 = s[:, :, None, None]
+                z4 = s4
+            else:
+                s4 = tl.expand_dims(tl.reshape(s, (BLOCK_N, BKW // 4, 4)), 2)
+                z4 = tl.expand_dims(tl.reshape(z, (BLOCK_N, BKW // 4, 4)), 2)
+            wt, xt = _mma_t_operands(
+                w4 >> sh, s4, z4, lut_ptr, x_ptr, m_row, m_ok, stride_xm, x0 + tl.arange(0, BKW * PLANES),
+                kw_end * PLANES, FMT, CODEBOOK, MASK, HAS_ZERO, not POST_SCALE, EVEN,
+            )  # fmt: skip
+            part = _mma_t_dot(tl.reshape(wt, (BLOCK_N, BKW * PLANES)), xt, part, DOT_F32)
+            if POST_SCALE and HAS_ZERO:
+                xsum += tl.sum(xt.to(tl.float32), axis=0)
+        else:
+            sh = (tl.arange(0, PLANES) * BITS)[None, None, :]
+            e = x0 + (e0[:, None] + 4 * tl.arange(0, PLANES)[None, :])  # [BKW, PLANES]
+            wt, xt = _mma_t_operands(
+                tl.expand_dims(w, 2) >> sh, tl.expand_dims(s, 2), tl.expand_dims(z, 2), lut_ptr, x_ptr, m_row,
+                m_ok, stride_xm, tl.reshape(e, (BKW * PLANES,)), kw_end * PLANES, FMT, CODEBOOK, MASK, HAS_ZERO,
+                not POST_SCALE, EVEN,
+            )  # fmt: skip
+            part = _mma_t_dot(tl.reshape(wt, (BLOCK_N, BKW * PLANES)), xt, part, DOT_F32)
+            if POST_SCALE and HAS_ZERO:
+                xsum += tl.sum(xt.to(tl.float32), axis=0)
+        if POST_SCALE:
+            acc += part * s
+            if HAS_ZERO:
+                z_row = tl.load(z_ptr + offs_n * stride_sn + kw0 // GROUP_WORDS, mask=offs_n < N, other=0.0)
+                acc += z_row.to(tl.float32)[:, None] * xsum[None, :]
+        else:
+            acc = part
+    out_ok = n_ok & m_ok
+    if not USE_WS:
+        tl.store(y_ptr + m_row * stride_ym + n2, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
+    else:
+        tl.store(y_ptr + pid_k * stride_ys + m_row * stride_ym + n2, acc, mask=out_ok)

@@ -26,8 +26,10 @@ from xpullm.kernels.triton.configs import (
     default_config,
     default_q8_config,
     m_bucket,
+    one_scale_per_step,
+    valid,
 )
-from xpullm.kernels.triton.layout import SINGLE_GROUP_WORDS, TritonWeight
+from xpullm.kernels.triton.layout import TritonWeight
 from xpullm.kernels.triton.pdl import launch_options
 from xpullm.settings import runtime_settings
 
@@ -55,11 +57,6 @@ _REDUCE_BLOCK = 1024
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, like triton.jit does at decoration
 _tuned: dict[tuple, LaunchConfig] = {}
 _tune_lock = threading.Lock()
-
-
-def _scale_per_tile(tw: TritonWeight, cfg: LaunchConfig) -> bool:
-    """True when one K step never straddles two scale groups, so the step loads one scale per row."""
-    return tw.group_words == SINGLE_GROUP_WORDS or tw.group_words % (cfg.block_kb * 4) == 0
 
 
 def _words_per_split(tw: TritonWeight, cfg: LaunchConfig) -> int:
@@ -126,6 +123,8 @@ def run(
         return _dequant_matmul(x2, tw, out)
     if cfg.path == "mma":
         return _run_mma(x2, None, tw, cfg, out, workspace)
+    if cfg.path == "mma_t":
+        return _run_mma_t(x2, tw, cfg, out, workspace)
     split = cfg.split_k
     workspace, target, stride_ys = _split_target(split, out, workspace)
     zeros = tw.zeros if tw.zeros is not None else tw.scales
@@ -139,7 +138,7 @@ def run(
         FMT=tw.fmt_code,
         PLANES=tw.planes,
         HAS_ZERO=tw.zeros is not None,
-        SCALE_PER_TILE=_scale_per_tile(tw, cfg),
+        SCALE_PER_TILE=one_scale_per_step(tw, cfg),
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
         BLOCK_KB=cfg.block_kb,
@@ -257,7 +256,7 @@ def run_q8(
         stride_ys,
     )  # fmt: skip
     meta = dict(
-        GROUP_WORDS=tw.group_words, HAS_ZERO=tw.zeros is not None, SCALE_PER_TILE=_scale_per_tile(tw, cfg),
+        GROUP_WORDS=tw.group_words, HAS_ZERO=tw.zeros is not None, SCALE_PER_TILE=one_scale_per_step(tw, cfg),
         BLOCK_N=cfg.block_n, BLOCK_KB=cfg.block_kb, USE_WS=split > 1,
         EMULATE=_INTERPRET or tw.device.type != "cuda", PREFETCH=cfg.prefetch, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **launch_options(tw.device),
@@ -304,8 +303,51 @@ def _run_mma(
         x.stride(0), scales_x.stride(0), tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
         GROUP_WORDS=tw.group_words, FMT=tw.fmt_code, PLANES=tw.planes, HAS_ZERO=tw.zeros is not None,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_KB=cfg.block_kb, USE_WS=split > 1, X_Q8=x_q8,
-        POST_SCALE=_scale_per_tile(tw, cfg) and tw.zeros is None,
+        POST_SCALE=one_scale_per_step(tw, cfg) and tw.zeros is None,
         DOT_F32=_INTERPRET, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(tw.device),
+    )  # fmt: skip
+    if split > 1:
+        _reduce_splits(workspace, out)
+    return out
+
+
+_CODEBOOK_DECODE = {
+    "nf4": 1,
+    "fp4": 2,
+}  # jit.mma_t_kernel's CODEBOOK: select tree / e2m1 bits; else the table
+
+
+def _run_mma_t(
+    x: torch.Tensor, tw: TritonWeight, cfg: LaunchConfig, out: torch.Tensor, workspace: torch.Tensor | None
+) -> torch.Tensor:
+    """`jit.mma_t_kernel`: x [M, KX] bf16 / fp16 times the weight, computed as W @ x^T."""
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(
+            f"mma_t tiles take bf16 / fp16 activations (fp32 dots would run as tf32), got {x.dtype}"
+        )
+    bkw = cfg.block_kb * 4
+    if cfg.block_m < 16 or (cfg.plane_dots and bkw < 16):
+        raise ValueError(f"mma_t tiles need block_m >= 16 and, with plane_dots, block_kb >= 4; got {cfg}")
+    if cfg.pairs and not valid(cfg, tw, x.dtype):
+        raise ValueError(
+            f"pairs=True decodes unscaled sym_int4 codes for bf16 activations with one scale per K step; "
+            f"{tw.format} (group {tw.group_size}) x {x.dtype} with {cfg} is not that: use pairs=False"
+        )
+    m = x.shape[0]
+    split = cfg.split_k
+    workspace, target, stride_ys = _split_target(split, out, workspace)
+    zeros = tw.zeros if tw.zeros is not None else tw.scales
+    grid = (triton.cdiv(tw.n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
+    jit.mma_t_kernel[grid](
+        x, tw.words, tw.scales, zeros, tw.lut, target,
+        m, tw.n, tw.kw, tw.n_groups, _words_per_split(tw, cfg),
+        x.stride(0), tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
+        GROUP_WORDS=tw.group_words, FMT=tw.fmt_code, PLANES=tw.planes, HAS_ZERO=tw.zeros is not None,
+        CODEBOOK=_CODEBOOK_DECODE.get(tw.format, 0), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BKW=bkw,
+        PLANE_DOTS=cfg.plane_dots, PAIRS=cfg.pairs, NATURAL=cfg.natural, USE_WS=split > 1,
+        POST_SCALE=one_scale_per_step(tw, cfg),
+        EVEN=tw.n % cfg.block_n == 0 and tw.kw % bkw == 0, DOT_F32=_INTERPRET,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(tw.device),
     )  # fmt: skip
     if split > 1:
         _reduce_splits(workspace, out)

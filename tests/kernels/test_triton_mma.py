@@ -62,6 +62,24 @@ if not INTERPRET:
     ]
 
 
+# The transposed kernel (`mma_t`: weight tile as the dot's left operand), one dot per step and one per plane.
+T_CASES = [
+    (37, 200, 3, LaunchConfig("mma_t", 16, 64, 4, 1, 4, 2)),
+    (128, 512, 20, LaunchConfig("mma_t", 16, 64, 4, 2, 4, 2, plane_dots=True)),
+    (64, 256, 16, LaunchConfig("mma_t", 16, 64, 2, 1, 4, 2)),  # EVEN: whole tiles and steps, no masks
+    (37, 300, 17, LaunchConfig("mma_t", 16, 64, 4, 2, 4, 2, natural=True)),
+]
+if not INTERPRET:
+    T_CASES += [
+        (300, 1030, 9, LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True)),
+        (1000, 1030, 64, LaunchConfig("mma_t", 64, 128, 4, 2, 8, 3)),
+        (4096, 4096, 16, LaunchConfig("mma_t", 16, 64, 4, 4, 4, 3)),
+        (4096, 4096, 32, LaunchConfig("mma_t", 32, 64, 8, 2, 4, 3, plane_dots=True)),
+        (2048, 4096, 100, LaunchConfig("mma_t", 32, 128, 2, 1, 8, 3)),
+        (4096, 4096, 16, LaunchConfig("mma_t", 16, 64, 4, 4, 4, 3, natural=True)),
+    ]
+
+
 def _seed() -> int:
     return random.SystemRandom().randrange(2**31)  # fresh inputs every run; printed on failure
 
@@ -93,6 +111,59 @@ def test_mma_matches_reference(fmt, gs, case):
     err = _rel_err(y, x.float() @ qw.dequantize(torch.float32).T)
     # bf16 weights and activations in the dot, fp32 accumulation: ~6e-3 on these weights
     assert err < 1e-2, f"{fmt} g{gs} {n}x{k} m={m} {cfg} seed={seed}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize(("fmt", "gs"), FORMATS)
+@pytest.mark.parametrize("case", range(len(T_CASES)))
+def test_mma_t_matches_reference(fmt, gs, case):
+    n, k, m, cfg = T_CASES[case]
+    seed = _seed()
+    qw = _weight(fmt, gs, n, k, seed)
+    tw = pack_weight(qw, DEVICE)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)).bfloat16()
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+    y = run(_prepare_x(x.to(DEVICE), tw), tw, cfg, out=out)
+    err = _rel_err(y, x.float() @ qw.dequantize(torch.float32).T)
+    assert err < 1e-2, f"{fmt} g{gs} {n}x{k} m={m} {cfg} seed={seed}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "m", "cfg"),
+    [
+        (37, 300, 5, LaunchConfig("mma_t", 16, 64, 4, 1, 4, 2, plane_dots=True, pairs=True)),
+        (128, 512, 16, LaunchConfig("mma_t", 16, 64, 4, 2, 4, 2, plane_dots=True, pairs=True)),
+    ],
+)
+def test_mma_t_bf16x2_pair_decode_matches_reference(n, k, m, cfg):
+    seed = _seed()
+    qw = _weight("sym_int4", 128, n, k, seed)
+    tw = pack_weight(qw, DEVICE)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)).bfloat16()
+    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+    y = run(_prepare_x(x.to(DEVICE), tw), tw, cfg, out=out)
+    err = _rel_err(y, x.float() @ qw.dequantize(torch.float32).T)
+    assert err < 1e-2, f"{n}x{k} m={m} {cfg} seed={seed}: relative error {err:.2e}"
+    other = pack_weight(_weight("sym_int4", 32, n, k, seed), DEVICE)  # 4-word groups: two scales per step
+    with pytest.raises(ValueError, match="pairs=False"):
+        run(_prepare_x(x.to(DEVICE), other), other, cfg)
+
+
+def test_codebook_decodes_in_registers_equal_the_tables():
+    """mma_t decodes nf4 by a select tree and fp4 by its bit pattern: every code gives the table's level."""
+    from xpullm.kernels.codebook import CODEBOOKS
+
+    for fmt in ("nf4", "fp4"):
+        k = 256
+        codes = torch.arange(16).repeat(k // 16)  # every code in every plane position
+        levels = torch.tensor(CODEBOOKS[fmt])
+        w = levels[codes].repeat(16, 1)  # 16 rows; absmax 1 (nf4) / 6 (fp4) per group -> scale 1 on nf4
+        tw = pack_weight(get_format(fmt).quantize(w, 64), DEVICE)
+        x = torch.eye(k)[:16].bfloat16()  # picks the first 16 columns of each row
+        cfg = LaunchConfig("mma_t", 16, 64, 4, 1, 4, 2, plane_dots=True)
+        y = run(_prepare_x(x.to(DEVICE), tw), tw, cfg).float().cpu()
+        ref = x.float() @ get_format(fmt).quantize(w, 64).dequantize(torch.float32).T
+        # y[i, n] = W[n, i]: one decoded weight, rounded to bf16 twice (operand, output); levels are >= 5% apart
+        assert torch.allclose(y, ref, rtol=2**-7, atol=0), (fmt, (y - ref).abs().max())
 
 
 @pytest.mark.parametrize(("fmt", "gs"), [f for f in FORMATS if f[0] in Q8_FORMATS])
