@@ -85,8 +85,9 @@ fi
 #    every path it runs (avx2, avx512_vnni, amx, and the amx kernel over its C model: tests/kernels/test_cpu_amx.py
 #    holds the model to the hardware), then the AMX prefill table: the integer formats and fp8_e4m3 on a Llama
 #    square and the packaged model's MLP shapes at M = 1..256 on each path (amx as it dispatches, and its tiles
-#    forced at M < 16: whether the threshold of 16 should move; fp8 on its opt-in bf16 tiles). CPU_FULL=1 adds the decode / M=128
-#    table with PyTorch's int4/int8 ops (oneDNN: AMX where the CPU has it) beside. Outputs under cpu/.
+#    forced at M < 16: whether the threshold of 16 should move; fp8 on its opt-in bf16 tiles). CPU_FULL=1 adds
+#    the decode / M=128 table with PyTorch's int4/int8 ops (oneDNN: AMX where the CPU has it) beside. Outputs
+#    under cpu/ (and cpu_amx.md beside all.tgz).
 if want cpu && grep -q GenuineIntel /proc/cpuinfo; then
   timeout "${CPU_TESTS_S:-100}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
     --noconftest -q -rs tests/kernels/test_cpu_amx.py tests/kernels/test_cpu_fused_layer.py \
