@@ -149,7 +149,7 @@ def test_amx_kernel_equals_its_twins_on_random_shapes(fmt: str, path: str) -> No
     """M, N, K not multiples of the 16 x 16 x 32 tiles (M and N tails), group sizes of 1-4 blocks; every call
     through the tiles (amx_min_rows 1). Against the PyTorch twin and the avx512 path (integer formats: same integer
     dot per block, other float order; fp8: fp32 activations there, the 2^-17-close bf16 split here), and on an AMX
-    CPU the hardware against the model: bit for bit for the integer tiles; within 1e-6 of the largest output for
+    CPU the hardware against the model: bit for bit for the integer tiles; within 1e-5 of the largest output for
     the bf16 tiles (the model rounds each add as the SDM writes it; the hardware's order is not documented)."""
     g, seed = _gen()
     kernel = KERNELS[fmt]
@@ -182,7 +182,7 @@ def test_amx_kernel_equals_its_twins_on_random_shapes(fmt: str, path: str) -> No
             if fmt not in FP8:
                 assert torch.equal(out, model), f"{shape}: hardware != model"
             elif HARDWARE_BF16:
-                assert torch.allclose(out, model, rtol=0, atol=1e-6 * twin.abs().max().item()), shape
+                assert torch.allclose(out, model, rtol=0, atol=1e-5 * twin.abs().max().item()), shape
 
 
 @pytest.mark.parametrize("path", AMX)
