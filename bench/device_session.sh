@@ -8,7 +8,8 @@
 #   4. bench/gpu_batched.py for sym_int4 and nf4 at 1..64 rows                       -> mma/batched.md
 #   5. bench/spec_gpu.py: speculative decoding's verify / draft costs, modelled speed-up -> spec_gpu.md
 #   6. bench/finetune_gpu.py (nf4 QLoRA vs bf16 LoRA vs bitsandbytes nf4)             -> finetune_gpu.md
-#   7. on an Intel host CPU: native CPU kernel tests + bench/cpu_kernels.py at 1 / 2 threads -> cpu/
+#   7. on an Intel host CPU: native CPU kernel tests (AMX hardware vs its C model included) and the AMX prefill
+#      table of bench/cpu_kernels.py at 1 / 2 threads (~3 min; CPU_FULL=1 adds the decode/M=128 table) -> cpu/
 #
 #   OUT=... bash bench/device_session.sh
 #   STAGES="mma engine spec" OUT=... bash bench/device_session.sh   # a subset (the default runs all, in order:
@@ -80,25 +81,42 @@ if want finetune; then
 fi
 
 
-# 6. The host's CPU (issue 23 wants Xeon figures; this machine's CPU may be one): the native kernels' twin tests and
-#    the kernel table at 1 and 2 threads, with PyTorch's int4/int8 ops (oneDNN: AMX where the CPU has it) beside.
+# 6. The host's CPU (issue 23 wants Xeon figures; this machine's CPU may be one): the native kernels' twin tests on
+#    every path it runs (avx2, avx512_vnni, amx, and the amx kernel over its C model: tests/kernels/test_cpu_amx.py
+#    holds the model to the hardware), then the AMX prefill table: the integer formats and fp8_e4m3 on a Llama
+#    square and the packaged model's MLP shapes at M = 1..256 on each path (amx as it dispatches, and its tiles
+#    forced at M < 16: whether the threshold of 16 should move; fp8 on its opt-in bf16 tiles). CPU_FULL=1 adds
+#    the decode / M=128 table with PyTorch's int4/int8 ops (oneDNN: AMX where the CPU has it) beside. Outputs
+#    under cpu/ (and cpu_amx.md beside all.tgz).
 if want cpu && grep -q GenuineIntel /proc/cpuinfo; then
-  timeout "${CPU_TESTS_S:-60}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
-    --noconftest -q tests/kernels/test_cpu_kernels.py > "$W/cpu/tests_cpu.txt" 2>&1
+  timeout "${CPU_TESTS_S:-100}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
+    --noconftest -q -rs tests/kernels/test_cpu_amx.py tests/kernels/test_cpu_fused_layer.py \
+    tests/kernels/test_cpu_kernels.py > "$W/cpu/tests_cpu.txt" 2>&1
+  $P -c 'from xpullm.cli.main import main; main(["info"])' > "$W/cpu/info.txt" 2>&1
+  mark cpu tests done
   for t in 1 2; do
-    timeout "${CPU_BENCH_S:-45}" $P bench/cpu_kernels.py --threads $t --repeat 7 \
-      --kernels cpu_int4pack,cpu_int8pack > "$W/cpu/kernels_t$t.md" 2>&1
+    timeout "${CPU_AMX_S:-60}" $P bench/cpu_kernels.py --threads $t --repeat 5 --rows 1,8,16,64,256 --amx-fp8 \
+      --formats sym_int4,asym_int4,nf4,sym_int8,fp8_e4m3 --shapes 4096x4096,3072x576,576x1536 > "$W/cpu/amx_t$t.md" 2>&1
+    mark cpu amx bench t$t done
   done
+  if [ "${CPU_FULL:-0}" = 1 ]; then
+    for t in 1 2; do
+      timeout "${CPU_BENCH_S:-45}" $P bench/cpu_kernels.py --threads $t --repeat 7 \
+        --kernels cpu_int4pack,cpu_int8pack > "$W/cpu/kernels_t$t.md" 2>&1
+    done
+  fi
   mark cpu done
 fi
 
 mark end
 cp "$W/cpu.txt" "$W/steps.txt" "$OUT/"
+[ -f "$W/cpu/amx_t1.md" ] && cat "$W/cpu/tests_cpu.txt" "$W/cpu/info.txt" "$W/cpu"/amx_t*.md > "$OUT/cpu_amx.md" 2>/dev/null
 for f in engine/engine_gpu.md mma/batched.md finetune_gpu.md spec_gpu.md; do
   [ -f "$W/$f" ] && cp "$W/$f" "$OUT/$(basename "$f")"
 done
 cat "$W/cpu.txt" "$W/steps.txt"
-tail -2 "$W/cpu/tests_cpu.txt" 2>/dev/null; head -3 "$W/cpu/kernels_t1.md" 2>/dev/null
+tail -4 "$W/cpu/tests_cpu.txt" 2>/dev/null; grep -h "native CPU" "$W/cpu/info.txt" 2>/dev/null
+cat "$W/cpu/amx_t1.md" "$W/cpu/amx_t2.md" 2>/dev/null
 tail -3 "$W/mma/tests_mma.txt" "$W/engine/tests.txt" 2>/dev/null
 cat "$W/engine/engine_gpu.md" "$W/spec_gpu.md" "$W/finetune_gpu.md" 2>/dev/null
 tail -25 "$W/mma/batched.md" 2>/dev/null

@@ -3,7 +3,8 @@
 PyTorch's `_weight_int4pack_mm_for_cpu` decodes every weight to float and multiplies in floating point, and it has
 no op at all for nf4, fp4 or fp8. These kernels (source: `csrc/cpu_ops.c`) do what llama.cpp does instead for the
 integer and codebook formats: activations are quantised per block of 32 to int8 and each block's dot product is
-integer multiply-adds (AVX2 `vpmaddubsw`, AVX-512 VNNI `vpdpbusd`); nf4/fp4 nibbles go through a 16-entry int8
+integer multiply-adds (AVX2 `vpmaddubsw`, AVX-512 VNNI `vpdpbusd`, and for calls of many rows AMX `tdpbssd` on
+16 x 16 tiles per block of 32); nf4/fp4 nibbles go through a 16-entry int8
 table (`vpshufb`); fp8 codes are turned into fp16 bit patterns in registers and multiplied in fp32. The same
 library holds RMSNorm, SwiGLU, a decode step's attention, which the decoder calls on CPU in fp32, the
 continuous-batching engine's paged attention (`paged_attention`, dispatched by `xpullm.kernels.paged`), and the
@@ -13,7 +14,15 @@ residual add + RMSNorm + gate/up + SwiGLU + down), which quantise each activatio
 The C file is compiled once per source version with the system C compiler (`$CC`, `cc` or `gcc`) into
 `$XPULLM_CACHE/native` and loaded with ctypes: no build step at install, no PyTorch headers, no -march flag. The
 library picks its SIMD path at run time from CPUID (`isa_paths()`: `avx2`, then `avx512_vnni` where the CPU and
-OS have it); `XPULLM_CPU_ISA=avx2` (or `forced_isa`) forces a path. Where there is no compiler, no AVX2/FMA/F16C,
+OS have it, then `amx` where CPUID, XCR0 and Linux's tile-data permission allow it); `XPULLM_CPU_ISA=avx2` (or
+`forced_isa`) forces a path. The amx path runs the integer and codebook formats' calls of at least `amx_min_rows`
+rows (default 16: prefill and batched decode) on AMX-INT8 `tdpbssd` tiles, and shorter calls on VNNI with the
+tiles' arithmetic, so a row's result is the same bit for bit whatever its call's row count (batch invariance).
+fp8 can run its long calls on AMX-BF16 `tdpbf16ps` tiles (activations split into two bf16 halves, 2^-17 close to
+fp32): opt-in (`amx_fp8`, `XPULLM_AMX_FP8=1`), since those rows are not bit for bit the short calls' fp32 path.
+`amx_emulated` (any AVX-512 CPU; `checked_paths()`) is the amx kernel with every tile instruction run by a
+scalar C model of it: the tests hold the amx kernel to its twins on CPUs without AMX, and hold the model to the
+hardware (`amx_probe`) on CPUs with it. Where there is no compiler, no AVX2/FMA/F16C,
 or `XPULLM_NATIVE=0`, the kernels report themselves unavailable and the registry falls back to PyTorch's ops.
 At load, codes are regrouped into 4-row tiles (one cache line per block of 32 columns); `export` gives the
 portable codes back exactly.
@@ -59,6 +68,13 @@ __all__ = [
     "NativeFp8State",
     "NativeTiledState",
     "active_isa",
+    "amx_bf16_on",
+    "amx_emu_faults",
+    "amx_fp8",
+    "amx_min_rows",
+    "amx_probe",
+    "amx_status",
+    "checked_paths",
     "decode_attention",
     "forced_isa",
     "isa_paths",
@@ -78,8 +94,11 @@ log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("csrc") / "cpu_ops.c"
 # No -march: every SIMD function in the C file names its own target and the library dispatches at run time.
 _FLAGS = ("-O3", "-fno-math-errno", "-fPIC", "-shared")
-# The C library's path numbers (xq_isa / xq_set_isa), by name, portable floor first.
-ISA_PATHS = {"avx2": 1, "avx512_vnni": 2}
+# The C library's path numbers (xq_isa / xq_set_isa), by name, portable floor first; `amx_emulated` is the amx
+# kernel over a C model of the tile instructions (a test twin: never picked by itself).
+ISA_PATHS = {"avx2": 1, "avx512_vnni": 2, "amx": 3, "amx_emulated": 4}
+_EMULATED = ("amx_emulated",)
+AMX_MIN_ROWS = 16  # cpu_ops.c's default: the amx path takes calls of at least this many activation rows
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
 
@@ -100,8 +119,9 @@ def _cpu_signature() -> str:
 def _compile(cc: str, out: Path) -> None:
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     errors = []
-    # OpenMP splits rows across threads; a compiler without it still builds the single-threaded kernel.
-    for extra in (("-fopenmp",), ()):
+    # OpenMP splits rows across threads; a compiler without it still builds the single-threaded kernel. One that
+    # does not know the AMX target (gcc < 11, an old assembler) builds without the amx path (XQ_NO_AMX).
+    for extra in (("-fopenmp",), ("-fopenmp", "-DXQ_NO_AMX"), (), ("-DXQ_NO_AMX",)):
         cmd = [cc, *_FLAGS, *extra, str(_SOURCE), "-o", str(tmp), "-lm"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode == 0:
@@ -113,8 +133,7 @@ def _compile(cc: str, out: Path) -> None:
 
 
 def _runnable(lib: ctypes.CDLL) -> list[str]:
-    best = lib.xq_best_isa()
-    return [name for name, code in ISA_PATHS.items() if code <= best]
+    return [name for name, code in ISA_PATHS.items() if name not in _EMULATED and lib.xq_path_runnable(code)]
 
 
 @functools.cache
@@ -144,11 +163,32 @@ def library() -> ctypes.CDLL | None:
         return None
     if not lib.xq_simd():
         return None  # built, but this CPU lacks AVX2/FMA/F16C: the scalar build would be slower than PyTorch
-    for name in ("xq_simd", "xq_best_isa", "xq_isa", "xq_has_amx"):
+    for name in (
+        "xq_simd",
+        "xq_best_isa",
+        "xq_isa",
+        "xq_has_amx",
+        "xq_amx_emu_faults",
+        "xq_amx_reason",
+        "xq_amx_bf16",
+    ):
         getattr(lib, name).restype = ctypes.c_int
         getattr(lib, name).argtypes = []
-    lib.xq_set_isa.argtypes = [ctypes.c_int]
-    lib.xq_set_isa.restype = ctypes.c_int
+    for name in ("xq_set_isa", "xq_path_runnable", "xq_set_amx_min_rows", "xq_set_amx_fp8"):
+        getattr(lib, name).argtypes = [ctypes.c_int]
+        getattr(lib, name).restype = ctypes.c_int
+    lib.xq_amx_probe.argtypes = [
+        ctypes.c_int,
+        ctypes.c_int,
+        _P,
+        _I,
+        _P,
+        _P,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
+    lib.xq_amx_probe.restype = ctypes.c_int
     lib.xq_int4_linear.argtypes = [_P, _I, _I, _P, _P, _P, _I, _I, _P, ctypes.c_int]
     lib.xq_lut4_linear.argtypes = [_P, _I, _I, _P, _P, _P, ctypes.c_float, _I, _I, _P, ctypes.c_int]
     lib.xq_int8_linear.argtypes = [_P, _I, _I, _P, _P, _I, _I, _P, ctypes.c_int]
@@ -193,6 +233,7 @@ def library() -> ctypes.CDLL | None:
                                              _I, _P, _P, ctypes.c_float, _I, _I, _I, _I, ctypes.c_float, _P,
                                              ctypes.c_int, _I, _I]  # fmt: skip
     lib.xq_paged_attention_codes.restype = ctypes.c_int
+    lib.xq_set_amx_fp8(int(os.environ.get("XPULLM_AMX_FP8", "0").strip() == "1"))
     wanted = os.environ.get("XPULLM_CPU_ISA", "").strip().lower()
     if wanted and wanted != "auto":
         if wanted not in ISA_PATHS:
@@ -201,9 +242,13 @@ def library() -> ctypes.CDLL | None:
             )
         if lib.xq_set_isa(ISA_PATHS[wanted]) < 0:
             raise ValueError(
-                f"XPULLM_CPU_ISA={wanted!r}: this CPU cannot run that path; it runs {_runnable(lib)} (unset it)"
+                f"XPULLM_CPU_ISA={wanted!r}: this CPU cannot run that path; it runs {_checked(lib)} (unset it)"
             )
     return lib
+
+
+def _checked(lib: ctypes.CDLL) -> list[str]:
+    return [name for name, code in ISA_PATHS.items() if lib.xq_path_runnable(code)]
 
 
 def isa_paths() -> list[str]:
@@ -221,10 +266,108 @@ def active_isa() -> str | None:
     return next(name for name, c in ISA_PATHS.items() if c == code)
 
 
+def checked_paths() -> list[str]:
+    """Every path the kernels can be forced to here: `isa_paths()` plus the emulated twins (`amx_emulated` on
+    any AVX-512 CPU). The tests run each of them."""
+    lib = library()
+    return [] if lib is None else _checked(lib)
+
+
 def has_amx() -> bool:
-    """Whether CPUID and the OS report AMX int8 tiles (informational: there is no AMX path yet)."""
+    """Whether CPUID and the OS report AMX int8 tiles (the amx path also needs Linux's tile-data permission:
+    `"amx" in isa_paths()` says whether it runs)."""
     lib = library()
     return lib is not None and bool(lib.xq_has_amx())
+
+
+_AMX_REASONS = {
+    0: "amx path on",
+    1: "no amx path: not Linux on x86-64",
+    2: "no amx path: CPUID/XCR0 report no AMX-TILE + AMX-INT8",
+    3: "no amx path: AMX without AVX-512 VNNI",
+    4: "no amx path: the CPU's tile palette is smaller than 8 tiles of 16 x 64 bytes",
+    5: "no amx path: Linux refused the tile-data permission (kernel < 5.16, or a signal stack too small)",
+    6: "no amx path: the C compiler or assembler here does not know AMX (built with XQ_NO_AMX)",
+}
+
+
+def amx_status() -> str:
+    """Whether the amx path runs here, or why not, in words (`xpullm info`, the benchmarks and test skips say it)."""
+    lib = library()
+    if lib is None:
+        return "native kernels not built"
+    code = lib.xq_amx_reason()
+    if code == 0 and not lib.xq_amx_bf16():
+        return "amx path on (int8 tiles; fp8 stays on avx512_vnni: no AMX-BF16)"
+    return _AMX_REASONS[code]
+
+
+@contextlib.contextmanager
+def amx_fp8(on: bool) -> Iterator[None]:
+    """Inside the block the amx paths run (`on`) or do not run the fp8 formats' long calls on AMX-BF16 tiles
+    (default off, or `XPULLM_AMX_FP8=1`: close to the fp32 path, not bit for bit, so batch invariance is lost)."""
+    lib = library()
+    if lib is None:
+        raise ValueError("the native CPU kernels are not built here: no amx path to tune")
+    before = lib.xq_set_amx_fp8(int(on))
+    try:
+        yield
+    finally:
+        lib.xq_set_amx_fp8(before)
+
+
+def amx_bf16_on() -> bool:
+    """Whether the amx path runs the fp8 formats on AMX-BF16 tiles here (amx_emulated always does)."""
+    lib = library()
+    return lib is not None and bool(lib.xq_amx_bf16())
+
+
+@contextlib.contextmanager
+def amx_min_rows(rows: int) -> Iterator[None]:
+    """Inside the block the amx paths take calls of at least `rows` activation rows (default `AMX_MIN_ROWS`);
+    shorter calls run the avx512 path. Tests set 1 to run every shape through the tiles."""
+    lib = library()
+    if lib is None:
+        raise ValueError("the native CPU kernels are not built here: no amx path to tune")
+    before = lib.xq_set_amx_min_rows(rows)
+    try:
+        yield
+    finally:
+        lib.xq_set_amx_min_rows(before)
+
+
+def amx_probe(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, emulated: bool) -> torch.Tensor:
+    """One tile instruction as the amx kernels issue it, on the hardware or on the C model (`emulated`); returns
+    c + a . b. int8 a [rows <= 16, kb <= 64], b [kb / 4, 4 n], int32 c [rows, n <= 16]: `tdpbssd` (int32
+    wrap-around). bf16 a [rows, kb / 2], b [kb / 4, 2 n], fp32 c: `tdpbf16ps`. b in VNNI layout: dword j of b's
+    row k (4 int8 or 2 bf16) multiplies dword k of a's row r into c[r, j]. ValueError where that path does not
+    run or a shape is out of range."""
+    op = {torch.int8: 0, torch.bfloat16: 1}.get(a.dtype)
+    if op is None or b.dtype != a.dtype or c.dtype != (torch.int32, torch.float32)[op]:
+        raise ValueError(
+            f"amx_probe: a, b int8 with c int32, or a, b bf16 with c fp32; got {a.dtype}, {c.dtype}"
+        )
+    rows, kb, n = a.shape[0], a.shape[1] * a.element_size(), c.shape[1]
+    if b.shape != (kb // 4, n * 4 // b.element_size()) or c.shape[0] != rows:
+        raise ValueError(
+            f"amx_probe: b must be [{kb // 4}, 4n bytes] and c [{rows}, n]; got {tuple(b.shape)}"
+        )
+    a, b, out = a.contiguous(), b.contiguous(), c.clone().contiguous()
+    lib = library()
+    status = -1 if lib is None else lib.xq_amx_probe(
+        op, int(emulated), a.data_ptr(), kb, b.data_ptr(), out.data_ptr(), rows, kb, n
+    )  # fmt: skip
+    if status != 0:
+        raise ValueError(f"amx_probe: the {'emulated' if emulated else 'hardware'} tiles do not run here, "
+                         f"or {rows} x {kb} bytes . {kb // 4} x {4 * n} bytes is outside one tile "
+                         "(rows, n <= 16; kb <= 64)")  # fmt: skip
+    return out
+
+
+def amx_emu_faults() -> int:
+    """How many tile uses the emulated amx path made that the hardware would fault on (the tests want none)."""
+    lib = library()
+    return 0 if lib is None else lib.xq_amx_emu_faults()
 
 
 @contextlib.contextmanager
@@ -232,10 +375,10 @@ def forced_isa(name: str) -> Iterator[None]:
     """Run the native kernels on path `name` (see `isa_paths`) inside the block, then go back to the one before."""
     lib = library()
     if lib is None or name not in ISA_PATHS:
-        raise ValueError(f"unknown or unavailable CPU path {name!r}: this machine runs {isa_paths()}")
+        raise ValueError(f"unknown or unavailable CPU path {name!r}: this machine runs {checked_paths()}")
     before = lib.xq_isa()
     if lib.xq_set_isa(ISA_PATHS[name]) < 0:
-        raise ValueError(f"this CPU cannot run the {name} path; it runs {isa_paths()}")
+        raise ValueError(f"this CPU cannot run the {name} path; it runs {checked_paths()}")
     try:
         yield
     finally:

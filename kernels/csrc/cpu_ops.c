@@ -7,6 +7,12 @@
  *   avx2       u8/s8 x s8 vpmaddubsw, fp8 -> fp16 -> fp32 FMA    any AVX2 + FMA + F16C CPU (the portable floor)
  *   avx512     u8 x s8 vpdpbusd (VNNI) on 4 rows per zmm,         AVX-512 F/BW/VL + VNNI (Ice Lake, Sapphire
  *              fp8 -> fp16 -> fp32 FMA on 16 lanes               Rapids, Zen 4+)
+ *   amx        s8 x s8 tdpbssd on 16 x 16 tiles per block of 32  AMX-TILE + AMX-INT8 (Sapphire Rapids+), Linux
+ *              for calls of >= amx_min_rows rows, VNNI with the  permission granted; prefill and batched rows
+ *              tiles' arithmetic below (bit for bit the tiles);
+ *              fp8: tdpbf16ps on a bf16 split (opt-in, amx_fp8)  + AMX-BF16
+ *   amx_emulated  the amx path with each tile instruction run by   any AVX-512 CPU: the test twin of the amx path
+ *              its scalar C model (amx_emu_*), not the hardware
  *
  * Integer formats (sym_int4, asym_int4, the 4-bit codebooks nf4/fp4, sym_int8): activations are quantised per
  * block of 32 columns to int8 with scale d = max|x| / 127, stored with each block's even columns first and odd
@@ -32,13 +38,35 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include <immintrin.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#define XQ_THREAD omp_get_thread_num()
+#else
+#define XQ_THREAD 0
+#endif
 
 #define XQ_AVX2_FN __attribute__((target("avx2,fma,f16c")))
 #define XQ_AVX512_FN __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 
-enum { XQ_NONE = 0, XQ_AVX2 = 1, XQ_AVX512 = 2 };
+/* The AMX path's functions: AVX-512 for the weight decode and the float epilogue, AMX for the tile instructions
+   (written as inline asm below, so only the assembler must know them). A compiler that rejects the target
+   builds with -DXQ_NO_AMX (cpu_native.py retries so): the amx path is then never offered; the emulated one is. */
+#ifndef XQ_NO_AMX
+#define XQ_AMX_FN                                                                                                  \
+    __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,amx-tile,amx-int8,amx-bf16")))
+#else
+#define XQ_AMX_FN XQ_AVX512_FN
+#endif
+
+/* Path numbers (cpu_native.ISA_PATHS): the real ones ordered by speed; amx_emulated is a test twin, not a rank. */
+enum { XQ_NONE = 0, XQ_AVX2 = 1, XQ_AVX512 = 2, XQ_AMX = 3, XQ_AMX_EMU = 4 };
 enum { K_INT4 = 0, K_LUT4 = 1, K_INT8 = 2, K_FP8 = 3 };
 
 static uint64_t xgetbv0(void) {
@@ -47,8 +75,8 @@ static uint64_t xgetbv0(void) {
     return ((uint64_t)hi << 32) | lo;
 }
 
-/* The best path this CPU and OS run: CPUID feature bits, and XCR0 for the OS saving ymm (and zmm) state. */
-int xq_best_isa(void) {
+/* The best vector path this CPU and OS run: CPUID feature bits, and XCR0 for the OS saving ymm (and zmm) state. */
+static int vec_best(void) {
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return XQ_NONE;
     const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
@@ -62,12 +90,76 @@ int xq_best_isa(void) {
     return XQ_AVX2;
 }
 
-/* AMX tiles (int8) reported by CPUID and enabled by the OS (XCR0 bits 17-18): informational; no AMX path yet. */
+/* AMX tiles (int8) reported by CPUID and enabled by the OS (XCR0 bits 17-18). */
 int xq_has_amx(void) {
     unsigned a, b, c, d;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
     const int tile = (d >> 24) & 1, int8 = (d >> 25) & 1;
     return tile && int8 && ((xgetbv0() >> 17) & 3) == 3;
+}
+
+static int amx_state = -1; /* -1 not probed yet, 0 no, 1 yes */
+static int amx_why = -1;   /* why not (xq_amx_reason) */
+
+/* Whether the amx path runs here: AMX-INT8 and AVX-512 in CPUID and XCR0, palette 1 with the 16 x 64-byte tiles
+   the kernel configures (CPUID leaf 0x1D), and Linux's permission to use tile data (asked once, for the whole
+   process: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), then read back). Any miss: not offered. */
+static int amx_usable(void) {
+    if (amx_state >= 0) return amx_state;
+    int ok = 0, why = 1;
+#if !defined(XQ_NO_AMX) && defined(__linux__) && defined(SYS_arch_prctl)
+    unsigned a, b, c, d;
+    if (!xq_has_amx()) {
+        why = 2;
+    } else if (vec_best() != XQ_AVX512) {
+        why = 3;
+    } else if (!(__get_cpuid_count(0, 0, &a, &b, &c, &d) && a >= 0x1D && __get_cpuid_count(0x1D, 0, &a, &b, &c, &d) &&
+                 a >= 1 && __get_cpuid_count(0x1D, 1, &a, &b, &c, &d) && (b & 0xFFFF) >= 64 && (b >> 16) >= 8 &&
+                 (c & 0xFFFF) >= 16)) {
+        why = 4;
+    } else {
+        enum { ARCH_GET_XCOMP_PERM = 0x1022, ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+        unsigned long granted = 0;
+        if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 &&
+            syscall(SYS_arch_prctl, ARCH_GET_XCOMP_PERM, &granted) == 0)
+            ok = (granted >> XFEATURE_XTILEDATA) & 1;
+        why = ok ? 0 : 5;
+    }
+#elif defined(XQ_NO_AMX)
+    why = 6;
+#endif
+    amx_why = why;
+    amx_state = ok;
+    return ok;
+}
+
+/* AMX-BF16 (CPUID.7.0:EDX[22]) beside AMX-INT8: the amx path then runs the fp8 formats' long calls too. */
+static int amx_bf16_usable(void) {
+    unsigned a, b, c, d;
+    return amx_usable() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((d >> 22) & 1);
+}
+
+/* Whether the amx path runs the fp8 formats on AMX-BF16 tiles here (else they stay on avx512). */
+int xq_amx_bf16(void) { return amx_bf16_usable(); }
+
+/* Why the amx path is (not) offered: 0 it is; 1 not Linux x86-64; 2 no AMX-TILE/INT8 in CPUID or XCR0; 3 no
+   AVX-512 VNNI; 4 tile palette too small; 5 Linux refused the tile-data permission (e.g. a signal stack too small
+   for the tile state, or a kernel before 5.16); 6 built without AMX (the compiler rejected the target). */
+int xq_amx_reason(void) {
+    amx_usable();
+    return amx_why;
+}
+
+/* The best path this CPU and OS run. */
+int xq_best_isa(void) {
+    const int vec = vec_best();
+    return vec == XQ_AVX512 && amx_usable() ? XQ_AMX : vec;
+}
+
+/* Whether path `isa` runs here: a real path up to the best one; amx_emulated wherever AVX-512 runs. */
+int xq_path_runnable(int isa) {
+    if (isa == XQ_AMX_EMU) return vec_best() == XQ_AVX512;
+    return isa >= XQ_AVX2 && isa <= xq_best_isa();
 }
 
 static int active_isa = -1;
@@ -78,13 +170,43 @@ int xq_isa(void) {
     return active_isa;
 }
 
+/* The vector path under the active one (the amx paths run AVX-512 around their tiles, and for short calls). */
+static int vec_isa(void) {
+    const int isa = xq_isa();
+    return isa >= XQ_AVX512 ? XQ_AVX512 : isa;
+}
+
 /* Force a path (-1: back to the best); returns the active path, or -1 when this CPU cannot run `isa`. */
 int xq_set_isa(int isa) {
-    const int best = xq_best_isa();
-    if (isa < 0) isa = best;
-    if (isa > best || isa < XQ_AVX2) return -1;
+    if (isa < 0) isa = xq_best_isa();
+    if (!xq_path_runnable(isa)) return -1;
     active_isa = isa;
     return active_isa;
+}
+
+/* The amx paths take calls of at least this many activation rows on their tiles; shorter ones run VNNI with the
+   tiles' arithmetic (tile_int_avx512_bd). One tile holds 16 rows: a call of fewer pays a whole tile's tdpbssd and
+   epilogue for part of it, while VNNI's cost per row is flat (bench/cpu_kernels.py's amx_tiles column, the tiles
+   forced at M < 16, measures the crossover). */
+static int amx_min_rows = 16;
+
+/* Whether the amx paths run the fp8 formats' long calls on bf16 tiles (off unless asked for): those are the fp32
+   product to 2^-17 per activation, not bit for bit the avx512 path that takes the short calls, so with them a
+   row's result depends on whether its call had amx_min_rows rows (the integer formats' does not). */
+static int amx_fp8 = 0;
+
+/* Turn the fp8 bf16 tiles on (1) or off (0); returns the previous setting. */
+int xq_set_amx_fp8(int on) {
+    const int before = amx_fp8;
+    amx_fp8 = on != 0;
+    return before;
+}
+
+/* Set the amx paths' row threshold (>= 1); returns the previous one. */
+int xq_set_amx_min_rows(int rows) {
+    const int before = amx_min_rows;
+    amx_min_rows = rows < 1 ? 1 : rows;
+    return before;
 }
 
 int xq_simd(void) { return xq_best_isa() >= XQ_AVX2; }
@@ -105,6 +227,7 @@ struct job {
     const int8_t *lut;         /* codebooks: 16 signed table entries */
     int e4m3;
     int64_t n_out;
+    int64_t n_tiles;           /* amx: 4-row weight tiles (n / 4) */
     float *y;
 };
 
@@ -278,7 +401,7 @@ XQ_AVX2_FN static void tile_fp8_avx2(const struct job *j, int64_t t) {
    once into two 64-byte vectors (even / odd columns of the 4 rows, one row per 128-bit lane) and meets each
    activation row's broadcast block in two vpdpbusd; lane group i then holds row i's 4 partial sums. */
 XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(const struct job *j, int64_t t,
-                                                                            int64_t r0, const int R) {
+                                                                            int64_t r0, const int R, const int BD) {
     const int kind = j->kind;
     const int64_t nb = j->nb, bb = kind == K_INT8 ? 128 : 64;
     const uint8_t *w = j->w + t * nb * bb;
@@ -297,7 +420,7 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(c
         const int64_t r = r0 + i;
         xr[i] = j->xq + r * j->k, dr[i] = j->d + r * nb, br[i] = j->bsum + r * nb, ir[i] = j->isum + r * nb;
     }
-    __m512 acc[4];
+    __m512 acc[4], zsum = _mm512_setzero_ps(); /* BD: the zero terms' own sum (a second dependency chain) */
     __m128 zacc[4];
     for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps(), zacc[i] = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; ++b) {
@@ -314,6 +437,40 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(c
         const __m128 s4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(sc + b * 4)));
         const __m512 s16 = _mm512_permutexvar_ps(sel, _mm512_castps128_ps512(s4));
         const __m128 z4 = zc ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(zc + b * 4))) : _mm_setzero_ps();
+        if (BD) { /* the amx path's arithmetic: one exact int32 dot per block, then its tiles' float steps */
+            __m512i ai[4];
+            for (int i = 0; i < R; ++i) {
+                const __m512i xe = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32)));
+                const __m512i xo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32 + 16)));
+                ai[i] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), we, xe), wo, xo);
+                if (bias) ai[i] = _mm512_sub_epi32(ai[i], _mm512_maskz_set1_epi32(0x1111, bias * ir[i][b]));
+            }
+            /* per 128-bit lane q: lane i = the exact dot of weight row q and activation row i (int32 adds) */
+            __m512i dot;
+            if (R == 1) {
+                dot = _mm512_add_epi32(ai[0], _mm512_shuffle_epi32(ai[0], _MM_PERM_BADC));
+                dot = _mm512_add_epi32(dot, _mm512_shuffle_epi32(dot, _MM_PERM_CDAB));
+            } else {
+                for (int i = R; i < 4; ++i) ai[i] = _mm512_setzero_si512();
+                const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(ai[0], ai[1]), _mm512_unpackhi_epi32(ai[0], ai[1]));
+                const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(ai[2], ai[3]), _mm512_unpackhi_epi32(ai[2], ai[3]));
+                dot = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+            }
+            /* lane i's d * wmul and bsum (one row: every lane of a group holds its dot, so any d will do) */
+            const float w = j->wmul;
+            const __m512 d16 = R == 1 ? _mm512_set1_ps(dr[0][b] * w)
+                                      : _mm512_broadcast_f32x4(_mm_set_ps(R > 3 ? dr[3][b] * w : 0.0f,
+                                                                          R > 2 ? dr[2][b] * w : 0.0f,
+                                                                          dr[1][b] * w, dr[0][b] * w));
+            acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s16, d16), acc[0]);
+            if (zc) {
+                const __m512 b16 = R == 1 ? _mm512_set1_ps(br[0][b])
+                                          : _mm512_broadcast_f32x4(_mm_set_ps(R > 3 ? br[3][b] : 0.0f,
+                                                                              R > 2 ? br[2][b] : 0.0f, br[1][b], br[0][b]));
+                zsum = _mm512_fmadd_ps(_mm512_permutexvar_ps(sel, _mm512_castps128_ps512(z4)), b16, zsum);
+            }
+            continue;
+        }
         for (int i = 0; i < R; ++i) {
             const __m512i xe = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32)));
             const __m512i xo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32 + 16)));
@@ -324,6 +481,13 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(c
             acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), f, acc[i]);
             if (zc) zacc[i] = _mm_fmadd_ps(z4, _mm_set1_ps(br[i][b]), zacc[i]);
         }
+    }
+    if (BD) { /* acc[0] lane 4 q + i: activation row i, weight row q */
+        float lanes[16];
+        _mm512_storeu_ps(lanes, zc ? _mm512_add_ps(acc[0], zsum) : acc[0]);
+        for (int i = 0; i < R; ++i)
+            for (int q = 0; q < 4 && t * 4 + q < j->n_out; ++q) j->y[(r0 + i) * j->n_out + t * 4 + q] = lanes[4 * q + i];
+        return;
     }
     for (int i = 0; i < R; ++i) {
         float lanes[16], z[4];
@@ -340,11 +504,27 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(c
    each activation row's broadcast block in two vpdpbusd; lane group i then holds row i's 4 partial sums. */
 XQ_AVX512_FN static void tile_int_avx512(const struct job *j, int64_t t) {
     int64_t r0 = 0;
-    for (; r0 + 4 <= j->m; r0 += 4) rows_int_avx512(j, t, r0, 4);
+    for (; r0 + 4 <= j->m; r0 += 4) rows_int_avx512(j, t, r0, 4, 0);
     switch (j->m - r0) { /* each count compiled on its own: registers, no wasted rows */
-    case 3: rows_int_avx512(j, t, r0, 3); break;
-    case 2: rows_int_avx512(j, t, r0, 2); break;
-    case 1: rows_int_avx512(j, t, r0, 1); break;
+    case 3: rows_int_avx512(j, t, r0, 3, 0); break;
+    case 2: rows_int_avx512(j, t, r0, 2, 0); break;
+    case 1: rows_int_avx512(j, t, r0, 1, 0); break;
+    default: break;
+    }
+}
+
+/* The amx path's calls below its row threshold: VNNI with the tiles' arithmetic per (row, weight row): each
+   block's four partial sums added in int32 to the block's exact dot, dot * (s * (d * wmul)) accumulated as
+   amx_epilogue does, asym_int4's z * bsum in a sum of their own added at the end as amx_zero_terms does. So a
+   row's result is the tiles' bit for bit, whatever the call's row count: batch invariance holds across the
+   threshold. */
+XQ_AVX512_FN static void tile_int_avx512_bd(const struct job *j, int64_t t) {
+    int64_t r0 = 0;
+    for (; r0 + 4 <= j->m; r0 += 4) rows_int_avx512(j, t, r0, 4, 1);
+    switch (j->m - r0) {
+    case 3: rows_int_avx512(j, t, r0, 3, 1); break;
+    case 2: rows_int_avx512(j, t, r0, 2, 1); break;
+    case 1: rows_int_avx512(j, t, r0, 1, 1); break;
     default: break;
     }
 }
@@ -401,6 +581,623 @@ XQ_AVX512_FN static void tile_fp8_avx512(const struct job *j, int64_t t) {
     }
 }
 
+/* ---- AMX ------------------------------------------------------------------------------------------- */
+
+/* The kernels speak to the tiles through seven operations (ldtilecfg, tileloadd, tilezero, tdpbssd, tdpbf16ps,
+   tilestored, tilerelease), each with two implementations chosen at compile time of the calling function: the hardware instruction (inline asm,
+   with a memory clobber: GCC's own tile macros do not tell the compiler that tileloadd reads memory), or
+   amx_emu_*, a scalar C model of the same instruction as Intel's SDM specifies it (rows and bytes per row from
+   the tile config, unused rows and bytes zeroed, int32 wrap-around adds, no saturation; bf16 pairs added in fp32
+   one product at a time). The amx_emulated path
+   runs the very same kernel over the model, so the tests check the kernel's tiling, decode and epilogue on any
+   AVX-512 CPU, and on an AMX CPU check the model against the hardware (`xq_amx_probe`). */
+
+/* ldtilecfg's 64-byte operand (palette 1: 8 tiles of up to 16 rows x 64 bytes). */
+struct amx_cfg {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+struct amx_emu {
+    struct amx_cfg cfg;
+    uint8_t t[8][16][64];
+};
+
+/* Tile uses the hardware would fault on (#UD / #GP) in the emulated path: the tests require none. */
+static int amx_emu_faults;
+
+/* Faults the emulator counted since the library loaded. */
+int xq_amx_emu_faults(void) { return __atomic_load_n(&amx_emu_faults, __ATOMIC_RELAXED); }
+
+static void amx_emu_fault(void) { __atomic_fetch_add(&amx_emu_faults, 1, __ATOMIC_RELAXED); }
+
+static int amx_emu_valid(const struct amx_emu *e, int t) {
+    return e->cfg.palette == 1 && t >= 0 && t < 8 && e->cfg.rows[t] && e->cfg.colsb[t];
+}
+
+/* ldtilecfg: palette 1 with rows <= 16 and colsb <= 64 (tiles 8..15 unused), or palette 0 (= tilerelease);
+   every tile is zeroed. */
+static void amx_emu_cfg(struct amx_emu *e, const struct amx_cfg *c) {
+    int bad = c->palette > 1;
+    for (int t = 0; t < 16 && !bad; ++t)
+        bad = c->palette == 1 && (t < 8 ? c->rows[t] > 16 || c->colsb[t] > 64 || !c->rows[t] != !c->colsb[t]
+                                        : c->rows[t] || c->colsb[t]);
+    if (bad) {
+        amx_emu_fault();
+        return;
+    }
+    e->cfg = *c;
+    if (!c->palette) memset(&e->cfg, 0, sizeof e->cfg);
+    memset(e->t, 0, sizeof e->t);
+}
+
+static void amx_emu_release(struct amx_emu *e) {
+    memset(&e->cfg, 0, sizeof e->cfg);
+    memset(e->t, 0, sizeof e->t);
+}
+
+/* tileloadd: rows x colsb bytes from base + row * stride; the rest of the tile zeroed. */
+static void amx_emu_load(struct amx_emu *e, int t, const void *base, int64_t stride) {
+    if (!amx_emu_valid(e, t)) {
+        amx_emu_fault();
+        return;
+    }
+    memset(e->t[t], 0, sizeof e->t[t]);
+    for (int r = 0; r < e->cfg.rows[t]; ++r) memcpy(e->t[t][r], (const uint8_t *)base + r * stride, e->cfg.colsb[t]);
+}
+
+/* tilestored: rows x colsb bytes to base + row * stride. */
+static void amx_emu_store(struct amx_emu *e, int t, void *base, int64_t stride) {
+    if (!amx_emu_valid(e, t)) {
+        amx_emu_fault();
+        return;
+    }
+    for (int r = 0; r < e->cfg.rows[t]; ++r) memcpy((uint8_t *)base + r * stride, e->t[t][r], e->cfg.colsb[t]);
+}
+
+static void amx_emu_zero(struct amx_emu *e, int t) {
+    if (!amx_emu_valid(e, t)) {
+        amx_emu_fault();
+        return;
+    }
+    memset(e->t[t], 0, sizeof e->t[t]);
+}
+
+/* tdpbssd c, a, b: c (M x N int32) += a (M x K dwords of 4 s8) . b (K rows of N dwords of 4 s8); per dword the
+   four byte products are added to c in 32 bits with wrap-around. Shapes must agree (a.colsb = 4 b.rows,
+   c.colsb = b.colsb, c.rows = a.rows) and the three tiles differ. (The AVX-512 target only lets the compiler
+   vectorise this scalar model: the emulated path runs on AVX-512 CPUs.) */
+XQ_AVX512_FN static void amx_emu_dpbssd(struct amx_emu *e, int c, int a, int b) {
+    const struct amx_cfg *g = &e->cfg;
+    if (!amx_emu_valid(e, c) || !amx_emu_valid(e, a) || !amx_emu_valid(e, b) || c == a || c == b || a == b ||
+        g->colsb[a] % 4 || g->colsb[c] % 4 || g->colsb[a] != 4 * g->rows[b] || g->colsb[c] != g->colsb[b] ||
+        g->rows[c] != g->rows[a]) {
+        amx_emu_fault();
+        return;
+    }
+    const int M = g->rows[c], N = g->colsb[c] / 4, K = g->colsb[a] / 4;
+    for (int m = 0; m < M; ++m) {
+        uint32_t acc[16];
+        memcpy(acc, e->t[c][m], sizeof acc);
+        for (int k = 0; k < K; ++k)
+            for (int n = 0; n < N; ++n) {
+                const int8_t *x = (const int8_t *)&e->t[a][m][4 * k], *y = (const int8_t *)&e->t[b][k][4 * n];
+                const int32_t p = x[0] * y[0] + x[1] * y[1] + x[2] * y[2] + x[3] * y[3]; /* |p| <= 4 * 2^14 */
+                acc[n] += (uint32_t)p;
+            }
+        memset(e->t[c][m], 0, 64);
+        memcpy(e->t[c][m], acc, 4 * (size_t)N);
+    }
+    for (int m = M; m < 16; ++m) memset(e->t[c][m], 0, 64);
+}
+
+/* A bf16 operand as tdpbf16ps reads it: denormals are zero (DAZ). */
+static float amx_emu_bf16(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    if (!(u & 0x7F800000u)) u &= 0x80000000u;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* tdpbf16ps c, a, b: c (M x N fp32) += a (M x K dwords of 2 bf16) . b (K rows of N dwords of 2 bf16), as the SDM
+   writes it: per dword, c += a0 * b0, then c += a1 * b1, each product exact (bf16 x bf16 fits fp32), each add
+   rounded to nearest even (one fmaf), denormal inputs as zero and denormal results flushed to zero. */
+XQ_AVX512_FN static void amx_emu_dpbf16ps(struct amx_emu *e, int c, int a, int b) {
+    const struct amx_cfg *g = &e->cfg;
+    if (!amx_emu_valid(e, c) || !amx_emu_valid(e, a) || !amx_emu_valid(e, b) || c == a || c == b || a == b ||
+        g->colsb[a] % 4 || g->colsb[c] % 4 || g->colsb[a] != 4 * g->rows[b] || g->colsb[c] != g->colsb[b] ||
+        g->rows[c] != g->rows[a]) {
+        amx_emu_fault();
+        return;
+    }
+    const int M = g->rows[c], N = g->colsb[c] / 4, K = g->colsb[a] / 4;
+    for (int m = 0; m < M; ++m) {
+        float acc[16];
+        memcpy(acc, e->t[c][m], sizeof acc);
+        for (int k = 0; k < K; ++k)
+            for (int n = 0; n < N; ++n)
+                for (int i = 0; i < 2; ++i) {
+                    uint16_t x, y;
+                    memcpy(&x, &e->t[a][m][4 * k + 2 * i], 2);
+                    memcpy(&y, &e->t[b][k][4 * n + 2 * i], 2);
+                    float r = fmaf(amx_emu_bf16(x), amx_emu_bf16(y), acc[n]);
+                    if (fabsf(r) < 0x1p-126f) r = copysignf(0.0f, r); /* FTZ */
+                    acc[n] = r;
+                }
+        memset(e->t[c][m], 0, 64);
+        memcpy(e->t[c][m], acc, 4 * (size_t)N);
+    }
+    for (int m = M; m < 16; ++m) memset(e->t[c][m], 0, 64);
+}
+
+#ifndef XQ_NO_AMX
+#define AMX_HW(...) __asm__ volatile(__VA_ARGS__)
+#else
+#define AMX_HW(...) __builtin_trap() /* never reached: the path is not offered */
+#endif
+/* E: 1 runs the model (state em), 0 the instruction. Tile numbers must be literals (they name tmm registers). */
+#define T_CFG(E, em, cfg)                                                                                          \
+    do {                                                                                                           \
+        if (E) amx_emu_cfg(em, cfg);                                                                               \
+        else AMX_HW("ldtilecfg %0" ::"m"(*(const struct amx_cfg *)(cfg)));                                         \
+    } while (0)
+#define T_RELEASE(E, em)                                                                                           \
+    do {                                                                                                           \
+        if (E) amx_emu_release(em);                                                                                \
+        else AMX_HW("tilerelease" ::: "memory");                                                                   \
+    } while (0)
+#define T_LOAD(E, em, t, base, stride)                                                                             \
+    do {                                                                                                           \
+        if (E) amx_emu_load(em, t, base, stride);                                                                  \
+        else AMX_HW("tileloadd (%0,%1,1), %%tmm" #t ::"r"((const void *)(base)), "r"((int64_t)(stride)) : "memory"); \
+    } while (0)
+#define T_STORE(E, em, t, base, stride)                                                                            \
+    do {                                                                                                           \
+        if (E) amx_emu_store(em, t, base, stride);                                                                 \
+        else AMX_HW("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"((void *)(base)), "r"((int64_t)(stride)) : "memory"); \
+    } while (0)
+#define T_ZERO(E, em, t)                                                                                           \
+    do {                                                                                                           \
+        if (E) amx_emu_zero(em, t);                                                                                \
+        else AMX_HW("tilezero %%tmm" #t ::: "memory");                                                             \
+    } while (0)
+#define T_DPBSSD(E, em, c, a, b)                                                                                   \
+    do {                                                                                                           \
+        if (E) amx_emu_dpbssd(em, c, a, b);                                                                        \
+        else AMX_HW("tdpbssd %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::: "memory");                                    \
+    } while (0)
+
+#define T_DPBF16PS(E, em, c, a, b)                                                                                 \
+    do {                                                                                                           \
+        if (E) amx_emu_dpbf16ps(em, c, a, b);                                                                      \
+        else AMX_HW("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::: "memory");                                  \
+    } while (0)
+
+/* Test hook, one tile instruction as the kernels issue it: op 0 tdpbssd, c [rows, n] int32 += a [rows, kb] s8
+   . b [kb/4, 4n] s8; op 1 tdpbf16ps, c [rows, n] fp32 += a [rows, kb/2] bf16 . b [kb/4, 2n] bf16 (VNNI layout: the
+   dword j of b's row k multiplies the dword k of a's row r into c[r][j]); a's rows a_stride bytes apart, b's and
+   c's 4n. On the hardware (emulated = 0) or the model. Returns 0, or -1 when that path does not run here or a
+   shape is out of range (rows 1..16, kb 4..64 a multiple of 4, n 1..16). */
+XQ_AMX_FN static void amx_probe_run(const int E, int op, const void *a, int64_t a_stride, const void *b, void *c,
+                                    int rows, int kb, int n) {
+    struct amx_emu em_state, *em = &em_state;
+    _Alignas(64) struct amx_cfg cfg = {.palette = 1};
+    cfg.rows[0] = (uint8_t)rows, cfg.colsb[0] = (uint16_t)kb;
+    cfg.rows[1] = (uint8_t)(kb / 4), cfg.colsb[1] = (uint16_t)(4 * n);
+    cfg.rows[2] = (uint8_t)rows, cfg.colsb[2] = (uint16_t)(4 * n);
+    T_CFG(E, em, &cfg);
+    T_LOAD(E, em, 2, c, 4 * n);
+    T_LOAD(E, em, 0, a, a_stride);
+    T_LOAD(E, em, 1, b, 4 * n);
+    if (op)
+        T_DPBF16PS(E, em, 2, 0, 1);
+    else
+        T_DPBSSD(E, em, 2, 0, 1);
+    T_STORE(E, em, 2, c, 4 * n);
+    T_RELEASE(E, em);
+}
+
+int xq_amx_probe(int op, int emulated, const void *a, int64_t a_stride, const void *b, void *c, int rows, int kb,
+                 int n) {
+    if (rows < 1 || rows > 16 || kb < 4 || kb > 64 || kb % 4 || n < 1 || n > 16 || op < 0 || op > 1) return -1;
+    if (emulated) {
+        if (vec_best() != XQ_AVX512) return -1;
+        amx_probe_run(1, op, a, a_stride, b, c, rows, kb, n);
+    } else {
+        if (!(op ? amx_bf16_usable() : amx_usable())) return -1;
+        amx_probe_run(0, op, a, a_stride, b, c, rows, kb, n);
+    }
+    return 0;
+}
+
+/* The decoded weights of one N tile (16 weight rows = four 4-row tiles) for every block of 32 columns, as
+   tdpbssd's B operand wants them: per block 8 rows of 64 bytes, row kk holding for each weight row n the signed
+   codes of block positions 4kk..4kk+3 (the activations' order: even columns, then odd). Scales and zeros per
+   block and weight row in fp32. Decoded once per call and N tile, read by every 16-row M tile. */
+struct amx_panel {
+    int8_t *b;       /* [nb][8][64] */
+    float *s, *z;    /* [nb][16] */
+    float *zero_row; /* [nb] zeros: the d / bsum of an M tile's missing rows */
+};
+
+/* 16 dwords per weight tile (row q's 4 dwords at 4q..4q+3) -> v[c] holding dword c of each of the 16 rows. */
+XQ_AMX_FN static inline void amx_transpose4(const __m512i z[4], __m512i v[4]) {
+    const __m512i lo = _mm512_set_epi32(29, 25, 21, 17, 13, 9, 5, 1, 28, 24, 20, 16, 12, 8, 4, 0);
+    const __m512i hi = _mm512_set_epi32(31, 27, 23, 19, 15, 11, 7, 3, 30, 26, 22, 18, 14, 10, 6, 2);
+    const __m512i a0 = _mm512_permutex2var_epi32(z[0], lo, z[1]), a1 = _mm512_permutex2var_epi32(z[0], hi, z[1]);
+    const __m512i b0 = _mm512_permutex2var_epi32(z[2], lo, z[3]), b1 = _mm512_permutex2var_epi32(z[2], hi, z[3]);
+    v[0] = _mm512_shuffle_i64x2(a0, b0, 0x44), v[1] = _mm512_shuffle_i64x2(a0, b0, 0xEE);
+    v[2] = _mm512_shuffle_i64x2(a1, b1, 0x44), v[3] = _mm512_shuffle_i64x2(a1, b1, 0xEE);
+}
+
+/* Decode weight tiles t0..t0+count-1 (count <= 4; missing rows zero) into the panel. Codes as signed bytes:
+   sym_int4 q - 8 (its zero, -8 s, becomes part of the integer dot), asym_int4 q (its zero term is added in
+   floats from the block's code sum, as on the other paths), codebooks lut[q], int8 as stored. */
+XQ_AMX_FN static void amx_decode(const struct job *j, int64_t t0, int64_t count, const struct amx_panel *p) {
+    const int kind = j->kind;
+    const int64_t nb = j->nb, bb = kind == K_INT8 ? 128 : 64;
+    const __m512i mask = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
+    const __m512i lut = kind == K_LUT4 ? _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)j->lut))
+                                       : _mm512_setzero_si512();
+    const int minus8 = kind == K_INT4 && !j->zero;
+    for (int64_t b = 0; b < nb; ++b) {
+        __m512i z[4], o[4], v[4], u[4];
+        for (int t = 0; t < 4; ++t) {
+            const uint8_t *w = j->w + (t0 + t) * nb * bb + b * bb;
+            z[t] = t < count ? _mm512_loadu_si512(w) : _mm512_setzero_si512();
+            o[t] = kind == K_INT8 && t < count ? _mm512_loadu_si512(w + 64) : _mm512_setzero_si512();
+        }
+        amx_transpose4(z, v);
+        int8_t *out = p->b + b * 512;
+        if (kind == K_INT8) {
+            amx_transpose4(o, u);
+        } else {
+            for (int c = 0; c < 4; ++c) {
+                u[c] = _mm512_and_si512(_mm512_srli_epi16(v[c], 4), mask);
+                v[c] = _mm512_and_si512(v[c], mask);
+                if (kind == K_LUT4) {
+                    v[c] = _mm512_shuffle_epi8(lut, v[c]), u[c] = _mm512_shuffle_epi8(lut, u[c]);
+                } else if (minus8) {
+                    v[c] = _mm512_sub_epi8(v[c], eight), u[c] = _mm512_sub_epi8(u[c], eight);
+                }
+            }
+        }
+        /* missing weight rows decode to zeros (for minus8: 0 - 8; harmless, their outputs are not written) */
+        for (int c = 0; c < 4; ++c) {
+            _mm512_storeu_si512(out + c * 64, v[c]);
+            _mm512_storeu_si512(out + (c + 4) * 64, u[c]);
+        }
+        for (int t = 0; t < 4; ++t) {
+            const int64_t at = (t0 + t) * nb * 4 + b * 4;
+            const __m128 s4 = t < count ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(j->scale + at)))
+                                        : _mm_setzero_ps();
+            _mm_storeu_ps(p->s + b * 16 + 4 * t, s4);
+            if (j->zero) {
+                const __m128 z4 = t < count ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(j->zero + at)))
+                                            : _mm_setzero_ps();
+                _mm_storeu_ps(p->z + b * 16 + 4 * t, z4);
+            }
+        }
+    }
+}
+
+/* One block's 16 x 16 int32 dots (c) into the 16 rows' accumulators: acc[r] += dot * s * (d_r * wmul). (asym_int4's
+   zero terms are summed on their own, amx_zero_terms.) */
+XQ_AMX_FN static inline __attribute__((always_inline)) void amx_epilogue(__m512 acc[16], const int32_t *c,
+                                                                       const struct amx_panel *p, int64_t b,
+                                                                       const float *const dr[16],
+                                                                       float wmul) {
+    const __m512 s16 = _mm512_loadu_ps(p->s + b * 16);
+    for (int r = 0; r < 16; ++r) {
+        const __m512 f = _mm512_mul_ps(s16, _mm512_set1_ps(dr[r][b] * wmul));
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(c + 16 * r)), f, acc[r]);
+    }
+}
+
+/* asym_int4's zero terms: acc[r] += sum over blocks (in order) of z * bsum_r, summed apart from the dots as the
+   VNNI kernels sum them (8 rows at a time: 8 independent chains). */
+XQ_AMX_FN static inline __attribute__((always_inline)) void amx_zero_terms(__m512 acc[16], const struct amx_panel *p,
+                                                                         int64_t nb, const float *const br[16]) {
+    for (int h = 0; h < 16; h += 8) {
+        __m512 z[8];
+        for (int i = 0; i < 8; ++i) z[i] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; ++b) {
+            const __m512 z16 = _mm512_loadu_ps(p->z + b * 16);
+            for (int i = 0; i < 8; ++i) z[i] = _mm512_fmadd_ps(z16, _mm512_set1_ps(br[h + i][b]), z[i]);
+        }
+        for (int i = 0; i < 8; ++i) acc[h + i] = _mm512_add_ps(acc[h + i], z[i]);
+    }
+}
+
+/* One N tile (weight tiles 4 nt .. 4 nt + 3) against every activation row, 16 rows per M tile. Tiles: 0, 1 the
+   activations of blocks b, b + 1 (16 rows x 32 bytes, read in place with the row stride k; a partial last M tile
+   from `tail`, a zero-padded copy), 2, 3 their decoded weights (8 x 64 bytes), 4, 5 their int32 dots (16 x 64
+   bytes). Each block's dots leave the tiles at once: every block has its own activation and weight scales. */
+XQ_AMX_FN static inline __attribute__((always_inline)) void amx_ntile(const struct job *j, int64_t nt,
+                                                                    const struct amx_panel *p, const int8_t *tail,
+                                                                    const int E) {
+    struct amx_emu em_state, *em = &em_state;
+    const int64_t nb = j->nb, k = j->k, t0 = nt * 4, n0 = t0 * 4;
+    const int64_t count = j->n_tiles - t0 < 4 ? j->n_tiles - t0 : 4;
+    const int zero = j->zero != NULL;
+    amx_decode(j, t0, count, p);
+    _Alignas(64) struct amx_cfg cfg = {.palette = 1};
+    for (int t = 0; t < 6; ++t) {
+        cfg.rows[t] = t == 2 || t == 3 ? 8 : 16;
+        cfg.colsb[t] = t < 2 ? 32 : 64;
+    }
+    _Alignas(64) int32_t c[2][256];
+    T_CFG(E, em, &cfg);
+    for (int64_t m0 = 0; m0 < j->m; m0 += 16) {
+        const int64_t rows = j->m - m0 < 16 ? j->m - m0 : 16;
+        const int8_t *xa = rows == 16 ? j->xq + m0 * k : tail;
+        const float *dr[16], *br[16];
+        for (int r = 0; r < 16; ++r) {
+            dr[r] = r < rows ? j->d + (m0 + r) * nb : p->zero_row;
+            br[r] = r < rows ? j->bsum + (m0 + r) * nb : p->zero_row;
+        }
+        __m512 acc[16];
+        for (int r = 0; r < 16; ++r) acc[r] = _mm512_setzero_ps();
+        int64_t b = 0;
+        for (; b + 2 <= nb; b += 2) {
+            T_LOAD(E, em, 0, xa + b * 32, k);
+            T_LOAD(E, em, 2, p->b + b * 512, 64);
+            T_ZERO(E, em, 4);
+            T_DPBSSD(E, em, 4, 0, 2);
+            T_LOAD(E, em, 1, xa + b * 32 + 32, k);
+            T_LOAD(E, em, 3, p->b + b * 512 + 512, 64);
+            T_ZERO(E, em, 5);
+            T_DPBSSD(E, em, 5, 1, 3);
+            T_STORE(E, em, 4, c[0], 64);
+            T_STORE(E, em, 5, c[1], 64);
+            amx_epilogue(acc, c[0], p, b, dr, j->wmul);
+            amx_epilogue(acc, c[1], p, b + 1, dr, j->wmul);
+        }
+        if (b < nb) {
+            T_LOAD(E, em, 0, xa + b * 32, k);
+            T_LOAD(E, em, 2, p->b + b * 512, 64);
+            T_ZERO(E, em, 4);
+            T_DPBSSD(E, em, 4, 0, 2);
+            T_STORE(E, em, 4, c[0], 64);
+            amx_epilogue(acc, c[0], p, b, dr, j->wmul);
+        }
+        if (zero) amx_zero_terms(acc, p, nb, br);
+        const int64_t cols = j->n_out - n0 < 16 ? j->n_out - n0 : 16;
+        const __mmask16 keep = (__mmask16)((1u << cols) - 1);
+        for (int64_t r = 0; r < rows; ++r) _mm512_mask_storeu_ps(j->y + (m0 + r) * j->n_out + n0, keep, acc[r]);
+    }
+    T_RELEASE(E, em);
+}
+
+XQ_AMX_FN static void amx_ntile_hw(const struct job *j, int64_t nt, const struct amx_panel *p, const int8_t *tail) {
+    amx_ntile(j, nt, p, tail, 0);
+}
+
+XQ_AMX_FN static void amx_ntile_emu(const struct job *j, int64_t nt, const struct amx_panel *p,
+                                    const int8_t *tail) {
+    amx_ntile(j, nt, p, tail, 1);
+}
+
+/* Activation rows per pass over the weights: a pass's activations (bytes_per_row each) stay within ~1 MiB, which
+   a Sapphire Rapids core's 2 MiB L2 holds beside the weight panel, instead of streaming from L3 once per N tile.
+   Each pass decodes the weights again (cheap beside 2+ M tiles' work). A guess from the cache sizes: untuned. */
+static int64_t amx_pass_rows(int64_t bytes_per_row) {
+    const int64_t rows = ((int64_t)1 << 20) / bytes_per_row / 16 * 16;
+    return rows < 32 ? 32 : rows > 1024 ? 1024 : rows;
+}
+
+/* Every N tile of an integer-kind weight (n rows, a multiple of 4) on the amx path (`emulated`: over the model),
+   in passes of amx_pass_rows rows, threads taking N tiles as they come; each thread decodes into its own panel.
+   Returns 0, or -1 out of memory (the caller then runs the vector path). */
+static int amx_tiles(struct job *j, int64_t n, int threads, int emulated) {
+    const int64_t nb = j->nb, k = j->k, m = j->m, count = (n / 4 + 3) / 4, pass = amx_pass_rows(k);
+    const int partial = m % 16 != 0;
+    const size_t per = ((size_t)nb * (512 + 3 * 64) + 63) / 64 * 64 + 64; /* b, s, z, zero_row; own line */
+    char *buf = aligned_alloc(64, per * (size_t)threads + (partial ? ((size_t)(16 * k) + 63) / 64 * 64 : 0));
+    if (!buf) return -1;
+    int8_t *tail = NULL;
+    if (partial) { /* the last partial M tile, zero-padded to 16 rows (tileloadd reads all 16) */
+        const int64_t full = m / 16 * 16;
+        tail = (int8_t *)(buf + per * (size_t)threads);
+        memset(tail, 0, (size_t)(16 * k));
+        memcpy(tail, j->xq + full * k, (size_t)((m - full) * k));
+    }
+    for (int64_t r0 = 0; r0 < m; r0 += pass) {
+        struct job c = *j; /* rows r0 .. r0 + pass - 1 (pass is a multiple of 16: only the last can be partial) */
+        c.m = m - r0 < pass ? m - r0 : pass, c.n_tiles = n / 4;
+        c.xq = j->xq + r0 * k, c.d = j->d + r0 * nb, c.bsum = j->bsum + r0 * nb, c.y = j->y + r0 * j->n_out;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1 && count > 1 && c.m * n * k >= (1 << 20))
+        for (int64_t nt = 0; nt < count; ++nt) {
+            char *mine = buf + per * (size_t)XQ_THREAD;
+            const struct amx_panel p = {.b = (int8_t *)mine, .s = (float *)(mine + nb * 512),
+                                        .z = (float *)(mine + nb * 576), .zero_row = (float *)(mine + nb * 640)};
+            memset(p.zero_row, 0, sizeof(float) * (size_t)nb);
+            if (emulated)
+                amx_ntile_emu(&c, nt, &p, tail);
+            else
+                amx_ntile_hw(&c, nt, &p, tail);
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+/* ---- AMX-BF16: the fp8 formats -------------------------------------------------------------------- */
+
+/* fp8 has no integer form, so its long calls go through tdpbf16ps (bf16 pairs -> fp32). Every fp8 code is exact in
+   bf16 (e4m3 as value / 256, as on the other paths); the fp32 activations are split into two bf16, x = hi + lo
+   (each rounded to nearest even: |x - hi - lo| <= 2^-17 |x|), and both halves are multiplied, so the result is
+   the fp32 product to about the fp32 path's own rounding. The weights are the A operand (16 weight rows x 32
+   bf16 of one block, their natural layout: decoded once per call and N tile), the activations the B operand
+   (pairs of columns interleaved across 16 rows: built once per call), so C holds 16 weight rows x 16 activation
+   rows; it accumulates a whole scale group in the tile (per-row scales: all of K) before the fp32 epilogue. */
+
+/* 16 rows of 16 dwords -> 16 columns (r[i] dword j -> r[j] dword i). */
+XQ_AMX_FN static void amx_transpose16(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; ++i)
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]), t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    for (int i = 0; i < 4; ++i) {
+        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    /* lane L of u[4 i + c] holds rows 4i..4i+3 of column 4 L + c */
+    for (int c = 0; c < 4; ++c) {
+        const __m512i v0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88), v1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xDD);
+        const __m512i w0 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
+        const __m512i w1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xDD);
+        r[c] = _mm512_shuffle_i32x4(v0, w0, 0x88), r[8 + c] = _mm512_shuffle_i32x4(v0, w0, 0xDD);
+        r[4 + c] = _mm512_shuffle_i32x4(v1, w1, 0x88), r[12 + c] = _mm512_shuffle_i32x4(v1, w1, 0xDD);
+    }
+}
+
+/* fp32 -> bf16 bits, round to nearest even (finite inputs), in the low half of each dword. */
+XQ_AMX_FN static inline __m512i amx_bf16_rne(__m512i u) {
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    return _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+}
+
+/* Two zmm of bf16 bits in dword lanes (columns 0..15, 16..31) -> one of 32 bf16 in column order. */
+XQ_AMX_FN static inline __m512i amx_pack_bf16(__m512i lo, __m512i hi) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(lo)), _mm512_cvtepi32_epi16(hi), 1);
+}
+
+/* The activations as B operands: per 16-row M tile and block, the hi and the lo halves, each 16 rows (column
+   pairs) x 16 activation rows x 2 bf16: panel[(mt * nb + b) * 2 + half][pair][2 row + i] = half(x[16 mt + row]
+   [32 b + 2 pair + i]); rows past m are zero. */
+XQ_AMX_FN static void amx_fp8_acts(const float *x, int64_t m, int64_t k, uint16_t *panel) {
+    const int64_t nb = k / 32, mt_n = (m + 15) / 16;
+    for (int64_t mt = 0; mt < mt_n; ++mt)
+        for (int64_t b = 0; b < nb; ++b) {
+            __m512i hi[16], lo[16];
+            for (int r = 0; r < 16; ++r) {
+                const int64_t row = mt * 16 + r;
+                __m512i h2[2], l2[2];
+                for (int q = 0; q < 2; ++q) {
+                    const __m512 v = row < m ? _mm512_loadu_ps(x + row * k + b * 32 + 16 * q) : _mm512_setzero_ps();
+                    h2[q] = amx_bf16_rne(_mm512_castps_si512(v));
+                    const __m512 rest = _mm512_sub_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(h2[q], 16)));
+                    l2[q] = amx_bf16_rne(_mm512_castps_si512(rest));
+                }
+                hi[r] = amx_pack_bf16(h2[0], h2[1]), lo[r] = amx_pack_bf16(l2[0], l2[1]);
+            }
+            amx_transpose16(hi);
+            amx_transpose16(lo);
+            uint16_t *out = panel + (mt * nb + b) * 2 * 512;
+            for (int p = 0; p < 16; ++p) {
+                _mm512_storeu_si512(out + 32 * p, hi[p]);
+                _mm512_storeu_si512(out + 512 + 32 * p, lo[p]);
+            }
+        }
+}
+
+/* Weight tiles t0..t0+count-1 (count <= 4; missing rows zero) as bf16 rows, [nb][16][32], and their scales times
+   the format's multiplier, [groups][16]. */
+XQ_AMX_FN static void amx_fp8_weights(const struct job *j, int64_t t0, int64_t count, uint16_t *wp, float *sp) {
+    const int64_t nb = j->nb;
+    for (int64_t b = 0; b < nb; ++b)
+        for (int r = 0; r < 16; ++r) {
+            const int64_t t = r / 4;
+            __m512i row = _mm512_setzero_si512();
+            if (t < count) {
+                const __m512i h = fp8x32_avx512(j->w + (t0 + t) * nb * 128 + b * 128 + (r % 4) * 32, j->e4m3);
+                const __m512 f0 = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
+                const __m512 f1 = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
+                /* exact in bf16: the low 16 bits of these fp32 values are zero */
+                row = amx_pack_bf16(_mm512_srli_epi32(_mm512_castps_si512(f0), 16),
+                                    _mm512_srli_epi32(_mm512_castps_si512(f1), 16));
+            }
+            _mm512_storeu_si512(wp + (b * 16 + r) * 32, row);
+        }
+    for (int64_t g = 0; g < j->groups; ++g)
+        for (int r = 0; r < 16; ++r) {
+            const int64_t t = r / 4;
+            sp[g * 16 + r] = t < count ? j->fscale[(t0 + t) * j->groups * 4 + g * 4 + r % 4] * j->wmul : 0.0f;
+        }
+}
+
+/* One N tile of an fp8 weight against every activation row. Tiles: 0 the weights of a block (16 x 64 bytes),
+   1, 2 the activations' hi and lo halves (16 x 64 bytes), 3 the fp32 sums (16 weight rows x 16 activation rows). */
+XQ_AMX_FN static inline __attribute__((always_inline)) void amx_fp8_ntile(const struct job *j, int64_t nt,
+                                                                        uint16_t *wp, float *sp,
+                                                                        const uint16_t *acts, const int E) {
+    struct amx_emu em_state, *em = &em_state;
+    const int64_t nb = j->nb, t0 = nt * 4, n0 = t0 * 4, gb = j->group_blocks;
+    const int64_t count = j->n_tiles - t0 < 4 ? j->n_tiles - t0 : 4;
+    amx_fp8_weights(j, t0, count, wp, sp);
+    _Alignas(64) struct amx_cfg cfg = {.palette = 1};
+    for (int t = 0; t < 4; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+    _Alignas(64) float c[256], o[256];
+    T_CFG(E, em, &cfg);
+    for (int64_t m0 = 0; m0 < j->m; m0 += 16) {
+        const uint16_t *xa = acts + (m0 / 16) * nb * 1024;
+        __m512 acc[16];
+        for (int r = 0; r < 16; ++r) acc[r] = _mm512_setzero_ps();
+        for (int64_t b0 = 0; b0 < nb; b0 += gb) {
+            const int64_t end = b0 + gb < nb ? b0 + gb : nb;
+            T_ZERO(E, em, 3);
+            for (int64_t b = b0; b < end; ++b) {
+                T_LOAD(E, em, 0, wp + b * 512, 64);
+                T_LOAD(E, em, 1, xa + b * 1024, 64);
+                T_LOAD(E, em, 2, xa + b * 1024 + 512, 64);
+                T_DPBF16PS(E, em, 3, 0, 1);
+                T_DPBF16PS(E, em, 3, 0, 2);
+            }
+            T_STORE(E, em, 3, c, 64);
+            const float *s = sp + (b0 / gb) * 16;
+            for (int r = 0; r < 16; ++r)
+                acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(c + 16 * r), _mm512_set1_ps(s[r]), acc[r]);
+        }
+        for (int r = 0; r < 16; ++r) _mm512_storeu_ps(o + 16 * r, acc[r]); /* o[weight row][activation row] */
+        const int64_t rows = j->m - m0 < 16 ? j->m - m0 : 16, cols = j->n_out - n0 < 16 ? j->n_out - n0 : 16;
+        for (int64_t i = 0; i < rows; ++i)
+            for (int64_t q = 0; q < cols; ++q) j->y[(m0 + i) * j->n_out + n0 + q] = o[16 * q + i];
+    }
+    T_RELEASE(E, em);
+}
+
+XQ_AMX_FN static void amx_fp8_ntile_hw(const struct job *j, int64_t nt, uint16_t *wp, float *sp,
+                                       const uint16_t *acts) {
+    amx_fp8_ntile(j, nt, wp, sp, acts, 0);
+}
+
+XQ_AMX_FN static void amx_fp8_ntile_emu(const struct job *j, int64_t nt, uint16_t *wp, float *sp,
+                                        const uint16_t *acts) {
+    amx_fp8_ntile(j, nt, wp, sp, acts, 1);
+}
+
+/* Every N tile of an fp8 weight on the amx path (`emulated`: over the model), in passes of amx_pass_rows rows (their
+   bf16 halves: 4 bytes per activation). Returns 0, or -1 out of memory. */
+static int amx_fp8_tiles(struct job *j, int64_t n, int threads, int emulated) {
+    const int64_t nb = j->nb, k = j->k, m = j->m, count = (n / 4 + 3) / 4, pass = amx_pass_rows(4 * k);
+    const size_t acts = (size_t)((pass + 15) / 16 * nb) * 2048;                     /* bytes */
+    const size_t per = ((size_t)nb * 1024 + (size_t)j->groups * 64 + 63) / 64 * 64; /* weights, scales */
+    char *buf = aligned_alloc(64, acts + per * (size_t)threads);
+    if (!buf) return -1;
+    for (int64_t r0 = 0; r0 < m; r0 += pass) {
+        struct job c = *j;
+        c.m = m - r0 < pass ? m - r0 : pass, c.n_tiles = n / 4;
+        c.xf = j->xf + r0 * k, c.y = j->y + r0 * j->n_out;
+        amx_fp8_acts(c.xf, c.m, k, (uint16_t *)buf);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1 && count > 1 && c.m * n * k >= (1 << 20))
+        for (int64_t nt = 0; nt < count; ++nt) {
+            char *mine = buf + acts + per * (size_t)XQ_THREAD;
+            uint16_t *wp = (uint16_t *)mine;
+            float *sp = (float *)(mine + nb * 1024);
+            if (emulated)
+                amx_fp8_ntile_emu(&c, nt, wp, sp, (const uint16_t *)buf);
+            else
+                amx_fp8_ntile_hw(&c, nt, wp, sp, (const uint16_t *)buf);
+        }
+    }
+    free(buf);
+    return 0;
+}
+
 /* ---- entry points ---------------------------------------------------------------------------------- */
 
 typedef void (*tile_fn)(const struct job *, int64_t);
@@ -427,7 +1224,7 @@ static struct acts acts_at(void *buf, int64_t m, int64_t k) {
 }
 
 static void quantize_acts(const float *x, int64_t m, int64_t k, const struct acts *a) {
-    if (xq_isa() == XQ_AVX512)
+    if (vec_isa() == XQ_AVX512)
         xq_quantize512(x, m, k, a->xq, a->d, a->bsum, a->isum);
     else
         xq_quantize(x, m, k, a->xq, a->d, a->bsum, a->isum);
@@ -440,9 +1237,17 @@ static void quantize_acts(const float *x, int64_t m, int64_t k, const struct act
    multiply-adds (a 576 x 576 or 960 x 576 GEMV) stay on one thread: their ~10 us do not pay for waking a
    second one (at 2 threads, load ~6 on 2 vCPUs, this cut the packaged model's step by 13%). */
 static void tiles(const struct job *j, int64_t n, int threads) {
-    const int isa = xq_isa();
+    const int path = xq_isa(), isa = vec_isa();
+    if ((path == XQ_AMX || path == XQ_AMX_EMU) && j->m >= amx_min_rows) {
+        struct job a = *j;
+        const int emu = path == XQ_AMX_EMU;
+        if (j->kind != K_FP8 && amx_tiles(&a, n, threads, emu) == 0) return;
+        if (j->kind == K_FP8 && amx_fp8 && (emu || amx_bf16_usable()) && amx_fp8_tiles(&a, n, threads, emu) == 0)
+            return;
+    }
     tile_fn fn = j->kind == K_FP8 ? (isa == XQ_AVX512 ? tile_fp8_avx512 : tile_fp8_avx2)
                                   : (isa == XQ_AVX512 ? tile_int_avx512 : tile_int_avx2);
+    if (fn == tile_int_avx512 && (path == XQ_AMX || path == XQ_AMX_EMU)) fn = tile_int_avx512_bd;
     const int64_t count = n / 4, chunk = threads > 1 && count / (8 * threads) > 1 ? count / (8 * threads) : 1;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, chunk) if (threads > 1 && j->m * n * j->k >= (1 << 20))
     for (int64_t t = 0; t < count; ++t) fn(j, t);
@@ -1260,19 +2065,12 @@ XQ_AVX2_FN static void paged_group(const struct paged *p, int64_t n, int64_t j, 
         for (int64_t g = 0; g < g_n; ++g) paged_hadamard(out + g * d, d);
 }
 
-#ifdef _OPENMP
-#include <omp.h>
-#define XQ_THREAD omp_get_thread_num()
-#else
-#define XQ_THREAD 0
-#endif
-
 static int paged_run(struct paged *p, int threads) {
     int64_t top, keys;
     const int bad = paged_check(p, &top, &keys);
     if (bad) return bad;
     if (threads < 1) threads = 1;
-    const int wide = xq_isa() == XQ_AVX512 && p->d % 16 == 0;
+    const int wide = vec_isa() == XQ_AVX512 && p->d % 16 == 0;
     p->scores = wide ? paged_scores512 : paged_scores;
     p->values = wide ? paged_values512 : paged_values_heads;
     const int64_t g_n = p->h / p->kv, per = (g_n + 1) * p->d + g_n * top + 16; /* +16: own cache line */

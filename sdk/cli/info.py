@@ -33,10 +33,11 @@ def run(args: argparse.Namespace) -> int:
 
     paths = cpu_native.isa_paths()
     if paths:
-        amx = "reported (no AMX path yet)" if cpu_native.has_amx() else "not reported by CPUID/OS"
-        print(
-            f"native CPU kernels: {cpu_native.active_isa()} path (this CPU runs {', '.join(paths)}; AMX {amx})"
-        )
+        if "amx" in paths:
+            amx = f"AMX tiles for calls of >= {cpu_native.AMX_MIN_ROWS} rows, avx512_vnni below and for fp8"
+        else:
+            amx = cpu_native.amx_status()
+        print(f"native CPU kernels: {cpu_native.active_isa()} path (this CPU runs {', '.join(paths)}; {amx})")
     else:
         print("native CPU kernels: not built (no C compiler, no AVX2, or XPULLM_NATIVE=0): PyTorch's ops run")
     for dev in devices:

@@ -1,9 +1,12 @@
 """The fused CPU layer calls (`norm_linear`, `out_mlp`), the native SwiGLU and the activation quantiser, against
 their twins on fresh random shapes, on every SIMD path the CPU has: the fused calls are bit for bit the unfused
 native calls one after the other, the quantiser's codes are exactly PyTorch's, SwiGLU is within float rounding of
-PyTorch's."""
+PyTorch's. The amx paths (real, and emulated on any AVX-512 CPU) take every row count here (amx_min_rows 1)."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,7 +19,7 @@ CPU = torch.device("cpu")
 pytestmark = pytest.mark.skipif(
     cpu_native.library() is None, reason="no C compiler / AVX2 here: the native kernels are not built"
 )
-PATHS = cpu_native.isa_paths() or ["avx2"]
+PATHS = cpu_native.checked_paths() or ["avx2"]
 KERNELS = {
     "sym_int4": cpu_native.CpuNativeInt4Kernel(),
     "asym_int4": cpu_native.CpuNativeInt4Kernel(),
@@ -24,6 +27,13 @@ KERNELS = {
     "fp4": cpu_native.CpuNativeCodebookKernel(),
     "sym_int8": cpu_native.CpuNativeInt8Kernel(),
 }
+
+
+@contextlib.contextmanager
+def _on(path: str) -> Iterator[None]:
+    """Path `path` forced, with the amx paths taking calls of any row count (the shapes here are short)."""
+    with cpu_native.forced_isa(path), cpu_native.amx_min_rows(1):
+        yield
 
 
 def _gen() -> tuple[torch.Generator, int]:
@@ -48,7 +58,7 @@ def test_quantiser_codes_are_pytorchs_exactly(path: str) -> None:
     )
     x[0, :32] = 0.0  # an all-zero block: scale 0, codes 0
     x = x.bfloat16().float()  # bf16 values put many products exactly on .5: round half to even is exercised
-    with cpu_native.forced_isa(path):
+    with _on(path):
         codes, scales, sums = cpu_native.quantize_rows(x)
     blocks = x.view(m, k // 32, 32)
     d = blocks.abs().amax(-1, keepdim=True) / 127.0
@@ -81,7 +91,7 @@ def test_norm_linear_is_the_unfused_calls_bit_for_bit(fmt: str, path: str) -> No
     kernel, state = _weight(fmt, n, hidden, g)
     norm = torch.rand(hidden, generator=g) + 0.5
     h, delta = torch.randn(m, hidden, generator=g), torch.randn(m, hidden, generator=g)
-    with cpu_native.forced_isa(path):
+    with _on(path):
         residual = h + delta
         want = kernel.matmul(cpu_native.rms_norm(residual, (hidden,), norm, 1e-5), state)
         scratch = cpu_native.LayerScratch.new(m, state.padded_k, 2)
@@ -104,7 +114,7 @@ def test_out_mlp_is_the_unfused_calls_bit_for_bit(fmt: str, path: str) -> None:
     kernel, down = _weight(fmt, hidden, f, g)
     norm = torch.rand(hidden, generator=g) + 0.5
     attn, h = torch.randn(m, width, generator=g), torch.randn(m, hidden, generator=g)
-    with cpu_native.forced_isa(path):
+    with _on(path):
         residual = h + kernel.matmul(attn, o)
         gu = kernel.matmul(cpu_native.rms_norm(residual, (hidden,), norm, 1e-5), gate_up)
         want = kernel.matmul(cpu_native.silu_mul(gu), down)

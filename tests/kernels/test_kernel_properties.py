@@ -25,8 +25,9 @@ CPU = torch.device("cpu")
 
 
 def _isa_paths(kernel) -> list[str | None]:
-    """Every SIMD path this CPU runs for a native kernel (each one forced in turn); None for the others."""
-    return cpu_native.isa_paths() if type(kernel).__module__ == cpu_native.__name__ else [None]
+    """Every SIMD path this CPU runs for a native kernel (each one forced in turn; amx_emulated, the amx kernels
+    over their tile model, on any AVX-512 CPU); None for the others."""
+    return cpu_native.checked_paths() if type(kernel).__module__ == cpu_native.__name__ else [None]
 
 
 CASES = [
