@@ -14,7 +14,7 @@
 #   OUT=... bash bench/device_session.sh
 #   STAGES="mma engine spec" OUT=... bash bench/device_session.sh   # a subset (the default runs all, in order:
 #                                   mma sweep engine spec finetune cpu); knobs: *_S time limits, SPEC_FORMATS,
-#                                   WARM_FORMATS (space-separated), SWEEP_FORMATS, SWEEP_ROWS
+#                                   WARM_FORMATS (space-separated), SWEEP_FORMATS, SWEEP_ROWS, FT_VARIANTS
 # Carry: bench/out/pydeps (`bash bench/gpu_run.sh prepare`), bench/out/gpu_peer_decode.py (a copy of
 # ../shared/bench/gpu_peer_decode.py) and bench/out/bnb (bitsandbytes unpacked, its cuda130 library only).
 set -uo pipefail
@@ -76,7 +76,7 @@ if want finetune; then
   # Untuned kernels (the tuner's timing of every training shape took the whole stage on 2026-12-05); each variant
   # under its own limit, its table row written as soon as it finishes.
   XPULLM_TRITON_AUTOTUNE=0 PYTHONUNBUFFERED=1 timeout "${FT_S:-300}" $P bench/finetune_gpu.py --steps 3 --warmup 1 \
-    --variant-timeout "${FT_VARIANT_S:-100}" --out "$W/finetune_gpu.md" > "$W/finetune.log" 2>&1
+    --variants "${FT_VARIANTS:-nf4,bf16,bf16-chunked,bnb-nf4}" --variant-timeout "${FT_VARIANT_S:-100}" --out "$W/finetune_gpu.md" > "$W/finetune.log" 2>&1
   mark finetune done
 fi
 
