@@ -741,20 +741,7 @@ def _decode_tile(w, lut_ptr, FMT: tl.constexpr, PLANES: tl.constexpr):
     MASK: tl.constexpr = (1 << BITS) - 1
     shift = (tl.arange(0, PLANES) * BITS)[None, None, :, None]  # [1, 1, PLANES, 1]
     q = (tl.expand_dims(w, 2) >> shift) & MASK  # [BN, BKB, PLANES, 4]
-    if FMT == SYM_INT4:
-        v = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388616.0  # 2**23 + code - 8
-    elif FMT == ASYM_INT4:
-        v = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-    elif FMT == LUT4:
-        v = tl.load(lut_ptr + q)
-    elif FMT == SYM_INT8:
-        v = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0  # 2**23 + code - 128
-    elif FMT == FP8_E4M3:
-        h = ((q & 0x80) << 8) | ((q & 0x7F) << 7)
-        v = h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    else:
-        v = (q << 8).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    return v
+    return _decode_codes(q, lut_ptr, FMT, 0)
 
 
 @triton.jit
