@@ -1,4 +1,4 @@
-"""The batched tensor-core kernel (`jit.mma_kernel`, path `mma`) vs its reference twin, for every format.
+"""The batched tensor-core kernels (`jit.mma_kernel`, path `mma`; `jit.mma_t_kernel`, path `mma_t`) vs their
 
 Twin: dequantize the weight in fp32 and multiply in fp32 (bf16 activations), or, for int8 activations
 (`Q8Activations`), `cpu_native.reference_int8_activations`. Runs on a CUDA GPU; on CPU only under
@@ -98,10 +98,8 @@ def _rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     return ((y - ref).norm() / ref.norm().clamp_min(1e-12)).item()
 
 
-@pytest.mark.parametrize(("fmt", "gs"), FORMATS)
-@pytest.mark.parametrize("case", range(len(CASES)))
-def test_mma_matches_reference(fmt, gs, case):
-    n, k, m, cfg = CASES[case]
+def _check_bf16_tile(fmt: str, gs: int, n: int, k: int, m: int, cfg: LaunchConfig) -> torch.Tensor:
+    """Runs `cfg` on fresh random bf16 activations and a fresh weight; asserts it matches the fp32 twin."""
     seed = _seed()
     qw = _weight(fmt, gs, n, k, seed)
     tw = pack_weight(qw, DEVICE)
@@ -111,20 +109,13 @@ def test_mma_matches_reference(fmt, gs, case):
     err = _rel_err(y, x.float() @ qw.dequantize(torch.float32).T)
     # bf16 weights and activations in the dot, fp32 accumulation: ~6e-3 on these weights
     assert err < 1e-2, f"{fmt} g{gs} {n}x{k} m={m} {cfg} seed={seed}: relative error {err:.2e}"
+    return x
 
 
 @pytest.mark.parametrize(("fmt", "gs"), FORMATS)
-@pytest.mark.parametrize("case", range(len(T_CASES)))
-def test_mma_t_matches_reference(fmt, gs, case):
-    n, k, m, cfg = T_CASES[case]
-    seed = _seed()
-    qw = _weight(fmt, gs, n, k, seed)
-    tw = pack_weight(qw, DEVICE)
-    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)).bfloat16()
-    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device=DEVICE)
-    y = run(_prepare_x(x.to(DEVICE), tw), tw, cfg, out=out)
-    err = _rel_err(y, x.float() @ qw.dequantize(torch.float32).T)
-    assert err < 1e-2, f"{fmt} g{gs} {n}x{k} m={m} {cfg} seed={seed}: relative error {err:.2e}"
+@pytest.mark.parametrize("case", range(len(CASES + T_CASES)))
+def test_tiles_match_reference(fmt, gs, case):
+    _check_bf16_tile(fmt, gs, *(CASES + T_CASES)[case])
 
 
 @pytest.mark.parametrize(
@@ -135,15 +126,8 @@ def test_mma_t_matches_reference(fmt, gs, case):
     ],
 )
 def test_mma_t_bf16x2_pair_decode_matches_reference(n, k, m, cfg):
-    seed = _seed()
-    qw = _weight("sym_int4", 128, n, k, seed)
-    tw = pack_weight(qw, DEVICE)
-    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)).bfloat16()
-    out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device=DEVICE)
-    y = run(_prepare_x(x.to(DEVICE), tw), tw, cfg, out=out)
-    err = _rel_err(y, x.float() @ qw.dequantize(torch.float32).T)
-    assert err < 1e-2, f"{n}x{k} m={m} {cfg} seed={seed}: relative error {err:.2e}"
-    other = pack_weight(_weight("sym_int4", 32, n, k, seed), DEVICE)  # 4-word groups: two scales per step
+    x = _check_bf16_tile("sym_int4", 128, n, k, m, cfg)
+    other = pack_weight(_weight("sym_int4", 32, n, k, 0), DEVICE)  # 4-word groups: two scales per step
     with pytest.raises(ValueError, match="pairs=False"):
         run(_prepare_x(x.to(DEVICE), other), other, cfg)
 
