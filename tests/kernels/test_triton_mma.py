@@ -1,4 +1,5 @@
 """The batched tensor-core kernels (`jit.mma_kernel`, path `mma`; `jit.mma_t_kernel`, path `mma_t`) vs their
+reference twin, for every format.
 
 Twin: dequantize the weight in fp32 and multiply in fp32 (bf16 activations), or, for int8 activations
 (`Q8Activations`), `cpu_native.reference_int8_activations`. Runs on a CUDA GPU; on CPU only under
