@@ -34,6 +34,7 @@ from xpullm.engine import LLM
 from xpullm.engine.core import EngineConfig
 from xpullm.engine.params import Completion
 from xpullm.engine.speculative import SpeculativeConfig
+from xpullm.kernels import cpu_native
 
 METHODS: dict[str, SpeculativeConfig | None] = {
     "plain": None,
@@ -45,7 +46,14 @@ METHODS: dict[str, SpeculativeConfig | None] = {
     # The same drafter with its cost declared 0: it drafts whenever its confidence allows, which shows the raw
     # acceptance of skipped-layer drafts (what a GPU, where a partial step is cheap, would see).
     "self_speculative_always": SpeculativeConfig(method="self_speculative", draft_cost=0.0),
+    # The default drafter with the native attention computing each verified token on its own (one job per token and
+    # kv head, as before token groups; `bench/spec_row_cost.py`): the before / after of the kernel, interleaved.
+    "prompt_lookup_pertoken": SpeculativeConfig(method="prompt_lookup"),
 }
+# Most tokens of one sequence the native paged attention attends together, per method (default 8).
+PAGED_GROUP = {"prompt_lookup_pertoken": 1}
+# Methods that run on another method's engine (same drafter, same weights and pools).
+SHARED_ENGINE = {"plain": "prompt_lookup", "prompt_lookup_pertoken": "prompt_lookup"}
 CHAT = [
     "Tell me a short story about a dragon who learns to bake bread.",
     "What are some good habits for learning a new language?",
@@ -135,11 +143,13 @@ def run(
     engines = {
         name: LLM(base.model, tokenizer=base.tokenizer, speculative=spec, engine=EngineConfig())
         for name, spec in METHODS.items()
-        if spec is not None and (name in methods or name == "prompt_lookup")
+        if spec is not None and name not in SHARED_ENGINE and (name in methods or name == "prompt_lookup")
     }
     # Plain decoding runs on the prompt-lookup engine with the request's `speculative=False`: the same engine thread,
     # pools and thread pool as the speculative runs beside it (another engine's idle threads skew a 2-core machine).
-    engines["plain"] = engines["prompt_lookup"]
+    for name, owner in SHARED_ENGINE.items():
+        engines[name] = engines[owner]
+    lib = cpu_native.library()
     kinds = {k: v for k, v in workloads(base, per_kind).items() if only is None or k in only}
     names = [n for n in METHODS if n in methods]
     warm = next(iter(kinds.values()))[0]
@@ -160,6 +170,8 @@ def run(
             for req in reqs:
                 outs = {}
                 for name in order:
+                    if lib is not None:
+                        lib.xq_set_paged_group(PAGED_GROUP.get(name, 8))
                     c = engines[name].chat(
                         req["messages"],
                         max_new_tokens=max_tokens,

@@ -1285,11 +1285,18 @@ XQ_AVX2_FN static void paged_group(const struct paged *p, int64_t n0, int64_t R,
 #endif
 
 /* Most tokens of one sequence attended together (paged_group): bounds the scratch, and keeps prompt chunks in
-   many jobs. */
+   many jobs. `xq_set_paged_group` lowers it (1: one job per token and kv head, the kernel before groups; for
+   benchmarks, which time both in one process) and returns the previous value. */
 #define XQ_GROUP_MAX 8
+static int paged_group_max = XQ_GROUP_MAX;
+int xq_set_paged_group(int most) {
+    const int before = paged_group_max;
+    if (most >= 1 && most <= XQ_GROUP_MAX) paged_group_max = most;
+    return before;
+}
 
 /* The step's token groups (start, count): runs of consecutive positions of one sequence without a window, cut
-   into near-equal groups of at most XQ_GROUP_MAX tokens, and into at least enough groups that the kv heads'
+   into near-equal groups of at most paged_group_max tokens, and into at least enough groups that the kv heads'
    jobs give every thread two (a few rows' groups would leave a thread idle); single tokens otherwise.
    Returns the number of groups. */
 static int64_t paged_groups(const struct paged *p, int threads, int64_t *start, int64_t *count) {
@@ -1300,7 +1307,7 @@ static int64_t paged_groups(const struct paged *p, int threads, int64_t *start, 
         while (!p->window && !p->sinks && n + run < p->n && p->seq_index[n + run] == p->seq_index[n] &&
                p->positions[n + run] == p->positions[n + run - 1] + 1)
             ++run;
-        int64_t parts = (run + XQ_GROUP_MAX - 1) / XQ_GROUP_MAX;
+        int64_t parts = (run + paged_group_max - 1) / paged_group_max;
         parts = parts < want ? want : parts;
         parts = parts > run ? run : parts;
         for (int64_t i = 0, at = n; i < parts; ++i) {
