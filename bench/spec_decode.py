@@ -15,7 +15,7 @@ same request in the same round. Reported: medians over all runs with [min-max], 
 and decode tokens per step. Greedy outputs are checked equal across methods.
 
 python -P bench/spec_decode.py [--rounds 3] [--max-tokens 96] [--per-kind 2] [--methods a,b] [--kinds a,b]
-    [--write docs/benchmarks-speculative.md]  (--write replaces the file: keep its hand-written reading below)
+    [--threads N] [--write docs/benchmarks-speculative.md]  (--write replaces the file: keep its hand-written reading below)
 """
 
 from __future__ import annotations
@@ -136,9 +136,14 @@ def decode_seconds(c: Completion) -> float:
 
 
 def run(
-    rounds: int, max_tokens: int, per_kind: int, methods: list[str], only: list[str] | None = None
+    rounds: int,
+    max_tokens: int,
+    per_kind: int,
+    methods: list[str],
+    only: list[str] | None = None,
+    threads: int | None = None,
 ) -> tuple[list[dict], dict]:
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     base = LLM()
     engines = {
         name: LLM(base.model, tokenizer=base.tokenizer, speculative=spec, engine=EngineConfig())
@@ -255,6 +260,7 @@ def main() -> None:
         help=f"comma-separated subset of {list(METHODS)} (plain is always run)",
     )
     ap.add_argument("--kinds", default=None, help="comma-separated workloads to run (default: all four)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     args = ap.parse_args()
     methods = ["plain", *(m for m in args.methods.split(",") if m != "plain")]
     unknown = [m for m in methods if m not in METHODS]
@@ -262,7 +268,7 @@ def main() -> None:
         raise SystemExit(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
     t0 = time.perf_counter()
     only = args.kinds.split(",") if args.kinds else None
-    rows, info = run(args.rounds, args.max_tokens, args.per_kind, methods, only)
+    rows, info = run(args.rounds, args.max_tokens, args.per_kind, methods, only, args.threads)
     out = table(rows)
     print(out)
     print(info, f"{time.perf_counter() - t0:.0f} s")
