@@ -1295,29 +1295,45 @@ int xq_set_paged_group(int most) {
     return before;
 }
 
-/* The step's token groups (start, count): runs of consecutive positions of one sequence without a window, cut
-   into near-equal groups of at most paged_group_max tokens, and into at least enough groups that the kv heads'
-   jobs give every thread two (a few rows' groups would leave a thread idle); single tokens otherwise.
-   Returns the number of groups. */
+/* The step's token groups (start, count): runs of consecutive positions of one sequence without a window (single
+   tokens otherwise), each cut into near-equal groups of at most paged_group_max tokens; while the step has fewer
+   groups than give every thread two kv-head jobs, the run with the largest groups is cut once more (one sequence's
+   draft as one group would leave a thread idle; a batch of drafts keeps each whole). Returns the number of groups;
+   `start` and `count` hold p->n entries each (`count` first holds each run's part count, at its first token). */
 static int64_t paged_groups(const struct paged *p, int threads, int64_t *start, int64_t *count) {
-    int64_t ng = 0;
     const int64_t want = (2 * threads + p->kv - 1) / p->kv;
-    for (int64_t n = 0; n < p->n;) {
+    int64_t nruns = 0, total = 0;
+    for (int64_t n = 0; n < p->n;) { /* runs: start[r] = first token, count[r] = parts (runs end where the next starts) */
         int64_t run = 1;
         while (!p->window && !p->sinks && n + run < p->n && p->seq_index[n + run] == p->seq_index[n] &&
                p->positions[n + run] == p->positions[n + run - 1] + 1)
             ++run;
-        int64_t parts = (run + paged_group_max - 1) / paged_group_max;
-        parts = parts < want ? want : parts;
-        parts = parts > run ? run : parts;
-        for (int64_t i = 0, at = n; i < parts; ++i) {
-            const int64_t c = run / parts + (i < run % parts);
-            start[ng] = at, count[ng++] = c;
-            at += c;
-        }
+        start[nruns] = n, count[nruns] = (run + paged_group_max - 1) / paged_group_max;
+        total += count[nruns++];
         n += run;
     }
-    return ng;
+#define XQ_RUN_LEN(r) (((r) + 1 < nruns ? start[(r) + 1] : p->n) - start[r])
+    while (total < want) { /* cut the run whose groups are largest (the first on ties) once more */
+        int64_t best = -1;
+        for (int64_t r = 0; r < nruns; ++r)
+            if (count[r] < XQ_RUN_LEN(r) &&
+                (best < 0 || XQ_RUN_LEN(r) * count[best] > XQ_RUN_LEN(best) * count[r]))
+                best = r;
+        if (best < 0) break; /* every run is single tokens already */
+        ++count[best], ++total;
+    }
+    /* Expand in place from the last run backwards: group g of run r lands at index >= r, so nothing unread is
+       overwritten (total >= nruns). */
+    for (int64_t r = nruns - 1, g = total; r >= 0; --r) {
+        const int64_t first = start[r], len = XQ_RUN_LEN(r), parts = count[r];
+        for (int64_t i = parts - 1, end = first + len; i >= 0; --i) {
+            const int64_t c = len / parts + (i < len % parts);
+            start[--g] = end - c, count[g] = c;
+            end -= c;
+        }
+    }
+#undef XQ_RUN_LEN
+    return total;
 }
 
 static int paged_run(struct paged *p, int threads) {
