@@ -72,3 +72,20 @@ def test_draft_chunks_are_bitwise_one_token_steps(kv_cache_dtype: str, isa: str)
                         assert torch.equal(pool.view(torch.uint8), pools[name].view(torch.uint8)), name
         finally:
             torch.set_num_threads(before)
+
+
+def test_group_size_setter_changes_no_bit_and_rejects_bad_sizes() -> None:
+    """`xq_set_paged_group` (the benchmarks' before / after switch) bounds the group size to 1..8 and returns the
+    previous size; groups of one token (the kernel before groups) give the very same bits."""
+    lib = cpu_native.library()
+    lengths = [120, 33]
+    world = make_world(3, 9, 3, 64, 16, lengths, norms=False)
+    schedule = _drafts(lengths, 30, random.Random(3))
+    grouped, _ = run(world, schedule, paged_attention)
+    assert lib.xq_set_paged_group(1) == 8
+    try:
+        assert lib.xq_set_paged_group(0) == 1 and lib.xq_set_paged_group(9) == 1  # out of range: unchanged
+        single, _ = run(world, schedule, paged_attention)
+    finally:
+        lib.xq_set_paged_group(8)
+    assert all(torch.equal(single[key], row) for key, row in grouped.items())
