@@ -15,7 +15,7 @@ same request in the same round. Reported: medians over all runs with [min-max], 
 and decode tokens per step. Greedy outputs are checked equal across methods.
 
 python -P bench/spec_decode.py [--rounds 3] [--max-tokens 96] [--per-kind 2] [--methods a,b] [--kinds a,b]
-    [--write docs/benchmarks-speculative.md]  (--write replaces the file: keep its hand-written reading below)
+    [--threads N] [--write docs/benchmarks-speculative.md]  (--write replaces the file: keep its hand-written reading below)
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from xpullm.engine import LLM
 from xpullm.engine.core import EngineConfig
 from xpullm.engine.params import Completion
 from xpullm.engine.speculative import SpeculativeConfig
+from xpullm.kernels import cpu_native
 
 METHODS: dict[str, SpeculativeConfig | None] = {
     "plain": None,
@@ -45,7 +46,14 @@ METHODS: dict[str, SpeculativeConfig | None] = {
     # The same drafter with its cost declared 0: it drafts whenever its confidence allows, which shows the raw
     # acceptance of skipped-layer drafts (what a GPU, where a partial step is cheap, would see).
     "self_speculative_always": SpeculativeConfig(method="self_speculative", draft_cost=0.0),
+    # The default drafter with the native attention computing each verified token on its own (one job per token and
+    # kv head, as before token groups; `bench/spec_row_cost.py`): the before / after of the kernel, interleaved.
+    "prompt_lookup_pertoken": SpeculativeConfig(method="prompt_lookup"),
 }
+# Most tokens of one sequence the native paged attention attends together, per method (default 8).
+PAGED_GROUP = {"prompt_lookup_pertoken": 1}
+# Methods that run on another method's engine (same drafter, same weights and pools).
+SHARED_ENGINE = {"plain": "prompt_lookup", "prompt_lookup_pertoken": "prompt_lookup"}
 CHAT = [
     "Tell me a short story about a dragon who learns to bake bread.",
     "What are some good habits for learning a new language?",
@@ -128,18 +136,25 @@ def decode_seconds(c: Completion) -> float:
 
 
 def run(
-    rounds: int, max_tokens: int, per_kind: int, methods: list[str], only: list[str] | None = None
+    rounds: int,
+    max_tokens: int,
+    per_kind: int,
+    methods: list[str],
+    only: list[str] | None = None,
+    threads: int | None = None,
 ) -> tuple[list[dict], dict]:
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     base = LLM()
     engines = {
         name: LLM(base.model, tokenizer=base.tokenizer, speculative=spec, engine=EngineConfig())
         for name, spec in METHODS.items()
-        if spec is not None and (name in methods or name == "prompt_lookup")
+        if spec is not None and name not in SHARED_ENGINE and (name in methods or name == "prompt_lookup")
     }
     # Plain decoding runs on the prompt-lookup engine with the request's `speculative=False`: the same engine thread,
     # pools and thread pool as the speculative runs beside it (another engine's idle threads skew a 2-core machine).
-    engines["plain"] = engines["prompt_lookup"]
+    for name, owner in SHARED_ENGINE.items():
+        engines[name] = engines[owner]
+    lib = cpu_native.library()
     kinds = {k: v for k, v in workloads(base, per_kind).items() if only is None or k in only}
     names = [n for n in METHODS if n in methods]
     warm = next(iter(kinds.values()))[0]
@@ -160,6 +175,8 @@ def run(
             for req in reqs:
                 outs = {}
                 for name in order:
+                    if lib is not None:
+                        lib.xq_set_paged_group(PAGED_GROUP.get(name, 8))
                     c = engines[name].chat(
                         req["messages"],
                         max_new_tokens=max_tokens,
@@ -243,6 +260,7 @@ def main() -> None:
         help=f"comma-separated subset of {list(METHODS)} (plain is always run)",
     )
     ap.add_argument("--kinds", default=None, help="comma-separated workloads to run (default: all four)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     args = ap.parse_args()
     methods = ["plain", *(m for m in args.methods.split(",") if m != "plain")]
     unknown = [m for m in methods if m not in METHODS]
@@ -250,7 +268,7 @@ def main() -> None:
         raise SystemExit(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
     t0 = time.perf_counter()
     only = args.kinds.split(",") if args.kinds else None
-    rows, info = run(args.rounds, args.max_tokens, args.per_kind, methods, only)
+    rows, info = run(args.rounds, args.max_tokens, args.per_kind, methods, only, args.threads)
     out = table(rows)
     print(out)
     print(info, f"{time.perf_counter() - t0:.0f} s")

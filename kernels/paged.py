@@ -13,9 +13,10 @@ and the token at position p of sequence s sits in block `block_tables[s, p // bl
 Per (token, head) the arithmetic is one fixed loop over its keys, so on the native CPU path a token's output is
 bitwise the same whatever else is in the batch, however its prompt was split into chunks and on whichever thread
 it runs: that is what makes a request's greedy tokens independent of the other requests (ENGINE_DESIGN.md). The
-native kernel (`csrc/cpu_ops.c`, `xq_paged_attention`) runs one job per (token, kv head) over OpenMP threads -
-the kv head's G query heads together, so each key and value is loaded once for all G - on AVX2 or AVX-512 (the
-CPU's best path; results are bitwise stable per path). `reference_paged_attention` is the PyTorch twin every fast
+native kernel (`csrc/cpu_ops.c`, `xq_paged_attention`) runs one job per (token group, kv head) over OpenMP threads -
+the kv head's G query heads together, and up to 8 consecutive tokens of one sequence (a verified draft, a prompt
+chunk) together, so each key and value is loaded once for all of them - on AVX2 or AVX-512 (the CPU's best path;
+results are bitwise stable per path, and the same in any grouping). `reference_paged_attention` is the PyTorch twin every fast
 path is tested against.
 
 Backends, first one that takes the call wins (`paged_backend` names it): the native C kernel (CPU, fp32, the

@@ -1531,7 +1531,7 @@ struct paged {
     /* the SIMD path's phase-2 pieces (AVX2, or AVX-512 where the CPU runs it and 16 divides D) */
     void (*scores)(const struct paged *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t, float *);
     void (*values)(const struct paged *, const struct krun *, int64_t, int64_t, const float *, int64_t, const float *,
-                   float *);
+                   float *, int64_t);
 };
 
 /* The table column of absolute block b (kernels/paged.py's `table_column`): b, or with a window a ring over the
@@ -1813,10 +1813,10 @@ XQ_AVX2_FN static void paged_values(const struct paged *p, const struct krun *ru
     for (int64_t e = 0; e < d; ++e) out[e] *= inv;
 }
 
-/* The G heads' outputs (w: G rows of len weights, inv: G factors, out: G rows of D), one head at a time. */
+/* The g_n heads' outputs (w: g_n rows of len weights, inv: g_n factors, out: g_n rows of D), one head at a time. */
 XQ_AVX2_FN static void paged_values_heads(const struct paged *p, const struct krun *runs, int64_t nruns, int64_t j, const float *w,
-                                          int64_t len, const float *inv, float *out) {
-    for (int64_t g = 0; g < p->h / p->kv; ++g) paged_values(p, runs, nruns, j, w + g * len, len, inv[g], out + g * p->d);
+                                          int64_t len, const float *inv, float *out, int64_t g_n) {
+    for (int64_t g = 0; g < g_n; ++g) paged_values(p, runs, nruns, j, w + g * len, len, inv[g], out + g * p->d);
 }
 
 /* ---- the same two pieces on 16 lanes (AVX-512; D a multiple of 16) ---- */
@@ -1952,8 +1952,8 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void paged_values512_g
 }
 
 XQ_AVX512_FN static void paged_values512(const struct paged *p, const struct krun *runs, int64_t nruns, int64_t j, const float *w,
-                                         int64_t len, const float *inv, float *out) {
-    const int64_t d = p->d, g_n = p->h / p->kv;
+                                         int64_t len, const float *inv, float *out, int64_t g_n) {
+    const int64_t d = p->d;
     for (int64_t c = 0; c < d; c += 128) {
         const int R = (d - c) >= 128 ? 8 : (int)((d - c) / 16);
         const int64_t most = R == 8 ? 2 : 4; /* heads per pass: GB * R accumulators stay within the 32 zmm */
@@ -2023,15 +2023,25 @@ XQ_AVX2_FN static float softmax_exp(float *e, int64_t len, float mx) {
     return total;
 }
 
-/* Phase 2 for one token and one kv head j, i.e. its G = H / KV query heads (each key is loaded once for all G,
-   four keys per step; values per head with the output row in registers). For each head the arithmetic is a
-   fixed loop that reads nothing of other tokens: scores over keys 0..pos, their max, exp and sum, then
-   sum_t e_t v_t (in order of t) times 1 / sum. So a head's result is bitwise the same in any batch, any
-   chunking and on any thread. `buf` holds G D + D + G (pos + 1) floats. */
-XQ_AVX2_FN static void paged_group(const struct paged *p, int64_t n, int64_t j, float *buf, struct krun *runs) {
-    const int64_t d = p->d, bs = p->bs, g_n = p->h / p->kv, pos = p->positions[n];
+/* Phase 2 for tokens n0..n0+R-1 and one kv head j, i.e. their R G query heads (G = H / KV). R > 1 only for
+   consecutive positions of one sequence without a window (a verified draft, a prompt chunk): token r attends keys
+   0..pos_r, a prefix of the last token's keys, so every key and value is loaded once for all R G heads (four keys
+   per step; values with the output rows in registers). For each head the arithmetic is a fixed loop that reads
+   nothing of other tokens: scores over keys 0..pos, their max, exp and sum, then sum_t e_t v_t (in order of t)
+   times 1 / sum; a shorter token's keys past its own are scored and then weighted by an exact 0, which leaves
+   its sums bitwise unchanged (fma(0, v, acc) = acc for finite v and acc != -0, and acc starts at +0). So a head's
+   result is bitwise the same in any batch, any chunking and grouping, and on any thread. `buf` holds
+   paged_buf(R) floats. */
+static inline int64_t paged_buf(const struct paged *p, int64_t r, int64_t top) {
+    const int64_t heads = r * (p->h / p->kv);
+    return 2 * heads * p->d + p->d + heads * top;
+}
+
+XQ_AVX2_FN static void paged_group(const struct paged *p, int64_t n0, int64_t R, int64_t j, float *buf,
+                                   struct krun *runs) {
+    const int64_t d = p->d, bs = p->bs, g_n = p->h / p->kv, heads = R * g_n, pos = p->positions[n0 + R - 1];
     const int64_t width = (p->h + 2 * p->kv) * d;
-    const int32_t *table = p->tables + p->seq_index[n] * p->max_blocks;
+    const int32_t *table = p->tables + p->seq_index[n0] * p->max_blocks;
     int64_t sink_end, lo, nruns = 0;
     paged_range(p, pos, &sink_end, &lo);
     const int64_t len = sink_end + pos - lo + 1;
@@ -2043,26 +2053,85 @@ XQ_AVX2_FN static void paged_group(const struct paged *p, int64_t n, int64_t j, 
             t += cnt;
         }
     }
-    float *q = buf, *tmp = buf + g_n * d, *sc = tmp + d;
-    for (int64_t g = 0; g < g_n; ++g)
-        paged_rotate(p->qkv + n * width + (j * g_n + g) * d, p->q_norm, p->eps, p->cos + pos * d, p->sin + pos * d,
-                     d, tmp, q + g * d);
+    float *q = buf, *tmp = buf + heads * d, *sc = tmp + d, *grouped = sc + heads * len;
+    for (int64_t r = 0; r < R; ++r) {
+        const int64_t n = n0 + r, pn = p->positions[n];
+        for (int64_t g = 0; g < g_n; ++g)
+            paged_rotate(p->qkv + n * width + (j * g_n + g) * d, p->q_norm, p->eps, p->cos + pn * d,
+                         p->sin + pn * d, d, tmp, q + (r * g_n + g) * d);
+    }
     if (p->rotate)
-        for (int64_t g = 0; g < g_n; ++g) paged_hadamard(q + g * d, d);
+        for (int64_t g = 0; g < heads; ++g) paged_hadamard(q + g * d, d);
     for (int64_t ri = 0, t0 = 0; ri < nruns; t0 += runs[ri].cnt, ++ri) {
         const int64_t base = (runs[ri].blk * p->kv + j) * bs + runs[ri].off, cnt = runs[ri].cnt;
-        p->scores(p, q, g_n, base, cnt, t0, len, sc);
+        p->scores(p, q, heads, base, cnt, t0, len, sc);
     }
-    float inv[g_n];
-    for (int64_t g = 0; g < g_n; ++g) {
+    float inv[heads];
+    for (int64_t g = 0; g < heads; ++g) {
+        const int64_t own = len - (R - 1 - g / g_n); /* this head's token attends keys 0..own-1 */
         float *e = sc + g * len, mx = -INFINITY;
-        for (int64_t t = 0; t < len; ++t) mx = e[t] > mx ? e[t] : mx;
-        inv[g] = 1.0f / softmax_exp(e, len, mx);
+        for (int64_t t = 0; t < own; ++t) mx = e[t] > mx ? e[t] : mx;
+        inv[g] = 1.0f / softmax_exp(e, own, mx);
+        for (int64_t t = own; t < len; ++t) e[t] = 0.0f;
     }
-    float *out = p->out + (n * p->h + j * g_n) * d;
-    p->values(p, runs, nruns, j, sc, len, inv, out);
+    float *out = R == 1 ? p->out + (n0 * p->h + j * g_n) * d : grouped;
+    p->values(p, runs, nruns, j, sc, len, inv, out, heads);
     if (p->rotate)
-        for (int64_t g = 0; g < g_n; ++g) paged_hadamard(out + g * d, d);
+        for (int64_t g = 0; g < heads; ++g) paged_hadamard(out + g * d, d);
+    for (int64_t r = 0; R > 1 && r < R; ++r) /* token r's G heads are contiguous in its output row */
+        memcpy(p->out + ((n0 + r) * p->h + j * g_n) * d, grouped + r * g_n * d, sizeof(float) * (size_t)(g_n * d));
+}
+
+/* Most tokens of one sequence attended together (paged_group): bounds the scratch, and keeps prompt chunks in
+   many jobs. `xq_set_paged_group` lowers it (1: one job per token and kv head, the kernel before groups; for
+   benchmarks, which time both in one process) and returns the previous value. */
+#define XQ_GROUP_MAX 8
+static int paged_group_max = XQ_GROUP_MAX;
+int xq_set_paged_group(int most) {
+    const int before = paged_group_max;
+    if (most >= 1 && most <= XQ_GROUP_MAX) paged_group_max = most;
+    return before;
+}
+
+/* The step's token groups (start, count): runs of consecutive positions of one sequence without a window (single
+   tokens otherwise), each cut into near-equal groups of at most paged_group_max tokens; while the step has fewer
+   groups than give every thread two kv-head jobs, the run with the largest groups is cut once more (one sequence's
+   draft as one group would leave a thread idle; a batch of drafts keeps each whole). Returns the number of groups;
+   `start` and `count` hold p->n entries each (`count` first holds each run's part count, at its first token). */
+static int64_t paged_groups(const struct paged *p, int threads, int64_t *start, int64_t *count) {
+    const int64_t want = (2 * threads + p->kv - 1) / p->kv;
+    int64_t nruns = 0, total = 0;
+    for (int64_t n = 0; n < p->n;) { /* runs: start[r] = first token, count[r] = parts (runs end where the next starts) */
+        int64_t run = 1;
+        while (!p->window && !p->sinks && n + run < p->n && p->seq_index[n + run] == p->seq_index[n] &&
+               p->positions[n + run] == p->positions[n + run - 1] + 1)
+            ++run;
+        start[nruns] = n, count[nruns] = (run + paged_group_max - 1) / paged_group_max;
+        total += count[nruns++];
+        n += run;
+    }
+#define XQ_RUN_LEN(r) (((r) + 1 < nruns ? start[(r) + 1] : p->n) - start[r])
+    while (total < want) { /* cut the run whose groups are largest (the first on ties) once more */
+        int64_t best = -1;
+        for (int64_t r = 0; r < nruns; ++r)
+            if (count[r] < XQ_RUN_LEN(r) &&
+                (best < 0 || XQ_RUN_LEN(r) * count[best] > XQ_RUN_LEN(best) * count[r]))
+                best = r;
+        if (best < 0) break; /* every run is single tokens already */
+        ++count[best], ++total;
+    }
+    /* Expand in place from the last run backwards: group g of run r lands at index >= r, so nothing unread is
+       overwritten (total >= nruns). */
+    for (int64_t r = nruns - 1, g = total; r >= 0; --r) {
+        const int64_t first = start[r], len = XQ_RUN_LEN(r), parts = count[r];
+        for (int64_t i = parts - 1, end = first + len; i >= 0; --i) {
+            const int64_t c = len / parts + (i < len % parts);
+            start[--g] = end - c, count[g] = c;
+            end -= c;
+        }
+    }
+#undef XQ_RUN_LEN
+    return total;
 }
 
 static int paged_run(struct paged *p, int threads) {
@@ -2073,21 +2142,25 @@ static int paged_run(struct paged *p, int threads) {
     const int wide = vec_isa() == XQ_AVX512 && p->d % 16 == 0;
     p->scores = wide ? paged_scores512 : paged_scores;
     p->values = wide ? paged_values512 : paged_values_heads;
-    const int64_t g_n = p->h / p->kv, per = (g_n + 1) * p->d + g_n * top + 16; /* +16: own cache line */
+    const int64_t per = paged_buf(p, XQ_GROUP_MAX, top) + 16; /* +16: own cache line */
     const int64_t per_runs = top / p->bs + 4; /* a token's key runs: its blocks, plus split ends */
     float *scratch = malloc(sizeof(float) * (size_t)(threads * per));
     struct krun *runs = malloc(sizeof(struct krun) * (size_t)(threads * per_runs));
-    if (!scratch || !runs) {
-        free(scratch), free(runs);
+    int64_t *start = malloc(sizeof(int64_t) * (size_t)(2 * p->n));
+    if (!scratch || !runs || !start) {
+        free(scratch), free(runs), free(start);
         return -1;
     }
     paged_write(p, scratch);
+    int64_t *count = start + p->n;
+    const int64_t ng = paged_groups(p, threads, start, count);
     /* Threads only where there is work to split (a fork costs several microseconds): >= ~64k multiply-adds. */
-    const int64_t jobs = p->n * p->kv, parallel = threads > 1 && jobs >= 2 && keys * p->h * p->d >= 65536;
+    const int64_t jobs = ng * p->kv, parallel = threads > 1 && jobs >= 2 && keys * p->h * p->d >= 65536;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (parallel)
     for (int64_t job = 0; job < jobs; ++job)
-        paged_group(p, job / p->kv, job % p->kv, scratch + XQ_THREAD * per, runs + XQ_THREAD * per_runs);
-    free(scratch), free(runs);
+        paged_group(p, start[job / p->kv], count[job / p->kv], job % p->kv, scratch + XQ_THREAD * per,
+                    runs + XQ_THREAD * per_runs);
+    free(scratch), free(runs), free(start);
     return 0;
 }
 

@@ -110,8 +110,10 @@ class SpeculativeConfig:
     draft_min_prob: float = 0.3
     """self_speculative: stop a draft when the draft model's top probability falls below this."""
     verify_cost: float = 0.15
-    """Cost of verifying one more token in a step, relative to a one-token step: ~0.13-0.15 measured with the
-    packaged 135M model on 2 CPU cores (the LM head per row dominates); near 0 for big models on GPUs."""
+    """Cost of verifying one more token in a step, relative to a one-token step: 0.12-0.18 measured with the
+    packaged 135M model on 2 CPU cores at 300-800 tokens of context (`bench/spec_row_cost.py`: the projections'
+    per-row integer work ~0.07, attention over the context 0.05-0.07, the LM head ~0.02); near 0 for big models on
+    GPUs."""
     draft_cost: float | None = None
     """Cost of drafting one token relative to a step (None: the drafter's own estimate, 0 for prompt lookup)."""
 
