@@ -35,10 +35,11 @@ import os
 import platform
 import shutil
 import subprocess
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,9 @@ from xpullm.kernels.codebook import CODEBOOKS
 from xpullm.kernels.packing import unpack_nibbles
 from xpullm.kernels.registry import Kernel, register_kernel
 from xpullm.settings import runtime_settings  # layer 0: imports nothing from xpullm
+
+if TYPE_CHECKING:
+    from xpullm.kernels.paged import PagedBatch, PagedLayer
 
 __all__ = [
     "ISA_PATHS",
@@ -333,54 +337,72 @@ _PAGED_ERRORS = {
 _PAGED_CODES = {"int8": 1, "fp8_e4m3": 2}  # kv_cache_dtype -> the C kernel's code kind
 
 
-def paged_attention(
-    qkv: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    positions: torch.Tensor,
-    seq_index: torch.Tensor,
-    block_tables: torch.Tensor,
-    k_pool: torch.Tensor,
-    v_pool: torch.Tensor,
-    n_heads: int,
-    scale: float,
-    q_norm: torch.Tensor | None = None,
-    k_norm: torch.Tensor | None = None,
-    eps: float = 0.0,
-    *,
-    kv_cache_dtype: str = "auto",
-    k_scale: torch.Tensor | None = None,
-    v_scale: torch.Tensor | None = None,
-    window: int = 0,
-    sinks: int = 0,
-) -> torch.Tensor:
+def _paged_step_args(batch: PagedBatch) -> tuple[Any, ...]:
+    """The kernel's per-step arguments (RoPE tables, positions, sequences, block tables) as the C call takes
+    them: the same for every layer of the step, so packed once per step (the last batch's are kept)."""
+    global _PAGED_STEP
+    last = _PAGED_STEP
+    if last is not None and last[0] is batch:
+        return last[1]
+    t = batch.block_tables
+    args = (batch.cos.data_ptr(), batch.sin.data_ptr(), batch.cos.shape[0], batch.positions.data_ptr(),
+            batch.seq_index.data_ptr(), t.data_ptr(), t.shape[0], t.shape[1])  # fmt: skip
+    _PAGED_STEP = (batch, args)
+    return args
+
+
+_PAGED_STEP: tuple[PagedBatch, tuple[Any, ...]] | None = None
+
+
+@dataclass(frozen=True)
+class _PagedLayerArgs:
+    """A layer's fixed arguments of the C call, packed once per layer (`_paged_layer_args`)."""
+
+    fn: Any  # xq_paged_attention or xq_paged_attention_codes
+    pools: tuple[Any, ...]  # the pools' pointers (+ the scales' and the code kind)
+    mid: tuple[Any, ...]  # num_blocks, block_size, q_norm, k_norm, eps
+    heads: tuple[Any, ...]  # h, kv, d, scale
+    tail: tuple[int, int]  # window, sinks
+    width: int  # H * D, the output row
+
+
+_PAGED_LAYERS: weakref.WeakKeyDictionary[PagedLayer, _PagedLayerArgs] = weakref.WeakKeyDictionary()
+
+
+def _paged_layer_args(layer: PagedLayer) -> _PagedLayerArgs:
+    args = _PAGED_LAYERS.get(layer)
+    if args is not None:
+        return args
+    lib = library()
+    k_pool, v_pool = layer.k_pool, layer.v_pool
+    norms = tuple(None if t is None else t.data_ptr() for t in (layer.q_norm, layer.k_norm))
+    if layer.codes is not None:
+        fn = lib.xq_paged_attention_codes
+        pools = (k_pool.data_ptr(), v_pool.data_ptr(), layer.k_scale.data_ptr(), layer.v_scale.data_ptr(),
+                 _PAGED_CODES[layer.codes])  # fmt: skip
+    else:
+        fn, pools = lib.xq_paged_attention, (k_pool.data_ptr(), v_pool.data_ptr())
+    args = _PagedLayerArgs(
+        fn, pools, (k_pool.shape[0], layer.block_size, *norms, layer.eps),
+        (layer.n_heads, layer.kv, layer.d, layer.scale), (layer.window, layer.sinks), layer.n_heads * layer.d,
+    )  # fmt: skip
+    _PAGED_LAYERS[layer] = args
+    return args
+
+
+def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> torch.Tensor:
     """`xpullm.kernels.paged.paged_attention` as one native call (fp32 CPU tensors; contiguous pools, written in
     place; 8-bit code pools with their fp32 scales for kv_cache_dtype "int8" / "fp8_e4m3"). `kernels.paged`
-    checks shapes and dtypes and calls this only when the library loads; index values are checked here
-    (ValueError, nothing written). Returns [N, H * D] fp32."""
-    n = qkv.shape[0]
-    num_blocks, kv, bs, d = k_pool.shape
-    out = torch.empty((n, n_heads * d))
+    checks shapes and dtypes (when the batch and the layer are built) and calls this only when the library
+    loads; index values are checked here (ValueError, nothing written). Returns [N, H * D] fp32."""
+    la = _paged_layer_args(layer)
+    n = batch.n
+    out = torch.empty((n, la.width))
     if n == 0:
         return out
-    qkv, cos, sin = qkv.contiguous(), cos.contiguous(), sin.contiguous()
-    positions, seq_index, block_tables = (
-        positions.contiguous(),
-        seq_index.contiguous(),
-        block_tables.contiguous(),
-    )
-    norms = [None if t is None else t.contiguous() for t in (q_norm, k_norm)]
-    ptrs = [None if t is None else t.data_ptr() for t in norms]
-    lead = (qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), cos.shape[0], positions.data_ptr(),
-            seq_index.data_ptr(), block_tables.data_ptr(), block_tables.shape[0], block_tables.shape[1])  # fmt: skip
-    tail = (num_blocks, bs, *ptrs, eps, n, n_heads, kv, d, scale, out.data_ptr(), torch.get_num_threads(), window,
-            sinks)  # fmt: skip
-    lib = library()
-    if kv_cache_dtype in _PAGED_CODES:
-        pools = (k_pool.data_ptr(), v_pool.data_ptr(), k_scale.data_ptr(), v_scale.data_ptr())
-        status = lib.xq_paged_attention_codes(*lead, *pools, _PAGED_CODES[kv_cache_dtype], *tail)
-    else:
-        status = lib.xq_paged_attention(*lead, k_pool.data_ptr(), v_pool.data_ptr(), *tail)
+    qkv = qkv.contiguous()
+    status = la.fn(qkv.data_ptr(), *_paged_step_args(batch), *la.pools, *la.mid, n, *la.heads, out.data_ptr(),
+                   torch.get_num_threads(), *la.tail)  # fmt: skip
     if status == -1:
         raise MemoryError(f"paged attention could not allocate its score buffers ({n} tokens)")
     if status != 0:

@@ -23,7 +23,14 @@ from xpullm.engine import LLM
 from xpullm.engine.core import EngineConfig
 from xpullm.engine.params import ContextOverflow, InvalidParameter
 from xpullm.engine.runner import ModelRunner, layer_windows
-from xpullm.kernels.paged import kv_rotation, quantize_kv, reference_attend, reference_rotate
+from xpullm.kernels.paged import (
+    PagedBatch,
+    PagedLayer,
+    kv_rotation,
+    quantize_kv,
+    reference_attend,
+    reference_rotate,
+)
 
 PROMPTS = [
     "The capital of France is",
@@ -81,17 +88,18 @@ def test_8bit_engine_attention_is_the_twins(
     native = runner._paged
     checked: list[float] = []
 
-    def spy(qkv, cos, sin, pos, rows, tables, k_pool, v_pool, h, scale, qn, kn, eps, **kw):
-        out = native(qkv, cos, sin, pos, rows, tables, k_pool, v_pool, h, scale, qn, kn, eps, **kw)
-        q, k, v = reference_rotate(qkv, cos, sin, pos, h, k_pool.shape[1], qn, kn, eps)
-        want = reference_attend(q, pos, rows, tables, k_pool, v_pool, scale, kw["k_scale"], kw["v_scale"])
+    def spy(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> torch.Tensor:
+        out = native(qkv, batch, layer)
+        q, k, v = reference_rotate(qkv, batch, layer)
+        want = reference_attend(q, batch, layer)
         torch.testing.assert_close(out, want, atol=1e-4, rtol=1e-4)
-        blocks, slots = tables.long()[rows, pos // runner.block_size], pos % runner.block_size
+        pos, bs = batch.positions, runner.block_size
+        blocks, slots = batch.block_tables.long()[batch.seq_index, pos // bs], pos % bs
         rot = kv_rotation(k.shape[-1], kv)
         assert (rot is not None) == (kv == "fp8_e4m3")  # D = 64: fp8 pools hold k R, v R
         if rot is not None:
             k, v = k @ rot, v @ rot
-        for pool, scales, x in ((k_pool, kw["k_scale"], k), (v_pool, kw["v_scale"], v)):
+        for pool, scales, x in ((layer.k_pool, layer.k_scale, k), (layer.v_pool, layer.v_scale, v)):
             codes, s = quantize_kv(x, kv)
             got = pool[blocks, :, slots].float() * scales[blocks, :, slots][..., None]
             step = (s[..., None] if kv == "int8" else x.abs() / 8 + s[..., None] * 2.0**-9) + 1e-6
