@@ -1288,8 +1288,11 @@ static int paged_run(struct paged *p, int threads) {
         return -1;
     }
     paged_write(p, scratch);
-    /* Threads only where there is work to split (a fork costs several microseconds): >= ~64k multiply-adds. */
-    const int64_t jobs = p->n * p->kv, parallel = threads > 1 && jobs >= 2 && keys * p->h * p->d >= 65536;
+    /* Threads only where there is work to split: >= ~1M multiply-adds (scores; as many again for the values), as
+       for the GEMVs. A fork costs microseconds on a quiet machine and far more where the other cores are busy: a
+       decode step of 1-8 sequences at a few hundred tokens of context (~0.1-0.6M) was 2-8x slower on two threads
+       of a shared 2-vCPU VM than on one (docs/benchmarks-batching.md). */
+    const int64_t jobs = p->n * p->kv, parallel = threads > 1 && jobs >= 2 && keys * p->h * p->d >= (1 << 20);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (parallel)
     for (int64_t job = 0; job < jobs; ++job)
         paged_group(p, job / p->kv, job % p->kv, scratch + XQ_THREAD * per, runs + XQ_THREAD * per_runs);
