@@ -190,13 +190,8 @@ def library() -> ctypes.CDLL | None:
     lib.xq_decode_attention.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, ctypes.c_float, _P,
                                         ctypes.c_int]  # fmt: skip
     lib.xq_decode_attention.restype = ctypes.c_int
-    lib.xq_paged_attention.argtypes = [_P, _P, _P, _I, _P, _P, _P, _I, _I, _P, _P, _I, _I, _P, _P, ctypes.c_float,
-                                       _I, _I, _I, _I, ctypes.c_float, _P, ctypes.c_int, _I, _I]  # fmt: skip
+    lib.xq_paged_attention.argtypes = [_P, _I, _P, _P, _P, ctypes.c_int]  # qkv, n, step, layer, out, threads
     lib.xq_paged_attention.restype = ctypes.c_int
-    lib.xq_paged_attention_codes.argtypes = [_P, _P, _P, _I, _P, _P, _P, _I, _I, _P, _P, _P, _P, ctypes.c_int, _I,
-                                             _I, _P, _P, ctypes.c_float, _I, _I, _I, _I, ctypes.c_float, _P,
-                                             ctypes.c_int, _I, _I]  # fmt: skip
-    lib.xq_paged_attention_codes.restype = ctypes.c_int
     wanted = os.environ.get("XPULLM_CPU_ISA", "").strip().lower()
     if wanted and wanted != "auto":
         if wanted not in ISA_PATHS:
@@ -337,57 +332,53 @@ _PAGED_ERRORS = {
 _PAGED_CODES = {"int8": 1, "fp8_e4m3": 2}  # kv_cache_dtype -> the C kernel's code kind
 
 
-def _paged_step_args(batch: PagedBatch) -> tuple[Any, ...]:
-    """The kernel's per-step arguments (RoPE tables, positions, sequences, block tables) as the C call takes
-    them: the same for every layer of the step, so packed once per step (the last batch's are kept)."""
+class _PagedStep(ctypes.Structure):
+    """`struct xq_paged_step`: a `PagedBatch` as the C kernel reads it."""
+
+    _fields_ = [("cos", _P), ("sin", _P), ("max_pos", _I), ("positions", _P), ("seq_index", _P), ("tables", _P),
+                ("s", _I), ("max_blocks", _I)]  # fmt: skip
+
+
+class _PagedLayer(ctypes.Structure):
+    """`struct xq_paged_layer`: a `PagedLayer` as the C kernel reads it."""
+
+    _fields_ = [("k_pool", _P), ("v_pool", _P), ("k_s", _P), ("v_s", _P), ("codes", _I), ("num_blocks", _I),
+                ("bs", _I), ("q_norm", _P), ("k_norm", _P), ("eps", ctypes.c_float), ("scale", ctypes.c_float),
+                ("h", _I), ("kv", _I), ("d", _I), ("window", _I), ("sinks", _I)]  # fmt: skip
+
+
+# The last step's packed batch (every layer of a step gets the same `PagedBatch`: packed once per step) and each
+# live layer's packed constants (packed once per layer). The packed structs only point into the tensors; the
+# batch and the layer objects, held here and by the caller, keep those alive.
+_PAGED_STEP: tuple[PagedBatch, _PagedStep, int] | None = None
+_PAGED_LAYERS: weakref.WeakKeyDictionary[PagedLayer, tuple[_PagedLayer, int]] = weakref.WeakKeyDictionary()
+
+
+def _paged_step(batch: PagedBatch) -> int:
+    """The address of the batch's packed `xq_paged_step`."""
     global _PAGED_STEP
     last = _PAGED_STEP
     if last is not None and last[0] is batch:
-        return last[1]
+        return last[2]
     t = batch.block_tables
-    args = (batch.cos.data_ptr(), batch.sin.data_ptr(), batch.cos.shape[0], batch.positions.data_ptr(),
-            batch.seq_index.data_ptr(), t.data_ptr(), t.shape[0], t.shape[1])  # fmt: skip
-    _PAGED_STEP = (batch, args)
-    return args
+    step = _PagedStep(batch.cos.data_ptr(), batch.sin.data_ptr(), batch.cos.shape[0], batch.positions.data_ptr(),
+                      batch.seq_index.data_ptr(), t.data_ptr(), t.shape[0], t.shape[1])  # fmt: skip
+    _PAGED_STEP = (batch, step, ctypes.addressof(step))
+    return _PAGED_STEP[2]
 
 
-_PAGED_STEP: tuple[PagedBatch, tuple[Any, ...]] | None = None
-
-
-@dataclass(frozen=True)
-class _PagedLayerArgs:
-    """A layer's fixed arguments of the C call, packed once per layer (`_paged_layer_args`)."""
-
-    fn: Any  # xq_paged_attention or xq_paged_attention_codes
-    pools: tuple[Any, ...]  # the pools' pointers (+ the scales' and the code kind)
-    mid: tuple[Any, ...]  # num_blocks, block_size, q_norm, k_norm, eps
-    heads: tuple[Any, ...]  # h, kv, d, scale
-    tail: tuple[int, int]  # window, sinks
-    width: int  # H * D, the output row
-
-
-_PAGED_LAYERS: weakref.WeakKeyDictionary[PagedLayer, _PagedLayerArgs] = weakref.WeakKeyDictionary()
-
-
-def _paged_layer_args(layer: PagedLayer) -> _PagedLayerArgs:
-    args = _PAGED_LAYERS.get(layer)
-    if args is not None:
-        return args
-    lib = library()
-    k_pool, v_pool = layer.k_pool, layer.v_pool
-    norms = tuple(None if t is None else t.data_ptr() for t in (layer.q_norm, layer.k_norm))
-    if layer.codes is not None:
-        fn = lib.xq_paged_attention_codes
-        pools = (k_pool.data_ptr(), v_pool.data_ptr(), layer.k_scale.data_ptr(), layer.v_scale.data_ptr(),
-                 _PAGED_CODES[layer.codes])  # fmt: skip
-    else:
-        fn, pools = lib.xq_paged_attention, (k_pool.data_ptr(), v_pool.data_ptr())
-    args = _PagedLayerArgs(
-        fn, pools, (k_pool.shape[0], layer.block_size, *norms, layer.eps),
-        (layer.n_heads, layer.kv, layer.d, layer.scale), (layer.window, layer.sinks), layer.n_heads * layer.d,
-    )  # fmt: skip
-    _PAGED_LAYERS[layer] = args
-    return args
+def _paged_layer(layer: PagedLayer) -> int:
+    """The address of the layer's packed `xq_paged_layer`."""
+    packed = _PAGED_LAYERS.get(layer)
+    if packed is None:
+        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+        struct = _PagedLayer(
+            layer.k_pool.data_ptr(), layer.v_pool.data_ptr(), ptr(layer.k_scale), ptr(layer.v_scale),
+            _PAGED_CODES.get(layer.codes, 0), layer.k_pool.shape[0], layer.block_size, ptr(layer.q_norm),
+            ptr(layer.k_norm), layer.eps, layer.scale, layer.n_heads, layer.kv, layer.d, layer.window, layer.sinks,
+        )  # fmt: skip
+        packed = _PAGED_LAYERS[layer] = (struct, ctypes.addressof(struct))
+    return packed[1]
 
 
 def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> torch.Tensor:
@@ -395,14 +386,13 @@ def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> 
     place; 8-bit code pools with their fp32 scales for kv_cache_dtype "int8" / "fp8_e4m3"). `kernels.paged`
     checks shapes and dtypes (when the batch and the layer are built) and calls this only when the library
     loads; index values are checked here (ValueError, nothing written). Returns [N, H * D] fp32."""
-    la = _paged_layer_args(layer)
     n = batch.n
-    out = torch.empty((n, la.width))
+    out = torch.empty((n, layer.n_heads * layer.d))
     if n == 0:
         return out
     qkv = qkv.contiguous()
-    status = la.fn(qkv.data_ptr(), *_paged_step_args(batch), *la.pools, *la.mid, n, *la.heads, out.data_ptr(),
-                   torch.get_num_threads(), *la.tail)  # fmt: skip
+    status = library().xq_paged_attention(qkv.data_ptr(), n, _paged_step(batch), _paged_layer(layer),
+                                          out.data_ptr(), torch.get_num_threads())  # fmt: skip
     if status == -1:
         raise MemoryError(f"paged attention could not allocate its score buffers ({n} tokens)")
     if status != 0:
