@@ -6,7 +6,8 @@ default config, one caller thread per stream, all submitted at once; levels alte
 Per level, over the rounds: median aggregate completion tokens/s (tokens / wall time of the level) and the median
 and p90 of the **handoff**: from the engine thread handing a text delta to the request's callback to the caller's
 thread receiving it (the callback is wrapped to stamp the hand-over; the k-th stamped delta of a request is the
-k-th one its caller reads).
+k-th one its caller reads). Beside it, the same streams submitted to the engine core with callbacks that only
+keep the result (no caller threads, no queue): the engine alone, what the callers would get from a free handoff.
 
 It imports only `xpullm`'s public engine API, so the same file measures another checkout too (the before/after
 runs in docs/benchmarks-batching.md alternate processes of the two trees: this machine is shared and noisy).
@@ -66,8 +67,9 @@ def _ms(values: list[float], q: float) -> float:
 
 
 def level(llm: LLM, n: int, max_tokens: int, sent: dict[int, list[float]]) -> dict:
+    """n streams through `LLM._run`, one caller thread each: aggregate tok/s and every delta's handoff (s)."""
     params = GenerationParams(max_new_tokens=max_tokens)
-    prompts = [llm._encode_chat([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]) for i in range(n)]
+    prompts = [_prompt(llm, i) for i in range(n)]
     got: list[list[float]] = [[] for _ in range(n)]
     tokens = [0] * n
     sent.clear()
@@ -96,6 +98,32 @@ def level(llm: LLM, n: int, max_tokens: int, sent: dict[int, list[float]]) -> di
     return {"tok_s": sum(tokens) / wall, "handoff": handoff}
 
 
+def level_callbacks(llm: LLM, n: int, max_tokens: int) -> float:
+    """n streams submitted to the engine core with callbacks that only keep the Completion (no caller threads,
+    no queue): the engine's own throughput, what `level` would reach with a free handoff."""
+    params = GenerationParams(max_new_tokens=max_tokens)
+    prompts = [_prompt(llm, i) for i in range(n)]
+    done: list = []
+    finished = threading.Event()
+
+    def on(kind: str, value: object) -> None:
+        if kind in ("done", "error"):
+            done.append(value)
+            if len(done) == n:
+                finished.set()
+
+    t0 = time.perf_counter()
+    for p in prompts:
+        llm._core.submit(p, params, on)
+    finished.wait()
+    wall = time.perf_counter() - t0
+    return sum(c.completion_tokens for c in done) / wall
+
+
+def _prompt(llm: LLM, i: int) -> list[int]:
+    return llm._encode_chat([{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--levels", default="1,8")
@@ -111,26 +139,28 @@ def main() -> None:
     sent: dict[int, list[float]] = {}
     _stamping(llm, sent)
     results: dict[int, list[dict]] = {n: [] for n in levels}
+    bare: dict[int, list[float]] = {n: [] for n in levels}
     for r in range(args.rounds):
         for n in levels if r % 2 == 0 else levels[::-1]:
             results[n].append(level(llm, n, args.max_tokens, sent))
+            bare[n].append(level_callbacks(llm, n, args.max_tokens))
     if args.json:
-        print(
-            json.dumps(
-                {n: [{"tok_s": x["tok_s"], "handoff": x["handoff"]} for x in rs] for n, rs in results.items()}
-            )
-        )
+        raw = {n: {"llm_tok_s": [x["tok_s"] for x in rs], "callbacks_tok_s": bare[n],
+                   "handoff_s": [h for x in rs for h in x["handoff"]]} for n, rs in results.items()}  # fmt: skip
+        print(json.dumps(raw))
     print(
         f"\n{args.rounds} rounds, {args.threads} threads, {args.max_tokens} tokens per stream; load {os.getloadavg()[0]:.1f}"
     )
     print(
-        "\n| streams | aggregate tok/s, median [min-max] | handoff p50 (ms) | handoff p90 (ms) |\n|---|---|---|---|"
+        "\n| streams | aggregate tok/s, median [min-max] | engine alone (callbacks) | handoff p50 (ms) | handoff p90 (ms) |"
+        "\n|---|---|---|---|---|"
     )
     for n, rs in results.items():
         rates = [x["tok_s"] for x in rs]
         hand = sorted(h for x in rs for h in x["handoff"])
         print(
-            f"| {n} | {statistics.median(rates):.1f} [{min(rates):.1f}-{max(rates):.1f}] | {_ms(hand, 0.5):.3f} | {_ms(hand, 0.9):.3f} |"
+            f"| {n} | {statistics.median(rates):.1f} [{min(rates):.1f}-{max(rates):.1f}] | "
+            f"{statistics.median(bare[n]):.1f} | {_ms(hand, 0.5):.3f} | {_ms(hand, 0.9):.3f} |"
         )
     os._exit(0)  # the engine's daemon thread: no interpreter shutdown under it
 
