@@ -3,7 +3,9 @@
 One engine step is one flattened forward over N tokens of many sequences (prefill chunks and decode tokens mixed).
 Each layer's K and V live in pools `[num_blocks, KV, block_size, D]`; a sequence owns a row of `block_tables`,
 and the token at position p of sequence s sits in block `block_tables[s, p // block_size]`, slot
-`p % block_size`. `paged_attention` does, for the layer:
+`p % block_size`. Every implementation is `fn(qkv, batch, layer)`: a `PagedBatch` (the step's positions, sequence
+rows, block tables and RoPE tables; built and checked once per step, shared by every layer) and a `PagedLayer` (a
+layer's pools, heads, norms, KV dtype, window; built and checked once). `paged_attention` does, for the layer:
 
 1. for every token: per-head RMSNorm of k (Qwen3's `k_norm`, optional), RoPE at its position, then k and v
    written into its slot of the pools;
@@ -13,7 +15,8 @@ and the token at position p of sequence s sits in block `block_tables[s, p // bl
 Per (token, head) the arithmetic is one fixed loop over its keys, so on the native CPU path a token's output is
 bitwise the same whatever else is in the batch, however its prompt was split into chunks and on whichever thread
 it runs: that is what makes a request's greedy tokens independent of the other requests (ENGINE_DESIGN.md). The
-native kernel (`csrc/cpu_ops.c`, `xq_paged_attention`) runs one job per (token, kv head) over OpenMP threads -
+native kernel (`csrc/cpu_ops.c`, `xq_paged_attention`, which takes the batch and the layer packed as C structs)
+runs one job per (token, kv head) over OpenMP threads (from ~1M multiply-adds a call) -
 the kv head's G query heads together, so each key and value is loaded once for all G - on AVX2 or AVX-512 (the
 CPU's best path; results are bitwise stable per path). `reference_paged_attention` is the PyTorch twin every fast
 path is tested against.

@@ -4,7 +4,9 @@ A step's N tokens are the concatenation of each scheduled sequence's tokens (a p
 token). The layer stack is `step_ops.decoder_layers` (the one llama-style layer definition every decode path
 shares) over x [1, N, hidden]: projections, norms and the MLP are row-independent, and attention goes through
 `paged_attention` (selected in the op registry, `step_kernels.py`), whose per-token arithmetic does not depend on
-the rest of the batch. So every sequence's tokens are bitwise the same whatever else runs in the step. The final
+the rest of the batch. Its arguments are the step's `PagedBatch` (positions, sequence rows, block tables, RoPE
+tables: built and checked once per step) and the layer's `PagedLayer` (pools, heads, norms, KV dtype, window:
+built and checked once, here). So every sequence's tokens are bitwise the same whatever else runs in the step. The final
 norm and the LM head run only on the rows whose next-token logits are needed. On CPU, where every projection runs
 a native tiled kernel, the same stack runs as two native calls per layer around attention (`cpu_layers.py`,
 chosen in the op registry as `layer_stack`; bit for bit the same result).
