@@ -129,7 +129,8 @@ class ModelRunner:
         self.cos, self.sin = self._rope_tables(max_positions)
         self.vocab_size = int(dec.lm_head.out_features)
         self.graphs: StepGraphs | None = None  # graph-replayed small steps (GPUs); None: every step eager
-        self.paged_layers = [self._paged_layer(i) for i in range(len(dec.layers))]  # fixed: built and checked once
+        # Each layer's paged-attention arguments: fixed for the runner's life, so built and checked once.
+        self.paged_layers = [self._paged_layer(i) for i in range(len(dec.layers))]
 
     def _paged_layer(self, i: int) -> paged.PagedLayer:
         """Layer i's pools, heads, norms, KV dtype, window and sinks as the paged kernel takes them."""
