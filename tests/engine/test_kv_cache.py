@@ -284,3 +284,34 @@ def test_model_window_reaches_attention(llm: LLM, engines: dict[str, LLM]) -> No
     narrow = _logits(windowed, ids)
     assert torch.equal(narrow[:32], full[:32])  # the first 32 positions see every key either way
     assert not torch.allclose(narrow[40:], full[40:], atol=1e-3)
+
+
+def test_a_step_checks_one_batch_and_every_layer_keeps_its_own_arguments(engines: dict[str, LLM]) -> None:
+    """The runner builds one `PagedBatch` per step, shared by all layers' calls, and each layer's `PagedLayer`
+    (its pool views, 8-bit scales, window) once, when the runner is built."""
+    runner = engines["int8"].engine.runner
+    n_layers = len(runner.dec.layers)
+    assert [layer.k_pool.data_ptr() for layer in runner.paged_layers] == [
+        runner.k_pool[i].data_ptr() for i in range(n_layers)
+    ]
+    assert all(layer.codes == "int8" and layer.k_scale is not None for layer in runner.paged_layers)
+    windowed = ModelRunner(runner.dec, 8, 16, 2, 128, windows=[0, 24] * (n_layers // 2), sinks=4)
+    assert [(layer.window, layer.sinks) for layer in windowed.paged_layers[:2]] == [(0, 0), (24, 4)]
+    native = runner._paged
+    calls: list[tuple[PagedBatch, PagedLayer]] = []
+
+    def spy(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> torch.Tensor:
+        calls.append((batch, layer))
+        return native(qkv, batch, layer)
+
+    runner._paged = spy
+    try:
+        _logits(runner, list(range(100, 120)), chunk=10)  # two steps
+    finally:
+        runner._paged = native
+    assert len(calls) == 2 * n_layers
+    steps = [calls[:n_layers], calls[n_layers:]]
+    for step in steps:
+        assert len({id(batch) for batch, _ in step}) == 1  # one batch for every layer of the step
+        assert [layer for _, layer in step] == runner.paged_layers
+    assert steps[0][0][0] is not steps[1][0][0] and steps[1][0][0].positions.tolist() == list(range(10, 20))
