@@ -138,6 +138,10 @@ class PagedBatch:
     """[max_positions, D]: RoPE cosines."""
     sin: torch.Tensor
     """[max_positions, D]: RoPE sines with the first half negated (as `StaticCacheDecoder` keeps them)."""
+    n: int = field(init=False)
+    """N, the step's tokens."""
+    device: torch.device = field(init=False)
+    """Where every tensor of the batch lives."""
 
     def __post_init__(self) -> None:
         positions, seq_index, tables, cos, sin = (
@@ -172,11 +176,6 @@ class PagedBatch:
                 object.__setattr__(self, name, t.contiguous())
         object.__setattr__(self, "n", n)
         object.__setattr__(self, "device", positions.device)
-
-    n: int = field(init=False)
-    """N, the step's tokens."""
-    device: torch.device = field(init=False)
-    """Where every tensor of the batch lives."""
 
     @functools.cached_property
     def rope_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
