@@ -16,7 +16,7 @@ Per (token, head) the arithmetic is one fixed loop over its keys, so on the nati
 bitwise the same whatever else is in the batch, however its prompt was split into chunks and on whichever thread
 it runs: that is what makes a request's greedy tokens independent of the other requests (ENGINE_DESIGN.md). The
 native kernel (`csrc/cpu_ops.c`, `xq_paged_attention`, which takes the batch and the layer packed as C structs)
-runs one job per (token, kv head) over OpenMP threads (from ~1M multiply-adds a call) -
+runs one job per (token, kv head) over OpenMP threads (from 256k multiply-adds a call) -
 the kv head's G query heads together, so each key and value is loaded once for all G - on AVX2 or AVX-512 (the
 CPU's best path; results are bitwise stable per path). `reference_paged_attention` is the PyTorch twin every fast
 path is tested against.

@@ -1288,11 +1288,11 @@ static int paged_run(struct paged *p, int threads) {
         return -1;
     }
     paged_write(p, scratch);
-    /* Threads only where there is work to split: >= ~1M multiply-adds (scores; as many again for the values), as
-       for the GEMVs. A fork costs microseconds on a quiet machine and far more where the other cores are busy: a
-       decode step of 1-8 sequences at a few hundred tokens of context (~0.1-0.6M) was 2-8x slower on two threads
-       of a shared 2-vCPU VM than on one (docs/benchmarks-batching.md). */
-    const int64_t jobs = p->n * p->kv, parallel = threads > 1 && jobs >= 2 && keys * p->h * p->d >= (1 << 20);
+    /* Threads only where there is work to split: >= 256k multiply-adds for the scores (as many again for the
+       values; ~10 us on one core). Below that a fork gains a microsecond or two on a quiet machine and loses far
+       more where the other cores are busy: one sequence decoding at a few hundred tokens of context stays on one
+       thread, eight sequences at 128 tokens (600k) are split (docs/benchmarks-batching.md). */
+    const int64_t jobs = p->n * p->kv, parallel = threads > 1 && jobs >= 2 && keys * p->h * p->d >= (1 << 18);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (parallel)
     for (int64_t job = 0; job < jobs; ++job)
         paged_group(p, job / p->kv, job % p->kv, scratch + XQ_THREAD * per, runs + XQ_THREAD * per_runs);

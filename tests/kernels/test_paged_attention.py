@@ -163,7 +163,8 @@ def _check_world(case, kv_cache_dtype: str) -> None:
 @pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8", "fp8_e4m3"])
 def test_thread_count_does_not_change_a_bit(kv_cache_dtype: str) -> None:
     """OpenMP splits (token, kv head) jobs over threads: each is computed whole by one thread, the same way.
-    Steps of >= ~1M multiply-adds run threaded (both prefill steps here), smaller ones on one thread (the decodes)."""
+    Steps of >= 256k multiply-adds run threaded (both prefill steps here), smaller ones on one thread (the
+    decodes)."""
     world = make_world(7, 8, 2, 64, 16, [124, 3, 41], norms=True, kv_cache_dtype=kv_cache_dtype)
     schedule = [[(0, 0, 90), (1, 0, 3), (2, 0, 20)], [(2, 20, 17), (0, 90, 30)], [(0, 120, 1), (2, 37, 1)]]
     schedule += [[(0, p, 1), (2, p - 83, 1)] for p in range(121, 124)]
