@@ -2,7 +2,7 @@
 
 1. `LLM.generate` (128 new tokens, speculation off): decode tok/s, the runner's forward per token, and the engine's
    own time per token around it (scheduling, sampling, detokenising, handing the text to the caller).
-2. One decode step's forward split into the native layer calls (norms, quantising, the four projections of every
+2. One decode step's forward (`--streams` sequences, one token each) split into the native layer calls (norms, quantising, the four projections of every
    layer), attention, and the rest (embedding, final norm + LM head, Python between the calls).
 3. The forward with the native layer stack against `decoder_layers` over the step ops (the path before it), in
    interleaved rounds of 40 steps: medians and ranges.
@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--format", default="sym_int4")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--context", type=int, default=128, help="tokens in the cache before the measured steps")
+    ap.add_argument("--streams", type=int, default=1, help="sequences decoding together in parts 2 and 3")
     args = ap.parse_args()
     import torch
 
@@ -77,9 +78,15 @@ def main() -> None:
           f"engine around it {per_token - fwd:.2f} ms")  # fmt: skip
 
     # 2. one decode step, split (the proxy's own overhead lands in the split parts)
-    n = args.context
-    runner.set_table(0, list(range(-(-(n + 200) // runner.block_size))))
-    runner.forward(list(range(1000, 1000 + n)), list(range(n)), [0] * n, [n - 1])
+    n, streams = args.context, args.streams
+    per = -(-(n + 200) // runner.block_size)
+    for s in range(streams):  # each stream its own blocks and prompt, prefilled now
+        runner.set_table(s, list(range(s * per, (s + 1) * per)))
+        runner.forward(list(range(1000 + s, 1000 + s + n)), list(range(n)), [s] * n, [n - 1])
+
+    def decode(i: int) -> None:  # one step: every stream's next token at position n + i
+        runner.forward([42] * streams, [n + i] * streams, list(range(streams)), list(range(streams)))
+
     acc: dict[str, float] = defaultdict(float)
     stack = runner._stack
     paged = runner._paged
@@ -90,18 +97,18 @@ def main() -> None:
     def timed_paged(*a, **k):
         t0 = time.perf_counter()
         res = paged(*a, **k)
-        acc["attention (paged, with its Python checks)"] += time.perf_counter() - t0
+        acc["attention (paged calls, their Python included)"] += time.perf_counter() - t0
         return res
 
     runner._paged = timed_paged
     t0 = time.perf_counter()
     for i in range(steps):
-        runner.forward([42], [n + i], [0], [0])
+        decode(i)
     total = (time.perf_counter() - t0) / steps * 1e3
     runner._paged = paged
     if stack is not None:
         stack._lib = lib
-    print(f"\n2. one decode step at {n} tokens of context: {total:.2f} ms")
+    print(f"\n2. one decode step of {streams} stream(s) at {n} tokens of context: {total:.2f} ms")
     print("\n| part | ms/step | share |\n|---|---:|---:|")
     for name, sec in sorted(acc.items(), key=lambda kv: -kv[1]):
         print(f"| {name} | {sec / steps * 1e3:.3f} | {100 * sec / steps * 1e3 / total:.0f}% |")
@@ -119,7 +126,7 @@ def main() -> None:
             ts = []
             for i in range(40):
                 t0 = time.perf_counter()
-                runner.forward([42], [n + i], [0], [0])
+                decode(i)
                 ts.append(time.perf_counter() - t0)
             res[name].append(statistics.median(ts) * 1e3)
     runner._stack = stack

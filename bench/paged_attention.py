@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from xpullm.kernels import cpu_native
 from xpullm.kernels.paged import (
     KV_CACHE_DTYPES,
+    Kernel,
+    PagedBatch,
+    PagedLayer,
     kv_bytes_per_token,
     paged_attention,
     reference_paged_attention,
@@ -62,24 +65,23 @@ class Paged:
         self.tables = torch.randperm(seqs * per).int().reshape(seqs, per)
         shape = (seqs * per, KV, BS, D)
         if codes != "auto":
-            self.pools = dict(
-                k_pool=(torch.randn(shape) * 40).to(KV_CACHE_DTYPES[codes]),
-                v_pool=(torch.randn(shape) * 40).to(KV_CACHE_DTYPES[codes]),
+            self.layer = PagedLayer(
+                (torch.randn(shape) * 40).to(KV_CACHE_DTYPES[codes]),
+                (torch.randn(shape) * 40).to(KV_CACHE_DTYPES[codes]), H, SCALE, kv_cache_dtype=codes,
                 k_scale=torch.rand(shape[:3]) * 0.02, v_scale=torch.rand(shape[:3]) * 0.02,
-                kv_cache_dtype=codes,
             )  # fmt: skip
         else:
-            self.pools = dict(k_pool=torch.randn(shape), v_pool=torch.randn(shape))
+            self.layer = PagedLayer(torch.randn(shape), torch.randn(shape), H, SCALE)
         self.qkv = torch.randn(seqs * tokens, (H + 2 * KV) * D)
-        self.positions = torch.arange(ctx - tokens, ctx).repeat(seqs)
-        self.seq_index = torch.arange(seqs).repeat_interleave(tokens)
-        self.cos, self.sin = _rope(ctx)
+        # As in the engine: the step's batch built once, shared by every layer's call (what is timed).
+        cos, sin = _rope(ctx)
+        positions = torch.arange(ctx - tokens, ctx).repeat(seqs)
+        self.batch = PagedBatch(
+            positions, torch.arange(seqs).repeat_interleave(tokens), self.tables, cos, sin
+        )
 
-    def call(self, fn: Callable[..., torch.Tensor]) -> Callable[[], torch.Tensor]:
-        return lambda: fn(
-            self.qkv, self.cos, self.sin, self.positions, self.seq_index, self.tables, n_heads=H, scale=SCALE,
-            **self.pools,
-        )  # fmt: skip
+    def call(self, fn: Kernel) -> Callable[[], torch.Tensor]:
+        return lambda: fn(self.qkv, self.batch, self.layer)
 
 
 def _static_decode(ctx: int) -> Callable[[], torch.Tensor]:

@@ -44,10 +44,11 @@ import os
 import platform
 import shutil
 import subprocess
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,9 @@ from xpullm.kernels.codebook import CODEBOOKS
 from xpullm.kernels.packing import unpack_nibbles
 from xpullm.kernels.registry import Kernel, register_kernel
 from xpullm.settings import runtime_settings  # layer 0: imports nothing from xpullm
+
+if TYPE_CHECKING:
+    from xpullm.kernels.paged import PagedBatch, PagedLayer
 
 __all__ = [
     "ISA_PATHS",
@@ -226,13 +230,8 @@ def library() -> ctypes.CDLL | None:
     lib.xq_decode_attention.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _I, ctypes.c_float, _P,
                                         ctypes.c_int]  # fmt: skip
     lib.xq_decode_attention.restype = ctypes.c_int
-    lib.xq_paged_attention.argtypes = [_P, _P, _P, _I, _P, _P, _P, _I, _I, _P, _P, _I, _I, _P, _P, ctypes.c_float,
-                                       _I, _I, _I, _I, ctypes.c_float, _P, ctypes.c_int, _I, _I]  # fmt: skip
+    lib.xq_paged_attention.argtypes = [_P, _I, _P, _P, _P, ctypes.c_int]  # qkv, n, step, layer, out, threads
     lib.xq_paged_attention.restype = ctypes.c_int
-    lib.xq_paged_attention_codes.argtypes = [_P, _P, _P, _I, _P, _P, _P, _I, _I, _P, _P, _P, _P, ctypes.c_int, _I,
-                                             _I, _P, _P, ctypes.c_float, _I, _I, _I, _I, ctypes.c_float, _P,
-                                             ctypes.c_int, _I, _I]  # fmt: skip
-    lib.xq_paged_attention_codes.restype = ctypes.c_int
     lib.xq_set_amx_fp8(int(os.environ.get("XPULLM_AMX_FP8", "0").strip() == "1"))
     wanted = os.environ.get("XPULLM_CPU_ISA", "").strip().lower()
     if wanted and wanted != "auto":
@@ -476,54 +475,67 @@ _PAGED_ERRORS = {
 _PAGED_CODES = {"int8": 1, "fp8_e4m3": 2}  # kv_cache_dtype -> the C kernel's code kind
 
 
-def paged_attention(
-    qkv: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    positions: torch.Tensor,
-    seq_index: torch.Tensor,
-    block_tables: torch.Tensor,
-    k_pool: torch.Tensor,
-    v_pool: torch.Tensor,
-    n_heads: int,
-    scale: float,
-    q_norm: torch.Tensor | None = None,
-    k_norm: torch.Tensor | None = None,
-    eps: float = 0.0,
-    *,
-    kv_cache_dtype: str = "auto",
-    k_scale: torch.Tensor | None = None,
-    v_scale: torch.Tensor | None = None,
-    window: int = 0,
-    sinks: int = 0,
-) -> torch.Tensor:
+class _PagedStep(ctypes.Structure):
+    """`struct xq_paged_step`: a `PagedBatch` as the C kernel reads it."""
+
+    _fields_ = [("cos", _P), ("sin", _P), ("max_pos", _I), ("positions", _P), ("seq_index", _P), ("tables", _P),
+                ("s", _I), ("max_blocks", _I)]  # fmt: skip
+
+
+class _PagedLayer(ctypes.Structure):
+    """`struct xq_paged_layer`: a `PagedLayer` as the C kernel reads it."""
+
+    _fields_ = [("k_pool", _P), ("v_pool", _P), ("k_s", _P), ("v_s", _P), ("codes", _I), ("num_blocks", _I),
+                ("bs", _I), ("q_norm", _P), ("k_norm", _P), ("eps", ctypes.c_float), ("scale", ctypes.c_float),
+                ("h", _I), ("kv", _I), ("d", _I), ("window", _I), ("sinks", _I)]  # fmt: skip
+
+
+# The last step's packed batch (every layer of a step gets the same `PagedBatch`: packed once per step) and each
+# live layer's packed constants (packed once per layer). The packed structs only point into the tensors; the
+# batch and the layer objects, held here and by the caller, keep those alive.
+_PAGED_STEP: tuple[PagedBatch, _PagedStep, int] | None = None
+_PAGED_LAYERS: weakref.WeakKeyDictionary[PagedLayer, tuple[_PagedLayer, int]] = weakref.WeakKeyDictionary()
+
+
+def _paged_step(batch: PagedBatch) -> int:
+    """The address of the batch's packed `xq_paged_step`."""
+    global _PAGED_STEP
+    last = _PAGED_STEP
+    if last is not None and last[0] is batch:
+        return last[2]
+    t = batch.block_tables
+    step = _PagedStep(batch.cos.data_ptr(), batch.sin.data_ptr(), batch.cos.shape[0], batch.positions.data_ptr(),
+                      batch.seq_index.data_ptr(), t.data_ptr(), t.shape[0], t.shape[1])  # fmt: skip
+    _PAGED_STEP = (batch, step, ctypes.addressof(step))
+    return _PAGED_STEP[2]
+
+
+def _paged_layer(layer: PagedLayer) -> int:
+    """The address of the layer's packed `xq_paged_layer`."""
+    packed = _PAGED_LAYERS.get(layer)
+    if packed is None:
+        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+        struct = _PagedLayer(
+            layer.k_pool.data_ptr(), layer.v_pool.data_ptr(), ptr(layer.k_scale), ptr(layer.v_scale),
+            _PAGED_CODES.get(layer.codes, 0), layer.k_pool.shape[0], layer.block_size, ptr(layer.q_norm),
+            ptr(layer.k_norm), layer.eps, layer.scale, layer.n_heads, layer.kv, layer.d, layer.window, layer.sinks,
+        )  # fmt: skip
+        packed = _PAGED_LAYERS[layer] = (struct, ctypes.addressof(struct))
+    return packed[1]
+
+
+def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> torch.Tensor:
     """`xpullm.kernels.paged.paged_attention` as one native call (fp32 CPU tensors; contiguous pools, written in
     place; 8-bit code pools with their fp32 scales for kv_cache_dtype "int8" / "fp8_e4m3"). `kernels.paged`
-    checks shapes and dtypes and calls this only when the library loads; index values are checked here
-    (ValueError, nothing written). Returns [N, H * D] fp32."""
-    n = qkv.shape[0]
-    num_blocks, kv, bs, d = k_pool.shape
-    out = torch.empty((n, n_heads * d))
+    checks shapes and dtypes (when the batch and the layer are built) and calls this only when the library
+    loads; index values are checked here (ValueError, nothing written). Returns [N, H * D] fp32."""
+    n = batch.n
+    out = torch.empty((n, layer.n_heads * layer.d))
     if n == 0:
         return out
-    qkv, cos, sin = qkv.contiguous(), cos.contiguous(), sin.contiguous()
-    positions, seq_index, block_tables = (
-        positions.contiguous(),
-        seq_index.contiguous(),
-        block_tables.contiguous(),
-    )
-    norms = [None if t is None else t.contiguous() for t in (q_norm, k_norm)]
-    ptrs = [None if t is None else t.data_ptr() for t in norms]
-    lead = (qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), cos.shape[0], positions.data_ptr(),
-            seq_index.data_ptr(), block_tables.data_ptr(), block_tables.shape[0], block_tables.shape[1])  # fmt: skip
-    tail = (num_blocks, bs, *ptrs, eps, n, n_heads, kv, d, scale, out.data_ptr(), torch.get_num_threads(), window,
-            sinks)  # fmt: skip
-    lib = library()
-    if kv_cache_dtype in _PAGED_CODES:
-        pools = (k_pool.data_ptr(), v_pool.data_ptr(), k_scale.data_ptr(), v_scale.data_ptr())
-        status = lib.xq_paged_attention_codes(*lead, *pools, _PAGED_CODES[kv_cache_dtype], *tail)
-    else:
-        status = lib.xq_paged_attention(*lead, k_pool.data_ptr(), v_pool.data_ptr(), *tail)
+    qkv = qkv.contiguous()
+    status = library().xq_paged_attention(qkv.data_ptr(), n, _paged_step(batch), _paged_layer(layer),
+                                          out.data_ptr(), torch.get_num_threads())  # fmt: skip
     if status == -1:
         raise MemoryError(f"paged attention could not allocate its score buffers ({n} tokens)")
     if status != 0:

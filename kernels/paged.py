@@ -3,7 +3,9 @@
 One engine step is one flattened forward over N tokens of many sequences (prefill chunks and decode tokens mixed).
 Each layer's K and V live in pools `[num_blocks, KV, block_size, D]`; a sequence owns a row of `block_tables`,
 and the token at position p of sequence s sits in block `block_tables[s, p // block_size]`, slot
-`p % block_size`. `paged_attention` does, for the layer:
+`p % block_size`. Every implementation is `fn(qkv, batch, layer)`: a `PagedBatch` (the step's positions, sequence
+rows, block tables and RoPE tables; built and checked once per step, shared by every layer) and a `PagedLayer` (a
+layer's pools, heads, norms, KV dtype, window; built and checked once). `paged_attention` does, for the layer:
 
 1. for every token: per-head RMSNorm of k (Qwen3's `k_norm`, optional), RoPE at its position, then k and v
    written into its slot of the pools;
@@ -13,10 +15,11 @@ and the token at position p of sequence s sits in block `block_tables[s, p // bl
 Per (token, head) the arithmetic is one fixed loop over its keys, so on the native CPU path a token's output is
 bitwise the same whatever else is in the batch, however its prompt was split into chunks and on whichever thread
 it runs: that is what makes a request's greedy tokens independent of the other requests (ENGINE_DESIGN.md). The
-native kernel (`csrc/cpu_ops.c`, `xq_paged_attention`) runs one job per (token group, kv head) over OpenMP threads -
-the kv head's G query heads together, and up to 8 consecutive tokens of one sequence (a verified draft, a prompt
-chunk) together, so each key and value is loaded once for all of them - on AVX2 or AVX-512 (the CPU's best path;
-results are bitwise stable per path, and the same in any grouping). `reference_paged_attention` is the PyTorch twin every fast
+native kernel (`csrc/cpu_ops.c`, `xq_paged_attention`, which takes the batch and the layer packed as C structs)
+runs one job per (token group, kv head) over OpenMP threads (from 256k multiply-adds a call) - the kv head's G
+query heads together, and up to 8 consecutive tokens of one sequence (a verified draft, a prompt chunk) together,
+so each key and value is loaded once for all of them - on AVX2 or AVX-512 (the CPU's best path; results are
+bitwise stable per path, and the same in any grouping). `reference_paged_attention` is the PyTorch twin every fast
 path is tested against.
 
 Backends, first one that takes the call wins (`paged_backend` names it): the native C kernel (CPU, fp32, the
@@ -52,8 +55,9 @@ ceil((W + the sequence's tokens in the call) / block_size) + 1 ring columns).
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +67,10 @@ from xpullm.kernels import cpu_native
 __all__ = [
     "KV_CACHE_DTYPES",
     "KV_CODE_DTYPES",
+    "Kernel",
     "PagedBackend",
+    "PagedBatch",
+    "PagedLayer",
     "kv_bytes_per_token",
     "kv_rotation",
     "paged_attention",
@@ -112,98 +119,192 @@ def kv_rotation(d: int, kv_cache_dtype: str, device: torch.device | str = "cpu")
     return _hadamard_on(d, torch.device(device))
 
 
-@dataclass(frozen=True)
-class _Shape:
-    """The facts every backend needs, checked once: tokens, heads, kv heads, head dim, block size."""
+@dataclass(frozen=True, eq=False)
+class PagedBatch:
+    """Where one step's N flattened tokens sit, and the RoPE tables: what every layer's call shares.
 
-    n: int
-    h: int
-    kv: int
-    d: int
-    block_size: int
-    codes: str | None  # None: float pools; else the 8-bit code kind ("int8", "fp8_e4m3")
-    window: int = 0  # attend keys j > p - window only (0: every key), plus ...
-    sinks: int = 0  # ... the first `sinks` keys
+    The engine builds one per step (`ModelRunner.forward_hidden`) and hands it to each layer's `paged_attention`,
+    so its checks (shapes, dtypes, one device: host metadata, no device sync) run once per step, not per layer.
+    Index values (a position inside the RoPE tables, a block inside the pools) are not read here: the native
+    kernel checks them (ValueError, nothing written); on a GPU they are the caller's duty.
+    """
+
+    positions: torch.Tensor
+    """int64 [N]: each token's absolute position (its RoPE row; it attends keys 0..position)."""
+    seq_index: torch.Tensor
+    """int64 [N]: the row of each token's sequence in `block_tables`."""
+    block_tables: torch.Tensor
+    """int32 [S, max_blocks]: each sequence's physical block ids (a ring with a window: `table_column`)."""
+    cos: torch.Tensor
+    """[max_positions, D]: RoPE cosines."""
+    sin: torch.Tensor
+    """[max_positions, D]: RoPE sines with the first half negated (as `StaticCacheDecoder` keeps them)."""
+    n: int = field(init=False)
+    """N, the step's tokens."""
+    device: torch.device = field(init=False)
+    """Where every tensor of the batch lives."""
+
+    def __post_init__(self) -> None:
+        positions, seq_index, tables, cos, sin = (
+            self.positions, self.seq_index, self.block_tables, self.cos, self.sin,
+        )  # fmt: skip
+        n = positions.shape[0] if positions.dim() == 1 else -1
+        for name, t in (("positions", positions), ("seq_index", seq_index)):
+            if t.dtype != torch.int64 or t.dim() != 1 or t.shape[0] != n:
+                raise ValueError(
+                    f"{name} must be int64 [N] (one per token, as many as positions); got {t.dtype} "
+                    f"{tuple(t.shape)}"
+                )
+        if tables.dtype != torch.int32 or tables.dim() != 2:
+            raise ValueError(
+                f"block_tables must be int32 [S, max_blocks]; got {tables.dtype} {tuple(tables.shape)}"
+            )
+        if (cos.dim() != 2 or cos.shape[1] % 2 or sin.shape != cos.shape or cos.dtype not in _FLOATS
+                or sin.dtype != cos.dtype):  # fmt: skip
+            raise ValueError(
+                f"cos and sin must both be float [max_positions, D] with D even; got {cos.dtype} "
+                f"{tuple(cos.shape)} and {sin.dtype} {tuple(sin.shape)}"
+            )
+        devices = {t.device for t in (positions, seq_index, tables, cos, sin)}
+        if len(devices) != 1:
+            raise ValueError(
+                f"a batch's tensors must be on one device; got {sorted(str(dv) for dv in devices)}"
+            )
+        # Per step, not per layer: what the kernels want (a no-op for the engine's own tensors).
+        for name in ("positions", "seq_index", "block_tables", "cos", "sin"):
+            t = getattr(self, name)
+            if not t.is_contiguous():
+                object.__setattr__(self, name, t.contiguous())
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "device", positions.device)
+
+    @functools.cached_property
+    def rope_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin at each token's position, fp32 [N, 1, D] (the twin's RoPE; gathered once per step)."""
+        return self.cos.float()[self.positions][:, None], self.sin.float()[self.positions][:, None]
 
 
-def _check_args(
-    qkv: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    positions: torch.Tensor,
-    seq_index: torch.Tensor,
-    block_tables: torch.Tensor,
+@dataclass(frozen=True, eq=False)
+class PagedLayer:
+    """One layer's KV pools and attention constants: fixed for an engine's life, checked once when built.
+
+    The pools [num_blocks, KV, block_size, D] (and 8-bit pools' scales) are written in place by every call."""
+
+    k_pool: torch.Tensor
+    """[num_blocks, KV, block_size, D] keys: float, or 8-bit codes for kv_cache_dtype "int8" / "fp8_e4m3"."""
+    v_pool: torch.Tensor
+    """Values, the same shape and dtype."""
+    n_heads: int
+    """H query heads (a multiple of KV: GQA head h reads kv head h // (H / KV))."""
+    scale: float
+    """The softmax scale (1 / sqrt(D) for most models)."""
+    q_norm: torch.Tensor | None = None
+    """[D]: Qwen3's per-head RMSNorm weight for q, applied before RoPE (with k_norm, or neither)."""
+    k_norm: torch.Tensor | None = None
+    """[D]: the same for k."""
+    eps: float = 0.0
+    """The norms' epsilon."""
+    kv_cache_dtype: str = "auto"
+    """What the pools hold (`KV_CACHE_DTYPES`): "auto" (the caller's float dtype), "bf16", "int8", "fp8_e4m3"."""
+    k_scale: torch.Tensor | None = None
+    """8-bit pools: fp32 [num_blocks, KV, block_size], one scale per key vector (written in place)."""
+    v_scale: torch.Tensor | None = None
+    """8-bit pools: the values' scales."""
+    window: int = 0
+    """> 0: attend only keys j > position - window (a sliding window), plus the first `sinks`."""
+    sinks: int = 0
+    """Attention-sink tokens a windowed layer keeps attending (needs a window)."""
+
+    kv: int = field(init=False)
+    """KV heads (from the pools)."""
+    d: int = field(init=False)
+    """Head dim (from the pools)."""
+    block_size: int = field(init=False)
+    """Token slots per block (from the pools)."""
+    codes: str | None = field(init=False)
+    """None: float pools; else the 8-bit code kind ("int8", "fp8_e4m3")."""
+    width: int = field(init=False)
+    """qkv's row width, (H + 2 KV) * D."""
+
+    def __post_init__(self) -> None:
+        k_pool, v_pool, n_heads = self.k_pool, self.v_pool, self.n_heads
+        if k_pool.dim() != 4 or v_pool.shape != k_pool.shape:
+            raise ValueError(
+                f"k_pool and v_pool must both be [num_blocks, KV, block_size, D]; got {tuple(k_pool.shape)} and "
+                f"{tuple(v_pool.shape)}"
+            )
+        _, kv, block_size, d = k_pool.shape
+        if d % 2 or block_size == 0:
+            raise ValueError(
+                f"the pools' head_dim must be even (RoPE rotates its two halves) and block_size positive; got "
+                f"head_dim={d}, block_size={block_size}"
+            )
+        if (
+            isinstance(n_heads, bool)
+            or not isinstance(n_heads, int)
+            or kv == 0
+            or n_heads % kv
+            or n_heads < kv
+        ):
+            raise ValueError(
+                f"n_heads must be a positive multiple of the pools' {kv} kv heads; got n_heads={n_heads!r}"
+            )
+        if (self.q_norm is None) != (self.k_norm is None):
+            raise ValueError("q_norm and k_norm come together (Qwen3's per-head norms): pass both or neither")
+        for name, t in (("q_norm", self.q_norm), ("k_norm", self.k_norm)):
+            if t is not None and t.shape != (d,):
+                raise ValueError(f"{name} must be [{d}] (one weight per head dim); got {tuple(t.shape)}")
+        codes = _check_pools(self.kv_cache_dtype, k_pool, v_pool, self.k_scale, self.v_scale)
+        for name, value in (("window", self.window), ("sinks", self.sinks)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0 (0: off); got {value!r}")
+        if self.sinks and not self.window:
+            raise ValueError(
+                f"sinks={self.sinks} needs a sliding window (window > 0): without one every key is attended"
+            )
+        tensors = [
+            k_pool,
+            v_pool,
+            *(t for t in (self.q_norm, self.k_norm, self.k_scale, self.v_scale) if t is not None),
+        ]
+        devices = {t.device for t in tensors}
+        if len(devices) != 1:
+            raise ValueError(
+                f"a layer's tensors must be on one device; got {sorted(str(dv) for dv in devices)}"
+            )
+        if self.q_norm is not None and not (self.q_norm.is_contiguous() and self.k_norm.is_contiguous()):
+            object.__setattr__(self, "q_norm", self.q_norm.contiguous())
+            object.__setattr__(self, "k_norm", self.k_norm.contiguous())
+        for name, value in (("kv", kv), ("d", d), ("block_size", block_size), ("codes", codes),
+                            ("width", (n_heads + 2 * kv) * d)):  # fmt: skip
+            object.__setattr__(self, name, value)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the pools live."""
+        return self.k_pool.device
+
+
+def _check_pools(
+    kv_cache_dtype: str,
     k_pool: torch.Tensor,
     v_pool: torch.Tensor,
-    n_heads: int,
-    q_norm: torch.Tensor | None,
-    k_norm: torch.Tensor | None,
-    kv_cache_dtype: str,
     k_scale: torch.Tensor | None,
     v_scale: torch.Tensor | None,
-    window: int = 0,
-    sinks: int = 0,
-) -> _Shape:
-    """Shape, dtype and device checks shared by every backend (values are not read: no device sync)."""
-    if k_pool.dim() != 4 or v_pool.shape != k_pool.shape:
-        raise ValueError(
-            f"k_pool and v_pool must both be [num_blocks, KV, block_size, D]; got {tuple(k_pool.shape)} and "
-            f"{tuple(v_pool.shape)}"
-        )
-    _, kv, block_size, d = k_pool.shape
-    if d % 2 or block_size == 0:
-        raise ValueError(
-            f"the pools' head_dim must be even (RoPE rotates its two halves) and block_size positive; got "
-            f"head_dim={d}, block_size={block_size}"
-        )
-    if isinstance(n_heads, bool) or not isinstance(n_heads, int) or kv == 0 or n_heads % kv or n_heads < kv:
-        raise ValueError(
-            f"n_heads must be a positive multiple of the pools' {kv} kv heads; got n_heads={n_heads!r}"
-        )
-    width = (n_heads + 2 * kv) * d
-    if qkv.dim() != 2 or qkv.shape[1] != width:
-        raise ValueError(
-            f"qkv must be [N, (H + 2 KV) * D] = [N, {width}] for H={n_heads}, KV={kv}, D={d}; got "
-            f"{tuple(qkv.shape)}"
-        )
-    n = qkv.shape[0]
-    if qkv.dtype not in _FLOATS:
-        raise ValueError(f"qkv must be float32, bfloat16 or float16; got {qkv.dtype}")
-    if cos.dim() != 2 or cos.shape[1] != d or sin.shape != cos.shape:
-        raise ValueError(
-            f"cos and sin must both be [max_positions, {d}]; got {tuple(cos.shape)} and {tuple(sin.shape)}"
-        )
-    for name, t in (("positions", positions), ("seq_index", seq_index)):
-        if t.dtype != torch.int64 or t.shape != (n,):
-            raise ValueError(f"{name} must be int64 [{n}] (one per token); got {t.dtype} {tuple(t.shape)}")
-    if block_tables.dtype != torch.int32 or block_tables.dim() != 2:
-        raise ValueError(
-            f"block_tables must be int32 [S, max_blocks]; got {block_tables.dtype} {tuple(block_tables.shape)}"
-        )
-    if (q_norm is None) != (k_norm is None):
-        raise ValueError("q_norm and k_norm come together (Qwen3's per-head norms): pass both or neither")
-    for name, t in (("q_norm", q_norm), ("k_norm", k_norm)):
-        if t is not None and t.shape != (d,):
-            raise ValueError(f"{name} must be [{d}] (one weight per head dim); got {tuple(t.shape)}")
+) -> str | None:
+    """The pools' dtypes (and 8-bit pools' scales) against kv_cache_dtype; returns the code kind or None."""
     if kv_cache_dtype not in KV_CACHE_DTYPES:
         raise ValueError(
             f"kv_cache_dtype={kv_cache_dtype!r} is not known: choose one of {sorted(KV_CACHE_DTYPES)}"
         )
     codes = kv_cache_dtype if kv_cache_dtype in _CODE_MAX else None
-    if codes is None and kv_cache_dtype != "auto":
-        want = KV_CACHE_DTYPES[kv_cache_dtype]
-        if k_pool.dtype != want or v_pool.dtype != want:
-            raise ValueError(
-                f"kv_cache_dtype={kv_cache_dtype!r} needs {want} pools; got {k_pool.dtype} and {v_pool.dtype} "
-                f"(allocate them with dtype={want})"
-            )
+    want = KV_CACHE_DTYPES[kv_cache_dtype]
+    if want is not None and (k_pool.dtype != want or v_pool.dtype != want):
+        raise ValueError(
+            f"kv_cache_dtype={kv_cache_dtype!r} needs {want} pools; got {k_pool.dtype} and {v_pool.dtype} "
+            f"(allocate them with dtype={want})"
+        )
     if codes is not None:
-        want = KV_CACHE_DTYPES[codes]
-        if k_pool.dtype != want or v_pool.dtype != want:
-            raise ValueError(
-                f"kv_cache_dtype={codes!r} needs {want} pools; got {k_pool.dtype} and {v_pool.dtype} "
-                f"(allocate them with dtype={want})"
-            )
         scale_shape = tuple(k_pool.shape[:3])
         for name, t in (("k_scale", k_scale), ("v_scale", v_scale)):
             if t is None or t.dtype != torch.float32 or tuple(t.shape) != scale_shape:
@@ -212,29 +313,38 @@ def _check_args(
                     f"kv_cache_dtype={codes!r} needs {name} float32 {list(scale_shape)} (one scale per block, "
                     f"kv head and slot); got {got}"
                 )
-    else:
-        if k_pool.dtype not in _FLOATS or v_pool.dtype != k_pool.dtype:
-            raise ValueError(
-                f"the pools must share one float dtype (float32, bfloat16, float16); got {k_pool.dtype} and "
-                f"{v_pool.dtype} (8-bit pools need kv_cache_dtype 'int8' or 'fp8_e4m3')"
-            )
-        if k_scale is not None or v_scale is not None:
-            raise ValueError(
-                "k_scale / v_scale belong to 8-bit pools: pass kv_cache_dtype 'int8' or 'fp8_e4m3', or drop them"
-            )
-    for name, value in (("window", window), ("sinks", sinks)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0 (0: off); got {value!r}")
-    if sinks and not window:
+        return codes
+    if k_pool.dtype not in _FLOATS or v_pool.dtype != k_pool.dtype:
         raise ValueError(
-            f"sinks={sinks} needs a sliding window (window > 0): without one every key is attended"
+            f"the pools must share one float dtype (float32, bfloat16, float16); got {k_pool.dtype} and "
+            f"{v_pool.dtype} (8-bit pools need kv_cache_dtype 'int8' or 'fp8_e4m3')"
         )
-    tensors = [qkv, cos, sin, positions, seq_index, block_tables, k_pool, v_pool]
-    tensors += [t for t in (q_norm, k_norm, k_scale, v_scale) if t is not None]
-    devices = {t.device for t in tensors}
-    if len(devices) != 1:
-        raise ValueError(f"all tensors must be on one device; got {sorted(str(dv) for dv in devices)}")
-    return _Shape(n, n_heads, kv, d, block_size, codes, window, sinks)
+    if k_scale is not None or v_scale is not None:
+        raise ValueError(
+            "k_scale / v_scale belong to 8-bit pools: pass kv_cache_dtype 'int8' or 'fp8_e4m3', or drop them"
+        )
+    return None
+
+
+def _check_call(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> None:
+    """What only the call itself can tell: qkv's shape and dtype, and that the batch and the layer fit (a few
+    integer and device compares: everything else was checked when the batch and the layer were built)."""
+    if qkv.dim() != 2 or qkv.shape[0] != batch.n or qkv.shape[1] != layer.width:
+        raise ValueError(
+            f"qkv must be [N, (H + 2 KV) * D] = [{batch.n}, {layer.width}] for N={batch.n} tokens, H={layer.n_heads}, "
+            f"KV={layer.kv}, D={layer.d}; got {tuple(qkv.shape)}"
+        )
+    if qkv.dtype not in _FLOATS:
+        raise ValueError(f"qkv must be float32, bfloat16 or float16; got {qkv.dtype}")
+    if batch.cos.shape[1] != layer.d:
+        raise ValueError(
+            f"the batch's RoPE tables are {batch.cos.shape[1]} wide but the layer's head_dim is {layer.d}"
+        )
+    if qkv.device != batch.device or layer.device != batch.device:
+        raise ValueError(
+            f"qkv ({qkv.device}), the batch ({batch.device}) and the layer's pools ({layer.device}) must be on "
+            f"one device"
+        )
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -257,11 +367,11 @@ def ring_width(window: int, sinks: int, block_size: int, step_tokens: int) -> in
     return -(-sinks // block_size) + -(-(window + step_tokens) // block_size) + 1
 
 
-def _columns(blocks: torch.Tensor, shp: _Shape, width: int) -> torch.Tensor:
+def _columns(blocks: torch.Tensor, layer: PagedLayer, width: int) -> torch.Tensor:
     """`table_column` on a tensor of absolute block indices."""
-    if not shp.window:
+    if not layer.window:
         return blocks
-    sink_cols = -(-shp.sinks // shp.block_size)
+    sink_cols = -(-layer.sinks // layer.block_size)
     if width <= sink_cols:  # no ring columns left: the plain table
         return blocks
     return torch.where(blocks < sink_cols, blocks, sink_cols + (blocks - sink_cols) % (width - sink_cols))
@@ -284,88 +394,54 @@ def quantize_kv(x: torch.Tensor, kv_cache_dtype: str = "int8") -> tuple[torch.Te
     return codes, scale
 
 
-def reference_paged_attention(
-    qkv: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    positions: torch.Tensor,
-    seq_index: torch.Tensor,
-    block_tables: torch.Tensor,
-    k_pool: torch.Tensor,
-    v_pool: torch.Tensor,
-    n_heads: int,
-    scale: float,
-    q_norm: torch.Tensor | None = None,
-    k_norm: torch.Tensor | None = None,
-    eps: float = 0.0,
-    *,
-    kv_cache_dtype: str = "auto",
-    k_scale: torch.Tensor | None = None,
-    v_scale: torch.Tensor | None = None,
-    window: int = 0,
-    sinks: int = 0,
-) -> torch.Tensor:
+def reference_paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> torch.Tensor:
     """`paged_attention` in PyTorch, fp32 math (the twin the fast paths are tested against); same arguments.
 
     Writes the pools the same way (rounded once to the pools' dtype, or quantized with `quantize_kv` for 8-bit
     pools) and returns [N, H * D] in qkv's dtype. Runs anywhere; a host sync per step (it groups tokens by
     sequence), so it is a fallback, not a fast path.
     """
-    shp = _check_args(
-        qkv, cos, sin, positions, seq_index, block_tables, k_pool, v_pool, n_heads, q_norm, k_norm,
-        kv_cache_dtype, k_scale, v_scale, window, sinks,
-    )  # fmt: skip
-    n, h, kv, d, bs = shp.n, shp.h, shp.kv, shp.d, shp.block_size
+    _check_call(qkv, batch, layer)
+    n, h, d, bs = batch.n, layer.n_heads, layer.d, layer.block_size
     out = torch.empty((n, h * d), dtype=qkv.dtype, device=qkv.device)
     if n == 0:
         return out
-    q, k, v = reference_rotate(qkv, cos, sin, positions, h, kv, q_norm, k_norm, eps)
+    q, k, v = reference_rotate(qkv, batch, layer)
 
     # Phase 1: every token's k and v into its slot (advanced indices around a slice: the result is [N, KV, D]).
-    tables = block_tables.long()
-    blocks = tables[seq_index, _columns(positions // bs, shp, tables.shape[1])]
+    positions, k_pool, v_pool, k_scale, v_scale = (
+        batch.positions, layer.k_pool, layer.v_pool, layer.k_scale, layer.v_scale,
+    )  # fmt: skip
+    tables = batch.block_tables.long()
+    blocks = tables[batch.seq_index, _columns(positions // bs, layer, tables.shape[1])]
     slots = positions % bs
-    rot = kv_rotation(d, shp.codes or "", k.device)
+    rot = kv_rotation(d, layer.codes or "", k.device)
     if rot is not None:  # the pools' basis (module docstring); reference_attend turns q and the output by it
         k, v = k @ rot, v @ rot
-    if shp.codes:
-        k_codes, k_s = quantize_kv(k, shp.codes)
-        v_codes, v_s = quantize_kv(v, shp.codes)
+    if layer.codes:
+        k_codes, k_s = quantize_kv(k, layer.codes)
+        v_codes, v_s = quantize_kv(v, layer.codes)
         k_pool[blocks, :, slots], k_scale[blocks, :, slots] = k_codes, k_s
         v_pool[blocks, :, slots], v_scale[blocks, :, slots] = v_codes, v_s
     else:
         k_pool[blocks, :, slots] = k.to(k_pool.dtype)
         v_pool[blocks, :, slots] = v.to(v_pool.dtype)
 
-    out.copy_(
-        reference_attend(
-            q, positions, seq_index, block_tables, k_pool, v_pool, scale, k_scale, v_scale, window, sinks
-        )
-    )
+    out.copy_(reference_attend(q, batch, layer))
     return out
 
 
-def reference_attend(
-    q: torch.Tensor,
-    positions: torch.Tensor,
-    seq_index: torch.Tensor,
-    block_tables: torch.Tensor,
-    k_pool: torch.Tensor,
-    v_pool: torch.Tensor,
-    scale: float,
-    k_scale: torch.Tensor | None = None,
-    v_scale: torch.Tensor | None = None,
-    window: int = 0,
-    sinks: int = 0,
-) -> torch.Tensor:
-    """Phase 2 of the twin on the pools as they are: rotated q [N, H, D] (fp32) attends each token's keys 0..pos
-    (with a window: only j > pos - window or j < sinks; 8-bit pools: codes times their scales; fp8 pools in the
-    rotated basis, `kv_rotation`: q R attends them and the output is turned back by R). Returns fp32 [N, H * D]. The tests hold a fast kernel's outputs to this on the kernel's own pools, so a code that the two
+def reference_attend(q: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> torch.Tensor:
+    """Phase 2 of the twin on the layer's pools as they are: rotated q [N, H, D] (fp32) attends each token's keys
+    0..pos (with a window: only j > pos - window or j < sinks; 8-bit pools: codes times their scales; fp8 pools in
+    the rotated basis, `kv_rotation`: q R attends them and the output is turned back by R). Returns fp32
+    [N, H * D]. The tests hold a fast kernel's outputs to this on the kernel's own pools, so a code that the two
     sides rounded differently cannot blur the check."""
     n, h, d = q.shape
-    kv, bs = k_pool.shape[1], k_pool.shape[2]
-    tables, group = block_tables.long(), h // kv
-    shp = _Shape(n, h, kv, d, bs, None, window, sinks)
+    k_pool, v_pool, k_scale, v_scale = layer.k_pool, layer.v_pool, layer.k_scale, layer.v_scale
+    window, sinks, bs = layer.window, layer.sinks, layer.block_size
+    positions, seq_index = batch.positions, batch.seq_index
+    tables, group = batch.block_tables.long(), h // layer.kv
     rot = kv_rotation(d, "fp8_e4m3", q.device) if k_pool.dtype == torch.float8_e4m3fn else None
     if rot is not None:
         q = q.float() @ rot
@@ -377,10 +453,10 @@ def reference_attend(
         top = int(pos.max())
         low = max(0, int(pos.min()) - window + 1) if window else 0
         cols = torch.cat((torch.arange(min(sinks, low)), torch.arange(low, top + 1))).to(q.device)
-        phys = tables[seq, _columns(cols // bs, shp, tables.shape[1])]
+        phys = tables[seq, _columns(cols // bs, layer, tables.shape[1])]
         keys = _gather(k_pool, k_scale, phys, cols % bs).repeat_interleave(group, 0)  # [H, L, D]
         values = _gather(v_pool, v_scale, phys, cols % bs).repeat_interleave(group, 0)
-        scores = torch.einsum("thd,hld->htl", q[rows].float(), keys) * scale
+        scores = torch.einsum("thd,hld->htl", q[rows].float(), keys) * layer.scale
         visible = cols[None] <= pos[:, None]  # [T, L]
         if window:
             visible &= (cols[None] > pos[:, None] - window) | (cols[None] < sinks)
@@ -392,24 +468,16 @@ def reference_attend(
 
 
 def reference_rotate(
-    qkv: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    positions: torch.Tensor,
-    n_heads: int,
-    n_kv: int,
-    q_norm: torch.Tensor | None = None,
-    k_norm: torch.Tensor | None = None,
-    eps: float = 0.0,
+    qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The twin's q, k, v in fp32: [N, H, D], [N, KV, D] (both normalized if asked, then rotated), [N, KV, D]."""
-    n, d = qkv.shape[0], cos.shape[1]
-    heads = qkv.float().reshape(n, n_heads + 2 * n_kv, d)
-    q, k, v = heads[:, :n_heads], heads[:, n_heads : n_heads + n_kv], heads[:, n_heads + n_kv :]
-    if q_norm is not None:
-        q = F.rms_norm(q, (d,), q_norm.float(), eps)
-        k = F.rms_norm(k, (d,), k_norm.float(), eps)
-    c, s = cos.float()[positions][:, None], sin.float()[positions][:, None]
+    h, kv, d = layer.n_heads, layer.kv, layer.d
+    heads = qkv.float().reshape(qkv.shape[0], h + 2 * kv, d)
+    q, k, v = heads[:, :h], heads[:, h : h + kv], heads[:, h + kv :]
+    if layer.q_norm is not None:
+        q = F.rms_norm(q, (d,), layer.q_norm.float(), layer.eps)
+        k = F.rms_norm(k, (d,), layer.k_norm.float(), layer.eps)
+    c, s = batch.rope_rows
     return _rotate(q, c, s), _rotate(k, c, s), v
 
 
@@ -441,34 +509,34 @@ def kv_bytes_per_token(
 # ---- dispatch ---------------------------------------------------------------------------------------------
 
 
+Kernel = Callable[[torch.Tensor, PagedBatch, PagedLayer], torch.Tensor]
+"""`fn(qkv, batch, layer) -> [N, H * D]`: what every paged-attention implementation is."""
+
+
 @dataclass(frozen=True)
 class PagedBackend:
-    """One implementation: `takes(shape, args)` says whether it runs this call (never a partial yes)."""
+    """One implementation: `takes(qkv, batch, layer)` says whether it runs this call (never a partial yes)."""
 
     name: str
-    takes: Callable[[_Shape, dict], bool]
-    run: Callable[..., torch.Tensor]
+    takes: Callable[[torch.Tensor, PagedBatch, PagedLayer], bool]
+    run: Kernel
 
 
-def _native_takes(shp: _Shape, a: dict) -> bool:
-    if a["qkv"].device.type != "cpu" or cpu_native.library() is None:
+def _native_takes(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> bool:
+    if batch.device.type != "cpu" or cpu_native.library() is None:
         return False
     f32 = torch.float32
-    if a["qkv"].dtype != f32 or a["cos"].dtype != f32 or a["sin"].dtype != f32:
+    if qkv.dtype != f32 or batch.cos.dtype != f32:
         return False
-    if a["q_norm"] is not None and (a["q_norm"].dtype != f32 or a["k_norm"].dtype != f32):
+    if layer.q_norm is not None and (layer.q_norm.dtype != f32 or layer.k_norm.dtype != f32):
         return False
     # The pools (and scales) are written in place: they must be contiguous; the inputs are made so if needed.
-    if not (a["k_pool"].is_contiguous() and a["v_pool"].is_contiguous()):
+    if not (layer.k_pool.is_contiguous() and layer.v_pool.is_contiguous()):
         return False
-    if shp.codes:
-        ks, vs = a["k_scale"], a["v_scale"]
-        return ks.dtype == f32 and vs.dtype == f32 and ks.is_contiguous() and vs.is_contiguous()
-    return a["k_pool"].dtype == f32
-
-
-def _native_run(**a) -> torch.Tensor:
-    return cpu_native.paged_attention(**a)
+    if layer.codes:
+        ks, vs = layer.k_scale, layer.v_scale
+        return ks.is_contiguous() and vs.is_contiguous()
+    return layer.k_pool.dtype == f32
 
 
 @functools.cache
@@ -481,104 +549,63 @@ def _triton_module():
     return module
 
 
-def _triton_takes(shp: _Shape, a: dict) -> bool:
-    if a["qkv"].device.type not in ("cuda", "xpu"):
+def _triton_takes(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> bool:
+    if batch.device.type not in ("cuda", "xpu"):
         return False
-    if shp.codes and not (a["k_scale"].is_contiguous() and a["v_scale"].is_contiguous()):
+    if layer.codes and not (layer.k_scale.is_contiguous() and layer.v_scale.is_contiguous()):
         return False
     module = _triton_module()
-    return module is not None and module.supports(shp.d, shp.h, shp.kv, a["k_pool"].dtype)
+    return module is not None and module.supports(layer.d, layer.n_heads, layer.kv, layer.k_pool.dtype)
 
 
-def _triton_run(**a) -> torch.Tensor:
-    return _triton_module().paged_attention(**a)
+def _triton_run(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> torch.Tensor:
+    return _triton_module().paged_attention(qkv, batch, layer)
 
 
-def _reference_takes(shp: _Shape, a: dict) -> bool:
+def _reference_takes(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> bool:
     return True
 
 
 # In order of preference; the reference takes everything, so every call has a path.
 _BACKENDS: tuple[PagedBackend, ...] = (
-    PagedBackend("native", _native_takes, _native_run),
+    PagedBackend(
+        "native", _native_takes, lambda qkv, batch, layer: cpu_native.paged_attention(qkv, batch, layer)
+    ),
     PagedBackend("triton", _triton_takes, _triton_run),
     PagedBackend("reference", _reference_takes, reference_paged_attention),
 )
 
-
-def _pick(args: dict) -> tuple[PagedBackend, _Shape]:
-    shp = _check_args(
-        args["qkv"], args["cos"], args["sin"], args["positions"], args["seq_index"], args["block_tables"],
-        args["k_pool"], args["v_pool"], args["n_heads"], args["q_norm"], args["k_norm"], args["kv_cache_dtype"],
-        args["k_scale"], args["v_scale"], args["window"], args["sinks"],
-    )  # fmt: skip
-    for backend in _BACKENDS:
-        if backend.takes(shp, args):
-            return backend, shp
-    raise AssertionError("unreachable: the reference backend takes every call")
+# (layer, qkv dtype, RoPE dtype) -> the backend that takes it. A layer's facts never change and the batch adds
+# only its device (the layer's, `_check_call`) and RoPE dtype, so a choice holds for the layer's whole life.
+_CHOSEN: weakref.WeakKeyDictionary[PagedLayer, dict[tuple[torch.dtype, torch.dtype], PagedBackend]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def paged_backend(
-    qkv: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    positions: torch.Tensor,
-    seq_index: torch.Tensor,
-    block_tables: torch.Tensor,
-    k_pool: torch.Tensor,
-    v_pool: torch.Tensor,
-    n_heads: int,
-    scale: float,
-    q_norm: torch.Tensor | None = None,
-    k_norm: torch.Tensor | None = None,
-    eps: float = 0.0,
-    *,
-    kv_cache_dtype: str = "auto",
-    k_scale: torch.Tensor | None = None,
-    v_scale: torch.Tensor | None = None,
-    window: int = 0,
-    sinks: int = 0,
-) -> str:
+def _pick(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> PagedBackend:
+    _check_call(qkv, batch, layer)
+    key = (qkv.dtype, batch.cos.dtype)
+    chosen = _CHOSEN.get(layer)
+    if chosen is None:
+        chosen = _CHOSEN.setdefault(layer, {})
+    backend = chosen.get(key)
+    if backend is None:
+        backend = chosen[key] = next(b for b in _BACKENDS if b.takes(qkv, batch, layer))
+    return backend
+
+
+def paged_backend(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> str:
     """The name of the backend `paged_attention` runs for these arguments: "native", "triton" or "reference"."""
-    return _pick(dict(locals()))[0].name
+    return _pick(qkv, batch, layer).name
 
 
-def paged_attention(
-    qkv: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    positions: torch.Tensor,
-    seq_index: torch.Tensor,
-    block_tables: torch.Tensor,
-    k_pool: torch.Tensor,
-    v_pool: torch.Tensor,
-    n_heads: int,
-    scale: float,
-    q_norm: torch.Tensor | None = None,
-    k_norm: torch.Tensor | None = None,
-    eps: float = 0.0,
-    *,
-    kv_cache_dtype: str = "auto",
-    k_scale: torch.Tensor | None = None,
-    v_scale: torch.Tensor | None = None,
-    window: int = 0,
-    sinks: int = 0,
-) -> torch.Tensor:
+def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> torch.Tensor:
     """One layer's attention for the step's N flattened tokens over paged KV pools (module docstring).
 
-    qkv [N, (H + 2 KV) D]: the q/k/v projections; cos, sin [max_positions, D]: RoPE tables (sin's first half
-    negated); positions int64 [N]: each token's absolute position (its RoPE position; it attends keys
-    0..position); seq_index int64 [N]: its row in block_tables int32 [S, max_blocks]; k_pool, v_pool
-    [num_blocks, KV, block_size, D]: written in place; n_heads: H; scale: the softmax scale; q_norm, k_norm [D],
-    eps: Qwen3's per-head RMSNorm before RoPE (optional). kv_cache_dtype "int8" / "fp8_e4m3": 8-bit code pools
-    (int8 / float8_e4m3fn) with fp32 scales k_scale, v_scale [num_blocks, KV, block_size], also written in place
-    (fp8: in the rotated basis of `kv_rotation`); "bf16": bfloat16 pools (any activation dtype).
-    window > 0: attend only keys j > position - window, plus the first `sinks` keys; the table may then be a
-    ring narrower than the positions (module docstring, `table_column`).
-
+    qkv [N, (H + 2 KV) D]: the layer's q/k/v projections for the batch's tokens; `batch`: where the tokens sit
+    (positions, sequences, block tables) and the RoPE tables, built once per step; `layer`: the layer's pools
+    (written in place), heads, softmax scale, optional q/k norms, KV dtype, window and sinks, built once.
     Returns [N, H * D] in qkv's dtype. Index values (positions inside the RoPE table, blocks inside the table and
     the pools) are checked by the native kernel (ValueError, nothing written); on a GPU they are the caller's duty.
     """
-    args = dict(locals())
-    backend, _ = _pick(args)
-    return backend.run(**args)
+    return _pick(qkv, batch, layer).run(qkv, batch, layer)

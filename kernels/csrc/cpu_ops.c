@@ -1448,10 +1448,14 @@ XQ_AVX2_FN static inline float dot_f32(const float *a, const float *b, int64_t n
     return s;
 }
 
-/* RoPE as the decoder applies it: out = x * cos + roll(x, d/2) * sin, with sin's first half negated. */
-XQ_AVX2_FN static inline void rope(const float *x, const float *cos, const float *sin, int64_t d, float *out) {
+/* RoPE as the decoder applies it: out = x * cos + roll(x, d/2) * sin, with sin's first half negated. Two halves
+   with no index wrap-around, so both loops vectorize (a `% d` per element kept it scalar); each element is the
+   same expression as before, so the results are bitwise unchanged. */
+XQ_AVX2_FN static inline void rope(const float *restrict x, const float *restrict cos, const float *restrict sin,
+                                   int64_t d, float *restrict out) {
     const int64_t half = d / 2;
-    for (int64_t i = 0; i < d; ++i) out[i] = x[i] * cos[i] + x[(i + half) % d] * sin[i];
+    for (int64_t i = 0; i < half; ++i) out[i] = x[i] * cos[i] + x[i + half] * sin[i];
+    for (int64_t i = half; i < d; ++i) out[i] = x[i] * cos[i] + x[i - half] * sin[i];
 }
 
 /* One decode step of attention for B rows (one new token each), as one call:
@@ -2154,8 +2158,11 @@ static int paged_run(struct paged *p, int threads) {
     paged_write(p, scratch);
     int64_t *count = start + p->n;
     const int64_t ng = paged_groups(p, threads, start, count);
-    /* Threads only where there is work to split (a fork costs several microseconds): >= ~64k multiply-adds. */
-    const int64_t jobs = ng * p->kv, parallel = threads > 1 && jobs >= 2 && keys * p->h * p->d >= 65536;
+    /* Threads only where there is work to split: >= 256k multiply-adds for the scores (as many again for the
+       values; ~10 us on one core). Below that a fork gains a microsecond or two on a quiet machine and loses far
+       more where the other cores are busy: one sequence decoding at a few hundred tokens of context stays on one
+       thread, eight sequences at 128 tokens (600k) are split (docs/benchmarks-batching.md). */
+    const int64_t jobs = ng * p->kv, parallel = threads > 1 && jobs >= 2 && keys * p->h * p->d >= (1 << 18);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (parallel)
     for (int64_t job = 0; job < jobs; ++job)
         paged_group(p, start[job / p->kv], count[job / p->kv], job % p->kv, scratch + XQ_THREAD * per,
@@ -2164,38 +2171,48 @@ static int paged_run(struct paged *p, int threads) {
     return 0;
 }
 
-/* One layer's paged attention for N flattened tokens (kernels/paged.py says the semantics):
-     qkv [N, (H + 2 KV) D]; cos, sin [max_pos, D] (sin's first half negated); positions, seq_index int64 [N];
-     tables int32 [S, max_blocks]; k_pool, v_pool fp32 [num_blocks, KV, bs, D] (written); q_norm, k_norm [D] or
-     NULL (Qwen3, eps); out [N, H D]; window > 0: keys j > pos - window plus j < sinks, the table a ring.
-   Returns 0, -1 (out of memory) or an index error (-2..-5, see paged_check; nothing written then). */
-int xq_paged_attention(const float *qkv, const float *cos, const float *sin, int64_t max_pos, const int64_t *positions,
-                       const int64_t *seq_index, const int32_t *tables, int64_t s, int64_t max_blocks, float *k_pool,
-                       float *v_pool, int64_t num_blocks, int64_t bs, const float *q_norm, const float *k_norm,
-                       float eps, int64_t n, int64_t h, int64_t kv, int64_t d, float scale, float *out, int threads,
-                       int64_t window, int64_t sinks) {
-    struct paged p = {.window = window, .sinks = sinks, .qkv = qkv, .cos = cos, .sin = sin, .q_norm = q_norm,
-                      .k_norm = k_norm, .positions = positions, .seq_index = seq_index, .tables = tables, .k_pool = k_pool,
-                      .v_pool = v_pool, .n = n, .h = h, .kv = kv, .d = d, .bs = bs, .max_pos = max_pos, .s = s,
-                      .max_blocks = max_blocks, .num_blocks = num_blocks, .scale = scale, .eps = eps, .out = out};
-    return paged_run(&p, threads);
-}
+/* One step's token metadata (kernels/paged.py's `PagedBatch`), packed once per step by cpu_native.py:
+     cos, sin [max_pos, D] (sin's first half negated); positions, seq_index int64 [N]; tables int32 [S, max_blocks]. */
+struct xq_paged_step {
+    const float *cos, *sin;
+    int64_t max_pos;
+    const int64_t *positions, *seq_index;
+    const int32_t *tables;
+    int64_t s, max_blocks;
+};
 
-/* The same over 8-bit code pools: k_q, v_q [num_blocks, KV, bs, D] of int8 codes (kind 1) or e4m3fn bytes
-   (kind 2), with fp32 scales k_s, v_s [num_blocks, KV, bs] (all written for the step's tokens). Keys and values
-   are read as codes and scaled in registers (no dequantized copy of the cache). */
-int xq_paged_attention_codes(const float *qkv, const float *cos, const float *sin, int64_t max_pos,
-                             const int64_t *positions, const int64_t *seq_index, const int32_t *tables, int64_t s,
-                             int64_t max_blocks, int8_t *k_q, int8_t *v_q, float *k_s, float *v_s, int kind,
-                             int64_t num_blocks, int64_t bs, const float *q_norm, const float *k_norm, float eps,
-                             int64_t n, int64_t h, int64_t kv, int64_t d, float scale, float *out, int threads,
-                             int64_t window, int64_t sinks) {
-    if (kind != CODES_INT8 && kind != CODES_E4M3) return -6;
-    struct paged p = {.window = window, .sinks = sinks, .qkv = qkv, .cos = cos, .sin = sin, .q_norm = q_norm,
-                      .k_norm = k_norm, .positions = positions, .seq_index = seq_index, .tables = tables, .k_q = k_q, .v_q = v_q,
-                      .k_s = k_s, .v_s = v_s, .codes = kind, .rotate = kind == CODES_E4M3 && d >= 2 && !(d & (d - 1)),
-                      .code_mul = kind == CODES_E4M3 ? 256.0f : 1.0f,
-                      .n = n, .h = h, .kv = kv, .d = d, .bs = bs, .max_pos = max_pos, .s = s,
-                      .max_blocks = max_blocks, .num_blocks = num_blocks, .scale = scale, .eps = eps, .out = out};
+/* One layer's pools and constants (`PagedLayer`), packed once per layer: k_pool, v_pool [num_blocks, KV, bs, D]
+   fp32 (codes = 0), or 8-bit codes (codes 1 int8, 2 e4m3 bytes) with fp32 scales k_s, v_s [num_blocks, KV, bs]
+   (all written for the step's tokens); q_norm, k_norm [D] or NULL (Qwen3, eps); window > 0: keys j > pos - window
+   plus j < sinks, the table a ring. */
+struct xq_paged_layer {
+    void *k_pool, *v_pool;
+    float *k_s, *v_s;
+    int64_t codes, num_blocks, bs;
+    const float *q_norm, *k_norm;
+    float eps, scale;
+    int64_t h, kv, d, window, sinks;
+};
+
+/* One layer's paged attention for N flattened tokens (kernels/paged.py says the semantics): qkv [N, (H + 2 KV) D]
+   in, out [N, H D]. Two packed structs instead of ~25 scalars: a ctypes call converts each argument (~4 us for
+   the 25, per layer and step). Returns 0, -1 (out of memory), an index error (-2..-5, see paged_check; nothing
+   written then) or -6 (an unknown code kind). */
+int xq_paged_attention(const float *qkv, int64_t n, const struct xq_paged_step *st, const struct xq_paged_layer *ly,
+                       float *out, int threads) {
+    if (ly->codes != CODES_NONE && ly->codes != CODES_INT8 && ly->codes != CODES_E4M3) return -6;
+    const int codes = (int)ly->codes;
+    struct paged p = {.window = ly->window, .sinks = ly->sinks, .qkv = qkv, .cos = st->cos, .sin = st->sin,
+                      .q_norm = ly->q_norm, .k_norm = ly->k_norm, .positions = st->positions,
+                      .seq_index = st->seq_index, .tables = st->tables, .n = n, .h = ly->h, .kv = ly->kv,
+                      .d = ly->d, .bs = ly->bs, .max_pos = st->max_pos, .s = st->s, .max_blocks = st->max_blocks,
+                      .num_blocks = ly->num_blocks, .scale = ly->scale, .eps = ly->eps, .out = out, .codes = codes};
+    if (codes == CODES_NONE) {
+        p.k_pool = (float *)ly->k_pool, p.v_pool = (float *)ly->v_pool;
+    } else {
+        p.k_q = (int8_t *)ly->k_pool, p.v_q = (int8_t *)ly->v_pool, p.k_s = ly->k_s, p.v_s = ly->v_s;
+        p.rotate = codes == CODES_E4M3 && ly->d >= 2 && !(ly->d & (ly->d - 1));
+        p.code_mul = codes == CODES_E4M3 ? 256.0f : 1.0f;
+    }
     return paged_run(&p, threads);
 }

@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from xpullm.kernels.paged import kv_rotation
+from xpullm.kernels.paged import PagedBatch, PagedLayer, kv_rotation
 from xpullm.kernels.triton.attention import _dot, _softmax_step
 from xpullm.kernels.triton.pdl import launch_options, wait_for_inputs
 
@@ -256,42 +256,24 @@ def _block_cols(d: int, itemsize: int) -> int:
     return min(max(16384 // (d * itemsize), 16), 64)
 
 
-def paged_attention(
-    qkv: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    positions: torch.Tensor,
-    seq_index: torch.Tensor,
-    block_tables: torch.Tensor,
-    k_pool: torch.Tensor,
-    v_pool: torch.Tensor,
-    n_heads: int,
-    scale: float,
-    q_norm: torch.Tensor | None = None,
-    k_norm: torch.Tensor | None = None,
-    eps: float = 0.0,
-    *,
-    kv_cache_dtype: str = "auto",
-    k_scale: torch.Tensor | None = None,
-    v_scale: torch.Tensor | None = None,
-    window: int = 0,
-    sinks: int = 0,
-) -> torch.Tensor:
+def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> torch.Tensor:
     """`xpullm.kernels.paged.paged_attention` in two Triton launches (module docstring). Arguments as there;
-    `kernels.paged` has checked shapes, dtypes and devices and that `supports` holds. The pools may have any
-    strides (8-bit pools' scales: contiguous); index values are the caller's duty (read on the device, unchecked).
-    Returns [N, H * D], qkv's dtype."""
+    `kernels.paged` has checked shapes, dtypes and devices (the batch and the layer when built, qkv per call) and
+    that `supports` holds. The pools may have any strides (8-bit pools' scales: contiguous); index values are the
+    caller's duty (read on the device, unchecked). Returns [N, H * D], qkv's dtype."""
+    k_pool, v_pool, k_scale, v_scale = layer.k_pool, layer.v_pool, layer.k_scale, layer.v_scale
+    q_norm, k_norm, eps, window, sinks = layer.q_norm, layer.k_norm, layer.eps, layer.window, layer.sinks
+    cos, sin, positions, seq_index, block_tables = (
+        batch.cos, batch.sin, batch.positions, batch.seq_index, batch.block_tables,
+    )  # fmt: skip
+    h, kv, bs, d, scale, kv_cache_dtype = (
+        layer.n_heads, layer.kv, layer.block_size, layer.d, layer.scale, layer.kv_cache_dtype,
+    )  # fmt: skip
     n = qkv.shape[0]
-    _, kv, bs, d = k_pool.shape
-    h = n_heads
     out = torch.empty((n, h * d), dtype=qkv.dtype, device=qkv.device)
     if n == 0:
         return out
-    qkv = qkv if qkv.stride(1) == 1 else qkv.contiguous()
-    cos = cos if cos.stride(1) == 1 else cos.contiguous()
-    sin = sin if sin.stride(1) == 1 else sin.contiguous()
-    positions, seq_index = positions.contiguous(), seq_index.contiguous()
-    block_tables = block_tables if block_tables.stride(1) == 1 else block_tables.contiguous()
+    qkv = qkv if qkv.stride(1) == 1 else qkv.contiguous()  # the batch's tensors are contiguous already
     codes = _CODES[kv_cache_dtype]
     # q as the dot reads it: the pools' dtype, or for code pools the activations' (keys are scaled into it).
     q_buf = torch.empty((n, h, d), dtype=qkv.dtype if codes else k_pool.dtype, device=qkv.device)
@@ -301,8 +283,8 @@ def paged_attention(
     rot = kv_rotation(d, kv_cache_dtype, qkv.device)
     rot_arg = q_buf if rot is None else rot  # not read without a rotation
     has_norm = q_norm is not None
-    qn = q_norm.contiguous() if has_norm else q_buf  # not read without norms
-    kn = k_norm.contiguous() if has_norm else q_buf
+    qn = q_norm if has_norm else q_buf  # not read without norms (the layer keeps them contiguous)
+    kn = k_norm if has_norm else q_buf
     opts = launch_options(qkv.device)
     sink_cols = -(-sinks // bs) if window else 0
     ring = block_tables.shape[1] - sink_cols  # < 1: no ring columns, the plain table

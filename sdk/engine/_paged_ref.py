@@ -1,8 +1,9 @@
 """TEMPORARY PyTorch reference of `xpullm.kernels.paged.paged_attention` (the `paged` branch owns the real one).
 
-Same signature and semantics as the agreed kernel seam (docs/engine.md): phase 1 rotates every token's k (RoPE at
-its position) and writes k and v into its slot of the paged pools; phase 2 computes, for every token, softmax(q . k_j
-* scale) v_j over j = 0..positions[n] of its own sequence. Each token is attended on its own, over tensors whose
+Same signature (`fn(qkv, PagedBatch, PagedLayer)`) and semantics as the kernel seam (docs/engine.md), for float
+pools without a window: phase 1 rotates every token's k (RoPE at its position) and writes k and v into its slot of
+the paged pools; phase 2 computes, for every token, softmax(q . k_j * scale) v_j over j = 0..positions[n] of its own
+sequence. Each token is attended on its own, over tensors whose
 shapes depend only on its position (keys padded to a bucket of blocks, the tail masked), so its result is bitwise the
 same whatever the other tokens of the step or the chunking of its prompt. Only `step_kernels.py` imports this module:
 when `xpullm.kernels.paged` exists it is registered above this fallback.
@@ -10,10 +11,12 @@ when `xpullm.kernels.paged` exists it is registered above this fallback.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from xpullm.kernels.paged import PagedBatch, PagedLayer
 
 __all__ = ["reference_paged_attention"]
 
@@ -42,20 +45,22 @@ class _Plan(NamedTuple):
     blocks: torch.Tensor
     offsets: torch.Tensor
     slices: list[_Slice]
+    block: int  # the block size it was planned for
 
 
-# The step's index work is the same for every layer: computed once per step (the runner passes the same position,
-# sequence and table tensors to every layer) and kept here, keyed by those tensor objects.
-_LAST: tuple[tuple[Any, ...], _Plan] | None = None
+# The step's index work is the same for every layer: computed once per step (every layer gets the step's one
+# `PagedBatch`) and kept here, keyed by that batch object.
+_LAST: tuple[PagedBatch, _Plan] | None = None
 
 
-def _plan(cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor, seq_index: torch.Tensor,
-          block_tables: torch.Tensor, block: int, kv: int, d: int) -> _Plan:  # fmt: skip
+def _plan(batch: PagedBatch, block: int, kv: int, d: int) -> _Plan:
     global _LAST
-    key = (cos, sin, positions, seq_index, block_tables, block)
     last = _LAST
-    if last is not None and all(a is b for a, b in zip(last[0], key, strict=True)):
+    if last is not None and last[0] is batch and last[1].block == block:
         return last[1]
+    cos, sin, positions, seq_index, block_tables = (
+        batch.cos, batch.sin, batch.positions, batch.seq_index, batch.block_tables,
+    )  # fmt: skip
     n, width, dev = positions.shape[0], block_tables.shape[1], positions.device
     groups: dict[int, list[int]] = {}
     for i, p in enumerate(positions.tolist()):
@@ -87,9 +92,9 @@ def _plan(cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor, seq_ind
             slices.append(_Slice(idx, block_tables[seq, :nb].long(), masked))
     plan = _Plan(
         cos[positions][:, None], sin[positions][:, None],
-        block_tables[seq_index, positions // block].long(), positions % block, slices,
+        block_tables[seq_index, positions // block].long(), positions % block, slices, block,
     )  # fmt: skip
-    _LAST = (key, plan)
+    _LAST = (batch, plan)
     return plan
 
 
@@ -112,32 +117,23 @@ def _shared_keys(
 
 
 @torch.inference_mode()
-def reference_paged_attention(
-    qkv: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    positions: torch.Tensor,
-    seq_index: torch.Tensor,
-    block_tables: torch.Tensor,
-    k_pool: torch.Tensor,
-    v_pool: torch.Tensor,
-    n_heads: int,
-    scale: float,
-    q_norm: torch.Tensor | None = None,
-    k_norm: torch.Tensor | None = None,
-    eps: float = 0.0,
-) -> torch.Tensor:
-    """qkv [N, (H + 2 KV) D] -> attention output [N, H D]; writes each token's k and v into the pools."""
+def reference_paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> torch.Tensor:
+    """qkv [N, (H + 2 KV) D] -> attention output [N, H D]; writes each token's k and v into the layer's pools."""
+    if layer.codes is not None or layer.window or layer.kv_cache_dtype == "bf16":
+        raise ValueError(
+            f"the engine's temporary reference runs float pools of the activation dtype without a window; got "
+            f"kv_cache_dtype={layer.kv_cache_dtype!r}, window={layer.window} (use xpullm.kernels.paged)"
+        )
     n = qkv.shape[0]
-    _, kv, block, d = k_pool.shape
-    h = n_heads
+    k_pool, v_pool, scale = layer.k_pool, layer.v_pool, layer.scale
+    kv, block, d, h = layer.kv, layer.block_size, layer.d, layer.n_heads
     group = h // kv
     heads = qkv.view(n, h + 2 * kv, d)
     q, k, v = heads[:, :h], heads[:, h : h + kv], heads[:, h + kv :]
-    if q_norm is not None and k_norm is not None:
-        q = F.rms_norm(q, (d,), q_norm, eps)
-        k = F.rms_norm(k, (d,), k_norm, eps)
-    plan = _plan(cos, sin, positions, seq_index, block_tables, block, kv, d)
+    if layer.q_norm is not None and layer.k_norm is not None:
+        q = F.rms_norm(q, (d,), layer.q_norm, layer.eps)
+        k = F.rms_norm(k, (d,), layer.k_norm, layer.eps)
+    plan = _plan(batch, block, kv, d)
     q, k = _rope(q, plan.cos, plan.sin), _rope(k, plan.cos, plan.sin)
     # Phase 1: every token's k and v into its slot (block table row of its sequence, block pos // B, offset pos % B).
     k_pool[plan.blocks, :, plan.offsets] = k.to(k_pool.dtype)

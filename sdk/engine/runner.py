@@ -4,7 +4,9 @@ A step's N tokens are the concatenation of each scheduled sequence's tokens (a p
 token). The layer stack is `step_ops.decoder_layers` (the one llama-style layer definition every decode path
 shares) over x [1, N, hidden]: projections, norms and the MLP are row-independent, and attention goes through
 `paged_attention` (selected in the op registry, `step_kernels.py`), whose per-token arithmetic does not depend on
-the rest of the batch. So every sequence's tokens are bitwise the same whatever else runs in the step. The final
+the rest of the batch. Its arguments are the step's `PagedBatch` (positions, sequence rows, block tables, RoPE
+tables: built and checked once per step) and the layer's `PagedLayer` (pools, heads, norms, KV dtype, window:
+built and checked once, here). So every sequence's tokens are bitwise the same whatever else runs in the step. The final
 norm and the LM head run only on the rows whose next-token logits are needed. On CPU, where every projection runs
 a native tiled kernel, the same stack runs as two native calls per layer around attention (`cpu_layers.py`,
 chosen in the op registry as `layer_stack`; bit for bit the same result).
@@ -127,19 +129,18 @@ class ModelRunner:
         self.cos, self.sin = self._rope_tables(max_positions)
         self.vocab_size = int(dec.lm_head.out_features)
         self.graphs: StepGraphs | None = None  # graph-replayed small steps (GPUs); None: every step eager
-        self._kernel_kwargs = [self._layer_kwargs(i) for i in range(len(dec.layers))]  # fixed: built once
+        # Each layer's paged-attention arguments: fixed for the runner's life, so built and checked once.
+        self.paged_layers = [self._paged_layer(i) for i in range(len(dec.layers))]
 
-    def _layer_kwargs(self, i: int) -> dict[str, Any]:
-        """Layer i's 8-bit pool, window and sink arguments of the paged kernel (none when all are defaults, so the
-        engine's own reference twin takes the call too)."""
-        kw: dict[str, Any] = {}
-        if self.kv_cache_dtype in paged.KV_CODE_DTYPES:
-            kw.update(kv_cache_dtype=self.kv_cache_dtype, k_scale=self.k_scale[i], v_scale=self.v_scale[i])
-        elif self.kv_cache_dtype != "auto":
-            kw.update(kv_cache_dtype=self.kv_cache_dtype)
-        if self.windows[i]:
-            kw.update(window=self.windows[i], sinks=self.sinks)
-        return kw
+    def _paged_layer(self, i: int) -> paged.PagedLayer:
+        """Layer i's pools, heads, norms, KV dtype, window and sinks as the paged kernel takes them."""
+        dec, codes = self.dec, self.kv_cache_dtype in paged.KV_CODE_DTYPES
+        layer = dec.layers[i]
+        return paged.PagedLayer(
+            self.k_pool[i], self.v_pool[i], dec.n_heads, dec.scale, layer.q_norm, layer.k_norm, dec.eps,
+            self.kv_cache_dtype, self.k_scale[i] if codes else None, self.v_scale[i] if codes else None,
+            self.windows[i], self.sinks if self.windows[i] else 0,
+        )  # fmt: skip
 
     def _rope_tables(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin [n, head_dim] from the model's own rotary module; sin's first half negated (`rotate_qk`)."""
@@ -203,24 +204,16 @@ class ModelRunner:
         (all N when None). Device tensors in, no host sync: this is what a step graph records."""
         dec = self.dec
         n = x.shape[1]
-        h, eps, scale = dec.n_heads, dec.eps, dec.scale
-        k_pool, v_pool, tables, cos, sin, paged = (
-            self.k_pool, self.v_pool, self.block_tables, self.cos, self.sin, self._paged,
-        )  # fmt: skip
-
-        extra = self._kernel_kwargs
+        # The step's metadata, checked once here for every layer's call.
+        batch = paged.PagedBatch(pos, rows, self.block_tables, self.cos, self.sin)
+        kernel, specs = self._paged, self.paged_layers
         stack: object = dec
         index = range(len(dec.layers)) if layers is None else layers
         if layers is not None:
-            stack = SimpleNamespace(layers=[dec.layers[i] for i in layers], eps=eps)
+            stack = SimpleNamespace(layers=[dec.layers[i] for i in layers], eps=dec.eps)
 
         def attention(j: int, layer: object, qkv: torch.Tensor) -> torch.Tensor:
-            i = index[j]
-            out = paged(
-                qkv.view(n, -1), cos, sin, pos, rows, tables, k_pool[i], v_pool[i], h, scale,
-                layer.q_norm, layer.k_norm, eps, **extra[i],
-            )  # fmt: skip
-            return out.view(1, n, -1)
+            return kernel(qkv.view(n, -1), batch, specs[index[j]]).view(1, n, -1)
 
         if self._stack is not None and self._stack.valid():
             x, delta = self._stack.run(x, attention, index)
@@ -230,5 +223,5 @@ class ModelRunner:
             if last.numel() == 0:  # a step of prompt chunks none of which ends its prompt
                 return x.new_empty((0, self.vocab_size))
             x, delta = x[0].index_select(0, last)[None], delta[0].index_select(0, last)[None]
-        _, y = self._ops.add_norm(x, delta, dec.final_norm, eps, dec.lm_head)
+        _, y = self._ops.add_norm(x, delta, dec.final_norm, dec.eps, dec.lm_head)
         return self._ops.project(dec.lm_head, y, 1, x.shape[1])[0]

@@ -23,7 +23,14 @@ from xpullm.engine import LLM
 from xpullm.engine.core import EngineConfig
 from xpullm.engine.params import ContextOverflow, InvalidParameter
 from xpullm.engine.runner import ModelRunner, layer_windows
-from xpullm.kernels.paged import kv_rotation, quantize_kv, reference_attend, reference_rotate
+from xpullm.kernels.paged import (
+    PagedBatch,
+    PagedLayer,
+    kv_rotation,
+    quantize_kv,
+    reference_attend,
+    reference_rotate,
+)
 
 PROMPTS = [
     "The capital of France is",
@@ -81,17 +88,18 @@ def test_8bit_engine_attention_is_the_twins(
     native = runner._paged
     checked: list[float] = []
 
-    def spy(qkv, cos, sin, pos, rows, tables, k_pool, v_pool, h, scale, qn, kn, eps, **kw):
-        out = native(qkv, cos, sin, pos, rows, tables, k_pool, v_pool, h, scale, qn, kn, eps, **kw)
-        q, k, v = reference_rotate(qkv, cos, sin, pos, h, k_pool.shape[1], qn, kn, eps)
-        want = reference_attend(q, pos, rows, tables, k_pool, v_pool, scale, kw["k_scale"], kw["v_scale"])
+    def spy(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> torch.Tensor:
+        out = native(qkv, batch, layer)
+        q, k, v = reference_rotate(qkv, batch, layer)
+        want = reference_attend(q, batch, layer)
         torch.testing.assert_close(out, want, atol=1e-4, rtol=1e-4)
-        blocks, slots = tables.long()[rows, pos // runner.block_size], pos % runner.block_size
+        pos, bs = batch.positions, runner.block_size
+        blocks, slots = batch.block_tables.long()[batch.seq_index, pos // bs], pos % bs
         rot = kv_rotation(k.shape[-1], kv)
         assert (rot is not None) == (kv == "fp8_e4m3")  # D = 64: fp8 pools hold k R, v R
         if rot is not None:
             k, v = k @ rot, v @ rot
-        for pool, scales, x in ((k_pool, kw["k_scale"], k), (v_pool, kw["v_scale"], v)):
+        for pool, scales, x in ((layer.k_pool, layer.k_scale, k), (layer.v_pool, layer.v_scale, v)):
             codes, s = quantize_kv(x, kv)
             got = pool[blocks, :, slots].float() * scales[blocks, :, slots][..., None]
             step = (s[..., None] if kv == "int8" else x.abs() / 8 + s[..., None] * 2.0**-9) + 1e-6
@@ -276,3 +284,34 @@ def test_model_window_reaches_attention(llm: LLM, engines: dict[str, LLM]) -> No
     narrow = _logits(windowed, ids)
     assert torch.equal(narrow[:32], full[:32])  # the first 32 positions see every key either way
     assert not torch.allclose(narrow[40:], full[40:], atol=1e-3)
+
+
+def test_a_step_checks_one_batch_and_every_layer_keeps_its_own_arguments(engines: dict[str, LLM]) -> None:
+    """The runner builds one `PagedBatch` per step, shared by all layers' calls, and each layer's `PagedLayer`
+    (its pool views, 8-bit scales, window) once, when the runner is built."""
+    runner = engines["int8"].engine.runner
+    n_layers = len(runner.dec.layers)
+    assert [layer.k_pool.data_ptr() for layer in runner.paged_layers] == [
+        runner.k_pool[i].data_ptr() for i in range(n_layers)
+    ]
+    assert all(layer.codes == "int8" and layer.k_scale is not None for layer in runner.paged_layers)
+    windowed = ModelRunner(runner.dec, 8, 16, 2, 128, windows=[0, 24] * (n_layers // 2), sinks=4)
+    assert [(layer.window, layer.sinks) for layer in windowed.paged_layers[:2]] == [(0, 0), (24, 4)]
+    native = runner._paged
+    calls: list[tuple[PagedBatch, PagedLayer]] = []
+
+    def spy(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> torch.Tensor:
+        calls.append((batch, layer))
+        return native(qkv, batch, layer)
+
+    runner._paged = spy
+    try:
+        _logits(runner, list(range(100, 120)), chunk=10)  # two steps
+    finally:
+        runner._paged = native
+    assert len(calls) == 2 * n_layers
+    steps = [calls[:n_layers], calls[n_layers:]]
+    for step in steps:
+        assert len({id(batch) for batch, _ in step}) == 1  # one batch for every layer of the step
+        assert [layer for _, layer in step] == runner.paged_layers
+    assert steps[0][0][0] is not steps[1][0][0] and steps[1][0][0].positions.tolist() == list(range(10, 20))

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from xpullm.engine._paged_ref import reference_paged_attention
 from xpullm.engine.step_kernels import OpContext, select_op
+from xpullm.kernels.paged import PagedBatch, PagedLayer
 
 
 def _setup(seed: int, h: int, kv: int, d: int, block: int, lengths: list[int]):
@@ -35,7 +36,8 @@ def _run(steps, qkv, cos, sin, tables, pools, h):
         x = torch.cat([qkv[s][a : a + n] for s, a, n in step])
         pos = torch.cat([torch.arange(a, a + n) for s, a, n in step])
         seq = torch.cat([torch.full((n,), s) for s, a, n in step])
-        y = reference_paged_attention(x, cos, sin, pos, seq, tables, k_pool, v_pool, h, 0.125)
+        batch = PagedBatch(pos, seq, tables, cos, sin)
+        y = reference_paged_attention(x, batch, PagedLayer(k_pool, v_pool, h, 0.125))
         for row, (s, p) in enumerate(zip(seq.tolist(), pos.tolist(), strict=True)):
             out[(s, p)] = y[row]
     return out
@@ -94,3 +96,12 @@ def test_registry_picks_an_implementation_for_every_decoder_op() -> None:
     assert select_op("rope_kv_write", ctx).load(ctx) is None  # fused only on GPUs
     with pytest.raises(LookupError, match="no_such_op"):
         select_op("no_such_op", ctx)
+
+
+def test_reference_declines_what_it_does_not_model() -> None:
+    """The engine's temporary twin runs float pools without a window: anything else is an explicit error."""
+    qkv, cos, sin, tables, pools = _setup(0, 4, 2, 16, 4, [6])
+    k_pool, v_pool = pools()
+    batch = PagedBatch(torch.arange(6), torch.zeros(6, dtype=torch.long), tables, cos, sin)
+    with pytest.raises(ValueError, match="window=4"):
+        reference_paged_attention(qkv[0], batch, PagedLayer(k_pool, v_pool, 4, 0.25, window=4))

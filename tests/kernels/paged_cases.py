@@ -3,7 +3,8 @@
 A world fixes every token's q/k/v row (sequence s, position p -> one row), the RoPE tables, the block tables
 (each sequence owns distinct physical blocks in shuffled order) and the pools' initial contents. A schedule is a
 list of steps, each a list of (sequence, first position, token count) chunks; `run` flattens every step into one
-call, as the engine's forward does, and returns each token's output row and the final pools.
+`PagedBatch` and calls the kernel with it and the world's `PagedLayer`, as the engine's forward does, and returns
+each token's output row and the final pools.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from xpullm.kernels.paged import Kernel, PagedBatch, PagedLayer
 
 Chunk = tuple[int, int, int]  # (sequence, first position, tokens)
 
@@ -131,31 +133,33 @@ def random_schedule(
     return steps
 
 
-Kernel = Callable[..., torch.Tensor]
+def layer_of(world: World, pools: dict[str, torch.Tensor], window: int = 0, sinks: int = 0) -> PagedLayer:
+    """The world's attention layer over `pools` (k_pool, v_pool, and k_scale, v_scale for 8-bit pools)."""
+    return PagedLayer(
+        pools["k_pool"], pools["v_pool"], world.h, world.scale, world.q_norm, world.k_norm, 1e-6,
+        world.kv_cache_dtype, pools.get("k_scale"), pools.get("v_scale"), window, sinks,
+    )  # fmt: skip
+
+
+def batch_of(world: World, step: list[Chunk]) -> tuple[torch.Tensor, PagedBatch]:
+    """One step's flattened qkv rows and its `PagedBatch` (the chunks' positions and sequences)."""
+    qkv = torch.cat([world.rows[s][p : p + t] for s, p, t in step])
+    positions = torch.cat([torch.arange(p, p + t) for s, p, t in step]).to(qkv.device)
+    seq_index = torch.cat([torch.full((t,), s) for s, p, t in step]).to(qkv.device)
+    return qkv, PagedBatch(positions, seq_index, world.tables, world.cos, world.sin)
 
 
 def run(
-    world: World, schedule: list[list[Chunk]], kernel: Kernel
+    world: World, schedule: list[list[Chunk]], kernel: Kernel, window: int = 0, sinks: int = 0
 ) -> tuple[dict[tuple[int, int], torch.Tensor], dict[str, torch.Tensor]]:
-    """Run `schedule` through `kernel` on clones of the world's pools: ({(seq, pos): output row}, final pools)."""
+    """Run `schedule` through `kernel` on clones of the world's pools (one layer, with `window` and `sinks`):
+    ({(seq, pos): output row}, final pools)."""
     pools = {name: t.clone() for name, t in world.pools.items()}
-    extra = {}
-    if world.kv_cache_dtype != "auto":
-        extra = {
-            "kv_cache_dtype": world.kv_cache_dtype,
-            "k_scale": pools["k_scale"],
-            "v_scale": pools["v_scale"],
-        }
+    layer = layer_of(world, pools, window, sinks)
     outputs = {}
     for step in schedule:
-        qkv = torch.cat([world.rows[s][p : p + t] for s, p, t in step])
-        positions = torch.cat([torch.arange(p, p + t) for s, p, t in step]).to(qkv.device)
-        seq_index = torch.cat([torch.full((t,), s) for s, p, t in step]).to(qkv.device)
-        out = kernel(
-            qkv, world.cos, world.sin, positions, seq_index, world.tables, pools["k_pool"], pools["v_pool"], world.h,
-            world.scale,
-            world.q_norm, world.k_norm, 1e-6, **extra,
-        )  # fmt: skip
+        qkv, batch = batch_of(world, step)
+        out = kernel(qkv, batch, layer)
         i = 0
         for s, p, t in step:
             for pos in range(p, p + t):

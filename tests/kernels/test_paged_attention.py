@@ -10,6 +10,7 @@ same in all three (the engine's invariance guarantee), close to the reference, a
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -20,6 +21,8 @@ from hypothesis import strategies as st
 from tests.kernels.paged_cases import bits, make_world, random_schedule, run, seq_slots
 from xpullm.kernels import cpu_native
 from xpullm.kernels.paged import (
+    PagedBatch,
+    PagedLayer,
     kv_bytes_per_token,
     kv_rotation,
     paged_attention,
@@ -93,17 +96,10 @@ def _checked(pairs: list) -> object:
     side (rare, from fp32 rounding of the rotation), so outputs are held to the twin on the codes the kernel wrote,
     and the codes to the twin's codes separately (`_assert_pools_close`)."""
 
-    def kernel(
-        qkv, cos, sin, positions, seq_index, tables, k_pool, v_pool, h, scale, q_norm, k_norm, eps, **kw
-    ):
-        out = paged_attention(
-            qkv, cos, sin, positions, seq_index, tables, k_pool, v_pool, h, scale, q_norm, k_norm, eps, **kw
-        )
-        q, _, _ = reference_rotate(qkv, cos, sin, positions, h, k_pool.shape[1], q_norm, k_norm, eps)
-        want = reference_attend(
-            q, positions, seq_index, tables, k_pool, v_pool, scale, kw.get("k_scale"), kw.get("v_scale")
-        )
-        pairs.append((out, want))
+    def kernel(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> torch.Tensor:
+        out = paged_attention(qkv, batch, layer)
+        q, _, _ = reference_rotate(qkv, batch, layer)
+        pairs.append((out, reference_attend(q, batch, layer)))
         return out
 
     return kernel
@@ -166,9 +162,12 @@ def _check_world(case, kv_cache_dtype: str) -> None:
 @needs_native
 @pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8", "fp8_e4m3"])
 def test_thread_count_does_not_change_a_bit(kv_cache_dtype: str) -> None:
-    """OpenMP splits (token, kv head) jobs over threads: each is computed whole by one thread, the same way."""
-    world = make_world(7, 8, 2, 64, 16, [50, 3, 37], norms=True, kv_cache_dtype=kv_cache_dtype)
-    schedule = random_schedule(random.Random(7), world.lengths)
+    """OpenMP splits (token, kv head) jobs over threads: each is computed whole by one thread, the same way.
+    Steps of >= 256k multiply-adds run threaded (both prefill steps here), smaller ones on one thread (the
+    decodes)."""
+    world = make_world(7, 8, 2, 64, 16, [124, 3, 41], norms=True, kv_cache_dtype=kv_cache_dtype)
+    schedule = [[(0, 0, 90), (1, 0, 3), (2, 0, 20)], [(2, 20, 17), (0, 90, 30)], [(0, 120, 1), (2, 37, 1)]]
+    schedule += [[(0, p, 1), (2, p - 83, 1)] for p in range(121, 124)]
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -194,17 +193,22 @@ def test_slots_past_a_position_are_never_read(kv_cache_dtype: str) -> None:
     assert torch.isfinite(seq_slots(world, pools[written], 1)).all()
 
 
-def _args(world, n: int) -> dict:
-    """Keyword arguments of one call: the first sequence's first n tokens, on clones of the pools."""
+def _call(world, n: int) -> tuple[torch.Tensor, dict, dict]:
+    """One call's pieces: the first sequence's first n tokens' qkv, the `PagedBatch` fields and the `PagedLayer`
+    fields (on clones of the pools)."""
     pools = {name: t.clone() for name, t in world.pools.items()}
-    args = dict(
-        qkv=world.rows[0][:n], cos=world.cos, sin=world.sin, positions=torch.arange(n),
-        seq_index=torch.zeros(n, dtype=torch.long), block_tables=world.tables.clone(), k_pool=pools["k_pool"],
-        v_pool=pools["v_pool"], n_heads=world.h, scale=world.scale,
+    batch = dict(
+        positions=torch.arange(n), seq_index=torch.zeros(n, dtype=torch.long), block_tables=world.tables.clone(),
+        cos=world.cos, sin=world.sin,
     )  # fmt: skip
+    layer = dict(k_pool=pools["k_pool"], v_pool=pools["v_pool"], n_heads=world.h, scale=world.scale)
     if world.kv_cache_dtype != "auto":
-        args.update(kv_cache_dtype=world.kv_cache_dtype, k_scale=pools["k_scale"], v_scale=pools["v_scale"])
-    return args
+        layer.update(kv_cache_dtype=world.kv_cache_dtype, k_scale=pools["k_scale"], v_scale=pools["v_scale"])
+    return world.rows[0][:n], batch, layer
+
+
+def _attend(qkv: torch.Tensor, batch: dict, layer: dict) -> torch.Tensor:
+    return paged_attention(qkv, PagedBatch(**batch), PagedLayer(**layer))
 
 
 @needs_native
@@ -212,58 +216,92 @@ def _args(world, n: int) -> dict:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda a: a.update(positions=a["positions"] + 1000), "RoPE tables"),
-        (lambda a: a.update(seq_index=a["seq_index"] + 5), "seq_index"),
-        (lambda a: a["block_tables"].fill_(99), "num_blocks"),
-        (lambda a: a.update(block_tables=a["block_tables"][:, :1].contiguous()), "width"),
+        (lambda b: b.update(positions=b["positions"] + 1000), "RoPE tables"),
+        (lambda b: b.update(seq_index=b["seq_index"] + 5), "seq_index"),
+        (lambda b: b["block_tables"].fill_(99), "num_blocks"),
+        (lambda b: b.update(block_tables=b["block_tables"][:, :1].contiguous()), "width"),
     ],
 )
 def test_bad_indices_raise_and_write_nothing(edit, message: str, kv_cache_dtype: str) -> None:
     world = make_world(5, 4, 2, 32, 8, [20], norms=False, kv_cache_dtype=kv_cache_dtype)
-    args = _args(world, 20)
-    edit(args)
+    qkv, batch, layer = _call(world, 20)
+    edit(batch)
     with pytest.raises(ValueError, match=message):
-        paged_attention(**args)
+        _attend(qkv, batch, layer)
     for name in ("k_pool", "v_pool"):
-        assert torch.equal(bits(args[name]), bits(world.pools[name]))
+        assert torch.equal(bits(layer[name]), bits(world.pools[name]))
 
 
 def test_shape_errors_name_the_problem() -> None:
     world = make_world(1, 4, 2, 32, 8, [5], norms=False)
-    base = _args(world, 5)
-    for change, message in (
-        ({"n_heads": 3}, "multiple"),
-        ({"qkv": world.rows[0][:, :-1]}, r"\(H \+ 2 KV\)"),
-        ({"positions": torch.arange(5, dtype=torch.int32)}, "int64"),
-        ({"block_tables": world.tables.long()}, "int32"),
-        ({"q_norm": torch.ones(32)}, "both or neither"),
-        ({"kv_cache_dtype": "fp4"}, "not known"),
-        ({"kv_cache_dtype": "int8"}, "int8 pools"),
-        ({"k_scale": torch.ones(3, 2, 8)}, "belong to 8-bit pools"),
+    qkv, batch, layer = _call(world, 5)
+    for args, message in (
+        ((qkv, batch, {**layer, "n_heads": 3}), "multiple"),
+        ((world.rows[0][:, :-1], batch, layer), r"\(H \+ 2 KV\)"),
+        ((qkv[:4], batch, layer), r"\[5, 256\] for N=5"),
+        ((qkv, {**batch, "positions": torch.arange(5, dtype=torch.int32)}, layer), "int64"),
+        ((qkv, {**batch, "seq_index": torch.zeros(4, dtype=torch.long)}, layer), "as many as positions"),
+        ((qkv, {**batch, "block_tables": world.tables.long()}, layer), "int32"),
+        ((qkv, {**batch, "cos": world.cos[:, :16], "sin": world.sin[:, :16]}, layer), "16 wide"),
+        ((qkv, {**batch, "sin": world.sin.double()}, layer), "cos and sin"),
+        ((qkv, batch, {**layer, "q_norm": torch.ones(32)}), "both or neither"),
+        ((qkv, batch, {**layer, "kv_cache_dtype": "fp4"}), "not known"),
+        ((qkv, batch, {**layer, "kv_cache_dtype": "int8"}), "int8 pools"),
+        ((qkv, batch, {**layer, "k_scale": torch.ones(3, 2, 8)}), "belong to 8-bit pools"),
     ):
         with pytest.raises(ValueError, match=message):
-            paged_attention(**{**base, **change})
+            _attend(*args)
     odd = make_world(1, 4, 2, 33, 8, [5], norms=False)
     with pytest.raises(ValueError, match="even"):
-        paged_attention(**_args(odd, 5))
-    int8 = _args(make_world(1, 4, 2, 32, 8, [5], norms=False, kv_cache_dtype="int8"), 5)
+        _attend(*_call(odd, 5))
+    qkv, batch, int8 = _call(make_world(1, 4, 2, 32, 8, [5], norms=False, kv_cache_dtype="int8"), 5)
     with pytest.raises(ValueError, match="k_scale float32"):
-        paged_attention(**{**int8, "k_scale": int8["k_scale"][:, :, :4]})
+        _attend(qkv, batch, {**int8, "k_scale": int8["k_scale"][:, :, :4]})
+
+
+def test_batch_and_layer_are_checked_once_and_kept_contiguous() -> None:
+    """The step's checks run when its `PagedBatch` is built (not per layer); strided inputs are made contiguous
+    there once, and the twin's RoPE rows are gathered once per batch."""
+    world = make_world(4, 4, 2, 32, 8, [9], norms=True)
+    qkv, batch, layer = _call(world, 9)
+    wide = torch.zeros(9, 2, dtype=torch.long)
+    wide[:, 0] = batch["positions"]
+    built = PagedBatch(**{**batch, "positions": wide[:, 0]})
+    assert not wide[:, 0].is_contiguous() and built.positions.is_contiguous()
+    assert built.n == 9 and built.device == torch.device("cpu")
+    assert built.rope_rows is built.rope_rows  # gathered once
+    torch.testing.assert_close(built.rope_rows[0][:, 0], world.cos[:9])
+    spec = PagedLayer(**layer, q_norm=world.q_norm, k_norm=world.k_norm, eps=1e-6)
+    assert (spec.kv, spec.d, spec.block_size, spec.codes, spec.width) == (2, 32, 8, None, (4 + 4) * 32)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.window = 4  # type: ignore[misc]
+    # Two layers of one step share the batch; each writes its own pools.
+    other = make_world(4, 4, 2, 32, 8, [9], norms=True)
+    spec2 = PagedLayer(**_call(other, 9)[2], q_norm=world.q_norm, k_norm=world.k_norm, eps=1e-6)
+    first, second = paged_attention(qkv, built, spec), paged_attention(qkv, built, spec2)
+    assert torch.equal(first, second)  # same inputs, same (initially equal) pools
+    assert torch.equal(spec.k_pool, spec2.k_pool) and spec.k_pool.data_ptr() != spec2.k_pool.data_ptr()
 
 
 def test_dispatch_falls_back_where_the_native_kernel_declines() -> None:
-    args = _args(make_world(2, 4, 2, 32, 8, [6], norms=False, dtype=torch.bfloat16), 6)
-    assert paged_backend(**args) == "reference"  # bf16 pools: no native path, the twin runs
-    out = paged_attention(**args)
+    qkv, batch, layer = _call(make_world(2, 4, 2, 32, 8, [6], norms=False, dtype=torch.bfloat16), 6)
+    built = PagedBatch(**batch)
+    assert paged_backend(qkv, built, PagedLayer(**layer)) == "reference"  # bf16 pools: no native path
+    out = paged_attention(qkv, built, PagedLayer(**layer))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
-    args = _args(make_world(2, 4, 2, 32, 8, [6], norms=False), 6)
+    qkv, batch, layer = _call(make_world(2, 4, 2, 32, 8, [6], norms=False), 6)
+    built = PagedBatch(**batch)
     native = "native" if cpu_native.library() is not None else "reference"
-    assert paged_backend(**args) == native
+    assert paged_backend(qkv, built, PagedLayer(**layer)) == native
     # Pools are written in place: a non-contiguous one (same values) goes to the twin, never to a copy.
-    strided = args["k_pool"].transpose(1, 2).contiguous().transpose(1, 2)
-    assert paged_backend(**{**args, "k_pool": strided}) == "reference"
-    int8 = _args(make_world(2, 4, 2, 32, 8, [6], norms=False, kv_cache_dtype="int8"), 6)
-    assert paged_backend(**int8) == native
+    strided = layer["k_pool"].transpose(1, 2).contiguous().transpose(1, 2)
+    assert paged_backend(qkv, built, PagedLayer(**{**layer, "k_pool": strided})) == "reference"
+    # The choice is per layer and per activation dtype: a bf16 qkv on the same fp32 layer goes to the twin.
+    spec = PagedLayer(**layer)
+    assert paged_backend(qkv, built, spec) == native
+    assert paged_backend(qkv.bfloat16(), built, spec) == "reference"
+    qkv, batch, int8 = _call(make_world(2, 4, 2, 32, 8, [6], norms=False, kv_cache_dtype="int8"), 6)
+    assert paged_backend(qkv, PagedBatch(**batch), PagedLayer(**int8)) == native
 
 
 @pytest.mark.parametrize("kv_cache_dtype", ["auto", "int8", "fp8_e4m3"])
@@ -351,11 +389,12 @@ def test_native_fp8_codes_match_torch_at_every_rounding_boundary() -> None:
         torch.zeros(blocks, kv, bs),
         torch.zeros(blocks, kv, bs),
     )
-    paged_attention(
-        qkv, torch.ones(rows, d), torch.zeros(rows, d), torch.arange(rows), torch.zeros(rows, dtype=torch.long),
-        torch.arange(blocks, dtype=torch.int32)[None], k_pool, v_pool, h, 0.1,
-        kv_cache_dtype="fp8_e4m3", k_scale=k_scale, v_scale=v_scale,
+    batch = PagedBatch(
+        torch.arange(rows), torch.zeros(rows, dtype=torch.long), torch.arange(blocks, dtype=torch.int32)[None],
+        torch.ones(rows, d), torch.zeros(rows, d),
     )  # fmt: skip
+    paged_attention(qkv, batch, PagedLayer(k_pool, v_pool, h, 0.1, kv_cache_dtype="fp8_e4m3", k_scale=k_scale,
+                                           v_scale=v_scale))  # fmt: skip
     got = v_pool.permute(0, 2, 1, 3).reshape(-1, d)[:rows]
     assert torch.equal(bits(got), bits(quantize_kv(v, "fp8_e4m3")[0]))
     assert torch.equal(v_scale.permute(0, 2, 1).reshape(-1)[:rows], torch.ones(rows))

@@ -5,7 +5,6 @@ Triton, in its interpreter or on a GPU) against the twin on random worlds, batch
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import random
 
@@ -14,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.kernels.paged_cases import make_world, random_schedule, run
+from tests.kernels.paged_cases import batch_of, layer_of, make_world, random_schedule, run
 from xpullm.kernels import cpu_native
 from xpullm.kernels.paged import (
     paged_attention,
@@ -33,17 +32,8 @@ ATOL = 3e-5
 def _dense(world, seq: int, window: int, sinks: int) -> torch.Tensor:
     """A sequence's outputs by a plain loop over its fp32 q/k/v: token p attends j <= p, j > p - W or j < S."""
     rows = world.rows[seq]
-    q, k, v = reference_rotate(
-        rows,
-        world.cos,
-        world.sin,
-        torch.arange(rows.shape[0]),
-        world.h,
-        world.kv,
-        world.q_norm,
-        world.k_norm,
-        1e-6,
-    )
+    _, batch = batch_of(world, [(seq, 0, rows.shape[0])])
+    q, k, v = reference_rotate(rows, batch, layer_of(world, world.pools))
     group = world.h // world.kv
     k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)  # [L, H, D]
     out = []
@@ -58,8 +48,8 @@ def _dense(world, seq: int, window: int, sinks: int) -> torch.Tensor:
 @pytest.mark.parametrize(("window", "sinks"), [(0, 0), (1, 0), (7, 0), (10, 4), (6, 20)])
 def test_twin_matches_a_dense_masked_loop(window: int, sinks: int) -> None:
     world = make_world(5, 4, 2, 32, 8, [45, 3], norms=True)
-    kernel = functools.partial(reference_paged_attention, window=window, sinks=sinks)
-    out, _ = run(world, random_schedule(random.Random(5), world.lengths), kernel)
+    schedule = random_schedule(random.Random(5), world.lengths)
+    out, _ = run(world, schedule, reference_paged_attention, window, sinks)
     for s, length in enumerate(world.lengths):
         got = torch.stack([out[(s, p)] for p in range(length)])
         torch.testing.assert_close(got, _dense(world, s, window, sinks), atol=ATOL, rtol=1e-5)
@@ -85,18 +75,13 @@ def test_native_window_matches_twin_and_is_batch_invariant(case) -> None:
     seed, h, kv, d, bs, lengths, window, sinks, dtype = case
     world = make_world(seed, h, kv, d, bs, lengths, norms=seed % 2 == 0, kv_cache_dtype=dtype)
     rng = random.Random(seed)
-    native = functools.partial(paged_attention, window=window, sinks=sinks)
-    mixed, _ = run(world, random_schedule(rng, lengths), native)
-    again, _ = run(world, random_schedule(rng, lengths), native)
+    mixed, _ = run(world, random_schedule(rng, lengths), paged_attention, window, sinks)
+    again, _ = run(world, random_schedule(rng, lengths), paged_attention, window, sinks)
     assert all(torch.equal(mixed[key], again[key]) for key in mixed), case
     if (
         dtype == "auto"
     ):  # 8-bit codes may round a step apart between the two (test_paged_attention covers that)
-        ref, _ = run(
-            world,
-            random_schedule(rng, lengths),
-            functools.partial(reference_paged_attention, window=window, sinks=sinks),
-        )
+        ref, _ = run(world, random_schedule(rng, lengths), reference_paged_attention, window, sinks)
         got, want = torch.stack(list(mixed.values())), torch.stack([ref[key] for key in mixed])
         torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-5)
 
@@ -128,9 +113,8 @@ def test_ring_table_gives_the_plain_tables_results(window: int, sinks: int, bs: 
     schedule = _chunks(random.Random(window), 120, step)
     backends = [reference_paged_attention] + ([paged_attention] if cpu_native.library() is not None else [])
     for kernel in backends:
-        fn = functools.partial(kernel, window=window, sinks=sinks)
-        plain, _ = run(world, schedule, fn)
-        ringed, _ = run(ring, schedule, fn)
+        plain, _ = run(world, schedule, kernel, window, sinks)
+        ringed, _ = run(ring, schedule, kernel, window, sinks)
         assert all(torch.equal(plain[key], ringed[key]) for key in plain), kernel
     assert ring.tables.shape[1] < world.tables.shape[1] // 2
 
@@ -144,9 +128,9 @@ def test_table_column_and_ring_width() -> None:
 def test_window_argument_errors() -> None:
     world = make_world(1, 2, 1, 32, 8, [5], norms=False)
     with pytest.raises(ValueError, match="sinks=2 needs a sliding window"):
-        run(world, [[(0, 0, 5)]], functools.partial(reference_paged_attention, sinks=2))
+        run(world, [[(0, 0, 5)]], reference_paged_attention, sinks=2)
     with pytest.raises(ValueError, match="window must be an int >= 0"):
-        run(world, [[(0, 0, 5)]], functools.partial(paged_attention, window=-1))
+        run(world, [[(0, 0, 5)]], paged_attention, window=-1)
 
 
 @pytest.mark.skipif(
@@ -164,8 +148,8 @@ def test_triton_window_matches_twin(window: int, sinks: int, dtype: str) -> None
     world = make_world(2, 4, 2, 32, 8, [40], norms=True, kv_cache_dtype=dtype).to(device)
     schedule = _chunks(random.Random(2), 40, 6)
     ring = _ring_world(world, window, sinks, 6)
-    got, _ = run(ring, schedule, functools.partial(triton_paged, window=window, sinks=sinks))
-    want, _ = run(world, schedule, functools.partial(reference_paged_attention, window=window, sinks=sinks))
+    got, _ = run(ring, schedule, triton_paged, window, sinks)
+    want, _ = run(world, schedule, reference_paged_attention, window, sinks)
     tol = 3e-5 if dtype == "auto" else 2e-2  # 8-bit: a code may round a step apart between the two sides
     for key in got:
         torch.testing.assert_close(got[key], want[key], atol=tol, rtol=1e-3)

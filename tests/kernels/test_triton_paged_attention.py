@@ -24,7 +24,7 @@ if not HAS_CUDA and not INTERPRET:
         allow_module_level=True,
     )
 
-from tests.kernels.paged_cases import make_world, random_schedule, run, seq_slots  # noqa: E402
+from tests.kernels.paged_cases import batch_of, layer_of, make_world, random_schedule, run, seq_slots  # noqa: E402
 from xpullm.kernels import paged  # noqa: E402
 from xpullm.kernels.paged import (  # noqa: E402
     reference_attend,
@@ -86,19 +86,12 @@ def test_triton_paged_attention_matches_its_twin(h, kv, d, bs, lengths, norms, d
     schedule = _two_step(lengths, seed) if INTERPRET else random_schedule(random.Random(seed), lengths)
     pairs: list = []
 
-    def checked(
-        qkv, cos, sin, positions, seq_index, tables, k_pool, v_pool, h, scale, q_norm, k_norm, eps, **kw
-    ):
+    def checked(qkv: torch.Tensor, batch: paged.PagedBatch, layer: paged.PagedLayer) -> torch.Tensor:
         """The kernel, and the twin's phase 2 on the pools the kernel wrote: an 8-bit code that the two sides
         rounded to different sides of a boundary (rare, from fp32 rounding of the rotation) cannot blur the check."""
-        out = paged_attention(
-            qkv, cos, sin, positions, seq_index, tables, k_pool, v_pool, h, scale, q_norm, k_norm, eps, **kw
-        )
-        q, _, _ = reference_rotate(qkv, cos, sin, positions, h, k_pool.shape[1], q_norm, k_norm, eps)
-        want = reference_attend(
-            q, positions, seq_index, tables, k_pool, v_pool, scale, kw.get("k_scale"), kw.get("v_scale")
-        )
-        pairs.append((out, want))
+        out = paged_attention(qkv, batch, layer)
+        q, _, _ = reference_rotate(qkv, batch, layer)
+        pairs.append((out, reference_attend(q, batch, layer)))
         return out
 
     _, pools = run(world, schedule, checked)
@@ -144,17 +137,5 @@ def test_triton_paged_attention_is_batch_invariant(h, kv, d, bs, lengths, norms)
 @pytest.mark.skipif(not HAS_CUDA or INTERPRET, reason="dispatch to Triton needs a CUDA tensor")
 def test_dispatch_picks_triton_on_cuda() -> None:
     world = make_world(0, 4, 2, 64, 16, [5], False, dtype=torch.bfloat16).to(DEVICE)
-    positions, seq = torch.arange(5, device=DEVICE), torch.zeros(5, dtype=torch.long, device=DEVICE)
-    args = (
-        world.rows[0],
-        world.cos,
-        world.sin,
-        positions,
-        seq,
-        world.tables,
-        world.k_pool,
-        world.v_pool,
-        4,
-        0.125,
-    )
-    assert paged.paged_backend(*args) == "triton"
+    qkv, batch = batch_of(world, [(0, 0, 5)])
+    assert paged.paged_backend(qkv, batch, layer_of(world, world.pools)) == "triton"
