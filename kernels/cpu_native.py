@@ -16,7 +16,7 @@ The C file is compiled once per source version with the system C compiler (`$CC`
 library picks its SIMD path at run time from CPUID (`isa_paths()`: `avx2`, then `avx512_vnni` where the CPU and
 OS have it, then `amx` where CPUID, XCR0 and Linux's tile-data permission allow it); `XPULLM_CPU_ISA=avx2` (or
 `forced_isa`) forces a path. The amx path runs the integer and codebook formats' calls of at least `amx_min_rows`
-rows (default 16: prefill and batched decode) on AMX-INT8 `tdpbssd` tiles, and shorter calls on VNNI with the
+rows (default 8: prefill and batched decode) on AMX-INT8 `tdpbssd` tiles, and shorter calls on VNNI with the
 tiles' arithmetic, so a row's result is the same bit for bit whatever its call's row count (batch invariance).
 fp8 can run its long calls on AMX-BF16 `tdpbf16ps` tiles (activations split into two bf16 halves, 2^-17 close to
 fp32): opt-in (`amx_fp8`, `XPULLM_AMX_FP8=1`), since those rows are not bit for bit the short calls' fp32 path.
@@ -102,7 +102,7 @@ _FLAGS = ("-O3", "-fno-math-errno", "-fPIC", "-shared")
 # kernel over a C model of the tile instructions (a test twin: never picked by itself).
 ISA_PATHS = {"avx2": 1, "avx512_vnni": 2, "amx": 3, "amx_emulated": 4}
 _EMULATED = ("amx_emulated",)
-AMX_MIN_ROWS = 16  # cpu_ops.c's default: the amx path takes calls of at least this many activation rows
+AMX_MIN_ROWS = 8  # cpu_ops.c's default: the amx path takes calls of at least this many activation rows
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
 

@@ -186,9 +186,10 @@ int xq_set_isa(int isa) {
 
 /* The amx paths take calls of at least this many activation rows on their tiles; shorter ones run VNNI with the
    tiles' arithmetic (tile_int_avx512_bd). One tile holds 16 rows: a call of fewer pays a whole tile's tdpbssd and
-   epilogue for part of it, while VNNI's cost per row is flat (bench/cpu_kernels.py's amx_tiles column, the tiles
-   forced at M < 16, measures the crossover). */
-static int amx_min_rows = 16;
+   epilogue for part of it, while VNNI's cost per row is flat. Measured on a Sapphire Rapids-class Xeon
+   (docs/benchmarks-cpu-avx512.md, bench/cpu_kernels.py's amx_tiles column): at 8 rows the tiles beat VNNI on every
+   integer and codebook shape at 1 thread (1.1-1.4x) and on all but one at 2; at 1 row VNNI is 2-3x faster. */
+static int amx_min_rows = 8;
 
 /* Whether the amx paths run the fp8 formats' long calls on bf16 tiles (off unless asked for): those are the fp32
    product to 2^-17 per activation, not bit for bit the avx512 path that takes the short calls, so with them a
