@@ -665,18 +665,26 @@ static void amx_emu_zero(struct amx_emu *e, int t) {
     memset(e->t[t], 0, sizeof e->t[t]);
 }
 
+/* The operand checks both tile dot products make (shapes agree: a.colsb = 4 b.rows, c.colsb = b.colsb,
+   c.rows = a.rows; three distinct configured tiles); a violation counts as a fault, as the hardware would raise. */
+static int amx_emu_dot_shapes(const struct amx_emu *e, int c, int a, int b) {
+    const struct amx_cfg *g = &e->cfg;
+    if (!amx_emu_valid(e, c) || !amx_emu_valid(e, a) || !amx_emu_valid(e, b) || c == a || c == b || a == b ||
+        g->colsb[a] % 4 || g->colsb[c] % 4 || g->colsb[a] != 4 * g->rows[b] || g->colsb[c] != g->colsb[b] ||
+        g->rows[c] != g->rows[a]) {
+        amx_emu_fault();
+        return 0;
+    }
+    return 1;
+}
+
 /* tdpbssd c, a, b: c (M x N int32) += a (M x K dwords of 4 s8) . b (K rows of N dwords of 4 s8); per dword the
    four byte products are added to c in 32 bits with wrap-around. Shapes must agree (a.colsb = 4 b.rows,
    c.colsb = b.colsb, c.rows = a.rows) and the three tiles differ. (The AVX-512 target only lets the compiler
    vectorise this scalar model: the emulated path runs on AVX-512 CPUs.) */
 XQ_AVX512_FN static void amx_emu_dpbssd(struct amx_emu *e, int c, int a, int b) {
     const struct amx_cfg *g = &e->cfg;
-    if (!amx_emu_valid(e, c) || !amx_emu_valid(e, a) || !amx_emu_valid(e, b) || c == a || c == b || a == b ||
-        g->colsb[a] % 4 || g->colsb[c] % 4 || g->colsb[a] != 4 * g->rows[b] || g->colsb[c] != g->colsb[b] ||
-        g->rows[c] != g->rows[a]) {
-        amx_emu_fault();
-        return;
-    }
+    if (!amx_emu_dot_shapes(e, c, a, b)) return;
     const int M = g->rows[c], N = g->colsb[c] / 4, K = g->colsb[a] / 4;
     for (int m = 0; m < M; ++m) {
         uint32_t acc[16];
@@ -707,12 +715,7 @@ static float amx_emu_bf16(uint16_t h) {
    rounded to nearest even (one fmaf), denormal inputs as zero and denormal results flushed to zero. */
 XQ_AVX512_FN static void amx_emu_dpbf16ps(struct amx_emu *e, int c, int a, int b) {
     const struct amx_cfg *g = &e->cfg;
-    if (!amx_emu_valid(e, c) || !amx_emu_valid(e, a) || !amx_emu_valid(e, b) || c == a || c == b || a == b ||
-        g->colsb[a] % 4 || g->colsb[c] % 4 || g->colsb[a] != 4 * g->rows[b] || g->colsb[c] != g->colsb[b] ||
-        g->rows[c] != g->rows[a]) {
-        amx_emu_fault();
-        return;
-    }
+    if (!amx_emu_dot_shapes(e, c, a, b)) return;
     const int M = g->rows[c], N = g->colsb[c] / 4, K = g->colsb[a] / 4;
     for (int m = 0; m < M; ++m) {
         float acc[16];
