@@ -185,13 +185,20 @@ def _loss(model: Model, ids: torch.Tensor, chunked: bool) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
+def _progress(text: str) -> None:
+    """A line on stderr, which the parent shows when a variant runs out of time (where it stood)."""
+    print(f"# {text}", file=sys.stderr, flush=True)
+
+
 def run_variant(args: argparse.Namespace) -> dict:
     """Build one variant, train `--steps` timed steps after `--warmup`; tokens/s and peak memory."""
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     shape = SHAPES[args.shape]
     torch.manual_seed(0)
+    t0 = time.perf_counter()
     model = Model(shape, args.variant, args.rank, device).train()
+    _progress(f"model built in {time.perf_counter() - t0:.1f} s")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     if cuda:
@@ -212,6 +219,7 @@ def run_variant(args: argparse.Namespace) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss))
+        _progress(f"step {step + 1}/{args.warmup + args.steps} done at {time.perf_counter() - t0:.1f} s")
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - began
@@ -259,8 +267,12 @@ def main() -> None:
                 [sys.executable, __file__, "--variant", variant, *flags], capture_output=True, text=True,
                 timeout=args.variant_timeout,
             )  # fmt: skip
-        except subprocess.TimeoutExpired:
-            notes.append(f"{variant} stopped after its {args.variant_timeout} s limit")
+        except subprocess.TimeoutExpired as exc:
+            err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+            last = (
+                err.strip().splitlines()[-1] if err.strip() else "nothing printed: still building the model"
+            )
+            notes.append(f"{variant} stopped after its {args.variant_timeout} s limit (last: {last})")
             print(f"# {variant}: timed out", file=sys.stderr, flush=True)
             continue
         if proc.returncode != 0:
