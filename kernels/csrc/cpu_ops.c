@@ -514,7 +514,7 @@ XQ_AVX512_FN static void tile_int_avx512(const struct job *j, int64_t t) {
     }
 }
 
-/* 16 fp16 scales of four tiles' block b (tile i's 4 weight rows at p[i] + 4 b), as floats in lane 4 q + i (tile
+/* The fp16 scales of four tiles' block b (tile i's 4 weight rows at p[i] + 4 b), as floats in lane 4 q + i (tile
    i, weight row q): the order of quad_int_avx512_bd's dots. `tr` is the 4 x 4 transpose of lanes. */
 XQ_AVX512_FN static inline __attribute__((always_inline)) __m512 quad_scales(const uint16_t *const p[4], int64_t b,
                                                                           __m512i tr) {
@@ -525,73 +525,107 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) __m512 quad_scales(con
     return _mm512_permutexvar_ps(tr, _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1)));
 }
 
-/* Four tiles (tiles t0 .. t0 + 3: 16 weight rows) against R activation rows with the tiles' arithmetic: per block
-   the four tiles are decoded once; each activation row meets them in 8 vpdpbusd, and one 4 x 4 transpose of the
-   partial sums (int32 adds: exact in any order) gives the block's 16 exact dots, lane 4 q + i = tile i's weight
-   row q. Then per row one fma over all 16 lanes, acc += dot * (s * (d * wmul)), as amx_epilogue does; asym_int4's
-   z * bsum in a sum of its own, added at the end as amx_zero_terms does. */
-XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_int_avx512_bd(const struct job *j, int64_t t0,
-                                                                               int64_t r0, const int R) {
-    const int kind = j->kind;
-    const int64_t nb = j->nb, bb = kind == K_INT8 ? 128 : 64;
-    const int zero = j->zero != NULL;
+/* The same for blocks b and b + 1 at once: one 16-byte load per tile, one word permute (`tw`) into both blocks'
+   lane orders, two conversions. */
+XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_scales2(const uint16_t *const p[4], int64_t b,
+                                                                         __m512i tw, __m512 out[2]) {
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p[0] + b * 4)));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p[1] + b * 4)), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p[2] + b * 4)), 2);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p[3] + b * 4)), 3);
+    v = _mm512_permutexvar_epi16(tw, v);
+    out[0] = _mm512_cvtph_ps(_mm512_castsi512_si256(v));
+    out[1] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1));
+}
+
+/* quad_int_avx512_bd's state: the four tiles' weight and scale streams, R activation rows, their sums. */
+struct quad {
     const uint8_t *w[4];
     const uint16_t *sc[4], *zc[4];
-    for (int i = 0; i < 4; ++i) {
-        w[i] = j->w + (t0 + i) * nb * bb, sc[i] = j->scale + (t0 + i) * nb * 4;
-        zc[i] = zero ? j->zero + (t0 + i) * nb * 4 : sc[i];
-    }
-    const __m512i mask = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8((char)0x80);
-    const __m512i tr = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-    __m512i lut = _mm512_setzero_si512();
-    if (kind == K_LUT4)
-        lut = _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)j->lut)), flip);
-    const int bias = kind == K_INT4 ? (zero ? 0 : 8) : 128; /* as in rows_int_avx512 */
     const int8_t *xr[4];
     const float *dr[4], *br[4];
     const int32_t *ir[4];
+    __m512i lut;
+    __m512 acc[4], zsum[4];
+};
+
+/* One block of quad_int_avx512_bd: the four tiles decoded once, then per activation row 8 vpdpbusd and one 4 x 4
+   transpose of the partial sums (int32 adds: exact in any order) give the block's 16 exact dots, lane 4 q + i =
+   tile i's weight row q; one fma takes them all into the row's accumulator. */
+XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_block(const struct job *j, struct quad *s,
+                                                                       int64_t b, __m512 s16, __m512 z16,
+                                                                       const int R) {
+    const int kind = j->kind, zero = j->zero != NULL;
+    const int bias = kind == K_INT4 ? (zero ? 0 : 8) : 128; /* as in rows_int_avx512 */
+    const __m512i mask = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8((char)0x80);
+    __m512i we[4], wo[4];
+    for (int i = 0; i < 4; ++i) {
+        if (kind == K_INT8) {
+            we[i] = _mm512_xor_si512(_mm512_loadu_si512(s->w[i] + b * 128), flip);
+            wo[i] = _mm512_xor_si512(_mm512_loadu_si512(s->w[i] + b * 128 + 64), flip);
+        } else {
+            const __m512i raw = _mm512_loadu_si512(s->w[i] + b * 64);
+            we[i] = _mm512_and_si512(raw, mask);
+            wo[i] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
+            if (kind == K_LUT4) we[i] = _mm512_shuffle_epi8(s->lut, we[i]), wo[i] = _mm512_shuffle_epi8(s->lut, wo[i]);
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        const __m512i xe = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(s->xr[r] + b * 32)));
+        const __m512i xo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(s->xr[r] + b * 32 + 16)));
+        __m512i a[4];
+        for (int i = 0; i < 4; ++i)
+            a[i] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), we[i], xe), wo[i], xo);
+        /* per 128-bit lane q: element i = the sum of a[i]'s four partials there (tile i, weight row q) */
+        const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[0], a[1]), _mm512_unpackhi_epi32(a[0], a[1]));
+        const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2], a[3]), _mm512_unpackhi_epi32(a[2], a[3]));
+        __m512i dot = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+        if (bias) dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(bias * s->ir[r][b]));
+        const __m512 f = _mm512_mul_ps(s16, _mm512_set1_ps(s->dr[r][b] * j->wmul));
+        s->acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), f, s->acc[r]);
+        if (zero) s->zsum[r] = _mm512_fmadd_ps(z16, _mm512_set1_ps(s->br[r][b]), s->zsum[r]);
+    }
+}
+
+/* Four tiles (tiles t0 .. t0 + 3: 16 weight rows) against R activation rows with the tiles' arithmetic: per block
+   quad_block, acc += dot * (s * (d * wmul)) as amx_epilogue does; asym_int4's z * bsum in a sum of its own, added
+   at the end as amx_zero_terms does. Blocks go in pairs for the scales' loads. */
+XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_int_avx512_bd(const struct job *j, int64_t t0,
+                                                                               int64_t r0, const int R) {
+    const int64_t nb = j->nb, bb = j->kind == K_INT8 ? 128 : 64;
+    const int zero = j->zero != NULL;
+    struct quad s;
+    for (int i = 0; i < 4; ++i) {
+        s.w[i] = j->w + (t0 + i) * nb * bb, s.sc[i] = j->scale + (t0 + i) * nb * 4;
+        s.zc[i] = zero ? j->zero + (t0 + i) * nb * 4 : s.sc[i];
+    }
+    s.lut = j->kind == K_LUT4 ? _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)j->lut)),
+                                                 _mm512_set1_epi8((char)0x80))
+                              : _mm512_setzero_si512();
     for (int r = 0; r < R; ++r) {
         const int64_t row = r0 + r;
-        xr[r] = j->xq + row * j->k, dr[r] = j->d + row * nb, br[r] = j->bsum + row * nb, ir[r] = j->isum + row * nb;
+        s.xr[r] = j->xq + row * j->k, s.dr[r] = j->d + row * nb, s.br[r] = j->bsum + row * nb;
+        s.ir[r] = j->isum + row * nb;
+        s.acc[r] = _mm512_setzero_ps(), s.zsum[r] = _mm512_setzero_ps();
     }
-    __m512 acc[4], zsum[4];
-    for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps(), zsum[r] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-        __m512i we[4], wo[4];
-        for (int i = 0; i < 4; ++i) {
-            if (kind == K_INT8) {
-                we[i] = _mm512_xor_si512(_mm512_loadu_si512(w[i] + b * 128), flip);
-                wo[i] = _mm512_xor_si512(_mm512_loadu_si512(w[i] + b * 128 + 64), flip);
-            } else {
-                const __m512i raw = _mm512_loadu_si512(w[i] + b * 64);
-                we[i] = _mm512_and_si512(raw, mask);
-                wo[i] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
-                if (kind == K_LUT4) we[i] = _mm512_shuffle_epi8(lut, we[i]), wo[i] = _mm512_shuffle_epi8(lut, wo[i]);
-            }
-        }
-        const __m512 s16 = quad_scales(sc, b, tr);
-        const __m512 z16 = zero ? quad_scales(zc, b, tr) : _mm512_setzero_ps();
-        for (int r = 0; r < R; ++r) {
-            const __m512i xe = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[r] + b * 32)));
-            const __m512i xo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[r] + b * 32 + 16)));
-            __m512i a[4];
-            for (int i = 0; i < 4; ++i)
-                a[i] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), we[i], xe), wo[i], xo);
-            /* per 128-bit lane q: element i = the sum of a[i]'s four partials there (tile i, weight row q) */
-            const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[0], a[1]), _mm512_unpackhi_epi32(a[0], a[1]));
-            const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2], a[3]), _mm512_unpackhi_epi32(a[2], a[3]));
-            __m512i dot = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
-            if (bias) dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(bias * ir[r][b]));
-            const __m512 f = _mm512_mul_ps(s16, _mm512_set1_ps(dr[r][b] * j->wmul));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), f, acc[r]);
-            if (zero) zsum[r] = _mm512_fmadd_ps(z16, _mm512_set1_ps(br[r][b]), zsum[r]);
-        }
+    /* lane 4 q + i takes element 4 i + q; for two blocks (8 words a tile), word 16 h + 4 q + i takes 8 i + 4 h + q */
+    const __m512i tr = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    const __m512i tw = _mm512_set_epi16(31, 23, 15, 7, 30, 22, 14, 6, 29, 21, 13, 5, 28, 20, 12, 4,
+                                        27, 19, 11, 3, 26, 18, 10, 2, 25, 17, 9, 1, 24, 16, 8, 0);
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        __m512 s2[2], z2[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+        quad_scales2(s.sc, b, tw, s2);
+        if (zero) quad_scales2(s.zc, b, tw, z2);
+        quad_block(j, &s, b, s2[0], z2[0], R);
+        quad_block(j, &s, b + 1, s2[1], z2[1], R);
     }
+    if (b < nb) quad_block(j, &s, b, quad_scales(s.sc, b, tr), zero ? quad_scales(s.zc, b, tr) : _mm512_setzero_ps(), R);
     /* back to lane 4 i + q: output column 4 (t0 + i) + q */
     const int64_t n0 = t0 * 4, cols = j->n_out - n0 < 16 ? j->n_out - n0 : 16;
     const __mmask16 keep = (__mmask16)((1u << cols) - 1);
     for (int r = 0; r < R; ++r) {
-        const __m512 v = zero ? _mm512_add_ps(acc[r], zsum[r]) : acc[r];
+        const __m512 v = zero ? _mm512_add_ps(s.acc[r], s.zsum[r]) : s.acc[r];
         _mm512_mask_storeu_ps(j->y + (r0 + r) * j->n_out + n0, keep, _mm512_permutexvar_ps(tr, v));
     }
 }
