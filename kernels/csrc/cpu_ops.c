@@ -538,10 +538,9 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_scales2(cons
     out[1] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1));
 }
 
-/* quad_int_avx512_bd's state: the four tiles' weight and scale streams, R activation rows, their sums. */
+/* quad_int_avx512_bd's state: the four tiles' weight streams, R activation rows, their sums. */
 struct quad {
     const uint8_t *w[4];
-    const uint16_t *sc[4], *zc[4];
     const int8_t *xr[4];
     const float *dr[4], *br[4];
     const int32_t *ir[4];
@@ -549,25 +548,26 @@ struct quad {
     __m512 acc[4], zsum[4];
 };
 
-/* One block of quad_int_avx512_bd: the four tiles decoded once, then per activation row 8 vpdpbusd and one 4 x 4
-   transpose of the partial sums (int32 adds: exact in any order) give the block's 16 exact dots, lane 4 q + i =
-   tile i's weight row q; one fma takes them all into the row's accumulator. */
+/* One block of quad_int_avx512_bd (KIND, ZERO: the job's, as constants): the four tiles decoded once, then per
+   activation row 8 vpdpbusd and one 4 x 4 transpose of the partial sums (int32 adds: exact in any order) give the
+   block's 16 exact dots, lane 4 q + i = tile i's weight row q; one fma takes them all into the row's accumulator. */
 XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_block(const struct job *j, struct quad *s,
                                                                        int64_t b, __m512 s16, __m512 z16,
-                                                                       const int R) {
-    const int kind = j->kind, zero = j->zero != NULL;
-    const int bias = kind == K_INT4 ? (zero ? 0 : 8) : 128; /* as in rows_int_avx512 */
+                                                                       const int R, const int KIND,
+                                                                       const int ZERO) {
+    /* rows_int_avx512's bias (codes enter vpdpbusd unsigned), as a shift: 8 for sym_int4, 128 for signed codes */
+    const int shift = KIND == K_INT4 ? (ZERO ? 0 : 3) : 7;
     const __m512i mask = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8((char)0x80);
     __m512i we[4], wo[4];
     for (int i = 0; i < 4; ++i) {
-        if (kind == K_INT8) {
+        if (KIND == K_INT8) {
             we[i] = _mm512_xor_si512(_mm512_loadu_si512(s->w[i] + b * 128), flip);
             wo[i] = _mm512_xor_si512(_mm512_loadu_si512(s->w[i] + b * 128 + 64), flip);
         } else {
             const __m512i raw = _mm512_loadu_si512(s->w[i] + b * 64);
             we[i] = _mm512_and_si512(raw, mask);
             wo[i] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
-            if (kind == K_LUT4) we[i] = _mm512_shuffle_epi8(s->lut, we[i]), wo[i] = _mm512_shuffle_epi8(s->lut, wo[i]);
+            if (KIND == K_LUT4) we[i] = _mm512_shuffle_epi8(s->lut, we[i]), wo[i] = _mm512_shuffle_epi8(s->lut, wo[i]);
         }
     }
     for (int r = 0; r < R; ++r) {
@@ -580,10 +580,12 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_block(const 
         const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[0], a[1]), _mm512_unpackhi_epi32(a[0], a[1]));
         const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2], a[3]), _mm512_unpackhi_epi32(a[2], a[3]));
         __m512i dot = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
-        if (bias) dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(bias * s->ir[r][b]));
-        const __m512 f = _mm512_mul_ps(s16, _mm512_set1_ps(s->dr[r][b] * j->wmul));
+        if (shift) dot = _mm512_sub_epi32(dot, _mm512_slli_epi32(_mm512_set1_epi32(s->ir[r][b]), shift));
+        /* s * (d * wmul); wmul is 1 for the integer kinds (xq_int4_linear, xq_int8_linear), where d * 1 is d */
+        const float dw = KIND == K_LUT4 ? s->dr[r][b] * j->wmul : s->dr[r][b];
+        const __m512 f = _mm512_mul_ps(s16, _mm512_set1_ps(dw));
         s->acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), f, s->acc[r]);
-        if (zero) s->zsum[r] = _mm512_fmadd_ps(z16, _mm512_set1_ps(s->br[r][b]), s->zsum[r]);
+        if (ZERO) s->zsum[r] = _mm512_fmadd_ps(z16, _mm512_set1_ps(s->br[r][b]), s->zsum[r]);
     }
 }
 
@@ -591,17 +593,18 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_block(const 
    quad_block, acc += dot * (s * (d * wmul)) as amx_epilogue does; asym_int4's z * bsum in a sum of its own, added
    at the end as amx_zero_terms does. Blocks go in pairs for the scales' loads. */
 XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_int_avx512_bd(const struct job *j, int64_t t0,
-                                                                               int64_t r0, const int R) {
-    const int64_t nb = j->nb, bb = j->kind == K_INT8 ? 128 : 64;
-    const int zero = j->zero != NULL;
+                                                                               int64_t r0, const int R,
+                                                                               const int KIND, const int ZERO) {
+    const int64_t nb = j->nb, bb = KIND == K_INT8 ? 128 : 64;
     struct quad s;
+    const uint16_t *sc[4], *zc[4];
     for (int i = 0; i < 4; ++i) {
-        s.w[i] = j->w + (t0 + i) * nb * bb, s.sc[i] = j->scale + (t0 + i) * nb * 4;
-        s.zc[i] = zero ? j->zero + (t0 + i) * nb * 4 : s.sc[i];
+        s.w[i] = j->w + (t0 + i) * nb * bb, sc[i] = j->scale + (t0 + i) * nb * 4;
+        zc[i] = ZERO ? j->zero + (t0 + i) * nb * 4 : sc[i];
     }
-    s.lut = j->kind == K_LUT4 ? _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)j->lut)),
-                                                 _mm512_set1_epi8((char)0x80))
-                              : _mm512_setzero_si512();
+    s.lut = KIND == K_LUT4 ? _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)j->lut)),
+                                              _mm512_set1_epi8((char)0x80))
+                           : _mm512_setzero_si512();
     for (int r = 0; r < R; ++r) {
         const int64_t row = r0 + r;
         s.xr[r] = j->xq + row * j->k, s.dr[r] = j->d + row * nb, s.br[r] = j->bsum + row * nb;
@@ -615,18 +618,33 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_int_avx512_b
     int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
         __m512 s2[2], z2[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-        quad_scales2(s.sc, b, tw, s2);
-        if (zero) quad_scales2(s.zc, b, tw, z2);
-        quad_block(j, &s, b, s2[0], z2[0], R);
-        quad_block(j, &s, b + 1, s2[1], z2[1], R);
+        quad_scales2(sc, b, tw, s2);
+        if (ZERO) quad_scales2(zc, b, tw, z2);
+        quad_block(j, &s, b, s2[0], z2[0], R, KIND, ZERO);
+        quad_block(j, &s, b + 1, s2[1], z2[1], R, KIND, ZERO);
     }
-    if (b < nb) quad_block(j, &s, b, quad_scales(s.sc, b, tr), zero ? quad_scales(s.zc, b, tr) : _mm512_setzero_ps(), R);
+    if (b < nb)
+        quad_block(j, &s, b, quad_scales(sc, b, tr), ZERO ? quad_scales(zc, b, tr) : _mm512_setzero_ps(), R, KIND,
+                   ZERO);
     /* back to lane 4 i + q: output column 4 (t0 + i) + q */
     const int64_t n0 = t0 * 4, cols = j->n_out - n0 < 16 ? j->n_out - n0 : 16;
     const __mmask16 keep = (__mmask16)((1u << cols) - 1);
     for (int r = 0; r < R; ++r) {
-        const __m512 v = zero ? _mm512_add_ps(s.acc[r], s.zsum[r]) : s.acc[r];
+        const __m512 v = ZERO ? _mm512_add_ps(s.acc[r], s.zsum[r]) : s.acc[r];
         _mm512_mask_storeu_ps(j->y + (r0 + r) * j->n_out + n0, keep, _mm512_permutexvar_ps(tr, v));
+    }
+}
+
+/* Every activation row against the four tiles t0 .. t0 + 3, four rows at a time, then the 3, 2 or 1 left. */
+XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_rows(const struct job *j, int64_t t0,
+                                                                      const int KIND, const int ZERO) {
+    int64_t r0 = 0;
+    for (; r0 + 4 <= j->m; r0 += 4) quad_int_avx512_bd(j, t0, r0, 4, KIND, ZERO);
+    switch (j->m - r0) {
+    case 3: quad_int_avx512_bd(j, t0, r0, 3, KIND, ZERO); break;
+    case 2: quad_int_avx512_bd(j, t0, r0, 2, KIND, ZERO); break;
+    case 1: quad_int_avx512_bd(j, t0, r0, 1, KIND, ZERO); break;
+    default: break;
     }
 }
 
@@ -651,14 +669,14 @@ XQ_AVX512_FN static void tile_int_avx512_bd(const struct job *j, int64_t g) {
         }
         return;
     }
-    int64_t r0 = 0;
-    for (; r0 + 4 <= j->m; r0 += 4) quad_int_avx512_bd(j, t0, r0, 4);
-    switch (j->m - r0) {
-    case 3: quad_int_avx512_bd(j, t0, r0, 3); break;
-    case 2: quad_int_avx512_bd(j, t0, r0, 2); break;
-    case 1: quad_int_avx512_bd(j, t0, r0, 1); break;
-    default: break;
-    }
+    if (j->kind == K_INT4 && j->zero)
+        quad_rows(j, t0, K_INT4, 1);
+    else if (j->kind == K_INT4)
+        quad_rows(j, t0, K_INT4, 0);
+    else if (j->kind == K_LUT4)
+        quad_rows(j, t0, K_LUT4, 0);
+    else
+        quad_rows(j, t0, K_INT8, 0);
 }
 
 /* 32 fp8 codes -> fp16 bit patterns in one zmm (exact; e4m3 values / 256). */
