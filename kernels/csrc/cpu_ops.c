@@ -653,11 +653,14 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_rows(const s
    amx_epilogue does, asym_int4's z * bsum in a sum of their own added at the end as amx_zero_terms does. So a
    row's result is the tiles' bit for bit, whatever the call's row count: batch invariance holds across the
    threshold. Called per group of four tiles (tiles() steps by 4 for it): a whole group runs quad_int_avx512_bd
-   (16 dots per fma), a last group of fewer tiles rows_int_avx512's BD mode, tile by tile. */
+   (16 dots per fma); a last group of fewer tiles runs rows_int_avx512's BD mode tile by tile (the same bits). */
 XQ_AVX512_FN static void tile_int_avx512_bd(const struct job *j, int64_t g) {
     const int64_t t0 = g * 4, left = j->n_tiles - t0;
-    if (left < 4) {
-        for (int64_t t = t0; t < t0 + left; ++t) {
+    /* quad_block takes d * wmul as d outside the codebooks, exact where wmul is 1 (always, as the entry points set
+       it); any other wmul goes tile by tile too */
+    if (left < 4 || (j->kind != K_LUT4 && j->wmul != 1.0f)) {
+        const int64_t last = left < 4 ? t0 + left : t0 + 4;
+        for (int64_t t = t0; t < last; ++t) {
             int64_t r0 = 0;
             for (; r0 + 4 <= j->m; r0 += 4) rows_int_avx512(j, t, r0, 4, 1);
             switch (j->m - r0) {
