@@ -228,7 +228,7 @@ struct job {
     const int8_t *lut;         /* codebooks: 16 signed table entries */
     int e4m3;
     int64_t n_out;
-    int64_t n_tiles;           /* amx: 4-row weight tiles (n / 4) */
+    int64_t n_tiles;           /* amx, tile_int_avx512_bd: 4-row weight tiles (n / 4) */
     float *y;
 };
 
@@ -514,20 +514,172 @@ XQ_AVX512_FN static void tile_int_avx512(const struct job *j, int64_t t) {
     }
 }
 
-/* The amx path's calls below its row threshold: VNNI with the tiles' arithmetic per (row, weight row): each
-   block's four partial sums added in int32 to the block's exact dot, dot * (s * (d * wmul)) accumulated as
-   amx_epilogue does, asym_int4's z * bsum in a sum of their own added at the end as amx_zero_terms does. So a
-   row's result is the tiles' bit for bit, whatever the call's row count: batch invariance holds across the
-   threshold. */
-XQ_AVX512_FN static void tile_int_avx512_bd(const struct job *j, int64_t t) {
+/* The fp16 scales of four tiles' block b (tile i's 4 weight rows at p[i] + 4 b), as floats in lane 4 q + i (tile
+   i, weight row q): the order of quad_int_avx512_bd's dots. `tr` is the 4 x 4 transpose of lanes. */
+XQ_AVX512_FN static inline __attribute__((always_inline)) __m512 quad_scales(const uint16_t *const p[4], int64_t b,
+                                                                          __m512i tr) {
+    const __m128i lo = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(p[0] + b * 4)),
+                                          _mm_loadl_epi64((const __m128i *)(p[1] + b * 4)));
+    const __m128i hi = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(p[2] + b * 4)),
+                                          _mm_loadl_epi64((const __m128i *)(p[3] + b * 4)));
+    return _mm512_permutexvar_ps(tr, _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1)));
+}
+
+/* The same for blocks b and b + 1 at once: one 16-byte load per tile, one word permute (`tw`) into both blocks'
+   lane orders, two conversions. */
+XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_scales2(const uint16_t *const p[4], int64_t b,
+                                                                         __m512i tw, __m512 out[2]) {
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p[0] + b * 4)));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p[1] + b * 4)), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p[2] + b * 4)), 2);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p[3] + b * 4)), 3);
+    v = _mm512_permutexvar_epi16(tw, v);
+    out[0] = _mm512_cvtph_ps(_mm512_castsi512_si256(v));
+    out[1] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1));
+}
+
+/* quad_int_avx512_bd's state: the four tiles' weight streams, R activation rows, their sums. */
+struct quad {
+    const uint8_t *w[4];
+    const int8_t *xr[4];
+    const float *dr[4], *br[4];
+    const int32_t *ir[4];
+    __m512i lut;
+    __m512 acc[4], zsum[4];
+};
+
+/* One block of quad_int_avx512_bd (KIND, ZERO: the job's, as constants): the four tiles decoded once, then per
+   activation row 8 vpdpbusd and one 4 x 4 transpose of the partial sums (int32 adds: exact in any order) give the
+   block's 16 exact dots, lane 4 q + i = tile i's weight row q; one fma takes them all into the row's accumulator. */
+XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_block(const struct job *j, struct quad *s,
+                                                                       int64_t b, __m512 s16, __m512 z16,
+                                                                       const int R, const int KIND,
+                                                                       const int ZERO) {
+    /* rows_int_avx512's bias (codes enter vpdpbusd unsigned), as a shift: 8 for sym_int4, 128 for signed codes */
+    const int shift = KIND == K_INT4 ? (ZERO ? 0 : 3) : 7;
+    const __m512i mask = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8((char)0x80);
+    __m512i we[4], wo[4];
+    for (int i = 0; i < 4; ++i) {
+        if (KIND == K_INT8) {
+            we[i] = _mm512_xor_si512(_mm512_loadu_si512(s->w[i] + b * 128), flip);
+            wo[i] = _mm512_xor_si512(_mm512_loadu_si512(s->w[i] + b * 128 + 64), flip);
+        } else {
+            const __m512i raw = _mm512_loadu_si512(s->w[i] + b * 64);
+            we[i] = _mm512_and_si512(raw, mask);
+            wo[i] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
+            if (KIND == K_LUT4) we[i] = _mm512_shuffle_epi8(s->lut, we[i]), wo[i] = _mm512_shuffle_epi8(s->lut, wo[i]);
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        const __m512i xe = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(s->xr[r] + b * 32)));
+        const __m512i xo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(s->xr[r] + b * 32 + 16)));
+        __m512i a[4];
+        for (int i = 0; i < 4; ++i)
+            a[i] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), we[i], xe), wo[i], xo);
+        /* per 128-bit lane q: element i = the sum of a[i]'s four partials there (tile i, weight row q) */
+        const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[0], a[1]), _mm512_unpackhi_epi32(a[0], a[1]));
+        const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(a[2], a[3]), _mm512_unpackhi_epi32(a[2], a[3]));
+        __m512i dot = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+        if (shift) dot = _mm512_sub_epi32(dot, _mm512_slli_epi32(_mm512_set1_epi32(s->ir[r][b]), shift));
+        /* s * (d * wmul); wmul is 1 for the integer kinds (xq_int4_linear, xq_int8_linear), where d * 1 is d */
+        const float dw = KIND == K_LUT4 ? s->dr[r][b] * j->wmul : s->dr[r][b];
+        const __m512 f = _mm512_mul_ps(s16, _mm512_set1_ps(dw));
+        s->acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), f, s->acc[r]);
+        if (ZERO) s->zsum[r] = _mm512_fmadd_ps(z16, _mm512_set1_ps(s->br[r][b]), s->zsum[r]);
+    }
+}
+
+/* Four tiles (tiles t0 .. t0 + 3: 16 weight rows) against R activation rows with the tiles' arithmetic: per block
+   quad_block, acc += dot * (s * (d * wmul)) as amx_epilogue does; asym_int4's z * bsum in a sum of its own, added
+   at the end as amx_zero_terms does. Blocks go in pairs for the scales' loads. */
+XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_int_avx512_bd(const struct job *j, int64_t t0,
+                                                                               int64_t r0, const int R,
+                                                                               const int KIND, const int ZERO) {
+    const int64_t nb = j->nb, bb = KIND == K_INT8 ? 128 : 64;
+    struct quad s;
+    const uint16_t *sc[4], *zc[4];
+    for (int i = 0; i < 4; ++i) {
+        s.w[i] = j->w + (t0 + i) * nb * bb, sc[i] = j->scale + (t0 + i) * nb * 4;
+        zc[i] = ZERO ? j->zero + (t0 + i) * nb * 4 : sc[i];
+    }
+    s.lut = KIND == K_LUT4 ? _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)j->lut)),
+                                              _mm512_set1_epi8((char)0x80))
+                           : _mm512_setzero_si512();
+    for (int r = 0; r < R; ++r) {
+        const int64_t row = r0 + r;
+        s.xr[r] = j->xq + row * j->k, s.dr[r] = j->d + row * nb, s.br[r] = j->bsum + row * nb;
+        s.ir[r] = j->isum + row * nb;
+        s.acc[r] = _mm512_setzero_ps(), s.zsum[r] = _mm512_setzero_ps();
+    }
+    /* lane 4 q + i takes element 4 i + q; for two blocks (8 words a tile), word 16 h + 4 q + i takes 8 i + 4 h + q */
+    const __m512i tr = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    const __m512i tw = _mm512_set_epi16(31, 23, 15, 7, 30, 22, 14, 6, 29, 21, 13, 5, 28, 20, 12, 4,
+                                        27, 19, 11, 3, 26, 18, 10, 2, 25, 17, 9, 1, 24, 16, 8, 0);
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        __m512 s2[2], z2[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+        quad_scales2(sc, b, tw, s2);
+        if (ZERO) quad_scales2(zc, b, tw, z2);
+        quad_block(j, &s, b, s2[0], z2[0], R, KIND, ZERO);
+        quad_block(j, &s, b + 1, s2[1], z2[1], R, KIND, ZERO);
+    }
+    if (b < nb)
+        quad_block(j, &s, b, quad_scales(sc, b, tr), ZERO ? quad_scales(zc, b, tr) : _mm512_setzero_ps(), R, KIND,
+                   ZERO);
+    /* back to lane 4 i + q: output column 4 (t0 + i) + q */
+    const int64_t n0 = t0 * 4, cols = j->n_out - n0 < 16 ? j->n_out - n0 : 16;
+    const __mmask16 keep = (__mmask16)((1u << cols) - 1);
+    for (int r = 0; r < R; ++r) {
+        const __m512 v = ZERO ? _mm512_add_ps(s.acc[r], s.zsum[r]) : s.acc[r];
+        _mm512_mask_storeu_ps(j->y + (r0 + r) * j->n_out + n0, keep, _mm512_permutexvar_ps(tr, v));
+    }
+}
+
+/* Every activation row against the four tiles t0 .. t0 + 3, four rows at a time, then the 3, 2 or 1 left. */
+XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_rows(const struct job *j, int64_t t0,
+                                                                      const int KIND, const int ZERO) {
     int64_t r0 = 0;
-    for (; r0 + 4 <= j->m; r0 += 4) rows_int_avx512(j, t, r0, 4, 1);
+    for (; r0 + 4 <= j->m; r0 += 4) quad_int_avx512_bd(j, t0, r0, 4, KIND, ZERO);
     switch (j->m - r0) {
-    case 3: rows_int_avx512(j, t, r0, 3, 1); break;
-    case 2: rows_int_avx512(j, t, r0, 2, 1); break;
-    case 1: rows_int_avx512(j, t, r0, 1, 1); break;
+    case 3: quad_int_avx512_bd(j, t0, r0, 3, KIND, ZERO); break;
+    case 2: quad_int_avx512_bd(j, t0, r0, 2, KIND, ZERO); break;
+    case 1: quad_int_avx512_bd(j, t0, r0, 1, KIND, ZERO); break;
     default: break;
     }
+}
+
+/* The amx path's calls below its row threshold: VNNI with the tiles' arithmetic per (row, weight row): each
+   block's partial sums added in int32 to the block's exact dot, dot * (s * (d * wmul)) accumulated as
+   amx_epilogue does, asym_int4's z * bsum in a sum of their own added at the end as amx_zero_terms does. So a
+   row's result is the tiles' bit for bit, whatever the call's row count: batch invariance holds across the
+   threshold. Called per group of four tiles (tiles() steps by 4 for it): a whole group runs quad_int_avx512_bd
+   (16 dots per fma); a last group of fewer tiles runs rows_int_avx512's BD mode tile by tile (the same bits). */
+XQ_AVX512_FN static void tile_int_avx512_bd(const struct job *j, int64_t g) {
+    const int64_t t0 = g * 4, left = j->n_tiles - t0;
+    /* quad_block takes d * wmul as d outside the codebooks, exact where wmul is 1 (always, as the entry points set
+       it); any other wmul goes tile by tile too */
+    if (left < 4 || (j->kind != K_LUT4 && j->wmul != 1.0f)) {
+        const int64_t last = left < 4 ? t0 + left : t0 + 4;
+        for (int64_t t = t0; t < last; ++t) {
+            int64_t r0 = 0;
+            for (; r0 + 4 <= j->m; r0 += 4) rows_int_avx512(j, t, r0, 4, 1);
+            switch (j->m - r0) {
+            case 3: rows_int_avx512(j, t, r0, 3, 1); break;
+            case 2: rows_int_avx512(j, t, r0, 2, 1); break;
+            case 1: rows_int_avx512(j, t, r0, 1, 1); break;
+            default: break;
+            }
+        }
+        return;
+    }
+    if (j->kind == K_INT4 && j->zero)
+        quad_rows(j, t0, K_INT4, 1);
+    else if (j->kind == K_INT4)
+        quad_rows(j, t0, K_INT4, 0);
+    else if (j->kind == K_LUT4)
+        quad_rows(j, t0, K_LUT4, 0);
+    else
+        quad_rows(j, t0, K_INT8, 0);
 }
 
 /* 32 fp8 codes -> fp16 bit patterns in one zmm (exact; e4m3 values / 256). */
@@ -1251,10 +1403,13 @@ static void tiles(const struct job *j, int64_t n, int threads) {
     }
     tile_fn fn = j->kind == K_FP8 ? (isa == XQ_AVX512 ? tile_fp8_avx512 : tile_fp8_avx2)
                                   : (isa == XQ_AVX512 ? tile_int_avx512 : tile_int_avx2);
-    if (fn == tile_int_avx512 && (path == XQ_AMX || path == XQ_AMX_EMU)) fn = tile_int_avx512_bd;
-    const int64_t count = n / 4, chunk = threads > 1 && count / (8 * threads) > 1 ? count / (8 * threads) : 1;
+    struct job q = *j;
+    int64_t count = n / 4; /* tiles, or for tile_int_avx512_bd groups of four */
+    if (fn == tile_int_avx512 && (path == XQ_AMX || path == XQ_AMX_EMU))
+        fn = tile_int_avx512_bd, q.n_tiles = count, count = (count + 3) / 4;
+    const int64_t chunk = threads > 1 && count / (8 * threads) > 1 ? count / (8 * threads) : 1;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, chunk) if (threads > 1 && j->m * n * j->k >= (1 << 20))
-    for (int64_t t = 0; t < count; ++t) fn(j, t);
+    for (int64_t t = 0; t < count; ++t) fn(&q, t);
 }
 
 /* Calls whose quantised activations fit here (a decode step's projections: m * k up to ~24k) use the stack:

@@ -210,6 +210,48 @@ def test_a_rows_result_does_not_depend_on_its_calls_row_count(fmt: str, path: st
     assert torch.allclose(out, vnni, rtol=1e-5, atol=1e-5 * vnni.abs().max().item()), f"seed {seed}"
 
 
+@pytest.mark.parametrize("path", AMX)
+@pytest.mark.parametrize("fmt", ["sym_int4", "asym_int4", "nf4", "sym_int8"])
+def test_every_short_row_count_equals_the_tiles_on_whole_and_partial_tile_groups(fmt: str, path: str) -> None:
+    """Below the threshold the VNNI variant takes four weight tiles (16 output rows) at a time, a last group of
+    fewer one tile at a time, and the activation rows in fours, then 3, 2 or 1: each row count 1 .. AMX_MIN_ROWS - 1,
+    on N = 16 g + 4 t - pad (whole groups, a partial one, a last tile cut short), equals the tiles bit for bit."""
+    g, seed = _gen()
+    kernel = KERNELS[fmt]
+    groups, tail, pad = (int(torch.randint(lo, hi, (), generator=g)) for lo, hi in ((1, 4), (0, 4), (0, 4)))
+    n, k = 16 * groups + 4 * tail - pad, 32 * int(torch.randint(1, 10, (), generator=g))
+    state = kernel.prepare(get_format(fmt).quantize(torch.randn(n, k, generator=g) * 0.05), CPU)
+    x = torch.randn(cpu_native.AMX_MIN_ROWS - 1, k, generator=g) * 2
+    x[0, :32] = 0.0  # an all-zero block (scale 0)
+    with cpu_native.forced_isa(path):
+        with cpu_native.amx_min_rows(1):
+            tiles = kernel.matmul(x, state)
+        for m in range(1, x.shape[0] + 1):
+            got = kernel.matmul(x[:m], state)
+            assert torch.equal(got, tiles[:m]), (
+                f"seed {seed}: {fmt} M={m} N={n} K={k}: {(got - tiles[:m]).abs().max()}"
+            )
+
+
+@pytest.mark.parametrize("fmt", ["sym_int4", "asym_int4"])
+def test_short_calls_do_not_depend_on_the_thread_count(fmt: str) -> None:
+    """Threads split the VNNI variant's groups of four tiles (7 * 260 * 640 > 2^20 multiply-adds: threaded)."""
+    g, seed = _gen()
+    kernel = KERNELS[fmt]
+    state = kernel.prepare(get_format(fmt).quantize(torch.randn(260, 640, generator=g) * 0.05), CPU)
+    x = torch.randn(cpu_native.AMX_MIN_ROWS - 1, 640, generator=g)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        with cpu_native.forced_isa(AMX[0]):
+            for threads in (1, 3):
+                torch.set_num_threads(threads)
+                outs.append(kernel.matmul(x, state))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1]), f"seed {seed}"
+
+
 @pytest.mark.parametrize(("fmt", "k"), [("sym_int4", 32768), ("fp8_e5m2", 8192)])
 def test_wide_calls_run_in_passes_of_rows(fmt: str, k: int) -> None:
     """Passes keep a pass's activations within ~1 MiB (32 rows at these widths): 40 rows take a full pass and a
