@@ -7,11 +7,14 @@ Two load generators, same table:
   `--seconds` per level. guidellm lives in its own venv (its pins differ from ours); pass its executable with
   `--guidellm` (default `.venv-guidellm/bin/guidellm`, made by
   `uv venv .venv-guidellm && uv pip install --python .venv-guidellm/bin/python guidellm==0.8.1`).
-- `--client own`: this script's asyncio client (no extra dependency): the 8 chat prompts below, greedy, up to
-  `--output-tokens` tokens, max(--requests, 2 x concurrency) requests per level.
+- `--client own`: this script's asyncio client (no extra dependency): the 8 chat prompts below, greedy,
+  `--output-tokens` tokens with `ignore_eos` (vLLM's field, which both servers honour), max(--requests,
+  2 x concurrency) requests per level.
 
 Per level: aggregate output tokens/s, TTFT p50 (from sending, so queueing counts) and ITL p50 ((last token - first
-token) / (tokens - 1) per request, independent of how tokens are grouped into chunks). The sweep runs `--rounds`
+token) / (tokens - 1) per request, independent of how tokens are grouped into chunks) and the completion tokens of
+every finished request, as the server's `usage` reports them and as the tokenizer counts the returned text (so a
+server that stops early, or miscounts, shows). The sweep runs `--rounds`
 times; within a round both servers run the whole sweep back to back, the one that goes first alternating between
 rounds, so machine noise hits both. Cells: median over rounds [min-max], plus the median per-round throughput ratio.
 
@@ -97,12 +100,14 @@ async def one(http: httpx.AsyncClient, prompt: str, max_tokens: int) -> dict:
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
         "temperature": 0,
+        "ignore_eos": True,  # every request generates max_tokens on both servers
         "stream": True,
         "stream_options": {"include_usage": True},
     }
     t0 = time.perf_counter()
     first = last = None
     tokens = 0
+    text = []
     async with http.stream("POST", "/v1/chat/completions", json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
@@ -111,11 +116,13 @@ async def one(http: httpx.AsyncClient, prompt: str, max_tokens: int) -> dict:
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
-            if any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or []):
+            pieces = [(c.get("delta") or {}).get("content") for c in chunk.get("choices") or []]
+            if any(pieces):
+                text += [piece for piece in pieces if piece]
                 last = time.perf_counter()
                 first = first or last
     itl = (last - first) / (tokens - 1) if first is not None and tokens > 1 else None
-    return {"ttft": (first or time.perf_counter()) - t0, "itl": itl, "tokens": tokens}
+    return {"ttft": (first or time.perf_counter()) - t0, "itl": itl, "tokens": tokens, "text": "".join(text)}
 
 
 async def level(url: str, concurrency: int, requests: int, max_tokens: int, offset: int) -> dict:
@@ -140,6 +147,8 @@ async def level(url: str, concurrency: int, requests: int, max_tokens: int, offs
         "out_tokens": statistics.median(r["tokens"] for r in results),
         "done": len(results),
         "errors": 0,  # a failed request raises
+        "per_request": [r["tokens"] for r in results],
+        "retokenized": [retokenized(r["text"]) for r in results],
     }
 
 
@@ -187,8 +196,34 @@ def guidellm_sweep(
             "out_tokens": m["output_token_count"]["successful"]["median"] if done else nan,
             "done": done,
             "errors": m["request_totals"]["errored"],
+            # every finished request: the server's usage.completion_tokens, and its returned text re-tokenized
+            "per_request": [r["output_metrics"]["text_tokens"] for r in bench["requests"]["successful"]],
+            "retokenized": [retokenized(r["output"] or "") for r in bench["requests"]["successful"]],
         }
     return results
+
+
+_TOKENIZER = []
+
+
+def retokenized(text: str) -> int:
+    """Tokens of a returned text under the packaged model's tokenizer (an independent check of `usage`; re-encoding
+    decoded text can merge a token pair or two differently, so expect max_tokens give or take a little)."""
+    if not _TOKENIZER:
+        from tokenizers import Tokenizer
+
+        from xpullm.models import default_llm_path
+
+        _TOKENIZER.append(Tokenizer.from_file(str(default_llm_path() / "tokenizer.json")))
+    return len(_TOKENIZER[0].encode(text, add_special_tokens=False).ids)
+
+
+def _tokens_cell(rs: list[dict], max_tokens: int) -> str:
+    """min-max of the completion tokens over every finished request of every round, and how many hit max_tokens."""
+    counts = [n for r in rs for n in r["per_request"]]
+    if not counts:
+        return "-"
+    return f"{min(counts)}-{max(counts)} ({sum(n == max_tokens for n in counts)}/{len(counts)})"
 
 
 def _cpu() -> str:
@@ -209,6 +244,10 @@ def _cell(values: list[float], fmt: str) -> str:
     if len(values) == 1:
         return format(values[0], fmt)
     return f"{format(statistics.median(values), fmt)} [{format(min(values), fmt)}-{format(max(values), fmt)}]"
+
+
+def _range(values: list[int]) -> str:
+    return f"{min(values)}-{max(values)}" if values else "-"
 
 
 def main() -> None:
@@ -253,8 +292,12 @@ def main() -> None:
                 label = "xpullm" if name == XPULLM else "llamacpp"
                 for c, r in sweep(urls[name], levels, args, rnd, label).items():
                     runs.setdefault((c, name), []).append(r)
-                    print(f"round {rnd + 1} c={c} {name}: " + ", ".join(f"{k}={v:.3f}" for k, v in r.items()),
-                          flush=True)  # fmt: skip
+                    scalars = ", ".join(f"{k}={v:.3f}" for k, v in r.items() if not isinstance(v, list))
+                    lengths = sorted(set(r["per_request"]))
+                    print(
+                        f"round {rnd + 1} c={c} {name}: {scalars}, completion token counts {lengths}",
+                        flush=True,
+                    )
     finally:
         proc.terminate()
         proc.wait(60)
@@ -266,14 +309,15 @@ def main() -> None:
         load = (
             f"Load: guidellm 0.8.1 (`guidellm run`, `concurrent` profile, {args.seconds} s per level), synthetic "
             f"prompts of {args.prompt_tokens} tokens (Faker text; the same seeded sequence for both servers), "
-            f"streamed chat completions with `max_tokens` {args.output_tokens} and guidellm's `ignore_eos: true`: "
-            "both servers honour it (the output-tokens column shows what each produced)."
+            f"streamed chat completions with `max_completion_tokens` {args.output_tokens} and guidellm's "
+            "`ignore_eos: true`, which both servers honour (the completion-tokens columns show what each produced)."
         )
     else:
         command += f"--requests {args.requests} "
         load = (
             "Load: this script's asyncio client, 8 short chat prompts (repeated: both servers reuse cached prefixes), "
-            f"greedy, `max_tokens` {args.output_tokens}, max({args.requests}, 2 x concurrency) requests per level."
+            f"greedy, `max_tokens` {args.output_tokens} with `ignore_eos: true`, max({args.requests}, 2 x "
+            "concurrency) requests per level."
         )
     command += f"--output-tokens {args.output_tokens} --threads {args.threads}"
     lines = [
@@ -285,12 +329,16 @@ def main() -> None:
         "(asym_int4) on its continuous-batching engine with `--max-running` = the highest level; llama.cpp's "
         "server (xllamacpp) gets `n_parallel` = the highest level (its continuous batching), 2048 tokens of context "
         f"per slot. {load} TTFT: median over a level's requests, from sending (queueing counts). ITL: median over "
-        "requests of (last token - first token) / (tokens - 1). Each cell: median over the rounds [min-max]; the "
-        "server that goes first alternates between rounds.",
+        "requests of (last token - first token) / (tokens - 1). Completion tokens per request: min-max over every "
+        "finished request of every round of the server's `usage.completion_tokens` (in brackets: how many were "
+        "exactly max_tokens / finished), and of its returned text re-tokenized with the model's tokenizer (a check "
+        "that does not trust `usage`; re-encoding decoded text may merge a pair differently). Other cells: median "
+        "over the rounds [min-max]; the server that goes first alternates between rounds.",
         "",
-        "| concurrency | server | output tokens/s (aggregate) | TTFT p50 (s) | ITL p50 (ms) | output tokens per "
-        "request (p50) | requests finished (all rounds) | errors | xpullm / llama.cpp tokens/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| concurrency | server | output tokens/s (aggregate) | TTFT p50 (s) | ITL p50 (ms) | completion tokens "
+        "per request, usage (at max / finished) | re-tokenized text | requests finished (all rounds) | errors "
+        "| xpullm / llama.cpp tokens/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in levels:
         x, ll = runs[(c, XPULLM)], runs[(c, LLAMACPP)]
@@ -299,7 +347,8 @@ def main() -> None:
         for name, rs in ((XPULLM, x), (LLAMACPP, ll)):
             lines.append(
                 f"| {c} | {name} | {_cell([r['tok_s'] for r in rs], '.1f')} | {_cell([r['ttft'] for r in rs], '.3f')} "
-                f"| {_cell([r['itl_ms'] for r in rs], '.1f')} | {_cell([r['out_tokens'] for r in rs], '.0f')} "
+                f"| {_cell([r['itl_ms'] for r in rs], '.1f')} | {_tokens_cell(rs, args.output_tokens)} "
+                f"| {_range([n for r in rs for n in r['retokenized']])} "
                 f"| {sum(r['done'] for r in rs)} | {sum(r['errors'] for r in rs)} | {ratio if name == XPULLM else ''} |"
             )
     Path(args.out).write_text("\n".join(lines) + "\n")
