@@ -258,12 +258,17 @@ def test_a_waiting_message_shows_its_place_in_line(app, new_page):
     pg.context.close()
 
 
+ANSWER_TOKENS = 160
+
+
 def test_two_browser_sessions_are_answered_at_the_same_time(app, new_page):
     a, b = new_page(), new_page()
-    questions = {a: "Write two sentences about fruit.", b: "Write two sentences about animals."}
+    # Long answers (up to ANSWER_TOKENS, not cut short by an early end of text), so the two generations overlap
+    # however slowly the browser delivers the second click on a loaded machine.
+    questions = {a: "Write a long story about fruit.", b: "Write a long story about animals."}
     for pg, q in questions.items():
         tokens = pg.locator("#max-tokens input[type=number]")
-        tokens.fill("48")
+        tokens.fill(str(ANSWER_TOKENS))
         tokens.press("Enter")
         pg.locator("#chat-input textarea").fill(q)
     for pg in questions:
@@ -283,7 +288,7 @@ def test_two_browser_sessions_are_answered_at_the_same_time(app, new_page):
     for pg, q in questions.items():
         expected = app.llm.chat(
             [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": q}],
-            max_new_tokens=48,
+            max_new_tokens=ANSWER_TOKENS,
         ).text
         stored = next(c for c in app.ctx.conversations.list() if c.title == q)
         answer = app.ctx.conversations.messages(stored.id)[1]["content"]
