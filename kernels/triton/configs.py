@@ -33,6 +33,8 @@ __all__ = [
     "valid",
 ]
 
+SINGLE_GROUP_WORDS = 1 << 30  # a weight's GROUP_WORDS when it is per-channel: every word falls in group 0
+
 Path = Literal["gemv", "gemv_q8", "dot", "mma", "mma_t", "dequant"]
 
 
@@ -303,8 +305,6 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
 
 def one_scale_per_step(tw, cfg: LaunchConfig) -> bool:
     """True when one K step of `cfg` never straddles two scale groups of `tw` (one scale per row per step)."""
-    from xpullm.kernels.triton.layout import SINGLE_GROUP_WORDS
-
     return tw.group_words == SINGLE_GROUP_WORDS or tw.group_words % (cfg.block_kb * 4) == 0
 
 

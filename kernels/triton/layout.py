@@ -19,6 +19,7 @@ import torch
 
 from xpullm.kernels.codebook import CODEBOOKS
 from xpullm.kernels.triton import jit
+from xpullm.kernels.triton.configs import SINGLE_GROUP_WORDS
 
 __all__ = ["FORMAT_CODES", "LAUNCH_FIELDS", "TritonWeight", "pack_weight"]
 
@@ -32,7 +33,6 @@ FORMAT_CODES: dict[str, tuple[int, int]] = {
     "fp8_e4m3": (jit.FP8_E4M3.value, 8),
     "fp8_e5m2": (jit.FP8_E5M2.value, 8),
 }
-SINGLE_GROUP_WORDS = 1 << 30  # GROUP_WORDS for per-channel weights: every word falls in group 0
 _ROW_WORD_MULTIPLE = 16
 _REPACK_ROWS = 4096  # rows repacked at a time, to bound the temporary memory of huge (vocab) weights
 

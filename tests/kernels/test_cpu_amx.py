@@ -233,6 +233,20 @@ def test_every_short_row_count_equals_the_tiles_on_whole_and_partial_tile_groups
             )
 
 
+def _on_threads(kernel, state, x: torch.Tensor, path: str, counts=(1, 3)) -> list[torch.Tensor]:
+    """kernel.matmul(x) on `path` with each torch thread count of `counts` (the count restored afterwards)."""
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        with cpu_native.forced_isa(path):
+            for threads in counts:
+                torch.set_num_threads(threads)
+                outs.append(kernel.matmul(x, state))
+    finally:
+        torch.set_num_threads(before)
+    return outs
+
+
 @pytest.mark.parametrize("fmt", ["sym_int4", "asym_int4"])
 def test_short_calls_do_not_depend_on_the_thread_count(fmt: str) -> None:
     """Threads split the VNNI variant's groups of four tiles (7 * 260 * 640 > 2^20 multiply-adds: threaded)."""
@@ -240,15 +254,7 @@ def test_short_calls_do_not_depend_on_the_thread_count(fmt: str) -> None:
     kernel = KERNELS[fmt]
     state = kernel.prepare(get_format(fmt).quantize(torch.randn(260, 640, generator=g) * 0.05), CPU)
     x = torch.randn(cpu_native.AMX_MIN_ROWS - 1, 640, generator=g)
-    before = torch.get_num_threads()
-    outs = []
-    try:
-        with cpu_native.forced_isa(AMX[0]):
-            for threads in (1, 3):
-                torch.set_num_threads(threads)
-                outs.append(kernel.matmul(x, state))
-    finally:
-        torch.set_num_threads(before)
+    outs = _on_threads(kernel, state, x, AMX[0])
     assert torch.equal(outs[0], outs[1]), f"seed {seed}"
 
 
@@ -290,15 +296,7 @@ def test_amx_result_does_not_depend_on_the_thread_count(fmt: str) -> None:
     kernel = KERNELS[fmt]
     state = kernel.prepare(get_format(fmt).quantize(torch.randn(200, 288, generator=g) * 0.05), CPU)
     x = torch.randn(37, 288, generator=g)  # 37 * 200 * 288 > 2^20 multiply-adds: threads split the N tiles
-    before = torch.get_num_threads()
-    outs = []
-    try:
-        with cpu_native.forced_isa(AMX[0]):
-            for threads in (1, 3):
-                torch.set_num_threads(threads)
-                outs.append(kernel.matmul(x, state))
-    finally:
-        torch.set_num_threads(before)
+    outs = _on_threads(kernel, state, x, AMX[0])
     assert torch.equal(outs[0], outs[1]), f"seed {seed}"
 
 
