@@ -80,8 +80,8 @@ def _row_chunks(layer: LowBitLinear) -> list[tuple[int, int]]:
 class _LowBitMatmul(torch.autograd.Function):
     """y = x @ W^T and dx = dy @ W with W dequantized on the fly, a block of rows at a time. W is frozen.
 
-    On CPU the forward also multiplies dequantized blocks (a float GEMM beats the GEMV-shaped low-bit kernels
-    at training batch sizes and matches the dense twin exactly); elsewhere it runs the layer's kernel.
+    Both directions multiply dequantized blocks with the float GEMM (cuBLAS, oneDNN): at training batch sizes
+    that beats the GEMV-shaped low-bit kernels on every device, and it matches the dense twin exactly.
     """
 
     @staticmethod
@@ -103,9 +103,7 @@ class _LowBitMatmul(torch.autograd.Function):
 
 
 def _training_matmul(x: torch.Tensor, layer: LowBitLinear) -> torch.Tensor:
-    """x @ W^T as training computes it: on CPU from dequantized blocks (exact), elsewhere the layer's kernel."""
-    if x.device.type != "cpu":
-        return layer.kernel.matmul(x, layer.state)
+    """x @ W^T as training computes it: from dequantized blocks of W, in x's precision (fp32 for other dtypes)."""
     dtype = _compute_dtype(x.dtype)
     xc = x.to(dtype)
     parts = [F.linear(xc, layer.dequantize_rows(a, b, dtype, x.device)) for a, b in _row_chunks(layer)]

@@ -32,7 +32,7 @@ from xpullm.kernels.triton.launch import (
     time_cold,
     tune,
 )
-from xpullm.kernels.triton.layout import FORMAT_CODES, TritonWeight, pack_weight
+from xpullm.kernels.triton.layout import FORMAT_CODES, TritonWeight, pack_weight, unpack_weight
 from xpullm.kernels.triton.op import matmul_op
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "select_config",
     "time_cold",
     "tune",
+    "unpack_weight",
 ]
 
 FORMATS = tuple(FORMAT_CODES)
@@ -75,6 +76,10 @@ class TritonLowBitKernel(Kernel):
     def prepare(self, qw: Any, device: torch.device) -> TritonWeight:
         """Repack into the device layout on `device` (once, at load)."""
         return pack_weight(qw, device)
+
+    def export(self, state: TritonWeight) -> dict[str, Any]:
+        """The portable codes, scales and zeros, read back from the device layout (no host copy is kept)."""
+        return unpack_weight(state)
 
     def matmul(self, x: torch.Tensor, state: TritonWeight) -> torch.Tensor:
         """y [..., N] = x [..., K] @ W^T (through a custom op while `torch.compile` traces)."""

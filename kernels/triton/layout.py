@@ -13,7 +13,7 @@ Only torch ops are used here, so repacking runs on whatever device the weight is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -21,7 +21,7 @@ from xpullm.kernels.codebook import CODEBOOKS
 from xpullm.kernels.triton import jit
 from xpullm.kernels.triton.configs import SINGLE_GROUP_WORDS
 
-__all__ = ["FORMAT_CODES", "LAUNCH_FIELDS", "TritonWeight", "pack_weight"]
+__all__ = ["FORMAT_CODES", "LAUNCH_FIELDS", "TritonWeight", "pack_weight", "unpack_weight"]
 
 # format name -> (constexpr code in jit.py, bits per code)
 FORMAT_CODES: dict[str, tuple[int, int]] = {
@@ -57,6 +57,7 @@ class TritonWeight:
     scales: torch.Tensor  # [N, n_groups]: float16 when the portable scales are, else float32
     zeros: torch.Tensor | None  # [N, n_groups], same dtype as scales; asym_int4 only
     lut: torch.Tensor  # float32 [16] codebook (a dummy for formats without one)
+    portable_scales_dtype: torch.dtype = torch.float16  # the portable scales' dtype (what export returns)
     launch: tuple[str, tuple[int, ...]] = field(init=False, repr=False)
     """(format, the integer fields in `LAUNCH_FIELDS` order): what the compiled custom op receives besides tensors.
 
@@ -82,6 +83,16 @@ class TritonWeight:
         return sum(
             t.numel() * t.element_size() for t in (self.words, self.scales, self.zeros) if t is not None
         )
+
+    def dequantize_rows(self, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Rows `rows` (an index tensor on this weight's device) of the float weight [R, K], decoded on the
+        device by the dequantize kernel: what training's backward pass and a tied low-bit head's lookups read."""
+        from xpullm.kernels.triton.launch import dequantize
+
+        pick = lambda t: None if t is None else t.index_select(0, rows)  # noqa: E731
+        part = replace(self, n=rows.numel(), words=pick(self.words), scales=pick(self.scales),
+                       zeros=pick(self.zeros))  # fmt: skip
+        return dequantize(part, dtype)
 
 
 def _codebook(fmt: str) -> tuple[float, ...] | None:
@@ -115,6 +126,31 @@ def _interleave_rows(codes: torch.Tensor, planes: int, kq: int) -> torch.Tensor:
     if planes == 8:  # two nibbles per byte: plane 2t in the low half of byte t, plane 2t+1 in the high half
         blocks = blocks[..., 0::2] | (blocks[..., 1::2] << 4)
     return blocks.contiguous().reshape(rows, -1).view(torch.int32)
+
+
+def _deinterleave_rows(words: torch.Tensor, planes: int) -> torch.Tensor:
+    """The inverse of `_interleave_rows`: int32 words [R, KW] -> codes uint8 [R, KW * planes]."""
+    rows = words.shape[0]
+    raw = words.contiguous().view(torch.uint8).reshape(rows, -1, 4, 4)  # [R, blocks, word l, byte]
+    if planes == 8:  # byte t holds plane 2t (low nibble) and plane 2t + 1 (high nibble)
+        raw = torch.stack((raw & 0x0F, raw >> 4), dim=-1).reshape(rows, raw.shape[1], 4, 8)
+    return raw.transpose(2, 3).contiguous().reshape(rows, -1)  # [R, blocks, plane i, word l]
+
+
+def unpack_weight(tw: TritonWeight) -> dict[str, torch.Tensor | None]:
+    """The portable parts back out of the device layout, bit for bit: unpacked codes [N, K'] (K' the portable
+    padded width), scales and zero points in their portable dtype. What `save_low_bit` and adapter merging
+    read, so no host copy of the weight has to be kept."""
+    kp = tw.n_groups * tw.group_size
+    codes = torch.empty((tw.n, kp), dtype=torch.uint8, device=tw.device)
+    for r0 in range(0, tw.n, _REPACK_ROWS):
+        rows = _deinterleave_rows(tw.words[r0 : r0 + _REPACK_ROWS], tw.planes)
+        codes[r0 : r0 + _REPACK_ROWS] = rows[:, :kp]
+    if tw.format == "sym_int8":
+        codes = (codes ^ 0x80).view(torch.int8)
+    scales = tw.scales / 256.0 if tw.format == "fp8_e4m3" else tw.scales
+    back = lambda t: None if t is None else t.to(tw.portable_scales_dtype)  # noqa: E731  (exact: it came from it)
+    return {"codes": codes, "scales": back(scales), "zeros": back(tw.zeros)}
 
 
 def pack_weight(qw, device: torch.device | str) -> TritonWeight:
@@ -181,4 +217,5 @@ def pack_weight(qw, device: torch.device | str) -> TritonWeight:
         scales=scales.contiguous(),
         zeros=zeros,
         lut=lut,
+        portable_scales_dtype=qw.scales.dtype,
     )

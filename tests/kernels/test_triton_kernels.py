@@ -364,6 +364,39 @@ def test_dequantize_is_exact(fmt, gs):
     )
 
 
+@pytest.mark.parametrize(("fmt", "gs"), FORMATS)
+@pytest.mark.parametrize(("n", "k"), [(37, 200), (5, 64)])
+def test_export_gives_back_the_portable_weight_bit_for_bit(fmt, gs, n, k):
+    """The device layout is the only copy a GPU layer keeps: saving and merging read the portable weight back."""
+    from xpullm.formats import QuantizedWeight, pack_nibbles
+
+    qw = _weight(fmt, gs, n, k, _seed())
+    out = TritonLowBitKernel().export(pack_weight(qw, DEVICE))
+    codes = out["codes"].cpu()
+    data = pack_nibbles(codes) if get_format(fmt).bits == 4 else codes
+    back = QuantizedWeight(fmt, qw.shape, qw.group_size, data, out["scales"].cpu(),
+                           None if out["zeros"] is None else out["zeros"].cpu())  # fmt: skip
+    for name, tensor in qw.tensors().items():
+        got = back.tensors()[name]
+        assert got.dtype == tensor.dtype and torch.equal(got, tensor), name
+    assert set(back.tensors()) == set(qw.tensors())
+
+
+@pytest.mark.parametrize(("fmt", "gs"), FORMATS)
+def test_dequantize_rows_decodes_any_rows_exactly(fmt, gs):
+    """Training's backward pass and tied low-bit heads decode chosen rows on the device."""
+    qw = _weight(fmt, gs, 37, 200, _seed())
+    tw = pack_weight(qw, DEVICE)
+    rows = torch.tensor([36, 0, 5, 5, 17], device=DEVICE)
+    for dtype in (torch.float32, torch.bfloat16):
+        got = tw.dequantize_rows(rows, dtype)
+        assert got.dtype == dtype and got.shape == (5, 200)
+        ref = qw.dequantize(torch.float32)[rows.cpu()]
+        if INTERPRET and dtype == torch.bfloat16:  # the interpreter casts to bf16 by truncation, GPUs round
+            ref = (ref.view(torch.int32) & ~0xFFFF).view(torch.float32)
+        torch.testing.assert_close(got.cpu(), ref.to(dtype), rtol=0, atol=0)
+
+
 def test_wrong_width_and_unsupported_weights_raise():
     qw = _weight("sym_int4", 32, 16, 64, 0)
     state = TritonLowBitKernel().prepare(qw, DEVICE)
@@ -394,6 +427,28 @@ def test_registry_selects_triton_on_cuda():
     qw = _weight("nf4", 64, 32, 64, 0)
     assert select_kernel(qw, "cuda").name == "triton"
     assert kernel_table("cuda")["sym_int4"] == "triton"
+
+
+@pytest.mark.skipif(not HAS_CUDA or INTERPRET, reason="a LowBitLinear on CUDA runs the Triton kernel")
+@pytest.mark.parametrize("fmt", ["nf4", "sym_int8"])
+def test_gpu_layer_trains_through_the_device_layout_and_keeps_no_host_copy(fmt):
+    """QLoRA on a GPU: the forward and backward pass decode blocks of the device layout on the device and match
+    the dense twin; the layer holds one copy of the weight (no portable host copy) and exports it exactly."""
+    from xpullm.linear import LowBitLinear
+
+    seed = _seed()
+    qw = _weight(fmt, 64, 300, 256, seed)
+    layer = LowBitLinear(qw, device="cuda").train()
+    assert layer.kernel.name == "triton" and not any(n.startswith("portable_") for n in layer._buffers)
+    dense = qw.dequantize(torch.float32).cuda()
+    x = _activations(70, 256, seed, torch.float32).requires_grad_(True)
+    y = layer(x)
+    torch.testing.assert_close(y, x.detach() @ dense.t(), rtol=1e-6, atol=1e-6)
+    y.square().sum().backward()
+    torch.testing.assert_close(x.grad, (2 * y.detach()) @ dense, rtol=1e-6, atol=1e-6)
+    back = layer.export()
+    for name, tensor in qw.tensors().items():
+        assert torch.equal(back.tensors()[name].cpu(), tensor), name
 
 
 def test_torch_compile_sees_one_custom_op():
