@@ -7,7 +7,8 @@
 #   3. bench/engine_gpu_session.sh (engine tests, engine vs peer at 1/8/32/64 streams) -> engine/
 #   4. bench/gpu_batched.py for sym_int4 and nf4 at 1..64 rows                       -> mma/batched.md
 #   5. bench/spec_gpu.py: speculative decoding's verify / draft costs, modelled speed-up -> spec_gpu.md
-#   6. bench/finetune_gpu.py (nf4 QLoRA vs bf16 LoRA vs bitsandbytes nf4)             -> finetune_gpu.md
+#   6. the GPU training path's tests, then bench/finetune_gpu.py (nf4 QLoRA vs bf16 LoRA vs bitsandbytes nf4)
+#                                                                                    -> finetune_tests.txt, finetune_gpu.md
 #   7. on an Intel host CPU: native CPU kernel tests (AMX hardware vs its C model included) and the AMX prefill
 #      table of bench/cpu_kernels.py at 1 / 2 threads (~3 min; CPU_FULL=1 adds the decode/M=128 table) -> cpu/
 #
@@ -72,6 +73,11 @@ if want spec; then
 fi
 
 if want finetune; then
+  # The training path on the GPU first: export / row decode of the device layout, gradients against the dense twin.
+  timeout "${FT_TESTS_S:-90}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
+    --noconftest -q -rs tests/kernels/test_triton_kernels.py -k "export or dequantize or gpu_layer" \
+    > "$W/finetune_tests.txt" 2>&1
+  mark finetune tests done
   [ -d bench/out/bnb ] && export PYTHONPATH="$PWD/bench/out/bnb${PYTHONPATH:+:$PYTHONPATH}"
   # Untuned kernels (the tuner's timing of every training shape took the whole stage on 2026-12-05); each variant
   # under its own limit, its table row written as soon as it finishes.
@@ -117,6 +123,6 @@ done
 cat "$W/cpu.txt" "$W/steps.txt"
 tail -4 "$W/cpu/tests_cpu.txt" 2>/dev/null; grep -h "native CPU" "$W/cpu/info.txt" 2>/dev/null
 cat "$W/cpu/amx_t1.md" "$W/cpu/amx_t2.md" 2>/dev/null
-tail -3 "$W/mma/tests_mma.txt" "$W/engine/tests.txt" 2>/dev/null
+tail -3 "$W/mma/tests_mma.txt" "$W/engine/tests.txt" "$W/finetune_tests.txt" 2>/dev/null
 cat "$W/engine/engine_gpu.md" "$W/spec_gpu.md" "$W/finetune_gpu.md" 2>/dev/null
 tail -25 "$W/mma/batched.md" 2>/dev/null
