@@ -57,6 +57,8 @@ class LaunchConfig:
     plane_dots: bool = False  # mma_t: one dot per bit plane (else one dot over the whole step's codes)
     pairs: bool = False  # mma_t, plane_dots, sym_int4 x bf16: two planes per bf16x2 decode (inline PTX)
     natural: bool = False  # mma_t, one dot per step: decoded in the weight's K order, activations contiguous
+    accs: int = 1  # mma_t, plane_dots: accumulators the plane dots rotate over (1, 2, 4, 8)
+    fold: bool = False  # mma_t, plane_dots, one scale per step: scaled in the decode, no per-step rescale
 
 
 def _gemv(bm: int, bn: int, kb: int, sk: int, warps: int, prefetch: bool = False) -> LaunchConfig:
@@ -187,6 +189,21 @@ _CUDA_MMA_T = (
             (256, 2, 8, 3),
         )
     ]
+    # The step's scale folded into the decode and one accumulator per plane dot (or half as many): Triton then
+    # issues a step's tensor-core dots without waiting for each before the next (they go to different
+    # accumulators and nothing is rescaled per step); 8 accumulators cost ~100 more registers at 16 rows.
+    + [
+        LaunchConfig("mma_t", 0, bn, 4, sk, w, st, plane_dots=True, pairs=pairs, accs=accs, fold=True)
+        for bn, sk, w, st, accs, pairs in (
+            (64, 2, 4, 3, 8, True),
+            (64, 4, 4, 3, 8, True),
+            (128, 2, 8, 3, 8, True),
+            (128, 4, 8, 3, 4, True),
+            (64, 2, 4, 3, 8, False),
+            (64, 4, 4, 3, 8, False),
+            (128, 2, 8, 3, 4, False),
+        )
+    ]
     + [
         LaunchConfig("mma_t", 0, bn, kb, sk, w, st, natural=True)
         for bn, kb, sk, w, st in (
@@ -285,6 +302,10 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return False  # one plane's dot has K = 4 * block_kb words' codes: tl.dot needs K >= 16
     if cfg.natural and (cfg.path != "mma_t" or cfg.plane_dots or cfg.pairs):
         return False  # the natural K order is one of mma_t's single-dot layouts
+    if cfg.accs not in (1, 2, 4, 8) or (cfg.accs > 1 and not (cfg.path == "mma_t" and cfg.plane_dots)):
+        return False  # several accumulators split a step's plane dots
+    if cfg.fold and not (cfg.path == "mma_t" and cfg.plane_dots and one_scale_per_step(tw, cfg)):
+        return False  # the scale folded into the decode is the step's one scale per row
     if cfg.pairs and not (
         cfg.path == "mma_t"
         and cfg.plane_dots

@@ -939,6 +939,34 @@ def _int4_pair_bf16(t, EMULATE: tl.constexpr):
 
 
 @triton.jit
+def _int4_pair_bf16_scaled(t, sb, EMULATE: tl.constexpr):
+    """`_int4_pair_bf16` times the bf16 scale `sb`: (code - 8) exactly, then one packed `fma.rn.bf16x2` with the
+    scale (and -0), so each weight is round_bf16((code - 8) * s) as a dequantize to bf16 gives it."""
+    if EMULATE:
+        lo, hi = _int4_pair_bf16(t, True)
+        sf = sb.to(tl.float32)
+        return (lo.to(tl.float32) * sf).to(tl.bfloat16), (hi.to(tl.float32) * sf).to(tl.bfloat16)
+    return tl.inline_asm_elementwise(
+        """{
+        .reg .b32 q, one, bias, ss, nz;
+        mov.b32 one, 0x3F803F80;
+        mov.b32 bias, 0xC308C308;
+        mov.b32 nz, 0x80008000;
+        lop3.b32 q, $2, 0x000F000F, 0x43004300, 0xEA;
+        fma.rn.bf16x2 q, q, one, bias;
+        mov.b32 ss, {$3, $3};
+        fma.rn.bf16x2 q, q, ss, nz;
+        mov.b32 {$0, $1}, q;
+        }""",
+        "=h,=h,r,h",
+        [t, sb],
+        dtype=(tl.bfloat16, tl.bfloat16),
+        is_pure=True,
+        pack=1,
+    )
+
+
+@triton.jit
 def _mma_t_operands(
     w, s, z, lut_ptr, x_ptr, m_row, m_ok, stride_xm, e, e_end,
     FMT: tl.constexpr, CODEBOOK: tl.constexpr, MASK: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE: tl.constexpr,
@@ -973,6 +1001,46 @@ def _mma_t_dot(wt, xt, acc, DOT_F32: tl.constexpr):
 
 
 @triton.jit
+def _zeros7(BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+    z = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    return z, z, z, z, z, z, z
+
+
+@triton.jit
+def _dot_into(a: tl.constexpr, wt, xt, DOT_F32: tl.constexpr, p0, p1, p2, p3, p4, p5, p6, p7):
+    """Accumulators p0..p7 with the dot wt @ xt added into accumulator `a` (a compile-time index)."""
+    if a == 0:
+        p0 = _mma_t_dot(wt, xt, p0, DOT_F32)
+    elif a == 1:
+        p1 = _mma_t_dot(wt, xt, p1, DOT_F32)
+    elif a == 2:
+        p2 = _mma_t_dot(wt, xt, p2, DOT_F32)
+    elif a == 3:
+        p3 = _mma_t_dot(wt, xt, p3, DOT_F32)
+    elif a == 4:
+        p4 = _mma_t_dot(wt, xt, p4, DOT_F32)
+    elif a == 5:
+        p5 = _mma_t_dot(wt, xt, p5, DOT_F32)
+    elif a == 6:
+        p6 = _mma_t_dot(wt, xt, p6, DOT_F32)
+    else:
+        p7 = _mma_t_dot(wt, xt, p7, DOT_F32)
+    return p0, p1, p2, p3, p4, p5, p6, p7
+
+
+@triton.jit
+def _sum_accs(ACCS: tl.constexpr, p0, p1, p2, p3, p4, p5, p6, p7):
+    """p0 + ... + p(ACCS-1), pairwise."""
+    if ACCS >= 2:
+        p0 += p1
+    if ACCS >= 4:
+        p0 += p2 + p3
+    if ACCS == 8:
+        p0 += (p4 + p5) + (p6 + p7)
+    return p0
+
+
+@triton.jit
 def mma_t_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, y_ptr,
     M, N, KW, NG, words_per_split,
@@ -980,7 +1048,7 @@ def mma_t_kernel(
     GROUP_WORDS: tl.constexpr, FMT: tl.constexpr, PLANES: tl.constexpr, HAS_ZERO: tl.constexpr,
     CODEBOOK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BKW: tl.constexpr,
     PLANE_DOTS: tl.constexpr, PAIRS: tl.constexpr, NATURAL: tl.constexpr, USE_WS: tl.constexpr,
-    POST_SCALE: tl.constexpr,
+    POST_SCALE: tl.constexpr, ROW_SCALE: tl.constexpr, ACCS: tl.constexpr,
     EVEN: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """y[m, n] = sum_k x[m, k] W[n, k] for a batch of activation rows, as y^T = W @ x^T on tensor cores.
@@ -990,10 +1058,15 @@ def mma_t_kernel(
     zero point), and multiplies it with the matching activations [K, BLOCK_M] (see the K-order note above).
     POST_SCALE (one scale and zero point per weight row for the whole step): codes go into the dot unscaled,
     the fp32 step product is scaled per row and the zero point enters as zero x the step's activation sums.
+    ROW_SCALE without POST_SCALE (the `fold` configs): the same per-row scale goes into the decoded weight
+    instead, so the accumulators carry over the steps with no per-step rescaling of the dots' results.
     NATURAL (one dot per step): the tile is decoded in the weight's own K order and the activations are read
     as one contiguous run. EVEN: every weight row tile lies inside N and every step is
     whole (no masks on the weight stream). PAIRS (sym_int4, PLANE_DOTS, POST_SCALE, bf16 x): planes p and p + 4
-    decode together in bf16x2 (`_int4_pair_bf16`).
+    decode together in bf16x2 (`_int4_pair_bf16`). ACCS (PLANE_DOTS: 1, 2, 4 or 8): the step's plane dots go
+    round-robin into this many accumulators, summed once per step (POST_SCALE) or at the end. Triton waits for
+    each tensor-core dot before the next one that adds into the same accumulator when the weight operand lives in
+    registers; dots into different accumulators overlap.
     Grid: (N tiles, K splits, M tiles); x [M, KX] bf16 / fp16; output y [M, N] (or fp32 split partials).
     """
     pid_n = tl.program_id(0)
@@ -1014,6 +1087,8 @@ def mma_t_kernel(
     e0 = (j // 4) * CHUNK + j % 4
 
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    # accumulators 1.. of ACCS (without POST_SCALE they carry over the steps; unused ones fold away)
+    acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _zeros7(BLOCK_N, BLOCK_M)
     kw_begin = pid_k * words_per_split
     kw_end = tl.minimum(kw_begin + words_per_split, KW)
     wait_for_inputs(PDL)
@@ -1028,6 +1103,15 @@ def mma_t_kernel(
             s = s_row.to(tl.float32)[:, None]
             z = s  # placeholder: the operands go into the dot unscaled
             part = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+            part1, part2, part3, part4, part5, part6, part7 = _zeros7(BLOCK_N, BLOCK_M)
+        elif ROW_SCALE:  # one scale per row for the step, folded into the decoded weight
+            s_row = tl.load(s_ptr + offs_n * stride_sn + kw0 // GROUP_WORDS, mask=offs_n < N, other=0.0)
+            s = s_row.to(tl.float32)[:, None]
+            z = s
+            if HAS_ZERO:
+                z_row = tl.load(z_ptr + offs_n * stride_sn + kw0 // GROUP_WORDS, mask=offs_n < N, other=0.0)
+                z = z_row.to(tl.float32)[:, None]
+            part, part1, part2, part3, part4, part5, part6, part7 = acc, acc1, acc2, acc3, acc4, acc5, acc6, acc7  # fmt: skip
         else:
             g2 = kw2 // GROUP_WORDS
             s_ok = n_ok & (g2 < NG)
@@ -1035,23 +1119,32 @@ def mma_t_kernel(
             z = s
             if HAS_ZERO:
                 z = tl.load(z_ptr + n2 * stride_sn + g2, mask=s_ok, other=0.0).to(tl.float32)
-            part = acc
+            part, part1, part2, part3, part4, part5, part6, part7 = acc, acc1, acc2, acc3, acc4, acc5, acc6, acc7  # fmt: skip
         xsum = tl.zeros([BLOCK_M], dtype=tl.float32)  # the step's activation sums (zero-point term)
         x0 = kw0 * PLANES  # the step's first element
         if PAIRS:
             for p in tl.static_range(PLANES // 2):
-                lo, hi = _int4_pair_bf16(w >> (p * BITS), DOT_F32)
+                if POST_SCALE:
+                    lo, hi = _int4_pair_bf16(w >> (p * BITS), DOT_F32)
+                else:  # ROW_SCALE: scaled in bf16x2 too
+                    sb = tl.broadcast_to(s.to(tl.bfloat16), (BLOCK_N, BKW))
+                    lo, hi = _int4_pair_bf16_scaled(w >> (p * BITS), sb, DOT_F32)
                 for half in tl.static_range(2):
                     e = x0 + e0 + 4 * (p + half * (PLANES // 2))
                     xt = _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, kw_end * PLANES, EVEN)
-                    part = _mma_t_dot(hi if half else lo, xt, part, DOT_F32)
+                    part, part1, part2, part3, part4, part5, part6, part7 = _dot_into(
+                        (2 * p + half) % ACCS, hi if half else lo, xt, DOT_F32,
+                        part, part1, part2, part3, part4, part5, part6, part7,
+                    )  # fmt: skip
         elif PLANE_DOTS:
             for p in tl.static_range(PLANES):
                 wt, xt = _mma_t_operands(
                     w >> (p * BITS), s, z, lut_ptr, x_ptr, m_row, m_ok, stride_xm, x0 + e0 + 4 * p,
                     kw_end * PLANES, FMT, CODEBOOK, MASK, HAS_ZERO, not POST_SCALE, EVEN,
                 )  # fmt: skip
-                part = _mma_t_dot(wt, xt, part, DOT_F32)
+                part, part1, part2, part3, part4, part5, part6, part7 = _dot_into(
+                    p % ACCS, wt, xt, DOT_F32, part, part1, part2, part3, part4, part5, part6, part7
+                )
                 if POST_SCALE and HAS_ZERO:
                     xsum += tl.sum(xt.to(tl.float32), axis=0)
         elif NATURAL:
@@ -1084,12 +1177,15 @@ def mma_t_kernel(
             if POST_SCALE and HAS_ZERO:
                 xsum += tl.sum(xt.to(tl.float32), axis=0)
         if POST_SCALE:
+            part = _sum_accs(ACCS, part, part1, part2, part3, part4, part5, part6, part7)
             acc += part * s
             if HAS_ZERO:
                 z_row = tl.load(z_ptr + offs_n * stride_sn + kw0 // GROUP_WORDS, mask=offs_n < N, other=0.0)
                 acc += z_row.to(tl.float32)[:, None] * xsum[None, :]
         else:
-            acc = part
+            acc, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = part, part1, part2, part3, part4, part5, part6, part7  # fmt: skip
+    if not POST_SCALE:
+        acc = _sum_accs(ACCS, acc, acc1, acc2, acc3, acc4, acc5, acc6, acc7)
     out_ok = n_ok & m_ok
     if not USE_WS:
         tl.store(y_ptr + m_row * stride_ym + n2, acc.to(y_ptr.dtype.element_ty), mask=out_ok)

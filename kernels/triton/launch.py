@@ -328,6 +328,15 @@ def _run_mma_t(
     bkw = cfg.block_kb * 4
     if cfg.block_m < 16 or (cfg.plane_dots and bkw < 16):
         raise ValueError(f"mma_t tiles need block_m >= 16 and, with plane_dots, block_kb >= 4; got {cfg}")
+    if cfg.accs not in (1, 2, 4, 8) or (cfg.accs > 1 and not cfg.plane_dots):
+        raise ValueError(
+            f"mma_t takes accs = 1, 2, 4 or 8, and more than one only with plane_dots; got {cfg}"
+        )
+    if cfg.fold and not (cfg.plane_dots and one_scale_per_step(tw, cfg)):
+        raise ValueError(
+            f"fold=True scales each step's plane dots by its one scale per row; {tw.format} (group "
+            f"{tw.group_size}) with {cfg} has several scales per step: use fold=False"
+        )
     if cfg.pairs and not valid(cfg, tw, x.dtype):
         raise ValueError(
             f"pairs=True decodes unscaled sym_int4 codes for bf16 activations with one scale per K step; "
@@ -345,7 +354,8 @@ def _run_mma_t(
         GROUP_WORDS=tw.group_words, FMT=tw.fmt_code, PLANES=tw.planes, HAS_ZERO=tw.zeros is not None,
         CODEBOOK=_CODEBOOK_DECODE.get(tw.format, 0), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BKW=bkw,
         PLANE_DOTS=cfg.plane_dots, PAIRS=cfg.pairs, NATURAL=cfg.natural, USE_WS=split > 1,
-        POST_SCALE=one_scale_per_step(tw, cfg),
+        POST_SCALE=one_scale_per_step(tw, cfg) and not cfg.fold, ROW_SCALE=one_scale_per_step(tw, cfg),
+        ACCS=cfg.accs,
         EVEN=tw.n % cfg.block_n == 0 and tw.kw % bkw == 0, DOT_F32=_INTERPRET,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(tw.device),
     )  # fmt: skip

@@ -8,6 +8,7 @@ Twin: dequantize the weight in fp32 and multiply in fp32 (bf16 activations), or,
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 
@@ -117,6 +118,36 @@ def _check_bf16_tile(fmt: str, gs: int, n: int, k: int, m: int, cfg: LaunchConfi
 @pytest.mark.parametrize("case", range(len(CASES + T_CASES)))
 def test_tiles_match_reference(fmt, gs, case):
     _check_bf16_tile(fmt, gs, *(CASES + T_CASES)[case])
+
+
+# One scale per K step (BKW = 16 words): what `fold` needs and what POST_SCALE sums the accumulators for.
+STEP_SCALE_FORMATS = [("sym_int4", 128), ("asym_int4", 128), ("nf4", 256), ("fp4", 128), ("sym_int8", 0),
+                      ("fp8_e4m3", 64)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fmt", "gs"), STEP_SCALE_FORMATS)
+@pytest.mark.parametrize("fold", [False, True])
+@pytest.mark.parametrize("accs", [4] if INTERPRET else [2, 4, 8])
+def test_mma_t_plane_dots_over_several_accumulators_and_folded_scales(fmt, gs, fold, accs):
+    """The step's plane dots rotate over `accs` accumulators, summed per step (POST_SCALE) or at the end with
+    the scale folded into the decode (`fold`): the same product as the reference either way."""
+    shapes = [(128, 512, 9)] if INTERPRET else [(128, 512, 9), (37, 300, 17), (4096, 4096, 16)]
+    pairs = [False, True] if fmt == "sym_int4" else [False]
+    for (n, k, m), pair in itertools.product(shapes, pairs):
+        cfg = LaunchConfig("mma_t", 16, 64, 4, 2, 4, 2, plane_dots=True, pairs=pair, accs=accs, fold=fold)
+        _check_bf16_tile(fmt, gs, n, k, m, cfg)
+
+
+def test_mma_t_fold_and_accumulators_refuse_what_they_cannot_run():
+    cfg = LaunchConfig("mma_t", 16, 64, 4, 1, 4, 2, plane_dots=True, fold=True)
+    tw = pack_weight(_weight("sym_int4", 32, 64, 256, 0), DEVICE)  # 4-word groups: four scales per step
+    x = _prepare_x(torch.randn(3, 256).bfloat16().to(DEVICE), tw)
+    with pytest.raises(ValueError, match="fold=False"):
+        run(x, tw, cfg)
+    with pytest.raises(ValueError, match="accs = 1, 2, 4 or 8"):
+        run(x, tw, LaunchConfig("mma_t", 16, 64, 4, 1, 4, 2, plane_dots=True, accs=3))
+    with pytest.raises(ValueError, match="only with plane_dots"):
+        run(x, tw, LaunchConfig("mma_t", 16, 64, 4, 1, 4, 2, accs=2))
 
 
 @pytest.mark.parametrize(

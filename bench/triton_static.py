@@ -1,0 +1,121 @@
+"""Compile the `mma_t` kernel variants for a GPU architecture offline (no GPU needed) and report their structure.
+
+Triton compiles down to a cubin on any machine that has its NVIDIA backend (ptxas ships in the wheel), so the
+shape of a kernel can be read before device time is spent on it. Per variant this prints what decides a
+memory-bound batched decode kernel's speed:
+
+- `waits`: tensor-core dot waits inside the K loop that drain everything in flight (`pendings = 0`) - each one
+  serialises the step's dots - and the ones that leave dots in flight (`pendings > 0`);
+- `smem weight`: layout conversions of the decoded weight through shared memory (0 = decoded in the dot's
+  register layout);
+- `async loads`: global loads Triton pipelines into shared memory (weights and activations);
+- `regs` / `spill bytes`: registers per thread and local-memory spills (from the cubin).
+
+Integer arguments are marked divisible by 16, as the JIT specialises them on real launches (without that hint
+Triton cannot vectorise the bf16 activation loads and does not pipeline them).
+
+    .venv/bin/python -P bench/triton_static.py                     # the sym_int4 variants at 16 rows, sm_90
+    .venv/bin/python -P bench/triton_static.py --format nf4 --rows 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from xpullm.kernels.triton import jit
+from xpullm.kernels.triton.configs import LaunchConfig
+from xpullm.kernels.triton.launch import _CODEBOOK_DECODE
+from xpullm.kernels.triton.layout import FORMAT_CODES
+
+VARIANTS = {
+    "planes": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True),
+    "pairs": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, pairs=True),
+    "pairs accs=4": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, pairs=True, accs=4),
+    "pairs fold accs=4": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, pairs=True, accs=4, fold=True),
+    "pairs fold accs=8": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, pairs=True, accs=8, fold=True),
+    "planes fold accs=8": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, accs=8, fold=True),
+    "natural": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, natural=True),
+    "one dot": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3),
+}  # fmt: skip
+SIGNATURE = {
+    "x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*fp16", "lut_ptr": "*fp32", "y_ptr": "*fp32",
+    "M": "i32", "N": "i32", "KW": "i32", "NG": "i32", "words_per_split": "i32",
+    "stride_xm": "i32", "stride_wn": "i32", "stride_sn": "i32", "stride_ym": "i32", "stride_ys": "i32",
+}  # fmt: skip
+
+
+def compile_variant(cfg: LaunchConfig, fmt: str, group_size: int, rows: int, arch: int) -> dict:
+    """Compile one configuration of `jit.mma_t_kernel` for a whole-tile shape with one scale per K step."""
+    code, bits = FORMAT_CODES[fmt]
+    planes = 32 // bits
+    cfg = LaunchConfig(**{**cfg.__dict__, "block_m": rows})
+    group_words = group_size // planes
+    row_scale = group_words % (cfg.block_kb * 4) == 0
+    const = dict(
+        GROUP_WORDS=group_words, FMT=code, PLANES=planes, HAS_ZERO=fmt == "asym_int4",
+        CODEBOOK=_CODEBOOK_DECODE.get(fmt, 0), BLOCK_M=rows, BLOCK_N=cfg.block_n, BKW=cfg.block_kb * 4,
+        PLANE_DOTS=cfg.plane_dots, PAIRS=cfg.pairs, NATURAL=cfg.natural, USE_WS=cfg.split_k > 1,
+        POST_SCALE=row_scale and not cfg.fold, ROW_SCALE=row_scale, ACCS=cfg.accs, EVEN=True, DOT_F32=False,
+        PDL=False,
+    )  # fmt: skip
+    sig = {**SIGNATURE, **{k: "constexpr" for k in const}}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(SIGNATURE) if n != "M"}
+    kernel = triton.compile(
+        ASTSource(jit.mma_t_kernel, sig, constexprs=const, attrs=attrs),
+        target=GPUTarget("cuda", arch, 128),
+        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
+    )
+    ttgir = kernel.asm["ttgir"]
+    loop = ttgir[ttgir.index("scf.for") :]
+    loop = loop[: loop.index("scf.yield")]
+    waits = re.findall(r"pendings = (\d+)", loop)
+    return {
+        "drain waits": sum(w == "0" for w in waits),
+        "overlap waits": sum(w != "0" for w in waits),
+        "smem weight": len(re.findall(r"ttg\.local_alloc %\S+ : \(tensor<\d+x\d+xbf16", loop))
+        - len(re.findall(r"local_alloc %xt", loop)),
+        "async loads": ttgir.count("ttg.async_copy_global_to_local"),
+        **_resources(kernel.asm["cubin"]),
+    }
+
+
+def _resources(cubin: bytes) -> dict:
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True).stdout
+    found = dict(re.findall(r"(REG|LOCAL):(\d+)", text))
+    return {"regs": int(found.get("REG", -1)), "spill bytes": int(found.get("LOCAL", -1))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--format", default="sym_int4", choices=sorted(FORMAT_CODES))
+    p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--rows", type=int, default=16, help="BLOCK_M (activation rows per program)")
+    p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: Hopper)")
+    args = p.parse_args()
+    print(
+        f"mma_t, {args.format} g{args.group_size}, {args.rows} rows, sm_{args.arch}, Triton {triton.__version__}"
+    )
+    print("| variant | drain waits / step | overlap waits | smem weight | async loads | regs | spill bytes |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, cfg in VARIANTS.items():
+        if cfg.pairs and args.format != "sym_int4":
+            continue
+        r = compile_variant(cfg, args.format, args.group_size, args.rows, args.arch)
+        print(f"| {name} | {r['drain waits']} | {r['overlap waits']} | {r['smem weight']} | {r['async loads']} "
+              f"| {r['regs']} | {r['spill bytes']} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
