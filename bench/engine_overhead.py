@@ -30,6 +30,7 @@ from xpullm.engine import LLM
 from xpullm.engine.core import EngineConfig
 from xpullm.engine.params import GenerationParams
 
+# engine_concurrency.py's prompts, copied: this file must run on its own in another checkout (see above).
 PROMPTS = [
     "Write a long story about a dragon who learns to bake bread.",
     "Explain in detail how a steam engine works.",

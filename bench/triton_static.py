@@ -11,8 +11,9 @@ memory-bound batched decode kernel's speed:
 - `async loads`: global loads Triton pipelines into shared memory (weights and activations);
 - `regs` / `spill bytes`: registers per thread and local-memory spills (from the cubin).
 
-Integer arguments are marked divisible by 16, as the JIT specialises them on real launches (without that hint
-Triton cannot vectorise the bf16 activation loads and does not pipeline them).
+The constants come from the launcher (`launch.mma_t_constexprs`) for a packed 4096 x 4096 weight; integer
+arguments are marked divisible by 16, as the JIT specialises them on real launches (without that hint Triton
+cannot vectorise the bf16 activation loads and does not pipeline them).
 
     .venv/bin/python -P bench/triton_static.py                     # the sym_int4 variants at 16 rows, sm_90
     .venv/bin/python -P bench/triton_static.py --format nf4 --rows 32
@@ -24,16 +25,19 @@ import argparse
 import re
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from xpullm.kernels.triton import jit
+from xpullm.formats import get_format
+from xpullm.kernels.triton import jit, pack_weight
 from xpullm.kernels.triton.configs import LaunchConfig
-from xpullm.kernels.triton.launch import _CODEBOOK_DECODE
-from xpullm.kernels.triton.layout import FORMAT_CODES
+from xpullm.kernels.triton.launch import mma_t_constexprs
+from xpullm.kernels.triton.layout import FORMAT_CODES, TritonWeight
 
 VARIANTS = {
     "planes": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True),
@@ -52,22 +56,13 @@ SIGNATURE = {
 }  # fmt: skip
 
 
-def compile_variant(cfg: LaunchConfig, fmt: str, group_size: int, rows: int, arch: int) -> dict:
-    """Compile one configuration of `jit.mma_t_kernel` for a whole-tile shape with one scale per K step."""
-    code, bits = FORMAT_CODES[fmt]
-    planes = 32 // bits
-    cfg = LaunchConfig(**{**cfg.__dict__, "block_m": rows})
-    group_words = group_size // planes
-    row_scale = group_words % (cfg.block_kb * 4) == 0
-    const = dict(
-        GROUP_WORDS=group_words, FMT=code, PLANES=planes, HAS_ZERO=fmt == "asym_int4",
-        CODEBOOK=_CODEBOOK_DECODE.get(fmt, 0), BLOCK_M=rows, BLOCK_N=cfg.block_n, BKW=cfg.block_kb * 4,
-        PLANE_DOTS=cfg.plane_dots, PAIRS=cfg.pairs, NATURAL=cfg.natural, USE_WS=cfg.split_k > 1,
-        POST_SCALE=row_scale and not cfg.fold, ROW_SCALE=row_scale, ACCS=cfg.accs, EVEN=True, DOT_F32=False,
-        PDL=False,
-    )  # fmt: skip
-    sig = {**SIGNATURE, **{k: "constexpr" for k in const}}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(SIGNATURE) if n != "M"}
+def compile_variant(cfg: LaunchConfig, tw: TritonWeight, arch: int) -> dict:
+    """Compile one configuration of `jit.mma_t_kernel` for weight `tw` with the constants a launch passes."""
+    const = {**mma_t_constexprs(tw, cfg), "DOT_F32": False, "PDL": False}
+    scales = "*fp16" if tw.scales.dtype == torch.float16 else "*fp32"
+    args = {**SIGNATURE, "s_ptr": scales, "z_ptr": scales}
+    sig = {**args, **{k: "constexpr" for k in const}}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(args) if n != "M"}
     kernel = triton.compile(
         ASTSource(jit.mma_t_kernel, sig, constexprs=const, attrs=attrs),
         target=GPUTarget("cuda", arch, 128),
@@ -109,10 +104,12 @@ def main() -> None:
     )
     print("| variant | drain waits / step | overlap waits | smem weight | async loads | regs | spill bytes |")
     print("|---|---:|---:|---:|---:|---:|---:|")
+    weight = torch.randn(4096, 4096, generator=torch.Generator().manual_seed(0)) * 0.02
+    tw = pack_weight(get_format(args.format).quantize(weight, args.group_size), "cpu")
     for name, cfg in VARIANTS.items():
         if cfg.pairs and args.format != "sym_int4":
             continue
-        r = compile_variant(cfg, args.format, args.group_size, args.rows, args.arch)
+        r = compile_variant(replace(cfg, block_m=args.rows), tw, args.arch)
         print(f"| {name} | {r['drain waits']} | {r['overlap waits']} | {r['smem weight']} | {r['async loads']} "
               f"| {r['regs']} | {r['spill bytes']} |")  # fmt: skip
 

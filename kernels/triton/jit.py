@@ -1058,8 +1058,9 @@ def mma_t_kernel(
     zero point), and multiplies it with the matching activations [K, BLOCK_M] (see the K-order note above).
     POST_SCALE (one scale and zero point per weight row for the whole step): codes go into the dot unscaled,
     the fp32 step product is scaled per row and the zero point enters as zero x the step's activation sums.
-    ROW_SCALE without POST_SCALE (the `fold` configs): the same per-row scale goes into the decoded weight
-    instead, so the accumulators carry over the steps with no per-step rescaling of the dots' results.
+    ROW_SCALE (one scale per row per step; POST_SCALE implies it) without POST_SCALE (the `fold` configs): that
+    scale goes into the decoded weight instead, so the accumulators carry over the steps with no per-step
+    rescaling of the dots' results.
     NATURAL (one dot per step): the tile is decoded in the weight's own K order and the activations are read
     as one contiguous run. EVEN: every weight row tile lies inside N and every step is
     whole (no masks on the weight stream). PAIRS (sym_int4, PLANE_DOTS, POST_SCALE, bf16 x): planes p and p + 4
@@ -1098,20 +1099,13 @@ def mma_t_kernel(
             w = tl.load(w_ptr + n2 * stride_wn + kw2)
         else:
             w = tl.load(w_ptr + n2 * stride_wn + kw2, mask=n_ok & (kw2 < kw_end), other=0)
-        if POST_SCALE:  # one scale (and zero point) per row for the step: applied to the step's product
-            s_row = tl.load(s_ptr + offs_n * stride_sn + kw0 // GROUP_WORDS, mask=offs_n < N, other=0.0)
-            s = s_row.to(tl.float32)[:, None]
-            z = s  # placeholder: the operands go into the dot unscaled
-            part = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-            part1, part2, part3, part4, part5, part6, part7 = _zeros7(BLOCK_N, BLOCK_M)
-        elif ROW_SCALE:  # one scale per row for the step, folded into the decoded weight
+        if ROW_SCALE:  # one scale (and zero point) per row for the step
             s_row = tl.load(s_ptr + offs_n * stride_sn + kw0 // GROUP_WORDS, mask=offs_n < N, other=0.0)
             s = s_row.to(tl.float32)[:, None]
             z = s
-            if HAS_ZERO:
+            if HAS_ZERO and not POST_SCALE:  # folded into the decode (POST_SCALE adds it after the dots)
                 z_row = tl.load(z_ptr + offs_n * stride_sn + kw0 // GROUP_WORDS, mask=offs_n < N, other=0.0)
                 z = z_row.to(tl.float32)[:, None]
-            part, part1, part2, part3, part4, part5, part6, part7 = acc, acc1, acc2, acc3, acc4, acc5, acc6, acc7  # fmt: skip
         else:
             g2 = kw2 // GROUP_WORDS
             s_ok = n_ok & (g2 < NG)
@@ -1119,6 +1113,10 @@ def mma_t_kernel(
             z = s
             if HAS_ZERO:
                 z = tl.load(z_ptr + n2 * stride_sn + g2, mask=s_ok, other=0.0).to(tl.float32)
+        if POST_SCALE:  # the operands go into the dots unscaled; the step's product is scaled per row
+            part = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+            part1, part2, part3, part4, part5, part6, part7 = _zeros7(BLOCK_N, BLOCK_M)
+        else:
             part, part1, part2, part3, part4, part5, part6, part7 = acc, acc1, acc2, acc3, acc4, acc5, acc6, acc7  # fmt: skip
         xsum = tl.zeros([BLOCK_M], dtype=tl.float32)  # the step's activation sums (zero-point term)
         x0 = kw0 * PLANES  # the step's first element

@@ -41,6 +41,7 @@ __all__ = [
     "load_tuned",
     "matmul",
     "matmul_q8",
+    "mma_t_constexprs",
     "quantize_activations",
     "run",
     "run_q8",
@@ -332,7 +333,7 @@ def _run_mma_t(
         raise ValueError(
             f"mma_t takes accs = 1, 2, 4 or 8, and more than one only with plane_dots; got {cfg}"
         )
-    if cfg.fold and not (cfg.plane_dots and one_scale_per_step(tw, cfg)):
+    if cfg.fold and not valid(cfg, tw, x.dtype):
         raise ValueError(
             f"fold=True scales each step's plane dots by its one scale per row; {tw.format} (group "
             f"{tw.group_size}) with {cfg} has several scales per step: use fold=False"
@@ -351,17 +352,26 @@ def _run_mma_t(
         x, tw.words, tw.scales, zeros, tw.lut, target,
         m, tw.n, tw.kw, tw.n_groups, _words_per_split(tw, cfg),
         x.stride(0), tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
-        GROUP_WORDS=tw.group_words, FMT=tw.fmt_code, PLANES=tw.planes, HAS_ZERO=tw.zeros is not None,
-        CODEBOOK=_CODEBOOK_DECODE.get(tw.format, 0), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BKW=bkw,
-        PLANE_DOTS=cfg.plane_dots, PAIRS=cfg.pairs, NATURAL=cfg.natural, USE_WS=split > 1,
-        POST_SCALE=one_scale_per_step(tw, cfg) and not cfg.fold, ROW_SCALE=one_scale_per_step(tw, cfg),
-        ACCS=cfg.accs,
-        EVEN=tw.n % cfg.block_n == 0 and tw.kw % bkw == 0, DOT_F32=_INTERPRET,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(tw.device),
+        **mma_t_constexprs(tw, cfg), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **launch_options(tw.device),
     )  # fmt: skip
     if split > 1:
         _reduce_splits(workspace, out)
     return out
+
+
+def mma_t_constexprs(tw: TritonWeight, cfg: LaunchConfig) -> dict[str, int | bool]:
+    """The compile-time arguments of `jit.mma_t_kernel` for weight `tw` under `cfg` (also what
+    bench/triton_static.py compiles offline)."""
+    bkw = cfg.block_kb * 4
+    row_scale = one_scale_per_step(tw, cfg)
+    return dict(
+        GROUP_WORDS=tw.group_words, FMT=tw.fmt_code, PLANES=tw.planes, HAS_ZERO=tw.zeros is not None,
+        CODEBOOK=_CODEBOOK_DECODE.get(tw.format, 0), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BKW=bkw,
+        PLANE_DOTS=cfg.plane_dots, PAIRS=cfg.pairs, NATURAL=cfg.natural, USE_WS=cfg.split_k > 1,
+        POST_SCALE=row_scale and not cfg.fold, ROW_SCALE=row_scale, ACCS=cfg.accs,
+        EVEN=tw.n % cfg.block_n == 0 and tw.kw % bkw == 0, DOT_F32=_INTERPRET,
+    )  # fmt: skip
 
 
 def _split_target(
