@@ -304,16 +304,10 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return False  # the natural K order is one of mma_t's single-dot layouts
     if cfg.accs not in (1, 2, 4, 8) or (cfg.accs > 1 and not (cfg.path == "mma_t" and cfg.plane_dots)):
         return False  # several accumulators split a step's plane dots
-    if cfg.fold and not (cfg.path == "mma_t" and cfg.plane_dots and one_scale_per_step(tw, cfg)):
-        return False  # the scale folded into the decode is the step's one scale per row
-    if cfg.pairs and not (
-        cfg.path == "mma_t"
-        and cfg.plane_dots
-        and tw.format == "sym_int4"
-        and x_dtype == torch.bfloat16
-        and one_scale_per_step(tw, cfg)
-    ):
-        return False  # the bf16x2 decode yields unscaled sym_int4 codes, scaled after the step's dot
+    if cfg.fold and not can_fold(cfg, tw):
+        return False
+    if cfg.pairs and not can_pair(cfg, tw, x_dtype):
+        return False
     if cfg.path == "gemv_q8" and (
         tw.format not in Q8_FORMATS or x_dtype == torch.float32 or cfg.block_m not in Q8_ROW_TILES
     ):
@@ -322,6 +316,22 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return False  # only the one-row int8 GEMV program walks several weight tiles
     # A split needs at least a couple of K steps to be worth its reduction pass.
     return cfg.split_k == 1 or tw.kw >= 2 * cfg.split_k * cfg.block_kb * 4
+
+
+def can_fold(cfg: LaunchConfig, tw) -> bool:
+    """Whether `fold` can run: the scale folded into the decode is the step's one scale per row."""
+    return cfg.path == "mma_t" and cfg.plane_dots and one_scale_per_step(tw, cfg)
+
+
+def can_pair(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
+    """Whether `pairs` can run: the bf16x2 decode yields unscaled sym_int4 codes, scaled after the step's dot."""
+    return (
+        cfg.path == "mma_t"
+        and cfg.plane_dots
+        and tw.format == "sym_int4"
+        and x_dtype == torch.bfloat16
+        and one_scale_per_step(tw, cfg)
+    )
 
 
 def one_scale_per_step(tw, cfg: LaunchConfig) -> bool:

@@ -22,12 +22,13 @@ from xpullm.kernels.triton.configs import (
     Q8_ROW_TILES,
     LaunchConfig,
     autotune_enabled,
+    can_fold,
+    can_pair,
     candidates,
     default_config,
     default_q8_config,
     m_bucket,
     one_scale_per_step,
-    valid,
 )
 from xpullm.kernels.triton.layout import TritonWeight
 from xpullm.kernels.triton.pdl import launch_options
@@ -333,12 +334,12 @@ def _run_mma_t(
         raise ValueError(
             f"mma_t takes accs = 1, 2, 4 or 8, and more than one only with plane_dots; got {cfg}"
         )
-    if cfg.fold and not valid(cfg, tw, x.dtype):
+    if cfg.fold and not can_fold(cfg, tw):
         raise ValueError(
             f"fold=True scales each step's plane dots by its one scale per row; {tw.format} (group "
             f"{tw.group_size}) with {cfg} has several scales per step: use fold=False"
         )
-    if cfg.pairs and not valid(cfg, tw, x.dtype):
+    if cfg.pairs and not can_pair(cfg, tw, x.dtype):
         raise ValueError(
             f"pairs=True decodes unscaled sym_int4 codes for bf16 activations with one scale per K step; "
             f"{tw.format} (group {tw.group_size}) x {x.dtype} with {cfg} is not that: use pairs=False"
