@@ -131,7 +131,8 @@ def _base_linear(
 
         layer = bnb.nn.Linear4bit(in_features, out_features, bias=False, compute_dtype=torch.bfloat16,
                                   quant_type="nf4", device="cpu")  # fmt: skip
-        layer.weight = bnb.nn.Params4bit(dense.weight.data.cpu(), requires_grad=False, quant_type="nf4")
+        # The bf16 weight stays on the GPU: moving the layer there quantizes it there (no host round trip).
+        layer.weight = bnb.nn.Params4bit(dense.weight.data, requires_grad=False, quant_type="nf4")
         return layer.to(device)
     return dense
 

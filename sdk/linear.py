@@ -203,9 +203,9 @@ class LowBitLinear(nn.Module):
         device = torch.device(linear.weight.device if device is None else device)
         weight = linear.weight.detach()
         # Quantize where the weight already is when that is the target (GPU quantization is fast), else on CPU.
-        qweight = get_format(low_bit).quantize(
-            weight if weight.device == device else weight.cpu(), group_size
-        )
+        # ("cuda" names the current GPU: a weight on cuda:0 is already there.)
+        there = weight.device.type == device.type and device.index in (None, weight.device.index)
+        qweight = get_format(low_bit).quantize(weight if there else weight.cpu(), group_size)
         return cls(qweight.to(device), linear.bias, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,7 @@ __all__ = [
     "Drafter",
     "LatestLookupDrafter",
     "LayerSkipDrafter",
+    "LowBitDrafter",
     "PromptLookupDrafter",
     "SpecState",
     "SpeculativeConfig",
@@ -83,7 +84,8 @@ class SpeculativeConfig:
     """How the engine drafts and verifies tokens (one config per engine; requests may opt out)."""
 
     method: str = "prompt_lookup"
-    """A drafter in `DRAFTERS`: `prompt_lookup` or `self_speculative`."""
+    """A drafter in `DRAFTERS`: `prompt_lookup`, `self_speculative` (skipped layers draft) or `low_bit_draft` (a
+    lower-bit copy of the model drafts)."""
     num_draft: int = 6
     """Most draft tokens verified per sequence and step (k): with the packaged model on CPU longer caps verified
     more rejected rows than they saved steps (replayed greedy traces, `docs/benchmarks-speculative.md`)."""
@@ -108,7 +110,15 @@ class SpeculativeConfig:
     draft_layers: tuple[int, ...] | None = None
     """self_speculative: layers the draft runs (None: the first and last quarter plus every other middle layer)."""
     draft_min_prob: float = 0.3
-    """self_speculative: stop a draft when the draft model's top probability falls below this."""
+    """self_speculative, low_bit_draft: stop a draft when the draft model's top probability falls below this."""
+    draft_format: str = "sym_int4"
+    """low_bit_draft: the format of the model's draft copy (IPEX-LLM's recipe: INT4 drafts for a bf16 / fp8 / int8
+    model)."""
+    draft_group_size: int | None = None
+    """low_bit_draft: the draft format's group size (None: the format's default)."""
+    draft_kv_cache_dtype: str = "int8"
+    """low_bit_draft: the draft copy's KV pools (one more pool per layer, shaped like the model's: 8-bit halves
+    what a second bf16 pool would take)."""
     verify_cost: float = 0.15
     """Cost of verifying one more token in a step, relative to a one-token step: 0.12-0.18 measured with the
     packaged 135M model on 2 CPU cores at 300-800 tokens of context (`bench/spec_row_cost.py`: the projections'
@@ -128,6 +138,16 @@ class SpeculativeConfig:
             )
         if not 1 <= self.ngram_min <= self.ngram_max:
             raise ValueError(f"ngram_min={self.ngram_min} must be between 1 and ngram_max={self.ngram_max}")
+        if self.method == "low_bit_draft":
+            from xpullm.formats import get_format
+            from xpullm.kernels.paged import KV_CACHE_DTYPES
+
+            get_format(self.draft_format)  # an unknown format fails here, naming the known ones
+            if self.draft_kv_cache_dtype not in KV_CACHE_DTYPES:
+                raise ValueError(
+                    f"draft_kv_cache_dtype={self.draft_kv_cache_dtype!r} is not known: choose one of "
+                    f"{sorted(KV_CACHE_DTYPES)}"
+                )
         if not self.match_rates or not all(0.0 < r < 1.0 for r in self.match_rates):
             raise ValueError(
                 f"match_rates={self.match_rates} must be non-empty chances strictly between 0 and 1"
@@ -436,6 +456,120 @@ class LayerSkipDrafter:
 def _self_speculative(runner: ModelRunner, config: SpeculativeConfig) -> Drafter:
     layers = config.draft_layers or default_draft_layers(len(runner.dec.layers))
     return LayerSkipDrafter(runner, layers, config.draft_min_prob)
+
+
+# -- self-speculative (a low-bit copy of the model) -----------------------------------------------------------
+
+
+@dataclass
+class _DraftKV:
+    """One request's draft pools: the tokens whose K/V they hold, position by position."""
+
+    fed: list[int]
+
+
+class LowBitDrafter:
+    """A lower-bit copy of the model (`draft_model.low_bit_copy`) drafts greedily on its own runner and pools.
+
+    The copy's pools hold K/V for the tokens it was fed (`_DraftKV.fed`); at each proposal a sequence first feeds
+    what changed since (the tokens after the longest common prefix of `fed` and the sequence: usually the
+    verifying step's correction or bonus token), in the same forward that drafts its first token. Catch-ups longer
+    than `CATCH_UP` tokens (a new prompt, a request that paused drafting) run first, in chunks of at most
+    `CHUNK` tokens.
+    """
+
+    CATCH_UP = 16
+    CHUNK = 512
+
+    def __init__(self, draft: ModelRunner, min_prob: float, cost: float) -> None:
+        self.draft = draft
+        self.min_prob = min_prob
+        self.cost = cost
+        self.sizes_drafts = False
+
+    def start(self, prompt: list[int]) -> _DraftKV:
+        return _DraftKV([])
+
+    def _catch_up(self, batch: list[DraftSlot], live: list[int]) -> None:
+        """Feed every long gap but each sequence's last token, chunked, without logits."""
+        ids: list[int] = []
+        pos: list[int] = []
+        rows: list[int] = []
+        for i in live:
+            slot, kv = batch[i], batch[i].state
+            start = _common_prefix(kv.fed, slot.tokens)
+            end = len(slot.tokens) - 1
+            if end - start <= self.CATCH_UP:
+                continue
+            del kv.fed[start:]
+            for j in range(start, end):
+                ids.append(slot.tokens[j])
+                pos.append(j)
+                rows.append(slot.slot)
+                kv.fed.append(slot.tokens[j])
+                if len(ids) == self.CHUNK:
+                    self.draft.forward(ids, pos, rows, [])
+                    ids, pos, rows = [], [], []
+        if ids:
+            self.draft.forward(ids, pos, rows, [])
+
+    def propose(self, batch: list[DraftSlot]) -> list[list[int]]:
+        drafts: list[list[int]] = [[] for _ in batch]
+        live = [i for i, s in enumerate(batch) if s.k > 0]
+        self._catch_up(batch, live)
+        # First forward: each sequence's short catch-up and its last token; logits at the last token.
+        ids: list[int] = []
+        pos: list[int] = []
+        rows: list[int] = []
+        last: list[int] = []
+        for i in live:
+            slot, kv = batch[i], batch[i].state
+            start = min(_common_prefix(kv.fed, slot.tokens), len(slot.tokens) - 1)
+            del kv.fed[start:]
+            kv.fed.extend(slot.tokens[start:])
+            ids += slot.tokens[start:]
+            pos += range(start, len(slot.tokens))
+            rows += [slot.slot] * (len(slot.tokens) - start)
+            last.append(len(ids) - 1)
+        while live:
+            logits = self.draft.forward(ids, pos, rows, last)
+            top = logits.float().softmax(-1).max(-1)
+            nxt, conf = top.indices.tolist(), top.values.tolist()
+            keep = []
+            for j, i in enumerate(live):
+                if conf[j] < self.min_prob:
+                    continue
+                drafts[i].append(nxt[j])
+                if len(drafts[i]) < batch[i].k:
+                    keep.append(i)
+            live = keep
+            ids = [drafts[i][-1] for i in live]
+            pos = [len(batch[i].tokens) - 1 + len(drafts[i]) for i in live]
+            rows = [batch[i].slot for i in live]
+            last = list(range(len(live)))
+            for i in live:
+                batch[i].state.fed.append(drafts[i][-1])
+        return drafts
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@register_drafter("low_bit_draft")
+def _low_bit_draft(runner: ModelRunner, config: SpeculativeConfig) -> Drafter:
+    from xpullm.engine.draft_model import draft_runner, low_bit_copy, weight_bytes
+
+    dec = low_bit_copy(runner.dec, config.draft_format, config.draft_group_size)
+    draft = draft_runner(runner, dec, config.draft_kv_cache_dtype)
+    # Decode streams the weights: a draft token costs about the copy's bytes over the model's (at least 0.1:
+    # attention, norms and launches do not shrink with the weights).
+    cost = max(0.1, weight_bytes(dec) / max(1, weight_bytes(runner.dec)))
+    return LowBitDrafter(draft, config.draft_min_prob, cost)
 
 
 # -- per-request adaptation ------------------------------------------------------------------------------------

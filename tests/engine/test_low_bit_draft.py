@@ -1,0 +1,122 @@
+"""Self-speculative decoding with a low-bit copy of the model (`speculative="low_bit_draft"`), on the real default
+model: plain decoding's output bit for bit, drafts that are exactly the copy's own greedy continuation (its pools
+follow every accepted, rejected and corrected token), and a copy that shares everything but the projections."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xpullm.engine import LLM
+from xpullm.engine.core import EngineConfig
+from xpullm.engine.draft_model import low_bit_copy, weight_bytes
+from xpullm.engine.speculative import LowBitDrafter, SpeculativeConfig
+from xpullm.linear import LowBitLinear
+
+DOC = (
+    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after the "
+    "engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889."
+)
+GROUNDED = [{"role": "user", "content": f"Context:\n{DOC}\n\nRepeat the context word for word."}]
+PROMPTS = [
+    f"{DOC}\n\nSummary: The Eiffel Tower",
+    "The capital of France is",
+    "def fibonacci(n):",
+    "List three colors:",
+]
+# Drafting declared free and no confidence floor: the copy drafts at every step, so rejections happen too.
+ALWAYS = SpeculativeConfig(method="low_bit_draft", draft_min_prob=0.0, draft_cost=0.0)
+
+
+def _engine(llm: LLM, speculative: SpeculativeConfig | None) -> LLM:
+    return LLM(llm.model, tokenizer=llm.tokenizer, speculative=speculative, engine=EngineConfig(max_seqs=8))
+
+
+@pytest.fixture(scope="module")
+def dense_plain(dense_llm: LLM) -> LLM:
+    return _engine(dense_llm, None)
+
+
+@pytest.fixture(scope="module")
+def dense_draft(dense_llm: LLM) -> LLM:
+    return _engine(dense_llm, ALWAYS)
+
+
+def test_int4_draft_of_a_dense_model_gives_plain_decodings_output(dense_plain: LLM, dense_draft: LLM) -> None:
+    ref = dense_plain.chat(GROUNDED, max_new_tokens=48)
+    out = dense_draft.chat(GROUNDED, max_new_tokens=48)
+    assert (out.text, out.completion_tokens, out.finish_reason) == (
+        ref.text,
+        ref.completion_tokens,
+        ref.finish_reason,
+    )
+    # The int4 copy agrees with the fp32 model on most tokens of a copied answer.
+    assert out.timings.acceptance_rate > 0.5 and out.timings.tokens_per_step > 2.0, out.timings
+    want = [c.text for c in dense_plain.generate(PROMPTS, max_new_tokens=24)]
+    got = dense_draft.generate(PROMPTS, max_new_tokens=24)
+    assert [c.text for c in got] == want
+    assert sum(c.timings.draft_tokens for c in got) > sum(c.timings.accepted_tokens for c in got) > 0
+    assert dense_draft.engine.stats().kv_used_blocks == 0
+
+
+def test_the_copy_shares_all_but_its_projections(dense_llm: LLM, dense_draft: LLM) -> None:
+    core = dense_draft.engine
+    drafter = core._drafter
+    assert isinstance(drafter, LowBitDrafter)
+    target, draft = core.runner, drafter.draft
+    assert draft.block_tables is target.block_tables  # one allocator: the same blocks per position
+    assert draft.k_pool.dtype == torch.int8 and draft.k_pool.shape == target.k_pool.shape  # 8-bit draft pools
+    t_layer, d_layer = target.dec.layers[0], draft.dec.layers[0]
+    for name in ("qkv", "o_proj", "gate_up", "down"):
+        assert getattr(t_layer, name).format_name == "fp32"  # the model stays fp32
+        proj = getattr(d_layer, name)
+        assert isinstance(proj, LowBitLinear) and proj.format_name == "sym_int4"
+    assert d_layer.attn_norm is t_layer.attn_norm and draft.dec.embed is target.dec.embed
+    assert draft.dec.lm_head.format_name == "sym_int4" and draft.dec.lm_head is not target.dec.lm_head
+    # fp32 -> int4 (+ scales): about an eighth of the bytes; the drafter's cost estimate follows them.
+    ratio = weight_bytes(draft.dec) / weight_bytes(target.dec)
+    assert 0.1 < ratio < 0.2 and drafter.cost == pytest.approx(max(0.1, ratio))
+
+
+def test_drafts_are_the_copys_own_greedy_continuation(llm: LLM) -> None:
+    """Every proposal equals what the copy predicts from scratch for the sequence as it stands: the incremental
+    pools (prompt catch-up, fed drafts, rollback after a rejection, the correction token) hold the right K/V."""
+    spec = _engine(llm, ALWAYS)
+    core = spec.engine
+    drafter = core._drafter
+    seen: list[tuple[list[int], list[int]]] = []
+    propose = drafter.propose
+
+    def recording(batch):
+        drafts = propose(batch)
+        seen.extend((list(s.tokens), d) for s, d in zip(batch, drafts, strict=True) if d)
+        return drafts
+
+    drafter.propose = recording
+    ref = _engine(llm, None).chat(GROUNDED, max_new_tokens=40)
+    out = spec.chat(GROUNDED, max_new_tokens=40)
+    assert out.text == ref.text
+    assert out.timings.accepted_tokens < out.timings.draft_tokens  # rejections (and rollbacks) happened
+    assert len(seen) >= 4
+    draft = drafter.draft
+    slot = core.config.max_seqs - 1  # a free block-table row (the request has finished)
+    blocks = core.pool.allocate(-(-max(len(t) + len(d) for t, d in seen) // core.config.block_size))
+    try:
+        draft.set_table(slot, blocks)
+        for tokens, drafts in seen:
+            seq = tokens + drafts[:-1]
+            n = len(seq)
+            logits = draft.forward(seq, list(range(n)), [slot] * n, list(range(len(tokens) - 1, n)))
+            assert logits.argmax(-1).tolist() == drafts
+    finally:
+        core.pool.free(blocks)
+
+
+def test_bad_draft_settings_name_the_problem(dense_llm: LLM) -> None:
+    with pytest.raises(ValueError, match="sym_int4"):
+        SpeculativeConfig(method="low_bit_draft", draft_format="int3")
+    with pytest.raises(ValueError, match="draft_kv_cache_dtype='int2' is not known: choose one of"):
+        SpeculativeConfig(method="low_bit_draft", draft_kv_cache_dtype="int2")
+    dec = dense_llm.engine.runner.dec
+    odd = low_bit_copy(dec, "sym_int8")
+    assert odd.layers[0].down.format_name == "sym_int8" and dec.layers[0].down is not odd.layers[0].down
