@@ -49,6 +49,11 @@ METHODS: dict[str, SpeculativeConfig | None] = {
     # The default drafter with the native attention computing each verified token on its own (one job per token and
     # kv head, as before token groups; `bench/spec_row_cost.py`): the before / after of the kernel, interleaved.
     "prompt_lookup_pertoken": SpeculativeConfig(method="prompt_lookup"),
+    # A sym_int4 copy of the model drafts (IPEX-LLM's self-speculative decoding); run it over a dense model
+    # (`--low-bit fp32`) for the acceptance an int4 draft of a bf16 model sees. `_always`: cost declared 0, so it
+    # drafts at every step (the raw acceptance, what a GPU where the int4 step is cheap would see).
+    "low_bit_draft": SpeculativeConfig(method="low_bit_draft"),
+    "low_bit_draft_always": SpeculativeConfig(method="low_bit_draft", draft_cost=0.0),
 }
 # Most tokens of one sequence the native paged attention attends together, per method (default 8).
 PAGED_GROUP = {"prompt_lookup_pertoken": 1}
@@ -142,9 +147,10 @@ def run(
     methods: list[str],
     only: list[str] | None = None,
     threads: int | None = None,
+    low_bit: str | None = None,
 ) -> tuple[list[dict], dict]:
     torch.set_num_threads(threads or os.cpu_count() or 1)
-    base = LLM()
+    base = LLM(low_bit=low_bit, dtype=torch.float32 if low_bit == "fp32" else None)
     engines = {
         name: LLM(base.model, tokenizer=base.tokenizer, speculative=spec, engine=EngineConfig())
         for name, spec in METHODS.items()
@@ -261,6 +267,11 @@ def main() -> None:
     )
     ap.add_argument("--kinds", default=None, help="comma-separated workloads to run (default: all four)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    ap.add_argument(
+        "--low-bit",
+        default=None,
+        help="the model's format (default: the checkpoint's own; fp32: dense weights)",
+    )
     args = ap.parse_args()
     methods = ["plain", *(m for m in args.methods.split(",") if m != "plain")]
     unknown = [m for m in methods if m not in METHODS]
@@ -268,7 +279,7 @@ def main() -> None:
         raise SystemExit(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
     t0 = time.perf_counter()
     only = args.kinds.split(",") if args.kinds else None
-    rows, info = run(args.rounds, args.max_tokens, args.per_kind, methods, only, args.threads)
+    rows, info = run(args.rounds, args.max_tokens, args.per_kind, methods, only, args.threads, args.low_bit)
     out = table(rows)
     print(out)
     print(info, f"{time.perf_counter() - t0:.0f} s")

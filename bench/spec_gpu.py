@@ -1,4 +1,4 @@
-"""Speculative decoding on a GPU: what a verified row and a layer-skipped draft cost, and the speed-up they give.
+"""Speculative decoding on a GPU: what a verified row and a draft step cost, and the speed-up they give.
 
 Acceptance needs real text, so it comes from the packaged model (`bench/spec_decode.py`, CPU: accepted / drafted per
 workload and method); the costs need the big model on the GPU, so they come from here: a Llama-3-8B-shaped model
@@ -8,7 +8,9 @@ engine drives it (paged KV pools, steps replayed from CUDA graphs per token-coun
 - `step_ms[n]`: one sequence's step carrying n tokens (the token after the prompt + n - 1 drafts), logits for every
   row - what verifying n - 1 draft tokens costs; n = 1 is a plain decode step;
 - `draft_ms`: one self-speculative draft step (the default draft layers: first and last quarter + every other middle
-  layer, eager as the drafter runs it, LM head included).
+  layer, eager as the drafter runs it, LM head included);
+- `low_bit_draft_ms`: one step of the model's sym_int4 copy (`speculative="low_bit_draft"`, IPEX-LLM's recipe: the
+  same model in INT4 drafts), on its own 8-bit pools, replayed from its CUDA graph (bf16 / fp8 / int8 models).
 
 The speed-up of k drafts accepted each with probability a: E[tokens] = (1 - a^(k+1)) / (1 - a) per step that costs
 step_ms[k+1] + k x draft_ms (prompt lookup: draft_ms = 0), over one plain step; reported for the best k <= 8.
@@ -44,7 +46,10 @@ ACCEPTANCE = {
     ("self_speculative", "graphrag"): 0.27,
     ("self_speculative", "open_chat"): 0.41,
 }
+# The draft step each method pays per drafted token (None: free, prompt lookup): the row key of `measure`.
+DRAFT_COST = {"prompt_lookup": None, "self_speculative": "draft_ms", "low_bit_draft": "low_bit_draft_ms"}
 MAX_DRAFT = 8
+LOW_BIT_DRAFT = "sym_int4"  # the low-bit copy's format (`speculative="low_bit_draft"`)
 PROMPT = 512  # context tokens before the timed steps
 
 
@@ -66,7 +71,7 @@ def measure(args: argparse.Namespace, spec: str, device: torch.device) -> dict:
     """step_ms[n] for n = 1..MAX_DRAFT + 1 and draft_ms of one format."""
     from xpullm.engine.core import EngineConfig, build_core
     from xpullm.engine.decode import FAMILIES, StaticCacheDecoder
-    from xpullm.engine.speculative import default_draft_layers
+    from xpullm.engine.speculative import SpeculativeConfig, default_draft_layers, make_drafter
 
     shape = SHAPES[args.shape]
     fmt, _, g = spec.partition(":")
@@ -95,10 +100,17 @@ def measure(args: argparse.Namespace, spec: str, device: torch.device) -> dict:
     layers = default_draft_layers(len(dec.layers))
     tok = [prompt[-1]]
     draft_ms = _timed(lambda: runner.forward(tok, [PROMPT], [0], [0], layers=layers), args.repeat, device)
+    low_bit_ms = None
+    if fmt != LOW_BIT_DRAFT:  # the model's sym_int4 copy (graph-replayed steps on its own 8-bit pools)
+        drafter = make_drafter(runner, SpeculativeConfig(method="low_bit_draft", draft_format=LOW_BIT_DRAFT))
+        draft = drafter.draft  # type: ignore[attr-defined]
+        draft.forward(prompt, list(range(PROMPT)), [0] * PROMPT, [PROMPT - 1])
+        low_bit_ms = _timed(lambda: draft.forward(tok, [PROMPT], [0], [0]), args.repeat, device)
+        del drafter, draft
     row = {
         "format": _label(fmt, group), "shape": args.shape, "device": _device_name(device),
         "step_ms": step_ms, "draft_ms": draft_ms, "draft_layers": len(layers), "layers": len(dec.layers),
-        "graphs": runner.graphs is not None,
+        "low_bit_draft_ms": low_bit_ms, "graphs": runner.graphs is not None,
     }  # fmt: skip
     _append(args.out, row)
     del core, dec, model
@@ -125,14 +137,17 @@ def render(rows: list[dict]) -> str:
     out = [f"Device: {rows[0]['device']}; shape {rows[0]['shape']}, random weights; one sequence after a "
            f"{PROMPT}-token prompt; medians of the timed repeats.\n"]  # fmt: skip
     out.append(
-        "| format | plain step ms | step ms with 2 / 4 / 8 tokens (x plain) | draft step ms (x plain) |"
+        "| format | plain step ms | step ms with 2 / 4 / 8 tokens (x plain) | skipped-layer draft step ms (x plain) "
+        f"| {LOW_BIT_DRAFT} copy draft step ms (x plain) |"
     )
-    out.append("|---|---:|---|---:|")
+    out.append("|---|---:|---|---:|---:|")
     for r in rows:
         s = {int(k): v for k, v in r["step_ms"].items()}
         many = " / ".join(f"{s[n]:.2f} ({s[n] / s[1]:.2f}x)" for n in (2, 4, 8))
+        low = r.get("low_bit_draft_ms")
+        copy = f"{low:.2f} ({low / s[1]:.2f}x)" if low else "- (the model is the copy)"
         out.append(f"| {r['format']} | {s[1]:.2f} | {many} | {r['draft_ms']:.2f} ({r['draft_ms'] / s[1]:.2f}x, "
-                   f"{r['draft_layers']}/{r['layers']} layers) |")  # fmt: skip
+                   f"{r['draft_layers']}/{r['layers']} layers) | {copy} |")  # fmt: skip
     out.append(
         "\nModelled speed-up over plain decoding (acceptance from the packaged model on CPU; best k):\n"
     )
@@ -141,8 +156,10 @@ def render(rows: list[dict]) -> str:
     out.append("|---|---|" + "---:|" * len(workloads))
     for r in rows:
         s = {int(k): v for k, v in r["step_ms"].items()}
-        for method in ("prompt_lookup", "self_speculative"):
-            draft = 0.0 if method == "prompt_lookup" else r["draft_ms"]
+        for method, key in DRAFT_COST.items():
+            draft = 0.0 if key is None else r.get(key)
+            if draft is None:
+                continue
             cells = []
             for w in workloads:
                 k, gain = best_gain(ACCEPTANCE[(method, w)], s, draft)

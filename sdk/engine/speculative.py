@@ -562,13 +562,16 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 @register_drafter("low_bit_draft")
 def _low_bit_draft(runner: ModelRunner, config: SpeculativeConfig) -> Drafter:
-    from xpullm.engine.draft_model import draft_runner, low_bit_copy, weight_bytes
+    from xpullm.engine.draft_model import draft_runner, low_bit_copy, step_time, weight_bytes
 
     dec = low_bit_copy(runner.dec, config.draft_format, config.draft_group_size)
     draft = draft_runner(runner, dec, config.draft_kv_cache_dtype)
-    # Decode streams the weights: a draft token costs about the copy's bytes over the model's (at least 0.1:
-    # attention, norms and launches do not shrink with the weights).
+    # Graph-replayed decode on an accelerator streams the weights: a draft token costs about the copy's bytes over
+    # the model's (at least 0.1: attention, norms and launches do not shrink with the weights). CPU steps run
+    # eagerly, with overheads the bytes do not show: there the two steps are timed.
     cost = max(0.1, weight_bytes(dec) / max(1, weight_bytes(runner.dec)))
+    if runner.device.type == "cpu":
+        cost = max(cost, step_time(draft) / step_time(runner))
     return LowBitDrafter(draft, config.draft_min_prob, cost)
 
 

@@ -198,3 +198,20 @@ def test_block_tables_and_scratch_after_many_requests(model) -> None:
     graphs = core.runner.graphs
     assert core.runner.block_tables[graphs.scratch_row].eq(graphs.scratch_block).all()
     assert core.stats().running == 0 and core.stats().kv_used_blocks == 0
+
+
+def test_low_bit_draft_steps_replay_graphs_and_keep_the_tokens() -> None:
+    """A bf16 model drafted by its sym_int4 copy (`speculative="low_bit_draft"`): the copy's steps replay its own
+    CUDA graphs, and every request's tokens are plain decoding's (or part once at a near-tie)."""
+    from xpullm.engine.speculative import SpeculativeConfig
+
+    model = tiny_llama(None)
+    spec = SpeculativeConfig(method="low_bit_draft", draft_min_prob=0.0, draft_cost=0.0, verify_cost=0.0)
+    core = engine(model, speculative=spec)
+    got, want = generate(core, PROMPTS), generate(engine(model), PROMPTS)
+    for prompt, g, w in zip(PROMPTS, got, want, strict=True):
+        assert_same_or_near_tie(model, prompt, g, w)
+    stats = core.stats()
+    assert stats.draft_tokens > 0 and stats.kv_used_blocks == 0
+    graphs = core._drafter.draft.graphs
+    assert graphs is not None and graphs.replays > 0 and all(graphs.captured().values())

@@ -73,9 +73,10 @@ def test_the_copy_shares_all_but_its_projections(dense_llm: LLM, dense_draft: LL
         assert isinstance(proj, LowBitLinear) and proj.format_name == "sym_int4"
     assert d_layer.attn_norm is t_layer.attn_norm and draft.dec.embed is target.dec.embed
     assert draft.dec.lm_head.format_name == "sym_int4" and draft.dec.lm_head is not target.dec.lm_head
-    # fp32 -> int4 (+ scales): about an eighth of the bytes; the drafter's cost estimate follows them.
+    # fp32 -> int4 (+ scales): about an eighth of the bytes. On CPU the drafter's cost is at least that, and the
+    # timed eager steps' ratio where that is higher (a 135M model's CPU step is not all weight streaming).
     ratio = weight_bytes(draft.dec) / weight_bytes(target.dec)
-    assert 0.1 < ratio < 0.2 and drafter.cost == pytest.approx(max(0.1, ratio))
+    assert 0.1 < ratio < 0.2 and max(0.1, ratio) <= drafter.cost < 2.0
 
 
 def test_drafts_are_the_copys_own_greedy_continuation(llm: LLM) -> None:
