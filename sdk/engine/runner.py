@@ -106,7 +106,7 @@ class ModelRunner:
         impl = select_op("paged_attention", ctx)
         self.attention_name = impl.name
         self._paged = impl.load(ctx)
-        # The decoder's fixed-shape step ops: on GPUs the fused Triton norms (and int8 activations for <= 8 rows),
+        # The decoder's fixed-shape step ops: on GPUs the fused Triton norms (and int8 activations for one-row steps),
         # as in its graph-captured step; on CPU its eager ops.
         self._ops = dec.step_ops
         # On CPU (fp32, native tiled weights) the layer stack runs as two native calls per layer around attention.

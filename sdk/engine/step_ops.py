@@ -31,10 +31,12 @@ if TYPE_CHECKING:
 
 __all__ = ["FusedStepOps", "StepOps", "decoder_layers", "rotate_qk", "static_step"]
 
-# Batches of up to 8 rows get their activations quantized by the producing kernel, for the int8-activation GEMV
-# (which takes up to 16 rows per program); at 16 rows the tensor-core tiles, fed bf16, were faster on an H200
-# (sym_int4 batch 16: 2048 tok/s vs 1774), so taller batches keep the tuner's choice among all kernels.
-_Q8_MAX_ROWS = 8
+# One-row steps get their activations quantized by the producing kernel, for the int8-activation GEMV (H100,
+# sym_int4 g128, one Llama-3-8B layer's projections: 87.7 us vs 105.1 us for the best bf16 tensor-core tile).
+# Taller batches keep bf16 activations and the tuner's choice among the tiles: with int8 activations up to 8 rows
+# (the rule before 2026-12-05) the engine's 8-stream step took 6.55 ms against 5.41 ms at 32 streams, while the
+# tiles cost the same at 8 rows as at 1 (109.2 vs 105.1 us per layer, `bench/gpu_batched.py`, H100).
+_Q8_MAX_ROWS = 1
 
 
 class StepOps:
