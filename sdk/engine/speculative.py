@@ -439,17 +439,25 @@ class LayerSkipDrafter:
             pos = [len(batch[i].tokens) - 1 + len(drafts[i]) for i in live]
             rows = [batch[i].slot for i in live]
             logits = self.runner.forward(ids, pos, rows, list(range(len(live))), layers=self.layers)
-            top = logits.float().softmax(-1).max(-1)
-            nxt, conf = top.indices.tolist(), top.values.tolist()
-            keep = []
-            for j, i in enumerate(live):
-                if conf[j] < self.min_prob:
-                    continue
-                drafts[i].append(nxt[j])
-                if len(drafts[i]) < batch[i].k:
-                    keep.append(i)
-            live = keep
+            live = _extend_confident(logits, live, drafts, batch, self.min_prob)
         return drafts
+
+
+def _extend_confident(
+    logits: torch.Tensor, live: list[int], drafts: list[list[int]], batch: list[DraftSlot], min_prob: float
+) -> list[int]:
+    """Append each live sequence's greedy token (logits row j for sequence live[j]) when the draft model's top
+    probability reaches `min_prob`; the sequences that want more drafts after it."""
+    top = logits.float().softmax(-1).max(-1)
+    nxt, conf = top.indices.tolist(), top.values.tolist()
+    keep = []
+    for j, i in enumerate(live):
+        if conf[j] < min_prob:
+            continue
+        drafts[i].append(nxt[j])
+        if len(drafts[i]) < batch[i].k:
+            keep.append(i)
+    return keep
 
 
 @register_drafter("self_speculative")
@@ -533,16 +541,7 @@ class LowBitDrafter:
             last.append(len(ids) - 1)
         while live:
             logits = self.draft.forward(ids, pos, rows, last)
-            top = logits.float().softmax(-1).max(-1)
-            nxt, conf = top.indices.tolist(), top.values.tolist()
-            keep = []
-            for j, i in enumerate(live):
-                if conf[j] < self.min_prob:
-                    continue
-                drafts[i].append(nxt[j])
-                if len(drafts[i]) < batch[i].k:
-                    keep.append(i)
-            live = keep
+            live = _extend_confident(logits, live, drafts, batch, self.min_prob)
             ids = [drafts[i][-1] for i in live]
             pos = [len(batch[i].tokens) - 1 + len(drafts[i]) for i in live]
             rows = [batch[i].slot for i in live]
