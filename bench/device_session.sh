@@ -35,7 +35,9 @@ want() { [[ " $STAGES " == *" $1 "* ]]; }
 mark "start: $STAGES"
 
 if want mma; then
-  timeout "${MMA_TESTS_S:-120}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
+  # nf4's byte-permute pair decode joins the sweep's candidates (its tests run in this file either way)
+  export XPULLM_TRITON_NF4_PAIRS=1
+  timeout "${MMA_TESTS_S:-300}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
     --noconftest -q -rs tests/kernels/test_triton_mma.py > "$W/mma/tests_mma.txt" 2>&1 &
   for f in ${WARM_FORMATS:-sym_int4:128 nf4:64}; do
     timeout "${WARM_S:-110}" $P bench/gpu_batched.py --warm-only --formats "$f" --rows 1,8,16,32,64 \
@@ -44,8 +46,10 @@ if want mma; then
   wait
   mark mma tests done
   if grep -qE '[0-9]+ passed' "$W/mma/tests_mma.txt" && ! grep -qE 'failed|error' "$W/mma/tests_mma.txt"; then
-    export XPULLM_TRITON_MMA=1
-    mark "mma tests passed: XPULLM_TRITON_MMA=1"
+    mark "mma tests passed"
+  else  # the engine stage must not run tiles that failed their tests
+    export XPULLM_TRITON_MMA=0 XPULLM_TRITON_NF4_PAIRS=0
+    mark "mma tests did not pass: XPULLM_TRITON_MMA=0"
   fi
 fi
 

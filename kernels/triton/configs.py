@@ -324,14 +324,19 @@ def can_fold(cfg: LaunchConfig, tw) -> bool:
 
 
 def can_pair(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
-    """Whether `pairs` can run: the bf16x2 decode yields unscaled sym_int4 codes, scaled after the step's dot."""
-    return (
-        cfg.path == "mma_t"
-        and cfg.plane_dots
-        and tw.format == "sym_int4"
-        and x_dtype == torch.bfloat16
-        and one_scale_per_step(tw, cfg)
-    )
+    """Whether `pairs` can run: the bf16x2 decode of two planes for bf16 activations. sym_int4 codes go into the
+    dots unscaled, scaled after the step's dot (one scale per step); nf4 levels are scaled in the decode by each
+    word's own group scale where a step spans several groups."""
+    if not (cfg.path == "mma_t" and cfg.plane_dots and x_dtype == torch.bfloat16):
+        return False
+    return (tw.format == "sym_int4" and one_scale_per_step(tw, cfg)) or tw.format == "nf4"
+
+
+def nf4_pairs_enabled() -> bool:
+    """Whether the tuner times nf4's byte-permute pair decode (XPULLM_TRITON_NF4_PAIRS=1). Off until its GPU tests
+    (tests/kernels/test_triton_mma.py) have passed on a GPU: its PTX has run in the Triton interpreter's place only
+    as its bit-level twin (`lut_pairs.pair_reference`). Explicit configurations run it either way."""
+    return os.environ.get("XPULLM_TRITON_NF4_PAIRS", "0") == "1"
 
 
 def one_scale_per_step(tw, cfg: LaunchConfig) -> bool:
@@ -358,7 +363,8 @@ def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[Launc
         pool += [
             replace(c, block_m=mma_block_m(bucket)) for c in (*table.get("mma", ()), *table.get("mma_t", ()))
         ]
-    return [c for c in pool if valid(c, tw, x_dtype)]
+    nf4_pairs = tw.format != "nf4" or nf4_pairs_enabled()
+    return [c for c in pool if valid(c, tw, x_dtype) and (nf4_pairs or not c.pairs)]
 
 
 def _num_sms(device: torch.device) -> int:
