@@ -269,7 +269,8 @@ def path_summary() -> list[str]:
         f"mma      2-{MMA_MAX_M} rows     every format        batched tensor-core tiles, whole-tile decode "
         f"(bf16/fp16, or int8 activations){'' if mma_enabled() else '; off (XPULLM_TRITON_MMA=0)'}",
         f"mma_t    2-{MMA_MAX_M} rows     every format        W @ x^T: decoded weight as the dot's register operand, "
-        "nf4/fp4 decoded in registers, sym_int4 in bf16x2",
+        "nf4/fp4 decoded in registers, sym_int4 in bf16x2"
+        f"{', nf4 in bf16x2' if nf4_pairs_enabled() else ' (nf4 in bf16x2: XPULLM_TRITON_NF4_PAIRS=1)'}",
         "dequant  prefill        every format        decode to the activation dtype, then cuBLAS",
     ]
 
