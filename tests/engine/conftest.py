@@ -12,6 +12,19 @@ import torch
 from xpullm.cli.common import cached_llm
 from xpullm.engine import LLM
 
+# A grounded chat turn and four prompts the speculative-decoding tests share.
+DOC = (
+    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after the "
+    "engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889."
+)
+GROUNDED = [{"role": "user", "content": f"Context:\n{DOC}\n\nRepeat the context word for word."}]
+PROMPTS = [
+    f"{DOC}\n\nSummary: The Eiffel Tower",
+    "The capital of France is",
+    "def fibonacci(n):",
+    "List three colors:",
+]
+
 
 def shared_default_llm() -> LLM:
     """The packaged default model (sym_int4) through xpullm's loader, loaded now so failures show here."""

@@ -7,23 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.engine.conftest import GROUNDED, PROMPTS
 from xpullm.engine import LLM
 from xpullm.engine.core import EngineConfig
 from xpullm.engine.draft_model import low_bit_copy, weight_bytes
 from xpullm.engine.speculative import LowBitDrafter, SpeculativeConfig
 from xpullm.linear import LowBitLinear
 
-DOC = (
-    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after the "
-    "engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889."
-)
-GROUNDED = [{"role": "user", "content": f"Context:\n{DOC}\n\nRepeat the context word for word."}]
-PROMPTS = [
-    f"{DOC}\n\nSummary: The Eiffel Tower",
-    "The capital of France is",
-    "def fibonacci(n):",
-    "List three colors:",
-]
 # Drafting declared free and no confidence floor: the copy drafts at every step, so rejections happen too.
 ALWAYS = SpeculativeConfig(method="low_bit_draft", draft_min_prob=0.0, draft_cost=0.0)
 

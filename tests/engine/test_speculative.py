@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.engine.conftest import GROUNDED, PROMPTS
 from xpullm.engine import LLM
 from xpullm.engine.core import EngineConfig
 from xpullm.engine.speculative import (
@@ -19,18 +20,6 @@ from xpullm.engine.speculative import (
     rejection_sample,
     resolve_speculative,
 )
-
-DOC = (
-    "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after the "
-    "engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889."
-)
-GROUNDED = [{"role": "user", "content": f"Context:\n{DOC}\n\nRepeat the context word for word."}]
-PROMPTS = [
-    f"{DOC}\n\nSummary: The Eiffel Tower",
-    "The capital of France is",
-    "def fibonacci(n):",
-    "List three colors:",
-]
 
 
 def _engine(llm: LLM, speculative: SpeculativeConfig | str | None) -> LLM:

@@ -83,7 +83,12 @@ def test_explicit_docx_is_parsed(tmp_path):
 
 CHILD = textwrap.dedent(
     """
+    import signal
     import sys
+    # Ctrl-C reaches a process started from a terminal. This one is a pytest worker's child, and inherits the
+    # worker's signal mask and ignored signals, which libraries earlier in the same worker may have changed.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from pathlib import Path
     from xpullm.graphrag import GraphRAG, GraphRAGConfig, TranscriptLLM
     data, root, log = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
@@ -92,6 +97,12 @@ CHILD = textwrap.dedent(
     rag.index(data / "corpus")
     """
 )
+
+
+def _signal_state() -> str:
+    """This process's blocked and ignored signal masks (what a child inherits)."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    return "; ".join(line for line in status if line.startswith(("SigBlk", "SigIgn")))
 
 
 def test_interrupted_run_is_recorded(tmp_path, data_dir):
@@ -112,7 +123,7 @@ def test_interrupted_run_is_recorded(tmp_path, data_dir):
         time.sleep(0.05)
     child.send_signal(signal.SIGINT)
     child.wait(timeout=60)
-    assert child.returncode != 0
+    assert child.returncode != 0, f"the child ran to the end after SIGINT: {_signal_state()}"
     stats = json.loads((root / "output" / "stats.json").read_text())
     assert stats["status"] == "interrupted"
     assert read_stats(root / "output" / "stats.json")["status"] == "interrupted"
