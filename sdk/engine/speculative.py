@@ -45,8 +45,9 @@ so chat with nothing to copy runs at plain-decoding speed.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -473,7 +474,31 @@ def _self_speculative(runner: ModelRunner, config: SpeculativeConfig) -> Drafter
 class _DraftKV:
     """One request's draft pools: the tokens whose K/V they hold, position by position."""
 
-    fed: list[int]
+    fed: list[int] = field(default_factory=list)
+    settled: int = 0
+    """fed[:settled] were the sequence's own tokens at its last proposal: those never change, only later ones."""
+
+    def resume(self, tokens: list[int]) -> int:
+        """The first position of `tokens` whose K/V the pools lack (at most the last token, which every proposal
+        feeds); `fed` then records all of `tokens`, which this proposal feeds from there."""
+        i, n = min(self.settled, len(tokens) - 1), min(len(self.fed), len(tokens) - 1)
+        while i < n and self.fed[i] == tokens[i]:
+            i += 1
+        self.fed[i:] = tokens[i:]
+        self.settled = len(tokens)
+        return i
+
+
+def _spans(spans: list[tuple[DraftSlot, int, int]]) -> tuple[list[int], list[int], list[int]]:
+    """(token ids, positions, block-table rows) of each slot's tokens[start:end], one flat step."""
+    ids: list[int] = []
+    pos: list[int] = []
+    rows: list[int] = []
+    for slot, start, end in spans:
+        ids += slot.tokens[start:end]
+        pos += range(start, end)
+        rows += [slot.slot] * (end - start)
+    return ids, pos, rows
 
 
 class LowBitDrafter:
@@ -496,49 +521,23 @@ class LowBitDrafter:
         self.sizes_drafts = False
 
     def start(self, prompt: list[int]) -> _DraftKV:
-        return _DraftKV([])
-
-    def _catch_up(self, batch: list[DraftSlot], live: list[int]) -> None:
-        """Feed every long gap but each sequence's last token, chunked, without logits."""
-        ids: list[int] = []
-        pos: list[int] = []
-        rows: list[int] = []
-        for i in live:
-            slot, kv = batch[i], batch[i].state
-            start = _common_prefix(kv.fed, slot.tokens)
-            end = len(slot.tokens) - 1
-            if end - start <= self.CATCH_UP:
-                continue
-            del kv.fed[start:]
-            for j in range(start, end):
-                ids.append(slot.tokens[j])
-                pos.append(j)
-                rows.append(slot.slot)
-                kv.fed.append(slot.tokens[j])
-                if len(ids) == self.CHUNK:
-                    self.draft.forward(ids, pos, rows, [])
-                    ids, pos, rows = [], [], []
-        if ids:
-            self.draft.forward(ids, pos, rows, [])
+        return _DraftKV()
 
     def propose(self, batch: list[DraftSlot]) -> list[list[int]]:
         drafts: list[list[int]] = [[] for _ in batch]
         live = [i for i, s in enumerate(batch) if s.k > 0]
-        self._catch_up(batch, live)
+        starts = {i: batch[i].state.resume(batch[i].tokens) for i in live}
+        # Long gaps first, without logits: all but each sequence's last token.
+        long = [i for i in live if len(batch[i].tokens) - 1 - starts[i] > self.CATCH_UP]
+        ids, pos, rows = _spans([(batch[i], starts[i], len(batch[i].tokens) - 1) for i in long])
+        for c in range(0, len(ids), self.CHUNK):
+            self.draft.forward(ids[c : c + self.CHUNK], pos[c : c + self.CHUNK], rows[c : c + self.CHUNK], [])
+        for i in long:
+            starts[i] = len(batch[i].tokens) - 1
         # First forward: each sequence's short catch-up and its last token; logits at the last token.
-        ids: list[int] = []
-        pos: list[int] = []
-        rows: list[int] = []
-        last: list[int] = []
-        for i in live:
-            slot, kv = batch[i], batch[i].state
-            start = min(_common_prefix(kv.fed, slot.tokens), len(slot.tokens) - 1)
-            del kv.fed[start:]
-            kv.fed.extend(slot.tokens[start:])
-            ids += slot.tokens[start:]
-            pos += range(start, len(slot.tokens))
-            rows += [slot.slot] * (len(slot.tokens) - start)
-            last.append(len(ids) - 1)
+        ids, pos, rows = _spans([(batch[i], starts[i], len(batch[i].tokens)) for i in live])
+        last = list(itertools.accumulate(len(batch[i].tokens) - starts[i] for i in live))
+        last = [n - 1 for n in last]
         while live:
             logits = self.draft.forward(ids, pos, rows, last)
             live = _extend_confident(logits, live, drafts, batch, self.min_prob)
@@ -549,14 +548,6 @@ class LowBitDrafter:
             for i in live:
                 batch[i].state.fed.append(drafts[i][-1])
         return drafts
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 @register_drafter("low_bit_draft")

@@ -6,6 +6,8 @@ very same `LLM` object and a run of both folders loads the weights once.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -24,6 +26,13 @@ PROMPTS = [
     "def fibonacci(n):",
     "List three colors:",
 ]
+
+
+def engine_over(llm: LLM, speculative: Any) -> LLM:
+    """Another LLM over the same loaded model with its own engine and speculative setting (weights shared)."""
+    from xpullm.engine.core import EngineConfig
+
+    return LLM(llm.model, tokenizer=llm.tokenizer, speculative=speculative, engine=EngineConfig(max_seqs=8))
 
 
 def shared_default_llm() -> LLM:

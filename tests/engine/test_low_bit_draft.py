@@ -7,9 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.engine.conftest import GROUNDED, PROMPTS
+from tests.engine.conftest import GROUNDED, PROMPTS, engine_over
 from xpullm.engine import LLM
-from xpullm.engine.core import EngineConfig
 from xpullm.engine.draft_model import low_bit_copy, weight_bytes
 from xpullm.engine.speculative import LowBitDrafter, SpeculativeConfig
 from xpullm.linear import LowBitLinear
@@ -18,18 +17,14 @@ from xpullm.linear import LowBitLinear
 ALWAYS = SpeculativeConfig(method="low_bit_draft", draft_min_prob=0.0, draft_cost=0.0)
 
 
-def _engine(llm: LLM, speculative: SpeculativeConfig | None) -> LLM:
-    return LLM(llm.model, tokenizer=llm.tokenizer, speculative=speculative, engine=EngineConfig(max_seqs=8))
-
-
 @pytest.fixture(scope="module")
 def dense_plain(dense_llm: LLM) -> LLM:
-    return _engine(dense_llm, None)
+    return engine_over(dense_llm, None)
 
 
 @pytest.fixture(scope="module")
 def dense_draft(dense_llm: LLM) -> LLM:
-    return _engine(dense_llm, ALWAYS)
+    return engine_over(dense_llm, ALWAYS)
 
 
 def test_int4_draft_of_a_dense_model_gives_plain_decodings_output(dense_plain: LLM, dense_draft: LLM) -> None:
@@ -72,7 +67,7 @@ def test_the_copy_shares_all_but_its_projections(dense_llm: LLM, dense_draft: LL
 def test_drafts_are_the_copys_own_greedy_continuation(llm: LLM) -> None:
     """Every proposal equals what the copy predicts from scratch for the sequence as it stands: the incremental
     pools (prompt catch-up, fed drafts, rollback after a rejection, the correction token) hold the right K/V."""
-    spec = _engine(llm, ALWAYS)
+    spec = engine_over(llm, ALWAYS)
     core = spec.engine
     drafter = core._drafter
     seen: list[tuple[list[int], list[int]]] = []
@@ -84,7 +79,7 @@ def test_drafts_are_the_copys_own_greedy_continuation(llm: LLM) -> None:
         return drafts
 
     drafter.propose = recording
-    ref = _engine(llm, None).chat(GROUNDED, max_new_tokens=40)
+    ref = engine_over(llm, None).chat(GROUNDED, max_new_tokens=40)
     out = spec.chat(GROUNDED, max_new_tokens=40)
     assert out.text == ref.text
     assert out.timings.accepted_tokens < out.timings.draft_tokens  # rejections (and rollbacks) happened

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.engine.conftest import GROUNDED, PROMPTS
+from tests.engine.conftest import GROUNDED, PROMPTS, engine_over
 from xpullm.engine import LLM
 from xpullm.engine.core import EngineConfig
 from xpullm.engine.speculative import (
@@ -22,19 +22,14 @@ from xpullm.engine.speculative import (
 )
 
 
-def _engine(llm: LLM, speculative: SpeculativeConfig | str | None) -> LLM:
-    """Another LLM over the same loaded model with its own engine (weights shared, not copied)."""
-    return LLM(llm.model, tokenizer=llm.tokenizer, speculative=speculative, engine=EngineConfig(max_seqs=8))
-
-
 @pytest.fixture(scope="module")
 def plain(llm: LLM) -> LLM:
-    return _engine(llm, None)
+    return engine_over(llm, None)
 
 
 @pytest.fixture(scope="module")
 def lookup(llm: LLM) -> LLM:
-    return _engine(llm, "prompt_lookup")
+    return engine_over(llm, "prompt_lookup")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +37,7 @@ def layerskip(llm: LLM) -> LLM:
     # A low confidence floor so the skipped-layer draft proposes often (its rejections are exercised too).
     # Drafting declared free and a low confidence floor: the skipped-layer draft proposes often (its rejections
     # are exercised too) instead of being switched off by its cost on this CPU.
-    return _engine(llm, SpeculativeConfig(method="self_speculative", draft_min_prob=0.05, draft_cost=0.0))
+    return engine_over(llm, SpeculativeConfig(method="self_speculative", draft_min_prob=0.05, draft_cost=0.0))
 
 
 def test_grounded_greedy_is_plain_decoding_with_fewer_steps(plain: LLM, lookup: LLM, layerskip: LLM) -> None:
@@ -275,7 +270,7 @@ def test_prompt_lookup_learns_continuation_rates_from_the_request() -> None:
 def test_longest_match_drafts_waste_fewer_rows_than_the_latest_occurrence(
     llm: LLM, plain: LLM, lookup: LLM
 ) -> None:
-    latest = _engine(llm, "prompt_lookup_latest")
+    latest = engine_over(llm, "prompt_lookup_latest")
     ref = plain.chat(GROUNDED, max_new_tokens=48)
     new, old = lookup.chat(GROUNDED, max_new_tokens=48), latest.chat(GROUNDED, max_new_tokens=48)
     assert new.text == old.text == ref.text
