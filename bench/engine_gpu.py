@@ -304,6 +304,31 @@ def load_peer(path: str, layers: int, group: int) -> dict:
 
 
 @torch.no_grad()
+@contextlib.contextmanager
+def _timing_turn(sync: str | None):
+    """`--peer-sync DIR:N`: N peer processes (one per batch size) compile at the same time - the peer's
+    torch.compile takes ~50 s per batch size, most of a call's time when run one after another - then wait until
+    all N have compiled and time one at a time (a lock in DIR), so no compile or other timing shares the machine
+    with a measured loop. A sibling that dies does not hang the rest: the wait gives up after 15 minutes."""
+    if not sync:
+        yield
+        return
+    import fcntl
+
+    folder, _, count = sync.rpartition(":")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    Path(folder, f"ready.{os.getpid()}").touch()
+    deadline = time.monotonic() + 900
+    while len(list(Path(folder).glob("ready.*"))) < int(count) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    with open(Path(folder, "gpu.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def peer_stage(args: argparse.Namespace, shape: Shape, device: torch.device) -> None:
     peer = load_peer(args.peer, shape.layers, 128)
     own = (peer["D"], peer["FF"], peer["H"], peer["KV"], peer["V"])
@@ -335,11 +360,12 @@ def peer_stage(args: argparse.Namespace, shape: Shape, device: torch.device) -> 
             for i in range(3):  # compile + capture
                 tok = step(tok, torch.tensor([PROMPT + i], device=device)).argmax(-1).view(s, 1).clone()
             _sync(device)
-            t1 = time.perf_counter()
-            for i in range(args.tokens):
-                tok = step(tok, torch.tensor([40 + i], device=device)).argmax(-1).view(s, 1).clone()
-            _sync(device)
-            secs = time.perf_counter() - t1
+            with _timing_turn(args.peer_sync):
+                t1 = time.perf_counter()
+                for i in range(args.tokens):
+                    tok = step(tok, torch.tensor([40 + i], device=device)).argmax(-1).view(s, 1).clone()
+                _sync(device)
+                secs = time.perf_counter() - t1
             _append(args.out, {
                 "stage": "peer", "engine": "peer gpu_peer_decode.py (torch.compile, static batch)",
                 "format": "int4 tinygemm g128" if mode == "int4" else mode, "peer_of": PEER_FORMAT.get(mode, mode),
@@ -412,6 +438,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128, help="new tokens per stream")
     ap.add_argument("--peer", default=None, help="path to gpu_peer_decode.py (stage peer)")
     ap.add_argument("--peer-modes", default="int4,bf16")
+    ap.add_argument(
+        "--peer-sync", default=None, metavar="DIR:N",
+        help="stage peer: N such processes compile at once, then time one at a time (a lock in DIR)",
+    )  # fmt: skip
     ap.add_argument("--no-graphs", action="store_true", help="engine steps all eager")
     ap.add_argument(
         "--eager-replay", action="store_true", help="dry runs: step graphs re-run eagerly (any device)"
