@@ -37,8 +37,10 @@ mark "start: $STAGES"
 if want mma; then
   # nf4's byte-permute pair decode joins the sweep's candidates (its tests run in this file either way)
   export XPULLM_TRITON_NF4_PAIRS=1
+  # MMA_TESTS: the test files (default: the tiles and the w8a8 path); MMA_TESTS_K: a -k filter (default: all)
   timeout "${MMA_TESTS_S:-300}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
-    --noconftest -q -rs tests/kernels/test_triton_mma.py > "$W/mma/tests_mma.txt" 2>&1 &
+    --noconftest -q -rs ${MMA_TESTS_K:+-k "$MMA_TESTS_K"} \
+    ${MMA_TESTS:-tests/kernels/test_triton_mma.py tests/kernels/test_triton_w8a8.py} > "$W/mma/tests_mma.txt" 2>&1 &
   for f in ${WARM_FORMATS:-sym_int4:128 nf4:64}; do
     timeout "${WARM_S:-110}" $P bench/gpu_batched.py --warm-only --formats "$f" --rows 1,8,16,32,64 \
       > "$W/mma/warm_${f%%:*}.log" 2>&1 &

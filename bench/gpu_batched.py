@@ -2,7 +2,8 @@
 
 For each format and the four Llama-3-8B layer shapes (qkv 6144x4096, o 4096x4096, gate_up 28672x4096, down
 4096x14336) and each row count M, times (median of 30 calls, L2 flushed before each) every `mma` candidate of
-the CUDA table (block_m from the row bucket), the dequantize + cuBLAS path, cuBLAS bf16 and, for sym_int4 g128
+the CUDA table (block_m from the row bucket; `w8a8`: 8-bit per-channel weights x per-token 8-bit activations on
+cuBLAS), the dequantize + cuBLAS path, cuBLAS bf16 and, for sym_int4 g128
 at M = 1, the packaged table's decode GEMV (`gemv_q8`). Reported per M: the sum over the four shapes (one layer's projections), so
 "layer us" x 32 is the projection part of a Llama-3-8B step; and the prefill crossover (mma vs dequant).
 Writes the winners as tuning records (`--tuned`), to ship in `kernels/triton/tuned_<device>.json`.
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", default=",".join(map(str, ROWS)))
     ap.add_argument("--lm-head", action="store_true", help="also tune the 128256x4096 output projection")
     ap.add_argument("--warm-only", action="store_true", help="compile every candidate, time nothing")
-    ap.add_argument("--paths", default="mma,mma_t", help="tile families to time (CONFIG_TABLES['cuda'] keys)")
+    ap.add_argument("--paths", default="mma,mma_t,w8a8", help="families to time (CONFIG_TABLES['cuda'] keys)")
     ap.add_argument(
         "--all", action="store_true", help="print every candidate's time (JSON lines), not only the best"
     )
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from xpullm.formats import get_format
     from xpullm.kernels.triton import LaunchConfig, pack_weight, run, run_q8, select_config, time_cold
-    from xpullm.kernels.triton.configs import CONFIG_TABLES, Q8_FORMATS, m_bucket, mma_block_m
+    from xpullm.kernels.triton.configs import CONFIG_TABLES, Q8_FORMATS, m_bucket, mma_block_m, valid
     from xpullm.kernels.triton.launch import _key, _prepare_x, quantize_activations
 
     dev = torch.device("cuda")
@@ -97,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                 for path in paths:
                     path_best = float("inf")
                     for cfg in CONFIG_TABLES["cuda"][path]:
-                        cfg = replace(cfg, block_m=mma_block_m(m_bucket(m)))
+                        if cfg.path != "w8a8":
+                            cfg = replace(cfg, block_m=mma_block_m(m_bucket(m)))
+                        if not valid(cfg, tw, x.dtype):
+                            continue  # e.g. w8a8 for a 4-bit or grouped weight
                         try:
                             us = timed(lambda cfg=cfg, x2=x2, tw=tw: run(x2, tw, cfg))
                         except Exception as exc:  # a tile this Triton cannot build: say so, time the rest
@@ -117,11 +121,14 @@ def main(argv: list[str] | None = None) -> int:
                         path_best = min(path_best, us)
                         if us < best_us or best is None:
                             best, best_us = cfg, us
-                    row[path] += path_best
+                    row[path] += path_best  # inf where the family does not take the format
                 row["best"] += best_us
                 row.setdefault("cfgs", []).append(
-                    f"{best.path} {best.block_m}x{best.block_n}x{best.block_kb} s{best.split_k} w{best.num_warps} "
-                    f"st{best.num_stages}{' planes' if best.plane_dots else ''}{' pairs' if best.pairs else ''}"
+                    "w8a8 (cuBLAS)"
+                    if best.path == "w8a8"
+                    else f"{best.path} {best.block_m}x{best.block_n}x{best.block_kb} s{best.split_k} "
+                    f"w{best.num_warps} st{best.num_stages}{' planes' if best.plane_dots else ''}"
+                    f"{' pairs' if best.pairs else ''}"
                 )
                 dq_us = timed(lambda x2=x2, tw=tw: run(x2, tw, LaunchConfig("dequant")))
                 row["dequant"] += dq_us

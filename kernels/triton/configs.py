@@ -31,11 +31,12 @@ __all__ = [
     "mma_enabled",
     "path_summary",
     "valid",
+    "w8a8_enabled",
 ]
 
 SINGLE_GROUP_WORDS = 1 << 30  # a weight's GROUP_WORDS when it is per-channel: every word falls in group 0
 
-Path = Literal["gemv", "gemv_q8", "dot", "mma", "mma_t", "dequant"]
+Path = Literal["gemv", "gemv_q8", "dot", "mma", "mma_t", "w8a8", "dequant"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class LaunchConfig:
     """One way to run the product. `gemv_q8` = int8 activations x int4 weights with dp4a (sym/asym_int4, decode);
     `mma` = a batch of rows on tensor cores, one whole-tile dot per K step (`jit.mma_kernel`);
     `mma_t` = the same product transposed, the decoded weight as the dot's left operand (`jit.mma_t_kernel`);
+    `w8a8` = 8-bit weights x activation rows quantized to the same 8-bit type on the vendor GEMM (`w8a8.py`);
     `dequant` = decode to a dense weight, then the vendor GEMM."""
 
     path: Path
@@ -225,6 +227,13 @@ def mma_enabled() -> bool:
     return os.environ.get("XPULLM_TRITON_MMA", "1") != "0"
 
 
+def w8a8_enabled() -> bool:
+    """Whether the tuner times the `w8a8` path for per-channel fp8_e4m3 / sym_int8 weights (default yes; it
+    rounds each activation row to the weight's 8-bit type, the per-token recipe of fp8 serving stacks);
+    XPULLM_TRITON_W8A8=0 keeps 8-bit weights on bf16 activations."""
+    return os.environ.get("XPULLM_TRITON_W8A8", "1") != "0"
+
+
 def mma_block_m(bucket: int) -> int:
     """The `mma` M tile for a row bucket: the bucket itself within MMA_BLOCK_M."""
     return min(max(bucket, MMA_BLOCK_M[0]), MMA_BLOCK_M[1])
@@ -252,6 +261,7 @@ CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
         "prefill": _CUDA_PREFILL,
         "mma": _CUDA_MMA,
         "mma_t": _CUDA_MMA_T,
+        "w8a8": [LaunchConfig("w8a8")],
     },
     "xpu": {"gemv": _XPU_GEMV, "dot_small": _XPU_DOT_SMALL, "prefill": _XPU_PREFILL},
 }
@@ -271,6 +281,8 @@ def path_summary() -> list[str]:
         f"mma_t    2-{MMA_MAX_M} rows     every format        W @ x^T: decoded weight as the dot's register operand, "
         "nf4/fp4 decoded in registers, sym_int4 in bf16x2"
         f"{', nf4 in bf16x2' if nf4_pairs_enabled() else ' (nf4 in bf16x2: XPULLM_TRITON_NF4_PAIRS=1)'}",
+        f"w8a8     1-{MMA_MAX_M} rows     fp8_e4m3, sym_int8  rows quantized per token, fp8 / int8 tensor cores "
+        f"(cuBLAS){'' if w8a8_enabled() else '; off (XPULLM_TRITON_W8A8=0)'}",
         "dequant  prefill        every format        decode to the activation dtype, then cuBLAS",
     ]
 
@@ -293,6 +305,10 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
     """Whether `cfg` can run weight `tw` with activations of `x_dtype`."""
     if cfg.path == "dequant":
         return True
+    if cfg.path == "w8a8":
+        from xpullm.kernels.triton.w8a8 import supports  # its module imports this one
+
+        return supports(tw, x_dtype)
     if cfg.path == "dot" and (x_dtype not in (torch.bfloat16, torch.float16) or cfg.block_kb < 4):
         return False  # tl.dot on fp32 would silently drop to tf32; one plane's dot needs K = 4 * BKB >= 16
     if cfg.path in ("mma", "mma_t") and (
@@ -364,6 +380,8 @@ def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[Launc
         pool += [
             replace(c, block_m=mma_block_m(bucket)) for c in (*table.get("mma", ()), *table.get("mma_t", ()))
         ]
+    if w8a8_enabled():  # every row count: the vendor GEMM serves decode batches and prefill alike
+        pool += table.get("w8a8", [])
     nf4_pairs = tw.format != "nf4" or nf4_pairs_enabled()
     return [c for c in pool if valid(c, tw, x_dtype) and (nf4_pairs or not c.pairs)]
 

@@ -25,9 +25,10 @@ from xpullm.kernels.triton.pdl import wait_for_inputs
 SYM_INT4 = tl.constexpr(0)
 ASYM_INT4 = tl.constexpr(1)
 LUT4 = tl.constexpr(2)  # nf4 and fp4: 16-entry codebook
-SYM_INT8 = tl.constexpr(3)  # stored biased by +128
+SYM_INT8 = tl.constexpr(3)  # two's complement bytes; decoded as (byte ^ 0x80) - 128
 FP8_E4M3 = tl.constexpr(4)
 FP8_E5M2 = tl.constexpr(5)
+_SIGN_BITS8 = tl.constexpr(-2139062144)  # 0x80808080 as an int32: each byte's sign bit
 
 
 @triton.jit
@@ -58,7 +59,7 @@ def _decode_plane(w, PLANE: tl.constexpr, lut_ptr, FMT: tl.constexpr):
     elif FMT == LUT4:
         v = tl.load(lut_ptr + ((w >> (4 * PLANE)) & 0xF))
     elif FMT == SYM_INT8:
-        v = _magic_plane(w, PLANE, 8, 128)
+        v = _magic_plane(w ^ _SIGN_BITS8, PLANE, 8, 128)  # signed bytes -> code + 128 (the XOR is shared)
     elif FMT == FP8_E4M3:
         q = (w >> (8 * PLANE)) & 0xFF
         # sign to bit 15, exponent+mantissa to bits 7..13: an fp16 equal to the e4m3 value * 2**-8, exact
@@ -903,7 +904,7 @@ def _decode_codes(q, lut_ptr, FMT: tl.constexpr, CODEBOOK: tl.constexpr):
         else:
             v = tl.load(lut_ptr + q)
     elif FMT == SYM_INT8:
-        v = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0  # 2**23 + code - 128
+        v = ((q ^ 0x80) | 0x4B000000).to(tl.float32, bitcast=True) - 8388736.0  # 2**23 + (code + 128) - 128
     elif FMT == FP8_E4M3:
         h = ((q & 0x80) << 8) | ((q & 0x7F) << 7)
         v = h.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import triton
 import triton.compiler.errors
 
-from xpullm.kernels.triton import jit
+from xpullm.kernels.triton import jit, w8a8
 from xpullm.kernels.triton.configs import (
     Q8_FORMATS,
     Q8_ROW_TILES,
@@ -127,6 +127,8 @@ def run(
         return _run_mma(x2, None, tw, cfg, out, workspace)
     if cfg.path == "mma_t":
         return _run_mma_t(x2, tw, cfg, out, workspace)
+    if cfg.path == "w8a8":
+        return w8a8.run(x2, tw, out)
     split = cfg.split_k
     workspace, target, stride_ys = _split_target(split, out, workspace)
     zeros = tw.zeros if tw.zeros is not None else tw.scales

@@ -7,7 +7,9 @@ Device layout, per weight row (N rows, KW int32 words each; see `jit.py` for why
   tail masks are known to Triton to be constant over whole 16-byte vectors;
 - scales (and asym zero points) keep fp16 when stored so, else become fp32; e4m3 scales absorb the 2**8 of
   its fp16 decode;
-- int8 codes are stored biased by +128, so all integer formats decode with the same unsigned bit trick.
+- int8 codes are stored as they are (two's complement bytes), so the vendor int8 GEMM (`w8a8`) reads the words as
+  an int8 matrix; the kernels' decode flips each byte's sign bit (one XOR per word) into the unsigned bit trick
+  the other integer formats use.
 Only torch ops are used here, so repacking runs on whatever device the weight is moved to.
 """
 
@@ -147,7 +149,7 @@ def unpack_weight(tw: TritonWeight) -> dict[str, torch.Tensor | None]:
         rows = _deinterleave_rows(tw.words[r0 : r0 + _REPACK_ROWS], tw.planes)
         codes[r0 : r0 + _REPACK_ROWS] = rows[:, :kp]
     if tw.format == "sym_int8":
-        codes = (codes ^ 0x80).view(torch.int8)
+        codes = codes.view(torch.int8)
     scales = tw.scales / 256.0 if tw.format == "fp8_e4m3" else tw.scales
     back = lambda t: None if t is None else t.to(tw.portable_scales_dtype)  # noqa: E731  (exact: it came from it)
     return {"codes": codes, "scales": back(scales), "zeros": back(tw.zeros)}
@@ -185,9 +187,7 @@ def pack_weight(qw, device: torch.device | str) -> TritonWeight:
         chunk = data[r0 : r0 + _REPACK_ROWS]
         if bits == 4:
             codes = torch.stack((chunk & 0x0F, chunk >> 4), dim=-1).reshape(chunk.shape[0], -1)
-        elif qw.format == "sym_int8":
-            codes = (chunk.view(torch.uint8) ^ 0x80).contiguous()  # q + 128 as unsigned
-        else:
+        else:  # 8-bit codes as their bytes (sym_int8: two's complement)
             codes = chunk.view(torch.uint8)
         words[r0 : r0 + _REPACK_ROWS] = _interleave_rows(codes, planes, kq)
 
