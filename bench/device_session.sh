@@ -15,7 +15,7 @@
 #   OUT=... bash bench/device_session.sh
 #   STAGES="mma engine spec" OUT=... bash bench/device_session.sh   # a subset (the default runs all, in order:
 #                                   mma sweep engine spec finetune cpu); knobs: *_S time limits, SPEC_FORMATS,
-#                                   WARM_FORMATS (space-separated), SWEEP_FORMATS, SWEEP_ROWS, FT_VARIANTS
+#                                   WARM_FORMATS (space-separated), SWEEP_FORMATS, SWEEP_ROWS, SWEEP_PATHS, FT_VARIANTS
 # Carry: bench/out/pydeps (`bash bench/gpu_run.sh prepare`), bench/out/gpu_peer_decode.py (a copy of
 # ../shared/bench/gpu_peer_decode.py) and bench/out/bnb (bitsandbytes unpacked, its cuda130 library only).
 set -uo pipefail
@@ -43,6 +43,7 @@ if want mma; then
     ${MMA_TESTS:-tests/kernels/test_triton_mma.py tests/kernels/test_triton_w8a8.py} > "$W/mma/tests_mma.txt" 2>&1 &
   for f in ${WARM_FORMATS:-sym_int4:128 nf4:64}; do
     timeout "${WARM_S:-110}" $P bench/gpu_batched.py --warm-only --formats "$f" --rows 1,8,16,32,64 \
+      --paths "${SWEEP_PATHS:-mma,mma_t,w8a8}" \
       > "$W/mma/warm_${f%%:*}.log" 2>&1 &
   done
   wait
@@ -58,7 +59,7 @@ fi
 # The batched tiles per format and row count (before the engine, which then uses the winners).
 if want sweep; then
   timeout "${SWEEP_S:-90}" $P bench/gpu_batched.py --formats "${SWEEP_FORMATS:-sym_int4:128,nf4:64}" \
-    --rows "${SWEEP_ROWS:-1,8,16,32,64}" --all --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
+    --rows "${SWEEP_ROWS:-1,8,16,32,64}" --paths "${SWEEP_PATHS:-mma,mma_t,w8a8}" --all --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
   mark sweep done
   # the engine stage below starts from these measured tiles (the tuner would time them all at warm-up)
   [ -s "$W/mma/tuned_batched.json" ] && export XPULLM_TRITON_TUNED="$W/mma/tuned_batched.json"
