@@ -60,7 +60,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from xpullm.formats import get_format
     from xpullm.kernels.triton import LaunchConfig, pack_weight, run, run_q8, select_config, time_cold
-    from xpullm.kernels.triton.configs import CONFIG_TABLES, Q8_FORMATS, m_bucket, mma_block_m, valid
+    from xpullm.kernels.triton.configs import (
+        CONFIG_TABLES,
+        Q8_FORMATS,
+        m_bucket,
+        mma_block_m,
+        valid,
+        w8a8_formats,
+    )
     from xpullm.kernels.triton.launch import _key, _prepare_x, quantize_activations
 
     dev = torch.device("cuda")
@@ -94,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = results.setdefault((label, m), fresh) if in_layer else fresh  # lm_head: not summed
                 row["bf16"] += bf16_us[(n, k, m)]
                 best, best_us = None, float("inf")
+                kept, kept_us = None, float("inf")  # the best the tuner may pick by default (w8a8_formats)
                 best_mma = None  # the int8-activation timing below runs the `mma` family only
                 for path in paths:
                     path_best = float("inf")
@@ -121,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                         path_best = min(path_best, us)
                         if us < best_us or best is None:
                             best, best_us = cfg, us
+                        if us < kept_us and (cfg.path != "w8a8" or fmt in w8a8_formats()):
+                            kept, kept_us = cfg, us
                     row[path] += path_best  # inf where the family does not take the format
                 row["best"] += best_us
                 row.setdefault("cfgs", []).append(
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                     cfg1 = select_config(tw, 1, x.dtype)
                     row["gemv"] = row.get("gemv", 0.0) + timed(lambda c=cfg1, x2=x2, tw=tw: run(x2, tw, c))
                 if m > 1:  # batch 1 keeps the GEMVs' tuning
-                    winner = best if not dq_us < best_us else LaunchConfig("dequant")
+                    winner = kept if not dq_us < kept_us else LaunchConfig("dequant")
                     key = _key(tw, m, x.dtype)
                     records.append({**dict(zip(_FIELDS, key, strict=True)), "config": asdict(winner)})
                 if (

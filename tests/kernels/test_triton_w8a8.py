@@ -128,9 +128,13 @@ def test_grouped_weights_and_float32_rows_are_declined_with_the_reason() -> None
     assert pool and all(c.path != "w8a8" for c in pool)
 
 
-def test_tuner_times_w8a8_for_per_channel_8bit_weights_unless_switched_off(monkeypatch) -> None:
-    tw = _weight("fp8_e4m3", 32, 128)
+def test_tuner_times_w8a8_for_fp8_by_default_and_int8_when_asked(monkeypatch) -> None:
+    fp8, int8 = _weight("fp8_e4m3", 32, 128), _weight("sym_int8", 32, 128)
+    monkeypatch.delenv("XPULLM_TRITON_W8A8", raising=False)
     for m in (1, 16, 512):
-        assert LaunchConfig("w8a8") in candidates("cuda", tw, m, torch.bfloat16)
-    monkeypatch.setenv("XPULLM_TRITON_W8A8", "0")
-    assert all(c.path != "w8a8" for c in candidates("cuda", tw, 16, torch.bfloat16))
+        assert LaunchConfig("w8a8") in candidates("cuda", fp8, m, torch.bfloat16)
+    assert LaunchConfig("w8a8") not in candidates("cuda", int8, 16, torch.bfloat16)  # quality: opt-in
+    monkeypatch.setenv("XPULLM_TRITON_W8A8", "all")
+    assert LaunchConfig("w8a8") in candidates("cuda", int8, 16, torch.bfloat16)
+    monkeypatch.setenv("XPULLM_TRITON_W8A8", "off")
+    assert all(c.path != "w8a8" for c in candidates("cuda", fp8, 16, torch.bfloat16))
