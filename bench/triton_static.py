@@ -48,17 +48,19 @@ VARIANTS = {
     "planes fold accs=8": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, accs=8, fold=True),
     "natural": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, natural=True),
     "one dot": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3),
+    "pairs fixup": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, pairs=True, fixup=True),
 }  # fmt: skip
 SIGNATURE = {
     "x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*fp16", "lut_ptr": "*fp32", "y_ptr": "*fp32",
     "M": "i32", "N": "i32", "KW": "i32", "NG": "i32", "words_per_split": "i32",
     "stride_xm": "i32", "stride_wn": "i32", "stride_sn": "i32", "stride_ym": "i32", "stride_ys": "i32",
+    "out_ptr": "*bf16", "cnt_ptr": "*i32",
 }  # fmt: skip
 
 
 def compile_variant(cfg: LaunchConfig, tw: TritonWeight, arch: int) -> dict:
     """Compile one configuration of `jit.mma_t_kernel` for weight `tw` with the constants a launch passes."""
-    const = {**mma_t_constexprs(tw, cfg), "DOT_F32": False, "PDL": False}
+    const = {**mma_t_constexprs(tw, cfg), "DOT_F32": False, "PDL": False, "FIXUP": cfg.fixup}
     scales = "*fp16" if tw.scales.dtype == torch.float16 else "*fp32"
     args = {**SIGNATURE, "s_ptr": scales, "z_ptr": scales}
     sig = {**args, **{k: "constexpr" for k in const}}

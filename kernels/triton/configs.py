@@ -61,6 +61,7 @@ class LaunchConfig:
     natural: bool = False  # mma_t, one dot per step: decoded in the weight's K order, activations contiguous
     accs: int = 1  # mma_t, plane_dots: accumulators the plane dots rotate over (1, 2, 4, 8)
     fold: bool = False  # mma_t, plane_dots, one scale per step: scaled in the decode, no per-step rescale
+    fixup: bool = False  # mma_t, split_k > 1: the tile's last split sums the partials (no reduce kernel)
 
 
 def _gemv(bm: int, bn: int, kb: int, sk: int, warps: int, prefetch: bool = False) -> LaunchConfig:
@@ -206,6 +207,17 @@ _CUDA_MMA_T = (
             (128, 2, 8, 3, 4, False),
         )
     ]
+    # The same pair tiles with the split-K sum done by each tile's last split (`jit._last_split_sums`).
+    + [
+        LaunchConfig("mma_t", 0, bn, 4, sk, w, st, plane_dots=True, pairs=True, fixup=True)
+        for bn, sk, w, st in (
+            (64, 2, 4, 3),
+            (64, 4, 4, 3),
+            (128, 2, 4, 3),
+            (128, 4, 4, 3),
+            (64, 8, 4, 3),
+        )
+    ]
     + [
         LaunchConfig("mma_t", 0, bn, kb, sk, w, st, natural=True)
         for bn, kb, sk, w, st in (
@@ -335,6 +347,8 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return False  # several accumulators split a step's plane dots
     if cfg.fold and not can_fold(cfg, tw):
         return False
+    if cfg.fixup and (cfg.path != "mma_t" or cfg.split_k == 1):
+        return False  # only mma_t's K splits have partials to sum
     if cfg.pairs and not can_pair(cfg, tw, x_dtype):
         return False
     if cfg.path == "gemv_q8" and (

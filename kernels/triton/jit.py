@@ -313,6 +313,29 @@ def dot_kernel(
 
 
 @triton.jit
+def _last_split_sums(
+    ws_ptr, out_ptr, cnt_ptr, offs, ok, stride_ys, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr
+):
+    """The in-kernel split-K reduction (`mma_t_kernel`'s FIXUP), after this program stored its partial: count
+    the arrival on this output tile; the tile's last split sums all partials in split order into out_ptr.
+
+    Ordering: the barrier puts every thread's partial before the counter's release (acq_rel at GPU scope); the
+    last program's acquire makes the other splits' partials visible, read past L1 (.cg: a line of this
+    workspace may sit in L1 from an earlier call).
+    """
+    tl.debug_barrier()
+    tile = tl.program_id(2) * tl.num_programs(0) + tl.program_id(0)
+    splits = tl.num_programs(1)
+    arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+    if arrived == splits - 1:
+        total = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        for s in range(0, splits):
+            total += tl.load(ws_ptr + s * stride_ys + offs, mask=ok, other=0.0, cache_modifier=".cg")
+        tl.store(out_ptr + offs, total.to(out_ptr.dtype.element_ty), mask=ok)
+        tl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
 def splitk_reduce_kernel(
     ws_ptr, y_ptr, numel, stride_ys, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr
 ):  # fmt: skip
@@ -1091,12 +1114,12 @@ def _sum_accs(ACCS: tl.constexpr, p0, p1, p2, p3, p4, p5, p6, p7):
 def mma_t_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, y_ptr,
     M, N, KW, NG, words_per_split,
-    stride_xm, stride_wn, stride_sn, stride_ym, stride_ys,
+    stride_xm, stride_wn, stride_sn, stride_ym, stride_ys, out_ptr, cnt_ptr,
     GROUP_WORDS: tl.constexpr, FMT: tl.constexpr, PLANES: tl.constexpr, HAS_ZERO: tl.constexpr,
     CODEBOOK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BKW: tl.constexpr,
     PLANE_DOTS: tl.constexpr, PAIRS: tl.constexpr, NATURAL: tl.constexpr, USE_WS: tl.constexpr,
     POST_SCALE: tl.constexpr, ROW_SCALE: tl.constexpr, ACCS: tl.constexpr,
-    EVEN: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr,
+    EVEN: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr, FIXUP: tl.constexpr = False,
 ):  # fmt: skip
     """y[m, n] = sum_k x[m, k] W[n, k] for a batch of activation rows, as y^T = W @ x^T on tensor cores.
 
@@ -1116,6 +1139,11 @@ def mma_t_kernel(
     each tensor-core dot before the next one that adds into the same accumulator when the weight operand lives in
     registers; dots into different accumulators overlap.
     Grid: (N tiles, K splits, M tiles); x [M, KX] bf16 / fp16; output y [M, N] (or fp32 split partials).
+    FIXUP (USE_WS): the split partials are summed here instead of in `splitk_reduce_kernel`: each program
+    counts its arrival on its output tile (cnt_ptr, int32 per tile, zero between calls), and the last of a
+    tile's splits adds the partials in split order - the reduce kernel's order, so the same numbers - writes
+    out_ptr [M, N] (stride stride_ym) and sets the count back to zero. No second launch, and the partials are
+    read while they are still in L2.
     """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -1236,3 +1264,7 @@ def mma_t_kernel(
         tl.store(y_ptr + m_row * stride_ym + n2, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
     else:
         tl.store(y_ptr + pid_k * stride_ys + m_row * stride_ym + n2, acc, mask=out_ok)
+        if FIXUP:
+            _last_split_sums(
+                y_ptr, out_ptr, cnt_ptr, m_row * stride_ym + n2, out_ok, stride_ys, BLOCK_N, BLOCK_M
+            )

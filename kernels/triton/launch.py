@@ -351,16 +351,36 @@ def _run_mma_t(
     workspace, target, stride_ys = _split_target(split, out, workspace)
     zeros = tw.zeros if tw.zeros is not None else tw.scales
     grid = (triton.cdiv(tw.n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
+    counters = _tile_counters(tw.device, grid[0] * grid[2]) if cfg.fixup and split > 1 else None
     jit.mma_t_kernel[grid](
         x, tw.words, tw.scales, zeros, tw.lut, target,
         m, tw.n, tw.kw, tw.n_groups, _words_per_split(tw, cfg),
         x.stride(0), tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
-        **mma_t_constexprs(tw, cfg), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **launch_options(tw.device),
+        out, counters if counters is not None else tw.words,
+        **mma_t_constexprs(tw, cfg), FIXUP=counters is not None, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, **launch_options(tw.device),
     )  # fmt: skip
-    if split > 1:
+    if split > 1 and counters is None:
         _reduce_splits(workspace, out)
     return out
+
+
+_COUNTER_TILES = 1 << 16  # output tiles one counter array covers (a 128256-row head in 64-row tiles: 2004)
+_counters: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def _tile_counters(device: torch.device, tiles: int) -> torch.Tensor | None:
+    """The int32 arrival counters of `mma_t`'s in-kernel split-K sum, one array per (device, stream): zero
+    between calls (each tile's last split resets its own). None - the reduce kernel runs instead - when the
+    grid has more tiles than the array, or the array would have to be made during a CUDA graph capture."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream)
+    cnt = _counters.get(key)
+    if cnt is None:
+        if tiles > _COUNTER_TILES or _capturing(device):
+            return None
+        cnt = _counters[key] = torch.zeros(_COUNTER_TILES, dtype=torch.int32, device=device)
+    return cnt if tiles <= cnt.numel() else None
 
 
 def mma_t_constexprs(tw: TritonWeight, cfg: LaunchConfig) -> dict[str, int | bool]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -33,6 +34,7 @@ from xpullm.kernels.triton.configs import (  # noqa: E402
     candidates,
     default_config,
     mma_block_m,
+    valid,
 )
 from xpullm.kernels.triton.launch import _prepare_x, quantize_activations  # noqa: E402
 
@@ -162,6 +164,33 @@ def test_mma_t_bf16x2_pair_decode_matches_reference(n, k, m, cfg):
     other = pack_weight(_weight("sym_int4", 32, n, k, 0), DEVICE)  # 4-word groups: two scales per step
     with pytest.raises(ValueError, match="pairs=False"):
         run(_prepare_x(x.to(DEVICE), other), other, cfg)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "gs", "pairs"), [("sym_int4", 128, True), ("nf4", 64, True), ("sym_int8", 0, False)]
+)
+def test_mma_t_split_sum_in_the_kernel_equals_the_reduce_kernel_bit_for_bit(fmt, gs, pairs):
+    """`fixup`: each output tile's last K split sums the partials in split order - the reduce kernel's order -
+    so the output is the same bits as the two-launch path, call after call (the arrival counters return to
+    zero), for ragged tiles and several M tiles too."""
+    from xpullm.kernels.triton import launch
+
+    cases = [((37, 300, 17), 2), ((128, 1024, 40), 4)]
+    if not INTERPRET:
+        cases += list(itertools.product([(37, 300, 17), (4096, 4096, 16), (28672, 4096, 64)], (2, 4, 8)))
+    for (n, k, m), split in cases:
+        base = LaunchConfig("mma_t", 16, 64, 4, split, 4, 2, plane_dots=True, pairs=pairs)
+        fixed = replace(base, fixup=True)
+        assert valid(fixed, pack_weight(_weight(fmt, gs, 64, 4096, 0), DEVICE), torch.bfloat16)
+        x = _check_bf16_tile(fmt, gs, n, k, m, fixed)
+        tw = pack_weight(_weight(fmt, gs, n, k, 7), DEVICE)
+        x2 = _prepare_x(x.to(DEVICE), tw)
+        want = run(x2, tw, base)
+        for _ in range(2 if INTERPRET else 5):
+            assert torch.equal(run(x2, tw, fixed), want), f"{fmt} {n}x{k} m={m} split={split}"
+        assert not any(c.any() for c in launch._counters.values())  # every tile reset its counter
+    one_split = LaunchConfig("mma_t", 16, 64, 4, 1, 4, 2, plane_dots=True, fixup=True)
+    assert not valid(one_split, pack_weight(_weight(fmt, gs, 64, 4096, 0), DEVICE), torch.bfloat16)
 
 
 @pytest.mark.parametrize("gs", [64, 128, 256])
