@@ -159,6 +159,8 @@ _CUDA_MMA = [
 ]
 # `mma_t` (the weight tile as the dot's left operand, `jit.mma_t_kernel`): weight rows per tile 64 / 128 (the
 # tensor cores' tall side), words per step, split-K, pipeline depth, and one dot per step vs one per bit plane.
+# sym_int4 / nf4 bf16x2 pair tiles: weight rows per tile, split-K, warps, pipeline depth (all split: `fixup` runs)
+_PAIR_TILES = ((64, 2, 4, 3), (64, 4, 4, 3), (128, 2, 4, 3), (128, 4, 4, 3), (128, 2, 8, 3), (256, 2, 8, 3))
 _CUDA_MMA_T = (
     [
         LaunchConfig("mma_t", 0, bn, kb, sk, w, st, plane_dots=pd)
@@ -182,15 +184,10 @@ _CUDA_MMA_T = (
         )
     ]
     + [
-        LaunchConfig("mma_t", 0, bn, 4, sk, w, st, plane_dots=True, pairs=True)
-        for bn, sk, w, st in (
-            (64, 2, 4, 3),
-            (64, 4, 4, 3),
-            (128, 2, 4, 3),
-            (128, 4, 4, 3),
-            (128, 2, 8, 3),
-            (256, 2, 8, 3),
-        )
+        LaunchConfig("mma_t", 0, bn, 4, sk, w, st, plane_dots=True, pairs=True, fixup=fixup)
+        for bn, sk, w, st in _PAIR_TILES
+        # fixup: the split-K sum done by each tile's last split (`jit._last_split_sums`), no reduce launch
+        for fixup in (False, True)
     ]
     # The step's scale folded into the decode and one accumulator per plane dot (or half as many): Triton then
     # issues a step's tensor-core dots without waiting for each before the next (they go to different
@@ -205,17 +202,6 @@ _CUDA_MMA_T = (
             (64, 2, 4, 3, 8, False),
             (64, 4, 4, 3, 8, False),
             (128, 2, 8, 3, 4, False),
-        )
-    ]
-    # The same pair tiles with the split-K sum done by each tile's last split (`jit._last_split_sums`).
-    + [
-        LaunchConfig("mma_t", 0, bn, 4, sk, w, st, plane_dots=True, pairs=True, fixup=True)
-        for bn, sk, w, st in (
-            (64, 2, 4, 3),
-            (64, 4, 4, 3),
-            (128, 2, 4, 3),
-            (128, 4, 4, 3),
-            (64, 8, 4, 3),
         )
     ]
     + [
