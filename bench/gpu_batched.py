@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from xpullm.kernels.triton.configs import (
         CONFIG_TABLES,
         Q8_FORMATS,
+        fixup_enabled,
         m_bucket,
         mma_block_m,
         valid,
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = results.setdefault((label, m), fresh) if in_layer else fresh  # lm_head: not summed
                 row["bf16"] += bf16_us[(n, k, m)]
                 best, best_us = None, float("inf")
-                kept, kept_us = None, float("inf")  # the best the tuner may pick by default (w8a8_formats)
+                kept, kept_us = None, float("inf")  # the best the tuner may pick as switched (W8A8, FIXUP)
                 best_mma = None  # the int8-activation timing below runs the `mma` family only
                 for path in paths:
                     path_best = float("inf")
@@ -129,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                         path_best = min(path_best, us)
                         if us < best_us or best is None:
                             best, best_us = cfg, us
-                        if us < kept_us and (cfg.path != "w8a8" or fmt in w8a8_formats()):
+                        allowed = (cfg.path != "w8a8" or fmt in w8a8_formats()) and (
+                            fixup_enabled() or not cfg.fixup
+                        )
+                        if us < kept_us and allowed:
                             kept, kept_us = cfg, us
                     row[path] += path_best  # inf where the family does not take the format
                 row["best"] += best_us

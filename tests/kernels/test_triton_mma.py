@@ -204,6 +204,15 @@ def test_mma_t_nf4_pair_decode_matches_reference(gs, accs):
         _check_bf16_tile("nf4", gs, n, k, m, cfg)
 
 
+def test_split_sum_candidates_wait_for_their_switch(monkeypatch):
+    tw = pack_weight(_weight("sym_int4", 128, 256, 4096, 0), DEVICE)
+    monkeypatch.delenv("XPULLM_TRITON_FIXUP", raising=False)
+    assert not any(c.fixup for c in candidates("cuda", tw, 16, torch.bfloat16))
+    monkeypatch.setenv("XPULLM_TRITON_FIXUP", "1")
+    fixed = [c for c in candidates("cuda", tw, 16, torch.bfloat16) if c.fixup]
+    assert fixed and all(c.path == "mma_t" and c.split_k > 1 for c in fixed)
+
+
 def test_nf4_pair_candidates_wait_for_their_switch(monkeypatch):
     tw = pack_weight(_weight("nf4", 64, 64, 512, 0), DEVICE)
     monkeypatch.delenv("XPULLM_TRITON_NF4_PAIRS", raising=False)
