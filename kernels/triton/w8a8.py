@@ -34,6 +34,7 @@ FORMATS: dict[str, tuple[torch.dtype, float, float]] = {
 }
 _INT_MM_MIN_ROWS = 32  # torch._int_mm on CUDA wants more than 16 rows; cuBLAS tiles like a multiple of 16
 _BLOCK = 1024  # activation elements per loop step of the quantizer
+_EPILOGUE_BLOCK = 1024  # output columns per program of the int8 epilogue
 
 
 def supports(tw: TritonWeight, x_dtype: torch.dtype) -> bool:
@@ -66,9 +67,11 @@ def _probe(index: int, fmt: str) -> bool:
         return False
     a = torch.zeros((_INT_MM_MIN_ROWS, 32), device=device).to(FORMATS[fmt][0])
     b = torch.zeros((16, 32), device=device).to(FORMATS[fmt][0])
+    ones = torch.ones((_INT_MM_MIN_ROWS, 1), device=device)
     try:
-        _product(a, b, torch.ones((_INT_MM_MIN_ROWS, 1), device=device),
-                 torch.ones((1, 16), device=device), torch.bfloat16)  # fmt: skip
+        _product(
+            a, b, ones, ones[:16], torch.empty((_INT_MM_MIN_ROWS, 16), dtype=torch.bfloat16, device=device)
+        )
     except RuntimeError as exc:
         warnings.warn(f"xpullm triton: w8a8 off for {fmt} on {device}: {exc}", stacklevel=2)
         return False
@@ -88,10 +91,13 @@ def _round_e4m3(v):
 
 @triton.jit
 def _quantize_rows_kernel(
-    x_ptr, q_ptr, s_ptr, K, KX, stride_xm, stride_qm, QMAX: tl.constexpr, INT8: tl.constexpr, BLOCK: tl.constexpr
+    x_ptr, q_ptr, s_ptr, K, KX, stride_xm, stride_qm, QMAX: tl.constexpr, INT8: tl.constexpr,
+    SCALE_FACTOR: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """One activation row: its absmax, then every element / (absmax / QMAX) rounded to the 8-bit type, written
-    in the weight's permuted K order (position 4 l + i of a block of 16 takes element 4 i + l); zero past K."""
+    in the weight's permuted K order (position 4 l + i of a block of 16 takes element 4 i + l); zero past K.
+    The stored scale is absmax / QMAX x SCALE_FACTOR (a power of two: exact), which carries the weight scales'
+    factor, so the GEMM takes the weight's stored scales as they are."""
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     amax = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -99,7 +105,7 @@ def _quantize_rows_kernel(
         x = tl.load(x_ptr + row * stride_xm + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
         amax = tl.maximum(amax, tl.abs(x))
     scale = tl.math.div_rn(tl.maximum(tl.max(amax, axis=0), 1e-20), QMAX)
-    tl.store(s_ptr + row, scale)
+    tl.store(s_ptr + row, scale * SCALE_FACTOR)
     src = (offs // 16) * 16 + (offs % 4) * 4 + (offs % 16) // 4  # the element each position holds
     for k0 in range(0, KX, BLOCK):
         e = k0 + src
@@ -113,10 +119,11 @@ def _quantize_rows_kernel(
 
 
 def quantize_rows(
-    x2: torch.Tensor, tw: TritonWeight, rows: int | None = None
+    x2: torch.Tensor, tw: TritonWeight, rows: int | None = None, scale_factor: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x2 [M, >= K] -> (codes [rows, KX] in the format's activation dtype, in the weight's K order; scales fp32
-    [rows, 1]). Rows past M (padding for the GEMM) are zero with scale zero."""
+    [rows, 1] = absmax / qmax x `scale_factor`, a power of two). Rows past M (padding for the GEMM) are zero
+    with scale zero."""
     dtype, qmax, _ = FORMATS[tw.format]
     m = x2.shape[0]
     rows = max(rows or m, m)
@@ -128,42 +135,57 @@ def quantize_rows(
     if m:
         _quantize_rows_kernel[(m,)](
             x2, codes, scales, tw.k, tw.kx, x2.stride(0), codes.stride(0),
-            QMAX=qmax, INT8=dtype == torch.int8, BLOCK=_BLOCK, num_warps=4,
+            QMAX=qmax, INT8=dtype == torch.int8, SCALE_FACTOR=scale_factor, BLOCK=_BLOCK, num_warps=4,
         )  # fmt: skip
     return codes, scales
 
 
-def _weight_scales(tw: TritonWeight) -> torch.Tensor:
-    """The weight's true per-row scales as fp32 [1, N] (a small copy per call: N floats)."""
-    return (tw.scales.float() * FORMATS[tw.format][2]).view(1, -1)
+@triton.jit
+def _scale_int32_kernel(
+    acc_ptr, sx_ptr, sw_ptr, out_ptr, N, stride_am, stride_om, BLOCK_N: tl.constexpr
+):  # fmt: skip
+    """out[m, n] = acc[m, n] x sx[m] x sw[n] in out's dtype: the int8 GEMM's epilogue in one pass."""
+    row = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ok = offs < N
+    acc = tl.load(acc_ptr + row * stride_am + offs, mask=ok, other=0).to(tl.float32)
+    sw = tl.load(sw_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    y = acc * tl.load(sx_ptr + row) * sw
+    tl.store(out_ptr + row * stride_om + offs, y.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 def _product(
-    codes: torch.Tensor, w: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor, dtype: torch.dtype
+    codes: torch.Tensor, w: torch.Tensor, sx: torch.Tensor, sw: torch.Tensor, out: torch.Tensor
 ) -> torch.Tensor:
-    """codes [R, KX] @ w [N, KX]^T, scaled by sx [R, 1] and sw [1, N], in `dtype`."""
+    """out [M, N] = codes [>= M, KX] @ w [N, KX]^T, scaled by sx [>= M, 1] and sw [N, 1] (its stored dtype)."""
+    m = out.shape[0]
     if codes.dtype == torch.int8:
-        return (torch._int_mm(codes, w.t()).float() * sx * sw).to(dtype)
-    return torch._scaled_mm(codes, w.t(), scale_a=sx, scale_b=sw, out_dtype=dtype)
+        acc = torch._int_mm(codes, w.t())  # int32 [rows, N]; rows past M are padding
+        _scale_int32_kernel[(m, triton.cdiv(out.shape[1], _EPILOGUE_BLOCK))](
+            acc, sx, sw, out, out.shape[1], acc.stride(0), out.stride(0), BLOCK_N=_EPILOGUE_BLOCK, num_warps=4
+        )
+        return out
+    return torch._scaled_mm(
+        codes[:m], w.t(), scale_a=sx[:m], scale_b=sw.view(1, -1), out_dtype=out.dtype, out=out
+    )
 
 
 def run(x2: torch.Tensor, tw: TritonWeight, out: torch.Tensor | None = None) -> torch.Tensor:
-    """y [M, N] = x2 [M, KX] @ W^T with the rows quantized to the weight's 8-bit type (`supports` must hold)."""
+    """y [M, N] = x2 [M, KX] @ W^T with the rows quantized to the weight's 8-bit type (`supports` must hold):
+    two launches for fp8 (the quantizer, cuBLAS), three for int8 (and the scaling epilogue)."""
     if not supports(tw, x2.dtype):
         raise ValueError(
             f"w8a8 runs fp8_e4m3 / sym_int8 weights with one scale per row and bf16 / fp16 activations on a device "
             f"whose GEMM takes them; got {tw.format} (group {tw.group_size}), {x2.dtype}, {tw.device}"
         )
     m = x2.shape[0]
+    if out is None:
+        out = torch.empty((m, tw.n), dtype=x2.dtype, device=x2.device)
     int_mm = tw.format == "sym_int8" and tw.device.type == "cuda"
     rows = -(-max(m, _INT_MM_MIN_ROWS) // 16) * 16 if int_mm else m
-    codes, sx = quantize_rows(x2, tw, rows)
-    w = tw.words.view(FORMATS[tw.format][0])  # [N, KX]: the words' bytes
-    y = _product(codes, w, sx, _weight_scales(tw), x2.dtype)[:m]
-    if out is None:
-        return y
-    out.copy_(y)
-    return out
+    dtype, _, factor = FORMATS[tw.format]
+    codes, sx = quantize_rows(x2, tw, rows, scale_factor=factor)
+    return _product(codes, tw.words.view(dtype), sx, tw.scales, out)  # the words' bytes: [N, KX]
 
 
 def reference(x: torch.Tensor, tw: TritonWeight) -> torch.Tensor:
