@@ -366,20 +366,21 @@ def _run_mma_t(
 
 
 _COUNTER_TILES = 1 << 16  # output tiles one counter array covers (a 128256-row head in 64-row tiles: 2004)
-_counters: dict[tuple[torch.device, int], torch.Tensor] = {}
+_counters: dict[torch.device, torch.Tensor] = {}
 
 
 def _tile_counters(device: torch.device, tiles: int) -> torch.Tensor | None:
-    """The int32 arrival counters of `mma_t`'s in-kernel split-K sum, one array per (device, stream): zero
-    between calls (each tile's last split resets its own). None - the reduce kernel runs instead - when the
-    grid has more tiles than the array, or the array would have to be made during a CUDA graph capture."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device, stream)
-    cnt = _counters.get(key)
+    """The int32 arrival counters of `mma_t`'s in-kernel split-K sum, one array per device, zero between calls
+    (each tile's last split resets its own). One array for every stream: CUDA graphs are captured on a side
+    stream and replayed on the caller's, so per-stream arrays would miss each other; kernels of two streams
+    running at the same time on one device would share counts - the engine runs one step at a time. None (the
+    reduce kernel runs instead) when the grid has more tiles than the array, or when the array would have to
+    be made during a CUDA graph capture (the engine's eager warm-up makes it first)."""
+    cnt = _counters.get(device)
     if cnt is None:
         if tiles > _COUNTER_TILES or _capturing(device):
             return None
-        cnt = _counters[key] = torch.zeros(_COUNTER_TILES, dtype=torch.int32, device=device)
+        cnt = _counters[device] = torch.zeros(_COUNTER_TILES, dtype=torch.int32, device=device)
     return cnt if tiles <= cnt.numel() else None
 
 
