@@ -37,7 +37,7 @@ mark "start: $STAGES"
 if want mma; then
   # nf4's byte-permute pair decode, the in-kernel split sums and fp8 w8a8 join the tuner's candidates (their
   # tests run below either way; off again if they do not pass)
-  export XPULLM_TRITON_NF4_PAIRS=1 XPULLM_TRITON_FIXUP=1 XPULLM_TRITON_W8A8=fp8
+  export XPULLM_TRITON_LUT_PAIRS=1 XPULLM_TRITON_FIXUP=1 XPULLM_TRITON_W8A8=fp8
   # MMA_TESTS: the test files (default: the tiles and the w8a8 path); MMA_TESTS_K: a -k filter (default: all)
   timeout "${MMA_TESTS_S:-300}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
     --noconftest -q -rs ${MMA_TESTS_K:+-k "$MMA_TESTS_K"} \
@@ -52,7 +52,7 @@ if want mma; then
   if grep -qE '[0-9]+ passed' "$W/mma/tests_mma.txt" && ! grep -qE 'failed|error' "$W/mma/tests_mma.txt"; then
     mark "mma tests passed"
   else  # the engine stage must not run tiles that failed their tests
-    export XPULLM_TRITON_MMA=0 XPULLM_TRITON_NF4_PAIRS=0 XPULLM_TRITON_FIXUP=0 XPULLM_TRITON_W8A8=off
+    export XPULLM_TRITON_MMA=0 XPULLM_TRITON_LUT_PAIRS=0 XPULLM_TRITON_FIXUP=0 XPULLM_TRITON_W8A8=off
     mark "mma tests did not pass: XPULLM_TRITON_MMA=0"
   fi
 fi

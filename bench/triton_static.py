@@ -110,7 +110,7 @@ def main() -> None:
     tw = pack_weight(get_format(args.format).quantize(weight, args.group_size), "cpu")
     for name, cfg in VARIANTS.items():
         if not valid(replace(cfg, block_m=args.rows), tw, torch.bfloat16):
-            continue  # e.g. pairs outside sym_int4 / nf4, fold where a step spans several groups
+            continue  # e.g. pairs outside sym_int4 / nf4 / fp4, fold where a step spans several groups
         r = compile_variant(replace(cfg, block_m=args.rows), tw, args.arch)
         print(f"| {name} | {r['drain waits']} | {r['overlap waits']} | {r['smem weight']} | {r['async loads']} "
               f"| {r['regs']} | {r['spill bytes']} |")  # fmt: skip

@@ -298,7 +298,7 @@ def path_summary() -> list[str]:
         f"(bf16/fp16, or int8 activations){'' if mma_enabled() else '; off (XPULLM_TRITON_MMA=0)'}",
         f"mma_t    2-{MMA_MAX_M} rows     every format        W @ x^T: decoded weight as the dot's register operand, "
         "nf4/fp4 decoded in registers, sym_int4 in bf16x2"
-        f"{', nf4 in bf16x2' if nf4_pairs_enabled() else ' (nf4 in bf16x2: XPULLM_TRITON_NF4_PAIRS=1)'}"
+        f"{', nf4/fp4 in bf16x2' if lut_pairs_enabled() else ' (nf4/fp4 in bf16x2: XPULLM_TRITON_LUT_PAIRS=1)'}"
         f"{', K splits summed in the kernel' if fixup_enabled() else ' (in-kernel split sums: XPULLM_TRITON_FIXUP=1)'}",
         f"w8a8     every M        fp8_e4m3, sym_int8  rows quantized per token, fp8 / int8 tensor cores (cuBLAS); "
         f"timed for: {', '.join(w8a8_formats()) or 'none'} (XPULLM_TRITON_W8A8=off|fp8|all)",
@@ -363,18 +363,22 @@ def can_fold(cfg: LaunchConfig, tw) -> bool:
 
 def can_pair(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
     """Whether `pairs` can run: the bf16x2 decode of two planes for bf16 activations. sym_int4 codes go into the
-    dots unscaled, scaled after the step's dot (one scale per step); nf4 levels are scaled in the decode by each
-    word's own group scale where a step spans several groups."""
+    dots unscaled, scaled after the step's dot (one scale per step); nf4 / fp4 levels are scaled in the decode by
+    each word's own group scale where a step spans several groups."""
     if not (cfg.path == "mma_t" and cfg.plane_dots and x_dtype == torch.bfloat16):
         return False
-    return (tw.format == "sym_int4" and one_scale_per_step(tw, cfg)) or tw.format == "nf4"
+    return (tw.format == "sym_int4" and one_scale_per_step(tw, cfg)) or tw.format in LUT_PAIR_FORMATS
 
 
-def nf4_pairs_enabled() -> bool:
-    """Whether the tuner times nf4's byte-permute pair decode (XPULLM_TRITON_NF4_PAIRS=1). Off until its GPU tests
-    (tests/kernels/test_triton_mma.py) have passed on a GPU: its PTX has run in the Triton interpreter's place only
-    as its bit-level twin (`lut_pairs.pair_reference`). Explicit configurations run it either way."""
-    return os.environ.get("XPULLM_TRITON_NF4_PAIRS", "0") == "1"
+LUT_PAIR_FORMATS = ("nf4", "fp4")  # codebook formats with the byte-permute pair decode (`lut_pairs.py`)
+
+
+def lut_pairs_enabled() -> bool:
+    """Whether the tuner times the codebooks' (nf4, fp4) byte-permute pair decode (XPULLM_TRITON_LUT_PAIRS=1).
+    Off until its GPU tests (tests/kernels/test_triton_mma.py) have passed on a GPU: its PTX has run in the Triton
+    interpreter's place only as its bit-level twin (`lut_pairs.pair_reference`). Explicit configurations run it
+    either way."""
+    return os.environ.get("XPULLM_TRITON_LUT_PAIRS", "0") == "1"
 
 
 def one_scale_per_step(tw, cfg: LaunchConfig) -> bool:
@@ -405,10 +409,10 @@ def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[Launc
         tw.format in w8a8_formats()
     ):  # every row count: the vendor GEMM serves decode batches and prefill alike
         pool += table.get("w8a8", [])
-    nf4_pairs = tw.format != "nf4" or nf4_pairs_enabled()
+    lut_pairs = tw.format not in LUT_PAIR_FORMATS or lut_pairs_enabled()
     fixup = fixup_enabled()
     return [
-        c for c in pool if valid(c, tw, x_dtype) and (nf4_pairs or not c.pairs) and (fixup or not c.fixup)
+        c for c in pool if valid(c, tw, x_dtype) and (lut_pairs or not c.pairs) and (fixup or not c.fixup)
     ]
 
 

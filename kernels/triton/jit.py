@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from xpullm.kernels.triton.lut_pairs import NF4_LEVELS, pair_ptx
+from xpullm.kernels.triton.lut_pairs import E2M1_LEVELS, NF4_LEVELS, pair_ptx
 from xpullm.kernels.triton.pdl import wait_for_inputs
 
 # Format codes, passed as constexpr so each format compiles to its own straight-line decode. Globals read
@@ -991,49 +991,65 @@ def _int4_pair_bf16_scaled(t, sb, EMULATE: tl.constexpr):
     )
 
 
+# Byte-permute pair decodes of the two codebooks (`lut_pairs.py`), unscaled and times a bf16 scale.
 _NF4_PAIR = tl.constexpr(pair_ptx(NF4_LEVELS, scaled=False))
 _NF4_PAIR_SCALED = tl.constexpr(pair_ptx(NF4_LEVELS, scaled=True))
+_FP4_PAIR = tl.constexpr(pair_ptx(E2M1_LEVELS, scaled=False))
+_FP4_PAIR_SCALED = tl.constexpr(pair_ptx(E2M1_LEVELS, scaled=True))
 
 
 @triton.jit
-def _nf4_pair_bf16(t, EMULATE: tl.constexpr):
-    """nf4 codes in bits 0-3 and 16-19 of int32 `t` -> their levels as bf16 (rounded to nearest), the two in one
-    bf16x2 register, by byte permutes over the levels' bf16 bytes (`lut_pairs.py`)."""
-    if EMULATE:  # the interpreter runs no PTX: the same values through the select tree
-        return _nf4_levels(t & 0xF).to(tl.bfloat16), _nf4_levels((t >> 16) & 0xF).to(tl.bfloat16)
-    return tl.inline_asm_elementwise(
-        _NF4_PAIR, "=h,=h,r", [t], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1
-    )
+def _lut_pair_bf16(t, CODEBOOK: tl.constexpr, EMULATE: tl.constexpr):
+    """Codebook codes (CODEBOOK 1 = nf4, 2 = fp4) in bits 0-3 and 16-19 of int32 `t` -> their levels as bf16
+    (rounded to nearest), the two in one bf16x2 register, by byte permutes over the levels' bf16 bytes
+    (`lut_pairs.py`)."""
+    if EMULATE:  # the interpreter runs no PTX: the same values through the register decode
+        lo = _decode_codes(t & 0xF, 0, LUT4, CODEBOOK)
+        return lo.to(tl.bfloat16), _decode_codes((t >> 16) & 0xF, 0, LUT4, CODEBOOK).to(tl.bfloat16)
+    if CODEBOOK == 1:
+        return tl.inline_asm_elementwise(
+            _NF4_PAIR, "=h,=h,r", [t], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1
+        )
+    else:
+        return tl.inline_asm_elementwise(
+            _FP4_PAIR, "=h,=h,r", [t], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1
+        )
 
 
 @triton.jit
-def _nf4_pair_bf16_scaled(t, sb, EMULATE: tl.constexpr):
-    """`_nf4_pair_bf16` times the bf16 scale `sb` in one packed `fma.rn.bf16x2`: round_bf16(bf16(level) * sb)."""
+def _lut_pair_bf16_scaled(t, sb, CODEBOOK: tl.constexpr, EMULATE: tl.constexpr):
+    """`_lut_pair_bf16` times the bf16 scale `sb` in one packed `fma.rn.bf16x2`: round_bf16(bf16(level) * sb)."""
     if EMULATE:
-        lo, hi = _nf4_pair_bf16(t, True)
+        lo, hi = _lut_pair_bf16(t, CODEBOOK, True)
         sf = sb.to(tl.float32)
         return (lo.to(tl.float32) * sf).to(tl.bfloat16), (hi.to(tl.float32) * sf).to(tl.bfloat16)
-    return tl.inline_asm_elementwise(
-        _NF4_PAIR_SCALED, "=h,=h,r,h", [t, sb], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1
-    )
+    if CODEBOOK == 1:
+        return tl.inline_asm_elementwise(
+            _NF4_PAIR_SCALED, "=h,=h,r,h", [t, sb], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1
+        )
+    else:
+        return tl.inline_asm_elementwise(
+            _FP4_PAIR_SCALED, "=h,=h,r,h", [t, sb], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1
+        )
 
 
 @triton.jit
-def _pair_bf16(t, FMT: tl.constexpr, EMULATE: tl.constexpr):
-    """Planes p and p + 4 of the words' low bits, unscaled, as two bf16 tiles (sym_int4: code - 8; nf4: level)."""
+def _pair_bf16(t, FMT: tl.constexpr, CODEBOOK: tl.constexpr, EMULATE: tl.constexpr):
+    """Planes p and p + 4 of the words' low bits, unscaled, as two bf16 tiles (sym_int4: code - 8; nf4 / fp4:
+    level)."""
     if FMT == SYM_INT4:
         return _int4_pair_bf16(t, EMULATE)
     else:
-        return _nf4_pair_bf16(t, EMULATE)
+        return _lut_pair_bf16(t, CODEBOOK, EMULATE)
 
 
 @triton.jit
-def _pair_bf16_scaled(t, sb, FMT: tl.constexpr, EMULATE: tl.constexpr):
+def _pair_bf16_scaled(t, sb, FMT: tl.constexpr, CODEBOOK: tl.constexpr, EMULATE: tl.constexpr):
     """`_pair_bf16` times the bf16 scales `sb` (one rounding per weight)."""
     if FMT == SYM_INT4:
         return _int4_pair_bf16_scaled(t, sb, EMULATE)
     else:
-        return _nf4_pair_bf16_scaled(t, sb, EMULATE)
+        return _lut_pair_bf16_scaled(t, sb, CODEBOOK, EMULATE)
 
 
 @triton.jit
@@ -1133,7 +1149,7 @@ def mma_t_kernel(
     rescaling of the dots' results.
     NATURAL (one dot per step): the tile is decoded in the weight's own K order and the activations are read
     as one contiguous run. EVEN: every weight row tile lies inside N and every step is
-    whole (no masks on the weight stream). PAIRS (sym_int4 or nf4, PLANE_DOTS, bf16 x): planes p and p + 4
+    whole (no masks on the weight stream). PAIRS (sym_int4, nf4 or fp4, PLANE_DOTS, bf16 x): planes p and p + 4
     decode together in bf16x2 (`_pair_bf16`), scaled after the step's dots (POST_SCALE) or in the decode. ACCS (PLANE_DOTS: 1, 2, 4 or 8): the step's plane dots go
     round-robin into this many accumulators, summed once per step (POST_SCALE) or at the end. Triton waits for
     each tensor-core dot before the next one that adds into the same accumulator when the weight operand lives in
@@ -1198,10 +1214,10 @@ def mma_t_kernel(
         if PAIRS:
             for p in tl.static_range(PLANES // 2):
                 if POST_SCALE:
-                    lo, hi = _pair_bf16(w >> (p * BITS), FMT, DOT_F32)
+                    lo, hi = _pair_bf16(w >> (p * BITS), FMT, CODEBOOK, DOT_F32)
                 else:  # the row's step scale (fold) or each word's group scale, in bf16x2 too
                     sb = tl.broadcast_to(s.to(tl.bfloat16), (BLOCK_N, BKW))
-                    lo, hi = _pair_bf16_scaled(w >> (p * BITS), sb, FMT, DOT_F32)
+                    lo, hi = _pair_bf16_scaled(w >> (p * BITS), sb, FMT, CODEBOOK, DOT_F32)
                 for half in tl.static_range(2):
                     e = x0 + e0 + 4 * (p + half * (PLANES // 2))
                     xt = _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, kw_end * PLANES, EVEN)

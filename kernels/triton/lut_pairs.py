@@ -1,8 +1,8 @@
-"""A 16-level codebook (nf4) decoded two weights at a time into one bf16x2 register, by byte permutes.
+"""A 16-level codebook (nf4, fp4) decoded two weights at a time into one bf16x2 register, by byte permutes.
 
 `mma_t`'s pair decode takes a 32-bit word whose bits 0-3 and 16-19 hold two codes (planes p and p + 4 of the
 layout) and yields both weights as bf16. For sym_int4 that is arithmetic (`jit._int4_pair_bf16`); a codebook has
-no arithmetic form, so `jit._nf4_pair_bf16` looks the levels up in registers: the low and the high bytes of the 16
+no arithmetic form, so `jit._lut_pair_bf16` looks the levels up in registers: the low and the high bytes of the 16
 bf16 levels are two 16-byte tables (four 32-bit immediates each), and `prmt` gathers bytes by 3-bit indices from
 8-byte halves:
 
@@ -14,16 +14,18 @@ bf16 levels are two 16-byte tables (four 32-bit immediates each), and `prmt` gat
 
 About 14 instructions per two weights, against a 15-select tree and an fp32 -> bf16 conversion per weight.
 `pair_ptx` writes the PTX; `pair_reference` runs the same steps on Python integers (the PTX's bit-level twin,
-tested against the levels for every pair of codes); the Triton interpreter runs `jit._nf4_pair_bf16`'s plain path.
+tested against the levels for every pair of codes); the Triton interpreter runs `jit._lut_pair_bf16`'s plain path
+(the register decode). fp4 (e2m1) has an arithmetic form too (its bits moved into an fp16), but that is two
+conversions per weight; the permutes are the same ~14 instructions for any 16 levels.
 """
 
 from __future__ import annotations
 
 import struct
 
-from xpullm.kernels.codebook import NF4_LEVELS
+from xpullm.kernels.codebook import E2M1_LEVELS, NF4_LEVELS
 
-__all__ = ["NF4_LEVELS", "bf16_bits", "pair_ptx", "pair_reference", "pair_tables"]
+__all__ = ["E2M1_LEVELS", "NF4_LEVELS", "bf16_bits", "pair_ptx", "pair_reference", "pair_tables"]
 
 
 def bf16_bits(x: float) -> int:

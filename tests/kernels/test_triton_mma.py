@@ -193,15 +193,16 @@ def test_mma_t_split_sum_in_the_kernel_equals_the_reduce_kernel_bit_for_bit(fmt,
     assert not valid(one_split, pack_weight(_weight(fmt, gs, 64, 4096, 0), DEVICE), torch.bfloat16)
 
 
+@pytest.mark.parametrize("fmt", ["nf4", "fp4"])
 @pytest.mark.parametrize("gs", [64, 128, 256])
 @pytest.mark.parametrize("accs", [1, 4])
-def test_mma_t_nf4_pair_decode_matches_reference(gs, accs):
-    """nf4 planes p and p + 4 decoded together into bf16x2 by byte permutes (`lut_pairs.py`): scaled in the
-    decode by each word's group scale (group 64: two groups per 16-word step) or after the step's dots."""
+def test_mma_t_codebook_pair_decode_matches_reference(fmt, gs, accs):
+    """nf4 / fp4 planes p and p + 4 decoded together into bf16x2 by byte permutes (`lut_pairs.py`): scaled in
+    the decode by each word's group scale (group 64: two groups per 16-word step) or after the step's dots."""
     shapes = [(128, 512, 9), (37, 300, 17)] + ([] if INTERPRET else [(4096, 4096, 16), (1000, 1030, 40)])
     for n, k, m in shapes:
         cfg = LaunchConfig("mma_t", 16, 64, 4, 2, 4, 2, plane_dots=True, pairs=True, accs=accs)
-        _check_bf16_tile("nf4", gs, n, k, m, cfg)
+        _check_bf16_tile(fmt, gs, n, k, m, cfg)
 
 
 def test_split_sum_candidates_wait_for_their_switch(monkeypatch):
@@ -213,14 +214,16 @@ def test_split_sum_candidates_wait_for_their_switch(monkeypatch):
     assert fixed and all(c.path == "mma_t" and c.split_k > 1 for c in fixed)
 
 
-def test_nf4_pair_candidates_wait_for_their_switch(monkeypatch):
+def test_codebook_pair_candidates_wait_for_their_switch(monkeypatch):
     tw = pack_weight(_weight("nf4", 64, 64, 512, 0), DEVICE)
-    monkeypatch.delenv("XPULLM_TRITON_NF4_PAIRS", raising=False)
+    monkeypatch.delenv("XPULLM_TRITON_LUT_PAIRS", raising=False)
     assert not [c for c in candidates("cuda", tw, 16, torch.bfloat16) if c.pairs]
-    monkeypatch.setenv("XPULLM_TRITON_NF4_PAIRS", "1")
+    monkeypatch.setenv("XPULLM_TRITON_LUT_PAIRS", "1")
     assert [c for c in candidates("cuda", tw, 16, torch.bfloat16) if c.pairs]
-    fp4 = pack_weight(_weight("fp4", 64, 64, 512, 0), DEVICE)  # only nf4 has the byte-permute decode
-    assert not [c for c in candidates("cuda", fp4, 16, torch.bfloat16) if c.pairs]
+    fp4 = pack_weight(_weight("fp4", 64, 64, 512, 0), DEVICE)  # fp4's levels go the same way
+    assert [c for c in candidates("cuda", fp4, 16, torch.bfloat16) if c.pairs]
+    int8 = pack_weight(_weight("sym_int8", 0, 64, 512, 0), DEVICE)  # no 4-bit codes, no pairs
+    assert not [c for c in candidates("cuda", int8, 16, torch.bfloat16) if c.pairs]
 
 
 def test_codebook_decodes_in_registers_equal_the_tables():
