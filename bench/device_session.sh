@@ -2,10 +2,12 @@
 # The device calls for the GPU work of issues 20, 22, 23, 24 and 29 (~12 minutes in all: split with STAGES), everything packed into
 # $OUT/all.tgz (the device returns at most 8 files) plus the short summaries beside it:
 #   1. the host CPU's name and vector flags (AMX?)                                   -> cpu.txt
-#   2. tests/kernels/test_triton_mma.py on the GPU while the sym_int4/nf4 `mma` tiles compile; the engine stage
-#      uses the batched tiles only if those tests pass                              -> mma/tests_mma.txt
-#   3. bench/engine_gpu_session.sh (engine tests, engine vs peer at 1/8/32/64 streams) -> engine/
-#   4. bench/gpu_batched.py for sym_int4 and nf4 at 1..64 rows                       -> mma/batched.md
+#   2. the batched kernels' GPU tests (tests/kernels/test_triton_mma.py, test_triton_w8a8.py: by default what has
+#      not yet passed on a GPU) while the sweep's tiles compile; the engine stage uses the batched tiles only if
+#      those tests pass                                                              -> mma/tests_mma.txt
+#   3. bench/gpu_batched.py (stage `sweep`): sym_int4, nf4, fp4, fp8_e4m3, sym_int8 at 1..64 rows, `mma_t`
+#      tiles and `w8a8` beside bf16 cuBLAS (~6 minutes with stage `mma`: one call)    -> mma/batched.md
+#   4. bench/engine_gpu_session.sh (engine tests, engine vs peer at 1/8/32/64 streams; ~4.5 minutes) -> engine/
 #   5. bench/spec_gpu.py: speculative decoding's verify / draft costs, modelled speed-up -> spec_gpu.md
 #   6. the GPU training path's tests, then bench/finetune_gpu.py (nf4 QLoRA vs bf16 LoRA vs bitsandbytes nf4)
 #                                                                                    -> finetune_tests.txt, finetune_gpu.md
@@ -38,13 +40,16 @@ if want mma; then
   # nf4's byte-permute pair decode, the in-kernel split sums and fp8 w8a8 join the tuner's candidates (their
   # tests run below either way; off again if they do not pass)
   export XPULLM_TRITON_LUT_PAIRS=1 XPULLM_TRITON_FIXUP=1 XPULLM_TRITON_W8A8=fp8
-  # MMA_TESTS: the test files (default: the tiles and the w8a8 path); MMA_TESTS_K: a -k filter (default: all)
-  timeout "${MMA_TESTS_S:-300}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
-    --noconftest -q -rs ${MMA_TESTS_K:+-k "$MMA_TESTS_K"} \
+  # MMA_TESTS: the test files (default: the tiles and the w8a8 path); MMA_TESTS_K: a -k filter (default: what
+  # has not yet passed on a GPU - w8a8, the in-kernel split sums, the codebook pairs, sym_int8 stored signed;
+  # MMA_TESTS_K="" runs them all, ~6 minutes)
+  K="${MMA_TESTS_K-w8a8 or buffer or declined or tuner or product or quantizer or split_sum or codebook_pair or (sym_int8 and tiles_match)}"
+  timeout "${MMA_TESTS_S:-150}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
+    --noconftest -q -rs ${K:+-k "$K"} \
     ${MMA_TESTS:-tests/kernels/test_triton_mma.py tests/kernels/test_triton_w8a8.py} > "$W/mma/tests_mma.txt" 2>&1 &
-  for f in ${WARM_FORMATS:-sym_int4:128 nf4:64}; do
+  for f in ${WARM_FORMATS:-sym_int4:128 nf4:64,fp4:64 fp8_e4m3,sym_int8}; do
     timeout "${WARM_S:-110}" $P bench/gpu_batched.py --warm-only --formats "$f" --rows 1,8,16,32,64 \
-      --paths "${SWEEP_PATHS:-mma,mma_t,w8a8}" \
+      --paths "${SWEEP_PATHS:-mma_t,w8a8}" \
       > "$W/mma/warm_${f%%:*}.log" 2>&1 &
   done
   wait
@@ -59,8 +64,8 @@ fi
 
 # The batched tiles per format and row count (before the engine, which then uses the winners).
 if want sweep; then
-  timeout "${SWEEP_S:-90}" $P bench/gpu_batched.py --formats "${SWEEP_FORMATS:-sym_int4:128,nf4:64}" \
-    --rows "${SWEEP_ROWS:-1,8,16,32,64}" --paths "${SWEEP_PATHS:-mma,mma_t,w8a8}" --all --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
+  timeout "${SWEEP_S:-240}" $P bench/gpu_batched.py --formats "${SWEEP_FORMATS:-sym_int4:128,nf4:64,fp4:64,fp8_e4m3,sym_int8}" \
+    --rows "${SWEEP_ROWS:-1,8,16,32,64}" --paths "${SWEEP_PATHS:-mma_t,w8a8}" --all --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
   mark sweep done
   # the engine stage below starts from these measured tiles (the tuner would time them all at warm-up)
   [ -s "$W/mma/tuned_batched.json" ] && export XPULLM_TRITON_TUNED="$W/mma/tuned_batched.json"
