@@ -8,12 +8,16 @@
 | `XPULLM_CUDA_GRAPHS` | `cuda_graphs` | `1` | `0`: no CUDA-graph capture of the decode step |
 | `XPULLM_TRITON_AUTOTUNE` | `triton_autotune` | `1` | `0`: Triton matmuls take the tuned table / heuristic config without timing candidates |
 | `XPULLM_TRITON_TUNED` | `triton_tuned` | unset | path of an extra tuned-config table, read before the packaged one |
+| `XPULLM_TRITON_MMA` | `triton_mma` | `1` | `0`: the tuner leaves out the batched tensor-core tiles (`mma`, `mma_t`) |
+| `XPULLM_TRITON_LUT_PAIRS` | `triton_lut_pairs` | `0` | `1`: the tuner also times nf4 / fp4's byte-permute pair decode (until its GPU tests pass) |
+| `XPULLM_TRITON_FIXUP` | `triton_fixup` | `0` | `1`: the tuner also times `mma_t` tiles that sum their K splits in the kernel (until their GPU tests pass) |
+| `XPULLM_TRITON_W8A8` | `triton_w8a8` | `off` | `fp8`: the tuner also times fp8_e4m3 weights x per-token fp8 activations on cuBLAS; `all`: sym_int8 too |
 | `XPULLM_PDL` | `pdl` | `1` | `0`: launch Triton kernels without programmatic dependent launch (Hopper+) |
 | `XPULLM_DEBUG` | `debug` | unset | set (not `0`): the CLI prints tracebacks, as `--debug` does |
 | `XPULLM_IPEX` | `ipex` | `1` | `0`: never use intel_extension_for_pytorch's WOQ linear, where it is installed |
 
 `runtime_settings()` reads the environment when called (tests and benchmarks flip switches at run time; reading
-nine variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
+thirteen variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
 included, may read it.
 """
 
@@ -34,6 +38,10 @@ ENVIRONMENT = {
     "cuda_graphs": "XPULLM_CUDA_GRAPHS",
     "triton_autotune": "XPULLM_TRITON_AUTOTUNE",
     "triton_tuned": "XPULLM_TRITON_TUNED",
+    "triton_mma": "XPULLM_TRITON_MMA",
+    "triton_lut_pairs": "XPULLM_TRITON_LUT_PAIRS",
+    "triton_fixup": "XPULLM_TRITON_FIXUP",
+    "triton_w8a8": "XPULLM_TRITON_W8A8",
     "pdl": "XPULLM_PDL",
     "debug": "XPULLM_DEBUG",
     "ipex": "XPULLM_IPEX",
@@ -42,7 +50,8 @@ ENVIRONMENT = {
 
 @dataclass(frozen=True)
 class RuntimeSettings:
-    """The `XPULLM_*` switches (table in the module docstring); switches are on unless set to `0`."""
+    """The `XPULLM_*` switches (table in the module docstring); switches are on unless set to `0`, except the
+    tuner's opt-in candidates (`1` / a name turns them on)."""
 
     cache: str | None = None  # None: the platform's user cache dir
     native: bool = True
@@ -50,6 +59,10 @@ class RuntimeSettings:
     cuda_graphs: bool = True
     triton_autotune: bool = True
     triton_tuned: str | None = None
+    triton_mma: bool = True
+    triton_lut_pairs: bool = False
+    triton_fixup: bool = False
+    triton_w8a8: str = "off"  # off | fp8 | all
     pdl: bool = True
     debug: bool = False
     ipex: bool = True
@@ -65,6 +78,10 @@ class RuntimeSettings:
             cuda_graphs=get(ENVIRONMENT["cuda_graphs"], "1") != "0",
             triton_autotune=get(ENVIRONMENT["triton_autotune"], "1") != "0",
             triton_tuned=get(ENVIRONMENT["triton_tuned"]) or None,
+            triton_mma=get(ENVIRONMENT["triton_mma"], "1") != "0",
+            triton_lut_pairs=get(ENVIRONMENT["triton_lut_pairs"], "0") == "1",
+            triton_fixup=get(ENVIRONMENT["triton_fixup"], "0") == "1",
+            triton_w8a8=(get(ENVIRONMENT["triton_w8a8"]) or "off").strip().lower(),
             pdl=get(ENVIRONMENT["pdl"], "1") != "0",
             debug=get(ENVIRONMENT["debug"], "") not in ("", "0"),
             ipex=get(ENVIRONMENT["ipex"], "1") != "0",

@@ -223,7 +223,7 @@ MMA_BLOCK_M = (16, 64)  # smallest and largest M tile of `mma` (tl.dot needs >= 
 def mma_enabled() -> bool:
     """Whether the tuner times the `mma` tiles (default yes: tests/kernels/test_triton_mma.py passed on an H100,
     2026-12-05, and at 32-64 rows they beat dequantize + cuBLAS ~6x); XPULLM_TRITON_MMA=0 leaves them out."""
-    return os.environ.get("XPULLM_TRITON_MMA", "1") != "0"
+    return runtime_settings().triton_mma
 
 
 def w8a8_formats() -> tuple[str, ...]:
@@ -233,23 +233,17 @@ def w8a8_formats() -> tuple[str, ...]:
     fp8_e4m3, the per-token recipe of fp8 serving stacks (+0.9% perplexity over fp8 weight-only on the packaged
     model), `all` adds sym_int8 (+2.8% over int8 weight-only there: a model without outlier smoothing loses
     more to int8 rows). Explicit `LaunchConfig("w8a8")` runs it either way."""
-    value = os.environ.get("XPULLM_TRITON_W8A8", "off").strip().lower()
-    return W8A8_CHOICES.get(value, ())
+    return W8A8_CHOICES.get(runtime_settings().triton_w8a8, ())
 
 
 def fixup_enabled() -> bool:
     """Whether the tuner times the `mma_t` tiles that sum their K splits in the kernel (XPULLM_TRITON_FIXUP=1).
     Off until tests/kernels/test_triton_mma.py's split-sum test has passed on a GPU: its arrival counters and
     memory ordering have run only in the Triton interpreter, which runs programs one after another."""
-    return os.environ.get("XPULLM_TRITON_FIXUP", "0") == "1"
+    return runtime_settings().triton_fixup
 
 
-W8A8_CHOICES = {
-    "fp8": ("fp8_e4m3",),
-    "all": ("fp8_e4m3", "sym_int8"),
-    "0": (),
-    "off": (),
-}
+W8A8_CHOICES = {"fp8": ("fp8_e4m3",), "all": ("fp8_e4m3", "sym_int8")}  # any other value: off
 
 
 def mma_block_m(bucket: int) -> int:
@@ -378,7 +372,7 @@ def lut_pairs_enabled() -> bool:
     Off until its GPU tests (tests/kernels/test_triton_mma.py) have passed on a GPU: its PTX has run in the Triton
     interpreter's place only as its bit-level twin (`lut_pairs.pair_reference`). Explicit configurations run it
     either way."""
-    return os.environ.get("XPULLM_TRITON_LUT_PAIRS", "0") == "1"
+    return runtime_settings().triton_lut_pairs
 
 
 def one_scale_per_step(tw, cfg: LaunchConfig) -> bool:
