@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}  # (fmt label, m) -> {"mma": us, "dequant": us, "bf16": us, ...}
     records: list[dict] = []
     bf16_us: dict = {}
+    shapes: list[
+        tuple
+    ] = []  # (fmt label, m, "NxK", best us, bf16 us, weight bytes, best config) per layer shape
     for n, k in SHAPES + ([LM_HEAD] if args.lm_head else []):
         in_layer = (n, k) in SHAPES
         w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
@@ -136,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                         if us < kept_us and allowed:
                             kept, kept_us = cfg, us
                     row[path] += path_best  # inf where the family does not take the format
+                if best is None:
+                    print(f"# {label} {n}x{k} m={m}: no candidate ran", flush=True)
+                    continue
                 row["best"] += best_us
                 row.setdefault("cfgs", []).append(
                     "w8a8 (cuBLAS)"
@@ -164,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
                     # not time (a record of the best `mma` tile forced it over them: 12 ms steps at 8 streams)
                 print(json.dumps({"fmt": label, "shape": f"{n}x{k}", "m": m, "mma_us": best_us,
                                   "cfg": row["cfgs"][-1]}), flush=True)  # fmt: skip
+                if in_layer:
+                    shapes.append(
+                        (label, m, f"{n}x{k}", best_us, bf16_us[(n, k, m)], tw.nbytes, row["cfgs"][-1])
+                    )
         del w
         torch.cuda.empty_cache()
     if args.warm_only:
@@ -191,6 +201,20 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.get('gemv', float('nan')):.1f} | {r['dequant']:.1f} | "
             f"{r['bf16']:.1f} | {r['bf16'] / r['best']:.2f}x | "
             f"{r['best'] / r['dequant']:.2f} | {'; '.join(r['cfgs'])} |"
+        )
+    lines += [
+        "",
+        "Per shape (the weight's bytes - codes and scales - over the best tile's time: the bandwidth it reaches; "
+        "bf16 cuBLAS reads 2 bytes per weight):",
+        "",
+        "| format | M | shape | best us | GB/s | bf16 us | bf16 GB/s | vs bf16 | tile |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, m, shape, us, b_us, nbytes, cfg in shapes:
+        n, k = (int(v) for v in shape.split("x"))
+        lines.append(
+            f"| {label} | {m} | {shape} | {us:.1f} | {nbytes / us / 1e3:.0f} | {b_us:.1f} | "
+            f"{2 * n * k / b_us / 1e3:.0f} | {b_us / us:.2f}x | {cfg} |"
         )
     text = "\n".join(lines) + "\n"
     print(text)
