@@ -5,8 +5,8 @@
 #   2. the batched kernels' GPU tests (tests/kernels/test_triton_mma.py, test_triton_w8a8.py: by default what has
 #      not yet passed on a GPU) while the sweep's tiles compile; the engine stage uses the batched tiles only if
 #      those tests pass                                                              -> mma/tests_mma.txt
-#   3. bench/gpu_batched.py (stage `sweep`): sym_int4, nf4 (g64, g128), fp4, fp8_e4m3, sym_int8 at 1..64 rows, `mma_t`
-#      tiles and `w8a8` beside bf16 cuBLAS (~6 minutes with stage `mma`: one call)    -> mma/batched.md
+#   3. bench/gpu_batched.py (stage `sweep`): sym_int4 (g128, g32), nf4 (g64, g128), fp4, fp8_e4m3, sym_int8, `mma_t`
+#      tiles and `w8a8` at 1..64 rows beside bf16 cuBLAS (~8 minutes with stage `mma`: one call) -> mma/batched.md
 #   4. bench/engine_gpu_session.sh (engine tests, engine vs peer at 1/8/32/64 streams; ~4.5 minutes) -> engine/
 #   5. bench/spec_gpu.py: speculative decoding's verify / draft costs, modelled speed-up -> spec_gpu.md
 #   6. the GPU training path's tests, then bench/finetune_gpu.py (nf4 QLoRA vs bf16 LoRA vs bitsandbytes nf4)
@@ -39,7 +39,7 @@ mark "start: $STAGES"
 if want mma; then
   # nf4's byte-permute pair decode, the in-kernel split sums and fp8 w8a8 join the tuner's candidates (their
   # tests run below either way; off again if they do not pass)
-  export XPULLM_TRITON_LUT_PAIRS=1 XPULLM_TRITON_FIXUP=1 XPULLM_TRITON_W8A8=fp8
+  export XPULLM_TRITON_MORE_PAIRS=1 XPULLM_TRITON_FIXUP=1 XPULLM_TRITON_W8A8=fp8
   # MMA_TESTS: the test files (default: the tiles and the w8a8 path); MMA_TESTS_K: a -k filter (default: what
   # has not yet passed on a GPU - w8a8, the in-kernel split sums, the codebook pairs, sym_int8 stored signed;
   # MMA_TESTS_K="" runs them all, ~6 minutes)
@@ -47,7 +47,7 @@ if want mma; then
   timeout "${MMA_TESTS_S:-150}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
     --noconftest -q -rs ${K:+-k "$K"} \
     ${MMA_TESTS:-tests/kernels/test_triton_mma.py tests/kernels/test_triton_w8a8.py} > "$W/mma/tests_mma.txt" 2>&1 &
-  for f in ${WARM_FORMATS:-sym_int4:128 nf4:64,nf4:128,fp4:64 fp8_e4m3,sym_int8}; do
+  for f in ${WARM_FORMATS:-sym_int4:128,sym_int4:32 nf4:64,nf4:128,fp4:64 fp8_e4m3,sym_int8}; do
     timeout "${WARM_S:-110}" $P bench/gpu_batched.py --warm-only --formats "$f" --rows 1,8,16,32,64 \
       --paths "${SWEEP_PATHS:-mma_t,w8a8}" \
       > "$W/mma/warm_${f%%:*}.log" 2>&1 &
@@ -57,14 +57,14 @@ if want mma; then
   if grep -qE '[0-9]+ passed' "$W/mma/tests_mma.txt" && ! grep -qE 'failed|error' "$W/mma/tests_mma.txt"; then
     mark "mma tests passed"
   else  # the engine stage must not run tiles that failed their tests
-    export XPULLM_TRITON_MMA=0 XPULLM_TRITON_LUT_PAIRS=0 XPULLM_TRITON_FIXUP=0 XPULLM_TRITON_W8A8=off
+    export XPULLM_TRITON_MMA=0 XPULLM_TRITON_MORE_PAIRS=0 XPULLM_TRITON_FIXUP=0 XPULLM_TRITON_W8A8=off
     mark "mma tests did not pass: XPULLM_TRITON_MMA=0"
   fi
 fi
 
 # The batched tiles per format and row count (before the engine, which then uses the winners).
 if want sweep; then
-  timeout "${SWEEP_S:-240}" $P bench/gpu_batched.py --formats "${SWEEP_FORMATS:-sym_int4:128,nf4:64,nf4:128,fp4:64,fp8_e4m3,sym_int8}" \
+  timeout "${SWEEP_S:-300}" $P bench/gpu_batched.py --formats "${SWEEP_FORMATS:-sym_int4:128,sym_int4:32,nf4:64,nf4:128,fp4:64,fp8_e4m3,sym_int8}" \
     --rows "${SWEEP_ROWS:-1,8,16,32,64}" --paths "${SWEEP_PATHS:-mma_t,w8a8}" --all --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
   mark sweep done
   # the engine stage below starts from these measured tiles (the tuner would time them all at warm-up)

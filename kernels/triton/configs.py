@@ -292,7 +292,7 @@ def path_summary() -> list[str]:
         f"(bf16/fp16, or int8 activations){'' if mma_enabled() else '; off (XPULLM_TRITON_MMA=0)'}",
         f"mma_t    2-{MMA_MAX_M} rows     every format        W @ x^T: decoded weight as the dot's register operand, "
         "nf4/fp4 decoded in registers, sym_int4 in bf16x2"
-        f"{', nf4/fp4 in bf16x2' if lut_pairs_enabled() else ' (nf4/fp4 in bf16x2: XPULLM_TRITON_LUT_PAIRS=1)'}"
+        f"{', nf4/fp4 and grouped sym_int4 in bf16x2' if more_pairs_enabled() else ' (nf4/fp4 and sym_int4 g32/g64 in bf16x2: XPULLM_TRITON_MORE_PAIRS=1)'}"
         f"{', K splits summed in the kernel' if fixup_enabled() else ' (in-kernel split sums: XPULLM_TRITON_FIXUP=1)'}",
         f"w8a8     every M        fp8_e4m3, sym_int8  rows quantized per token, fp8 / int8 tensor cores (cuBLAS); "
         f"timed for: {', '.join(w8a8_formats()) or 'none'} (XPULLM_TRITON_W8A8=off|fp8|all)",
@@ -356,23 +356,27 @@ def can_fold(cfg: LaunchConfig, tw) -> bool:
 
 
 def can_pair(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
-    """Whether `pairs` can run: the bf16x2 decode of two planes for bf16 activations. sym_int4 codes go into the
-    dots unscaled, scaled after the step's dot (one scale per step); nf4 / fp4 levels are scaled in the decode by
-    each word's own group scale where a step spans several groups."""
-    if not (cfg.path == "mma_t" and cfg.plane_dots and x_dtype == torch.bfloat16):
-        return False
-    return (tw.format == "sym_int4" and one_scale_per_step(tw, cfg)) or tw.format in LUT_PAIR_FORMATS
+    """Whether `pairs` can run: the bf16x2 decode of two planes for bf16 activations (sym_int4, nf4, fp4). With one
+    scale per K step the codes go into the dots unscaled and the step's product is scaled; where a step spans
+    several groups each weight is scaled in the decode by its word's group scale."""
+    return cfg.path == "mma_t" and cfg.plane_dots and x_dtype == torch.bfloat16 and tw.format in PAIR_FORMATS
 
 
-LUT_PAIR_FORMATS = ("nf4", "fp4")  # codebook formats with the byte-permute pair decode (`lut_pairs.py`)
+def gpu_tested_pairs(cfg: LaunchConfig, tw) -> bool:
+    """Whether `cfg`'s pair decode has passed its tests on a GPU: sym_int4 with one scale per K step (H100, H200).
+    The others (nf4 / fp4 levels by byte permutes, per-word group scales) wait for XPULLM_TRITON_MORE_PAIRS=1."""
+    return not cfg.pairs or (tw.format == "sym_int4" and one_scale_per_step(tw, cfg))
 
 
-def lut_pairs_enabled() -> bool:
-    """Whether the tuner times the codebooks' (nf4, fp4) byte-permute pair decode (XPULLM_TRITON_LUT_PAIRS=1).
-    Off until its GPU tests (tests/kernels/test_triton_mma.py) have passed on a GPU: its PTX has run in the Triton
-    interpreter's place only as its bit-level twin (`lut_pairs.pair_reference`). Explicit configurations run it
-    either way."""
-    return runtime_settings().triton_lut_pairs
+PAIR_FORMATS = ("sym_int4", "nf4", "fp4")  # 4-bit formats with a bf16x2 pair decode (jit.py, `lut_pairs.py`)
+
+
+def more_pairs_enabled() -> bool:
+    """Whether the tuner times the pair decodes that have not yet run on a GPU (XPULLM_TRITON_MORE_PAIRS=1): nf4 /
+    fp4 by byte permutes (their PTX has run only as its bit-level twin, `lut_pairs.pair_reference`) and sym_int4
+    scaled per word where a K step spans several groups (g32, g64: GGUF Q4_0's group). Off until
+    tests/kernels/test_triton_mma.py has passed on a GPU; explicit configurations run them either way."""
+    return runtime_settings().triton_more_pairs
 
 
 def one_scale_per_step(tw, cfg: LaunchConfig) -> bool:
@@ -403,10 +407,12 @@ def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[Launc
         tw.format in w8a8_formats()
     ):  # every row count: the vendor GEMM serves decode batches and prefill alike
         pool += table.get("w8a8", [])
-    lut_pairs = tw.format not in LUT_PAIR_FORMATS or lut_pairs_enabled()
+    more_pairs = more_pairs_enabled()
     fixup = fixup_enabled()
     return [
-        c for c in pool if valid(c, tw, x_dtype) and (lut_pairs or not c.pairs) and (fixup or not c.fixup)
+        c
+        for c in pool
+        if valid(c, tw, x_dtype) and (more_pairs or gpu_tested_pairs(c, tw)) and (fixup or not c.fixup)
     ]
 
 

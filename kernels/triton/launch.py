@@ -343,8 +343,8 @@ def _run_mma_t(
         )
     if cfg.pairs and not can_pair(cfg, tw, x.dtype):
         raise ValueError(
-            f"pairs=True decodes unscaled sym_int4 codes for bf16 activations with one scale per K step; "
-            f"{tw.format} (group {tw.group_size}) x {x.dtype} with {cfg} is not that: use pairs=False"
+            f"pairs=True decodes two 4-bit planes (sym_int4, nf4, fp4) at a time for bf16 activations in plane "
+            f"dots; {tw.format} (group {tw.group_size}) x {x.dtype} with {cfg} is not that: use pairs=False"
         )
     m = x.shape[0]
     split = cfg.split_k

@@ -161,7 +161,10 @@ def test_mma_t_fold_and_accumulators_refuse_what_they_cannot_run():
 )
 def test_mma_t_bf16x2_pair_decode_matches_reference(n, k, m, cfg):
     x = _check_bf16_tile("sym_int4", 128, n, k, m, cfg)
-    other = pack_weight(_weight("sym_int4", 32, n, k, 0), DEVICE)  # 4-word groups: two scales per step
+    # groups of 32 / 64 (GGUF Q4_0's is 32): several scales per step, each weight scaled in the decode
+    for gs in (32, 64):
+        _check_bf16_tile("sym_int4", gs, n, k, m, cfg)
+    other = pack_weight(_weight("sym_int8", 0, n, k, 0), DEVICE)  # 8-bit codes: no pairs
     with pytest.raises(ValueError, match="pairs=False"):
         run(_prepare_x(x.to(DEVICE), other), other, cfg)
 
@@ -216,12 +219,17 @@ def test_split_sum_candidates_wait_for_their_switch(monkeypatch):
 
 def test_codebook_pair_candidates_wait_for_their_switch(monkeypatch):
     tw = pack_weight(_weight("nf4", 64, 64, 512, 0), DEVICE)
-    monkeypatch.delenv("XPULLM_TRITON_LUT_PAIRS", raising=False)
+    monkeypatch.delenv("XPULLM_TRITON_MORE_PAIRS", raising=False)
     assert not [c for c in candidates("cuda", tw, 16, torch.bfloat16) if c.pairs]
-    monkeypatch.setenv("XPULLM_TRITON_LUT_PAIRS", "1")
+    g32 = pack_weight(_weight("sym_int4", 32, 64, 512, 0), DEVICE)  # per-word scales: not yet run on a GPU
+    assert not [c for c in candidates("cuda", g32, 16, torch.bfloat16) if c.pairs]
+    g128 = pack_weight(_weight("sym_int4", 128, 64, 512, 0), DEVICE)  # GPU-tested: always a candidate
+    assert [c for c in candidates("cuda", g128, 16, torch.bfloat16) if c.pairs]
+    monkeypatch.setenv("XPULLM_TRITON_MORE_PAIRS", "1")
     assert [c for c in candidates("cuda", tw, 16, torch.bfloat16) if c.pairs]
     fp4 = pack_weight(_weight("fp4", 64, 64, 512, 0), DEVICE)  # fp4's levels go the same way
     assert [c for c in candidates("cuda", fp4, 16, torch.bfloat16) if c.pairs]
+    assert [c for c in candidates("cuda", g32, 16, torch.bfloat16) if c.pairs]
     int8 = pack_weight(_weight("sym_int8", 0, 64, 512, 0), DEVICE)  # no 4-bit codes, no pairs
     assert not [c for c in candidates("cuda", int8, 16, torch.bfloat16) if c.pairs]
 
