@@ -1127,6 +1127,24 @@ def _sum_accs(ACCS: tl.constexpr, p0, p1, p2, p3, p4, p5, p6, p7):
 
 
 @triton.jit
+def _word_scales(
+    s_ptr, n2, n_ok, kw0, NG, stride_sn, GROUP_WORDS: tl.constexpr, BLOCK_N: tl.constexpr, BKW: tl.constexpr
+):  # fmt: skip
+    """The scale (or zero point) of every word of a K step that spans BKW / GROUP_WORDS whole groups, as fp32
+    [BLOCK_N, BKW]: the step's group scales are loaded as one contiguous run per row ([BLOCK_N, groups]: 4 - 16
+    bytes, which Triton pipelines into shared memory like the weight) and repeated over each group's words in
+    registers. A per-word gather instead (one 2-byte load per word) is a plain load in the weight's blocked
+    layout, and the decoded weight then takes a shared-memory round trip per plane dot to reach the dot's
+    register layout (sm_90, `bench/triton_static.py --group-size 32`: 8 per step, 0 this way)."""
+    GROUPS: tl.constexpr = BKW // GROUP_WORDS
+    g = kw0 // GROUP_WORDS + tl.arange(0, GROUPS)[None, :]
+    sg = tl.load(s_ptr + n2 * stride_sn + g, mask=n_ok & (g < NG), other=0.0)
+    return tl.reshape(tl.broadcast_to(sg[:, :, None], (BLOCK_N, GROUPS, GROUP_WORDS)), (BLOCK_N, BKW)).to(
+        tl.float32
+    )
+
+
+@triton.jit
 def mma_t_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, lut_ptr, y_ptr,
     M, N, KW, NG, words_per_split,
@@ -1197,13 +1215,11 @@ def mma_t_kernel(
             if HAS_ZERO and not POST_SCALE:  # folded into the decode (POST_SCALE adds it after the dots)
                 z_row = tl.load(z_ptr + offs_n * stride_sn + kw0 // GROUP_WORDS, mask=offs_n < N, other=0.0)
                 z = z_row.to(tl.float32)[:, None]
-        else:
-            g2 = kw2 // GROUP_WORDS
-            s_ok = n_ok & (g2 < NG)
-            s = tl.load(s_ptr + n2 * stride_sn + g2, mask=s_ok, other=0.0).to(tl.float32)
+        else:  # several whole groups per step (BKW a multiple of GROUP_WORDS: step and split boundaries align)
+            s = _word_scales(s_ptr, n2, n_ok, kw0, NG, stride_sn, GROUP_WORDS, BLOCK_N, BKW)
             z = s
             if HAS_ZERO:
-                z = tl.load(z_ptr + n2 * stride_sn + g2, mask=s_ok, other=0.0).to(tl.float32)
+                z = _word_scales(z_ptr, n2, n_ok, kw0, NG, stride_sn, GROUP_WORDS, BLOCK_N, BKW)
         if POST_SCALE:  # the operands go into the dots unscaled; the step's product is scaled per row
             part = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
             part1, part2, part3, part4, part5, part6, part7 = _zeros7(BLOCK_N, BLOCK_M)
