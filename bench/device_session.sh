@@ -41,10 +41,11 @@ if want mma; then
   # tests run below either way; off again if they do not pass)
   export XPULLM_TRITON_MORE_PAIRS=1 XPULLM_TRITON_FIXUP=1 XPULLM_TRITON_W8A8=fp8
   # MMA_TESTS: the test files (default: the tiles and the w8a8 path); MMA_TESTS_K: a -k filter (default: what
-  # has not yet passed on a GPU - w8a8, the in-kernel split sums, the codebook pairs, sym_int8 stored signed;
+  # has not yet passed on a GPU - w8a8, the in-kernel split sums, the codebook pairs, the per-group scale loads
+  # (groups of 32 / 64), sym_int8 stored signed;
   # MMA_TESTS_K="" runs them all, ~6 minutes)
-  K="${MMA_TESTS_K-w8a8 or buffer or declined or tuner or product or quantizer or split_sum or codebook_pair or (sym_int8 and tiles_match)}"
-  timeout "${MMA_TESTS_S:-150}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
+  K="${MMA_TESTS_K-w8a8 or buffer or declined or tuner or product or quantizer or split_sum or codebook_pair or (tiles_match and (32 or 64 or sym_int8))}"
+  timeout "${MMA_TESTS_S:-220}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
     --noconftest -q -rs ${K:+-k "$K"} \
     ${MMA_TESTS:-tests/kernels/test_triton_mma.py tests/kernels/test_triton_w8a8.py} > "$W/mma/tests_mma.txt" 2>&1 &
   for f in ${WARM_FORMATS:-sym_int4:128,sym_int4:32 nf4:64,nf4:128,fp4:64 fp8_e4m3,sym_int8}; do
