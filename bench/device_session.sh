@@ -44,7 +44,7 @@ if want mma; then
   # has not yet passed on a GPU - w8a8, the in-kernel split sums, the codebook pairs, the per-group scale loads
   # (groups of 32 / 64), sym_int8 stored signed;
   # MMA_TESTS_K="" runs them all, ~6 minutes)
-  K="${MMA_TESTS_K-w8a8 or buffer or declined or tuner or product or quantizer or split_sum or codebook_pair or (tiles_match and (32 or 64 or sym_int8))}"
+  K="${MMA_TESTS_K-w8a8 or buffer or declined or tuner or product or quantizer or split_sum or codebook_pair or bf16x2_pair or (tiles_match and (32 or 64 or sym_int8))}"
   timeout "${MMA_TESTS_S:-220}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
     --noconftest -q -rs ${K:+-k "$K"} \
     ${MMA_TESTS:-tests/kernels/test_triton_mma.py tests/kernels/test_triton_w8a8.py} > "$W/mma/tests_mma.txt" 2>&1 &

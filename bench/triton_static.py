@@ -49,6 +49,8 @@ VARIANTS = {
     "natural": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, natural=True),
     "one dot": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3),
     "pairs fixup": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, pairs=True, fixup=True),
+    "pairs 32 words": LaunchConfig("mma_t", 16, 64, 8, 2, 4, 3, plane_dots=True, pairs=True),
+    "planes 32 words": LaunchConfig("mma_t", 16, 64, 8, 2, 4, 3, plane_dots=True),
 }  # fmt: skip
 SIGNATURE = {
     "x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*fp16", "lut_ptr": "*fp32", "y_ptr": "*fp32",

@@ -190,6 +190,12 @@ _CUDA_MMA_T = (
         # fixup: the split-K sum done by each tile's last split (`jit._last_split_sums`), no reduce launch
         for fixup in (False, True)
     ]
+    # 32 words per K step: half the draining waits per weight (sm_90: 7 per step at 87 registers); at group 128
+    # a step spans two groups, scaled per word in the decode (XPULLM_TRITON_MORE_PAIRS until GPU-tested)
+    + [
+        LaunchConfig("mma_t", 0, bn, 8, sk, w, st, plane_dots=True, pairs=True)
+        for bn, sk, w, st in ((64, 2, 4, 3), (64, 4, 4, 3), (128, 2, 8, 3))
+    ]
     # The step's scale folded into the decode and one accumulator per plane dot (or half as many): Triton then
     # issues a step's tensor-core dots without waiting for each before the next (they go to different
     # accumulators and nothing is rescaled per step); 8 accumulators cost ~100 more registers at 16 rows.

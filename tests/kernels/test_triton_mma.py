@@ -157,6 +157,8 @@ def test_mma_t_fold_and_accumulators_refuse_what_they_cannot_run():
     [
         (37, 300, 5, LaunchConfig("mma_t", 16, 64, 4, 1, 4, 2, plane_dots=True, pairs=True)),
         (128, 512, 16, LaunchConfig("mma_t", 16, 64, 4, 2, 4, 2, plane_dots=True, pairs=True)),
+        # 32 words per step: two groups of 128 per step, scaled per word
+        (100, 1100, 16, LaunchConfig("mma_t", 16, 64, 8, 2, 4, 2, plane_dots=True, pairs=True)),
     ],
 )
 def test_mma_t_bf16x2_pair_decode_matches_reference(n, k, m, cfg):
