@@ -44,8 +44,8 @@ if want mma; then
   # has not yet passed on a GPU - w8a8, the in-kernel split sums, the codebook pairs, the per-group scale loads
   # (groups of 32 / 64), sym_int8 stored signed;
   # MMA_TESTS_K="" runs them all, ~6 minutes)
-  K="${MMA_TESTS_K-w8a8 or buffer or declined or tuner or product or quantizer or split_sum or codebook_pair or bf16x2_pair or (tiles_match and (32 or 64 or sym_int8))}"
-  timeout "${MMA_TESTS_S:-220}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
+  K="${MMA_TESTS_K-w8a8 or buffer or declined or tuner or product or quantizer or split_sum or codebook_pair or bf16x2_pair or joined or (tiles_match and (32 or 64 or sym_int8))}"
+  timeout "${MMA_TESTS_S:-200}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
     --noconftest -q -rs ${K:+-k "$K"} \
     ${MMA_TESTS:-tests/kernels/test_triton_mma.py tests/kernels/test_triton_w8a8.py} > "$W/mma/tests_mma.txt" 2>&1 &
   for f in ${WARM_FORMATS:-sym_int4:128,sym_int4:32 nf4:64,nf4:128,fp4:64 fp8_e4m3,sym_int8}; do
@@ -65,7 +65,7 @@ fi
 
 # The batched tiles per format and row count (before the engine, which then uses the winners).
 if want sweep; then
-  timeout "${SWEEP_S:-300}" $P bench/gpu_batched.py --formats "${SWEEP_FORMATS:-sym_int4:128,sym_int4:32,nf4:64,nf4:128,fp4:64,fp8_e4m3,sym_int8}" \
+  timeout "${SWEEP_S:-330}" $P bench/gpu_batched.py --formats "${SWEEP_FORMATS:-sym_int4:128,sym_int4:32,nf4:64,nf4:128,fp4:64,fp8_e4m3,sym_int8}" \
     --rows "${SWEEP_ROWS:-1,8,16,32,64}" --paths "${SWEEP_PATHS:-mma_t,w8a8}" --all --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
   mark sweep done
   # the engine stage below starts from these measured tiles (the tuner would time them all at warm-up)

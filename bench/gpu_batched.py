@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                     if best.path == "w8a8"
                     else f"{best.path} {best.block_m}x{best.block_n}x{best.block_kb} s{best.split_k} "
                     f"w{best.num_warps} st{best.num_stages}{' planes' if best.plane_dots else ''}"
-                    f"{' pairs' if best.pairs else ''}"
+                    f"{' pairs' if best.pairs else ''}{' join' if best.join else ''}{' fixup' if best.fixup else ''}"
                 )
                 dq_us = timed(lambda x2=x2, tw=tw: run(x2, tw, LaunchConfig("dequant")))
                 row["dequant"] += dq_us
@@ -168,8 +168,22 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     # no tuning record: the engine's int8 rows also have the gemv_q8 paths, which this script does
                     # not time (a record of the best `mma` tile forced it over them: 12 ms steps at 8 streams)
-                print(json.dumps({"fmt": label, "shape": f"{n}x{k}", "m": m, "mma_us": best_us,
-                                  "cfg": row["cfgs"][-1]}), flush=True)  # fmt: skip
+                # one line per shape and row count, with everything the tables need: a run cut short keeps it
+                print(
+                    json.dumps(
+                        {
+                            "fmt": label,
+                            "shape": f"{n}x{k}",
+                            "m": m,
+                            "mma_us": best_us,
+                            "cfg": row["cfgs"][-1],
+                            "bf16_us": bf16_us[(n, k, m)],
+                            "dequant_us": dq_us,
+                            "weight_bytes": tw.nbytes,
+                        }
+                    ),
+                    flush=True,
+                )
                 if in_layer:
                     shapes.append(
                         (label, m, f"{n}x{k}", best_us, bf16_us[(n, k, m)], tw.nbytes, row["cfgs"][-1])

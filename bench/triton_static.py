@@ -49,7 +49,9 @@ VARIANTS = {
     "natural": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, natural=True),
     "one dot": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3),
     "pairs fixup": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, pairs=True, fixup=True),
+    "pairs join": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, pairs=True, join=True),
     "pairs 32 words": LaunchConfig("mma_t", 16, 64, 8, 2, 4, 3, plane_dots=True, pairs=True),
+    "pairs 32 words join": LaunchConfig("mma_t", 16, 64, 8, 2, 4, 3, plane_dots=True, pairs=True, join=True),
     "planes 32 words": LaunchConfig("mma_t", 16, 64, 8, 2, 4, 3, plane_dots=True),
 }  # fmt: skip
 SIGNATURE = {
@@ -62,7 +64,13 @@ SIGNATURE = {
 
 def compile_variant(cfg: LaunchConfig, tw: TritonWeight, arch: int) -> dict:
     """Compile one configuration of `jit.mma_t_kernel` for weight `tw` with the constants a launch passes."""
-    const = {**mma_t_constexprs(tw, cfg), "DOT_F32": False, "PDL": False, "FIXUP": cfg.fixup}
+    const = {
+        **mma_t_constexprs(tw, cfg),
+        "DOT_F32": False,
+        "PDL": False,
+        "FIXUP": cfg.fixup,
+        "JOIN": cfg.join,
+    }
     scales = "*fp16" if tw.scales.dtype == torch.float16 else "*fp32"
     args = {**SIGNATURE, "s_ptr": scales, "z_ptr": scales}
     sig = {**args, **{k: "constexpr" for k in const}}

@@ -9,7 +9,7 @@
 | `XPULLM_TRITON_AUTOTUNE` | `triton_autotune` | `1` | `0`: Triton matmuls take the tuned table / heuristic config without timing candidates |
 | `XPULLM_TRITON_TUNED` | `triton_tuned` | unset | path of an extra tuned-config table, read before the packaged one |
 | `XPULLM_TRITON_MMA` | `triton_mma` | `1` | `0`: the tuner leaves out the batched tensor-core tiles (`mma`, `mma_t`) |
-| `XPULLM_TRITON_MORE_PAIRS` | `triton_more_pairs` | `0` | `1`: the tuner also times the pair decodes not yet run on a GPU (nf4 / fp4 by byte permutes; sym_int4 under several group scales per K step) |
+| `XPULLM_TRITON_MORE_PAIRS` | `triton_more_pairs` | `0` | `1`: the tuner also times the pair decodes not yet run on a GPU (nf4 / fp4 by byte permutes; sym_int4 under several group scales per K step; joined pair dots) |
 | `XPULLM_TRITON_FIXUP` | `triton_fixup` | `0` | `1`: the tuner also times `mma_t` tiles that sum their K splits in the kernel (until their GPU tests pass) |
 | `XPULLM_TRITON_W8A8` | `triton_w8a8` | `off` | `fp8`: the tuner also times fp8_e4m3 weights x per-token fp8 activations on cuBLAS; `all`: sym_int8 too |
 | `XPULLM_PDL` | `pdl` | `1` | `0`: launch Triton kernels without programmatic dependent launch (Hopper+) |

@@ -63,6 +63,9 @@ class LaunchConfig:
     accs: int = 1  # mma_t, plane_dots: accumulators the plane dots rotate over (1, 2, 4, 8)
     fold: bool = False  # mma_t, plane_dots, one scale per step: scaled in the decode, no per-step rescale
     fixup: bool = False  # mma_t, split_k > 1: the tile's last split sums the partials (no reduce kernel)
+    join: bool = (
+        False  # mma_t, pairs: a pair's two planes in one dot of twice the K (half the dots and waits)
+    )
 
 
 def _gemv(bm: int, bn: int, kb: int, sk: int, warps: int, prefetch: bool = False) -> LaunchConfig:
@@ -190,11 +193,18 @@ _CUDA_MMA_T = (
         # fixup: the split-K sum done by each tile's last split (`jit._last_split_sums`), no reduce launch
         for fixup in (False, True)
     ]
+    # join: one dot per pair of planes (K = 32 per dot at 16 words per step), with and without the fixup
+    + [
+        LaunchConfig("mma_t", 0, bn, 4, sk, w, st, plane_dots=True, pairs=True, join=True, fixup=fixup)
+        for bn, sk, w, st in _PAIR_TILES
+        for fixup in (False, True)
+    ]
     # 32 words per K step: half the draining waits per weight (sm_90: 7 per step at 87 registers); at group 128
     # a step spans two groups, scaled per word in the decode (XPULLM_TRITON_MORE_PAIRS until GPU-tested)
     + [
-        LaunchConfig("mma_t", 0, bn, 8, sk, w, st, plane_dots=True, pairs=True)
+        LaunchConfig("mma_t", 0, bn, 8, sk, w, st, plane_dots=True, pairs=True, join=join)
         for bn, sk, w, st in ((64, 2, 4, 3), (64, 4, 4, 3), (128, 2, 8, 3))
+        for join in (False, True)
     ]
     # The step's scale folded into the decode and one accumulator per plane dot (or half as many): Triton then
     # issues a step's tensor-core dots without waiting for each before the next (they go to different
@@ -344,6 +354,8 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return False
     if cfg.fixup and (cfg.path != "mma_t" or cfg.split_k == 1):
         return False  # only mma_t's K splits have partials to sum
+    if cfg.join and not cfg.pairs:
+        return False  # joins the two planes of a pair decode
     if cfg.pairs and not can_pair(cfg, tw, x_dtype):
         return False
     if cfg.path == "gemv_q8" and (
@@ -369,9 +381,10 @@ def can_pair(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
 
 
 def gpu_tested_pairs(cfg: LaunchConfig, tw) -> bool:
-    """Whether `cfg`'s pair decode has passed its tests on a GPU: sym_int4 with one scale per K step (H100, H200).
-    The others (nf4 / fp4 levels by byte permutes, per-word group scales) wait for XPULLM_TRITON_MORE_PAIRS=1."""
-    return not cfg.pairs or (tw.format == "sym_int4" and one_scale_per_step(tw, cfg))
+    """Whether `cfg`'s pair decode has passed its tests on a GPU: sym_int4 with one scale per K step, one dot per
+    plane (H100, H200). The others (nf4 / fp4 levels by byte permutes, per-word group scales, joined pair dots)
+    wait for XPULLM_TRITON_MORE_PAIRS=1."""
+    return not cfg.pairs or (tw.format == "sym_int4" and one_scale_per_step(tw, cfg) and not cfg.join)
 
 
 PAIR_FORMATS = ("sym_int4", "nf4", "fp4")  # 4-bit formats with a bf16x2 pair decode (jit.py, `lut_pairs.py`)

@@ -1154,6 +1154,7 @@ def mma_t_kernel(
     PLANE_DOTS: tl.constexpr, PAIRS: tl.constexpr, NATURAL: tl.constexpr, USE_WS: tl.constexpr,
     POST_SCALE: tl.constexpr, ROW_SCALE: tl.constexpr, ACCS: tl.constexpr,
     EVEN: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr, FIXUP: tl.constexpr = False,
+    JOIN: tl.constexpr = False,
 ):  # fmt: skip
     """y[m, n] = sum_k x[m, k] W[n, k] for a batch of activation rows, as y^T = W @ x^T on tensor cores.
 
@@ -1168,7 +1169,9 @@ def mma_t_kernel(
     NATURAL (one dot per step): the tile is decoded in the weight's own K order and the activations are read
     as one contiguous run. EVEN: every weight row tile lies inside N and every step is
     whole (no masks on the weight stream). PAIRS (sym_int4, nf4 or fp4, PLANE_DOTS, bf16 x): planes p and p + 4
-    decode together in bf16x2 (`_pair_bf16`), scaled after the step's dots (POST_SCALE) or in the decode. ACCS (PLANE_DOTS: 1, 2, 4 or 8): the step's plane dots go
+    decode together in bf16x2 (`_pair_bf16`), scaled after the step's dots (POST_SCALE) or in the decode; JOIN
+    (PAIRS): the pair's two planes go into one dot of K = 2 BKW, half the dots and half the draining waits (sm_90:
+    4 per 16-word step instead of 8, 56 registers instead of 62). ACCS (PLANE_DOTS: 1, 2, 4 or 8): the step's plane dots go
     round-robin into this many accumulators, summed once per step (POST_SCALE) or at the end. Triton waits for
     each tensor-core dot before the next one that adds into the same accumulator when the weight operand lives in
     registers; dots into different accumulators overlap.
@@ -1234,13 +1237,22 @@ def mma_t_kernel(
                 else:  # the row's step scale (fold) or each word's group scale, in bf16x2 too
                     sb = tl.broadcast_to(s.to(tl.bfloat16), (BLOCK_N, BKW))
                     lo, hi = _pair_bf16_scaled(w >> (p * BITS), sb, FMT, CODEBOOK, DOT_F32)
-                for half in tl.static_range(2):
-                    e = x0 + e0 + 4 * (p + half * (PLANES // 2))
+                if JOIN:  # both planes in one dot of K = 2 BKW: [lo | hi], activations in the same order
+                    wt = tl.reshape(tl.permute(tl.join(lo, hi), (0, 2, 1)), (BLOCK_N, 2 * BKW))
+                    half = tl.arange(0, 2)[:, None]
+                    e = x0 + tl.reshape(e0[None, :] + 4 * (p + half * (PLANES // 2)), (2 * BKW,))
                     xt = _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, kw_end * PLANES, EVEN)
                     part, part1, part2, part3, part4, part5, part6, part7 = _dot_into(
-                        (2 * p + half) % ACCS, hi if half else lo, xt, DOT_F32,
-                        part, part1, part2, part3, part4, part5, part6, part7,
+                        p % ACCS, wt, xt, DOT_F32, part, part1, part2, part3, part4, part5, part6, part7,
                     )  # fmt: skip
+                else:
+                    for half in tl.static_range(2):
+                        e = x0 + e0 + 4 * (p + half * (PLANES // 2))
+                        xt = _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, kw_end * PLANES, EVEN)
+                        part, part1, part2, part3, part4, part5, part6, part7 = _dot_into(
+                            (2 * p + half) % ACCS, hi if half else lo, xt, DOT_F32,
+                            part, part1, part2, part3, part4, part5, part6, part7,
+                        )  # fmt: skip
         elif PLANE_DOTS:
             for p in tl.static_range(PLANES):
                 wt, xt = _mma_t_operands(

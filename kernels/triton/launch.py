@@ -341,6 +341,8 @@ def _run_mma_t(
             f"fold=True scales each step's plane dots by its one scale per row; {tw.format} (group "
             f"{tw.group_size}) with {cfg} has several scales per step: use fold=False"
         )
+    if cfg.join and not cfg.pairs:
+        raise ValueError(f"join=True joins the two planes of a pair decode: it needs pairs=True; got {cfg}")
     if cfg.pairs and not can_pair(cfg, tw, x.dtype):
         raise ValueError(
             f"pairs=True decodes two 4-bit planes (sym_int4, nf4, fp4) at a time for bf16 activations in plane "
@@ -357,7 +359,7 @@ def _run_mma_t(
         m, tw.n, tw.kw, tw.n_groups, _words_per_split(tw, cfg),
         x.stride(0), tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
         out, counters if counters is not None else tw.words,
-        **mma_t_constexprs(tw, cfg), FIXUP=counters is not None, num_warps=cfg.num_warps,
+        **mma_t_constexprs(tw, cfg), FIXUP=counters is not None, JOIN=cfg.join, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **launch_options(tw.device),
     )  # fmt: skip
     if split > 1 and counters is None:
