@@ -49,9 +49,10 @@ VARIANTS = {
     "natural": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, natural=True),
     "one dot": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3),
     "pairs fixup": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, pairs=True, fixup=True),
-    "pairs join": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, pairs=True, join=True),
+    "pairs join 2": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, pairs=True, join=2),
+    "pairs join 4": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, pairs=True, join=4),
     "pairs 32 words": LaunchConfig("mma_t", 16, 64, 8, 2, 4, 3, plane_dots=True, pairs=True),
-    "pairs 32 words join": LaunchConfig("mma_t", 16, 64, 8, 2, 4, 3, plane_dots=True, pairs=True, join=True),
+    "pairs 32 words join 2": LaunchConfig("mma_t", 16, 64, 8, 2, 4, 3, plane_dots=True, pairs=True, join=2),
     "planes 32 words": LaunchConfig("mma_t", 16, 64, 8, 2, 4, 3, plane_dots=True),
 }  # fmt: skip
 SIGNATURE = {

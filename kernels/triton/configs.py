@@ -63,9 +63,7 @@ class LaunchConfig:
     accs: int = 1  # mma_t, plane_dots: accumulators the plane dots rotate over (1, 2, 4, 8)
     fold: bool = False  # mma_t, plane_dots, one scale per step: scaled in the decode, no per-step rescale
     fixup: bool = False  # mma_t, split_k > 1: the tile's last split sums the partials (no reduce kernel)
-    join: bool = (
-        False  # mma_t, pairs: a pair's two planes in one dot of twice the K (half the dots and waits)
-    )
+    join: int = 1  # mma_t, pairs: planes per tensor-core dot (1; 2: a pair's two planes; 4: two pairs)
 
 
 def _gemv(bm: int, bn: int, kb: int, sk: int, warps: int, prefetch: bool = False) -> LaunchConfig:
@@ -193,10 +191,11 @@ _CUDA_MMA_T = (
         # fixup: the split-K sum done by each tile's last split (`jit._last_split_sums`), no reduce launch
         for fixup in (False, True)
     ]
-    # join: one dot per pair of planes (K = 32 per dot at 16 words per step), with and without the fixup
+    # join: 2 or 4 planes per dot (K = 32 / 64 per dot at 16 words per step), with and without the fixup
     + [
-        LaunchConfig("mma_t", 0, bn, 4, sk, w, st, plane_dots=True, pairs=True, join=True, fixup=fixup)
+        LaunchConfig("mma_t", 0, bn, 4, sk, w, st, plane_dots=True, pairs=True, join=join, fixup=fixup)
         for bn, sk, w, st in _PAIR_TILES
+        for join in (2, 4)
         for fixup in (False, True)
     ]
     # 32 words per K step: half the draining waits per weight (sm_90: 7 per step at 87 registers); at group 128
@@ -204,7 +203,7 @@ _CUDA_MMA_T = (
     + [
         LaunchConfig("mma_t", 0, bn, 8, sk, w, st, plane_dots=True, pairs=True, join=join)
         for bn, sk, w, st in ((64, 2, 4, 3), (64, 4, 4, 3), (128, 2, 8, 3))
-        for join in (False, True)
+        for join in (1, 2)
     ]
     # The step's scale folded into the decode and one accumulator per plane dot (or half as many): Triton then
     # issues a step's tensor-core dots without waiting for each before the next (they go to different
@@ -354,8 +353,8 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return False
     if cfg.fixup and (cfg.path != "mma_t" or cfg.split_k == 1):
         return False  # only mma_t's K splits have partials to sum
-    if cfg.join and not cfg.pairs:
-        return False  # joins the two planes of a pair decode
+    if cfg.join not in (1, 2, 4) or (cfg.join > 1 and not cfg.pairs):
+        return False  # joins the planes of pair decodes
     if cfg.pairs and not can_pair(cfg, tw, x_dtype):
         return False
     if cfg.path == "gemv_q8" and (
@@ -384,7 +383,7 @@ def gpu_tested_pairs(cfg: LaunchConfig, tw) -> bool:
     """Whether `cfg`'s pair decode has passed its tests on a GPU: sym_int4 with one scale per K step, one dot per
     plane (H100, H200). The others (nf4 / fp4 levels by byte permutes, per-word group scales, joined pair dots)
     wait for XPULLM_TRITON_MORE_PAIRS=1."""
-    return not cfg.pairs or (tw.format == "sym_int4" and one_scale_per_step(tw, cfg) and not cfg.join)
+    return not cfg.pairs or (tw.format == "sym_int4" and one_scale_per_step(tw, cfg) and cfg.join == 1)
 
 
 PAIR_FORMATS = ("sym_int4", "nf4", "fp4")  # 4-bit formats with a bf16x2 pair decode (jit.py, `lut_pairs.py`)

@@ -1127,6 +1127,19 @@ def _sum_accs(ACCS: tl.constexpr, p0, p1, p2, p3, p4, p5, p6, p7):
 
 
 @triton.jit
+def _step_pair(
+    w, p: tl.constexpr, s, POST_SCALE: tl.constexpr, FMT: tl.constexpr, CODEBOOK: tl.constexpr,
+    BITS: tl.constexpr, BLOCK_N: tl.constexpr, BKW: tl.constexpr, DOT_F32: tl.constexpr,
+):  # fmt: skip
+    """Planes p and p + 4 of a K step's words as two bf16 tiles: unscaled (POST_SCALE: the step's product is
+    scaled after the dots) or times each word's scale `s` (the row's step scale, or its group's)."""
+    if POST_SCALE:
+        return _pair_bf16(w >> (p * BITS), FMT, CODEBOOK, DOT_F32)
+    sb = tl.broadcast_to(s.to(tl.bfloat16), (BLOCK_N, BKW))
+    return _pair_bf16_scaled(w >> (p * BITS), sb, FMT, CODEBOOK, DOT_F32)
+
+
+@triton.jit
 def _word_scales(
     s_ptr, n2, n_ok, kw0, NG, stride_sn, GROUP_WORDS: tl.constexpr, BLOCK_N: tl.constexpr, BKW: tl.constexpr
 ):  # fmt: skip
@@ -1154,7 +1167,7 @@ def mma_t_kernel(
     PLANE_DOTS: tl.constexpr, PAIRS: tl.constexpr, NATURAL: tl.constexpr, USE_WS: tl.constexpr,
     POST_SCALE: tl.constexpr, ROW_SCALE: tl.constexpr, ACCS: tl.constexpr,
     EVEN: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr, FIXUP: tl.constexpr = False,
-    JOIN: tl.constexpr = False,
+    JOIN: tl.constexpr = 1,
 ):  # fmt: skip
     """y[m, n] = sum_k x[m, k] W[n, k] for a batch of activation rows, as y^T = W @ x^T on tensor cores.
 
@@ -1170,8 +1183,9 @@ def mma_t_kernel(
     as one contiguous run. EVEN: every weight row tile lies inside N and every step is
     whole (no masks on the weight stream). PAIRS (sym_int4, nf4 or fp4, PLANE_DOTS, bf16 x): planes p and p + 4
     decode together in bf16x2 (`_pair_bf16`), scaled after the step's dots (POST_SCALE) or in the decode; JOIN
-    (PAIRS): the pair's two planes go into one dot of K = 2 BKW, half the dots and half the draining waits (sm_90:
-    4 per 16-word step instead of 8, 56 registers instead of 62). ACCS (PLANE_DOTS: 1, 2, 4 or 8): the step's plane dots go
+    (PAIRS: planes per dot, 1, 2 or 4): 2 puts a pair's two planes into one dot of K = 2 BKW, 4 two pairs into one
+    of K = 4 BKW - fewer dots and fewer draining waits (sm_90, sym_int4 g128, 16 rows: 8 / 4 / 2 per 16-word step
+    at 62 / 56 / 72 registers). ACCS (PLANE_DOTS: 1, 2, 4 or 8): the step's plane dots go
     round-robin into this many accumulators, summed once per step (POST_SCALE) or at the end. Triton waits for
     each tensor-core dot before the next one that adds into the same accumulator when the weight operand lives in
     registers; dots into different accumulators overlap.
@@ -1230,14 +1244,30 @@ def mma_t_kernel(
             part, part1, part2, part3, part4, part5, part6, part7 = acc, acc1, acc2, acc3, acc4, acc5, acc6, acc7  # fmt: skip
         xsum = tl.zeros([BLOCK_M], dtype=tl.float32)  # the step's activation sums (zero-point term)
         x0 = kw0 * PLANES  # the step's first element
-        if PAIRS:
+        if (
+            PAIRS and JOIN == 4
+        ):  # two pair decodes (planes 2q, 2q + 4, 2q + 1, 2q + 5) in one dot of K = 4 BKW
+            for q in tl.static_range(PLANES // 4):
+                lo_a, hi_a = _step_pair(w, 2 * q, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32)
+                lo_b, hi_b = _step_pair(
+                    w, 2 * q + 1, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32
+                )
+                both = tl.join(tl.join(lo_a, hi_a), tl.join(lo_b, hi_b))  # [BN, BKW, half, pair]
+                wt = tl.reshape(
+                    tl.permute(both, (0, 3, 2, 1)), (BLOCK_N, 4 * BKW)
+                )  # K order (pair, half, word)
+                pair = tl.arange(0, 2)[:, None, None]
+                half = tl.arange(0, 2)[None, :, None]
+                plane = 2 * q + pair + half * (PLANES // 2)
+                e = x0 + tl.reshape(e0[None, None, :] + 4 * plane, (4 * BKW,))
+                xt = _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, kw_end * PLANES, EVEN)
+                part, part1, part2, part3, part4, part5, part6, part7 = _dot_into(
+                    q % ACCS, wt, xt, DOT_F32, part, part1, part2, part3, part4, part5, part6, part7,
+                )  # fmt: skip
+        elif PAIRS:
             for p in tl.static_range(PLANES // 2):
-                if POST_SCALE:
-                    lo, hi = _pair_bf16(w >> (p * BITS), FMT, CODEBOOK, DOT_F32)
-                else:  # the row's step scale (fold) or each word's group scale, in bf16x2 too
-                    sb = tl.broadcast_to(s.to(tl.bfloat16), (BLOCK_N, BKW))
-                    lo, hi = _pair_bf16_scaled(w >> (p * BITS), sb, FMT, CODEBOOK, DOT_F32)
-                if JOIN:  # both planes in one dot of K = 2 BKW: [lo | hi], activations in the same order
+                lo, hi = _step_pair(w, p, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32)
+                if JOIN == 2:  # both planes in one dot of K = 2 BKW: [lo | hi], activations in the same order
                     wt = tl.reshape(tl.permute(tl.join(lo, hi), (0, 2, 1)), (BLOCK_N, 2 * BKW))
                     half = tl.arange(0, 2)[:, None]
                     e = x0 + tl.reshape(e0[None, :] + 4 * (p + half * (PLANES // 2)), (2 * BKW,))

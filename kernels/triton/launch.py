@@ -341,8 +341,10 @@ def _run_mma_t(
             f"fold=True scales each step's plane dots by its one scale per row; {tw.format} (group "
             f"{tw.group_size}) with {cfg} has several scales per step: use fold=False"
         )
-    if cfg.join and not cfg.pairs:
-        raise ValueError(f"join=True joins the two planes of a pair decode: it needs pairs=True; got {cfg}")
+    if cfg.join not in (1, 2, 4) or (cfg.join > 1 and not cfg.pairs):
+        raise ValueError(
+            f"join (planes per dot: 1, 2 or 4) joins the planes of pair decodes; above 1 it needs pairs=True; got {cfg}"
+        )
     if cfg.pairs and not can_pair(cfg, tw, x.dtype):
         raise ValueError(
             f"pairs=True decodes two 4-bit planes (sym_int4, nf4, fp4) at a time for bf16 activations in plane "

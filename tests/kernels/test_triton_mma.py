@@ -211,18 +211,19 @@ def test_mma_t_codebook_pair_decode_matches_reference(fmt, gs, accs):
 
 
 @pytest.mark.parametrize(("fmt", "gs"), [("sym_int4", 128), ("sym_int4", 32), ("nf4", 64), ("fp4", 128)])
+@pytest.mark.parametrize("join", [2, 4])
 @pytest.mark.parametrize("accs", [1, 2])
-def test_mma_t_joined_pair_dots_match_reference(fmt, gs, accs):
-    """`join`: a pair's two decoded planes go into one dot of twice the K, the activations gathered in the same
-    [plane p | plane p + 4] order: the reference's product, ragged shapes and 32-word steps included."""
+def test_mma_t_joined_pair_dots_match_reference(fmt, gs, join, accs):
+    """`join`: the planes of one pair decode (2) or two (4) go into one dot of 2 / 4 times the K, the activations
+    gathered in the same plane order: the reference's product, ragged shapes and 32-word steps included."""
     shapes = [(37, 300, 17), (128, 1024, 9)] + ([] if INTERPRET else [(4096, 4096, 16), (1000, 1030, 40)])
     for (n, k, m), kb in itertools.product(shapes, (4, 8)):
-        cfg = LaunchConfig("mma_t", 16, 64, kb, 2, 4, 2, plane_dots=True, pairs=True, join=True, accs=accs)
+        cfg = LaunchConfig("mma_t", 16, 64, kb, 2, 4, 2, plane_dots=True, pairs=True, join=join, accs=accs)
         _check_bf16_tile(fmt, gs, n, k, m, cfg)
     tw = pack_weight(_weight(fmt, gs, 64, 256, 0), DEVICE)
     with pytest.raises(ValueError, match="pairs=True"):
         run(_prepare_x(torch.randn(2, 256).bfloat16().to(DEVICE), tw), tw,
-            LaunchConfig("mma_t", 16, 64, 4, 1, 4, 2, plane_dots=True, join=True))  # fmt: skip
+            LaunchConfig("mma_t", 16, 64, 4, 1, 4, 2, plane_dots=True, join=join))  # fmt: skip
 
 
 def test_split_sum_candidates_wait_for_their_switch(monkeypatch):
@@ -242,13 +243,13 @@ def test_codebook_pair_candidates_wait_for_their_switch(monkeypatch):
     assert not [c for c in candidates("cuda", g32, 16, torch.bfloat16) if c.pairs]
     g128 = pack_weight(_weight("sym_int4", 128, 64, 512, 0), DEVICE)  # GPU-tested: always a candidate
     assert [c for c in candidates("cuda", g128, 16, torch.bfloat16) if c.pairs]
-    assert not [c for c in candidates("cuda", g128, 16, torch.bfloat16) if c.join]  # joined dots: not yet
+    assert not [c for c in candidates("cuda", g128, 16, torch.bfloat16) if c.join > 1]  # joined dots: not yet
     monkeypatch.setenv("XPULLM_TRITON_MORE_PAIRS", "1")
     assert [c for c in candidates("cuda", tw, 16, torch.bfloat16) if c.pairs]
     fp4 = pack_weight(_weight("fp4", 64, 64, 512, 0), DEVICE)  # fp4's levels go the same way
     assert [c for c in candidates("cuda", fp4, 16, torch.bfloat16) if c.pairs]
     assert [c for c in candidates("cuda", g32, 16, torch.bfloat16) if c.pairs]
-    assert [c for c in candidates("cuda", g128, 16, torch.bfloat16) if c.join]
+    assert [c for c in candidates("cuda", g128, 16, torch.bfloat16) if c.join > 1]
     int8 = pack_weight(_weight("sym_int8", 0, 64, 512, 0), DEVICE)  # no 4-bit codes, no pairs
     assert not [c for c in candidates("cuda", int8, 16, torch.bfloat16) if c.pairs]
 
