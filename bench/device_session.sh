@@ -5,8 +5,8 @@
 #   2. the batched kernels' GPU tests (tests/kernels/test_triton_mma.py, test_triton_w8a8.py: by default what has
 #      not yet passed on a GPU) while the sweep's tiles compile; the engine stage uses the batched tiles only if
 #      those tests pass                                                              -> mma/tests_mma.txt
-#   3. bench/gpu_batched.py (stage `sweep`): sym_int4 (g128, g32), nf4 (g64, g128), fp4, fp8_e4m3, sym_int8, `mma_t`
-#      tiles and `w8a8` at 1..64 rows beside bf16 cuBLAS (~8 minutes with stage `mma`: one call) -> mma/batched.md
+#   3. bench/gpu_batched.py (stage `sweep`): sym_int4 (g128, g32), nf4 (g64, g128), fp8_e4m3, sym_int8, every `mma_t`
+#      tile and `w8a8` at 8..64 rows beside bf16 cuBLAS (~9 minutes with stage `mma`: one call) -> mma/batched.md
 #   4. bench/engine_gpu_session.sh (engine tests, engine vs peer at 1/8/32/64 streams; ~4.5 minutes) -> engine/
 #   5. bench/spec_gpu.py: speculative decoding's verify / draft costs, modelled speed-up -> spec_gpu.md
 #   6. the GPU training path's tests, then bench/finetune_gpu.py (nf4 QLoRA vs bf16 LoRA vs bitsandbytes nf4)
@@ -48,8 +48,8 @@ if want mma; then
   timeout "${MMA_TESTS_S:-200}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
     --noconftest -q -rs ${K:+-k "$K"} \
     ${MMA_TESTS:-tests/kernels/test_triton_mma.py tests/kernels/test_triton_w8a8.py} > "$W/mma/tests_mma.txt" 2>&1 &
-  for f in ${WARM_FORMATS:-sym_int4:128,sym_int4:32 nf4:64,nf4:128,fp4:64 fp8_e4m3,sym_int8}; do
-    timeout "${WARM_S:-110}" $P bench/gpu_batched.py --warm-only --formats "$f" --rows 1,8,16,32,64 \
+  for f in ${WARM_FORMATS:-sym_int4:128,sym_int4:32 nf4:64,nf4:128 fp8_e4m3,sym_int8}; do
+    timeout "${WARM_S:-110}" $P bench/gpu_batched.py --warm-only --formats "$f" --rows "${SWEEP_ROWS:-8,16,32,64}" \
       --paths "${SWEEP_PATHS:-mma_t,w8a8}" \
       > "$W/mma/warm_${f%%:*}.log" 2>&1 &
   done
@@ -65,8 +65,8 @@ fi
 
 # The batched tiles per format and row count (before the engine, which then uses the winners).
 if want sweep; then
-  timeout "${SWEEP_S:-330}" $P bench/gpu_batched.py --formats "${SWEEP_FORMATS:-sym_int4:128,sym_int4:32,nf4:64,nf4:128,fp4:64,fp8_e4m3,sym_int8}" \
-    --rows "${SWEEP_ROWS:-1,8,16,32,64}" --paths "${SWEEP_PATHS:-mma_t,w8a8}" --all --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
+  timeout "${SWEEP_S:-330}" $P bench/gpu_batched.py --formats "${SWEEP_FORMATS:-sym_int4:128,sym_int4:32,nf4:64,nf4:128,fp8_e4m3,sym_int8}" \
+    --rows "${SWEEP_ROWS:-8,16,32,64}" --paths "${SWEEP_PATHS:-mma_t,w8a8}" --all --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
   mark sweep done
   # the engine stage below starts from these measured tiles (the tuner would time them all at warm-up)
   [ -s "$W/mma/tuned_batched.json" ] && export XPULLM_TRITON_TUNED="$W/mma/tuned_batched.json"
