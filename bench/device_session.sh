@@ -49,7 +49,7 @@ if want mma; then
     --noconftest -q -rs ${K:+-k "$K"} \
     ${MMA_TESTS:-tests/kernels/test_triton_mma.py tests/kernels/test_triton_w8a8.py} > "$W/mma/tests_mma.txt" 2>&1 &
   for f in ${WARM_FORMATS:-sym_int4:128,sym_int4:32 nf4:64,nf4:128 fp8_e4m3,sym_int8}; do
-    timeout "${WARM_S:-110}" $P bench/gpu_batched.py --warm-only --formats "$f" --rows "${SWEEP_ROWS:-8,16,32,64}" \
+    timeout "${WARM_S:-200}" $P bench/gpu_batched.py --warm-only --formats "$f" --rows "${SWEEP_ROWS:-8,16,32,64}" \
       --paths "${SWEEP_PATHS:-mma_t,w8a8}" \
       > "$W/mma/warm_${f%%:*}.log" 2>&1 &
   done
