@@ -1080,6 +1080,22 @@ def _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, e_end, EVEN: tl.constexpr):
 
 
 @triton.jit
+def _mma_t_x_runs(
+    x_ptr, m_row, m_ok, stride_xm, e, e_end, EVEN: tl.constexpr, RUNS: tl.constexpr, BKW: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """Activations at elements `e` [RUNS, BKW] (each run in `_mma_t_x`'s order) of rows m_row, as [RUNS * BKW,
+    BLOCK_M]: loaded as a 3-D tile, so the compiler sees each run's contiguous elements, then flattened."""
+    e3 = e[:, :, None]
+    m3 = m_row[None, :, :]
+    if EVEN:
+        x = tl.load(x_ptr + m3 * stride_xm + e3, mask=m_ok[None, :, :], other=0.0)
+    else:
+        x = tl.load(x_ptr + m3 * stride_xm + e3, mask=m_ok[None, :, :] & (e3 < e_end), other=0.0)
+    return tl.reshape(x, (RUNS * BKW, BLOCK_M))
+
+
+@triton.jit
 def _mma_t_dot(wt, xt, acc, DOT_F32: tl.constexpr):
     if DOT_F32:  # the Triton interpreter multiplies bf16 operands as raw integers
         return acc + tl.dot(wt.to(tl.float32), xt.to(tl.float32))
@@ -1256,11 +1272,10 @@ def mma_t_kernel(
                 wt = tl.reshape(
                     tl.permute(both, (0, 3, 2, 1)), (BLOCK_N, 4 * BKW)
                 )  # K order (pair, half, word)
-                pair = tl.arange(0, 2)[:, None, None]
-                half = tl.arange(0, 2)[None, :, None]
-                plane = 2 * q + pair + half * (PLANES // 2)
-                e = x0 + tl.reshape(e0[None, None, :] + 4 * plane, (4 * BKW,))
-                xt = _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, kw_end * PLANES, EVEN)
+                hp = tl.arange(0, 4)[:, None]  # (pair, half) of each K run of BKW
+                plane = 2 * q + hp // 2 + (hp % 2) * (PLANES // 2)
+                xt = _mma_t_x_runs(x_ptr, m_row, m_ok, stride_xm, x0 + e0[None, :] + 4 * plane, kw_end * PLANES,
+                                   EVEN, 4, BKW, BLOCK_M)  # fmt: skip
                 part, part1, part2, part3, part4, part5, part6, part7 = _dot_into(
                     q % ACCS, wt, xt, DOT_F32, part, part1, part2, part3, part4, part5, part6, part7,
                 )  # fmt: skip
@@ -1270,8 +1285,10 @@ def mma_t_kernel(
                 if JOIN == 2:  # both planes in one dot of K = 2 BKW: [lo | hi], activations in the same order
                     wt = tl.reshape(tl.permute(tl.join(lo, hi), (0, 2, 1)), (BLOCK_N, 2 * BKW))
                     half = tl.arange(0, 2)[:, None]
-                    e = x0 + tl.reshape(e0[None, :] + 4 * (p + half * (PLANES // 2)), (2 * BKW,))
-                    xt = _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, kw_end * PLANES, EVEN)
+                    e = x0 + e0[None, :] + 4 * (p + half * (PLANES // 2))
+                    xt = _mma_t_x_runs(
+                        x_ptr, m_row, m_ok, stride_xm, e, kw_end * PLANES, EVEN, 2, BKW, BLOCK_M
+                    )
                     part, part1, part2, part3, part4, part5, part6, part7 = _dot_into(
                         p % ACCS, wt, xt, DOT_F32, part, part1, part2, part3, part4, part5, part6, part7,
                     )  # fmt: skip
