@@ -1080,19 +1080,18 @@ def _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, e_end, EVEN: tl.constexpr):
 
 
 @triton.jit
-def _mma_t_x_runs(
-    x_ptr, m_row, m_ok, stride_xm, e, e_end, EVEN: tl.constexpr, RUNS: tl.constexpr, BKW: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-):  # fmt: skip
-    """Activations at elements `e` [RUNS, BKW] (each run in `_mma_t_x`'s order) of rows m_row, as [RUNS * BKW,
-    BLOCK_M]: loaded as a 3-D tile, so the compiler sees each run's contiguous elements, then flattened."""
-    e3 = e[:, :, None]
-    m3 = m_row[None, :, :]
-    if EVEN:
-        x = tl.load(x_ptr + m3 * stride_xm + e3, mask=m_ok[None, :, :], other=0.0)
-    else:
-        x = tl.load(x_ptr + m3 * stride_xm + e3, mask=m_ok[None, :, :] & (e3 < e_end), other=0.0)
-    return tl.reshape(x, (RUNS * BKW, BLOCK_M))
+def _joined_k(RUNS: tl.constexpr, BKW: tl.constexpr, CHUNK: tl.constexpr, PLANES: tl.constexpr):
+    """The element offsets (from the step's first element and the first plane) of a joined dot's K positions:
+    RUNS runs of BKW words, run r = (pair r // 2, half r % 2) holding plane pair + half x PLANES / 2 of every word,
+    the words in `_mma_t_x`'s order. Computed arithmetically and marked as runs of 4 contiguous, 4-aligned
+    elements: through a reshape the compiler loses that, and Triton 3.6 then loads the tile synchronously instead
+    of pipelining it with `cp.async` (sm_90 compile)."""
+    t = tl.arange(0, RUNS * BKW)
+    run = t // BKW
+    tw = t % BKW
+    plane = run // 2 + (run % 2) * (PLANES // 2)
+    rel = (tw // 4) * CHUNK + tw % 4 + 4 * plane
+    return tl.max_contiguous(tl.multiple_of(rel, 4), 4)
 
 
 @triton.jit
@@ -1272,10 +1271,8 @@ def mma_t_kernel(
                 wt = tl.reshape(
                     tl.permute(both, (0, 3, 2, 1)), (BLOCK_N, 4 * BKW)
                 )  # K order (pair, half, word)
-                hp = tl.arange(0, 4)[:, None]  # (pair, half) of each K run of BKW
-                plane = 2 * q + hp // 2 + (hp % 2) * (PLANES // 2)
-                xt = _mma_t_x_runs(x_ptr, m_row, m_ok, stride_xm, x0 + e0[None, :] + 4 * plane, kw_end * PLANES,
-                                   EVEN, 4, BKW, BLOCK_M)  # fmt: skip
+                e = x0 + 4 * (2 * q) + _joined_k(4, BKW, CHUNK, PLANES)
+                xt = _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, kw_end * PLANES, EVEN)
                 part, part1, part2, part3, part4, part5, part6, part7 = _dot_into(
                     q % ACCS, wt, xt, DOT_F32, part, part1, part2, part3, part4, part5, part6, part7,
                 )  # fmt: skip
@@ -1284,11 +1281,8 @@ def mma_t_kernel(
                 lo, hi = _step_pair(w, p, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32)
                 if JOIN == 2:  # both planes in one dot of K = 2 BKW: [lo | hi], activations in the same order
                     wt = tl.reshape(tl.permute(tl.join(lo, hi), (0, 2, 1)), (BLOCK_N, 2 * BKW))
-                    half = tl.arange(0, 2)[:, None]
-                    e = x0 + e0[None, :] + 4 * (p + half * (PLANES // 2))
-                    xt = _mma_t_x_runs(
-                        x_ptr, m_row, m_ok, stride_xm, e, kw_end * PLANES, EVEN, 2, BKW, BLOCK_M
-                    )
+                    e = x0 + 4 * p + _joined_k(2, BKW, CHUNK, PLANES)
+                    xt = _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, kw_end * PLANES, EVEN)
                     part, part1, part2, part3, part4, part5, part6, part7 = _dot_into(
                         p % ACCS, wt, xt, DOT_F32, part, part1, part2, part3, part4, part5, part6, part7,
                     )  # fmt: skip
