@@ -110,4 +110,12 @@ def test_optimize_model_is_right_on_shapes_that_once_returned_garbage(fmt: str, 
     model = xpullm.optimize_model(torch.nn.Sequential(layer), low_bit=fmt)
     got = model(x).detach()
     rel = ((got - expected).norm() / expected.norm()).item()
-    assert rel < 2e-2, f"{fmt} K={k} N={n}: relative error {rel:.4f} against the quantized weight"
+    # The integer CPU kernels round the activations to int8 (a block's absmax / 127): each product may move by half a
+    # step times |w|. Over K = 8 terms that nearly cancel, that worst case can exceed 2% of the output (seen once in
+    # a full run: fp4, K=8, N=1, 2.2%), so such an output must instead lie within the worst case, element by element.
+    # Garbage (the relative errors of 40-90 this test exists for) fails both.
+    worst = x.abs().amax(-1, keepdim=True) / 254 * dequantized.abs().sum(-1) + 1e-4 * (
+        x.abs() @ dequantized.abs().T
+    )
+    within = bool(((got - expected).abs() <= worst + 1e-6).all())
+    assert rel < 2e-2 or within, f"{fmt} K={k} N={n}: relative error {rel:.4f} against the quantized weight"
