@@ -70,7 +70,6 @@ def compile_variant(cfg: LaunchConfig, tw: TritonWeight, arch: int) -> dict:
         "DOT_F32": False,
         "PDL": False,
         "FIXUP": cfg.fixup,
-        "JOIN": cfg.join,
     }
     scales = "*fp16" if tw.scales.dtype == torch.float16 else "*fp32"
     args = {**SIGNATURE, "s_ptr": scales, "z_ptr": scales}

@@ -185,17 +185,13 @@ _CUDA_MMA_T = (
             (128, 4, 2, 8, 4, True),
         )
     ]
-    + [
-        LaunchConfig("mma_t", 0, bn, 4, sk, w, st, plane_dots=True, pairs=True, fixup=fixup)
-        for bn, sk, w, st in _PAIR_TILES
-        # fixup: the split-K sum done by each tile's last split (`jit._last_split_sums`), no reduce launch
-        for fixup in (False, True)
-    ]
-    # join: 2 or 4 planes per dot (K = 32 / 64 per dot at 16 words per step), with and without the fixup
+    # join: planes per dot (2, 4: K = 32 / 64 per dot at 16 words per step); fixup: the split-K sum done by each
+    # tile's last split (`jit._last_split_sums`), no reduce launch
     + [
         LaunchConfig("mma_t", 0, bn, 4, sk, w, st, plane_dots=True, pairs=True, join=join, fixup=fixup)
+        for joins in ((1,), (2, 4))
         for bn, sk, w, st in _PAIR_TILES
-        for join in (2, 4)
+        for join in joins
         for fixup in (False, True)
     ]
     # 32 words per K step: half the draining waits per weight (sm_90: 7 per step at 87 registers); at group 128
@@ -241,6 +237,9 @@ def mma_enabled() -> bool:
     return runtime_settings().triton_mma
 
 
+W8A8_CHOICES = {"fp8": ("fp8_e4m3",), "all": ("fp8_e4m3", "sym_int8")}  # any other value: off
+
+
 def w8a8_formats() -> tuple[str, ...]:
     """The weight formats the tuner times the `w8a8` path for (each activation row rounded to the weight's 8-bit
     type, then the vendor's fp8 / int8 GEMM). XPULLM_TRITON_W8A8: `off` (default until its GPU tests,
@@ -256,9 +255,6 @@ def fixup_enabled() -> bool:
     Off until tests/kernels/test_triton_mma.py's split-sum test has passed on a GPU: its arrival counters and
     memory ordering have run only in the Triton interpreter, which runs programs one after another."""
     return runtime_settings().triton_fixup
-
-
-W8A8_CHOICES = {"fp8": ("fp8_e4m3",), "all": ("fp8_e4m3", "sym_int8")}  # any other value: off
 
 
 def mma_block_m(bucket: int) -> int:
@@ -353,8 +349,8 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return False
     if cfg.fixup and (cfg.path != "mma_t" or cfg.split_k == 1):
         return False  # only mma_t's K splits have partials to sum
-    if cfg.join not in (1, 2, 4) or (cfg.join > 1 and not cfg.pairs):
-        return False  # joins the planes of pair decodes
+    if not can_join(cfg):
+        return False
     if cfg.pairs and not can_pair(cfg, tw, x_dtype):
         return False
     if cfg.path == "gemv_q8" and (
@@ -365,6 +361,11 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return False  # only the one-row int8 GEMV program walks several weight tiles
     # A split needs at least a couple of K steps to be worth its reduction pass.
     return cfg.split_k == 1 or tw.kw >= 2 * cfg.split_k * cfg.block_kb * 4
+
+
+def can_join(cfg: LaunchConfig) -> bool:
+    """Whether `join` (planes per dot: 1, 2 or 4) can run: above 1 it joins the planes of pair decodes."""
+    return cfg.join in (1, 2, 4) and (cfg.join == 1 or cfg.pairs)
 
 
 def can_fold(cfg: LaunchConfig, tw) -> bool:
@@ -421,9 +422,8 @@ def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[Launc
         pool += [
             replace(c, block_m=mma_block_m(bucket)) for c in (*table.get("mma", ()), *table.get("mma_t", ()))
         ]
-    if (
-        tw.format in w8a8_formats()
-    ):  # every row count: the vendor GEMM serves decode batches and prefill alike
+    # w8a8 at every row count: the vendor GEMM serves decode batches and prefill alike
+    if tw.format in w8a8_formats():
         pool += table.get("w8a8", [])
     more_pairs = more_pairs_enabled()
     fixup = fixup_enabled()

@@ -1006,14 +1006,10 @@ def _lut_pair_bf16(t, CODEBOOK: tl.constexpr, EMULATE: tl.constexpr):
     if EMULATE:  # the interpreter runs no PTX: the same values through the register decode
         lo = _decode_codes(t & 0xF, 0, LUT4, CODEBOOK)
         return lo.to(tl.bfloat16), _decode_codes((t >> 16) & 0xF, 0, LUT4, CODEBOOK).to(tl.bfloat16)
-    if CODEBOOK == 1:
-        return tl.inline_asm_elementwise(
-            _NF4_PAIR, "=h,=h,r", [t], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1
-        )
-    else:
-        return tl.inline_asm_elementwise(
-            _FP4_PAIR, "=h,=h,r", [t], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1
-        )
+    asm: tl.constexpr = _NF4_PAIR if CODEBOOK == 1 else _FP4_PAIR
+    return tl.inline_asm_elementwise(
+        asm, "=h,=h,r", [t], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1
+    )
 
 
 @triton.jit
@@ -1023,14 +1019,10 @@ def _lut_pair_bf16_scaled(t, sb, CODEBOOK: tl.constexpr, EMULATE: tl.constexpr):
         lo, hi = _lut_pair_bf16(t, CODEBOOK, True)
         sf = sb.to(tl.float32)
         return (lo.to(tl.float32) * sf).to(tl.bfloat16), (hi.to(tl.float32) * sf).to(tl.bfloat16)
-    if CODEBOOK == 1:
-        return tl.inline_asm_elementwise(
-            _NF4_PAIR_SCALED, "=h,=h,r,h", [t, sb], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1
-        )
-    else:
-        return tl.inline_asm_elementwise(
-            _FP4_PAIR_SCALED, "=h,=h,r,h", [t, sb], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1
-        )
+    asm: tl.constexpr = _NF4_PAIR_SCALED if CODEBOOK == 1 else _FP4_PAIR_SCALED
+    return tl.inline_asm_elementwise(
+        asm, "=h,=h,r,h", [t, sb], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1
+    )
 
 
 @triton.jit
@@ -1259,18 +1251,15 @@ def mma_t_kernel(
             part, part1, part2, part3, part4, part5, part6, part7 = acc, acc1, acc2, acc3, acc4, acc5, acc6, acc7  # fmt: skip
         xsum = tl.zeros([BLOCK_M], dtype=tl.float32)  # the step's activation sums (zero-point term)
         x0 = kw0 * PLANES  # the step's first element
-        if (
-            PAIRS and JOIN == 4
-        ):  # two pair decodes (planes 2q, 2q + 4, 2q + 1, 2q + 5) in one dot of K = 4 BKW
+        if PAIRS and JOIN == 4:
+            # two pair decodes (planes 2q, 2q + 4, 2q + 1, 2q + 5) in one dot of K = 4 BKW, K order (pair, half, word)
             for q in tl.static_range(PLANES // 4):
                 lo_a, hi_a = _step_pair(w, 2 * q, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32)
                 lo_b, hi_b = _step_pair(
                     w, 2 * q + 1, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32
                 )
                 both = tl.join(tl.join(lo_a, hi_a), tl.join(lo_b, hi_b))  # [BN, BKW, half, pair]
-                wt = tl.reshape(
-                    tl.permute(both, (0, 3, 2, 1)), (BLOCK_N, 4 * BKW)
-                )  # K order (pair, half, word)
+                wt = tl.reshape(tl.permute(both, (0, 3, 2, 1)), (BLOCK_N, 4 * BKW))
                 e = x0 + 4 * (2 * q) + _joined_k(4, BKW, CHUNK, PLANES)
                 xt = _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, kw_end * PLANES, EVEN)
                 part, part1, part2, part3, part4, part5, part6, part7 = _dot_into(

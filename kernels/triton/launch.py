@@ -23,6 +23,7 @@ from xpullm.kernels.triton.configs import (
     LaunchConfig,
     autotune_enabled,
     can_fold,
+    can_join,
     can_pair,
     candidates,
     default_config,
@@ -341,7 +342,7 @@ def _run_mma_t(
             f"fold=True scales each step's plane dots by its one scale per row; {tw.format} (group "
             f"{tw.group_size}) with {cfg} has several scales per step: use fold=False"
         )
-    if cfg.join not in (1, 2, 4) or (cfg.join > 1 and not cfg.pairs):
+    if not can_join(cfg):
         raise ValueError(
             f"join (planes per dot: 1, 2 or 4) joins the planes of pair decodes; above 1 it needs pairs=True; got {cfg}"
         )
@@ -361,7 +362,7 @@ def _run_mma_t(
         m, tw.n, tw.kw, tw.n_groups, _words_per_split(tw, cfg),
         x.stride(0), tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
         out, counters if counters is not None else tw.words,
-        **mma_t_constexprs(tw, cfg), FIXUP=counters is not None, JOIN=cfg.join, num_warps=cfg.num_warps,
+        **mma_t_constexprs(tw, cfg), FIXUP=counters is not None, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **launch_options(tw.device),
     )  # fmt: skip
     if split > 1 and counters is None:
@@ -380,12 +381,12 @@ def _tile_counters(device: torch.device, tiles: int) -> torch.Tensor | None:
     running at the same time on one device would share counts - the engine runs one step at a time. None (the
     reduce kernel runs instead) when the grid has more tiles than the array, or when the array would have to
     be made during a CUDA graph capture (the engine's eager warm-up makes it first)."""
+    if tiles > _COUNTER_TILES:
+        return None
     cnt = _counters.get(device)
-    if cnt is None:
-        if tiles > _COUNTER_TILES or _capturing(device):
-            return None
+    if cnt is None and not _capturing(device):
         cnt = _counters[device] = torch.zeros(_COUNTER_TILES, dtype=torch.int32, device=device)
-    return cnt if tiles <= cnt.numel() else None
+    return cnt
 
 
 def mma_t_constexprs(tw: TritonWeight, cfg: LaunchConfig) -> dict[str, int | bool]:
@@ -397,7 +398,7 @@ def mma_t_constexprs(tw: TritonWeight, cfg: LaunchConfig) -> dict[str, int | boo
         GROUP_WORDS=tw.group_words, FMT=tw.fmt_code, PLANES=tw.planes, HAS_ZERO=tw.zeros is not None,
         CODEBOOK=_CODEBOOK_DECODE.get(tw.format, 0), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BKW=bkw,
         PLANE_DOTS=cfg.plane_dots, PAIRS=cfg.pairs, NATURAL=cfg.natural, USE_WS=cfg.split_k > 1,
-        POST_SCALE=row_scale and not cfg.fold, ROW_SCALE=row_scale, ACCS=cfg.accs,
+        POST_SCALE=row_scale and not cfg.fold, ROW_SCALE=row_scale, ACCS=cfg.accs, JOIN=cfg.join,
         EVEN=tw.n % cfg.block_n == 0 and tw.kw % bkw == 0, DOT_F32=_INTERPRET,
     )  # fmt: skip
 
