@@ -7,6 +7,7 @@
 #      those tests pass                                                              -> mma/tests_mma.txt
 #   3. bench/gpu_batched.py (stage `sweep`): sym_int4 (g128, g32), nf4 (g64, g128), fp8_e4m3, sym_int8, every `mma_t`
 #      tile and `w8a8` at 8..64 rows beside bf16 cuBLAS (~9 minutes with stage `mma`: one call) -> mma/batched.md
+#   3b. stage `prefill`: the same at 64..2048 rows, the crossover to dequantize + cuBLAS  -> mma/prefill.md
 #   4. bench/engine_gpu_session.sh (engine tests, engine vs peer at 1/8/32/64 streams; ~4.5 minutes) -> engine/
 #   5. bench/spec_gpu.py: speculative decoding's verify / draft costs, modelled speed-up -> spec_gpu.md
 #   6. the GPU training path's tests, then bench/finetune_gpu.py (nf4 QLoRA vs bf16 LoRA vs bitsandbytes nf4)
@@ -42,12 +43,12 @@ if want mma; then
   export XPULLM_TRITON_MORE_PAIRS=1 XPULLM_TRITON_FIXUP=1 XPULLM_TRITON_W8A8=fp8
   # MMA_TESTS: the test files (default: the tiles and the w8a8 path); MMA_TESTS_K: a -k filter (default: what
   # has not yet passed on a GPU - w8a8, the in-kernel split sums, the codebook pairs, the per-group scale loads
-  # (groups of 32 / 64), sym_int8 stored signed;
+  # (groups of 32 / 64), sym_int8 stored signed, the coalesced dequantizer;
   # MMA_TESTS_K="" runs them all, ~6 minutes)
-  K="${MMA_TESTS_K-w8a8 or buffer or declined or tuner or product or quantizer or split_sum or codebook_pair or bf16x2_pair or joined or (tiles_match and (32 or 64 or sym_int8))}"
+  K="${MMA_TESTS_K-w8a8 or buffer or declined or tuner or product or quantizer or split_sum or codebook_pair or bf16x2_pair or joined or (tiles_match and (32 or 64 or sym_int8)) or dequant}"
   timeout "${MMA_TESTS_S:-200}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
     --noconftest -q -rs ${K:+-k "$K"} \
-    ${MMA_TESTS:-tests/kernels/test_triton_mma.py tests/kernels/test_triton_w8a8.py} > "$W/mma/tests_mma.txt" 2>&1 &
+    ${MMA_TESTS:-tests/kernels/test_triton_mma.py tests/kernels/test_triton_w8a8.py tests/kernels/test_triton_kernels.py} > "$W/mma/tests_mma.txt" 2>&1 &
   for f in ${WARM_FORMATS:-sym_int4:128,sym_int4:32 nf4:64,nf4:128 fp8_e4m3,sym_int8}; do
     timeout "${WARM_S:-200}" $P bench/gpu_batched.py --warm-only --formats "$f" --rows "${SWEEP_ROWS:-8,16,32,64}" \
       --paths "${SWEEP_PATHS:-mma_t,w8a8}" \
@@ -70,6 +71,14 @@ if want sweep; then
   mark sweep done
   # the engine stage below starts from these measured tiles (the tuner would time them all at warm-up)
   [ -s "$W/mma/tuned_batched.json" ] && export XPULLM_TRITON_TUNED="$W/mma/tuned_batched.json"
+fi
+
+# The prefill crossover: the tiles against dequantize + cuBLAS and bf16 from 64 to 2048 rows (stage `prefill`).
+if want prefill; then
+  timeout "${PREFILL_S:-240}" $P bench/gpu_batched.py --formats "${PREFILL_FORMATS:-sym_int4:128,sym_int4:32,nf4:64,fp8_e4m3}" \
+    --rows "${PREFILL_ROWS:-64,128,256,512,1024,2048}" --paths "${PREFILL_PATHS:-mma_t,w8a8}" --all \
+    --out "$W/mma/prefill.md" > "$W/mma/prefill.log" 2>&1
+  mark prefill done
 fi
 
 if want engine; then
@@ -131,7 +140,7 @@ fi
 mark end
 cp "$W/cpu.txt" "$W/steps.txt" "$OUT/"
 [ -f "$W/cpu/amx_t1.md" ] && cat "$W/cpu/tests_cpu.txt" "$W/cpu/info.txt" "$W/cpu"/amx_t*.md > "$OUT/cpu_amx.md" 2>/dev/null
-for f in engine/engine_gpu.md mma/batched.md finetune_gpu.md spec_gpu.md; do
+for f in engine/engine_gpu.md mma/batched.md mma/prefill.md finetune_gpu.md spec_gpu.md; do
   [ -f "$W/$f" ] && cp "$W/$f" "$OUT/$(basename "$f")"
 done
 cat "$W/cpu.txt" "$W/steps.txt"
@@ -139,4 +148,4 @@ tail -4 "$W/cpu/tests_cpu.txt" 2>/dev/null; grep -h "native CPU" "$W/cpu/info.tx
 cat "$W/cpu/amx_t1.md" "$W/cpu/amx_t2.md" 2>/dev/null
 tail -3 "$W/mma/tests_mma.txt" "$W/engine/tests.txt" "$W/finetune_tests.txt" 2>/dev/null
 cat "$W/engine/engine_gpu.md" "$W/spec_gpu.md" "$W/finetune_gpu.md" 2>/dev/null
-tail -25 "$W/mma/batched.md" 2>/dev/null
+tail -25 "$W/mma/batched.md" "$W/mma/prefill.md" 2>/dev/null

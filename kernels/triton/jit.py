@@ -356,33 +356,34 @@ def dequant_kernel(
     GROUP_WORDS: tl.constexpr, FMT: tl.constexpr, PLANES: tl.constexpr, HAS_ZERO: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
 ):  # fmt: skip
-    """Decode the device layout back to a dense row-major [N, K] weight (for the dequantize + GEMM path)."""
+    """Decode the device layout back to a dense row-major [N, K] weight (for the dequantize + GEMM path).
+
+    The tile is [rows, blocks, planes, 4 words]: element (b, i, l) is output column b * 4 * PLANES + 4 * i + l,
+    so the tile's row-major order is the output's. Each word is loaded once and shifted per plane."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    CHUNK: tl.constexpr = 4 * PLANES
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_b = tl.arange(0, BLOCK_KB)
-    offs_l = tl.arange(0, 4)
     n3 = offs_n[:, None, None]
-    b3 = pid_k * BLOCK_KB + offs_b[None, :, None]  # global block index
-    l3 = offs_l[None, None, :]
-    kw3 = b3 * 4 + l3
+    b3 = pid_k * BLOCK_KB + tl.arange(0, BLOCK_KB)[None, :, None]  # global block index
+    kw3 = b3 * 4 + tl.arange(0, 4)[None, None, :]
     n_ok = n3 < N
     w = tl.load(w_ptr + n3 * stride_wn + kw3, mask=n_ok & (kw3 < KW), other=0)
     g3 = (b3 * 4) // GROUP_WORDS
     s_ok = n_ok & (g3 < NG)
-    s = tl.load(s_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32)
+    s = tl.expand_dims(tl.load(s_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32), 2)
+    v = _decode_tile(w, lut_ptr, FMT, PLANES)  # [BN, BKB, PLANES, 4]
     if HAS_ZERO:
-        z = tl.load(z_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32)
-    e3 = b3 * CHUNK + l3
-    for i in tl.static_range(PLANES):
-        v = _decode_plane(w, i, lut_ptr, FMT)
-        if HAS_ZERO:
-            v = v * s + z
-        else:
-            v = v * s
-        k3 = e3 + 4 * i
-        tl.store(out_ptr + n3 * stride_on + k3, v.to(out_ptr.dtype.element_ty), mask=n_ok & (k3 < K))
+        v = v * s + tl.expand_dims(tl.load(z_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32), 2)
+    else:
+        v = v * s
+    # Stored as [rows, columns]: the tile's row-major order is the output's, so the addresses are visibly
+    # contiguous along a row and a warp's stores coalesce (stored as the 4-D tile, Triton gave each thread 4
+    # elements and spread a warp over rows and blocks: 8-byte pieces 4 * PLANES elements apart).
+    BLOCK_K: tl.constexpr = BLOCK_KB * 4 * PLANES
+    v2 = tl.reshape(v, (BLOCK_N, BLOCK_K))
+    k2 = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)[None, :]
+    n2 = offs_n[:, None]
+    tl.store(out_ptr + n2 * stride_on + k2, v2.to(out_ptr.dtype.element_ty), mask=(n2 < N) & (k2 < K))
 
 
 # -- int4 x int8 GEMV (CUDA): weights stay 4-bit, activations are quantized to int8 per block of 32 -------------
