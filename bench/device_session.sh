@@ -37,6 +37,11 @@ want() { [[ " $STAGES " == *" $1 "* ]]; }
   | tr '\n' ' '; echo; nproc; } > "$W/cpu.txt" 2>&1
 mark "start: $STAGES"
 
+# An earlier sweep's --all log (bench/out/shortlist.jsonl, carried): time only its fastest candidates per format
+# and row count, so every layer shape fits one call.
+SHORT=""
+[ -s "${SHORTLIST:-bench/out/shortlist.jsonl}" ] && SHORT="--shortlist ${SHORTLIST:-bench/out/shortlist.jsonl} --keep ${KEEP:-8}"
+
 if want mma; then
   # nf4's byte-permute pair decode, the in-kernel split sums and fp8 w8a8 join the tuner's candidates (their
   # tests run below either way; off again if they do not pass)
@@ -46,17 +51,20 @@ if want mma; then
   # (groups of 32 / 64), sym_int8 stored signed, the coalesced dequantizer;
   # MMA_TESTS_K="" runs them all, ~6 minutes)
   K="${MMA_TESTS_K-w8a8 or buffer or declined or tuner or product or quantizer or split_sum or codebook_pair or bf16x2_pair or joined or (tiles_match and (32 or 64 or sym_int8)) or dequant}"
-  timeout "${MMA_TESTS_S:-200}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
-    --noconftest -q -rs ${K:+-k "$K"} \
-    ${MMA_TESTS:-tests/kernels/test_triton_mma.py tests/kernels/test_triton_w8a8.py tests/kernels/test_triton_kernels.py} > "$W/mma/tests_mma.txt" 2>&1 &
+  # SIGINT at the limit: pytest still prints the names of the failures so far (-rfE)
+  timeout -s INT "${MMA_TESTS_S:-230}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
+    --noconftest -v --tb=short -rfEs ${K:+-k "$K"} \
+    ${MMA_TESTS:-tests/kernels/test_triton_kernels.py tests/kernels/test_triton_w8a8.py tests/kernels/test_triton_mma.py} > "$W/mma/tests_mma.txt" 2>&1 &
   for f in ${WARM_FORMATS:-sym_int4:128,sym_int4:32 nf4:64,nf4:128 fp8_e4m3,sym_int8}; do
-    timeout "${WARM_S:-200}" $P bench/gpu_batched.py --warm-only --formats "$f" --rows "${SWEEP_ROWS:-8,16,32,64}" \
-      --paths "${SWEEP_PATHS:-mma_t,w8a8}" \
+    timeout "${WARM_S:-230}" $P bench/gpu_batched.py --warm-only --formats "$f" --rows "${SWEEP_ROWS:-8,16,32,64}" \
+      --paths "${SWEEP_PATHS:-mma_t,w8a8}" $SHORT \
       > "$W/mma/warm_${f%%:*}.log" 2>&1 &
   done
   wait
   mark mma tests done
-  if grep -qE '[0-9]+ passed' "$W/mma/tests_mma.txt" && ! grep -qE 'failed|error' "$W/mma/tests_mma.txt"; then
+  summary="$(grep -E '^=+ .* in [0-9.]+s' "$W/mma/tests_mma.txt" | tail -1)"
+  if [[ "$summary" == *passed* && "$summary" != *failed* && "$summary" != *error* ]] \
+    && ! grep -q KeyboardInterrupt "$W/mma/tests_mma.txt"; then
     mark "mma tests passed"
   else  # the engine stage must not run tiles that failed their tests
     export XPULLM_TRITON_MMA=0 XPULLM_TRITON_MORE_PAIRS=0 XPULLM_TRITON_FIXUP=0 XPULLM_TRITON_W8A8=off
@@ -66,8 +74,8 @@ fi
 
 # The batched tiles per format and row count (before the engine, which then uses the winners).
 if want sweep; then
-  timeout "${SWEEP_S:-330}" $P bench/gpu_batched.py --formats "${SWEEP_FORMATS:-sym_int4:128,sym_int4:32,nf4:64,nf4:128,fp8_e4m3,sym_int8}" \
-    --rows "${SWEEP_ROWS:-8,16,32,64}" --paths "${SWEEP_PATHS:-mma_t,w8a8}" --all --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
+  timeout "${SWEEP_S:-150}" $P bench/gpu_batched.py --formats "${SWEEP_FORMATS:-sym_int4:128,sym_int4:32,nf4:64,nf4:128,fp8_e4m3,sym_int8}" \
+    --rows "${SWEEP_ROWS:-8,16,32,64}" --paths "${SWEEP_PATHS:-mma_t,w8a8}" --all $SHORT --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
   mark sweep done
   # the engine stage below starts from these measured tiles (the tuner would time them all at warm-up)
   [ -s "$W/mma/tuned_batched.json" ] && export XPULLM_TRITON_TUNED="$W/mma/tuned_batched.json"
@@ -75,8 +83,8 @@ fi
 
 # The prefill crossover: the tiles against dequantize + cuBLAS and bf16 from 64 to 2048 rows (stage `prefill`).
 if want prefill; then
-  timeout "${PREFILL_S:-240}" $P bench/gpu_batched.py --formats "${PREFILL_FORMATS:-sym_int4:128,sym_int4:32,nf4:64,fp8_e4m3}" \
-    --rows "${PREFILL_ROWS:-64,128,256,512,1024,2048}" --paths "${PREFILL_PATHS:-mma_t,w8a8}" --all \
+  timeout "${PREFILL_S:-150}" $P bench/gpu_batched.py --formats "${PREFILL_FORMATS:-sym_int4:128,sym_int4:32,nf4:64,fp8_e4m3}" \
+    --rows "${PREFILL_ROWS:-64,128,256,512,1024,2048}" --paths "${PREFILL_PATHS:-mma_t,w8a8}" --all $SHORT \
     --out "$W/mma/prefill.md" > "$W/mma/prefill.log" 2>&1
   mark prefill done
 fi
@@ -146,6 +154,6 @@ done
 cat "$W/cpu.txt" "$W/steps.txt"
 tail -4 "$W/cpu/tests_cpu.txt" 2>/dev/null; grep -h "native CPU" "$W/cpu/info.txt" 2>/dev/null
 cat "$W/cpu/amx_t1.md" "$W/cpu/amx_t2.md" 2>/dev/null
-tail -3 "$W/mma/tests_mma.txt" "$W/engine/tests.txt" "$W/finetune_tests.txt" 2>/dev/null
+grep -E '^(FAILED|ERROR)' "$W/mma/tests_mma.txt"; tail -3 "$W/mma/tests_mma.txt" "$W/engine/tests.txt" "$W/finetune_tests.txt" 2>/dev/null
 cat "$W/engine/engine_gpu.md" "$W/spec_gpu.md" "$W/finetune_gpu.md" 2>/dev/null
 tail -25 "$W/mma/batched.md" "$W/mma/prefill.md" 2>/dev/null

@@ -33,6 +33,35 @@ FORMATS = [("sym_int4", 128), ("asym_int4", 128), ("nf4", 64), ("fp4", 64), ("sy
 ROWS = [1, 8, 16, 32, 64, 256, 1024]
 
 
+FAMILIES = ("one_dot", "natural", "planes", "fold", "accs", "w8a8", "mma")
+
+
+def _family(cfg) -> str:
+    """The tile family of a candidate, for `--drop`."""
+    if cfg.path in ("w8a8", "mma"):
+        return cfg.path
+    if cfg.fold:
+        return "fold"
+    if cfg.accs > 1:
+        return "accs"
+    if cfg.natural:
+        return "natural"
+    return "planes" if cfg.plane_dots else "one_dot"
+
+
+def _shortlist(log: Path, keep: int) -> dict[tuple[str, int], list[dict]]:
+    """(format label, rows) -> the `keep` fastest configurations (as dicts) among an `--all` log's timings."""
+    timed: dict[tuple[str, int], list[tuple[float, dict]]] = {}
+    for line in log.read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        rec = json.loads(line)
+        if "us" in rec:
+            cfg = {k: v for k, v in rec.items() if k not in ("fmt", "shape", "m", "us")}
+            timed.setdefault((rec["fmt"], rec["m"]), []).append((rec["us"], cfg))
+    return {key: [cfg for _, cfg in sorted(runs, key=lambda r: r[0])[:keep]] for key, runs in timed.items()}
+
+
 def _parse_formats(text: str) -> list[tuple[str, int]]:
     out = []
     for item in text.split(","):
@@ -50,6 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lm-head", action="store_true", help="also tune the 128256x4096 output projection")
     ap.add_argument("--warm-only", action="store_true", help="compile every candidate, time nothing")
     ap.add_argument("--paths", default="mma,mma_t,w8a8", help="families to time (CONFIG_TABLES['cuda'] keys)")
+    ap.add_argument(
+        "--drop",
+        default="",
+        help="tile families to leave out, comma-separated: " + ", ".join(FAMILIES) + " (a shorter sweep)",
+    )
+    ap.add_argument(
+        "--shortlist",
+        type=Path,
+        default=None,
+        help="an earlier run's --all output: time only its KEEP fastest candidates per format and row count",
+    )
+    ap.add_argument(
+        "--keep", type=int, default=8, help="candidates kept per format and row count (--shortlist)"
+    )
     ap.add_argument(
         "--all", action="store_true", help="print every candidate's time (JSON lines), not only the best"
     )
@@ -75,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     formats = _parse_formats(args.formats) if args.formats else FORMATS
     row_counts = [int(v) for v in args.rows.split(",")]
     paths = [p for p in args.paths.split(",") if p]
+    dropped = {f for f in args.drop.split(",") if f}
+    shortlist = _shortlist(args.shortlist, args.keep) if args.shortlist else {}
+    if dropped - set(FAMILIES):
+        ap.error(
+            f"--drop: unknown families {sorted(dropped - set(FAMILIES))}; choose from {', '.join(FAMILIES)}"
+        )
 
     def timed(fn) -> float:
         if args.warm_only:
@@ -98,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         for fmt, gs in formats:
             label = f"{fmt} g{gs}" if gs else f"{fmt} per-row"
             tw = pack_weight(get_format(fmt).quantize(w.float(), gs), dev)
+            # rows past the shortlist's largest count take its list (the same tiles: block_m stops growing)
+            listed = {m2: cfgs for (lab, m2), cfgs in sorted(shortlist.items()) if lab == label}
             for m in row_counts:
+                if listed and m > max(listed):
+                    listed[m] = [{**c, "block_m": mma_block_m(m_bucket(m))} for c in listed[max(listed)]]
                 x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
                 x2 = _prepare_x(x, tw)
                 fresh = {"best": 0.0, "dequant": 0.0, "bf16": 0.0, **{p: 0.0 for p in paths}}
@@ -112,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                     for cfg in CONFIG_TABLES["cuda"][path]:
                         if cfg.path != "w8a8":
                             cfg = replace(cfg, block_m=mma_block_m(m_bucket(m)))
-                        if not valid(cfg, tw, x.dtype):
+                        if not valid(cfg, tw, x.dtype) or _family(cfg) in dropped:
                             continue  # e.g. w8a8 for a 4-bit or grouped weight
+                        if cfg.path != "w8a8" and asdict(cfg) not in listed.get(m, [asdict(cfg)]):
+                            continue  # not among an earlier run's fastest
                         try:
                             us = timed(lambda cfg=cfg, x2=x2, tw=tw: run(x2, tw, cfg))
                         except Exception as exc:  # a tile this Triton cannot build: say so, time the rest
@@ -156,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 if m == 1 and (fmt, gs) == ("sym_int4", 128):  # the shipped batch-1 GEMV, for the step ratio
                     cfg1 = select_config(tw, 1, x.dtype)
                     row["gemv"] = row.get("gemv", 0.0) + timed(lambda c=cfg1, x2=x2, tw=tw: run(x2, tw, c))
-                if m > 1:  # batch 1 keeps the GEMVs' tuning
+                if m > 1 and not args.warm_only:  # batch 1 keeps the GEMVs' tuning
                     winner = kept if not dq_us < kept_us else LaunchConfig("dequant")
                     key = _key(tw, m, x.dtype)
                     records.append({**dict(zip(_FIELDS, key, strict=True)), "config": asdict(winner)})
