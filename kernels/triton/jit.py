@@ -373,7 +373,8 @@ def dequant_kernel(
     s = tl.expand_dims(tl.load(s_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32), 2)
     v = _decode_tile(w, lut_ptr, FMT, PLANES)  # [BN, BKB, PLANES, 4]
     if HAS_ZERO:
-        v = v * s + tl.expand_dims(tl.load(z_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32), 2)
+        z = tl.load(z_ptr + n3 * stride_sn + g3, mask=s_ok, other=0.0).to(tl.float32)
+        v = v * s + tl.expand_dims(z, 2)
     else:
         v = v * s
     # Stored as [rows, columns]: the tile's row-major order is the output's, so the addresses are visibly
