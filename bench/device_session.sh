@@ -27,7 +27,7 @@ OUT="${OUT:-bench/out/device}"
 STAGES="${STAGES:-mma sweep engine spec finetune cpu}"
 W="$(mktemp -d)"
 mkdir -p "$OUT" "$W/mma" "$W/engine" "$W/cpu"
-P="bash bench/gpu_run.sh py"
+P="${P_OVERRIDE:-bash bench/gpu_run.sh py}"
 START=$(date +%s)
 # Everything so far is packed after every step, so a call cut at its time limit still returns what it measured.
 mark() { echo "$(date -u +%T) +$(($(date +%s) - START))s $*" >> "$W/steps.txt"; tar czf "$OUT/all.tgz" -C "$W" .; }
@@ -46,15 +46,20 @@ if want mma; then
   # nf4's byte-permute pair decode, the in-kernel split sums and fp8 w8a8 join the tuner's candidates (their
   # tests run below either way; off again if they do not pass)
   export XPULLM_TRITON_MORE_PAIRS=1 XPULLM_TRITON_FIXUP=1 XPULLM_TRITON_W8A8=fp8
-  # MMA_TESTS: the test files (default: the tiles and the w8a8 path); MMA_TESTS_K: a -k filter (default: what
-  # has not yet passed on a GPU - w8a8, the in-kernel split sums, the codebook pairs, the per-group scale loads
-  # (groups of 32 / 64), sym_int8 stored signed, the coalesced dequantizer;
-  # MMA_TESTS_K="" runs them all, ~6 minutes)
-  K="${MMA_TESTS_K-w8a8 or buffer or declined or tuner or product or quantizer or split_sum or codebook_pair or bf16x2_pair or joined or (tiles_match and (32 or 64 or sym_int8)) or dequant}"
-  # SIGINT at the limit: pytest still prints the names of the failures so far (-rfE)
-  timeout -s INT "${MMA_TESTS_S:-230}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib -p no:cacheprovider \
-    --noconftest -v --tb=short -rfEs ${K:+-k "$K"} \
-    ${MMA_TESTS:-tests/kernels/test_triton_kernels.py tests/kernels/test_triton_w8a8.py tests/kernels/test_triton_mma.py} > "$W/mma/tests_mma.txt" 2>&1 &
+  # MMA_TESTS: the test files (default: the tiles, the w8a8 path, the dequantizer); MMA_TESTS_K: -k filters, one
+  # pytest process each, separated by ';' (they compile in parallel; default: what has not yet passed on a GPU -
+  # the joined pair dots; the in-kernel split sums and pair decodes; the per-group scale loads (groups of 32 / 64),
+  # sym_int8 stored signed, the coalesced dequantizer and w8a8); MMA_TESTS_K="" runs them all, ~6 minutes
+  K="${MMA_TESTS_K-joined;split_sum or codebook_pair or bf16x2_pair;(tiles_match and (32 or 64 or sym_int8)) or dequant or w8a8 or buffer or declined or tuner or product or quantizer}"
+  IFS=';' read -ra KS <<< "${K:-}"
+  [ ${#KS[@]} -eq 0 ] && KS=("")
+  for i in "${!KS[@]}"; do
+    # SIGINT at the limit: pytest still prints the names of the failures so far (-rfE)
+    timeout -s INT "${MMA_TESTS_S:-230}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib \
+      -p no:cacheprovider --noconftest -v --tb=short -rfEs ${KS[$i]:+-k "${KS[$i]}"} \
+      ${MMA_TESTS:-tests/kernels/test_triton_kernels.py tests/kernels/test_triton_w8a8.py tests/kernels/test_triton_mma.py} \
+      > "$W/mma/tests_mma_$i.txt" 2>&1 &
+  done
   for f in ${WARM_FORMATS:-sym_int4:128,sym_int4:32 nf4:64,nf4:128 fp8_e4m3,sym_int8}; do
     timeout "${WARM_S:-230}" $P bench/gpu_batched.py --warm-only --formats "$f" --rows "${SWEEP_ROWS:-8,16,32,64}" \
       --paths "${SWEEP_PATHS:-mma_t,w8a8}" $SHORT \
@@ -62,9 +67,15 @@ if want mma; then
   done
   wait
   mark mma tests done
-  summary="$(grep -E '^=+ .* in [0-9.]+s' "$W/mma/tests_mma.txt" | tail -1)"
-  if [[ "$summary" == *passed* && "$summary" != *failed* && "$summary" != *error* ]] \
-    && ! grep -q KeyboardInterrupt "$W/mma/tests_mma.txt"; then
+  ok=1
+  for i in "${!KS[@]}"; do
+    summary="$(grep -E '^=+ .* in [0-9.]+s' "$W/mma/tests_mma_$i.txt" | tail -1)"
+    echo "tests ${KS[$i]:-all}: ${summary:-no summary}" >> "$W/mma/tests_mma.txt"
+    [[ "$summary" == *passed* && "$summary" != *failed* && "$summary" != *error* ]] || ok=0
+    grep -q KeyboardInterrupt "$W/mma/tests_mma_$i.txt" && ok=0
+    grep -E '^(FAILED|ERROR)' "$W/mma/tests_mma_$i.txt" >> "$W/mma/tests_mma.txt"
+  done
+  if [ $ok = 1 ]; then
     mark "mma tests passed"
   else  # the engine stage must not run tiles that failed their tests
     export XPULLM_TRITON_MMA=0 XPULLM_TRITON_MORE_PAIRS=0 XPULLM_TRITON_FIXUP=0 XPULLM_TRITON_W8A8=off
@@ -154,6 +165,6 @@ done
 cat "$W/cpu.txt" "$W/steps.txt"
 tail -4 "$W/cpu/tests_cpu.txt" 2>/dev/null; grep -h "native CPU" "$W/cpu/info.txt" 2>/dev/null
 cat "$W/cpu/amx_t1.md" "$W/cpu/amx_t2.md" 2>/dev/null
-grep -E '^(FAILED|ERROR)' "$W/mma/tests_mma.txt"; tail -3 "$W/mma/tests_mma.txt" "$W/engine/tests.txt" "$W/finetune_tests.txt" 2>/dev/null
+cat "$W/mma/tests_mma.txt" 2>/dev/null; tail -3 "$W/engine/tests.txt" "$W/finetune_tests.txt" 2>/dev/null
 cat "$W/engine/engine_gpu.md" "$W/spec_gpu.md" "$W/finetune_gpu.md" 2>/dev/null
 tail -25 "$W/mma/batched.md" "$W/mma/prefill.md" 2>/dev/null
