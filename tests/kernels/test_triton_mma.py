@@ -303,6 +303,32 @@ def test_registry_offers_mma_tiles_per_row_bucket(monkeypatch):
     assert not [c for c in candidates("cuda", int4, 1, torch.bfloat16) if c.path == "mma"]  # dp4a GEMV there
 
 
+def test_untimed_choice_is_the_batched_tile_to_64_rows_then_dequantize(monkeypatch):
+    """Without timing (interpreter, graph capture, XPULLM_TRITON_AUTOTUNE=0) 2-64 bf16 rows take the `mma_t` plane
+    dots (sym_int4 one-scale steps in bf16x2 pairs, as many of 4 K splits as K holds), and the product is right."""
+    monkeypatch.delenv("XPULLM_TRITON_MMA", raising=False)
+    seed = _seed()
+    for fmt, gs, n, k, pairs in (("sym_int4", 128, 64, 1024, True), ("nf4", 64, 37, 300, False)):
+        qw = _weight(fmt, gs, n, k, seed)
+        tw = pack_weight(qw, DEVICE)
+        assert default_config(tw, 1, torch.bfloat16).path == "gemv"
+        for m, bm in ((3, 16), (16, 16), (40, 64), (64, 64)):
+            cfg = default_config(tw, m, torch.bfloat16)
+            assert (cfg.path, cfg.block_m, cfg.plane_dots, cfg.pairs) == ("mma_t", bm, True, pairs), cfg
+            assert valid(cfg, tw, torch.bfloat16) and not cfg.fixup and cfg.join == 1
+            assert cfg.split_k == (4 if tw.kw >= 2 * 4 * cfg.block_kb * 4 else 2 if tw.kw >= 64 else 1)
+        x = torch.randn(40, k, generator=torch.Generator().manual_seed(seed + 1)).bfloat16()
+        y = run(_prepare_x(x.to(DEVICE), tw), tw, default_config(tw, 40, torch.bfloat16))
+        assert _rel_err(y, x.float() @ qw.dequantize(torch.float32).T) < 1e-2, f"{fmt} seed={seed}"
+        assert default_config(tw, 65, torch.bfloat16).path == "dequant"
+        assert default_config(tw, 16, torch.float32).path != "mma_t"  # fp32 rows: no tf32 dots
+    int4 = pack_weight(_weight("sym_int4", 128, 64, 1024, seed), DEVICE)
+    fp16 = default_config(int4, 16, torch.float16)
+    assert fp16.path == "mma_t" and not fp16.pairs  # the bf16x2 decode is for bf16 activations
+    monkeypatch.setenv("XPULLM_TRITON_MMA", "0")
+    assert default_config(int4, 16, torch.bfloat16).path == "dot"
+
+
 def test_mma_refuses_fp32_activations_and_short_tiles():
     tw = pack_weight(_weight("sym_int4", 32, 37, 200, 0), DEVICE)
     x = _prepare_x(torch.randn(3, 200, device=DEVICE), tw)
