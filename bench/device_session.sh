@@ -37,10 +37,12 @@ want() { [[ " $STAGES " == *" $1 "* ]]; }
   | tr '\n' ' '; echo; nproc; } > "$W/cpu.txt" 2>&1
 mark "start: $STAGES"
 
-# An earlier sweep's --all log (bench/out/shortlist.jsonl, carried): time only its fastest candidates per format
-# and row count, so every layer shape fits one call.
+# An earlier sweep's --all lines (default: the 12 fastest candidates per format and row count of the H100 sweep of
+# 2026-12-05 on the qkv shape, bench/results/mma_shortlist_h100.jsonl): time only the KEEP fastest of them, so every
+# layer shape fits one call. SHORTLIST="" times every candidate.
+SHORTLIST="${SHORTLIST-bench/results/mma_shortlist_h100.jsonl}"
 SHORT=""
-[ -s "${SHORTLIST:-bench/out/shortlist.jsonl}" ] && SHORT="--shortlist ${SHORTLIST:-bench/out/shortlist.jsonl} --keep ${KEEP:-8}"
+[ -n "$SHORTLIST" ] && [ -s "$SHORTLIST" ] && SHORT="--shortlist $SHORTLIST --keep ${KEEP:-8}"
 
 if want mma; then
   # nf4's byte-permute pair decode, the in-kernel split sums and fp8 w8a8 join the tuner's candidates (their
