@@ -89,6 +89,8 @@ fi
 if want sweep; then
   timeout "${SWEEP_S:-150}" $P bench/gpu_batched.py --formats "${SWEEP_FORMATS:-sym_int4:128,sym_int4:32,nf4:64,nf4:128,fp8_e4m3,sym_int8}" \
     --rows "${SWEEP_ROWS:-8,16,32,64}" --paths "${SWEEP_PATHS:-mma_t,w8a8}" --all $SHORT --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
+  # a sweep cut at its limit still printed a line per shape: its tables from those
+  [ -s "$W/mma/batched.md" ] || $P bench/gpu_batched.py --summarize "$W/mma/batched.log" --out "$W/mma/batched.md" > /dev/null 2>&1
   mark sweep done
   # the engine stage below starts from these measured tiles (the tuner would time them all at warm-up)
   [ -s "$W/mma/tuned_batched.json" ] && export XPULLM_TRITON_TUNED="$W/mma/tuned_batched.json"
@@ -99,6 +101,7 @@ if want prefill; then
   timeout "${PREFILL_S:-150}" $P bench/gpu_batched.py --formats "${PREFILL_FORMATS:-sym_int4:128,sym_int4:32,nf4:64,fp8_e4m3}" \
     --rows "${PREFILL_ROWS:-64,128,256,512,1024,2048}" --paths "${PREFILL_PATHS:-mma_t,w8a8}" --all $SHORT \
     --out "$W/mma/prefill.md" > "$W/mma/prefill.log" 2>&1
+  [ -s "$W/mma/prefill.md" ] || $P bench/gpu_batched.py --summarize "$W/mma/prefill.log" --out "$W/mma/prefill.md" > /dev/null 2>&1
   mark prefill done
 fi
 

@@ -62,6 +62,46 @@ def _shortlist(log: Path, keep: int) -> dict[tuple[str, int], list[dict]]:
     return {key: [cfg for _, cfg in sorted(runs, key=lambda r: r[0])[:keep]] for key, runs in timed.items()}
 
 
+def summarize(log: Path) -> str:
+    """The layer and per-shape tables from a run's printed lines (one line per format, shape and row count, and
+    with --all one per candidate): what a run cut short still measured. Layer sums count the shapes present."""
+    recs = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    w8a8 = {(r["fmt"], r["shape"], r["m"]): r["us"] for r in recs if r.get("path") == "w8a8"}
+    layer: dict[tuple[str, int], dict[str, float]] = {}
+    lines = [
+        f"From {log.name}: per format and row count, sums over the layer shapes measured (us).",
+        "",
+        "| format | M | shapes | best tile us | GB/s | w8a8 us | dequant+cuBLAS us | bf16 cuBLAS us | best vs bf16 "
+        "| best / dequant |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    per_shape = [
+        "",
+        "| format | M | shape | best us | GB/s | bf16 us | vs bf16 | dequant+cuBLAS us | tile |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in (r for r in recs if "mma_us" in r):
+        acc = layer.setdefault(
+            (r["fmt"], r["m"]), dict.fromkeys(("n", "best", "bytes", "w8a8", "dq", "bf16"), 0.0)
+        )
+        acc["n"] += 1
+        acc["best"] += r["mma_us"]
+        acc["bytes"] += r["weight_bytes"]
+        acc["w8a8"] += w8a8.get((r["fmt"], r["shape"], r["m"]), float("nan"))
+        acc["dq"] += r["dequant_us"]
+        acc["bf16"] += r["bf16_us"]
+        per_shape.append(
+            f"| {r['fmt']} | {r['m']} | {r['shape']} | {r['mma_us']:.1f} | {r['weight_bytes'] / r['mma_us'] / 1e3:.0f}"
+            f" | {r['bf16_us']:.1f} | {r['bf16_us'] / r['mma_us']:.2f}x | {r['dequant_us']:.1f} | {r['cfg']} |"
+        )
+    for (fmt, m), a in layer.items():
+        lines.append(
+            f"| {fmt} | {m} | {a['n']:.0f} | {a['best']:.1f} | {a['bytes'] / a['best'] / 1e3:.0f} | {a['w8a8']:.1f} "
+            f"| {a['dq']:.1f} | {a['bf16']:.1f} | {a['bf16'] / a['best']:.2f}x | {a['best'] / a['dq']:.2f} |"
+        )
+    return "\n".join(lines + per_shape) + "\n"
+
+
 def _parse_formats(text: str) -> list[tuple[str, int]]:
     out = []
     for item in text.split(","):
@@ -94,9 +134,21 @@ def main(argv: list[str] | None = None) -> int:
         "--keep", type=int, default=8, help="candidates kept per format and row count (--shortlist)"
     )
     ap.add_argument(
+        "--summarize",
+        type=Path,
+        default=None,
+        help="no GPU: the tables from an earlier run's printed lines (e.g. a run cut at its time limit)",
+    )
+    ap.add_argument(
         "--all", action="store_true", help="print every candidate's time (JSON lines), not only the best"
     )
     args = ap.parse_args(argv)
+    if args.summarize:
+        text = summarize(args.summarize)
+        print(text)
+        if args.out:
+            args.out.write_text(text)
+        return 0
     if not torch.cuda.is_available():
         print("gpu_batched.py needs a CUDA GPU", file=sys.stderr)
         return 2
