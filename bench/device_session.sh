@@ -2,8 +2,8 @@
 # The device calls for the GPU work of issues 20, 22, 23, 24 and 29 (~12 minutes in all: split with STAGES), everything packed into
 # $OUT/all.tgz (the device returns at most 8 files) plus the short summaries beside it:
 #   1. the host CPU's name and vector flags (AMX?)                                   -> cpu.txt
-#   2. the batched kernels' GPU tests (tests/kernels/test_triton_mma.py, test_triton_w8a8.py: by default what has
-#      not yet passed on a GPU) while the sweep's tiles compile; the engine stage uses the batched tiles only if
+#   2. the batched kernels' GPU tests (tests/kernels/test_triton_mma.py, test_triton_w8a8.py, the dequantizer's in
+#      test_triton_kernels.py: by default what has not yet passed on a GPU) while the sweep's tiles compile; the engine stage uses the batched tiles only if
 #      those tests pass                                                              -> mma/tests_mma.txt
 #   3. bench/gpu_batched.py (stage `sweep`): sym_int4 (g128, g32), nf4 (g64, g128), fp8_e4m3, sym_int8, every `mma_t`
 #      tile and `w8a8` at 8..64 rows beside bf16 cuBLAS (~9 minutes with stage `mma`: one call) -> mma/batched.md
@@ -43,6 +43,17 @@ mark "start: $STAGES"
 SHORTLIST="${SHORTLIST-bench/results/mma_shortlist_h100.jsonl}"
 SHORT=""
 [ -n "$SHORTLIST" ] && [ -s "$SHORTLIST" ] && SHORT="--shortlist $SHORTLIST --keep ${KEEP:-8}"
+
+# batched NAME LIMIT FORMATS ROWS PATHS [ARGS]: bench/gpu_batched.py's timed run -> mma/NAME.md (.log: its lines); a
+# run cut at its limit still printed one line per shape, and its tables are built from those
+batched() {
+  local name=$1 limit=$2 formats=$3 rows=$4 paths=$5
+  shift 5
+  timeout "$limit" $P bench/gpu_batched.py --formats "$formats" --rows "$rows" --paths "$paths" --all $SHORT \
+    --out "$W/mma/$name.md" "$@" > "$W/mma/$name.log" 2>&1
+  [ -s "$W/mma/$name.md" ] || $P bench/gpu_batched.py --summarize "$W/mma/$name.log" --out "$W/mma/$name.md" \
+    > /dev/null 2>&1
+}
 
 if want mma; then
   # nf4's byte-permute pair decode, the in-kernel split sums and fp8 w8a8 join the tuner's candidates (their
@@ -87,10 +98,8 @@ fi
 
 # The batched tiles per format and row count (before the engine, which then uses the winners).
 if want sweep; then
-  timeout "${SWEEP_S:-150}" $P bench/gpu_batched.py --formats "${SWEEP_FORMATS:-sym_int4:128,sym_int4:32,nf4:64,nf4:128,fp8_e4m3,sym_int8}" \
-    --rows "${SWEEP_ROWS:-8,16,32,64}" --paths "${SWEEP_PATHS:-mma_t,w8a8}" --all $SHORT --out "$W/mma/batched.md" --tuned "$W/mma/tuned_batched.json" > "$W/mma/batched.log" 2>&1
-  # a sweep cut at its limit still printed a line per shape: its tables from those
-  [ -s "$W/mma/batched.md" ] || $P bench/gpu_batched.py --summarize "$W/mma/batched.log" --out "$W/mma/batched.md" > /dev/null 2>&1
+  batched batched "${SWEEP_S:-150}" "${SWEEP_FORMATS:-sym_int4:128,sym_int4:32,nf4:64,nf4:128,fp8_e4m3,sym_int8}" \
+    "${SWEEP_ROWS:-8,16,32,64}" "${SWEEP_PATHS:-mma_t,w8a8}" --tuned "$W/mma/tuned_batched.json"
   mark sweep done
   # the engine stage below starts from these measured tiles (the tuner would time them all at warm-up)
   [ -s "$W/mma/tuned_batched.json" ] && export XPULLM_TRITON_TUNED="$W/mma/tuned_batched.json"
@@ -98,10 +107,8 @@ fi
 
 # The prefill crossover: the tiles against dequantize + cuBLAS and bf16 from 64 to 2048 rows (stage `prefill`).
 if want prefill; then
-  timeout "${PREFILL_S:-150}" $P bench/gpu_batched.py --formats "${PREFILL_FORMATS:-sym_int4:128,sym_int4:32,nf4:64,fp8_e4m3}" \
-    --rows "${PREFILL_ROWS:-64,128,256,512,1024,2048}" --paths "${PREFILL_PATHS:-mma_t,w8a8}" --all $SHORT \
-    --out "$W/mma/prefill.md" > "$W/mma/prefill.log" 2>&1
-  [ -s "$W/mma/prefill.md" ] || $P bench/gpu_batched.py --summarize "$W/mma/prefill.log" --out "$W/mma/prefill.md" > /dev/null 2>&1
+  batched prefill "${PREFILL_S:-150}" "${PREFILL_FORMATS:-sym_int4:128,sym_int4:32,nf4:64,fp8_e4m3}" \
+    "${PREFILL_ROWS:-64,128,256,512,1024,2048}" "${PREFILL_PATHS:-mma_t,w8a8}"
   mark prefill done
 fi
 

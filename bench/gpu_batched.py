@@ -158,11 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     from xpullm.kernels.triton.configs import (
         CONFIG_TABLES,
         Q8_FORMATS,
-        fixup_enabled,
         m_bucket,
         mma_block_m,
+        switched_on,
         valid,
-        w8a8_formats,
     )
     from xpullm.kernels.triton.launch import _key, _prepare_x, quantize_activations
 
@@ -210,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = results.setdefault((label, m), fresh) if in_layer else fresh  # lm_head: not summed
                 row["bf16"] += bf16_us[(n, k, m)]
                 best, best_us = None, float("inf")
-                kept, kept_us = None, float("inf")  # the best the tuner may pick as switched (W8A8, FIXUP)
+                kept, kept_us = None, float("inf")  # the best the tuner may pick as switched
                 best_mma = None  # the int8-activation timing below runs the `mma` family only
                 for path in paths:
                     path_best = float("inf")
@@ -240,10 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                         path_best = min(path_best, us)
                         if us < best_us or best is None:
                             best, best_us = cfg, us
-                        allowed = (cfg.path != "w8a8" or fmt in w8a8_formats()) and (
-                            fixup_enabled() or not cfg.fixup
-                        )
-                        if us < kept_us and allowed:
+                        if us < kept_us and switched_on(cfg, tw):
                             kept, kept_us = cfg, us
                     row[path] += path_best  # inf where the family does not take the format
                 if best is None:

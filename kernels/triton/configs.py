@@ -31,6 +31,7 @@ __all__ = [
     "mma_block_m",
     "mma_enabled",
     "path_summary",
+    "switched_on",
     "valid",
     "w8a8_formats",
 ]
@@ -422,16 +423,18 @@ def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[Launc
         pool += [
             replace(c, block_m=mma_block_m(bucket)) for c in (*table.get("mma", ()), *table.get("mma_t", ()))
         ]
-    # w8a8 at every row count: the vendor GEMM serves decode batches and prefill alike
-    if tw.format in w8a8_formats():
-        pool += table.get("w8a8", [])
-    more_pairs = more_pairs_enabled()
-    fixup = fixup_enabled()
-    return [
-        c
-        for c in pool
-        if valid(c, tw, x_dtype) and (more_pairs or gpu_tested_pairs(c, tw)) and (fixup or not c.fixup)
-    ]
+    pool += table.get("w8a8", [])  # every row count: the vendor GEMM serves decode batches and prefill alike
+    return [c for c in pool if valid(c, tw, x_dtype) and switched_on(c, tw)]
+
+
+def switched_on(cfg: LaunchConfig, tw) -> bool:
+    """Whether the switches let the tuner pick `cfg` for `tw` (XPULLM_TRITON_W8A8, _MORE_PAIRS, _FIXUP): what it
+    times, and what a sweep may record as a winner (a record is loaded whatever the switches say)."""
+    return (
+        (cfg.path != "w8a8" or tw.format in w8a8_formats())
+        and (more_pairs_enabled() or gpu_tested_pairs(cfg, tw))
+        and (fixup_enabled() or not cfg.fixup)
+    )
 
 
 def _num_sms(device: torch.device) -> int:
