@@ -39,10 +39,11 @@ mark "start: $STAGES"
 
 # An earlier sweep's --all lines (default: the 12 fastest candidates per format and row count of the H100 sweep of
 # 2026-12-05 on the qkv shape, bench/results/mma_shortlist_h100.jsonl): time only the KEEP fastest of them, so every
-# layer shape fits one call. SHORTLIST="" times every candidate.
+# layer shape fits one call; DEEPEN: also its DEEPEN fastest one and two pipeline stages deeper (the table has
+# no pair tile past 3 stages). SHORTLIST="" times every candidate.
 SHORTLIST="${SHORTLIST-bench/results/mma_shortlist_h100.jsonl}"
 SHORT=""
-[ -n "$SHORTLIST" ] && [ -s "$SHORTLIST" ] && SHORT="--shortlist $SHORTLIST --keep ${KEEP:-8}"
+[ -n "$SHORTLIST" ] && [ -s "$SHORTLIST" ] && SHORT="--shortlist $SHORTLIST --keep ${KEEP:-8} --deepen ${DEEPEN:-2}"
 
 # batched NAME LIMIT FORMATS ROWS PATHS [ARGS]: bench/gpu_batched.py's timed run -> mma/NAME.md (.log: its lines); a
 # run cut at its limit still printed one line per shape, and its tables are built from those

@@ -62,6 +62,20 @@ def _shortlist(log: Path, keep: int) -> dict[tuple[str, int], list[dict]]:
     return {key: [cfg for _, cfg in sorted(runs, key=lambda r: r[0])[:keep]] for key, runs in timed.items()}
 
 
+def _deepened(listed: list[dict], count: int, config: type) -> list:
+    """The `count` fastest shortlisted tiles (dicts, fastest first) one and two pipeline stages deeper, as
+    `config` objects, leaving out the listed ones and repeats."""
+    seen = list(listed)
+    out = []
+    for c in listed[:count]:
+        for extra in (1, 2):
+            deeper = {**c, "num_stages": c["num_stages"] + extra}
+            if deeper not in seen:
+                seen.append(deeper)
+                out.append(config(**deeper))
+    return out
+
+
 def summarize(log: Path) -> str:
     """The layer and per-shape tables from a run's printed lines (one line per format, shape and row count, and
     with --all one per candidate): what a run cut short still measured. Layer sums count the shapes present."""
@@ -132,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--keep", type=int, default=8, help="candidates kept per format and row count (--shortlist)"
+    )
+    ap.add_argument(
+        "--deepen",
+        type=int,
+        default=0,
+        help="with --shortlist: also time its DEEPEN fastest tiles one and two pipeline stages deeper "
+        "(more weight bytes in flight per program than the table's 3-stage pair tiles)",
     )
     ap.add_argument(
         "--summarize",
@@ -211,14 +232,16 @@ def main(argv: list[str] | None = None) -> int:
                 best, best_us = None, float("inf")
                 kept, kept_us = None, float("inf")  # the best the tuner may pick as switched
                 best_mma = None  # the int8-activation timing below runs the `mma` family only
+                deeper = _deepened(listed.get(m, []), args.deepen, LaunchConfig)
                 for path in paths:
                     path_best = float("inf")
-                    for cfg in CONFIG_TABLES["cuda"][path]:
+                    for cfg in [*CONFIG_TABLES["cuda"][path], *(c for c in deeper if c.path == path)]:
                         if cfg.path != "w8a8":
                             cfg = replace(cfg, block_m=mma_block_m(m_bucket(m)))
                         if not valid(cfg, tw, x.dtype) or _family(cfg) in dropped:
                             continue  # e.g. w8a8 for a 4-bit or grouped weight
-                        if cfg.path != "w8a8" and asdict(cfg) not in listed.get(m, [asdict(cfg)]):
+                        listed_m = listed.get(m, [asdict(cfg)])
+                        if cfg.path != "w8a8" and asdict(cfg) not in listed_m and cfg not in deeper:
                             continue  # not among an earlier run's fastest
                         try:
                             us = timed(lambda cfg=cfg, x2=x2, tw=tw: run(x2, tw, cfg))

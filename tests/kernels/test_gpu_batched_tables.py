@@ -46,6 +46,16 @@ def test_shortlist_keeps_the_fastest_candidates_per_format_and_rows(tmp_path):
     assert shortlist[("nf4 g64", 16)] == [{**CFG, "split_k": 8}]
 
 
+def test_deepen_adds_the_fastest_tiles_one_and_two_stages_deeper():
+    from xpullm.kernels.triton import LaunchConfig
+
+    listed = [{**CFG, "split_k": 4}, {**CFG, "split_k": 4, "num_stages": 4}, {**CFG, "split_k": 2}]
+    deeper = runpy.run_path(str(BENCH))["_deepened"](listed, 2, LaunchConfig)
+    # the fastest at 4 and 5 stages (4 is listed already), the second fastest at 5 (a repeat) and 6
+    assert [(c.split_k, c.num_stages) for c in deeper] == [(4, 5), (4, 6)]
+    assert deeper[0] == LaunchConfig("mma_t", 16, 64, 4, 4, 4, 5)
+
+
 def test_summarize_sums_the_shapes_a_cut_run_measured(tmp_path):
     log = tmp_path / "sweep.log"
     recs = [
