@@ -109,7 +109,7 @@ fi
 # The prefill crossover: the tiles against dequantize + cuBLAS and bf16 from 64 to 2048 rows (stage `prefill`).
 if want prefill; then
   batched prefill "${PREFILL_S:-150}" "${PREFILL_FORMATS:-sym_int4:128,sym_int4:32,nf4:64,fp8_e4m3}" \
-    "${PREFILL_ROWS:-64,128,256,512,1024,2048}" "${PREFILL_PATHS:-mma_t,w8a8}"
+    "${PREFILL_ROWS:-64,128,256,512,1024,2048}" "${PREFILL_PATHS:-mma_t,w8a8}" --tuned "$W/mma/tuned_prefill.json"
   mark prefill done
 fi
 
