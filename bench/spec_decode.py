@@ -54,6 +54,11 @@ METHODS: dict[str, SpeculativeConfig | None] = {
     # drafts at every step (the raw acceptance, what a GPU where the int4 step is cheap would see).
     "low_bit_draft": SpeculativeConfig(method="low_bit_draft"),
     "low_bit_draft_always": SpeculativeConfig(method="low_bit_draft", draft_cost=0.0),
+    # The same with the copy's LM head in int4 too (the default keeps it in int8): what the head's bits cost in
+    # acceptance, in the same run.
+    "low_bit_draft_int4_head_always": SpeculativeConfig(
+        method="low_bit_draft", draft_cost=0.0, draft_head_format="sym_int4"
+    ),
 }
 # Most tokens of one sequence the native paged attention attends together, per method (default 8).
 PAGED_GROUP = {"prompt_lookup_pertoken": 1}

@@ -50,15 +50,19 @@ def _quantized(module: nn.Module, fmt: str, group_size: int | None, device: torc
     )
 
 
-def low_bit_copy(dec: Any, fmt: str = "sym_int4", group_size: int | None = None) -> Any:
-    """A shallow copy of the `StaticCacheDecoder` `dec` whose projections and LM head are in `fmt`."""
+def low_bit_copy(
+    dec: Any, fmt: str = "sym_int4", group_size: int | None = None, head_format: str | None = None
+) -> Any:
+    """A shallow copy of the `StaticCacheDecoder` `dec` whose projections are in `fmt` and whose LM head is in
+    `head_format` (None: `fmt`)."""
     get_format(fmt)  # an unknown format fails here, with the formats' own message
     draft = copy.copy(dec)
     q = lambda m: _quantized(m, fmt, group_size, dec.device)  # noqa: E731
     draft.layers = [
         dataclasses.replace(layer, **{n: q(getattr(layer, n)) for n in _PROJECTIONS}) for layer in dec.layers
     ]
-    draft.lm_head = q(dec.lm_head)
+    head = fmt if head_format is None else head_format
+    draft.lm_head = _quantized(dec.lm_head, head, group_size if head == fmt else None, dec.device)
     return draft
 
 
