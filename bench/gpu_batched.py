@@ -116,6 +116,48 @@ def summarize(log: Path) -> str:
     return "\n".join(lines + per_shape) + "\n"
 
 
+def records_from_log(log: Path, device: str) -> list[dict]:
+    """Tuning records for `device` chosen from an `--all` log's timings under the current switches (what the
+    tuner may pick: `switched_on`), each against the shape's dequantize + cuBLAS time; one per format, shape and
+    row bucket that a row count measured exactly (batch 1 keeps the GEMVs' tuning). For a run whose switches
+    were off when it recorded, or tiles whose GPU tests passed after it."""
+    from xpullm.formats import get_format
+    from xpullm.kernels.triton import LaunchConfig, pack_weight
+    from xpullm.kernels.triton.configs import m_bucket, switched_on
+
+    best: dict[tuple[str, str, int], tuple[float, LaunchConfig]] = {}
+    dequant: dict[tuple[str, str, int], float] = {}
+    packed: dict[tuple[str, int], object] = {}
+    for line in log.read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        rec = json.loads(line)
+        key = (rec["fmt"], rec["shape"], rec["m"])
+        if "dequant_us" in rec:
+            dequant[key] = rec["dequant_us"]
+            continue
+        name, _, group = rec["fmt"].partition(" g")
+        fmt, gs = name.split(" ")[0], int(group) if group else 0
+        n, k = (int(v) for v in rec["shape"].split("x"))
+        # the layout's group words and width depend on the format and K only
+        if (rec["fmt"], k) not in packed:
+            packed[(rec["fmt"], k)] = pack_weight(get_format(fmt).quantize(torch.zeros(16, k), gs), "cpu")
+        tw = replace(packed[(rec["fmt"], k)], n=n)
+        cfg = LaunchConfig(**{f: v for f, v in rec.items() if f not in ("fmt", "shape", "m", "us")})
+        if switched_on(cfg, tw) and rec["us"] < best.get(key, (float("inf"), None))[0]:
+            best[key] = (rec["us"], cfg)
+    records = []
+    for (label, shape, m), (us, cfg) in best.items():
+        if m == 1 or m_bucket(m) != m or (label, shape, m) not in dequant:
+            continue
+        n, k = (int(v) for v in shape.split("x"))
+        tw = replace(packed[(label, k)], n=n)
+        winner = cfg if us <= dequant[(label, shape, m)] else LaunchConfig("dequant")
+        key = (device, tw.format, tw.group_words, tw.n, tw.kw, m, str(torch.bfloat16))
+        records.append({**dict(zip(_FIELDS, key, strict=True)), "config": asdict(winner)})
+    return records
+
+
 def _parse_formats(text: str) -> list[tuple[str, int]]:
     out = []
     for item in text.split(","):
@@ -158,10 +200,16 @@ def main(argv: list[str] | None = None) -> int:
         "--summarize",
         type=Path,
         default=None,
-        help="no GPU: the tables from an earlier run's printed lines (e.g. a run cut at its time limit)",
+        help="no GPU: the tables from an earlier run's printed lines (e.g. a run cut at its time limit); with "
+        "--tuned, the tuning records its timings choose under the current switches",
     )
     ap.add_argument(
         "--all", action="store_true", help="print every candidate's time (JSON lines), not only the best"
+    )
+    ap.add_argument(
+        "--device-name",
+        default=None,
+        help="with --summarize and --tuned: the GPU's name, as torch reports it (the records' device)",
     )
     args = ap.parse_args(argv)
     if args.summarize:
@@ -169,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         if args.out:
             args.out.write_text(text)
+        if args.tuned:
+            if not args.device_name:
+                ap.error("--summarize with --tuned needs --device-name (the GPU the log was measured on)")
+            args.tuned.write_text(json.dumps(records_from_log(args.summarize, args.device_name), indent=1))
         return 0
     if not torch.cuda.is_available():
         print("gpu_batched.py needs a CUDA GPU", file=sys.stderr)

@@ -9,8 +9,8 @@
 | `XPULLM_TRITON_AUTOTUNE` | `triton_autotune` | `1` | `0`: Triton matmuls take the tuned table / heuristic config without timing candidates |
 | `XPULLM_TRITON_TUNED` | `triton_tuned` | unset | path of an extra tuned-config table, read before the packaged one |
 | `XPULLM_TRITON_MMA` | `triton_mma` | `1` | `0`: the tuner leaves out the batched tensor-core tiles (`mma`, `mma_t`) |
-| `XPULLM_TRITON_MORE_PAIRS` | `triton_more_pairs` | `0` | `1`: the tuner also times the pair decodes not yet run on a GPU (nf4 / fp4 by byte permutes; sym_int4 under several group scales per K step; joined pair dots) |
-| `XPULLM_TRITON_FIXUP` | `triton_fixup` | `0` | `1`: the tuner also times `mma_t` tiles that sum their K splits in the kernel (until their GPU tests pass) |
+| `XPULLM_TRITON_MORE_PAIRS` | `triton_more_pairs` | `1` | `0`: the tuner leaves out the pair decodes beyond sym_int4 with one scale per K step (nf4 / fp4 by byte permutes; sym_int4 under several group scales per K step; joined pair dots) |
+| `XPULLM_TRITON_FIXUP` | `triton_fixup` | `1` | `0`: the tuner leaves out the `mma_t` tiles that sum their K splits in the kernel |
 | `XPULLM_TRITON_W8A8` | `triton_w8a8` | `off` | `fp8`: the tuner also times fp8_e4m3 weights x per-token fp8 activations on cuBLAS; `all`: sym_int8 too |
 | `XPULLM_PDL` | `pdl` | `1` | `0`: launch Triton kernels without programmatic dependent launch (Hopper+) |
 | `XPULLM_DEBUG` | `debug` | unset | set (not `0`): the CLI prints tracebacks, as `--debug` does |
@@ -60,8 +60,8 @@ class RuntimeSettings:
     triton_autotune: bool = True
     triton_tuned: str | None = None
     triton_mma: bool = True
-    triton_more_pairs: bool = False
-    triton_fixup: bool = False
+    triton_more_pairs: bool = True
+    triton_fixup: bool = True
     triton_w8a8: str = "off"  # off | fp8 | all
     pdl: bool = True
     debug: bool = False
@@ -79,8 +79,8 @@ class RuntimeSettings:
             triton_autotune=get(ENVIRONMENT["triton_autotune"], "1") != "0",
             triton_tuned=get(ENVIRONMENT["triton_tuned"]) or None,
             triton_mma=get(ENVIRONMENT["triton_mma"], "1") != "0",
-            triton_more_pairs=get(ENVIRONMENT["triton_more_pairs"], "0") == "1",
-            triton_fixup=get(ENVIRONMENT["triton_fixup"], "0") == "1",
+            triton_more_pairs=get(ENVIRONMENT["triton_more_pairs"], "1") != "0",
+            triton_fixup=get(ENVIRONMENT["triton_fixup"], "1") != "0",
             triton_w8a8=(get(ENVIRONMENT["triton_w8a8"]) or "off").strip().lower(),
             pdl=get(ENVIRONMENT["pdl"], "1") != "0",
             debug=get(ENVIRONMENT["debug"], "") not in ("", "0"),

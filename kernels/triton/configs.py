@@ -196,7 +196,7 @@ _CUDA_MMA_T = (
         for fixup in (False, True)
     ]
     # 32 words per K step: half the draining waits per weight (sm_90: 7 per step at 87 registers); at group 128
-    # a step spans two groups, scaled per word in the decode (XPULLM_TRITON_MORE_PAIRS until GPU-tested)
+    # a step spans two groups, scaled per word in the decode (XPULLM_TRITON_MORE_PAIRS=0 leaves them out)
     + [
         LaunchConfig("mma_t", 0, bn, 8, sk, w, st, plane_dots=True, pairs=True, join=join)
         for bn, sk, w, st in ((64, 2, 4, 3), (64, 4, 4, 3), (128, 2, 8, 3))
@@ -252,9 +252,9 @@ def w8a8_formats() -> tuple[str, ...]:
 
 
 def fixup_enabled() -> bool:
-    """Whether the tuner times the `mma_t` tiles that sum their K splits in the kernel (XPULLM_TRITON_FIXUP=1).
-    Off until tests/kernels/test_triton_mma.py's split-sum test has passed on a GPU: its arrival counters and
-    memory ordering have run only in the Triton interpreter, which runs programs one after another."""
+    """Whether the tuner times the `mma_t` tiles that sum their K splits in the kernel (default yes: the split-sum
+    tests in tests/kernels/test_triton_mma.py passed on an H100, 2026-12-06); XPULLM_TRITON_FIXUP=0 leaves them
+    out."""
     return runtime_settings().triton_fixup
 
 
@@ -304,8 +304,8 @@ def path_summary() -> list[str]:
         f"(bf16/fp16, or int8 activations){'' if mma_enabled() else '; off (XPULLM_TRITON_MMA=0)'}",
         f"mma_t    2-{MMA_MAX_M} rows     every format        W @ x^T: decoded weight as the dot's register operand, "
         "nf4/fp4 decoded in registers, sym_int4 in bf16x2"
-        f"{', nf4/fp4 and grouped sym_int4 in bf16x2' if more_pairs_enabled() else ' (nf4/fp4 and sym_int4 g32/g64 in bf16x2: XPULLM_TRITON_MORE_PAIRS=1)'}"
-        f"{', K splits summed in the kernel' if fixup_enabled() else ' (in-kernel split sums: XPULLM_TRITON_FIXUP=1)'}",
+        f"{', nf4/fp4 and grouped sym_int4 in bf16x2, joined dots' if more_pairs_enabled() else '; nf4/fp4 and grouped sym_int4 pairs off (XPULLM_TRITON_MORE_PAIRS=0)'}"
+        f"{', K splits summed in the kernel' if fixup_enabled() else '; in-kernel split sums off (XPULLM_TRITON_FIXUP=0)'}",
         f"w8a8     every M        fp8_e4m3, sym_int8  rows quantized per token, fp8 / int8 tensor cores (cuBLAS); "
         f"timed for: {', '.join(w8a8_formats()) or 'none'} (XPULLM_TRITON_W8A8=off|fp8|all)",
         "dequant  prefill        every format        decode to the activation dtype, then cuBLAS",
@@ -382,9 +382,9 @@ def can_pair(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
 
 
 def gpu_tested_pairs(cfg: LaunchConfig, tw) -> bool:
-    """Whether `cfg`'s pair decode has passed its tests on a GPU: sym_int4 with one scale per K step, one dot per
-    plane (H100, H200). The others (nf4 / fp4 levels by byte permutes, per-word group scales, joined pair dots)
-    wait for XPULLM_TRITON_MORE_PAIRS=1."""
+    """Whether `cfg`'s pair decode is the one first tested on a GPU: sym_int4 with one scale per K step, one dot
+    per plane (H100, H200, 2026-12-05) - what stays on with XPULLM_TRITON_MORE_PAIRS=0. The others (nf4 / fp4
+    levels by byte permutes, per-word group scales, joined pair dots) passed on an H100 on 2026-12-06."""
     return not cfg.pairs or (tw.format == "sym_int4" and one_scale_per_step(tw, cfg) and cfg.join == 1)
 
 
@@ -392,10 +392,10 @@ PAIR_FORMATS = ("sym_int4", "nf4", "fp4")  # 4-bit formats with a bf16x2 pair de
 
 
 def more_pairs_enabled() -> bool:
-    """Whether the tuner times the pair decodes that have not yet run on a GPU (XPULLM_TRITON_MORE_PAIRS=1): nf4 /
-    fp4 by byte permutes (their PTX has run only as its bit-level twin, `lut_pairs.pair_reference`) and sym_int4
-    scaled per word where a K step spans several groups (g32, g64: GGUF Q4_0's group). Off until
-    tests/kernels/test_triton_mma.py has passed on a GPU; explicit configurations run them either way."""
+    """Whether the tuner times every pair decode (default yes): nf4 / fp4 by byte permutes, sym_int4 scaled per
+    word where a K step spans several groups (g32, g64: GGUF Q4_0's group) and joined pair dots, all tested on an
+    H100 (tests/kernels/test_triton_mma.py, 2026-12-06); XPULLM_TRITON_MORE_PAIRS=0 keeps only sym_int4's
+    one-scale pairs."""
     return runtime_settings().triton_more_pairs
 
 

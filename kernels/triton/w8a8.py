@@ -189,12 +189,19 @@ def run(x2: torch.Tensor, tw: TritonWeight, out: torch.Tensor | None = None) -> 
 
 
 def reference(x: torch.Tensor, tw: TritonWeight) -> torch.Tensor:
-    """The twin: each row rounded as the quantizer rounds it, times the dequantized weight, in fp32."""
-    from xpullm.kernels.triton.launch import dequantize
+    """The twin: each row rounded as the quantizer rounds it, times the weight decoded by its format's own
+    reference (the portable codes read back from the device layout: no Triton kernel, so it runs on any device
+    the tensors are on), in fp32."""
+    from xpullm.formats import QuantizedWeight
+    from xpullm.kernels.triton.layout import unpack_weight
 
     dtype, qmax, _ = FORMATS[tw.format]
     xf = x.float()
     scale = torch.clamp(xf.abs().amax(-1, keepdim=True), min=1e-20) / qmax
     v = xf / scale
     q = torch.clamp(torch.floor(v + 0.5), -qmax, qmax) if dtype == torch.int8 else v.to(dtype).float()
-    return (q * scale) @ dequantize(tw, torch.float32).t()
+    parts = unpack_weight(tw)
+    qw = QuantizedWeight(
+        tw.format, (tw.n, tw.k), tw.group_size, parts["codes"], parts["scales"], parts["zeros"]
+    )
+    return (q * scale) @ qw.dequantize(torch.float32)[:, : tw.k].t()

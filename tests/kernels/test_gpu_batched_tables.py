@@ -56,6 +56,34 @@ def test_deepen_adds_the_fastest_tiles_one_and_two_stages_deeper():
     assert deeper[0] == LaunchConfig("mma_t", 16, 64, 4, 4, 4, 5)
 
 
+def test_records_from_a_log_follow_the_switches_and_the_dequantize_time(tmp_path, monkeypatch):
+    log = tmp_path / "sweep.log"
+    fmt, shape = "sym_int4 g128", "6144x4096"
+    lines = []
+    for m, dq in ((1, 99.0), (16, 40.0), (32, 10.0), (1024, 99.0)):
+        lines += [
+            _timing(fmt, shape, m, 15.0, plane_dots=True, pairs=True, join=4),  # joined dots: MORE_PAIRS
+            _timing(fmt, shape, m, 17.0, plane_dots=True, pairs=True),
+            _best(fmt, shape, m, 15.0, 29.0, dq, 1),
+        ]
+    log.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    records_from_log = runpy.run_path(str(BENCH))["records_from_log"]
+    monkeypatch.delenv("XPULLM_TRITON_MORE_PAIRS", raising=False)
+    recs = records_from_log(log, "Some GPU")
+    # batch 1 keeps the GEMVs' tuning; 1024 rows are not their bucket's (512) own measurement
+    assert [r["m_bucket"] for r in recs] == [16, 32]
+    assert recs[0]["config"]["join"] == 4 and recs[0]["config"]["pairs"]
+    assert recs[1]["config"]["path"] == "dequant"  # 10 us beat the tiles' 15
+    assert (recs[0]["device"], recs[0]["format"], recs[0]["n"], recs[0]["kw"]) == (
+        "Some GPU",
+        "sym_int4",
+        6144,
+        512,
+    )
+    monkeypatch.setenv("XPULLM_TRITON_MORE_PAIRS", "0")
+    assert records_from_log(log, "Some GPU")[0]["config"]["join"] == 1  # what the switch lets the tuner pick
+
+
 def test_summarize_sums_the_shapes_a_cut_run_measured(tmp_path):
     log = tmp_path / "sweep.log"
     recs = [

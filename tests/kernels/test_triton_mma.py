@@ -226,25 +226,25 @@ def test_mma_t_joined_pair_dots_match_reference(fmt, gs, join, accs):
             LaunchConfig("mma_t", 16, 64, 4, 1, 4, 2, plane_dots=True, join=join))  # fmt: skip
 
 
-def test_split_sum_candidates_wait_for_their_switch(monkeypatch):
+def test_split_sum_candidates_follow_their_switch(monkeypatch):
     tw = pack_weight(_weight("sym_int4", 128, 256, 4096, 0), DEVICE)
-    monkeypatch.delenv("XPULLM_TRITON_FIXUP", raising=False)
+    monkeypatch.setenv("XPULLM_TRITON_FIXUP", "0")
     assert not any(c.fixup for c in candidates("cuda", tw, 16, torch.bfloat16))
-    monkeypatch.setenv("XPULLM_TRITON_FIXUP", "1")
+    monkeypatch.delenv("XPULLM_TRITON_FIXUP")  # default: on (their GPU tests passed)
     fixed = [c for c in candidates("cuda", tw, 16, torch.bfloat16) if c.fixup]
     assert fixed and all(c.path == "mma_t" and c.split_k > 1 for c in fixed)
 
 
-def test_codebook_pair_candidates_wait_for_their_switch(monkeypatch):
+def test_codebook_pair_candidates_follow_their_switch(monkeypatch):
     tw = pack_weight(_weight("nf4", 64, 64, 512, 0), DEVICE)
-    monkeypatch.delenv("XPULLM_TRITON_MORE_PAIRS", raising=False)
+    monkeypatch.setenv("XPULLM_TRITON_MORE_PAIRS", "0")
     assert not [c for c in candidates("cuda", tw, 16, torch.bfloat16) if c.pairs]
-    g32 = pack_weight(_weight("sym_int4", 32, 64, 512, 0), DEVICE)  # per-word scales: not yet run on a GPU
+    g32 = pack_weight(_weight("sym_int4", 32, 64, 512, 0), DEVICE)  # per-word scales
     assert not [c for c in candidates("cuda", g32, 16, torch.bfloat16) if c.pairs]
-    g128 = pack_weight(_weight("sym_int4", 128, 64, 512, 0), DEVICE)  # GPU-tested: always a candidate
+    g128 = pack_weight(_weight("sym_int4", 128, 64, 512, 0), DEVICE)  # the first pairs: always a candidate
     assert [c for c in candidates("cuda", g128, 16, torch.bfloat16) if c.pairs]
-    assert not [c for c in candidates("cuda", g128, 16, torch.bfloat16) if c.join > 1]  # joined dots: not yet
-    monkeypatch.setenv("XPULLM_TRITON_MORE_PAIRS", "1")
+    assert not [c for c in candidates("cuda", g128, 16, torch.bfloat16) if c.join > 1]  # joined dots: off too
+    monkeypatch.delenv("XPULLM_TRITON_MORE_PAIRS")  # default: on (their GPU tests passed)
     assert [c for c in candidates("cuda", tw, 16, torch.bfloat16) if c.pairs]
     fp4 = pack_weight(_weight("fp4", 64, 64, 512, 0), DEVICE)  # fp4's levels go the same way
     assert [c for c in candidates("cuda", fp4, 16, torch.bfloat16) if c.pairs]
