@@ -12,6 +12,7 @@
 #   5. bench/spec_gpu.py: speculative decoding's verify / draft costs, modelled speed-up -> spec_gpu.md
 #   6. the GPU training path's tests, then bench/finetune_gpu.py (nf4 QLoRA vs bf16 LoRA vs bitsandbytes nf4)
 #                                                                                    -> finetune_tests.txt, finetune_gpu.md
+#   6b. stage `profile`: Nsight Compute on the tuner's tile for PROFILE_CASES (format@shape@rows) -> profile.txt
 #   7. on an Intel host CPU: native CPU kernel tests (AMX hardware vs its C model included) and the AMX prefill
 #      table of bench/cpu_kernels.py at 1 / 2 threads (~3 min; CPU_FULL=1 adds the decode/M=128 table) -> cpu/
 #
@@ -113,6 +114,21 @@ if want prefill; then
   mark prefill done
 fi
 
+# Nsight Compute on the tuner's tile for a few (format, shape, rows) cases (stage `profile`): throughput against
+# the memory and issue ceilings, occupancy, warp stall reasons -> profile.txt
+if want profile; then
+  for case in ${PROFILE_CASES:-sym_int4:128@28672x4096@16 nf4:64@28672x4096@16}; do
+    IFS=@ read -r fmt shape rows <<< "$case"
+    XPULLM_TRITON_AUTOTUNE=0 timeout "${PROFILE_S:-90}" ncu --clock-control none --section SpeedOfLight \
+      --section Occupancy --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+      --section MemoryWorkloadAnalysis -k regex:mma_t --launch-skip 2 --launch-count 1 \
+      $P bench/gpu_tile_profile.py --profile --format "$fmt" --shape "$shape" --rows "$rows" \
+      >> "$W/profile.txt" 2>&1
+    $P bench/gpu_tile_profile.py --format "$fmt" --shape "$shape" --rows "$rows" >> "$W/profile.txt" 2>&1
+  done
+  mark profile done
+fi
+
 if want engine; then
   OUT="$W/engine" BUDGET_S="${ENGINE_S:-270}" bash bench/engine_gpu_session.sh
   mark engine done
@@ -172,7 +188,7 @@ fi
 mark end
 cp "$W/cpu.txt" "$W/steps.txt" "$OUT/"
 [ -f "$W/cpu/amx_t1.md" ] && cat "$W/cpu/tests_cpu.txt" "$W/cpu/info.txt" "$W/cpu"/amx_t*.md > "$OUT/cpu_amx.md" 2>/dev/null
-for f in engine/engine_gpu.md mma/batched.md mma/prefill.md finetune_gpu.md spec_gpu.md; do
+for f in engine/engine_gpu.md mma/batched.md mma/prefill.md finetune_gpu.md spec_gpu.md profile.txt; do
   [ -f "$W/$f" ] && cp "$W/$f" "$OUT/$(basename "$f")"
 done
 cat "$W/cpu.txt" "$W/steps.txt"
