@@ -189,10 +189,8 @@ def run(x2: torch.Tensor, tw: TritonWeight, out: torch.Tensor | None = None) -> 
 
 
 def reference(x: torch.Tensor, tw: TritonWeight) -> torch.Tensor:
-    """The twin: each row rounded as the quantizer rounds it, times the weight decoded by its format's own
-    reference (the portable codes read back from the device layout: no Triton kernel, so it runs on any device
-    the tensors are on), in fp32."""
-    from xpullm.formats import QuantizedWeight
+    """The twin: each row rounded as the quantizer rounds it, times the weight decoded from its portable codes
+    (read back from the device layout: no Triton kernel, so it runs wherever the tensors are), in fp32."""
     from xpullm.kernels.triton.layout import unpack_weight
 
     dtype, qmax, _ = FORMATS[tw.format]
@@ -200,8 +198,6 @@ def reference(x: torch.Tensor, tw: TritonWeight) -> torch.Tensor:
     scale = torch.clamp(xf.abs().amax(-1, keepdim=True), min=1e-20) / qmax
     v = xf / scale
     q = torch.clamp(torch.floor(v + 0.5), -qmax, qmax) if dtype == torch.int8 else v.to(dtype).float()
-    parts = unpack_weight(tw)
-    qw = QuantizedWeight(
-        tw.format, (tw.n, tw.k), tw.group_size, parts["codes"], parts["scales"], parts["zeros"]
-    )
-    return (q * scale) @ qw.dequantize(torch.float32)[:, : tw.k].t()
+    parts = unpack_weight(tw)  # one scale per row (`supports`)
+    weight = parts["codes"][:, : tw.k].view(dtype).float() * parts["scales"].float()
+    return (q * scale) @ weight.t()
