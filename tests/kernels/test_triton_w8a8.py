@@ -95,7 +95,7 @@ def test_product_matches_its_twin_over_random_shapes(fmt: str) -> None:
             y.float().cpu(), ref, rtol=2**-7, atol=2**-8 * scale, msg=f"{fmt} {n}x{k} m={m}"
         )
         # and it is the weight-only product up to the activations' rounding, not something else
-        a16 = x.float().cpu() @ dequantize(_cpu(tw), torch.float32).t()
+        a16 = x.float().cpu() @ dequantize(tw, torch.float32).cpu().t()  # decoded where the weight is
         bound = (0.07 if fmt == "fp8_e4m3" else 0.01) * scale
         assert (ref - a16).abs().max().item() < bound
 
