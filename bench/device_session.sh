@@ -3,8 +3,8 @@
 # $OUT/all.tgz (the device returns at most 8 files) plus the short summaries beside it:
 #   1. the host CPU's name and vector flags (AMX?)                                   -> cpu.txt
 #   2. the batched kernels' GPU tests (tests/kernels/test_triton_mma.py, test_triton_w8a8.py, the dequantizer's in
-#      test_triton_kernels.py: by default what has not yet passed on a GPU) while the sweep's tiles compile; the engine stage uses the batched tiles only if
-#      those tests pass                                                              -> mma/tests_mma.txt
+#      test_triton_kernels.py: by default the selection of 2026-12-06) while the sweep's tiles compile; the engine
+#      stage uses the batched tiles only if those tests pass                                                              -> mma/tests_mma.txt
 #   3. bench/gpu_batched.py (stage `sweep`): sym_int4 (g128, g32), nf4 (g64, g128), fp8_e4m3, sym_int8, every `mma_t`
 #      tile and `w8a8` at 8..64 rows beside bf16 cuBLAS (~9 minutes with stage `mma`: one call) -> mma/batched.md
 #   3b. stage `prefill`: the same at 64..2048 rows, the crossover to dequantize + cuBLAS  -> mma/prefill.md
@@ -58,13 +58,14 @@ batched() {
 }
 
 if want mma; then
-  # nf4's byte-permute pair decode, the in-kernel split sums and fp8 w8a8 join the tuner's candidates (their
-  # tests run below either way; off again if they do not pass)
-  export XPULLM_TRITON_MORE_PAIRS=1 XPULLM_TRITON_FIXUP=1 XPULLM_TRITON_W8A8=fp8
+  # fp8 w8a8 joins the tuner's candidates (opt-in for users: it rounds the activations); every tile family is
+  # switched off again below if a test fails
+  export XPULLM_TRITON_W8A8=fp8
   # MMA_TESTS: the test files (default: the tiles, the w8a8 path, the dequantizer); MMA_TESTS_K: -k filters, one
-  # pytest process each, separated by ';' (they compile in parallel; default: what has not yet passed on a GPU -
-  # the joined pair dots; the in-kernel split sums and pair decodes; the per-group scale loads (groups of 32 / 64),
-  # sym_int8 stored signed, the coalesced dequantizer and w8a8); MMA_TESTS_K="" runs them all, ~6 minutes
+  # pytest process each, separated by ';' (they compile in parallel; default: the three groups that passed on an
+  # H100 on 2026-12-06 - the joined pair dots; the in-kernel split sums and pair decodes; the per-group scale
+  # loads (groups of 32 / 64), sym_int8 stored signed, the coalesced dequantizer and w8a8); MMA_TESTS_K="" runs
+  # them all, ~6 minutes
   K="${MMA_TESTS_K-joined;split_sum or codebook_pair or bf16x2_pair;(tiles_match and (32 or 64 or sym_int8)) or dequant or w8a8 or buffer or declined or tuner or product or quantizer}"
   IFS=';' read -ra KS <<< "${K:-}"
   [ ${#KS[@]} -eq 0 ] && KS=("")

@@ -136,8 +136,7 @@ def records_from_log(log: Path, device: str) -> list[dict]:
         if "dequant_us" in rec:
             dequant[key] = rec["dequant_us"]
             continue
-        name, _, group = rec["fmt"].partition(" g")
-        fmt, gs = name.split(" ")[0], int(group) if group else 0
+        fmt, gs = _parse_label(rec["fmt"])
         n, k = (int(v) for v in rec["shape"].split("x"))
         # the layout's group words and width depend on the format and K only
         if (rec["fmt"], k) not in packed:
@@ -156,6 +155,17 @@ def records_from_log(log: Path, device: str) -> list[dict]:
         key = (device, tw.format, tw.group_words, tw.n, tw.kw, m, str(torch.bfloat16))
         records.append({**dict(zip(_FIELDS, key, strict=True)), "config": asdict(winner)})
     return records
+
+
+def _label(fmt: str, group: int) -> str:
+    """A format's label in the printed lines and tables: "sym_int4 g128", "fp8_e4m3 per-row"."""
+    return f"{fmt} g{group}" if group else f"{fmt} per-row"
+
+
+def _parse_label(label: str) -> tuple[str, int]:
+    """(format, group size; 0 = one scale per row) back from `_label`."""
+    fmt, _, rest = label.partition(" ")
+    return fmt, int(rest[1:]) if rest.startswith("g") else 0
 
 
 def _parse_formats(text: str) -> list[tuple[str, int]]:
@@ -269,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
             bf16_us[(n, k, m)] = timed(lambda x=x, w=w: F.linear(x, w))
         for fmt, gs in formats:
-            label = f"{fmt} g{gs}" if gs else f"{fmt} per-row"
+            label = _label(fmt, gs)
             tw = pack_weight(get_format(fmt).quantize(w.float(), gs), dev)
             # rows past the shortlist's largest count take its list (the same tiles: block_m stops growing)
             listed = {m2: cfgs for (lab, m2), cfgs in sorted(shortlist.items()) if lab == label}

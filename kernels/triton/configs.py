@@ -382,10 +382,10 @@ def can_pair(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
     return cfg.path == "mma_t" and cfg.plane_dots and x_dtype == torch.bfloat16 and tw.format in PAIR_FORMATS
 
 
-def gpu_tested_pairs(cfg: LaunchConfig, tw) -> bool:
-    """Whether `cfg`'s pair decode is the one first tested on a GPU: sym_int4 with one scale per K step, one dot
-    per plane (H100, H200, 2026-12-05) - what stays on with XPULLM_TRITON_MORE_PAIRS=0. The others (nf4 / fp4
-    levels by byte permutes, per-word group scales, joined pair dots) passed on an H100 on 2026-12-06."""
+def basic_pairs(cfg: LaunchConfig, tw) -> bool:
+    """Whether `cfg` has no pair decode or the first one (sym_int4 with one scale per K step, one dot per plane):
+    what stays on with XPULLM_TRITON_MORE_PAIRS=0. The others (nf4 / fp4 levels by byte permutes, per-word group
+    scales, joined pair dots) passed their GPU tests on an H100 on 2026-12-06."""
     return not cfg.pairs or (tw.format == "sym_int4" and one_scale_per_step(tw, cfg) and cfg.join == 1)
 
 
@@ -433,7 +433,7 @@ def switched_on(cfg: LaunchConfig, tw) -> bool:
     times, and what a sweep may record as a winner (a record is loaded whatever the switches say)."""
     return (
         (cfg.path != "w8a8" or tw.format in w8a8_formats())
-        and (more_pairs_enabled() or gpu_tested_pairs(cfg, tw))
+        and (more_pairs_enabled() or basic_pairs(cfg, tw))
         and (fixup_enabled() or not cfg.fixup)
     )
 
