@@ -33,12 +33,12 @@ FORMATS = [("sym_int4", 128), ("asym_int4", 128), ("nf4", 64), ("fp4", 64), ("sy
 ROWS = [1, 8, 16, 32, 64, 256, 1024]
 
 
-FAMILIES = ("one_dot", "natural", "planes", "fold", "accs", "w8a8", "mma")
+FAMILIES = ("one_dot", "natural", "planes", "fold", "accs", "w4a8", "w8a8", "mma")
 
 
 def _family(cfg) -> str:
     """The tile family of a candidate, for `--drop`."""
-    if cfg.path in ("w8a8", "mma"):
+    if cfg.path in ("w4a8", "w8a8", "mma"):
         return cfg.path
     if cfg.fold:
         return "fold"
@@ -303,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                         if not valid(cfg, tw, x.dtype) or _family(cfg) in dropped:
                             continue  # e.g. w8a8 for a 4-bit or grouped weight
                         listed_m = listed.get(m, [asdict(cfg)])
-                        if cfg.path != "w8a8" and asdict(cfg) not in listed_m and cfg not in deeper:
-                            continue  # not among an earlier run's fastest
+                        if cfg.path in ("mma", "mma_t") and asdict(cfg) not in listed_m and cfg not in deeper:
+                            continue  # not among an earlier run's fastest (the shortlist lists these families)
                         try:
                             us = timed(lambda cfg=cfg, x2=x2, tw=tw: run(x2, tw, cfg))
                         except Exception as exc:  # a tile this Triton cannot build: say so, time the rest

@@ -33,12 +33,13 @@ __all__ = [
     "path_summary",
     "switched_on",
     "valid",
+    "w4a8_enabled",
     "w8a8_formats",
 ]
 
 SINGLE_GROUP_WORDS = 1 << 30  # a weight's GROUP_WORDS when it is per-channel: every word falls in group 0
 
-Path = Literal["gemv", "gemv_q8", "dot", "mma", "mma_t", "w8a8", "dequant"]
+Path = Literal["gemv", "gemv_q8", "dot", "mma", "mma_t", "w4a8", "w8a8", "dequant"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class LaunchConfig:
     """One way to run the product. `gemv_q8` = int8 activations x int4 weights with dp4a (sym/asym_int4, decode);
     `mma` = a batch of rows on tensor cores, one whole-tile dot per K step (`jit.mma_kernel`);
     `mma_t` = the same product transposed, the decoded weight as the dot's left operand (`jit.mma_t_kernel`);
+    `w4a8` = sym_int4 weights x activation rows quantized to int8 on int8 tensor cores (`w4a8.py`; block_kb 4 / 8 /
+    16 = 1, 2, 4 dots of 128 elements per K step);
     `w8a8` = 8-bit weights x activation rows quantized to the same 8-bit type on the vendor GEMM (`w8a8.py`);
     `dequant` = decode to a dense weight, then the vendor GEMM."""
 
@@ -63,7 +66,7 @@ class LaunchConfig:
     natural: bool = False  # mma_t, one dot per step: decoded in the weight's K order, activations contiguous
     accs: int = 1  # mma_t, plane_dots: accumulators the plane dots rotate over (1, 2, 4, 8)
     fold: bool = False  # mma_t, plane_dots, one scale per step: scaled in the decode, no per-step rescale
-    fixup: bool = False  # mma_t, split_k > 1: the tile's last split sums the partials (no reduce kernel)
+    fixup: bool = False  # mma_t, w4a8, split_k > 1: the last split sums the partials (no reduce kernel)
     join: int = 1  # mma_t, pairs: planes per tensor-core dot (1; 2: a pair's two planes; 4: two pairs)
 
 
@@ -228,6 +231,25 @@ _CUDA_MMA_T = (
         )
     ]
 )
+# `w4a8` (int4 codes as int8 bytes x int8 activations, int32 tensor-core dots): weight rows per tile, dots of 128
+# elements per K step (block_kb / 4), split-K (summed in the kernel), warps, pipeline depth.
+_CUDA_W4A8 = [
+    LaunchConfig("w4a8", 0, bn, kb, sk, w, st, fixup=sk > 1)
+    for bn, kb, sk, w, st in (
+        (64, 4, 2, 4, 3),
+        (64, 4, 4, 4, 3),
+        (64, 8, 2, 4, 3),
+        (64, 8, 4, 4, 3),
+        (64, 4, 4, 4, 4),
+        (64, 4, 1, 4, 4),
+        (128, 4, 2, 4, 3),
+        (128, 4, 4, 4, 3),
+        (128, 4, 2, 8, 3),
+        (128, 8, 2, 8, 3),
+        (256, 4, 2, 8, 3),
+        (64, 16, 2, 4, 2),
+    )
+]
 MMA_MAX_M = 256  # row buckets the batched tensor-core tiles are timed for
 MMA_BLOCK_M = (16, 64)  # smallest and largest M tile of `mma` (tl.dot needs >= 16 rows)
 
@@ -236,6 +258,12 @@ def mma_enabled() -> bool:
     """Whether the tuner times the `mma` tiles (default yes: tests/kernels/test_triton_mma.py passed on an H100,
     2026-12-05, and at 32-64 rows they beat dequantize + cuBLAS ~6x); XPULLM_TRITON_MMA=0 leaves them out."""
     return runtime_settings().triton_mma
+
+
+def w4a8_enabled() -> bool:
+    """Whether the tuner times the `w4a8` tiles for sym_int4 (XPULLM_TRITON_W4A8=1; default off: rounding the
+    activation rows to int8 changes the numbers, as `w8a8` does, though by less - one scale per 128 elements)."""
+    return runtime_settings().triton_w4a8
 
 
 W8A8_CHOICES = {"fp8": ("fp8_e4m3",), "all": ("fp8_e4m3", "sym_int8")}  # any other value: off
@@ -286,6 +314,7 @@ CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
         "prefill": _CUDA_PREFILL,
         "mma": _CUDA_MMA,
         "mma_t": _CUDA_MMA_T,
+        "w4a8": _CUDA_W4A8,
         "w8a8": [LaunchConfig("w8a8")],
     },
     "xpu": {"gemv": _XPU_GEMV, "dot_small": _XPU_DOT_SMALL, "prefill": _XPU_PREFILL},
@@ -307,6 +336,8 @@ def path_summary() -> list[str]:
         "nf4/fp4 decoded in registers, sym_int4 in bf16x2"
         f"{', nf4/fp4 and grouped sym_int4 in bf16x2, joined dots' if more_pairs_enabled() else '; nf4/fp4 and grouped sym_int4 pairs off (XPULLM_TRITON_MORE_PAIRS=0)'}"
         f"{', K splits summed in the kernel' if fixup_enabled() else '; in-kernel split sums off (XPULLM_TRITON_FIXUP=0)'}",
+        f"w4a8     2-{MMA_MAX_M} rows     sym_int4 (g>=128)   int4 codes as int8 x int8 activation rows "
+        f"(a scale per 128), int8 tensor cores{'' if w4a8_enabled() else '; off (XPULLM_TRITON_W4A8=1 times it)'}",
         f"w8a8     every M        fp8_e4m3, sym_int8  rows quantized per token, fp8 / int8 tensor cores (cuBLAS); "
         f"timed for: {', '.join(w8a8_formats()) or 'none'} (XPULLM_TRITON_W8A8=off|fp8|all)",
         "dequant  prefill        every format        decode to the activation dtype, then cuBLAS",
@@ -335,6 +366,11 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         from xpullm.kernels.triton.w8a8 import supports  # its module imports this one
 
         return supports(tw, x_dtype)
+    if cfg.path == "w4a8":
+        from xpullm.kernels.triton.w4a8 import supports  # its module imports this one
+
+        if not supports(tw, x_dtype) or cfg.block_m < MMA_BLOCK_M[0] or cfg.block_kb not in (4, 8, 16):
+            return False  # int8 dots need >= 16 rows; a K step is 1, 2 or 4 dots of 128 elements
     if cfg.path == "dot" and (x_dtype not in (torch.bfloat16, torch.float16) or cfg.block_kb < 4):
         return False  # tl.dot on fp32 would silently drop to tf32; one plane's dot needs K = 4 * BKB >= 16
     if cfg.path in ("mma", "mma_t") and (
@@ -349,8 +385,8 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return False  # several accumulators split a step's plane dots
     if cfg.fold and not can_fold(cfg, tw):
         return False
-    if cfg.fixup and (cfg.path != "mma_t" or cfg.split_k == 1):
-        return False  # only mma_t's K splits have partials to sum
+    if cfg.fixup and (cfg.path not in ("mma_t", "w4a8") or cfg.split_k == 1):
+        return False  # only the tiles' K splits have partials to sum
     if not can_join(cfg):
         return False
     if cfg.pairs and not can_pair(cfg, tw, x_dtype):
@@ -424,15 +460,18 @@ def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[Launc
         pool += [
             replace(c, block_m=mma_block_m(bucket)) for c in (*table.get("mma", ()), *table.get("mma_t", ()))
         ]
+    if bucket > 1:  # int8 dots need whole 16-row tiles; batch 1 keeps the GEMVs
+        pool += [replace(c, block_m=mma_block_m(bucket)) for c in table.get("w4a8", ())]
     pool += table.get("w8a8", [])  # every row count: the vendor GEMM serves decode batches and prefill alike
     return [c for c in pool if valid(c, tw, x_dtype) and switched_on(c, tw)]
 
 
 def switched_on(cfg: LaunchConfig, tw) -> bool:
-    """Whether the switches let the tuner pick `cfg` for `tw` (XPULLM_TRITON_W8A8, _MORE_PAIRS, _FIXUP): what it
+    """Whether the switches let the tuner pick `cfg` for `tw` (XPULLM_TRITON_W8A8, _W4A8, _MORE_PAIRS, _FIXUP): what it
     times, and what a sweep may record as a winner (a record is loaded whatever the switches say)."""
     return (
         (cfg.path != "w8a8" or tw.format in w8a8_formats())
+        and (cfg.path != "w4a8" or w4a8_enabled())
         and (more_pairs_enabled() or basic_pairs(cfg, tw))
         and (fixup_enabled() or not cfg.fixup)
     )

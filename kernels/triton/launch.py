@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import triton
 import triton.compiler.errors
 
-from xpullm.kernels.triton import jit, w8a8
+from xpullm.kernels.triton import jit, w4a8, w8a8
 from xpullm.kernels.triton.configs import (
     Q8_FORMATS,
     Q8_ROW_TILES,
@@ -130,6 +130,8 @@ def run(
         return _run_mma_t(x2, tw, cfg, out, workspace)
     if cfg.path == "w8a8":
         return w8a8.run(x2, tw, out)
+    if cfg.path == "w4a8":
+        return _run_w4a8(x2, tw, cfg, out, workspace)
     split = cfg.split_k
     workspace, target, stride_ys = _split_target(split, out, workspace)
     zeros = tw.zeros if tw.zeros is not None else tw.scales
@@ -364,6 +366,42 @@ def _run_mma_t(
         out, counters if counters is not None else tw.words,
         **mma_t_constexprs(tw, cfg), FIXUP=counters is not None, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **launch_options(tw.device),
+    )  # fmt: skip
+    if split > 1 and counters is None:
+        _reduce_splits(workspace, out)
+    return out
+
+
+def _run_w4a8(
+    x: torch.Tensor, tw: TritonWeight, cfg: LaunchConfig, out: torch.Tensor, workspace: torch.Tensor | None
+) -> torch.Tensor:
+    """`w4a8.mma_kernel`: the rows of x [M, KX] quantized to int8 (a scale per 128 elements), times the sym_int4
+    weight's codes on int8 tensor cores."""
+    if not w4a8.supports(tw, x.dtype):
+        raise ValueError(
+            f"w4a8 runs sym_int4 weights whose scale groups hold whole 128-element dots (group >= 128) with "
+            f"bf16 / fp16 / fp32 activations; got {tw.format} group {tw.group_size}, {x.dtype}: use mma_t"
+        )
+    if cfg.block_m < 16 or cfg.block_kb not in (4, 8, 16):
+        raise ValueError(
+            f"w4a8 tiles need block_m >= 16 and block_kb 4, 8 or 16 (1, 2, 4 dots per step); got {cfg}"
+        )
+    m = x.shape[0]
+    xq, xs = w4a8.quantize(x, tw.kx)
+    split = cfg.split_k
+    workspace, target, stride_ys = _split_target(split, out, workspace)
+    grid = (triton.cdiv(tw.n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
+    counters = _tile_counters(tw.device, grid[0] * grid[2]) if cfg.fixup and split > 1 else None
+    step = cfg.block_kb * 4
+    w4a8.mma_kernel[grid](
+        xq, xs, tw.words.view(torch.int8), tw.scales, target,
+        m, tw.n, tw.kw, _words_per_split(tw, cfg),
+        xq.stride(0), xs.stride(0), 4 * tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
+        out, counters if counters is not None else tw.words,
+        GROUP_WORDS=tw.group_words, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DOTS=cfg.block_kb // 4,
+        USE_WS=split > 1, EVEN=tw.n % cfg.block_n == 0 and tw.kw % step == 0, DOT_I32=_INTERPRET,
+        FIXUP=counters is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **launch_options(tw.device),
     )  # fmt: skip
     if split > 1 and counters is None:
         _reduce_splits(workspace, out)
