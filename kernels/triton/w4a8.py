@@ -7,13 +7,15 @@ words of four int8 bytes with three ALU ops - `t = w ^ 0x88888888`, `hi = t & 0x
 `lo = (t << 4) & 0xF0F0F0F0` - each byte being 16 q exactly. Those bytes go to an int8 x int8 -> int32 dot
 (twice the bf16 rate, half the register file per decoded weight) with the activations quantized to int8.
 
-Activations: one scale per row per group of `ACT_GROUP` = 128 elements (absmax / 127, round half to even), the
-K of one dot. `quantize_kernel` writes each group's codes in the order the weight bytes come out of the decode:
-position f = 64 h + 4 w + b of a group holds the element that nibble plane 2 b + h of the group's word w
-carries (`tile_order`), so the activation tile of a dot is one contiguous 128-byte run per row.
+Activations: `quantize_kernel` writes each group of `ACT_GROUP` = 128 elements (the K of one step of dots) in
+the order the weight bytes come out of the decode: position f = 64 h + 4 w + b of a group holds the element that
+nibble plane 2 b + h of the group's word w carries (`tile_order`), so each half (h) is one contiguous 64-byte run
+per row, the activation tile of one int8 dot. Each half has its own scale (absmax / 127, round half to even):
+64 elements per scale cost half the perplexity of 128 on the packaged model (`bench/w8a8_quality.py --set
+w4a8`), for one more int32 -> fp32 scaling per dot.
 
-Each dot's int32 result is scaled by the weight's group scale x the activations' group scale / 16 and summed in
-fp32. Weights qualify when every scale group covers whole dots: group 128, 256, ... or per-channel. The numbers
+Each dot's int32 result is scaled by its half's activation scale, the pair by the weight's group scale / 16,
+and summed in fp32. Weights qualify when every scale group covers whole dots: group 128, 256, ... or per-channel. The numbers
 differ from the weight-only paths by the activation rounding; the twin `reference` models the kernel exactly up
 to the fp32 summation order.
 """
@@ -65,23 +67,27 @@ def tile_order(f):
 def quantize_kernel(
     x_ptr, q_ptr, s_ptr, K, NGX, stride_xm, stride_qm, stride_sm, GROUPS: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    """x [M, K] -> int8 codes [M, NGX * 128] in `tile_order` per group and fp32 scales [M, NGX] (absmax / 127;
-    0 for an all-zero group). Past K the activations read as zero. Grid: (rows, group chunks of GROUPS)."""
+    """x [M, K] -> int8 codes [M, NGX * 128] in `tile_order` per group and fp32 scales [M, 2 NGX], one per half
+    group of 64 positions (absmax / 127; 0 for an all-zero half). Past K the activations read as zero.
+    Grid: (rows, group chunks of GROUPS)."""
     wait_for_inputs(PDL)
     row = tl.program_id(0)
     g = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)
     g_ok = g < NGX
     f = tl.arange(0, 128)
     e = g[:, None] * 128 + tile_order(f)[None, :]
-    x = tl.load(x_ptr + row * stride_xm + e, mask=e < K, other=0.0).to(tl.float32)
-    scale = tl.div_rn(tl.max(tl.abs(x), axis=1), 127.0)
+    x = tl.reshape(
+        tl.load(x_ptr + row * stride_xm + e, mask=e < K, other=0.0).to(tl.float32), (GROUPS, 2, 64)
+    )
+    scale = tl.div_rn(tl.max(tl.abs(x), axis=2), 127.0)  # [GROUPS, 2]
     # IEEE division, then round half to even by hand (the interpreter has no rint), as the twin does
-    v = tl.div_rn(x, tl.where(scale > 0, scale, 1.0)[:, None])
+    v = tl.div_rn(x, tl.where(scale > 0, scale, 1.0)[:, :, None])
     r = tl.floor(v + 0.5)
     odd = (r.to(tl.int32) & 1) == 1
-    q = tl.where(((r - v) == 0.5) & odd, r - 1.0, r).to(tl.int8)
+    q = tl.reshape(tl.where(((r - v) == 0.5) & odd, r - 1.0, r).to(tl.int8), (GROUPS, 128))
     tl.store(q_ptr + row * stride_qm + g[:, None] * 128 + f[None, :], q, mask=g_ok[:, None])
-    tl.store(s_ptr + row * stride_sm + g, scale, mask=g_ok)
+    half = 2 * g[:, None] + tl.arange(0, 2)[None, :]
+    tl.store(s_ptr + row * stride_sm + half, scale, mask=g_ok[:, None])
 
 
 @triton.jit
@@ -143,18 +149,18 @@ def mma_kernel(
             lo = _nibbles(wb, False, DOT_I32)
             hi = _nibbles(wb, True, DOT_I32)
             if DOT_I32:  # the interpreter: exact in fp32 (|sum| < 2**24)
-                dot = tl.dot(lo.to(tl.float32), x_lo.to(tl.float32))
-                dot = tl.dot(hi.to(tl.float32), x_hi.to(tl.float32), dot).to(tl.int32)
+                d_lo = tl.dot(lo.to(tl.float32), x_lo.to(tl.float32))
+                d_hi = tl.dot(hi.to(tl.float32), x_hi.to(tl.float32))
             else:
-                dot = tl.dot(lo, x_lo, out_dtype=tl.int32)
-                dot = tl.dot(hi, x_hi, dot, out_dtype=tl.int32)
+                d_lo = tl.dot(lo, x_lo, out_dtype=tl.int32).to(tl.float32)
+                d_hi = tl.dot(hi, x_hi, out_dtype=tl.int32).to(tl.float32)
             sw = tl.load(s_ptr + offs_n * stride_sn + kw // GROUP_WORDS, mask=offs_n < N, other=0.0)
-            sx = tl.load(
-                xs_ptr + offs_m * stride_xsm + kw // 16,
-                mask=(offs_m < M) & (kw + 0 * offs_m < kw_end),
-                other=0.0,
-            )
-            acc += dot.to(tl.float32) * (sw.to(tl.float32)[:, None] * (sx * 0.0625)[None, :])
+            s_ok = (offs_m < M) & (kw + 0 * offs_m < kw_end)
+            sx = xs_ptr + offs_m * stride_xsm + kw // 8  # the group's two half scales
+            sx_lo = tl.load(sx, mask=s_ok, other=0.0)
+            sx_hi = tl.load(sx + 1, mask=s_ok, other=0.0)
+            part = d_lo * sx_lo[None, :] + d_hi * sx_hi[None, :]
+            acc += part * (sw.to(tl.float32) * 0.0625)[:, None]  # the bytes carry 16 q
     out_ok = n_ok & m_ok
     if not USE_WS:
         tl.store(y_ptr + m_row * stride_ym + n2, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
@@ -167,11 +173,12 @@ def mma_kernel(
 
 
 def quantize(x2: torch.Tensor, kx: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Activation rows x2 [M, K] (K <= kx) -> (int8 codes [M, kx] in `tile_order`, fp32 scales [M, kx / 128])."""
+    """Activation rows x2 [M, K] (K <= kx) -> (int8 codes [M, kx] in `tile_order`, fp32 scales [M, kx / 64]: one
+    per half group)."""
     m, k = x2.shape
     ngx = kx // ACT_GROUP
     q = torch.empty((m, kx), dtype=torch.int8, device=x2.device)
-    s = torch.empty((m, ngx), dtype=torch.float32, device=x2.device)
+    s = torch.empty((m, 2 * ngx), dtype=torch.float32, device=x2.device)
     if m:
         grid = (m, triton.cdiv(ngx, _GROUPS_PER_PROGRAM))
         quantize_kernel[grid](
@@ -191,7 +198,7 @@ def reference_quantize(x2: torch.Tensor, kx: int) -> tuple[torch.Tensor, torch.T
     """The twin of `quantize`, in torch (same IEEE division, round half to even)."""
     m, k = x2.shape
     xp = torch.nn.functional.pad(x2.float(), (0, kx - k)).reshape(m, kx // ACT_GROUP, ACT_GROUP)
-    xp = xp[:, :, _order(x2.device)]
+    xp = xp[:, :, _order(x2.device)].reshape(m, -1, 64)  # half groups of 64 positions
     scale = xp.abs().amax(dim=2) / 127.0
     q = torch.round(xp / torch.where(scale > 0, scale, 1.0)[:, :, None]).to(torch.int8)
     return q.reshape(m, kx), scale
@@ -202,10 +209,12 @@ def reference(x2: torch.Tensor, tw: TritonWeight) -> torch.Tensor:
     128-element group's exact integer dot scaled by both group scales (summed in fp32, another order)."""
     q, sx = reference_quantize(x2, tw.kx)
     codes = _deinterleave_rows(tw.words, tw.planes).to(torch.float64) - 8.0  # [N, KX], element order
-    m, n, ngx = x2.shape[0], tw.n, tw.kx // ACT_GROUP
-    xq = torch.empty((m, tw.kx), dtype=torch.float64, device=x2.device)
-    xq.view(m, ngx, ACT_GROUP)[:, :, _order(x2.device)] = q.view(m, ngx, ACT_GROUP).to(torch.float64)
-    dots = torch.einsum("mgk,ngk->mng", xq.view(m, ngx, ACT_GROUP), codes.view(n, ngx, ACT_GROUP))
-    groups = torch.arange(ngx, device=x2.device) * _DOT_WORDS // tw.group_words
-    sw = tw.scales.to(torch.float64)[:, groups]  # [N, NGX]
+    m, n, halves = x2.shape[0], tw.n, tw.kx // 64
+    order = _order(x2.device)
+    w_halves = codes.view(n, -1, ACT_GROUP)[:, :, order].reshape(
+        n, halves, 64
+    )  # in the codes' position order
+    dots = torch.einsum("mhk,nhk->mnh", q.view(m, halves, 64).to(torch.float64), w_halves)
+    groups = torch.arange(halves, device=x2.device) // 2 * _DOT_WORDS // tw.group_words
+    sw = tw.scales.to(torch.float64)[:, groups]  # [N, halves]
     return (dots * sw[None] * sx.to(torch.float64)[:, None, :]).sum(dim=2).float()
