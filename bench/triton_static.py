@@ -17,6 +17,7 @@ cannot vectorise the bf16 activation loads and does not pipeline them).
 
     .venv/bin/python -P bench/triton_static.py                     # the sym_int4 variants at 16 rows, sm_90
     .venv/bin/python -P bench/triton_static.py --format nf4 --rows 32
+    .venv/bin/python -P bench/triton_static.py --path w4a8     # the w4a8 table's tiles (sym_int4 g128)
 """
 
 from __future__ import annotations
@@ -94,6 +95,40 @@ def compile_variant(cfg: LaunchConfig, tw: TritonWeight, arch: int) -> dict:
     }
 
 
+W4A8_SIGNATURE = {
+    "xq_ptr": "*i8", "xs_ptr": "*fp32", "wb_ptr": "*i8", "s_ptr": "*fp16", "y_ptr": "*fp32",
+    "M": "i32", "N": "i32", "KW": "i32", "words_per_split": "i32",
+    "stride_xm": "i32", "stride_xsm": "i32", "stride_wn": "i32", "stride_sn": "i32", "stride_ym": "i32",
+    "stride_ys": "i32", "out_ptr": "*bf16", "cnt_ptr": "*i32",
+}  # fmt: skip
+
+
+def compile_w4a8(cfg: LaunchConfig, arch: int) -> dict:
+    """Compile one `w4a8.mma_kernel` tile (sym_int4 g128, whole tiles) as a launch of `cfg` would."""
+    from xpullm.kernels.triton import w4a8
+
+    const = {
+        "GROUP_WORDS": 16, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "DOTS": cfg.block_kb // 4,
+        "USE_WS": cfg.split_k > 1, "EVEN": True, "DOT_I32": False, "PDL": False, "FIXUP": cfg.fixup,
+    }  # fmt: skip
+    sig = {**W4A8_SIGNATURE, **{k: "constexpr" for k in const}}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(W4A8_SIGNATURE) if n != "M"}
+    kernel = triton.compile(
+        ASTSource(w4a8.mma_kernel, sig, constexprs=const, attrs=attrs),
+        target=GPUTarget("cuda", arch, 128),
+        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
+    )
+    ttgir = kernel.asm["ttgir"]
+    loop = ttgir[ttgir.index("scf.for") :]
+    loop = loop[: loop.index("scf.yield")]
+    return {
+        "tensor-core dots": kernel.asm["ptx"].count("wgmma.mma_async") + kernel.asm["ptx"].count("mma.sync"),
+        "smem weight": len(re.findall(r"ttg\.local_alloc %\S+ : \(tensor<\d+x\d+xi8", loop)),
+        "async loads": ttgir.count("ttg.async_copy_global_to_local"),
+        **_resources(kernel.asm["cubin"]),
+    }
+
+
 def _resources(cubin: bytes) -> dict:
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -110,7 +145,22 @@ def main() -> None:
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--rows", type=int, default=16, help="BLOCK_M (activation rows per program)")
     p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: Hopper)")
+    p.add_argument("--path", choices=("mma_t", "w4a8"), default="mma_t")
     args = p.parse_args()
+    if args.path == "w4a8":
+        from xpullm.kernels.triton.configs import CONFIG_TABLES
+
+        print(f"w4a8, sym_int4 g128, {args.rows} rows, sm_{args.arch}, Triton {triton.__version__}")
+        print("| tile | tensor-core dots | smem weight | async loads | regs | spill bytes |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for cfg in CONFIG_TABLES["cuda"]["w4a8"]:
+            r = compile_w4a8(replace(cfg, block_m=args.rows), args.arch)
+            name = (
+                f"{cfg.block_n}x{cfg.block_kb // 4} dots s{cfg.split_k} w{cfg.num_warps} st{cfg.num_stages}"
+            )
+            print(f"| {name} | {r['tensor-core dots']} | {r['smem weight']} | {r['async loads']} | {r['regs']} "
+                  f"| {r['spill bytes']} |")  # fmt: skip
+        return
     print(
         f"mma_t, {args.format} g{args.group_size}, {args.rows} rows, sm_{args.arch}, Triton {triton.__version__}"
     )
