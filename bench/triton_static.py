@@ -110,6 +110,7 @@ def compile_w4a8(cfg: LaunchConfig, arch: int) -> dict:
     const = {
         "GROUP_WORDS": 16, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "DOTS": cfg.block_kb // 4,
         "USE_WS": cfg.split_k > 1, "EVEN": True, "DOT_I32": False, "PDL": False, "FIXUP": cfg.fixup,
+        "PREFETCH": cfg.prefetch,
     }  # fmt: skip
     sig = {**W4A8_SIGNATURE, **{k: "constexpr" for k in const}}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(W4A8_SIGNATURE) if n != "M"}
@@ -155,9 +156,8 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|---:|")
         for cfg in CONFIG_TABLES["cuda"]["w4a8"]:
             r = compile_w4a8(replace(cfg, block_m=args.rows), args.arch)
-            name = (
-                f"{cfg.block_n}x{cfg.block_kb // 4} dots s{cfg.split_k} w{cfg.num_warps} st{cfg.num_stages}"
-            )
+            name = f"{cfg.block_n} rows x {cfg.block_kb // 4} groups s{cfg.split_k} w{cfg.num_warps}"
+            name += f" st{cfg.num_stages}" + " prefetch" * cfg.prefetch
             print(f"| {name} | {r['tensor-core dots']} | {r['smem weight']} | {r['async loads']} | {r['regs']} "
                   f"| {r['spill bytes']} |")  # fmt: skip
         return

@@ -59,7 +59,7 @@ class LaunchConfig:
     split_k: int = 1
     num_warps: int = 4
     num_stages: int = 2
-    prefetch: bool = False  # gemv, gemv_q8: load the next K step's weights before computing this one (jit.py)
+    prefetch: bool = False  # gemv, gemv_q8: the next K step's weights loaded early (jit.py); w4a8: the scales
     tiles: int = 1  # gemv_q8, one activation row: tiles of block_n weight rows each program walks in turn
     plane_dots: bool = False  # mma_t: one dot per bit plane (else one dot over the whole step's codes)
     pairs: bool = False  # mma_t, plane_dots, sym_int4 x bf16: two planes per bf16x2 decode (inline PTX)
@@ -231,23 +231,28 @@ _CUDA_MMA_T = (
         )
     ]
 )
-# `w4a8` (int4 codes as int8 bytes x int8 activations, int32 tensor-core dots): weight rows per tile, dots of 128
-# elements per K step (block_kb / 4), split-K (summed in the kernel), warps, pipeline depth.
+# `w4a8` (int4 codes as int8 bytes x int8 activations, int32 tensor-core dots): weight rows per tile, groups of 128
+# elements per K step (block_kb / 4), split-K (summed in the kernel), warps, pipeline depth; `prefetch`: each
+# dot's scales loaded a dot ahead.
 _CUDA_W4A8 = [
-    LaunchConfig("w4a8", 0, bn, kb, sk, w, st, fixup=sk > 1)
-    for bn, kb, sk, w, st in (
-        (64, 4, 2, 4, 3),
-        (64, 4, 4, 4, 3),
-        (64, 8, 2, 4, 3),
-        (64, 8, 4, 4, 3),
-        (64, 4, 4, 4, 4),
-        (64, 4, 1, 4, 4),
-        (128, 4, 2, 4, 3),
-        (128, 4, 4, 4, 3),
-        (128, 4, 2, 8, 3),
-        (128, 8, 2, 8, 3),
-        (256, 4, 2, 8, 3),
-        (64, 16, 2, 4, 2),
+    LaunchConfig("w4a8", 0, bn, kb, sk, w, st, prefetch=pf, fixup=sk > 1)
+    for bn, kb, sk, w, st, pf in (
+        (64, 4, 2, 4, 3, False),
+        (64, 4, 4, 4, 3, False),
+        (64, 8, 2, 4, 3, False),
+        (64, 8, 4, 4, 3, False),
+        (64, 4, 4, 4, 4, False),
+        (64, 4, 1, 4, 4, False),
+        (128, 4, 2, 4, 3, False),
+        (128, 4, 4, 4, 3, False),
+        (128, 4, 2, 8, 3, False),
+        (128, 8, 2, 8, 3, False),
+        (256, 4, 2, 8, 3, False),
+        (64, 16, 2, 4, 2, False),
+        (64, 4, 2, 4, 3, True),
+        (64, 4, 4, 4, 3, True),
+        (128, 4, 2, 8, 3, True),
+        (64, 8, 4, 4, 3, True),
     )
 ]
 MMA_MAX_M = 256  # row buckets the batched tensor-core tiles are timed for

@@ -400,7 +400,7 @@ def _run_w4a8(
         out, counters if counters is not None else tw.words,
         GROUP_WORDS=tw.group_words, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DOTS=cfg.block_kb // 4,
         USE_WS=split > 1, EVEN=tw.n % cfg.block_n == 0 and tw.kw % step == 0, DOT_I32=_INTERPRET,
-        FIXUP=counters is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        FIXUP=counters is not None, PREFETCH=cfg.prefetch, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **launch_options(tw.device),
     )  # fmt: skip
     if split > 1 and counters is None:

@@ -107,16 +107,36 @@ def _nibbles(b, HIGH: tl.constexpr, EMULATE: tl.constexpr):
 
 
 @triton.jit
+def _scales(
+    s_ptr, xs_ptr, offs_n, offs_m, kw, kw_end, N, M, stride_sn, stride_xsm, GROUP_WORDS: tl.constexpr
+):
+    """The scales of the dot at word `kw`: the weight's group scale / 16 (the bytes carry 16 q) per row [BN], the
+    activations' two half scales per row [BM]; zeros past `kw_end`."""
+    sw = tl.load(
+        s_ptr + offs_n * stride_sn + kw // GROUP_WORDS,
+        mask=(offs_n < N) & (kw + 0 * offs_n < kw_end),
+        other=0.0,
+    )
+    s_ok = (offs_m < M) & (kw + 0 * offs_m < kw_end)
+    sx = xs_ptr + offs_m * stride_xsm + kw // 8  # the group's two half scales
+    sx_lo = tl.load(sx, mask=s_ok, other=0.0)
+    sx_hi = tl.load(sx + 1, mask=s_ok, other=0.0)
+    return sw.to(tl.float32) * 0.0625, sx_lo, sx_hi
+
+
+@triton.jit
 def mma_kernel(
     xq_ptr, xs_ptr, wb_ptr, s_ptr, y_ptr,
     M, N, KW, words_per_split,
     stride_xm, stride_xsm, stride_wn, stride_sn, stride_ym, stride_ys, out_ptr, cnt_ptr,
     GROUP_WORDS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOTS: tl.constexpr,
     USE_WS: tl.constexpr, EVEN: tl.constexpr, DOT_I32: tl.constexpr, PDL: tl.constexpr, FIXUP: tl.constexpr,
+    PREFETCH: tl.constexpr = False,
 ):  # fmt: skip
-    """y^T [N, M] = W @ xq^T on int8 tensor cores, one dot of K = 128 per activation group, DOTS dots per loop
-    step (their int32 results are independent, so the tensor cores overlap them). Grid: (N tiles, K splits,
-    M tiles); USE_WS writes fp32 split partials (summed in-kernel with FIXUP, as `jit.mma_t_kernel` does).
+    """y^T [N, M] = W @ xq^T on int8 tensor cores, per 128-element group two dots of K = 64 (the low and the high
+    nibbles), DOTS groups per loop step. Grid: (N tiles, K splits, M tiles); USE_WS writes fp32 split partials
+    (summed in-kernel with FIXUP, as `jit.mma_t_kernel` does). PREFETCH: each dot's scales are loaded one dot
+    ahead, in registers (Triton pipelines only the dots' operands through shared memory).
     DOT_I32: the interpreter's int8 dot, spelled as an int32 one."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -133,6 +153,10 @@ def mma_kernel(
     kw_begin = pid_k * words_per_split
     kw_end = tl.minimum(kw_begin + words_per_split, KW)
     wait_for_inputs(PDL)
+    if PREFETCH:
+        sw_next, sxl_next, sxh_next = _scales(
+            s_ptr, xs_ptr, offs_n, offs_m, kw_begin, kw_end, N, M, stride_sn, stride_xsm, GROUP_WORDS
+        )
     for kw0 in range(kw_begin, kw_end, 16 * DOTS):
         for d in tl.static_range(DOTS):
             kw = kw0 + 16 * d
@@ -154,13 +178,17 @@ def mma_kernel(
             else:
                 d_lo = tl.dot(lo, x_lo, out_dtype=tl.int32).to(tl.float32)
                 d_hi = tl.dot(hi, x_hi, out_dtype=tl.int32).to(tl.float32)
-            sw = tl.load(s_ptr + offs_n * stride_sn + kw // GROUP_WORDS, mask=offs_n < N, other=0.0)
-            s_ok = (offs_m < M) & (kw + 0 * offs_m < kw_end)
-            sx = xs_ptr + offs_m * stride_xsm + kw // 8  # the group's two half scales
-            sx_lo = tl.load(sx, mask=s_ok, other=0.0)
-            sx_hi = tl.load(sx + 1, mask=s_ok, other=0.0)
+            if PREFETCH:
+                sw, sx_lo, sx_hi = sw_next, sxl_next, sxh_next
+                sw_next, sxl_next, sxh_next = _scales(
+                    s_ptr, xs_ptr, offs_n, offs_m, kw + 16, kw_end, N, M, stride_sn, stride_xsm, GROUP_WORDS
+                )
+            else:
+                sw, sx_lo, sx_hi = _scales(
+                    s_ptr, xs_ptr, offs_n, offs_m, kw, kw_end, N, M, stride_sn, stride_xsm, GROUP_WORDS
+                )
             part = d_lo * sx_lo[None, :] + d_hi * sx_hi[None, :]
-            acc += part * (sw.to(tl.float32) * 0.0625)[:, None]  # the bytes carry 16 q
+            acc += part * sw[:, None]
     out_ok = n_ok & m_ok
     if not USE_WS:
         tl.store(y_ptr + m_row * stride_ym + n2, acc.to(y_ptr.dtype.element_ty), mask=out_ok)

@@ -91,6 +91,8 @@ CASES = [
     (100, 700, 17, 128, LaunchConfig("w4a8", 16, 64, 8, 1, 4, 2)),
     (128, 1024, 33, 256, LaunchConfig("w4a8", 32, 64, 4, 2, 4, 2, fixup=True)),
     (64, 1024, 20, 128, LaunchConfig("w4a8", 16, 64, 4, 2, 4, 2)),
+    (100, 700, 17, 128, LaunchConfig("w4a8", 16, 64, 8, 2, 4, 2, prefetch=True)),  # scales a dot ahead
+    (64, 512, 9, 256, LaunchConfig("w4a8", 16, 64, 4, 1, 4, 2, prefetch=True)),
 ]
 if not INTERPRET:
     CASES += [(4096, 4096, 16, 128, cfg) for cfg in CONFIG_TABLES["cuda"]["w4a8"]] + [
@@ -99,6 +101,7 @@ if not INTERPRET:
         (1000, 1030, 100, 256, LaunchConfig("w4a8", 32, 128, 4, 2, 8, 3)),
         (28672, 4096, 32, 128, LaunchConfig("w4a8", 32, 128, 4, 2, 4, 3, fixup=True)),
         (4096, 4096, 512, 128, LaunchConfig("w4a8", 64, 128, 4, 1, 8, 3)),
+        (1000, 1030, 50, 128, LaunchConfig("w4a8", 64, 64, 8, 2, 4, 3, prefetch=True, fixup=True)),
     ]
 
 
