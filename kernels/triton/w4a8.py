@@ -93,16 +93,17 @@ def quantize_kernel(
 @triton.jit
 def _nibbles(b, HIGH: tl.constexpr, EMULATE: tl.constexpr):
     """Weight bytes (int8, two 4-bit codes each) -> 16 x the signed code of each byte's high (HIGH) or low
-    nibble, as int8. Byte-wise, so four bytes go through one 32-bit `lop3` (and a shift for the low nibbles)."""
+    nibble, as int8. Byte-wise, so four bytes go through one 32-bit `lop3` (and a shift for the low nibbles); its
+    truth table 0x28 is (a ^ b) & c, the bytes a, b = 0x88.., c = 0xF0.. ."""
     if EMULATE:  # the interpreter runs no PTX
         t = b ^ -120  # 0x88: the codes' top bits, c -> c - 8 in two's complement
         if HIGH:
             return t & -16  # 0xF0
         return t << 4
     if HIGH:
-        asm: tl.constexpr = "lop3.b32 $0, $1, 0x88888888, 0xF0F0F0F0, 0x60;"  # (a ^ b) & c
+        asm: tl.constexpr = "lop3.b32 $0, $1, 0x88888888, 0xF0F0F0F0, 0x28;"  # (a ^ b) & c
     else:
-        asm: tl.constexpr = "{ .reg .b32 t; shl.b32 t, $1, 4; lop3.b32 $0, t, 0x88888888, 0xF0F0F0F0, 0x60; }"
+        asm: tl.constexpr = "{ .reg .b32 t; shl.b32 t, $1, 4; lop3.b32 $0, t, 0x88888888, 0xF0F0F0F0, 0x28; }"
     return tl.inline_asm_elementwise(asm, "=r,r", [b], dtype=tl.int8, is_pure=True, pack=4)
 
 
