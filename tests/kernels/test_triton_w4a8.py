@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -95,7 +96,7 @@ CASES = [
     (64, 512, 9, 256, LaunchConfig("w4a8", 16, 64, 4, 1, 4, 2, prefetch=True)),
 ]
 if not INTERPRET:
-    CASES += [(4096, 4096, 16, 128, cfg) for cfg in CONFIG_TABLES["cuda"]["w4a8"]] + [
+    CASES += [(4096, 4096, 16, 128, replace(cfg, block_m=16)) for cfg in CONFIG_TABLES["cuda"]["w4a8"]] + [
         (6144, 4096, 8, 128, LaunchConfig("w4a8", 16, 128, 4, 4, 4, 3, fixup=True)),
         (4096, 14336, 64, 128, LaunchConfig("w4a8", 64, 64, 8, 4, 4, 3, fixup=True)),
         (1000, 1030, 100, 256, LaunchConfig("w4a8", 32, 128, 4, 2, 8, 3)),
@@ -132,8 +133,6 @@ def test_product_matches_its_twin(case: int) -> None:
 
 
 def _cpu(tw):
-    from dataclasses import replace
-
     if tw.device.type == "cpu":
         return tw
     return replace(tw, words=tw.words.cpu(), scales=tw.scales.cpu(), lut=tw.lut.cpu())
