@@ -267,18 +267,17 @@ def test_prompt_lookup_learns_continuation_rates_from_the_request() -> None:
     assert lookup.rates.rate(2) == pytest.approx(4.5 / 11)
 
 
-def test_longest_match_drafts_waste_fewer_rows_than_the_latest_occurrence(
-    llm: LLM, plain: LLM, lookup: LLM
-) -> None:
+def test_longest_match_drafts_waste_fewer_rows_than_the_latest_occurrence(llm: LLM) -> None:
     from contextlib import nullcontext
 
     from xpullm.kernels import cpu_native
 
-    latest = engine_over(llm, "prompt_lookup_latest")
-    # The counts below belong to one generated text; the CPU path's arithmetic decides that text (on the amx path
-    # this answer has no span where the two rules draft differently), so the comparison runs on the portable avx2
-    # path, the same on every x86 machine with the native kernels.
+    # The counts below belong to one generated text, and the CPU path's arithmetic decides that text (on the amx
+    # path this answer has no span where the two rules draft differently): the comparison runs on the portable
+    # avx2 path, the same on every x86 machine with the native kernels, in engines of its own (no prefix cached
+    # by another path).
     with cpu_native.forced_isa("avx2") if cpu_native.library() is not None else nullcontext():
+        plain, lookup, latest = (engine_over(llm, m) for m in (None, "prompt_lookup", "prompt_lookup_latest"))
         ref = plain.chat(GROUNDED, max_new_tokens=48)
         new, old = lookup.chat(GROUNDED, max_new_tokens=48), latest.chat(GROUNDED, max_new_tokens=48)
     assert new.text == old.text == ref.text
