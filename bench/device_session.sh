@@ -13,6 +13,8 @@
 #   6. the GPU training path's tests, then bench/finetune_gpu.py (nf4 QLoRA vs bf16 LoRA vs bitsandbytes nf4)
 #                                                                                    -> finetune_tests.txt, finetune_gpu.md
 #   6b. stage `profile`: Nsight Compute on the tuner's tile for PROFILE_CASES (format@shape@rows) -> profile.txt
+#       (PROFILE_KERNEL: the kernel-name regex, default mma_t; PROFILE_ARGS: more gpu_tile_profile.py arguments,
+#       e.g. --config with a LaunchConfig as JSON without spaces)
 #   7. on an Intel host CPU: native CPU kernel tests (AMX hardware vs its C model included) and the AMX prefill
 #      table of bench/cpu_kernels.py at 1 / 2 threads (~3 min; CPU_FULL=1 adds the decode/M=128 table) -> cpu/
 #
@@ -122,10 +124,10 @@ if want profile; then
     IFS=@ read -r fmt shape rows <<< "$case"
     XPULLM_TRITON_AUTOTUNE=0 timeout "${PROFILE_S:-90}" ncu --clock-control none --section SpeedOfLight \
       --section Occupancy --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
-      --section MemoryWorkloadAnalysis -k regex:mma_t --launch-skip 2 --launch-count 1 \
-      $P bench/gpu_tile_profile.py --profile --format "$fmt" --shape "$shape" --rows "$rows" \
+      --section MemoryWorkloadAnalysis -k "regex:${PROFILE_KERNEL:-mma_t}" --launch-skip 2 --launch-count 1 \
+      $P bench/gpu_tile_profile.py --profile --format "$fmt" --shape "$shape" --rows "$rows" ${PROFILE_ARGS:-} \
       >> "$W/profile.txt" 2>&1
-    $P bench/gpu_tile_profile.py --format "$fmt" --shape "$shape" --rows "$rows" >> "$W/profile.txt" 2>&1
+    $P bench/gpu_tile_profile.py --format "$fmt" --shape "$shape" --rows "$rows" ${PROFILE_ARGS:-} >> "$W/profile.txt" 2>&1
   done
   mark profile done
 fi
