@@ -69,13 +69,16 @@ def _first_near_tie(logits: list[torch.Tensor]) -> int:
 
 
 def test_teacher_forced_greedy_tokens_match_one_rank(tp: LLM, ref_paths) -> None:
-    """Along the one-rank greedy path, every step picks the same token on N ranks, or both picks are a near-tie."""
+    """Along the one-rank greedy path, every step picks the same token on N ranks, or the one-rank picks are a
+    near-tie. The N-rank margin of a flipped pick is bounded by the logits' deviation, checked below: with logits
+    moving by up to ~1 (0.5-1.0 measured on both CPU paths, avx512_vnni and amx), a one-rank tie of 0.12 came out
+    0.40 the other way on 4 ranks on the amx path, so the N-rank margin cannot be held to TIE too."""
     for p, (ids, tokens, ref_logits) in ref_paths.items():
         _, logits = _path(tp._decoder, ids, STEPS, follow=tokens)
         for step, (a, b) in enumerate(zip(ref_logits, logits, strict=True)):
             ia, ib = int(a.argmax()), int(b.argmax())
             if ia != ib:
-                assert float(a[ia] - a[ib]) < TIE and float(b[ib] - b[ia]) < TIE, (
+                assert float(a[ia] - a[ib]) < TIE, (
                     p,
                     step,
                     a.topk(3),
