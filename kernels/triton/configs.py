@@ -253,14 +253,6 @@ _CUDA_W4A8 = [
         (64, 4, 4, 4, 3, True),
         (128, 4, 2, 8, 3, True),
         (64, 8, 4, 4, 3, True),
-        # wider and deeper: more weight bytes in flight per program
-        (128, 8, 2, 8, 4, False),
-        (128, 8, 4, 8, 3, False),
-        (128, 16, 2, 8, 3, False),
-        (256, 8, 2, 8, 3, False),
-        (128, 4, 2, 8, 5, False),
-        (64, 8, 4, 4, 4, False),
-        (128, 8, 1, 8, 4, False),
     )
 ]
 MMA_MAX_M = 256  # row buckets the batched tensor-core tiles are timed for
