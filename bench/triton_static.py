@@ -64,6 +64,21 @@ SIGNATURE = {
 }  # fmt: skip
 
 
+def _compile(fn, args: dict, const: dict, cfg: LaunchConfig, arch: int):
+    """(compiled kernel, its TTGIR, the TTGIR of its K loop) for `fn` with pointer / integer arguments `args` and
+    constants `const`, as a launch of `cfg` would build it."""
+    sig = {**args, **{k: "constexpr" for k in const}}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(args) if n != "M"}
+    kernel = triton.compile(
+        ASTSource(fn, sig, constexprs=const, attrs=attrs),
+        target=GPUTarget("cuda", arch, 128),
+        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
+    )
+    ttgir = kernel.asm["ttgir"]
+    loop = ttgir[ttgir.index("scf.for") :]
+    return kernel, ttgir, loop[: loop.index("scf.yield")]
+
+
 def compile_variant(cfg: LaunchConfig, tw: TritonWeight, arch: int) -> dict:
     """Compile one configuration of `jit.mma_t_kernel` for weight `tw` with the constants a launch passes."""
     const = {
@@ -74,16 +89,7 @@ def compile_variant(cfg: LaunchConfig, tw: TritonWeight, arch: int) -> dict:
     }
     scales = "*fp16" if tw.scales.dtype == torch.float16 else "*fp32"
     args = {**SIGNATURE, "s_ptr": scales, "z_ptr": scales}
-    sig = {**args, **{k: "constexpr" for k in const}}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(args) if n != "M"}
-    kernel = triton.compile(
-        ASTSource(jit.mma_t_kernel, sig, constexprs=const, attrs=attrs),
-        target=GPUTarget("cuda", arch, 128),
-        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
-    )
-    ttgir = kernel.asm["ttgir"]
-    loop = ttgir[ttgir.index("scf.for") :]
-    loop = loop[: loop.index("scf.yield")]
+    kernel, ttgir, loop = _compile(jit.mma_t_kernel, args, const, cfg, arch)
     waits = re.findall(r"pendings = (\d+)", loop)
     return {
         "drain waits": sum(w == "0" for w in waits),
@@ -112,16 +118,7 @@ def compile_w4a8(cfg: LaunchConfig, arch: int) -> dict:
         "USE_WS": cfg.split_k > 1, "EVEN": True, "DOT_I32": False, "PDL": False, "FIXUP": cfg.fixup,
         "PREFETCH": cfg.prefetch,
     }  # fmt: skip
-    sig = {**W4A8_SIGNATURE, **{k: "constexpr" for k in const}}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(W4A8_SIGNATURE) if n != "M"}
-    kernel = triton.compile(
-        ASTSource(w4a8.mma_kernel, sig, constexprs=const, attrs=attrs),
-        target=GPUTarget("cuda", arch, 128),
-        options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
-    )
-    ttgir = kernel.asm["ttgir"]
-    loop = ttgir[ttgir.index("scf.for") :]
-    loop = loop[: loop.index("scf.yield")]
+    kernel, ttgir, loop = _compile(w4a8.mma_kernel, W4A8_SIGNATURE, const, cfg, arch)
     return {
         "tensor-core dots": kernel.asm["ptx"].count("wgmma.mma_async") + kernel.asm["ptx"].count("mma.sync"),
         "smem weight": len(re.findall(r"ttg\.local_alloc %\S+ : \(tensor<\d+x\d+xi8", loop)),

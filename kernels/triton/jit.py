@@ -336,6 +336,21 @@ def _last_split_sums(
 
 
 @triton.jit
+def store_t_tile(
+    acc, y_ptr, out_ptr, cnt_ptr, m_row, n2, ok, pid_k, stride_ym, stride_ys,
+    USE_WS: tl.constexpr, FIXUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """Write a transposed tile's result acc [BLOCK_N, BLOCK_M] (y^T): into y [M, N], or as this program's fp32
+    split partial (USE_WS), summed by the tile's last split here (FIXUP) or by `splitk_reduce_kernel`."""
+    if not USE_WS:
+        tl.store(y_ptr + m_row * stride_ym + n2, acc.to(y_ptr.dtype.element_ty), mask=ok)
+    else:
+        tl.store(y_ptr + pid_k * stride_ys + m_row * stride_ym + n2, acc, mask=ok)
+        if FIXUP:
+            _last_split_sums(y_ptr, out_ptr, cnt_ptr, m_row * stride_ym + n2, ok, stride_ys, BLOCK_N, BLOCK_M)
+
+
+@triton.jit
 def splitk_reduce_kernel(
     ws_ptr, y_ptr, numel, stride_ys, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr
 ):  # fmt: skip
@@ -1335,12 +1350,7 @@ def mma_t_kernel(
             acc, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = part, part1, part2, part3, part4, part5, part6, part7  # fmt: skip
     if not POST_SCALE:
         acc = _sum_accs(ACCS, acc, acc1, acc2, acc3, acc4, acc5, acc6, acc7)
-    out_ok = n_ok & m_ok
-    if not USE_WS:
-        tl.store(y_ptr + m_row * stride_ym + n2, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
-    else:
-        tl.store(y_ptr + pid_k * stride_ys + m_row * stride_ym + n2, acc, mask=out_ok)
-        if FIXUP:
-            _last_split_sums(
-                y_ptr, out_ptr, cnt_ptr, m_row * stride_ym + n2, out_ok, stride_ys, BLOCK_N, BLOCK_M
-            )
+    store_t_tile(
+        acc, y_ptr, out_ptr, cnt_ptr, m_row, n2, n_ok & m_ok, pid_k, stride_ym, stride_ys, USE_WS, FIXUP,
+        BLOCK_N, BLOCK_M,
+    )  # fmt: skip

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from xpullm.kernels.triton.configs import SINGLE_GROUP_WORDS
-from xpullm.kernels.triton.jit import _last_split_sums
+from xpullm.kernels.triton.jit import store_t_tile
 from xpullm.kernels.triton.layout import TritonWeight, _deinterleave_rows
 from xpullm.kernels.triton.pdl import launch_options, wait_for_inputs
 
@@ -190,15 +190,10 @@ def mma_kernel(
                 )
             part = d_lo * sx_lo[None, :] + d_hi * sx_hi[None, :]
             acc += part * sw[:, None]
-    out_ok = n_ok & m_ok
-    if not USE_WS:
-        tl.store(y_ptr + m_row * stride_ym + n2, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
-    else:
-        tl.store(y_ptr + pid_k * stride_ys + m_row * stride_ym + n2, acc, mask=out_ok)
-        if FIXUP:
-            _last_split_sums(
-                y_ptr, out_ptr, cnt_ptr, m_row * stride_ym + n2, out_ok, stride_ys, BLOCK_N, BLOCK_M
-            )
+    store_t_tile(
+        acc, y_ptr, out_ptr, cnt_ptr, m_row, n2, n_ok & m_ok, pid_k, stride_ym, stride_ys, USE_WS, FIXUP,
+        BLOCK_N, BLOCK_M,
+    )  # fmt: skip
 
 
 def quantize(x2: torch.Tensor, kx: int) -> tuple[torch.Tensor, torch.Tensor]:
