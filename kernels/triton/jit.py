@@ -431,6 +431,15 @@ def _dp4a(a, b, c, EMULATE: tl.constexpr):
 
 
 @triton.jit
+def round_half_even(v):
+    """v rounded to the nearest integer, ties to even, as fp32 (by hand: the interpreter has no rint) - the
+    rounding of torch.round, which the quantizers' twins use."""
+    r = tl.floor(v + 0.5)
+    odd = (r.to(tl.int32) & 1) == 1
+    return tl.where(((r - v) == 0.5) & odd, r - 1.0, r)
+
+
+@triton.jit
 def quantize_blocks_q8(x, blk, ok, xq_row, xs_row, xss_row, BLOCKS: tl.constexpr):
     """Quantize and store activation blocks x [BLOCKS, 32] (fp32) of one row, in `gemv_q8_kernel`'s order.
 
@@ -445,9 +454,7 @@ def quantize_blocks_q8(x, blk, ok, xq_row, xs_row, xss_row, BLOCKS: tl.constexpr
     scale = tl.div_rn(amax, 127.0)
     # IEEE division (`/` may lower to an approximate one) so every rounding decision matches the twin's.
     v = tl.div_rn(x, tl.where(scale > 0, scale, 1.0)[:, None])  # all-zero blocks (padding) give zeros
-    r = tl.floor(v + 0.5)
-    odd = (r.to(tl.int32) & 1) == 1
-    q = tl.where(((r - v) == 0.5) & odd, r - 1.0, r).to(tl.int32)  # in [-127, 127]
+    q = round_half_even(v).to(tl.int32)  # in [-127, 127]
     qsum = tl.sum(q, axis=1)
     # element e = 8t + 4h + l -> byte t of word 4h + l
     q4 = tl.reshape(q & 0xFF, (BLOCKS, 4, 8))  # [block, t, 4h + l]

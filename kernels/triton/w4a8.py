@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from xpullm.kernels.triton.configs import SINGLE_GROUP_WORDS
-from xpullm.kernels.triton.jit import store_t_tile
+from xpullm.kernels.triton.jit import round_half_even, store_t_tile
 from xpullm.kernels.triton.layout import TritonWeight, _deinterleave_rows
 from xpullm.kernels.triton.pdl import launch_options, wait_for_inputs
 
@@ -80,11 +80,9 @@ def quantize_kernel(
         tl.load(x_ptr + row * stride_xm + e, mask=e < K, other=0.0).to(tl.float32), (GROUPS, 2, 64)
     )
     scale = tl.div_rn(tl.max(tl.abs(x), axis=2), 127.0)  # [GROUPS, 2]
-    # IEEE division, then round half to even by hand (the interpreter has no rint), as the twin does
+    # IEEE division, then round half to even, as the twin does
     v = tl.div_rn(x, tl.where(scale > 0, scale, 1.0)[:, :, None])
-    r = tl.floor(v + 0.5)
-    odd = (r.to(tl.int32) & 1) == 1
-    q = tl.reshape(tl.where(((r - v) == 0.5) & odd, r - 1.0, r).to(tl.int8), (GROUPS, 128))
+    q = tl.reshape(round_half_even(v).to(tl.int8), (GROUPS, 128))
     tl.store(q_ptr + row * stride_qm + g[:, None] * 128 + f[None, :], q, mask=g_ok[:, None])
     half = 2 * g[:, None] + tl.arange(0, 2)[None, :]
     tl.store(s_ptr + row * stride_sm + half, scale, mask=g_ok[:, None])
