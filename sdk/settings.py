@@ -11,7 +11,7 @@
 | `XPULLM_TRITON_MMA` | `triton_mma` | `1` | `0`: the tuner leaves out the batched tensor-core tiles (`mma`, `mma_t`) |
 | `XPULLM_TRITON_MORE_PAIRS` | `triton_more_pairs` | `1` | `0`: the tuner leaves out the pair decodes beyond sym_int4 with one scale per K step (nf4 / fp4 by byte permutes; sym_int4 under several group scales per K step; joined pair dots) |
 | `XPULLM_TRITON_FIXUP` | `triton_fixup` | `1` | `0`: the tuner leaves out the `mma_t` tiles that sum their K splits in the kernel |
-| `XPULLM_TRITON_W4A8` | `triton_w4a8` | `0` | `1`: the tuner also times sym_int4 weights x int8 activation rows (one scale per 128 elements) on int8 tensor cores (`w4a8`) |
+| `XPULLM_TRITON_W4A8` | `triton_w4a8` | `0` | `1`: the tuner also times sym_int4 weights x int8 activation rows (a scale per 64 elements) on int8 tensor cores (`w4a8`) |
 | `XPULLM_TRITON_W8A8` | `triton_w8a8` | `off` | `fp8`: the tuner also times fp8_e4m3 weights x per-token fp8 activations on cuBLAS; `all`: sym_int8 too |
 | `XPULLM_PDL` | `pdl` | `1` | `0`: launch Triton kernels without programmatic dependent launch (Hopper+) |
 | `XPULLM_DEBUG` | `debug` | unset | set (not `0`): the CLI prints tracebacks, as `--debug` does |

@@ -375,7 +375,7 @@ def _run_mma_t(
 def _run_w4a8(
     x: torch.Tensor, tw: TritonWeight, cfg: LaunchConfig, out: torch.Tensor, workspace: torch.Tensor | None
 ) -> torch.Tensor:
-    """`w4a8.mma_kernel`: the rows of x [M, KX] quantized to int8 (a scale per 128 elements), times the sym_int4
+    """`w4a8.mma_kernel`: the rows of x [M, KX] quantized to int8 (a scale per 64 elements), times the sym_int4
     weight's codes on int8 tensor cores."""
     if not w4a8.supports(tw, x.dtype):
         raise ValueError(
