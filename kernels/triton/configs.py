@@ -267,7 +267,8 @@ def mma_enabled() -> bool:
 
 def w4a8_enabled() -> bool:
     """Whether the tuner times the `w4a8` tiles for sym_int4 (XPULLM_TRITON_W4A8=1; default off: rounding the
-    activation rows to int8 changes the numbers, as `w8a8` does, though by less - a scale per 64 elements: +0.20% perplexity on the packaged model)."""
+    activation rows to int8 changes the numbers, as `w8a8` does, though by less - a scale per 64 elements:
+    +0.20% perplexity on the packaged model)."""
     return runtime_settings().triton_w4a8
 
 
