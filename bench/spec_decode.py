@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import platform
 import statistics
+import sys
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,7 +42,15 @@ from xpullm.kernels import cpu_native
 
 METHODS: dict[str, SpeculativeConfig | None] = {
     "plain": None,
+    # The default: prompt lookup with the row cost timed on the engine's runner when it starts (`step_cost`).
     "prompt_lookup": SpeculativeConfig(method="prompt_lookup"),
+    # The default before the row cost was timed: fixed at 0.15 (measured on the AMD EPYC VM), with a drafted token
+    # paying while its chance exceeds 1.7 x that cost.
+    "prompt_lookup_fixed_cost": SpeculativeConfig(
+        method="prompt_lookup", verify_cost=0.15, expected_speedup=1.7
+    ),
+    # The timed row cost with the old factor of 1.7 (the default's first version).
+    "prompt_lookup_timed_1_7": SpeculativeConfig(method="prompt_lookup", expected_speedup=1.7),
     # The rule it replaced (latest occurrence of the longest 5..2-gram, draft length from one acceptance estimate),
     # with its old cap of 8: the before / after of the drafting, interleaved in the same run.
     "prompt_lookup_latest": SpeculativeConfig(method="prompt_lookup_latest", num_draft=8),
@@ -56,6 +68,8 @@ METHODS: dict[str, SpeculativeConfig | None] = {
     # (`--low-bit fp32`) for the acceptance an int4 draft of a bf16 model sees. `_always`: cost declared 0, so it
     # drafts at every step (the raw acceptance, what a GPU where the int4 step is cheap would see).
     "low_bit_draft": SpeculativeConfig(method="low_bit_draft"),
+    # Prompt lookup where it finds a continuation that pays, the int4 copy for the rest.
+    "lookup_low_bit": SpeculativeConfig(method="lookup_low_bit"),
     "low_bit_draft_always": SpeculativeConfig(method="low_bit_draft", draft_cost=0.0),
     # The same with the copy's LM head in int4 too (the default keeps it in int8): what the head's bits cost in
     # acceptance, in the same run.
@@ -63,6 +77,14 @@ METHODS: dict[str, SpeculativeConfig | None] = {
         method="low_bit_draft", draft_cost=0.0, draft_head_format="sym_int4"
     ),
 }
+# The drafting decisions an H100 makes (`bench/spec_gpu.py`, 2026-12-06: a verified row 0.003 / 0.028 of a bf16 / fp8
+# step, the int4 copy's step 0.46x / 0.60x of theirs), taken on this CPU over the dense model (`--low-bit fp32`) and
+# recorded per step (`--traces`), for `spec_gpu.py --traces` to price with the GPU's measured step times.
+GPU_DECISIONS = {"bf16": (0.003, 0.46), "fp8": (0.028, 0.60)}
+for _fmt, (_row, _copy) in GPU_DECISIONS.items():
+    METHODS[f"prompt_lookup_gpu_{_fmt}"] = SpeculativeConfig(method="prompt_lookup", verify_cost=_row)
+    for _m in ("low_bit_draft", "lookup_low_bit"):
+        METHODS[f"{_m}_gpu_{_fmt}"] = SpeculativeConfig(method=_m, verify_cost=_row, draft_cost=_copy)
 # Most tokens of one sequence the native paged attention attends together, per method (default 8).
 PAGED_GROUP = {"prompt_lookup_pertoken": 1}
 # Methods that run on another method's engine (same drafter, same weights and pools).
@@ -169,11 +191,19 @@ def run(
     for name, owner in SHARED_ENGINE.items():
         engines[name] = engines[owner]
     lib = cpu_native.library()
+    traces: dict[tuple[str, str], Trace] = {}
+    current: list[tuple[str, str] | None] = [None]
+    for name, llm in engines.items():
+        if name not in SHARED_ENGINE:
+            _record_steps(llm, current, traces)
     kinds = {k: v for k, v in workloads(base, per_kind).items() if only is None or k in only}
     names = [n for n in METHODS if n in methods]
     warm = next(iter(kinds.values()))[0]
     for llm in engines.values():  # warm-up (kernels, grammar tokenizer)
         llm.chat(warm["messages"], max_new_tokens=4, grammar=warm["grammar"])
+    core = engines["prompt_lookup"].engine
+    if core is not None:
+        print(f"row cost timed by the default engine: {core.verify_cost:.3f} of a step", file=sys.stderr)
     rows = []
     mismatches = 0
     prompt_tokens: dict[str, list[int]] = {}
@@ -191,6 +221,7 @@ def run(
                 for name in order:
                     if lib is not None:
                         lib.xq_set_paged_group(PAGED_GROUP.get(name, 8))
+                    current[0] = (name, kind)
                     c = engines[name].chat(
                         req["messages"],
                         max_new_tokens=max_tokens,
@@ -218,6 +249,8 @@ def run(
                     "speedup": ratios[n],
                     "acceptance": accepted[n] / drafted[n] if drafted[n] else None,
                     "tokens_per_step": produced[n] / steps[n] if steps[n] else 0.0,
+                    "decode_tokens": produced[n],
+                    **traces.get((n, kind), Trace()).as_row(),
                 }
             )
     info = {
@@ -228,6 +261,41 @@ def run(
         "python": platform.python_version(),
     }
     return rows, info
+
+
+@dataclass
+class Trace:
+    """One (method, workload)'s decode steps by tokens in the step, and its draft model's forward calls."""
+
+    steps: Counter = field(default_factory=Counter)
+    copy_calls: Counter = field(default_factory=Counter)
+
+    def as_row(self) -> dict:
+        return {"steps_by_tokens": dict(self.steps), "copy_calls_by_tokens": dict(self.copy_calls)}
+
+
+def _record_steps(llm: LLM, current: list, traces: dict) -> None:
+    """Count the engine's one-sequence decode / verify forwards (a logits row per token) by token count, and its
+    draft copy's forwards (`low_bit_draft`, `lookup_low_bit`), under the (method, workload) in `current[0]`."""
+    core = llm.engine
+    drafter = getattr(core, "_drafter", None)
+    copy = getattr(drafter, "draft", None) or getattr(getattr(drafter, "copy", None), "draft", None)
+
+    def wrap(runner, decode_only: bool) -> None:
+        forward = runner.forward
+
+        def counted(ids, positions, rows, last, layers=None):
+            key = current[0]
+            if key is not None and (not decode_only or (len(last) == len(ids) and len(set(rows)) == 1)):
+                trace = traces.setdefault(key, Trace())
+                (trace.copy_calls if runner is copy else trace.steps)[len(ids)] += 1
+            return forward(ids, positions, rows, last, layers)
+
+        runner.forward = counted
+
+    wrap(core.runner, True)
+    if copy is not None:
+        wrap(copy, False)
 
 
 def _med(values: list[float], digits: int = 1, suffix: str = "") -> str:
@@ -282,6 +350,12 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     ap.add_argument(
+        "--traces",
+        type=Path,
+        default=None,
+        help="write the result rows (steps by token count included) as JSON",
+    )
+    ap.add_argument(
         "--low-bit",
         default=None,
         help="the model's format (default: the checkpoint's own; fp32: dense weights)",
@@ -296,6 +370,8 @@ def main() -> None:
     rows, info = run(args.rounds, args.max_tokens, args.per_kind, methods, only, args.threads, args.low_bit)
     out = table(rows, args.verify_cost)
     print(out)
+    if args.traces:
+        args.traces.write_text(json.dumps({"rows": rows, "info": info}, indent=1))
     print(info, f"{time.perf_counter() - t0:.0f} s")
     if args.write:
         args.write.write_text(

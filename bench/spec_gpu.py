@@ -79,6 +79,7 @@ def measure(args: argparse.Namespace, spec: str, device: torch.device) -> dict:
     from xpullm.engine.core import EngineConfig, build_core
     from xpullm.engine.decode import FAMILIES, StaticCacheDecoder
     from xpullm.engine.speculative import SpeculativeConfig, default_draft_layers, make_drafter
+    from xpullm.engine.step_cost import measured_row_cost
 
     shape = SHAPES[args.shape]
     fmt, _, g = spec.partition(":")
@@ -104,6 +105,8 @@ def measure(args: argparse.Namespace, spec: str, device: torch.device) -> dict:
         return lambda: runner.forward(ids, pos, [0] * n, list(range(n)))
 
     step_ms = {n: _timed(step(n), args.repeat, device) for n in buckets}
+    # What the engine times at start for its default `verify_cost` (1 + num_draft tokens, in its spare row).
+    timed_row_cost = measured_row_cost(runner, 1 + SpeculativeConfig().num_draft)
     layers = default_draft_layers(len(dec.layers))
     tok = [prompt[-1]]
     draft_ms = _timed(lambda: runner.forward(tok, [PROMPT], [0], [0], layers=layers), args.repeat, device)
@@ -121,6 +124,7 @@ def measure(args: argparse.Namespace, spec: str, device: torch.device) -> dict:
         "format": _label(fmt, group), "shape": args.shape, "device": _device_name(device),
         "step_ms": step_ms, "draft_ms": draft_ms, "draft_layers": len(layers), "layers": len(dec.layers),
         "low_bit_draft_ms": low_bit_ms, "draft_kv": args.draft_kv, "graphs": runner.graphs is not None,
+        "timed_row_cost": timed_row_cost,
     }  # fmt: skip
     _append(args.out, row)
     del core, dec, model
@@ -148,16 +152,18 @@ def render(rows: list[dict]) -> str:
            f"{PROMPT}-token prompt; medians of the timed repeats.\n"]  # fmt: skip
     out.append(
         "| format | plain step ms | step ms with 2 / 4 / 8 tokens (x plain) | skipped-layer draft step ms (x plain) "
-        f"| {LOW_BIT_DRAFT} copy draft step ms (x plain) |"
+        f"| {LOW_BIT_DRAFT} copy draft step ms (x plain) | row cost the engine times |"
     )
-    out.append("|---|---:|---|---:|---:|")
+    out.append("|---|---:|---|---:|---:|---:|")
     for r in rows:
         s = {int(k): v for k, v in r["step_ms"].items()}
         many = " / ".join(f"{s[n]:.2f} ({s[n] / s[1]:.2f}x)" for n in (2, 4, 8))
         low = r.get("low_bit_draft_ms")
         copy = f"{low:.2f} ({low / s[1]:.2f}x)" if low else "- (the model is the copy)"
+        timed = r.get("timed_row_cost")
         out.append(f"| {r['format']} | {s[1]:.2f} | {many} | {r['draft_ms']:.2f} ({r['draft_ms'] / s[1]:.2f}x, "
-                   f"{r['draft_layers']}/{r['layers']} layers) | {copy} |")  # fmt: skip
+                   f"{r['draft_layers']}/{r['layers']} layers) | {copy} | "
+                   f"{'-' if timed is None else f'{timed:.3f}'} |")  # fmt: skip
     out.append(
         "\nModelled speed-up over plain decoding (acceptance from the packaged model on CPU; best k):\n"
     )

@@ -29,6 +29,7 @@ from spec_decode import VERIFY_COST, workloads
 
 from xpullm.engine import LLM
 from xpullm.engine.speculative import DraftSlot, SpecState, SpeculativeConfig, make_drafter
+from xpullm.engine.step_cost import DEFAULT_ROW_COST
 
 DRAFTERS = {
     "prompt_lookup_latest": SpeculativeConfig(method="prompt_lookup_latest", num_draft=8),
@@ -83,9 +84,8 @@ def record(llm: LLM, per_kind: int, max_tokens: int) -> list[Trace]:
 def replay(trace: Trace, config: SpeculativeConfig, bound: bool = False) -> Counts:
     """The engine's draft / verify loop for one sequence over recorded tokens (decode steps only)."""
     drafter = make_drafter(None, config)  # type: ignore[arg-type]  # prompt lookup needs no runner
-    state = SpecState(
-        config, drafter.start(trace.prompt), config.verify_cost, drafter.cost, drafter.sizes_drafts
-    )
+    cost = DEFAULT_ROW_COST if config.verify_cost is None else config.verify_cost  # no runner to time here
+    state = SpecState(config, drafter.start(trace.prompt), cost, drafter.cost, drafter.sizes_drafts)
     out, tokens = trace.output, [*trace.prompt, trace.output[0]]  # the prefill step gave the first token
     n, counts = 1, Counts()
     while n < len(out):

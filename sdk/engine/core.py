@@ -32,6 +32,7 @@ from xpullm.engine.runner import ModelRunner
 from xpullm.engine.sampling import Sampler
 from xpullm.engine.scheduler import KVBudgetTooSmall, Scheduler, Sequence, StepPlan
 from xpullm.engine.speculative import DraftSlot, SpecState, SpeculativeConfig, make_drafter
+from xpullm.engine.step_cost import DEFAULT_ROW_COST, measured_row_cost
 from xpullm.engine.step_graphs import DEFAULT_BUCKETS, attach_step_graphs
 from xpullm.engine.stopping import TextAssembler
 
@@ -222,6 +223,11 @@ class EngineCore:
         self._last_ttft = 0.0
         spec = config.speculative
         self._drafter = make_drafter(runner, spec) if spec is not None else None
+        self.verify_cost: float = DEFAULT_ROW_COST
+        """What one more verified token adds to a one-token step: the config's, or timed here on the runner."""
+        if spec is not None and self.streaming is None:
+            measured = spec.verify_cost is None
+            self.verify_cost = measured_row_cost(runner, 1 + spec.num_draft) if measured else spec.verify_cost
         self._draft_tokens = 0
         self._accepted_tokens = 0
         self._stopping = False
@@ -266,9 +272,11 @@ class EngineCore:
             # Grammar-constrained requests speculate too: `_verify` masks and consumes row by row, only the tokens
             # it emits, so the matcher never needs a rollback.
             cfg = self.config.speculative
-            drafting = self._drafter.cost if cfg.draft_cost is None else cfg.draft_cost
+            # A drafter that sizes its drafts weighs its costly part itself (the hybrid's low-bit copy).
+            own = cfg.draft_cost is None or self._drafter.sizes_drafts
+            drafting = self._drafter.cost if own else cfg.draft_cost
             state = self._drafter.start(req.seq.prompt)
-            req.spec = SpecState(cfg, state, cfg.verify_cost, drafting, self._drafter.sizes_drafts)
+            req.spec = SpecState(cfg, state, self.verify_cost, drafting, self._drafter.sizes_drafts)
         with self._cv:
             self._incoming.append(req)
             if self._thread is None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,7 +25,7 @@ from xpullm.linear import LowBitLinear
 if TYPE_CHECKING:
     from xpullm.engine.runner import ModelRunner
 
-__all__ = ["draft_runner", "low_bit_copy", "step_time", "weight_bytes"]
+__all__ = ["draft_runner", "low_bit_copy", "weight_bytes"]
 
 _PROJECTIONS = ("qkv", "o_proj", "gate_up", "down")
 
@@ -108,16 +107,3 @@ def draft_runner(runner: ModelRunner, dec: Any, kv_cache_dtype: str) -> ModelRun
     if graphs is not None:
         attach_step_graphs(draft, graphs.buckets, graphs.scratch_block, graphs.scratch_row, graphs.backend)
     return draft
-
-
-def step_time(runner: ModelRunner, repeat: int = 3) -> float:
-    """Seconds of one eager one-token step (the best of `repeat`), run in the spare block-table row and block the
-    engine keeps beside its allocator (`build_core` reserves both), so no sequence's K/V is touched."""
-    row, block = runner.block_tables.shape[0] - 1, runner.k_pool.shape[1] - 1
-    runner.block_tables[row].fill_(block)
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        runner.forward([0], [0], [row], [0]).sum().item()  # .item(): the step has finished
-        best = min(best, time.perf_counter() - start)
-    return best

@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from xpullm.engine.step_cost import DEFAULT_ROW_COST
 from xpullm.errors import XPULLMError
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ __all__ = [
     "Drafter",
     "LatestLookupDrafter",
     "LayerSkipDrafter",
+    "LookupLowBitDrafter",
     "LowBitDrafter",
     "PromptLookupDrafter",
     "SpecState",
@@ -85,8 +87,9 @@ class SpeculativeConfig:
     """How the engine drafts and verifies tokens (one config per engine; requests may opt out)."""
 
     method: str = "prompt_lookup"
-    """A drafter in `DRAFTERS`: `prompt_lookup`, `self_speculative` (skipped layers draft) or `low_bit_draft` (a
-    lower-bit copy of the model drafts)."""
+    """A drafter in `DRAFTERS`: `prompt_lookup`, `self_speculative` (skipped layers draft), `low_bit_draft` (a
+    lower-bit copy of the model drafts) or `lookup_low_bit` (prompt lookup where it finds a continuation that pays,
+    the low-bit copy for the other sequences)."""
     num_draft: int = 6
     """Most draft tokens verified per sequence and step (k): with the packaged model on CPU longer caps verified
     more rejected rows than they saved steps (replayed greedy traces, `docs/benchmarks-speculative.md`)."""
@@ -105,33 +108,38 @@ class SpeculativeConfig:
     chased one request's noise in replayed traces)."""
     rate_decay: float = 0.8
     """prompt_lookup: weight of a request's older continuation outcomes per new one (recent ones count most)."""
-    expected_speedup: float = 1.7
+    expected_speedup: float = 1.2
     """prompt_lookup: an accepted draft token saves a step's cost over this (the speed-up drafting brings), so a
-    drafted token pays while its acceptance chance exceeds its row's cost times this."""
+    drafted token pays while its acceptance chance exceeds its row's cost times this. 1.7 went with the fixed row
+    cost of 0.15; with the row cost timed per machine, 1.2 drafted as well or better on every grounded workload on
+    a Xeon with AMX (`bench/spec_decode.py`, docs/benchmarks-speculative.md)."""
     draft_layers: tuple[int, ...] | None = None
     """self_speculative: layers the draft runs (None: the first and last quarter plus every other middle layer)."""
     draft_min_prob: float = 0.3
-    """self_speculative, low_bit_draft: stop a draft when the draft model's top probability falls below this."""
+    """self_speculative, low_bit_draft, lookup_low_bit: stop a draft when the draft model's top probability falls
+    below this."""
     draft_format: str = "sym_int4"
-    """low_bit_draft: the format of the model's draft copy (IPEX-LLM's recipe: INT4 drafts for a bf16 / fp8 / int8
-    model)."""
+    """low_bit_draft, lookup_low_bit: the format of the model's draft copy (IPEX-LLM's recipe: INT4 drafts for a
+    bf16 / fp8 / int8 model)."""
     draft_group_size: int | None = None
-    """low_bit_draft: the draft format's group size (None: the format's default)."""
+    """low_bit_draft, lookup_low_bit: the draft format's group size (None: the format's default)."""
     draft_head_format: str | None = "sym_int8"
-    """low_bit_draft: the format of the copy's LM head (None: `draft_format`). IPEX-LLM's mixed precision keeps
-    the head in 8 bits: on the packaged model an int8 head raised the int4 copy's tokens per step on every
-    workload measured (2.04 -> 2.56 on knowledge-base answers; docs/benchmarks-speculative.md), for ~6% more
-    draft bytes on a Llama-3-8B."""
+    """low_bit_draft, lookup_low_bit: the format of the copy's LM head (None: `draft_format`). IPEX-LLM's mixed
+    precision keeps the head in 8 bits: on the packaged model an int8 head raised the int4 copy's tokens per step
+    on every workload measured (2.04 -> 2.56 on knowledge-base answers; docs/benchmarks-speculative.md), for ~6%
+    more draft bytes on a Llama-3-8B."""
     draft_kv_cache_dtype: str = "int8"
-    """low_bit_draft: the draft copy's KV pools (one more pool per layer, shaped like the model's: 8-bit halves
-    what a second bf16 pool would take)."""
-    verify_cost: float = 0.15
-    """Cost of verifying one more token in a step, relative to a one-token step: 0.12-0.18 measured with the
-    packaged 135M model on 2 CPU cores at 300-800 tokens of context (`bench/spec_row_cost.py`: the projections'
-    per-row integer work ~0.07, attention over the context 0.05-0.07, the LM head ~0.02); near 0 for big models on
-    GPUs."""
+    """low_bit_draft, lookup_low_bit: the draft copy's KV pools (one more pool per layer, shaped like the model's:
+    8-bit halves what a second bf16 pool would take)."""
+    verify_cost: float | None = None
+    """Cost of verifying one more token in a step, relative to a one-token step (None: timed on the engine's own
+    runner when it starts, `step_cost.measured_row_cost` at 1 + `num_draft` tokens). It differs by an order of
+    magnitude between machines: 0.12-0.18 with the packaged 135M model on a 2-core AMD EPYC, 0.04-0.10 on a 2-core
+    Xeon with AMX (`bench/spec_row_cost.py`), near 0 for big models on GPUs. Set it to make drafting independent of
+    the machine (the tests' step counts do)."""
     draft_cost: float | None = None
-    """Cost of drafting one token relative to a step (None: the drafter's own estimate, 0 for prompt lookup)."""
+    """Cost of drafting one token relative to a step (None: the drafter's own estimate, 0 for prompt lookup); for
+    `lookup_low_bit`, of the low-bit copy's tokens (lookup's are free)."""
 
     def __post_init__(self) -> None:
         if self.method not in DRAFTERS:
@@ -144,7 +152,7 @@ class SpeculativeConfig:
             )
         if not 1 <= self.ngram_min <= self.ngram_max:
             raise ValueError(f"ngram_min={self.ngram_min} must be between 1 and ngram_max={self.ngram_max}")
-        if self.method == "low_bit_draft":
+        if self.method in ("low_bit_draft", "lookup_low_bit"):
             from xpullm.formats import get_format
             from xpullm.kernels.paged import KV_CACHE_DTYPES
 
@@ -156,6 +164,10 @@ class SpeculativeConfig:
                     f"draft_kv_cache_dtype={self.draft_kv_cache_dtype!r} is not known: choose one of "
                     f"{sorted(KV_CACHE_DTYPES)}"
                 )
+        if self.verify_cost is not None and not 0.0 <= self.verify_cost < 1.0:
+            raise ValueError(
+                f"verify_cost={self.verify_cost} must be at least 0 and below 1 (or None: measured)"
+            )
         if not self.match_rates or not all(0.0 < r < 1.0 for r in self.match_rates):
             raise ValueError(
                 f"match_rates={self.match_rates} must be non-empty chances strictly between 0 and 1"
@@ -557,9 +569,9 @@ class LowBitDrafter:
         return drafts
 
 
-@register_drafter("low_bit_draft")
-def _low_bit_draft(runner: ModelRunner, config: SpeculativeConfig) -> Drafter:
-    from xpullm.engine.draft_model import draft_runner, low_bit_copy, step_time, weight_bytes
+def _low_bit_drafter(runner: ModelRunner, config: SpeculativeConfig) -> LowBitDrafter:
+    from xpullm.engine.draft_model import draft_runner, low_bit_copy, weight_bytes
+    from xpullm.engine.step_cost import step_time
 
     dec = low_bit_copy(runner.dec, config.draft_format, config.draft_group_size, config.draft_head_format)
     draft = draft_runner(runner, dec, config.draft_kv_cache_dtype)
@@ -570,6 +582,93 @@ def _low_bit_draft(runner: ModelRunner, config: SpeculativeConfig) -> Drafter:
     if runner.device.type == "cpu":
         cost = max(cost, step_time(draft) / step_time(runner))
     return LowBitDrafter(draft, config.draft_min_prob, cost)
+
+
+@register_drafter("low_bit_draft")
+def _low_bit_draft(runner: ModelRunner, config: SpeculativeConfig) -> Drafter:
+    return _low_bit_drafter(runner, config)
+
+
+# -- both: prompt lookup where the text offers a copy, the low-bit copy elsewhere -------------------------------
+
+
+@dataclass
+class _HybridState:
+    """One request's state under `LookupLowBitDrafter`: prompt lookup's, the draft pools', and the acceptance
+    estimate and back-off of the low-bit copy's drafts (a `SpecState`), with the copy's last draft to score."""
+
+    lookup: _Lookup
+    kv: _DraftKV
+    copy: SpecState
+    pending: tuple[int, list[int]] | None = None
+    """(position of draft[0], draft) of the copy's last draft, scored at the next proposal."""
+
+    def learn(self, tokens: list[int]) -> None:
+        """Score the copy's previous draft against the tokens verification kept (its accepted prefix, then the
+        model's own token)."""
+        if self.pending is None or len(tokens) <= self.pending[0]:
+            return
+        at, draft = self.pending
+        self.pending = None
+        accepted = 0
+        while (
+            accepted < len(draft) and at + accepted < len(tokens) and tokens[at + accepted] == draft[accepted]
+        ):
+            accepted += 1
+        self.copy.update(len(draft), accepted)
+
+
+class LookupLowBitDrafter:
+    """Prompt lookup where the text so far offers a continuation that pays (free to draft), the model's low-bit
+    copy (`LowBitDrafter`) for the other sequences of the step.
+
+    Grounded text alternates between spans copied from the input, which prompt lookup drafts for nothing, and the
+    model's own words, where only a draft model guesses well. The copy's draft length follows its own per-request
+    acceptance estimate and cost (a `SpecState` over the copy's drafts alone; they are scored against the tokens
+    verification kept, like prompt lookup's), so where the copy does not pay it pauses; its pools catch up on the
+    tokens it skipped in its next forward (`_DraftKV`)."""
+
+    cost = 0.0  # lookup's drafts are free; the copy's cost is weighed here, per sequence
+    sizes_drafts = True
+
+    def __init__(self, lookup: PromptLookupDrafter, copy: LowBitDrafter, config: SpeculativeConfig) -> None:
+        self.lookup = lookup
+        self.copy = copy
+        self.config = config
+
+    def start(self, prompt: list[int]) -> _HybridState:
+        cost = self.copy.cost if self.config.draft_cost is None else self.config.draft_cost
+        copy = SpecState(self.config, None, draft_cost=cost)
+        return _HybridState(self.lookup.start(prompt), _DraftKV(), copy)
+
+    def propose(self, batch: list[DraftSlot]) -> list[list[int]]:
+        slots = [DraftSlot(s.tokens, s.k, s.slot, s.state.lookup, s.row_cost) for s in batch]
+        drafts = self.lookup.propose(slots)
+        rest: list[int] = []
+        for i, (s, draft) in enumerate(zip(batch, drafts, strict=True)):
+            state: _HybridState = s.state
+            state.learn(s.tokens)
+            if draft:
+                continue
+            state.copy.verify_cost = s.row_cost  # this step's row cost (the batch's share included)
+            k = min(s.k, state.copy.want())
+            if k > 0:
+                rest.append(i)
+                slots[i] = DraftSlot(s.tokens, k, s.slot, state.kv, s.row_cost)
+        if rest:
+            for i, draft in zip(rest, self.copy.propose([slots[i] for i in rest]), strict=True):
+                state = batch[i].state
+                if draft:
+                    drafts[i] = draft
+                    state.pending = (len(batch[i].tokens), draft)
+                else:
+                    state.copy.missed()
+        return drafts
+
+
+@register_drafter("lookup_low_bit")
+def _lookup_low_bit(runner: ModelRunner, config: SpeculativeConfig) -> Drafter:
+    return LookupLowBitDrafter(PromptLookupDrafter(config), _low_bit_drafter(runner, config), config)
 
 
 # -- per-request adaptation ------------------------------------------------------------------------------------
@@ -587,7 +686,7 @@ class SpecState:
 
     config: SpeculativeConfig
     drafter_state: Any = None
-    verify_cost: float = 0.15
+    verify_cost: float = DEFAULT_ROW_COST
     """Cost of verifying one more token in a one-token step, relative to that step."""
     draft_cost: float = 0.0
     """Cost of drafting one token relative to a plain step (the drafter's)."""

@@ -10,7 +10,7 @@ import torch
 from tests.engine.conftest import GROUNDED, PROMPTS, engine_over
 from xpullm.engine import LLM
 from xpullm.engine.draft_model import low_bit_copy, weight_bytes
-from xpullm.engine.speculative import LowBitDrafter, SpeculativeConfig
+from xpullm.engine.speculative import LookupLowBitDrafter, LowBitDrafter, SpeculativeConfig
 from xpullm.linear import LowBitLinear
 
 # Drafting declared free and no confidence floor: the copy drafts at every step, so rejections happen too.
@@ -113,3 +113,40 @@ def test_bad_draft_settings_name_the_problem(dense_llm: LLM) -> None:
     four = low_bit_copy(dec, "sym_int4", 32, head_format="sym_int8")
     assert (four.layers[0].qkv.format_name, four.layers[0].qkv.group_size) == ("sym_int4", 32)
     assert four.lm_head.format_name == "sym_int8" and four.lm_head.group_size != 32
+
+
+def test_lookup_low_bit_drafts_from_both_and_gives_plain_decodings_output(
+    dense_plain: LLM, dense_llm: LLM
+) -> None:
+    """Prompt lookup drafts where the answer copies its input, the int4 copy where it does not; the output is plain
+    decoding's, and the copy's drafts are scored into its own acceptance estimate."""
+    spec = SpeculativeConfig(method="lookup_low_bit", draft_min_prob=0.0, draft_cost=0.0)
+    hybrid = engine_over(dense_llm, spec)
+    drafter = hybrid.engine._drafter
+    assert isinstance(drafter, LookupLowBitDrafter)
+    sources: dict[str, int] = {"lookup": 0, "copy": 0}
+    states = []
+
+    def counting(name: str, propose):
+        def run(batch):
+            drafts = propose(batch)
+            sources[name] += sum(1 for d in drafts if d)
+            return drafts
+
+        return run
+
+    drafter.lookup.propose = counting("lookup", drafter.lookup.propose)
+    drafter.copy.propose = counting("copy", drafter.copy.propose)
+    start = drafter.start
+    drafter.start = lambda prompt: states.append(start(prompt)) or states[-1]
+    ref = dense_plain.chat(GROUNDED, max_new_tokens=48)
+    out = hybrid.chat(GROUNDED, max_new_tokens=48)
+    assert (out.text, out.completion_tokens) == (ref.text, ref.completion_tokens)
+    want = [c.text for c in dense_plain.generate(PROMPTS, max_new_tokens=24)]
+    assert [c.text for c in hybrid.generate(PROMPTS, max_new_tokens=24)] == want
+    # Both sources drafted; lookup's proposals came first (the copy only runs where lookup found nothing).
+    assert sources["lookup"] > 0 and sources["copy"] > 0, sources
+    copy_drafted = sum(st.copy.drafted for st in states)
+    assert 0 < sum(st.copy.accepted for st in states) <= copy_drafted
+    assert out.timings.tokens_per_step > 1.5, out.timings
+    assert hybrid.engine.stats().kv_used_blocks == 0

@@ -176,6 +176,30 @@ def test_config_resolution_and_errors() -> None:
     assert default_draft_layers(8) == (0, 1, 2, 4, 6, 7)
 
 
+def test_the_row_cost_is_timed_in_the_spare_row_once_per_model(lookup: LLM, llm: LLM) -> None:
+    from xpullm.engine import step_cost
+
+    lookup.chat(GROUNDED, max_new_tokens=4)  # K/V of a finished request stay in the pools (prefix cache)
+    core = lookup.engine
+    assert core is not None
+    runner, rows = core.runner, 1 + SpeculativeConfig().num_draft
+    assert 0.0 <= core.verify_cost <= step_cost.MAX_ROW_COST
+    assert step_cost.measured_row_cost(runner, rows) == core.verify_cost  # the engine's timing, kept
+    kept = [t[:, :-1].clone() for t in (runner.k_pool, runner.v_pool)], runner.block_tables[:-1].clone()
+    step_cost._MEASURED.clear()  # time it again: only the spare row and block may change
+    assert 0.0 <= step_cost.measured_row_cost(runner, rows) <= step_cost.MAX_ROW_COST
+    assert all(
+        torch.equal(a, b[:, :-1]) for a, b in zip(kept[0], (runner.k_pool, runner.v_pool), strict=True)
+    )
+    assert torch.equal(kept[1], runner.block_tables[:-1])
+    assert lookup.chat(GROUNDED, max_new_tokens=4).text  # the engine still answers after the timing
+    fixed = engine_over(llm, SpeculativeConfig(verify_cost=0.07))
+    fixed.chat(GROUNDED, max_new_tokens=2)
+    assert fixed.engine is not None and fixed.engine.verify_cost == 0.07  # a value set is never timed over
+    with pytest.raises(ValueError, match=r"verify_cost=1\.0 must be"):
+        SpeculativeConfig(verify_cost=1.0)
+
+
 def test_rejection_sampling_keeps_the_target_distribution() -> None:
     """Chi-square over a 6-token vocabulary: tokens from (draft ~ q, accept rule) are distributed as p."""
     gen = torch.Generator().manual_seed(0)
@@ -230,7 +254,7 @@ def test_prompt_lookup_drafts_the_longest_match_and_the_common_continuation() ->
 def test_prompt_lookup_cuts_drafts_where_they_stop_paying() -> None:
     from xpullm.engine.speculative import DraftSlot, PromptLookupDrafter, _Lookup
 
-    config = SpeculativeConfig()
+    config = SpeculativeConfig(expected_speedup=1.7)
     # TIED: chance 0.45 x 2/3 = 0.30 for the 7, then x 0.7 = 0.21 for the 0: below 0.15 x 1.7 = 0.255.
     assert _Lookup(config).draft(TIED, 4, 0.15 * 1.7) == [7]
     # LONGEST (a 3-token match): 0.7, 0.56, 0.48, 0.40, 0.34, 0.29 all above 0.255: the cap of 6 tokens.
@@ -275,9 +299,13 @@ def test_longest_match_drafts_waste_fewer_rows_than_the_latest_occurrence(llm: L
     # The counts below belong to one generated text, and the CPU path's arithmetic decides that text (on the amx
     # path this answer has no span where the two rules draft differently): the comparison runs on the portable
     # avx2 path, the same on every x86 machine with the native kernels, in engines of its own (no prefix cached
-    # by another path).
+    # by another path), with the row cost and drafting factor they were measured at (the default times the cost).
     with cpu_native.forced_isa("avx2") if cpu_native.library() is not None else nullcontext():
-        plain, lookup, latest = (engine_over(llm, m) for m in (None, "prompt_lookup", "prompt_lookup_latest"))
+        methods = [
+            SpeculativeConfig(method=m, verify_cost=0.15, expected_speedup=1.7)
+            for m in ("prompt_lookup", "prompt_lookup_latest")
+        ]
+        plain, lookup, latest = (engine_over(llm, m) for m in (None, *methods))
         ref = plain.chat(GROUNDED, max_new_tokens=48)
         new, old = lookup.chat(GROUNDED, max_new_tokens=48), latest.chat(GROUNDED, max_new_tokens=48)
     assert new.text == old.text == ref.text
