@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     from xpullm.kernels.triton.configs import (
         CONFIG_TABLES,
         Q8_FORMATS,
+        Q8_ROWS_MAX,
         m_bucket,
         mma_block_m,
         switched_on,
@@ -281,11 +282,12 @@ def main(argv: list[str] | None = None) -> int:
         for fmt, gs in formats:
             label = _label(fmt, gs)
             tw = pack_weight(get_format(fmt).quantize(w.float(), gs), dev)
-            # rows past the shortlist's largest count take its list (the same tiles: block_m stops growing)
+            # rows the shortlist lacks take the nearest listed count's tiles
             listed = {m2: cfgs for (lab, m2), cfgs in sorted(shortlist.items()) if lab == label}
             for m in row_counts:
-                if listed and m > max(listed):
-                    listed[m] = [{**c, "block_m": mma_block_m(m_bucket(m))} for c in listed[max(listed)]]
+                if listed and m not in listed:  # the nearest listed count's tiles (block_m follows the rows)
+                    near = min(listed, key=lambda k, m=m: (abs(k - m), k))
+                    listed[m] = [{**c, "block_m": mma_block_m(m_bucket(m))} for c in listed[near]]
                 x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
                 x2 = _prepare_x(x, tw)
                 fresh = {"best": 0.0, "dequant": 0.0, "bf16": 0.0, **{p: 0.0 for p in paths}}
@@ -295,10 +297,15 @@ def main(argv: list[str] | None = None) -> int:
                 kept, kept_us = None, float("inf")  # the best the tuner may pick as switched
                 best_mma = None  # the int8-activation timing below runs the `mma` family only
                 deeper = _deepened(listed.get(m, []), args.deepen, LaunchConfig)
+                q8_best: dict[str, float] = {}  # gemv_q8 families on int8-fed rows
                 for path in paths:
                     path_best = float("inf")
                     for cfg in [*CONFIG_TABLES["cuda"][path], *(c for c in deeper if c.path == path)]:
-                        if cfg.path != "w8a8":
+                        if path == "gemv_q8_multi":  # `gemv_q8_kernel`'s ROWS: up to 8 rows per program
+                            cfg = replace(cfg, block_m=min(m_bucket(m), Q8_ROWS_MAX))
+                        elif path == "gemv_q8_rows":
+                            cfg = replace(cfg, block_m=m_bucket(m))
+                        elif cfg.path != "w8a8":
                             cfg = replace(cfg, block_m=mma_block_m(m_bucket(m)))
                         if not valid(cfg, tw, x.dtype) or _family(cfg) in dropped:
                             continue  # e.g. w8a8 for a 4-bit or grouped weight
@@ -313,6 +320,12 @@ def main(argv: list[str] | None = None) -> int:
                                 flush=True,
                             )
                             continue
+                        if cfg.path == "gemv_q8" and m <= Q8_ROWS_MAX:
+                            # the engine's int8-fed rows (`matmul_q8`: the norm / SwiGLU quantize them), the
+                            # quantizer launch `run` adds left out
+                            act = quantize_activations(x)
+                            us_q8 = timed(lambda cfg=cfg, act=act, tw=tw: run_q8(act, tw, cfg))
+                            q8_best[path] = min(q8_best.get(path, float("inf")), us_q8)
                         if args.all:
                             print(
                                 json.dumps(
@@ -327,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                         if us < kept_us and switched_on(cfg, tw):
                             kept, kept_us = cfg, us
                     row[path] += path_best  # inf where the family does not take the format
+                    if path in q8_best:
+                        row[f"{path}_int8"] = row.get(f"{path}_int8", 0.0) + q8_best[path]
                 if best is None:
                     print(f"# {label} {n}x{k} m={m}: no candidate ran", flush=True)
                     continue
@@ -369,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                             "bf16_us": bf16_us[(n, k, m)],
                             "dequant_us": dq_us,
                             "weight_bytes": tw.nbytes,
+                            **{f"{p}_int8_us": v for p, v in q8_best.items()},
                         }
                     ),
                     flush=True,
@@ -381,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.empty_cache()
     if args.warm_only:
         return 0
+    # the gemv_q8 families' int8-fed timings (`matmul_q8`, the engine's quantized rows), where they ran
+    int8_cols = [f"{p}_int8" for p in paths if any(f"{p}_int8" in r for r in results.values())]
     lines = [
         "# Batched low-bit matmul (one Llama-3-8B layer's projections)",
         "",
@@ -391,15 +409,15 @@ def main(argv: list[str] | None = None) -> int:
         "operand); crossover = best tile / dequant (< 1: tiles faster).",
         "",
         "| format | M | best tile us | "
-        + " | ".join(f"{p} us" for p in paths)
+        + " | ".join(f"{p} us" for p in [*paths, *int8_cols])
         + " | mma (int8 act) us | batch-1 GEMV us | dequant+cuBLAS us | bf16 cuBLAS us | "
         "best vs bf16 | best / dequant | tiles (per shape) |",
-        "|---|---|---|" + "---|" * len(paths) + "---|---|---|---|---|---|---|",
+        "|---|---|---|" + "---|" * (len(paths) + len(int8_cols)) + "---|---|---|---|---|---|---|",
     ]
     for (label, m), r in results.items():
         lines.append(
             f"| {label} | {m} | {r['best']:.1f} | "
-            + "".join(f"{r[p]:.1f} | " for p in paths)
+            + "".join(f"{r.get(p, float('nan')):.1f} | " for p in [*paths, *int8_cols])
             + f"{r.get('mma_q8', float('nan')):.1f} | "
             f"{r.get('gemv', float('nan')):.1f} | {r['dequant']:.1f} | "
             f"{r['bf16']:.1f} | {r['bf16'] / r['best']:.2f}x | "

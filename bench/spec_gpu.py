@@ -17,6 +17,8 @@ step_ms[k+1] + k x draft_ms (prompt lookup: draft_ms = 0), over one plain step; 
 
     python bench/spec_gpu.py --formats bf16,sym_int4:128,fp8_e4m3 --out rows.jsonl --md spec_gpu.md
     python bench/spec_gpu.py --shape tiny --device cpu --repeat 3   # a dry run of the code paths on a CPU
+    python bench/spec_gpu.py --summarize bench/results/spec_gpu_h100_2026-12-06.jsonl \
+        --traces bench/results/spec_traces_xeon_2026-12-06.json   # price recorded traces with the H100's steps
 """
 
 from __future__ import annotations
@@ -184,6 +186,46 @@ def render(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _decisions(method: str) -> tuple[str, str] | None:
+    """(base method, format) of a `spec_decode.py` method that took a GPU's drafting decisions (`*_gpu_bf16`)."""
+    base, sep, fmt = method.rpartition("_gpu_")
+    return (base, fmt) if sep else None
+
+
+def priced(row: dict, trace: dict) -> float:
+    """Modelled speed-up of one recorded trace (`spec_decode.py --traces`) with this row's GPU step times: the
+    plain steps its decode tokens would take, over the recorded verify steps (by tokens in the step) plus the draft
+    copy's recorded forwards, each at the copy's one-token step scaled like the model's step for as many tokens."""
+    s = {int(k): v for k, v in row["step_ms"].items()}
+    top = max(s)
+    steps = sum(n * s[min(int(t), top)] for t, n in trace["steps_by_tokens"].items())
+    low = row.get("low_bit_draft_ms") or 0.0
+    copy = sum(n * low * s[min(int(t), top)] / s[1] for t, n in trace["copy_calls_by_tokens"].items())
+    return trace["decode_tokens"] * s[1] / (steps + copy) if steps + copy else 1.0
+
+
+def render_traces(rows: list[dict], traces: list[dict]) -> str:
+    """Per format, the traces recorded with that format's drafting decisions, priced with its step times."""
+    kinds = sorted({t["kind"] for t in traces})
+    out = [
+        "\nPriced traces (`spec_decode.py --traces`: the engine's steps and draft forwards recorded on CPU with the "
+        "drafting decisions of this GPU's row and draft costs, priced with the step times above):\n",
+        "| format | method | " + " | ".join(kinds) + " |",
+        "|---|---|" + "---:|" * len(kinds),
+    ]
+    for row in rows:
+        fmt = row["format"].split("_")[0]
+        methods = sorted({t["method"] for t in traces if (_decisions(t["method"]) or ("", ""))[1] == fmt})
+        for method in methods:
+            cells = []
+            for kind in kinds:
+                trace = next((t for t in traces if t["method"] == method and t["kind"] == kind), None)
+                cells.append("-" if trace is None else f"{priced(row, trace):.2f}x")
+            base = (_decisions(method) or (method, ""))[0]
+            out.append(f"| {row['format']} | {base} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--formats", default="bf16,sym_int4:128,fp8_e4m3", help="fmt[:group], comma-separated")
@@ -194,6 +236,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append result rows (JSON lines) here")
     ap.add_argument("--md", default=None, help="write the tables here")
     ap.add_argument("--summarize", default=None, metavar="ROWS", help="render a rows file and exit")
+    ap.add_argument(
+        "--traces", default=None, help="also price `spec_decode.py --traces` output with the rows"
+    )
     args = ap.parse_args()
     if args.summarize:
         rows = [json.loads(line) for line in Path(args.summarize).read_text().splitlines() if line.strip()]
@@ -201,6 +246,8 @@ def main() -> None:
         device = torch.device(args.device)
         rows = [measure(args, spec, device) for spec in args.formats.split(",") if spec]
     text = render(rows)
+    if args.traces:
+        text += render_traces(rows, json.loads(Path(args.traces).read_text())["rows"])
     print(text)
     if args.md:
         Path(args.md).write_text(text)

@@ -21,6 +21,7 @@ __all__ = [
     "CONFIG_TABLES",
     "MMA_MAX_M",
     "Q8_FORMATS",
+    "Q8_ROWS_MAX",
     "Q8_ROW_TILES",
     "LaunchConfig",
     "candidates",
@@ -126,6 +127,22 @@ _CUDA_GEMV_Q8 = (
         )
     ]
 )
+# The one-row GEMV's winning shapes (H100 and H200 sweeps) for 2..8 decode rows per program (`gemv_q8_kernel`'s
+# ROWS: each weight step unpacked once, then met by every row in turn; `candidates` sets block_m).
+_CUDA_GEMV_Q8_MULTI = [
+    LaunchConfig("gemv_q8", 0, bn, kb, sk, w, 1, pf, tiles)
+    for bn, kb, sk, w, pf, tiles in (
+        (4, 64, 1, 8, False, 1),
+        (8, 32, 1, 8, False, 1),
+        (8, 16, 1, 4, False, 1),
+        (8, 8, 1, 2, False, 1),
+        (2, 32, 1, 1, True, 1),
+        (4, 32, 1, 4, False, 1),
+        (8, 32, 2, 8, False, 1),
+        (1, 64, 1, 1, True, 4),
+        (2, 32, 1, 1, True, 2),
+    )
+]
 # The same for 2..16 decode rows, all of them in one program (`candidates` sets block_m to the row bucket):
 # the weight tile is read once and meets every row.
 _CUDA_GEMV_Q8_ROWS = [
@@ -316,6 +333,7 @@ CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
     "cuda": {
         "gemv": _CUDA_GEMV + _CUDA_GEMV_Q8,
         "gemv_q8_rows": _CUDA_GEMV_Q8_ROWS,
+        "gemv_q8_multi": _CUDA_GEMV_Q8_MULTI,
         "dot_small": _CUDA_DOT_SMALL,
         "prefill": _CUDA_PREFILL,
         "mma": _CUDA_MMA,
@@ -328,6 +346,7 @@ CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
 GEMV_MAX_M = 16  # above this, prefill configs
 Q8_FORMATS = ("sym_int4", "asym_int4")  # the formats the int8-activation GEMV (`gemv_q8`) runs
 Q8_ROW_TILES = (1, 2, 4, 8, 16)  # activation rows one `gemv_q8` program may take (block_m)
+Q8_ROWS_MAX = 8  # up to this many rows `gemv_q8_kernel` takes them (ROWS); 16 go to `gemv_q8_rows_kernel`
 
 
 def path_summary() -> list[str]:
@@ -401,8 +420,8 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         tw.format not in Q8_FORMATS or x_dtype == torch.float32 or cfg.block_m not in Q8_ROW_TILES
     ):
         return False  # integer weights only; fp32 activations keep the float GEMV (exact-as-asked numerics)
-    if cfg.tiles != 1 and (cfg.path != "gemv_q8" or cfg.block_m != 1):
-        return False  # only the one-row int8 GEMV program walks several weight tiles
+    if cfg.tiles != 1 and (cfg.path != "gemv_q8" or cfg.block_m > Q8_ROWS_MAX):
+        return False  # only the int8 GEMV programs of up to 8 rows walk several weight tiles
     # A split needs at least a couple of K steps to be worth its reduction pass.
     return cfg.split_k == 1 or tw.kw >= 2 * cfg.split_k * cfg.block_kb * 4
 
@@ -457,6 +476,9 @@ def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[Launc
         pool = list(table["gemv"]) if bucket <= 8 else []
         if bucket > 1:
             pool += [replace(c, block_m=bucket) for c in table.get("gemv_q8_rows", ())]
+            # The one-row GEMV's tiles with every row of the bucket (16: two tiles of 8) in each program.
+            rows = min(bucket, Q8_ROWS_MAX)
+            pool += [replace(c, block_m=rows) for c in table.get("gemv_q8_multi", ())]
         pool += table["dot_small"]
     else:
         pool = list(table["prefill"])

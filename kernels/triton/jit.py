@@ -521,8 +521,22 @@ def _q8_apply(
     EMULATE: tl.constexpr,
 ):  # fmt: skip
     """One K step's [BN, BKB] contribution of `gemv_q8_kernel`: per block, 8 dp4a then the fp32 scaling."""
-    d = _dp4a(w & QK_LO_MASK, tl.broadcast_to(x_lo, w.shape), tl.zeros_like(w), EMULATE)
-    d = _dp4a((w >> 4) & QK_LO_MASK, tl.broadcast_to(x_hi, w.shape), d, EMULATE)
+    return _q8_apply_codes(
+        w & QK_LO_MASK, (w >> 4) & QK_LO_MASK, s, z, x_lo, x_hi, xs, xss, HAS_ZERO, SCALE_PER_TILE, BLOCK_N,
+        BLOCK_KB, EMULATE,
+    )  # fmt: skip
+
+
+@triton.jit
+def _q8_apply_codes(
+    lo, hi, s, z, x_lo, x_hi, xs, xss,
+    HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
+    EMULATE: tl.constexpr,
+):  # fmt: skip
+    """`_q8_apply` on weight words already split into their low and high nibbles (`lo`, `hi`: unpacked once per
+    step, then met by every activation row of a multi-row program)."""
+    d = _dp4a(lo, tl.broadcast_to(x_lo, lo.shape), tl.zeros_like(lo), EMULATE)
+    d = _dp4a(hi, tl.broadcast_to(x_hi, hi.shape), d, EMULATE)
     dot = tl.sum(d, axis=2).to(tl.float32)  # [BN, BKB]
     if SCALE_PER_TILE:
         s2 = tl.reshape(s, (BLOCK_N, 1))
@@ -578,6 +592,49 @@ def _q8_store(
 
 
 @triton.jit
+def _row_acc(r: tl.constexpr, v, a0, a1, a2, a3, a4, a5, a6, a7):
+    """Accumulator r of eight (a static choice) plus v; the eight returned in order."""
+    if r == 0:
+        a0 += v
+    elif r == 1:
+        a1 += v
+    elif r == 2:
+        a2 += v
+    elif r == 3:
+        a3 += v
+    elif r == 4:
+        a4 += v
+    elif r == 5:
+        a5 += v
+    elif r == 6:
+        a6 += v
+    else:
+        a7 += v
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@triton.jit
+def _row_pick(r: tl.constexpr, a0, a1, a2, a3, a4, a5, a6, a7):
+    """Accumulator r of eight (a static choice; Triton compiles no dict lookup)."""
+    if r == 0:  # noqa: SIM116
+        return a0
+    elif r == 1:
+        return a1
+    elif r == 2:
+        return a2
+    elif r == 3:
+        return a3
+    elif r == 4:
+        return a4
+    elif r == 5:
+        return a5
+    elif r == 6:
+        return a6
+    else:
+        return a7
+
+
+@triton.jit
 def gemv_q8_kernel(
     xq_ptr, xs_ptr, xss_ptr, w_ptr, s_ptr, z_ptr, y_ptr,
     M, N, KW, KBX, NG, words_per_split,
@@ -585,7 +642,7 @@ def gemv_q8_kernel(
     GROUP_WORDS: tl.constexpr, HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, USE_WS: tl.constexpr, EMULATE: tl.constexpr,
     PREFETCH: tl.constexpr, TILES: tl.constexpr, EVEN: tl.constexpr, ONE_STEP: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, ROWS: tl.constexpr = 1,
 ):  # fmt: skip
     """y[m, n] = sum_k x[m, k] W[n, k] for 4-bit integer weights (sym_int4 / asym_int4) and int8 activations.
 
@@ -602,18 +659,19 @@ def gemv_q8_kernel(
     ONE_STEP (the launcher's `words_per_split == 4 * BLOCK_KB`): a split is one K step, so every tile meets the
     same activations: they are loaded once per program, the first tile's weights before waiting for the
     previous kernel, and PREFETCH then loads the next tile while this one is computed.
+    ROWS (1..8; grid axis 2 counts tiles of ROWS activation rows): each weight step is loaded and split into its
+    nibbles once and met by ROWS rows in turn (one accumulator each), so a batch of decode rows streams the
+    weight once instead of once per row. A row's activations are loaded per step (ONE_STEP: per tile), from L1
+    / L2 after the first program; rows past M re-read the last row and store nothing.
     """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    row = tl.program_id(2)
+    row0 = tl.program_id(2) * ROWS
     STEP: tl.constexpr = BLOCK_KB * 4
     AHEAD: tl.constexpr = STEP if PREFETCH else 0  # how far past the step being computed the loads run
     b3 = tl.arange(0, BLOCK_KB)[None, :, None]
     l3 = tl.arange(0, 4)[None, None, :]
     b2 = tl.arange(0, BLOCK_KB)[None, :]
-    xq_row = xq_ptr + row * stride_qm
-    xs_row = xs_ptr + row * stride_sm
-    xss_row = xss_ptr + row * stride_sm
     kw_begin = pid_k * words_per_split
     kw_end = tl.minimum(kw_begin + words_per_split, KW)
     if ONE_STEP:
@@ -622,17 +680,36 @@ def gemv_q8_kernel(
             GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, TILES, EVEN,
         )  # fmt: skip
         wait_for_inputs(PDL)
-        x_lo, x_hi, xs, xss = _q8_x(xq_row, xs_row, xss_row, kw_begin, kw_end, KBX, b3, l3, b2, EVEN)
+        if ROWS == 1:
+            x_lo, x_hi, xs, xss = _q8_x(
+                xq_ptr + row0 * stride_qm, xs_ptr + row0 * stride_sm, xss_ptr + row0 * stride_sm, kw_begin,
+                kw_end, KBX, b3, l3, b2, EVEN,
+            )  # fmt: skip
         for t in tl.static_range(TILES):
             if PREFETCH and t + 1 < TILES:  # the next tile's weights are in flight while this one is computed
                 offs_in, w_in, s_in, z_in = _q8_tile_load(
                     w_ptr, s_ptr, z_ptr, pid_n, t + 1, N, b3, l3, kw_begin, kw_end, NG, stride_wn, stride_sn,
                     GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, TILES, EVEN,
                 )  # fmt: skip
-            acc = _q8_apply(
-                w, s, z, x_lo, x_hi, xs, xss, HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE
-            )
-            _q8_store(y_ptr, acc, offs_n, N, pid_k, row, stride_ym, stride_ys, USE_WS, EVEN)
+            if ROWS == 1:
+                acc = _q8_apply(
+                    w, s, z, x_lo, x_hi, xs, xss, HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE
+                )
+                _q8_store(y_ptr, acc, offs_n, N, pid_k, row0, stride_ym, stride_ys, USE_WS, EVEN)
+            else:
+                lo = w & QK_LO_MASK
+                hi = (w >> 4) & QK_LO_MASK
+                for r in tl.static_range(ROWS):
+                    row = tl.minimum(row0 + r, M - 1)
+                    x_lo, x_hi, xs, xss = _q8_x(
+                        xq_ptr + row * stride_qm, xs_ptr + row * stride_sm, xss_ptr + row * stride_sm,
+                        kw_begin, kw_end, KBX, b3, l3, b2, EVEN,
+                    )  # fmt: skip
+                    acc = _q8_apply_codes(
+                        lo, hi, s, z, x_lo, x_hi, xs, xss, HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE
+                    )  # fmt: skip
+                    if row0 + r < M:
+                        _q8_store(y_ptr, acc, offs_n, N, pid_k, row, stride_ym, stride_ys, USE_WS, EVEN)
             if t + 1 < TILES:
                 if not PREFETCH:
                     offs_in, w_in, s_in, z_in = _q8_tile_load(
@@ -643,7 +720,8 @@ def gemv_q8_kernel(
     else:
         for t in tl.static_range(TILES):
             offs_n, n3, n_ok = _q8_tile(pid_n, t, N, TILES, BLOCK_N)
-            acc = tl.zeros([BLOCK_N, BLOCK_KB], dtype=tl.float32)
+            a0 = tl.zeros([BLOCK_N, BLOCK_KB], dtype=tl.float32)
+            a1, a2, a3, a4, a5, a6, a7 = a0, a0, a0, a0, a0, a0, a0  # rows 1.. (unused ones fold away)
             if PREFETCH:  # the first step's weights are in flight while the previous kernel drains
                 w, s, z = _gemv_load(
                     w_ptr, s_ptr, z_ptr, n3, n_ok, b3, l3, kw_begin, kw_end, NG, stride_wn, stride_sn,
@@ -659,13 +737,24 @@ def gemv_q8_kernel(
                 )  # fmt: skip
                 if not PREFETCH:
                     w, s, z = w_in, s_in, z_in
-                x_lo, x_hi, xs, xss = _q8_x(xq_row, xs_row, xss_row, kw0, kw_end, KBX, b3, l3, b2, EVEN)
-                acc += _q8_apply(
-                    w, s, z, x_lo, x_hi, xs, xss, HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE
-                )
+                lo = w & QK_LO_MASK
+                hi = (w >> 4) & QK_LO_MASK
+                for r in tl.static_range(ROWS):
+                    row = tl.minimum(row0 + r, M - 1)
+                    x_lo, x_hi, xs, xss = _q8_x(
+                        xq_ptr + row * stride_qm, xs_ptr + row * stride_sm, xss_ptr + row * stride_sm, kw0,
+                        kw_end, KBX, b3, l3, b2, EVEN,
+                    )  # fmt: skip
+                    part = _q8_apply_codes(
+                        lo, hi, s, z, x_lo, x_hi, xs, xss, HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE
+                    )  # fmt: skip
+                    a0, a1, a2, a3, a4, a5, a6, a7 = _row_acc(r, part, a0, a1, a2, a3, a4, a5, a6, a7)
                 if PREFETCH:
                     w, s, z = w_in, s_in, z_in
-            _q8_store(y_ptr, acc, offs_n, N, pid_k, row, stride_ym, stride_ys, USE_WS, EVEN)
+            for r in tl.static_range(ROWS):
+                if row0 + r < M:
+                    acc = _row_pick(r, a0, a1, a2, a3, a4, a5, a6, a7)
+                    _q8_store(y_ptr, acc, offs_n, N, pid_k, row0 + r, stride_ym, stride_ys, USE_WS, EVEN)
 
 
 @triton.jit

@@ -20,6 +20,7 @@ from xpullm.kernels.triton import jit, w4a8, w8a8
 from xpullm.kernels.triton.configs import (
     Q8_FORMATS,
     Q8_ROW_TILES,
+    Q8_ROWS_MAX,
     LaunchConfig,
     autotune_enabled,
     can_fold,
@@ -226,15 +227,16 @@ def run_q8(
     out: torch.Tensor | None = None,
     workspace: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y [M, N] = dequantized activations @ W^T through `gemv_q8_kernel` (block_m 1: one row per program) or
-    `gemv_q8_rows_kernel` (block_m rows per program) with one explicit configuration."""
+    """y [M, N] = dequantized activations @ W^T through `gemv_q8_kernel` (block_m <= Q8_ROWS_MAX rows per
+    program, each weight step unpacked once for all of them) or `gemv_q8_rows_kernel` (16 rows per program) with
+    one explicit configuration."""
     if cfg.path != "mma" and (cfg.path != "gemv_q8" or cfg.block_m not in Q8_ROW_TILES):
         raise ValueError(
             f"run_q8 runs gemv_q8 ({Q8_ROW_TILES} activation rows per program, block_m) or mma tiles, got {cfg}"
         )
-    if cfg.tiles != 1 and cfg.block_m != 1:
+    if cfg.tiles != 1 and cfg.block_m > Q8_ROWS_MAX:
         raise ValueError(
-            f"only the one-row gemv_q8 program walks several weight tiles (tiles > 1), got {cfg}"
+            f"only gemv_q8 programs of up to {Q8_ROWS_MAX} rows walk several weight tiles (tiles > 1), got {cfg}"
         )
     if tw.format not in Q8_FORMATS:
         raise ValueError(
@@ -269,11 +271,12 @@ def run_q8(
         num_stages=cfg.num_stages, **launch_options(tw.device),
     )  # fmt: skip
     row_tiles = triton.cdiv(tw.n, cfg.block_n)
-    if cfg.block_m == 1:
-        grid = (triton.cdiv(row_tiles, cfg.tiles), split, m)
+    if cfg.block_m <= Q8_ROWS_MAX:
+        grid = (triton.cdiv(row_tiles, cfg.tiles), split, triton.cdiv(m, cfg.block_m))
         jit.gemv_q8_kernel[grid](
-            *args, **meta, TILES=cfg.tiles, EVEN=whole_tiles(tw, cfg, kbx), ONE_STEP=one_step(tw, cfg)
-        )
+            *args, **meta, TILES=cfg.tiles, EVEN=whole_tiles(tw, cfg, kbx), ONE_STEP=one_step(tw, cfg),
+            ROWS=cfg.block_m,
+        )  # fmt: skip
     else:
         grid = (row_tiles, split, triton.cdiv(m, cfg.block_m))
         jit.gemv_q8_rows_kernel[grid](*args, **meta, ROWS=cfg.block_m)

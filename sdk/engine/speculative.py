@@ -30,13 +30,18 @@ Drafters (registry `DRAFTERS`, picked by `SpeculativeConfig.method`):
 - `self_speculative` (IPEX-LLM's idea, the layer-skipping variant of Draft & Verify): the same model with only
   some layers drafts k tokens greedily, through the same runner and KV pools (the draft writes K/V of its layers
   at positions the verification step then rewrites), stopping early when its top probability is low.
+- `low_bit_draft` (IPEX-LLM's recipe): a copy of the model in a lower-bit format drafts greedily on its own runner
+  and 8-bit pools over the model's block tables (`draft_model.py`).
+- `lookup_low_bit`: prompt lookup where it finds a continuation that pays, the low-bit copy for the other
+  sequences, sized by the copy's own acceptance estimate and cost.
 
 Whether drafting pays depends on acceptance and cost. A drafter that sizes its own drafts (`sizes_drafts`, prompt
 lookup) gets the most tokens the step allows and each draft row's cost (`DraftSlot.row_cost`, below) and proposes
 nothing when no token pays. For the others `SpecState` keeps each request's per-token acceptance
 estimate a (decayed counts of accepted and rejected draft tokens) and drafts the k that maximizes expected tokens
 per step over step cost, (1 - a^(k+1)) / (1 - a) / (1 + k * c), with c the cost of one draft token relative to a
-plain step: the drafter's own `cost` plus the extra verified row. A row costs `verify_cost` of a one-token step;
+plain step: the drafter's own `cost` plus the extra verified row. A row costs `verify_cost` of a one-token step
+(timed on the engine's runner when it starts unless set, `step_cost.py`);
 with B sequences decoding in the step it costs B r / (1 + B r), r = verify_cost / (1 - verify_cost), of what each
 of their tokens costs (a draft slows every request of the step, so it must beat the batch's own tokens). When no
 k beats plain decoding the request stops drafting for a while (exponential back-off), then probes with one token;

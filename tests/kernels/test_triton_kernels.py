@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -292,14 +293,45 @@ def test_int8_gemv_with_one_step_per_split_loads_activations_once(fmt, gs, n, k,
     assert not one_step(tw, several)  # two steps per split: the K loop
 
 
-def test_several_tiles_only_for_one_row_int8_programs():
-    """`tiles` belongs to the one-row int8 GEMV; elsewhere the tuner never offers it and `run_q8` refuses it."""
+def test_several_tiles_only_for_int8_programs_of_up_to_8_rows():
+    """`tiles` belongs to `gemv_q8_kernel` (1..8 rows per program); elsewhere the tuner never offers it and
+    `run_q8` refuses it."""
     tw = pack_weight(_weight("sym_int4", 32, 16, 64, 0), DEVICE)
     assert not valid(LaunchConfig("gemv", 1, 16, 2, tiles=2), tw, torch.bfloat16)
-    assert not valid(LaunchConfig("gemv_q8", 4, 16, 2, tiles=2), tw, torch.bfloat16)
+    assert not valid(LaunchConfig("gemv_q8", 16, 16, 2, tiles=2), tw, torch.bfloat16)
     assert valid(LaunchConfig("gemv_q8", 1, 16, 2, tiles=2), tw, torch.bfloat16)
+    assert valid(LaunchConfig("gemv_q8", 8, 16, 2, tiles=2), tw, torch.bfloat16)
     with pytest.raises(ValueError, match="tiles"):
-        run(_prepare_x(_activations(4, 64, 0), tw), tw, LaunchConfig("gemv_q8", 4, 16, 2, tiles=2))
+        run(_prepare_x(_activations(16, 64, 0), tw), tw, LaunchConfig("gemv_q8", 16, 16, 2, tiles=2))
+
+
+@pytest.mark.parametrize(("fmt", "gs"), [f for f in FORMATS if f[0] in Q8_FORMATS])
+@pytest.mark.parametrize(
+    ("rows", "m", "one", "split", "prefetch"),
+    [(4, 7, True, 1, True), (4, 7, False, 2, False), (8, 8, True, 2, False), (8, 8, False, 1, True)],
+)
+def test_int8_gemv_meets_several_rows_per_weight_step(fmt, gs, rows, m, one, split, prefetch):
+    """`rows` activation rows per program: each weight step is unpacked once and met by every row (one
+    accumulator each), programs walk 3 row tiles, and rows past M (7 rows in tiles of 4) store nothing. With one
+    K step per split (activations loaded per tile) and with the K loop, on a ragged shape (N no multiple of the
+    3 x 2 rows a program takes, K padded): every output written (NaN-poisoned), equal to the twin."""
+    seed = _seed()
+    n, k = 37, 200
+    qw = _weight(fmt, gs, n, k, seed)
+    tw = pack_weight(qw, DEVICE)
+    kb = tw.kw // (4 * split) if one else 2
+    cfg = LaunchConfig("gemv_q8", rows, 2, kb, split, 1, 1, prefetch, tiles=3)
+    assert one_step(tw, cfg) == one
+    x = _activations(m, k, seed)
+    out = torch.full((m, n), float("nan"), dtype=torch.float32, device=DEVICE)
+    run(_prepare_x(x, tw), tw, cfg, out=out)
+    twin = _int8_twin(x, qw)
+    err = ((out.cpu() - twin).norm() / twin.norm()).item()
+    assert err < 1e-5, f"{fmt} g{gs} rows={rows} m={m} {cfg} seed={seed}: error to the twin {err:.2e}"
+    # Bit for bit the one-row program's result on every row (the same per-row arithmetic in the same order).
+    single = torch.full((m, n), float("nan"), dtype=torch.float32, device=DEVICE)
+    run(_prepare_x(x, tw), tw, replace(cfg, block_m=1), out=single)
+    assert torch.equal(out, single)
 
 
 @pytest.mark.parametrize(("fmt", "gs"), [f for f in FORMATS if f[0] in Q8_FORMATS])
