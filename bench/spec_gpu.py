@@ -60,6 +60,7 @@ DRAFT_COST = {"prompt_lookup": None, "self_speculative": "draft_ms", "low_bit_dr
 MAX_DRAFT = 8
 LOW_BIT_DRAFT = "sym_int4"  # the low-bit copy's format (`speculative="low_bit_draft"`)
 PROMPT = 512  # context tokens before the timed steps
+CATCH_UP = 512  # tokens of the timed catch-up through the low-bit copy (`LowBitDrafter.CHUNK`)
 
 
 def _timed(fn, repeat: int, device: torch.device) -> float:
@@ -112,7 +113,7 @@ def measure(args: argparse.Namespace, spec: str, device: torch.device) -> dict:
     layers = default_draft_layers(len(dec.layers))
     tok = [prompt[-1]]
     draft_ms = _timed(lambda: runner.forward(tok, [PROMPT], [0], [0], layers=layers), args.repeat, device)
-    low_bit_ms = None
+    low_bit_ms = low_bit_prefill_ms = None
     if fmt != LOW_BIT_DRAFT:  # the model's sym_int4 copy (graph-replayed steps on its own 8-bit pools)
         config = SpeculativeConfig(
             method="low_bit_draft", draft_format=LOW_BIT_DRAFT, draft_kv_cache_dtype=args.draft_kv
@@ -121,12 +122,19 @@ def measure(args: argparse.Namespace, spec: str, device: torch.device) -> dict:
         draft = drafter.draft  # type: ignore[attr-defined]
         draft.forward(prompt, list(range(PROMPT)), [0] * PROMPT, [PROMPT - 1])
         low_bit_ms = _timed(lambda: draft.forward(tok, [PROMPT], [0], [0]), args.repeat, device)
+        # a catch-up of the prompt through the copy (no logits): what `lookup_low_bit` pays where it starts late
+        chunk = prompt[:CATCH_UP]
+        low_bit_prefill_ms = _timed(
+            lambda: draft.forward(chunk, list(range(CATCH_UP)), [0] * CATCH_UP, []),
+            max(3, args.repeat // 5),
+            device,
+        )
         del drafter, draft
     row = {
         "format": _label(fmt, group), "shape": args.shape, "device": _device_name(device),
         "step_ms": step_ms, "draft_ms": draft_ms, "draft_layers": len(layers), "layers": len(dec.layers),
         "low_bit_draft_ms": low_bit_ms, "draft_kv": args.draft_kv, "graphs": runner.graphs is not None,
-        "timed_row_cost": timed_row_cost,
+        "timed_row_cost": timed_row_cost, "low_bit_prefill_ms": low_bit_prefill_ms, "catch_up": CATCH_UP,
     }  # fmt: skip
     _append(args.out, row)
     del core, dec, model
@@ -195,12 +203,19 @@ def _decisions(method: str) -> tuple[str, str] | None:
 def priced(row: dict, trace: dict) -> float:
     """Modelled speed-up of one recorded trace (`spec_decode.py --traces`) with this row's GPU step times: the
     plain steps its decode tokens would take, over the recorded verify steps (by tokens in the step) plus the draft
-    copy's recorded forwards, each at the copy's one-token step scaled like the model's step for as many tokens."""
+    copy's recorded forwards, each at the copy's one-token step scaled like the model's step for as many tokens
+    (catch-ups longer than the timed steps: the timed 512-token catch-up pro rata, where the row has it)."""
     s = {int(k): v for k, v in row["step_ms"].items()}
     top = max(s)
     steps = sum(n * s[min(int(t), top)] for t, n in trace["steps_by_tokens"].items())
     low = row.get("low_bit_draft_ms") or 0.0
-    copy = sum(n * low * s[min(int(t), top)] / s[1] for t, n in trace["copy_calls_by_tokens"].items())
+    # a catch-up of t > top tokens: the timed 512-token one pro rata where measured, never less than a step
+    per_token = (row.get("low_bit_prefill_ms") or 0.0) / row.get("catch_up", 512)
+
+    def call(t: int) -> float:
+        return max(low * s[min(t, top)] / s[1], per_token * t if t > top else 0.0)
+
+    copy = sum(n * call(int(t)) for t, n in trace["copy_calls_by_tokens"].items())
     return trace["decode_tokens"] * s[1] / (steps + copy) if steps + copy else 1.0
 
 
