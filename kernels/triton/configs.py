@@ -353,7 +353,8 @@ def path_summary() -> list[str]:
     """One line per kernel path: rows it is timed for, formats, what it does (for `xpullm info`)."""
     return [
         "gemv     1 row          every format        CUDA-core FMAs, split-K",
-        f"gemv_q8  1-{Q8_ROW_TILES[-1]} rows      {', '.join(Q8_FORMATS)}  int8 activations, dp4a (CUDA)",
+        f"gemv_q8  1-{Q8_ROW_TILES[-1]} rows      {', '.join(Q8_FORMATS)}  int8 activations, dp4a (CUDA); "
+        f"up to {Q8_ROWS_MAX} rows share each weight step",
         f"dot      2-{GEMV_MAX_M} rows      every format        one tensor-core dot per bit plane",
         f"mma      2-{MMA_MAX_M} rows     every format        batched tensor-core tiles, whole-tile decode "
         f"(bf16/fp16, or int8 activations){'' if mma_enabled() else '; off (XPULLM_TRITON_MMA=0)'}",
