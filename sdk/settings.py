@@ -13,12 +13,13 @@
 | `XPULLM_TRITON_FIXUP` | `triton_fixup` | `1` | `0`: the tuner leaves out the `mma_t` tiles that sum their K splits in the kernel |
 | `XPULLM_TRITON_W4A8` | `triton_w4a8` | `0` | `1`: the tuner also times sym_int4 weights x int8 activation rows (a scale per 64 elements) on int8 tensor cores (`w4a8`) |
 | `XPULLM_TRITON_W8A8` | `triton_w8a8` | `off` | `fp8`: the tuner also times fp8_e4m3 weights x per-token fp8 activations on cuBLAS; `all`: sym_int8 too |
+| `XPULLM_Q8_ROWS` | `q8_rows` | `1` | most rows per step whose activations the fused GPU norm / SwiGLU quantize to int8 for the int4 GEMV (`gemv_q8`, up to 8 rows per program); taller steps hand bf16 rows to the tuner's choice |
 | `XPULLM_PDL` | `pdl` | `1` | `0`: launch Triton kernels without programmatic dependent launch (Hopper+) |
 | `XPULLM_DEBUG` | `debug` | unset | set (not `0`): the CLI prints tracebacks, as `--debug` does |
 | `XPULLM_IPEX` | `ipex` | `1` | `0`: never use intel_extension_for_pytorch's WOQ linear, where it is installed |
 
 `runtime_settings()` reads the environment when called (tests and benchmarks flip switches at run time; reading
-thirteen variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
+fifteen variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
 included, may read it.
 """
 
@@ -44,6 +45,7 @@ ENVIRONMENT = {
     "triton_fixup": "XPULLM_TRITON_FIXUP",
     "triton_w4a8": "XPULLM_TRITON_W4A8",
     "triton_w8a8": "XPULLM_TRITON_W8A8",
+    "q8_rows": "XPULLM_Q8_ROWS",
     "pdl": "XPULLM_PDL",
     "debug": "XPULLM_DEBUG",
     "ipex": "XPULLM_IPEX",
@@ -66,6 +68,7 @@ class RuntimeSettings:
     triton_fixup: bool = True
     triton_w4a8: bool = False
     triton_w8a8: str = "off"  # off | fp8 | all
+    q8_rows: int = 1
     pdl: bool = True
     debug: bool = False
     ipex: bool = True
@@ -86,6 +89,7 @@ class RuntimeSettings:
             triton_fixup=get(ENVIRONMENT["triton_fixup"], "1") != "0",
             triton_w4a8=get(ENVIRONMENT["triton_w4a8"], "0") not in ("", "0"),
             triton_w8a8=(get(ENVIRONMENT["triton_w8a8"]) or "off").strip().lower(),
+            q8_rows=_count(get(ENVIRONMENT["q8_rows"]), 1, ENVIRONMENT["q8_rows"]),
             pdl=get(ENVIRONMENT["pdl"], "1") != "0",
             debug=get(ENVIRONMENT["debug"], "") not in ("", "0"),
             ipex=get(ENVIRONMENT["ipex"], "1") != "0",
@@ -98,6 +102,21 @@ class RuntimeSettings:
         from platformdirs import user_cache_dir
 
         return Path(user_cache_dir("xpullm"))
+
+
+def _count(text: str | None, default: int, name: str) -> int:
+    """A non-negative integer setting (`default` when unset)."""
+    if text is None or not text.strip():
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(
+            f"{name}={text!r} must be a whole number of rows (0 or more); unset it for {default}"
+        )
+    return value
 
 
 def runtime_settings() -> RuntimeSettings:

@@ -25,18 +25,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from xpullm.linear import LowBitLinear
+from xpullm.settings import runtime_settings
 
 if TYPE_CHECKING:
     from xpullm.engine.decode import StaticCacheDecoder
 
 __all__ = ["FusedStepOps", "StepOps", "decoder_layers", "rotate_qk", "static_step"]
 
-# One-row steps get their activations quantized by the producing kernel, for the int8-activation GEMV (H100,
-# sym_int4 g128, one Llama-3-8B layer's projections: 87.7 us vs 105.1 us for the best bf16 tensor-core tile).
-# Taller batches keep bf16 activations and the tuner's choice among the tiles: with int8 activations up to 8 rows
-# (the rule before 2026-12-05) the engine's 8-stream step took 6.55 ms against 5.41 ms at 32 streams, while the
-# tiles cost the same at 8 rows as at 1 (109.2 vs 105.1 us per layer, `bench/gpu_batched.py`, H100).
-_Q8_MAX_ROWS = 1
+# Steps of up to `XPULLM_Q8_ROWS` rows (default 1) get their activations quantized by the producing kernel, for
+# the int8-activation GEMV (H100, sym_int4 g128, one Llama-3-8B layer's projections: 87.7 us vs 105.1 us for the
+# best bf16 tensor-core tile at one row). Taller batches keep bf16 activations and the tuner's choice among the
+# tiles: with int8 activations up to 8 rows (the rule before 2026-12-05) the engine's 8-stream step took 6.55 ms
+# against 5.41 ms at 32 streams, while the tiles cost the same at 8 rows as at 1 (109.2 vs 105.1 us per layer,
+# `bench/gpu_batched.py`, H100).
 
 
 class StepOps:
@@ -94,10 +95,11 @@ class FusedStepOps(StepOps):
         self._ops = decode_ops
         self._attention = attention
         self._q8: dict[int, bool] = {}
+        self._q8_rows = runtime_settings().q8_rows
 
     def _takes_q8(self, mod: nn.Module, rows: int) -> bool:
         """Whether `mod` is a bias-free low-bit projection whose kernel multiplies int8 activations."""
-        if rows > _Q8_MAX_ROWS:
+        if rows > self._q8_rows:
             return False
         key = id(mod)
         if key not in self._q8:

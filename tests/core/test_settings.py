@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 import xpullm.settings as settings_module
 from xpullm.settings import ENVIRONMENT, RuntimeSettings, runtime_settings
 
@@ -31,3 +33,11 @@ def test_runtime_settings_follow_the_process_environment(monkeypatch) -> None:
     assert runtime_settings().pdl is False
     monkeypatch.delenv("XPULLM_PDL")
     assert runtime_settings().pdl is True
+
+
+def test_q8_rows_is_a_count_with_a_clear_error() -> None:
+    assert RuntimeSettings.from_env({}).q8_rows == 1
+    assert RuntimeSettings.from_env({"XPULLM_Q8_ROWS": "4"}).q8_rows == 4
+    for bad in ("four", "-2"):
+        with pytest.raises(ValueError, match=r"XPULLM_Q8_ROWS=.* must be a whole number of rows"):
+            RuntimeSettings.from_env({"XPULLM_Q8_ROWS": bad})
