@@ -49,6 +49,8 @@ METHODS: dict[str, SpeculativeConfig | None] = {
     "prompt_lookup_fixed_cost": SpeculativeConfig(
         method="prompt_lookup", verify_cost=0.15, expected_speedup=1.7
     ),
+    # The timed row cost with a factor of 1.0: a drafted token pays while its chance exceeds its row's cost.
+    "prompt_lookup_timed_1_0": SpeculativeConfig(method="prompt_lookup", expected_speedup=1.0),
     # The timed row cost with the old factor of 1.7 (the default's first version).
     "prompt_lookup_timed_1_7": SpeculativeConfig(method="prompt_lookup", expected_speedup=1.7),
     # The rule it replaced (latest occurrence of the longest 5..2-gram, draft length from one acceptance estimate),
