@@ -205,7 +205,7 @@ class DraftSlot:
     """The sequence's row in the runner's block tables."""
     state: Any
     """What the drafter's `start` returned for this request."""
-    row_cost: float = 0.15
+    row_cost: float = DEFAULT_ROW_COST
     """Cost of one verified draft row relative to a token of this step (`SpecState.cost`)."""
 
 

@@ -2,9 +2,9 @@
 
 `build_core` reserves one block-table row and one block beyond the allocator's (the step graphs' scratch), so these
 timings write K/V nowhere a sequence reads. `measured_row_cost` is the default `SpeculativeConfig.verify_cost`: what
-one more verified token adds to a one-token step differs by an order of magnitude between machines (0.15 on a
-2-core AMD EPYC, 0.04-0.10 on a 2-core Xeon with AMX, ~0.01 for an 8B model on a GPU; docs/benchmarks-speculative.md),
-and a drafter told the wrong cost drafts too little or too much.
+one more verified token adds to a one-token step differs by an order of magnitude between machines (timed here:
+0.07-0.08 for the packaged 135M model on a 2-core Xeon with AMX, 0.003 for a Llama-3-8B in bf16 and 0.03 in fp8 on
+an H100; docs/benchmarks-speculative.md), and a drafter told the wrong cost drafts too little or too much.
 """
 
 from __future__ import annotations
