@@ -86,7 +86,11 @@ GPU_DECISIONS = {"bf16": (0.003, 0.46), "fp8": (0.028, 0.60)}
 for _fmt, (_row, _copy) in GPU_DECISIONS.items():
     METHODS[f"prompt_lookup_gpu_{_fmt}"] = SpeculativeConfig(method="prompt_lookup", verify_cost=_row)
     for _m in ("low_bit_draft", "lookup_low_bit"):
+        # the copy over the model's own pools (the default), and with 8-bit pools of its own (the default before)
         METHODS[f"{_m}_gpu_{_fmt}"] = SpeculativeConfig(method=_m, verify_cost=_row, draft_cost=_copy)
+        METHODS[f"{_m}_own_kv_gpu_{_fmt}"] = SpeculativeConfig(
+            method=_m, verify_cost=_row, draft_cost=_copy, draft_kv_cache_dtype="int8"
+        )
 # Most tokens of one sequence the native paged attention attends together, per method (default 8).
 PAGED_GROUP = {"prompt_lookup_pertoken": 1}
 # Methods that run on another method's engine (same drafter, same weights and pools).

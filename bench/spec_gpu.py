@@ -247,7 +247,11 @@ def main() -> None:
     ap.add_argument("--shape", choices=tuple(SHAPES), default="llama3-8b")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--repeat", type=int, default=30)
-    ap.add_argument("--draft-kv", default="int8", help="the low-bit copy's KV pools (draft_kv_cache_dtype)")
+    ap.add_argument(
+        "--draft-kv",
+        default="shared",
+        help="the low-bit copy's KV (draft_kv_cache_dtype: shared, or its own pools)",
+    )
     ap.add_argument("--out", default=None, help="append result rows (JSON lines) here")
     ap.add_argument("--md", default=None, help="write the tables here")
     ap.add_argument("--summarize", default=None, metavar="ROWS", help="render a rows file and exit")

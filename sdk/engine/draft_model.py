@@ -2,9 +2,11 @@
 
 IPEX-LLM drafts with the same model quantized to INT4 and verifies with the model in its serving precision (bf16,
 fp8, int8). The copy shares everything but the projections and the LM head (embedding, norms, RoPE, fused step
-ops), and gets its own KV pools over the target's block tables: a sequence's positions land in the same blocks of
-both, so no second block allocator exists. The draft pools are 8-bit by default (`int8`: half a bf16 pool's bytes;
-the draft only has to guess well, the target verifies every token).
+ops). By default (`SHARED_KV`) it has no KV pools of its own: it attends over the model's own K/V of every
+verified token (`ModelRunner.sharing_pools`), so it never catches up on a prompt or on tokens it did not draft, and
+its drafts' K/V land where the verifying step writes next. Otherwise it gets pools of its own (8-bit, say: half a
+bf16 pool's bytes) over the target's block tables - a sequence's positions land in the same blocks of both, so no
+second block allocator exists - and feeds them its own K/V of every token.
 
 `low_bit_copy` builds the copy's decoder, `draft_runner` its runner (graph-replayed steps where the target has them).
 """
@@ -25,7 +27,7 @@ from xpullm.linear import LowBitLinear
 if TYPE_CHECKING:
     from xpullm.engine.runner import ModelRunner
 
-__all__ = ["draft_runner", "low_bit_copy", "weight_bytes"]
+__all__ = ["SHARED_KV", "draft_runner", "low_bit_copy", "weight_bytes"]
 
 _PROJECTIONS = ("qkv", "o_proj", "gate_up", "down")
 
@@ -78,9 +80,15 @@ def weight_bytes(dec: Any) -> int:
     return total
 
 
+SHARED_KV = "shared"
+"""`draft_kv_cache_dtype` of a copy that attends over the model's own pools (no pools of its own, no catch-up)."""
+
+
 def draft_runner(runner: ModelRunner, dec: Any, kv_cache_dtype: str) -> ModelRunner:
-    """A `ModelRunner` for the draft decoder `dec` with pools shaped like `runner`'s (in `kv_cache_dtype`),
-    reading `runner`'s block tables; graph-replayed steps for the same buckets where `runner` has them."""
+    """A `ModelRunner` for the draft decoder `dec`: over `runner`'s own pools (`SHARED_KV`: it reads the K/V the
+    model wrote for every verified token and writes its drafts' K/V where the verifying step writes next), or with
+    pools of its own shaped like `runner`'s (in `kv_cache_dtype`) reading `runner`'s block tables; graph-replayed
+    steps for the same buckets where `runner` has them."""
     from xpullm.engine.runner import ModelRunner
     from xpullm.engine.step_graphs import attach_step_graphs
 
@@ -89,20 +97,16 @@ def draft_runner(runner: ModelRunner, dec: Any, kv_cache_dtype: str) -> ModelRun
             f"a low-bit draft needs the engine's own ModelRunner, got {type(runner).__name__} (tensor-parallel "
             "engines do not draft with a model copy yet: use method='prompt_lookup')"
         )
-    _, blocks, _, block_size, _ = runner.k_pool.shape
-    rows, width = runner.block_tables.shape
-    draft = ModelRunner(
-        dec,
-        blocks,
-        block_size,
-        rows,
-        runner.cos.shape[0],
-        kv_cache_dtype,
-        runner.windows,
-        runner.sinks,
-        width,
-    )
-    draft.block_tables = runner.block_tables  # the same blocks per position: one allocator for both
+    if kv_cache_dtype == SHARED_KV:
+        draft = runner.sharing_pools(dec)
+    else:
+        _, blocks, _, block_size, _ = runner.k_pool.shape
+        rows, width = runner.block_tables.shape
+        draft = ModelRunner(
+            dec, blocks, block_size, rows, runner.cos.shape[0], kv_cache_dtype, runner.windows, runner.sinks,
+            width,
+        )  # fmt: skip
+        draft.block_tables = runner.block_tables  # the same blocks per position: one allocator for both
     graphs = runner.graphs
     if graphs is not None:
         attach_step_graphs(draft, graphs.buckets, graphs.scratch_block, graphs.scratch_row, graphs.backend)

@@ -23,6 +23,7 @@ passed to the kernel; in streaming mode positions grow past the context, and the
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -131,6 +132,26 @@ class ModelRunner:
         self.graphs: StepGraphs | None = None  # graph-replayed small steps (GPUs); None: every step eager
         # Each layer's paged-attention arguments: fixed for the runner's life, so built and checked once.
         self.paged_layers = [self._paged_layer(i) for i in range(len(dec.layers))]
+
+    def sharing_pools(self, dec: StaticCacheDecoder) -> ModelRunner:
+        """A runner for `dec`, a decoder of this model's shape (its low-bit copy), over this runner's KV pools,
+        block tables and RoPE tables: its steps read the K/V this runner wrote and write into the same slots. Its
+        own weights, step ops and layer stack; no step graphs yet (`attach_step_graphs`)."""
+        mine, theirs = self.dec, dec
+        if (len(theirs.layers), theirs.n_kv, theirs.head_dim) != (len(mine.layers), mine.n_kv, mine.head_dim):
+            raise ValueError(
+                f"a runner sharing these pools needs {len(mine.layers)} layers of {mine.n_kv} KV heads of "
+                f"{mine.head_dim}, got {len(theirs.layers)} x {theirs.n_kv} x {theirs.head_dim}"
+            )
+        twin = copy.copy(self)
+        twin.dec = dec
+        twin._ops = dec.step_ops
+        ctx = OpContext(dec.device.type, dec.dtype, dec.head_dim, dec.family.qk_norm)
+        build = select_op("layer_stack", ctx).load(ctx)
+        twin._stack = build(dec) if build is not None else None
+        twin.vocab_size = int(dec.lm_head.out_features)
+        twin.graphs = None
+        return twin
 
     def _paged_layer(self, i: int) -> paged.PagedLayer:
         """Layer i's pools, heads, norms, KV dtype, window and sinks as the paged kernel takes them."""

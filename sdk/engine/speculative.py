@@ -133,9 +133,12 @@ class SpeculativeConfig:
     precision keeps the head in 8 bits: on the packaged model an int8 head raised the int4 copy's tokens per step
     on every workload measured (2.04 -> 2.56 on knowledge-base answers; docs/benchmarks-speculative.md), for ~6%
     more draft bytes on a Llama-3-8B."""
-    draft_kv_cache_dtype: str = "int8"
-    """low_bit_draft, lookup_low_bit: the draft copy's KV pools (one more pool per layer, shaped like the model's:
-    8-bit halves what a second bf16 pool would take)."""
+    draft_kv_cache_dtype: str = "shared"
+    """low_bit_draft, lookup_low_bit: the draft copy's KV. `shared`: it attends over the model's own pools - the
+    model's K/V of every verified token - with no pools of its own and no catch-up on prompts or skipped tokens
+    (packaged model over its dense copy: tokens per step 1.88 -> 2.49 on knowledge-base answers, 2.12 -> 2.70 on
+    summaries; docs/benchmarks-speculative.md). Or a KV dtype (`int8`, `fp8_e4m3`, `bf16`, `auto`): pools of its
+    own, shaped like the model's, fed the copy's own K/V."""
     verify_cost: float | None = None
     """Cost of verifying one more token in a step, relative to a one-token step (None: timed on the engine's own
     runner when it starts, `step_cost.measured_row_cost` at 1 + `num_draft` tokens). It differs by an order of
@@ -164,10 +167,10 @@ class SpeculativeConfig:
             get_format(self.draft_format)  # an unknown format fails here, naming the known ones
             if self.draft_head_format is not None:
                 get_format(self.draft_head_format)
-            if self.draft_kv_cache_dtype not in KV_CACHE_DTYPES:
+            if self.draft_kv_cache_dtype not in (*KV_CACHE_DTYPES, "shared"):
                 raise ValueError(
-                    f"draft_kv_cache_dtype={self.draft_kv_cache_dtype!r} is not known: choose one of "
-                    f"{sorted(KV_CACHE_DTYPES)}"
+                    f"draft_kv_cache_dtype={self.draft_kv_cache_dtype!r} is not known: choose 'shared' (the "
+                    f"model's own pools) or one of {sorted(KV_CACHE_DTYPES)}"
                 )
         if self.verify_cost is not None and not 0.0 <= self.verify_cost < 1.0:
             raise ValueError(
@@ -457,15 +460,24 @@ class LayerSkipDrafter:
         return None
 
     def propose(self, batch: list[DraftSlot]) -> list[list[int]]:
-        drafts: list[list[int]] = [[] for _ in batch]
-        live = [i for i, s in enumerate(batch) if s.k > 0]
-        while live:
-            ids = [drafts[i][-1] if drafts[i] else batch[i].tokens[-1] for i in live]
-            pos = [len(batch[i].tokens) - 1 + len(drafts[i]) for i in live]
-            rows = [batch[i].slot for i in live]
-            logits = self.runner.forward(ids, pos, rows, list(range(len(live))), layers=self.layers)
-            live = _extend_confident(logits, live, drafts, batch, self.min_prob)
-        return drafts
+        return _greedy_drafts(self.runner, batch, self.min_prob, self.layers)
+
+
+def _greedy_drafts(
+    runner: ModelRunner, batch: list[DraftSlot], min_prob: float, layers: tuple[int, ...] | None = None
+) -> list[list[int]]:
+    """Greedy drafts over the model's own KV pools: each sequence's last token (whose K/V no step has written yet)
+    and then its drafts, one batched forward per draft position through `runner` (the model with only `layers`,
+    or a copy sharing its pools); the K/V these write sit where the verifying step writes next."""
+    drafts: list[list[int]] = [[] for _ in batch]
+    live = [i for i, s in enumerate(batch) if s.k > 0]
+    while live:
+        ids = [drafts[i][-1] if drafts[i] else batch[i].tokens[-1] for i in live]
+        pos = [len(batch[i].tokens) - 1 + len(drafts[i]) for i in live]
+        rows = [batch[i].slot for i in live]
+        logits = runner.forward(ids, pos, rows, list(range(len(live))), layers=layers)
+        live = _extend_confident(logits, live, drafts, batch, min_prob)
+    return drafts
 
 
 def _extend_confident(
@@ -533,21 +545,29 @@ class LowBitDrafter:
     verifying step's correction or bonus token), in the same forward that drafts its first token. Catch-ups longer
     than `CATCH_UP` tokens (a new prompt, a request that paused drafting) run first, in chunks of at most
     `CHUNK` tokens.
+
+    `shared` (`draft_kv_cache_dtype="shared"`): the copy attends over the model's own pools instead - the K/V the
+    model wrote for every verified token - and drafts as the skipped-layer drafter does (the last token, then its
+    drafts; their K/V land where the verifying step writes next). No pools of its own, nothing to catch up.
     """
 
     CATCH_UP = 16
     CHUNK = 512
 
-    def __init__(self, draft: ModelRunner, min_prob: float, cost: float) -> None:
+    def __init__(self, draft: ModelRunner, min_prob: float, cost: float, shared: bool = False) -> None:
         self.draft = draft
         self.min_prob = min_prob
         self.cost = cost
+        self.shared = shared
+        """The copy runs over the model's own pools (`draft_model.SHARED_KV`): nothing to catch up."""
         self.sizes_drafts = False
 
     def start(self, prompt: list[int]) -> _DraftKV:
         return _DraftKV()
 
     def propose(self, batch: list[DraftSlot]) -> list[list[int]]:
+        if self.shared:
+            return _greedy_drafts(self.draft, batch, self.min_prob)
         drafts: list[list[int]] = [[] for _ in batch]
         live = [i for i, s in enumerate(batch) if s.k > 0]
         starts = {i: batch[i].state.resume(batch[i].tokens) for i in live}
@@ -575,7 +595,7 @@ class LowBitDrafter:
 
 
 def _low_bit_drafter(runner: ModelRunner, config: SpeculativeConfig) -> LowBitDrafter:
-    from xpullm.engine.draft_model import draft_runner, low_bit_copy, weight_bytes
+    from xpullm.engine.draft_model import SHARED_KV, draft_runner, low_bit_copy, weight_bytes
     from xpullm.engine.step_cost import step_time
 
     dec = low_bit_copy(runner.dec, config.draft_format, config.draft_group_size, config.draft_head_format)
@@ -586,7 +606,7 @@ def _low_bit_drafter(runner: ModelRunner, config: SpeculativeConfig) -> LowBitDr
     cost = max(0.1, weight_bytes(dec) / max(1, weight_bytes(runner.dec)))
     if runner.device.type == "cpu":
         cost = max(cost, step_time(draft) / step_time(runner))
-    return LowBitDrafter(draft, config.draft_min_prob, cost)
+    return LowBitDrafter(draft, config.draft_min_prob, cost, config.draft_kv_cache_dtype == SHARED_KV)
 
 
 @register_drafter("low_bit_draft")

@@ -13,8 +13,11 @@ from xpullm.engine.draft_model import low_bit_copy, weight_bytes
 from xpullm.engine.speculative import LookupLowBitDrafter, LowBitDrafter, SpeculativeConfig
 from xpullm.linear import LowBitLinear
 
-# Drafting declared free and no confidence floor: the copy drafts at every step, so rejections happen too.
-ALWAYS = SpeculativeConfig(method="low_bit_draft", draft_min_prob=0.0, draft_cost=0.0)
+# Drafting declared free and no confidence floor: the copy drafts at every step, so rejections happen too; with
+# 8-bit pools of its own (the shared-pool default has its own tests below).
+ALWAYS = SpeculativeConfig(
+    method="low_bit_draft", draft_min_prob=0.0, draft_cost=0.0, draft_kv_cache_dtype="int8"
+)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +107,7 @@ def test_bad_draft_settings_name_the_problem(dense_llm: LLM) -> None:
         SpeculativeConfig(method="low_bit_draft", draft_format="int3")
     with pytest.raises(ValueError, match="sym_int8"):
         SpeculativeConfig(method="low_bit_draft", draft_head_format="int7")
-    with pytest.raises(ValueError, match="draft_kv_cache_dtype='int2' is not known: choose one of"):
+    with pytest.raises(ValueError, match="draft_kv_cache_dtype='int2' is not known: choose 'shared'"):
         SpeculativeConfig(method="low_bit_draft", draft_kv_cache_dtype="int2")
     dec = dense_llm.engine.runner.dec
     odd = low_bit_copy(dec, "sym_int8")
@@ -150,3 +153,74 @@ def test_lookup_low_bit_drafts_from_both_and_gives_plain_decodings_output(
     assert 0 < sum(st.copy.accepted for st in states) <= copy_drafted
     assert out.timings.tokens_per_step > 1.5, out.timings
     assert hybrid.engine.stats().kv_used_blocks == 0
+
+
+def test_a_copy_over_the_models_own_pools_drafts_from_the_models_kv(dense_plain: LLM, dense_llm: LLM) -> None:
+    """`draft_kv_cache_dtype="shared"`: the copy has no pools of its own and nothing to catch up. Each proposal
+    leaves the model's K/V of the sequence (every position before its last token) as it was, and is the copy's
+    greedy continuation over it (re-run in one chunk right after); the output is plain decoding's."""
+    shared = SpeculativeConfig(
+        method="low_bit_draft", draft_min_prob=0.0, draft_cost=0.0
+    )  # the default pools
+    assert shared.draft_kv_cache_dtype == "shared"
+    spec = engine_over(dense_llm, shared)
+    core = spec.engine
+    drafter = core._drafter
+    target, draft = core.runner, drafter.draft
+    assert draft.k_pool is target.k_pool and draft.block_tables is target.block_tables
+    assert (
+        draft.dec.layers[0].qkv.format_name == "sym_int4" and target.dec.layers[0].qkv.format_name == "fp32"
+    )
+    size = core.config.block_size
+    checked = []
+    propose = drafter.propose
+
+    def context_k(slot: int, n: int) -> torch.Tensor:
+        """K of positions 0..n-1 of the sequence in block-table row `slot`, [layers, n, kv heads, head dim]."""
+        pos = torch.arange(n)
+        blocks = target.block_tables[slot, pos // size].long()
+        return target.k_pool[:, blocks, :, pos % size].clone()
+
+    def checking(batch):
+        before = [context_k(s.slot, len(s.tokens) - 1) for s in batch]
+        drafts = propose(batch)
+        for s, d, k in zip(batch, drafts, before, strict=True):
+            n = len(s.tokens)
+            assert torch.equal(context_k(s.slot, n - 1), k)  # the model's K/V, read and left alone
+            if d:
+                fed = [s.tokens[-1], *d[:-1]]
+                rows = list(range(len(fed)))
+                logits = draft.forward(fed, [n - 1 + i for i in rows], [s.slot] * len(fed), rows)
+                assert logits.argmax(-1).tolist() == d
+                checked.append(len(d))
+        return drafts
+
+    drafter.propose = checking
+    ref = dense_plain.chat(GROUNDED, max_new_tokens=40)
+    out = spec.chat(GROUNDED, max_new_tokens=40)
+    assert out.text == ref.text
+    assert out.timings.accepted_tokens > 0 and len(checked) >= 4
+
+
+def test_a_shared_copy_replays_step_graphs_and_keeps_the_tokens(dense_plain: LLM, dense_llm: LLM) -> None:
+    """The shared-pool copy's steps through graphs (`EAGER_REPLAY`: the capture's buffers, pad rows and scratch row
+    on CPU), beside the model's own graphed steps: concurrent requests still get plain decoding's tokens."""
+    from xpullm.engine.core import EngineConfig
+    from xpullm.engine.step_graphs import EAGER_REPLAY, attach_step_graphs
+
+    shared = SpeculativeConfig(
+        method="low_bit_draft", draft_min_prob=0.0, draft_cost=0.0, draft_kv_cache_dtype="shared"
+    )
+    spec = LLM(
+        dense_llm.model, tokenizer=dense_llm.tokenizer, speculative=shared, engine=EngineConfig(max_seqs=8)
+    )
+    core = spec.engine
+    draft = core._drafter.draft
+    for runner in (core.runner, draft):
+        attach_step_graphs(runner, (1, 2, 4, 8), core.pool.num_blocks, core.config.max_seqs, EAGER_REPLAY)
+    want = [c.text for c in dense_plain.generate(PROMPTS, max_new_tokens=24)]
+    got = spec.generate(PROMPTS, max_new_tokens=24)
+    assert [c.text for c in got] == want
+    assert draft.graphs.replays > 0 and core.runner.graphs.replays > 0
+    assert sum(c.timings.accepted_tokens for c in got) > 0
+    assert core.stats().kv_used_blocks == 0
