@@ -25,6 +25,9 @@ DEFAULT_ROW_COST = 0.15
 MAX_ROW_COST = 0.9
 """Upper clamp of a measured row cost (above it no draft pays anyway; a noisy timing must not say more)."""
 
+SLOW_PAIR_S = 0.25
+"""A pair of timed steps longer than this (seconds) is repeated twice, not `repeat` times."""
+
 _MEASURED: dict[tuple[Any, ...], float] = {}  # one timing per model shape, machine set-up and row count
 
 
@@ -62,7 +65,7 @@ def _key(runner: ModelRunner, rows: int, context: int) -> tuple[Any, ...]:
 def measured_row_cost(runner: ModelRunner, rows: int, context: int = 256, repeat: int = 5) -> float:
     """What one more token adds to a one-token step, relative to that step: (t(rows) / t(1) - 1) / (rows - 1),
     steps at `context` tokens into the spare row (attention over that many positions), the best of `repeat`
-    interleaved timings each. Timed once per model shape, device, thread count and row count in a process (engines
+    interleaved timings each (2 where a pair of steps takes over `SLOW_PAIR_S`). Timed once per model shape, device, thread count and row count in a process (engines
     over the same model share it); `DEFAULT_ROW_COST` where the runner has no spare pools to time in."""
     if rows < 2 or not hasattr(runner, "k_pool") or not hasattr(runner, "block_tables"):
         return DEFAULT_ROW_COST
@@ -77,8 +80,10 @@ def measured_row_cost(runner: ModelRunner, rows: int, context: int = 256, repeat
         [0] * rows, list(range(context, context + rows)), [row] * rows, list(range(rows))
     )
     one(), many()  # first calls: graph capture, kernel tuning, caches
-    t1, tk = float("inf"), float("inf")
-    for _ in range(repeat):  # interleaved: a busy moment slows both, the minimum keeps the quiet one
+    t1, tk = _seconds(one), _seconds(many)
+    if t1 + tk > SLOW_PAIR_S:  # a big model on a CPU: a few seconds of timing at start is enough
+        repeat = min(repeat, 2)
+    for _ in range(repeat - 1):  # interleaved: a busy moment slows both, the minimum keeps the quiet one
         t1 = min(t1, _seconds(one))
         tk = min(tk, _seconds(many))
     cost = min(MAX_ROW_COST, max(0.0, (tk / t1 - 1.0) / (rows - 1)))
