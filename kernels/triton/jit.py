@@ -592,49 +592,6 @@ def _q8_store(
 
 
 @triton.jit
-def _row_acc(r: tl.constexpr, v, a0, a1, a2, a3, a4, a5, a6, a7):
-    """Accumulator r of eight (a static choice) plus v; the eight returned in order."""
-    if r == 0:
-        a0 += v
-    elif r == 1:
-        a1 += v
-    elif r == 2:
-        a2 += v
-    elif r == 3:
-        a3 += v
-    elif r == 4:
-        a4 += v
-    elif r == 5:
-        a5 += v
-    elif r == 6:
-        a6 += v
-    else:
-        a7 += v
-    return a0, a1, a2, a3, a4, a5, a6, a7
-
-
-@triton.jit
-def _row_pick(r: tl.constexpr, a0, a1, a2, a3, a4, a5, a6, a7):
-    """Accumulator r of eight (a static choice; Triton compiles no dict lookup)."""
-    if r == 0:  # noqa: SIM116
-        return a0
-    elif r == 1:
-        return a1
-    elif r == 2:
-        return a2
-    elif r == 3:
-        return a3
-    elif r == 4:
-        return a4
-    elif r == 5:
-        return a5
-    elif r == 6:
-        return a6
-    else:
-        return a7
-
-
-@triton.jit
 def gemv_q8_kernel(
     xq_ptr, xs_ptr, xss_ptr, w_ptr, s_ptr, z_ptr, y_ptr,
     M, N, KW, KBX, NG, words_per_split,
@@ -739,22 +696,25 @@ def gemv_q8_kernel(
                     w, s, z = w_in, s_in, z_in
                 lo = w & QK_LO_MASK
                 hi = (w >> 4) & QK_LO_MASK
-                for r in tl.static_range(ROWS):
-                    row = tl.minimum(row0 + r, M - 1)
-                    x_lo, x_hi, xs, xss = _q8_x(
-                        xq_ptr + row * stride_qm, xs_ptr + row * stride_sm, xss_ptr + row * stride_sm, kw0,
-                        kw_end, KBX, b3, l3, b2, EVEN,
-                    )  # fmt: skip
-                    part = _q8_apply_codes(
-                        lo, hi, s, z, x_lo, x_hi, xs, xss, HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB, EMULATE
-                    )  # fmt: skip
-                    a0, a1, a2, a3, a4, a5, a6, a7 = _row_acc(r, part, a0, a1, a2, a3, a4, a5, a6, a7)
+                # a0 holds row r's accumulator in turn; eight rotations (renames, no code) restore the order
+                for r in tl.static_range(8):
+                    if r < ROWS:
+                        row = tl.minimum(row0 + r, M - 1)
+                        x_lo, x_hi, xs, xss = _q8_x(
+                            xq_ptr + row * stride_qm, xs_ptr + row * stride_sm, xss_ptr + row * stride_sm, kw0,
+                            kw_end, KBX, b3, l3, b2, EVEN,
+                        )  # fmt: skip
+                        a0 += _q8_apply_codes(
+                            lo, hi, s, z, x_lo, x_hi, xs, xss, HAS_ZERO, SCALE_PER_TILE, BLOCK_N, BLOCK_KB,
+                            EMULATE,
+                        )  # fmt: skip
+                    a0, a1, a2, a3, a4, a5, a6, a7 = a1, a2, a3, a4, a5, a6, a7, a0
                 if PREFETCH:
                     w, s, z = w_in, s_in, z_in
-            for r in tl.static_range(ROWS):
+            for r in tl.static_range(ROWS):  # row r's accumulator is a0 after r shifts
                 if row0 + r < M:
-                    acc = _row_pick(r, a0, a1, a2, a3, a4, a5, a6, a7)
-                    _q8_store(y_ptr, acc, offs_n, N, pid_k, row0 + r, stride_ym, stride_ys, USE_WS, EVEN)
+                    _q8_store(y_ptr, a0, offs_n, N, pid_k, row0 + r, stride_ym, stride_ys, USE_WS, EVEN)
+                a0, a1, a2, a3, a4, a5, a6 = a1, a2, a3, a4, a5, a6, a7
 
 
 @triton.jit

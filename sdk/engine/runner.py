@@ -46,6 +46,12 @@ def kv_bytes_per_token(dec: StaticCacheDecoder, kv_cache_dtype: str = "auto") ->
     return paged.kv_bytes_per_token(len(dec.layers), dec.n_kv, dec.head_dim, kv_cache_dtype, dec.dtype)
 
 
+def _layer_stack(dec: StaticCacheDecoder, ctx: OpContext) -> Any:
+    """The op registry's whole-layer stack over `dec`'s weights (CPU: two native calls per layer), or None."""
+    build = select_op("layer_stack", ctx).load(ctx)
+    return build(dec) if build is not None else None
+
+
 def layer_windows(config: Any, n_layers: int) -> list[int]:
     """Per layer, the sliding window the model's config declares (0: full attention).
 
@@ -111,8 +117,7 @@ class ModelRunner:
         # as in its graph-captured step; on CPU its eager ops.
         self._ops = dec.step_ops
         # On CPU (fp32, native tiled weights) the layer stack runs as two native calls per layer around attention.
-        build = select_op("layer_stack", ctx).load(ctx)
-        self._stack = build(dec) if build is not None else None
+        self._stack = _layer_stack(dec, ctx)
         self.kv_cache_dtype = kv_cache_dtype
         self.windows = list(windows) if windows is not None else [0] * len(dec.layers)
         self.sinks = sinks
@@ -146,9 +151,9 @@ class ModelRunner:
         twin = copy.copy(self)
         twin.dec = dec
         twin._ops = dec.step_ops
-        ctx = OpContext(dec.device.type, dec.dtype, dec.head_dim, dec.family.qk_norm)
-        build = select_op("layer_stack", ctx).load(ctx)
-        twin._stack = build(dec) if build is not None else None
+        twin._stack = _layer_stack(
+            dec, OpContext(dec.device.type, dec.dtype, dec.head_dim, dec.family.qk_norm)
+        )
         twin.vocab_size = int(dec.lm_head.out_features)
         twin.graphs = None
         return twin

@@ -30,8 +30,8 @@ Drafters (registry `DRAFTERS`, picked by `SpeculativeConfig.method`):
 - `self_speculative` (IPEX-LLM's idea, the layer-skipping variant of Draft & Verify): the same model with only
   some layers drafts k tokens greedily, through the same runner and KV pools (the draft writes K/V of its layers
   at positions the verification step then rewrites), stopping early when its top probability is low.
-- `low_bit_draft` (IPEX-LLM's recipe): a copy of the model in a lower-bit format drafts greedily on its own runner
-  and 8-bit pools over the model's block tables (`draft_model.py`).
+- `low_bit_draft` (IPEX-LLM's recipe): a copy of the model in a lower-bit format drafts greedily on its own runner,
+  over the model's own KV pools by default (`draft_model.py`).
 - `lookup_low_bit`: prompt lookup where it finds a continuation that pays, the low-bit copy for the other
   sequences, sized by the copy's own acceptance estimate and cost.
 
@@ -161,15 +161,16 @@ class SpeculativeConfig:
         if not 1 <= self.ngram_min <= self.ngram_max:
             raise ValueError(f"ngram_min={self.ngram_min} must be between 1 and ngram_max={self.ngram_max}")
         if self.method in ("low_bit_draft", "lookup_low_bit"):
+            from xpullm.engine.draft_model import SHARED_KV
             from xpullm.formats import get_format
             from xpullm.kernels.paged import KV_CACHE_DTYPES
 
             get_format(self.draft_format)  # an unknown format fails here, naming the known ones
             if self.draft_head_format is not None:
                 get_format(self.draft_head_format)
-            if self.draft_kv_cache_dtype not in (*KV_CACHE_DTYPES, "shared"):
+            if self.draft_kv_cache_dtype not in (*KV_CACHE_DTYPES, SHARED_KV):
                 raise ValueError(
-                    f"draft_kv_cache_dtype={self.draft_kv_cache_dtype!r} is not known: choose 'shared' (the "
+                    f"draft_kv_cache_dtype={self.draft_kv_cache_dtype!r} is not known: choose {SHARED_KV!r} (the "
                     f"model's own pools) or one of {sorted(KV_CACHE_DTYPES)}"
                 )
         if self.verify_cost is not None and not 0.0 <= self.verify_cost < 1.0:
@@ -650,8 +651,9 @@ class LookupLowBitDrafter:
     Grounded text alternates between spans copied from the input, which prompt lookup drafts for nothing, and the
     model's own words, where only a draft model guesses well. The copy's draft length follows its own per-request
     acceptance estimate and cost (a `SpecState` over the copy's drafts alone; they are scored against the tokens
-    verification kept, like prompt lookup's), so where the copy does not pay it pauses; its pools catch up on the
-    tokens it skipped in its next forward (`_DraftKV`)."""
+    verification kept, like prompt lookup's), so where the copy does not pay it pauses. Over the model's pools (the
+    default) it has nothing to catch up; with pools of its own they catch up on the tokens it skipped in its next
+    forward (`_DraftKV`)."""
 
     cost = 0.0  # lookup's drafts are free; the copy's cost is weighed here, per sequence
     sizes_drafts = True
