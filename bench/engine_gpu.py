@@ -55,6 +55,7 @@ class Shape:
 
 SHAPES = {
     "llama3-8b": Shape(32, 4096, 14336, 32, 8, 128256, 1024),
+    "llama3.2-1b": Shape(16, 2048, 8192, 32, 8, 128256, 1024),  # untied here (the real one ties its head)
     "tiny": Shape(2, 256, 512, 4, 2, 512, 1024),  # CPU dry runs
 }
 PROMPT = 32

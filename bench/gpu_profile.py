@@ -9,15 +9,18 @@ way `gpu_decode.py` does (CUDA graphs), then reports:
 - the kernels a profiled step runs (torch.profiler), grouped by name, with their GPU time per step.
 `step ms - linears ms` is what the rest of the model (norms, RoPE, attention, cache writes, launch gaps) costs.
 
-`--engine` profiles `xpullm.engine` instead (the decoder `xpullm.LLM` uses, CUDA-graph steps): step time and
-its kernels per step.
+`--engine` profiles `xpullm.engine`'s static-cache decoder instead (CUDA-graph steps): step time and its kernels
+per step. `--runner` profiles the continuous-batching engine's `ModelRunner` (paged KV pools, the step graph of its
+token bucket) the same way: what a served request's decode step costs.
 
-    python bench/gpu_profile.py [--layers 32] [--formats bf16,tinygemm:128,sym_int4:128] [--engine] [--out prof.md]
+    python bench/gpu_profile.py [--layers 32] [--formats bf16,tinygemm:128,sym_int4:128] [--engine | --runner]
+        [--batch 1] [--out prof.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections import defaultdict
@@ -194,6 +197,71 @@ def profile_engine(fmt: str, group: int | None, layers: int, tokens: int, batch:
     return out
 
 
+@torch.no_grad()
+def profile_runner(fmt: str, group: int | None, layers: int, tokens: int, batch: int, top: int) -> list[str]:
+    """Markdown lines for one format stepped by the continuous-batching engine's `ModelRunner` (paged KV pools,
+    the graph of its `batch`-token bucket): `batch` sequences after 512-token prompts, one token each per step."""
+    import engine_gpu as eg
+
+    from xpullm.engine.core import EngineConfig, build_core
+    from xpullm.engine.decode import FAMILIES, StaticCacheDecoder
+
+    prompt_len, dev = 512, torch.device(gd.DEV)
+    shape = dataclasses.replace(eg.SHAPES["llama3-8b"], layers=layers)
+    model = eg.build_model(shape, fmt, group, dev)
+    dec = StaticCacheDecoder(model, FAMILIES["llama"], gd.DT, dev)
+    config = EngineConfig(max_seqs=batch, max_batched_tokens=prompt_len,
+                          kv_budget_tokens=batch * (prompt_len + tokens + 64), prefix_cache=False,
+                          graph_buckets=(batch,), speculative=None)  # fmt: skip
+    core = build_core(dec, eg.word_tokenizer(shape.vocab), [], shape.max_len, config)
+    runner = core.runner
+    gen = torch.Generator().manual_seed(0)
+    for row in range(batch):
+        runner.set_table(row, core.pool.allocate(-(-(prompt_len + tokens + 32) // config.block_size)))
+        ids = torch.randint(0, shape.vocab, (prompt_len,), generator=gen).tolist()
+        runner.forward(ids, list(range(prompt_len)), [row] * prompt_len, [prompt_len - 1])
+    pos = prompt_len
+
+    def step() -> torch.Tensor:
+        nonlocal pos
+        out = runner.forward([7] * batch, [pos] * batch, list(range(batch)), list(range(batch)))
+        pos += 1
+        return out
+
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(tokens):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    step_ms = sorted(times)[len(times) // 2] * 1e3
+    steps = 5
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    gpu_ms, rows = _kernel_table(prof, steps, top)
+    label = fmt if group is None else f"{fmt} g{group}"
+    out = [
+        f"### engine ModelRunner (paged, graph bucket {batch}), {label}, {batch} sequences",
+        "",
+        f"step {step_ms:.3f} ms ({batch * 1e3 / step_ms:.1f} tok/s, synchronised, logits read back); profiled "
+        f"kernels {gpu_ms:.3f} ms/step",
+        "",
+        "| kernel | us/step | calls/step |",
+        "|---|---|---|",
+        *(f"| `{n}` | {us:.1f} | {c} |" for n, us, c in rows),
+        "",
+    ]
+    print("\n".join(out), flush=True)
+    del core, dec, model
+    torch.cuda.empty_cache()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=32)
@@ -203,11 +271,16 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--engine", action="store_true", help="profile xpullm.engine's graphed steps instead")
+    ap.add_argument(
+        "--runner",
+        action="store_true",
+        help="profile the continuous-batching engine's paged ModelRunner steps",
+    )
     args = ap.parse_args()
     lines = [f"# Decode-step profile ({torch.__version__}, {torch.cuda.get_device_name(0)})", ""]
     for spec in args.formats.split(","):
         fmt, _, group = spec.partition(":")
-        fn = profile_engine if args.engine else profile
+        fn = profile_runner if args.runner else profile_engine if args.engine else profile
         lines += fn(fmt, int(group) if group else None, args.layers, args.tokens, args.batch, args.top)
         if args.out:
             args.out.write_text("\n".join(lines) + "\n")

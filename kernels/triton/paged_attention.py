@@ -12,10 +12,21 @@ sequences mixed, vLLM-style varlen):
    block size: a tile may span several blocks), scores and p @ v run through `tl.dot` with fp32 accumulation,
    and the softmax is online in fp32 (exp2). Columns past pos are never loaded.
 
+Steps of at most `_SPLIT_MAX_TOKENS` tokens (decode steps, every graph-replayed bucket) split each token's columns
+over S programs ("flash decoding", grid (N, KV, S)): one (token, kv head) walking a long context tile by tile is
+latency-bound (each tile's block-table read gates its K / V loads), so at one sequence and 512 columns the unsplit
+kernel took 18 us a layer on an H100 where the static decoder's split kernel took 3.5. Split s takes the s-th
+run of `cps` columns, cps = the token's column count / S rounded up to whole tiles (computed on the device from
+its position: nothing on the host depends on it, so one graph serves every position); it stores its running max,
+sum and unnormalized output, and `attention._merge_splits_kernel` combines them in split order. S depends on the
+longest context the block table holds (never more splits than tiles), not on N; larger steps (prefill chunks,
+where N already fills the GPU) run S = 1 and store the output directly.
+
 The second launch starts after the first has written every token's keys, so a prefill chunk's tokens see the
-chunk's earlier keys. Each program's loop depends only on its own token (the tile sizes depend on D and the
-dtype, never on N), so a token's result does not change with the rest of the batch. Positions and block tables
-are read on the device: no host sync. `reference_paged_attention` in `xpullm.kernels.paged` is the twin.
+chunk's earlier keys. Each program's loop depends only on its own token and S (the tile sizes depend on D and the
+dtype, never on N), so a token's result does not change with the rest of a step of up to `_SPLIT_MAX_TOKENS`
+tokens. Positions and block tables are read on the device: no host sync. `reference_paged_attention` in
+`xpullm.kernels.paged` is the twin.
 
 8-bit pools (`kv_cache_dtype` "int8" or "fp8_e4m3"): the write kernel stores each k / v head vector as codes with
 one fp32 scale (int8: max|x| / 127, round half to even; e4m3: max|x| / 448, rounded to nearest even by the
@@ -39,7 +50,7 @@ import triton
 import triton.language as tl
 
 from xpullm.kernels.paged import PagedBatch, PagedLayer, kv_rotation
-from xpullm.kernels.triton.attention import _dot, _softmax_step
+from xpullm.kernels.triton.attention import _dot, _merge_splits_kernel, _softmax_step
 from xpullm.kernels.triton.pdl import launch_options, wait_for_inputs
 
 __all__ = ["paged_attention", "supports"]
@@ -51,6 +62,8 @@ _MIN_GROUP_ROWS = 16  # the query-head tile is padded to a tl.dot-sized row coun
 _NUM_WARPS = 4
 _LOG2E = 1.4426950408889634
 _CODES = {"auto": 0, "bf16": 0, "int8": 1, "fp8_e4m3": 2}  # kv_cache_dtype -> the kernels' CODES
+_SPLITS = 16  # programs per (token, kv head) in steps of few tokens: a 512-column context in 64-column splits
+_SPLIT_MAX_TOKENS = 64  # larger steps run unsplit: N fills the GPU, and the partials are N x H x S x D
 
 
 def supports(d: int, h: int, kv: int, dtype: torch.dtype) -> bool:
@@ -168,19 +181,24 @@ def _paged_write_kernel(
 
 @triton.jit
 def _paged_attention_kernel(
-    q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, seq_ptr, table_ptr, o_ptr, rot_ptr,
-    qk_scale, stride_t, window, sinks, sink_cols, ring,
+    q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, seq_ptr, table_ptr, o_ptr, rot_ptr, ws_acc_ptr, ws_ml_ptr,
+    qk_scale, stride_t, window, sinks, sink_cols, ring, n_rows,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
     KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
-    CODES: tl.constexpr, WINDOW: tl.constexpr, PDL: tl.constexpr, ROT: tl.constexpr,
+    CODES: tl.constexpr, WINDOW: tl.constexpr, PDL: tl.constexpr, ROT: tl.constexpr, SPLITS: tl.constexpr,
 ):  # fmt: skip
-    """Attention of the G query heads of one (token, kv head) over columns 0..pos of the token's sequence.
+    """Attention of the G query heads of one (token, kv head) over columns 0..pos of the token's sequence, or
+    (SPLITS > 1) over split program_id(2)'s run of them: then it stores its running max m and sum l (exp2 domain)
+    and unnormalized output in the workspace (acc [S, N * H, D], m and l [2, S, N * H], as the merge reads them);
+    an empty split leaves m = -inf, l = 0, acc = 0. Split 0 always holds the first column (and the sinks).
     CODES != 0: k and v tiles are 8-bit codes, turned into q's dtype times their per-slot scales in registers.
-    ROT: q, k and v are in the pools' rotated basis; the output is turned back by R (at rot_ptr, R R = I)."""
+    ROT: q, k and v are in the pools' rotated basis; the output is turned back by R (at rot_ptr, R R = I; a
+    split's partial output is turned before the merge, which is linear in it)."""
     n = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
+    split = tl.program_id(2)
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, D)
     g_ok = offs_g < G
@@ -200,24 +218,37 @@ def _paged_attention_kernel(
     if WINDOW:
         lo = tl.maximum(pos - window + 1, 0)
         sink_end = tl.minimum(sinks, lo)
+    start = lo
+    end = pos + 1
+    if SPLITS > 1:  # this split's run of whole tiles of lo..pos; the sinks go with split 0
+        cps = tl.maximum(tl.cdiv(tl.cdiv(end - lo, SPLITS), BLOCK_C), 1) * BLOCK_C
+        start = lo + split * cps
+        end = tl.minimum(start + cps, end)
+        sink_end = tl.where(split == 0, sink_end, 0)
     for c0 in range(0, sink_end, BLOCK_C):  # the sinks (empty without a window)
         m_i, l_i, acc = _attend_tile(
             q, k_base, v_base, ks_ptr, vs_ptr, table, c0 + tl.arange(0, BLOCK_C), sink_end - 1, m_i, l_i, acc, j,
             qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
             KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW,
         )  # fmt: skip
-    for c0 in range(lo, pos + 1, BLOCK_C):
+    for c0 in range(start, end, BLOCK_C):
         m_i, l_i, acc = _attend_tile(
-            q, k_base, v_base, ks_ptr, vs_ptr, table, c0 + tl.arange(0, BLOCK_C), pos, m_i, l_i, acc, j,
+            q, k_base, v_base, ks_ptr, vs_ptr, table, c0 + tl.arange(0, BLOCK_C), end - 1, m_i, l_i, acc, j,
             qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
             KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW,
         )  # fmt: skip
-    out = acc / l_i[:, None]
+    out = acc / l_i[:, None] if SPLITS == 1 else acc
     if ROT:
         r = tl.load(rot_ptr + offs_d[:, None] * D + offs_d[None, :])
         out = _dot(out, r, tl.zeros([BLOCK_G, D], dtype=tl.float32), DOT_F32, True)
-    tl.store(o_ptr + (n * (KV * G) + heads[:, None]) * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
-             mask=g_ok[:, None])  # fmt: skip
+    if SPLITS == 1:
+        tl.store(o_ptr + (n * (KV * G) + heads[:, None]) * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
+                 mask=g_ok[:, None])  # fmt: skip
+    else:
+        row = split * n_rows + n * (KV * G) + heads
+        tl.store(ws_acc_ptr + row[:, None] * D + offs_d[None, :], out, mask=g_ok[:, None])
+        tl.store(ws_ml_ptr + row, m_i, mask=g_ok)
+        tl.store(ws_ml_ptr + SPLITS * n_rows + row, l_i, mask=g_ok)
 
 
 @triton.jit
@@ -254,6 +285,12 @@ def _attend_tile(
 def _block_cols(d: int, itemsize: int) -> int:
     """Columns per loop step: 16 KiB k and v tiles, 16..64 columns (never depends on N or the positions)."""
     return min(max(16384 // (d * itemsize), 16), 64)
+
+
+def _splits(n: int, columns: int, block_c: int) -> int:
+    """Programs per (token, kv head): `_SPLITS` for steps of up to `_SPLIT_MAX_TOKENS` tokens, never more than
+    the tiles of the longest context the block table holds (`columns`); 1 for larger steps."""
+    return 1 if n > _SPLIT_MAX_TOKENS else max(1, min(_SPLITS, triton.cdiv(columns, block_c)))
 
 
 def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> torch.Tensor:
@@ -296,12 +333,26 @@ def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> 
         num_warps=1, **opts,
     )  # fmt: skip
     g = h // kv
-    _paged_attention_kernel[(n, kv)](
-        q_buf, k_pool, v_pool, ks, vs, positions, seq_index, block_tables, out, rot_arg,
-        float(scale) * _LOG2E, block_tables.stride(0), window, sinks, sink_cols, ring,
+    block_c = _block_cols(d, q_buf.element_size())
+    # The longest context a token can attend: the table's columns (a window: the window and the sinks).
+    columns = block_tables.shape[1] * bs if not window else window + sinks
+    splits = _splits(n, columns, block_c)
+    rows = n * h
+    if splits > 1:
+        ws = torch.empty(splits * rows * (d + 2), dtype=torch.float32, device=qkv.device)
+        ws_acc, ws_ml = ws[: splits * rows * d], ws[splits * rows * d :]
+    else:
+        ws_acc = ws_ml = out  # not read: the programs store the output directly
+    _paged_attention_kernel[(n, kv, splits)](
+        q_buf, k_pool, v_pool, ks, vs, positions, seq_index, block_tables, out, rot_arg, ws_acc, ws_ml,
+        float(scale) * _LOG2E, block_tables.stride(0), window, sinks, sink_cols, ring, rows,
         *k_pool.stride(), *v_pool.stride(),
         KV=kv, G=g, D=d, BS=bs, BLOCK_G=max(_MIN_GROUP_ROWS, triton.next_power_of_2(g)),
-        BLOCK_C=_block_cols(d, q_buf.element_size()), DOT_F32=_INTERPRET, IEEE=q_buf.dtype == torch.float32,
-        CODES=codes, WINDOW=window > 0, ROT=rot is not None, num_warps=_NUM_WARPS, **opts,
+        BLOCK_C=block_c, DOT_F32=_INTERPRET, IEEE=q_buf.dtype == torch.float32,
+        CODES=codes, WINDOW=window > 0, ROT=rot is not None, SPLITS=splits, num_warps=_NUM_WARPS, **opts,
     )  # fmt: skip
+    if splits > 1:
+        _merge_splits_kernel[(rows,)](
+            ws_acc, ws_ml, out, rows, splits, D=d, BLOCK_S=triton.next_power_of_2(splits), num_warps=1, **opts
+        )  # fmt: skip
     return out

@@ -134,6 +134,48 @@ def test_triton_paged_attention_is_batch_invariant(h, kv, d, bs, lengths, norms)
             assert torch.equal(alone[(s, p)], mixed[(s, p)]), f"seed={seed}: seq {s} pos {p}"
 
 
+# A 150-token and a 30-token sequence: a 150-token prompt (a step too large to split), a 30-token one (split),
+# then decode tokens side by side (split). The table holds 10 blocks of 16: 3 splits of 64-column tiles.
+SPLIT_SCHEDULE = [[(0, 0, 150)], [(1, 0, 30)], *[[(0, 150 + i, 1), (1, 30 + i, 1)] for i in range(2)]]
+SPLIT_CASES = [("int8", 0, 0), ("auto", 100, 4)]  # (kv_cache_dtype, window, sinks)
+if not INTERPRET:
+    SPLIT_CASES += [("auto", 0, 0), ("fp8_e4m3", 0, 0), ("int8", 60, 8)]
+
+
+@pytest.mark.parametrize(("kv_cache_dtype", "window", "sinks"), SPLIT_CASES)
+def test_split_columns_match_the_twin_and_the_one_program_result(
+    kv_cache_dtype: str, window: int, sinks: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps of few tokens split each token's columns over several programs and merge them (`_splits`): outputs
+    within fp32 rounding of the twin's, and of the same kernel with one program per (token, kv head); with a window
+    and sinks, split 0 also takes the sinks."""
+    from xpullm.kernels.triton import paged_attention as kernel_module
+
+    seed = random.SystemRandom().randrange(2**31)
+    world = make_world(
+        seed,
+        4,
+        2,
+        32,
+        16,
+        [200, 70],
+        True,
+        dtype=torch.float32,
+        fill=float("nan"),
+        kv_cache_dtype=kv_cache_dtype,
+    ).to(DEVICE)
+    columns = world.tables.shape[1] * 16 if not window else window + sinks
+    assert kernel_module._splits(64, columns, 64) > 1 and kernel_module._splits(65, columns, 64) == 1
+    split, _ = run(world, SPLIT_SCHEDULE, paged_attention, window, sinks)
+    want, _ = run(world, SPLIT_SCHEDULE, reference_paged_attention, window, sinks)
+    monkeypatch.setattr(kernel_module, "_SPLITS", 1)
+    whole, _ = run(world, SPLIT_SCHEDULE, paged_attention, window, sinks)
+    tol = 1e-4 if kv_cache_dtype == "auto" else 2e-2  # 8-bit: a code may round a step apart between the sides
+    for key in want:
+        torch.testing.assert_close(split[key], want[key], atol=tol, rtol=1e-3, msg=f"seed={seed}: {key}")
+        torch.testing.assert_close(split[key], whole[key], atol=1e-5, rtol=1e-4, msg=f"seed={seed}: {key}")
+
+
 @pytest.mark.skipif(not HAS_CUDA or INTERPRET, reason="dispatch to Triton needs a CUDA tensor")
 def test_dispatch_picks_triton_on_cuda() -> None:
     world = make_world(0, 4, 2, 64, 16, [5], False, dtype=torch.bfloat16).to(DEVICE)
