@@ -275,12 +275,9 @@ class Trace:
 
     steps: Counter = field(default_factory=Counter)
     copy_calls: Counter = field(default_factory=Counter)
-    copy_chains: Counter = field(default_factory=Counter)
-    """The shared copy's proposals by their longest wanted draft: the steps a GPU's chain graph replays."""
 
     def as_row(self) -> dict:
-        return {"steps_by_tokens": dict(self.steps), "copy_calls_by_tokens": dict(self.copy_calls),
-                "copy_chains_by_steps": dict(self.copy_chains)}  # fmt: skip
+        return {"steps_by_tokens": dict(self.steps), "copy_calls_by_tokens": dict(self.copy_calls)}
 
 
 def _record_steps(llm: LLM, current: list, traces: dict) -> None:
@@ -305,17 +302,6 @@ def _record_steps(llm: LLM, current: list, traces: dict) -> None:
     wrap(core.runner, True)
     if copy is not None:
         wrap(copy, False)
-    low_bit = drafter if hasattr(drafter, "draft") else getattr(drafter, "copy", None)
-    if getattr(low_bit, "shared", False):
-        propose = low_bit.propose
-
-        def chained(batch):
-            wanted = [s.k for s in batch if s.k > 0]
-            if current[0] is not None and wanted:
-                traces.setdefault(current[0], Trace()).copy_chains[max(wanted)] += 1
-            return propose(batch)
-
-        low_bit.propose = chained
 
 
 def _med(values: list[float], digits: int = 1, suffix: str = "") -> str:

@@ -10,10 +10,7 @@ engine drives it (paged KV pools, steps replayed from CUDA graphs per token-coun
 - `draft_ms`: one self-speculative draft step (the default draft layers: first and last quarter + every other middle
   layer, eager as the drafter runs it, LM head included);
 - `low_bit_draft_ms`: one step of the model's sym_int4 copy (`speculative="low_bit_draft"`, IPEX-LLM's recipe: the
-  same model in INT4 drafts), over the model's pools (`--draft-kv shared`, the default) or its own, replayed from its
-  CUDA graph (bf16 / fp8 / int8 models), its logits read back;
-- `low_bit_chain_ms[k]`: k greedy steps of the copy replayed back to back from its chain graph and read back once
-  (`StepGraphs.greedy_chain`), how the shared copy drafts k tokens.
+  same model in INT4 drafts), on its own 8-bit pools, replayed from its CUDA graph (bf16 / fp8 / int8 models).
 
 The speed-up of k drafts accepted each with probability a: E[tokens] = (1 - a^(k+1)) / (1 - a) per step that costs
 step_ms[k+1] + k x draft_ms (prompt lookup: draft_ms = 0), over one plain step; reported for the best k <= 8.
@@ -31,7 +28,6 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -59,6 +55,8 @@ ACCEPTANCE = {
     ("low_bit_draft", "graphrag"): 0.74,
     ("low_bit_draft", "open_chat"): 0.66,
 }
+# The draft step each method pays per drafted token (None: free, prompt lookup): the row key of `measure`.
+DRAFT_COST = {"prompt_lookup": None, "self_speculative": "draft_ms", "low_bit_draft": "low_bit_draft_ms"}
 MAX_DRAFT = 8
 LOW_BIT_DRAFT = "sym_int4"  # the low-bit copy's format (`speculative="low_bit_draft"`)
 PROMPT = 512  # context tokens before the timed steps
@@ -115,7 +113,7 @@ def measure(args: argparse.Namespace, spec: str, device: torch.device) -> dict:
     layers = default_draft_layers(len(dec.layers))
     tok = [prompt[-1]]
     draft_ms = _timed(lambda: runner.forward(tok, [PROMPT], [0], [0], layers=layers), args.repeat, device)
-    low_bit_ms = low_bit_prefill_ms = low_bit_chain_ms = None
+    low_bit_ms = low_bit_prefill_ms = None
     if fmt != LOW_BIT_DRAFT:  # the model's sym_int4 copy (graph-replayed steps on its own 8-bit pools)
         config = SpeculativeConfig(
             method="low_bit_draft", draft_format=LOW_BIT_DRAFT, draft_kv_cache_dtype=args.draft_kv
@@ -124,12 +122,6 @@ def measure(args: argparse.Namespace, spec: str, device: torch.device) -> dict:
         draft = drafter.draft  # type: ignore[attr-defined]
         draft.forward(prompt, list(range(PROMPT)), [0] * PROMPT, [PROMPT - 1])
         low_bit_ms = _timed(lambda: draft.forward(tok, [PROMPT], [0], [0]), args.repeat, device)
-        chain = draft.graphs.greedy_chain if draft.graphs is not None else None
-        if chain is not None and chain(tok, [PROMPT], [0], 1) is not None:
-            low_bit_chain_ms = {
-                k: _timed(lambda k=k: chain(tok, [PROMPT], [0], k), args.repeat, device)
-                for k in range(1, MAX_DRAFT + 1)
-            }
         # a catch-up of the prompt through the copy (no logits): what `lookup_low_bit` pays where it starts late
         chunk = prompt[:CATCH_UP]
         low_bit_prefill_ms = _timed(
@@ -143,7 +135,6 @@ def measure(args: argparse.Namespace, spec: str, device: torch.device) -> dict:
         "step_ms": step_ms, "draft_ms": draft_ms, "draft_layers": len(layers), "layers": len(dec.layers),
         "low_bit_draft_ms": low_bit_ms, "draft_kv": args.draft_kv, "graphs": runner.graphs is not None,
         "timed_row_cost": timed_row_cost, "low_bit_prefill_ms": low_bit_prefill_ms, "catch_up": CATCH_UP,
-        "low_bit_chain_ms": low_bit_chain_ms,
     }  # fmt: skip
     _append(args.out, row)
     del core, dec, model
@@ -152,31 +143,13 @@ def measure(args: argparse.Namespace, spec: str, device: torch.device) -> dict:
     return row
 
 
-def _chain(row: dict) -> dict[int, float] | None:
-    """k -> ms of the copy's k chained draft steps, where the row measured them."""
-    chain = row.get("low_bit_chain_ms")
-    return None if not chain else {int(k): v for k, v in chain.items()}
-
-
-def _draft_totals(row: dict) -> dict[str, Callable[[int], float]]:
-    """Per method of the modelled table, what drafting k tokens costs (ms) with this row's timings."""
-    out: dict[str, Callable[[int], float]] = {"prompt_lookup": lambda k: 0.0}
-    out["self_speculative"] = lambda k: k * row["draft_ms"]
-    low, chain = row.get("low_bit_draft_ms"), _chain(row)
-    if low:
-        out["low_bit_draft"] = lambda k: k * low
-    if chain:
-        out["low_bit_draft_chained"] = chain.__getitem__
-    return out
-
-
-def best_gain(a: float, step_ms: dict, drafting: Callable[[int], float]) -> tuple[int, float]:
-    """(k, speed-up) maximizing expected tokens per unit time over plain decoding; `drafting(k)`: ms to draft k."""
+def best_gain(a: float, step_ms: dict, draft_ms: float) -> tuple[int, float]:
+    """(k, speed-up) maximizing expected tokens per unit time over plain decoding."""
     base = step_ms[1]
     best = (0, 1.0)
     for k in range(1, MAX_DRAFT + 1):
         tokens = (1.0 - a ** (k + 1)) / (1.0 - a) if a < 1 else k + 1.0
-        gain = tokens * base / (step_ms[k + 1] + drafting(k))
+        gain = tokens * base / (step_ms[k + 1] + k * draft_ms)
         if gain > best[1]:
             best = (k, gain)
     return best
@@ -189,18 +162,14 @@ def render(rows: list[dict]) -> str:
            f"{PROMPT}-token prompt; medians of the timed repeats.\n"]  # fmt: skip
     out.append(
         "| format | plain step ms | step ms with 2 / 4 / 8 tokens (x plain) | skipped-layer draft step ms (x plain) "
-        f"| {LOW_BIT_DRAFT} copy draft step ms (x plain); chained, per token at k = 1 / 4 / 8 "
-        "| row cost the engine times |"
+        f"| {LOW_BIT_DRAFT} copy draft step ms (x plain) | row cost the engine times |"
     )
     out.append("|---|---:|---|---:|---:|---:|")
     for r in rows:
         s = {int(k): v for k, v in r["step_ms"].items()}
         many = " / ".join(f"{s[n]:.2f} ({s[n] / s[1]:.2f}x)" for n in (2, 4, 8))
-        low, chain = r.get("low_bit_draft_ms"), _chain(r)
+        low = r.get("low_bit_draft_ms")
         copy = f"{low:.2f} ({low / s[1]:.2f}x)" if low else "- (the model is the copy)"
-        if chain:
-            per = [chain[k] / k for k in (1, 4, 8)]
-            copy += " / chained " + " / ".join(f"{v:.2f} ({v / s[1]:.2f}x)" for v in per)
         timed = r.get("timed_row_cost")
         out.append(f"| {r['format']} | {s[1]:.2f} | {many} | {r['draft_ms']:.2f} ({r['draft_ms'] / s[1]:.2f}x, "
                    f"{r['draft_layers']}/{r['layers']} layers) | {copy} | "
@@ -213,10 +182,13 @@ def render(rows: list[dict]) -> str:
     out.append("|---|---|" + "---:|" * len(workloads))
     for r in rows:
         s = {int(k): v for k, v in r["step_ms"].items()}
-        for method, drafting in _draft_totals(r).items():
+        for method, key in DRAFT_COST.items():
+            draft = 0.0 if key is None else r.get(key)
+            if draft is None:
+                continue
             cells = []
             for w in workloads:
-                k, gain = best_gain(ACCEPTANCE[(method.removesuffix("_chained"), w)], s, drafting)
+                k, gain = best_gain(ACCEPTANCE[(method, w)], s, draft)
                 cells.append(f"{gain:.2f}x (k={k})" if k else "1.00x (off)")
             out.append(f"| {r['format']} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
@@ -232,9 +204,7 @@ def priced(row: dict, trace: dict) -> float:
     """Modelled speed-up of one recorded trace (`spec_decode.py --traces`) with this row's GPU step times: the
     plain steps its decode tokens would take, over the recorded verify steps (by tokens in the step) plus the draft
     copy's recorded forwards, each at the copy's one-token step scaled like the model's step for as many tokens
-    (catch-ups longer than the timed steps: the timed 512-token catch-up pro rata, where the row has it). Where
-    the row timed chained drafts and the trace recorded the shared copy's proposals, each proposal costs a chain of
-    its longest wanted draft instead (what the chain graphs replay, early stops included)."""
+    (catch-ups longer than the timed steps: the timed 512-token catch-up pro rata, where the row has it)."""
     s = {int(k): v for k, v in row["step_ms"].items()}
     top = max(s)
     steps = sum(n * s[min(int(t), top)] for t, n in trace["steps_by_tokens"].items())
@@ -245,11 +215,7 @@ def priced(row: dict, trace: dict) -> float:
     def call(t: int) -> float:
         return max(low * s[min(t, top)] / s[1], per_token * t if t > top else 0.0)
 
-    chain = _chain(row)
-    if chain and trace.get("copy_chains_by_steps"):  # the copy's proposals as the chain graphs run them
-        copy = sum(n * chain[min(int(k), max(chain))] for k, n in trace["copy_chains_by_steps"].items())
-    else:
-        copy = sum(n * call(int(t)) for t, n in trace["copy_calls_by_tokens"].items())
+    copy = sum(n * call(int(t)) for t, n in trace["copy_calls_by_tokens"].items())
     return trace["decode_tokens"] * s[1] / (steps + copy) if steps + copy else 1.0
 
 
