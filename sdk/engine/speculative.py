@@ -472,47 +472,22 @@ def _greedy_drafts(
     or a copy sharing its pools); the K/V these write sit where the verifying step writes next."""
     drafts: list[list[int]] = [[] for _ in batch]
     live = [i for i, s in enumerate(batch) if s.k > 0]
-    if (
-        live and layers is None and runner.graphs is not None
-    ):  # every position replayed back to back, one sync
-        chained = runner.graphs.greedy_chain(
-            [batch[i].tokens[-1] for i in live],
-            [len(batch[i].tokens) - 1 for i in live],
-            [batch[i].slot for i in live],
-            max(batch[i].k for i in live),
-        )
-        if chained is not None:
-            column = {i: j for j, i in enumerate(live)}  # the chain's rows: the sequences live at its start
-            for tokens, probs in zip(*chained, strict=True):
-                cols = [column[i] for i in live]
-                nxt, conf = [tokens[j] for j in cols], [probs[j] for j in cols]
-                live = _extend_confident(nxt, conf, live, drafts, batch, min_prob)
-            return drafts
     while live:
         ids = [drafts[i][-1] if drafts[i] else batch[i].tokens[-1] for i in live]
         pos = [len(batch[i].tokens) - 1 + len(drafts[i]) for i in live]
         rows = [batch[i].slot for i in live]
         logits = runner.forward(ids, pos, rows, list(range(len(live))), layers=layers)
-        live = _extend_confident(*_greedy(logits), live, drafts, batch, min_prob)
+        live = _extend_confident(logits, live, drafts, batch, min_prob)
     return drafts
 
 
-def _greedy(logits: torch.Tensor) -> tuple[list[int], list[float]]:
-    """Each row's top token and its probability."""
-    top = logits.float().softmax(-1).max(-1)
-    return top.indices.tolist(), top.values.tolist()
-
-
 def _extend_confident(
-    nxt: list[int],
-    conf: list[float],
-    live: list[int],
-    drafts: list[list[int]],
-    batch: list[DraftSlot],
-    min_prob: float,
+    logits: torch.Tensor, live: list[int], drafts: list[list[int]], batch: list[DraftSlot], min_prob: float
 ) -> list[int]:
-    """Append each live sequence's greedy token (nxt[j], of probability conf[j], for sequence live[j]) when it
-    reaches `min_prob`; the sequences that want more drafts after it."""
+    """Append each live sequence's greedy token (logits row j for sequence live[j]) when the draft model's top
+    probability reaches `min_prob`; the sequences that want more drafts after it."""
+    top = logits.float().softmax(-1).max(-1)
+    nxt, conf = top.indices.tolist(), top.values.tolist()
     keep = []
     for j, i in enumerate(live):
         if conf[j] < min_prob:
@@ -610,7 +585,7 @@ class LowBitDrafter:
         last = [n - 1 for n in last]
         while live:
             logits = self.draft.forward(ids, pos, rows, last)
-            live = _extend_confident(*_greedy(logits), live, drafts, batch, self.min_prob)
+            live = _extend_confident(logits, live, drafts, batch, self.min_prob)
             ids = [drafts[i][-1] for i in live]
             pos = [len(batch[i].tokens) - 1 + len(drafts[i]) for i in live]
             rows = [batch[i].slot for i in live]

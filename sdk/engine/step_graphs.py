@@ -18,12 +18,6 @@ them with one call. A graph needs fixed shapes and addresses, so:
 - steps of more tokens than the largest bucket (long prompt chunks) run eagerly, as does a bucket whose capture
   failed (reported once).
 
-`greedy_chain` drafts: a second graph per bucket records one step plus its own greedy pick (the top token and its
-probability, fed back as the next step's token at the next position, and logged in a device-side history). Replayed
-k times back to back, it drafts k tokens per row with one host sync at the end instead of one per token: a draft
-token then costs the graph's replay, not its launch, copies and sync (a low-bit copy drafting for its model). The
-token lookup must then run inside the graph: a runner whose embedding decodes on the host drafts a forward at a time.
-
 A bucket is captured on its first step (a warm-up run first compiles and tunes the kernels for that shape). All
 graphs of an engine share one memory pool: replays never overlap and each step's logits are copied out before the
 next. Backends by device type: CUDA (`torch.cuda.CUDAGraph`), XPU (`torch.xpu.XPUGraph`, where this torch has it);
@@ -137,20 +131,6 @@ class _Captured:
     logits: torch.Tensor  # [bucket, V], rewritten by every replay
 
 
-CHAIN_MAX = 16
-"""The most greedy steps one `greedy_chain` call replays (the length of its device-side history)."""
-
-
-@dataclass
-class _Chain:
-    """A bucket's greedy-step graph and the device-side history its replays append to."""
-
-    replay: Callable[[], None]
-    tokens: torch.Tensor  # [CHAIN_MAX, bucket] int64: row j is the j-th replay's greedy tokens
-    probs: torch.Tensor  # [CHAIN_MAX, bucket] fp32: their probabilities
-    step: torch.Tensor  # [1] int64: the history row the next replay writes
-
-
 class StepGraphs:
     """A `ModelRunner`'s small steps, replayed from graphs captured per token-count bucket (module docstring).
 
@@ -194,11 +174,9 @@ class StepGraphs:
         # Bucket B reads its first 3 B entries as [3, B]: token ids, positions, block-table rows.
         self._index = torch.zeros(3 * top, dtype=torch.long, device=dev)
         self._graphs: dict[int, _Captured | None] = {}  # None: the capture failed, that bucket runs eagerly
-        self._chains: dict[int, _Chain | None] = {}  # greedy-step graphs, the same way
         self._pool: Any = None
         self.captures = 0  # graphs recorded (tests and benchmarks read these)
         self.replays = 0  # steps served from a graph
-        self.chained = 0  # greedy steps served from a chain graph (`greedy_chain`)
 
     @property
     def max_tokens(self) -> int:
@@ -226,7 +204,10 @@ class StepGraphs:
         bucket = self.bucket_for(n)
         if bucket is None or (bucket in self._graphs and self._graphs[bucket] is None):
             return None
-        index = self._fill(bucket, input_ids, positions, seq_index)
+        pad = bucket - n
+        index = self._index[: 3 * bucket]
+        index.copy_(torch.tensor([*input_ids, *[0] * pad, *positions, *[0] * pad, *seq_index,
+                                  *[self.scratch_row] * pad], dtype=torch.long))  # fmt: skip
         if self._x is not None:
             # Pad rows keep whatever embedding the buffer last held: finite values whose results are dropped.
             self._x[0, :n].copy_(self.runner.dec.embed(index[None, :n])[0])
@@ -242,114 +223,31 @@ class StepGraphs:
         rows = torch.tensor(logit_rows, dtype=torch.long, device=self.runner.device)
         return cap.logits.index_select(0, rows)
 
-    @torch.inference_mode()
-    def greedy_chain(
-        self,
-        input_ids: Sequence[int],
-        positions: Sequence[int],
-        seq_index: Sequence[int],
-        steps: int,
-    ) -> tuple[list[list[int]], list[list[float]]] | None:
-        """Greedy continuations of one token per row: `steps` replays of the bucket's chain graph, each a step
-        over every row's latest token (the first: `input_ids` at `positions`) whose top token, at the next
-        position, the next replay takes. Returns (tokens, probabilities), `steps` lists of one value per row, read
-        back once; None where it cannot (embedding outside the graph, too many rows or steps, a failed capture):
-        then the caller steps one token at a time. Every step writes its rows' K/V, as `run` does."""
-        n = len(input_ids)
-        bucket = self.bucket_for(n)
-        failed = bucket in self._chains and self._chains[bucket] is None
-        # Each step looks its token up inside the graph: a plain `nn.Embedding` (a low-bit one decodes on the
-        # host), or any under `EAGER_REPLAY`, which records nothing.
-        inside = self._x is None or self.backend is EAGER_REPLAY
-        if bucket is None or failed or not inside or not 1 <= steps <= CHAIN_MAX:
-            return None
-        if max(positions) + steps > self.runner.cos.shape[0]:  # the eager path grows the RoPE tables
-            return None
-        self._fill(bucket, input_ids, positions, seq_index)
-        chain = self._chains.get(bucket)
-        if chain is None:
-            chain = self._chains[bucket] = self._capture_chain(bucket)
-            if chain is None:
-                return None
-            self._fill(bucket, input_ids, positions, seq_index)  # the capture's warm-up moved them on
-        chain.step.zero_()
-        for _ in range(steps):
-            chain.replay()
-        self.chained += steps
-        return chain.tokens[:steps, :n].tolist(), chain.probs[:steps, :n].tolist()
-
-    def _fill(
-        self, bucket: int, input_ids: Sequence[int], positions: Sequence[int], seq_index: Sequence[int]
-    ) -> torch.Tensor:
-        """Write a step's ids, positions and block-table rows into bucket's inputs (pad rows: token 0 at
-        position 0 of the scratch row); the bucket's [3 * bucket] view of the buffer."""
-        pad = bucket - len(input_ids)
-        index = self._index[: 3 * bucket]
-        index.copy_(torch.tensor([*input_ids, *[0] * pad, *positions, *[0] * pad, *seq_index,
-                                  *[self.scratch_row] * pad], dtype=torch.long))  # fmt: skip
-        return index
-
-    def _step(self, bucket: int, embed_inside: bool) -> Recorded:
-        """The step bucket's graphs record: the runner's layers and head over the static inputs (the tokens looked
-        up inside, or the hidden-state buffer `run` fills)."""
+    def _capture(self, bucket: int) -> _Captured | None:
         runner = self.runner
         ids, pos, rows = self._index[: 3 * bucket].view(3, bucket)
         embed = runner.dec.embed
 
         def step() -> torch.Tensor:
             with torch.inference_mode():
-                x = embed.embed(ids[None]).to(embed.dtype) if embed_inside else self._x[:, :bucket]
+                x = embed.embed(ids[None]).to(embed.dtype) if self._x is None else self._x[:, :bucket]
                 return runner.forward_hidden(x, pos, rows, None)
 
-        return step
-
-    def _record(self, fn: Recorded, what: str, bucket: int) -> tuple[Callable[[], None], torch.Tensor] | None:
-        """Capture `fn` in the engine's shared pool; None (warned once per bucket) where that fails."""
         if self._pool is None:
             self._pool = self.backend.new_pool()
         try:
-            return self.backend.capture(fn, self.runner.device, self._pool)
+            # The warm-up and the recording run this very step's inputs: the K/V they write are the ones the
+            # replay writes again, so the step's result does not change.
+            replay, logits = self.backend.capture(step, runner.device, self._pool)
         except RuntimeError as exc:  # an op that cannot be recorded, out of memory
             warnings.warn(
-                f"xpullm: {self.backend.name} graph capture failed for {what} of {bucket} tokens "
+                f"xpullm: {self.backend.name} graph capture failed for engine steps of {bucket} tokens "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); those steps run eagerly",
-                stacklevel=5,
+                stacklevel=4,
             )
             return None
-
-    def _capture(self, bucket: int) -> _Captured | None:
-        # The warm-up and the recording run this very step's inputs: the K/V they write are the ones the replay
-        # writes again, so the step's result does not change.
-        got = self._record(self._step(bucket, self._x is None), "engine steps", bucket)
-        if got is None:
-            return None
         self.captures += 1
-        return _Captured(*got)
-
-    def _capture_chain(self, bucket: int) -> _Chain | None:
-        dev = self.runner.device
-        ids, pos, _ = self._index[: 3 * bucket].view(3, bucket)
-        tokens = torch.zeros((CHAIN_MAX, bucket), dtype=torch.long, device=dev)
-        probs = torch.zeros((CHAIN_MAX, bucket), dtype=torch.float32, device=dev)
-        at = torch.zeros(1, dtype=torch.long, device=dev)
-        forward = self._step(bucket, embed_inside=True)
-
-        def greedy_step() -> torch.Tensor:
-            logits = forward()
-            with torch.inference_mode():
-                top = logits.float().softmax(-1).max(-1)
-                tokens.index_copy_(0, at, top.indices[None])
-                probs.index_copy_(0, at, top.values[None])
-                ids.copy_(top.indices)
-                pos.add_(1)
-                at.add_(1).clamp_(max=CHAIN_MAX - 1)
-            return top.values
-
-        got = self._record(greedy_step, "greedy draft steps", bucket)
-        if got is None:
-            return None
-        self.captures += 1
-        return _Chain(got[0], tokens, probs, at)
+        return _Captured(replay, logits)
 
 
 def attach_step_graphs(

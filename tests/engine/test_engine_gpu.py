@@ -214,37 +214,4 @@ def test_low_bit_draft_steps_replay_graphs_and_keep_the_tokens() -> None:
     stats = core.stats()
     assert stats.draft_tokens > 0 and stats.kv_used_blocks == 0
     graphs = core._drafter.draft.graphs
-    # The copy (over the model's own pools, the default) drafts through its chain graphs (`greedy_chain`).
-    assert graphs is not None and graphs.chained > 0 and graphs.captures > 0
-
-
-def test_chained_draft_steps_on_the_gpu_draft_what_single_steps_draft() -> None:
-    """The copy's chain graph (every draft position replayed back to back, one read-back) proposes exactly what a
-    graph-replayed forward per position proposes: one sequence, so both run the bucket-1 kernels."""
-    from xpullm.engine.speculative import SpeculativeConfig
-
-    model = tiny_llama(None)
-    spec = SpeculativeConfig(method="low_bit_draft", draft_min_prob=0.0, draft_cost=0.0, verify_cost=0.0)
-    core = engine(model, speculative=spec)
-    drafter = core._drafter
-    draft = drafter.draft
-    graphs = draft.graphs
-    propose = drafter.propose
-    compared = []
-
-    def both(batch):
-        chain, graphs.greedy_chain = graphs.greedy_chain, lambda *a: None  # a forward per position
-        try:
-            stepwise = propose(batch)
-        finally:
-            graphs.greedy_chain = chain
-        before = graphs.chained
-        drafts = propose(batch)
-        assert graphs.chained > before and drafts == stepwise
-        compared.append(sum(map(len, drafts)))
-        return drafts
-
-    drafter.propose = both
-    got, want = generate(core, PROMPTS[:1]), generate(engine(model), PROMPTS[:1])
-    assert_same_or_near_tie(model, PROMPTS[0], got[0], want[0])
-    assert len(compared) >= 3 and sum(compared) > 0
+    assert graphs is not None and graphs.replays > 0 and all(graphs.captured().values())

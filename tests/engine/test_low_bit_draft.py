@@ -221,51 +221,6 @@ def test_a_shared_copy_replays_step_graphs_and_keeps_the_tokens(dense_plain: LLM
     want = [c.text for c in dense_plain.generate(PROMPTS, max_new_tokens=24)]
     got = spec.generate(PROMPTS, max_new_tokens=24)
     assert [c.text for c in got] == want
-    # The copy drafts through its chain graphs (`greedy_chain`); the model verifies through its step graphs.
-    assert draft.graphs.chained > 0 and core.runner.graphs.replays > 0
+    assert draft.graphs.replays > 0 and core.runner.graphs.replays > 0
     assert sum(c.timings.accepted_tokens for c in got) > 0
     assert core.stats().kv_used_blocks == 0
-
-
-def test_chained_drafts_are_the_ones_drafted_a_forward_at_a_time(dense_plain: LLM, dense_llm: LLM) -> None:
-    """The shared copy drafts through chain graphs (`StepGraphs.greedy_chain`: every draft position replayed back
-    to back, read back once). Each proposal equals the one the copy makes with a forward per position (run first,
-    on the same batch), for concurrent sequences wanting drafts of different lengths and stopping where the copy's
-    top probability falls under `draft_min_prob`; the output is plain decoding's."""
-    from xpullm.engine.core import EngineConfig
-    from xpullm.engine.step_graphs import EAGER_REPLAY, attach_step_graphs
-
-    shared = SpeculativeConfig(method="low_bit_draft", draft_min_prob=0.5, draft_cost=0.0)
-    spec = LLM(
-        dense_llm.model, tokenizer=dense_llm.tokenizer, speculative=shared, engine=EngineConfig(max_seqs=8)
-    )
-    core = spec.engine
-    drafter = core._drafter
-    draft = drafter.draft
-    for runner in (core.runner, draft):
-        attach_step_graphs(runner, (1, 2, 4, 8), core.pool.num_blocks, core.config.max_seqs, EAGER_REPLAY)
-    graphs = draft.graphs
-    propose = drafter.propose
-    batches, stopped = [], 0
-
-    def both(batch):
-        draft.graphs = None  # a forward per draft position
-        try:
-            stepwise = propose(batch)
-        finally:
-            draft.graphs = graphs
-        before = graphs.chained
-        drafts = propose(batch)
-        assert graphs.chained > before and drafts == stepwise
-        batches.append((len(batch), {s.k for s in batch}))
-        nonlocal stopped
-        stopped += sum(len(d) < s.k for s, d in zip(batch, drafts, strict=True))
-        return drafts
-
-    drafter.propose = both
-    want = [c.text for c in dense_plain.generate(PROMPTS, max_new_tokens=24)]
-    got = spec.generate(PROMPTS, max_new_tokens=24)
-    assert [c.text for c in got] == want
-    # several sequences with several draft lengths in one proposal
-    assert any(n > 1 and len(ks) > 1 for n, ks in batches), batches
-    assert stopped > 0  # some drafts ended at a low-probability token before their length
