@@ -14,6 +14,7 @@
 | `XPULLM_TRITON_W4A8` | `triton_w4a8` | `0` | `1`: the tuner also times sym_int4 weights x int8 activation rows (a scale per 64 elements) on int8 tensor cores (`w4a8`) |
 | `XPULLM_TRITON_W8A8` | `triton_w8a8` | `off` | `fp8`: the tuner also times fp8_e4m3 weights x per-token fp8 activations on cuBLAS; `all`: sym_int8 too |
 | `XPULLM_Q8_ROWS` | `q8_rows` | `1` | most rows per step whose activations the fused GPU norm / SwiGLU quantize to int8 for the int4 GEMV (`gemv_q8`, up to 8 rows per program); taller steps hand bf16 rows to the tuner's choice |
+| `XPULLM_PAGED_SPLITS` | `paged_splits` | `16` | most programs the GPU paged attention splits each token's columns over, in steps of up to 64 tokens (flash decoding); `1`: one program per token and kv head |
 | `XPULLM_PDL` | `pdl` | `1` | `0`: launch Triton kernels without programmatic dependent launch (Hopper+) |
 | `XPULLM_DEBUG` | `debug` | unset | set (not `0`): the CLI prints tracebacks, as `--debug` does |
 | `XPULLM_IPEX` | `ipex` | `1` | `0`: never use intel_extension_for_pytorch's WOQ linear, where it is installed |
@@ -46,6 +47,7 @@ ENVIRONMENT = {
     "triton_w4a8": "XPULLM_TRITON_W4A8",
     "triton_w8a8": "XPULLM_TRITON_W8A8",
     "q8_rows": "XPULLM_Q8_ROWS",
+    "paged_splits": "XPULLM_PAGED_SPLITS",
     "pdl": "XPULLM_PDL",
     "debug": "XPULLM_DEBUG",
     "ipex": "XPULLM_IPEX",
@@ -69,6 +71,7 @@ class RuntimeSettings:
     triton_w4a8: bool = False
     triton_w8a8: str = "off"  # off | fp8 | all
     q8_rows: int = 1
+    paged_splits: int = 16
     pdl: bool = True
     debug: bool = False
     ipex: bool = True
@@ -90,6 +93,9 @@ class RuntimeSettings:
             triton_w4a8=get(ENVIRONMENT["triton_w4a8"], "0") not in ("", "0"),
             triton_w8a8=(get(ENVIRONMENT["triton_w8a8"]) or "off").strip().lower(),
             q8_rows=_count(get(ENVIRONMENT["q8_rows"]), 1, ENVIRONMENT["q8_rows"]),
+            paged_splits=max(
+                1, _count(get(ENVIRONMENT["paged_splits"]), 16, ENVIRONMENT["paged_splits"], "splits")
+            ),
             pdl=get(ENVIRONMENT["pdl"], "1") != "0",
             debug=get(ENVIRONMENT["debug"], "") not in ("", "0"),
             ipex=get(ENVIRONMENT["ipex"], "1") != "0",
@@ -104,7 +110,7 @@ class RuntimeSettings:
         return Path(user_cache_dir("xpullm"))
 
 
-def _count(text: str | None, default: int, name: str) -> int:
+def _count(text: str | None, default: int, name: str, unit: str = "rows") -> int:
     """A non-negative integer setting (`default` when unset)."""
     if text is None or not text.strip():
         return default
@@ -114,7 +120,7 @@ def _count(text: str | None, default: int, name: str) -> int:
         value = -1
     if value < 0:
         raise ValueError(
-            f"{name}={text!r} must be a whole number of rows (0 or more); unset it for {default}"
+            f"{name}={text!r} must be a whole number of {unit} (0 or more); unset it for {default}"
         )
     return value
 

@@ -52,6 +52,7 @@ import triton.language as tl
 from xpullm.kernels.paged import PagedBatch, PagedLayer, kv_rotation
 from xpullm.kernels.triton.attention import _dot, _merge_splits_kernel, _softmax_step
 from xpullm.kernels.triton.pdl import launch_options, wait_for_inputs
+from xpullm.settings import runtime_settings
 
 __all__ = ["paged_attention", "supports"]
 
@@ -62,7 +63,6 @@ _MIN_GROUP_ROWS = 16  # the query-head tile is padded to a tl.dot-sized row coun
 _NUM_WARPS = 4
 _LOG2E = 1.4426950408889634
 _CODES = {"auto": 0, "bf16": 0, "int8": 1, "fp8_e4m3": 2}  # kv_cache_dtype -> the kernels' CODES
-_SPLITS = 16  # programs per (token, kv head) in steps of few tokens: a 512-column context in 64-column splits
 _SPLIT_MAX_TOKENS = 64  # larger steps run unsplit: N fills the GPU, and the partials are N x H x S x D
 
 
@@ -288,9 +288,12 @@ def _block_cols(d: int, itemsize: int) -> int:
 
 
 def _splits(n: int, columns: int, block_c: int) -> int:
-    """Programs per (token, kv head): `_SPLITS` for steps of up to `_SPLIT_MAX_TOKENS` tokens, never more than
-    the tiles of the longest context the block table holds (`columns`); 1 for larger steps."""
-    return 1 if n > _SPLIT_MAX_TOKENS else max(1, min(_SPLITS, triton.cdiv(columns, block_c)))
+    """Programs per (token, kv head): `XPULLM_PAGED_SPLITS` (16: a 512-column context in 64-column splits) for
+    steps of up to `_SPLIT_MAX_TOKENS` tokens, never more than the tiles of the longest context the block table
+    holds (`columns`); 1 for larger steps."""
+    if n > _SPLIT_MAX_TOKENS:
+        return 1
+    return max(1, min(runtime_settings().paged_splits, triton.cdiv(columns, block_c)))
 
 
 def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> torch.Tensor:

@@ -41,3 +41,11 @@ def test_q8_rows_is_a_count_with_a_clear_error() -> None:
     for bad in ("four", "-2"):
         with pytest.raises(ValueError, match=r"XPULLM_Q8_ROWS=.* must be a whole number of rows"):
             RuntimeSettings.from_env({"XPULLM_Q8_ROWS": bad})
+
+
+def test_paged_splits_is_a_count_of_at_least_one() -> None:
+    assert RuntimeSettings.from_env({}).paged_splits == 16
+    assert RuntimeSettings.from_env({"XPULLM_PAGED_SPLITS": "4"}).paged_splits == 4
+    assert RuntimeSettings.from_env({"XPULLM_PAGED_SPLITS": "0"}).paged_splits == 1  # 0: no splitting, as 1
+    with pytest.raises(ValueError, match=r"XPULLM_PAGED_SPLITS='x' must be a whole number of splits"):
+        RuntimeSettings.from_env({"XPULLM_PAGED_SPLITS": "x"})
