@@ -149,6 +149,7 @@ def _run_round(core, prompts: list[list[int]], tokens: int) -> dict:
 def engine_stage(args: argparse.Namespace, shape: Shape, device: torch.device) -> None:
     from xpullm.engine.core import EngineConfig, build_core
     from xpullm.engine.decode import FAMILIES, StaticCacheDecoder
+    from xpullm.settings import runtime_settings
 
     streams = [int(s) for s in args.streams.split(",") if s]
     top = max(streams)
@@ -160,10 +161,10 @@ def engine_stage(args: argparse.Namespace, shape: Shape, device: torch.device) -
         dec = StaticCacheDecoder(model, FAMILIES["llama"], _dtype(device), device)
         config = EngineConfig(
             max_seqs=top,
-            max_batched_tokens=max(top * PROMPT, 256),  # every level's prompts in one prefill step
-            kv_budget_tokens=top * (PROMPT + args.tokens + 16) + 64,
+            max_batched_tokens=max(top * args.prompt, 256),  # every level's prompts in one prefill step
+            kv_budget_tokens=top * (args.prompt + args.tokens + 16) + 64,
             prefix_cache=False,  # fresh random prompts each round anyway; no lookups
-            graph_buckets=tuple(sorted(set(streams) | {PROMPT})) if not args.no_graphs else (),
+            graph_buckets=tuple(sorted(set(streams) | {32})) if not args.no_graphs else (),
         )
         core = build_core(dec, word_tokenizer(shape.vocab), [], shape.max_len, config)
         if args.eager_replay and not args.no_graphs:  # CPU dry runs: the graph path's bookkeeping, no graphs
@@ -177,7 +178,7 @@ def engine_stage(args: argparse.Namespace, shape: Shape, device: torch.device) -
         for s in streams:
 
             def prompts(s: int = s, gen: torch.Generator = gen) -> list[list[int]]:
-                return torch.randint(0, shape.vocab, (s, PROMPT), generator=gen).tolist()
+                return torch.randint(0, shape.vocab, (s, args.prompt), generator=gen).tolist()
 
             t0 = time.perf_counter()
             _run_round(
@@ -195,7 +196,8 @@ def engine_stage(args: argparse.Namespace, shape: Shape, device: torch.device) -
                 "e2e_tok_s": r["tokens"] / r["wall_s"], "ttft_s": r["ttft_s"], "tokens": args.tokens,
                 "steps": core.stats().steps - steps, "graph_replays": (graphs.replays if graphs else 0) - replays,
                 "new_captures": (graphs.captures if graphs else 0) - captures, "warmup_s": warm,
-                "device": _device_name(device),
+                "device": _device_name(device), "prompt": args.prompt,
+                "paged_splits": runtime_settings().paged_splits,
             })  # fmt: skip
         del core, dec
         static_rows(args, shape, device, model, fmt, group)
@@ -231,8 +233,8 @@ def static_rows(
 
     dec = build_decoder(model, _dtype(device), device)
     for b in [int(b) for b in args.static_batches.split(",") if b]:
-        prompt = torch.randint(0, shape.vocab, (b, PROMPT), device=device)
-        logits = dec.start(prompt, torch.zeros(b, dtype=torch.long), PROMPT + args.tokens + 8)
+        prompt = torch.randint(0, shape.vocab, (b, args.prompt), device=device)
+        logits = dec.start(prompt, torch.zeros(b, dtype=torch.long), args.prompt + args.tokens + 8)
         for _ in range(3):  # tunes kernels and records the graph
             logits = dec.step(logits.argmax(-1))
         _sync(device)
@@ -437,6 +439,9 @@ def main() -> None:
     )
     ap.add_argument("--tuned-out", default=None, help="engine stage: write the tuned Triton configs here")
     ap.add_argument("--tokens", type=int, default=128, help="new tokens per stream")
+    ap.add_argument(
+        "--prompt", type=int, default=PROMPT, help="prompt tokens per stream (engine and static stages)"
+    )
     ap.add_argument("--peer", default=None, help="path to gpu_peer_decode.py (stage peer)")
     ap.add_argument("--peer-modes", default="int4,bf16")
     ap.add_argument(

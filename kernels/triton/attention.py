@@ -140,23 +140,25 @@ def _decode_attention_kernel(
 def _merge_splits_kernel(
     ws_acc_ptr, ws_ml_ptr, o_ptr, n_rows, S, D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr
 ):  # fmt: skip
-    """out[r] = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s with M = max_s m_s; one program per (row, head).
+    """out[r] = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s with M = max_s m_s; one program per (row, head),
+    all S partials loaded as one [S, D] tile.
 
-    Split 0 always holds column 0, so M is finite and an empty split (m = -inf, l = 0, acc = 0) adds exactly 0.
+    Split 0 always holds a column, so M is finite; an empty split (m = -inf) adds exactly 0, and its l and acc are
+    not read (they need not be written).
     """
     r = tl.program_id(0).to(tl.int64)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, D)
     wait_for_inputs(PDL)
     m_all = tl.load(ws_ml_ptr + offs_s * n_rows + r, mask=offs_s < S, other=float("-inf"))
-    m_max = tl.max(m_all, axis=0)
-    l_tot = 0.0
-    acc = tl.zeros([D], dtype=tl.float32)
-    for s in range(0, S):
-        w = tl.exp2(tl.load(ws_ml_ptr + s * n_rows + r) - m_max)
-        l_tot += w * tl.load(ws_ml_ptr + (S + s) * n_rows + r)
-        acc += w * tl.load(ws_acc_ptr + (s * n_rows + r) * D + offs_d)
-    tl.store(o_ptr + r * D + offs_d, (acc / l_tot).to(o_ptr.dtype.element_ty))
+    live = m_all > float("-inf")
+    w = tl.exp2(m_all - tl.max(m_all, axis=0))  # 0 for empty splits
+    l_all = tl.load(ws_ml_ptr + (S + offs_s) * n_rows + r, mask=live, other=0.0)
+    acc = tl.load(
+        ws_acc_ptr + (offs_s[:, None] * n_rows + r) * D + offs_d[None, :], mask=live[:, None], other=0.0
+    )
+    out = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * l_all, axis=0)
+    tl.store(o_ptr + r * D + offs_d, out.to(o_ptr.dtype.element_ty))
 
 
 def _check_args(

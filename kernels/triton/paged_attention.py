@@ -12,20 +12,19 @@ sequences mixed, vLLM-style varlen):
    block size: a tile may span several blocks), scores and p @ v run through `tl.dot` with fp32 accumulation,
    and the softmax is online in fp32 (exp2). Columns past pos are never loaded.
 
-Steps of at most `_SPLIT_MAX_TOKENS` tokens (decode steps, every graph-replayed bucket) split each token's columns
-over S programs ("flash decoding", grid (N, KV, S)): one (token, kv head) walking a long context tile by tile is
-latency-bound (each tile's block-table read gates its K / V loads), so at one sequence and 512 columns the unsplit
-kernel took 18 us a layer on an H100 where the static decoder's split kernel took 3.5. Split s takes the s-th
-run of `cps` columns, cps = the token's column count / S rounded up to whole tiles (computed on the device from
-its position: nothing on the host depends on it, so one graph serves every position); it stores its running max,
-sum and unnormalized output, and `attention._merge_splits_kernel` combines them in split order. S depends on the
-longest context the block table holds (never more splits than tiles), not on N; larger steps (prefill chunks,
-where N already fills the GPU) run S = 1 and store the output directly.
+Each token's columns are split over S programs ("flash decoding", grid (N, KV, S)): one (token, kv head) walking
+a long context tile by tile is latency-bound (each tile's block-table read gates its K / V loads), so at one
+sequence and 512 columns the unsplit kernel took 18 us a layer on an H100 where the static decoder's split kernel
+took 3.5. A token of c columns runs min(S, c / BLOCK_C) splits of whole tiles, computed on the device from its
+position (nothing on the host depends on it, so one graph serves every position); the other programs only mark
+their split empty. Each split stores its running max, sum and unnormalized output, and
+`attention._merge_splits_kernel` combines them in split order. S (`XPULLM_PAGED_SPLITS`, at most the tiles of the
+longest context the block table holds) never depends on N; steps of more than `_SPLIT_TOKENS` tokens launch in
+runs of that many, so the partials stay small.
 
-The second launch starts after the first has written every token's keys, so a prefill chunk's tokens see the
-chunk's earlier keys. Each program's loop depends only on its own token and S (the tile sizes depend on D and the
-dtype, never on N), so a token's result does not change with the rest of a step of up to `_SPLIT_MAX_TOKENS`
-tokens. Positions and block tables are read on the device: no host sync. `reference_paged_attention` in
+The attention launches start after the write kernel has written every token's keys, so a prefill chunk's tokens
+see the chunk's earlier keys. Each program's loop depends only on its own token (S and the tile sizes depend on D,
+the dtype and the table, never on N), so a token's result does not change with the rest of the batch. Positions and block tables are read on the device: no host sync. `reference_paged_attention` in
 `xpullm.kernels.paged` is the twin.
 
 8-bit pools (`kv_cache_dtype` "int8" or "fp8_e4m3"): the write kernel stores each k / v head vector as codes with
@@ -63,7 +62,9 @@ _MIN_GROUP_ROWS = 16  # the query-head tile is padded to a tl.dot-sized row coun
 _NUM_WARPS = 4
 _LOG2E = 1.4426950408889634
 _CODES = {"auto": 0, "bf16": 0, "int8": 1, "fp8_e4m3": 2}  # kv_cache_dtype -> the kernels' CODES
-_SPLIT_MAX_TOKENS = 64  # larger steps run unsplit: N fills the GPU, and the partials are N x H x S x D
+_SPLIT_TOKENS = (
+    64  # tokens per attention launch when split: bounds the partials (tokens x H x S x (D + 2) fp32)
+)
 
 
 def supports(d: int, h: int, kv: int, dtype: torch.dtype) -> bool:
@@ -220,8 +221,8 @@ def _paged_attention_kernel(
         sink_end = tl.minimum(sinks, lo)
     start = lo
     end = pos + 1
-    if SPLITS > 1:  # this split's run of whole tiles of lo..pos; the sinks go with split 0
-        cps = tl.maximum(tl.cdiv(tl.cdiv(end - lo, SPLITS), BLOCK_C), 1) * BLOCK_C
+    if SPLITS > 1:  # this split's run of whole tiles of lo..pos (at least one); the sinks go with split 0
+        cps = tl.cdiv(tl.cdiv(end - lo, SPLITS), BLOCK_C) * BLOCK_C
         start = lo + split * cps
         end = tl.minimum(start + cps, end)
         sink_end = tl.where(split == 0, sink_end, 0)
@@ -244,11 +245,12 @@ def _paged_attention_kernel(
     if SPLITS == 1:
         tl.store(o_ptr + (n * (KV * G) + heads[:, None]) * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
                  mask=g_ok[:, None])  # fmt: skip
-    else:
+    else:  # an empty split stores only m = -inf: the merge reads no l or acc of it
         row = split * n_rows + n * (KV * G) + heads
-        tl.store(ws_acc_ptr + row[:, None] * D + offs_d[None, :], out, mask=g_ok[:, None])
         tl.store(ws_ml_ptr + row, m_i, mask=g_ok)
-        tl.store(ws_ml_ptr + SPLITS * n_rows + row, l_i, mask=g_ok)
+        if start < end:
+            tl.store(ws_acc_ptr + row[:, None] * D + offs_d[None, :], out, mask=g_ok[:, None])
+            tl.store(ws_ml_ptr + SPLITS * n_rows + row, l_i, mask=g_ok)
 
 
 @triton.jit
@@ -287,12 +289,9 @@ def _block_cols(d: int, itemsize: int) -> int:
     return min(max(16384 // (d * itemsize), 16), 64)
 
 
-def _splits(n: int, columns: int, block_c: int) -> int:
-    """Programs per (token, kv head): `XPULLM_PAGED_SPLITS` (16: a 512-column context in 64-column splits) for
-    steps of up to `_SPLIT_MAX_TOKENS` tokens, never more than the tiles of the longest context the block table
-    holds (`columns`); 1 for larger steps."""
-    if n > _SPLIT_MAX_TOKENS:
-        return 1
+def _splits(columns: int, block_c: int) -> int:
+    """Programs per (token, kv head): `XPULLM_PAGED_SPLITS` (16: a 512-column context in 64-column splits), never
+    more than the tiles of the longest context the block table holds (`columns`). Independent of N."""
     return max(1, min(runtime_settings().paged_splits, triton.cdiv(columns, block_c)))
 
 
@@ -338,24 +337,28 @@ def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> 
     g = h // kv
     block_c = _block_cols(d, q_buf.element_size())
     # The longest context a token can attend: the table's columns (a window: the window and the sinks).
-    columns = block_tables.shape[1] * bs if not window else window + sinks
-    splits = _splits(n, columns, block_c)
-    rows = n * h
+    splits = _splits(block_tables.shape[1] * bs if not window else window + sinks, block_c)
+    run = n if splits == 1 else _SPLIT_TOKENS
     if splits > 1:
+        rows = min(n, run) * h
         ws = torch.empty(splits * rows * (d + 2), dtype=torch.float32, device=qkv.device)
         ws_acc, ws_ml = ws[: splits * rows * d], ws[splits * rows * d :]
-    else:
-        ws_acc = ws_ml = out  # not read: the programs store the output directly
-    _paged_attention_kernel[(n, kv, splits)](
-        q_buf, k_pool, v_pool, ks, vs, positions, seq_index, block_tables, out, rot_arg, ws_acc, ws_ml,
-        float(scale) * _LOG2E, block_tables.stride(0), window, sinks, sink_cols, ring, rows,
-        *k_pool.stride(), *v_pool.stride(),
-        KV=kv, G=g, D=d, BS=bs, BLOCK_G=max(_MIN_GROUP_ROWS, triton.next_power_of_2(g)),
-        BLOCK_C=block_c, DOT_F32=_INTERPRET, IEEE=q_buf.dtype == torch.float32,
-        CODES=codes, WINDOW=window > 0, ROT=rot is not None, SPLITS=splits, num_warps=_NUM_WARPS, **opts,
-    )  # fmt: skip
-    if splits > 1:
-        _merge_splits_kernel[(rows,)](
-            ws_acc, ws_ml, out, rows, splits, D=d, BLOCK_S=triton.next_power_of_2(splits), num_warps=1, **opts
+    for t0 in range(0, n, run):  # one launch unless split: then runs of _SPLIT_TOKENS tokens
+        t1 = min(n, t0 + run)
+        rows = (t1 - t0) * h
+        o = out[t0:t1]
+        if splits == 1:
+            ws_acc = ws_ml = o  # not read: the programs store the output directly
+        _paged_attention_kernel[(t1 - t0, kv, splits)](
+            q_buf[t0:t1], k_pool, v_pool, ks, vs, positions[t0:t1], seq_index[t0:t1], block_tables, o, rot_arg,
+            ws_acc, ws_ml, float(scale) * _LOG2E, block_tables.stride(0), window, sinks, sink_cols, ring, rows,
+            *k_pool.stride(), *v_pool.stride(),
+            KV=kv, G=g, D=d, BS=bs, BLOCK_G=max(_MIN_GROUP_ROWS, triton.next_power_of_2(g)),
+            BLOCK_C=block_c, DOT_F32=_INTERPRET, IEEE=q_buf.dtype == torch.float32,
+            CODES=codes, WINDOW=window > 0, ROT=rot is not None, SPLITS=splits, num_warps=_NUM_WARPS, **opts,
         )  # fmt: skip
+        if splits > 1:
+            _merge_splits_kernel[(rows,)](
+                ws_acc, ws_ml, o, rows, splits, D=d, BLOCK_S=triton.next_power_of_2(splits), num_warps=4, **opts
+            )  # fmt: skip
     return out
