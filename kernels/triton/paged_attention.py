@@ -20,7 +20,9 @@ position (nothing on the host depends on it, so one graph serves every position)
 their split empty. Each split stores its running max, sum and unnormalized output, and
 `attention._merge_splits_kernel` combines them in split order. S (`XPULLM_PAGED_SPLITS`, at most the tiles of the
 longest context the block table holds) never depends on N; steps of more than `_SPLIT_TOKENS` tokens launch in
-runs of that many, so the partials stay small.
+runs of that many, so the partials stay small. How many programs compute a token's S splits does follow N (about
+four programs per multiprocessor in all, each looping over its splits): at 16 sequences of short context, a
+program per split cost 8% of the step in mostly-empty programs.
 
 The attention launches start after the write kernel has written every token's keys, so a prefill chunk's tokens
 see the chunk's earlier keys. Each program's loop depends only on its own token (S and the tile sizes depend on D,
@@ -49,7 +51,7 @@ import triton
 import triton.language as tl
 
 from xpullm.kernels.paged import PagedBatch, PagedLayer, kv_rotation
-from xpullm.kernels.triton.attention import _dot, _merge_splits_kernel, _softmax_step
+from xpullm.kernels.triton.attention import _device_limits, _dot, _merge_splits_kernel, _softmax_step
 from xpullm.kernels.triton.pdl import launch_options, wait_for_inputs
 from xpullm.settings import runtime_settings
 
@@ -183,7 +185,7 @@ def _paged_write_kernel(
 @triton.jit
 def _paged_attention_kernel(
     q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, seq_ptr, table_ptr, o_ptr, rot_ptr, ws_acc_ptr, ws_ml_ptr,
-    qk_scale, stride_t, window, sinks, sink_cols, ring, n_rows,
+    qk_scale, stride_t, window, sinks, sink_cols, ring, n_rows, programs,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
     KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
@@ -191,15 +193,16 @@ def _paged_attention_kernel(
     CODES: tl.constexpr, WINDOW: tl.constexpr, PDL: tl.constexpr, ROT: tl.constexpr, SPLITS: tl.constexpr,
 ):  # fmt: skip
     """Attention of the G query heads of one (token, kv head) over columns 0..pos of the token's sequence, or
-    (SPLITS > 1) over split program_id(2)'s run of them: then it stores its running max m and sum l (exp2 domain)
-    and unnormalized output in the workspace (acc [S, N * H, D], m and l [2, S, N * H], as the merge reads them);
-    an empty split leaves m = -inf, l = 0, acc = 0. Split 0 always holds the first column (and the sinks).
+    (SPLITS > 1) over splits program_id(2), + `programs`, ... of them: for each it stores the running max m and sum
+    l (exp2 domain) and unnormalized output in the workspace (acc [S, N * H, D], m and l [2, S, N * H], as the
+    merge reads them); an empty split stores m = -inf only. Split 0 always holds the first column (and the sinks).
+    Which program computes a split never changes its result, so `programs` may follow N.
     CODES != 0: k and v tiles are 8-bit codes, turned into q's dtype times their per-slot scales in registers.
     ROT: q, k and v are in the pools' rotated basis; the output is turned back by R (at rot_ptr, R R = I; a
     split's partial output is turned before the merge, which is linear in it)."""
     n = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
-    split = tl.program_id(2)
+    first = tl.program_id(2)
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, D)
     g_ok = offs_g < G
@@ -211,21 +214,58 @@ def _paged_attention_kernel(
     table = table_ptr + seq * stride_t
     k_base = k_ptr + j * stride_kh
     v_base = v_ptr + j * stride_vh
-    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_G, D], dtype=tl.float32)
     lo = 0
     sink_end = 0
     if WINDOW:
         lo = tl.maximum(pos - window + 1, 0)
         sink_end = tl.minimum(sinks, lo)
-    start = lo
-    end = pos + 1
-    if SPLITS > 1:  # this split's run of whole tiles of lo..pos (at least one); the sinks go with split 0
-        cps = tl.cdiv(tl.cdiv(end - lo, SPLITS), BLOCK_C) * BLOCK_C
-        start = lo + split * cps
-        end = tl.minimum(start + cps, end)
-        sink_end = tl.where(split == 0, sink_end, 0)
+    if ROT:
+        r = tl.load(rot_ptr + offs_d[:, None] * D + offs_d[None, :])
+    if SPLITS == 1:
+        m_i, l_i, acc = _attend_span(
+            q, k_base, v_base, ks_ptr, vs_ptr, table, sink_end, lo, pos + 1, j,
+            qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+            KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW,
+        )  # fmt: skip
+        out = acc / l_i[:, None]
+        if ROT:
+            out = _dot(out, r, tl.zeros([BLOCK_G, D], dtype=tl.float32), DOT_F32, True)
+        tl.store(o_ptr + (n * (KV * G) + heads[:, None]) * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
+                 mask=g_ok[:, None])  # fmt: skip
+    else:
+        # Split s takes the s-th run of cps columns of lo..pos (whole tiles, at least one; the sinks go with
+        # split 0); this program takes splits first, first + programs, ...
+        cps = tl.cdiv(tl.cdiv(pos + 1 - lo, SPLITS), BLOCK_C) * BLOCK_C
+        for split in range(first, SPLITS, programs):
+            start = lo + split * cps
+            end = tl.minimum(start + cps, pos + 1)
+            m_i, l_i, acc = _attend_span(
+                q, k_base, v_base, ks_ptr, vs_ptr, table, tl.where(split == 0, sink_end, 0), start, end, j,
+                qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+                KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW,
+            )  # fmt: skip
+            if ROT:
+                acc = _dot(acc, r, tl.zeros([BLOCK_G, D], dtype=tl.float32), DOT_F32, True)
+            row = split * n_rows + n * (KV * G) + heads
+            tl.store(
+                ws_ml_ptr + row, m_i, mask=g_ok
+            )  # an empty split: m = -inf only; the merge reads no more
+            if start < end:
+                tl.store(ws_acc_ptr + row[:, None] * D + offs_d[None, :], acc, mask=g_ok[:, None])
+                tl.store(ws_ml_ptr + SPLITS * n_rows + row, l_i, mask=g_ok)
+
+
+@triton.jit
+def _attend_span(
+    q, k_base, v_base, ks_ptr, vs_ptr, table, sink_end, start, end, j,
+    qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+    KV: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr,
+    DOT_F32: tl.constexpr, IEEE: tl.constexpr, CODES: tl.constexpr, WINDOW: tl.constexpr,
+):  # fmt: skip
+    """(m, l, acc) of the online softmax over columns [0, sink_end) and [start, end) (either may be empty)."""
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, D], dtype=tl.float32)
     for c0 in range(0, sink_end, BLOCK_C):  # the sinks (empty without a window)
         m_i, l_i, acc = _attend_tile(
             q, k_base, v_base, ks_ptr, vs_ptr, table, c0 + tl.arange(0, BLOCK_C), sink_end - 1, m_i, l_i, acc, j,
@@ -238,19 +278,7 @@ def _paged_attention_kernel(
             qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
             KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW,
         )  # fmt: skip
-    out = acc / l_i[:, None] if SPLITS == 1 else acc
-    if ROT:
-        r = tl.load(rot_ptr + offs_d[:, None] * D + offs_d[None, :])
-        out = _dot(out, r, tl.zeros([BLOCK_G, D], dtype=tl.float32), DOT_F32, True)
-    if SPLITS == 1:
-        tl.store(o_ptr + (n * (KV * G) + heads[:, None]) * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
-                 mask=g_ok[:, None])  # fmt: skip
-    else:  # an empty split stores only m = -inf: the merge reads no l or acc of it
-        row = split * n_rows + n * (KV * G) + heads
-        tl.store(ws_ml_ptr + row, m_i, mask=g_ok)
-        if start < end:
-            tl.store(ws_acc_ptr + row[:, None] * D + offs_d[None, :], out, mask=g_ok[:, None])
-            tl.store(ws_ml_ptr + SPLITS * n_rows + row, l_i, mask=g_ok)
+    return m_i, l_i, acc
 
 
 @triton.jit
@@ -293,6 +321,13 @@ def _splits(columns: int, block_c: int) -> int:
     """Programs per (token, kv head): `XPULLM_PAGED_SPLITS` (16: a 512-column context in 64-column splits), never
     more than the tiles of the longest context the block table holds (`columns`). Independent of N."""
     return max(1, min(runtime_settings().paged_splits, triton.cdiv(columns, block_c)))
+
+
+def _split_programs(tokens: int, kv: int, splits: int, device: torch.device) -> int:
+    """Programs per (token, kv head) that compute its `splits` splits: about four per multiprocessor in all, so a
+    step of many tokens does not launch a program per mostly-empty split (their results do not depend on it)."""
+    sms, _ = _device_limits(device)
+    return max(1, min(splits, triton.cdiv(4 * sms, tokens * kv)))
 
 
 def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> torch.Tensor:
@@ -349,9 +384,11 @@ def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> 
         o = out[t0:t1]
         if splits == 1:
             ws_acc = ws_ml = o  # not read: the programs store the output directly
-        _paged_attention_kernel[(t1 - t0, kv, splits)](
+        programs = _split_programs(t1 - t0, kv, splits, qkv.device)
+        _paged_attention_kernel[(t1 - t0, kv, programs)](
             q_buf[t0:t1], k_pool, v_pool, ks, vs, positions[t0:t1], seq_index[t0:t1], block_tables, o, rot_arg,
             ws_acc, ws_ml, float(scale) * _LOG2E, block_tables.stride(0), window, sinks, sink_cols, ring, rows,
+            programs,
             *k_pool.stride(), *v_pool.stride(),
             KV=kv, G=g, D=d, BS=bs, BLOCK_G=max(_MIN_GROUP_ROWS, triton.next_power_of_2(g)),
             BLOCK_C=block_c, DOT_F32=_INTERPRET, IEEE=q_buf.dtype == torch.float32,
