@@ -1,33 +1,35 @@
 """Paged attention on GPUs (CUDA, XPU): the Triton path of `xpullm.kernels.paged.paged_attention`.
 
-Two kernels per layer and step, over the step's N flattened tokens (prefill chunks and decode tokens of many
+Three kernels per layer and step, over the step's N flattened tokens (prefill chunks and decode tokens of many
 sequences mixed, vLLM-style varlen):
 
 1. `_paged_write_kernel`, grid (N, H + 2 KV): one head vector each - q heads normalized (Qwen3's q_norm, optional)
    and rotated into a small q buffer, k heads normalized and rotated into their pool slot, v heads copied into
    theirs. Math in fp32, rounded once to the pools' dtype.
-2. `_paged_attention_kernel`, grid (N, KV): one token and one kv head, with the G query heads that share it as one
-   [G, D] tile (GQA), so the keys are read once per kv head. It walks columns 0..pos of the token's own sequence
+2. `_paged_attention_kernel`, grid (N, KV, P): one token and one kv head, with the G query heads that share it as
+   one [G, D] tile (GQA), so the keys are read once per kv head. It walks columns of the token's own sequence
    BLOCK_C at a time; each column's physical slot comes from the block table (`table[col // block_size]`, any
    block size: a tile may span several blocks), scores and p @ v run through `tl.dot` with fp32 accumulation,
    and the softmax is online in fp32 (exp2). Columns past pos are never loaded.
+3. `attention._merge_splits_kernel`, grid (N H): the token's split results into its output (below).
 
-Each token's columns are split over S programs ("flash decoding", grid (N, KV, S)): one (token, kv head) walking
-a long context tile by tile is latency-bound (each tile's block-table read gates its K / V loads), so at one
-sequence and 512 columns the unsplit kernel took 18 us a layer on an H100 where the static decoder's split kernel
-took 3.5. A token of c columns runs min(S, c / BLOCK_C) splits of whole tiles, computed on the device from its
-position (nothing on the host depends on it, so one graph serves every position); the other programs only mark
-their split empty. Each split stores its running max, sum and unnormalized output, and
-`attention._merge_splits_kernel` combines them in split order. S (`XPULLM_PAGED_SPLITS`, at most the tiles of the
-longest context the block table holds) never depends on N; steps of more than `_SPLIT_TOKENS` tokens launch in
-runs of that many, so the partials stay small. How many programs compute a token's S splits does follow N (about
-four programs per multiprocessor in all, each looping over its splits): at 16 sequences of short context, a
-program per split cost 8% of the step in mostly-empty programs.
+Each token's columns 0..pos are split S ways ("flash decoding"). One program walking a long context tile by tile is
+latency-bound (each tile's block-table read gates its K / V loads): at one sequence and 512 columns the unsplit
+kernel took 18.4 us a layer on an H100, 0.59 ms of a 2.6 ms int4 step; split, 4.9 us plus 2.5 for the merge. Split
+s takes the s-th run of cps = ceil((pos + 1) / S) columns rounded up to whole tiles, computed on the device from
+the position (nothing on the host depends on it, so one graph serves every position); a short context leaves the
+later splits empty, and those only mark themselves so. Each split stores its running max, sum and unnormalized
+output; `attention._merge_splits_kernel` combines them in split order. S (`XPULLM_PAGED_SPLITS`, at most the tiles
+of the longest context the block table holds) never depends on N. The P programs of a (token, kv head) take its
+splits in turn (split p, p + P, ...): P follows N, about four programs per multiprocessor in all, because at 16
+sequences of short context a program per split cost 8% of the step in empty programs; which program computes a
+split does not change its result. Steps of more than `_SPLIT_TOKENS` tokens launch in runs of that many, so the
+partials stay small.
 
 The attention launches start after the write kernel has written every token's keys, so a prefill chunk's tokens
-see the chunk's earlier keys. Each program's loop depends only on its own token (S and the tile sizes depend on D,
-the dtype and the table, never on N), so a token's result does not change with the rest of the batch. Positions and block tables are read on the device: no host sync. `reference_paged_attention` in
-`xpullm.kernels.paged` is the twin.
+see the chunk's earlier keys. A token's result depends only on its own columns, S and the tile sizes (which depend
+on D, the dtype and the table, never on N), so it does not change with the rest of the batch. Positions and block
+tables are read on the device: no host sync. `reference_paged_attention` in `xpullm.kernels.paged` is the twin.
 
 8-bit pools (`kv_cache_dtype` "int8" or "fp8_e4m3"): the write kernel stores each k / v head vector as codes with
 one fp32 scale (int8: max|x| / 127, round half to even; e4m3: max|x| / 448, rounded to nearest even by the
