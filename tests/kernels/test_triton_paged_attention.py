@@ -166,7 +166,7 @@ def test_split_columns_match_the_twin_and_the_one_program_result(
     ).to(DEVICE)
     columns = world.tables.shape[1] * 16 if not window else window + sinks
     assert kernel_module._splits(columns, 64) > 1
-    if INTERPRET:  # 64 multiprocessors assumed: a 64-token launch's programs take two of the three splits each
+    if INTERPRET:  # 64 multiprocessors assumed: each program of a 64-token launch takes two of the 3 splits
         assert kernel_module._split_programs(64, 2, 3, DEVICE) == 2
     split, _ = run(world, SPLIT_SCHEDULE, paged_attention, window, sinks)
     want, _ = run(world, SPLIT_SCHEDULE, reference_paged_attention, window, sinks)
