@@ -24,6 +24,7 @@ import dataclasses
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -157,34 +158,31 @@ def profile(fmt: str, group: int | None, layers: int, tokens: int, batch: int, t
     return out
 
 
-@torch.no_grad()
-def profile_engine(fmt: str, group: int | None, layers: int, tokens: int, batch: int, top: int) -> list[str]:
-    """Markdown lines for one format decoded by `xpullm.engine` (CUDA-graph steps, `gd.build_engine`)."""
-    dec = gd.build_engine(fmt, group, layers)
-    prompt = torch.randint(0, gd.V, (batch, 32), device=gd.DEV)
-    logits = dec.start(prompt, torch.zeros(batch, dtype=torch.long), 32 + tokens + 16)
+def _step_report(
+    step: Callable[[], object], tokens: int, top: int, batch: int, title: str, how: str
+) -> list[str]:
+    """Markdown lines (also printed) for a decode step: its median wall time over `tokens` synchronised calls (after
+    three warm-ups) and the kernels five profiled calls ran, per step."""
     for _ in range(3):
-        logits = dec.step(logits.argmax(-1))
+        step()
     times = []
     for _ in range(tokens):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        logits = dec.step(logits.argmax(-1))
+        step()
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     step_ms = sorted(times)[len(times) // 2] * 1e3
     steps = 5
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            logits = dec.step(logits.argmax(-1))
+            step()
         torch.cuda.synchronize()
     gpu_ms, rows = _kernel_table(prof, steps, top)
-    label = fmt if group is None else f"{fmt} g{group}"
     out = [
-        f"### xpullm engine, {label}, batch {batch}",
+        f"### {title}",
         "",
-        f"step {step_ms:.3f} ms ({batch * 1e3 / step_ms:.1f} tok/s, synchronised); profiled kernels "
-        f"{gpu_ms:.3f} ms/step",
+        f"step {step_ms:.3f} ms ({batch * 1e3 / step_ms:.1f} tok/s, {how}); profiled kernels {gpu_ms:.3f} ms/step",
         "",
         "| kernel | us/step | calls/step |",
         "|---|---|---|",
@@ -192,9 +190,22 @@ def profile_engine(fmt: str, group: int | None, layers: int, tokens: int, batch:
         "",
     ]
     print("\n".join(out), flush=True)
-    del dec
-    torch.cuda.empty_cache()
     return out
+
+
+@torch.no_grad()
+def profile_engine(fmt: str, group: int | None, layers: int, tokens: int, batch: int, top: int) -> list[str]:
+    """Markdown lines for one format decoded by `xpullm.engine` (CUDA-graph steps, `gd.build_engine`)."""
+    dec = gd.build_engine(fmt, group, layers)
+    prompt = torch.randint(0, gd.V, (batch, 32), device=gd.DEV)
+    logits = dec.start(prompt, torch.zeros(batch, dtype=torch.long), 32 + tokens + 16)
+    state = [logits]
+
+    def step() -> None:
+        state[0] = dec.step(state[0].argmax(-1))
+
+    label = fmt if group is None else f"{fmt} g{group}"
+    return _step_report(step, tokens, top, batch, f"xpullm engine, {label}, batch {batch}", "synchronised")
 
 
 @torch.no_grad()
@@ -228,38 +239,9 @@ def profile_runner(fmt: str, group: int | None, layers: int, tokens: int, batch:
         pos += 1
         return out
 
-    for _ in range(3):
-        step()
-    times = []
-    for _ in range(tokens):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    step_ms = sorted(times)[len(times) // 2] * 1e3
-    steps = 5
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            step()
-        torch.cuda.synchronize()
-    gpu_ms, rows = _kernel_table(prof, steps, top)
     label = fmt if group is None else f"{fmt} g{group}"
-    out = [
-        f"### engine ModelRunner (paged, graph bucket {batch}), {label}, {batch} sequences",
-        "",
-        f"step {step_ms:.3f} ms ({batch * 1e3 / step_ms:.1f} tok/s, synchronised, logits read back); profiled "
-        f"kernels {gpu_ms:.3f} ms/step",
-        "",
-        "| kernel | us/step | calls/step |",
-        "|---|---|---|",
-        *(f"| `{n}` | {us:.1f} | {c} |" for n, us, c in rows),
-        "",
-    ]
-    print("\n".join(out), flush=True)
-    del core, dec, model
-    torch.cuda.empty_cache()
-    return out
+    title = f"engine ModelRunner (paged, graph bucket {batch}), {label}, {batch} sequences"
+    return _step_report(step, tokens, top, batch, title, "synchronised, logits read back")
 
 
 def main() -> None:
@@ -282,6 +264,7 @@ def main() -> None:
         fmt, _, group = spec.partition(":")
         fn = profile_runner if args.runner else profile_engine if args.engine else profile
         lines += fn(fmt, int(group) if group else None, args.layers, args.tokens, args.batch, args.top)
+        torch.cuda.empty_cache()  # the format's model went with its profile function's frame
         if args.out:
             args.out.write_text("\n".join(lines) + "\n")
 
