@@ -2,7 +2,8 @@
 
 The interpreter tests (`test_triton_paged_attention.py`) check the kernels' numbers but not that Triton's compiler
 accepts them; this compiles both kernels ahead of time for CUDA sm_90 through ptxas (shipped in Triton's wheel),
-for bf16 pools with Qwen3's norms and for int8 and fp8 e4m3 pools (the latter in the rotated basis), and checks that the attention runs on tensor cores (`mma`).
+for bf16 pools with Qwen3's norms and for int8 and fp8 e4m3 pools (the latter in the rotated basis), unsplit and
+split (with the merge of the splits), and checks that the attention runs on tensor cores (`mma`).
 Skipped under TRITON_INTERPRET=1 (the kernels are interpreted functions then) or without Triton's CUDA backend.
 """
 
@@ -73,14 +74,28 @@ def test_paged_kernels_compile_for_sm90(act: str, pool: str, window: bool, d: in
          "ROT": rot},
         warps=1,
     )  # fmt: skip
-    attend = _compile(
-        paged._paged_attention_kernel,
-        {**common, "q_ptr": f"*{act}", "k_ptr": f"*{pool}", "v_ptr": f"*{pool}", "o_ptr": f"*{act}"},
-        {
-            "KV": 3, "G": 3, "D": d, "BS": 16, "BLOCK_G": 16, "BLOCK_C": paged._block_cols(d, 2),
-            "DOT_F32": False, "IEEE": False, "CODES": codes, "WINDOW": window, "PDL": True, "ROT": rot,
-        },
+    assert write.asm["cubin"]
+    for splits in (
+        1,
+        16,
+    ):  # one program per token and kv head; the split programs (their partials, then a merge)
+        attend = _compile(
+            paged._paged_attention_kernel,
+            {**common, "q_ptr": f"*{act}", "k_ptr": f"*{pool}", "v_ptr": f"*{pool}", "o_ptr": f"*{act}",
+             "ws_acc_ptr": "*fp32", "ws_ml_ptr": "*fp32", "n_rows": "i32", "programs": "i32"},
+            {
+                "KV": 3, "G": 3, "D": d, "BS": 16, "BLOCK_G": 16, "BLOCK_C": paged._block_cols(d, 2),
+                "DOT_F32": False, "IEEE": False, "CODES": codes, "WINDOW": window, "PDL": True, "ROT": rot,
+                "SPLITS": splits,
+            },
+            warps=4,
+        )  # fmt: skip
+        assert attend.asm["cubin"]
+        assert "mma" in attend.asm["ptx"], "the scores and p @ v should run on tensor cores"
+    merge = _compile(
+        paged._merge_splits_kernel,
+        {"ws_acc_ptr": "*fp32", "ws_ml_ptr": "*fp32", "o_ptr": f"*{act}", "n_rows": "i32", "S": "i32"},
+        {"D": d, "BLOCK_S": 16, "PDL": True},
         warps=4,
-    )  # fmt: skip
-    assert write.asm["cubin"] and attend.asm["cubin"]
-    assert "mma" in attend.asm["ptx"], "the scores and p @ v should run on tensor cores"
+    )
+    assert merge.asm["cubin"]
