@@ -221,8 +221,6 @@ def _paged_attention_kernel(
     if WINDOW:
         lo = tl.maximum(pos - window + 1, 0)
         sink_end = tl.minimum(sinks, lo)
-    if ROT:
-        r = tl.load(rot_ptr + offs_d[:, None] * D + offs_d[None, :])
     if SPLITS == 1:
         m_i, l_i, acc = _attend_span(
             q, k_base, v_base, ks_ptr, vs_ptr, table, sink_end, lo, pos + 1, j,
@@ -231,7 +229,7 @@ def _paged_attention_kernel(
         )  # fmt: skip
         out = acc / l_i[:, None]
         if ROT:
-            out = _dot(out, r, tl.zeros([BLOCK_G, D], dtype=tl.float32), DOT_F32, True)
+            out = _turn_back(out, rot_ptr, BLOCK_G, D, DOT_F32)
         tl.store(o_ptr + (n * (KV * G) + heads[:, None]) * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
                  mask=g_ok[:, None])  # fmt: skip
     else:
@@ -246,8 +244,10 @@ def _paged_attention_kernel(
                 qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
                 KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW,
             )  # fmt: skip
-            if ROT:
-                acc = _dot(acc, r, tl.zeros([BLOCK_G, D], dtype=tl.float32), DOT_F32, True)
+            if (
+                ROT
+            ):  # loaded per split: an R held across the splits' loop took 103 KiB of shared memory, not 64
+                acc = _turn_back(acc, rot_ptr, BLOCK_G, D, DOT_F32)
             row = split * n_rows + n * (KV * G) + heads
             tl.store(
                 ws_ml_ptr + row, m_i, mask=g_ok
@@ -255,6 +255,14 @@ def _paged_attention_kernel(
             if start < end:
                 tl.store(ws_acc_ptr + row[:, None] * D + offs_d[None, :], acc, mask=g_ok[:, None])
                 tl.store(ws_ml_ptr + SPLITS * n_rows + row, l_i, mask=g_ok)
+
+
+@triton.jit
+def _turn_back(x, rot_ptr, BLOCK_G: tl.constexpr, D: tl.constexpr, DOT_F32: tl.constexpr):
+    """x [BLOCK_G, D] times R [D, D] at rot_ptr: the fp8 pools' basis back to the model's (R R = I)."""
+    offs_d = tl.arange(0, D)
+    r = tl.load(rot_ptr + offs_d[:, None] * D + offs_d[None, :])
+    return _dot(x, r, tl.zeros([BLOCK_G, D], dtype=tl.float32), DOT_F32, True)
 
 
 @triton.jit
