@@ -9,6 +9,8 @@
 #      tile and `w8a8` at 8..64 rows beside bf16 cuBLAS (~9 minutes with stage `mma`: one call) -> mma/batched.md
 #   3b. stage `prefill`: the same at 64..2048 rows, the crossover to dequantize + cuBLAS  -> mma/prefill.md
 #   4. bench/engine_gpu_session.sh (engine tests, engine vs peer at 1/8/32/64 streams; ~4.5 minutes) -> engine/
+#   4b. stage `splits`: the engine at 32- and 768-token prompts, paged attention split 16 ways vs unsplit
+#       (XPULLM_PAGED_SPLITS=1)                                                       -> engine/splits.jsonl
 #   5. bench/spec_gpu.py: speculative decoding's verify / draft costs, modelled speed-up -> spec_gpu.md
 #   6. the GPU training path's tests, then bench/finetune_gpu.py (nf4 QLoRA vs bf16 LoRA vs bitsandbytes nf4)
 #                                                                                    -> finetune_tests.txt, finetune_gpu.md
@@ -135,6 +137,19 @@ fi
 if want engine; then
   OUT="$W/engine" BUDGET_S="${ENGINE_S:-270}" bash bench/engine_gpu_session.sh
   mark engine done
+fi
+
+# The paged attention's context split (stage `splits`): the engine at short and long prompts with the default
+# split count and with XPULLM_PAGED_SPLITS=1 (the unsplit kernel), interleaved by prompt, one process each.
+if want splits; then
+  for p in ${SPLIT_PROMPTS:-32 768}; do
+    for sp in 16 1; do
+      XPULLM_PAGED_SPLITS=$sp timeout "${SPLITS_S:-120}" $P bench/engine_gpu.py --formats "${SPLIT_FORMATS:-sym_int4:128}" \
+        --streams "${SPLIT_STREAMS:-1,8,16}" --prompt "$p" --no-llm --static-batches "" \
+        --out "$W/engine/splits.jsonl" > "$W/engine/splits_p${p}_s${sp}.log" 2>&1
+    done
+  done
+  mark splits done
 fi
 
 # 3. speculative decoding's costs on the GPU (issue 22): verified rows and layer-skipped drafts, modelled speed-up.
