@@ -10,7 +10,7 @@
 #   3b. stage `prefill`: the same at 64..2048 rows, the crossover to dequantize + cuBLAS  -> mma/prefill.md
 #   4. bench/engine_gpu_session.sh (engine tests, engine vs peer at 1/8/32/64 streams; ~4.5 minutes) -> engine/
 #   4b. stage `splits`: the engine at 32- and 768-token prompts, paged attention split 16 ways vs unsplit
-#       (XPULLM_PAGED_SPLITS=1)                                                       -> engine/splits.jsonl
+#       (XPULLM_PAGED_SPLITS=1)                                            -> engine/splits.jsonl, splits.md
 #   5. bench/spec_gpu.py: speculative decoding's verify / draft costs, modelled speed-up -> spec_gpu.md
 #   6. the GPU training path's tests, then bench/finetune_gpu.py (nf4 QLoRA vs bf16 LoRA vs bitsandbytes nf4)
 #                                                                                    -> finetune_tests.txt, finetune_gpu.md
@@ -149,6 +149,7 @@ if want splits; then
         --out "$W/engine/splits.jsonl" > "$W/engine/splits_p${p}_s${sp}.log" 2>&1
     done
   done
+  $P bench/engine_gpu.py --summarize "$W/engine/splits.jsonl" --md "$W/engine/splits.md" > /dev/null 2>&1
   mark splits done
 fi
 

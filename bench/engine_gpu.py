@@ -381,10 +381,36 @@ def peer_stage(args: argparse.Namespace, shape: Shape, device: torch.device) -> 
             torch.cuda.empty_cache()
 
 
+def _splits_table(rows: list[dict], md_path: str | None) -> str:
+    """Engine rows of several prompt lengths / paged-attention split counts (`device_session.sh` stage `splits`):
+    tok/s per (format, prompt, streams), one column per split count, and the default's gain over unsplit."""
+    engine = [r for r in rows if r["stage"] == "engine"]
+    splits = sorted({r.get("paged_splits") for r in engine}, key=lambda v: -(v or 0))
+    cell = {(r["format"], r.get("prompt"), r["streams"], r.get("paged_splits")): r["tok_s"] for r in engine}
+    device = next((r["device"] for r in engine), "?")
+    lines = [
+        f"Device: {device}. Engine decode tok/s aggregate over all streams, by `XPULLM_PAGED_SPLITS`.",
+        "",
+        "| format | prompt | streams | " + " | ".join(f"splits {v}" for v in splits) + " | first / last |",
+        "|---|---:|---:|" + "---:|" * (len(splits) + 1),
+    ]
+    for fmt, prompt, streams in sorted({k[:3] for k in cell}, key=lambda k: (k[0], k[1] or 0, k[2])):
+        values = [cell.get((fmt, prompt, streams, v)) for v in splits]
+        gain = f"{values[0] / values[-1]:.2f}x" if values[0] and values[-1] else "-"
+        shown = " | ".join(f"{v:.1f}" if v else "-" for v in values)
+        lines.append(f"| {fmt} | {prompt} | {streams} | {shown} | {gain} |")
+    text = "\n".join(lines) + "\n"
+    if md_path:
+        Path(md_path).write_text(text)
+    return text
+
+
 def summarize(rows_path: str, md_path: str | None) -> str:
     """A markdown table: per format and streams, engine vs peer tok/s, scaling over one stream, and the engine's
     single stream vs the static decoder's."""
     rows = [json.loads(line) for line in Path(rows_path).read_text().splitlines() if line.strip()]
+    if len({(r.get("prompt"), r.get("paged_splits")) for r in rows if r["stage"] == "engine"}) > 1:
+        return _splits_table(rows, md_path)
     engine = {(r["format"], r["streams"]): r for r in rows if r["stage"] == "engine"}
     static = {(r["format"], r["streams"]): r for r in rows if r["stage"] == "static"}
     peer = {(r["peer_of"], r["streams"]): r for r in rows if r["stage"] == "peer"}
