@@ -244,14 +244,12 @@ def _paged_attention_kernel(
                 qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
                 KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW,
             )  # fmt: skip
-            if (
-                ROT
-            ):  # loaded per split: an R held across the splits' loop took 103 KiB of shared memory, not 64
+            # R loaded per split: one held across the loop took 103 KiB of shared memory at D = 128, not 78.
+            if ROT:
                 acc = _turn_back(acc, rot_ptr, BLOCK_G, D, DOT_F32)
             row = split * n_rows + n * (KV * G) + heads
-            tl.store(
-                ws_ml_ptr + row, m_i, mask=g_ok
-            )  # an empty split: m = -inf only; the merge reads no more
+            # An empty split stores m = -inf only: the merge reads nothing more of it.
+            tl.store(ws_ml_ptr + row, m_i, mask=g_ok)
             if start < end:
                 tl.store(ws_acc_ptr + row[:, None] * D + offs_d[None, :], acc, mask=g_ok[:, None])
                 tl.store(ws_ml_ptr + SPLITS * n_rows + row, l_i, mask=g_ok)
