@@ -3,9 +3,9 @@
 A Llama-3-8B-shaped transformers model with random weights (32 layers, d 4096, ffn 14336, 32/8 heads, vocab
 128256), quantized by `optimize_model` (e.g. sym_int4 g128) or kept in bf16, served by the engine the way `LLM`
 builds it (`build_core`: paged KV pools, Triton paged attention, steps of <= 64 tokens replayed from CUDA graphs).
-Each level submits S greedy requests at once (32 random prompt ids each, `--tokens` new tokens, EOS off); the
-engine's token budget admits them all in one prefill step, so every decode step carries exactly S tokens (graph
-bucket S). Reported per level: decode tok/s aggregate (S x (tokens - 1) over the time from the last first token to
+Each level submits S greedy requests at once (`--prompt` random prompt ids each, 32 by default; `--tokens` new
+tokens, EOS off); the engine's token budget admits them all in one prefill step, so every decode step carries
+exactly S tokens (graph bucket S). Reported per level: decode tok/s aggregate (S x (tokens - 1) over the time from the last first token to
 the last token), step ms, and end-to-end tok/s (prefill included). A warm-up round at the same S captures the
 graph and tunes the kernels first.
 
@@ -164,7 +164,7 @@ def engine_stage(args: argparse.Namespace, shape: Shape, device: torch.device) -
             max_batched_tokens=max(top * args.prompt, 256),  # every level's prompts in one prefill step
             kv_budget_tokens=top * (args.prompt + args.tokens + 16) + 64,
             prefix_cache=False,  # fresh random prompts each round anyway; no lookups
-            graph_buckets=tuple(sorted(set(streams) | {32})) if not args.no_graphs else (),
+            graph_buckets=tuple(sorted(set(streams) | {PROMPT})) if not args.no_graphs else (),
         )
         core = build_core(dec, word_tokenizer(shape.vocab), [], shape.max_len, config)
         if args.eager_replay and not args.no_graphs:  # CPU dry runs: the graph path's bookkeeping, no graphs

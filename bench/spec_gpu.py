@@ -114,7 +114,7 @@ def measure(args: argparse.Namespace, spec: str, device: torch.device) -> dict:
     tok = [prompt[-1]]
     draft_ms = _timed(lambda: runner.forward(tok, [PROMPT], [0], [0], layers=layers), args.repeat, device)
     low_bit_ms = low_bit_prefill_ms = None
-    if fmt != LOW_BIT_DRAFT:  # the model's sym_int4 copy (graph-replayed steps on its own 8-bit pools)
+    if fmt != LOW_BIT_DRAFT:  # the model's sym_int4 copy (graph-replayed steps, KV per `--draft-kv`)
         config = SpeculativeConfig(
             method="low_bit_draft", draft_format=LOW_BIT_DRAFT, draft_kv_cache_dtype=args.draft_kv
         )

@@ -326,7 +326,7 @@ def _block_cols(d: int, itemsize: int) -> int:
 
 
 def _splits(columns: int, block_c: int) -> int:
-    """Programs per (token, kv head): `XPULLM_PAGED_SPLITS` (16: a 512-column context in 64-column splits), never
+    """Splits of each token's columns: `XPULLM_PAGED_SPLITS` (16: a 512-column context in 64-column splits), never
     more than the tiles of the longest context the block table holds (`columns`). Independent of N."""
     return max(1, min(runtime_settings().paged_splits, triton.cdiv(columns, block_c)))
 
@@ -339,7 +339,8 @@ def _split_programs(tokens: int, kv: int, splits: int, device: torch.device) -> 
 
 
 def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> torch.Tensor:
-    """`xpullm.kernels.paged.paged_attention` in two Triton launches (module docstring). Arguments as there;
+    """`xpullm.kernels.paged.paged_attention` in Triton (module docstring: the write, the attention and, where
+    split, the merge; split steps of many tokens in runs of `_SPLIT_TOKENS`). Arguments as there;
     `kernels.paged` has checked shapes, dtypes and devices (the batch and the layer when built, qkv per call) and
     that `supports` holds. The pools may have any strides (8-bit pools' scales: contiguous); index values are the
     caller's duty (read on the device, unchecked). Returns [N, H * D], qkv's dtype."""
@@ -382,16 +383,15 @@ def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> 
     # The longest context a token can attend: the table's columns (a window: the window and the sinks).
     splits = _splits(block_tables.shape[1] * bs if not window else window + sinks, block_c)
     run = n if splits == 1 else _SPLIT_TOKENS
-    if splits > 1:
-        rows = min(n, run) * h
-        ws = torch.empty(splits * rows * (d + 2), dtype=torch.float32, device=qkv.device)
-        ws_acc, ws_ml = ws[: splits * rows * d], ws[splits * rows * d :]
+    # The split partials of one run: acc [S, rows, D], then m and l [2, S, rows] (fp32).
+    ws = None if splits == 1 else torch.empty(splits * min(n, run) * h * (d + 2), dtype=torch.float32,
+                                              device=qkv.device)  # fmt: skip
     for t0 in range(0, n, run):  # one launch unless split: then runs of _SPLIT_TOKENS tokens
         t1 = min(n, t0 + run)
         rows = (t1 - t0) * h
         o = out[t0:t1]
-        if splits == 1:
-            ws_acc = ws_ml = o  # not read: the programs store the output directly
+        # unsplit, the programs store the output directly and read no workspace
+        ws_acc, ws_ml = (o, o) if ws is None else (ws[: splits * rows * d], ws[splits * rows * d :])
         programs = _split_programs(t1 - t0, kv, splits, qkv.device)
         _paged_attention_kernel[(t1 - t0, kv, programs)](
             q_buf[t0:t1], k_pool, v_pool, ks, vs, positions[t0:t1], seq_index[t0:t1], block_tables, o, rot_arg,

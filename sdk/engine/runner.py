@@ -46,8 +46,14 @@ def kv_bytes_per_token(dec: StaticCacheDecoder, kv_cache_dtype: str = "auto") ->
     return paged.kv_bytes_per_token(len(dec.layers), dec.n_kv, dec.head_dim, kv_cache_dtype, dec.dtype)
 
 
-def _layer_stack(dec: StaticCacheDecoder, ctx: OpContext) -> Any:
+def _op_context(dec: StaticCacheDecoder) -> OpContext:
+    """What the op registry selects `dec`'s step kernels by."""
+    return OpContext(dec.device.type, dec.dtype, dec.head_dim, dec.family.qk_norm)
+
+
+def _layer_stack(dec: StaticCacheDecoder) -> Any:
     """The op registry's whole-layer stack over `dec`'s weights (CPU: two native calls per layer), or None."""
+    ctx = _op_context(dec)
     build = select_op("layer_stack", ctx).load(ctx)
     return build(dec) if build is not None else None
 
@@ -109,7 +115,7 @@ class ModelRunner:
         self.dec = dec
         self.block_size = block_size
         self.device = dec.device
-        ctx = OpContext(dec.device.type, dec.dtype, dec.head_dim, dec.family.qk_norm)
+        ctx = _op_context(dec)
         impl = select_op("paged_attention", ctx)
         self.attention_name = impl.name
         self._paged = impl.load(ctx)
@@ -117,7 +123,7 @@ class ModelRunner:
         # as in its graph-captured step; on CPU its eager ops.
         self._ops = dec.step_ops
         # On CPU (fp32, native tiled weights) the layer stack runs as two native calls per layer around attention.
-        self._stack = _layer_stack(dec, ctx)
+        self._stack = _layer_stack(dec)
         self.kv_cache_dtype = kv_cache_dtype
         self.windows = list(windows) if windows is not None else [0] * len(dec.layers)
         self.sinks = sinks
@@ -151,9 +157,7 @@ class ModelRunner:
         twin = copy.copy(self)
         twin.dec = dec
         twin._ops = dec.step_ops
-        twin._stack = _layer_stack(
-            dec, OpContext(dec.device.type, dec.dtype, dec.head_dim, dec.family.qk_norm)
-        )
+        twin._stack = _layer_stack(dec)
         twin.vocab_size = int(dec.lm_head.out_features)
         twin.graphs = None
         return twin

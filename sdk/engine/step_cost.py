@@ -65,8 +65,9 @@ def _key(runner: ModelRunner, rows: int, context: int) -> tuple[Any, ...]:
 def measured_row_cost(runner: ModelRunner, rows: int, context: int = 256, repeat: int = 5) -> float:
     """What one more token adds to a one-token step, relative to that step: (t(rows) / t(1) - 1) / (rows - 1),
     steps at `context` tokens into the spare row (attention over that many positions), the best of `repeat`
-    interleaved timings each (2 where a pair of steps takes over `SLOW_PAIR_S`). Timed once per model shape, device, thread count and row count in a process (engines
-    over the same model share it); `DEFAULT_ROW_COST` where the runner has no spare pools to time in."""
+    interleaved timings each (2 where a pair of steps takes over `SLOW_PAIR_S`). Timed once per model shape,
+    device, thread count and row count in a process (engines over the same model share it); `DEFAULT_ROW_COST`
+    where the runner has no spare pools to time in."""
     if rows < 2 or not hasattr(runner, "k_pool") or not hasattr(runner, "block_tables"):
         return DEFAULT_ROW_COST
     positions = min(runner.cos.shape[0], runner.block_tables.shape[1] * runner.block_size)
