@@ -11,6 +11,11 @@
 #   4. bench/engine_gpu_session.sh (engine tests, engine vs peer at 1/8/32/64 streams; ~4.5 minutes) -> engine/
 #   4b. stage `splits`: the engine at 32- and 768-token prompts, paged attention split 16 ways vs unsplit
 #       (XPULLM_PAGED_SPLITS=1)                                            -> engine/splits.jsonl, splits.md
+#   4c. stage `attn`: the paged-attention GPU tests (twin at head size 128, splits, batch invariance; the decode
+#       attention's), then bench/paged_gpu.py (per pool kind, context and batch: tiles, unsplit, the SDPA peer, the
+#       read floor)                                                          -> attn/tests.txt, attn/paged_gpu.md
+#   4d. stage `kv`: the engine at KV_PROMPT-token prompts (default 4096) with bf16, int8 and fp8 e4m3 pools
+#                                                                            -> engine/kv.jsonl, kv.md
 #   5. bench/spec_gpu.py: speculative decoding's verify / draft costs, modelled speed-up -> spec_gpu.md
 #   6. the GPU training path's tests, then bench/finetune_gpu.py (nf4 QLoRA vs bf16 LoRA vs bitsandbytes nf4)
 #                                                                                    -> finetune_tests.txt, finetune_gpu.md
@@ -151,6 +156,32 @@ if want splits; then
   done
   $P bench/engine_gpu.py --summarize "$W/engine/splits.jsonl" --md "$W/engine/splits.md" > /dev/null 2>&1
   mark splits done
+fi
+
+# The paged attention kernels alone (stage `attn`): their GPU tests, then the tile / split sweep beside the peer.
+if want attn; then
+  mkdir -p "$W/attn"
+  timeout -s INT "${ATTN_TESTS_S:-200}" $P -m pytest -c /dev/null --rootdir . --import-mode=importlib \
+    -p no:cacheprovider --noconftest -q --tb=short -rfEs \
+    -k "${ATTN_TESTS_K:-split or invariant or dispatch or (twin and 128-16) or test_triton_attention}" \
+    tests/kernels/test_triton_paged_attention.py tests/kernels/test_triton_attention.py > "$W/attn/tests.txt" 2>&1
+  mark attn tests done
+  timeout "${ATTN_S:-240}" $P bench/paged_gpu.py --batches "${ATTN_BATCHES:-1,16,64}" \
+    --contexts "${ATTN_CONTEXTS:-512,4096}" --pools "${ATTN_POOLS:-auto,int8,fp8_e4m3}" \
+    --tiles "${ATTN_TILES:-32x4,32x8,64x4,64x8}" --out "$W/attn/paged_gpu.jsonl" > "$W/attn/paged_gpu.md" 2>&1
+  mark attn done
+fi
+
+# The engine over 8-bit KV pools at a long prompt (stage `kv`, issue 22): bf16 vs int8 vs fp8 e4m3 pools.
+if want kv; then
+  for kv in auto int8 fp8_e4m3; do
+    timeout "${KV_S:-150}" $P bench/engine_gpu.py --formats "${KV_FORMATS:-sym_int4:128}" \
+      --streams "${KV_STREAMS:-1,16}" --prompt "${KV_PROMPT:-4096}" --tokens "${KV_TOKENS:-64}" --no-llm \
+      --static-batches "" --kv-cache-dtype "$kv" --out "$W/engine/kv.jsonl" > "$W/engine/kv_$kv.log" 2>&1
+    mark "kv $kv done"
+  done
+  $P bench/engine_gpu.py --summarize "$W/engine/kv.jsonl" --md "$W/engine/kv.md" > /dev/null 2>&1
+  mark kv done
 fi
 
 # 3. speculative decoding's costs on the GPU (issue 22): verified rows and layer-skipped drafts, modelled speed-up.

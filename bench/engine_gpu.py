@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import dataclasses
 import json
 import os
 import queue
@@ -164,6 +165,7 @@ def engine_stage(args: argparse.Namespace, shape: Shape, device: torch.device) -
             max_batched_tokens=max(top * args.prompt, 256),  # every level's prompts in one prefill step
             kv_budget_tokens=top * (args.prompt + args.tokens + 16) + 64,
             prefix_cache=False,  # fresh random prompts each round anyway; no lookups
+            kv_cache_dtype=args.kv_cache_dtype,
             graph_buckets=tuple(sorted(set(streams) | {PROMPT})) if not args.no_graphs else (),
         )
         core = build_core(dec, word_tokenizer(shape.vocab), [], shape.max_len, config)
@@ -197,7 +199,7 @@ def engine_stage(args: argparse.Namespace, shape: Shape, device: torch.device) -
                 "steps": core.stats().steps - steps, "graph_replays": (graphs.replays if graphs else 0) - replays,
                 "new_captures": (graphs.captures if graphs else 0) - captures, "warmup_s": warm,
                 "device": _device_name(device), "prompt": args.prompt,
-                "paged_splits": runtime_settings().paged_splits,
+                "paged_splits": runtime_settings().paged_splits, "kv_cache_dtype": args.kv_cache_dtype,
             })  # fmt: skip
         del core, dec
         static_rows(args, shape, device, model, fmt, group)
@@ -381,21 +383,27 @@ def peer_stage(args: argparse.Namespace, shape: Shape, device: torch.device) -> 
             torch.cuda.empty_cache()
 
 
+def _variant(r: dict) -> str:
+    """An engine row's kernel variant: its KV pools and paged-attention split count."""
+    return f"kv {r.get('kv_cache_dtype', 'auto')}, splits {r.get('paged_splits')}"
+
+
 def _splits_table(rows: list[dict], md_path: str | None) -> str:
-    """Engine rows of several prompt lengths / paged-attention split counts (`device_session.sh` stage `splits`):
-    tok/s per (format, prompt, streams), one column per split count, and the default's gain over unsplit."""
+    """Engine rows of several prompt lengths / KV pools / paged-attention split counts (`device_session.sh` stages
+    `splits` and `kv`): tok/s per (format, prompt, streams), one column per variant (in the rows' order), and the
+    first variant's gain over the last."""
     engine = [r for r in rows if r["stage"] == "engine"]
-    splits = sorted({r.get("paged_splits") for r in engine}, key=lambda v: -(v or 0))
-    cell = {(r["format"], r.get("prompt"), r["streams"], r.get("paged_splits")): r["tok_s"] for r in engine}
+    variants = list(dict.fromkeys(_variant(r) for r in engine))
+    cell = {(r["format"], r.get("prompt"), r["streams"], _variant(r)): r["tok_s"] for r in engine}
     device = next((r["device"] for r in engine), "?")
     lines = [
-        f"Device: {device}. Engine decode tok/s aggregate over all streams, by `XPULLM_PAGED_SPLITS`.",
+        f"Device: {device}. Engine decode tok/s aggregate over all streams, by KV pools and `XPULLM_PAGED_SPLITS`.",
         "",
-        "| format | prompt | streams | " + " | ".join(f"splits {v}" for v in splits) + " | first / last |",
-        "|---|---:|---:|" + "---:|" * (len(splits) + 1),
+        "| format | prompt | streams | " + " | ".join(variants) + " | first / last |",
+        "|---|---:|---:|" + "---:|" * (len(variants) + 1),
     ]
     for fmt, prompt, streams in sorted({k[:3] for k in cell}, key=lambda k: (k[0], k[1] or 0, k[2])):
-        values = [cell.get((fmt, prompt, streams, v)) for v in splits]
+        values = [cell.get((fmt, prompt, streams, v)) for v in variants]
         gain = f"{values[0] / values[-1]:.2f}x" if values[0] and values[-1] else "-"
         shown = " | ".join(f"{v:.1f}" if v else "-" for v in values)
         lines.append(f"| {fmt} | {prompt} | {streams} | {shown} | {gain} |")
@@ -409,7 +417,7 @@ def summarize(rows_path: str, md_path: str | None) -> str:
     """A markdown table: per format and streams, engine vs peer tok/s, scaling over one stream, and the engine's
     single stream vs the static decoder's."""
     rows = [json.loads(line) for line in Path(rows_path).read_text().splitlines() if line.strip()]
-    if len({(r.get("prompt"), r.get("paged_splits")) for r in rows if r["stage"] == "engine"}) > 1:
+    if len({(r.get("prompt"), _variant(r)) for r in rows if r["stage"] == "engine"}) > 1:
         return _splits_table(rows, md_path)
     engine = {(r["format"], r["streams"]): r for r in rows if r["stage"] == "engine"}
     static = {(r["format"], r["streams"]): r for r in rows if r["stage"] == "static"}
@@ -468,6 +476,9 @@ def main() -> None:
     ap.add_argument(
         "--prompt", type=int, default=PROMPT, help="prompt tokens per stream (engine and static stages)"
     )
+    ap.add_argument(
+        "--kv-cache-dtype", default="auto", help="engine stage: the KV pools (auto = bf16, int8, fp8_e4m3)"
+    )
     ap.add_argument("--peer", default=None, help="path to gpu_peer_decode.py (stage peer)")
     ap.add_argument("--peer-modes", default="int4,bf16")
     ap.add_argument(
@@ -489,6 +500,8 @@ def main() -> None:
         return
     device = torch.device(args.device)
     shape = SHAPES[args.shape]
+    # long prompts: the model's position table and the engine's context grow to hold prompt + new tokens
+    shape = dataclasses.replace(shape, max_len=max(shape.max_len, args.prompt + args.tokens + 16))
     print(
         f"# torch {torch.__version__}, {_device_name(device)}, shape {args.shape}, stage {args.stage}",
         flush=True,

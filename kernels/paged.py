@@ -109,12 +109,18 @@ def _hadamard_on(d: int, device: torch.device) -> torch.Tensor:
     return _hadamard(d).to(device)
 
 
+def kv_rotated(d: int, kv_cache_dtype: str) -> bool:
+    """Whether pools of this kind and head size hold head vectors in the Walsh-Hadamard basis (`kv_rotation`)."""
+    return kv_cache_dtype in _ROTATED and d >= 2 and d & (d - 1) == 0
+
+
 def kv_rotation(d: int, kv_cache_dtype: str, device: torch.device | str = "cpu") -> torch.Tensor | None:
     """The orthonormal R [D, D] (fp32) that pools of this kind hold head vectors rotated by (x R), or None.
 
     fp8 e4m3 pools with D a power of two: the Walsh-Hadamard matrix (symmetric, R R = I; entries +-1 / sqrt(D)),
-    which the native kernel applies as butterflies; every other kind, or other D: None (the plain basis)."""
-    if kv_cache_dtype not in _ROTATED or d < 2 or d & (d - 1):
+    which the native and Triton kernels apply as butterflies; every other kind, or other D: None (the plain
+    basis)."""
+    if not kv_rotated(d, kv_cache_dtype):
         return None
     return _hadamard_on(d, torch.device(device))
 

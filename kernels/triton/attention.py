@@ -58,16 +58,22 @@ def _dot(a, b, acc, DOT_F32: tl.constexpr, IEEE: tl.constexpr):
 
 @triton.jit
 def _softmax_step(q, k, v, c_ok, m_i, l_i, acc, qk_scale, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr,
-                  DOT_F32: tl.constexpr, IEEE: tl.constexpr):  # fmt: skip
+                  DOT_F32: tl.constexpr, IEEE: tl.constexpr, k_s=None, v_s=None):  # fmt: skip
     """One tile of key columns (valid where c_ok) folded into the online softmax (m_i, l_i, acc): the step both
     the decode and the paged kernels take. Every tile has at least one valid column, so m_new is finite and the
-    first alpha is exp2(-inf) = 0."""
+    first alpha is exp2(-inf) = 0. k_s / v_s ([BLOCK_C] fp32, 8-bit pools): k and v hold codes (exact in q's
+    dtype) and these their per-column scales, applied to the scores' columns and to p's columns, so no scaled
+    copy of either tile is built."""
     s = _dot(q, tl.trans(k), tl.zeros([BLOCK_G, BLOCK_C], dtype=tl.float32), DOT_F32, IEEE)
+    if k_s is not None:
+        s = s * k_s[None, :]
     s = tl.where(c_ok[None, :], s * qk_scale, float("-inf"))  # log2-domain scores
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
+    if v_s is not None:
+        p = p * v_s[None, :]
     acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_F32, IEEE)
     return m_new, l_i, acc
 

@@ -52,8 +52,8 @@ import torch
 import triton
 import triton.language as tl
 
-from xpullm.kernels.paged import PagedBatch, PagedLayer, kv_rotation
-from xpullm.kernels.triton.attention import _device_limits, _dot, _merge_splits_kernel, _softmax_step
+from xpullm.kernels.paged import PagedBatch, PagedLayer, kv_rotated
+from xpullm.kernels.triton.attention import _device_limits, _merge_splits_kernel, _softmax_step
 from xpullm.kernels.triton.pdl import launch_options, wait_for_inputs
 from xpullm.settings import runtime_settings
 
@@ -97,11 +97,41 @@ def _store_codes(dst, scale_dst, x, CODES: tl.constexpr):
 
 
 @triton.jit
-def _turn(x, rot_ptr, D: tl.constexpr):
-    """x [D] (fp32) times the orthonormal R [D, D] at rot_ptr: the fp8 pools' basis (`kernels.paged.kv_rotation`)."""
-    offs = tl.arange(0, D)
-    r = tl.load(rot_ptr + offs[:, None] * D + offs[None, :])
-    return tl.sum(x[:, None] * r, axis=0)
+def _butterfly(x, ROWS: tl.constexpr, D: tl.constexpr, H: tl.constexpr):
+    """One Walsh-Hadamard stage over x [ROWS, D]: elements i and i + H (bit H of i clear) -> (a + b, a - b)."""
+    y = tl.permute(tl.reshape(x, (ROWS, D // (2 * H), 2, H)), (0, 1, 3, 2))
+    a, b = tl.split(y)
+    return tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), (ROWS, D))
+
+
+@triton.jit
+def _walsh_hadamard(x, ROWS: tl.constexpr, D: tl.constexpr):
+    """x [ROWS, D] (fp32, D a power of two <= 256) times the orthonormal Sylvester Walsh-Hadamard matrix R
+    (`kernels.paged.kv_rotation`: symmetric, R R = I, so the same call turns into the fp8 pools' basis and back),
+    as log2(D) butterfly stages in registers: no R tile (a [D, D] fp32 R spilled registers at D = 128)."""
+    if D >= 2:
+        x = _butterfly(x, ROWS, D, 1)
+    if D >= 4:
+        x = _butterfly(x, ROWS, D, 2)
+    if D >= 8:
+        x = _butterfly(x, ROWS, D, 4)
+    if D >= 16:
+        x = _butterfly(x, ROWS, D, 8)
+    if D >= 32:
+        x = _butterfly(x, ROWS, D, 16)
+    if D >= 64:
+        x = _butterfly(x, ROWS, D, 32)
+    if D >= 128:
+        x = _butterfly(x, ROWS, D, 64)
+    if D >= 256:
+        x = _butterfly(x, ROWS, D, 128)
+    return x * (1.0 / tl.sqrt(float(D)))
+
+
+@triton.jit
+def _turn(x, D: tl.constexpr):
+    """x [D] (fp32) in the fp8 pools' basis: x R."""
+    return tl.reshape(_walsh_hadamard(tl.reshape(x, (1, D)), 1, D), (D,))
 
 
 @triton.jit
@@ -130,7 +160,7 @@ def _column(b, WINDOW: tl.constexpr, SINK_COLS, RING):
 @triton.jit
 def _paged_write_kernel(
     qkv_ptr, cos_ptr, sin_ptr, pos_ptr, seq_ptr, table_ptr, qn_ptr, kn_ptr, q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr,
-    rot_ptr, stride_qkv, stride_cos, stride_sin, stride_t,
+    stride_qkv, stride_cos, stride_sin, stride_t,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
     eps, sink_cols, ring,
@@ -140,7 +170,7 @@ def _paged_write_kernel(
     """One head vector of one token: q -> q buffer [N, H, D], k -> its pool slot (both normalized and rotated),
     v -> its pool slot. Rotation: x * cos + roll(x, D/2) * sin (the caller's sin carries rotate_half's sign).
     CODES (1 int8, 2 e4m3): k and v are stored as codes with their scale (contiguous [num_blocks, KV, BS] scales).
-    ROT: q, k and v are turned into the pools' basis (x R, R at rot_ptr) first."""
+    ROT: q, k and v are turned into the pools' basis (x R, butterflies) first."""
     n = tl.program_id(0).to(tl.int64)
     hh = tl.program_id(1)
     offs = tl.arange(0, D)
@@ -164,7 +194,7 @@ def _paged_write_kernel(
         s = tl.load(sin_ptr + pos * stride_sin + offs).to(tl.float32)
         y = x * c + xr * s
         if ROT:
-            y = _turn(y, rot_ptr, D)
+            y = _turn(y, D)
         if hh < H:
             tl.store(q_ptr + (n * H + hh) * D + offs, y.to(q_ptr.dtype.element_ty))
         else:
@@ -176,7 +206,7 @@ def _paged_write_kernel(
     else:
         v = tl.load(src + offs)
         if ROT:
-            v = _turn(v.to(tl.float32), rot_ptr, D)
+            v = _turn(v.to(tl.float32), D)
         dst = v_ptr + blk * stride_vb + (hh - H - KV) * stride_vh + slot * stride_vs + offs * stride_vd
         if CODES != 0:
             _store_codes(dst, vs_ptr + (blk * KV + hh - H - KV) * BS + slot, v.to(tl.float32), CODES)
@@ -186,7 +216,7 @@ def _paged_write_kernel(
 
 @triton.jit
 def _paged_attention_kernel(
-    q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, seq_ptr, table_ptr, o_ptr, rot_ptr, ws_acc_ptr, ws_ml_ptr,
+    q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, seq_ptr, table_ptr, o_ptr, ws_acc_ptr, ws_ml_ptr,
     qk_scale, stride_t, window, sinks, sink_cols, ring, n_rows, programs,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
@@ -200,7 +230,7 @@ def _paged_attention_kernel(
     merge reads them); an empty split stores m = -inf only. Split 0 always holds the first column (and the sinks).
     Which program computes a split never changes its result, so `programs` may follow N.
     CODES != 0: k and v tiles are 8-bit codes, turned into q's dtype times their per-slot scales in registers.
-    ROT: q, k and v are in the pools' rotated basis; the output is turned back by R (at rot_ptr, R R = I; a
+    ROT: q, k and v are in the pools' rotated basis; the output is turned back by R (R R = I, butterflies; a
     split's partial output is turned before the merge, which is linear in it)."""
     n = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
@@ -229,7 +259,7 @@ def _paged_attention_kernel(
         )  # fmt: skip
         out = acc / l_i[:, None]
         if ROT:
-            out = _turn_back(out, rot_ptr, BLOCK_G, D, DOT_F32)
+            out = _walsh_hadamard(out, BLOCK_G, D)
         tl.store(o_ptr + (n * (KV * G) + heads[:, None]) * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
                  mask=g_ok[:, None])  # fmt: skip
     else:
@@ -244,23 +274,14 @@ def _paged_attention_kernel(
                 qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
                 KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW,
             )  # fmt: skip
-            # R loaded per split: one held across the loop took 103 KiB of shared memory at D = 128, not 78.
             if ROT:
-                acc = _turn_back(acc, rot_ptr, BLOCK_G, D, DOT_F32)
+                acc = _walsh_hadamard(acc, BLOCK_G, D)
             row = split * n_rows + n * (KV * G) + heads
             # An empty split stores m = -inf only: the merge reads nothing more of it.
             tl.store(ws_ml_ptr + row, m_i, mask=g_ok)
             if start < end:
                 tl.store(ws_acc_ptr + row[:, None] * D + offs_d[None, :], acc, mask=g_ok[:, None])
                 tl.store(ws_ml_ptr + SPLITS * n_rows + row, l_i, mask=g_ok)
-
-
-@triton.jit
-def _turn_back(x, rot_ptr, BLOCK_G: tl.constexpr, D: tl.constexpr, DOT_F32: tl.constexpr):
-    """x [BLOCK_G, D] times R [D, D] at rot_ptr: the fp8 pools' basis back to the model's (R R = I)."""
-    offs_d = tl.arange(0, D)
-    r = tl.load(rot_ptr + offs_d[:, None] * D + offs_d[None, :])
-    return _dot(x, r, tl.zeros([BLOCK_G, D], dtype=tl.float32), DOT_F32, True)
 
 
 @triton.jit
@@ -311,18 +332,31 @@ def _attend_tile(
         mask=c_ok[:, None],
         other=0.0,
     )
-    if CODES != 0:
-        scale_at = (blk * KV + j) * BS + slot
-        k_s = tl.load(ks_ptr + scale_at, mask=c_ok, other=0.0)
-        v_s = tl.load(vs_ptr + scale_at, mask=c_ok, other=0.0)
-        k = (k.to(tl.float32) * k_s[:, None]).to(q.dtype)
-        v = (v.to(tl.float32) * v_s[:, None]).to(q.dtype)
-    return _softmax_step(q, k, v, c_ok, m_i, l_i, acc, qk_scale, BLOCK_G, BLOCK_C, DOT_F32, IEEE)
+    if CODES == 0:
+        return _softmax_step(q, k, v, c_ok, m_i, l_i, acc, qk_scale, BLOCK_G, BLOCK_C, DOT_F32, IEEE)
+    # 8-bit codes are exact in q's dtype (through fp32: Triton's interpreter casts int8 to bf16 bit for bit);
+    # their per-slot scales go onto the scores' and p's columns
+    scale_at = (blk * KV + j) * BS + slot
+    k_s = tl.load(ks_ptr + scale_at, mask=c_ok, other=0.0)
+    v_s = tl.load(vs_ptr + scale_at, mask=c_ok, other=0.0)
+    k = k.to(tl.float32).to(q.dtype)
+    v = v.to(tl.float32).to(q.dtype)
+    return _softmax_step(q, k, v, c_ok, m_i, l_i, acc, qk_scale, BLOCK_G, BLOCK_C, DOT_F32, IEEE, k_s, v_s)
 
 
 def _block_cols(d: int, itemsize: int) -> int:
     """Columns per loop step: 16 KiB k and v tiles, 16..64 columns (never depends on N or the positions)."""
     return min(max(16384 // (d * itemsize), 16), 64)
+
+
+def _tile(d: int, itemsize: int, codes: int) -> tuple[int, int]:
+    """(columns per loop step, warps) of the attention kernel for head size d, q's element size and the pools'
+    CODES. Never depends on N or the positions (a token's result depends on the tile). Float pools take eight
+    warps from 64 x 128 tiles: at four the kernel holds 155 registers a thread (three programs per
+    multiprocessor), at eight 80; 8-bit pools keep four (eight spill a few bytes unsplit). sm_90 compiles:
+    `test_triton_paged_compile.py`."""
+    cols = _block_cols(d, itemsize)
+    return cols, 8 if codes == 0 and cols * d >= 64 * 128 else _NUM_WARPS
 
 
 def _splits(columns: int, block_c: int) -> int:
@@ -363,8 +397,7 @@ def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> 
     if codes and not (k_scale.is_contiguous() and v_scale.is_contiguous()):
         raise ValueError("8-bit pools' k_scale and v_scale must be contiguous [num_blocks, KV, block_size]")
     ks, vs = (k_scale, v_scale) if codes else (q_buf, q_buf)  # not read without code pools
-    rot = kv_rotation(d, kv_cache_dtype, qkv.device)
-    rot_arg = q_buf if rot is None else rot  # not read without a rotation
+    rot = kv_rotated(d, kv_cache_dtype)
     has_norm = q_norm is not None
     qn = q_norm if has_norm else q_buf  # not read without norms (the layer keeps them contiguous)
     kn = k_norm if has_norm else q_buf
@@ -372,14 +405,14 @@ def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> 
     sink_cols = -(-sinks // bs) if window else 0
     ring = block_tables.shape[1] - sink_cols  # < 1: no ring columns, the plain table
     _paged_write_kernel[(n, h + 2 * kv)](
-        qkv, cos, sin, positions, seq_index, block_tables, qn, kn, q_buf, k_pool, v_pool, ks, vs, rot_arg,
+        qkv, cos, sin, positions, seq_index, block_tables, qn, kn, q_buf, k_pool, v_pool, ks, vs,
         qkv.stride(0), cos.stride(0), sin.stride(0), block_tables.stride(0),
         *k_pool.stride(), *v_pool.stride(), float(eps), sink_cols, ring,
-        H=h, KV=kv, D=d, BS=bs, HAS_NORM=has_norm, CODES=codes, WINDOW=window > 0, ROT=rot is not None,
+        H=h, KV=kv, D=d, BS=bs, HAS_NORM=has_norm, CODES=codes, WINDOW=window > 0, ROT=rot,
         num_warps=1, **opts,
     )  # fmt: skip
     g = h // kv
-    block_c = _block_cols(d, q_buf.element_size())
+    block_c, warps = _tile(d, q_buf.element_size(), codes)
     # The longest context a token can attend: the table's columns (a window: the window and the sinks).
     splits = _splits(block_tables.shape[1] * bs if not window else window + sinks, block_c)
     run = n if splits == 1 else _SPLIT_TOKENS
@@ -394,13 +427,13 @@ def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> 
         ws_acc, ws_ml = (o, o) if ws is None else (ws[: splits * rows * d], ws[splits * rows * d :])
         programs = _split_programs(t1 - t0, kv, splits, qkv.device)
         _paged_attention_kernel[(t1 - t0, kv, programs)](
-            q_buf[t0:t1], k_pool, v_pool, ks, vs, positions[t0:t1], seq_index[t0:t1], block_tables, o, rot_arg,
+            q_buf[t0:t1], k_pool, v_pool, ks, vs, positions[t0:t1], seq_index[t0:t1], block_tables, o,
             ws_acc, ws_ml, float(scale) * _LOG2E, block_tables.stride(0), window, sinks, sink_cols, ring, rows,
             programs,
             *k_pool.stride(), *v_pool.stride(),
             KV=kv, G=g, D=d, BS=bs, BLOCK_G=max(_MIN_GROUP_ROWS, triton.next_power_of_2(g)),
             BLOCK_C=block_c, DOT_F32=_INTERPRET, IEEE=q_buf.dtype == torch.float32,
-            CODES=codes, WINDOW=window > 0, ROT=rot is not None, SPLITS=splits, num_warps=_NUM_WARPS, **opts,
+            CODES=codes, WINDOW=window > 0, ROT=rot, SPLITS=splits, num_warps=warps, **opts,
         )  # fmt: skip
         if splits > 1:
             _merge_splits_kernel[(rows,)](
