@@ -7,12 +7,13 @@ variant interleaved so clock drift hits all of them. Beside it, in the same run:
 - the read floor: the step's KV bytes (and 8-bit scales) at the bandwidth a device-to-device copy reaches here;
 - PyTorch's `scaled_dot_product_attention` (its flash / efficient kernels) over a dense bf16 cache of the same
   context, one query token per sequence: what a framework without paged kernels runs (no write, no block table).
-Tiles (`--tiles`, columns x warps) replace the kernel's own choice (`paged_attention._tile`) for a variant; each
-variant's output is checked against the default tile's (within bf16 rounding) before it is timed. `--splits 1`
-adds the unsplit kernel (`XPULLM_PAGED_SPLITS=1`).
+Tiles (`--tiles`, columns x warps x prefetch (0 / 1) x shortest split in columns: `paged_attention.Tile`)
+replace the kernel's own choice (`paged_attention._tile`) for a variant; each variant's output is checked against
+the default tile's (within bf16 rounding) before it is timed. `--splits 1` adds the unsplit kernel
+(`XPULLM_PAGED_SPLITS=1`).
 
     python bench/paged_gpu.py [--batches 1,16,64] [--contexts 512,4096] [--pools auto,int8,fp8_e4m3]
-        [--tiles 32x4,64x4,64x8] [--rounds 7] [--out results.jsonl]
+        [--tiles 64x4x0x0,64x4x1x0] [--rounds 7] [--out results.jsonl]
 (on the device: `bash bench/gpu_run.sh py bench/paged_gpu.py ...`)
 """
 
@@ -70,8 +71,8 @@ def _world(batch: int, context: int, pool: str, seed: int = 0) -> tuple[torch.Te
 
 
 @contextmanager
-def _variant(tile: tuple[int, int] | None, splits: int | None) -> Iterator[None]:
-    """The kernel with its tile (columns, warps) and / or split count replaced, for one variant."""
+def _variant(tile: kernel.Tile | None, splits: int | None) -> Iterator[None]:
+    """The kernel with its tile and / or split count replaced, for one variant."""
     saved = kernel._tile, kernel._splits
     if tile is not None:
         kernel._tile = lambda d, itemsize, codes: tile
@@ -108,7 +109,8 @@ def _time(graph: torch.cuda.CUDAGraph, reps: int = 50) -> float:
 
 
 def _copy_bandwidth() -> float:
-    """Bytes per second a device-to-device copy of 1 GiB moves, counting the bytes read (median of 5)."""
+    """DRAM bytes per second of a device-to-device copy of 1 GiB, read and written (median of 5): what a kernel
+    that only reads could stream."""
     a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     b = torch.empty_like(a)
     times = []
@@ -119,19 +121,21 @@ def _copy_bandwidth() -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1000)
-    return a.numel() / statistics.median(times[1:])
+    return 2 * a.numel() / statistics.median(times[1:])
 
 
-def _case(batch: int, context: int, pool: str, tiles: list[tuple[int, int]], splits: list[int],
+def _name(tile: kernel.Tile) -> str:
+    return f"{tile.cols}x{tile.warps}{' prefetch' if tile.prefetch else ''}, splits >= {tile.min_split}"
+
+
+def _case(batch: int, context: int, pool: str, tiles: list[kernel.Tile], splits: list[int],
           rounds: int, bandwidth: float) -> list[dict]:  # fmt: skip
     qkv, pb, layer = _world(batch, context, pool)
-    default_cols, default_warps = kernel._tile(D, 2, kernel._CODES[pool])
-    variants: dict[str, tuple[tuple[int, int] | None, int | None]] = {
-        f"default {default_cols}x{default_warps}": (None, None)
-    }
-    for cols, warps in tiles:
-        if (cols, warps) != (default_cols, default_warps):
-            variants[f"tile {cols}x{warps}"] = ((cols, warps), None)
+    default = kernel._tile(D, 2, kernel._CODES[pool])
+    variants: dict[str, tuple[kernel.Tile | None, int | None]] = {f"default {_name(default)}": (None, None)}
+    for tile in tiles:
+        if tile != default:
+            variants[f"tile {_name(tile)}"] = (tile, None)
     for s in splits:
         variants[f"splits {s}"] = (None, s)
     graphs: dict[str, torch.cuda.CUDAGraph] = {}
@@ -189,12 +193,15 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("paged_gpu.py times the Triton kernels on a CUDA GPU; none is visible here")
-    tiles = [tuple(int(v) for v in t.split("x")) for t in args.tiles.split(",") if t]
+    tiles = []
+    for spec in (t for t in args.tiles.split(",") if t):
+        cols, warps, prefetch, min_split = (int(v) for v in spec.split("x"))
+        tiles.append(kernel.Tile(cols, warps, bool(prefetch), min_split))
     splits = [int(s) for s in args.splits.split(",") if s]
     bandwidth = _copy_bandwidth()
     name = torch.cuda.get_device_name()
     print(f"# Paged attention, {name}: Llama-3-8B heads (32 q, 8 kv of {D}), bf16 activations, one decode token "
-          f"per sequence\n\ncopy bandwidth (bytes read / s): {bandwidth / 1e12:.2f} TB/s\n")  # fmt: skip
+          f"per sequence\n\ncopy bandwidth (bytes read + written / s): {bandwidth / 1e12:.2f} TB/s\n")  # fmt: skip
     print("| pool | batch | context | variant | us (median [min-max]) | KV read TB/s | x read floor |")
     print("|---|---:|---:|---|---:|---:|---:|")
     for pool in args.pools.split(","):

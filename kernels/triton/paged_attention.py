@@ -47,6 +47,7 @@ second is 0..pos, as before.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -223,12 +224,15 @@ def _paged_attention_kernel(
     KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     CODES: tl.constexpr, WINDOW: tl.constexpr, PDL: tl.constexpr, ROT: tl.constexpr, SPLITS: tl.constexpr,
+    PREFETCH: tl.constexpr, MIN_SPLIT: tl.constexpr,
 ):  # fmt: skip
     """Attention of the G query heads of one (token, kv head) over columns 0..pos of the token's sequence, or
     (SPLITS > 1) over splits program_id(2), + `programs`, ... of them: for each it stores the running max m and sum
     l (exp2 domain) and unnormalized output in the workspace (acc [S, N * H, D], m and l [2, S, N * H], as the
     merge reads them); an empty split stores m = -inf only. Split 0 always holds the first column (and the sinks).
-    Which program computes a split never changes its result, so `programs` may follow N.
+    Splits are at least MIN_SPLIT columns: a token whose columns fit one split stores its output directly (and
+    split 0's m), and the merge leaves its rows alone. Which program computes a split never changes its result,
+    so `programs` may follow N; the split length depends only on the token's own position.
     CODES != 0: k and v tiles are 8-bit codes, turned into q's dtype times their per-slot scales in registers.
     ROT: q, k and v are in the pools' rotated basis; the output is turned back by R (R R = I, butterflies; a
     split's partial output is turned before the merge, which is linear in it)."""
@@ -255,7 +259,7 @@ def _paged_attention_kernel(
         m_i, l_i, acc = _attend_span(
             q, k_base, v_base, ks_ptr, vs_ptr, table, sink_end, lo, pos + 1, j,
             qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
-            KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW,
+            KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW, PREFETCH,
         )  # fmt: skip
         out = acc / l_i[:, None]
         if ROT:
@@ -263,23 +267,31 @@ def _paged_attention_kernel(
         tl.store(o_ptr + (n * (KV * G) + heads[:, None]) * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
                  mask=g_ok[:, None])  # fmt: skip
     else:
-        # Split s takes the s-th run of cps columns of lo..pos (whole tiles, at least one; the sinks go with
-        # split 0); this program takes splits first, first + programs, ...
-        cps = tl.cdiv(tl.cdiv(pos + 1 - lo, SPLITS), BLOCK_C) * BLOCK_C
+        # Split s takes the s-th run of cps columns of lo..pos (whole tiles, at least MIN_SPLIT columns; the
+        # sinks go with split 0); this program takes splits first, first + programs, ...
+        span = pos + 1 - lo
+        cps = tl.cdiv(tl.maximum(tl.cdiv(span, SPLITS), MIN_SPLIT), BLOCK_C) * BLOCK_C
         for split in range(first, SPLITS, programs):
             start = lo + split * cps
             end = tl.minimum(start + cps, pos + 1)
             m_i, l_i, acc = _attend_span(
                 q, k_base, v_base, ks_ptr, vs_ptr, table, tl.where(split == 0, sink_end, 0), start, end, j,
                 qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
-                KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW,
+                KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW, PREFETCH,
             )  # fmt: skip
-            if ROT:
-                acc = _walsh_hadamard(acc, BLOCK_G, D)
             row = split * n_rows + n * (KV * G) + heads
             # An empty split stores m = -inf only: the merge reads nothing more of it.
             tl.store(ws_ml_ptr + row, m_i, mask=g_ok)
-            if start < end:
+            if cps >= span:  # one split holds every column: the output itself (the merge skips the row)
+                if start < end:
+                    out = acc / l_i[:, None]
+                    if ROT:
+                        out = _walsh_hadamard(out, BLOCK_G, D)
+                    tl.store(o_ptr + (n * (KV * G) + heads[:, None]) * D + offs_d[None, :],
+                             out.to(o_ptr.dtype.element_ty), mask=g_ok[:, None])  # fmt: skip
+            elif start < end:
+                if ROT:
+                    acc = _walsh_hadamard(acc, BLOCK_G, D)
                 tl.store(ws_acc_ptr + row[:, None] * D + offs_d[None, :], acc, mask=g_ok[:, None])
                 tl.store(ws_ml_ptr + SPLITS * n_rows + row, l_i, mask=g_ok)
 
@@ -290,36 +302,60 @@ def _attend_span(
     qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
     KV: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr,
     DOT_F32: tl.constexpr, IEEE: tl.constexpr, CODES: tl.constexpr, WINDOW: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):  # fmt: skip
-    """(m, l, acc) of the online softmax over columns [0, sink_end) and [start, end) (either may be empty)."""
+    """(m, l, acc) of the online softmax over columns [0, sink_end) and [start, end) (either may be empty).
+    PREFETCH: the next tile of [start, end) is loaded before the current one is folded in, so two tiles' loads
+    are in flight (Triton does not pipeline these block-table gathers itself)."""
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, D], dtype=tl.float32)
     for c0 in range(0, sink_end, BLOCK_C):  # the sinks (empty without a window)
-        m_i, l_i, acc = _attend_tile(
-            q, k_base, v_base, ks_ptr, vs_ptr, table, c0 + tl.arange(0, BLOCK_C), sink_end - 1, m_i, l_i, acc, j,
-            qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
-            KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW,
+        k, v, k_s, v_s, c_ok = _load_tile(
+            k_base, v_base, ks_ptr, vs_ptr, table, c0 + tl.arange(0, BLOCK_C), sink_end - 1, j, sink_cols, ring,
+            stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd, KV, D, BS, CODES, WINDOW,
         )  # fmt: skip
-    for c0 in range(start, end, BLOCK_C):
-        m_i, l_i, acc = _attend_tile(
-            q, k_base, v_base, ks_ptr, vs_ptr, table, c0 + tl.arange(0, BLOCK_C), end - 1, m_i, l_i, acc, j,
-            qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
-            KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW,
+        m_i, l_i, acc = _fold_tile(
+            q, k, v, k_s, v_s, c_ok, m_i, l_i, acc, qk_scale, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES
+        )
+    if PREFETCH:
+        k, v, k_s, v_s, c_ok = _load_tile(
+            k_base, v_base, ks_ptr, vs_ptr, table, start + tl.arange(0, BLOCK_C), end - 1, j, sink_cols, ring,
+            stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd, KV, D, BS, CODES, WINDOW,
         )  # fmt: skip
+        for c0 in range(start, end, BLOCK_C):
+            # the next tile (past `end`: masked, nothing read) while this one is folded in
+            nk, nv, nk_s, nv_s, n_ok = _load_tile(
+                k_base, v_base, ks_ptr, vs_ptr, table, c0 + BLOCK_C + tl.arange(0, BLOCK_C), end - 1, j,
+                sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+                KV, D, BS, CODES, WINDOW,
+            )  # fmt: skip
+            m_i, l_i, acc = _fold_tile(
+                q, k, v, k_s, v_s, c_ok, m_i, l_i, acc, qk_scale, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES
+            )
+            k, v, k_s, v_s, c_ok = nk, nv, nk_s, nv_s, n_ok
+    else:
+        for c0 in range(start, end, BLOCK_C):
+            k, v, k_s, v_s, c_ok = _load_tile(
+                k_base, v_base, ks_ptr, vs_ptr, table, c0 + tl.arange(0, BLOCK_C), end - 1, j, sink_cols, ring,
+                stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd, KV, D, BS, CODES, WINDOW,
+            )  # fmt: skip
+            m_i, l_i, acc = _fold_tile(
+                q, k, v, k_s, v_s, c_ok, m_i, l_i, acc, qk_scale, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES
+            )
     return m_i, l_i, acc
 
 
 @triton.jit
-def _attend_tile(
-    q, k_base, v_base, ks_ptr, vs_ptr, table, cols, last, m_i, l_i, acc, j,
-    qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
-    KV: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr,
-    DOT_F32: tl.constexpr, IEEE: tl.constexpr, CODES: tl.constexpr, WINDOW: tl.constexpr,
+def _load_tile(
+    k_base, v_base, ks_ptr, vs_ptr, table, cols, last, j, sink_cols, ring,
+    stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+    KV: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, CODES: tl.constexpr, WINDOW: tl.constexpr,
 ):  # fmt: skip
-    """One tile of columns (those <= last are valid; the rest never loaded) folded into the online softmax."""
+    """One tile of columns from the pools: (k, v, k scales, v scales, valid). Columns past `last` are never
+    loaded, so their contents (even NaN) cannot leak. Float pools: the scales are a placeholder, never read."""
     offs_d = tl.arange(0, D)
-    c_ok = cols <= last  # columns past `last` are never loaded: their contents (even NaN) cannot leak
+    c_ok = cols <= last
     blk = tl.load(table + _column(cols // BS, WINDOW, sink_cols, ring), mask=c_ok, other=0).to(tl.int64)
     slot = cols % BS
     k = tl.load(
@@ -332,13 +368,26 @@ def _attend_tile(
         mask=c_ok[:, None],
         other=0.0,
     )
+    if CODES != 0:
+        scale_at = (blk * KV + j) * BS + slot
+        k_s = tl.load(ks_ptr + scale_at, mask=c_ok, other=0.0)
+        v_s = tl.load(vs_ptr + scale_at, mask=c_ok, other=0.0)
+    else:
+        k_s = c_ok.to(tl.float32)
+        v_s = k_s
+    return k, v, k_s, v_s, c_ok
+
+
+@triton.jit
+def _fold_tile(
+    q, k, v, k_s, v_s, c_ok, m_i, l_i, acc, qk_scale,
+    BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr, CODES: tl.constexpr,
+):  # fmt: skip
+    """A loaded tile folded into the online softmax. 8-bit codes are exact in q's dtype (converted through fp32:
+    Triton's interpreter casts int8 to bf16 bit for bit); their per-slot scales go onto the scores' and p's
+    columns."""
     if CODES == 0:
         return _softmax_step(q, k, v, c_ok, m_i, l_i, acc, qk_scale, BLOCK_G, BLOCK_C, DOT_F32, IEEE)
-    # 8-bit codes are exact in q's dtype (through fp32: Triton's interpreter casts int8 to bf16 bit for bit);
-    # their per-slot scales go onto the scores' and p's columns
-    scale_at = (blk * KV + j) * BS + slot
-    k_s = tl.load(ks_ptr + scale_at, mask=c_ok, other=0.0)
-    v_s = tl.load(vs_ptr + scale_at, mask=c_ok, other=0.0)
     k = k.to(tl.float32).to(q.dtype)
     v = v.to(tl.float32).to(q.dtype)
     return _softmax_step(q, k, v, c_ok, m_i, l_i, acc, qk_scale, BLOCK_G, BLOCK_C, DOT_F32, IEEE, k_s, v_s)
@@ -349,14 +398,25 @@ def _block_cols(d: int, itemsize: int) -> int:
     return min(max(16384 // (d * itemsize), 16), 64)
 
 
-def _tile(d: int, itemsize: int, codes: int) -> tuple[int, int]:
-    """(columns per loop step, warps) of the attention kernel for head size d, q's element size and the pools'
-    CODES. Never depends on N or the positions (a token's result depends on the tile). Float pools take eight
-    warps from 64 x 128 tiles: at four the kernel holds 155 registers a thread (three programs per
-    multiprocessor), at eight 80; 8-bit pools keep four (eight spill a few bytes unsplit). sm_90 compiles:
-    `test_triton_paged_compile.py`."""
-    cols = _block_cols(d, itemsize)
-    return cols, 8 if codes == 0 and cols * d >= 64 * 128 else _NUM_WARPS
+class Tile(NamedTuple):
+    """How the attention kernel walks a token's columns (never depends on N or the positions: a token's result
+    depends on it)."""
+
+    cols: int
+    """Columns per loop step."""
+    warps: int
+    """Warps per program."""
+    prefetch: bool
+    """Load the next tile before folding in the current one (two tiles' loads in flight)."""
+    min_split: int
+    """The shortest split, in columns: a context of at most this many is one split, written without a merge."""
+
+
+def _tile(d: int, itemsize: int, codes: int) -> Tile:
+    """The attention kernel's `Tile` for head size d, q's element size and the pools' CODES. Four warps: at 64 x
+    128 tiles eight took 25.9 us where four took 21.1 at 16 sequences of 512 columns (H100,
+    `bench/paged_gpu.py`, 2026-12-06), level at one sequence."""
+    return Tile(_block_cols(d, itemsize), _NUM_WARPS, True, 128)
 
 
 def _splits(columns: int, block_c: int) -> int:
@@ -412,7 +472,8 @@ def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> 
         num_warps=1, **opts,
     )  # fmt: skip
     g = h // kv
-    block_c, warps = _tile(d, q_buf.element_size(), codes)
+    tile = _tile(d, q_buf.element_size(), codes)
+    block_c = tile.cols
     # The longest context a token can attend: the table's columns (a window: the window and the sinks).
     splits = _splits(block_tables.shape[1] * bs if not window else window + sinks, block_c)
     run = n if splits == 1 else _SPLIT_TOKENS
@@ -433,10 +494,12 @@ def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> 
             *k_pool.stride(), *v_pool.stride(),
             KV=kv, G=g, D=d, BS=bs, BLOCK_G=max(_MIN_GROUP_ROWS, triton.next_power_of_2(g)),
             BLOCK_C=block_c, DOT_F32=_INTERPRET, IEEE=q_buf.dtype == torch.float32,
-            CODES=codes, WINDOW=window > 0, ROT=rot, SPLITS=splits, num_warps=warps, **opts,
+            CODES=codes, WINDOW=window > 0, ROT=rot, SPLITS=splits, PREFETCH=tile.prefetch,
+            MIN_SPLIT=tile.min_split, num_warps=tile.warps, **opts,
         )  # fmt: skip
         if splits > 1:
             _merge_splits_kernel[(rows,)](
-                ws_acc, ws_ml, o, rows, splits, D=d, BLOCK_S=triton.next_power_of_2(splits), num_warps=4, **opts
+                ws_acc, ws_ml, o, rows, splits, D=d, BLOCK_S=triton.next_power_of_2(splits), num_warps=4,
+                ONE_SPLIT_DONE=True, **opts
             )  # fmt: skip
     return out

@@ -112,7 +112,7 @@ def test_paged_kernels_compile_for_sm90(act: str, pool: str, window: bool, d: in
             {
                 "KV": 3, "G": 3, "D": d, "BS": 16, "BLOCK_G": 16, "BLOCK_C": paged._block_cols(d, 2),
                 "DOT_F32": False, "IEEE": False, "CODES": codes, "WINDOW": window, "PDL": True, "ROT": rot,
-                "SPLITS": splits,
+                "SPLITS": splits, "PREFETCH": True, "MIN_SPLIT": 128,
             },
             warps=4,
         )  # fmt: skip
@@ -121,7 +121,7 @@ def test_paged_kernels_compile_for_sm90(act: str, pool: str, window: bool, d: in
     merge = _compile(
         paged._merge_splits_kernel,
         {"ws_acc_ptr": "*fp32", "ws_ml_ptr": "*fp32", "o_ptr": f"*{act}", "n_rows": "i32", "S": "i32"},
-        {"D": d, "BLOCK_S": 16, "PDL": True},
+        {"D": d, "BLOCK_S": 16, "PDL": True, "ONE_SPLIT_DONE": True},
         warps=4,
     )
     assert merge.asm["cubin"]
@@ -134,7 +134,7 @@ def test_llama_shaped_attention_spills_no_registers(pool: str, splits: int) -> N
     stack frame. Before the fp8 pools' rotation became butterflies, its [128, 128] fp32 R tile spilled 2-6 KiB a
     thread (and the write kernel's 2 KiB); 64-column tiles at four warps spilled too without unit strides."""
     codes = {"i8": 1, "fp8e4nv": 2}.get(pool, 0)
-    cols, warps = paged._tile(128, 2, codes)
+    tile = paged._tile(128, 2, codes)
     types = {
         "pos_ptr": "*i64", "seq_ptr": "*i64", "table_ptr": "*i32", "ks_ptr": "*fp32", "vs_ptr": "*fp32",
         "window": "i32", "sinks": "i32", "sink_cols": "i32", "ring": "i32", "q_ptr": "*bf16",
@@ -147,10 +147,11 @@ def test_llama_shaped_attention_spills_no_registers(pool: str, splits: int) -> N
         paged._paged_attention_kernel,
         types,
         {
-            "KV": 8, "G": 4, "D": 128, "BS": 16, "BLOCK_G": 16, "BLOCK_C": cols, "DOT_F32": False, "IEEE": False,
-            "CODES": codes, "WINDOW": False, "PDL": True, "ROT": codes == 2, "SPLITS": splits, **unit,
+            "KV": 8, "G": 4, "D": 128, "BS": 16, "BLOCK_G": 16, "BLOCK_C": tile.cols, "DOT_F32": False, "IEEE": False,
+            "CODES": codes, "WINDOW": False, "PDL": True, "ROT": codes == 2, "SPLITS": splits,
+            "PREFETCH": tile.prefetch, "MIN_SPLIT": tile.min_split, **unit,
         },
-        warps=warps,
+        warps=tile.warps,
         aligned=True,
     )  # fmt: skip
     assert _spilled_bytes(attend) == 0
