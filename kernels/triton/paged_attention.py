@@ -413,16 +413,13 @@ class Tile(NamedTuple):
 
 
 def _tile(d: int, itemsize: int, codes: int) -> Tile:
-    """The attention kernel's `Tile` for head size d, q's element size and the pools' CODES, from
-    `bench/paged_gpu.py` on H100s (2026-12-06, Llama-3-8B heads, 1 / 16 / 64 sequences of 512 / 4096 columns):
-    - float pools: 64 x 128 tiles, four warps, no prefetch, no split floor. Eight warps took 25.9 us where four
-      took 21.1 (16 x 512); the prefetch cost up to 11% (64 x 4096: 429.5 vs 385.4 us); a 128-column split floor
-      won 4% at 16 x 512 and lost 5-15% at 1 and 64 x 512;
-    - 8-bit pools: 32-column tiles with the next one prefetched: fp8 e4m3 at 16 / 64 x 4096 122.6 / 416.9 us
-      where 64-column tiles without took 137.4 / 451.1; int8 level at 4096, faster at 64 x 512 (80.0 vs 93.5).
-      Eight warps: at four the fp8 split kernel spills (sm_90)."""
-    if codes:
-        return Tile(32, 8, True, 0)
+    """The attention kernel's `Tile` for head size d, q's element size and the pools' CODES: 64-column tiles (16
+    KiB of k and v at 128 x bf16), four warps, no prefetch, no split floor. `bench/paged_gpu.py` on H100s
+    (2026-12-06, Llama-3-8B heads, 1 / 16 / 64 sequences of 512 / 4096 columns; docs/benchmarks-gpu.md):
+    - eight warps took 25.9 us where four took 21.1 (bf16, 16 x 512), and 40.0 vs 29.7 (int8 32-column tiles);
+    - the prefetch lost up to 11% on bf16 pools (64 x 4096: 429.5 vs 385.4 us); on 8-bit pools with 32-column
+      tiles it won 10% at 16 / 64 x 4096 (fp8 e4m3) but lost 18% at 1 x 4096 (int8) and spills (fp8, sm_90);
+    - a 128-column split floor won 4% at 16 x 512 and lost 5-15% at 1 and 64 x 512 (bf16)."""
     return Tile(_block_cols(d, itemsize), _NUM_WARPS, False, 0)
 
 

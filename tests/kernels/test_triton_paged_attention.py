@@ -145,14 +145,22 @@ if not INTERPRET:
     SPLIT_CASES += [("auto", 0, 0), ("fp8_e4m3", 0, 0), ("int8", 60, 8)]
 
 
-@pytest.mark.parametrize(("kv_cache_dtype", "window", "sinks"), SPLIT_CASES)
+# Besides the shipped tile (None), one the benchmark times (`paged_attention.Tile`): 32-column tiles, the next one
+# prefetched, a 128-column split floor (the 30-token sequence then fits one split, written without the merge).
+SPLIT_RUNS = [(*case, None) for case in SPLIT_CASES] + [("int8", 0, 0, (32, 4, True, 128))]
+
+
+@pytest.mark.parametrize(("kv_cache_dtype", "window", "sinks", "tile"), SPLIT_RUNS)
 def test_split_columns_match_the_twin_and_the_one_program_result(
-    kv_cache_dtype: str, window: int, sinks: int, monkeypatch: pytest.MonkeyPatch
+    kv_cache_dtype: str, window: int, sinks: int, tile: tuple | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each token's columns split over several programs, merged after (`_splits`; a 150-token step in launches of
     64 tokens): outputs within fp32 rounding of the twin's, and of the same kernel with one program per (token, kv
     head); with a window and sinks, split 0 also takes the sinks."""
     from xpullm.kernels.triton import paged_attention as kernel_module
+
+    if tile is not None:
+        monkeypatch.setattr(kernel_module, "_tile", lambda d, itemsize, codes: kernel_module.Tile(*tile))
 
     seed = random.SystemRandom().randrange(2**31)
     world = make_world(
