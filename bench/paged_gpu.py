@@ -14,6 +14,7 @@ the default tile's (within bf16 rounding) before it is timed. `--splits 1` adds 
 
     python bench/paged_gpu.py [--batches 1,16,64] [--contexts 512,4096] [--pools auto,int8,fp8_e4m3]
         [--tiles 64x4x0x0,64x4x1x0] [--rounds 7] [--out results.jsonl]
+    python bench/paged_gpu.py --summarize rows.jsonl [rows2.jsonl ...]   # one pivot table per pool kind
 (on the device: `bash bench/gpu_run.sh py bench/paged_gpu.py ...`)
 """
 
@@ -25,6 +26,7 @@ import statistics
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -179,6 +181,29 @@ def _case(batch: int, context: int, pool: str, tiles: list[kernel.Tile], splits:
     return rows
 
 
+def summarize(paths: list[str]) -> str:
+    """Per pool kind, a table of us per call: one row per (batch, context), one column per variant (first seen
+    first), the shipped tile's column first; the rows of several files are kept apart by their file."""
+    lines = []
+    for path in paths:
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        for pool in dict.fromkeys(r["pool"] for r in rows):
+            mine = [r for r in rows if r["pool"] == pool]
+            names = list(dict.fromkeys(r["variant"] for r in mine))
+            cell = {(r["batch"], r["context"], r["variant"]): r for r in mine}
+            lines += [
+                f"`{path}`, {mine[0]['device']}, {pool} pools, us per call (median of the rounds):",
+                "",
+                "| batch x context | " + " | ".join(names) + " |",
+                "|---|" + "---:|" * len(names),
+            ]
+            for b, c in dict.fromkeys((r["batch"], r["context"]) for r in mine):
+                shown = [f"{cell[(b, c, n)]['us']:.1f}" if (b, c, n) in cell else "-" for n in names]
+                lines.append(f"| {b} x {c} | " + " | ".join(shown) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", default="1,16,64")
@@ -190,7 +215,11 @@ def main() -> None:
     ap.add_argument("--splits", default="1", help="split counts to time beside the default ('' for none)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--out", default=None, help="also append the rows as JSON lines here")
+    ap.add_argument("--summarize", nargs="+", default=None, metavar="ROWS", help="print tables of row files")
     args = ap.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize))
+        return
     if not torch.cuda.is_available():
         raise SystemExit("paged_gpu.py times the Triton kernels on a CUDA GPU; none is visible here")
     tiles = []
