@@ -113,22 +113,9 @@ def _walsh_hadamard(x, ROWS: tl.constexpr, D: tl.constexpr):
     """x [ROWS, D] (fp32, D a power of two <= 256) times the orthonormal Sylvester Walsh-Hadamard matrix R
     (`kernels.paged.kv_rotation`: symmetric, R R = I, so the same call turns into the fp8 pools' basis and back),
     as log2(D) butterfly stages in registers: no R tile (a [D, D] fp32 R spilled registers at D = 128)."""
-    if D >= 2:
-        x = _butterfly(x, ROWS, D, 1)
-    if D >= 4:
-        x = _butterfly(x, ROWS, D, 2)
-    if D >= 8:
-        x = _butterfly(x, ROWS, D, 4)
-    if D >= 16:
-        x = _butterfly(x, ROWS, D, 8)
-    if D >= 32:
-        x = _butterfly(x, ROWS, D, 16)
-    if D >= 64:
-        x = _butterfly(x, ROWS, D, 32)
-    if D >= 128:
-        x = _butterfly(x, ROWS, D, 64)
-    if D >= 256:
-        x = _butterfly(x, ROWS, D, 128)
+    for stage in tl.static_range(8):  # strides 1, 2, ..., D / 2 (D <= 256)
+        if (1 << stage) < D:
+            x = _butterfly(x, ROWS, D, 1 << stage)
     return x * (1.0 / tl.sqrt(float(D)))
 
 
