@@ -15,23 +15,23 @@ sequences mixed, vLLM-style varlen):
 
 Each token's columns 0..pos are split S ways ("flash decoding"). One program walking a long context tile by tile is
 latency-bound (each tile's block-table read gates its K / V loads): at one sequence and 512 columns the unsplit
-kernel took 18.4 us a layer on an H100, 0.59 ms of a 2.6 ms int4 step; split, 4.9 us plus 2.5 for the merge. Split
-s takes the s-th run of cps = ceil((pos + 1) / S) columns (at least the tile's split floor) rounded up to whole
-tiles, computed on the device from the position (nothing on the host depends on it, so one graph serves every
-position); a short context leaves the later splits empty, and those only mark themselves so. Each split stores its
-running max, sum and unnormalized output; `attention._merge_splits_kernel` combines them in split order. A token
-whose columns fit one split stores its output directly, and the merge leaves its rows alone. S (`XPULLM_PAGED_SPLITS`, at most the tiles
-of the longest context the block table holds) never depends on N. The P programs of a (token, kv head) take its
-splits in turn (split p, p + P, ...): P follows N, about four programs per multiprocessor in all, because at 16
-sequences of short context a program per split cost 8% of the step in empty programs; which program computes a
-split does not change its result. Steps of more than `_SPLIT_TOKENS` tokens launch in runs of that many, so the
-partials stay small.
+kernel took 18.4 us a layer on an H100, 0.59 ms of a 2.6 ms int4 step; split, 4.9 us plus 2.5 for the merge. Split s
+takes the s-th run of cps = ceil((pos + 1) / S) columns (at least the tile's split floor) rounded up to whole tiles,
+computed on the device from the position (nothing on the host depends on it, so one graph serves every position); a
+short context leaves the later splits empty, and those only mark themselves so. Each split stores its running max,
+sum and unnormalized output; `attention._merge_splits_kernel` combines them in split order. A token whose columns
+fit one split stores its output directly, and the merge leaves its rows alone. S (`XPULLM_PAGED_SPLITS`, at most the
+tiles of the longest context the block table holds) never depends on N. The P programs of a (token, kv head) take
+its splits in turn (split p, p + P, ...): P follows N, about four programs per multiprocessor in all, because at 16
+sequences of short context a program per split cost 8% of the step in empty programs; which program computes a split
+does not change its result. Steps of more than `_SPLIT_TOKENS` tokens launch in runs of that many, so the partials
+stay small.
 
-The attention launches start after the write kernel has written every token's keys, so a prefill chunk's tokens
-see the chunk's earlier keys. A token's result depends only on its own columns, S and the `Tile` (which depend on
-D, the dtype and the table, never on N), so it does not change with the rest of the batch. `bench/paged_gpu.py`
-times tiles against each other and against SDPA over a dense cache. Positions and block
-tables are read on the device: no host sync. `reference_paged_attention` in `xpullm.kernels.paged` is the twin.
+The attention launches start after the write kernel has written every token's keys, so a prefill chunk's tokens see
+the chunk's earlier keys. A token's result depends only on its own columns, S and the `Tile` (which depend on D, the
+dtype and the table, never on N), so it does not change with the rest of the batch. `bench/paged_gpu.py` times tiles
+against each other and against SDPA over a dense cache. Positions and block tables are read on the device: no host
+sync. `reference_paged_attention` in `xpullm.kernels.paged` is the twin.
 
 8-bit pools (`kv_cache_dtype` "int8" or "fp8_e4m3"): the write kernel stores each k / v head vector as codes with
 one fp32 scale (int8: max|x| / 127, round half to even; e4m3: max|x| / 448, rounded to nearest even by the
