@@ -147,7 +147,7 @@ if not INTERPRET:
 
 # Besides the shipped tile (None), one the benchmark times (`paged_attention.Tile`): 32-column tiles, the next one
 # prefetched, a 128-column split floor (the 30-token sequence then fits one split, written without the merge). In
-# the interpreter int8 pools split only through it (the twin test splits them with the shipped tile).
+# the interpreter int8 pools split only through it (the twin test's small worlds fit one split).
 SPLIT_RUNS = [(*case, None) for case in SPLIT_CASES] + [("int8", 0, 0, (32, 4, True, 128))]
 
 
