@@ -300,14 +300,11 @@ def _attend_span(
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, D], dtype=tl.float32)
-    for c0 in range(0, sink_end, BLOCK_C):  # the sinks (empty without a window)
-        k, v, k_s, v_s, c_ok = _load_tile(
-            k_base, v_base, ks_ptr, vs_ptr, table, c0 + tl.arange(0, BLOCK_C), sink_end - 1, j, sink_cols, ring,
-            stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd, KV, D, BS, CODES, WINDOW,
-        )  # fmt: skip
-        m_i, l_i, acc = _fold_tile(
-            q, k, v, k_s, v_s, c_ok, m_i, l_i, acc, qk_scale, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES
-        )
+    m_i, l_i, acc = _attend_range(  # the sinks (empty without a window)
+        q, k_base, v_base, ks_ptr, vs_ptr, table, 0, sink_end, j, m_i, l_i, acc,
+        qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+        KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW,
+    )  # fmt: skip
     if PREFETCH:
         k, v, k_s, v_s, c_ok = _load_tile(
             k_base, v_base, ks_ptr, vs_ptr, table, start + tl.arange(0, BLOCK_C), end - 1, j, sink_cols, ring,
@@ -325,14 +322,30 @@ def _attend_span(
             )
             k, v, k_s, v_s, c_ok = nk, nv, nk_s, nv_s, n_ok
     else:
-        for c0 in range(start, end, BLOCK_C):
-            k, v, k_s, v_s, c_ok = _load_tile(
-                k_base, v_base, ks_ptr, vs_ptr, table, c0 + tl.arange(0, BLOCK_C), end - 1, j, sink_cols, ring,
-                stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd, KV, D, BS, CODES, WINDOW,
-            )  # fmt: skip
-            m_i, l_i, acc = _fold_tile(
-                q, k, v, k_s, v_s, c_ok, m_i, l_i, acc, qk_scale, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES
-            )
+        m_i, l_i, acc = _attend_range(
+            q, k_base, v_base, ks_ptr, vs_ptr, table, start, end, j, m_i, l_i, acc,
+            qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+            KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW,
+        )  # fmt: skip
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _attend_range(
+    q, k_base, v_base, ks_ptr, vs_ptr, table, start, end, j, m_i, l_i, acc,
+    qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+    KV: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr,
+    DOT_F32: tl.constexpr, IEEE: tl.constexpr, CODES: tl.constexpr, WINDOW: tl.constexpr,
+):  # fmt: skip
+    """Columns [start, end) folded into the online softmax (m_i, l_i, acc) one tile after another."""
+    for c0 in range(start, end, BLOCK_C):
+        k, v, k_s, v_s, c_ok = _load_tile(
+            k_base, v_base, ks_ptr, vs_ptr, table, c0 + tl.arange(0, BLOCK_C), end - 1, j, sink_cols, ring,
+            stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd, KV, D, BS, CODES, WINDOW,
+        )  # fmt: skip
+        m_i, l_i, acc = _fold_tile(
+            q, k, v, k_s, v_s, c_ok, m_i, l_i, acc, qk_scale, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES
+        )
     return m_i, l_i, acc
 
 
