@@ -31,6 +31,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).parent))  # run with -P: the script's folder is not on sys.path
+from gpu_gemv_sweep import capture
+
 from xpullm.kernels.paged import PagedBatch, PagedLayer, kv_bytes_per_token
 from xpullm.kernels.triton import paged_attention as kernel
 
@@ -87,16 +90,10 @@ def _variant(tile: kernel.Tile | None, splits: int | None) -> Iterator[None]:
 
 
 def _graph(fn: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph, out
+    """A CUDA graph of one call of `fn` (`gpu_gemv_sweep.capture`), and the output tensor the graph writes."""
+    box: dict[str, torch.Tensor] = {}
+    graph, _ = capture([lambda: box.__setitem__("out", fn())], reps=1)
+    return graph, box["out"]  # the last call's: the one captured
 
 
 def _time(graph: torch.cuda.CUDAGraph, reps: int = 50) -> float:
@@ -210,7 +207,9 @@ def main() -> None:
     ap.add_argument("--contexts", default="512,4096")
     ap.add_argument("--pools", default="auto,int8,fp8_e4m3")
     ap.add_argument(
-        "--tiles", default="32x4,32x8,64x4,64x8", help="columns x warps variants beside the default"
+        "--tiles",
+        default="64x4x1x0,64x4x0x128,32x4x1x0",
+        help="columns x warps x prefetch (0 / 1) x shortest split: variants beside the default",
     )
     ap.add_argument("--splits", default="1", help="split counts to time beside the default ('' for none)")
     ap.add_argument("--rounds", type=int, default=7)

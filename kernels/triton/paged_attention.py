@@ -251,11 +251,7 @@ def _paged_attention_kernel(
             qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
             KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW, PREFETCH,
         )  # fmt: skip
-        out = acc / l_i[:, None]
-        if ROT:
-            out = _walsh_hadamard(out, BLOCK_G, D)
-        tl.store(o_ptr + (n * (KV * G) + heads[:, None]) * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
-                 mask=g_ok[:, None])  # fmt: skip
+        _store_output(o_ptr, n, heads, g_ok, acc, l_i, KV, G, D, BLOCK_G, ROT)
     else:
         # Split s takes the s-th run of cps columns of lo..pos (whole tiles, at least MIN_SPLIT columns; the
         # sinks go with split 0); this program takes splits first, first + programs, ...
@@ -274,16 +270,26 @@ def _paged_attention_kernel(
             tl.store(ws_ml_ptr + row, m_i, mask=g_ok)
             if cps >= span:  # one split holds every column: the output itself (the merge skips the row)
                 if start < end:
-                    out = acc / l_i[:, None]
-                    if ROT:
-                        out = _walsh_hadamard(out, BLOCK_G, D)
-                    tl.store(o_ptr + (n * (KV * G) + heads[:, None]) * D + offs_d[None, :],
-                             out.to(o_ptr.dtype.element_ty), mask=g_ok[:, None])  # fmt: skip
+                    _store_output(o_ptr, n, heads, g_ok, acc, l_i, KV, G, D, BLOCK_G, ROT)
             elif start < end:
                 if ROT:
                     acc = _walsh_hadamard(acc, BLOCK_G, D)
                 tl.store(ws_acc_ptr + row[:, None] * D + offs_d[None, :], acc, mask=g_ok[:, None])
                 tl.store(ws_ml_ptr + SPLITS * n_rows + row, l_i, mask=g_ok)
+
+
+@triton.jit
+def _store_output(
+    o_ptr, n, heads, g_ok, acc, l_i,
+    KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, ROT: tl.constexpr,
+):  # fmt: skip
+    """Token n's output rows for `heads`: acc / l, turned back to the model's basis (ROT), in o's dtype."""
+    out = acc / l_i[:, None]
+    if ROT:
+        out = _walsh_hadamard(out, BLOCK_G, D)
+    offs_d = tl.arange(0, D)
+    tl.store(o_ptr + (n * (KV * G) + heads[:, None]) * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty),
+             mask=g_ok[:, None])  # fmt: skip
 
 
 @triton.jit
