@@ -33,12 +33,12 @@ FORMATS = [("sym_int4", 128), ("asym_int4", 128), ("nf4", 64), ("fp4", 64), ("sy
 ROWS = [1, 8, 16, 32, 64, 256, 1024]
 
 
-FAMILIES = ("one_dot", "natural", "planes", "fold", "accs", "w4a8", "w8a8", "mma")
+FAMILIES = ("one_dot", "natural", "planes", "fold", "accs", "w4a8", "w8a8", "w8a8_t", "mma")
 
 
 def _family(cfg) -> str:
     """The tile family of a candidate, for `--drop`."""
-    if cfg.path in ("w4a8", "w8a8", "mma"):
+    if cfg.path in ("w4a8", "w8a8", "w8a8_t", "mma"):
         return cfg.path
     if cfg.fold:
         return "fold"

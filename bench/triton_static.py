@@ -18,6 +18,7 @@ cannot vectorise the bf16 activation loads and does not pipeline them).
     .venv/bin/python -P bench/triton_static.py                     # the sym_int4 variants at 16 rows, sm_90
     .venv/bin/python -P bench/triton_static.py --format nf4 --rows 32
     .venv/bin/python -P bench/triton_static.py --path w4a8     # the w4a8 table's tiles (sym_int4 g128)
+    .venv/bin/python -P bench/triton_static.py --path w8a8_t   # the w8a8_t table's tiles (fp8_e4m3, sym_int8)
 """
 
 from __future__ import annotations
@@ -127,6 +128,36 @@ def compile_w4a8(cfg: LaunchConfig, arch: int) -> dict:
     }
 
 
+W8A8_T_SIGNATURE = {
+    "xq_ptr": "*i8", "xs_ptr": "*fp32", "w_ptr": "*i8", "sw_ptr": "*fp16", "y_ptr": "*fp32",
+    "M": "i32", "N": "i32", "KX": "i32", "NB": "i32", "blocks_per_split": "i32",
+    "stride_xm": "i32", "stride_xsm": "i32", "stride_wn": "i32", "stride_sn": "i32", "stride_ym": "i32",
+    "stride_ys": "i32", "out_ptr": "*bf16", "cnt_ptr": "*i32",
+}  # fmt: skip
+
+
+def compile_w8a8_t(cfg: LaunchConfig, fmt: str, arch: int) -> dict:
+    """Compile one `w8a8_tile.tile_kernel` tile (whole tiles) for weights of `fmt` as a launch of `cfg` would."""
+    from xpullm.kernels.triton import w8a8_tile
+
+    block = w8a8_tile.act_block(fmt)
+    const = {
+        "B": block, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "DOTS": cfg.block_kb * 16 // block,
+        "INT8": fmt == "sym_int8", "USE_WS": cfg.split_k > 1, "EVEN": True, "EMULATE": False, "PDL": False,
+        "FIXUP": cfg.fixup,
+    }  # fmt: skip
+    byte = "*i8" if fmt == "sym_int8" else "*fp8e4nv"
+    args = {**W8A8_T_SIGNATURE, "xq_ptr": byte, "w_ptr": byte}
+    kernel, ttgir, loop = _compile(w8a8_tile.tile_kernel, args, const, cfg, arch)
+    waits = re.findall(r"pendings = (\d+)", loop)
+    return {
+        "tensor-core dots": kernel.asm["ptx"].count("wgmma.mma_async") + kernel.asm["ptx"].count("mma.sync"),
+        "drain waits": sum(w == "0" for w in waits),
+        "async loads": ttgir.count("ttg.async_copy_global_to_local"),
+        **_resources(kernel.asm["cubin"]),
+    }
+
+
 def _resources(cubin: bytes) -> dict:
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -143,8 +174,21 @@ def main() -> None:
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--rows", type=int, default=16, help="BLOCK_M (activation rows per program)")
     p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: Hopper)")
-    p.add_argument("--path", choices=("mma_t", "w4a8"), default="mma_t")
+    p.add_argument("--path", choices=("mma_t", "w4a8", "w8a8_t"), default="mma_t")
     args = p.parse_args()
+    if args.path == "w8a8_t":
+        from xpullm.kernels.triton.configs import CONFIG_TABLES
+
+        print(f"w8a8_t, {args.rows} rows, sm_{args.arch}, Triton {triton.__version__}")
+        print("| format | tile | tensor-core dots | drain waits | async loads | regs | spill bytes |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for fmt in ("fp8_e4m3", "sym_int8"):
+            for cfg in CONFIG_TABLES["cuda"]["w8a8_t"]:
+                r = compile_w8a8_t(replace(cfg, block_m=args.rows), fmt, args.arch)
+                name = f"{cfg.block_n} rows x {cfg.block_kb * 16} bytes s{cfg.split_k} w{cfg.num_warps} st{cfg.num_stages}"
+                print(f"| {fmt} | {name} | {r['tensor-core dots']} | {r['drain waits']} | {r['async loads']} "
+                      f"| {r['regs']} | {r['spill bytes']} |")  # fmt: skip
+        return
     if args.path == "w4a8":
         from xpullm.kernels.triton.configs import CONFIG_TABLES
 

@@ -36,11 +36,12 @@ __all__ = [
     "valid",
     "w4a8_enabled",
     "w8a8_formats",
+    "w8a8_tile_formats",
 ]
 
 SINGLE_GROUP_WORDS = 1 << 30  # a weight's GROUP_WORDS when it is per-channel: every word falls in group 0
 
-Path = Literal["gemv", "gemv_q8", "dot", "mma", "mma_t", "w4a8", "w8a8", "dequant"]
+Path = Literal["gemv", "gemv_q8", "dot", "mma", "mma_t", "w4a8", "w8a8", "w8a8_t", "dequant"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class LaunchConfig:
     `w4a8` = sym_int4 weights x activation rows quantized to int8 on int8 tensor cores (`w4a8.py`; block_kb 4 / 8 /
     16 = 1, 2, 4 dots of 128 elements per K step);
     `w8a8` = 8-bit weights x activation rows quantized to the same 8-bit type on the vendor GEMM (`w8a8.py`);
+    `w8a8_t` = the same product in Triton tiles, the rows quantized per block (`w8a8_tile.py`; block_kb 4-word
+    blocks of 16 bytes per K step: a whole number of activation blocks);
     `dequant` = decode to a dense weight, then the vendor GEMM."""
 
     path: Path
@@ -67,7 +70,7 @@ class LaunchConfig:
     natural: bool = False  # mma_t, one dot per step: decoded in the weight's K order, activations contiguous
     accs: int = 1  # mma_t, plane_dots: accumulators the plane dots rotate over (1, 2, 4, 8)
     fold: bool = False  # mma_t, plane_dots, one scale per step: scaled in the decode, no per-step rescale
-    fixup: bool = False  # mma_t, w4a8, split_k > 1: the last split sums the partials (no reduce kernel)
+    fixup: bool = False  # mma_t, w4a8, w8a8_t, split_k > 1: the last split sums the partials (no reduce pass)
     join: int = 1  # mma_t, pairs: planes per tensor-core dot (1; 2: a pair's two planes; 4: two pairs)
 
 
@@ -272,6 +275,23 @@ _CUDA_W4A8 = [
         (64, 8, 4, 4, 3, True),
     )
 ]
+# `w8a8_t` (8-bit weight bytes x 8-bit activation blocks, fp8 / int8 tensor-core dots, no decode): weight rows
+# per tile, 4-word blocks of 16 bytes per K step (8 = 128 bytes), split-K (summed in the kernel), warps, stages.
+_CUDA_W8A8_T = [
+    LaunchConfig("w8a8_t", 0, bn, kb, sk, w, st, fixup=sk > 1)
+    for bn, kb, sk, w, st in (
+        (64, 8, 1, 4, 4),
+        (64, 8, 2, 4, 4),
+        (64, 8, 4, 4, 4),
+        (64, 16, 2, 4, 3),
+        (64, 16, 4, 4, 3),
+        (128, 8, 1, 4, 4),
+        (128, 8, 2, 4, 4),
+        (128, 8, 4, 4, 3),
+        (128, 16, 2, 8, 3),
+        (64, 8, 8, 4, 4),
+    )
+]
 MMA_MAX_M = 256  # row buckets the batched tensor-core tiles are timed for
 MMA_BLOCK_M = (16, 64)  # smallest and largest M tile of `mma` (tl.dot needs >= 16 rows)
 
@@ -301,6 +321,14 @@ def w8a8_formats() -> tuple[str, ...]:
     model), `all` adds sym_int8 (+2.8% over int8 weight-only there: a model without outlier smoothing loses
     more to int8 rows). Explicit `LaunchConfig("w8a8")` runs it either way."""
     return W8A8_CHOICES.get(runtime_settings().triton_w8a8, ())
+
+
+def w8a8_tile_formats() -> tuple[str, ...]:
+    """The weight formats the tuner times the `w8a8_t` tiles for (each activation block rounded to the weight's
+    8-bit type, then fp8 / int8 tensor-core dots): XPULLM_TRITON_W8A8_T = `off` (default), `fp8` (fp8_e4m3 weights,
+    rows per 1 x 128 block) or `all` (sym_int8 too, rows per 64). Explicit `LaunchConfig("w8a8_t", ...)` runs
+    either way."""
+    return W8A8_CHOICES.get(runtime_settings().triton_w8a8_t, ())
 
 
 def fixup_enabled() -> bool:
@@ -340,6 +368,7 @@ CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
         "mma_t": _CUDA_MMA_T,
         "w4a8": _CUDA_W4A8,
         "w8a8": [LaunchConfig("w8a8")],
+        "w8a8_t": _CUDA_W8A8_T,
     },
     "xpu": {"gemv": _XPU_GEMV, "dot_small": _XPU_DOT_SMALL, "prefill": _XPU_PREFILL},
 }
@@ -366,6 +395,9 @@ def path_summary() -> list[str]:
         f"(a scale per 64), int8 tensor cores{'' if w4a8_enabled() else '; off (XPULLM_TRITON_W4A8=1 times it)'}",
         f"w8a8     every M        fp8_e4m3, sym_int8  rows quantized per token, fp8 / int8 tensor cores (cuBLAS); "
         f"timed for: {', '.join(w8a8_formats()) or 'none'} (XPULLM_TRITON_W8A8=off|fp8|all)",
+        f"w8a8_t   2-{MMA_MAX_M} rows     fp8_e4m3, sym_int8  8-bit weights x rows quantized per block (fp8: 128, "
+        f"int8: 64), fp8 / int8 tensor cores, no decode; timed for: {', '.join(w8a8_tile_formats()) or 'none'} "
+        "(XPULLM_TRITON_W8A8_T=off|fp8|all)",
         "dequant  prefill        every format        decode to the activation dtype, then cuBLAS",
     ]
 
@@ -392,6 +424,13 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         from xpullm.kernels.triton.w8a8 import supports  # its module imports this one
 
         return supports(tw, x_dtype)
+    if cfg.path == "w8a8_t":
+        from xpullm.kernels.triton import w8a8_tile  # its module imports this one
+
+        step = cfg.block_kb * 16  # bytes of a K step
+        block = w8a8_tile.ACT_BLOCK.get(tw.format, 0)
+        if not w8a8_tile.supports(tw, x_dtype) or cfg.block_m < MMA_BLOCK_M[0] or step % block:
+            return False  # 8-bit dots need >= 16 rows; a K step holds whole activation blocks
     if cfg.path == "w4a8":
         from xpullm.kernels.triton.w4a8 import supports  # its module imports this one
 
@@ -411,7 +450,7 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return False  # several accumulators split a step's plane dots
     if cfg.fold and not can_fold(cfg, tw):
         return False
-    if cfg.fixup and (cfg.path not in ("mma_t", "w4a8") or cfg.split_k == 1):
+    if cfg.fixup and (cfg.path not in ("mma_t", "w4a8", "w8a8_t") or cfg.split_k == 1):
         return False  # only the tiles' K splits have partials to sum
     if not can_join(cfg):
         return False
@@ -490,16 +529,20 @@ def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[Launc
             replace(c, block_m=mma_block_m(bucket)) for c in (*table.get("mma", ()), *table.get("mma_t", ()))
         ]
     if bucket > 1:  # int8 dots need whole 16-row tiles; batch 1 keeps the GEMVs
-        pool += [replace(c, block_m=mma_block_m(bucket)) for c in table.get("w4a8", ())]
+        pool += [
+            replace(c, block_m=mma_block_m(bucket))
+            for c in (*table.get("w4a8", ()), *table.get("w8a8_t", ()))
+        ]
     pool += table.get("w8a8", [])  # every row count: the vendor GEMM serves decode batches and prefill alike
     return [c for c in pool if valid(c, tw, x_dtype) and switched_on(c, tw)]
 
 
 def switched_on(cfg: LaunchConfig, tw) -> bool:
-    """Whether the switches let the tuner pick `cfg` for `tw` (XPULLM_TRITON_W8A8, _W4A8, _MORE_PAIRS, _FIXUP): what it
+    """Whether the switches let the tuner pick `cfg` for `tw` (XPULLM_TRITON_W8A8, _W8A8_T, _W4A8, _MORE_PAIRS, _FIXUP): what it
     times, and what a sweep may record as a winner (a record is loaded whatever the switches say)."""
     return (
         (cfg.path != "w8a8" or tw.format in w8a8_formats())
+        and (cfg.path != "w8a8_t" or tw.format in w8a8_tile_formats())
         and (cfg.path != "w4a8" or w4a8_enabled())
         and (more_pairs_enabled() or basic_pairs(cfg, tw))
         and (fixup_enabled() or not cfg.fixup)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import triton
 import triton.compiler.errors
 
-from xpullm.kernels.triton import jit, w4a8, w8a8
+from xpullm.kernels.triton import jit, w4a8, w8a8, w8a8_tile
 from xpullm.kernels.triton.configs import (
     Q8_FORMATS,
     Q8_ROW_TILES,
@@ -133,6 +133,8 @@ def run(
         return w8a8.run(x2, tw, out)
     if cfg.path == "w4a8":
         return _run_w4a8(x2, tw, cfg, out, workspace)
+    if cfg.path == "w8a8_t":
+        return _run_w8a8_t(x2, tw, cfg, out, workspace)
     split = cfg.split_k
     workspace, target, stride_ys = _split_target(split, out, workspace)
     zeros = tw.zeros if tw.zeros is not None else tw.scales
@@ -405,6 +407,50 @@ def _run_w4a8(
         USE_WS=split > 1, EVEN=tw.n % cfg.block_n == 0 and tw.kw % step == 0, DOT_I32=_INTERPRET,
         FIXUP=counters is not None, PREFETCH=cfg.prefetch, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **launch_options(tw.device),
+    )  # fmt: skip
+    if split > 1 and counters is None:
+        _reduce_splits(workspace, out)
+    return out
+
+
+def _run_w8a8_t(
+    x: torch.Tensor, tw: TritonWeight, cfg: LaunchConfig, out: torch.Tensor, workspace: torch.Tensor | None
+) -> torch.Tensor:
+    """`w8a8_tile.tile_kernel`: the rows of x [M, KX] quantized per block to the weight's 8-bit type, times its
+    bytes on fp8 / int8 tensor cores."""
+    if not w8a8_tile.supports(tw, x.dtype):
+        raise ValueError(
+            f"w8a8_t runs fp8_e4m3 / sym_int8 weights with one scale per row and bf16 / fp16 activations; got "
+            f"{tw.format} (group {tw.group_size}), {x.dtype}: use mma_t"
+        )
+    block = w8a8_tile.act_block(tw.format)
+    step = cfg.block_kb * 16
+    if cfg.block_m < 16 or step % block:
+        raise ValueError(
+            f"w8a8_t tiles need block_m >= 16 and K steps (block_kb x 16 bytes) of whole {block}-element "
+            f"activation blocks; got {cfg}"
+        )
+    m = x.shape[0]
+    xq, xs = w8a8_tile.quantize(x, tw)
+    nb = xs.shape[1]
+    dots = step // block
+    split = cfg.split_k
+    per_split = (
+        -(-nb // (split * dots)) * dots
+    )  # blocks per split: whole K steps (trailing splits may be empty)
+    workspace, target, stride_ys = _split_target(split, out, workspace)
+    grid = (triton.cdiv(tw.n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
+    counters = _tile_counters(tw.device, grid[0] * grid[2]) if cfg.fixup and split > 1 else None
+    even = tw.n % cfg.block_n == 0 and tw.kx % block == 0 and nb == split * per_split
+    operand = torch.int8 if _INTERPRET else xq.dtype  # the interpreter cannot mask fp8 loads: their bytes
+    w8a8_tile.tile_kernel[grid](
+        xq.view(operand), xs, tw.words.view(operand), tw.scales, target,
+        m, tw.n, tw.kx, nb, per_split,
+        xq.stride(0), xs.stride(0), 4 * tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
+        out, counters if counters is not None else tw.words,
+        B=block, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DOTS=dots, INT8=xq.dtype == torch.int8,
+        USE_WS=split > 1, EVEN=even, EMULATE=_INTERPRET, FIXUP=counters is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(tw.device),
     )  # fmt: skip
     if split > 1 and counters is None:
         _reduce_splits(workspace, out)

@@ -82,11 +82,13 @@ def _probe(index: int, fmt: str) -> bool:
 def _round_e4m3(v):
     """v (|v| <= 448) rounded to the nearest e4m3 value, ties to even, as an fp32: spacing 2**(e - 3) in binade
     e, 2**-9 below 2**-6 (subnormals). Done by hand because the Triton interpreter's fp32 -> fp8 conversion loses
-    a rounding carry into the exponent (120.5 -> 64); the GPU's conversion then has nothing left to round."""
+    a rounding carry into the exponent (120.5 -> 64); the GPU's conversion then has nothing left to round. Zero
+    keeps the sign of v."""
     e = tl.maximum(((v.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)
     ulp = ((e - 3 + 127) << 23).to(tl.float32, bitcast=True)
     inv = ((127 - (e - 3)) << 23).to(tl.float32, bitcast=True)
-    return ((v * inv + 12582912.0) - 12582912.0) * ulp  # 1.5 * 2**23: rounds to an integer, ties to even
+    r = ((v * inv + 12582912.0) - 12582912.0) * ulp  # 1.5 * 2**23: rounds to an integer, ties to even
+    return tl.where(r == 0.0, v * 0.0, r)  # a negative value that rounds to zero is -0, as a conversion gives
 
 
 @triton.jit
