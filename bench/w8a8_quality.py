@@ -5,10 +5,12 @@ computes for 8-bit per-channel weights: weight-only (bf16 activations times the 
 `mma_t` tiles) and `w8a8` (each activation row rounded to the weight's 8-bit type first: `kernels/triton/w8a8.py`'s
 twin, which its GPU tests hold the cuBLAS path to). `--set w4a8`: sym_int4 g128 weights, weight-only against
 `w4a8` (each row rounded to int8 per group of 128 elements: `kernels/triton/w4a8.py`) and against the batch-1
-GEMV's int8 rows (`gemv_q8`: per block of 32, the default for one-row decode steps). Perplexity on exllamav2's
+GEMV's int8 rows (`gemv_q8`: per block of 32, the default for one-row decode steps). `--set w8a8_t`: 8-bit
+per-channel weights, weight-only against per-token rows and against the `w8a8_t` tiles' blocks
+(`kernels/triton/w8a8_tile.py`: fp8 per 128, int8 per 64), with int8 per 128 / 32 for scale. Perplexity on exllamav2's
 `wiki.utf8`.
 
-    python -P bench/w8a8_quality.py [--set w8a8|w4a8] [--tokens 8192] [--window 512] [--md docs/...]
+    python -P bench/w8a8_quality.py [--set w8a8|w8a8_t|w4a8] [--tokens 8192] [--window 512] [--md docs/...]
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ SETS = {
         ("sym_int8", 0, None),
         ("sym_int8", 0, "token"),
     ],
+    "w8a8_t": [
+        ("fp8_e4m3", 0, None),
+        ("fp8_e4m3", 0, "token"),
+        ("fp8_e4m3", 0, "w8a8_t"),
+        ("sym_int8", 0, None),
+        ("sym_int8", 0, "token"),
+        ("sym_int8", 0, "w8a8_t"),
+        ("sym_int8", 0, 128),
+        ("sym_int8", 0, 32),
+    ],
     "w4a8": [
         ("sym_int4", 128, None),
         ("sym_int4", 128, "w4a8"),
@@ -56,6 +68,19 @@ def _w4a8_rows(xf: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(v)
     out[:, :, w4a8._order(xf.device)] = v
     return out.reshape(rows.shape[0], kx)[:, :k].reshape(xf.shape)
+
+
+def _w8a8_t_rows(xf: torch.Tensor, fmt: str) -> torch.Tensor:
+    """Rows rounded as `kernels/triton/w8a8_tile.py`'s quantizer rounds them (its twin: fp8 per 128 elements,
+    int8 per 64)."""
+    from xpullm.kernels.triton import w8a8_tile
+
+    rows = xf.reshape(-1, xf.shape[-1])
+    k = rows.shape[-1]
+    q, s = w8a8_tile.reference_quantize(rows, fmt)
+    block = w8a8_tile.act_block(fmt)
+    v = (q.view(rows.shape[0], -1, block) * s[:, :, None]).reshape(rows.shape[0], -1)
+    return v[:, :k].reshape(xf.shape)
 
 
 def _int8_blocks(xf: torch.Tensor, block: int) -> torch.Tensor:
@@ -94,6 +119,8 @@ class Projection(torch.nn.Module):
             xf = q * scale
         elif self.rounding == "w4a8":
             xf = _w4a8_rows(xf)
+        elif self.rounding == "w8a8_t":
+            xf = _w8a8_t_rows(xf, self.fmt)
         elif self.rounding is not None:
             xf = _int8_blocks(xf, self.rounding)
         y = xf @ self.weight.t()
@@ -137,7 +164,8 @@ def main() -> None:
         with torch.inference_mode():
             ppl = perplexity(model, ids, args.window)
         base = base or ppl
-        acts = {None: "bf16 (weight-only)", "token": f"{fmt} per token (w8a8)", "w4a8": "int8, a scale per 64 interleaved (w4a8)", 128: "int8 per 128", 64: "int8 per 64",
+        acts = {None: "bf16 (weight-only)", "token": f"{fmt} per token (w8a8)", "w4a8": "int8, a scale per 64 interleaved (w4a8)",
+                "w8a8_t": f"{'fp8 per 128' if fmt == 'fp8_e4m3' else 'int8 per 64'} (w8a8_t)", 128: "int8 per 128", 64: "int8 per 64",
                 32: "int8 per 32 (gemv_q8, one-row steps)"}[rounding] if fmt else "fp32"  # fmt: skip
         label = f"{fmt} g{group}" if group else fmt
         rows.append(f"| {label or 'fp32'} | {acts} | {ppl:.3f} | {100 * (ppl / base - 1):+.2f}% |")
