@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                     else f"{best.path} {best.block_m}x{best.block_n}x{best.block_kb} s{best.split_k} "
                     f"w{best.num_warps} st{best.num_stages}{' planes' if best.plane_dots else ''}"
                     f"{' pairs' if best.pairs else ''}{f' join{best.join}' if best.join > 1 else ''}"
-                    f"{' fixup' if best.fixup else ''}"
+                    f"{' fixup' if best.fixup else ''}{' tq' if best.tile_quantizes else ''}"
                 )
                 dq_us = timed(lambda x2=x2, tw=tw: run(x2, tw, LaunchConfig("dequant")))
                 row["dequant"] += dq_us

@@ -139,21 +139,23 @@ W8A8_T_SIGNATURE = {
 def compile_w8a8_t(cfg: LaunchConfig, fmt: str, arch: int) -> dict:
     """Compile one `w8a8_tile.tile_kernel` tile (whole tiles) for weights of `fmt` as a launch of `cfg` would."""
     from xpullm.kernels.triton import w8a8_tile
+    from xpullm.kernels.triton.w8a8 import FORMATS
 
     block = w8a8_tile.act_block(fmt)
     const = {
         "B": block, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "DOTS": cfg.block_kb * 16 // block,
         "INT8": fmt == "sym_int8", "USE_WS": cfg.split_k > 1, "EVEN": True, "EMULATE": False, "PDL": False,
-        "FIXUP": cfg.fixup,
+        "FIXUP": cfg.fixup, "FUSED": cfg.tile_quantizes, "QMAX": FORMATS[fmt][1], "SCALE_FACTOR": FORMATS[fmt][2],
     }  # fmt: skip
     byte = "*i8" if fmt == "sym_int8" else "*fp8e4nv"
-    args = {**W8A8_T_SIGNATURE, "xq_ptr": byte, "w_ptr": byte}
+    args = {**W8A8_T_SIGNATURE, "xq_ptr": "*bf16" if cfg.tile_quantizes else byte, "w_ptr": byte}
     kernel, ttgir, loop = _compile(w8a8_tile.tile_kernel, args, const, cfg, arch)
     waits = re.findall(r"pendings = (\d+)", loop)
     return {
         "tensor-core dots": kernel.asm["ptx"].count("wgmma.mma_async") + kernel.asm["ptx"].count("mma.sync"),
         "drain waits": sum(w == "0" for w in waits),
         "async loads": ttgir.count("ttg.async_copy_global_to_local"),
+        "smem stores": loop.count("ttg.local_store") + loop.count("ttg.local_alloc %"),
         **_resources(kernel.asm["cubin"]),
     }
 
@@ -180,14 +182,15 @@ def main() -> None:
         from xpullm.kernels.triton.configs import CONFIG_TABLES
 
         print(f"w8a8_t, {args.rows} rows, sm_{args.arch}, Triton {triton.__version__}")
-        print("| format | tile | tensor-core dots | drain waits | async loads | regs | spill bytes |")
-        print("|---|---|---:|---:|---:|---:|---:|")
+        print("| format | tile | tensor-core dots | drain waits | async loads | smem stores | regs | spill bytes |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
         for fmt in ("fp8_e4m3", "sym_int8"):
             for cfg in CONFIG_TABLES["cuda"]["w8a8_t"]:
                 r = compile_w8a8_t(replace(cfg, block_m=args.rows), fmt, args.arch)
                 name = f"{cfg.block_n} rows x {cfg.block_kb * 16} bytes s{cfg.split_k} w{cfg.num_warps} st{cfg.num_stages}"
+                name += " tq" * cfg.tile_quantizes
                 print(f"| {fmt} | {name} | {r['tensor-core dots']} | {r['drain waits']} | {r['async loads']} "
-                      f"| {r['regs']} | {r['spill bytes']} |")  # fmt: skip
+                      f"| {r['smem stores']} | {r['regs']} | {r['spill bytes']} |")  # fmt: skip
         return
     if args.path == "w4a8":
         from xpullm.kernels.triton.configs import CONFIG_TABLES

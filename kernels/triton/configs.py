@@ -72,6 +72,9 @@ class LaunchConfig:
     fold: bool = False  # mma_t, plane_dots, one scale per step: scaled in the decode, no per-step rescale
     fixup: bool = False  # mma_t, w4a8, w8a8_t, split_k > 1: the last split sums the partials (no reduce pass)
     join: int = 1  # mma_t, pairs: planes per tensor-core dot (1; 2: a pair's two planes; 4: two pairs)
+    tile_quantizes: bool = (
+        False  # w8a8_t: each program rounds the activation blocks it multiplies (no quantizer)
+    )
 
 
 def _gemv(bm: int, bn: int, kb: int, sk: int, warps: int, prefetch: bool = False) -> LaunchConfig:
@@ -276,9 +279,10 @@ _CUDA_W4A8 = [
     )
 ]
 # `w8a8_t` (8-bit weight bytes x 8-bit activation blocks, fp8 / int8 tensor-core dots, no decode): weight rows
-# per tile, 4-word blocks of 16 bytes per K step (8 = 128 bytes), split-K (summed in the kernel), warps, stages.
+# per tile, 4-word blocks of 16 bytes per K step (8 = 128 bytes), split-K (summed in the kernel), warps, stages;
+# each with the activation blocks rounded by the quantizer's launch or by the tile's own programs.
 _CUDA_W8A8_T = [
-    LaunchConfig("w8a8_t", 0, bn, kb, sk, w, st, fixup=sk > 1)
+    LaunchConfig("w8a8_t", 0, bn, kb, sk, w, st, fixup=sk > 1, tile_quantizes=tq)
     for bn, kb, sk, w, st in (
         (64, 8, 1, 4, 4),
         (64, 8, 2, 4, 4),
@@ -291,6 +295,7 @@ _CUDA_W8A8_T = [
         (128, 16, 2, 8, 3),
         (64, 8, 8, 4, 4),
     )
+    for tq in (False, True)
 ]
 MMA_MAX_M = 256  # row buckets the batched tensor-core tiles are timed for
 MMA_BLOCK_M = (16, 64)  # smallest and largest M tile of `mma` (tl.dot needs >= 16 rows)
@@ -454,6 +459,8 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return False  # only the tiles' K splits have partials to sum
     if not can_join(cfg):
         return False
+    if cfg.tile_quantizes and cfg.path != "w8a8_t":
+        return False  # only the 8-bit activation tiles round their own rows
     if cfg.pairs and not can_pair(cfg, tw, x_dtype):
         return False
     if cfg.path == "gemv_q8" and (

@@ -416,8 +416,8 @@ def _run_w4a8(
 def _run_w8a8_t(
     x: torch.Tensor, tw: TritonWeight, cfg: LaunchConfig, out: torch.Tensor, workspace: torch.Tensor | None
 ) -> torch.Tensor:
-    """`w8a8_tile.tile_kernel`: the rows of x [M, KX] quantized per block to the weight's 8-bit type, times its
-    bytes on fp8 / int8 tensor cores."""
+    """`w8a8_tile.tile_kernel`: the rows of x [M, KX] quantized per block to the weight's 8-bit type (by the
+    quantizer, or with `tile_quantizes` by the tile's programs), times its bytes on fp8 / int8 tensor cores."""
     if not w8a8_tile.supports(tw, x.dtype):
         raise ValueError(
             f"w8a8_t runs fp8_e4m3 / sym_int8 weights with one scale per row and bf16 / fp16 activations; got "
@@ -431,8 +431,15 @@ def _run_w8a8_t(
             f"activation blocks; got {cfg}"
         )
     m = x.shape[0]
-    xq, xs = w8a8_tile.quantize(x, tw)
-    nb = xs.shape[1]
+    dtype, qmax, factor = w8a8.FORMATS[tw.format]
+    nb = -(-tw.kx // block)
+    if cfg.tile_quantizes:  # the programs round the bf16 rows themselves
+        xq, xs = x, tw.scales  # (a placeholder pointer: the scales are computed in the kernel)
+    else:
+        xq, xs = w8a8_tile.quantize(x, tw)
+        xq = xq.view(
+            torch.int8 if _INTERPRET else dtype
+        )  # the interpreter cannot mask fp8 loads: their bytes
     dots = step // block
     split = cfg.split_k
     per_split = (
@@ -442,14 +449,14 @@ def _run_w8a8_t(
     grid = (triton.cdiv(tw.n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
     counters = _tile_counters(tw.device, grid[0] * grid[2]) if cfg.fixup and split > 1 else None
     even = tw.n % cfg.block_n == 0 and tw.kx % block == 0 and nb == split * per_split
-    operand = torch.int8 if _INTERPRET else xq.dtype  # the interpreter cannot mask fp8 loads: their bytes
     w8a8_tile.tile_kernel[grid](
-        xq.view(operand), xs, tw.words.view(operand), tw.scales, target,
+        xq, xs, tw.words.view(torch.int8 if _INTERPRET else dtype), tw.scales, target,
         m, tw.n, tw.kx, nb, per_split,
         xq.stride(0), xs.stride(0), 4 * tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
         out, counters if counters is not None else tw.words,
-        B=block, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DOTS=dots, INT8=xq.dtype == torch.int8,
+        B=block, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DOTS=dots, INT8=dtype == torch.int8,
         USE_WS=split > 1, EVEN=even, EMULATE=_INTERPRET, FIXUP=counters is not None,
+        FUSED=cfg.tile_quantizes, QMAX=qmax, SCALE_FACTOR=factor,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(tw.device),
     )  # fmt: skip
     if split > 1 and counters is None:

@@ -54,6 +54,27 @@ def supports(tw: TritonWeight, x_dtype: torch.dtype) -> bool:
 
 
 @triton.jit
+def _block_codes(x, AXIS: tl.constexpr, QMAX: tl.constexpr, INT8: tl.constexpr):
+    """Activation blocks x (each block's elements along AXIS of a 2-D tile) -> (8-bit codes, each block's scale
+    absmax / QMAX floored at 1e-20 / QMAX): IEEE division; int8 rounds half to even, fp8 to the nearest e4m3
+    value, ties to even."""
+    x = x.to(tl.float32)
+    scale = tl.div_rn(tl.maximum(tl.max(tl.abs(x), axis=AXIS), 1e-20), QMAX)
+    v = tl.div_rn(x, tl.expand_dims(scale, AXIS))
+    if INT8:
+        q = tl.minimum(tl.maximum(round_half_even(v), -QMAX), QMAX).to(tl.int8)
+    else:
+        q = _round_e4m3(v).to(tl.float8e4nv)  # exact: the value is already an e4m3 number
+    return q, scale
+
+
+@triton.jit
+def _permuted(p):
+    """The element of its block that position p holds in the weight's K order: 4 i + l at 4 l + i of each 16."""
+    return (p // 16) * 16 + (p % 4) * 4 + (p % 16) // 4
+
+
+@triton.jit
 def quantize_kernel(
     x_ptr, q_ptr, s_ptr, K, NB, stride_xm, stride_qm, stride_sm,
     QMAX: tl.constexpr, INT8: tl.constexpr, SCALE_FACTOR: tl.constexpr, B: tl.constexpr,
@@ -67,15 +88,9 @@ def quantize_kernel(
     row = tl.program_id(0)
     b = tl.program_id(1) * BLOCKS + tl.arange(0, BLOCKS)
     p = tl.arange(0, B)
-    src = (p // 16) * 16 + (p % 4) * 4 + (p % 16) // 4  # the element position p holds
-    e = b[:, None] * B + src[None, :]
-    x = tl.load(x_ptr + row * stride_xm + e, mask=e < K, other=0.0).to(tl.float32)
-    scale = tl.div_rn(tl.maximum(tl.max(tl.abs(x), axis=1), 1e-20), QMAX)
-    v = tl.div_rn(x, scale[:, None])
-    if INT8:
-        q = tl.minimum(tl.maximum(round_half_even(v), -QMAX), QMAX).to(tl.int8)
-    else:
-        q = _round_e4m3(v).to(tl.float8e4nv)  # exact: the value is already an e4m3 number
+    e = b[:, None] * B + _permuted(p)[None, :]
+    x = tl.load(x_ptr + row * stride_xm + e, mask=e < K, other=0.0)
+    q, scale = _block_codes(x, 1, QMAX, INT8)
     b_ok = b < NB
     tl.store(q_ptr + row * stride_qm + b[:, None] * B + p[None, :], q, mask=b_ok[:, None])
     tl.store(s_ptr + row * stride_sm + b, scale * SCALE_FACTOR, mask=b_ok)
@@ -108,6 +123,7 @@ def tile_kernel(
     stride_xm, stride_xsm, stride_wn, stride_sn, stride_ym, stride_ys, out_ptr, cnt_ptr,
     B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOTS: tl.constexpr, INT8: tl.constexpr,
     USE_WS: tl.constexpr, EVEN: tl.constexpr, EMULATE: tl.constexpr, PDL: tl.constexpr, FIXUP: tl.constexpr,
+    FUSED: tl.constexpr = False, QMAX: tl.constexpr = 127.0, SCALE_FACTOR: tl.constexpr = 1.0,
 ):  # fmt: skip
     """y^T [N, M] = W @ xq^T: per activation block one tensor-core dot of K = B over the 8-bit weight bytes and
     codes as they are, its result times the block's activation scale added into the fp32 accumulator; DOTS
@@ -115,7 +131,10 @@ def tile_kernel(
     writes fp32 split partials (summed in-kernel with FIXUP, as `jit.mma_t_kernel` does).
     EVEN: N is a whole number of tiles, KX of blocks and every split of loop steps (no masks on the weight).
     EMULATE: the interpreter's dots, in fp32 (int8: exact, |sum| < 2**24; it multiplies 8-bit operands as raw
-    integers otherwise), over fp8 operands passed as int8 bytes."""
+    integers otherwise), over fp8 operands passed as int8 bytes.
+    FUSED: xq_ptr is the bf16 / fp16 rows [M, KX] themselves (xs_ptr unused), and each program rounds the
+    blocks it multiplies as `quantize_kernel` does (the same codes and scales, bit for bit): no quantizer
+    launch, for the price of every program of a K range rounding the same blocks again."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -136,21 +155,27 @@ def tile_kernel(
             k = b * B + kk
             if EVEN:
                 w = tl.load(w_ptr + n2 * stride_wn + k[None, :])
-                xt = tl.load(xq_ptr + m_row * stride_xm + k[:, None], mask=m_ok, other=0.0)
-                sx = tl.load(xs_ptr + offs_m * stride_xsm + b, mask=offs_m < M, other=0.0)
+                x_ok = m_ok
+                s_ok = offs_m < M
             else:
-                k_end = b_end * B  # the split's end
-                w_ok = n_ok & (k[None, :] < tl.minimum(KX, k_end))
-                w = tl.load(w_ptr + n2 * stride_wn + k[None, :], mask=w_ok, other=0.0)
-                xt = tl.load(
-                    xq_ptr + m_row * stride_xm + k[:, None], mask=m_ok & (k[:, None] < k_end), other=0.0
-                )
+                k_end = tl.minimum(KX, b_end * B)  # the split's end
+                w = tl.load(w_ptr + n2 * stride_wn + k[None, :], mask=n_ok & (k[None, :] < k_end), other=0.0)
+                x_ok = m_ok & (k[:, None] < k_end)
                 s_ok = (offs_m < M) & (b + 0 * offs_m < b_end)
+            if FUSED:  # this block of the bf16 / fp16 rows, in the weight's K order, rounded here
+                xf = tl.load(
+                    xq_ptr + m_row * stride_xm + b * B + _permuted(kk)[:, None], mask=x_ok, other=0.0
+                )
+                xt, sx = _block_codes(xf, 0, QMAX, INT8)
+                sx = sx * SCALE_FACTOR
+            else:
+                xt = tl.load(xq_ptr + m_row * stride_xm + k[:, None], mask=x_ok, other=0.0)
                 sx = tl.load(xs_ptr + offs_m * stride_xsm + b, mask=s_ok, other=0.0)
             if EMULATE:
                 if not INT8:  # the interpreter reads fp8 operands as their bytes (it cannot mask fp8 loads)
                     w = w.to(tl.float8e4nv, bitcast=True)
-                    xt = xt.to(tl.float8e4nv, bitcast=True)
+                    if not FUSED:
+                        xt = xt.to(tl.float8e4nv, bitcast=True)
                 part = tl.dot(w.to(tl.float32), xt.to(tl.float32))
             elif INT8:
                 part = tl.dot(w, xt, out_dtype=tl.int32).to(tl.float32)

@@ -94,6 +94,7 @@ def _configs(rnd: random.Random, fmt: str, m: int) -> list[LaunchConfig]:
         *rnd.sample(table, 2),
         LaunchConfig("w8a8_t", 16, 32, 8 if fmt == "fp8_e4m3" else 4, 3, 4, 2, fixup=True),
         LaunchConfig("w8a8_t", 16, 16, 16, 2, 4, 2),  # splits summed by the reduce kernel
+        LaunchConfig("w8a8_t", 16, 32, 8, 3, 4, 2, fixup=True, tile_quantizes=True),  # no quantizer launch
     ]
 
 
@@ -166,3 +167,20 @@ def test_tuner_times_the_tiles_only_when_asked_and_int8_only_with_all(monkeypatc
     assert not tiles(fp8, 1)  # one row keeps the GEMVs
     monkeypatch.setenv("XPULLM_TRITON_W8A8_T", "all")
     assert tiles(int8, 32)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_tiles_that_round_their_own_rows_give_the_quantizers_numbers_bit_for_bit(fmt: str) -> None:
+    """`tile_quantizes` rounds each block inside the programs that multiply it: the same codes and scales as the
+    quantizer's launch, so the same sums in the same order."""
+    seed = _seed()
+    n, k, m = 48, 300 if INTERPRET else 4100, 19
+    tw = _weight(fmt, n, k, seed)
+    x = _prepare_x(_rows(m, k, seed + 1), tw)
+    for cfg in (
+        LaunchConfig("w8a8_t", 16, 16, 8, 2, 4, 2, fixup=True),
+        LaunchConfig("w8a8_t", 32, 32, 16, 1, 4, 3),
+    ):
+        want = run(x, tw, cfg)
+        got = run(x, tw, replace(cfg, tile_quantizes=True))
+        assert torch.equal(got, want), (seed, fmt, cfg)
