@@ -424,33 +424,46 @@ def _run_w8a8_t(
             f"{tw.format} (group {tw.group_size}), {x.dtype}: use mma_t"
         )
     block = w8a8_tile.act_block(tw.format)
-    step = cfg.block_kb * 16
-    if cfg.block_m < 16 or step % block:
+    if cfg.block_m < 16 or cfg.block_kb * 16 % block:
         raise ValueError(
             f"w8a8_t tiles need block_m >= 16 and K steps (block_kb x 16 bytes) of whole {block}-element "
             f"activation blocks; got {cfg}"
         )
-    m = x.shape[0]
+    if cfg.tile_quantizes:  # the programs round the bf16 rows themselves (the scales: a placeholder pointer)
+        return w8a8_t_launch(x, tw.scales, tw, cfg, out, workspace)
+    xq, xs = w8a8_tile.quantize(x, tw)
+    return w8a8_t_launch(xq, xs, tw, cfg, out, workspace)
+
+
+def w8a8_t_launch(
+    xq: torch.Tensor,
+    xs: torch.Tensor,
+    tw: TritonWeight,
+    cfg: LaunchConfig,
+    out: torch.Tensor,
+    workspace: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The `w8a8_t` tile alone, over codes and scales from `w8a8_tile.quantize` (or, with `tile_quantizes`, the
+    bf16 / fp16 rows and any placeholder): what `run` launches after the quantizer, and what
+    bench/gpu_w8a8t_parts.py times apart from it."""
+    block = w8a8_tile.act_block(tw.format)
     dtype, qmax, factor = w8a8.FORMATS[tw.format]
+    if _INTERPRET and not cfg.tile_quantizes:
+        xq = xq.view(torch.int8)  # the interpreter cannot mask fp8 loads: their bytes
+    operand = torch.int8 if _INTERPRET else dtype
+    m = xq.shape[0]
     nb = -(-tw.kx // block)
-    if cfg.tile_quantizes:  # the programs round the bf16 rows themselves
-        xq, xs = x, tw.scales  # (a placeholder pointer: the scales are computed in the kernel)
-    else:
-        xq, xs = w8a8_tile.quantize(x, tw)
-        xq = xq.view(
-            torch.int8 if _INTERPRET else dtype
-        )  # the interpreter cannot mask fp8 loads: their bytes
-    dots = step // block
+    dots = cfg.block_kb * 16 // block
     split = cfg.split_k
     per_split = (
         -(-nb // (split * dots)) * dots
-    )  # blocks per split: whole K steps (trailing splits may be empty)
+    )  # blocks per split: whole K steps (trailing ones may be empty)
     workspace, target, stride_ys = _split_target(split, out, workspace)
     grid = (triton.cdiv(tw.n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
     counters = _tile_counters(tw.device, grid[0] * grid[2]) if cfg.fixup and split > 1 else None
     even = tw.n % cfg.block_n == 0 and tw.kx % block == 0 and nb == split * per_split
     w8a8_tile.tile_kernel[grid](
-        xq, xs, tw.words.view(torch.int8 if _INTERPRET else dtype), tw.scales, target,
+        xq, xs, tw.words.view(operand), tw.scales, target,
         m, tw.n, tw.kx, nb, per_split,
         xq.stride(0), xs.stride(0), 4 * tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
         out, counters if counters is not None else tw.words,

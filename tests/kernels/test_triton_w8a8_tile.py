@@ -123,12 +123,12 @@ def test_product_matches_its_twin_over_random_shapes_and_tiles(fmt: str) -> None
                 atol=2**-8 * scale,
                 msg=f"seed {seed} {fmt} {n}x{k} m={m} {cfg}",
             )
-        # and it is the weight-only product up to the activations' rounding, not something else: e4m3 keeps
-        # 4 significant bits (relative error <= 2**-4 per element), int8 blocks 7 bits under the block absmax (~1%
-        # here: the outlier channels widen their blocks)
+        # and it is the weight-only product up to the activations' rounding, not something else: e4m3 keeps 4
+        # significant bits (relative error up to 2**-4 per element, RMS 2**-4 / sqrt(3)), int8 blocks 7 bits under
+        # the block absmax (~1% here: the outlier channels widen their blocks)
         a16 = x.float().cpu() @ dequantize(tw, torch.float32).cpu().t()
         rel = ((ref - a16).norm() / a16.norm()).item()
-        assert rel < 2**-5 if fmt == "fp8_e4m3" else rel < 2**-6, (seed, fmt, n, k, m, rel)
+        assert rel < 2**-4 if fmt == "fp8_e4m3" else rel < 2**-6, (seed, fmt, n, k, m, rel)
 
 
 def test_out_buffer_is_filled_and_returned() -> None:
