@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -34,7 +35,7 @@ def main() -> int:
     from xpullm.kernels.triton.launch import _prepare_x, w8a8_t_launch
 
     dev = torch.device("cuda")
-    records = json.loads(open(args.tuned).read()) if args.tuned else []
+    records = json.loads(Path(args.tuned).read_text()) if args.tuned else []
     for fmt in args.formats.split(","):
         for n, k in SHAPES:
             tw = pack_weight(get_format(fmt).quantize(torch.randn(n, k) * 0.02, 0), dev)
