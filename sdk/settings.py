@@ -13,7 +13,7 @@
 | `XPULLM_TRITON_FIXUP` | `triton_fixup` | `1` | `0`: the tuner leaves out the `mma_t` tiles that sum their K splits in the kernel |
 | `XPULLM_TRITON_W4A8` | `triton_w4a8` | `0` | `1`: the tuner also times sym_int4 weights x int8 activation rows (a scale per 64 elements) on int8 tensor cores (`w4a8`) |
 | `XPULLM_TRITON_W8A8` | `triton_w8a8` | `off` | `fp8`: the tuner also times fp8_e4m3 weights x per-token fp8 activations on cuBLAS; `all`: sym_int8 too |
-| `XPULLM_TRITON_W8A8_T` | `triton_w8a8_t` | `off` | `fp8`: the tuner also times fp8_e4m3 weights x fp8 activation rows (a scale per 128 elements) in Triton tensor-core tiles (`w8a8_t`); `all`: sym_int8 x int8 rows (a scale per 64) too |
+| `XPULLM_TRITON_W8A8_T` | `triton_w8a8_t` | `fp8` | the tuner also times 8-bit weights x 8-bit activation rows in Triton tensor-core tiles (`w8a8_t`) for fp8_e4m3 weights (rows in e4m3, a scale per 128 elements); `all`: sym_int8 x int8 rows (a scale per 64) too; `off`: neither |
 | `XPULLM_Q8_ROWS` | `q8_rows` | `1` | most rows per step whose activations the fused GPU norm / SwiGLU quantize to int8 for the int4 GEMV (`gemv_q8`, up to 8 rows per program); taller steps hand bf16 rows to the tuner's choice |
 | `XPULLM_PAGED_SPLITS` | `paged_splits` | `16` | most parts the GPU paged attention splits each token's context into (flash decoding, merged after); `1`: unsplit, one program per token and kv head |
 | `XPULLM_PDL` | `pdl` | `1` | `0`: launch Triton kernels without programmatic dependent launch (Hopper+) |
@@ -72,7 +72,7 @@ class RuntimeSettings:
     triton_fixup: bool = True
     triton_w4a8: bool = False
     triton_w8a8: str = "off"  # off | fp8 | all
-    triton_w8a8_t: str = "off"  # off | fp8 | all
+    triton_w8a8_t: str = "fp8"  # off | fp8 | all
     q8_rows: int = 1
     paged_splits: int = 16
     pdl: bool = True
@@ -95,7 +95,7 @@ class RuntimeSettings:
             triton_fixup=get(ENVIRONMENT["triton_fixup"], "1") != "0",
             triton_w4a8=get(ENVIRONMENT["triton_w4a8"], "0") not in ("", "0"),
             triton_w8a8=(get(ENVIRONMENT["triton_w8a8"]) or "off").strip().lower(),
-            triton_w8a8_t=(get(ENVIRONMENT["triton_w8a8_t"]) or "off").strip().lower(),
+            triton_w8a8_t=(get(ENVIRONMENT["triton_w8a8_t"]) or "fp8").strip().lower(),
             q8_rows=_count(get(ENVIRONMENT["q8_rows"]), 1, ENVIRONMENT["q8_rows"]),
             paged_splits=max(
                 1, _count(get(ENVIRONMENT["paged_splits"]), 16, ENVIRONMENT["paged_splits"], "splits")

@@ -153,15 +153,15 @@ def test_grouped_weights_float32_rows_and_partial_blocks_are_declined_with_the_r
         run(_prepare_x(_rows(2, 256, 0), fp8), fp8, replace(tile, block_kb=4))
 
 
-def test_tuner_times_the_tiles_only_when_asked_and_int8_only_with_all(monkeypatch) -> None:
+def test_tuner_times_the_tiles_for_fp8_by_default_and_int8_only_with_all(monkeypatch) -> None:
     fp8, int8 = _weight("fp8_e4m3", 64, 512, 0), _weight("sym_int8", 64, 512, 0)
 
     def tiles(tw, m: int) -> list[LaunchConfig]:
         return [c for c in candidates("cuda", tw, m, torch.bfloat16) if c.path == "w8a8_t"]
 
-    monkeypatch.delenv("XPULLM_TRITON_W8A8_T", raising=False)
+    monkeypatch.setenv("XPULLM_TRITON_W8A8_T", "off")
     assert not tiles(fp8, 16) and not tiles(int8, 16)
-    monkeypatch.setenv("XPULLM_TRITON_W8A8_T", "fp8")
+    monkeypatch.delenv("XPULLM_TRITON_W8A8_T", raising=False)  # the default: fp8 weights only
     assert tiles(fp8, 16) and not tiles(int8, 16)
     assert {c.block_m for c in tiles(fp8, 8)} == {16} and {c.block_m for c in tiles(fp8, 64)} == {64}
     assert not tiles(fp8, 1)  # one row keeps the GEMVs
