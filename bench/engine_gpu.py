@@ -6,8 +6,8 @@ builds it (`build_core`: paged KV pools, Triton paged attention, steps of <= 64 
 Each level submits S greedy requests at once (`--prompt` random prompt ids each, 32 by default; `--tokens` new
 tokens, EOS off); the engine's token budget admits them all in one prefill step, so every decode step carries
 exactly S tokens (graph bucket S). Reported per level: decode tok/s aggregate (S x (tokens - 1) over the time from the last first token to
-the last token), step ms, and end-to-end tok/s (prefill included). A warm-up round at the same S captures the
-graph and tunes the kernels first.
+the last token), step ms, and end-to-end tok/s (prefill included). Warm-up rounds at the same S (`--warmup-rounds`,
+2) capture the graph and tune the kernels first.
 
 Beside it:
 - on the same model, after the engine's levels: the serialized static decoder (`GraphedDecoder`, what `LLM` runs on
@@ -183,9 +183,8 @@ def engine_stage(args: argparse.Namespace, shape: Shape, device: torch.device) -
                 return torch.randint(0, shape.vocab, (s, args.prompt), generator=gen).tolist()
 
             t0 = time.perf_counter()
-            _run_round(
-                core, prompts(), min(args.tokens, 8)
-            )  # captures bucket s, tunes kernels for these shapes
+            for _ in range(args.warmup_rounds):  # captures bucket s, tunes kernels for these shapes
+                _run_round(core, prompts(), min(args.tokens, 8))
             warm = time.perf_counter() - t0
             replays = graphs.replays if graphs else 0
             captures = graphs.captures if graphs else 0
@@ -473,6 +472,13 @@ def main() -> None:
     )
     ap.add_argument("--tuned-out", default=None, help="engine stage: write the tuned Triton configs here")
     ap.add_argument("--tokens", type=int, default=128, help="new tokens per stream")
+    ap.add_argument(
+        "--warmup-rounds",
+        type=int,
+        default=2,
+        help="engine stage: 8-token rounds at each level before the timed one (one round has left a graph "
+        "capture or the tuner inside the timed steps: their rows' new_captures / graph_replays)",
+    )
     ap.add_argument(
         "--prompt", type=int, default=PROMPT, help="prompt tokens per stream (engine and static stages)"
     )
