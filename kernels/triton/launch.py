@@ -31,6 +31,7 @@ from xpullm.kernels.triton.configs import (
     default_q8_config,
     m_bucket,
     one_scale_per_step,
+    switched_on,
 )
 from xpullm.kernels.triton.layout import TritonWeight
 from xpullm.kernels.triton.pdl import launch_options
@@ -707,11 +708,13 @@ def tune(tw: TritonWeight, m: int, dtype: torch.dtype = torch.bfloat16) -> Launc
 
 
 def select_config(tw: TritonWeight, m: int, dtype: torch.dtype) -> LaunchConfig:
-    """The cached tuned configuration, tuning now when allowed, else `default_config`."""
+    """The cached tuned configuration, tuning now when allowed, else `default_config`. A record whose tile a
+    switch has turned off since (e.g. XPULLM_TRITON_W8A8_T=off under a table that picked `w8a8_t`) is passed
+    over, so the switch holds for tuned shapes too."""
     _load_packaged_table(tw.device)
     key = _key(tw, m, dtype)
     cfg = _tuned.get(key)
-    if cfg is not None:
+    if cfg is not None and switched_on(cfg, tw):
         return cfg
     if autotune_enabled() and not _capturing(tw.device):
         return tune(tw, m, dtype)

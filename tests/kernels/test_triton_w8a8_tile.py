@@ -184,3 +184,19 @@ def test_tiles_that_round_their_own_rows_give_the_quantizers_numbers_bit_for_bit
         want = run(x, tw, cfg)
         got = run(x, tw, replace(cfg, tile_quantizes=True))
         assert torch.equal(got, want), (seed, fmt, cfg)
+
+
+def test_a_tuned_record_of_a_switched_off_path_is_passed_over(monkeypatch) -> None:
+    """The H100 table records `w8a8_t` for fp8 batches: XPULLM_TRITON_W8A8_T=off must still keep them on the
+    weight-only tiles."""
+    from xpullm.kernels.triton import launch
+
+    tw = _weight("fp8_e4m3", 64, 512, 0)
+    tile = LaunchConfig("w8a8_t", 16, 64, 8, 1, 4, 4)
+    monkeypatch.setenv("XPULLM_TRITON_AUTOTUNE", "0")  # the untimed default where the record is passed over
+    launch.select_config(tw, 16, torch.bfloat16)  # the packaged tables are loaded before the record is set
+    monkeypatch.setitem(launch._tuned, launch._key(tw, 16, torch.bfloat16), tile)
+    monkeypatch.delenv("XPULLM_TRITON_W8A8_T", raising=False)
+    assert launch.select_config(tw, 16, torch.bfloat16) == tile
+    monkeypatch.setenv("XPULLM_TRITON_W8A8_T", "off")
+    assert launch.select_config(tw, 16, torch.bfloat16).path == "mma_t"
