@@ -103,7 +103,7 @@ if want mma; then
   if [ $ok = 1 ]; then
     mark "mma tests passed"
   else  # the engine stage must not run tiles that failed their tests
-    export XPULLM_TRITON_MMA=0 XPULLM_TRITON_MORE_PAIRS=0 XPULLM_TRITON_FIXUP=0 XPULLM_TRITON_W8A8=off
+    export XPULLM_TRITON_MMA=0 XPULLM_TRITON_MORE_PAIRS=0 XPULLM_TRITON_FIXUP=0 XPULLM_TRITON_W8A8=off XPULLM_TRITON_W8A8_T=off
     mark "mma tests did not pass: XPULLM_TRITON_MMA=0"
   fi
 fi
