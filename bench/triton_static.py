@@ -182,7 +182,9 @@ def main() -> None:
         from xpullm.kernels.triton.configs import CONFIG_TABLES
 
         print(f"w8a8_t, {args.rows} rows, sm_{args.arch}, Triton {triton.__version__}")
-        print("| format | tile | tensor-core dots | drain waits | async loads | smem stores | regs | spill bytes |")
+        print(
+            "| format | tile | tensor-core dots | drain waits | async loads | smem stores | regs | spill bytes |"
+        )
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         for fmt in ("fp8_e4m3", "sym_int8"):
             for cfg in CONFIG_TABLES["cuda"]["w8a8_t"]:
