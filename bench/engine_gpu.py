@@ -165,6 +165,11 @@ def engine_stage(args: argparse.Namespace, shape: Shape, device: torch.device) -
             max_batched_tokens=max(top * args.prompt, 256),  # every level's prompts in one prefill step
             kv_budget_tokens=top * (args.prompt + args.tokens + 16) + 64,
             prefix_cache=False,  # fresh random prompts each round anyway; no lookups
+            # plain decoding: every decode step carries exactly S tokens (graph bucket S). With prompt lookup on
+            # (the engine's default), a random model's repetitive text drew drafts now and then: verify steps of
+            # more tokens, which captured another bucket's graph or tuned a new row count inside the timed steps
+            # (session 15). Speculative decoding is measured by spec_gpu.py.
+            speculative=None,
             kv_cache_dtype=args.kv_cache_dtype,
             graph_buckets=tuple(sorted(set(streams) | {PROMPT})) if not args.no_graphs else (),
         )
