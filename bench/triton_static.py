@@ -145,7 +145,7 @@ def compile_w8a8_t(cfg: LaunchConfig, fmt: str, arch: int) -> dict:
     const = {
         "B": block, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "DOTS": cfg.block_kb * 16 // block,
         "INT8": fmt == "sym_int8", "USE_WS": cfg.split_k > 1, "EVEN": True, "EMULATE": False, "PDL": False,
-        "FIXUP": cfg.fixup, "FUSED": cfg.tile_quantizes, "QMAX": FORMATS[fmt][1], "SCALE_FACTOR": FORMATS[fmt][2],
+        "FIXUP": cfg.fixup, "TILE_QUANTIZES": cfg.tile_quantizes, "QMAX": FORMATS[fmt][1], "SCALE_FACTOR": FORMATS[fmt][2],
     }  # fmt: skip
     byte = "*i8" if fmt == "sym_int8" else "*fp8e4nv"
     args = {**W8A8_T_SIGNATURE, "xq_ptr": "*bf16" if cfg.tile_quantizes else byte, "w_ptr": byte}

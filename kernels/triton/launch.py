@@ -470,7 +470,7 @@ def w8a8_t_launch(
         out, counters if counters is not None else tw.words,
         B=block, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DOTS=dots, INT8=dtype == torch.int8,
         USE_WS=split > 1, EVEN=even, EMULATE=_INTERPRET, FIXUP=counters is not None,
-        FUSED=cfg.tile_quantizes, QMAX=qmax, SCALE_FACTOR=factor,
+        TILE_QUANTIZES=cfg.tile_quantizes, QMAX=qmax, SCALE_FACTOR=factor,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(tw.device),
     )  # fmt: skip
     if split > 1 and counters is None:

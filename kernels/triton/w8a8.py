@@ -25,7 +25,7 @@ import triton.language as tl
 from xpullm.kernels.triton.configs import SINGLE_GROUP_WORDS
 from xpullm.kernels.triton.layout import TritonWeight
 
-__all__ = ["FORMATS", "quantize_rows", "reference", "run", "supports"]
+__all__ = ["FORMATS", "quantize_rows", "reference", "round_e4m3", "run", "supports"]
 
 # format -> (the activations' dtype, its largest finite value, the weight scale's factor back to the true scale)
 FORMATS: dict[str, tuple[torch.dtype, float, float]] = {
@@ -79,7 +79,7 @@ def _probe(index: int, fmt: str) -> bool:
 
 
 @triton.jit
-def _round_e4m3(v):
+def round_e4m3(v):
     """v (|v| <= 448) rounded to the nearest e4m3 value, ties to even, as an fp32: spacing 2**(e - 3) in binade
     e, 2**-9 below 2**-6 (subnormals). Done by hand because the Triton interpreter's fp32 -> fp8 conversion loses
     a rounding carry into the exponent (120.5 -> 64); the GPU's conversion then has nothing left to round. Zero
@@ -116,7 +116,7 @@ def _quantize_rows_kernel(
         if INT8:
             q = tl.minimum(tl.maximum(tl.floor(v + 0.5), -QMAX), QMAX).to(tl.int8)
         else:
-            q = _round_e4m3(v).to(tl.float8e4nv)  # exact: the value is already an e4m3 number
+            q = round_e4m3(v).to(tl.float8e4nv)  # exact: the value is already an e4m3 number
         tl.store(q_ptr + row * stride_qm + k0 + offs, q, mask=k0 + offs < KX)
 
 

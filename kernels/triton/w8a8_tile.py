@@ -26,8 +26,8 @@ import triton.language as tl
 from xpullm.kernels.triton.configs import SINGLE_GROUP_WORDS
 from xpullm.kernels.triton.jit import round_half_even, store_t_tile
 from xpullm.kernels.triton.layout import TritonWeight
-from xpullm.kernels.triton.pdl import wait_for_inputs
-from xpullm.kernels.triton.w8a8 import FORMATS, _round_e4m3
+from xpullm.kernels.triton.pdl import launch_options, wait_for_inputs
+from xpullm.kernels.triton.w8a8 import FORMATS, round_e4m3
 
 __all__ = ["ACT_BLOCK", "act_block", "quantize", "reference", "reference_quantize", "supports"]
 
@@ -64,7 +64,7 @@ def _block_codes(x, AXIS: tl.constexpr, QMAX: tl.constexpr, INT8: tl.constexpr):
     if INT8:
         q = tl.minimum(tl.maximum(round_half_even(v), -QMAX), QMAX).to(tl.int8)
     else:
-        q = _round_e4m3(v).to(tl.float8e4nv)  # exact: the value is already an e4m3 number
+        q = round_e4m3(v).to(tl.float8e4nv)  # exact: the value is already an e4m3 number
     return q, scale
 
 
@@ -99,8 +99,6 @@ def quantize_kernel(
 def quantize(x2: torch.Tensor, tw: TritonWeight) -> tuple[torch.Tensor, torch.Tensor]:
     """Activation rows x2 [M, >= K] -> (codes [M, NB * B] in the format's activation dtype and the weight's K
     order, fp32 scales [M, NB]), B = `act_block(tw.format)`, NB = ceil(KX / B)."""
-    from xpullm.kernels.triton.pdl import launch_options
-
     dtype, qmax, factor = FORMATS[tw.format]
     block = act_block(tw.format)
     m = x2.shape[0]
@@ -123,7 +121,7 @@ def tile_kernel(
     stride_xm, stride_xsm, stride_wn, stride_sn, stride_ym, stride_ys, out_ptr, cnt_ptr,
     B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOTS: tl.constexpr, INT8: tl.constexpr,
     USE_WS: tl.constexpr, EVEN: tl.constexpr, EMULATE: tl.constexpr, PDL: tl.constexpr, FIXUP: tl.constexpr,
-    FUSED: tl.constexpr = False, QMAX: tl.constexpr = 127.0, SCALE_FACTOR: tl.constexpr = 1.0,
+    TILE_QUANTIZES: tl.constexpr = False, QMAX: tl.constexpr = 127.0, SCALE_FACTOR: tl.constexpr = 1.0,
 ):  # fmt: skip
     """y^T [N, M] = W @ xq^T: per activation block one tensor-core dot of K = B over the 8-bit weight bytes and
     codes as they are, its result times the block's activation scale added into the fp32 accumulator; DOTS
@@ -132,7 +130,7 @@ def tile_kernel(
     EVEN: N is a whole number of tiles, KX of blocks and every split of loop steps (no masks on the weight).
     EMULATE: the interpreter's dots, in fp32 (int8: exact, |sum| < 2**24; it multiplies 8-bit operands as raw
     integers otherwise), over fp8 operands passed as int8 bytes.
-    FUSED: xq_ptr is the bf16 / fp16 rows [M, KX] themselves (xs_ptr unused), and each program rounds the
+    TILE_QUANTIZES: xq_ptr is the bf16 / fp16 rows [M, KX] themselves (xs_ptr unused), and each program rounds the
     blocks it multiplies as `quantize_kernel` does (the same codes and scales, bit for bit): no quantizer
     launch, for the price of every program of a K range rounding the same blocks again."""
     pid_n = tl.program_id(0)
@@ -162,7 +160,7 @@ def tile_kernel(
                 w = tl.load(w_ptr + n2 * stride_wn + k[None, :], mask=n_ok & (k[None, :] < k_end), other=0.0)
                 x_ok = m_ok & (k[:, None] < k_end)
                 s_ok = (offs_m < M) & (b + 0 * offs_m < b_end)
-            if FUSED:  # this block of the bf16 / fp16 rows, in the weight's K order, rounded here
+            if TILE_QUANTIZES:  # this block of the bf16 / fp16 rows, in the weight's K order, rounded here
                 xf = tl.load(
                     xq_ptr + m_row * stride_xm + b * B + _permuted(kk)[:, None], mask=x_ok, other=0.0
                 )
@@ -174,7 +172,7 @@ def tile_kernel(
             if EMULATE:
                 if not INT8:  # the interpreter reads fp8 operands as their bytes (it cannot mask fp8 loads)
                     w = w.to(tl.float8e4nv, bitcast=True)
-                    if not FUSED:
+                    if not TILE_QUANTIZES:
                         xt = xt.to(tl.float8e4nv, bitcast=True)
                 part = tl.dot(w.to(tl.float32), xt.to(tl.float32))
             elif INT8:
