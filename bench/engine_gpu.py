@@ -6,8 +6,9 @@ builds it (`build_core`: paged KV pools, Triton paged attention, steps of <= 64 
 Each level submits S greedy requests at once (`--prompt` random prompt ids each, 32 by default; `--tokens` new
 tokens, EOS off); the engine's token budget admits them all in one prefill step, so every decode step carries
 exactly S tokens (graph bucket S). Reported per level: decode tok/s aggregate (S x (tokens - 1) over the time from the last first token to
-the last token), step ms, and end-to-end tok/s (prefill included). Warm-up rounds at the same S (`--warmup-rounds`,
-2) capture the graph and tune the kernels first.
+the last token), step ms, and end-to-end tok/s (prefill included). A warm-up round at the same S (`--warmup-rounds`)
+captures the graph and tunes the kernels first; the engine runs without speculative decoding, so no verify step
+of more tokens lands on another graph bucket inside the timed steps.
 
 Beside it:
 - on the same model, after the engine's levels: the serialized static decoder (`GraphedDecoder`, what `LLM` runs on
@@ -480,9 +481,9 @@ def main() -> None:
     ap.add_argument(
         "--warmup-rounds",
         type=int,
-        default=2,
-        help="engine stage: 8-token rounds at each level before the timed one (one round has left a graph "
-        "capture or the tuner inside the timed steps: their rows' new_captures / graph_replays)",
+        default=1,
+        help="engine stage: 8-token rounds at each level before the timed one (a row's new_captures / "
+        "graph_replays say whether a capture or eager steps fell inside the timed ones)",
     )
     ap.add_argument(
         "--prompt", type=int, default=PROMPT, help="prompt tokens per stream (engine and static stages)"

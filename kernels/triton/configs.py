@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from xpullm.settings import runtime_settings
+from xpullm.settings import RuntimeSettings, runtime_settings
 
 __all__ = [
     "CONFIG_TABLES",
@@ -308,17 +308,17 @@ def mma_enabled() -> bool:
     return runtime_settings().triton_mma
 
 
-def w4a8_enabled() -> bool:
+def w4a8_enabled(settings: RuntimeSettings | None = None) -> bool:
     """Whether the tuner times the `w4a8` tiles for sym_int4 (XPULLM_TRITON_W4A8=1; default off: rounding the
     activation rows to int8 changes the numbers, as `w8a8` does, though by less - a scale per 64 elements:
     +0.20% perplexity on the packaged model)."""
-    return runtime_settings().triton_w4a8
+    return (settings or runtime_settings()).triton_w4a8
 
 
 W8A8_CHOICES = {"fp8": ("fp8_e4m3",), "all": ("fp8_e4m3", "sym_int8")}  # any other value: off
 
 
-def w8a8_formats() -> tuple[str, ...]:
+def w8a8_formats(settings: RuntimeSettings | None = None) -> tuple[str, ...]:
     """The weight formats the tuner times the `w8a8` path for (each activation row rounded to the weight's 8-bit
     type, then the vendor's fp8 / int8 GEMM). XPULLM_TRITON_W8A8: `off` (default: rounding the activations
     changes the numbers, and which rows take it depends on the batch's row count; its tests passed on an H100 on
@@ -326,24 +326,24 @@ def w8a8_formats() -> tuple[str, ...]:
     fp8_e4m3, the per-token recipe of fp8 serving stacks (+0.9% perplexity over fp8 weight-only on the packaged
     model), `all` adds sym_int8 (+2.8% over int8 weight-only there: a model without outlier smoothing loses
     more to int8 rows). Explicit `LaunchConfig("w8a8")` runs it either way."""
-    return W8A8_CHOICES.get(runtime_settings().triton_w8a8, ())
+    return W8A8_CHOICES.get((settings or runtime_settings()).triton_w8a8, ())
 
 
-def w8a8_tile_formats() -> tuple[str, ...]:
+def w8a8_tile_formats(settings: RuntimeSettings | None = None) -> tuple[str, ...]:
     """The weight formats the tuner times the `w8a8_t` tiles for (each activation block rounded to the weight's
     8-bit type, then fp8 / int8 tensor-core dots). XPULLM_TRITON_W8A8_T: `fp8` (default: fp8_e4m3 weights, rows
     in e4m3 per 1 x 128 block - the activation recipe of fp8 serving stacks; +0.49% perplexity over fp8
     weight-only on the packaged model, and 1.35x the weight-only tiles' tok/s at 16 streams on an H100:
     docs/benchmarks-gpu.md, session 15), `all` (sym_int8 too, rows per 64: +0.28% over int8 weight-only, a
     smaller gain) or `off`. Explicit `LaunchConfig("w8a8_t", ...)` runs either way."""
-    return W8A8_CHOICES.get(runtime_settings().triton_w8a8_t, ())
+    return W8A8_CHOICES.get((settings or runtime_settings()).triton_w8a8_t, ())
 
 
-def fixup_enabled() -> bool:
+def fixup_enabled(settings: RuntimeSettings | None = None) -> bool:
     """Whether the tuner times the `mma_t` tiles that sum their K splits in the kernel (default yes: the split-sum
     tests in tests/kernels/test_triton_mma.py passed on an H100, 2026-12-06); XPULLM_TRITON_FIXUP=0 leaves them
     out."""
-    return runtime_settings().triton_fixup
+    return (settings or runtime_settings()).triton_fixup
 
 
 def mma_block_m(bucket: int) -> int:
@@ -503,12 +503,12 @@ def basic_pairs(cfg: LaunchConfig, tw) -> bool:
 PAIR_FORMATS = ("sym_int4", "nf4", "fp4")  # 4-bit formats with a bf16x2 pair decode (jit.py, `lut_pairs.py`)
 
 
-def more_pairs_enabled() -> bool:
+def more_pairs_enabled(settings: RuntimeSettings | None = None) -> bool:
     """Whether the tuner times every pair decode (default yes): nf4 / fp4 by byte permutes, sym_int4 scaled per
     word where a K step spans several groups (g32, g64: GGUF Q4_0's group) and joined pair dots, all tested on an
     H100 (tests/kernels/test_triton_mma.py, 2026-12-06); XPULLM_TRITON_MORE_PAIRS=0 keeps only sym_int4's
     one-scale pairs."""
-    return runtime_settings().triton_more_pairs
+    return (settings or runtime_settings()).triton_more_pairs
 
 
 def one_scale_per_step(tw, cfg: LaunchConfig) -> bool:
@@ -548,14 +548,19 @@ def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[Launc
 
 
 def switched_on(cfg: LaunchConfig, tw) -> bool:
-    """Whether the switches let the tuner pick `cfg` for `tw` (XPULLM_TRITON_W8A8, _W8A8_T, _W4A8, _MORE_PAIRS, _FIXUP): what it
-    times, and what a sweep may record as a winner (a record is loaded whatever the switches say)."""
+    """Whether the switches (XPULLM_TRITON_W8A8, _W8A8_T, _W4A8, _MORE_PAIRS, _FIXUP) let the tuner pick `cfg` for
+    `tw`: what it times, what a sweep may record as a winner, and which tuned records `select_config` uses. It
+    runs on every `select_config` call: a config no switch governs returns without reading the environment, the
+    others read it once."""
+    if cfg.path not in ("w8a8", "w8a8_t", "w4a8") and not cfg.fixup and basic_pairs(cfg, tw):
+        return True
+    settings = runtime_settings()
     return (
-        (cfg.path != "w8a8" or tw.format in w8a8_formats())
-        and (cfg.path != "w8a8_t" or tw.format in w8a8_tile_formats())
-        and (cfg.path != "w4a8" or w4a8_enabled())
-        and (more_pairs_enabled() or basic_pairs(cfg, tw))
-        and (fixup_enabled() or not cfg.fixup)
+        (cfg.path != "w8a8" or tw.format in w8a8_formats(settings))
+        and (cfg.path != "w8a8_t" or tw.format in w8a8_tile_formats(settings))
+        and (cfg.path != "w4a8" or w4a8_enabled(settings))
+        and (more_pairs_enabled(settings) or basic_pairs(cfg, tw))
+        and (fixup_enabled(settings) or not cfg.fixup)
     )
 
 

@@ -456,9 +456,8 @@ def w8a8_t_launch(
     nb = -(-tw.kx // block)
     dots = cfg.block_kb * 16 // block
     split = cfg.split_k
-    per_split = (
-        -(-nb // (split * dots)) * dots
-    )  # blocks per split: whole K steps (trailing ones may be empty)
+    # blocks per split: whole K steps (trailing splits may be empty)
+    per_split = -(-nb // (split * dots)) * dots
     workspace, target, stride_ys = _split_target(split, out, workspace)
     grid = (triton.cdiv(tw.n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
     counters = _tile_counters(tw.device, grid[0] * grid[2]) if cfg.fixup and split > 1 else None

@@ -25,7 +25,7 @@ import triton.language as tl
 from xpullm.kernels.triton.configs import SINGLE_GROUP_WORDS
 from xpullm.kernels.triton.layout import TritonWeight
 
-__all__ = ["FORMATS", "quantize_rows", "reference", "round_e4m3", "run", "supports"]
+__all__ = ["FORMATS", "permuted_k", "quantize_rows", "reference", "round_e4m3", "run", "supports"]
 
 # format -> (the activations' dtype, its largest finite value, the weight scale's factor back to the true scale)
 FORMATS: dict[str, tuple[torch.dtype, float, float]] = {
@@ -79,6 +79,13 @@ def _probe(index: int, fmt: str) -> bool:
 
 
 @triton.jit
+def permuted_k(p):
+    """The element that position p of an activation row holds in the 8-bit weights' K order: 4 i + l at position
+    4 l + i of each block of 16 (layout.py)."""
+    return (p // 16) * 16 + (p % 4) * 4 + (p % 16) // 4
+
+
+@triton.jit
 def round_e4m3(v):
     """v (|v| <= 448) rounded to the nearest e4m3 value, ties to even, as an fp32: spacing 2**(e - 3) in binade
     e, 2**-9 below 2**-6 (subnormals). Done by hand because the Triton interpreter's fp32 -> fp8 conversion loses
@@ -108,7 +115,7 @@ def _quantize_rows_kernel(
         amax = tl.maximum(amax, tl.abs(x))
     scale = tl.math.div_rn(tl.maximum(tl.max(amax, axis=0), 1e-20), QMAX)
     tl.store(s_ptr + row, scale * SCALE_FACTOR)
-    src = (offs // 16) * 16 + (offs % 4) * 4 + (offs % 16) // 4  # the element each position holds
+    src = permuted_k(offs)  # the element each position holds
     for k0 in range(0, KX, BLOCK):
         e = k0 + src
         x = tl.load(x_ptr + row * stride_xm + e, mask=e < K, other=0.0).to(tl.float32)

@@ -27,7 +27,7 @@ from xpullm.kernels.triton.configs import SINGLE_GROUP_WORDS
 from xpullm.kernels.triton.jit import round_half_even, store_t_tile
 from xpullm.kernels.triton.layout import TritonWeight
 from xpullm.kernels.triton.pdl import launch_options, wait_for_inputs
-from xpullm.kernels.triton.w8a8 import FORMATS, round_e4m3
+from xpullm.kernels.triton.w8a8 import FORMATS, permuted_k, round_e4m3
 
 __all__ = ["ACT_BLOCK", "act_block", "quantize", "reference", "reference_quantize", "supports"]
 
@@ -69,12 +69,6 @@ def _block_codes(x, AXIS: tl.constexpr, QMAX: tl.constexpr, INT8: tl.constexpr):
 
 
 @triton.jit
-def _permuted(p):
-    """The element of its block that position p holds in the weight's K order: 4 i + l at 4 l + i of each 16."""
-    return (p // 16) * 16 + (p % 4) * 4 + (p % 16) // 4
-
-
-@triton.jit
 def quantize_kernel(
     x_ptr, q_ptr, s_ptr, K, NB, stride_xm, stride_qm, stride_sm,
     QMAX: tl.constexpr, INT8: tl.constexpr, SCALE_FACTOR: tl.constexpr, B: tl.constexpr,
@@ -88,7 +82,7 @@ def quantize_kernel(
     row = tl.program_id(0)
     b = tl.program_id(1) * BLOCKS + tl.arange(0, BLOCKS)
     p = tl.arange(0, B)
-    e = b[:, None] * B + _permuted(p)[None, :]
+    e = b[:, None] * B + permuted_k(p)[None, :]
     x = tl.load(x_ptr + row * stride_xm + e, mask=e < K, other=0.0)
     q, scale = _block_codes(x, 1, QMAX, INT8)
     b_ok = b < NB
@@ -162,7 +156,7 @@ def tile_kernel(
                 s_ok = (offs_m < M) & (b + 0 * offs_m < b_end)
             if TILE_QUANTIZES:  # this block of the bf16 / fp16 rows, in the weight's K order, rounded here
                 xf = tl.load(
-                    xq_ptr + m_row * stride_xm + b * B + _permuted(kk)[:, None], mask=x_ok, other=0.0
+                    xq_ptr + m_row * stride_xm + b * B + permuted_k(kk)[:, None], mask=x_ok, other=0.0
                 )
                 xt, sx = _block_codes(xf, 0, QMAX, INT8)
                 sx = sx * SCALE_FACTOR
