@@ -80,14 +80,13 @@ def _compile(fn, args: dict, const: dict, cfg: LaunchConfig, arch: int):
     return kernel, ttgir, loop[: loop.index("scf.yield")]
 
 
-def compile_variant(cfg: LaunchConfig, tw: TritonWeight, arch: int, l2_prefetch: bool = False) -> dict:
+def compile_variant(cfg: LaunchConfig, tw: TritonWeight, arch: int) -> dict:
     """Compile one configuration of `jit.mma_t_kernel` for weight `tw` with the constants a launch passes."""
     const = {
         **mma_t_constexprs(tw, cfg),
         "DOT_F32": False,
         "PDL": False,
         "FIXUP": cfg.fixup,
-        "L2_PREFETCH": l2_prefetch,
     }
     scales = "*fp16" if tw.scales.dtype == torch.float16 else "*fp32"
     args = {**SIGNATURE, "s_ptr": scales, "z_ptr": scales}
@@ -99,14 +98,8 @@ def compile_variant(cfg: LaunchConfig, tw: TritonWeight, arch: int, l2_prefetch:
         "smem weight": len(re.findall(r"ttg\.local_alloc %\S+ : \(tensor<\d+x\d+xbf16", loop))
         - len(re.findall(r"local_alloc %xt", loop)),
         "async loads": ttgir.count("ttg.async_copy_global_to_local"),
-        "L2 prefetches": _l2_prefetches(kernel),
         **_resources(kernel.asm["cubin"]),
     }
-
-
-def _l2_prefetches(kernel) -> int:
-    """Bulk L2 prefetch instructions in the kernel's PTX (`l2.prefetch_rows`; 0 without L2_PREFETCH)."""
-    return kernel.asm["ptx"].count("cp.async.bulk.prefetch.L2")
 
 
 W4A8_SIGNATURE = {
@@ -143,7 +136,7 @@ W8A8_T_SIGNATURE = {
 }  # fmt: skip
 
 
-def compile_w8a8_t(cfg: LaunchConfig, fmt: str, arch: int, l2_prefetch: bool = False) -> dict:
+def compile_w8a8_t(cfg: LaunchConfig, fmt: str, arch: int) -> dict:
     """Compile one `w8a8_tile.tile_kernel` tile (whole tiles) for weights of `fmt` as a launch of `cfg` would."""
     from xpullm.kernels.triton import w8a8_tile
     from xpullm.kernels.triton.w8a8 import FORMATS
@@ -153,7 +146,6 @@ def compile_w8a8_t(cfg: LaunchConfig, fmt: str, arch: int, l2_prefetch: bool = F
         "B": block, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "DOTS": cfg.block_kb * 16 // block,
         "INT8": fmt == "sym_int8", "USE_WS": cfg.split_k > 1, "EVEN": True, "EMULATE": False, "PDL": False,
         "FIXUP": cfg.fixup, "TILE_QUANTIZES": cfg.tile_quantizes, "QMAX": FORMATS[fmt][1], "SCALE_FACTOR": FORMATS[fmt][2],
-        "L2_PREFETCH": l2_prefetch,
     }  # fmt: skip
     byte = "*i8" if fmt == "sym_int8" else "*fp8e4nv"
     args = {**W8A8_T_SIGNATURE, "xq_ptr": "*bf16" if cfg.tile_quantizes else byte, "w_ptr": byte}
@@ -164,7 +156,6 @@ def compile_w8a8_t(cfg: LaunchConfig, fmt: str, arch: int, l2_prefetch: bool = F
         "drain waits": sum(w == "0" for w in waits),
         "async loads": ttgir.count("ttg.async_copy_global_to_local"),
         "smem stores": loop.count("ttg.local_store") + loop.count("ttg.local_alloc %"),
-        "L2 prefetches": _l2_prefetches(kernel),
         **_resources(kernel.asm["cubin"]),
     }
 
@@ -186,26 +177,22 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=16, help="BLOCK_M (activation rows per program)")
     p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: Hopper)")
     p.add_argument("--path", choices=("mma_t", "w4a8", "w8a8_t"), default="mma_t")
-    p.add_argument(
-        "--l2-prefetch", action="store_true", help="mma_t / w8a8_t: with L2_PREFETCH (kernels/triton/l2.py)"
-    )
     args = p.parse_args()
     if args.path == "w8a8_t":
         from xpullm.kernels.triton.configs import CONFIG_TABLES
 
         print(f"w8a8_t, {args.rows} rows, sm_{args.arch}, Triton {triton.__version__}")
         print(
-            "| format | tile | tensor-core dots | drain waits | async loads | smem stores | L2 prefetches | regs "
-            "| spill bytes |"
+            "| format | tile | tensor-core dots | drain waits | async loads | smem stores | regs | spill bytes |"
         )
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
         for fmt in ("fp8_e4m3", "sym_int8"):
             for cfg in CONFIG_TABLES["cuda"]["w8a8_t"]:
-                r = compile_w8a8_t(replace(cfg, block_m=args.rows), fmt, args.arch, args.l2_prefetch)
+                r = compile_w8a8_t(replace(cfg, block_m=args.rows), fmt, args.arch)
                 name = f"{cfg.block_n} rows x {cfg.block_kb * 16} bytes s{cfg.split_k} w{cfg.num_warps} st{cfg.num_stages}"
                 name += " tq" * cfg.tile_quantizes
                 print(f"| {fmt} | {name} | {r['tensor-core dots']} | {r['drain waits']} | {r['async loads']} "
-                      f"| {r['smem stores']} | {r['L2 prefetches']} | {r['regs']} | {r['spill bytes']} |")  # fmt: skip
+                      f"| {r['smem stores']} | {r['regs']} | {r['spill bytes']} |")  # fmt: skip
         return
     if args.path == "w4a8":
         from xpullm.kernels.triton.configs import CONFIG_TABLES
@@ -223,19 +210,16 @@ def main() -> None:
     print(
         f"mma_t, {args.format} g{args.group_size}, {args.rows} rows, sm_{args.arch}, Triton {triton.__version__}"
     )
-    print(
-        "| variant | drain waits / step | overlap waits | smem weight | async loads | L2 prefetches | regs "
-        "| spill bytes |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| variant | drain waits / step | overlap waits | smem weight | async loads | regs | spill bytes |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     weight = torch.randn(4096, 4096, generator=torch.Generator().manual_seed(0)) * 0.02
     tw = pack_weight(get_format(args.format).quantize(weight, args.group_size), "cpu")
     for name, cfg in VARIANTS.items():
         if not valid(replace(cfg, block_m=args.rows), tw, torch.bfloat16):
             continue  # e.g. pairs outside sym_int4 / nf4 / fp4, fold where a step spans several groups
-        r = compile_variant(replace(cfg, block_m=args.rows), tw, args.arch, args.l2_prefetch)
+        r = compile_variant(replace(cfg, block_m=args.rows), tw, args.arch)
         print(f"| {name} | {r['drain waits']} | {r['overlap waits']} | {r['smem weight']} | {r['async loads']} "
-              f"| {r['L2 prefetches']} | {r['regs']} | {r['spill bytes']} |")  # fmt: skip
+              f"| {r['regs']} | {r['spill bytes']} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -17,12 +17,11 @@
 | `XPULLM_Q8_ROWS` | `q8_rows` | `1` | most rows per step whose activations the fused GPU norm / SwiGLU quantize to int8 for the int4 GEMV (`gemv_q8`, up to 8 rows per program); taller steps hand bf16 rows to the tuner's choice |
 | `XPULLM_PAGED_SPLITS` | `paged_splits` | `16` | most parts the GPU paged attention splits each token's context into (flash decoding, merged after); `1`: unsplit, one program per token and kv head |
 | `XPULLM_PDL` | `pdl` | `1` | `0`: launch Triton kernels without programmatic dependent launch (Hopper+) |
-| `XPULLM_L2_PREFETCH` | `l2_prefetch` | `0` | `1`: the batched tile kernels prefetch each program's weight slice into L2 before they wait for their inputs (Hopper+; `kernels/triton/l2.py`) |
 | `XPULLM_DEBUG` | `debug` | unset | set (not `0`): the CLI prints tracebacks, as `--debug` does |
 | `XPULLM_IPEX` | `ipex` | `1` | `0`: never use intel_extension_for_pytorch's WOQ linear, where it is installed |
 
 `runtime_settings()` reads the environment when called (tests and benchmarks flip switches at run time; reading
-eighteen variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
+seventeen variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
 included, may read it.
 """
 
@@ -52,7 +51,6 @@ ENVIRONMENT = {
     "q8_rows": "XPULLM_Q8_ROWS",
     "paged_splits": "XPULLM_PAGED_SPLITS",
     "pdl": "XPULLM_PDL",
-    "l2_prefetch": "XPULLM_L2_PREFETCH",
     "debug": "XPULLM_DEBUG",
     "ipex": "XPULLM_IPEX",
 }
@@ -78,7 +76,6 @@ class RuntimeSettings:
     q8_rows: int = 1
     paged_splits: int = 16
     pdl: bool = True
-    l2_prefetch: bool = False
     debug: bool = False
     ipex: bool = True
 
@@ -104,7 +101,6 @@ class RuntimeSettings:
                 1, _count(get(ENVIRONMENT["paged_splits"]), 16, ENVIRONMENT["paged_splits"], "splits")
             ),
             pdl=get(ENVIRONMENT["pdl"], "1") != "0",
-            l2_prefetch=get(ENVIRONMENT["l2_prefetch"], "0") not in ("", "0"),
             debug=get(ENVIRONMENT["debug"], "") not in ("", "0"),
             ipex=get(ENVIRONMENT["ipex"], "1") != "0",
         )

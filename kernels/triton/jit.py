@@ -17,7 +17,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from xpullm.kernels.triton.l2 import prefetch_rows
 from xpullm.kernels.triton.lut_pairs import E2M1_LEVELS, NF4_LEVELS, pair_ptx
 from xpullm.kernels.triton.pdl import wait_for_inputs
 
@@ -1248,7 +1247,7 @@ def mma_t_kernel(
     PLANE_DOTS: tl.constexpr, PAIRS: tl.constexpr, NATURAL: tl.constexpr, USE_WS: tl.constexpr,
     POST_SCALE: tl.constexpr, ROW_SCALE: tl.constexpr, ACCS: tl.constexpr,
     EVEN: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr, FIXUP: tl.constexpr = False,
-    JOIN: tl.constexpr = 1, L2_PREFETCH: tl.constexpr = False,
+    JOIN: tl.constexpr = 1,
 ):  # fmt: skip
     """y[m, n] = sum_k x[m, k] W[n, k] for a batch of activation rows, as y^T = W @ x^T on tensor cores.
 
@@ -1276,7 +1275,6 @@ def mma_t_kernel(
     tile's splits adds the partials in split order - the reduce kernel's order, so the same numbers - writes
     out_ptr [M, N] (stride stride_ym) and sets the count back to zero. No second launch, and the partials are
     read while they are still in L2.
-    L2_PREFETCH: the program's whole weight slice is asked into L2 before it waits for its inputs (`l2.py`).
     """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -1300,7 +1298,6 @@ def mma_t_kernel(
     acc1, acc2, acc3, acc4, acc5, acc6, acc7 = _zeros7(BLOCK_N, BLOCK_M)
     kw_begin = pid_k * words_per_split
     kw_end = tl.minimum(kw_begin + words_per_split, KW)
-    prefetch_rows(w_ptr + offs_n * stride_wn + kw_begin, (kw_end - kw_begin) * 4, offs_n < N, L2_PREFETCH)
     wait_for_inputs(PDL)
     for kw0 in range(kw_begin, kw_end, BKW):
         kw2 = kw0 + j[None, :]

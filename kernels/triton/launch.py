@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import triton
 import triton.compiler.errors
 
-from xpullm.kernels.triton import jit, l2, w4a8, w8a8, w8a8_tile
+from xpullm.kernels.triton import jit, w4a8, w8a8, w8a8_tile
 from xpullm.kernels.triton.configs import (
     Q8_FORMATS,
     Q8_ROW_TILES,
@@ -371,10 +371,7 @@ def _run_mma_t(
         x.stride(0), tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
         out, counters if counters is not None else tw.words,
         **mma_t_constexprs(tw, cfg), FIXUP=counters is not None, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-        **launch_options(tw.device, l2.aligned(
-            tw.words.data_ptr(), 4 * tw.words.stride(0), 4 * _words_per_split(tw, cfg), 4 * tw.kw
-        )),
+        num_stages=cfg.num_stages, **launch_options(tw.device),
     )  # fmt: skip
     if split > 1 and counters is None:
         _reduce_splits(workspace, out)
@@ -473,10 +470,7 @@ def w8a8_t_launch(
         B=block, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DOTS=dots, INT8=dtype == torch.int8,
         USE_WS=split > 1, EVEN=even, EMULATE=_INTERPRET, FIXUP=counters is not None,
         TILE_QUANTIZES=cfg.tile_quantizes, QMAX=qmax, SCALE_FACTOR=factor,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **launch_options(tw.device, l2.aligned(
-            tw.words.data_ptr(), 4 * tw.words.stride(0), per_split * block, tw.kx
-        )),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(tw.device),
     )  # fmt: skip
     if split > 1 and counters is None:
         _reduce_splits(workspace, out)

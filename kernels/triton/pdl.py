@@ -55,16 +55,8 @@ def pdl_enabled(device: torch.device) -> bool:
     return runtime_settings().pdl and _supported(device)
 
 
-def launch_options(device: torch.device, l2_prefetch: bool | None = None) -> dict[str, bool]:
-    """Keyword arguments for one launch of a kernel taking `PDL`: `PDL=...`, plus `launch_pdl=True` when on.
-
-    `l2_prefetch` (kernels that also take `L2_PREFETCH`, `l2.py`): None leaves the argument out; True / False
-    says whether this launch's weight slices can be prefetched (`l2.aligned`), and `L2_PREFETCH` is then on
-    where that holds, XPULLM_L2_PREFETCH is set and the device runs PDL's instructions (one settings read).
-    """
-    settings = runtime_settings()
-    on = settings.pdl and _supported(device)
-    options = {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
-    if l2_prefetch is not None:
-        options["L2_PREFETCH"] = l2_prefetch and settings.l2_prefetch and _supported(device)
-    return options
+def launch_options(device: torch.device) -> dict[str, bool]:
+    """Keyword arguments for one launch of a kernel taking `PDL`: `PDL=...`, plus `launch_pdl=True` when on."""
+    if pdl_enabled(device):
+        return {"PDL": True, "launch_pdl": True}
+    return {"PDL": False}

@@ -25,7 +25,6 @@ import triton.language as tl
 
 from xpullm.kernels.triton.configs import SINGLE_GROUP_WORDS
 from xpullm.kernels.triton.jit import round_half_even, store_t_tile
-from xpullm.kernels.triton.l2 import prefetch_rows
 from xpullm.kernels.triton.layout import TritonWeight
 from xpullm.kernels.triton.pdl import launch_options, wait_for_inputs
 from xpullm.kernels.triton.w8a8 import FORMATS, permuted_k, round_e4m3
@@ -117,7 +116,6 @@ def tile_kernel(
     B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOTS: tl.constexpr, INT8: tl.constexpr,
     USE_WS: tl.constexpr, EVEN: tl.constexpr, EMULATE: tl.constexpr, PDL: tl.constexpr, FIXUP: tl.constexpr,
     TILE_QUANTIZES: tl.constexpr = False, QMAX: tl.constexpr = 127.0, SCALE_FACTOR: tl.constexpr = 1.0,
-    L2_PREFETCH: tl.constexpr = False,
 ):  # fmt: skip
     """y^T [N, M] = W @ xq^T: per activation block one tensor-core dot of K = B over the 8-bit weight bytes and
     codes as they are, its result times the block's activation scale added into the fp32 accumulator; DOTS
@@ -128,8 +126,7 @@ def tile_kernel(
     integers otherwise), over fp8 operands passed as int8 bytes.
     TILE_QUANTIZES: xq_ptr is the bf16 / fp16 rows [M, KX] themselves (xs_ptr unused), and each program rounds the
     blocks it multiplies as `quantize_kernel` does (the same codes and scales, bit for bit): no quantizer
-    launch, for the price of every program of a K range rounding the same blocks again.
-    L2_PREFETCH: the program's weight slice is asked into L2 before it waits for its inputs (`l2.py`)."""
+    launch, for the price of every program of a K range rounding the same blocks again."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -143,8 +140,6 @@ def tile_kernel(
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     b_begin = pid_k * blocks_per_split
     b_end = tl.minimum(b_begin + blocks_per_split, NB)
-    k_stop = tl.minimum(KX, b_end * B)  # the split's end (bytes of a weight row)
-    prefetch_rows(w_ptr + offs_n * stride_wn + b_begin * B, k_stop - b_begin * B, offs_n < N, L2_PREFETCH)
     wait_for_inputs(PDL)
     for b0 in range(b_begin, b_end, DOTS):
         for d in tl.static_range(DOTS):
@@ -155,8 +150,9 @@ def tile_kernel(
                 x_ok = m_ok
                 s_ok = offs_m < M
             else:
-                w = tl.load(w_ptr + n2 * stride_wn + k[None, :], mask=n_ok & (k[None, :] < k_stop), other=0.0)
-                x_ok = m_ok & (k[:, None] < k_stop)
+                k_end = tl.minimum(KX, b_end * B)  # the split's end
+                w = tl.load(w_ptr + n2 * stride_wn + k[None, :], mask=n_ok & (k[None, :] < k_end), other=0.0)
+                x_ok = m_ok & (k[:, None] < k_end)
                 s_ok = (offs_m < M) & (b + 0 * offs_m < b_end)
             if TILE_QUANTIZES:  # this block of the bf16 / fp16 rows, in the weight's K order, rounded here
                 xf = tl.load(
