@@ -1247,7 +1247,7 @@ def mma_t_kernel(
     PLANE_DOTS: tl.constexpr, PAIRS: tl.constexpr, NATURAL: tl.constexpr, USE_WS: tl.constexpr,
     POST_SCALE: tl.constexpr, ROW_SCALE: tl.constexpr, ACCS: tl.constexpr,
     EVEN: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr, FIXUP: tl.constexpr = False,
-    JOIN: tl.constexpr = 1, BLOCKED: tl.constexpr = False,
+    JOIN: tl.constexpr = 1, TMA: tl.constexpr = False,
 ):  # fmt: skip
     """y[m, n] = sum_k x[m, k] W[n, k] for a batch of activation rows, as y^T = W @ x^T on tensor cores.
 
@@ -1275,8 +1275,8 @@ def mma_t_kernel(
     tile's splits adds the partials in split order - the reduce kernel's order, so the same numbers - writes
     out_ptr [M, N] (stride stride_ym) and sets the count back to zero. No second launch, and the partials are
     read while they are still in L2.
-    BLOCKED (EVEN only): w_ptr holds the words tile by tile - each [BLOCK_N, BKW] tile of a K step contiguous,
-    the tiles in (row tile, K step) order (`blocked_words`) - so a step's load is one contiguous run.
+    TMA (EVEN only): w_ptr is a tensor descriptor of the words [N, KW] with blocks [BLOCK_N, BKW]; each step's
+    weight tile comes by one bulk tensor copy (Hopper's TMA) instead of per-thread loads.
     """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -1303,9 +1303,8 @@ def mma_t_kernel(
     wait_for_inputs(PDL)
     for kw0 in range(kw_begin, kw_end, BKW):
         kw2 = kw0 + j[None, :]
-        if BLOCKED:
-            tile = (pid_n * (KW // BKW) + kw0 // BKW) * (BLOCK_N * BKW)
-            w = tl.load(w_ptr + tile + tl.arange(0, BLOCK_N)[:, None] * BKW + j[None, :])
+        if TMA:
+            w = w_ptr.load([pid_n * BLOCK_N, kw0])
         elif EVEN:
             w = tl.load(w_ptr + n2 * stride_wn + kw2)
         else:

@@ -116,7 +116,7 @@ def tile_kernel(
     B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOTS: tl.constexpr, INT8: tl.constexpr,
     USE_WS: tl.constexpr, EVEN: tl.constexpr, EMULATE: tl.constexpr, PDL: tl.constexpr, FIXUP: tl.constexpr,
     TILE_QUANTIZES: tl.constexpr = False, QMAX: tl.constexpr = 127.0, SCALE_FACTOR: tl.constexpr = 1.0,
-    BLOCKED: tl.constexpr = False,
+    TMA: tl.constexpr = False,
 ):  # fmt: skip
     """y^T [N, M] = W @ xq^T: per activation block one tensor-core dot of K = B over the 8-bit weight bytes and
     codes as they are, its result times the block's activation scale added into the fp32 accumulator; DOTS
@@ -146,9 +146,8 @@ def tile_kernel(
         for d in tl.static_range(DOTS):
             b = b0 + d
             k = b * B + kk
-            if BLOCKED:  # each [BLOCK_N, B] tile contiguous, in (row tile, block) order
-                tile = (pid_n * NB + b) * (BLOCK_N * B)
-                w = tl.load(w_ptr + tile + tl.arange(0, BLOCK_N)[:, None] * B + kk[None, :])
+            if TMA:  # w_ptr: a tensor descriptor of the weight bytes [N, KX], blocks [BLOCK_N, B]
+                w = w_ptr.load([pid_n * BLOCK_N, b * B])
                 x_ok = m_ok
                 s_ok = offs_m < M
             elif EVEN:

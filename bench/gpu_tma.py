@@ -1,14 +1,14 @@
-"""Does the weight stream's address pattern bound the batched tiles? The tuned tile over the row-major layout vs
-the same tile over a copy of the weight stored tile by tile (each K step's [BLOCK_N, step] tile one contiguous
-run: the `BLOCKED` constexpr of `jit.mma_t_kernel` and `w8a8_tile.tile_kernel`), side by side on a GPU.
+"""Does the way the weight tiles are loaded bound the batched tiles? The tuned tile with its per-thread loads
+(`cp.async`, pipelined) vs the same tile with each K step's weight tile brought by one TMA bulk tensor copy (the
+`TMA` constexpr of `jit.mma_t_kernel` and `w8a8_tile.tile_kernel`), side by side on a GPU.
 
-In the row-major layout a 64-row tile's K step reads 64 runs of 64-128 bytes, one per weight row, 2-4 KiB
-apart; blocked, it reads one run of 4-8 KiB. Same bytes, same arithmetic, same order: the products must be
-equal bit for bit (checked), and any time difference is the memory system's.
+Same bytes, same arithmetic, same order: the products must be equal bit for bit (checked), and any time
+difference is the load path's. (Session 16 timed two other ideas the same way: each program's weight slice
+prefetched into L2 before its wait, and the weight stored tile by tile; docs/benchmarks-gpu.md.)
 
-    XPULLM_TRITON_AUTOTUNE=0 bash bench/gpu_run.sh py bench/gpu_blocked.py [--formats sym_int4:128,fp8_e4m3]
+    XPULLM_TRITON_AUTOTUNE=0 bash bench/gpu_run.sh py bench/gpu_tma.py [--formats sym_int4:128,fp8_e4m3]
         [--rows 8,16,32] [--rounds 3]
-    TRITON_INTERPRET=1 python -P bench/gpu_blocked.py --check   # the indexing on small shapes, on the CPU
+    TRITON_INTERPRET=1 python -P bench/gpu_tma.py --check   # the descriptor indexing on small shapes, on the CPU
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import json
 import statistics
 import sys
 from contextlib import contextmanager
-from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -27,50 +26,58 @@ import torch.nn.functional as F
 SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 
 
-class _WithBlocked:
-    """A jitted kernel whose launches all pass BLOCKED=True."""
+class _WithTMA:
+    """A jitted tile kernel whose launches get a tensor descriptor for the weight (positional argument `arg`,
+    blocks of [BLOCK_N, step]) and TMA=True."""
 
-    def __init__(self, kernel) -> None:
-        self.kernel = kernel
+    def __init__(self, kernel, arg: int, step: str) -> None:
+        self.kernel, self.arg, self.step = kernel, arg, step
 
     def __getitem__(self, grid):
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
         launch = self.kernel[grid]
-        return lambda *args, **kwargs: launch(*args, **kwargs, BLOCKED=True)
+
+        def run(*args, **kwargs):
+            w = args[self.arg]
+            block = [kwargs["BLOCK_N"], kwargs[self.step]]
+            desc = TensorDescriptor(w, list(w.shape), [w.stride(0), 1], block)
+            return launch(*args[: self.arg], desc, *args[self.arg + 1 :], **kwargs, TMA=True)
+
+        return run
 
 
 @contextmanager
-def blocked_launches():
+def tma_launches():
     from xpullm.kernels.triton import jit, w8a8_tile
 
     saved = jit.mma_t_kernel, w8a8_tile.tile_kernel
-    jit.mma_t_kernel, w8a8_tile.tile_kernel = _WithBlocked(saved[0]), _WithBlocked(saved[1])
+    jit.mma_t_kernel = _WithTMA(saved[0], 1, "BKW")
+    w8a8_tile.tile_kernel = _WithTMA(saved[1], 2, "B")
     try:
         yield
     finally:
         jit.mma_t_kernel, w8a8_tile.tile_kernel = saved
 
 
-def blocked_weight(tw, cfg):
-    """`tw` with its words stored tile by tile for `cfg`'s tiles, or None where the tiles are not whole."""
-    if cfg.path == "mma_t":
-        rows, step = cfg.block_n, cfg.block_kb * 4  # words
-        words = tw.words
-    elif cfg.path == "w8a8_t":
-        from xpullm.kernels.triton import w8a8_tile
+def whole_tiles(tw, cfg) -> bool:
+    """Whether `cfg`'s tiles cover `tw` exactly (the kernels take TMA only unmasked)."""
+    from xpullm.kernels.triton import w8a8_tile
 
-        rows, step = cfg.block_n, w8a8_tile.act_block(tw.format)  # bytes
-        words = tw.words.view(torch.int8)
-    else:
-        return None
-    n, width = words.shape
-    if n % rows or width % step or n != tw.n:
-        return None
-    tiles = words.view(n // rows, rows, width // step, step).permute(0, 2, 1, 3).contiguous()
-    return replace(tw, words=tiles.view(n, width).view(torch.int32))
+    if cfg.path == "mma_t":
+        step = cfg.block_kb * 4
+        per = -(-tw.kw // cfg.split_k)
+        return tw.n % cfg.block_n == 0 and tw.kw % step == 0 and per % step == 0
+    if cfg.path == "w8a8_t":
+        block = w8a8_tile.act_block(tw.format)
+        nb = tw.kx // block
+        dots = cfg.block_kb * 16 // block
+        return tw.n % cfg.block_n == 0 and tw.kx % block == 0 and nb % (cfg.split_k * dots) == 0
+    return False
 
 
 def check() -> int:
-    """Interpreter: blocked == row-major, bit for bit, on small whole-tile shapes."""
+    """Interpreter: TMA == thread loads, bit for bit, on small whole-tile shapes."""
     from xpullm.formats import get_format
     from xpullm.kernels.triton import LaunchConfig, pack_weight, run
     from xpullm.kernels.triton.launch import _prepare_x
@@ -85,8 +92,8 @@ def check() -> int:
         tw = pack_weight(get_format(fmt).quantize(torch.randn(128, 512) * 0.02, gs), "cpu")
         x = _prepare_x(torch.randn(5, 512, dtype=torch.bfloat16), tw)
         plain = run(x, tw, cfg)
-        with blocked_launches():
-            tiled = run(x, blocked_weight(tw, cfg), cfg)
+        with tma_launches():
+            tiled = run(x, tw, cfg)
         print(fmt, cfg.path, "equal" if torch.equal(plain, tiled) else "DIFFERENT")
         if not torch.equal(plain, tiled):
             return 1
@@ -103,7 +110,7 @@ def main() -> int:
     if args.check:
         return check()
     if not torch.cuda.is_available():
-        print("gpu_blocked.py needs a CUDA GPU", file=sys.stderr)
+        print("gpu_tma.py needs a CUDA GPU", file=sys.stderr)
         return 2
     from xpullm.formats import get_format
     from xpullm.kernels.triton import pack_weight, run, select_config, time_cold
@@ -120,23 +127,22 @@ def main() -> int:
             for m in (int(r) for r in args.rows.split(",")):
                 x = _prepare_x(torch.randn(m, k, device=dev, dtype=torch.bfloat16), tw)
                 cfg = select_config(tw, m, torch.bfloat16)
-                tiled = blocked_weight(tw, cfg)
-                if tiled is None:
+                if not whole_tiles(tw, cfg):
                     print(
                         json.dumps({"fmt": item, "shape": f"{n}x{k}", "m": m, "skipped": str(cfg)}),
                         flush=True,
                     )
                     continue
                 out = torch.empty((m, n), dtype=torch.bfloat16, device=dev)
-                times: dict[str, list[float]] = {"rows": [], "blocked": []}
+                times: dict[str, list[float]] = {"rows": [], "tma": []}
                 plain = run(x, tw, cfg).clone()
-                with blocked_launches():
-                    same = torch.equal(plain, run(x, tiled, cfg))
+                with tma_launches():
+                    same = torch.equal(plain, run(x, tw, cfg))
                 for r in range(args.rounds):
-                    for kind in ("rows", "blocked") if r % 2 == 0 else ("blocked", "rows"):
-                        if kind == "blocked":
-                            with blocked_launches():
-                                t = time_cold(functools.partial(run, x, tiled, cfg, out), dev)
+                    for kind in ("rows", "tma") if r % 2 == 0 else ("tma", "rows"):
+                        if kind == "tma":
+                            with tma_launches():
+                                t = time_cold(functools.partial(run, x, tw, cfg, out), dev)
                         else:
                             t = time_cold(functools.partial(run, x, tw, cfg, out), dev)
                         times[kind].append(1e3 * t)
@@ -148,21 +154,21 @@ def main() -> int:
                     "cfg": str(cfg),
                     "equal": same,
                     "rows_us": statistics.median(times["rows"]),
-                    "blocked_us": statistics.median(times["blocked"]),
+                    "tma_us": statistics.median(times["tma"]),
                     "rows_range": [min(times["rows"]), max(times["rows"])],
-                    "blocked_range": [min(times["blocked"]), max(times["blocked"])],
+                    "tma_range": [min(times["tma"]), max(times["tma"])],
                     "bf16_us": bf16,
                 }
                 print(json.dumps(rec), flush=True)
                 acc = layer.setdefault((item, m), [0.0, 0.0, 0.0, 0.0])
                 acc[0] += 1
                 acc[1] += rec["rows_us"]
-                acc[2] += rec["blocked_us"]
+                acc[2] += rec["tma_us"]
                 acc[3] += bf16
-    print("| format | rows | shapes | row-major (us) | blocked (us) | blocked / row-major | bf16 cuBLAS (us) "
-          "| row-major vs bf16 | blocked vs bf16 |")  # fmt: skip
+    print("| format | rows | shapes | thread loads (us) | TMA (us) | TMA / thread loads | bf16 cuBLAS (us) "
+          "| thread loads vs bf16 | TMA vs bf16 |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for (fmt, m), (cnt, plain_us, tiled_us, bf16_us) in layer.items():
+    for (fmt, m), (cnt, plain_us, tiled_us, bf16_us) in layer.items():  # tiled: TMA
         print(f"| {fmt} | {m} | {cnt:.0f} | {plain_us:.1f} | {tiled_us:.1f} | {tiled_us / plain_us:.3f} | "
               f"{bf16_us:.1f} | {bf16_us / plain_us:.2f}x | {bf16_us / tiled_us:.2f}x |")  # fmt: skip
     return 0
