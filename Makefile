@@ -22,7 +22,8 @@ TEST_FLAGS := -q -x --timeout=900 --durations=15 -n auto --dist loadfile
 INTERPRETER_TESTS := tests/kernels/test_triton_kernels.py tests/kernels/test_triton_decode_ops.py \
 	tests/kernels/test_triton_attention.py tests/kernels/test_triton_mma.py \
 	tests/kernels/test_triton_paged_attention.py tests/kernels/test_paged_window.py \
-	tests/kernels/test_triton_w8a8.py tests/kernels/test_triton_w8a8_tile.py tests/kernels/test_triton_w4a8.py
+	tests/kernels/test_triton_w8a8.py tests/kernels/test_triton_w8a8_tile.py tests/kernels/test_triton_w4a8.py \
+	tests/kernels/test_triton_tma.py
 
 .PHONY: demo test test-graphrag test-latest test-ipex lint format venv browser wheel-check bench clean lock screenshots shadow-check
 

@@ -11,6 +11,7 @@
 | `XPULLM_TRITON_MMA` | `triton_mma` | `1` | `0`: the tuner leaves out the batched tensor-core tiles (`mma`, `mma_t`) |
 | `XPULLM_TRITON_MORE_PAIRS` | `triton_more_pairs` | `1` | `0`: the tuner leaves out the pair decodes beyond sym_int4 with one scale per K step (nf4 / fp4 by byte permutes; sym_int4 under several group scales per K step; joined pair dots) |
 | `XPULLM_TRITON_FIXUP` | `triton_fixup` | `1` | `0`: the tuner leaves out the `mma_t` tiles that sum their K splits in the kernel |
+| `XPULLM_TRITON_TMA` | `triton_tma` | `1` | `0`: the tuner leaves out tiles whose weight arrives by TMA tensor copies (`mma_t`, `w8a8_t` on Hopper+), and tuned records of them are passed over |
 | `XPULLM_TRITON_W4A8` | `triton_w4a8` | `0` | `1`: the tuner also times sym_int4 weights x int8 activation rows (a scale per 64 elements) on int8 tensor cores (`w4a8`) |
 | `XPULLM_TRITON_W8A8` | `triton_w8a8` | `off` | `fp8`: the tuner also times fp8_e4m3 weights x per-token fp8 activations on cuBLAS; `all`: sym_int8 too |
 | `XPULLM_TRITON_W8A8_T` | `triton_w8a8_t` | `fp8` | the tuner also times 8-bit weights x 8-bit activation rows in Triton tensor-core tiles (`w8a8_t`) for fp8_e4m3 weights (rows in e4m3, a scale per 128 elements); `all`: sym_int8 x int8 rows (a scale per 64) too; `off`: neither |
@@ -21,7 +22,7 @@
 | `XPULLM_IPEX` | `ipex` | `1` | `0`: never use intel_extension_for_pytorch's WOQ linear, where it is installed |
 
 `runtime_settings()` reads the environment when called (tests and benchmarks flip switches at run time; reading
-seventeen variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
+eighteen variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
 included, may read it.
 """
 
@@ -45,6 +46,7 @@ ENVIRONMENT = {
     "triton_mma": "XPULLM_TRITON_MMA",
     "triton_more_pairs": "XPULLM_TRITON_MORE_PAIRS",
     "triton_fixup": "XPULLM_TRITON_FIXUP",
+    "triton_tma": "XPULLM_TRITON_TMA",
     "triton_w4a8": "XPULLM_TRITON_W4A8",
     "triton_w8a8": "XPULLM_TRITON_W8A8",
     "triton_w8a8_t": "XPULLM_TRITON_W8A8_T",
@@ -70,6 +72,7 @@ class RuntimeSettings:
     triton_mma: bool = True
     triton_more_pairs: bool = True
     triton_fixup: bool = True
+    triton_tma: bool = True
     triton_w4a8: bool = False
     triton_w8a8: str = "off"  # off | fp8 | all
     triton_w8a8_t: str = "fp8"  # off | fp8 | all
@@ -93,6 +96,7 @@ class RuntimeSettings:
             triton_mma=get(ENVIRONMENT["triton_mma"], "1") != "0",
             triton_more_pairs=get(ENVIRONMENT["triton_more_pairs"], "1") != "0",
             triton_fixup=get(ENVIRONMENT["triton_fixup"], "1") != "0",
+            triton_tma=get(ENVIRONMENT["triton_tma"], "1") != "0",
             triton_w4a8=get(ENVIRONMENT["triton_w4a8"], "0") not in ("", "0"),
             triton_w8a8=(get(ENVIRONMENT["triton_w8a8"]) or "off").strip().lower(),
             triton_w8a8_t=(get(ENVIRONMENT["triton_w8a8_t"]) or "fp8").strip().lower(),

@@ -9,6 +9,7 @@ The XPU table is a first guess from Intel's Triton tuning guides and is not yet 
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -75,6 +76,7 @@ class LaunchConfig:
     tile_quantizes: bool = (
         False  # w8a8_t: each program rounds the activation blocks it multiplies (no quantizer)
     )
+    tma: bool = False  # mma_t, w8a8_t, whole tiles: each K step's weight tile by one TMA copy (`can_tma`)
 
 
 def _gemv(bm: int, bn: int, kb: int, sk: int, warps: int, prefetch: bool = False) -> LaunchConfig:
@@ -398,7 +400,8 @@ def path_summary() -> list[str]:
         f"mma_t    2-{MMA_MAX_M} rows     every format        W @ x^T: decoded weight as the dot's register operand, "
         "nf4/fp4 decoded in registers, sym_int4 in bf16x2"
         f"{', nf4/fp4 and grouped sym_int4 in bf16x2, joined dots' if more_pairs_enabled() else '; nf4/fp4 and grouped sym_int4 pairs off (XPULLM_TRITON_MORE_PAIRS=0)'}"
-        f"{', K splits summed in the kernel' if fixup_enabled() else '; in-kernel split sums off (XPULLM_TRITON_FIXUP=0)'}",
+        f"{', K splits summed in the kernel' if fixup_enabled() else '; in-kernel split sums off (XPULLM_TRITON_FIXUP=0)'}"
+        f"{', weight tiles by TMA copies (Hopper+)' if runtime_settings().triton_tma else '; TMA copies off (XPULLM_TRITON_TMA=0)'}",
         f"w4a8     2-{MMA_MAX_M} rows     sym_int4 (g>=128)   int4 codes as int8 x int8 activation rows "
         f"(a scale per 64), int8 tensor cores{'' if w4a8_enabled() else '; off (XPULLM_TRITON_W4A8=1 times it)'}",
         f"w8a8     every M        fp8_e4m3, sym_int8  rows quantized per token, fp8 / int8 tensor cores (cuBLAS); "
@@ -464,6 +467,8 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return False
     if cfg.tile_quantizes and cfg.path != "w8a8_t":
         return False  # only the 8-bit activation tiles round their own rows
+    if cfg.tma and not can_tma(cfg, tw):
+        return False
     if cfg.pairs and not can_pair(cfg, tw, x_dtype):
         return False
     if cfg.path == "gemv_q8" and (
@@ -474,6 +479,40 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return False  # only the int8 GEMV programs of up to 8 rows walk several weight tiles
     # A split needs at least a couple of K steps to be worth its reduction pass.
     return cfg.split_k == 1 or tw.kw >= 2 * cfg.split_k * cfg.block_kb * 4
+
+
+def can_tma(cfg: LaunchConfig, tw) -> bool:
+    """Whether `tma` can run: an `mma_t` / `w8a8_t` tile whose row tiles, K steps and K splits cover the weight
+    exactly (the descriptor's loads are never masked) on a device with tensor-memory copies (CUDA compute
+    capability 9.0+, or the Triton interpreter), rows a multiple of 16 bytes apart."""
+    if cfg.path not in ("mma_t", "w8a8_t") or tw.n % cfg.block_n or (tw.words.stride(0) * 4) % 16:
+        return False
+    if not _has_tma(tw.device):
+        return False
+    if cfg.path == "mma_t":
+        return tw.kw % (cfg.block_kb * 4) == 0  # whole K steps (splits are whole steps)
+    from xpullm.kernels.triton import w8a8_tile  # its module imports this one
+
+    block = w8a8_tile.ACT_BLOCK.get(tw.format, 0)
+    if not block or tw.kx % block:
+        return False
+    blocks, dots = tw.kx // block, cfg.block_kb * 16 // block
+    per_split = -(-blocks // (cfg.split_k * dots)) * dots
+    return blocks == cfg.split_k * per_split  # every split whole steps of whole blocks
+
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, like triton.jit does at decoration
+
+
+@functools.cache
+def _has_tma(device: torch.device) -> bool:
+    if _INTERPRET:  # the interpreter runs tensor descriptors on any tensor
+        return True
+    return (
+        device.type == "cuda"
+        and torch.cuda.is_available()
+        and torch.cuda.get_device_capability(device)[0] >= 9
+    )
 
 
 def can_join(cfg: LaunchConfig) -> bool:
@@ -548,15 +587,16 @@ def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[Launc
 
 
 def switched_on(cfg: LaunchConfig, tw) -> bool:
-    """Whether the switches (XPULLM_TRITON_W8A8, _W8A8_T, _W4A8, _MORE_PAIRS, _FIXUP) let the tuner pick `cfg` for
+    """Whether the switches (XPULLM_TRITON_W8A8, _W8A8_T, _W4A8, _MORE_PAIRS, _FIXUP, _TMA) let the tuner pick `cfg` for
     `tw`: what it times, what a sweep may record as a winner, and which tuned records `select_config` uses. It
     runs on every `select_config` call: a config no switch governs returns without reading the environment, the
     others read it once."""
-    if cfg.path not in ("w8a8", "w8a8_t", "w4a8") and not cfg.fixup and basic_pairs(cfg, tw):
+    if cfg.path not in ("w8a8", "w8a8_t", "w4a8") and not cfg.fixup and not cfg.tma and basic_pairs(cfg, tw):
         return True
     settings = runtime_settings()
     return (
-        (cfg.path != "w8a8" or tw.format in w8a8_formats(settings))
+        (settings.triton_tma or not cfg.tma)
+        and (cfg.path != "w8a8" or tw.format in w8a8_formats(settings))
         and (cfg.path != "w8a8_t" or tw.format in w8a8_tile_formats(settings))
         and (cfg.path != "w4a8" or w4a8_enabled(settings))
         and (more_pairs_enabled(settings) or basic_pairs(cfg, tw))

@@ -7,9 +7,9 @@ import os
 import re
 import threading
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,12 +26,14 @@ from xpullm.kernels.triton.configs import (
     can_fold,
     can_join,
     can_pair,
+    can_tma,
     candidates,
     default_config,
     default_q8_config,
     m_bucket,
     one_scale_per_step,
     switched_on,
+    valid,
 )
 from xpullm.kernels.triton.layout import TritonWeight
 from xpullm.kernels.triton.pdl import launch_options
@@ -366,11 +368,11 @@ def _run_mma_t(
     grid = (triton.cdiv(tw.n, cfg.block_n), split, triton.cdiv(m, cfg.block_m))
     counters = _tile_counters(tw.device, grid[0] * grid[2]) if cfg.fixup and split > 1 else None
     jit.mma_t_kernel[grid](
-        x, tw.words, tw.scales, zeros, tw.lut, target,
+        x, _weight_operand(tw.words, cfg, cfg.block_kb * 4, tw), tw.scales, zeros, tw.lut, target,
         m, tw.n, tw.kw, tw.n_groups, _words_per_split(tw, cfg),
         x.stride(0), tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
         out, counters if counters is not None else tw.words,
-        **mma_t_constexprs(tw, cfg), FIXUP=counters is not None, num_warps=cfg.num_warps,
+        **mma_t_constexprs(tw, cfg), FIXUP=counters is not None, TMA=cfg.tma, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **launch_options(tw.device),
     )  # fmt: skip
     if split > 1 and counters is None:
@@ -463,18 +465,33 @@ def w8a8_t_launch(
     counters = _tile_counters(tw.device, grid[0] * grid[2]) if cfg.fixup and split > 1 else None
     even = tw.n % cfg.block_n == 0 and tw.kx % block == 0 and nb == split * per_split
     w8a8_tile.tile_kernel[grid](
-        xq, xs, tw.words.view(operand), tw.scales, target,
+        xq, xs, _weight_operand(tw.words.view(operand), cfg, block, tw), tw.scales, target,
         m, tw.n, tw.kx, nb, per_split,
         xq.stride(0), xs.stride(0), 4 * tw.words.stride(0), tw.scales.stride(0), target.stride(-2), stride_ys,
         out, counters if counters is not None else tw.words,
         B=block, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, DOTS=dots, INT8=dtype == torch.int8,
         USE_WS=split > 1, EVEN=even, EMULATE=_INTERPRET, FIXUP=counters is not None,
-        TILE_QUANTIZES=cfg.tile_quantizes, QMAX=qmax, SCALE_FACTOR=factor,
+        TILE_QUANTIZES=cfg.tile_quantizes, QMAX=qmax, SCALE_FACTOR=factor, TMA=cfg.tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(tw.device),
     )  # fmt: skip
     if split > 1 and counters is None:
         _reduce_splits(workspace, out)
     return out
+
+
+def _weight_operand(words: torch.Tensor, cfg: LaunchConfig, step: int, tw: TritonWeight) -> Any:
+    """The weight argument of a tile launch: `words` itself, or with `cfg.tma` a tensor descriptor of it whose
+    blocks are the tile's [block_n, step] (step: words or bytes of a K step's load)."""
+    if not cfg.tma:
+        return words
+    if not can_tma(cfg, tw):
+        raise ValueError(
+            f"tma=True loads whole [{cfg.block_n}, {step}] weight tiles by TMA copies (CUDA compute capability "
+            f"9.0+); {tw.format} {tw.n}x{tw.k} with {cfg} has partial tiles or no TMA here: use tma=False"
+        )
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor(words, list(words.shape), [words.stride(0), 1], [cfg.block_n, step])
 
 
 _COUNTER_TILES = 1 << 16  # output tiles one counter array covers (a 128256-row head in 64-row tiles: 2004)
@@ -702,6 +719,10 @@ def tune(tw: TritonWeight, m: int, dtype: torch.dtype = torch.bfloat16) -> Launc
         x2 = torch.randn((bucket, tw.kx), dtype=dtype, device=tw.device)
         pool = candidates(_device_kind(tw.device), tw, bucket, dtype)
         best = _fastest(tw, pool, lambda cfg: run(x2, tw, cfg), default_config(tw, m, dtype))
+        by_tma = replace(best, tma=True)
+        if not best.tma and valid(by_tma, tw, dtype) and switched_on(by_tma, tw):
+            # the winner's load-path twin (the same numbers): timed against it head to head
+            best = _fastest(tw, [best, by_tma], lambda cfg: run(x2, tw, cfg), best)
         _tuned[key] = best
         return best
 
@@ -709,10 +730,13 @@ def tune(tw: TritonWeight, m: int, dtype: torch.dtype = torch.bfloat16) -> Launc
 def select_config(tw: TritonWeight, m: int, dtype: torch.dtype) -> LaunchConfig:
     """The cached tuned configuration, tuning now when allowed, else `default_config`. A record whose tile a
     switch has turned off since (e.g. XPULLM_TRITON_W8A8_T=off under a table that picked `w8a8_t`) is passed
-    over, so the switch holds for tuned shapes too."""
+    over, so the switch holds for tuned shapes too; a record whose TMA copies are switched off
+    (XPULLM_TRITON_TMA=0) keeps its tile with thread loads."""
     _load_packaged_table(tw.device)
     key = _key(tw, m, dtype)
     cfg = _tuned.get(key)
+    if cfg is not None and cfg.tma and not switched_on(cfg, tw):
+        cfg = replace(cfg, tma=False)  # XPULLM_TRITON_TMA=0: the same tile with its thread loads
     if cfg is not None and switched_on(cfg, tw):
         return cfg
     if autotune_enabled() and not _capturing(tw.device):

@@ -127,7 +127,9 @@ def tile_kernel(
     integers otherwise), over fp8 operands passed as int8 bytes.
     TILE_QUANTIZES: xq_ptr is the bf16 / fp16 rows [M, KX] themselves (xs_ptr unused), and each program rounds the
     blocks it multiplies as `quantize_kernel` does (the same codes and scales, bit for bit): no quantizer
-    launch, for the price of every program of a K range rounding the same blocks again."""
+    launch, for the price of every program of a K range rounding the same blocks again.
+    TMA (EVEN only): w_ptr is a tensor descriptor of the weight bytes [N, KX] with blocks [BLOCK_N, B]; each
+    block's weight tile comes by one bulk tensor copy (Hopper's TMA) instead of per-thread loads."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -146,7 +148,7 @@ def tile_kernel(
         for d in tl.static_range(DOTS):
             b = b0 + d
             k = b * B + kk
-            if TMA:  # w_ptr: a tensor descriptor of the weight bytes [N, KX], blocks [BLOCK_N, B]
+            if TMA:
                 w = w_ptr.load([pid_n * BLOCK_N, b * B])
                 x_ok = m_ok
                 s_ok = offs_m < M
