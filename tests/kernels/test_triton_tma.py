@@ -135,3 +135,37 @@ def test_switch_keeps_the_tuner_and_tuned_records_off_the_path(monkeypatch) -> N
     assert not switched_on(tile, tw)
     assert launch.select_config(tw, 16, torch.bfloat16) == replace(tile, tma=False)  # the tile, thread loads
     assert all(not c.tma for c in candidates("cuda", tw, 16, torch.bfloat16))
+
+
+@pytest.mark.parametrize("tma_faster", [True, False])
+def test_the_tuner_keeps_the_winners_tma_twin_only_where_it_times_faster(
+    tma_faster: bool, monkeypatch
+) -> None:
+    """`launch.tune` times the pool, then the winner against its TMA twin head to head; the timings here are
+    stand-ins (the interpreter's would say nothing), the runs real."""
+    from xpullm.kernels.triton import launch
+
+    tw = _weight("sym_int4", 128, 64, 512, 0)
+    fast = LaunchConfig("mma_t", 16, 64, 4, 1, 4, 2, plane_dots=True, pairs=True)
+    slow = replace(fast, block_n=32)
+    monkeypatch.setattr(launch, "candidates", lambda *args: [slow, fast])
+    timed: list[LaunchConfig] = []
+
+    def time_cold(fn, device):
+        fn()  # the candidate runs (a broken launch would raise here)
+        cfg = timed[-1]
+        return {slow: 3.0, fast: 2.0}.get(cfg, 1.0 if tma_faster else 2.5)
+
+    real_run = launch.run
+
+    def recording_run(x, w, cfg, *rest):
+        timed.append(cfg)
+        return real_run(x, w, cfg, *rest)
+
+    monkeypatch.setattr(launch, "time_cold", time_cold)
+    monkeypatch.setattr(launch, "run", recording_run)
+    monkeypatch.delitem(launch._tuned, launch._key(tw, 16, torch.bfloat16), raising=False)
+    best = launch.tune(tw, 16)
+    assert replace(fast, tma=True) in timed  # the twin was timed
+    assert best == (replace(fast, tma=True) if tma_faster else fast)
+    launch._tuned.pop(launch._key(tw, 16, torch.bfloat16))
