@@ -4,7 +4,8 @@ For each format and the four Llama-3-8B layer shapes (qkv 6144x4096, o 4096x4096
 4096x14336) and each row count M, times (median of 30 calls, L2 flushed before each) every `mma` candidate of
 the CUDA table (block_m from the row bucket; `w8a8`: 8-bit per-channel weights x per-token 8-bit activations on
 cuBLAS), the dequantize + cuBLAS path, cuBLAS bf16 and, for sym_int4 g128
-at M = 1, the packaged table's decode GEMV (`gemv_q8`). Reported per M: the sum over the four shapes (one layer's projections), so
+at M = 1, the packaged table's decode GEMV (`gemv_q8`). The winner's TMA twin (`tma=True`, Hopper+) is timed head to
+head after the pool, as the tuner does. Reported per M: the sum over the four shapes (one layer's projections), so
 "layer us" x 32 is the projection part of a Llama-3-8B step; and the prefill crossover (mma vs dequant).
 Writes the winners as tuning records (`--tuned`), to ship in `kernels/triton/tuned_<device>.json`.
 
@@ -342,6 +343,18 @@ def main(argv: list[str] | None = None) -> int:
                     row[path] += path_best  # inf where the family does not take the format
                     if path in q8_best:
                         row[f"{path}_int8"] = row.get(f"{path}_int8", 0.0) + q8_best[path]
+                twin = replace(kept, tma=True) if kept is not None else None
+                if twin is not None and not kept.tma and valid(twin, tw, x.dtype) and switched_on(twin, tw):
+                    # the winner's TMA twin, head to head, as the tuner times it (`launch.tune`)
+                    us = timed(lambda cfg=twin, x2=x2, tw=tw: run(x2, tw, cfg))
+                    if args.all:
+                        print(
+                            json.dumps({"fmt": label, "shape": f"{n}x{k}", "m": m, "us": us, **asdict(twin)})
+                        )
+                    if us < kept_us:
+                        kept, kept_us = twin, us
+                    if us < best_us:
+                        best, best_us = twin, us
                 if best is None:
                     print(f"# {label} {n}x{k} m={m}: no candidate ran", flush=True)
                     continue
@@ -353,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"w{best.num_warps} st{best.num_stages}{' planes' if best.plane_dots else ''}"
                     f"{' pairs' if best.pairs else ''}{f' join{best.join}' if best.join > 1 else ''}"
                     f"{' fixup' if best.fixup else ''}{' tq' if best.tile_quantizes else ''}"
+                    f"{' tma' if best.tma else ''}"
                 )
                 dq_us = timed(lambda x2=x2, tw=tw: run(x2, tw, LaunchConfig("dequant")))
                 row["dequant"] += dq_us
