@@ -484,7 +484,8 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
 def can_tma(cfg: LaunchConfig, tw) -> bool:
     """Whether `tma` can run: an `mma_t` / `w8a8_t` tile whose row tiles, K steps and K splits cover the weight
     exactly (the descriptor's loads are never masked) on a device with tensor-memory copies (CUDA compute
-    capability 9.0+, or the Triton interpreter), rows a multiple of 16 bytes apart."""
+    capability 9.0+, or the Triton interpreter) and a Triton with host-built descriptors (3.4+), rows a multiple
+    of 16 bytes apart."""
     if cfg.path not in ("mma_t", "w8a8_t") or tw.n % cfg.block_n or (tw.words.stride(0) * 4) % 16:
         return False
     if not _has_tma(tw.device):
@@ -506,6 +507,10 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, like triton
 
 @functools.cache
 def _has_tma(device: torch.device) -> bool:
+    try:
+        import triton.tools.tensor_descriptor  # noqa: F401  (host-built descriptors: Triton 3.4+)
+    except ImportError:
+        return False
     if _INTERPRET:  # the interpreter runs tensor descriptors on any tensor
         return True
     return (

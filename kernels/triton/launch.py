@@ -731,12 +731,13 @@ def select_config(tw: TritonWeight, m: int, dtype: torch.dtype) -> LaunchConfig:
     """The cached tuned configuration, tuning now when allowed, else `default_config`. A record whose tile a
     switch has turned off since (e.g. XPULLM_TRITON_W8A8_T=off under a table that picked `w8a8_t`) is passed
     over, so the switch holds for tuned shapes too; a record whose TMA copies are switched off
-    (XPULLM_TRITON_TMA=0) keeps its tile with thread loads."""
+    (XPULLM_TRITON_TMA=0) or cannot run here (an older Triton, a pre-Hopper card) keeps its tile with thread
+    loads."""
     _load_packaged_table(tw.device)
     key = _key(tw, m, dtype)
     cfg = _tuned.get(key)
-    if cfg is not None and cfg.tma and not switched_on(cfg, tw):
-        cfg = replace(cfg, tma=False)  # XPULLM_TRITON_TMA=0: the same tile with its thread loads
+    if cfg is not None and cfg.tma and not (switched_on(cfg, tw) and can_tma(cfg, tw)):
+        cfg = replace(cfg, tma=False)  # XPULLM_TRITON_TMA=0, or no TMA here: the same tile, thread loads
     if cfg is not None and switched_on(cfg, tw):
         return cfg
     if autotune_enabled() and not _capturing(tw.device):

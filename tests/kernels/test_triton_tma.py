@@ -135,6 +135,12 @@ def test_switch_keeps_the_tuner_and_tuned_records_off_the_path(monkeypatch) -> N
     assert not switched_on(tile, tw)
     assert launch.select_config(tw, 16, torch.bfloat16) == replace(tile, tma=False)  # the tile, thread loads
     assert all(not c.tma for c in candidates("cuda", tw, 16, torch.bfloat16))
+    # switched on, but where TMA cannot run (a pre-Hopper card, a Triton without host descriptors): the same
+    monkeypatch.delenv("XPULLM_TRITON_TMA")
+    from xpullm.kernels.triton import configs
+
+    monkeypatch.setattr(configs, "_has_tma", lambda device: False)
+    assert launch.select_config(tw, 16, torch.bfloat16) == replace(tile, tma=False)
 
 
 @pytest.mark.parametrize("tma_faster", [True, False])
