@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         m_bucket,
         mma_block_m,
         switched_on,
+        tma_twin,
         valid,
     )
     from xpullm.kernels.triton.launch import _key, _prepare_x, quantize_activations
@@ -343,9 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                     row[path] += path_best  # inf where the family does not take the format
                     if path in q8_best:
                         row[f"{path}_int8"] = row.get(f"{path}_int8", 0.0) + q8_best[path]
-                twin = replace(kept, tma=True) if kept is not None else None
-                if twin is not None and not kept.tma and valid(twin, tw, x.dtype) and switched_on(twin, tw):
-                    # the winner's TMA twin, head to head, as the tuner times it (`launch.tune`)
+                twin = tma_twin(kept, tw, x.dtype) if kept is not None else None
+                if twin is not None:  # the winner's TMA twin, head to head, as the tuner times it
                     us = timed(lambda cfg=twin, x2=x2, tw=tw: run(x2, tw, cfg))
                     if args.all:
                         print(

@@ -11,7 +11,7 @@
 | `XPULLM_TRITON_MMA` | `triton_mma` | `1` | `0`: the tuner leaves out the batched tensor-core tiles (`mma`, `mma_t`) |
 | `XPULLM_TRITON_MORE_PAIRS` | `triton_more_pairs` | `1` | `0`: the tuner leaves out the pair decodes beyond sym_int4 with one scale per K step (nf4 / fp4 by byte permutes; sym_int4 under several group scales per K step; joined pair dots) |
 | `XPULLM_TRITON_FIXUP` | `triton_fixup` | `1` | `0`: the tuner leaves out the `mma_t` tiles that sum their K splits in the kernel |
-| `XPULLM_TRITON_TMA` | `triton_tma` | `1` | `0`: the tuner leaves out tiles whose weight arrives by TMA tensor copies (`mma_t`, `w8a8_t` on Hopper+), and tuned records of them are passed over |
+| `XPULLM_TRITON_TMA` | `triton_tma` | `1` | `0`: the tuner leaves out tiles whose weight arrives by TMA tensor copies (`mma_t`, `w8a8_t` on Hopper+), and tuned records of them keep their tiles with thread loads |
 | `XPULLM_TRITON_W4A8` | `triton_w4a8` | `0` | `1`: the tuner also times sym_int4 weights x int8 activation rows (a scale per 64 elements) on int8 tensor cores (`w4a8`) |
 | `XPULLM_TRITON_W8A8` | `triton_w8a8` | `off` | `fp8`: the tuner also times fp8_e4m3 weights x per-token fp8 activations on cuBLAS; `all`: sym_int8 too |
 | `XPULLM_TRITON_W8A8_T` | `triton_w8a8_t` | `fp8` | the tuner also times 8-bit weights x 8-bit activation rows in Triton tensor-core tiles (`w8a8_t`) for fp8_e4m3 weights (rows in e4m3, a scale per 128 elements); `all`: sym_int8 x int8 rows (a scale per 64) too; `off`: neither |

@@ -25,6 +25,7 @@ __all__ = [
     "Q8_ROWS_MAX",
     "Q8_ROW_TILES",
     "LaunchConfig",
+    "can_tma",
     "candidates",
     "default_config",
     "default_q8_config",
@@ -34,6 +35,8 @@ __all__ = [
     "mma_enabled",
     "path_summary",
     "switched_on",
+    "tma_enabled",
+    "tma_twin",
     "valid",
     "w4a8_enabled",
     "w8a8_formats",
@@ -348,6 +351,13 @@ def fixup_enabled(settings: RuntimeSettings | None = None) -> bool:
     return (settings or runtime_settings()).triton_fixup
 
 
+def tma_enabled(settings: RuntimeSettings | None = None) -> bool:
+    """Whether the tuner times tiles whose weight arrives by TMA tensor copies, and tuned records keep theirs
+    (default yes: bit for bit the thread loads' numbers, tested on an H100, 2026-12-06); XPULLM_TRITON_TMA=0
+    leaves them out."""
+    return (settings or runtime_settings()).triton_tma
+
+
 def mma_block_m(bucket: int) -> int:
     """The `mma` M tile for a row bucket: the bucket itself within MMA_BLOCK_M."""
     return min(max(bucket, MMA_BLOCK_M[0]), MMA_BLOCK_M[1])
@@ -401,7 +411,7 @@ def path_summary() -> list[str]:
         "nf4/fp4 decoded in registers, sym_int4 in bf16x2"
         f"{', nf4/fp4 and grouped sym_int4 in bf16x2, joined dots' if more_pairs_enabled() else '; nf4/fp4 and grouped sym_int4 pairs off (XPULLM_TRITON_MORE_PAIRS=0)'}"
         f"{', K splits summed in the kernel' if fixup_enabled() else '; in-kernel split sums off (XPULLM_TRITON_FIXUP=0)'}"
-        f"{', weight tiles by TMA copies (Hopper+)' if runtime_settings().triton_tma else '; TMA copies off (XPULLM_TRITON_TMA=0)'}",
+        f"{', weight tiles by TMA copies (Hopper+)' if tma_enabled() else '; TMA copies off (XPULLM_TRITON_TMA=0)'}",
         f"w4a8     2-{MMA_MAX_M} rows     sym_int4 (g>=128)   int4 codes as int8 x int8 activation rows "
         f"(a scale per 64), int8 tensor cores{'' if w4a8_enabled() else '; off (XPULLM_TRITON_W4A8=1 times it)'}",
         f"w8a8     every M        fp8_e4m3, sym_int8  rows quantized per token, fp8 / int8 tensor cores (cuBLAS); "
@@ -502,6 +512,14 @@ def can_tma(cfg: LaunchConfig, tw) -> bool:
     return blocks == cfg.split_k * per_split  # every split whole steps of whole blocks
 
 
+def tma_twin(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> LaunchConfig | None:
+    """`cfg` with its weight by TMA copies, where that can run and the switch lets the tuner pick it; else None.
+    The tuner (`launch.tune`) and the sweeps time a winner against it head to head: the same numbers, another
+    load path."""
+    twin = replace(cfg, tma=True)
+    return twin if not cfg.tma and valid(twin, tw, x_dtype) and switched_on(twin, tw) else None
+
+
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, like triton.jit does at decoration
 
 
@@ -600,7 +618,7 @@ def switched_on(cfg: LaunchConfig, tw) -> bool:
         return True
     settings = runtime_settings()
     return (
-        (settings.triton_tma or not cfg.tma)
+        (tma_enabled(settings) or not cfg.tma)
         and (cfg.path != "w8a8" or tw.format in w8a8_formats(settings))
         and (cfg.path != "w8a8_t" or tw.format in w8a8_tile_formats(settings))
         and (cfg.path != "w4a8" or w4a8_enabled(settings))

@@ -33,7 +33,8 @@ from xpullm.kernels.triton.configs import (
     m_bucket,
     one_scale_per_step,
     switched_on,
-    valid,
+    tma_enabled,
+    tma_twin,
 )
 from xpullm.kernels.triton.layout import TritonWeight
 from xpullm.kernels.triton.pdl import launch_options
@@ -719,10 +720,9 @@ def tune(tw: TritonWeight, m: int, dtype: torch.dtype = torch.bfloat16) -> Launc
         x2 = torch.randn((bucket, tw.kx), dtype=dtype, device=tw.device)
         pool = candidates(_device_kind(tw.device), tw, bucket, dtype)
         best = _fastest(tw, pool, lambda cfg: run(x2, tw, cfg), default_config(tw, m, dtype))
-        by_tma = replace(best, tma=True)
-        if not best.tma and valid(by_tma, tw, dtype) and switched_on(by_tma, tw):
-            # the winner's load-path twin (the same numbers): timed against it head to head
-            best = _fastest(tw, [best, by_tma], lambda cfg: run(x2, tw, cfg), best)
+        twin = tma_twin(best, tw, dtype)
+        if twin is not None:  # the winner's load-path twin (the same numbers), head to head
+            best = _fastest(tw, [best, twin], lambda cfg: run(x2, tw, cfg), best)
         _tuned[key] = best
         return best
 
@@ -736,10 +736,11 @@ def select_config(tw: TritonWeight, m: int, dtype: torch.dtype) -> LaunchConfig:
     _load_packaged_table(tw.device)
     key = _key(tw, m, dtype)
     cfg = _tuned.get(key)
-    if cfg is not None and cfg.tma and not (switched_on(cfg, tw) and can_tma(cfg, tw)):
-        cfg = replace(cfg, tma=False)  # XPULLM_TRITON_TMA=0, or no TMA here: the same tile, thread loads
-    if cfg is not None and switched_on(cfg, tw):
-        return cfg
+    if cfg is not None:
+        if cfg.tma and not (can_tma(cfg, tw) and tma_enabled()):
+            cfg = replace(cfg, tma=False)  # no TMA here, or XPULLM_TRITON_TMA=0: the same tile, thread loads
+        if switched_on(cfg, tw):
+            return cfg
     if autotune_enabled() and not _capturing(tw.device):
         return tune(tw, m, dtype)
     return default_config(tw, m, dtype)

@@ -148,12 +148,11 @@ def tile_kernel(
         for d in tl.static_range(DOTS):
             b = b0 + d
             k = b * B + kk
-            if TMA:
-                w = w_ptr.load([pid_n * BLOCK_N, b * B])
-                x_ok = m_ok
-                s_ok = offs_m < M
-            elif EVEN:
-                w = tl.load(w_ptr + n2 * stride_wn + k[None, :])
+            if EVEN:
+                if TMA:
+                    w = w_ptr.load([pid_n * BLOCK_N, b * B])
+                else:
+                    w = tl.load(w_ptr + n2 * stride_wn + k[None, :])
                 x_ok = m_ok
                 s_ok = offs_m < M
             else:
