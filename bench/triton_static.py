@@ -87,6 +87,7 @@ def compile_variant(cfg: LaunchConfig, tw: TritonWeight, arch: int) -> dict:
         "DOT_F32": False,
         "PDL": False,
         "FIXUP": cfg.fixup,
+        "TMA": False,  # thread loads: a TMA launch passes a tensor descriptor, not a pointer
     }
     scales = "*fp16" if tw.scales.dtype == torch.float16 else "*fp32"
     args = {**SIGNATURE, "s_ptr": scales, "z_ptr": scales}
@@ -146,6 +147,7 @@ def compile_w8a8_t(cfg: LaunchConfig, fmt: str, arch: int) -> dict:
         "B": block, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "DOTS": cfg.block_kb * 16 // block,
         "INT8": fmt == "sym_int8", "USE_WS": cfg.split_k > 1, "EVEN": True, "EMULATE": False, "PDL": False,
         "FIXUP": cfg.fixup, "TILE_QUANTIZES": cfg.tile_quantizes, "QMAX": FORMATS[fmt][1], "SCALE_FACTOR": FORMATS[fmt][2],
+        "TMA": False,
     }  # fmt: skip
     byte = "*i8" if fmt == "sym_int8" else "*fp8e4nv"
     args = {**W8A8_T_SIGNATURE, "xq_ptr": "*bf16" if cfg.tile_quantizes else byte, "w_ptr": byte}

@@ -303,6 +303,31 @@ _CUDA_W8A8_T = [
         (64, 8, 8, 4, 4),
     )
 ]
+# Narrow tiles: 1-2 warps over 16-64 weight rows. Under four warps Triton issues Ampere-style `mma.sync` dots
+# (per warp, m16n8k16 / fp8 m16n8k32) instead of Hopper's warpgroup `wgmma`, so a decoded register operand needs
+# no warpgroup-wide wait before the next dot, and many small programs share each SM as the one-row GEMV's do.
+# Timed against the tables' tiles by bench/gpu_narrow.py (issue 29, session 17).
+NARROW_MMA_T = [
+    LaunchConfig("mma_t", 0, bn, kb, sk, w, st, plane_dots=True, pairs=True, join=join, fixup=sk > 1)
+    for bn, w, kb, join in (
+        (16, 1, 4, 1),
+        (16, 1, 4, 2),
+        (32, 1, 4, 1),
+        (32, 2, 4, 2),
+        (32, 2, 4, 4),
+        (64, 2, 4, 2),
+        (16, 1, 8, 1),
+        (32, 2, 8, 1),
+    )
+    for sk in (1, 2, 4)
+    for st in (3, 4)
+]
+NARROW_W8A8_T = [
+    LaunchConfig("w8a8_t", 0, bn, kb, sk, w, st, fixup=sk > 1)
+    for bn, kb, w in ((16, 8, 1), (32, 8, 1), (32, 8, 2), (64, 8, 2), (16, 16, 1), (32, 16, 2))
+    for sk in (1, 2, 4)
+    for st in (3, 4)
+]
 MMA_MAX_M = 256  # row buckets the batched tensor-core tiles are timed for
 MMA_BLOCK_M = (16, 64)  # smallest and largest M tile of `mma` (tl.dot needs >= 16 rows)
 

@@ -1,0 +1,156 @@
+"""Narrow `mma.sync` tiles against the tuned tables' tiles, per Llama-3-8B layer shape, on a GPU (issue 29).
+
+Every batched tile of the tables runs on four or eight warps, which Triton compiles to Hopper's warpgroup `wgmma`:
+with the decoded weight as the register operand it waits for each dot to drain before the next one. Under four
+warps Triton issues per-warp `mma.sync` dots instead, and many small programs share an SM as the one-row GEMV's
+do. `configs.NARROW_MMA_T` (4-bit pair formats) and `configs.NARROW_W8A8_T` (8-bit weights x 8-bit activation
+blocks) list such tiles. For each format, shape and row count this times the tile the tuned table picks
+(`select_config`; run with XPULLM_TRITON_AUTOTUNE=0 to time exactly the shipped records) against every narrow
+candidate once, then the table's tile against the `--keep` fastest in alternating rounds (median of 30
+L2-flushed calls each), beside bf16 cuBLAS; the narrow winner's output is checked against the table tile's.
+
+    # compile in parallel first (one process per shard), then time
+    XPULLM_TRITON_AUTOTUNE=0 bash bench/gpu_run.sh py bench/gpu_narrow.py --warm-only --shard 3/14
+    XPULLM_TRITON_AUTOTUNE=0 bash bench/gpu_run.sh py bench/gpu_narrow.py [--formats sym_int4:128,nf4:64,fp8_e4m3]
+        [--rows 8,16,32] [--rounds 3] [--tuned narrow.json]
+
+`--tuned` writes a tuning record for every shape whose narrow winner beat the table's tile by `--margin` or more
+in every round (load it with XPULLM_TRITON_TUNED to run the engine on it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import statistics
+import sys
+from dataclasses import asdict, replace
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
+
+
+def candidates(tw, m: int) -> list:
+    """The narrow tiles that can run weight `tw` for `m` bf16 rows, with the row bucket's M tile."""
+    from xpullm.kernels.triton.configs import NARROW_MMA_T, NARROW_W8A8_T, m_bucket, mma_block_m, valid
+
+    block_m = mma_block_m(m_bucket(m))
+    pool = NARROW_W8A8_T if tw.format in ("fp8_e4m3", "sym_int8") else NARROW_MMA_T
+    return [c for c in (replace(c, block_m=block_m) for c in pool) if valid(c, tw, torch.bfloat16)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--formats", default="sym_int4:128,nf4:64,fp8_e4m3")
+    ap.add_argument("--rows", default="8,16,32")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds of the table tile vs the kept ones"
+    )
+    ap.add_argument("--keep", type=int, default=3, help="narrow tiles kept after the first round")
+    ap.add_argument(
+        "--warm-only", action="store_true", help="compile (run once) this shard's tiles, time nothing"
+    )
+    ap.add_argument(
+        "--shard", default="0/1", help="I/N: with --warm-only, every N-th candidate from the I-th"
+    )
+    ap.add_argument("--tuned", default=None, help="write the narrow winners as tuning records (JSON) here")
+    ap.add_argument(
+        "--margin", type=float, default=0.03, help="how much faster a winner must be in every round"
+    )
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("gpu_narrow.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    from xpullm.formats import get_format
+    from xpullm.kernels.triton import pack_weight, run, select_config, time_cold
+    from xpullm.kernels.triton.configs import m_bucket
+    from xpullm.kernels.triton.launch import _prepare_x
+
+    dev = torch.device("cuda")
+    shard, shards = (int(v) for v in args.shard.split("/"))
+    layer: dict[tuple[str, int], list[float]] = {}
+    records = []
+    for item in args.formats.split(","):
+        name, _, gs = item.partition(":")
+        for n, k in SHAPES:
+            weight = torch.randn(n, k, generator=torch.Generator().manual_seed(n + k)) * 0.02
+            tw = pack_weight(get_format(name).quantize(weight, int(gs) if gs else 0), dev)
+            dense = weight.to(dev, torch.bfloat16)
+            for m in (int(r) for r in args.rows.split(",")):
+                x = _prepare_x(torch.randn(m, k, device=dev, dtype=torch.bfloat16), tw)
+                out = torch.empty((m, n), dtype=torch.bfloat16, device=dev)
+                table = select_config(tw, m, torch.bfloat16)
+                pool = candidates(tw, m)
+                if args.warm_only:
+                    for i, cfg in enumerate([table, *pool]):
+                        if i % shards == shard:
+                            run(x, tw, cfg, out)
+                    torch.cuda.synchronize()
+                    continue
+                timed = functools.partial(time_cold, device=dev)
+                first = {c: 1e3 * timed(functools.partial(run, x, tw, c, out)) for c in pool}
+                kept = sorted(pool, key=first.__getitem__)[: args.keep]
+                times: dict = {c: [] for c in [table, *kept]}
+                for r in range(args.rounds):
+                    order = [table, *kept] if r % 2 == 0 else [*kept[::-1], table]
+                    for c in order:
+                        times[c].append(1e3 * timed(functools.partial(run, x, tw, c, out)))
+                med = {c: statistics.median(v) for c, v in times.items()}
+                best = min(kept, key=med.__getitem__)
+                ref = run(x, tw, table).float()
+                got = run(x, tw, best).float()
+                err = ((ref - got).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+                bf16 = 1e3 * timed(functools.partial(F.linear, x[:, :k], dense))
+                wins_every_round = all(
+                    b < (1 - args.margin) * t for b, t in zip(times[best], times[table], strict=True)
+                )
+                rec = {
+                    "fmt": item,
+                    "shape": f"{n}x{k}",
+                    "m": m,
+                    "table_cfg": str(table),
+                    "narrow_cfg": str(best),
+                    "table_us": med[table],
+                    "narrow_us": med[best],
+                    "table_range": [min(times[table]), max(times[table])],
+                    "narrow_range": [min(times[best]), max(times[best])],
+                    "first_round_best5": sorted(first.values())[:5],
+                    "rel_diff": err,
+                    "bf16_us": bf16,
+                    "wins": wins_every_round,
+                }
+                print(json.dumps(rec), flush=True)
+                acc = layer.setdefault((item, m), [0.0, 0.0, 0.0, 0.0])
+                for i, v in enumerate((1.0, med[table], min(med[table], med[best]), bf16)):
+                    acc[i] += v
+                if wins_every_round and m_bucket(m) == m:
+                    key = {
+                        "device": torch.cuda.get_device_name(dev),
+                        "format": tw.format,
+                        "group_words": tw.group_words,
+                        "n": tw.n,
+                        "kw": tw.kw,
+                        "m_bucket": m,
+                        "dtype": str(torch.bfloat16),
+                    }
+                    records.append({**key, "config": asdict(best)})
+    if args.warm_only:
+        return 0
+    print("| format | rows | shapes | table tiles (us) | with narrow winners (us) | ratio | bf16 cuBLAS (us) "
+          "| table vs bf16 | with narrow vs bf16 |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (fmt, m), (cnt, table_us, best_us, bf16_us) in layer.items():
+        print(f"| {fmt} | {m} | {cnt:.0f} | {table_us:.1f} | {best_us:.1f} | {best_us / table_us:.3f} | "
+              f"{bf16_us:.1f} | {bf16_us / table_us:.2f}x | {bf16_us / best_us:.2f}x |")  # fmt: skip
+    if args.tuned:
+        with open(args.tuned, "w") as f:
+            json.dump(records, f, indent=1)
+        print(f"wrote {len(records)} records to {args.tuned}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
