@@ -14,10 +14,12 @@ into fp16 bit patterns (e4m3 lands 2**8 too small, which `layout.py` folds into 
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
 
-from xpullm.kernels.triton.lut_pairs import E2M1_LEVELS, NF4_LEVELS, pair_ptx
+from xpullm.kernels.triton.lut_pairs import E2M1_LEVELS, NF4_LEVELS, pair_ptx, quad_ptx
 from xpullm.kernels.triton.pdl import wait_for_inputs
 
 # Format codes, passed as constexpr so each format compiles to its own straight-line decode. Globals read
@@ -1098,6 +1100,41 @@ def _lut_pair_bf16_scaled(t, sb, CODEBOOK: tl.constexpr, EMULATE: tl.constexpr):
     )
 
 
+_NF4_QUAD = tl.constexpr(quad_ptx(NF4_LEVELS, scaled=False))
+_NF4_QUAD_SCALED = tl.constexpr(quad_ptx(NF4_LEVELS, scaled=True))
+_FP4_QUAD = tl.constexpr(quad_ptx(E2M1_LEVELS, scaled=False))
+_FP4_QUAD_SCALED = tl.constexpr(quad_ptx(E2M1_LEVELS, scaled=True))
+_QUADS = tl.constexpr(os.environ.get("XPULLM_EXP_PAIRS") != "1")  # experiment switch (session 17 A/B)
+
+
+@triton.jit
+def _lut_quad_bf16(t, CODEBOOK: tl.constexpr, EMULATE: tl.constexpr):
+    """Codebook codes in bits 0-3, 16-19, 4-7 and 20-23 of int32 `t` -> their levels as bf16, as two bf16x2
+    registers (bits 0-3 / 16-19, then 4-7 / 20-23), by byte permutes with one table gather for all four
+    (`lut_pairs.quad_ptx`)."""
+    if EMULATE:
+        lo_a, hi_a = _lut_pair_bf16(t, CODEBOOK, True)
+        lo_b, hi_b = _lut_pair_bf16(t >> 4, CODEBOOK, True)
+        return lo_a, hi_a, lo_b, hi_b
+    asm: tl.constexpr = _NF4_QUAD if CODEBOOK == 1 else _FP4_QUAD
+    return tl.inline_asm_elementwise(
+        asm, "=h,=h,=h,=h,r", [t], dtype=(tl.bfloat16,) * 4, is_pure=True, pack=1
+    )
+
+
+@triton.jit
+def _lut_quad_bf16_scaled(t, sb, CODEBOOK: tl.constexpr, EMULATE: tl.constexpr):
+    """`_lut_quad_bf16` times the bf16 scale `sb` in two packed `fma.rn.bf16x2`: round_bf16(bf16(level) * sb)."""
+    if EMULATE:
+        lo_a, hi_a = _lut_pair_bf16_scaled(t, sb, CODEBOOK, True)
+        lo_b, hi_b = _lut_pair_bf16_scaled(t >> 4, sb, CODEBOOK, True)
+        return lo_a, hi_a, lo_b, hi_b
+    asm: tl.constexpr = _NF4_QUAD_SCALED if CODEBOOK == 1 else _FP4_QUAD_SCALED
+    return tl.inline_asm_elementwise(
+        asm, "=h,=h,=h,=h,r,h", [t, sb], dtype=(tl.bfloat16,) * 4, is_pure=True, pack=1
+    )
+
+
 @triton.jit
 def _pair_bf16(t, FMT: tl.constexpr, CODEBOOK: tl.constexpr, EMULATE: tl.constexpr):
     """Planes p and p + 4 of the words' low bits, unscaled, as two bf16 tiles (sym_int4: code - 8; nf4 / fp4:
@@ -1220,6 +1257,24 @@ def _step_pair(
 
 
 @triton.jit
+def _step_quad(
+    w, q: tl.constexpr, s, POST_SCALE: tl.constexpr, FMT: tl.constexpr, CODEBOOK: tl.constexpr,
+    BITS: tl.constexpr, BLOCK_N: tl.constexpr, BKW: tl.constexpr, DOT_F32: tl.constexpr,
+):  # fmt: skip
+    """Planes 2q, 2q + 4, 2q + 1 and 2q + 5 of a K step's words as four bf16 tiles: `_step_pair` of pairs 2q and
+    2q + 1. A codebook decodes the four in one byte-permute gather (`_lut_quad_bf16`); sym_int4's pair decode is
+    already two instructions per pair."""
+    if FMT == SYM_INT4 or not _QUADS:
+        lo_a, hi_a = _step_pair(w, 2 * q, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32)
+        lo_b, hi_b = _step_pair(w, 2 * q + 1, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32)
+        return lo_a, hi_a, lo_b, hi_b
+    if POST_SCALE:
+        return _lut_quad_bf16(w >> (2 * q * BITS), CODEBOOK, DOT_F32)
+    sb = tl.broadcast_to(s.to(tl.bfloat16), (BLOCK_N, BKW))
+    return _lut_quad_bf16_scaled(w >> (2 * q * BITS), sb, CODEBOOK, DOT_F32)
+
+
+@triton.jit
 def _word_scales(
     s_ptr, n2, n_ok, kw0, NG, stride_sn, GROUP_WORDS: tl.constexpr, BLOCK_N: tl.constexpr, BKW: tl.constexpr
 ):  # fmt: skip
@@ -1331,9 +1386,8 @@ def mma_t_kernel(
         if PAIRS and JOIN == 4:
             # two pair decodes (planes 2q, 2q + 4, 2q + 1, 2q + 5) in one dot of K = 4 BKW, K order (pair, half, word)
             for q in tl.static_range(PLANES // 4):
-                lo_a, hi_a = _step_pair(w, 2 * q, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32)
-                lo_b, hi_b = _step_pair(
-                    w, 2 * q + 1, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32
+                lo_a, hi_a, lo_b, hi_b = _step_quad(
+                    w, q, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32
                 )
                 both = tl.join(tl.join(lo_a, hi_a), tl.join(lo_b, hi_b))  # [BN, BKW, half, pair]
                 wt = tl.reshape(tl.permute(both, (0, 3, 2, 1)), (BLOCK_N, 4 * BKW))
@@ -1343,23 +1397,30 @@ def mma_t_kernel(
                     q % ACCS, wt, xt, DOT_F32, part, part1, part2, part3, part4, part5, part6, part7,
                 )  # fmt: skip
         elif PAIRS:
-            for p in tl.static_range(PLANES // 2):
-                lo, hi = _step_pair(w, p, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32)
-                if JOIN == 2:  # both planes in one dot of K = 2 BKW: [lo | hi], activations in the same order
-                    wt = tl.reshape(tl.permute(tl.join(lo, hi), (0, 2, 1)), (BLOCK_N, 2 * BKW))
-                    e = x0 + 4 * p + _joined_k(2, BKW, CHUNK, PLANES)
-                    xt = _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, kw_end * PLANES, EVEN)
-                    part, part1, part2, part3, part4, part5, part6, part7 = _dot_into(
-                        p % ACCS, wt, xt, DOT_F32, part, part1, part2, part3, part4, part5, part6, part7,
-                    )  # fmt: skip
-                else:
-                    for half in tl.static_range(2):
-                        e = x0 + e0 + 4 * (p + half * (PLANES // 2))
+            for q in tl.static_range(PLANES // 4):  # pairs 2q and 2q + 1 decode together (`_step_quad`)
+                lo_a, hi_a, lo_b, hi_b = _step_quad(
+                    w, q, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32
+                )
+                for i in tl.static_range(2):
+                    lo = lo_b if i else lo_a
+                    hi = hi_b if i else hi_a
+                    if (
+                        JOIN == 2
+                    ):  # both planes in one dot of K = 2 BKW: [lo | hi], activations in the same order
+                        wt = tl.reshape(tl.permute(tl.join(lo, hi), (0, 2, 1)), (BLOCK_N, 2 * BKW))
+                        e = x0 + 4 * (2 * q + i) + _joined_k(2, BKW, CHUNK, PLANES)
                         xt = _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, kw_end * PLANES, EVEN)
                         part, part1, part2, part3, part4, part5, part6, part7 = _dot_into(
-                            (2 * p + half) % ACCS, hi if half else lo, xt, DOT_F32,
-                            part, part1, part2, part3, part4, part5, part6, part7,
+                            (2 * q + i) % ACCS, wt, xt, DOT_F32, part, part1, part2, part3, part4, part5, part6, part7,
                         )  # fmt: skip
+                    else:
+                        for half in tl.static_range(2):
+                            e = x0 + e0 + 4 * (2 * q + i + half * (PLANES // 2))
+                            xt = _mma_t_x(x_ptr, m_row, m_ok, stride_xm, e, kw_end * PLANES, EVEN)
+                            part, part1, part2, part3, part4, part5, part6, part7 = _dot_into(
+                                (4 * q + 2 * i + half) % ACCS, hi if half else lo, xt, DOT_F32,
+                                part, part1, part2, part3, part4, part5, part6, part7,
+                            )  # fmt: skip
         elif PLANE_DOTS:
             for p in tl.static_range(PLANES):
                 wt, xt = _mma_t_operands(

@@ -25,7 +25,16 @@ import struct
 
 from xpullm.kernels.codebook import E2M1_LEVELS, NF4_LEVELS
 
-__all__ = ["E2M1_LEVELS", "NF4_LEVELS", "bf16_bits", "pair_ptx", "pair_reference", "pair_tables"]
+__all__ = [
+    "E2M1_LEVELS",
+    "NF4_LEVELS",
+    "bf16_bits",
+    "pair_ptx",
+    "pair_reference",
+    "pair_tables",
+    "quad_ptx",
+    "quad_reference",
+]
 
 
 def bf16_bits(x: float) -> int:
@@ -75,9 +84,15 @@ def pair_ptx(levels: tuple[float, ...], scaled: bool) -> str:
 
 
 def _prmt(a: int, b: int, sel: int) -> int:
-    """PTX `prmt.b32` (default mode, selector nibbles < 8): byte i of the result is byte sel_i of {b, a}."""
+    """PTX `prmt.b32` (default mode): byte i of the result is byte sel_i & 7 of {b, a}, or, where nibble sel_i has
+    bit 3 set, that byte's top bit replicated over all eight bits."""
     pool = a | (b << 32)
-    return sum(((pool >> (8 * ((sel >> (4 * i)) & 7))) & 0xFF) << (8 * i) for i in range(4))
+    out = 0
+    for i in range(4):
+        nib = (sel >> (4 * i)) & 0xF
+        byte = (pool >> (8 * (nib & 7))) & 0xFF
+        out |= (0xFF if byte & 0x80 else 0) << (8 * i) if nib & 8 else byte << (8 * i)
+    return out
 
 
 def _lop3(a: int, b: int, c: int, lut: int) -> int:
@@ -101,3 +116,62 @@ def pair_reference(word: int, levels: tuple[float, ...]) -> tuple[int, int]:
     r0, r2 = _lop3(r0, r1, m, 0xD8), _lop3(r2, r3, m, 0xD8)
     q = _lop3(r0, r2, 0x00FF00FF, 0xE4)
     return q & 0xFFFF, q >> 16
+
+
+# Four codes at a time: planes 2q, 2q + 1 (byte q of the word) and 2q + 4, 2q + 5 (byte q + 2), for q = 0 after the
+# caller shifts the word right by 8 q. One gather serves all four codes, where the pair decode's gathers use half of
+# the bytes they fetch, and the selectors and masks come from byte permutes of the word itself:
+#
+#     sel  = prmt(word, bytes 0, 2) & 0x7777                  the four codes' low 3 bits, one nibble each
+#     mask = prmt(word << 4, word, sign of bytes 0, 0, 2, 2)  each code's bit 3 spread over its output byte
+#     lo   = mask ? prmt(LO[8..15], sel) : prmt(LO[0..7], sel)   (one lop3; hi likewise)
+#     a    = prmt(lo, hi, 0x6240) = {level[c 2q], level[c 2q+4]},  b = prmt(lo, hi, 0x7351) = {2q+1, 2q+5}
+#
+# 12 instructions per four weights (the pair decode: about 16 per two).
+_QUAD_SEL = 0x20  # bytes 0 and 2 of the word into bytes 0 and 1: the selector nibbles
+_QUAD_MASK = 0xEAC8  # sign of (word << 4).byte0, word.byte0, (word << 4).byte2, word.byte2
+_QUAD_A = 0x6240  # lo.b0, hi.b0, lo.b2, hi.b2: planes 2q, 2q + 4
+_QUAD_B = 0x7351  # lo.b1, hi.b1, lo.b3, hi.b3: planes 2q + 1, 2q + 5
+
+
+def quad_ptx(levels: tuple[float, ...], scaled: bool) -> str:
+    """Inline PTX for `tl.inline_asm_elementwise`: $4 the word (shifted so that its bytes 0 and 2 hold the four
+    codes), ($5 a bf16 scale when `scaled`), $0 / $1 the bf16 weights of the codes in bits 0-3 / 16-19, $2 / $3
+    those in bits 4-7 / 20-23 (times the scale, one rounding, with `scaled`)."""
+    lo, hi = pair_tables(levels)
+    tables = "".join(f"mov.b32 l{i}, {lo[i]:#010x};\nmov.b32 h{i}, {hi[i]:#010x};\n" for i in range(4))
+    scale = (
+        "mov.b32 nz, 0x80008000;\nmov.b32 ss, {$5, $5};\nfma.rn.bf16x2 a, a, ss, nz;\nfma.rn.bf16x2 b, b, ss, nz;\n"
+        if scaled
+        else ""
+    )
+    return (
+        "{\n.reg .b32 x, y, m, r0, r1, r2, r3, lo, hi, a, b, ss, nz, l0, l1, l2, l3, h0, h1, h2, h3;\n"
+        + tables
+        + f"prmt.b32 x, $4, $4, {_QUAD_SEL:#x};\n"
+        "and.b32 x, x, 0x7777;\n"
+        "shl.b32 y, $4, 4;\n"
+        f"prmt.b32 m, y, $4, {_QUAD_MASK:#x};\n"
+        "prmt.b32 r0, l0, l1, x;\n"
+        "prmt.b32 r1, l2, l3, x;\n"
+        "prmt.b32 r2, h0, h1, x;\n"
+        "prmt.b32 r3, h2, h3, x;\n"
+        "lop3.b32 lo, r0, r1, m, 0xD8;\n"  # m ? r1 : r0, bitwise
+        "lop3.b32 hi, r2, r3, m, 0xD8;\n"
+        f"prmt.b32 a, lo, hi, {_QUAD_A:#x};\n"
+        f"prmt.b32 b, lo, hi, {_QUAD_B:#x};\n" + scale + "mov.b32 {$0, $1}, a;\nmov.b32 {$2, $3}, b;\n}"
+    )
+
+
+def quad_reference(word: int, levels: tuple[float, ...]) -> tuple[int, int, int, int]:
+    """The bf16 bit patterns `quad_ptx(levels, scaled=False)` yields for the 32-bit `word`, step by step: the
+    levels of the codes in bits 0-3, 16-19, 4-7 and 20-23."""
+    lo_t, hi_t = pair_tables(levels)
+    word &= 0xFFFFFFFF
+    x = _prmt(word, word, _QUAD_SEL) & 0x7777
+    m = _prmt((word << 4) & 0xFFFFFFFF, word, _QUAD_MASK)
+    r0, r1 = _prmt(lo_t[0], lo_t[1], x), _prmt(lo_t[2], lo_t[3], x)
+    r2, r3 = _prmt(hi_t[0], hi_t[1], x), _prmt(hi_t[2], hi_t[3], x)
+    lo, hi = _lop3(r0, r1, m, 0xD8), _lop3(r2, r3, m, 0xD8)
+    a, b = _prmt(lo, hi, _QUAD_A), _prmt(lo, hi, _QUAD_B)
+    return a & 0xFFFF, a >> 16, b & 0xFFFF, b >> 16
