@@ -30,6 +30,7 @@ from xpullm.formats import get_format  # noqa: E402
 from xpullm.kernels.triton import LaunchConfig, pack_weight, run, run_q8  # noqa: E402
 from xpullm.kernels.triton.configs import (  # noqa: E402
     MMA_MAX_M,
+    NARROW_MMA_T,
     Q8_FORMATS,
     candidates,
     default_config,
@@ -224,6 +225,20 @@ def test_mma_t_joined_pair_dots_match_reference(fmt, gs, join, accs):
     with pytest.raises(ValueError, match="pairs=True"):
         run(_prepare_x(torch.randn(2, 256).bfloat16().to(DEVICE), tw), tw,
             LaunchConfig("mma_t", 16, 64, 4, 1, 4, 2, plane_dots=True, join=join))  # fmt: skip
+
+
+@pytest.mark.parametrize(("fmt", "gs"), [("sym_int4", 128), ("sym_int4", 32), ("nf4", 64), ("fp4", 128)])
+def test_narrow_mma_sync_tiles_match_reference(fmt, gs):
+    """`configs.NARROW_MMA_T`: 16-64 weight rows on 1-2 warps (per-warp `mma.sync` dots on a GPU), every K split
+    summed in the kernel: the reference's product on ragged and whole shapes (a random handful of the tiles in
+    the interpreter, all of them on a GPU)."""
+    rnd = random.Random(_seed())
+    tiles = rnd.sample(NARROW_MMA_T, 3) if INTERPRET else NARROW_MMA_T
+    shapes = [(37, 300, 5), (64, 1024, 16)] + ([] if INTERPRET else [(4096, 4096, 16), (1000, 1030, 32)])
+    for cfg, (n, k, m) in itertools.product(tiles, shapes):
+        cfg = replace(cfg, block_m=mma_block_m(m))
+        if valid(cfg, pack_weight(_weight(fmt, gs, n, k, 0), DEVICE), torch.bfloat16):
+            _check_bf16_tile(fmt, gs, n, k, m, cfg)
 
 
 def test_split_sum_candidates_follow_their_switch(monkeypatch):

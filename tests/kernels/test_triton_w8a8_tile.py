@@ -28,7 +28,7 @@ if not HAS_CUDA and not INTERPRET:
 
 from xpullm.formats import get_format  # noqa: E402
 from xpullm.kernels.triton import LaunchConfig, pack_weight, run, w8a8_tile  # noqa: E402
-from xpullm.kernels.triton.configs import CONFIG_TABLES, candidates, valid  # noqa: E402
+from xpullm.kernels.triton.configs import CONFIG_TABLES, NARROW_W8A8_T, candidates, valid  # noqa: E402
 from xpullm.kernels.triton.launch import _prepare_x, dequantize  # noqa: E402
 from xpullm.kernels.triton.w8a8 import FORMATS as ROUNDING  # noqa: E402
 
@@ -88,10 +88,13 @@ def test_quantizer_writes_the_twins_codes_and_scales_in_the_weights_k_order(fmt:
 
 
 def _configs(rnd: random.Random, fmt: str, m: int) -> list[LaunchConfig]:
-    """A random handful of the table's tiles (block_m from the rows), plus one of every split kind."""
-    table = [replace(c, block_m=16 if m <= 16 else 32) for c in CONFIG_TABLES["cuda"]["w8a8_t"]]
+    """A random handful of the table's tiles and of the narrow (1-2 warp, `mma.sync`) ones (block_m from the
+    rows), plus one of every split kind."""
+    block_m = 16 if m <= 16 else 32
+    table = [replace(c, block_m=block_m) for c in CONFIG_TABLES["cuda"]["w8a8_t"]]
     return [
         *rnd.sample(table, 2),
+        *(replace(c, block_m=block_m) for c in rnd.sample(NARROW_W8A8_T, 2)),
         LaunchConfig("w8a8_t", 16, 32, 8 if fmt == "fp8_e4m3" else 4, 3, 4, 2, fixup=True),
         LaunchConfig("w8a8_t", 16, 16, 16, 2, 4, 2),  # splits summed by the reduce kernel
         LaunchConfig("w8a8_t", 16, 32, 8, 3, 4, 2, fixup=True, tile_quantizes=True),  # no quantizer launch
