@@ -4,7 +4,7 @@ Every batched tile of the tables runs on four or eight warps, which Triton compi
 with the decoded weight as the register operand it waits for each dot to drain before the next one. Under four
 warps Triton issues per-warp `mma.sync` dots instead, and many small programs share an SM as the one-row GEMV's
 do. `configs.NARROW_MMA_T` (4-bit pair formats) and `configs.NARROW_W8A8_T` (8-bit weights x 8-bit activation
-blocks) list such tiles. For each format, shape and row count this times the tile the tuned table picks
+blocks) list such tiles; at one row of nf4 / fp4 the GEMV tiles that decode the codebook by byte permutes join them. For each format, shape and row count this times the tile the tuned table picks
 (`select_config`; run with XPULLM_TRITON_AUTOTUNE=0 to time exactly the shipped records) against every narrow
 candidate once, then the table's tile against the `--keep` fastest in alternating rounds (median of 30
 L2-flushed calls each), beside bf16 cuBLAS; the narrow winner's output is checked against the table tile's.
@@ -34,12 +34,23 @@ SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 
 
 def candidates(tw, m: int) -> list:
-    """The narrow tiles that can run weight `tw` for `m` bf16 rows, with the row bucket's M tile."""
-    from xpullm.kernels.triton.configs import NARROW_MMA_T, NARROW_W8A8_T, m_bucket, mma_block_m, valid
+    """The narrow tiles that can run weight `tw` for `m` bf16 rows, with the row bucket's M tile; for one row of
+    a codebook format (nf4, fp4) also the GEMV tiles that decode the levels by byte permutes (`pairs`)."""
+    from xpullm.kernels.triton.configs import (
+        CONFIG_TABLES,
+        NARROW_MMA_T,
+        NARROW_W8A8_T,
+        m_bucket,
+        mma_block_m,
+        valid,
+    )
 
     block_m = mma_block_m(m_bucket(m))
     pool = NARROW_W8A8_T if tw.format in ("fp8_e4m3", "sym_int8") else NARROW_MMA_T
-    return [c for c in (replace(c, block_m=block_m) for c in pool) if valid(c, tw, torch.bfloat16)]
+    pool = [replace(c, block_m=block_m) for c in pool]
+    if m == 1:
+        pool += [c for c in CONFIG_TABLES["cuda"]["gemv"] if c.path == "gemv" and c.pairs]
+    return [c for c in pool if valid(c, tw, torch.bfloat16)]
 
 
 def main() -> int:

@@ -70,7 +70,9 @@ class LaunchConfig:
     prefetch: bool = False  # gemv, gemv_q8: the next K step's weights loaded early (jit.py); w4a8: the scales
     tiles: int = 1  # gemv_q8, one activation row: tiles of block_n weight rows each program walks in turn
     plane_dots: bool = False  # mma_t: one dot per bit plane (else one dot over the whole step's codes)
-    pairs: bool = False  # mma_t, plane_dots, sym_int4 x bf16: two planes per bf16x2 decode (inline PTX)
+    pairs: bool = (
+        False  # mma_t, plane_dots, bf16 x: two planes per bf16x2 decode; gemv, nf4 / fp4: levels by permutes
+    )
     natural: bool = False  # mma_t, one dot per step: decoded in the weight's K order, activations contiguous
     accs: int = 1  # mma_t, plane_dots: accumulators the plane dots rotate over (1, 2, 4, 8)
     fold: bool = False  # mma_t, plane_dots, one scale per step: scaled in the decode, no per-step rescale
@@ -107,6 +109,8 @@ _CUDA_GEMV = [
     for bn, kb, w in ((4, 64, 4), (8, 32, 4), (8, 16, 2), (16, 16, 4), (4, 32, 2))
     for sk in (1, 2)
 ]
+# nf4 / fp4: each level decoded in registers by byte permutes instead of loaded from the table (`pairs`)
+_CUDA_GEMV += [replace(c, pairs=True) for c in _CUDA_GEMV]
 # int4 x int8 (dp4a): ~0.7 instructions per weight instead of ~5.5, so the tiles can be taller.
 _CUDA_GEMV_Q8 = (
     [
@@ -577,6 +581,10 @@ def can_pair(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
     """Whether `pairs` can run: the bf16x2 decode of two planes for bf16 activations (sym_int4, nf4, fp4). With one
     scale per K step the codes go into the dots unscaled and the step's product is scaled; where a step spans
     several groups each weight is scaled in the decode by its word's group scale."""
+    if (
+        cfg.path == "gemv"
+    ):  # the one-row GEMV: a codebook's exact fp32 levels by byte permutes, four at a time
+        return tw.format in CODEBOOK_FORMATS
     return cfg.path == "mma_t" and cfg.plane_dots and x_dtype == torch.bfloat16 and tw.format in PAIR_FORMATS
 
 
@@ -588,6 +596,7 @@ def basic_pairs(cfg: LaunchConfig, tw) -> bool:
 
 
 PAIR_FORMATS = ("sym_int4", "nf4", "fp4")  # 4-bit formats with a bf16x2 pair decode (jit.py, `lut_pairs.py`)
+CODEBOOK_FORMATS = ("nf4", "fp4")  # 16-level codebooks the GEMV can decode by byte permutes (`pairs`)
 
 
 def more_pairs_enabled(settings: RuntimeSettings | None = None) -> bool:

@@ -19,7 +19,7 @@ import os
 import triton
 import triton.language as tl
 
-from xpullm.kernels.triton.lut_pairs import E2M1_LEVELS, NF4_LEVELS, pair_ptx, quad_ptx
+from xpullm.kernels.triton.lut_pairs import E2M1_LEVELS, NF4_LEVELS, pair_ptx, quad_f32_ptx, quad_ptx
 from xpullm.kernels.triton.pdl import wait_for_inputs
 
 # Format codes, passed as constexpr so each format compiles to its own straight-line decode. Globals read
@@ -114,16 +114,58 @@ def _gemv_load(
     return w, s, z
 
 
+_NF4_QUAD_F32 = tl.constexpr(quad_f32_ptx(NF4_LEVELS))
+_FP4_QUAD_F32 = tl.constexpr(quad_f32_ptx(E2M1_LEVELS))
+
+
+@triton.jit
+def _lut_quad_f32(t, CODEBOOK: tl.constexpr, EMULATE: tl.constexpr):
+    """Codebook codes in bits 0-3, 16-19, 4-7 and 20-23 of int32 `t` -> their exact fp32 levels, by byte permutes
+    of four byte tables in registers (`lut_pairs.quad_f32_ptx`): no table loads."""
+    if EMULATE:  # the interpreter runs no PTX: the register decode (the same fp32 levels)
+        return (
+            _decode_codes(t & 0xF, 0, LUT4, CODEBOOK),
+            _decode_codes((t >> 16) & 0xF, 0, LUT4, CODEBOOK),
+            _decode_codes((t >> 4) & 0xF, 0, LUT4, CODEBOOK),
+            _decode_codes((t >> 20) & 0xF, 0, LUT4, CODEBOOK),
+        )
+    asm: tl.constexpr = _NF4_QUAD_F32 if CODEBOOK == 1 else _FP4_QUAD_F32
+    return tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,r", [t], dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+
+
+@triton.jit
+def _pick8(i: tl.constexpr, v0, v1, v2, v3, v4, v5, v6, v7):
+    """v_i for a compile-time index i (a Triton function: no dict of tensors)."""
+    if i == 0:  # noqa: SIM116
+        return v0
+    elif i == 1:
+        return v1
+    elif i == 2:
+        return v2
+    elif i == 3:
+        return v3
+    elif i == 4:
+        return v4
+    elif i == 5:
+        return v5
+    elif i == 6:
+        return v6
+    else:
+        return v7
+
+
 @triton.jit
 def _gemv_step(
     w, s, z, x_row, xp_row, kw0, KW, b3, l3, lut_ptr,
     FMT: tl.constexpr, PLANES: tl.constexpr, HAS_ZERO: tl.constexpr, BLOCK_KB: tl.constexpr,
-    X_BF16: tl.constexpr,
+    X_BF16: tl.constexpr, CODEBOOK: tl.constexpr = 0, EMULATE: tl.constexpr = False,
 ):  # fmt: skip
     """One K step's contribution [BN, BKB, 4] to the per-word accumulator: sum over planes of code * x, scaled.
 
     Activations are loaded as a [1, BKB, 4] tile that broadcasts over the rows in registers, so a thread holding
-    several rows of the same words loads and widens each activation once.
+    several rows of the same words loads and widens each activation once. CODEBOOK (nf4 1, fp4 2; 0 = loads from
+    the level table): the eight planes' levels come from two byte-permute decodes of four codes each
+    (`_lut_quad_f32`), the same fp32 values summed in the same order.
     """
     CHUNK: tl.constexpr = 4 * PLANES  # elements per 4-word block
     x_ok = (kw0 + b3 * 4 + l3) < KW
@@ -132,8 +174,14 @@ def _gemv_step(
         p3 = tl.arange(0, 2)[None, None, :]
         x_pairs = xp_row + (kw0 // 4 + b3) * (CHUNK // 2) + p3  # [1, BKB, 2] int32 = bf16 pairs
         p_ok = (kw0 + b3 * 4 + p3 * 0) < KW
+    if CODEBOOK:
+        c0, c4, c1, c5 = _lut_quad_f32(w, CODEBOOK, EMULATE)
+        c2, c6, c3, c7 = _lut_quad_f32(w >> 8, CODEBOOK, EMULATE)
     for i in tl.static_range(PLANES):
-        v = _decode_plane(w, i, lut_ptr, FMT)
+        if CODEBOOK:
+            v = _pick8(i, c0, c1, c2, c3, c4, c5, c6, c7)
+        else:
+            v = _decode_plane(w, i, lut_ptr, FMT)
         if X_BF16:
             # Two bf16 activations per int32 load; each widens to fp32 with one shift or one mask.
             xp = tl.load(x_pairs + 2 * i, mask=p_ok, other=0)
@@ -165,7 +213,8 @@ def gemv_kernel(
     GROUP_WORDS: tl.constexpr, FMT: tl.constexpr, PLANES: tl.constexpr,
     HAS_ZERO: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr, USE_WS: tl.constexpr,
-    X_BF16: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
+    X_BF16: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr, CODEBOOK: tl.constexpr = 0,
+    EMULATE: tl.constexpr = False,
 ):  # fmt: skip
     """y[m, n] = sum_k x[m, k] * W[n, k] on CUDA cores, one activation row per program (decode).
 
@@ -174,6 +223,7 @@ def gemv_kernel(
     before the current step is computed (double-buffered in registers), so every program keeps two steps of
     HBM reads in flight instead of one: a batch-1 GEMV is bound by the bytes in flight per SM, not by ALU work.
     Grid: (N tiles, K splits, M). With USE_WS each split writes fp32 partials to its workspace slice.
+    CODEBOOK (nf4 / fp4, `pairs` configs): levels by byte permutes in registers instead of table loads.
     BLOCK_M is accepted for signature parity with `dot_kernel` and must be 1.
     """
     tl.static_assert(BLOCK_M == 1)
@@ -205,7 +255,23 @@ def gemv_kernel(
                 GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
             )  # fmt: skip
             acc += _gemv_step(
-                w, s, z, x_row, xp_row, kw0, KW, b3, l3, lut_ptr, FMT, PLANES, HAS_ZERO, BLOCK_KB, X_BF16
+                w,
+                s,
+                z,
+                x_row,
+                xp_row,
+                kw0,
+                KW,
+                b3,
+                l3,
+                lut_ptr,
+                FMT,
+                PLANES,
+                HAS_ZERO,
+                BLOCK_KB,
+                X_BF16,
+                CODEBOOK,
+                EMULATE,
             )
             w, s, z = w_next, s_next, z_next
     else:
@@ -216,7 +282,23 @@ def gemv_kernel(
                 GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
             )  # fmt: skip
             acc += _gemv_step(
-                w, s, z, x_row, xp_row, kw0, KW, b3, l3, lut_ptr, FMT, PLANES, HAS_ZERO, BLOCK_KB, X_BF16
+                w,
+                s,
+                z,
+                x_row,
+                xp_row,
+                kw0,
+                KW,
+                b3,
+                l3,
+                lut_ptr,
+                FMT,
+                PLANES,
+                HAS_ZERO,
+                BLOCK_KB,
+                X_BF16,
+                CODEBOOK,
+                EMULATE,
             )
     y = tl.sum(tl.sum(acc, axis=2), axis=1)  # [BN]
     n_store = offs_n < N

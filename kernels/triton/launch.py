@@ -163,7 +163,10 @@ def run(
     )
     if cfg.path == "gemv":
         grid = (triton.cdiv(tw.n, cfg.block_n), split, m)
-        jit.gemv_kernel[grid](*args, **meta, X_BF16=x2.dtype == torch.bfloat16, PREFETCH=cfg.prefetch)
+        jit.gemv_kernel[grid](
+            *args, **meta, X_BF16=x2.dtype == torch.bfloat16, PREFETCH=cfg.prefetch,
+            CODEBOOK=_CODEBOOK_DECODE.get(tw.format, 0) if cfg.pairs else 0, EMULATE=_INTERPRET,
+        )  # fmt: skip
     else:
         grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(tw.n, cfg.block_n), split)
         jit.dot_kernel[grid](*args, **meta, DOT_F32=_INTERPRET)

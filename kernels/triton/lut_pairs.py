@@ -32,6 +32,8 @@ __all__ = [
     "pair_ptx",
     "pair_reference",
     "pair_tables",
+    "quad_f32_ptx",
+    "quad_f32_reference",
     "quad_ptx",
     "quad_reference",
 ]
@@ -175,3 +177,62 @@ def quad_reference(word: int, levels: tuple[float, ...]) -> tuple[int, int, int,
     lo, hi = _lop3(r0, r1, m, 0xD8), _lop3(r2, r3, m, 0xD8)
     a, b = _prmt(lo, hi, _QUAD_A), _prmt(lo, hi, _QUAD_B)
     return a & 0xFFFF, a >> 16, b & 0xFFFF, b >> 16
+
+
+# The same four codes to their exact fp32 levels (the one-row GEMV multiplies in fp32): four byte tables instead
+# of two, one select per table, then a 4 x 4 byte transpose (8 permutes): 24 instructions per four weights, no
+# memory reads (the GEMV otherwise loads each level from a 16-entry table in global memory).
+_T01 = 0x5140  # {a.b0, b.b0, a.b1, b.b1}
+_T23 = 0x7362  # {a.b2, b.b2, a.b3, b.b3}
+_LOW = 0x5410  # {a.b0, a.b1, b.b0, b.b1}
+_HIGH = 0x7632  # {a.b2, a.b3, b.b2, b.b3}
+
+
+def f32_tables(levels: tuple[float, ...]) -> list[list[int]]:
+    """Four tables (byte 0..3 of the levels' fp32 patterns), each four 32-bit words: level i in byte i % 4 of
+    word i // 4."""
+    if len(levels) != 16:
+        raise ValueError(f"a 4-bit codebook has 16 levels, got {len(levels)}")
+    bits = [struct.unpack("<I", struct.pack("<f", v))[0] for v in levels]
+    return [
+        [sum(((bits[4 * w + b] >> (8 * k)) & 0xFF) << (8 * b) for b in range(4)) for w in range(4)]
+        for k in range(4)
+    ]
+
+
+def quad_f32_ptx(levels: tuple[float, ...]) -> str:
+    """Inline PTX for `tl.inline_asm_elementwise`: $4 the word (bytes 0 and 2 hold the four codes, as for
+    `quad_ptx`), $0 / $1 / $2 / $3 the fp32 levels of the codes in bits 0-3 / 16-19 / 4-7 / 20-23."""
+    tabs = f32_tables(levels)
+    regs = ", ".join(f"t{k}{w}" for k in range(4) for w in range(4))
+    tables = "".join(f"mov.b32 t{k}{w}, {tabs[k][w]:#010x};\n" for k in range(4) for w in range(4))
+    gathers = "".join(
+        f"prmt.b32 r0, t{k}0, t{k}1, x;\nprmt.b32 r1, t{k}2, t{k}3, x;\nlop3.b32 b{k}, r0, r1, m, 0xD8;\n"
+        for k in range(4)
+    )  # b_k: byte k of each of the four levels
+    return (
+        f"{{\n.reg .b32 x, y, m, r0, r1, b0, b1, b2, b3, u0, u1, u2, u3, {regs};\n"
+        + tables
+        + f"prmt.b32 x, $4, $4, {_QUAD_SEL:#x};\n"
+        "and.b32 x, x, 0x7777;\n"
+        "shl.b32 y, $4, 4;\n"
+        f"prmt.b32 m, y, $4, {_QUAD_MASK:#x};\n"
+        + gathers
+        + f"prmt.b32 u0, b0, b1, {_T01:#x};\nprmt.b32 u1, b2, b3, {_T01:#x};\n"
+        f"prmt.b32 u2, b0, b1, {_T23:#x};\nprmt.b32 u3, b2, b3, {_T23:#x};\n"
+        f"prmt.b32 $0, u0, u1, {_LOW:#x};\nprmt.b32 $2, u0, u1, {_HIGH:#x};\n"
+        f"prmt.b32 $1, u2, u3, {_LOW:#x};\nprmt.b32 $3, u2, u3, {_HIGH:#x};\n}}"
+    )
+
+
+def quad_f32_reference(word: int, levels: tuple[float, ...]) -> tuple[int, int, int, int]:
+    """The fp32 bit patterns `quad_f32_ptx(levels)` yields for the 32-bit `word`, step by step: the levels of the
+    codes in bits 0-3, 16-19, 4-7 and 20-23."""
+    tabs = f32_tables(levels)
+    word &= 0xFFFFFFFF
+    x = _prmt(word, word, _QUAD_SEL) & 0x7777
+    m = _prmt((word << 4) & 0xFFFFFFFF, word, _QUAD_MASK)
+    b = [_lop3(_prmt(t[0], t[1], x), _prmt(t[2], t[3], x), m, 0xD8) for t in tabs]
+    u0, u1 = _prmt(b[0], b[1], _T01), _prmt(b[2], b[3], _T01)
+    u2, u3 = _prmt(b[0], b[1], _T23), _prmt(b[2], b[3], _T23)
+    return _prmt(u0, u1, _LOW), _prmt(u2, u3, _LOW), _prmt(u0, u1, _HIGH), _prmt(u2, u3, _HIGH)
