@@ -14,6 +14,8 @@ from xpullm.kernels.triton.lut_pairs import (
     pair_ptx,
     pair_reference,
     pair_tables,
+    quad_f32_ptx,
+    quad_f32_reference,
     quad_ptx,
     quad_reference,
 )
@@ -74,3 +76,18 @@ def test_the_quad_ptx_carries_its_tables_and_two_gathers_per_table(codebook):
         ptx = quad_ptx(LEVELS[codebook], scaled)
         assert all(f"{w:#010x}" in ptx for w in (*lo, *hi))
         assert ptx.count("fma.rn.bf16x2") == 2 * scaled and ptx.count("prmt.b32") == 8
+
+
+@pytest.mark.parametrize("codebook", sorted(LEVELS))
+def test_every_code_of_an_fp32_quad_decodes_to_its_exact_level(codebook):
+    """`quad_f32_reference` (the GEMV's decode): the levels' fp32 patterns, not rounded, in every place."""
+    levels = LEVELS[codebook]
+    want = [torch.tensor([v]).view(torch.int32).item() & 0xFFFFFFFF for v in levels]
+    gen = torch.Generator().manual_seed(1)
+    for lo_byte in range(256):
+        for hi_byte in torch.randint(0, 256, (3,), generator=gen).tolist():
+            word = 0x5AA55AA5 & 0xFF00FF00 | lo_byte | (hi_byte << 16)
+            codes = (lo_byte & 0xF, hi_byte & 0xF, lo_byte >> 4, hi_byte >> 4)
+            assert quad_f32_reference(word, levels) == tuple(want[c] for c in codes), (codebook, hex(word))
+    ptx = quad_f32_ptx(levels)
+    assert ptx.count("prmt.b32") == 2 + 8 + 8 and "ld." not in ptx  # selector and mask, gathers, transpose

@@ -8,6 +8,7 @@ masking and decoding but not GPU-only behaviour (tuning, tensor-core layouts).
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 from dataclasses import replace
@@ -492,3 +493,27 @@ def test_torch_compile_sees_one_custom_op():
     x = _activations(3, 128, seed)
     fn = torch.compile(lambda x: kernel.matmul(x, state) * 2, backend="aot_eager", fullgraph=True)
     _check(fn(x) / 2, _reference(x, qw), f"compiled seed={seed}")
+
+
+@pytest.mark.parametrize(("fmt", "gs"), [("nf4", 64), ("nf4", 128), ("fp4", 32)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_codebook_gemv_by_byte_permutes_equals_the_table_loads_bit_for_bit(fmt, gs, dtype):
+    """`pairs` on a GEMV tile: nf4 / fp4 levels decoded in registers four at a time (`lut_pairs.quad_f32_ptx`)
+    are the table's fp32 levels, summed in the same order: the same bits as the table-load GEMV, split, prefetch
+    and ragged shapes included; no pairs for integer formats."""
+    seed = _seed()
+    shapes = [(37, 700), (64, 1024)] + ([] if INTERPRET else [(4096, 4096), (1000, 14336)])
+    tiles = [LaunchConfig("gemv", 1, 8, 16, 1, 2, 1), LaunchConfig("gemv", 1, 16, 8, 2, 4, 1, prefetch=True)]
+    for (n, k), loads in itertools.product(shapes, tiles):
+        qw = _weight(fmt, gs, n, k, seed)
+        tw = pack_weight(qw, DEVICE)
+        permutes = replace(loads, pairs=True)
+        if not valid(loads, tw, dtype):
+            continue
+        assert valid(permutes, tw, dtype)
+        x = _prepare_x(_activations(3, k, seed, dtype), tw)
+        want = run(x, tw, loads)
+        assert torch.equal(run(x, tw, permutes), want), f"seed {seed} {fmt} g{gs} {n}x{k} {loads}"
+        _check(want, _reference(x[:, :k], qw), f"seed {seed} {fmt} {n}x{k}")
+    int4 = pack_weight(_weight("sym_int4", 128, 64, 1024, seed), DEVICE)
+    assert not valid(replace(tiles[0], pairs=True), int4, dtype)
