@@ -502,7 +502,7 @@ def test_codebook_gemv_by_byte_permutes_equals_the_table_loads_bit_for_bit(fmt, 
     are the table's fp32 levels, summed in the same order: the same bits as the table-load GEMV, split, prefetch
     and ragged shapes included; no pairs for integer formats."""
     seed = _seed()
-    shapes = [(37, 700), (64, 1024)] + ([] if INTERPRET else [(4096, 4096), (1000, 14336)])
+    shapes = [(37, 300)] if INTERPRET else [(37, 700), (64, 1024), (4096, 4096), (1000, 14336)]
     tiles = [LaunchConfig("gemv", 1, 8, 16, 1, 2, 1), LaunchConfig("gemv", 1, 16, 8, 2, 4, 1, prefetch=True)]
     for (n, k), loads in itertools.product(shapes, tiles):
         qw = _weight(fmt, gs, n, k, seed)
