@@ -255,24 +255,9 @@ def gemv_kernel(
                 GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
             )  # fmt: skip
             acc += _gemv_step(
-                w,
-                s,
-                z,
-                x_row,
-                xp_row,
-                kw0,
-                KW,
-                b3,
-                l3,
-                lut_ptr,
-                FMT,
-                PLANES,
-                HAS_ZERO,
-                BLOCK_KB,
-                X_BF16,
-                CODEBOOK,
+                w, s, z, x_row, xp_row, kw0, KW, b3, l3, lut_ptr, FMT, PLANES, HAS_ZERO, BLOCK_KB, X_BF16, CODEBOOK,
                 EMULATE,
-            )
+            )  # fmt: skip
             w, s, z = w_next, s_next, z_next
     else:
         wait_for_inputs(PDL)
@@ -282,24 +267,9 @@ def gemv_kernel(
                 GROUP_WORDS, HAS_ZERO, SCALE_PER_TILE, BLOCK_KB,
             )  # fmt: skip
             acc += _gemv_step(
-                w,
-                s,
-                z,
-                x_row,
-                xp_row,
-                kw0,
-                KW,
-                b3,
-                l3,
-                lut_ptr,
-                FMT,
-                PLANES,
-                HAS_ZERO,
-                BLOCK_KB,
-                X_BF16,
-                CODEBOOK,
+                w, s, z, x_row, xp_row, kw0, KW, b3, l3, lut_ptr, FMT, PLANES, HAS_ZERO, BLOCK_KB, X_BF16, CODEBOOK,
                 EMULATE,
-            )
+            )  # fmt: skip
     y = tl.sum(tl.sum(acc, axis=2), axis=1)  # [BN]
     n_store = offs_n < N
     if not USE_WS:
