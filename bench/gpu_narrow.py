@@ -26,6 +26,7 @@ import json
 import statistics
 import sys
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,32 @@ def candidates(tw, m: int) -> list:
     return [c for c in pool if valid(c, tw, torch.bfloat16)]
 
 
+def _table(layer: dict[tuple[str, int], list[float]]) -> str:
+    lines = [
+        "| format | rows | shapes | table tiles (us) | with narrow winners (us) | ratio | bf16 cuBLAS (us) "
+        "| table vs bf16 | with narrow vs bf16 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (fmt, m), (cnt, table_us, best_us, bf16_us) in layer.items():
+        lines.append(
+            f"| {fmt} | {m} | {cnt:.0f} | {table_us:.1f} | {best_us:.1f} | {best_us / table_us:.3f} | "
+            f"{bf16_us:.1f} | {bf16_us / table_us:.2f}x | {bf16_us / best_us:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def summarize(text: str) -> str:
+    """The layer table (sums over the shapes measured) from a run's JSON lines."""
+    layer: dict[tuple[str, int], list[float]] = {}
+    for line in text.splitlines():
+        if line.startswith("{"):
+            r = json.loads(line)
+            acc = layer.setdefault((r["fmt"], r["m"]), [0.0, 0.0, 0.0, 0.0])
+            for i, v in enumerate((1.0, r["table_us"], min(r["table_us"], r["narrow_us"]), r["bf16_us"])):
+                acc[i] += v
+    return _table(layer)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--formats", default="sym_int4:128,nf4:64,fp8_e4m3")
@@ -71,7 +98,13 @@ def main() -> int:
     ap.add_argument(
         "--margin", type=float, default=0.03, help="how much faster a winner must be in every round"
     )
+    ap.add_argument(
+        "--summarize", default=None, help="no GPU: the layer table from an earlier run's printed lines"
+    )
     args = ap.parse_args()
+    if args.summarize:
+        print(summarize(Path(args.summarize).read_text()))
+        return 0
     if not torch.cuda.is_available():
         print("gpu_narrow.py needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -150,12 +183,7 @@ def main() -> int:
                     records.append({**key, "config": asdict(best)})
     if args.warm_only:
         return 0
-    print("| format | rows | shapes | table tiles (us) | with narrow winners (us) | ratio | bf16 cuBLAS (us) "
-          "| table vs bf16 | with narrow vs bf16 |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for (fmt, m), (cnt, table_us, best_us, bf16_us) in layer.items():
-        print(f"| {fmt} | {m} | {cnt:.0f} | {table_us:.1f} | {best_us:.1f} | {best_us / table_us:.3f} | "
-              f"{bf16_us:.1f} | {bf16_us / table_us:.2f}x | {bf16_us / best_us:.2f}x |")  # fmt: skip
+    print(_table(layer))
     if args.tuned:
         with open(args.tuned, "w") as f:
             json.dump(records, f, indent=1)
