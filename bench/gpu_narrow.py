@@ -7,7 +7,9 @@ do. `configs.NARROW_MMA_T` (4-bit pair formats) and `configs.NARROW_W8A8_T` (8-b
 blocks) list such tiles; at one row of nf4 / fp4 the GEMV tiles that decode the codebook by byte permutes join them. For each format, shape and row count this times the tile the tuned table picks
 (`select_config`; run with XPULLM_TRITON_AUTOTUNE=0 to time exactly the shipped records) against every narrow
 candidate once, then the table's tile against the `--keep` fastest in alternating rounds (median of 30
-L2-flushed calls each), beside bf16 cuBLAS; the narrow winner's output is checked against the table tile's.
+L2-flushed calls each), beside bf16 cuBLAS; the narrow winner's output is checked against the table tile's. For
+nf4 / fp4 the narrow tiles decode four codes per byte-permute gather (`quads`), and the table's own tile is timed
+with that decode too (`table_quads_us`: the same tile and values, the decode alone differs).
 
     # compile in parallel first (one process per shard), then time
     XPULLM_TRITON_AUTOTUNE=0 bash bench/gpu_run.sh py bench/gpu_narrow.py --warm-only --shard 3/14
@@ -38,7 +40,8 @@ def candidates(tw, m: int) -> list:
     """The narrow tiles that can run weight `tw` for `m` bf16 rows, with the row bucket's M tile; for one row of
     a codebook format (nf4, fp4) also the GEMV tiles that decode the levels by byte permutes (`pairs`)."""
     from xpullm.kernels.triton.configs import (
-        CONFIG_TABLES,
+        CODEBOOK_FORMATS,
+        GEMV_PERMUTES,
         NARROW_MMA_T,
         NARROW_W8A8_T,
         m_bucket,
@@ -48,9 +51,10 @@ def candidates(tw, m: int) -> list:
 
     block_m = mma_block_m(m_bucket(m))
     pool = NARROW_W8A8_T if tw.format in ("fp8_e4m3", "sym_int8") else NARROW_MMA_T
-    pool = [replace(c, block_m=block_m) for c in pool]
+    quads = tw.format in CODEBOOK_FORMATS  # nf4 / fp4 tiles decode four codes per gather
+    pool = [replace(c, block_m=block_m, quads=quads and c.pairs) for c in pool]
     if m == 1:
-        pool += [c for c in CONFIG_TABLES["cuda"]["gemv"] if c.path == "gemv" and c.pairs]
+        pool += GEMV_PERMUTES
     return [c for c in pool if valid(c, tw, torch.bfloat16)]
 
 
@@ -110,7 +114,7 @@ def main() -> int:
         return 2
     from xpullm.formats import get_format
     from xpullm.kernels.triton import pack_weight, run, select_config, time_cold
-    from xpullm.kernels.triton.configs import m_bucket
+    from xpullm.kernels.triton.configs import m_bucket, valid
     from xpullm.kernels.triton.launch import _prepare_x
 
     dev = torch.device("cuda")
@@ -128,15 +132,17 @@ def main() -> int:
                 out = torch.empty((m, n), dtype=torch.bfloat16, device=dev)
                 table = select_config(tw, m, torch.bfloat16)
                 pool = candidates(tw, m)
+                twin = replace(table, quads=True)  # a codebook pair tile with the quad decode
+                twins = [twin] if valid(twin, tw, torch.bfloat16) and not table.quads else []
                 if args.warm_only:
-                    for i, cfg in enumerate([table, *pool]):
+                    for i, cfg in enumerate([table, *twins, *pool]):
                         if i % shards == shard:
                             run(x, tw, cfg, out)
                     torch.cuda.synchronize()
                     continue
                 timed = functools.partial(time_cold, device=dev)
                 first = {c: 1e3 * timed(functools.partial(run, x, tw, c, out)) for c in pool}
-                kept = sorted(pool, key=first.__getitem__)[: args.keep]
+                kept = sorted(pool, key=first.__getitem__)[: args.keep] + twins
                 times: dict = {c: [] for c in [table, *kept]}
                 for r in range(args.rounds):
                     order = [table, *kept] if r % 2 == 0 else [*kept[::-1], table]
@@ -162,6 +168,8 @@ def main() -> int:
                     "table_range": [min(times[table]), max(times[table])],
                     "narrow_range": [min(times[best]), max(times[best])],
                     "first_round_best5": sorted(first.values())[:5],
+                    "table_quads_us": med.get(twin),
+                    "table_quads_range": [min(times[twin]), max(times[twin])] if twin in times else None,
                     "rel_diff": err,
                     "bf16_us": bf16,
                     "wins": wins_every_round,

@@ -53,6 +53,9 @@ VARIANTS = {
     "pairs fixup": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, pairs=True, fixup=True),
     "pairs join 2": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, pairs=True, join=2),
     "pairs join 4": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, pairs=True, join=4),
+    "pairs quads": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, pairs=True, quads=True),
+    "pairs join 4 quads": LaunchConfig("mma_t", 16, 64, 4, 2, 4, 3, plane_dots=True, pairs=True, join=4, quads=True),
+    "pairs 1 warp x 16 rows": LaunchConfig("mma_t", 16, 16, 4, 2, 1, 3, plane_dots=True, pairs=True),
     "pairs 32 words": LaunchConfig("mma_t", 16, 64, 8, 2, 4, 3, plane_dots=True, pairs=True),
     "pairs 32 words join 2": LaunchConfig("mma_t", 16, 64, 8, 2, 4, 3, plane_dots=True, pairs=True, join=2),
     "planes 32 words": LaunchConfig("mma_t", 16, 64, 8, 2, 4, 3, plane_dots=True),
@@ -99,6 +102,7 @@ def compile_variant(cfg: LaunchConfig, tw: TritonWeight, arch: int) -> dict:
         "smem weight": len(re.findall(r"ttg\.local_alloc %\S+ : \(tensor<\d+x\d+xbf16", loop))
         - len(re.findall(r"local_alloc %xt", loop)),
         "async loads": ttgir.count("ttg.async_copy_global_to_local"),
+        "sass": _sass_instructions(kernel.asm["cubin"]),
         **_resources(kernel.asm["cubin"]),
     }
 
@@ -162,14 +166,22 @@ def compile_w8a8_t(cfg: LaunchConfig, fmt: str, arch: int) -> dict:
     }
 
 
-def _resources(cubin: bytes) -> dict:
+def _cuobjdump(cubin: bytes, flag: str) -> str:
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True).stdout
-    found = dict(re.findall(r"(REG|LOCAL):(\d+)", text))
+        return subprocess.run([str(tool), flag, f.name], capture_output=True, text=True).stdout
+
+
+def _resources(cubin: bytes) -> dict:
+    found = dict(re.findall(r"(REG|LOCAL):(\d+)", _cuobjdump(cubin, "-res-usage")))
     return {"regs": int(found.get("REG", -1)), "spill bytes": int(found.get("LOCAL", -1))}
+
+
+def _sass_instructions(cubin: bytes) -> int:
+    """SASS instructions in the kernel (prologue and epilogue included; the K loop dominates)."""
+    return len(re.findall(r"/\*[0-9a-f]{4}\*/\s+[A-Z]", _cuobjdump(cubin, "-sass")))
 
 
 def main() -> None:
@@ -212,8 +224,11 @@ def main() -> None:
     print(
         f"mma_t, {args.format} g{args.group_size}, {args.rows} rows, sm_{args.arch}, Triton {triton.__version__}"
     )
-    print("| variant | drain waits / step | overlap waits | smem weight | async loads | regs | spill bytes |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| variant | drain waits / step | overlap waits | smem weight | async loads | SASS instructions | regs "
+        "| spill bytes |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     weight = torch.randn(4096, 4096, generator=torch.Generator().manual_seed(0)) * 0.02
     tw = pack_weight(get_format(args.format).quantize(weight, args.group_size), "cpu")
     for name, cfg in VARIANTS.items():
@@ -221,7 +236,7 @@ def main() -> None:
             continue  # e.g. pairs outside sym_int4 / nf4 / fp4, fold where a step spans several groups
         r = compile_variant(replace(cfg, block_m=args.rows), tw, args.arch)
         print(f"| {name} | {r['drain waits']} | {r['overlap waits']} | {r['smem weight']} | {r['async loads']} "
-              f"| {r['regs']} | {r['spill bytes']} |")  # fmt: skip
+              f"| {r['sass']} | {r['regs']} | {r['spill bytes']} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -82,6 +82,7 @@ class LaunchConfig:
         False  # w8a8_t: each program rounds the activation blocks it multiplies (no quantizer)
     )
     tma: bool = False  # mma_t, w8a8_t, whole tiles: each K step's weight tile by one TMA copy (`can_tma`)
+    quads: bool = False  # mma_t pairs, nf4 / fp4: four codes per byte-permute gather (`lut_pairs.quad_ptx`)
 
 
 def _gemv(bm: int, bn: int, kb: int, sk: int, warps: int, prefetch: bool = False) -> LaunchConfig:
@@ -109,8 +110,9 @@ _CUDA_GEMV = [
     for bn, kb, w in ((4, 64, 4), (8, 32, 4), (8, 16, 2), (16, 16, 4), (4, 32, 2))
     for sk in (1, 2)
 ]
-# nf4 / fp4: each level decoded in registers by byte permutes instead of loaded from the table (`pairs`)
-_CUDA_GEMV += [replace(c, pairs=True) for c in _CUDA_GEMV]
+# nf4 / fp4 GEMV tiles that decode each level in registers by byte permutes instead of loading it from the table
+# (`pairs`). Not timed by the tuner until GPU-tested (bench/gpu_narrow.py times them; tuned records may name them).
+GEMV_PERMUTES = [replace(c, pairs=True) for c in _CUDA_GEMV]
 # int4 x int8 (dp4a): ~0.7 instructions per weight instead of ~5.5, so the tiles can be taller.
 _CUDA_GEMV_Q8 = (
     [
@@ -510,6 +512,8 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
         return False
     if cfg.pairs and not can_pair(cfg, tw, x_dtype):
         return False
+    if cfg.quads and not (cfg.pairs and cfg.path == "mma_t" and tw.format in CODEBOOK_FORMATS):
+        return False  # the quad decode is a codebook pair tile's
     if cfg.path == "gemv_q8" and (
         tw.format not in Q8_FORMATS or x_dtype == torch.float32 or cfg.block_m not in Q8_ROW_TILES
     ):

@@ -14,8 +14,6 @@ into fp16 bit patterns (e4m3 lands 2**8 too small, which `layout.py` folds into 
 
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
 
@@ -1156,7 +1154,6 @@ _NF4_QUAD = tl.constexpr(quad_ptx(NF4_LEVELS, scaled=False))
 _NF4_QUAD_SCALED = tl.constexpr(quad_ptx(NF4_LEVELS, scaled=True))
 _FP4_QUAD = tl.constexpr(quad_ptx(E2M1_LEVELS, scaled=False))
 _FP4_QUAD_SCALED = tl.constexpr(quad_ptx(E2M1_LEVELS, scaled=True))
-_QUADS = tl.constexpr(os.environ.get("XPULLM_EXP_PAIRS") != "1")  # experiment switch (session 17 A/B)
 
 
 @triton.jit
@@ -1311,12 +1308,12 @@ def _step_pair(
 @triton.jit
 def _step_quad(
     w, q: tl.constexpr, s, POST_SCALE: tl.constexpr, FMT: tl.constexpr, CODEBOOK: tl.constexpr,
-    BITS: tl.constexpr, BLOCK_N: tl.constexpr, BKW: tl.constexpr, DOT_F32: tl.constexpr,
+    BITS: tl.constexpr, BLOCK_N: tl.constexpr, BKW: tl.constexpr, DOT_F32: tl.constexpr, QUADS: tl.constexpr,
 ):  # fmt: skip
     """Planes 2q, 2q + 4, 2q + 1 and 2q + 5 of a K step's words as four bf16 tiles: `_step_pair` of pairs 2q and
-    2q + 1. A codebook decodes the four in one byte-permute gather (`_lut_quad_bf16`); sym_int4's pair decode is
-    already two instructions per pair."""
-    if FMT == SYM_INT4 or not _QUADS:
+    2q + 1, or with QUADS (a codebook) all four from one byte-permute gather (`_lut_quad_bf16`), the same values.
+    sym_int4's pair decode is already two instructions per pair."""
+    if FMT == SYM_INT4 or not QUADS:
         lo_a, hi_a = _step_pair(w, 2 * q, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32)
         lo_b, hi_b = _step_pair(w, 2 * q + 1, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32)
         return lo_a, hi_a, lo_b, hi_b
@@ -1354,7 +1351,7 @@ def mma_t_kernel(
     PLANE_DOTS: tl.constexpr, PAIRS: tl.constexpr, NATURAL: tl.constexpr, USE_WS: tl.constexpr,
     POST_SCALE: tl.constexpr, ROW_SCALE: tl.constexpr, ACCS: tl.constexpr,
     EVEN: tl.constexpr, DOT_F32: tl.constexpr, PDL: tl.constexpr, FIXUP: tl.constexpr = False,
-    JOIN: tl.constexpr = 1, TMA: tl.constexpr = False,
+    JOIN: tl.constexpr = 1, TMA: tl.constexpr = False, QUADS: tl.constexpr = False,
 ):  # fmt: skip
     """y[m, n] = sum_k x[m, k] W[n, k] for a batch of activation rows, as y^T = W @ x^T on tensor cores.
 
@@ -1384,6 +1381,7 @@ def mma_t_kernel(
     read while they are still in L2.
     TMA (EVEN only): w_ptr is a tensor descriptor of the words [N, KW] with blocks [BLOCK_N, BKW]; each step's
     weight tile comes by one bulk tensor copy (Hopper's TMA) instead of per-thread loads.
+    QUADS (PAIRS, nf4 / fp4): four codes per byte-permute gather instead of two (`_step_quad`), the same values.
     """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -1439,7 +1437,7 @@ def mma_t_kernel(
             # two pair decodes (planes 2q, 2q + 4, 2q + 1, 2q + 5) in one dot of K = 4 BKW, K order (pair, half, word)
             for q in tl.static_range(PLANES // 4):
                 lo_a, hi_a, lo_b, hi_b = _step_quad(
-                    w, q, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32
+                    w, q, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32, QUADS
                 )
                 both = tl.join(tl.join(lo_a, hi_a), tl.join(lo_b, hi_b))  # [BN, BKW, half, pair]
                 wt = tl.reshape(tl.permute(both, (0, 3, 2, 1)), (BLOCK_N, 4 * BKW))
@@ -1451,7 +1449,7 @@ def mma_t_kernel(
         elif PAIRS:
             for q in tl.static_range(PLANES // 4):  # pairs 2q and 2q + 1 decode together (`_step_quad`)
                 lo_a, hi_a, lo_b, hi_b = _step_quad(
-                    w, q, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32
+                    w, q, s, POST_SCALE, FMT, CODEBOOK, BITS, BLOCK_N, BKW, DOT_F32, QUADS
                 )
                 for i in tl.static_range(2):
                     lo = lo_b if i else lo_a

@@ -526,7 +526,7 @@ def mma_t_constexprs(tw: TritonWeight, cfg: LaunchConfig) -> dict[str, int | boo
         GROUP_WORDS=tw.group_words, FMT=tw.fmt_code, PLANES=tw.planes, HAS_ZERO=tw.zeros is not None,
         CODEBOOK=_CODEBOOK_DECODE.get(tw.format, 0), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BKW=bkw,
         PLANE_DOTS=cfg.plane_dots, PAIRS=cfg.pairs, NATURAL=cfg.natural, USE_WS=cfg.split_k > 1,
-        POST_SCALE=row_scale and not cfg.fold, ROW_SCALE=row_scale, ACCS=cfg.accs, JOIN=cfg.join,
+        POST_SCALE=row_scale and not cfg.fold, ROW_SCALE=row_scale, ACCS=cfg.accs, JOIN=cfg.join, QUADS=cfg.quads,
         EVEN=tw.n % cfg.block_n == 0 and tw.kw % bkw == 0, DOT_F32=_INTERPRET,
     )  # fmt: skip
 

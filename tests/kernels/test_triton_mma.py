@@ -204,11 +204,16 @@ def test_mma_t_split_sum_in_the_kernel_equals_the_reduce_kernel_bit_for_bit(fmt,
 @pytest.mark.parametrize("accs", [1, 4])
 def test_mma_t_codebook_pair_decode_matches_reference(fmt, gs, accs):
     """nf4 / fp4 planes p and p + 4 decoded together into bf16x2 by byte permutes (`lut_pairs.py`): scaled in
-    the decode by each word's group scale (group 64: two groups per 16-word step) or after the step's dots."""
+    the decode by each word's group scale (group 64: two groups per 16-word step) or after the step's dots; with
+    `quads` four planes per gather, the same product bit for bit."""
     shapes = [(128, 512, 9), (37, 300, 17)] + ([] if INTERPRET else [(4096, 4096, 16), (1000, 1030, 40)])
     for n, k, m in shapes:
         cfg = LaunchConfig("mma_t", 16, 64, 4, 2, 4, 2, plane_dots=True, pairs=True, accs=accs)
-        _check_bf16_tile(fmt, gs, n, k, m, cfg)
+        x = _check_bf16_tile(fmt, gs, n, k, m, cfg)
+        if not INTERPRET:  # the interpreter runs both decodes through the same register twin
+            tw = pack_weight(_weight(fmt, gs, n, k, 3), DEVICE)
+            x2 = _prepare_x(x.to(DEVICE), tw)
+            assert torch.equal(run(x2, tw, replace(cfg, quads=True)), run(x2, tw, cfg)), (fmt, gs, n, k, m)
 
 
 @pytest.mark.parametrize(("fmt", "gs"), [("sym_int4", 128), ("sym_int4", 32), ("nf4", 64), ("fp4", 128)])
@@ -236,7 +241,7 @@ def test_narrow_mma_sync_tiles_match_reference(fmt, gs):
     tiles = rnd.sample(NARROW_MMA_T, 3 if INTERPRET else 12)
     shapes = [(37, 300, 5), (64, 1024, 16)] + ([] if INTERPRET else [(4096, 4096, 16), (1000, 1030, 32)])
     for cfg, (n, k, m) in itertools.product(tiles, shapes):
-        cfg = replace(cfg, block_m=mma_block_m(m))
+        cfg = replace(cfg, block_m=mma_block_m(m), quads=fmt in ("nf4", "fp4"))
         if valid(cfg, pack_weight(_weight(fmt, gs, n, k, 0), DEVICE), torch.bfloat16):
             _check_bf16_tile(fmt, gs, n, k, m, cfg)
 
