@@ -111,8 +111,9 @@ _CUDA_GEMV = [
     for sk in (1, 2)
 ]
 # nf4 / fp4 GEMV tiles that decode each level in registers by byte permutes instead of loading it from the table
-# (`pairs`). Not timed by the tuner until GPU-tested (bench/gpu_narrow.py times them; tuned records may name them).
+# (`pairs`; bit for bit the table loads' result, tested on an H200, session 17). The tuner times both.
 GEMV_PERMUTES = [replace(c, pairs=True) for c in _CUDA_GEMV]
+_CUDA_GEMV += GEMV_PERMUTES
 # int4 x int8 (dp4a): ~0.7 instructions per weight instead of ~5.5, so the tiles can be taller.
 _CUDA_GEMV_Q8 = (
     [
@@ -328,6 +329,15 @@ NARROW_MMA_T = [
     for sk in (1, 2, 4)
     for st in (3, 4)
 ]
+# The narrow tiles that won the H200 sweep (session 17: every sym_int4 g128 and nf4 g64 layer shape it won at 1-32
+# rows ran on two warps, three stages), which the tuner times beside the wide ones.
+_CUDA_NARROW = [
+    c
+    for c in NARROW_MMA_T
+    if c.num_stages == 3
+    and (c.block_n, c.num_warps, c.block_kb, c.join)
+    in ((32, 2, 4, 4), (64, 2, 4, 2), (32, 2, 8, 1), (16, 1, 8, 1))
+]
 NARROW_W8A8_T = [
     LaunchConfig("w8a8_t", 0, bn, kb, sk, w, st, fixup=sk > 1)
     for bn, kb, w in ((16, 8, 1), (32, 8, 1), (32, 8, 2), (64, 8, 2), (16, 16, 1), (32, 16, 2))
@@ -416,7 +426,7 @@ CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
         "dot_small": _CUDA_DOT_SMALL,
         "prefill": _CUDA_PREFILL,
         "mma": _CUDA_MMA,
-        "mma_t": _CUDA_MMA_T,
+        "mma_t": _CUDA_MMA_T + _CUDA_NARROW,
         "w4a8": _CUDA_W4A8,
         "w8a8": [LaunchConfig("w8a8")],
         "w8a8_t": _CUDA_W8A8_T,
@@ -644,6 +654,10 @@ def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[Launc
             for c in (*table.get("w4a8", ()), *table.get("w8a8_t", ()))
         ]
     pool += table.get("w8a8", [])  # every row count: the vendor GEMM serves decode batches and prefill alike
+    if (
+        tw.format in CODEBOOK_FORMATS
+    ):  # codebook pair tiles decode four codes per gather: the same values, faster
+        pool = [replace(c, quads=True) if c.path == "mma_t" and c.pairs else c for c in pool]
     return [c for c in pool if valid(c, tw, x_dtype) and switched_on(c, tw)]
 
 
