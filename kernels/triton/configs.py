@@ -442,15 +442,16 @@ Q8_ROWS_MAX = 8  # up to this many rows `gemv_q8_kernel` takes them (ROWS); 16 g
 def path_summary() -> list[str]:
     """One line per kernel path: rows it is timed for, formats, what it does (for `xpullm info`)."""
     return [
-        "gemv     1 row          every format        CUDA-core FMAs, split-K",
+        "gemv     1 row          every format        CUDA-core FMAs, split-K; nf4/fp4 levels by byte permutes or "
+        "table loads",
         f"gemv_q8  1-{Q8_ROW_TILES[-1]} rows      {', '.join(Q8_FORMATS)}  int8 activations, dp4a (CUDA); "
         f"up to {Q8_ROWS_MAX} rows share each weight step",
         f"dot      2-{GEMV_MAX_M} rows      every format        one tensor-core dot per bit plane",
         f"mma      2-{MMA_MAX_M} rows     every format        batched tensor-core tiles, whole-tile decode "
         f"(bf16/fp16, or int8 activations){'' if mma_enabled() else '; off (XPULLM_TRITON_MMA=0)'}",
-        f"mma_t    2-{MMA_MAX_M} rows     every format        W @ x^T: decoded weight as the dot's register operand, "
-        "nf4/fp4 decoded in registers, sym_int4 in bf16x2"
-        f"{', nf4/fp4 and grouped sym_int4 in bf16x2, joined dots' if more_pairs_enabled() else '; nf4/fp4 and grouped sym_int4 pairs off (XPULLM_TRITON_MORE_PAIRS=0)'}"
+        f"mma_t    1-{MMA_MAX_M} rows     every format        W @ x^T: decoded weight as the dot's register operand, "
+        "nf4/fp4 decoded in registers, sym_int4 in bf16x2; wgmma tiles on 4-8 warps, mma.sync tiles on 1-2"
+        f"{', nf4/fp4 (four codes per gather) and grouped sym_int4 in bf16x2, joined dots' if more_pairs_enabled() else '; nf4/fp4 and grouped sym_int4 pairs off (XPULLM_TRITON_MORE_PAIRS=0)'}"
         f"{', K splits summed in the kernel' if fixup_enabled() else '; in-kernel split sums off (XPULLM_TRITON_FIXUP=0)'}"
         f"{', weight tiles by TMA copies (Hopper+)' if tma_enabled() else '; TMA copies off (XPULLM_TRITON_TMA=0)'}",
         f"w4a8     2-{MMA_MAX_M} rows     sym_int4 (g>=128)   int4 codes as int8 x int8 activation rows "
