@@ -70,9 +70,7 @@ class LaunchConfig:
     prefetch: bool = False  # gemv, gemv_q8: the next K step's weights loaded early (jit.py); w4a8: the scales
     tiles: int = 1  # gemv_q8, one activation row: tiles of block_n weight rows each program walks in turn
     plane_dots: bool = False  # mma_t: one dot per bit plane (else one dot over the whole step's codes)
-    pairs: bool = (
-        False  # mma_t, plane_dots, bf16 x: two planes per bf16x2 decode; gemv, nf4 / fp4: levels by permutes
-    )
+    pairs: bool = False  # mma_t plane dots: 2 planes per bf16x2 decode; gemv, nf4/fp4: levels by permutes
     natural: bool = False  # mma_t, one dot per step: decoded in the weight's K order, activations contiguous
     accs: int = 1  # mma_t, plane_dots: accumulators the plane dots rotate over (1, 2, 4, 8)
     fold: bool = False  # mma_t, plane_dots, one scale per step: scaled in the decode, no per-step rescale
