@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
+_FIELDS = ("device", "format", "group_words", "n", "kw", "m_bucket", "dtype")  # a tuning record's key
 
 
 def candidates(tw, m: int) -> list:
@@ -72,16 +73,19 @@ def _table(layer: dict[tuple[str, int], list[float]]) -> str:
     return "\n".join(lines)
 
 
-def summarize(text: str) -> str:
-    """The layer table (sums over the shapes measured) from a run's JSON lines."""
+def _layers(recs: list[dict]) -> str:
+    """The layer table: per format and row count, sums over the shapes measured."""
     layer: dict[tuple[str, int], list[float]] = {}
-    for line in text.splitlines():
-        if line.startswith("{"):
-            r = json.loads(line)
-            acc = layer.setdefault((r["fmt"], r["m"]), [0.0, 0.0, 0.0, 0.0])
-            for i, v in enumerate((1.0, r["table_us"], min(r["table_us"], r["narrow_us"]), r["bf16_us"])):
-                acc[i] += v
+    for r in recs:
+        acc = layer.setdefault((r["fmt"], r["m"]), [0.0, 0.0, 0.0, 0.0])
+        for i, v in enumerate((1.0, r["table_us"], min(r["table_us"], r["narrow_us"]), r["bf16_us"])):
+            acc[i] += v
     return _table(layer)
+
+
+def summarize(text: str) -> str:
+    """The layer table from a run's printed JSON lines."""
+    return _layers([json.loads(line) for line in text.splitlines() if line.startswith("{")])
 
 
 def main() -> int:
@@ -115,12 +119,11 @@ def main() -> int:
     from xpullm.formats import get_format
     from xpullm.kernels.triton import pack_weight, run, select_config, time_cold
     from xpullm.kernels.triton.configs import m_bucket, valid
-    from xpullm.kernels.triton.launch import _prepare_x
+    from xpullm.kernels.triton.launch import _key, _prepare_x
 
     dev = torch.device("cuda")
     shard, shards = (int(v) for v in args.shard.split("/"))
-    layer: dict[tuple[str, int], list[float]] = {}
-    records = []
+    rows, records = [], []
     for item in args.formats.split(","):
         name, _, gs = item.partition(":")
         for n, k in SHAPES:
@@ -175,23 +178,13 @@ def main() -> int:
                     "wins": wins_every_round,
                 }
                 print(json.dumps(rec), flush=True)
-                acc = layer.setdefault((item, m), [0.0, 0.0, 0.0, 0.0])
-                for i, v in enumerate((1.0, med[table], min(med[table], med[best]), bf16)):
-                    acc[i] += v
+                rows.append(rec)
                 if wins_every_round and m_bucket(m) == m:
-                    key = {
-                        "device": torch.cuda.get_device_name(dev),
-                        "format": tw.format,
-                        "group_words": tw.group_words,
-                        "n": tw.n,
-                        "kw": tw.kw,
-                        "m_bucket": m,
-                        "dtype": str(torch.bfloat16),
-                    }
+                    key = dict(zip(_FIELDS, _key(tw, m, torch.bfloat16), strict=True))
                     records.append({**key, "config": asdict(best)})
     if args.warm_only:
         return 0
-    print(_table(layer))
+    print(_layers(rows))
     if args.tuned:
         with open(args.tuned, "w") as f:
             json.dump(records, f, indent=1)
