@@ -37,7 +37,32 @@ SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 _FIELDS = ("device", "format", "group_words", "n", "kw", "m_bucket", "dtype")  # a tuning record's key
 
 
-def candidates(tw, m: int) -> list:
+def deep_pool() -> list:
+    """Around session 17's winners (two warps, 16-64 rows): deeper pipelines, wider K steps and up to 8 K splits -
+    more weight bytes in flight per SM, which the tall-K shapes (4096 x 14336) lacked at ~1 TB/s. Split counts are
+    runtime values, so only the tile shapes and stage counts compile."""
+    from xpullm.kernels.triton.configs import LaunchConfig
+
+    return [
+        LaunchConfig("mma_t", 0, bn, kb, sk, w, st, plane_dots=True, pairs=True, join=join, fixup=sk > 1)
+        for bn, w, kb, join in (
+            (32, 2, 4, 4),
+            (64, 2, 4, 2),
+            (32, 2, 8, 1),
+            (32, 2, 8, 2),
+            (64, 2, 8, 2),
+            (64, 4, 4, 4),
+            (128, 4, 4, 2),
+        )
+        for sk in (1, 2, 4, 8)
+        for st in (3, 4, 5, 6)
+    ]
+
+
+POOLS = {"narrow": "the configs' NARROW_MMA_T / NARROW_W8A8_T", "deep": deep_pool.__doc__}
+
+
+def candidates(tw, m: int, pool_name: str = "narrow") -> list:
     """The narrow tiles that can run weight `tw` for `m` bf16 rows, with the row bucket's M tile; for one row of
     a codebook format (nf4, fp4) also the GEMV tiles that decode the levels by byte permutes (`pairs`)."""
     from xpullm.kernels.triton.configs import (
@@ -51,7 +76,10 @@ def candidates(tw, m: int) -> list:
     )
 
     block_m = mma_block_m(m_bucket(m))
-    pool = NARROW_W8A8_T if tw.format in ("fp8_e4m3", "sym_int8") else NARROW_MMA_T
+    if tw.format in ("fp8_e4m3", "sym_int8"):
+        pool = NARROW_W8A8_T
+    else:
+        pool = deep_pool() if pool_name == "deep" else NARROW_MMA_T
     quads = tw.format in CODEBOOK_FORMATS  # nf4 / fp4 tiles decode four codes per gather
     pool = [replace(c, block_m=block_m, quads=quads and c.pairs) for c in pool]
     if m == 1:
@@ -96,6 +124,7 @@ def main() -> int:
         "--rounds", type=int, default=3, help="alternating rounds of the table tile vs the kept ones"
     )
     ap.add_argument("--keep", type=int, default=3, help="narrow tiles kept after the first round")
+    ap.add_argument("--pool", choices=sorted(POOLS), default="narrow", help="the 4-bit candidates timed")
     ap.add_argument(
         "--warm-only", action="store_true", help="compile (run once) this shard's tiles, time nothing"
     )
@@ -134,7 +163,7 @@ def main() -> int:
                 x = _prepare_x(torch.randn(m, k, device=dev, dtype=torch.bfloat16), tw)
                 out = torch.empty((m, n), dtype=torch.bfloat16, device=dev)
                 table = select_config(tw, m, torch.bfloat16)
-                pool = candidates(tw, m)
+                pool = candidates(tw, m, args.pool)
                 twin = replace(table, quads=True)  # a codebook pair tile with the quad decode
                 twins = [twin] if valid(twin, tw, torch.bfloat16) and not table.quads else []
                 if args.warm_only:
