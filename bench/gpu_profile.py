@@ -95,6 +95,25 @@ def _kernel_table(prof, steps: int, top: int) -> tuple[float, list[tuple[str, fl
     return sum(r[1] for r in rows) / 1e3, rows[:top]
 
 
+def _grid_table(prof, steps: int, top: int) -> list[tuple[str, float, int]]:
+    """[(kernel name @ launch grid, us per step, calls per step)] largest first: one kernel's launches on different
+    weight shapes (qkv, o, gate_up, down, LM head) have different grids, so this splits a step's GEMMs by shape."""
+    import json
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        prof.export_chrome_trace(f.name)
+        events = json.loads(Path(f.name).read_text()).get("traceEvents", [])
+    acc: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for e in events:
+        if e.get("cat") == "kernel":
+            key = f"{e['name'][:48]} @ {e.get('args', {}).get('grid')}"
+            acc[key][0] += e.get("dur", 0.0)
+            acc[key][1] += 1
+    rows = sorted(((k, us / steps, n // steps) for k, (us, n) in acc.items()), key=lambda r: -r[1])
+    return rows[:top]
+
+
 def _host_table(prof, steps: int, top: int) -> list[tuple[str, float, int]]:
     """[(host op / CUDA runtime call, self CPU us per step, calls per step)] largest first."""
     return _per_name(prof, steps, torch.autograd.DeviceType.CPU, "self_cpu_time_total")[:top]
@@ -187,6 +206,10 @@ def _step_report(
         "| kernel | us/step | calls/step |",
         "|---|---|---|",
         *(f"| `{n}` | {us:.1f} | {c} |" for n, us, c in rows),
+        "",
+        "| kernel @ grid (one weight shape each) | us/step | calls/step |",
+        "|---|---|---|",
+        *(f"| `{n}` | {us:.1f} | {c} |" for n, us, c in _grid_table(prof, steps, top)),
         "",
     ]
     print("\n".join(out), flush=True)
