@@ -41,22 +41,10 @@ def deep_pool() -> list:
     """Around session 17's winners (two warps, 16-64 rows): deeper pipelines, wider K steps and up to 8 K splits -
     more weight bytes in flight per SM, which the tall-K shapes (4096 x 14336) lacked at ~1 TB/s. Split counts are
     runtime values, so only the tile shapes and stage counts compile."""
-    from xpullm.kernels.triton.configs import LaunchConfig
+    from xpullm.kernels.triton.configs import pair_tiles
 
-    return [
-        LaunchConfig("mma_t", 0, bn, kb, sk, w, st, plane_dots=True, pairs=True, join=join, fixup=sk > 1)
-        for bn, w, kb, join in (
-            (32, 2, 4, 4),
-            (64, 2, 4, 2),
-            (32, 2, 8, 1),
-            (32, 2, 8, 2),
-            (64, 2, 8, 2),
-            (64, 4, 4, 4),
-            (128, 4, 4, 2),
-        )
-        for sk in (1, 2, 4, 8)
-        for st in (3, 4, 5, 6)
-    ]
+    shapes = ((32, 2, 4, 4), (64, 2, 4, 2), (32, 2, 8, 1), (32, 2, 8, 2), (64, 2, 8, 2), (64, 4, 4, 4), (128, 4, 4, 2))  # fmt: skip
+    return pair_tiles(shapes, splits=(1, 2, 4, 8), stages=(3, 4, 5, 6))
 
 
 POOLS = {"narrow": "the configs' NARROW_MMA_T / NARROW_W8A8_T", "deep": deep_pool.__doc__}

@@ -308,13 +308,27 @@ _CUDA_W8A8_T = [
         (64, 8, 8, 4, 4),
     )
 ]
+
+
 # Narrow tiles: 1-2 warps over 16-64 weight rows. Under four warps Triton issues Ampere-style `mma.sync` dots
 # (per warp, m16n8k16 / fp8 m16n8k32) instead of Hopper's warpgroup `wgmma`, so a decoded register operand needs
 # no warpgroup-wide wait before the next dot, and many small programs share each SM as the one-row GEMV's do.
 # Timed against the tables' tiles by bench/gpu_narrow.py (issue 29, session 17).
-NARROW_MMA_T = [
-    LaunchConfig("mma_t", 0, bn, kb, sk, w, st, plane_dots=True, pairs=True, join=join, fixup=sk > 1)
-    for bn, w, kb, join in (
+def pair_tiles(
+    shapes: tuple[tuple[int, int, int, int], ...], splits: tuple[int, ...], stages: tuple[int, ...]
+) -> list[LaunchConfig]:
+    """`mma_t` pair tiles (plane dots, bf16x2 pair decodes) of each (weight rows, warps, K blocks, join) shape with
+    every K split (summed in the kernel) and pipeline depth; the row bucket's M tile is set where they are timed."""
+    return [
+        LaunchConfig("mma_t", 0, bn, kb, sk, w, st, plane_dots=True, pairs=True, join=join, fixup=sk > 1)
+        for bn, w, kb, join in shapes
+        for sk in splits
+        for st in stages
+    ]
+
+
+NARROW_MMA_T = pair_tiles(
+    (
         (16, 1, 4, 1),
         (16, 1, 4, 2),
         (32, 1, 4, 1),
@@ -323,10 +337,10 @@ NARROW_MMA_T = [
         (64, 2, 4, 2),
         (16, 1, 8, 1),
         (32, 2, 8, 1),
-    )
-    for sk in (1, 2, 4)
-    for st in (3, 4)
-]
+    ),
+    splits=(1, 2, 4),
+    stages=(3, 4),
+)
 # The narrow tiles that won the H200 sweep (session 17: every sym_int4 g128 and nf4 g64 layer shape it won at 1-32
 # rows ran on two warps, three stages), which the tuner times beside the wide ones.
 _CUDA_NARROW = [
