@@ -698,21 +698,29 @@ def _num_sms(device: torch.device) -> int:
     return 64
 
 
-# The untimed choice for 2-64 bf16 / fp16 rows on CUDA: the tile family that won every row count and format of
-# the H100 sweeps (sessions 5-9: plane dots, 16-64 x 64 tiles, 4 K splits; sym_int4's bf16x2 pairs where one
-# scale covers a step), 1.5-2x faster there than dequantize + cuBLAS, which this used to fall back to past 16 rows.
+# The untimed choice for 2-64 bf16 / fp16 rows on CUDA: the `mma_t` family most 4-bit records of the H100 table
+# hold (sessions 9-18): plane dots with the bf16x2 pair decode joined four planes a dot where it runs (sym_int4,
+# grouped sym_int4, nf4 / fp4 with four codes a gather), else plain plane dots (asym_int4, the 8-bit formats: the
+# untimed path keeps the activation rows as they are; the tuner may pick `w8a8_t`). Shapes a table lacks run it
+# under XPULLM_TRITON_AUTOTUNE=0 and during graph capture: session 18's H200 engine run gave its untabled nf4 g32
+# shapes the plain plane dots (the select-tree decode), a 16-stream step 2.8x sym_int4's.
 DEFAULT_TILE_MAX_M = 64
 
 
 def _default_tile(tw, bucket: int, x_dtype: torch.dtype) -> LaunchConfig | None:
-    """That tile with as many of its 4 K splits as K allows, or None where it cannot run."""
-    for split in (4, 2, 1):
-        cfg = LaunchConfig("mma_t", mma_block_m(bucket), 64, 4, split, 4, 3, plane_dots=True)
-        cfg = replace(cfg, pairs=tw.format == "sym_int4" and one_scale_per_step(tw, cfg))
-        if not valid(cfg, tw, x_dtype) and cfg.pairs:
-            cfg = replace(cfg, pairs=False)  # e.g. fp16 activations
-        if valid(cfg, tw, x_dtype):
-            return cfg
+    """The first of those families that can run here (a switch or the weight rules some out), with as many of its
+    4 K splits as K allows; None where none can run."""
+    base = LaunchConfig("mma_t", mma_block_m(bucket), 64, 4, 1, 4, 3, plane_dots=True)
+    families = [
+        replace(base, pairs=True, join=4, quads=tw.format in CODEBOOK_FORMATS),
+        replace(base, pairs=True),
+        base,
+    ]
+    for tile in families:
+        for split in (4, 2, 1):
+            cfg = replace(tile, split_k=split)
+            if valid(cfg, tw, x_dtype) and switched_on(cfg, tw):
+                return cfg
     return None
 
 

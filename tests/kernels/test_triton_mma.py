@@ -324,19 +324,35 @@ def test_registry_offers_mma_tiles_per_row_bucket(monkeypatch):
 
 
 def test_untimed_choice_is_the_batched_tile_to_64_rows_then_dequantize(monkeypatch):
-    """Without timing (interpreter, graph capture, XPULLM_TRITON_AUTOTUNE=0) 2-64 bf16 rows take the `mma_t` plane
-    dots (sym_int4 one-scale steps in bf16x2 pairs, as many of 4 K splits as K holds), and the product is right."""
+    """Without timing (interpreter, graph capture, XPULLM_TRITON_AUTOTUNE=0) 2-64 bf16 rows take the tile families
+    the H100 table holds most: `mma_t` plane dots with the bf16x2 pair decode joined four planes a dot (nf4 / fp4
+    four codes a gather; plain plane dots where pairs cannot run, and for fp8, whose rows the untimed path does not
+    round), as many of 4 K splits as K holds; and the product is right."""
     monkeypatch.delenv("XPULLM_TRITON_MMA", raising=False)
+    monkeypatch.delenv("XPULLM_TRITON_MORE_PAIRS", raising=False)
     seed = _seed()
-    for fmt, gs, n, k, pairs in (("sym_int4", 128, 64, 1024, True), ("nf4", 64, 37, 300, False)):
+    cases = (
+        ("sym_int4", 128, 64, 1024, ("mma_t", True, 4, False)),
+        ("nf4", 64, 37, 300, ("mma_t", True, 4, True)),
+        ("asym_int4", 32, 48, 512, ("mma_t", False, 1, False)),
+        ("fp8_e4m3", None, 40, 384, ("mma_t", False, 1, False)),
+    )
+    for fmt, gs, n, k, (path, pairs, join, quads) in cases:
         qw = _weight(fmt, gs, n, k, seed)
         tw = pack_weight(qw, DEVICE)
         assert default_config(tw, 1, torch.bfloat16).path == "gemv"
         for m, bm in ((3, 16), (16, 16), (40, 64), (64, 64)):
             cfg = default_config(tw, m, torch.bfloat16)
-            assert (cfg.path, cfg.block_m, cfg.plane_dots, cfg.pairs) == ("mma_t", bm, True, pairs), cfg
-            assert valid(cfg, tw, torch.bfloat16) and not cfg.fixup and cfg.join == 1
-            assert cfg.split_k == (4 if tw.kw >= 2 * 4 * cfg.block_kb * 4 else 2 if tw.kw >= 64 else 1)
+            assert (cfg.path, cfg.block_m, cfg.pairs, cfg.join, cfg.quads) == (
+                path,
+                bm,
+                pairs,
+                join,
+                quads,
+            ), cfg
+            assert valid(cfg, tw, torch.bfloat16) and cfg.plane_dots and not cfg.fixup
+            step = cfg.block_kb * 4  # words of a K step
+            assert cfg.split_k == (4 if tw.kw >= 8 * step else 2 if tw.kw >= 4 * step else 1)
         x = torch.randn(40, k, generator=torch.Generator().manual_seed(seed + 1)).bfloat16()
         y = run(_prepare_x(x.to(DEVICE), tw), tw, default_config(tw, 40, torch.bfloat16))
         assert _rel_err(y, x.float() @ qw.dequantize(torch.float32).T) < 1e-2, f"{fmt} seed={seed}"
@@ -344,7 +360,13 @@ def test_untimed_choice_is_the_batched_tile_to_64_rows_then_dequantize(monkeypat
         assert default_config(tw, 16, torch.float32).path != "mma_t"  # fp32 rows: no tf32 dots
     int4 = pack_weight(_weight("sym_int4", 128, 64, 1024, seed), DEVICE)
     fp16 = default_config(int4, 16, torch.float16)
-    assert fp16.path == "mma_t" and not fp16.pairs  # the bf16x2 decode is for bf16 activations
+    assert (
+        fp16.path == "mma_t" and not fp16.pairs and fp16.join == 1
+    )  # the bf16x2 decode is for bf16 activations
+    monkeypatch.setenv("XPULLM_TRITON_MORE_PAIRS", "0")  # the switch holds for the untimed choice too
+    g32 = pack_weight(_weight("sym_int4", 32, 64, 1024, seed), DEVICE)
+    assert not default_config(g32, 16, torch.bfloat16).pairs  # a step over several groups: pairs off
+    assert default_config(int4, 16, torch.bfloat16).pairs  # one scale a step: the basic pairs stay
     monkeypatch.setenv("XPULLM_TRITON_MMA", "0")
     assert default_config(int4, 16, torch.bfloat16).path == "dot"
 
