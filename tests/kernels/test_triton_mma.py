@@ -325,15 +325,16 @@ def test_registry_offers_mma_tiles_per_row_bucket(monkeypatch):
 
 def test_untimed_choice_is_the_batched_tile_to_64_rows_then_dequantize(monkeypatch):
     """Without timing (interpreter, graph capture, XPULLM_TRITON_AUTOTUNE=0) 2-64 bf16 rows take the tile families
-    the H100 table holds most: `mma_t` plane dots with the bf16x2 pair decode joined four planes a dot (nf4 / fp4
-    four codes a gather; plain plane dots where pairs cannot run, and for fp8, whose rows the untimed path does not
-    round), as many of 4 K splits as K holds; and the product is right."""
+    the H100 table holds most: `mma_t` plane dots with the bf16x2 pair decode joined four planes a dot where one
+    scale covers a K step (nf4 / fp4 four codes a gather), else plain plane dots (grouped steps, asym_int4, and fp8,
+    whose rows the untimed path does not round); as many of 4 K splits as K holds; and the product is right."""
     monkeypatch.delenv("XPULLM_TRITON_MMA", raising=False)
     monkeypatch.delenv("XPULLM_TRITON_MORE_PAIRS", raising=False)
     seed = _seed()
     cases = (
         ("sym_int4", 128, 64, 1024, ("mma_t", True, 4, False)),
-        ("nf4", 64, 37, 300, ("mma_t", True, 4, True)),
+        ("nf4", 128, 37, 384, ("mma_t", True, 4, True)),
+        ("nf4", 64, 37, 300, ("mma_t", False, 1, False)),  # a K step spans two groups: no pairs
         ("asym_int4", 32, 48, 512, ("mma_t", False, 1, False)),
         ("fp8_e4m3", None, 40, 384, ("mma_t", False, 1, False)),
     )
@@ -363,10 +364,11 @@ def test_untimed_choice_is_the_batched_tile_to_64_rows_then_dequantize(monkeypat
     assert (
         fp16.path == "mma_t" and not fp16.pairs and fp16.join == 1
     )  # the bf16x2 decode is for bf16 activations
-    monkeypatch.setenv("XPULLM_TRITON_MORE_PAIRS", "0")  # the switch holds for the untimed choice too
     g32 = pack_weight(_weight("sym_int4", 32, 64, 1024, seed), DEVICE)
-    assert not default_config(g32, 16, torch.bfloat16).pairs  # a step over several groups: pairs off
-    assert default_config(int4, 16, torch.bfloat16).pairs  # one scale a step: the basic pairs stay
+    assert not default_config(g32, 16, torch.bfloat16).pairs  # a step over several groups: no pairs
+    monkeypatch.setenv("XPULLM_TRITON_MORE_PAIRS", "0")  # the switch holds for the untimed choice too
+    basic = default_config(int4, 16, torch.bfloat16)
+    assert basic.pairs and basic.join == 1  # joined dots are off; one scale a step: the basic pairs stay
     monkeypatch.setenv("XPULLM_TRITON_MMA", "0")
     assert default_config(int4, 16, torch.bfloat16).path == "dot"
 
