@@ -310,10 +310,6 @@ _CUDA_W8A8_T = [
 ]
 
 
-# Narrow tiles: 1-2 warps over 16-64 weight rows. Under four warps Triton issues Ampere-style `mma.sync` dots
-# (per warp, m16n8k16 / fp8 m16n8k32) instead of Hopper's warpgroup `wgmma`, so a decoded register operand needs
-# no warpgroup-wide wait before the next dot, and many small programs share each SM as the one-row GEMV's do.
-# Timed against the tables' tiles by bench/gpu_narrow.py (issue 29, session 17).
 def pair_tiles(
     shapes: tuple[tuple[int, int, int, int], ...], splits: tuple[int, ...], stages: tuple[int, ...]
 ) -> list[LaunchConfig]:
@@ -327,6 +323,10 @@ def pair_tiles(
     ]
 
 
+# Narrow tiles: 1-2 warps over 16-64 weight rows. Under four warps Triton issues Ampere-style `mma.sync` dots
+# (per warp, m16n8k16 / fp8 m16n8k32) instead of Hopper's warpgroup `wgmma`, so a decoded register operand needs
+# no warpgroup-wide wait before the next dot, and many small programs share each SM as the one-row GEMV's do.
+# Timed against the tables' tiles by bench/gpu_narrow.py (issue 29, session 17).
 NARROW_MMA_T = pair_tiles(
     (
         (16, 1, 4, 1),
