@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 
 SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
-_FIELDS = ("device", "format", "group_words", "n", "kw", "m_bucket", "dtype")  # a tuning record's key
 
 
 def deep_pool() -> list:
@@ -47,7 +46,7 @@ def deep_pool() -> list:
     return pair_tiles(shapes, splits=(1, 2, 4, 8), stages=(3, 4, 5, 6))
 
 
-POOLS = {"narrow": "the configs' NARROW_MMA_T / NARROW_W8A8_T", "deep": deep_pool.__doc__}
+POOLS = ("narrow", "deep")  # the 4-bit candidates: configs.NARROW_MMA_T, or `deep_pool`
 
 
 def candidates(tw, m: int, pool_name: str = "narrow") -> list:
@@ -112,7 +111,7 @@ def main() -> int:
         "--rounds", type=int, default=3, help="alternating rounds of the table tile vs the kept ones"
     )
     ap.add_argument("--keep", type=int, default=3, help="narrow tiles kept after the first round")
-    ap.add_argument("--pool", choices=sorted(POOLS), default="narrow", help="the 4-bit candidates timed")
+    ap.add_argument("--pool", choices=POOLS, default="narrow", help="the 4-bit candidates timed")
     ap.add_argument(
         "--warm-only", action="store_true", help="compile (run once) this shard's tiles, time nothing"
     )
@@ -136,7 +135,7 @@ def main() -> int:
     from xpullm.formats import get_format
     from xpullm.kernels.triton import pack_weight, run, select_config, time_cold
     from xpullm.kernels.triton.configs import m_bucket, valid
-    from xpullm.kernels.triton.launch import _key, _prepare_x
+    from xpullm.kernels.triton.launch import _FIELDS, _key, _prepare_x
 
     dev = torch.device("cuda")
     shard, shards = (int(v) for v in args.shard.split("/"))

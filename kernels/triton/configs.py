@@ -343,13 +343,9 @@ NARROW_MMA_T = pair_tiles(
 )
 # The narrow tiles that won the H200 sweep (session 17: every sym_int4 g128 and nf4 g64 layer shape it won at 1-32
 # rows ran on two warps, three stages), which the tuner times beside the wide ones.
-_CUDA_NARROW = [
-    c
-    for c in NARROW_MMA_T
-    if c.num_stages == 3
-    and (c.block_n, c.num_warps, c.block_kb, c.join)
-    in ((32, 2, 4, 4), (64, 2, 4, 2), (32, 2, 8, 1), (16, 1, 8, 1))
-]
+_CUDA_NARROW = pair_tiles(
+    ((32, 2, 4, 4), (64, 2, 4, 2), (16, 1, 8, 1), (32, 2, 8, 1)), splits=(1, 2, 4), stages=(3,)
+)
 NARROW_W8A8_T = [
     LaunchConfig("w8a8_t", 0, bn, kb, sk, w, st, fixup=sk > 1)
     for bn, kb, w in ((16, 8, 1), (32, 8, 1), (32, 8, 2), (64, 8, 2), (16, 16, 1), (32, 16, 2))
@@ -667,9 +663,7 @@ def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[Launc
             for c in (*table.get("w4a8", ()), *table.get("w8a8_t", ()))
         ]
     pool += table.get("w8a8", [])  # every row count: the vendor GEMM serves decode batches and prefill alike
-    if (
-        tw.format in CODEBOOK_FORMATS
-    ):  # codebook pair tiles decode four codes per gather: the same values, faster
+    if tw.format in CODEBOOK_FORMATS:  # codebook pair tiles decode four codes per gather: same values, faster
         pool = [replace(c, quads=True) if c.path == "mma_t" and c.pairs else c for c in pool]
     return [c for c in pool if valid(c, tw, x_dtype) and switched_on(c, tw)]
 

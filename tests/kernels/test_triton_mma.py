@@ -344,13 +344,8 @@ def test_untimed_choice_is_the_batched_tile_to_64_rows_then_dequantize(monkeypat
         assert default_config(tw, 1, torch.bfloat16).path == "gemv"
         for m, bm in ((3, 16), (16, 16), (40, 64), (64, 64)):
             cfg = default_config(tw, m, torch.bfloat16)
-            assert (cfg.path, cfg.block_m, cfg.pairs, cfg.join, cfg.quads) == (
-                path,
-                bm,
-                pairs,
-                join,
-                quads,
-            ), cfg
+            want = (path, bm, pairs, join, quads)
+            assert (cfg.path, cfg.block_m, cfg.pairs, cfg.join, cfg.quads) == want, cfg
             assert valid(cfg, tw, torch.bfloat16) and cfg.plane_dots and not cfg.fixup
             step = cfg.block_kb * 4  # words of a K step
             assert cfg.split_k == (4 if tw.kw >= 8 * step else 2 if tw.kw >= 4 * step else 1)
@@ -361,9 +356,8 @@ def test_untimed_choice_is_the_batched_tile_to_64_rows_then_dequantize(monkeypat
         assert default_config(tw, 16, torch.float32).path != "mma_t"  # fp32 rows: no tf32 dots
     int4 = pack_weight(_weight("sym_int4", 128, 64, 1024, seed), DEVICE)
     fp16 = default_config(int4, 16, torch.float16)
-    assert (
-        fp16.path == "mma_t" and not fp16.pairs and fp16.join == 1
-    )  # the bf16x2 decode is for bf16 activations
+    # the bf16x2 decode is for bf16 activations
+    assert fp16.path == "mma_t" and not fp16.pairs and fp16.join == 1
     g32 = pack_weight(_weight("sym_int4", 32, 64, 1024, seed), DEVICE)
     assert not default_config(g32, 16, torch.bfloat16).pairs  # a step over several groups: no pairs
     monkeypatch.setenv("XPULLM_TRITON_MORE_PAIRS", "0")  # the switch holds for the untimed choice too
