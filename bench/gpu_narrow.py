@@ -46,7 +46,11 @@ def deep_pool() -> list:
     return pair_tiles(shapes, splits=(1, 2, 4, 8), stages=(3, 4, 5, 6))
 
 
-POOLS = ("narrow", "deep")  # the 4-bit candidates: configs.NARROW_MMA_T, or `deep_pool`
+POOLS = (
+    "narrow",
+    "deep",
+    "cuda",
+)  # the 4-bit candidates: configs.NARROW_MMA_T, `deep_pool`, or the CUDA C++ tiles
 
 
 def candidates(tw, m: int, pool_name: str = "narrow") -> list:
@@ -54,6 +58,7 @@ def candidates(tw, m: int, pool_name: str = "narrow") -> list:
     a codebook format (nf4, fp4) also the GEMV tiles that decode the levels by byte permutes (`pairs`)."""
     from xpullm.kernels.triton.configs import (
         CODEBOOK_FORMATS,
+        CONFIG_TABLES,
         GEMV_PERMUTES,
         NARROW_MMA_T,
         NARROW_W8A8_T,
@@ -63,6 +68,9 @@ def candidates(tw, m: int, pool_name: str = "narrow") -> list:
     )
 
     block_m = mma_block_m(m_bucket(m))
+    if pool_name == "cuda":  # `cuda_w4` (sym_int4): its M tile is the row bucket itself
+        pool = [replace(c, block_m=m_bucket(m)) for c in CONFIG_TABLES["cuda"]["cuda_w4"]]
+        return [c for c in pool if valid(c, tw, torch.bfloat16)]
     if tw.format in ("fp8_e4m3", "sym_int8"):
         pool = NARROW_W8A8_T
     else:
@@ -108,6 +116,11 @@ def main() -> int:
     ap.add_argument("--formats", default="sym_int4:128,nf4:64,fp8_e4m3")
     ap.add_argument("--rows", default="8,16,32")
     ap.add_argument(
+        "--shapes",
+        default=",".join(f"{n}x{k}" for n, k in SHAPES),
+        help="NxK weight shapes (e.g. + 128256x4096)",
+    )
+    ap.add_argument(
         "--rounds", type=int, default=3, help="alternating rounds of the table tile vs the kept ones"
     )
     ap.add_argument("--keep", type=int, default=3, help="narrow tiles kept after the first round")
@@ -142,7 +155,7 @@ def main() -> int:
     rows, records = [], []
     for item in args.formats.split(","):
         name, _, gs = item.partition(":")
-        for n, k in SHAPES:
+        for n, k in (tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")):
             weight = torch.randn(n, k, generator=torch.Generator().manual_seed(n + k)) * 0.02
             tw = pack_weight(get_format(name).quantize(weight, int(gs) if gs else 0), dev)
             dense = weight.to(dev, torch.bfloat16)

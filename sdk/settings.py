@@ -6,6 +6,7 @@
 | `XPULLM_NATIVE` | `native` | `1` | `0`: never build/use the native AVX2 CPU kernels (PyTorch's int4 op instead) |
 | `XPULLM_FUSED_OPS` | `fused_ops` | `1` | `0`: the GPU decode step uses ATen ops instead of the fused Triton norm/RoPE/attention kernels, and the CPU engine runs its layers op by op instead of two native calls per layer |
 | `XPULLM_CUDA_GRAPHS` | `cuda_graphs` | `1` | `0`: no CUDA-graph capture of the decode step |
+| `XPULLM_CUDA_KERNELS` | `cuda_kernels` | `1` | `0`: never build/use the CUDA C++ kernels (`kernels/cuda`: the int4 tensor-core kernel for 2-64 rows); the tuner times only Triton tiles |
 | `XPULLM_TRITON_AUTOTUNE` | `triton_autotune` | `1` | `0`: Triton matmuls take the tuned table / heuristic config without timing candidates |
 | `XPULLM_TRITON_TUNED` | `triton_tuned` | unset | path of an extra tuned-config table, read before the packaged one |
 | `XPULLM_TRITON_MMA` | `triton_mma` | `1` | `0`: the tuner leaves out the batched tensor-core tiles (`mma`, `mma_t`) |
@@ -22,7 +23,7 @@
 | `XPULLM_IPEX` | `ipex` | `1` | `0`: never use intel_extension_for_pytorch's WOQ linear, where it is installed |
 
 `runtime_settings()` reads the environment when called (tests and benchmarks flip switches at run time; reading
-eighteen variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
+nineteen variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
 included, may read it.
 """
 
@@ -41,6 +42,7 @@ ENVIRONMENT = {
     "native": "XPULLM_NATIVE",
     "fused_ops": "XPULLM_FUSED_OPS",
     "cuda_graphs": "XPULLM_CUDA_GRAPHS",
+    "cuda_kernels": "XPULLM_CUDA_KERNELS",
     "triton_autotune": "XPULLM_TRITON_AUTOTUNE",
     "triton_tuned": "XPULLM_TRITON_TUNED",
     "triton_mma": "XPULLM_TRITON_MMA",
@@ -67,6 +69,7 @@ class RuntimeSettings:
     native: bool = True
     fused_ops: bool = True
     cuda_graphs: bool = True
+    cuda_kernels: bool = True
     triton_autotune: bool = True
     triton_tuned: str | None = None
     triton_mma: bool = True
@@ -91,6 +94,7 @@ class RuntimeSettings:
             native=get(ENVIRONMENT["native"], "1") != "0",
             fused_ops=get(ENVIRONMENT["fused_ops"], "1") != "0",
             cuda_graphs=get(ENVIRONMENT["cuda_graphs"], "1") != "0",
+            cuda_kernels=get(ENVIRONMENT["cuda_kernels"], "1") != "0",
             triton_autotune=get(ENVIRONMENT["triton_autotune"], "1") != "0",
             triton_tuned=get(ENVIRONMENT["triton_tuned"]) or None,
             triton_mma=get(ENVIRONMENT["triton_mma"], "1") != "0",

@@ -21,6 +21,7 @@ from xpullm.kernels.triton.configs import (
     Q8_FORMATS,
     Q8_ROW_TILES,
     Q8_ROWS_MAX,
+    SINGLE_GROUP_WORDS,
     LaunchConfig,
     autotune_enabled,
     can_fold,
@@ -28,6 +29,7 @@ from xpullm.kernels.triton.configs import (
     can_pair,
     can_tma,
     candidates,
+    cuda_w4_fits,
     default_config,
     default_q8_config,
     m_bucket,
@@ -139,6 +141,8 @@ def run(
         return _run_w4a8(x2, tw, cfg, out, workspace)
     if cfg.path == "w8a8_t":
         return _run_w8a8_t(x2, tw, cfg, out, workspace)
+    if cfg.path == "cuda_w4":
+        return _run_cuda_w4(x2, tw, cfg, out, workspace)
     split = cfg.split_k
     workspace, target, stride_ys = _split_target(split, out, workspace)
     zeros = tw.zeros if tw.zeros is not None else tw.scales
@@ -481,6 +485,29 @@ def w8a8_t_launch(
     if split > 1 and counters is None:
         _reduce_splits(workspace, out)
     return out
+
+
+def _run_cuda_w4(
+    x: torch.Tensor, tw: TritonWeight, cfg: LaunchConfig, out: torch.Tensor, workspace: torch.Tensor | None
+) -> torch.Tensor:
+    """`kernels/cuda/w4_mma.cu` on this weight's words as they are (sym_int4, groups of whole 128-code chunks)."""
+    from xpullm.kernels import cuda
+
+    if not cuda_w4_fits(tw, x.dtype):
+        raise ValueError(
+            f"cuda_w4 runs sym_int4 (group a multiple of 128, or one per row) x bf16 rows on CUDA where the kernel "
+            f"builds; got {tw.format} group {tw.group_size} x {x.dtype} ({cuda.build_error(tw.device) or 'ok'})"
+        )
+    split = min(cfg.split_k, tw.kw // 16)
+    workspace, _, _ = _split_target(split, out, workspace)
+    counters = _tile_counters(tw.device, triton.cdiv(tw.n, cfg.block_n)) if split > 1 else None
+    if split > 1 and counters is None:
+        split, workspace = (
+            1,
+            None,
+        )  # no counter array (first call inside a graph capture): one pass, no partials
+    cpg = 0 if tw.group_words == SINGLE_GROUP_WORDS else tw.group_words // 16
+    return cuda.w4_mma(x, tw.words, tw.scales, cpg, out, workspace, counters, cfg.tiles, cfg.num_warps, split)
 
 
 def _weight_operand(words: torch.Tensor, cfg: LaunchConfig, step: int, tw: TritonWeight) -> Any:

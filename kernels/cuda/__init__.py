@@ -1,0 +1,151 @@
+"""CUDA C++ kernels: built on first use by the machine's `nvcc` for the GPU it has, loaded with ctypes.
+
+`w4_mma.cu` multiplies sym_int4 weights in the Triton kernels' layout (no second copy) by 2-64 bf16 activation
+rows on tensor cores (`mma.sync`, sm_80+), each lane's weight loads landing directly in the operand fragments.
+The Triton launcher runs it as the `cuda_w4` path, which the tuner times beside its own tiles
+(`kernels/triton/configs.py`). Nothing here runs at import; without `nvcc`, a GPU older than sm_80, or with
+`XPULLM_CUDA_KERNELS=0`, `available` is False and those candidates are left out.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import torch
+
+from xpullm.settings import runtime_settings
+
+__all__ = ["W4_MAX_ROWS", "W4_ROW_TILES", "available", "build_error", "w4_mma"]
+
+log = logging.getLogger("xpullm.kernels.cuda")
+
+_SOURCE = Path(__file__).with_name("w4_mma.cu")
+W4_MAX_ROWS = 64  # activation rows the kernel takes (8 per mma column tile, up to 8 tiles)
+W4_ROW_TILES = (1, 2, 4)  # 16-row weight tiles per warp the kernel is built for
+W4_MAX_WARPS = 8  # its launch bound: 256 threads
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+_build_errors: dict[str, str] = {}
+
+
+def _nvcc() -> str | None:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    for cand in (
+        (Path(home) / "bin" / "nvcc") if home else None,
+        shutil.which("nvcc"),
+        "/usr/local/cuda/bin/nvcc",
+    ):
+        if cand and Path(cand).is_file():
+            return str(cand)
+    return None
+
+
+def _arch(device: torch.device) -> str | None:
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{major}{minor}" if major >= 8 else None
+
+
+def _compile(nvcc: str, arch: str, out: Path) -> None:
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    cmd = [
+        nvcc, "-O3", "-shared", "-Xcompiler", "-fPIC", "-std=c++17", "-cudart", "static",
+        f"-gencode=arch=compute_{arch},code=sm_{arch}", str(_SOURCE), "-o", str(tmp),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(proc.stderr.strip()[-800:])
+    os.replace(tmp, out)  # atomic: a concurrent build or a kill never leaves a half-written library
+
+
+@functools.cache
+def _library(arch: str) -> ctypes.CDLL | None:
+    nvcc = _nvcc()
+    if nvcc is None:
+        _build_errors[arch] = "no nvcc found (install the CUDA toolkit or set CUDA_HOME)"
+        return None
+    tag = hashlib.sha256(_SOURCE.read_bytes() + f"{nvcc}\0{arch}".encode()).hexdigest()[:16]
+    path = runtime_settings().cache_dir() / "cuda" / f"w4_mma-sm{arch}-{tag}.so"
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            log.warning("xpullm: building the CUDA int4 kernels for sm_%s (once, about a minute)", arch)
+            _compile(nvcc, arch, path)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        _build_errors[arch] = f"building {_SOURCE.name} failed: {exc}"
+        log.warning("xpullm: %s; the Triton kernels run instead", _build_errors[arch])
+        return None
+    fn = lib.xpullm_w4_mma_launch
+    fn.restype = ctypes.c_int
+    fn.argtypes = [_P, _I, _P, _I, _P, _I, ctypes.c_int, ctypes.c_int, _P, _P, _P] + [ctypes.c_int] * 5 + [_P]
+    return lib
+
+
+def available(device: torch.device) -> bool:
+    """Whether the CUDA kernels can run on `device` (builds them on the first call for its architecture)."""
+    if device.type != "cuda" or not runtime_settings().cuda_kernels:
+        return False
+    arch = _arch(device)
+    return arch is not None and _library(arch) is not None
+
+
+def build_error(device: torch.device) -> str | None:
+    """Why `available(device)` is False, where a build was tried."""
+    arch = _arch(device) if device.type == "cuda" else None
+    return _build_errors.get(arch or "")
+
+
+def w4_mma(
+    x: torch.Tensor,
+    words: torch.Tensor,
+    scales: torch.Tensor,
+    chunks_per_group: int,
+    out: torch.Tensor,
+    partials: torch.Tensor | None,
+    counters: torch.Tensor | None,
+    tiles: int,
+    warps: int,
+    split: int,
+) -> torch.Tensor:
+    """out [M, N] (bf16) = x [M, KX] (bf16, KX = 8 * KW) @ W^T for sym_int4 words [N, KW] (KW a multiple of 16:
+    whole chunks of 128 codes) with `scales` [N, groups] (fp16 / fp32; a group = `chunks_per_group` chunks, 0 =
+    one per row). `split` > 1 sums K splits through `partials` (fp32 [split, M, N]) and `counters` (int32, one
+    per output tile, zero; left zero)."""
+    m, kx = x.shape
+    n, kw = words.shape
+    if not (x.dtype == torch.bfloat16 and out.dtype == torch.bfloat16 and words.dtype == torch.int32):
+        raise ValueError(
+            f"w4_mma takes bf16 activations / output and int32 words, got {x.dtype}, {out.dtype}"
+        )
+    if not 1 <= m <= W4_MAX_ROWS or kx != kw * 8 or kw % 16 or x.stride(1) != 1 or not words.is_contiguous():
+        raise ValueError(
+            f"w4_mma needs 1..{W4_MAX_ROWS} activation rows of KX = 8 * KW features (KW % 16 == 0, contiguous); got "
+            f"x {tuple(x.shape)} words {tuple(words.shape)}"
+        )
+    if tiles not in W4_ROW_TILES or not 1 <= warps <= W4_MAX_WARPS or split < 1:
+        raise ValueError(f"w4_mma takes tiles in {W4_ROW_TILES}, 1..{W4_MAX_WARPS} warps, split >= 1")
+    if split > 1 and (partials is None or counters is None):
+        raise ValueError("w4_mma with split > 1 needs the partials workspace and the tile counters")
+    if scales.dtype not in (torch.float16, torch.float32) or scales.stride(1) != 1:
+        raise ValueError(f"w4_mma takes fp16 / fp32 scales with unit column stride, got {scales.dtype}")
+    arch = _arch(x.device)
+    lib = _library(arch) if arch else None
+    if lib is None:
+        raise RuntimeError(f"the CUDA int4 kernel cannot run here: {build_error(x.device) or 'needs sm_80+'}")
+    stream = torch.cuda.current_stream(x.device).cuda_stream
+    code = lib.xpullm_w4_mma_launch(
+        x.data_ptr(), x.stride(0), words.data_ptr(), kw, scales.data_ptr(), scales.stride(0),
+        int(scales.dtype == torch.float16), chunks_per_group, out.data_ptr(),
+        partials.data_ptr() if partials is not None else None, counters.data_ptr() if counters is not None else None,
+        m, n, tiles, warps, split, stream,
+    )  # fmt: skip
+    if code:
+        raise RuntimeError(f"w4_mma launch failed with CUDA error {code}")
+    return out

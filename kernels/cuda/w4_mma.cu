@@ -1,0 +1,364 @@
+// sym_int4 weights x bf16 activation rows (2..64) on tensor cores, reading the Triton kernels' weight layout
+// (kernels/triton/layout.py) as it is: no second copy of the weight.
+//
+// The layout: per weight row, blocks of 4 int32 words hold 32 codes; word l holds code 4 * i + l of its block in
+// nibble i (bits 4i..4i+3). One 16-byte load is one block of one row.
+//
+// The product is computed as W @ x^T with `mma.sync.m16n8k16` (bf16 in, fp32 accumulate): the weight is the A
+// operand (16 output features x 16 K), the activations the B operand (16 K x 8 rows). A warp's four lanes of one
+// quad (t = lane % 4) share output rows g and g + 8 (g = lane / 4). Lane t loads block t of a 4-block chunk
+// (128 codes) of each of its rows: the quad reads 64 contiguous bytes per row. The 16 K slots of an mma are a sum,
+// so any K order works as long as both operands use it: step s (0..7) of a chunk takes, from each lane's block,
+// word s / 2 and nibbles {p, p + 4, p + 1, p + 5} (p = 2 * (s % 2)). Nibbles (p, p + 4) of a word decode together
+// into one bf16x2 register: (w >> 4p) & 0x000F000F | 0x43004300 is (128 + q_p, 128 + q_(p+4)) in bf16, minus 136
+// gives the codes' values q - 8 exactly. The activations are staged in shared memory in that same order.
+//
+// Scales: a chunk is 128 codes; a group is a whole number of chunks (group size 128, 256, ... or one per row). Each
+// chunk's dots go to a temporary accumulator that is scaled in fp32 and added: no bf16 rounding of scaled weights.
+//
+// Split K: `split` programs share an output tile; each writes fp32 partials and the last to arrive (an atomic
+// counter per tile, reset by that last program) sums them in split order into the bf16 output.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace xpullm_w4 {
+
+constexpr int kChunk = 128;         // codes per chunk (4 blocks of 32)
+constexpr int kRowElems = 144;      // staged activation row: 128 bf16 + 16 pad (bank-conflict-free 8-byte reads)
+
+__device__ __forceinline__ uint32_t decode_pair(uint32_t w) {
+  uint32_t v;
+  // (w & 0x000F000F) | 0x43004300: lop3 with table 0xEA = (a & b) | c
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(v) : "r"(w), "r"(0x000F000Fu), "r"(0x43004300u));
+  // times 1 minus (136, 136), exact: bf16 0x3F80 = 1, 0xC308 = -136 (fma: sm_80; sub.bf16x2 needs sm_90)
+  uint32_t out;
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(out) : "r"(v), "r"(0x3F803F80u), "r"(0xC308C308u));
+  return out;
+}
+
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint4 load_words(const int32_t* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ uint32_t word_at(const uint4& v, int l) {
+  return l == 0 ? v.x : (l == 1 ? v.y : (l == 2 ? v.z : v.w));
+}
+
+template <bool HalfScales>
+__device__ __forceinline__ float load_scale(const void* scales, int64_t idx) {
+  if constexpr (HalfScales) {
+    return __half2float(reinterpret_cast<const __half*>(scales)[idx]);
+  } else {
+    return reinterpret_cast<const float*>(scales)[idx];
+  }
+}
+
+// Activation rows [rows, chunk c] -> shared memory in the mma's K order: element e of block t goes to
+// s * 16 + t * 4 + j, with (l, i) = (e % 4, e / 4), s = 2l + (i % 4) / 2, j = i / 4 + 2 (i % 2).
+template <int NT>
+__device__ __forceinline__ void stage_load(uint4 (&buf)[NT], const __nv_bfloat16* x,
+                                           int64_t ldx, int m, int64_t k0, int tid, int threads) {
+  constexpr int kVecs = NT * 8 * 16;  // 16-byte vectors per chunk of NT*8 rows
+#pragma unroll
+  for (int r = 0; r < NT; ++r) {
+    const int v = tid + r * threads;
+    buf[r] = make_uint4(0, 0, 0, 0);
+    if (v < kVecs) {
+      const int row = v >> 4, q = v & 15;
+      if (row < m) buf[r] = *reinterpret_cast<const uint4*>(x + row * ldx + k0 + q * 8);
+    }
+  }
+}
+
+template <int NT>
+__device__ __forceinline__ void stage_store(const uint4 (&buf)[NT],
+                                            __nv_bfloat16* sx, int tid, int threads) {
+  constexpr int kVecs = NT * 8 * 16;
+#pragma unroll
+  for (int r = 0; r < NT; ++r) {
+    const int v = tid + r * threads;
+    if (v < kVecs) {
+      const int row = v >> 4, q = v & 15;
+      const int t = q >> 2;                 // block of the chunk
+      const int sodd = q & 1;               // (i % 4) / 2 for both planes i = 2 (q % 4), 2 (q % 4) + 1
+      const int jbase = (q & 3) >> 1;       // i / 4
+      const uint32_t w[4] = {buf[r].x, buf[r].y, buf[r].z, buf[r].w};
+      unsigned short* dst = reinterpret_cast<unsigned short*>(sx + row * kRowElems + t * 4);
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        // element e = 8 (q % 4) + u: l = u % 4, i = 2 (q % 4) + u / 4, so i % 2 = u / 4
+        const int l = u & 3;
+        const int s = 2 * l + sodd;
+        const int j = jbase + 2 * (u >> 2);
+        const unsigned short h = static_cast<unsigned short>((w[u >> 1] >> (16 * (u & 1))) & 0xFFFF);
+        dst[s * 16 + j] = h;
+      }
+    }
+  }
+}
+
+template <int TILES, int NT, bool HalfScales>
+__global__ void __launch_bounds__(256) w4_mma_kernel(const __nv_bfloat16* __restrict__ x, int64_t ldx,
+                                                     const int32_t* __restrict__ words, int64_t kw,
+                                                     const void* __restrict__ scales, int64_t ld_scales,
+                                                     int chunks_per_group, __nv_bfloat16* __restrict__ out,
+                                                     float* __restrict__ partials, int* __restrict__ counters,
+                                                     int m, int n, int chunks_per_split, int split) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __nv_bfloat16* sx = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  constexpr int kStage = NT * 8 * kRowElems;  // bf16 elements per staged chunk
+  constexpr int kBuf = NT;  // 16-byte vectors of a staged chunk per thread (>= 128 threads)
+
+  const int tid = threadIdx.x, threads = blockDim.x;
+  const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int warps = threads >> 5;
+  const int row0 = blockIdx.x * warps * TILES * 16 + warp * TILES * 16;
+  const int n_chunks = static_cast<int>(kw / 16);
+  const int c_begin = blockIdx.y * chunks_per_split;
+  const int c_end = min(n_chunks, c_begin + chunks_per_split);
+
+  // Each lane's two rows per tile, clamped inside the weight (rows past N are computed, never written).
+  const int32_t* wrow[TILES][2];
+  int srow[TILES][2];
+#pragma unroll
+  for (int T = 0; T < TILES; ++T) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = min(row0 + T * 16 + g + 8 * h, n - 1);
+      srow[T][h] = r;
+      wrow[T][h] = words + r * kw + t * 4;
+    }
+  }
+
+  float acc[TILES][NT][4];
+#pragma unroll
+  for (int T = 0; T < TILES; ++T)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[T][j][e] = 0.f;
+
+  uint4 wcur[TILES][2], wnext[TILES][2];
+  uint4 xbuf[kBuf];
+  if (c_begin < c_end) {
+#pragma unroll
+    for (int T = 0; T < TILES; ++T)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) wcur[T][h] = load_words(wrow[T][h] + c_begin * 16);
+    stage_load<NT>(xbuf, x, ldx, m, static_cast<int64_t>(c_begin) * kChunk, tid, threads);
+    stage_store<NT>(xbuf, sx, tid, threads);
+  }
+  __syncthreads();
+
+  for (int c = c_begin; c < c_end; ++c) {
+    const int buf = (c - c_begin) & 1;
+    const bool more = c + 1 < c_end;
+    if (more) {  // the next chunk's weights and activations are in flight while this one multiplies
+#pragma unroll
+      for (int T = 0; T < TILES; ++T)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) wnext[T][h] = load_words(wrow[T][h] + (c + 1) * 16);
+      stage_load<NT>(xbuf, x, ldx, m, static_cast<int64_t>(c + 1) * kChunk, tid, threads);
+    }
+    const int gi = chunks_per_group > 0 ? c / chunks_per_group : 0;
+    float sc[TILES][2];
+#pragma unroll
+    for (int T = 0; T < TILES; ++T)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) sc[T][h] = load_scale<HalfScales>(scales, srow[T][h] * ld_scales + gi);
+
+    float part[TILES][NT][4];
+#pragma unroll
+    for (int T = 0; T < TILES; ++T)
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[T][j][e] = 0.f;
+
+    const __nv_bfloat16* sxc = sx + buf * kStage;
+#pragma unroll
+    for (int s = 0; s < 8; ++s) {
+      uint32_t b[NT][2];
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        const uint2 v = *reinterpret_cast<const uint2*>(sxc + (j * 8 + g) * kRowElems + s * 16 + t * 4);
+        b[j][0] = v.x;
+        b[j][1] = v.y;
+      }
+      const int l = s >> 1, shift = 8 * (s & 1);  // nibble p = 2 (s % 2): shift 4p
+#pragma unroll
+      for (int T = 0; T < TILES; ++T) {
+        const uint32_t w0 = word_at(wcur[T][0], l) >> shift, w1 = word_at(wcur[T][1], l) >> shift;
+        const uint32_t a[4] = {decode_pair(w0), decode_pair(w1), decode_pair(w0 >> 4), decode_pair(w1 >> 4)};
+#pragma unroll
+        for (int j = 0; j < NT; ++j) mma_bf16(part[T][j], a, b[j][0], b[j][1]);
+      }
+    }
+#pragma unroll
+    for (int T = 0; T < TILES; ++T)
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        acc[T][j][0] += part[T][j][0] * sc[T][0];
+        acc[T][j][1] += part[T][j][1] * sc[T][0];
+        acc[T][j][2] += part[T][j][2] * sc[T][1];
+        acc[T][j][3] += part[T][j][3] * sc[T][1];
+      }
+    if (more) {
+      stage_store<NT>(xbuf, sx + (buf ^ 1) * kStage, tid, threads);
+#pragma unroll
+      for (int T = 0; T < TILES; ++T)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) wcur[T][h] = wnext[T][h];
+    }
+    __syncthreads();
+  }
+
+  // acc[T][j] = {(row g, col 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)}: rows are output features, columns
+  // activation rows.
+  if (split == 1) {
+#pragma unroll
+    for (int T = 0; T < TILES; ++T)
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = row0 + T * 16 + g + 8 * (e >> 1), col = j * 8 + 2 * t + (e & 1);
+          if (r < n && col < m) out[static_cast<int64_t>(col) * n + r] = __float2bfloat16(acc[T][j][e]);
+        }
+    return;
+  }
+  const int64_t plane = static_cast<int64_t>(m) * n;
+#pragma unroll
+  for (int T = 0; T < TILES; ++T)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = row0 + T * 16 + g + 8 * (e >> 1), col = j * 8 + 2 * t + (e & 1);
+        if (r < n && col < m) partials[blockIdx.y * plane + static_cast<int64_t>(col) * n + r] = acc[T][j][e];
+      }
+  __threadfence();
+  __syncthreads();
+  __shared__ int last;
+  if (tid == 0) {
+    const int arrived = atomicAdd(counters + blockIdx.x, 1);
+    last = arrived == split - 1;
+    if (last) counters[blockIdx.x] = 0;  // every other split has arrived: ready for the next call
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+#pragma unroll
+  for (int T = 0; T < TILES; ++T)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = row0 + T * 16 + g + 8 * (e >> 1), col = j * 8 + 2 * t + (e & 1);
+        if (r < n && col < m) {
+          const int64_t at = static_cast<int64_t>(col) * n + r;
+          float sum = 0.f;
+          for (int sp = 0; sp < split; ++sp) sum += __ldcg(partials + sp * plane + at);
+          out[at] = __float2bfloat16(sum);
+        }
+      }
+}
+
+template <int TILES, int NT>
+void launch_scaled(bool half_scales, dim3 grid, int threads, size_t smem, cudaStream_t stream,
+                   const __nv_bfloat16* x, int64_t ldx, const int32_t* words, int64_t kw, const void* scales,
+                   int64_t ld_scales, int cpg, __nv_bfloat16* out, float* partials, int* counters, int m, int n,
+                   int cps, int split) {
+  if (half_scales) {
+    w4_mma_kernel<TILES, NT, true><<<grid, threads, smem, stream>>>(x, ldx, words, kw, scales, ld_scales, cpg, out,
+                                                                   partials, counters, m, n, cps, split);
+  } else {
+    w4_mma_kernel<TILES, NT, false><<<grid, threads, smem, stream>>>(x, ldx, words, kw, scales, ld_scales, cpg,
+                                                                    out, partials, counters, m, n, cps, split);
+  }
+}
+
+template <int TILES>
+void launch_tiles(int nt, bool half_scales, dim3 grid, int threads, cudaStream_t stream, const __nv_bfloat16* x,
+                  int64_t ldx, const int32_t* words, int64_t kw, const void* scales, int64_t ld_scales, int cpg,
+                  __nv_bfloat16* out, float* partials, int* counters, int m, int n, int cps, int split) {
+  const size_t smem = static_cast<size_t>(2) * nt * 8 * kRowElems * sizeof(__nv_bfloat16);
+#define XPULLM_W4_NT(NTV)                                                                                       \
+  case NTV:                                                                                                     \
+    launch_scaled<TILES, NTV>(half_scales, grid, threads, smem, stream, x, ldx, words, kw, scales, ld_scales, \
+                              cpg, out, partials, counters, m, n, cps, split);                                 \
+    break;
+  switch (nt) {  // tiles x column tiles <= 8: the two fp32 accumulators stay in registers
+    XPULLM_W4_NT(1)
+    XPULLM_W4_NT(2)
+    case 4:
+      if constexpr (TILES <= 2) {
+        launch_scaled<TILES, 4>(half_scales, grid, threads, smem, stream, x, ldx, words, kw, scales, ld_scales, cpg,
+                                out, partials, counters, m, n, cps, split);
+      }
+      break;
+    case 8:
+      if constexpr (TILES == 1) {
+        launch_scaled<TILES, 8>(half_scales, grid, threads, smem, stream, x, ldx, words, kw, scales, ld_scales, cpg,
+                                out, partials, counters, m, n, cps, split);
+      }
+      break;
+  }
+#undef XPULLM_W4_NT
+}
+
+}  // namespace xpullm_w4
+
+// Host entry: all checks are done by the Python caller (kernels/cuda/__init__.py), which passes raw pointers.
+// Returns 0, or a CUDA error code from the launch.
+extern "C" int xpullm_w4_mma_launch(const void* x, int64_t ldx, const void* words, int64_t kw, const void* scales,
+                                    int64_t ld_scales, int half_scales, int chunks_per_group, void* out,
+                                    void* partials, void* counters, int m, int n, int tiles, int warps, int split,
+                                    void* stream) {
+  using namespace xpullm_w4;
+  const int nt = m <= 8 ? 1 : (m <= 16 ? 2 : (m <= 32 ? 4 : 8));
+  if (tiles * nt > 8 && nt > 2) return static_cast<int>(cudaErrorInvalidValue);
+  if (warps < 4 || warps > 8) return static_cast<int>(cudaErrorInvalidValue);
+  const int n_chunks = static_cast<int>(kw / 16);
+  const int cps = (n_chunks + split - 1) / split;
+  const int used = (n_chunks + cps - 1) / cps;  // splits that get at least one chunk
+  dim3 grid((n + warps * tiles * 16 - 1) / (warps * tiles * 16), used);
+  const int threads = warps * 32;
+  auto s = static_cast<cudaStream_t>(stream);
+  auto xb = static_cast<const __nv_bfloat16*>(x);
+  auto w = static_cast<const int32_t*>(words);
+  auto o = static_cast<__nv_bfloat16*>(out);
+  auto p = static_cast<float*>(partials);
+  auto cnt = static_cast<int*>(counters);
+  switch (tiles) {
+    case 1:
+      launch_tiles<1>(nt, half_scales, grid, threads, s, xb, ldx, w, kw, scales, ld_scales, chunks_per_group, o, p,
+                      cnt, m, n, cps, used);
+      break;
+    case 2:
+      launch_tiles<2>(nt, half_scales, grid, threads, s, xb, ldx, w, kw, scales, ld_scales, chunks_per_group, o, p,
+                      cnt, m, n, cps, used);
+      break;
+    case 4:
+      launch_tiles<4>(nt, half_scales, grid, threads, s, xb, ldx, w, kw, scales, ld_scales, chunks_per_group, o, p,
+                      cnt, m, n, cps, used);
+      break;
+    default:
+      return static_cast<int>(cudaErrorInvalidValue);
+  }
+  return static_cast<int>(cudaGetLastError());
+}

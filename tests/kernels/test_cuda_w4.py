@@ -1,0 +1,125 @@
+"""The CUDA C++ int4 kernel (`kernels/cuda/w4_mma.cu`, path `cuda_w4`) vs its reference twin.
+
+Twin: the weight dequantized in fp32 times the bf16 activations in fp64. The kernel multiplies the codes' exact
+values (q - 8, bf16) by the bf16 activations with fp32 accumulation and scales each 128-code chunk's dot in fp32,
+so before its one rounding to the bf16 output it differs from the twin only by fp32 summation order: every output
+is the twin's rounded to bf16 within one bf16 step (plus a hair for outputs that cancel to near zero).
+Runs where a CUDA GPU and `nvcc` are (the device runs; CI skips the GPU half). The checks that need no GPU run
+everywhere.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+import torch
+
+from xpullm.formats import get_format
+from xpullm.kernels import cuda
+from xpullm.kernels.triton import LaunchConfig, pack_weight, run
+from xpullm.kernels.triton.configs import CONFIG_TABLES, candidates, valid
+from xpullm.kernels.triton.launch import _prepare_x, _tile_counters
+
+HAS_CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda") if HAS_CUDA else None
+gpu = pytest.mark.skipif(
+    not (HAS_CUDA and cuda.available(DEVICE)),
+    reason=f"needs a CUDA GPU (sm_80+) and nvcc: {cuda.build_error(DEVICE) if HAS_CUDA else 'no GPU'}",
+)
+POOL = CONFIG_TABLES["cuda"]["cuda_w4"]
+
+
+def _weight(n: int, k: int, gs: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * 0.05
+    w[:, : max(1, k // 50)] *= 20  # a few outlier columns, as real checkpoints have
+    return get_format("sym_int4").quantize(w, gs)
+
+
+def _check(y: torch.Tensor, x: torch.Tensor, qw, what: str) -> None:
+    ref = (x.double() @ qw.dequantize(torch.float32).double().T).float()
+    want = ref.bfloat16().float()
+    got = y.float().cpu()
+    assert torch.isfinite(got).all(), f"{what}: an output was not written"
+    step = want.abs() * 2.0**-7  # one bf16 step at most (8 significant bits)
+    slack = 1e-5 * ref.abs().max()
+    bad = (got - want).abs() > step + slack
+    assert not bad.any(), (
+        f"{what}: {int(bad.sum())} outputs off by more than one bf16 step, e.g. {got[bad][:4]} vs {want[bad][:4]}"
+    )
+
+
+def test_candidates_are_left_out_where_the_kernel_cannot_run():
+    """No GPU, nf4, fp16 rows or 32-code groups: the tuner never times `cuda_w4` there."""
+    tw = pack_weight(_weight(64, 256, 128, 0), "cpu")
+    assert not any(valid(c, tw, torch.bfloat16) for c in POOL)
+    with pytest.raises(ValueError, match="cuda_w4 runs sym_int4"):
+        run(torch.zeros(4, 256, dtype=torch.bfloat16), tw, replace(POOL[0], block_m=4))
+
+
+@gpu
+def test_matches_twin_over_random_shapes():
+    rng = random.SystemRandom()
+    seed0 = rng.randrange(2**31)
+    r = random.Random(seed0)
+    for trial in range(60):
+        n = r.choice([1, 15, 16, 17, 64, 100, 257, 640, 1000, 4096])
+        k = r.choice([128, 200, 256, 1030, 2048, 4096])
+        gs = r.choice([128, 256, 0])  # 0: one scale per row
+        m = r.randint(2, 64)
+        qw = _weight(n, k, gs, seed0 + trial)
+        tw = pack_weight(qw, DEVICE)
+        pool = [c for c in POOL if valid(replace(c, block_m=m), tw, torch.bfloat16)]
+        assert pool, f"no cuda_w4 tile takes {n}x{k} g{gs} m={m}"
+        cfg = replace(r.choice(pool), block_m=m)
+        x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed0 + trial + 1)).bfloat16()
+        out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device=DEVICE)
+        y = run(_prepare_x(x.to(DEVICE), tw), tw, cfg, out=out)
+        _check(y, x, qw, f"seed0={seed0} trial={trial} {n}x{k} g{gs} m={m} {cfg}")
+
+
+@gpu
+@pytest.mark.parametrize("m", [2, 8, 9, 16, 31, 64])
+def test_every_tile_of_the_pool(m):
+    """Each (tiles, warps, split) of the table on a ragged shape (N not a multiple of any tile, K padded)."""
+    qw = _weight(300, 1030, 128, m)
+    tw = pack_weight(qw, DEVICE)
+    x = torch.randn(m, 1030, generator=torch.Generator().manual_seed(m)).bfloat16()
+    xd = _prepare_x(x.to(DEVICE), tw)
+    ran = 0
+    for cfg in POOL:
+        cfg = replace(cfg, block_m=m)
+        if not valid(cfg, tw, torch.bfloat16):
+            continue
+        _check(run(xd, tw, cfg), x, qw, f"m={m} {cfg}")
+        ran += 1
+    assert ran >= 12
+
+
+@gpu
+def test_split_sums_are_deterministic_and_leave_the_counters_zero():
+    qw = _weight(4096, 4096, 128, 7)
+    tw = pack_weight(qw, DEVICE)
+    x = _prepare_x(torch.randn(16, 4096, device=DEVICE, dtype=torch.bfloat16), tw)
+    cfg = LaunchConfig("cuda_w4", 16, 128, 4, 8, 4, 1, tiles=2)
+    assert valid(cfg, tw, torch.bfloat16)
+    first = run(x, tw, cfg)
+    for _ in range(5):
+        assert torch.equal(run(x, tw, cfg), first)
+    torch.cuda.synchronize()
+    assert int(_tile_counters(DEVICE, 1).abs().sum()) == 0
+
+
+@gpu
+def test_the_tuner_times_it_for_sym_int4_only():
+    qw = _weight(512, 1024, 128, 3)
+    tw = pack_weight(qw, DEVICE)
+    assert any(c.path == "cuda_w4" for c in candidates("cuda", tw, 16, torch.bfloat16))
+    assert not any(c.path == "cuda_w4" for c in candidates("cuda", tw, 16, torch.float16))
+    assert not any(c.path == "cuda_w4" for c in candidates("cuda", tw, 128, torch.bfloat16))
+    nf4 = pack_weight(get_format("nf4").quantize(torch.randn(512, 1024), 128), DEVICE)
+    assert not any(c.path == "cuda_w4" for c in candidates("cuda", nf4, 16, torch.bfloat16))
+    g32 = pack_weight(_weight(512, 1024, 32, 4), DEVICE)
+    assert not any(c.path == "cuda_w4" for c in candidates("cuda", g32, 16, torch.bfloat16))
