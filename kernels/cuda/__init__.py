@@ -70,14 +70,20 @@ def _library(arch: str) -> ctypes.CDLL | None:
     if nvcc is None:
         _build_errors[arch] = "no nvcc found (install the CUDA toolkit or set CUDA_HOME)"
         return None
-    tag = hashlib.sha256(_SOURCE.read_bytes() + f"{nvcc}\0{arch}".encode()).hexdigest()[:16]
+    tag = hashlib.sha256(_SOURCE.read_bytes() + arch.encode()).hexdigest()[:16]
     path = runtime_settings().cache_dir() / "cuda" / f"w4_mma-sm{arch}-{tag}.so"
     try:
-        if not path.exists():
+        lib = None
+        if path.exists():
+            try:
+                lib = ctypes.CDLL(str(path))
+            except OSError as exc:  # built elsewhere (other system libraries): build it here
+                log.warning("xpullm: %s does not load here (%s); rebuilding it", path.name, exc)
+        if lib is None:
             path.parent.mkdir(parents=True, exist_ok=True)
             log.warning("xpullm: building the CUDA int4 kernels for sm_%s (once, about a minute)", arch)
             _compile(nvcc, arch, path)
-        lib = ctypes.CDLL(str(path))
+            lib = ctypes.CDLL(str(path))
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         _build_errors[arch] = f"building {_SOURCE.name} failed: {exc}"
         log.warning("xpullm: %s; the Triton kernels run instead", _build_errors[arch])
