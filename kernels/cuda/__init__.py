@@ -1,6 +1,6 @@
 """CUDA C++ kernels: built on first use by the machine's `nvcc` for the GPU it has, loaded with ctypes.
 
-`w4_mma.cu` multiplies sym_int4 weights in the Triton kernels' layout (no second copy) by 2-64 bf16 activation
+`w4_mma.cu` multiplies sym_int4 / asym_int4 weights in the Triton kernels' layout (no second copy) by 2-64 bf16 activation
 rows on tensor cores (`mma.sync`, sm_80+), each lane's weight loads landing directly in the operand fragments.
 The Triton launcher runs it as the `cuda_w4` path, which the tuner times beside its own tiles
 (`kernels/triton/configs.py`). Nothing here runs at import; without `nvcc`, a GPU older than sm_80, or with
@@ -90,7 +90,9 @@ def _library(arch: str) -> ctypes.CDLL | None:
         return None
     fn = lib.xpullm_w4_mma_launch
     fn.restype = ctypes.c_int
-    fn.argtypes = [_P, _I, _P, _I, _P, _I, ctypes.c_int, ctypes.c_int, _P, _P, _P] + [ctypes.c_int] * 5 + [_P]
+    fn.argtypes = (
+        [_P, _I, _P, _I, _P, _P, _I, ctypes.c_int, ctypes.c_int, _P, _P, _P] + [ctypes.c_int] * 5 + [_P]
+    )
     return lib
 
 
@@ -112,6 +114,7 @@ def w4_mma(
     x: torch.Tensor,
     words: torch.Tensor,
     scales: torch.Tensor,
+    zeros: torch.Tensor | None,
     chunks_per_group: int,
     out: torch.Tensor,
     partials: torch.Tensor | None,
@@ -120,9 +123,10 @@ def w4_mma(
     warps: int,
     split: int,
 ) -> torch.Tensor:
-    """out [M, N] (bf16) = x [M, KX] (bf16, KX = 8 * KW) @ W^T for sym_int4 words [N, KW] (KW a multiple of 16:
+    """out [M, N] (bf16) = x [M, KX] (bf16, KX = 8 * KW) @ W^T for 4-bit words [N, KW] (KW a multiple of 16:
     whole chunks of 128 codes) with `scales` [N, groups] (fp16 / fp32; a group = `chunks_per_group` chunks, 0 =
-    one per row). `split` > 1 sums K splits through `partials` (fp32 [split, M, N]) and `counters` (int32, one
+    one per row): sym_int4 (w = (q - 8) s) when `zeros` is None, else asym_int4 (w = q s + z, `zeros` shaped and
+    typed like `scales`). `split` > 1 sums K splits through `partials` (fp32 [split, M, N]) and `counters` (int32, one
     per output tile, zero; left zero)."""
     m, kx = x.shape
     n, kw = words.shape
@@ -141,17 +145,22 @@ def w4_mma(
         raise ValueError("w4_mma with split > 1 needs the partials workspace and the tile counters")
     if scales.dtype not in (torch.float16, torch.float32) or scales.stride(1) != 1:
         raise ValueError(f"w4_mma takes fp16 / fp32 scales with unit column stride, got {scales.dtype}")
+    if zeros is not None and (zeros.dtype != scales.dtype or zeros.stride() != scales.stride()):
+        raise ValueError("w4_mma takes zero points laid out like the scales (same dtype and strides)")
     arch = _arch(x.device)
     lib = _library(arch) if arch else None
     if lib is None:
         raise RuntimeError(f"the CUDA int4 kernel cannot run here: {build_error(x.device) or 'needs sm_80+'}")
     stream = torch.cuda.current_stream(x.device).cuda_stream
     code = lib.xpullm_w4_mma_launch(
-        x.data_ptr(), x.stride(0), words.data_ptr(), kw, scales.data_ptr(), scales.stride(0),
+        x.data_ptr(), x.stride(0), words.data_ptr(), kw, scales.data_ptr(),
+        zeros.data_ptr() if zeros is not None else None, scales.stride(0),
         int(scales.dtype == torch.float16), chunks_per_group, out.data_ptr(),
         partials.data_ptr() if partials is not None else None, counters.data_ptr() if counters is not None else None,
         m, n, tiles, warps, split, stream,
     )  # fmt: skip
     if code:
-        raise RuntimeError(f"w4_mma launch failed with CUDA error {code}")
+        raise RuntimeError(
+            f"w4_mma launch failed with CUDA error {code} (tiles={tiles}, warps={warps}, m={m})"
+        )
     return out

@@ -1,4 +1,4 @@
-// sym_int4 weights x bf16 activation rows (2..64) on tensor cores, reading the Triton kernels' weight layout
+// sym_int4 / asym_int4 weights x bf16 activation rows (2..64) on tensor cores, reading the Triton kernels' weight layout
 // (kernels/triton/layout.py) as it is: no second copy of the weight.
 //
 // The layout: per weight row, blocks of 4 int32 words hold 32 codes; word l holds code 4 * i + l of its block in
@@ -11,10 +11,12 @@
 // so any K order works as long as both operands use it: step s (0..7) of a chunk takes, from each lane's block,
 // word s / 2 and nibbles {p, p + 4, p + 1, p + 5} (p = 2 * (s % 2)). Nibbles (p, p + 4) of a word decode together
 // into one bf16x2 register: (w >> 4p) & 0x000F000F | 0x43004300 is (128 + q_p, 128 + q_(p+4)) in bf16, minus 136
-// gives the codes' values q - 8 exactly. The activations are staged in shared memory in that same order.
+// gives the codes' values q - 8 exactly (asym_int4: minus 128 gives q). The activations are staged in shared memory
+// in that same order.
 //
 // Scales: a chunk is 128 codes; a group is a whole number of chunks (group size 128, 256, ... or one per row). Each
 // chunk's dots go to a temporary accumulator that is scaled in fp32 and added: no bf16 rounding of scaled weights.
+// asym_int4 (w = q s + z) adds z times the chunk's activation sums, taken while staging.
 //
 // Split K: `split` programs share an output tile; each writes fp32 partials and the last to arrive (an atomic
 // counter per tile, reset by that last program) sums them in split order into the bf16 output.
@@ -28,13 +30,13 @@ namespace xpullm_w4 {
 constexpr int kChunk = 128;         // codes per chunk (4 blocks of 32)
 constexpr int kRowElems = 144;      // staged activation row: 128 bf16 + 16 pad (bank-conflict-free 8-byte reads)
 
-__device__ __forceinline__ uint32_t decode_pair(uint32_t w) {
+__device__ __forceinline__ uint32_t decode_pair(uint32_t w, uint32_t minus) {
   uint32_t v;
   // (w & 0x000F000F) | 0x43004300: lop3 with table 0xEA = (a & b) | c
   asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(v) : "r"(w), "r"(0x000F000Fu), "r"(0x43004300u));
-  // times 1 minus (136, 136), exact: bf16 0x3F80 = 1, 0xC308 = -136 (fma: sm_80; sub.bf16x2 needs sm_90)
+  // times 1 plus `minus` (a negative bf16x2), exact: bf16 0x3F80 = 1 (fma: sm_80; sub.bf16x2 needs sm_90)
   uint32_t out;
-  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(out) : "r"(v), "r"(0x3F803F80u), "r"(0xC308C308u));
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(out) : "r"(v), "r"(0x3F803F80u), "r"(minus));
   return out;
 }
 
@@ -67,11 +69,24 @@ __device__ __forceinline__ float load_scale(const void* scales, int64_t idx) {
   }
 }
 
-// Activation rows [rows, chunk c] -> shared memory in the mma's K order: element e of block t goes to
-// s * 16 + t * 4 + j, with (l, i) = (e % 4, e / 4), s = 2l + (i % 4) / 2, j = i / 4 + 2 (i % 2).
+struct Params {
+  const __nv_bfloat16* x;  // [m, ldx] activations, K padded to 8 * kw with zeros
+  int64_t ldx;
+  const int32_t* words;  // [n, kw]
+  int64_t kw;
+  const void* scales;  // [n, groups] fp16 or fp32
+  const void* zeros;   // [n, groups] like scales (asym_int4), else unused
+  int64_t ld_scales;
+  int chunks_per_group;  // 0: one group per row
+  __nv_bfloat16* out;    // [m, n]
+  float* partials;       // [split, m, n] when split > 1
+  int* counters;         // one per program column (blockIdx.x) when split > 1
+  int m, n, chunks_per_split, split;
+};
+
+// Activation rows [rows, chunk c] -> registers (16-byte vectors; rows past m read as zeros).
 template <int NT>
-__device__ __forceinline__ void stage_load(uint4 (&buf)[NT], const __nv_bfloat16* x,
-                                           int64_t ldx, int m, int64_t k0, int tid, int threads) {
+__device__ __forceinline__ void stage_load(uint4 (&buf)[NT], const Params& p, int64_t k0, int tid, int threads) {
   constexpr int kVecs = NT * 8 * 16;  // 16-byte vectors per chunk of NT*8 rows
 #pragma unroll
   for (int r = 0; r < NT; ++r) {
@@ -79,23 +94,39 @@ __device__ __forceinline__ void stage_load(uint4 (&buf)[NT], const __nv_bfloat16
     buf[r] = make_uint4(0, 0, 0, 0);
     if (v < kVecs) {
       const int row = v >> 4, q = v & 15;
-      if (row < m) buf[r] = *reinterpret_cast<const uint4*>(x + row * ldx + k0 + q * 8);
+      if (row < p.m) buf[r] = *reinterpret_cast<const uint4*>(p.x + row * p.ldx + k0 + q * 8);
     }
   }
 }
 
-template <int NT>
-__device__ __forceinline__ void stage_store(const uint4 (&buf)[NT],
-                                            __nv_bfloat16* sx, int tid, int threads) {
+__device__ __forceinline__ float bf16_at(const uint4& v, int u) {
+  const uint32_t w = u < 2 ? v.x : (u < 4 ? v.y : (u < 6 ? v.z : v.w));
+  return __uint_as_float((u & 1) ? (w & 0xFFFF0000u) : (w << 16));
+}
+
+// Registers -> shared memory in the mma's K order: element e of block t goes to s * 16 + t * 4 + j, with
+// (l, i) = (e % 4, e / 4), s = 2l + (i % 4) / 2, j = i / 4 + 2 (i % 2). With SUMS, each row's chunk sum (fp32)
+// goes to `sums[row]` (asym_int4's zero points multiply it).
+template <int NT, bool SUMS>
+__device__ __forceinline__ void stage_store(const uint4 (&buf)[NT], __nv_bfloat16* sx, float* sums, int tid,
+                                            int threads) {
   constexpr int kVecs = NT * 8 * 16;
 #pragma unroll
   for (int r = 0; r < NT; ++r) {
     const int v = tid + r * threads;
+    if constexpr (SUMS) {  // 16 consecutive vectors (lanes) hold one row; every lane takes part in the shuffles
+      float sum = 0.f;
+#pragma unroll
+      for (int u = 0; u < 8; ++u) sum += bf16_at(buf[r], u);
+#pragma unroll
+      for (int o = 8; o > 0; o >>= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
+      if (v < kVecs && (v & 15) == 0) sums[v >> 4] = sum;
+    }
     if (v < kVecs) {
       const int row = v >> 4, q = v & 15;
-      const int t = q >> 2;                 // block of the chunk
-      const int sodd = q & 1;               // (i % 4) / 2 for both planes i = 2 (q % 4), 2 (q % 4) + 1
-      const int jbase = (q & 3) >> 1;       // i / 4
+      const int t = q >> 2;            // block of the chunk
+      const int sodd = q & 1;          // (i % 4) / 2 for both planes i = 2 (q % 4), 2 (q % 4) + 1
+      const int jbase = (q & 3) >> 1;  // i / 4
       const uint32_t w[4] = {buf[r].x, buf[r].y, buf[r].z, buf[r].w};
       unsigned short* dst = reinterpret_cast<unsigned short*>(sx + row * kRowElems + t * 4);
 #pragma unroll
@@ -104,32 +135,32 @@ __device__ __forceinline__ void stage_store(const uint4 (&buf)[NT],
         const int l = u & 3;
         const int s = 2 * l + sodd;
         const int j = jbase + 2 * (u >> 2);
-        const unsigned short h = static_cast<unsigned short>((w[u >> 1] >> (16 * (u & 1))) & 0xFFFF);
-        dst[s * 16 + j] = h;
+        dst[s * 16 + j] = static_cast<unsigned short>((w[u >> 1] >> (16 * (u & 1))) & 0xFFFF);
       }
     }
   }
 }
 
-template <int TILES, int NT, bool HalfScales>
-__global__ void __launch_bounds__(256) w4_mma_kernel(const __nv_bfloat16* __restrict__ x, int64_t ldx,
-                                                     const int32_t* __restrict__ words, int64_t kw,
-                                                     const void* __restrict__ scales, int64_t ld_scales,
-                                                     int chunks_per_group, __nv_bfloat16* __restrict__ out,
-                                                     float* __restrict__ partials, int* __restrict__ counters,
-                                                     int m, int n, int chunks_per_split, int split) {
+// sym_int4: codes' values q - 8 (bf16 0xC308 = -136 after the 128 + q magic); asym_int4: q (0xC300 = -128).
+template <bool ASYM>
+__device__ __forceinline__ uint32_t decode(uint32_t w) {
+  return decode_pair(w, ASYM ? 0xC300C300u : 0xC308C308u);
+}
+
+template <int TILES, int NT, bool HalfScales, bool ASYM>
+__global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  __nv_bfloat16* sx = reinterpret_cast<__nv_bfloat16*>(smem_raw);
   constexpr int kStage = NT * 8 * kRowElems;  // bf16 elements per staged chunk
-  constexpr int kBuf = NT;  // 16-byte vectors of a staged chunk per thread (>= 128 threads)
+  __nv_bfloat16* sx = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  float* ssum = reinterpret_cast<float*>(smem_raw + 2 * kStage * sizeof(__nv_bfloat16));  // [2][NT * 8]
 
   const int tid = threadIdx.x, threads = blockDim.x;
   const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int warps = threads >> 5;
   const int row0 = blockIdx.x * warps * TILES * 16 + warp * TILES * 16;
-  const int n_chunks = static_cast<int>(kw / 16);
-  const int c_begin = blockIdx.y * chunks_per_split;
-  const int c_end = min(n_chunks, c_begin + chunks_per_split);
+  const int n_chunks = static_cast<int>(p.kw / 16);
+  const int c_begin = blockIdx.y * p.chunks_per_split;
+  const int c_end = min(n_chunks, c_begin + p.chunks_per_split);
 
   // Each lane's two rows per tile, clamped inside the weight (rows past N are computed, never written).
   const int32_t* wrow[TILES][2];
@@ -138,9 +169,9 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const __nv_bfloat16* __rest
   for (int T = 0; T < TILES; ++T) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int r = min(row0 + T * 16 + g + 8 * h, n - 1);
+      const int r = min(row0 + T * 16 + g + 8 * h, p.n - 1);
       srow[T][h] = r;
-      wrow[T][h] = words + r * kw + t * 4;
+      wrow[T][h] = p.words + r * p.kw + t * 4;
     }
   }
 
@@ -153,14 +184,14 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const __nv_bfloat16* __rest
       for (int e = 0; e < 4; ++e) acc[T][j][e] = 0.f;
 
   uint4 wcur[TILES][2], wnext[TILES][2];
-  uint4 xbuf[kBuf];
+  uint4 xbuf[NT];  // 16-byte vectors of a staged chunk per thread (>= 128 threads)
   if (c_begin < c_end) {
 #pragma unroll
     for (int T = 0; T < TILES; ++T)
 #pragma unroll
       for (int h = 0; h < 2; ++h) wcur[T][h] = load_words(wrow[T][h] + c_begin * 16);
-    stage_load<NT>(xbuf, x, ldx, m, static_cast<int64_t>(c_begin) * kChunk, tid, threads);
-    stage_store<NT>(xbuf, sx, tid, threads);
+    stage_load<NT>(xbuf, p, static_cast<int64_t>(c_begin) * kChunk, tid, threads);
+    stage_store<NT, ASYM>(xbuf, sx, ssum, tid, threads);
   }
   __syncthreads();
 
@@ -172,14 +203,17 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const __nv_bfloat16* __rest
       for (int T = 0; T < TILES; ++T)
 #pragma unroll
         for (int h = 0; h < 2; ++h) wnext[T][h] = load_words(wrow[T][h] + (c + 1) * 16);
-      stage_load<NT>(xbuf, x, ldx, m, static_cast<int64_t>(c + 1) * kChunk, tid, threads);
+      stage_load<NT>(xbuf, p, static_cast<int64_t>(c + 1) * kChunk, tid, threads);
     }
-    const int gi = chunks_per_group > 0 ? c / chunks_per_group : 0;
-    float sc[TILES][2];
+    const int gi = p.chunks_per_group > 0 ? c / p.chunks_per_group : 0;
+    float sc[TILES][2], zp[TILES][2];
 #pragma unroll
     for (int T = 0; T < TILES; ++T)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) sc[T][h] = load_scale<HalfScales>(scales, srow[T][h] * ld_scales + gi);
+      for (int h = 0; h < 2; ++h) {
+        sc[T][h] = load_scale<HalfScales>(p.scales, srow[T][h] * p.ld_scales + gi);
+        if constexpr (ASYM) zp[T][h] = load_scale<HalfScales>(p.zeros, srow[T][h] * p.ld_scales + gi);
+      }
 
     float part[TILES][NT][4];
 #pragma unroll
@@ -203,22 +237,35 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const __nv_bfloat16* __rest
 #pragma unroll
       for (int T = 0; T < TILES; ++T) {
         const uint32_t w0 = word_at(wcur[T][0], l) >> shift, w1 = word_at(wcur[T][1], l) >> shift;
-        const uint32_t a[4] = {decode_pair(w0), decode_pair(w1), decode_pair(w0 >> 4), decode_pair(w1 >> 4)};
+        const uint32_t a[4] = {decode<ASYM>(w0), decode<ASYM>(w1), decode<ASYM>(w0 >> 4), decode<ASYM>(w1 >> 4)};
 #pragma unroll
         for (int j = 0; j < NT; ++j) mma_bf16(part[T][j], a, b[j][0], b[j][1]);
       }
     }
+    // sum (q s + z) x = s sum q x + z sum x (asym); sym: s sum (q - 8) x
 #pragma unroll
-    for (int T = 0; T < TILES; ++T)
+    for (int j = 0; j < NT; ++j) {
+      float xs0 = 0.f, xs1 = 0.f;
+      if constexpr (ASYM) {
+        xs0 = ssum[buf * NT * 8 + j * 8 + 2 * t];
+        xs1 = ssum[buf * NT * 8 + j * 8 + 2 * t + 1];
+      }
 #pragma unroll
-      for (int j = 0; j < NT; ++j) {
+      for (int T = 0; T < TILES; ++T) {
         acc[T][j][0] += part[T][j][0] * sc[T][0];
         acc[T][j][1] += part[T][j][1] * sc[T][0];
         acc[T][j][2] += part[T][j][2] * sc[T][1];
         acc[T][j][3] += part[T][j][3] * sc[T][1];
+        if constexpr (ASYM) {
+          acc[T][j][0] += zp[T][0] * xs0;
+          acc[T][j][1] += zp[T][0] * xs1;
+          acc[T][j][2] += zp[T][1] * xs0;
+          acc[T][j][3] += zp[T][1] * xs1;
+        }
       }
+    }
     if (more) {
-      stage_store<NT>(xbuf, sx + (buf ^ 1) * kStage, tid, threads);
+      stage_store<NT, ASYM>(xbuf, sx + (buf ^ 1) * kStage, ssum + (buf ^ 1) * NT * 8, tid, threads);
 #pragma unroll
       for (int T = 0; T < TILES; ++T)
 #pragma unroll
@@ -229,7 +276,7 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const __nv_bfloat16* __rest
 
   // acc[T][j] = {(row g, col 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)}: rows are output features, columns
   // activation rows.
-  if (split == 1) {
+  if (p.split == 1) {
 #pragma unroll
     for (int T = 0; T < TILES; ++T)
 #pragma unroll
@@ -237,11 +284,11 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const __nv_bfloat16* __rest
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int r = row0 + T * 16 + g + 8 * (e >> 1), col = j * 8 + 2 * t + (e & 1);
-          if (r < n && col < m) out[static_cast<int64_t>(col) * n + r] = __float2bfloat16(acc[T][j][e]);
+          if (r < p.n && col < p.m) p.out[static_cast<int64_t>(col) * p.n + r] = __float2bfloat16(acc[T][j][e]);
         }
     return;
   }
-  const int64_t plane = static_cast<int64_t>(m) * n;
+  const int64_t plane = static_cast<int64_t>(p.m) * p.n;
 #pragma unroll
   for (int T = 0; T < TILES; ++T)
 #pragma unroll
@@ -249,15 +296,15 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const __nv_bfloat16* __rest
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = row0 + T * 16 + g + 8 * (e >> 1), col = j * 8 + 2 * t + (e & 1);
-        if (r < n && col < m) partials[blockIdx.y * plane + static_cast<int64_t>(col) * n + r] = acc[T][j][e];
+        if (r < p.n && col < p.m) p.partials[blockIdx.y * plane + static_cast<int64_t>(col) * p.n + r] = acc[T][j][e];
       }
   __threadfence();
   __syncthreads();
   __shared__ int last;
   if (tid == 0) {
-    const int arrived = atomicAdd(counters + blockIdx.x, 1);
-    last = arrived == split - 1;
-    if (last) counters[blockIdx.x] = 0;  // every other split has arrived: ready for the next call
+    const int arrived = atomicAdd(p.counters + blockIdx.x, 1);
+    last = arrived == p.split - 1;
+    if (last) p.counters[blockIdx.x] = 0;  // every other split has arrived: ready for the next call
   }
   __syncthreads();
   if (!last) return;
@@ -269,96 +316,69 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const __nv_bfloat16* __rest
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = row0 + T * 16 + g + 8 * (e >> 1), col = j * 8 + 2 * t + (e & 1);
-        if (r < n && col < m) {
-          const int64_t at = static_cast<int64_t>(col) * n + r;
+        if (r < p.n && col < p.m) {
+          const int64_t at = static_cast<int64_t>(col) * p.n + r;
           float sum = 0.f;
-          for (int sp = 0; sp < split; ++sp) sum += __ldcg(partials + sp * plane + at);
-          out[at] = __float2bfloat16(sum);
+          for (int sp = 0; sp < p.split; ++sp) sum += __ldcg(p.partials + sp * plane + at);
+          p.out[at] = __float2bfloat16(sum);
         }
       }
 }
 
 template <int TILES, int NT>
-void launch_scaled(bool half_scales, dim3 grid, int threads, size_t smem, cudaStream_t stream,
-                   const __nv_bfloat16* x, int64_t ldx, const int32_t* words, int64_t kw, const void* scales,
-                   int64_t ld_scales, int cpg, __nv_bfloat16* out, float* partials, int* counters, int m, int n,
-                   int cps, int split) {
+void launch_nt(const Params& p, bool half_scales, bool asym, dim3 grid, int threads, cudaStream_t stream) {
+  const size_t smem = 2 * (static_cast<size_t>(NT) * 8 * kRowElems * sizeof(__nv_bfloat16) + NT * 8 * sizeof(float));
   if (half_scales) {
-    w4_mma_kernel<TILES, NT, true><<<grid, threads, smem, stream>>>(x, ldx, words, kw, scales, ld_scales, cpg, out,
-                                                                   partials, counters, m, n, cps, split);
+    if (asym) w4_mma_kernel<TILES, NT, true, true><<<grid, threads, smem, stream>>>(p);
+    else w4_mma_kernel<TILES, NT, true, false><<<grid, threads, smem, stream>>>(p);
   } else {
-    w4_mma_kernel<TILES, NT, false><<<grid, threads, smem, stream>>>(x, ldx, words, kw, scales, ld_scales, cpg,
-                                                                    out, partials, counters, m, n, cps, split);
+    if (asym) w4_mma_kernel<TILES, NT, false, true><<<grid, threads, smem, stream>>>(p);
+    else w4_mma_kernel<TILES, NT, false, false><<<grid, threads, smem, stream>>>(p);
   }
 }
 
+// Tiles x column tiles <= 8 beyond two column tiles: the two fp32 accumulators stay in registers.
 template <int TILES>
-void launch_tiles(int nt, bool half_scales, dim3 grid, int threads, cudaStream_t stream, const __nv_bfloat16* x,
-                  int64_t ldx, const int32_t* words, int64_t kw, const void* scales, int64_t ld_scales, int cpg,
-                  __nv_bfloat16* out, float* partials, int* counters, int m, int n, int cps, int split) {
-  const size_t smem = static_cast<size_t>(2) * nt * 8 * kRowElems * sizeof(__nv_bfloat16);
-#define XPULLM_W4_NT(NTV)                                                                                       \
-  case NTV:                                                                                                     \
-    launch_scaled<TILES, NTV>(half_scales, grid, threads, smem, stream, x, ldx, words, kw, scales, ld_scales, \
-                              cpg, out, partials, counters, m, n, cps, split);                                 \
-    break;
-  switch (nt) {  // tiles x column tiles <= 8: the two fp32 accumulators stay in registers
-    XPULLM_W4_NT(1)
-    XPULLM_W4_NT(2)
+bool launch_tiles(const Params& p, int nt, bool half_scales, bool asym, dim3 grid, int threads, cudaStream_t stream) {
+  switch (nt) {
+    case 1: launch_nt<TILES, 1>(p, half_scales, asym, grid, threads, stream); return true;
+    case 2: launch_nt<TILES, 2>(p, half_scales, asym, grid, threads, stream); return true;
     case 4:
-      if constexpr (TILES <= 2) {
-        launch_scaled<TILES, 4>(half_scales, grid, threads, smem, stream, x, ldx, words, kw, scales, ld_scales, cpg,
-                                out, partials, counters, m, n, cps, split);
-      }
-      break;
+      if constexpr (TILES <= 2) { launch_nt<TILES, 4>(p, half_scales, asym, grid, threads, stream); return true; }
+      return false;
     case 8:
-      if constexpr (TILES == 1) {
-        launch_scaled<TILES, 8>(half_scales, grid, threads, smem, stream, x, ldx, words, kw, scales, ld_scales, cpg,
-                                out, partials, counters, m, n, cps, split);
-      }
-      break;
+      if constexpr (TILES == 1) { launch_nt<TILES, 8>(p, half_scales, asym, grid, threads, stream); return true; }
+      return false;
   }
-#undef XPULLM_W4_NT
+  return false;
 }
 
 }  // namespace xpullm_w4
 
 // Host entry: all checks are done by the Python caller (kernels/cuda/__init__.py), which passes raw pointers.
-// Returns 0, or a CUDA error code from the launch.
+// Returns 0, or a CUDA error code from the launch (cudaErrorInvalidValue for a tile it is not built for).
 extern "C" int xpullm_w4_mma_launch(const void* x, int64_t ldx, const void* words, int64_t kw, const void* scales,
-                                    int64_t ld_scales, int half_scales, int chunks_per_group, void* out,
-                                    void* partials, void* counters, int m, int n, int tiles, int warps, int split,
-                                    void* stream) {
+                                    const void* zeros, int64_t ld_scales, int half_scales, int chunks_per_group,
+                                    void* out, void* partials, void* counters, int m, int n, int tiles, int warps,
+                                    int split, void* stream) {
   using namespace xpullm_w4;
   const int nt = m <= 8 ? 1 : (m <= 16 ? 2 : (m <= 32 ? 4 : 8));
-  if (tiles * nt > 8 && nt > 2) return static_cast<int>(cudaErrorInvalidValue);
-  if (warps < 4 || warps > 8) return static_cast<int>(cudaErrorInvalidValue);
+  if (warps < 4 || warps > 8 || m < 1 || m > 64) return static_cast<int>(cudaErrorInvalidValue);
   const int n_chunks = static_cast<int>(kw / 16);
   const int cps = (n_chunks + split - 1) / split;
   const int used = (n_chunks + cps - 1) / cps;  // splits that get at least one chunk
+  Params p{static_cast<const __nv_bfloat16*>(x), ldx, static_cast<const int32_t*>(words), kw, scales, zeros,
+           ld_scales, chunks_per_group, static_cast<__nv_bfloat16*>(out), static_cast<float*>(partials),
+           static_cast<int*>(counters), m, n, cps, used};
   dim3 grid((n + warps * tiles * 16 - 1) / (warps * tiles * 16), used);
-  const int threads = warps * 32;
   auto s = static_cast<cudaStream_t>(stream);
-  auto xb = static_cast<const __nv_bfloat16*>(x);
-  auto w = static_cast<const int32_t*>(words);
-  auto o = static_cast<__nv_bfloat16*>(out);
-  auto p = static_cast<float*>(partials);
-  auto cnt = static_cast<int*>(counters);
+  const bool asym = zeros != nullptr;
+  bool ok = false;
   switch (tiles) {
-    case 1:
-      launch_tiles<1>(nt, half_scales, grid, threads, s, xb, ldx, w, kw, scales, ld_scales, chunks_per_group, o, p,
-                      cnt, m, n, cps, used);
-      break;
-    case 2:
-      launch_tiles<2>(nt, half_scales, grid, threads, s, xb, ldx, w, kw, scales, ld_scales, chunks_per_group, o, p,
-                      cnt, m, n, cps, used);
-      break;
-    case 4:
-      launch_tiles<4>(nt, half_scales, grid, threads, s, xb, ldx, w, kw, scales, ld_scales, chunks_per_group, o, p,
-                      cnt, m, n, cps, used);
-      break;
-    default:
-      return static_cast<int>(cudaErrorInvalidValue);
+    case 1: ok = launch_tiles<1>(p, nt, half_scales, asym, grid, warps * 32, s); break;
+    case 2: ok = launch_tiles<2>(p, nt, half_scales, asym, grid, warps * 32, s); break;
+    case 4: ok = launch_tiles<4>(p, nt, half_scales, asym, grid, warps * 32, s); break;
   }
+  if (!ok) return static_cast<int>(cudaErrorInvalidValue);
   return static_cast<int>(cudaGetLastError());
 }

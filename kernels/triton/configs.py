@@ -58,7 +58,7 @@ class LaunchConfig:
     `w8a8` = 8-bit weights x activation rows quantized to the same 8-bit type on the vendor GEMM (`w8a8.py`);
     `w8a8_t` = the same product in Triton tiles, the rows quantized per block (`w8a8_tile.py`; block_kb 4-word
     blocks of 16 bytes per K step: a whole number of activation blocks);
-    `cuda_w4` = sym_int4 x 2-64 bf16 rows in CUDA C++ (`kernels/cuda/w4_mma.cu`): block_n weight rows per program
+    `cuda_w4` = sym_int4 / asym_int4 x 2-64 bf16 rows in CUDA C++ (`kernels/cuda/w4_mma.cu`): block_n weight rows per program
     = 16 x tiles x num_warps, split_k K splits summed by the last to finish;
     `dequant` = decode to a dense weight, then the vendor GEMM."""
 
@@ -438,6 +438,7 @@ _CUDA_W4 = [
     for split in (1, 2, 4, 8, 16)
 ]
 CUDA_W4_MAX_M = 64  # rows the CUDA int4 kernel takes
+CUDA_W4_FORMATS = ("sym_int4", "asym_int4")
 
 CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
     "cuda": {
@@ -483,7 +484,7 @@ def path_summary() -> list[str]:
         f"w8a8_t   2-{MMA_MAX_M} rows     fp8_e4m3, sym_int8  8-bit weights x rows quantized per block (fp8: 128, "
         f"int8: 64), fp8 / int8 tensor cores, no decode; timed for: {', '.join(w8a8_tile_formats()) or 'none'} "
         "(XPULLM_TRITON_W8A8_T=off|fp8|all)",
-        f"cuda_w4  2-{CUDA_W4_MAX_M} rows      sym_int4 (g%128==0)  CUDA C++ (built by nvcc on first use): weight loads land in "
+        f"cuda_w4  2-{CUDA_W4_MAX_M} rows      sym/asym_int4 g128+  CUDA C++ (built by nvcc on first use): weight loads land in "
         "mma.sync operand fragments, fp32 group scales, K splits summed by the last program"
         f"{'' if runtime_settings().cuda_kernels else '; off (XPULLM_CUDA_KERNELS=0)'}",
         "dequant  prefill        every format        decode to the activation dtype, then cuBLAS",
@@ -505,9 +506,10 @@ def m_bucket(m: int) -> int:
 
 
 def cuda_w4_fits(tw, x_dtype: torch.dtype) -> bool:
-    """Whether the CUDA int4 kernel takes weight `tw` x `x_dtype` rows: sym_int4 whose groups are whole 128-code
-    chunks (or one per row), bf16 rows, on a CUDA device where the kernel builds (`kernels.cuda.available`)."""
-    if tw.format != "sym_int4" or x_dtype != torch.bfloat16 or tw.device.type != "cuda":
+    """Whether the CUDA int4 kernel takes weight `tw` x `x_dtype` rows: sym_int4 / asym_int4 whose groups are
+    whole 128-code chunks (or one per row), bf16 rows, on a CUDA device where the kernel builds
+    (`kernels.cuda.available`)."""
+    if tw.format not in CUDA_W4_FORMATS or x_dtype != torch.bfloat16 or tw.device.type != "cuda":
         return False
     if tw.group_words != SINGLE_GROUP_WORDS and tw.group_words % 16:
         return False

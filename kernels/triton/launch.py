@@ -490,12 +490,13 @@ def w8a8_t_launch(
 def _run_cuda_w4(
     x: torch.Tensor, tw: TritonWeight, cfg: LaunchConfig, out: torch.Tensor, workspace: torch.Tensor | None
 ) -> torch.Tensor:
-    """`kernels/cuda/w4_mma.cu` on this weight's words as they are (sym_int4, groups of whole 128-code chunks)."""
+    """`kernels/cuda/w4_mma.cu` on this weight's words as they are (sym / asym_int4, groups of whole 128-code
+    chunks)."""
     from xpullm.kernels import cuda
 
     if not cuda_w4_fits(tw, x.dtype):
         raise ValueError(
-            f"cuda_w4 runs sym_int4 (group a multiple of 128, or one per row) x bf16 rows on CUDA where the kernel "
+            f"cuda_w4 runs sym_int4 / asym_int4 (group a multiple of 128, or one per row) x bf16 rows on CUDA where the kernel "
             f"builds; got {tw.format} group {tw.group_size} x {x.dtype} ({cuda.build_error(tw.device) or 'ok'})"
         )
     split = min(cfg.split_k, tw.kw // 16)
@@ -507,7 +508,9 @@ def _run_cuda_w4(
             None,
         )  # no counter array (first call inside a graph capture): one pass, no partials
     cpg = 0 if tw.group_words == SINGLE_GROUP_WORDS else tw.group_words // 16
-    return cuda.w4_mma(x, tw.words, tw.scales, cpg, out, workspace, counters, cfg.tiles, cfg.num_warps, split)
+    return cuda.w4_mma(
+        x, tw.words, tw.scales, tw.zeros, cpg, out, workspace, counters, cfg.tiles, cfg.num_warps, split
+    )
 
 
 def _weight_operand(words: torch.Tensor, cfg: LaunchConfig, step: int, tw: TritonWeight) -> Any:

@@ -1,8 +1,8 @@
 """The CUDA C++ int4 kernel (`kernels/cuda/w4_mma.cu`, path `cuda_w4`) vs its reference twin.
 
 Twin: the weight dequantized in fp32 times the bf16 activations in fp64. The kernel multiplies the codes' exact
-values (q - 8, bf16) by the bf16 activations with fp32 accumulation and scales each 128-code chunk's dot in fp32,
-so before its one rounding to the bf16 output it differs from the twin only by fp32 summation order: every output
+values (q - 8 for sym_int4, q for asym_int4, in bf16) by the bf16 activations with fp32 accumulation, scales each
+128-code chunk's dot in fp32 (and adds the zero point times the chunk's activation sum), so before its one rounding to the bf16 output it differs from the twin only by fp32 summation order: every output
 is the twin's rounded to bf16 within one bf16 step (plus a hair for outputs that cancel to near zero).
 Runs where a CUDA GPU and `nvcc` are (the device runs; CI skips the GPU half). The checks that need no GPU run
 everywhere.
@@ -31,11 +31,11 @@ gpu = pytest.mark.skipif(
 POOL = CONFIG_TABLES["cuda"]["cuda_w4"]
 
 
-def _weight(n: int, k: int, gs: int, seed: int):
+def _weight(n: int, k: int, gs: int, seed: int, fmt: str = "sym_int4"):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(n, k, generator=g) * 0.05
     w[:, : max(1, k // 50)] *= 20  # a few outlier columns, as real checkpoints have
-    return get_format("sym_int4").quantize(w, gs)
+    return get_format(fmt).quantize(w, gs)
 
 
 def _check(y: torch.Tensor, x: torch.Tensor, qw, what: str) -> None:
@@ -52,7 +52,7 @@ def _check(y: torch.Tensor, x: torch.Tensor, qw, what: str) -> None:
 
 
 def test_candidates_are_left_out_where_the_kernel_cannot_run():
-    """No GPU, nf4, fp16 rows or 32-code groups: the tuner never times `cuda_w4` there."""
+    """No GPU (here: a CPU weight): the tuner never times `cuda_w4`, and running it says what it needs."""
     tw = pack_weight(_weight(64, 256, 128, 0), "cpu")
     assert not any(valid(c, tw, torch.bfloat16) for c in POOL)
     with pytest.raises(ValueError, match="cuda_w4 runs sym_int4"):
@@ -69,22 +69,24 @@ def test_matches_twin_over_random_shapes():
         k = r.choice([128, 200, 256, 1030, 2048, 4096])
         gs = r.choice([128, 256, 0])  # 0: one scale per row
         m = r.randint(2, 64)
-        qw = _weight(n, k, gs, seed0 + trial)
+        fmt = r.choice(["sym_int4", "asym_int4"])
+        qw = _weight(n, k, gs, seed0 + trial, fmt)
         tw = pack_weight(qw, DEVICE)
         pool = [c for c in POOL if valid(replace(c, block_m=m), tw, torch.bfloat16)]
-        assert pool, f"no cuda_w4 tile takes {n}x{k} g{gs} m={m}"
+        assert pool, f"no cuda_w4 tile takes {fmt} {n}x{k} g{gs} m={m}"
         cfg = replace(r.choice(pool), block_m=m)
         x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed0 + trial + 1)).bfloat16()
         out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device=DEVICE)
         y = run(_prepare_x(x.to(DEVICE), tw), tw, cfg, out=out)
-        _check(y, x, qw, f"seed0={seed0} trial={trial} {n}x{k} g{gs} m={m} {cfg}")
+        _check(y, x, qw, f"seed0={seed0} trial={trial} {fmt} {n}x{k} g{gs} m={m} {cfg}")
 
 
 @gpu
+@pytest.mark.parametrize("fmt", ["sym_int4", "asym_int4"])
 @pytest.mark.parametrize("m", [2, 8, 9, 16, 31, 64])
-def test_every_tile_of_the_pool(m):
+def test_every_tile_of_the_pool(m, fmt):
     """Each (tiles, warps, split) of the table on a ragged shape (N not a multiple of any tile, K padded)."""
-    qw = _weight(300, 1030, 128, m)
+    qw = _weight(300, 1030, 128, m, fmt)
     tw = pack_weight(qw, DEVICE)
     x = torch.randn(m, 1030, generator=torch.Generator().manual_seed(m)).bfloat16()
     xd = _prepare_x(x.to(DEVICE), tw)
@@ -93,7 +95,7 @@ def test_every_tile_of_the_pool(m):
         cfg = replace(cfg, block_m=m)
         if not valid(cfg, tw, torch.bfloat16):
             continue
-        _check(run(xd, tw, cfg), x, qw, f"m={m} {cfg}")
+        _check(run(xd, tw, cfg), x, qw, f"{fmt} m={m} {cfg}")
         ran += 1
     assert ran >= 12
 
@@ -113,12 +115,14 @@ def test_split_sums_are_deterministic_and_leave_the_counters_zero():
 
 
 @gpu
-def test_the_tuner_times_it_for_sym_int4_only():
+def test_the_tuner_times_it_for_the_integer_4_bit_formats_only():
     qw = _weight(512, 1024, 128, 3)
     tw = pack_weight(qw, DEVICE)
     assert any(c.path == "cuda_w4" for c in candidates("cuda", tw, 16, torch.bfloat16))
     assert not any(c.path == "cuda_w4" for c in candidates("cuda", tw, 16, torch.float16))
     assert not any(c.path == "cuda_w4" for c in candidates("cuda", tw, 128, torch.bfloat16))
+    asym = pack_weight(_weight(512, 1024, 256, 5, "asym_int4"), DEVICE)
+    assert any(c.path == "cuda_w4" for c in candidates("cuda", asym, 8, torch.bfloat16))
     nf4 = pack_weight(get_format("nf4").quantize(torch.randn(512, 1024), 128), DEVICE)
     assert not any(c.path == "cuda_w4" for c in candidates("cuda", nf4, 16, torch.bfloat16))
     g32 = pack_weight(_weight(512, 1024, 32, 4), DEVICE)
