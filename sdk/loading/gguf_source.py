@@ -17,6 +17,7 @@ import torch
 
 from xpullm.errors import CorruptCheckpoint, UnsupportedArchitecture
 from xpullm.formats import QuantizedWeight, pack_nibbles
+from xpullm.loading import gguf_meta
 
 __all__ = ["EXACT_FORMATS", "GGUF_FAMILIES", "GGUFFamily", "GGUFSource"]
 
@@ -78,11 +79,9 @@ class GGUFSource:
     """A GGUF file as a stream of (transformers tensor name, float tensor or QuantizedWeight)."""
 
     def __init__(self, path: str | Path) -> None:
-        from gguf import GGUFReader
-
         self.path = Path(path)
         try:
-            self.reader = GGUFReader(str(self.path))
+            self.reader = gguf_meta.reader(self.path)
         except Exception as exc:  # the reader raises ValueError / struct.error / IndexError on bad bytes
             raise CorruptCheckpoint(
                 f"cannot read GGUF file {self.path}: {exc}. The file is truncated or not GGUF; download it again."

@@ -9,6 +9,7 @@ from typing import Any
 
 from xpullm.errors import ModelNotFound, UnsupportedArchitecture
 from xpullm.hub import download, is_hub_id
+from xpullm.loading import gguf_meta
 from xpullm.loading.sources import LOWBIT_MANIFEST
 
 __all__ = ["ModelSource", "load_tokenizer", "read_config", "resolve_source"]
@@ -65,7 +66,17 @@ def load_tokenizer(source: ModelSource | str | os.PathLike) -> Any:
 
     src = source if isinstance(source, ModelSource) else resolve_source(source)
     if src.kind == "gguf":
-        return transformers.AutoTokenizer.from_pretrained(src.folder, gguf_file=src.gguf_file)
+
+        def from_cache(folder: str) -> Any:
+            tok = transformers.AutoTokenizer.from_pretrained(folder)
+            tok.name_or_path = str(src.folder)
+            return tok
+
+        return gguf_meta.cached(
+            src.folder / str(src.gguf_file), "tokenizer",
+            lambda: transformers.AutoTokenizer.from_pretrained(src.folder, gguf_file=src.gguf_file),
+            lambda tok, folder: tok.save_pretrained(folder), from_cache,
+        )  # fmt: skip
     return transformers.AutoTokenizer.from_pretrained(src.folder)
 
 
@@ -75,7 +86,17 @@ def read_config(src: ModelSource) -> Any:
 
     try:
         if src.kind == "gguf":
-            return transformers.AutoConfig.from_pretrained(src.folder, gguf_file=src.gguf_file)
+
+            def from_cache(folder: str) -> Any:
+                config = transformers.AutoConfig.from_pretrained(folder)
+                config._name_or_path = str(src.folder)
+                return config
+
+            return gguf_meta.cached(
+                src.folder / str(src.gguf_file), "config",
+                lambda: transformers.AutoConfig.from_pretrained(src.folder, gguf_file=src.gguf_file),
+                lambda config, folder: config.save_pretrained(folder), from_cache,
+            )  # fmt: skip
         return transformers.AutoConfig.from_pretrained(src.folder)
     except (ValueError, KeyError) as exc:
         raise UnsupportedArchitecture(f"cannot read the model config in {src.folder}: {exc}") from exc
