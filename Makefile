@@ -4,6 +4,10 @@
 # recipe and the processes they start): our top-level `kernels/` folder would otherwise shadow the PyPI package
 # `kernels` that transformers imports. `python -P` does the same for a Python typed by hand in the checkout.
 export PYTHONSAFEPATH := 1
+# Python caches compiled bytecode next to the sources (.venv, and the ignored __pycache__ folders here): a shell
+# that sets PYTHONDONTWRITEBYTECODE would make every process of the suite recompile transformers & co. on import
+# (~4 s each on 2 vCPUs, and the suite starts dozens of them).
+unexport PYTHONDONTWRITEBYTECODE
 
 VENV := .venv
 PY := $(VENV)/bin/python -P
