@@ -60,6 +60,16 @@ __device__ __forceinline__ uint32_t word_at(const uint4& v, int l) {
   return l == 0 ? v.x : (l == 1 ? v.y : (l == 2 ? v.z : v.w));
 }
 
+template <int TILES, int NT>
+__device__ __forceinline__ void zero(float (&a)[TILES][NT][4]) {
+#pragma unroll
+  for (int T = 0; T < TILES; ++T)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) a[T][j][e] = 0.f;
+}
+
 template <bool HalfScales>
 __device__ __forceinline__ float load_scale(const void* scales, int64_t idx) {
   if constexpr (HalfScales) {
@@ -147,6 +157,23 @@ __device__ __forceinline__ uint32_t decode(uint32_t w) {
   return decode_pair(w, ASYM ? 0xC300C300u : 0xC308C308u);
 }
 
+// f(value, index in the [m, n] output) for each accumulator element that lies inside the output:
+// acc[T][j] = {(row g, col 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)} of tile T, column tile j (rows are
+// output features, columns activation rows).
+template <int TILES, int NT, typename F>
+__device__ __forceinline__ void each_output(const float (&acc)[TILES][NT][4], const Params& p, int row0, int g, int t,
+                                            F f) {
+#pragma unroll
+  for (int T = 0; T < TILES; ++T)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = row0 + T * 16 + g + 8 * (e >> 1), col = j * 8 + 2 * t + (e & 1);
+        if (r < p.n && col < p.m) f(acc[T][j][e], static_cast<int64_t>(col) * p.n + r);
+      }
+}
+
 template <int TILES, int NT, bool HalfScales, bool ASYM>
 __global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -176,12 +203,7 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
   }
 
   float acc[TILES][NT][4];
-#pragma unroll
-  for (int T = 0; T < TILES; ++T)
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[T][j][e] = 0.f;
+  zero(acc);
 
   uint4 wcur[TILES][2], wnext[TILES][2];
   uint4 xbuf[NT];  // 16-byte vectors of a staged chunk per thread (>= 128 threads)
@@ -216,12 +238,7 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
       }
 
     float part[TILES][NT][4];
-#pragma unroll
-    for (int T = 0; T < TILES; ++T)
-#pragma unroll
-      for (int j = 0; j < NT; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) part[T][j][e] = 0.f;
+    zero(part);
 
     const __nv_bfloat16* sxc = sx + buf * kStage;
 #pragma unroll
@@ -274,30 +291,12 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
     __syncthreads();
   }
 
-  // acc[T][j] = {(row g, col 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)}: rows are output features, columns
-  // activation rows.
   if (p.split == 1) {
-#pragma unroll
-    for (int T = 0; T < TILES; ++T)
-#pragma unroll
-      for (int j = 0; j < NT; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = row0 + T * 16 + g + 8 * (e >> 1), col = j * 8 + 2 * t + (e & 1);
-          if (r < p.n && col < p.m) p.out[static_cast<int64_t>(col) * p.n + r] = __float2bfloat16(acc[T][j][e]);
-        }
+    each_output(acc, p, row0, g, t, [&](float v, int64_t at) { p.out[at] = __float2bfloat16(v); });
     return;
   }
   const int64_t plane = static_cast<int64_t>(p.m) * p.n;
-#pragma unroll
-  for (int T = 0; T < TILES; ++T)
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = row0 + T * 16 + g + 8 * (e >> 1), col = j * 8 + 2 * t + (e & 1);
-        if (r < p.n && col < p.m) p.partials[blockIdx.y * plane + static_cast<int64_t>(col) * p.n + r] = acc[T][j][e];
-      }
+  each_output(acc, p, row0, g, t, [&](float v, int64_t at) { p.partials[blockIdx.y * plane + at] = v; });
   __threadfence();
   __syncthreads();
   __shared__ int last;
@@ -309,20 +308,11 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
   __syncthreads();
   if (!last) return;
   __threadfence();
-#pragma unroll
-  for (int T = 0; T < TILES; ++T)
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = row0 + T * 16 + g + 8 * (e >> 1), col = j * 8 + 2 * t + (e & 1);
-        if (r < p.n && col < p.m) {
-          const int64_t at = static_cast<int64_t>(col) * p.n + r;
-          float sum = 0.f;
-          for (int sp = 0; sp < p.split; ++sp) sum += __ldcg(p.partials + sp * plane + at);
-          p.out[at] = __float2bfloat16(sum);
-        }
-      }
+  each_output(acc, p, row0, g, t, [&](float, int64_t at) {
+    float sum = 0.f;
+    for (int sp = 0; sp < p.split; ++sp) sum += __ldcg(p.partials + sp * plane + at);
+    p.out[at] = __float2bfloat16(sum);
+  });
 }
 
 template <int TILES, int NT>

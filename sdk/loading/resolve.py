@@ -60,23 +60,29 @@ def resolve_source(path: str | os.PathLike, gguf_file: str | None = None) -> Mod
     raise ModelNotFound(f"model path {text!r} does not exist (and is not a hub id like 'org/name')")
 
 
+def _from_gguf(src: ModelSource, what: str, auto: Any, name_attr: str) -> Any:
+    """The config / tokenizer (`auto` class) of a GGUF source, parsed once and then read from the cache
+    (`gguf_meta.cached`); `name_attr` keeps naming the model's folder, not the cache's."""
+
+    def from_cache(folder: str) -> Any:
+        obj = auto.from_pretrained(folder)
+        setattr(obj, name_attr, str(src.folder))
+        return obj
+
+    return gguf_meta.cached(
+        src.folder / str(src.gguf_file), what,
+        lambda: auto.from_pretrained(src.folder, gguf_file=src.gguf_file),
+        lambda obj, folder: obj.save_pretrained(folder), from_cache,
+    )  # fmt: skip
+
+
 def load_tokenizer(source: ModelSource | str | os.PathLike) -> Any:
     """The tokenizer stored with a model (transformers folder, low-bit folder or GGUF)."""
     import transformers
 
     src = source if isinstance(source, ModelSource) else resolve_source(source)
     if src.kind == "gguf":
-
-        def from_cache(folder: str) -> Any:
-            tok = transformers.AutoTokenizer.from_pretrained(folder)
-            tok.name_or_path = str(src.folder)
-            return tok
-
-        return gguf_meta.cached(
-            src.folder / str(src.gguf_file), "tokenizer",
-            lambda: transformers.AutoTokenizer.from_pretrained(src.folder, gguf_file=src.gguf_file),
-            lambda tok, folder: tok.save_pretrained(folder), from_cache,
-        )  # fmt: skip
+        return _from_gguf(src, "tokenizer", transformers.AutoTokenizer, "name_or_path")
     return transformers.AutoTokenizer.from_pretrained(src.folder)
 
 
@@ -86,17 +92,7 @@ def read_config(src: ModelSource) -> Any:
 
     try:
         if src.kind == "gguf":
-
-            def from_cache(folder: str) -> Any:
-                config = transformers.AutoConfig.from_pretrained(folder)
-                config._name_or_path = str(src.folder)
-                return config
-
-            return gguf_meta.cached(
-                src.folder / str(src.gguf_file), "config",
-                lambda: transformers.AutoConfig.from_pretrained(src.folder, gguf_file=src.gguf_file),
-                lambda config, folder: config.save_pretrained(folder), from_cache,
-            )  # fmt: skip
+            return _from_gguf(src, "config", transformers.AutoConfig, "_name_or_path")
         return transformers.AutoConfig.from_pretrained(src.folder)
     except (ValueError, KeyError) as exc:
         raise UnsupportedArchitecture(f"cannot read the model config in {src.folder}: {exc}") from exc
