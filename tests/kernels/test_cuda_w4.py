@@ -18,8 +18,8 @@ import torch
 
 from xpullm.formats import get_format
 from xpullm.kernels import cuda
-from xpullm.kernels.triton import LaunchConfig, pack_weight, run
-from xpullm.kernels.triton.configs import CONFIG_TABLES, candidates, valid
+from xpullm.kernels.triton import LaunchConfig, launch, pack_weight, run
+from xpullm.kernels.triton.configs import CONFIG_TABLES, candidates, switched_on, valid
 from xpullm.kernels.triton.launch import _prepare_x, _tile_counters
 
 HAS_CUDA = torch.cuda.is_available()
@@ -55,6 +55,7 @@ def test_candidates_are_left_out_where_the_kernel_cannot_run():
     """No GPU (here: a CPU weight): the tuner never times `cuda_w4`, and running it says what it needs."""
     tw = pack_weight(_weight(64, 256, 128, 0), "cpu")
     assert not any(valid(c, tw, torch.bfloat16) for c in POOL)
+    assert not any(switched_on(c, tw) for c in POOL)  # a tuned record of the path is passed over here
     with pytest.raises(ValueError, match="cuda_w4 runs sym_int4"):
         run(torch.zeros(4, 256, dtype=torch.bfloat16), tw, replace(POOL[0], block_m=4))
 
@@ -127,3 +128,15 @@ def test_the_tuner_times_it_for_the_integer_4_bit_formats_only():
     assert not any(c.path == "cuda_w4" for c in candidates("cuda", nf4, 16, torch.bfloat16))
     g32 = pack_weight(_weight(512, 1024, 32, 4), DEVICE)
     assert not any(c.path == "cuda_w4" for c in candidates("cuda", g32, 16, torch.bfloat16))
+
+
+@gpu
+def test_a_record_of_the_path_is_passed_over_when_the_kernels_are_switched_off(monkeypatch):
+    tw = pack_weight(_weight(256, 512, 128, 9), DEVICE)
+    cfg = LaunchConfig("cuda_w4", 16, 128, 4, 2, 4, 1, tiles=2)
+    launch.select_config(tw, 16, torch.bfloat16)  # the packaged tables are loaded before the record is set
+    monkeypatch.setitem(launch._tuned, launch._key(tw, 16, torch.bfloat16), cfg)
+    monkeypatch.setenv("XPULLM_TRITON_AUTOTUNE", "0")
+    assert launch.select_config(tw, 16, torch.bfloat16) == cfg
+    monkeypatch.setenv("XPULLM_CUDA_KERNELS", "0")
+    assert launch.select_config(tw, 16, torch.bfloat16).path != "cuda_w4"
