@@ -3,8 +3,10 @@
 `w4_mma.cu` multiplies sym_int4 / asym_int4 weights in the Triton kernels' layout (no second copy) by 2-64 bf16 activation
 rows on tensor cores (`mma.sync`, sm_80+), each lane's weight loads landing directly in the operand fragments.
 The Triton launcher runs it as the `cuda_w4` path, which the tuner times beside its own tiles
-(`kernels/triton/configs.py`). Nothing here runs at import; without `nvcc`, a GPU older than sm_80, or with
-`XPULLM_CUDA_KERNELS=0`, `available` is False and those candidates are left out.
+(`kernels/triton/configs.py`). Nothing here runs at import. `available` is False - and those candidates are left
+out - without `nvcc`, on a GPU older than sm_80, and unless `XPULLM_CUDA_KERNELS=1`: the kernel is opt-in until its
+twin tests have run on a GPU (written and built for sm_90 with nvcc 13.0, its index maps checked by emulation on
+a CPU, but no GPU was lent to run it yet).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from xpullm.settings import runtime_settings
 
-__all__ = ["W4_MAX_ROWS", "W4_ROW_TILES", "available", "build_error", "w4_mma"]
+__all__ = ["W4_MAX_ROWS", "W4_ROW_TILES", "available", "build_error", "loadable", "w4_mma"]
 
 log = logging.getLogger("xpullm.kernels.cuda")
 
@@ -96,12 +98,17 @@ def _library(arch: str) -> ctypes.CDLL | None:
     return lib
 
 
-def available(device: torch.device) -> bool:
-    """Whether the CUDA kernels can run on `device` (builds them on the first call for its architecture)."""
-    if device.type != "cuda" or not runtime_settings().cuda_kernels:
+def loadable(device: torch.device) -> bool:
+    """Whether the CUDA kernels build and load for `device` (builds them on the first call for its architecture)."""
+    if device.type != "cuda":
         return False
     arch = _arch(device)
     return arch is not None and _library(arch) is not None
+
+
+def available(device: torch.device) -> bool:
+    """Whether the tuner may use the CUDA kernels on `device`: switched on (`XPULLM_CUDA_KERNELS=1`) and loadable."""
+    return runtime_settings().cuda_kernels and loadable(device)
 
 
 def build_error(device: torch.device) -> str | None:

@@ -486,7 +486,7 @@ def path_summary() -> list[str]:
         "(XPULLM_TRITON_W8A8_T=off|fp8|all)",
         f"cuda_w4  2-{CUDA_W4_MAX_M} rows      sym/asym_int4 g128+  CUDA C++ (built by nvcc on first use): weight loads land in "
         "mma.sync operand fragments, fp32 group scales, K splits summed by the last program"
-        f"{'' if runtime_settings().cuda_kernels else '; off (XPULLM_CUDA_KERNELS=0)'}",
+        f"{'' if runtime_settings().cuda_kernels else '; off until run on a GPU (XPULLM_CUDA_KERNELS=1 times it)'}",
         "dequant  prefill        every format        decode to the activation dtype, then cuBLAS",
     ]
 
