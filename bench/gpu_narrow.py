@@ -46,11 +46,9 @@ def deep_pool() -> list:
     return pair_tiles(shapes, splits=(1, 2, 4, 8), stages=(3, 4, 5, 6))
 
 
-POOLS = (
-    "narrow",
-    "deep",
-    "cuda",
-)  # the 4-bit candidates: configs.NARROW_MMA_T, `deep_pool`, or the CUDA C++ tiles
+# The 4-bit candidates: configs.NARROW_MMA_T, `deep_pool`, or the CUDA C++ tiles (`cuda_w4`: run with
+# XPULLM_CUDA_KERNELS=1, else none of them is valid).
+POOLS = ("narrow", "deep", "cuda")
 
 
 def candidates(tw, m: int, pool_name: str = "narrow") -> list:
