@@ -5,8 +5,8 @@ rows on tensor cores (`mma.sync`, sm_80+), each lane's weight loads landing dire
 The Triton launcher runs it as the `cuda_w4` path, which the tuner times beside its own tiles
 (`kernels/triton/configs.py`). Nothing here runs at import. `available` is False - and those candidates are left
 out - without `nvcc`, on a GPU older than sm_80, and unless `XPULLM_CUDA_KERNELS=1`: the kernel is opt-in until its
-twin tests have run on a GPU (written and built for sm_90 with nvcc 13.0, its index maps checked by emulation on
-a CPU, but no GPU was lent to run it yet).
+twin tests have run on a GPU (written and built for sm_90 with nvcc 13.0, its index maps checked against the layout
+by a CPU model of it, but no GPU was lent to run it yet).
 """
 
 from __future__ import annotations

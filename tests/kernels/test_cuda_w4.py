@@ -73,7 +73,7 @@ def test_matches_twin_over_random_shapes():
     for trial in range(60):
         n = r.choice([1, 15, 16, 17, 64, 100, 257, 640, 1000, 4096])
         k = r.choice([128, 200, 256, 1030, 2048, 4096])
-        gs = r.choice([128, 256, 0])  # 0: one scale per row
+        gs = r.choice([128, 256])
         m = r.randint(2, 64)
         fmt = r.choice(["sym_int4", "asym_int4"])
         qw = _weight(n, k, gs, seed0 + trial, fmt)
@@ -145,3 +145,47 @@ def test_a_record_of_the_path_is_passed_over_when_the_kernels_are_switched_off(m
     assert launch.select_config(tw, 16, torch.bfloat16) == cfg
     monkeypatch.setenv("XPULLM_CUDA_KERNELS", "0")
     assert launch.select_config(tw, 16, torch.bfloat16).path != "cuda_w4"
+
+
+def _kernel_model(x: torch.Tensor, tw) -> torch.Tensor:
+    """w4_mma.cu's arithmetic, written out in PyTorch with its index maps: which nibble of which word each lane
+    puts in each mma K slot, where `stage_store` puts each activation, the per-chunk scale (and zero-point) step.
+    Lets a machine without a GPU check the kernel's K order against the layout `pack_weight` writes."""
+    m = x.shape[0]
+    words = tw.words.long() & 0xFFFFFFFF
+    asym = tw.zeros is not None
+    e = torch.arange(128)
+    q, u = e // 8, e % 8
+    pos = (2 * (u & 3) + (q & 1)) * 16 + (q >> 2) * 4 + ((q & 3) >> 1) + 2 * (u >> 2)  # stage_store
+    assert sorted(pos.tolist()) == list(range(128))
+    out = torch.zeros(m, tw.n, dtype=torch.float64)
+    for c in range(tw.kw // 16):
+        chunk = x[:, c * 128 : (c + 1) * 128].double()
+        staged = torch.empty_like(chunk)
+        staged[:, pos] = chunk
+        part = torch.zeros(m, tw.n, dtype=torch.float64)
+        for s in range(8):
+            for t in range(4):
+                w = words[:, c * 16 + 4 * t + s // 2] >> (8 * (s % 2))
+                # slots (2t, 2t+1, 2t+8, 2t+9): nibbles p, p+4 (a0 / a1) and p+1, p+5 (a2 / a3) of the shifted word
+                a = torch.stack([w & 0xF, (w >> 16) & 0xF, (w >> 4) & 0xF, (w >> 20) & 0xF], 1).double()
+                a = a if asym else a - 8
+                b = staged[:, s * 16 + t * 4 : s * 16 + t * 4 + 4]  # b0 = (j0, j1), b1 = (j2, j3)
+                part += b @ a.T
+        gi = 0 if tw.group_words >= 1 << 30 else c // (tw.group_words // 16)
+        out += part * tw.scales[:, gi].double()
+        if asym:
+            out += chunk.sum(1, keepdim=True) * tw.zeros[:, gi].double()
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["sym_int4", "asym_int4"])
+@pytest.mark.parametrize(("n", "k", "gs"), [(24, 256, 128), (9, 1030, 256), (16, 1536, 256)])
+def test_the_kernels_k_order_matches_the_layout(fmt, n, k, gs):
+    """No GPU needed: the kernel's index maps (`_kernel_model`) on `pack_weight`'s words give the twin's product."""
+    qw = _weight(n, k, gs, n + k, fmt)
+    tw = pack_weight(qw, "cpu")
+    x = torch.randn(5, k, generator=torch.Generator().manual_seed(k)).bfloat16()
+    got = _kernel_model(_prepare_x(x, tw), tw)
+    ref = x.double() @ qw.dequantize(torch.float32).double().T
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9 * ref.abs().max().item())
