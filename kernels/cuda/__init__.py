@@ -49,7 +49,13 @@ def _nvcc() -> str | None:
 
 
 def _arch(device: torch.device) -> str | None:
-    major, minor = torch.cuda.get_device_capability(device)
+    """sm_XY's "XY" for `device`, None below sm_80 (no bf16 `mma.sync`)."""
+    return _arch_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _arch_of(index: int) -> str | None:
+    major, minor = torch.cuda.get_device_capability(index)
     return f"{major}{minor}" if major >= 8 else None
 
 

@@ -58,8 +58,8 @@ class LaunchConfig:
     `w8a8` = 8-bit weights x activation rows quantized to the same 8-bit type on the vendor GEMM (`w8a8.py`);
     `w8a8_t` = the same product in Triton tiles, the rows quantized per block (`w8a8_tile.py`; block_kb 4-word
     blocks of 16 bytes per K step: a whole number of activation blocks);
-    `cuda_w4` = sym_int4 / asym_int4 x 2-64 bf16 rows in CUDA C++ (`kernels/cuda/w4_mma.cu`): block_n weight rows per program
-    = 16 x tiles x num_warps, split_k K splits summed by the last to finish;
+    `cuda_w4` = sym_int4 / asym_int4 x 2-64 bf16 rows in CUDA C++ (`kernels/cuda/w4_mma.cu`): block_n weight
+    rows per program = 16 x tiles x num_warps, split_k K splits summed by the last to finish;
     `dequant` = decode to a dense weight, then the vendor GEMM."""
 
     path: Path
@@ -525,9 +525,8 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
     if cfg.path == "cuda_w4":
         from xpullm.kernels.cuda import W4_ROW_TILES
 
-        column_tiles = -(
-            -cfg.block_m // 8
-        )  # 8 activation rows per mma; the kernel pads to 1, 2, 4 or 8 tiles
+        # 8 activation rows per mma column tile; the kernel pads to 1, 2, 4 or 8 of them
+        column_tiles = -(-cfg.block_m // 8)
         return (
             2 <= cfg.block_m <= CUDA_W4_MAX_M
             and cfg.tiles in W4_ROW_TILES
@@ -721,9 +720,7 @@ def switched_on(cfg: LaunchConfig, tw) -> bool:
     `tw`: what it times, what a sweep may record as a winner, and which tuned records `select_config` uses. It
     runs on every `select_config` call: a config no switch governs returns without reading the environment, the
     others read it once."""
-    if (
-        cfg.path == "cuda_w4"
-    ):  # a record of it runs only where the kernel builds (else the table's next choice)
+    if cfg.path == "cuda_w4":  # a record of it runs only where the kernel may run (else the next choice)
         return cuda_w4_fits(tw, torch.bfloat16)
     if cfg.path not in ("w8a8", "w8a8_t", "w4a8") and not cfg.fixup and not cfg.tma and basic_pairs(cfg, tw):
         return True
