@@ -31,7 +31,7 @@ log = logging.getLogger("xpullm.kernels.cuda")
 _SOURCE = Path(__file__).with_name("w4_mma.cu")
 W4_MAX_ROWS = 64  # activation rows the kernel takes (8 per mma column tile, up to 8 tiles)
 W4_ROW_TILES = (1, 2, 4)  # 16-row weight tiles per warp the kernel is built for
-W4_MAX_WARPS = 8  # its launch bound: 256 threads
+W4_WARPS = (4, 8)  # warps per program: its staging needs >= 128 threads, its launch bound is 256
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _build_errors: dict[str, str] = {}
 
@@ -152,8 +152,10 @@ def w4_mma(
             f"w4_mma needs 1..{W4_MAX_ROWS} activation rows of KX = 8 * KW features (KW % 16 == 0, contiguous); got "
             f"x {tuple(x.shape)} words {tuple(words.shape)}"
         )
-    if tiles not in W4_ROW_TILES or not 1 <= warps <= W4_MAX_WARPS or split < 1:
-        raise ValueError(f"w4_mma takes tiles in {W4_ROW_TILES}, 1..{W4_MAX_WARPS} warps, split >= 1")
+    if tiles not in W4_ROW_TILES or not W4_WARPS[0] <= warps <= W4_WARPS[1] or split < 1:
+        raise ValueError(
+            f"w4_mma takes tiles in {W4_ROW_TILES}, {W4_WARPS[0]}..{W4_WARPS[1]} warps, split >= 1"
+        )
     if split > 1 and (partials is None or counters is None):
         raise ValueError("w4_mma with split > 1 needs the partials workspace and the tile counters")
     if scales.dtype not in (torch.float16, torch.float32) or scales.stride(1) != 1:

@@ -496,17 +496,15 @@ def _run_cuda_w4(
 
     if not cuda_w4_fits(tw, x.dtype):
         raise ValueError(
-            f"cuda_w4 runs sym_int4 / asym_int4 (group a multiple of 128, or one per row) x bf16 rows on CUDA where the kernel "
-            f"builds; got {tw.format} group {tw.group_size} x {x.dtype} ({cuda.build_error(tw.device) or 'ok'})"
+            f"cuda_w4 runs sym_int4 / asym_int4 (group a multiple of 128) x bf16 rows on CUDA where the kernel "
+            f"builds and XPULLM_CUDA_KERNELS=1; got {tw.format} group {tw.group_size} x {x.dtype}"
+            f" ({cuda.build_error(tw.device) or 'no build error'})"
         )
     split = min(cfg.split_k, tw.kw // 16)
-    workspace, _, _ = _split_target(split, out, workspace)
     counters = _tile_counters(tw.device, triton.cdiv(tw.n, cfg.block_n)) if split > 1 else None
-    if split > 1 and counters is None:
-        split, workspace = (
-            1,
-            None,
-        )  # no counter array (first call inside a graph capture): one pass, no partials
+    if counters is None:  # one pass; also when the counter array cannot be made (inside a graph capture)
+        split = 1
+    workspace, _, _ = _split_target(split, out, workspace)
     cpg = 0 if tw.group_words == SINGLE_GROUP_WORDS else tw.group_words // 16
     return cuda.w4_mma(
         x, tw.words, tw.scales, tw.zeros, cpg, out, workspace, counters, cfg.tiles, cfg.num_warps, split
