@@ -1,12 +1,13 @@
 """CUDA C++ kernels: built on first use by the machine's `nvcc` for the GPU it has, loaded with ctypes.
 
-`w4_mma.cu` multiplies sym_int4 / asym_int4 weights in the Triton kernels' layout (no second copy) by 2-64 bf16 activation
-rows on tensor cores (`mma.sync`, sm_80+), each lane's weight loads landing directly in the operand fragments.
-The Triton launcher runs it as the `cuda_w4` path, which the tuner times beside its own tiles
-(`kernels/triton/configs.py`). Nothing here runs at import. `available` is False - and those candidates are left
-out - without `nvcc`, on a GPU older than sm_80, and unless `XPULLM_CUDA_KERNELS=1`: the kernel is opt-in until its
-twin tests have run on a GPU (written and built for sm_90 with nvcc 13.0, its index maps checked against the layout
-by a CPU model of it, but no GPU was lent to run it yet).
+`w4_mma.cu` multiplies 4-bit weights (sym_int4, asym_int4, and the codebook formats nf4 / fp4; groups of 32, 64 or
+whole 128-code chunks) in the Triton kernels' layout (no second copy) by 2-64 bf16 activation rows on tensor cores
+(`mma.sync`, sm_80+), each lane's weight loads landing directly in the operand fragments. The Triton launcher runs
+it as the `cuda_w4` path, which the tuner times beside its own tiles (`kernels/triton/configs.py`). Nothing here
+runs at import. `available` is False - and those candidates are left out - without `nvcc`, on a GPU older than
+sm_80, and unless `XPULLM_CUDA_KERNELS=1`: the kernel is opt-in until its twin tests have run on a GPU (written and
+built for sm_90 with nvcc 13.0, its index maps and level lookups checked against the layout by a CPU model of it,
+but no GPU was lent to run it yet).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 
 from xpullm.settings import runtime_settings
 
-__all__ = ["W4_MAX_ROWS", "W4_ROW_TILES", "available", "build_error", "loadable", "w4_mma"]
+__all__ = ["W4_MAX_ROWS", "W4_ROW_TILES", "available", "build_error", "level_words", "loadable", "w4_mma"]
 
 log = logging.getLogger("xpullm.kernels.cuda")
 
@@ -98,9 +99,11 @@ def _library(arch: str) -> ctypes.CDLL | None:
         return None
     fn = lib.xpullm_w4_mma_launch
     fn.restype = ctypes.c_int
-    fn.argtypes = (
-        [_P, _I, _P, _I, _P, _P, _I, ctypes.c_int, ctypes.c_int, _P, _P, _P] + [ctypes.c_int] * 5 + [_P]
-    )
+    words_p = ctypes.POINTER(ctypes.c_uint32)
+    # x, ldx, words, kw, scales, zeros, ld_scales | n_groups, half_scales, kind | levels | group_blocks,
+    # chunks_per_group | out, partials, counters | m, n, tiles, warps, split | stream
+    fn.argtypes = [_P, _I, _P, _I, _P, _P, _I, *[ctypes.c_int] * 3, words_p, *[ctypes.c_int] * 2, _P, _P, _P]
+    fn.argtypes += [ctypes.c_int] * 5 + [_P]
     return lib
 
 
@@ -123,24 +126,56 @@ def build_error(device: torch.device) -> str | None:
     return _build_errors.get(arch or "")
 
 
+_KINDS = {"sym": 0, "asym": 1, "levels": 2}  # w4_mma.cu's `Kind`
+
+
+@functools.cache
+def level_words(levels: tuple[float, ...]) -> ctypes.Array:
+    """A codebook's 16 levels, rounded to bf16, as the kernel's eight lookup words: words 0-3 hold the low bytes of
+    levels 0-15 (byte c of word i: level 4 i + c), words 4-7 the high bytes."""
+    if len(levels) != 16:
+        raise ValueError(f"a 4-bit codebook has 16 levels, got {len(levels)}")
+    bits = [int(b) & 0xFFFF for b in torch.tensor(levels, dtype=torch.float32).bfloat16().view(torch.int16)]
+    words = [
+        sum(((bits[4 * i + c] >> shift) & 0xFF) << (8 * c) for c in range(4))
+        for shift in (0, 8)
+        for i in range(4)
+    ]
+    return (ctypes.c_uint32 * 8)(*words)
+
+
+def _group_args(group_size: int) -> tuple[int, int]:
+    """(group_blocks, chunks_per_group) for the launch: groups of 32 / 64 codes are scaled per 32-code block before
+    the mma, whole 128-code chunks (or one group per row, 0) after it."""
+    if group_size in (32, 64):
+        return group_size // 32, 0
+    if group_size == 0 or group_size % 128 == 0:
+        return 0, group_size // 128
+    raise ValueError(
+        f"w4_mma takes groups of 32, 64 or a multiple of 128 codes (or 0: one per row), got {group_size}"
+    )
+
+
 def w4_mma(
     x: torch.Tensor,
     words: torch.Tensor,
     scales: torch.Tensor,
     zeros: torch.Tensor | None,
-    chunks_per_group: int,
+    group_size: int,
     out: torch.Tensor,
     partials: torch.Tensor | None,
     counters: torch.Tensor | None,
     tiles: int,
     warps: int,
     split: int,
+    levels: tuple[float, ...] | None = None,
 ) -> torch.Tensor:
     """out [M, N] (bf16) = x [M, KX] (bf16, KX = 8 * KW) @ W^T for 4-bit words [N, KW] (KW a multiple of 16:
-    whole chunks of 128 codes) with `scales` [N, groups] (fp16 / fp32; a group = `chunks_per_group` chunks, 0 =
-    one per row): sym_int4 (w = (q - 8) s) when `zeros` is None, else asym_int4 (w = q s + z, `zeros` shaped and
-    typed like `scales`). `split` > 1 sums K splits through `partials` (fp32 [split, M, N]) and `counters` (int32, one
-    per output tile, zero; left zero)."""
+    whole chunks of 128 codes) with `scales` [N, groups] (fp16 / fp32; a group = `group_size` codes: 32, 64, a
+    multiple of 128, or 0 = one per row): sym_int4 (w = (q - 8) s) when `zeros` and `levels` are None, asym_int4
+    (w = q s + z, `zeros` shaped and typed like `scales`), or a codebook format (w = levels[q] s, 16 `levels`, used in
+    bf16). `split` > 1 sums K splits through `partials` (fp32 [split, M, N]) and `counters` (int32, one per output
+    tile, zero; left zero)."""
     m, kx = x.shape
     n, kw = words.shape
     if not (x.dtype == torch.bfloat16 and out.dtype == torch.bfloat16 and words.dtype == torch.int32):
@@ -162,15 +197,22 @@ def w4_mma(
         raise ValueError(f"w4_mma takes fp16 / fp32 scales with unit column stride, got {scales.dtype}")
     if zeros is not None and (zeros.dtype != scales.dtype or zeros.stride() != scales.stride()):
         raise ValueError("w4_mma takes zero points laid out like the scales (same dtype and strides)")
+    if zeros is not None and levels is not None:
+        raise ValueError("w4_mma takes zero points (asym_int4) or codebook levels (nf4 / fp4), not both")
+    group_blocks, chunks_per_group = _group_args(group_size)
+    kind = _KINDS["levels" if levels is not None else "asym" if zeros is not None else "sym"]
     arch = _arch(x.device)
     lib = _library(arch) if arch else None
     if lib is None:
-        raise RuntimeError(f"the CUDA int4 kernel cannot run here: {build_error(x.device) or 'needs sm_80+'}")
+        raise RuntimeError(
+            f"the CUDA 4-bit kernel cannot run here: {build_error(x.device) or 'needs sm_80+'}"
+        )
     stream = torch.cuda.current_stream(x.device).cuda_stream
     code = lib.xpullm_w4_mma_launch(
         x.data_ptr(), x.stride(0), words.data_ptr(), kw, scales.data_ptr(),
-        zeros.data_ptr() if zeros is not None else None, scales.stride(0),
-        int(scales.dtype == torch.float16), chunks_per_group, out.data_ptr(),
+        zeros.data_ptr() if zeros is not None else None, scales.stride(0), scales.shape[1],
+        int(scales.dtype == torch.float16), kind, level_words(levels) if levels is not None else None,
+        group_blocks, chunks_per_group, out.data_ptr(),
         partials.data_ptr() if partials is not None else None, counters.data_ptr() if counters is not None else None,
         m, n, tiles, warps, split, stream,
     )  # fmt: skip

@@ -1,5 +1,5 @@
-// sym_int4 / asym_int4 weights x bf16 activation rows (2..64) on tensor cores, reading the Triton kernels' weight layout
-// (kernels/triton/layout.py) as it is: no second copy of the weight.
+// 4-bit weights (sym_int4, asym_int4, and the codebook formats nf4 / fp4) x bf16 activation rows (2..64) on tensor
+// cores, reading the Triton kernels' weight layout (kernels/triton/layout.py) as it is: no second copy of the weight.
 //
 // The layout: per weight row, blocks of 4 int32 words hold 32 codes; word l holds code 4 * i + l of its block in
 // nibble i (bits 4i..4i+3). One 16-byte load is one block of one row.
@@ -14,9 +14,15 @@
 // gives the codes' values q - 8 exactly (asym_int4: minus 128 gives q). The activations are staged in shared memory
 // in that same order.
 //
-// Scales: a chunk is 128 codes; a group is a whole number of chunks (group size 128, 256, ... or one per row). Each
-// chunk's dots go to a temporary accumulator that is scaled in fp32 and added: no bf16 rounding of scaled weights.
-// asym_int4 (w = q s + z) adds z times the chunk's activation sums, taken while staging.
+// Codebook formats (w = level[q] s): the 16 levels, rounded to bf16, sit in eight registers as their low and high
+// bytes; `prmt` byte permutes look four codes up at a time (`decode_levels`), and a word's eight codes come out as
+// the same four pairs (p, p + 4) the integer decode makes.
+//
+// Scales, groups of 128 codes or more (a whole number of chunks, or one per row): each chunk's dots go to a temporary
+// accumulator that is scaled in fp32 and added: no bf16 rounding of scaled weights. asym_int4 (w = q s + z) adds z
+// times the chunk's activation sums, taken while staging.
+// Groups of 32 or 64 codes (PRESCALE): a lane's block (32 codes) lies in one group, so each lane scales its decoded
+// pairs before the mma with one bf16x2 fma (the scale and zero point rounded to bf16, the product once more).
 //
 // Split K: `split` programs share an output tile; each writes fp32 partials and the last to arrive (an atomic
 // counter per tile, reset by that last program) sums them in split order into the bf16 output.
@@ -30,14 +36,18 @@ namespace xpullm_w4 {
 constexpr int kChunk = 128;         // codes per chunk (4 blocks of 32)
 constexpr int kRowElems = 144;      // staged activation row: 128 bf16 + 16 pad (bank-conflict-free 8-byte reads)
 
+// a * b + c per bf16 half, rounded once (sm_80; sub / mul.bf16x2 need sm_90)
+__device__ __forceinline__ uint32_t bf16x2_fma(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t d;
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
 __device__ __forceinline__ uint32_t decode_pair(uint32_t w, uint32_t minus) {
   uint32_t v;
   // (w & 0x000F000F) | 0x43004300: lop3 with table 0xEA = (a & b) | c
   asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(v) : "r"(w), "r"(0x000F000Fu), "r"(0x43004300u));
-  // times 1 plus `minus` (a negative bf16x2), exact: bf16 0x3F80 = 1 (fma: sm_80; sub.bf16x2 needs sm_90)
-  uint32_t out;
-  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(out) : "r"(v), "r"(0x3F803F80u), "r"(minus));
-  return out;
+  return bf16x2_fma(v, 0x3F803F80u, minus);  // times 1 (bf16 0x3F80) plus `minus` (a negative bf16x2): exact
 }
 
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -70,13 +80,9 @@ __device__ __forceinline__ void zero(float (&a)[TILES][NT][4]) {
       for (int e = 0; e < 4; ++e) a[T][j][e] = 0.f;
 }
 
-template <bool HalfScales>
-__device__ __forceinline__ float load_scale(const void* scales, int64_t idx) {
-  if constexpr (HalfScales) {
-    return __half2float(reinterpret_cast<const __half*>(scales)[idx]);
-  } else {
-    return reinterpret_cast<const float*>(scales)[idx];
-  }
+__device__ __forceinline__ float load_scale(const void* scales, bool half, int64_t idx) {
+  return half ? __half2float(reinterpret_cast<const __half*>(scales)[idx])
+              : reinterpret_cast<const float*>(scales)[idx];
 }
 
 struct Params {
@@ -87,7 +93,11 @@ struct Params {
   const void* scales;  // [n, groups] fp16 or fp32
   const void* zeros;   // [n, groups] like scales (asym_int4), else unused
   int64_t ld_scales;
-  int chunks_per_group;  // 0: one group per row
+  int n_groups;          // scale groups a row has (K padded to whole chunks may run past the last group)
+  int chunks_per_group;  // post-scaled groups: chunks a group (0: one group per row); PRESCALE: blocks a group
+  int half_scales;       // scales (and zeros) are fp16, else fp32
+  uint32_t levels[8];    // codebook formats: bytes 4i..4i+3 of words 0..3 (low bytes) and 4..7 (high bytes) of
+                         // the bf16 levels 4i..4i+3
   __nv_bfloat16* out;    // [m, n]
   float* partials;       // [split, m, n] when split > 1
   int* counters;         // one per program column (blockIdx.x) when split > 1
@@ -151,10 +161,44 @@ __device__ __forceinline__ void stage_store(const uint4 (&buf)[NT], __nv_bfloat1
   }
 }
 
+enum Kind { kSym = 0, kAsym = 1, kLevels = 2 };
+
 // sym_int4: codes' values q - 8 (bf16 0xC308 = -136 after the 128 + q magic); asym_int4: q (0xC300 = -128).
-template <bool ASYM>
+template <int KIND>
 __device__ __forceinline__ uint32_t decode(uint32_t w) {
-  return decode_pair(w, ASYM ? 0xC300C300u : 0xC308C308u);
+  return decode_pair(w, KIND == kAsym ? 0xC300C300u : 0xC308C308u);
+}
+
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
+}
+
+// Byte q_i of the 16-byte table t[0..3] for the codes q_0..q_3 in nibbles 0..3 of `codes` (higher bits ignored):
+// entries 0-7 and 8-15 are looked up by their low three bits (a selector nibble's bit 3 would ask prmt for a sign
+// fill), then each result byte i is taken from the second lookup where q_i >= 8 (selector i + 4).
+__device__ __forceinline__ uint32_t lookup4(const uint32_t* t, uint32_t codes) {
+  const uint32_t sel = codes & 0x7777u;
+  const uint32_t pick = ((codes & 0x8888u) >> 1) | 0x3210u;
+  return prmt(prmt(t[0], t[1], sel), prmt(t[2], t[3], sel), pick);
+}
+
+// A word's eight codes n0..n7 as the bf16 level pairs (n0, n4), (n1, n5), (n2, n6), (n3, n7) (low half first).
+__device__ __forceinline__ void decode_levels(uint32_t w, const uint32_t (&lv)[8], uint32_t (&pairs)[4]) {
+  const uint32_t lo_a = lookup4(lv, w), hi_a = lookup4(lv + 4, w);              // low / high bytes of n0..n3
+  const uint32_t lo_b = lookup4(lv, w >> 16), hi_b = lookup4(lv + 4, w >> 16);  // of n4..n7
+  const uint32_t lo01 = prmt(lo_a, lo_b, 0x5140u), hi01 = prmt(hi_a, hi_b, 0x5140u);  // (n0, n4, n1, n5)
+  const uint32_t lo23 = prmt(lo_a, lo_b, 0x7362u), hi23 = prmt(hi_a, hi_b, 0x7362u);  // (n2, n6, n3, n7)
+  pairs[0] = prmt(lo01, hi01, 0x5140u);
+  pairs[1] = prmt(lo01, hi01, 0x7362u);
+  pairs[2] = prmt(lo23, hi23, 0x5140u);
+  pairs[3] = prmt(lo23, hi23, 0x7362u);
+}
+
+__device__ __forceinline__ uint32_t bf16x2_of(float v) {
+  const uint32_t h = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+  return h | (h << 16);
 }
 
 // f(value, index in the [m, n] output) for each accumulator element that lies inside the output:
@@ -174,8 +218,9 @@ __device__ __forceinline__ void each_output(const float (&acc)[TILES][NT][4], co
       }
 }
 
-template <int TILES, int NT, bool HalfScales, bool ASYM>
+template <int TILES, int NT, int KIND, bool PRESCALE>
 __global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
+  constexpr bool kSums = KIND == kAsym && !PRESCALE;  // the chunk's activation sums (post-scaled zero points)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int kStage = NT * 8 * kRowElems;  // bf16 elements per staged chunk
   __nv_bfloat16* sx = reinterpret_cast<__nv_bfloat16*>(smem_raw);
@@ -188,6 +233,10 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
   const int n_chunks = static_cast<int>(p.kw / 16);
   const int c_begin = blockIdx.y * p.chunks_per_split;
   const int c_end = min(n_chunks, c_begin + p.chunks_per_split);
+  const bool half = p.half_scales != 0;
+  uint32_t lv[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) lv[i] = p.levels[i];
 
   // Each lane's two rows per tile, clamped inside the weight (rows past N are computed, never written).
   const int32_t* wrow[TILES][2];
@@ -213,7 +262,7 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) wcur[T][h] = load_words(wrow[T][h] + c_begin * 16);
     stage_load<NT>(xbuf, p, static_cast<int64_t>(c_begin) * kChunk, tid, threads);
-    stage_store<NT, ASYM>(xbuf, sx, ssum, tid, threads);
+    stage_store<NT, kSums>(xbuf, sx, ssum, tid, threads);
   }
   __syncthreads();
 
@@ -227,20 +276,29 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
         for (int h = 0; h < 2; ++h) wnext[T][h] = load_words(wrow[T][h] + (c + 1) * 16);
       stage_load<NT>(xbuf, p, static_cast<int64_t>(c + 1) * kChunk, tid, threads);
     }
-    const int gi = p.chunks_per_group > 0 ? c / p.chunks_per_group : 0;
+    // Post-scaled: the chunk's group. PRESCALE: the group of this lane's block (4 c + t).
+    // (The padding past a row's last group - zero codes times zero activations - takes that group's scale.)
+    const int gi = min(PRESCALE ? (4 * c + t) / p.chunks_per_group : (p.chunks_per_group > 0 ? c / p.chunks_per_group : 0),
+                       p.n_groups - 1);
     float sc[TILES][2], zp[TILES][2];
+    uint32_t s2[TILES][2], z2[TILES][2];  // PRESCALE: scale and zero point (or -0) as bf16x2
 #pragma unroll
     for (int T = 0; T < TILES; ++T)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        sc[T][h] = load_scale<HalfScales>(p.scales, srow[T][h] * p.ld_scales + gi);
-        if constexpr (ASYM) zp[T][h] = load_scale<HalfScales>(p.zeros, srow[T][h] * p.ld_scales + gi);
+        sc[T][h] = load_scale(p.scales, half, srow[T][h] * p.ld_scales + gi);
+        zp[T][h] = KIND == kAsym ? load_scale(p.zeros, half, srow[T][h] * p.ld_scales + gi) : 0.f;
+        if constexpr (PRESCALE) {
+          s2[T][h] = bf16x2_of(sc[T][h]);
+          z2[T][h] = KIND == kAsym ? bf16x2_of(zp[T][h]) : 0x80008000u;  // -0: the fma rounds the product alone
+        }
       }
 
-    float part[TILES][NT][4];
+    float part[TILES][NT][4];  // post-scaled: this chunk's dots
     zero(part);
 
     const __nv_bfloat16* sxc = sx + buf * kStage;
+    uint32_t lpairs[TILES][2][4];  // codebook formats: the level pairs of word s / 2 (decoded at even s)
 #pragma unroll
     for (int s = 0; s < 8; ++s) {
       uint32_t b[NT][2];
@@ -250,39 +308,56 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
         b[j][0] = v.x;
         b[j][1] = v.y;
       }
-      const int l = s >> 1, shift = 8 * (s & 1);  // nibble p = 2 (s % 2): shift 4p
+      const int l = s >> 1, o = 2 * (s & 1);  // nibble p = 2 (s % 2): shift 4p
 #pragma unroll
       for (int T = 0; T < TILES; ++T) {
-        const uint32_t w0 = word_at(wcur[T][0], l) >> shift, w1 = word_at(wcur[T][1], l) >> shift;
-        const uint32_t a[4] = {decode<ASYM>(w0), decode<ASYM>(w1), decode<ASYM>(w0 >> 4), decode<ASYM>(w1 >> 4)};
+        uint32_t a[4];
+        if constexpr (KIND == kLevels) {
+          if (o == 0) {
+            decode_levels(word_at(wcur[T][0], l), lv, lpairs[T][0]);
+            decode_levels(word_at(wcur[T][1], l), lv, lpairs[T][1]);
+          }
+          a[0] = lpairs[T][0][o], a[1] = lpairs[T][1][o], a[2] = lpairs[T][0][o + 1], a[3] = lpairs[T][1][o + 1];
+        } else {
+          const uint32_t w0 = word_at(wcur[T][0], l) >> (4 * o), w1 = word_at(wcur[T][1], l) >> (4 * o);
+          a[0] = decode<KIND>(w0), a[1] = decode<KIND>(w1), a[2] = decode<KIND>(w0 >> 4), a[3] = decode<KIND>(w1 >> 4);
+        }
+        if constexpr (PRESCALE) {  // a[0], a[2]: row g; a[1], a[3]: row g + 8
 #pragma unroll
-        for (int j = 0; j < NT; ++j) mma_bf16(part[T][j], a, b[j][0], b[j][1]);
+          for (int i = 0; i < 4; ++i) a[i] = bf16x2_fma(a[i], s2[T][i & 1], z2[T][i & 1]);
+        }
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          if constexpr (PRESCALE) mma_bf16(acc[T][j], a, b[j][0], b[j][1]);
+          else mma_bf16(part[T][j], a, b[j][0], b[j][1]);
+        }
       }
     }
-    // sum (q s + z) x = s sum q x + z sum x (asym); sym: s sum (q - 8) x
+    if constexpr (!PRESCALE) {  // sum (q s + z) x = s sum q x + z sum x (asym); sym: s sum (q - 8) x
 #pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      float xs0 = 0.f, xs1 = 0.f;
-      if constexpr (ASYM) {
-        xs0 = ssum[buf * NT * 8 + j * 8 + 2 * t];
-        xs1 = ssum[buf * NT * 8 + j * 8 + 2 * t + 1];
-      }
+      for (int j = 0; j < NT; ++j) {
+        float xs0 = 0.f, xs1 = 0.f;
+        if constexpr (kSums) {
+          xs0 = ssum[buf * NT * 8 + j * 8 + 2 * t];
+          xs1 = ssum[buf * NT * 8 + j * 8 + 2 * t + 1];
+        }
 #pragma unroll
-      for (int T = 0; T < TILES; ++T) {
-        acc[T][j][0] += part[T][j][0] * sc[T][0];
-        acc[T][j][1] += part[T][j][1] * sc[T][0];
-        acc[T][j][2] += part[T][j][2] * sc[T][1];
-        acc[T][j][3] += part[T][j][3] * sc[T][1];
-        if constexpr (ASYM) {
-          acc[T][j][0] += zp[T][0] * xs0;
-          acc[T][j][1] += zp[T][0] * xs1;
-          acc[T][j][2] += zp[T][1] * xs0;
-          acc[T][j][3] += zp[T][1] * xs1;
+        for (int T = 0; T < TILES; ++T) {
+          acc[T][j][0] += part[T][j][0] * sc[T][0];
+          acc[T][j][1] += part[T][j][1] * sc[T][0];
+          acc[T][j][2] += part[T][j][2] * sc[T][1];
+          acc[T][j][3] += part[T][j][3] * sc[T][1];
+          if constexpr (kSums) {
+            acc[T][j][0] += zp[T][0] * xs0;
+            acc[T][j][1] += zp[T][0] * xs1;
+            acc[T][j][2] += zp[T][1] * xs0;
+            acc[T][j][3] += zp[T][1] * xs1;
+          }
         }
       }
     }
     if (more) {
-      stage_store<NT, ASYM>(xbuf, sx + (buf ^ 1) * kStage, ssum + (buf ^ 1) * NT * 8, tid, threads);
+      stage_store<NT, kSums>(xbuf, sx + (buf ^ 1) * kStage, ssum + (buf ^ 1) * NT * 8, tid, threads);
 #pragma unroll
       for (int T = 0; T < TILES; ++T)
 #pragma unroll
@@ -315,29 +390,33 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
   });
 }
 
-template <int TILES, int NT>
-void launch_nt(const Params& p, bool half_scales, bool asym, dim3 grid, int threads, cudaStream_t stream) {
+template <int TILES, int NT, int KIND>
+void launch_kind(const Params& p, bool prescale, dim3 grid, int threads, cudaStream_t stream) {
   const size_t smem = 2 * (static_cast<size_t>(NT) * 8 * kRowElems * sizeof(__nv_bfloat16) + NT * 8 * sizeof(float));
-  if (half_scales) {
-    if (asym) w4_mma_kernel<TILES, NT, true, true><<<grid, threads, smem, stream>>>(p);
-    else w4_mma_kernel<TILES, NT, true, false><<<grid, threads, smem, stream>>>(p);
-  } else {
-    if (asym) w4_mma_kernel<TILES, NT, false, true><<<grid, threads, smem, stream>>>(p);
-    else w4_mma_kernel<TILES, NT, false, false><<<grid, threads, smem, stream>>>(p);
+  if (prescale) w4_mma_kernel<TILES, NT, KIND, true><<<grid, threads, smem, stream>>>(p);
+  else w4_mma_kernel<TILES, NT, KIND, false><<<grid, threads, smem, stream>>>(p);
+}
+
+template <int TILES, int NT>
+void launch_nt(const Params& p, int kind, bool prescale, dim3 grid, int threads, cudaStream_t stream) {
+  switch (kind) {
+    case kSym: launch_kind<TILES, NT, kSym>(p, prescale, grid, threads, stream); break;
+    case kAsym: launch_kind<TILES, NT, kAsym>(p, prescale, grid, threads, stream); break;
+    default: launch_kind<TILES, NT, kLevels>(p, prescale, grid, threads, stream); break;
   }
 }
 
 // Tiles x column tiles <= 8 beyond two column tiles: the two fp32 accumulators stay in registers.
 template <int TILES>
-bool launch_tiles(const Params& p, int nt, bool half_scales, bool asym, dim3 grid, int threads, cudaStream_t stream) {
+bool launch_tiles(const Params& p, int nt, int kind, bool prescale, dim3 grid, int threads, cudaStream_t stream) {
   switch (nt) {
-    case 1: launch_nt<TILES, 1>(p, half_scales, asym, grid, threads, stream); return true;
-    case 2: launch_nt<TILES, 2>(p, half_scales, asym, grid, threads, stream); return true;
+    case 1: launch_nt<TILES, 1>(p, kind, prescale, grid, threads, stream); return true;
+    case 2: launch_nt<TILES, 2>(p, kind, prescale, grid, threads, stream); return true;
     case 4:
-      if constexpr (TILES <= 2) { launch_nt<TILES, 4>(p, half_scales, asym, grid, threads, stream); return true; }
+      if constexpr (TILES <= 2) { launch_nt<TILES, 4>(p, kind, prescale, grid, threads, stream); return true; }
       return false;
     case 8:
-      if constexpr (TILES == 1) { launch_nt<TILES, 8>(p, half_scales, asym, grid, threads, stream); return true; }
+      if constexpr (TILES == 1) { launch_nt<TILES, 8>(p, kind, prescale, grid, threads, stream); return true; }
       return false;
   }
   return false;
@@ -346,28 +425,46 @@ bool launch_tiles(const Params& p, int nt, bool half_scales, bool asym, dim3 gri
 }  // namespace xpullm_w4
 
 // Host entry: all checks are done by the Python caller (kernels/cuda/__init__.py), which passes raw pointers.
+// kind: 0 sym_int4, 1 asym_int4 (zeros), 2 codebook (levels: 8 words, see Params). group_blocks: 1 or 2 for groups of
+// 32 / 64 codes (scaled before the mma), else 0 and chunks_per_group as in Params.
 // Returns 0, or a CUDA error code from the launch (cudaErrorInvalidValue for a tile it is not built for).
 extern "C" int xpullm_w4_mma_launch(const void* x, int64_t ldx, const void* words, int64_t kw, const void* scales,
-                                    const void* zeros, int64_t ld_scales, int half_scales, int chunks_per_group,
-                                    void* out, void* partials, void* counters, int m, int n, int tiles, int warps,
-                                    int split, void* stream) {
+                                    const void* zeros, int64_t ld_scales, int n_groups, int half_scales, int kind,
+                                    const uint32_t* levels, int group_blocks, int chunks_per_group, void* out,
+                                    void* partials, void* counters, int m, int n, int tiles, int warps, int split,
+                                    void* stream) {
   using namespace xpullm_w4;
   const int nt = m <= 8 ? 1 : (m <= 16 ? 2 : (m <= 32 ? 4 : 8));
-  if (warps < 4 || warps > 8 || m < 1 || m > 64) return static_cast<int>(cudaErrorInvalidValue);
+  if (warps < 4 || warps > 8 || m < 1 || m > 64 || kind < kSym || kind > kLevels || group_blocks < 0 ||
+      group_blocks > 2 || n_groups < 1 || (kind == kLevels && levels == nullptr))
+    return static_cast<int>(cudaErrorInvalidValue);
   const int n_chunks = static_cast<int>(kw / 16);
   const int cps = (n_chunks + split - 1) / split;
   const int used = (n_chunks + cps - 1) / cps;  // splits that get at least one chunk
-  Params p{static_cast<const __nv_bfloat16*>(x), ldx, static_cast<const int32_t*>(words), kw, scales, zeros,
-           ld_scales, chunks_per_group, static_cast<__nv_bfloat16*>(out), static_cast<float*>(partials),
-           static_cast<int*>(counters), m, n, cps, used};
+  const bool prescale = group_blocks > 0;
+  Params p{};
+  p.x = static_cast<const __nv_bfloat16*>(x);
+  p.ldx = ldx;
+  p.words = static_cast<const int32_t*>(words);
+  p.kw = kw;
+  p.scales = scales;
+  p.zeros = zeros;
+  p.ld_scales = ld_scales;
+  p.n_groups = n_groups;
+  p.chunks_per_group = prescale ? group_blocks : chunks_per_group;
+  p.half_scales = half_scales;
+  for (int i = 0; i < 8; ++i) p.levels[i] = kind == kLevels ? levels[i] : 0u;
+  p.out = static_cast<__nv_bfloat16*>(out);
+  p.partials = static_cast<float*>(partials);
+  p.counters = static_cast<int*>(counters);
+  p.m = m, p.n = n, p.chunks_per_split = cps, p.split = used;
   dim3 grid((n + warps * tiles * 16 - 1) / (warps * tiles * 16), used);
   auto s = static_cast<cudaStream_t>(stream);
-  const bool asym = zeros != nullptr;
   bool ok = false;
   switch (tiles) {
-    case 1: ok = launch_tiles<1>(p, nt, half_scales, asym, grid, warps * 32, s); break;
-    case 2: ok = launch_tiles<2>(p, nt, half_scales, asym, grid, warps * 32, s); break;
-    case 4: ok = launch_tiles<4>(p, nt, half_scales, asym, grid, warps * 32, s); break;
+    case 1: ok = launch_tiles<1>(p, nt, kind, prescale, grid, warps * 32, s); break;
+    case 2: ok = launch_tiles<2>(p, nt, kind, prescale, grid, warps * 32, s); break;
+    case 4: ok = launch_tiles<4>(p, nt, kind, prescale, grid, warps * 32, s); break;
   }
   if (!ok) return static_cast<int>(cudaErrorInvalidValue);
   return static_cast<int>(cudaGetLastError());

@@ -1,11 +1,15 @@
-"""The CUDA C++ int4 kernel (`kernels/cuda/w4_mma.cu`, path `cuda_w4`) vs its reference twin.
+"""The CUDA C++ 4-bit kernel (`kernels/cuda/w4_mma.cu`, path `cuda_w4`) vs its reference twin.
 
-Twin: the weight dequantized in fp32 times the bf16 activations in fp64. The kernel multiplies the codes' exact
-values (q - 8 for sym_int4, q for asym_int4, in bf16) by the bf16 activations with fp32 accumulation, scales each
-128-code chunk's dot in fp32 (and adds the zero point times the chunk's activation sum), so before its one rounding to the bf16 output it differs from the twin only by fp32 summation order: every output
-is the twin's rounded to bf16 within one bf16 step (plus a hair for outputs that cancel to near zero).
-Runs where a CUDA GPU and `nvcc` are (the device runs; CI skips the GPU half). The checks that need no GPU run
-everywhere.
+Twin (`_twin_weight`): the weight as the kernel multiplies it, times the bf16 activations in fp64. The kernel
+decodes codes to bf16 values - exact for the integer formats (q - 8 for sym_int4, q for asym_int4), the codebook
+levels rounded to bf16 for nf4 / fp4 - and multiplies them by the bf16 activations with fp32 accumulation. Groups
+of 128+ codes: each 128-code chunk's dot is scaled in fp32 (asym_int4 adds the zero point times the chunk's
+activation sum), so the twin is values x scale (+ zero) in fp64. Groups of 32 / 64: the values are scaled in bf16
+before the mma (value x bf16(scale) (+ bf16(zero)), rounded to bf16 once), and so is the twin's weight. Before its
+one rounding to the bf16 output the kernel then differs from the twin only by fp32 summation order: every output is
+the twin's rounded to bf16 within one bf16 step (plus a hair for outputs that cancel to near zero).
+Runs where a CUDA GPU and `nvcc` are (the device runs; CI skips the GPU half). The checks that need no GPU - the
+kernel's index maps and level lookups, modelled in PyTorch - run everywhere.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import torch
 
 from xpullm.formats import get_format
 from xpullm.kernels import cuda
+from xpullm.kernels.codebook import CODEBOOKS
+from xpullm.kernels.packing import unpack_nibbles
 from xpullm.kernels.triton import LaunchConfig, launch, pack_weight, run
 from xpullm.kernels.triton.configs import CONFIG_TABLES, candidates, switched_on, valid
 from xpullm.kernels.triton.launch import _prepare_x, _tile_counters
@@ -29,6 +35,7 @@ gpu = pytest.mark.skipif(
     reason=f"needs a CUDA GPU (sm_80+) and nvcc: {cuda.build_error(DEVICE) if HAS_CUDA else 'no GPU'}",
 )
 POOL = CONFIG_TABLES["cuda"]["cuda_w4"]
+FORMATS = ("sym_int4", "asym_int4", "nf4", "fp4")
 
 
 @pytest.fixture(autouse=True)
@@ -43,8 +50,30 @@ def _weight(n: int, k: int, gs: int, seed: int, fmt: str = "sym_int4"):
     return get_format(fmt).quantize(w, gs)
 
 
+def _bf16(t: torch.Tensor) -> torch.Tensor:
+    return t.float().bfloat16().double()
+
+
+def _twin_weight(qw) -> torch.Tensor:
+    """fp64 [N, K]: the weight as the kernel multiplies it (the module docstring says how)."""
+    n, k = qw.shape
+    codes = unpack_nibbles(qw.data).long().reshape(n, -1, qw.group_size)
+    levels = CODEBOOKS.get(qw.format)
+    if levels is not None:
+        v = _bf16(torch.tensor(levels))[codes]
+    else:
+        v = codes.double() - (0 if qw.zeros is not None else 8)
+    s = qw.scales.double()[..., None]
+    z = qw.zeros.double()[..., None] if qw.zeros is not None else None
+    if qw.group_size in (32, 64):
+        w = _bf16(v * _bf16(s) + (_bf16(z) if z is not None else 0.0))
+    else:
+        w = v * s + (z if z is not None else 0.0)
+    return w.reshape(n, -1)[:, :k]
+
+
 def _check(y: torch.Tensor, x: torch.Tensor, qw, what: str) -> None:
-    ref = (x.double() @ qw.dequantize(torch.float32).double().T).float()
+    ref = (x.double() @ _twin_weight(qw).T).float()
     want = ref.bfloat16().float()
     got = y.float().cpu()
     assert torch.isfinite(got).all(), f"{what}: an output was not written"
@@ -61,7 +90,7 @@ def test_candidates_are_left_out_where_the_kernel_cannot_run():
     tw = pack_weight(_weight(64, 256, 128, 0), "cpu")
     assert not any(valid(c, tw, torch.bfloat16) for c in POOL)
     assert not any(switched_on(c, tw) for c in POOL)  # a tuned record of the path is passed over here
-    with pytest.raises(ValueError, match="cuda_w4 runs sym_int4"):
+    with pytest.raises(ValueError, match="cuda_w4 runs sym_int4 / asym_int4 / nf4 / fp4"):
         run(torch.zeros(4, 256, dtype=torch.bfloat16), tw, replace(POOL[0], block_m=4))
 
 
@@ -70,12 +99,12 @@ def test_matches_twin_over_random_shapes():
     rng = random.SystemRandom()
     seed0 = rng.randrange(2**31)
     r = random.Random(seed0)
-    for trial in range(60):
+    for trial in range(80):
         n = r.choice([1, 15, 16, 17, 64, 100, 257, 640, 1000, 4096])
         k = r.choice([128, 200, 256, 1030, 2048, 4096])
-        gs = r.choice([128, 256])
+        gs = r.choice([32, 64, 128, 256])
         m = r.randint(2, 64)
-        fmt = r.choice(["sym_int4", "asym_int4"])
+        fmt = r.choice(FORMATS)
         qw = _weight(n, k, gs, seed0 + trial, fmt)
         tw = pack_weight(qw, DEVICE)
         pool = [c for c in POOL if valid(replace(c, block_m=m), tw, torch.bfloat16)]
@@ -88,11 +117,11 @@ def test_matches_twin_over_random_shapes():
 
 
 @gpu
-@pytest.mark.parametrize("fmt", ["sym_int4", "asym_int4"])
+@pytest.mark.parametrize(("fmt", "gs"), [("sym_int4", 128), ("asym_int4", 128), ("nf4", 64), ("fp4", 32)])
 @pytest.mark.parametrize("m", [2, 8, 9, 16, 31, 64])
-def test_every_tile_of_the_pool(m, fmt):
+def test_every_tile_of_the_pool(m, fmt, gs):
     """Each (tiles, warps, split) of the table on a ragged shape (N not a multiple of any tile, K padded)."""
-    qw = _weight(300, 1030, 128, m, fmt)
+    qw = _weight(300, 1030, gs, m, fmt)
     tw = pack_weight(qw, DEVICE)
     x = torch.randn(m, 1030, generator=torch.Generator().manual_seed(m)).bfloat16()
     xd = _prepare_x(x.to(DEVICE), tw)
@@ -101,7 +130,7 @@ def test_every_tile_of_the_pool(m, fmt):
         cfg = replace(cfg, block_m=m)
         if not valid(cfg, tw, torch.bfloat16):
             continue
-        _check(run(xd, tw, cfg), x, qw, f"{fmt} m={m} {cfg}")
+        _check(run(xd, tw, cfg), x, qw, f"{fmt} g{gs} m={m} {cfg}")
         ran += 1
     assert ran >= 12
 
@@ -121,18 +150,17 @@ def test_split_sums_are_deterministic_and_leave_the_counters_zero():
 
 
 @gpu
-def test_the_tuner_times_it_for_the_integer_4_bit_formats_only():
+def test_the_tuner_times_it_for_the_4_bit_formats_only():
     qw = _weight(512, 1024, 128, 3)
     tw = pack_weight(qw, DEVICE)
     assert any(c.path == "cuda_w4" for c in candidates("cuda", tw, 16, torch.bfloat16))
     assert not any(c.path == "cuda_w4" for c in candidates("cuda", tw, 16, torch.float16))
     assert not any(c.path == "cuda_w4" for c in candidates("cuda", tw, 128, torch.bfloat16))
-    asym = pack_weight(_weight(512, 1024, 256, 5, "asym_int4"), DEVICE)
-    assert any(c.path == "cuda_w4" for c in candidates("cuda", asym, 8, torch.bfloat16))
-    nf4 = pack_weight(get_format("nf4").quantize(torch.randn(512, 1024), 128), DEVICE)
-    assert not any(c.path == "cuda_w4" for c in candidates("cuda", nf4, 16, torch.bfloat16))
-    g32 = pack_weight(_weight(512, 1024, 32, 4), DEVICE)
-    assert not any(c.path == "cuda_w4" for c in candidates("cuda", g32, 16, torch.bfloat16))
+    for fmt, gs in (("asym_int4", 256), ("nf4", 64), ("fp4", 128), ("sym_int4", 32)):
+        other = pack_weight(_weight(512, 1024, gs, 5, fmt), DEVICE)
+        assert any(c.path == "cuda_w4" for c in candidates("cuda", other, 8, torch.bfloat16)), (fmt, gs)
+    int8 = pack_weight(_weight(512, 1024, 128, 6, "sym_int8"), DEVICE)
+    assert not any(c.path == "cuda_w4" for c in candidates("cuda", int8, 16, torch.bfloat16))
 
 
 @gpu
@@ -147,13 +175,60 @@ def test_a_record_of_the_path_is_passed_over_when_the_kernels_are_switched_off(m
     assert launch.select_config(tw, 16, torch.bfloat16).path != "cuda_w4"
 
 
+def _prmt(a: torch.Tensor, b: torch.Tensor, sel: torch.Tensor | int) -> torch.Tensor:
+    """PTX `prmt.b32` (default mode) on int64 tensors holding u32 words: result byte i is byte sel_i & 7 of
+    (a bytes 0-3, b bytes 4-7), or that byte's sign bit copied into all 8 bits where sel_i has bit 3 set."""
+    sel = torch.as_tensor(sel)
+    out = torch.zeros(torch.broadcast_shapes(a.shape, b.shape, sel.shape), dtype=torch.int64)
+    both = (a & 0xFFFFFFFF) | ((b & 0xFFFFFFFF) << 32)
+    for i in range(4):
+        nib = (sel >> (4 * i)) & 0xF
+        byte = (both >> (8 * (nib & 7))) & 0xFF
+        byte = torch.where(nib >= 8, torch.where(byte >= 0x80, 0xFF, 0), byte)
+        out |= byte << (8 * i)
+    return out
+
+
+def _decode_levels(w: torch.Tensor, lv: list[int]) -> list[torch.Tensor]:
+    """w4_mma.cu's `lookup4` / `decode_levels`: a word's eight codes as the bf16 level pairs (n_p, n_p+4)."""
+
+    def lookup4(t: list[int], codes: torch.Tensor) -> torch.Tensor:
+        sel = codes & 0x7777
+        pick = ((codes & 0x8888) >> 1) | 0x3210
+        lo = _prmt(torch.tensor(t[0]), torch.tensor(t[1]), sel)
+        hi = _prmt(torch.tensor(t[2]), torch.tensor(t[3]), sel)
+        return _prmt(lo, hi, pick)
+
+    lo_a, hi_a = lookup4(lv[:4], w), lookup4(lv[4:], w)
+    lo_b, hi_b = lookup4(lv[:4], w >> 16), lookup4(lv[4:], w >> 16)
+    lo01, hi01 = _prmt(lo_a, lo_b, 0x5140), _prmt(hi_a, hi_b, 0x5140)
+    lo23, hi23 = _prmt(lo_a, lo_b, 0x7362), _prmt(hi_a, hi_b, 0x7362)
+    return [
+        _prmt(lo01, hi01, 0x5140),
+        _prmt(lo01, hi01, 0x7362),
+        _prmt(lo23, hi23, 0x5140),
+        _prmt(lo23, hi23, 0x7362),
+    ]
+
+
+def _bf16_halves(pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bf16x2 register's (low, high) halves as fp64."""
+    as_f32 = lambda h: ((h & 0xFFFF) << 16).to(torch.int32).view(torch.float32).double()  # noqa: E731
+    return as_f32(pair), as_f32(pair >> 16)
+
+
 def _kernel_model(x: torch.Tensor, tw) -> torch.Tensor:
     """w4_mma.cu's arithmetic, written out in PyTorch with its index maps: which nibble of which word each lane
-    puts in each mma K slot, where `stage_store` puts each activation, the per-chunk scale (and zero-point) step.
-    Lets a machine without a GPU check the kernel's K order against the layout `pack_weight` writes."""
+    puts in each mma K slot, how a codebook's levels are looked up from `level_words` by byte permutes, where
+    `stage_store` puts each activation, the scaling (per 128-code chunk in fp32, or per lane's block in bf16 before
+    the mma for groups of 32 / 64). Lets a machine without a GPU check the kernel's K order and lookups against the
+    layout `pack_weight` writes."""
     m = x.shape[0]
     words = tw.words.long() & 0xFFFFFFFF
     asym = tw.zeros is not None
+    levels = CODEBOOKS.get(tw.format)
+    lv = list(cuda.level_words(levels)) if levels is not None else None
+    prescale = tw.group_words in (4, 8)
     e = torch.arange(128)
     q, u = e // 8, e % 8
     pos = (2 * (u & 3) + (q & 1)) * 16 + (q >> 2) * 4 + ((q & 3) >> 1) + 2 * (u >> 2)  # stage_store
@@ -166,12 +241,23 @@ def _kernel_model(x: torch.Tensor, tw) -> torch.Tensor:
         part = torch.zeros(m, tw.n, dtype=torch.float64)
         for s in range(8):
             for t in range(4):
-                w = words[:, c * 16 + 4 * t + s // 2] >> (8 * (s % 2))
-                # slots (2t, 2t+1, 2t+8, 2t+9): nibbles p, p+4 (a0 / a1) and p+1, p+5 (a2 / a3) of the shifted word
-                a = torch.stack([w & 0xF, (w >> 16) & 0xF, (w >> 4) & 0xF, (w >> 20) & 0xF], 1).double()
-                a = a if asym else a - 8
+                word = words[:, c * 16 + 4 * t + s // 2]
+                if lv is not None:  # pairs (p, p+4) and (p+1, p+5), p = 2 (s % 2)
+                    pairs = _decode_levels(word, lv)[2 * (s % 2) : 2 * (s % 2) + 2]
+                    a = torch.stack([*_bf16_halves(pairs[0]), *_bf16_halves(pairs[1])], 1)
+                else:  # slots (2t, 2t+1, 2t+8, 2t+9): nibbles p, p+4 (a0 / a1) and p+1, p+5 (a2 / a3)
+                    w = word >> (8 * (s % 2))
+                    a = torch.stack([w & 0xF, (w >> 16) & 0xF, (w >> 4) & 0xF, (w >> 20) & 0xF], 1).double()
+                    a = a if asym else a - 8
+                if prescale:  # the lane's block 4c + t lies in one group
+                    gi = min((4 * c + t) // (tw.group_words // 4), tw.n_groups - 1)  # padding: the last group
+                    sc = _bf16(tw.scales[:, gi].double())[:, None]
+                    a = _bf16(a * sc + (_bf16(tw.zeros[:, gi].double())[:, None] if asym else 0.0))
                 b = staged[:, s * 16 + t * 4 : s * 16 + t * 4 + 4]  # b0 = (j0, j1), b1 = (j2, j3)
                 part += b @ a.T
+        if prescale:
+            out += part
+            continue
         gi = 0 if tw.group_words >= 1 << 30 else c // (tw.group_words // 16)
         out += part * tw.scales[:, gi].double()
         if asym:
@@ -179,13 +265,27 @@ def _kernel_model(x: torch.Tensor, tw) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("fmt", ["sym_int4", "asym_int4"])
-@pytest.mark.parametrize(("n", "k", "gs"), [(24, 256, 128), (9, 1030, 256), (16, 1536, 256)])
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(("n", "k", "gs"), [(24, 256, 128), (9, 1030, 256), (16, 1536, 64), (7, 520, 32)])
 def test_the_kernels_k_order_matches_the_layout(fmt, n, k, gs):
-    """No GPU needed: the kernel's index maps (`_kernel_model`) on `pack_weight`'s words give the twin's product."""
+    """No GPU needed: the kernel's index maps and lookups (`_kernel_model`) on `pack_weight`'s words give the
+    twin's product."""
     qw = _weight(n, k, gs, n + k, fmt)
     tw = pack_weight(qw, "cpu")
     x = torch.randn(5, k, generator=torch.Generator().manual_seed(k)).bfloat16()
     got = _kernel_model(_prepare_x(x, tw), tw)
-    ref = x.double() @ qw.dequantize(torch.float32).double().T
+    ref = x.double() @ _twin_weight(qw).T
     torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9 * ref.abs().max().item())
+
+
+def test_level_lookups_give_every_code_its_level():
+    """Every code in every nibble of a word comes out of the byte-permute lookup as its level in bf16."""
+    for fmt, levels in CODEBOOKS.items():
+        lv = list(cuda.level_words(levels))
+        want = _bf16(torch.tensor(levels))
+        for nib in range(8):
+            codes = torch.arange(16)
+            w = (codes << (4 * nib)) | ((15 - codes) << (4 * ((nib + 3) % 8)))  # another code beside it
+            pairs = _decode_levels(w, lv)
+            got = _bf16_halves(pairs[nib % 4])[nib // 4]  # pair p holds nibbles p (low half) and p + 4 (high)
+            assert torch.equal(got, want), (fmt, nib, got, want)
