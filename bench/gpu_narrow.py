@@ -66,7 +66,7 @@ def candidates(tw, m: int, pool_name: str = "narrow") -> list:
     )
 
     block_m = mma_block_m(m_bucket(m))
-    if pool_name == "cuda":  # `cuda_w4` (sym_int4): its M tile is the row bucket itself
+    if pool_name == "cuda":  # `cuda_w4` (4-bit formats): its M tile is the row bucket itself
         pool = [replace(c, block_m=m_bucket(m)) for c in CONFIG_TABLES["cuda"]["cuda_w4"]]
         return [c for c in pool if valid(c, tw, torch.bfloat16)]
     if tw.format in ("fp8_e4m3", "sym_int8"):
