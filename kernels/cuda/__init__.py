@@ -23,9 +23,20 @@ from pathlib import Path
 
 import torch
 
+from xpullm.kernels.codebook import CODEBOOKS
 from xpullm.settings import runtime_settings
 
-__all__ = ["W4_MAX_ROWS", "W4_ROW_TILES", "available", "build_error", "level_words", "loadable", "w4_mma"]
+__all__ = [
+    "FORMATS",
+    "W4_MAX_ROWS",
+    "W4_ROW_TILES",
+    "available",
+    "build_error",
+    "group_args",
+    "level_words",
+    "loadable",
+    "w4_mma",
+]
 
 log = logging.getLogger("xpullm.kernels.cuda")
 
@@ -126,7 +137,15 @@ def build_error(device: torch.device) -> str | None:
     return _build_errors.get(arch or "")
 
 
-_KINDS = {"sym": 0, "asym": 1, "levels": 2}  # w4_mma.cu's `Kind`
+# format -> (w4_mma.cu's `Kind`, bits per code)
+FORMATS: dict[str, tuple[int, int]] = {
+    "sym_int4": (0, 4),
+    "asym_int4": (1, 4),
+    "nf4": (2, 4),
+    "fp4": (2, 4),
+    "sym_int8": (3, 8),
+    "fp8_e4m3": (4, 8),
+}
 
 
 @functools.cache
@@ -144,16 +163,16 @@ def level_words(levels: tuple[float, ...]) -> ctypes.Array:
     return (ctypes.c_uint32 * 8)(*words)
 
 
-def _group_args(group_size: int) -> tuple[int, int]:
-    """(group_blocks, chunks_per_group) for the launch: groups of 32 / 64 codes are scaled per 32-code block before
-    the mma, whole 128-code chunks (or one group per row, 0) after it."""
-    if group_size in (32, 64):
+def group_args(group_size: int, bits: int) -> tuple[int, int] | None:
+    """(group_blocks, chunks_per_group) for the launch, or None where the kernel cannot take the groups. 4-bit
+    groups of 32 / 64 codes are scaled per 32-code block before the mma; groups of whole chunks (128 codes for
+    4-bit, 64 for 8-bit) or one per row (0) after it."""
+    chunk = 512 // bits  # 16 words
+    if bits == 4 and group_size in (32, 64):
         return group_size // 32, 0
-    if group_size == 0 or group_size % 128 == 0:
-        return 0, group_size // 128
-    raise ValueError(
-        f"w4_mma takes groups of 32, 64 or a multiple of 128 codes (or 0: one per row), got {group_size}"
-    )
+    if group_size >= 0 and group_size % chunk == 0:
+        return 0, group_size // chunk
+    return None
 
 
 def w4_mma(
@@ -168,23 +187,32 @@ def w4_mma(
     tiles: int,
     warps: int,
     split: int,
-    levels: tuple[float, ...] | None = None,
+    fmt: str = "sym_int4",
 ) -> torch.Tensor:
-    """out [M, N] (bf16) = x [M, KX] (bf16, KX = 8 * KW) @ W^T for 4-bit words [N, KW] (KW a multiple of 16:
-    whole chunks of 128 codes) with `scales` [N, groups] (fp16 / fp32; a group = `group_size` codes: 32, 64, a
-    multiple of 128, or 0 = one per row): sym_int4 (w = (q - 8) s) when `zeros` and `levels` are None, asym_int4
-    (w = q s + z, `zeros` shaped and typed like `scales`), or a codebook format (w = levels[q] s, 16 `levels`, used in
-    bf16). `split` > 1 sums K splits through `partials` (fp32 [split, M, N]) and `counters` (int32, one per output
-    tile, zero; left zero)."""
+    """out [M, N] (bf16) = x [M, KX] (bf16) @ W^T for weight `fmt` in the Triton layout: words [N, KW] (KW a
+    multiple of 16: whole chunks), KX = KW x codes per word, `scales` [N, groups] (fp16 / fp32; a group =
+    `group_size` codes, 0 = one per row). sym_int4: w = (q - 8) s; asym_int4: w = q s + z (`zeros` shaped and typed
+    like `scales`); nf4 / fp4: w = level[q] s (levels in bf16); sym_int8: w = q s; fp8_e4m3: w = e4m3(q) s / 2^8
+    (the layout's scales). `split` > 1 sums K splits through `partials` (fp32 [split, M, N]) and `counters` (int32,
+    one per output tile, zero; left zero)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"w4_mma takes the formats {sorted(FORMATS)}, got {fmt!r}")
+    kind, bits = FORMATS[fmt]
     m, kx = x.shape
     n, kw = words.shape
     if not (x.dtype == torch.bfloat16 and out.dtype == torch.bfloat16 and words.dtype == torch.int32):
         raise ValueError(
             f"w4_mma takes bf16 activations / output and int32 words, got {x.dtype}, {out.dtype}"
         )
-    if not 1 <= m <= W4_MAX_ROWS or kx != kw * 8 or kw % 16 or x.stride(1) != 1 or not words.is_contiguous():
+    if (
+        not 1 <= m <= W4_MAX_ROWS
+        or kx != kw * 32 // bits
+        or kw % 16
+        or x.stride(1) != 1
+        or not words.is_contiguous()
+    ):
         raise ValueError(
-            f"w4_mma needs 1..{W4_MAX_ROWS} activation rows of KX = 8 * KW features (KW % 16 == 0, contiguous); got "
+            f"w4_mma needs 1..{W4_MAX_ROWS} activation rows of KX = {32 // bits} * KW features (KW % 16 == 0, contiguous); got "
             f"x {tuple(x.shape)} words {tuple(words.shape)}"
         )
     if tiles not in W4_ROW_TILES or not W4_WARPS[0] <= warps <= W4_WARPS[1] or split < 1:
@@ -197,10 +225,15 @@ def w4_mma(
         raise ValueError(f"w4_mma takes fp16 / fp32 scales with unit column stride, got {scales.dtype}")
     if zeros is not None and (zeros.dtype != scales.dtype or zeros.stride() != scales.stride()):
         raise ValueError("w4_mma takes zero points laid out like the scales (same dtype and strides)")
-    if zeros is not None and levels is not None:
-        raise ValueError("w4_mma takes zero points (asym_int4) or codebook levels (nf4 / fp4), not both")
-    group_blocks, chunks_per_group = _group_args(group_size)
-    kind = _KINDS["levels" if levels is not None else "asym" if zeros is not None else "sym"]
+    if (zeros is not None) != (fmt == "asym_int4"):
+        raise ValueError(f"w4_mma takes zero points for asym_int4 only (and needs them there), got {fmt}")
+    groups = group_args(group_size, bits)
+    if groups is None:
+        raise ValueError(
+            f"w4_mma takes {fmt} groups of {'32, 64 or ' if bits == 4 else ''}a multiple of "
+            f"{512 // bits} codes (or 0: one per row), got {group_size}"
+        )
+    levels = CODEBOOKS.get(fmt)
     arch = _arch(x.device)
     lib = _library(arch) if arch else None
     if lib is None:
@@ -212,7 +245,7 @@ def w4_mma(
         x.data_ptr(), x.stride(0), words.data_ptr(), kw, scales.data_ptr(),
         zeros.data_ptr() if zeros is not None else None, scales.stride(0), scales.shape[1],
         int(scales.dtype == torch.float16), kind, level_words(levels) if levels is not None else None,
-        group_blocks, chunks_per_group, out.data_ptr(),
+        *groups, out.data_ptr(),
         partials.data_ptr() if partials is not None else None, counters.data_ptr() if counters is not None else None,
         m, n, tiles, warps, split, stream,
     )  # fmt: skip

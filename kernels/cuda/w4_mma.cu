@@ -1,5 +1,6 @@
-// 4-bit weights (sym_int4, asym_int4, and the codebook formats nf4 / fp4) x bf16 activation rows (2..64) on tensor
-// cores, reading the Triton kernels' weight layout (kernels/triton/layout.py) as it is: no second copy of the weight.
+// Low-bit weights (4-bit: sym_int4, asym_int4, the codebook formats nf4 / fp4; 8-bit: sym_int8, fp8_e4m3) x bf16
+// activation rows (2..64) on tensor cores, reading the Triton kernels' weight layout (kernels/triton/layout.py) as
+// it is: no second copy of the weight. The 4-bit layout first; the 8-bit one below it.
 //
 // The layout: per weight row, blocks of 4 int32 words hold 32 codes; word l holds code 4 * i + l of its block in
 // nibble i (bits 4i..4i+3). One 16-byte load is one block of one row.
@@ -13,6 +14,13 @@
 // into one bf16x2 register: (w >> 4p) & 0x000F000F | 0x43004300 is (128 + q_p, 128 + q_(p+4)) in bf16, minus 136
 // gives the codes' values q - 8 exactly (asym_int4: minus 128 gives q). The activations are staged in shared memory
 // in that same order.
+//
+// 8-bit weights (sym_int8, fp8_e4m3): a block is 4 words = 16 codes, word l holding code 4 i + l in byte i, and a
+// chunk is 64 codes. Step s (0..3) of a chunk takes word s of each lane's block: bytes (0, 2) into one bf16x2, bytes
+// (1, 3) into another. int8 codes decode exactly in three steps (the two nibbles of the byte with its sign bit
+// flipped, each by the 128 + q magic, then 16 h + l - 128 with two fmas); e4m3 codes are moved into a bf16's
+// exponent and mantissa bits and multiplied by 2^112 (exact, subnormals included; the layout's e4m3 scales carry
+// the remaining 2^8).
 //
 // Codebook formats (w = level[q] s): the 16 levels, rounded to bf16, sit in eight registers as their low and high
 // bytes; `prmt` byte permutes look four codes up at a time (`decode_levels`), and a word's eight codes come out as
@@ -33,8 +41,17 @@
 
 namespace xpullm_w4 {
 
-constexpr int kChunk = 128;         // codes per chunk (4 blocks of 32)
-constexpr int kRowElems = 144;      // staged activation row: 128 bf16 + 16 pad (bank-conflict-free 8-byte reads)
+enum Kind { kSym = 0, kAsym = 1, kLevels = 2, kInt8 = 3, kE4m3 = 4 };
+
+// Per code width: codes per chunk (4 blocks), mma K steps per chunk, and the staged activation row's stride in bf16
+// (the chunk plus a pad that puts the 8 rows a warp's lanes read 8 banks apart: conflict-free 8-byte reads).
+template <int KIND>
+struct Codes {
+  static constexpr bool kEight = KIND >= kInt8;
+  static constexpr int kChunk = kEight ? 64 : 128;
+  static constexpr int kSteps = kChunk / 16;
+  static constexpr int kRow = kEight ? 80 : 144;
+};
 
 // a * b + c per bf16 half, rounded once (sm_80; sub / mul.bf16x2 need sm_90)
 __device__ __forceinline__ uint32_t bf16x2_fma(uint32_t a, uint32_t b, uint32_t c) {
@@ -105,15 +122,15 @@ struct Params {
 };
 
 // Activation rows [rows, chunk c] -> registers (16-byte vectors; rows past m read as zeros).
-template <int NT>
+template <int NT, int CHUNK>
 __device__ __forceinline__ void stage_load(uint4 (&buf)[NT], const Params& p, int64_t k0, int tid, int threads) {
-  constexpr int kVecs = NT * 8 * 16;  // 16-byte vectors per chunk of NT*8 rows
+  constexpr int kPerRow = CHUNK / 8, kVecs = NT * 8 * kPerRow;  // 16-byte vectors per chunk of NT*8 rows
 #pragma unroll
   for (int r = 0; r < NT; ++r) {
     const int v = tid + r * threads;
     buf[r] = make_uint4(0, 0, 0, 0);
     if (v < kVecs) {
-      const int row = v >> 4, q = v & 15;
+      const int row = v / kPerRow, q = v % kPerRow;
       if (row < p.m) buf[r] = *reinterpret_cast<const uint4*>(p.x + row * p.ldx + k0 + q * 8);
     }
   }
@@ -148,7 +165,7 @@ __device__ __forceinline__ void stage_store(const uint4 (&buf)[NT], __nv_bfloat1
       const int sodd = q & 1;          // (i % 4) / 2 for both planes i = 2 (q % 4), 2 (q % 4) + 1
       const int jbase = (q & 3) >> 1;  // i / 4
       const uint32_t w[4] = {buf[r].x, buf[r].y, buf[r].z, buf[r].w};
-      unsigned short* dst = reinterpret_cast<unsigned short*>(sx + row * kRowElems + t * 4);
+      unsigned short* dst = reinterpret_cast<unsigned short*>(sx + row * Codes<kSym>::kRow + t * 4);
 #pragma unroll
       for (int u = 0; u < 8; ++u) {
         // element e = 8 (q % 4) + u: l = u % 4, i = 2 (q % 4) + u / 4, so i % 2 = u / 4
@@ -161,7 +178,26 @@ __device__ __forceinline__ void stage_store(const uint4 (&buf)[NT], __nv_bfloat1
   }
 }
 
-enum Kind { kSym = 0, kAsym = 1, kLevels = 2 };
+// 8-bit chunks (64 codes, 8 vectors a row): element e = 4 i + l of block t goes to l * 16 + t * 4 + j, with
+// j = (i / 2) + 2 (i % 2): bytes 0 and 2 of word l are mma slots 2t, 2t + 1 (b0), bytes 1 and 3 slots 2t + 8, 2t + 9.
+template <int NT>
+__device__ __forceinline__ void stage_store8(const uint4 (&buf)[NT], __nv_bfloat16* sx, int tid, int threads) {
+  constexpr int kVecs = NT * 8 * 8;
+#pragma unroll
+  for (int r = 0; r < NT; ++r) {
+    const int v = tid + r * threads;
+    if (v < kVecs) {
+      const int row = v >> 3, q = v & 7;
+      const uint32_t w[4] = {buf[r].x, buf[r].y, buf[r].z, buf[r].w};
+      unsigned short* dst = reinterpret_cast<unsigned short*>(sx + row * Codes<kInt8>::kRow + (q >> 1) * 4);
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const int l = u & 3, i = 2 * (q & 1) + (u >> 2);
+        dst[l * 16 + (i >> 1) + 2 * (i & 1)] = static_cast<unsigned short>((w[u >> 1] >> (16 * (u & 1))) & 0xFFFF);
+      }
+    }
+  }
+}
 
 // sym_int4: codes' values q - 8 (bf16 0xC308 = -136 after the 128 + q magic); asym_int4: q (0xC300 = -128).
 template <int KIND>
@@ -196,6 +232,34 @@ __device__ __forceinline__ void decode_levels(uint32_t w, const uint32_t (&lv)[8
   pairs[3] = prmt(lo23, hi23, 0x7362u);
 }
 
+__device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(b), "r"(c));  // (a & b) | c
+  return d;
+}
+
+__device__ __forceinline__ uint32_t lop3_and_xor(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0x6A;" : "=r"(d) : "r"(a), "r"(b), "r"(c));  // (a & b) ^ c
+  return d;
+}
+
+// Bytes 0 and 2 (HIGH: 1 and 3) of a word of 8-bit codes as one bf16x2 register.
+template <int KIND, bool HIGH>
+__device__ __forceinline__ uint32_t decode8(uint32_t w) {
+  if constexpr (KIND == kInt8) {
+    // u = q + 128 = 16 h + l (the byte with its sign bit flipped: the high nibble's bit 3)
+    const uint32_t b = HIGH ? w >> 8 : w;
+    const uint32_t lo = lop3_and_or(b, 0x000F000Fu, 0x43004300u);          // 128 + l
+    const uint32_t hi = lop3_and_xor(b >> 4, 0x000F000Fu, 0x43084308u);    // 128 + h
+    return bf16x2_fma(lo, 0x3F803F80u, bf16x2_fma(hi, 0x41804180u, 0xC510C510u));  // (128 + l) + (16 h - 256)
+  } else {  // e4m3: sign to bit 15, exponent and mantissa to bits 4..10, times 2^112 (0x7780), plus -0
+    const uint32_t v = HIGH ? lop3_and_or(w >> 4, 0x07F007F0u, w & 0x80008000u)
+                            : lop3_and_or(w << 4, 0x07F007F0u, (w << 8) & 0x80008000u);
+    return bf16x2_fma(v, 0x77807780u, 0x80008000u);
+  }
+}
+
 __device__ __forceinline__ uint32_t bf16x2_of(float v) {
   const uint32_t h = __bfloat16_as_ushort(__float2bfloat16_rn(v));
   return h | (h << 16);
@@ -221,8 +285,10 @@ __device__ __forceinline__ void each_output(const float (&acc)[TILES][NT][4], co
 template <int TILES, int NT, int KIND, bool PRESCALE>
 __global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
   constexpr bool kSums = KIND == kAsym && !PRESCALE;  // the chunk's activation sums (post-scaled zero points)
+  constexpr bool kEight = Codes<KIND>::kEight;
+  constexpr int kCh = Codes<KIND>::kChunk, kRow = Codes<KIND>::kRow;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  constexpr int kStage = NT * 8 * kRowElems;  // bf16 elements per staged chunk
+  constexpr int kStage = NT * 8 * kRow;  // bf16 elements per staged chunk
   __nv_bfloat16* sx = reinterpret_cast<__nv_bfloat16*>(smem_raw);
   float* ssum = reinterpret_cast<float*>(smem_raw + 2 * kStage * sizeof(__nv_bfloat16));  // [2][NT * 8]
 
@@ -261,8 +327,9 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
     for (int T = 0; T < TILES; ++T)
 #pragma unroll
       for (int h = 0; h < 2; ++h) wcur[T][h] = load_words(wrow[T][h] + c_begin * 16);
-    stage_load<NT>(xbuf, p, static_cast<int64_t>(c_begin) * kChunk, tid, threads);
-    stage_store<NT, kSums>(xbuf, sx, ssum, tid, threads);
+    stage_load<NT, kCh>(xbuf, p, static_cast<int64_t>(c_begin) * kCh, tid, threads);
+    if constexpr (kEight) stage_store8<NT>(xbuf, sx, tid, threads);
+    else stage_store<NT, kSums>(xbuf, sx, ssum, tid, threads);
   }
   __syncthreads();
 
@@ -274,7 +341,7 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
       for (int T = 0; T < TILES; ++T)
 #pragma unroll
         for (int h = 0; h < 2; ++h) wnext[T][h] = load_words(wrow[T][h] + (c + 1) * 16);
-      stage_load<NT>(xbuf, p, static_cast<int64_t>(c + 1) * kChunk, tid, threads);
+      stage_load<NT, kCh>(xbuf, p, static_cast<int64_t>(c + 1) * kCh, tid, threads);
     }
     // Post-scaled: the chunk's group. PRESCALE: the group of this lane's block (4 c + t).
     // (The padding past a row's last group - zero codes times zero activations - takes that group's scale.)
@@ -300,11 +367,11 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
     const __nv_bfloat16* sxc = sx + buf * kStage;
     uint32_t lpairs[TILES][2][4];  // codebook formats: the level pairs of word s / 2 (decoded at even s)
 #pragma unroll
-    for (int s = 0; s < 8; ++s) {
+    for (int s = 0; s < Codes<KIND>::kSteps; ++s) {
       uint32_t b[NT][2];
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
-        const uint2 v = *reinterpret_cast<const uint2*>(sxc + (j * 8 + g) * kRowElems + s * 16 + t * 4);
+        const uint2 v = *reinterpret_cast<const uint2*>(sxc + (j * 8 + g) * kRow + s * 16 + t * 4);
         b[j][0] = v.x;
         b[j][1] = v.y;
       }
@@ -312,7 +379,11 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
 #pragma unroll
       for (int T = 0; T < TILES; ++T) {
         uint32_t a[4];
-        if constexpr (KIND == kLevels) {
+        if constexpr (kEight) {  // word s: bytes (0, 2) and (1, 3)
+          const uint32_t w0 = word_at(wcur[T][0], s), w1 = word_at(wcur[T][1], s);
+          a[0] = decode8<KIND, false>(w0), a[1] = decode8<KIND, false>(w1);
+          a[2] = decode8<KIND, true>(w0), a[3] = decode8<KIND, true>(w1);
+        } else if constexpr (KIND == kLevels) {
           if (o == 0) {
             decode_levels(word_at(wcur[T][0], l), lv, lpairs[T][0]);
             decode_levels(word_at(wcur[T][1], l), lv, lpairs[T][1]);
@@ -357,7 +428,8 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
       }
     }
     if (more) {
-      stage_store<NT, kSums>(xbuf, sx + (buf ^ 1) * kStage, ssum + (buf ^ 1) * NT * 8, tid, threads);
+      if constexpr (kEight) stage_store8<NT>(xbuf, sx + (buf ^ 1) * kStage, tid, threads);
+      else stage_store<NT, kSums>(xbuf, sx + (buf ^ 1) * kStage, ssum + (buf ^ 1) * NT * 8, tid, threads);
 #pragma unroll
       for (int T = 0; T < TILES; ++T)
 #pragma unroll
@@ -392,9 +464,14 @@ __global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
 
 template <int TILES, int NT, int KIND>
 void launch_kind(const Params& p, bool prescale, dim3 grid, int threads, cudaStream_t stream) {
-  const size_t smem = 2 * (static_cast<size_t>(NT) * 8 * kRowElems * sizeof(__nv_bfloat16) + NT * 8 * sizeof(float));
-  if (prescale) w4_mma_kernel<TILES, NT, KIND, true><<<grid, threads, smem, stream>>>(p);
-  else w4_mma_kernel<TILES, NT, KIND, false><<<grid, threads, smem, stream>>>(p);
+  const size_t smem =
+      2 * (static_cast<size_t>(NT) * 8 * Codes<KIND>::kRow * sizeof(__nv_bfloat16) + NT * 8 * sizeof(float));
+  if constexpr (Codes<KIND>::kEight) {  // groups of whole chunks or one per row only (checked by the caller)
+    w4_mma_kernel<TILES, NT, KIND, false><<<grid, threads, smem, stream>>>(p);
+  } else {
+    if (prescale) w4_mma_kernel<TILES, NT, KIND, true><<<grid, threads, smem, stream>>>(p);
+    else w4_mma_kernel<TILES, NT, KIND, false><<<grid, threads, smem, stream>>>(p);
+  }
 }
 
 template <int TILES, int NT>
@@ -402,7 +479,9 @@ void launch_nt(const Params& p, int kind, bool prescale, dim3 grid, int threads,
   switch (kind) {
     case kSym: launch_kind<TILES, NT, kSym>(p, prescale, grid, threads, stream); break;
     case kAsym: launch_kind<TILES, NT, kAsym>(p, prescale, grid, threads, stream); break;
-    default: launch_kind<TILES, NT, kLevels>(p, prescale, grid, threads, stream); break;
+    case kLevels: launch_kind<TILES, NT, kLevels>(p, prescale, grid, threads, stream); break;
+    case kInt8: launch_kind<TILES, NT, kInt8>(p, prescale, grid, threads, stream); break;
+    default: launch_kind<TILES, NT, kE4m3>(p, prescale, grid, threads, stream); break;
   }
 }
 
@@ -425,8 +504,10 @@ bool launch_tiles(const Params& p, int nt, int kind, bool prescale, dim3 grid, i
 }  // namespace xpullm_w4
 
 // Host entry: all checks are done by the Python caller (kernels/cuda/__init__.py), which passes raw pointers.
-// kind: 0 sym_int4, 1 asym_int4 (zeros), 2 codebook (levels: 8 words, see Params). group_blocks: 1 or 2 for groups of
-// 32 / 64 codes (scaled before the mma), else 0 and chunks_per_group as in Params.
+// kind: 0 sym_int4, 1 asym_int4 (zeros), 2 codebook (levels: 8 words, see Params), 3 sym_int8, 4 fp8_e4m3 (scales
+// times 2^8, as the layout stores them). group_blocks (4-bit only): 1 or 2 for groups of 32 / 64 codes (scaled before
+// the mma), else 0 and chunks_per_group as in Params (8-bit chunks are 64 codes, 4-bit ones 128).
+// kw: words per row, a multiple of 16 (whole chunks).
 // Returns 0, or a CUDA error code from the launch (cudaErrorInvalidValue for a tile it is not built for).
 extern "C" int xpullm_w4_mma_launch(const void* x, int64_t ldx, const void* words, int64_t kw, const void* scales,
                                     const void* zeros, int64_t ld_scales, int n_groups, int half_scales, int kind,
@@ -435,8 +516,9 @@ extern "C" int xpullm_w4_mma_launch(const void* x, int64_t ldx, const void* word
                                     void* stream) {
   using namespace xpullm_w4;
   const int nt = m <= 8 ? 1 : (m <= 16 ? 2 : (m <= 32 ? 4 : 8));
-  if (warps < 4 || warps > 8 || m < 1 || m > 64 || kind < kSym || kind > kLevels || group_blocks < 0 ||
-      group_blocks > 2 || n_groups < 1 || (kind == kLevels && levels == nullptr))
+  if (warps < 4 || warps > 8 || m < 1 || m > 64 || kind < kSym || kind > kE4m3 || group_blocks < 0 ||
+      group_blocks > 2 || (group_blocks > 0 && kind >= kInt8) || n_groups < 1 ||
+      (kind == kLevels && levels == nullptr))
     return static_cast<int>(cudaErrorInvalidValue);
   const int n_chunks = static_cast<int>(kw / 16);
   const int cps = (n_chunks + split - 1) / split;

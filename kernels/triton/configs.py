@@ -58,8 +58,9 @@ class LaunchConfig:
     `w8a8` = 8-bit weights x activation rows quantized to the same 8-bit type on the vendor GEMM (`w8a8.py`);
     `w8a8_t` = the same product in Triton tiles, the rows quantized per block (`w8a8_tile.py`; block_kb 4-word
     blocks of 16 bytes per K step: a whole number of activation blocks);
-    `cuda_w4` = 4-bit weights (sym / asym_int4, nf4, fp4) x 2-64 bf16 rows in CUDA C++ (`kernels/cuda/w4_mma.cu`): block_n weight
-    rows per program = 16 x tiles x num_warps, split_k K splits summed by the last to finish;
+    `cuda_w4` = low-bit weights (sym / asym_int4, nf4, fp4, sym_int8, fp8_e4m3) x 2-64 bf16 rows in CUDA C++
+    (`kernels/cuda/w4_mma.cu`): block_n weight rows per program = 16 x tiles x num_warps, split_k K splits summed
+    by the last to finish;
     `dequant` = decode to a dense weight, then the vendor GEMM."""
 
     path: Path
@@ -429,7 +430,7 @@ _XPU_GEMV = [
 _XPU_DOT_SMALL = [_dot(16, bn, kb, sk, w, 2) for bn, kb, w in ((64, 4, 4), (128, 4, 8)) for sk in (1, 2)]
 _XPU_PREFILL = [_DEQUANT, _dot(128, 128, 4, 1, 16, 2), _dot(256, 128, 4, 1, 32, 2)]
 
-# CUDA C++ 4-bit tiles (`cuda_w4`): 1, 2 or 4 16-row tiles per warp on 4 or 8 warps, K split 1-16 ways. block_m
+# CUDA C++ low-bit tiles (`cuda_w4`): 1, 2 or 4 16-row tiles per warp on 4 or 8 warps, K split 1-16 ways. block_m
 # is set to the row bucket; block_kb 4 = one 128-code chunk per K step.
 _CUDA_W4 = [
     LaunchConfig("cuda_w4", 8, 16 * tiles * warps, 4, split, warps, 1, tiles=tiles)
@@ -437,9 +438,8 @@ _CUDA_W4 = [
     for warps in (4, 8)
     for split in (1, 2, 4, 8, 16)
 ]
-CUDA_W4_MAX_M = 64  # rows the CUDA 4-bit kernel takes
-CUDA_W4_FORMATS = ("sym_int4", "asym_int4", "nf4", "fp4")
-CUDA_W4_GROUP_WORDS = (4, 8)  # groups of 32 / 64 codes (scaled before the mma); else whole 128-code chunks
+CUDA_W4_MAX_M = 64  # rows the CUDA low-bit kernel takes
+CUDA_W4_FORMATS = ("sym_int4", "asym_int4", "nf4", "fp4", "sym_int8", "fp8_e4m3")
 
 CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
     "cuda": {
@@ -485,9 +485,9 @@ def path_summary() -> list[str]:
         f"w8a8_t   2-{MMA_MAX_M} rows     fp8_e4m3, sym_int8  8-bit weights x rows quantized per block (fp8: 128, "
         f"int8: 64), fp8 / int8 tensor cores, no decode; timed for: {', '.join(w8a8_tile_formats()) or 'none'} "
         "(XPULLM_TRITON_W8A8_T=off|fp8|all)",
-        f"cuda_w4  2-{CUDA_W4_MAX_M} rows      4-bit: int, nf4, fp4  CUDA C++ (built by nvcc on first use): weight loads "
-        "land in mma.sync operand fragments, levels by byte permutes, fp32 scales per 128-code chunk (g32 / g64: "
-        "bf16 scales before the mma), K splits summed by the last program"
+        f"cuda_w4  2-{CUDA_W4_MAX_M} rows      int4, nf4, fp4, int8, fp8  CUDA C++ (built by nvcc on first use): "
+        "weight loads land in mma.sync operand fragments, decoded in registers (levels by byte permutes), fp32 "
+        "scales per chunk (4-bit g32 / g64: bf16 scales before the mma), K splits summed by the last program"
         f"{'' if runtime_settings().cuda_kernels else '; off until run on a GPU (XPULLM_CUDA_KERNELS=1 times it)'}",
         "dequant  prefill        every format        decode to the activation dtype, then cuBLAS",
     ]
@@ -507,18 +507,20 @@ def m_bucket(m: int) -> int:
     return min(1 << max(m - 1, 0).bit_length(), 512)
 
 
+def cuda_w4_group(tw) -> int:
+    """The weight's group size in codes as the CUDA kernel takes it (0: one group per row)."""
+    return 0 if tw.group_words == SINGLE_GROUP_WORDS else tw.group_words * tw.planes
+
+
 def cuda_w4_fits(tw, x_dtype: torch.dtype) -> bool:
-    """Whether the CUDA 4-bit kernel takes weight `tw` x `x_dtype` rows: sym_int4 / asym_int4 / nf4 / fp4 in groups
-    of 32, 64 or whole 128-code chunks (or one per row), bf16 rows, on a CUDA device where the kernel builds
-    (`kernels.cuda.available`)."""
+    """Whether the CUDA low-bit kernel takes weight `tw` x `x_dtype` rows: a format of `CUDA_W4_FORMATS` whose
+    groups it can scale (4-bit: 32, 64 or whole 128-code chunks; 8-bit: whole 64-code chunks; or one per row), bf16
+    rows, on a CUDA device where the kernel builds (`kernels.cuda.available`)."""
     if tw.format not in CUDA_W4_FORMATS or x_dtype != torch.bfloat16 or tw.device.type != "cuda":
-        return False
-    gw = tw.group_words
-    if gw != SINGLE_GROUP_WORDS and gw % 16 and gw not in CUDA_W4_GROUP_WORDS:
         return False
     from xpullm.kernels import cuda
 
-    return cuda.available(tw.device)
+    return cuda.group_args(cuda_w4_group(tw), 32 // tw.planes) is not None and cuda.available(tw.device)
 
 
 def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:

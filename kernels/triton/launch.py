@@ -16,14 +16,12 @@ import torch.nn.functional as F
 import triton
 import triton.compiler.errors
 
-from xpullm.kernels.codebook import CODEBOOKS
 from xpullm.kernels.triton import jit, w4a8, w8a8, w8a8_tile
 from xpullm.kernels.triton.configs import (
     CUDA_W4_FORMATS,
     Q8_FORMATS,
     Q8_ROW_TILES,
     Q8_ROWS_MAX,
-    SINGLE_GROUP_WORDS,
     LaunchConfig,
     autotune_enabled,
     can_fold,
@@ -32,6 +30,7 @@ from xpullm.kernels.triton.configs import (
     can_tma,
     candidates,
     cuda_w4_fits,
+    cuda_w4_group,
     default_config,
     default_q8_config,
     m_bucket,
@@ -492,25 +491,24 @@ def w8a8_t_launch(
 def _run_cuda_w4(
     x: torch.Tensor, tw: TritonWeight, cfg: LaunchConfig, out: torch.Tensor, workspace: torch.Tensor | None
 ) -> torch.Tensor:
-    """`kernels/cuda/w4_mma.cu` on this weight's words as they are (sym / asym_int4, nf4 / fp4; groups of 32, 64 or
-    whole 128-code chunks)."""
+    """`kernels/cuda/w4_mma.cu` on this weight's words as they are (`CUDA_W4_FORMATS`)."""
     from xpullm.kernels import cuda
 
     if not cuda_w4_fits(tw, x.dtype):
         raise ValueError(
-            f"cuda_w4 runs {' / '.join(CUDA_W4_FORMATS)} (groups of 32, 64 or a multiple of 128) x bf16 rows on "
-            f"CUDA where the kernel builds and XPULLM_CUDA_KERNELS=1; got {tw.format} group {tw.group_size} x "
-            f"{x.dtype} ({cuda.build_error(tw.device) or 'no build error'})"
+            f"cuda_w4 runs {' / '.join(CUDA_W4_FORMATS)} (4-bit groups of 32, 64 or a multiple of 128; 8-bit "
+            f"groups of a multiple of 64 or per row) x bf16 rows on CUDA where the kernel builds and "
+            f"XPULLM_CUDA_KERNELS=1; got {tw.format} group {tw.group_size} x {x.dtype} "
+            f"({cuda.build_error(tw.device) or 'no build error'})"
         )
     split = min(cfg.split_k, tw.kw // 16)
     counters = _tile_counters(tw.device, triton.cdiv(tw.n, cfg.block_n)) if split > 1 else None
     if counters is None:  # one pass; also when the counter array cannot be made (inside a graph capture)
         split = 1
     workspace, _, _ = _split_target(split, out, workspace)
-    group = 0 if tw.group_words == SINGLE_GROUP_WORDS else tw.group_words * tw.planes
     return cuda.w4_mma(
-        x, tw.words, tw.scales, tw.zeros, group, out, workspace, counters, cfg.tiles, cfg.num_warps, split,
-        levels=CODEBOOKS.get(tw.format),
+        x, tw.words, tw.scales, tw.zeros, cuda_w4_group(tw), out, workspace, counters, cfg.tiles, cfg.num_warps,
+        split, fmt=tw.format,
     )  # fmt: skip
 
 

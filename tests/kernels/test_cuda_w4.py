@@ -35,7 +35,11 @@ gpu = pytest.mark.skipif(
     reason=f"needs a CUDA GPU (sm_80+) and nvcc: {cuda.build_error(DEVICE) if HAS_CUDA else 'no GPU'}",
 )
 POOL = CONFIG_TABLES["cuda"]["cuda_w4"]
-FORMATS = ("sym_int4", "asym_int4", "nf4", "fp4")
+FORMATS = ("sym_int4", "asym_int4", "nf4", "fp4", "sym_int8", "fp8_e4m3")
+GROUPS = {
+    4: (32, 64, 128, 256),
+    8: (0, 64, 128, 256),
+}  # codes a group the kernel takes, by bits (0: one per row)
 
 
 @pytest.fixture(autouse=True)
@@ -44,10 +48,15 @@ def _switched_on(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _weight(n: int, k: int, gs: int, seed: int, fmt: str = "sym_int4"):
+    """A quantized random weight; `gs` 0 = one group per row."""
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(n, k, generator=g) * 0.05
     w[:, : max(1, k // 50)] *= 20  # a few outlier columns, as real checkpoints have
     return get_format(fmt).quantize(w, gs)
+
+
+def _bits(fmt: str) -> int:
+    return get_format(fmt).bits
 
 
 def _bf16(t: torch.Tensor) -> torch.Tensor:
@@ -57,15 +66,21 @@ def _bf16(t: torch.Tensor) -> torch.Tensor:
 def _twin_weight(qw) -> torch.Tensor:
     """fp64 [N, K]: the weight as the kernel multiplies it (the module docstring says how)."""
     n, k = qw.shape
-    codes = unpack_nibbles(qw.data).long().reshape(n, -1, qw.group_size)
     levels = CODEBOOKS.get(qw.format)
-    if levels is not None:
-        v = _bf16(torch.tensor(levels))[codes]
+    if qw.format == "fp8_e4m3":
+        v = qw.data.view(torch.float8_e4m3fn).double().reshape(n, -1, qw.group_size)
+    elif qw.format == "sym_int8":
+        v = qw.data.double().reshape(n, -1, qw.group_size)
     else:
-        v = codes.double() - (0 if qw.zeros is not None else 8)
+        codes = unpack_nibbles(qw.data).long().reshape(n, -1, qw.group_size)
+        v = (
+            _bf16(torch.tensor(levels))[codes]
+            if levels is not None
+            else codes.double() - 8 * (qw.zeros is None)
+        )
     s = qw.scales.double()[..., None]
     z = qw.zeros.double()[..., None] if qw.zeros is not None else None
-    if qw.group_size in (32, 64):
+    if _bits(qw.format) == 4 and qw.group_size in (32, 64) and qw.scales.shape[1] > 1:
         w = _bf16(v * _bf16(s) + (_bf16(z) if z is not None else 0.0))
     else:
         w = v * s + (z if z is not None else 0.0)
@@ -99,12 +114,12 @@ def test_matches_twin_over_random_shapes():
     rng = random.SystemRandom()
     seed0 = rng.randrange(2**31)
     r = random.Random(seed0)
-    for trial in range(80):
+    for trial in range(100):
         n = r.choice([1, 15, 16, 17, 64, 100, 257, 640, 1000, 4096])
         k = r.choice([128, 200, 256, 1030, 2048, 4096])
-        gs = r.choice([32, 64, 128, 256])
-        m = r.randint(2, 64)
         fmt = r.choice(FORMATS)
+        gs = r.choice(GROUPS[_bits(fmt)])
+        m = r.randint(2, 64)
         qw = _weight(n, k, gs, seed0 + trial, fmt)
         tw = pack_weight(qw, DEVICE)
         pool = [c for c in POOL if valid(replace(c, block_m=m), tw, torch.bfloat16)]
@@ -117,7 +132,10 @@ def test_matches_twin_over_random_shapes():
 
 
 @gpu
-@pytest.mark.parametrize(("fmt", "gs"), [("sym_int4", 128), ("asym_int4", 128), ("nf4", 64), ("fp4", 32)])
+@pytest.mark.parametrize(
+    ("fmt", "gs"),
+    [("sym_int4", 128), ("asym_int4", 128), ("nf4", 64), ("fp4", 32), ("sym_int8", 0), ("fp8_e4m3", 64)],
+)
 @pytest.mark.parametrize("m", [2, 8, 9, 16, 31, 64])
 def test_every_tile_of_the_pool(m, fmt, gs):
     """Each (tiles, warps, split) of the table on a ragged shape (N not a multiple of any tile, K padded)."""
@@ -150,17 +168,25 @@ def test_split_sums_are_deterministic_and_leave_the_counters_zero():
 
 
 @gpu
-def test_the_tuner_times_it_for_the_4_bit_formats_only():
+def test_the_tuner_times_it_for_the_formats_and_groups_it_takes():
     qw = _weight(512, 1024, 128, 3)
     tw = pack_weight(qw, DEVICE)
     assert any(c.path == "cuda_w4" for c in candidates("cuda", tw, 16, torch.bfloat16))
     assert not any(c.path == "cuda_w4" for c in candidates("cuda", tw, 16, torch.float16))
     assert not any(c.path == "cuda_w4" for c in candidates("cuda", tw, 128, torch.bfloat16))
-    for fmt, gs in (("asym_int4", 256), ("nf4", 64), ("fp4", 128), ("sym_int4", 32)):
+    for fmt, gs in (
+        ("asym_int4", 256),
+        ("nf4", 64),
+        ("fp4", 128),
+        ("sym_int4", 32),
+        ("sym_int8", 0),
+        ("fp8_e4m3", 128),
+    ):
         other = pack_weight(_weight(512, 1024, gs, 5, fmt), DEVICE)
         assert any(c.path == "cuda_w4" for c in candidates("cuda", other, 8, torch.bfloat16)), (fmt, gs)
-    int8 = pack_weight(_weight(512, 1024, 128, 6, "sym_int8"), DEVICE)
-    assert not any(c.path == "cuda_w4" for c in candidates("cuda", int8, 16, torch.bfloat16))
+    for fmt, gs in (("sym_int8", 32), ("fp8_e5m2", 0)):  # a group inside a 64-code chunk; a format it lacks
+        other = pack_weight(_weight(512, 1024, gs, 6, fmt), DEVICE)
+        assert not any(c.path == "cuda_w4" for c in candidates("cuda", other, 16, torch.bfloat16)), (fmt, gs)
 
 
 @gpu
@@ -217,36 +243,69 @@ def _bf16_halves(pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return as_f32(pair), as_f32(pair >> 16)
 
 
+def _decode8(w: torch.Tensor, fmt: str, high: bool) -> torch.Tensor:
+    """w4_mma.cu's `decode8`: bytes 0 and 2 (high: 1 and 3) of each word as fp64 values [N, 2]."""
+    halves = lambda bits: torch.stack(_bf16_halves(bits & 0xFFFFFFFF), 1)  # noqa: E731
+    if fmt == "sym_int8":
+        b = w >> 8 if high else w
+        lo = halves((b & 0x000F000F) | 0x43004300)  # 128 + l
+        hi = halves(
+            ((b >> 4) & 0x000F000F) ^ 0x43084308
+        )  # 128 + h, h the high nibble with the sign bit flipped
+        return lo + (hi * 16 - 2304)
+    if high:
+        bits = ((w >> 4) & 0x07F007F0) | (w & 0x80008000)
+    else:
+        bits = ((w << 4) & 0x07F007F0) | ((w << 8) & 0x80008000)
+    return halves(bits) * 2.0**112
+
+
+def _stage_positions(bits: int) -> torch.Tensor:
+    """Where `stage_store` (4-bit) / `stage_store8` put element e of a chunk in the staged row."""
+    if bits == 4:
+        e = torch.arange(128)
+        q, u = e // 8, e % 8
+        return (2 * (u & 3) + (q & 1)) * 16 + (q >> 2) * 4 + ((q & 3) >> 1) + 2 * (u >> 2)
+    e = torch.arange(64)
+    q, u = e // 8, e % 8
+    i = 2 * (q & 1) + (u >> 2)
+    return (u & 3) * 16 + (q >> 1) * 4 + (i >> 1) + 2 * (i & 1)
+
+
 def _kernel_model(x: torch.Tensor, tw) -> torch.Tensor:
-    """w4_mma.cu's arithmetic, written out in PyTorch with its index maps: which nibble of which word each lane
-    puts in each mma K slot, how a codebook's levels are looked up from `level_words` by byte permutes, where
-    `stage_store` puts each activation, the scaling (per 128-code chunk in fp32, or per lane's block in bf16 before
-    the mma for groups of 32 / 64). Lets a machine without a GPU check the kernel's K order and lookups against the
-    layout `pack_weight` writes."""
+    """w4_mma.cu's arithmetic, written out in PyTorch with its index maps: which code of which word each lane
+    puts in each mma K slot, the decodes (integer nibbles, a codebook's levels looked up from `level_words` by byte
+    permutes, int8 and e4m3 bytes), where the staging puts each activation, the scaling (per chunk in fp32, or per
+    lane's block in bf16 before the mma for 4-bit groups of 32 / 64). Lets a machine without a GPU check the
+    kernel's K order and decodes against the layout `pack_weight` writes."""
     m = x.shape[0]
     words = tw.words.long() & 0xFFFFFFFF
     asym = tw.zeros is not None
+    bits = 32 // tw.planes
+    chunk_codes = 512 // bits
     levels = CODEBOOKS.get(tw.format)
     lv = list(cuda.level_words(levels)) if levels is not None else None
-    prescale = tw.group_words in (4, 8)
-    e = torch.arange(128)
-    q, u = e // 8, e % 8
-    pos = (2 * (u & 3) + (q & 1)) * 16 + (q >> 2) * 4 + ((q & 3) >> 1) + 2 * (u >> 2)  # stage_store
-    assert sorted(pos.tolist()) == list(range(128))
+    prescale = bits == 4 and tw.group_words in (4, 8)
+    pos = _stage_positions(bits)
+    assert sorted(pos.tolist()) == list(range(chunk_codes))
     out = torch.zeros(m, tw.n, dtype=torch.float64)
     for c in range(tw.kw // 16):
-        chunk = x[:, c * 128 : (c + 1) * 128].double()
+        chunk = x[:, c * chunk_codes : (c + 1) * chunk_codes].double()
         staged = torch.empty_like(chunk)
         staged[:, pos] = chunk
         part = torch.zeros(m, tw.n, dtype=torch.float64)
-        for s in range(8):
+        for s in range(chunk_codes // 16):
             for t in range(4):
-                word = words[:, c * 16 + 4 * t + s // 2]
-                if lv is not None:  # pairs (p, p+4) and (p+1, p+5), p = 2 (s % 2)
+                # a: [N, 4] values for mma K slots (2t, 2t+1, 2t+8, 2t+9)
+                if bits == 8:  # word s: bytes (0, 2) then (1, 3)
+                    word = words[:, c * 16 + 4 * t + s]
+                    a = torch.cat([_decode8(word, tw.format, False), _decode8(word, tw.format, True)], 1)
+                elif lv is not None:  # pairs (p, p+4) and (p+1, p+5) of word s / 2, p = 2 (s % 2)
+                    word = words[:, c * 16 + 4 * t + s // 2]
                     pairs = _decode_levels(word, lv)[2 * (s % 2) : 2 * (s % 2) + 2]
                     a = torch.stack([*_bf16_halves(pairs[0]), *_bf16_halves(pairs[1])], 1)
-                else:  # slots (2t, 2t+1, 2t+8, 2t+9): nibbles p, p+4 (a0 / a1) and p+1, p+5 (a2 / a3)
-                    w = word >> (8 * (s % 2))
+                else:  # nibbles p, p+4 (a0 / a1) and p+1, p+5 (a2 / a3) of word s / 2
+                    w = words[:, c * 16 + 4 * t + s // 2] >> (8 * (s % 2))
                     a = torch.stack([w & 0xF, (w >> 16) & 0xF, (w >> 4) & 0xF, (w >> 20) & 0xF], 1).double()
                     a = a if asym else a - 8
                 if prescale:  # the lane's block 4c + t lies in one group
@@ -268,6 +327,8 @@ def _kernel_model(x: torch.Tensor, tw) -> torch.Tensor:
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize(("n", "k", "gs"), [(24, 256, 128), (9, 1030, 256), (16, 1536, 64), (7, 520, 32)])
 def test_the_kernels_k_order_matches_the_layout(fmt, n, k, gs):
+    if gs not in GROUPS[_bits(fmt)]:
+        gs = 0  # one group per row (8-bit groups of 32 fall inside a chunk)
     """No GPU needed: the kernel's index maps and lookups (`_kernel_model`) on `pack_weight`'s words give the
     twin's product."""
     qw = _weight(n, k, gs, n + k, fmt)
