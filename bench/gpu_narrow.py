@@ -46,7 +46,7 @@ def deep_pool() -> list:
     return pair_tiles(shapes, splits=(1, 2, 4, 8), stages=(3, 4, 5, 6))
 
 
-# The 4-bit candidates: configs.NARROW_MMA_T, `deep_pool`, or the CUDA C++ tiles (`cuda_w4`: run with
+# The 4-bit candidates: configs.NARROW_MMA_T, `deep_pool`, or the CUDA C++ tiles (`cuda_mma`: run with
 # XPULLM_CUDA_KERNELS=1, else none of them is valid).
 POOLS = ("narrow", "deep", "cuda")
 
@@ -66,8 +66,8 @@ def candidates(tw, m: int, pool_name: str = "narrow") -> list:
     )
 
     block_m = mma_block_m(m_bucket(m))
-    if pool_name == "cuda":  # `cuda_w4` (4-bit formats): its M tile is the row bucket itself
-        pool = [replace(c, block_m=m_bucket(m)) for c in CONFIG_TABLES["cuda"]["cuda_w4"]]
+    if pool_name == "cuda":  # `cuda_mma` (4-bit formats): its M tile is the row bucket itself
+        pool = [replace(c, block_m=m_bucket(m)) for c in CONFIG_TABLES["cuda"]["cuda_mma"]]
         return [c for c in pool if valid(c, tw, torch.bfloat16)]
     if tw.format in ("fp8_e4m3", "sym_int8"):
         pool = NARROW_W8A8_T

@@ -1,9 +1,9 @@
 """CUDA C++ kernels: built on first use by the machine's `nvcc` for the GPU it has, loaded with ctypes.
 
-`w4_mma.cu` multiplies 4-bit weights (sym_int4, asym_int4, and the codebook formats nf4 / fp4; groups of 32, 64 or
+`lowbit_mma.cu` multiplies 4-bit weights (sym_int4, asym_int4, and the codebook formats nf4 / fp4; groups of 32, 64 or
 whole 128-code chunks) in the Triton kernels' layout (no second copy) by 2-64 bf16 activation rows on tensor cores
 (`mma.sync`, sm_80+), each lane's weight loads landing directly in the operand fragments. The Triton launcher runs
-it as the `cuda_w4` path, which the tuner times beside its own tiles (`kernels/triton/configs.py`). Nothing here
+it as the `cuda_mma` path, which the tuner times beside its own tiles (`kernels/triton/configs.py`). Nothing here
 runs at import. `available` is False - and those candidates are left out - without `nvcc`, on a GPU older than
 sm_80, and unless `XPULLM_CUDA_KERNELS=1`: the kernel is opt-in until its twin tests have run on a GPU (written and
 built for sm_90 with nvcc 13.0, its index maps and level lookups checked against the layout by a CPU model of it,
@@ -28,22 +28,22 @@ from xpullm.settings import runtime_settings
 
 __all__ = [
     "FORMATS",
-    "W4_MAX_ROWS",
-    "W4_ROW_TILES",
+    "MMA_MAX_ROWS",
+    "MMA_ROW_TILES",
     "available",
     "build_error",
     "group_args",
     "level_words",
     "loadable",
-    "w4_mma",
+    "lowbit_mma",
 ]
 
 log = logging.getLogger("xpullm.kernels.cuda")
 
-_SOURCE = Path(__file__).with_name("w4_mma.cu")
-W4_MAX_ROWS = 64  # activation rows the kernel takes (8 per mma column tile, up to 8 tiles)
-W4_ROW_TILES = (1, 2, 4)  # 16-row weight tiles per warp the kernel is built for
-W4_WARPS = (4, 8)  # warps per program: its staging needs >= 128 threads, its launch bound is 256
+_SOURCE = Path(__file__).with_name("lowbit_mma.cu")
+MMA_MAX_ROWS = 64  # activation rows the kernel takes (8 per mma column tile, up to 8 tiles)
+MMA_ROW_TILES = (1, 2, 4)  # 16-row weight tiles per warp the kernel is built for
+MMA_WARPS = (4, 8)  # warps per program: its staging needs >= 128 threads, its launch bound is 256
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 _build_errors: dict[str, str] = {}
 
@@ -91,7 +91,7 @@ def _library(arch: str) -> ctypes.CDLL | None:
         _build_errors[arch] = "no nvcc found (install the CUDA toolkit or set CUDA_HOME)"
         return None
     tag = hashlib.sha256(_SOURCE.read_bytes() + arch.encode()).hexdigest()[:16]
-    path = runtime_settings().cache_dir() / "cuda" / f"w4_mma-sm{arch}-{tag}.so"
+    path = runtime_settings().cache_dir() / "cuda" / f"lowbit_mma-sm{arch}-{tag}.so"
     try:
         lib = None
         if path.exists():
@@ -101,14 +101,16 @@ def _library(arch: str) -> ctypes.CDLL | None:
                 log.warning("xpullm: %s does not load here (%s); rebuilding it", path.name, exc)
         if lib is None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            log.warning("xpullm: building the CUDA int4 kernels for sm_%s (once, about a minute)", arch)
+            log.warning(
+                "xpullm: building the CUDA low-bit kernels for sm_%s (once, one to two minutes)", arch
+            )
             _compile(nvcc, arch, path)
             lib = ctypes.CDLL(str(path))
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         _build_errors[arch] = f"building {_SOURCE.name} failed: {exc}"
         log.warning("xpullm: %s; the Triton kernels run instead", _build_errors[arch])
         return None
-    fn = lib.xpullm_w4_mma_launch
+    fn = lib.xpullm_lowbit_mma_launch
     fn.restype = ctypes.c_int
     words_p = ctypes.POINTER(ctypes.c_uint32)
     # x, ldx, words, kw, scales, zeros, ld_scales | n_groups, half_scales, kind | levels | group_blocks,
@@ -137,7 +139,7 @@ def build_error(device: torch.device) -> str | None:
     return _build_errors.get(arch or "")
 
 
-# format -> (w4_mma.cu's `Kind`, bits per code)
+# format -> (lowbit_mma.cu's `Kind`, bits per code)
 FORMATS: dict[str, tuple[int, int]] = {
     "sym_int4": (0, 4),
     "asym_int4": (1, 4),
@@ -175,7 +177,7 @@ def group_args(group_size: int, bits: int) -> tuple[int, int] | None:
     return None
 
 
-def w4_mma(
+def lowbit_mma(
     x: torch.Tensor,
     words: torch.Tensor,
     scales: torch.Tensor,
@@ -196,41 +198,41 @@ def w4_mma(
     (the layout's scales). `split` > 1 sums K splits through `partials` (fp32 [split, M, N]) and `counters` (int32,
     one per output tile, zero; left zero)."""
     if fmt not in FORMATS:
-        raise ValueError(f"w4_mma takes the formats {sorted(FORMATS)}, got {fmt!r}")
+        raise ValueError(f"lowbit_mma takes the formats {sorted(FORMATS)}, got {fmt!r}")
     kind, bits = FORMATS[fmt]
     m, kx = x.shape
     n, kw = words.shape
     if not (x.dtype == torch.bfloat16 and out.dtype == torch.bfloat16 and words.dtype == torch.int32):
         raise ValueError(
-            f"w4_mma takes bf16 activations / output and int32 words, got {x.dtype}, {out.dtype}"
+            f"lowbit_mma takes bf16 activations / output and int32 words, got {x.dtype}, {out.dtype}"
         )
     if (
-        not 1 <= m <= W4_MAX_ROWS
+        not 1 <= m <= MMA_MAX_ROWS
         or kx != kw * 32 // bits
         or kw % 16
         or x.stride(1) != 1
         or not words.is_contiguous()
     ):
         raise ValueError(
-            f"w4_mma needs 1..{W4_MAX_ROWS} activation rows of KX = {32 // bits} * KW features (KW % 16 == 0, contiguous); got "
+            f"lowbit_mma needs 1..{MMA_MAX_ROWS} activation rows of KX = {32 // bits} * KW features (KW % 16 == 0, contiguous); got "
             f"x {tuple(x.shape)} words {tuple(words.shape)}"
         )
-    if tiles not in W4_ROW_TILES or not W4_WARPS[0] <= warps <= W4_WARPS[1] or split < 1:
+    if tiles not in MMA_ROW_TILES or not MMA_WARPS[0] <= warps <= MMA_WARPS[1] or split < 1:
         raise ValueError(
-            f"w4_mma takes tiles in {W4_ROW_TILES}, {W4_WARPS[0]}..{W4_WARPS[1]} warps, split >= 1"
+            f"lowbit_mma takes tiles in {MMA_ROW_TILES}, {MMA_WARPS[0]}..{MMA_WARPS[1]} warps, split >= 1"
         )
     if split > 1 and (partials is None or counters is None):
-        raise ValueError("w4_mma with split > 1 needs the partials workspace and the tile counters")
+        raise ValueError("lowbit_mma with split > 1 needs the partials workspace and the tile counters")
     if scales.dtype not in (torch.float16, torch.float32) or scales.stride(1) != 1:
-        raise ValueError(f"w4_mma takes fp16 / fp32 scales with unit column stride, got {scales.dtype}")
+        raise ValueError(f"lowbit_mma takes fp16 / fp32 scales with unit column stride, got {scales.dtype}")
     if zeros is not None and (zeros.dtype != scales.dtype or zeros.stride() != scales.stride()):
-        raise ValueError("w4_mma takes zero points laid out like the scales (same dtype and strides)")
+        raise ValueError("lowbit_mma takes zero points laid out like the scales (same dtype and strides)")
     if (zeros is not None) != (fmt == "asym_int4"):
-        raise ValueError(f"w4_mma takes zero points for asym_int4 only (and needs them there), got {fmt}")
+        raise ValueError(f"lowbit_mma takes zero points for asym_int4 only (and needs them there), got {fmt}")
     groups = group_args(group_size, bits)
     if groups is None:
         raise ValueError(
-            f"w4_mma takes {fmt} groups of {'32, 64 or ' if bits == 4 else ''}a multiple of "
+            f"lowbit_mma takes {fmt} groups of {'32, 64 or ' if bits == 4 else ''}a multiple of "
             f"{512 // bits} codes (or 0: one per row), got {group_size}"
         )
     levels = CODEBOOKS.get(fmt)
@@ -238,10 +240,10 @@ def w4_mma(
     lib = _library(arch) if arch else None
     if lib is None:
         raise RuntimeError(
-            f"the CUDA 4-bit kernel cannot run here: {build_error(x.device) or 'needs sm_80+'}"
+            f"the CUDA low-bit kernel cannot run here: {build_error(x.device) or 'needs sm_80+'}"
         )
     stream = torch.cuda.current_stream(x.device).cuda_stream
-    code = lib.xpullm_w4_mma_launch(
+    code = lib.xpullm_lowbit_mma_launch(
         x.data_ptr(), x.stride(0), words.data_ptr(), kw, scales.data_ptr(),
         zeros.data_ptr() if zeros is not None else None, scales.stride(0), scales.shape[1],
         int(scales.dtype == torch.float16), kind, level_words(levels) if levels is not None else None,
@@ -251,6 +253,6 @@ def w4_mma(
     )  # fmt: skip
     if code:
         raise RuntimeError(
-            f"w4_mma launch failed with CUDA error {code} (tiles={tiles}, warps={warps}, m={m})"
+            f"lowbit_mma launch failed with CUDA error {code} (tiles={tiles}, warps={warps}, m={m})"
         )
     return out

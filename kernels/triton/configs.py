@@ -45,7 +45,7 @@ __all__ = [
 
 SINGLE_GROUP_WORDS = 1 << 30  # a weight's GROUP_WORDS when it is per-channel: every word falls in group 0
 
-Path = Literal["gemv", "gemv_q8", "dot", "mma", "mma_t", "w4a8", "w8a8", "w8a8_t", "cuda_w4", "dequant"]
+Path = Literal["gemv", "gemv_q8", "dot", "mma", "mma_t", "w4a8", "w8a8", "w8a8_t", "cuda_mma", "dequant"]
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,8 @@ class LaunchConfig:
     `w8a8` = 8-bit weights x activation rows quantized to the same 8-bit type on the vendor GEMM (`w8a8.py`);
     `w8a8_t` = the same product in Triton tiles, the rows quantized per block (`w8a8_tile.py`; block_kb 4-word
     blocks of 16 bytes per K step: a whole number of activation blocks);
-    `cuda_w4` = low-bit weights (sym / asym_int4, nf4, fp4, sym_int8, fp8_e4m3) x 2-64 bf16 rows in CUDA C++
-    (`kernels/cuda/w4_mma.cu`): block_n weight rows per program = 16 x tiles x num_warps, split_k K splits summed
+    `cuda_mma` = low-bit weights (sym / asym_int4, nf4, fp4, sym_int8, fp8_e4m3) x 2-64 bf16 rows in CUDA C++
+    (`kernels/cuda/lowbit_mma.cu`): block_n weight rows per program = 16 x tiles x num_warps, split_k K splits summed
     by the last to finish;
     `dequant` = decode to a dense weight, then the vendor GEMM."""
 
@@ -72,7 +72,7 @@ class LaunchConfig:
     num_stages: int = 2
     prefetch: bool = False  # gemv, gemv_q8: the next K step's weights loaded early (jit.py); w4a8: the scales
     tiles: int = 1  # gemv_q8, one activation row: tiles of block_n weight rows each program walks in turn;
-    # cuda_w4: 16-row weight tiles per warp
+    # cuda_mma: 16-row weight tiles per warp
     plane_dots: bool = False  # mma_t: one dot per bit plane (else one dot over the whole step's codes)
     pairs: bool = False  # mma_t plane dots: 2 planes per bf16x2 decode; gemv, nf4/fp4: levels by permutes
     natural: bool = False  # mma_t, one dot per step: decoded in the weight's K order, activations contiguous
@@ -430,16 +430,16 @@ _XPU_GEMV = [
 _XPU_DOT_SMALL = [_dot(16, bn, kb, sk, w, 2) for bn, kb, w in ((64, 4, 4), (128, 4, 8)) for sk in (1, 2)]
 _XPU_PREFILL = [_DEQUANT, _dot(128, 128, 4, 1, 16, 2), _dot(256, 128, 4, 1, 32, 2)]
 
-# CUDA C++ low-bit tiles (`cuda_w4`): 1, 2 or 4 16-row tiles per warp on 4 or 8 warps, K split 1-16 ways. block_m
+# CUDA C++ low-bit tiles (`cuda_mma`): 1, 2 or 4 16-row tiles per warp on 4 or 8 warps, K split 1-16 ways. block_m
 # is set to the row bucket; block_kb 4 = one 128-code chunk per K step.
-_CUDA_W4 = [
-    LaunchConfig("cuda_w4", 8, 16 * tiles * warps, 4, split, warps, 1, tiles=tiles)
+_CUDA_CXX = [
+    LaunchConfig("cuda_mma", 8, 16 * tiles * warps, 4, split, warps, 1, tiles=tiles)
     for tiles in (1, 2, 4)
     for warps in (4, 8)
     for split in (1, 2, 4, 8, 16)
 ]
-CUDA_W4_MAX_M = 64  # rows the CUDA low-bit kernel takes
-CUDA_W4_FORMATS = ("sym_int4", "asym_int4", "nf4", "fp4", "sym_int8", "fp8_e4m3")
+CUDA_MMA_MAX_M = 64  # rows the CUDA low-bit kernel takes
+CUDA_MMA_FORMATS = ("sym_int4", "asym_int4", "nf4", "fp4", "sym_int8", "fp8_e4m3")
 
 CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
     "cuda": {
@@ -453,7 +453,7 @@ CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
         "w4a8": _CUDA_W4A8,
         "w8a8": [LaunchConfig("w8a8")],
         "w8a8_t": _CUDA_W8A8_T,
-        "cuda_w4": _CUDA_W4,
+        "cuda_mma": _CUDA_CXX,
     },
     "xpu": {"gemv": _XPU_GEMV, "dot_small": _XPU_DOT_SMALL, "prefill": _XPU_PREFILL},
 }
@@ -485,7 +485,7 @@ def path_summary() -> list[str]:
         f"w8a8_t   2-{MMA_MAX_M} rows     fp8_e4m3, sym_int8  8-bit weights x rows quantized per block (fp8: 128, "
         f"int8: 64), fp8 / int8 tensor cores, no decode; timed for: {', '.join(w8a8_tile_formats()) or 'none'} "
         "(XPULLM_TRITON_W8A8_T=off|fp8|all)",
-        f"cuda_w4  2-{CUDA_W4_MAX_M} rows      int4, nf4, fp4, int8, fp8  CUDA C++ (built by nvcc on first use): "
+        f"cuda_mma  2-{CUDA_MMA_MAX_M} rows      int4, nf4, fp4, int8, fp8  CUDA C++ (built by nvcc on first use): "
         "weight loads land in mma.sync operand fragments, decoded in registers (levels by byte permutes), fp32 "
         "scales per chunk (4-bit g32 / g64: bf16 scales before the mma), K splits summed by the last program"
         f"{'' if runtime_settings().cuda_kernels else '; off until run on a GPU (XPULLM_CUDA_KERNELS=1 times it)'}",
@@ -507,39 +507,39 @@ def m_bucket(m: int) -> int:
     return min(1 << max(m - 1, 0).bit_length(), 512)
 
 
-def cuda_w4_group(tw) -> int:
+def cuda_mma_group(tw) -> int:
     """The weight's group size in codes as the CUDA kernel takes it (0: one group per row)."""
     return 0 if tw.group_words == SINGLE_GROUP_WORDS else tw.group_words * tw.planes
 
 
-def cuda_w4_fits(tw, x_dtype: torch.dtype) -> bool:
-    """Whether the CUDA low-bit kernel takes weight `tw` x `x_dtype` rows: a format of `CUDA_W4_FORMATS` whose
+def cuda_mma_fits(tw, x_dtype: torch.dtype) -> bool:
+    """Whether the CUDA low-bit kernel takes weight `tw` x `x_dtype` rows: a format of `CUDA_MMA_FORMATS` whose
     groups it can scale (4-bit: 32, 64 or whole 128-code chunks; 8-bit: whole 64-code chunks; or one per row), bf16
     rows, on a CUDA device where the kernel builds (`kernels.cuda.available`)."""
-    if tw.format not in CUDA_W4_FORMATS or x_dtype != torch.bfloat16 or tw.device.type != "cuda":
+    if tw.format not in CUDA_MMA_FORMATS or x_dtype != torch.bfloat16 or tw.device.type != "cuda":
         return False
     from xpullm.kernels import cuda
 
-    return cuda.group_args(cuda_w4_group(tw), 32 // tw.planes) is not None and cuda.available(tw.device)
+    return cuda.group_args(cuda_mma_group(tw), 32 // tw.planes) is not None and cuda.available(tw.device)
 
 
 def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
     """Whether `cfg` can run weight `tw` with activations of `x_dtype`."""
     if cfg.path == "dequant":
         return True
-    if cfg.path == "cuda_w4":
-        from xpullm.kernels.cuda import W4_ROW_TILES
+    if cfg.path == "cuda_mma":
+        from xpullm.kernels.cuda import MMA_ROW_TILES
 
         # 8 activation rows per mma column tile; the kernel pads to 1, 2, 4 or 8 of them
         column_tiles = -(-cfg.block_m // 8)
         return (
-            2 <= cfg.block_m <= CUDA_W4_MAX_M
-            and cfg.tiles in W4_ROW_TILES
+            2 <= cfg.block_m <= CUDA_MMA_MAX_M
+            and cfg.tiles in MMA_ROW_TILES
             and (column_tiles <= 2 or cfg.tiles * column_tiles <= 8)  # its two accumulators fit in registers
             and cfg.block_n == 16 * cfg.tiles * cfg.num_warps
             and cfg.block_kb == 4
             and (cfg.split_k == 1 or tw.kw >= 32 * cfg.split_k)  # two chunks a split at least
-            and cuda_w4_fits(tw, x_dtype)
+            and cuda_mma_fits(tw, x_dtype)
         )
     if cfg.path == "w8a8":
         from xpullm.kernels.triton.w8a8 import supports  # its module imports this one
@@ -712,8 +712,8 @@ def candidates(device_kind: str, tw, m: int, x_dtype: torch.dtype) -> list[Launc
             replace(c, block_m=mma_block_m(bucket))
             for c in (*table.get("w4a8", ()), *table.get("w8a8_t", ()))
         ]
-    if 2 <= bucket <= CUDA_W4_MAX_M:
-        pool += [replace(c, block_m=bucket) for c in table.get("cuda_w4", ())]
+    if 2 <= bucket <= CUDA_MMA_MAX_M:
+        pool += [replace(c, block_m=bucket) for c in table.get("cuda_mma", ())]
     pool += table.get("w8a8", [])  # every row count: the vendor GEMM serves decode batches and prefill alike
     if tw.format in CODEBOOK_FORMATS:  # codebook pair tiles decode four codes per gather: same values, faster
         pool = [replace(c, quads=True) if c.path == "mma_t" and c.pairs else c for c in pool]
@@ -725,8 +725,8 @@ def switched_on(cfg: LaunchConfig, tw) -> bool:
     `tw`: what it times, what a sweep may record as a winner, and which tuned records `select_config` uses. It
     runs on every `select_config` call: a config no switch governs returns without reading the environment, the
     others read it once."""
-    if cfg.path == "cuda_w4":  # a record of it runs only where the kernel may run (else the next choice)
-        return cuda_w4_fits(tw, torch.bfloat16)
+    if cfg.path == "cuda_mma":  # a record of it runs only where the kernel may run (else the next choice)
+        return cuda_mma_fits(tw, torch.bfloat16)
     if cfg.path not in ("w8a8", "w8a8_t", "w4a8") and not cfg.fixup and not cfg.tma and basic_pairs(cfg, tw):
         return True
     settings = runtime_settings()

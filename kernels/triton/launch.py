@@ -18,7 +18,7 @@ import triton.compiler.errors
 
 from xpullm.kernels.triton import jit, w4a8, w8a8, w8a8_tile
 from xpullm.kernels.triton.configs import (
-    CUDA_W4_FORMATS,
+    CUDA_MMA_FORMATS,
     Q8_FORMATS,
     Q8_ROW_TILES,
     Q8_ROWS_MAX,
@@ -29,8 +29,8 @@ from xpullm.kernels.triton.configs import (
     can_pair,
     can_tma,
     candidates,
-    cuda_w4_fits,
-    cuda_w4_group,
+    cuda_mma_fits,
+    cuda_mma_group,
     default_config,
     default_q8_config,
     m_bucket,
@@ -142,8 +142,8 @@ def run(
         return _run_w4a8(x2, tw, cfg, out, workspace)
     if cfg.path == "w8a8_t":
         return _run_w8a8_t(x2, tw, cfg, out, workspace)
-    if cfg.path == "cuda_w4":
-        return _run_cuda_w4(x2, tw, cfg, out, workspace)
+    if cfg.path == "cuda_mma":
+        return _run_cuda_mma(x2, tw, cfg, out, workspace)
     split = cfg.split_k
     workspace, target, stride_ys = _split_target(split, out, workspace)
     zeros = tw.zeros if tw.zeros is not None else tw.scales
@@ -488,15 +488,15 @@ def w8a8_t_launch(
     return out
 
 
-def _run_cuda_w4(
+def _run_cuda_mma(
     x: torch.Tensor, tw: TritonWeight, cfg: LaunchConfig, out: torch.Tensor, workspace: torch.Tensor | None
 ) -> torch.Tensor:
-    """`kernels/cuda/w4_mma.cu` on this weight's words as they are (`CUDA_W4_FORMATS`)."""
+    """`kernels/cuda/lowbit_mma.cu` on this weight's words as they are (`CUDA_MMA_FORMATS`)."""
     from xpullm.kernels import cuda
 
-    if not cuda_w4_fits(tw, x.dtype):
+    if not cuda_mma_fits(tw, x.dtype):
         raise ValueError(
-            f"cuda_w4 runs {' / '.join(CUDA_W4_FORMATS)} (4-bit groups of 32, 64 or a multiple of 128; 8-bit "
+            f"cuda_mma runs {' / '.join(CUDA_MMA_FORMATS)} (4-bit groups of 32, 64 or a multiple of 128; 8-bit "
             f"groups of a multiple of 64 or per row) x bf16 rows on CUDA where the kernel builds and "
             f"XPULLM_CUDA_KERNELS=1; got {tw.format} group {tw.group_size} x {x.dtype} "
             f"({cuda.build_error(tw.device) or 'no build error'})"
@@ -506,8 +506,8 @@ def _run_cuda_w4(
     if counters is None:  # one pass; also when the counter array cannot be made (inside a graph capture)
         split = 1
     workspace, _, _ = _split_target(split, out, workspace)
-    return cuda.w4_mma(
-        x, tw.words, tw.scales, tw.zeros, cuda_w4_group(tw), out, workspace, counters, cfg.tiles, cfg.num_warps,
+    return cuda.lowbit_mma(
+        x, tw.words, tw.scales, tw.zeros, cuda_mma_group(tw), out, workspace, counters, cfg.tiles, cfg.num_warps,
         split, fmt=tw.format,
     )  # fmt: skip
 

@@ -39,7 +39,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-namespace xpullm_w4 {
+namespace xpullm_lowbit {
 
 enum Kind { kSym = 0, kAsym = 1, kLevels = 2, kInt8 = 3, kE4m3 = 4 };
 
@@ -283,7 +283,7 @@ __device__ __forceinline__ void each_output(const float (&acc)[TILES][NT][4], co
 }
 
 template <int TILES, int NT, int KIND, bool PRESCALE>
-__global__ void __launch_bounds__(256) w4_mma_kernel(const Params p) {
+__global__ void __launch_bounds__(256) lowbit_mma_kernel(const Params p) {
   constexpr bool kSums = KIND == kAsym && !PRESCALE;  // the chunk's activation sums (post-scaled zero points)
   constexpr bool kEight = Codes<KIND>::kEight;
   constexpr int kCh = Codes<KIND>::kChunk, kRow = Codes<KIND>::kRow;
@@ -467,10 +467,10 @@ void launch_kind(const Params& p, bool prescale, dim3 grid, int threads, cudaStr
   const size_t smem =
       2 * (static_cast<size_t>(NT) * 8 * Codes<KIND>::kRow * sizeof(__nv_bfloat16) + NT * 8 * sizeof(float));
   if constexpr (Codes<KIND>::kEight) {  // groups of whole chunks or one per row only (checked by the caller)
-    w4_mma_kernel<TILES, NT, KIND, false><<<grid, threads, smem, stream>>>(p);
+    lowbit_mma_kernel<TILES, NT, KIND, false><<<grid, threads, smem, stream>>>(p);
   } else {
-    if (prescale) w4_mma_kernel<TILES, NT, KIND, true><<<grid, threads, smem, stream>>>(p);
-    else w4_mma_kernel<TILES, NT, KIND, false><<<grid, threads, smem, stream>>>(p);
+    if (prescale) lowbit_mma_kernel<TILES, NT, KIND, true><<<grid, threads, smem, stream>>>(p);
+    else lowbit_mma_kernel<TILES, NT, KIND, false><<<grid, threads, smem, stream>>>(p);
   }
 }
 
@@ -501,7 +501,7 @@ bool launch_tiles(const Params& p, int nt, int kind, bool prescale, dim3 grid, i
   return false;
 }
 
-}  // namespace xpullm_w4
+}  // namespace xpullm_lowbit
 
 // Host entry: all checks are done by the Python caller (kernels/cuda/__init__.py), which passes raw pointers.
 // kind: 0 sym_int4, 1 asym_int4 (zeros), 2 codebook (levels: 8 words, see Params), 3 sym_int8, 4 fp8_e4m3 (scales
@@ -509,12 +509,12 @@ bool launch_tiles(const Params& p, int nt, int kind, bool prescale, dim3 grid, i
 // the mma), else 0 and chunks_per_group as in Params (8-bit chunks are 64 codes, 4-bit ones 128).
 // kw: words per row, a multiple of 16 (whole chunks).
 // Returns 0, or a CUDA error code from the launch (cudaErrorInvalidValue for a tile it is not built for).
-extern "C" int xpullm_w4_mma_launch(const void* x, int64_t ldx, const void* words, int64_t kw, const void* scales,
+extern "C" int xpullm_lowbit_mma_launch(const void* x, int64_t ldx, const void* words, int64_t kw, const void* scales,
                                     const void* zeros, int64_t ld_scales, int n_groups, int half_scales, int kind,
                                     const uint32_t* levels, int group_blocks, int chunks_per_group, void* out,
                                     void* partials, void* counters, int m, int n, int tiles, int warps, int split,
                                     void* stream) {
-  using namespace xpullm_w4;
+  using namespace xpullm_lowbit;
   const int nt = m <= 8 ? 1 : (m <= 16 ? 2 : (m <= 32 ? 4 : 8));
   if (warps < 4 || warps > 8 || m < 1 || m > 64 || kind < kSym || kind > kE4m3 || group_blocks < 0 ||
       group_blocks > 2 || (group_blocks > 0 && kind >= kInt8) || n_groups < 1 ||

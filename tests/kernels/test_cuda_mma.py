@@ -1,4 +1,4 @@
-"""The CUDA C++ 4-bit kernel (`kernels/cuda/w4_mma.cu`, path `cuda_w4`) vs its reference twin.
+"""The CUDA C++ low-bit kernel (`kernels/cuda/lowbit_mma.cu`, path `cuda_mma`) vs its reference twin.
 
 Twin (`_twin_weight`): the weight as the kernel multiplies it, times the bf16 activations in fp64. The kernel
 decodes codes to bf16 values - exact for the integer formats (q - 8 for sym_int4, q for asym_int4), the codebook
@@ -34,7 +34,7 @@ gpu = pytest.mark.skipif(
     not (HAS_CUDA and cuda.loadable(DEVICE)),
     reason=f"needs a CUDA GPU (sm_80+) and nvcc: {cuda.build_error(DEVICE) if HAS_CUDA else 'no GPU'}",
 )
-POOL = CONFIG_TABLES["cuda"]["cuda_w4"]
+POOL = CONFIG_TABLES["cuda"]["cuda_mma"]
 FORMATS = ("sym_int4", "asym_int4", "nf4", "fp4", "sym_int8", "fp8_e4m3")
 GROUPS = {
     4: (32, 64, 128, 256),
@@ -101,11 +101,11 @@ def _check(y: torch.Tensor, x: torch.Tensor, qw, what: str) -> None:
 
 
 def test_candidates_are_left_out_where_the_kernel_cannot_run():
-    """No GPU (here: a CPU weight): the tuner never times `cuda_w4`, and running it says what it needs."""
+    """No GPU (here: a CPU weight): the tuner never times `cuda_mma`, and running it says what it needs."""
     tw = pack_weight(_weight(64, 256, 128, 0), "cpu")
     assert not any(valid(c, tw, torch.bfloat16) for c in POOL)
     assert not any(switched_on(c, tw) for c in POOL)  # a tuned record of the path is passed over here
-    with pytest.raises(ValueError, match="cuda_w4 runs sym_int4 / asym_int4 / nf4 / fp4"):
+    with pytest.raises(ValueError, match="cuda_mma runs sym_int4 / asym_int4 / nf4 / fp4"):
         run(torch.zeros(4, 256, dtype=torch.bfloat16), tw, replace(POOL[0], block_m=4))
 
 
@@ -123,7 +123,7 @@ def test_matches_twin_over_random_shapes():
         qw = _weight(n, k, gs, seed0 + trial, fmt)
         tw = pack_weight(qw, DEVICE)
         pool = [c for c in POOL if valid(replace(c, block_m=m), tw, torch.bfloat16)]
-        assert pool, f"no cuda_w4 tile takes {fmt} {n}x{k} g{gs} m={m}"
+        assert pool, f"no cuda_mma tile takes {fmt} {n}x{k} g{gs} m={m}"
         cfg = replace(r.choice(pool), block_m=m)
         x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed0 + trial + 1)).bfloat16()
         out = torch.full((m, n), float("nan"), dtype=torch.bfloat16, device=DEVICE)
@@ -158,7 +158,7 @@ def test_split_sums_are_deterministic_and_leave_the_counters_zero():
     qw = _weight(4096, 4096, 128, 7)
     tw = pack_weight(qw, DEVICE)
     x = _prepare_x(torch.randn(16, 4096, device=DEVICE, dtype=torch.bfloat16), tw)
-    cfg = LaunchConfig("cuda_w4", 16, 128, 4, 8, 4, 1, tiles=2)
+    cfg = LaunchConfig("cuda_mma", 16, 128, 4, 8, 4, 1, tiles=2)
     assert valid(cfg, tw, torch.bfloat16)
     first = run(x, tw, cfg)
     for _ in range(5):
@@ -171,9 +171,9 @@ def test_split_sums_are_deterministic_and_leave_the_counters_zero():
 def test_the_tuner_times_it_for_the_formats_and_groups_it_takes():
     qw = _weight(512, 1024, 128, 3)
     tw = pack_weight(qw, DEVICE)
-    assert any(c.path == "cuda_w4" for c in candidates("cuda", tw, 16, torch.bfloat16))
-    assert not any(c.path == "cuda_w4" for c in candidates("cuda", tw, 16, torch.float16))
-    assert not any(c.path == "cuda_w4" for c in candidates("cuda", tw, 128, torch.bfloat16))
+    assert any(c.path == "cuda_mma" for c in candidates("cuda", tw, 16, torch.bfloat16))
+    assert not any(c.path == "cuda_mma" for c in candidates("cuda", tw, 16, torch.float16))
+    assert not any(c.path == "cuda_mma" for c in candidates("cuda", tw, 128, torch.bfloat16))
     for fmt, gs in (
         ("asym_int4", 256),
         ("nf4", 64),
@@ -183,22 +183,22 @@ def test_the_tuner_times_it_for_the_formats_and_groups_it_takes():
         ("fp8_e4m3", 128),
     ):
         other = pack_weight(_weight(512, 1024, gs, 5, fmt), DEVICE)
-        assert any(c.path == "cuda_w4" for c in candidates("cuda", other, 8, torch.bfloat16)), (fmt, gs)
+        assert any(c.path == "cuda_mma" for c in candidates("cuda", other, 8, torch.bfloat16)), (fmt, gs)
     for fmt, gs in (("sym_int8", 32), ("fp8_e5m2", 0)):  # a group inside a 64-code chunk; a format it lacks
         other = pack_weight(_weight(512, 1024, gs, 6, fmt), DEVICE)
-        assert not any(c.path == "cuda_w4" for c in candidates("cuda", other, 16, torch.bfloat16)), (fmt, gs)
+        assert not any(c.path == "cuda_mma" for c in candidates("cuda", other, 16, torch.bfloat16)), (fmt, gs)
 
 
 @gpu
 def test_a_record_of_the_path_is_passed_over_when_the_kernels_are_switched_off(monkeypatch):
     tw = pack_weight(_weight(256, 512, 128, 9), DEVICE)
-    cfg = LaunchConfig("cuda_w4", 16, 128, 4, 2, 4, 1, tiles=2)
+    cfg = LaunchConfig("cuda_mma", 16, 128, 4, 2, 4, 1, tiles=2)
     launch.select_config(tw, 16, torch.bfloat16)  # the packaged tables are loaded before the record is set
     monkeypatch.setitem(launch._tuned, launch._key(tw, 16, torch.bfloat16), cfg)
     monkeypatch.setenv("XPULLM_TRITON_AUTOTUNE", "0")
     assert launch.select_config(tw, 16, torch.bfloat16) == cfg
     monkeypatch.setenv("XPULLM_CUDA_KERNELS", "0")
-    assert launch.select_config(tw, 16, torch.bfloat16).path != "cuda_w4"
+    assert launch.select_config(tw, 16, torch.bfloat16).path != "cuda_mma"
 
 
 def _prmt(a: torch.Tensor, b: torch.Tensor, sel: torch.Tensor | int) -> torch.Tensor:
@@ -216,7 +216,7 @@ def _prmt(a: torch.Tensor, b: torch.Tensor, sel: torch.Tensor | int) -> torch.Te
 
 
 def _decode_levels(w: torch.Tensor, lv: list[int]) -> list[torch.Tensor]:
-    """w4_mma.cu's `lookup4` / `decode_levels`: a word's eight codes as the bf16 level pairs (n_p, n_p+4)."""
+    """lowbit_mma.cu's `lookup4` / `decode_levels`: a word's eight codes as the bf16 level pairs (n_p, n_p+4)."""
 
     def lookup4(t: list[int], codes: torch.Tensor) -> torch.Tensor:
         sel = codes & 0x7777
@@ -244,7 +244,7 @@ def _bf16_halves(pair: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _decode8(w: torch.Tensor, fmt: str, high: bool) -> torch.Tensor:
-    """w4_mma.cu's `decode8`: bytes 0 and 2 (high: 1 and 3) of each word as fp64 values [N, 2]."""
+    """lowbit_mma.cu's `decode8`: bytes 0 and 2 (high: 1 and 3) of each word as fp64 values [N, 2]."""
     halves = lambda bits: torch.stack(_bf16_halves(bits & 0xFFFFFFFF), 1)  # noqa: E731
     if fmt == "sym_int8":
         b = w >> 8 if high else w
@@ -273,7 +273,7 @@ def _stage_positions(bits: int) -> torch.Tensor:
 
 
 def _kernel_model(x: torch.Tensor, tw) -> torch.Tensor:
-    """w4_mma.cu's arithmetic, written out in PyTorch with its index maps: which code of which word each lane
+    """lowbit_mma.cu's arithmetic, written out in PyTorch with its index maps: which code of which word each lane
     puts in each mma K slot, the decodes (integer nibbles, a codebook's levels looked up from `level_words` by byte
     permutes, int8 and e4m3 bytes), where the staging puts each activation, the scaling (per chunk in fp32, or per
     lane's block in bf16 before the mma for 4-bit groups of 32 / 64). Lets a machine without a GPU check the
