@@ -51,8 +51,11 @@ def test_grounded_greedy_is_plain_decoding_with_fewer_steps(plain: LLM, lookup: 
             ref.finish_reason,
         )
         assert out.timings.draft_tokens > 0 and out.timings.tokens == ref.timings.tokens
-    fast = lookup.chat(GROUNDED, max_new_tokens=48).timings
-    # The answer copies the context: most drafts hold, so far fewer steps than tokens.
+    # The answer copies the context: most drafts hold, so far fewer steps than tokens. The row cost pinned (as the
+    # step-counting tests pin it): timed, it differs by machine and load - 0.07 on the Xeon with AMX, 0.33 on a
+    # 2-vCPU AMD EPYC while the suite's other worker ran, where drafting shrank to 1.55 tokens a step here.
+    pinned = engine_over(lookup, SpeculativeConfig(method="prompt_lookup", verify_cost=0.15))
+    fast = pinned.chat(GROUNDED, max_new_tokens=48).timings
     assert fast.acceptance_rate > 0.5 and fast.tokens_per_step > 1.8, fast
 
 
