@@ -23,6 +23,10 @@ from xpullm.parallel import RankFailed, TensorParallelError, VocabParallelHead
 PROMPTS = ["The capital of France is", "Write a haiku about the sea."]
 STEPS = 12
 TIE = 0.25  # logits: a one-rank top-2 margin below this is a near-tie that the split's rounding may flip
+# The generated text's bound: the N-rank engine's logits move by up to ~1 (the teacher-forced test's reading), so a
+# one-rank margin below that may flip there. On a 2-vCPU AMD EPYC (AVX2) the haiku prompt's first token had a
+# one-rank margin of 0.29 ("\n" over the end token) and came out 0.06 the other way in the 2-rank engine.
+DRIFT = 1.0
 
 
 def _path(decoder, ids: list[int], steps: int, follow: list[int] | None = None):
@@ -60,10 +64,10 @@ def tp(request: pytest.FixtureRequest):
     llm.close()
 
 
-def _first_near_tie(logits: list[torch.Tensor]) -> int:
+def _first_near_tie(logits: list[torch.Tensor], tie: float = TIE) -> int:
     for i, row in enumerate(logits):
         top = row.topk(2).values
-        if float(top[0] - top[1]) < TIE:
+        if float(top[0] - top[1]) < tie:
             return i
     return len(logits)
 
@@ -90,12 +94,13 @@ def test_teacher_forced_greedy_tokens_match_one_rank(tp: LLM, ref_paths) -> None
 
 
 def test_generate_matches_one_rank_up_to_a_near_tie(tp: LLM, ref: LLM, ref_paths) -> None:
-    """The batching engine on N ranks (a batch of two prompts) writes the one-rank text up to the first near-tie."""
+    """The batching engine on N ranks (a batch of two prompts) writes the one-rank text up to the first step whose
+    one-rank margin is within the logits' drift (`DRIFT`)."""
     texts = [c.text for c in tp.generate(PROMPTS, max_new_tokens=STEPS, temperature=0.0)]
     ref_texts = [c.text for c in ref.generate(PROMPTS, max_new_tokens=STEPS, temperature=0.0)]
     for p, text, ref_text in zip(PROMPTS, texts, ref_texts, strict=True):
         _, tokens, logits = ref_paths[p]
-        agreed = ref.tokenizer.decode(tokens[: _first_near_tie(logits)])
+        agreed = ref.tokenizer.decode(tokens[: _first_near_tie(logits, DRIFT)])
         assert ref_text.startswith(agreed)
         assert text.startswith(agreed), (p, text, agreed)
     assert texts[0].startswith(" Paris")
