@@ -337,7 +337,9 @@ def test_knowledge_base_tab(page, docs_dir, tmp_path, screenshot_dir):
     page.locator("#kb-question textarea").fill("")
     page.locator("#kb-ask").click()
     assert "the question is empty" in _wait_text(page, "#kb-answer", "empty")
-    page.locator("#kb-question textarea").fill("Who planted the Pellow Orchard?")
+    # A question the answer can copy from the source: asked who planted it, the 135M model (sym_int4) refused on
+    # a 2-vCPU AMD EPYC (AVX2 kernels: other roundings than the Xeon's), and a refusal lists no sources.
+    page.locator("#kb-question textarea").fill("How many kinds of apple does the Pellow Orchard grow?")
     page.locator("#kb-ask").click()
     sources = _wait_text(page, "#kb-sources", "[1]")
     assert "Ida Pellow" in sources
