@@ -109,6 +109,35 @@ def test_candidates_are_left_out_where_the_kernel_cannot_run():
         run(torch.zeros(4, 256, dtype=torch.bfloat16), tw, replace(POOL[0], block_m=4))
 
 
+def test_bad_arguments_are_refused_with_the_fix():
+    """Argument checks run before any GPU work: each names what the kernel takes."""
+    x = torch.zeros(4, 256, dtype=torch.bfloat16)
+    out = torch.zeros(4, 16, dtype=torch.bfloat16)
+    words = torch.zeros(16, 32, dtype=torch.int32)  # 4-bit: 256 codes a row
+    scales = torch.ones(16, 8, dtype=torch.float16)
+    args = dict(out=out, partials=None, counters=None, tiles=1, warps=4, split=1)
+    with pytest.raises(ValueError, match="takes the formats"):
+        cuda.lowbit_mma(x, words, scales, None, 32, fmt="fp8_e5m2", **args)
+    with pytest.raises(ValueError, match="groups of 32, 64 or a multiple of 128 codes"):
+        cuda.lowbit_mma(x, words, scales, None, 48, fmt="nf4", **args)
+    with pytest.raises(ValueError, match="zero points for asym_int4 only"):
+        cuda.lowbit_mma(x, words, scales, scales, 32, fmt="sym_int4", **args)
+    with pytest.raises(
+        ValueError, match="KX = 4 \\* KW"
+    ):  # 8-bit words hold 4 codes: 256 codes need 64 words
+        cuda.lowbit_mma(x, words, scales, None, 0, fmt="sym_int8", **args)
+    with pytest.raises(ValueError, match="multiple of 64 codes"):
+        cuda.lowbit_mma(x, torch.zeros(16, 64, dtype=torch.int32), scales, None, 32, fmt="fp8_e4m3", **args)
+    assert (
+        cuda.group_args(32, 4) == (1, 0)
+        and cuda.group_args(256, 4) == (0, 2)
+        and cuda.group_args(0, 8) == (0, 0)
+    )
+    assert (
+        cuda.group_args(64, 8) == (0, 1) and cuda.group_args(32, 8) is None and cuda.group_args(96, 4) is None
+    )
+
+
 @gpu
 def test_matches_twin_over_random_shapes():
     rng = random.SystemRandom()
