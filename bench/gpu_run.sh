@@ -3,7 +3,9 @@
 # but no xpullm install and no network. Results go under $OUT (default: bench/out/gpu).
 #
 #   bash bench/gpu_run.sh            # tests, then benchmark
-#   bash bench/gpu_run.sh tests      # only the GPU kernel tests (~3-5 min, mostly Triton compiles)
+#   bash bench/gpu_run.sh tests      # only the GPU kernel tests (~3-5 min, mostly Triton compiles; the CUDA C++
+#                                    # kernel's with XPULLM_CUDA_KERNELS=1 - its tests switch it on themselves)
+#   bash bench/gpu_run.sh py bench/gpu_cuda_diag.py  # the CUDA C++ kernel per format / group mode vs its twin
 #   bash bench/gpu_run.sh bench      # only the benchmark        (~4-6 min on an H100)
 #   bash bench/gpu_run.sh py SCRIPT [ARGS]  # any python script with the shim on PYTHONPATH (e.g. gpu_profile.py)
 #   bash bench/gpu_run.sh prepare    # run HERE (dev machine): copy pure-python pytest, and platformdirs and gguf
@@ -64,7 +66,7 @@ if [ "$MODE" = all ] || [ "$MODE" = tests ]; then
     (cd "$ROOT" && "$PY" -m pytest -c /dev/null --rootdir "$ROOT" --import-mode=importlib -p no:cacheprovider \
       --noconftest -q -rs --durations=15 tests/kernels/test_triton_kernels.py \
       tests/kernels/test_triton_decode_ops.py tests/kernels/test_triton_attention.py \
-      tests/kernels/test_triton_mma.py) 2>&1 | tee "$OUT/tests.txt" \
+      tests/kernels/test_triton_mma.py tests/kernels/test_cuda_mma.py) 2>&1 | tee "$OUT/tests.txt" \
       || status=1
   else
     echo "pytest is not importable by $PY: run 'bash bench/gpu_run.sh prepare' on the dev machine and carry" \
