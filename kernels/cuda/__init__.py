@@ -147,6 +147,7 @@ FORMATS: dict[str, tuple[int, int]] = {
     "fp4": (2, 4),
     "sym_int8": (3, 8),
     "fp8_e4m3": (4, 8),
+    "fp8_e5m2": (5, 8),
 }
 
 
@@ -195,7 +196,7 @@ def lowbit_mma(
     multiple of 16: whole chunks), KX = KW x codes per word, `scales` [N, groups] (fp16 / fp32; a group =
     `group_size` codes, 0 = one per row). sym_int4: w = (q - 8) s; asym_int4: w = q s + z (`zeros` shaped and typed
     like `scales`); nf4 / fp4: w = level[q] s (levels in bf16); sym_int8: w = q s; fp8_e4m3: w = e4m3(q) s / 2^8
-    (the layout's scales). `split` > 1 sums K splits through `partials` (fp32 [split, M, N]) and `counters` (int32,
+    (the layout's scales); fp8_e5m2: w = e5m2(q) s. `split` > 1 sums K splits through `partials` (fp32 [split, M, N]) and `counters` (int32,
     one per output tile, zero; left zero)."""
     if fmt not in FORMATS:
         raise ValueError(f"lowbit_mma takes the formats {sorted(FORMATS)}, got {fmt!r}")

@@ -1,4 +1,4 @@
-// Low-bit weights (4-bit: sym_int4, asym_int4, the codebook formats nf4 / fp4; 8-bit: sym_int8, fp8_e4m3) x bf16
+// Low-bit weights (4-bit: sym_int4, asym_int4, the codebook formats nf4 / fp4; 8-bit: sym_int8, fp8_e4m3 / e5m2) x bf16
 // activation rows (2..64) on tensor cores, reading the Triton kernels' weight layout (kernels/triton/layout.py) as
 // it is: no second copy of the weight. The 4-bit layout first; the 8-bit one below it.
 //
@@ -15,12 +15,12 @@
 // gives the codes' values q - 8 exactly (asym_int4: minus 128 gives q). The activations are staged in shared memory
 // in that same order.
 //
-// 8-bit weights (sym_int8, fp8_e4m3): a block is 4 words = 16 codes, word l holding code 4 i + l in byte i, and a
+// 8-bit weights (sym_int8, fp8_e4m3 / e5m2): a block is 4 words = 16 codes, word l holding code 4 i + l in byte i, and a
 // chunk is 64 codes. Step s (0..3) of a chunk takes word s of each lane's block: bytes (0, 2) into one bf16x2, bytes
 // (1, 3) into another. int8 codes decode exactly in three steps (the two nibbles of the byte with its sign bit
-// flipped, each by the 128 + q magic, then 16 h + l - 128 with two fmas); e4m3 codes are moved into a bf16's
-// exponent and mantissa bits and multiplied by 2^112 (exact, subnormals included; the layout's e4m3 scales carry
-// the remaining 2^8).
+// flipped, each by the 128 + q magic, then 16 h + l - 128 with two fmas); fp8 codes are moved into a bf16's
+// exponent and mantissa bits (e4m3 at bits 4..10, e5m2 at 5..11) and multiplied by 2^112: exact, subnormals
+// included (e5m2's bias 15 is 112 below bf16's; e4m3's bias 7 leaves a 2^8 that the layout's e4m3 scales carry).
 //
 // Codebook formats (w = level[q] s): the 16 levels, rounded to bf16, sit in eight registers as their low and high
 // bytes; `prmt` byte permutes look four codes up at a time (`decode_levels`), and a word's eight codes come out as
@@ -41,7 +41,7 @@
 
 namespace xpullm_lowbit {
 
-enum Kind { kSym = 0, kAsym = 1, kLevels = 2, kInt8 = 3, kE4m3 = 4 };
+enum Kind { kSym = 0, kAsym = 1, kLevels = 2, kInt8 = 3, kE4m3 = 4, kE5m2 = 5 };
 
 // Per code width: codes per chunk (4 blocks), mma K steps per chunk, and the staged activation row's stride in bf16
 // (the chunk plus a pad that puts the 8 rows a warp's lanes read 8 banks apart: conflict-free 8-byte reads).
@@ -253,9 +253,11 @@ __device__ __forceinline__ uint32_t decode8(uint32_t w) {
     const uint32_t lo = lop3_and_or(b, 0x000F000Fu, 0x43004300u);          // 128 + l
     const uint32_t hi = lop3_and_xor(b >> 4, 0x000F000Fu, 0x43084308u);    // 128 + h
     return bf16x2_fma(lo, 0x3F803F80u, bf16x2_fma(hi, 0x41804180u, 0xC510C510u));  // (128 + l) + (16 h - 256)
-  } else {  // e4m3: sign to bit 15, exponent and mantissa to bits 4..10, times 2^112 (0x7780), plus -0
-    const uint32_t v = HIGH ? lop3_and_or(w >> 4, 0x07F007F0u, w & 0x80008000u)
-                            : lop3_and_or(w << 4, 0x07F007F0u, (w << 8) & 0x80008000u);
+  } else {  // fp8: sign to bit 15, exponent and mantissa to bits SH..SH+6, times 2^112 (0x7780), plus -0
+    constexpr int SH = KIND == kE4m3 ? 4 : 5;
+    constexpr uint32_t kMag = 0x7Fu << SH | 0x7Fu << (SH + 16);
+    const uint32_t v = HIGH ? lop3_and_or(w >> (8 - SH), kMag, w & 0x80008000u)
+                            : lop3_and_or(w << SH, kMag, (w << 8) & 0x80008000u);
     return bf16x2_fma(v, 0x77807780u, 0x80008000u);
   }
 }
@@ -481,7 +483,8 @@ void launch_nt(const Params& p, int kind, bool prescale, dim3 grid, int threads,
     case kAsym: launch_kind<TILES, NT, kAsym>(p, prescale, grid, threads, stream); break;
     case kLevels: launch_kind<TILES, NT, kLevels>(p, prescale, grid, threads, stream); break;
     case kInt8: launch_kind<TILES, NT, kInt8>(p, prescale, grid, threads, stream); break;
-    default: launch_kind<TILES, NT, kE4m3>(p, prescale, grid, threads, stream); break;
+    case kE4m3: launch_kind<TILES, NT, kE4m3>(p, prescale, grid, threads, stream); break;
+    default: launch_kind<TILES, NT, kE5m2>(p, prescale, grid, threads, stream); break;
   }
 }
 
@@ -505,7 +508,7 @@ bool launch_tiles(const Params& p, int nt, int kind, bool prescale, dim3 grid, i
 
 // Host entry: all checks are done by the Python caller (kernels/cuda/__init__.py), which passes raw pointers.
 // kind: 0 sym_int4, 1 asym_int4 (zeros), 2 codebook (levels: 8 words, see Params), 3 sym_int8, 4 fp8_e4m3 (scales
-// times 2^8, as the layout stores them). group_blocks (4-bit only): 1 or 2 for groups of 32 / 64 codes (scaled before
+// times 2^8, as the layout stores them), 5 fp8_e5m2. group_blocks (4-bit only): 1 or 2 for groups of 32 / 64 codes (scaled before
 // the mma), else 0 and chunks_per_group as in Params (8-bit chunks are 64 codes, 4-bit ones 128).
 // kw: words per row, a multiple of 16 (whole chunks).
 // Returns 0, or a CUDA error code from the launch (cudaErrorInvalidValue for a tile it is not built for).
@@ -516,7 +519,7 @@ extern "C" int xpullm_lowbit_mma_launch(const void* x, int64_t ldx, const void* 
                                     void* stream) {
   using namespace xpullm_lowbit;
   const int nt = m <= 8 ? 1 : (m <= 16 ? 2 : (m <= 32 ? 4 : 8));
-  if (warps < 4 || warps > 8 || m < 1 || m > 64 || kind < kSym || kind > kE4m3 || group_blocks < 0 ||
+  if (warps < 4 || warps > 8 || m < 1 || m > 64 || kind < kSym || kind > kE5m2 || group_blocks < 0 ||
       group_blocks > 2 || (group_blocks > 0 && kind >= kInt8) || n_groups < 1 ||
       (kind == kLevels && levels == nullptr))
     return static_cast<int>(cudaErrorInvalidValue);

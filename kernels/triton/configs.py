@@ -58,7 +58,7 @@ class LaunchConfig:
     `w8a8` = 8-bit weights x activation rows quantized to the same 8-bit type on the vendor GEMM (`w8a8.py`);
     `w8a8_t` = the same product in Triton tiles, the rows quantized per block (`w8a8_tile.py`; block_kb 4-word
     blocks of 16 bytes per K step: a whole number of activation blocks);
-    `cuda_mma` = low-bit weights (sym / asym_int4, nf4, fp4, sym_int8, fp8_e4m3) x 2-64 bf16 rows in CUDA C++
+    `cuda_mma` = low-bit weights (sym / asym_int4, nf4, fp4, sym_int8, fp8_e4m3 / e5m2) x 2-64 bf16 rows in CUDA C++
     (`kernels/cuda/lowbit_mma.cu`): block_n weight rows per program = 16 x tiles x num_warps, split_k K splits summed
     by the last to finish;
     `dequant` = decode to a dense weight, then the vendor GEMM."""
@@ -439,7 +439,7 @@ _CUDA_CXX = [
     for split in (1, 2, 4, 8, 16)
 ]
 CUDA_MMA_MAX_M = 64  # rows the CUDA low-bit kernel takes
-CUDA_MMA_FORMATS = ("sym_int4", "asym_int4", "nf4", "fp4", "sym_int8", "fp8_e4m3")
+CUDA_MMA_FORMATS = ("sym_int4", "asym_int4", "nf4", "fp4", "sym_int8", "fp8_e4m3", "fp8_e5m2")
 
 CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
     "cuda": {

@@ -37,7 +37,7 @@ gpu = pytest.mark.skipif(
     reason=f"needs a CUDA GPU (sm_80+) and nvcc: {cuda.build_error(DEVICE) if HAS_CUDA else 'no GPU'}",
 )
 POOL = CONFIG_TABLES["cuda"]["cuda_mma"]
-FORMATS = ("sym_int4", "asym_int4", "nf4", "fp4", "sym_int8", "fp8_e4m3")
+FORMATS = ("sym_int4", "asym_int4", "nf4", "fp4", "sym_int8", "fp8_e4m3", "fp8_e5m2")
 GROUPS = {
     4: (32, 64, 128, 256),
     8: (0, 64, 128, 256),
@@ -69,8 +69,9 @@ def _twin_weight(qw) -> torch.Tensor:
     """fp64 [N, K]: the weight as the kernel multiplies it (the module docstring says how)."""
     n, k = qw.shape
     levels = CODEBOOKS.get(qw.format)
-    if qw.format == "fp8_e4m3":
-        v = qw.data.view(torch.float8_e4m3fn).double().reshape(n, -1, qw.group_size)
+    if qw.format in ("fp8_e4m3", "fp8_e5m2"):
+        fp8 = torch.float8_e4m3fn if qw.format == "fp8_e4m3" else torch.float8_e5m2
+        v = qw.data.view(fp8).double().reshape(n, -1, qw.group_size)
     elif qw.format == "sym_int8":
         v = qw.data.double().reshape(n, -1, qw.group_size)
     else:
@@ -114,7 +115,7 @@ def test_candidates_are_left_out_where_the_kernel_cannot_run():
 @pytest.mark.skipif(cuda._nvcc() is None, reason="no nvcc on this machine")
 def test_the_source_compiles_for_hopper_with_every_instantiation(tmp_path):
     """Without a GPU, where a CUDA toolkit is (the dev / CI image has one): the kernel source still compiles for
-    sm_90, with all 72 instantiations the launcher can reach and (next to) no register spills. The GPU tests run
+    sm_90, with all 81 instantiations the launcher can reach and (next to) no register spills. The GPU tests run
     rarely; this keeps an edit from breaking the build unnoticed (~65 s on 2 cores)."""
     proc = subprocess.run(
         [cuda._nvcc(), "-std=c++17", "-cubin", "-gencode=arch=compute_90,code=sm_90", "-Xptxas", "-v",
@@ -123,11 +124,10 @@ def test_the_source_compiles_for_hopper_with_every_instantiation(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     entries = re.findall(r"Compiling entry function '(\w+)'", proc.stderr)
-    assert len(entries) == 72, (
-        entries
-    )  # 9 tile / column-tile pairs x (3 4-bit kinds x 2 scalings + 2 8-bit kinds)
+    # 9 tile / column-tile pairs x (3 4-bit kinds x 2 scalings + 3 8-bit kinds)
+    assert len(entries) == 81, entries
     spills = [int(b) for b in re.findall(r"(\d+) bytes spill stores", proc.stderr)]
-    assert len(spills) == 72 and max(spills) <= 8, spills
+    assert len(spills) == 81 and max(spills) <= 8, spills
 
 
 def test_bad_arguments_are_refused_with_the_fix():
@@ -138,7 +138,7 @@ def test_bad_arguments_are_refused_with_the_fix():
     scales = torch.ones(16, 8, dtype=torch.float16)
     args = dict(out=out, partials=None, counters=None, tiles=1, warps=4, split=1)
     with pytest.raises(ValueError, match="takes the formats"):
-        cuda.lowbit_mma(x, words, scales, None, 32, fmt="fp8_e5m2", **args)
+        cuda.lowbit_mma(x, words, scales, None, 32, fmt="bf16", **args)
     with pytest.raises(ValueError, match="groups of 32, 64 or a multiple of 128 codes"):
         cuda.lowbit_mma(x, words, scales, None, 48, fmt="nf4", **args)
     with pytest.raises(ValueError, match="zero points for asym_int4 only"):
@@ -184,7 +184,15 @@ def test_matches_twin_over_random_shapes():
 @gpu
 @pytest.mark.parametrize(
     ("fmt", "gs"),
-    [("sym_int4", 128), ("asym_int4", 128), ("nf4", 64), ("fp4", 32), ("sym_int8", 0), ("fp8_e4m3", 64)],
+    [
+        ("sym_int4", 128),
+        ("asym_int4", 128),
+        ("nf4", 64),
+        ("fp4", 32),
+        ("sym_int8", 0),
+        ("fp8_e4m3", 64),
+        ("fp8_e5m2", 0),
+    ],
 )
 @pytest.mark.parametrize("m", [2, 8, 9, 16, 31, 64])
 def test_every_tile_of_the_pool(m, fmt, gs):
@@ -231,10 +239,11 @@ def test_the_tuner_times_it_for_the_formats_and_groups_it_takes():
         ("sym_int4", 32),
         ("sym_int8", 0),
         ("fp8_e4m3", 128),
+        ("fp8_e5m2", 0),
     ):
         other = pack_weight(_weight(512, 1024, gs, 5, fmt), DEVICE)
         assert any(c.path == "cuda_mma" for c in candidates("cuda", other, 8, torch.bfloat16)), (fmt, gs)
-    for fmt, gs in (("sym_int8", 32), ("fp8_e5m2", 0)):  # a group inside a 64-code chunk; a format it lacks
+    for fmt, gs in (("sym_int8", 32), ("fp8_e5m2", 32)):  # groups inside a 64-code chunk
         other = pack_weight(_weight(512, 1024, gs, 6, fmt), DEVICE)
         assert not any(c.path == "cuda_mma" for c in candidates("cuda", other, 16, torch.bfloat16)), (fmt, gs)
 
@@ -303,10 +312,12 @@ def _decode8(w: torch.Tensor, fmt: str, high: bool) -> torch.Tensor:
             ((b >> 4) & 0x000F000F) ^ 0x43084308
         )  # 128 + h, h the high nibble with the sign bit flipped
         return lo + (hi * 16 - 2304)
+    sh = 4 if fmt == "fp8_e4m3" else 5  # exponent and mantissa to bits sh..sh+6
+    mag = (0x7F << sh) | (0x7F << (sh + 16))
     if high:
-        bits = ((w >> 4) & 0x07F007F0) | (w & 0x80008000)
+        bits = ((w >> (8 - sh)) & mag) | (w & 0x80008000)
     else:
-        bits = ((w << 4) & 0x07F007F0) | ((w << 8) & 0x80008000)
+        bits = ((w << sh) & mag) | ((w << 8) & 0x80008000)
     return halves(bits) * 2.0**112
 
 
