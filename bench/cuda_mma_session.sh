@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One device call for the CUDA C++ low-bit kernel (`cuda_mma`, issue 29), each step time-boxed and its results
+# packed into $OUT/r.tgz as soon as it ends (a call cut short keeps what finished):
+#   1. bench/gpu_cuda_diag.py: every format / group mode vs the twin at 2 / 9 / 33 rows        -> r/diag.txt
+#   2. tests/kernels/test_cuda_mma.py (the GPU half)                                          -> r/tests.txt
+#   3. if sym_int4 g128 is right in step 1: bench/gpu_narrow.py --pool cuda for FORMATS at 8 / 16 / 32 rows on the
+#      Llama-3-8B layer shapes and the LM head, winners written as tuning records            -> r/narrow.txt, r/cuda.json
+#   4. bench/engine_gpu.py: ENGINE_FORMAT with those records, without them, and bf16 (1 / 8 / 16 / 32 streams)
+#                                                                                             -> r/eng_*.txt, r/*.jsonl
+# Carry bench/out/pydeps (`bash bench/gpu_run.sh prepare`) and, to skip the ~80 s build, a .cache/xpullm/cuda
+# built here for the current source (kernels/cuda/README.md, Building). LIMIT: seconds for all steps (default 580).
+#
+#   OUT=... LIMIT=580 bash bench/cuda_mma_session.sh
+set -u
+export XPULLM_CACHE=${XPULLM_CACHE:-$PWD/.cache/xpullm} XPULLM_TRITON_AUTOTUNE=0 XPULLM_CUDA_KERNELS=1
+OUT=${OUT:-bench/out/gpu}
+R=$OUT/r
+mkdir -p "$R"
+FORMATS=${FORMATS:-sym_int4:128}
+ENGINE_FORMAT=${ENGINE_FORMAT:-sym_int4:128}
+SHAPES=${SHAPES:-6144x4096,4096x4096,28672x4096,4096x14336,128256x4096}
+LIMIT=${LIMIT:-580}
+T0=$(date +%s)
+left() { echo $((LIMIT - ($(date +%s) - T0))); }
+pack() { tar czf "$OUT/r.tgz" -C "$OUT" r 2>/dev/null; }
+step() {  # step NAME SECONDS CMD...: at most SECONDS, and never past LIMIT
+  local name=$1 secs=$2 l
+  shift 2
+  l=$(left)
+  if [ "$l" -lt 20 ]; then echo "skip $name (${l}s left)"; return; fi
+  [ "$secs" -gt $((l - 10)) ] && secs=$((l - 10))
+  local s
+  s=$(date +%s)
+  timeout -k 5 "$secs" "$@" >"$R/$name.txt" 2>&1
+  echo "== $name rc=$? $(($(date +%s) - s))s"
+  pack
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$R/env.txt" 2>&1
+nvcc --version | tail -1 >>"$R/env.txt" 2>&1
+cat "$R/env.txt"
+step diag 90 bash bench/gpu_run.sh py bench/gpu_cuda_diag.py
+grep -v Warn "$R/diag.txt" | tail -36
+step tests 200 bash bench/gpu_run.sh py -m pytest -c /dev/null --rootdir "$PWD" --import-mode=importlib \
+  -p no:cacheprovider --noconftest -q -rs --durations=5 --maxfail=30 tests/kernels/test_cuda_mma.py
+tail -25 "$R/tests.txt"
+ok=$(python3 - "$R/diag.txt" <<'PY'
+import re, sys
+errs = [float(m.group(1)) for line in open(sys.argv[1]) if line.startswith("sym_int4  g128")
+        for m in [re.search(r"max_err_half_steps=\s*(\S+)", line)] if m]
+print(int(len(errs) == 3 and max(errs) < 3))
+PY
+)
+echo "sym_int4 g128 right: $ok"
+if [ "$ok" = 1 ]; then
+  step narrow 200 bash bench/gpu_run.sh py bench/gpu_narrow.py --pool cuda --formats "$FORMATS" --rows 8,16,32 \
+    --shapes "$SHAPES" --keep 3 --rounds 3 --tuned "$R/cuda.json"
+  tail -12 "$R/narrow.txt"
+  eng=(bash bench/gpu_run.sh py bench/engine_gpu.py --streams 1,8,16,32 --static-batches= --no-llm)
+  [ -s "$R/cuda.json" ] && step eng_cuda 90 env XPULLM_TRITON_TUNED="$R/cuda.json" "${eng[@]}" \
+    --formats "$ENGINE_FORMAT" --out "$R/engine_cuda.jsonl"
+  step eng_table 90 "${eng[@]}" --formats "$ENGINE_FORMAT" --out "$R/engine.jsonl"
+  step eng_bf16 90 "${eng[@]}" --formats bf16 --out "$R/engine.jsonl"
+  grep -h '^{' "$R"/eng_*.txt | cut -c1-220
+fi
+pack
+echo "done in $(($(date +%s) - T0)) s"
