@@ -1,8 +1,8 @@
 """CUDA C++ kernels: built on first use by the machine's `nvcc` for the GPU it has, loaded with ctypes.
 
-`lowbit_mma.cu` multiplies 4-bit weights (sym_int4, asym_int4, and the codebook formats nf4 / fp4; groups of 32, 64 or
-whole 128-code chunks) in the Triton kernels' layout (no second copy) by 2-64 bf16 activation rows on tensor cores
-(`mma.sync`, sm_80+), each lane's weight loads landing directly in the operand fragments. The Triton launcher runs
+`lowbit_mma.cu` multiplies low-bit weights (`FORMATS`: sym_int4, asym_int4, nf4 / fp4 in groups of 32, 64 or whole
+128-code chunks; sym_int8, fp8_e4m3 / e5m2 in whole 64-code chunks or per row) in the Triton kernels' layout (no
+second copy) by 2-64 bf16 activation rows on tensor cores (`mma.sync`, sm_80+), each lane's weight loads landing directly in the operand fragments. The Triton launcher runs
 it as the `cuda_mma` path, which the tuner times beside its own tiles (`kernels/triton/configs.py`). Nothing here
 runs at import. `available` is False - and those candidates are left out - without `nvcc`, on a GPU older than
 sm_80, and unless `XPULLM_CUDA_KERNELS=1`: the kernel is opt-in until its twin tests have run on a GPU (written and
@@ -196,8 +196,8 @@ def lowbit_mma(
     multiple of 16: whole chunks), KX = KW x codes per word, `scales` [N, groups] (fp16 / fp32; a group =
     `group_size` codes, 0 = one per row). sym_int4: w = (q - 8) s; asym_int4: w = q s + z (`zeros` shaped and typed
     like `scales`); nf4 / fp4: w = level[q] s (levels in bf16); sym_int8: w = q s; fp8_e4m3: w = e4m3(q) s / 2^8
-    (the layout's scales); fp8_e5m2: w = e5m2(q) s. `split` > 1 sums K splits through `partials` (fp32 [split, M, N]) and `counters` (int32,
-    one per output tile, zero; left zero)."""
+    (the layout's scales); fp8_e5m2: w = e5m2(q) s. `split` > 1 sums K splits through `partials` (fp32
+    [split, M, N]) and `counters` (int32, one per output tile, zero; left zero)."""
     if fmt not in FORMATS:
         raise ValueError(f"lowbit_mma takes the formats {sorted(FORMATS)}, got {fmt!r}")
     kind, bits = FORMATS[fmt]
@@ -215,8 +215,8 @@ def lowbit_mma(
         or not words.is_contiguous()
     ):
         raise ValueError(
-            f"lowbit_mma needs 1..{MMA_MAX_ROWS} activation rows of KX = {32 // bits} * KW features (KW % 16 == 0, contiguous); got "
-            f"x {tuple(x.shape)} words {tuple(words.shape)}"
+            f"lowbit_mma needs 1..{MMA_MAX_ROWS} activation rows of KX = {32 // bits} * KW features (KW % 16 == 0, "
+            f"contiguous); got x {tuple(x.shape)} words {tuple(words.shape)}"
         )
     if tiles not in MMA_ROW_TILES or not MMA_WARPS[0] <= warps <= MMA_WARPS[1] or split < 1:
         raise ValueError(

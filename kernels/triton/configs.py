@@ -16,6 +16,7 @@ from typing import Literal
 
 import torch
 
+from xpullm.kernels.cuda import FORMATS as CUDA_KERNEL_FORMATS
 from xpullm.settings import RuntimeSettings, runtime_settings
 
 __all__ = [
@@ -439,7 +440,7 @@ _CUDA_CXX = [
     for split in (1, 2, 4, 8, 16)
 ]
 CUDA_MMA_MAX_M = 64  # rows the CUDA low-bit kernel takes
-CUDA_MMA_FORMATS = ("sym_int4", "asym_int4", "nf4", "fp4", "sym_int8", "fp8_e4m3", "fp8_e5m2")
+CUDA_MMA_FORMATS = tuple(CUDA_KERNEL_FORMATS)  # the formats lowbit_mma.cu decodes
 
 CONFIG_TABLES: dict[str, dict[str, list[LaunchConfig]]] = {
     "cuda": {
