@@ -83,10 +83,14 @@ def test_drafts_are_the_copys_own_greedy_continuation(llm: LLM) -> None:
         return drafts
 
     drafter.propose = recording
-    ref = engine_over(llm, None).chat(GROUNDED, max_new_tokens=40)
-    out = spec.chat(GROUNDED, max_new_tokens=40)
-    assert out.text == ref.text
-    assert out.timings.accepted_tokens < out.timings.draft_tokens  # rejections (and rollbacks) happened
+    plain = engine_over(llm, None)
+    ref = [plain.chat(GROUNDED, max_new_tokens=40), *plain.generate(PROMPTS, max_new_tokens=24)]
+    out = [spec.chat(GROUNDED, max_new_tokens=40), *spec.generate(PROMPTS, max_new_tokens=24)]
+    assert [c.text for c in out] == [c.text for c in ref]
+    # rejections (and rollbacks) happened: the int4 copy of the packaged int4 model can follow a copied answer to
+    # the end (the 40 grounded tokens drafted 20 / 20 on an AVX2 machine), so open prompts run too
+    accepted, drafted = (sum(getattr(c.timings, f) for c in out) for f in ("accepted_tokens", "draft_tokens"))
+    assert accepted < drafted, [c.timings for c in out]
     assert len(seen) >= 4
     draft = drafter.draft
     slot = core.config.max_seqs - 1  # a free block-table row (the request has finished)
