@@ -7,7 +7,9 @@ prompt-lookup drafter is replayed over the recorded tokens the way the engine ve
 follows). Per workload: decode tokens per decode step, acceptance, drafted rows per decode token and the step model
 (tokens per step over 1 + VERIFY_COST x rows per step, `spec_decode.step_model`). `length_bound` drafts the
 default drafter's candidate exactly as far as it will be accepted and nothing where it fails at once: the best any
-rule that only sets draft lengths could do with that candidate (same cap).
+rule that only sets draft lengths could do with that candidate (same cap). `any_match_bound` is the ceiling of
+drafting by lookup at all: at each step, of every earlier occurrence of the last token (in the prompt or the text
+so far), the one whose continuation the output follows longest, drafted exactly that far (same cap).
 
 python -P bench/spec_replay.py [--per-kind 6] [--max-tokens 96] [--write PATH]
 """
@@ -116,6 +118,29 @@ def replay(trace: Trace, config: SpeculativeConfig, bound: bool = False) -> Coun
     return counts
 
 
+def any_match(trace: Trace, cap: int) -> Counts:
+    """The lookup ceiling: each step drafts, from whichever earlier occurrence of the last token the output
+    follows longest, exactly the tokens that will be accepted (at most `cap`)."""
+    out, tokens = trace.output, [*trace.prompt, trace.output[0]]
+    n, counts = 1, Counts()
+    while n < len(out):
+        room = min(cap, len(out) - n - 1, len(trace.prompt) + trace.max_new - len(tokens) - 1)
+        best = 0
+        for at in range(1, len(tokens)):
+            if best >= room:
+                break
+            if tokens[at - 1] != tokens[-1]:
+                continue
+            j = 0
+            while j < room and at + j < len(tokens) and tokens[at + j] == out[n + j]:
+                j += 1
+            best = max(best, j)
+        tokens.extend(out[n : n + best + 1])
+        n += best + 1
+        counts.add(Counts(1, 1 + best, best, best))
+    return counts
+
+
 def row(kind: str, method: str, c: Counts) -> dict:
     tps = c.tokens / c.steps
     return {
@@ -161,6 +186,10 @@ def main() -> None:
             for t in mine:
                 total.add(replay(t, config, bound=name == "length_bound"))
             rows.append(row(kind, name, total))
+        total = Counts()
+        for t in mine:
+            total.add(any_match(t, DRAFTERS["prompt_lookup"].num_draft))
+        rows.append(row(kind, "any_match_bound", total))
     out = table(rows)
     print(out)
     if args.write:

@@ -208,7 +208,9 @@ def test_every_tile_of_the_pool(m, fmt, gs):
             continue
         _check(run(xd, tw, cfg), x, qw, f"{fmt} g{gs} m={m} {cfg}")
         ran += 1
-    assert ran >= 12
+    # Up to 32 rows: 1 or 2 tiles x 4 or 8 warps x splits of >= 2 chunks (K = 1030: 9 chunks of 4-bit codes, so
+    # splits 1 / 2 / 4). 33-64 rows take 8 column tiles, so 1-tile programs only: 2 warps x 3 splits.
+    assert ran >= (12 if m <= 32 else 6), ran
 
 
 @gpu
