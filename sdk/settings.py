@@ -6,7 +6,7 @@
 | `XPULLM_NATIVE` | `native` | `1` | `0`: never build/use the native AVX2 CPU kernels (PyTorch's int4 op instead) |
 | `XPULLM_FUSED_OPS` | `fused_ops` | `1` | `0`: the GPU decode step uses ATen ops instead of the fused Triton norm/RoPE/attention kernels, and the CPU engine runs its layers op by op instead of two native calls per layer |
 | `XPULLM_CUDA_GRAPHS` | `cuda_graphs` | `1` | `0`: no CUDA-graph capture of the decode step |
-| `XPULLM_CUDA_KERNELS` | `cuda_kernels` | `0` | `1`: the tuner also times the CUDA C++ low-bit kernel (`kernels/cuda`: int4, nf4, fp4, int8, fp8 weights x 2-64 bf16 rows on tensor cores; built by nvcc on first use). Opt-in until it has run on a GPU: its twin tests have not yet |
+| `XPULLM_CUDA_KERNELS` | `cuda_kernels` | `1` | `0`: the tuner leaves out the CUDA C++ low-bit kernel (`kernels/cuda`: int4, nf4, fp4, int8, fp8 weights x 2-64 bf16 rows on tensor cores; built by the machine's nvcc on first use, about 75 s once; without nvcc it is left out anyway) and passes over its tuned records |
 | `XPULLM_TRITON_AUTOTUNE` | `triton_autotune` | `1` | `0`: Triton matmuls take the tuned table / heuristic config without timing candidates |
 | `XPULLM_TRITON_TUNED` | `triton_tuned` | unset | path of an extra tuned-config table, read before the packaged one |
 | `XPULLM_TRITON_MMA` | `triton_mma` | `1` | `0`: the tuner leaves out the batched tensor-core tiles (`mma`, `mma_t`) |
@@ -69,7 +69,7 @@ class RuntimeSettings:
     native: bool = True
     fused_ops: bool = True
     cuda_graphs: bool = True
-    cuda_kernels: bool = False
+    cuda_kernels: bool = True
     triton_autotune: bool = True
     triton_tuned: str | None = None
     triton_mma: bool = True
@@ -94,7 +94,7 @@ class RuntimeSettings:
             native=get(ENVIRONMENT["native"], "1") != "0",
             fused_ops=get(ENVIRONMENT["fused_ops"], "1") != "0",
             cuda_graphs=get(ENVIRONMENT["cuda_graphs"], "1") != "0",
-            cuda_kernels=get(ENVIRONMENT["cuda_kernels"], "0") not in ("", "0"),
+            cuda_kernels=get(ENVIRONMENT["cuda_kernels"], "1") != "0",
             triton_autotune=get(ENVIRONMENT["triton_autotune"], "1") != "0",
             triton_tuned=get(ENVIRONMENT["triton_tuned"]) or None,
             triton_mma=get(ENVIRONMENT["triton_mma"], "1") != "0",

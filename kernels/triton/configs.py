@@ -489,7 +489,7 @@ def path_summary() -> list[str]:
         f"cuda_mma  2-{CUDA_MMA_MAX_M} rows      int4, nf4, fp4, int8, fp8  CUDA C++ (built by nvcc on first use): "
         "weight loads land in mma.sync operand fragments, decoded in registers (levels by byte permutes), fp32 "
         "scales per chunk (4-bit g32 / g64: bf16 scales before the mma), K splits summed by the last program"
-        f"{'' if runtime_settings().cuda_kernels else '; off until run on a GPU (XPULLM_CUDA_KERNELS=1 times it)'}",
+        f"{'' if runtime_settings().cuda_kernels else '; off (XPULLM_CUDA_KERNELS=0)'}",
         "dequant  prefill        every format        decode to the activation dtype, then cuBLAS",
     ]
 

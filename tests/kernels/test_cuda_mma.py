@@ -46,7 +46,7 @@ GROUPS = {
 
 @pytest.fixture(autouse=True)
 def _switched_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XPULLM_CUDA_KERNELS", "1")  # opt-in until these tests have run on a GPU
+    monkeypatch.setenv("XPULLM_CUDA_KERNELS", "1")  # also where the environment switches it off
 
 
 def _weight(n: int, k: int, gs: int, seed: int, fmt: str = "sym_int4"):
