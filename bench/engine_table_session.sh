@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call for issue 29's table: the engine per low-bit format at 1 / 8 / 16 / 32 / 64 streams beside bf16
 # (cuBLAS) and the peer's tinygemm int4, on the shipped tuned tables (XPULLM_TRITON_AUTOTUNE=0: no tuning in the run),
-# every step time-boxed; rows in $OUT/table.jsonl, the table in $OUT/table.md.
+# every step time-boxed; rows in $OUT/table.jsonl, the table in $OUT/table.md, both and the logs in $OUT/table.tgz.
 # Carry bench/out/pydeps (`bash bench/gpu_run.sh prepare`), bench/out/gpu_peer_decode.py (a copy of
 # ../shared/bench/gpu_peer_decode.py) and, to skip the ~80 s build, .cache/xpullm/cuda built here.
 #
@@ -38,4 +38,7 @@ if [ -f "$PEER" ] && [ "$l" -gt 60 ]; then  # the peer's int4 at every stream co
   echo "== peer $(($(date +%s) - T0))s"
 fi
 bash bench/gpu_run.sh py bench/engine_gpu.py --summarize "$ROWS" --md "$OUT/table.md" 2>&1 | tail -30
+# few files come back from a device call: the rows, the table and the logs in one archive
+rm -rf "$OUT/sync"
+tar czf "$OUT/table.tgz" -C "$OUT" --exclude table.tgz . 2>/dev/null
 echo "done in $(($(date +%s) - T0)) s"
