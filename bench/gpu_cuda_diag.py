@@ -11,7 +11,6 @@ or decode gives hundreds) and the correlation with the twin. The twin and weight
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import traceback
 from dataclasses import replace
@@ -27,7 +26,6 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("gpu_cuda_diag.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    os.environ.setdefault("XPULLM_CUDA_KERNELS", "1")
     path = Path(__file__).resolve().parents[1] / "tests" / "kernels" / "test_cuda_mma.py"
     spec = importlib.util.spec_from_file_location("test_cuda_mma", path)
     t = importlib.util.module_from_spec(spec)

@@ -4,7 +4,7 @@
 #
 #   bash bench/gpu_run.sh            # tests, then benchmark
 #   bash bench/gpu_run.sh tests      # only the GPU kernel tests (~3-5 min, mostly Triton compiles; the CUDA C++
-#                                    # kernel's with XPULLM_CUDA_KERNELS=1 - its tests switch it on themselves)
+#                                    # kernel's too, which its tests switch on even under XPULLM_CUDA_KERNELS=0)
 #   bash bench/gpu_run.sh py bench/gpu_cuda_diag.py  # the CUDA C++ kernel per format / group mode vs its twin
 #   bash bench/gpu_run.sh bench      # only the benchmark        (~4-6 min on an H100)
 #   bash bench/gpu_run.sh py SCRIPT [ARGS]  # any python script with the shim on PYTHONPATH (e.g. gpu_profile.py)

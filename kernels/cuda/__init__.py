@@ -2,11 +2,12 @@
 
 `lowbit_mma.cu` multiplies low-bit weights (`FORMATS`: sym_int4, asym_int4, nf4 / fp4 in groups of 32, 64 or whole
 128-code chunks; sym_int8, fp8_e4m3 / e5m2 in whole 64-code chunks or per row) in the Triton kernels' layout (no
-second copy) by 2-64 bf16 activation rows on tensor cores (`mma.sync`, sm_80+), each lane's weight loads landing directly in the operand fragments. The Triton launcher runs
-it as the `cuda_mma` path, which the tuner times beside its own tiles (`kernels/triton/configs.py`). Nothing here
-runs at import. `available` is False - and those candidates are left out - without `nvcc`, on a GPU older than
-sm_80, and with `XPULLM_CUDA_KERNELS=0`. Its twin tests pass on an H100, where it halves nf4 / fp4 layers against the
-Triton tiles and ties them for int4 at 8 rows (kernels/cuda/README.md); the tuner picks it per shape.
+second copy) by 2-64 bf16 activation rows on tensor cores (`mma.sync`, sm_80+), each lane's weight loads landing
+directly in the operand fragments. The Triton launcher runs it as the `cuda_mma` path, which the tuner times beside
+its own tiles (`kernels/triton/configs.py`). Nothing here runs at import. `available` is False - and those
+candidates are left out - without `nvcc`, on a GPU older than sm_80, and with `XPULLM_CUDA_KERNELS=0`. Its twin
+tests pass on an H100, where it halves nf4 / fp4 layers against the Triton tiles and ties them for int4 at 8 rows
+(kernels/cuda/README.md); the tuner picks it per shape.
 """
 
 from __future__ import annotations
