@@ -497,8 +497,8 @@ def _run_cuda_mma(
     if not cuda_mma_fits(tw, x.dtype):
         raise ValueError(
             f"cuda_mma runs {' / '.join(CUDA_MMA_FORMATS)} (4-bit groups of 32, 64 or a multiple of 128; 8-bit "
-            f"groups of a multiple of 64 or per row) x bf16 rows on CUDA where the kernel builds and "
-            f"XPULLM_CUDA_KERNELS=1; got {tw.format} group {tw.group_size} x {x.dtype} "
+            f"groups of a multiple of 64 or per row) x bf16 rows on CUDA where the kernel builds, unless "
+            f"XPULLM_CUDA_KERNELS=0; got {tw.format} group {tw.group_size} x {x.dtype} "
             f"({cuda.build_error(tw.device) or 'no build error'})"
         )
     split = min(cfg.split_k, tw.kw // 16)
