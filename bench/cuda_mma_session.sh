@@ -9,8 +9,10 @@
 #                                                                                             -> r/eng_*.txt, r/*.jsonl
 # Carry bench/out/pydeps (`bash bench/gpu_run.sh prepare`) and, to skip the ~80 s build, a .cache/xpullm/cuda
 # built here for the current source (kernels/cuda/README.md, Building). LIMIT: seconds for all steps (default 580).
-# STEPS: which of diag, tests, narrow, eng (the engine) run (default all four; narrow and eng need sym_int4 g128
-# right in diag, or diag left out). A second call tunes other formats: STEPS="narrow eng" FORMATS=nf4:32,fp8_e4m3
+#   5. depth: bench/gpu_cuda_depth.py on the builds in $VARIANTS (default bench/out/variants/*.so.gz, each built
+#      here with other XPULLM_MMA_MAX_DEPTH / XPULLM_MMA_RING_REGS), FORMATS x SHAPES x DEPTH_ROWS  -> r/depth.txt
+# STEPS: which of diag, tests, narrow, eng (the engine), depth run (default the first four; narrow and eng need
+# sym_int4 g128 right in diag, or diag left out). A second call tunes other formats: STEPS="narrow eng" FORMATS=nf4:32,fp8_e4m3
 #
 #   OUT=... LIMIT=580 bash bench/cuda_mma_session.sh
 set -u
@@ -23,6 +25,8 @@ ENGINE_FORMAT=${ENGINE_FORMAT:-sym_int4:128}
 SHAPES=${SHAPES:-6144x4096,4096x4096,28672x4096,4096x14336,128256x4096}
 LIMIT=${LIMIT:-580}
 STEPS=" ${STEPS:-diag tests narrow eng} "
+DEPTH_ROWS=${DEPTH_ROWS:-8,16,32,64}
+VARIANTS=${VARIANTS:-$(ls bench/out/variants/*.so.gz 2>/dev/null)}
 T0=$(date +%s)
 left() { echo $((LIMIT - ($(date +%s) - T0))); }
 pack() { tar czf "$OUT/r.tgz" -C "$OUT" r 2>/dev/null; }
@@ -57,6 +61,11 @@ PY
 )
 echo "sym_int4 g128 right: $ok"
 if [ "$ok" = 1 ]; then
+  var=()
+  for v in $VARIANTS; do var+=(--variant "$(basename "$v" .so.gz)=$v"); done
+  [ ${#var[@]} -gt 0 ] && step depth 400 bash bench/gpu_run.sh py bench/gpu_cuda_depth.py "${var[@]}" \
+    --formats "$FORMATS" --shapes "$SHAPES" --rows "$DEPTH_ROWS" --out "$R/depth.jsonl"
+  [ -f "$R/depth.txt" ] && grep '^|' "$R/depth.txt"
   step narrow 200 bash bench/gpu_run.sh py bench/gpu_narrow.py --pool cuda --formats "$FORMATS" --rows 8,16,32 \
     --shapes "$SHAPES" --keep 3 --rounds 3 --tuned "$R/cuda.json"
   tail -12 "$R/narrow.txt"

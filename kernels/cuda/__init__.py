@@ -110,6 +110,11 @@ def _library(arch: str) -> ctypes.CDLL | None:
         _build_errors[arch] = f"building {_SOURCE.name} failed: {exc}"
         log.warning("xpullm: %s; the Triton kernels run instead", _build_errors[arch])
         return None
+    return bind(lib)
+
+
+def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """`lib` (a build of lowbit_mma.cu) with its launch function's argument types set."""
     fn = lib.xpullm_lowbit_mma_launch
     fn.restype = ctypes.c_int
     words_p = ctypes.POINTER(ctypes.c_uint32)

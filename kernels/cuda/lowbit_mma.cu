@@ -39,7 +39,10 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+// Internal linkage throughout: two builds loaded in one process (two GPU architectures) must not share symbols
+// (the loader unifies some, such as function-local statics, across libraries).
 namespace xpullm_lowbit {
+namespace {
 
 enum Kind { kSym = 0, kAsym = 1, kLevels = 2, kInt8 = 3, kE4m3 = 4, kE5m2 = 5 };
 
@@ -121,79 +124,81 @@ struct Params {
   int m, n, chunks_per_split, split;
 };
 
-// Activation rows [rows, chunk c] -> registers (16-byte vectors; rows past m read as zeros).
-template <int NT, int CHUNK>
-__device__ __forceinline__ void stage_load(uint4 (&buf)[NT], const Params& p, int64_t k0, int tid, int threads) {
-  constexpr int kPerRow = CHUNK / 8, kVecs = NT * 8 * kPerRow;  // 16-byte vectors per chunk of NT*8 rows
+// Staging a chunk's activation rows in the mma's K order. A unit is two 16-byte vectors of one row: 4-bit, elements
+// e0 = 32 t + 8 sigma .. + 7 of block t and the eight 16 codes on (sigma = 0, 1: 8 units a row); 8-bit, block t's
+// 16 elements (4 units a row). For each l = 0..3 the unit's elements (v0[l], v1[l], v0[4 + l], v1[4 + l]) fill
+// mma slots 4 t .. 4 t + 3 of step s = 2 l + sigma (8-bit: s = l): one 8-byte store. (4-bit: element e = 4 i + l
+// of a block goes to slot 4 t + j of step 2 l + (i % 4) / 2, j = i / 4 + 2 (i % 2); 8-bit: to step l, j = i / 2 +
+// 2 (i % 2).) Units are numbered row by row, so a row's units sit in consecutive lanes.
+template <int NT, int KIND>
+struct Units {
+  static constexpr bool kEight = Codes<KIND>::kEight;
+  static constexpr int kPerRow = kEight ? 4 : 8;               // units a row
+  static constexpr int kSpan = kEight ? 16 : 32;               // codes a block
+  static constexpr int kHalf = kEight ? 8 : 16;                // elements from v0 to v1
+  static constexpr int kUnits = NT * 8 * kPerRow;              // units a chunk
+  static constexpr int kPerThread = (kUnits + 127) / 128;      // units a thread (128 threads or more)
+};
+
+// Activation rows [rows, chunk at k0] -> registers, unit r of this thread in buf[2 r], buf[2 r + 1] (rows past m
+// read as zeros).
+template <int NT, int KIND>
+__device__ __forceinline__ void stage_load(uint4 (&buf)[2 * Units<NT, KIND>::kPerThread], const Params& p,
+                                           int64_t k0, int tid, int threads) {
+  using U = Units<NT, KIND>;
+  constexpr int kUnits = U::kUnits;
 #pragma unroll
-  for (int r = 0; r < NT; ++r) {
-    const int v = tid + r * threads;
-    buf[r] = make_uint4(0, 0, 0, 0);
-    if (v < kVecs) {
-      const int row = v / kPerRow, q = v % kPerRow;
-      if (row < p.m) buf[r] = *reinterpret_cast<const uint4*>(p.x + row * p.ldx + k0 + q * 8);
+  for (int r = 0; r < U::kPerThread; ++r) {
+    const int u = tid + r * threads;
+    buf[2 * r] = buf[2 * r + 1] = make_uint4(0, 0, 0, 0);
+    const int row = u / U::kPerRow, q = u % U::kPerRow;
+    if (u < kUnits && row < p.m) {
+      const int e0 = U::kEight ? q * U::kSpan : (q >> 1) * U::kSpan + (q & 1) * 8;
+      const __nv_bfloat16* src = p.x + row * p.ldx + k0 + e0;
+      buf[2 * r] = *reinterpret_cast<const uint4*>(src);
+      buf[2 * r + 1] = *reinterpret_cast<const uint4*>(src + U::kHalf);
     }
   }
 }
 
-__device__ __forceinline__ float bf16_at(const uint4& v, int u) {
-  const uint32_t w = u < 2 ? v.x : (u < 4 ? v.y : (u < 6 ? v.z : v.w));
-  return __uint_as_float((u & 1) ? (w & 0xFFFF0000u) : (w << 16));
+__device__ __forceinline__ float bf16_sum(const uint4& v) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) s += __uint_as_float(w[i] << 16) + __uint_as_float(w[i] & 0xFFFF0000u);
+  return s;
 }
 
-// Registers -> shared memory in the mma's K order: element e of block t goes to s * 16 + t * 4 + j, with
-// (l, i) = (e % 4, e / 4), s = 2l + (i % 4) / 2, j = i / 4 + 2 (i % 2). With SUMS, each row's chunk sum (fp32)
-// goes to `sums[row]` (asym_int4's zero points multiply it).
-template <int NT, bool SUMS>
-__device__ __forceinline__ void stage_store(const uint4 (&buf)[NT], __nv_bfloat16* sx, float* sums, int tid,
-                                            int threads) {
-  constexpr int kVecs = NT * 8 * 16;
+// Registers -> shared memory (see Units). With SUMS, each row's chunk sum (fp32) goes to `sums[row]` (asym_int4's
+// zero points multiply it); every lane takes part in the shuffles.
+template <int NT, int KIND, bool SUMS>
+__device__ __forceinline__ void stage_store(const uint4 (&buf)[2 * Units<NT, KIND>::kPerThread],
+                                            __nv_bfloat16* sx, float* sums, int tid, int threads) {
+  using U = Units<NT, KIND>;
+  constexpr int kUnits = U::kUnits, kRow = Codes<KIND>::kRow;
 #pragma unroll
-  for (int r = 0; r < NT; ++r) {
-    const int v = tid + r * threads;
-    if constexpr (SUMS) {  // 16 consecutive vectors (lanes) hold one row; every lane takes part in the shuffles
-      float sum = 0.f;
+  for (int r = 0; r < U::kPerThread; ++r) {
+    const int u = tid + r * threads;
+    const uint4 v0 = buf[2 * r], v1 = buf[2 * r + 1];
+    if constexpr (SUMS) {
+      float sum = bf16_sum(v0) + bf16_sum(v1);
 #pragma unroll
-      for (int u = 0; u < 8; ++u) sum += bf16_at(buf[r], u);
-#pragma unroll
-      for (int o = 8; o > 0; o >>= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
-      if (v < kVecs && (v & 15) == 0) sums[v >> 4] = sum;
+      for (int o = U::kPerRow / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
+      if (u < kUnits && u % U::kPerRow == 0) sums[u / U::kPerRow] = sum;
     }
-    if (v < kVecs) {
-      const int row = v >> 4, q = v & 15;
-      const int t = q >> 2;            // block of the chunk
-      const int sodd = q & 1;          // (i % 4) / 2 for both planes i = 2 (q % 4), 2 (q % 4) + 1
-      const int jbase = (q & 3) >> 1;  // i / 4
-      const uint32_t w[4] = {buf[r].x, buf[r].y, buf[r].z, buf[r].w};
-      unsigned short* dst = reinterpret_cast<unsigned short*>(sx + row * Codes<kSym>::kRow + t * 4);
+    if (u < kUnits) {
+      const int row = u / U::kPerRow, q = u % U::kPerRow;
+      const int t = U::kEight ? q : q >> 1, sigma = U::kEight ? 0 : q & 1;
+      __nv_bfloat16* dst = sx + row * kRow + t * 4;
+      const uint32_t a[4] = {v0.x, v0.y, v0.z, v0.w}, b[4] = {v1.x, v1.y, v1.z, v1.w};
 #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        // element e = 8 (q % 4) + u: l = u % 4, i = 2 (q % 4) + u / 4, so i % 2 = u / 4
-        const int l = u & 3;
-        const int s = 2 * l + sodd;
-        const int j = jbase + 2 * (u >> 2);
-        dst[s * 16 + j] = static_cast<unsigned short>((w[u >> 1] >> (16 * (u & 1))) & 0xFFFF);
-      }
-    }
-  }
-}
-
-// 8-bit chunks (64 codes, 8 vectors a row): element e = 4 i + l of block t goes to l * 16 + t * 4 + j, with
-// j = (i / 2) + 2 (i % 2): bytes 0 and 2 of word l are mma slots 2t, 2t + 1 (b0), bytes 1 and 3 slots 2t + 8, 2t + 9.
-template <int NT>
-__device__ __forceinline__ void stage_store8(const uint4 (&buf)[NT], __nv_bfloat16* sx, int tid, int threads) {
-  constexpr int kVecs = NT * 8 * 8;
-#pragma unroll
-  for (int r = 0; r < NT; ++r) {
-    const int v = tid + r * threads;
-    if (v < kVecs) {
-      const int row = v >> 3, q = v & 7;
-      const uint32_t w[4] = {buf[r].x, buf[r].y, buf[r].z, buf[r].w};
-      unsigned short* dst = reinterpret_cast<unsigned short*>(sx + row * Codes<kInt8>::kRow + (q >> 1) * 4);
-#pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int l = u & 3, i = 2 * (q & 1) + (u >> 2);
-        dst[l * 16 + (i >> 1) + 2 * (i & 1)] = static_cast<unsigned short>((w[u >> 1] >> (16 * (u & 1))) & 0xFFFF);
+      for (int l = 0; l < 4; ++l) {
+        const uint32_t sel = (l & 1) ? 0x7632u : 0x5410u;  // the halves of element l (or 4 + l) of v0, then v1
+        uint2 w;
+        w.x = __byte_perm(a[l >> 1], b[l >> 1], sel);
+        w.y = __byte_perm(a[2 + (l >> 1)], b[2 + (l >> 1)], sel);
+        const int s = U::kEight ? l : 2 * l + sigma;
+        *reinterpret_cast<uint2*>(dst + s * 16) = w;
       }
     }
   }
@@ -323,15 +328,14 @@ __global__ void __launch_bounds__(256) lowbit_mma_kernel(const Params p) {
   zero(acc);
 
   uint4 wcur[TILES][2], wnext[TILES][2];
-  uint4 xbuf[NT];  // 16-byte vectors of a staged chunk per thread (>= 128 threads)
+  uint4 xbuf[2 * Units<NT, KIND>::kPerThread];  // this thread's units of a staged chunk
   if (c_begin < c_end) {
 #pragma unroll
     for (int T = 0; T < TILES; ++T)
 #pragma unroll
       for (int h = 0; h < 2; ++h) wcur[T][h] = load_words(wrow[T][h] + c_begin * 16);
-    stage_load<NT, kCh>(xbuf, p, static_cast<int64_t>(c_begin) * kCh, tid, threads);
-    if constexpr (kEight) stage_store8<NT>(xbuf, sx, tid, threads);
-    else stage_store<NT, kSums>(xbuf, sx, ssum, tid, threads);
+    stage_load<NT, KIND>(xbuf, p, static_cast<int64_t>(c_begin) * kCh, tid, threads);
+    stage_store<NT, KIND, kSums>(xbuf, sx, ssum, tid, threads);
   }
   __syncthreads();
 
@@ -343,7 +347,7 @@ __global__ void __launch_bounds__(256) lowbit_mma_kernel(const Params p) {
       for (int T = 0; T < TILES; ++T)
 #pragma unroll
         for (int h = 0; h < 2; ++h) wnext[T][h] = load_words(wrow[T][h] + (c + 1) * 16);
-      stage_load<NT, kCh>(xbuf, p, static_cast<int64_t>(c + 1) * kCh, tid, threads);
+      stage_load<NT, KIND>(xbuf, p, static_cast<int64_t>(c + 1) * kCh, tid, threads);
     }
     // Post-scaled: the chunk's group. PRESCALE: the group of this lane's block (4 c + t).
     // (The padding past a row's last group - zero codes times zero activations - takes that group's scale.)
@@ -430,8 +434,7 @@ __global__ void __launch_bounds__(256) lowbit_mma_kernel(const Params p) {
       }
     }
     if (more) {
-      if constexpr (kEight) stage_store8<NT>(xbuf, sx + (buf ^ 1) * kStage, tid, threads);
-      else stage_store<NT, kSums>(xbuf, sx + (buf ^ 1) * kStage, ssum + (buf ^ 1) * NT * 8, tid, threads);
+      stage_store<NT, KIND, kSums>(xbuf, sx + (buf ^ 1) * kStage, ssum + (buf ^ 1) * NT * 8, tid, threads);
 #pragma unroll
       for (int T = 0; T < TILES; ++T)
 #pragma unroll
@@ -504,6 +507,7 @@ bool launch_tiles(const Params& p, int nt, int kind, bool prescale, dim3 grid, i
   return false;
 }
 
+}  // namespace
 }  // namespace xpullm_lowbit
 
 // Host entry: all checks are done by the Python caller (kernels/cuda/__init__.py), which passes raw pointers.

@@ -1,0 +1,150 @@
+"""Builds of the CUDA low-bit kernel side by side on the Llama-3-8B shapes (issue 29): its pipeline depth.
+
+`lowbit_mma.cu` keeps up to XPULLM_MMA_MAX_DEPTH chunks of weights, activations and scales in flight, within
+XPULLM_MMA_RING_REGS registers a thread; both are fixed when the source is built. Each `--variant NAME=PATH` is one
+build (a `.so`, or the `.so.gz` that `bench/cuda_mma_session.sh`'s depth step takes), e.g. the previous source, depth 1, 2, 4.
+Per format, shape and row count, every pool tile (`CONFIG_TABLES["cuda"]["cuda_mma"]`) of every variant is timed
+once; each variant's `--keep` fastest then run in alternating rounds (median of 30 L2-flushed calls each) beside bf16
+cuBLAS. Each variant's winner is checked against the first variant's output. One JSON line per cell, then a table of
+microseconds per variant and their ratio to the first.
+
+    bash bench/gpu_run.sh py bench/gpu_cuda_depth.py --variant old=v/old.so.gz --variant d4=v/d4.so.gz \
+        [--formats sym_int4:128,nf4:32] [--rows 8,16,32,64] [--shapes 4096x4096,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import functools
+import gzip
+import json
+import statistics
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = "6144x4096,4096x4096,28672x4096,4096x14336,128256x4096"
+
+
+def _load(path: Path, scratch: Path) -> ctypes.CDLL:
+    from xpullm.kernels import cuda
+
+    if path.suffix == ".gz":
+        plain = scratch / path.stem
+        plain.write_bytes(gzip.decompress(path.read_bytes()))
+        path = plain
+    return cuda.bind(ctypes.CDLL(str(path)))
+
+
+def _table(rows: list[dict], names: list[str]) -> str:
+    head = "| format | shape | rows | bf16 us | " + " | ".join(f"{n} us" for n in names)
+    head += " | " + " | ".join(f"{n} / {names[0]}" for n in names[1:]) + " |"
+    lines = [head, "|" + "---|" * (4 + 2 * len(names) - 1)]
+    for r in rows:
+        us = [r["us"][n] for n in names]
+        cells = [r["fmt"], r["shape"], str(r["m"]), f"{r['bf16_us']:.1f}", *(f"{u:.1f}" for u in us)]
+        cells += [f"{u / us[0]:.2f}" for u in us[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variant", action="append", required=True, help="NAME=PATH of a build (.so or .so.gz)")
+    ap.add_argument("--formats", default="sym_int4:128,nf4:32,asym_int4:128,fp8_e4m3")
+    ap.add_argument("--rows", default="8,16,32,64")
+    ap.add_argument("--shapes", default=SHAPES, help="NxK weight shapes")
+    ap.add_argument("--keep", type=int, default=2, help="tiles per variant kept after the first round")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of the kept tiles")
+    ap.add_argument("--out", default=None, help="append the JSON lines here")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("gpu_cuda_depth.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    from xpullm.formats import get_format
+    from xpullm.kernels import cuda
+    from xpullm.kernels.triton import pack_weight, run, time_cold
+    from xpullm.kernels.triton.configs import CONFIG_TABLES, m_bucket, valid
+    from xpullm.kernels.triton.launch import _prepare_x
+
+    dev = torch.device("cuda")
+    scratch = Path(tempfile.mkdtemp())
+    names = [v.partition("=")[0] for v in args.variant]
+    libs = {n: _load(Path(v.partition("=")[2]), scratch) for n, v in zip(names, args.variant, strict=True)}
+    use = {n: (lambda arch, lib=lib: lib) for n, lib in libs.items()}
+    cuda._library = use[names[0]]
+    timed = functools.partial(time_cold, device=dev)
+    print(torch.cuda.get_device_name(dev), "variants:", names, flush=True)
+
+    failed: dict[tuple[str, str], str] = {}
+
+    def time(name: str, fn) -> float:
+        cuda._library = use[name]  # lowbit_mma looks its library up at each call
+        try:
+            return 1e3 * timed(fn)
+        except RuntimeError as exc:  # a tile a build cannot launch: reported once, never kept
+            key = (name, f"tiles={fn.args[2].tiles} warps={fn.args[2].num_warps}")
+            if key not in failed:
+                failed[key] = str(exc)
+                print(f"{name} {key[1]}: {exc}", flush=True)
+            return float("inf")
+
+    rows = []
+    for item in args.formats.split(","):
+        name, _, gs = item.partition(":")
+        for n, k in (tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")):
+            weight = torch.randn(n, k, generator=torch.Generator().manual_seed(n + k)) * 0.02
+            tw = pack_weight(get_format(name).quantize(weight, int(gs) if gs else 0), dev)
+            dense = weight.to(dev, torch.bfloat16)
+            for m in (int(r) for r in args.rows.split(",")):
+                x = _prepare_x(torch.randn(m, k, device=dev, dtype=torch.bfloat16), tw)
+                out = torch.empty((m, n), dtype=torch.bfloat16, device=dev)
+                pool = [replace(c, block_m=m_bucket(m)) for c in CONFIG_TABLES["cuda"]["cuda_mma"]]
+                pool = [c for c in pool if valid(c, tw, torch.bfloat16)]
+                kept = {}
+                for v in names:
+                    first = {c: time(v, functools.partial(run, x, tw, c, out)) for c in pool}
+                    kept[v] = sorted(pool, key=first.__getitem__)[: args.keep]
+                times = {(v, c): [] for v in names for c in kept[v]}
+                for r in range(args.rounds):
+                    order = list(times) if r % 2 == 0 else list(times)[::-1]
+                    for v, c in order:
+                        times[v, c].append(time(v, functools.partial(run, x, tw, c, out)))
+                med = {key: statistics.median(t) for key, t in times.items()}
+                best = {v: min(kept[v], key=lambda c, v=v: med[v, c]) for v in names}
+                outs = {}
+                for v in names:
+                    cuda._library = use[v]
+                    outs[v] = run(x, tw, best[v]).float()
+                ref = outs[names[0]]
+                scale = ref.abs().max().clamp_min(1e-30)
+                bf16 = 1e3 * timed(functools.partial(F.linear, x[:, :k], dense))
+                rec = {
+                    "fmt": item,
+                    "shape": f"{n}x{k}",
+                    "m": m,
+                    "bf16_us": bf16,
+                    "us": {v: med[v, best[v]] for v in names},
+                    "range": {v: [min(times[v, best[v]]), max(times[v, best[v]])] for v in names},
+                    "cfg": {
+                        v: f"tiles={best[v].tiles} warps={best[v].num_warps} split={best[v].split_k}"
+                        for v in names
+                    },
+                    "rel_diff": {v: ((outs[v] - ref).abs().max() / scale).item() for v in names[1:]},
+                }
+                print(json.dumps(rec), flush=True)
+                rows.append(rec)
+                if args.out:
+                    with open(args.out, "a") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+    print(_table(rows, names))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
