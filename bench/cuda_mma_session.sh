@@ -3,7 +3,7 @@
 # packed into $OUT/r.tgz as soon as it ends (a call cut short keeps what finished):
 #   1. bench/gpu_cuda_diag.py: every format / group mode vs the twin at 2 / 9 / 33 rows        -> r/diag.txt
 #   2. tests/kernels/test_cuda_mma.py (the GPU half)                                          -> r/tests.txt
-#   3. if sym_int4 g128 is right in step 1: bench/gpu_narrow.py --pool cuda for FORMATS at 8 / 16 / 32 rows on the
+#   3. if sym_int4 g128 is right in step 1: bench/gpu_narrow.py --pool cuda for FORMATS at NARROW_ROWS on the
 #      Llama-3-8B layer shapes and the LM head, winners written as tuning records            -> r/narrow.txt, r/cuda.json
 #   4. bench/engine_gpu.py: ENGINE_FORMAT with those records, without them, and bf16 (1 / 8 / 16 / 32 streams)
 #                                                                                             -> r/eng_*.txt, r/*.jsonl
@@ -26,6 +26,8 @@ SHAPES=${SHAPES:-6144x4096,4096x4096,28672x4096,4096x14336,128256x4096}
 LIMIT=${LIMIT:-580}
 STEPS=" ${STEPS:-diag tests narrow eng} "
 DEPTH_ROWS=${DEPTH_ROWS:-8,16,32,64}
+NARROW_ROWS=${NARROW_ROWS:-8,16,32}
+NARROW_SECS=${NARROW_SECS:-200}
 VARIANTS=${VARIANTS:-$(ls bench/out/variants/*.so.gz 2>/dev/null)}
 T0=$(date +%s)
 left() { echo $((LIMIT - ($(date +%s) - T0))); }
@@ -66,10 +68,10 @@ if [ "$ok" = 1 ]; then
   [ ${#var[@]} -gt 0 ] && step depth 400 bash bench/gpu_run.sh py bench/gpu_cuda_depth.py "${var[@]}" \
     --formats "$FORMATS" --shapes "$SHAPES" --rows "$DEPTH_ROWS" --out "$R/depth.jsonl"
   [ -f "$R/depth.txt" ] && grep '^|' "$R/depth.txt"
-  step narrow 200 bash bench/gpu_run.sh py bench/gpu_narrow.py --pool cuda --formats "$FORMATS" --rows 8,16,32 \
+  step narrow "$NARROW_SECS" bash bench/gpu_run.sh py bench/gpu_narrow.py --pool cuda --formats "$FORMATS" --rows "$NARROW_ROWS" \
     --shapes "$SHAPES" --keep 3 --rounds 3 --tuned "$R/cuda.json"
   tail -12 "$R/narrow.txt"
-  eng=(bash bench/gpu_run.sh py bench/engine_gpu.py --streams 1,8,16,32 --static-batches= --no-llm)
+  eng=(bash bench/gpu_run.sh py bench/engine_gpu.py --streams "${ENGINE_STREAMS:-1,8,16,32}" --static-batches= --no-llm)
   secs=$((20 + 40 * $(echo "$ENGINE_FORMAT" | tr ',' '\n' | wc -l)))  # ~30 s a format
   [ -s "$R/cuda.json" ] && step eng_cuda "$secs" env XPULLM_TRITON_TUNED="$R/cuda.json" "${eng[@]}" \
     --formats "$ENGINE_FORMAT" --out "$R/engine_cuda.jsonl"
