@@ -7,12 +7,15 @@
 #      Llama-3-8B layer shapes and the LM head, winners written as tuning records            -> r/narrow.txt, r/cuda.json
 #   4. bench/engine_gpu.py: ENGINE_FORMAT with those records, without them, and bf16 (1 / 8 / 16 / 32 streams)
 #                                                                                             -> r/eng_*.txt, r/*.jsonl
+#   5. builds: bench/gpu_cuda_builds.py on the builds in $VARIANTS (default bench/out/variants/*.so.gz, the first
+#      one the baseline; each built here from another source revision or with other flags), FORMATS x SHAPES x
+#      BUILD_ROWS                                                                           -> r/builds.txt, r/builds.jsonl
+# STEPS: which of diag, tests, narrow, eng (the engine), builds run (default the first four; narrow, eng and builds
+# need sym_int4 g128 right in diag, or diag left out). NARROW_ROWS / NARROW_SECS / ENGINE_STREAMS: step 3's rows
+# (8,16,32) and time box (200 s), step 4's stream counts (1,8,16,32). A second call tunes other formats:
+# STEPS="narrow eng" FORMATS=nf4:32,fp8_e4m3
 # Carry bench/out/pydeps (`bash bench/gpu_run.sh prepare`) and, to skip the ~80 s build, a .cache/xpullm/cuda
 # built here for the current source (kernels/cuda/README.md, Building). LIMIT: seconds for all steps (default 580).
-#   5. depth: bench/gpu_cuda_depth.py on the builds in $VARIANTS (default bench/out/variants/*.so.gz, each built
-#      here with other XPULLM_MMA_MAX_DEPTH / XPULLM_MMA_RING_REGS), FORMATS x SHAPES x DEPTH_ROWS  -> r/depth.txt
-# STEPS: which of diag, tests, narrow, eng (the engine), depth run (default the first four; narrow and eng need
-# sym_int4 g128 right in diag, or diag left out). A second call tunes other formats: STEPS="narrow eng" FORMATS=nf4:32,fp8_e4m3
 #
 #   OUT=... LIMIT=580 bash bench/cuda_mma_session.sh
 set -u
@@ -25,7 +28,7 @@ ENGINE_FORMAT=${ENGINE_FORMAT:-sym_int4:128}
 SHAPES=${SHAPES:-6144x4096,4096x4096,28672x4096,4096x14336,128256x4096}
 LIMIT=${LIMIT:-580}
 STEPS=" ${STEPS:-diag tests narrow eng} "
-DEPTH_ROWS=${DEPTH_ROWS:-8,16,32,64}
+BUILD_ROWS=${BUILD_ROWS:-8,16,32,64}
 NARROW_ROWS=${NARROW_ROWS:-8,16,32}
 NARROW_SECS=${NARROW_SECS:-200}
 VARIANTS=${VARIANTS:-$(ls bench/out/variants/*.so.gz 2>/dev/null)}
@@ -65,9 +68,9 @@ echo "sym_int4 g128 right: $ok"
 if [ "$ok" = 1 ]; then
   var=()
   for v in $VARIANTS; do var+=(--variant "$(basename "$v" .so.gz)=$v"); done
-  [ ${#var[@]} -gt 0 ] && step depth 400 bash bench/gpu_run.sh py bench/gpu_cuda_depth.py "${var[@]}" \
-    --formats "$FORMATS" --shapes "$SHAPES" --rows "$DEPTH_ROWS" --out "$R/depth.jsonl"
-  [ -f "$R/depth.txt" ] && grep '^|' "$R/depth.txt"
+  [ ${#var[@]} -gt 0 ] && step builds 400 bash bench/gpu_run.sh py bench/gpu_cuda_builds.py "${var[@]}" \
+    --formats "$FORMATS" --shapes "$SHAPES" --rows "$BUILD_ROWS" --out "$R/builds.jsonl"
+  [ -f "$R/builds.txt" ] && grep '^|' "$R/builds.txt"
   step narrow "$NARROW_SECS" bash bench/gpu_run.sh py bench/gpu_narrow.py --pool cuda --formats "$FORMATS" --rows "$NARROW_ROWS" \
     --shapes "$SHAPES" --keep 3 --rounds 3 --tuned "$R/cuda.json"
   tail -12 "$R/narrow.txt"

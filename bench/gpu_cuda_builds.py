@@ -1,14 +1,15 @@
-"""Builds of the CUDA low-bit kernel side by side on the Llama-3-8B shapes (issue 29): its pipeline depth.
+"""Builds of the CUDA low-bit kernel side by side on the Llama-3-8B shapes (issue 29): one source edit against another.
 
-`lowbit_mma.cu` keeps up to XPULLM_MMA_MAX_DEPTH chunks of weights, activations and scales in flight, within
-XPULLM_MMA_RING_REGS registers a thread; both are fixed when the source is built. Each `--variant NAME=PATH` is one
-build (a `.so`, or the `.so.gz` that `bench/cuda_mma_session.sh`'s depth step takes), e.g. the previous source, depth 1, 2, 4.
-Per format, shape and row count, every pool tile (`CONFIG_TABLES["cuda"]["cuda_mma"]`) of every variant is timed
-once; each variant's `--keep` fastest then run in alternating rounds (median of 30 L2-flushed calls each) beside bf16
-cuBLAS. Each variant's winner is checked against the first variant's output. One JSON line per cell, then a table of
-microseconds per variant and their ratio to the first.
+Each `--variant NAME=PATH` is one build of `kernels/cuda/lowbit_mma.cu` (a `.so`, or the `.so.gz` that
+`bench/cuda_mma_session.sh`'s `builds` step carries), made on the dev machine from another revision of the source or
+with other nvcc flags (kernels/cuda/README.md, Building, has the command). Per format, shape and row count, every
+pool tile (`CONFIG_TABLES["cuda"]["cuda_mma"]`) of every build is timed once; each build's `--keep` fastest then run
+in alternating rounds (median of 30 L2-flushed calls each) beside bf16 cuBLAS. Each build's winner is checked against
+the first build's output. One JSON line per cell, then a table of microseconds per build and their ratio to the
+first. Session 22 compared the previous source with pipelined ones and with the paired activation staging
+(`bench/results/cuda_builds_*_h100_2026-12-07.jsonl`).
 
-    bash bench/gpu_run.sh py bench/gpu_cuda_depth.py --variant old=v/old.so.gz --variant d4=v/d4.so.gz \
+    bash bench/gpu_run.sh py bench/gpu_cuda_builds.py --variant old=v/old.so.gz --variant new=v/new.so.gz \
         [--formats sym_int4:128,nf4:32] [--rows 8,16,32,64] [--shapes 4096x4096,...]
 """
 
@@ -64,7 +65,7 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="append the JSON lines here")
     args = ap.parse_args()
     if not torch.cuda.is_available():
-        print("gpu_cuda_depth.py needs a CUDA GPU", file=sys.stderr)
+        print("gpu_cuda_builds.py needs a CUDA GPU", file=sys.stderr)
         return 2
     from xpullm.formats import get_format
     from xpullm.kernels import cuda
