@@ -324,15 +324,20 @@ def _decode8(w: torch.Tensor, fmt: str, high: bool) -> torch.Tensor:
 
 
 def _stage_positions(bits: int) -> torch.Tensor:
-    """Where `stage_store` (4-bit) / `stage_store8` put element e of a chunk in the staged row."""
-    if bits == 4:
-        e = torch.arange(128)
-        q, u = e // 8, e % 8
-        return (2 * (u & 3) + (q & 1)) * 16 + (q >> 2) * 4 + ((q & 3) >> 1) + 2 * (u >> 2)
-    e = torch.arange(64)
-    q, u = e // 8, e % 8
-    i = 2 * (q & 1) + (u >> 2)
-    return (u & 3) * 16 + (q >> 1) * 4 + (i >> 1) + 2 * (i & 1)
+    """Where `stage_store` puts element e of a chunk in the staged row. A unit is two 16-byte vectors of a row,
+    v0 = elements e0 .. e0 + 7 and v1 = the eight `half` elements on (4-bit: e0 = 32 t + 8 sigma, half 16; 8-bit:
+    e0 = 16 t, half 8); for l = 0..3 it fills slots 4 t .. 4 t + 3 of step s (4-bit: 2 l + sigma; 8-bit: l) with
+    (v0[l], v1[l], v0[4 + l], v1[4 + l])."""
+    span, half, sigmas = (32, 16, 2) if bits == 4 else (16, 8, 1)
+    pos = torch.full((512 // bits,), -1, dtype=torch.long)
+    for t in range(4):
+        for sigma in range(sigmas):
+            e0 = span * t + 8 * sigma
+            for w in range(4):  # the kernel's l
+                s = 2 * w + sigma if bits == 4 else w
+                for j, e in enumerate((e0 + w, e0 + half + w, e0 + 4 + w, e0 + half + 4 + w)):
+                    pos[e] = s * 16 + t * 4 + j
+    return pos
 
 
 def _kernel_model(x: torch.Tensor, tw) -> torch.Tensor:
