@@ -29,6 +29,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).parent))  # run with -P: the script's folder is not on sys.path
+
+from gpu_layer_cases import layer_cases
+
 SHAPES = "6144x4096,4096x4096,28672x4096,4096x14336,128256x4096"
 
 
@@ -67,11 +71,9 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("gpu_cuda_builds.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    from xpullm.formats import get_format
     from xpullm.kernels import cuda
-    from xpullm.kernels.triton import pack_weight, run, time_cold
+    from xpullm.kernels.triton import run, time_cold
     from xpullm.kernels.triton.configs import CONFIG_TABLES, m_bucket, valid
-    from xpullm.kernels.triton.launch import _prepare_x
 
     dev = torch.device("cuda")
     scratch = Path(tempfile.mkdtemp())
@@ -96,53 +98,44 @@ def main() -> int:
             return float("inf")
 
     rows = []
-    for item in args.formats.split(","):
-        name, _, gs = item.partition(":")
-        for n, k in (tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")):
-            weight = torch.randn(n, k, generator=torch.Generator().manual_seed(n + k)) * 0.02
-            tw = pack_weight(get_format(name).quantize(weight, int(gs) if gs else 0), dev)
-            dense = weight.to(dev, torch.bfloat16)
-            for m in (int(r) for r in args.rows.split(",")):
-                x = _prepare_x(torch.randn(m, k, device=dev, dtype=torch.bfloat16), tw)
-                out = torch.empty((m, n), dtype=torch.bfloat16, device=dev)
-                pool = [replace(c, block_m=m_bucket(m)) for c in CONFIG_TABLES["cuda"]["cuda_mma"]]
-                pool = [c for c in pool if valid(c, tw, torch.bfloat16)]
-                kept = {}
-                for v in names:
-                    first = {c: time(v, functools.partial(run, x, tw, c, out)) for c in pool}
-                    kept[v] = sorted(pool, key=first.__getitem__)[: args.keep]
-                times = {(v, c): [] for v in names for c in kept[v]}
-                for r in range(args.rounds):
-                    order = list(times) if r % 2 == 0 else list(times)[::-1]
-                    for v, c in order:
-                        times[v, c].append(time(v, functools.partial(run, x, tw, c, out)))
-                med = {key: statistics.median(t) for key, t in times.items()}
-                best = {v: min(kept[v], key=lambda c, v=v: med[v, c]) for v in names}
-                outs = {}
-                for v in names:
-                    cuda._library = use[v]
-                    outs[v] = run(x, tw, best[v]).float()
-                ref = outs[names[0]]
-                scale = ref.abs().max().clamp_min(1e-30)
-                bf16 = 1e3 * timed(functools.partial(F.linear, x[:, :k], dense))
-                rec = {
-                    "fmt": item,
-                    "shape": f"{n}x{k}",
-                    "m": m,
-                    "bf16_us": bf16,
-                    "us": {v: med[v, best[v]] for v in names},
-                    "range": {v: [min(times[v, best[v]]), max(times[v, best[v]])] for v in names},
-                    "cfg": {
-                        v: f"tiles={best[v].tiles} warps={best[v].num_warps} split={best[v].split_k}"
-                        for v in names
-                    },
-                    "rel_diff": {v: ((outs[v] - ref).abs().max() / scale).item() for v in names[1:]},
-                }
-                print(json.dumps(rec), flush=True)
-                rows.append(rec)
-                if args.out:
-                    with open(args.out, "a") as fh:
-                        fh.write(json.dumps(rec) + "\n")
+    for item, n, k, m, tw, dense, x, out in layer_cases(args.formats, args.shapes, args.rows, dev):
+        pool = [replace(c, block_m=m_bucket(m)) for c in CONFIG_TABLES["cuda"]["cuda_mma"]]
+        pool = [c for c in pool if valid(c, tw, torch.bfloat16)]
+        kept = {}
+        for v in names:
+            first = {c: time(v, functools.partial(run, x, tw, c, out)) for c in pool}
+            kept[v] = sorted(pool, key=first.__getitem__)[: args.keep]
+        times = {(v, c): [] for v in names for c in kept[v]}
+        for r in range(args.rounds):
+            order = list(times) if r % 2 == 0 else list(times)[::-1]
+            for v, c in order:
+                times[v, c].append(time(v, functools.partial(run, x, tw, c, out)))
+        med = {key: statistics.median(t) for key, t in times.items()}
+        best = {v: min(kept[v], key=lambda c, v=v: med[v, c]) for v in names}
+        outs = {}
+        for v in names:
+            cuda._library = use[v]
+            outs[v] = run(x, tw, best[v]).float()
+        ref = outs[names[0]]
+        scale = ref.abs().max().clamp_min(1e-30)
+        bf16 = 1e3 * timed(functools.partial(F.linear, x[:, :k], dense))
+        rec = {
+            "fmt": item,
+            "shape": f"{n}x{k}",
+            "m": m,
+            "bf16_us": bf16,
+            "us": {v: med[v, best[v]] for v in names},
+            "range": {v: [min(times[v, best[v]]), max(times[v, best[v]])] for v in names},
+            "cfg": {
+                v: f"tiles={best[v].tiles} warps={best[v].num_warps} split={best[v].split_k}" for v in names
+            },
+            "rel_diff": {v: ((outs[v] - ref).abs().max() / scale).item() for v in names[1:]},
+        }
+        print(json.dumps(rec), flush=True)
+        rows.append(rec)
+        if args.out:
+            with open(args.out, "a") as fh:
+                fh.write(json.dumps(rec) + "\n")
     print(_table(rows, names))
     return 0
 

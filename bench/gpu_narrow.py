@@ -33,6 +33,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).parent))  # run with -P: the script's folder is not on sys.path
+
+from gpu_layer_cases import layer_cases
+
 SHAPES = [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)]
 
 
@@ -143,73 +147,64 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("gpu_narrow.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    from xpullm.formats import get_format
-    from xpullm.kernels.triton import pack_weight, run, select_config, time_cold
+    from xpullm.kernels.triton import run, select_config, time_cold
     from xpullm.kernels.triton.configs import m_bucket, valid
-    from xpullm.kernels.triton.launch import _FIELDS, _key, _prepare_x
+    from xpullm.kernels.triton.launch import _FIELDS, _key
 
     dev = torch.device("cuda")
     shard, shards = (int(v) for v in args.shard.split("/"))
     rows, records = [], []
-    for item in args.formats.split(","):
-        name, _, gs = item.partition(":")
-        for n, k in (tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")):
-            weight = torch.randn(n, k, generator=torch.Generator().manual_seed(n + k)) * 0.02
-            tw = pack_weight(get_format(name).quantize(weight, int(gs) if gs else 0), dev)
-            dense = weight.to(dev, torch.bfloat16)
-            for m in (int(r) for r in args.rows.split(",")):
-                x = _prepare_x(torch.randn(m, k, device=dev, dtype=torch.bfloat16), tw)
-                out = torch.empty((m, n), dtype=torch.bfloat16, device=dev)
-                table = select_config(tw, m, torch.bfloat16)
-                pool = candidates(tw, m, args.pool)
-                twin = replace(table, quads=True)  # a codebook pair tile with the quad decode
-                twins = [twin] if valid(twin, tw, torch.bfloat16) and not table.quads else []
-                if args.warm_only:
-                    for i, cfg in enumerate([table, *twins, *pool]):
-                        if i % shards == shard:
-                            run(x, tw, cfg, out)
-                    torch.cuda.synchronize()
-                    continue
-                timed = functools.partial(time_cold, device=dev)
-                first = {c: 1e3 * timed(functools.partial(run, x, tw, c, out)) for c in pool}
-                # the table's own tile (a tuned record may be one of the pool's) is timed once a round
-                kept = [c for c in sorted(pool, key=first.__getitem__) if c != table][: args.keep] + twins
-                times: dict = {c: [] for c in [table, *kept]}
-                for r in range(args.rounds):
-                    order = [table, *kept] if r % 2 == 0 else [*kept[::-1], table]
-                    for c in order:
-                        times[c].append(1e3 * timed(functools.partial(run, x, tw, c, out)))
-                med = {c: statistics.median(v) for c, v in times.items()}
-                best = min(kept, key=med.__getitem__)
-                ref = run(x, tw, table).float()
-                got = run(x, tw, best).float()
-                err = ((ref - got).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
-                bf16 = 1e3 * timed(functools.partial(F.linear, x[:, :k], dense))
-                wins_every_round = all(
-                    b < (1 - args.margin) * t for b, t in zip(times[best], times[table], strict=True)
-                )
-                rec = {
-                    "fmt": item,
-                    "shape": f"{n}x{k}",
-                    "m": m,
-                    "table_cfg": str(table),
-                    "narrow_cfg": str(best),
-                    "table_us": med[table],
-                    "narrow_us": med[best],
-                    "table_range": [min(times[table]), max(times[table])],
-                    "narrow_range": [min(times[best]), max(times[best])],
-                    "first_round_best5": sorted(first.values())[:5],
-                    "table_quads_us": med.get(twin),
-                    "table_quads_range": [min(times[twin]), max(times[twin])] if twin in times else None,
-                    "rel_diff": err,
-                    "bf16_us": bf16,
-                    "wins": wins_every_round,
-                }
-                print(json.dumps(rec), flush=True)
-                rows.append(rec)
-                if wins_every_round and m_bucket(m) == m:
-                    key = dict(zip(_FIELDS, _key(tw, m, torch.bfloat16), strict=True))
-                    records.append({**key, "config": asdict(best)})
+    for item, n, k, m, tw, dense, x, out in layer_cases(args.formats, args.shapes, args.rows, dev):
+        table = select_config(tw, m, torch.bfloat16)
+        pool = candidates(tw, m, args.pool)
+        twin = replace(table, quads=True)  # a codebook pair tile with the quad decode
+        twins = [twin] if valid(twin, tw, torch.bfloat16) and not table.quads else []
+        if args.warm_only:
+            for i, cfg in enumerate([table, *twins, *pool]):
+                if i % shards == shard:
+                    run(x, tw, cfg, out)
+            torch.cuda.synchronize()
+            continue
+        timed = functools.partial(time_cold, device=dev)
+        first = {c: 1e3 * timed(functools.partial(run, x, tw, c, out)) for c in pool}
+        # the table's own tile (a tuned record may be one of the pool's) is timed once a round
+        kept = [c for c in sorted(pool, key=first.__getitem__) if c != table][: args.keep] + twins
+        times: dict = {c: [] for c in [table, *kept]}
+        for r in range(args.rounds):
+            order = [table, *kept] if r % 2 == 0 else [*kept[::-1], table]
+            for c in order:
+                times[c].append(1e3 * timed(functools.partial(run, x, tw, c, out)))
+        med = {c: statistics.median(v) for c, v in times.items()}
+        best = min(kept, key=med.__getitem__)
+        ref = run(x, tw, table).float()
+        got = run(x, tw, best).float()
+        err = ((ref - got).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+        bf16 = 1e3 * timed(functools.partial(F.linear, x[:, :k], dense))
+        wins_every_round = all(
+            b < (1 - args.margin) * t for b, t in zip(times[best], times[table], strict=True)
+        )
+        rec = {
+            "fmt": item,
+            "shape": f"{n}x{k}",
+            "m": m,
+            "table_cfg": str(table),
+            "narrow_cfg": str(best),
+            "table_us": med[table],
+            "narrow_us": med[best],
+            "table_range": [min(times[table]), max(times[table])],
+            "narrow_range": [min(times[best]), max(times[best])],
+            "first_round_best5": sorted(first.values())[:5],
+            "table_quads_us": med.get(twin),
+            "table_quads_range": [min(times[twin]), max(times[twin])] if twin in times else None,
+            "rel_diff": err,
+            "bf16_us": bf16,
+            "wins": wins_every_round,
+        }
+        print(json.dumps(rec), flush=True)
+        rows.append(rec)
+        if wins_every_round and m_bucket(m) == m:
+            key = dict(zip(_FIELDS, _key(tw, m, torch.bfloat16), strict=True))
+            records.append({**key, "config": asdict(best)})
     if args.warm_only:
         return 0
     print(_layers(rows))
