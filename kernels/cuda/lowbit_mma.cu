@@ -124,12 +124,12 @@ struct Params {
   int m, n, chunks_per_split, split;
 };
 
-// Staging a chunk's activation rows in the mma's K order. A unit is two 16-byte vectors of one row: 4-bit, elements
-// e0 = 32 t + 8 sigma .. + 7 of block t and the eight 16 codes on (sigma = 0, 1: 8 units a row); 8-bit, block t's
-// 16 elements (4 units a row). For each l = 0..3 the unit's elements (v0[l], v1[l], v0[4 + l], v1[4 + l]) fill
-// mma slots 4 t .. 4 t + 3 of step s = 2 l + sigma (8-bit: s = l): one 8-byte store. (4-bit: element e = 4 i + l
-// of a block goes to slot 4 t + j of step 2 l + (i % 4) / 2, j = i / 4 + 2 (i % 2); 8-bit: to step l, j = i / 2 +
-// 2 (i % 2).) Units are numbered row by row, so a row's units sit in consecutive lanes.
+// Staging a chunk's activation rows in the mma's K order. A unit is two 16-byte vectors of one row, v0 and v1:
+// 4-bit, elements e0 .. e0 + 7 of block t (e0 = 8 sigma, sigma = 0, 1) and the eight 16 elements further on (8
+// units a row); 8-bit, block t's 16 elements (4 units a row). For each l = 0..3 the unit's (v0[l], v1[l], v0[4 + l],
+// v1[4 + l]) are the staged slots 4 t .. 4 t + 3 of step s = 2 l + sigma (8-bit: s = l): one 8-byte store. (4-bit:
+// element e = 4 i + l of a block goes to slot 4 t + j of step 2 l + (i % 4) / 2, j = i / 4 + 2 (i % 2); 8-bit: to
+// step l, j = i / 2 + 2 (i % 2).) Units are numbered row by row, so a row's units sit in consecutive lanes.
 template <int NT, int KIND>
 struct Units {
   static constexpr bool kEight = Codes<KIND>::kEight;
