@@ -10,7 +10,9 @@
 #   5. builds: bench/gpu_cuda_builds.py on the builds in $VARIANTS (default bench/out/variants/*.so.gz, the first
 #      one the baseline; each built here from another source revision or with other flags), FORMATS x SHAPES x
 #      BUILD_ROWS                                                                           -> r/builds.txt, r/builds.jsonl
-# STEPS: which of diag, tests, narrow, eng (the engine), builds run (default the first four; narrow, eng and builds
+#   6. profile: Nsight Compute (stall reasons and source counters included) on the launches PROFILE_CASES names
+#      (NxK:ROWS:TILES:WARPS:SPLIT,..., of FORMATS' first format; bench/gpu_cuda_profile.py)  -> r/profile.txt
+# STEPS: which of diag, tests, narrow, eng (the engine), builds, profile run (default the first four; the last four
 # need sym_int4 g128 right in diag, or diag left out). NARROW_ROWS / NARROW_SECS / ENGINE_STREAMS: step 3's rows
 # (8,16,32) and time box (200 s), step 4's stream counts (1,8,16,32). A second call tunes other formats:
 # STEPS="narrow eng" FORMATS=nf4:32,fp8_e4m3
@@ -29,6 +31,7 @@ SHAPES=${SHAPES:-6144x4096,4096x4096,28672x4096,4096x14336,128256x4096}
 LIMIT=${LIMIT:-580}
 STEPS=" ${STEPS:-diag tests narrow eng} "
 BUILD_ROWS=${BUILD_ROWS:-8,16,32,64}
+PROFILE_CASES=${PROFILE_CASES:-}
 NARROW_ROWS=${NARROW_ROWS:-8,16,32}
 NARROW_SECS=${NARROW_SECS:-200}
 VARIANTS=${VARIANTS:-$(ls bench/out/variants/*.so.gz 2>/dev/null)}
@@ -71,16 +74,21 @@ if [ "$ok" = 1 ]; then
   [ ${#var[@]} -gt 0 ] && step builds 400 bash bench/gpu_run.sh py bench/gpu_cuda_builds.py "${var[@]}" \
     --formats "$FORMATS" --shapes "$SHAPES" --rows "$BUILD_ROWS" --out "$R/builds.jsonl"
   [ -f "$R/builds.txt" ] && grep '^|' "$R/builds.txt"
+  [ -n "$PROFILE_CASES" ] && step profile 240 ncu --clock-control none -k regex:lowbit_mma \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section SchedulerStats \
+    --section WarpStateStats --section SourceCounters --section InstructionStats --section MemoryWorkloadAnalysis \
+    bash bench/gpu_run.sh py bench/gpu_cuda_profile.py --fmt "${FORMATS%%,*}" --cases "$PROFILE_CASES"
+  [ -f "$R/profile.txt" ] && grep -E "lowbit_mma_kernel<|Duration|DRAM Throughput|Issue Slots Busy" "$R/profile.txt"
   step narrow "$NARROW_SECS" bash bench/gpu_run.sh py bench/gpu_narrow.py --pool cuda --formats "$FORMATS" --rows "$NARROW_ROWS" \
     --shapes "$SHAPES" --keep 3 --rounds 3 --tuned "$R/cuda.json"
-  tail -12 "$R/narrow.txt"
+  [ -f "$R/narrow.txt" ] && tail -12 "$R/narrow.txt"
   eng=(bash bench/gpu_run.sh py bench/engine_gpu.py --streams "${ENGINE_STREAMS:-1,8,16,32}" --static-batches= --no-llm)
   secs=$((20 + 40 * $(echo "$ENGINE_FORMAT" | tr ',' '\n' | wc -l)))  # ~30 s a format
   [ -s "$R/cuda.json" ] && step eng_cuda "$secs" env XPULLM_TRITON_TUNED="$R/cuda.json" "${eng[@]}" \
     --formats "$ENGINE_FORMAT" --out "$R/engine_cuda.jsonl"
   step eng_table "$secs" "${eng[@]}" --formats "$ENGINE_FORMAT" --out "$R/engine.jsonl"
   step eng_bf16 90 "${eng[@]}" --formats bf16 --out "$R/engine.jsonl"
-  grep -h '^{' "$R"/eng_*.txt | cut -c1-220
+  cat "$R"/eng_*.txt 2>/dev/null | grep '^{' | cut -c1-220
 fi
 pack
 echo "done in $(($(date +%s) - T0)) s"
