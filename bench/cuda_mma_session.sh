@@ -34,6 +34,7 @@ BUILD_ROWS=${BUILD_ROWS:-8,16,32,64}
 PROFILE_CASES=${PROFILE_CASES:-}
 NARROW_ROWS=${NARROW_ROWS:-8,16,32}
 NARROW_SECS=${NARROW_SECS:-200}
+ENGINE_STREAMS=${ENGINE_STREAMS:-1,8,16,32}
 VARIANTS=${VARIANTS:-$(ls bench/out/variants/*.so.gz 2>/dev/null)}
 T0=$(date +%s)
 left() { echo $((LIMIT - ($(date +%s) - T0))); }
@@ -82,7 +83,7 @@ if [ "$ok" = 1 ]; then
   step narrow "$NARROW_SECS" bash bench/gpu_run.sh py bench/gpu_narrow.py --pool cuda --formats "$FORMATS" --rows "$NARROW_ROWS" \
     --shapes "$SHAPES" --keep 3 --rounds 3 --tuned "$R/cuda.json"
   [ -f "$R/narrow.txt" ] && tail -12 "$R/narrow.txt"
-  eng=(bash bench/gpu_run.sh py bench/engine_gpu.py --streams "${ENGINE_STREAMS:-1,8,16,32}" --static-batches= --no-llm)
+  eng=(bash bench/gpu_run.sh py bench/engine_gpu.py --streams "$ENGINE_STREAMS" --static-batches= --no-llm)
   secs=$((20 + 40 * $(echo "$ENGINE_FORMAT" | tr ',' '\n' | wc -l)))  # ~30 s a format
   [ -s "$R/cuda.json" ] && step eng_cuda "$secs" env XPULLM_TRITON_TUNED="$R/cuda.json" "${eng[@]}" \
     --formats "$ENGINE_FORMAT" --out "$R/engine_cuda.jsonl"

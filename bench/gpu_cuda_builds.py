@@ -36,7 +36,9 @@ from gpu_layer_cases import layer_cases
 SHAPES = "6144x4096,4096x4096,28672x4096,4096x14336,128256x4096"
 
 
-def _load(path: Path, scratch: Path) -> ctypes.CDLL:
+def load_build(path: Path, scratch: Path) -> ctypes.CDLL:
+    """A build of lowbit_mma.cu (`.so`, or `.so.gz` unpacked into `scratch`), loaded and bound; make the kernels
+    use it with `cuda._library = lambda arch: lib` (lowbit_mma looks its library up at each call)."""
     from xpullm.kernels import cuda
 
     if path.suffix == ".gz":
@@ -78,7 +80,9 @@ def main() -> int:
     dev = torch.device("cuda")
     scratch = Path(tempfile.mkdtemp())
     names = [v.partition("=")[0] for v in args.variant]
-    libs = {n: _load(Path(v.partition("=")[2]), scratch) for n, v in zip(names, args.variant, strict=True)}
+    libs = {
+        n: load_build(Path(v.partition("=")[2]), scratch) for n, v in zip(names, args.variant, strict=True)
+    }
     use = {n: (lambda arch, lib=lib: lib) for n, lib in libs.items()}
     cuda._library = use[names[0]]
     timed = functools.partial(time_cold, device=dev)

@@ -1,24 +1,28 @@
 """Run chosen CUDA low-bit kernel launches for a profiler (issue 29): one build, a few (shape, rows, tile) cases.
 
-Each case runs twice (the first loads the weight); under Nsight Compute, profile the kernels by name:
+Each case runs twice (the first loads the weight); under Nsight Compute, profile the kernels by name, as the
+`profile` step of bench/cuda_mma_session.sh does (PROFILE_CASES):
 
-    ncu --clock-control none -k regex:lowbit_mma --launch-skip 0 --section SpeedOfLight ... \
-        python3 bench/gpu_cuda_profile.py --variant old=v/old.so.gz --cases 28672x4096:32:1:8:1
+    ncu --clock-control none -k regex:lowbit_mma --section SpeedOfLight ... \
+        bash bench/gpu_run.sh py bench/gpu_cuda_profile.py [--variant old=v/old.so.gz] --cases 28672x4096:32:1:8:1
 
-A case is NxK:ROWS:TILES:WARPS:SPLIT (`--fmt`: the weight format and group, as in gpu_narrow.py).
+A case is NxK:ROWS:TILES:WARPS:SPLIT (`--fmt`: the weight format, NAME or NAME:GROUP).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gzip
 import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # run with -P: the script's folder is not on sys.path
+
+from gpu_cuda_builds import load_build
+from gpu_layer_cases import layer_cases
 
 
 def main() -> int:
@@ -32,33 +36,22 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("gpu_cuda_profile.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    from xpullm.formats import get_format
     from xpullm.kernels import cuda
-    from xpullm.kernels.triton import pack_weight, run
+    from xpullm.kernels.triton import run
     from xpullm.kernels.triton.configs import CONFIG_TABLES
-    from xpullm.kernels.triton.launch import _prepare_x
 
     if args.variant:
-        path = Path(args.variant.partition("=")[2])
-        if path.suffix == ".gz":
-            plain = Path(tempfile.mkdtemp()) / path.stem
-            plain.write_bytes(gzip.decompress(path.read_bytes()))
-            path = plain
-        lib = cuda.bind(ctypes.CDLL(str(path)))
+        lib = load_build(Path(args.variant.partition("=")[2]), Path(tempfile.mkdtemp()))
         cuda._library = lambda arch: lib
     dev = torch.device("cuda")
-    name, _, gs = args.fmt.partition(":")
     base = CONFIG_TABLES["cuda"]["cuda_mma"][0]
     for case in args.cases.split(","):
         shape, m, tiles, warps, split = case.split(":")
-        n, k = (int(v) for v in shape.split("x"))
-        weight = torch.randn(n, k, generator=torch.Generator().manual_seed(n + k)) * 0.02
-        tw = pack_weight(get_format(name).quantize(weight, int(gs) if gs else 0), dev)
-        x = _prepare_x(torch.randn(int(m), k, device=dev, dtype=torch.bfloat16), tw)
+        layer = next(layer_cases(args.fmt, shape, m, dev))
         cfg = replace(base, block_m=int(m), tiles=int(tiles), num_warps=int(warps), split_k=int(split))
         cfg = replace(cfg, block_n=16 * cfg.tiles * cfg.num_warps)
         for _ in range(2):
-            run(x, tw, cfg)
+            run(layer.x, layer.tw, cfg)
         torch.cuda.synchronize()
         print(case, cfg, flush=True)
     return 0

@@ -146,13 +146,12 @@ template <int NT, int KIND>
 __device__ __forceinline__ void stage_load(uint4 (&buf)[2 * Units<NT, KIND>::kPerThread], const Params& p,
                                            int64_t k0, int tid, int threads) {
   using U = Units<NT, KIND>;
-  constexpr int kUnits = U::kUnits;
 #pragma unroll
   for (int r = 0; r < U::kPerThread; ++r) {
     const int u = tid + r * threads;
     buf[2 * r] = buf[2 * r + 1] = make_uint4(0, 0, 0, 0);
     const int row = u / U::kPerRow, q = u % U::kPerRow;
-    if (u < kUnits && row < p.m) {
+    if (u < U::kUnits && row < p.m) {
       const int e0 = U::kEight ? q * U::kSpan : (q >> 1) * U::kSpan + (q & 1) * 8;
       const __nv_bfloat16* src = p.x + row * p.ldx + k0 + e0;
       buf[2 * r] = *reinterpret_cast<const uint4*>(src);
@@ -175,7 +174,7 @@ template <int NT, int KIND, bool SUMS>
 __device__ __forceinline__ void stage_store(const uint4 (&buf)[2 * Units<NT, KIND>::kPerThread],
                                             __nv_bfloat16* sx, float* sums, int tid, int threads) {
   using U = Units<NT, KIND>;
-  constexpr int kUnits = U::kUnits, kRow = Codes<KIND>::kRow;
+  constexpr int kRow = Codes<KIND>::kRow;
 #pragma unroll
   for (int r = 0; r < U::kPerThread; ++r) {
     const int u = tid + r * threads;
@@ -184,9 +183,9 @@ __device__ __forceinline__ void stage_store(const uint4 (&buf)[2 * Units<NT, KIN
       float sum = bf16_sum(v0) + bf16_sum(v1);
 #pragma unroll
       for (int o = U::kPerRow / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
-      if (u < kUnits && u % U::kPerRow == 0) sums[u / U::kPerRow] = sum;
+      if (u < U::kUnits && u % U::kPerRow == 0) sums[u / U::kPerRow] = sum;
     }
-    if (u < kUnits) {
+    if (u < U::kUnits) {
       const int row = u / U::kPerRow, q = u % U::kPerRow;
       const int t = U::kEight ? q : q >> 1, sigma = U::kEight ? 0 : q & 1;
       __nv_bfloat16* dst = sx + row * kRow + t * 4;
