@@ -39,6 +39,9 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <algorithm>
+
+
 // Internal linkage throughout: two builds loaded in one process (two GPU architectures) must not share symbols
 // (the loader unifies some, such as function-local statics, across libraries).
 namespace xpullm_lowbit {
@@ -122,6 +125,7 @@ struct Params {
   float* partials;       // [split, m, n] when split > 1
   int* counters;         // one per program column (blockIdx.x) when split > 1
   int m, n, chunks_per_split, split;
+  int window;  // chunks a staged window of activations holds (the host sizes it: window_chunks)
 };
 
 // Staging a chunk's activation rows in the mma's K order. A unit is two 16-byte vectors of one row, v0 and v1:
@@ -137,28 +141,7 @@ struct Units {
   static constexpr int kSpan = kEight ? 16 : 32;               // codes a block
   static constexpr int kHalf = kEight ? 8 : 16;                // elements from v0 to v1
   static constexpr int kUnits = NT * 8 * kPerRow;              // units a chunk
-  static constexpr int kPerThread = (kUnits + 127) / 128;      // units a thread (128 threads or more)
 };
-
-// Activation rows [rows, chunk at k0] -> registers, unit r of this thread in buf[2 r], buf[2 r + 1] (rows past m
-// read as zeros).
-template <int NT, int KIND>
-__device__ __forceinline__ void stage_load(uint4 (&buf)[2 * Units<NT, KIND>::kPerThread], const Params& p,
-                                           int64_t k0, int tid, int threads) {
-  using U = Units<NT, KIND>;
-#pragma unroll
-  for (int r = 0; r < U::kPerThread; ++r) {
-    const int u = tid + r * threads;
-    buf[2 * r] = buf[2 * r + 1] = make_uint4(0, 0, 0, 0);
-    const int row = u / U::kPerRow, q = u % U::kPerRow;
-    if (u < U::kUnits && row < p.m) {
-      const int e0 = U::kEight ? q * U::kSpan : (q >> 1) * U::kSpan + (q & 1) * 8;
-      const __nv_bfloat16* src = p.x + row * p.ldx + k0 + e0;
-      buf[2 * r] = *reinterpret_cast<const uint4*>(src);
-      buf[2 * r + 1] = *reinterpret_cast<const uint4*>(src + U::kHalf);
-    }
-  }
-}
 
 __device__ __forceinline__ float bf16_sum(const uint4& v) {
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
@@ -168,36 +151,54 @@ __device__ __forceinline__ float bf16_sum(const uint4& v) {
   return s;
 }
 
-// Registers -> shared memory (see Units). With SUMS, each row's chunk sum (fp32) goes to `sums[row]` (asym_int4's
-// zero points multiply it); every lane takes part in the shuffles.
+// Stages chunks [w0, w1) of the activation rows into window slots 0, 1, ... (slot i: chunk w0 + i at
+// sx + i * NT * 8 * kRow, its row sums at sums + i * NT * 8; see Units). A thread takes units tid, tid + threads,
+// ... (rows past m are zeros), two at a time: both loads before the stores. With SUMS, each row's chunk sum (fp32)
+// goes to the slot's sums[row] (asym_int4's zero points multiply it); every lane takes part in the shuffles.
 template <int NT, int KIND, bool SUMS>
-__device__ __forceinline__ void stage_store(const uint4 (&buf)[2 * Units<NT, KIND>::kPerThread],
-                                            __nv_bfloat16* sx, float* sums, int tid, int threads) {
+__device__ __forceinline__ void stage_window(const Params& p, __nv_bfloat16* sx, float* sums, int w0, int w1, int tid,
+                                             int threads) {
   using U = Units<NT, KIND>;
-  constexpr int kRow = Codes<KIND>::kRow;
+  constexpr int kRow = Codes<KIND>::kRow, kCh = Codes<KIND>::kChunk, kBatch = 2;
+  const int total = (w1 - w0) * U::kUnits;
+  for (int base = 0; base < total; base += kBatch * threads) {  // uniform across the block: shuffles stay whole
+    uint4 v[kBatch][2];
 #pragma unroll
-  for (int r = 0; r < U::kPerThread; ++r) {
-    const int u = tid + r * threads;
-    const uint4 v0 = buf[2 * r], v1 = buf[2 * r + 1];
-    if constexpr (SUMS) {
-      float sum = bf16_sum(v0) + bf16_sum(v1);
-#pragma unroll
-      for (int o = U::kPerRow / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
-      if (u < U::kUnits && u % U::kPerRow == 0) sums[u / U::kPerRow] = sum;
+    for (int r = 0; r < kBatch; ++r) {
+      const int u = base + r * threads + tid, slot = u / U::kUnits, lu = u % U::kUnits;
+      const int row = lu / U::kPerRow, q = lu % U::kPerRow;
+      v[r][0] = v[r][1] = make_uint4(0, 0, 0, 0);
+      if (u < total && row < p.m) {
+        const int e0 = U::kEight ? q * U::kSpan : (q >> 1) * U::kSpan + (q & 1) * 8;
+        const __nv_bfloat16* src = p.x + row * p.ldx + static_cast<int64_t>(w0 + slot) * kCh + e0;
+        v[r][0] = *reinterpret_cast<const uint4*>(src);
+        v[r][1] = *reinterpret_cast<const uint4*>(src + U::kHalf);
+      }
     }
-    if (u < U::kUnits) {
-      const int row = u / U::kPerRow, q = u % U::kPerRow;
-      const int t = U::kEight ? q : q >> 1, sigma = U::kEight ? 0 : q & 1;
-      __nv_bfloat16* dst = sx + row * kRow + t * 4;
-      const uint32_t a[4] = {v0.x, v0.y, v0.z, v0.w}, b[4] = {v1.x, v1.y, v1.z, v1.w};
 #pragma unroll
-      for (int l = 0; l < 4; ++l) {
-        const uint32_t sel = (l & 1) ? 0x7632u : 0x5410u;  // the halves of element l (or 4 + l) of v0, then v1
-        uint2 w;
-        w.x = __byte_perm(a[l >> 1], b[l >> 1], sel);
-        w.y = __byte_perm(a[2 + (l >> 1)], b[2 + (l >> 1)], sel);
-        const int s = U::kEight ? l : 2 * l + sigma;
-        *reinterpret_cast<uint2*>(dst + s * 16) = w;
+    for (int r = 0; r < kBatch; ++r) {
+      const int u = base + r * threads + tid, slot = u / U::kUnits, lu = u % U::kUnits;
+      const uint4 v0 = v[r][0], v1 = v[r][1];
+      if constexpr (SUMS) {
+        float sum = bf16_sum(v0) + bf16_sum(v1);
+#pragma unroll
+        for (int o = U::kPerRow / 2; o > 0; o >>= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
+        if (u < total && lu % U::kPerRow == 0) sums[slot * NT * 8 + lu / U::kPerRow] = sum;
+      }
+      if (u < total) {
+        const int row = lu / U::kPerRow, q = lu % U::kPerRow;
+        const int t = U::kEight ? q : q >> 1, sigma = U::kEight ? 0 : q & 1;
+        __nv_bfloat16* dst = sx + (slot * NT * 8 + row) * kRow + t * 4;
+        const uint32_t a[4] = {v0.x, v0.y, v0.z, v0.w}, b[4] = {v1.x, v1.y, v1.z, v1.w};
+#pragma unroll
+        for (int l = 0; l < 4; ++l) {
+          const uint32_t sel = (l & 1) ? 0x7632u : 0x5410u;  // the halves of element l (or 4 + l) of v0, then v1
+          uint2 w;
+          w.x = __byte_perm(a[l >> 1], b[l >> 1], sel);
+          w.y = __byte_perm(a[2 + (l >> 1)], b[2 + (l >> 1)], sel);
+          const int s = U::kEight ? l : 2 * l + sigma;
+          *reinterpret_cast<uint2*>(dst + s * 16) = w;
+        }
       }
     }
   }
@@ -288,15 +289,17 @@ __device__ __forceinline__ void each_output(const float (&acc)[TILES][NT][4], co
       }
 }
 
+// Four tiles a warp: at least one program an SM (ptxas would otherwise squeeze some of them into 128 registers and
+// spill); the others are left to ptxas (0: no minimum).
 template <int TILES, int NT, int KIND, bool PRESCALE>
-__global__ void __launch_bounds__(256) lowbit_mma_kernel(const Params p) {
+__global__ void __launch_bounds__(256, TILES == 4 ? 1 : 0) lowbit_mma_kernel(const Params p) {
   constexpr bool kSums = KIND == kAsym && !PRESCALE;  // the chunk's activation sums (post-scaled zero points)
   constexpr bool kEight = Codes<KIND>::kEight;
-  constexpr int kCh = Codes<KIND>::kChunk, kRow = Codes<KIND>::kRow;
+  constexpr int kRow = Codes<KIND>::kRow;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int kStage = NT * 8 * kRow;  // bf16 elements per staged chunk
-  __nv_bfloat16* sx = reinterpret_cast<__nv_bfloat16*>(smem_raw);
-  float* ssum = reinterpret_cast<float*>(smem_raw + 2 * kStage * sizeof(__nv_bfloat16));  // [2][NT * 8]
+  __nv_bfloat16* sx = reinterpret_cast<__nv_bfloat16*>(smem_raw);                                  // [window][NT * 8][kRow]
+  float* ssum = reinterpret_cast<float*>(smem_raw + p.window * kStage * sizeof(__nv_bfloat16));  // [window][NT * 8]
 
   const int tid = threadIdx.x, threads = blockDim.x;
   const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
@@ -326,28 +329,16 @@ __global__ void __launch_bounds__(256) lowbit_mma_kernel(const Params p) {
   float acc[TILES][NT][4];
   zero(acc);
 
-  uint4 wcur[TILES][2], wnext[TILES][2];
-  uint4 xbuf[2 * Units<NT, KIND>::kPerThread];  // this thread's units of a staged chunk
-  if (c_begin < c_end) {
+  // Chunk c's weight words of this lane's rows; the next chunk's are in flight while one multiplies.
+  auto load_chunk = [&](uint4 (&w)[TILES][2], int c) {
 #pragma unroll
     for (int T = 0; T < TILES; ++T)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) wcur[T][h] = load_words(wrow[T][h] + c_begin * 16);
-    stage_load<NT, KIND>(xbuf, p, static_cast<int64_t>(c_begin) * kCh, tid, threads);
-    stage_store<NT, KIND, kSums>(xbuf, sx, ssum, tid, threads);
-  }
-  __syncthreads();
+      for (int h = 0; h < 2; ++h) w[T][h] = load_words(wrow[T][h] + c * 16);
+  };
 
-  for (int c = c_begin; c < c_end; ++c) {
-    const int buf = (c - c_begin) & 1;
-    const bool more = c + 1 < c_end;
-    if (more) {  // the next chunk's weights and activations are in flight while this one multiplies
-#pragma unroll
-      for (int T = 0; T < TILES; ++T)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) wnext[T][h] = load_words(wrow[T][h] + (c + 1) * 16);
-      stage_load<NT, KIND>(xbuf, p, static_cast<int64_t>(c + 1) * kCh, tid, threads);
-    }
+  // acc += chunk c (weights `wc`, activations in window slot `slot`).
+  auto multiply = [&](const uint4 (&wc)[TILES][2], int c, int slot) {
     // Post-scaled: the chunk's group. PRESCALE: the group of this lane's block (4 c + t).
     // (The padding past a row's last group - zero codes times zero activations - takes that group's scale.)
     const int gi = min(PRESCALE ? (4 * c + t) / p.chunks_per_group : (p.chunks_per_group > 0 ? c / p.chunks_per_group : 0),
@@ -369,7 +360,7 @@ __global__ void __launch_bounds__(256) lowbit_mma_kernel(const Params p) {
     float part[TILES][NT][4];  // post-scaled: this chunk's dots
     zero(part);
 
-    const __nv_bfloat16* sxc = sx + buf * kStage;
+    const __nv_bfloat16* sxc = sx + slot * kStage;
     uint32_t lpairs[TILES][2][4];  // codebook formats: the level pairs of word s / 2 (decoded at even s)
 #pragma unroll
     for (int s = 0; s < Codes<KIND>::kSteps; ++s) {
@@ -385,17 +376,17 @@ __global__ void __launch_bounds__(256) lowbit_mma_kernel(const Params p) {
       for (int T = 0; T < TILES; ++T) {
         uint32_t a[4];
         if constexpr (kEight) {  // word s: bytes (0, 2) and (1, 3)
-          const uint32_t w0 = word_at(wcur[T][0], s), w1 = word_at(wcur[T][1], s);
+          const uint32_t w0 = word_at(wc[T][0], s), w1 = word_at(wc[T][1], s);
           a[0] = decode8<KIND, false>(w0), a[1] = decode8<KIND, false>(w1);
           a[2] = decode8<KIND, true>(w0), a[3] = decode8<KIND, true>(w1);
         } else if constexpr (KIND == kLevels) {
           if (o == 0) {
-            decode_levels(word_at(wcur[T][0], l), lv, lpairs[T][0]);
-            decode_levels(word_at(wcur[T][1], l), lv, lpairs[T][1]);
+            decode_levels(word_at(wc[T][0], l), lv, lpairs[T][0]);
+            decode_levels(word_at(wc[T][1], l), lv, lpairs[T][1]);
           }
           a[0] = lpairs[T][0][o], a[1] = lpairs[T][1][o], a[2] = lpairs[T][0][o + 1], a[3] = lpairs[T][1][o + 1];
         } else {
-          const uint32_t w0 = word_at(wcur[T][0], l) >> (4 * o), w1 = word_at(wcur[T][1], l) >> (4 * o);
+          const uint32_t w0 = word_at(wc[T][0], l) >> (4 * o), w1 = word_at(wc[T][1], l) >> (4 * o);
           a[0] = decode<KIND>(w0), a[1] = decode<KIND>(w1), a[2] = decode<KIND>(w0 >> 4), a[3] = decode<KIND>(w1 >> 4);
         }
         if constexpr (PRESCALE) {  // a[0], a[2]: row g; a[1], a[3]: row g + 8
@@ -414,8 +405,8 @@ __global__ void __launch_bounds__(256) lowbit_mma_kernel(const Params p) {
       for (int j = 0; j < NT; ++j) {
         float xs0 = 0.f, xs1 = 0.f;
         if constexpr (kSums) {
-          xs0 = ssum[buf * NT * 8 + j * 8 + 2 * t];
-          xs1 = ssum[buf * NT * 8 + j * 8 + 2 * t + 1];
+          xs0 = ssum[slot * NT * 8 + j * 8 + 2 * t];
+          xs1 = ssum[slot * NT * 8 + j * 8 + 2 * t + 1];
         }
 #pragma unroll
         for (int T = 0; T < TILES; ++T) {
@@ -432,14 +423,26 @@ __global__ void __launch_bounds__(256) lowbit_mma_kernel(const Params p) {
         }
       }
     }
-    if (more) {
-      stage_store<NT, KIND, kSums>(xbuf, sx + (buf ^ 1) * kStage, ssum + (buf ^ 1) * NT * 8, tid, threads);
+  };
+
+  // The program's chunks, a window at a time: a window's activations are staged once (a barrier after, and one
+  // before the next window overwrites them), so the warps run through its chunks without waiting for each other.
+  // Chunk c + 1's weights are in flight while chunk c multiplies.
+  uint4 wcur[TILES][2], wnext[TILES][2];
+  if (c_begin < c_end) load_chunk(wcur, c_begin);
+  for (int w0 = c_begin; w0 < c_end; w0 += p.window) {
+    const int w1 = min(c_end, w0 + p.window);
+    if (w0 != c_begin) __syncthreads();  // every warp is done with the last window
+    stage_window<NT, KIND, kSums>(p, sx, ssum, w0, w1, tid, threads);
+    __syncthreads();
+    for (int c = w0; c < w1; ++c) {
+      if (c + 1 < c_end) load_chunk(wnext, c + 1);
+      multiply(wcur, c, c - w0);
 #pragma unroll
       for (int T = 0; T < TILES; ++T)
 #pragma unroll
         for (int h = 0; h < 2; ++h) wcur[T][h] = wnext[T][h];
     }
-    __syncthreads();
   }
 
   if (p.split == 1) {
@@ -466,15 +469,34 @@ __global__ void __launch_bounds__(256) lowbit_mma_kernel(const Params p) {
   });
 }
 
+// Shared memory a window of activations takes: per chunk, NT * 8 staged rows and their sums.
+template <int NT, int KIND>
+constexpr size_t window_bytes(int window) {
+  return static_cast<size_t>(window) * NT * 8 * (Codes<KIND>::kRow * sizeof(__nv_bfloat16) + sizeof(float));
+}
+
+// Chunks a window holds: the program's whole K range where it fits in 48 KB (the default limit of a program's
+// shared memory; session 23 measured 24 KB no better), else as many as fit.
+constexpr size_t kWindowBytes = 48 * 1024;
+template <int NT, int KIND>
+int window_chunks(int chunks_per_split) {
+  return std::max(1, std::min(static_cast<int>(kWindowBytes / window_bytes<NT, KIND>(1)), chunks_per_split));
+}
+
+template <int TILES, int NT, int KIND, bool PRESCALE>
+void launch_one(Params p, dim3 grid, int threads, cudaStream_t stream) {
+  p.window = window_chunks<NT, KIND>(p.chunks_per_split);
+  const size_t smem = window_bytes<NT, KIND>(p.window);
+  lowbit_mma_kernel<TILES, NT, KIND, PRESCALE><<<grid, threads, smem, stream>>>(p);
+}
+
 template <int TILES, int NT, int KIND>
 void launch_kind(const Params& p, bool prescale, dim3 grid, int threads, cudaStream_t stream) {
-  const size_t smem =
-      2 * (static_cast<size_t>(NT) * 8 * Codes<KIND>::kRow * sizeof(__nv_bfloat16) + NT * 8 * sizeof(float));
   if constexpr (Codes<KIND>::kEight) {  // groups of whole chunks or one per row only (checked by the caller)
-    lowbit_mma_kernel<TILES, NT, KIND, false><<<grid, threads, smem, stream>>>(p);
+    launch_one<TILES, NT, KIND, false>(p, grid, threads, stream);
   } else {
-    if (prescale) lowbit_mma_kernel<TILES, NT, KIND, true><<<grid, threads, smem, stream>>>(p);
-    else lowbit_mma_kernel<TILES, NT, KIND, false><<<grid, threads, smem, stream>>>(p);
+    if (prescale) launch_one<TILES, NT, KIND, true>(p, grid, threads, stream);
+    else launch_one<TILES, NT, KIND, false>(p, grid, threads, stream);
   }
 }
 
