@@ -41,7 +41,6 @@
 
 #include <algorithm>
 
-
 // Internal linkage throughout: two builds loaded in one process (two GPU architectures) must not share symbols
 // (the loader unifies some, such as function-local statics, across libraries).
 namespace xpullm_lowbit {
@@ -163,9 +162,10 @@ __device__ __forceinline__ void stage_window(const Params& p, __nv_bfloat16* sx,
   const int total = (w1 - w0) * U::kUnits;
   for (int base = 0; base < total; base += kBatch * threads) {  // uniform across the block: shuffles stay whole
     uint4 v[kBatch][2];
+    int us[kBatch];  // this thread's units in the window
 #pragma unroll
     for (int r = 0; r < kBatch; ++r) {
-      const int u = base + r * threads + tid, slot = u / U::kUnits, lu = u % U::kUnits;
+      const int u = us[r] = base + r * threads + tid, slot = u / U::kUnits, lu = u % U::kUnits;
       const int row = lu / U::kPerRow, q = lu % U::kPerRow;
       v[r][0] = v[r][1] = make_uint4(0, 0, 0, 0);
       if (u < total && row < p.m) {
@@ -177,7 +177,7 @@ __device__ __forceinline__ void stage_window(const Params& p, __nv_bfloat16* sx,
     }
 #pragma unroll
     for (int r = 0; r < kBatch; ++r) {
-      const int u = base + r * threads + tid, slot = u / U::kUnits, lu = u % U::kUnits;
+      const int u = us[r], slot = u / U::kUnits, lu = u % U::kUnits;
       const uint4 v0 = v[r][0], v1 = v[r][1];
       if constexpr (SUMS) {
         float sum = bf16_sum(v0) + bf16_sum(v1);
@@ -329,7 +329,7 @@ __global__ void __launch_bounds__(256, TILES == 4 ? 1 : 0) lowbit_mma_kernel(con
   float acc[TILES][NT][4];
   zero(acc);
 
-  // Chunk c's weight words of this lane's rows; the next chunk's are in flight while one multiplies.
+  // Chunk c's weight words of this lane's rows.
   auto load_chunk = [&](uint4 (&w)[TILES][2], int c) {
 #pragma unroll
     for (int T = 0; T < TILES; ++T)
