@@ -36,7 +36,44 @@ from gpu_layer_cases import layer_cases
 SHAPES = "6144x4096,4096x4096,28672x4096,4096x14336,128256x4096"
 
 
-def load_build(path: Path, scratch: Path) -> ctypes.CDLL:
+class _GridOnly:
+    """A build from before stream-K (session 23 and earlier: no `xpullm_lowbit_mma_plan`, no `per_sm` argument):
+    its launch takes the grid arguments only; a stream-K tile reports cudaErrorInvalidValue (timed as never)."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        fn = self._launch = lib.xpullm_lowbit_mma_launch
+        fn.restype = ctypes.c_int
+        p, i, n = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        fn.argtypes = [
+            p,
+            i,
+            p,
+            i,
+            p,
+            p,
+            i,
+            n,
+            n,
+            n,
+            ctypes.POINTER(ctypes.c_uint32),
+            n,
+            n,
+            p,
+            p,
+            p,
+            *[n] * 5,
+            p,
+        ]
+
+    def xpullm_lowbit_mma_launch(self, *args):
+        *head, per_sm, stream = args
+        return 1 if per_sm else self._launch(*head, stream)
+
+    def xpullm_lowbit_mma_plan(self, *args):
+        return 1
+
+
+def load_build(path: Path, scratch: Path):
     """A build of lowbit_mma.cu (`.so`, or `.so.gz` unpacked into `scratch`), loaded and bound; make the kernels
     use it with `cuda._library = lambda arch: lib` (lowbit_mma looks its library up at each call)."""
     from xpullm.kernels import cuda
@@ -45,7 +82,8 @@ def load_build(path: Path, scratch: Path) -> ctypes.CDLL:
         plain = scratch / path.stem
         plain.write_bytes(gzip.decompress(path.read_bytes()))
         path = plain
-    return cuda.bind(ctypes.CDLL(str(path)))
+    lib = ctypes.CDLL(str(path))
+    return cuda.bind(lib) if hasattr(lib, "xpullm_lowbit_mma_plan") else _GridOnly(lib)
 
 
 def _table(rows: list[dict], names: list[str]) -> str:
@@ -131,7 +169,9 @@ def main() -> int:
             "us": {v: med[v, best[v]] for v in names},
             "range": {v: [min(times[v, best[v]]), max(times[v, best[v]])] for v in names},
             "cfg": {
-                v: f"tiles={best[v].tiles} warps={best[v].num_warps} split={best[v].split_k}" for v in names
+                v: f"tiles={best[v].tiles} warps={best[v].num_warps} split={best[v].split_k} "
+                f"stream_k={best[v].stream_k}"
+                for v in names
             },
             "rel_diff": {v: ((outs[v] - ref).abs().max() / scale).item() for v in names[1:]},
         }
