@@ -1,6 +1,6 @@
 """Builds of the CUDA low-bit kernel side by side on the Llama-3-8B shapes (issue 29): one source edit against another.
 
-Each `--variant NAME=PATH` is one build of `kernels/cuda/lowbit_mma.cu` (a `.so`, or the `.so.gz` that
+Each `--variant NAME=PATH` is one build (`PATH#grid`: that build with its grid launches only, no stream-K) of `kernels/cuda/lowbit_mma.cu` (a `.so`, or the `.so.gz` that
 `bench/cuda_mma_session.sh`'s `builds` step carries), made on the dev machine from another revision of the source or
 with other nvcc flags (kernels/cuda/README.md, Building, has the command). Per format, shape and row count, every
 pool tile (`CONFIG_TABLES["cuda"]["cuda_mma"]`) of every build is timed once; each build's `--keep` fastest then run
@@ -118,9 +118,9 @@ def main() -> int:
     dev = torch.device("cuda")
     scratch = Path(tempfile.mkdtemp())
     names = [v.partition("=")[0] for v in args.variant]
-    libs = {
-        n: load_build(Path(v.partition("=")[2]), scratch) for n, v in zip(names, args.variant, strict=True)
-    }
+    paths = {n: v.partition("=")[2] for n, v in zip(names, args.variant, strict=True)}
+    grid_only = {n for n, v in paths.items() if v.endswith("#grid")}  # that build's grid launches alone
+    libs = {n: load_build(Path(v.removesuffix("#grid")), scratch) for n, v in paths.items()}
     use = {n: (lambda arch, lib=lib: lib) for n, lib in libs.items()}
     cuda._library = use[names[0]]
     timed = functools.partial(time_cold, device=dev)
@@ -145,8 +145,9 @@ def main() -> int:
         pool = [c for c in pool if valid(c, tw, torch.bfloat16)]
         kept = {}
         for v in names:
-            first = {c: time(v, functools.partial(run, x, tw, c, out)) for c in pool}
-            kept[v] = sorted(pool, key=first.__getitem__)[: args.keep]
+            mine = [c for c in pool if not (v in grid_only and c.stream_k)]
+            first = {c: time(v, functools.partial(run, x, tw, c, out)) for c in mine}
+            kept[v] = sorted(mine, key=first.__getitem__)[: args.keep]
         times = {(v, c): [] for v in names for c in kept[v]}
         for r in range(args.rounds):
             order = list(times) if r % 2 == 0 else list(times)[::-1]
