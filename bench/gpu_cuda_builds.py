@@ -120,7 +120,8 @@ def main() -> int:
     names = [v.partition("=")[0] for v in args.variant]
     paths = {n: v.partition("=")[2] for n, v in zip(names, args.variant, strict=True)}
     grid_only = {n for n, v in paths.items() if v.endswith("#grid")}  # that build's grid launches alone
-    libs = {n: load_build(Path(v.removesuffix("#grid")), scratch) for n, v in paths.items()}
+    loaded = {v: load_build(Path(v), scratch) for v in {v.removesuffix("#grid") for v in paths.values()}}
+    libs = {n: loaded[v.removesuffix("#grid")] for n, v in paths.items()}  # a file unpacked and loaded once
     use = {n: (lambda arch, lib=lib: lib) for n, lib in libs.items()}
     cuda._library = use[names[0]]
     timed = functools.partial(time_cold, device=dev)
