@@ -71,7 +71,7 @@ PY
 echo "sym_int4 g128 right: $ok"
 if [ "$ok" = 1 ]; then
   var=()
-  for v in $VARIANTS; do var+=(--variant "$(basename "${v%#grid}" .so.gz)${v##*.so.gz}=$v"); done  # x.so.gz#grid: x#grid
+  for v in $VARIANTS; do var+=(--variant "$(basename "$v" .so.gz)=$v"); done
   [ ${#var[@]} -gt 0 ] && step builds 400 bash bench/gpu_run.sh py bench/gpu_cuda_builds.py "${var[@]}" \
     --formats "$FORMATS" --shapes "$SHAPES" --rows "$BUILD_ROWS" --out "$R/builds.jsonl"
   [ -f "$R/builds.txt" ] && grep '^|' "$R/builds.txt"

@@ -1,6 +1,6 @@
 """Builds of the CUDA low-bit kernel side by side on the Llama-3-8B shapes (issue 29): one source edit against another.
 
-Each `--variant NAME=PATH` is one build (`PATH#grid`: that build with its grid launches only, no stream-K) of `kernels/cuda/lowbit_mma.cu` (a `.so`, or the `.so.gz` that
+Each `--variant NAME=PATH` is one build of `kernels/cuda/lowbit_mma.cu` (a `.so`, or the `.so.gz` that
 `bench/cuda_mma_session.sh`'s `builds` step carries), made on the dev machine from another revision of the source or
 with other nvcc flags (kernels/cuda/README.md, Building, has the command). Per format, shape and row count, every
 pool tile (`CONFIG_TABLES["cuda"]["cuda_mma"]`) of every build is timed once; each build's `--keep` fastest then run
@@ -36,44 +36,7 @@ from gpu_layer_cases import layer_cases
 SHAPES = "6144x4096,4096x4096,28672x4096,4096x14336,128256x4096"
 
 
-class _GridOnly:
-    """A build from before stream-K (session 23 and earlier: no `xpullm_lowbit_mma_plan`, no `per_sm` argument):
-    its launch takes the grid arguments only; a stream-K tile reports cudaErrorInvalidValue (timed as never)."""
-
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        fn = self._launch = lib.xpullm_lowbit_mma_launch
-        fn.restype = ctypes.c_int
-        p, i, n = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-        fn.argtypes = [
-            p,
-            i,
-            p,
-            i,
-            p,
-            p,
-            i,
-            n,
-            n,
-            n,
-            ctypes.POINTER(ctypes.c_uint32),
-            n,
-            n,
-            p,
-            p,
-            p,
-            *[n] * 5,
-            p,
-        ]
-
-    def xpullm_lowbit_mma_launch(self, *args):
-        *head, per_sm, stream = args
-        return 1 if per_sm else self._launch(*head, stream)
-
-    def xpullm_lowbit_mma_plan(self, *args):
-        return 1
-
-
-def load_build(path: Path, scratch: Path):
+def load_build(path: Path, scratch: Path) -> ctypes.CDLL:
     """A build of lowbit_mma.cu (`.so`, or `.so.gz` unpacked into `scratch`), loaded and bound; make the kernels
     use it with `cuda._library = lambda arch: lib` (lowbit_mma looks its library up at each call)."""
     from xpullm.kernels import cuda
@@ -82,8 +45,7 @@ def load_build(path: Path, scratch: Path):
         plain = scratch / path.stem
         plain.write_bytes(gzip.decompress(path.read_bytes()))
         path = plain
-    lib = ctypes.CDLL(str(path))
-    return cuda.bind(lib) if hasattr(lib, "xpullm_lowbit_mma_plan") else _GridOnly(lib)
+    return cuda.bind(ctypes.CDLL(str(path)))
 
 
 def _table(rows: list[dict], names: list[str]) -> str:
@@ -118,10 +80,9 @@ def main() -> int:
     dev = torch.device("cuda")
     scratch = Path(tempfile.mkdtemp())
     names = [v.partition("=")[0] for v in args.variant]
-    paths = {n: v.partition("=")[2] for n, v in zip(names, args.variant, strict=True)}
-    grid_only = {n for n, v in paths.items() if v.endswith("#grid")}  # that build's grid launches alone
-    loaded = {v: load_build(Path(v), scratch) for v in {v.removesuffix("#grid") for v in paths.values()}}
-    libs = {n: loaded[v.removesuffix("#grid")] for n, v in paths.items()}  # a file unpacked and loaded once
+    libs = {
+        n: load_build(Path(v.partition("=")[2]), scratch) for n, v in zip(names, args.variant, strict=True)
+    }
     use = {n: (lambda arch, lib=lib: lib) for n, lib in libs.items()}
     cuda._library = use[names[0]]
     timed = functools.partial(time_cold, device=dev)
@@ -146,9 +107,8 @@ def main() -> int:
         pool = [c for c in pool if valid(c, tw, torch.bfloat16)]
         kept = {}
         for v in names:
-            mine = [c for c in pool if not (v in grid_only and c.stream_k)]
-            first = {c: time(v, functools.partial(run, x, tw, c, out)) for c in mine}
-            kept[v] = sorted(mine, key=first.__getitem__)[: args.keep]
+            first = {c: time(v, functools.partial(run, x, tw, c, out)) for c in pool}
+            kept[v] = sorted(pool, key=first.__getitem__)[: args.keep]
         times = {(v, c): [] for v in names for c in kept[v]}
         for r in range(args.rounds):
             order = list(times) if r % 2 == 0 else list(times)[::-1]
@@ -171,9 +131,7 @@ def main() -> int:
             "us": {v: med[v, best[v]] for v in names},
             "range": {v: [min(times[v, best[v]]), max(times[v, best[v]])] for v in names},
             "cfg": {
-                v: f"tiles={best[v].tiles} warps={best[v].num_warps} split={best[v].split_k} "
-                f"stream_k={best[v].stream_k}"
-                for v in names
+                v: f"tiles={best[v].tiles} warps={best[v].num_warps} split={best[v].split_k}" for v in names
             },
             "rel_diff": {v: ((outs[v] - ref).abs().max() / scale).item() for v in names[1:]},
         }

@@ -2,7 +2,7 @@
 
 A first look on a new machine or after a kernel edit, before the tests: for each format / group mode at 2, 9 and 33
 rows, the largest error in bf16 half-steps of the twin's output (rounding alone gives up to ~1; a wrong index map
-or decode gives hundreds) and the correlation with the twin; then the same tile as a stream-K launch. The twin and weights are the tests' own
+or decode gives hundreds) and the correlation with the twin. The twin and weights are the tests' own
 (`tests/kernels/test_cuda_mma.py`).
 
     bash bench/gpu_run.sh py bench/gpu_cuda_diag.py
@@ -43,18 +43,13 @@ def main() -> int:
                 tw = pack_weight(qw, dev)
                 x = torch.randn(m, 1024, generator=torch.Generator().manual_seed(2)).bfloat16()
                 pool = [replace(c, block_m=m) for c in t.POOL if c.split_k == 1]
-                cfg = next(c for c in pool if valid(c, tw, torch.bfloat16) and not c.stream_k)
+                cfg = next(c for c in pool if valid(c, tw, torch.bfloat16))
+                y = run(_prepare_x(x.to(dev), tw), tw, cfg).float().cpu()
                 ref = (x.double() @ t._twin_weight(qw).T).float()
-
-                def err_of(cfg, x=x, tw=tw, ref=ref):
-                    y = run(_prepare_x(x.to(dev), tw), tw, cfg).float().cpu()
-                    err = ((y - ref).abs() / (ref.abs() * 2.0**-8 + 1e-6 * ref.abs().max())).max().item()
-                    return err, torch.corrcoef(torch.stack([y.flatten(), ref.flatten()]))[0, 1].item()
-
-                err, corr = err_of(cfg)
-                sk_err, _ = err_of(replace(cfg, stream_k=2))  # stream-K: every tile summed from partials
+                err = ((y - ref).abs() / (ref.abs() * 2.0**-8 + 1e-6 * ref.abs().max())).max().item()
+                corr = torch.corrcoef(torch.stack([y.flatten(), ref.flatten()]))[0, 1].item()
                 print(f"{fmt:9s} g{gs:<3d} m={m:2d} max_err_half_steps={err:10.3g} corr={corr:.6f} "
-                      f"tiles={cfg.tiles} warps={cfg.num_warps} stream_k_err={sk_err:.3g}")  # fmt: skip
+                      f"tiles={cfg.tiles} warps={cfg.num_warps}")  # fmt: skip
             except Exception:
                 print(f"{fmt:9s} g{gs:<3d} m={m:2d} FAILED {traceback.format_exc()[-600:]}")
     return 0

@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
@@ -37,7 +36,6 @@ __all__ = [
     "level_words",
     "loadable",
     "lowbit_mma",
-    "stream_k_plan",
 ]
 
 log = logging.getLogger("xpullm.kernels.cuda")
@@ -121,14 +119,9 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     fn.restype = ctypes.c_int
     words_p = ctypes.POINTER(ctypes.c_uint32)
     # x, ldx, words, kw, scales, zeros, ld_scales | n_groups, half_scales, kind | levels | group_blocks,
-    # chunks_per_group | out, partials, counters | m, n, tiles, warps, split, per_sm | stream
+    # chunks_per_group | out, partials, counters | m, n, tiles, warps, split | stream
     fn.argtypes = [_P, _I, _P, _I, _P, _P, _I, *[ctypes.c_int] * 3, words_p, *[ctypes.c_int] * 2, _P, _P, _P]
-    fn.argtypes += [ctypes.c_int] * 6 + [_P]  # m, n, tiles, warps, split, per_sm | stream
-    plan = lib.xpullm_lowbit_mma_plan
-    plan.restype = ctypes.c_int
-    int_p = ctypes.POINTER(ctypes.c_int)
-    # kind, group_blocks, m, n, kw, tiles, warps, per_sm | programs, iters, slots (out)
-    plan.argtypes = [*[ctypes.c_int] * 4, _I, *[ctypes.c_int] * 3, int_p, int_p, int_p]
+    fn.argtypes += [ctypes.c_int] * 5 + [_P]
     return lib
 
 
@@ -203,17 +196,13 @@ def lowbit_mma(
     warps: int,
     split: int,
     fmt: str = "sym_int4",
-    per_sm: int = 0,
 ) -> torch.Tensor:
     """out [M, N] (bf16) = x [M, KX] (bf16) @ W^T for weight `fmt` in the Triton layout: words [N, KW] (KW a
     multiple of 16: whole chunks), KX = KW x codes per word, `scales` [N, groups] (fp16 / fp32; a group =
     `group_size` codes, 0 = one per row). sym_int4: w = (q - 8) s; asym_int4: w = q s + z (`zeros` shaped and typed
     like `scales`); nf4 / fp4: w = level[q] s (levels in bf16); sym_int8: w = q s; fp8_e4m3: w = e4m3(q) s / 2^8
     (the layout's scales); fp8_e5m2: w = e5m2(q) s. `split` > 1 sums K splits through `partials` (fp32
-    [split, M, N]) and `counters` (int32, one per output tile of 16 x tiles x warps rows, zero; left zero).
-    `per_sm` > 0 launches stream-K instead (`split` unused): at most `per_sm` programs an SM, as many as fit at
-    once, each taking an equal run of the (tile, chunk) work; tiles shared by several programs are summed through
-    `partials` (`stream_k_plan(...).slots` planes) and `counters`."""
+    [split, M, N]) and `counters` (int32, one per output tile, zero; left zero)."""
     if fmt not in FORMATS:
         raise ValueError(f"lowbit_mma takes the formats {sorted(FORMATS)}, got {fmt!r}")
     kind, bits = FORMATS[fmt]
@@ -234,15 +223,12 @@ def lowbit_mma(
             f"lowbit_mma needs 1..{MMA_MAX_ROWS} activation rows of KX = {32 // bits} * KW features (KW % 16 == 0, "
             f"contiguous); got x {tuple(x.shape)} words {tuple(words.shape)}"
         )
-    if tiles not in MMA_ROW_TILES or not MMA_WARPS[0] <= warps <= MMA_WARPS[1] or split < 1 or per_sm < 0:
+    if tiles not in MMA_ROW_TILES or not MMA_WARPS[0] <= warps <= MMA_WARPS[1] or split < 1:
         raise ValueError(
-            f"lowbit_mma takes tiles in {MMA_ROW_TILES}, {MMA_WARPS[0]}..{MMA_WARPS[1]} warps, split >= 1, "
-            f"per_sm >= 0; got tiles={tiles}, warps={warps}, split={split}, per_sm={per_sm}"
+            f"lowbit_mma takes tiles in {MMA_ROW_TILES}, {MMA_WARPS[0]}..{MMA_WARPS[1]} warps, split >= 1"
         )
-    if (split > 1 or per_sm) and (partials is None or counters is None):
-        raise ValueError(
-            "lowbit_mma with split > 1 or per_sm > 0 needs the partials workspace and the tile counters"
-        )
+    if split > 1 and (partials is None or counters is None):
+        raise ValueError("lowbit_mma with split > 1 needs the partials workspace and the tile counters")
     if scales.dtype not in (torch.float16, torch.float32) or scales.stride(1) != 1:
         raise ValueError(f"lowbit_mma takes fp16 / fp32 scales with unit column stride, got {scales.dtype}")
     if zeros is not None and (zeros.dtype != scales.dtype or zeros.stride() != scales.stride()):
@@ -262,13 +248,6 @@ def lowbit_mma(
         raise RuntimeError(
             f"the CUDA low-bit kernel cannot run here: {build_error(x.device) or 'needs sm_80+'}"
         )
-    if per_sm:
-        slots = stream_k_plan(x.device, fmt, group_size, m, n, kw, tiles, warps, per_sm).slots
-        if partials.shape[0] < slots or partials.shape[1:] != (m, n) or partials.dtype != torch.float32:
-            raise ValueError(
-                f"lowbit_mma stream-K needs fp32 partials [{slots}, {m}, {n}] (stream_k_plan(...).slots planes), "
-                f"got {partials.dtype} {tuple(partials.shape)}"
-            )
     stream = torch.cuda.current_stream(x.device).cuda_stream
     code = lib.xpullm_lowbit_mma_launch(
         x.data_ptr(), x.stride(0), words.data_ptr(), kw, scales.data_ptr(),
@@ -276,54 +255,10 @@ def lowbit_mma(
         int(scales.dtype == torch.float16), kind, level_words(levels) if levels is not None else None,
         *groups, out.data_ptr(),
         partials.data_ptr() if partials is not None else None, counters.data_ptr() if counters is not None else None,
-        m, n, tiles, warps, split, per_sm, stream,
+        m, n, tiles, warps, split, stream,
     )  # fmt: skip
     if code:
         raise RuntimeError(
-            f"lowbit_mma launch failed with CUDA error {code} (tiles={tiles}, warps={warps}, m={m}, "
-            f"per_sm={per_sm})"
+            f"lowbit_mma launch failed with CUDA error {code} (tiles={tiles}, warps={warps}, m={m})"
         )
     return out
-
-
-class StreamKPlan(NamedTuple):
-    """A stream-K launch's shape: `programs` programs, each taking `iters` (tile, chunk) iterations; at most
-    `slots` programs share an output tile (the partial planes it needs)."""
-
-    programs: int
-    iters: int
-    slots: int
-
-
-@functools.cache
-def stream_k_plan(
-    device: torch.device,
-    fmt: str,
-    group_size: int,
-    m: int,
-    n: int,
-    kw: int,
-    tiles: int,
-    warps: int,
-    per_sm: int,
-) -> StreamKPlan:
-    """The stream-K launch `lowbit_mma(..., per_sm=per_sm)` makes for these arguments on `device` (its SM count
-    and how many programs of the instantiation fit an SM)."""
-    kind, bits = FORMATS[fmt]
-    groups = group_args(group_size, bits)
-    arch = _arch(device)
-    lib = _library(arch) if arch and groups else None
-    if lib is None:
-        raise RuntimeError(
-            f"no stream-K plan for {fmt} g{group_size} on {device}: the CUDA kernel cannot run there"
-        )
-    out = [ctypes.c_int(0) for _ in range(3)]
-    with torch.cuda.device(device):
-        code = lib.xpullm_lowbit_mma_plan(
-            kind, groups[0], m, n, kw, tiles, warps, per_sm, *(ctypes.byref(v) for v in out)
-        )
-    if code:
-        raise RuntimeError(
-            f"lowbit_mma stream-K plan failed with CUDA error {code} (tiles={tiles}, warps={warps}, m={m})"
-        )
-    return StreamKPlan(*(v.value for v in out))

@@ -32,12 +32,8 @@
 // Groups of 32 or 64 codes (PRESCALE): a lane's block (32 codes) lies in one group, so each lane scales its decoded
 // pairs before the mma with one bf16x2 fma (the scale and zero point rounded to bf16, the product once more).
 //
-// Two launches. A grid: one program per (output tile, K split); `split` programs share a tile. Stream-K (`iters`
-// > 0): as many programs as the GPU holds at once, each taking an equal run of `iters` of the (tile, chunk)
-// iterations in tile-major order, so a program may finish one tile's last chunks and start the next tile's first.
-// Either way a tile computed by several programs is summed the same way: each writes its fp32 partial into its
-// slot (split index, or its place among the tile's programs) and the last to arrive (an atomic counter per tile,
-// reset by that last program) sums the slots in order into the bf16 output: deterministic for a given launch.
+// Split K: `split` programs share an output tile; each writes fp32 partials and the last to arrive (an atomic
+// counter per tile, reset by that last program) sums them in split order into the bf16 output.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -125,12 +121,10 @@ struct Params {
   uint32_t levels[8];    // codebook formats: bytes 4i..4i+3 of words 0..3 (low bytes) and 4..7 (high bytes) of
                          // the bf16 levels 4i..4i+3
   __nv_bfloat16* out;    // [m, n]
-  float* partials;       // [slots, m, n] where a tile may be shared (split > 1, or stream-K)
-  int* counters;         // one per output tile, zero between launches (each tile's last program resets its own)
-  int m, n;
-  int span;    // iterations a tile takes in a program's run: its chunks, padded to split x iters in a grid launch
-  int iters;   // iterations a program's run takes
-  int window;  // chunks a staged window of activations holds (the host sizes it)
+  float* partials;       // [split, m, n] when split > 1
+  int* counters;         // one per program column (blockIdx.x) when split > 1
+  int m, n, chunks_per_split, split;
+  int window;  // chunks a staged window of activations holds (the host sizes it: window_chunks)
 };
 
 // Staging a chunk's activation rows in the mma's K order. A unit is two 16-byte vectors of one row, v0 and v1:
@@ -310,15 +304,30 @@ __global__ void __launch_bounds__(256, TILES == 4 ? 1 : 0) lowbit_mma_kernel(con
   const int tid = threadIdx.x, threads = blockDim.x;
   const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int warps = threads >> 5;
+  const int row0 = blockIdx.x * warps * TILES * 16 + warp * TILES * 16;
   const int n_chunks = static_cast<int>(p.kw / 16);
+  const int c_begin = blockIdx.y * p.chunks_per_split;
+  const int c_end = min(n_chunks, c_begin + p.chunks_per_split);
   const bool half = p.half_scales != 0;
   uint32_t lv[8];
 #pragma unroll
   for (int i = 0; i < 8; ++i) lv[i] = p.levels[i];
 
-  const int32_t* wrow[TILES][2];  // each lane's two rows per tile (set per segment)
+  // Each lane's two rows per tile, clamped inside the weight (rows past N are computed, never written).
+  const int32_t* wrow[TILES][2];
   int srow[TILES][2];
+#pragma unroll
+  for (int T = 0; T < TILES; ++T) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = min(row0 + T * 16 + g + 8 * h, p.n - 1);
+      srow[T][h] = r;
+      wrow[T][h] = p.words + r * p.kw + t * 4;
+    }
+  }
+
   float acc[TILES][NT][4];
+  zero(acc);
 
   // Chunk c's weight words of this lane's rows.
   auto load_chunk = [&](uint4 (&w)[TILES][2], int c) {
@@ -416,73 +425,48 @@ __global__ void __launch_bounds__(256, TILES == 4 ? 1 : 0) lowbit_mma_kernel(con
     }
   };
 
-  // The program's run of iterations [blockIdx.x * iters, + iters) in tile-major order, each tile `span`
-  // iterations long, its chunks first (a grid of (tile, split) programs: span = split x iters, every run one
-  // split; stream-K: span = the tile's chunks), one segment per tile the run meets. Each segment's chunks go a
-  // window at a time: a window's activations are staged once (a barrier before, and one after), so the warps run
-  // through its chunks without waiting for each other. Chunk c + 1's weights are in flight while c multiplies.
-  const int total = (p.n + warps * TILES * 16 - 1) / (warps * TILES * 16) * p.span;
-  const int run_end = min(total, static_cast<int>(blockIdx.x + 1) * p.iters);
-  const int64_t plane = static_cast<int64_t>(p.m) * p.n;
-  __shared__ int last;
-  for (int it = blockIdx.x * p.iters; it < run_end;) {
-    const int tile = it / p.span, c_begin = it - tile * p.span;
-    const int c_end = min(n_chunks, c_begin + (run_end - it));
-    // its place among the programs whose runs meet this tile's iterations [tile * span, (tile + 1) * span)
-    const int first_program = tile * p.span / p.iters;
-    const int slot = blockIdx.x - first_program, slots = (tile * p.span + n_chunks - 1) / p.iters - first_program + 1;
-    it = min(run_end, (tile + 1) * p.span);
-    const int row0 = (tile * warps + warp) * TILES * 16;
-    // Each lane's two rows per tile, clamped inside the weight (rows past N are computed, never written).
-#pragma unroll
-    for (int T = 0; T < TILES; ++T) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = min(row0 + T * 16 + g + 8 * h, p.n - 1);
-        srow[T][h] = r;
-        wrow[T][h] = p.words + r * p.kw + t * 4;
-      }
-    }
-    zero(acc);
-
-    uint4 wcur[TILES][2], wnext[TILES][2];
-    if (c_begin < c_end) load_chunk(wcur, c_begin);
-    for (int w0 = c_begin; w0 < c_end; w0 += p.window) {
-      const int w1 = min(c_end, w0 + p.window);
-      __syncthreads();  // every warp is done with what the window's slots held
-      stage_window<NT, KIND, kSums>(p, sx, ssum, w0, w1, tid, threads);
-      __syncthreads();
-      for (int c = w0; c < w1; ++c) {
-        if (c + 1 < c_end) load_chunk(wnext, c + 1);
-        multiply(wcur, c, c - w0);
-#pragma unroll
-        for (int T = 0; T < TILES; ++T)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) wcur[T][h] = wnext[T][h];
-      }
-    }
-
-    if (slots == 1) {
-      each_output(acc, p, row0, g, t, [&](float v, int64_t at) { p.out[at] = __float2bfloat16(v); });
-      continue;
-    }
-    each_output(acc, p, row0, g, t, [&](float v, int64_t at) { p.partials[slot * plane + at] = v; });
-    __threadfence();
+  // The program's chunks, a window at a time: a window's activations are staged once (a barrier after, and one
+  // before the next window overwrites them), so the warps run through its chunks without waiting for each other.
+  // Chunk c + 1's weights are in flight while chunk c multiplies.
+  uint4 wcur[TILES][2], wnext[TILES][2];
+  if (c_begin < c_end) load_chunk(wcur, c_begin);
+  for (int w0 = c_begin; w0 < c_end; w0 += p.window) {
+    const int w1 = min(c_end, w0 + p.window);
+    if (w0 != c_begin) __syncthreads();  // every warp is done with the last window
+    stage_window<NT, KIND, kSums>(p, sx, ssum, w0, w1, tid, threads);
     __syncthreads();
-    if (tid == 0) {
-      const int arrived = atomicAdd(p.counters + tile, 1);
-      last = arrived == slots - 1;
-      if (last) p.counters[tile] = 0;  // every other slot has arrived: ready for the next call
+    for (int c = w0; c < w1; ++c) {
+      if (c + 1 < c_end) load_chunk(wnext, c + 1);
+      multiply(wcur, c, c - w0);
+#pragma unroll
+      for (int T = 0; T < TILES; ++T)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) wcur[T][h] = wnext[T][h];
     }
-    __syncthreads();
-    if (!last) continue;
-    __threadfence();
-    each_output(acc, p, row0, g, t, [&](float, int64_t at) {
-      float sum = 0.f;
-      for (int sl = 0; sl < slots; ++sl) sum += __ldcg(p.partials + sl * plane + at);
-      p.out[at] = __float2bfloat16(sum);
-    });
   }
+
+  if (p.split == 1) {
+    each_output(acc, p, row0, g, t, [&](float v, int64_t at) { p.out[at] = __float2bfloat16(v); });
+    return;
+  }
+  const int64_t plane = static_cast<int64_t>(p.m) * p.n;
+  each_output(acc, p, row0, g, t, [&](float v, int64_t at) { p.partials[blockIdx.y * plane + at] = v; });
+  __threadfence();
+  __syncthreads();
+  __shared__ int last;
+  if (tid == 0) {
+    const int arrived = atomicAdd(p.counters + blockIdx.x, 1);
+    last = arrived == p.split - 1;
+    if (last) p.counters[blockIdx.x] = 0;  // every other split has arrived: ready for the next call
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  each_output(acc, p, row0, g, t, [&](float, int64_t at) {
+    float sum = 0.f;
+    for (int sp = 0; sp < p.split; ++sp) sum += __ldcg(p.partials + sp * plane + at);
+    p.out[at] = __float2bfloat16(sum);
+  });
 }
 
 // Shared memory a window of activations takes: per chunk, NT * 8 staged rows and their sums.
@@ -491,104 +475,57 @@ constexpr size_t window_bytes(int window) {
   return static_cast<size_t>(window) * NT * 8 * (Codes<KIND>::kRow * sizeof(__nv_bfloat16) + sizeof(float));
 }
 
-// Chunks a window holds: the program's whole K range (`chunks`) where it fits in 48 KB (the default limit of a
-// program's shared memory; session 23 measured 24 KB no better), else as many as fit.
+// Chunks a window holds: the program's whole K range where it fits in 48 KB (the default limit of a program's
+// shared memory; session 23 measured 24 KB no better), else as many as fit.
 constexpr size_t kWindowBytes = 48 * 1024;
-int window_chunks(size_t chunk_bytes, int chunks) {
-  return std::max(1, std::min(static_cast<int>(kWindowBytes / chunk_bytes), chunks));
+template <int NT, int KIND>
+int window_chunks(int chunks_per_split) {
+  return std::max(1, std::min(static_cast<int>(kWindowBytes / window_bytes<NT, KIND>(1)), chunks_per_split));
 }
 
-// One instantiation of the kernel and the shared memory a staged chunk takes.
-struct Kernel {
-  void (*fn)(Params) = nullptr;
-  size_t chunk_bytes = 0;
-};
-
 template <int TILES, int NT, int KIND, bool PRESCALE>
-Kernel kernel_of() {
-  return {lowbit_mma_kernel<TILES, NT, KIND, PRESCALE>, window_bytes<NT, KIND>(1)};
+void launch_one(Params p, dim3 grid, int threads, cudaStream_t stream) {
+  p.window = window_chunks<NT, KIND>(p.chunks_per_split);
+  const size_t smem = window_bytes<NT, KIND>(p.window);
+  lowbit_mma_kernel<TILES, NT, KIND, PRESCALE><<<grid, threads, smem, stream>>>(p);
 }
 
 template <int TILES, int NT, int KIND>
-Kernel find_kind(bool prescale) {
-  if constexpr (Codes<KIND>::kEight) return kernel_of<TILES, NT, KIND, false>();  // whole-chunk groups only
-  else return prescale ? kernel_of<TILES, NT, KIND, true>() : kernel_of<TILES, NT, KIND, false>();
+void launch_kind(const Params& p, bool prescale, dim3 grid, int threads, cudaStream_t stream) {
+  if constexpr (Codes<KIND>::kEight) {  // groups of whole chunks or one per row only (checked by the caller)
+    launch_one<TILES, NT, KIND, false>(p, grid, threads, stream);
+  } else {
+    if (prescale) launch_one<TILES, NT, KIND, true>(p, grid, threads, stream);
+    else launch_one<TILES, NT, KIND, false>(p, grid, threads, stream);
+  }
 }
 
 template <int TILES, int NT>
-Kernel find_nt(int kind, bool prescale) {
+void launch_nt(const Params& p, int kind, bool prescale, dim3 grid, int threads, cudaStream_t stream) {
   switch (kind) {
-    case kSym: return find_kind<TILES, NT, kSym>(prescale);
-    case kAsym: return find_kind<TILES, NT, kAsym>(prescale);
-    case kLevels: return find_kind<TILES, NT, kLevels>(prescale);
-    case kInt8: return find_kind<TILES, NT, kInt8>(prescale);
-    case kE4m3: return find_kind<TILES, NT, kE4m3>(prescale);
-    default: return find_kind<TILES, NT, kE5m2>(prescale);
+    case kSym: launch_kind<TILES, NT, kSym>(p, prescale, grid, threads, stream); break;
+    case kAsym: launch_kind<TILES, NT, kAsym>(p, prescale, grid, threads, stream); break;
+    case kLevels: launch_kind<TILES, NT, kLevels>(p, prescale, grid, threads, stream); break;
+    case kInt8: launch_kind<TILES, NT, kInt8>(p, prescale, grid, threads, stream); break;
+    case kE4m3: launch_kind<TILES, NT, kE4m3>(p, prescale, grid, threads, stream); break;
+    default: launch_kind<TILES, NT, kE5m2>(p, prescale, grid, threads, stream); break;
   }
 }
 
 // Tiles x column tiles <= 8 beyond two column tiles: the two fp32 accumulators stay in registers.
 template <int TILES>
-Kernel find_tiles(int nt, int kind, bool prescale) {
+bool launch_tiles(const Params& p, int nt, int kind, bool prescale, dim3 grid, int threads, cudaStream_t stream) {
   switch (nt) {
-    case 1: return find_nt<TILES, 1>(kind, prescale);
-    case 2: return find_nt<TILES, 2>(kind, prescale);
+    case 1: launch_nt<TILES, 1>(p, kind, prescale, grid, threads, stream); return true;
+    case 2: launch_nt<TILES, 2>(p, kind, prescale, grid, threads, stream); return true;
     case 4:
-      if constexpr (TILES <= 2) return find_nt<TILES, 4>(kind, prescale);
-      return {};
+      if constexpr (TILES <= 2) { launch_nt<TILES, 4>(p, kind, prescale, grid, threads, stream); return true; }
+      return false;
     case 8:
-      if constexpr (TILES == 1) return find_nt<TILES, 8>(kind, prescale);
-      return {};
+      if constexpr (TILES == 1) { launch_nt<TILES, 8>(p, kind, prescale, grid, threads, stream); return true; }
+      return false;
   }
-  return {};
-}
-
-// The instantiation for `tiles` weight tiles a warp, m activation rows, a format kind; fn is null where none is
-// built (or an argument is out of range).
-Kernel find(int tiles, int m, int kind, int group_blocks, int warps) {
-  if (warps < 4 || warps > 8 || m < 1 || m > 64 || kind < kSym || kind > kE5m2 || group_blocks < 0 ||
-      group_blocks > 2 || (group_blocks > 0 && kind >= kInt8))
-    return {};
-  const int nt = m <= 8 ? 1 : (m <= 16 ? 2 : (m <= 32 ? 4 : 8));
-  const bool prescale = group_blocks > 0;
-  switch (tiles) {
-    case 1: return find_tiles<1>(nt, kind, prescale);
-    case 2: return find_tiles<2>(nt, kind, prescale);
-    case 4: return find_tiles<4>(nt, kind, prescale);
-  }
-  return {};
-}
-
-// A stream-K launch of `n_tiles` output tiles of `n_chunks` chunks: at most `per_sm` programs an SM, as many as
-// fit at once, each an equal run of `iters` iterations; `slots` bounds the programs that share one tile (the
-// partial planes the caller provides).
-struct Plan {
-  int programs = 0, iters = 0, slots = 0, window = 0;
-};
-
-cudaError_t plan_stream_k(const Kernel& k, int threads, int n_tiles, int n_chunks, int per_sm, Plan* plan) {
-  int dev = 0, sms = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  if (e != cudaSuccess) return e;
-  const int64_t total = static_cast<int64_t>(n_tiles) * n_chunks;
-  int window = window_chunks(k.chunk_bytes, n_chunks);
-  int64_t iters = total;
-  for (int round = 0; round < 2; ++round) {  // runs shorter than a window stage less: more programs may fit
-    int fit = 0;
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, k.fn, threads, window * k.chunk_bytes);
-    if (e != cudaSuccess) return e;
-    if (fit < 1) return cudaErrorInvalidConfiguration;
-    const int64_t programs = static_cast<int64_t>(sms) * std::min(fit, per_sm);
-    iters = (total + programs - 1) / programs;
-    window = static_cast<int>(std::min<int64_t>(window, iters));
-  }
-  plan->iters = static_cast<int>(iters);
-  plan->programs = static_cast<int>((total + iters - 1) / iters);
-  plan->window = window;
-  // a tile's chunks (n_chunks - 1 past its first) cross at most ceil((n_chunks - 1) / iters) run boundaries
-  plan->slots = static_cast<int>((n_chunks - 1 + iters - 1) / iters) + 1;
-  return cudaSuccess;
+  return false;
 }
 
 }  // namespace
@@ -596,23 +533,25 @@ cudaError_t plan_stream_k(const Kernel& k, int threads, int n_tiles, int n_chunk
 
 // Host entry: all checks are done by the Python caller (kernels/cuda/__init__.py), which passes raw pointers.
 // kind: 0 sym_int4, 1 asym_int4 (zeros), 2 codebook (levels: 8 words, see Params), 3 sym_int8, 4 fp8_e4m3 (scales
-// times 2^8, as the layout stores them), 5 fp8_e5m2. group_blocks (4-bit only): 1 or 2 for groups of 32 / 64 codes
-// (scaled before the mma), else 0 and chunks_per_group as in Params (8-bit chunks are 64 codes, 4-bit ones 128).
-// kw: words per row, a multiple of 16 (whole chunks). per_sm 0: a grid of (tile, split) programs, partials
-// [split, m, n]; per_sm > 0: stream-K with at most per_sm programs an SM, partials [slots, m, n]
-// (xpullm_lowbit_mma_plan). Counters: one per output tile of 16 x tiles x warps rows, zero.
-// Returns 0, or a CUDA error code (cudaErrorInvalidValue for a tile it is not built for).
+// times 2^8, as the layout stores them), 5 fp8_e5m2. group_blocks (4-bit only): 1 or 2 for groups of 32 / 64 codes (scaled before
+// the mma), else 0 and chunks_per_group as in Params (8-bit chunks are 64 codes, 4-bit ones 128).
+// kw: words per row, a multiple of 16 (whole chunks).
+// Returns 0, or a CUDA error code from the launch (cudaErrorInvalidValue for a tile it is not built for).
 extern "C" int xpullm_lowbit_mma_launch(const void* x, int64_t ldx, const void* words, int64_t kw, const void* scales,
-                                        const void* zeros, int64_t ld_scales, int n_groups, int half_scales, int kind,
-                                        const uint32_t* levels, int group_blocks, int chunks_per_group, void* out,
-                                        void* partials, void* counters, int m, int n, int tiles, int warps, int split,
-                                        int per_sm, void* stream) {
+                                    const void* zeros, int64_t ld_scales, int n_groups, int half_scales, int kind,
+                                    const uint32_t* levels, int group_blocks, int chunks_per_group, void* out,
+                                    void* partials, void* counters, int m, int n, int tiles, int warps, int split,
+                                    void* stream) {
   using namespace xpullm_lowbit;
-  const Kernel k = find(tiles, m, kind, group_blocks, warps);
-  if (k.fn == nullptr || n_groups < 1 || split < 1 || per_sm < 0 || (kind == kLevels && levels == nullptr))
+  const int nt = m <= 8 ? 1 : (m <= 16 ? 2 : (m <= 32 ? 4 : 8));
+  if (warps < 4 || warps > 8 || m < 1 || m > 64 || kind < kSym || kind > kE5m2 || group_blocks < 0 ||
+      group_blocks > 2 || (group_blocks > 0 && kind >= kInt8) || n_groups < 1 ||
+      (kind == kLevels && levels == nullptr))
     return static_cast<int>(cudaErrorInvalidValue);
   const int n_chunks = static_cast<int>(kw / 16);
-  const int n_tiles = (n + warps * tiles * 16 - 1) / (warps * tiles * 16);
+  const int cps = (n_chunks + split - 1) / split;
+  const int used = (n_chunks + cps - 1) / cps;  // splits that get at least one chunk
+  const bool prescale = group_blocks > 0;
   Params p{};
   p.x = static_cast<const __nv_bfloat16*>(x);
   p.ldx = ldx;
@@ -622,42 +561,21 @@ extern "C" int xpullm_lowbit_mma_launch(const void* x, int64_t ldx, const void* 
   p.zeros = zeros;
   p.ld_scales = ld_scales;
   p.n_groups = n_groups;
-  p.chunks_per_group = group_blocks > 0 ? group_blocks : chunks_per_group;
+  p.chunks_per_group = prescale ? group_blocks : chunks_per_group;
   p.half_scales = half_scales;
   for (int i = 0; i < 8; ++i) p.levels[i] = kind == kLevels ? levels[i] : 0u;
   p.out = static_cast<__nv_bfloat16*>(out);
   p.partials = static_cast<float*>(partials);
   p.counters = static_cast<int*>(counters);
-  p.m = m, p.n = n;
-  dim3 grid;  // one-dimensional: programs in run order
-  if (per_sm > 0) {
-    Plan plan;
-    const cudaError_t e = plan_stream_k(k, warps * 32, n_tiles, n_chunks, per_sm, &plan);
-    if (e != cudaSuccess) return static_cast<int>(e);
-    p.span = n_chunks, p.iters = plan.iters, p.window = plan.window;
-    grid = dim3(plan.programs);
-  } else {
-    const int cps = (n_chunks + split - 1) / split, used = (n_chunks + cps - 1) / cps;  // splits with a chunk
-    p.span = used * cps, p.iters = cps, p.window = window_chunks(k.chunk_bytes, cps);
-    grid = dim3(n_tiles * used);
+  p.m = m, p.n = n, p.chunks_per_split = cps, p.split = used;
+  dim3 grid((n + warps * tiles * 16 - 1) / (warps * tiles * 16), used);
+  auto s = static_cast<cudaStream_t>(stream);
+  bool ok = false;
+  switch (tiles) {
+    case 1: ok = launch_tiles<1>(p, nt, kind, prescale, grid, warps * 32, s); break;
+    case 2: ok = launch_tiles<2>(p, nt, kind, prescale, grid, warps * 32, s); break;
+    case 4: ok = launch_tiles<4>(p, nt, kind, prescale, grid, warps * 32, s); break;
   }
-  void* args[] = {&p};
-  const cudaError_t e = cudaLaunchKernel(reinterpret_cast<const void*>(k.fn), grid, dim3(warps * 32), args,
-                                         p.window * k.chunk_bytes, static_cast<cudaStream_t>(stream));
-  return static_cast<int>(e != cudaSuccess ? e : cudaGetLastError());
-}
-
-// The stream-K launch's shape for these arguments (see xpullm_lowbit_mma_launch): programs, the iterations each
-// takes, and the partial planes (slots) it needs. Returns 0 or a CUDA error code.
-extern "C" int xpullm_lowbit_mma_plan(int kind, int group_blocks, int m, int n, int64_t kw, int tiles, int warps,
-                                      int per_sm, int* programs, int* iters, int* slots) {
-  using namespace xpullm_lowbit;
-  const Kernel k = find(tiles, m, kind, group_blocks, warps);
-  if (k.fn == nullptr || per_sm < 1) return static_cast<int>(cudaErrorInvalidValue);
-  Plan plan;
-  const cudaError_t e = plan_stream_k(k, warps * 32, (n + warps * tiles * 16 - 1) / (warps * tiles * 16),
-                                      static_cast<int>(kw / 16), per_sm, &plan);
-  if (e != cudaSuccess) return static_cast<int>(e);
-  *programs = plan.programs, *iters = plan.iters, *slots = plan.slots;
-  return 0;
+  if (!ok) return static_cast<int>(cudaErrorInvalidValue);
+  return static_cast<int>(cudaGetLastError());
 }

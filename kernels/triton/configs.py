@@ -61,8 +61,7 @@ class LaunchConfig:
     blocks of 16 bytes per K step: a whole number of activation blocks);
     `cuda_mma` = low-bit weights (sym / asym_int4, nf4, fp4, sym_int8, fp8_e4m3 / e5m2) x 2-64 bf16 rows in CUDA C++
     (`kernels/cuda/lowbit_mma.cu`): block_n weight rows per program = 16 x tiles x num_warps, split_k K splits summed
-    by the last to finish; or with stream_k > 0 a persistent launch of up to stream_k programs an SM sharing the
-    (tile, K chunk) work evenly;
+    by the last to finish;
     `dequant` = decode to a dense weight, then the vendor GEMM."""
 
     path: Path
@@ -87,7 +86,6 @@ class LaunchConfig:
     )
     tma: bool = False  # mma_t, w8a8_t, whole tiles: each K step's weight tile by one TMA copy (`can_tma`)
     quads: bool = False  # mma_t pairs, nf4 / fp4: four codes per byte-permute gather (`lut_pairs.quad_ptx`)
-    stream_k: int = 0  # cuda_mma: programs an SM of a stream-K launch (0: a grid of tiles x split_k)
 
 
 def _gemv(bm: int, bn: int, kb: int, sk: int, warps: int, prefetch: bool = False) -> LaunchConfig:
@@ -433,14 +431,13 @@ _XPU_GEMV = [
 _XPU_DOT_SMALL = [_dot(16, bn, kb, sk, w, 2) for bn, kb, w in ((64, 4, 4), (128, 4, 8)) for sk in (1, 2)]
 _XPU_PREFILL = [_DEQUANT, _dot(128, 128, 4, 1, 16, 2), _dot(256, 128, 4, 1, 32, 2)]
 
-# CUDA C++ low-bit tiles (`cuda_mma`): 1, 2 or 4 16-row tiles per warp on 4 or 8 warps, K split 1-16 ways, or
-# stream-K with up to 2, 4 or 8 programs an SM (as many as fit). block_m is set to the row bucket; block_kb 4 = one
-# 128-code chunk per K step.
+# CUDA C++ low-bit tiles (`cuda_mma`): 1, 2 or 4 16-row tiles per warp on 4 or 8 warps, K split 1-16 ways. block_m
+# is set to the row bucket; block_kb 4 = one 128-code chunk per K step.
 _CUDA_CXX = [
-    LaunchConfig("cuda_mma", 8, 16 * tiles * warps, 4, split, warps, 1, tiles=tiles, stream_k=per_sm)
+    LaunchConfig("cuda_mma", 8, 16 * tiles * warps, 4, split, warps, 1, tiles=tiles)
     for tiles in (1, 2, 4)
     for warps in (4, 8)
-    for split, per_sm in ((1, 0), (2, 0), (4, 0), (8, 0), (16, 0), (1, 2), (1, 4), (1, 8))
+    for split in (1, 2, 4, 8, 16)
 ]
 CUDA_MMA_MAX_M = 64  # rows the CUDA low-bit kernel takes
 CUDA_MMA_FORMATS = tuple(CUDA_KERNEL_FORMATS)  # the formats lowbit_mma.cu decodes
@@ -491,8 +488,7 @@ def path_summary() -> list[str]:
         "(XPULLM_TRITON_W8A8_T=off|fp8|all)",
         f"cuda_mma  2-{CUDA_MMA_MAX_M} rows      int4, nf4, fp4, int8, fp8  CUDA C++ (built by nvcc on first use): "
         "weight loads land in mma.sync operand fragments, decoded in registers (levels by byte permutes), fp32 "
-        "scales per chunk (4-bit g32 / g64: bf16 scales before the mma), K splits or stream-K runs summed by the last "
-        "program"
+        "scales per chunk (4-bit g32 / g64: bf16 scales before the mma), K splits summed by the last program"
         f"{'' if runtime_settings().cuda_kernels else '; off (XPULLM_CUDA_KERNELS=0)'}",
         "dequant  prefill        every format        decode to the activation dtype, then cuBLAS",
     ]
@@ -544,8 +540,6 @@ def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
             and cfg.block_n == 16 * cfg.tiles * cfg.num_warps
             and cfg.block_kb == 4
             and (cfg.split_k == 1 or tw.kw >= 32 * cfg.split_k)  # two chunks a split at least
-            and cfg.stream_k >= 0
-            and (cfg.stream_k == 0 or cfg.split_k == 1)
             and cuda_mma_fits(tw, x_dtype)
         )
     if cfg.path == "w8a8":

@@ -501,22 +501,14 @@ def _run_cuda_mma(
             f"XPULLM_CUDA_KERNELS=0; got {tw.format} group {tw.group_size} x {x.dtype} "
             f"({cuda.build_error(tw.device) or 'no build error'})"
         )
-    split, per_sm, group = min(cfg.split_k, tw.kw // 16), cfg.stream_k, cuda_mma_group(tw)
-    shared = split > 1 or per_sm > 0  # tiles summed over programs
-    counters = _tile_counters(tw.device, triton.cdiv(tw.n, cfg.block_n)) if shared else None
+    split = min(cfg.split_k, tw.kw // 16)
+    counters = _tile_counters(tw.device, triton.cdiv(tw.n, cfg.block_n)) if split > 1 else None
     if counters is None:  # one pass; also when the counter array cannot be made (inside a graph capture)
-        split, per_sm = 1, 0
-    if per_sm:  # partial planes: as many as programs may share a tile
-        plan = cuda.stream_k_plan(
-            tw.device, tw.format, group, x.shape[0], tw.n, tw.kw, cfg.tiles, cfg.num_warps, per_sm
-        )
-        if workspace is None or workspace.shape[0] < plan.slots:
-            workspace = torch.empty((plan.slots, *out.shape), dtype=torch.float32, device=out.device)
-    else:
-        workspace, _, _ = _split_target(split, out, workspace)
+        split = 1
+    workspace, _, _ = _split_target(split, out, workspace)
     return cuda.lowbit_mma(
-        x, tw.words, tw.scales, tw.zeros, group, out, workspace, counters, cfg.tiles, cfg.num_warps,
-        split, fmt=tw.format, per_sm=per_sm,
+        x, tw.words, tw.scales, tw.zeros, cuda_mma_group(tw), out, workspace, counters, cfg.tiles, cfg.num_warps,
+        split, fmt=tw.format,
     )  # fmt: skip
 
 
