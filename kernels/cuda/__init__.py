@@ -259,7 +259,7 @@ def lowbit_mma(
         int(scales.dtype == torch.float16), kind, level_words(levels) if levels is not None else None,
         *groups, out.data_ptr(),
         partials.data_ptr() if partials is not None else None, counters.data_ptr() if counters is not None else None,
-        m, n, tiles, warps, split, int(pdl_enabled(x.device)), stream,
+        m, n, tiles, warps, split, int(runtime_settings().cuda_pdl and pdl_enabled(x.device)), stream,
     )  # fmt: skip
     if code:
         raise RuntimeError(
