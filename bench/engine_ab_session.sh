@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One device call: the engine (bench/engine_gpu.py, CUDA graphs) under two settings on one machine, alternating
+# rounds, so that a change is judged where it matters - whole decode steps - and not in isolated layer timings
+# (session 24: LM-head records that timed 0.9x alone cost sym_int4 3-7% in the engine). A and B are environment
+# assignments ("" for none), e.g. a candidate tuning table against the shipped one:
+#
+#   OUT=... A="XPULLM_TRITON_TUNED=$PWD/cand.json" B="" FORMATS=sym_int4:128,asym_int4:128 STREAMS=8,16,32 \
+#     ROUNDS=2 bash bench/engine_ab_session.sh
+#
+# Rows go to $OUT/ab.jsonl with "variant" (A / B) and "round"; a table of medians and B / A ratios is printed.
+# Carry bench/out/pydeps and, to skip the ~80 s build, .cache/xpullm/cuda built for the current source.
+set -u
+export XPULLM_CACHE=${XPULLM_CACHE:-$PWD/.cache/xpullm} XPULLM_TRITON_AUTOTUNE=0
+OUT=${OUT:-bench/out/gpu}
+mkdir -p "$OUT"
+A=${A:-}
+B=${B:-}
+FORMATS=${FORMATS:-sym_int4:128}
+STREAMS=${STREAMS:-8,16,32}
+ROUNDS=${ROUNDS:-2}
+SECS=${SECS:-120}
+EXTRA=${EXTRA:-}  # more engine_gpu.py arguments (a dry run on a CPU: EXTRA="--shape tiny --device cpu")
+# shellcheck disable=SC2206  # EXTRA is words
+E=(bash bench/gpu_run.sh py bench/engine_gpu.py --streams "$STREAMS" --static-batches= --no-llm --formats "$FORMATS" $EXTRA)
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
+for r in $(seq "$ROUNDS"); do
+  for v in A B; do
+    rows="$OUT/$v.$r.jsonl"
+    # shellcheck disable=SC2086  # the settings are words of NAME=VALUE
+    env ${!v} timeout -k 5 "$SECS" "${E[@]}" --out "$rows" >"$OUT/$v.$r.txt" 2>&1
+    echo "== $v round $r rc=$?"
+  done
+done
+python3 - "$OUT" <<'PY'
+import glob, json, statistics, sys
+out = sys.argv[1]
+rows = {}
+with open(f"{out}/ab.jsonl", "w") as fh:
+    for path in sorted(glob.glob(f"{out}/[AB].*.jsonl")):
+        variant, rnd = path.rsplit("/", 1)[1].split(".")[:2]
+        for line in open(path):
+            r = json.loads(line)
+            r.update(variant=variant, round=int(rnd))
+            fh.write(json.dumps(r) + "\n")
+            rows.setdefault((r["format"], r["streams"], variant), []).append(r["tok_s"])
+print("| format | streams | A tok/s (median) | B tok/s (median) | B / A |")
+print("|---|---:|---:|---:|---:|")
+for fmt, streams in sorted({k[:2] for k in rows}):
+    a, b = (statistics.median(rows.get((fmt, streams, v), [float("nan")])) for v in "AB")
+    print(f"| {fmt} | {streams} | {a:.1f} | {b:.1f} | {b / a:.3f} |")
+PY
