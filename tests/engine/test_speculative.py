@@ -21,6 +21,10 @@ from xpullm.engine.speculative import (
     resolve_speculative,
 )
 
+# Prompt lookup with the row cost pinned (the step-counting tests pin it): timed, it differs by machine and load, and
+# on a loaded 2-vCPU machine it can switch drafting off altogether.
+PINNED_LOOKUP = SpeculativeConfig(method="prompt_lookup", verify_cost=0.15)
+
 
 @pytest.fixture(scope="module")
 def plain(llm: LLM) -> LLM:
@@ -54,7 +58,7 @@ def test_grounded_greedy_is_plain_decoding_with_fewer_steps(plain: LLM, lookup: 
     # The answer copies the context: most drafts hold, so far fewer steps than tokens. The row cost pinned (as the
     # step-counting tests pin it): timed, it differs by machine and load - 0.07 on the Xeon with AMX, 0.33 on a
     # 2-vCPU AMD EPYC while the suite's other worker ran, where drafting shrank to 1.55 tokens a step here.
-    pinned = engine_over(lookup, SpeculativeConfig(method="prompt_lookup", verify_cost=0.15))
+    pinned = engine_over(lookup, PINNED_LOOKUP)
     fast = pinned.chat(GROUNDED, max_new_tokens=48).timings
     assert fast.acceptance_rate > 0.5 and fast.tokens_per_step > 1.8, fast
 
@@ -66,14 +70,12 @@ def test_concurrent_requests_equal_plain_outputs(llm: LLM, plain: LLM, lookup: L
     stats = lookup.engine.stats()
     assert stats.draft_tokens > 0 and 0 < stats.accepted_draft_tokens <= stats.draft_tokens
     assert stats.kv_used_blocks == 0 and layerskip.engine.stats().kv_used_blocks == 0
-    # 16-token steps: drafts share the budget with every decode and with the long prompt's prefill chunks. Prompt
-    # lookup with the row cost pinned: the default setting times it, and on a loaded 2-vCPU machine the timed cost
-    # switched drafting off altogether (no draft, so nothing here was tested).
-    pinned = SpeculativeConfig(method="prompt_lookup", verify_cost=0.15)
+    # 16-token steps: drafts share the budget with every decode and with the long prompt's prefill chunks (the
+    # default, timed setting once drafted nothing here on a loaded 2-vCPU machine).
     tight = LLM(
         llm.model,
         tokenizer=llm.tokenizer,
-        speculative=pinned,
+        speculative=PINNED_LOOKUP,
         engine=EngineConfig(max_batched_tokens=16, max_seqs=8),
     )
     assert [c.text for c in tight.generate(PROMPTS, max_new_tokens=24)] == ref
