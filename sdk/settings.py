@@ -19,11 +19,12 @@
 | `XPULLM_Q8_ROWS` | `q8_rows` | `1` | most rows per step whose activations the fused GPU norm / SwiGLU quantize to int8 for the int4 GEMV (`gemv_q8`, up to 8 rows per program); taller steps hand bf16 rows to the tuner's choice |
 | `XPULLM_PAGED_SPLITS` | `paged_splits` | `16` | most parts the GPU paged attention splits each token's context into (flash decoding, merged after); `1`: unsplit, one program per token and kv head |
 | `XPULLM_PDL` | `pdl` | `1` | `0`: launch Triton kernels without programmatic dependent launch (Hopper+) |
+| `XPULLM_CUDA_PDL` | `cuda_pdl` | `1` | `0`: launch the CUDA C++ low-bit kernel without it (with `XPULLM_PDL=0` it is off anyway) |
 | `XPULLM_DEBUG` | `debug` | unset | set (not `0`): the CLI prints tracebacks, as `--debug` does |
 | `XPULLM_IPEX` | `ipex` | `1` | `0`: never use intel_extension_for_pytorch's WOQ linear, where it is installed |
 
 `runtime_settings()` reads the environment when called (tests and benchmarks flip switches at run time; reading
-nineteen variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
+twenty variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
 included, may read it.
 """
 
@@ -55,6 +56,7 @@ ENVIRONMENT = {
     "q8_rows": "XPULLM_Q8_ROWS",
     "paged_splits": "XPULLM_PAGED_SPLITS",
     "pdl": "XPULLM_PDL",
+    "cuda_pdl": "XPULLM_CUDA_PDL",
     "debug": "XPULLM_DEBUG",
     "ipex": "XPULLM_IPEX",
 }
@@ -82,6 +84,7 @@ class RuntimeSettings:
     q8_rows: int = 1
     paged_splits: int = 16
     pdl: bool = True
+    cuda_pdl: bool = True
     debug: bool = False
     ipex: bool = True
 
@@ -109,6 +112,7 @@ class RuntimeSettings:
                 1, _count(get(ENVIRONMENT["paged_splits"]), 16, ENVIRONMENT["paged_splits"], "splits")
             ),
             pdl=get(ENVIRONMENT["pdl"], "1") != "0",
+            cuda_pdl=get(ENVIRONMENT["cuda_pdl"], "1") != "0",
             debug=get(ENVIRONMENT["debug"], "") not in ("", "0"),
             ipex=get(ENVIRONMENT["ipex"], "1") != "0",
         )

@@ -119,9 +119,9 @@ def bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     fn.restype = ctypes.c_int
     words_p = ctypes.POINTER(ctypes.c_uint32)
     # x, ldx, words, kw, scales, zeros, ld_scales | n_groups, half_scales, kind | levels | group_blocks,
-    # chunks_per_group | out, partials, counters | m, n, tiles, warps, split | stream
+    # chunks_per_group | out, partials, counters | m, n, tiles, warps, split, pdl | stream
     fn.argtypes = [_P, _I, _P, _I, _P, _P, _I, *[ctypes.c_int] * 3, words_p, *[ctypes.c_int] * 2, _P, _P, _P]
-    fn.argtypes += [ctypes.c_int] * 5 + [_P]
+    fn.argtypes += [ctypes.c_int] * 6 + [_P]  # m, n, tiles, warps, split, pdl | stream
     return lib
 
 
@@ -202,7 +202,9 @@ def lowbit_mma(
     `group_size` codes, 0 = one per row). sym_int4: w = (q - 8) s; asym_int4: w = q s + z (`zeros` shaped and typed
     like `scales`); nf4 / fp4: w = level[q] s (levels in bf16); sym_int8: w = q s; fp8_e4m3: w = e4m3(q) s / 2^8
     (the layout's scales); fp8_e5m2: w = e5m2(q) s. `split` > 1 sums K splits through `partials` (fp32
-    [split, M, N]) and `counters` (int32, one per output tile, zero; left zero)."""
+    [split, M, N]) and `counters` (int32, one per output tile, zero; left zero). On sm_90+ it launches with
+    programmatic dependent launch where the Triton kernels do (`kernels.triton.pdl`): its start overlaps the end of
+    the kernel before it."""
     if fmt not in FORMATS:
         raise ValueError(f"lowbit_mma takes the formats {sorted(FORMATS)}, got {fmt!r}")
     kind, bits = FORMATS[fmt]
@@ -248,6 +250,8 @@ def lowbit_mma(
         raise RuntimeError(
             f"the CUDA low-bit kernel cannot run here: {build_error(x.device) or 'needs sm_80+'}"
         )
+    from xpullm.kernels.triton.pdl import pdl_enabled  # the Triton kernels' switch: both or neither
+
     stream = torch.cuda.current_stream(x.device).cuda_stream
     code = lib.xpullm_lowbit_mma_launch(
         x.data_ptr(), x.stride(0), words.data_ptr(), kw, scales.data_ptr(),
@@ -255,7 +259,7 @@ def lowbit_mma(
         int(scales.dtype == torch.float16), kind, level_words(levels) if levels is not None else None,
         *groups, out.data_ptr(),
         partials.data_ptr() if partials is not None else None, counters.data_ptr() if counters is not None else None,
-        m, n, tiles, warps, split, stream,
+        m, n, tiles, warps, split, int(runtime_settings().cuda_pdl and pdl_enabled(x.device)), stream,
     )  # fmt: skip
     if code:
         raise RuntimeError(

@@ -125,6 +125,7 @@ struct Params {
   int* counters;         // one per program column (blockIdx.x) when split > 1
   int m, n, chunks_per_split, split;
   int window;  // chunks a staged window of activations holds (the host sizes it: window_chunks)
+  int pdl;     // host: launched with programmatic dependent launch (the kernel waits the same either way)
 };
 
 // Staging a chunk's activation rows in the mma's K order. A unit is two 16-byte vectors of one row, v0 and v1:
@@ -430,6 +431,13 @@ __global__ void __launch_bounds__(256, TILES == 4 ? 1 : 0) lowbit_mma_kernel(con
   // Chunk c + 1's weights are in flight while chunk c multiplies.
   uint4 wcur[TILES][2], wnext[TILES][2];
   if (c_begin < c_end) load_chunk(wcur, c_begin);
+  // Programmatic dependent launch: the first chunk's weights (which no kernel writes) are on their way while the
+  // kernel before this one drains; everything an earlier kernel touches (activations, output, split partials and
+  // counters) comes after the wait, and the next kernel may be scheduled from then on. Without PDL both are no-ops.
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
   for (int w0 = c_begin; w0 < c_end; w0 += p.window) {
     const int w1 = min(c_end, w0 + p.window);
     if (w0 != c_begin) __syncthreads();  // every warp is done with the last window
@@ -487,7 +495,17 @@ template <int TILES, int NT, int KIND, bool PRESCALE>
 void launch_one(Params p, dim3 grid, int threads, cudaStream_t stream) {
   p.window = window_chunks<NT, KIND>(p.chunks_per_split);
   const size_t smem = window_bytes<NT, KIND>(p.window);
-  lowbit_mma_kernel<TILES, NT, KIND, PRESCALE><<<grid, threads, smem, stream>>>(p);
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = dim3(threads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = p.pdl ? 1 : 0;
+  cudaLaunchKernelEx(&config, lowbit_mma_kernel<TILES, NT, KIND, PRESCALE>, p);
 }
 
 template <int TILES, int NT, int KIND>
@@ -535,13 +553,14 @@ bool launch_tiles(const Params& p, int nt, int kind, bool prescale, dim3 grid, i
 // kind: 0 sym_int4, 1 asym_int4 (zeros), 2 codebook (levels: 8 words, see Params), 3 sym_int8, 4 fp8_e4m3 (scales
 // times 2^8, as the layout stores them), 5 fp8_e5m2. group_blocks (4-bit only): 1 or 2 for groups of 32 / 64 codes (scaled before
 // the mma), else 0 and chunks_per_group as in Params (8-bit chunks are 64 codes, 4-bit ones 128).
-// kw: words per row, a multiple of 16 (whole chunks).
+// kw: words per row, a multiple of 16 (whole chunks). pdl: launch with programmatic dependent launch (sm_90+: the
+// kernel may start while the one before it drains; it waits before touching anything an earlier kernel wrote).
 // Returns 0, or a CUDA error code from the launch (cudaErrorInvalidValue for a tile it is not built for).
 extern "C" int xpullm_lowbit_mma_launch(const void* x, int64_t ldx, const void* words, int64_t kw, const void* scales,
                                     const void* zeros, int64_t ld_scales, int n_groups, int half_scales, int kind,
                                     const uint32_t* levels, int group_blocks, int chunks_per_group, void* out,
                                     void* partials, void* counters, int m, int n, int tiles, int warps, int split,
-                                    void* stream) {
+                                    int pdl, void* stream) {
   using namespace xpullm_lowbit;
   const int nt = m <= 8 ? 1 : (m <= 16 ? 2 : (m <= 32 ? 4 : 8));
   if (warps < 4 || warps > 8 || m < 1 || m > 64 || kind < kSym || kind > kE5m2 || group_blocks < 0 ||
@@ -567,7 +586,7 @@ extern "C" int xpullm_lowbit_mma_launch(const void* x, int64_t ldx, const void* 
   p.out = static_cast<__nv_bfloat16*>(out);
   p.partials = static_cast<float*>(partials);
   p.counters = static_cast<int*>(counters);
-  p.m = m, p.n = n, p.chunks_per_split = cps, p.split = used;
+  p.m = m, p.n = n, p.chunks_per_split = cps, p.split = used, p.pdl = pdl;
   dim3 grid((n + warps * tiles * 16 - 1) / (warps * tiles * 16), used);
   auto s = static_cast<cudaStream_t>(stream);
   bool ok = false;

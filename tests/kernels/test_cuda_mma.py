@@ -228,6 +228,32 @@ def test_split_sums_are_deterministic_and_leave_the_counters_zero():
 
 
 @gpu
+def test_inside_a_graph_between_kernels_that_start_early():
+    """A CUDA graph of Triton tile -> this kernel (split K) -> Triton tile, all launched with programmatic dependent
+    launch on Hopper: each waits for its producer before reading, so every replay gives the eager chain's bits."""
+    tws = [pack_weight(_weight(n, k, 128, n + k), DEVICE) for n, k in ((1024, 512), (768, 1024), (512, 768))]
+    tile = LaunchConfig("mma_t", 16, 64, 4, 1, 4, 3, plane_dots=True)
+    mid = LaunchConfig("cuda_mma", 16, 128, 4, 4, 4, 1, tiles=2)
+    assert all(valid(c, tw, torch.bfloat16) for c, tw in zip((tile, mid, tile), tws, strict=True))
+    x = torch.zeros(16, 512, device=DEVICE, dtype=torch.bfloat16)
+
+    def chain() -> torch.Tensor:
+        h = run(x, tws[0], tile)
+        h = run(h, tws[1], mid)
+        return run(h, tws[2], tile)
+
+    chain()  # eager warm-up: compiles, and makes the split counters outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = chain()
+    g = torch.Generator(device=DEVICE).manual_seed(3)
+    for _ in range(20):
+        x.copy_(torch.randn(16, 512, device=DEVICE, generator=g).bfloat16())
+        graph.replay()
+        assert torch.equal(out, chain())
+
+
+@gpu
 def test_the_tuner_times_it_for_the_formats_and_groups_it_takes():
     qw = _weight(512, 1024, 128, 3)
     tw = pack_weight(qw, DEVICE)
