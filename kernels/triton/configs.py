@@ -524,24 +524,30 @@ def cuda_mma_fits(tw, x_dtype: torch.dtype) -> bool:
     return cuda.group_args(cuda_mma_group(tw), 32 // tw.planes) is not None and cuda.available(tw.device)
 
 
+def cuda_mma_tile_built(cfg: LaunchConfig, kw: int) -> bool:
+    """Whether the CUDA kernel is built for `cfg`'s tile and can split a row of `kw` words as it asks (what
+    `valid` checks besides the weight, the rows' dtype and the device)."""
+    from xpullm.kernels.cuda import MMA_ROW_TILES, MMA_WARPS
+
+    # 8 activation rows per mma column tile; the kernel pads to 1, 2, 4 or 8 of them
+    column_tiles = -(-cfg.block_m // 8)
+    return (
+        2 <= cfg.block_m <= CUDA_MMA_MAX_M
+        and cfg.tiles in MMA_ROW_TILES
+        and MMA_WARPS[0] <= cfg.num_warps <= MMA_WARPS[1]
+        and (column_tiles <= 2 or cfg.tiles * column_tiles <= 8)  # its two accumulators fit in registers
+        and cfg.block_n == 16 * cfg.tiles * cfg.num_warps
+        and cfg.block_kb == 4
+        and (cfg.split_k == 1 or kw >= 32 * cfg.split_k)  # two chunks a split at least
+    )
+
+
 def valid(cfg: LaunchConfig, tw, x_dtype: torch.dtype) -> bool:
     """Whether `cfg` can run weight `tw` with activations of `x_dtype`."""
     if cfg.path == "dequant":
         return True
     if cfg.path == "cuda_mma":
-        from xpullm.kernels.cuda import MMA_ROW_TILES
-
-        # 8 activation rows per mma column tile; the kernel pads to 1, 2, 4 or 8 of them
-        column_tiles = -(-cfg.block_m // 8)
-        return (
-            2 <= cfg.block_m <= CUDA_MMA_MAX_M
-            and cfg.tiles in MMA_ROW_TILES
-            and (column_tiles <= 2 or cfg.tiles * column_tiles <= 8)  # its two accumulators fit in registers
-            and cfg.block_n == 16 * cfg.tiles * cfg.num_warps
-            and cfg.block_kb == 4
-            and (cfg.split_k == 1 or tw.kw >= 32 * cfg.split_k)  # two chunks a split at least
-            and cuda_mma_fits(tw, x_dtype)
-        )
+        return cuda_mma_tile_built(cfg, tw.kw) and cuda_mma_fits(tw, x_dtype)
     if cfg.path == "w8a8":
         from xpullm.kernels.triton.w8a8 import supports  # its module imports this one
 
