@@ -488,7 +488,8 @@ def path_summary() -> list[str]:
         "(XPULLM_TRITON_W8A8_T=off|fp8|all)",
         f"cuda_mma  2-{CUDA_MMA_MAX_M} rows      int4, nf4, fp4, int8, fp8  CUDA C++ (built by nvcc on first use): "
         "weight loads land in mma.sync operand fragments, decoded in registers (levels by byte permutes), fp32 "
-        "scales per chunk (4-bit g32 / g64: bf16 scales before the mma), K splits summed by the last program"
+        "scales per chunk (4-bit g32 / g64: bf16 scales before the mma), K splits summed by the last program, "
+        "programmatic dependent launch (Hopper+)"
         f"{'' if runtime_settings().cuda_kernels else '; off (XPULLM_CUDA_KERNELS=0)'}",
         "dequant  prefill        every format        decode to the activation dtype, then cuBLAS",
     ]
