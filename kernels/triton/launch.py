@@ -743,11 +743,14 @@ def _fastest(tw: TritonWeight, pool: list[LaunchConfig], call, fallback: LaunchC
 
 
 def tune(tw: TritonWeight, m: int, dtype: torch.dtype = torch.bfloat16) -> LaunchConfig:
-    """Time every candidate for `m` rows on random activations; cache and return the fastest."""
+    """Time every candidate for `m` rows on random activations; cache and return the fastest. A record already
+    there is kept only while its path may run (`switched_on`): one a switch or this machine rules out (e.g. a
+    packaged `cuda_mma` record where no `nvcc` can build the kernel) is timed anew and replaced."""
     key = _key(tw, m, dtype)
     with _tune_lock:
-        if key in _tuned:
-            return _tuned[key]
+        cached = _tuned.get(key)
+        if cached is not None and switched_on(cached, tw):
+            return cached
         bucket = m_bucket(m)
         x2 = torch.randn((bucket, tw.kx), dtype=dtype, device=tw.device)
         pool = candidates(_device_kind(tw.device), tw, bucket, dtype)

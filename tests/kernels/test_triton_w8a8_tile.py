@@ -214,3 +214,25 @@ def test_a_tuned_record_of_a_switched_off_path_is_passed_over(monkeypatch) -> No
     assert launch.select_config(tw, 16, torch.bfloat16) == tile
     monkeypatch.setenv("XPULLM_TRITON_W8A8_T", "off")
     assert launch.select_config(tw, 16, torch.bfloat16).path == "mma_t"
+
+
+def test_with_timing_on_a_record_of_a_switched_off_path_is_timed_anew(monkeypatch) -> None:
+    """Timing is on by default (off only here, in the interpreter): the tuner must not hand the switched-off
+    record back either, but time the candidates and keep the winner. The timings are stand-ins, the runs real."""
+    from xpullm.kernels.triton import launch
+
+    tw = _weight("fp8_e4m3", 64, 512, 0)
+    key = launch._key(tw, 16, torch.bfloat16)
+    tile = LaunchConfig("w8a8_t", 16, 64, 8, 1, 4, 4)
+    plain = LaunchConfig("mma_t", 16, 64, 4, 1, 4, 2, plane_dots=True)
+    launch.select_config(tw, 16, torch.bfloat16)  # the packaged tables are loaded before the record is set
+    monkeypatch.setitem(launch._tuned, key, tile)
+    monkeypatch.setenv("XPULLM_TRITON_W8A8_T", "off")
+    monkeypatch.setattr(launch, "autotune_enabled", lambda: True)
+    monkeypatch.setattr(launch, "candidates", lambda *args: [plain])
+    ran: list[torch.Tensor] = []
+    monkeypatch.setattr(launch, "time_cold", lambda fn, device: ran.append(fn()) or 1.0)
+    assert launch.select_config(tw, 16, torch.bfloat16) == plain
+    assert ran and launch._tuned[key] == plain
+    monkeypatch.delenv("XPULLM_TRITON_W8A8_T")
+    assert launch.select_config(tw, 16, torch.bfloat16) == plain  # the measured winner stays
