@@ -46,6 +46,8 @@ export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
 [ -d "$ROOT/bench/out/pydeps" ] && export PYTHONPATH="$PYTHONPATH:$ROOT/bench/out/pydeps"
 # Compiled kernels persist between runs on the same (warm) machine: .cache/ is git-ignored.
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$ROOT/.cache/triton}"
+# Benchmarks and tests run on the packaged tables (and XPULLM_TRITON_TUNED), not on winners an earlier run timed.
+export XPULLM_TRITON_TUNE_CACHE="${XPULLM_TRITON_TUNE_CACHE:-0}"
 unset TRITON_INTERPRET
 
 if [ "$MODE" = py ]; then

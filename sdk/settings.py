@@ -9,6 +9,7 @@
 | `XPULLM_CUDA_KERNELS` | `cuda_kernels` | `1` | `0`: the tuner leaves out the CUDA C++ low-bit kernel (`kernels/cuda`: int4, nf4, fp4, int8, fp8 weights x 2-64 bf16 rows on tensor cores; built by the machine's nvcc on first use, about 75 s once; without nvcc it is left out anyway) and passes over its tuned records |
 | `XPULLM_TRITON_AUTOTUNE` | `triton_autotune` | `1` | `0`: Triton matmuls take the tuned table / heuristic config without timing candidates |
 | `XPULLM_TRITON_TUNED` | `triton_tuned` | unset | path of an extra tuned-config table, read before the packaged one |
+| `XPULLM_TRITON_TUNE_CACHE` | `triton_tune_cache` | `1` | `0`: the tuner neither reads nor writes this machine's timed winners (`<XPULLM_CACHE>/triton/`; otherwise a shape timed once is not timed again in later processes) |
 | `XPULLM_TRITON_MMA` | `triton_mma` | `1` | `0`: the tuner leaves out the batched tensor-core tiles (`mma`, `mma_t`) |
 | `XPULLM_TRITON_MORE_PAIRS` | `triton_more_pairs` | `1` | `0`: the tuner leaves out the pair decodes beyond sym_int4 with one scale per K step (nf4 / fp4 by byte permutes; sym_int4 under several group scales per K step; joined pair dots) |
 | `XPULLM_TRITON_FIXUP` | `triton_fixup` | `1` | `0`: the tuner leaves out the `mma_t` tiles that sum their K splits in the kernel |
@@ -24,7 +25,7 @@
 | `XPULLM_IPEX` | `ipex` | `1` | `0`: never use intel_extension_for_pytorch's WOQ linear, where it is installed |
 
 `runtime_settings()` reads the environment when called (tests and benchmarks flip switches at run time; reading
-twenty variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
+twenty-one variables costs about a microsecond). This module imports nothing from xpullm, so every layer, kernels
 included, may read it.
 """
 
@@ -46,6 +47,7 @@ ENVIRONMENT = {
     "cuda_kernels": "XPULLM_CUDA_KERNELS",
     "triton_autotune": "XPULLM_TRITON_AUTOTUNE",
     "triton_tuned": "XPULLM_TRITON_TUNED",
+    "triton_tune_cache": "XPULLM_TRITON_TUNE_CACHE",
     "triton_mma": "XPULLM_TRITON_MMA",
     "triton_more_pairs": "XPULLM_TRITON_MORE_PAIRS",
     "triton_fixup": "XPULLM_TRITON_FIXUP",
@@ -74,6 +76,7 @@ class RuntimeSettings:
     cuda_kernels: bool = True
     triton_autotune: bool = True
     triton_tuned: str | None = None
+    triton_tune_cache: bool = True
     triton_mma: bool = True
     triton_more_pairs: bool = True
     triton_fixup: bool = True
@@ -100,6 +103,7 @@ class RuntimeSettings:
             cuda_kernels=get(ENVIRONMENT["cuda_kernels"], "1") != "0",
             triton_autotune=get(ENVIRONMENT["triton_autotune"], "1") != "0",
             triton_tuned=get(ENVIRONMENT["triton_tuned"]) or None,
+            triton_tune_cache=get(ENVIRONMENT["triton_tune_cache"], "1") != "0",
             triton_mma=get(ENVIRONMENT["triton_mma"], "1") != "0",
             triton_more_pairs=get(ENVIRONMENT["triton_more_pairs"], "1") != "0",
             triton_fixup=get(ENVIRONMENT["triton_fixup"], "1") != "0",

@@ -23,6 +23,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault(
     "XPULLM_CACHE", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".cache", "xpullm")
 )
+# The tuner's on-disk winners stay off: a stand-in timing in one test must not pick another test's tiles (the
+# cache's own tests turn it on over a temporary folder).
+os.environ["XPULLM_TRITON_TUNE_CACHE"] = "0"
 
 
 def write_pdf(path: Path, pages: list[str], title: str | None = None) -> Path:

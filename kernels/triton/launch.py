@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 import warnings
 from dataclasses import asdict, replace
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 import triton
 import triton.compiler.errors
 
-from xpullm.kernels.triton import jit, w4a8, w8a8, w8a8_tile
+from xpullm.kernels.triton import jit, tune_cache, w4a8, w8a8, w8a8_tile
 from xpullm.kernels.triton.configs import (
     CUDA_MMA_FORMATS,
     Q8_FORMATS,
@@ -640,16 +639,17 @@ def _key(tw: TritonWeight, m: int, dtype: torch.dtype | str) -> tuple:
 # with the measured winners and never times candidates for the shapes listed there.
 _TUNED_DIR = Path(__file__).parent
 _loaded_tables: set[str] = set()
-_FIELDS = ("device", "format", "group_words", "n", "kw", "m_bucket", "dtype")
+_FIELDS = tune_cache.FIELDS
+_slug = tune_cache.device_slug
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+def _record(key: tuple, cfg: LaunchConfig) -> dict:
+    return {**dict(zip(_FIELDS, key, strict=True)), "config": asdict(cfg)}
 
 
 def export_tuned() -> list[dict]:
     """Every tuned (shape -> configuration) entry of this process, as JSON-able records."""
-    return [{**dict(zip(_FIELDS, key, strict=True)), "config": asdict(cfg)} for key, cfg in _tuned.items()]
+    return [_record(key, cfg) for key, cfg in _tuned.items()]
 
 
 def load_tuned(source: str | Path | list[dict]) -> int:
@@ -662,8 +662,8 @@ def load_tuned(source: str | Path | list[dict]) -> int:
 
 
 def _load_packaged_table(device: torch.device) -> None:
-    """Load, once per device name, `$XPULLM_TRITON_TUNED` (a table of your own, e.g. from the sweep; it wins)
-    and then the packaged `tuned_<device>.json`."""
+    """Load, once per device name, `$XPULLM_TRITON_TUNED` (a table of your own, e.g. from the sweep; it wins),
+    then the winners this machine timed before (`tune_cache`), then the packaged `tuned_<device>.json`."""
     name = _device_name(device)
     if name in _loaded_tables:
         return
@@ -675,6 +675,7 @@ def _load_packaged_table(device: torch.device) -> None:
                 f"XPULLM_TRITON_TUNED={extra} does not exist; unset it or point it at a table"
             )
         load_tuned(extra)
+    load_tuned(tune_cache.read(name))
     path = _TUNED_DIR / f"tuned_{_slug(name)}.json"
     if path.is_file():
         load_tuned(path)
@@ -759,6 +760,7 @@ def tune(tw: TritonWeight, m: int, dtype: torch.dtype = torch.bfloat16) -> Launc
         if twin is not None:  # the winner's load-path twin (the same numbers), head to head
             best = _fastest(tw, [best, twin], lambda cfg: run(x2, tw, cfg), best)
         _tuned[key] = best
+        tune_cache.remember([_record(key, best)])
         return best
 
 
@@ -808,6 +810,7 @@ def select_q8_config(tw: TritonWeight, m: int) -> LaunchConfig:
         ]
         best = _fastest(tw, pool, lambda cfg: run_q8(act, tw, cfg), default_q8_config(m))
         _tuned[key] = best
+        tune_cache.remember([_record(key, best)])
         return best
 
 
