@@ -33,6 +33,7 @@ __all__ = ["FIELDS", "device_slug", "fingerprint", "path", "read", "remember"]
 
 FIELDS = ("device", "format", "group_words", "n", "kw", "m_bucket", "dtype")  # a record's key, then "config"
 _HERE = Path(__file__).parent
+_CONFIG_FIELDS = frozenset(f.name for f in fields(LaunchConfig))
 
 
 @functools.cache
@@ -59,13 +60,12 @@ def path(device_name: str) -> Path | None:
 
 
 def _well_formed(rec: object) -> bool:
-    known = {f.name for f in fields(LaunchConfig)}
     return (
         isinstance(rec, dict)
         and set(rec) == {*FIELDS, "config"}
         and isinstance(rec["config"], dict)
         and "path" in rec["config"]
-        and set(rec["config"]) <= known
+        and set(rec["config"]) <= _CONFIG_FIELDS
     )
 
 
@@ -116,7 +116,7 @@ def remember(records: Iterable[dict]) -> None:
         by_device.setdefault(rec["device"], []).append(rec)
     for device_name, new in by_device.items():
         file = path(device_name)
-        if file is None:
+        if file is None:  # XPULLM_TRITON_TUNE_CACHE=0
             return
         try:
             file.parent.mkdir(parents=True, exist_ok=True)
