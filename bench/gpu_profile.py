@@ -14,7 +14,7 @@ per step. `--runner` profiles the continuous-batching engine's `ModelRunner` (pa
 token bucket) the same way: what a served request's decode step costs.
 
     python bench/gpu_profile.py [--layers 32] [--formats bf16,tinygemm:128,sym_int4:128] [--engine | --runner]
-        [--batch 1] [--out prof.md]
+        [--batch 1,16] [--prompt 512] [--out prof.md]
 """
 
 from __future__ import annotations
@@ -232,19 +232,22 @@ def profile_engine(fmt: str, group: int | None, layers: int, tokens: int, batch:
 
 
 @torch.no_grad()
-def profile_runner(fmt: str, group: int | None, layers: int, tokens: int, batch: int, top: int) -> list[str]:
+def profile_runner(
+    fmt: str, group: int | None, layers: int, tokens: int, batch: int, top: int, prompt_len: int = 512
+) -> list[str]:
     """Markdown lines for one format stepped by the continuous-batching engine's `ModelRunner` (paged KV pools,
-    the graph of its `batch`-token bucket): `batch` sequences after 512-token prompts, one token each per step."""
+    the graph of its `batch`-token bucket): `batch` sequences after `prompt_len`-token prompts, one token each per
+    step."""
     import engine_gpu as eg
 
     from xpullm.engine.core import EngineConfig, build_core
     from xpullm.engine.decode import FAMILIES, StaticCacheDecoder
 
-    prompt_len, dev = 512, torch.device(gd.DEV)
+    dev = torch.device(gd.DEV)
     shape = dataclasses.replace(eg.SHAPES["llama3-8b"], layers=layers)
     model = eg.build_model(shape, fmt, group, dev)
     dec = StaticCacheDecoder(model, FAMILIES["llama"], gd.DT, dev)
-    config = EngineConfig(max_seqs=batch, max_batched_tokens=prompt_len,
+    config = EngineConfig(max_seqs=batch, max_batched_tokens=max(prompt_len, 256),
                           kv_budget_tokens=batch * (prompt_len + tokens + 64), prefix_cache=False,
                           graph_buckets=(batch,), speculative=None)  # fmt: skip
     core = build_core(dec, eg.word_tokenizer(shape.vocab), [], shape.max_len, config)
@@ -263,7 +266,7 @@ def profile_runner(fmt: str, group: int | None, layers: int, tokens: int, batch:
         return out
 
     label = fmt if group is None else f"{fmt} g{group}"
-    title = f"engine ModelRunner (paged, graph bucket {batch}), {label}, {batch} sequences"
+    title = f"engine ModelRunner (paged, graph bucket {batch}), {label}, {batch} sequences, {prompt_len}-token prompts"
     return _step_report(step, tokens, top, batch, title, "synchronised, logits read back")
 
 
@@ -272,7 +275,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--formats", default="bf16,tinygemm:128,sym_int4:128")
-    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--batch", default="1", help="batch sizes, e.g. 1,16,32 (each profiled in turn)")
+    ap.add_argument("--prompt", type=int, default=512, help="--runner: prompt tokens per sequence")
     ap.add_argument("--top", type=int, default=14)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--engine", action="store_true", help="profile xpullm.engine's graphed steps instead")
@@ -285,9 +289,14 @@ def main() -> None:
     lines = [f"# Decode-step profile ({torch.__version__}, {torch.cuda.get_device_name(0)})", ""]
     for spec in args.formats.split(","):
         fmt, _, group = spec.partition(":")
-        fn = profile_runner if args.runner else profile_engine if args.engine else profile
-        lines += fn(fmt, int(group) if group else None, args.layers, args.tokens, args.batch, args.top)
-        torch.cuda.empty_cache()  # the format's model went with its profile function's frame
+        for batch in (int(b) for b in args.batch.split(",")):
+            g = int(group) if group else None
+            if args.runner:
+                lines += profile_runner(fmt, g, args.layers, args.tokens, batch, args.top, args.prompt)
+            else:
+                fn = profile_engine if args.engine else profile
+                lines += fn(fmt, g, args.layers, args.tokens, batch, args.top)
+            torch.cuda.empty_cache()  # the format's model went with its profile function's frame
         if args.out:
             args.out.write_text("\n".join(lines) + "\n")
 

@@ -16,6 +16,7 @@ kernel and cuBLAS a few times each, for a profiler to wrap (`ncu --clock-control
 
     python bench/gpu_read_probe.py [--shapes 14336x4096,4096x14336] [--configs bn1.kb128.w1.t4,...]
     python bench/gpu_read_probe.py --profile bn1.kb64.w1.pf1.t4
+    python bench/gpu_read_probe.py --shapes 28672x4096 --patterns 1x256x4x1,16x16x1x4,16x16x1x4t --products 8,32
 """
 
 from __future__ import annotations
@@ -37,23 +38,47 @@ READ_SHAPES = [(1, 256, 4, 1), (1, 256, 2, 2), (1, 512, 4, 1), (1, 128, 4, 1), (
 
 @triton.jit
 def read_rows_kernel(
-    w_ptr, y_ptr, N, KW, stride_wn, ROWS: tl.constexpr, STEP: tl.constexpr, TILES: tl.constexpr
+    w_ptr, y_ptr, N, KW, stride_wn, ROWS: tl.constexpr, STEP: tl.constexpr, TILES: tl.constexpr,
+    TILED: tl.constexpr,
 ):  # fmt: skip
-    """y[n] = XOR of row n's words: every word read once, in the GEMV's order, with nothing else to do."""
+    """y[n] = XOR of row n's words: every word read once, in the GEMV's order, with nothing else to do. TILED reads
+    the same words as if stored tile by tile (each ROWS x STEP tile of a K step contiguous, the K steps of a row
+    tile one after the other): what a tile-major layout would give a batched kernel's loads."""
     pid = tl.program_id(0)
     for t in tl.static_range(TILES):
         n = (pid * TILES + t) * ROWS + tl.arange(0, ROWS)
         acc = tl.zeros([ROWS, STEP], dtype=tl.int32)
         for k0 in range(0, KW, STEP):
             k = k0 + tl.arange(0, STEP)[None, :]
-            acc ^= tl.load(w_ptr + n[:, None] * stride_wn + k, mask=(n[:, None] < N) & (k < KW), other=0)
+            if TILED:
+                tile = ((pid * TILES + t) * (KW // STEP) + k0 // STEP) * (ROWS * STEP)
+                at = tile + tl.arange(0, ROWS)[:, None] * STEP + tl.arange(0, STEP)[None, :]
+            else:
+                at = n[:, None] * stride_wn + k
+            acc ^= tl.load(w_ptr + at, mask=(n[:, None] < N) & (k < KW), other=0)
         tl.store(y_ptr + n, tl.xor_sum(acc, axis=1), mask=n < N)
 
 
-def read_fn(w: torch.Tensor, y: torch.Tensor, rows: int, step: int, tiles: int, warps: int):
+def read_fn(
+    w: torch.Tensor, y: torch.Tensor, rows: int, step: int, tiles: int, warps: int, tiled: bool = False
+):
     n, kw = w.shape
+    if tiled and (n % (rows * tiles) or kw % step):
+        raise ValueError(
+            f"a tiled read needs N a multiple of {rows * tiles} and K words of {step}; got {n} x {kw}"
+        )
     grid = (triton.cdiv(n, rows * tiles),)
-    return lambda: read_rows_kernel[grid](w, y, n, kw, w.stride(0), rows, step, tiles, num_warps=warps)
+    return lambda: read_rows_kernel[grid](w, y, n, kw, w.stride(0), rows, step, tiles, tiled, num_warps=warps)
+
+
+def parse_patterns(spec: str) -> list[tuple[int, int, int, int, bool]]:
+    """ "ROWSxSTEPxTILESxWARPS[t],..." -> read shapes; a trailing t reads the tile-major order (read_rows_kernel)."""
+    out = []
+    for item in spec.split(","):
+        tiled = item.endswith("t")
+        rows, step, tiles, warps = (int(v) for v in item.rstrip("t").split("x"))
+        out.append((rows, step, tiles, warps, tiled))
+    return out
 
 
 def _setup(n: int, k: int):
@@ -68,7 +93,14 @@ def _setup(n: int, k: int):
     return tws, x, act, select_q8_config(tws[0], 1)
 
 
-def probe(n: int, k: int, reps: int = 15, configs: list | None = None, read: bool = True) -> None:
+def probe(
+    n: int,
+    k: int,
+    reps: int = 15,
+    configs: list | None = None,
+    read: bool = True,
+    patterns: list | None = None,
+) -> None:
     """Print the read ceiling of an N x K weight (unless not `read`) and gemv_q8 vs cuBLAS in alternation, for
     the tuned configuration or each of `configs`."""
     from xpullm.kernels.triton import run_q8
@@ -78,11 +110,16 @@ def probe(n: int, k: int, reps: int = 15, configs: list | None = None, read: boo
     words_mb = tws[0].words.numel() * 4 / 1e6
     print(f"## {n}x{k}: {mb:.1f} MB per call ({words_mb:.1f} MB of codes), {len(tws)} copies")
     ys = [torch.empty(n, device=x.device, dtype=torch.int32) for _ in tws]
-    for rows, step, tiles, warps in READ_SHAPES if read else ():
-        us = graph_us([read_fn(t.words, y, rows, step, tiles, warps) for t, y in zip(tws, ys, strict=True)])
+    shapes = patterns or [(*shape, False) for shape in READ_SHAPES]
+    for rows, step, tiles, warps, tiled in shapes if read else ():
+        fns = [read_fn(t.words, y, rows, step, tiles, warps, tiled) for t, y in zip(tws, ys, strict=True)]
+        us = graph_us(fns)
+        order = " tile-major" if tiled else ""
         print(
-            f"  read codes   rows{rows} step{step} t{tiles} w{warps}: {us:6.1f} us  {words_mb / us:.2f} TB/s"
+            f"  read codes   rows{rows} step{step} t{tiles} w{warps}{order}: {us:6.1f} us  {words_mb / us:.2f} TB/s"
         )
+    if patterns:
+        return
     outs = [torch.empty(1, n, device=x.device, dtype=x.dtype) for _ in tws]
     cublas, _weights = cublas_graph(n, k, x)
     for cfg in configs or [tuned]:
@@ -94,6 +131,29 @@ def probe(n: int, k: int, reps: int = 15, configs: list | None = None, read: boo
             f"  gemv_q8 {cfg}: {a_us:6.1f} us  {mb / a_us:.2f} TB/s (median of {reps}); cuBLAS bf16 "
             f"{b_us:6.1f} us  {n * k * 2 / 1e6 / b_us:.2f} TB/s; ratio median {ratios[reps // 2]:.2f}x, "
             f"min {ratios[0]:.2f}x, max {ratios[-1]:.2f}x"
+        )
+
+
+def products(n: int, k: int, rows: list[int], fmt: str = "sym_int4:128") -> None:
+    """The shipped product (`matmul`, tuned tables, no tuning) for each row count, back to back in a CUDA graph
+    over weight copies - how the engine's graph runs it - beside cuBLAS bf16 and the bytes a call streams."""
+    from xpullm.formats import get_format
+    from xpullm.kernels.triton import matmul, select_config
+
+    name, _, group = fmt.partition(":")
+    dev = torch.device("cuda")
+    tws = weight_copies(get_format(name).quantize(torch.randn(n, k) * 0.02, int(group or 128)), dev)
+    mb = tws[0].nbytes / 1e6
+    for m in rows:
+        x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+        cfg = select_config(tws[0], m, x.dtype)
+        outs = [torch.empty(m, n, device=dev, dtype=x.dtype) for _ in tws]
+        ours = capture([lambda t=t, o=o, x=x: matmul(x, t, out=o) for t, o in zip(tws, outs, strict=True)])
+        cublas, _inputs = cublas_graph(n, k, x)
+        a_us, b_us, ratios = alternate(ours, cublas, 7)
+        print(
+            f"  {fmt} {n}x{k} rows {m}: {a_us:6.1f} us {mb / a_us:.2f} TB/s ({cfg}); cuBLAS bf16 {b_us:6.1f} us; "
+            f"x bf16 median {ratios[len(ratios) // 2]:.2f} ({ratios[0]:.2f}-{ratios[-1]:.2f})"
         )
 
 
@@ -125,13 +185,26 @@ def main() -> None:
         "--configs", default=None, help="time these gemv_q8 configs (sweep syntax) instead of the tuned"
     )
     ap.add_argument("--no-read", action="store_true", help="skip the read-ceiling kernels")
+    ap.add_argument(
+        "--patterns",
+        default=None,
+        help="read shapes ROWSxSTEPxTILESxWARPS[t],... instead of the GEMV's (t: tile-major order); reads only",
+    )
+    ap.add_argument(
+        "--products", default=None, help="also time the shipped product at these row counts (8,16,32)"
+    )
+    ap.add_argument("--format", default="sym_int4:128", help="the --products weight format[:group]")
     args = ap.parse_args()
     for spec in args.shapes.split(","):
         n, k = (int(v) for v in spec.split("x"))
         if args.profile:
             profile(n, k, args.profile)
         else:
-            probe(n, k, args.reps, parse_configs(args.configs) if args.configs else None, not args.no_read)
+            configs = parse_configs(args.configs) if args.configs else None
+            patterns = parse_patterns(args.patterns) if args.patterns else None
+            probe(n, k, args.reps, configs, not args.no_read, patterns)
+            if args.products:
+                products(n, k, [int(v) for v in args.products.split(",")], args.format)
 
 
 if __name__ == "__main__":
