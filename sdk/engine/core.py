@@ -34,7 +34,7 @@ from xpullm.engine.scheduler import KVBudgetTooSmall, Scheduler, Sequence, StepP
 from xpullm.engine.speculative import DraftSlot, SpecState, SpeculativeConfig, make_drafter
 from xpullm.engine.step_cost import DEFAULT_ROW_COST, measured_row_cost
 from xpullm.engine.step_graphs import DEFAULT_BUCKETS, attach_step_graphs
-from xpullm.engine.stopping import TextAssembler
+from xpullm.engine.stopping import TextAssembler, decoder_for
 
 __all__ = [
     "ENGINE_ON_ACCELERATOR",
@@ -210,6 +210,7 @@ class EngineCore:
             pool, config.max_seqs, config.max_batched_tokens, config.prefix_cache, self.streaming
         )
         self._tok = tokenizer
+        self._decode = decoder_for(tokenizer)  # one per engine: every request's TextAssembler shares it
         self._eos = eos
         self._eos_set = frozenset(eos)
         self.context_length = context_length
@@ -266,7 +267,7 @@ class EngineCore:
         if params.repetition_penalty != 1.0:
             sampler.observe(torch.tensor([prompt], device=self.runner.device))
         context = sys.maxsize if self.streaming else self.context_length  # streaming: no context end
-        req = Request(seq, params, TextAssembler(self._tok, params.stop), sampler, constraint, on_event,
+        req = Request(seq, params, TextAssembler(self._tok, params.stop, self._decode), sampler, constraint, on_event,
                       context)  # fmt: skip
         if self._drafter is not None and params.speculative and not self.streaming:
             # Grammar-constrained requests speculate too: `_verify` masks and consumes row by row, only the tokens

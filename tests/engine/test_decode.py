@@ -8,7 +8,7 @@ from xpullm.engine import LLM
 from xpullm.engine.decode import FAMILIES, HFDecoder, StaticCacheDecoder, build_decoder
 from xpullm.engine.params import GenerationParams
 from xpullm.engine.sampling import Sampler
-from xpullm.engine.stopping import TextAssembler
+from xpullm.engine.stopping import TextAssembler, decoder_for
 
 
 def _greedy(decoder, ids: list[list[int]], pad_id: int, steps: int) -> list[list[int]]:
@@ -144,6 +144,47 @@ def test_text_assembler_handles_multibyte_characters(llm: LLM) -> None:
     pieces.append(asm.take_delta(final=True))
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
+
+
+def test_fast_tokenizers_decode_through_rust_with_the_same_text(llm: LLM) -> None:
+    """The engine decodes with the Rust tokenizer itself where that is what `decode` would return: the same text
+    for random ids (special tokens and partial UTF-8 included) as the transformers call, and a tokenizer class
+    that overrides `decode`, or no transformers tokenizer at all, keeps its own method."""
+    tok = llm.tokenizer
+    fast = decoder_for(tok)
+    assert getattr(fast, "func", None) == tok._tokenizer.decode  # the Rust method, not the Python wrapper
+    gen = torch.Generator().manual_seed(0)
+    specials = list(tok.all_special_ids)
+    for n in (1, 2, 3, 7, 40):
+        for _ in range(20):
+            ids = torch.randint(0, len(tok), (n,), generator=gen).tolist()
+            ids[int(torch.randint(0, n, (1,), generator=gen))] = specials[0]
+            want = tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            assert fast(ids) == want
+    text = "Café 東京 🙂 <|im_end|> done"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    slow = TextAssembler(
+        tok, decode=lambda i: tok.decode(i, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    )
+    quick = TextAssembler(tok)
+    for tid in ids:
+        slow.push(tid)
+        quick.push(tid)
+        assert quick.take_delta() == slow.take_delta()
+    assert quick.text == slow.text == tok.decode(ids, skip_special_tokens=True)
+
+    class Shouting(type(tok)):  # a model's tokenizer with its own decode
+        def decode(self, token_ids: list[int], **kwargs: object) -> str:
+            return super().decode(token_ids, **kwargs).upper()
+
+    loud = Shouting(tokenizer_object=tok._tokenizer)
+    assert decoder_for(loud)(ids[:4]) == tok.decode(ids[:4], skip_special_tokens=True).upper()
+
+    class Plain:  # not a transformers tokenizer
+        def decode(self, ids: list[int], **kwargs: object) -> str:
+            return ",".join(map(str, ids)) + ("!" if kwargs.get("skip_special_tokens") else "")
+
+    assert decoder_for(Plain())([1, 2]) == "1,2!"
 
 
 def test_sampler_top_p_keeps_the_nucleus() -> None:
