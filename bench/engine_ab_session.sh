@@ -7,10 +7,15 @@
 #   OUT=... A="XPULLM_TRITON_TUNED=$PWD/cand.json" B="" FORMATS=sym_int4:128,asym_int4:128 STREAMS=8,16,32 \
 #     ROUNDS=2 bash bench/engine_ab_session.sh
 #
+# A_TREE / B_TREE (default .): the source tree each variant runs, e.g. an older revision unpacked beside this one to
+# judge an engine change (`git archive REV sdk kernels bench integrations graphrag apps | tar x -C bench/out/old`,
+# carried with the call); both share this tree's kernel caches.
+#
 # Rows go to $OUT/ab.jsonl with "variant" (A / B) and "round"; a table of medians and B / A ratios is printed.
 # Carry bench/out/pydeps and, to skip the ~80 s build, .cache/xpullm/cuda built for the current source.
 set -u
 export XPULLM_CACHE=${XPULLM_CACHE:-$PWD/.cache/xpullm} XPULLM_TRITON_AUTOTUNE=0
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-$PWD/.cache/triton}  # shared by both trees
 OUT=${OUT:-bench/out/gpu}
 mkdir -p "$OUT"
 A=${A:-}
@@ -21,15 +26,19 @@ ROUNDS=${ROUNDS:-2}
 SECS=${SECS:-120}
 FIRST=${FIRST:-60}  # more seconds for the first run of all: it compiles the Triton kernels (then cached)
 EXTRA=${EXTRA:-}  # more engine_gpu.py arguments (a dry run on a CPU: EXTRA="--shape tiny --device cpu")
-# shellcheck disable=SC2206  # EXTRA is words
-E=(bash bench/gpu_run.sh py bench/engine_gpu.py --streams "$STREAMS" --static-batches= --no-llm --formats "$FORMATS" $EXTRA)
+A_TREE=${A_TREE:-.}
+B_TREE=${B_TREE:-.}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null
 for r in $(seq "$ROUNDS"); do
   for v in A B; do
     rows="$OUT/$v.$r.jsonl"
-    # shellcheck disable=SC2086  # the settings are words of NAME=VALUE
     secs=$SECS
     [ "$r$v" = 1A ] && secs=$((SECS + FIRST))
+    tree=${v}_TREE
+    # shellcheck disable=SC2206  # EXTRA is words
+    E=(bash "${!tree}/bench/gpu_run.sh" py "${!tree}/bench/engine_gpu.py" --streams "$STREAMS" --static-batches= --no-llm
+       --formats "$FORMATS" $EXTRA)
+    # shellcheck disable=SC2086  # the settings are words of NAME=VALUE
     env ${!v} timeout -k 5 "$secs" "${E[@]}" --out "$rows" >"$OUT/$v.$r.txt" 2>&1
     echo "== $v round $r rc=$?"
   done

@@ -103,6 +103,11 @@ class EngineConfig:
     """Attention-sink tokens streaming keeps (StreamingLLM: the first few tokens soak up attention mass)."""
     streaming_window: int | None = None
     """Recent tokens streaming attends; None: the context length minus the sinks."""
+    overlap_text: bool | None = None
+    """Turn a step's tokens into text (detokenization, stop strings, the callers' events) while the device runs
+    the next step, one step behind; None: on for CUDA / XPU, whose steps run asynchronously (on a CPU the step
+    is the engine thread's own work, so overlapping would only delay every token by a step). Outputs are the
+    same either way; a request ended by a stop string may have one more token computed and dropped."""
 
     def __post_init__(self) -> None:
         from xpullm.kernels.paged import KV_CACHE_DTYPES
@@ -165,6 +170,8 @@ class Request:
         self.spec: SpecState | None = None  # set by the core when this request may speculate
         self.steps = 0  # engine steps that produced tokens for this request
         self.produced = 0  # tokens those steps produced (EOS included)
+        self.kept = 0  # of those, the ones the text gets (EOS excluded): what max_new_tokens counts
+        self.closed = False  # its last events (final text, done or error) are sent
         self._cancel = threading.Event()
 
     def cancel(self) -> None:
@@ -218,6 +225,11 @@ class EngineCore:
         self._incoming: list[Request] = []
         self._requests: dict[int, Request] = {}  # id(seq) -> request, waiting or running; engine thread only
         self._slot_owner: dict[int, Sequence] = {}  # block-table row -> the sequence whose blocks it holds
+        # Text work of the last step's tokens, done while the GPU runs the next step (`_drain`): (request, token,
+        # its logprob), or (request, None, None) once the request has finished on the token side.
+        self._pending: list[tuple[Request, int | None, TokenLogprob | None]] = []
+        overlap = config.overlap_text
+        self._overlap = runner.device.type != "cpu" if overlap is None else overlap
         self._thread: threading.Thread | None = None
         self._tokens_generated = 0
         self._steps = 0
@@ -317,10 +329,11 @@ class EngineCore:
             try:
                 self._iterate(incoming)
             except Exception as exc:  # a bug, not a request's fault: fail everything in flight, keep serving
+                self._drain()
                 for req in list(self._requests.values()):
-                    self._drop(req)
-                    self._emit(req, "error", exc)
+                    self._fail(req, exc)
         # Stopped: what was queued or running ends as cancelled (its blocks freed, its caller told).
+        self._drain()
         for req in incoming:
             self.scheduler.add(req.seq)
             self._requests[id(req.seq)] = req
@@ -341,8 +354,11 @@ class EngineCore:
         if plan.chunks:
             self._step(plan)
         else:  # nothing fits yet (cannot happen with a validated queue, but never spin)
+            self._drain()
             with self._cv:
                 self._cv.wait(0.01)
+        if not self.scheduler.has_work:  # the last tokens' text and events go out before the loop may idle
+            self._drain()
 
     def _draft(self) -> None:
         """Set `seq.draft` for the decoding requests that speculate, within the step's token budget."""
@@ -390,24 +406,30 @@ class EngineCore:
         try:
             logits = self.runner.forward(ids, positions, seq_index, logit_rows)
         except Exception as exc:  # the step's requests fail; the engine keeps serving the others
+            self._drain()
             for seq, _, _ in plan.chunks:
-                req = by_seq[id(seq)]
-                self._drop(req)
-                self._emit(req, "error", exc)
+                self._fail(by_seq[id(seq)], exc)
             return
         self.scheduler.advance(plan)
         self._steps += 1
+        if self._overlap:
+            # The step runs on the device while the last step's tokens become text here. A stop string found now
+            # ends its request; the token this step computes for it is dropped below.
+            self._drain()
         greedy = logits.argmax(-1).tolist() if any(r.fast_greedy for r, _ in owners) else None
         now = time.perf_counter()
         row = 0
         for req, draft in owners:
             first, row = row, row + 1 + len(draft)
+            if req.finish is not None:
+                continue
             try:
                 self._verify(req, draft, first, logits, greedy, now)
             except Exception as exc:  # e.g. a grammar matcher rejecting a token: only this request fails
-                if id(req.seq) in self._requests:
-                    self._drop(req)
-                self._emit(req, "error", exc)
+                self._drain()
+                self._fail(req, exc)
+        if not self._overlap:
+            self._drain()
 
     def _verify(
         self, req: Request, draft: list[int], first: int, logits: torch.Tensor, greedy: list[int] | None,
@@ -452,48 +474,87 @@ class EngineCore:
         return int(req.sampler(logits)[0])
 
     def _accept(self, req: Request, tid: int, now: float, lp: TokenLogprob | None = None) -> None:
+        """The token side of a new token, before the next step is planned: EOS, length and grammar ends, the
+        sequence and the sampler. Its text (stop strings, deltas, logprob events) is queued for `_drain`."""
         if req.first_t is None:
             req.first_t = now
             self._last_ttft = now - req.submitted
         req.last_t = now
-        asm = req.assembler
         if tid in self._eos_set:
             req.finish = "stop"
         else:
             self._tokens_generated += 1
-            if lp is not None:
-                req.logprobs.append(lp)
-                self._emit(req, "token", lp)
+            req.kept += 1
+            self._pending.append((req, tid, lp))
             if req.constraint is not None:
                 req.constraint.consume(0, tid)
-            asm.push(tid)
-            if asm.stopped or (req.constraint is not None and req.constraint.finished(0)):
+            if req.constraint is not None and req.constraint.finished(0):
                 req.finish = "stop"
-            elif (
-                len(asm.ids) >= req.params.max_new_tokens or len(req.seq.prompt) + len(asm.ids) >= req.context
-            ):
+            elif req.kept >= req.params.max_new_tokens or len(req.seq.prompt) + req.kept >= req.context:
                 req.finish = "length"
         if req.finish is not None:
-            self._flush(req)
+            self._end(req)
             return
-        delta = asm.take_delta()
-        if delta:
-            self._emit(req, "delta", delta)
         req.seq.tokens.append(tid)
         if req.sampler._seen is not None:
             req.sampler.observe(torch.tensor([tid], device=self.runner.device))
         if req.cancelled:  # stop now rather than after one more step
             req.finish = "cancelled"
-            self._flush(req)
+            self._end(req)
+
+    def _end(self, req: Request) -> None:
+        """`req` has finished on the token side: out of the next plans at once; its last text and `done` follow
+        its queued tokens (`_drain`)."""
+        self._drop(req)
+        self._pending.append((req, None, None))
+
+    def _drain(self) -> None:
+        """The queued tokens' text, in order: logprob events, stop strings, deltas, and the last events of
+        requests that have finished. A stop string ends its request here (tokens after it are dropped)."""
+        pending, self._pending = self._pending, []
+        for req, tid, lp in pending:
+            if req.closed:
+                continue
+            if tid is None:
+                self._close(req)
+                continue
+            if lp is not None:
+                req.logprobs.append(lp)
+                self._emit(req, "token", lp)
+            asm = req.assembler
+            asm.push(tid)
+            if asm.stopped:
+                req.finish = "stop"
+                self._drop(req)
+                self._close(req)
+                continue
+            delta = asm.take_delta()
+            if delta:
+                self._emit(req, "delta", delta)
 
     def _flush(self, req: Request) -> None:
-        """Finish `req`: free its blocks, hand out the held-back text and the Completion."""
+        """Finish `req` now (cancelled): free its blocks, hand out its queued and held-back text and `done`."""
         self._drop(req)
+        self._drain()
+        self._close(req)
+
+    def _close(self, req: Request) -> None:
+        """The held-back text and the Completion of a finished request (once)."""
+        if req.closed:
+            return
+        req.closed = True
         req.assembler.finish()
         delta = req.assembler.take_delta(final=True)
         if delta:
             self._emit(req, "delta", delta)
         self._emit(req, "done", req.completion())
+
+    def _fail(self, req: Request, exc: BaseException) -> None:
+        """End `req` with an error (its queued text already out: callers drain first)."""
+        self._drop(req)
+        if not req.closed:
+            req.closed = True
+            self._emit(req, "error", exc)
 
     def _emit(self, req: Request, kind: str, value: Any) -> None:
         try:
