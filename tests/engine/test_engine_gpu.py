@@ -215,3 +215,32 @@ def test_low_bit_draft_steps_replay_graphs_and_keep_the_tokens() -> None:
     assert stats.draft_tokens > 0 and stats.kv_used_blocks == 0
     graphs = core._drafter.draft.graphs
     assert graphs is not None and graphs.replays > 0 and all(graphs.captured().values())
+
+
+def test_stop_strings_one_step_behind_end_where_the_text_says() -> None:
+    """On a GPU the engine turns a step's tokens into text while the next step runs (`overlap_text`, on by
+    default there): each concurrent request with a stop string taken from the middle of its plain text ends with
+    that text cut before the string's first occurrence, finish "stop", and every block is freed."""
+    core = engine(tiny_llama("sym_int4"))
+    assert core._overlap
+    events: queue.Queue = queue.Queue()
+
+    def run(params: list[GenerationParams]) -> list:
+        reqs = [
+            core.submit(p, q, lambda kind, value: events.put((kind, value)))
+            for p, q in zip(PROMPTS, params, strict=True)
+        ]
+        done = 0
+        while done < len(reqs):
+            kind, value = events.get(timeout=300)
+            if kind == "error":
+                raise value
+            done += kind == "done"
+        return [r.completion() for r in reqs]
+
+    plain = run([GenerationParams(max_new_tokens=STEPS)] * len(PROMPTS))
+    stops = [c.text.split()[len(c.text.split()) // 2] for c in plain]
+    cut = run([GenerationParams(max_new_tokens=STEPS, stop=(s,)) for s in stops])
+    for p, c, s in zip(plain, cut, stops, strict=True):
+        assert (c.text, c.finish_reason) == (p.text[: p.text.index(s)], "stop")
+    assert core.stats().kv_used_blocks == 0
