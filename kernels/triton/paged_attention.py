@@ -260,22 +260,25 @@ def _paged_attention_kernel(
         for split in range(first, SPLITS, programs):
             start = lo + split * cps
             end = tl.minimum(start + cps, pos + 1)
-            m_i, l_i, acc = _attend_span(
-                q, k_base, v_base, ks_ptr, vs_ptr, table, tl.where(split == 0, sink_end, 0), start, end, j,
-                qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
-                KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW, PREFETCH,
-            )  # fmt: skip
             row = split * n_rows + n * (KV * G) + heads
-            # An empty split stores m = -inf only: the merge reads nothing more of it.
-            tl.store(ws_ml_ptr + row, m_i, mask=g_ok)
-            if cps >= span:  # one split holds every column: the output itself (the merge skips the row)
-                if start < end:
+            if start < end:  # split 0 always (it holds the first column and the sinks)
+                m_i, l_i, acc = _attend_span(
+                    q, k_base, v_base, ks_ptr, vs_ptr, table, tl.where(split == 0, sink_end, 0), start, end, j,
+                    qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+                    KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW, PREFETCH,
+                )  # fmt: skip
+                tl.store(ws_ml_ptr + row, m_i, mask=g_ok)
+                if cps >= span:  # one split holds every column: the output itself (the merge skips the row)
                     _store_output(o_ptr, n, heads, g_ok, acc, l_i, KV, G, D, BLOCK_G, ROT)
-            elif start < end:
-                if ROT:
-                    acc = _walsh_hadamard(acc, BLOCK_G, D)
-                tl.store(ws_acc_ptr + row[:, None] * D + offs_d[None, :], acc, mask=g_ok[:, None])
-                tl.store(ws_ml_ptr + SPLITS * n_rows + row, l_i, mask=g_ok)
+                else:
+                    if ROT:
+                        acc = _walsh_hadamard(acc, BLOCK_G, D)
+                    tl.store(ws_acc_ptr + row[:, None] * D + offs_d[None, :], acc, mask=g_ok[:, None])
+                    tl.store(ws_ml_ptr + SPLITS * n_rows + row, l_i, mask=g_ok)
+            else:
+                # An empty split stores m = -inf only (the merge reads nothing more of it), and walks nothing: a
+                # short context in the engine's 16 splits leaves most of them empty.
+                tl.store(ws_ml_ptr + row, tl.full([BLOCK_G], float("-inf"), tl.float32), mask=g_ok)
 
 
 @triton.jit
@@ -419,6 +422,9 @@ class Tile(NamedTuple):
     """Load the next tile before folding in the current one (two tiles' loads in flight)."""
     min_split: int
     """The shortest split, in columns: a context of at most this many is one split, written without a merge."""
+    stages: int | None = None
+    """Triton's `num_stages` for the column loop (None: Triton's default, which pipelines the K / V loads through
+    shared memory); `bench/paged_gpu.py` times others."""
 
 
 def _tile(d: int, itemsize: int, codes: int) -> Tile:
@@ -508,7 +514,8 @@ def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> 
             KV=kv, G=g, D=d, BS=bs, BLOCK_G=max(_MIN_GROUP_ROWS, triton.next_power_of_2(g)),
             BLOCK_C=block_c, DOT_F32=_INTERPRET, IEEE=q_buf.dtype == torch.float32,
             CODES=codes, WINDOW=window > 0, ROT=rot, SPLITS=splits, PREFETCH=tile.prefetch,
-            MIN_SPLIT=tile.min_split, num_warps=tile.warps, **opts,
+            MIN_SPLIT=tile.min_split, num_warps=tile.warps,
+            **({} if tile.stages is None else {"num_stages": tile.stages}), **opts,
         )  # fmt: skip
         if splits > 1:
             _merge_splits_kernel[(rows,)](
