@@ -42,9 +42,12 @@ H, KV, D, BS = 32, 8, 128, 16
 SCALE = D**-0.5
 
 
-def _world(batch: int, context: int, pool: str, seed: int = 0) -> tuple[torch.Tensor, PagedBatch, PagedLayer]:
+def _world(
+    batch: int, context: int, pool: str, seed: int = 0, table_columns: int = 0
+) -> tuple[torch.Tensor, PagedBatch, PagedLayer]:
     """`batch` sequences whose first `context` - 1 positions are in the pools (random codes / values, blocks
-    shuffled), and one decode token each at position `context` - 1."""
+    shuffled), and one decode token each at position `context` - 1. The block table holds at least
+    `table_columns` columns (an engine's table is as wide as the model's context, which sets the split count)."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     blocks_per_seq = -(-context // BS)
     n_blocks = batch * blocks_per_seq + 1
@@ -60,7 +63,9 @@ def _world(batch: int, context: int, pool: str, seed: int = 0) -> tuple[torch.Te
         v_pool = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g)
         k_scale = v_scale = None
     perm = torch.randperm(n_blocks - 1, device="cuda", generator=g).to(torch.int32)
-    tables = perm.view(batch, blocks_per_seq).contiguous()
+    tables = perm.view(batch, blocks_per_seq)
+    extra = max(0, -(-table_columns // BS) - blocks_per_seq)  # columns past the context: never read
+    tables = torch.cat((tables, tables.new_zeros(batch, extra)), 1).contiguous()
     positions = torch.full((batch,), context - 1, dtype=torch.int64, device="cuda")
     seq_index = torch.arange(batch, dtype=torch.int64, device="cuda")
     inv = 1.0 / 500000 ** (torch.arange(0, D, 2, device="cuda").float() / D)
@@ -132,8 +137,8 @@ def _name(tile: kernel.Tile) -> str:
 
 
 def _case(batch: int, context: int, pool: str, tiles: list[kernel.Tile], splits: list[int],
-          rounds: int, bandwidth: float) -> list[dict]:  # fmt: skip
-    qkv, pb, layer = _world(batch, context, pool)
+          rounds: int, bandwidth: float, table_columns: int = 0) -> list[dict]:  # fmt: skip
+    qkv, pb, layer = _world(batch, context, pool, table_columns=table_columns)
     default = kernel._tile(D, 2, kernel._CODES[pool])
     variants: dict[str, tuple[kernel.Tile | None, int | None]] = {f"default {_name(default)}": (None, None)}
     for tile in tiles:
@@ -217,6 +222,12 @@ def main() -> None:
     )
     ap.add_argument("--splits", default="1", help="split counts to time beside the default ('' for none)")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument(
+        "--table-columns",
+        type=int,
+        default=0,
+        help="block-table width in columns (e.g. 8192, as an engine's: 16 splits at any context); 0: the context",
+    )
     ap.add_argument("--out", default=None, help="also append the rows as JSON lines here")
     ap.add_argument("--summarize", nargs="+", default=None, metavar="ROWS", help="print tables of row files")
     args = ap.parse_args()
@@ -239,7 +250,7 @@ def main() -> None:
     for pool in args.pools.split(","):
         for context in (int(c) for c in args.contexts.split(",")):
             for batch in (int(b) for b in args.batches.split(",")):
-                rows = _case(batch, context, pool, tiles, splits, args.rounds, bandwidth)
+                rows = _case(batch, context, pool, tiles, splits, args.rounds, bandwidth, args.table_columns)
                 torch.cuda.empty_cache()
                 for r in rows:
                     r["device"] = name
