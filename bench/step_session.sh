@@ -2,8 +2,8 @@
 # One device call on what a batched engine step spends besides its projections (issue 29, session 26): each part
 # time-boxed, results in $OUT/step.tgz.
 #   1. ab: the engine (sym_int4 g128 at 1 / 16 / 32 streams) from an older source tree against this one, alternating
-#      rounds (bench/engine_ab_session.sh with A_TREE): judges the host-side changes (the Rust detokenizer, text one
-#      step behind). Make the old tree here first and carry it:
+#      rounds (bench/engine_ab_session.sh with A_TREE): judges session 26's changes (the Rust detokenizer, text one
+#      step behind, empty attention splits that walk nothing). Make the old tree here first and carry it:
 #        rm -rf bench/out/old && mkdir -p bench/out/old && \
 #          git archive 9dd941d sdk kernels bench integrations graphrag apps | tar x -C bench/out/old
 #   2. tests: tests/engine/test_engine_gpu.py (greedy parity, stop strings one step behind).
