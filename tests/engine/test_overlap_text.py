@@ -87,3 +87,40 @@ def test_streams_and_grammar_one_step_behind(pair: tuple[LLM, LLM]) -> None:
         list(overlapped.stream(PROMPTS[0], max_new_tokens=8))
         and overlapped.engine.stats().kv_used_blocks == 0
     )
+
+
+def test_each_requests_events_stay_in_order_one_step_behind(pair: tuple[LLM, LLM]) -> None:
+    """Per request, with text one step behind: a logprob event for every kept token, the deltas joining to the
+    final text, `done` once and last; a stop string ends its request with the text before it."""
+    import queue
+
+    from xpullm.engine.params import GenerationParams
+
+    _, overlapped = pair
+    core = overlapped.engine
+    events: queue.Queue = queue.Queue()
+    prompts = [overlapped.tokenizer(p)["input_ids"] for p in PROMPTS]
+    params = [
+        GenerationParams(max_new_tokens=16, logprobs=1, stop=(" the",) if i % 2 else ()) for i in range(5)
+    ]
+    reqs = [
+        core.submit(p, q, lambda kind, value, i=i: events.put((i, kind, value)))
+        for i, (p, q) in enumerate(zip(prompts, params, strict=True))
+    ]
+    seen: dict[int, list[tuple[str, object]]] = {i: [] for i in range(len(reqs))}
+    done = 0
+    while done < len(reqs):
+        i, kind, value = events.get(timeout=120)
+        assert kind != "error", value
+        assert not seen[i] or seen[i][-1][0] != "done", "an event after done"
+        seen[i].append((kind, value))
+        done += kind == "done"
+    for i, log in seen.items():
+        final = log[-1][1]
+        assert log[-1][0] == "done" and [k for k, _ in log].count("done") == 1
+        assert "".join(v for k, v in log if k == "delta") == final.text
+        assert [v for k, v in log if k == "token"] == list(final.logprobs)
+        assert len(final.logprobs) >= final.completion_tokens
+        if params[i].stop:
+            assert " the" not in final.text
+    assert any(seen[i][-1][1].finish_reason == "stop" for i in seen if params[i].stop)
