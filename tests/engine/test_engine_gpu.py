@@ -12,6 +12,7 @@ logit or more); the tokenizer is a word-level one over its 512 ids.
 from __future__ import annotations
 
 import queue
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -97,15 +98,25 @@ def generate(
         return core.submit(prompt, params, lambda kind, value: events.put((kind, value)))
 
     reqs = [submit(p) for p in (prompts[:1] if staggered else prompts)]
+
+    def join_the_rest(kind: str) -> None:
+        if len(reqs) < len(prompts) and kind in ("delta", "done"):
+            reqs.extend(submit(p) for p in prompts[1:])
+
+    wait_done(events, len(prompts), join_the_rest)
+    return [list(r.assembler.ids) for r in reqs]
+
+
+def wait_done(events: queue.Queue, count: int, each: Callable[[str], None] | None = None) -> None:
+    """Read (kind, value) events until `count` requests are done (an error is raised); `each(kind)` sees each."""
     finished = 0
-    while finished < len(prompts):
+    while finished < count:
         kind, value = events.get(timeout=300)
         if kind == "error":
             raise value
         finished += kind == "done"
-        if len(reqs) < len(prompts) and kind in ("delta", "done"):
-            reqs += [submit(p) for p in prompts[1:]]
-    return [list(r.assembler.ids) for r in reqs]
+        if each is not None:
+            each(kind)
 
 
 def next_logits(model: torch.nn.Module, tokens: list[int]) -> torch.Tensor:
@@ -230,12 +241,7 @@ def test_stop_strings_one_step_behind_end_where_the_text_says() -> None:
             core.submit(p, q, lambda kind, value: events.put((kind, value)))
             for p, q in zip(PROMPTS, params, strict=True)
         ]
-        done = 0
-        while done < len(reqs):
-            kind, value = events.get(timeout=300)
-            if kind == "error":
-                raise value
-            done += kind == "done"
+        wait_done(events, len(reqs))
         return [r.completion() for r in reqs]
 
     plain = run([GenerationParams(max_new_tokens=STEPS)] * len(PROMPTS))

@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import pytest
 
+from tests.engine.test_engine_core import PROMPTS as CORE_PROMPTS
 from tests.engine.threads import in_threads
 from xpullm.engine import LLM
 from xpullm.engine.core import EngineConfig
 
-PROMPTS = [
-    "The capital of France is",
-    "Hi",
-    "List three colors:",
-    "def fibonacci(n):",
-    "Water boils at a temperature of",
-]
+PROMPTS = CORE_PROMPTS[:5]  # the short ones
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
 
 
