@@ -81,13 +81,22 @@ def parse_patterns(spec: str) -> list[tuple[int, int, int, int, bool]]:
     return out
 
 
-def _setup(n: int, k: int):
+def _copies(n: int, k: int, fmt: str = "sym_int4:128") -> list:
+    """A random n x k weight in `fmt` (format[:group]), packed on the GPU in enough copies to stream from HBM."""
     from xpullm.formats import get_format
+
+    name, _, group = fmt.partition(":")
+    return weight_copies(
+        get_format(name).quantize(torch.randn(n, k) * 0.02, int(group or 128)), torch.device("cuda")
+    )
+
+
+def _setup(n: int, k: int):
     from xpullm.kernels.triton import quantize_activations
     from xpullm.kernels.triton.launch import select_q8_config
 
     dev = torch.device("cuda")
-    tws = weight_copies(get_format("sym_int4").quantize(torch.randn(n, k) * 0.02, 128), dev)
+    tws = _copies(n, k)
     x = torch.randn(1, k, device=dev, dtype=torch.bfloat16)
     act = quantize_activations(x)
     return tws, x, act, select_q8_config(tws[0], 1)
@@ -137,12 +146,10 @@ def probe(
 def products(n: int, k: int, rows: list[int], fmt: str = "sym_int4:128") -> None:
     """The shipped product (`matmul`, tuned tables, no tuning) for each row count, back to back in a CUDA graph
     over weight copies - how the engine's graph runs it - beside cuBLAS bf16 and the bytes a call streams."""
-    from xpullm.formats import get_format
     from xpullm.kernels.triton import matmul, select_config
 
-    name, _, group = fmt.partition(":")
     dev = torch.device("cuda")
-    tws = weight_copies(get_format(name).quantize(torch.randn(n, k) * 0.02, int(group or 128)), dev)
+    tws = _copies(n, k, fmt)
     mb = tws[0].nbytes / 1e6
     for m in rows:
         x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)

@@ -353,12 +353,14 @@ class EngineCore:
         plan = self.scheduler.schedule()
         if plan.chunks:
             self._step(plan)
+            if (
+                not self.scheduler.has_work
+            ):  # the last tokens' text and events go out before the loop may idle
+                self._drain()
         else:  # nothing fits yet (cannot happen with a validated queue, but never spin)
             self._drain()
             with self._cv:
                 self._cv.wait(0.01)
-        if not self.scheduler.has_work:  # the last tokens' text and events go out before the loop may idle
-            self._drain()
 
     def _draft(self) -> None:
         """Set `seq.draft` for the decoding requests that speculate, within the step's token budget."""
@@ -488,9 +490,11 @@ class EngineCore:
             self._pending.append((req, tid, lp))
             if req.constraint is not None:
                 req.constraint.consume(0, tid)
-            if req.constraint is not None and req.constraint.finished(0):
-                req.finish = "stop"
-            elif req.kept >= req.params.max_new_tokens or len(req.seq.prompt) + req.kept >= req.context:
+                if req.constraint.finished(0):
+                    req.finish = "stop"
+            if req.finish is None and (
+                req.kept >= req.params.max_new_tokens or len(req.seq.prompt) + req.kept >= req.context
+            ):
                 req.finish = "length"
         if req.finish is not None:
             self._end(req)
