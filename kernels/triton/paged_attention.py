@@ -1,6 +1,6 @@
 """Paged attention on GPUs (CUDA, XPU): the Triton path of `xpullm.kernels.paged.paged_attention`.
 
-Three kernels per layer and step, over the step's N flattened tokens (prefill chunks and decode tokens of many
+Two kernels per layer and step, over the step's N flattened tokens (prefill chunks and decode tokens of many
 sequences mixed, vLLM-style varlen):
 
 1. `_paged_write_kernel`, grid (N, H + 2 KV): one head vector each - q heads normalized (Qwen3's q_norm, optional)
@@ -10,17 +10,20 @@ sequences mixed, vLLM-style varlen):
    one [G, D] tile (GQA), so the keys are read once per kv head. It walks columns of the token's own sequence
    BLOCK_C at a time; each column's physical slot comes from the block table (`table[col // block_size]`, any
    block size: a tile may span several blocks), scores and p @ v run through `tl.dot` with fp32 accumulation,
-   and the softmax is online in fp32 (exp2). Columns past pos are never loaded.
-3. `attention._merge_splits_kernel`, grid (N H): the token's split results into its output (below).
+   and the softmax is online in fp32 (exp2). Columns past pos are never loaded. Split, the last of a (token, kv
+   head)'s programs to finish merges its splits into the output (below).
 
 Each token's columns 0..pos are split S ways ("flash decoding"). One program walking a long context tile by tile is
 latency-bound (each tile's block-table read gates its K / V loads): at one sequence and 512 columns the unsplit
 kernel took 18.4 us a layer on an H100, 0.59 ms of a 2.6 ms int4 step; split, 4.9 us plus 2.5 for the merge. Split s
 takes the s-th run of cps = ceil((pos + 1) / S) columns (at least the tile's split floor) rounded up to whole tiles,
 computed on the device from the position (nothing on the host depends on it, so one graph serves every position); a
-short context leaves the later splits empty, and those only mark themselves so. Each split stores its running max,
-sum and unnormalized output; `attention._merge_splits_kernel` combines them in split order. A token whose columns
-fit one split stores its output directly, and the merge leaves its rows alone. S (`XPULLM_PAGED_SPLITS`, at most the
+short context leaves the later splits empty, and nothing touches them. Each split stores its running max, sum and
+unnormalized output in a workspace; each program adds one to the (token, kv head)'s arrival counter (acquire /
+release, zeroed by the write kernel) after storing its splits, and the one that arrives last combines the live
+splits in split order - no third launch (on an H100 the separate merge cost 3-4.6 us a layer at 16-32 sequences,
+and its launch sat between the attention and the next projection). A token whose columns fit one split stores its
+output directly and touches no counter. S (`XPULLM_PAGED_SPLITS`, at most the
 tiles of the longest context the block table holds) never depends on N. The P programs of a (token, kv head) take
 its splits in turn (split p, p + P, ...): P follows N, about four programs per multiprocessor in all, because at 16
 sequences of short context a program per split cost 8% of the step in empty programs; which program computes a split
@@ -57,7 +60,7 @@ import triton
 import triton.language as tl
 
 from xpullm.kernels.paged import PagedBatch, PagedLayer, kv_rotated
-from xpullm.kernels.triton.attention import _device_limits, _merge_splits_kernel, _softmax_step
+from xpullm.kernels.triton.attention import _device_limits, _softmax_step
 from xpullm.kernels.triton.pdl import launch_options, wait_for_inputs
 from xpullm.settings import runtime_settings
 
@@ -151,17 +154,18 @@ def _column(b, WINDOW: tl.constexpr, SINK_COLS, RING):
 @triton.jit
 def _paged_write_kernel(
     qkv_ptr, cos_ptr, sin_ptr, pos_ptr, seq_ptr, table_ptr, qn_ptr, kn_ptr, q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr,
-    stride_qkv, stride_cos, stride_sin, stride_t,
+    cnt_ptr, stride_qkv, stride_cos, stride_sin, stride_t,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
     eps, sink_cols, ring,
     H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr, BS: tl.constexpr, HAS_NORM: tl.constexpr,
-    CODES: tl.constexpr, WINDOW: tl.constexpr, PDL: tl.constexpr, ROT: tl.constexpr,
+    CODES: tl.constexpr, WINDOW: tl.constexpr, PDL: tl.constexpr, ROT: tl.constexpr, COUNTERS: tl.constexpr,
 ):  # fmt: skip
     """One head vector of one token: q -> q buffer [N, H, D], k -> its pool slot (both normalized and rotated),
     v -> its pool slot. Rotation: x * cos + roll(x, D/2) * sin (the caller's sin carries rotate_half's sign).
     CODES (1 int8, 2 e4m3): k and v are stored as codes with their scale (contiguous [num_blocks, KV, BS] scales).
-    ROT: q, k and v are turned into the pools' basis (x R, butterflies) first."""
+    ROT: q, k and v are turned into the pools' basis (x R, butterflies) first. COUNTERS: the programs of q heads
+    0..KV-1 also zero the attention kernel's arrival counters [N, KV] (it runs after this kernel)."""
     n = tl.program_id(0).to(tl.int64)
     hh = tl.program_id(1)
     offs = tl.arange(0, D)
@@ -172,6 +176,8 @@ def _paged_write_kernel(
     seq = tl.load(seq_ptr + n)
     blk = tl.load(table_ptr + seq * stride_t + _column(pos // BS, WINDOW, sink_cols, ring)).to(tl.int64)
     slot = pos % BS
+    if COUNTERS:
+        tl.store(cnt_ptr + n * KV + hh, 0, mask=hh < KV)
     if hh < H + KV:
         x = tl.load(src + offs).to(tl.float32)
         xr = tl.load(src + rolled).to(tl.float32)
@@ -207,7 +213,7 @@ def _paged_write_kernel(
 
 @triton.jit
 def _paged_attention_kernel(
-    q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, seq_ptr, table_ptr, o_ptr, ws_acc_ptr, ws_ml_ptr,
+    q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, pos_ptr, seq_ptr, table_ptr, o_ptr, ws_acc_ptr, ws_ml_ptr, cnt_ptr,
     qk_scale, stride_t, window, sinks, sink_cols, ring, n_rows, programs,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
@@ -217,11 +223,11 @@ def _paged_attention_kernel(
     PREFETCH: tl.constexpr, MIN_SPLIT: tl.constexpr,
 ):  # fmt: skip
     """Attention of the G query heads of one (token, kv head) over columns 0..pos of the token's sequence, or
-    (SPLITS > 1) over splits program_id(2), + `programs`, ... of them: for each it stores the running max m and sum
-    l (exp2 domain) and unnormalized output in the workspace (acc [S, N * H, D], m and l [2, S, N * H], as the
-    merge reads them); an empty split stores m = -inf only. Split 0 always holds the first column (and the sinks).
-    Splits are at least MIN_SPLIT columns: a token whose columns fit one split stores its output directly (and
-    split 0's m), and the merge leaves its rows alone. Which program computes a split never changes its result,
+    (SPLITS > 1) over splits program_id(2), + `programs`, ... of the live ones: for each it stores the running max
+    m and sum l (exp2 domain) and unnormalized output in the workspace (acc [S, N * H, D], m and l [2, S, N * H]),
+    then counts itself in at cnt[n, j]; the last of min(programs, live) programs merges (`_merge_live`). Split 0
+    always holds the first column (and the sinks). Splits are at least MIN_SPLIT columns: a token whose columns fit
+    one split has program 0 store its output directly. Which program computes a split never changes its result,
     so `programs` may follow N; the split length depends only on the token's own position.
     CODES != 0: k and v tiles are 8-bit codes, turned into q's dtype times their per-slot scales in registers.
     ROT: q, k and v are in the pools' rotated basis; the output is turned back by R (R R = I, butterflies; a
@@ -254,31 +260,69 @@ def _paged_attention_kernel(
         _store_output(o_ptr, n, heads, g_ok, acc, l_i, KV, G, D, BLOCK_G, ROT)
     else:
         # Split s takes the s-th run of cps columns of lo..pos (whole tiles, at least MIN_SPLIT columns; the
-        # sinks go with split 0); this program takes splits first, first + programs, ...
+        # sinks go with split 0): `live` of them hold columns. This program takes splits first, first + programs,
+        # ... of those; the last of the `workers` programs to finish merges them (no merge launch).
         span = pos + 1 - lo
         cps = tl.cdiv(tl.maximum(tl.cdiv(span, SPLITS), MIN_SPLIT), BLOCK_C) * BLOCK_C
-        for split in range(first, SPLITS, programs):
-            start = lo + split * cps
-            end = tl.minimum(start + cps, pos + 1)
-            row = split * n_rows + n * (KV * G) + heads
-            if start < end:  # split 0 always (it holds the first column and the sinks)
+        live = tl.cdiv(span, cps)
+        if (
+            live == 1
+        ):  # one split holds every column: program 0 stores the output itself, the others do nothing
+            if first == 0:
                 m_i, l_i, acc = _attend_span(
-                    q, k_base, v_base, ks_ptr, vs_ptr, table, tl.where(split == 0, sink_end, 0), start, end, j,
+                    q, k_base, v_base, ks_ptr, vs_ptr, table, sink_end, lo, pos + 1, j,
                     qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
                     KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW, PREFETCH,
                 )  # fmt: skip
+                _store_output(o_ptr, n, heads, g_ok, acc, l_i, KV, G, D, BLOCK_G, ROT)
+        elif first < live:
+            for split in range(first, live, programs):
+                start = lo + split * cps
+                m_i, l_i, acc = _attend_span(
+                    q, k_base, v_base, ks_ptr, vs_ptr, table, tl.where(split == 0, sink_end, 0), start,
+                    tl.minimum(start + cps, pos + 1), j,
+                    qk_scale, sink_cols, ring, stride_kb, stride_ks, stride_kd, stride_vb, stride_vs, stride_vd,
+                    KV, D, BS, BLOCK_G, BLOCK_C, DOT_F32, IEEE, CODES, WINDOW, PREFETCH,
+                )  # fmt: skip
+                if ROT:  # the partials are turned back before the merge, which is linear in them
+                    acc = _walsh_hadamard(acc, BLOCK_G, D)
+                row = split * n_rows + n * (KV * G) + heads
+                tl.store(ws_acc_ptr + row[:, None] * D + offs_d[None, :], acc, mask=g_ok[:, None])
                 tl.store(ws_ml_ptr + row, m_i, mask=g_ok)
-                if cps >= span:  # one split holds every column: the output itself (the merge skips the row)
-                    _store_output(o_ptr, n, heads, g_ok, acc, l_i, KV, G, D, BLOCK_G, ROT)
-                else:
-                    if ROT:
-                        acc = _walsh_hadamard(acc, BLOCK_G, D)
-                    tl.store(ws_acc_ptr + row[:, None] * D + offs_d[None, :], acc, mask=g_ok[:, None])
-                    tl.store(ws_ml_ptr + SPLITS * n_rows + row, l_i, mask=g_ok)
-            else:
-                # An empty split stores m = -inf only (the merge reads nothing more of it), and walks nothing: a
-                # short context in the engine's 16 splits leaves most of them empty.
-                tl.store(ws_ml_ptr + row, tl.full([BLOCK_G], float("-inf"), tl.float32), mask=g_ok)
+                tl.store(ws_ml_ptr + SPLITS * n_rows + row, l_i, mask=g_ok)
+            # Release this program's partials; the one that arrives last (acquire) sees every worker's.
+            arrived = tl.atomic_add(cnt_ptr + n * KV + j, 1, sem="acq_rel", scope="gpu")
+            if arrived == tl.minimum(programs, live) - 1:
+                _merge_live(
+                    ws_acc_ptr, ws_ml_ptr, o_ptr, n * (KV * G) + heads, g_ok, live, n_rows, D, BLOCK_G, SPLITS
+                )
+
+
+@triton.jit
+def _merge_live(
+    ws_acc_ptr, ws_ml_ptr, o_ptr, rows, g_ok, live, n_rows,
+    D: tl.constexpr, BLOCK_G: tl.constexpr, SPLITS: tl.constexpr,
+):  # fmt: skip
+    """The output rows `rows` from their first `live` split partials, in split order: sum_s 2^(m_s - M) acc_s /
+    sum_s 2^(m_s - M) l_s with M = max_s m_s. The partials were written by other programs: read from L2 (.cg).
+    Padding rows (not g_ok) read m = 0, l = 1 and acc = 0, so they stay finite (and are not stored)."""
+    offs_d = tl.arange(0, D)
+    top = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    for s in range(0, live):
+        top = tl.maximum(
+            top, tl.load(ws_ml_ptr + s * n_rows + rows, mask=g_ok, other=0.0, cache_modifier=".cg")
+        )
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, D], dtype=tl.float32)
+    for s in range(0, live):
+        row = s * n_rows + rows
+        w = tl.exp2(tl.load(ws_ml_ptr + row, mask=g_ok, other=0.0, cache_modifier=".cg") - top)
+        l_i += w * tl.load(ws_ml_ptr + SPLITS * n_rows + row, mask=g_ok, other=1.0, cache_modifier=".cg")
+        part = tl.load(ws_acc_ptr + row[:, None] * D + offs_d[None, :], mask=g_ok[:, None], other=0.0,
+                       cache_modifier=".cg")  # fmt: skip
+        acc += w[:, None] * part
+    out = acc / l_i[:, None]
+    tl.store(o_ptr + rows[:, None] * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty), mask=g_ok[:, None])
 
 
 @triton.jit
@@ -483,22 +527,24 @@ def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> 
     opts = launch_options(qkv.device)
     sink_cols = -(-sinks // bs) if window else 0
     ring = block_tables.shape[1] - sink_cols  # < 1: no ring columns, the plain table
-    _paged_write_kernel[(n, h + 2 * kv)](
-        qkv, cos, sin, positions, seq_index, block_tables, qn, kn, q_buf, k_pool, v_pool, ks, vs,
-        qkv.stride(0), cos.stride(0), sin.stride(0), block_tables.stride(0),
-        *k_pool.stride(), *v_pool.stride(), float(eps), sink_cols, ring,
-        H=h, KV=kv, D=d, BS=bs, HAS_NORM=has_norm, CODES=codes, WINDOW=window > 0, ROT=rot,
-        num_warps=1, **opts,
-    )  # fmt: skip
     g = h // kv
     tile = _tile(d, q_buf.element_size(), codes)
     block_c = tile.cols
     # The longest context a token can attend: the table's columns (a window: the window and the sinks).
     splits = _splits(block_tables.shape[1] * bs if not window else window + sinks, block_c)
     run = n if splits == 1 else _SPLIT_TOKENS
-    # The split partials of one run: acc [S, rows, D], then m and l [2, S, rows] (fp32).
+    # Split: the partials of one run, acc [S, rows, D] then m and l [2, S, rows] (fp32), and the arrival counters
+    # of every (token, kv head), which the write kernel zeroes.
     ws = None if splits == 1 else torch.empty(splits * min(n, run) * h * (d + 2), dtype=torch.float32,
                                               device=qkv.device)  # fmt: skip
+    cnt = q_buf if ws is None else torch.empty(n * kv, dtype=torch.int32, device=qkv.device)
+    _paged_write_kernel[(n, h + 2 * kv)](
+        qkv, cos, sin, positions, seq_index, block_tables, qn, kn, q_buf, k_pool, v_pool, ks, vs, cnt,
+        qkv.stride(0), cos.stride(0), sin.stride(0), block_tables.stride(0),
+        *k_pool.stride(), *v_pool.stride(), float(eps), sink_cols, ring,
+        H=h, KV=kv, D=d, BS=bs, HAS_NORM=has_norm, CODES=codes, WINDOW=window > 0, ROT=rot, COUNTERS=ws is not None,
+        num_warps=1, **opts,
+    )  # fmt: skip
     for t0 in range(0, n, run):  # one launch unless split: then runs of _SPLIT_TOKENS tokens
         t1 = min(n, t0 + run)
         rows = (t1 - t0) * h
@@ -508,8 +554,8 @@ def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> 
         programs = _split_programs(t1 - t0, kv, splits, qkv.device)
         _paged_attention_kernel[(t1 - t0, kv, programs)](
             q_buf[t0:t1], k_pool, v_pool, ks, vs, positions[t0:t1], seq_index[t0:t1], block_tables, o,
-            ws_acc, ws_ml, float(scale) * _LOG2E, block_tables.stride(0), window, sinks, sink_cols, ring, rows,
-            programs,
+            ws_acc, ws_ml, cnt if ws is None else cnt[t0 * kv : t1 * kv], float(scale) * _LOG2E,
+            block_tables.stride(0), window, sinks, sink_cols, ring, rows, programs,
             *k_pool.stride(), *v_pool.stride(),
             KV=kv, G=g, D=d, BS=bs, BLOCK_G=max(_MIN_GROUP_ROWS, triton.next_power_of_2(g)),
             BLOCK_C=block_c, DOT_F32=_INTERPRET, IEEE=q_buf.dtype == torch.float32,
@@ -517,9 +563,4 @@ def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> 
             MIN_SPLIT=tile.min_split, num_warps=tile.warps,
             **({} if tile.stages is None else {"num_stages": tile.stages}), **opts,
         )  # fmt: skip
-        if splits > 1:
-            _merge_splits_kernel[(rows,)](
-                ws_acc, ws_ml, o, rows, splits, D=d, BLOCK_S=triton.next_power_of_2(splits), num_warps=4,
-                ONE_SPLIT_DONE=True, **opts
-            )  # fmt: skip
     return out

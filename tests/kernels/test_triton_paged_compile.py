@@ -3,7 +3,7 @@
 The interpreter tests (`test_triton_paged_attention.py`) check the kernels' numbers but not that Triton's compiler
 accepts them; this compiles both kernels ahead of time for CUDA sm_90 through ptxas (shipped in Triton's wheel),
 for bf16 pools with Qwen3's norms and for int8 and fp8 e4m3 pools (the latter in the rotated basis), unsplit and
-split (with the merge of the splits), and checks that the attention runs on tensor cores (`mma`); and at Llama's
+split (the last program merging the splits behind an acquire / release counter), and checks that the attention runs on tensor cores (`mma`); and at Llama's
 attention shape, compiled as a launch specializes it (unit strides, 16-byte aligned pointers), that the shipped tile
 spills no registers for any pool kind (`cuobjdump`, shipped in Triton's wheel too).
 Skipped under TRITON_INTERPRET=1 (the kernels are interpreted functions then) or without Triton's CUDA backend.
@@ -87,7 +87,7 @@ def test_paged_kernels_compile_for_sm90(act: str, pool: str, window: bool, d: in
     codes = {"i8": 1, "fp8e4nv": 2}.get(pool, 0)
     common = {
         "pos_ptr": "*i64", "seq_ptr": "*i64", "table_ptr": "*i32", "ks_ptr": "*fp32", "vs_ptr": "*fp32",
-        "window": "i32", "sinks": "i32", "sink_cols": "i32", "ring": "i32",
+        "window": "i32", "sinks": "i32", "sink_cols": "i32", "ring": "i32", "cnt_ptr": "*i32",
     }  # fmt: skip
     rot = codes == 2  # fp8 pools of a power-of-two head size store the rotated basis (`paged.kv_rotation`)
     write = _compile(
@@ -97,14 +97,14 @@ def test_paged_kernels_compile_for_sm90(act: str, pool: str, window: bool, d: in
             "kn_ptr": f"*{act}", "q_ptr": f"*{act}", "k_ptr": f"*{pool}", "v_ptr": f"*{pool}",
         },
         {"H": 9, "KV": 3, "D": d, "BS": 16, "HAS_NORM": True, "CODES": codes, "WINDOW": window, "PDL": True,
-         "ROT": rot},
+         "ROT": rot, "COUNTERS": True},
         warps=1,
     )  # fmt: skip
     assert write.asm["cubin"]
     for splits in (
         1,
         16,
-    ):  # one program per token and kv head; the split programs (their partials, then a merge)
+    ):  # one program per token and kv head; the split programs (their partials, the last one merging)
         attend = _compile(
             paged._paged_attention_kernel,
             {**common, "q_ptr": f"*{act}", "k_ptr": f"*{pool}", "v_ptr": f"*{pool}", "o_ptr": f"*{act}",
@@ -118,13 +118,9 @@ def test_paged_kernels_compile_for_sm90(act: str, pool: str, window: bool, d: in
         )  # fmt: skip
         assert attend.asm["cubin"]
         assert "mma" in attend.asm["ptx"], "the scores and p @ v should run on tensor cores"
-    merge = _compile(
-        paged._merge_splits_kernel,
-        {"ws_acc_ptr": "*fp32", "ws_ml_ptr": "*fp32", "o_ptr": f"*{act}", "n_rows": "i32", "S": "i32"},
-        {"D": d, "BLOCK_S": 16, "PDL": True, "ONE_SPLIT_DONE": True},
-        warps=4,
-    )
-    assert merge.asm["cubin"]
+        if splits > 1:  # the arrival counter: an acquire-release add at GPU scope, the partials read from L2
+            assert "atom.global.gpu.acq_rel.add" in attend.asm["ptx"]
+            assert "ld.global.cg" in attend.asm["ptx"]
 
 
 @pytest.mark.parametrize("pool", ["bf16", "i8", "fp8e4nv"])
@@ -139,7 +135,7 @@ def test_llama_shaped_attention_spills_no_registers(pool: str) -> None:
         "window": "i32", "sinks": "i32", "sink_cols": "i32", "ring": "i32", "q_ptr": "*bf16",
         "k_ptr": f"*{pool}", "v_ptr": f"*{pool}", "o_ptr": "*bf16", "ws_acc_ptr": "*fp32", "ws_ml_ptr": "*fp32",
         "n_rows": "i32", "programs": "i32", "qkv_ptr": "*bf16", "cos_ptr": "*bf16", "sin_ptr": "*bf16",
-        "qn_ptr": "*bf16", "kn_ptr": "*bf16",
+        "qn_ptr": "*bf16", "kn_ptr": "*bf16", "cnt_ptr": "*i32",
     }  # fmt: skip
     unit = {"stride_kd": 1, "stride_vd": 1}
     attend = _compile(
@@ -158,7 +154,7 @@ def test_llama_shaped_attention_spills_no_registers(pool: str) -> None:
         paged._paged_write_kernel,
         types,
         {"H": 32, "KV": 8, "D": 128, "BS": 16, "HAS_NORM": False, "CODES": codes, "WINDOW": False, "PDL": True,
-         "ROT": codes == 2, **unit},
+         "ROT": codes == 2, "COUNTERS": True, **unit},
         warps=1,
         aligned=True,
     )  # fmt: skip
