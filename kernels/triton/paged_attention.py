@@ -220,7 +220,7 @@ def _paged_attention_kernel(
     KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     CODES: tl.constexpr, WINDOW: tl.constexpr, PDL: tl.constexpr, ROT: tl.constexpr, SPLITS: tl.constexpr,
-    PREFETCH: tl.constexpr, MIN_SPLIT: tl.constexpr,
+    PREFETCH: tl.constexpr, MIN_SPLIT: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
     """Attention of the G query heads of one (token, kv head) over columns 0..pos of the token's sequence, or
     (SPLITS > 1) over splits program_id(2), + `programs`, ... of the live ones: for each it stores the running max
@@ -294,35 +294,42 @@ def _paged_attention_kernel(
             arrived = tl.atomic_add(cnt_ptr + n * KV + j, 1, sem="acq_rel", scope="gpu")
             if arrived == tl.minimum(programs, live) - 1:
                 _merge_live(
-                    ws_acc_ptr, ws_ml_ptr, o_ptr, n * (KV * G) + heads, g_ok, live, n_rows, D, BLOCK_G, SPLITS
+                    ws_acc_ptr, ws_ml_ptr, o_ptr, n * (KV * G) + j * G, live, n_rows, G, D, BLOCK_H, SPLITS
                 )
 
 
 @triton.jit
 def _merge_live(
-    ws_acc_ptr, ws_ml_ptr, o_ptr, rows, g_ok, live, n_rows,
-    D: tl.constexpr, BLOCK_G: tl.constexpr, SPLITS: tl.constexpr,
+    ws_acc_ptr, ws_ml_ptr, o_ptr, base, live, n_rows,
+    G: tl.constexpr, D: tl.constexpr, BLOCK_H: tl.constexpr, SPLITS: tl.constexpr,
 ):  # fmt: skip
-    """The output rows `rows` from their first `live` split partials, in split order: sum_s 2^(m_s - M) acc_s /
-    sum_s 2^(m_s - M) l_s with M = max_s m_s. The partials were written by other programs: read from L2 (.cg).
-    Padding rows (not g_ok) read m = 0, l = 1 and acc = 0, so they stay finite (and are not stored)."""
+    """The output rows base .. base + G - 1 from their first `live` split partials, in split order: sum_s
+    2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s with M = max_s m_s. The partials were written by other programs:
+    read from L2 (.cg). Both loops are unrolled over SPLITS (splits past `live` masked off), so their loads are
+    independent and in flight together; rows are BLOCK_H (G rounded up to a power of two), not the dot's padding."""
+    offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, D)
-    top = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
-    for s in range(0, live):
-        top = tl.maximum(
-            top, tl.load(ws_ml_ptr + s * n_rows + rows, mask=g_ok, other=0.0, cache_modifier=".cg")
-        )
-    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_G, D], dtype=tl.float32)
-    for s in range(0, live):
+    h_ok = offs_h < G
+    rows = base + offs_h
+    top = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    for s in tl.static_range(SPLITS):
+        ok = h_ok & (offs_h * 0 + s < live)  # a tensor comparison (the interpreter masks need one)
+        top = tl.maximum(top, tl.load(ws_ml_ptr + s * n_rows + rows, mask=ok, other=float("-inf"),
+                                      cache_modifier=".cg"))  # fmt: skip
+    top = tl.where(h_ok, top, 0.0)  # padding rows: finite, never stored
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, D], dtype=tl.float32)
+    for s in tl.static_range(SPLITS):
+        ok = h_ok & (offs_h * 0 + s < live)  # a tensor comparison (the interpreter masks need one)
         row = s * n_rows + rows
-        w = tl.exp2(tl.load(ws_ml_ptr + row, mask=g_ok, other=0.0, cache_modifier=".cg") - top)
-        l_i += w * tl.load(ws_ml_ptr + SPLITS * n_rows + row, mask=g_ok, other=1.0, cache_modifier=".cg")
-        part = tl.load(ws_acc_ptr + row[:, None] * D + offs_d[None, :], mask=g_ok[:, None], other=0.0,
+        # masked-off splits read m = -inf: weight 0
+        w = tl.exp2(tl.load(ws_ml_ptr + row, mask=ok, other=float("-inf"), cache_modifier=".cg") - top)
+        l_i += w * tl.load(ws_ml_ptr + SPLITS * n_rows + row, mask=ok, other=0.0, cache_modifier=".cg")
+        part = tl.load(ws_acc_ptr + row[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0,
                        cache_modifier=".cg")  # fmt: skip
         acc += w[:, None] * part
-    out = acc / l_i[:, None]
-    tl.store(o_ptr + rows[:, None] * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty), mask=g_ok[:, None])
+    out = acc / tl.where(h_ok, l_i, 1.0)[:, None]
+    tl.store(o_ptr + rows[:, None] * D + offs_d[None, :], out.to(o_ptr.dtype.element_ty), mask=h_ok[:, None])
 
 
 @triton.jit
@@ -560,7 +567,7 @@ def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> 
             KV=kv, G=g, D=d, BS=bs, BLOCK_G=max(_MIN_GROUP_ROWS, triton.next_power_of_2(g)),
             BLOCK_C=block_c, DOT_F32=_INTERPRET, IEEE=q_buf.dtype == torch.float32,
             CODES=codes, WINDOW=window > 0, ROT=rot, SPLITS=splits, PREFETCH=tile.prefetch,
-            MIN_SPLIT=tile.min_split, num_warps=tile.warps,
+            MIN_SPLIT=tile.min_split, BLOCK_H=max(2, triton.next_power_of_2(g)), num_warps=tile.warps,
             **({} if tile.stages is None else {"num_stages": tile.stages}), **opts,
         )  # fmt: skip
     return out
