@@ -14,21 +14,20 @@ sequences mixed, vLLM-style varlen):
    head)'s programs to finish merges its splits into the output (below).
 
 Each token's columns 0..pos are split S ways ("flash decoding"). One program walking a long context tile by tile is
-latency-bound (each tile's block-table read gates its K / V loads): at one sequence and 512 columns the unsplit
-kernel took 18.4 us a layer on an H100, 0.59 ms of a 2.6 ms int4 step; split, 4.9 us plus 2.5 for the merge. Split s
-takes the s-th run of cps = ceil((pos + 1) / S) columns (at least the tile's split floor) rounded up to whole tiles,
+latency-bound (each tile's block-table read gates its K / V loads): at one sequence and 512 columns the unsplit kernel
+took 18.4 us a layer on an H100, 0.59 ms of a 2.6 ms int4 step; split, 4.9 us plus 2.5 for the merge. Split s takes
+the s-th run of cps = ceil((pos + 1) / S) columns (at least the tile's split floor) rounded up to whole tiles,
 computed on the device from the position (nothing on the host depends on it, so one graph serves every position); a
 short context leaves the later splits empty, and nothing touches them. Each split stores its running max, sum and
 unnormalized output in a workspace; each program adds one to the (token, kv head)'s arrival counter (acquire /
-release, zeroed by the write kernel) after storing its splits, and the one that arrives last combines the live
-splits in split order - no third launch (on an H100 the separate merge cost 3-4.6 us a layer at 16-32 sequences,
-and its launch sat between the attention and the next projection). A token whose columns fit one split stores its
-output directly and touches no counter. S (`XPULLM_PAGED_SPLITS`, at most the
-tiles of the longest context the block table holds) never depends on N. The P programs of a (token, kv head) take
-its splits in turn (split p, p + P, ...): P follows N, about four programs per multiprocessor in all, because at 16
-sequences of short context a program per split cost 8% of the step in empty programs; which program computes a split
-does not change its result. Steps of more than `_SPLIT_TOKENS` tokens launch in runs of that many, so the partials
-stay small.
+release, zeroed by the write kernel) after storing its splits, and the one that arrives last combines the live splits
+in split order - no third launch (on an H100 the separate merge cost 3-4.6 us a layer at 16-32 sequences, and its
+launch sat between the attention and the next projection). A token whose columns fit one split stores its output
+directly and touches no counter. S (`XPULLM_PAGED_SPLITS`, at most the tiles of the longest context the block table
+holds) never depends on N. The P programs of a (token, kv head) take its splits in turn (split p, p + P, ...): P
+follows N, about four programs per multiprocessor in all, because at 16 sequences of short context a program per split
+cost 8% of the step in empty programs; which program computes a split does not change its result. Steps of more than
+`_SPLIT_TOKENS` tokens launch in runs of that many, so the partials stay small.
 
 The attention launches start after the write kernel has written every token's keys, so a prefill chunk's tokens see
 the chunk's earlier keys. A token's result depends only on its own columns, S and the `Tile` (which depend on D, the
@@ -265,9 +264,8 @@ def _paged_attention_kernel(
         span = pos + 1 - lo
         cps = tl.cdiv(tl.maximum(tl.cdiv(span, SPLITS), MIN_SPLIT), BLOCK_C) * BLOCK_C
         live = tl.cdiv(span, cps)
-        if (
-            live == 1
-        ):  # one split holds every column: program 0 stores the output itself, the others do nothing
+        # One live split holds every column: program 0 stores the output itself, the others do nothing.
+        if live == 1:
             if first == 0:
                 m_i, l_i, acc = _attend_span(
                     q, k_base, v_base, ks_ptr, vs_ptr, table, sink_end, lo, pos + 1, j,
