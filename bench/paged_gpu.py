@@ -7,8 +7,8 @@ variant interleaved so clock drift hits all of them. Beside it, in the same run:
 - the read floor: the step's KV bytes (and 8-bit scales) at the bandwidth a device-to-device copy reaches here;
 - PyTorch's `scaled_dot_product_attention` (its flash / efficient kernels) over a dense bf16 cache of the same
   context, one query token per sequence: what a framework without paged kernels runs (no write, no block table).
-Tiles (`--tiles`, columns x warps x prefetch (0 / 1) x shortest split in columns [x Triton's num_stages]:
-`paged_attention.Tile`)
+Tiles (`--tiles`, columns x warps x prefetch (0 / 1) x shortest split in columns [x Triton's num_stages (0: its
+default) [x the longest context run unsplit]]: `paged_attention.Tile`)
 replace the kernel's own choice (`paged_attention._tile`) for a variant; each variant's output is checked against
 the default tile's (within bf16 rounding) before it is timed. `--splits 1` adds the unsplit kernel
 (`XPULLM_PAGED_SPLITS=1`).
@@ -131,9 +131,8 @@ def _copy_bandwidth() -> float:
 
 def _name(tile: kernel.Tile) -> str:
     stages = "" if tile.stages is None else f", {tile.stages} stages"
-    return (
-        f"{tile.cols}x{tile.warps}{' prefetch' if tile.prefetch else ''}, splits >= {tile.min_split}{stages}"
-    )
+    unsplit = f", unsplit <= {tile.unsplit}" if tile.unsplit else ""
+    return f"{tile.cols}x{tile.warps}{' prefetch' if tile.prefetch else ''}, splits >= {tile.min_split}{stages}{unsplit}"
 
 
 def _case(batch: int, context: int, pool: str, tiles: list[kernel.Tile], splits: list[int],
@@ -238,8 +237,8 @@ def main() -> None:
         raise SystemExit("paged_gpu.py times the Triton kernels on a CUDA GPU; none is visible here")
     tiles = []
     for spec in (t for t in args.tiles.split(",") if t):
-        cols, warps, prefetch, min_split, *stages = (int(v) for v in spec.split("x"))
-        tiles.append(kernel.Tile(cols, warps, bool(prefetch), min_split, *stages))
+        cols, warps, prefetch, min_split, stages, unsplit = [*(int(v) for v in spec.split("x")), 0, 0][:6]
+        tiles.append(kernel.Tile(cols, warps, bool(prefetch), min_split, stages or None, unsplit))
     splits = [int(s) for s in args.splits.split(",") if s]
     bandwidth = _copy_bandwidth()
     name = torch.cuda.get_device_name()

@@ -219,14 +219,14 @@ def _paged_attention_kernel(
     KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BS: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr, DOT_F32: tl.constexpr, IEEE: tl.constexpr,
     CODES: tl.constexpr, WINDOW: tl.constexpr, PDL: tl.constexpr, ROT: tl.constexpr, SPLITS: tl.constexpr,
-    PREFETCH: tl.constexpr, MIN_SPLIT: tl.constexpr, BLOCK_H: tl.constexpr,
+    PREFETCH: tl.constexpr, MIN_SPLIT: tl.constexpr, UNSPLIT: tl.constexpr, BLOCK_H: tl.constexpr,
 ):  # fmt: skip
     """Attention of the G query heads of one (token, kv head) over columns 0..pos of the token's sequence, or
     (SPLITS > 1) over splits program_id(2), + `programs`, ... of the live ones: for each it stores the running max
     m and sum l (exp2 domain) and unnormalized output in the workspace (acc [S, N * H, D], m and l [2, S, N * H]),
     then counts itself in at cnt[n, j]; the last of min(programs, live) programs merges (`_merge_live`). Split 0
-    always holds the first column (and the sinks). Splits are at least MIN_SPLIT columns: a token whose columns fit
-    one split has program 0 store its output directly. Which program computes a split never changes its result,
+    always holds the first column (and the sinks). Splits are at least MIN_SPLIT columns, and a token of at most
+    UNSPLIT columns is one split: a token whose columns fit one split has program 0 store its output directly. Which program computes a split never changes its result,
     so `programs` may follow N; the split length depends only on the token's own position.
     CODES != 0: k and v tiles are 8-bit codes, turned into q's dtype times their per-slot scales in registers.
     ROT: q, k and v are in the pools' rotated basis; the output is turned back by R (R R = I, butterflies; a
@@ -263,6 +263,7 @@ def _paged_attention_kernel(
         # ... of those; the last of the `workers` programs to finish merges them (no merge launch).
         span = pos + 1 - lo
         cps = tl.cdiv(tl.maximum(tl.cdiv(span, SPLITS), MIN_SPLIT), BLOCK_C) * BLOCK_C
+        cps = tl.where(span <= UNSPLIT, span, cps)
         live = tl.cdiv(span, cps)
         # One live split holds every column: program 0 stores the output itself, the others do nothing.
         if live == 1:
@@ -474,6 +475,9 @@ class Tile(NamedTuple):
     stages: int | None = None
     """Triton's `num_stages` for the column loop (None: Triton's default, which pipelines the K / V loads through
     shared memory); `bench/paged_gpu.py` times others."""
+    unsplit: int = 0
+    """A context of at most this many columns is one split whatever `min_split` says; longer ones split as the
+    other fields say."""
 
 
 def _tile(d: int, itemsize: int, codes: int) -> Tile:
@@ -483,8 +487,12 @@ def _tile(d: int, itemsize: int, codes: int) -> Tile:
     - eight warps took 25.9 us where four took 21.1 (bf16, 16 x 512), and 40.0 vs 29.7 (int8 32-column tiles);
     - the prefetch lost up to 11% on bf16 pools (64 x 4096: 429.5 vs 385.4 us); on 8-bit pools with 32-column
       tiles it won 10% at 16 / 64 x 4096 (fp8 e4m3) but lost 18% at 1 x 4096 (int8) and spills (fp8, sm_90);
-    - a 128-column split floor won 4% at 16 x 512 and lost 5-15% at 1 and 64 x 512 (bf16)."""
-    return Tile(_block_cols(d, itemsize), _NUM_WARPS, False, 0)
+    - a 128-column split floor won 4% at 16 x 512 and lost 5-15% at 1 and 64 x 512 (bf16);
+    and with the in-kernel merge (2026-12-07, an engine-wide table: 16 splits; bench/results/
+    paged_fused_merge_h100_2026-12-07_s27.txt): a 128-column floor took 10.1 / 12.2 us where none took 11.1 / 15.8
+    at 16 / 32 x 72 (8.2 vs 8.1 at 1 x 72) but 9.6 vs 8.2 at 1 x 544 - so contexts of up to 128 columns run unsplit
+    and longer ones split with no floor (`unsplit`), which keeps the 544- and 4096-column timings as they were."""
+    return Tile(_block_cols(d, itemsize), _NUM_WARPS, False, 0, unsplit=128)
 
 
 def _splits(columns: int, block_c: int) -> int:
@@ -565,7 +573,7 @@ def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> 
             KV=kv, G=g, D=d, BS=bs, BLOCK_G=max(_MIN_GROUP_ROWS, triton.next_power_of_2(g)),
             BLOCK_C=block_c, DOT_F32=_INTERPRET, IEEE=q_buf.dtype == torch.float32,
             CODES=codes, WINDOW=window > 0, ROT=rot, SPLITS=splits, PREFETCH=tile.prefetch,
-            MIN_SPLIT=tile.min_split, BLOCK_H=max(2, triton.next_power_of_2(g)), num_warps=tile.warps,
+            MIN_SPLIT=tile.min_split, UNSPLIT=tile.unsplit, BLOCK_H=max(2, triton.next_power_of_2(g)), num_warps=tile.warps,
             **({} if tile.stages is None else {"num_stages": tile.stages}), **opts,
         )  # fmt: skip
     return out

@@ -112,7 +112,7 @@ def test_paged_kernels_compile_for_sm90(act: str, pool: str, window: bool, d: in
             {
                 "KV": 3, "G": 3, "D": d, "BS": 16, "BLOCK_G": 16, "BLOCK_C": paged._block_cols(d, 2),
                 "DOT_F32": False, "IEEE": False, "CODES": codes, "WINDOW": window, "PDL": True, "ROT": rot,
-                "SPLITS": splits, "PREFETCH": True, "MIN_SPLIT": 128, "BLOCK_H": 4,
+                "SPLITS": splits, "PREFETCH": True, "MIN_SPLIT": 128, "UNSPLIT": 128, "BLOCK_H": 4,
             },
             warps=4,
         )  # fmt: skip
@@ -144,7 +144,7 @@ def test_llama_shaped_attention_spills_no_registers(pool: str) -> None:
         {
             "KV": 8, "G": 4, "D": 128, "BS": 16, "BLOCK_G": 16, "BLOCK_C": tile.cols, "DOT_F32": False, "IEEE": False,
             "CODES": codes, "WINDOW": False, "PDL": True, "ROT": codes == 2, "SPLITS": 16,
-            "PREFETCH": tile.prefetch, "MIN_SPLIT": tile.min_split, "BLOCK_H": 4, **unit,
+            "PREFETCH": tile.prefetch, "MIN_SPLIT": tile.min_split, "UNSPLIT": tile.unsplit, "BLOCK_H": 4, **unit,
         },
         warps=tile.warps,
         aligned=True,
