@@ -145,14 +145,12 @@ def _decode_attention_kernel(
 @triton.jit
 def _merge_splits_kernel(
     ws_acc_ptr, ws_ml_ptr, o_ptr, n_rows, S, D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
-    ONE_SPLIT_DONE: tl.constexpr = False,
 ):  # fmt: skip
     """out[r] = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s with M = max_s m_s; one program per (row, head),
     all S partials loaded as one [S, D] tile.
 
     Split 0 always holds a column, so M is finite; an empty split (m = -inf) adds exactly 0, and its l and acc are
-    not read (they need not be written). ONE_SPLIT_DONE: a row with one live split was written by the attention
-    kernel itself (the paged kernel stores a one-split token's output directly); it is left alone.
+    not read (they need not be written).
     """
     r = tl.program_id(0).to(tl.int64)
     offs_s = tl.arange(0, BLOCK_S)
@@ -160,17 +158,13 @@ def _merge_splits_kernel(
     wait_for_inputs(PDL)
     m_all = tl.load(ws_ml_ptr + offs_s * n_rows + r, mask=offs_s < S, other=float("-inf"))
     live = m_all > float("-inf")
-    todo = True
-    if ONE_SPLIT_DONE:
-        todo = tl.sum(live.to(tl.int32), axis=0) > 1
-    if todo:
-        w = tl.exp2(m_all - tl.max(m_all, axis=0))  # 0 for empty splits
-        l_all = tl.load(ws_ml_ptr + (S + offs_s) * n_rows + r, mask=live, other=0.0)
-        acc = tl.load(
-            ws_acc_ptr + (offs_s[:, None] * n_rows + r) * D + offs_d[None, :], mask=live[:, None], other=0.0
-        )
-        out = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * l_all, axis=0)
-        tl.store(o_ptr + r * D + offs_d, out.to(o_ptr.dtype.element_ty))
+    w = tl.exp2(m_all - tl.max(m_all, axis=0))  # 0 for empty splits
+    l_all = tl.load(ws_ml_ptr + (S + offs_s) * n_rows + r, mask=live, other=0.0)
+    acc = tl.load(
+        ws_acc_ptr + (offs_s[:, None] * n_rows + r) * D + offs_d[None, :], mask=live[:, None], other=0.0
+    )
+    out = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * l_all, axis=0)
+    tl.store(o_ptr + r * D + offs_d, out.to(o_ptr.dtype.element_ty))
 
 
 def _check_args(

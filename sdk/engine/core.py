@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -297,6 +297,21 @@ class EngineCore:
                 self._thread.start()
             self._cv.notify()
         return req
+
+    def submit_all(self, items: Iterable[tuple[list[int], GenerationParams, Event]]) -> list[Request]:
+        """Queue (prompt, params, on_event) requests as one arrival: the engine thread takes them together, so a
+        caller's batch shares its first step whatever the thread was doing. If one is refused, the ones queued
+        before it are cancelled and the error raised."""
+        queued: list[Request] = []
+        with self._cv:  # re-entrant (`submit` takes it too); the engine thread takes arrivals only under it
+            try:
+                for prompt, params, on_event in items:
+                    queued.append(self.submit(prompt, params, on_event))
+            except BaseException:
+                for req in queued:
+                    req.cancel()
+                raise
+        return queued
 
     def stats(self) -> CoreStats:
         """Queue, running and KV counts (read without stopping the engine; values may lag one step)."""

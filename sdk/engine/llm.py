@@ -385,8 +385,9 @@ class LLM:
 
         requests = []
         try:
-            for i, ids in enumerate(prompts):
-                requests.append(self._core.submit(ids, p, lambda k, v, i=i: push(k, v, i)))
+            requests = self._core.submit_all(
+                (ids, p, lambda k, v, i=i: push(k, v, i)) for i, ids in enumerate(prompts)
+            )
             left = len(prompts)
             while left:
                 kind, row, value = await events.get()
@@ -445,9 +446,10 @@ class LLM:
         events: queue.SimpleQueue[tuple[str, int, Any]] = queue.SimpleQueue()
         requests = []
         try:
-            # Every prompt is submitted before any result is read: they all share the engine's steps.
-            for i, ids in enumerate(prompts):
-                requests.append(self._core.submit(ids, p, lambda k, v, i=i: events.put((k, i, v))))
+            # Every prompt arrives at once, before any result is read: they all share the engine's steps.
+            requests = self._core.submit_all(
+                (ids, p, lambda k, v, i=i: events.put((k, i, v))) for i, ids in enumerate(prompts)
+            )
             done: list[Any] = [None] * len(prompts)
             left = len(prompts)
             while left:

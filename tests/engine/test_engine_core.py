@@ -4,12 +4,14 @@ output bit for bit, cancellation frees blocks, a full KV budget queues, prefix-c
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
 from tests.engine.threads import in_threads
 from xpullm.engine import LLM
 from xpullm.engine.core import EngineConfig, KVBudgetTooSmall
+from xpullm.engine.params import GenerationParams
 
 PROMPTS = [
     "The capital of France is",
@@ -161,3 +163,38 @@ def test_interpreter_exit_during_a_generation_does_not_abort(tmp_path) -> None:
     done = subprocess.run([sys.executable, "-P", str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "terminate called" not in done.stderr
+
+
+def test_submit_all_arrives_as_one_step_and_a_refusal_cancels_the_queued(llm: LLM) -> None:
+    engine = _engine(llm, kv_budget_tokens=64, block_size=16, max_batched_tokens=64)
+    core = engine.engine
+    ids = [engine.tokenizer(p)["input_ids"] for p in PROMPTS[:3]]
+    params = GenerationParams(max_new_tokens=4, ignore_eos=True, speculative=False)
+    for _ in range(
+        3
+    ):  # whatever the engine thread is doing, the three share every step: 1 prefill + 3 decodes
+        steps = core.stats().steps
+        done: list[threading.Event] = [threading.Event() for _ in ids]
+        core.submit_all(
+            (p, params, lambda k, v, e=e: e.set() if k == "done" else None)
+            for p, e in zip(ids, done, strict=True)
+        )
+        assert all(e.wait(60) for e in done)
+        assert core.stats().steps - steps == 4
+    finished: list[str] = []
+    with pytest.raises(KVBudgetTooSmall, match="kv_budget_tokens"):
+        core.submit_all(
+            [
+                (
+                    ids[0],
+                    GenerationParams(max_new_tokens=40),
+                    lambda k, v: finished.append(v.finish_reason) if k == "done" else None,
+                ),
+                (ids[1], GenerationParams(max_new_tokens=100), lambda k, v: None),  # > the 4 blocks: refused
+            ]
+        )
+    deadline = time.monotonic() + 60
+    while not finished and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert finished == ["cancelled"]
+    assert core.stats().kv_used_blocks == 0
