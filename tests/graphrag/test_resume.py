@@ -35,6 +35,12 @@ def _lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+def _persisted_calls(root: Path) -> int:
+    """The LLM calls the child's stats.json records (rewritten atomically), -1 before it exists."""
+    path = root / "output" / "stats.json"
+    return json.loads(path.read_text())["totals"]["llm_calls"] if path.exists() else -1
+
+
 def test_sigkill_then_resume_repeats_no_call(tmp_path, data_dir, embedder):
     root, log = tmp_path / "project", tmp_path / "engine.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -45,7 +51,10 @@ def test_sigkill_then_resume_repeats_no_call(tmp_path, data_dir, embedder):
         stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 240
-    while len(_lines(log)) < 6:  # the first extraction round has been answered
+    # Kill between two batches: the first extraction round answered (logged when its batch returns) and recorded
+    # (stats.json, written with the cache after the batch). Waiting for the log alone could land the kill in
+    # between on a loaded machine, losing that batch's answers, which the resumed job then rightly asks again.
+    while not (len(_lines(log)) >= 6 and _persisted_calls(root) == len(_lines(log))):
         assert child.poll() is None, child.stdout.read().decode()
         assert time.monotonic() < deadline, "the child never reached the extraction stage"
         time.sleep(0.05)
