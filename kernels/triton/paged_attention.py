@@ -260,7 +260,7 @@ def _paged_attention_kernel(
     else:
         # Split s takes the s-th run of cps columns of lo..pos (whole tiles, at least MIN_SPLIT columns; the
         # sinks go with split 0): `live` of them hold columns. This program takes splits first, first + programs,
-        # ... of those; the last of the `workers` programs to finish merges them (no merge launch).
+        # ... of those; the last of the min(programs, live) that have one to finish merges them (no merge launch).
         span = pos + 1 - lo
         cps = tl.cdiv(tl.maximum(tl.cdiv(span, SPLITS), MIN_SPLIT), BLOCK_C) * BLOCK_C
         cps = tl.where(span <= UNSPLIT, span, cps)

@@ -368,9 +368,8 @@ class EngineCore:
         plan = self.scheduler.schedule()
         if plan.chunks:
             self._step(plan)
-            if (
-                not self.scheduler.has_work
-            ):  # the last tokens' text and events go out before the loop may idle
+            # The last tokens' text and events go out before the loop may idle.
+            if not self.scheduler.has_work:
                 self._drain()
         else:  # nothing fits yet (cannot happen with a validated queue, but never spin)
             self._drain()

@@ -170,9 +170,8 @@ def test_submit_all_arrives_as_one_step_and_a_refusal_cancels_the_queued(llm: LL
     core = engine.engine
     ids = [engine.tokenizer(p)["input_ids"] for p in PROMPTS[:3]]
     params = GenerationParams(max_new_tokens=4, ignore_eos=True, speculative=False)
-    for _ in range(
-        3
-    ):  # whatever the engine thread is doing, the three share every step: 1 prefill + 3 decodes
+    # Whatever the engine thread is doing, the three share every step: 1 prefill + 3 decodes.
+    for _ in range(3):
         steps = core.stats().steps
         done: list[threading.Event] = [threading.Event() for _ in ids]
         core.submit_all(
