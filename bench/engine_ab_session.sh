@@ -11,6 +11,11 @@
 # judge an engine change (`git archive REV sdk kernels bench integrations graphrag apps | tar x -C bench/out/old`,
 # carried with the call); both share this tree's kernel caches.
 #
+# A_ARGS / B_ARGS: more engine_gpu.py arguments for one variant, e.g. launch-ahead on against off in one tree:
+#
+#   OUT=... A_ARGS="--launch-ahead off" B_ARGS="--launch-ahead on" FORMATS=sym_int4:128,bf16 STREAMS=1,16,32 \
+#     bash bench/engine_ab_session.sh
+#
 # Rows go to $OUT/ab.jsonl with "variant" (A / B) and "round"; a table of medians and B / A ratios is printed.
 # Carry bench/out/pydeps and, to skip the ~80 s build, .cache/xpullm/cuda built for the current source.
 set -u
@@ -35,9 +40,10 @@ for r in $(seq "$ROUNDS"); do
     secs=$SECS
     [ "$r$v" = 1A ] && secs=$((SECS + FIRST))
     tree=${v}_TREE
+    args=${v}_ARGS
     # shellcheck disable=SC2206  # EXTRA is words
     E=(bash "${!tree}/bench/gpu_run.sh" py "${!tree}/bench/engine_gpu.py" --streams "$STREAMS" --static-batches= --no-llm
-       --formats "$FORMATS" $EXTRA)
+       --formats "$FORMATS" $EXTRA ${!args:-})
     # shellcheck disable=SC2086  # the settings are words of NAME=VALUE
     env ${!v} timeout -k 5 "$secs" "${E[@]}" --out "$rows" >"$OUT/$v.$r.txt" 2>&1
     echo "== $v round $r rc=$?"

@@ -173,6 +173,7 @@ def engine_stage(args: argparse.Namespace, shape: Shape, device: torch.device) -
             speculative=None,
             kv_cache_dtype=args.kv_cache_dtype,
             graph_buckets=tuple(sorted(set(streams) | {PROMPT})) if not args.no_graphs else (),
+            launch_ahead=None if args.launch_ahead == "auto" else args.launch_ahead == "on",
         )
         core = build_core(dec, word_tokenizer(shape.vocab), [], shape.max_len, config)
         if args.eager_replay and not args.no_graphs:  # CPU dry runs: the graph path's bookkeeping, no graphs
@@ -194,7 +195,7 @@ def engine_stage(args: argparse.Namespace, shape: Shape, device: torch.device) -
             warm = time.perf_counter() - t0
             replays = graphs.replays if graphs else 0
             captures = graphs.captures if graphs else 0
-            steps = core.stats().steps
+            steps, ahead = core.stats().steps, core.stats().ahead_steps
             r = _run_round(core, prompts(), args.tokens)
             decode_tokens = s * (args.tokens - 1)
             _append(args.out, {
@@ -205,6 +206,7 @@ def engine_stage(args: argparse.Namespace, shape: Shape, device: torch.device) -
                 "new_captures": (graphs.captures if graphs else 0) - captures, "warmup_s": warm,
                 "device": _device_name(device), "prompt": args.prompt,
                 "paged_splits": runtime_settings().paged_splits, "kv_cache_dtype": args.kv_cache_dtype,
+                "ahead_steps": core.stats().ahead_steps - ahead, "launch_ahead": core._launch_ahead,
             })  # fmt: skip
         del core, dec
         static_rows(args, shape, device, model, fmt, group)
@@ -389,8 +391,9 @@ def peer_stage(args: argparse.Namespace, shape: Shape, device: torch.device) -> 
 
 
 def _variant(r: dict) -> str:
-    """An engine row's kernel variant: its KV pools and paged-attention split count."""
-    return f"kv {r.get('kv_cache_dtype', 'auto')}, splits {r.get('paged_splits')}"
+    """An engine row's variant: its KV pools, paged-attention split count and (where recorded) launch-ahead."""
+    ahead = f", ahead {'on' if r['launch_ahead'] else 'off'}" if "launch_ahead" in r else ""
+    return f"kv {r.get('kv_cache_dtype', 'auto')}, splits {r.get('paged_splits')}{ahead}"
 
 
 def _splits_table(rows: list[dict], md_path: str | None) -> str:
@@ -498,6 +501,10 @@ def main() -> None:
         help="stage peer: N such processes compile at once, then time one at a time (a lock in DIR)",
     )  # fmt: skip
     ap.add_argument("--no-graphs", action="store_true", help="engine steps all eager")
+    ap.add_argument(
+        "--launch-ahead", choices=("auto", "on", "off"), default="auto",
+        help="engine stage: queue each decode step before reading the last one's tokens (auto: on for GPUs)",
+    )  # fmt: skip
     ap.add_argument(
         "--eager-replay", action="store_true", help="dry runs: step graphs re-run eagerly (any device)"
     )

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from xpullm.engine.constrained import GrammarConstraint
+from xpullm.engine.host_copy import to_device, to_host
 from xpullm.engine.kv_blocks import BlockPool, StreamingWindow
 from xpullm.engine.params import Completion, GenerationParams, InvalidParameter, Timings, TokenLogprob
 from xpullm.engine.runner import ModelRunner
@@ -109,6 +110,14 @@ class EngineConfig:
     is the engine thread's own work, so overlapping would only delay every token by a step). Outputs are the
     same either way; a request ended by a stop string may have one more token computed and dropped."""
 
+    launch_ahead: bool | None = None
+    """Queue the next decode step before the host has read this step's tokens: its input ids are this step's
+    argmax, taken on the device, so the device never waits for the host's token bookkeeping between steps. Only
+    steps where every running request decodes greedily without drafts (no prefill, no arrivals waiting) run
+    ahead; a row whose token the host then picks differently (EOS banned by min_tokens) or whose request has
+    ended is dropped and recomputed or forgotten. None: on where `overlap_text` is (CUDA / XPU). Outputs are the
+    same either way."""
+
     def __post_init__(self) -> None:
         from xpullm.kernels.paged import KV_CACHE_DTYPES
 
@@ -147,6 +156,8 @@ class CoreStats:
     """Speculative draft tokens verified (all requests since start)."""
     accepted_draft_tokens: int = 0
     """Draft tokens accepted: tokens gained over plain decoding."""
+    ahead_steps: int = 0
+    """Steps queued before the host had read the previous step's tokens (`EngineConfig.launch_ahead`)."""
 
 
 class Request:
@@ -204,6 +215,30 @@ class Request:
         )
 
 
+@dataclass
+class _Launched:
+    """A step queued on the device whose tokens the host has not taken yet."""
+
+    chunks: list[tuple[Sequence, int, int]]
+    owners: list[tuple[Request, list[int]]]
+    """The requests that get tokens from this step, with their drafts."""
+    first_rows: list[int]
+    """Per owner, its first logits row (one row per draft token, plus one)."""
+    logits: torch.Tensor
+    argmax: torch.Tensor | None
+    """Each logits row's argmax on the device (when a greedy request is in the step): a step run ahead reads it."""
+    greedy: Callable[[], list[int]] | None
+    """Waits for `argmax` on the host (and for nothing queued after it)."""
+    fed_from: list[int] = field(default_factory=list)
+    """Run ahead: per chunk, the previous step's logits row whose argmax is its input token."""
+    stale: set[int] = field(default_factory=set)
+    """Run ahead: id()s of sequences whose input token the host picked differently (their rows are dropped)."""
+
+    def keep(self, i: int) -> bool:
+        seq = self.chunks[i][0]
+        return not seq.finished and id(seq) not in self.stale
+
+
 class EngineCore:
     """Owns the runner and scheduler and runs the step loop in one background thread."""
 
@@ -230,6 +265,12 @@ class EngineCore:
         self._pending: list[tuple[Request, int | None, TokenLogprob | None]] = []
         overlap = config.overlap_text
         self._overlap = runner.device.type != "cpu" if overlap is None else overlap
+        ahead = self._overlap if config.launch_ahead is None else config.launch_ahead
+        # A tensor-parallel runner mirrors its calls to other ranks, which take host token ids only.
+        self._launch_ahead = ahead and self.streaming is None and isinstance(runner, ModelRunner)
+        self._ahead: _Launched | None = None  # the step queued ahead, its tokens not taken yet
+        self._ahead_steps = 0
+        self._stale_rows = 0  # rows run ahead on a token the host did not keep (recomputed)
         self._thread: threading.Thread | None = None
         self._tokens_generated = 0
         self._steps = 0
@@ -324,6 +365,7 @@ class EngineCore:
             prefix_hit_blocks=s.prefix_hits, prefix_query_blocks=s.prefix_queries, evicted_blocks=s.evictions,
             tokens_generated=self._tokens_generated, steps=self._steps, last_ttft_s=self._last_ttft,
             draft_tokens=self._draft_tokens, accepted_draft_tokens=self._accepted_tokens,
+            ahead_steps=self._ahead_steps,
         )  # fmt: skip
 
     # -- engine thread
@@ -335,7 +377,7 @@ class EngineCore:
                     incoming, self._incoming = self._incoming, []
                     self._thread = None
                     break
-                if not self._incoming and not self.scheduler.has_work:
+                if not self._incoming and not self.scheduler.has_work and self._ahead is None:
                     self._cv.wait(_IDLE_EXIT_S)
                     if not self._incoming and not self.scheduler.has_work:
                         self._thread = None
@@ -344,10 +386,12 @@ class EngineCore:
             try:
                 self._iterate(incoming)
             except Exception as exc:  # a bug, not a request's fault: fail everything in flight, keep serving
+                self._ahead = None
                 self._drain()
                 for req in list(self._requests.values()):
                     self._fail(req, exc)
         # Stopped: what was queued or running ends as cancelled (its blocks freed, its caller told).
+        self._ahead = None
         self._drain()
         for req in incoming:
             self.scheduler.add(req.seq)
@@ -363,18 +407,28 @@ class EngineCore:
         for req in [r for r in self._requests.values() if r.cancelled]:
             req.finish = "cancelled"
             self._flush(req)
-        if self._drafter is not None:
-            self._draft()
-        plan = self.scheduler.schedule()
-        if plan.chunks:
-            self._step(plan)
-            # The last tokens' text and events go out before the loop may idle.
-            if not self.scheduler.has_work:
+        step, self._ahead = self._ahead, None
+        if step is None:
+            if self._drafter is not None:
+                self._draft()
+            plan = self.scheduler.schedule()
+            if not plan.chunks:  # nothing fits yet (cannot happen with a validated queue, but never spin)
                 self._drain()
-        else:  # nothing fits yet (cannot happen with a validated queue, but never spin)
+                with self._cv:
+                    self._cv.wait(0.01)
+                return
+            step = self._launch(plan.chunks)
+        else:  # run ahead: its rows of requests that have ended, or whose input token was wrong, are dropped
+            kept = [i for i in range(len(step.chunks)) if step.keep(i)]
+            step.chunks = [step.chunks[i] for i in kept]
+            step.owners = [step.owners[i] for i in kept]
+            step.first_rows = [step.first_rows[i] for i in kept]
+        if step is not None:
+            self.scheduler.advance(StepPlan(step.chunks))
+            self._complete(step)
+        # The last tokens' text and events go out before the loop may idle.
+        if not self.scheduler.has_work and self._ahead is None:
             self._drain()
-            with self._cv:
-                self._cv.wait(0.01)
 
     def _draft(self) -> None:
         """Set `seq.draft` for the decoding requests that speculate, within the step's token budget."""
@@ -400,52 +454,114 @@ class EngineCore:
             if not draft and self._drafter.cost > 0:  # type: ignore[union-attr]
                 self._requests[id(seq)].spec.missed()  # type: ignore[union-attr]
 
-    def _step(self, plan: StepPlan) -> None:
+    def _launch(
+        self, chunks: list[tuple[Sequence, int, int]], fed: torch.Tensor | None = None
+    ) -> _Launched | None:
+        """Queue one step of `chunks` on the device; None when the forward raised (its requests fail, the engine
+        keeps serving the others). `fed`: the step's input ids as a device tensor (a step run ahead: one decode
+        token per chunk, sampled on the device by the step before it)."""
         ids: list[int] = []
         positions: list[int] = []
         seq_index: list[int] = []
         logit_rows: list[int] = []
-        owners: list[tuple[Request, list[int]]] = []  # requests that get tokens, with their drafts
+        owners: list[tuple[Request, list[int]]] = []
+        first_rows: list[int] = []
         by_seq = self._requests
-        for seq, start, n in plan.chunks:
+        for seq, start, n in chunks:
             if self._slot_owner.get(seq.slot) is not seq or seq.table_changed:  # new, or its ring moved on
                 self.runner.set_table(seq.slot, seq.blocks)
                 self._slot_owner[seq.slot] = seq
                 seq.table_changed = False
             draft, seq.draft = seq.draft, []
-            ids.extend([seq.tokens[start], *draft] if draft else seq.tokens[start : start + n])
+            if fed is None:
+                ids.extend([seq.tokens[start], *draft] if draft else seq.tokens[start : start + n])
             positions.extend(range(start, start + n))
             seq_index.extend([seq.slot] * n)
-            if start + n == len(seq.tokens) + len(draft):
-                logit_rows.extend(range(len(ids) - 1 - len(draft), len(ids)))  # a row per draft, plus one
+            if fed is not None or start + n == len(seq.tokens) + len(draft):
+                first_rows.append(len(logit_rows))
+                # a row per draft, plus one
+                logit_rows.extend(range(len(positions) - 1 - len(draft), len(positions)))
                 owners.append((by_seq[id(seq)], draft))
         try:
-            logits = self.runner.forward(ids, positions, seq_index, logit_rows)
-        except Exception as exc:  # the step's requests fail; the engine keeps serving the others
+            logits = self.runner.forward(ids if fed is None else fed, positions, seq_index, logit_rows)
+        except Exception as exc:
             self._drain()
-            for seq, _, _ in plan.chunks:
+            for seq, _, _ in chunks:
                 self._fail(by_seq[id(seq)], exc)
-            return
-        self.scheduler.advance(plan)
+            return None
         self._steps += 1
+        argmax = greedy = None
+        if any(r.fast_greedy for r, _ in owners):
+            argmax = logits.argmax(-1)
+            greedy = to_host(argmax)
+        return _Launched(chunks, owners, first_rows, logits, argmax, greedy)
+
+    def _complete(self, step: _Launched) -> None:
+        """Take a queued step's tokens (its plan already advanced): first queue the next step ahead where it may
+        run, then the last step's text while the device works, then each request's tokens."""
+        if self._launch_ahead:
+            self._ahead = self._run_ahead(step)
         if self._overlap:
             # The step runs on the device while the last step's tokens become text here. A stop string found now
             # ends its request; the token this step computes for it is dropped below.
             self._drain()
-        greedy = logits.argmax(-1).tolist() if any(r.fast_greedy for r, _ in owners) else None
+        greedy = step.greedy() if step.greedy is not None else None
         now = time.perf_counter()
-        row = 0
-        for req, draft in owners:
-            first, row = row, row + 1 + len(draft)
-            if req.finish is not None:
+        for (req, draft), first in zip(step.owners, step.first_rows, strict=True):
+            if req.finish is not None or req.closed:
                 continue
             try:
-                self._verify(req, draft, first, logits, greedy, now)
+                self._verify(req, draft, first, step.logits, greedy, now)
             except Exception as exc:  # e.g. a grammar matcher rejecting a token: only this request fails
                 self._drain()
                 self._fail(req, exc)
+        ahead = self._ahead
+        if ahead is not None and greedy is not None:
+            # Rows run ahead on a token the host did not keep (EOS banned: the host took the next best) are stale.
+            for (seq, start, _), row in zip(ahead.chunks, ahead.fed_from, strict=True):
+                if not seq.finished and (len(seq.tokens) != start + 1 or seq.tokens[start] != greedy[row]):
+                    ahead.stale.add(id(seq))
+                    self._stale_rows += 1
         if not self._overlap:
             self._drain()
+
+    def _run_ahead(self, step: _Launched) -> _Launched | None:
+        """Queue the step after `step` before reading its tokens, when every running request is in `step` as one
+        greedy decode token with nothing waiting to join: its input ids are `step`'s argmax rows, on the device.
+        A request whose token from `step` is surely its last is left out (that row would be wasted)."""
+        running = len(self.scheduler.running)
+        if (
+            step.argmax is None
+            or self.scheduler.waiting
+            or not len(step.chunks) == len(step.owners) == running
+        ):
+            return None
+        with self._cv:
+            if self._incoming:
+                return None
+        chunks: list[tuple[Sequence, int, int]] = []
+        rows: list[int] = []
+        for (seq, start, n), (req, draft), first in zip(
+            step.chunks, step.owners, step.first_rows, strict=True
+        ):
+            if n != 1 or draft or not req.fast_greedy or req.spec is not None or req.cancelled:
+                return None
+            if req.kept + 1 < req.params.max_new_tokens and len(seq.prompt) + req.kept + 1 < req.context:
+                chunks.append((seq, start + 1, 1))
+                rows.append(first)
+        if not chunks:
+            return None
+        argmax = step.argmax
+        fed = (
+            argmax
+            if rows == list(range(len(argmax)))
+            else argmax.index_select(0, to_device(rows, argmax.device))
+        )
+        ahead = self._launch(chunks, fed)
+        if ahead is not None:
+            ahead.fed_from = rows
+            self._ahead_steps += 1
+        return ahead
 
     def _verify(
         self, req: Request, draft: list[int], first: int, logits: torch.Tensor, greedy: list[int] | None,

@@ -113,6 +113,10 @@ class _EmbedRows:
                 self.rows[i] = row
         return torch.stack([self.rows[i] for i in flat]).view(*ids.shape, -1)
 
+    def on_device(self, ids: torch.Tensor) -> torch.Tensor:
+        """The lookup without the row cache, whose keys would need `ids` on the host (a wait for the device)."""
+        return self.embed(ids).to(self.dtype)
+
 
 # --- the static-cache decoder -------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from xpullm.engine.decode import StaticCacheDecoder
+from xpullm.engine.host_copy import to_device
 from xpullm.engine.step_kernels import OpContext, select_op
 from xpullm.engine.step_ops import decoder_layers
 from xpullm.kernels import paged
@@ -196,7 +197,7 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(
         self,
-        input_ids: Sequence[int],
+        input_ids: Sequence[int] | torch.Tensor,
         positions: Sequence[int],
         seq_index: Sequence[int],
         logit_rows: Sequence[int],
@@ -204,6 +205,8 @@ class ModelRunner:
     ) -> torch.Tensor:
         """Next-token logits [len(logit_rows), V] for one flattened step (K/V of every token written to the pools).
 
+        `input_ids` may be a device tensor (the tokens of a step the host has not read yet: `EngineCore`'s
+        launch-ahead); the step's inputs are then queued behind the device's work, never waited for.
         `layers` runs only those layers (a self-speculative draft, eager); their K/V slots are rewritten by the
         full step that verifies the draft.
         """
@@ -215,11 +218,12 @@ class ModelRunner:
             if logits is not None:
                 return logits
         dev = self.device
-        ids = torch.tensor(input_ids, dtype=torch.long, device=dev)
-        pos = torch.tensor(positions, dtype=torch.long, device=dev)
-        rows = torch.tensor(seq_index, dtype=torch.long, device=dev)
-        last = torch.tensor(logit_rows, dtype=torch.long, device=dev)
-        return self.forward_hidden(self.dec.embed(ids[None]), pos, rows, last, layers)
+        if isinstance(input_ids, torch.Tensor):
+            x = self.dec.embed.on_device(input_ids[None])
+        else:
+            x = self.dec.embed(torch.tensor(input_ids, dtype=torch.long, device=dev)[None])
+        pos, rows, last = (to_device(v, dev) for v in (positions, seq_index, logit_rows))
+        return self.forward_hidden(x, pos, rows, last, layers)
 
     def forward_hidden(
         self,

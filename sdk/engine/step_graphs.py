@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from xpullm.engine.host_copy import to_device
 from xpullm.settings import runtime_settings
 
 if TYPE_CHECKING:
@@ -194,23 +195,31 @@ class StepGraphs:
 
     def run(
         self,
-        input_ids: Sequence[int],
+        input_ids: Sequence[int] | torch.Tensor,
         positions: Sequence[int],
         seq_index: Sequence[int],
         logit_rows: Sequence[int],
     ) -> torch.Tensor | None:
-        """The step's logits [len(logit_rows), V] from its bucket's graph, or None when it must run eagerly."""
+        """The step's logits [len(logit_rows), V] from its bucket's graph, or None when it must run eagerly.
+        `input_ids` may be a device tensor (tokens the device sampled, not yet read by the host): then nothing
+        here waits for the device."""
         n = len(input_ids)
         bucket = self.bucket_for(n)
         if bucket is None or (bucket in self._graphs and self._graphs[bucket] is None):
             return None
         pad = bucket - n
         index = self._index[: 3 * bucket]
-        index.copy_(torch.tensor([*input_ids, *[0] * pad, *positions, *[0] * pad, *seq_index,
-                                  *[self.scratch_row] * pad], dtype=torch.long))  # fmt: skip
+        on_device = isinstance(input_ids, torch.Tensor)
+        ids = [0] * n if on_device else input_ids
+        index.copy_(to_device([*ids, *[0] * pad, *positions, *[0] * pad, *seq_index,
+                               *[self.scratch_row] * pad], index.device))  # fmt: skip
+        if on_device:
+            index[:n].copy_(input_ids)
         if self._x is not None:
             # Pad rows keep whatever embedding the buffer last held: finite values whose results are dropped.
-            self._x[0, :n].copy_(self.runner.dec.embed(index[None, :n])[0])
+            embed = self.runner.dec.embed
+            rows = embed.on_device(index[None, :n]) if on_device else embed(index[None, :n])
+            self._x[0, :n].copy_(rows[0])
         cap = self._graphs.get(bucket)
         if cap is None:
             cap = self._graphs[bucket] = self._capture(bucket)

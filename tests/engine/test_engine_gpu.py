@@ -250,3 +250,24 @@ def test_stop_strings_one_step_behind_end_where_the_text_says() -> None:
     for p, c, s in zip(plain, cut, stops, strict=True):
         assert (c.text, c.finish_reason) == (p.text[: p.text.index(s)], "stop")
     assert core.stats().kv_used_blocks == 0
+
+
+def test_steps_run_ahead_on_the_devices_tokens_keep_every_requests_tokens(model) -> None:
+    """`launch_ahead` (on by default on GPUs): without drafts, each decode step is queued before the host reads
+    the last step's tokens, its input ids the device's argmax (pinned, non-blocking copies: nothing waits for the
+    device). All at once the tokens are bitwise those of the engine that reads each step first (the same steps and
+    graph buckets); joining a running batch, the same or parting once at a near-tie."""
+    ahead = engine(model, speculative=None)
+    plain = engine(model, speculative=None, launch_ahead=False)
+    assert ahead._launch_ahead and not plain._launch_ahead
+    assert generate(ahead, PROMPTS) == generate(plain, PROMPTS)
+    stats = ahead.stats()
+    assert stats.ahead_steps >= STEPS - 4 and stats.steps == plain.stats().steps
+    for prompt, g, w in zip(
+        PROMPTS,
+        generate(ahead, PROMPTS, staggered=True),
+        generate(plain, PROMPTS, staggered=True),
+        strict=True,
+    ):
+        assert_same_or_near_tie(model, prompt, g, w)
+    assert ahead.stats().kv_used_blocks == 0 and ahead.stats().running == 0
