@@ -6,8 +6,11 @@ H100 that host part was ~0.5 ms of a 4.7 ms step (docs/benchmarks-gpu.md, sessio
 `EngineCore` exactly as `bench/engine_gpu.py` builds it (word tokenizer, no speculation, graph buckets per stream
 count, `overlap_text` on as on GPUs) over a tiny model whose graph replay is replaced by a no-op that leaves
 preset logits (a rotating set, so tokens and texts change): every step's time is then host time. Reported per
-stream count: microseconds per step (median and range over rounds) and, with `--profile`, the functions the
-engine thread spends it in.
+stream count: microseconds per decode step (median and range over rounds), split into the text work (`_drain`:
+detokenization, stop strings, events - on a GPU it overlaps the device's step), the launch (`ModelRunner.forward`:
+the step's input buffers and the no-op replay) and the rest (each request's token, the next plan); with
+`--profile`, the functions the engine thread spends it in. Launch-ahead is off here (`--launch-ahead on` to time
+its bookkeeping): on a GPU it moves everything but the launch off the step's critical path.
 
     python -P bench/engine_host.py --streams 1,8,16,32,64 --tokens 128 --rounds 5 [--profile 32]
 """
@@ -54,7 +57,7 @@ def _noop_backend(vocab: int):
     return GraphBackend("noop", capture, lambda: None)
 
 
-def build(shape_name: str, streams: list[int], prompt: int, tokens: int):
+def build(shape_name: str, streams: list[int], prompt: int, tokens: int, launch_ahead: bool = False):
     from xpullm.engine.core import EngineConfig, build_core
     from xpullm.engine.decode import FAMILIES, StaticCacheDecoder
     from xpullm.engine.step_graphs import attach_step_graphs
@@ -72,12 +75,35 @@ def build(shape_name: str, streams: list[int], prompt: int, tokens: int):
         speculative=None,
         graph_buckets=tuple(sorted(set(streams) | {prompt})),
         overlap_text=True,  # as on a GPU
+        launch_ahead=launch_ahead,
     )
     core = build_core(dec, word_tokenizer(shape.vocab), [], max(shape.max_len, prompt + tokens + 16), config)
     attach_step_graphs(
         core.runner, config.graph_buckets, core.pool.num_blocks, top, _noop_backend(shape.vocab)
     )
     return core, shape
+
+
+class _Clock:
+    """Time spent in the core's `_drain` and in its runner's small (decode) forwards, wrapped in place."""
+
+    def __init__(self, core, max_decode_tokens: int) -> None:
+        self.text = self.launch = 0.0
+        drain, forward = core._drain, core.runner.forward
+
+        def timed_drain() -> None:
+            t = time.perf_counter()
+            drain()
+            self.text += time.perf_counter() - t
+
+        def timed_forward(ids, *rest, **kw):
+            t = time.perf_counter()
+            out = forward(ids, *rest, **kw)
+            if len(ids) <= max_decode_tokens:  # prefill chunks run the tiny model eagerly: not host work
+                self.launch += time.perf_counter() - t
+            return out
+
+        core._drain, core.runner.forward = timed_drain, timed_forward
 
 
 def _profile_engine_thread(core, prompts, tokens: int, top: int) -> str:
@@ -112,11 +138,13 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, metavar="S", help="profile one round at S streams")
     ap.add_argument("--top", type=int, default=30, help="profile rows printed")
     ap.add_argument("--out", default=None, help="append rows (JSON lines) here")
+    ap.add_argument("--launch-ahead", choices=("on", "off"), default="off")
     args = ap.parse_args()
     streams = [int(s) for s in args.streams.split(",") if s]
-    core, shape = build(
-        args.shape, streams + ([args.profile] if args.profile else []), args.prompt, args.tokens
-    )
+    ahead = args.launch_ahead == "on"
+    levels = streams + ([args.profile] if args.profile else [])
+    core, shape = build(args.shape, levels, args.prompt, args.tokens, ahead)
+    clock = _Clock(core, max(levels))
     gen = torch.Generator().manual_seed(1)
 
     def prompts(s: int) -> list[list[int]]:
@@ -124,20 +152,24 @@ def main() -> None:
 
     for s in streams:  # warm-up: captures every bucket
         _run_round(core, prompts(s), 8)
-    per_step: dict[int, list[float]] = {s: [] for s in streams}
+    per_step: dict[int, list[tuple[float, float, float]]] = {s: [] for s in streams}
     for _ in range(args.rounds):  # interleaved: every stream count once per round
         for s in streams:
             steps = core.stats().steps
+            clock.text = clock.launch = 0.0
             r = _run_round(core, prompts(s), args.tokens)
-            decode_steps = core.stats().steps - steps - 1  # the prefill step excluded
-            per_step[s].append(r["decode_s"] / max(1, decode_steps) * 1e6)
-    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, host us per decode step "
-          f"(median [min-max] over {args.rounds} rounds)")  # fmt: skip
+            us = 1e6 / max(1, core.stats().steps - steps - 1)  # per decode step: the prefill step excluded
+            per_step[s].append((r["decode_s"] * us, clock.text * us, clock.launch * us))
+    print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, launch-ahead {args.launch_ahead}, "
+          f"host us per decode step (median [min-max] over {args.rounds} rounds)")  # fmt: skip
+    print("| streams | step | of which text | launch | rest |\n|---:|---:|---:|---:|---:|")
     for s in streams:
-        v = per_step[s]
-        row = {"streams": s, "host_us_per_step": statistics.median(v), "min": min(v), "max": max(v),
-               "rounds": len(v), "tokens": args.tokens}  # fmt: skip
-        print(json.dumps(row))
+        step, text, launch = ([v[i] for v in per_step[s]] for i in range(3))
+        med = [statistics.median(x) for x in (step, text, launch)]
+        print(f"| {s} | {med[0]:.0f} [{min(step):.0f}-{max(step):.0f}] | {med[1]:.0f} | {med[2]:.0f} | "
+              f"{med[0] - med[1] - med[2]:.0f} |")  # fmt: skip
+        row = {"streams": s, "host_us_per_step": med[0], "min": min(step), "max": max(step), "text_us": med[1],
+               "launch_us": med[2], "rounds": len(step), "tokens": args.tokens, "launch_ahead": ahead}  # fmt: skip
         if args.out:
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
