@@ -10,6 +10,10 @@ for the step's tokens (decodes, then prefill chunks, then newly admitted prompts
 With speculative decoding on (`EngineConfig.speculative`), a drafter first proposes tokens for the decoding
 requests; each such request's step chunk is its last token plus the drafts, and the core accepts row by row while
 the model's token equals the draft, then rolls the sequence back to its last accepted position (`speculative.py`).
+
+On accelerators a step is queued (`_launch`) and then completed (`_complete`): the last step's text is made while
+the device runs it, and where every running request decodes greedily without drafts, the next step is queued
+before this one's tokens are read, fed by their argmax on the device (`EngineConfig.launch_ahead`, `_run_ahead`).
 """
 
 from __future__ import annotations

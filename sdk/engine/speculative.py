@@ -1,8 +1,8 @@
 """Speculative decoding: a drafter proposes a sequence's next tokens, the engine verifies them in one step.
 
 A decoding sequence with a draft of k tokens contributes its last token plus the k drafts as one chunk of k + 1
-tokens with logits for every row (`EngineCore._step`). The paged attention kernel computes each token over keys
-0..its position of its own sequence whatever the chunking, so row i's logits are bitwise the logits plain
+tokens with logits for every row (`EngineCore._launch`, `_verify`). The paged attention kernel computes each
+token over keys 0..its position of its own sequence whatever the chunking, so row i's logits are bitwise the logits plain
 decoding would see after accepting drafts 0..i-1: the core takes the row's token exactly as plain decoding
 would (argmax, or the request's own sampler and seeded generator in the same order), keeps going while that
 token equals the draft, and rolls the sequence back to the last accepted position (rejected positions' K/V are
