@@ -271,3 +271,23 @@ def test_steps_run_ahead_on_the_devices_tokens_keep_every_requests_tokens(model)
     ):
         assert_same_or_near_tie(model, prompt, g, w)
     assert ahead.stats().kv_used_blocks == 0 and ahead.stats().running == 0
+
+
+def test_host_copies_queue_behind_the_devices_work_without_waiting_for_it() -> None:
+    """`host_copy`: a copy of step inputs to the device returns while earlier work still runs (a plain CUDA copy
+    from pageable memory would wait for it), and reading a device result waits for that result only, not for
+    what was queued after it. Checked with the stream's own state, not with timings."""
+    from xpullm.engine.host_copy import to_device, to_host
+
+    stream = torch.cuda.current_stream()
+    to_host(
+        to_device([1, 2, 3], torch.device(DEVICE))
+    )()  # the pinned host pool's first buffers (cudaHostAlloc)
+    torch.cuda._sleep(200_000_000)  # ~0.1 s of queued device work
+    ids = to_device([5, 6, 7], torch.device(DEVICE))
+    assert not stream.query()  # the sleep still runs: to_device did not wait for it
+    take = to_host(ids * 2)
+    torch.cuda._sleep(200_000_000)
+    assert take() == [10, 12, 14]
+    assert not stream.query()  # the second sleep, queued after the copy, still runs
+    torch.cuda.synchronize()
