@@ -12,19 +12,14 @@ import threading
 
 import pytest
 
+from tests.engine.test_engine_core import PROMPTS as CORE_PROMPTS
 from tests.engine.threads import in_threads
 from xpullm.engine import LLM
 from xpullm.engine.core import EngineConfig
 from xpullm.engine.params import GenerationParams
 from xpullm.engine.step_graphs import EAGER_REPLAY, StepGraphs
 
-PROMPTS = [
-    "The capital of France is",
-    "Hi",
-    "List three colors:",
-    "def fibonacci(n):",
-    "Water boils at a temperature of",
-]
+PROMPTS = CORE_PROMPTS[:5]  # the short ones
 # Chat turns the model answers in a few tokens (EOS at 3 and 12 without min_tokens).
 QUESTIONS = ["Reply with one word: yes or no?", "What is 2+2?"]
 
