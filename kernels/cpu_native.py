@@ -175,10 +175,17 @@ def library() -> ctypes.CDLL | None:
         "xq_amx_emu_faults",
         "xq_amx_reason",
         "xq_amx_bf16",
+        "xq_tile_group",
     ):
         getattr(lib, name).restype = ctypes.c_int
         getattr(lib, name).argtypes = []
-    for name in ("xq_set_isa", "xq_path_runnable", "xq_set_amx_min_rows", "xq_set_amx_fp8"):
+    for name in (
+        "xq_set_isa",
+        "xq_path_runnable",
+        "xq_set_amx_min_rows",
+        "xq_set_amx_fp8",
+        "xq_set_tile_group",
+    ):
         getattr(lib, name).argtypes = [ctypes.c_int]
         getattr(lib, name).restype = ctypes.c_int
     lib.xq_amx_probe.argtypes = [
@@ -575,6 +582,25 @@ def reference_int8_activations(x: torch.Tensor, qw: Any, divide: bool = False) -
 _TILE = 4  # weight rows per tile in the runtime layout
 
 
+@contextlib.contextmanager
+def tile_group(tiles: int) -> Iterator[None]:
+    """Tests: weights prepared inside the block use groups of `tiles` tiles (1 or 4), as on another CPU; matmuls on
+    them must run inside it too."""
+    lib = library()
+    before = lib.xq_set_tile_group(tiles)
+    try:
+        yield
+    finally:
+        lib.xq_set_tile_group(before)
+
+
+def group_rows() -> int:
+    """Weight rows per group in the integer and codebook formats' layout: 16 (four tiles interleaved by block) on
+    AVX-512 CPUs, 4 (one tile) on AVX2-only CPUs (cpu_ops.c, `xq_tile_group`)."""
+    lib = library()
+    return _TILE * (lib.xq_tile_group() if lib is not None else 1)
+
+
 def _permute_blocks(codes: torch.Tensor) -> torch.Tensor:
     """int8 codes [N, K] -> each block of 32 columns reordered even columns first, then odd (the activations'
     order, which is how packed int4 bytes unpack)."""
@@ -599,6 +625,12 @@ def _tile_major(t: torch.Tensor) -> torch.Tensor:
 def _row_major(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """`_tile_major`'s inverse for `rows`: [len(rows), C]."""
     return t[rows // _TILE, :, rows % _TILE]
+
+
+def _group_major(t: torch.Tensor, group: int) -> torch.Tensor:
+    """Per-row values [N (multiple of `group`), C] -> [N / group, C, group], the order the kernels read them (row
+    4 i + q of a group: its tile i's row q)."""
+    return t.reshape(-1, group, t.shape[1]).transpose(1, 2).contiguous()
 
 
 @functools.cache
@@ -638,30 +670,45 @@ class _Tiles:
 
 @dataclass
 class NativeTiledState(_Tiles):
-    """Runtime layout of the integer and codebook formats: 4-row tiles interleaved by block of 32 columns."""
+    """Runtime layout of the integer and codebook formats: groups of `group_rows()` rows (16: four 4-row tiles on
+    AVX-512 CPUs; 4: one tile on AVX2 CPUs) interleaved by block of 32 columns, so block b of a group's tiles is one
+    contiguous run (csrc/cpu_ops.c, `tile_w`)."""
 
     bits: int  # 4 (bytes hold column pairs, as in the portable layout) or 8 (block-permuted int8)
     shape: tuple[int, int]
     group_size: int
-    tiles: torch.Tensor  # uint8 [N/4, K/32, 4, 16] (int4) or [N/4, K/32, 2, 4, 16] (int8: even, odd columns)
-    scales: torch.Tensor  # fp16 [N/4, K/32, 4], one per row and block (N padded to a multiple of 4)
+    tiles: (
+        torch.Tensor
+    )  # uint8 [N/G, K/32, G, 16] (int4: rows, bytes) or [N/G, K/32, G/4, 2, 4, 16] (int8: tile,
+    #                      even / odd columns, row, codes); G = group_rows() when prepared
+    scales: torch.Tensor  # fp16 [N/G, K/32, G], one per row and block (N padded to a multiple of G)
     zeros: torch.Tensor | None  # fp16 like scales; None: zero = -8 * scale (int4) or 0 (int8, codebooks)
     lut: torch.Tensor | None = None  # codebooks: int8 [16] table (see `codebook_table`)
     wmul: float = 1.0  # codebooks: the table's multiplier
     levels: torch.Tensor | None = None  # codebooks: the format's exact fp32 levels (for row lookups)
 
+    @property
+    def group(self) -> int:
+        """Weight rows per group of the layout."""
+        return self.scales.shape[2]
+
+    @property
+    def rows(self) -> int:
+        return self.tiles.shape[0] * self.group
+
     def codes(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Portable codes of `rows` (default: all): int4 unpacked to uint8 0..15, int8 as int8, [R, K]."""
         if rows is None:
             rows = torch.arange(self.shape[0])
+        g, r = rows // self.group, rows % self.group
         if self.bits == 4:
-            return unpack_nibbles(self.tiles[rows // _TILE, :, rows % _TILE].reshape(rows.numel(), -1))
-        raw = self.tiles[rows // _TILE, :, :, rows % _TILE].reshape(rows.numel(), -1)
+            return unpack_nibbles(self.tiles[g, :, r].reshape(rows.numel(), -1))
+        raw = self.tiles[g, :, r // _TILE, :, r % _TILE].reshape(rows.numel(), -1)
         return _unpermute_blocks(raw.view(torch.int8))
 
     def block_values(self, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Per-block scales or zeros of `rows` as fp32 [R, K/32, 1]."""
-        return _row_major(t, rows).float()[..., None]
+        return t[rows // self.group, :, rows % self.group].float()[..., None]
 
     def dequantize_rows(self, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Rows of the float weight (an embedding lookup on a tied low-bit head), the format's exact values."""
@@ -677,11 +724,11 @@ class NativeTiledState(_Tiles):
         return (q * scale + zero).reshape(rows.numel(), -1)[:, : self.shape[1]].to(dtype)
 
 
-def _to_blocks(t: torch.Tensor | None, per_block: int, rows: int) -> torch.Tensor | None:
-    """Per-group fp16 values -> one per block of 32 columns, rows padded with zeros, tile-major [N/4, K/32, 4]."""
+def _to_blocks(t: torch.Tensor | None, per_block: int, rows: int, group: int) -> torch.Tensor | None:
+    """Per-group fp16 values -> one per block of 32 columns, rows padded with zeros, group-major [N/G, K/32, G]."""
     if t is None:
         return None
-    return _tile_major(_pad_rows(t.to(torch.float16).repeat_interleave(per_block, dim=1), rows))
+    return _group_major(_pad_rows(t.to(torch.float16).repeat_interleave(per_block, dim=1), rows), group)
 
 
 def _as_fp32_input(x2: torch.Tensor, k: int) -> torch.Tensor:
@@ -724,24 +771,24 @@ class _NativeTiledKernel(Kernel):
         return int8_block_activations(x, qw.padded_k)
 
     def prepare(self, qw: Any, device: torch.device) -> NativeTiledState:
-        n, k = qw.shape[0], qw.padded_k
-        rows = -(-n // _TILE) * _TILE
+        n, k, g = qw.shape[0], qw.padded_k, group_rows()
+        rows = -(-n // g) * g
         codes = _pad_rows(qw.data, rows)
-        if self.bits == 4:  # bytes as stored (column pairs) -> [N/4, K/32, 4, 16]
-            tiles = codes.reshape(rows // _TILE, _TILE, k // 32, 16).transpose(1, 2)
-        else:  # codes reordered per block like the activations, then [N/4, K/32, even/odd, 4, 16]
+        if self.bits == 4:  # bytes as stored (column pairs) -> [N/G, K/32, G rows, 16]
+            tiles = codes.reshape(rows // g, g, k // 32, 16).transpose(1, 2)
+        else:  # codes reordered per block like the activations, then [N/G, K/32, tile, even/odd, 4, 16]
             codes = _permute_blocks(codes).view(torch.uint8)
-            tiles = codes.reshape(rows // _TILE, _TILE, k // 32, 2, 16).permute(0, 2, 3, 1, 4)
+            tiles = codes.reshape(rows // g, g // _TILE, _TILE, k // 32, 2, 16).permute(0, 3, 1, 4, 2, 5)
         per_block = qw.group_size // 32
         return NativeTiledState(
             self.bits, tuple(qw.shape), qw.group_size, tiles.contiguous(),
-            _to_blocks(qw.scales, per_block, rows), _to_blocks(qw.zeros, per_block, rows),
+            _to_blocks(qw.scales, per_block, rows, g), _to_blocks(qw.zeros, per_block, rows, g),
         )  # fmt: skip
 
     def export(self, state: NativeTiledState) -> dict[str, Any]:
         """Portable codes (unpacked), scales and zeros, exactly as they came in (fp16 holds them exactly)."""
         rows, step = torch.arange(state.shape[0]), state.group_size // 32
-        pick = lambda t: None if t is None else _row_major(t, rows)[:, ::step].contiguous()  # noqa: E731
+        pick = lambda t: None if t is None else state.block_values(t, rows)[:, ::step, 0].half()  # noqa: E731
         return {"codes": state.codes(), "scales": pick(state.scales), "zeros": pick(state.zeros)}
 
     def matmul(self, x: torch.Tensor, state: NativeTiledState) -> torch.Tensor:

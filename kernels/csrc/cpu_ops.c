@@ -5,8 +5,9 @@
  *
  *   path       weights x activations                             used for
  *   avx2       u8/s8 x s8 vpmaddubsw, fp8 -> fp16 -> fp32 FMA    any AVX2 + FMA + F16C CPU (the portable floor)
- *   avx512     u8 x s8 vpdpbusd (VNNI) on 4 rows per zmm,         AVX-512 F/BW/VL + VNNI (Ice Lake, Sapphire
- *              fp8 -> fp16 -> fp32 FMA on 16 lanes               Rapids, Zen 4+)
+ *   avx512     u8 x s8 vpdpbusd (VNNI), four tiles (16 weight   AVX-512 F/BW/VL + VNNI (Ice Lake, Sapphire
+ *              rows) per block with the tiles' arithmetic        Rapids, Zen 4+)
+ *              below; fp8 -> fp16 -> fp32 FMA on 16 lanes
  *   amx        s8 x s8 tdpbssd on 16 x 16 tiles per block of 32  AMX-TILE + AMX-INT8 (Sapphire Rapids+), Linux
  *              for calls of >= amx_min_rows rows, VNNI with the  permission granted; prefill and batched rows
  *              tiles' arithmetic below (bit for bit the tiles);
@@ -29,9 +30,12 @@
  * the high byte of the fp16; e4m3: sign | exponent+mantissa << 7, which is the value / 256 for normals and
  * subnormals alike, the 256 is folded into the scale) and F16C converts it exactly to fp32.
  *
- * Weights are regrouped at load into tiles of 4 rows interleaved by block of 32 columns (one tile block is a
- * 64-byte cache line for 4-bit codes), so the stream is read strictly in order; scales (and zeros) are in the
- * same order, [n/4, blocks or groups, 4].
+ * Integer and codebook weights are regrouped at load into tiles of 4 rows, and on AVX-512 CPUs groups of four
+ * tiles (16 rows) interleaved by block of 32 columns (`xq_tile_group`): block b of a group is its four tiles'
+ * blocks in a row (4 x 64 bytes for 4-bit codes, 4 x 128 for int8), so the four-tile kernel reads one stream in
+ * order (`tile_w`; with the tiles one after the other it read four interleaved streams and decode ran 0.8x); on
+ * AVX2 CPUs a tile's blocks are one run. Scales (and zeros) follow the same order: [n / (4 g), blocks, 4 g]; n is
+ * padded to a multiple of 4 g. fp8 weights stay in 4-row tiles, [n/4, blocks, 4, 32], scales [n/4, groups, 4].
  */
 #include <cpuid.h>
 #include <math.h>
@@ -232,6 +236,35 @@ struct job {
     float *y;
 };
 
+/* Tiles per group in the integer weights' layout: 4 where the CPU has AVX-512 VNNI (its kernels take four tiles a
+   block, so a group's block b is one run), 1 on AVX2-only CPUs (whose kernel takes one tile at a time). A property
+   of the CPU, not of a forced path: weights loaded under one path run on every other. */
+static int tile_group_cached = 0;
+static inline int tile_group(void) {
+    if (!tile_group_cached) tile_group_cached = vec_best() == XQ_AVX512 ? 4 : 1;
+    return tile_group_cached;
+}
+int xq_tile_group(void) { return tile_group(); }
+/* Tests: the layout of weights prepared from now on (1 or 4 tiles a group; returns the previous). */
+int xq_set_tile_group(int g) {
+    const int before = tile_group();
+    tile_group_cached = g == 4 ? 4 : 1;
+    return before;
+}
+
+/* Tile t's first block (bb bytes a tile block) and its scales (or zeros) in the group layout; a tile's next block
+   is TILE_STEP(bb) bytes further, its next block's scales SCALE_STEP values. */
+#define TILE_STEP(bb) (tile_group() * (bb))
+#define SCALE_STEP (4 * tile_group())
+static inline const uint8_t *tile_w(const struct job *j, int64_t t, int64_t bb) {
+    const int g = tile_group();
+    return j->w + ((t / g) * j->nb * g + (t % g)) * bb;
+}
+static inline const uint16_t *tile_s(const uint16_t *p, const struct job *j, int64_t t) {
+    const int g = tile_group();
+    return p + (t / g) * j->nb * 4 * g + (t % g) * 4;
+}
+
 /* ---- activations ----------------------------------------------------------------------------------- */
 
 /* x [m, k] float -> q [m, k] int8 (block-permuted), d [m, k/32] block scales, isum / bsum: each block's sum
@@ -326,8 +359,8 @@ XQ_AVX2_FN static inline __m256 dot_s(__m256i w, __m256i x) {
 XQ_AVX2_FN static void tile_int_avx2(const struct job *j, int64_t t) {
     const int kind = j->kind;
     const int64_t nb = j->nb, bb = kind == K_INT8 ? 128 : 64;
-    const uint8_t *w = j->w + t * nb * bb;
-    const uint16_t *sc = j->scale + t * nb * 4, *zc = j->zero ? j->zero + t * nb * 4 : 0;
+    const uint8_t *w = tile_w(j, t, bb);
+    const uint16_t *sc = tile_s(j->scale, j, t), *zc = j->zero ? tile_s(j->zero, j, t) : 0;
     const __m256i lut = kind == K_LUT4 ? _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)j->lut))
                                        : _mm256_setzero_si256();
     const __m128 zmul = _mm_set1_ps(j->zmul);
@@ -339,19 +372,20 @@ XQ_AVX2_FN static void tile_int_avx2(const struct job *j, int64_t t) {
         __m128 zacc = _mm_setzero_ps();
         for (int64_t b = 0; b < nb; ++b) {
             const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * 32));
-            const __m128 s4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(sc + b * 4)));
-            const __m128 z4 = zc ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(zc + b * 4))) : _mm_mul_ps(s4, zmul);
+            const __m128 s4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(sc + b * SCALE_STEP)));
+            const __m128 z4 = zc ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(zc + b * SCALE_STEP)))
+                                 : _mm_mul_ps(s4, zmul);
             zacc = _mm_fmadd_ps(z4, _mm_set1_ps(bs[b]), zacc);
             float f[4];
             _mm_storeu_ps(f, _mm_mul_ps(s4, _mm_set1_ps(d[b] * j->wmul)));
             for (int i = 0; i < 4; ++i) {
                 __m256 dot;
                 if (kind == K_INT4) {
-                    dot = dot_u(nibbles_avx2(w + b * 64 + i * 16), x);
+                    dot = dot_u(nibbles_avx2(w + b * TILE_STEP(64) + i * 16), x);
                 } else if (kind == K_LUT4) {
-                    dot = dot_s(_mm256_shuffle_epi8(lut, nibbles_avx2(w + b * 64 + i * 16)), x);
+                    dot = dot_s(_mm256_shuffle_epi8(lut, nibbles_avx2(w + b * TILE_STEP(64) + i * 16)), x);
                 } else {
-                    const uint8_t *p = w + b * 128 + i * 16;
+                    const uint8_t *p = w + b * TILE_STEP(128) + i * 16;
                     dot = dot_s(_mm256_loadu2_m128i((const __m128i *)(p + 64), (const __m128i *)p), x);
                 }
                 acc[i] = _mm256_fmadd_ps(dot, _mm256_set1_ps(f[i]), acc[i]);
@@ -398,15 +432,16 @@ XQ_AVX2_FN static void tile_fp8_avx2(const struct job *j, int64_t t) {
 
 /* ---- AVX-512 VNNI ---------------------------------------------------------------------------------- */
 
-/* One tile against the activation rows, 4 rows at a time: each tile block (4 weight rows x 32 columns) is decoded
-   once into two 64-byte vectors (even / odd columns of the 4 rows, one row per 128-bit lane) and meets each
-   activation row's broadcast block in two vpdpbusd; lane group i then holds row i's 4 partial sums. */
+/* One tile against R (<= 4) activation rows with the tiles' arithmetic (the four-tile kernel's, for a group it
+   cannot take whole): each tile block (4 weight rows x 32 columns) is decoded once into two 64-byte vectors (even /
+   odd columns of the 4 rows, one row per 128-bit lane) and meets each activation row's broadcast block in two
+   vpdpbusd; the partial sums are added in int32 to the block's exact dots, then scaled as the tile epilogue does. */
 XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(const struct job *j, int64_t t,
-                                                                            int64_t r0, const int R, const int BD) {
+                                                                            int64_t r0, const int R) {
     const int kind = j->kind;
     const int64_t nb = j->nb, bb = kind == K_INT8 ? 128 : 64;
-    const uint8_t *w = j->w + t * nb * bb;
-    const uint16_t *sc = j->scale + t * nb * 4, *zc = j->zero ? j->zero + t * nb * 4 : 0;
+    const uint8_t *w = tile_w(j, t, bb);
+    const uint16_t *sc = tile_s(j->scale, j, t), *zc = j->zero ? tile_s(j->zero, j, t) : 0;
     const __m512i mask = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8((char)0x80);
     const __m512i sel = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     __m512i lut = _mm512_setzero_si512();
@@ -421,126 +456,64 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(c
         const int64_t r = r0 + i;
         xr[i] = j->xq + r * j->k, dr[i] = j->d + r * nb, br[i] = j->bsum + r * nb, ir[i] = j->isum + r * nb;
     }
-    __m512 acc[4], zsum = _mm512_setzero_ps(); /* BD: the zero terms' own sum (a second dependency chain) */
-    __m128 zacc[4];
-    for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps(), zacc[i] = _mm_setzero_ps();
+    __m512 acc = _mm512_setzero_ps(), zsum = _mm512_setzero_ps(); /* the zero terms: a sum of their own */
     for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t *wb = w + b * TILE_STEP(bb);
         __m512i we, wo;
         if (kind == K_INT8) {
-            we = _mm512_xor_si512(_mm512_loadu_si512(w + b * 128), flip);
-            wo = _mm512_xor_si512(_mm512_loadu_si512(w + b * 128 + 64), flip);
+            we = _mm512_xor_si512(_mm512_loadu_si512(wb), flip);
+            wo = _mm512_xor_si512(_mm512_loadu_si512(wb + 64), flip);
         } else {
-            const __m512i raw = _mm512_loadu_si512(w + b * 64);
+            const __m512i raw = _mm512_loadu_si512(wb);
             we = _mm512_and_si512(raw, mask);
             wo = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
             if (kind == K_LUT4) we = _mm512_shuffle_epi8(lut, we), wo = _mm512_shuffle_epi8(lut, wo);
         }
-        const __m128 s4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(sc + b * 4)));
+        const __m128 s4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(sc + b * SCALE_STEP)));
         const __m512 s16 = _mm512_permutexvar_ps(sel, _mm512_castps128_ps512(s4));
-        const __m128 z4 = zc ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(zc + b * 4))) : _mm_setzero_ps();
-        if (BD) { /* the amx path's arithmetic: one exact int32 dot per block, then its tiles' float steps */
-            __m512i ai[4];
-            for (int i = 0; i < R; ++i) {
-                const __m512i xe = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32)));
-                const __m512i xo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32 + 16)));
-                ai[i] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), we, xe), wo, xo);
-                if (bias) ai[i] = _mm512_sub_epi32(ai[i], _mm512_maskz_set1_epi32(0x1111, bias * ir[i][b]));
-            }
-            /* per 128-bit lane q: lane i = the exact dot of weight row q and activation row i (int32 adds) */
-            __m512i dot;
-            if (R == 1) {
-                dot = _mm512_add_epi32(ai[0], _mm512_shuffle_epi32(ai[0], _MM_PERM_BADC));
-                dot = _mm512_add_epi32(dot, _mm512_shuffle_epi32(dot, _MM_PERM_CDAB));
-            } else {
-                for (int i = R; i < 4; ++i) ai[i] = _mm512_setzero_si512();
-                const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(ai[0], ai[1]), _mm512_unpackhi_epi32(ai[0], ai[1]));
-                const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(ai[2], ai[3]), _mm512_unpackhi_epi32(ai[2], ai[3]));
-                dot = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
-            }
-            /* lane i's d * wmul and bsum (one row: every lane of a group holds its dot, so any d will do) */
-            const float w = j->wmul;
-            const __m512 d16 = R == 1 ? _mm512_set1_ps(dr[0][b] * w)
-                                      : _mm512_broadcast_f32x4(_mm_set_ps(R > 3 ? dr[3][b] * w : 0.0f,
-                                                                          R > 2 ? dr[2][b] * w : 0.0f,
-                                                                          dr[1][b] * w, dr[0][b] * w));
-            acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s16, d16), acc[0]);
-            if (zc) {
-                const __m512 b16 = R == 1 ? _mm512_set1_ps(br[0][b])
-                                          : _mm512_broadcast_f32x4(_mm_set_ps(R > 3 ? br[3][b] : 0.0f,
-                                                                              R > 2 ? br[2][b] : 0.0f, br[1][b], br[0][b]));
-                zsum = _mm512_fmadd_ps(_mm512_permutexvar_ps(sel, _mm512_castps128_ps512(z4)), b16, zsum);
-            }
-            continue;
-        }
+        const __m128 z4 = zc ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(zc + b * SCALE_STEP))) : _mm_setzero_ps();
+        __m512i ai[4];
         for (int i = 0; i < R; ++i) {
             const __m512i xe = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32)));
             const __m512i xo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32 + 16)));
-            __m512i ai = _mm512_dpbusd_epi32(_mm512_setzero_si512(), we, xe);
-            ai = _mm512_dpbusd_epi32(ai, wo, xo);
-            if (bias) ai = _mm512_sub_epi32(ai, _mm512_maskz_set1_epi32(0x1111, bias * ir[i][b]));
-            const __m512 f = _mm512_mul_ps(s16, _mm512_set1_ps(dr[i][b] * j->wmul));
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ai), f, acc[i]);
-            if (zc) zacc[i] = _mm_fmadd_ps(z4, _mm_set1_ps(br[i][b]), zacc[i]);
+            ai[i] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), we, xe), wo, xo);
+            if (bias) ai[i] = _mm512_sub_epi32(ai[i], _mm512_maskz_set1_epi32(0x1111, bias * ir[i][b]));
+        }
+        /* per 128-bit lane q: lane i = the exact dot of weight row q and activation row i (int32 adds) */
+        __m512i dot;
+        if (R == 1) {
+            dot = _mm512_add_epi32(ai[0], _mm512_shuffle_epi32(ai[0], _MM_PERM_BADC));
+            dot = _mm512_add_epi32(dot, _mm512_shuffle_epi32(dot, _MM_PERM_CDAB));
+        } else {
+            for (int i = R; i < 4; ++i) ai[i] = _mm512_setzero_si512();
+            const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(ai[0], ai[1]), _mm512_unpackhi_epi32(ai[0], ai[1]));
+            const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(ai[2], ai[3]), _mm512_unpackhi_epi32(ai[2], ai[3]));
+            dot = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+        }
+        /* lane i's d * wmul and bsum (one row: every lane of a group holds its dot, so any d will do) */
+        const float wm = j->wmul;
+        const __m512 d16 = R == 1 ? _mm512_set1_ps(dr[0][b] * wm)
+                                  : _mm512_broadcast_f32x4(_mm_set_ps(R > 3 ? dr[3][b] * wm : 0.0f,
+                                                                      R > 2 ? dr[2][b] * wm : 0.0f,
+                                                                      dr[1][b] * wm, dr[0][b] * wm));
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(s16, d16), acc);
+        if (zc) {
+            const __m512 b16 = R == 1 ? _mm512_set1_ps(br[0][b])
+                                      : _mm512_broadcast_f32x4(_mm_set_ps(R > 3 ? br[3][b] : 0.0f,
+                                                                          R > 2 ? br[2][b] : 0.0f, br[1][b], br[0][b]));
+            zsum = _mm512_fmadd_ps(_mm512_permutexvar_ps(sel, _mm512_castps128_ps512(z4)), b16, zsum);
         }
     }
-    if (BD) { /* acc[0] lane 4 q + i: activation row i, weight row q */
-        float lanes[16];
-        _mm512_storeu_ps(lanes, zc ? _mm512_add_ps(acc[0], zsum) : acc[0]);
-        for (int i = 0; i < R; ++i)
-            for (int q = 0; q < 4 && t * 4 + q < j->n_out; ++q) j->y[(r0 + i) * j->n_out + t * 4 + q] = lanes[4 * q + i];
-        return;
-    }
-    for (int i = 0; i < R; ++i) {
-        float lanes[16], z[4];
-        _mm512_storeu_ps(lanes, acc[i]);
-        _mm_storeu_ps(z, zacc[i]);
-        for (int q = 0; q < 4 && t * 4 + q < j->n_out; ++q)
-            j->y[(r0 + i) * j->n_out + t * 4 + q] =
-                (lanes[4 * q] + lanes[4 * q + 1]) + (lanes[4 * q + 2] + lanes[4 * q + 3]) + z[q];
-    }
+    float lanes[16]; /* lane 4 q + i: activation row i, weight row q */
+    _mm512_storeu_ps(lanes, zc ? _mm512_add_ps(acc, zsum) : acc);
+    for (int i = 0; i < R; ++i)
+        for (int q = 0; q < 4 && t * 4 + q < j->n_out; ++q) j->y[(r0 + i) * j->n_out + t * 4 + q] = lanes[4 * q + i];
 }
 
-/* One tile against the activation rows, up to 4 rows at a time: each tile block (4 weight rows x 32 columns) is
-   decoded once into two 64-byte vectors (even / odd columns of the 4 rows, one row per 128-bit lane) and meets
-   each activation row's broadcast block in two vpdpbusd; lane group i then holds row i's 4 partial sums. */
-XQ_AVX512_FN static void tile_int_avx512(const struct job *j, int64_t t) {
-    int64_t r0 = 0;
-    for (; r0 + 4 <= j->m; r0 += 4) rows_int_avx512(j, t, r0, 4, 0);
-    switch (j->m - r0) { /* each count compiled on its own: registers, no wasted rows */
-    case 3: rows_int_avx512(j, t, r0, 3, 0); break;
-    case 2: rows_int_avx512(j, t, r0, 2, 0); break;
-    case 1: rows_int_avx512(j, t, r0, 1, 0); break;
-    default: break;
-    }
-}
-
-/* The fp16 scales of four tiles' block b (tile i's 4 weight rows at p[i] + 4 b), as floats in lane 4 q + i (tile
-   i, weight row q): the order of quad_int_avx512_bd's dots. `tr` is the 4 x 4 transpose of lanes. */
-XQ_AVX512_FN static inline __attribute__((always_inline)) __m512 quad_scales(const uint16_t *const p[4], int64_t b,
-                                                                          __m512i tr) {
-    const __m128i lo = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(p[0] + b * 4)),
-                                          _mm_loadl_epi64((const __m128i *)(p[1] + b * 4)));
-    const __m128i hi = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(p[2] + b * 4)),
-                                          _mm_loadl_epi64((const __m128i *)(p[3] + b * 4)));
-    return _mm512_permutexvar_ps(tr, _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1)));
-}
-
-/* The same for blocks b and b + 1 at once: one 16-byte load per tile, one word permute (`tw`) into both blocks'
-   lane orders, two conversions. */
-XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_scales2(const uint16_t *const p[4], int64_t b,
-                                                                         __m512i tw, __m512 out[2]) {
-    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p[0] + b * 4)));
-    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p[1] + b * 4)), 1);
-    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p[2] + b * 4)), 2);
-    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(p[3] + b * 4)), 3);
-    v = _mm512_permutexvar_epi16(tw, v);
-    out[0] = _mm512_cvtph_ps(_mm512_castsi512_si256(v));
-    out[1] = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(v, 1));
-}
-
-/* quad_int_avx512_bd's state: the four tiles' weight streams, R activation rows, their sums. */
+/* quad_int_avx512_bd's state: the group's weights (block b of tile i at w + b * TILE_STEP(bb) + i * bb), R
+   activation rows, their sums. */
 struct quad {
-    const uint8_t *w[4];
+    const uint8_t *w;
     const int8_t *xr[4];
     const float *dr[4], *br[4];
     const int32_t *ir[4];
@@ -559,12 +532,14 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_block(const 
     const int shift = KIND == K_INT4 ? (ZERO ? 0 : 3) : 7;
     const __m512i mask = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8((char)0x80);
     __m512i we[4], wo[4];
+    const int64_t bb = KIND == K_INT8 ? 128 : 64;
+    const uint8_t *wb = s->w + b * TILE_STEP(bb); /* the four tiles' block b: one run of 4 bb bytes */
     for (int i = 0; i < 4; ++i) {
         if (KIND == K_INT8) {
-            we[i] = _mm512_xor_si512(_mm512_loadu_si512(s->w[i] + b * 128), flip);
-            wo[i] = _mm512_xor_si512(_mm512_loadu_si512(s->w[i] + b * 128 + 64), flip);
+            we[i] = _mm512_xor_si512(_mm512_loadu_si512(wb + i * 128), flip);
+            wo[i] = _mm512_xor_si512(_mm512_loadu_si512(wb + i * 128 + 64), flip);
         } else {
-            const __m512i raw = _mm512_loadu_si512(s->w[i] + b * 64);
+            const __m512i raw = _mm512_loadu_si512(wb + i * 64);
             we[i] = _mm512_and_si512(raw, mask);
             wo[i] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
             if (KIND == K_LUT4) we[i] = _mm512_shuffle_epi8(s->lut, we[i]), wo[i] = _mm512_shuffle_epi8(s->lut, wo[i]);
@@ -597,11 +572,8 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_int_avx512_b
                                                                                const int KIND, const int ZERO) {
     const int64_t nb = j->nb, bb = KIND == K_INT8 ? 128 : 64;
     struct quad s;
-    const uint16_t *sc[4], *zc[4];
-    for (int i = 0; i < 4; ++i) {
-        s.w[i] = j->w + (t0 + i) * nb * bb, sc[i] = j->scale + (t0 + i) * nb * 4;
-        zc[i] = ZERO ? j->zero + (t0 + i) * nb * 4 : sc[i];
-    }
+    s.w = tile_w(j, t0, bb); /* t0 is a group's first tile */
+    const uint16_t *sc = tile_s(j->scale, j, t0), *zc = ZERO ? tile_s(j->zero, j, t0) : sc;
     s.lut = KIND == K_LUT4 ? _mm512_xor_si512(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)j->lut)),
                                               _mm512_set1_epi8((char)0x80))
                            : _mm512_setzero_si512();
@@ -611,21 +583,16 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_int_avx512_b
         s.ir[r] = j->isum + row * nb;
         s.acc[r] = _mm512_setzero_ps(), s.zsum[r] = _mm512_setzero_ps();
     }
-    /* lane 4 q + i takes element 4 i + q; for two blocks (8 words a tile), word 16 h + 4 q + i takes 8 i + 4 h + q */
+    /* lane 4 q + i takes element 4 i + q: a block's 16 scales (tile i, row q at 4 i + q) into the dots' order */
     const __m512i tr = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-    const __m512i tw = _mm512_set_epi16(31, 23, 15, 7, 30, 22, 14, 6, 29, 21, 13, 5, 28, 20, 12, 4,
-                                        27, 19, 11, 3, 26, 18, 10, 2, 25, 17, 9, 1, 24, 16, 8, 0);
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        __m512 s2[2], z2[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-        quad_scales2(sc, b, tw, s2);
-        if (ZERO) quad_scales2(zc, b, tw, z2);
-        quad_block(j, &s, b, s2[0], z2[0], R, KIND, ZERO);
-        quad_block(j, &s, b + 1, s2[1], z2[1], R, KIND, ZERO);
+    for (int64_t b = 0; b < nb; ++b) {
+        const __m512 s16 =
+            _mm512_permutexvar_ps(tr, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + b * SCALE_STEP))));
+        const __m512 z16 =
+            ZERO ? _mm512_permutexvar_ps(tr, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(zc + b * SCALE_STEP))))
+                 : _mm512_setzero_ps();
+        quad_block(j, &s, b, s16, z16, R, KIND, ZERO);
     }
-    if (b < nb)
-        quad_block(j, &s, b, quad_scales(sc, b, tr), ZERO ? quad_scales(zc, b, tr) : _mm512_setzero_ps(), R, KIND,
-                   ZERO);
     /* back to lane 4 i + q: output column 4 (t0 + i) + q */
     const int64_t n0 = t0 * 4, cols = j->n_out - n0 < 16 ? j->n_out - n0 : 16;
     const __mmask16 keep = (__mmask16)((1u << cols) - 1);
@@ -658,15 +625,15 @@ XQ_AVX512_FN static void tile_int_avx512_bd(const struct job *j, int64_t g) {
     const int64_t t0 = g * 4, left = j->n_tiles - t0;
     /* quad_block takes d * wmul as d outside the codebooks, exact where wmul is 1 (always, as the entry points set
        it); any other wmul goes tile by tile too */
-    if (left < 4 || (j->kind != K_LUT4 && j->wmul != 1.0f)) {
+    if (left < 4 || (j->kind != K_LUT4 && j->wmul != 1.0f) || tile_group() != 4) {
         const int64_t last = left < 4 ? t0 + left : t0 + 4;
         for (int64_t t = t0; t < last; ++t) {
             int64_t r0 = 0;
-            for (; r0 + 4 <= j->m; r0 += 4) rows_int_avx512(j, t, r0, 4, 1);
+            for (; r0 + 4 <= j->m; r0 += 4) rows_int_avx512(j, t, r0, 4);
             switch (j->m - r0) {
-            case 3: rows_int_avx512(j, t, r0, 3, 1); break;
-            case 2: rows_int_avx512(j, t, r0, 2, 1); break;
-            case 1: rows_int_avx512(j, t, r0, 1, 1); break;
+            case 3: rows_int_avx512(j, t, r0, 3); break;
+            case 2: rows_int_avx512(j, t, r0, 2); break;
+            case 1: rows_int_avx512(j, t, r0, 1); break;
             default: break;
             }
         }
@@ -1001,7 +968,7 @@ XQ_AMX_FN static void amx_decode(const struct job *j, int64_t t0, int64_t count,
     for (int64_t b = 0; b < nb; ++b) {
         __m512i z[4], o[4], v[4], u[4];
         for (int t = 0; t < 4; ++t) {
-            const uint8_t *w = j->w + (t0 + t) * nb * bb + b * bb;
+            const uint8_t *w = tile_w(j, t0 + t, bb) + b * TILE_STEP(bb);
             z[t] = t < count ? _mm512_loadu_si512(w) : _mm512_setzero_si512();
             o[t] = kind == K_INT8 && t < count ? _mm512_loadu_si512(w + 64) : _mm512_setzero_si512();
         }
@@ -1026,12 +993,12 @@ XQ_AMX_FN static void amx_decode(const struct job *j, int64_t t0, int64_t count,
             _mm512_storeu_si512(out + (c + 4) * 64, u[c]);
         }
         for (int t = 0; t < 4; ++t) {
-            const int64_t at = (t0 + t) * nb * 4 + b * 4;
-            const __m128 s4 = t < count ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(j->scale + at)))
+            const int64_t at = b * SCALE_STEP;
+            const __m128 s4 = t < count ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(tile_s(j->scale, j, t0 + t) + at)))
                                         : _mm_setzero_ps();
             _mm_storeu_ps(p->s + b * 16 + 4 * t, s4);
             if (j->zero) {
-                const __m128 z4 = t < count ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(j->zero + at)))
+                const __m128 z4 = t < count ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(tile_s(j->zero, j, t0 + t) + at)))
                                             : _mm_setzero_ps();
                 _mm_storeu_ps(p->z + b * 16 + 4 * t, z4);
             }
@@ -1402,11 +1369,10 @@ static void tiles(const struct job *j, int64_t n, int threads) {
             return;
     }
     tile_fn fn = j->kind == K_FP8 ? (isa == XQ_AVX512 ? tile_fp8_avx512 : tile_fp8_avx2)
-                                  : (isa == XQ_AVX512 ? tile_int_avx512 : tile_int_avx2);
+                                  : (isa == XQ_AVX512 ? tile_int_avx512_bd : tile_int_avx2);
     struct job q = *j;
     int64_t count = n / 4; /* tiles, or for tile_int_avx512_bd groups of four */
-    if (fn == tile_int_avx512 && (path == XQ_AMX || path == XQ_AMX_EMU))
-        fn = tile_int_avx512_bd, q.n_tiles = count, count = (count + 3) / 4;
+    if (fn == tile_int_avx512_bd) q.n_tiles = count, count = (count + 3) / 4;
     const int64_t chunk = threads > 1 && count / (8 * threads) > 1 ? count / (8 * threads) : 1;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, chunk) if (threads > 1 && j->m * n * j->k >= (1 << 20))
     for (int64_t t = 0; t < count; ++t) fn(&q, t);

@@ -208,6 +208,31 @@ def test_native_state_reads_rows_back_exactly(fmt: str) -> None:
     assert torch.equal(got, qw.dequantize()[rows])
 
 
+@native_only
+@pytest.mark.parametrize("fmt", ["sym_int4", "asym_int4", "nf4", "sym_int8"])
+@pytest.mark.parametrize(("n", "k"), [(70, 96), (48, 288)])
+def test_both_weight_layouts_give_the_same_bits_on_every_path(fmt: str, n: int, k: int) -> None:
+    """Tiles one after the other (AVX2 CPUs) or four interleaved by block (AVX-512 CPUs, `xq_tile_group`): each
+    path's arithmetic does not depend on the layout (the four-tile kernel and the per-tile one it falls back to on
+    the other layout add in the same order), and the rows read back are the weight's exact values."""
+    qw = _pair(fmt, n, k, 7)
+    kernel = select_kernel(qw, CPU)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(21, k, generator=gen)
+    for path in cpu_native.checked_paths():
+        outs = []
+        for tiles in (1, 4):
+            with cpu_native.tile_group(tiles), cpu_native.forced_isa(path):
+                state = kernel.prepare(qw, CPU)
+                assert state.rows % (4 * tiles) == 0 and state.rows >= n
+                outs.append([kernel.matmul(x[:m], state) for m in (1, 3, 5, 21)])
+                assert torch.equal(
+                    state.codes(), qw.data if fmt == "sym_int8" else unpack_nibbles(qw.data)[:, :k]
+                )
+        for a, b in zip(*outs, strict=True):
+            assert torch.equal(a, b), path
+
+
 def _rope_tables(positions: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
     angle = torch.arange(positions)[:, None] * (10000.0 ** (-torch.arange(0, d, 2) / d))[None]
     sin = torch.cat((-angle.sin(), angle.sin()), -1)  # first half negated, as the decoder stores it
