@@ -3,8 +3,8 @@
 PyTorch's `_weight_int4pack_mm_for_cpu` decodes every weight to float and multiplies in floating point, and it has
 no op at all for nf4, fp4 or fp8. These kernels (source: `csrc/cpu_ops.c`) do what llama.cpp does instead for the
 integer and codebook formats: activations are quantised per block of 32 to int8 and each block's dot product is
-integer multiply-adds (AVX2 `vpmaddubsw`, AVX-512 VNNI `vpdpbusd`, and for calls of many rows AMX `tdpbssd` on
-16 x 16 tiles per block of 32); nf4/fp4 nibbles go through a 16-entry int8
+integer multiply-adds (AVX2 `vpmaddubsw`, AVX-512 VNNI `vpdpbusd` on four tiles of 4 rows per block with AMX's
+arithmetic, and for calls of many rows AMX `tdpbssd` on 16 x 16 tiles per block of 32); nf4/fp4 nibbles go through a 16-entry int8
 table (`vpshufb`); fp8 codes are turned into fp16 bit patterns in registers and multiplied in fp32. The same
 library holds RMSNorm, SwiGLU, a decode step's attention, which the decoder calls on CPU in fp32, the
 continuous-batching engine's paged attention (`paged_attention`, dispatched by `xpullm.kernels.paged`), and the
@@ -24,8 +24,9 @@ fp32): opt-in (`amx_fp8`, `XPULLM_AMX_FP8=1`), since those rows are not bit for 
 scalar C model of it: the tests hold the amx kernel to its twins on CPUs without AMX, and hold the model to the
 hardware (`amx_probe`) on CPUs with it. Where there is no compiler, no AVX2/FMA/F16C,
 or `XPULLM_NATIVE=0`, the kernels report themselves unavailable and the registry falls back to PyTorch's ops.
-At load, codes are regrouped into 4-row tiles (one cache line per block of 32 columns); `export` gives the
-portable codes back exactly.
+At load, codes are regrouped into 4-row tiles (one cache line per block of 32 columns), on AVX-512 CPUs in groups
+of four tiles interleaved by block, so the four-tile kernel that every avx512 call runs reads one stream
+(`group_rows`); `export` gives the portable codes back exactly.
 
 Accuracy: the activation rounding (half a step of max|x|/127 per block of 32) is the same one llama.cpp's
 Q4 x Q8 path makes; nf4's levels are held as round(127 * level) (at most 0.0037 * scale off per weight; fp4's

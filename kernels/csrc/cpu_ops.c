@@ -615,12 +615,14 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_rows(const s
     }
 }
 
-/* The amx path's calls below its row threshold: VNNI with the tiles' arithmetic per (row, weight row): each
-   block's partial sums added in int32 to the block's exact dot, dot * (s * (d * wmul)) accumulated as
-   amx_epilogue does, asym_int4's z * bsum in a sum of their own added at the end as amx_zero_terms does. So a
-   row's result is the tiles' bit for bit, whatever the call's row count: batch invariance holds across the
-   threshold. Called per group of four tiles (tiles() steps by 4 for it): a whole group runs quad_int_avx512_bd
-   (16 dots per fma); a last group of fewer tiles runs rows_int_avx512's BD mode tile by tile (the same bits). */
+/* Every avx512 call, and the amx path's calls below its row threshold: VNNI with the tiles' arithmetic per (row,
+   weight row): each block's partial sums added in int32 to the block's exact dot, dot * (s * (d * wmul))
+   accumulated as amx_epilogue does, asym_int4's z * bsum in a sum of their own added at the end as amx_zero_terms
+   does. So a row's result is the tiles' bit for bit, whatever the call's row count: batch invariance holds across
+   the threshold, and the avx512 and amx paths give the same bits. Called per group of four tiles (tiles() steps by
+   4 for it): a whole group in the four-tile layout runs quad_int_avx512_bd (16 dots per fma, one stream); a last
+   group of fewer tiles, or the one-tile layout (tests: `xq_set_tile_group`), runs rows_int_avx512 tile by tile
+   (the same bits). */
 XQ_AVX512_FN static void tile_int_avx512_bd(const struct job *j, int64_t g) {
     const int64_t t0 = g * 4, left = j->n_tiles - t0;
     /* quad_block takes d * wmul as d outside the codebooks, exact where wmul is 1 (always, as the entry points set
