@@ -678,10 +678,9 @@ class NativeTiledState(_Tiles):
     bits: int  # 4 (bytes hold column pairs, as in the portable layout) or 8 (block-permuted int8)
     shape: tuple[int, int]
     group_size: int
-    tiles: (
-        torch.Tensor
-    )  # uint8 [N/G, K/32, G, 16] (int4: rows, bytes) or [N/G, K/32, G/4, 2, 4, 16] (int8: tile,
-    #                      even / odd columns, row, codes); G = group_rows() when prepared
+    # uint8 [N/G, K/32, G, 16] (int4: rows, bytes) or [N/G, K/32, G/4, 2, 4, 16] (int8: tile, even / odd
+    # columns, row, codes); G = group_rows() when prepared
+    tiles: torch.Tensor
     scales: torch.Tensor  # fp16 [N/G, K/32, G], one per row and block (N padded to a multiple of G)
     zeros: torch.Tensor | None  # fp16 like scales; None: zero = -8 * scale (int4) or 0 (int8, codebooks)
     lut: torch.Tensor | None = None  # codebooks: int8 [16] table (see `codebook_table`)

@@ -253,9 +253,8 @@ int xq_set_tile_group(int g) {
 }
 
 /* Tile t's first block (bb bytes a tile block) and its scales (or zeros) in the group layout; a tile's next block
-   is TILE_STEP(bb) bytes further, its next block's scales SCALE_STEP values. */
-#define TILE_STEP(bb) (tile_group() * (bb))
-#define SCALE_STEP (4 * tile_group())
+   is tile_group() * bb bytes further, its next block's scales 4 * tile_group() values (the kernels hold both
+   strides in locals: `ws`, `ss`). */
 static inline const uint8_t *tile_w(const struct job *j, int64_t t, int64_t bb) {
     const int g = tile_group();
     return j->w + ((t / g) * j->nb * g + (t % g)) * bb;
@@ -361,6 +360,7 @@ XQ_AVX2_FN static void tile_int_avx2(const struct job *j, int64_t t) {
     const int64_t nb = j->nb, bb = kind == K_INT8 ? 128 : 64;
     const uint8_t *w = tile_w(j, t, bb);
     const uint16_t *sc = tile_s(j->scale, j, t), *zc = j->zero ? tile_s(j->zero, j, t) : 0;
+    const int64_t ws = tile_group() * bb, ss = 4 * tile_group();
     const __m256i lut = kind == K_LUT4 ? _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)j->lut))
                                        : _mm256_setzero_si256();
     const __m128 zmul = _mm_set1_ps(j->zmul);
@@ -372,20 +372,19 @@ XQ_AVX2_FN static void tile_int_avx2(const struct job *j, int64_t t) {
         __m128 zacc = _mm_setzero_ps();
         for (int64_t b = 0; b < nb; ++b) {
             const __m256i x = _mm256_loadu_si256((const __m256i *)(xq + b * 32));
-            const __m128 s4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(sc + b * SCALE_STEP)));
-            const __m128 z4 = zc ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(zc + b * SCALE_STEP)))
-                                 : _mm_mul_ps(s4, zmul);
+            const __m128 s4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(sc + b * ss)));
+            const __m128 z4 = zc ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(zc + b * ss))) : _mm_mul_ps(s4, zmul);
             zacc = _mm_fmadd_ps(z4, _mm_set1_ps(bs[b]), zacc);
             float f[4];
             _mm_storeu_ps(f, _mm_mul_ps(s4, _mm_set1_ps(d[b] * j->wmul)));
             for (int i = 0; i < 4; ++i) {
                 __m256 dot;
                 if (kind == K_INT4) {
-                    dot = dot_u(nibbles_avx2(w + b * TILE_STEP(64) + i * 16), x);
+                    dot = dot_u(nibbles_avx2(w + b * ws + i * 16), x);
                 } else if (kind == K_LUT4) {
-                    dot = dot_s(_mm256_shuffle_epi8(lut, nibbles_avx2(w + b * TILE_STEP(64) + i * 16)), x);
+                    dot = dot_s(_mm256_shuffle_epi8(lut, nibbles_avx2(w + b * ws + i * 16)), x);
                 } else {
-                    const uint8_t *p = w + b * TILE_STEP(128) + i * 16;
+                    const uint8_t *p = w + b * ws + i * 16;
                     dot = dot_s(_mm256_loadu2_m128i((const __m128i *)(p + 64), (const __m128i *)p), x);
                 }
                 acc[i] = _mm256_fmadd_ps(dot, _mm256_set1_ps(f[i]), acc[i]);
@@ -442,6 +441,7 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(c
     const int64_t nb = j->nb, bb = kind == K_INT8 ? 128 : 64;
     const uint8_t *w = tile_w(j, t, bb);
     const uint16_t *sc = tile_s(j->scale, j, t), *zc = j->zero ? tile_s(j->zero, j, t) : 0;
+    const int64_t ws = tile_group() * bb, ss = 4 * tile_group();
     const __m512i mask = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8((char)0x80);
     const __m512i sel = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     __m512i lut = _mm512_setzero_si512();
@@ -458,7 +458,7 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(c
     }
     __m512 acc = _mm512_setzero_ps(), zsum = _mm512_setzero_ps(); /* the zero terms: a sum of their own */
     for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t *wb = w + b * TILE_STEP(bb);
+        const uint8_t *wb = w + b * ws;
         __m512i we, wo;
         if (kind == K_INT8) {
             we = _mm512_xor_si512(_mm512_loadu_si512(wb), flip);
@@ -469,9 +469,9 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(c
             wo = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
             if (kind == K_LUT4) we = _mm512_shuffle_epi8(lut, we), wo = _mm512_shuffle_epi8(lut, wo);
         }
-        const __m128 s4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(sc + b * SCALE_STEP)));
+        const __m128 s4 = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(sc + b * ss)));
         const __m512 s16 = _mm512_permutexvar_ps(sel, _mm512_castps128_ps512(s4));
-        const __m128 z4 = zc ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(zc + b * SCALE_STEP))) : _mm_setzero_ps();
+        const __m128 z4 = zc ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(zc + b * ss))) : _mm_setzero_ps();
         __m512i ai[4];
         for (int i = 0; i < R; ++i) {
             const __m512i xe = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xr[i] + b * 32)));
@@ -510,7 +510,7 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void rows_int_avx512(c
         for (int q = 0; q < 4 && t * 4 + q < j->n_out; ++q) j->y[(r0 + i) * j->n_out + t * 4 + q] = lanes[4 * q + i];
 }
 
-/* quad_int_avx512_bd's state: the group's weights (block b of tile i at w + b * TILE_STEP(bb) + i * bb), R
+/* quad_int_avx512_bd's state: the group's weights (four-tile layout: block b of tile i at w + (4 b + i) bb), R
    activation rows, their sums. */
 struct quad {
     const uint8_t *w;
@@ -533,7 +533,7 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_block(const 
     const __m512i mask = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8((char)0x80);
     __m512i we[4], wo[4];
     const int64_t bb = KIND == K_INT8 ? 128 : 64;
-    const uint8_t *wb = s->w + b * TILE_STEP(bb); /* the four tiles' block b: one run of 4 bb bytes */
+    const uint8_t *wb = s->w + b * 4 * bb; /* the four tiles' block b: one run of 4 bb bytes */
     for (int i = 0; i < 4; ++i) {
         if (KIND == K_INT8) {
             we[i] = _mm512_xor_si512(_mm512_loadu_si512(wb + i * 128), flip);
@@ -587,9 +587,9 @@ XQ_AVX512_FN static inline __attribute__((always_inline)) void quad_int_avx512_b
     const __m512i tr = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
     for (int64_t b = 0; b < nb; ++b) {
         const __m512 s16 =
-            _mm512_permutexvar_ps(tr, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + b * SCALE_STEP))));
+            _mm512_permutexvar_ps(tr, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + b * 16))));
         const __m512 z16 =
-            ZERO ? _mm512_permutexvar_ps(tr, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(zc + b * SCALE_STEP))))
+            ZERO ? _mm512_permutexvar_ps(tr, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(zc + b * 16))))
                  : _mm512_setzero_ps();
         quad_block(j, &s, b, s16, z16, R, KIND, ZERO);
     }
@@ -962,7 +962,7 @@ XQ_AMX_FN static inline void amx_transpose4(const __m512i z[4], __m512i v[4]) {
    floats from the block's code sum, as on the other paths), codebooks lut[q], int8 as stored. */
 XQ_AMX_FN static void amx_decode(const struct job *j, int64_t t0, int64_t count, const struct amx_panel *p) {
     const int kind = j->kind;
-    const int64_t nb = j->nb, bb = kind == K_INT8 ? 128 : 64;
+    const int64_t nb = j->nb, bb = kind == K_INT8 ? 128 : 64, ws = tile_group() * bb, ss = 4 * tile_group();
     const __m512i mask = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(8);
     const __m512i lut = kind == K_LUT4 ? _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)j->lut))
                                        : _mm512_setzero_si512();
@@ -970,7 +970,7 @@ XQ_AMX_FN static void amx_decode(const struct job *j, int64_t t0, int64_t count,
     for (int64_t b = 0; b < nb; ++b) {
         __m512i z[4], o[4], v[4], u[4];
         for (int t = 0; t < 4; ++t) {
-            const uint8_t *w = tile_w(j, t0 + t, bb) + b * TILE_STEP(bb);
+            const uint8_t *w = tile_w(j, t0 + t, bb) + b * ws;
             z[t] = t < count ? _mm512_loadu_si512(w) : _mm512_setzero_si512();
             o[t] = kind == K_INT8 && t < count ? _mm512_loadu_si512(w + 64) : _mm512_setzero_si512();
         }
@@ -995,7 +995,7 @@ XQ_AMX_FN static void amx_decode(const struct job *j, int64_t t0, int64_t count,
             _mm512_storeu_si512(out + (c + 4) * 64, u[c]);
         }
         for (int t = 0; t < 4; ++t) {
-            const int64_t at = b * SCALE_STEP;
+            const int64_t at = b * ss;
             const __m128 s4 = t < count ? _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(tile_s(j->scale, j, t0 + t) + at)))
                                         : _mm_setzero_ps();
             _mm_storeu_ps(p->s + b * 16 + 4 * t, s4);

@@ -226,8 +226,9 @@ def _paged_attention_kernel(
     m and sum l (exp2 domain) and unnormalized output in the workspace (acc [S, N * H, D], m and l [2, S, N * H]),
     then counts itself in at cnt[n, j]; the last of min(programs, live) programs merges (`_merge_live`). Split 0
     always holds the first column (and the sinks). Splits are at least MIN_SPLIT columns, and a token of at most
-    UNSPLIT columns is one split: a token whose columns fit one split has program 0 store its output directly. Which program computes a split never changes its result,
-    so `programs` may follow N; the split length depends only on the token's own position.
+    UNSPLIT columns is one split: a token whose columns fit one split has program 0 store its output directly.
+    Which program computes a split never changes its result, so `programs` may follow N; the split length depends
+    only on the token's own position.
     CODES != 0: k and v tiles are 8-bit codes, turned into q's dtype times their per-slot scales in registers.
     ROT: q, k and v are in the pools' rotated basis; the output is turned back by R (R R = I, butterflies; a
     split's partial output is turned before the merge, which is linear in it)."""
@@ -573,7 +574,8 @@ def paged_attention(qkv: torch.Tensor, batch: PagedBatch, layer: PagedLayer) -> 
             KV=kv, G=g, D=d, BS=bs, BLOCK_G=max(_MIN_GROUP_ROWS, triton.next_power_of_2(g)),
             BLOCK_C=block_c, DOT_F32=_INTERPRET, IEEE=q_buf.dtype == torch.float32,
             CODES=codes, WINDOW=window > 0, ROT=rot, SPLITS=splits, PREFETCH=tile.prefetch,
-            MIN_SPLIT=tile.min_split, UNSPLIT=tile.unsplit, BLOCK_H=max(2, triton.next_power_of_2(g)), num_warps=tile.warps,
+            MIN_SPLIT=tile.min_split, UNSPLIT=tile.unsplit, BLOCK_H=max(2, triton.next_power_of_2(g)),
+            num_warps=tile.warps,
             **({} if tile.stages is None else {"num_stages": tile.stages}), **opts,
         )  # fmt: skip
     return out

@@ -102,7 +102,7 @@ class _EmbedRows:
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         if isinstance(self.embed, nn.Embedding) or ids.numel() > 16:
-            return self.embed(ids).to(self.dtype)
+            return self.on_device(ids)
         flat = ids.reshape(-1).tolist()
         missing = [i for i in dict.fromkeys(flat) if i not in self.rows]
         if missing:
